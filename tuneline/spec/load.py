@@ -1,0 +1,409 @@
+"""Load and validate components and pipelines into checked, typed objects.
+
+Every problem is collected with its `file:line:col` before anything is raised, so one `tuneline validate`
+shows them all.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from .models import ComponentSpec, IOType, PipelineSpec, check_value, parse_cli_value
+from .problems import Problem, SpecError
+from .yamlsafe import Loaded, load_yaml
+
+REF = re.compile(r"^\$\{\{\s*([a-zA-Z0-9_.-]+)\s*\}\}$")
+ANY_REF = re.compile(r"\$\{\{")
+
+
+# ---------------------------------------------------------------------------------------------- references
+
+
+@dataclass(frozen=True)
+class ParamRef:
+    name: str
+
+    def __str__(self) -> str:
+        return f"${{{{params.{self.name}}}}}"
+
+
+@dataclass(frozen=True)
+class OutputRef:
+    step: str
+    output: str
+
+    def __str__(self) -> str:
+        return f"${{{{steps.{self.step}.outputs.{self.output}}}}}"
+
+
+@dataclass(frozen=True)
+class Literal:
+    value: Any
+
+
+Binding = ParamRef | OutputRef | Literal
+
+
+def parse_binding(value: Any) -> Binding:
+    """A binding is a whole-value reference or a literal; a reference inside a longer string is refused."""
+    if isinstance(value, str) and ANY_REF.search(value):
+        match = REF.match(value.strip())
+        if not match:
+            raise ValueError(f"'{value}': a reference must be the whole value, e.g. ${{{{params.name}}}}")
+        parts = match.group(1).split(".")
+        if len(parts) == 2 and parts[0] == "params":
+            return ParamRef(parts[1])
+        if len(parts) == 4 and parts[0] == "steps" and parts[2] == "outputs":
+            return OutputRef(parts[1], parts[3])
+        raise ValueError(f"'{value}': use ${{{{params.<name>}}}} or ${{{{steps.<step>.outputs.<output>}}}}")
+    return Literal(value)
+
+
+# ---------------------------------------------------------------------------------------------- pydantic errors
+
+
+def _unwrap(annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        for member in members:
+            if isinstance(member, type) and issubclass(member, BaseModel):
+                return member
+            if typing.get_origin(member) in (dict, list):
+                return member
+        return members[0] if members else annotation
+    return annotation
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> Any:
+    current: Any = model
+    rest = list(loc)
+    while rest:
+        item = rest.pop(0)
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field_info = current.model_fields.get(item)
+            if field_info is None:
+                return None
+            current = field_info.annotation
+        elif typing.get_origin(current) in (dict, list):
+            current = typing.get_args(current)[-1]
+        else:
+            return None
+    return _unwrap(current)
+
+
+def _pydantic_problems(loaded: Loaded, model: type[BaseModel], exc: ValidationError) -> list[Problem]:
+    problems = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            owner = _model_at(model, loc[:-1])
+            valid = list(owner.model_fields) if isinstance(owner, type) and issubclass(owner, BaseModel) else []
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else (f"; valid keys: {', '.join(valid)}" if valid else "")
+            problems.append(loaded.problem(loc, f"unknown key '{loc[-1]}'{hint}", key=True))
+        elif kind == "missing":
+            where = ".".join(str(p) for p in loc[:-1]) or "top level"
+            problems.append(loaded.problem(loc[:-1], f"missing required key '{loc[-1]}' in {where}"))
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            field_name = ".".join(str(p) for p in loc) or "document"
+            problems.append(loaded.problem(loc, f"{field_name}: {message}"))
+    return problems
+
+
+def _parse(loaded: Loaded, model: type[BaseModel]) -> Any:
+    if not isinstance(loaded.data, dict):
+        raise SpecError([loaded.problem((), f"expected a mapping at the top of the file, got "
+                                             f"{type(loaded.data).__name__}")])
+    try:
+        return model.model_validate(loaded.data)
+    except ValidationError as exc:
+        raise SpecError(_pydantic_problems(loaded, model, exc)) from None
+
+
+# ---------------------------------------------------------------------------------------------- components
+
+
+@dataclass
+class Component:
+    spec: ComponentSpec
+    folder: Path
+    source: Loaded
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+_PLACEHOLDER = re.compile(r"\$\{\{\s*(inputs|outputs)\.([a-zA-Z0-9_]+)\s*\}\}")
+
+
+def _command_problems(component: Component) -> list[Problem]:
+    spec, loaded = component.spec, component.source
+    problems = []
+    used_outputs = set()
+    for kind, name in _PLACEHOLDER.findall(spec.command):
+        table = spec.inputs if kind == "inputs" else spec.outputs
+        if name not in table:
+            close = difflib.get_close_matches(name, list(table), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            problems.append(loaded.problem(("command",), f"command uses unknown {kind[:-1]} '{name}'{hint}"))
+        if kind == "outputs":
+            used_outputs.add(name)
+    optional_blocks = re.findall(r"\$\[\[(.*?)\]\]", spec.command, flags=re.S)
+    in_blocks = {n for block in optional_blocks for k, n in _PLACEHOLDER.findall(block) if k == "inputs"}
+    for name, spec_in in spec.inputs.items():
+        if spec_in.optional and spec_in.default is None and name not in in_blocks:
+            problems.append(loaded.problem(("inputs", name),
+                                           f"optional input '{name}' must appear inside a $[[...]] block"))
+    for name in spec.outputs:
+        if name not in used_outputs:
+            problems.append(loaded.problem(("outputs", name), f"output '{name}' is never passed to the command"))
+    if spec.name != component.folder.name:
+        problems.append(loaded.problem(("name",), f"component name '{spec.name}' differs from its folder "
+                                                  f"'{component.folder.name}'"))
+    return problems
+
+
+def load_component(folder: str | Path) -> Component:
+    folder = Path(folder)
+    loaded = load_yaml(folder / "component.yaml")
+    component = Component(spec=_parse(loaded, ComponentSpec), folder=folder, source=loaded)
+    problems = _command_problems(component)
+    if problems:
+        raise SpecError(problems)
+    return component
+
+
+# ---------------------------------------------------------------------------------------------- pipelines
+
+
+@dataclass
+class Pipeline:
+    spec: PipelineSpec
+    path: Path
+    root: Path
+    source: Loaded
+    components: dict[str, Component]            # by step name
+    bindings: dict[str, dict[str, Binding]]      # step -> input -> binding
+    conditions: dict[str, OutputRef]             # step -> boolean output it waits for
+    params: dict[str, Any] = field(default_factory=dict)  # resolved values (defaults + overrides)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def find_root(pipeline_path: Path) -> Path:
+    """The project root: the nearest folder above the pipeline that holds `components/`."""
+    for parent in pipeline_path.resolve().parents:
+        if (parent / "components").is_dir():
+            return parent
+    return pipeline_path.resolve().parent
+
+
+def _suggest(name: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _compatible(source: IOType, target: IOType) -> bool:
+    if source == target:
+        return True
+    if source.is_folder and target.is_folder:
+        return True
+    return source == IOType.integer and target == IOType.number
+
+
+def _check_bindings(pipeline_spec: PipelineSpec, loaded: Loaded, components: dict[str, Component],
+                    problems: list[Problem]) -> tuple[dict[str, dict[str, Binding]], dict[str, OutputRef]]:
+    bindings: dict[str, dict[str, Binding]] = {}
+    conditions: dict[str, OutputRef] = {}
+
+    def output_type(ref: OutputRef, loc: tuple[Any, ...]) -> IOType | None:
+        if ref.step not in pipeline_spec.steps:
+            problems.append(loaded.problem(loc, f"unknown step '{ref.step}'{_suggest(ref.step, pipeline_spec.steps)}"))
+            return None
+        upstream = components.get(ref.step)
+        if upstream is None:
+            return None  # its component failed to load: reported already
+        out = upstream.spec.outputs.get(ref.output)
+        if out is None:
+            problems.append(loaded.problem(loc, f"step '{ref.step}' ({upstream.name}) has no output "
+                                                f"'{ref.output}'{_suggest(ref.output, upstream.spec.outputs)}"))
+            return None
+        return out.type
+
+    for step_name, step in pipeline_spec.steps.items():
+        step_loc = ("steps", step_name)
+        if step.compute is not None and step.compute not in pipeline_spec.compute:
+            problems.append(loaded.problem(step_loc + ("compute",), f"unknown compute profile '{step.compute}'"
+                                                                    f"{_suggest(step.compute, pipeline_spec.compute)}"))
+        if step.when is not None:
+            loc = step_loc + ("when",)
+            try:
+                ref = parse_binding(step.when)
+            except ValueError as exc:
+                problems.append(loaded.problem(loc, f"when: {exc}"))
+            else:
+                if not isinstance(ref, OutputRef):
+                    problems.append(loaded.problem(loc, "when: must reference a boolean step output, "
+                                                        "e.g. ${{steps.evaluate.outputs.passed}}"))
+                else:
+                    kind = output_type(ref, loc)
+                    if kind is not None and kind != IOType.boolean:
+                        problems.append(loaded.problem(loc, f"when: output '{ref.step}.{ref.output}' is "
+                                                            f"{kind.value}, not boolean"))
+                    conditions[step_name] = ref
+        component = components.get(step_name)
+        if component is None:
+            continue
+        step_bindings: dict[str, Binding] = {}
+        for input_name, raw in step.inputs.items():
+            loc = step_loc + ("inputs", input_name)
+            spec_in = component.spec.inputs.get(input_name)
+            if spec_in is None:
+                problems.append(loaded.problem(loc, f"component '{component.name}' has no input '{input_name}'"
+                                                    f"{_suggest(input_name, component.spec.inputs)}", key=True))
+                continue
+            try:
+                binding = parse_binding(raw)
+            except ValueError as exc:
+                problems.append(loaded.problem(loc, f"{input_name}: {exc}"))
+                continue
+            if isinstance(binding, ParamRef):
+                param = pipeline_spec.params.get(binding.name)
+                if param is None:
+                    problems.append(loaded.problem(loc, f"unknown parameter '{binding.name}'"
+                                                        f"{_suggest(binding.name, pipeline_spec.params)}"))
+                    continue
+                if not _compatible(param.type, spec_in.type):
+                    problems.append(loaded.problem(loc, f"{input_name}: parameter '{binding.name}' is "
+                                                        f"{param.type.value}, input expects {spec_in.type.value}"))
+                    continue
+                reason = check_value(spec_in, param.default)
+                if reason:
+                    problems.append(loaded.problem(("params", binding.name, "default"),
+                                                   f"default of '{binding.name}' bound to {step_name}.{input_name}:"
+                                                   f" {reason}"))
+            elif isinstance(binding, OutputRef):
+                kind = output_type(binding, loc)
+                if kind is None:
+                    continue
+                if not _compatible(kind, spec_in.type):
+                    problems.append(loaded.problem(loc, f"{input_name}: output '{binding.step}.{binding.output}' is "
+                                                        f"{kind.value}, input expects {spec_in.type.value}"))
+                    continue
+            else:
+                reason = check_value(spec_in, binding.value)
+                if reason:
+                    problems.append(loaded.problem(loc, f"{input_name}: {reason}"))
+                    continue
+            step_bindings[input_name] = binding
+        for input_name, spec_in in component.spec.inputs.items():
+            if spec_in.required and input_name not in step.inputs:
+                problems.append(loaded.problem(step_loc + ("inputs",) if step.inputs else step_loc,
+                                               f"step '{step_name}' misses required input '{input_name}' "
+                                               f"({spec_in.type.value}) of component '{component.name}'"))
+        bindings[step_name] = step_bindings
+    return bindings, conditions
+
+
+def _find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """A cycle as [a, b, ..., a] in the graph step -> upstream steps, or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in edges:
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def upstream_steps(bindings: dict[str, Binding], condition: OutputRef | None) -> set[str]:
+    refs = [b for b in bindings.values() if isinstance(b, OutputRef)]
+    if condition is not None:
+        refs.append(condition)
+    return {r.step for r in refs}
+
+
+def apply_overrides(spec: PipelineSpec, overrides: dict[str, str], path: str) -> dict[str, Any]:
+    values = {name: p.default for name, p in spec.params.items()}
+    problems = []
+    for name, text in overrides.items():
+        if name not in spec.params:
+            problems.append(Problem(path, 1, 1, f"--set {name}: no such parameter{_suggest(name, spec.params)}"))
+            continue
+        try:
+            values[name] = parse_cli_value(spec.params[name].type, text)
+        except ValueError as exc:
+            problems.append(Problem(path, 1, 1, f"--set {name}: {exc}"))
+    if problems:
+        raise SpecError(problems)
+    return values
+
+
+def load_pipeline(path: str | Path, overrides: dict[str, str] | None = None) -> Pipeline:
+    path = Path(path)
+    loaded = load_yaml(path)
+    spec: PipelineSpec = _parse(loaded, PipelineSpec)
+    root = find_root(path)
+    problems: list[Problem] = []
+    components: dict[str, Component] = {}
+    for step_name, step in spec.steps.items():
+        folder = root / step.component
+        if not (folder / "component.yaml").is_file():
+            problems.append(loaded.problem(("steps", step_name, "component"),
+                                           f"no component.yaml in '{step.component}' (relative to {root.name}/)"))
+            continue
+        try:
+            components[step_name] = load_component(folder)
+        except SpecError as exc:
+            problems.extend(exc.problems)
+    bindings, conditions = _check_bindings(spec, loaded, components, problems)
+    edges = {name: upstream_steps(bindings.get(name, {}), conditions.get(name)) & set(spec.steps)
+             for name in spec.steps}
+    cycle = _find_cycle(edges)
+    if cycle:
+        problems.append(loaded.problem(("steps", cycle[0]), "cycle between steps: " + " -> ".join(reversed(cycle))))
+    if problems:
+        raise SpecError(problems)
+    params = apply_overrides(spec, overrides or {}, str(path))
+    for name, value in params.items():
+        for step_name, step_bindings in bindings.items():
+            for input_name, binding in step_bindings.items():
+                if isinstance(binding, ParamRef) and binding.name == name:
+                    reason = check_value(components[step_name].spec.inputs[input_name], value)
+                    if reason:
+                        problems.append(Problem(str(path), 1, 1, f"--set {name}: {step_name}.{input_name}: {reason}"))
+    if problems:
+        raise SpecError(problems)
+    return Pipeline(spec=spec, path=path, root=root, source=loaded, components=components,
+                    bindings=bindings, conditions=conditions, params=params)

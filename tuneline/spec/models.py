@@ -1,0 +1,307 @@
+"""Typed models of `component.yaml` and pipeline YAML files.
+
+These models check shape and local constraints (types, ranges, names). Checks that need more than one file
+at a time — bindings against a component's inputs, references between steps, cycles — live in
+`tuneline.spec.validate`.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .cron import check_cron, check_timezone
+
+NAME_PATTERN = r"^[a-z][a-z0-9_-]*$"
+IDENT_PATTERN = r"^[a-z_][a-z0-9_]*$"  # inputs/outputs/params become CLI placeholders and KFP/Azure ML names
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class IOType(StrEnum):
+    string = "string"
+    integer = "integer"
+    number = "number"
+    boolean = "boolean"
+    uri_file = "uri_file"
+    uri_folder = "uri_folder"
+    model = "model"
+
+    @property
+    def is_artifact(self) -> bool:
+        return self in (IOType.uri_file, IOType.uri_folder, IOType.model)
+
+    @property
+    def is_folder(self) -> bool:
+        return self in (IOType.uri_folder, IOType.model)
+
+
+class InputSpec(Strict):
+    type: IOType
+    description: str = ""
+    default: Any = None
+    optional: bool = False
+    min: float | None = None
+    max: float | None = None
+    enum: list[str | int | float] | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.default is None and not self.optional
+
+    @model_validator(mode="after")
+    def _constraints_fit_type(self) -> InputSpec:
+        if (self.min is not None or self.max is not None) and self.type not in (IOType.integer, IOType.number):
+            raise ValueError(f"min/max apply to integer and number inputs, not {self.type.value}")
+        if self.enum is not None and self.type.is_artifact:
+            raise ValueError("enum does not apply to artifact inputs")
+        if self.default is not None:
+            problem = check_value(self, self.default)
+            if problem:
+                raise ValueError(f"default {self.default!r}: {problem}")
+        return self
+
+
+class OutputSpec(Strict):
+    type: IOType
+    description: str = ""
+
+
+class Resources(Strict):
+    cpu: float | str | None = Field(None, description="CPU cores, e.g. 2 or '500m'")
+    memory: str | None = Field(None, pattern=QUANTITY_PATTERN, description="e.g. 8Gi")
+    gpus: int = Field(0, ge=0)
+
+
+class RetryPolicy(Strict):
+    max: int = Field(0, ge=0, le=20, description="retries after the first attempt")
+    backoff_seconds: float = Field(10, ge=0, le=3600)
+
+
+class ComponentSpec(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    version: str = Field(pattern=r"^[0-9]+\.[0-9]+\.[0-9]+([.+-][0-9A-Za-z.-]+)?$")
+    description: str = ""
+    environment: str = Field(pattern=NAME_PATTERN)
+    inputs: dict[str, InputSpec] = Field(default_factory=dict)
+    outputs: dict[str, OutputSpec] = Field(default_factory=dict)
+    command: str = Field(min_length=1)
+    resources: Resources = Field(default_factory=Resources)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    cache: bool = True
+
+    @field_validator("inputs", "outputs")
+    @classmethod
+    def _identifier_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if not re.match(IDENT_PATTERN, str(key)):
+                raise ValueError(f"name '{key}' must match {IDENT_PATTERN}")
+        return value
+
+    @model_validator(mode="after")
+    def _no_name_clash(self) -> ComponentSpec:
+        clash = set(self.inputs) & set(self.outputs)
+        if clash:
+            raise ValueError(f"names used as both input and output: {sorted(clash)}")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------- pipeline
+
+
+class Toleration(Strict):
+    key: str
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class KubeflowCompute(Strict):
+    cpu: float | str | None = None
+    memory: str | None = Field(None, pattern=QUANTITY_PATTERN)
+    gpus: int = Field(0, ge=0)
+    accelerator: str | None = Field(None, description="node label value for the GPU type, e.g. nvidia-a100")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    spot: bool = Field(False, description="tolerate the AKS spot taint and prefer spot nodes")
+    shm: str | None = Field(None, pattern=QUANTITY_PATTERN, description="size of /dev/shm (emptyDir, Memory)")
+    nodes: int = Field(1, ge=1, description="more than 1 launches a PyTorchJob")
+    processes_per_node: int = Field(1, ge=1)
+
+
+class AzureMLCompute(Strict):
+    cluster: str
+    instance_type: str | None = None
+    nodes: int = Field(1, ge=1)
+    processes_per_node: int = Field(1, ge=1)
+    shm_size: str | None = Field(None, pattern=r"^[0-9]+[bkmg]?$")
+
+
+class ComputeProfile(Strict):
+    kubeflow: KubeflowCompute | None = None
+    azureml: AzureMLCompute | None = None
+
+
+class ParamSpec(Strict):
+    type: IOType
+    default: Any = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _default_matches(self) -> ParamSpec:
+        if self.default is None:
+            raise ValueError("a pipeline parameter needs a default (override it with --set)")
+        problem = check_value(InputSpec(type=self.type), self.default)
+        if problem:
+            raise ValueError(f"default {self.default!r}: {problem}")
+        return self
+
+
+class StepSpec(Strict):
+    component: str = Field(description="path of the component folder, relative to the project root")
+    description: str = ""
+    compute: str | None = Field(None, description="name of a profile under `compute:`")
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    when: str | None = Field(None, description="${{steps.<step>.outputs.<boolean output>}}")
+    retries: int | None = Field(None, ge=0, le=20)
+    timeout: str | int | None = Field(None, description="seconds, or e.g. '30m', '2h'")
+    cache: bool | None = None
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: str | int | None) -> str | int | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @property
+    def timeout_seconds(self) -> float | None:
+        return None if self.timeout is None else parse_duration(self.timeout)
+
+
+class Schedule(Strict):
+    cron: str
+    timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        check_cron(value)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        check_timezone(value)
+        return value
+
+
+class Triggers(Strict):
+    new_data_fraction: float | None = Field(None, gt=0, description="retrain when this share of records is new")
+    new_data_count: int | None = Field(None, gt=0, description="retrain when this many records are new")
+    drift_psi: float | None = Field(None, gt=0, description="population stability index threshold")
+    drift_ks: float | None = Field(None, gt=0, le=1, description="Kolmogorov-Smirnov statistic threshold")
+    metric_drop: float | None = Field(None, gt=0, le=1, description="relative drop of the gate metric")
+    max_age_days: float | None = Field(None, gt=0)
+    requests_log: str | None = Field(None, description="where production requests are logged")
+    fresh_labels: str | None = Field(None, description="labelled JSONL to re-evaluate the champion on")
+
+
+class Images(Strict):
+    registry: str = Field(description="e.g. myregistry.azurecr.io/tuneline")
+    tag: str = Field(description="image tag or sha256 digest shared by every environment")
+
+
+class PipelineSpec(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    params: dict[str, ParamSpec] = Field(default_factory=dict)
+    compute: dict[str, ComputeProfile] = Field(default_factory=dict)
+    steps: dict[str, StepSpec] = Field(min_length=1)
+    schedule: Schedule | None = None
+    triggers: Triggers | None = None
+    images: Images | None = None
+
+    @field_validator("params", "steps", "compute")
+    @classmethod
+    def _identifier_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if not re.match(IDENT_PATTERN, str(key)):
+                raise ValueError(f"name '{key}' must match {IDENT_PATTERN}")
+        return value
+
+
+# ---------------------------------------------------------------------------------------------- values
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+
+
+def parse_duration(value: str | int | float) -> float:
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '30m'")
+    if isinstance(value, int | float):
+        if value <= 0:
+            raise ValueError("a duration must be positive")
+        return float(value)
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(f"'{value}' is not a duration (use seconds, or e.g. '90s', '30m', '2h')")
+    number = float(match.group(1))
+    if number <= 0:
+        raise ValueError("a duration must be positive")
+    return number * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2) or "s"]
+
+
+def check_value(spec: InputSpec, value: Any) -> str | None:
+    """Why `value` does not fit `spec`, or None when it does."""
+    kind = spec.type
+    if kind == IOType.boolean:
+        if not isinstance(value, bool):
+            return f"expected a boolean, got {type(value).__name__}"
+    elif kind == IOType.integer:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"expected an integer, got {type(value).__name__} {value!r}"
+    elif kind == IOType.number:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"expected a number, got {type(value).__name__} {value!r}"
+    elif kind == IOType.string:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            return f"expected a string, got {type(value).__name__}"
+    elif not isinstance(value, str) or not value:
+        return f"expected a path for a {kind.value} input, got {type(value).__name__}"
+    if spec.min is not None and value < spec.min:
+        return f"{value} is below the minimum {spec.min:g}"
+    if spec.max is not None and value > spec.max:
+        return f"{value} is above the maximum {spec.max:g}"
+    if spec.enum is not None and value not in spec.enum:
+        return f"{value!r} is not one of {spec.enum}"
+    return None
+
+
+def parse_cli_value(kind: IOType, text: str) -> Any:
+    """Turn a `--set name=value` string into the parameter's type."""
+    if kind == IOType.boolean:
+        lowered = text.strip().lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise ValueError(f"'{text}' is not a boolean (true/false)")
+    if kind == IOType.integer:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"'{text}' is not an integer") from None
+    if kind == IOType.number:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"'{text}' is not a number") from None
+    return text
