@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +19,44 @@ from typing import Any
 from .digest import path_sha256
 
 CACHE_FORMAT = 1
-# Component code imports these packages; a change there must invalidate cached results too.
-SHARED_CODE = ("data", "ml")
+PACKAGE = Path(__file__).resolve().parent.parent
+_IMPORT = re.compile(r"^\s*(?:from|import)\s+tuneline((?:\.\w+)+)", re.M)
 
 
-def _shared_code_digest() -> str:
-    package = Path(__file__).resolve().parent.parent
-    parts = [path_sha256(package / name) for name in SHARED_CODE if (package / name).is_dir()]
-    return hashlib.sha256("".join(parts).encode()).hexdigest()
+def _module_paths(dotted: str) -> list[Path]:
+    """Files of `tuneline.<dotted>`: a package folder's .py files or a single module."""
+    target = PACKAGE.joinpath(*dotted.strip(".").split("."))
+    if target.is_dir():
+        return sorted(target.rglob("*.py"))
+    for candidate in (target.with_suffix(".py"), target.parent.with_suffix(".py")):
+        if candidate.is_file():
+            return [candidate]
+    return []
+
+
+def shared_code(component_folder: Path) -> list[Path]:
+    """The tuneline modules a component imports, followed transitively.
+
+    Components reuse helpers from the SDK (chat formatting, PII redaction); a change there must invalidate
+    their cached results, while an unrelated SDK change (the runner, a compiler) must not.
+    """
+    seen: set[Path] = set()
+    frontier = sorted(component_folder.rglob("*.py"))
+    while frontier:
+        source = frontier.pop()
+        for dotted in _IMPORT.findall(source.read_text(errors="replace")):
+            for path in _module_paths(dotted):
+                if path not in seen:
+                    seen.add(path)
+                    frontier.append(path)
+    return sorted(seen)
+
+
+def _shared_code_digest(component_folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in shared_code(component_folder):
+        digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def step_cache_key(component_folder: Path, component_spec: dict[str, Any], inputs: dict[str, Any]) -> str:
@@ -34,7 +65,7 @@ def step_cache_key(component_folder: Path, component_spec: dict[str, Any], input
         "format": CACHE_FORMAT,
         "component_code": path_sha256(component_folder),
         "component_spec": component_spec,
-        "shared_code": _shared_code_digest(),
+        "shared_code": _shared_code_digest(component_folder),
         "inputs": inputs,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()

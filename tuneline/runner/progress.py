@@ -37,9 +37,9 @@ def summary_table(record: rec.RunRecord) -> str:
 class Progress:
     """Redraws a table in place on a TTY; otherwise prints each state change once (CI logs stay readable)."""
 
-    def __init__(self, stream: TextIO = sys.stdout, live: bool | None = None):
-        self.stream = stream
-        self.live = stream.isatty() if live is None else live
+    def __init__(self, stream: TextIO | None = None, live: bool | None = None):
+        self.stream = stream or sys.stdout
+        self.live = self.stream.isatty() if live is None else live
         self.seen: dict[str, str] = {}
         self.drawn_lines = 0
         self.last_draw = 0.0

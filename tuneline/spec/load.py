@@ -314,7 +314,8 @@ def _check_bindings(pipeline_spec: PipelineSpec, loaded: Loaded, components: dic
         for input_name, spec_in in component.spec.inputs.items():
             if spec_in.required and input_name not in step.inputs:
                 problems.append(loaded.problem(step_loc + ("inputs",) if step.inputs else step_loc,
-                                               f"step '{step_name}' misses required input '{input_name}' "
+                                               key=True,
+                                               message=f"step '{step_name}' misses required input '{input_name}' "
                                                f"({spec_in.type.value}) of component '{component.name}'"))
         bindings[step_name] = step_bindings
     return bindings, conditions

@@ -105,9 +105,27 @@ def _decode(path: str, raw: bytes) -> str:
     return text.removeprefix("\ufeff")
 
 
+_OPEN = (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken, yaml.BlockSequenceStartToken,
+         yaml.BlockMappingStartToken)
+_CLOSE = (yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken, yaml.BlockEndToken)
+
+
+def _check_depth(text: str, path: str) -> None:
+    """Refuse deep nesting with the (iterative) scanner, before the (recursive) composer can blow the stack."""
+    depth = 0
+    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+        if isinstance(token, _OPEN):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise SpecError([Problem(path, *_mark(token), f"nesting deeper than {MAX_DEPTH} levels; refused")])
+        elif isinstance(token, _CLOSE):
+            depth -= 1
+
+
 def load_yaml_text(text: str, path: str) -> Loaded:
     loaded = Loaded(path=path, data=None)
     try:
+        _check_depth(text, path)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -127,9 +145,19 @@ def load_yaml_text(text: str, path: str) -> Loaded:
     return loaded
 
 
+def _display(path: Path) -> str:
+    """Paths in messages are relative to the working directory when they lie under it, as users typed them."""
+    if path.is_absolute():
+        try:
+            return str(path.relative_to(Path.cwd()))
+        except ValueError:
+            return str(path)
+    return str(path)
+
+
 def load_yaml(path: str | os.PathLike[str]) -> Loaded:
     """Read a YAML file with size, encoding, nesting and alias-expansion limits."""
-    shown = str(path)
+    shown = _display(Path(path))
     p = Path(path)
     try:
         size = p.stat().st_size
