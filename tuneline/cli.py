@@ -197,8 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extensions():
-    """Sub-commands that live beside their own code (compile, submit, trigger, cost, ...)."""
-    return []
+    """Sub-commands that live beside their own code; each module imports its heavy SDKs only when run."""
+    from .compile.cli import add_commands as compile_commands
+
+    return [compile_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,17 @@
+import os
+
+import pytest
+from readback import TOY, TOY_MULTINODE
+
+from tuneline.compile.build import TARGETS, compile_file
+from tuneline.compile.options import CompileOptions
+
+# Azure ML validates if_else condition nodes offline only with this set (it is read at import time).
+os.environ.setdefault("AZURE_ML_CLI_PRIVATE_FEATURES_ENABLED", "true")
+
+
+@pytest.fixture(scope="session")
+def compiled(tmp_path_factory):
+    """Both fixture pipelines compiled for both targets once: {stem: folder}."""
+    out = tmp_path_factory.mktemp("compiled")
+    return {path.stem: compile_file(path, TARGETS, out, CompileOptions()).folder for path in (TOY, TOY_MULTINODE)}

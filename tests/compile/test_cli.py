@@ -1,0 +1,65 @@
+import argparse
+import json
+
+import pytest
+from readback import TOY
+
+from tuneline.compile.cli import add_commands
+
+
+def run(argv):
+    parser = argparse.ArgumentParser(prog="tuneline")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+def test_compile_all_targets(tmp_path, capsys):
+    assert run(["compile", str(TOY), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "toy" / "kfp" / "pipeline.yaml").is_file()
+    assert (tmp_path / "toy" / "azureml" / "pipeline_job.yml").is_file()
+    assert "files in" in capsys.readouterr().out
+
+
+def test_production_with_latest_fails_clearly(tmp_path, capsys):
+    assert run(["compile", str(TOY), "--target", "kfp", "--out", str(tmp_path), "--production",
+                "--image-tag", "latest"]) == 2
+    assert "mutable image tag 'latest'" in capsys.readouterr().err
+
+
+def test_kfp_submit_dry_run_builds_typed_client_calls(tmp_path, capsys):
+    assert run(["submit", str(TOY), "--target", "kfp", "--host", "http://kfp.local", "--out", str(tmp_path),
+                "--param", "lr=0.01", "--schedule", "--no-cache", "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    run_call, _, recurring = plan["calls"]
+    assert run_call["method"] == "Client.create_run_from_pipeline_package"
+    assert run_call["kwargs"]["arguments"] == {"lr": 0.01} and run_call["kwargs"]["enable_caching"] is False
+    assert run_call["kwargs"]["pipeline_file"] == str(tmp_path / "toy" / "kfp" / "pipeline.yaml")
+    assert recurring["kwargs"]["cron_expression"] == "0 30 2 * * 1"
+    assert recurring["kwargs"]["enable_caching"] is False
+
+
+def test_azureml_submit_dry_run_and_missing_flags(tmp_path, capsys):
+    assert run(["submit", str(TOY), "--target", "azureml", "--out", str(tmp_path), "--dry-run"]) == 2
+    assert "--subscription, --resource-group, --workspace" in capsys.readouterr().err
+    assert run(["submit", str(TOY), "--target", "azureml", "--subscription", "s", "--resource-group", "rg",
+                "--workspace", "ws", "--out", str(tmp_path), "--schedule", "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert [c["method"] for c in plan["calls"]] == ["MLClient.jobs.create_or_update",
+                                                    "MLClient.schedules.begin_create_or_update"]
+    assert plan["workspace_name"] == "ws"
+
+
+def test_azureml_client_objects_construct_offline():
+    from azure.ai.ml import MLClient
+    from azure.identity import DefaultAzureCredential
+
+    client = MLClient(DefaultAzureCredential(), subscription_id="s", resource_group_name="rg", workspace_name="ws")
+    assert client.workspace_name == "ws"
+
+
+@pytest.mark.parametrize("bad", ["lr=abc", "nope=1"])
+def test_bad_param_is_reported(tmp_path, capsys, bad):
+    assert run(["submit", str(TOY), "--target", "kfp", "--host", "h", "--out", str(tmp_path), "--param", bad,
+                "--dry-run"]) == 2
+    assert "--set" in capsys.readouterr().err

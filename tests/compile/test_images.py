@@ -1,0 +1,45 @@
+import pytest
+
+from tuneline.compile import CompileError
+from tuneline.compile.build import compile_graph
+from tuneline.compile.images import check_environments, resolve_images
+from tuneline.compile.options import CompileOptions
+from tuneline.graph import build_graph
+from tuneline.spec import load_pipeline
+from tuneline.spec.models import Images
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+def test_command_line_wins_over_pipeline_and_digests_use_at():
+    plan = resolve_images(Images(registry="acr.io/x", tag="1.0.0"), tag=DIGEST)
+    assert plan.image("train-gpu") == f"acr.io/x/train-gpu@{DIGEST}"
+    assert plan.azureml_environment("train-gpu") == "azureml:train-gpu:" + ("sha256-" + "ab" * 32)[:30]
+    assert resolve_images(None).image("train-cpu") == "tuneline/train-cpu:latest"
+    assert resolve_images(None).azureml_environment("train-cpu") == "azureml:train-cpu@latest"
+
+
+@pytest.mark.parametrize("tag", ["latest", "LATEST", "main", None])
+def test_production_refuses_mutable_or_missing_tags(tag):
+    with pytest.raises(CompileError, match="--production"):
+        resolve_images(Images(registry="acr.io/x", tag=tag) if tag else None, registry="acr.io/x", production=True)
+
+
+def test_bad_tag_is_refused():
+    with pytest.raises(CompileError, match="not a valid tag"):
+        resolve_images(None, tag="v1 beta")
+
+
+def test_production_needs_environment_folders(tmp_path):
+    (tmp_path / "environments" / "train-cpu").mkdir(parents=True)
+    check_environments(tmp_path, {"train-cpu"})
+    with pytest.raises(CompileError, match="train-gpu"):
+        check_environments(tmp_path, {"train-cpu", "train-gpu"})
+
+
+def test_production_compile_of_the_fixture_passes_with_a_version(tmp_path, compiled):
+    from readback import TOY
+
+    graph = build_graph(load_pipeline(TOY))
+    out = compile_graph(graph, ("kfp",), tmp_path, CompileOptions(production=True))
+    assert "registry.example.com/toy/toy-gpu:1.4.0" in (out.folder / "kfp" / "pipeline.yaml").read_text()

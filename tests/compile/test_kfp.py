@@ -1,0 +1,140 @@
+import json
+
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp import components
+from kfp.kubernetes import kubernetes_executor_config_pb2
+from kfp.pipeline_spec import pipeline_spec_pb2
+from readback import TOY, kfp_documents, variant
+
+from tuneline.compile import CompileError
+from tuneline.compile.build import compile_graph
+from tuneline.compile.options import CompileOptions
+from tuneline.graph import build_graph
+from tuneline.spec import load_pipeline
+
+
+def _strict(spec: dict, platform: dict) -> None:
+    json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=False)
+    if platform:
+        json_format.ParseDict(platform, pipeline_spec_pb2.PlatformSpec(), ignore_unknown_fields=False)
+        for config in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values():
+            json_format.ParseDict(config, kubernetes_executor_config_pb2.KubernetesExecutorConfig(),
+                                  ignore_unknown_fields=False)
+
+
+@pytest.mark.parametrize("stem", ["toy", "toy-multinode"])
+def test_package_loads_with_kfp_and_strict_protobuf(compiled, stem):
+    path = compiled[stem] / "kfp" / "pipeline.yaml"
+    loaded = components.load_component_from_file(str(path))
+    assert loaded.name == stem
+    assert set(loaded.component_spec.inputs) == {"dataset", "lr", "base"}
+    _strict(*kfp_documents(path))
+
+
+def _executor(spec: dict, platform: dict, step: str) -> tuple[dict, dict]:
+    key = f"exec-{step.replace('_', '-')}"
+    return (spec["deploymentSpec"]["executors"][key]["container"],
+            platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].get(key, {}))
+
+
+def test_gpu_train_step_has_tolerations_accelerator_shm_and_resume_volume(compiled):
+    spec, platform = kfp_documents(compiled["toy"] / "kfp" / "pipeline.yaml")
+    container, k8s = _executor(spec, platform, "fit")
+    assert container["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert container["resources"]["accelerator"]["resourceCount"] == "1"
+    assert container["resources"]["resourceMemoryLimit"] == "8Gi"
+    tolerations = {(t["key"], t.get("value"), t["effect"]) for t in k8s["tolerations"]}
+    assert tolerations == {("sku", "gpu", "NoSchedule"),
+                           ("kubernetes.azure.com/scalesetpriority", "spot", "NoSchedule")}
+    assert k8s["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "16Gi",
+                                      "volumeName": "dshm"}]
+    assert {"key": "tuneline.dev/pool", "value": "gpuspot"} in [
+        {"key": k, "value": v} for k, v in k8s["nodeSelector"]["labels"].items()]
+    assert k8s["nodeSelector"]["labels"]["tuneline.dev/accelerator"] == "nvidia-a100"
+    assert k8s["pvcMount"][0]["mountPath"] == "/mnt/checkpoints"
+    assert k8s["pvcMount"][0]["constant"] == "tuneline-checkpoints"
+    assert k8s["activeDeadlineSeconds"] == "7200" or k8s["activeDeadlineSeconds"] == 7200
+    assert {e["name"] for e in container["env"]} >= {"TUNELINE_STEP", "TUNELINE_CHECKPOINT_ROOT"}
+    assert [e["envVar"] for e in k8s["secretAsEnv"][0]["keyToEnv"]] == [
+        "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"]
+    # A CPU step gets neither GPU toleration nor shared memory.
+    cpu_container, cpu_k8s = _executor(spec, platform, "make_data")
+    assert "tolerations" not in cpu_k8s and "emptyDirMounts" not in cpu_k8s
+    assert cpu_container["resources"]["resourceCpuRequest"] == "2"
+
+
+def test_command_is_the_local_command_with_placeholders(compiled):
+    spec, platform = kfp_documents(compiled["toy"] / "kfp" / "pipeline.yaml")
+    command = _executor(spec, platform, "make_data")[0]["command"]
+    assert command[:3] == ["python", "-m", "components.make_data"]
+    assert "{{$.inputs.artifacts['raw'].path}}" in command
+    assert json.loads(command[command.index("--ratio") + 2]) == {
+        "Concat": ["--seed=", "{{$.inputs.parameters['seed']}}"]}
+    assert json.loads(command[command.index("--dedup") + 2])["IfPresent"]["InputName"] == "extra"
+    assert command[-1] == "{{$.outputs.parameters['rows'].output_file}}"
+
+
+def test_boolean_value_output_drives_the_condition(compiled):
+    spec, _ = kfp_documents(compiled["toy"] / "kfp" / "pipeline.yaml")
+    assert spec["components"]["comp-check"]["outputDefinitions"]["parameters"]["passed"]["parameterType"] == \
+        "BOOLEAN"
+    group = spec["root"]["dag"]["tasks"]["condition-1"]
+    assert group["inputs"]["parameters"]["pipelinechannel--check-passed"]["taskOutputParameter"] == {
+        "outputParameterKey": "passed", "producerTask": "check"}
+    assert group["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--check-passed'] == true"
+    assert set(spec["components"]["comp-condition-1"]["dag"]["tasks"]) == {"publish", "announce"}
+
+
+def test_retry_and_caching_follow_the_spec(compiled):
+    spec, _ = kfp_documents(compiled["toy"] / "kfp" / "pipeline.yaml")
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["fit"]["retryPolicy"] == {"backoffDuration": "30s", "backoffFactor": 2.0,
+                                           "backoffMaxDuration": "3600s", "maxRetryCount": 2}
+    assert tasks["make-data"]["cachingOptions"] == {"enableCache": True}
+    assert tasks["check"]["cachingOptions"] == {}  # the component says cache: false (proto3 omits false)
+
+
+def test_no_cache_turns_every_cache_off(tmp_path):
+    graph = build_graph(load_pipeline(TOY))
+    out = compile_graph(graph, ("kfp",), tmp_path, CompileOptions(no_cache=True))
+    spec, _ = kfp_documents(out.folder / "kfp" / "pipeline.yaml")
+    tasks = spec["root"]["dag"]["tasks"]
+    assert all(not t.get("cachingOptions", {}).get("enableCache") for t in tasks.values() if "cachingOptions" in t)
+    assert json.loads((out.folder / "kfp" / "recurring_run.json").read_text())["enable_caching"] is False
+
+
+def test_single_node_multi_gpu_runs_torchrun_in_the_pod(tmp_path):
+    path = variant(tmp_path, "kubeflow: {gpus: 1,", "kubeflow: {gpus: 2, processes_per_node: 2,")
+    out = compile_graph(build_graph(load_pipeline(path)), ("kfp",), tmp_path / "out", CompileOptions())
+    spec, platform = kfp_documents(out.folder / "kfp" / "pipeline.yaml")
+    command = _executor(spec, platform, "fit")[0]["command"]
+    assert command[:6] == ["torchrun", "--nnodes=1", "--nproc-per-node=2", "--standalone", "-m", "components.fit"]
+
+
+def test_multinode_step_becomes_a_pytorchjob_launcher(compiled):
+    folder = compiled["toy-multinode"] / "kfp"
+    spec, platform = kfp_documents(folder / "pipeline.yaml")
+    container, k8s = _executor(spec, platform, "fit")
+    assert container["command"][:3] == ["python", "-m", "tuneline.compile.launch"]
+    assert "accelerator" not in container.get("resources", {})  # the launcher pod only waits
+    manifest = json.loads(container["command"][container["command"].index("--manifest") + 1])
+    assert manifest == yaml.safe_load((folder / "pytorchjob-fit.yaml").read_text())
+    assert manifest["kind"] == "PyTorchJob" and manifest["apiVersion"] == "kubeflow.org/v1"
+    replicas = manifest["spec"]["pytorchReplicaSpecs"]
+    assert replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 1
+    pod = replicas["Worker"]["template"]["spec"]
+    assert pod["containers"][0]["command"][:4] == ["torchrun", "--nnodes=2", "--nproc-per-node=4", "-m"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert {t["key"] for t in pod["tolerations"]} == {"sku", "kubernetes.azure.com/scalesetpriority"}
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}} in pod["volumes"]
+    assert k8s["pvcMount"][0]["mountPath"] == "/mnt/checkpoints"
+
+
+def test_step_fed_by_a_conditional_step_must_share_its_condition(tmp_path):
+    path = variant(tmp_path, "    when: ${{steps.check.outputs.passed}}\n    inputs: {model_uri",
+                   "    inputs: {model_uri")
+    graph = build_graph(load_pipeline(path))
+    with pytest.raises(CompileError, match="step 'announce' uses step 'publish'"):
+        compile_graph(graph, ("kfp",), tmp_path / "out", CompileOptions())

@@ -1,0 +1,327 @@
+"""Compile a pipeline graph to a Kubeflow Pipelines v2 package (IR YAML) with kfp and kfp-kubernetes.
+
+Each step becomes one container component that runs the step's own command line: artifacts are
+`Input[Dataset|Model]` / `Output[...]` paths, small values are parameters, and a value output (a boolean gate)
+is a `dsl.OutputPath(<type>)` file the program writes JSON to, which KFP reads back as an output parameter.
+`when:` becomes `dsl.If`. A multi-node step becomes a launcher for a PyTorchJob (see `pytorchjob.py`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kfp import compiler, dsl, kubernetes
+from kfp.dsl import Dataset, Input, Model, Output
+
+from ..graph import Node, PipelineGraph
+from ..spec import Literal, OutputRef, ParamRef
+from ..spec.models import IOType
+from . import CompileError
+from .build import PIPELINE_FILE
+from .command import Item, OptionalBlock, Ref, Token, leading_words, parse_command, torchrun_prefix
+from .launch import LAUNCH_MODULE, staged_command
+from .options import MLFLOW_SECRET_KEYS, CompileOptions
+from .placement import CHECKPOINT_MOUNT, GPU_RESOURCE, Placement, placement, resumable
+from .pytorchjob import pytorchjob_manifest
+
+_VALUE_TYPES: dict[IOType, type] = {IOType.string: str, IOType.integer: int, IOType.number: float,
+                                    IOType.boolean: bool}
+_KW = inspect.Parameter.KEYWORD_ONLY
+
+
+def artifact_class(kind: IOType) -> type:
+    return Model if kind == IOType.model else Dataset
+
+
+@dataclass
+class _Port:
+    name: str
+    kind: IOType
+    is_output: bool
+    artifact_kind: IOType | None = None  # the type the KFP artifact carries (its producer's, when bound)
+
+
+def _ports(graph: PipelineGraph, node: Node) -> list[_Port]:
+    ports = []
+    for name, spec in node.component.spec.inputs.items():
+        binding = node.bindings.get(name)
+        kind = spec.type
+        if isinstance(binding, OutputRef) and kind.is_artifact:
+            # KFP type-checks artifact edges strictly; our spec lets a uri_folder feed a model input.
+            kind_carried = graph.nodes[binding.step].component.spec.outputs[binding.output].type
+        else:
+            kind_carried = kind
+        ports.append(_Port(name, kind, False, kind_carried))
+    ports += [_Port(name, spec.type, True, spec.type) for name, spec in node.component.spec.outputs.items()]
+    return ports
+
+
+def _annotation(port: _Port, optional: bool) -> Any:
+    if port.is_output:
+        if port.kind.is_artifact:
+            return Output[artifact_class(port.artifact_kind)]
+        return dsl.OutputPath(_VALUE_TYPES[port.kind])
+    base = Input[artifact_class(port.artifact_kind)] if port.kind.is_artifact else _VALUE_TYPES[port.kind]
+    return typing.Optional[base] if optional else base  # noqa: UP007,UP045 - kfp reads typing.Optional
+
+
+def _parameter(node: Node, port: _Port) -> inspect.Parameter:
+    if port.name in ("self",) or not port.name.isidentifier():
+        raise CompileError(f"step '{node.name}': '{port.name}' cannot be a KFP parameter name")
+    try:
+        if port.is_output:
+            return inspect.Parameter(port.name, _KW, annotation=_annotation(port, False))
+        spec = node.component.spec.inputs[port.name]
+        bound = port.name in node.bindings
+        if spec.default is not None and not bound:
+            return inspect.Parameter(port.name, _KW, annotation=_annotation(port, False), default=spec.default)
+        if spec.optional and not bound:
+            return inspect.Parameter(port.name, _KW, annotation=_annotation(port, True), default=None)
+        return inspect.Parameter(port.name, _KW, annotation=_annotation(port, False))
+    except ValueError as exc:  # a Python keyword used as a name
+        raise CompileError(f"step '{node.name}': '{port.name}' cannot be a KFP parameter name: {exc}") from None
+
+
+def _placeholder(ref: Ref, ports: dict[str, _Port], args: dict[str, Any]) -> Any:
+    port = ports[ref.name]
+    value = args[ref.name]
+    return value.path if port.kind.is_artifact else value
+
+
+def _kfp_token(token: Token, ports: dict[str, _Port], args: dict[str, Any]) -> Any:
+    parts = [p if isinstance(p, str) else _placeholder(p, ports, args) for p in token]
+    return parts[0] if len(parts) == 1 else dsl.ConcatPlaceholder(parts)
+
+
+def _kfp_items(items: list[Item], ports: dict[str, _Port], args: dict[str, Any]) -> list[Any]:
+    out: list[Any] = []
+    for item in items:
+        if isinstance(item, OptionalBlock):
+            then: list[Any] = [_kfp_token(t, ports, args) for t in item.tokens]
+            for name in reversed(item.inputs):  # all inputs of a block must be present: nest one per input
+                then = [dsl.IfPresentPlaceholder(input_name=name, then=then)]
+            out.extend(then)
+        else:
+            out.append(_kfp_token(item, ports, args))
+    return out
+
+
+def _container_component(name: str, params: list[inspect.Parameter], build: Any) -> Any:
+    def component(*args: Any) -> dsl.ContainerSpec:
+        return build(dict(zip([p.name for p in params], args, strict=True)))
+
+    component.__name__ = name
+    component.__doc__ = None
+    component.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    return dsl.container_component(component)
+
+
+def _launcher_items(node: Node, ports: list[_Port], manifest: dict[str, Any], place: Placement) -> list[Item]:
+    """The launcher's own command: every input and output of the step handed over as name=value."""
+    items: list[Item] = [("python",), ("-m",), (LAUNCH_MODULE,), ("--step",), (node.name,),
+                         ("--nodes",), (str(place.nodes),), ("--procs",), (str(place.processes_per_node),),
+                         ("--template",), (node.component.spec.command,),
+                         ("--manifest",), (json.dumps(manifest, sort_keys=True, separators=(",", ":")),)]
+    for port in ports:
+        flag = "--output" if port.is_output else ("--artifact" if port.kind.is_artifact else "--value")
+        pair: tuple[Token, ...] = ((flag,), (f"{port.name}=", Ref("outputs" if port.is_output else "inputs",
+                                                                 port.name)))
+        spec = None if port.is_output else node.component.spec.inputs[port.name]
+        if spec is not None and spec.optional and spec.default is None and port.name not in node.bindings:
+            items.append(OptionalBlock((port.name,), pair))
+        else:
+            items.extend(pair)
+    return items
+
+
+@dataclass
+class KfpResult:
+    pipeline: Path
+    manifests: list[Path]
+
+
+class _Builder:
+    def __init__(self, graph: PipelineGraph, options: CompileOptions):
+        self.graph = graph
+        self.options = options
+        self.components: dict[str, Any] = {}
+        self.manifests: dict[str, dict[str, Any]] = {}
+        self.placements = {name: placement(graph, graph.nodes[name]) for name in graph.order}
+        self._check_conditions()
+        for name in graph.order:
+            self.components[name] = self._component(graph.nodes[name])
+
+    def _check_conditions(self) -> None:
+        """KFP cannot feed a task inside one dsl.If from a task in another: a step using a conditional step's
+        output must share its condition."""
+        for name in self.graph.order:
+            node = self.graph.nodes[name]
+            for up in node.upstream:
+                up_cond = self.graph.nodes[up].condition
+                if up_cond is not None and up_cond != node.condition:
+                    raise CompileError(f"step '{name}' uses step '{up}', which only runs when {up_cond}; give "
+                                       f"'{name}' the same `when:` ({up_cond})")
+
+    def image(self, node: Node) -> str:
+        return self.options.images.image(node.component.spec.environment)
+
+    def _component(self, node: Node) -> Any:
+        ports = _ports(self.graph, node)
+        by_name = {p.name: p for p in ports}
+        params = [_parameter(node, p) for p in ports]
+        place = self.placements[node.name]
+        items = parse_command(node.component.spec.command)
+        image = self.image(node)
+        if place.nodes > 1:
+            manifest = self._manifest(node, place, items)
+            self.manifests[node.name] = manifest
+            items = _launcher_items(node, ports, manifest, place)
+        elif place.processes_per_node > 1:
+            words = leading_words(items)
+            items = [(w,) for w in torchrun_prefix(words, 1, place.processes_per_node)] + items[1:]
+
+        def build(args: dict[str, Any]) -> dsl.ContainerSpec:
+            return dsl.ContainerSpec(image=image, command=_kfp_items(items, by_name, args))
+
+        return _container_component(node.name, params, build)
+
+    def _manifest(self, node: Node, place: Placement, items: list[Item]) -> dict[str, Any]:
+        """The PyTorchJob as it would run with the pipeline's current parameter values (the launcher re-renders
+        the command with the run's values)."""
+        torchrun_prefix(leading_words(items), place.nodes, place.processes_per_node)  # refuses non-python early
+        values = {name: (f"<{b.step}.{b.output}>" if isinstance(b, OutputRef) else self.graph.resolve_literal(b))
+                  for name, b in node.bindings.items() if not node.input_type(name).is_artifact}
+        artifacts = [name for name, b in node.bindings.items() if node.input_type(name).is_artifact]
+        command = staged_command(node.component.spec, values, artifacts, f"{CHECKPOINT_MOUNT}/$(TUNELINE_RUN_ID)/"
+                                 f"{node.name}", place.nodes, place.processes_per_node)
+        return pytorchjob_manifest(name=f"{self.graph.name}-{node.name}", step=node.name, image=self.image(node),
+                                   command=command, place=place, env=self._env(node, place),
+                                   pvc=self.options.checkpoint_pvc, mlflow_secret=self.options.mlflow_secret,
+                                   backoff_limit=node.retries)
+
+    def _env(self, node: Node, place: Placement) -> dict[str, str]:
+        env = {"TUNELINE_STEP": node.name, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+        if resumable(node) or place.nodes > 1:
+            env["TUNELINE_CHECKPOINT_ROOT"] = CHECKPOINT_MOUNT
+        return env
+
+    # ------------------------------------------------------------------------------------------ pipeline
+
+    def pipeline_function(self) -> Any:
+        graph = self.graph
+        params = []
+        for name, spec in graph.pipeline.spec.params.items():
+            kind = str if spec.type.is_artifact else _VALUE_TYPES[spec.type]
+            params.append(inspect.Parameter(name, _KW, annotation=kind, default=graph.params[name]))
+
+        def body(*args: Any) -> None:
+            self._build_dag(dict(zip([p.name for p in params], args, strict=True)))
+
+        body.__name__ = graph.name.replace("-", "_")
+        body.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        return dsl.pipeline(name=graph.name, description=graph.pipeline.spec.description or None)(body)
+
+    def _build_dag(self, pargs: dict[str, Any]) -> None:
+        tasks: dict[str, Any] = {}
+        imported: dict[Any, Any] = {}
+
+        def artifact_from(key: Any, uri: Any, kind: IOType, label: str) -> Any:
+            if key not in imported:
+                task = dsl.importer(artifact_uri=uri, artifact_class=artifact_class(kind), reimport=False)
+                task.set_display_name(f"import-{label}")
+                task.set_caching_options(not self.options.no_cache)
+                imported[key] = task
+            return imported[key].output
+
+        def argument(node: Node, name: str) -> Any:
+            binding = node.bindings[name]
+            kind = node.input_type(name)
+            if isinstance(binding, OutputRef):
+                return tasks[binding.step].outputs[binding.output]
+            if isinstance(binding, ParamRef):
+                if kind.is_artifact:
+                    return artifact_from(("param", binding.name, kind), pargs[binding.name], kind, binding.name)
+                return pargs[binding.name]
+            assert isinstance(binding, Literal)
+            if kind.is_artifact:
+                return artifact_from(("literal", binding.value, kind), binding.value, kind, f"{node.name}-{name}")
+            return binding.value
+
+        def create(name: str) -> None:
+            node = self.graph.nodes[name]
+            task = self.components[name](**{n: argument(node, n) for n in node.bindings})
+            self._configure(node, task)
+            tasks[name] = task
+
+        groups: dict[OutputRef, list[str]] = {}
+        for name in self.graph.order:
+            cond = self.graph.nodes[name].condition
+            if cond is None:
+                create(name)
+            else:
+                groups.setdefault(cond, []).append(name)
+        for cond, names in groups.items():
+            gate = tasks[cond.step].outputs[cond.output]
+            with dsl.If(gate == True, name=f"{cond.step}-{cond.output}"):  # noqa: E712 - builds a KFP condition
+                for name in names:
+                    create(name)
+
+    def _configure(self, node: Node, task: Any) -> None:
+        place = self.placements[node.name]
+        task.set_display_name(node.name)
+        task.set_caching_options(node.cache_enabled and not self.options.no_cache)
+        if node.retries:
+            backoff = node.component.spec.retry.backoff_seconds
+            task.set_retry(num_retries=node.retries, backoff_duration=f"{int(backoff)}s", backoff_factor=2.0)
+        if node.step.timeout_seconds:
+            kubernetes.set_timeout(task, int(node.step.timeout_seconds))
+        for key, value in self._env(node, place).items():
+            task.set_env_variable(key, value)
+        # The run id names the checkpoint folder a retried pod resumes from; the pod label carries it.
+        kubernetes.use_field_path_as_env(task, env_name="TUNELINE_RUN_ID",
+                                         field_path="metadata.labels['pipeline/runid']")
+        if self.options.mlflow_secret:
+            kubernetes.use_secret_as_env(task, secret_name=self.options.mlflow_secret,
+                                         secret_key_to_env={k: k for k in MLFLOW_SECRET_KEYS})
+        if resumable(node) or place.nodes > 1:
+            kubernetes.mount_pvc(task, pvc_name=self.options.checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
+        if place.nodes > 1:
+            return  # the launcher pod only waits: the PyTorchJob pods get the resources and tolerations
+        if place.cpu:
+            task.set_cpu_request(place.cpu).set_cpu_limit(place.cpu)
+        if place.memory:
+            task.set_memory_request(place.memory).set_memory_limit(place.memory)
+        if place.gpus:
+            task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(place.gpus)
+        for key, value in place.node_selector.items():
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        for tol in place.tolerations:
+            kubernetes.add_toleration(task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect)
+        if place.prefer_spot:
+            kubernetes.add_node_affinity(task, match_expressions=[{"key": "kubernetes.azure.com/scalesetpriority",
+                                                                   "operator": "In", "values": ["spot"]}],
+                                         weight=100)
+        if place.use_shm:
+            kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                                       size_limit=place.shm)
+
+
+def compile_kfp(graph: PipelineGraph, out: Path, options: CompileOptions) -> KfpResult:
+    """Write `out/pipeline.yaml` and one `pytorchjob-<step>.yaml` per multi-node step."""
+    out.mkdir(parents=True, exist_ok=True)
+    builder = _Builder(graph, options)
+    target = out / PIPELINE_FILE
+    compiler.Compiler().compile(builder.pipeline_function(), str(target))
+    manifests = []
+    for step, manifest in builder.manifests.items():
+        path = out / f"pytorchjob-{step}.yaml"
+        path.write_text(f"# PyTorchJob of step '{step}' as the launcher submits it (command re-rendered with the "
+                        f"run's values).\n" + yaml.safe_dump(manifest, sort_keys=False))
+        manifests.append(path)
+    return KfpResult(pipeline=target, manifests=manifests)

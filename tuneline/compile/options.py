@@ -1,0 +1,30 @@
+"""Settings of one compilation that do not belong in the pipeline YAML (they differ per cluster or run)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from ..spec.models import Images
+from .images import ImagePlan, resolve_images
+
+DEFAULT_MLFLOW_SECRET = "mlflow-credentials"
+DEFAULT_CHECKPOINT_PVC = "tuneline-checkpoints"
+DEFAULT_AZUREML_COMPUTE = "cpu-cluster"
+# Keys of the MLflow Secret, each exposed under the same environment variable name.
+MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    image_registry: str | None = None            # wins over the pipeline's `images.registry`
+    image_tag: str | None = None                 # wins over the pipeline's `images.tag`
+    production: bool = False                     # refuse mutable or missing image tags
+    images: ImagePlan = field(default_factory=lambda: resolve_images(None))  # resolved per pipeline
+    no_cache: bool = False                       # every step's cache off, whatever the spec says
+    mlflow_secret: str | None = DEFAULT_MLFLOW_SECRET
+    checkpoint_pvc: str = DEFAULT_CHECKPOINT_PVC
+    azureml_compute: str = DEFAULT_AZUREML_COMPUTE  # for steps without an azureml compute profile
+
+    def for_pipeline(self, spec_images: Images | None) -> CompileOptions:
+        plan = resolve_images(spec_images, self.image_registry, self.image_tag, self.production)
+        return replace(self, images=plan)
