@@ -49,7 +49,8 @@ def main() -> None:
         "alias bomb (10^10 nodes expanded)": lambda: load_yaml_text(alias_bomb(), "bomb.yaml"),
         "5,000-deep flow nesting": lambda: load_yaml_text("a: " + "[" * 5000 + "]" * 5000, "deep.yaml"),
         "file over 10 MB": lambda: load_yaml(big),
-        "1 MB of valid YAML (55k items)": lambda: load_yaml_text("items:\n" + "  - {a: 1, b: two}\n" * 55_000, "large.yaml"),
+        "1 MB of valid YAML (55k items)": lambda: load_yaml_text("items:\n" + "  - {a: 1, b: two}\n" * 55_000,
+                                                                 "large.yaml"),
     }
     for pipeline in sorted((ROOT / "pipelines").glob("*.yaml")):
         cases[f"validate {pipeline.relative_to(ROOT)}"] = lambda p=pipeline: load_pipeline(p)

@@ -96,6 +96,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except StepFailed as exc:
         print(f"tuneline: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    for name in record.order:
+        summary = Path(record.folder, "steps", name, "summary.md")
+        if record.steps[name].status in (rec.SUCCEEDED, rec.CACHED) and summary.is_file():
+            print(f"\n── {name} " + "─" * max(0, 60 - len(name)) + "\n" + summary.read_text().rstrip())
     print()
     print(summary_table(record))
     print(f"\nrun {record.run_id} {record.status} in {record.duration_s:.1f}s; record: "

@@ -43,8 +43,10 @@ def test_run_executes_every_step_and_records_it(toy, cli):
 
 def test_unchanged_rerun_is_all_cache_and_a_param_change_reruns_only_affected(toy, cli):
     assert cli("run", "pipelines/toy.yaml")[0] == 0
-    assert cli("run", "pipelines/toy.yaml")[0] == 0
+    code, out, _ = cli("run", "pipelines/toy.yaml")
+    assert code == 0
     assert statuses(run_record(toy)) == {"gen": "cached", "check": "cached", "publish": "cached"}
+    assert "check counted **5** lines" in out  # a cached step's summary is shown too
     # threshold only feeds `check`: gen stays cached; check reruns; publish's inputs are unchanged -> cached.
     assert cli("run", "pipelines/toy.yaml", "--set", "threshold=3")[0] == 0
     assert statuses(run_record(toy)) == {"gen": "cached", "check": "succeeded", "publish": "cached"}

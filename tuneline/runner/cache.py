@@ -19,6 +19,7 @@ from typing import Any
 from .digest import path_sha256
 
 CACHE_FORMAT = 1
+SUMMARY = "summary.md"  # what a step wants shown at the end of a run ($TUNELINE_STEP_SUMMARY)
 PACKAGE = Path(__file__).resolve().parent.parent
 _IMPORT = re.compile(r"^\s*(?:from|import)\s+tuneline((?:\.\w+)+)", re.M)
 
@@ -110,14 +111,17 @@ class StepCache:
                 return None  # pruned by hand: treat as a miss rather than hand a step a missing input
         return CacheEntry(key=key, folder=entry_dir, outputs=outputs)
 
-    def store(self, key: str, outputs_dir: Path, outputs: dict[str, Any], meta: dict[str, Any]) -> None:
+    def store(self, key: str, step_dir: Path, outputs: dict[str, Any], meta: dict[str, Any]) -> None:
+        """Keep a step's `outputs/` folder and its `summary.md` (when written) under `key`."""
         final = self.folder / key
         if final.exists():
             return
         staging = self.folder / f".{key}.{os.getpid()}.tmp"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        link_tree(outputs_dir, staging / "outputs")
+        link_tree(step_dir / "outputs", staging / "outputs")
+        if (step_dir / SUMMARY).is_file():
+            link_tree(step_dir / SUMMARY, staging / SUMMARY)
         (staging / "entry.json").write_text(json.dumps({"outputs": outputs, **meta}, indent=2))
         try:
             os.rename(staging, final)

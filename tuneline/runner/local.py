@@ -25,7 +25,7 @@ from .. import __version__
 from ..graph import Node, PipelineGraph
 from ..spec import IOType, Literal, OutputRef, ParamRef
 from . import record as rec
-from .cache import StepCache, link_tree, step_cache_key
+from .cache import SUMMARY, StepCache, link_tree, step_cache_key
 from .command import render_command
 from .digest import path_sha256
 
@@ -188,6 +188,8 @@ class LocalRunner:
             entry = self.cache.lookup(step.cache_key) if use_cache or cache_only else None
             if entry is not None:
                 link_tree(entry.folder / "outputs", outputs_dir)
+                if (entry.folder / SUMMARY).is_file():
+                    link_tree(entry.folder / SUMMARY, step_dir / SUMMARY)
                 step.outputs = {name: self._absolute(out, outputs_dir) for name, out in entry.outputs.items()}
                 step.cache = "hit"
                 step.duration_s = time.time() - step.started
@@ -204,7 +206,7 @@ class LocalRunner:
             step.outputs = self._collect_outputs(node, outputs_dir)
             if node.cache_enabled:
                 stored = {name: self._relative(out, outputs_dir) for name, out in step.outputs.items()}
-                self.cache.store(step.cache_key, outputs_dir, stored,
+                self.cache.store(step.cache_key, step_dir, stored,
                                  {"run_id": self.record.run_id, "step": node.name, "created": time.time()})
             step.duration_s = time.time() - step.started
             self._finish(step, rec.SUCCEEDED)
@@ -309,6 +311,7 @@ class LocalRunner:
         log_path = step_dir / "log.txt"
         step.log = str(log_path)
         env = step_environment(self.root, self.options.home, self.record.run_id, node.name)
+        env["TUNELINE_STEP_SUMMARY"] = str(step_dir / SUMMARY)
         timeout = node.step.timeout_seconds
         backoff = node.component.spec.retry.backoff_seconds
         for number in range(1, node.retries + 2):
