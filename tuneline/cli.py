@@ -203,8 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _extensions():
     """Sub-commands that live beside their own code; each module imports its heavy SDKs only when run."""
     from .compile.cli import add_commands as compile_commands
+    from .ops_cli import add_commands as ops_commands
 
-    return [compile_commands]
+    return [compile_commands, ops_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -211,6 +211,10 @@ class Triggers(Strict):
     max_age_days: float | None = Field(None, gt=0)
     requests_log: str | None = Field(None, description="where production requests are logged")
     fresh_labels: str | None = Field(None, description="labelled JSONL to re-evaluate the champion on")
+    metric: str = Field("exact_match", description="the gate metric compared for metric_drop")
+    dataset_param: str | None = Field(None, description="parameter naming the data source (default: the first "
+                                                        "uri_file parameter)")
+    model_name: str | None = Field(None, description="registered model to watch (default: the register step's)")
 
 
 class Images(Strict):

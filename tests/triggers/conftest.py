@@ -1,0 +1,49 @@
+"""Trigger test fixtures: a throwaway copy of tests/triggers/project with chat data and its own MLflow."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import tuneline.cli
+from tuneline.ml.fixtures import ticket_records
+from tuneline.ops_cli import add_commands
+
+PROJECT = Path(__file__).parent / "project"
+
+
+def write_records(path: Path, records: list[dict], mode: str = "w") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open(mode) as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in records)
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "project"
+    shutil.copytree(PROJECT, root)
+    write_records(root / "data" / "tickets.jsonl", ticket_records(40, seed=1))
+    monkeypatch.delenv("TUNELINE_HOME", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.chdir(root)
+    return root
+
+
+@pytest.fixture
+def ops_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    """`tuneline ...` in-process with the trigger/feedback/cost commands wired in."""
+    original = tuneline.cli._extensions
+    monkeypatch.setattr(
+        tuneline.cli, "_extensions", lambda: [e for e in original() if e is not add_commands] + [add_commands]
+    )
+
+    def call(*args: str) -> tuple[int, str, str]:
+        code = tuneline.cli.main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return call

@@ -1,0 +1,36 @@
+"""The Azure ML retrain-check job + schedule load with azure-ai-ml's own loaders, offline."""
+
+from __future__ import annotations
+
+import pytest
+from azure.ai.ml import load_job
+from azure.ai.ml.entities._load_functions import load_schedule
+
+from tuneline.spec import load_pipeline
+from tuneline.triggers.azureml import ScheduleOptions, write_schedule
+
+
+def test_job_and_schedule_load_with_azure_ai_ml(project, tmp_path):
+    pipeline = load_pipeline(project / "pipelines" / "grow.yaml")
+    out = project / "build" / "azureml"
+    job_path, schedule_path = write_schedule(pipeline, out, ScheduleOptions(compute="cpu-cluster"))
+    job = load_job(job_path)
+    assert job.command == "tuneline trigger check pipelines/grow.yaml --run --exit-zero"
+    assert job.compute == "cpu-cluster" and job.experiment_name == "tuneline-triggers"
+    assert "/" not in job_path.read_text().split("code: ")[1].split("\n")[0].lstrip("./")  # relative: ../..
+    schedule = load_schedule(schedule_path)
+    assert schedule.name == "grow-retrain-check"
+    assert schedule.trigger.expression == "0 3 * * *" and schedule.trigger.time_zone == "UTC"
+    assert schedule.create_job.command == job.command
+
+
+def test_a_bad_cron_is_refused(project):
+    pipeline = load_pipeline(project / "pipelines" / "grow.yaml")
+    with pytest.raises(ValueError, match="cron '61 3 \\* \\* \\*'"):
+        write_schedule(pipeline, project / "out", ScheduleOptions(cron="61 3 * * *"))
+
+
+def test_cli_writes_both_files(project, ops_cli):
+    code, out, _ = ops_cli("trigger", "azureml-schedule", "pipelines/grow.yaml", "--out", "build/az")
+    assert code == 0 and "az ml schedule create --file build/az/schedule.yml" in out
+    assert (project / "build" / "az" / "retrain_check_job.yml").is_file()

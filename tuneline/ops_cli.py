@@ -1,0 +1,401 @@
+"""Sub-commands for operating a pipeline over time: `trigger`, `feedback` and `cost`.
+
+Run as: tuneline trigger check pipelines/finetune.yaml [--run] [--json]
+        tuneline trigger azureml-schedule pipelines/finetune.yaml --out build/azureml/retrain-check
+        tuneline feedback rate REQUEST_ID 5
+        tuneline feedback export --min-rating 4 --out data/feedback.jsonl
+        tuneline cost pipelines/finetune.yaml --target azureml [--spot] [--sku Standard_NC24ads_A100_v4]
+
+`trigger check` exit codes: 0 no retrain needed; 10 retrain needed (with --run: the run started and
+succeeded); 11 retrain needed and the --run pipeline run failed; 2 invalid pipeline, option or data file.
+With --exit-zero (for schedulers that count any non-zero status as a failed job) 10 becomes 0, 11 becomes 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+EXIT_NO_RETRAIN, EXIT_RETRAIN, EXIT_RUN_FAILED, EXIT_INVALID = 0, 10, 11, 2
+
+
+def _sets(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise SystemExit(f"tuneline: --set expects name=value, got '{pair}'")
+        out[name.strip()] = value
+    return out
+
+
+def _load(path: str, sets: list[str]):
+    from .spec import SpecError, load_pipeline
+
+    try:
+        return load_pipeline(path, _sets(sets))
+    except SpecError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def _home(pipeline, home: str | None) -> Path:
+    from .runner.local import default_home
+
+    return Path(home) if home else default_home(pipeline.root)
+
+
+# ---------------------------------------------------------------------------------------------- trigger
+
+
+def cmd_trigger_check(args: argparse.Namespace) -> int:
+    from .feedback import FeedbackError
+    from .triggers import CheckOptions, run_check
+    from .triggers import tracking as trigger_tracking
+    from .triggers.check import mlflow_client, tracking_uri
+    from .triggers.features import DataFileError
+    from .triggers.newdata import TriggerConfigError
+    from .triggers.quality import EvalOptions
+
+    pipeline = _load(args.pipeline, args.set)
+    if pipeline is None:
+        return EXIT_INVALID
+    home = _home(pipeline, args.home)
+    # The pipeline run started by --run, and the registry lookups, must use the same store as the steps.
+    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri(home))
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # Flags override the pipeline's `triggers:` block, which overrides the built-in defaults.
+    declared = pipeline.spec.triggers
+    options = CheckOptions(
+        home=home,
+        dataset_param=args.dataset_param or (declared.dataset_param if declared else None),
+        model_name=args.model_name or (declared.model_name if declared else None),
+        metric=args.metric or (declared.metric if declared else "exact_match"),
+        window=args.window,
+        min_requests=args.min_requests,
+        evaluation=EvalOptions(max_examples=args.max_examples),
+    )
+    try:
+        decision = run_check(pipeline, options)
+    except (TriggerConfigError, DataFileError, FeedbackError, ValueError, FileNotFoundError) as exc:
+        print(f"tuneline trigger check: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    client = None if args.no_record else mlflow_client(home)
+    if client is not None:
+        trigger_tracking.start(client, home, pipeline, decision)
+    if decision.retrain and args.run:
+        from .cli import main as cli_main
+        from .runner.record import list_runs
+
+        started = time.time()
+        print(decision.render(), file=sys.stderr if args.json else sys.stdout, flush=True)
+        print(f"starting a pipeline run: tuneline run {args.pipeline}", file=sys.stderr, flush=True)
+        stdout = sys.stdout
+        if args.json:
+            sys.stdout = sys.stderr  # keep stdout a single JSON document
+        try:
+            code = cli_main(
+                [
+                    "run",
+                    args.pipeline,
+                    "--home",
+                    str(home),
+                    *(x for pair in args.set for x in ("--set", pair)),
+                ]
+            )
+        finally:
+            sys.stdout = stdout
+        runs = [
+            r
+            for r in list_runs(home / "runs")
+            if r.get("started", 0) >= started - 1 and r.get("pipeline") == pipeline.name
+        ]
+        decision.pipeline_run = {
+            "run_id": runs[-1]["run_id"] if runs else None,
+            "status": runs[-1]["status"] if runs else "not-started",
+            "exit_code": code,
+        }
+    if client is not None:
+        trigger_tracking.finish(client, decision)
+    if args.json:
+        print(json.dumps(decision.to_dict(), indent=2, default=str))
+    else:
+        print(decision.render())
+    if not decision.retrain:
+        return EXIT_NO_RETRAIN
+    if decision.pipeline_run and decision.pipeline_run["exit_code"] != 0:
+        return 1 if args.exit_zero else EXIT_RUN_FAILED
+    return 0 if args.exit_zero else EXIT_RETRAIN
+
+
+def cmd_trigger_azureml(args: argparse.Namespace) -> int:
+    from .triggers.azureml import ScheduleOptions, write_schedule
+
+    pipeline = _load(args.pipeline, [])
+    if pipeline is None:
+        return EXIT_INVALID
+    options = ScheduleOptions(
+        compute=args.compute,
+        environment=args.environment,
+        cron=args.cron,
+        timezone=args.timezone,
+        code=args.code,
+    )
+    try:
+        job, schedule = write_schedule(pipeline, Path(args.out), options)
+    except ValueError as exc:
+        print(f"tuneline trigger azureml-schedule: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"wrote {job}\nwrote {schedule}\ncreate it with: az ml schedule create --file {schedule}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- feedback
+
+
+def _feedback_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    from .feedback import ENV_LOG
+    from .runner.local import default_home
+
+    home = Path(args.home) if args.home else default_home(Path.cwd())
+    log = Path(args.log or os.environ.get(ENV_LOG) or home / "feedback" / "requests.jsonl")
+    ratings = Path(args.ratings or home / "feedback" / "ratings.jsonl")
+    return log, ratings
+
+
+def cmd_feedback_rate(args: argparse.Namespace) -> int:
+    from .feedback import FeedbackError, RatingStore
+
+    _, ratings = _feedback_paths(args)
+    try:
+        RatingStore(ratings).rate(args.request_id, args.rating, args.comment)
+    except FeedbackError as exc:
+        print(f"tuneline feedback rate: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"rated {args.request_id}: {args.rating} ({ratings})")
+    return 0
+
+
+def cmd_feedback_export(args: argparse.Namespace) -> int:
+    from .feedback import FeedbackError, export
+
+    log, ratings = _feedback_paths(args)
+    try:
+        result = export(log, ratings, args.out, min_rating=args.min_rating, system=args.system)
+    except FeedbackError as exc:
+        print(f"tuneline feedback export: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print(
+        f"wrote {result.written} chat records to {args.out} (rating >= {args.min_rating}; "
+        f"{result.logged} logged "
+        f"requests, {result.rated} rated, {result.unmatched_ratings} high ratings no longer in the log)"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- cost
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    from .cost import DEFAULT_PRICES, CostError, estimate, load_prices, render
+
+    pipeline = _load(args.pipeline, args.set)
+    if pipeline is None:
+        return EXIT_INVALID
+    try:
+        prices = load_prices(Path(args.prices) if args.prices else pipeline.root / DEFAULT_PRICES)
+        report = estimate(
+            pipeline,
+            prices,
+            target=args.target,
+            sku=args.sku,
+            spot=args.spot,
+            home=_home(pipeline, args.home),
+            tokenizer=args.tokenizer,
+            mfu=args.mfu,
+            calibrate=args.calibrate,
+        )
+    except CostError as exc:
+        print(f"tuneline cost: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print(json.dumps(report.to_dict(), indent=2) if args.json else render(report))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+
+def add_commands(subparsers) -> None:
+    """Add `trigger`, `feedback` and `cost` to tuneline's sub-command parsers."""
+    trigger = subparsers.add_parser("trigger", help="retraining triggers: new data, drift, quality, age")
+    trigger_sub = trigger.add_subparsers(dest="trigger_command", required=True)
+    check = trigger_sub.add_parser(
+        "check",
+        help="evaluate the pipeline's triggers: block and print a decision",
+        description=__doc__.split("\n\n")[2],
+    )
+    check.add_argument("pipeline", help="pipeline YAML file with a triggers: block")
+    check.add_argument("--run", action="store_true", help="start a local pipeline run when a trigger fires")
+    check.add_argument("--json", action="store_true", help="print the decision as JSON")
+    check.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a pipeline parameter, as for `tuneline run` (repeatable)",
+    )
+    check.add_argument(
+        "--home", default=None, help="state folder (default: $TUNELINE_HOME or <project>/.tuneline)"
+    )
+    check.add_argument(
+        "--dataset-param",
+        default=None,
+        help="parameter naming the training data (default: 'dataset', else the only uri_file one)",
+    )
+    check.add_argument(
+        "--model-name",
+        default=None,
+        help="registered model (default: the register step's model name, else the pipeline name)",
+    )
+    check.add_argument(
+        "--metric", default=None, help="metric that metric_drop applies to (default: triggers.metric, exact_match)"
+    )
+    check.add_argument(
+        "--window",
+        type=int,
+        default=1000,
+        help="most recent requests compared for drift (default: %(default)s)",
+    )
+    check.add_argument(
+        "--min-requests",
+        type=int,
+        default=50,
+        help="fewer logged requests than this: drift is not judged (default: %(default)s)",
+    )
+    check.add_argument(
+        "--max-examples",
+        type=int,
+        default=64,
+        help="fresh labelled examples the champion is re-evaluated on (default: %(default)s)",
+    )
+    check.add_argument("--no-record", action="store_true", help="do not record the decision in MLflow")
+    check.add_argument(
+        "--exit-zero",
+        action="store_true",
+        help="exit 0 when a retrain is needed (or ran OK), 1 when the run failed: for cron jobs",
+    )
+    check.set_defaults(handler=cmd_trigger_check)
+
+    azml = trigger_sub.add_parser(
+        "azureml-schedule", help="write an Azure ML command job + schedule that runs `trigger check --run`"
+    )
+    azml.add_argument("pipeline", help="pipeline YAML file")
+    azml.add_argument(
+        "--out", default="build/azureml/retrain-check", help="output folder (default: %(default)s)"
+    )
+    azml.add_argument(
+        "--compute", default="cpu-cluster", help="Azure ML compute cluster (default: %(default)s)"
+    )
+    azml.add_argument(
+        "--environment",
+        default="azureml:tuneline-control@latest",
+        help="Azure ML environment with tuneline installed (default: %(default)s)",
+    )
+    azml.add_argument(
+        "--cron", default=None, help="cron expression (default: the pipeline's schedule, else daily 03:00)"
+    )
+    azml.add_argument("--timezone", default=None, help="time zone (default: the pipeline's, else UTC)")
+    azml.add_argument(
+        "--code",
+        default=None,
+        help="project root as seen from --out (default: the relative path from --out to the root)",
+    )
+    azml.set_defaults(handler=cmd_trigger_azureml)
+
+    feedback = subparsers.add_parser("feedback", help="ratings of served answers, exported as training data")
+    fb_sub = feedback.add_subparsers(dest="feedback_command", required=True)
+    for name, helptext in (
+        ("rate", "rate a logged request 1-5"),
+        ("export", "write highly rated interactions as chat JSONL"),
+    ):
+        p = fb_sub.add_parser(name, help=helptext)
+        p.add_argument(
+            "--log",
+            default=None,
+            help="request log (default: $TUNELINE_REQUEST_LOG, else .tuneline/feedback/requests.jsonl)",
+        )
+        p.add_argument(
+            "--ratings", default=None, help="rating store (default: .tuneline/feedback/ratings.jsonl)"
+        )
+        p.add_argument("--home", default=None, help="state folder (default: $TUNELINE_HOME or ./.tuneline)")
+        if name == "rate":
+            p.add_argument("request_id", help="the id the request log gave the request")
+            p.add_argument("rating", type=int, choices=range(1, 6), help="1 (bad) to 5 (excellent)")
+            p.add_argument("--comment", default="", help="free text kept with the rating")
+            p.set_defaults(handler=cmd_feedback_rate)
+        else:
+            p.add_argument(
+                "--min-rating",
+                type=int,
+                default=4,
+                choices=range(1, 6),
+                help="lowest rating exported (default: %(default)s)",
+            )
+            p.add_argument("--out", required=True, help="chat JSONL file to write")
+            p.add_argument(
+                "--system",
+                default=None,
+                help="system prompt added to records without one (e.g. the training data's)",
+            )
+            p.set_defaults(handler=cmd_feedback_export)
+
+    cost = subparsers.add_parser("cost", help="estimate training time and money before a run")
+    cost.add_argument("pipeline", help="pipeline YAML file with a train step")
+    cost.add_argument(
+        "--target",
+        choices=("aks", "azureml", "local"),
+        default="azureml",
+        help="where the run would go (default: %(default)s)",
+    )
+    cost.add_argument(
+        "--sku", default=None, help="highlight this SKU (default: the train step's instance type)"
+    )
+    cost.add_argument("--spot", action="store_true", help="price the highlighted SKU at the spot rate")
+    cost.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a pipeline parameter (repeatable)",
+    )
+    cost.add_argument(
+        "--prices", default=None, help="price table (default: config/prices.yaml of the project)"
+    )
+    cost.add_argument(
+        "--tokenizer",
+        choices=("auto", "real", "estimate"),
+        default="auto",
+        help="count tokens with the base model's tokenizer (real), a regex estimate, or real when "
+        "the model is already on disk (auto, the default)",
+    )
+    cost.add_argument(
+        "--mfu",
+        type=float,
+        default=None,
+        help="model FLOP utilisation for the FLOP-based estimate (default: from the price table)",
+    )
+    cost.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="measure this machine's matmul throughput again instead of reusing the cached figure",
+    )
+    cost.add_argument(
+        "--home", default=None, help="state folder (default: $TUNELINE_HOME or <project>/.tuneline)"
+    )
+    cost.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    cost.set_defaults(handler=cmd_cost)

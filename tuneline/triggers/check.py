@@ -1,0 +1,61 @@
+"""Run the pipeline's configured triggers and combine them into one decision (retrain when any fires)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..spec import Pipeline
+from ..spec.models import Triggers
+from .champion import check_age, default_model_name, find_champion
+from .drift import check_drift, reference_source
+from .newdata import check_new_data, dataset_param, last_successful_run, resolve
+from .quality import EvalOptions, check_quality
+from .result import Decision
+
+
+@dataclass
+class CheckOptions:
+    home: Path  # the project's state folder (.tuneline)
+    dataset_param: str | None = None  # default: `dataset`, else the only uri_file parameter
+    model_name: str | None = None  # default: the register step's model name, else the pipeline's
+    metric: str = "exact_match"  # the metric metric_drop applies to
+    window: int = 1000  # most recent requests compared for drift
+    min_requests: int = 50  # fewer requests than this: drift is not judged
+    evaluation: EvalOptions = field(default_factory=EvalOptions)
+    now: float | None = None  # for the age trigger; None means the current time
+
+
+def tracking_uri(home: Path) -> str:
+    """The MLflow store the runner's steps use: MLFLOW_TRACKING_URI, else SQLite in the state folder."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(home / 'mlflow.db').absolute()}"
+
+
+def mlflow_client(home: Path):
+    from mlflow.tracking import MlflowClient
+
+    home.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=tracking_uri(home))
+
+
+def run_check(pipeline: Pipeline, options: CheckOptions, client=None) -> Decision:
+    """Evaluate every trigger of `pipeline.spec.triggers`; `client` is an MlflowClient (made when needed)."""
+    triggers = pipeline.spec.triggers or Triggers()
+    runs_dir = options.home / "runs"
+    results = [check_new_data(pipeline, triggers, runs_dir, options.dataset_param)]
+    if triggers.drift_psi is not None or triggers.drift_ks is not None:
+        dataset = resolve(pipeline, str(pipeline.params[dataset_param(pipeline, options.dataset_param)]))
+        reference = reference_source(last_successful_run(runs_dir, pipeline.name), dataset)
+    else:
+        reference = Path()
+    results.append(check_drift(triggers, pipeline.root, reference, options.window, options.min_requests))
+    champion = None
+    if triggers.max_age_days is not None or triggers.metric_drop is not None:
+        client = client or mlflow_client(options.home)
+        champion = find_champion(client, options.model_name or default_model_name(pipeline))
+    results.append(
+        check_quality(client, champion, triggers, pipeline.root, options.metric, options.evaluation)
+    )
+    results.append(check_age(champion, triggers, options.now))
+    return Decision(pipeline=pipeline.name, pipeline_path=str(pipeline.path), results=results)
