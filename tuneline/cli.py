@@ -102,6 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"\n── {name} " + "─" * max(0, 60 - len(name)) + "\n" + summary.read_text().rstrip())
     print()
     print(summary_table(record))
+    _print_cost(record)
     print(f"\nrun {record.run_id} {record.status} in {record.duration_s:.1f}s; record: "
           f"{Path(record.folder, 'run.json')}")
     for step in record.steps.values():
@@ -111,6 +112,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if record.status == rec.SUCCEEDED:
         return EXIT_OK
     return EXIT_INTERRUPTED if record.status == rec.INTERRUPTED else EXIT_FAILED
+
+
+def _print_cost(record) -> None:
+    """Measured training time next to what `tuneline cost` would have predicted, so estimates stay honest."""
+    from .cost import CostError, estimate_for_run
+
+    if not any(step.component == "train" and step.status == "succeeded" for step in record.steps.values()):
+        return
+    try:
+        print("\n" + estimate_for_run(record.to_dict()).render())
+    except (CostError, OSError, ValueError) as exc:
+        print(f"\n(no cost comparison: {exc})")
 
 
 def cmd_runs_list(args: argparse.Namespace) -> int:
