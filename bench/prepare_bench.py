@@ -1,0 +1,200 @@
+"""Throughput and memory of the prepare step on synthetic chat data (near-dup dedup and PII redaction on).
+
+Run as: python bench/prepare_bench.py                  # 10k, 100k and 1M records
+        python bench/prepare_bench.py --sizes 10000     # one quick size
+        python bench/prepare_bench.py --workers 2       # parse/redact/sign in 2 worker processes
+
+Each size runs in a fresh child process (so peak RSS is that run's own), timing ``run`` only, not data
+generation. Wall-clock and CPU-time rates are both recorded: on a shared machine the wall-clock rate
+mostly measures the other tenants. Writes bench/results/prepare.json and prints records/s, peak RSS
+and the scaling ratio (time of 10x records / time of 1x; linear is 10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "prepare.json"
+
+SYSTEM = (
+    "You are a support triage assistant. Read the ticket and answer with one JSON object with keys "
+    "category, priority and product. Answer with the JSON object only."
+)
+WORDS = (
+    "order account password invoice refund delivery broken screen battery charger login error payment "
+    "subscription cancel upgrade shipping address warranty replacement slow crash update install app "
+    "website email card declined missing package tracking number support agent manager urgent today "
+    "yesterday week month please help thanks again still waiting since monday printer router laptop "
+    "phone tablet headphones keyboard mouse monitor cable adapter firmware driver backup restore sync"
+).split()
+PII = (
+    "Reach me at jane.roe{n}@example.org",
+    "My card 4111 1111 1111 1111 was charged twice",
+    "call me on +1 415-555-{n:04d}",
+    "server 10.0.{a}.{b} is down",
+    "my key is sk-{tok}",
+)
+
+
+def synth_lines(n: int, seed: int = 7) -> list[str]:
+    """``n`` JSONL lines: unique tickets plus ~4% exact duplicates, ~4% near-duplicates, ~5% with PII."""
+    rng = random.Random(seed)
+    lines: list[str] = []
+    pairs: list[tuple[str, str]] = []
+    for i in range(n):
+        roll = rng.random()
+        if lines and roll < 0.04:
+            lines.append(lines[rng.randrange(len(lines))])
+            continue
+        if pairs and roll < 0.08:  # near-duplicate of an earlier record: case, space, punctuation edits
+            ticket, answer = pairs[rng.randrange(len(pairs))]
+            ticket = ticket.replace(" (ref", "  (Ref").replace(").", ")!")
+        else:
+            ticket = " ".join(rng.choices(WORDS, k=rng.randint(25, 45))).capitalize() + f" (ref {i})."
+            if roll < 0.13:
+                ticket += " " + rng.choice(PII).format(
+                    n=i % 10000,
+                    a=i % 250,
+                    b=(i // 250) % 250,
+                    tok="".join(rng.choices("abcdefghijk0123456789", k=32)),
+                )
+            answer = json.dumps(
+                {
+                    "category": rng.choice(["billing", "technical", "account", "shipping"]),
+                    "priority": rng.choice(["low", "medium", "high"]),
+                    "product": rng.choice(WORDS),
+                }
+            )
+            pairs.append((ticket, answer))
+        rec = {
+            "id": f"r{i}",
+            "messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": ticket},
+                {"role": "assistant", "content": answer},
+            ],
+        }
+        lines.append(json.dumps(rec))
+    return lines
+
+
+def run_one(n: int, workers: int) -> dict:
+    sys.path.insert(0, str(ROOT))
+    from components.prepare.pipeline import PrepareConfig, run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.jsonl"
+        raw.write_text("\n".join(synth_lines(n)) + "\n", encoding="utf-8")
+        cfg = PrepareConfig(
+            raw=raw,
+            train_out=Path(tmp, "train"),
+            validation_out=Path(tmp, "val"),
+            test_out=Path(tmp, "test"),
+            report_out=Path(tmp, "report"),
+            workers=workers,
+        )
+        load = os.getloadavg()[0]
+        cpu0 = time.process_time()
+        kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        result = run(cfg)
+        seconds = time.perf_counter() - t0
+        kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = time.process_time() - cpu0 + (kids1.ru_utime + kids1.ru_stime - kids0.ru_utime - kids0.ru_stime)
+        s = result.stats
+        return {
+            "records": n,
+            "workers": workers,
+            "seconds": round(seconds, 3),
+            "records_per_second": round(n / seconds, 1),
+            "cpu_seconds": round(cpu, 3),
+            "records_per_cpu_second": round(n / cpu, 1),
+            "load_average_at_start": round(load, 2),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "kept": s.kept,
+            "quarantined": s.quarantined,
+            "deduplicated": s.deduplicated,
+            "near_duplicates": s.reasons.get("near_duplicate", 0),
+            "pii": sum(result.pii_counts.values()),
+        }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="record counts")
+    p.add_argument(
+        "--workers", type=int, default=1, help="parse/redact/sign processes (1: main process only)"
+    )
+    p.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)  # child mode
+    p.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON results")
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.workers)))
+        return
+    rows = []
+    for n in args.sizes:
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", str(n), "--workers", str(args.workers)],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        ).stdout
+        row = json.loads(out.strip().splitlines()[-1])
+        rows.append(row)
+        print(
+            f"{n:>9,} records  {row['seconds']:>8.2f} s  {row['records_per_second']:>9,.0f} rec/s  "
+            f"{row['records_per_cpu_second']:>9,.0f} rec/CPU-s  peak RSS {row['peak_rss_mib']:>7,.0f} MiB  "
+            f"load {row['load_average_at_start']}  (kept {row['kept']}, dedup {row['deduplicated']})",
+            flush=True,
+        )
+    scaling = [
+        {
+            "from": a["records"],
+            "to": b["records"],
+            "time_ratio": round(b["seconds"] / a["seconds"], 2),
+            "cpu_time_ratio": round(b["cpu_seconds"] / a["cpu_seconds"], 2),
+            "size_ratio": round(b["records"] / a["records"], 2),
+        }
+        for a, b in zip(rows, rows[1:], strict=False)
+    ]
+    for s in scaling:
+        print(
+            f"{s['from']:,} -> {s['to']:,}: wall time x{s['time_ratio']}, CPU time x{s['cpu_time_ratio']} "
+            f"for records x{s['size_ratio']}"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "platform": platform.platform(),
+                },
+                "settings": "defaults: near-dup 0.95, num_perm 128, PII redaction on",
+                "note": "records_per_cpu_second counts the CPU time of the run and its worker processes; "
+                "it is the figure to compare when the machine is shared (see load_average_at_start).",
+                "runs": rows,
+                "scaling": scaling,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+
+
+if __name__ == "__main__":
+    main()

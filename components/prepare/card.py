@@ -1,0 +1,148 @@
+"""The data card: what went in, what came out and why, as ``data_card.json`` and ``data_card.md``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from components.prepare.pipeline import LENGTH_BINS, SPLITS, PrepareConfig, Result
+from tuneline.data.records import DUPLICATE_REASONS, REJECT_REASONS
+
+INVARIANT = "kept + quarantined + deduplicated == input_records"
+BLANK_LINES = (
+    "A blank (whitespace-only) line is not a record: it is counted in input.blank_lines, "
+    "not in input_records; input.lines == input_records + blank_lines."
+)
+
+
+def _histogram(counts: list[int]) -> list[dict[str, Any]]:
+    edges = [*LENGTH_BINS[1:], None]
+    return [
+        {"min_chars": lo, "max_chars": hi, "count": n}
+        for lo, hi, n in zip(LENGTH_BINS, edges, counts, strict=True)
+    ]
+
+
+def build_card(cfg: PrepareConfig, result: Result) -> dict[str, Any]:
+    s = result.stats
+    return {
+        "input": {
+            "file": cfg.raw.name,
+            "sha256": result.input_sha256,
+            "bytes": result.input_bytes,
+            "lines": result.input_lines,
+            "blank_lines": result.blank_lines,
+            "input_records": s.input_records,
+        },
+        "counts": {
+            "input_records": s.input_records,
+            "kept": s.kept,
+            "quarantined": s.quarantined,
+            "deduplicated": s.deduplicated,
+            "invariant": INVARIANT,
+            "invariant_holds": s.kept + s.quarantined + s.deduplicated == s.input_records,
+        },
+        "rejected": {str(r): s.reasons.get(r, 0) for r in REJECT_REASONS},
+        "duplicates": {str(r): s.reasons.get(r, 0) for r in DUPLICATE_REASONS},
+        "splits": {name: s.splits.get(name, 0) for name in SPLITS},
+        "pii": {
+            "redaction": cfg.redact_pii,
+            "records_with_pii": s.pii_records,
+            "by_type": dict(result.pii_counts),
+        },
+        "length_histogram": _histogram(s.length_histogram),
+        "outputs": result.outputs,
+        "parameters": {
+            "near_dup": cfg.near_dup,
+            "near_dup_threshold": cfg.near_dup_threshold,
+            "num_perm": cfg.num_perm,
+            "shingle_bytes": cfg.shingle_bytes,
+            "validation_ratio": cfg.ratios.validation,
+            "test_ratio": cfg.ratios.test,
+            **asdict(cfg.budget),
+            "redact_pii": cfg.redact_pii,
+            "seed": cfg.seed,
+        },
+        "notes": {
+            "blank_lines": BLANK_LINES,
+            "normalisation": "Unicode NFC; line endings to \\n, exotic spaces to ' ', invisible characters "
+            "dropped, trailing spaces stripped. NFKC is not used: it rewrites x² to x2, ﬁ to fi.",
+            "near_dup_text": "MinHash over byte n-grams of the non-system turns, case-folded; system prompts "
+            "are "
+            "shared by many records and would inflate every similarity.",
+            "quarantine": "quarantine.jsonl keeps the raw source line, unredacted: handle it like the input.",
+        },
+        "timing": {
+            "seconds": round(result.seconds, 3),
+            "records_per_second": round(s.input_records / result.seconds, 1) if result.seconds else None,
+        },
+    }
+
+
+def render_markdown(card: dict[str, Any]) -> str:
+    c, inp = card["counts"], card["input"]
+    lines = [
+        f"# Data card: {inp['file']}",
+        "",
+        f"Input sha256 `{inp['sha256']}`, {inp['bytes']} bytes, {inp['lines']} lines "
+        f"({inp['blank_lines']} blank), {c['input_records']} records.",
+        "",
+        "| kept | quarantined | deduplicated | input records |",
+        "|---:|---:|---:|---:|",
+        f"| {c['kept']} | {c['quarantined']} | {c['deduplicated']} | {c['input_records']} |",
+        "",
+        f"Invariant `{c['invariant']}`: {'holds' if c['invariant_holds'] else 'BROKEN'}.",
+        "",
+        "## Splits",
+        "",
+        "| split | records |",
+        "|---|---:|",
+        *(f"| {k} | {v} |" for k, v in card["splits"].items()),
+        "",
+        "## Quarantine reasons",
+        "",
+        "| reason | records |",
+        "|---|---:|",
+        *(f"| {k} | {v} |" for k, v in {**card["rejected"], **card["duplicates"]}.items()),
+        "",
+        f"## PII redacted (redaction {'on' if card['pii']['redaction'] else 'off'}; "
+        f"{card['pii']['records_with_pii']} kept records touched)",
+        "",
+        "| type | matches |",
+        "|---|---:|",
+        *(f"| {k} | {v} |" for k, v in card["pii"]["by_type"].items()),
+        "",
+        "## Length of kept records (characters)",
+        "",
+        "| from | to | records |",
+        "|---:|---:|---:|",
+        *(
+            f"| {b['min_chars']} | {b['max_chars'] if b['max_chars'] is not None else '∞'} | {b['count']} |"
+            for b in card["length_histogram"]
+        ),
+        "",
+        "## Outputs",
+        "",
+        "| file | records | sha256 |",
+        "|---|---:|---|",
+        *(f"| {k} | {v['records']} | `{v['sha256']}` |" for k, v in card["outputs"].items()),
+        "",
+        "## Notes",
+        "",
+        *(f"- {k}: {v}" for k, v in card["notes"].items()),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_card(cfg: PrepareConfig, result: Result) -> dict[str, Any]:
+    card = build_card(cfg, result)
+    out = Path(cfg.report_out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "data_card.json").write_text(
+        json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    (out / "data_card.md").write_text(render_markdown(card), encoding="utf-8")
+    return card
