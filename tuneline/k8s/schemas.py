@@ -1,0 +1,120 @@
+"""Structural JSON schemas for the custom resources in k8s/ (no CRD is installed where we validate).
+
+Each schema covers the fields tuneline writes, closed with additionalProperties: false, so a misspelt field
+fails here exactly as it would be pruned or rejected by the API server with the CRD installed. Field names
+follow the upstream CRDs: prometheus-operator PrometheusRule, Secrets Store CSI SecretProviderClass, and
+Azure Service Operator v2 ManagedClustersAgentPool (containerservice.azure.com/v1api20240901).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_STR = {"type": "string"}
+_STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+
+METADATA = {
+    "type": "object",
+    "required": ["name"],
+    "additionalProperties": False,
+    "properties": {"name": _STR, "namespace": _STR, "labels": _STR_MAP, "annotations": _STR_MAP},
+}
+
+
+def _object(api_version: str, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": api_version},
+            "kind": {"const": kind},
+            "metadata": METADATA,
+            "spec": spec,
+        },
+    }
+
+
+_DURATION = {"type": "string", "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?"
+                                          r"(([0-9]+)s)?(([0-9]+)ms)?)$"}
+
+PROMETHEUS_RULE = _object("monitoring.coreos.com/v1", "PrometheusRule", {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"groups": {"type": "array", "items": {
+        "type": "object",
+        "required": ["name", "rules"],
+        "additionalProperties": False,
+        "properties": {
+            "name": _STR, "interval": _DURATION, "limit": {"type": "integer"},
+            "rules": {"type": "array", "items": {
+                "type": "object",
+                "required": ["expr"],
+                "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                "additionalProperties": False,
+                "properties": {
+                    "alert": _STR, "record": _STR, "expr": {"type": ["string", "integer"]},
+                    "for": _DURATION, "keep_firing_for": _DURATION,
+                    "labels": _STR_MAP, "annotations": _STR_MAP,
+                },
+            }},
+        },
+    }}},
+})
+
+SECRET_PROVIDER_CLASS = _object("secrets-store.csi.x-k8s.io/v1", "SecretProviderClass", {
+    "type": "object",
+    "required": ["provider"],
+    "additionalProperties": False,
+    "properties": {
+        "provider": {"enum": ["azure", "aws", "gcp", "vault"]},
+        "parameters": _STR_MAP,
+        "secretObjects": {"type": "array", "items": {
+            "type": "object",
+            "required": ["secretName", "type", "data"],
+            "additionalProperties": False,
+            "properties": {
+                "secretName": _STR, "type": _STR, "labels": _STR_MAP, "annotations": _STR_MAP,
+                "data": {"type": "array", "items": {
+                    "type": "object", "required": ["objectName", "key"], "additionalProperties": False,
+                    "properties": {"objectName": _STR, "key": _STR},
+                }},
+            },
+        }},
+    },
+})
+
+AGENT_POOL = _object("containerservice.azure.com/v1api20240901", "ManagedClustersAgentPool", {
+    "type": "object",
+    "required": ["owner", "vmSize", "mode"],
+    "additionalProperties": False,
+    "properties": {
+        "owner": {"type": "object", "required": ["name"], "additionalProperties": False,
+                  "properties": {"name": _STR, "armId": _STR}},
+        "azureName": {"type": "string", "pattern": "^[a-z][a-z0-9]{0,11}$"},
+        "count": {"type": "integer", "minimum": 0},
+        "enableAutoScaling": {"type": "boolean"},
+        "minCount": {"type": "integer", "minimum": 0},
+        "maxCount": {"type": "integer", "minimum": 0},
+        "maxPods": {"type": "integer", "minimum": 10},
+        "mode": {"enum": ["System", "User"]},
+        "vmSize": _STR,
+        "osType": {"enum": ["Linux", "Windows"]},
+        "osSKU": {"enum": ["Ubuntu", "AzureLinux", "CBLMariner", "Windows2019", "Windows2022"]},
+        "orchestratorVersion": _STR,
+        "type": {"enum": ["VirtualMachineScaleSets", "AvailabilitySet"]},
+        "nodeLabels": _STR_MAP,
+        "nodeTaints": {"type": "array", "items": {
+            "type": "string", "pattern": r"^[^=:]+(=[^:]*)?:(NoSchedule|PreferNoSchedule|NoExecute)$"}},
+        "scaleSetPriority": {"enum": ["Regular", "Spot"]},
+        "scaleSetEvictionPolicy": {"enum": ["Delete", "Deallocate"]},
+        "spotMaxPrice": {"type": "number"},
+    },
+})
+
+# (apiVersion, kind) -> schema
+CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
+    ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE,
+    ("secrets-store.csi.x-k8s.io/v1", "SecretProviderClass"): SECRET_PROVIDER_CLASS,
+    ("containerservice.azure.com/v1api20240901", "ManagedClustersAgentPool"): AGENT_POOL,
+}
