@@ -1,0 +1,97 @@
+"""The proxy's own behaviour (auth, routing, validation); forwarding to Triton is in test_local.py."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tuneline.serve.auth import ensure_token
+from tuneline.serve.proxy import ProxyServer, Upstream, clear_upstream, read_upstream, write_upstream
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[tuple[int, str, Path]]:
+    token = ensure_token(tmp_path, announce=False)
+    server = ProxyServer(("127.0.0.1", 0), tmp_path, token)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server.server_address[1], token, tmp_path
+    server.shutdown()
+    server.server_close()
+
+
+def _request(port: int, method: str, path: str, body: bytes | None = None, token: str | None = None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    conn.request(method, path, body=body, headers=headers)
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, dict(resp.getheaders()), data
+
+
+def test_inference_without_token_is_401(proxy) -> None:
+    port, token, _ = proxy
+    status, headers, body = _request(port, "POST", "/v2/models/m/infer", b"{}")
+    assert status == 401
+    assert headers["WWW-Authenticate"].startswith("Bearer")
+    assert "bearer token" in json.loads(body)["error"]
+    assert _request(port, "POST", "/v1/generate", b"{}", token="wrong")[0] == 401
+    assert _request(port, "GET", "/v2/models/m", token=token[:-1])[0] == 401
+
+
+def test_health_needs_no_token_and_reports_missing_upstream(proxy) -> None:
+    port, _, _ = proxy
+    status, _, body = _request(port, "GET", "/v2/health/ready")
+    assert status == 503
+    assert "no model is deployed" in json.loads(body)["error"]
+
+
+def test_control_routes_are_not_forwarded(proxy) -> None:
+    port, token, state_dir = proxy
+    write_upstream(state_dir, Upstream(url="http://127.0.0.1:9", model="m"))
+    for path in ("/v2/repository/index", "/v2/models/m/unload", "/v2/logging", "/admin"):
+        status, _, body = _request(port, "POST", path, b"{}", token=token)
+        assert status == 404, path
+        assert "no route" in json.loads(body)["error"]
+
+
+def test_unreachable_upstream_is_502(proxy) -> None:
+    port, token, state_dir = proxy
+    write_upstream(state_dir, Upstream(url="http://127.0.0.1:9", model="m"))  # port 9 (discard): closed
+    status, _, body = _request(port, "GET", "/v2/models/m", token=token)
+    assert status == 502
+    assert "unavailable" in json.loads(body)["error"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"{not json", "invalid JSON"),
+        (b'{"prompt": 3}', "'prompt'"),
+        (b'{"prompt": []}', "'prompt'"),
+        (b'{"prompt": "hi", "max_new_tokens": 0}', "'max_new_tokens'"),
+        (b'{"prompt": "hi", "max_new_tokens": true}', "'max_new_tokens'"),
+    ],
+)
+def test_generate_validates_its_body(proxy, payload: bytes, message: str) -> None:
+    port, token, state_dir = proxy
+    write_upstream(state_dir, Upstream(url="http://127.0.0.1:9", model="m"))
+    status, _, body = _request(port, "POST", "/v1/generate", payload, token=token)
+    assert status == 400
+    assert message in json.loads(body)["error"]
+
+
+def test_upstream_file_round_trip(tmp_path: Path) -> None:
+    assert read_upstream(tmp_path) is None
+    write_upstream(tmp_path, Upstream(url="http://127.0.0.1:1234", model="m", slot="green"))
+    assert read_upstream(tmp_path) == Upstream(url="http://127.0.0.1:1234", model="m", slot="green")
+    clear_upstream(tmp_path)
+    assert read_upstream(tmp_path) is None

@@ -1,0 +1,337 @@
+"""Local serving: the bundled tritonserver and the auth proxy as detached processes on 127.0.0.1.
+
+State lives in one folder (default `.tuneline/serve/`): `state.json` (servers by slot, the proxy, the
+active slot), `upstream.json` (read by the proxy), `token` (0600), pid files, `logs/`, `repos/<slot>/`.
+Processes run in their own sessions, so they keep serving after the command that started them exits.
+
+Run as: python -m tuneline.serve.local {deploy,status,stop} [--state-dir .tuneline/serve]
+        e.g. python -m tuneline.serve.local deploy --model-dir runs/model --port 8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tuneline.serve import process
+from tuneline.serve.env import TritonInstall, ensure_serve_venv
+from tuneline.serve.process import ProcessRef
+from tuneline.serve.proxy import clear_upstream
+
+
+class ServeError(RuntimeError):
+    """A server or the proxy failed to start or answer; the message carries the log tail."""
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("TUNELINE_SERVE_STATE", ".tuneline/serve"))
+
+
+@dataclass
+class ServerInfo:
+    slot: str
+    pid: int
+    start_ticks: int
+    http_port: int
+    repo_dir: str
+    model_name: str
+    log_path: str
+    dynamic_batching: bool = True
+    startup_s: float = 0.0
+    started_at: float = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def ref(self) -> ProcessRef:
+        return ProcessRef(self.pid, self.start_ticks)
+
+
+@dataclass
+class ProxyInfo:
+    pid: int
+    start_ticks: int
+    port: int
+    log_path: str
+    started_at: float = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ref(self) -> ProcessRef:
+        return ProcessRef(self.pid, self.start_ticks)
+
+
+@dataclass
+class ServeState:
+    servers: dict[str, ServerInfo] = field(default_factory=dict)
+    proxy: ProxyInfo | None = None
+    active: str | None = None
+
+    @classmethod
+    def load(cls, state_dir: Path) -> ServeState:
+        path = Path(state_dir) / "state.json"
+        if not path.is_file():
+            return cls()
+        data = json.loads(path.read_text())
+        return cls(
+            servers={k: ServerInfo(**v) for k, v in data.get("servers", {}).items()},
+            proxy=ProxyInfo(**data["proxy"]) if data.get("proxy") else None,
+            active=data.get("active"),
+        )
+
+    def save(self, state_dir: Path) -> None:
+        path = Path(state_dir) / "state.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(".state.json.tmp")
+        tmp.write_text(
+            json.dumps(
+                {
+                    "servers": {k: asdict(v) for k, v in self.servers.items()},
+                    "proxy": asdict(self.proxy) if self.proxy else None,
+                    "active": self.active,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def state_lock(state_dir: Path) -> Iterator[None]:
+    """Serialise deploy/stop commands on one state folder."""
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(state_dir) / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _write_pid(state_dir: Path, name: str, ref: ProcessRef) -> None:
+    (Path(state_dir) / f"{name}.pid").write_text(f"{ref.pid}\n")
+
+
+def _remove_pid(state_dir: Path, name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (Path(state_dir) / f"{name}.pid").unlink()
+
+
+def _http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def triton_errors(log_path: Path, limit: int = 600) -> str:
+    """The error lines of a Triton log (glog `E...` lines and the final `error:`), each cut to `limit`."""
+    try:
+        lines = Path(log_path).read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    # With no GPU Triton always logs a CUDA driver error at start: it is noise here.
+    picked = [ln[:limit] for ln in lines if (re.match(r"^E\d{4} ", ln) and "Cuda" not in ln) or ln.startswith("error:")]
+    return "\n".join(picked) or process.log_tail(log_path)
+
+
+def start_triton(
+    repo_dir: Path,
+    model_name: str,
+    *,
+    state_dir: Path,
+    slot: str,
+    install: TritonInstall | None = None,
+    port: int | None = None,
+    timeout: float = 300.0,
+) -> ServerInfo:
+    """Start tritonserver on `repo_dir` and wait until `model_name` is ready. Raises ServeError."""
+    install = install or ensure_serve_venv()
+    state_dir = Path(state_dir).absolute()
+    log_path = state_dir / "logs" / f"triton-{slot}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text("")
+    port = port or process.free_port()
+    cmd = [
+        str(install.tritonserver),
+        f"--model-repository={Path(repo_dir).absolute()}",
+        f"--backend-directory={install.backend_dir}",
+        "--http-address=127.0.0.1",
+        f"--http-port={port}",
+        "--allow-grpc=false",
+        "--allow-metrics=false",
+        "--disable-auto-complete-config",
+        "--pinned-memory-pool-byte-size=0",
+        "--exit-timeout-secs=5",
+        "--log-verbose=0",
+    ]
+    started = time.monotonic()
+    ref = process.start_detached(cmd, log_path=log_path, env=install.environment())
+    info = ServerInfo(
+        slot=slot,
+        pid=ref.pid,
+        start_ticks=ref.start_ticks,
+        http_port=port,
+        repo_dir=str(Path(repo_dir).absolute()),
+        model_name=model_name,
+        log_path=str(log_path),
+        dynamic_batching="dynamic_batching" in (Path(repo_dir) / model_name / "config.pbtxt").read_text(),
+        started_at=time.time(),
+    )
+    _write_pid(state_dir, f"triton-{slot}", ref)
+    ready_url = f"{info.url}/v2/models/{model_name}/ready"
+    while True:
+        if _http_ok(ready_url):
+            break
+        if not process.is_alive(ref):
+            _remove_pid(state_dir, f"triton-{slot}")
+            raise ServeError(
+                f"tritonserver ({slot}) exited during start-up; log {log_path}:\n{triton_errors(log_path)}"
+            )
+        if time.monotonic() - started > timeout:
+            process.stop(ref)
+            _remove_pid(state_dir, f"triton-{slot}")
+            raise ServeError(
+                f"tritonserver ({slot}) not ready after {timeout:.0f}s; log {log_path}:\n{process.log_tail(log_path)}"
+            )
+        time.sleep(0.2)
+    info.startup_s = round(time.monotonic() - started, 2)
+    return info
+
+
+def stop_triton(info: ServerInfo, state_dir: Path) -> bool:
+    stopped = process.stop(info.ref)
+    _remove_pid(state_dir, f"triton-{info.slot}")
+    return stopped
+
+
+def start_proxy(state_dir: Path, port: int | None = None, timeout: float = 30.0) -> ProxyInfo:
+    """Start the auth proxy (project interpreter, stdlib only) and wait until it answers."""
+    state_dir = Path(state_dir).absolute()
+    port = port or process.free_port()
+    if not process.port_is_free(port):
+        raise ServeError(f"proxy port {port} on 127.0.0.1 is already in use")
+    log_path = state_dir / "logs" / "proxy.log"
+    package_root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(package_root), env.get("PYTHONPATH", "")) if p)
+    cmd = [sys.executable, "-m", "tuneline.serve.proxy", "--state-dir", str(state_dir), "--port", str(port)]
+    ref = process.start_detached(cmd, log_path=log_path, env=env)
+    info = ProxyInfo(
+        pid=ref.pid, start_ticks=ref.start_ticks, port=port, log_path=str(log_path), started_at=time.time()
+    )
+    deadline = time.monotonic() + timeout
+    # /v2/health/live answers without a token; 503 (no upstream yet) still proves the proxy is up.
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{info.url}/v2/health/live", timeout=1).close()
+            break
+        except urllib.error.HTTPError:
+            break
+        except (urllib.error.URLError, OSError):
+            if not process.is_alive(ref):
+                raise ServeError(
+                    f"proxy exited during start-up; log {log_path}:\n{process.log_tail(log_path)}"
+                ) from None
+            time.sleep(0.1)
+    else:
+        process.stop(ref)
+        raise ServeError(f"proxy not answering after {timeout:.0f}s; log {log_path}")
+    _write_pid(state_dir, "proxy", ref)
+    return info
+
+
+def status(state_dir: Path | None = None) -> dict:
+    """What runs now, with liveness checked against the process table."""
+    state_dir = Path(state_dir or default_state_dir())
+    state = ServeState.load(state_dir)
+    return {
+        "active": state.active,
+        "proxy": {**asdict(state.proxy), "url": state.proxy.url, "alive": process.is_alive(state.proxy.ref)}
+        if state.proxy
+        else None,
+        "servers": {k: {**asdict(v), "url": v.url, "alive": process.is_alive(v.ref)} for k, v in state.servers.items()},
+    }
+
+
+def stop_all(state_dir: Path | None = None) -> list[int]:
+    """Stop every server and the proxy recorded in `state_dir`; returns the ports now free."""
+    state_dir = Path(state_dir or default_state_dir())
+    freed: list[int] = []
+    with state_lock(state_dir):
+        state = ServeState.load(state_dir)
+        for info in list(state.servers.values()):
+            stop_triton(info, state_dir)
+            freed.append(info.http_port)
+        if state.proxy:
+            process.stop(state.proxy.ref)
+            _remove_pid(state_dir, "proxy")
+            freed.append(state.proxy.port)
+        clear_upstream(state_dir)
+        ServeState().save(state_dir)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not all(process.port_is_free(p) for p in freed):
+        time.sleep(0.1)
+    return freed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tuneline.serve.local", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="state folder (default $TUNELINE_SERVE_STATE or .tuneline/serve)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    dep = sub.add_parser("deploy", help="blue/green deploy a model folder behind the proxy")
+    dep.add_argument("--model-dir", type=Path, required=True, help="HF model folder or PEFT adapter folder")
+    dep.add_argument("--base-model-dir", type=Path, default=None, help="base model for an adapter")
+    dep.add_argument("--name", default="tuneline-llm", help="Triton model name (default %(default)s)")
+    dep.add_argument("--port", type=int, default=None, help="proxy port when it is started (default: a free one)")
+    dep.add_argument("--no-dynamic-batching", action="store_true", help="serve without the dynamic batcher")
+    sub.add_parser("status", help="print what runs, as JSON")
+    sub.add_parser("stop", help="stop all servers and the proxy, freeing their ports")
+    args = parser.parse_args(argv)
+    state_dir = args.state_dir or default_state_dir()
+    if args.command == "stop":
+        freed = stop_all(state_dir)
+        print(f"stopped; ports freed: {sorted(freed) or 'none'}")
+        return 0
+    if args.command == "status":
+        print(json.dumps(status(state_dir), indent=2))
+        return 0
+    from tuneline.serve.repository import RepositorySpec
+    from tuneline.serve.rollout import rollout
+
+    result = rollout(
+        args.model_dir,
+        base_model_dir=args.base_model_dir,
+        state_dir=state_dir,
+        proxy_port=args.port,
+        spec=RepositorySpec(model_name=args.name, dynamic_batching=not args.no_dynamic_batching),
+    )
+    print(json.dumps(result.to_dict(), indent=2))
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

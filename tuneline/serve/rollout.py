@@ -1,0 +1,146 @@
+"""Blue/green rollout of a model folder behind the auth proxy (the API the deploy component calls).
+
+1. write the candidate's Triton repository into the idle slot (blue <-> green), merging an adapter;
+2. start its tritonserver on a fresh port and smoke test it directly;
+3. start the proxy if none runs, point it at the candidate (atomic upstream switch), smoke test again
+   through the proxy with the bearer token;
+4. stop the previous server. Any failure stops the candidate and leaves (or puts back) the previous
+   server behind the proxy: traffic never goes to a server that did not pass its smoke test.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tuneline.serve import process
+from tuneline.serve.auth import ensure_token, token_path
+from tuneline.serve.local import (
+    ServeError,
+    ServerInfo,
+    ServeState,
+    default_state_dir,
+    start_proxy,
+    start_triton,
+    state_lock,
+    stop_triton,
+)
+from tuneline.serve.proxy import Upstream, clear_upstream, write_upstream
+from tuneline.serve.repository import RepositoryError, RepositorySpec, write_repository
+from tuneline.serve.smoke import DEFAULT_PROMPTS, SmokeResult, smoke_test
+
+SLOTS = ("blue", "green")
+
+
+@dataclass
+class RolloutResult:
+    ok: bool
+    slot: str | None  # the slot serving after the rollout (the old one if it failed)
+    model_name: str
+    proxy_url: str | None
+    token_file: str
+    previous_slot: str | None = None
+    server: ServerInfo | None = None  # the candidate
+    smoke: SmokeResult | None = None
+    error: str | None = None
+    startup_s: float = 0.0
+    total_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def rollout(
+    model_dir: Path,
+    *,
+    base_model_dir: Path | None = None,
+    state_dir: Path | None = None,
+    spec: RepositorySpec | None = None,
+    proxy_port: int | None = None,
+    smoke_prompts: Sequence[str] = DEFAULT_PROMPTS,
+    smoke_check: Callable[[list[str]], str | None] | None = None,
+    startup_timeout: float = 300.0,
+    drain_s: float = 1.0,
+) -> RolloutResult:
+    """Deploy `model_dir` blue/green behind the proxy; see the module docstring. Never leaves two servers."""
+    spec = spec or RepositorySpec()
+    state_dir = Path(state_dir or default_state_dir()).absolute()
+    started = time.monotonic()
+    with state_lock(state_dir):
+        token = ensure_token(state_dir)
+        state = ServeState.load(state_dir)
+        old = state.servers.get(state.active) if state.active else None
+        if old is not None and not process.is_alive(old.ref):
+            state.servers.pop(old.slot, None)
+            old = None
+        slot = SLOTS[1] if state.active == SLOTS[0] else SLOTS[0]
+        result = RolloutResult(
+            ok=False,
+            slot=old.slot if old else None,
+            model_name=spec.model_name,
+            proxy_url=state.proxy.url if state.proxy else None,
+            token_file=str(token_path(state_dir)),
+            previous_slot=old.slot if old else None,
+        )
+        # A leftover in the idle slot (an interrupted rollout) is never serving: clear it.
+        stale = state.servers.pop(slot, None)
+        if stale is not None:
+            stop_triton(stale, state_dir)
+        state.save(state_dir)
+
+        repo_dir = state_dir / "repos" / slot
+        try:
+            shutil.rmtree(repo_dir, ignore_errors=True)
+            write_repository(Path(model_dir), repo_dir, spec, base_model_dir=base_model_dir)
+            candidate = start_triton(repo_dir, spec.model_name, state_dir=state_dir, slot=slot, timeout=startup_timeout)
+        except (RepositoryError, ServeError, OSError) as exc:
+            result.error = f"candidate failed to start: {exc}"
+            result.total_s = round(time.monotonic() - started, 2)
+            return result
+        result.server = candidate
+        result.startup_s = candidate.startup_s
+        state.servers[slot] = candidate
+        state.save(state_dir)
+
+        def abandon(error: str, smoke: SmokeResult | None) -> RolloutResult:
+            stop_triton(candidate, state_dir)
+            state.servers.pop(slot, None)
+            state.save(state_dir)
+            result.error, result.smoke = error, smoke
+            result.total_s = round(time.monotonic() - started, 2)
+            return result
+
+        direct = smoke_test(candidate.url, spec.model_name, prompts=smoke_prompts, check=smoke_check)
+        if not direct.ok:
+            return abandon(f"smoke test on the candidate failed: {direct.error}", direct)
+
+        if state.proxy is None or not process.is_alive(state.proxy.ref):
+            try:
+                state.proxy = start_proxy(state_dir, proxy_port)
+            except ServeError as exc:
+                return abandon(f"proxy failed to start: {exc}", direct)
+            state.save(state_dir)
+        write_upstream(state_dir, Upstream(url=candidate.url, model=spec.model_name, slot=slot))
+        proxied = smoke_test(state.proxy.url, spec.model_name, token=token, prompts=smoke_prompts, check=smoke_check)
+        if not proxied.ok:
+            if old is not None:
+                write_upstream(state_dir, Upstream(url=old.url, model=old.model_name, slot=old.slot))
+            else:
+                clear_upstream(state_dir)
+            return abandon(f"smoke test through the proxy failed: {proxied.error}", proxied)
+
+        state.active = slot
+        if old is not None:
+            # Requests the proxy routed just before the switch still reach the old server; Triton also
+            # finishes in-flight inferences on SIGTERM, so a short drain is enough.
+            time.sleep(drain_s)
+            stop_triton(old, state_dir)
+            state.servers.pop(old.slot, None)
+        state.save(state_dir)
+        result.ok, result.slot, result.smoke = True, slot, proxied
+        result.proxy_url = state.proxy.url
+        result.total_s = round(time.monotonic() - started, 2)
+        return result
