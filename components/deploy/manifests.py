@@ -1,0 +1,121 @@
+"""The cluster targets: ``triton`` (a Triton model repository), ``kserve`` (an InferenceService manifest) and
+``azureml`` (managed online endpoint + deployment folder). None of them needs a running server."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from components.deploy.record import DeploymentRecord
+from tuneline.deploy import azureml, kserve
+from tuneline.deploy.policy import RolloutPolicy
+from tuneline.registry import FetchedModel, resolve_base_dir
+
+
+class ManifestError(ValueError):
+    """A generated manifest failed validation; the message lists each field at fault."""
+
+
+def _record(
+    target: str, fetched: FetchedModel, requested_uri: str, policy: RolloutPolicy
+) -> DeploymentRecord:
+    return DeploymentRecord(
+        target=target,
+        status="rendered",
+        requested_uri=requested_uri,
+        model_uri=fetched.uri,
+        version=fetched.version,
+        strategy=policy.strategy,
+        canary_percent=policy.canary_percent if policy.strategy == "canary" else None,
+    )
+
+
+def write_triton(
+    fetched: FetchedModel,
+    out: Path,
+    policy: RolloutPolicy,
+    requested_uri: str,
+    model_name: str,
+    instance_kind: str = "gpu",
+) -> DeploymentRecord:
+    from tuneline.serve.repository import RepositorySpec, write_repository
+
+    root = write_repository(
+        fetched.model_dir,
+        out,
+        RepositorySpec(model_name=model_name, instance_kind=instance_kind),
+        base_model_dir=resolve_base_dir(fetched),
+    )
+    record = _record("triton", fetched, requested_uri, policy)
+    record.endpoint = f"/v2/models/{model_name}/infer"
+    record.files = sorted(str(p) for p in root.rglob("*") if p.is_file() and p.parent.name != "hf_model")
+    record.details["repository"] = str(out)
+    return record
+
+
+def write_kserve(
+    fetched: FetchedModel,
+    out: Path,
+    policy: RolloutPolicy,
+    requested_uri: str,
+    options: kserve.KServeOptions,
+    model_name: str,
+) -> DeploymentRecord:
+    docs = kserve.manifests(options, policy, fetched.uri, fetched.version)
+    path = out / "inferenceservice.yaml"
+    errors = kserve.validate(docs, str(path))
+    if errors:
+        raise ManifestError("generated KServe manifest is invalid:\n" + "\n".join(errors))
+    kserve.write(docs, path)
+    record = _record("kserve", fetched, requested_uri, policy)
+    record.endpoint = (
+        f"http://{options.name}.{options.namespace}.svc.cluster.local/v2/models/{model_name}/infer"
+    )
+    record.files = [str(path)]
+    record.details["storage_uri"] = options.storage_uri
+    return record
+
+
+def merged_model(fetched: FetchedModel, out: Path) -> Path:
+    """A full Hugging Face folder: the adapter merged into its base, or the full weights copied."""
+    from tuneline.serve.repository import merge_adapter
+
+    shutil.rmtree(out, ignore_errors=True)
+    base = resolve_base_dir(fetched)
+    if base is None:
+        shutil.copytree(fetched.model_dir, out)
+        return out
+    out.mkdir(parents=True)
+    return merge_adapter(fetched.model_dir, base, out)
+
+
+def write_azureml(
+    fetched: FetchedModel,
+    out: Path,
+    policy: RolloutPolicy,
+    requested_uri: str,
+    options: azureml.AzureMLOptions,
+    first: bool,
+) -> DeploymentRecord:
+    model_dir = merged_model(fetched, out / "model")
+    paths = azureml.write(
+        out,
+        options,
+        policy,
+        model_dir=model_dir,
+        model_name=fetched.name,
+        model_version=fetched.version,
+        model_uri=fetched.uri,
+        first=first,
+    )
+    azureml.load_check(paths)
+    record = _record("azureml", fetched, requested_uri, policy)
+    record.endpoint = f"https://{options.endpoint_name}.<region>.inference.ml.azure.com/score"
+    record.files = [str(paths["endpoint"]), str(paths["deployment"])]
+    record.details["traffic"] = policy.traffic(options.slot, None if first else options.previous_slot)
+    record.details["apply"] = [
+        f"az ml online-endpoint create -f {paths['endpoint'].name}",
+        f"az ml online-deployment create -f {paths['deployment'].name}",
+        f"az ml online-endpoint update -f {paths['endpoint'].name}",
+    ]
+    return record

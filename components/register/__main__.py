@@ -1,0 +1,241 @@
+"""Register a tuned model that passed its evaluation gate: MLflow pyfunc + registry version + model card +
+aliases (``candidate`` always; ``champion`` when it beats the current champion on the gate metric).
+
+Run as: python -m components.register --model out/model --metrics out/metrics.json --name tuneline-llm \
+    --model-uri-out out/model_uri --version-out out/version --promoted-out out/promoted
+Override example: --gate-metric perplexity --gate-direction min --base-weights bundle
+
+The registry is MLFLOW_TRACKING_URI (default: SQLite under .tuneline/). Writes to it are retried with
+jittered exponential backoff, so parallel registrations get distinct versions. Exits 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from components.register.card import CardContext, render_card
+from components.register.inputs import InputError, read_evaluation, read_trained_model
+
+DEFAULT_NAME = "tuneline-llm"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m components.register",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        help="the train step's folder (adapter or full model, tokenizer, training_summary.json)",
+    )
+    p.add_argument("--metrics", type=Path, required=True, help="the evaluate step's metrics JSON")
+    p.add_argument("--name", default=DEFAULT_NAME, help="registered model name")
+    p.add_argument(
+        "--experiment",
+        default=os.environ.get("TUNELINE_EXPERIMENT", "tuneline"),
+        help="MLflow experiment of the registration run",
+    )
+    p.add_argument(
+        "--gate-metric",
+        default="exact_match",
+        help="metric of the tuned model compared with the champion's (e.g. exact_match, json_valid)",
+    )
+    p.add_argument(
+        "--gate-direction",
+        choices=["max", "min"],
+        default="max",
+        help="max: higher is better; min: lower is better (perplexity)",
+    )
+    p.add_argument("--min-delta", type=float, default=0.0, help="improvement needed to replace the champion")
+    p.add_argument(
+        "--base-weights",
+        choices=["reference", "bundle"],
+        default="reference",
+        help="reference: store the adapter and pin the base by name + sha256; bundle: copy the base in",
+    )
+    p.add_argument(
+        "--system-prompt", default="", help="system prompt the pyfunc adds by default at inference"
+    )
+    p.add_argument(
+        "--model-uri-out", type=Path, required=True, help="file receiving models:/<name>/<version>"
+    )
+    p.add_argument("--version-out", type=Path, required=True, help="file receiving the version number")
+    p.add_argument("--promoted-out", type=Path, required=True, help="file receiving true/false")
+    p.add_argument("--card-out", type=Path, default=None, help="also write the model card here (optional)")
+    return p
+
+
+def _tags(
+    trained, evaluation, code: str, pipeline_run: str, base_sha: str, gate_metric: str
+) -> dict[str, str]:
+    from tuneline.registry import TAG_PREFIX, clip, metric_tag
+
+    tags = {
+        f"{TAG_PREFIX}base_model": trained.base_model,
+        f"{TAG_PREFIX}method": trained.method,
+        f"{TAG_PREFIX}data_sha256": trained.data_sha256,
+        f"{TAG_PREFIX}test_sha256": evaluation.test_sha256,
+        f"{TAG_PREFIX}code_version": code,
+        f"{TAG_PREFIX}pipeline_run_id": pipeline_run,
+        f"{TAG_PREFIX}train_run_id": trained.train_run_id,
+        f"{TAG_PREFIX}base_weights_sha256": base_sha,
+        f"{TAG_PREFIX}gate_metric": gate_metric,
+        f"{TAG_PREFIX}gate": clip(evaluation.gates.get("expression", "")),
+        f"{TAG_PREFIX}hyperparameters": clip(trained.hyperparameters),
+    }
+    for key, value in trained.hyperparameters.items():
+        tags[f"{TAG_PREFIX}hparam.{key}"] = clip(value if isinstance(value, str) else json.dumps(value))
+    for model, scores in evaluation.models.items():
+        for metric, value in scores.items():
+            tags[metric_tag(model, metric)] = repr(value)
+    return {k: v for k, v in tags.items() if v != ""}
+
+
+def _write_value(path: Path, value: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from tuneline.registry import PromotionRule
+
+    gate_metric = args.gate_metric.removeprefix("tuned.")
+    try:
+        trained = read_trained_model(args.model)
+        evaluation = read_evaluation(args.metrics)
+        rule = PromotionRule(gate_metric, args.gate_direction, args.min_delta)
+        candidate_value = evaluation.value("tuned", gate_metric)
+    except (InputError, ValueError) as exc:
+        print(f"register: {exc}", file=sys.stderr)
+        return 2
+
+    import mlflow
+
+    from tuneline import registry
+    from tuneline.ml.tracking import tracking_uri
+
+    def log(message: str) -> None:
+        print(f"register: {message}", file=sys.stderr)
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    client = registry.client()
+    pipeline_run = os.environ.get("TUNELINE_RUN_ID", "")
+    code = registry.code_version()
+    experiment = registry.ensure_experiment(client, args.experiment)
+    run_tags = {
+        "tuneline.step": "register",
+        "tuneline.pipeline_run": pipeline_run,
+        "tuneline.train_run_id": trained.train_run_id,
+        "mlflow.source.git.commit": code,
+    }
+    run = registry.with_retry(
+        lambda: client.create_run(
+            experiment, run_name=f"register-{args.name}", tags={k: v for k, v in run_tags.items() if v}
+        ),
+        "create run",
+        log=log,
+    )
+    run_id = run.info.run_id
+    status = "FAILED"
+    try:
+        from components.register.logmodel import log_pyfunc
+
+        with mlflow.start_run(run_id=run_id):
+            info, base_sha = registry.with_retry(
+                lambda: log_pyfunc(trained, args.base_weights, args.system_prompt), "log model", log=log
+            )
+            mlflow.log_metrics(
+                {f"eval.{m}.{k}": v for m, s in evaluation.models.items() for k, v in s.items()}
+            )
+            mlflow.log_artifact(str(args.metrics), "evaluation")
+        tags = _tags(trained, evaluation, code, pipeline_run, base_sha, gate_metric)
+        version = registry.register_version(
+            client, args.name, info.model_uri, run_id, tags, model_id=getattr(info, "model_id", None), log=log
+        )
+        number = int(version.version)
+        base_ref = (
+            (
+                "bundled with the version"
+                if args.base_weights == "bundle"
+                else f"resolved by name, weights sha256 {base_sha[:16]}..."
+            )
+            if trained.is_adapter
+            else "full weights"
+        )
+        card = render_card(
+            CardContext(
+                name=args.name,
+                version=number,
+                trained=trained,
+                evaluation=evaluation,
+                code_version=code,
+                pipeline_run_id=pipeline_run,
+                base_reference=base_ref,
+                gate_metric=f"{gate_metric} ({args.gate_direction})",
+            )
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            card_path = Path(tmp) / "model_card.md"
+            card_path.write_text(card)
+            client.log_artifact(run_id, str(card_path))
+        registry.with_retry(
+            lambda: client.update_model_version(
+                args.name, str(number), description=registry.clip(card, registry.MAX_DESCRIPTION)
+            ),
+            "set description",
+            log=log,
+        )
+        registry.set_alias(client, args.name, registry.CANDIDATE, number)
+        fresh = evaluation.models.get("champion", {}).get(gate_metric)
+        decision = registry.promote_if_better(
+            client,
+            args.name,
+            number,
+            rule,
+            candidate_value,
+            fresh_champion_value=fresh,
+            fresh_champion_version=evaluation.champion_version,
+        )
+        for key, value in {
+            "promoted": str(decision.promoted).lower(),
+            "promotion_reason": decision.reason,
+        }.items():
+            registry.with_retry(
+                lambda k=key, v=value: client.set_model_version_tag(
+                    args.name, str(number), f"{registry.TAG_PREFIX}{k}", v
+                ),
+                "tag version",
+                log=log,
+            )
+        status = "FINISHED"
+    finally:
+        registry.with_retry(lambda: client.set_terminated(run_id, status=status), "end run", log=log)
+
+    model_uri = f"models:/{args.name}/{number}"
+    _write_value(args.model_uri_out, model_uri)
+    _write_value(args.version_out, number)
+    _write_value(args.promoted_out, decision.promoted)
+    if args.card_out:
+        args.card_out.parent.mkdir(parents=True, exist_ok=True)
+        args.card_out.write_text(card)
+    log(
+        f"{model_uri} registered (alias candidate); champion: "
+        f"{'moved to v' + str(number) if decision.promoted else 'unchanged'} - {decision.reason}"
+    )
+    print(model_uri)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

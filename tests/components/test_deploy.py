@@ -1,0 +1,167 @@
+"""deploy for the cluster targets (no server needed), run as the runner runs it after a real registration:
+the champion is resolved from the registry and the triton, kserve and azureml outputs validate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.components.tuned_fixtures import REPO, make_adapter, make_metrics, run_register, step_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+def _deploy(env: dict[str, str], out: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict | None]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "components.deploy",
+        "--endpoint-out",
+        str(out / "endpoint"),
+        "--status-out",
+        str(out / "status"),
+        "--deployment-out",
+        str(out / "deployment.json"),
+        "--out",
+        str(out / "files"),
+        *args,
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    record = (
+        json.loads((out / "deployment.json").read_text()) if (out / "deployment.json").is_file() else None
+    )
+    return proc, record
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path]:
+    root = tmp_path_factory.mktemp("deploy")
+    env = step_env(root / "home")
+    adapter = make_adapter_in(env, root / "model")
+    run_register(adapter, make_metrics(root / "m1.json", tuned=0.6), root / "o1", env)
+    run_register(adapter, make_metrics(root / "m2.json", tuned=0.4), root / "o2", env)  # not promoted
+    return env, root
+
+
+def make_adapter_in(env: dict[str, str], out: Path) -> Path:
+    """Build the adapter with the base cached under the store's TUNELINE_HOME, as train would."""
+    import os
+
+    previous = os.environ.get("TUNELINE_HOME")
+    os.environ["TUNELINE_HOME"] = env["TUNELINE_HOME"]
+    try:
+        return make_adapter(out)
+    finally:
+        if previous is None:
+            del os.environ["TUNELINE_HOME"]
+        else:
+            os.environ["TUNELINE_HOME"] = previous
+
+
+def test_kserve_canary_deploys_the_champion(registry, tmp_path: Path):
+    env, _ = registry
+    proc, record = _deploy(
+        env,
+        tmp_path,
+        "--model-uri",
+        "models:/tuneline-llm/2",
+        "--target",
+        "kserve",
+        "--strategy",
+        "canary",
+        "--canary-percent",
+        "25",
+        "--max-replicas",
+        "4",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert record["status"] == "rendered" and record["model_uri"] == "models:/tuneline-llm/1"
+    assert json.loads((tmp_path / "status").read_text()) == "rendered"
+    from tuneline.deploy import kserve
+
+    docs = [d for d in yaml.safe_load_all((tmp_path / "files" / "inferenceservice.yaml").read_text()) if d]
+    assert kserve.validate(docs) == []
+    predictor = docs[0]["spec"]["predictor"]
+    assert predictor["canaryTrafficPercent"] == 25 and predictor["maxReplicas"] == 4
+    assert docs[0]["metadata"]["annotations"]["tuneline.io/model-uri"] == "models:/tuneline-llm/1"
+
+
+def test_azureml_and_triton_targets(registry, tmp_path: Path):
+    env, _ = registry
+    proc, record = _deploy(
+        env,
+        tmp_path / "aml",
+        "--model-uri",
+        "models:/tuneline-llm/2",
+        "--alias",
+        "",
+        "--target",
+        "azureml",
+        "--auth-mode",
+        "key",
+        "--slot",
+        "blue",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert record["model_uri"] == "models:/tuneline-llm/2" and record["details"]["traffic"] == {
+        "blue": 100,
+        "green": 0,
+    }
+    from azure.ai.ml import load_online_deployment, load_online_endpoint
+
+    files = tmp_path / "aml" / "files"
+    assert load_online_endpoint(files / "endpoint.yml").auth_mode == "key"
+    deployment = load_online_deployment(files / "deployment-blue.yml")
+    assert deployment.model.version == "2"
+    # The adapter was merged: the Azure ML model folder is a plain HF model, loadable without peft.
+    assert (files / "model" / "config.json").is_file() and not (
+        files / "model" / "adapter_config.json"
+    ).exists()
+
+    proc, record = _deploy(
+        env,
+        tmp_path / "tri",
+        "--model-uri",
+        "models:/tuneline-llm/1",
+        "--target",
+        "triton",
+        "--instance-kind",
+        "cpu",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    repo = tmp_path / "tri" / "files" / "tuneline-llm"
+    assert "kind: KIND_CPU" in (repo / "config.pbtxt").read_text()
+    assert (repo / "1" / "hf_model" / "config.json").is_file() and (repo / "1" / "model.py").is_file()
+
+
+def test_unknown_alias_and_bad_input_exit_2(registry, tmp_path: Path):
+    env, _ = registry
+    proc, _ = _deploy(
+        env,
+        tmp_path / "a",
+        "--model-uri",
+        "models:/tuneline-llm/1",
+        "--alias",
+        "production",
+        "--target",
+        "kserve",
+    )
+    assert proc.returncode == 2 and "no version with alias 'production'" in proc.stderr
+    proc, _ = _deploy(
+        env,
+        tmp_path / "b",
+        "--model-uri",
+        "models:/tuneline-llm/1",
+        "--target",
+        "kserve",
+        "--strategy",
+        "canary",
+        "--canary-percent",
+        "100",
+    )
+    assert proc.returncode == 2 and "canary_percent" in proc.stderr

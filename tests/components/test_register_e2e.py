@@ -1,0 +1,138 @@
+"""register end to end, run as the runner runs it (a subprocess per step) against a real SQLite MLflow store:
+promotion across versions, loading the pyfunc in a fresh process, and parallel registrations."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.components.tuned_fixtures import (
+    REPO,
+    make_adapter,
+    make_metrics,
+    read_outputs,
+    register_cmd,
+    run_register,
+    step_env,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+LOAD_AND_GENERATE = """
+import json, sys, mlflow
+model = mlflow.pyfunc.load_model(sys.argv[1])
+out = model.predict(["My invoice is wrong", "I cannot log in"], params={"max_new_tokens": 6})
+print(json.dumps({"outputs": list(out)}))
+"""
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("TUNELINE_HOME", str(home))  # the adapters' base model is materialised here
+    return home
+
+
+def test_promotion_card_tags_and_fresh_process_load(home: Path, tmp_path: Path):
+    env = step_env(home)
+    adapter = make_adapter(tmp_path / "model", seed=1)
+    first = run_register(adapter, make_metrics(tmp_path / "m1.json", tuned=0.5), tmp_path / "o1", env)
+    worse = run_register(adapter, make_metrics(tmp_path / "m2.json", tuned=0.3), tmp_path / "o2", env)
+    assert first == {"model_uri": "models:/tuneline-llm/1", "version": 1, "promoted": True}
+    assert worse == {"model_uri": "models:/tuneline-llm/2", "version": 2, "promoted": False}
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    assert str(client.get_model_version_by_alias("tuneline-llm", "candidate").version) == "2"
+    assert str(client.get_model_version_by_alias("tuneline-llm", "champion").version) == "1"
+    v2 = client.get_model_version("tuneline-llm", "2")
+    tags = v2.tags
+    assert tags["tuneline.base_model"] == "tiny-random-llama" and tags["tuneline.method"] == "lora"
+    assert tags["tuneline.data_sha256"] == f"{1:064x}" and tags["tuneline.pipeline_run_id"] == "test-run"
+    assert (
+        tags["tuneline.hparam.learning_rate"] == "0.001"
+        and tags["tuneline.metric.tuned.exact_match"] == "0.3"
+    )
+    assert tags["tuneline.code_version"] and len(tags["tuneline.base_weights_sha256"]) == 64
+    assert (
+        tags["tuneline.promoted"] == "false"
+        and "does not beat champion v1" in tags["tuneline.promotion_reason"]
+    )
+    assert v2.description.startswith("# Model card: tuneline-llm v2")
+    assert v2.description == (tmp_path / "o2" / "card.md").read_text()
+    artifacts = {a.path for a in client.list_artifacts(v2.run_id)}
+    assert "model_card.md" in artifacts and "evaluation" in artifacts
+    assert str(home / "mlartifacts") in client.get_model_version_download_uri("tuneline-llm", "2")
+
+    # A fresh interpreter (nothing cached in-process) loads the candidate by alias and generates text.
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_GENERATE, "models:/tuneline-llm@candidate"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outputs = json.loads(proc.stdout.strip().splitlines()[-1])["outputs"]
+    assert len(outputs) == 2 and all(isinstance(o, str) for o in outputs)
+    assert any(o for o in outputs), outputs
+
+    better = run_register(adapter, make_metrics(tmp_path / "m3.json", tuned=0.7), tmp_path / "o3", env)
+    assert better == {"model_uri": "models:/tuneline-llm/3", "version": 3, "promoted": True}
+    assert str(client.get_model_version_by_alias("tuneline-llm", "champion").version) == "3"
+
+
+def test_lower_is_better_metric(home: Path, tmp_path: Path):
+    env = step_env(home)
+    adapter = make_adapter(tmp_path / "model", seed=2)
+    args = ("--gate-metric", "tuned.perplexity", "--gate-direction", "min", "--name", "ppl-model")
+    # make_metrics sets perplexity = 10 - tuned: a higher exact_match means a lower perplexity here.
+    assert run_register(adapter, make_metrics(tmp_path / "a.json", tuned=0.5), tmp_path / "a", env, *args)[
+        "promoted"
+    ]
+    assert run_register(adapter, make_metrics(tmp_path / "b.json", tuned=0.9), tmp_path / "b", env, *args)[
+        "promoted"
+    ]
+    assert not run_register(
+        adapter, make_metrics(tmp_path / "c.json", tuned=0.1), tmp_path / "c", env, *args
+    )["promoted"]
+
+
+def test_parallel_registrations_get_distinct_versions(home: Path, tmp_path: Path):
+    """Four processes register at once into a store that does not exist yet."""
+    env = step_env(home)
+    adapter = make_adapter(tmp_path / "model", seed=3)
+    procs = []
+    for i in range(4):
+        metrics = make_metrics(tmp_path / f"m{i}.json", tuned=0.2 + 0.1 * i)
+        procs.append(
+            subprocess.Popen(
+                register_cmd(adapter, metrics, tmp_path / f"o{i}"),
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    outputs = [read_outputs(tmp_path / f"o{i}") for i in range(4)]
+    assert sorted(o["version"] for o in outputs) == [1, 2, 3, 4]
+    assert len({o["model_uri"] for o in outputs}) == 4
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    versions = client.search_model_versions("name='tuneline-llm'")
+    assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4]
+    # Whatever the order, the champion is the best of the four (tuned 0.5, registered by process 3).
+    champion = client.get_model_version_by_alias("tuneline-llm", "champion")
+    assert champion.tags["tuneline.metric.tuned.exact_match"] == "0.5"

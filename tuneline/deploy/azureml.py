@@ -1,0 +1,192 @@
+"""Azure ML managed online endpoint + deployment YAML for a tuned model (blue/green or canary traffic split).
+
+Writes into one folder, every path in the YAML relative to it:
+
+    endpoint.yml              ManagedOnlineEndpoint: auth_mode, traffic split between the two slots
+    deployment-<slot>.yml     ManagedOnlineDeployment: model, code, environment, instance type, probes
+    code/score.py             tuneline/deploy/azureml_score.py
+    environment/conda.yaml    pinned inference dependencies
+    model/                    merged Hugging Face folder (written by the caller)
+
+The YAML is produced from azure-ai-ml entities (so field names and types are the SDK's) with ``_to_dict()``:
+``ManagedOnlineEndpoint.dump()`` writes nothing, and the SDK turns local paths absolute, which we undo.
+Apply with:  az ml online-endpoint create -f endpoint.yml
+             az ml online-deployment create -f deployment-green.yml
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from tuneline.deploy.policy import RolloutPolicy
+
+SCORE_SCRIPT = Path(__file__).with_name("azureml_score.py")
+SLOTS = ("blue", "green")
+# Pins of what score.py imports; the Azure ML inference server runs it.
+_INFERENCE_PACKAGES = ("torch", "transformers", "safetensors", "tokenizers")
+
+
+class Probe(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    initial_delay: int = Field(default=30, ge=0, description="seconds before the first probe")
+    period: int = Field(default=10, ge=1)
+    timeout: int = Field(default=5, ge=1)
+    failure_threshold: int = Field(default=30, ge=1)
+    success_threshold: int = Field(default=1, ge=1)
+
+
+class AzureMLOptions(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    endpoint_name: str = Field(default="tuneline-llm", pattern=r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
+    auth_mode: Literal["key", "aad_token"] = "aad_token"
+    slot: Literal["blue", "green"] = Field(
+        default="green", description="deployment receiving the new version"
+    )
+    instance_type: str = "Standard_NC4as_T4_v3"
+    instance_count: int = Field(default=1, ge=1)
+    image: str = "mcr.microsoft.com/azureml/openmpi4.1.0-cuda11.8-cudnn8-ubuntu22.04:latest"
+    request_timeout_ms: int = Field(default=90_000, ge=1000, le=180_000)
+    max_concurrent_requests_per_instance: int = Field(default=4, ge=1)
+    liveness_probe: Probe = Probe()
+    readiness_probe: Probe = Probe(initial_delay=10, failure_threshold=3)
+
+    @property
+    def previous_slot(self) -> str:
+        return SLOTS[0] if self.slot == SLOTS[1] else SLOTS[1]
+
+
+def conda_spec() -> dict:
+    pins = []
+    for dist in _INFERENCE_PACKAGES:
+        try:
+            pins.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            pins.append(dist)
+    return {
+        "name": "tuneline-inference",
+        "channels": ["conda-forge"],
+        "dependencies": ["python=3.11", "pip", {"pip": ["azureml-inference-server-http", *pins]}],
+    }
+
+
+def _plain(data: object) -> object:
+    """SDK dicts hold OrderedDicts and enums; a JSON round trip leaves plain YAML-safe values."""
+    return json.loads(json.dumps(data, default=str))
+
+
+def _relative(data: object, root: Path) -> object:
+    """Rewrite absolute paths under ``root`` as ``./relative`` (the SDK resolves local paths when it
+    constructs an entity)."""
+    if isinstance(data, dict):
+        return {k: _relative(v, root) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_relative(v, root) for v in data]
+    if isinstance(data, str) and data.startswith("/"):
+        try:
+            return "./" + Path(data).resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            return data
+    return data
+
+
+def endpoint_dict(options: AzureMLOptions, policy: RolloutPolicy, first: bool, model_uri: str) -> dict:
+    from azure.ai.ml.entities import ManagedOnlineEndpoint
+
+    traffic = policy.traffic(options.slot, None if first else options.previous_slot)
+    endpoint = ManagedOnlineEndpoint(
+        name=options.endpoint_name,
+        auth_mode=options.auth_mode,
+        traffic=traffic,
+        description=f"tuneline model {model_uri}",
+        tags={"tuneline.model_uri": model_uri, "tuneline.strategy": policy.strategy},
+    )
+    return _plain(endpoint._to_dict())
+
+
+def deployment_dict(
+    options: AzureMLOptions, out: Path, model_name: str, model_version: int | None, model_uri: str
+) -> dict:
+    from azure.ai.ml.entities import (
+        CodeConfiguration,
+        Environment,
+        ManagedOnlineDeployment,
+        Model,
+        OnlineRequestSettings,
+        ProbeSettings,
+    )
+
+    deployment = ManagedOnlineDeployment(
+        name=options.slot,
+        endpoint_name=options.endpoint_name,
+        model=Model(
+            path=str(out / "model"),
+            name=model_name,
+            version=str(model_version) if model_version is not None else None,
+            description=f"merged from {model_uri}",
+        ),
+        code_configuration=CodeConfiguration(code=str(out / "code"), scoring_script="score.py"),
+        environment=Environment(image=options.image, conda_file=str(out / "environment" / "conda.yaml")),
+        instance_type=options.instance_type,
+        instance_count=options.instance_count,
+        request_settings=OnlineRequestSettings(
+            request_timeout_ms=options.request_timeout_ms,
+            max_concurrent_requests_per_instance=options.max_concurrent_requests_per_instance,
+        ),
+        liveness_probe=ProbeSettings(**options.liveness_probe.model_dump()),
+        readiness_probe=ProbeSettings(**options.readiness_probe.model_dump()),
+        tags={"tuneline.model_uri": model_uri},
+    )
+    data = _plain(deployment._to_dict())
+    # The SDK inlines the conda file's content; reference the file instead so it can be edited.
+    data["environment"] = {"image": options.image, "conda_file": str(out / "environment" / "conda.yaml")}
+    return _relative(data, out)
+
+
+def write(
+    out: Path,
+    options: AzureMLOptions,
+    policy: RolloutPolicy,
+    *,
+    model_dir: Path,
+    model_name: str,
+    model_version: int | None,
+    model_uri: str,
+    first: bool,
+) -> dict[str, Path]:
+    """Write the folder described in the module docstring; ``model_dir`` (a full HF folder) is copied in."""
+    out.mkdir(parents=True, exist_ok=True)
+    if model_dir.resolve() != (out / "model").resolve():
+        shutil.rmtree(out / "model", ignore_errors=True)
+        shutil.copytree(model_dir, out / "model")
+    (out / "code").mkdir(exist_ok=True)
+    shutil.copy2(SCORE_SCRIPT, out / "code" / "score.py")
+    (out / "environment").mkdir(exist_ok=True)
+    (out / "environment" / "conda.yaml").write_text(yaml.safe_dump(conda_spec(), sort_keys=False))
+    endpoint = out / "endpoint.yml"
+    deployment = out / f"deployment-{options.slot}.yml"
+    header = "# Generated by the tuneline deploy step (target azureml).\n"
+    endpoint.write_text(
+        header + yaml.safe_dump(endpoint_dict(options, policy, first, model_uri), sort_keys=False)
+    )
+    deployment.write_text(
+        header
+        + yaml.safe_dump(deployment_dict(options, out, model_name, model_version, model_uri), sort_keys=False)
+    )
+    return {"endpoint": endpoint, "deployment": deployment}
+
+
+def load_check(paths: dict[str, Path]) -> None:
+    """Load both files with azure-ai-ml's own loaders (offline); raises on anything they reject."""
+    from azure.ai.ml import load_online_deployment, load_online_endpoint
+
+    load_online_endpoint(paths["endpoint"])
+    load_online_deployment(paths["deployment"])
