@@ -1,0 +1,176 @@
+"""Evaluate the base and the tuned model (and the registered champion, when given) on the test split.
+
+Run as: python -m components.evaluate --test DIR --model DIR --base-model smollm2-135m-instruct
+        [--schema FILE] [--champion-uri URI] --gates "tuned.exact_match >= 0.8"
+        --passed-out FILE --metrics-out FILE --report-out FILE
+
+Metrics per model: perplexity on the reference answers, exact match, token F1, ROUGE-L, BLEU, chrF and, for
+JSON answers, JSON validity, schema validity and per-field accuracy. The gate expression is checked against
+the metric names before any model is loaded; ``passed`` is written as JSON text for ``when:`` conditions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tuneline.ml.models import DEFAULT_BASE_MODEL
+
+DEFAULT_GATES = "tuned.exact_match >= base.exact_match"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m components.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--test", type=Path, required=True, help="folder holding the test split's data.jsonl")
+    p.add_argument("--model", type=Path, required=True, help="the train step's model folder (adapter or full)")
+    p.add_argument("--base-model", default=DEFAULT_BASE_MODEL,
+                   help=f"base model to compare against (default: {DEFAULT_BASE_MODEL})")
+    p.add_argument("--schema", type=Path, default=None, help="JSON schema the answers must satisfy (optional)")
+    p.add_argument("--champion-uri", default=None,
+                   help="current champion: a model folder or an MLflow URI such as models:/name@champion")
+    p.add_argument("--gates", default=DEFAULT_GATES, help=f"gate expression (default: {DEFAULT_GATES!r})")
+    p.add_argument("--max-examples", type=int, default=48, help="test examples evaluated; 0 means all (default: 48)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="generation budget per answer (default: 32)")
+    p.add_argument("--batch-size", type=int, default=16, help="generation batch size (default: 16)")
+    p.add_argument("--max-seq-len", type=int, default=512, help="tokens per example for perplexity (default: 512)")
+    p.add_argument("--mlflow-run-id", default=None,
+                   help="log into this MLflow run (the train run); a new run is created when omitted")
+    p.add_argument("--experiment", default="tuneline", help="MLflow experiment for a new run (default: tuneline)")
+    p.add_argument("--samples", type=int, default=5, help="sample predictions shown in the report (default: 5)")
+    p.add_argument("--passed-out", type=Path, required=True, help="file receiving true/false as JSON text")
+    p.add_argument("--metrics-out", type=Path, required=True, help="file receiving all metrics as JSON")
+    p.add_argument("--report-out", type=Path, required=True, help="file receiving the Markdown report")
+    return p
+
+
+def resolve_champion(uri: str) -> Path:
+    """A local folder, or an MLflow artifact URI downloaded to a temporary folder."""
+    path = Path(uri)
+    if not path.exists():
+        import mlflow
+
+        from tuneline.ml.tracking import tracking_uri
+
+        mlflow.set_tracking_uri(tracking_uri())
+        path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp()))
+    found = sorted(path.rglob("training_summary.json"), key=lambda p: len(p.parts))
+    if not found:
+        raise FileNotFoundError(f"champion {uri}: no training_summary.json in {path}")
+    return found[0].parent
+
+
+def available_metrics(refs: list[str], schema: dict | None) -> list[str]:
+    from tuneline.ml.metrics import all_metrics
+
+    return sorted([*all_metrics(refs, refs, schema), "perplexity"])
+
+
+def score(model, tokenizer, records, refs, schema, args) -> tuple[dict[str, float], list[str], float]:
+    from components.evaluate.generate import generate, perplexity
+    from tuneline.ml.metrics import all_metrics
+
+    started = time.perf_counter()
+    preds = generate(model, tokenizer, records, args.max_new_tokens, args.batch_size)
+    metrics = all_metrics(preds, refs, schema)
+    metrics["perplexity"] = perplexity(model, tokenizer, records, args.max_seq_len, args.batch_size)
+    return metrics, preds, time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from tuneline.ml.data import read_split
+    from tuneline.ml.gates import Gate, GateError
+
+    try:
+        gate = Gate(args.gates)
+    except GateError as err:
+        print(f"error: --gates: {err}", file=sys.stderr)
+        return 2
+    split = read_split(args.test, limit=args.max_examples)
+    schema = json.loads(args.schema.read_text()) if args.schema else None
+    refs = [r.answer for r in split.records]
+    names = available_metrics(refs, schema)
+    # Fail before loading any model when the gate names a metric this evaluation cannot produce.
+    probe = {m: dict.fromkeys(names, 0.0) for m in ("base", "tuned", "champion")}
+    try:
+        gate.evaluate(probe)
+    except GateError as err:
+        print(f"error: --gates: {err}", file=sys.stderr)
+        return 2
+
+    import torch
+
+    from tuneline.ml.models import load_causal_lm, load_tokenizer, load_tuned, resolve_model
+
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    results: dict[str, dict[str, float]] = {}
+    predictions: dict[str, list[str]] = {}
+    timings: dict[str, float] = {}
+
+    base_path = resolve_model(args.base_model)
+    base = load_causal_lm(base_path, dtype=dtype).to(device).eval()
+    base_tok = load_tokenizer(base_path, padding_side="left")
+    results["base"], predictions["base"], timings["base"] = score(base, base_tok, split.records, refs, schema, args)
+    del base
+
+    tuned, tuned_tok, summary = load_tuned(args.model, dtype=dtype)
+    if summary.get("base_model") != args.base_model:
+        print(f"warning: the tuned model was trained from {summary.get('base_model')!r}, "
+              f"compared here with {args.base_model!r}", file=sys.stderr)
+    tuned.to(device)
+    results["tuned"], predictions["tuned"], timings["tuned"] = score(tuned, tuned_tok, split.records, refs, schema,
+                                                                      args)
+    del tuned
+    if args.champion_uri:
+        champion, champion_tok, _ = load_tuned(resolve_champion(args.champion_uri), dtype=dtype)
+        champion.to(device)
+        results["champion"], predictions["champion"], timings["champion"] = score(
+            champion, champion_tok, split.records, refs, schema, args)
+
+    gate_result = gate.evaluate(results)
+    meta = {"n_examples": len(refs), "test_sha256": split.sha256, "base_model": args.base_model,
+            "tuned_method": summary.get("method", "?"), "max_new_tokens": args.max_new_tokens}
+    samples = [{"id": r.id, "reference": ref, **{m: predictions[m][i] for m in predictions}}
+               for i, (r, ref) in enumerate(zip(split.records, refs, strict=True)) if i < args.samples]
+    document = {
+        "models": results,
+        "gates": {"expression": gate_result.expression, "passed": gate_result.passed,
+                  "clauses": [{"text": c.text, "value": c.value} for c in gate_result.clauses]},
+        **meta,
+        "seconds": timings,
+        "predictions": [{"id": r.id, "reference": ref, **{m: predictions[m][i] for m in predictions}}
+                        for i, (r, ref) in enumerate(zip(split.records, refs, strict=True))],
+    }
+    from components.evaluate.report import render
+
+    for path in (args.passed_out, args.metrics_out, args.report_out):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    args.passed_out.write_text(json.dumps(gate_result.passed))
+    args.metrics_out.write_text(json.dumps(document, indent=2) + "\n")
+    args.report_out.write_text(render(results, gate_result, samples, meta))
+
+    from tuneline.ml.tracking import Run
+
+    run = Run(run_id=args.mlflow_run_id, experiment=args.experiment, run_name="evaluate")
+    run.log_metrics({f"eval.{m}.{k}": v for m, values in results.items() for k, v in values.items()})
+    run.log_metrics({"eval.passed": float(gate_result.passed)})
+    run.set_tags({"tuneline.eval.gates": gate_result.expression, "tuneline.eval.passed": str(gate_result.passed)})
+    run.log_artifact(args.metrics_out, "evaluation")
+    run.log_artifact(args.report_out, "evaluation")
+    run.finish()
+    print(f"gates {'passed' if gate_result.passed else 'failed'}: {gate_result.expression}")
+    for model, values in results.items():
+        print(f"{model}: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(values.items())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Supervised fine-tuning of a chat model: LoRA (default), full, or QLoRA, resumable after preemption.
+
+Run as: python -m components.train --train DIR [--validation DIR] --base-model smollm2-135m-instruct
+        --method lora --model-out DIR --checkpoints DIR --mlflow-run-id-out FILE
+Distributed: torchrun --nproc-per-node 2 -m components.train ...   or
+             accelerate launch --config_file components/train/accelerate/fsdp.yaml -m components.train ...
+
+On start it resumes from the newest complete checkpoint in --checkpoints. On SIGTERM it checkpoints at the
+end of the current optimizer step and exits with status 143, so a retried step continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+
+from components.train.config import TrainConfig, parse_args
+from components.train.modelsetup import MethodUnavailable, check_method
+
+
+def _encode_split(records, tokenizer, max_seq_len: int, label: str, log):
+    from tuneline.ml.chat import encode
+
+    encoded = [encode(tokenizer, r, max_seq_len) for r in records]
+    kept = [e for e in encoded if e.n_targets > 0]
+    truncated = sum(e.truncated for e in encoded)
+    if truncated or len(kept) < len(encoded):
+        log(f"{label}: {truncated} of {len(encoded)} examples truncated to {max_seq_len} tokens; "
+            f"{len(encoded) - len(kept)} dropped (no answer tokens left)")
+    if not kept:
+        raise ValueError(f"{label}: no example keeps any answer token within --max-seq-len {max_seq_len}")
+    return kept
+
+
+def save_outputs(config: TrainConfig, acc, model, tokenizer, summary: dict) -> None:
+    from components.train.loop import dump_json
+    from tuneline.ml.models import SUMMARY_FILE
+
+    unwrapped = acc.unwrap_model(model)
+    if config.method == "full":
+        state_dict = acc.get_state_dict(model)  # gathers FSDP / ZeRO-3 shards; every rank must call it
+    if not acc.is_main_process:
+        return
+    out = config.model_out
+    out.mkdir(parents=True, exist_ok=True)
+    if config.method == "full":
+        unwrapped.config.use_cache = True
+        unwrapped.save_pretrained(out, state_dict=state_dict)
+    else:
+        for peft_config in unwrapped.peft_config.values():
+            peft_config.base_model_name_or_path = config.base_model
+        # "auto" would look the base model up on the Hub to decide about embedding layers; we never
+        # train embeddings in LoRA mode, so no lookup is needed (and none is possible offline).
+        unwrapped.save_pretrained(out, save_embedding_layers=False)
+    tokenizer.save_pretrained(out)
+    dump_json(out / SUMMARY_FILE, summary)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        return _main(parse_args(argv))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(config: TrainConfig) -> int:
+    try:
+        check_method(config.method)  # before any model is loaded
+    except MethodUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    started = time.time()
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+    import torch
+    from accelerate import Accelerator
+    from transformers import get_scheduler
+
+    from components.train import modelsetup
+    from components.train.loop import Loop, StopFlag, dump_json, finite, plan
+    from components.train.state import TrainState
+    from tuneline.ml import checkpoint as ckpt
+    from tuneline.ml.data import read_split
+    from tuneline.ml.device import mixed_precision
+
+    stop = StopFlag()
+    stop.install()
+    precision = mixed_precision() if config.precision == "auto" else config.precision
+    acc = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    log = print if acc.is_main_process else (lambda *a, **k: None)
+    from accelerate.utils import DistributedType
+
+    if acc.distributed_type == DistributedType.DEEPSPEED and config.grad_accum != 1:
+        # DeepSpeed's engine steps inside backward(); our accumulation would step every micro-batch.
+        print("error: under DeepSpeed use --grad-accum 1 and set gradient_accumulation_steps in the "
+              "accelerate config", file=sys.stderr)
+        return 2
+
+    train_split = read_split(config.train)
+    val_split = read_split(config.validation) if config.validation else None
+    torch.manual_seed(config.seed)
+    model, tokenizer = modelsetup.build(config, precision, acc.device)
+    # After the shared initialisation each rank draws its own dropout masks.
+    torch.manual_seed(config.seed + 1000 * acc.process_index)
+    train = _encode_split(train_split.records, tokenizer, config.max_seq_len, "train", log)
+    validation = []
+    if val_split is not None:
+        validation = _encode_split(val_split.records, tokenizer, config.max_seq_len, "validation", log)
+        if config.max_eval_examples:
+            validation = validation[: config.max_eval_examples]
+
+    steps = plan(config, len(train), acc.num_processes)
+    optimizer = torch.optim.AdamW(modelsetup.param_groups(model, config.weight_decay), lr=config.learning_rate)
+    scheduler = get_scheduler(config.lr_scheduler if config.lr_scheduler != "constant" else "constant_with_warmup",
+                              optimizer, num_warmup_steps=math.ceil(config.warmup_ratio * steps.total_steps),
+                              num_training_steps=steps.total_steps)
+    model, optimizer = acc.prepare(model, optimizer)
+
+    run = None
+    loop = Loop(config, acc, model, tokenizer, optimizer, scheduler, train, validation, None, stop, TrainState())
+    resume_from = ckpt.latest(config.checkpoints)
+    if resume_from is not None:
+        loop.load_checkpoint(resume_from)
+    if acc.is_main_process:
+        from tuneline.ml.tracking import Run
+
+        run = Run(run_id=loop.state.mlflow_run_id, experiment=config.experiment,
+                  run_name=f"train-{config.method}-{config.base_model.replace('/', '-')}"[:100])
+        loop.state.mlflow_run_id = run.run_id
+        run.log_params({**config.hyperparameters(), "train_sha256": train_split.sha256,
+                        "validation_sha256": val_split.sha256 if val_split else "",
+                        "n_train": len(train), "n_validation": len(validation),
+                        "world_size": acc.num_processes, "mixed_precision": precision,
+                        "planned_steps": steps.total_steps})
+        run.set_tags({"tuneline.dataset_sha256": train_split.sha256, "tuneline.base_model": config.base_model,
+                      "tuneline.method": config.method})
+        if config.mlflow_run_id_out:
+            dump_json(config.mlflow_run_id_out, run.run_id)
+    loop.run = run
+    log(f"training {config.method} on {config.base_model}: {len(train)} examples, {steps.total_steps} steps, "
+        f"{acc.num_processes} process(es), precision {precision}")
+
+    try:
+        state = loop.fit()
+    except SystemExit:
+        if run is not None:
+            run.finish("KILLED")
+        raise
+    except BaseException:
+        if run is not None:
+            run.finish("FAILED")
+        raise
+
+    summary = {
+        "base_model": config.base_model,
+        "method": config.method,
+        "hyperparameters": config.hyperparameters(),
+        "data": {"train_sha256": train_split.sha256, "n_train": len(train),
+                 "validation_sha256": val_split.sha256 if val_split else None, "n_validation": len(validation)},
+        "world_size": acc.num_processes,
+        "mixed_precision": precision,
+        "mlflow_run_id": state.mlflow_run_id,
+        **loop.summary(),
+        "process_wall_time_s": time.time() - started,
+    }
+    save_outputs(config, acc, model, tokenizer, summary)
+    if run is not None:
+        finals = {k: v for k, v in summary.items() if isinstance(v, float) and finite(v)}
+        run.log_metrics(finals, step=state.global_step)
+        run.log_artifact(config.model_out / "training_summary.json")
+        run.finish()
+        log(f"done: {state.global_step} steps, final loss {summary['final_train_loss']:.4f}, "
+            f"{summary['tokens_per_s'] or 0:.0f} tokens/s, model in {config.model_out}")
+    acc.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The train component in-process on a tiny random Llama: outputs, tracking, packing, early stopping, methods."""
+
+import json
+
+import pytest
+
+from components.train.__main__ import main
+from tuneline.ml.fixtures import write_splits
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNELINE_HOME", str(root / "home"))
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        yield {"root": root, **write_splits(root / "data")}
+
+
+def _train(env, name, *extra):
+    out = env["root"] / name
+    argv = ["--train", str(env["train"]), "--validation", str(env["validation"]), "--base-model", "tiny-random-llama",
+            "--model-out", str(out / "model"), "--checkpoints", str(out / "ckpt"),
+            "--mlflow-run-id-out", str(out / "run_id.json"), "--per-device-batch", "4", "--max-steps", "3",
+            "--save-steps", "0", *extra]
+    assert main(argv) == 0
+    return out
+
+
+def _losses(out):
+    from tuneline.ml.checkpoint import latest
+
+    return json.loads((latest(out / "ckpt") / "state.json").read_text())["losses"]
+
+
+def test_lora_run_writes_adapter_summary_and_mlflow_run(env):
+    from mlflow.tracking import MlflowClient
+
+    out = _train(env, "lora")
+    model = out / "model"
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "training_summary.json"} <= {
+        p.name for p in model.iterdir()}
+    summary = json.loads((model / "training_summary.json").read_text())
+    assert summary["base_model"] == "tiny-random-llama" and summary["method"] == "lora"
+    assert summary["steps"] == 3 and summary["hyperparameters"]["per_device_batch"] == 4
+    assert len(summary["data"]["train_sha256"]) == 64 and summary["final_val_loss"] > 0
+    assert summary["tokens_per_s"] > 0 and summary["peak_memory_mb"] > 0
+    run_id = json.loads((out / "run_id.json").read_text())
+    assert run_id == summary["mlflow_run_id"]
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["method"] == "lora" and run.data.params["train_sha256"] == summary["data"]["train_sha256"]
+    history = client.get_metric_history(run_id, "loss")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert [m.value for m in history] == pytest.approx(_losses(out))
+    assert {"learning_rate", "grad_norm", "tokens_per_s", "val_loss", "peak_memory_mb"} <= set(run.data.metrics)
+    assert json.loads((model / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny-random-llama"
+
+
+def test_padding_free_packing_gives_the_same_losses_as_padding(env):
+    padded = _losses(_train(env, "padded", "--max-steps", "2", "--lora-dropout", "0"))
+    packed_out = _train(env, "packed", "--max-steps", "2", "--lora-dropout", "0", "--packing", "true")
+    assert _losses(packed_out) == pytest.approx(padded, abs=1e-5)
+    summary = json.loads((packed_out / "model" / "training_summary.json").read_text())
+    assert summary["real_token_share"] == 1.0
+
+
+def test_early_stopping_on_validation_loss(env):
+    # With a zero learning rate the validation loss cannot improve after the first evaluation.
+    out = _train(env, "early", "--learning-rate", "0", "--max-steps", "10", "--eval-steps", "1",
+                 "--early-stopping-patience", "2")
+    summary = json.loads((out / "model" / "training_summary.json").read_text())
+    assert summary["stopped_early"] is True and summary["steps"] == 3
+
+
+def test_full_fine_tuning_saves_a_loadable_model(env):
+    from tuneline.ml.models import load_tuned
+
+    out = _train(env, "full", "--method", "full", "--max-steps", "2", "--learning-rate", "1e-3")
+    assert (out / "model" / "model.safetensors").is_file()
+    model, tokenizer, summary = load_tuned(out / "model")
+    assert summary["method"] == "full" and tokenizer.padding_side == "left"
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_qlora_without_cuda_fails_fast_before_loading(env, capsys):
+    # The base model name does not exist: reaching model loading would raise a different error.
+    argv = ["--train", str(env["train"]), "--base-model", "no-such-model", "--method", "qlora",
+            "--model-out", str(env["root"] / "q"), "--checkpoints", str(env["root"] / "qc")]
+    assert main(argv) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_invalid_hyperparameters_are_named(env, capsys):
+    with pytest.raises(SystemExit):
+        main(["--train", "x", "--model-out", "y", "--checkpoints", "z", "--per-device-batch", "0",
+              "--warmup-ratio", "2"])
+    err = capsys.readouterr().err
+    assert "--per-device-batch must be > 0" in err and "--warmup-ratio must be in [0, 1)" in err
+
+
+def test_boolean_flags_take_true_false_text(env, capsys):
+    with pytest.raises(SystemExit):
+        main(["--train", "x", "--model-out", "y", "--checkpoints", "z", "--packing", "maybe"])
+    assert "expected true or false, got 'maybe'" in capsys.readouterr().err

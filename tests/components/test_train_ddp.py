@@ -1,0 +1,56 @@
+"""Distributed data parallel: 2 CPU processes (gloo, torchrun) x batch 2 == 1 process x batch 4."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tuneline.ml.fixtures import write_splits
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _args(data, out, batch):
+    return ["-m", "components.train", "--train", str(data["train"]), "--base-model", "tiny-random-llama",
+            "--model-out", str(out / "model"), "--checkpoints", str(out / "ckpt"), "--max-steps", "4",
+            "--per-device-batch", str(batch), "--grad-accum", "2", "--lora-dropout", "0", "--save-steps", "0"]
+
+
+def _prepare(env):
+    # Build the cached tiny model and the MLflow schema once, so the concurrent runs below start from the
+    # same files and do not race to migrate a new SQLite store.
+    code = ("from tuneline.ml.models import resolve_model; resolve_model('tiny-random-llama'); "
+            "from tuneline.ml.tracking import client; client().search_experiments()")
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True, capture_output=True)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
+    data = write_splits(tmp_path / "data", n_train=20)
+    env = {**os.environ, "TUNELINE_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    _prepare(env)
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    one = subprocess.Popen([sys.executable, *_args(data, single, 4)], env=env, cwd=ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          *_args(data, ddp, 2)],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    assert one.wait(timeout=240) == 0
+
+    summaries = [json.loads((out / "model" / "training_summary.json").read_text()) for out in (single, ddp)]
+    assert summaries[0]["world_size"] == 1 and summaries[1]["world_size"] == 2
+    losses = [json.loads((next((out / "ckpt").glob("checkpoint-*")) / "state.json").read_text())["losses"]
+              for out in (single, ddp)]
+    assert len(losses[0]) == 4
+    assert losses[1] == pytest.approx(losses[0], abs=1e-5)
+    a = load_file(single / "model" / "adapter_model.safetensors")
+    b = load_file(ddp / "model" / "adapter_model.safetensors")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)

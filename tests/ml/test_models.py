@@ -1,0 +1,63 @@
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tuneline.ml.chat import IGNORE, TemplateError, encode, prompt_ids
+from tuneline.ml.data import ChatRecord
+from tuneline.ml.models import ModelNotAvailable, load_tokenizer, resolve_model
+
+RECORD = ChatRecord("r1", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                           {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"},
+                           {"role": "assistant", "content": "{\"ok\":true}"}])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNELINE_HOME", str(tmp_path_factory.mktemp("home")))
+        yield resolve_model("tiny-random-llama")
+
+
+def test_tiny_model_is_cached_and_deterministic(tiny, tmp_path, monkeypatch):
+    assert tiny.name == "tiny-random-llama" and (tiny / "config.json").is_file()
+    monkeypatch.setenv("TUNELINE_HOME", str(tmp_path))
+    again = resolve_model("tiny-random-llama")
+    assert again != tiny
+    a, b = load_file(tiny / "model.safetensors"), load_file(again / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_only_assistant_turns_are_labelled(tiny):
+    tokenizer = load_tokenizer(tiny)
+    encoded = encode(tokenizer, RECORD, max_seq_len=1024)
+    targets = tokenizer.decode([t for t in encoded.labels if t != IGNORE])
+    assert targets == "Hello<|im_end|>\n{\"ok\":true}<|im_end|>\n"
+    assert tokenizer.decode(encoded.input_ids) == tokenizer.apply_chat_template(RECORD.messages, tokenize=False)
+    # The generation prompt is exactly the context the model saw before the last answer.
+    prompt = prompt_ids(tokenizer, RECORD)
+    assert encoded.input_ids[: len(prompt)] == prompt and encoded.labels[len(prompt)] != IGNORE
+
+
+def test_truncation_keeps_the_start(tiny):
+    encoded = encode(load_tokenizer(tiny), RECORD, max_seq_len=10)
+    assert encoded.truncated and len(encoded.input_ids) == 10 and encoded.n_targets == 0
+
+
+def test_template_that_rewrites_history_is_rejected(tiny):
+    tokenizer = load_tokenizer(tiny)
+    tokenizer.chat_template = "{{ messages | length }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    with pytest.raises(TemplateError, match="prefix-stable"):
+        encode(tokenizer, RECORD, max_seq_len=1024)
+
+
+def test_unknown_names_and_folders_fail_clearly(tmp_path):
+    with pytest.raises(ModelNotAvailable, match="not in the catalog"):
+        resolve_model("no-such-model")
+    with pytest.raises(ModelNotAvailable, match="no config.json"):
+        resolve_model(str(tmp_path))
+
+
+def test_hub_id_offline_fails_with_a_clear_message(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotAvailable, match="could not be downloaded.*Offline, use a catalog name"):
+        resolve_model("some-org/some-model")

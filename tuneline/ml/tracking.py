@@ -1,0 +1,101 @@
+"""MLflow tracking through ``MlflowClient`` (no global active-run state).
+
+The tracking store comes from ``MLFLOW_TRACKING_URI`` (the local runner sets a SQLite store under
+``.tuneline/``; a cluster sets its server or Azure ML workspace). Without it, the same SQLite default is
+used so a component run by hand still records its run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+from tuneline.ml.models import tuneline_home
+
+DEFAULT_EXPERIMENT = "tuneline"
+
+
+def tracking_uri() -> str:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        home = tuneline_home()
+        home.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{(home / 'mlflow.db').resolve()}"
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+    return uri
+
+
+def client():
+    """The registry's client: it initialises a fresh SQLite store under a lock, so parallel steps cannot race."""
+    from tuneline.registry import client as registry_client
+
+    return registry_client()
+
+
+def experiment_id(mlflow_client, name: str) -> str:
+    """Created once, with artifacts under TUNELINE_HOME rather than ./mlruns wherever the step runs."""
+    from tuneline.registry import ensure_experiment
+
+    return ensure_experiment(mlflow_client, name)
+
+
+def _flatten(params: dict, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = str(value)[:6000]
+    return out
+
+
+class Run:
+    """One MLflow run: created fresh, or re-opened by id (a resumed training, evaluate adding metrics)."""
+
+    def __init__(self, run_id: str | None = None, experiment: str | None = None, run_name: str | None = None,
+                 tags: dict[str, str] | None = None) -> None:
+        self.client = client()
+        all_tags = {k: v for k, v in {
+            "tuneline.pipeline_run": os.environ.get("TUNELINE_RUN_ID", ""),
+            "tuneline.step": os.environ.get("TUNELINE_STEP", ""),
+        }.items() if v}
+        all_tags.update(tags or {})
+        if run_id:
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            exp = experiment_id(self.client, experiment or os.environ.get("TUNELINE_EXPERIMENT", DEFAULT_EXPERIMENT))
+            self.run_id = self.client.create_run(exp, run_name=run_name, tags=all_tags).info.run_id
+            return
+        for key, value in all_tags.items():
+            self.client.set_tag(run_id, key, value)
+
+    def log_params(self, params: dict) -> None:
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.run_id).data.params
+        fresh = [Param(k, v) for k, v in _flatten(params).items() if k not in existing]
+        for i in range(0, len(fresh), 100):
+            self.client.log_batch(self.run_id, params=fresh[i: i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))]
+        for i in range(0, len(batch), 500):
+            self.client.log_batch(self.run_id, metrics=batch[i: i + 500])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
