@@ -28,7 +28,7 @@ $(VENV_STAMP): pyproject.toml environments/constraints.txt
 
 setup: $(VENV_STAMP) ## create .venv with every dependency pinned in pyproject.toml
 
-pipeline-run: $(VENV_STAMP) ## run the demo pipeline locally (PIPELINE=..., ARGS='--set k=v')
+pipeline-run: $(VENV_STAMP) serve-venv ## run the demo pipeline locally (PIPELINE=..., ARGS='--set k=v')
 	$(VENV)/bin/tuneline run $(PIPELINE) $(ARGS)
 
 validate: $(VENV_STAMP) ## validate every pipeline and component YAML

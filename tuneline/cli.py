@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .spec import SpecError, load_component, load_pipeline
+from .spec.load import parse_set_pairs
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -29,16 +30,6 @@ def _project_home(home: str | None) -> Path:
         if (folder / "components").is_dir() or (folder / ".tuneline").is_dir():
             return default_home(folder)
     return default_home(cwd)
-
-
-def _parse_sets(pairs: Sequence[str]) -> dict[str, str]:
-    overrides = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.strip():
-            raise SystemExit(f"tuneline: --set expects name=value, got '{pair}'")
-        overrides[name.strip()] = value
-    return overrides
 
 
 def _print_problems(exc: SpecError) -> int:
@@ -83,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner.progress import Progress, summary_table
 
     try:
-        pipeline = load_pipeline(args.pipeline, _parse_sets(args.set))
+        pipeline = load_pipeline(args.pipeline, parse_set_pairs(args.set))
     except SpecError as exc:
         return _print_problems(exc)
     graph = build_graph(pipeline)

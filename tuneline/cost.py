@@ -228,9 +228,14 @@ def _token_lengths(records: list[dict], model_dir: Path | None, max_seq_len: int
     if model_dir is not None:
         from transformers import AutoTokenizer
 
+        from .ml.chat import render
+
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         if tokenizer.chat_template:
-            lengths = [len(tokenizer.apply_chat_template(r["messages"], tokenize=True)) for r in records]
+            # The same rendering training uses; counting apply_chat_template(tokenize=True) would count the
+            # keys of the BatchEncoding it returns in transformers 5, not tokens.
+            texts = [render(tokenizer, r["messages"], generation_prompt=False) for r in records]
+            lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
             return [min(n, max_seq_len) for n in lengths], f"tokenizer of {model_dir.name}"
     from .data.records import estimate_tokens
 

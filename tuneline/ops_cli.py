@@ -20,24 +20,16 @@ import sys
 import time
 from pathlib import Path
 
+from .spec.load import parse_set_pairs
+
 EXIT_NO_RETRAIN, EXIT_RETRAIN, EXIT_RUN_FAILED, EXIT_INVALID = 0, 10, 11, 2
-
-
-def _sets(pairs: list[str]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.strip():
-            raise SystemExit(f"tuneline: --set expects name=value, got '{pair}'")
-        out[name.strip()] = value
-    return out
 
 
 def _load(path: str, sets: list[str]):
     from .spec import SpecError, load_pipeline
 
     try:
-        return load_pipeline(path, _sets(sets))
+        return load_pipeline(path, parse_set_pairs(sets))
     except SpecError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 
 from components.train.config import TrainConfig, parse_args
 from components.train.modelsetup import MethodUnavailable, check_method
@@ -165,6 +166,8 @@ def _main(config: TrainConfig) -> int:
         "world_size": acc.num_processes,
         "mixed_precision": precision,
         "mlflow_run_id": state.mlflow_run_id,
+        # Serving puts a bare request under the same instructions the model was tuned with.
+        "system_prompt": _common_system_prompt(train_split.records),
         **loop.summary(),
         "process_wall_time_s": time.time() - started,
     }
@@ -178,6 +181,11 @@ def _main(config: TrainConfig) -> int:
             f"{summary['tokens_per_s'] or 0:.0f} tokens/s, model in {config.model_out}")
     acc.end_training()
     return 0
+
+
+def _common_system_prompt(records: list) -> str | None:
+    prompts = Counter(m["content"] for r in records for m in r.messages[:1] if m["role"] == "system")
+    return prompts.most_common(1)[0][0] if prompts else None
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -36,13 +37,21 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "MLFLOW_DISABLE_TELEMETRY": "true"}
     _prepare(env)
     single, ddp = tmp_path / "single", tmp_path / "ddp"
+    # Own process groups: if the test fails or times out, torchrun's workers must not outlive it.
     one = subprocess.Popen([sys.executable, *_args(data, single, 4)], env=env, cwd=ROOT,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          *_args(data, ddp, 2)],
-                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
-    assert one.wait(timeout=240) == 0
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    two = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                            *_args(data, ddp, 2)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = two.communicate(timeout=240)
+        assert two.returncode == 0, out[-3000:] + err[-3000:]
+        assert one.wait(timeout=240) == 0
+    finally:
+        for process in (one, two):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
 
     summaries = [json.loads((out / "model" / "training_summary.json").read_text()) for out in (single, ddp)]
     assert summaries[0]["world_size"] == 1 and summaries[1]["world_size"] == 2

@@ -11,21 +11,12 @@ import sys
 from pathlib import Path
 
 from ..spec import SpecError
+from ..spec.load import parse_set_pairs
 from . import CompileError
 from .build import TARGETS, compile_file
 from .options import DEFAULT_AZUREML_COMPUTE, DEFAULT_CHECKPOINT_PVC, DEFAULT_MLFLOW_SECRET, CompileOptions
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
-
-
-def _sets(pairs: list[str]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.strip():
-            raise SystemExit(f"tuneline: --set expects name=value, got '{pair}'")
-        out[name.strip()] = value
-    return out
 
 
 def _options(args: argparse.Namespace) -> CompileOptions:
@@ -36,7 +27,7 @@ def _options(args: argparse.Namespace) -> CompileOptions:
 
 def _compile(args: argparse.Namespace, pipeline: str, targets: tuple[str, ...]):
     try:
-        return compile_file(pipeline, targets, Path(args.out), _options(args), _sets(args.set))
+        return compile_file(pipeline, targets, Path(args.out), _options(args), parse_set_pairs(args.set))
     except SpecError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -68,7 +59,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     from ..spec import load_pipeline
 
-    given = _sets(args.param)
+    given = parse_set_pairs(args.param)
     try:  # typed and checked like --set, so KFP receives numbers as numbers
         typed = load_pipeline(args.pipeline, given).params
     except SpecError as exc:

@@ -155,6 +155,16 @@ def _copy_full_model(model_dir: Path, out_dir: Path) -> None:
     shutil.copytree(model_dir, out_dir, ignore=shutil.ignore_patterns("checkpoint-*", "optimizer.pt", "*.lock"))
 
 
+SERVING_FILE = "serving.json"
+
+
+def serving_settings(model_dir: Path) -> dict:
+    """How a bare prompt becomes model input: the chat template, under the system prompt used in training."""
+    summary_path = Path(model_dir) / "training_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return {"chat_template": True, "system_prompt": summary.get("system_prompt")}
+
+
 def write_repository(
     model_dir: Path,
     repo_dir: Path,
@@ -185,6 +195,7 @@ def write_repository(
     else:
         _copy_full_model(model_dir, version_dir / HF_SUBDIR)
     shutil.copy2(Path(__file__).with_name("triton_model.py"), version_dir / "model.py")
+    (version_dir / SERVING_FILE).write_text(json.dumps(serving_settings(model_dir), indent=2) + "\n")
     (staging / "config.pbtxt").write_text(render_config(spec))
     shutil.rmtree(model_root, ignore_errors=True)
     staging.rename(model_root)

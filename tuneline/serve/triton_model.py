@@ -57,6 +57,19 @@ class TritonPythonModel:
         # An empty prompt still needs one position to condition on.
         self.start_id = next(i for i in (tok.bos_token_id, tok.eos_token_id, self.pad_id) if i is not None)
         self.eos_id = tok.eos_token_id
+        serving_path = os.path.join(version_dir, "serving.json")
+        serving = json.load(open(serving_path)) if os.path.isfile(serving_path) else {}
+        # A tuned instruct model only answers well inside the chat format it was trained on.
+        self.use_chat = bool(serving.get("chat_template", True)) and bool(getattr(tok, "chat_template", None))
+        self.system_prompt = serving.get("system_prompt")
+
+    def _encode(self, prompt: str) -> list[int]:
+        if not self.use_chat:
+            return self.tokenizer(prompt, add_special_tokens=True)["input_ids"] or [self.start_id]
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        messages.append({"role": "user", "content": prompt})
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] or [self.start_id]
 
     def _request_inputs(self, request) -> tuple[list[str], list[int]]:
         texts = pb_utils.get_input_tensor_by_name(request, "text_input").as_numpy().reshape(-1)
@@ -74,7 +87,7 @@ class TritonPythonModel:
 
     def _generate(self, prompts: list[str], limits: list[int]) -> list[str]:
         torch = self.torch
-        encoded = [self.tokenizer(p, add_special_tokens=True)["input_ids"] or [self.start_id] for p in prompts]
+        encoded = [self._encode(p) for p in prompts]
         width = max(len(ids) for ids in encoded)
         # Left padding: decoder-only models continue from the last position of each row.
         input_ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)

@@ -355,6 +355,17 @@ def upstream_steps(bindings: dict[str, Binding], condition: OutputRef | None) ->
     return {r.step for r in refs}
 
 
+def parse_set_pairs(pairs: typing.Sequence[str]) -> dict[str, str]:
+    """`--set name=value` arguments as a dict; values stay text until `apply_overrides` types them."""
+    overrides = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise SystemExit(f"tuneline: --set expects name=value, got '{pair}'")
+        overrides[name.strip()] = value
+    return overrides
+
+
 def apply_overrides(spec: PipelineSpec, overrides: dict[str, str], path: str) -> dict[str, Any]:
     values = {name: p.default for name, p in spec.params.items()}
     problems = []
