@@ -226,10 +226,17 @@ def main(argv: list[str] | None = None) -> int:
         f"deploy: {record.status}: {record.model_uri} ({args.target})"
         + (f" - {record.error}" if record.error else "")
     )
+    from tuneline.runner.summary import write_step_summary
+
     if args.target == "local" and record.endpoint:
-        print(f"endpoint:   {record.endpoint}\ntoken file: {record.token_file}\ntry it:\n  {record.curl}")
+        shown = f"endpoint:   {record.endpoint}\ntoken file: {record.token_file}\ntry it:\n  {record.curl}"
+        print(shown)
+        write_step_summary(f"{record.status}: {record.model_uri}\n{shown}\nstop it: make serve-stop")
     elif record.files:
         print("wrote:\n  " + "\n  ".join(record.files))
+        write_step_summary(f"{record.status}: {record.model_uri} ({args.target})\n  " + "\n  ".join(record.files))
+    else:
+        write_step_summary(f"{record.status}: {record.model_uri} ({args.target}) {record.error or ''}")
     return 1 if record.status == "failed" else 0
 
 

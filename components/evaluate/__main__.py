@@ -155,7 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
     args.passed_out.write_text(json.dumps(gate_result.passed))
     args.metrics_out.write_text(json.dumps(document, indent=2) + "\n")
-    args.report_out.write_text(render(results, gate_result, samples, meta))
+    report = render(results, gate_result, samples, meta)
+    args.report_out.write_text(report)
+    from tuneline.runner.summary import write_step_summary
+
+    # The metrics table and gate verdicts; the samples stay in the report file.
+    write_step_summary(report.split("\n## Samples")[0].removeprefix("# Evaluation report\n"))
 
     from tuneline.ml.tracking import Run
 
