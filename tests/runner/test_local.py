@@ -199,6 +199,7 @@ def test_runs_list_and_show(toy, cli):
     shown = json.loads(out)
     assert shown["params"] == {"count": 2, "threshold": 4}
     assert shown["steps"]["check"]["outputs"]["size"]["value"] == 2
-    code, out, _ = cli("runs", "show", shown["run_id"][:17])
+    # The full id: both runs may start in the same second, so a short prefix could match both.
+    code, out, _ = cli("runs", "show", shown["run_id"])
     assert code == 0 and "size [integer] = 2" in out and "data [uri_folder] = " in out
     assert cli("runs", "show", "nope")[0] == 1
