@@ -22,20 +22,10 @@ def _args(data, out, batch):
             "--per-device-batch", str(batch), "--grad-accum", "2", "--lora-dropout", "0", "--save-steps", "0"]
 
 
-def _prepare(env):
-    # Build the cached tiny model and the MLflow schema once, so the concurrent runs below start from the
-    # same files and do not race to migrate a new SQLite store.
-    code = ("from tuneline.ml.models import resolve_model; resolve_model('tiny-random-llama'); "
-            "from tuneline.ml.tracking import client; client().search_experiments()")
-    subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True, capture_output=True)
-
-
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path, train_env):
     data = write_splits(tmp_path / "data", n_train=20)
-    env = {**os.environ, "TUNELINE_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    _prepare(env)
+    env = train_env
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     # Own process groups: if the test fails or times out, torchrun's workers must not outlive it.
     one = subprocess.Popen([sys.executable, *_args(data, single, 4)], env=env, cwd=ROOT,

@@ -6,7 +6,6 @@ the scheduler and the RNG to match.
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -37,20 +36,10 @@ def _losses(out):
     return json.loads((latest(out / "ckpt") / "state.json").read_text())["losses"]
 
 
-def _prepare(env):
-    # Build the cached tiny model and the MLflow schema once, so the concurrent runs below start from the
-    # same files and do not race to migrate a new SQLite store.
-    code = ("from tuneline.ml.models import resolve_model; resolve_model('tiny-random-llama'); "
-            "from tuneline.ml.tracking import client; client().search_experiments()")
-    subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True, capture_output=True)
-
-
 @pytest.mark.slow
-def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
+def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path, train_env):
     data = write_splits(tmp_path / "data", n_train=24)
-    env = {**os.environ, "TUNELINE_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    _prepare(env)
+    env = train_env
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     reference = subprocess.Popen(_command(data, straight), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
