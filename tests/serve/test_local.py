@@ -30,7 +30,10 @@ def deployed(
     serve_venv, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Path, RolloutResult]]:
     state_dir = tmp_path_factory.mktemp("serve-state")
-    result = rollout(tiny_model, state_dir=state_dir, spec=RepositorySpec(max_new_tokens_default=6))
+    with pytest.MonkeyPatch.context() as patch:
+        # The proxy process inherits this: the opt-in request log of the feedback loop.
+        patch.setenv("TUNELINE_REQUEST_LOG", str(state_dir / "feedback" / "requests.jsonl"))
+        result = rollout(tiny_model, state_dir=state_dir, spec=RepositorySpec(max_new_tokens_default=6))
     assert result.ok, result.error
     yield state_dir, result
     stop_all(state_dir)
@@ -106,6 +109,18 @@ def test_infer_without_token_is_rejected(deployed) -> None:
     client.close()
     status_code, body = _post(f"{result.proxy_url}/v1/generate", {"prompt": "hi"}, token=None)
     assert status_code == 401 and "bearer token" in body["error"]
+
+
+def test_generated_answers_are_logged_redacted_and_can_be_rated(deployed) -> None:
+    state_dir, result = deployed
+    token = load_token(Path(result.token_file))
+    code, body = _post(f"{result.proxy_url}/v1/generate", {"prompt": "write to ann.lee@example.com"}, token)
+    assert code == 200 and body["request_id"]
+    logged = (state_dir / "feedback" / "requests.jsonl").read_text()
+    assert body["request_id"] in logged and "<EMAIL>" in logged and "ann.lee@example.com" not in logged
+    code, _ = _post(f"{result.proxy_url}/v1/feedback", {"request_id": body["request_id"], "rating": 5}, token)
+    assert code == 200
+    assert body["request_id"] in (state_dir / "feedback" / "ratings.jsonl").read_text()
 
 
 def test_generate_routes(deployed) -> None:

@@ -95,3 +95,32 @@ def test_upstream_file_round_trip(tmp_path: Path) -> None:
     assert read_upstream(tmp_path) == Upstream(url="http://127.0.0.1:1234", model="m", slot="green")
     clear_upstream(tmp_path)
     assert read_upstream(tmp_path) is None
+
+
+def test_ratings_are_stored_when_request_logging_is_on(tmp_path: Path, monkeypatch) -> None:
+    from tuneline.feedback import RatingStore
+
+    monkeypatch.setenv("TUNELINE_REQUEST_LOG", str(tmp_path / "feedback" / "requests.jsonl"))
+    token = ensure_token(tmp_path, announce=False)
+    server = ProxyServer(("127.0.0.1", 0), tmp_path, token)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        rating = json.dumps({"request_id": "r-1", "rating": 5, "comment": "right on"}).encode()
+        assert _request(port, "POST", "/v1/feedback", rating)[0] == 401
+        status, _, body = _request(port, "POST", "/v1/feedback", rating, token=token)
+        assert status == 200, body
+        bad = json.dumps({"request_id": "r-2", "rating": 9}).encode()
+        status, _, body = _request(port, "POST", "/v1/feedback", bad, token=token)
+        assert status == 400 and "rating must be an integer from 1 to 5" in json.loads(body)["error"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert RatingStore(tmp_path / "feedback" / "ratings.jsonl").ratings() == {"r-1": 5}
+
+
+def test_feedback_route_is_off_without_request_logging(proxy) -> None:
+    port, token, _ = proxy
+    status, _, body = _request(port, "POST", "/v1/feedback", b'{"request_id": "x", "rating": 4}', token=token)
+    assert status == 404 and "TUNELINE_REQUEST_LOG" in json.loads(body)["error"]

@@ -117,10 +117,15 @@ class ProxyServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], state_dir: Path, token: str) -> None:
+        from ..feedback import RatingStore, RequestLogger
+
         super().__init__(address, ProxyHandler)
         self.token = token
         self.upstreams = _UpstreamWatcher(state_dir)
         self.local = threading.local()
+        # Opt-in (TUNELINE_REQUEST_LOG): PII-redacted request log, and ratings beside it, for the feedback loop.
+        self.requests = RequestLogger.from_env()
+        self.ratings = RatingStore(self.requests.path.with_name("ratings.jsonl")) if self.requests else None
 
 
 class ProxyHandler(BaseHTTPRequestHandler):
@@ -212,6 +217,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
         body = self._read_body()
         if body is None:
             return
+        if path == "/v1/feedback" and self.command == "POST":
+            self._feedback(body)
+            return
         upstream = self.server.upstreams.get()
         if upstream is None:
             self._reply(503, {"error": "no model is deployed behind this proxy"})
@@ -268,7 +276,31 @@ class ProxyHandler(BaseHTTPRequestHandler):
             return
         outputs = {o["name"]: o for o in json.loads(data)["outputs"]}
         texts = outputs["text_output"]["data"]
-        self._reply(200, {"model": upstream.model, "text": texts[0] if single else texts})
+        reply = {"model": upstream.model, "text": texts[0] if single else texts}
+        if self.server.requests is not None:
+            ids = [self.server.requests.log(p, t, model=upstream.model) for p, t in zip(prompts, texts, strict=True)]
+            reply["request_id" if single else "request_ids"] = ids[0] if single else ids
+        self._reply(200, reply)
+
+    def _feedback(self, body: bytes) -> None:
+        """POST /v1/feedback {"request_id", "rating": 1-5, "comment"?}: a rating for `feedback export`."""
+        from ..feedback import FeedbackError
+
+        if self.server.ratings is None:
+            self._reply(404, {"error": "feedback is off: start the server with TUNELINE_REQUEST_LOG set"})
+            return
+        try:
+            req = json.loads(body or b"{}")
+            if not isinstance(req, dict):
+                raise FeedbackError("the body must be a JSON object")
+            self.server.ratings.rate(str(req.get("request_id", "")), req.get("rating"), str(req.get("comment", "")))
+        except json.JSONDecodeError as exc:
+            self._reply(400, {"error": f"body line {exc.lineno}: invalid JSON: {exc.msg}"})
+            return
+        except FeedbackError as exc:
+            self._reply(400, {"error": str(exc)})
+            return
+        self._reply(200, {"rated": req["request_id"], "rating": req["rating"]})
 
 
 def serve(state_dir: Path, port: int, host: str = "127.0.0.1") -> None:
