@@ -366,17 +366,19 @@ def parse_set_pairs(pairs: typing.Sequence[str]) -> dict[str, str]:
     return overrides
 
 
-def apply_overrides(spec: PipelineSpec, overrides: dict[str, str], path: str) -> dict[str, Any]:
+def apply_overrides(spec: PipelineSpec, overrides: dict[str, str], loaded: Loaded) -> dict[str, Any]:
+    """Parameter values: defaults, with `--set` overrides typed; problems point at the `params:` entry."""
     values = {name: p.default for name, p in spec.params.items()}
     problems = []
     for name, text in overrides.items():
         if name not in spec.params:
-            problems.append(Problem(path, 1, 1, f"--set {name}: no such parameter{_suggest(name, spec.params)}"))
+            problems.append(loaded.problem(("params",), f"--set {name}: no such parameter"
+                                                        f"{_suggest(name, spec.params)}", key=True))
             continue
         try:
             values[name] = parse_cli_value(spec.params[name].type, text)
         except ValueError as exc:
-            problems.append(Problem(path, 1, 1, f"--set {name}: {exc}"))
+            problems.append(loaded.problem(("params", name), f"--set {name}: {exc}", key=True))
     if problems:
         raise SpecError(problems)
     return values
@@ -407,14 +409,15 @@ def load_pipeline(path: str | Path, overrides: dict[str, str] | None = None) -> 
         problems.append(loaded.problem(("steps", cycle[0]), "cycle between steps: " + " -> ".join(reversed(cycle))))
     if problems:
         raise SpecError(problems)
-    params = apply_overrides(spec, overrides or {}, str(path))
+    params = apply_overrides(spec, overrides or {}, loaded)
     for name, value in params.items():
         for step_name, step_bindings in bindings.items():
             for input_name, binding in step_bindings.items():
                 if isinstance(binding, ParamRef) and binding.name == name:
                     reason = check_value(components[step_name].spec.inputs[input_name], value)
                     if reason:
-                        problems.append(Problem(str(path), 1, 1, f"--set {name}: {step_name}.{input_name}: {reason}"))
+                        problems.append(loaded.problem(("steps", step_name, "inputs", input_name),
+                                                       f"--set {name}: {step_name}.{input_name}: {reason}"))
     if problems:
         raise SpecError(problems)
     return Pipeline(spec=spec, path=path, root=root, source=loaded, components=components,
