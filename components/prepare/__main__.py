@@ -10,36 +10,13 @@ cannot be read and 1 when no record survives (the report is still written, to sh
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
+from tuneline.component_args import parse_component_args
 from tuneline.data.records import Budget
 from tuneline.data.split import SplitRatios
-
-
-def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("true", "1", "yes"):
-        return True
-    if value in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _unit(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
 
 
 def _auto_workers(raw: Path) -> int:
@@ -49,65 +26,8 @@ def _auto_workers(raw: Path) -> int:
     return min(4, len(os.sched_getaffinity(0)))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m components.prepare",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--raw", type=Path, required=True, help="input JSONL: chat or prompt/completion records")
-    p.add_argument("--train-out", type=Path, required=True, help="folder for the train split (data.jsonl)")
-    p.add_argument("--validation-out", type=Path, required=True, help="folder for the validation split")
-    p.add_argument("--test-out", type=Path, required=True, help="folder for the test split")
-    p.add_argument(
-        "--report-out",
-        type=Path,
-        required=True,
-        help="folder for quarantine.jsonl, data_card.json and data_card.md",
-    )
-    p.add_argument(
-        "--near-dup", type=_bool, default=True, help="drop near-duplicates (MinHash LSH): true|false"
-    )
-    p.add_argument(
-        "--near-dup-threshold",
-        type=_unit,
-        default=0.95,
-        help="Jaccard similarity at or above which a record is a near-duplicate",
-    )
-    p.add_argument("--num-perm", type=int, default=128, help="MinHash permutations (signature length)")
-    p.add_argument("--shingle-bytes", type=int, default=5, help="near-dup shingle size in UTF-8 bytes (1-8)")
-    p.add_argument("--validation-ratio", type=_unit, default=0.1, help="share of groups in validation")
-    p.add_argument("--test-ratio", type=_unit, default=0.1, help="share of groups in test")
-    p.add_argument(
-        "--max-chars",
-        type=_non_negative,
-        default=20_000,
-        help="reject records whose message text exceeds this many characters (0: no limit)",
-    )
-    p.add_argument(
-        "--max-tokens",
-        type=_non_negative,
-        default=4_096,
-        help="reject records over this many estimated tokens (0: no limit)",
-    )
-    p.add_argument(
-        "--redact-pii", type=_bool, default=True, help="replace PII with typed placeholders: true|false"
-    )
-    p.add_argument("--seed", default="tuneline", help="salt of the split hash; change it to reshuffle splits")
-    p.add_argument("--batch-size", type=int, default=512, help="lines processed per batch")
-    p.add_argument(
-        "--workers",
-        type=_non_negative,
-        default=0,
-        help="processes that parse, redact and sign batches (0: 1 for files under 8 MiB, else one per "
-        "available CPU, at most 4; "
-        "1: all in the main process); the output is identical for any value",
-    )
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_component_args(__file__, argv)
     raw: Path = args.raw
     if not raw.is_file():
         print(f"prepare: input file not found (or not a file): {raw}", file=sys.stderr)
@@ -125,10 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = PrepareConfig(
             raw=raw,
-            train_out=args.train_out,
-            validation_out=args.validation_out,
-            test_out=args.test_out,
-            report_out=args.report_out,
+            train_out=args.train,
+            validation_out=args.validation,
+            test_out=args.test,
+            report_out=args.report,
             near_dup=args.near_dup,
             near_dup_threshold=args.near_dup_threshold,
             num_perm=args.num_perm,
