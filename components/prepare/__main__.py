@@ -1,11 +1,14 @@
-"""Data preparation step: raw JSONL -> train/validation/test folders + a report folder.
+"""Data preparation step: a dataset file or folder -> train/validation/test folders + a report folder.
 
 Run as: python -m components.prepare --raw data/sample/tickets.jsonl --train-out out/train \
     --validation-out out/validation --test-out out/test --report-out out/report
 
 Each split folder receives ``data.jsonl`` (chat format plus passthrough fields such as ``id``); the report
-folder receives ``quarantine.jsonl``, ``data_card.json`` and ``data_card.md``. Exits 2 when the input file
-cannot be read and 1 when no record survives (the report is still written, to show why).
+folder receives ``quarantine.jsonl``, ``data_card.json`` and ``data_card.md``. The input may be JSON Lines,
+a JSON array, CSV or Parquet (``.gz``/``.zst`` compressed too), or a folder of them, in the chat, ShareGPT,
+Alpaca or prompt/completion format (``--format``, ``--columns``). Exits 2 when the input cannot be read or
+its format cannot be told (the message names the file), and 1 when no record survives (the report is still
+written, to show why).
 """
 
 from __future__ import annotations
@@ -15,8 +18,12 @@ import os
 import sys
 from pathlib import Path
 
+from tuneline.data.formats import FORMAT_CHOICES, MAPPABLE, FormatError, parse_columns
+from tuneline.data.quality import GOPHER_BASE, QualityRules
 from tuneline.data.records import Budget
 from tuneline.data.split import SplitRatios
+
+NEAR_DUP_THRESHOLD = 0.95  # kept equal to pipeline.NEAR_DUP_THRESHOLD (importing it would load datasketch)
 
 
 def _bool(text: str) -> bool:
@@ -42,9 +49,17 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _columns(text: str) -> dict[str, str]:
+    try:
+        return parse_columns(text)
+    except FormatError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _auto_workers(raw: Path) -> int:
     # Worker start-up costs more than it saves on small files (the demo dataset is ~350 KB).
-    if raw.stat().st_size < 8 << 20:
+    size = sum(p.stat().st_size for p in raw.rglob("*") if p.is_file()) if raw.is_dir() else raw.stat().st_size
+    if size < 8 << 20:
         return 1
     return min(4, len(os.sched_getaffinity(0)))
 
@@ -55,7 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--raw", type=Path, required=True, help="input JSONL: chat or prompt/completion records")
+    p.add_argument("--raw", type=Path, required=True,
+                   help="dataset: .jsonl, .json, .csv, .tsv or .parquet (optionally .gz/.zst), or a folder of them")
+    p.add_argument("--format", default="auto", choices=FORMAT_CHOICES,
+                   help="record format; auto detects it per file from its first records")
+    p.add_argument("--columns", type=_columns, default={},
+                   help="map your columns to format fields: FIELD=COLUMN,... e.g. prompt=text,completion=ground_truth "
+                   "(fields: " + ", ".join(MAPPABLE) + ")")
     p.add_argument("--train-out", type=Path, required=True, help="folder for the train split (data.jsonl)")
     p.add_argument("--validation-out", type=Path, required=True, help="folder for the validation split")
     p.add_argument("--test-out", type=Path, required=True, help="folder for the test split")
@@ -71,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--near-dup-threshold",
         type=_unit,
-        default=0.95,
-        help="Jaccard similarity at or above which a record is a near-duplicate",
+        default=NEAR_DUP_THRESHOLD,
+        help="estimated Jaccard similarity (5-byte shingles) at or above which a record is a near-duplicate",
     )
     p.add_argument("--num-perm", type=int, default=128, help="MinHash permutations (signature length)")
     p.add_argument("--shingle-bytes", type=int, default=5, help="near-dup shingle size in UTF-8 bytes (1-8)")
@@ -90,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=4_096,
         help="reject records over this many estimated tokens (0: no limit)",
     )
+    p.add_argument("--require-user-turn", type=_bool, default=True,
+                   help="quarantine a record whose first assistant turn has no user turn before it: true|false")
+    p.add_argument("--min-answer-chars", type=_non_negative, default=1,
+                   help="quarantine an assistant turn with fewer letters/digits after normalisation (0: off)")
+    p.add_argument("--max-repetition", type=_unit, default=GOPHER_BASE,
+                   help="Gopher duplicate 5-gram character fraction above which an assistant turn is degenerate "
+                   "repetition; the 6..10-gram and top 2..4-gram thresholds scale with it (0: off)")
     p.add_argument(
         "--redact-pii", type=_bool, default=True, help="replace PII with typed placeholders: true|false"
     )
@@ -109,22 +137,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     raw: Path = args.raw
-    if not raw.is_file():
-        print(f"prepare: input file not found (or not a file): {raw}", file=sys.stderr)
+    if not raw.exists():
+        print(f"prepare: input not found: {raw}", file=sys.stderr)
         return 2
     try:
-        with raw.open("rb") as fh:
-            fh.read(1)
+        if raw.is_file():
+            with raw.open("rb") as fh:
+                fh.read(1)
     except OSError as exc:
         print(f"prepare: cannot read input file {raw}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     # Imported here, not at the top: datasketch loads scipy (~1 s), which --help and usage errors skip.
     from components.prepare.card import write_card
     from components.prepare.pipeline import PrepareConfig, run
+    from tuneline.data.sources import SourceError
 
     try:
         cfg = PrepareConfig(
             raw=raw,
+            format=args.format,
+            columns=args.columns,
             train_out=args.train_out,
             validation_out=args.validation_out,
             test_out=args.test_out,
@@ -135,12 +167,21 @@ def main(argv: list[str] | None = None) -> int:
             shingle_bytes=args.shingle_bytes,
             ratios=SplitRatios(validation=args.validation_ratio, test=args.test_ratio),
             budget=Budget(max_chars=args.max_chars, max_tokens=args.max_tokens),
+            rules=QualityRules(require_user_turn=args.require_user_turn, min_answer_chars=args.min_answer_chars,
+                               max_repetition=args.max_repetition),
             redact_pii=args.redact_pii,
             seed=args.seed,
             batch_size=args.batch_size,
             workers=args.workers or _auto_workers(raw),
         )
+    except ValueError as exc:
+        print(f"prepare: invalid parameters: {exc}", file=sys.stderr)
+        return 2
+    try:
         result = run(cfg)
+    except (FormatError, SourceError) as exc:
+        print(f"prepare: {exc}", file=sys.stderr)
+        return 2
     except ValueError as exc:
         print(f"prepare: invalid parameters: {exc}", file=sys.stderr)
         return 2
