@@ -1,13 +1,14 @@
 """Sub-commands for operating a pipeline over time: `trigger`, `feedback` and `cost`.
 
-Run as: tuneline trigger check pipelines/finetune.yaml [--run] [--json]
+Run as: tuneline trigger check pipelines/finetune.yaml [--run | --submit kfp|azureml] [--json]
         tuneline trigger azureml-schedule pipelines/finetune.yaml --out build/azureml/retrain-check
         tuneline feedback rate REQUEST_ID 5
         tuneline feedback export --min-rating 4 --out data/feedback.jsonl
         tuneline cost pipelines/finetune.yaml --target azureml [--spot] [--sku Standard_NC24ads_A100_v4]
 
 `trigger check` exit codes: 0 no retrain needed; 10 retrain needed (with --run: the run started and
-succeeded); 11 retrain needed and the --run pipeline run failed; 2 invalid pipeline, option or data file.
+succeeded; with --submit: the run was submitted); 11 retrain needed and the --run pipeline run failed or the
+--submit submission failed; 2 invalid pipeline, option or data file.
 With --exit-zero (for schedulers that count any non-zero status as a failed job) 10 becomes 0, 11 becomes 1.
 """
 
@@ -112,6 +113,8 @@ def cmd_trigger_check(args: argparse.Namespace) -> int:
             "status": runs[-1]["status"] if runs else "not-started",
             "exit_code": code,
         }
+    if decision.retrain and args.submit:
+        decision.pipeline_run = _submit(args, pipeline, home)
     if client is not None:
         trigger_tracking.finish(client, decision)
     if args.json:
@@ -123,6 +126,37 @@ def cmd_trigger_check(args: argparse.Namespace) -> int:
     if decision.pipeline_run and decision.pipeline_run["exit_code"] != 0:
         return 1 if args.exit_zero else EXIT_RUN_FAILED
     return 0 if args.exit_zero else EXIT_RETRAIN
+
+
+def _submit(args: argparse.Namespace, pipeline, home: Path) -> dict:
+    """Compile and submit the pipeline to KFP or Azure ML; the run record `trigger check` reports and logs."""
+    from . import submit
+
+    settings = submit.SubmitSettings(
+        kfp_host=args.kfp_host or os.environ.get("KF_PIPELINES_ENDPOINT"),
+        kfp_namespace=args.kfp_namespace or os.environ.get("KFP_NAMESPACE"),
+        service_account=os.environ.get("KFP_SERVICE_ACCOUNT"),
+        # Inside an Azure ML job the AZUREML_ARM_* variables name the job's own workspace.
+        subscription_id=args.subscription or os.environ.get("AZURE_SUBSCRIPTION_ID")
+        or os.environ.get("AZUREML_ARM_SUBSCRIPTION"),
+        resource_group=args.resource_group or os.environ.get("AZURE_RESOURCE_GROUP")
+        or os.environ.get("AZUREML_ARM_RESOURCEGROUP"),
+        workspace=args.workspace or os.environ.get("AZUREML_WORKSPACE") or os.environ.get("AZUREML_ARM_WORKSPACE_NAME"),
+    )
+    print(f"submitting a pipeline run to {args.submit}", file=sys.stderr, flush=True)
+    stdout = sys.stdout
+    sys.stdout = sys.stderr  # the SDKs print links; stdout stays the decision
+    try:
+        done = submit.submit_pipeline(pipeline.path, args.submit, home / "submit", parse_set_pairs(args.set),
+                                      parse_set_pairs(args.submit_param), settings)
+    except Exception as exc:  # noqa: BLE001 - any SDK or network failure is a failed submission, reported
+        print(f"tuneline trigger check: submission to {args.submit} failed: {exc}", file=sys.stderr)
+        return {"run_id": None, "status": "submit-failed", "exit_code": 1, "target": args.submit}
+    finally:
+        sys.stdout = stdout
+    for line in done.lines:
+        print(f"{args.submit}: {line}", file=sys.stderr)
+    return {"run_id": done.run_id, "status": "submitted", "exit_code": 0, "target": args.submit}
 
 
 def cmd_trigger_azureml(args: argparse.Namespace) -> int:
@@ -232,7 +266,18 @@ def add_commands(subparsers) -> None:
         description=__doc__.split("\n\n")[2],
     )
     check.add_argument("pipeline", help="pipeline YAML file with a triggers: block")
-    check.add_argument("--run", action="store_true", help="start a local pipeline run when a trigger fires")
+    how = check.add_mutually_exclusive_group()
+    how.add_argument("--run", action="store_true", help="start a local pipeline run when a trigger fires")
+    how.add_argument("--submit", choices=("kfp", "azureml"), default=None,
+                     help="when a trigger fires, compile the pipeline and submit a run to Kubeflow Pipelines or "
+                          "Azure ML through their SDK clients")
+    check.add_argument("--submit-param", action="append", default=[], metavar="NAME=VALUE",
+                       help="--submit: a run argument, e.g. dataset=<object-store URI> (repeatable)")
+    check.add_argument("--kfp-host", default=None, help="--submit kfp: API endpoint (default: $KF_PIPELINES_ENDPOINT)")
+    check.add_argument("--kfp-namespace", default=None, help="--submit kfp: namespace (default: $KFP_NAMESPACE)")
+    check.add_argument("--subscription", default=None, help="--submit azureml: default $AZURE_SUBSCRIPTION_ID")
+    check.add_argument("--resource-group", default=None, help="--submit azureml: default $AZURE_RESOURCE_GROUP")
+    check.add_argument("--workspace", default=None, help="--submit azureml: default $AZUREML_WORKSPACE")
     check.add_argument("--json", action="store_true", help="print the decision as JSON")
     check.add_argument(
         "--set",
@@ -284,7 +329,7 @@ def add_commands(subparsers) -> None:
     check.set_defaults(handler=cmd_trigger_check)
 
     azml = trigger_sub.add_parser(
-        "azureml-schedule", help="write an Azure ML command job + schedule that runs `trigger check --run`"
+        "azureml-schedule", help="write an Azure ML command job + schedule that runs `trigger check --submit azureml`"
     )
     azml.add_argument("pipeline", help="pipeline YAML file")
     azml.add_argument(

@@ -6,7 +6,11 @@ Run as: tuneline submit pipelines/finetune.yaml --target kfp --host https://kfp.
             --workspace WS --dry-run
 
 The plan (every client call with its exact arguments) is built first and is plain data: `--dry-run` prints it.
-Only `execute_*` touch the network, through the platforms' own SDK clients.
+Only `execute_*` touch the network, through the platforms' own SDK clients (kfp.Client, azure-ai-ml MLClient).
+
+`submit_pipeline` is the path `tuneline trigger check --submit kfp|azureml` takes when a trigger fires: compile
+the pipeline, then submit it with the run arguments that point its data at the configured store (an object-store
+URI on KFP, an azureml:// URI on Azure ML), never at a file baked into the image.
 """
 
 from __future__ import annotations
@@ -84,11 +88,78 @@ def azureml_plan(folder: Path, subscription_id: str, resource_group: str, worksp
     return plan
 
 
+@dataclass
+class SubmitSettings:
+    """Where a triggered run goes: from `trigger check` flags, else the environment (see ops_cli)."""
+    kfp_host: str | None = None
+    kfp_namespace: str | None = None
+    service_account: str | None = None
+    subscription_id: str | None = None
+    resource_group: str | None = None
+    workspace: str | None = None
+    experiment: str | None = None
+
+
+@dataclass
+class Submission:
+    target: str
+    run_id: str | None
+    lines: list[str]
+
+
+class SubmitError(ValueError):
+    """A submission that cannot be made as configured; the message says which setting is missing."""
+
+
+def typed_arguments(pipeline_path: str | Path, pairs: dict[str, str]) -> dict[str, Any]:
+    """NAME=VALUE strings typed and checked like `--set`, so KFP receives numbers as numbers."""
+    from .spec import load_pipeline
+
+    typed = load_pipeline(pipeline_path, pairs).params
+    return {name: typed[name] for name in pairs}
+
+
+def submit_pipeline(pipeline_path: str | Path, target: str, out: Path, sets: dict[str, str],
+                    run_params: dict[str, str], settings: SubmitSettings) -> Submission:
+    """Compile `pipeline_path` for `target` into `out` and submit one run through the platform's SDK client.
+
+    `sets` are compile-time values (as `tuneline compile --set`); `run_params` are the run's arguments on KFP and
+    are baked in at compile time on Azure ML, whose job file carries its inputs.
+    """
+    from .compile.build import compile_file
+    from .compile.options import CompileOptions
+
+    if target == "kfp":
+        if not settings.kfp_host:
+            raise SubmitError("--submit kfp needs the KFP API endpoint: --kfp-host or KF_PIPELINES_ENDPOINT")
+        arguments = typed_arguments(pipeline_path, run_params)
+        output = compile_file(pipeline_path, ("kfp",), out, CompileOptions(), sets)
+        plan = kfp_plan(output.folder / "kfp", settings.kfp_host, output.pipeline, settings.experiment,
+                        settings.kfp_namespace, arguments, service_account=settings.service_account)
+        lines = execute_kfp(plan)
+    elif target == "azureml":
+        missing = [name for name, value in (("--subscription / AZURE_SUBSCRIPTION_ID", settings.subscription_id),
+                                            ("--resource-group / AZURE_RESOURCE_GROUP", settings.resource_group),
+                                            ("--workspace / AZUREML_WORKSPACE", settings.workspace)) if not value]
+        if missing:
+            raise SubmitError(f"--submit azureml needs {', '.join(missing)}")
+        output = compile_file(pipeline_path, ("azureml",), out, CompileOptions(), {**sets, **run_params})
+        plan = azureml_plan(output.folder / "azureml", str(settings.subscription_id), str(settings.resource_group),
+                            str(settings.workspace), settings.experiment)
+        lines = execute_azureml(plan)
+    else:
+        raise SubmitError(f"unknown submit target {target!r} (kfp, azureml)")
+    first = lines[0].split() if lines else []
+    return Submission(target=target, run_id=first[1] if len(first) == 2 else None, lines=lines)
+
+
 def plan_json(plan: KfpPlan | AzureMLPlan) -> str:
     return json.dumps(asdict(plan), indent=2)
 
 
-def execute_kfp(plan: KfpPlan) -> list[str]:  # pragma: no cover - needs a KFP API server
+def execute_kfp(plan: KfpPlan) -> list[str]:
+    """Make the plan's calls with kfp.Client. Inside a cluster the client authenticates with the projected
+    service-account token at KF_PIPELINES_SA_TOKEN_PATH (default /var/run/secrets/kubeflow/pipelines/token)."""
     import kfp
 
     client = kfp.Client(host=plan.host, namespace=plan.namespace)

@@ -93,3 +93,39 @@ def test_gpu_operator_component_removes_our_device_plugin(tmp_path: Path) -> Non
         "k8s/addons/nvidia-device-plugin/daemonset.yaml: DaemonSet/nvidia-device-plugin: k8s/nodepools.yaml sets "
         "gpuStack gpu-operator, whose device plugin runs on every GPU node: add components/gpu-operator to the "
         "overlay"] if str(plugin[0].source).startswith("k8s/") else errors
+
+
+def test_mlflow_runs_behind_authentication(rendered) -> None:
+    mlflow = _of(rendered, "Deployment", "mlflow")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert mlflow["command"] == ["mlflow", "server"] and "--app-name=basic-auth" in mlflow["args"]
+    env = {e["name"]: e for e in mlflow["env"]}
+    for name in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-db"  # from Key Vault, never literal
+    mounts = {m["mountPath"] for m in mlflow["volumeMounts"]}
+    assert env["MLFLOW_AUTH_CONFIG_PATH"]["value"].startswith("/mnt/secrets/") and "/mnt/secrets" in mounts
+    ingress = _of(rendered, "NetworkPolicy", "mlflow-ingress")[0]
+    assert ingress["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "mlflow"
+
+
+def test_retrain_cronjob_submits_to_a_platform_with_a_read_only_root(rendered) -> None:
+    cron = _of(rendered, "CronJob", "tuneline-retrain")[0]
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    command = container["command"]
+    assert command[:3] == ["tuneline", "trigger", "check"] and "--run" not in command
+    assert command[command.index("--submit") + 1] in ("kfp", "azureml")
+    assert "dataset=$(TUNELINE_DATASET_URI)" in command  # the run reads the store, not the image's sample
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    env = {e["name"]: e for e in container["env"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    writable = {m["mountPath"] for m in container["volumeMounts"] if "emptyDir" in volumes[m["name"]]}
+    assert env["TUNELINE_HOME"]["value"].startswith("/tmp") and "/tmp" in writable
+    assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-credentials"
+    token = volumes["kfp-token"]["projected"]["sources"][0]["serviceAccountToken"]
+    assert token["audience"] == "pipelines.kubeflow.org"
+
+
+def test_pipeline_pods_namespace_has_a_workload_identity(rendered) -> None:
+    accounts = [o for o in _of(rendered, "ServiceAccount", "tuneline-pipeline")
+                if o["metadata"]["namespace"] == "kubeflow"]
+    assert len(accounts) == 1 and "azure.workload.identity/client-id" in accounts[0]["metadata"]["annotations"]

@@ -60,8 +60,8 @@ def test_repository_manifests_pass() -> None:
     scan = [REPO / "pipelines", REPO / "config", REPO / "docs" / "aks.md"]
     report = validate.run([REPO / "k8s"], REPO, check_orphans=True, scan=scan)
     assert report.errors == []
-    # overlays/dev, overlays/prod, jobs/gpu-smoke, nodepools/aso
-    assert report.kustomizations == 4
+    # overlays/dev, overlays/prod, jobs/gpu-smoke, nodepools/aso, and the four components that add objects
+    assert report.kustomizations == 8
     assert report.objects >= 50
 
 

@@ -15,7 +15,7 @@ def test_job_and_schedule_load_with_azure_ai_ml(project, tmp_path):
     out = project / "build" / "azureml"
     job_path, schedule_path = write_schedule(pipeline, out, ScheduleOptions(compute="cpu-cluster"))
     job = load_job(job_path)
-    assert job.command == "tuneline trigger check pipelines/grow.yaml --run --exit-zero"
+    assert job.command == "tuneline trigger check pipelines/grow.yaml --submit azureml --exit-zero"
     assert job.compute == "cpu-cluster" and job.experiment_name == "tuneline-triggers"
     assert "/" not in job_path.read_text().split("code: ")[1].split("\n")[0].lstrip("./")  # relative: ../..
     schedule = load_schedule(schedule_path)

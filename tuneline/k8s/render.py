@@ -76,8 +76,9 @@ def build(directory: Path) -> str:
     return _kustomize(directory, origins=False)[0]
 
 
-def _kustomize(directory: Path, origins: bool) -> tuple[str, Path]:
-    """kustomize's output for `directory`, and the folder its origin paths are relative to."""
+def _kustomize(directory: Path, origins: bool, component: bool = False) -> tuple[str, Path]:
+    """kustomize's output for `directory` (a Component: applied to nothing), and the folder its origin paths are
+    relative to."""
     directory = Path(directory).resolve()
     if find_kustomization(directory) is None:
         raise KustomizeError(f"{directory}: no kustomization.yaml")
@@ -89,7 +90,7 @@ def _kustomize(directory: Path, origins: bool) -> tuple[str, Path]:
             # kustomize refuses absolute resource paths; a relative path from the wrapper reaches any folder.
             (wrapper / "kustomization.yaml").write_text(yaml.safe_dump({
                 "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-                "resources": [os.path.relpath(directory, wrapper)],
+                "components" if component else "resources": [os.path.relpath(directory, wrapper)],
                 "buildMetadata": ["originAnnotations"]}))
             target = wrapper
         done = subprocess.run([*cmd, str(target)], capture_output=True, text=True)
@@ -112,10 +113,11 @@ def _source(obj: dict, wrapper_dir: Path, directory: Path) -> Path:
     return Path(os.path.normpath(wrapper_dir / where))
 
 
-def render(directory: Path) -> list[Resource]:
-    """All objects of the kustomization in `directory`, as kustomize renders them, each with its source file."""
+def render(directory: Path, component: bool = False) -> list[Resource]:
+    """All objects of the kustomization in `directory`, as kustomize renders them, each with its source file.
+    A Component (kind: Component) is rendered on its own, applied to an empty kustomization."""
     directory = Path(directory).resolve()
-    stream, wrapper_dir = _kustomize(directory, origins=True)
+    stream, wrapper_dir = _kustomize(directory, origins=True, component=component)
     out = []
     for doc in yaml.safe_load_all(stream):
         if isinstance(doc, dict):

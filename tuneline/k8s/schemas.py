@@ -3,7 +3,8 @@
 Each schema covers the fields tuneline writes, closed with additionalProperties: false, so a misspelt field
 fails here exactly as it would be pruned or rejected by the API server with the CRD installed. Field names
 follow the upstream CRDs: prometheus-operator PrometheusRule and ServiceMonitor (also in Azure Monitor's
-azmonitoring.coreos.com/v1 copy, which adds nothing but the group), Secrets Store CSI SecretProviderClass, and
+azmonitoring.coreos.com/v1 copy, which adds nothing but the group), Cilium's CiliumNetworkPolicy (the egress
+fields tuneline uses), Secrets Store CSI SecretProviderClass, and
 Azure Service Operator v2 ManagedClustersAgentPool (containerservice.azure.com/v1api20240901).
 """
 
@@ -109,6 +110,30 @@ def _service_monitor(api_version: str) -> dict[str, Any]:
     })
 
 
+_CILIUM_PORTS = {"type": "array", "items": {"type": "object", "additionalProperties": False, "properties": {
+    "ports": {"type": "array", "items": {"type": "object", "required": ["port"], "additionalProperties": False,
+                                         "properties": {"port": _STR,
+                                                        "protocol": {"enum": ["TCP", "UDP", "SCTP", "ANY"]}}}},
+    "rules": {"type": "object", "additionalProperties": False, "properties": {
+        "dns": {"type": "array", "items": {"type": "object", "additionalProperties": False,
+                                           "properties": {"matchName": _STR, "matchPattern": _STR}}}}},
+}}}
+CILIUM_NETWORK_POLICY = _object("cilium.io/v2", "CiliumNetworkPolicy", {
+    "type": "object",
+    "required": ["endpointSelector"],
+    "additionalProperties": False,
+    "properties": {
+        "endpointSelector": _SELECTOR,
+        "egress": {"type": "array", "items": {"type": "object", "additionalProperties": False, "properties": {
+            "toEndpoints": {"type": "array", "items": _SELECTOR},
+            "toFQDNs": {"type": "array", "items": {"type": "object", "additionalProperties": False,
+                                                   "properties": {"matchName": _STR, "matchPattern": _STR}}},
+            "toCIDR": {"type": "array", "items": _STR},
+            "toPorts": _CILIUM_PORTS,
+        }}},
+    },
+})
+
 SECRET_PROVIDER_CLASS = _object("secrets-store.csi.x-k8s.io/v1", "SecretProviderClass", {
     "type": "object",
     "required": ["provider"],
@@ -164,6 +189,7 @@ CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
     ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE,
     ("monitoring.coreos.com/v1", "ServiceMonitor"): _service_monitor("monitoring.coreos.com/v1"),
     ("azmonitoring.coreos.com/v1", "ServiceMonitor"): _service_monitor("azmonitoring.coreos.com/v1"),
+    ("cilium.io/v2", "CiliumNetworkPolicy"): CILIUM_NETWORK_POLICY,
     ("secrets-store.csi.x-k8s.io/v1", "SecretProviderClass"): SECRET_PROVIDER_CLASS,
     ("containerservice.azure.com/v1api20240901", "ManagedClustersAgentPool"): AGENT_POOL,
 }

@@ -118,6 +118,12 @@ def kustomization_dirs(root: Path) -> list[Path]:
     return sorted(d for d, spec in found.items() if d not in included and spec.get("kind") != "Component")
 
 
+def component_dirs(root: Path) -> list[Path]:
+    """Components that add objects: validated on their own too, so one no overlay uses yet is still checked."""
+    return sorted(d for d, spec in _kustomizations(root).items()
+                  if spec.get("kind") == "Component" and spec.get("resources"))
+
+
 def patch_files(root: Path) -> set[Path]:
     """Files the kustomizations under root use as patches: they are rendered into other objects, not on their own."""
     out: set[Path] = set()
@@ -172,15 +178,15 @@ def _gpu_stack(repo_root: Path) -> str | None:
         return None
 
 
-def validate_dirs(dirs: list[Path], repo_root: Path, table: supported.SupportTable,
-                  today: dt.date) -> tuple[int, list[supported.Problem], set[Path]]:
+def validate_dirs(dirs: list[Path], repo_root: Path, table: supported.SupportTable, today: dt.date,
+                  components: frozenset[Path] = frozenset()) -> tuple[int, list[supported.Problem], set[Path]]:
     problems: list[supported.Problem] = []
     sources: set[Path] = set()
     count = 0
     version = table.oldest_supported(today) + ".0"
     for d in dirs:
         try:
-            resources = render(d)
+            resources = render(d, component=d in components)
         except KustomizeError as exc:
             problems.append(supported.Problem(str(d), str(exc)))
             continue
@@ -235,9 +241,14 @@ def run(targets: list[Path], repo_root: Path, check_orphans: bool, scan: list[Pa
     except (OSError, ValueError) as exc:
         return Report(kustomizations=0, objects=0, errors=[f"{table_path}: cannot read the support table: {exc}"])
     dirs: list[Path] = []
+    components: list[Path] = []
     for t in targets:
-        dirs += [t] if find_kustomization(t) and not check_orphans else kustomization_dirs(t)
-    count, problems, sources = validate_dirs(dirs, repo_root, table, today)
+        if find_kustomization(t) and not check_orphans:
+            dirs.append(t)
+        else:
+            dirs += kustomization_dirs(t)
+            components += component_dirs(t)
+    count, problems, sources = validate_dirs(dirs + components, repo_root, table, today, frozenset(components))
     for f in scanned_files(list(targets) + list(scan or []), table_path):
         shown = policy.relative(f, repo_root)
         problems += supported.size_problems(f, table, today, shown_as=shown)
@@ -249,7 +260,7 @@ def run(targets: list[Path], repo_root: Path, check_orphans: bool, scan: list[Pa
             not_objects = {p.resolve() for p in t.rglob("*.y*ml") if _is_not_object(p)} | patch_files(t)
             errors += orphan_manifests(t, sources, not_objects)
     # The same object is checked once per kustomization that includes it; report each finding once.
-    return Report(kustomizations=len(dirs), objects=count, errors=list(dict.fromkeys(errors)),
+    return Report(kustomizations=len(dirs) + len(components), objects=count, errors=list(dict.fromkeys(errors)),
                   warnings=list(dict.fromkeys(str(p) for p in problems if p.warning)))
 
 

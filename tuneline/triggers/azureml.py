@@ -1,4 +1,6 @@
-"""An Azure ML command job + schedule that runs `tuneline trigger check PIPELINE --run` on a cron.
+"""An Azure ML command job + schedule that runs `tuneline trigger check PIPELINE --submit azureml` on a cron:
+the check runs in a small command job and, when a trigger fires, submits the pipeline job to the same workspace
+(the job's AZUREML_ARM_* variables name it) rather than training inside the check's job.
 
 Run as: tuneline trigger azureml-schedule pipelines/finetune.yaml --out build/azureml/retrain-check
         az ml schedule create --file build/azureml/retrain-check/schedule.yml
@@ -35,7 +37,7 @@ class ScheduleOptions:
 
 def check_command(pipeline_rel: str) -> str:
     """The container command: the same one the Kubernetes CronJob and `make retrain-check` run."""
-    return f"tuneline trigger check {pipeline_rel} --run --exit-zero"
+    return f"tuneline trigger check {pipeline_rel} --submit azureml --exit-zero"
 
 
 def render(pipeline: Pipeline, out: Path, options: ScheduleOptions) -> tuple[dict, dict]:

@@ -1,0 +1,115 @@
+"""`tuneline trigger check --submit kfp`: when a trigger fires, the pipeline is compiled and kfp.Client sends the
+create-run request for it; when none fires, nothing is sent. The KFP API server is the one part that cannot run
+here: a local HTTP server stands in at the network boundary and records the requests kfp.Client's generated API
+client makes, so everything up to the wire (compile, kfp.Client, kfp_server_api) is the real code."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+DATA_URI = "minio://tuneline-data/tickets/2026-12-01.jsonl"
+
+
+class _KfpApi(BaseHTTPRequestHandler):
+    """Answers the v2beta1 endpoints kfp.Client calls, with the fields its models read, and records each call."""
+
+    requests: list[tuple[str, str, dict]] = []
+
+    def _answer(self, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.requests.append(("GET", self.path, {}))
+        if self.path.startswith("/apis/v2beta1/healthz"):
+            self._answer({"multi_user": False})
+        elif self.path.startswith("/apis/v2beta1/experiments"):
+            self._answer({"experiments": [], "total_size": 0})
+        else:
+            self.send_error(404)
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+        self.requests.append(("POST", self.path, body))
+        if self.path == "/apis/v2beta1/experiments":
+            self._answer({"experiment_id": "exp-1", "display_name": body["display_name"]})
+        elif self.path == "/apis/v2beta1/runs":
+            self._answer({"run_id": "run-42", "display_name": body["display_name"], "experiment_id": "exp-1",
+                          "state": "PENDING"})
+        else:
+            self.send_error(404)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def kfp_api():
+    _KfpApi.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _KfpApi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _KfpApi.requests
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_firing_trigger_sends_the_create_run_request_for_the_compiled_pipeline(project, ops_cli, kfp_api,
+                                                                                 monkeypatch, tmp_path):
+    host, requests = kfp_api
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # kfp.Client keeps its context file under ~/.config
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "no-token"))
+    code, out, err = ops_cli("trigger", "check", "pipelines/grow.yaml", "--no-record", "--submit", "kfp",
+                             "--kfp-host", host, "--submit-param", f"dataset={DATA_URI}", "--json")
+    assert code == 10, err
+    decision = json.loads(out)
+    assert decision["retrain"] is True and decision["fired"] == ["new_data"]
+    assert decision["pipeline_run"] == {"run_id": "run-42", "status": "submitted", "exit_code": 0, "target": "kfp"}
+
+    posts = [(path, body) for method, path, body in requests if method == "POST"]
+    assert [path for path, _ in posts] == ["/apis/v2beta1/experiments", "/apis/v2beta1/runs"]
+    assert posts[0][1]["display_name"] == "grow"
+    run = posts[1][1]
+    assert run["experiment_id"] == "exp-1"
+    package = project / ".tuneline" / "submit" / "grow" / "kfp" / "pipeline.yaml"
+    compiled, platform = yaml.safe_load_all(package.read_text())
+    sent = run["pipeline_spec"]
+    # the package tuneline compiled, sent inline: the pipeline spec and its Kubernetes platform spec
+    assert sent.get("pipeline_spec", sent) == compiled, sorted(sent)
+    assert sent.get("platform_spec") == platform
+    assert compiled["pipelineInfo"]["name"] == "grow"
+    # the run reads its data from the store, not from the file the image (or the compiled default) names
+    assert run["runtime_config"]["parameters"] == {"dataset": DATA_URI}
+    assert compiled["root"]["inputDefinitions"]["parameters"]["dataset"]["defaultValue"] == "data/tickets.jsonl"
+
+
+def test_no_trigger_no_request(project, ops_cli, kfp_api, monkeypatch, tmp_path):
+    host, requests = kfp_api
+    spec = yaml.safe_load((project / "pipelines" / "grow.yaml").read_text())
+    spec["triggers"] = {"max_age_days": 30}  # no champion registered: nothing can fire
+    (project / "pipelines" / "quiet.yaml").write_text(yaml.safe_dump(spec))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    code, out, err = ops_cli("trigger", "check", "pipelines/quiet.yaml", "--no-record", "--submit", "kfp",
+                             "--kfp-host", host, "--submit-param", f"dataset={DATA_URI}")
+    assert code == 0, err
+    assert "retrain: no" in out
+    assert requests == []
+    assert not (project / ".tuneline" / "submit").exists()
+
+
+def test_submit_without_an_endpoint_is_a_reported_failure(project, ops_cli, monkeypatch):
+    monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
+    code, out, err = ops_cli("trigger", "check", "pipelines/grow.yaml", "--no-record", "--submit", "kfp")
+    assert code == 11
+    assert "--submit kfp needs the KFP API endpoint: --kfp-host or KF_PIPELINES_ENDPOINT" in err
+    assert Path("pipelines/grow.yaml").is_file()
