@@ -13,7 +13,8 @@ tickets of about 80 characters filled from templates, each with a JSON answer de
 A removed edit is a true positive, a removed original a false positive, a kept edit a false negative.
 Precision = TP / (TP + FP), recall = TP / edits. Below the default, recall falls as well: an original
 removed as a false positive is not indexed, so its edit is compared with the neighbour that was kept.
-The prepare step runs with its defaults (PII redaction, exact dedup, quality rules) except the threshold of the sweep. Writes bench/results/neardup.json.
+The prepare step runs with its defaults (PII redaction, exact dedup, quality rules) except the threshold
+of the sweep. Writes bench/results/neardup.json.
 """
 
 from __future__ import annotations
