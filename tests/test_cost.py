@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.tickets import ticket_records
 from tuneline.cost import CostError, estimate, load_prices
-from tuneline.ml.fixtures import ticket_records
 from tuneline.spec import load_pipeline
 
 from .triggers.conftest import PROJECT, write_records

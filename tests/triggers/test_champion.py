@@ -8,7 +8,7 @@ import shutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tuneline.ml.fixtures import ticket_records
+from tests.support.tickets import ticket_records
 from tuneline.ml.models import resolve_model
 from tuneline.registry import CHAMPION, metric_tag, register_version, set_alias
 from tuneline.spec.models import Triggers
