@@ -109,7 +109,7 @@ def _print_cost(record) -> None:
     """Measured training time next to what `tuneline cost` would have predicted, so estimates stay honest."""
     from .cost import CostError, estimate_for_run
 
-    if not any(step.component == "train" and step.status == "succeeded" for step in record.steps.values()):
+    if not any(step.role == "train" and step.status == "succeeded" for step in record.steps.values()):
         return
     try:
         print("\n" + estimate_for_run(record.to_dict()).render())

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .runner.record import SUCCEEDED, list_runs
 from .spec import Literal, ParamRef, Pipeline
+from .spec.models import Role
 from .spec.yamlsafe import load_yaml
 
 DEFAULT_PRICES = Path("config/prices.yaml")
@@ -137,10 +138,10 @@ class Workload:
 
 
 def _train_step(pipeline: Pipeline) -> str:
-    steps = [s for s, c in pipeline.components.items() if c.name == "train"]
-    if not steps:
-        raise CostError(f"{pipeline.path}: no step uses a component named 'train'; nothing to estimate")
-    return steps[0]
+    step = pipeline.step_with_role(Role.train)
+    if step is None:
+        raise CostError(f"{pipeline.path}: no step's component declares `role: train`; nothing to estimate")
+    return step
 
 
 def step_input(pipeline: Pipeline, step: str, name: str, default: Any = None) -> Any:
@@ -246,12 +247,12 @@ def workload(pipeline: Pipeline, home: Path, tokenizer: str = "auto") -> Workloa
     dataset = _dataset_path(pipeline)
     records = _read_records(dataset)
     train_share = 0.8
-    prepare = [s for s, c in pipeline.components.items() if c.name == "prepare"]
-    if prepare:
+    prepare = pipeline.step_with_role(Role.prepare)
+    if prepare is not None:
         train_share = (
             1
-            - float(step_input(pipeline, prepare[0], "validation_ratio", 0.1))
-            - float(step_input(pipeline, prepare[0], "test_ratio", 0.1))
+            - float(step_input(pipeline, prepare, "validation_ratio", 0.1))
+            - float(step_input(pipeline, prepare, "test_ratio", 0.1))
         )
     model_dir = local_model_dir(str(values["base_model"]), home)
     if tokenizer == "real" and model_dir is None:

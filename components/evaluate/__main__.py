@@ -44,7 +44,7 @@ def available_metrics(refs: list[str], schema: dict | None) -> list[str]:
 
 
 def score(model, tokenizer, records, refs, schema, args) -> tuple[dict[str, float], list[str], float]:
-    from components.evaluate.generate import generate, perplexity
+    from tuneline.ml.generate import generate, perplexity
     from tuneline.ml.metrics import all_metrics
 
     started = time.perf_counter()

@@ -100,7 +100,8 @@ class LocalRunner:
         self.record = rec.RunRecord(
             run_id=run_id, pipeline=graph.name, pipeline_path=str(graph.pipeline.path), folder=str(folder),
             params=dict(graph.params), order=list(graph.order), tuneline_version=__version__,
-            steps={name: rec.StepRecord(name=name, component=graph.nodes[name].component.name)
+            steps={name: rec.StepRecord(name=name, component=graph.nodes[name].component.name,
+                                               role=graph.nodes[name].component.spec.role)
                    for name in graph.order})
 
     # ------------------------------------------------------------------------------------------ plan
