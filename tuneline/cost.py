@@ -590,11 +590,11 @@ def estimate_for_run(
 
     The run's own measurement is left out of the estimate, so the comparison is a fair test of it.
     """
-    from .runner.local import default_home
+    from . import settings
     from .spec import load_pipeline
 
     pipeline = load_pipeline(record["pipeline_path"], {k: str(v) for k, v in record["params"].items()})
-    home = home or default_home(pipeline.root)
+    home = home or settings.home(pipeline.root)
     prices = prices or load_prices(pipeline.root / DEFAULT_PRICES)
     report = estimate(
         pipeline, prices, target="local", home=home, sku="local-cpu", exclude_run=record["run_id"]

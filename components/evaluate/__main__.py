@@ -27,9 +27,9 @@ def resolve_champion(uri: str) -> Path:
     if not path.exists():
         import mlflow
 
-        from tuneline.ml.tracking import tracking_uri
+        from tuneline import settings
 
-        mlflow.set_tracking_uri(tracking_uri())
+        mlflow.set_tracking_uri(settings.use_tracking())
         path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp()))
     found = sorted(path.rglob("training_summary.json"), key=lambda p: len(p.parts))
     if not found:
