@@ -18,6 +18,7 @@ money = time * the SKU's hourly price (spot: on-demand * (1 - spot_discount) unl
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import struct
@@ -68,6 +69,7 @@ class Sku(_Strict):
 
 class PriceTable(_Strict):
     currency: str = "USD"
+    priced: datetime.date | None = Field(None, description="the day the list prices were read")
     spot_discount: float = Field(0.7, ge=0, lt=1)
     assumed_mfu: float = Field(0.3, gt=0, le=1)
     scaling_efficiency: float = Field(0.9, gt=0, le=1)

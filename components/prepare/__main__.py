@@ -1,11 +1,14 @@
-"""Data preparation step: raw JSONL -> train/validation/test folders + a report folder.
+"""Data preparation step: a dataset file or folder -> train/validation/test folders + a report folder.
 
 Run as: python -m components.prepare --raw data/sample/tickets.jsonl --train-out out/train \
     --validation-out out/validation --test-out out/test --report-out out/report
 
 Each split folder receives ``data.jsonl`` (chat format plus passthrough fields such as ``id``); the report
-folder receives ``quarantine.jsonl``, ``data_card.json`` and ``data_card.md``. Exits 2 when the input file
-cannot be read and 1 when no record survives (the report is still written, to show why).
+folder receives ``quarantine.jsonl``, ``data_card.json`` and ``data_card.md``. The input may be JSON Lines,
+a JSON array, CSV or Parquet (``.gz``/``.zst`` compressed too), or a folder of them, in the chat, ShareGPT,
+Alpaca or prompt/completion format (``--format``, ``--columns``). Exits 2 when the input cannot be read or
+its format cannot be told (the message names the file), and 1 when no record survives (the report is still
+written, to show why).
 """
 
 from __future__ import annotations
@@ -15,13 +18,16 @@ import sys
 from pathlib import Path
 
 from tuneline.component_args import parse_component_args
+from tuneline.data.formats import FormatError, parse_columns
+from tuneline.data.quality import QualityRules
 from tuneline.data.records import Budget
 from tuneline.data.split import SplitRatios
 
 
 def _auto_workers(raw: Path) -> int:
     # Worker start-up costs more than it saves on small files (the demo dataset is ~350 KB).
-    if raw.stat().st_size < 8 << 20:
+    size = sum(p.stat().st_size for p in raw.rglob("*") if p.is_file()) if raw.is_dir() else raw.stat().st_size
+    if size < 8 << 20:
         return 1
     return min(4, len(os.sched_getaffinity(0)))
 
@@ -29,22 +35,31 @@ def _auto_workers(raw: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_component_args(__file__, argv)
     raw: Path = args.raw
-    if not raw.is_file():
-        print(f"prepare: input file not found (or not a file): {raw}", file=sys.stderr)
+    if not raw.exists():
+        print(f"prepare: input not found: {raw}", file=sys.stderr)
         return 2
     try:
-        with raw.open("rb") as fh:
-            fh.read(1)
+        columns = parse_columns(args.columns or "")
+    except FormatError as exc:
+        print(f"prepare: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if raw.is_file():
+            with raw.open("rb") as fh:
+                fh.read(1)
     except OSError as exc:
         print(f"prepare: cannot read input file {raw}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     # Imported here, not at the top: datasketch loads scipy (~1 s), which --help and usage errors skip.
     from components.prepare.card import write_card
     from components.prepare.pipeline import PrepareConfig, run
+    from tuneline.data.sources import SourceError
 
     try:
         cfg = PrepareConfig(
             raw=raw,
+            format=args.format,
+            columns=columns,
             train_out=args.train,
             validation_out=args.validation,
             test_out=args.test,
@@ -55,12 +70,21 @@ def main(argv: list[str] | None = None) -> int:
             shingle_bytes=args.shingle_bytes,
             ratios=SplitRatios(validation=args.validation_ratio, test=args.test_ratio),
             budget=Budget(max_chars=args.max_chars, max_tokens=args.max_tokens),
+            rules=QualityRules(require_user_turn=args.require_user_turn, min_answer_chars=args.min_answer_chars,
+                               max_repetition=args.max_repetition),
             redact_pii=args.redact_pii,
             seed=args.seed,
             batch_size=args.batch_size,
             workers=args.workers or _auto_workers(raw),
         )
+    except ValueError as exc:
+        print(f"prepare: invalid parameters: {exc}", file=sys.stderr)
+        return 2
+    try:
         result = run(cfg)
+    except (FormatError, SourceError) as exc:
+        print(f"prepare: {exc}", file=sys.stderr)
+        return 2
     except ValueError as exc:
         print(f"prepare: invalid parameters: {exc}", file=sys.stderr)
         return 2
