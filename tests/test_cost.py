@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.tickets import ticket_records
 from tuneline.cost import CostError, estimate, load_prices
-from tuneline.ml.fixtures import ticket_records
 from tuneline.spec import load_pipeline
 
 from .triggers.conftest import PROJECT, write_records
@@ -112,5 +112,5 @@ def test_price_table_errors_name_file_line_and_field(tmp_path):
 
 def test_a_pipeline_without_a_train_step_is_refused(tune):
     pipeline = load_pipeline(tune / "pipelines" / "grow.yaml")
-    with pytest.raises(CostError, match="no step uses a component named 'train'"):
+    with pytest.raises(CostError, match="no step's component declares `role: train`"):
         estimate(pipeline, load_prices(), target="aks", home=tune / ".tuneline")
