@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tuneline.deploy.kserve_schema import CRD_SCHEMAS
 from tuneline.deploy.policy import RolloutPolicy
 
-KUBERNETES_VERSION = "1.31.0"  # the oldest AKS minor we support
+KUBERNETES_VERSION = "1.35.0"  # the oldest AKS minor supported today (k8s/supported.yaml)
 GPU_TOLERATION = {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}
 SPOT_TOLERATION = {
     "key": "kubernetes.azure.com/scalesetpriority",
