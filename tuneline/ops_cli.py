@@ -70,6 +70,7 @@ def cmd_trigger_check(args: argparse.Namespace) -> int:
         window=args.window,
         min_requests=args.min_requests,
         evaluation=EvalOptions(max_examples=args.max_examples),
+        submitted_baseline=bool(args.submit),
     )
     try:
         decision = run_check(pipeline, options)

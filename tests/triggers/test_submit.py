@@ -13,6 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.tickets import ticket_records
+
+from .conftest import write_records
+
 DATA_URI = "minio://tuneline-data/tickets/2026-12-01.jsonl"
 
 
@@ -91,6 +95,29 @@ def test_a_firing_trigger_sends_the_create_run_request_for_the_compiled_pipeline
     # the run reads its data from the store, not from the file the image (or the compiled default) names
     assert run["runtime_config"]["parameters"] == {"dataset": DATA_URI}
     assert compiled["root"]["inputDefinitions"]["parameters"]["dataset"]["defaultValue"] == "data/tickets.jsonl"
+
+
+def test_the_submitted_run_is_the_next_checks_baseline(project, ops_cli, kfp_api, monkeypatch, tmp_path):
+    """In the cluster the check keeps no local run records (its state folder is an emptyDir): the tracking
+    server's record of the submitted run is what the next check compares the data with."""
+    host, requests = kfp_api
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KF_PIPELINES_ENDPOINT", host)
+    check = ("trigger", "check", "pipelines/grow.yaml", "--submit", "kfp", "--submit-param", f"dataset={DATA_URI}")
+    home = tmp_path / "state-1"
+    code, _, err = ops_cli(*check, "--home", str(home))
+    assert code == 10, err
+    runs = [r for r in requests if r[1] == "/apis/v2beta1/runs"]
+    assert len(runs) == 1
+    code, out, err = ops_cli(*check, "--home", str(tmp_path / "state-2"))  # a fresh emptyDir
+    assert code == 0, err
+    assert "tickets.jsonl unchanged since submitted run run-42 (40 records)" in out
+    assert len([r for r in requests if r[1] == "/apis/v2beta1/runs"]) == 1
+    write_records(project / "data" / "tickets.jsonl", ticket_records(8, seed=3), mode="a")  # 20% new
+    code, out, err = ops_cli(*check, "--home", str(tmp_path / "state-3"))
+    assert code == 10, err
+    assert "40 -> 48 records since submitted run run-42" in out
+    assert len([r for r in requests if r[1] == "/apis/v2beta1/runs"]) == 2
 
 
 def test_no_trigger_no_request(project, ops_cli, kfp_api, monkeypatch, tmp_path):

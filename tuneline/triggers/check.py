@@ -13,6 +13,7 @@ from .drift import check_drift, reference_source
 from .newdata import check_new_data, dataset_param, last_successful_run, resolve
 from .quality import EvalOptions, check_quality
 from .result import Decision
+from .tracking import last_submission
 
 
 @dataclass
@@ -25,13 +26,18 @@ class CheckOptions:
     min_requests: int = 50  # fewer requests than this: drift is not judged
     evaluation: EvalOptions = field(default_factory=EvalOptions)
     now: float | None = None  # for the age trigger; None means the current time
+    submitted_baseline: bool = False  # without a local run, compare with the last submitted run (tracking server)
 
 
 def run_check(pipeline: Pipeline, options: CheckOptions, client=None) -> Decision:
     """Evaluate every trigger of `pipeline.spec.triggers`; `client` is an MlflowClient (made when needed)."""
     triggers = pipeline.spec.triggers or Triggers()
     runs_dir = options.home / "runs"
-    results = [check_new_data(pipeline, triggers, runs_dir, options.dataset_param)]
+    submitted = None
+    if options.submitted_baseline and last_successful_run(runs_dir, pipeline.name) is None:
+        client = client or settings.mlflow_client(options.home)
+        submitted = last_submission(client, pipeline.name)
+    results = [check_new_data(pipeline, triggers, runs_dir, options.dataset_param, submitted)]
     if triggers.drift_psi is not None or triggers.drift_ks is not None:
         dataset = resolve(pipeline, str(pipeline.params[dataset_param(pipeline, options.dataset_param)]))
         reference = reference_source(last_successful_run(runs_dir, pipeline.name), dataset)

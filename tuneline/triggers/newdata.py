@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +89,19 @@ def card_records(run: dict[str, Any], sha256: str) -> int | None:
     return None
 
 
+@dataclass(frozen=True)
+class SubmittedBaseline:
+    """What the last run submitted to a platform read (recorded in the tracking server by `trigger check
+    --submit`): a cluster's check keeps no local run records, so this is its baseline."""
+
+    run_id: str
+    records: int
+    sha256: str
+
+
 def check_new_data(
-    pipeline: Pipeline, triggers: Triggers, runs_dir: Path, param: str | None = None
+    pipeline: Pipeline, triggers: Triggers, runs_dir: Path, param: str | None = None,
+    submitted: SubmittedBaseline | None = None,
 ) -> TriggerResult:
     if triggers.new_data_fraction is None and triggers.new_data_count is None:
         return TriggerResult("new_data", SKIPPED, "not configured (new_data_fraction / new_data_count)")
@@ -101,6 +113,14 @@ def check_new_data(
     current = count_records(path)
     inputs: dict[str, Any] = {"param": name, "path": str(path), "sha256": current_sha, "records": current}
     run = last_successful_run(runs_dir, pipeline.name)
+    if run is None and submitted is not None:
+        inputs |= {"baseline_run": submitted.run_id, "baseline_sha256": submitted.sha256,
+                   "baseline_source": "the tracking server's record of the submitted run"}
+        if submitted.sha256 == current_sha:
+            return TriggerResult("new_data", OK, f"{path.name} unchanged since submitted run {submitted.run_id} "
+                                 f"({current} records)", {"records": current, "new_records": 0,
+                                                          "new_fraction": 0.0}, inputs)
+        return _judge(triggers, submitted.records, current, f"submitted run {submitted.run_id}", inputs)
     if run is None:
         return TriggerResult(
             "new_data",
@@ -140,6 +160,10 @@ def check_new_data(
             {"records": current},
             inputs,
         )
+    return _judge(triggers, baseline, current, f"run {run['run_id']}", inputs)
+
+
+def _judge(triggers: Triggers, baseline: int, current: int, since: str, inputs: dict[str, Any]) -> TriggerResult:
     new = max(current - baseline, 0)
     fraction = new / baseline if baseline else float("inf") if new else 0.0
     metrics = {"records": current, "baseline_records": baseline, "new_records": new, "new_fraction": fraction}
@@ -157,5 +181,5 @@ def check_new_data(
         )
     fired = any(hit for hit, _ in limits)
     detail = "; ".join(text for _, text in limits)
-    reason = f"{baseline} -> {current} records since run {run['run_id']}: {detail}"
+    reason = f"{baseline} -> {current} records since {since}: {detail}"
     return TriggerResult("new_data", FIRED if fired else OK, reason, metrics, inputs)

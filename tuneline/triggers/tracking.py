@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ..spec import Pipeline
+from .newdata import SubmittedBaseline
 from .result import Decision
 
 EXPERIMENT = "tuneline-triggers"
@@ -78,9 +79,32 @@ def finish(client, decision: Decision) -> None:
     if decision.pipeline_run:
         client.set_tag(run_id, "tuneline.trigger.pipeline_run", decision.pipeline_run["run_id"])
         client.set_tag(run_id, "tuneline.trigger.pipeline_status", decision.pipeline_run["status"])
+        new_data = next((r for r in decision.results if r.name == "new_data"), None)
+        if new_data is not None and "sha256" in new_data.inputs:
+            client.set_tag(run_id, "tuneline.trigger.dataset_sha256", new_data.inputs["sha256"])
         status = "FINISHED" if decision.pipeline_run["exit_code"] == 0 else "FAILED"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "decision.json"
         path.write_text(json.dumps(decision.to_dict(), indent=2, default=str))
         client.log_artifact(run_id, str(path))
     client.set_terminated(run_id, status=status)
+
+
+def last_submission(client, pipeline_name: str) -> SubmittedBaseline | None:
+    """The newest check of `pipeline_name` that submitted a run, with what that run read."""
+    found = client.get_experiment_by_name(EXPERIMENT)
+    if found is None:
+        return None
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`tuneline.pipeline` = '{pipeline_name}' "
+                      "and tags.`tuneline.trigger.pipeline_status` = 'submitted'",
+        order_by=["attribute.start_time DESC"], max_results=1)
+    if not runs or "new_data.records" not in runs[0].data.metrics:
+        return None
+    tags = runs[0].data.tags
+    sha = tags.get("tuneline.trigger.dataset_sha256")
+    if not sha:
+        return None
+    return SubmittedBaseline(run_id=tags.get("tuneline.trigger.pipeline_run", "?"),
+                             records=int(runs[0].data.metrics["new_data.records"]), sha256=sha)
