@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--smoke-expect", default=None, help="regular expression every smoke-test output must match"
     )
     g.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for Triton to load")
+    g.add_argument(
+        "--requests-log", type=Path, default=None, help="file the proxy logs requests to, PII-redacted (optional)"
+    )
+    g.add_argument(
+        "--canary-promote-after", type=int, default=200, help="healthy canary requests before promotion"
+    )
     g = p.add_argument_group("triton")
     g.add_argument(
         "--instance-kind", choices=["cpu", "gpu"], default="gpu", help="Triton instance group kind"
@@ -88,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--runtime", default=None, help="KServe ServingRuntime name (default: KServe's triton runtime)"
+    )
+    g.add_argument(
+        "--kserve-api",
+        choices=["v2", "openai"],
+        default="v2",
+        help="v2: Triton runtime (Open Inference Protocol); openai: Hugging Face runtime (/openai/v1/chat/completions)",
     )
     g.add_argument("--gpus", type=int, default=1, help="GPUs per replica")
     g.add_argument("--min-replicas", type=int, default=1, help="autoscaling minimum")
@@ -153,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 namespace=args.namespace,
                 storage_uri=args.storage_uri,
                 runtime=args.runtime,
+                api=args.kserve_api,
                 gpus=args.gpus,
                 min_replicas=args.min_replicas,
                 max_replicas=args.max_replicas,
@@ -197,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                     proxy_port=args.port,
                     smoke_expect=args.smoke_expect,
                     startup_timeout=args.startup_timeout,
+                    requests_log=args.requests_log,
+                    canary_promote_after=args.canary_promote_after,
                 )
                 record = deploy_local(fetched, options, policy, args.model_uri, log)
             elif args.target == "triton":
