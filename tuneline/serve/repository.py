@@ -51,7 +51,7 @@ class RepositorySpec:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_us: int = 5000
     max_queue_size: int = 0  # Triton's own queue bound (0: unbounded; the proxy bounds the queue first)
-    queue_timeout_us: int = 0  # default queue deadline when max_queue_size is set (0: none)
+    queue_timeout_us: int = 0  # queue deadline of a request that names none (0: none)
     instance_kind: Literal["cpu", "gpu"] = "cpu"
     instance_count: int = 1
     max_new_tokens_default: int = 32
@@ -147,17 +147,17 @@ def render_config(spec: RepositorySpec) -> str:
         if spec.preferred_batch_sizes:
             lines.append(f"  preferred_batch_size: [ {', '.join(str(b) for b in spec.preferred_batch_sizes)} ]")
         lines.append(f"  max_queue_delay_microseconds: {spec.max_queue_delay_us}")
-        if spec.max_queue_size:
-            # Past this many waiting requests Triton answers UNAVAILABLE at once; a request's own `timeout`
-            # parameter (microseconds, sent by the proxy from its deadline) rejects it once it has waited that long.
-            lines += [
-                "  default_queue_policy {",
-                "    timeout_action: REJECT",
-                f"    default_timeout_microseconds: {spec.queue_timeout_us}",
-                "    allow_timeout_override: true",
-                f"    max_queue_size: {spec.max_queue_size}",
-                "  }",
-            ]
+        # A request's own `timeout` parameter (microseconds, sent by the proxy from what is left of its deadline)
+        # rejects it once it has waited that long in Triton's queue; past max_queue_size (0: no bound, the
+        # proxy bounds the queue first) Triton answers UNAVAILABLE at once.
+        lines += [
+            "  default_queue_policy {",
+            "    timeout_action: REJECT",
+            f"    default_timeout_microseconds: {spec.queue_timeout_us}",
+            "    allow_timeout_override: true",
+            f"    max_queue_size: {spec.max_queue_size}",
+            "  }",
+        ]
         lines.append("}")
     params = {
         "hf_model_dir": HF_SUBDIR,
