@@ -141,7 +141,9 @@ def test_generate_routes(deployed) -> None:
 
 
 def _serving_slot(state_dir: Path) -> str:
-    return json.loads((state_dir / "upstream.json").read_text())["slot"]
+    from tuneline.serve.routing import read_upstream
+
+    return read_upstream(state_dir).slot
 
 
 def test_broken_candidate_leaves_old_serving(deployed, tiny_model: Path, tmp_path: Path) -> None:
@@ -311,7 +313,7 @@ def test_failing_canary_is_rolled_back_and_a_healthy_one_promoted(serve_venv, ti
             assert _post(f"{first.proxy_url}/v1/generate", {"prompt": f"ticket {i}"}, token)[0] == 200
             if (read_canary(state_dir) or {}).get("decision") == "promoted":
                 break
-        assert read_canary(state_dir)["serving"]["label"] == "models:/m/3"
+        assert read_canary(state_dir)["serving"]["label"] == "models:/m/3", read_canary(state_dir)
         assert [b.slot for b in read_routes(state_dir).backends] == [healthy.server.slot]
         deadline = time.monotonic() + 30
         while set(status(state_dir)["servers"]) != {healthy.server.slot} and time.monotonic() < deadline:

@@ -114,6 +114,7 @@ class Generation:
     stream: bool = False
     include_usage: bool = False
     log_prompts: list[Any] = field(default_factory=list)  # what the request log records per row
+    length_field: str = "max_tokens"  # what the request calls the generation budget, for error messages
 
 
 def _validate(model: type[BaseModel], body: bytes) -> Any:

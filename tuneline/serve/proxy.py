@@ -169,7 +169,11 @@ class Proxy:
         import aiohttp
 
         connector = aiohttp.TCPConnector(limit=self.limits.max_inflight + 16, keepalive_timeout=60)
-        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        # Bodies pass through as Triton sent them; Triton compresses only when the client asked it to (its
+        # Accept-Encoding is forwarded on the v2 routes), never for the proxy's own calls.
+        self.session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, skip_auto_headers=("Accept-Encoding",)
+        )
 
     async def shutdown(self) -> None:
         if self.session is not None:
@@ -209,7 +213,8 @@ class Proxy:
         return self._model_params[key]
 
     def _stats(self, backend: Upstream) -> VersionStats:
-        return self.stats.setdefault(backend.slot or backend.url, VersionStats())
+        # By server, not slot: a new candidate in a slot starts with clean counters.
+        return self.stats.setdefault(backend.url, VersionStats())
 
     async def routed(
         self,
@@ -341,7 +346,7 @@ def _infer_payload(gen: Generation, params: dict[str, str], timeout_s: float) ->
     limit = int(params.get("max_new_tokens_limit", "256"))
     max_tokens = gen.max_tokens or int(params.get("max_new_tokens_default", "32"))
     if max_tokens > limit:
-        raise ApiError(f"max_tokens {max_tokens} is over this model's limit of {limit}", param="max_tokens")
+        raise ApiError(f"{gen.length_field} {max_tokens} is over this model's limit of {limit}", param=gen.length_field)
 
     def column(name: str, datatype: str, value: Any) -> dict:
         return {"name": name, "shape": [n, 1], "datatype": datatype, "data": value if isinstance(value, list)
@@ -493,7 +498,7 @@ def build_app(proxy: Proxy):
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
             raise ApiError("field 'max_new_tokens' must be a positive integer")
         gen = Generation(kind="completion", model="", texts=prompts, prompt_format="chat", max_tokens=limit,
-                         temperature=0.0, top_p=1.0, stop=[])
+                         temperature=0.0, top_p=1.0, stop=[], length_field="max_new_tokens")
         routes = proxy.routes.get()
         result, backend = await generate(request, gen)
         reply: dict[str, Any] = {"model": backend.model, "text": result.texts[0] if single else result.texts,
@@ -530,7 +535,7 @@ def build_app(proxy: Proxy):
             {
                 "admission": proxy.admission.to_dict(),
                 "routes": routes.to_dict() if routes else None,
-                "versions": {slot: s.to_dict() for slot, s in proxy.stats.items()},
+                "versions": {url: s.to_dict() for url, s in proxy.stats.items()},
                 "canary": read_canary(proxy.state_dir),
             }
         )
