@@ -214,7 +214,7 @@ def _print(run: dict) -> None:
 
 def _model_dir(args: argparse.Namespace, work: Path) -> tuple[Path, Path | None, str]:
     if args.tiny:
-        from tuneline.serve.tinymodel import build_tiny_llama
+        from tests.support.tinymodel import build_tiny_llama
 
         return build_tiny_llama(work / "tiny"), None, "tiny random Llama (--tiny)"
     from tuneline.registry import fetch_model, resolve_base_dir

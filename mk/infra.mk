@@ -3,9 +3,10 @@
 
 .PHONY: k8s-validate nodepools-dry-run envs envs-check images images-check env-check
 
-# Render every kustomization under k8s/ (no kubectl) and validate schemas + policies; part of `make test`.
-k8s-validate: $(VENV_STAMP) ## render + validate every kustomization under k8s/ (schemas, policies)
-	$(PY) -m tuneline.k8s.validate k8s
+# Render every kustomization under k8s/ with kustomize itself (`kustomize build`, else `kubectl kustomize`)
+# and validate schemas + policies on its output; part of `make test`.
+k8s-validate: $(VENV_STAMP) ## render + validate k8s/ with kustomize (schemas, policies, supported versions)
+	$(PY) -m tuneline.k8s.validate k8s --scan pipelines --scan config --scan docs/aks.md
 
 # Print the idempotent az commands that create/update the three node pools.
 nodepools-dry-run: $(VENV_STAMP) ## print the idempotent az commands for the AKS node pools

@@ -18,6 +18,7 @@ money = time * the SKU's hourly price (spot: on-demand * (1 - spot_discount) unl
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import struct
@@ -30,19 +31,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .runner.record import SUCCEEDED, list_runs
 from .spec import Literal, ParamRef, Pipeline
+from .spec.models import Role
 from .spec.yamlsafe import load_yaml
 
 DEFAULT_PRICES = Path("config/prices.yaml")
-# The train component's defaults (components/train/config.py), used when the component does not declare one.
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "epochs": 1,
-    "max_steps": 24,
-    "per_device_batch": 8,
-    "grad_accum": 1,
-    "max_seq_len": 256,
-    "base_model": "smollm2-135m-instruct",
-    "method": "lora",
-}
+# Inputs of the training step the estimate reads; their defaults come from that component's component.yaml.
+TRAIN_INPUTS = ("epochs", "max_steps", "per_device_batch", "grad_accum", "max_seq_len", "base_model", "method")
 # Parameter counts of catalog models, for when their weights are not on disk yet.
 KNOWN_PARAMS = {"smollm2-135m-instruct": 134_515_008, "tiny-random-llama": 164_352}
 SAMPLE_RECORDS = 2000
@@ -75,6 +69,7 @@ class Sku(_Strict):
 
 class PriceTable(_Strict):
     currency: str = "USD"
+    priced: datetime.date | None = Field(None, description="the day the list prices were read")
     spot_discount: float = Field(0.7, ge=0, lt=1)
     assumed_mfu: float = Field(0.3, gt=0, le=1)
     scaling_efficiency: float = Field(0.9, gt=0, le=1)
@@ -145,10 +140,10 @@ class Workload:
 
 
 def _train_step(pipeline: Pipeline) -> str:
-    steps = [s for s, c in pipeline.components.items() if c.name == "train"]
-    if not steps:
-        raise CostError(f"{pipeline.path}: no step uses a component named 'train'; nothing to estimate")
-    return steps[0]
+    step = pipeline.step_with_role(Role.train)
+    if step is None:
+        raise CostError(f"{pipeline.path}: no step's component declares `role: train`; nothing to estimate")
+    return step
 
 
 def step_input(pipeline: Pipeline, step: str, name: str, default: Any = None) -> Any:
@@ -246,16 +241,20 @@ def _token_lengths(records: list[dict], model_dir: Path | None, max_seq_len: int
 
 def workload(pipeline: Pipeline, home: Path, tokenizer: str = "auto") -> Workload:
     step = _train_step(pipeline)
-    values = {k: step_input(pipeline, step, k, v) for k, v in TRAIN_DEFAULTS.items()}
+    values = {k: step_input(pipeline, step, k) for k in TRAIN_INPUTS}
+    missing = [k for k, v in values.items() if v is None]
+    if missing:
+        raise CostError(f"{pipeline.components[step].folder / 'component.yaml'}: the training step '{step}' "
+                        f"gives no value or default for {', '.join(missing)}; the estimate needs them")
     dataset = _dataset_path(pipeline)
     records = _read_records(dataset)
     train_share = 0.8
-    prepare = [s for s, c in pipeline.components.items() if c.name == "prepare"]
-    if prepare:
+    prepare = pipeline.step_with_role(Role.prepare)
+    if prepare is not None:
         train_share = (
             1
-            - float(step_input(pipeline, prepare[0], "validation_ratio", 0.1))
-            - float(step_input(pipeline, prepare[0], "test_ratio", 0.1))
+            - float(step_input(pipeline, prepare, "validation_ratio", 0.1))
+            - float(step_input(pipeline, prepare, "test_ratio", 0.1))
         )
     model_dir = local_model_dir(str(values["base_model"]), home)
     if tokenizer == "real" and model_dir is None:
@@ -593,11 +592,11 @@ def estimate_for_run(
 
     The run's own measurement is left out of the estimate, so the comparison is a fair test of it.
     """
-    from .runner.local import default_home
+    from . import settings
     from .spec import load_pipeline
 
     pipeline = load_pipeline(record["pipeline_path"], {k: str(v) for k, v in record["params"].items()})
-    home = home or default_home(pipeline.root)
+    home = home or settings.home(pipeline.root)
     prices = prices or load_prices(pipeline.root / DEFAULT_PRICES)
     report = estimate(
         pipeline, prices, target="local", home=home, sku="local-cpu", exclude_run=record["run_id"]

@@ -11,14 +11,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tuneline.ml.fixtures import write_splits
+from tests.support.tickets import write_splits
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _args(data, out, batch):
     return ["-m", "components.train", "--train", str(data["train"]), "--base-model", "tiny-random-llama",
-            "--model-out", str(out / "model"), "--checkpoints", str(out / "ckpt"), "--max-steps", "4",
+            "--model-out", str(out / "model"), "--checkpoints", str(out / "ckpt"),
+            "--mlflow-run-id-out", str(out / "run_id.json"), "--max-steps", "4",
             "--per-device-batch", str(batch), "--grad-accum", "2", "--lora-dropout", "0", "--save-steps", "0"]
 
 

@@ -5,6 +5,10 @@ with azure-ai-ml's own loaders and `_validate()`. Command templates already use 
 so each component runs the step's command text unchanged. `code:` is the project root, relative to the file.
 `when:` becomes an `if_else` control node testing a boolean output marked `is_control` (this needs
 AZURE_ML_CLI_PRIVATE_FEATURES_ENABLED=true where the job is validated or submitted).
+
+Retries are not carried over: a command node of an Azure ML pipeline job has no retry setting (only
+parallel jobs have `retry_settings`), so `retry: {max, backoff_seconds, on}` applies to local and KFP runs;
+on Azure ML a failed step fails the pipeline job, whatever its exit code.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Cluster policies every rendered object must meet, each finding naming file, object and field.
 
 - restricted Pod Security Standard for every pod template (runAsNonRoot, no privilege escalation, capabilities
-  drop ALL, seccomp RuntimeDefault, no host namespaces/ports/hostPath). A workload that truly needs more (the
-  GPU device plugin) carries the annotation `tuneline.dev/pss-exception: <why>`; it is then still held to
-  no privileged mode, no privilege escalation, drop ALL and RuntimeDefault seccomp.
+  drop ALL, seccomp RuntimeDefault, no host namespaces/ports/hostPath), and a read-only root filesystem for every
+  container. A workload that truly needs more carries the annotation `tuneline.dev/pss-exception: <why>`; only
+  the workloads in PSS_EXCEPTIONS (the NVIDIA device plugin and DCGM exporter, which talk to kubelet sockets on
+  the node) may carry it, and they are still held to no privileged mode, no privilege escalation, drop ALL,
+  RuntimeDefault seccomp and a read-only root filesystem.
 - no plaintext secrets: no Secret with data/stringData, no credential-looking env value or ConfigMap value.
 - GPU pods (requesting nvidia.com/gpu or selecting GPU nodes) tolerate the GPU taint, and spot pods the spot taint.
 - every image pinned by a sha256 digest (not a placeholder).
@@ -16,9 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneline.k8s.kustomize import Resource, pod_spec, pod_spec_path
+from tuneline.k8s.render import Resource
 
 EXCEPTION_ANNOTATION = "tuneline.dev/pss-exception"
+# (kind, namespace, name) of the only workloads that may relax the restricted profile.
+PSS_EXCEPTIONS = {
+    ("DaemonSet", "kube-system", "nvidia-device-plugin"),   # registers on /var/lib/kubelet/device-plugins
+    ("DaemonSet", "kube-system", "dcgm-exporter"),          # reads /var/lib/kubelet/pod-resources, DCGM profiling
+}
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT = ("sku", "gpu")
 SPOT_TAINT = ("kubernetes.azure.com/scalesetpriority", "spot")
@@ -33,6 +40,26 @@ SECRET_VALUE = re.compile(r"([a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@)|(AccountKe
                           r"(-----BEGIN [A-Z ]*PRIVATE KEY-----)|(\bsig=[A-Za-z0-9%]{20,})", re.IGNORECASE)
 
 
+POD_TEMPLATE_KINDS = {"Deployment", "DaemonSet", "StatefulSet", "ReplicaSet", "Job"}
+
+
+def pod_spec(obj: dict) -> dict | None:
+    """The pod spec inside a workload object, or None for kinds that hold none."""
+    kind = obj.get("kind")
+    spec = obj.get("spec") or {}
+    if kind == "Pod":
+        return spec
+    if kind in POD_TEMPLATE_KINDS:
+        return (spec.get("template") or {}).get("spec")
+    if kind == "CronJob":
+        return (((spec.get("jobTemplate") or {}).get("spec") or {}).get("template") or {}).get("spec")
+    return None
+
+
+def pod_spec_path(kind: str) -> str:
+    return {"Pod": "spec", "CronJob": "spec.jobTemplate.spec.template.spec"}.get(kind, "spec.template.spec")
+
+
 @dataclass(frozen=True)
 class Finding:
     source: str
@@ -45,8 +72,7 @@ class Finding:
 
 
 def _finding(r: Resource, field: str, message: str) -> Finding:
-    src = str(r.source) + (f" (patched by {', '.join(map(str, r.patched_by))})" if r.patched_by else "")
-    return Finding(src, r.ref, field, message)
+    return Finding(str(r.source), r.ref, field, message)
 
 
 def check(resources: list[Resource]) -> list[Finding]:
@@ -72,8 +98,15 @@ def _containers(spec: dict, base: str) -> list[tuple[str, dict]]:
 
 def check_pod_security(r: Resource, spec: dict, base: str) -> list[Finding]:
     out: list[Finding] = []
-    annotations = r.obj.get("metadata", {}).get("annotations") or {}
+    meta = r.obj.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
     excepted = bool(str(annotations.get(EXCEPTION_ANNOTATION, "")).strip())
+    if EXCEPTION_ANNOTATION in annotations and (r.kind, meta.get("namespace"), r.name) not in PSS_EXCEPTIONS:
+        allowed = ", ".join(f"{k}/{n} in {ns}" for k, ns, n in sorted(PSS_EXCEPTIONS))
+        out.append(_finding(r, f"metadata.annotations.{EXCEPTION_ANNOTATION}",
+                            f"only {allowed} may relax Pod Security (tuneline.k8s.policy.PSS_EXCEPTIONS); "
+                            "this workload must meet the restricted profile"))
+        excepted = False
     pod_sc = spec.get("securityContext") or {}
     for key in ("hostNetwork", "hostPID", "hostIPC"):
         if spec.get(key):
@@ -102,6 +135,9 @@ def check_pod_security(r: Resource, spec: dict, base: str) -> list[Finding]:
             out.append(_finding(r, f"{path}.securityContext.seccompProfile.type",
                                 f"must be RuntimeDefault or Localhost (here or at {base}.securityContext), "
                                 f"got {seccomp!r}"))
+        if sc.get("readOnlyRootFilesystem") is not True:
+            out.append(_finding(r, f"{path}.securityContext.readOnlyRootFilesystem",
+                                "must be true: write to an emptyDir or a volume, not the image"))
         for j, port in enumerate(c.get("ports") or []):
             if port.get("hostPort"):
                 out.append(_finding(r, f"{path}.ports[{j}].hostPort", "host ports are not allowed"))

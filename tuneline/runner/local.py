@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .. import __version__, settings
 from ..graph import Node, PipelineGraph
 from ..spec import IOType, Literal, OutputRef, ParamRef
 from . import record as rec
@@ -46,10 +46,6 @@ class RunOptions:
     only_step: str | None = None
 
 
-def default_home(root: Path) -> Path:
-    return Path(os.environ.get("TUNELINE_HOME") or root / ".tuneline")
-
-
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
@@ -63,7 +59,7 @@ def step_environment(root: Path, home: Path, run_id: str, step: str) -> dict[str
     env["TUNELINE_RUN_ID"] = run_id
     env["TUNELINE_STEP"] = step
     env["TUNELINE_HOME"] = str(home)
-    env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+    env["MLFLOW_TRACKING_URI"] = settings.tracking_uri(home)
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     return env
 
@@ -100,7 +96,8 @@ class LocalRunner:
         self.record = rec.RunRecord(
             run_id=run_id, pipeline=graph.name, pipeline_path=str(graph.pipeline.path), folder=str(folder),
             params=dict(graph.params), order=list(graph.order), tuneline_version=__version__,
-            steps={name: rec.StepRecord(name=name, component=graph.nodes[name].component.name)
+            steps={name: rec.StepRecord(name=name, component=graph.nodes[name].component.name,
+                                               role=graph.nodes[name].component.spec.role)
                    for name in graph.order})
 
     # ------------------------------------------------------------------------------------------ plan
@@ -313,7 +310,8 @@ class LocalRunner:
         env = step_environment(self.root, self.options.home, self.record.run_id, node.name)
         env["TUNELINE_STEP_SUMMARY"] = str(step_dir / SUMMARY)
         timeout = node.step.timeout_seconds
-        backoff = node.component.spec.retry.backoff_seconds
+        policy = node.component.spec.retry
+        backoff = policy.backoff_seconds
         for number in range(1, node.retries + 2):
             attempt = rec.Attempt(number=number, started=time.time())
             step.attempts.append(attempt)
@@ -330,6 +328,14 @@ class LocalRunner:
                 return
             if self.interrupted:
                 raise StepFailed("interrupted (Ctrl-C); the step was stopped")
+            # A timeout would expire again and a usage or data error (exit 2) would fail again: only the
+            # exit codes the policy names (preemption, OOM kill, transient I/O by default) get another try.
+            timed_out = attempt.reason.startswith("timed out")
+            if number <= node.retries and (timed_out or not policy.retries_exit(attempt.exit_code)):
+                tries = len(step.attempts)
+                why = "a timeout" if timed_out else f"exit code {attempt.exit_code}"
+                raise StepFailed(f"{attempt.reason}; not retried: {why} is not in retry.on {policy.on}"
+                                 f" (after {tries} attempt{'s' if tries > 1 else ''})")
             if number <= node.retries:
                 delay = backoff * (2 ** (number - 1))
                 step.reason = f"attempt {number} {attempt.reason}; retrying in {delay:g}s"

@@ -18,6 +18,10 @@ from .cron import check_cron, check_timezone
 NAME_PATTERN = r"^[a-z][a-z0-9_-]*$"
 IDENT_PATTERN = r"^[a-z_][a-z0-9_]*$"  # inputs/outputs/params become CLI placeholders and KFP/Azure ML names
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
+# Command templates (Azure ML's syntax): `${{inputs.x}}` / `${{outputs.y}}`, and `$[[ ... ]]` around the parts
+# that apply only when the optional inputs inside are bound.
+PLACEHOLDER = re.compile(r"\$\{\{\s*(inputs|outputs)\.([a-zA-Z0-9_]+)\s*\}\}")
+OPTIONAL_BLOCK = re.compile(r"\$\[\[(.*?)\]\]", re.S)
 
 
 class Strict(BaseModel):
@@ -79,15 +83,60 @@ class Resources(Strict):
     gpus: int = Field(0, ge=0)
 
 
+# Exit codes worth another attempt: 143 = 128 + SIGTERM (spot preemption, pod eviction), 137 = 128 + SIGKILL
+# (the kernel's OOM killer, a node lost), 75 = EX_TEMPFAIL from sysexits.h, which a component returns for a
+# transient I/O or network error. Anything else — 2 for a usage or data error above all — would fail again.
+RETRYABLE_EXIT_CODES = (143, 137, 75)
+
+
 class RetryPolicy(Strict):
     max: int = Field(0, ge=0, le=20, description="retries after the first attempt")
     backoff_seconds: float = Field(10, ge=0, le=3600)
+    on: list[int] = Field(default_factory=lambda: list(RETRYABLE_EXIT_CODES),
+                          description="exit codes that are retried (a process killed by signal N counts as "
+                                      "128 + N); any other failure fails the step at once")
+
+    @field_validator("on")
+    @classmethod
+    def _exit_codes(cls, value: list[int]) -> list[int]:
+        for code in value:
+            if not 1 <= code <= 255:
+                raise ValueError(f"exit code {code} is not in 1-255 (0 is success)")
+        return value
+
+    def retries_exit(self, code: int) -> bool:
+        """Whether a process that ended with ``code`` (negative: killed by that signal) is retried."""
+        return (128 - code if code < 0 else code) in self.on
+
+
+class Role(StrEnum):
+    """What a step does for the pipeline. The core finds steps by role, never by component name."""
+
+    prepare = "prepare"    # splits the data; the cost estimate reads its split ratios
+    train = "train"        # trains the model; cost estimates, drift references and run summaries use it
+    evaluate = "evaluate"  # scores the model and decides its gate
+    register = "register"  # registers the model; triggers watch the registered name
+    deploy = "deploy"      # serves the registered model
+
+
+# The inputs a component with a role must declare, because the core reads them (`tuneline.roles`).
+ROLE_INPUTS: dict[Role, dict[str, tuple[IOType, ...]]] = {
+    Role.prepare: {"validation_ratio": (IOType.number,), "test_ratio": (IOType.number,)},
+    Role.train: {"train": (IOType.uri_folder, IOType.uri_file), "base_model": (IOType.string,),
+                 "method": (IOType.string,), "epochs": (IOType.integer,), "max_steps": (IOType.integer,),
+                 "per_device_batch": (IOType.integer,), "grad_accum": (IOType.integer,),
+                 "max_seq_len": (IOType.integer,)},
+    Role.evaluate: {},
+    Role.register: {"name": (IOType.string,)},
+    Role.deploy: {},
+}
 
 
 class ComponentSpec(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     version: str = Field(pattern=r"^[0-9]+\.[0-9]+\.[0-9]+([.+-][0-9A-Za-z.-]+)?$")
     description: str = ""
+    role: Role | None = Field(None, description="what the step does for the pipeline: " + ", ".join(Role))
     environment: str = Field(pattern=NAME_PATTERN)
     inputs: dict[str, InputSpec] = Field(default_factory=dict)
     outputs: dict[str, OutputSpec] = Field(default_factory=dict)
@@ -109,6 +158,17 @@ class ComponentSpec(Strict):
         clash = set(self.inputs) & set(self.outputs)
         if clash:
             raise ValueError(f"names used as both input and output: {sorted(clash)}")
+        return self
+
+    @model_validator(mode="after")
+    def _role_inputs_declared(self) -> ComponentSpec:
+        if self.role is None:
+            return self
+        for name, kinds in ROLE_INPUTS[self.role].items():
+            declared = self.inputs.get(name)
+            if declared is None or declared.type not in kinds:
+                raise ValueError(f"role '{self.role.value}' needs an input '{name}' of type "
+                                 f"{' or '.join(k.value for k in kinds)}")
         return self
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import settings
 from ..spec import Pipeline
 from ..spec.models import Triggers
 from .champion import check_age, default_model_name, find_champion
@@ -26,18 +26,6 @@ class CheckOptions:
     min_requests: int = 50  # fewer requests than this: drift is not judged
     evaluation: EvalOptions = field(default_factory=EvalOptions)
     now: float | None = None  # for the age trigger; None means the current time
-
-
-def tracking_uri(home: Path) -> str:
-    """The MLflow store the runner's steps use: MLFLOW_TRACKING_URI, else SQLite in the state folder."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(home / 'mlflow.db').absolute()}"
-
-
-def mlflow_client(home: Path):
-    from mlflow.tracking import MlflowClient
-
-    home.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=tracking_uri(home))
 
 
 _PARAM_REF = re.compile(r"^\$\{\{\s*params\.([A-Za-z_][A-Za-z0-9_-]*)\s*\}\}$")
@@ -69,7 +57,7 @@ def run_check(pipeline: Pipeline, options: CheckOptions, client=None) -> Decisio
     results.append(check_drift(triggers, pipeline.root, reference, options.window, options.min_requests))
     champion = None
     if triggers.max_age_days is not None or triggers.metric_drop is not None:
-        client = client or mlflow_client(options.home)
+        client = client or settings.mlflow_client(options.home)
         champion = find_champion(client, options.model_name or default_model_name(pipeline))
     results.append(
         check_quality(client, champion, triggers, pipeline.root, options.metric, options.evaluation)
