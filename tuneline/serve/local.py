@@ -25,8 +25,8 @@ from pathlib import Path
 from tuneline import settings
 from tuneline.serve import process
 from tuneline.serve.env import TritonInstall, ensure_serve_venv
+from tuneline.serve.limits import ProxyLimits
 from tuneline.serve.process import ProcessRef
-from tuneline.serve.proxy import ProxyLimits
 from tuneline.serve.routing import clear_upstream, read_routes
 
 

@@ -39,12 +39,13 @@ import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from tuneline.serve.admission import Admission, Overloaded, QueueTimeout
 from tuneline.serve.auth import check_bearer, load_token, token_path
+from tuneline.serve.limits import ProxyLimits
 from tuneline.serve.openai_api import (
     ApiError,
     Generation,
@@ -102,20 +103,6 @@ _HOP_BY_HOP = frozenset(
 )
 _MAX_BODY = 64 * 1024 * 1024
 _JSON = "application/json"
-
-
-@dataclass(frozen=True)
-class ProxyLimits:
-    # Two full Triton batches (2 x max_batch_size 32): one running, the next already queued in Triton.
-    max_inflight: int = 64
-    max_queue: int = 512  # waiting here beyond max_inflight; past it: 429
-    request_timeout_s: float = 600.0  # deadline of a request that names none, queue wait included
-    keep_alive_s: int = 75  # idle client connections kept open (longer than common client pools' 60 s)
-    backlog: int = 2048  # pending TCP connections the kernel queues before accept
-
-    def __post_init__(self) -> None:
-        if self.max_inflight < 1 or self.max_queue < 0 or self.request_timeout_s <= 0 or self.backlog < 1:
-            raise ValueError(f"invalid proxy limits: {self}")
 
 
 class _Failed(Exception):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tuneline.serve import process
 from tuneline.serve.auth import ensure_token, token_path
+from tuneline.serve.limits import ProxyLimits
 from tuneline.serve.local import (
     ServeError,
     ServerInfo,
@@ -33,7 +34,6 @@ from tuneline.serve.local import (
     state_lock,
     stop_triton,
 )
-from tuneline.serve.proxy import ProxyLimits
 from tuneline.serve.repository import RepositoryError, RepositorySpec, write_repository
 from tuneline.serve.routing import (
     CANDIDATE,
