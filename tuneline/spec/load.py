@@ -417,6 +417,15 @@ def load_pipeline(path: str | Path, overrides: dict[str, str] | None = None) -> 
     cycle = _find_cycle(edges)
     if cycle:
         problems.append(loaded.problem(("steps", cycle[0]), "cycle between steps: " + " -> ".join(reversed(cycle))))
+    if spec.triggers is not None:
+        try:
+            metric = parse_binding(spec.triggers.metric)
+        except ValueError as exc:
+            metric = None
+            problems.append(loaded.problem(("triggers", "metric"), str(exc)))
+        if isinstance(metric, OutputRef) or (isinstance(metric, ParamRef) and metric.name not in spec.params):
+            problems.append(loaded.problem(("triggers", "metric"), "the trigger metric is a metric name or "
+                                           "${{params.<name>}} of a declared parameter"))
     if problems:
         raise SpecError(problems)
     params = apply_overrides(spec, overrides or {}, loaded)

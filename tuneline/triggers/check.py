@@ -27,6 +27,16 @@ class CheckOptions:
     now: float | None = None  # for the age trigger; None means the current time
 
 
+def declared_metric(pipeline: Pipeline) -> str:
+    """`triggers.metric`, with ``${{params.<name>}}`` resolved to that parameter's value (``--set`` included),
+    so the parameter that picks the gate metric picks the quality trigger's too."""
+    from ..spec.load import ParamRef, parse_binding
+
+    triggers = pipeline.spec.triggers or Triggers()
+    ref = parse_binding(triggers.metric)
+    return str(pipeline.params[ref.name]) if isinstance(ref, ParamRef) else triggers.metric
+
+
 def run_check(pipeline: Pipeline, options: CheckOptions, client=None) -> Decision:
     """Evaluate every trigger of `pipeline.spec.triggers`; `client` is an MlflowClient (made when needed)."""
     triggers = pipeline.spec.triggers or Triggers()
