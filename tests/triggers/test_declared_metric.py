@@ -19,7 +19,7 @@ def test_the_demo_trigger_metric_follows_gate_metric():
 
 def test_an_unknown_parameter_is_a_validation_problem(tmp_path):
     text = (REPO / "pipelines" / "finetune.yaml").read_text().replace(
-        'metric: "${{params.gate_metric}}"', 'metric: "${{params.gate_metrik}}"')
+        'metric: ${{params.gate_metric}}', 'metric: ${{params.gate_metrik}}')
     (tmp_path / "pipelines").mkdir()
     (tmp_path / "components").symlink_to(REPO / "components")
     (tmp_path / "pipelines" / "finetune.yaml").write_text(text)
