@@ -15,13 +15,14 @@ served; 2 on bad input.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
 from pydantic import ValidationError
+
+from tuneline.outputs import write_value
 
 TARGETS = ("local", "triton", "kserve", "azureml")
 
@@ -127,8 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _write_value(path: Path | None, value: object) -> None:
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(value))
+        write_value(path, value)
 
 
 def main(argv: list[str] | None = None) -> int:

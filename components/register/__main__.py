@@ -20,6 +20,7 @@ from pathlib import Path
 
 from components.register.card import CardContext, render_card
 from components.register.inputs import InputError, read_evaluation, read_trained_model
+from tuneline.outputs import write_value
 
 DEFAULT_NAME = "tuneline-llm"
 
@@ -100,8 +101,7 @@ def _tags(
 
 
 def _write_value(path: Path, value: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value))
+    write_value(path, value)
 
 
 def main(argv: list[str] | None = None) -> int:

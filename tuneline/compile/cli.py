@@ -44,6 +44,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         if output is None:
             status = EXIT_INVALID
             continue
+        for warning in output.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         print(f"{pipeline}: {len(output.files)} files in {output.folder}/ ({', '.join(targets)})")
         if args.verbose:
             for path in output.files:
