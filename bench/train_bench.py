@@ -98,7 +98,8 @@ def ours(name: str, method: str, packing: bool, args, data: dict, model: str, wo
     argv = ["--train", str(data["train"]), "--base-model", model, "--method", method, "--packing", str(packing).lower(),
             "--max-steps", str(args.steps), "--per-device-batch", str(args.batch), "--max-seq-len", str(args.seq_len),
             "--learning-rate", "1e-4", "--save-steps", "0", "--keep-checkpoints", "1", "--warmup-ratio", "0",
-            "--model-out", str(out / "model"), "--checkpoints", str(out / "ckpt")]
+            "--model-out", str(out / "model"), "--checkpoints", str(out / "ckpt"),
+            "--mlflow-run-id-out", str(out / "run_id.json")]
     reset_gpu_peak()
     with RssPeak() as rss:
         assert main(argv) == 0

@@ -3,7 +3,8 @@
 
 .PHONY: k8s-validate nodepools-dry-run envs envs-check images images-check env-check
 
-# Render every kustomization under k8s/ (no kubectl) and validate schemas + policies; part of `make test`.
+# Render every kustomization under k8s/ with kustomize itself (`kustomize build`, else `kubectl kustomize`)
+# and validate schemas + policies on its output; part of `make test`.
 k8s-validate: $(VENV_STAMP) ## render + validate every kustomization under k8s/ (schemas, policies)
 	$(PY) -m tuneline.k8s.validate k8s
 

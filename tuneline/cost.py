@@ -33,16 +33,8 @@ from .spec import Literal, ParamRef, Pipeline
 from .spec.yamlsafe import load_yaml
 
 DEFAULT_PRICES = Path("config/prices.yaml")
-# The train component's defaults (components/train/config.py), used when the component does not declare one.
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "epochs": 1,
-    "max_steps": 24,
-    "per_device_batch": 8,
-    "grad_accum": 1,
-    "max_seq_len": 256,
-    "base_model": "smollm2-135m-instruct",
-    "method": "lora",
-}
+# Inputs of the training step the estimate reads; their defaults come from that component's component.yaml.
+TRAIN_INPUTS = ("epochs", "max_steps", "per_device_batch", "grad_accum", "max_seq_len", "base_model", "method")
 # Parameter counts of catalog models, for when their weights are not on disk yet.
 KNOWN_PARAMS = {"smollm2-135m-instruct": 134_515_008, "tiny-random-llama": 164_352}
 SAMPLE_RECORDS = 2000
@@ -246,7 +238,11 @@ def _token_lengths(records: list[dict], model_dir: Path | None, max_seq_len: int
 
 def workload(pipeline: Pipeline, home: Path, tokenizer: str = "auto") -> Workload:
     step = _train_step(pipeline)
-    values = {k: step_input(pipeline, step, k, v) for k, v in TRAIN_DEFAULTS.items()}
+    values = {k: step_input(pipeline, step, k) for k in TRAIN_INPUTS}
+    missing = [k for k, v in values.items() if v is None]
+    if missing:
+        raise CostError(f"{pipeline.components[step].folder / 'component.yaml'}: the training step '{step}' "
+                        f"gives no value or default for {', '.join(missing)}; the estimate needs them")
     dataset = _dataset_path(pipeline)
     records = _read_records(dataset)
     train_share = 0.8

@@ -11,7 +11,6 @@ the metric names before any model is loaded; ``passed`` is written as JSON text 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -19,33 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tuneline.ml.models import DEFAULT_BASE_MODEL
-
-DEFAULT_GATES = "tuned.exact_match >= base.exact_match"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m components.evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("--test", type=Path, required=True, help="folder holding the test split's data.jsonl")
-    p.add_argument("--model", type=Path, required=True, help="the train step's model folder (adapter or full)")
-    p.add_argument("--base-model", default=DEFAULT_BASE_MODEL,
-                   help=f"base model to compare against (default: {DEFAULT_BASE_MODEL})")
-    p.add_argument("--schema", type=Path, default=None, help="JSON schema the answers must satisfy (optional)")
-    p.add_argument("--champion-uri", default=None,
-                   help="current champion: a model folder or an MLflow URI such as models:/name@champion")
-    p.add_argument("--gates", default=DEFAULT_GATES, help=f"gate expression (default: {DEFAULT_GATES!r})")
-    p.add_argument("--max-examples", type=int, default=48, help="test examples evaluated; 0 means all (default: 48)")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="generation budget per answer (default: 32)")
-    p.add_argument("--batch-size", type=int, default=16, help="generation batch size (default: 16)")
-    p.add_argument("--max-seq-len", type=int, default=512, help="tokens per example for perplexity (default: 512)")
-    p.add_argument("--mlflow-run-id", default=None,
-                   help="log into this MLflow run (the train run); a new run is created when omitted")
-    p.add_argument("--experiment", default="tuneline", help="MLflow experiment for a new run (default: tuneline)")
-    p.add_argument("--samples", type=int, default=5, help="sample predictions shown in the report (default: 5)")
-    p.add_argument("--passed-out", type=Path, required=True, help="file receiving true/false as JSON text")
-    p.add_argument("--metrics-out", type=Path, required=True, help="file receiving all metrics as JSON")
-    p.add_argument("--report-out", type=Path, required=True, help="file receiving the Markdown report")
-    return p
+from tuneline.component_args import parse_component_args
 
 
 def resolve_champion(uri: str) -> Path:
@@ -82,7 +55,7 @@ def score(model, tokenizer, records, refs, schema, args) -> tuple[dict[str, floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_component_args(__file__, argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from tuneline.ml.data import read_split
     from tuneline.ml.gates import Gate, GateError
@@ -151,12 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     from components.evaluate.report import render
 
-    for path in (args.passed_out, args.metrics_out, args.report_out):
+    for path in (args.passed, args.metrics, args.report):
         path.parent.mkdir(parents=True, exist_ok=True)
-    args.passed_out.write_text(json.dumps(gate_result.passed))
-    args.metrics_out.write_text(json.dumps(document, indent=2) + "\n")
+    args.passed.write_text(json.dumps(gate_result.passed))
+    args.metrics.write_text(json.dumps(document, indent=2) + "\n")
     report = render(results, gate_result, samples, meta)
-    args.report_out.write_text(report)
+    args.report.write_text(report)
     from tuneline.runner.summary import write_step_summary
 
     # The metrics table and gate verdicts; the samples stay in the report file.
@@ -168,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     run.log_metrics({f"eval.{m}.{k}": v for m, values in results.items() for k, v in values.items()})
     run.log_metrics({"eval.passed": float(gate_result.passed)})
     run.set_tags({"tuneline.eval.gates": gate_result.expression, "tuneline.eval.passed": str(gate_result.passed)})
-    run.log_artifact(args.metrics_out, "evaluation")
-    run.log_artifact(args.report_out, "evaluation")
+    run.log_artifact(args.metrics, "evaluation")
+    run.log_artifact(args.report, "evaluation")
     run.finish()
     print(f"gates {'passed' if gate_result.passed else 'failed'}: {gate_result.expression}")
     for model, values in results.items():

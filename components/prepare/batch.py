@@ -15,17 +15,19 @@ from typing import Any
 import numpy as np
 
 from tuneline.data.dedup import record_digest
-from tuneline.data.jsonl import RawLine
 from tuneline.data.minhash import Signer, shingle_text
 from tuneline.data.pii import Redactor
-from tuneline.data.records import GROUP_FIELDS, Budget, ChatRecord, Reason, RecordError, parse_line
+from tuneline.data.quality import QualityRules
+from tuneline.data.records import GROUP_FIELDS, Budget, ChatRecord, Reason, RecordError, parse_line, parse_object
+from tuneline.data.sources import Item
 
 _KEEP_VERBATIM = frozenset(("id", *GROUP_FIELDS))
 
 
 @dataclass(slots=True)
 class Parsed:
-    line: RawLine
+    index: int  # position in the batch
+    key: int  # the record's location (``sources.Dataset.location``)
     record: ChatRecord
     digest: bytes
     had_pii: bool
@@ -33,7 +35,7 @@ class Parsed:
 
 @dataclass(slots=True)
 class BatchResult:
-    rejected: list[tuple[RawLine, Reason, str]] = field(default_factory=list)
+    rejected: list[tuple[Item, Reason, str]] = field(default_factory=list)
     parsed: list[Parsed] = field(default_factory=list)
     signatures: np.ndarray | None = None  # one row per ``parsed`` entry when near-dedup is on
     pii: Counter[str] = field(default_factory=Counter)
@@ -44,10 +46,18 @@ def near_dup_text(record: ChatRecord) -> bytes:
     return shingle_text("\n".join(m["content"] for m in record.messages if m["role"] != "system"))
 
 
+@dataclass(frozen=True, slots=True)
+class Checks:
+    """What every batch is checked against; the same in every worker."""
+
+    budget: Budget
+    rules: QualityRules
+    redact_pii: bool
+
+
 class BatchParser:
-    def __init__(self, budget: Budget, redact_pii: bool, signer: Signer | None) -> None:
-        self.budget = budget
-        self.redact_pii = redact_pii
+    def __init__(self, checks: Checks, signer: Signer | None) -> None:
+        self.checks = checks
         self.signer = signer
         self.redactor = Redactor()
 
@@ -69,18 +79,26 @@ class BatchParser:
                 record.extra[key] = self._redact_value(value)
         return sum(self.redactor.counts.values()) != before
 
-    def __call__(self, lines: list[RawLine]) -> BatchResult:
+    def _parse(self, item: Item, fmt: str, columns: dict[str, str]) -> ChatRecord:
+        c = self.checks
+        if item.error is not None:
+            raise RecordError(Reason.INVALID_ROW, item.error)
+        if item.data is not None:
+            return parse_line(item.data, c.budget, fmt, columns, c.rules)
+        return parse_object(item.obj, c.budget, fmt, columns, c.rules, source=item.raw)
+
+    def __call__(self, items: list[Item], fmt: str, columns: dict[str, str]) -> BatchResult:
         out = BatchResult()
         self.redactor.counts = out.pii
-        for line in lines:
+        for index, item in enumerate(items):
             try:
-                record = parse_line(line.data, self.budget)
+                record = self._parse(item, fmt, columns)
             except RecordError as err:
-                out.rejected.append((line, err.reason, err.detail))
+                out.rejected.append((item, err.reason, err.detail))
                 continue
-            had_pii = self._redact(record) if self.redact_pii else False
+            had_pii = self._redact(record) if self.checks.redact_pii else False
             digest = record_digest(record.messages, record.extra.get("tools"))
-            out.parsed.append(Parsed(line, record, digest, had_pii))
+            out.parsed.append(Parsed(index, item.key, record, digest, had_pii))
         if self.signer is not None:
             out.signatures = self.signer.sign_many([near_dup_text(p.record) for p in out.parsed])
         return out
@@ -90,11 +108,11 @@ class BatchParser:
 _WORKER: BatchParser | None = None
 
 
-def init_worker(budget: Budget, redact_pii: bool, signer: Signer | None) -> None:
+def init_worker(checks: Checks, signer: Signer | None) -> None:
     global _WORKER
-    _WORKER = BatchParser(budget, redact_pii, signer)
+    _WORKER = BatchParser(checks, signer)
 
 
-def parse_in_worker(lines: list[RawLine]) -> BatchResult:
+def parse_in_worker(items: list[Item], fmt: str, columns: dict[str, str]) -> BatchResult:
     assert _WORKER is not None, "init_worker was not called in this process"
-    return _WORKER(lines)
+    return _WORKER(items, fmt, columns)

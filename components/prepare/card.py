@@ -27,6 +27,7 @@ def _histogram(counts: list[int]) -> list[dict[str, Any]]:
 
 def build_card(cfg: PrepareConfig, result: Result) -> dict[str, Any]:
     s = result.stats
+    rules = cfg.rules
     return {
         "input": {
             "file": cfg.raw.name,
@@ -35,6 +36,8 @@ def build_card(cfg: PrepareConfig, result: Result) -> dict[str, Any]:
             "lines": result.input_lines,
             "blank_lines": result.blank_lines,
             "input_records": s.input_records,
+            "files": result.files,
+            "ignored_files": result.ignored,
         },
         "counts": {
             "input_records": s.input_records,
@@ -46,6 +49,18 @@ def build_card(cfg: PrepareConfig, result: Result) -> dict[str, Any]:
         },
         "rejected": {str(r): s.reasons.get(r, 0) for r in REJECT_REASONS},
         "duplicates": {str(r): s.reasons.get(r, 0) for r in DUPLICATE_REASONS},
+        "quality_rules": {
+            "no_user_turn": {"enabled": rules.require_user_turn, "quarantined": s.reasons.get("no_user_turn", 0)},
+            "empty_answer": {"min_answer_chars": rules.min_answer_chars,
+                             "quarantined": s.reasons.get("empty_answer", 0)},
+            "degenerate_repetition": {"max_repetition": rules.max_repetition,
+                                      "quarantined": s.reasons.get("degenerate_repetition", 0)},
+            "too_many_chars": {"max_chars": cfg.budget.max_chars, "quarantined": s.reasons.get("too_many_chars", 0)},
+            "too_many_tokens": {"max_tokens": cfg.budget.max_tokens,
+                                "quarantined": s.reasons.get("too_many_tokens", 0)},
+            "near_duplicate": {"threshold": cfg.near_dup_threshold if cfg.near_dup else None,
+                               "deduplicated": s.reasons.get("near_duplicate", 0)},
+        },
         "splits": {name: s.splits.get(name, 0) for name in SPLITS},
         "pii": {
             "redaction": cfg.redact_pii,
@@ -55,6 +70,8 @@ def build_card(cfg: PrepareConfig, result: Result) -> dict[str, Any]:
         "length_histogram": _histogram(s.length_histogram),
         "outputs": result.outputs,
         "parameters": {
+            "format": cfg.format,
+            "columns": cfg.columns,
             "near_dup": cfg.near_dup,
             "near_dup_threshold": cfg.near_dup_threshold,
             "num_perm": cfg.num_perm,
@@ -62,6 +79,7 @@ def build_card(cfg: PrepareConfig, result: Result) -> dict[str, Any]:
             "validation_ratio": cfg.ratios.validation,
             "test_ratio": cfg.ratios.test,
             **asdict(cfg.budget),
+            **asdict(cfg.rules),
             "redact_pii": cfg.redact_pii,
             "seed": cfg.seed,
         },
@@ -72,7 +90,11 @@ def build_card(cfg: PrepareConfig, result: Result) -> dict[str, Any]:
             "near_dup_text": "MinHash over byte n-grams of the non-system turns, case-folded; system prompts "
             "are "
             "shared by many records and would inflate every similarity.",
-            "quarantine": "quarantine.jsonl keeps the raw source line, unredacted: handle it like the input.",
+            "quarantine": "quarantine.jsonl keeps the raw source record, unredacted: handle it like the input. "
+            "Each row names its file and line (JSON Lines) or row (JSON arrays, CSV, Parquet).",
+            "repetition": "Gopher repetition rules (Rae et al. 2021, Table A1; datatrove GopherRepetitionFilter "
+            "thresholds) on assistant turns: duplicate 5..10-gram character fractions, and top 2..4-gram "
+            "fractions from 50 words; max_repetition is the 5-gram threshold, the others keep their ratio.",
         },
         "timing": {
             "seconds": round(result.seconds, 3),
@@ -88,6 +110,10 @@ def render_markdown(card: dict[str, Any]) -> str:
         "",
         f"Input sha256 `{inp['sha256']}`, {inp['bytes']} bytes, {inp['lines']} lines "
         f"({inp['blank_lines']} blank), {c['input_records']} records.",
+        "",
+        "| file | type | format | records |",
+        "|---|---|---|---:|",
+        *(f"| {f['file']} | {f['type']} | {f['format']} | {f['records']} |" for f in inp["files"]),
         "",
         "| kept | quarantined | deduplicated | input records |",
         "|---:|---:|---:|---:|",

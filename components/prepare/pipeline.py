@@ -1,12 +1,16 @@
-"""The prepare run: raw JSONL -> validated, normalised, redacted, deduplicated, split JSONL + report.
+"""The prepare run: a dataset file or folder -> validated, normalised, redacted, deduplicated, split chat
+JSONL + report.
 
-Streaming in batches: memory holds a few batches of lines plus the dedup indexes (a digest per kept
+The input is read by ``tuneline.data.sources`` (JSON Lines, JSON arrays, CSV, Parquet, compressed, folders);
+each file's record format is detected (``tuneline.data.formats``) for every file before any output is
+written, so an undetectable or mixed file fails the step at once with one error naming it.
+Streaming in batches: memory holds a few batches of records plus the dedup indexes (a digest per kept
 record, and a MinHash signature and LSH entry per kept record when near-dedup is on). Batches are parsed,
 redacted and signed by ``batch.BatchParser`` (optionally in worker processes); dedup, split assignment
-and writing happen here, in input order. Every input record ends in
-exactly one place: a split file (kept), ``quarantine.jsonl`` with a rejection reason (quarantined), or
-``quarantine.jsonl`` as an exact/near duplicate of an earlier line (deduplicated). ``run`` checks
-kept + quarantined + deduplicated == input records before it returns.
+and writing happen here, in input order. Every input record ends in exactly one place: a split file
+(kept), ``quarantine.jsonl`` with a rejection reason (quarantined), or ``quarantine.jsonl`` as an
+exact/near duplicate of an earlier record (deduplicated); quarantine rows name the record's file and line
+or row. ``run`` checks kept + quarantined + deduplicated == input records before it returns.
 """
 
 from __future__ import annotations
@@ -24,15 +28,19 @@ from multiprocessing.pool import AsyncResult
 from pathlib import Path
 from typing import Any
 
-from components.prepare.batch import BatchParser, BatchResult, Parsed, init_worker, parse_in_worker
+from components.prepare.batch import BatchParser, BatchResult, Checks, Parsed, init_worker, parse_in_worker
 from tuneline.data.dedup import ExactDeduper, NearDeduper
-from tuneline.data.jsonl import LineReader, RawLine, escape_bytes
+from tuneline.data.formats import SAMPLE, apply_columns, detect_file
+from tuneline.data.jsonl import escape_bytes
 from tuneline.data.minhash import Signer
 from tuneline.data.pii import PII_TYPES
-from tuneline.data.records import DUPLICATE_REASONS, Budget, Reason
+from tuneline.data.quality import QualityRules
+from tuneline.data.records import DUPLICATE_REASONS, Budget, Reason, RecordError, decode_line, load_json
+from tuneline.data.sources import Dataset, Item, SourceFile, raw_text
 from tuneline.data.split import SPLITS, SplitRatios, assign_split
 
 LENGTH_BINS = (0, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+NEAR_DUP_THRESHOLD = 0.95
 
 
 @dataclass(frozen=True)
@@ -42,12 +50,15 @@ class PrepareConfig:
     validation_out: Path
     test_out: Path
     report_out: Path
+    format: str = "auto"  # auto, chat, sharegpt, alpaca, prompt_completion
+    columns: dict[str, str] = field(default_factory=dict)  # format field -> the file's column
     near_dup: bool = True
-    near_dup_threshold: float = 0.95
+    near_dup_threshold: float = NEAR_DUP_THRESHOLD
     num_perm: int = 128
     shingle_bytes: int = 5
     ratios: SplitRatios = field(default_factory=SplitRatios)
     budget: Budget = field(default_factory=lambda: Budget(max_chars=20_000, max_tokens=4_096))
+    rules: QualityRules = field(default_factory=QualityRules)
     redact_pii: bool = True
     seed: str = "tuneline"
     batch_size: int = 512
@@ -112,24 +123,29 @@ class Result:
     pii_counts: Counter[str]
     outputs: dict[str, dict[str, Any]]
     seconds: float
+    files: list[dict[str, Any]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
 
 
-def _raw_fields(line: RawLine) -> dict[str, Any]:
+def _raw_fields(item: Item) -> dict[str, Any]:
+    if item.data is None:
+        return {"raw": raw_text(item)}
     try:
-        return {"raw": line.data.decode("utf-8")}
+        return {"raw": item.data.decode("utf-8")}
     except UnicodeDecodeError:
         return {
-            "raw": escape_bytes(line.data),
+            "raw": escape_bytes(item.data),
             "raw_escaped": True,
-            "raw_base64": base64.b64encode(line.data).decode("ascii"),
+            "raw_base64": base64.b64encode(item.data).decode("ascii"),
         }
 
 
 class _Run:
     """The order-dependent half: dedup against earlier records, split assignment, writing."""
 
-    def __init__(self, cfg: PrepareConfig) -> None:
+    def __init__(self, cfg: PrepareConfig, dataset: Dataset) -> None:
         self.cfg = cfg
+        self.dataset = dataset
         self.stats = Stats()
         self.pii: Counter[str] = Counter()
         self.exact = ExactDeduper()
@@ -138,17 +154,19 @@ class _Run:
         self.writers = {name: HashingWriter(path / "data.jsonl") for name, path in cfg.outputs().items()}
         self.quarantine = HashingWriter(cfg.report_out / "quarantine.jsonl")
 
-    def parser_args(self) -> tuple[Budget, bool, Signer | None]:
-        return self.cfg.budget, self.cfg.redact_pii, self.signer if self.near is not None else None
+    def parser_args(self) -> tuple[Checks, Signer | None]:
+        checks = Checks(self.cfg.budget, self.cfg.rules, self.cfg.redact_pii)
+        return checks, self.signer if self.near is not None else None
 
-    def _quarantine(self, line: RawLine, reason: Reason, detail: str, **extra: Any) -> None:
+    def _quarantine(self, item: Item, reason: Reason, detail: str, **extra: Any) -> None:
         self.stats.reasons[reason] += 1
         if reason in DUPLICATE_REASONS:
             self.stats.deduplicated += 1
         else:
             self.stats.quarantined += 1
         self.quarantine.write(
-            {"line": line.lineno, "reason": str(reason), "detail": detail, **extra, **_raw_fields(line)}
+            {**self.dataset.where(item.key), "reason": str(reason), "detail": detail, **extra,
+             **_raw_fields(item)}
         )
 
     def _keep(self, item: Parsed) -> None:
@@ -161,35 +179,29 @@ class _Run:
         stats.pii_records += item.had_pii
         stats.length_histogram[bisect.bisect_right(LENGTH_BINS, record.chars) - 1] += 1
 
-    def consume(self, n_lines: int, batch: BatchResult) -> None:
-        self.stats.input_records += n_lines
+    def consume(self, items: list[Item], batch: BatchResult) -> None:
+        self.stats.input_records += len(items)
         self.pii.update(batch.pii)
-        for line, reason, detail in batch.rejected:
-            self._quarantine(line, reason, detail)
-        for i, item in enumerate(batch.parsed):
-            original = self.exact.original_of(item.digest)
+        for item, reason, detail in batch.rejected:
+            self._quarantine(item, reason, detail)
+        where = self.dataset.location
+        for i, parsed in enumerate(batch.parsed):
+            item = items[parsed.index]
+            original = self.exact.original_of(parsed.digest)
             if original is not None:
-                self._quarantine(
-                    item.line,
-                    Reason.EXACT_DUPLICATE,
-                    f"same content as line {original}",
-                    duplicate_of=original,
-                )
+                self._quarantine(item, Reason.EXACT_DUPLICATE, f"same content as {where(original)}",
+                                 duplicate_of=self.dataset.where(original))
                 continue
             if self.near is not None:
                 assert batch.signatures is not None
-                hit = self.near.check_and_add(batch.signatures[i], item.line.lineno)
+                hit = self.near.check_and_add(batch.signatures[i], parsed.key)
                 if hit is not None:
-                    self._quarantine(
-                        item.line,
-                        Reason.NEAR_DUPLICATE,
-                        f"estimated Jaccard {hit[1]:.3f} with line {hit[0]}",
-                        duplicate_of=hit[0],
-                        similarity=round(hit[1], 4),
-                    )
+                    self._quarantine(item, Reason.NEAR_DUPLICATE,
+                                     f"estimated Jaccard {hit[1]:.3f} with {where(hit[0])}",
+                                     duplicate_of=self.dataset.where(hit[0]), similarity=round(hit[1], 4))
                     continue
-            self.exact.add(item.digest, item.line.lineno)
-            self._keep(item)
+            self.exact.add(parsed.digest, parsed.key)
+            self._keep(parsed)
 
     def close(self) -> dict[str, dict[str, Any]]:
         outputs = {f"{name}/data.jsonl": w.close() for name, w in self.writers.items()}
@@ -197,10 +209,10 @@ class _Run:
         return outputs
 
 
-def _batches(reader: LineReader, size: int) -> Iterator[list[RawLine]]:
-    batch: list[RawLine] = []
-    for line in reader:
-        batch.append(line)
+def _batches(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
+    batch: list[Item] = []
+    for item in items:
+        batch.append(item)
         if len(batch) >= size:
             yield batch
             batch = []
@@ -208,55 +220,108 @@ def _batches(reader: LineReader, size: int) -> Iterator[list[RawLine]]:
         yield batch
 
 
-def _process(state: _Run, batches: Iterator[list[RawLine]], workers: int) -> None:
+def _sample(item: Item, columns: dict[str, str]) -> Any:
+    if item.data is None:
+        return apply_columns(item.obj, columns)
+    try:
+        return apply_columns(load_json(decode_line(item.data)), columns)
+    except RecordError:
+        return None  # a broken line says nothing about the format; it is quarantined later
+
+
+def file_formats(dataset: Dataset, cfg: PrepareConfig) -> dict[int, str]:
+    """The record format of each file (``cfg.format``, or detected from its first records)."""
+    formats = {}
+    for f in dataset.files:
+        if cfg.format != "auto":
+            formats[f.index] = cfg.format
+            continue
+        samples = []
+        for item in dataset.records(f):
+            samples.append((dataset.location(item.key), _sample(item, cfg.columns)))
+            if len(samples) >= SAMPLE:
+                break
+        formats[f.index] = detect_file(f.name, samples, cfg.columns)
+        f.records = 0
+    return formats
+
+
+def _file_batches(dataset: Dataset, formats: dict[int, str], size: int) -> Iterator[tuple[list[Item], str]]:
+    for f in dataset.files:
+        for batch in _batches(dataset.records(f, size), size):
+            yield batch, formats[f.index]
+
+
+def _process(state: _Run, batches: Iterator[tuple[list[Item], str]], workers: int) -> None:
+    columns = state.cfg.columns
     if workers <= 1:
         parse = BatchParser(*state.parser_args())
-        for lines in batches:
-            state.consume(len(lines), parse(lines))
+        for items, fmt in batches:
+            state.consume(items, parse(items, fmt, columns))
         return
     # A bounded window of batches in flight keeps memory flat (Pool.imap would read the whole file
     # ahead); results are consumed in submission order, so output does not depend on timing.
     ctx = mp.get_context("fork")
     with ctx.Pool(workers, initializer=init_worker, initargs=state.parser_args()) as pool:
-        window: deque[tuple[int, AsyncResult[BatchResult]]] = deque()
-        for lines in batches:
-            window.append((len(lines), pool.apply_async(parse_in_worker, (lines,))))
+        window: deque[tuple[list[Item], AsyncResult[BatchResult]]] = deque()
+        for items, fmt in batches:
+            window.append((items, pool.apply_async(parse_in_worker, (items, fmt, columns))))
             if len(window) >= 2 * workers:
-                n, pending = window.popleft()
-                state.consume(n, pending.get())
+                done, pending = window.popleft()
+                state.consume(done, pending.get())
         while window:
-            n, pending = window.popleft()
-            state.consume(n, pending.get())
+            done, pending = window.popleft()
+            state.consume(done, pending.get())
+
+
+def _input_sha256(dataset: Dataset) -> str:
+    if not dataset.path.is_dir():
+        return dataset.files[0].sha256
+    digest = hashlib.sha256()  # a folder: its files' relative names and digests, like the runner's
+    for f in dataset.files:
+        digest.update(f"{f.name}\0{f.sha256}\n".encode())
+    return digest.hexdigest()
+
+
+def _check_files(files: list[SourceFile], records: int) -> None:
+    if sum(f.records for f in files) != records:
+        raise RuntimeError(f"{sum(f.records for f in files)} records read but {records} accounted")
+    for f in files:
+        if f.kind == "jsonl" and f.records + f.blank_lines != f.lines:
+            raise RuntimeError(f"{f.name}: {f.lines} lines read but {f.records} records + "
+                               f"{f.blank_lines} blank lines accounted")
 
 
 def run(cfg: PrepareConfig) -> Result:
-    """Process ``cfg.raw`` into the split folders and the quarantine file; see the module docstring."""
+    """Process ``cfg.raw`` into the split folders and the quarantine file; see the module docstring.
+
+    Raises ``SourceError`` or ``FormatError`` (both ``ValueError``) naming the file that cannot be read."""
     start = time.perf_counter()
-    reader = LineReader(cfg.raw)
-    state = _Run(cfg)
+    dataset = Dataset(cfg.raw)
+    formats = file_formats(dataset, cfg)
+    state = _Run(cfg, dataset)
     try:
-        _process(state, _batches(reader, cfg.batch_size), cfg.workers)
+        _process(state, _file_batches(dataset, formats, cfg.batch_size), cfg.workers)
     finally:
         outputs = state.close()
     state.stats.check_invariant()
     stats = state.stats
     if outputs["report/quarantine.jsonl"]["records"] != stats.quarantined + stats.deduplicated:
         raise RuntimeError("quarantine.jsonl line count differs from quarantined + deduplicated")
-    if stats.input_records + reader.blank_lines != reader.lines:
-        raise RuntimeError(
-            f"{reader.lines} lines read but {stats.input_records} records + "
-            f"{reader.blank_lines} blank lines accounted"
-        )
+    _check_files(dataset.files, stats.input_records)
     pii = Counter({name: state.pii.get(name, 0) for name in PII_TYPES})
+    files = [{**f.summary(), "format": formats[f.index]} for f in dataset.files]
     return Result(
         state.stats,
-        reader.sha256,
-        reader.lines,
-        reader.blank_lines,
-        reader.bytes,
+        _input_sha256(dataset),
+        sum(f.lines for f in dataset.files),
+        sum(f.blank_lines for f in dataset.files),
+        sum(f.bytes for f in dataset.files),
         pii,
         outputs,
         time.perf_counter() - start,
+        files,
+        dataset.ignored,
     )
 
 

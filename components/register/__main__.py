@@ -11,7 +11,6 @@ jittered exponential backoff, so parallel registrations get distinct versions. E
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -20,58 +19,8 @@ from pathlib import Path
 
 from components.register.card import CardContext, render_card
 from components.register.inputs import InputError, read_evaluation, read_trained_model
+from tuneline.component_args import parse_component_args
 from tuneline.outputs import write_value
-
-DEFAULT_NAME = "tuneline-llm"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m components.register",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument(
-        "--model",
-        type=Path,
-        required=True,
-        help="the train step's folder (adapter or full model, tokenizer, training_summary.json)",
-    )
-    p.add_argument("--metrics", type=Path, required=True, help="the evaluate step's metrics JSON")
-    p.add_argument("--name", default=DEFAULT_NAME, help="registered model name")
-    p.add_argument(
-        "--experiment",
-        default=os.environ.get("TUNELINE_EXPERIMENT", "tuneline"),
-        help="MLflow experiment of the registration run",
-    )
-    p.add_argument(
-        "--gate-metric",
-        default="exact_match",
-        help="metric of the tuned model compared with the champion's (e.g. exact_match, json_valid)",
-    )
-    p.add_argument(
-        "--gate-direction",
-        choices=["max", "min"],
-        default="max",
-        help="max: higher is better; min: lower is better (perplexity)",
-    )
-    p.add_argument("--min-delta", type=float, default=0.0, help="improvement needed to replace the champion")
-    p.add_argument(
-        "--base-weights",
-        choices=["reference", "bundle"],
-        default="reference",
-        help="reference: store the adapter and pin the base by name + sha256; bundle: copy the base in",
-    )
-    p.add_argument(
-        "--system-prompt", default="", help="system prompt the pyfunc adds by default at inference"
-    )
-    p.add_argument(
-        "--model-uri-out", type=Path, required=True, help="file receiving models:/<name>/<version>"
-    )
-    p.add_argument("--version-out", type=Path, required=True, help="file receiving the version number")
-    p.add_argument("--promoted-out", type=Path, required=True, help="file receiving true/false")
-    p.add_argument("--card-out", type=Path, default=None, help="also write the model card here (optional)")
-    return p
 
 
 def _tags(
@@ -100,12 +49,8 @@ def _tags(
     return {k: v for k, v in tags.items() if v != ""}
 
 
-def _write_value(path: Path, value: object) -> None:
-    write_value(path, value)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_component_args(__file__, argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from tuneline.registry import PromotionRule
 
@@ -153,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
         with mlflow.start_run(run_id=run_id):
             info, base_sha = registry.with_retry(
-                lambda: log_pyfunc(trained, args.base_weights, args.system_prompt), "log model", log=log
+                lambda: log_pyfunc(trained, args.base_weights, args.system_prompt or ""), "log model", log=log
             )
             mlflow.log_metrics(
                 {f"eval.{m}.{k}": v for m, s in evaluation.models.items() for k, v in s.items()}
@@ -223,12 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         registry.with_retry(lambda: client.set_terminated(run_id, status=status), "end run", log=log)
 
     model_uri = f"models:/{args.name}/{number}"
-    _write_value(args.model_uri_out, model_uri)
-    _write_value(args.version_out, number)
-    _write_value(args.promoted_out, decision.promoted)
-    if args.card_out:
-        args.card_out.parent.mkdir(parents=True, exist_ok=True)
-        args.card_out.write_text(card)
+    write_value(args.model_uri, model_uri)
+    write_value(args.version, number)
+    write_value(args.promoted, decision.promoted)
+    args.card.parent.mkdir(parents=True, exist_ok=True)
+    args.card.write_text(card)
     log(
         f"{model_uri} registered (alias candidate); champion: "
         f"{'moved to v' + str(number) if decision.promoted else 'unchanged'} - {decision.reason}"

@@ -17,7 +17,7 @@ import sys
 import time
 from collections import Counter
 
-from components.train.config import TrainConfig, parse_args
+from components.train.config import TrainConfig, hyperparameters, parse_args
 from components.train.modelsetup import MethodUnavailable, check_method
 from tuneline.outputs import write_value
 
@@ -45,7 +45,7 @@ def save_outputs(config: TrainConfig, acc, model, tokenizer, summary: dict) -> N
         state_dict = acc.get_state_dict(model)  # gathers FSDP / ZeRO-3 shards; every rank must call it
     if not acc.is_main_process:
         return
-    out = config.model_out
+    out = config.model
     out.mkdir(parents=True, exist_ok=True)
     if config.method == "full":
         unwrapped.config.use_cache = True
@@ -134,15 +134,14 @@ def _main(config: TrainConfig) -> int:
         run = Run(run_id=loop.state.mlflow_run_id, experiment=config.experiment,
                   run_name=f"train-{config.method}-{config.base_model.replace('/', '-')}"[:100])
         loop.state.mlflow_run_id = run.run_id
-        run.log_params({**config.hyperparameters(), "train_sha256": train_split.sha256,
+        run.log_params({**hyperparameters(config), "train_sha256": train_split.sha256,
                         "validation_sha256": val_split.sha256 if val_split else "",
                         "n_train": len(train), "n_validation": len(validation),
                         "world_size": acc.num_processes, "mixed_precision": precision,
                         "planned_steps": steps.total_steps})
         run.set_tags({"tuneline.dataset_sha256": train_split.sha256, "tuneline.base_model": config.base_model,
                       "tuneline.method": config.method})
-        if config.mlflow_run_id_out:
-            write_value(config.mlflow_run_id_out, run.run_id)
+        write_value(config.mlflow_run_id, run.run_id)
     loop.run = run
     log(f"training {config.method} on {config.base_model}: {len(train)} examples, {steps.total_steps} steps, "
         f"{acc.num_processes} process(es), precision {precision}")
@@ -161,7 +160,7 @@ def _main(config: TrainConfig) -> int:
     summary = {
         "base_model": config.base_model,
         "method": config.method,
-        "hyperparameters": config.hyperparameters(),
+        "hyperparameters": hyperparameters(config),
         "data": {"train_sha256": train_split.sha256, "n_train": len(train),
                  "validation_sha256": val_split.sha256 if val_split else None, "n_validation": len(validation)},
         "world_size": acc.num_processes,
@@ -176,10 +175,10 @@ def _main(config: TrainConfig) -> int:
     if run is not None:
         finals = {k: v for k, v in summary.items() if isinstance(v, float) and finite(v)}
         run.log_metrics(finals, step=state.global_step)
-        run.log_artifact(config.model_out / "training_summary.json")
+        run.log_artifact(config.model / "training_summary.json")
         run.finish()
         log(f"done: {state.global_step} steps, final loss {summary['final_train_loss']:.4f}, "
-            f"{summary['tokens_per_s'] or 0:.0f} tokens/s, model in {config.model_out}")
+            f"{summary['tokens_per_s'] or 0:.0f} tokens/s, model in {config.model}")
     acc.end_training()
     return 0
 

@@ -51,6 +51,8 @@ def _deploy(env: dict[str, str], out: Path, *args: str) -> tuple[subprocess.Comp
         str(out / "status"),
         "--deployment-out",
         str(out / "deployment.json"),
+        "--out",
+        str(out / "files"),
         *args,
     ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)

@@ -68,6 +68,7 @@ def hostile_file(path: Path) -> dict[str, int]:
         chat(near_src).encode(),
         chat(near_src.upper().replace(" ", "  ")).encode(),  # near_duplicate: case and spacing
         chat("Refund to GB82 WEST 1234 5698 7654 32, mail a.b@example.com, call +1 415-555-0100").encode(),
+        # A stray record of another format in a chat file: quarantined, naming the missing field.
         json.dumps({"prompt": "Where is my order 12?", "completion": "shipping"}).encode(),
     ]
     lines += [chat(ticket(i)).encode() for i in range(2, 40)]
@@ -75,11 +76,15 @@ def hostile_file(path: Path) -> dict[str, int]:
     return {
         "invalid_json": 1,
         "invalid_utf8": 1,
-        "invalid_schema": 1,
+        "invalid_row": 0,
+        "invalid_schema": 2,
         "unknown_role": 1,
         "empty_content": 1,
         "no_assistant_turn": 1,
         "assistant_not_last": 1,
+        "no_user_turn": 0,
+        "empty_answer": 0,
+        "degenerate_repetition": 0,
         "too_many_chars": 1,
         "too_many_tokens": 0,
         "exact_duplicate": 1,
@@ -118,21 +123,24 @@ def test_invariant_and_reasons_on_hostile_input(hostile):
     assert c["input_records"] == 53 and card["input"]["blank_lines"] == 2 and card["input"]["lines"] == 55
     assert c["kept"] + c["quarantined"] + c["deduplicated"] == c["input_records"] and c["invariant_holds"]
     assert {**card["rejected"], **card["duplicates"]} == expected
-    assert c["deduplicated"] == 2 and c["quarantined"] == 8 and c["kept"] == 43
-    assert sum(card["splits"].values()) == 43
+    assert c["deduplicated"] == 2 and c["quarantined"] == 9 and c["kept"] == 42
+    assert sum(card["splits"].values()) == 42
+    assert card["input"]["files"][0]["format"] == "chat"
 
 
 def test_quarantine_keeps_raw_lines_and_line_numbers(hostile):
     raw, cfg, *_ = hostile
     q = {row["reason"]: row for row in read_jsonl(cfg.report_out / "quarantine.jsonl")}
     assert q["invalid_json"]["line"] == 5 and q["invalid_json"]["raw"].startswith('{"messages"')
+    assert q["invalid_json"]["file"] == "raw.jsonl"
     bad = q["invalid_utf8"]
     assert bad["line"] == 6 and "caf\\xe9" in bad["raw"] and bad["raw_escaped"] is True
     source_line = raw.read_bytes().split(b"\r\n")[5]
     assert base64.b64decode(bad["raw_base64"]) == source_line
     assert len(q["too_many_chars"]["raw"]) > 1 << 20
-    assert q["exact_duplicate"]["duplicate_of"] == 2
-    assert q["near_duplicate"]["duplicate_of"] == q["near_duplicate"]["line"] - 1
+    assert q["exact_duplicate"]["duplicate_of"] == {"file": "raw.jsonl", "line": 2}
+    assert q["exact_duplicate"]["detail"] == "same content as raw.jsonl line 2"
+    assert q["near_duplicate"]["duplicate_of"]["line"] == q["near_duplicate"]["line"] - 1
     assert "messages[0].role is 'robot'" in q["unknown_role"]["detail"]
 
 
@@ -145,14 +153,16 @@ def test_outputs_are_chat_records_redacted_and_hashed(hostile):
             card["outputs"][f"{split}/data.jsonl"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
         )
         kept += read_jsonl(path)
-    assert len(kept) == 43 and all(r["messages"][-1]["role"] == "assistant" for r in kept)
+    assert len(kept) == 42 and all(r["messages"][-1]["role"] == "assistant" for r in kept)
     text = json.dumps(kept)
     assert "<IBAN>" in text and "<EMAIL>" in text and "<PHONE>" in text and "a.b@example.com" not in text
     assert card["pii"]["by_type"]["IBAN"] == 1 and card["pii"]["records_with_pii"] == 1
-    assert {"role": "user", "content": "Where is my order 12?"} in [m for r in kept for m in r["messages"]]
+    stray = [r for r in read_jsonl(cfg.report_out / "quarantine.jsonl") if "order 12" in r["raw"]]
+    assert stray[0]["detail"] == ("'messages' is missing (needed by the chat format); the record looks like "
+                                  "prompt_completion, the file is chat")
     assert card["input"]["sha256"] == hashlib.sha256(cfg.raw.read_bytes()).hexdigest()
     md = (cfg.report_out / "data_card.md").read_text()
-    assert "| 43 | 8 | 2 | 53 |" in md
+    assert "| 42 | 9 | 2 | 53 |" in md
 
 
 def test_pii_redaction_can_be_turned_off(tmp_path):

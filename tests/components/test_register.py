@@ -166,6 +166,8 @@ def test_cli_rejects_bad_input_before_touching_mlflow(tmp_path: Path, capsys: py
             str(tmp_path / "v"),
             "--promoted-out",
             str(tmp_path / "p"),
+            "--card-out",
+            str(tmp_path / "c"),
         ]
     )
     assert code == 2

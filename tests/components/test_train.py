@@ -88,20 +88,25 @@ def test_full_fine_tuning_saves_a_loadable_model(env):
 def test_qlora_without_cuda_fails_fast_before_loading(env, capsys):
     # The base model name does not exist: reaching model loading would raise a different error.
     argv = ["--train", str(env["train"]), "--base-model", "no-such-model", "--method", "qlora",
-            "--model-out", str(env["root"] / "q"), "--checkpoints", str(env["root"] / "qc")]
+            "--model-out", str(env["root"] / "q"), "--checkpoints", str(env["root"] / "qc"),
+            "--mlflow-run-id-out", str(env["root"] / "q.json")]
     assert main(argv) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
 
 
+_OUTPUTS = ["--model-out", "y", "--checkpoints", "z", "--mlflow-run-id-out", "r"]
+
+
 def test_invalid_hyperparameters_are_named(env, capsys):
     with pytest.raises(SystemExit):
-        main(["--train", "x", "--model-out", "y", "--checkpoints", "z", "--per-device-batch", "0",
-              "--warmup-ratio", "2"])
-    err = capsys.readouterr().err
-    assert "--per-device-batch must be > 0" in err and "--warmup-ratio must be in [0, 1)" in err
+        main(["--train", "x", *_OUTPUTS, "--per-device-batch", "0"])
+    assert "--per-device-batch: input 'per_device_batch': 0 is below the minimum 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--train", "x", *_OUTPUTS, "--warmup-ratio", "2"])
+    assert "input 'warmup_ratio': 2.0 is above the maximum 1" in capsys.readouterr().err
 
 
 def test_boolean_flags_take_true_false_text(env, capsys):
     with pytest.raises(SystemExit):
-        main(["--train", "x", "--model-out", "y", "--checkpoints", "z", "--packing", "maybe"])
-    assert "expected true or false, got 'maybe'" in capsys.readouterr().err
+        main(["--train", "x", *_OUTPUTS, "--packing", "maybe"])
+    assert "input 'packing': 'maybe' is not a boolean (true/false)" in capsys.readouterr().err

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _args(data, out, batch):
     return ["-m", "components.train", "--train", str(data["train"]), "--base-model", "tiny-random-llama",
-            "--model-out", str(out / "model"), "--checkpoints", str(out / "ckpt"), "--max-steps", "4",
+            "--model-out", str(out / "model"), "--checkpoints", str(out / "ckpt"),
+            "--mlflow-run-id-out", str(out / "run_id.json"), "--max-steps", "4",
             "--per-device-batch", str(batch), "--grad-accum", "2", "--lora-dropout", "0", "--save-steps", "0"]
 
 

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tuneline.runner.record import find_run
 
 
@@ -105,10 +107,11 @@ RETRY_PIPELINE = """
 name: retry
 params:
   fails: {type: integer, default: 1}
+  code: {type: integer, default: 143}
 steps:
   flaky:
     component: components/flaky
-    inputs: {marker: "{marker}", fail_times: "${{params.fails}}"}
+    inputs: {marker: "{marker}", fail_times: "${{params.fails}}", exit_code: "${{params.code}}"}
 """
 
 
@@ -117,12 +120,23 @@ def test_retries_follow_the_component_policy(toy, cli, tmp_path):
     path.write_text(RETRY_PIPELINE.replace("{marker}", str(tmp_path / "m1")))
     assert cli("run", str(path))[0] == 0
     step = run_record(toy)["steps"]["flaky"]
-    assert [a["exit_code"] for a in step["attempts"]] == [3, 0]
+    assert [a["exit_code"] for a in step["attempts"]] == [143, 0]
     path.write_text(RETRY_PIPELINE.replace("{marker}", str(tmp_path / "m2")))
-    assert cli("run", str(path), "--set", "fails=5")[0] == 1
+    assert cli("run", str(path), "--set", "fails=5", "--set", "code=137")[0] == 1
     step = run_record(toy)["steps"]["flaky"]
-    assert [a["exit_code"] for a in step["attempts"]] == [3, 3, 3]  # 1 try + retry.max 2
-    assert step["reason"] == "exited with code 3 after 3 attempts"
+    assert [a["exit_code"] for a in step["attempts"]] == [137, 137, 137]  # 1 try + retry.max 2
+    assert step["reason"] == "exited with code 137 after 3 attempts"
+
+
+@pytest.mark.parametrize("code", [2, 1])
+def test_a_usage_or_data_error_is_not_retried(toy, cli, tmp_path, code):
+    path = toy / "pipelines/retry.yaml"
+    path.write_text(RETRY_PIPELINE.replace("{marker}", str(tmp_path / "m")))
+    assert cli("run", str(path), "--set", f"code={code}")[0] == 1
+    step = run_record(toy)["steps"]["flaky"]
+    assert [a["exit_code"] for a in step["attempts"]] == [code]
+    assert step["reason"] == (f"exited with code {code}; not retried: exit code {code} is not in retry.on "
+                              "[143, 137, 75] (after 1 attempt)")
 
 
 SLEEPY_PIPELINE = """

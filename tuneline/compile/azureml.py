@@ -14,7 +14,8 @@ executed, in `tuneline.conformance.azureml`):
   folder as an input and `tuneline.compile.gate` runs its command only when the gate is true;
 - `resources.instance_type` applies to Kubernetes compute only; on AmlCompute the VM size belongs to the cluster,
   so each cluster with an `instance_type` gets a `compute/<cluster>.yml` to create it with;
-- a command job has no retry setting, so `retries:` is reported as a compile-time warning.
+- a command node has no retry setting (only parallel jobs have `retry_settings`), so `retry: {max, backoff_seconds,
+  on}` applies to local and KFP runs, and `retries:` is reported as a compile-time warning here.
 """
 
 from __future__ import annotations

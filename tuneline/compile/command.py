@@ -7,14 +7,12 @@ the PyTorchJob launcher renders them at run time; Azure ML reads the template te
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass
 
-from . import CompileError
+from tuneline.spec.models import OPTIONAL_BLOCK, PLACEHOLDER
 
-_OPTIONAL = re.compile(r"\$\[\[(.*?)\]\]", re.S)
-_PLACEHOLDER = re.compile(r"\$\{\{\s*(inputs|outputs)\.([a-zA-Z0-9_]+)\s*\}\}")
+from . import CompileError
 
 
 @dataclass(frozen=True)
@@ -41,7 +39,7 @@ def _tokens(text: str) -> list[Token]:
     for word in shlex.split(text):
         parts: list[Part] = []
         last = 0
-        for match in _PLACEHOLDER.finditer(word):
+        for match in PLACEHOLDER.finditer(word):
             if match.start() > last:
                 parts.append(word[last:match.start()])
             parts.append(Ref(match.group(1), match.group(2)))
@@ -56,7 +54,7 @@ def parse_command(template: str) -> list[Item]:
     """Tokens of `template` in order; optional blocks must sit between whole words."""
     items: list[Item] = []
     last = 0
-    for match in _OPTIONAL.finditer(template):
+    for match in OPTIONAL_BLOCK.finditer(template):
         before, after = template[last:match.start()], template[match.end():match.end() + 1]
         if (before and not before[-1].isspace()) or (after and not after.isspace()):
             raise CompileError(f"a $[[...]] block must be separated by spaces from its neighbours: "

@@ -276,6 +276,8 @@ class _Builder:
         task.set_display_name(node.name)
         task.set_caching_options(node.cache_enabled and not self.options.no_cache)
         if node.retries:
+            # KFP's retry policy (max, backoff, factor) cannot name exit codes: on a cluster every failed
+            # attempt is retried, exit 2 included; only the local runner applies `retry.on`.
             backoff = node.component.spec.retry.backoff_seconds
             task.set_retry(num_retries=node.retries, backoff_duration=f"{int(backoff)}s", backoff_factor=2.0)
         if node.step.timeout_seconds:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -27,8 +29,9 @@ class LineReader:
     """Iterate over the non-blank lines of ``path``; afterwards ``sha256``, ``lines`` and ``blank_lines``
     describe the whole file."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, stream: BinaryIO | None = None) -> None:
         self.path = Path(path)
+        self.stream = stream  # an open (e.g. decompressing) byte stream of ``path``, read instead of it
         self._sha = hashlib.sha256()
         self.lines = 0
         self.blank_lines = 0
@@ -40,7 +43,7 @@ class LineReader:
 
     def __iter__(self) -> Iterator[RawLine]:
         update = self._sha.update
-        with self.path.open("rb") as fh:
+        with self.path.open("rb") if self.stream is None else nullcontext(self.stream) as fh:
             for lineno, line in enumerate(fh, start=1):
                 update(line)
                 self.bytes += len(line)

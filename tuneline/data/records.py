@@ -1,14 +1,12 @@
-"""Parse and validate one JSONL record into a chat-format ``ChatRecord``.
+"""Parse and validate one record, in any of the formats of ``formats``, into a chat-format ``ChatRecord``.
 
-Accepted shapes:
-  chat               {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...],
-                      "tools": [...]?}
-  prompt/completion  {"prompt": "...", "completion": "...", "system": "..."?}  -> user + assistant turns
-
-Every other top-level key (``id``, ``conversation_id``, ``group``, ``tools``, ``metadata``...) is passed
-through unchanged. Message text is normalised (``normalize.normalize_text``) before the checks, so
-"   " counts as empty content. A bad record raises ``RecordError`` carrying a machine-readable reason and
-a human-readable detail naming the offending message/field.
+The record is first converted to chat messages (``formats.to_messages``), then checked: roles, non-empty
+content, an assistant turn last, the quality rules of ``quality`` (no user turn, empty answer, degenerate
+repetition) and the length budgets, in that order, so a record is quarantined for its real flaw before its
+length. Every other top-level key (``id``, ``conversation_id``, ``group``, ``tools``, ``metadata``...) is
+passed through unchanged. Message text is normalised (``normalize.normalize_text``) before the checks, so
+"   " counts as empty content. A bad record raises ``RecordError`` carrying a machine-readable reason and a
+human-readable detail naming the offending field.
 """
 
 from __future__ import annotations
@@ -16,39 +14,21 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
+from tuneline.data.formats import apply_columns, detect_record, to_messages
 from tuneline.data.normalize import normalize_text
+from tuneline.data.quality import QualityRules, answer_chars, repetition
+from tuneline.data.reasons import DUPLICATE_REASONS, REJECT_REASONS, Reason, RecordError
 
 ROLES = ("system", "user", "assistant")
 GROUP_FIELDS = ("conversation_id", "group")
-_PROMPT_KEYS = ("prompt", "completion", "system")
+_FLAT_FIELDS = {"alpaca": {"system": "system", "user": "instruction", "assistant": "output"},
+                "prompt_completion": {"system": "system", "user": "prompt", "assistant": "completion"}}
+_DEFAULT_RULES = QualityRules()
 
-
-class Reason(StrEnum):
-    INVALID_UTF8 = "invalid_utf8"
-    INVALID_JSON = "invalid_json"
-    INVALID_SCHEMA = "invalid_schema"
-    UNKNOWN_ROLE = "unknown_role"
-    EMPTY_CONTENT = "empty_content"
-    NO_ASSISTANT_TURN = "no_assistant_turn"
-    ASSISTANT_NOT_LAST = "assistant_not_last"
-    TOO_MANY_CHARS = "too_many_chars"
-    TOO_MANY_TOKENS = "too_many_tokens"
-    EXACT_DUPLICATE = "exact_duplicate"
-    NEAR_DUPLICATE = "near_duplicate"
-
-
-DUPLICATE_REASONS = (Reason.EXACT_DUPLICATE, Reason.NEAR_DUPLICATE)
-REJECT_REASONS = tuple(r for r in Reason if r not in DUPLICATE_REASONS)
-
-
-class RecordError(ValueError):
-    def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+__all__ = ["DUPLICATE_REASONS", "GROUP_FIELDS", "REJECT_REASONS", "ROLES", "Budget", "ChatRecord", "Reason",
+           "RecordError", "estimate_tokens", "parse_line", "parse_object", "to_record"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,49 +82,59 @@ def load_json(text: str) -> Any:
         raise RecordError(Reason.INVALID_JSON, "nesting too deep") from None
 
 
-def _raw_messages(obj: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
-    if "messages" in obj:
-        if "prompt" in obj or "completion" in obj:
-            raise RecordError(Reason.INVALID_SCHEMA, "has both 'messages' and 'prompt'/'completion'")
-        messages = obj["messages"]
-        if not isinstance(messages, list) or not messages:
-            raise RecordError(Reason.INVALID_SCHEMA, "'messages' must be a non-empty list")
-        return messages, {k: v for k, v in obj.items() if k != "messages"}
-    if "prompt" in obj and "completion" in obj:
-        for key in _PROMPT_KEYS:
-            if key in obj and not isinstance(obj[key], str):
-                raise RecordError(Reason.INVALID_SCHEMA, f"'{key}' must be a string")
-        messages = [
-            {"role": "user", "content": obj["prompt"]},
-            {"role": "assistant", "content": obj["completion"]},
-        ]
-        if "system" in obj:
-            messages.insert(0, {"role": "system", "content": obj["system"]})
-        return messages, {k: v for k, v in obj.items() if k not in _PROMPT_KEYS}
-    raise RecordError(Reason.INVALID_SCHEMA, "needs 'messages', or 'prompt' and 'completion'")
+def _field(fmt: str, i: int, role: str) -> str:
+    """How the record's own schema names message ``i``: messages[1], conversations[1], 'output'..."""
+    if fmt in _FLAT_FIELDS:
+        return f"'{_FLAT_FIELDS[fmt].get(role, role)}'"
+    return f"{'conversations' if fmt == 'sharegpt' else 'messages'}[{i}]"
 
 
-def to_record(obj: Any, budget: Budget) -> ChatRecord:
-    """Validate a decoded JSON value; raise ``RecordError`` naming the first problem."""
-    if not isinstance(obj, dict):
-        raise RecordError(Reason.INVALID_SCHEMA, f"top level is {type(obj).__name__}, expected an object")
-    raw_messages, extra = _raw_messages(obj)
+def _quality(messages: list[dict[str, Any]], fmt: str, rules: QualityRules) -> None:
+    roles = [m["role"] for m in messages]
+    first_answer = roles.index("assistant")
+    if rules.require_user_turn and "user" not in roles[:first_answer]:
+        raise RecordError(Reason.NO_USER_TURN, f"{_field(fmt, first_answer, 'assistant')} (assistant) has no "
+                                               "user turn before it")
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        if rules.min_answer_chars and answer_chars(m["content"]) < rules.min_answer_chars:
+            raise RecordError(Reason.EMPTY_ANSWER, f"{_field(fmt, i, 'assistant')} has {answer_chars(m['content'])} "
+                              f"letters or digits after normalisation (min_answer_chars {rules.min_answer_chars})")
+        broken = repetition(m["content"], rules.max_repetition)
+        if broken is not None:
+            rule, value, limit = broken
+            raise RecordError(Reason.DEGENERATE_REPETITION,
+                              f"{_field(fmt, i, 'assistant')}: {rule} {value:.2f} > {limit:.2f}")
+
+
+def to_record(obj: Any, budget: Budget, fmt: str = "auto", rules: QualityRules = _DEFAULT_RULES) -> ChatRecord:
+    """Validate a decoded record of format ``fmt`` ("auto": per record); raise ``RecordError`` naming the first
+    problem."""
+    if fmt == "auto":
+        fmt = detect_record(obj) or ""
+        if not fmt:
+            if not isinstance(obj, dict):
+                raise RecordError(Reason.INVALID_SCHEMA,
+                                  f"top level is {type(obj).__name__}, expected an object")
+            raise RecordError(Reason.INVALID_SCHEMA, "needs 'messages', 'conversations', 'instruction' and "
+                                                     "'output', or 'prompt' and 'completion'")
+    raw_messages, extra = to_messages(obj, fmt)
     messages: list[dict[str, Any]] = []
     chars = 0
     for i, msg in enumerate(raw_messages):
+        where = _field(fmt, i, msg.get("role", "") if isinstance(msg, dict) else "")
         if not isinstance(msg, dict):
-            raise RecordError(
-                Reason.INVALID_SCHEMA, f"messages[{i}] is {type(msg).__name__}, expected an object"
-            )
+            raise RecordError(Reason.INVALID_SCHEMA, f"{where} is {type(msg).__name__}, expected an object")
         role = msg.get("role")
         if role not in ROLES:
-            raise RecordError(Reason.UNKNOWN_ROLE, f"messages[{i}].role is {role!r}, expected one of {ROLES}")
+            raise RecordError(Reason.UNKNOWN_ROLE, f"{where}.role is {role!r}, expected one of {ROLES}")
         content = msg.get("content")
         if not isinstance(content, str):
-            raise RecordError(Reason.INVALID_SCHEMA, f"messages[{i}].content must be a string")
+            raise RecordError(Reason.INVALID_SCHEMA, f"{where}.content must be a string")
         content = normalize_text(content)
         if not content:
-            raise RecordError(Reason.EMPTY_CONTENT, f"messages[{i}] ({role}) has empty content")
+            raise RecordError(Reason.EMPTY_CONTENT, f"{where} ({role}) has empty content")
         chars += len(content)
         messages.append({**msg, "content": content})
     roles = [m["role"] for m in messages]
@@ -152,6 +142,7 @@ def to_record(obj: Any, budget: Budget) -> ChatRecord:
         raise RecordError(Reason.NO_ASSISTANT_TURN, "no message has role 'assistant'")
     if roles[-1] != "assistant":
         raise RecordError(Reason.ASSISTANT_NOT_LAST, f"last message has role {roles[-1]!r}, not 'assistant'")
+    _quality(messages, fmt, rules)
     if budget.max_chars and chars > budget.max_chars:
         raise RecordError(Reason.TOO_MANY_CHARS, f"{chars} characters > max_chars {budget.max_chars}")
     # Each estimated token covers at least one character, so short records need no counting.
@@ -171,9 +162,17 @@ def _check_surrogates(text: str, obj: Any) -> None:
             raise RecordError(Reason.INVALID_UTF8, f"unpaired surrogate escape ({exc.reason})") from None
 
 
-def parse_line(data: bytes, budget: Budget) -> ChatRecord:
+def parse_object(obj: Any, budget: Budget, fmt: str = "auto", columns: dict[str, str] | None = None,
+                 rules: QualityRules = _DEFAULT_RULES, source: str | None = None) -> ChatRecord:
+    """A decoded record (a table row, a JSON array element) -> ``ChatRecord``; ``source`` is its JSON text."""
+    if source is not None:
+        _check_surrogates(source, obj)
+    return to_record(apply_columns(obj, columns or {}), budget, fmt, rules)
+
+
+def parse_line(data: bytes, budget: Budget, fmt: str = "auto", columns: dict[str, str] | None = None,
+               rules: QualityRules = _DEFAULT_RULES) -> ChatRecord:
     """Bytes of one JSONL line -> validated ``ChatRecord`` (or ``RecordError``)."""
     text = decode_line(data)
     obj = load_json(text)
-    _check_surrogates(text, obj)
-    return to_record(obj, budget)
+    return parse_object(obj, budget, fmt, columns, rules, source=text)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneline.k8s.kustomize import Resource, pod_spec, pod_spec_path
+from tuneline.k8s.render import Resource
 
 EXCEPTION_ANNOTATION = "tuneline.dev/pss-exception"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -33,6 +33,26 @@ SECRET_VALUE = re.compile(r"([a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@)|(AccountKe
                           r"(-----BEGIN [A-Z ]*PRIVATE KEY-----)|(\bsig=[A-Za-z0-9%]{20,})", re.IGNORECASE)
 
 
+POD_TEMPLATE_KINDS = {"Deployment", "DaemonSet", "StatefulSet", "ReplicaSet", "Job"}
+
+
+def pod_spec(obj: dict) -> dict | None:
+    """The pod spec inside a workload object, or None for kinds that hold none."""
+    kind = obj.get("kind")
+    spec = obj.get("spec") or {}
+    if kind == "Pod":
+        return spec
+    if kind in POD_TEMPLATE_KINDS:
+        return (spec.get("template") or {}).get("spec")
+    if kind == "CronJob":
+        return (((spec.get("jobTemplate") or {}).get("spec") or {}).get("template") or {}).get("spec")
+    return None
+
+
+def pod_spec_path(kind: str) -> str:
+    return {"Pod": "spec", "CronJob": "spec.jobTemplate.spec.template.spec"}.get(kind, "spec.template.spec")
+
+
 @dataclass(frozen=True)
 class Finding:
     source: str
@@ -45,8 +65,7 @@ class Finding:
 
 
 def _finding(r: Resource, field: str, message: str) -> Finding:
-    src = str(r.source) + (f" (patched by {', '.join(map(str, r.patched_by))})" if r.patched_by else "")
-    return Finding(src, r.ref, field, message)
+    return Finding(str(r.source), r.ref, field, message)
 
 
 def check(resources: list[Resource]) -> list[Finding]:

@@ -1,4 +1,4 @@
-"""Render every kustomization under k8s/ and validate each object: schema, then cluster policy.
+"""Render every kustomization under k8s/ with kustomize itself and validate each object: schema, then policy.
 
 Core kinds are checked against the Kubernetes OpenAPI schemas shipped by `kubernetes-validate` in strict mode
 (unknown fields are errors); custom resources against tuneline.k8s.schemas; every object against
@@ -24,7 +24,7 @@ import referencing
 import yaml
 
 from tuneline.k8s import policy
-from tuneline.k8s.kustomize import KustomizeError, Resource, find_kustomization, render
+from tuneline.k8s.render import KustomizeError, Resource, find_kustomization, render
 from tuneline.k8s.schemas import CRD_SCHEMAS
 
 # The oldest AKS minor version we support; objects must validate there.
@@ -97,15 +97,30 @@ def schema_errors(r: Resource) -> list[str]:
     return [f"{r.source}: {r.ref}: {_field_path(e)}: {_describe(e)}" for e in errors]
 
 
+def _kustomizations(root: Path) -> dict[Path, dict]:
+    return {p.parent.resolve(): yaml.safe_load(p.read_text()) or {} for p in root.rglob("kustomization.yaml")}
+
+
 def kustomization_dirs(root: Path) -> list[Path]:
-    """The top-level kustomizations under root: those no other kustomization includes. A folder included by
-    another one is validated as part of it, with its parent's transformers (images, namespace) applied."""
-    dirs = {p.parent.resolve() for p in root.rglob("kustomization.yaml")}
+    """The top-level kustomizations under root: those no other kustomization includes (as a resource or a
+    component). A folder included by another one is validated as part of it, with its parent's transformers
+    (images, namespace) applied; a Component cannot be built alone."""
+    found = _kustomizations(root)
     included: set[Path] = set()
-    for d in dirs:
-        spec = yaml.safe_load((d / "kustomization.yaml").read_text()) or {}
-        included |= {(d / entry).resolve() for entry in spec.get("resources") or []}
-    return sorted(dirs - included)
+    for d, spec in found.items():
+        included |= {(d / entry).resolve() for entry in (spec.get("resources") or []) + (spec.get("components") or [])}
+    return sorted(d for d, spec in found.items() if d not in included and spec.get("kind") != "Component")
+
+
+def patch_files(root: Path) -> set[Path]:
+    """Files the kustomizations under root use as patches: they are rendered into other objects, not on their own."""
+    out: set[Path] = set()
+    for d, spec in _kustomizations(root).items():
+        for entry in (spec.get("patches") or []) + (spec.get("patchesStrategicMerge") or []):
+            path = entry.get("path") if isinstance(entry, dict) else entry
+            if isinstance(path, str) and "\n" not in path:
+                out.add((d / path).resolve())
+    return out
 
 
 def orphan_manifests(root: Path, rendered_sources: set[Path], exclude: set[Path]) -> list[str]:
@@ -131,9 +146,7 @@ def validate_dirs(dirs: list[Path], repo_root: Path) -> tuple[int, list[str], se
             continue
         for r in resources:
             sources.add(r.source.resolve())
-            sources.update(p.resolve() for p in r.patched_by)
             r.source = Path(policy.relative(r.source, repo_root))
-            r.patched_by = [Path(policy.relative(p, repo_root)) for p in r.patched_by]
             count += 1
             errors += schema_errors(r)
         errors += [str(f) for f in policy.check(resources)]
@@ -148,7 +161,7 @@ def run(targets: list[Path], repo_root: Path, check_orphans: bool) -> Report:
     count, errors, sources = validate_dirs(dirs, repo_root)
     if check_orphans:
         for t in targets:
-            not_objects = {p.resolve() for p in t.rglob("*.y*ml") if _is_not_object(p)}
+            not_objects = {p.resolve() for p in t.rglob("*.y*ml") if _is_not_object(p)} | patch_files(t)
             errors += orphan_manifests(t, sources, not_objects)
     return Report(kustomizations=len(dirs), objects=count, errors=errors)
 

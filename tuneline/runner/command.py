@@ -11,8 +11,7 @@ import re
 import shlex
 from typing import Any
 
-_OPTIONAL = re.compile(r"\$\[\[(.*?)\]\]", re.S)
-_PLACEHOLDER = re.compile(r"\$\{\{\s*(inputs|outputs)\.([a-zA-Z0-9_]+)\s*\}\}")
+from tuneline.spec.models import OPTIONAL_BLOCK, PLACEHOLDER
 
 
 def format_value(value: Any) -> str:
@@ -25,10 +24,10 @@ def render_command(template: str, inputs: dict[str, Any], outputs: dict[str, str
     """`inputs` holds bound values/paths (None or absent when unbound); `outputs` holds output paths."""
 
     def keep_block(match: re.Match[str]) -> str:
-        names = [n for kind, n in _PLACEHOLDER.findall(match.group(1)) if kind == "inputs"]
+        names = [n for kind, n in PLACEHOLDER.findall(match.group(1)) if kind == "inputs"]
         return match.group(1) if all(inputs.get(n) is not None for n in names) else ""
 
-    text = _OPTIONAL.sub(keep_block, template)
+    text = OPTIONAL_BLOCK.sub(keep_block, template)
 
     def substitute(match: re.Match[str]) -> str:
         kind, name = match.groups()
@@ -38,4 +37,4 @@ def render_command(template: str, inputs: dict[str, Any], outputs: dict[str, str
         return format_value(table[name])
 
     # Split first, substitute after: a path with spaces stays one argument.
-    return [_PLACEHOLDER.sub(substitute, token) for token in shlex.split(text)]
+    return [PLACEHOLDER.sub(substitute, token) for token in shlex.split(text)]

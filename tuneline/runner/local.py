@@ -314,7 +314,8 @@ class LocalRunner:
         env = step_environment(self.root, self.options.home, self.record.run_id, node.name)
         env["TUNELINE_STEP_SUMMARY"] = str(step_dir / SUMMARY)
         timeout = node.step.timeout_seconds
-        backoff = node.component.spec.retry.backoff_seconds
+        policy = node.component.spec.retry
+        backoff = policy.backoff_seconds
         for number in range(1, node.retries + 2):
             attempt = rec.Attempt(number=number, started=time.time())
             step.attempts.append(attempt)
@@ -331,6 +332,14 @@ class LocalRunner:
                 return
             if self.interrupted:
                 raise StepFailed("interrupted (Ctrl-C); the step was stopped")
+            # A timeout would expire again and a usage or data error (exit 2) would fail again: only the
+            # exit codes the policy names (preemption, OOM kill, transient I/O by default) get another try.
+            timed_out = attempt.reason.startswith("timed out")
+            if number <= node.retries and (timed_out or not policy.retries_exit(attempt.exit_code)):
+                tries = len(step.attempts)
+                why = "a timeout" if timed_out else f"exit code {attempt.exit_code}"
+                raise StepFailed(f"{attempt.reason}; not retried: {why} is not in retry.on {policy.on}"
+                                 f" (after {tries} attempt{'s' if tries > 1 else ''})")
             if number <= node.retries:
                 delay = backoff * (2 ** (number - 1))
                 step.reason = f"attempt {number} {attempt.reason}; retrying in {delay:g}s"

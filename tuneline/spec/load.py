@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .models import ComponentSpec, IOType, PipelineSpec, check_value, parse_cli_value
+from .models import OPTIONAL_BLOCK, PLACEHOLDER, ComponentSpec, IOType, PipelineSpec, check_value, parse_cli_value
 from .problems import Problem, SpecError
 from .yamlsafe import Loaded, load_yaml
 
@@ -146,14 +146,13 @@ class Component:
         return self.spec.name
 
 
-_PLACEHOLDER = re.compile(r"\$\{\{\s*(inputs|outputs)\.([a-zA-Z0-9_]+)\s*\}\}")
 
 
 def _command_problems(component: Component) -> list[Problem]:
     spec, loaded = component.spec, component.source
     problems = []
     used_outputs = set()
-    for kind, name in _PLACEHOLDER.findall(spec.command):
+    for kind, name in PLACEHOLDER.findall(spec.command):
         table = spec.inputs if kind == "inputs" else spec.outputs
         if name not in table:
             close = difflib.get_close_matches(name, list(table), n=1)
@@ -161,8 +160,8 @@ def _command_problems(component: Component) -> list[Problem]:
             problems.append(loaded.problem(("command",), f"command uses unknown {kind[:-1]} '{name}'{hint}"))
         if kind == "outputs":
             used_outputs.add(name)
-    optional_blocks = re.findall(r"\$\[\[(.*?)\]\]", spec.command, flags=re.S)
-    in_blocks = {n for block in optional_blocks for k, n in _PLACEHOLDER.findall(block) if k == "inputs"}
+    optional_blocks = OPTIONAL_BLOCK.findall(spec.command)
+    in_blocks = {n for block in optional_blocks for k, n in PLACEHOLDER.findall(block) if k == "inputs"}
     for name, spec_in in spec.inputs.items():
         if spec_in.optional and spec_in.default is None and name not in in_blocks:
             problems.append(loaded.problem(("inputs", name),

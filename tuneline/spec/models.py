@@ -18,6 +18,10 @@ from .cron import check_cron, check_timezone
 NAME_PATTERN = r"^[a-z][a-z0-9_-]*$"
 IDENT_PATTERN = r"^[a-z_][a-z0-9_]*$"  # inputs/outputs/params become CLI placeholders and KFP/Azure ML names
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
+# Command templates (Azure ML's syntax): `${{inputs.x}}` / `${{outputs.y}}`, and `$[[ ... ]]` around the parts
+# that apply only when the optional inputs inside are bound.
+PLACEHOLDER = re.compile(r"\$\{\{\s*(inputs|outputs)\.([a-zA-Z0-9_]+)\s*\}\}")
+OPTIONAL_BLOCK = re.compile(r"\$\[\[(.*?)\]\]", re.S)
 
 
 class Strict(BaseModel):
@@ -79,9 +83,30 @@ class Resources(Strict):
     gpus: int = Field(0, ge=0)
 
 
+# Exit codes worth another attempt: 143 = 128 + SIGTERM (spot preemption, pod eviction), 137 = 128 + SIGKILL
+# (the kernel's OOM killer, a node lost), 75 = EX_TEMPFAIL from sysexits.h, which a component returns for a
+# transient I/O or network error. Anything else — 2 for a usage or data error above all — would fail again.
+RETRYABLE_EXIT_CODES = (143, 137, 75)
+
+
 class RetryPolicy(Strict):
     max: int = Field(0, ge=0, le=20, description="retries after the first attempt")
     backoff_seconds: float = Field(10, ge=0, le=3600)
+    on: list[int] = Field(default_factory=lambda: list(RETRYABLE_EXIT_CODES),
+                          description="exit codes that are retried (a process killed by signal N counts as "
+                                      "128 + N); any other failure fails the step at once")
+
+    @field_validator("on")
+    @classmethod
+    def _exit_codes(cls, value: list[int]) -> list[int]:
+        for code in value:
+            if not 1 <= code <= 255:
+                raise ValueError(f"exit code {code} is not in 1-255 (0 is success)")
+        return value
+
+    def retries_exit(self, code: int) -> bool:
+        """Whether a process that ended with ``code`` (negative: killed by that signal) is retried."""
+        return (128 - code if code < 0 else code) in self.on
 
 
 class ComponentSpec(Strict):
