@@ -34,6 +34,7 @@ environments/ holds (`/opt/venv`, `PYTHONPATH=/app`).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -76,6 +77,7 @@ def validate_offline(job_file: Path) -> None:
     for flag in ("AZURE_ML_CLI_PRIVATE_FEATURES_ENABLED",):
         if os.environ.get(flag):
             raise RuntimeRuleBroken(f"{flag} is set; default output must validate without it")
+    logging.getLogger("azure.ai.ml").setLevel(logging.ERROR)  # "experimental class" notices, one per schema
     from azure.ai.ml import load_job
 
     result = load_job(str(job_file))._validate()
