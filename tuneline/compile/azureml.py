@@ -160,7 +160,7 @@ def component_dict(graph: PipelineGraph, node: Node, options: CompileOptions, co
         "inputs": inputs,
         "outputs": outputs,
         "code": code,
-        "environment": options.images.azureml_environment(spec.environment),
+        "environment": options.images.azureml_environment(spec.environment, graph.pipeline.root),
         "command": azureml_command(node),
     }
 

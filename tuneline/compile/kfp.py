@@ -29,7 +29,7 @@ from .build import PIPELINE_FILE
 from .command import Item, OptionalBlock, Ref, Token, leading_words, parse_command, torchrun_prefix
 from .gate import GATE_INPUT, GATE_MODULE
 from .launch import LAUNCH_MODULE, staged_command
-from .options import MLFLOW_SECRET_KEYS, CompileOptions
+from .options import MLFLOW_CONFIG_KEYS, MLFLOW_SECRET_KEYS, CompileOptions
 from .placement import CHECKPOINT_MOUNT, GPU_RESOURCE, Placement, placement, resumable
 from .pytorchjob import pytorchjob_manifest
 
@@ -212,6 +212,7 @@ class _Builder:
         return pytorchjob_manifest(name=f"{self.graph.name}-{node.name}", step=node.name, image=self.image(node),
                                    command=command, place=place, env=self._env(node, place),
                                    pvc=self.options.checkpoint_pvc, mlflow_secret=self.options.mlflow_secret,
+                                   mlflow_config_map=self.options.mlflow_config_map,
                                    backoff_limit=node.retries)
 
     def _env(self, node: Node, place: Placement) -> dict[str, str]:
@@ -287,6 +288,9 @@ class _Builder:
         # The run id names the checkpoint folder a retried pod resumes from; the pod label carries it.
         kubernetes.use_field_path_as_env(task, env_name="TUNELINE_RUN_ID",
                                          field_path="metadata.labels['pipeline/runid']")
+        if self.options.mlflow_config_map:
+            kubernetes.use_config_map_as_env(task, config_map_name=self.options.mlflow_config_map,
+                                             config_map_key_to_env={k: k for k in MLFLOW_CONFIG_KEYS})
         if self.options.mlflow_secret:
             kubernetes.use_secret_as_env(task, secret_name=self.options.mlflow_secret,
                                          secret_key_to_env={k: k for k in MLFLOW_SECRET_KEYS})
