@@ -6,6 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 PIPELINE ?= pipelines/finetune.yaml
+# State folder (runs, cache, MLflow store, serving state); tuneline/settings.py reads the same variable.
+TUNELINE_HOME ?= .tuneline
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help

@@ -26,13 +26,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.support.tinymodel import build_tiny_llama  # noqa: E402
 from tuneline.serve import process  # noqa: E402
 from tuneline.serve.auth import ensure_token  # noqa: E402
 from tuneline.serve.env import ensure_serve_venv  # noqa: E402
 from tuneline.serve.local import start_proxy, start_triton, stop_triton  # noqa: E402
 from tuneline.serve.proxy import Upstream, write_upstream  # noqa: E402
 from tuneline.serve.repository import RepositorySpec, write_repository  # noqa: E402
-from tuneline.serve.tinymodel import build_tiny_llama  # noqa: E402
 
 PROMPTS = [
     "The printer is offline again.",

@@ -181,7 +181,7 @@ def bench_data(work: Path) -> dict:
             cmd += [f"--{split}-out", str(out / split)]
         if subprocess.run(cmd, cwd=ROOT, capture_output=True).returncode == 0:
             return {"train": out / "train", "source": "data/sample/tickets.jsonl"}
-    from tuneline.ml.fixtures import write_splits
+    from tests.support.tickets import write_splits
 
     return {"train": write_splits(work / "fixture", n_train=256)["train"], "source": "synthetic fixture"}
 

@@ -2,7 +2,6 @@
 # Run as: make mlflow-ui                      then open http://127.0.0.1:5000
 # Override example: make mlflow-ui MLFLOW_PORT=5050 TUNELINE_HOME=/data/tuneline
 
-TUNELINE_HOME ?= .tuneline
 MLFLOW_PORT ?= 5000
 # The same default store the local runner and the components use: SQLite, artifacts under TUNELINE_HOME.
 MLFLOW_DB = $(abspath $(TUNELINE_HOME))/mlflow.db

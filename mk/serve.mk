@@ -2,8 +2,9 @@
 # Run as: make serve-venv | make serve-deploy MODEL=path/to/hf-folder | make serve-status | make serve-stop
 # The serve venv holds nvidia-pytriton (bundled tritonserver) and needs numpy<2, so it is separate from .venv.
 
-SERVE_VENV ?= .tuneline/serve-venv
-SERVE_STATE ?= .tuneline/serve
+# The same defaults as tuneline/settings.py: the state follows TUNELINE_HOME, the venv stays in .tuneline/.
+SERVE_VENV ?= $(or $(TUNELINE_SERVE_VENV),.tuneline/serve-venv)
+SERVE_STATE ?= $(or $(TUNELINE_SERVE_STATE),$(TUNELINE_HOME)/serve)
 MODEL ?=
 SERVE_PORT ?= 8000
 
@@ -17,14 +18,14 @@ test: serve-venv
 
 serve-deploy: serve-venv ## blue/green deploy MODEL (HF folder or LoRA adapter) behind the auth proxy
 	@test -n "$(MODEL)" || (echo "usage: make serve-deploy MODEL=path/to/model [SERVE_PORT=8000]"; exit 2)
-	TUNELINE_SERVE_VENV=$(SERVE_VENV) $(PY) -m tuneline.serve.local --state-dir $(SERVE_STATE) \
+	TUNELINE_SERVE_VENV=$(SERVE_VENV) $(PY) -m tuneline.serve --state-dir $(SERVE_STATE) \
 		deploy --model-dir $(MODEL) --port $(SERVE_PORT)
 
 serve-status: $(VENV_STAMP) ## show the local servers and the proxy
-	$(PY) -m tuneline.serve.local --state-dir $(SERVE_STATE) status
+	$(PY) -m tuneline.serve --state-dir $(SERVE_STATE) status
 
 serve-stop: $(VENV_STAMP) ## stop the local servers and the proxy, freeing their ports
-	$(PY) -m tuneline.serve.local --state-dir $(SERVE_STATE) stop
+	$(PY) -m tuneline.serve --state-dir $(SERVE_STATE) stop
 
 serve-bench: serve-venv ## requests/s and p50/p95 at concurrency 1/8/32, batching on and off -> bench/results/serve.json
 	TUNELINE_SERVE_VENV=$(SERVE_VENV) $(PY) bench/serve_bench.py

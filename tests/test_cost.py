@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.tickets import ticket_records
 from tuneline.cost import CostError, estimate, load_prices
-from tuneline.ml.fixtures import ticket_records
 from tuneline.spec import load_pipeline
 
 from .triggers.conftest import PROJECT, write_records
@@ -31,10 +31,12 @@ def tune(tmp_path, monkeypatch):
 
 def test_repo_price_table_loads_with_the_seed_prices():
     prices = load_prices(REPO / "config" / "prices.yaml")
-    assert prices.skus["Standard_NC6s_v3"].price_per_hour == 3.06
-    assert prices.skus["Standard_ND96asr_A100_v4"].gpus == 8
+    assert prices.skus["Standard_NC24ads_A100_v4"].price_per_hour == 3.67
+    assert prices.skus["Standard_NC40ads_H100_v5"].gpu == "H100 NVL"
+    assert prices.skus["Standard_ND96asr_v4"].gpus == 8
     assert prices.skus["local-cpu"].price_per_hour == 0
-    assert prices.spot_price(prices.skus["Standard_ND96asr_A100_v4"]) == pytest.approx(27.20 * 0.3)
+    assert prices.spot_price(prices.skus["Standard_ND96asr_v4"]) == pytest.approx(27.20 * 0.3)
+    assert str(prices.priced) == "2026-12-01"
 
 
 def test_gpu_estimate_follows_the_flop_formula(tune):
@@ -50,7 +52,7 @@ def test_gpu_estimate_follows_the_flop_formula(tune):
     assert a100.hours * 3600 == pytest.approx(seconds)
     assert a100.on_demand_cost == pytest.approx(a100.hours * 3.67)
     assert report.chosen == "Standard_NC24ads_A100_v4"  # the train step's Azure ML instance type
-    eight = report.row("Standard_ND96asr_A100_v4")
+    eight = report.row("Standard_ND96asr_v4")
     assert eight.tokens_per_s == pytest.approx(a100.tokens_per_s * 8 * 0.9)
 
 
@@ -91,7 +93,7 @@ def test_cli_prints_the_assumptions_and_table(tune, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert code == 0
     assert "max_steps 8 x 8 examples per step per GPU" in out
-    for sku in ("local-cpu", "Standard_NC6s_v3", "Standard_NC24ads_A100_v4", "Standard_ND96asr_A100_v4"):
+    for sku in ("local-cpu", "Standard_NC24ads_A100_v4", "Standard_NC40ads_H100_v5", "Standard_ND96asr_v4"):
         assert sku in out
     assert "* Standard_NC24ads_A100_v4 (spot)" in out
     assert "GFLOP/s matmul measured here" in out  # local-cpu without a previous run: calibrated
@@ -110,5 +112,5 @@ def test_price_table_errors_name_file_line_and_field(tmp_path):
 
 def test_a_pipeline_without_a_train_step_is_refused(tune):
     pipeline = load_pipeline(tune / "pipelines" / "grow.yaml")
-    with pytest.raises(CostError, match="no step uses a component named 'train'"):
+    with pytest.raises(CostError, match="no step's component declares `role: train`"):
         estimate(pipeline, load_prices(), target="aks", home=tune / ".tuneline")

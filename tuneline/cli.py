@@ -14,22 +14,21 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .runner.report import EXIT_FAILED, EXIT_INVALID, EXIT_OK
 from .spec import SpecError, load_component, load_pipeline
 from .spec.load import parse_set_pairs
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
-
 
 def _project_home(home: str | None) -> Path:
-    from .runner.local import default_home
+    from . import settings
 
     if home:
         return Path(home)
     cwd = Path.cwd().resolve()
     for folder in (cwd, *cwd.parents):
         if (folder / "components").is_dir() or (folder / ".tuneline").is_dir():
-            return default_home(folder)
-    return default_home(cwd)
+            return settings.home(folder)
+    return settings.home(cwd)
 
 
 def _print_problems(exc: SpecError) -> int:
@@ -60,61 +59,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _log_tail(path: str | None, lines: int = 25) -> str:
-    if not path or not Path(path).is_file():
-        return "(no log)"
-    text = Path(path).read_bytes()[-64_000:].decode("utf-8", "replace").splitlines()
-    return "\n".join("    " + line for line in text[-lines:])
-
-
 def cmd_run(args: argparse.Namespace) -> int:
+    from . import settings
     from .graph import build_graph
-    from .runner import record as rec
-    from .runner.local import LocalRunner, RunOptions, StepFailed, default_home
-    from .runner.progress import Progress, summary_table
+    from .runner.local import RunOptions, StepFailed
+    from .runner.report import exit_code, run_and_report
 
     try:
         pipeline = load_pipeline(args.pipeline, parse_set_pairs(args.set))
     except SpecError as exc:
         return _print_problems(exc)
-    graph = build_graph(pipeline)
-    home = Path(args.home) if args.home else default_home(pipeline.root)
+    home = Path(args.home) if args.home else settings.home(pipeline.root)
     options = RunOptions(home=home, no_cache=args.no_cache, from_step=args.from_step, only_step=args.only)
-    runner = LocalRunner(graph, options, on_change=Progress())
-    print(f"run {runner.record.run_id}: {pipeline.name} ({len(graph.order)} steps: {' -> '.join(graph.order)})")
     try:
-        record = runner.run()
+        record = run_and_report(build_graph(pipeline), options)
     except StepFailed as exc:
         print(f"tuneline: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    for name in record.order:
-        summary = Path(record.folder, "steps", name, "summary.md")
-        if record.steps[name].status in (rec.SUCCEEDED, rec.CACHED) and summary.is_file():
-            print(f"\n── {name} " + "─" * max(0, 60 - len(name)) + "\n" + summary.read_text().rstrip())
-    print()
-    print(summary_table(record))
-    _print_cost(record)
-    print(f"\nrun {record.run_id} {record.status} in {record.duration_s:.1f}s; record: "
-          f"{Path(record.folder, 'run.json')}")
-    for step in record.steps.values():
-        if step.status in (rec.FAILED, rec.INTERRUPTED):
-            print(f"\nstep '{step.name}' {step.status}: {step.reason}\n  log: {step.log}\n{_log_tail(step.log)}",
-                  file=sys.stderr)
-    if record.status == rec.SUCCEEDED:
-        return EXIT_OK
-    return EXIT_INTERRUPTED if record.status == rec.INTERRUPTED else EXIT_FAILED
-
-
-def _print_cost(record) -> None:
-    """Measured training time next to what `tuneline cost` would have predicted, so estimates stay honest."""
-    from .cost import CostError, estimate_for_run
-
-    if not any(step.component == "train" and step.status == "succeeded" for step in record.steps.values()):
-        return
-    try:
-        print("\n" + estimate_for_run(record.to_dict()).render())
-    except (CostError, OSError, ValueError) as exc:
-        print(f"\n(no cost comparison: {exc})")
+    return exit_code(record)
 
 
 def cmd_runs_list(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ money = time * the SKU's hourly price (spot: on-demand * (1 - spot_discount) unl
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import struct
@@ -30,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .runner.record import SUCCEEDED, list_runs
 from .spec import Literal, ParamRef, Pipeline
+from .spec.models import Role
 from .spec.yamlsafe import load_yaml
 
 DEFAULT_PRICES = Path("config/prices.yaml")
@@ -67,6 +69,7 @@ class Sku(_Strict):
 
 class PriceTable(_Strict):
     currency: str = "USD"
+    priced: datetime.date | None = Field(None, description="the day the list prices were read")
     spot_discount: float = Field(0.7, ge=0, lt=1)
     assumed_mfu: float = Field(0.3, gt=0, le=1)
     scaling_efficiency: float = Field(0.9, gt=0, le=1)
@@ -137,10 +140,10 @@ class Workload:
 
 
 def _train_step(pipeline: Pipeline) -> str:
-    steps = [s for s, c in pipeline.components.items() if c.name == "train"]
-    if not steps:
-        raise CostError(f"{pipeline.path}: no step uses a component named 'train'; nothing to estimate")
-    return steps[0]
+    step = pipeline.step_with_role(Role.train)
+    if step is None:
+        raise CostError(f"{pipeline.path}: no step's component declares `role: train`; nothing to estimate")
+    return step
 
 
 def step_input(pipeline: Pipeline, step: str, name: str, default: Any = None) -> Any:
@@ -246,12 +249,12 @@ def workload(pipeline: Pipeline, home: Path, tokenizer: str = "auto") -> Workloa
     dataset = _dataset_path(pipeline)
     records = _read_records(dataset)
     train_share = 0.8
-    prepare = [s for s, c in pipeline.components.items() if c.name == "prepare"]
-    if prepare:
+    prepare = pipeline.step_with_role(Role.prepare)
+    if prepare is not None:
         train_share = (
             1
-            - float(step_input(pipeline, prepare[0], "validation_ratio", 0.1))
-            - float(step_input(pipeline, prepare[0], "test_ratio", 0.1))
+            - float(step_input(pipeline, prepare, "validation_ratio", 0.1))
+            - float(step_input(pipeline, prepare, "test_ratio", 0.1))
         )
     model_dir = local_model_dir(str(values["base_model"]), home)
     if tokenizer == "real" and model_dir is None:
@@ -589,11 +592,11 @@ def estimate_for_run(
 
     The run's own measurement is left out of the estimate, so the comparison is a fair test of it.
     """
-    from .runner.local import default_home
+    from . import settings
     from .spec import load_pipeline
 
     pipeline = load_pipeline(record["pipeline_path"], {k: str(v) for k, v in record["params"].items()})
-    home = home or default_home(pipeline.root)
+    home = home or settings.home(pipeline.root)
     prices = prices or load_prices(pipeline.root / DEFAULT_PRICES)
     report = estimate(
         pipeline, prices, target="local", home=home, sku="local-cpu", exclude_run=record["run_id"]

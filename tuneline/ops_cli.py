@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 from .spec.load import parse_set_pairs
@@ -37,19 +36,19 @@ def _load(path: str, sets: list[str]):
 
 
 def _home(pipeline, home: str | None) -> Path:
-    from .runner.local import default_home
+    from . import settings
 
-    return Path(home) if home else default_home(pipeline.root)
+    return Path(home) if home else settings.home(pipeline.root)
 
 
 # ---------------------------------------------------------------------------------------------- trigger
 
 
 def cmd_trigger_check(args: argparse.Namespace) -> int:
+    from . import settings
     from .feedback import FeedbackError
     from .triggers import CheckOptions, run_check
     from .triggers import tracking as trigger_tracking
-    from .triggers.check import mlflow_client, tracking_uri
     from .triggers.features import DataFileError
     from .triggers.newdata import TriggerConfigError
     from .triggers.quality import EvalOptions
@@ -59,8 +58,7 @@ def cmd_trigger_check(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     home = _home(pipeline, args.home)
     # The pipeline run started by --run, and the registry lookups, must use the same store as the steps.
-    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri(home))
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    settings.use_tracking(home)
     # Flags override the pipeline's `triggers:` block, which overrides the built-in defaults.
     declared = pipeline.spec.triggers
     options = CheckOptions(
@@ -77,41 +75,11 @@ def cmd_trigger_check(args: argparse.Namespace) -> int:
     except (TriggerConfigError, DataFileError, FeedbackError, ValueError, FileNotFoundError) as exc:
         print(f"tuneline trigger check: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    client = None if args.no_record else mlflow_client(home)
+    client = None if args.no_record else settings.mlflow_client(home)
     if client is not None:
         trigger_tracking.start(client, home, pipeline, decision)
     if decision.retrain and args.run:
-        from .cli import main as cli_main
-        from .runner.record import list_runs
-
-        started = time.time()
-        print(decision.render(), file=sys.stderr if args.json else sys.stdout, flush=True)
-        print(f"starting a pipeline run: tuneline run {args.pipeline}", file=sys.stderr, flush=True)
-        stdout = sys.stdout
-        if args.json:
-            sys.stdout = sys.stderr  # keep stdout a single JSON document
-        try:
-            code = cli_main(
-                [
-                    "run",
-                    args.pipeline,
-                    "--home",
-                    str(home),
-                    *(x for pair in args.set for x in ("--set", pair)),
-                ]
-            )
-        finally:
-            sys.stdout = stdout
-        runs = [
-            r
-            for r in list_runs(home / "runs")
-            if r.get("started", 0) >= started - 1 and r.get("pipeline") == pipeline.name
-        ]
-        decision.pipeline_run = {
-            "run_id": runs[-1]["run_id"] if runs else None,
-            "status": runs[-1]["status"] if runs else "not-started",
-            "exit_code": code,
-        }
+        decision.pipeline_run = _retrain(pipeline, home, args, decision)
     if client is not None:
         trigger_tracking.finish(client, decision)
     if args.json:
@@ -123,6 +91,23 @@ def cmd_trigger_check(args: argparse.Namespace) -> int:
     if decision.pipeline_run and decision.pipeline_run["exit_code"] != 0:
         return 1 if args.exit_zero else EXIT_RUN_FAILED
     return 0 if args.exit_zero else EXIT_RETRAIN
+
+
+def _retrain(pipeline, home: Path, args: argparse.Namespace, decision) -> dict:
+    """Run the pipeline through the runner's API; the record it returns says which run it was."""
+    from .graph import build_graph
+    from .runner.local import RunOptions, StepFailed
+    from .runner.report import exit_code, run_and_report
+
+    out = sys.stderr if args.json else sys.stdout  # with --json, stdout stays a single JSON document
+    print(decision.render(), file=out, flush=True)
+    print(f"starting a pipeline run: tuneline run {args.pipeline}", file=out, flush=True)
+    try:
+        record = run_and_report(build_graph(pipeline), RunOptions(home=home), out)
+    except StepFailed as exc:
+        print(f"tuneline trigger check: {exc}", file=sys.stderr)
+        return {"run_id": None, "status": "not-started", "exit_code": EXIT_INVALID}
+    return {"run_id": record.run_id, "status": record.status, "exit_code": exit_code(record)}
 
 
 def cmd_trigger_azureml(args: argparse.Namespace) -> int:
@@ -151,10 +136,10 @@ def cmd_trigger_azureml(args: argparse.Namespace) -> int:
 
 
 def _feedback_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    from . import settings
     from .feedback import ENV_LOG
-    from .runner.local import default_home
 
-    home = Path(args.home) if args.home else default_home(Path.cwd())
+    home = Path(args.home) if args.home else settings.home(Path.cwd())
     log = Path(args.log or os.environ.get(ENV_LOG) or home / "feedback" / "requests.jsonl")
     ratings = Path(args.ratings or home / "feedback" / "ratings.jsonl")
     return log, ratings

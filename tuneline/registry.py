@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from tuneline.ml.models import tuneline_home
+from tuneline import settings
 
 T = TypeVar("T")
 
@@ -93,36 +93,9 @@ def with_retry(
     raise AssertionError("unreachable")
 
 
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (None for any other store)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri[len("sqlite:///") :].split("?", 1)[0] or ".")
-
-
 def client():
-    """An ``MlflowClient`` on MLFLOW_TRACKING_URI whose stores are initialised.
-
-    MLflow creates and migrates a fresh SQLite database on first use, and two processes doing that at once
-    fail ("duplicate column name"); a file lock beside the database lets exactly one of them do it.
-    """
-    from mlflow.tracking import MlflowClient
-
-    from tuneline.ml.tracking import tracking_uri
-
-    uri = tracking_uri()
-    db = sqlite_path(uri)
-    if db is None:
-        return MlflowClient(tracking_uri=uri)
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".init.lock"), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            mlflow_client = MlflowClient(tracking_uri=uri)  # creates and migrates the tracking tables
-            mlflow_client.search_registered_models(max_results=1)  # the registry store initialises lazily
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-    return mlflow_client
+    """An `MlflowClient` on the tracking store; see `tuneline.settings.mlflow_client` (initialised under a lock)."""
+    return settings.mlflow_client()
 
 
 def is_local_store(uri: str) -> bool:
@@ -137,7 +110,7 @@ def ensure_experiment(mlflow_client, name: str) -> str:
         return found.experiment_id
     location = None
     if is_local_store(mlflow_client.tracking_uri):
-        folder = (tuneline_home() / "mlartifacts" / name).absolute()
+        folder = (settings.home() / "mlartifacts" / name).absolute()
         folder.mkdir(parents=True, exist_ok=True)
         location = folder.as_uri()
 
@@ -342,7 +315,7 @@ def promotion_lock(name: str) -> Iterator[None]:
     MLflow has no compare-and-set for aliases; without this two parallel registrations could both read the
     old champion and the worse one could win the last write.
     """
-    folder = tuneline_home() / "locks"
+    folder = settings.home() / "locks"
     folder.mkdir(parents=True, exist_ok=True)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     with open(folder / f"registry-{safe}.lock", "w") as fh:
@@ -419,8 +392,6 @@ def fetch_model(uri: str, dst: Path) -> FetchedModel:
     """Download a registered version (by number or alias) into ``dst`` and locate its parts."""
     import mlflow
 
-    from tuneline.ml.tracking import tracking_uri
-
     name, version, alias = parse_models_uri(uri)
     mlflow_client = client()
     if alias is not None:
@@ -433,7 +404,7 @@ def fetch_model(uri: str, dst: Path) -> FetchedModel:
     dst.mkdir(parents=True, exist_ok=True)
     root = Path(
         mlflow.artifacts.download_artifacts(
-            artifact_uri=exact, dst_path=str(dst), tracking_uri=tracking_uri()
+            artifact_uri=exact, dst_path=str(dst), tracking_uri=settings.tracking_uri()
         )
     )
     model_dir = root / "artifacts" / "model"

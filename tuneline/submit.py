@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .compile import PIPELINE_FILE, RECURRING_RUN_FILE
 from .compile.azureml import JOB_FILE, SCHEDULE_FILE
-from .compile.build import PIPELINE_FILE, RECURRING_RUN_FILE
 
 
 @dataclass

@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     uri = f"models:/{name}@{args.alias}" if args.alias else args.model_uri
 
     from components.deploy.manifests import ManifestError, write_azureml, write_kserve, write_triton
-    from tuneline.ml.models import tuneline_home
+    from tuneline import settings
 
-    scratch_root = tuneline_home() / "tmp"
+    scratch_root = settings.home() / "tmp"
     scratch_root.mkdir(parents=True, exist_ok=True)
     try:
         with tempfile.TemporaryDirectory(prefix="deploy-", dir=scratch_root) as scratch:

@@ -1,7 +1,7 @@
 """The ``local`` target: serve the version through the real Triton server behind the auth proxy
 (tuneline.serve), blue/green with smoke tests; a failed candidate leaves the previous version serving.
 
-The servers run detached, so they keep serving after the pipeline ends; ``python -m tuneline.serve.local
+The servers run detached, so they keep serving after the pipeline ends; ``python -m tuneline.serve
 stop`` stops them. Which registry version serves is kept in ``<state dir>/deployed-model.json``, so a re-run
 whose champion did not change leaves the running server alone.
 """
@@ -9,7 +9,6 @@ whose champion did not change leaves the running server alone.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +30,9 @@ class LocalOptions:
 
 
 def default_state_dir() -> Path:
-    from tuneline.ml.models import tuneline_home
+    from tuneline import settings
 
-    return Path(os.environ.get("TUNELINE_SERVE_STATE") or tuneline_home() / "serve")
+    return settings.serve_state_dir()
 
 
 def _serving(state_dir: Path) -> tuple[dict | None, dict]:

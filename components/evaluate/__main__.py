@@ -27,9 +27,9 @@ def resolve_champion(uri: str) -> Path:
     if not path.exists():
         import mlflow
 
-        from tuneline.ml.tracking import tracking_uri
+        from tuneline import settings
 
-        mlflow.set_tracking_uri(tracking_uri())
+        mlflow.set_tracking_uri(settings.use_tracking())
         path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp()))
     found = sorted(path.rglob("training_summary.json"), key=lambda p: len(p.parts))
     if not found:
@@ -44,7 +44,7 @@ def available_metrics(refs: list[str], schema: dict | None) -> list[str]:
 
 
 def score(model, tokenizer, records, refs, schema, args) -> tuple[dict[str, float], list[str], float]:
-    from components.evaluate.generate import generate, perplexity
+    from tuneline.ml.generate import generate, perplexity
     from tuneline.ml.metrics import all_metrics
 
     started = time.perf_counter()

@@ -66,14 +66,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import mlflow
 
-    from tuneline import registry
-    from tuneline.ml.tracking import tracking_uri
+    from tuneline import registry, settings
 
     def log(message: str) -> None:
         print(f"register: {message}", file=sys.stderr)
 
-    uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(settings.use_tracking())
     client = registry.client()
     pipeline_run = os.environ.get("TUNELINE_RUN_ID", "")
     code = registry.code_version()

@@ -34,12 +34,13 @@ def test_sixty_four_gpus_per_node_fit_no_pool(project, capsys):
     assert main(["cluster", "check", "pipelines/finetune.yaml"]) == 2
     err = capsys.readouterr().err
     assert "pipelines/finetune.yaml:train: no node pool can run it:" in err
-    assert "gpuspot: requests 64 GPUs, a Standard_NC6s_v3 node has 1" in err
+    assert "gpuspot: requests 64 GPUs, a Standard_NC24ads_A100_v4 node has 1" in err
 
 
 def test_a_node_label_no_pool_has_names_the_step(project, capsys):
     path = project / "pipelines" / "finetune.yaml"
-    path.write_text(path.read_text().replace("node_selector: {agentpool: gpuspot}", "node_selector: {agentpool: tpu}"))
+    path.write_text(path.read_text().replace("accelerator: nvidia-a100, spot", "accelerator: nvidia-a100, "
+                                                               "node_selector: {agentpool: tpu}, spot"))
     assert main(["cluster", "check", "pipelines/finetune.yaml"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("pipelines/finetune.yaml:train: no node pool can run it: ")
@@ -65,9 +66,9 @@ def test_untolerated_taint_missing_pvc_and_unbuilt_image_are_reported(project, c
 
 
 def test_allocatable_is_below_the_vm_and_every_pool_size_is_known():
-    sku = Sku("Standard_NC6s_v3", vcpus=6, memory_gib=112, gpus=1)
+    sku = Sku("Standard_NC24ads_A100_v4", vcpus=24, memory_gib=220, gpus=1)
     cores, memory = sku.allocatable(max_pods=30)
-    assert 5.7 < cores < 6 and memory < 112 * 2**30
+    assert 23.5 < cores < 24 and memory < 220 * 2**30
     assert quantity("16Gi") == 16 * 2**30 and quantity("500m") == 0.5 and quantity("2") == 2
     from tuneline.k8s.nodepools import load_spec
 

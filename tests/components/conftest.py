@@ -16,6 +16,6 @@ def train_env(tmp_path):
     env = {**os.environ, "TUNELINE_HOME": str(tmp_path / "home"), "PYTHONPATH": str(root),
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "MLFLOW_DISABLE_TELEMETRY": "true"}
     code = ("from tuneline.ml.models import resolve_model; resolve_model('tiny-random-llama'); "
-            "from tuneline.ml.tracking import client; client().search_experiments()")
+            "from tuneline import settings; settings.mlflow_client().search_experiments()")
     subprocess.run([sys.executable, "-c", code], env=env, cwd=root, check=True, capture_output=True)
     return env

@@ -6,7 +6,7 @@ import pytest
 
 from components.evaluate.__main__ import main as evaluate
 from components.train.__main__ import main as train
-from tuneline.ml.fixtures import write_splits
+from tests.support.tickets import write_splits
 
 
 @pytest.fixture(scope="module")

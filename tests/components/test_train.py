@@ -5,7 +5,7 @@ import json
 import pytest
 
 from components.train.__main__ import main
-from tuneline.ml.fixtures import write_splits
+from tests.support.tickets import write_splits
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tuneline.ml.fixtures import write_splits
+from tests.support.tickets import write_splits
 
 ROOT = Path(__file__).resolve().parents[2]
 

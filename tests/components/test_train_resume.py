@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tuneline.ml.fixtures import write_splits
+from tests.support.tickets import write_splits
 
 MAX_STEPS = 14
 ROOT = Path(__file__).resolve().parents[2]

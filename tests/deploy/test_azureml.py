@@ -93,7 +93,7 @@ def test_score_script_serves_a_merged_model(tmp_path: Path, monkeypatch: pytest.
     import importlib.util
     import json
 
-    from tuneline.serve.tinymodel import build_tiny_llama
+    from tests.support.tinymodel import build_tiny_llama
 
     build_tiny_llama(tmp_path / "model")
     (tmp_path / "model" / "chat_template.jinja").write_text(

@@ -30,11 +30,19 @@ def test_dry_run_prints_commands_for_all_three_pools(spec, capsys) -> None:
     assert len(adds) == 3
     spot = next(a for a in adds if "--name gpuspot" in a)
     for flag in ("--priority Spot", "--eviction-policy Delete", "--spot-max-price -1", "--min-count 0",
-                 "--node-taints sku=gpu:NoSchedule", "--enable-cluster-autoscaler"):
+                 "--node-count 0", "--node-taints sku=gpu:NoSchedule", "--enable-cluster-autoscaler",
+                 "--node-vm-size Standard_NC24ads_A100_v4", "--kubernetes-version 1.36"):
         assert flag in spot
+    assert "--gpu-driver" not in spot  # gpuStack aks-driver: AKS installs the driver
     gpu = next(a for a in adds if "--name gpu " in a)
     assert "--node-taints sku=gpu:NoSchedule" in gpu and "--priority" not in gpu
     assert out.count("--update-cluster-autoscaler") == 3  # idempotent: existing pools are updated
+    # an update replaces the whole label and taint set: AKS's own spot label and taint are re-declared
+    spot_update = next(line for line in out.splitlines() if "update" in line and "--name gpuspot" in line)
+    assert "--node-taints sku=gpu:NoSchedule,kubernetes.azure.com/scalesetpriority=spot:NoSchedule" in spot_update
+    assert "--labels kubernetes.azure.com/scalesetpriority=spot tuneline.dev/accelerator=nvidia-a100" in spot_update
+    gpu_update = next(line for line in out.splitlines() if "update" in line and "--name gpu " in line)
+    assert "scalesetpriority" not in gpu_update
 
 
 def test_script_is_valid_bash(spec) -> None:
@@ -67,7 +75,28 @@ def test_aso_manifests_are_fresh_and_valid(spec) -> None:
         jsonschema.validate(obj, AGENT_POOL)
     spot = next(p for p in pools if p["spec"]["azureName"] == "gpuspot")["spec"]
     assert spot["scaleSetPriority"] == "Spot" and spot["spotMaxPrice"] == -1 and spot["minCount"] == 0
-    assert "count" not in spot  # the autoscaler owns it
+    assert spot["count"] == 0  # created empty, or ARM creates a GPU node on day one
+    assert spot["nodeLabels"]["kubernetes.azure.com/scalesetpriority"] == "spot"
+    assert "kubernetes.azure.com/scalesetpriority=spot:NoSchedule" in spot["nodeTaints"]
+    system = next(p for p in pools if p["spec"]["azureName"] == "system")["spec"]
+    assert "count" not in system and "scalesetpriority" not in str(system)
+
+
+def test_priority_expander_is_fresh_and_puts_spot_first(spec) -> None:
+    for name, text in nodepools.expander_files(spec).items():
+        committed = REPO / "k8s" / "addons" / "autoscaler" / name
+        assert committed.read_text() == text, f"{committed} is stale: python -m tuneline.k8s.nodepools --expander-out"
+    priorities = yaml.safe_load(nodepools.expander_configmap(spec)["data"]["priorities"])
+    assert priorities == {50: ["^aks-gpuspot-[0-9]+-vmss$"], 10: ["^aks-gpu-[0-9]+-vmss$"], 1: [".*"]}
+
+
+def test_gpu_operator_stack_skips_the_driver_and_refuses_aso(spec) -> None:
+    operator = spec.model_copy(update={"cluster": spec.cluster.model_copy(update={"gpuStack": "gpu-operator"})})
+    adds = [nodepools.add_command(operator, p) for p in operator.pools]
+    assert [("--gpu-driver" in a) for a in adds] == [False, True, True]
+    assert adds[1][adds[1].index("--gpu-driver") + 1] == "None"
+    with pytest.raises(ValueError, match="cannot skip the GPU driver install"):
+        nodepools.aso_resources(operator)
 
 
 @pytest.mark.parametrize("change,message", [
@@ -76,6 +105,7 @@ def test_aso_manifests_are_fresh_and_valid(spec) -> None:
     ({"autoscale": {"min": 3, "max": 1}}, "autoscale.min (3) is above autoscale.max (1)"),
     ({"taints": ["sku=gpu"]}, "is not key[=value]:NoSchedule"),
     ({"vmSzie": "x"}, "pools.2.vmSzie: Extra inputs are not permitted"),
+    ({"count": 1, "autoscale": {"min": 0, "max": 4}}, "create GPU pools with count 0"),
 ])
 def test_bad_spec_names_file_and_field(tmp_path: Path, change: dict, message: str) -> None:
     data = yaml.safe_load(SPEC.read_text())

@@ -12,14 +12,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tuneline.serve.tinymodel import build_tiny_llama
+    from tests.support.tinymodel import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")
 def tiny_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tuneline.serve.tinymodel import build_tiny_lora_adapter
+    from tests.support.tinymodel import build_tiny_lora_adapter
 
     return build_tiny_lora_adapter(tiny_model, tmp_path_factory.mktemp("tiny-lora"))
 

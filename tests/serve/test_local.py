@@ -201,7 +201,7 @@ def test_stop_command_frees_ports(serve_venv, tiny_model: Path, tmp_path: Path) 
     ports = [result.server.http_port, int(result.proxy_url.rsplit(":", 1)[1])]
     assert not any(process.port_is_free(p) for p in ports)
     proc = subprocess.run(
-        [sys.executable, "-m", "tuneline.serve.local", "--state-dir", str(state_dir), "stop"],
+        [sys.executable, "-m", "tuneline.serve", "--state-dir", str(state_dir), "stop"],
         cwd=REPO,
         capture_output=True,
         text=True,

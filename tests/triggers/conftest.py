@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import tuneline.cli
-from tuneline.ml.fixtures import ticket_records
+from tests.support.tickets import ticket_records
 from tuneline.ops_cli import add_commands
 
 PROJECT = Path(__file__).parent / "project"

@@ -8,7 +8,7 @@ import shutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tuneline.ml.fixtures import ticket_records
+from tests.support.tickets import ticket_records
 from tuneline.ml.models import resolve_model
 from tuneline.registry import CHAMPION, metric_tag, register_version, set_alias
 from tuneline.spec.models import Triggers
@@ -77,8 +77,8 @@ def test_quality_trigger_goes_from_no_to_yes(registry, tmp_path):
     model, tokenizer = load_registered(champion, tmp_path / "fetched")
     records = ticket_records(6, seed=4)
     write_records(tmp_path / "probe.jsonl", records)
-    from components.evaluate.generate import generate
     from tuneline.ml.data import read_split
+    from tuneline.ml.generate import generate
 
     answers = generate(model, tokenizer, read_split(tmp_path / "probe.jsonl").records, 6, 6)
     agreeing = [

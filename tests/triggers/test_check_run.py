@@ -9,7 +9,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tuneline.ml.fixtures import ticket_records
+from tests.support.tickets import ticket_records
 from tuneline.runner.record import list_runs
 
 from .conftest import write_records

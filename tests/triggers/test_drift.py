@@ -8,8 +8,8 @@ import random
 import numpy as np
 import pytest
 
+from tests.support.tickets import ticket_records
 from tuneline.feedback import RequestLogger
-from tuneline.ml.fixtures import ticket_records
 from tuneline.spec.models import Triggers
 from tuneline.triggers.drift import check_drift, ks_statistic, psi
 

@@ -8,12 +8,11 @@ from pathlib import Path
 
 from ..graph import PipelineGraph, build_graph
 from ..spec import load_pipeline
+from . import RECURRING_RUN_FILE
 from .images import check_environments
 from .options import CompileOptions
 
 TARGETS = ("kfp", "azureml")
-RECURRING_RUN_FILE = "recurring_run.json"
-PIPELINE_FILE = "pipeline.yaml"  # the KFP package
 
 
 @dataclass

@@ -24,8 +24,7 @@ from kfp.dsl import Dataset, Input, Model, Output
 from ..graph import Node, PipelineGraph
 from ..spec import Literal, OutputRef, ParamRef
 from ..spec.models import IOType
-from . import CompileError
-from .build import PIPELINE_FILE
+from . import PIPELINE_FILE, CompileError
 from .command import Item, OptionalBlock, Ref, Token, leading_words, parse_command, torchrun_prefix
 from .gate import GATE_INPUT, GATE_MODULE
 from .launch import LAUNCH_MODULE, staged_command

@@ -3,11 +3,22 @@ ManagedClustersAgentPool resources (the GitOps form).
 
 The script asks Azure what exists (`az aks nodepool show`) and then adds the pool or updates only what
 `az aks nodepool update` can change (autoscaler bounds, labels, taints); the spot settings can only be set
-when a pool is added.
+when a pool is added. GPU pools start at zero nodes and scale from zero.
+
+AKS gives every spot pool the label and taint kubernetes.azure.com/scalesetpriority=spot, but `--labels` and
+`--node-taints` on update replace the whole set, dropping them (Azure/AKS#3152); so do ASO reconciles of
+`nodeLabels`/`nodeTaints`. Both renderings therefore always declare them for spot pools.
+
+The spec also renders the cluster autoscaler's priority-expander ConfigMap (spot pools first, on-demand as the
+fallback when spot capacity is refused) and records the GPU software stack: `aks-driver` (AKS installs the
+driver, k8s/addons installs the device plugin and DCGM exporter) or `gpu-operator` (GPU pools are added with
+`--gpu-driver None` and the NVIDIA GPU Operator brings driver, device plugin and exporter; the overlays must
+then not deploy k8s/addons' DaemonSets; k8s-validate checks that).
 
 Run as: python -m tuneline.k8s.nodepools --dry-run                 (print the exact az commands, run nothing)
         python -m tuneline.k8s.nodepools                           (run them; needs `az login`)
         python -m tuneline.k8s.nodepools --aso-out k8s/nodepools/aso (rewrite the ASO manifests)
+        python -m tuneline.k8s.nodepools --expander-out k8s/addons/autoscaler (rewrite the expander ConfigMap)
 """
 
 from __future__ import annotations
@@ -26,6 +37,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 DEFAULT_SPEC = Path("k8s/nodepools.yaml")
 ASO_API_VERSION = "containerservice.azure.com/v1api20240901"
 ASO_NAMESPACE = "tuneline-infra"
+SPOT_KEY = "kubernetes.azure.com/scalesetpriority"
+SPOT_TAINT = f"{SPOT_KEY}=spot:NoSchedule"
+GPU_LABEL = "tuneline.dev/accelerator"
+# https://github.com/kubernetes/autoscaler/blob/master/cluster-autoscaler/expander/priority/readme.md
+EXPANDER_CONFIGMAP = "cluster-autoscaler-priority-expander"
 
 
 class Autoscale(BaseModel):
@@ -54,6 +70,22 @@ class Pool(BaseModel):
     taints: list[str] = Field(default_factory=list)
     labels: dict[str, str] = Field(default_factory=dict)
     maxPods: int | None = Field(default=None, ge=10, le=250)
+    expanderPriority: int | None = Field(default=None, ge=1, le=1000,
+                                         description="cluster-autoscaler priority expander: higher scales first")
+
+    @property
+    def gpu(self) -> bool:
+        return GPU_LABEL in self.labels
+
+    @property
+    def all_labels(self) -> dict[str, str]:
+        """The labels to declare on create and update, AKS's own spot label included."""
+        return dict(sorted((self.labels | ({SPOT_KEY: "spot"} if self.priority == "Spot" else {})).items()))
+
+    @property
+    def all_taints(self) -> list[str]:
+        extra = [SPOT_TAINT] if self.priority == "Spot" and SPOT_TAINT not in self.taints else []
+        return list(self.taints) + extra
 
     @model_validator(mode="after")
     def _consistent(self) -> Pool:
@@ -66,6 +98,9 @@ class Pool(BaseModel):
             raise ValueError("evictionPolicy/spotMaxPrice only apply to priority: Spot")
         if self.mode == "System" and self.autoscale.min < 1:
             raise ValueError("a System pool needs autoscale.min >= 1")
+        if self.gpu and self.count != 0:
+            raise ValueError(f"GPU pool count is {self.count}: create GPU pools with count 0 and let the "
+                             "autoscaler add nodes when a GPU pod is pending")
         if not self.autoscale.min <= self.count <= self.autoscale.max:
             raise ValueError(f"count {self.count} is outside autoscale [{self.autoscale.min}, {self.autoscale.max}]")
         for t in self.taints:
@@ -81,6 +116,10 @@ class Cluster(BaseModel):
     name: str
     location: str
     kubernetesVersion: str
+    gpuStack: Literal["aks-driver", "gpu-operator"] = Field(
+        description="aks-driver: AKS installs the NVIDIA driver, k8s/addons the device plugin and DCGM exporter; "
+                    "gpu-operator: GPU pools skip the driver (--gpu-driver None), the NVIDIA GPU Operator installs "
+                    "driver, device plugin and exporter")
 
 
 class NodePoolSpec(BaseModel):
@@ -106,8 +145,8 @@ def _target(spec: NodePoolSpec, pool: Pool) -> list[str]:
             "--name", pool.name]
 
 
-def _labels(pool: Pool) -> list[str]:
-    return ["--labels", *(f"{k}={v}" for k, v in sorted(pool.labels.items()))] if pool.labels else []
+def _labels(labels: dict[str, str]) -> list[str]:
+    return ["--labels", *(f"{k}={v}" for k, v in sorted(labels.items()))] if labels else []
 
 
 def show_command(spec: NodePoolSpec, pool: Pool) -> list[str]:
@@ -122,19 +161,24 @@ def add_command(spec: NodePoolSpec, pool: Pool) -> list[str]:
     if pool.priority == "Spot":
         cmd += ["--priority", "Spot", "--eviction-policy", str(pool.evictionPolicy),
                 "--spot-max-price", f"{pool.spotMaxPrice:g}"]
+    if pool.gpu and spec.cluster.gpuStack == "gpu-operator":
+        # https://learn.microsoft.com/azure/aks/nvidia-gpu-operator (az CLI >= 2.72.2)
+        cmd += ["--gpu-driver", "None"]
+    # On add, AKS puts its spot label and taint on a spot pool itself.
     if pool.taints:
         cmd += ["--node-taints", ",".join(pool.taints)]
     if pool.maxPods:
         cmd += ["--max-pods", str(pool.maxPods)]
-    return cmd + _labels(pool)
+    return cmd + _labels(pool.labels)
 
 
 def update_command(spec: NodePoolSpec, pool: Pool, autoscaler_enabled: bool) -> list[str]:
     flag = "--update-cluster-autoscaler" if autoscaler_enabled else "--enable-cluster-autoscaler"
-    # An empty --node-taints clears taints: always pass the declared list so removed taints go away.
+    # --node-taints and --labels replace the whole set: always pass the declared list (AKS's spot label and
+    # taint included) so removed ones go away and AKS's own stay.
     return ["az", "aks", "nodepool", "update", *_target(spec, pool), flag,
             "--min-count", str(pool.autoscale.min), "--max-count", str(pool.autoscale.max),
-            "--node-taints", ",".join(pool.taints), *_labels(pool)]
+            "--node-taints", ",".join(pool.all_taints), *_labels(pool.all_labels)]
 
 
 def script(spec: NodePoolSpec) -> str:
@@ -173,6 +217,9 @@ def apply(spec: NodePoolSpec, runner=subprocess.run) -> None:
 
 def aso_resources(spec: NodePoolSpec) -> list[dict]:
     """ManagedClustersAgentPool objects owned by the ManagedCluster resource of the same name as the cluster."""
+    if spec.cluster.gpuStack == "gpu-operator":
+        raise ValueError(f"ASO {ASO_API_VERSION} cannot skip the GPU driver install: with gpuStack gpu-operator "
+                         "use the az rendering (--dry-run)")
     out = []
     for pool in spec.pools:
         body: dict = {
@@ -184,18 +231,21 @@ def aso_resources(spec: NodePoolSpec) -> list[dict]:
             "osType": "Linux",
             "osSKU": pool.osSku,
             "orchestratorVersion": spec.cluster.kubernetesVersion,
-            # No `count`: the cluster autoscaler owns it, and ASO would otherwise reset it on every reconcile.
             "enableAutoScaling": True,
             "minCount": pool.autoscale.min,
             "maxCount": pool.autoscale.max,
         }
+        if pool.gpu:
+            # The creation size: without `count` ARM refuses the pool or creates a node
+            # (Azure/azure-service-operator#3220); a GPU pool starts empty and the autoscaler sizes it after.
+            body["count"] = pool.count
         if pool.priority == "Spot":
             body |= {"scaleSetPriority": "Spot", "scaleSetEvictionPolicy": pool.evictionPolicy,
                      "spotMaxPrice": pool.spotMaxPrice}
-        if pool.taints:
-            body["nodeTaints"] = list(pool.taints)
-        if pool.labels:
-            body["nodeLabels"] = dict(sorted(pool.labels.items()))
+        if pool.all_taints:
+            body["nodeTaints"] = pool.all_taints
+        if pool.all_labels:
+            body["nodeLabels"] = pool.all_labels
         if pool.maxPods:
             body["maxPods"] = pool.maxPods
         out.append({
@@ -216,23 +266,60 @@ def aso_files(spec: NodePoolSpec) -> dict[str, str]:
     return {"agentpools.yaml": manifests, "kustomization.yaml": kustomization}
 
 
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings as `|` blocks, so the generated ConfigMap reads like the upstream example."""
+
+
+_BlockDumper.add_representer(str, lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", v,
+                                                                   style="|" if "\n" in v else None))
+
+
+def expander_configmap(spec: NodePoolSpec) -> dict:
+    """The priority expander's ConfigMap: AKS names a pool's scale set aks-<pool>-<hash>-vmss."""
+    tiers: dict[int, list[str]] = {}
+    for pool in spec.pools:
+        if pool.expanderPriority is not None:
+            tiers.setdefault(pool.expanderPriority, []).append(f"^aks-{pool.name}-[0-9]+-vmss$")
+    tiers.setdefault(1, []).append(".*")  # every other pool, lowest
+    priorities = "".join(f"{p}:\n" + "".join(f"  - {pattern}\n" for pattern in tiers[p])
+                         for p in sorted(tiers, reverse=True))
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": EXPANDER_CONFIGMAP, "namespace": "kube-system"},
+            "data": {"priorities": priorities}}
+
+
+def expander_files(spec: NodePoolSpec) -> dict[str, str]:
+    head = ("# Generated by `python -m tuneline.k8s.nodepools --expander-out k8s/addons/autoscaler` from "
+            "k8s/nodepools.yaml.\n# Takes effect with the cluster autoscaler profile expander=priority "
+            "(docs/aks.md, step 5).\n")
+    kustomization = head + yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": ["priority-expander.yaml"]}, sort_keys=False)
+    return {"priority-expander.yaml": head + yaml.dump(expander_configmap(spec), Dumper=_BlockDumper, sort_keys=False),
+            "kustomization.yaml": kustomization}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Render or apply the AKS node pools declared in k8s/nodepools.yaml.")
     ap.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="node-pool spec (default: %(default)s)")
     ap.add_argument("--dry-run", action="store_true", help="print the az commands as a bash script; run nothing")
     ap.add_argument("--aso-out", type=Path, default=None,
                     help="write Azure Service Operator manifests to this folder instead of running az")
+    ap.add_argument("--expander-out", type=Path, default=None,
+                    help="write the cluster autoscaler priority-expander ConfigMap to this folder")
     args = ap.parse_args(argv)
     try:
         spec = load_spec(args.spec)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.aso_out:
-        args.aso_out.mkdir(parents=True, exist_ok=True)
-        for name, text in aso_files(spec).items():
-            (args.aso_out / name).write_text(text)
-        print(f"wrote {len(spec.pools)} ManagedClustersAgentPool objects to {args.aso_out}")
+    if args.aso_out or args.expander_out:
+        for folder, files in ((args.aso_out, aso_files), (args.expander_out, expander_files)):
+            if folder:
+                folder.mkdir(parents=True, exist_ok=True)
+                for name, text in files(spec).items():
+                    (folder / name).write_text(text)
+                print(f"wrote {', '.join(files(spec))} to {folder}")
         return 0
     if args.dry_run:
         sys.stdout.write(script(spec))

@@ -1,9 +1,11 @@
 """Cluster policies every rendered object must meet, each finding naming file, object and field.
 
 - restricted Pod Security Standard for every pod template (runAsNonRoot, no privilege escalation, capabilities
-  drop ALL, seccomp RuntimeDefault, no host namespaces/ports/hostPath). A workload that truly needs more (the
-  GPU device plugin) carries the annotation `tuneline.dev/pss-exception: <why>`; it is then still held to
-  no privileged mode, no privilege escalation, drop ALL and RuntimeDefault seccomp.
+  drop ALL, seccomp RuntimeDefault, no host namespaces/ports/hostPath), and a read-only root filesystem for every
+  container. A workload that truly needs more carries the annotation `tuneline.dev/pss-exception: <why>`; only
+  the workloads in PSS_EXCEPTIONS (the NVIDIA device plugin and DCGM exporter, which talk to kubelet sockets on
+  the node) may carry it, and they are still held to no privileged mode, no privilege escalation, drop ALL,
+  RuntimeDefault seccomp and a read-only root filesystem.
 - no plaintext secrets: no Secret with data/stringData, no credential-looking env value or ConfigMap value.
 - GPU pods (requesting nvidia.com/gpu or selecting GPU nodes) tolerate the GPU taint, and spot pods the spot taint.
 - every image pinned by a sha256 digest (not a placeholder).
@@ -19,6 +21,11 @@ from typing import Any
 from tuneline.k8s.render import Resource
 
 EXCEPTION_ANNOTATION = "tuneline.dev/pss-exception"
+# (kind, namespace, name) of the only workloads that may relax the restricted profile.
+PSS_EXCEPTIONS = {
+    ("DaemonSet", "kube-system", "nvidia-device-plugin"),   # registers on /var/lib/kubelet/device-plugins
+    ("DaemonSet", "kube-system", "dcgm-exporter"),          # reads /var/lib/kubelet/pod-resources, DCGM profiling
+}
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT = ("sku", "gpu")
 SPOT_TAINT = ("kubernetes.azure.com/scalesetpriority", "spot")
@@ -91,8 +98,15 @@ def _containers(spec: dict, base: str) -> list[tuple[str, dict]]:
 
 def check_pod_security(r: Resource, spec: dict, base: str) -> list[Finding]:
     out: list[Finding] = []
-    annotations = r.obj.get("metadata", {}).get("annotations") or {}
+    meta = r.obj.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
     excepted = bool(str(annotations.get(EXCEPTION_ANNOTATION, "")).strip())
+    if EXCEPTION_ANNOTATION in annotations and (r.kind, meta.get("namespace"), r.name) not in PSS_EXCEPTIONS:
+        allowed = ", ".join(f"{k}/{n} in {ns}" for k, ns, n in sorted(PSS_EXCEPTIONS))
+        out.append(_finding(r, f"metadata.annotations.{EXCEPTION_ANNOTATION}",
+                            f"only {allowed} may relax Pod Security (tuneline.k8s.policy.PSS_EXCEPTIONS); "
+                            "this workload must meet the restricted profile"))
+        excepted = False
     pod_sc = spec.get("securityContext") or {}
     for key in ("hostNetwork", "hostPID", "hostIPC"):
         if spec.get(key):
@@ -121,6 +135,9 @@ def check_pod_security(r: Resource, spec: dict, base: str) -> list[Finding]:
             out.append(_finding(r, f"{path}.securityContext.seccompProfile.type",
                                 f"must be RuntimeDefault or Localhost (here or at {base}.securityContext), "
                                 f"got {seccomp!r}"))
+        if sc.get("readOnlyRootFilesystem") is not True:
+            out.append(_finding(r, f"{path}.securityContext.readOnlyRootFilesystem",
+                                "must be true: write to an emptyDir or a volume, not the image"))
         for j, port in enumerate(c.get("ports") or []):
             if port.get("hostPort"):
                 out.append(_finding(r, f"{path}.ports[{j}].hostPort", "host ports are not allowed"))

@@ -2,7 +2,8 @@
 
 Each schema covers the fields tuneline writes, closed with additionalProperties: false, so a misspelt field
 fails here exactly as it would be pruned or rejected by the API server with the CRD installed. Field names
-follow the upstream CRDs: prometheus-operator PrometheusRule, Secrets Store CSI SecretProviderClass, and
+follow the upstream CRDs: prometheus-operator PrometheusRule and ServiceMonitor (also in Azure Monitor's
+azmonitoring.coreos.com/v1 copy, which adds nothing but the group), Secrets Store CSI SecretProviderClass, and
 Azure Service Operator v2 ManagedClustersAgentPool (containerservice.azure.com/v1api20240901).
 """
 
@@ -62,6 +63,52 @@ PROMETHEUS_RULE = _object("monitoring.coreos.com/v1", "PrometheusRule", {
     }}},
 })
 
+_RELABEL = {"type": "object", "additionalProperties": False, "properties": {
+    "sourceLabels": {"type": "array", "items": _STR}, "separator": _STR, "targetLabel": _STR, "regex": _STR,
+    "modulus": {"type": "integer"}, "replacement": _STR,
+    "action": {"enum": ["replace", "keep", "drop", "hashmod", "labelmap", "labeldrop", "labelkeep", "lowercase",
+                        "uppercase", "keepequal", "dropequal"]},
+}}
+_SELECTOR = {"type": "object", "additionalProperties": False, "properties": {
+    "matchLabels": _STR_MAP,
+    "matchExpressions": {"type": "array", "items": {
+        "type": "object", "required": ["key", "operator"], "additionalProperties": False,
+        "properties": {"key": _STR, "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                       "values": {"type": "array", "items": _STR}}}},
+}}
+
+
+def _service_monitor(api_version: str) -> dict[str, Any]:
+    return _object(api_version, "ServiceMonitor", {
+        "type": "object",
+        "required": ["selector", "endpoints"],
+        "additionalProperties": False,
+        "properties": {
+            "selector": _SELECTOR,
+            "namespaceSelector": {"type": "object", "additionalProperties": False, "properties": {
+                "any": {"type": "boolean"}, "matchNames": {"type": "array", "items": _STR}}},
+            "jobLabel": _STR,
+            "targetLabels": {"type": "array", "items": _STR},
+            "podTargetLabels": {"type": "array", "items": _STR},
+            "sampleLimit": {"type": "integer"},
+            "labelLimit": {"type": "integer"},
+            "labelNameLengthLimit": {"type": "integer"},
+            "labelValueLengthLimit": {"type": "integer"},
+            "endpoints": {"type": "array", "minItems": 1, "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "port": _STR, "targetPort": {"type": ["string", "integer"]}, "path": _STR,
+                    "scheme": {"enum": ["http", "https"]}, "interval": _DURATION, "scrapeTimeout": _DURATION,
+                    "honorLabels": {"type": "boolean"}, "honorTimestamps": {"type": "boolean"},
+                    "relabelings": {"type": "array", "items": _RELABEL},
+                    "metricRelabelings": {"type": "array", "items": _RELABEL},
+                },
+            }},
+        },
+    })
+
+
 SECRET_PROVIDER_CLASS = _object("secrets-store.csi.x-k8s.io/v1", "SecretProviderClass", {
     "type": "object",
     "required": ["provider"],
@@ -115,6 +162,8 @@ AGENT_POOL = _object("containerservice.azure.com/v1api20240901", "ManagedCluster
 # (apiVersion, kind) -> schema
 CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
     ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE,
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): _service_monitor("monitoring.coreos.com/v1"),
+    ("azmonitoring.coreos.com/v1", "ServiceMonitor"): _service_monitor("azmonitoring.coreos.com/v1"),
     ("secrets-store.csi.x-k8s.io/v1", "SecretProviderClass"): SECRET_PROVIDER_CLASS,
     ("containerservice.azure.com/v1api20240901", "ManagedClustersAgentPool"): AGENT_POOL,
 }

@@ -1,15 +1,19 @@
-"""Render every kustomization under k8s/ with kustomize itself and validate each object: schema, then policy.
+"""Render every kustomization under k8s/ with kustomize itself and validate each object: schema, then policy,
+then the supported-versions table.
 
 Core kinds are checked against the Kubernetes OpenAPI schemas shipped by `kubernetes-validate` in strict mode
-(unknown fields are errors); custom resources against tuneline.k8s.schemas; every object against
-tuneline.k8s.policy. Each error names the file, the object (Kind/name) and the field. No cluster is needed.
+(unknown fields are errors), at the oldest Kubernetes minor AKS supports today (k8s/supported.yaml); custom
+resources against tuneline.k8s.schemas; every object against tuneline.k8s.policy. Retired or unlisted GPU VM
+sizes in any scanned file and out-of-support Kubernetes versions are errors (tuneline.k8s.supported). Each error
+names the file, the object (Kind/name) or line, and the field. No cluster is needed.
 
-Run as: python -m tuneline.k8s.validate [DIR ...]     (default: every kustomization under k8s/)
+Run as: python -m tuneline.k8s.validate [DIR ...] [--scan PATH ...]   (default: every kustomization under k8s/)
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import functools
 import json
 import re
@@ -23,12 +27,9 @@ import jsonschema
 import referencing
 import yaml
 
-from tuneline.k8s import policy
+from tuneline.k8s import policy, supported
 from tuneline.k8s.render import KustomizeError, Resource, find_kustomization, render
 from tuneline.k8s.schemas import CRD_SCHEMAS
-
-# The oldest AKS minor version we support; objects must validate there.
-KUBERNETES_VERSION = "1.31.0"
 
 
 @dataclass(frozen=True)
@@ -36,30 +37,34 @@ class Report:
     kustomizations: int
     objects: int
     errors: list[str]
+    warnings: list[str] = ()
 
 
 @functools.cache
-def _schema_dir() -> Path:
+def _schema_dir(version: str) -> Path:
     root = importlib_resources.files("kubernetes_validate") / "kubernetes-json-schema"
-    return Path(str(root)) / f"v{KUBERNETES_VERSION}-local-strict"
+    path = Path(str(root)) / f"v{version}-local-strict"
+    if not path.is_dir():
+        raise ValueError(f"kubernetes-validate has no schemas for Kubernetes {version}: upgrade it")
+    return path
 
 
 @functools.cache
-def _definitions_registry() -> referencing.Registry:
-    defs = json.loads((_schema_dir() / "_definitions.json").read_text())
+def _definitions_registry(version: str) -> referencing.Registry:
+    defs = json.loads((_schema_dir(version) / "_definitions.json").read_text())
     return referencing.Resource.from_contents(defs, default_specification=referencing.jsonschema.DRAFT202012) \
         @ referencing.Registry()
 
 
 @functools.cache
-def _core_validator(api_version: str, kind: str) -> jsonschema.protocols.Validator | None:
+def _core_validator(api_version: str, kind: str, version: str) -> jsonschema.protocols.Validator | None:
     # Same file naming as kubernetes-validate: rbac.authorization.k8s.io/v1 -> rbac-v1
     api = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
-    path = _schema_dir() / f"{kind.lower()}-{api}.json"
+    path = _schema_dir(version) / f"{kind.lower()}-{api}.json"
     if not path.is_file():
         return None
     schema = json.loads(path.read_text())
-    return jsonschema.Draft202012Validator(schema, registry=_definitions_registry())
+    return jsonschema.Draft202012Validator(schema, registry=_definitions_registry(version))
 
 
 def _field_path(error: jsonschema.ValidationError) -> str:
@@ -81,16 +86,17 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return error.message if len(error.message) < 300 else error.message[:300] + "..."
 
 
-def schema_errors(r: Resource) -> list[str]:
+def schema_errors(r: Resource, version: str) -> list[str]:
+    """Schema errors of one object, against Kubernetes `version` (x.y.z) for core kinds."""
     api, kind = str(r.obj.get("apiVersion")), r.kind
     crd = CRD_SCHEMAS.get((api, kind))
     if crd is not None:
         validator = jsonschema.Draft202012Validator(crd)
     else:
-        validator = _core_validator(api, kind)
+        validator = _core_validator(api, kind, version)
         if validator is None:
             return [f"{r.source}: {r.ref}: apiVersion/kind: no schema for {api} {kind} "
-                    f"(Kubernetes {KUBERNETES_VERSION} or tuneline.k8s.schemas)"]
+                    f"(Kubernetes {version} or tuneline.k8s.schemas)"]
     # additionalProperties errors first: a misspelt field is the likeliest cause of the others.
     errors = sorted(validator.iter_errors(r.obj), key=lambda e: (e.validator != "additionalProperties",
                                                                   list(map(str, e.absolute_path))))
@@ -134,36 +140,117 @@ def orphan_manifests(root: Path, rendered_sources: set[Path], exclude: set[Path]
     return out
 
 
-def validate_dirs(dirs: list[Path], repo_root: Path) -> tuple[int, list[str], set[Path]]:
-    errors: list[str] = []
+def _versions_named(r: Resource) -> list[tuple[str, str]]:
+    """(field, Kubernetes version) pairs an object pins: ASO agent pools and managed clusters."""
+    spec = r.obj.get("spec") or {}
+    return [(f"spec.{key}", str(spec[key])) for key in ("orchestratorVersion", "kubernetesVersion") if key in spec]
+
+
+DEVICE_PLUGIN_IMAGE = "k8s-device-plugin"
+
+
+def gpu_stack_problems(resources: list[Resource], directory: Path, gpu_stack: str | None) -> list[supported.Problem]:
+    """At most one NVIDIA device plugin per rendering, and none of ours when the GPU Operator brings its own."""
+    plugins = [r for r in resources if r.kind == "DaemonSet" and any(
+        DEVICE_PLUGIN_IMAGE in str(c.get("image", "")) for c in (policy.pod_spec(r.obj) or {}).get("containers", []))]
+    out = []
+    if len(plugins) > 1:
+        out.append(supported.Problem(str(directory), "two NVIDIA device plugins would register nvidia.com/gpu: "
+                                     + ", ".join(f"{r.ref} ({r.source})" for r in plugins)))
+    if gpu_stack == "gpu-operator":
+        out += [supported.Problem(f"{r.source}: {r.ref}", "k8s/nodepools.yaml sets gpuStack gpu-operator, whose "
+                                  "device plugin runs on every GPU node: add components/gpu-operator to the overlay")
+                for r in plugins]
+    return out
+
+
+def _gpu_stack(repo_root: Path) -> str | None:
+    spec = repo_root / "k8s" / "nodepools.yaml"
+    try:
+        return str(((yaml.safe_load(spec.read_text()) or {}).get("cluster") or {}).get("gpuStack") or "") or None
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def validate_dirs(dirs: list[Path], repo_root: Path, table: supported.SupportTable,
+                  today: dt.date) -> tuple[int, list[supported.Problem], set[Path]]:
+    problems: list[supported.Problem] = []
     sources: set[Path] = set()
     count = 0
+    version = table.oldest_supported(today) + ".0"
     for d in dirs:
         try:
             resources = render(d)
         except KustomizeError as exc:
-            errors.append(str(exc))
+            problems.append(supported.Problem(str(d), str(exc)))
             continue
         for r in resources:
             sources.add(r.source.resolve())
             r.source = Path(policy.relative(r.source, repo_root))
             count += 1
-            errors += schema_errors(r)
-        errors += [str(f) for f in policy.check(resources)]
-    # The same object is checked once per kustomization that includes it; report each error once.
-    return count, list(dict.fromkeys(errors)), sources
+            problems += [_problem(e) for e in schema_errors(r, version)]
+            for field, named in _versions_named(r):
+                found = supported.version_problem(named, f"{r.source}: {r.ref}: {field}", table, today)
+                problems += [found] if found else []
+        problems += [_problem(str(f)) for f in policy.check(resources)]
+        problems += gpu_stack_problems(resources, Path(policy.relative(d, repo_root)), _gpu_stack(repo_root))
+    return count, problems, sources
 
 
-def run(targets: list[Path], repo_root: Path, check_orphans: bool) -> Report:
+def _problem(text: str) -> supported.Problem:
+    where, _, message = text.partition(": ")
+    return supported.Problem(where, message)
+
+
+def _spec_versions(path: Path, shown_as: str, table: supported.SupportTable,
+                   today: dt.date) -> list[supported.Problem]:
+    """The Kubernetes version of a node-pool spec (a YAML file with cluster.kubernetesVersion)."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return []
+    version = ((doc or {}).get("cluster") or {}).get("kubernetesVersion") if isinstance(doc, dict) else None
+    if version is None:
+        return []
+    found = supported.version_problem(str(version), f"{shown_as}: cluster.kubernetesVersion", table, today)
+    return [found] if found else []
+
+
+def scanned_files(paths: list[Path], table_path: Path) -> list[Path]:
+    out = []
+    for p in paths:
+        files = sorted(p.rglob("*")) if p.is_dir() else [p]
+        out += [f for f in files if f.is_file() and f.suffix in (".yaml", ".yml", ".md", ".json")
+                and f.resolve() != table_path.resolve()]
+    return out
+
+
+def run(targets: list[Path], repo_root: Path, check_orphans: bool, scan: list[Path] | None = None,
+        table_path: Path | None = None, today: dt.date | None = None) -> Report:
+    """Validate the kustomizations in or under `targets`; also scan `targets` and `scan` for VM sizes."""
+    today = today or dt.date.today()
+    table_path = table_path or repo_root / supported.DEFAULT_TABLE
+    try:
+        table = supported.load_table(table_path)
+    except (OSError, ValueError) as exc:
+        return Report(kustomizations=0, objects=0, errors=[f"{table_path}: cannot read the support table: {exc}"])
     dirs: list[Path] = []
     for t in targets:
         dirs += [t] if find_kustomization(t) and not check_orphans else kustomization_dirs(t)
-    count, errors, sources = validate_dirs(dirs, repo_root)
+    count, problems, sources = validate_dirs(dirs, repo_root, table, today)
+    for f in scanned_files(list(targets) + list(scan or []), table_path):
+        shown = policy.relative(f, repo_root)
+        problems += supported.size_problems(f, table, today, shown_as=shown)
+        if f.suffix in (".yaml", ".yml"):
+            problems += _spec_versions(f, shown, table, today)
+    errors = [str(p) for p in problems if not p.warning]
     if check_orphans:
         for t in targets:
             not_objects = {p.resolve() for p in t.rglob("*.y*ml") if _is_not_object(p)} | patch_files(t)
             errors += orphan_manifests(t, sources, not_objects)
-    return Report(kustomizations=len(dirs), objects=count, errors=errors)
+    # The same object is checked once per kustomization that includes it; report each finding once.
+    return Report(kustomizations=len(dirs), objects=count, errors=list(dict.fromkeys(errors)),
+                  warnings=list(dict.fromkeys(str(p) for p in problems if p.warning)))
 
 
 def _is_not_object(path: Path) -> bool:
@@ -181,10 +268,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="kustomization folders, or trees to search for them (default: k8s)")
     ap.add_argument("--no-orphans", action="store_true",
                     help="do not report YAML files that no kustomization renders")
+    ap.add_argument("--scan", type=Path, action="append", default=[],
+                    help="also scan this file or tree for retired or unlisted VM sizes and Kubernetes versions")
     args = ap.parse_args(argv)
     start = time.perf_counter()
     check_orphans = not args.no_orphans and all(find_kustomization(t) is None for t in args.targets)
-    report = run(args.targets, Path.cwd(), check_orphans)
+    report = run(args.targets, Path.cwd(), check_orphans, scan=args.scan)
+    for warn in report.warnings:
+        print(f"warning: {warn}", file=sys.stderr)
     for err in report.errors:
         print(f"error: {err}", file=sys.stderr)
     status = "FAILED" if report.errors else "ok"

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuneline import settings
+
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 SUMMARY_FILE = "training_summary.json"
 
@@ -35,13 +37,8 @@ class ModelNotAvailable(RuntimeError):
     """The model name cannot be resolved to weights on this machine."""
 
 
-def tuneline_home() -> Path:
-    """The per-project state folder: ``$TUNELINE_HOME`` or ``.tuneline`` in the working directory."""
-    return Path(os.environ.get("TUNELINE_HOME") or Path.cwd() / ".tuneline")
-
-
 def models_cache() -> Path:
-    return tuneline_home() / "models"
+    return settings.home() / "models"
 
 
 @dataclass(frozen=True)

@@ -12,27 +12,9 @@ import os
 import time
 from pathlib import Path
 
-from tuneline.ml.models import tuneline_home
+from tuneline import settings
 
 DEFAULT_EXPERIMENT = "tuneline"
-
-
-def tracking_uri() -> str:
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        home = tuneline_home()
-        home.mkdir(parents=True, exist_ok=True)
-        uri = f"sqlite:///{(home / 'mlflow.db').resolve()}"
-        os.environ["MLFLOW_TRACKING_URI"] = uri
-    return uri
-
-
-def client():
-    """The registry's client: it initialises a fresh SQLite store under a lock, so parallel steps cannot race."""
-    from tuneline.registry import client as registry_client
-
-    return registry_client()
 
 
 def experiment_id(mlflow_client, name: str) -> str:
@@ -57,7 +39,7 @@ class Run:
 
     def __init__(self, run_id: str | None = None, experiment: str | None = None, run_name: str | None = None,
                  tags: dict[str, str] | None = None) -> None:
-        self.client = client()
+        self.client = settings.mlflow_client()
         all_tags = {k: v for k, v in {
             "tuneline.pipeline_run": os.environ.get("TUNELINE_RUN_ID", ""),
             "tuneline.step": os.environ.get("TUNELINE_STEP", ""),

@@ -10,44 +10,39 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .digest import path_sha256
+from .imports import imported_modules, module_files
 
 CACHE_FORMAT = 1
 SUMMARY = "summary.md"  # what a step wants shown at the end of a run ($TUNELINE_STEP_SUMMARY)
 PACKAGE = Path(__file__).resolve().parent.parent
-_IMPORT = re.compile(r"^\s*(?:from|import)\s+tuneline((?:\.\w+)+)", re.M)
 
 
-def _module_paths(dotted: str) -> list[Path]:
-    """Files of `tuneline.<dotted>`: a package folder's .py files or a single module."""
-    target = PACKAGE.joinpath(*dotted.strip(".").split("."))
-    if target.is_dir():
-        return sorted(target.rglob("*.py"))
-    for candidate in (target.with_suffix(".py"), target.parent.with_suffix(".py")):
-        if candidate.is_file():
-            return [candidate]
-    return []
-
-
-def shared_code(component_folder: Path) -> list[Path]:
-    """The tuneline modules a component imports, followed transitively.
+def shared_code(component_folder: Path, root: Path | None = None) -> list[Path]:
+    """The modules outside the component's folder that its code imports, followed transitively.
 
     Components reuse helpers from the SDK (chat formatting, PII redaction); a change there must invalidate
-    their cached results, while an unrelated SDK change (the runner, a compiler) must not.
+    their cached results, while an unrelated SDK change (the runner, a compiler) must not. `root` is the
+    project root the component's imports resolve against (default: the folder above `components/`).
     """
+    component_folder = component_folder.resolve()
+    root = (root or component_folder.parents[1]).resolve()
+    own = set(component_folder.rglob("*.py"))
     seen: set[Path] = set()
-    frontier = sorted(component_folder.rglob("*.py"))
+    frontier = sorted(own)
     while frontier:
         source = frontier.pop()
-        for dotted in _IMPORT.findall(source.read_text(errors="replace")):
-            for path in _module_paths(dotted):
-                if path not in seen:
+        base = PACKAGE.parent if source.is_relative_to(PACKAGE) else root
+        for dotted in imported_modules(source, base):
+            where = PACKAGE.parent if dotted.split(".")[0] == PACKAGE.name else root
+            for path in module_files(dotted, where):
+                path = path.resolve()
+                if path not in seen and path not in own:
                     seen.add(path)
                     frontier.append(path)
     return sorted(seen)
@@ -55,8 +50,10 @@ def shared_code(component_folder: Path) -> list[Path]:
 
 def _shared_code_digest(component_folder: Path) -> str:
     digest = hashlib.sha256()
+    root = component_folder.resolve().parents[1]
     for path in shared_code(component_folder):
-        digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + path.read_bytes())
+        name = next((path.relative_to(b) for b in (PACKAGE.parent, root) if path.is_relative_to(b)), path)
+        digest.update(name.as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 

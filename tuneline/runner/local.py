@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .. import __version__, settings
 from ..compile.gate import SKIPPED as GATE_SKIPPED  # the words a gated-off step records on every target
 from ..graph import Node, PipelineGraph
 from ..spec import IOType, Literal, OutputRef, ParamRef
@@ -47,10 +47,6 @@ class RunOptions:
     only_step: str | None = None
 
 
-def default_home(root: Path) -> Path:
-    return Path(os.environ.get("TUNELINE_HOME") or root / ".tuneline")
-
-
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
@@ -64,7 +60,7 @@ def step_environment(root: Path, home: Path, run_id: str, step: str) -> dict[str
     env["TUNELINE_RUN_ID"] = run_id
     env["TUNELINE_STEP"] = step
     env["TUNELINE_HOME"] = str(home)
-    env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+    env["MLFLOW_TRACKING_URI"] = settings.tracking_uri(home)
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     return env
 
@@ -101,7 +97,8 @@ class LocalRunner:
         self.record = rec.RunRecord(
             run_id=run_id, pipeline=graph.name, pipeline_path=str(graph.pipeline.path), folder=str(folder),
             params=dict(graph.params), order=list(graph.order), tuneline_version=__version__,
-            steps={name: rec.StepRecord(name=name, component=graph.nodes[name].component.name)
+            steps={name: rec.StepRecord(name=name, component=graph.nodes[name].component.name,
+                                               role=graph.nodes[name].component.spec.role)
                    for name in graph.order})
 
     # ------------------------------------------------------------------------------------------ plan

@@ -31,6 +31,7 @@ class Attempt:
 class StepRecord:
     name: str
     component: str
+    role: str | None = None          # the component's declared role (train, register, ...)
     status: str = PENDING
     reason: str = ""
     cache_key: str | None = None

@@ -3,7 +3,7 @@
 - `repository`: writes the Triton model repository (Python backend) from an HF folder or LoRA adapter;
   the cluster's `triton` target serves the same repository.
 - `env`: the serve venv (numpy<2 for pytriton) and where its tritonserver binary lives.
-- `local`: runs tritonserver and the proxy as detached processes; `python -m tuneline.serve.local stop`.
+- `local`: runs tritonserver and the proxy as detached processes; `python -m tuneline.serve stop`.
 - `proxy`: the auth reverse proxy; `auth`: the token; `smoke`: tritonclient smoke test.
 - `rollout`: blue/green deploy with smoke tests, used by the deploy component.
 

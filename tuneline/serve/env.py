@@ -21,6 +21,8 @@ import venv
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuneline import settings
+
 # Checked to resolve together on Python 3.11: pip takes torch 2.13.0 as a local CPU wheel here.
 SERVE_REQUIREMENTS: tuple[str, ...] = (
     "nvidia-pytriton==0.7.0",
@@ -62,7 +64,7 @@ class TritonInstall:
 
 
 def default_venv_dir() -> Path:
-    return Path(os.environ.get("TUNELINE_SERVE_VENV", ".tuneline/serve-venv"))
+    return settings.serve_venv()
 
 
 def _requirements_digest() -> str:

@@ -4,13 +4,11 @@ State lives in one folder (default `.tuneline/serve/`): `state.json` (servers by
 active slot), `upstream.json` (read by the proxy), `token` (0600), pid files, `logs/`, `repos/<slot>/`.
 Processes run in their own sessions, so they keep serving after the command that started them exits.
 
-Run as: python -m tuneline.serve.local {deploy,status,stop} [--state-dir .tuneline/serve]
-        e.g. python -m tuneline.serve.local deploy --model-dir runs/model --port 8000
+Run as: a library; `python -m tuneline.serve {deploy,status,stop}` is its command line.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import json
@@ -24,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tuneline import settings
 from tuneline.serve import process
 from tuneline.serve.env import TritonInstall, ensure_serve_venv
 from tuneline.serve.process import ProcessRef
@@ -35,7 +34,7 @@ class ServeError(RuntimeError):
 
 
 def default_state_dir() -> Path:
-    return Path(os.environ.get("TUNELINE_SERVE_STATE", ".tuneline/serve"))
+    return settings.serve_state_dir()
 
 
 @dataclass
@@ -291,47 +290,3 @@ def stop_all(state_dir: Path | None = None) -> list[int]:
     while time.monotonic() < deadline and not all(process.port_is_free(p) for p in freed):
         time.sleep(0.1)
     return freed
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tuneline.serve.local", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--state-dir",
-        type=Path,
-        default=None,
-        help="state folder (default $TUNELINE_SERVE_STATE or .tuneline/serve)",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    dep = sub.add_parser("deploy", help="blue/green deploy a model folder behind the proxy")
-    dep.add_argument("--model-dir", type=Path, required=True, help="HF model folder or PEFT adapter folder")
-    dep.add_argument("--base-model-dir", type=Path, default=None, help="base model for an adapter")
-    dep.add_argument("--name", default="tuneline-llm", help="Triton model name (default %(default)s)")
-    dep.add_argument("--port", type=int, default=None, help="proxy port when it is started (default: a free one)")
-    dep.add_argument("--no-dynamic-batching", action="store_true", help="serve without the dynamic batcher")
-    sub.add_parser("status", help="print what runs, as JSON")
-    sub.add_parser("stop", help="stop all servers and the proxy, freeing their ports")
-    args = parser.parse_args(argv)
-    state_dir = args.state_dir or default_state_dir()
-    if args.command == "stop":
-        freed = stop_all(state_dir)
-        print(f"stopped; ports freed: {sorted(freed) or 'none'}")
-        return 0
-    if args.command == "status":
-        print(json.dumps(status(state_dir), indent=2))
-        return 0
-    from tuneline.serve.repository import RepositorySpec
-    from tuneline.serve.rollout import rollout
-
-    result = rollout(
-        args.model_dir,
-        base_model_dir=args.base_model_dir,
-        state_dir=state_dir,
-        proxy_port=args.port,
-        spec=RepositorySpec(model_name=args.name, dynamic_batching=not args.no_dynamic_batching),
-    )
-    print(json.dumps(result.to_dict(), indent=2))
-    return 0 if result.ok else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -16,7 +16,16 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .models import OPTIONAL_BLOCK, PLACEHOLDER, ComponentSpec, IOType, PipelineSpec, check_value, parse_cli_value
+from .models import (
+    OPTIONAL_BLOCK,
+    PLACEHOLDER,
+    ComponentSpec,
+    IOType,
+    PipelineSpec,
+    Role,
+    check_value,
+    parse_cli_value,
+)
 from .problems import Problem, SpecError
 from .yamlsafe import Loaded, load_yaml
 
@@ -146,8 +155,6 @@ class Component:
         return self.spec.name
 
 
-
-
 def _command_problems(component: Component) -> list[Problem]:
     spec, loaded = component.spec, component.source
     problems = []
@@ -202,6 +209,10 @@ class Pipeline:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def step_with_role(self, role: Role) -> str | None:
+        """The first step, in file order, whose component declares `role`."""
+        return next((step for step, c in self.components.items() if c.spec.role == role), None)
 
 
 def find_root(pipeline_path: Path) -> Path:

@@ -109,10 +109,34 @@ class RetryPolicy(Strict):
         return (128 - code if code < 0 else code) in self.on
 
 
+class Role(StrEnum):
+    """What a step does for the pipeline. The core finds steps by role, never by component name."""
+
+    prepare = "prepare"    # splits the data; the cost estimate reads its split ratios
+    train = "train"        # trains the model; cost estimates, drift references and run summaries use it
+    evaluate = "evaluate"  # scores the model and decides its gate
+    register = "register"  # registers the model; triggers watch the registered name
+    deploy = "deploy"      # serves the registered model
+
+
+# The inputs a component with a role must declare, because the core reads them (`tuneline.roles`).
+ROLE_INPUTS: dict[Role, dict[str, tuple[IOType, ...]]] = {
+    Role.prepare: {"validation_ratio": (IOType.number,), "test_ratio": (IOType.number,)},
+    Role.train: {"train": (IOType.uri_folder, IOType.uri_file), "base_model": (IOType.string,),
+                 "method": (IOType.string,), "epochs": (IOType.integer,), "max_steps": (IOType.integer,),
+                 "per_device_batch": (IOType.integer,), "grad_accum": (IOType.integer,),
+                 "max_seq_len": (IOType.integer,)},
+    Role.evaluate: {},
+    Role.register: {"name": (IOType.string,)},
+    Role.deploy: {},
+}
+
+
 class ComponentSpec(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     version: str = Field(pattern=r"^[0-9]+\.[0-9]+\.[0-9]+([.+-][0-9A-Za-z.-]+)?$")
     description: str = ""
+    role: Role | None = Field(None, description="what the step does for the pipeline: " + ", ".join(Role))
     environment: str = Field(pattern=NAME_PATTERN)
     inputs: dict[str, InputSpec] = Field(default_factory=dict)
     outputs: dict[str, OutputSpec] = Field(default_factory=dict)
@@ -134,6 +158,17 @@ class ComponentSpec(Strict):
         clash = set(self.inputs) & set(self.outputs)
         if clash:
             raise ValueError(f"names used as both input and output: {sorted(clash)}")
+        return self
+
+    @model_validator(mode="after")
+    def _role_inputs_declared(self) -> ComponentSpec:
+        if self.role is None:
+            return self
+        for name, kinds in ROLE_INPUTS[self.role].items():
+            declared = self.inputs.get(name)
+            if declared is None or declared.type not in kinds:
+                raise ValueError(f"role '{self.role.value}' needs an input '{name}' of type "
+                                 f"{' or '.join(k.value for k in kinds)}")
         return self
 
 

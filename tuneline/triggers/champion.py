@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 
 from ..registry import CHAMPION, metric_tag, version_by_alias
 from ..spec import Literal, ParamRef, Pipeline
-from ..spec.models import Triggers
+from ..spec.models import Role, Triggers
 from .result import FIRED, OK, SKIPPED, TriggerResult
 
 LOWER_IS_BETTER = frozenset({"perplexity"})
-_NAME_INPUTS = ("model_name", "registered_model", "name")
 
 
 @dataclass(frozen=True)
@@ -33,20 +32,17 @@ class Champion:
 
 
 def default_model_name(pipeline: Pipeline) -> str:
-    """The registered model name the pipeline's register step uses, else the pipeline's name."""
-    for step, component in pipeline.components.items():
-        if component.name != "register":
-            continue
-        for input_name in _NAME_INPUTS:
-            binding = pipeline.bindings.get(step, {}).get(input_name)
-            if isinstance(binding, Literal):
-                return str(binding.value)
-            if isinstance(binding, ParamRef):
-                return str(pipeline.params[binding.name])
-            spec = component.spec.inputs.get(input_name)
-            if spec is not None and spec.default is not None:
-                return str(spec.default)
-    return pipeline.name
+    """The `name` input of the pipeline's `role: register` step, else the pipeline's name."""
+    step = pipeline.step_with_role(Role.register)
+    if step is None:
+        return pipeline.name
+    binding = pipeline.bindings.get(step, {}).get("name")
+    if isinstance(binding, Literal):
+        return str(binding.value)
+    if isinstance(binding, ParamRef):
+        return str(pipeline.params[binding.name])
+    default = pipeline.components[step].spec.inputs["name"].default
+    return pipeline.name if default is None else str(default)
 
 
 def find_champion(client, name: str) -> Champion | None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import settings
 from ..spec import Pipeline
 from ..spec.models import Triggers
 from .champion import check_age, default_model_name, find_champion
@@ -27,18 +27,6 @@ class CheckOptions:
     now: float | None = None  # for the age trigger; None means the current time
 
 
-def tracking_uri(home: Path) -> str:
-    """The MLflow store the runner's steps use: MLFLOW_TRACKING_URI, else SQLite in the state folder."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(home / 'mlflow.db').absolute()}"
-
-
-def mlflow_client(home: Path):
-    from mlflow.tracking import MlflowClient
-
-    home.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=tracking_uri(home))
-
-
 def run_check(pipeline: Pipeline, options: CheckOptions, client=None) -> Decision:
     """Evaluate every trigger of `pipeline.spec.triggers`; `client` is an MlflowClient (made when needed)."""
     triggers = pipeline.spec.triggers or Triggers()
@@ -52,7 +40,7 @@ def run_check(pipeline: Pipeline, options: CheckOptions, client=None) -> Decisio
     results.append(check_drift(triggers, pipeline.root, reference, options.window, options.min_requests))
     champion = None
     if triggers.max_age_days is not None or triggers.metric_drop is not None:
-        client = client or mlflow_client(options.home)
+        client = client or settings.mlflow_client(options.home)
         champion = find_champion(client, options.model_name or default_model_name(pipeline))
     results.append(
         check_quality(client, champion, triggers, pipeline.root, options.metric, options.evaluation)

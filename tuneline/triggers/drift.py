@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..feedback import read_requests
-from ..spec.models import Triggers
+from ..spec.models import Role, Triggers
 from .features import FEATURES, dataset_prompts, feature_matrix
 from .result import FIRED, OK, SKIPPED, TriggerResult
 
@@ -67,12 +67,15 @@ def compare(reference_texts: list[str], current_texts: list[str]) -> list[Featur
 
 
 def reference_source(run: dict | None, dataset: Path) -> Path:
-    """The prompts the champion learned from: the last successful run's `train` split, else the dataset."""
-    if run is not None:
-        for name in run.get("order", []):
-            out = run["steps"][name].get("outputs", {}).get("train")
-            if out and "path" in out and (Path(out["path"]) / "data.jsonl").is_file():
-                return Path(out["path"]) / "data.jsonl"
+    """The prompts the champion learned from: the `train` input of the last successful run's `role: train`
+    step (a split folder's data.jsonl, or a file), else the dataset."""
+    for step in (run or {}).get("steps", {}).values():
+        given = step.get("inputs", {}).get("train", {}) if step.get("role") == Role.train else {}
+        path = Path(given["path"]) if "path" in given else None
+        if path is not None and path.is_dir():
+            path = path / "data.jsonl"
+        if path is not None and path.is_file():
+            return path
     return dataset
 
 

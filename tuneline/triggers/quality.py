@@ -1,6 +1,6 @@
 """Quality trigger: re-evaluate the champion on fresh labelled data and compare with its registered score.
 
-The scoring is the evaluate component's own code (`components.evaluate.generate` for greedy answers and
+The scoring is the code the evaluate component uses (`tuneline.ml.generate` for greedy answers and
 perplexity, `tuneline.ml.metrics.all_metrics` for the scores), so a drop here means the same thing as a
 failed gate there.
 """
@@ -45,8 +45,8 @@ def score(model, tokenizer, labels: Path, metric: str, options: EvalOptions) -> 
     """(all metrics, number of examples) of `model` on the labelled chat JSONL (file or split folder)."""
     import torch
 
-    from components.evaluate.generate import generate, perplexity
     from tuneline.ml.data import read_split
+    from tuneline.ml.generate import generate, perplexity
     from tuneline.ml.metrics import all_metrics
 
     torch.manual_seed(0)

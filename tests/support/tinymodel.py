@@ -3,7 +3,7 @@
 Everything is built locally (no hub download); the weights are random but seeded, so generation is
 deterministic. Needs torch, transformers and tokenizers (the project's `ml` extra).
 
-Run as: python -m tuneline.serve.tinymodel OUT_DIR [--hidden-size 32] [--layers 2] [--adapter ADAPTER_DIR]
+Run as: python -m tests.support.tinymodel OUT_DIR [--hidden-size 32] [--layers 2] [--adapter ADAPTER_DIR]
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def build_tiny_lora_adapter(base_dir: Path, out_dir: Path, *, seed: int = 1) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tuneline.serve.tinymodel", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.support.tinymodel", description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="folder to write the model to")
     parser.add_argument("--hidden-size", type=int, default=32, help="hidden size (default 32)")
     parser.add_argument("--layers", type=int, default=2, help="decoder layers (default 2)")

@@ -1,0 +1,95 @@
+"""What every overlay renders to, with kustomize itself, together with the node-pool resources: current VM sizes
+and Kubernetes versions, GPU metrics that are scraped, GPU pools created empty."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tuneline.k8s import validate
+from tuneline.k8s.render import render
+
+REPO = Path(__file__).resolve().parents[2]
+OVERLAYS = sorted(p.parent for p in (REPO / "k8s" / "overlays").glob("*/kustomization.yaml"))
+RETIRED = {s["name"] for s in yaml.safe_load((REPO / "k8s" / "supported.yaml").read_text())["vm_sizes"]
+           if s["end_of_support"] is not None}
+
+
+@pytest.fixture(scope="module", params=[p.name for p in OVERLAYS])
+def rendered(request) -> list[dict]:
+    objects = render(REPO / "k8s" / "overlays" / request.param) + render(REPO / "k8s" / "nodepools" / "aso")
+    return [r.obj for r in objects]
+
+
+def _of(objects: list[dict], kind: str, name: str | None = None) -> list[dict]:
+    return [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+
+
+def test_overlays_exist() -> None:
+    assert [p.name for p in OVERLAYS] == ["dev", "prod"]
+
+
+def test_no_retired_vm_size_and_no_kubernetes_below_1_33(rendered) -> None:
+    text = yaml.safe_dump_all(rendered)
+    assert RETIRED and not RETIRED & set(re.findall(r"Standard_[A-Za-z0-9_]+", text))
+    versions = [o["spec"]["orchestratorVersion"] for o in _of(rendered, "ManagedClustersAgentPool")]
+    assert versions and all(tuple(map(int, v.split(".")[:2])) >= (1, 33) for v in versions)
+
+
+def test_dcgm_exporter_is_scraped_and_names_the_node(rendered) -> None:
+    monitors = [o for o in rendered if o["kind"] in ("ServiceMonitor", "PodMonitor")
+                and o["metadata"]["name"] == "dcgm-exporter"]
+    assert len(monitors) == 1
+    monitor = monitors[0]
+    assert monitor["apiVersion"] in ("monitoring.coreos.com/v1", "azmonitoring.coreos.com/v1")
+    service = _of(rendered, "Service", "dcgm-exporter")[0]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert service["metadata"]["namespace"] in monitor["spec"]["namespaceSelector"]["matchNames"]
+    ports = {p["name"] for p in service["spec"]["ports"]}
+    assert any(e["port"] in ports for e in monitor["spec"]["endpoints"])
+    daemonset = _of(rendered, "DaemonSet", "dcgm-exporter")[0]
+    env = {e["name"]: e for e in daemonset["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+
+
+def test_aso_gpu_pools_are_created_empty(rendered) -> None:
+    gpu = [o["spec"] for o in _of(rendered, "ManagedClustersAgentPool")
+           if "tuneline.dev/accelerator" in o["spec"].get("nodeLabels", {})]
+    assert len(gpu) == 2 and all(p["count"] == 0 and p["minCount"] == 0 and p["enableAutoScaling"] for p in gpu)
+
+
+def test_alerts_do_not_fire_on_a_full_gpu_memory() -> None:
+    rule = yaml.safe_load((REPO / "k8s/components/monitoring/kube-prometheus-stack/prometheusrule.yaml").read_text())
+    rules = {r["alert"]: r["expr"] for r in rule["spec"]["groups"][0]["rules"]}
+    assert {"GPUXidError", "GPUThermalThrottling", "GPUPowerThrottling", "GPUDoubleBitECCErrors",
+            "GPUIdleWhileTrainingPodRuns"} <= set(rules)
+    assert not any("FB_USED" in expr for expr in rules.values())
+    # every DCGM field an alert or the dashboard reads is one the exporter is told to collect
+    counters = {line.split(",")[0] for line in (REPO / "k8s/addons/dcgm-exporter/counters.csv").read_text()
+                .splitlines() if line and not line.startswith("#")}
+    dashboard = json.loads((REPO / "k8s/components/monitoring/kube-prometheus-stack/gpu-pools-dashboard.json")
+                           .read_text())
+    exprs = list(rules.values()) + [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = set(re.findall(r"DCGM_FI_[A-Z_]+", " ".join(exprs)))
+    assert used and used <= counters, used - counters
+
+
+def test_gpu_operator_component_removes_our_device_plugin(tmp_path: Path) -> None:
+    overlay = tmp_path / "k8s" / "overlays" / "operator"
+    overlay.mkdir(parents=True)
+    for part in ("addons", "components"):
+        (tmp_path / "k8s" / part).symlink_to(REPO / "k8s" / part)
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": ["../../addons"], "components": ["../../components/gpu-operator"]}))
+    kinds = {(r.kind, r.name) for r in render(overlay)}
+    assert ("DaemonSet", "nvidia-device-plugin") not in kinds and ("DaemonSet", "dcgm-exporter") not in kinds
+    plugin = [r for r in render(REPO / "k8s" / "overlays" / "dev") if r.name == "nvidia-device-plugin"]
+    errors = validate.gpu_stack_problems(plugin, Path("k8s/overlays/dev"), "gpu-operator")
+    assert [str(e) for e in errors] == [
+        "k8s/addons/nvidia-device-plugin/daemonset.yaml: DaemonSet/nvidia-device-plugin: k8s/nodepools.yaml sets "
+        "gpuStack gpu-operator, whose device plugin runs on every GPU node: add components/gpu-operator to the "
+        "overlay"] if str(plugin[0].source).startswith("k8s/") else errors

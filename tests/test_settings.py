@@ -1,0 +1,42 @@
+"""One place decides where state lives; every reader of it agrees, the make targets included."""
+
+import subprocess
+from pathlib import Path
+
+from components.deploy.local import default_state_dir as deploy_state_dir
+from tuneline import settings
+from tuneline.serve.local import default_state_dir as serve_state_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_tuneline_home_moves_the_tracking_store_and_the_serve_state(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("TUNELINE_SERVE_STATE", raising=False)
+    monkeypatch.setenv("TUNELINE_HOME", str(tmp_path / "home"))
+    assert settings.home(REPO) == tmp_path / "home"
+    assert settings.tracking_uri() == f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}"
+    assert serve_state_dir() == deploy_state_dir() == tmp_path / "home" / "serve"
+
+
+def test_defaults_without_variables(tmp_path: Path, monkeypatch):
+    for name in ("TUNELINE_HOME", "MLFLOW_TRACKING_URI", "TUNELINE_SERVE_STATE"):
+        monkeypatch.delenv(name, raising=False)
+    assert settings.home(tmp_path) == tmp_path / ".tuneline"
+    assert settings.tracking_uri(tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert settings.tracking_uri(tmp_path) == "http://mlflow:5000"
+    assert settings.sqlite_path("http://mlflow:5000") is None
+
+
+def test_the_tracking_client_initialises_a_fresh_store(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    client = settings.mlflow_client(tmp_path)
+    assert client.search_registered_models() == []
+    assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "mlflow.db.init.lock").is_file()
+
+
+def test_make_serve_targets_follow_tuneline_home(tmp_path: Path):
+    shown = subprocess.run(["make", "-n", "serve-stop", f"TUNELINE_HOME={tmp_path}"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout
+    assert f"--state-dir {tmp_path}/serve stop" in shown

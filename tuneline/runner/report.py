@@ -1,0 +1,76 @@
+"""Run a pipeline graph locally and print what the user needs afterwards: step summaries, the status table,
+the measured-vs-estimated training time, and the log tail of any failed step.
+
+`tuneline run` and `tuneline trigger check --run` both call `run_and_report`, so both get the run record back
+(never a timestamp scan of the runs folder) and print the same report.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from ..graph import PipelineGraph
+from . import record as rec
+from .local import LocalRunner, RunOptions
+from .progress import Progress, summary_table
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def log_tail(path: str | None, lines: int = 25) -> str:
+    if not path or not Path(path).is_file():
+        return "(no log)"
+    text = Path(path).read_bytes()[-64_000:].decode("utf-8", "replace").splitlines()
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+def cost_comparison(record: rec.RunRecord) -> str | None:
+    """Measured training time next to what `tuneline cost` would have predicted, so estimates stay honest."""
+    from ..cost import CostError, estimate_for_run
+
+    if not any(step.role == "train" and step.status == rec.SUCCEEDED for step in record.steps.values()):
+        return None
+    try:
+        return estimate_for_run(record.to_dict()).render()
+    except (CostError, OSError, ValueError) as exc:
+        return f"(no cost comparison: {exc})"
+
+
+def exit_code(record: rec.RunRecord) -> int:
+    if record.status == rec.SUCCEEDED:
+        return EXIT_OK
+    return EXIT_INTERRUPTED if record.status == rec.INTERRUPTED else EXIT_FAILED
+
+
+def print_report(record: rec.RunRecord, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    for name in record.order:
+        summary = Path(record.folder, "steps", name, "summary.md")
+        if record.steps[name].status in (rec.SUCCEEDED, rec.CACHED) and summary.is_file():
+            print(f"\n── {name} " + "─" * max(0, 60 - len(name)) + "\n" + summary.read_text().rstrip(), file=out)
+    print("\n" + summary_table(record), file=out)
+    comparison = cost_comparison(record)
+    if comparison:
+        print("\n" + comparison, file=out)
+    print(f"\nrun {record.run_id} {record.status} in {record.duration_s:.1f}s; record: "
+          f"{Path(record.folder, 'run.json')}", file=out)
+    for step in record.steps.values():
+        if step.status in (rec.FAILED, rec.INTERRUPTED):
+            print(f"\nstep '{step.name}' {step.status}: {step.reason}\n  log: {step.log}\n{log_tail(step.log)}",
+                  file=sys.stderr)
+
+
+def run_and_report(graph: PipelineGraph, options: RunOptions, out: TextIO | None = None) -> rec.RunRecord:
+    """Run `graph` with live progress on `out` (default stdout), print the report, return the record.
+
+    Raises `tuneline.runner.local.StepFailed` when the selection (--from/--only) is invalid.
+    """
+    out = out or sys.stdout
+    runner = LocalRunner(graph, options, on_change=Progress(out))
+    print(f"run {runner.record.run_id}: {graph.name} ({len(graph.order)} steps: {' -> '.join(graph.order)})",
+          file=out, flush=True)
+    record = runner.run()
+    print_report(record, out)
+    return record

@@ -1,0 +1,79 @@
+"""Where tuneline keeps its state, decided in one place.
+
+- home: `$TUNELINE_HOME`, else `<project root>/.tuneline` (runs, cache, models, MLflow store, serving state);
+- tracking URI: `$MLFLOW_TRACKING_URI`, else a SQLite store `<home>/mlflow.db` (a `mlflow server` or an Azure
+  ML workspace works unchanged when the variable is set);
+- serve state: `$TUNELINE_SERVE_STATE`, else `<home>/serve`;
+- serve venv: `$TUNELINE_SERVE_VENV`, else `./.tuneline/serve-venv`. It is an installation rather than state
+  (minutes of pip), so a scratch TUNELINE_HOME (a test, a second project copy) reuses it instead of
+  building another.
+
+The make targets (mk/*.mk) use the same variables with the same defaults. `mlflow_client()` is the one way
+to open the tracking store: MLflow creates and migrates a fresh SQLite database on first use, two processes
+doing that at once fail ("duplicate column name"), and a file lock beside the database lets one of them do it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+HOME_FOLDER = ".tuneline"
+
+
+def home(root: Path | None = None) -> Path:
+    """The state folder: $TUNELINE_HOME, else `.tuneline` in `root` (default: the working directory)."""
+    return Path(os.environ.get("TUNELINE_HOME") or (root or Path.cwd()) / HOME_FOLDER)
+
+
+def tracking_uri(home_dir: Path | None = None) -> str:
+    """$MLFLOW_TRACKING_URI, else the SQLite store in the state folder."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{((home_dir or home()) / 'mlflow.db').absolute()}"
+
+
+def serve_state_dir(home_dir: Path | None = None) -> Path:
+    """Where the local Triton servers and the proxy keep their state (state.json, token, logs)."""
+    return Path(os.environ.get("TUNELINE_SERVE_STATE") or (home_dir or home()) / "serve")
+
+
+def serve_venv() -> Path:
+    """The separate venv that holds the bundled tritonserver (it needs numpy<2)."""
+    return Path(os.environ.get("TUNELINE_SERVE_VENV") or Path(HOME_FOLDER) / "serve-venv")
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (None for any other store)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):].split("?", 1)[0] or ".")
+
+
+def use_tracking(home_dir: Path | None = None) -> str:
+    """Point this process's MLflow (and the subprocesses it starts) at `tracking_uri()`; returns the URI."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    uri = tracking_uri(home_dir)
+    db = sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    return uri
+
+
+def mlflow_client(home_dir: Path | None = None):
+    """An `MlflowClient` on the tracking store, its tracking and registry tables created under a lock."""
+    from mlflow.tracking import MlflowClient
+
+    uri = use_tracking(home_dir)
+    db = sqlite_path(uri)
+    if db is None:
+        return MlflowClient(tracking_uri=uri)
+    with open(db.with_name(db.name + ".init.lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            client = MlflowClient(tracking_uri=uri)  # creates and migrates the tracking tables
+            client.search_registered_models(max_results=1)  # the registry store initialises lazily
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    return client
