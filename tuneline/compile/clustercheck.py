@@ -63,7 +63,6 @@ class Sku:
     vcpus: int
     memory_gib: float
     gpus: int
-    retired: bool = False
 
     def allocatable(self, max_pods: int) -> tuple[float, float]:
         """(cores, bytes) a node offers pods after the AKS kube-reserved CPU and memory and the eviction margin."""
@@ -83,8 +82,8 @@ class Sku:
 
 def load_skus(path: Path = DEFAULT_SKUS) -> dict[str, Sku]:
     rows = yaml.safe_load(path.read_text())["skus"]
-    return {name: Sku(name=name, vcpus=r["vcpus"], memory_gib=r["memory_gib"], gpus=r["gpus"],
-                      retired=bool(r.get("retired"))) for name, r in rows.items()}
+    return {name: Sku(name=name, vcpus=r["vcpus"], memory_gib=r["memory_gib"], gpus=r["gpus"])
+            for name, r in rows.items()}
 
 
 @dataclass
@@ -241,14 +240,6 @@ def pool_misfit(pod: PodNeeds, pool: Any, skus: dict[str, Sku]) -> str | None:
     return None
 
 
-def retired_warning(pod: PodNeeds, pools: list[Any], skus: dict[str, Sku]) -> str | None:
-    """A warning (not a failure: the pools file decides the sizes) when every pool that fits is a retired size."""
-    fits = [p for p in pools if pool_misfit(pod, p, skus) is None]
-    if fits and all(skus[p.vmSize].retired for p in fits):
-        return f"runs only on pools of retired VM sizes ({', '.join(sorted({p.vmSize for p in fits}))})"
-    return None
-
-
 def placement_problems(pod: PodNeeds, pools: list[Any], skus: dict[str, Sku]) -> list[str]:
     reasons = {pool.name: pool_misfit(pod, pool, skus) for pool in pools}
     if any(why is None for why in reasons.values()):
@@ -299,7 +290,6 @@ def image_problem(image: str | None, images: set[str]) -> str | None:
 class CheckResult:
     problems: list[str]
     pods: int
-    warnings: list[str] = field(default_factory=list)
 
 
 def check_pipeline(path: Path, pools: list[Any], skus: dict[str, Sku], objects: dict[Path, set[tuple[str, str, str]]],
@@ -323,13 +313,9 @@ def check_pipeline(path: Path, pools: list[Any], skus: dict[str, Sku], objects: 
             if env not in registered:
                 problems.append(f"{path}:{component.stem}: Azure ML environment {env} is not one that "
                                 f"environments/ registers ({', '.join(sorted(registered)) or 'none'})")
-    warnings = []
     for pod in pods:
         where = f"{path}:{pod.step}"
         problems += [f"{where}: {p}" for p in placement_problems(pod, pools, skus)]
-        retired = retired_warning(pod, pools, skus)
-        if retired:
-            warnings.append(f"{where}: {retired}")
         why = image_problem(pod.image, images)
         if why:
             problems.append(f"{where}: {why}")
@@ -337,7 +323,7 @@ def check_pipeline(path: Path, pools: list[Any], skus: dict[str, Sku], objects: 
             for folder, rendered in objects.items():
                 if (kind, namespace, name) not in rendered:
                     problems.append(f"{where}: {kind} {name} is not created in namespace {namespace} by {folder}")
-    return CheckResult(problems=list(dict.fromkeys(problems)), pods=len(pods), warnings=list(dict.fromkeys(warnings)))
+    return CheckResult(problems=list(dict.fromkeys(problems)), pods=len(pods))
 
 
 def _kustomizations(target: Path) -> list[Path]:
@@ -394,8 +380,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"{pipeline}: cannot compile: {exc}", file=sys.stderr)
             status = 2
             continue
-        for warning in result.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
         for problem in result.problems:
             print(problem, file=sys.stderr)
         if result.problems:
