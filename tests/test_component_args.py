@@ -90,4 +90,4 @@ def test_help_shows_description_default_and_range(capsys):
     with pytest.raises(SystemExit):
         component_program(REPO / "components" / "prepare").parse(["--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "Jaccard similarity for a near-duplicate; range [0, 1]; default: 0.95" in out
+    assert "of a near-duplicate with the same answer; range [0, 1]; default: 0.85" in out

@@ -71,12 +71,7 @@ def test_bench_results_override_the_flop_estimate(tune):
 
 def test_cli_prints_the_assumptions_and_table(tune, capsys, monkeypatch):
     import tuneline.cli
-    from tuneline.ops_cli import add_commands
 
-    original = tuneline.cli._extensions
-    monkeypatch.setattr(
-        tuneline.cli, "_extensions", lambda: [e for e in original() if e is not add_commands] + [add_commands]
-    )
     code = tuneline.cli.main(
         [
             "cost",

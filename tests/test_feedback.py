@@ -117,12 +117,7 @@ def test_malformed_log_line_names_file_and_line(tmp_path):
 
 def test_cli_rate_and_export(tmp_path, monkeypatch, capsys):
     import tuneline.cli
-    from tuneline.ops_cli import add_commands
 
-    original = tuneline.cli._extensions
-    monkeypatch.setattr(
-        tuneline.cli, "_extensions", lambda: [e for e in original() if e is not add_commands] + [add_commands]
-    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TUNELINE_HOME", raising=False)
     monkeypatch.setenv("TUNELINE_REQUEST_LOG", str(tmp_path / "logs" / "requests.jsonl"))

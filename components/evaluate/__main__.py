@@ -43,12 +43,17 @@ def available_metrics(refs: list[str], schema: dict | None) -> list[str]:
     return sorted([*all_metrics(refs, refs, schema), "perplexity"])
 
 
-def score(model, tokenizer, records, refs, schema, args) -> tuple[dict[str, float], list[str], float]:
+def score(model, tokenizer, records, refs, schema, args, label: str, offset: int,
+          total: int) -> tuple[dict[str, float], list[str], float]:
+    """Metrics of one model; generation progress is reported as examples done out of `total` (all models)."""
     from tuneline.ml.generate import generate, perplexity
     from tuneline.ml.metrics import all_metrics
+    from tuneline.runner.step_progress import report
 
     started = time.perf_counter()
-    preds = generate(model, tokenizer, records, args.max_new_tokens, args.batch_size)
+    report(offset, total, "example", model=label)
+    preds = generate(model, tokenizer, records, args.max_new_tokens, args.batch_size,
+                     on_batch=lambda done: report(offset + done, total, "example", model=label))
     metrics = all_metrics(preds, refs, schema)
     metrics["perplexity"] = perplexity(model, tokenizer, records, args.max_seq_len, args.batch_size)
     return metrics, preds, time.perf_counter() - started
@@ -91,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     base_path = resolve_model(args.base_model)
     base = load_causal_lm(base_path, dtype=dtype).to(device).eval()
     base_tok = load_tokenizer(base_path, padding_side="left")
-    results["base"], predictions["base"], timings["base"] = score(base, base_tok, split.records, refs, schema, args)
+    n, total = len(split.records), len(split.records) * (3 if args.champion_uri else 2)
+    results["base"], predictions["base"], timings["base"] = score(base, base_tok, split.records, refs, schema, args,
+                                                                  "base", 0, total)
     del base
 
     tuned, tuned_tok, summary = load_tuned(args.model, dtype=dtype)
@@ -100,13 +107,13 @@ def main(argv: list[str] | None = None) -> int:
               f"compared here with {args.base_model!r}", file=sys.stderr)
     tuned.to(device)
     results["tuned"], predictions["tuned"], timings["tuned"] = score(tuned, tuned_tok, split.records, refs, schema,
-                                                                      args)
+                                                                      args, "tuned", n, total)
     del tuned
     if args.champion_uri:
         champion, champion_tok, _ = load_tuned(resolve_champion(args.champion_uri), dtype=dtype)
         champion.to(device)
         results["champion"], predictions["champion"], timings["champion"] = score(
-            champion, champion_tok, split.records, refs, schema, args)
+            champion, champion_tok, split.records, refs, schema, args, "champion", 2 * n, total)
 
     gate_result = gate.evaluate(results)
     meta = {"n_examples": len(refs), "test_sha256": split.sha256, "base_model": args.base_model,

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tuneline.data.dedup import record_digest
+from tuneline.data.dedup import answer_key, record_digest
 from tuneline.data.minhash import Signer, shingle_text
 from tuneline.data.pii import Redactor
 from tuneline.data.quality import QualityRules
@@ -31,6 +31,7 @@ class Parsed:
     record: ChatRecord
     digest: bytes
     had_pii: bool
+    answer: int  # ``dedup.answer_key`` of the final assistant turn
 
 
 @dataclass(slots=True)
@@ -98,7 +99,8 @@ class BatchParser:
                 continue
             had_pii = self._redact(record) if self.checks.redact_pii else False
             digest = record_digest(record.messages, record.extra.get("tools"))
-            out.parsed.append(Parsed(index, item.key, record, digest, had_pii))
+            out.parsed.append(Parsed(index, item.key, record, digest, had_pii,
+                                      answer_key(record.messages[-1]["content"])))
         if self.signer is not None:
             out.signatures = self.signer.sign_many([near_dup_text(p.record) for p in out.parsed])
         return out

@@ -33,6 +33,7 @@ from tuneline.ml import checkpoint as ckpt
 from tuneline.ml.batching import Batch, collate, rank_steps, steps_per_epoch
 from tuneline.ml.chat import IGNORE, Encoded
 from tuneline.ml.device import peak_memory_mb
+from tuneline.runner.step_progress import report as report_progress
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a killed process would report; the step is retried
 
@@ -245,6 +246,9 @@ class Loop:
             self._print(f"step {s.global_step}/{self.plan.total_steps} loss {metrics['loss']:.4f} "
                         f"lr {metrics['learning_rate']:.2e} grad_norm {metrics['grad_norm']:.3f} "
                         f"tok/s {metrics['tokens_per_s']:.0f}")
+            if self.acc.is_main_process:
+                report_progress(s.global_step, self.plan.total_steps, "step", loss=round(metrics["loss"], 4),
+                                tokens_per_s=round(metrics["tokens_per_s"]))
             epoch_end = s.step_in_epoch >= len(steps)
             if self.validation and ((c.eval_steps and s.global_step % c.eval_steps == 0)
                                     or (not c.eval_steps and epoch_end)):

@@ -103,5 +103,5 @@ def test_component_yaml_declares_the_interface():
         "type": "number",
         "min": 0,
         "max": 1,
-        "default": 0.95,
+        "default": 0.85,
     }

@@ -178,3 +178,24 @@ def test_compressed_files_and_folders_of_shards(tmp_path):
     (bad,) = quarantine
     assert (bad["file"], bad["row"], bad["reason"]) == ("part/b.csv.zst", 11, "invalid_row")
     assert bad["detail"] == "4 cells where the header has 3"
+
+
+def test_default_near_dup_threshold_removes_one_token_edits_but_keeps_templated_records(tmp_path):
+    def rec(user: str, priority: str = "medium") -> dict:
+        return {"messages": [{"role": "user", "content": user},
+                             {"role": "assistant", "content": json.dumps({"priority": priority})}]}
+
+    base = "My NovaBook laptop will not turn on after the latest update. Could you help me with this?"
+    rows = [
+        rec(base),
+        rec(base + " !"),                                   # one-token edit: removed
+        rec(base.replace("latest", "lastest")),             # a typo: removed
+        rec(base + " Not important.", priority="low"),      # same template, different answer: kept
+        rec("My Slate tablet will not turn on after the recent reset. Could you help me with this?"),  # kept
+    ]
+    raw = tmp_path / "tickets.jsonl"
+    raw.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, card, kept, quarantine = prepare(tmp_path, raw)
+    assert card["parameters"]["near_dup_threshold"] == 0.85
+    assert sorted(q["line"] for q in quarantine if q["reason"] == "near_duplicate") == [2, 3]
+    assert len(kept) == 3

@@ -49,3 +49,13 @@ def test_near_deduper_threshold_is_respected():
     assert strict.check_and_add(a, 1) is None
     assert strict.check_and_add(b, 2) is None
     assert np.count_nonzero(a == b) < 0.99 * signer.num_perm
+
+
+def test_near_duplicates_must_share_the_answer():
+    signer = Signer(64)
+    text = b"my laptop will not start after the update today"
+    a, b = signer.sign_many([text, text + b" !"])
+    near = NearDeduper(signer, threshold=0.8)
+    assert near.check_and_add(a, 1, answer=7) is None
+    assert near.check_and_add(b, 2, answer=8) is None  # a different answer: a different record
+    assert near.check_and_add(b, 3, answer=7) is not None

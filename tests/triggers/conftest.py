@@ -10,7 +10,6 @@ import pytest
 
 import tuneline.cli
 from tests.support.tickets import ticket_records
-from tuneline.ops_cli import add_commands
 
 PROJECT = Path(__file__).parent / "project"
 
@@ -34,12 +33,8 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def ops_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
-    """`tuneline ...` in-process with the trigger/feedback/cost commands wired in."""
-    original = tuneline.cli._extensions
-    monkeypatch.setattr(
-        tuneline.cli, "_extensions", lambda: [e for e in original() if e is not add_commands] + [add_commands]
-    )
+def ops_cli(capsys: pytest.CaptureFixture[str]):
+    """`tuneline ...` in-process (the trigger, feedback and cost commands included)."""
 
     def call(*args: str) -> tuple[int, str, str]:
         code = tuneline.cli.main(list(args))

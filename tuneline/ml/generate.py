@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,9 @@ from tuneline.ml.data import ChatRecord
 
 
 @torch.no_grad()
-def generate(model, tokenizer, records: list[ChatRecord], max_new_tokens: int, batch_size: int) -> list[str]:
+def generate(model, tokenizer, records: list[ChatRecord], max_new_tokens: int, batch_size: int,
+             on_batch: Callable[[int], None] | None = None) -> list[str]:
+    """Greedy answers in the order of `records`; `on_batch(done)` is called after each batch."""
     pad = tokenizer.pad_token_id
     eos = tokenizer.eos_token_id
     device = next(model.parameters()).device
@@ -33,6 +36,8 @@ def generate(model, tokenizer, records: list[ChatRecord], max_new_tokens: int, b
                                    temperature=None, top_p=None, top_k=None)
         for row, i in enumerate(idx):
             out[i] = tokenizer.decode(generated[row, width:], skip_special_tokens=True).strip()
+        if on_batch is not None:
+            on_batch(min(start + batch_size, len(order)))
     return out
 
 

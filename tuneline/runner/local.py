@@ -26,6 +26,7 @@ from ..compile.gate import SKIPPED as GATE_SKIPPED  # the words a gated-off step
 from ..graph import Node, PipelineGraph
 from ..spec import IOType, Literal, OutputRef, ParamRef
 from . import record as rec
+from . import step_progress
 from .cache import SUMMARY, StepCache, link_tree, step_cache_key
 from .command import render_command
 from .digest import path_sha256
@@ -318,12 +319,17 @@ class LocalRunner:
             step.attempts.append(attempt)
             step.status = rec.RUNNING
             self._changed()
+            progress_path = step_dir / f"progress-{number}.jsonl"
+            env[step_progress.ENV] = str(progress_path)
+            step.progress = None
             with log_path.open("ab") as log:
                 log.write(f"--- attempt {number}: {' '.join(step.command)}\n".encode())
                 log.flush()
                 attempt.exit_code, attempt.reason = self._wait(
                     subprocess.Popen(step.command, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True), timeout)
+                                     stdin=subprocess.DEVNULL, start_new_session=True), timeout,
+                    lambda path=progress_path: self._read_progress(step, path))
+            self._read_progress(step, progress_path)  # the last line, written just before the exit
             attempt.duration_s = time.time() - attempt.started
             if attempt.exit_code == 0:
                 return
@@ -349,7 +355,12 @@ class LocalRunner:
         tries = len(step.attempts)
         raise StepFailed(f"{step.attempts[-1].reason} after {tries} attempt{'s' if tries > 1 else ''}")
 
-    def _wait(self, process: subprocess.Popen[bytes], timeout: float | None) -> tuple[int, str]:
+    @staticmethod
+    def _read_progress(step: rec.StepRecord, path: Path) -> None:
+        step.progress = step_progress.read_latest(path, step.progress)
+
+    def _wait(self, process: subprocess.Popen[bytes], timeout: float | None,
+              poll: Callable[[], None] = lambda: None) -> tuple[int, str]:
         self.process = process
         started = time.time()
         try:
@@ -361,6 +372,7 @@ class LocalRunner:
                     return self._stop(process), "interrupted"
                 if timeout is not None and time.time() - started > timeout:
                     return self._stop(process), f"timed out after {timeout:g}s"
+                poll()
                 self.on_change(self.record)
                 time.sleep(POLL_SECONDS)
         finally:

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .step_progress import StepProgress
+
 # Step states, in the order a step moves through them.
 PENDING, RUNNING, SUCCEEDED, CACHED, FAILED, SKIPPED, NOT_RUN, INTERRUPTED = (
     "pending", "running", "succeeded", "cached", "failed", "skipped", "not-run", "interrupted")
@@ -43,6 +45,7 @@ class StepRecord:
     started: float | None = None
     duration_s: float | None = None
     log: str | None = None
+    progress: StepProgress | None = None  # the newest line the running step reported ($TUNELINE_PROGRESS)
 
     @property
     def exit_code(self) -> int | None:

@@ -68,9 +68,13 @@ def run_and_report(graph: PipelineGraph, options: RunOptions, out: TextIO | None
     Raises `tuneline.runner.local.StepFailed` when the selection (--from/--only) is invalid.
     """
     out = out or sys.stdout
-    runner = LocalRunner(graph, options, on_change=Progress(out))
+    progress = Progress(out)
+    runner = LocalRunner(graph, options, on_change=progress)
     print(f"run {runner.record.run_id}: {graph.name} ({len(graph.order)} steps: {' -> '.join(graph.order)})",
           file=out, flush=True)
-    record = runner.run()
+    try:
+        record = runner.run()
+    finally:
+        progress.close()
     print_report(record, out)
     return record

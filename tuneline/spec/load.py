@@ -210,6 +210,17 @@ class Pipeline:
     def name(self) -> str:
         return self.spec.name
 
+    def input_value(self, step: str, name: str) -> Any:
+        """What input `name` of `step` is before the run: its literal or parameter binding, else the component's
+        default; None when it is unbound without a default or bound to a step output (known at run time)."""
+        binding = self.bindings.get(step, {}).get(name)
+        if isinstance(binding, Literal):
+            return binding.value
+        if isinstance(binding, ParamRef):
+            return self.params[binding.name]
+        spec = self.components[step].spec.inputs.get(name)
+        return spec.default if spec is not None and binding is None else None
+
     def step_with_role(self, role: Role) -> str | None:
         """The first step, in file order, whose component declares `role`."""
         return next((step for step, c in self.components.items() if c.spec.role == role), None)

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..registry import CHAMPION, metric_tag, version_by_alias
-from ..spec import Literal, ParamRef, Pipeline
+from ..spec import Pipeline
 from ..spec.models import Role, Triggers
 from .result import FIRED, OK, SKIPPED, TriggerResult
 
@@ -34,15 +34,8 @@ class Champion:
 def default_model_name(pipeline: Pipeline) -> str:
     """The `name` input of the pipeline's `role: register` step, else the pipeline's name."""
     step = pipeline.step_with_role(Role.register)
-    if step is None:
-        return pipeline.name
-    binding = pipeline.bindings.get(step, {}).get("name")
-    if isinstance(binding, Literal):
-        return str(binding.value)
-    if isinstance(binding, ParamRef):
-        return str(pipeline.params[binding.name])
-    default = pipeline.components[step].spec.inputs["name"].default
-    return pipeline.name if default is None else str(default)
+    value = None if step is None else pipeline.input_value(step, "name")
+    return pipeline.name if value is None else str(value)
 
 
 def find_champion(client, name: str) -> Champion | None:
