@@ -123,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     from tuneline.runner.summary import write_step_summary
 
     if args.target == "local" and record.endpoint:
-        shown = f"endpoint:   {record.endpoint}\ntoken file: {record.token_file}\ntry it:\n  {record.curl}"
+        shown = (
+            f"endpoint:   {record.endpoint}\ntoken file: {record.token_file}\n"
+            f"OpenAI API: base_url={record.endpoint}/v1, api_key=<the token>, model={serving_name}\n"
+            f"try it:\n  {record.curl}"
+        )
         print(shown)
         write_step_summary(f"{record.status}: {record.model_uri}\n{shown}\nstop it: make serve-stop")
     elif record.files:
