@@ -19,6 +19,7 @@ from collections import Counter
 
 from components.train.config import TrainConfig, hyperparameters, parse_args
 from components.train.modelsetup import MethodUnavailable, check_method
+from tuneline.outputs import write_value
 
 
 def _encode_split(records, tokenizer, max_seq_len: int, label: str, log, over_long: dict):
@@ -87,7 +88,7 @@ def _main(config: TrainConfig) -> int:
     from transformers import get_scheduler
 
     from components.train import modelsetup
-    from components.train.loop import Loop, StopFlag, dump_json, finite, plan
+    from components.train.loop import Loop, StopFlag, finite, plan
     from components.train.state import TrainState
     from tuneline.ml import checkpoint as ckpt
     from tuneline.ml.data import read_split
@@ -145,7 +146,7 @@ def _main(config: TrainConfig) -> int:
                         "planned_steps": steps.total_steps})
         run.set_tags({"tuneline.dataset_sha256": train_split.sha256, "tuneline.base_model": config.base_model,
                       "tuneline.method": config.method})
-        dump_json(config.mlflow_run_id, run.run_id)
+        write_value(config.mlflow_run_id, run.run_id)
     loop.run = run
     log(f"training {config.method} on {config.base_model}: {len(train)} examples, {steps.total_steps} steps, "
         f"{acc.num_processes} process(es), precision {precision}")
