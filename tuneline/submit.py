@@ -16,7 +16,6 @@ URI on KFP, an azureml:// URI on Azure ML), never at a file baked into the image
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,7 +178,6 @@ def execute_kfp(plan: KfpPlan) -> list[str]:
 
 
 def execute_azureml(plan: AzureMLPlan) -> list[str]:  # pragma: no cover - needs an Azure ML workspace
-    os.environ.setdefault("AZURE_ML_CLI_PRIVATE_FEATURES_ENABLED", "true")  # if_else condition nodes
     from azure.ai.ml import MLClient, load_job
     from azure.ai.ml.entities._load_functions import load_schedule
     from azure.identity import DefaultAzureCredential
