@@ -14,7 +14,6 @@ served; 2 on bad input.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -22,12 +21,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from tuneline.component_args import parse_component_args
-
-
-def _write_value(path: Path, value: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value))
+from tuneline.component_args import parse_component_args, write_value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"deploy: {uri}: {exc}", file=sys.stderr)
         return 2
 
-    _write_value(args.endpoint, record.endpoint)
-    _write_value(args.status, record.status)
+    write_value(args.endpoint, record.endpoint)
+    write_value(args.status, record.status)
     record.write(args.deployment)
     log(
         f"deploy: {record.status}: {record.model_uri} ({args.target})"

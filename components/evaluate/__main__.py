@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tuneline.component_args import parse_component_args
+from tuneline.component_args import parse_component_args, write_value
 
 
 def resolve_champion(uri: str) -> Path:
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for path in (args.passed, args.metrics, args.report):
         path.parent.mkdir(parents=True, exist_ok=True)
-    args.passed.write_text(json.dumps(gate_result.passed))
+    write_value(args.passed, gate_result.passed)
     args.metrics.write_text(json.dumps(document, indent=2) + "\n")
     report = render(results, gate_result, samples, meta)
     args.report.write_text(report)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from components.register.card import CardContext, render_card
 from components.register.inputs import InputError, read_evaluation, read_trained_model
-from tuneline.component_args import parse_component_args
+from tuneline.component_args import parse_component_args, write_value
 
 
 def _tags(
@@ -46,11 +46,6 @@ def _tags(
         for metric, value in scores.items():
             tags[metric_tag(model, metric)] = repr(value)
     return {k: v for k, v in tags.items() if v != ""}
-
-
-def _write_value(path: Path, value: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,9 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         registry.with_retry(lambda: client.set_terminated(run_id, status=status), "end run", log=log)
 
     model_uri = f"models:/{args.name}/{number}"
-    _write_value(args.model_uri, model_uri)
-    _write_value(args.version, number)
-    _write_value(args.promoted, decision.promoted)
+    write_value(args.model_uri, model_uri)
+    write_value(args.version, number)
+    write_value(args.promoted, decision.promoted)
     args.card.parent.mkdir(parents=True, exist_ok=True)
     args.card.write_text(card)
     log(
