@@ -1,17 +1,29 @@
-"""Serving benchmark: requests/s and p50/p95 latency on the real tritonserver, dynamic batching on vs off.
+"""Serving benchmark of what users get: the demo's registered model, served, against plain transformers.
 
-A tiny random Llama is served from one Triton repository per mode; a closed loop keeps `concurrency`
-requests in flight with tritonclient's `async_infer` (the HTTP client is not thread-safe) and measures each
-request from submission until its result is collected (results are collected in submission order, which
-matches the server's FIFO scheduling). One extra run goes through the auth proxy to show its overhead.
-Takes a couple of minutes on 2 cores.
+In one run, on the same merged weights and the same prompts (the user turns of data/sample/tickets.jsonl):
+  1. the served endpoint: OpenAI `POST /v1/chat/completions` through the proxy, closed loop at each
+     `--concurrency` (default 1 8 32 64);
+  2. direct Triton: v2 infer calls straight to tritonserver at the highest concurrency <= 32;
+  3. plain transformers `generate` in this process, greedy, with the same chat template and system prompt:
+     one prompt at a time (sequential) and `--batch` prompts per call (batched), torch threads = cores.
+Reported per run: req/s, generated tokens/s, p50/p95 latency, errors; and the ratios the serving path is
+held to at concurrency 32: >= 4x the sequential baseline and >= 0.9x the batched one. The machine's load
+average is recorded beside each figure (this machine is shared: compare ratios, not absolute numbers).
 
-Run as: python bench/serve_bench.py [--concurrency 1 8 32] [--max-new-tokens 16] [--out bench/results/serve.json]
+By default the model is `models:/<model_name>@champion` from the pipeline's registry (run `make pipeline-run`
+first); `--tiny` serves a tiny random Llama instead (no registry needed; says nothing about the real model).
+`--endpoint URL --token-file FILE` skips all that and loads an endpoint that already runs (`make serve-load`
+points it at the demo's endpoint) with `--requests` requests per concurrency.
+
+Run as: python bench/serve_bench.py [--concurrency 1 8 32 64] [--max-new-tokens 32] [--out bench/results/serve.json]
+        python bench/serve_bench.py --endpoint http://127.0.0.1:8000 --token-file .tuneline/serve/token \
+            --requests 1000 --concurrency 32 64
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -19,199 +31,318 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
-
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.support.tinymodel import build_tiny_llama  # noqa: E402
 from tuneline.serve import process  # noqa: E402
-from tuneline.serve.auth import ensure_token  # noqa: E402
+from tuneline.serve.auth import ensure_token, load_token  # noqa: E402
 from tuneline.serve.env import ensure_serve_venv  # noqa: E402
 from tuneline.serve.local import start_proxy, start_triton, stop_triton  # noqa: E402
-from tuneline.serve.proxy import Upstream, write_upstream  # noqa: E402
-from tuneline.serve.repository import RepositorySpec, write_repository  # noqa: E402
+from tuneline.serve.proxy import ProxyLimits, Upstream, write_upstream  # noqa: E402
+from tuneline.serve.repository import HF_SUBDIR, SERVING_FILE, machine_spec, write_repository  # noqa: E402
 
-PROMPTS = [
-    "The printer is offline again.",
-    "My invoice shows the wrong amount.",
-    "I cannot log in after the password reset.",
-    "Please cancel my subscription.",
-]
+DATASET = REPO / "data" / "sample" / "tickets.jsonl"
 
 
-def _percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.array(values), q))
+def load_prompts(path: Path = DATASET, limit: int = 256) -> list[str]:
+    prompts = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            users = [m["content"] for m in json.loads(line)["messages"] if m["role"] == "user"]
+            if users:
+                prompts.append(users[-1])
+    return prompts[:limit]
 
 
-def run_load(
+def _summary(name: str, latencies: list[float], tokens: int, errors: Counter, seconds: float, **extra) -> dict:
+    ordered = sorted(latencies) or [float("nan")]
+
+    def pct(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] * 1000, 1)
+
+    done = len(latencies)
+    return {
+        "name": name,
+        **extra,
+        "requests": done + sum(errors.values()),
+        "ok": done,
+        "errors": sum(errors.values()),
+        "error_kinds": dict(errors),
+        "seconds": round(seconds, 2),
+        "requests_per_s": round(done / seconds, 3) if seconds else None,
+        "generated_tokens_per_s": round(tokens / seconds, 1) if seconds else None,
+        "p50_ms": pct(50),
+        "p95_ms": pct(95),
+        "mean_ms": round(statistics.fmean(latencies) * 1000, 1) if latencies else None,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+async def closed_loop(
     url: str,
-    model: str,
+    make_body,
+    read_tokens,
+    *,
     concurrency: int,
     requests: int,
-    max_new_tokens: int,
     headers: dict[str, str] | None = None,
-    warmup: int = 4,
-) -> dict:
-    """Closed loop: `concurrency` requests in flight until `requests` have completed."""
-    import tritonclient.http as httpclient
+    timeout_s: float = 900.0,
+) -> tuple[list[float], int, Counter, float]:
+    """`concurrency` clients, each sending its next request as soon as its last one is answered."""
+    import aiohttp
 
-    client = httpclient.InferenceServerClient(
-        url.split("://", 1)[1], concurrency=concurrency, network_timeout=600, connection_timeout=600
+    latencies: list[float] = []
+    errors: Counter = Counter()
+    tokens = 0
+    numbers = iter(range(requests))
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+
+        async def client() -> None:
+            nonlocal tokens
+            for i in numbers:
+                started = time.perf_counter()
+                try:
+                    async with session.post(url, json=make_body(i), headers=headers) as resp:
+                        data = await resp.read()
+                        if resp.status != 200:
+                            errors[f"HTTP {resp.status}"] += 1
+                            continue
+                        tokens += read_tokens(json.loads(data))
+                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    errors[type(exc).__name__] += 1
+                    continue
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        return latencies, tokens, errors, time.perf_counter() - started
+
+
+def load_endpoint(base: str, token: str, model: str, prompts: list[str], concurrency: int, requests: int,
+                  max_new_tokens: int) -> dict:
+    def body(i: int) -> dict:
+        return {"model": model, "messages": [{"role": "user", "content": prompts[i % len(prompts)]}],
+                "max_tokens": max_new_tokens}
+
+    lat, tok, err, secs = asyncio.run(
+        closed_loop(f"{base}/v1/chat/completions", body, lambda r: r["usage"]["completion_tokens"],
+                    concurrency=concurrency, requests=requests, headers={"Authorization": f"Bearer {token}"})
+    )
+    return _summary("served (proxy, /v1/chat/completions)", lat, tok, err, secs, concurrency=concurrency)
+
+
+def load_triton(url: str, model: str, prompts: list[str], concurrency: int, requests: int,
+                max_new_tokens: int) -> dict:
+    def body(i: int) -> dict:
+        return {"inputs": [
+            {"name": "text_input", "shape": [1, 1], "datatype": "BYTES", "data": [prompts[i % len(prompts)]]},
+            {"name": "max_new_tokens", "shape": [1, 1], "datatype": "INT32", "data": [max_new_tokens]},
+            {"name": "prompt_format", "shape": [1, 1], "datatype": "BYTES", "data": ["chat"]},
+            {"name": "temperature", "shape": [1, 1], "datatype": "FP32", "data": [0.0]},
+            {"name": "top_p", "shape": [1, 1], "datatype": "FP32", "data": [1.0]},
+            {"name": "stop", "shape": [1, 1], "datatype": "BYTES", "data": ["[]"]},
+        ]}
+
+    def tokens(reply: dict) -> int:
+        return sum(o["data"][0] for o in reply["outputs"] if o["name"] == "completion_tokens")
+
+    lat, tok, err, secs = asyncio.run(
+        closed_loop(f"{url}/v2/models/{model}/infer", body, tokens, concurrency=concurrency, requests=requests)
+    )
+    return _summary("direct Triton (v2 infer)", lat, tok, err, secs, concurrency=concurrency)
+
+
+class Baseline:
+    """Plain transformers on the served weights, prompts formatted exactly as the served model formats them."""
+
+    def __init__(self, hf_dir: Path, serving: dict, threads: int) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.tok = AutoTokenizer.from_pretrained(hf_dir)
+        self.tok.padding_side = "left"
+        if self.tok.pad_token_id is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+        self.system = serving.get("system_prompt")
+        self.chat = bool(getattr(self.tok, "chat_template", None))
+
+    def _text(self, prompt: str) -> str:
+        if not self.chat:
+            return prompt
+        messages = ([{"role": "system", "content": self.system}] if self.system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def generate(self, prompts: list[str], max_new_tokens: int) -> int:
+        enc = self.tok([self._text(p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
+        with self.torch.inference_mode():
+            out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                      pad_token_id=self.tok.pad_token_id)
+        new = out[:, enc["input_ids"].shape[1]:].tolist()
+        eos = self.tok.eos_token_id
+        return sum(row.index(eos) if eos in row else len(row) for row in new)
+
+    def run(self, name: str, prompts: list[str], batch: int, requests: int, max_new_tokens: int) -> dict:
+        self.generate(prompts[:batch], max_new_tokens)  # warm-up
+        latencies, tokens = [], 0
+        started = time.perf_counter()
+        for first in range(0, requests, batch):
+            chunk = [prompts[(first + i) % len(prompts)] for i in range(min(batch, requests - first))]
+            t0 = time.perf_counter()
+            tokens += self.generate(chunk, max_new_tokens)
+            latencies += [time.perf_counter() - t0] * len(chunk)
+        return _summary(name, latencies, tokens, Counter(), time.perf_counter() - started, batch=batch)
+
+
+def _print(run: dict) -> None:
+    where = f"c={run['concurrency']:>3}" if "concurrency" in run else f"b={run['batch']:>3}"
+    print(
+        f"{run['name']:<40} {where}  {run['requests_per_s']:7.2f} req/s  {run['generated_tokens_per_s']:7.1f} tok/s  "
+        f"p50 {run['p50_ms']:9.1f} ms  p95 {run['p95_ms']:9.1f} ms  errors {run['errors']}  load {run['load_avg_1m']}",
+        file=sys.stderr,
+        flush=True,
     )
 
-    def submit(i: int):
-        text = httpclient.InferInput("text_input", [1, 1], "BYTES")
-        text.set_data_from_numpy(np.array([[PROMPTS[i % len(PROMPTS)].encode()]], dtype=np.object_))
-        limit = httpclient.InferInput("max_new_tokens", [1, 1], "INT32")
-        limit.set_data_from_numpy(np.array([[max_new_tokens]], dtype=np.int32))
-        return time.perf_counter(), client.async_infer(model, [text, limit], headers=headers)
 
-    for i in range(warmup):
-        submit(i)[1].get_result()
-    latencies: list[float] = []
-    in_flight = [submit(i) for i in range(min(concurrency, requests))]
-    submitted = len(in_flight)
-    started = time.perf_counter()
-    while in_flight:
-        t0, req = in_flight.pop(0)
-        out = req.get_result().as_numpy("text_output")
-        latencies.append(time.perf_counter() - t0)
-        assert out.shape == (1, 1)
-        if submitted < requests:
-            in_flight.append(submit(submitted))
-            submitted += 1
-    elapsed = time.perf_counter() - started
-    client.close()
-    return {
-        "concurrency": concurrency,
-        "requests": requests,
-        "seconds": round(elapsed, 3),
-        "requests_per_s": round(requests / elapsed, 2),
-        "p50_ms": round(_percentile(latencies, 50) * 1000, 1),
-        "p95_ms": round(_percentile(latencies, 95) * 1000, 1),
-        "mean_ms": round(statistics.fmean(latencies) * 1000, 1),
-    }
+def _model_dir(args: argparse.Namespace, work: Path) -> tuple[Path, Path | None, str]:
+    if args.tiny:
+        from tests.support.tinymodel import build_tiny_llama
+
+        return build_tiny_llama(work / "tiny"), None, "tiny random Llama (--tiny)"
+    from tuneline.registry import fetch_model, resolve_base_dir
+
+    fetched = fetch_model(args.model_uri, work / "fetched")
+    return fetched.model_dir, resolve_base_dir(fetched), fetched.uri
 
 
 def run_bench(args: argparse.Namespace, work: Path) -> dict:
-    """Both modes, every concurrency; servers and the proxy run from `work` and are stopped at the end."""
     install = ensure_serve_venv()
-    model_dir = build_tiny_llama(work / "model", hidden_size=args.hidden_size, layers=args.layers)
+    cores = len(os.sched_getaffinity(0))
+    model_dir, base_dir, source = _model_dir(args, work)
+    spec = machine_spec(model_name="bench-llm", max_new_tokens_default=args.max_new_tokens)
+    repo = work / "repo"
+    write_repository(model_dir, repo, spec, base_model_dir=base_dir)
+    hf_dir = repo / spec.model_name / "1" / HF_SUBDIR
+    serving = json.loads((repo / spec.model_name / "1" / SERVING_FILE).read_text())
+    prompts = load_prompts()
     results: dict = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_at_start": os.getloadavg()},
-        "model": {
-            "kind": "random Llama",
-            "hidden_size": args.hidden_size,
-            "layers": args.layers,
-            "max_new_tokens": args.max_new_tokens,
-        },
-        "max_queue_delay_us": args.max_queue_delay_us,
-        "torch_threads": args.torch_threads,
-        "modes": {},
+        "machine": {"cores": cores, "python": platform.python_version(), "load_avg_at_start": os.getloadavg()},
+        "model": {"source": source, "max_new_tokens": args.max_new_tokens, "prompts": str(DATASET.relative_to(REPO))},
+        "config": {"instance_count": spec.instance_count, "torch_threads": spec.torch_threads,
+                   "max_batch_size": spec.max_batch_size, "why": spec.why},
+        "runs": [],
     }
-    max_c = max(args.concurrency)
-    for batching in (True, False):
-        mode = "dynamic_batching_on" if batching else "dynamic_batching_off"
-        spec = RepositorySpec(
-            dynamic_batching=batching,
-            max_batch_size=max(32, max_c),
-            preferred_batch_sizes=tuple(b for b in (8, 16, 32) if b <= max(32, max_c)),
-            max_queue_delay_us=args.max_queue_delay_us,
-            torch_threads=args.torch_threads,
-        )
-        repo = work / "repos" / mode
-        write_repository(model_dir, repo, spec)
-        server = start_triton(repo, spec.model_name, state_dir=work / "state", slot=mode, install=install)
-        print(f"[{mode}] tritonserver ready in {server.startup_s:.1f}s", file=sys.stderr)
-        runs = []
-        try:
-            for c in args.concurrency:
-                n = max(32, c * args.requests_per_slot)
-                run = run_load(server.url, spec.model_name, c, n, args.max_new_tokens)
-                print(
-                    f"[{mode}] c={c:>3} {run['requests_per_s']:8.1f} req/s  p50 {run['p50_ms']:8.1f} ms  "
-                    f"p95 {run['p95_ms']:8.1f} ms",
-                    file=sys.stderr,
-                )
-                runs.append(run)
-            entry = {"startup_s": server.startup_s, "runs": runs}
-            if batching:
-                # The same load through the auth proxy: what the token check and forwarding cost.
-                state = work / "state"
-                token = ensure_token(state, announce=False)
-                proxy = start_proxy(state)
-                write_upstream(state, Upstream(url=server.url, model=spec.model_name, slot=mode))
-                try:
-                    via = run_load(
-                        proxy.url,
-                        spec.model_name,
-                        max_c,
-                        max(32, max_c * args.requests_per_slot),
-                        args.max_new_tokens,
-                        headers={"Authorization": f"Bearer {token}"},
-                    )
-                finally:
-                    process.stop(proxy.ref)
-                print(
-                    f"[{mode}] via proxy c={max_c}: {via['requests_per_s']:.1f} req/s p50 {via['p50_ms']} ms",
-                    file=sys.stderr,
-                )
-                entry["via_proxy"] = via
-            results["modes"][mode] = entry
-        finally:
-            stop_triton(server, work / "state")
-
-    on = {r["concurrency"]: r for r in results["modes"]["dynamic_batching_on"]["runs"]}
-    off = {r["concurrency"]: r for r in results["modes"]["dynamic_batching_off"]["runs"]}
-    results["speedup_batching"] = {
-        str(c): round(on[c]["requests_per_s"] / off[c]["requests_per_s"], 2) for c in args.concurrency
-    }
+    state = work / "state"
+    server = start_triton(repo, spec.model_name, state_dir=state, slot="bench", install=install)
+    print(f"tritonserver ready in {server.startup_s:.1f}s ({spec.instance_count} x {spec.torch_threads} threads)",
+          file=sys.stderr)
+    token = ensure_token(state, announce=False)
+    proxy = start_proxy(state, limits=ProxyLimits())
+    write_upstream(state, Upstream(url=server.url, model=spec.model_name, slot="bench"))
+    try:
+        load_endpoint(proxy.url, token, spec.model_name, prompts, 4, 8, args.max_new_tokens)  # warm-up
+        for c in args.concurrency:
+            run = load_endpoint(proxy.url, token, spec.model_name, prompts, c, max(args.min_requests,
+                                args.requests_per_slot * c), args.max_new_tokens)
+            _print(run)
+            results["runs"].append(run)
+        c_direct = max([c for c in args.concurrency if c <= 32] or [args.concurrency[0]])
+        run = load_triton(server.url, spec.model_name, prompts, c_direct,
+                          max(args.min_requests, args.requests_per_slot * c_direct), args.max_new_tokens)
+        _print(run)
+        results["runs"].append(run)
+    finally:
+        process.stop(proxy.ref)
+        stop_triton(server, state)
+    baseline = Baseline(hf_dir, serving, threads=cores)
+    seq = baseline.run("transformers generate, sequential", prompts, 1, args.sequential_requests, args.max_new_tokens)
+    _print(seq)
+    batched = baseline.run("transformers generate, batched", prompts, args.batch, args.batch * args.batched_rounds,
+                           args.max_new_tokens)
+    _print(batched)
+    results["runs"] += [seq, batched]
+    served = {r["concurrency"]: r for r in results["runs"] if r["name"].startswith("served")}
+    if 32 in served:
+        at32 = served[32]
+        ratios = {
+            "c32_vs_sequential": round(at32["requests_per_s"] / seq["requests_per_s"], 2),
+            "c32_vs_batched": round(at32["requests_per_s"] / batched["requests_per_s"], 2),
+            "c32_tokens_vs_batched": round(at32["generated_tokens_per_s"] / batched["generated_tokens_per_s"], 2),
+        }
+        ratios["targets_met"] = {
+            "zero_errors": all(r["errors"] == 0 for r in results["runs"]),
+            ">=4x_sequential": ratios["c32_vs_sequential"] >= 4,
+            ">=0.9x_batched": ratios["c32_vs_batched"] >= 0.9,
+        }
+        results["ratios"] = ratios
+    results["machine"]["load_avg_at_end"] = os.getloadavg()
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python bench/serve_bench.py", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--concurrency", type=int, nargs="+", default=[1, 8, 32], help="in-flight request counts (default 1 8 32)"
-    )
-    parser.add_argument(
-        "--requests-per-slot",
-        type=int,
-        default=8,
-        help="requests per unit of concurrency, at least 32 in all (default 8)",
-    )
-    parser.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated per request (default 16)")
-    parser.add_argument("--hidden-size", type=int, default=64, help="tiny Llama hidden size (default 64)")
-    parser.add_argument("--layers", type=int, default=2, help="tiny Llama layers (default 2)")
-    parser.add_argument(
-        "--max-queue-delay-us",
-        type=int,
-        default=RepositorySpec.max_queue_delay_us,
-        help="dynamic batcher wait for a fuller batch (default: the repository default, %(default)s)",
-    )
-    parser.add_argument(
-        "--torch-threads",
-        type=int,
-        default=1,
-        help="intra-op threads per model instance, 0 = torch default (default 1)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=REPO / "bench" / "results" / "serve.json",
-        help="results JSON (default bench/results/serve.json)",
-    )
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64],
+                        help="in-flight requests (default 1 8 32 64)")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per request (default 32)")
+    parser.add_argument("--requests-per-slot", type=int, default=4,
+                        help="requests per unit of concurrency (default 4)")
+    parser.add_argument("--min-requests", type=int, default=16, help="at least this many per run (default 16)")
+    parser.add_argument("--sequential-requests", type=int, default=8, help="baseline, one at a time (default 8)")
+    parser.add_argument("--batch", type=int, default=32, help="baseline batch size (default 32)")
+    parser.add_argument("--batched-rounds", type=int, default=2, help="baseline batches (default 2)")
+    parser.add_argument("--model-uri", default="models:/tuneline-tickets@champion",
+                        help="registered model to serve (default %(default)s)")
+    parser.add_argument("--tiny", action="store_true", help="serve a tiny random Llama instead (no registry)")
+    parser.add_argument("--endpoint", default=None, help="load this running endpoint only (with --token-file)")
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help="load the endpoint recorded in this serving state folder (e.g. .tuneline/serve)")
+    parser.add_argument("--token-file", type=Path, default=None, help="bearer token of --endpoint")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per concurrency with --endpoint")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results JSON (default bench/results/serve.json; serve-load.json with --endpoint)")
     args = parser.parse_args(argv)
 
-    with tempfile.TemporaryDirectory(prefix="serve-bench-") as work:
-        results = run_bench(args, Path(work))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results["speedup_batching"]), f"-> {args.out}", file=sys.stderr)
-    return 0
+    if args.state_dir is not None:
+        from tuneline.serve.local import status
+
+        proxy = status(args.state_dir)["proxy"]
+        if not proxy or not proxy["alive"]:
+            parser.error(f"no running endpoint recorded in {args.state_dir} (run make pipeline-run first)")
+        args.endpoint, args.token_file = proxy["url"], args.token_file or args.state_dir / "token"
+    if args.endpoint:
+        if args.token_file is None:
+            parser.error("--endpoint needs --token-file")
+        import urllib.request
+
+        token = load_token(args.token_file)
+        req = urllib.request.Request(f"{args.endpoint}/v1/models", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            model = json.loads(resp.read())["data"][0]["id"]
+        results = {"endpoint": args.endpoint, "model": model, "max_new_tokens": args.max_new_tokens,
+                   "load_avg_at_start": os.getloadavg(), "runs": []}
+        for c in args.concurrency:
+            run = load_endpoint(args.endpoint, token, model, load_prompts(), c, args.requests, args.max_new_tokens)
+            _print(run)
+            results["runs"].append(run)
+        out = args.out or REPO / "bench" / "results" / "serve-load.json"
+    else:
+        with tempfile.TemporaryDirectory(prefix="serve-bench-") as work:
+            results = run_bench(args, Path(work))
+        out = args.out or REPO / "bench" / "results" / "serve.json"
+        if "ratios" in results:
+            print(json.dumps(results["ratios"]), file=sys.stderr)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"-> {out}", file=sys.stderr)
+    return 0 if all(r["errors"] == 0 for r in results["runs"]) else 1
 
 
 if __name__ == "__main__":

@@ -8,7 +8,10 @@ SERVE_STATE ?= $(or $(TUNELINE_SERVE_STATE),$(TUNELINE_HOME)/serve)
 MODEL ?=
 SERVE_PORT ?= 8000
 
-.PHONY: serve-venv serve-deploy serve-status serve-stop serve-bench
+LOAD_REQUESTS ?= 1000
+LOAD_CONCURRENCY ?= 32 64
+
+.PHONY: serve-venv serve-deploy serve-status serve-stop serve-bench serve-load
 
 serve-venv: $(VENV_STAMP) ## build the serving venv (pytriton + torch + transformers + peft, numpy<2); idempotent
 	TUNELINE_SERVE_VENV=$(SERVE_VENV) $(PY) -m tuneline.serve.env --venv $(SERVE_VENV)
@@ -27,5 +30,8 @@ serve-status: $(VENV_STAMP) ## show the local servers and the proxy
 serve-stop: $(VENV_STAMP) ## stop the local servers and the proxy, freeing their ports
 	$(PY) -m tuneline.serve --state-dir $(SERVE_STATE) stop
 
-serve-bench: serve-venv ## requests/s and p50/p95 at concurrency 1/8/32, batching on and off -> bench/results/serve.json
-	TUNELINE_SERVE_VENV=$(SERVE_VENV) $(PY) bench/serve_bench.py
+serve-bench: serve-venv ## the registered demo model served vs plain transformers (c=1/8/32/64) -> bench/results/serve.json
+	TUNELINE_SERVE_VENV=$(SERVE_VENV) $(PY) bench/serve_bench.py $(BENCH_ARGS)
+
+serve-load: $(VENV_STAMP) ## LOAD_REQUESTS chat requests at each LOAD_CONCURRENCY to the running endpoint -> bench/results/serve-load.json
+	$(PY) bench/serve_bench.py --state-dir $(SERVE_STATE) --requests $(LOAD_REQUESTS) --concurrency $(LOAD_CONCURRENCY)

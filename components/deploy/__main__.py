@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                 namespace=args.namespace,
                 storage_uri=args.storage_uri,
                 runtime=args.runtime,
+                api=args.kserve_api,
                 gpus=args.gpus,
                 min_replicas=args.min_replicas,
                 max_replicas=args.max_replicas,
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                     proxy_port=args.port,
                     smoke_expect=args.smoke_expect,
                     startup_timeout=args.startup_timeout,
+                    requests_log=Path(args.requests_log) if args.requests_log else None,
+                    canary_promote_after=args.canary_promote_after,
                 )
                 record = deploy_local(fetched, options, policy, args.model_uri, log)
             elif args.target == "triton":

@@ -1,5 +1,11 @@
-"""The ``local`` target: serve the version through the real Triton server behind the auth proxy
-(tuneline.serve), blue/green with smoke tests; a failed candidate leaves the previous version serving.
+"""The ``local`` target: serve the version through the real Triton server behind the proxy (tuneline.serve),
+blue/green or canary with smoke tests; a failed candidate leaves the previous version serving.
+
+Under ``canary`` the proxy sends ``canary_percent`` of the traffic to the new version, rolls it back when
+its error rate or latency is over the limits and promotes it after ``canary_promote_after`` requests within
+them (``tuneline.serve.routing``), as KServe's canaryTrafficPercent does on the cluster. The proxy logs
+requests (PII-redacted, rotated) to ``requests_log`` when one is given: the file the pipeline's drift
+trigger reads.
 
 The servers run detached, so they keep serving after the pipeline ends; ``python -m tuneline.serve
 stop`` stops them. Which registry version serves is kept in ``<state dir>/deployed-model.json``, so a re-run
@@ -27,6 +33,8 @@ class LocalOptions:
     proxy_port: int | None = None
     smoke_expect: str | None = None  # every smoke output must match this regular expression
     startup_timeout: float = 300.0
+    requests_log: Path | None = None
+    canary_promote_after: int = 200
 
 
 def default_state_dir() -> Path:
@@ -56,8 +64,9 @@ def deploy_local(
     fetched: FetchedModel, options: LocalOptions, policy: RolloutPolicy, requested_uri: str, log=print
 ) -> DeploymentRecord:
     from tuneline.serve.auth import token_path
-    from tuneline.serve.repository import RepositorySpec
+    from tuneline.serve.repository import machine_spec
     from tuneline.serve.rollout import rollout
+    from tuneline.serve.routing import CanaryPolicy, read_routes
 
     state_dir = options.state_dir.absolute()
     record = DeploymentRecord(
@@ -69,14 +78,12 @@ def deploy_local(
         strategy="blue_green",
         token_file=str(token_path(state_dir)),
     )
-    if policy.strategy == "canary":
-        log(
-            f"deploy: the local proxy has one upstream, so canary ({policy.canary_percent}%) is applied as "
-            "blue/green: all traffic moves once the candidate passes its smoke tests"
-        )
-        record.details["requested_strategy"] = "canary"
     current, live = _serving(state_dir)
-    if current and current.get("model_uri") == fetched.uri and _alive(live):
+    routes = read_routes(state_dir)
+    serving_uris = {b.label for b in routes.backends if b.label} if routes else set()
+    if routes and not serving_uris and current:  # routes written before they carried labels
+        serving_uris = {current.get("model_uri")}
+    if current and fetched.uri in serving_uris and _alive(live):
         proxy_url = live["proxy"]["url"]
         record.status, record.endpoint = "unchanged", proxy_url
         record.curl = curl_command(proxy_url, record.token_file)
@@ -95,23 +102,40 @@ def deploy_local(
                 else None
             )
 
+    canary = policy.strategy == "canary"
     result = rollout(
         fetched.model_dir,
         base_model_dir=resolve_base_dir(fetched),
         state_dir=state_dir,
-        spec=RepositorySpec(model_name=options.model_name),
+        spec=machine_spec(model_name=options.model_name),
         proxy_port=options.proxy_port,
         smoke_check=check,
         startup_timeout=options.startup_timeout,
+        canary_percent=policy.canary_percent if canary else None,
+        canary=CanaryPolicy(
+            promote_after=options.canary_promote_after, min_requests=min(20, options.canary_promote_after)
+        ),
+        request_log=str(options.requests_log.absolute()) if options.requests_log else None,
+        label=fetched.uri,
     )
     record.details["rollout"] = result.to_dict()
+    if canary:
+        record.strategy = "canary"
+        if result.ok and result.canary_percent is None:
+            log("deploy: no version served before this one, so the canary starts with all traffic")
+    if result.ok and result.canary_percent is not None:
+        record.details["canary_percent"] = result.canary_percent
+        log(
+            f"deploy: canary: {result.canary_percent}% of requests go to {fetched.uri}; the proxy promotes it "
+            f"after {options.canary_promote_after} healthy requests or rolls it back (see GET /v1/stats)"
+        )
     if result.ok:
         (state_dir / CURRENT_FILE).write_text(
             json.dumps(
                 {
                     "model_uri": fetched.uri,
                     "version": fetched.version,
-                    "slot": result.slot,
+                    "slot": result.server.slot if result.server else result.slot,
                     "model_name": options.model_name,
                 },
                 indent=2,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -68,8 +69,13 @@ def write_kserve(
         raise ManifestError("generated KServe manifest is invalid:\n" + "\n".join(errors))
     kserve.write(docs, path)
     record = _record("kserve", fetched, requested_uri, policy)
+    if options.api == "openai":
+        # The Hugging Face runtime loads a plain model folder: upload this one to the storageUri.
+        merged = merged_model(fetched, out / "model")
+        record.details["model_folder"] = str(merged)
+    host = f"http://{options.name}.{options.namespace}.svc.cluster.local"
     record.endpoint = (
-        f"http://{options.name}.{options.namespace}.svc.cluster.local/v2/models/{model_name}/infer"
+        f"{host}/openai/v1/chat/completions" if options.api == "openai" else f"{host}/v2/models/{model_name}/infer"
     )
     record.files = [str(path)]
     record.details["storage_uri"] = options.storage_uri
@@ -98,6 +104,10 @@ def write_azureml(
     first: bool,
 ) -> DeploymentRecord:
     model_dir = merged_model(fetched, out / "model")
+    from tuneline.serve.repository import SERVING_FILE, serving_settings
+
+    # The scoring script applies the training system prompt, as the Triton model does.
+    (model_dir / SERVING_FILE).write_text(json.dumps(serving_settings(fetched.model_dir), indent=2) + "\n")
     paths = azureml.write(
         out,
         options,

@@ -107,3 +107,15 @@ def test_score_script_serves_a_merged_model(tmp_path: Path, monkeypatch: pytest.
     answer = score.run(json.dumps({"prompts": ["hello", "printer offline"], "max_new_tokens": 4}))
     assert len(answer["outputs"]) == 2 and all(isinstance(o, str) for o in answer["outputs"])
     assert "error" in score.run("not json") and "error" in score.run(json.dumps({"prompts": [1]}))
+    # The OpenAI chat-completions body, as the local endpoint takes it, with the training system prompt.
+    (tmp_path / "model" / "serving.json").write_text(json.dumps({"system_prompt": "Triage tickets."}))
+    score.init()
+    chat = score.run(json.dumps({"messages": [{"role": "user", "content": "printer offline"}], "max_tokens": 4}))
+    assert chat["object"] == "chat.completion" and chat["choices"][0]["message"]["role"] == "assistant"
+    usage = chat["usage"]
+    assert usage["completion_tokens"] <= 4
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    own_system = [{"role": "system", "content": "x"}, {"role": "user", "content": "printer offline"}]
+    bare = score.run(json.dumps({"messages": own_system}))
+    assert bare["usage"]["prompt_tokens"] < usage["prompt_tokens"]  # the training system prompt was added before
+    assert "error" in score.run(json.dumps({"messages": [{"role": "user", "content": "hi"}], "stream": True}))

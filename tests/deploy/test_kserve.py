@@ -96,3 +96,13 @@ def test_options_are_checked():
         kserve.KServeOptions(name="Tuneline_LLM")
     with pytest.raises(ValidationError, match="storage_uri"):
         kserve.KServeOptions(storage_uri="/local/path")
+
+
+def test_openai_api_uses_the_huggingface_runtime_on_the_merged_model():
+    options = kserve.KServeOptions(api="openai", storage_uri="pvc://tuneline-models/merged")
+    docs = kserve.manifests(options, RolloutPolicy(strategy="canary", canary_percent=10), URI, 3)
+    assert kserve.validate(docs) == []
+    predictor = _isvc(docs)["spec"]["predictor"]
+    assert predictor["model"]["modelFormat"] == {"name": "huggingface"}
+    assert predictor["model"]["args"] == ["--model_name=tuneline-llm"]  # the `model` field OpenAI clients send
+    assert "protocolVersion" not in predictor["model"] and predictor["canaryTrafficPercent"] == 10

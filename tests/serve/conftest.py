@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,31 @@ def serve_venv():
         return ensure_serve_venv()
     except ServeEnvError as exc:
         pytest.skip(f"serve venv cannot be created (pip could not install nvidia-pytriton & co): {exc}")
+
+
+@contextlib.contextmanager
+def running_proxy(state_dir: Path, token: str, limits=None) -> Iterator[int]:
+    """The real proxy app under uvicorn in a thread of this process; yields its port."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from tuneline.serve.proxy import Proxy, ProxyLimits, build_app, uvicorn_config
+
+    limits = limits or ProxyLimits()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn_config(build_app(Proxy(state_dir, token, limits)), limits))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

@@ -141,7 +141,9 @@ def test_generate_routes(deployed) -> None:
 
 
 def _serving_slot(state_dir: Path) -> str:
-    return json.loads((state_dir / "upstream.json").read_text())["slot"]
+    from tuneline.serve.routing import read_upstream
+
+    return read_upstream(state_dir).slot
 
 
 def test_broken_candidate_leaves_old_serving(deployed, tiny_model: Path, tmp_path: Path) -> None:
@@ -211,3 +213,112 @@ def test_stop_command_frees_ports(serve_venv, tiny_model: Path, tmp_path: Path) 
     assert "ports freed" in proc.stdout
     assert all(process.port_is_free(p) for p in ports)
     assert status(state_dir) == {"active": None, "proxy": None, "servers": {}}
+
+
+def test_openai_client_lists_chats_streams_and_completes(deployed) -> None:
+    import openai
+
+    _, result = deployed
+    token = load_token(Path(result.token_file))
+    client = openai.OpenAI(base_url=f"{result.proxy_url}/v1", api_key=token, max_retries=0)
+    assert [m.id for m in client.models.list().data] == ["tuneline-llm"]
+    messages = [{"role": "user", "content": "The printer is offline"}]
+    chat = client.chat.completions.create(model="tuneline-llm", messages=messages, max_tokens=5)
+    answer = chat.choices[0].message.content
+    assert isinstance(answer, str) and chat.choices[0].finish_reason in ("stop", "length")
+    assert chat.usage.prompt_tokens > 0 and 0 <= chat.usage.completion_tokens <= 5
+    assert chat.usage.total_tokens == chat.usage.prompt_tokens + chat.usage.completion_tokens
+    stream = client.chat.completions.create(
+        model="tuneline-llm", messages=messages, max_tokens=5, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer  # greedy: same text
+    assert chunks[-1].usage.completion_tokens == chat.usage.completion_tokens
+    done = client.completions.create(model="tuneline-llm", prompt=["The printer", "My invoice"], max_tokens=3)
+    assert len(done.choices) == 2 and done.usage.completion_tokens <= 6
+    sampled = client.chat.completions.create(
+        model="tuneline-llm", messages=messages, max_tokens=4, temperature=0.8, top_p=0.9, stop=["}"]
+    )
+    assert "}" not in sampled.choices[0].message.content
+    with pytest.raises(openai.NotFoundError, match="not served"):
+        client.chat.completions.create(model="other", messages=messages)
+    with pytest.raises(openai.BadRequestError, match="n > 1"):
+        client.chat.completions.create(model="tuneline-llm", messages=messages, n=2)
+    with pytest.raises(openai.BadRequestError, match="limit"):
+        client.chat.completions.create(model="tuneline-llm", messages=messages, max_tokens=100000)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{result.proxy_url}/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def test_overload_is_answered_429_with_retry_after_never_a_reset(deployed) -> None:
+    """A proxy with one slot and one queue place, in front of the same Triton, under 12 concurrent clients."""
+    import http.client
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.serve.conftest import running_proxy
+    from tuneline.serve.proxy import ProxyLimits
+
+    state_dir, result = deployed
+    token = load_token(Path(result.token_file))
+    body = json.dumps({"prompt": ["The printer"] * 8, "max_new_tokens": 24})
+
+    def send(port: int, headers: dict | None = None) -> tuple[int, str | None]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn.request("POST", "/v1/generate", body=body, headers={"Authorization": f"Bearer {token}", **(headers or {})})
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        return resp.status, resp.getheader("Retry-After")
+
+    with running_proxy(state_dir, token, ProxyLimits(max_inflight=1, max_queue=1)) as port:
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(lambda _: send(port), range(12)))
+        statuses = [s for s, _ in answers]
+        assert set(statuses) <= {200, 429} and statuses.count(200) >= 2 and 429 in statuses, statuses
+        assert all(int(retry) >= 1 for s, retry in answers if s == 429)
+        # A deadline too short to be met is answered, not left hanging.
+        status, _ = send(port, {"X-Request-Timeout": "0.001"})
+        assert status in (503, 504)
+
+
+def test_failing_canary_is_rolled_back_and_a_healthy_one_promoted(serve_venv, tiny_model: Path, tmp_path: Path) -> None:
+    import time
+
+    from tuneline.serve.routing import CanaryPolicy, read_canary, read_routes
+
+    state_dir = tmp_path / "state"
+    first = rollout(tiny_model, state_dir=state_dir, label="models:/m/1")
+    assert first.ok, first.error
+    token = load_token(Path(first.token_file))
+    policy = CanaryPolicy(promote_after=12, min_requests=4)
+    try:
+        failing = rollout(tiny_model, state_dir=state_dir, canary_percent=50, canary=policy, label="models:/m/2")
+        assert failing.ok and failing.canary_percent == 50, failing.error
+        assert {b.slot: b.weight for b in read_routes(state_dir).backends} == {first.slot: 50, failing.server.slot: 50}
+        process.stop(failing.server.ref)  # the candidate dies after passing its smoke tests
+        codes = [_post(f"{first.proxy_url}/v1/generate", {"prompt": f"ticket {i}"}, token)[0] for i in range(24)]
+        assert codes == [200] * 24  # every request answered: the previous version took the failed ones
+        decision = read_canary(state_dir)
+        assert decision["decision"] == "rolled_back" and "error rate" in decision["reason"]
+        routes = read_routes(state_dir)
+        assert [(b.slot, b.label, b.weight) for b in routes.backends] == [(first.slot, "models:/m/1", 100)]
+        deadline = time.monotonic() + 30
+        while set(status(state_dir)["servers"]) != {first.slot} and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert set(status(state_dir)["servers"]) == {first.slot} and status(state_dir)["active"] == first.slot
+
+        healthy = rollout(tiny_model, state_dir=state_dir, canary_percent=50, canary=policy, label="models:/m/3")
+        assert healthy.ok and healthy.canary_percent == 50, healthy.error
+        for i in range(60):
+            assert _post(f"{first.proxy_url}/v1/generate", {"prompt": f"ticket {i}"}, token)[0] == 200
+            if (read_canary(state_dir) or {}).get("decision") == "promoted":
+                break
+        assert read_canary(state_dir)["serving"]["label"] == "models:/m/3", read_canary(state_dir)
+        assert [b.slot for b in read_routes(state_dir).backends] == [healthy.server.slot]
+        deadline = time.monotonic() + 30
+        while set(status(state_dir)["servers"]) != {healthy.server.slot} and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert status(state_dir)["active"] == healthy.server.slot
+        assert not process.is_alive(ServeState.load(state_dir).servers.get(first.slot, first.server).ref)
+    finally:
+        stop_all(state_dir)

@@ -4,25 +4,21 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.serve.conftest import running_proxy
 from tuneline.serve.auth import ensure_token
-from tuneline.serve.proxy import ProxyServer, Upstream, clear_upstream, read_upstream, write_upstream
+from tuneline.serve.proxy import Upstream, clear_upstream, read_upstream, write_upstream
 
 
 @pytest.fixture
 def proxy(tmp_path: Path) -> Iterator[tuple[int, str, Path]]:
     token = ensure_token(tmp_path, announce=False)
-    server = ProxyServer(("127.0.0.1", 0), tmp_path, token)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server.server_address[1], token, tmp_path
-    server.shutdown()
-    server.server_close()
+    with running_proxy(tmp_path, token) as port:
+        yield port, token, tmp_path
 
 
 def _request(port: int, method: str, path: str, body: bytes | None = None, token: str | None = None):
@@ -34,7 +30,7 @@ def _request(port: int, method: str, path: str, body: bytes | None = None, token
     resp = conn.getresponse()
     data = resp.read()
     conn.close()
-    return resp.status, dict(resp.getheaders()), data
+    return resp.status, resp.headers, data  # case-insensitive, as HTTP headers are
 
 
 def test_inference_without_token_is_401(proxy) -> None:
@@ -45,6 +41,9 @@ def test_inference_without_token_is_401(proxy) -> None:
     assert "bearer token" in json.loads(body)["error"]
     assert _request(port, "POST", "/v1/generate", b"{}", token="wrong")[0] == 401
     assert _request(port, "GET", "/v2/models/m", token=token[:-1])[0] == 401
+    # The OpenAI routes answer in OpenAI's error shape, which its clients turn into AuthenticationError.
+    status, _, body = _request(port, "POST", "/v1/chat/completions", b"{}")
+    assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key"
 
 
 def test_health_needs_no_token_and_reports_missing_upstream(proxy) -> None:
@@ -102,11 +101,7 @@ def test_ratings_are_stored_when_request_logging_is_on(tmp_path: Path, monkeypat
 
     monkeypatch.setenv("TUNELINE_REQUEST_LOG", str(tmp_path / "feedback" / "requests.jsonl"))
     token = ensure_token(tmp_path, announce=False)
-    server = ProxyServer(("127.0.0.1", 0), tmp_path, token)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        port = server.server_address[1]
+    with running_proxy(tmp_path, token) as port:
         rating = json.dumps({"request_id": "r-1", "rating": 5, "comment": "right on"}).encode()
         assert _request(port, "POST", "/v1/feedback", rating)[0] == 401
         status, _, body = _request(port, "POST", "/v1/feedback", rating, token=token)
@@ -114,9 +109,6 @@ def test_ratings_are_stored_when_request_logging_is_on(tmp_path: Path, monkeypat
         bad = json.dumps({"request_id": "r-2", "rating": 9}).encode()
         status, _, body = _request(port, "POST", "/v1/feedback", bad, token=token)
         assert status == 400 and "rating must be an integer from 1 to 5" in json.loads(body)["error"]
-    finally:
-        server.shutdown()
-        server.server_close()
     assert RatingStore(tmp_path / "feedback" / "ratings.jsonl").ratings() == {"r-1": 5}
 
 

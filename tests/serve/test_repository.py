@@ -9,6 +9,7 @@ from tuneline.serve.repository import (
     HF_SUBDIR,
     RepositoryError,
     RepositorySpec,
+    machine_spec,
     render_config,
     write_repository,
 )
@@ -22,6 +23,26 @@ def test_config_with_dynamic_batching_and_cpu_instances() -> None:
     assert "max_queue_delay_microseconds: 700" in text
     assert "kind: KIND_CPU" in text
     assert 'name: "max_new_tokens" data_type: TYPE_INT32 dims: [ 1 ] optional: true' in text
+
+
+def test_config_declares_the_openai_inputs_and_usage_outputs() -> None:
+    text = render_config(RepositorySpec())
+    for name in ("prompt_format", "temperature", "top_p", "stop"):
+        assert f'name: "{name}"' in text and "optional: true" in text
+    for name in ("prompt_tokens", "completion_tokens", "finish_reason"):
+        assert f'name: "{name}"' in text
+    # Requests carry their deadline to Triton's queue as the `timeout` parameter.
+    assert "allow_timeout_override: true" in text
+
+
+@pytest.mark.parametrize(("cores", "instances", "threads"), [(1, 1, 1), (2, 1, 2), (8, 1, 8), (16, 2, 8), (20, 3, 6)])
+def test_machine_spec_covers_the_cores_and_says_why(cores: int, instances: int, threads: int) -> None:
+    spec = machine_spec(cores, model_name="m")
+    assert (spec.instance_count, spec.torch_threads) == (instances, threads)
+    text = render_config(spec)
+    assert f"# {instances} instance(s) x {threads} torch thread(s) = the {cores} core(s)" in text
+    assert text.index("# ") < text.index("instance_group")
+    assert f'key: "torch_threads" value: {{ string_value: "{threads}" }}' in text
 
 
 def test_config_for_the_cluster_uses_gpu_and_can_drop_batching() -> None:

@@ -25,8 +25,9 @@ from pathlib import Path
 from tuneline import settings
 from tuneline.serve import process
 from tuneline.serve.env import TritonInstall, ensure_serve_venv
+from tuneline.serve.limits import ProxyLimits
 from tuneline.serve.process import ProcessRef
-from tuneline.serve.proxy import clear_upstream
+from tuneline.serve.routing import clear_upstream, read_routes
 
 
 class ServeError(RuntimeError):
@@ -112,16 +113,47 @@ class ServeState:
         os.replace(tmp, path)
 
 
+class StateBusy(RuntimeError):
+    """Another command holds the state folder's lock."""
+
+
 @contextlib.contextmanager
-def state_lock(state_dir: Path) -> Iterator[None]:
-    """Serialise deploy/stop commands on one state folder."""
+def state_lock(state_dir: Path, *, wait: bool = True) -> Iterator[None]:
+    """Serialise deploy/stop commands on one state folder; `wait=False` raises StateBusy instead of waiting."""
     Path(state_dir).mkdir(parents=True, exist_ok=True)
     with open(Path(state_dir) / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise StateBusy(f"{state_dir} is locked by another deploy or stop") from None
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def reconcile(state_dir: Path) -> list[str]:
+    """Stop the servers no route names any more (a rolled-back or superseded canary version) and make the
+    current route's slot the active one. Returns the slots stopped; does nothing while a deploy runs (that
+    deploy owns the state and settles it itself)."""
+    state_dir = Path(state_dir)
+    try:
+        with state_lock(state_dir, wait=False):
+            routes = read_routes(state_dir)
+            state = ServeState.load(state_dir)
+            routed = {b.slot for b in routes.backends} if routes else set()
+            stopped = []
+            for slot, info in list(state.servers.items()):
+                if slot not in routed:
+                    stop_triton(info, state_dir)
+                    state.servers.pop(slot)
+                    stopped.append(slot)
+            if routes is not None and routes.current.slot in state.servers:
+                state.active = routes.current.slot
+            state.save(state_dir)
+            return stopped
+    except StateBusy:
+        return []
 
 
 def _write_pid(state_dir: Path, name: str, ref: ProcessRef) -> None:
@@ -222,8 +254,10 @@ def stop_triton(info: ServerInfo, state_dir: Path) -> bool:
     return stopped
 
 
-def start_proxy(state_dir: Path, port: int | None = None, timeout: float = 30.0) -> ProxyInfo:
-    """Start the auth proxy (project interpreter, stdlib only) and wait until it answers."""
+def start_proxy(
+    state_dir: Path, port: int | None = None, timeout: float = 30.0, limits: ProxyLimits | None = None
+) -> ProxyInfo:
+    """Start the proxy (project interpreter: starlette, uvicorn, aiohttp) and wait until it answers."""
     state_dir = Path(state_dir).absolute()
     port = port or process.free_port()
     if not process.port_is_free(port):
@@ -232,7 +266,12 @@ def start_proxy(state_dir: Path, port: int | None = None, timeout: float = 30.0)
     package_root = Path(__file__).resolve().parents[2]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(package_root), env.get("PYTHONPATH", "")) if p)
-    cmd = [sys.executable, "-m", "tuneline.serve.proxy", "--state-dir", str(state_dir), "--port", str(port)]
+    limits = limits or ProxyLimits()
+    cmd = [
+        sys.executable, "-m", "tuneline.serve.proxy", "--state-dir", str(state_dir), "--port", str(port),
+        "--max-inflight", str(limits.max_inflight), "--max-queue", str(limits.max_queue),
+        "--request-timeout", str(limits.request_timeout_s),
+    ]
     ref = process.start_detached(cmd, log_path=log_path, env=env)
     info = ProxyInfo(
         pid=ref.pid, start_ticks=ref.start_ticks, port=port, log_path=str(log_path), started_at=time.time()

@@ -1,14 +1,29 @@
-"""Bearer-token reverse proxy in front of Triton (Triton itself has no bearer auth).
+"""The serving proxy in front of Triton: bearer-token auth, OpenAI-compatible API, admission control, canary.
 
-- `/v2/health/live` and `/v2/health/ready` are open: liveness/readiness probes carry no secrets and
-  must work without one. Every other route needs `Authorization: Bearer <token>` (else 401).
-- Allowed KServe v2 routes are forwarded as they are: server metadata `/v2`, model metadata, config,
-  ready, stats, `/infer`, and Triton's `/generate`. Anything else (repository control, logging, tracing,
-  shared memory) is 404 so that the token does not give control over the server.
-- `POST /v1/generate` takes JSON `{"prompt": str | [str], "max_new_tokens": int?}` and answers
-  `{"model": ..., "text": str | [str]}` by making a v2 infer call.
-- The upstream is read from `upstream.json` in the state folder whenever the file changes, so a
-  blue/green switch is one atomic file replace and needs no restart.
+An ASGI app (starlette) served by uvicorn, talking to Triton over pooled keep-alive connections (aiohttp):
+a listen backlog of `backlog` connections, keep-alive to clients, no thread per connection. Its routes:
+
+- `/v2/health/live`, `/v2/health/ready`: open, for probes (forwarded to the current version's Triton).
+- `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`: the OpenAI API (`openai_api`).
+- `POST /v1/generate` `{"prompt": str | [str], "max_new_tokens"?}` -> `{"model", "text", "usage"}`.
+- `POST /v1/feedback` `{"request_id", "rating": 1-5, "comment"?}`: a rating for `tuneline feedback export`.
+- `GET /v1/stats`: admission counters, per-version requests / errors / p50 / p95, the last canary decision.
+- KServe v2 routes as they are: server metadata `/v2`, model metadata, config, ready, stats, `/infer` and
+  Triton's `/generate`. Anything else (repository control, logging, tracing, shared memory) is 404 so that
+  the token does not give control over the server. Everything but health needs `Authorization: Bearer`.
+
+Under load (see `admission`): at most `max_inflight` requests go to Triton, `max_queue` more wait, and a
+request past that gets 429 with `Retry-After`; one whose deadline passes while queued gets 503 with
+`Retry-After`, and one whose deadline passes at Triton 504. The deadline is `--request-timeout` seconds, or
+less when the client sends `X-Request-Timeout` (or the OpenAI client's `X-Stainless-Timeout`); Triton gets
+what is left of it as the request's queue `timeout`. A client that disconnects cancels its request: its
+queue place or its slot goes to the next one.
+
+Routing (`routing`): `upstream.json` names one server, or two split by weight during a canary. The proxy
+counts requests, errors and latency per version, rolls a failing candidate back (a failed candidate request
+is retried once on the current version, so clients do not see the failure) and promotes a healthy one,
+rewriting `upstream.json` itself and recording the decision in `canary.json`. `X-Tuneline-Slot: <slot>`
+pins a request to one version (the deploy's smoke test through the proxy uses it).
 
 Run as: python -m tuneline.serve.proxy --state-dir .tuneline/serve --port 8000
 """
@@ -16,25 +31,59 @@ Run as: python -m tuneline.serve.proxy --state-dir .tuneline/serve --port 8000
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
-import http.client
 import json
 import os
 import re
-import socket
 import sys
-import threading
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Any
 
+from tuneline.serve.admission import Admission, Overloaded, QueueTimeout
 from tuneline.serve.auth import check_bearer, load_token, token_path
+from tuneline.serve.limits import ProxyLimits
+from tuneline.serve.openai_api import (
+    ApiError,
+    Generation,
+    Result,
+    models_list,
+    parse_chat,
+    parse_completion,
+    response,
+    stream_events,
+)
+from tuneline.serve.routing import (
+    UPSTREAM_FILE,
+    Routes,
+    Upstream,
+    VersionStats,
+    clear_upstream,
+    judge,
+    read_canary,
+    read_routes,
+    read_upstream,
+    write_canary,
+    write_routes,
+    write_upstream,
+)
 
-UPSTREAM_FILE = "upstream.json"
+__all__ = [
+    "ProxyLimits",
+    "Upstream",
+    "build_app",
+    "clear_upstream",
+    "read_upstream",
+    "serve",
+    "write_upstream",
+]
+
 _OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 _V2_ROUTE = re.compile(
-    r"^/v2(/health/(live|ready)|/models/[A-Za-z0-9_.-]+(/versions/\d+)?(/(ready|infer|generate|config|stats))?)?$"
+    r"^/v2(/models/[A-Za-z0-9_.-]+(/versions/\d+)?(/(ready|infer|generate|config|stats))?)?$"
 )
 _HOP_BY_HOP = frozenset(
     {
@@ -49,282 +98,544 @@ _HOP_BY_HOP = frozenset(
         "host",
         "authorization",
         "content-length",
+        "x-tuneline-slot",
     }
 )
 _MAX_BODY = 64 * 1024 * 1024
+_JSON = "application/json"
 
 
-@dataclass(frozen=True)
-class Upstream:
-    url: str
-    model: str
-    slot: str = ""
+class _Failed(Exception):
+    """The upstream failed (connection, 5xx or deadline); `status` is what the client gets."""
 
-    @property
-    def hostport(self) -> tuple[str, int]:
-        parts = urlsplit(self.url)
-        return parts.hostname or "127.0.0.1", parts.port or 80
+    def __init__(self, status: int, message: str, body: bytes | None = None) -> None:
+        super().__init__(message)
+        self.status, self.body = status, body
 
 
-def write_upstream(state_dir: Path, upstream: Upstream) -> None:
-    """Atomically point the proxy at `upstream`."""
-    path = Path(state_dir) / UPSTREAM_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"url": upstream.url, "model": upstream.model, "slot": upstream.slot}) + "\n")
-    os.replace(tmp, path)
-
-
-def clear_upstream(state_dir: Path) -> None:
-    """Leave the proxy with no upstream (it answers 503)."""
-    with contextlib.suppress(FileNotFoundError):
-        (Path(state_dir) / UPSTREAM_FILE).unlink()
-
-
-def read_upstream(state_dir: Path) -> Upstream | None:
-    path = Path(state_dir) / UPSTREAM_FILE
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return Upstream(url=data["url"], model=data["model"], slot=data.get("slot", ""))
-
-
-class _UpstreamWatcher:
-    """Caches upstream.json, re-reading it when its mtime or size changes."""
+class _RoutesWatcher:
+    """Caches upstream.json, re-reading it when its inode or mtime changes (writers replace it atomically)."""
 
     def __init__(self, state_dir: Path) -> None:
         self._path = Path(state_dir) / UPSTREAM_FILE
         self._state_dir = Path(state_dir)
         self._key: tuple[int, int] | None = None
-        self._value: Upstream | None = None
-        self._lock = threading.Lock()
+        self._value: Routes | None = None
 
-    def get(self) -> Upstream | None:
+    def get(self) -> Routes | None:
         try:
             st = self._path.stat()
         except FileNotFoundError:
+            self._key, self._value = None, None
             return None
         key = (st.st_mtime_ns, st.st_ino)
-        with self._lock:
-            if key != self._key:
-                self._value = read_upstream(self._state_dir)
-                self._key = key
-            return self._value
+        if key != self._key:
+            self._value = read_routes(self._state_dir)
+            self._key = key
+        return self._value
 
 
-class ProxyServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class Proxy:
+    """The proxy's state: routes, admission, per-version counters, upstream connections, request logs."""
 
-    def __init__(self, address: tuple[str, int], state_dir: Path, token: str) -> None:
-        from ..feedback import RatingStore, RequestLogger
-
-        super().__init__(address, ProxyHandler)
+    def __init__(self, state_dir: Path, token: str, limits: ProxyLimits | None = None) -> None:
+        self.state_dir = Path(state_dir)
         self.token = token
-        self.upstreams = _UpstreamWatcher(state_dir)
-        self.local = threading.local()
-        # Opt-in (TUNELINE_REQUEST_LOG): PII-redacted request log, and ratings beside it, for the feedback loop.
-        self.requests = RequestLogger.from_env()
-        self.ratings = RatingStore(self.requests.path.with_name("ratings.jsonl")) if self.requests else None
+        self.limits = limits or ProxyLimits()
+        self.routes = _RoutesWatcher(self.state_dir)
+        self.admission = Admission(self.limits.max_inflight, self.limits.max_queue)
+        self.stats: dict[str, VersionStats] = {}
+        self.started = time.time()
+        self.session = None  # aiohttp.ClientSession, made on startup (it needs the running loop)
+        self._model_params: dict[tuple[str, str], dict[str, str]] = {}
+        self._loggers: dict[str, Any] = {}
+        self._judging = asyncio.Lock()
 
+    # --- lifecycle ------------------------------------------------------------------------------------
+    async def startup(self) -> None:
+        import aiohttp
 
-class ProxyHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: tritonclient reuses its connections
-    server: ProxyServer
-    server_version = "tuneline-proxy"
+        connector = aiohttp.TCPConnector(limit=self.limits.max_inflight + 16, keepalive_timeout=60)
+        # Bodies pass through as Triton sent them; Triton compresses only when the client asked it to (its
+        # Accept-Encoding is forwarded on the v2 routes), never for the proxy's own calls.
+        self.session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, skip_auto_headers=("Accept-Encoding",)
+        )
 
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body leave in separate writes: without NODELAY, Nagle + delayed ACK add ~40 ms each.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    async def shutdown(self) -> None:
+        if self.session is not None:
+            await self.session.close()
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
-        # Per-request access logs on stderr would cost more than the forwarding itself under load.
-        return
+    # --- upstream -------------------------------------------------------------------------------------
+    async def _call(
+        self, backend: Upstream, method: str, path: str, body: bytes | None, headers: dict[str, str], timeout_s: float
+    ) -> tuple[int, dict[str, str], bytes]:
+        import aiohttp
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
-        self._handle()
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._handle()
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._handle()
-
-    # --- plumbing -----------------------------------------------------------------------------------
-    def _reply(self, status: int, payload: dict | bytes, headers: dict[str, str] | None = None) -> None:
-        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        self.send_response(status)
-        for key, value in (headers or {"Content-Type": "application/json"}).items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _read_body(self) -> bytes | None:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self._reply(411, {"error": "chunked request bodies are not supported; send Content-Length"})
-            return None
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > _MAX_BODY:
-            self._reply(413, {"error": f"request body over {_MAX_BODY} bytes"})
-            return None
-        return self.rfile.read(length) if length else b""
-
-    def _connection(self, upstream: Upstream, fresh: bool = False) -> http.client.HTTPConnection:
-        conns: dict[str, http.client.HTTPConnection] = self.server.local.__dict__.setdefault("conns", {})
-        conn = conns.get(upstream.url)
-        if conn is None or fresh:
-            if conn is not None:
-                conn.close()
-            host, port = upstream.hostport
-            conn = http.client.HTTPConnection(host, port, timeout=600)
-            conn.connect()
-            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conns[upstream.url] = conn
-        return conn
-
-    def _forward(
-        self, upstream: Upstream, method: str, path: str, body: bytes, headers: dict[str, str]
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
-        # One retry on a fresh connection: a kept-alive socket may have been closed by the upstream.
-        for attempt in range(2):
-            conn = self._connection(upstream, fresh=attempt > 0)
-            try:
-                conn.request(method, path, body=body if method != "GET" else None, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                return resp.status, resp.getheaders(), data
-            except (ConnectionError, http.client.HTTPException, OSError):
-                conn.close()
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
-
-    # --- routing ------------------------------------------------------------------------------------
-    def _handle(self) -> None:
-        path = urlsplit(self.path).path
-        if path not in _OPEN_PATHS and not check_bearer(self.headers.get("Authorization"), self.server.token):
-            body = self._read_body()
-            if body is not None:
-                self._reply(
-                    401,
-                    {"error": "missing or invalid bearer token"},
-                    {"Content-Type": "application/json", "WWW-Authenticate": 'Bearer realm="tuneline"'},
-                )
-            return
-        body = self._read_body()
-        if body is None:
-            return
-        if path == "/v1/feedback" and self.command == "POST":
-            self._feedback(body)
-            return
-        upstream = self.server.upstreams.get()
-        if upstream is None:
-            self._reply(503, {"error": "no model is deployed behind this proxy"})
-            return
         try:
-            if path == "/v1/generate" and self.command == "POST":
-                self._generate(upstream, body)
-            elif _V2_ROUTE.match(path):
-                fwd = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
-                status, headers, data = self._forward(upstream, self.command, self.path, body, fwd)
-                out = {k: v for k, v in headers if k.lower() not in _HOP_BY_HOP}
-                self._reply(status, data, out)
-            else:
-                self._reply(404, {"error": f"no route {self.command} {path}"})
-        except (ConnectionError, http.client.HTTPException, OSError) as exc:
-            self._reply(502, {"error": f"upstream {upstream.url} unavailable: {exc}"})
+            async with self.session.request(
+                method,
+                backend.url + path,
+                data=body if method not in ("GET", "HEAD") else None,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=max(0.001, timeout_s)),
+            ) as resp:
+                return resp.status, dict(resp.headers), await resp.read()
+        except TimeoutError:
+            raise _Failed(504, f"upstream {backend.slot or backend.url} did not answer within the deadline") from None
+        except aiohttp.ClientError as exc:
+            raise _Failed(502, f"upstream {backend.url} unavailable: {exc}") from None
 
-    def _generate(self, upstream: Upstream, body: bytes) -> None:
+    async def params(self, backend: Upstream) -> dict[str, str]:
+        """The model's config.pbtxt parameters (max_new_tokens_default / _limit), cached per server."""
+        key = (backend.url, backend.model)
+        if key not in self._model_params:
+            status, _, data = await self._call(
+                backend, "GET", f"/v2/models/{backend.model}/config", None, {}, 30.0
+            )
+            if status != 200:
+                raise _Failed(502, f"upstream {backend.url}: model config answered {status}", data)
+            params = json.loads(data).get("parameters", {})
+            self._model_params[key] = {k: v.get("string_value", "") for k, v in params.items()}
+        return self._model_params[key]
+
+    def _stats(self, backend: Upstream) -> VersionStats:
+        # By server, not slot: a new candidate in a slot starts with clean counters.
+        return self.stats.setdefault(backend.url, VersionStats())
+
+    async def routed(
+        self,
+        request,
+        call: Callable[[Upstream, float], Awaitable[Any]],
+        deadline: float,
+    ) -> Any:
+        """Admit the request, pick a version, run `call(backend, seconds_left)`; count it for the canary."""
+        routes = self.routes.get()
+        if routes is None:
+            raise _Failed(503, "no model is deployed behind this proxy")
+        try:
+            async with self.admission.slot(deadline - time.monotonic()):
+                backend = self._choose(routes, request.headers.get("x-tuneline-slot"))
+                started = time.monotonic()
+                try:
+                    result = await call(backend, deadline - time.monotonic())
+                except _Failed as failure:
+                    self._stats(backend).record(False, 0.0)
+                    await self._judge(routes)
+                    current = routes.current
+                    # The candidate failed: the current version answers instead, once.
+                    if backend is current or request.headers.get("x-tuneline-slot") or failure.status == 504:
+                        raise
+                    try:
+                        result = await call(current, deadline - time.monotonic())
+                    except _Failed:
+                        self._stats(current).record(False, 0.0)
+                        raise
+                    self._stats(current).record(True, (time.monotonic() - started) * 1000)
+                    return result
+                self._stats(backend).record(True, (time.monotonic() - started) * 1000)
+                if backend.role != "current":
+                    await self._judge(routes)
+                return result
+        except Overloaded as exc:
+            raise _Failed(429, str(exc)) from exc
+        except QueueTimeout as exc:
+            raise _Failed(503, str(exc)) from exc
+
+    def _choose(self, routes: Routes, slot: str | None) -> Upstream:
+        if slot:
+            for b in routes.backends:
+                if b.slot == slot:
+                    return b
+            raise _Failed(404, f"no version in slot {slot!r} (serving: {[b.slot for b in routes.backends]})")
+        return routes.pick()
+
+    async def _judge(self, routes: Routes) -> None:
+        candidate = routes.candidate
+        if candidate is None or routes.canary is None:
+            return
+        async with self._judging:
+            if self.routes.get() != routes:
+                return  # already decided by another request
+            cand_stats, cur_stats = self._stats(candidate), self._stats(routes.current)
+            verdict = judge(routes.canary, cand_stats, cur_stats)
+            if verdict is None:
+                return
+            winner = candidate if verdict.action == "promote" else routes.current
+            loser = routes.current if verdict.action == "promote" else candidate
+            record = {
+                "decision": "promoted" if verdict.action == "promote" else "rolled_back",
+                "reason": verdict.reason,
+                "time": time.time(),
+                "candidate": {**asdict(candidate), **cand_stats.to_dict()},
+                "current": {**asdict(routes.current), **cur_stats.to_dict()},
+                "serving": asdict(winner),
+                "stopped": asdict(loser),
+            }
+            write_routes(self.state_dir, routes.only(winner))
+            write_canary(self.state_dir, record)
+            print(f"canary {record['decision']}: {verdict.reason}", file=sys.stderr, flush=True)
+            # The version no route names any more is stopped by the serving state's owner (tuneline.serve.local).
+            asyncio.get_running_loop().run_in_executor(None, _reconcile, self.state_dir)
+
+    # --- request log ----------------------------------------------------------------------------------
+    def logger(self, routes: Routes | None):
+        from tuneline.feedback import RequestLogger
+
+        path = (routes.request_log if routes else None) or os.environ.get("TUNELINE_REQUEST_LOG", "").strip()
+        if not path:
+            return None
+        if path not in self._loggers:
+            env = dict(os.environ, TUNELINE_REQUEST_LOG=path)
+            self._loggers[path] = RequestLogger.from_env(env)
+        return self._loggers[path]
+
+
+def _reconcile(state_dir: Path) -> None:
+    from tuneline.serve.local import reconcile
+
+    try:
+        reconcile(state_dir)
+    except Exception as exc:  # noqa: BLE001 - a failed clean-up must not take the proxy down
+        print(f"reconcile after canary decision failed: {exc}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- app
+
+
+def _deadline(request, limits: ProxyLimits) -> float:
+    timeout = limits.request_timeout_s
+    for header in ("x-request-timeout", "x-stainless-timeout"):
+        value = request.headers.get(header)
+        if value:
+            try:
+                timeout = min(timeout, max(0.001, float(value)))
+            except ValueError:
+                pass
+            break
+    return time.monotonic() + timeout
+
+
+def _error(status: int, message: str, *, openai: bool = False, retry_after: int | None = None):
+    from starlette.responses import JSONResponse
+
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    if openai:
+        code = {401: "invalid_api_key", 404: "not_found", 429: "rate_limit_exceeded"}.get(status)
+        body = ApiError(message, status, code=code).body()
+    else:
+        body = {"error": message}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _infer_payload(gen: Generation, params: dict[str, str], timeout_s: float) -> bytes:
+    n = len(gen.texts)
+    limit = int(params.get("max_new_tokens_limit", "256"))
+    max_tokens = gen.max_tokens or int(params.get("max_new_tokens_default", "32"))
+    if max_tokens > limit:
+        raise ApiError(f"{gen.length_field} {max_tokens} is over this model's limit of {limit}", param=gen.length_field)
+
+    def column(name: str, datatype: str, value: Any) -> dict:
+        return {"name": name, "shape": [n, 1], "datatype": datatype, "data": value if isinstance(value, list)
+                else [value] * n}
+
+    # Every request sends the same inputs: Triton batches only requests with the same set of inputs.
+    inputs = [
+        column("text_input", "BYTES", gen.texts),
+        column("max_new_tokens", "INT32", max_tokens),
+        column("prompt_format", "BYTES", gen.prompt_format),
+        column("temperature", "FP32", gen.temperature),
+        column("top_p", "FP32", gen.top_p),
+        column("stop", "BYTES", json.dumps(gen.stop)),
+    ]
+    # Triton's queue policy rejects a request still queued after `timeout` microseconds.
+    return json.dumps({"inputs": inputs, "parameters": {"timeout": int(timeout_s * 1e6)}}).encode()
+
+
+def _parse_result(data: bytes) -> Result:
+    outputs = {o["name"]: o["data"] for o in json.loads(data)["outputs"]}
+    n = len(outputs["text_output"])
+    return Result(
+        texts=[str(t) for t in outputs["text_output"]],
+        prompt_tokens=[int(v) for v in outputs.get("prompt_tokens", [0] * n)],
+        completion_tokens=[int(v) for v in outputs.get("completion_tokens", [0] * n)],
+        finish_reasons=[str(v) for v in outputs.get("finish_reason", ["length"] * n)],
+    )
+
+
+async def _until_disconnect(request, work: Awaitable[Any]) -> Any:
+    """Run `work` unless the client goes away first; then it is cancelled (freeing its queue place or slot)."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    watch = asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if task not in done:
+        task.cancel()
+        raise _ClientGone
+    return task.result()
+
+
+class _ClientGone(Exception):
+    pass
+
+
+def build_app(proxy: Proxy):
+    """The starlette app serving `proxy`."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    async def read_body(request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length and int(length) > _MAX_BODY:
+            raise ApiError(f"request body over {_MAX_BODY} bytes", status=413)
+        return await request.body()
+
+    async def generate(request: Request, gen: Generation) -> tuple[Result, Upstream]:
+        deadline = _deadline(request, proxy.limits)
+
+        async def call(backend: Upstream, left: float) -> tuple[Result, Upstream]:
+            payload = _infer_payload(gen, await proxy.params(backend), left)
+            status, _, data = await proxy._call(
+                backend, "POST", f"/v2/models/{backend.model}/infer", payload, {"Content-Type": _JSON}, left
+            )
+            if status == 400:
+                message = json.loads(data).get("error", data.decode(errors="replace"))
+                raise ApiError(message)
+            if status != 200:
+                raise _Failed(502 if status < 500 else status, f"upstream answered {status}: {data[:500]!r}", data)
+            return _parse_result(data), backend
+
+        return await _until_disconnect(request, proxy.routed(request, call, deadline))
+
+    def log(routes: Routes | None, backend: Upstream, prompts: list, texts: list[str], started: float) -> list[str]:
+        logger = proxy.logger(routes)
+        if logger is None:
+            return []
+        latency = round((time.monotonic() - started) * 1000, 1)
+        return [
+            logger.log(p, t, model=backend.model, latency_ms=latency) for p, t in zip(prompts, texts, strict=True)
+        ]
+
+    def guarded(handler, *, openai: bool = False):
+        """Map failures to status codes: ApiError 4xx, overload 429/503 + Retry-After, upstream 502/504."""
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ApiError as exc:
+                return JSONResponse(exc.body() if openai else {"error": str(exc)}, status_code=exc.status)
+            except _Failed as exc:
+                retry = proxy.admission.retry_after_s() if exc.status in (429, 503) else None
+                return _error(exc.status, str(exc), openai=openai, retry_after=retry)
+            except _ClientGone:
+                return Response(status_code=499)  # nobody reads it: the connection is gone
+
+        return endpoint
+
+    async def chat_or_completion(request: Request, parse) -> Response:
+        started = time.monotonic()
+        gen = parse(await read_body(request))
+        routes = proxy.routes.get()
+        if routes is not None and gen.model and gen.model != routes.model:
+            raise ApiError(f"model {gen.model!r} is not served here; this endpoint serves {routes.model!r}",
+                           status=404, param="model", code="model_not_found")
+        result, backend = await generate(request, gen)
+        log(routes, backend, gen.log_prompts, result.texts, started)
+        if gen.stream:
+            return StreamingResponse(stream_events(gen, result, backend.model), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        return JSONResponse(response(gen, result, backend.model))
+
+    async def chat(request: Request) -> Response:
+        return await chat_or_completion(request, parse_chat)
+
+    async def completions(request: Request) -> Response:
+        return await chat_or_completion(request, parse_completion)
+
+    async def models(request: Request) -> Response:
+        routes = proxy.routes.get()
+        if routes is None:
+            raise _Failed(503, "no model is deployed behind this proxy")
+        return JSONResponse(models_list(routes.model, proxy.started))
+
+    async def legacy_generate(request: Request) -> Response:
+        started = time.monotonic()
+        body = await read_body(request)
         try:
             req = json.loads(body or b"{}")
         except json.JSONDecodeError as exc:
-            self._reply(400, {"error": f"body line {exc.lineno}: invalid JSON: {exc.msg}"})
-            return
+            raise ApiError(f"body line {exc.lineno}: invalid JSON: {exc.msg}") from None
         prompt = req.get("prompt") if isinstance(req, dict) else None
         single = isinstance(prompt, str)
         prompts = [prompt] if single else prompt
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-            self._reply(400, {"error": "field 'prompt' must be a string or a non-empty list of strings"})
-            return
-        inputs = [{"name": "text_input", "shape": [len(prompts), 1], "datatype": "BYTES", "data": prompts}]
+            raise ApiError("field 'prompt' must be a string or a non-empty list of strings")
         limit = req.get("max_new_tokens")
-        if limit is not None:
-            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-                self._reply(400, {"error": "field 'max_new_tokens' must be a positive integer"})
-                return
-            inputs.append(
-                {
-                    "name": "max_new_tokens",
-                    "shape": [len(prompts), 1],
-                    "datatype": "INT32",
-                    "data": [limit] * len(prompts),
-                }
-            )
-        payload = json.dumps({"inputs": inputs}).encode()
-        status, _, data = self._forward(
-            upstream,
-            "POST",
-            f"/v2/models/{upstream.model}/infer",
-            payload,
-            {"Content-Type": "application/json"},
-        )
-        if status != 200:
-            self._reply(status, data, {"Content-Type": "application/json"})
-            return
-        outputs = {o["name"]: o for o in json.loads(data)["outputs"]}
-        texts = outputs["text_output"]["data"]
-        reply = {"model": upstream.model, "text": texts[0] if single else texts}
-        if self.server.requests is not None:
-            ids = [self.server.requests.log(p, t, model=upstream.model) for p, t in zip(prompts, texts, strict=True)]
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise ApiError("field 'max_new_tokens' must be a positive integer")
+        gen = Generation(kind="completion", model="", texts=prompts, prompt_format="chat", max_tokens=limit,
+                         temperature=0.0, top_p=1.0, stop=[], length_field="max_new_tokens")
+        routes = proxy.routes.get()
+        result, backend = await generate(request, gen)
+        reply: dict[str, Any] = {"model": backend.model, "text": result.texts[0] if single else result.texts,
+                                 "usage": result.usage()}
+        ids = log(routes, backend, prompts, result.texts, started)
+        if ids:
             reply["request_id" if single else "request_ids"] = ids[0] if single else ids
-        self._reply(200, reply)
+        return JSONResponse(reply)
 
-    def _feedback(self, body: bytes) -> None:
-        """POST /v1/feedback {"request_id", "rating": 1-5, "comment"?}: a rating for `feedback export`."""
-        from ..feedback import FeedbackError
+    async def feedback(request: Request) -> Response:
+        from tuneline.feedback import FeedbackError, RatingStore
 
-        if self.server.ratings is None:
-            self._reply(404, {"error": "feedback is off: start the server with TUNELINE_REQUEST_LOG set"})
-            return
+        body = await read_body(request)
+        logger = proxy.logger(proxy.routes.get())
+        if logger is None:
+            raise ApiError("feedback is off: this deployment logs no requests (deploy with a request log, or "
+                           "start the proxy with TUNELINE_REQUEST_LOG set)", status=404)
         try:
             req = json.loads(body or b"{}")
             if not isinstance(req, dict):
                 raise FeedbackError("the body must be a JSON object")
-            self.server.ratings.rate(str(req.get("request_id", "")), req.get("rating"), str(req.get("comment", "")))
+            RatingStore(logger.path.with_name("ratings.jsonl")).rate(
+                str(req.get("request_id", "")), req.get("rating"), str(req.get("comment", ""))
+            )
         except json.JSONDecodeError as exc:
-            self._reply(400, {"error": f"body line {exc.lineno}: invalid JSON: {exc.msg}"})
-            return
+            raise ApiError(f"body line {exc.lineno}: invalid JSON: {exc.msg}") from None
         except FeedbackError as exc:
-            self._reply(400, {"error": str(exc)})
-            return
-        self._reply(200, {"rated": req["request_id"], "rating": req["rating"]})
+            raise ApiError(str(exc)) from None
+        return JSONResponse({"rated": req["request_id"], "rating": req["rating"]})
+
+    async def stats(request: Request) -> Response:
+        routes = proxy.routes.get()
+        return JSONResponse(
+            {
+                "admission": proxy.admission.to_dict(),
+                "routes": routes.to_dict() if routes else None,
+                "versions": {url: s.to_dict() for url, s in proxy.stats.items()},
+                "canary": read_canary(proxy.state_dir),
+            }
+        )
+
+    async def forward(request: Request) -> Response:
+        """Health and the allowed KServe v2 routes, forwarded as they are (infer calls are admitted/routed)."""
+        path = request.url.path
+        if path not in _OPEN_PATHS and not _V2_ROUTE.match(path):
+            raise ApiError(f"no route {request.method} {path}", status=404)
+        body = await read_body(request)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        target = path + (f"?{request.url.query}" if request.url.query else "")
+
+        async def call(backend: Upstream, left: float):
+            status, out_headers, data = await proxy._call(backend, request.method, target, body, headers, left)
+            if status >= 500:
+                raise _Failed(status, f"upstream answered {status}", data)
+            return status, out_headers, data
+
+        if path.endswith(("/infer", "/generate")):
+            deadline = _deadline(request, proxy.limits)
+            status, out_headers, data = await _until_disconnect(request, proxy.routed(request, call, deadline))
+        else:
+            routes = proxy.routes.get()
+            if routes is None:
+                raise _Failed(503, "no model is deployed behind this proxy")
+            status, out_headers, data = await proxy._call(
+                proxy._choose(routes, request.headers.get("x-tuneline-slot")) if request.headers.get(
+                    "x-tuneline-slot") else routes.current, request.method, target, body, headers, 30.0
+            )
+        kept = {k: v for k, v in out_headers.items() if k.lower() not in _HOP_BY_HOP}
+        return Response(data if request.method != "HEAD" else b"", status_code=status, headers=kept)
+
+    routes = [
+        Route("/v1/chat/completions", guarded(chat, openai=True), methods=["POST"]),
+        Route("/v1/completions", guarded(completions, openai=True), methods=["POST"]),
+        Route("/v1/models", guarded(models, openai=True), methods=["GET"]),
+        Route("/v1/generate", guarded(legacy_generate), methods=["POST"]),
+        Route("/v1/feedback", guarded(feedback), methods=["POST"]),
+        Route("/v1/stats", guarded(stats), methods=["GET"]),
+        Route("/{path:path}", guarded(forward), methods=["GET", "POST", "HEAD"]),
+    ]
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await proxy.startup()
+        yield
+        await proxy.shutdown()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    return _Auth(app, proxy.token)
 
 
-def serve(state_dir: Path, port: int, host: str = "127.0.0.1") -> None:
+class _Auth:
+    """ASGI middleware: everything but the health routes needs the bearer token (else 401, body unread)."""
+
+    def __init__(self, app, token: str) -> None:
+        self.app, self.token = app, token
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] not in _OPEN_PATHS:
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            if not check_bearer(headers.get("authorization"), self.token):
+                openai = scope["path"].startswith("/v1/") and scope["path"] not in ("/v1/generate", "/v1/feedback")
+                response = _error(401, "missing or invalid bearer token", openai=openai)
+                response.headers["WWW-Authenticate"] = 'Bearer realm="tuneline"'
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def uvicorn_config(app, limits: ProxyLimits, *, host: str = "127.0.0.1", port: int = 8000):
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        backlog=limits.backlog,
+        timeout_keep_alive=limits.keep_alive_s,
+        timeout_graceful_shutdown=10,
+        access_log=False,  # one log line per request would cost more than forwarding it
+        log_level="warning",
+        lifespan="on",
+    )
+
+
+def serve(state_dir: Path, port: int, host: str = "127.0.0.1", limits: ProxyLimits | None = None) -> None:
+    import uvicorn
+
+    limits = limits or ProxyLimits()
     token = load_token(token_path(state_dir))
-    server = ProxyServer((host, port), Path(state_dir), token)
-    print(f"proxy listening on http://{host}:{server.server_address[1]}", file=sys.stderr, flush=True)
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
+    app = build_app(Proxy(Path(state_dir), token, limits))
+    print(f"proxy listening on http://{host}:{port} ({limits})", file=sys.stderr, flush=True)
+    uvicorn.Server(uvicorn_config(app, limits, host=host, port=port)).run()
 
 
 def main(argv: list[str] | None = None) -> int:
+    defaults = ProxyLimits()
     parser = argparse.ArgumentParser(prog="python -m tuneline.serve.proxy", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--state-dir",
-        type=Path,
-        default=Path(".tuneline/serve"),
-        help="folder holding token and upstream.json (default %(default)s)",
-    )
+    parser.add_argument("--state-dir", type=Path, default=Path(".tuneline/serve"),
+                        help="folder holding token and upstream.json (default %(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default %(default)s)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    parser.add_argument("--max-inflight", type=int, default=defaults.max_inflight,
+                        help="requests at Triton at once (default %(default)s)")
+    parser.add_argument("--max-queue", type=int, default=defaults.max_queue,
+                        help="requests waiting beyond those; past it 429 (default %(default)s)")
+    parser.add_argument("--request-timeout", type=float, default=defaults.request_timeout_s,
+                        help="seconds a request may take, queue included (default %(default)s)")
     args = parser.parse_args(argv)
-    serve(args.state_dir, args.port, args.host)
+    limits = ProxyLimits(max_inflight=args.max_inflight, max_queue=args.max_queue,
+                         request_timeout_s=args.request_timeout)
+    serve(args.state_dir, args.port, args.host, limits)
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import sys
@@ -45,8 +46,12 @@ class RepositorySpec:
     model_name: str = "tuneline-llm"
     max_batch_size: int = 32
     dynamic_batching: bool = True
-    preferred_batch_sizes: tuple[int, ...] = (8, 16, 32)
+    # No preferred sizes: Triton then takes every queued request up to max_batch_size, which is what a
+    # generate-bound model wants (a preferred size makes the batcher cut a batch of 32 into 16 + 16).
+    preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_us: int = 5000
+    max_queue_size: int = 0  # Triton's own queue bound (0: unbounded; the proxy bounds the queue first)
+    queue_timeout_us: int = 0  # queue deadline of a request that names none (0: none)
     instance_kind: Literal["cpu", "gpu"] = "cpu"
     instance_count: int = 1
     max_new_tokens_default: int = 32
@@ -55,6 +60,7 @@ class RepositorySpec:
     # collapses when cores are oversubscribed (measured here: 16 tokens 85 ms with 1 thread, 1.6 s with 2
     # on a busy 2-core machine); scale with instance_count instead. 0 keeps torch's default.
     torch_threads: int = 1
+    why: str = ""  # written as comments above instance_group: how count and threads were chosen
 
     def validate(self) -> None:
         if not _NAME_RE.match(self.model_name):
@@ -68,10 +74,43 @@ class RepositorySpec:
             raise RepositoryError(f"instance_kind must be 'cpu' or 'gpu', got {self.instance_kind!r}")
         if self.instance_count < 1 or self.max_queue_delay_us < 0:
             raise RepositoryError("instance_count must be >= 1 and max_queue_delay_us >= 0")
+        if self.max_queue_size < 0 or self.queue_timeout_us < 0:
+            raise RepositoryError("max_queue_size and queue_timeout_us must be >= 0")
         if self.torch_threads < 0:
             raise RepositoryError(f"torch_threads must be >= 0, got {self.torch_threads}")
         if not 1 <= self.max_new_tokens_default <= self.max_new_tokens_limit:
             raise RepositoryError("need 1 <= max_new_tokens_default <= max_new_tokens_limit")
+
+
+# Threads past this per instance buy little for a small model (each decode step is a few small matmuls) and
+# leave cores idle; a larger machine gets more instances instead.
+MAX_THREADS_PER_INSTANCE = 8
+
+
+def available_cores() -> int:
+    """Cores this process may run on (cgroup/affinity aware), not the host's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def machine_spec(cores: int | None = None, **fields) -> RepositorySpec:
+    """A CPU RepositorySpec whose instances x torch threads cover the available cores, with the reason.
+
+    Measured on 2 cores with the demo model (bench/serve_bench.py, closed loop, 32 new tokens, c=32):
+    1 instance x 2 threads beat 2 instances x 1 thread, because one batch of 32 keeps both cores busy for a
+    whole decode step while two instances halve the batch and contend for memory bandwidth.
+    """
+    cores = cores or available_cores()
+    instances = max(1, -(-cores // MAX_THREADS_PER_INSTANCE))
+    threads = max(1, cores // instances)
+    why = (
+        f"{instances} instance(s) x {threads} torch thread(s) = the {cores} core(s) available "
+        f"(os.sched_getaffinity); one instance per {MAX_THREADS_PER_INSTANCE} cores, because on 2 cores one batched "
+        "instance with both threads served more than two single-thread instances (bench/serve_bench.py)."
+    )
+    return RepositorySpec(**{"instance_count": instances, "torch_threads": threads, "why": why, **fields})
 
 
 def render_config(spec: RepositorySpec) -> str:
@@ -83,23 +122,43 @@ def render_config(spec: RepositorySpec) -> str:
         f"max_batch_size: {spec.max_batch_size}",
         "input [",
         '  { name: "text_input" data_type: TYPE_STRING dims: [ 1 ] },',
-        '  { name: "max_new_tokens" data_type: TYPE_INT32 dims: [ 1 ] optional: true }',
+        '  { name: "max_new_tokens" data_type: TYPE_INT32 dims: [ 1 ] optional: true },',
+        '  { name: "prompt_format" data_type: TYPE_STRING dims: [ 1 ] optional: true },',
+        '  { name: "temperature" data_type: TYPE_FP32 dims: [ 1 ] optional: true },',
+        '  { name: "top_p" data_type: TYPE_FP32 dims: [ 1 ] optional: true },',
+        '  { name: "stop" data_type: TYPE_STRING dims: [ 1 ] optional: true }',
         "]",
         "output [",
-        '  { name: "text_output" data_type: TYPE_STRING dims: [ 1 ] }',
+        '  { name: "text_output" data_type: TYPE_STRING dims: [ 1 ] },',
+        '  { name: "prompt_tokens" data_type: TYPE_INT32 dims: [ 1 ] },',
+        '  { name: "completion_tokens" data_type: TYPE_INT32 dims: [ 1 ] },',
+        '  { name: "finish_reason" data_type: TYPE_STRING dims: [ 1 ] }',
         "]",
+    ]
+    if spec.why:
+        lines += [f"# {line}" for line in spec.why.splitlines()]
+    lines += [
         "instance_group [",
         f"  {{ count: {spec.instance_count} kind: KIND_{spec.instance_kind.upper()} }}",
         "]",
     ]
     if spec.dynamic_batching:
-        sizes = ", ".join(str(b) for b in spec.preferred_batch_sizes)
+        lines.append("dynamic_batching {")
+        if spec.preferred_batch_sizes:
+            lines.append(f"  preferred_batch_size: [ {', '.join(str(b) for b in spec.preferred_batch_sizes)} ]")
+        lines.append(f"  max_queue_delay_microseconds: {spec.max_queue_delay_us}")
+        # A request's own `timeout` parameter (microseconds, sent by the proxy from what is left of its deadline)
+        # rejects it once it has waited that long in Triton's queue; past max_queue_size (0: no bound, the
+        # proxy bounds the queue first) Triton answers UNAVAILABLE at once.
         lines += [
-            "dynamic_batching {",
-            f"  preferred_batch_size: [ {sizes} ]",
-            f"  max_queue_delay_microseconds: {spec.max_queue_delay_us}",
-            "}",
+            "  default_queue_policy {",
+            "    timeout_action: REJECT",
+            f"    default_timeout_microseconds: {spec.queue_timeout_us}",
+            "    allow_timeout_override: true",
+            f"    max_queue_size: {spec.max_queue_size}",
+            "  }",
         ]
+        lines.append("}")
     params = {
         "hf_model_dir": HF_SUBDIR,
         "max_new_tokens_default": str(spec.max_new_tokens_default),
@@ -227,7 +286,6 @@ def main(argv: list[str] | None = None) -> int:
         instance_count=args.instances,
         max_batch_size=args.max_batch_size,
         dynamic_batching=not args.no_dynamic_batching,
-        preferred_batch_sizes=tuple(b for b in (8, 16, 32) if b <= args.max_batch_size) or (args.max_batch_size,),
         max_queue_delay_us=args.max_queue_delay_us,
         torch_threads=args.torch_threads,
     )

@@ -71,15 +71,17 @@ def smoke_test(
     max_new_tokens: int = 8,
     check: Callable[[list[str]], str | None] | None = None,
     timeout_s: float = 120.0,
+    headers: dict[str, str] | None = None,
 ) -> SmokeResult:
     """Run the smoke checks against `url` (host:port or http://host:port). Never raises for a failed check.
 
-    `check(outputs)` returns None when the outputs are acceptable, else a reason.
+    `check(outputs)` returns None when the outputs are acceptable, else a reason. `headers` go with every
+    call (the proxy's `X-Tuneline-Slot` pins them to one version).
     """
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
-    headers = {"Authorization": f"Bearer {token}"} if token else None
+    headers = {**(headers or {}), **({"Authorization": f"Bearer {token}"} if token else {})} or None
     result = SmokeResult(ok=False, url=url, model_name=model_name)
     client = httpclient.InferenceServerClient(_host_port(url), connection_timeout=timeout_s, network_timeout=timeout_s)
     try:

@@ -4,9 +4,20 @@
 its Python backend stub (serve venv locally, the serving image on a cluster), never the project venv.
 It loads the HF folder shipped beside it (`1/<hf_model_dir>`, named in config.pbtxt's parameters).
 
-Inputs (BYTES prompt, optional INT32 max_new_tokens) and output (BYTES text) each carry the batch dim.
-With dynamic batching Triton hands `execute` several requests at once: all their prompts go through
-one left-padded `generate` call, then each request gets back its own rows.
+Inputs, each with the batch dim (all but `text_input` optional):
+    text_input      BYTES  the prompt: a bare user turn, a JSON message list, or raw text (`prompt_format`)
+    max_new_tokens  INT32  generation budget (default and limit come from config.pbtxt's parameters)
+    prompt_format   BYTES  "chat" (default: the user turn under the training system prompt and chat template),
+                           "messages" (text_input is a JSON list of {role, content}; the training system
+                           prompt is added when the list has none) or "raw" (no template, as /v1/completions)
+    temperature     FP32   <= 0 or absent: greedy; > 0: sampling at that temperature
+    top_p           FP32   nucleus sampling mass (sampling only)
+    stop            BYTES  JSON list of strings; the text is cut before the first one
+Outputs: text_output (BYTES), prompt_tokens and completion_tokens (INT32, for OpenAI `usage`),
+finish_reason (BYTES: "stop" or "length").
+
+With dynamic batching Triton hands `execute` several requests at once: rows that decode alike (greedy, or
+the same temperature/top_p) go through one left-padded `generate` call, then each request gets its rows.
 
 Run as: loaded by tritonserver (see tuneline.serve.local); not run directly.
 """
@@ -22,6 +33,10 @@ import triton_python_backend_utils as pb_utils
 
 def _param(config: dict, key: str, default: str) -> str:
     return config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def _invalid_argument(message: str):
@@ -63,71 +78,126 @@ class TritonPythonModel:
         self.use_chat = bool(serving.get("chat_template", True)) and bool(getattr(tok, "chat_template", None))
         self.system_prompt = serving.get("system_prompt")
 
-    def _encode(self, prompt: str) -> list[int]:
-        if not self.use_chat:
-            return self.tokenizer(prompt, add_special_tokens=True)["input_ids"] or [self.start_id]
-        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        messages.append({"role": "user", "content": prompt})
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"] or [self.start_id]
-
-    def _request_inputs(self, request) -> tuple[list[str], list[int]]:
-        texts = pb_utils.get_input_tensor_by_name(request, "text_input").as_numpy().reshape(-1)
-        prompts = [t.decode("utf-8", errors="replace") if isinstance(t, bytes) else str(t) for t in texts]
-        limits_tensor = pb_utils.get_input_tensor_by_name(request, "max_new_tokens")
-        if limits_tensor is None:
-            limits = [self.default_new_tokens] * len(prompts)
+    def _messages(self, text: str, prompt_format: str) -> list[dict] | None:
+        """The chat messages for a row, or None for a raw prompt."""
+        if prompt_format == "raw":
+            return None
+        if prompt_format == "messages":
+            try:
+                messages = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"text_input is not a JSON message list: {exc.msg}") from None
+            if not isinstance(messages, list) or not messages or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages
+            ):
+                raise ValueError("text_input must be a non-empty JSON list of {role: str, content: str}")
+            messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        elif prompt_format == "chat":
+            messages = [{"role": "user", "content": text}]
         else:
-            flat = limits_tensor.as_numpy().reshape(-1).tolist()
-            limits = flat if len(flat) == len(prompts) else [flat[0]] * len(prompts)
-        for n in limits:
-            if not 1 <= int(n) <= self.limit_new_tokens:
-                raise ValueError(f"max_new_tokens must be in [1, {self.limit_new_tokens}], got {n}")
-        return prompts, [int(n) for n in limits]
+            raise ValueError(f"prompt_format must be chat, messages or raw, got {prompt_format!r}")
+        if self.system_prompt and messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        return messages
 
-    def _generate(self, prompts: list[str], limits: list[int]) -> list[str]:
+    def _encode(self, text: str, prompt_format: str = "chat") -> list[int]:
+        messages = self._messages(text, prompt_format)
+        if messages is not None and not self.use_chat:
+            # A tokenizer without a chat template: a bare prompt as it is, a conversation as plain lines.
+            if prompt_format == "messages":
+                text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+            messages = None
+        if messages is None:
+            return self.tokenizer(text, add_special_tokens=True)["input_ids"] or [self.start_id]
+        rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(rendered, add_special_tokens=False)["input_ids"] or [self.start_id]
+
+    def _column(self, request, name: str, rows: int, default, convert):
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is None:
+            return [default] * rows
+        flat = [convert(v) for v in tensor.as_numpy().reshape(-1).tolist()]
+        return flat if len(flat) == rows else [flat[0]] * rows
+
+    def _request_rows(self, request) -> list[dict]:
+        """One dict per batch row of `request`: encoded prompt and how to decode it. Raises ValueError."""
+        texts = [_text(t) for t in pb_utils.get_input_tensor_by_name(request, "text_input").as_numpy().reshape(-1)]
+        n = len(texts)
+        limits = self._column(request, "max_new_tokens", n, self.default_new_tokens, int)
+        formats = self._column(request, "prompt_format", n, "chat", _text)
+        temps = self._column(request, "temperature", n, 0.0, float)
+        top_ps = self._column(request, "top_p", n, 1.0, float)
+        stops = self._column(request, "stop", n, "[]", _text)
+        rows = []
+        for text, limit, fmt, temp, top_p, stop in zip(texts, limits, formats, temps, top_ps, stops, strict=True):
+            if not 1 <= limit <= self.limit_new_tokens:
+                raise ValueError(f"max_new_tokens must be in [1, {self.limit_new_tokens}], got {limit}")
+            if not 0.0 < top_p <= 1.0:
+                raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+            try:
+                stop_list = json.loads(stop or "[]")
+            except json.JSONDecodeError:
+                stop_list = None
+            if not isinstance(stop_list, list) or not all(isinstance(s, str) and s for s in stop_list):
+                raise ValueError("stop must be a JSON list of non-empty strings")
+            sampling = (round(temp, 4), round(top_p, 4)) if temp > 0 else None
+            ids = self._encode(text, fmt or "chat")
+            rows.append({"ids": ids, "limit": limit, "sampling": sampling, "stop": stop_list})
+        return rows
+
+    def _generate(self, rows: list[dict]) -> None:
+        """Fill each row's text, completion_tokens and finish_reason; rows that decode alike share a call."""
         torch = self.torch
-        encoded = [self._encode(p) for p in prompts]
-        width = max(len(ids) for ids in encoded)
-        # Left padding: decoder-only models continue from the last position of each row.
-        input_ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(encoded), width), dtype=torch.long)
-        for row, ids in enumerate(encoded):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            attention[row, width - len(ids) :] = 1
-        with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=input_ids.to(self.device),
-                attention_mask=attention.to(self.device),
-                max_new_tokens=max(limits),
-                do_sample=False,
-                pad_token_id=self.pad_id,
-            )
-        texts = []
-        for row, limit in enumerate(limits):
-            new_tokens = out[row, width : width + limit].tolist()
-            if self.eos_id is not None and self.eos_id in new_tokens:
-                new_tokens = new_tokens[: new_tokens.index(self.eos_id)]
-            texts.append(self.tokenizer.decode(new_tokens, skip_special_tokens=True))
-        return texts
+        groups: dict = {}
+        for row in rows:
+            groups.setdefault(row["sampling"], []).append(row)
+        for sampling, group in groups.items():
+            width = max(len(r["ids"]) for r in group)
+            # Left padding: decoder-only models continue from the last position of each row.
+            input_ids = torch.full((len(group), width), self.pad_id, dtype=torch.long)
+            attention = torch.zeros((len(group), width), dtype=torch.long)
+            for i, r in enumerate(group):
+                input_ids[i, width - len(r["ids"]) :] = torch.tensor(r["ids"], dtype=torch.long)
+                attention[i, width - len(r["ids"]) :] = 1
+            decode = {"do_sample": False} if sampling is None else {
+                "do_sample": True, "temperature": sampling[0], "top_p": sampling[1]
+            }
+            with torch.inference_mode():
+                out = self.model.generate(
+                    input_ids=input_ids.to(self.device),
+                    attention_mask=attention.to(self.device),
+                    max_new_tokens=max(r["limit"] for r in group),
+                    pad_token_id=self.pad_id,
+                    **decode,
+                )
+            for i, r in enumerate(group):
+                new_tokens = out[i, width : width + r["limit"]].tolist()
+                finish = "length"
+                if self.eos_id is not None and self.eos_id in new_tokens:
+                    new_tokens, finish = new_tokens[: new_tokens.index(self.eos_id)], "stop"
+                text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
+                cut = min((text.find(s) for s in r["stop"] if s in text), default=-1)
+                if cut >= 0:
+                    text, finish = text[:cut], "stop"
+                    new_tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+                r.update(text=text, completion_tokens=len(new_tokens), finish_reason=finish)
 
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
-        prompts: list[str] = []
-        limits: list[int] = []
+        rows: list[dict] = []
         spans: list[tuple[int, int, int]] = []  # (request index, first row, row count)
         for i, request in enumerate(requests):
             try:
-                p, n = self._request_inputs(request)
+                mine = self._request_rows(request)
             except (ValueError, TypeError) as exc:
                 responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=_invalid_argument(str(exc)))
                 continue
-            spans.append((i, len(prompts), len(p)))
-            prompts.extend(p)
-            limits.extend(n)
-        if prompts:
+            spans.append((i, len(rows), len(mine)))
+            rows.extend(mine)
+        if rows:
             try:
-                texts = self._generate(prompts, limits)
+                self._generate(rows)
             except Exception as exc:  # noqa: BLE001 - any failure must become an error response, not a crash
                 for i, _, _ in spans:
                     responses[i] = pb_utils.InferenceResponse(
@@ -135,9 +205,20 @@ class TritonPythonModel:
                     )
                 return responses
             for i, first, count in spans:
-                rows = np.array([t.encode("utf-8") for t in texts[first : first + count]], dtype=np.object_)
-                tensor = pb_utils.Tensor("text_output", rows.reshape(count, 1))
-                responses[i] = pb_utils.InferenceResponse(output_tensors=[tensor])
+                mine = rows[first : first + count]
+
+                def column(key: str, dtype, mine=mine, count=count):
+                    values = [r[key].encode("utf-8") if dtype is np.object_ else r[key] for r in mine]
+                    return np.array(values, dtype=dtype).reshape(count, 1)
+
+                responses[i] = pb_utils.InferenceResponse(
+                    output_tensors=[
+                        pb_utils.Tensor("text_output", column("text", np.object_)),
+                        pb_utils.Tensor("prompt_tokens", np.array([[len(r["ids"])] for r in mine], np.int32)),
+                        pb_utils.Tensor("completion_tokens", column("completion_tokens", np.int32)),
+                        pb_utils.Tensor("finish_reason", column("finish_reason", np.object_)),
+                    ]
+                )
         return responses
 
     def finalize(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,9 +28,25 @@ class CheckOptions:
     now: float | None = None  # for the age trigger; None means the current time
 
 
+_PARAM_REF = re.compile(r"^\$\{\{\s*params\.([A-Za-z_][A-Za-z0-9_-]*)\s*\}\}$")
+
+
+def resolved_triggers(pipeline: Pipeline) -> Triggers:
+    """The pipeline's triggers with `requests_log: ${{params.NAME}}` replaced by that parameter's value, so the
+    deploy step and the drift trigger read the one path the pipeline declares."""
+    triggers = pipeline.spec.triggers or Triggers()
+    found = _PARAM_REF.match(triggers.requests_log or "")
+    if not found:
+        return triggers
+    name = found.group(1)
+    if name not in pipeline.params:
+        raise ValueError(f"{pipeline.path}: triggers.requests_log refers to unknown parameter {name!r}")
+    return triggers.model_copy(update={"requests_log": str(pipeline.params[name])})
+
+
 def run_check(pipeline: Pipeline, options: CheckOptions, client=None) -> Decision:
     """Evaluate every trigger of `pipeline.spec.triggers`; `client` is an MlflowClient (made when needed)."""
-    triggers = pipeline.spec.triggers or Triggers()
+    triggers = resolved_triggers(pipeline)
     runs_dir = options.home / "runs"
     results = [check_new_data(pipeline, triggers, runs_dir, options.dataset_param)]
     if triggers.drift_psi is not None or triggers.drift_ks is not None:
