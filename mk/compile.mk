@@ -1,8 +1,12 @@
 # Compile targets (included by the top-level Makefile).
-# Run as: make compile | make golden
+# Run as: make compile | make golden | make conformance
 
 COMPILE_OUT ?= build
-.PHONY: compile golden compile-bench
+.PHONY: compile golden compile-bench conformance
+
+# The demo pipeline with a tiny random model, as in tests/e2e: an always-true gate so every step runs.
+CONFORMANCE_TINY = --set base_model=tiny-random-llama --set max_steps=3 --set max_seq_len=768 \
+	--set eval_examples=4 --set "gates=tuned.perplexity > 0"
 
 compile: $(VENV_STAMP) ## compile every pipeline in pipelines/ to KFP and Azure ML under build/
 	$(PY) -m tuneline.compile.cli compile --out $(COMPILE_OUT) pipelines/*.yaml
@@ -12,3 +16,8 @@ golden: $(VENV_STAMP) ## regenerate tests/compile/golden/ from every pipeline (r
 
 compile-bench: $(VENV_STAMP) ## time compiling the default pipeline to both targets -> bench/results/compile.json
 	$(PY) bench/compile_bench.py
+
+conformance: $(VENV_STAMP) ## run the compiled pipelines as Azure ML runs them and compare every step with tuneline run
+	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml tests/fixtures/toy/pipelines/toy.yaml
+	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml pipelines/finetune.yaml $(CONFORMANCE_TINY) \
+		--set deploy_target=azureml

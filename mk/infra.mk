@@ -5,8 +5,9 @@
 
 # Render every kustomization under k8s/ with kustomize itself (`kustomize build`, else `kubectl kustomize`)
 # and validate schemas + policies on its output; part of `make test`.
-k8s-validate: $(VENV_STAMP) ## render + validate k8s/ with kustomize (schemas, policies, supported versions)
+k8s-validate: $(VENV_STAMP) ## render + validate k8s/ with kustomize (schemas, policies, versions); pipelines fit it
 	$(PY) -m tuneline.k8s.validate k8s --scan pipelines --scan config --scan docs/aks.md
+	$(VENV)/bin/tuneline cluster check pipelines/*.yaml
 
 # Print the idempotent az commands that create/update the three node pools.
 nodepools-dry-run: $(VENV_STAMP) ## print the idempotent az commands for the AKS node pools

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shlex
 from pathlib import Path
 from typing import Any
@@ -144,13 +143,6 @@ def component_program(where: str | Path) -> ComponentProgram:
     folder = Path(where)
     spec = load_component(folder if folder.is_dir() else folder.parent).spec
     return ComponentProgram(spec, args_class(spec))
-
-
-def write_value(path: Path, value: Any) -> None:
-    """Write a value output (boolean, integer, number, string) as JSON text, as `when:` conditions and KFP's
-    launcher read it; the parent folder is created."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value))
 
 
 def parse_component_args(where: str | Path, argv: list[str] | None = None, prog: str | None = None) -> Any:

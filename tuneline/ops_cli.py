@@ -49,6 +49,7 @@ def cmd_trigger_check(args: argparse.Namespace) -> int:
     from .feedback import FeedbackError
     from .triggers import CheckOptions, run_check
     from .triggers import tracking as trigger_tracking
+    from .triggers.check import declared_metric
     from .triggers.features import DataFileError
     from .triggers.newdata import TriggerConfigError
     from .triggers.quality import EvalOptions
@@ -65,7 +66,7 @@ def cmd_trigger_check(args: argparse.Namespace) -> int:
         home=home,
         dataset_param=args.dataset_param or (declared.dataset_param if declared else None),
         model_name=args.model_name or (declared.model_name if declared else None),
-        metric=args.metric or (declared.metric if declared else "exact_match"),
+        metric=args.metric or (declared_metric(pipeline) if declared else "exact_match"),
         window=args.window,
         min_requests=args.min_requests,
         evaluation=EvalOptions(max_examples=args.max_examples),

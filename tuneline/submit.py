@@ -12,7 +12,6 @@ Only `execute_*` touch the network, through the platforms' own SDK clients.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,7 +107,6 @@ def execute_kfp(plan: KfpPlan) -> list[str]:  # pragma: no cover - needs a KFP A
 
 
 def execute_azureml(plan: AzureMLPlan) -> list[str]:  # pragma: no cover - needs an Azure ML workspace
-    os.environ.setdefault("AZURE_ML_CLI_PRIVATE_FEATURES_ENABLED", "true")  # if_else condition nodes
     from azure.ai.ml import MLClient, load_job
     from azure.ai.ml.entities._load_functions import load_schedule
     from azure.identity import DefaultAzureCredential

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from tuneline.component_args import parse_component_args, write_value
+from tuneline.component_args import parse_component_args
+from tuneline.outputs import write_value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     from tuneline.runner.summary import write_step_summary
 
     if args.target == "local" and record.endpoint:
-        shown = f"endpoint:   {record.endpoint}\ntoken file: {record.token_file}\ntry it:\n  {record.curl}"
+        shown = (
+            f"endpoint:   {record.endpoint}\ntoken file: {record.token_file}\n"
+            f"OpenAI API: base_url={record.endpoint}/v1, api_key=<the token>, model={serving_name}\n"
+            f"try it:\n  {record.curl}"
+        )
         print(shown)
         write_step_summary(f"{record.status}: {record.model_uri}\n{shown}\nstop it: make serve-stop")
     elif record.files:

@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tuneline.component_args import parse_component_args, write_value
+from tuneline.component_args import parse_component_args
+from tuneline.outputs import write_value
 
 
 def resolve_champion(uri: str) -> Path:
@@ -38,9 +39,9 @@ def resolve_champion(uri: str) -> Path:
 
 
 def available_metrics(refs: list[str], schema: dict | None) -> list[str]:
-    from tuneline.ml.metrics import all_metrics
+    from tuneline.ml.metrics import metric_names
 
-    return sorted([*all_metrics(refs, refs, schema), "perplexity"])
+    return metric_names(refs, schema)
 
 
 def score(model, tokenizer, records, refs, schema, args, label: str, offset: int,
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     from tuneline.ml.gates import Gate, GateError
 
     try:
-        gate = Gate(args.gates)
+        # "{metric}" in a gate stands for --gate-metric, so one pipeline parameter retargets the gates.
+        gate = Gate(args.gates.replace("{metric}", args.gate_metric.removeprefix("tuned.")))
     except GateError as err:
         print(f"error: --gates: {err}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ written, to show why).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -30,6 +31,29 @@ def _auto_workers(raw: Path) -> int:
     if size < 8 << 20:
         return 1
     return min(4, len(os.sched_getaffinity(0)))
+
+
+def _gate_metric_fits(metric: str, *splits: Path) -> bool:
+    """Whether evaluate can compute ``metric`` on these answers (JSON metrics need JSON-object answers)."""
+    from tuneline.ml.metrics import metric_names
+
+    name = metric.removeprefix("tuned.")
+    for split in splits:
+        path = split / "data.jsonl"
+        with path.open(encoding="utf-8") as fh:
+            answers = [json.loads(line)["messages"][-1]["content"] for line in fh]
+        if not answers:
+            continue
+        names = metric_names(answers)
+        # schema_valid also needs evaluate's --schema; prepare cannot see it, so JSON answers are enough here.
+        if name not in names and not (name == "schema_valid" and "json_valid" in names):
+            print(f"prepare: gate_metric '{name}' cannot be computed on {path}: "
+                  f"{'its answers are not all JSON objects; ' if 'json_valid' not in names else ''}"
+                  f"metrics available for this data: {', '.join(names)}. "
+                  f"Choose one with --set gate_metric=... (e.g. rouge_l for free text)", file=sys.stderr)
+            return False
+        return True
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         f"in {card['timing']['seconds']} s",
         file=sys.stderr,
     )
+    if c["kept"] and args.gate_metric and not _gate_metric_fits(args.gate_metric, cfg.test_out, cfg.train_out):
+        return 2
     if c["kept"] == 0:
         reasons = {**card["rejected"], **card["duplicates"]}
         top = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]) if v)[:300]

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from components.register.card import CardContext, render_card
 from components.register.inputs import InputError, read_evaluation, read_trained_model
-from tuneline.component_args import parse_component_args, write_value
+from tuneline.component_args import parse_component_args
+from tuneline.outputs import write_value
 
 
 def _tags(

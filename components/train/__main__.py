@@ -19,14 +19,19 @@ from collections import Counter
 
 from components.train.config import TrainConfig, hyperparameters, parse_args
 from components.train.modelsetup import MethodUnavailable, check_method
+from tuneline.outputs import write_value
 
 
-def _encode_split(records, tokenizer, max_seq_len: int, label: str, log):
+def _encode_split(records, tokenizer, max_seq_len: int, label: str, log, over_long: dict):
+    """Encode a split. An example longer than max_seq_len keeps its first max_seq_len tokens (truncated on the
+    right, so the end of the answer is what is lost); one with no answer token left is dropped. Both are
+    counted in ``over_long[label]`` for training_summary.json and the run's summary."""
     from tuneline.ml.chat import encode
 
     encoded = [encode(tokenizer, r, max_seq_len) for r in records]
     kept = [e for e in encoded if e.n_targets > 0]
     truncated = sum(e.truncated for e in encoded)
+    over_long[label] = {"examples": len(encoded), "truncated": truncated, "dropped": len(encoded) - len(kept)}
     if truncated or len(kept) < len(encoded):
         log(f"{label}: {truncated} of {len(encoded)} examples truncated to {max_seq_len} tokens; "
             f"{len(encoded) - len(kept)} dropped (no answer tokens left)")
@@ -83,7 +88,7 @@ def _main(config: TrainConfig) -> int:
     from transformers import get_scheduler
 
     from components.train import modelsetup
-    from components.train.loop import Loop, StopFlag, dump_json, finite, plan
+    from components.train.loop import Loop, StopFlag, finite, plan
     from components.train.state import TrainState
     from tuneline.ml import checkpoint as ckpt
     from tuneline.ml.data import read_split
@@ -108,10 +113,11 @@ def _main(config: TrainConfig) -> int:
     model, tokenizer = modelsetup.build(config, precision, acc.device)
     # After the shared initialisation each rank draws its own dropout masks.
     torch.manual_seed(config.seed + 1000 * acc.process_index)
-    train = _encode_split(train_split.records, tokenizer, config.max_seq_len, "train", log)
+    over_long: dict = {}
+    train = _encode_split(train_split.records, tokenizer, config.max_seq_len, "train", log, over_long)
     validation = []
     if val_split is not None:
-        validation = _encode_split(val_split.records, tokenizer, config.max_seq_len, "validation", log)
+        validation = _encode_split(val_split.records, tokenizer, config.max_seq_len, "validation", log, over_long)
         if config.max_eval_examples:
             validation = validation[: config.max_eval_examples]
 
@@ -140,7 +146,7 @@ def _main(config: TrainConfig) -> int:
                         "planned_steps": steps.total_steps})
         run.set_tags({"tuneline.dataset_sha256": train_split.sha256, "tuneline.base_model": config.base_model,
                       "tuneline.method": config.method})
-        dump_json(config.mlflow_run_id, run.run_id)
+        write_value(config.mlflow_run_id, run.run_id)
     loop.run = run
     log(f"training {config.method} on {config.base_model}: {len(train)} examples, {steps.total_steps} steps, "
         f"{acc.num_processes} process(es), precision {precision}")
@@ -161,7 +167,8 @@ def _main(config: TrainConfig) -> int:
         "method": config.method,
         "hyperparameters": hyperparameters(config),
         "data": {"train_sha256": train_split.sha256, "n_train": len(train),
-                 "validation_sha256": val_split.sha256 if val_split else None, "n_validation": len(validation)},
+                 "validation_sha256": val_split.sha256 if val_split else None, "n_validation": len(validation),
+                 "over_long": {"max_seq_len": config.max_seq_len, "truncation_side": "right", **over_long}},
         "world_size": acc.num_processes,
         "mixed_precision": precision,
         "mlflow_run_id": state.mlflow_run_id,
@@ -178,6 +185,11 @@ def _main(config: TrainConfig) -> int:
         run.finish()
         log(f"done: {state.global_step} steps, final loss {summary['final_train_loss']:.4f}, "
             f"{summary['tokens_per_s'] or 0:.0f} tokens/s, model in {config.model}")
+        from tuneline.runner.summary import write_step_summary
+
+        write_step_summary("over max_seq_len " + str(config.max_seq_len) + " (truncated on the right / dropped): "
+                           + ", ".join(f"{k} {v['truncated']}/{v['dropped']} of {v['examples']}"
+                                       for k, v in over_long.items()))
     acc.end_training()
     return 0
 

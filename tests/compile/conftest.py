@@ -6,8 +6,8 @@ from readback import TOY, TOY_MULTINODE
 from tuneline.compile.build import TARGETS, compile_file
 from tuneline.compile.options import CompileOptions
 
-# Azure ML validates if_else condition nodes offline only with this set (it is read at import time).
-os.environ.setdefault("AZURE_ML_CLI_PRIVATE_FEATURES_ENABLED", "true")
+# The compiled Azure ML jobs must validate as `az ml job create` users validate them: no private-preview flag.
+assert "AZURE_ML_CLI_PRIVATE_FEATURES_ENABLED" not in os.environ
 
 
 @pytest.fixture(scope="session")

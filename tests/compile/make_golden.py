@@ -46,7 +46,6 @@ def compile_to(pipeline: Path, folder: Path) -> list[Path]:
 
 
 def main() -> int:
-    os.environ.setdefault("AZURE_ML_CLI_PRIVATE_FEATURES_ENABLED", "true")
     sys.path.insert(0, str(ROOT))
     if GOLDEN.exists():
         shutil.rmtree(GOLDEN)

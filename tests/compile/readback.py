@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from tuneline.compile.gate import GATE_INPUT
+
 FIXTURES = Path(__file__).parent / "fixtures" / "project"
 TOY = FIXTURES / "pipelines" / "toy.yaml"
 TOY_MULTINODE = FIXTURES / "pipelines" / "toy-multinode.yaml"
@@ -23,18 +25,9 @@ def kfp_documents(path: Path) -> tuple[dict, dict]:
 def kfp_dag(path: Path) -> dict:
     """{'steps', 'edges', 'params', 'conditions': {step: (source, output)}, 'param_inputs': {(step, input): param}}"""
     spec, _ = kfp_documents(path)
-    components = spec["components"]
     importers = {}  # importer task -> pipeline parameter it imports
     display = {}    # KFP task key (sanitised: make-data) -> step name (its display name: make_data)
     steps, edges, conditions, param_inputs = set(), set(), {}, {}
-
-    def channel(dag_inputs: dict, name: str) -> tuple[str, str] | str:
-        """Where a condition sub-DAG input comes from: (producer, output) or a pipeline parameter."""
-        for kind in ("artifacts", "parameters"):
-            source = dag_inputs.get(kind, {}).get(name)
-            if source:
-                return resolve(source, {})
-        raise KeyError(name)
 
     def resolve(source: dict, outer: dict):
         if "taskOutputArtifact" in source:
@@ -62,24 +55,14 @@ def kfp_dag(path: Path) -> dict:
         for name, task in tasks.items():
             if name in importers:
                 continue
-            component = components[task["componentRef"]["name"]]
-            if "dag" in component:  # a dsl.If group
-                inner = {}
-                for kind in ("artifacts", "parameters"):
-                    for key, source in task.get("inputs", {}).get(kind, {}).items():
-                        inner[key] = resolve(source, outer)
-                match = re.search(r"parameter_values\['([^']+)'\] == true", task["triggerPolicy"]["condition"])
-                gate = inner[match.group(1)]
-                for inner_name in component["dag"]["tasks"]:
-                    conditions[inner_name] = gate
-                walk(component["dag"]["tasks"], inner)
-                continue
             steps.add(name)
             display[name] = task["taskInfo"]["name"]
             for kind in ("artifacts", "parameters"):
                 for input_name, source in task.get("inputs", {}).get(kind, {}).items():
                     origin = resolve(source, outer)
-                    if isinstance(origin, tuple) and origin[0] != "literal":
+                    if input_name == GATE_INPUT:  # `when:` is the gate input the step's wrapper reads
+                        conditions[name] = origin
+                    elif isinstance(origin, tuple) and origin[0] != "literal":
                         edges.add((origin[0], origin[1], name, input_name))
                     elif isinstance(origin, str):
                         param_inputs[(name, input_name)] = origin
@@ -101,18 +84,13 @@ def azureml_dag(job_file: Path) -> dict:
     job = yaml.safe_load(job_file.read_text())
     steps, edges, conditions, param_inputs = set(), set(), {}, {}
     for name, node in job["jobs"].items():
-        if node["type"] == "if_else":
-            source = _PARENT.match(node["condition"])
-            blocks = node["true_block"] if isinstance(node["true_block"], list) else [node["true_block"]]
-            for block in blocks:
-                target = _PARENT.match(block).group(2)
-                conditions[target] = (source.group(2), source.group(3))
-                edges.add((source.group(2), source.group(3), target, "when"))
-            continue
         steps.add(name)
         for input_name, value in (node.get("inputs") or {}).items():
             match = _PARENT.match(value) if isinstance(value, str) else None
-            if match and match.group(1) == "jobs":
+            if match and input_name == GATE_INPUT:
+                conditions[name] = (match.group(2), match.group(3))
+                edges.add((match.group(2), match.group(3), name, "when"))
+            elif match and match.group(1) == "jobs":
                 edges.add((match.group(2), match.group(3), name, input_name))
             elif match:
                 param_inputs[(name, input_name)] = match.group(2)

@@ -1,12 +1,14 @@
 import os
+import shlex
 
 import pytest
 import yaml
 from azure.ai.ml import load_component, load_job
 from azure.ai.ml.constants import TimeZone
 from azure.ai.ml.entities._load_functions import load_schedule
-from readback import FIXTURES, TOY
+from readback import FIXTURES, TOY, variant
 
+from tuneline.compile import CompileError
 from tuneline.compile.build import compile_graph
 from tuneline.compile.options import CompileOptions
 from tuneline.compile.schedule import WINDOWS_TIME_ZONES
@@ -23,7 +25,7 @@ def test_every_file_loads_and_validates_with_azure_ai_ml(compiled, stem):
     job = load_job(str(folder / "pipeline_job.yml"))
     result = job._validate()
     assert result.passed, result.error_messages
-    assert set(job.jobs) == {"make_data", "fit", "check", "publish", "announce", "when_check_passed"}
+    assert set(job.jobs) == {"make_data", "fit", "check", "publish", "announce"}  # no if_else node
     schedule = load_schedule(str(folder / "schedule.yml"))
     assert schedule._validate().passed
     assert schedule.trigger.expression == yaml.safe_load((folder / "schedule.yml").read_text())["trigger"][
@@ -42,15 +44,48 @@ def test_multinode_step_has_distribution_and_instance_count(compiled):
     assert job.jobs["make_data"].distribution is None
 
 
-def test_condition_node_tests_a_control_output(compiled):
+def test_when_is_a_gate_folder_the_step_reads_not_a_condition_node(compiled):
     folder = compiled["toy"] / "azureml"
-    job = load_job(str(folder / "pipeline_job.yml"))
-    node = job.jobs["when_check_passed"]
-    assert node.type == "if_else"
-    assert node.true_block == ["${{parent.jobs.publish}}", "${{parent.jobs.announce}}"]
+    job = yaml.safe_load((folder / "pipeline_job.yml").read_text())
+    assert job["jobs"]["publish"]["inputs"]["tuneline_gate"] == "${{parent.jobs.check.outputs.passed}}"
     check = yaml.safe_load((folder / "components" / "check.yml").read_text())
-    assert check["outputs"]["passed"] == {"type": "boolean", "is_control": True}
+    # Command components have no primitive outputs: the boolean lives in a file in a folder.
+    assert check["outputs"]["passed"]["type"] == "uri_folder"
+    assert "'${{outputs.passed}}/value'" in check["command"]
     assert check["is_deterministic"] is False  # cache: false in the component
+    publish = yaml.safe_load((folder / "components" / "publish.yml").read_text())
+    assert publish["inputs"]["tuneline_gate"]["type"] == "uri_folder"
+    assert publish["command"].startswith("python -m tuneline.compile.gate --gate '${{inputs.tuneline_gate}}' ")
+    announce = yaml.safe_load((folder / "components" / "announce.yml").read_text())
+    assert announce["inputs"]["model_uri"]["type"] == "uri_folder"  # a string output arrives as its value folder
+    assert "\"$(cat '${{inputs.model_uri}}/value')\"" in announce["command"]
+
+
+def test_values_are_single_quoted_so_the_shell_keeps_them_whole(tmp_path):
+    path = variant(tmp_path, "base:    {type: string, default: tiny-model}", 'base: {type: string, default: \'"a b"\'}')
+    out = compile_graph(build_graph(load_pipeline(path)), ("azureml",), tmp_path / "out", CompileOptions())
+    fit = yaml.safe_load((out.folder / "azureml" / "components" / "fit.yml").read_text())
+    assert "--base '${{inputs.base}}'" in fit["command"]
+    text = fit["command"].replace("${{inputs.base}}", '"a b"')
+    words = shlex.split(text)
+    assert words[words.index("--base") + 1] == '"a b"'
+
+
+def test_a_value_with_a_single_quote_is_a_compile_error(tmp_path):
+    path = variant(tmp_path, "base:    {type: string, default: tiny-model}", "base: {type: string, default: \"it's\"}")
+    with pytest.raises(CompileError, match="single quote"):
+        compile_graph(build_graph(load_pipeline(path)), ("azureml",), tmp_path / "out", CompileOptions())
+
+
+def test_retries_are_a_warning_and_instance_type_makes_a_compute_file(tmp_path):
+    from azure.ai.ml.entities._load_functions import load_compute
+
+    out = compile_graph(build_graph(load_pipeline(TOY)), ("azureml",), tmp_path, CompileOptions())
+    assert any("fit: retries: 2 is not applied on Azure ML" in w for w in out.warnings)
+    job = yaml.safe_load((out.folder / "azureml" / "pipeline_job.yml").read_text())
+    assert "instance_type" not in job["jobs"]["fit"]["resources"]  # ignored on AmlCompute
+    compute = load_compute(str(out.folder / "azureml" / "compute" / "gpu-spot.yml"))
+    assert compute.size == "Standard_NC24ads_A100_v4" and compute.type == "amlcompute"
 
 
 def test_code_paths_are_relative_and_point_at_the_project(compiled):

@@ -8,11 +8,10 @@ from kfp.kubernetes import kubernetes_executor_config_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
 from readback import TOY, kfp_documents, variant
 
-from tuneline.compile import CompileError
 from tuneline.compile.build import compile_graph
 from tuneline.compile.options import CompileOptions
 from tuneline.graph import build_graph
-from tuneline.spec import load_pipeline
+from tuneline.spec import SpecError, load_pipeline
 
 
 def _strict(spec: dict, platform: dict) -> None:
@@ -57,8 +56,10 @@ def test_gpu_train_step_has_tolerations_accelerator_shm_and_resume_volume(compil
     assert k8s["pvcMount"][0]["constant"] == "tuneline-checkpoints"
     assert k8s["activeDeadlineSeconds"] == "7200" or k8s["activeDeadlineSeconds"] == 7200
     assert {e["name"] for e in container["env"]} >= {"TUNELINE_STEP", "TUNELINE_CHECKPOINT_ROOT"}
-    assert [e["envVar"] for e in k8s["secretAsEnv"][0]["keyToEnv"]] == [
-        "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"]
+    # The tracking URI comes from the ConfigMap k8s/kubeflow/ creates; no Secret unless --mlflow-secret is given.
+    assert k8s["configMapAsEnv"][0]["configMapName"] == "tuneline-mlflow"
+    assert [e["envVar"] for e in k8s["configMapAsEnv"][0]["keyToEnv"]] == ["MLFLOW_TRACKING_URI"]
+    assert "secretAsEnv" not in k8s
     # A CPU step gets neither GPU toleration nor shared memory.
     cpu_container, cpu_k8s = _executor(spec, platform, "make_data")
     assert "tolerations" not in cpu_k8s and "emptyDirMounts" not in cpu_k8s
@@ -76,15 +77,19 @@ def test_command_is_the_local_command_with_placeholders(compiled):
     assert command[-1] == "{{$.outputs.parameters['rows'].output_file}}"
 
 
-def test_boolean_value_output_drives_the_condition(compiled):
-    spec, _ = kfp_documents(compiled["toy"] / "kfp" / "pipeline.yaml")
+def test_boolean_value_output_feeds_the_gate_of_each_conditional_step(compiled):
+    spec, platform = kfp_documents(compiled["toy"] / "kfp" / "pipeline.yaml")
     assert spec["components"]["comp-check"]["outputDefinitions"]["parameters"]["passed"]["parameterType"] == \
         "BOOLEAN"
-    group = spec["root"]["dag"]["tasks"]["condition-1"]
-    assert group["inputs"]["parameters"]["pipelinechannel--check-passed"]["taskOutputParameter"] == {
-        "outputParameterKey": "passed", "producerTask": "check"}
-    assert group["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--check-passed'] == true"
-    assert set(spec["components"]["comp-condition-1"]["dag"]["tasks"]) == {"publish", "announce"}
+    tasks = spec["root"]["dag"]["tasks"]
+    assert not [t for t in tasks if t.startswith("condition")]  # no dsl.If: the step applies its gate
+    for step in ("publish", "announce"):
+        assert tasks[step]["inputs"]["parameters"]["tuneline_gate"]["taskOutputParameter"] == {
+            "outputParameterKey": "passed", "producerTask": "check"}
+    command = _executor(spec, platform, "publish")[0]["command"]
+    assert command[:5] == ["python", "-m", "tuneline.compile.gate", "--gate",
+                           "{{$.inputs.parameters['tuneline_gate']}}"]
+    assert command[command.index("--") + 1:][:3] == ["python", "-m", "components.publish"]
 
 
 def test_retry_and_caching_follow_the_spec(compiled):
@@ -135,6 +140,5 @@ def test_multinode_step_becomes_a_pytorchjob_launcher(compiled):
 def test_step_fed_by_a_conditional_step_must_share_its_condition(tmp_path):
     path = variant(tmp_path, "    when: ${{steps.check.outputs.passed}}\n    inputs: {model_uri",
                    "    inputs: {model_uri")
-    graph = build_graph(load_pipeline(path))
-    with pytest.raises(CompileError, match="step 'announce' uses step 'publish'"):
-        compile_graph(graph, ("kfp",), tmp_path / "out", CompileOptions())
+    with pytest.raises(SpecError, match="'publish' runs only when"):
+        load_pipeline(path)

@@ -80,7 +80,7 @@ def test_local_blue_green_rollback_and_unchanged(serving, tmp_path: Path):
     proc, first = _deploy(env, tmp_path / "d1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert first["status"] == "deployed" and first["model_uri"] == "models:/tuneline-llm/1"
-    assert json.loads((tmp_path / "d1" / "endpoint").read_text()) == first["endpoint"]
+    assert (tmp_path / "d1" / "endpoint").read_text() == first["endpoint"]
     assert "curl -s -X POST" in proc.stdout and first["token_file"] in proc.stdout
     assert isinstance(_generate(first)["text"], str)
 
@@ -90,7 +90,7 @@ def test_local_blue_green_rollback_and_unchanged(serving, tmp_path: Path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert second["status"] == "rolled_back" and second["model_uri"] == "models:/tuneline-llm/2"
     assert "smoke test" in second["error"] and second["endpoint"] == first["endpoint"]
-    assert json.loads((tmp_path / "d2" / "status").read_text()) == "rolled_back"
+    assert (tmp_path / "d2" / "status").read_text() == "rolled_back"
     assert json.loads((state / "deployed-model.json").read_text())["model_uri"] == "models:/tuneline-llm/1"
     assert isinstance(_generate(second)["text"], str)
 

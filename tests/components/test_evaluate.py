@@ -36,7 +36,7 @@ def _evaluate(trained, name, gates, *extra):
 def test_base_and_tuned_side_by_side_with_gates_and_mlflow(trained):
     from mlflow.tracking import MlflowClient
 
-    run_id = json.loads((trained["root"] / "run_id.json").read_text())
+    run_id = (trained["root"] / "run_id.json").read_text()
     code, out = _evaluate(trained, "eval", "tuned.perplexity < base.perplexity and tuned.exact_match >= 0",
                           "--mlflow-run-id", run_id)
     assert code == 0

@@ -199,3 +199,13 @@ def test_default_near_dup_threshold_removes_one_token_edits_but_keeps_templated_
     assert card["parameters"]["near_dup_threshold"] == 0.85
     assert sorted(q["line"] for q in quarantine if q["reason"] == "near_duplicate") == [2, 3]
     assert len(kept) == 3
+
+
+def test_a_gate_metric_the_data_cannot_produce_fails_before_training(tmp_path, capsys):
+    raw = tmp_path / "summaries.jsonl"
+    raw.write_text("".join(json.dumps({"prompt": f"Summarize dialog {i}.", "completion": f"They meet at {i}."}) + "\n"
+                           for i in range(10)))
+    assert prepare(tmp_path, raw, "--gate-metric", "field_accuracy")[0] == 2
+    err = capsys.readouterr().err
+    assert "gate_metric 'field_accuracy' cannot be computed" in err and "its answers are not all JSON objects" in err
+    assert prepare(tmp_path, raw, "--gate-metric", "rouge_l")[0] == 0

@@ -46,7 +46,7 @@ def test_lora_run_writes_adapter_summary_and_mlflow_run(env):
     assert summary["steps"] == 3 and summary["hyperparameters"]["per_device_batch"] == 4
     assert len(summary["data"]["train_sha256"]) == 64 and summary["final_val_loss"] > 0
     assert summary["tokens_per_s"] > 0 and summary["peak_memory_mb"] > 0
-    run_id = json.loads((out / "run_id.json").read_text())
+    run_id = (out / "run_id.json").read_text()  # a STRING output: bare text
     assert run_id == summary["mlflow_run_id"]
     client = MlflowClient()
     run = client.get_run(run_id)

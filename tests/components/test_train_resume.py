@@ -71,4 +71,4 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path, train_env):
     assert summaries[1]["resumes"] == 1 and summaries[0]["resumes"] == 0
     assert summaries[1]["final_val_loss"] == pytest.approx(summaries[0]["final_val_loss"], abs=1e-6)
     # The resumed process continued the interrupted MLflow run rather than starting another.
-    assert summaries[1]["mlflow_run_id"] == json.loads((killed / "run_id.json").read_text())
+    assert summaries[1]["mlflow_run_id"] == (killed / "run_id.json").read_text()

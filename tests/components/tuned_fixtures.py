@@ -98,7 +98,8 @@ def run_register(model: Path, metrics: Path, outs: Path, env: dict[str, str], *e
 
 
 def read_outputs(outs: Path) -> dict:
-    return {k: json.loads((outs / k).read_text()) for k in ("model_uri", "version", "promoted")}
+    return {"model_uri": (outs / "model_uri").read_text(),  # a STRING output: bare text
+            **{k: json.loads((outs / k).read_text()) for k in ("version", "promoted")}}
 
 
 def step_env(home: Path) -> dict[str, str]:

@@ -70,7 +70,7 @@ def test_false_condition_skips_the_step(toy, cli):
     assert cli("run", "pipelines/toy.yaml", "--set", "count=2")[0] == 0
     record = run_record(toy)
     assert statuses(record)["publish"] == "skipped"
-    assert "condition check.passed is false" in record["steps"]["publish"]["reason"]
+    assert "skipped: gate not passed (condition check.passed is false)" in record["steps"]["publish"]["reason"]
     assert record["status"] == "succeeded"
 
 

@@ -287,7 +287,8 @@ def test_failing_canary_is_rolled_back_and_a_healthy_one_promoted(serve_venv, ti
     from tuneline.serve.routing import CanaryPolicy, read_canary, read_routes
 
     state_dir = tmp_path / "state"
-    first = rollout(tiny_model, state_dir=state_dir, label="models:/m/1")
+    log = tmp_path / "logs" / "requests.jsonl"
+    first = rollout(tiny_model, state_dir=state_dir, label="models:/m/1", request_log=str(log))
     assert first.ok, first.error
     token = load_token(Path(first.token_file))
     policy = CanaryPolicy(promote_after=12, min_requests=4)
@@ -298,6 +299,7 @@ def test_failing_canary_is_rolled_back_and_a_healthy_one_promoted(serve_venv, ti
         process.stop(failing.server.ref)  # the candidate dies after passing its smoke tests
         codes = [_post(f"{first.proxy_url}/v1/generate", {"prompt": f"ticket {i}"}, token)[0] for i in range(24)]
         assert codes == [200] * 24  # every request answered: the previous version took the failed ones
+        assert len(log.read_text().splitlines()) >= 24  # the deploy's request log, kept across rollouts
         decision = read_canary(state_dir)
         assert decision["decision"] == "rolled_back" and "error rate" in decision["reason"]
         routes = read_routes(state_dir)

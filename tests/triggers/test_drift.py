@@ -66,3 +66,17 @@ def test_too_few_requests_is_not_judged(tmp_path):
     _log(tmp_path / "requests.jsonl", ["hello"] * 3)
     result = check_drift(Triggers(drift_psi=0.2, requests_log="requests.jsonl"), tmp_path, reference)
     assert result.status == "skipped" and "3 logged requests" in result.reason
+
+
+def test_demo_pipeline_drift_reads_the_log_its_deploy_step_writes():
+    """One declaration: the deploy step's requests_log and triggers.requests_log are the same parameter."""
+    from pathlib import Path
+
+    from tuneline.spec import ParamRef, load_pipeline
+    from tuneline.triggers.check import resolved_triggers
+
+    pipeline = load_pipeline(Path(__file__).resolve().parents[2] / "pipelines" / "finetune.yaml")
+    binding = pipeline.bindings["deploy"]["requests_log"]
+    assert isinstance(binding, ParamRef) and binding.name == "requests_log"
+    declared = pipeline.params["requests_log"]
+    assert resolved_triggers(pipeline).requests_log == declared == ".tuneline/serve/requests.jsonl"

@@ -1,21 +1,29 @@
 """Compile a pipeline graph to Azure ML: one command component YAML per step, a pipeline job, a schedule.
 
 The files are written as plain YAML (importing azure-ai-ml costs seconds); the tests load every one of them
-with azure-ai-ml's own loaders and `_validate()`. Command templates already use Azure ML's placeholder syntax,
-so each component runs the step's command text unchanged. `code:` is the project root, relative to the file.
-`when:` becomes an `if_else` control node testing a boolean output marked `is_control` (this needs
-AZURE_ML_CLI_PRIVATE_FEATURES_ENABLED=true where the job is validated or submitted).
+with azure-ai-ml's own loaders and `_validate()`, with no private or preview feature flag set. `code:` is the
+project root, relative to the file.
 
-Retries are not carried over: a command node of an Azure ML pipeline job has no retry setting (only
-parallel jobs have `retry_settings`), so `retry: {max, backoff_seconds, on}` applies to local and KFP runs;
-on Azure ML a failed step fails the pipeline job, whatever its exit code.
+What Azure ML's runtime does with a command, and how the compiled command meets it (each rule is cited, and
+executed, in `tuneline.conformance.azureml`):
+- it pastes each input's value or mounted path into the command text and runs the text in a shell, so every
+  placeholder is single-quoted here: a value with spaces stays one argument and `"category"` keeps its quotes;
+- components have no primitive outputs, so a value output (a boolean gate, a model URI) is a `uri_folder` holding
+  the value in a file named `value`, and an input bound to one reads that file with `$(cat ...)`;
+- there is no supported condition node (`if_else` needs a private-preview flag), so a `when:` step takes the gate
+  folder as an input and `tuneline.compile.gate` runs its command only when the gate is true;
+- `resources.instance_type` applies to Kubernetes compute only; on AmlCompute the VM size belongs to the cluster,
+  so each cluster with an `instance_type` gets a `compute/<cluster>.yml` to create it with;
+- a command node has no retry setting (only parallel jobs have `retry_settings`), so `retry: {max, backoff_seconds,
+  on}` applies to local and KFP runs, and `retries:` is reported as a compile-time warning here.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+import shlex
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +33,20 @@ from ..graph import Node, PipelineGraph
 from ..spec import Literal, OutputRef, ParamRef
 from ..spec.models import IOType
 from . import CompileError
+from .command import OptionalBlock, Ref, Token, parse_command
+from .gate import GATE_INPUT, GATE_MODULE, VALUE_FILE
 from .options import CompileOptions
 from .placement import resumable
 from .schedule import azureml_schedule
 
 COMPONENT_SCHEMA = "https://azuremlschemas.azureedge.net/latest/commandComponent.schema.json"
 PIPELINE_SCHEMA = "https://azuremlschemas.azureedge.net/latest/pipelineJob.schema.json"
+COMPUTE_SCHEMA = "https://azuremlschemas.azureedge.net/latest/amlCompute.schema.json"
 JOB_FILE = "pipeline_job.yml"
 SCHEDULE_FILE = "schedule.yml"
 _TYPES = {IOType.model: "custom_model"}  # the rest keep their names
 _URI = re.compile(r"^[a-z][a-z0-9+.-]*:", re.I)  # azureml:, https:, abfss:, wasbs: ... left untouched
+VALUE_FOLDER = "uri_folder"  # what a value output (and an input bound to one) becomes
 
 
 class _Dumper(yaml.SafeDumper):
@@ -51,13 +63,52 @@ def azure_name(name: str) -> str:
     return name.replace("-", "_")
 
 
+def reads_value_file(node: Node, name: str) -> bool:
+    """A value input fed by an upstream value output: on Azure ML it arrives as the folder holding the value."""
+    return isinstance(node.bindings.get(name), OutputRef) and not node.input_type(name).is_artifact
+
+
 def _io_type(graph: PipelineGraph, node: Node, name: str) -> str:
     kind = node.component.spec.inputs[name].type
     binding = node.bindings.get(name)
+    if reads_value_file(node, name):
+        return VALUE_FOLDER
     if kind.is_artifact and isinstance(binding, OutputRef):
         # Azure ML refuses a uri_folder output into a custom_model input; our spec allows it.
         kind = graph.nodes[binding.step].component.spec.outputs[binding.output].type
     return _TYPES.get(kind, kind.value)
+
+
+def _quoted(ref: Ref, node: Node) -> str:
+    """One placeholder as shell text. Azure ML pastes the value in; single quotes keep it one literal word."""
+    if ref.kind == "inputs":
+        if reads_value_file(node, ref.name):
+            return f"\"$(cat '${{{{inputs.{ref.name}}}}}/{VALUE_FILE}')\""
+        return f"'${{{{inputs.{ref.name}}}}}'"
+    out = node.component.spec.outputs[ref.name]
+    suffix = "" if out.type.is_artifact else f"/{VALUE_FILE}"
+    return f"'${{{{outputs.{ref.name}}}}}{suffix}'"
+
+
+def _word(token: Token, node: Node) -> str:
+    return "".join(_quoted(p, node) if isinstance(p, Ref) else shlex.quote(p) for p in token)
+
+
+def azureml_command(node: Node) -> str:
+    """The component's command as Azure ML should run it: quoted placeholders, value files, and the gate."""
+    words: list[str] = []
+    for item in parse_command(node.component.spec.command):
+        if isinstance(item, OptionalBlock):
+            words.append("$[[" + " ".join(_word(t, node) for t in item.tokens) + "]]")
+        else:
+            words.append(_word(item, node))
+    if node.condition is None:
+        return " ".join(words)
+    gate = ["python", "-m", GATE_MODULE, "--gate", f"'${{{{inputs.{GATE_INPUT}}}}}'"]
+    for name, out in node.component.spec.outputs.items():
+        kind = ("folder" if out.type.is_folder else "file") if out.type.is_artifact else out.type.value
+        gate += ["--skip", f"{name}:{kind}:" + _quoted(Ref("outputs", name), node)]
+    return " ".join(gate + ["--"] + words)
 
 
 def component_dict(graph: PipelineGraph, node: Node, options: CompileOptions, code: str) -> dict[str, Any]:
@@ -65,6 +116,11 @@ def component_dict(graph: PipelineGraph, node: Node, options: CompileOptions, co
     inputs: dict[str, Any] = {}
     for name, item in spec.inputs.items():
         entry: dict[str, Any] = {"type": _io_type(graph, node, name)}
+        if reads_value_file(node, name):
+            entry["description"] = (f"{item.description + ' ' if item.description else ''}"
+                                    f"(the {item.type.value} in {VALUE_FILE} of the upstream value folder)")
+            inputs[name] = entry
+            continue
         if item.description:
             entry["description"] = item.description
         if item.default is not None:
@@ -78,14 +134,20 @@ def component_dict(graph: PipelineGraph, node: Node, options: CompileOptions, co
         if item.enum is not None:
             entry["enum"] = list(item.enum)
         inputs[name] = entry
+    if node.condition is not None:
+        if GATE_INPUT in inputs:
+            raise CompileError(f"step '{node.name}': input name '{GATE_INPUT}' is reserved for the `when:` gate")
+        inputs[GATE_INPUT] = {"type": VALUE_FOLDER, "description": f"gate: runs only when {node.condition} is true"}
     outputs: dict[str, Any] = {}
     for name, item in spec.outputs.items():
-        entry = {"type": _TYPES.get(item.type, item.type.value)}
-        if item.description:
-            entry["description"] = item.description
-        if not item.type.is_artifact:
-            # Azure ML passes small values between steps only as control outputs.
-            entry["is_control"] = True
+        if item.type.is_artifact:
+            entry = {"type": _TYPES.get(item.type, item.type.value)}
+            if item.description:
+                entry["description"] = item.description
+        else:
+            # Azure ML components have no primitive outputs: the value goes into a file in a folder.
+            entry = {"type": VALUE_FOLDER, "description": f"{item.description + ' ' if item.description else ''}"
+                                                          f"({item.type.value} in {VALUE_FILE})"}
         outputs[name] = entry
     return {
         "$schema": COMPONENT_SCHEMA,
@@ -98,9 +160,15 @@ def component_dict(graph: PipelineGraph, node: Node, options: CompileOptions, co
         "inputs": inputs,
         "outputs": outputs,
         "code": code,
-        "environment": options.images.azureml_environment(spec.environment),
-        "command": " ".join(spec.command.split()),
+        "environment": options.images.azureml_environment(spec.environment, graph.pipeline.root),
+        "command": azureml_command(node),
     }
+
+
+def _check_quotable(where: str, value: Any) -> None:
+    if isinstance(value, str) and "'" in value:
+        raise CompileError(f"{where}: Azure ML pastes values into the command's shell text, and a value holding a "
+                           f"single quote cannot be quoted there: {value!r}")
 
 
 def _input_value(graph: PipelineGraph, node: Node, name: str) -> Any:
@@ -113,6 +181,7 @@ def _input_value(graph: PipelineGraph, node: Node, name: str) -> Any:
     kind = node.input_type(name)
     if kind.is_artifact:
         return {"type": _TYPES.get(kind, kind.value), "path": binding.value}
+    _check_quotable(f"step '{node.name}' input '{name}'", binding.value)
     return binding.value
 
 
@@ -120,6 +189,34 @@ def _local_path(value: str, root: Path, job_dir: Path) -> str:
     if _URI.match(value) or os.path.isabs(value):
         return value
     return os.path.relpath(root / value, job_dir)
+
+
+def _warnings(graph: PipelineGraph) -> list[str]:
+    out = []
+    for name in graph.order:
+        node = graph.nodes[name]
+        if node.retries:
+            out.append(f"{graph.pipeline.path.name}:{name}: retries: {node.retries} is not applied on Azure ML "
+                       f"(a command job has no retry setting: its first failure fails the pipeline)")
+    return out
+
+
+def compute_dicts(graph: PipelineGraph) -> dict[str, dict[str, Any]]:
+    """AmlCompute clusters to create, one per cluster whose profile names an `instance_type` (its VM size)."""
+    clusters: dict[str, dict[str, Any]] = {}
+    for profile_name, profile in graph.pipeline.spec.compute.items():
+        aml = profile.azureml
+        if aml is None or not aml.instance_type:
+            continue
+        known = clusters.get(aml.cluster)
+        if known is not None and known["size"] != aml.instance_type:
+            raise CompileError(f"compute profile '{profile_name}': cluster '{aml.cluster}' is "
+                               f"{known['size']} in another profile, not {aml.instance_type}")
+        nodes = max(aml.nodes, known["max_instances"] if known else 1)
+        clusters[aml.cluster] = {"$schema": COMPUTE_SCHEMA, "name": aml.cluster, "type": "amlcompute",
+                                 "size": aml.instance_type, "min_instances": 0, "max_instances": nodes,
+                                 "idle_time_before_scale_down": 600}
+    return clusters
 
 
 def pipeline_dict(graph: PipelineGraph, options: CompileOptions, job_dir: Path,
@@ -131,6 +228,7 @@ def pipeline_dict(graph: PipelineGraph, options: CompileOptions, job_dir: Path,
         if spec.type.is_artifact:
             inputs[name] = {"type": _TYPES.get(spec.type, spec.type.value), "path": _local_path(value, root, job_dir)}
         else:
+            _check_quotable(f"parameter '{name}'", value)
             inputs[name] = value
     jobs: dict[str, Any] = {}
     for name in graph.order:
@@ -139,21 +237,22 @@ def pipeline_dict(graph: PipelineGraph, options: CompileOptions, job_dir: Path,
         profile = graph.compute(node)
         aml = profile.azureml if profile else None
         job["compute"] = f"azureml:{aml.cluster if aml else options.azureml_compute}"
-        if node.bindings:
-            values = {}
-            for input_name in node.bindings:
-                value = _input_value(graph, node, input_name)
-                if isinstance(value, dict) and "path" in value:
-                    value["path"] = _local_path(value["path"], root, job_dir)
-                values[input_name] = value
+        values = {}
+        for input_name in node.bindings:
+            value = _input_value(graph, node, input_name)
+            if isinstance(value, dict) and "path" in value:
+                value["path"] = _local_path(value["path"], root, job_dir)
+            values[input_name] = value
+        if node.condition is not None:
+            values[GATE_INPUT] = f"${{{{parent.jobs.{node.condition.step}.outputs.{node.condition.output}}}}}"
+        if values:
             job["inputs"] = values
         if resumable(node):
             # Read-write mounted so a preempted, restarted job finds the checkpoints it already wrote.
             job["outputs"] = {"checkpoints": {"mode": "rw_mount"}}
         if aml is not None:
+            # instance_type is for Kubernetes compute only; an AmlCompute cluster has one VM size (compute/*.yml).
             resources: dict[str, Any] = {"instance_count": aml.nodes}
-            if aml.instance_type:
-                resources["instance_type"] = aml.instance_type
             if aml.shm_size:
                 resources["shm_size"] = aml.shm_size
             job["resources"] = resources
@@ -163,13 +262,6 @@ def pipeline_dict(graph: PipelineGraph, options: CompileOptions, job_dir: Path,
             job["limits"] = {"timeout": int(node.step.timeout_seconds)}
         job["environment_variables"] = {"TUNELINE_STEP": name, "MLFLOW_DISABLE_TELEMETRY": "true"}
         jobs[name] = job
-    for condition, names in _condition_groups(graph).items():
-        key = f"when_{condition.step}_{condition.output}"
-        if key in jobs:
-            raise CompileError(f"step name '{key}' clashes with the condition node Azure ML needs")
-        jobs[key] = {"type": "if_else",
-                     "condition": f"${{{{parent.jobs.{condition.step}.outputs.{condition.output}}}}}",
-                     "true_block": [f"${{{{parent.jobs.{n}}}}}" for n in names]}
     return {
         "$schema": PIPELINE_SCHEMA,
         "type": "pipeline",
@@ -183,24 +275,18 @@ def pipeline_dict(graph: PipelineGraph, options: CompileOptions, job_dir: Path,
     }
 
 
-def _condition_groups(graph: PipelineGraph) -> dict[OutputRef, list[str]]:
-    groups: dict[OutputRef, list[str]] = {}
-    for name in graph.order:
-        cond = graph.nodes[name].condition
-        if cond is not None:
-            groups.setdefault(cond, []).append(name)
-    return groups
-
-
 @dataclass
 class AzureMLResult:
     job: Path
     components: dict[str, Path]
     schedule: Path | None
+    computes: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def compile_azureml(graph: PipelineGraph, out: Path, options: CompileOptions) -> AzureMLResult:
-    """Write `out/components/<step>.yml`, `out/pipeline_job.yml` and, with a schedule, `out/schedule.yml`."""
+    """Write `out/components/<step>.yml`, `out/pipeline_job.yml`, `out/compute/<cluster>.yml` and, with a
+    schedule, `out/schedule.yml`."""
     (out / "components").mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     refs: dict[str, str] = {}
@@ -216,9 +302,17 @@ def compile_azureml(graph: PipelineGraph, out: Path, options: CompileOptions) ->
     header = (f"# Azure ML pipeline job compiled from {graph.pipeline.path.name}.\n"
               f"# Run as: az ml job create --file {JOB_FILE}   (or: tuneline submit --target azureml ...)\n")
     job.write_text(header + dump_yaml(pipeline_dict(graph, options, out, refs)))
+    computes = []
+    for cluster, body in compute_dicts(graph).items():
+        (out / "compute").mkdir(exist_ok=True)
+        path = out / "compute" / f"{cluster}.yml"
+        path.write_text(f"# Run as: az ml compute create --file compute/{cluster}.yml   (once per workspace)\n"
+                        + dump_yaml(body))
+        computes.append(path)
     schedule_path = None
     if graph.pipeline.spec.schedule is not None:
         schedule_path = out / SCHEDULE_FILE
         schedule_path.write_text(f"# Run as: az ml schedule create --file {SCHEDULE_FILE}\n" + dump_yaml(
             azureml_schedule(graph.pipeline.spec.schedule, graph.name, f"./{JOB_FILE}")))
-    return AzureMLResult(job=job, components=files, schedule=schedule_path)
+    return AzureMLResult(job=job, components=files, schedule=schedule_path, computes=computes,
+                         warnings=_warnings(graph))

@@ -20,6 +20,7 @@ class CompileOutput:
     pipeline: str
     folder: Path
     files: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what a target cannot express; printed by the CLI
 
 
 def compile_graph(graph: PipelineGraph, targets: tuple[str, ...], folder: Path,
@@ -44,7 +45,8 @@ def compile_graph(graph: PipelineGraph, targets: tuple[str, ...], folder: Path,
         from .azureml import compile_azureml
 
         aml = compile_azureml(graph, folder / "azureml", options)
-        output.files += [*aml.components.values(), aml.job] + ([aml.schedule] if aml.schedule else [])
+        output.files += [*aml.components.values(), aml.job, *aml.computes] + ([aml.schedule] if aml.schedule else [])
+        output.warnings += [f"azureml: {w}" for w in aml.warnings]
     return output
 
 

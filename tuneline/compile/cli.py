@@ -1,6 +1,7 @@
 """`tuneline compile` and `tuneline submit`.
 
 Run as: tuneline compile pipelines/finetune.yaml --target all --out build/
+        tuneline cluster check pipelines/*.yaml
         tuneline submit pipelines/finetune.yaml --target kfp --host https://kfp.example.com --dry-run
 """
 
@@ -14,7 +15,7 @@ from ..spec import SpecError
 from ..spec.load import parse_set_pairs
 from . import CompileError
 from .build import TARGETS, compile_file
-from .options import DEFAULT_AZUREML_COMPUTE, DEFAULT_CHECKPOINT_PVC, DEFAULT_MLFLOW_SECRET, CompileOptions
+from .options import DEFAULT_AZUREML_COMPUTE, DEFAULT_CHECKPOINT_PVC, DEFAULT_MLFLOW_CONFIG_MAP, CompileOptions
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -22,6 +23,7 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 def _options(args: argparse.Namespace) -> CompileOptions:
     return CompileOptions(image_registry=args.image_registry, image_tag=args.image_tag, production=args.production,
                           no_cache=args.no_cache, mlflow_secret=args.mlflow_secret or None,
+                          mlflow_config_map=args.mlflow_config_map or None,
                           checkpoint_pvc=args.checkpoint_pvc, azureml_compute=args.azureml_compute)
 
 
@@ -44,6 +46,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         if output is None:
             status = EXIT_INVALID
             continue
+        for warning in output.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         print(f"{pipeline}: {len(output.files)} files in {output.folder}/ ({', '.join(targets)})")
         if args.verbose:
             for path in output.files:
@@ -107,8 +111,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="registry prefix of every image (default: the pipeline's images.registry)")
     parser.add_argument("--image-tag", default=None,
                         help="tag or sha256 digest of every image (default: the pipeline's images.tag)")
-    parser.add_argument("--mlflow-secret", default=DEFAULT_MLFLOW_SECRET,
-                        help="Kubernetes Secret with MLFLOW_TRACKING_URI/_USERNAME/_PASSWORD; '' for none")
+    parser.add_argument("--mlflow-config-map", default=DEFAULT_MLFLOW_CONFIG_MAP,
+                        help="Kubernetes ConfigMap with MLFLOW_TRACKING_URI (k8s/kubeflow/ creates it); '' for none")
+    parser.add_argument("--mlflow-secret", default="",
+                        help="Kubernetes Secret with MLFLOW_TRACKING_USERNAME/_PASSWORD, for a tracking server "
+                             "with authentication (default: none)")
     parser.add_argument("--checkpoint-pvc", default=DEFAULT_CHECKPOINT_PVC,
                         help="PersistentVolumeClaim mounted at /mnt/checkpoints on resumable steps")
     parser.add_argument("--azureml-compute", default=DEFAULT_AZUREML_COMPUTE,
@@ -139,6 +146,20 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     submit_.add_argument("--dry-run", action="store_true", help="print the client calls as JSON; call nothing")
     _common(submit_)
     submit_.set_defaults(handler=cmd_submit)
+
+    from .clustercheck import add_arguments
+
+    cluster = subparsers.add_parser("cluster", help="check compiled pipelines against the cluster k8s/ provisions")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
+    check = cluster_sub.add_parser("check", help="exit 2 with pipeline:step: message when a step cannot run there")
+    add_arguments(check)
+    check.set_defaults(handler=cmd_cluster_check)
+
+
+def cmd_cluster_check(args: argparse.Namespace) -> int:
+    from .clustercheck import run
+
+    return run(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,9 @@
 Each step becomes one container component that runs the step's own command line: artifacts are
 `Input[Dataset|Model]` / `Output[...]` paths, small values are parameters, and a value output (a boolean gate)
 is a `dsl.OutputPath(<type>)` file the program writes JSON to, which KFP reads back as an output parameter.
-`when:` becomes `dsl.If`. A multi-node step becomes a launcher for a PyTorchJob (see `pytorchjob.py`).
+`when:` is not a `dsl.If`: the step takes the gate as a boolean input and `tuneline.compile.gate` runs its command
+only when the gate is true, as on Azure ML, so every target has one semantics for conditions (the spec validator's).
+A multi-node step becomes a launcher for a PyTorchJob (see `pytorchjob.py`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from ..spec import Literal, OutputRef, ParamRef
 from ..spec.models import IOType
 from . import PIPELINE_FILE, CompileError
 from .command import Item, OptionalBlock, Ref, Token, leading_words, parse_command, torchrun_prefix
+from .gate import GATE_INPUT, GATE_MODULE
 from .launch import LAUNCH_MODULE, staged_command
-from .options import MLFLOW_SECRET_KEYS, CompileOptions
+from .options import MLFLOW_CONFIG_KEYS, MLFLOW_SECRET_KEYS, CompileOptions
 from .placement import CHECKPOINT_MOUNT, GPU_RESOURCE, Placement, placement, resumable
 from .pytorchjob import pytorchjob_manifest
 
@@ -43,7 +46,7 @@ class _Port:
     name: str
     kind: IOType
     is_output: bool
-    artifact_kind: IOType | None = None  # the type the KFP artifact carries (its producer's, when bound)
+    artifact_kind: IOType | None = None  # the type the KFP edge carries (its producer's, when bound)
 
 
 def _ports(graph: PipelineGraph, node: Node) -> list[_Port]:
@@ -51,13 +54,17 @@ def _ports(graph: PipelineGraph, node: Node) -> list[_Port]:
     for name, spec in node.component.spec.inputs.items():
         binding = node.bindings.get(name)
         kind = spec.type
-        if isinstance(binding, OutputRef) and kind.is_artifact:
-            # KFP type-checks artifact edges strictly; our spec lets a uri_folder feed a model input.
+        if isinstance(binding, OutputRef):
+            # KFP type-checks edges strictly; our spec lets a uri_folder feed a model input, an integer a number.
             kind_carried = graph.nodes[binding.step].component.spec.outputs[binding.output].type
         else:
             kind_carried = kind
         ports.append(_Port(name, kind, False, kind_carried))
     ports += [_Port(name, spec.type, True, spec.type) for name, spec in node.component.spec.outputs.items()]
+    if node.condition is not None:
+        if GATE_INPUT in {p.name for p in ports}:
+            raise CompileError(f"step '{node.name}': input name '{GATE_INPUT}' is reserved for the `when:` gate")
+        ports.append(_Port(GATE_INPUT, IOType.boolean, False, IOType.boolean))
     return ports
 
 
@@ -66,7 +73,7 @@ def _annotation(port: _Port, optional: bool) -> Any:
         if port.kind.is_artifact:
             return Output[artifact_class(port.artifact_kind)]
         return dsl.OutputPath(_VALUE_TYPES[port.kind])
-    base = Input[artifact_class(port.artifact_kind)] if port.kind.is_artifact else _VALUE_TYPES[port.kind]
+    base = Input[artifact_class(port.artifact_kind)] if port.kind.is_artifact else _VALUE_TYPES[port.artifact_kind]
     return typing.Optional[base] if optional else base  # noqa: UP007,UP045 - kfp reads typing.Optional
 
 
@@ -74,7 +81,7 @@ def _parameter(node: Node, port: _Port) -> inspect.Parameter:
     if port.name in ("self",) or not port.name.isidentifier():
         raise CompileError(f"step '{node.name}': '{port.name}' cannot be a KFP parameter name")
     try:
-        if port.is_output:
+        if port.is_output or port.name == GATE_INPUT:
             return inspect.Parameter(port.name, _KW, annotation=_annotation(port, False))
         spec = node.component.spec.inputs[port.name]
         bound = port.name in node.bindings
@@ -128,6 +135,8 @@ def _launcher_items(node: Node, ports: list[_Port], manifest: dict[str, Any], pl
                          ("--template",), (node.component.spec.command,),
                          ("--manifest",), (json.dumps(manifest, sort_keys=True, separators=(",", ":")),)]
     for port in ports:
+        if port.name == GATE_INPUT:
+            continue  # read by the gate wrapper around the launcher
         flag = "--output" if port.is_output else ("--artifact" if port.kind.is_artifact else "--value")
         pair: tuple[Token, ...] = ((flag,), (f"{port.name}=", Ref("outputs" if port.is_output else "inputs",
                                                                  port.name)))
@@ -137,6 +146,16 @@ def _launcher_items(node: Node, ports: list[_Port], manifest: dict[str, Any], pl
         else:
             items.extend(pair)
     return items
+
+
+def _gated(items: list[Item], ports: list[_Port]) -> list[Item]:
+    """The command behind the gate wrapper, which fills every output when the gate is false."""
+    gate: list[Item] = [("python",), ("-m",), (GATE_MODULE,), ("--gate",), (Ref("inputs", GATE_INPUT),)]
+    for port in ports:
+        if port.is_output:
+            kind = ("folder" if port.kind.is_folder else "file") if port.kind.is_artifact else port.kind.value
+            gate += [("--skip",), (f"{port.name}:{kind}:", Ref("outputs", port.name))]
+    return gate + [("--",)] + items
 
 
 @dataclass
@@ -152,20 +171,8 @@ class _Builder:
         self.components: dict[str, Any] = {}
         self.manifests: dict[str, dict[str, Any]] = {}
         self.placements = {name: placement(graph, graph.nodes[name]) for name in graph.order}
-        self._check_conditions()
         for name in graph.order:
             self.components[name] = self._component(graph.nodes[name])
-
-    def _check_conditions(self) -> None:
-        """KFP cannot feed a task inside one dsl.If from a task in another: a step using a conditional step's
-        output must share its condition."""
-        for name in self.graph.order:
-            node = self.graph.nodes[name]
-            for up in node.upstream:
-                up_cond = self.graph.nodes[up].condition
-                if up_cond is not None and up_cond != node.condition:
-                    raise CompileError(f"step '{name}' uses step '{up}', which only runs when {up_cond}; give "
-                                       f"'{name}' the same `when:` ({up_cond})")
 
     def image(self, node: Node) -> str:
         return self.options.images.image(node.component.spec.environment)
@@ -184,6 +191,8 @@ class _Builder:
         elif place.processes_per_node > 1:
             words = leading_words(items)
             items = [(w,) for w in torchrun_prefix(words, 1, place.processes_per_node)] + items[1:]
+        if node.condition is not None:
+            items = _gated(items, ports)
 
         def build(args: dict[str, Any]) -> dsl.ContainerSpec:
             return dsl.ContainerSpec(image=image, command=_kfp_items(items, by_name, args))
@@ -202,6 +211,7 @@ class _Builder:
         return pytorchjob_manifest(name=f"{self.graph.name}-{node.name}", step=node.name, image=self.image(node),
                                    command=command, place=place, env=self._env(node, place),
                                    pvc=self.options.checkpoint_pvc, mlflow_secret=self.options.mlflow_secret,
+                                   mlflow_config_map=self.options.mlflow_config_map,
                                    backoff_limit=node.retries)
 
     def _env(self, node: Node, place: Placement) -> dict[str, str]:
@@ -252,24 +262,14 @@ class _Builder:
                 return artifact_from(("literal", binding.value, kind), binding.value, kind, f"{node.name}-{name}")
             return binding.value
 
-        def create(name: str) -> None:
+        for name in self.graph.order:
             node = self.graph.nodes[name]
-            task = self.components[name](**{n: argument(node, n) for n in node.bindings})
+            arguments = {n: argument(node, n) for n in node.bindings}
+            if node.condition is not None:
+                arguments[GATE_INPUT] = tasks[node.condition.step].outputs[node.condition.output]
+            task = self.components[name](**arguments)
             self._configure(node, task)
             tasks[name] = task
-
-        groups: dict[OutputRef, list[str]] = {}
-        for name in self.graph.order:
-            cond = self.graph.nodes[name].condition
-            if cond is None:
-                create(name)
-            else:
-                groups.setdefault(cond, []).append(name)
-        for cond, names in groups.items():
-            gate = tasks[cond.step].outputs[cond.output]
-            with dsl.If(gate == True, name=f"{cond.step}-{cond.output}"):  # noqa: E712 - builds a KFP condition
-                for name in names:
-                    create(name)
 
     def _configure(self, node: Node, task: Any) -> None:
         place = self.placements[node.name]
@@ -287,6 +287,9 @@ class _Builder:
         # The run id names the checkpoint folder a retried pod resumes from; the pod label carries it.
         kubernetes.use_field_path_as_env(task, env_name="TUNELINE_RUN_ID",
                                          field_path="metadata.labels['pipeline/runid']")
+        if self.options.mlflow_config_map:
+            kubernetes.use_config_map_as_env(task, config_map_name=self.options.mlflow_config_map,
+                                             config_map_key_to_env={k: k for k in MLFLOW_CONFIG_KEYS})
         if self.options.mlflow_secret:
             kubernetes.use_secret_as_env(task, secret_name=self.options.mlflow_secret,
                                          secret_key_to_env={k: k for k in MLFLOW_SECRET_KEYS})

@@ -7,11 +7,13 @@ from dataclasses import dataclass, field, replace
 from ..spec.models import Images
 from .images import ImagePlan, resolve_images
 
-DEFAULT_MLFLOW_SECRET = "mlflow-credentials"
+DEFAULT_MLFLOW_CONFIG_MAP = "tuneline-mlflow"  # k8s/kubeflow/ creates it where KFP runs the pods
+DEFAULT_MLFLOW_SECRET = None  # only a tracking server with authentication needs one (--mlflow-secret NAME)
 DEFAULT_CHECKPOINT_PVC = "tuneline-checkpoints"
 DEFAULT_AZUREML_COMPUTE = "cpu-cluster"
-# Keys of the MLflow Secret, each exposed under the same environment variable name.
-MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+# Keys of the MLflow ConfigMap and Secret, each exposed under the same environment variable name.
+MLFLOW_CONFIG_KEYS = ("MLFLOW_TRACKING_URI",)
+MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,7 @@ class CompileOptions:
     production: bool = False                     # refuse mutable or missing image tags
     images: ImagePlan = field(default_factory=lambda: resolve_images(None))  # resolved per pipeline
     no_cache: bool = False                       # every step's cache off, whatever the spec says
+    mlflow_config_map: str | None = DEFAULT_MLFLOW_CONFIG_MAP
     mlflow_secret: str | None = DEFAULT_MLFLOW_SECRET
     checkpoint_pvc: str = DEFAULT_CHECKPOINT_PVC
     azureml_compute: str = DEFAULT_AZUREML_COMPUTE  # for steps without an azureml compute profile

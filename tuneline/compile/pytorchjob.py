@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .options import MLFLOW_SECRET_KEYS
+from .options import MLFLOW_CONFIG_KEYS, MLFLOW_SECRET_KEYS
 from .placement import CHECKPOINT_MOUNT, GPU_RESOURCE, Placement
 
 API_VERSION = "kubeflow.org/v1"
@@ -18,7 +18,7 @@ CONTAINER = "pytorch"  # the operator finds the training container by this name
 
 
 def _pod_template(image: str, command: list[str], place: Placement, env: dict[str, str], pvc: str,
-                  mlflow_secret: str | None) -> dict[str, Any]:
+                  mlflow_secret: str | None, mlflow_config_map: str | None) -> dict[str, Any]:
     limits: dict[str, Any] = {}
     if place.cpu:
         limits["cpu"] = place.cpu
@@ -27,6 +27,9 @@ def _pod_template(image: str, command: list[str], place: Placement, env: dict[st
     if place.gpus:
         limits[GPU_RESOURCE] = place.gpus
     env_list: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in env.items()]
+    if mlflow_config_map:
+        env_list += [{"name": key, "valueFrom": {"configMapKeyRef": {"name": mlflow_config_map, "key": key}}}
+                     for key in MLFLOW_CONFIG_KEYS]
     if mlflow_secret:
         env_list += [{"name": key, "valueFrom": {"secretKeyRef": {"name": mlflow_secret, "key": key}}}
                      for key in MLFLOW_SECRET_KEYS]
@@ -49,9 +52,9 @@ def _pod_template(image: str, command: list[str], place: Placement, env: dict[st
 
 
 def pytorchjob_manifest(name: str, step: str, image: str, command: list[str], place: Placement,
-                        env: dict[str, str], pvc: str, mlflow_secret: str | None,
+                        env: dict[str, str], pvc: str, mlflow_secret: str | None, mlflow_config_map: str | None,
                         backoff_limit: int = 0) -> dict[str, Any]:
-    template = _pod_template(image, command, place, env, pvc, mlflow_secret)
+    template = _pod_template(image, command, place, env, pvc, mlflow_secret, mlflow_config_map)
     replicas: dict[str, Any] = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template}}
     if place.nodes > 1:
         replicas["Worker"] = {"replicas": place.nodes - 1, "restartPolicy": "OnFailure", "template": template}

@@ -89,6 +89,20 @@ def text_metrics(preds: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
     }
 
 
+TEXT_METRICS = ("exact_match", "token_f1", "rouge_l", "bleu", "chrf")
+
+
+def metric_names(refs: Sequence[str], schema: dict | None = None) -> list[str]:
+    """The metrics ``all_metrics`` (plus ``perplexity``) produces for these references, without scoring."""
+    names = [*TEXT_METRICS, "perplexity"]
+    objs = [parse_json_object(r) for r in refs]
+    if objs and all(o is not None for o in objs):
+        names += ["json_valid", "field_accuracy", *(["schema_valid"] if schema is not None else [])]
+        keys = {k for o in objs for k in o if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)}  # type: ignore[union-attr]
+        names += [f"field_acc_{k}" for k in sorted(keys)]
+    return sorted(names)
+
+
 def all_metrics(preds: Sequence[str], refs: Sequence[str], schema: dict | None = None) -> dict[str, float]:
     if len(preds) != len(refs):
         raise ValueError(f"{len(preds)} predictions for {len(refs)} references")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__, settings
+from ..compile.gate import SKIPPED as GATE_SKIPPED  # the words a gated-off step records on every target
 from ..graph import Node, PipelineGraph
 from ..spec import IOType, Literal, OutputRef, ParamRef
 from . import record as rec
@@ -68,13 +69,13 @@ def step_environment(root: Path, home: Path, run_id: str, step: str) -> dict[str
 def read_value_output(path: Path, kind: IOType) -> Any:
     if not path.is_file():
         raise StepFailed(f"value output '{path.name}' was not written")
+    if kind == IOType.string:
+        return path.read_text()  # verbatim, as KFP's launcher reads a STRING output (tuneline.outputs)
     text = path.read_text().strip()
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
-        if kind != IOType.string:
-            raise StepFailed(f"value output '{path.name}' holds {text[:40]!r}, not JSON") from None
-        value = text
+        raise StepFailed(f"value output '{path.name}' holds {text[:40]!r}, not JSON") from None
     expected = {IOType.boolean: bool, IOType.integer: int, IOType.number: (int, float), IOType.string: str}[kind]
     if not isinstance(value, expected) or (kind != IOType.boolean and isinstance(value, bool)):
         raise StepFailed(f"value output '{path.name}' holds {value!r}, expected {kind.value}")
@@ -226,7 +227,7 @@ class LocalRunner:
             ref = node.condition
             value = self.record.steps[ref.step].outputs[ref.output]["value"]
             if value is not True:
-                return rec.SKIPPED, f"condition {ref.step}.{ref.output} is false"
+                return rec.SKIPPED, f"{GATE_SKIPPED} (condition {ref.step}.{ref.output} is false)"
         return None
 
     # ------------------------------------------------------------------------------------------ io

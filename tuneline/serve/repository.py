@@ -98,17 +98,20 @@ def available_cores() -> int:
 def machine_spec(cores: int | None = None, **fields) -> RepositorySpec:
     """A CPU RepositorySpec whose instances x torch threads cover the available cores, with the reason.
 
-    Measured on 2 cores with the demo model (bench/serve_bench.py, closed loop, 32 new tokens, c=32):
-    1 instance x 2 threads beat 2 instances x 1 thread, because one batch of 32 keeps both cores busy for a
-    whole decode step while two instances halve the batch and contend for memory bandwidth.
+    The served path used to run one instance with 1 torch thread on 2 cores: it reached 0.78x of plain
+    transformers batched with 2 threads, and one core stayed idle. With every core in one instance, a batch of
+    32 keeps all of them busy through each decode step; more instances only pay off once one instance's
+    threads stop scaling, hence one instance per MAX_THREADS_PER_INSTANCE cores. bench/serve_bench.py
+    measures the result against the plain-transformers baseline on the same cores.
     """
     cores = cores or available_cores()
     instances = max(1, -(-cores // MAX_THREADS_PER_INSTANCE))
     threads = max(1, cores // instances)
     why = (
         f"{instances} instance(s) x {threads} torch thread(s) = the {cores} core(s) available "
-        f"(os.sched_getaffinity); one instance per {MAX_THREADS_PER_INSTANCE} cores, because on 2 cores one batched "
-        "instance with both threads served more than two single-thread instances (bench/serve_bench.py)."
+        f"(os.sched_getaffinity); one instance per {MAX_THREADS_PER_INSTANCE} cores: one batch of up to "
+        "max_batch_size keeps all its threads busy each decode step, and 1 thread on 2 cores reached only 0.78x "
+        "of plain batched generate (bench/serve_bench.py)."
     )
     return RepositorySpec(**{"instance_count": instances, "torch_threads": threads, "why": why, **fields})
 

@@ -342,6 +342,28 @@ def _check_bindings(pipeline_spec: PipelineSpec, loaded: Loaded, components: dic
     return bindings, conditions
 
 
+def _check_conditions(bindings: dict[str, dict[str, Binding]], conditions: dict[str, OutputRef], loaded: Loaded,
+                      problems: list[Problem]) -> None:
+    """The one semantics of `when:`, the same locally, on KFP and on Azure ML.
+
+    A step whose gate is false is skipped: it does nothing and leaves no usable outputs (on a cluster, markers and
+    zero values; a skipped boolean reads false). So a step may use a conditional step's outputs only when it cannot
+    run without that step having run: it has the same `when:`, or its `when:` tests a boolean output of that step.
+    """
+    for step_name, step_bindings in bindings.items():
+        mine = conditions.get(step_name)
+        for input_name, binding in step_bindings.items():
+            if not isinstance(binding, OutputRef) or binding.step not in conditions:
+                continue
+            theirs = conditions[binding.step]
+            if mine == theirs or (mine is not None and mine.step == binding.step):
+                continue
+            problems.append(loaded.problem(
+                ("steps", step_name, "inputs", input_name),
+                f"{input_name}: '{binding.step}' runs only when {theirs}, so its outputs may be unset; give "
+                f"'{step_name}' the same `when: {theirs}`, or a `when:` on a boolean output of '{binding.step}'"))
+
+
 def _find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
     """A cycle as [a, b, ..., a] in the graph step -> upstream steps, or None."""
     state: dict[str, int] = {}
@@ -428,6 +450,16 @@ def load_pipeline(path: str | Path, overrides: dict[str, str] | None = None) -> 
     cycle = _find_cycle(edges)
     if cycle:
         problems.append(loaded.problem(("steps", cycle[0]), "cycle between steps: " + " -> ".join(reversed(cycle))))
+    if spec.triggers is not None:
+        try:
+            metric = parse_binding(spec.triggers.metric)
+        except ValueError as exc:
+            metric = None
+            problems.append(loaded.problem(("triggers", "metric"), str(exc)))
+        if isinstance(metric, OutputRef) or (isinstance(metric, ParamRef) and metric.name not in spec.params):
+            problems.append(loaded.problem(("triggers", "metric"), "the trigger metric is a metric name or "
+                                           "${{params.<name>}} of a declared parameter"))
+    _check_conditions(bindings, conditions, loaded, problems)
     if problems:
         raise SpecError(problems)
     params = apply_overrides(spec, overrides or {}, loaded)

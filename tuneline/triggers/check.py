@@ -28,6 +28,16 @@ class CheckOptions:
     now: float | None = None  # for the age trigger; None means the current time
 
 
+def declared_metric(pipeline: Pipeline) -> str:
+    """`triggers.metric`, with ``${{params.<name>}}`` resolved to that parameter's value (``--set`` included),
+    so the parameter that picks the gate metric picks the quality trigger's too."""
+    from ..spec.load import ParamRef, parse_binding
+
+    triggers = pipeline.spec.triggers or Triggers()
+    ref = parse_binding(triggers.metric)
+    return str(pipeline.params[ref.name]) if isinstance(ref, ParamRef) else triggers.metric
+
+
 _PARAM_REF = re.compile(r"^\$\{\{\s*params\.([A-Za-z_][A-Za-z0-9_-]*)\s*\}\}$")
 
 

@@ -1,0 +1,394 @@
+"""`tuneline cluster check`: would every compiled step run on the cluster that k8s/ provisions?
+
+Run as: tuneline cluster check pipelines/*.yaml            (exit 2 with `pipeline:step: message` lines)
+        tuneline cluster check pipelines/finetune.yaml --pools k8s/nodepools.yaml --k8s k8s/overlays/dev
+
+Each pipeline is compiled (KFP and Azure ML) into a scratch folder, and what the compiled files ask for is read
+back: the KFP executors' images, resources, node selectors and tolerations (kfp-kubernetes' platform spec), the
+Secrets/PVCs/ConfigMaps they mount, the pod templates of multi-node jobs, and the Azure ML environments. Then:
+
+- a pod fits a node pool of k8s/nodepools.yaml when its node selector is a subset of the pool's labels (with the
+  labels AKS puts on every node: `agentpool`, `kubernetes.azure.com/agentpool`, and
+  `kubernetes.azure.com/scalesetpriority: spot` on spot pools; https://learn.microsoft.com/azure/aks/use-labels),
+  its tolerations cover every taint of the pool (spot pools also carry
+  `kubernetes.azure.com/scalesetpriority=spot:NoSchedule`; https://learn.microsoft.com/azure/aks/spot-node-pool),
+  and its requests fit what one node of the pool's VM size can allocate (config/skus.yaml, less the AKS
+  reservations: https://learn.microsoft.com/azure/aks/node-resource-reservations);
+- every Secret, PersistentVolumeClaim, ServiceAccount and ConfigMap a pod references must be rendered by k8s/
+  (`kubectl kustomize`, through tuneline.k8s.render) in the namespace where the pods run: standalone Kubeflow
+  Pipelines runs pipeline pods in `kubeflow` (multi-user installs: the profile's namespace, `--namespace`);
+- every image must be `<registry>/<name>` of an environments/<name>/ that has a Dockerfile, and every Azure ML
+  environment the name and version that environments/<name>/environment.yaml registers.
+No API server is needed or contacted: this is the scheduler's and the kubelet's admission arithmetic, done offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..spec import SpecError
+from . import CompileError
+
+KFP_NAMESPACE = "kubeflow"
+DEFAULT_POOLS = Path("k8s/nodepools.yaml")
+DEFAULT_SKUS = Path("config/skus.yaml")
+DEFAULT_K8S = Path("k8s/overlays")
+SPOT_TAINT = ("kubernetes.azure.com/scalesetpriority", "spot", "NoSchedule")
+DEFAULT_MAX_PODS = 110  # AKS's default for kubenet and Azure CNI Overlay
+EVICTION_MIB = 100      # AKS 1.29+: memory.available<100Mi
+_QUANTITY = re.compile(r"^([0-9.]+)([a-zA-Z]*)$")
+_UNITS = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+          "m": 1e-3}
+
+
+def quantity(text: Any) -> float:
+    """A Kubernetes quantity (`2`, `500m`, `16Gi`) as a number (cores or bytes)."""
+    match = _QUANTITY.match(str(text).strip())
+    if not match or match.group(2) not in _UNITS:
+        raise ValueError(f"not a Kubernetes quantity: {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class Sku:
+    name: str
+    vcpus: int
+    memory_gib: float
+    gpus: int
+
+    def allocatable(self, max_pods: int) -> tuple[float, float]:
+        """(cores, bytes) a node offers pods after the AKS kube-reserved CPU and memory and the eviction margin."""
+        steps = [(1, 0.06), (1, 0.04), (2, 0.02), (4, 0.01), (8, 0.01), (16, 0.01), (32, 0.01)]  # per-core table
+        reserved_cores, counted = 0.0, 0
+        for cores, share in steps:
+            take = min(cores, self.vcpus - counted)
+            if take <= 0:
+                break
+            reserved_cores += take * share
+            counted += take
+        reserved_cores += max(0, self.vcpus - counted) * 0.005
+        total = self.memory_gib * 2**30
+        reserved_mem = min(20 * 2**20 * max_pods + 50 * 2**20, 0.25 * total) + EVICTION_MIB * 2**20
+        return self.vcpus - reserved_cores, total - reserved_mem
+
+
+def load_skus(path: Path = DEFAULT_SKUS) -> dict[str, Sku]:
+    rows = yaml.safe_load(path.read_text())["skus"]
+    return {name: Sku(name=name, vcpus=r["vcpus"], memory_gib=r["memory_gib"], gpus=r["gpus"])
+            for name, r in rows.items()}
+
+
+@dataclass
+class PodNeeds:
+    step: str
+    kind: str                               # "pod" or the multi-node job's kind
+    image: str | None = None
+    cpu: float = 0.0
+    memory: float = 0.0
+    gpus: int = 0
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    refs: set[tuple[str, str]] = field(default_factory=set)  # (kind, name): Secret, PersistentVolumeClaim, ...
+
+
+# ---------------------------------------------------------------------------------------------- compiled files
+
+def _requests(resources: dict[str, Any]) -> tuple[float, float, int]:
+    cpu = resources.get("resourceCpuRequest") or resources.get("resourceCpuLimit")
+    mem = resources.get("resourceMemoryRequest") or resources.get("resourceMemoryLimit")
+    acc = resources.get("accelerator") or {}
+    gpus = int(acc.get("resourceCount") or acc.get("count") or 0)
+    return (quantity(cpu) if cpu else 0.0), (quantity(mem) if mem else 0.0), gpus
+
+
+def kfp_pods(pipeline_file: Path) -> list[PodNeeds]:
+    docs = list(yaml.safe_load_all(pipeline_file.read_text()))
+    spec, platform = docs[0], (docs[1] if len(docs) > 1 else {})
+    k8s = ((platform.get("platforms") or {}).get("kubernetes") or {}).get("deploymentSpec", {}).get("executors", {})
+    executors = spec["deploymentSpec"]["executors"]
+    pods = []
+    for task in spec["root"]["dag"]["tasks"].values():
+        component = spec["components"][task["componentRef"]["name"]]
+        label = component.get("executorLabel")
+        if label not in executors or "container" not in executors[label]:
+            continue
+        container = executors[label]["container"]
+        if container.get("image", "").startswith("python:") and "importer" in label:
+            continue
+        pod = PodNeeds(step=task["taskInfo"]["name"], kind="pod", image=container.get("image"))
+        pod.cpu, pod.memory, pod.gpus = _requests(container.get("resources") or {})
+        extra = k8s.get(label, {})
+        pod.node_selector = dict((extra.get("nodeSelector") or {}).get("labels") or {})
+        pod.tolerations = list(extra.get("tolerations") or [])
+        for secret in extra.get("secretAsEnv", []) + extra.get("secretAsVolume", []):
+            pod.refs.add(("Secret", secret.get("secretName") or secret["secretNameParameter"]["runtimeValue"]
+                          ["constant"]))
+        for pvc in extra.get("pvcMount", []):
+            pod.refs.add(("PersistentVolumeClaim", pvc.get("constant") or pvc["pvcNameParameter"]["runtimeValue"]
+                          ["constant"]))
+        for cm in extra.get("configMapAsEnv", []) + extra.get("configMapAsVolume", []):
+            pod.refs.add(("ConfigMap", cm.get("configMapName") or cm["configMapNameParameter"]["runtimeValue"]
+                          ["constant"]))
+        pods.append(pod)
+    return pods
+
+
+def job_pods(manifest_file: Path, step: str) -> list[PodNeeds]:
+    """The pod templates of a multi-node step's job (PyTorchJob replica specs, or a TrainJob's pod spec)."""
+    manifest = yaml.safe_load(manifest_file.read_text())
+    templates = [r["template"] for r in (manifest.get("spec", {}).get("pytorchReplicaSpecs") or {}).values()]
+    pods = []
+    for template in templates:
+        spec = template.get("spec", {})
+        pod = PodNeeds(step=step, kind=manifest.get("kind", "job"))
+        if spec.get("serviceAccountName"):
+            pod.refs.add(("ServiceAccount", spec["serviceAccountName"]))
+        for container in spec.get("containers", []):
+            pod.image = container.get("image")
+            req = (container.get("resources") or {}).get("requests") or (container.get("resources") or {}).get(
+                "limits") or {}
+            pod.cpu += quantity(req["cpu"]) if "cpu" in req else 0.0
+            pod.memory += quantity(req["memory"]) if "memory" in req else 0.0
+            pod.gpus += int(req.get("nvidia.com/gpu", 0))
+            for env in container.get("env", []):
+                source = env.get("valueFrom") or {}
+                if "secretKeyRef" in source:
+                    pod.refs.add(("Secret", source["secretKeyRef"]["name"]))
+                if "configMapKeyRef" in source:
+                    pod.refs.add(("ConfigMap", source["configMapKeyRef"]["name"]))
+        pod.node_selector = dict(spec.get("nodeSelector") or {})
+        pod.tolerations = list(spec.get("tolerations") or [])
+        for volume in spec.get("volumes", []):
+            if "persistentVolumeClaim" in volume:
+                pod.refs.add(("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]))
+            if "secret" in volume:
+                pod.refs.add(("Secret", volume["secret"]["secretName"]))
+            if "configMap" in volume:
+                pod.refs.add(("ConfigMap", volume["configMap"]["name"]))
+        pods.append(pod)
+    return pods
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+def pool_labels(pool: Any) -> dict[str, str]:
+    labels = {"agentpool": pool.name, "kubernetes.azure.com/agentpool": pool.name, "kubernetes.io/os": "linux",
+              "node.kubernetes.io/instance-type": pool.vmSize}
+    if pool.priority == "Spot":
+        labels["kubernetes.azure.com/scalesetpriority"] = "spot"
+    labels.update(pool.labels)
+    return labels
+
+
+def pool_taints(pool: Any) -> list[tuple[str, str, str]]:
+    taints = []
+    for text in pool.taints:
+        head, _, effect = text.rpartition(":")
+        key, _, value = head.partition("=")
+        taints.append((key, value, effect))
+    if pool.priority == "Spot" and SPOT_TAINT not in taints:
+        taints.append(SPOT_TAINT)
+    return taints
+
+
+def tolerates(tolerations: list[dict[str, Any]], taint: tuple[str, str, str]) -> bool:
+    """Kubernetes' rule: same key (or empty key with Exists), Equal value or Exists, same effect or none."""
+    key, value, effect = taint
+    for tol in tolerations:
+        if tol.get("effect") not in (None, "", effect):
+            continue
+        if tol.get("operator") == "Exists":
+            if not tol.get("key") or tol.get("key") == key:
+                return True
+        elif tol.get("key") == key and str(tol.get("value", "")) == value:
+            return True
+    return False
+
+
+def _gib(value: float) -> str:
+    return f"{value / 2**30:.1f}Gi"
+
+
+def pool_misfit(pod: PodNeeds, pool: Any, skus: dict[str, Sku]) -> str | None:
+    """Why `pod` cannot be scheduled on `pool` (None when it can)."""
+    labels = pool_labels(pool)
+    wrong = {k: v for k, v in pod.node_selector.items() if labels.get(k) != v}
+    if wrong:
+        return "node selector " + ", ".join(f"{k}={v}" for k, v in sorted(wrong.items())) + " is not a label of it" \
+            + "".join(f" (it has {k}={labels[k]})" for k in sorted(wrong) if k in labels)
+    untolerated = [t for t in pool_taints(pool) if not tolerates(pod.tolerations, t)]
+    if untolerated:
+        return "no toleration for its taint " + ", ".join(f"{k}={v}:{e}" for k, v, e in untolerated)
+    sku = skus.get(pool.vmSize)
+    if sku is None:
+        return f"its VM size {pool.vmSize} is not in config/skus.yaml"
+    cores, memory = sku.allocatable(pool.maxPods or DEFAULT_MAX_PODS)
+    if pod.gpus > sku.gpus:
+        return f"requests {pod.gpus} GPUs, a {sku.name} node has {sku.gpus}"
+    if pod.cpu > cores:
+        return f"requests {pod.cpu:g} CPUs, a {sku.name} node can allocate {cores:.2f}"
+    if pod.memory > memory:
+        return f"requests {_gib(pod.memory)} memory, a {sku.name} node can allocate {_gib(memory)}"
+    return None
+
+
+def placement_problems(pod: PodNeeds, pools: list[Any], skus: dict[str, Sku]) -> list[str]:
+    reasons = {pool.name: pool_misfit(pod, pool, skus) for pool in pools}
+    if any(why is None for why in reasons.values()):
+        return []
+    where = "" if pod.kind == "pod" else f" ({pod.kind} pod)"
+    return [f"no node pool can run it{where}: " + "; ".join(f"{name}: {why}" for name, why in reasons.items())]
+
+
+def rendered_objects(k8s_dirs: list[Path]) -> dict[Path, set[tuple[str, str, str]]]:
+    """{kustomization: {(kind, namespace, name)}} rendered by kustomize itself."""
+    from ..k8s.render import render
+
+    out = {}
+    for folder in k8s_dirs:
+        objects = set()
+        for resource in render(folder):
+            meta = resource.obj.get("metadata") or {}
+            objects.add((resource.kind, meta.get("namespace", "default"), resource.name))
+        out[folder] = objects
+    return out
+
+
+def environment_registry(root: Path) -> tuple[set[str], set[str]]:
+    """(image names environments/ builds, `azureml:<name>:<version>` it registers)."""
+    images, registered = set(), set()
+    for folder in sorted((root / "environments").glob("*/")):
+        if (folder / "Dockerfile").is_file():
+            images.add(folder.name)
+        env_file = folder / "environment.yaml"
+        if env_file.is_file():
+            body = yaml.safe_load(env_file.read_text())
+            registered.add(f"azureml:{body['name']}:{body['version']}")
+    return images, registered
+
+
+def image_problem(image: str | None, images: set[str]) -> str | None:
+    if not image:
+        return "names no image"
+    path = image.split("@", 1)[0]
+    last = path.rsplit("/", 1)[-1]
+    name = last.split(":", 1)[0]
+    if name not in images:
+        return f"image {image} is not built from environments/ (it builds {', '.join(sorted(images))})"
+    return None
+
+
+@dataclass
+class CheckResult:
+    problems: list[str]
+    pods: int
+
+
+def check_pipeline(path: Path, pools: list[Any], skus: dict[str, Sku], objects: dict[Path, set[tuple[str, str, str]]],
+                   namespace: str, root: Path) -> CheckResult:
+    from ..graph import build_graph
+    from ..spec import load_pipeline
+    from .build import compile_graph
+    from .options import CompileOptions
+
+    graph = build_graph(load_pipeline(path))
+    images, registered = environment_registry(root)
+    problems: list[str] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        out = compile_graph(graph, ("kfp", "azureml"), Path(scratch), CompileOptions())
+        pods = kfp_pods(out.folder / "kfp" / "pipeline.yaml")
+        for manifest in sorted((out.folder / "kfp").glob("*job-*.yaml")):
+            step = manifest.stem.split("-", 1)[1]
+            pods += job_pods(manifest, step)
+        for component in sorted((out.folder / "azureml" / "components").glob("*.yml")):
+            env = yaml.safe_load(component.read_text()).get("environment")
+            if env not in registered:
+                problems.append(f"{path}:{component.stem}: Azure ML environment {env} is not one that "
+                                f"environments/ registers ({', '.join(sorted(registered)) or 'none'})")
+    for pod in pods:
+        where = f"{path}:{pod.step}"
+        problems += [f"{where}: {p}" for p in placement_problems(pod, pools, skus)]
+        why = image_problem(pod.image, images)
+        if why:
+            problems.append(f"{where}: {why}")
+        for kind, name in sorted(pod.refs):
+            for folder, rendered in objects.items():
+                if (kind, namespace, name) not in rendered:
+                    problems.append(f"{where}: {kind} {name} is not created in namespace {namespace} by {folder}")
+    return CheckResult(problems=list(dict.fromkeys(problems)), pods=len(pods))
+
+
+def _kustomizations(target: Path) -> list[Path]:
+    from ..k8s.render import find_kustomization
+
+    if find_kustomization(target):
+        return [target]
+    return sorted(p for p in target.iterdir() if p.is_dir() and find_kustomization(p))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tuneline cluster check", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pipelines", nargs="+", help="pipeline YAML files")
+    parser.add_argument("--pools", default=str(DEFAULT_POOLS), help="node pool spec (default: k8s/nodepools.yaml)")
+    parser.add_argument("--skus", default=str(DEFAULT_SKUS), help="VM size table (default: config/skus.yaml)")
+    parser.add_argument("--k8s", default=str(DEFAULT_K8S),
+                        help="a kustomization, or a folder of them (each must create what pods use; "
+                             "default: every overlay in k8s/overlays)")
+    parser.add_argument("--namespace", default=KFP_NAMESPACE,
+                        help="where the pipeline pods run (standalone KFP: kubeflow)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..k8s.nodepools import load_spec
+    from ..k8s.render import KustomizeError
+
+    try:
+        pools = load_spec(Path(args.pools)).pools
+        skus = load_skus(Path(args.skus))
+        objects = rendered_objects(_kustomizations(Path(args.k8s)))
+    except (OSError, KustomizeError, ValueError) as exc:
+        print(f"tuneline cluster check: {exc}", file=sys.stderr)
+        return 2
+    unknown = sorted({p.vmSize for p in pools} - set(skus))
+    status = 0
+    if unknown:
+        print(f"{args.pools}: VM size(s) {', '.join(unknown)} not in {args.skus}: add a row with its source",
+              file=sys.stderr)
+        status = 2
+    for pipeline in args.pipelines:
+        try:
+            result = check_pipeline(Path(pipeline), pools, skus, objects, args.namespace, Path.cwd())
+        except SpecError as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            status = 2
+            continue
+        except CompileError as exc:
+            print(f"{pipeline}: cannot compile: {exc}", file=sys.stderr)
+            status = 2
+            continue
+        for problem in result.problems:
+            print(problem, file=sys.stderr)
+        if result.problems:
+            status = 2
+        else:
+            print(f"{pipeline}: {result.pods} pods fit the cluster ({len(pools)} pools, {len(objects)} "
+                  f"kustomizations, namespace {args.namespace})")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Run a pipeline locally and as its compiled target runs it, and compare every step.
+
+Run as: python -m tuneline.conformance azureml pipelines/finetune.yaml --set base_model=tiny-random-llama
+        python -m tuneline.conformance azureml tests/fixtures/toy/pipelines/toy.yaml --work build/conformance
+
+Exit status 0 when every step matches, 1 when one differs, 2 when the compiled output breaks a runtime rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from ..compile.build import compile_graph
+from ..compile.options import CompileOptions
+from ..graph import PipelineGraph, build_graph
+from ..runner import record as rec
+from ..runner.local import LocalRunner, RunOptions, read_value_output
+from ..spec import SpecError, load_pipeline
+from ..spec.load import parse_set_pairs
+from .azureml import AzureMLRuntime, RuntimeRuleBroken, value_of
+from .compare import compare_steps, report
+
+REPO = Path(__file__).resolve().parents[2]  # what every image in environments/ puts on PYTHONPATH
+
+
+def run_local(graph: PipelineGraph, work: Path) -> rec.RunRecord:
+    home = work / "local"
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "TUNELINE_HOME")}
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # the runner's own SQLite store under `home`
+    os.environ["TUNELINE_HOME"] = str(home)
+    try:
+        return LocalRunner(graph, RunOptions(home=home, no_cache=True)).run()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def conform_azureml(graph: PipelineGraph, work: Path, local: rec.RunRecord) -> str:
+    out = compile_graph(graph, ("azureml",), work / "compiled", CompileOptions())
+    home = work / "azureml"
+    # The model cache under TUNELINE_HOME is shared (an image would hold the same base model); tracking is not.
+    runtime = AzureMLRuntime(out.folder / "azureml" / "pipeline_job.yml", home,
+                             env={"MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+                                  "TUNELINE_HOME": str(work / "local")}, image_path=REPO)
+    home.mkdir(parents=True, exist_ok=True)
+    results = runtime.run()
+
+    def output(step: str, name: str):
+        result = results.get(step)
+        if result is None or name not in result.outputs:
+            return None
+        spec = graph.nodes[step].component.spec.outputs[name]
+        if spec.type.is_artifact:
+            return result.outputs[name]
+        return read_value_output(value_of(result, name), spec.type)
+
+    matches = compare_steps(graph, local, {n: r.status for n, r in results.items()}, output)
+    return report("azureml", matches), all(m.ok for m in matches)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tuneline.conformance", description=__doc__.splitlines()[0])
+    parser.add_argument("target", choices=("azureml",), help="the platform whose runtime rules are applied")
+    parser.add_argument("pipeline", help="pipeline YAML")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="parameter override")
+    parser.add_argument("--work", default="build/conformance", help="scratch folder (emptied first)")
+    args = parser.parse_args(argv)
+    try:
+        graph = build_graph(load_pipeline(args.pipeline, parse_set_pairs(args.set)))
+    except SpecError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    work = Path(args.work).resolve() / Path(args.pipeline).stem / args.target
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    # Both runs hash strings alike, so set-ordered files (PEFT's adapter_config.json target_modules) agree.
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    local = run_local(graph, work)
+    if local.status != rec.SUCCEEDED:
+        failed = [f"{s.name}: {s.reason}" for s in local.steps.values() if s.status == rec.FAILED]
+        print(f"{args.pipeline}: the local run {local.status}: {'; '.join(failed)}", file=sys.stderr)
+        return 1
+    try:
+        text, ok = conform_azureml(graph, work, local)
+    except RuntimeRuleBroken as exc:
+        print(f"{args.pipeline}: azureml: {exc}", file=sys.stderr)
+        print(f"azureml conformance: 0/{len(graph.order)} steps match local")
+        return 2
+    print(f"{args.pipeline}:")
+    print(text)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""Execute a compiled Azure ML pipeline job as Azure ML's job runtime does, without a workspace.
+
+Run as: python -m tuneline.conformance azureml pipelines/finetune.yaml   (compiles, runs both ways, compares)
+
+No Azure ML runtime runs outside Azure, so this module is the documented runtime behaviour, rule by rule, applied to
+the compiled files exactly as written (azure-ai-ml loads and validates them first, with no private or preview flag):
+
+R1 Order. A node starts when every node whose outputs it binds (`${{parent.jobs.<n>.outputs.<o>}}`) has finished.
+   https://learn.microsoft.com/azure/machine-learning/how-to-create-component-pipelines-cli
+R2 Data inputs are mounted (default mode `ro_mount`): the placeholder becomes a local path, and a `uri_file` is a
+   file while a `uri_folder` is a folder. A local `path:` is uploaded first, then mounted the same way.
+   https://learn.microsoft.com/azure/machine-learning/how-to-read-write-data-v2 ("Read data in a job"),
+   https://learn.microsoft.com/azure/machine-learning/concept-data ("a URI works like a file or a folder")
+R3 Primitive inputs (string, number, integer, boolean) are pasted into the command as their literal text; a
+   boolean arrives as `True`/`False`. Primitive *outputs* are not supported for command components.
+   https://learn.microsoft.com/azure/machine-learning/how-to-manage-inputs-outputs-pipeline ("Input and output
+   types": "primitive type output is not supported"); boolean spelling: github.com/Azure/azureml-assets/pull/1170
+R4 `$[[ ... ]]` is kept only when every optional input inside it is bound, and dropped otherwise.
+   https://learn.microsoft.com/azure/machine-learning/how-to-manage-inputs-outputs-pipeline ("Define optional
+   inputs"), https://learn.microsoft.com/azure/machine-learning/reference-yaml-component-command
+R5 Outputs are mounted read-write (default `rw_mount`): a `uri_folder` output is an existing, empty folder; a
+   `uri_file` output is the path of a file in such a folder. What the command leaves there is uploaded.
+   https://learn.microsoft.com/azure/machine-learning/how-to-read-write-data-v2 ("Write data from your job")
+R6 The `code:` folder is snapshotted and the command runs from its root, in a shell, in the environment's image,
+   with the node's `environment_variables` set.
+   https://learn.microsoft.com/azure/machine-learning/reference-yaml-job-command (`code`, `command`,
+   `environment_variables`)
+R7 A node that exits non-zero fails the pipeline (`continue_on_step_failure: false`); there is no retry.
+   https://learn.microsoft.com/azure/machine-learning/reference-yaml-job-pipeline (`settings`)
+
+The image is this machine's project venv with the repository on PYTHONPATH, which is what every image in
+environments/ holds (`/opt/venv`, `PYTHONPATH=/app`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..compile.gate import SKIPPED, VALUE_FILE
+
+_PARENT_INPUT = re.compile(r"^\$\{\{\s*parent\.inputs\.([A-Za-z0-9_]+)\s*\}\}$")
+_PARENT_OUTPUT = re.compile(r"^\$\{\{\s*parent\.jobs\.([A-Za-z0-9_]+)\.outputs\.([A-Za-z0-9_]+)\s*\}\}$")
+_OPTIONAL = re.compile(r"\$\[\[(.*?)\]\]", re.S)
+_PLACEHOLDER = re.compile(r"\$\{\{\s*(inputs|outputs)\.([A-Za-z0-9_]+)\s*\}\}")
+DATA_TYPES = {"uri_file", "uri_folder", "custom_model", "mlflow_model", "mltable"}
+FILE_TYPES = {"uri_file"}
+
+
+class RuntimeRuleBroken(Exception):
+    """The compiled job asks for something Azure ML's runtime would not do, or a node failed."""
+
+
+@dataclass
+class NodeResult:
+    name: str
+    status: str                                  # succeeded | skipped | failed
+    command: str = ""
+    outputs: dict[str, Path] = field(default_factory=dict)
+    output_types: dict[str, str] = field(default_factory=dict)
+    log: Path | None = None
+    duration_s: float = 0.0
+
+
+def validate_offline(job_file: Path) -> None:
+    """azure-ai-ml's own loader and validator, exactly as `az ml job create` users run it (no preview flags)."""
+    for flag in ("AZURE_ML_CLI_PRIVATE_FEATURES_ENABLED",):
+        if os.environ.get(flag):
+            raise RuntimeRuleBroken(f"{flag} is set; default output must validate without it")
+    logging.getLogger("azure.ai.ml").setLevel(logging.ERROR)  # "experimental class" notices, one per schema
+    from azure.ai.ml import load_job
+
+    result = load_job(str(job_file))._validate()
+    if not result.passed:
+        raise RuntimeRuleBroken(f"{job_file}: azure-ai-ml rejects the job: {result.error_messages}")
+
+
+def _order(jobs: dict[str, Any]) -> list[str]:
+    """R1: dependency order from the `${{parent.jobs...}}` bindings (ties in written order)."""
+    needs: dict[str, set[str]] = {}
+    for name, job in jobs.items():
+        refs = {m.group(1) for v in (job.get("inputs") or {}).values() if isinstance(v, str)
+                for m in [_PARENT_OUTPUT.match(v)] if m}
+        unknown = refs - set(jobs)
+        if unknown:
+            raise RuntimeRuleBroken(f"node '{name}' binds outputs of unknown node(s) {sorted(unknown)}")
+        needs[name] = refs
+    order: list[str] = []
+    while needs:
+        ready = [n for n in needs if not needs[n]]
+        if not ready:
+            raise RuntimeRuleBroken(f"cycle among nodes {sorted(needs)}")
+        order.append(ready[0])
+        del needs[ready[0]]
+        for deps in needs.values():
+            deps.discard(ready[0])
+    return order
+
+
+def _text(value: Any) -> str:
+    """R3: a primitive's literal text in the command (booleans as Azure ML's backend spells them)."""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    return str(value)
+
+
+def _mount(source: Path, kind: str, target: Path, where: str) -> Path:
+    """R2: a data input is a file (uri_file) or a folder (the rest); a copy stands for the read-only mount."""
+    if kind in FILE_TYPES and not source.is_file():
+        raise RuntimeRuleBroken(f"{where}: a uri_file input must be a file; {source} is not")
+    if kind not in FILE_TYPES and not source.is_dir():
+        raise RuntimeRuleBroken(f"{where}: a {kind} input must be a folder; {source} is not")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_file():
+        target.mkdir(exist_ok=True)
+        dest = target / source.name
+        shutil.copy2(source, dest)
+        return dest
+    shutil.copytree(source, target, symlinks=False)
+    return target
+
+
+class AzureMLRuntime:
+    def __init__(self, job_file: Path, work: Path, env: dict[str, str] | None = None,
+                 image_path: Path | None = None):
+        self.job_file = job_file.resolve()
+        self.job_dir = self.job_file.parent
+        self.work = work
+        self.job = yaml.safe_load(self.job_file.read_text())
+        self.env = env or {}
+        self.image_path = image_path  # what the images put on PYTHONPATH (the repository)
+        self.results: dict[str, NodeResult] = {}
+
+    def _component(self, job: dict[str, Any]) -> tuple[dict[str, Any], Path]:
+        ref = job["component"]
+        if not isinstance(ref, str) or ref.startswith("azureml:"):
+            raise RuntimeRuleBroken(f"component {ref!r}: only local component files can run here")
+        path = (self.job_dir / ref).resolve()
+        return yaml.safe_load(path.read_text()), path.parent
+
+    def _pipeline_input(self, name: str) -> Any:
+        inputs = self.job.get("inputs") or {}
+        if name not in inputs:
+            raise RuntimeRuleBroken(f"${{{{parent.inputs.{name}}}}} is not a pipeline input")
+        return inputs[name]
+
+    def _resolve(self, node: str, name: str, binding: Any, kind: str, mounts: Path) -> Any:
+        where = f"node '{node}' input '{name}'"
+        if isinstance(binding, str):
+            match = _PARENT_INPUT.match(binding)
+            if match:
+                binding = self._pipeline_input(match.group(1))
+            else:
+                match = _PARENT_OUTPUT.match(binding)
+                if match:
+                    upstream = self.results[match.group(1)]
+                    if match.group(2) not in upstream.outputs:
+                        raise RuntimeRuleBroken(f"{where}: node '{match.group(1)}' has no output '{match.group(2)}'")
+                    if kind not in DATA_TYPES:
+                        raise RuntimeRuleBroken(f"{where}: a {kind} input cannot bind a node output (primitive "
+                                                f"outputs are not supported)")
+                    return str(_mount(upstream.outputs[match.group(2)], kind, mounts / name, where))
+        if isinstance(binding, dict) and "path" in binding:
+            if kind not in DATA_TYPES:
+                raise RuntimeRuleBroken(f"{where}: a {kind} input got a data path")
+            path = binding["path"]
+            if re.match(r"^[a-z][a-z0-9+.-]*:", path):
+                raise RuntimeRuleBroken(f"{where}: {path} is a remote URI; only local paths can be mounted here")
+            return str(_mount((self.job_dir / path).resolve(), kind, mounts / name, where))
+        if kind in DATA_TYPES:
+            raise RuntimeRuleBroken(f"{where}: a {kind} input got the literal {binding!r}")
+        return _text(binding)
+
+    def _render(self, template: str, inputs: dict[str, Any], outputs: dict[str, str]) -> str:
+        def keep(match: re.Match[str]) -> str:  # R4
+            names = [n for k, n in _PLACEHOLDER.findall(match.group(1)) if k == "inputs"]
+            return match.group(1) if all(inputs.get(n) is not None for n in names) else ""
+
+        def put(match: re.Match[str]) -> str:
+            kind, name = match.groups()
+            table = inputs if kind == "inputs" else outputs
+            if table.get(name) is None:
+                raise RuntimeRuleBroken(f"the command uses {kind}.{name}, which has no value")
+            return table[name]
+
+        return _PLACEHOLDER.sub(put, _OPTIONAL.sub(keep, template))
+
+    def run_node(self, name: str) -> NodeResult:
+        job = self.job["jobs"][name]
+        if job.get("type") != "command":
+            raise RuntimeRuleBroken(f"node '{name}' is a {job.get('type')!r} node; only command nodes run here")
+        component, component_dir = self._component(job)
+        folder = self.work / "jobs" / name
+        mounts, outs = folder / "inputs", folder / "outputs"
+        shutil.rmtree(folder, ignore_errors=True)
+        outs.mkdir(parents=True)
+        bound = job.get("inputs") or {}
+        inputs: dict[str, Any] = {}
+        for input_name, spec in (component.get("inputs") or {}).items():
+            kind = spec["type"]
+            if input_name in bound:
+                inputs[input_name] = self._resolve(name, input_name, bound[input_name], kind, mounts)
+            elif "default" in spec:
+                inputs[input_name] = _text(spec["default"])
+            elif not spec.get("optional"):
+                raise RuntimeRuleBroken(f"node '{name}': required input '{input_name}' is not bound")
+        unknown = set(bound) - set(component.get("inputs") or {})
+        if unknown:
+            raise RuntimeRuleBroken(f"node '{name}': inputs {sorted(unknown)} are not the component's")
+        result = NodeResult(name=name, status="failed")
+        outputs: dict[str, str] = {}
+        for output_name, spec in (component.get("outputs") or {}).items():  # R5
+            kind = spec["type"]
+            if kind not in DATA_TYPES:
+                raise RuntimeRuleBroken(f"node '{name}': output '{output_name}' is {kind}: primitive outputs "
+                                        f"are not supported for command components")
+            path = outs / output_name
+            if kind in FILE_TYPES:
+                path.mkdir()
+                path = path / output_name
+            else:
+                path.mkdir()
+            outputs[output_name] = str(path)
+            result.outputs[output_name] = path
+            result.output_types[output_name] = kind
+        result.command = self._render(component["command"], inputs, outputs)
+        code = (component_dir / component.get("code", ".")).resolve()  # R6
+        env = dict(os.environ)
+        env.update({k: str(v) for k, v in (job.get("environment_variables") or {}).items()})
+        env.update(self.env)
+        if self.image_path is not None:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.image_path), env.get("PYTHONPATH")) if p)
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        result.log = folder / "log.txt"
+        timeout = (job.get("limits") or {}).get("timeout")
+        started = time.time()
+        with result.log.open("wb") as log:
+            log.write(f"$ {result.command}\n".encode())
+            log.flush()
+            process = subprocess.run(["bash", "-c", result.command], cwd=code, env=env, stdout=log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=timeout)
+        result.duration_s = time.time() - started
+        if process.returncode != 0:  # R7
+            tail = result.log.read_text(errors="replace")[-2000:]
+            raise RuntimeRuleBroken(f"node '{name}' exited with code {process.returncode}:\n{tail}")
+        for output_name, path in result.outputs.items():
+            if result.output_types[output_name] in FILE_TYPES and not path.is_file():
+                raise RuntimeRuleBroken(f"node '{name}': uri_file output '{output_name}' was not written")
+        result.status = "skipped" if SKIPPED in result.log.read_text(errors="replace") else "succeeded"
+        return result
+
+    def run(self) -> dict[str, NodeResult]:
+        validate_offline(self.job_file)
+        for name in _order(self.job["jobs"]):
+            self.results[name] = self.run_node(name)
+        return self.results
+
+
+def value_of(result: NodeResult, output: str) -> Path:
+    """Where a value output's text is: the `value` file in its folder (there are no primitive outputs, R3)."""
+    return result.outputs[output] / VALUE_FILE
