@@ -48,12 +48,16 @@ DATASET = REPO / "data" / "sample" / "tickets.jsonl"
 
 
 def load_prompts(path: Path = DATASET, limit: int = 256) -> list[str]:
+    """The last user turn of each record; the records prepare would quarantine (the sample has some) are skipped."""
     prompts = []
     for line in path.read_text().splitlines():
-        if line.strip():
-            users = [m["content"] for m in json.loads(line)["messages"] if m["role"] == "user"]
-            if users:
-                prompts.append(users[-1])
+        try:
+            messages = json.loads(line)["messages"]
+            users = [m["content"] for m in messages if m.get("role") == "user" and isinstance(m.get("content"), str)]
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            continue
+        if users and users[-1].strip():
+            prompts.append(users[-1])
     return prompts[:limit]
 
 
