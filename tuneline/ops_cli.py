@@ -247,6 +247,21 @@ def add_commands(subparsers) -> None:
     """Add `trigger`, `feedback` and `cost` to tuneline's sub-command parsers."""
     trigger = subparsers.add_parser("trigger", help="retraining triggers: new data, drift, quality, age")
     trigger_sub = trigger.add_subparsers(dest="trigger_command", required=True)
+    _add_trigger_check(trigger_sub)
+    _add_trigger_azureml(trigger_sub)
+    _add_feedback(subparsers)
+    _add_cost(subparsers)
+
+
+def _add_set(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help=help_text)
+
+
+def _add_home(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--home", default=None, help="state folder (default: $TUNELINE_HOME or <project>/.tuneline)")
+
+
+def _add_trigger_check(trigger_sub) -> None:
     check = trigger_sub.add_parser(
         "check",
         help="evaluate the pipeline's triggers: block and print a decision",
@@ -266,16 +281,8 @@ def add_commands(subparsers) -> None:
     check.add_argument("--resource-group", default=None, help="--submit azureml: default $AZURE_RESOURCE_GROUP")
     check.add_argument("--workspace", default=None, help="--submit azureml: default $AZUREML_WORKSPACE")
     check.add_argument("--json", action="store_true", help="print the decision as JSON")
-    check.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="override a pipeline parameter, as for `tuneline run` (repeatable)",
-    )
-    check.add_argument(
-        "--home", default=None, help="state folder (default: $TUNELINE_HOME or <project>/.tuneline)"
-    )
+    _add_set(check, "override a pipeline parameter, as for `tuneline run` (repeatable)")
+    _add_home(check)
     check.add_argument(
         "--dataset-param",
         default=None,
@@ -315,6 +322,8 @@ def add_commands(subparsers) -> None:
     )
     check.set_defaults(handler=cmd_trigger_check)
 
+
+def _add_trigger_azureml(trigger_sub) -> None:
     azml = trigger_sub.add_parser(
         "azureml-schedule", help="write an Azure ML command job + schedule that runs `trigger check --submit azureml`"
     )
@@ -341,6 +350,8 @@ def add_commands(subparsers) -> None:
     )
     azml.set_defaults(handler=cmd_trigger_azureml)
 
+
+def _add_feedback(subparsers) -> None:
     feedback = subparsers.add_parser("feedback", help="ratings of served answers, exported as training data")
     fb_sub = feedback.add_subparsers(dest="feedback_command", required=True)
     for name, helptext in (
@@ -378,6 +389,8 @@ def add_commands(subparsers) -> None:
             )
             p.set_defaults(handler=cmd_feedback_export)
 
+
+def _add_cost(subparsers) -> None:
     cost = subparsers.add_parser("cost", help="estimate training time and money before a run")
     cost.add_argument("pipeline", help="pipeline YAML file with a train step")
     cost.add_argument(
@@ -390,13 +403,7 @@ def add_commands(subparsers) -> None:
         "--sku", default=None, help="highlight this SKU (default: the train step's instance type)"
     )
     cost.add_argument("--spot", action="store_true", help="price the highlighted SKU at the spot rate")
-    cost.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="override a pipeline parameter (repeatable)",
-    )
+    _add_set(cost, "override a pipeline parameter (repeatable)")
     cost.add_argument(
         "--prices", default=None, help="price table (default: config/prices.yaml of the project)"
     )
@@ -418,8 +425,6 @@ def add_commands(subparsers) -> None:
         action="store_true",
         help="measure this machine's matmul throughput again instead of reusing the cached figure",
     )
-    cost.add_argument(
-        "--home", default=None, help="state folder (default: $TUNELINE_HOME or <project>/.tuneline)"
-    )
+    _add_home(cost)
     cost.add_argument("--json", action="store_true", help="print the estimate as JSON")
     cost.set_defaults(handler=cmd_cost)

@@ -49,7 +49,7 @@ _TRANSIENT_WORDS = (
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
+class Backoff:
     """Exponential backoff with full jitter: attempt k sleeps
     uniform(0, min(max_delay, base_delay * 2**k))."""
 
@@ -72,11 +72,11 @@ def is_transient(exc: BaseException) -> bool:
 def with_retry(
     fn: Callable[[], T],
     what: str,
-    policy: RetryPolicy | None = None,
+    policy: Backoff | None = None,
     log: Callable[[str], None] = lambda _m: None,
 ) -> T:
     """Call ``fn`` until it succeeds; transient failures are retried after a jittered, growing pause."""
-    policy = policy or RetryPolicy()
+    policy = policy or Backoff()
     rng = random.Random()  # seeded from the OS: parallel processes must not retry in lockstep
     for attempt in range(policy.attempts):
         try:
@@ -185,7 +185,7 @@ def register_version(
     tags: dict[str, str],
     description: str = "",
     model_id: str | None = None,
-    policy: RetryPolicy | None = None,
+    policy: Backoff | None = None,
     log: Callable[[str], None] = lambda _m: None,
 ):
     """Create (if needed) the registered model and a new version of it; safe against concurrent writers.
@@ -224,7 +224,7 @@ def register_version(
 
 
 def set_alias(
-    mlflow_client, name: str, alias: str, version: int | str, policy: RetryPolicy | None = None
+    mlflow_client, name: str, alias: str, version: int | str, policy: Backoff | None = None
 ) -> None:
     with_retry(
         lambda: mlflow_client.set_registered_model_alias(name, alias, str(version)),

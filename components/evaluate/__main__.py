@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from tuneline.component_args import parse_component_args
+from tuneline.outputs import write_value
 
 
 def resolve_champion(uri: str) -> Path:
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for path in (args.passed, args.metrics, args.report):
         path.parent.mkdir(parents=True, exist_ok=True)
-    args.passed.write_text(json.dumps(gate_result.passed))
+    write_value(args.passed, gate_result.passed)
     args.metrics.write_text(json.dumps(document, indent=2) + "\n")
     report = render(results, gate_result, samples, meta)
     args.report.write_text(report)

@@ -51,11 +51,9 @@ class TunelineChatModel(PythonModel):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
         if (model_dir / "adapter_config.json").is_file():
-            from peft import PeftModel
+            from tuneline.ml.models import merge_lora
 
-            base_dir = self._base_dir(context, config, summary)
-            base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
-            self.model = PeftModel.from_pretrained(base, model_dir).merge_and_unload()
+            self.model = merge_lora(self._base_dir(context, config, summary), model_dir, dtype=dtype)
         else:
             self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -12,7 +12,7 @@ from components.register.__main__ import main as register_main
 from components.register.card import CardContext, render_card
 from components.register.inputs import InputError, read_evaluation, read_trained_model
 from tuneline import registry
-from tuneline.registry import PromotionRule, RetryPolicy, decide, parse_models_uri, with_retry
+from tuneline.registry import Backoff, PromotionRule, decide, parse_models_uri, with_retry
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_transient_errors_are_retried_then_succeed():
             raise RuntimeError("(sqlite3.OperationalError) database is locked")
         return "ok"
 
-    assert with_retry(flaky, "write", RetryPolicy(attempts=5, base_delay=0.001), messages.append) == "ok"
+    assert with_retry(flaky, "write", Backoff(attempts=5, base_delay=0.001), messages.append) == "ok"
     assert len(calls) == 3 and len(messages) == 2 and "retry 1" in messages[0]
 
 
@@ -88,7 +88,7 @@ def test_other_errors_are_not_retried():
         raise KeyError("no such field")
 
     with pytest.raises(KeyError):
-        with_retry(broken, "write", RetryPolicy(attempts=5, base_delay=0.001))
+        with_retry(broken, "write", Backoff(attempts=5, base_delay=0.001))
     assert len(calls) == 1
 
 
@@ -97,14 +97,14 @@ def test_retry_gives_up_after_the_last_attempt():
         with_retry(
             lambda: (_ for _ in ()).throw(RuntimeError("database is locked")),
             "write",
-            RetryPolicy(attempts=3, base_delay=0.001),
+            Backoff(attempts=3, base_delay=0.001),
         )
 
 
 def test_backoff_grows_and_is_capped():
     import random
 
-    policy = RetryPolicy(base_delay=0.1, max_delay=1.0)
+    policy = Backoff(base_delay=0.1, max_delay=1.0)
     rng = random.Random(0)
     assert all(policy.delay(0, rng) <= 0.1 for _ in range(50))
     assert max(policy.delay(10, rng) for _ in range(200)) <= 1.0

@@ -16,3 +16,16 @@ def test_bom_crlf_blank_lines_and_hash(tmp_path):
 
 def test_escape_bytes_keeps_valid_text():
     assert escape_bytes(b"ok \xff caf\xc3\xa9") == "ok \\xff café"
+
+
+def test_json_lines_skip_blank_lines_and_name_a_bad_one(tmp_path):
+    import pytest
+
+    from tuneline.data.jsonl import read_jsonl
+
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n\n[2]\n{oops\n')
+    rows = read_jsonl(path, KeyError)
+    assert next(rows) == (1, {"a": 1}) and next(rows) == (3, [2])
+    with pytest.raises(KeyError, match=r"x.jsonl:4: invalid JSON"):
+        next(rows)

@@ -3,10 +3,10 @@ import torch
 from safetensors.torch import load_file
 
 from tuneline.ml.chat import IGNORE, TemplateError, encode, prompt_ids
-from tuneline.ml.data import ChatRecord
+from tuneline.ml.data import Example
 from tuneline.ml.models import ModelNotAvailable, load_tokenizer, resolve_model
 
-RECORD = ChatRecord("r1", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+RECORD = Example("r1", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
                            {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"},
                            {"role": "assistant", "content": "{\"ok\":true}"}])
 

@@ -1,4 +1,4 @@
-"""Read a JSONL file as numbered byte lines, hashing the bytes as they stream past.
+"""Read JSONL: numbered byte lines hashed as they stream past (the prepare step), or decoded objects.
 
 Lines are read as bytes and decoded one at a time, so one line of invalid UTF-8 is one rejected record
 rather than a crash of the whole file. A UTF-8 byte-order mark at the start of the file is dropped;
@@ -10,11 +10,12 @@ every physical line, blank ones included, so they match what an editor shows.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+import json
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -61,3 +62,21 @@ class LineReader:
 def escape_bytes(data: bytes) -> str:
     """Text for a line that is not valid UTF-8: valid parts as text, bad bytes as ``\\xNN``."""
     return data.decode("utf-8", errors="backslashreplace")
+
+
+def json_lines(lines: Iterable[str], where: str, error: type[Exception] = ValueError) -> Iterator[tuple[int, Any]]:
+    """(line number, decoded value) of each non-blank line; a line that is not JSON raises `error` with
+    `where:line: invalid JSON (...)`."""
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise error(f"{where}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def read_jsonl(path: Path | str, error: type[Exception] = ValueError) -> Iterator[tuple[int, Any]]:
+    """`json_lines` over a UTF-8 text file (undecodable bytes replaced)."""
+    with Path(path).open(encoding="utf-8", errors="replace") as fh:
+        yield from json_lines(fh, str(path), error)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuneline.ml.data import ChatRecord
+from tuneline.ml.data import Example
 
 IGNORE = -100
 
@@ -62,7 +62,7 @@ def segments(tokenizer, messages: list[dict[str, str]]) -> list[tuple[str, bool]
     return out
 
 
-def encode(tokenizer, record: ChatRecord, max_seq_len: int) -> Encoded:
+def encode(tokenizer, record: Example, max_seq_len: int) -> Encoded:
     input_ids: list[int] = []
     labels: list[int] = []
     for text, target in segments(tokenizer, record.messages):
@@ -73,6 +73,6 @@ def encode(tokenizer, record: ChatRecord, max_seq_len: int) -> Encoded:
     return Encoded(record.id, input_ids[:max_seq_len], labels[:max_seq_len], truncated)
 
 
-def prompt_ids(tokenizer, record: ChatRecord) -> list[int]:
+def prompt_ids(tokenizer, record: Example) -> list[int]:
     """Token ids of the conversation without its final answer, ending with the generation prompt."""
     return _ids(tokenizer, render(tokenizer, record.prompt, generation_prompt=True))

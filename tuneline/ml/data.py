@@ -8,9 +8,11 @@ when a record does not fit, because a split may also come from a user's own fold
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from tuneline.data.jsonl import json_lines
 
 DATA_FILE = "data.jsonl"
 ROLES = ("system", "user", "assistant")
@@ -21,7 +23,7 @@ class DataError(ValueError):
 
 
 @dataclass(frozen=True)
-class ChatRecord:
+class Example:
     id: str
     messages: list[dict[str, str]]
 
@@ -37,7 +39,7 @@ class ChatRecord:
 @dataclass(frozen=True)
 class Split:
     path: Path
-    records: list[ChatRecord]
+    records: list[Example]
     sha256: str
 
 
@@ -49,12 +51,8 @@ def split_file(folder: Path | str) -> Path:
     return path
 
 
-def _parse(path: Path, lineno: int, line: str, index: int) -> ChatRecord:
+def _parse(path: Path, lineno: int, obj: Any, index: int) -> Example:
     where = f"{path}:{lineno}"
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from err
     if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list) or not obj["messages"]:
         raise DataError(f"{where}: field 'messages' must be a non-empty list")
     for i, msg in enumerate(obj["messages"]):
@@ -65,18 +63,16 @@ def _parse(path: Path, lineno: int, line: str, index: int) -> ChatRecord:
     if obj["messages"][-1]["role"] != "assistant":
         raise DataError(f"{where}: messages[-1].role must be 'assistant' (the answer to learn)")
     messages = [{"role": m["role"], "content": m["content"]} for m in obj["messages"]]
-    return ChatRecord(id=str(obj.get("id", index)), messages=messages)
+    return Example(id=str(obj.get("id", index)), messages=messages)
 
 
 def read_split(folder: Path | str, limit: int = 0) -> Split:
     """All records of a split (the first ``limit`` when > 0) and the sha256 of the file's bytes."""
     path = split_file(folder)
     raw = path.read_bytes()
-    records: list[ChatRecord] = []
-    for lineno, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        records.append(_parse(path, lineno, line, len(records)))
+    records: list[Example] = []
+    for lineno, obj in json_lines(raw.decode("utf-8").splitlines(), str(path), DataError):
+        records.append(_parse(path, lineno, obj, len(records)))
         if limit and len(records) >= limit:
             break
     if not records:

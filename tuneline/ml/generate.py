@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from tuneline.ml.chat import IGNORE, encode, prompt_ids
-from tuneline.ml.data import ChatRecord
+from tuneline.ml.data import Example
 
 
 @torch.no_grad()
-def generate(model, tokenizer, records: list[ChatRecord], max_new_tokens: int, batch_size: int,
+def generate(model, tokenizer, records: list[Example], max_new_tokens: int, batch_size: int,
              on_batch: Callable[[int], None] | None = None) -> list[str]:
     """Greedy answers in the order of `records`; `on_batch(done)` is called after each batch."""
     pad = tokenizer.pad_token_id
@@ -42,7 +42,7 @@ def generate(model, tokenizer, records: list[ChatRecord], max_new_tokens: int, b
 
 
 @torch.no_grad()
-def perplexity(model, tokenizer, records: list[ChatRecord], max_seq_len: int, batch_size: int) -> float:
+def perplexity(model, tokenizer, records: list[Example], max_seq_len: int, batch_size: int) -> float:
     """exp(mean cross-entropy) over the reference answer tokens, given the prompt."""
     device = next(model.parameters()).device
     encoded = [encode(tokenizer, r, max_seq_len) for r in records]

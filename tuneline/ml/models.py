@@ -220,6 +220,13 @@ def load_causal_lm(path: Path | str, dtype=None, quantization_config=None, attn_
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
+def merge_lora(base_dir: Path | str, adapter_dir: Path | str, dtype=None):
+    """The base model with a PEFT LoRA adapter merged in: a plain causal LM that runs at base-model speed."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(load_causal_lm(base_dir, dtype=dtype), adapter_dir).merge_and_unload()
+
+
 def read_summary(model_dir: Path | str) -> dict:
     path = Path(model_dir) / SUMMARY_FILE
     if not path.is_file():
@@ -236,10 +243,7 @@ def load_tuned(model_dir: Path | str, dtype=None, padding_side: str = "left"):
     summary = read_summary(model_dir)
     tokenizer = load_tokenizer(model_dir, padding_side=padding_side)
     if (model_dir / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        base = load_causal_lm(resolve_model(summary["base_model"]), dtype=dtype)
-        model = PeftModel.from_pretrained(base, model_dir).merge_and_unload()
+        model = merge_lora(resolve_model(summary["base_model"]), model_dir, dtype=dtype)
     else:
         model = load_causal_lm(model_dir, dtype=dtype)
     model.eval()

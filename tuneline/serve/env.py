@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import venv
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,37 +87,36 @@ def is_ready(venv_dir: Path | None = None) -> bool:
         return False
 
 
-def ensure_serve_venv(venv_dir: Path | None = None, *, force: bool = False, quiet: bool = True) -> TritonInstall:
+def ensure_serve_venv(venv_dir: Path | None = None, *, force: bool = False) -> TritonInstall:
     """Create (once) the serve venv and return how to launch Triton from it. Raises ServeEnvError."""
     venv_dir = (venv_dir or default_venv_dir()).absolute()
     if force and venv_dir.exists():
         shutil.rmtree(venv_dir)
     if not is_ready(venv_dir):
-        _build(venv_dir, quiet=quiet)
+        _build(venv_dir)
     return triton_install(venv_dir)
 
 
-def _build(venv_dir: Path, *, quiet: bool) -> None:
+def _build(venv_dir: Path) -> None:
+    """One line per phase on stderr; pip's own output goes to `<venv>.log`, whose tail a failure shows."""
     if sys.version_info[:2] != (3, 11):
         # The pins above (and the torch wheel on this disk) are for 3.11; pytriton ships stubs for 3.8-3.13.
         print(f"warning: building the serve venv with Python {sys.version.split()[0]}", file=sys.stderr)
     venv_dir.parent.mkdir(parents=True, exist_ok=True)
-    print(f"creating serve venv {venv_dir} (one-off, about a minute)", file=sys.stderr)
+    log = venv_dir.with_name(venv_dir.name + ".log")
+    started = time.time()
+    print(f"serve venv: creating {venv_dir}", file=sys.stderr, flush=True)
     venv.EnvBuilder(with_pip=True, clear=True).create(venv_dir)
-    cmd = [
-        str(_venv_python(venv_dir)),
-        "-m",
-        "pip",
-        "install",
-        "--disable-pip-version-check",
-        *SERVE_REQUIREMENTS,
-    ]
-    if quiet:
-        cmd.insert(4, "-q")
-    proc = subprocess.run(cmd, capture_output=quiet, text=True)
+    print(f"serve venv: installing {len(SERVE_REQUIREMENTS)} packages (about a minute; log {log})",
+          file=sys.stderr, flush=True)
+    cmd = [str(_venv_python(venv_dir)), "-m", "pip", "install", "--disable-pip-version-check",
+           *SERVE_REQUIREMENTS]
+    with log.open("w") as out:
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
-        tail = (proc.stderr or "")[-3000:] if quiet else ""
-        raise ServeEnvError(f"pip install into {venv_dir} failed (exit {proc.returncode}):\n{tail}")
+        tail = log.read_text(errors="replace")[-3000:]
+        raise ServeEnvError(f"pip install into {venv_dir} failed (exit {proc.returncode}; log {log}):\n{tail}")
+    print(f"serve venv: ready in {time.time() - started:.0f}s", file=sys.stderr, flush=True)
     (venv_dir / _READY_MARKER).write_text(
         json.dumps({"requirements": _requirements_digest(), "packages": list(SERVE_REQUIREMENTS)}) + "\n"
     )
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="delete and rebuild the venv")
     args = parser.parse_args(argv)
     try:
-        install = ensure_serve_venv(args.venv, force=args.force, quiet=False)
+        install = ensure_serve_venv(args.venv, force=args.force)
     except ServeEnvError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -199,12 +199,11 @@ def _resolve_base(model_dir: Path, base_model_dir: Path | None) -> Path:
 
 def merge_adapter(adapter_dir: Path, base_dir: Path, out_dir: Path) -> Path:
     """Merge a PEFT LoRA adapter into its base model and save full weights + tokenizer to `out_dir`."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    base = AutoModelForCausalLM.from_pretrained(base_dir)
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-    merged.save_pretrained(out_dir)
+    from tuneline.ml.models import merge_lora
+
+    merge_lora(base_dir, adapter_dir).save_pretrained(out_dir)
     tok_src = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base_dir
     AutoTokenizer.from_pretrained(tok_src).save_pretrained(out_dir)
     return out_dir

@@ -6,11 +6,12 @@ character count, word count, share of digits and share of non-ASCII characters.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+
+from ..data.jsonl import read_jsonl
 
 FEATURES = ("chars", "words", "digit_share", "non_ascii_share")
 
@@ -54,16 +55,5 @@ def dataset_prompts(path: Path | str) -> list[str]:
         path = path / "data.jsonl"
     if not path.is_file():
         raise DataFileError(f"{path}: dataset file not found")
-    prompts = []
-    with path.open(encoding="utf-8", errors="replace") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataFileError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-            text = record_prompt(obj)
-            if text:
-                prompts.append(text)
-    return prompts
+    prompts = (record_prompt(obj) for _, obj in read_jsonl(path, DataFileError))
+    return [text for text in prompts if text]

@@ -26,16 +26,14 @@ class EvalOptions:
 
 def load_registered(champion: Champion, folder: Path):
     """(model, tokenizer) of a registered tuneline version, downloaded into `folder`."""
-    from ..ml.models import load_causal_lm, load_tokenizer
+    from ..ml.models import load_causal_lm, load_tokenizer, merge_lora
     from ..registry import fetch_model, resolve_base_dir
 
     fetched = fetch_model(champion.uri, folder)
     tokenizer = load_tokenizer(fetched.model_dir, padding_side="left")
     base_dir = resolve_base_dir(fetched)
     if base_dir is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(load_causal_lm(base_dir), fetched.model_dir).merge_and_unload()
+        model = merge_lora(base_dir, fetched.model_dir)
     else:
         model = load_causal_lm(fetched.model_dir)
     return model.eval(), tokenizer
