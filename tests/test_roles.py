@@ -64,7 +64,7 @@ steps:
   sft:
     component: components/sft
     inputs: {train: "${{steps.prepare.outputs.train}}", base_model: tiny-random-llama, max_steps: 1,
-             per_device_batch: 2, save_steps: 0}
+             per_device_batch: 2, save_steps: 0, max_seq_len: 768}
 triggers: {new_data_fraction: 0.15}
 """)
     run = tuneline(renamed, "run", "pipelines/short.yaml", timeout=600)
