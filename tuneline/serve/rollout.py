@@ -110,6 +110,8 @@ def rollout(
         )
         routes = read_routes(state_dir)
         old_label = routes.current.label if routes and old and routes.current.slot == old.slot else ""
+        if request_log is None and routes is not None:
+            request_log = routes.request_log  # a rollout that names no log keeps the one already in use
         # A leftover in the idle slot (an interrupted rollout, or a canary still being judged) must not get
         # traffic any more: all of it goes back to the previous version before that server is stopped.
         stale = state.servers.pop(slot, None)
