@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tuneline.k8s.yamlmodel import load_yaml_model
 
 DEFAULT_SPEC = Path("k8s/nodepools.yaml")
 ASO_API_VERSION = "containerservice.azure.com/v1api20240901"
@@ -129,11 +131,7 @@ class NodePoolSpec(BaseModel):
 
 
 def load_spec(path: Path = DEFAULT_SPEC) -> NodePoolSpec:
-    try:
-        return NodePoolSpec.model_validate(yaml.safe_load(Path(path).read_text()))
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"{path}: {problems}") from exc
+    return load_yaml_model(NodePoolSpec, path)
 
 
 def _join(args: list[str]) -> str:

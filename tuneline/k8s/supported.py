@@ -13,8 +13,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
+
+from tuneline.k8s.yamlmodel import load_yaml_model
 
 DEFAULT_TABLE = Path("k8s/supported.yaml")
 WARN_DAYS = 60
@@ -75,11 +76,7 @@ class Problem:
 
 
 def load_table(path: Path = DEFAULT_TABLE) -> SupportTable:
-    try:
-        return SupportTable.model_validate(yaml.safe_load(Path(path).read_text()))
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"{path}: {problems}") from exc
+    return load_yaml_model(SupportTable, path)
 
 
 def size_problems(path: Path, table: SupportTable, today: dt.date, shown_as: str | None = None) -> list[Problem]:
