@@ -17,7 +17,13 @@ golden: $(VENV_STAMP) ## regenerate tests/compile/golden/ from every pipeline (r
 compile-bench: $(VENV_STAMP) ## time compiling the default pipeline to both targets -> bench/results/compile.json
 	$(PY) bench/compile_bench.py
 
-conformance: $(VENV_STAMP) ## run the compiled pipelines as Azure ML runs them and compare every step with tuneline run
+# kfp: the compiled package executed by kfp.local in containers of the images `make images` builds (reused when
+# unchanged), through a podman service the harness starts under $(TUNELINE_HOME)/podman and stops afterwards
+# (tuneline/conformance/podman.py installs podman and runc with apt-get when they are missing).
+conformance: $(VENV_STAMP) images ## run the compiled pipelines as kfp.local and Azure ML run them; compare every step with tuneline run
+	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance kfp tests/fixtures/toy/pipelines/toy.yaml
+	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance kfp pipelines/finetune.yaml $(CONFORMANCE_TINY) \
+		--set deploy_target=kserve
 	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml tests/fixtures/toy/pipelines/toy.yaml
 	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml pipelines/finetune.yaml $(CONFORMANCE_TINY) \
 		--set deploy_target=azureml

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from tuneline.compile.gate import GATE_INPUT
+from tuneline.compile.kfp import FINGERPRINT_PREFIX
 
 FIXTURES = Path(__file__).parent / "fixtures" / "project"
 TOY = FIXTURES / "pipelines" / "toy.yaml"
@@ -52,13 +53,17 @@ def kfp_dag(path: Path) -> dict:
             if task["componentRef"]["name"] == "comp-importer" or task["componentRef"]["name"].startswith(
                     "comp-importer"):
                 importers[name] = resolve(task["inputs"]["parameters"]["uri"], outer)
+        # A fingerprint task only keys the cache of the steps reading imported data (tuneline.compile.fingerprint).
+        fingerprints = {n for n, t in tasks.items() if t["componentRef"]["name"].startswith("comp-fingerprint")}
         for name, task in tasks.items():
-            if name in importers:
+            if name in importers or name in fingerprints:
                 continue
             steps.add(name)
             display[name] = task["taskInfo"]["name"]
             for kind in ("artifacts", "parameters"):
                 for input_name, source in task.get("inputs", {}).get(kind, {}).items():
+                    if input_name.startswith(FINGERPRINT_PREFIX):
+                        continue
                     origin = resolve(source, outer)
                     if input_name == GATE_INPUT:  # `when:` is the gate input the step's wrapper reads
                         conditions[name] = origin

@@ -3,8 +3,14 @@
 Each step becomes one container component that runs the step's own command line: artifacts are
 `Input[Dataset|Model]` / `Output[...]` paths, small values are parameters, and a value output (a boolean gate)
 is a `dsl.OutputPath(<type>)` file the program writes JSON to, which KFP reads back as an output parameter.
+Every command starts behind `tuneline.compile.outdirs`, so folder outputs exist as they do locally and on Azure ML.
 `when:` is not a `dsl.If`: the step takes the gate as a boolean input and `tuneline.compile.gate` runs its command
 only when the gate is true, as on Azure ML, so every target has one semantics for conditions (the spec validator's).
+Data from outside the pipeline (an artifact parameter or literal) comes in through a `dsl.importer`, which takes
+object-store URIs only (`gs://`, `s3://`, `minio://`: backend/src/v2/component/importer_launcher.go and
+`Artifact._get_path` in kfp/dsl/types/artifact_types.py); anything else is refused at compile time with the file,
+line and field it came from. Each import is followed by a `fingerprint` task (`tuneline.compile.fingerprint`)
+whose content digest is a parameter of every step reading the data, so KFP's name-based cache sees the content.
 A multi-node step becomes a launcher for a PyTorchJob (see `pytorchjob.py`).
 """
 
@@ -22,19 +28,23 @@ from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Dataset, Input, Model, Output
 
 from ..graph import Node, PipelineGraph
-from ..spec import Literal, OutputRef, ParamRef
+from ..spec import Literal, OutputRef, ParamRef, Problem, SpecError
 from ..spec.models import IOType
 from . import PIPELINE_FILE, CompileError
 from .command import Item, OptionalBlock, Ref, Token, leading_words, parse_command, torchrun_prefix
+from .fingerprint import FINGERPRINT_MODULE
 from .gate import GATE_INPUT, GATE_MODULE
 from .launch import LAUNCH_MODULE, staged_command
 from .options import MLFLOW_CONFIG_KEYS, MLFLOW_SECRET_KEYS, CompileOptions
+from .outdirs import OUTDIRS_MODULE
 from .placement import CHECKPOINT_MOUNT, GPU_RESOURCE, Placement, placement, resumable
 from .pytorchjob import pytorchjob_manifest
 
 _VALUE_TYPES: dict[IOType, type] = {IOType.string: str, IOType.integer: int, IOType.number: float,
                                     IOType.boolean: bool}
 _KW = inspect.Parameter.KEYWORD_ONLY
+OBJECT_STORE_PREFIXES = ("gs://", "s3://", "minio://")  # what the backend's importer and launcher can fetch
+FINGERPRINT_PREFIX = "tuneline_sha256_"  # + input name: the digest parameter of an imported artifact input
 
 
 def artifact_class(kind: IOType) -> type:
@@ -65,7 +75,22 @@ def _ports(graph: PipelineGraph, node: Node) -> list[_Port]:
         if GATE_INPUT in {p.name for p in ports}:
             raise CompileError(f"step '{node.name}': input name '{GATE_INPUT}' is reserved for the `when:` gate")
         ports.append(_Port(GATE_INPUT, IOType.boolean, False, IOType.boolean))
+    for name in imported_inputs(node):
+        if name.startswith(FINGERPRINT_PREFIX):
+            raise CompileError(f"step '{node.name}': input names starting '{FINGERPRINT_PREFIX}' are reserved")
+        ports.append(_Port(FINGERPRINT_PREFIX + name, IOType.string, False, IOType.string))
     return ports
+
+
+def imported_inputs(node: Node) -> list[str]:
+    """Artifact inputs bound to a parameter or literal: KFP imports them from a URI."""
+    return [name for name, binding in node.bindings.items()
+            if node.input_type(name).is_artifact and not isinstance(binding, OutputRef)]
+
+
+def _is_internal(port: _Port) -> bool:
+    """Inputs the compiler adds (the gate, data fingerprints), not the component's own."""
+    return port.name == GATE_INPUT or port.name.startswith(FINGERPRINT_PREFIX)
 
 
 def _annotation(port: _Port, optional: bool) -> Any:
@@ -81,7 +106,7 @@ def _parameter(node: Node, port: _Port) -> inspect.Parameter:
     if port.name in ("self",) or not port.name.isidentifier():
         raise CompileError(f"step '{node.name}': '{port.name}' cannot be a KFP parameter name")
     try:
-        if port.is_output or port.name == GATE_INPUT:
+        if port.is_output or _is_internal(port):
             return inspect.Parameter(port.name, _KW, annotation=_annotation(port, False))
         spec = node.component.spec.inputs[port.name]
         bound = port.name in node.bindings
@@ -135,8 +160,8 @@ def _launcher_items(node: Node, ports: list[_Port], manifest: dict[str, Any], pl
                          ("--template",), (node.component.spec.command,),
                          ("--manifest",), (json.dumps(manifest, sort_keys=True, separators=(",", ":")),)]
     for port in ports:
-        if port.name == GATE_INPUT:
-            continue  # read by the gate wrapper around the launcher
+        if _is_internal(port):
+            continue  # the gate wrapper reads the gate; a fingerprint only keys the cache
         flag = "--output" if port.is_output else ("--artifact" if port.kind.is_artifact else "--value")
         pair: tuple[Token, ...] = ((flag,), (f"{port.name}=", Ref("outputs" if port.is_output else "inputs",
                                                                  port.name)))
@@ -158,6 +183,65 @@ def _gated(items: list[Item], ports: list[_Port]) -> list[Item]:
     return gate + [("--",)] + items
 
 
+def _importer_uri_problem(uri: Any) -> str | None:
+    text = str(uri)
+    prefix = next((p for p in OBJECT_STORE_PREFIXES if text.startswith(p)), None)
+    if prefix is None:
+        return "KFP's importer takes object-store URIs only (gs://, s3://, minio://)"
+    bucket, _, key = text[len(prefix):].partition("/")
+    if not bucket or not key:
+        return f"expected {prefix}<bucket>/<path>"
+    return None
+
+
+def check_importable(graph: PipelineGraph) -> None:
+    """Every URI an importer would get at its compiled default must be one the backend can fetch; the error names
+    the file, line and field the value comes from (a parameter's `default`/`target_defaults`, a step input, or
+    --set)."""
+    pipeline = graph.pipeline
+    problems: list[Problem] = []
+    seen: set[Any] = set()
+    for node in graph.nodes.values():
+        for name in imported_inputs(node):
+            binding = node.bindings[name]
+            if isinstance(binding, ParamRef):
+                value = graph.params[binding.name]
+                spec = pipeline.spec.params[binding.name]
+                target_defaults = getattr(spec, "target_defaults", None) or {}
+                if "kfp" in target_defaults and value == target_defaults["kfp"]:
+                    loc: tuple[Any, ...] = ("params", binding.name, "target_defaults", "kfp")
+                elif value == spec.default:
+                    loc = ("params", binding.name, "default")
+                else:
+                    loc = ("params", binding.name)
+                field_name = f"params.{binding.name}" + ("" if len(loc) == 2 else "." + ".".join(loc[2:]))
+                origin = "" if len(loc) > 2 else f" (from --set {binding.name}=...)"
+                hint = (f"give it `target_defaults: {{kfp: s3://<bucket>/<path>}}` or --set {binding.name}=<URI> "
+                        f"at compile time")
+            else:
+                value = binding.value
+                loc = ("steps", node.name, "inputs", name)
+                field_name, origin = f"steps.{node.name}.inputs.{name}", ""
+                hint = "bind it to a pipeline parameter with an object-store URI for kfp"
+            problem = _importer_uri_problem(value)
+            if problem and loc not in seen:
+                seen.add(loc)
+                problems.append(pipeline.source.problem(loc, f"{field_name}{origin}: '{value}' cannot be imported "
+                                                             f"on KFP: {problem}; {hint}"))
+    if problems:
+        raise SpecError(problems)
+
+
+def _with_output_folders(items: list[Item], ports: list[_Port]) -> list[Item]:
+    """The command behind `tuneline.compile.outdirs`, which creates every folder output and file output's folder
+    first: KFP's launcher creates only their parents."""
+    prefix: list[Item] = [("python",), ("-m",), (OUTDIRS_MODULE,)]
+    for port in ports:
+        if port.is_output:
+            prefix += [("--folder" if port.kind.is_folder else "--file",), (Ref("outputs", port.name),)]
+    return prefix + [("--",)] + items
+
+
 @dataclass
 class KfpResult:
     pipeline: Path
@@ -171,6 +255,8 @@ class _Builder:
         self.components: dict[str, Any] = {}
         self.manifests: dict[str, dict[str, Any]] = {}
         self.placements = {name: placement(graph, graph.nodes[name]) for name in graph.order}
+        self._fingerprints: dict[Any, Any] = {}
+        check_importable(graph)
         for name in graph.order:
             self.components[name] = self._component(graph.nodes[name])
 
@@ -193,6 +279,7 @@ class _Builder:
             items = [(w,) for w in torchrun_prefix(words, 1, place.processes_per_node)] + items[1:]
         if node.condition is not None:
             items = _gated(items, ports)
+        items = _with_output_folders(items, ports)
 
         def build(args: dict[str, Any]) -> dsl.ContainerSpec:
             return dsl.ContainerSpec(image=image, command=_kfp_items(items, by_name, args))
@@ -236,17 +323,33 @@ class _Builder:
         body.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         return dsl.pipeline(name=graph.name, description=graph.pipeline.spec.description or None)(body)
 
+    def _fingerprint_component(self, kind: IOType, image: str) -> Any:
+        key = (artifact_class(kind), image)
+        if key not in self._fingerprints:
+            params = [inspect.Parameter("data", _KW, annotation=Input[artifact_class(kind)]),
+                      inspect.Parameter("sha256", _KW, annotation=dsl.OutputPath(str))]
+
+            def build(args: dict[str, Any]) -> dsl.ContainerSpec:
+                return dsl.ContainerSpec(image=image, command=["python", "-m", FINGERPRINT_MODULE,
+                                                               args["data"].path, args["sha256"]])
+
+            self._fingerprints[key] = _container_component("fingerprint", params, build)
+        return self._fingerprints[key]
+
     def _build_dag(self, pargs: dict[str, Any]) -> None:
         tasks: dict[str, Any] = {}
-        imported: dict[Any, Any] = {}
+        imported: dict[Any, tuple[Any, Any]] = {}
 
-        def artifact_from(key: Any, uri: Any, kind: IOType, label: str) -> Any:
+        def artifact_from(key: Any, uri: Any, kind: IOType, label: str, node: Node) -> tuple[Any, Any]:
             if key not in imported:
                 task = dsl.importer(artifact_uri=uri, artifact_class=artifact_class(kind), reimport=False)
                 task.set_display_name(f"import-{label}")
                 task.set_caching_options(not self.options.no_cache)
-                imported[key] = task
-            return imported[key].output
+                digest = self._fingerprint_component(kind, self.image(node))(data=task.output)
+                digest.set_display_name(f"fingerprint-{label}")
+                digest.set_caching_options(False)  # it exists to look at the bytes on every run
+                imported[key] = (task.output, digest.outputs["sha256"])
+            return imported[key]
 
         def argument(node: Node, name: str) -> Any:
             binding = node.bindings[name]
@@ -255,16 +358,20 @@ class _Builder:
                 return tasks[binding.step].outputs[binding.output]
             if isinstance(binding, ParamRef):
                 if kind.is_artifact:
-                    return artifact_from(("param", binding.name, kind), pargs[binding.name], kind, binding.name)
+                    return artifact_from(("param", binding.name, kind), pargs[binding.name], kind, binding.name,
+                                         node)
                 return pargs[binding.name]
             assert isinstance(binding, Literal)
             if kind.is_artifact:
-                return artifact_from(("literal", binding.value, kind), binding.value, kind, f"{node.name}-{name}")
+                return artifact_from(("literal", binding.value, kind), binding.value, kind, f"{node.name}-{name}",
+                                     node)
             return binding.value
 
         for name in self.graph.order:
             node = self.graph.nodes[name]
             arguments = {n: argument(node, n) for n in node.bindings}
+            for input_name in imported_inputs(node):
+                arguments[input_name], arguments[FINGERPRINT_PREFIX + input_name] = arguments[input_name]
             if node.condition is not None:
                 arguments[GATE_INPUT] = tasks[node.condition.step].outputs[node.condition.output]
             task = self.components[name](**arguments)

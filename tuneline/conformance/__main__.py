@@ -1,8 +1,11 @@
 """Run a pipeline locally and as its compiled target runs it, and compare every step.
 
 Run as: python -m tuneline.conformance azureml pipelines/finetune.yaml --set base_model=tiny-random-llama
-        python -m tuneline.conformance azureml tests/fixtures/toy/pipelines/toy.yaml --work build/conformance
+        python -m tuneline.conformance kfp tests/fixtures/toy/pipelines/toy.yaml --work build/conformance
 
+`kfp` executes the compiled package with kfp.local in containers of the images `make images` builds, through a
+podman service started for the run under `<TUNELINE_HOME>/podman` (see tuneline.conformance.kfp); `azureml`
+applies Azure ML's documented runtime rules (tuneline.conformance.azureml).
 Exit status 0 when every step matches, 1 when one differs, 2 when the compiled output breaks a runtime rule.
 """
 
@@ -10,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
 
+from .. import settings
 from ..compile.build import compile_graph
 from ..compile.options import CompileOptions
 from ..graph import PipelineGraph, build_graph
@@ -23,6 +28,7 @@ from ..spec import SpecError, load_pipeline
 from ..spec.load import parse_set_pairs
 from .azureml import AzureMLRuntime, RuntimeRuleBroken, value_of
 from .compare import compare_steps, report
+from .kfp import KfpLocalRun, KfpRunBroken, artifact_params, image_mounts, output_of, stage_data
 
 REPO = Path(__file__).resolve().parents[2]  # what every image in environments/ puts on PYTHONPATH
 
@@ -65,15 +71,42 @@ def conform_azureml(graph: PipelineGraph, work: Path, local: rec.RunRecord) -> s
     return report("azureml", matches), all(m.ok for m in matches)
 
 
+def conform_kfp(pipeline_path: str, overrides: dict[str, str], work: Path) -> tuple[str, bool]:
+    from .podman import PodmanService
+
+    root = work / "kfp-root"  # kfp.local's pipeline root, bind-mounted into every task at the same path
+    graph = build_graph(load_pipeline(pipeline_path, overrides))  # what is compiled: the cluster's data URIs
+    # The importers read the data from the stand-in store (K3 in tuneline.conformance.kfp), the local run the very
+    # same files, so both start from the same bytes: the local values, where --set gave an object-store URI.
+    remote = {k for k, v in overrides.items() if k in artifact_params(graph) and re.match(r"^[a-z0-9+.-]+://", v)}
+    local_values = build_graph(load_pipeline(pipeline_path, {k: v for k, v in overrides.items() if k not in remote}))
+    staged = stage_data(local_values, root)
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",  # as the tuneline-mlflow ConfigMap (K4)
+           # the conditions of the local run: string hashing (set order in PEFT's adapter_config.json), threads
+           **{k: os.environ[k] for k in ("PYTHONHASHSEED", "OMP_NUM_THREADS") if k in os.environ}}
+    with PodmanService.start(settings.home() / "podman") as engine:
+        runner = KfpLocalRun(graph, work, engine, env=env, mounts=image_mounts(graph, REPO))
+        package = runner.compile(REPO)
+        runner.check_images(package, REPO)  # before the local run: a stale image fails in seconds
+        local = run_local(build_graph(load_pipeline(pipeline_path, {**overrides, **staged})), work)
+        if local.status != rec.SUCCEEDED:
+            failed = [f"{s.name}: {s.reason}" for s in local.steps.values() if s.status == rec.FAILED]
+            raise KfpRunBroken(f"the local run {local.status}: {'; '.join(failed)}")
+        results = runner.run(package, staged, root)
+    matches = compare_steps(graph, local, {n: r.status for n, r in results.items()}, output_of(results, graph))
+    return report("kfp", matches), all(m.ok for m in matches)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tuneline.conformance", description=__doc__.splitlines()[0])
-    parser.add_argument("target", choices=("azureml",), help="the platform whose runtime rules are applied")
+    parser.add_argument("target", choices=("kfp", "azureml"), help="the platform whose runtime is applied")
     parser.add_argument("pipeline", help="pipeline YAML")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="parameter override")
     parser.add_argument("--work", default="build/conformance", help="scratch folder (emptied first)")
     args = parser.parse_args(argv)
+    overrides = parse_set_pairs(args.set)
     try:
-        graph = build_graph(load_pipeline(args.pipeline, parse_set_pairs(args.set)))
+        graph = build_graph(load_pipeline(args.pipeline, overrides))
     except SpecError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -83,6 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True)
     # Both runs hash strings alike, so set-ordered files (PEFT's adapter_config.json target_modules) agree.
     os.environ.setdefault("PYTHONHASHSEED", "0")
+    if args.target == "kfp":
+        try:
+            text, ok = conform_kfp(args.pipeline, overrides, work)
+        except (KfpRunBroken, SpecError) as exc:
+            print(f"{args.pipeline}: kfp: {exc}", file=sys.stderr)
+            print(f"kfp conformance: 0/{len(graph.order)} steps match local")
+            return 2
+        print(f"{args.pipeline}:")
+        print(text)
+        return 0 if ok else 1
     local = run_local(graph, work)
     if local.status != rec.SUCCEEDED:
         failed = [f"{s.name}: {s.reason}" for s in local.steps.values() if s.status == rec.FAILED]

@@ -1,0 +1,184 @@
+"""What the KFP backend does that kfp.local does not (K1-K7 in tuneline.conformance.kfp), checked on the compiled IR
+of every pipeline in pipelines/, plus the data path: object-store importer URIs and the content fingerprint that
+KFP's name-based cache needs."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from readback import kfp_documents
+
+from tuneline.compile.build import compile_graph
+from tuneline.compile.fingerprint import FINGERPRINT_MODULE
+from tuneline.compile.kfp import FINGERPRINT_PREFIX, OBJECT_STORE_PREFIXES
+from tuneline.compile.options import CompileOptions
+from tuneline.compile.outdirs import OUTDIRS_MODULE
+from tuneline.compile.placement import CHECKPOINT_MOUNT
+from tuneline.graph import build_graph
+from tuneline.spec import SpecError, load_pipeline
+
+ROOT = Path(__file__).resolve().parents[2]
+PIPELINES = sorted((ROOT / "pipelines").glob("*.yaml"))
+
+
+def _compile(path: Path, out: Path, overrides: dict | None = None) -> tuple[dict, dict]:
+    graph = build_graph(load_pipeline(path, overrides))
+    graph = graph.for_target("kfp") if hasattr(graph, "for_target") else graph
+    folder = compile_graph(graph, ("kfp",), out, CompileOptions()).folder
+    return kfp_documents(folder / "kfp" / "pipeline.yaml")
+
+
+@pytest.fixture(scope="module", params=PIPELINES, ids=[p.stem for p in PIPELINES])
+def ir(request, tmp_path_factory):
+    return request.param, *_compile(request.param, tmp_path_factory.mktemp(request.param.stem))
+
+
+def _tasks(spec: dict) -> dict:
+    return spec["root"]["dag"]["tasks"]
+
+
+def _component(spec: dict, task: dict) -> dict:
+    return spec["components"][task["componentRef"]["name"]]
+
+
+def _executor(spec: dict, task: dict) -> dict:
+    return spec["deploymentSpec"]["executors"][_component(spec, task)["executorLabel"]]
+
+
+def _is(task: dict, kind: str) -> bool:
+    return task["componentRef"]["name"].startswith(f"comp-{kind}")
+
+
+def test_k1_every_artifact_a_step_reads_is_a_declared_output_of_its_producer(ir):
+    """The launcher registers declared output artifacts (uploadOutputArtifacts); nothing else reaches a consumer."""
+    _, spec, _ = ir
+    tasks = _tasks(spec)
+    for name, task in tasks.items():
+        for source in task.get("inputs", {}).get("artifacts", {}).values():
+            ref = source["taskOutputArtifact"]
+            producer = _component(spec, tasks[ref["producerTask"]])
+            assert ref["outputArtifactKey"] in producer["outputDefinitions"]["artifacts"], (name, ref)
+
+
+def test_k2_every_command_creates_its_output_folders_first(ir):
+    """The launcher creates only each output's parent (prepareOutputFolders); a folder output must exist."""
+    _, spec, _ = ir
+    for name, task in _tasks(spec).items():
+        if _is(task, "importer") or _is(task, "fingerprint"):
+            continue
+        command = _executor(spec, task)["container"]["command"]
+        assert command[:3] == ["python", "-m", OUTDIRS_MODULE], name
+        wrapper = command[3:command.index("--")]
+        outputs = _component(spec, task).get("outputDefinitions", {})
+        for artifact in outputs.get("artifacts", {}):
+            assert f"{{{{$.outputs.artifacts['{artifact}'].path}}}}" in wrapper, (name, artifact)
+        for parameter in outputs.get("parameters", {}):
+            assert f"{{{{$.outputs.parameters['{parameter}'].output_file}}}}" in wrapper, (name, parameter)
+
+
+def test_k3_importers_get_object_store_uris_and_a_fingerprint_keys_every_reader(ir):
+    """The backend's importer fetches gs://, s3://, minio:// only; reimport=False hands back the artifact already
+    registered under that URI, and the cache key holds artifact names, so content must enter as a parameter."""
+    _, spec, _ = ir
+    tasks = _tasks(spec)
+    defaults = {k: v.get("defaultValue") for k, v in spec["root"]["inputDefinitions"]["parameters"].items()}
+    importers = {n: t for n, t in tasks.items() if _is(t, "importer")}
+    assert importers, "the demo pipelines import their data"
+    for name, task in importers.items():
+        importer = _executor(spec, task)["importer"]
+        assert importer.get("reimport", False) is False
+        source = task["inputs"]["parameters"]["uri"]
+        uri = defaults[source["componentInputParameter"]] if "componentInputParameter" in source else \
+            source["runtimeValue"]["constant"]
+        assert uri.startswith(OBJECT_STORE_PREFIXES), (name, uri)
+        fingerprints = [(n, t) for n, t in tasks.items() if _is(t, "fingerprint") and
+                        t["inputs"]["artifacts"]["data"]["taskOutputArtifact"]["producerTask"] == name]
+        assert len(fingerprints) == 1, name
+        fp_name, fp = fingerprints[0]
+        assert fp.get("cachingOptions", {}).get("enableCache", False) is False  # it looks at the bytes every run
+        assert _executor(spec, fp)["container"]["command"][:3] == ["python", "-m", FINGERPRINT_MODULE]
+        readers = [t for t in tasks.values() if any(
+            s.get("taskOutputArtifact", {}).get("producerTask") == name
+            for s in t.get("inputs", {}).get("artifacts", {}).values()) and not _is(t, "fingerprint")]
+        assert readers, name
+        for reader in readers:
+            keyed = [s["taskOutputParameter"] for k, s in reader["inputs"]["parameters"].items()
+                     if k.startswith(FINGERPRINT_PREFIX)]
+            assert {"producerTask": fp_name, "outputParameterKey": "sha256"} in keyed
+
+
+def test_k4_resumable_steps_mount_the_checkpoint_pvc_and_get_the_run_id_from_the_pod(ir):
+    """kfp.local ignores the platform spec; the backend mounts the PVC and fills field-path env per pod."""
+    _, spec, platform = ir
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name, task in _tasks(spec).items():
+        if _is(task, "importer") or _is(task, "fingerprint"):
+            continue
+        k8s = executors[_component(spec, task)["executorLabel"]]
+        assert {"envVar": "TUNELINE_RUN_ID", "fieldPath": "metadata.labels['pipeline/runid']"} in \
+            k8s["fieldPathAsEnv"], name
+        assert k8s["configMapAsEnv"][0]["configMapName"] == "tuneline-mlflow", name
+        env = {e["name"]: e["value"] for e in _executor(spec, task)["container"].get("env", [])}
+        if "TUNELINE_CHECKPOINT_ROOT" in env:
+            assert env["TUNELINE_CHECKPOINT_ROOT"] == CHECKPOINT_MOUNT
+            assert [m["mountPath"] for m in k8s["pvcMount"]] == [CHECKPOINT_MOUNT], name
+
+
+def test_k5_k7_gpu_train_step_asks_for_its_gpu_tolerates_spot_and_retries(ir):
+    """kfp.local warns resources away and retries in-process; on the backend they place and restart the pod."""
+    path, spec, platform = ir
+    pipeline = load_pipeline(path)
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    train = _tasks(spec)["train"]
+    container = _executor(spec, train)["container"]
+    k8s = executors[_component(spec, train)["executorLabel"]]
+    assert train["retryPolicy"]["maxRetryCount"] == pipeline.spec.steps["train"].retries
+    if "accelerator" in container.get("resources", {}):
+        assert container["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+        assert ("kubernetes.azure.com/scalesetpriority", "spot") in {(t["key"], t.get("value"))
+                                                                     for t in k8s["tolerations"]}
+    else:  # a multi-node step: the launcher pod waits; the job's pods carry the GPUs
+        assert "tuneline.compile.launch" in container["command"]
+
+
+def test_k6_caching_is_on_for_cacheable_steps_and_off_for_live_state(ir):
+    path, spec, _ = ir
+    pipeline = load_pipeline(path)
+    graph = build_graph(pipeline)
+    tasks = _tasks(spec)
+    for step, node in graph.nodes.items():
+        task = tasks[step.replace("_", "-")]
+        assert task.get("cachingOptions", {}).get("enableCache", False) is node.cache_enabled, step
+
+
+def _variant(tmp_path: Path, old: str, new: str) -> Path:
+    (tmp_path / "components").symlink_to(ROOT / "components")
+    (tmp_path / "data").symlink_to(ROOT / "data")
+    (tmp_path / "pipelines").mkdir()
+    text = (ROOT / "pipelines" / "finetune.yaml").read_text()
+    assert old in text
+    path = tmp_path / "pipelines" / "finetune.yaml"
+    path.write_text(text.replace(old, new))
+    return path
+
+
+def test_a_relative_data_path_for_kfp_is_refused_with_file_line_and_field(tmp_path):
+    text = (ROOT / "pipelines" / "finetune.yaml").read_text()
+    line = next(n for n, t in enumerate(text.splitlines(), 1) if t.lstrip().startswith("dataset:"))
+    kfp_default = yaml.safe_load(text)["params"]["dataset"]["target_defaults"]["kfp"]
+    path = _variant(tmp_path, f"kfp: {kfp_default}", "kfp: data/sample/tickets.jsonl")
+    with pytest.raises(SpecError) as err:
+        _compile(path, tmp_path / "out")
+    message = str(err.value)
+    assert f"{path}:{line}:" in message
+    assert "params.dataset.target_defaults.kfp: 'data/sample/tickets.jsonl' cannot be imported on KFP" in message
+
+
+@pytest.mark.parametrize("uri", ["s3://", "https://example.com/tickets.jsonl", "minio://bucket-only"])
+def test_a_set_value_that_kfp_cannot_import_is_refused(tmp_path, uri):
+    with pytest.raises(SpecError, match=r"params.dataset \(from --set dataset=...\): .* cannot be imported"):
+        _compile(ROOT / "pipelines" / "finetune.yaml", tmp_path, {"dataset": uri})
+
+
+def test_local_runs_keep_the_local_data_default():
+    assert load_pipeline(ROOT / "pipelines" / "finetune.yaml").params["dataset"] == "data/sample/tickets.jsonl"
