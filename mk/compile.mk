@@ -19,5 +19,4 @@ compile-bench: $(VENV_STAMP) ## time compiling the default pipeline to both targ
 
 conformance: $(VENV_STAMP) ## run the compiled pipelines as Azure ML runs them and compare every step with tuneline run
 	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml tests/fixtures/toy/pipelines/toy.yaml
-	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml pipelines/finetune.yaml $(CONFORMANCE_TINY) \
-		--set deploy_target=azureml
+	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml pipelines/finetune.yaml $(CONFORMANCE_TINY)
