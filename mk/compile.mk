@@ -22,8 +22,6 @@ compile-bench: $(VENV_STAMP) ## time compiling the default pipeline to both targ
 # (tuneline/conformance/podman.py installs podman and runc with apt-get when they are missing).
 conformance: $(VENV_STAMP) images ## run the compiled pipelines as kfp.local and Azure ML run them; compare every step with tuneline run
 	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance kfp tests/fixtures/toy/pipelines/toy.yaml
-	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance kfp pipelines/finetune.yaml $(CONFORMANCE_TINY) \
-		--set deploy_target=kserve
+	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance kfp pipelines/finetune.yaml $(CONFORMANCE_TINY)
 	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml tests/fixtures/toy/pipelines/toy.yaml
-	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml pipelines/finetune.yaml $(CONFORMANCE_TINY) \
-		--set deploy_target=azureml
+	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml pipelines/finetune.yaml $(CONFORMANCE_TINY)

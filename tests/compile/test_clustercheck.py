@@ -25,7 +25,8 @@ def project(tmp_path, monkeypatch) -> Path:
 
 def test_every_pipeline_fits_the_cluster(project, capsys):
     assert main(["cluster", "check", *sorted(str(p) for p in Path("pipelines").glob("*.yaml"))]) == 0
-    assert "pipelines/finetune.yaml: 5 pods fit the cluster" in capsys.readouterr().out
+    # five steps and the fingerprint task after each of the two data imports
+    assert "pipelines/finetune.yaml: 7 pods fit the cluster" in capsys.readouterr().out
 
 
 def test_sixty_four_gpus_per_node_fit_no_pool(project, capsys):
@@ -83,3 +84,18 @@ def test_tolerations_follow_the_kubernetes_matching_rule():
     assert tolerates([{"operator": "Exists"}], taint)
     assert not tolerates([{"key": "sku", "operator": "Equal", "value": "cpu", "effect": "NoSchedule"}], taint)
     assert not tolerates([{"key": "sku", "operator": "Exists", "effect": "NoExecute"}], taint)
+
+
+def test_a_multinode_launcher_without_its_role_names_the_step(project, capsys):
+    kustomization = project / "k8s" / "kubeflow" / "kustomization.yaml"
+    kustomization.write_text(kustomization.read_text().replace("  - launcher-rbac.yaml\n", ""))
+    assert main(["cluster", "check", "pipelines/finetune-multinode.yaml", "pipelines/finetune.yaml"]) == 2
+    captured = capsys.readouterr()
+    assert "pipelines/finetune-multinode.yaml:train: the TrainJob launcher (ServiceAccount tuneline-pipeline) may " \
+           "not create/get/patch/delete trainjobs (trainer.kubeflow.org): no Role bound to it in kubeflow" \
+           in captured.err
+    assert "may not get pods/log" in captured.err
+    assert "pipelines/finetune.yaml: 7 pods fit the cluster" in captured.out  # single-node pods need no Role
+    assert main(["cluster", "check", "pipelines/finetune-multinode.yaml", "--service-account", "nobody"]) == 2
+    assert "the TrainJob launcher runs as ServiceAccount nobody, which k8s/overlays/dev does not create in " \
+           "namespace kubeflow" in capsys.readouterr().err

@@ -6,7 +6,7 @@ from google.protobuf import json_format
 from kfp import components
 from kfp.kubernetes import kubernetes_executor_config_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
-from readback import TOY, kfp_documents, variant
+from readback import TOY, TOY_MULTINODE, kfp_documents, variant
 
 from tuneline.compile.build import compile_graph
 from tuneline.compile.options import CompileOptions
@@ -36,6 +36,13 @@ def _executor(spec: dict, platform: dict, step: str) -> tuple[dict, dict]:
     key = f"exec-{step.replace('_', '-')}"
     return (spec["deploymentSpec"]["executors"][key]["container"],
             platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].get(key, {}))
+
+
+def _step_command(container: dict) -> list:
+    """The command behind the output-folder wrapper every compiled command starts with (test_kfp_backend.py)."""
+    command = container["command"]
+    assert command[:3] == ["python", "-m", "tuneline.compile.outdirs"]
+    return command[command.index("--") + 1:]
 
 
 def test_gpu_train_step_has_tolerations_accelerator_shm_and_resume_volume(compiled):
@@ -68,12 +75,15 @@ def test_gpu_train_step_has_tolerations_accelerator_shm_and_resume_volume(compil
 
 def test_command_is_the_local_command_with_placeholders(compiled):
     spec, platform = kfp_documents(compiled["toy"] / "kfp" / "pipeline.yaml")
-    command = _executor(spec, platform, "make_data")[0]["command"]
+    command = _step_command(_executor(spec, platform, "make_data")[0])
     assert command[:3] == ["python", "-m", "components.make_data"]
     assert "{{$.inputs.artifacts['raw'].path}}" in command
     assert json.loads(command[command.index("--ratio") + 2]) == {
         "Concat": ["--seed=", "{{$.inputs.parameters['seed']}}"]}
-    assert json.loads(command[command.index("--dedup") + 2])["IfPresent"]["InputName"] == "extra"
+    # `$[[--extra ...]]` of an input the step never sets is dropped at compile time, as the backend drops the
+    # IfPresent of an absent input (kfp.local would pass it as null: K9 in tuneline.conformance.kfp).
+    assert not any("extra" in str(token) for token in command)
+    assert "extra" not in spec["components"]["comp-make-data"]["inputDefinitions"].get("artifacts", {})
     assert command[-1] == "{{$.outputs.parameters['rows'].output_file}}"
 
 
@@ -86,7 +96,7 @@ def test_boolean_value_output_feeds_the_gate_of_each_conditional_step(compiled):
     for step in ("publish", "announce"):
         assert tasks[step]["inputs"]["parameters"]["tuneline_gate"]["taskOutputParameter"] == {
             "outputParameterKey": "passed", "producerTask": "check"}
-    command = _executor(spec, platform, "publish")[0]["command"]
+    command = _step_command(_executor(spec, platform, "publish")[0])
     assert command[:5] == ["python", "-m", "tuneline.compile.gate", "--gate",
                            "{{$.inputs.parameters['tuneline_gate']}}"]
     assert command[command.index("--") + 1:][:3] == ["python", "-m", "components.publish"]
@@ -114,27 +124,61 @@ def test_single_node_multi_gpu_runs_torchrun_in_the_pod(tmp_path):
     path = variant(tmp_path, "kubeflow: {gpus: 1,", "kubeflow: {gpus: 2, processes_per_node: 2,")
     out = compile_graph(build_graph(load_pipeline(path)), ("kfp",), tmp_path / "out", CompileOptions())
     spec, platform = kfp_documents(out.folder / "kfp" / "pipeline.yaml")
-    command = _executor(spec, platform, "fit")[0]["command"]
+    command = _step_command(_executor(spec, platform, "fit")[0])
     assert command[:6] == ["torchrun", "--nnodes=1", "--nproc-per-node=2", "--standalone", "-m", "components.fit"]
 
 
-def test_multinode_step_becomes_a_pytorchjob_launcher(compiled):
+def test_multinode_step_becomes_a_trainjob_launcher(compiled):
     folder = compiled["toy-multinode"] / "kfp"
     spec, platform = kfp_documents(folder / "pipeline.yaml")
     container, k8s = _executor(spec, platform, "fit")
-    assert container["command"][:3] == ["python", "-m", "tuneline.compile.launch"]
+    assert _step_command(container)[:3] == ["python", "-m", "tuneline.compile.launch"]
+    # The launcher needs the `kubernetes` client: it runs in the control image, the job in the step's own.
+    assert container["image"] == "registry.example.com/toy/control:1.4.0"
     assert "accelerator" not in container.get("resources", {})  # the launcher pod only waits
+    assert {e["name"]: e["fieldPath"] for e in k8s["fieldPathAsEnv"]} == {
+        "TUNELINE_RUN_ID": "metadata.labels['pipeline/runid']", "TUNELINE_POD_NAME": "metadata.name",
+        "TUNELINE_POD_UID": "metadata.uid"}
     manifest = json.loads(container["command"][container["command"].index("--manifest") + 1])
-    assert manifest == yaml.safe_load((folder / "pytorchjob-fit.yaml").read_text())
+    assert manifest == yaml.safe_load((folder / "trainjob-fit.yaml").read_text())
+    assert manifest["kind"] == "TrainJob" and manifest["apiVersion"] == "trainer.kubeflow.org/v1alpha1"
+    assert manifest["spec"]["runtimeRef"]["name"] == "torch-distributed"
+    assert manifest["spec"]["activeDeadlineSeconds"] == 7200  # the step's timeout: 2h
+    trainer = manifest["spec"]["trainer"]
+    assert trainer["image"] == "registry.example.com/toy/toy-gpu:1.4.0"
+    assert (trainer["numNodes"], trainer["numProcPerNode"]) == (2, 4)
+    assert trainer["command"][:4] == ["torchrun", "--nnodes=2", "--nproc-per-node=4", "-m"]
+    assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == 4
+    pod = manifest["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    assert pod["name"] == "node"
+    pod = pod["template"]["spec"]["template"]
+    assert pod["metadata"]["labels"]["sidecar.istio.io/inject"] == "false"
+    assert {t["key"] for t in pod["spec"]["tolerations"]} == {"sku", "kubernetes.azure.com/scalesetpriority"}
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}} in pod["spec"]["volumes"]
+    assert k8s["pvcMount"][0]["mountPath"] == "/mnt/checkpoints"
+
+
+def test_launcher_pytorchjob_keeps_the_v1_operator(tmp_path):
+    path = variant(tmp_path, "nodes: 2, processes_per_node: 4, accelerator",
+                   "nodes: 2, processes_per_node: 4, launcher: pytorchjob, accelerator", source=TOY_MULTINODE)
+    out = compile_graph(build_graph(load_pipeline(path)), ("kfp",), tmp_path / "out", CompileOptions())
+    manifest = yaml.safe_load((out.folder / "kfp" / "pytorchjob-fit.yaml").read_text())
     assert manifest["kind"] == "PyTorchJob" and manifest["apiVersion"] == "kubeflow.org/v1"
+    assert manifest["spec"]["runPolicy"]["activeDeadlineSeconds"] == 7200
     replicas = manifest["spec"]["pytorchReplicaSpecs"]
     assert replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 1
-    pod = replicas["Worker"]["template"]["spec"]
-    assert pod["containers"][0]["command"][:4] == ["torchrun", "--nnodes=2", "--nproc-per-node=4", "-m"]
-    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 4
-    assert {t["key"] for t in pod["tolerations"]} == {"sku", "kubernetes.azure.com/scalesetpriority"}
-    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}} in pod["volumes"]
-    assert k8s["pvcMount"][0]["mountPath"] == "/mnt/checkpoints"
+    pod = replicas["Worker"]["template"]
+    assert pod["metadata"]["labels"]["sidecar.istio.io/inject"] == "false"
+    assert pod["spec"]["containers"][0]["command"][:4] == ["torchrun", "--nnodes=2", "--nproc-per-node=4", "-m"]
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 4
+
+
+def test_a_step_name_with_underscores_gives_a_dns_1035_job_name(tmp_path):
+    path = variant(tmp_path, "  fit:\n", "  train_llm:\n", source=TOY_MULTINODE)
+    path.write_text(path.read_text().replace("steps.fit.", "steps.train_llm."))
+    out = compile_graph(build_graph(load_pipeline(path)), ("kfp",), tmp_path / "out", CompileOptions())
+    manifest = yaml.safe_load((out.folder / "kfp" / "trainjob-train_llm.yaml").read_text())
+    assert manifest["metadata"]["name"] == "toy-multinode-train-llm"
 
 
 def test_step_fed_by_a_conditional_step_must_share_its_condition(tmp_path):

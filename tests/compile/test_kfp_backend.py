@@ -22,8 +22,7 @@ PIPELINES = sorted((ROOT / "pipelines").glob("*.yaml"))
 
 
 def _compile(path: Path, out: Path, overrides: dict | None = None) -> tuple[dict, dict]:
-    graph = build_graph(load_pipeline(path, overrides))
-    graph = graph.for_target("kfp") if hasattr(graph, "for_target") else graph
+    graph = build_graph(load_pipeline(path, overrides)).for_target("kfp")
     folder = compile_graph(graph, ("kfp",), out, CompileOptions()).folder
     return kfp_documents(folder / "kfp" / "pipeline.yaml")
 
@@ -115,7 +114,7 @@ def test_k4_resumable_steps_mount_the_checkpoint_pvc_and_get_the_run_id_from_the
         if _is(task, "importer") or _is(task, "fingerprint"):
             continue
         k8s = executors[_component(spec, task)["executorLabel"]]
-        assert {"envVar": "TUNELINE_RUN_ID", "fieldPath": "metadata.labels['pipeline/runid']"} in \
+        assert {"name": "TUNELINE_RUN_ID", "fieldPath": "metadata.labels['pipeline/runid']"} in \
             k8s["fieldPathAsEnv"], name
         assert k8s["configMapAsEnv"][0]["configMapName"] == "tuneline-mlflow", name
         env = {e["name"]: e["value"] for e in _executor(spec, task)["container"].get("env", [])}
@@ -164,8 +163,8 @@ def _variant(tmp_path: Path, old: str, new: str) -> Path:
 
 def test_a_relative_data_path_for_kfp_is_refused_with_file_line_and_field(tmp_path):
     text = (ROOT / "pipelines" / "finetune.yaml").read_text()
-    line = next(n for n, t in enumerate(text.splitlines(), 1) if t.lstrip().startswith("dataset:"))
     kfp_default = yaml.safe_load(text)["params"]["dataset"]["target_defaults"]["kfp"]
+    line = next(n for n, t in enumerate(text.splitlines(), 1) if f"kfp: {kfp_default}" in t)
     path = _variant(tmp_path, f"kfp: {kfp_default}", "kfp: data/sample/tickets.jsonl")
     with pytest.raises(SpecError) as err:
         _compile(path, tmp_path / "out")

@@ -75,9 +75,10 @@ def conform_kfp(pipeline_path: str, overrides: dict[str, str], work: Path) -> tu
     from .podman import PodmanService
 
     root = work / "kfp-root"  # kfp.local's pipeline root, bind-mounted into every task at the same path
-    graph = build_graph(load_pipeline(pipeline_path, overrides))  # what is compiled: the cluster's data URIs
+    # What is compiled: the KFP target's values (`target_defaults`), the cluster's data URIs among them.
+    graph = build_graph(load_pipeline(pipeline_path, overrides)).for_target("kfp")
     # The importers read the data from the stand-in store (K3 in tuneline.conformance.kfp), the local run the very
-    # same files, so both start from the same bytes: the local values, where --set gave an object-store URI.
+    # same files, so both start from the same bytes: the local values (no target), also where --set gave a URI.
     remote = {k for k, v in overrides.items() if k in artifact_params(graph) and re.match(r"^[a-z0-9+.-]+://", v)}
     local_values = build_graph(load_pipeline(pipeline_path, {k: v for k, v in overrides.items() if k not in remote}))
     staged = stage_data(local_values, root)
@@ -88,7 +89,7 @@ def conform_kfp(pipeline_path: str, overrides: dict[str, str], work: Path) -> tu
         runner = KfpLocalRun(graph, work, engine, env=env, mounts=image_mounts(graph, REPO))
         package = runner.compile(REPO)
         runner.check_images(package, REPO)  # before the local run: a stale image fails in seconds
-        local = run_local(build_graph(load_pipeline(pipeline_path, {**overrides, **staged})), work)
+        local = run_local(build_graph(load_pipeline(pipeline_path, {**overrides, **staged})).for_target("kfp"), work)
         if local.status != rec.SUCCEEDED:
             failed = [f"{s.name}: {s.reason}" for s in local.steps.values() if s.status == rec.FAILED]
             raise KfpRunBroken(f"the local run {local.status}: {'; '.join(failed)}")
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = parse_set_pairs(args.set)
     try:
-        graph = build_graph(load_pipeline(args.pipeline, overrides))
+        # Both runs take the target's parameter values (its `target_defaults`), so they run the same steps alike.
+        graph = build_graph(load_pipeline(args.pipeline, overrides)).for_target(args.target)
     except SpecError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

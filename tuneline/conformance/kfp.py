@@ -50,6 +50,10 @@ K7 Retries. kfp.local re-runs a failed task in the same process with the policy'
    (`orchestrator/task_executor.py`); the backend starts a new pod per attempt (Argo `retryStrategy`), which is
    what the checkpoint PVC is for.
 K8 One task at a time, in this process; no namespace, ServiceAccount or pod labels.
+K9 An optional input with no value. The backend's driver leaves it out of the executor input, so an IfPresent
+   placeholder drops its block; kfp.local passes it as null and `executor_input_utils.executor_input_to_dict`
+   fails on a null integer (int(None)). The compiler leaves such inputs out of each step's component (they can
+   never be set there), which is the backend's behaviour on both.
 """
 
 from __future__ import annotations
