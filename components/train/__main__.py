@@ -57,6 +57,11 @@ def save_outputs(config: TrainConfig, acc, model, tokenizer, summary: dict) -> N
     else:
         for peft_config in unwrapped.peft_config.values():
             peft_config.base_model_name_or_path = config.base_model
+        # PEFT's model card (README.md) names the base model by the folder it was loaded from (config
+        # _name_or_path, and name_or_path in its tags): a path of this machine, which made the same adapter
+        # differ between a pod and a laptop.
+        base = unwrapped.get_base_model()
+        base.config._name_or_path = base.name_or_path = config.base_model
         # "auto" would look the base model up on the Hub to decide about embedding layers; we never
         # train embeddings in LoRA mode, so no lookup is needed (and none is possible offline).
         unwrapped.save_pretrained(out, save_embedding_layers=False)

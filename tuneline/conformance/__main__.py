@@ -82,7 +82,10 @@ def conform_kfp(pipeline_path: str, overrides: dict[str, str], work: Path) -> tu
     remote = {k for k, v in overrides.items() if k in artifact_params(graph) and re.match(r"^[a-z0-9+.-]+://", v)}
     local_values = build_graph(load_pipeline(pipeline_path, {k: v for k, v in overrides.items() if k not in remote}))
     staged = stage_data(local_values, root)
+    # The cluster's MLflow is a server every pod reaches, artifacts included (k8s/base/mlflow); here its stand-in is
+    # a store on the shared mount, with TUNELINE_HOME there too, since a SQLite store keeps its artifacts under it.
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",  # as the tuneline-mlflow ConfigMap (K4)
+           "TUNELINE_HOME": str(root / "home"),
            # the conditions of the local run: string hashing (set order in PEFT's adapter_config.json), threads
            **{k: os.environ[k] for k in ("PYTHONHASHSEED", "OMP_NUM_THREADS") if k in os.environ}}
     with PodmanService.start(settings.home() / "podman") as engine:
