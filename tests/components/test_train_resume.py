@@ -6,6 +6,7 @@ the scheduler and the RNG to match.
 """
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -41,24 +42,32 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path, train_env):
     data = write_splits(tmp_path / "data", n_train=24)
     env = train_env
     straight, killed = tmp_path / "straight", tmp_path / "killed"
+    # Own sessions: the SIGTERM goes to the victim alone, and neither run outlives a failing test.
     reference = subprocess.Popen(_command(data, straight), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
+                                 stderr=subprocess.DEVNULL, start_new_session=True)
     victim = subprocess.Popen(_command(data, killed), env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-    seen = []
-    for line in victim.stdout:
-        seen.append(line)
-        if line.startswith("step 6/"):
-            victim.send_signal(signal.SIGTERM)
-    assert victim.wait(timeout=120) == 143, "".join(seen[-20:])
-    interrupted_at = [int(line.split()[-1]) for line in seen if line.startswith("checkpoint saved at step")][-1]
-    assert 6 <= interrupted_at < MAX_STEPS
-    assert not (killed / "model" / "training_summary.json").exists()
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        seen = []
+        for line in victim.stdout:
+            seen.append(line)
+            if line.startswith("step 6/"):
+                victim.send_signal(signal.SIGTERM)
+        assert victim.wait(timeout=120) == 143, "".join(seen[-20:])
+        interrupted_at = [int(line.split()[-1]) for line in seen if line.startswith("checkpoint saved at step")][-1]
+        assert 6 <= interrupted_at < MAX_STEPS
+        assert not (killed / "model" / "training_summary.json").exists()
 
-    resumed = subprocess.run(_command(data, killed), env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert f"resumed from checkpoint-{interrupted_at:08d}" in resumed.stdout
-    assert reference.wait(timeout=120) == 0
+        resumed = subprocess.run(_command(data, killed), env=env, cwd=ROOT, capture_output=True, text=True,
+                                 timeout=300)
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        assert f"resumed from checkpoint-{interrupted_at:08d}" in resumed.stdout
+        assert reference.wait(timeout=300) == 0
+    finally:
+        for process in (reference, victim):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
 
     assert _losses(killed) == pytest.approx(_losses(straight), abs=1e-6)
     assert len(_losses(killed)) == MAX_STEPS

@@ -173,17 +173,24 @@ def test_ctrl_c_stops_the_step_and_leaves_a_consistent_record(toy, tmp_path):
                     .replace('{label: "${{steps.nap.outputs.done}}"}', "{count: 1}")
                     .replace("    inputs: {count: 1}", "    inputs: {count: 1}\n    when: ${{steps.nap.outputs.done}}"))
     env = dict(os.environ)
+    # Its own session, as a terminal's Ctrl-C reaches a foreground job: the SIGINT goes to this runner only, and
+    # if the test fails the runner and its step are stopped with it instead of outliving it in pytest's group.
     process = subprocess.Popen([sys.executable, "-m", "tuneline", "run", str(path)], cwd=toy, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log_seen = False
-    deadline = time.time() + 20
-    while time.time() < deadline and not log_seen:
-        logs = list((toy / ".tuneline/runs").glob("*/steps/nap/log.txt"))
-        log_seen = bool(logs) and "started" in logs[0].read_text()
-        time.sleep(0.1)
-    assert log_seen
-    process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=30)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        log_seen = False
+        deadline = time.time() + 60
+        while time.time() < deadline and not log_seen:
+            logs = list((toy / ".tuneline/runs").glob("*/steps/nap/log.txt"))
+            log_seen = bool(logs) and "started" in logs[0].read_text()
+            time.sleep(0.1)
+        assert log_seen
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
     assert process.returncode == 130, out + err
     record = run_record(toy)
     assert record["status"] == "interrupted"
