@@ -31,6 +31,7 @@ from .launch import LAUNCH_MODULE, staged_command
 from .options import MLFLOW_CONFIG_KEYS, MLFLOW_SECRET_KEYS, CompileOptions
 from .placement import CHECKPOINT_MOUNT, GPU_RESOURCE, Placement, placement, resumable
 from .pytorchjob import pytorchjob_manifest
+from .stores import resume_items
 
 _VALUE_TYPES: dict[IOType, type] = {IOType.string: str, IOType.integer: int, IOType.number: float,
                                     IOType.boolean: bool}
@@ -191,6 +192,9 @@ class _Builder:
         elif place.processes_per_node > 1:
             words = leading_words(items)
             items = [(w,) for w in torchrun_prefix(words, 1, place.processes_per_node)] + items[1:]
+        if place.nodes == 1 and resumable(node):
+            # The output path is per-pod scratch: the wrapper keys a store on the PVC ($TUNELINE_CHECKPOINT_ROOT).
+            items = resume_items(self.graph, node, in_output=False) + items
         if node.condition is not None:
             items = _gated(items, ports)
 
