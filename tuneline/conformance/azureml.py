@@ -50,7 +50,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,7 @@ class NodeResult:
     log: Path | None = None
     duration_s: float = 0.0
     exit_code: int | None = None
+    rw_mount_entries: list[str] = field(default_factory=list)
 
 
 def validate_offline(job_file: Path) -> None:
@@ -156,6 +157,7 @@ class AzureMLRuntime:
         self.env = env or {}
         self.image_path = image_path  # what the images put on PYTHONPATH (the repository)
         self.results: dict[str, NodeResult] = {}
+        self.preempted: dict[str, NodeResult] = {}
 
     def _component(self, job: dict[str, Any]) -> tuple[dict[str, Any], Path]:
         ref = job["component"]
@@ -312,9 +314,36 @@ class AzureMLRuntime:
         result.status = "skipped" if SKIPPED in result.log.read_text(errors="replace") else "succeeded"
         return result
 
-    def run(self) -> dict[str, NodeResult]:
+    def rw_mounted(self, name: str) -> list[Path]:
+        """R8: the datastore folders node `name` mounts read-write at a `path:`."""
+        folders = []
+        for output, binding in (self.job["jobs"][name].get("outputs") or {}).items():
+            if isinstance(binding, dict) and binding.get("path") and binding.get("mode", "rw_mount") == "rw_mount":
+                folders.append(self._output_folder(name, output, binding, Path())[0])
+        return folders
+
+    def rw_mount_entries(self, name: str) -> list[str]:
+        """The (non-hidden) names two levels down node `name`'s rw_mount outputs: `<folder>/<subfolder>/<entry>`."""
+        return sorted(p.name for f in self.rw_mounted(name) if f.is_dir() for sub in f.iterdir() if sub.is_dir()
+                      for p in sub.iterdir() if not p.name.startswith("."))
+
+    def wrote_to_rw_mount(self, name: str) -> Callable[[], bool]:
+        """True once the running job has written an entry two levels down a rw_mount output."""
+        return lambda: bool(self.rw_mount_entries(name))
+
+    def run(self, preempt: Collection[str] = ()) -> dict[str, NodeResult]:
+        """Every node in order. A node in `preempt` is first killed as a preempted job is, once it has written to
+        a rw_mount output (its first checkpoint), then submitted again: `preempted[name]` keeps the killed one."""
         validate_offline(self.job_file)
         for name in _order(self.job["jobs"]):
+            if name in preempt:
+                if not self.rw_mounted(name):
+                    raise RuntimeRuleBroken(f"node '{name}' has no rw_mount output at a path to resume from")
+                killed = self.run_node(name, stop_when=self.wrote_to_rw_mount(name))
+                if killed.status != "killed":
+                    raise RuntimeRuleBroken(f"node '{name}' finished before it wrote to its rw_mount output")
+                killed.rw_mount_entries = self.rw_mount_entries(name)  # what survived the kill
+                self.preempted[name] = killed
             self.results[name] = self.run_node(name)
         return self.results
 
