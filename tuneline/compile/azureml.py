@@ -14,6 +14,9 @@ executed, in `tuneline.conformance.azureml`):
   folder as an input and `tuneline.compile.gate` runs its command only when the gate is true;
 - `resources.instance_type` applies to Kubernetes compute only; on AmlCompute the VM size belongs to the cluster,
   so each cluster with an `instance_type` gets a `compute/<cluster>.yml` to create it with;
+- a `resume: true` output (checkpoints) is `rw_mount`ed at a datastore path without `${{name}}`, so a job
+  submitted again mounts the same folder, and the command runs behind `tuneline.compile.resume`, which keys a
+  store inside it by the step's inputs (`checkpoint_output`);
 - a command node has no retry setting (only parallel jobs have `retry_settings`), so `retry: {max, backoff_seconds,
   on}` applies to local and KFP runs, and `retries:` is reported as a compile-time warning here.
 """

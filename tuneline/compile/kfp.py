@@ -5,6 +5,9 @@ Each step becomes one container component that runs the step's own command line:
 is a `dsl.OutputPath(<type>)` file the program writes JSON to, which KFP reads back as an output parameter.
 `when:` is not a `dsl.If`: the step takes the gate as a boolean input and `tuneline.compile.gate` runs its command
 only when the gate is true, as on Azure ML, so every target has one semantics for conditions (the spec validator's).
+A step with a `resume: true` output mounts the checkpoint PVC, gets `TUNELINE_CHECKPOINT_ROOT`, and runs behind
+`tuneline.compile.resume`, which keeps its checkpoints on the volume under a key of its inputs: an output artifact
+path is per-pod scratch, gone when a preempted pod is retried.
 A multi-node step becomes a launcher for a PyTorchJob (see `pytorchjob.py`).
 """
 

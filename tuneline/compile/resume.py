@@ -17,11 +17,12 @@ type; and the sha256 of the content of every input artifact, as the platform sta
 URIs, run ids and pod names differ between a retry and a re-run, so none of them enters the key: a retried pod and
 a re-run with the same inputs compute the same key and find the same store.
 
-`--root` is where the store lives: on KFP the mounted checkpoint PVC (`$TUNELINE_CHECKPOINT_ROOT`, set by the
-compiler); on Azure ML the output itself, rw_mount-ed at a stable datastore path. When the store lies outside the
-output (KFP), a successful step's store is copied into the output path for the platform to upload, then removed
-from the volume; when it lies inside (Azure ML), it stays where it is. A failed or killed step leaves it for the
-next attempt. SIGTERM and SIGINT are passed on to the step, so it can checkpoint before it exits.
+Where the store lives: on KFP under `--root`, the mounted checkpoint PVC (`$TUNELINE_CHECKPOINT_ROOT`, set by the
+compiler with the mount), at `<root>/<key>/<output>`; a successful step's store is copied into the output path for
+the launcher to upload, then removed from the volume. On Azure ML (`--in-output`) inside the output itself, which
+is rw_mount-ed at a datastore path that does not change between jobs, at `<output>/<key>`; it stays there. A failed
+or killed step leaves it for the next attempt. SIGTERM and SIGINT are passed on to the step, so it can checkpoint
+before it exits. The wrapper runs the step as its child rather than exec-ing it, to copy the store afterwards.
 """
 
 from __future__ import annotations
