@@ -98,3 +98,12 @@ def test_no_root_is_a_clear_error(toy, data, tmp_path, monkeypatch):
     done = subprocess.run(command, cwd=toy, capture_output=True, text=True, timeout=30)
     assert done.returncode == 1 and "TUNELINE_CHECKPOINT_ROOT is not set" in done.stderr
     assert not list((tmp_path / "o").iterdir())  # the step never started
+
+
+def test_an_unwritable_root_is_a_clear_error(toy, data, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")  # a file where the volume should be: nothing can be created below it
+    done = subprocess.run(_wrapped(data, blocker, tmp_path / "o"), cwd=toy, capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 1
+    assert "cannot create the checkpoint store" in done.stderr and "is the checkpoint volume mounted" in done.stderr

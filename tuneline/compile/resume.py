@@ -137,7 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         stores = {name: Path(args.root) / key / name for name in outputs}
     for name, store in stores.items():
-        store.mkdir(parents=True, exist_ok=True)
+        try:
+            store.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SystemExit(f"resume: cannot create the checkpoint store {store} ({exc.strerror}): is the "
+                             f"checkpoint volume mounted there and writable for this user?") from None
         found = sorted(p.name for p in store.iterdir())
         print(f"resume: {name} -> {store} (key {key[:12]}; "
               f"{'from an earlier attempt: ' + ', '.join(found) if found else 'empty'})", flush=True)
