@@ -25,7 +25,7 @@ conformance: $(VENV_STAMP) ## run the compiled pipelines as Azure ML runs them a
 	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml tests/fixtures/toy/pipelines/toy.yaml
 	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml tests/fixtures/toy/pipelines/resume.yaml --preempt-resumable
 	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml pipelines/finetune.yaml $(CONFORMANCE_TINY) \
-		--set deploy_target=azureml $(CONFORMANCE_PREEMPT) --preempt-resumable
+		$(CONFORMANCE_PREEMPT) --preempt-resumable
 	$(MAKE) images IMAGES=train-cpu
 	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance.kfp_resume pipelines/finetune.yaml $(CONFORMANCE_TINY) \
 		$(CONFORMANCE_PREEMPT)

@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                              "and check that it resumed (its outputs must still match the uninterrupted local run)")
     args = parser.parse_args(argv)
     try:
-        graph = build_graph(load_pipeline(args.pipeline, parse_set_pairs(args.set)))
+        # Both runs take the target's parameter values (its `target_defaults`), so they run the same steps alike.
+        graph = build_graph(load_pipeline(args.pipeline, parse_set_pairs(args.set))).for_target(args.target)
     except SpecError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
