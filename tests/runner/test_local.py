@@ -155,13 +155,15 @@ steps:
 def test_timeout_sends_sigterm_first(toy, cli, tmp_path):
     marker = tmp_path / "term"
     path = toy / "pipelines/sleepy.yaml"
-    path.write_text(SLEEPY_PIPELINE.replace("{timeout}", "1").replace("{marker}", str(marker))
+    # 4 s: the step must have started Python and installed its SIGTERM handler before the timeout, even on a
+    # loaded machine; with 1 s the default action could kill it first and the marker would be missing.
+    path.write_text(SLEEPY_PIPELINE.replace("{timeout}", "4").replace("{marker}", str(marker))
                     .replace('{label: "${{steps.nap.outputs.done}}"}', "{count: 1}"))
     path.write_text(path.read_text().replace("    inputs: {count: 1}", "    inputs: {count: 1}\n    when: "
                                                                          "${{steps.nap.outputs.done}}"))
     assert cli("run", str(path))[0] == 1
     record = run_record(toy)
-    assert record["steps"]["nap"]["reason"].startswith("timed out after 1s")
+    assert record["steps"]["nap"]["reason"].startswith("timed out after 4s")
     assert statuses(record)["after"] == "not-run"
     assert marker.read_text() == "terminated"  # the step got the chance to checkpoint
 
