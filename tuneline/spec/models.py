@@ -84,6 +84,16 @@ class InputSpec(Strict):
 class OutputSpec(Strict):
     type: IOType
     description: str = ""
+    resume: bool = Field(False, description="a resumable checkpoint store: a folder kept across retries and "
+                                            "re-runs of the step with the same cache key, so an interrupted "
+                                            "attempt's checkpoints are there when the step starts again "
+                                            "(uri_folder only)")
+
+    @model_validator(mode="after")
+    def _resume_is_a_folder(self) -> OutputSpec:
+        if self.resume and self.type != IOType.uri_folder:
+            raise ValueError(f"resume: true applies to uri_folder outputs, not {self.type.value}")
+        return self
 
 
 class Resources(Strict):
@@ -168,6 +178,11 @@ class ComponentSpec(Strict):
         if clash:
             raise ValueError(f"names used as both input and output: {sorted(clash)}")
         return self
+
+    @property
+    def resume_outputs(self) -> list[str]:
+        """The outputs declared `resume: true`, in declaration order."""
+        return [name for name, out in self.outputs.items() if out.resume]
 
     @model_validator(mode="after")
     def _role_inputs_declared(self) -> ComponentSpec:
