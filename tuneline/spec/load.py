@@ -398,6 +398,43 @@ def upstream_steps(bindings: dict[str, Binding], condition: OutputRef | None) ->
     return {r.step for r in refs}
 
 
+# The roles whose `gate_metric` input names a metric of the evaluation (ROLE_INPUTS declares it).
+_METRIC_ROLES = (Role.evaluate, Role.register)
+
+
+def _check_metrics(spec: PipelineSpec, loaded: Loaded, components: dict[str, Component],
+                   bindings: dict[str, dict[str, Binding]], params: dict[str, Any], problems: list[Problem]) -> None:
+    """A gate metric no evaluation can produce (a misspelt `--set gate_metric=...`) fails here, before any step
+    runs; whether this dataset produces it is checked by the prepare step, before training."""
+    from tuneline.ml.metrics import unknown_metric
+
+    reported: set[str] = set()
+
+    def check(loc: tuple[Any, ...], binding: Binding | None, value: Any) -> None:
+        reason = unknown_metric(value) if isinstance(value, str) and value else None
+        if not reason:
+            return
+        if isinstance(binding, ParamRef):  # one problem per parameter, however many steps it feeds
+            if binding.name not in reported:
+                reported.add(binding.name)
+                problems.append(loaded.problem(("params", binding.name), f"{binding.name}: {reason}"))
+            return
+        problems.append(loaded.problem(loc, reason))
+
+    for step_name, component in components.items():
+        if component.spec.role in _METRIC_ROLES:
+            binding = bindings.get(step_name, {}).get("gate_metric")
+            value = params[binding.name] if isinstance(binding, ParamRef) else (
+                binding.value if isinstance(binding, Literal) else component.spec.inputs["gate_metric"].default)
+            check(("steps", step_name, "inputs", "gate_metric"), binding, value)
+    if spec.triggers is not None:
+        binding = parse_binding(spec.triggers.metric)
+        if isinstance(binding, ParamRef) and binding.name in params:
+            check(("triggers", "metric"), binding, params[binding.name])
+        elif isinstance(binding, Literal):
+            check(("triggers", "metric"), binding, binding.value)
+
+
 def parse_set_pairs(pairs: typing.Sequence[str]) -> dict[str, str]:
     """`--set name=value` arguments as a dict; values stay text until `apply_overrides` types them."""
     overrides = {}
@@ -463,6 +500,7 @@ def load_pipeline(path: str | Path, overrides: dict[str, str] | None = None) -> 
     if problems:
         raise SpecError(problems)
     params = apply_overrides(spec, overrides or {}, loaded)
+    _check_metrics(spec, loaded, components, bindings, params, problems)
     for name, value in params.items():
         for step_name, step_bindings in bindings.items():
             for input_name, binding in step_bindings.items():

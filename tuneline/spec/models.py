@@ -126,8 +126,8 @@ ROLE_INPUTS: dict[Role, dict[str, tuple[IOType, ...]]] = {
                  "method": (IOType.string,), "epochs": (IOType.integer,), "max_steps": (IOType.integer,),
                  "per_device_batch": (IOType.integer,), "grad_accum": (IOType.integer,),
                  "max_seq_len": (IOType.integer,)},
-    Role.evaluate: {},
-    Role.register: {"name": (IOType.string,)},
+    Role.evaluate: {"gate_metric": (IOType.string,)},
+    Role.register: {"name": (IOType.string,), "gate_metric": (IOType.string,)},
     Role.deploy: {},
 }
 
