@@ -54,6 +54,8 @@ class InputSpec(Strict):
     min: float | None = None
     max: float | None = None
     enum: list[str | int | float] | None = None
+    accepts_folder: bool = Field(False, description="a uri_file input that also takes a folder (e.g. of dataset "
+                                                    "shards): bound to a folder, the step sees it as a uri_folder")
 
     @property
     def required(self) -> bool:
@@ -65,6 +67,8 @@ class InputSpec(Strict):
             raise ValueError(f"min/max apply to integer and number inputs, not {self.type.value}")
         if self.enum is not None and self.type.is_artifact:
             raise ValueError("enum does not apply to artifact inputs")
+        if self.accepts_folder and self.type != IOType.uri_file:
+            raise ValueError("accepts_folder applies to uri_file inputs")
         if self.default is not None:
             problem = check_value(self, self.default)
             if problem:
