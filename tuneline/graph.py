@@ -57,6 +57,12 @@ class PipelineGraph:
     def params(self) -> dict[str, Any]:
         return self.pipeline.params
 
+    def for_target(self, target: str) -> PipelineGraph:
+        """The graph with the parameter values of compile target `target` (see `Pipeline.for_target`)."""
+        if self.pipeline.target == target:
+            return self
+        return build_graph(self.pipeline.for_target(target))
+
     def compute(self, node: Node) -> ComputeProfile | None:
         if node.step.compute is None:
             return None

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     mlflow.set_tracking_uri(settings.use_tracking())
     client = registry.client()
-    pipeline_run = os.environ.get("TUNELINE_RUN_ID", "")
+    pipeline_run = settings.pipeline_run_id()  # KFP and local: TUNELINE_RUN_ID; Azure ML: the pipeline job
     code = registry.code_version()
     experiment = registry.ensure_experiment(client, args.experiment)
     run_tags = {

@@ -83,3 +83,13 @@ def test_tolerations_follow_the_kubernetes_matching_rule():
     assert tolerates([{"operator": "Exists"}], taint)
     assert not tolerates([{"key": "sku", "operator": "Equal", "value": "cpu", "effect": "NoSchedule"}], taint)
     assert not tolerates([{"key": "sku", "operator": "Exists", "effect": "NoExecute"}], taint)
+
+
+def test_a_multinode_launcher_without_its_role_names_the_step(project, capsys):
+    kustomization = project / "k8s" / "kubeflow" / "kustomization.yaml"
+    kustomization.write_text(kustomization.read_text().replace("  - launcher-rbac.yaml\n", ""))
+    assert main(["cluster", "check", "pipelines/finetune-multinode.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "pipelines/finetune-multinode.yaml:train: the TrainJob launcher (ServiceAccount tuneline-pipeline) may " \
+           "not create/get/patch/delete trainjobs (trainer.kubeflow.org): no Role bound to it in kubeflow" in err
+    assert "may not get pods/log" in err

@@ -6,7 +6,7 @@ from google.protobuf import json_format
 from kfp import components
 from kfp.kubernetes import kubernetes_executor_config_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
-from readback import TOY, kfp_documents, variant
+from readback import TOY, TOY_MULTINODE, kfp_documents, variant
 
 from tuneline.compile.build import compile_graph
 from tuneline.compile.options import CompileOptions
@@ -115,26 +115,62 @@ def test_single_node_multi_gpu_runs_torchrun_in_the_pod(tmp_path):
     out = compile_graph(build_graph(load_pipeline(path)), ("kfp",), tmp_path / "out", CompileOptions())
     spec, platform = kfp_documents(out.folder / "kfp" / "pipeline.yaml")
     command = _executor(spec, platform, "fit")[0]["command"]
-    assert command[:6] == ["torchrun", "--nnodes=1", "--nproc-per-node=2", "--standalone", "-m", "components.fit"]
+    assert command[:3] == ["python", "-m", "tuneline.compile.resume"]  # resume: true outputs (test_resume_ir)
+    step = command[command.index("--") + 1:]
+    assert step[:6] == ["torchrun", "--nnodes=1", "--nproc-per-node=2", "--standalone", "-m", "components.fit"]
 
 
-def test_multinode_step_becomes_a_pytorchjob_launcher(compiled):
+def test_multinode_step_becomes_a_trainjob_launcher(compiled):
     folder = compiled["toy-multinode"] / "kfp"
     spec, platform = kfp_documents(folder / "pipeline.yaml")
     container, k8s = _executor(spec, platform, "fit")
     assert container["command"][:3] == ["python", "-m", "tuneline.compile.launch"]
+    # The launcher needs the `kubernetes` client: it runs in the control image, the job in the step's own.
+    assert container["image"] == "registry.example.com/toy/control:1.4.0"
     assert "accelerator" not in container.get("resources", {})  # the launcher pod only waits
+    assert {e["name"]: e["fieldPath"] for e in k8s["fieldPathAsEnv"]} == {
+        "TUNELINE_RUN_ID": "metadata.labels['pipeline/runid']", "TUNELINE_POD_NAME": "metadata.name",
+        "TUNELINE_POD_UID": "metadata.uid"}
     manifest = json.loads(container["command"][container["command"].index("--manifest") + 1])
-    assert manifest == yaml.safe_load((folder / "pytorchjob-fit.yaml").read_text())
+    assert manifest == yaml.safe_load((folder / "trainjob-fit.yaml").read_text())
+    assert manifest["kind"] == "TrainJob" and manifest["apiVersion"] == "trainer.kubeflow.org/v1alpha1"
+    assert manifest["spec"]["runtimeRef"]["name"] == "torch-distributed"
+    assert manifest["spec"]["activeDeadlineSeconds"] == 7200  # the step's timeout: 2h
+    trainer = manifest["spec"]["trainer"]
+    assert trainer["image"] == "registry.example.com/toy/toy-gpu:1.4.0"
+    assert (trainer["numNodes"], trainer["numProcPerNode"]) == (2, 4)
+    assert trainer["command"][:4] == ["torchrun", "--nnodes=2", "--nproc-per-node=4", "-m"]
+    assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == 4
+    pod = manifest["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    assert pod["name"] == "node"
+    pod = pod["template"]["spec"]["template"]
+    assert pod["metadata"]["labels"]["sidecar.istio.io/inject"] == "false"
+    assert {t["key"] for t in pod["spec"]["tolerations"]} == {"sku", "kubernetes.azure.com/scalesetpriority"}
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}} in pod["spec"]["volumes"]
+    assert k8s["pvcMount"][0]["mountPath"] == "/mnt/checkpoints"
+
+
+def test_launcher_pytorchjob_keeps_the_v1_operator(tmp_path):
+    path = variant(tmp_path, "nodes: 2, processes_per_node: 4, accelerator",
+                   "nodes: 2, processes_per_node: 4, launcher: pytorchjob, accelerator", source=TOY_MULTINODE)
+    out = compile_graph(build_graph(load_pipeline(path)), ("kfp",), tmp_path / "out", CompileOptions())
+    manifest = yaml.safe_load((out.folder / "kfp" / "pytorchjob-fit.yaml").read_text())
     assert manifest["kind"] == "PyTorchJob" and manifest["apiVersion"] == "kubeflow.org/v1"
+    assert manifest["spec"]["runPolicy"]["activeDeadlineSeconds"] == 7200
     replicas = manifest["spec"]["pytorchReplicaSpecs"]
     assert replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 1
-    pod = replicas["Worker"]["template"]["spec"]
-    assert pod["containers"][0]["command"][:4] == ["torchrun", "--nnodes=2", "--nproc-per-node=4", "-m"]
-    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 4
-    assert {t["key"] for t in pod["tolerations"]} == {"sku", "kubernetes.azure.com/scalesetpriority"}
-    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}} in pod["volumes"]
-    assert k8s["pvcMount"][0]["mountPath"] == "/mnt/checkpoints"
+    pod = replicas["Worker"]["template"]
+    assert pod["metadata"]["labels"]["sidecar.istio.io/inject"] == "false"
+    assert pod["spec"]["containers"][0]["command"][:4] == ["torchrun", "--nnodes=2", "--nproc-per-node=4", "-m"]
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 4
+
+
+def test_a_step_name_with_underscores_gives_a_dns_1035_job_name(tmp_path):
+    path = variant(tmp_path, "  fit:\n", "  train_llm:\n", source=TOY_MULTINODE)
+    path.write_text(path.read_text().replace("steps.fit.", "steps.train_llm."))
+    out = compile_graph(build_graph(load_pipeline(path)), ("kfp",), tmp_path / "out", CompileOptions())
+    manifest = yaml.safe_load((out.folder / "kfp" / "trainjob-train_llm.yaml").read_text())
+    assert manifest["metadata"]["name"] == "toy-multinode-train-llm"
 
 
 def test_step_fed_by_a_conditional_step_must_share_its_condition(tmp_path):
@@ -142,3 +178,30 @@ def test_step_fed_by_a_conditional_step_must_share_its_condition(tmp_path):
                    "    inputs: {model_uri")
     with pytest.raises(SpecError, match="'publish' runs only when"):
         load_pipeline(path)
+
+
+def test_resume_output_runs_behind_the_wrapper_with_the_pvc_and_its_root(compiled):
+    """`resume: true` (fit's checkpoints): the PVC at the mount path, TUNELINE_CHECKPOINT_ROOT naming it, and the
+    command behind tuneline.compile.resume, which keys the store by every input (tests/compile/test_resume.py)."""
+    spec, platform = kfp_documents(compiled["toy"] / "kfp" / "pipeline.yaml")
+    container, k8s = _executor(spec, platform, "fit")
+    assert k8s["pvcMount"] == [{"constant": "tuneline-checkpoints", "mountPath": "/mnt/checkpoints",
+                                "pvcNameParameter": {"runtimeValue": {"constant": "tuneline-checkpoints"}}}]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["TUNELINE_CHECKPOINT_ROOT"] == "/mnt/checkpoints"
+    command = container["command"]
+    split = command.index("--")
+    wrapper, step = command[:split], command[split + 1:]
+    assert wrapper[:5] == ["python", "-m", "tuneline.compile.resume", "--component", "components/fit"]
+    assert "--root" not in wrapper and "--in-output" not in wrapper  # the root is the mounted volume's env var
+    pairs = [json.loads(w)["Concat"] for w in wrapper[5:] if w.startswith("{")]
+    assert ["checkpoints=", "{{$.outputs.artifacts['checkpoints'].path}}"] in pairs
+    assert ["train=", "{{$.inputs.artifacts['train'].path}}"] in pairs
+    assert {p[0] for p in pairs} == {"checkpoints=", "train=", "rows=", "base=", "lr=", "method="}
+    assert step[:3] == ["python", "-m", "components.fit"]
+    assert "{{$.outputs.artifacts['checkpoints'].path}}" in step
+    # A step without a resume: true output: no volume, no root, no wrapper.
+    cpu_container, cpu_k8s = _executor(spec, platform, "make_data")
+    assert "pvcMount" not in cpu_k8s
+    assert "TUNELINE_CHECKPOINT_ROOT" not in {e["name"] for e in cpu_container.get("env", [])}
+    assert "tuneline.compile.resume" not in cpu_container["command"]

@@ -250,6 +250,138 @@ def test_openai_client_lists_chats_streams_and_completes(deployed) -> None:
         openai.OpenAI(base_url=f"{result.proxy_url}/v1", api_key="wrong", max_retries=0).models.list()
 
 
+def test_openai_stream_arrives_piece_by_piece(deployed) -> None:
+    """Token streaming end to end: the decoupled twin's responses, relayed by the proxy as they come."""
+    import time
+
+    import openai
+
+    _, result = deployed
+    token = load_token(Path(result.token_file))
+    client = openai.OpenAI(base_url=f"{result.proxy_url}/v1", api_key=token, max_retries=0)
+    messages = [{"role": "user", "content": "The printer is offline"}]
+    whole = client.chat.completions.create(model="tuneline-llm", messages=messages, max_tokens=200)
+    started = time.perf_counter()
+    arrivals, pieces = [], []
+    for chunk in client.chat.completions.create(model="tuneline-llm", messages=messages, max_tokens=200,
+                                                stream=True):
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append(time.perf_counter() - started)
+            pieces.append(chunk.choices[0].delta.content)
+    total = time.perf_counter() - started
+    assert "".join(pieces) == whole.choices[0].message.content  # greedy: the same text, in pieces
+    # 200 tokens of a random model: many pieces, the first well before the answer ends.
+    assert len(pieces) >= 10 and arrivals[0] < total / 2, (len(pieces), arrivals[0], total)
+    texts = {}
+    for chunk in client.completions.create(model="tuneline-llm", prompt=["The printer", "My invoice"], max_tokens=8,
+                                           stream=True):
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + choice.text
+    plain = client.completions.create(model="tuneline-llm", prompt=["The printer", "My invoice"], max_tokens=8)
+    assert [texts[0], texts[1]] == [c.text for c in plain.choices]
+
+
+def test_a_client_that_disconnects_frees_its_slot(deployed, monkeypatch) -> None:
+    """Real proxy, real Triton: a client that leaves mid-request (waiting or mid-stream) gives its one slot back."""
+    import http.client
+    import socket
+    import time
+
+    from tests.serve.conftest import running_proxy
+    from tuneline.serve.proxy import ProxyLimits
+
+    state_dir, result = deployed
+    token = load_token(Path(result.token_file))
+    log = state_dir / "feedback" / "disconnect.jsonl"
+    monkeypatch.setenv("TUNELINE_REQUEST_LOG", str(log))  # answered requests are logged; abandoned ones are not
+
+    def call(port: int, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn.request(method, path, body=json.dumps(body) if body else None,
+                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = json.loads(resp.read())
+        conn.close()
+        return resp.status, data
+
+    def inflight(port: int) -> int:
+        return call(port, "GET", "/v1/stats")[1]["admission"]["inflight"]
+
+    def wait_for(port: int, count: int, within: float) -> float:
+        started = time.monotonic()
+        while inflight(port) != count:
+            assert time.monotonic() - started < within, f"in-flight count did not reach {count} in {within}s"
+            time.sleep(0.02)
+        return time.monotonic() - started
+
+    def leave_after(port: int, path: str, body: dict, read_first: bool) -> None:
+        raw = json.dumps(body).encode()
+        sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer {token}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n".encode() + raw)
+        wait_for(port, 1, 30)
+        # The one slot is taken: with no queue, another request is refused at once.
+        assert call(port, "POST", "/v1/generate", {"prompt": "hi", "max_new_tokens": 1})[0] == 429
+        if read_first:
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")  # the stream is under way
+        sock.close()
+
+    with running_proxy(state_dir, token, ProxyLimits(max_inflight=1, max_queue=0)) as port:
+        # 32 prompts x 256 tokens: seconds of work, so the client leaves long before its answer exists.
+        waiting = {"prompt": [f"left while waiting {i}" for i in range(32)], "max_new_tokens": 256}
+        leave_after(port, "/v1/generate", waiting, read_first=False)
+        wait_for(port, 0, 5)
+        streaming = {"model": "tuneline-llm", "messages": [{"role": "user", "content": "left mid-stream"}],
+                     "max_tokens": 256, "stream": True}
+        leave_after(port, "/v1/chat/completions", streaming, read_first=True)
+        wait_for(port, 0, 5)
+        # The next request is admitted and answered.
+        status_code, body = call(port, "POST", "/v1/generate", {"prompt": "next one", "max_new_tokens": 2})
+        assert status_code == 200 and isinstance(body["text"], str)
+    logged = log.read_text()
+    assert "next one" in logged and "left while waiting" not in logged and "left mid-stream" not in logged
+
+
+def test_served_requests_feed_the_drift_trigger(deployed, monkeypatch) -> None:
+    """The endpoint's own request log against the training prompts: on-task traffic passes, off-task fires."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.serve.conftest import running_proxy
+    from tests.support.tickets import ticket_records
+    from tuneline.spec.models import Triggers
+    from tuneline.triggers.drift import check_drift
+
+    state_dir, result = deployed
+    token = load_token(Path(result.token_file))
+    reference = state_dir / "drift" / "train.jsonl"  # what the model was trained on
+    reference.parent.mkdir(parents=True, exist_ok=True)
+    reference.write_text("".join(json.dumps(r) + "\n" for r in ticket_records(300, seed=1)))
+    on_task = [r["messages"][1]["content"] for r in ticket_records(80, seed=7)]
+    off_task = [f"Write a {n}-line poem about the colour of the sea at dawn, then translate it into French "
+                f"and Italian, and explain each metaphor in detail for a {n + 7}-year-old reader."
+                for n in range(60)]
+
+    def send(port: int, prompts: list[str]) -> list[int]:
+        def one(prompt: str) -> int:
+            body = {"model": "tuneline-llm", "messages": [{"role": "user", "content": prompt}], "max_tokens": 1}
+            return _post(f"http://127.0.0.1:{port}/v1/chat/completions", body, token)[0]
+
+        with ThreadPoolExecutor(16) as pool:
+            return list(pool.map(one, prompts))
+
+    results = {}
+    for name, prompts in (("on_task", on_task), ("off_task", off_task)):
+        log = state_dir / "drift" / f"{name}.jsonl"
+        monkeypatch.setenv("TUNELINE_REQUEST_LOG", str(log))
+        with running_proxy(state_dir, token) as port:
+            assert send(port, prompts) == [200] * len(prompts)
+        triggers = Triggers(drift_psi=0.2, requests_log=str(log))
+        results[name] = check_drift(triggers, state_dir, reference, min_requests=50)
+    assert results["on_task"].status == "ok", results["on_task"].reason
+    assert results["off_task"].status == "fired" and "PSI" in results["off_task"].reason, results["off_task"].reason
+    assert results["off_task"].metrics["psi.max"] >= 0.2 > results["on_task"].metrics["psi.max"]
+
+
 def test_overload_is_answered_429_with_retry_after_never_a_reset(deployed) -> None:
     """A proxy with one slot and one queue place, in front of the same Triton, under 12 concurrent clients."""
     import http.client

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tuneline.serve.openai_api import ApiError, Result, parse_chat, parse_completion, response, stream_events
+from tuneline.serve.openai_api import ApiError, Result, StreamWriter, parse_chat, parse_completion, response
 
 
 def _chat(**fields) -> bytes:
@@ -84,11 +84,27 @@ def test_responses_carry_usage_and_finish_reason() -> None:
 def test_stream_is_server_sent_chunks_ending_with_done() -> None:
     result = Result(texts=["ok"], prompt_tokens=[7], completion_tokens=[2], finish_reasons=["length"])
     gen = parse_chat(_chat(stream=True, stream_options={"include_usage": True}))
-    events = list(stream_events(gen, result, "m"))
+    writer = StreamWriter(gen, "m")
+    events = [writer.start(0), writer.piece(0, "o"), writer.piece(0, "k"), writer.finish(0, "length")]
+    events += writer.end(result).split(b"\n\n")[:-1]
+    events = [e if e.endswith(b"\n\n") else e + b"\n\n" for e in events]
     assert all(e.startswith(b"data: ") and e.endswith(b"\n\n") for e in events)
     assert events[-1] == b"data: [DONE]\n\n"
     chunks = [json.loads(e[6:]) for e in events[:-1]]
-    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
-    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == "ok"
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"} and len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert [c["choices"][0]["delta"].get("content") for c in chunks[1:3]] == ["o", "k"]
     assert chunks[-2]["choices"][0]["finish_reason"] == "length"
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] == 9
+
+
+def test_completion_stream_chunks_carry_text_and_errors_are_events() -> None:
+    gen = parse_completion(json.dumps({"model": "m", "prompt": ["a", "b"], "stream": True}).encode())
+    writer = StreamWriter(gen, "m")
+    assert writer.start(0) == b""  # a completion chunk has no role
+    chunk = json.loads(writer.piece(1, "x")[6:])
+    assert chunk["object"] == "text_completion" and chunk["choices"][0] == {
+        "index": 1, "text": "x", "logprobs": None, "finish_reason": None}
+    assert "usage" not in chunk and writer.end(Result([], [], [], [])) == b"data: [DONE]\n\n"
+    error = json.loads(StreamWriter.error("upstream stream broke", 502)[6:])
+    assert error["error"]["message"] == "upstream stream broke" and error["error"]["type"] == "server_error"

@@ -33,6 +33,11 @@ def test_config_declares_the_openai_inputs_and_usage_outputs() -> None:
         assert f'name: "{name}"' in text
     # Requests carry their deadline to Triton's queue as the `timeout` parameter.
     assert "allow_timeout_override: true" in text
+    # Streaming: a decoupled twin with a `stream` switch, dynamically batched too, loading the same weights.
+    assert 'name: "stream" data_type: TYPE_BOOL' in text and "decoupled" not in text
+    twin = render_config(RepositorySpec(), decoupled=True)
+    assert 'name: "tuneline-llm-stream"' in twin and "model_transaction_policy { decoupled: true }" in twin
+    assert "dynamic_batching {" in twin and '"weights_dir" value: { string_value: "../../tuneline-llm/1" }' in twin
 
 
 @pytest.mark.parametrize(("cores", "instances", "threads"), [(1, 1, 1), (2, 1, 2), (8, 1, 8), (16, 2, 8), (20, 3, 6)])

@@ -8,11 +8,12 @@ from pathlib import Path
 
 from ..graph import PipelineGraph, build_graph
 from ..spec import load_pipeline
+from ..spec.models import COMPILE_TARGETS
 from . import RECURRING_RUN_FILE
 from .images import check_environments
 from .options import CompileOptions
 
-TARGETS = ("kfp", "azureml")
+TARGETS = COMPILE_TARGETS
 
 
 @dataclass
@@ -25,6 +26,8 @@ class CompileOutput:
 
 def compile_graph(graph: PipelineGraph, targets: tuple[str, ...], folder: Path,
                   options: CompileOptions) -> CompileOutput:
+    """Each target gets the graph with its own parameter defaults (`target_defaults`); a value it cannot run
+    raises SpecError naming the step input."""
     options = options.for_pipeline(graph.pipeline.spec.images)
     if options.production:
         check_environments(graph.pipeline.root, {n.component.spec.environment for n in graph.nodes.values()})
@@ -34,7 +37,7 @@ def compile_graph(graph: PipelineGraph, targets: tuple[str, ...], folder: Path,
         from .kfp import compile_kfp  # kfp takes about a second to import: only when asked for
         from .schedule import kfp_recurring_run
 
-        result = compile_kfp(graph, folder / "kfp", options)
+        result = compile_kfp(graph.for_target("kfp"), folder / "kfp", options)
         output.files += [result.pipeline, *result.manifests]
         if schedule is not None:
             path = folder / "kfp" / RECURRING_RUN_FILE
@@ -44,7 +47,7 @@ def compile_graph(graph: PipelineGraph, targets: tuple[str, ...], folder: Path,
     if "azureml" in targets:
         from .azureml import compile_azureml
 
-        aml = compile_azureml(graph, folder / "azureml", options)
+        aml = compile_azureml(graph.for_target("azureml"), folder / "azureml", options)
         output.files += [*aml.components.values(), aml.job, *aml.computes] + ([aml.schedule] if aml.schedule else [])
         output.warnings += [f"azureml: {w}" for w in aml.warnings]
     return output

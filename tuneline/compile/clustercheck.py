@@ -17,6 +17,10 @@ Secrets/PVCs/ConfigMaps they mount, the pod templates of multi-node jobs, and th
 - every Secret, PersistentVolumeClaim, ServiceAccount and ConfigMap a pod references must be rendered by k8s/
   (`kubectl kustomize`, through tuneline.k8s.render) in the namespace where the pods run: standalone Kubeflow
   Pipelines runs pipeline pods in `kubeflow` (multi-user installs: the profile's namespace, `--namespace`);
+- a multi-node step's launcher runs as the run's ServiceAccount (`--service-account`, the one runs are submitted
+  with): it must exist there with its token mounted, and the Roles bound to it must grant every call the launcher
+  makes for that job kind (`tuneline.compile.launch.PERMISSIONS`), by the RBAC rule-matching of
+  https://kubernetes.io/docs/reference/access-authn-authz/rbac/ (`*` matches all);
 - every image must be `<registry>/<name>` of an environments/<name>/ that has a Dockerfile, and every Azure ML
   environment the name and version that environments/<name>/environment.yaml registers.
 No API server is needed or contacted: this is the scheduler's and the kubelet's admission arithmetic, done offline.
@@ -36,6 +40,7 @@ import yaml
 
 from ..spec import SpecError
 from . import CompileError
+from .options import DEFAULT_KFP_SERVICE_ACCOUNT
 
 KFP_NAMESPACE = "kubeflow"
 DEFAULT_POOLS = Path("k8s/nodepools.yaml")
@@ -143,8 +148,14 @@ def kfp_pods(pipeline_file: Path) -> list[PodNeeds]:
 
 def job_pods(manifest_file: Path, step: str) -> list[PodNeeds]:
     """The pod templates of a multi-node step's job (PyTorchJob replica specs, or a TrainJob's pod spec)."""
+    from .trainjob import KIND as TRAINJOB
+    from .trainjob import pod_template_of
+
     manifest = yaml.safe_load(manifest_file.read_text())
-    templates = [r["template"] for r in (manifest.get("spec", {}).get("pytorchReplicaSpecs") or {}).values()]
+    if manifest.get("kind") == TRAINJOB:
+        templates = [pod_template_of(manifest)]
+    else:
+        templates = [r["template"] for r in (manifest.get("spec", {}).get("pytorchReplicaSpecs") or {}).values()]
     pods = []
     for template in templates:
         spec = template.get("spec", {})
@@ -248,18 +259,65 @@ def placement_problems(pod: PodNeeds, pools: list[Any], skus: dict[str, Sku]) ->
     return [f"no node pool can run it{where}: " + "; ".join(f"{name}: {why}" for name, why in reasons.items())]
 
 
-def rendered_objects(k8s_dirs: list[Path]) -> dict[Path, set[tuple[str, str, str]]]:
-    """{kustomization: {(kind, namespace, name)}} rendered by kustomize itself."""
+@dataclass
+class Rendered:
+    """What one kustomization creates: `(kind, namespace, name) in rendered`, and each object's body."""
+    bodies: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.bodies
+
+
+def rendered_objects(k8s_dirs: list[Path]) -> dict[Path, Rendered]:
+    """{kustomization: its objects} rendered by kustomize itself."""
     from ..k8s.render import render
 
     out = {}
     for folder in k8s_dirs:
-        objects = set()
+        rendered = Rendered()
         for resource in render(folder):
             meta = resource.obj.get("metadata") or {}
-            objects.add((resource.kind, meta.get("namespace", "default"), resource.name))
-        out[folder] = objects
+            rendered.bodies[(resource.kind, meta.get("namespace", "default"), resource.name)] = resource.obj
+        out[folder] = rendered
     return out
+
+
+def _grants(rule: dict[str, Any], group: str, resource: str, verb: str) -> bool:
+    def has(values: Any, wanted: str) -> bool:
+        return "*" in (values or []) or wanted in (values or [])
+    return has(rule.get("apiGroups"), group) and has(rule.get("resources"), resource) and has(rule.get("verbs"), verb)
+
+
+def launcher_problems(job_kind: str, account: str, namespace: str, rendered: Rendered, folder: Path) -> list[str]:
+    """Why the launcher of a `job_kind` job, running as `account`, could not make its API calls."""
+    from .launch import PERMISSIONS
+
+    sa = rendered.bodies.get(("ServiceAccount", namespace, account))
+    if sa is None:
+        return [f"the {job_kind} launcher runs as ServiceAccount {account}, which {folder} does not create in "
+                f"namespace {namespace}"]
+    problems = []
+    if sa.get("automountServiceAccountToken") is False:
+        problems.append(f"ServiceAccount {account} (the {job_kind} launcher's) sets automountServiceAccountToken: "
+                        f"false, so the launcher has no token for the API ({folder})")
+    rules: list[dict[str, Any]] = []
+    for (kind, ns, _), body in rendered.bodies.items():
+        if kind != "RoleBinding" or ns != namespace:
+            continue
+        if not any(s.get("kind") == "ServiceAccount" and s.get("name") == account
+                   and s.get("namespace", ns) == namespace for s in body.get("subjects") or []):
+            continue
+        ref = body.get("roleRef") or {}
+        role_ns = namespace if ref.get("kind") == "Role" else "default"
+        role = rendered.bodies.get((ref.get("kind", ""), role_ns, ref.get("name", "")))
+        rules += (role or {}).get("rules") or []
+    for group, resource, verbs in PERMISSIONS[job_kind]:
+        missing = [v for v in verbs if not any(_grants(r, group, resource, v) for r in rules)]
+        if missing:
+            problems.append(f"the {job_kind} launcher (ServiceAccount {account}) may not {'/'.join(missing)} "
+                            f"{resource}{f' ({group})' if group else ''}: no Role bound to it in {namespace} grants "
+                            f"it ({folder})")
+    return problems
 
 
 def environment_registry(root: Path) -> tuple[set[str], set[str]]:
@@ -292,8 +350,8 @@ class CheckResult:
     pods: int
 
 
-def check_pipeline(path: Path, pools: list[Any], skus: dict[str, Sku], objects: dict[Path, set[tuple[str, str, str]]],
-                   namespace: str, root: Path) -> CheckResult:
+def check_pipeline(path: Path, pools: list[Any], skus: dict[str, Sku], objects: dict[Path, Rendered],
+                   namespace: str, root: Path, account: str = DEFAULT_KFP_SERVICE_ACCOUNT) -> CheckResult:
     from ..graph import build_graph
     from ..spec import load_pipeline
     from .build import compile_graph
@@ -308,6 +366,10 @@ def check_pipeline(path: Path, pools: list[Any], skus: dict[str, Sku], objects: 
         for manifest in sorted((out.folder / "kfp").glob("*job-*.yaml")):
             step = manifest.stem.split("-", 1)[1]
             pods += job_pods(manifest, step)
+            job_kind = yaml.safe_load(manifest.read_text())["kind"]
+            for folder, rendered in objects.items():
+                problems += [f"{path}:{step}: {p}" for p in launcher_problems(job_kind, account, namespace,
+                                                                              rendered, folder)]
         for component in sorted((out.folder / "azureml" / "components").glob("*.yml")):
             env = yaml.safe_load(component.read_text()).get("environment")
             if env not in registered:
@@ -349,6 +411,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: every overlay in k8s/overlays)")
     parser.add_argument("--namespace", default=KFP_NAMESPACE,
                         help="where the pipeline pods run (standalone KFP: kubeflow)")
+    parser.add_argument("--service-account", default=DEFAULT_KFP_SERVICE_ACCOUNT,
+                        help="the ServiceAccount runs are submitted with (the multi-node launcher's identity)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -370,7 +434,8 @@ def run(args: argparse.Namespace) -> int:
         status = 2
     for pipeline in args.pipelines:
         try:
-            result = check_pipeline(Path(pipeline), pools, skus, objects, args.namespace, Path.cwd())
+            result = check_pipeline(Path(pipeline), pools, skus, objects, args.namespace, Path.cwd(),
+                                    args.service_account)
         except SpecError as exc:
             for problem in exc.problems:
                 print(problem, file=sys.stderr)

@@ -5,7 +5,12 @@ Each step becomes one container component that runs the step's own command line:
 is a `dsl.OutputPath(<type>)` file the program writes JSON to, which KFP reads back as an output parameter.
 `when:` is not a `dsl.If`: the step takes the gate as a boolean input and `tuneline.compile.gate` runs its command
 only when the gate is true, as on Azure ML, so every target has one semantics for conditions (the spec validator's).
-A multi-node step becomes a launcher for a PyTorchJob (see `pytorchjob.py`).
+A step with a `resume: true` output mounts the checkpoint PVC, gets `TUNELINE_CHECKPOINT_ROOT`, and runs behind
+`tuneline.compile.resume`, which keeps its checkpoints on the volume under a key of its inputs: an output artifact
+path is per-pod scratch, gone when a preempted pod is retried.
+A multi-node step becomes a launcher task that runs it as a Kubeflow Trainer TrainJob (`trainjob.py`, the default)
+or a PyTorchJob (`pytorchjob.py`); see `launch.py`. The launcher task runs in the control image, which has the
+`kubernetes` client (the job's pods run the step's own image).
 """
 
 from __future__ import annotations
@@ -27,14 +32,20 @@ from ..spec.models import IOType
 from . import PIPELINE_FILE, CompileError
 from .command import Item, OptionalBlock, Ref, Token, leading_words, parse_command, torchrun_prefix
 from .gate import GATE_INPUT, GATE_MODULE
-from .launch import LAUNCH_MODULE, staged_command
+from .jobpod import dns_1035, pod_parts
+from .launch import LAUNCH_MODULE, POD_NAME_ENV, POD_UID_ENV, staged_command
 from .options import MLFLOW_CONFIG_KEYS, MLFLOW_SECRET_KEYS, CompileOptions
 from .placement import CHECKPOINT_MOUNT, GPU_RESOURCE, Placement, placement, resumable
 from .pytorchjob import pytorchjob_manifest
+from .stores import resume_items
+from .trainjob import trainjob_manifest
 
 _VALUE_TYPES: dict[IOType, type] = {IOType.string: str, IOType.integer: int, IOType.number: float,
                                     IOType.boolean: bool}
 _KW = inspect.Parameter.KEYWORD_ONLY
+# The image the multi-node launcher task runs in: environments/control installs the `kubernetes` client
+# (pyproject.toml's `platform` extra), which the training images do not carry.
+LAUNCHER_ENVIRONMENT = "control"
 
 
 def artifact_class(kind: IOType) -> type:
@@ -188,9 +199,13 @@ class _Builder:
             manifest = self._manifest(node, place, items)
             self.manifests[node.name] = manifest
             items = _launcher_items(node, ports, manifest, place)
+            image = self.options.images.image(LAUNCHER_ENVIRONMENT)
         elif place.processes_per_node > 1:
             words = leading_words(items)
             items = [(w,) for w in torchrun_prefix(words, 1, place.processes_per_node)] + items[1:]
+        if place.nodes == 1 and resumable(node):
+            # The output path is per-pod scratch: the wrapper keys a store on the PVC ($TUNELINE_CHECKPOINT_ROOT).
+            items = resume_items(self.graph, node, in_output=False) + items
         if node.condition is not None:
             items = _gated(items, ports)
 
@@ -200,19 +215,23 @@ class _Builder:
         return _container_component(node.name, params, build)
 
     def _manifest(self, node: Node, place: Placement, items: list[Item]) -> dict[str, Any]:
-        """The PyTorchJob as it would run with the pipeline's current parameter values (the launcher re-renders
-        the command with the run's values)."""
+        """The TrainJob or PyTorchJob as it would run with the pipeline's current parameter values (the launcher
+        names it per run and re-renders the command with the run's values)."""
         torchrun_prefix(leading_words(items), place.nodes, place.processes_per_node)  # refuses non-python early
         values = {name: (f"<{b.step}.{b.output}>" if isinstance(b, OutputRef) else self.graph.resolve_literal(b))
                   for name, b in node.bindings.items() if not node.input_type(name).is_artifact}
         artifacts = [name for name, b in node.bindings.items() if node.input_type(name).is_artifact]
         command = staged_command(node.component.spec, values, artifacts, f"{CHECKPOINT_MOUNT}/$(TUNELINE_RUN_ID)/"
                                  f"{node.name}", place.nodes, place.processes_per_node)
-        return pytorchjob_manifest(name=f"{self.graph.name}-{node.name}", step=node.name, image=self.image(node),
-                                   command=command, place=place, env=self._env(node, place),
-                                   pvc=self.options.checkpoint_pvc, mlflow_secret=self.options.mlflow_secret,
-                                   mlflow_config_map=self.options.mlflow_config_map,
-                                   backoff_limit=node.retries)
+        parts = pod_parts(self.image(node), command, place, self._env(node, place), self.options.checkpoint_pvc,
+                          self.options.mlflow_secret, self.options.mlflow_config_map)
+        name = dns_1035(f"{self.graph.name}-{node.name}")
+        deadline = int(node.step.timeout_seconds) if node.step.timeout_seconds else None
+        if place.launcher == "pytorchjob":
+            return pytorchjob_manifest(name, node.name, parts, place.nodes, place.processes_per_node,
+                                       backoff_limit=node.retries, deadline_seconds=deadline)
+        return trainjob_manifest(name, node.name, parts, place.nodes, place.processes_per_node,
+                                 deadline_seconds=deadline)
 
     def _env(self, node: Node, place: Placement) -> dict[str, str]:
         env = {"TUNELINE_STEP": node.name, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
@@ -296,7 +315,11 @@ class _Builder:
         if resumable(node) or place.nodes > 1:
             kubernetes.mount_pvc(task, pvc_name=self.options.checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
         if place.nodes > 1:
-            return  # the launcher pod only waits: the PyTorchJob pods get the resources and tolerations
+            # The job's ownerReference names the launcher pod (launch.py); the pods of the job get the
+            # resources and tolerations, the launcher pod only waits.
+            kubernetes.use_field_path_as_env(task, env_name=POD_NAME_ENV, field_path="metadata.name")
+            kubernetes.use_field_path_as_env(task, env_name=POD_UID_ENV, field_path="metadata.uid")
+            return
         if place.cpu:
             task.set_cpu_request(place.cpu).set_cpu_limit(place.cpu)
         if place.memory:
@@ -317,15 +340,17 @@ class _Builder:
 
 
 def compile_kfp(graph: PipelineGraph, out: Path, options: CompileOptions) -> KfpResult:
-    """Write `out/pipeline.yaml` and one `pytorchjob-<step>.yaml` per multi-node step."""
+    """Write `out/pipeline.yaml` and one `trainjob-<step>.yaml` (or `pytorchjob-<step>.yaml`) per multi-node step."""
     out.mkdir(parents=True, exist_ok=True)
     builder = _Builder(graph, options)
     target = out / PIPELINE_FILE
     compiler.Compiler().compile(builder.pipeline_function(), str(target))
     manifests = []
     for step, manifest in builder.manifests.items():
-        path = out / f"pytorchjob-{step}.yaml"
-        path.write_text(f"# PyTorchJob of step '{step}' as the launcher submits it (command re-rendered with the "
-                        f"run's values).\n" + yaml.safe_dump(manifest, sort_keys=False))
+        kind = manifest["kind"]
+        path = out / f"{kind.lower()}-{step}.yaml"
+        path.write_text(f"# {kind} of step '{step}' as the launcher submits it (named per run, owned by the launcher "
+                        f"pod, command re-rendered with the run's values).\n"
+                        + yaml.safe_dump(manifest, sort_keys=False))
         manifests.append(path)
     return KfpResult(pipeline=target, manifests=manifests)

@@ -10,6 +10,7 @@ from .images import ImagePlan, resolve_images
 DEFAULT_MLFLOW_CONFIG_MAP = "tuneline-mlflow"  # k8s/kubeflow/ creates it where KFP runs the pods
 DEFAULT_MLFLOW_SECRET = None  # only a tracking server with authentication needs one (--mlflow-secret NAME)
 DEFAULT_CHECKPOINT_PVC = "tuneline-checkpoints"
+DEFAULT_KFP_SERVICE_ACCOUNT = "tuneline-pipeline"  # k8s/kubeflow/ creates it; runs are submitted with it
 DEFAULT_AZUREML_COMPUTE = "cpu-cluster"
 # Keys of the MLflow ConfigMap and Secret, each exposed under the same environment variable name.
 MLFLOW_CONFIG_KEYS = ("MLFLOW_TRACKING_URI",)

@@ -1,6 +1,6 @@
 """Where a step's pod runs on Kubernetes: resources, node selectors, tolerations, shared memory.
 
-One description feeds both the KFP task (through kfp-kubernetes) and the PyTorchJob pod template, so a
+One description feeds both the KFP task (through kfp-kubernetes) and the multi-node job's pods (jobpod.py), so a
 multi-node step lands on the same nodes with the same limits as a single-node one would.
 """
 
@@ -18,7 +18,6 @@ SPOT_LABEL = "kubernetes.azure.com/scalesetpriority"
 SPOT_TOLERATION = Toleration(key=SPOT_LABEL, operator="Equal", value="spot", effect="NoSchedule")
 ACCELERATOR_LABEL = "tuneline.dev/accelerator"
 CHECKPOINT_MOUNT = "/mnt/checkpoints"
-CHECKPOINT_OUTPUT = "checkpoints"  # a step with an output of this name resumes from the shared volume
 
 
 @dataclass
@@ -33,6 +32,7 @@ class Placement:
     use_shm: bool = False
     nodes: int = 1
     processes_per_node: int = 1
+    launcher: str = "trainjob"
 
     @property
     def distributed(self) -> bool:
@@ -55,7 +55,8 @@ def placement(graph: PipelineGraph, node: Node) -> Placement:
     gpus = kf.gpus or res.gpus
     place = Placement(cpu=_quantity(kf.cpu if kf.cpu is not None else res.cpu), memory=kf.memory or res.memory,
                       gpus=gpus, node_selector=dict(kf.node_selector), prefer_spot=kf.spot, shm=kf.shm,
-                      nodes=kf.nodes, processes_per_node=kf.processes_per_node)
+                      nodes=kf.nodes, processes_per_node=kf.processes_per_node,
+                      launcher=kf.launcher)
     if kf.accelerator:
         place.node_selector.setdefault(ACCELERATOR_LABEL, kf.accelerator)
     tolerations = ([GPU_TOLERATION] if gpus else []) + ([SPOT_TOLERATION] if kf.spot else []) + list(kf.tolerations)
@@ -71,4 +72,5 @@ def placement(graph: PipelineGraph, node: Node) -> Placement:
 
 
 def resumable(node: Node) -> bool:
-    return CHECKPOINT_OUTPUT in node.component.spec.outputs
+    """A step with a `resume: true` output keeps its checkpoint store on the shared volume."""
+    return bool(node.component.spec.resume_outputs)

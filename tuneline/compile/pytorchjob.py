@@ -1,70 +1,53 @@
-"""The Kubeflow Training Operator PyTorchJob a multi-node step runs as.
+"""The Kubeflow Training Operator (v1) PyTorchJob a multi-node step runs as with `launcher: pytorchjob`.
 
-The KFP pipeline holds a small launcher step in its place (`tuneline.compile.launch`): it stages the inputs on
-the shared checkpoint volume, fills in this manifest's command, submits it and waits. Master and workers run
-the step's own command through torchrun; the operator sets PET_NNODES / PET_NODE_RANK / PET_MASTER_ADDR,
-which torchrun reads.
+The v1 operator is the legacy API (Kubeflow Trainer v2's TrainJob, `trainjob.py`, is the default); it stays for
+clusters that still run it. The KFP pipeline holds a small launcher step in its place (`tuneline.compile.launch`):
+it stages the inputs on the shared checkpoint volume, fills in this manifest's name, owner and command, submits
+it and waits. Master and workers run the step's own command through torchrun; the operator sets PET_NNODES /
+PET_NODE_RANK / PET_MASTER_ADDR, which torchrun reads. Fields: kubeflow/training-operator
+pkg/apis/kubeflow.org/v1 (pytorch_types.go, common_types.go: `runPolicy.activeDeadlineSeconds`, `backoffLimit`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .options import MLFLOW_CONFIG_KEYS, MLFLOW_SECRET_KEYS
-from .placement import CHECKPOINT_MOUNT, GPU_RESOURCE, Placement
+from .jobpod import PART_OF, PodParts
 
 API_VERSION = "kubeflow.org/v1"
+KIND = "PyTorchJob"
 CONTAINER = "pytorch"  # the operator finds the training container by this name
 
 
-def _pod_template(image: str, command: list[str], place: Placement, env: dict[str, str], pvc: str,
-                  mlflow_secret: str | None, mlflow_config_map: str | None) -> dict[str, Any]:
-    limits: dict[str, Any] = {}
-    if place.cpu:
-        limits["cpu"] = place.cpu
-    if place.memory:
-        limits["memory"] = place.memory
-    if place.gpus:
-        limits[GPU_RESOURCE] = place.gpus
-    env_list: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in env.items()]
-    if mlflow_config_map:
-        env_list += [{"name": key, "valueFrom": {"configMapKeyRef": {"name": mlflow_config_map, "key": key}}}
-                     for key in MLFLOW_CONFIG_KEYS]
-    if mlflow_secret:
-        env_list += [{"name": key, "valueFrom": {"secretKeyRef": {"name": mlflow_secret, "key": key}}}
-                     for key in MLFLOW_SECRET_KEYS]
-    mounts = [{"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT}]
-    volumes: list[dict[str, Any]] = [{"name": "checkpoints", "persistentVolumeClaim": {"claimName": pvc}}]
-    if place.use_shm:
-        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
-        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", **({"sizeLimit": place.shm}
-                                                                             if place.shm else {})}})
-    container: dict[str, Any] = {"name": CONTAINER, "image": image, "command": command, "env": env_list,
-                                 "volumeMounts": mounts}
-    if limits:
-        container["resources"] = {"limits": limits, "requests": dict(limits)}
-    spec: dict[str, Any] = {"containers": [container], "volumes": volumes}
-    if place.node_selector:
-        spec["nodeSelector"] = dict(place.node_selector)
-    if place.tolerations:
-        spec["tolerations"] = [t.model_dump(exclude_none=True) for t in place.tolerations]
-    return {"metadata": {"labels": {"app.kubernetes.io/part-of": "tuneline"}}, "spec": spec}
+def _pod_template(parts: PodParts) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": CONTAINER, "image": parts.image, "command": parts.command,
+                                 "env": parts.env, "volumeMounts": parts.mounts}
+    if parts.resources:
+        container["resources"] = parts.resources
+    spec: dict[str, Any] = {"containers": [container], "volumes": parts.volumes}
+    if parts.node_selector:
+        spec["nodeSelector"] = dict(parts.node_selector)
+    if parts.tolerations:
+        spec["tolerations"] = list(parts.tolerations)
+    return {"metadata": {"labels": dict(parts.labels), "annotations": dict(parts.annotations)}, "spec": spec}
 
 
-def pytorchjob_manifest(name: str, step: str, image: str, command: list[str], place: Placement,
-                        env: dict[str, str], pvc: str, mlflow_secret: str | None, mlflow_config_map: str | None,
-                        backoff_limit: int = 0) -> dict[str, Any]:
-    template = _pod_template(image, command, place, env, pvc, mlflow_secret, mlflow_config_map)
+def pytorchjob_manifest(name: str, step: str, parts: PodParts, nodes: int, processes_per_node: int,
+                        backoff_limit: int = 0, deadline_seconds: int | None = None) -> dict[str, Any]:
+    template = _pod_template(parts)
     replicas: dict[str, Any] = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template}}
-    if place.nodes > 1:
-        replicas["Worker"] = {"replicas": place.nodes - 1, "restartPolicy": "OnFailure", "template": template}
+    if nodes > 1:
+        replicas["Worker"] = {"replicas": nodes - 1, "restartPolicy": "OnFailure", "template": template}
+    run_policy: dict[str, Any] = {"backoffLimit": backoff_limit, "cleanPodPolicy": "None"}
+    if deadline_seconds:
+        run_policy["activeDeadlineSeconds"] = deadline_seconds
     return {
         "apiVersion": API_VERSION,
-        "kind": "PyTorchJob",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "tuneline", "tuneline.dev/step": step}},
+        "kind": KIND,
+        "metadata": {"name": name, "labels": {**PART_OF, "tuneline.dev/step": step}},
         "spec": {
-            "nprocPerNode": str(place.processes_per_node),
-            "runPolicy": {"backoffLimit": backoff_limit, "cleanPodPolicy": "None"},
+            "nprocPerNode": str(processes_per_node),
+            "runPolicy": run_policy,
             "pytorchReplicaSpecs": replicas,
         },
     }

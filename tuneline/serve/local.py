@@ -27,6 +27,7 @@ from tuneline.serve import process
 from tuneline.serve.env import TritonInstall, ensure_serve_venv
 from tuneline.serve.limits import ProxyLimits
 from tuneline.serve.process import ProcessRef
+from tuneline.serve.repository import stream_model_name
 from tuneline.serve.routing import clear_upstream, read_routes
 
 
@@ -228,9 +229,11 @@ def start_triton(
         started_at=time.time(),
     )
     _write_pid(state_dir, f"triton-{slot}", ref)
-    ready_url = f"{info.url}/v2/models/{model_name}/ready"
+    # The streaming twin, where the repository has one, must be ready too (Triton loads both at once).
+    names = [model_name] + ([stream_model_name(model_name)] if (Path(repo_dir) / stream_model_name(model_name))
+                            .is_dir() else [])
     while True:
-        if _http_ok(ready_url):
+        if all(_http_ok(f"{info.url}/v2/models/{name}/ready") for name in names):
             break
         if not process.is_alive(ref):
             _remove_pid(state_dir, f"triton-{slot}")

@@ -14,9 +14,10 @@ What is not supported is refused with 400 rather than ignored when it would chan
 defaults to 1.0; an omitted temperature here keeps the model's own greedy decoding, like vLLM's use of the
 model's generation defaults).
 
-`stream: true` answers with server-sent events in OpenAI's chunk format and ends with `data: [DONE]`. The
-text arrives as one content chunk once generation ends: the Python backend generates a batch at a time
-(Triton's decoupled streaming mode would give up the dynamic batching that serving under load relies on).
+`stream: true` answers with server-sent events in OpenAI's chunk format and ends with `data: [DONE]`: one
+chunk per piece of text as the model produces it (the Triton model is decoupled and streams through Triton's
+generate_stream endpoint, and the proxy relays each piece as it arrives; see `tuneline.serve.proxy`), then
+a chunk with the finish reason, and with `stream_options.include_usage` a last one holding `usage`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -221,28 +221,46 @@ def response(gen: Generation, result: Result, model: str) -> dict:
     return {"id": rid, "object": obj, "created": created, "model": model, "choices": choices, "usage": result.usage()}
 
 
-def stream_events(gen: Generation, result: Result, model: str) -> Iterator[bytes]:
-    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
-    rid, created = _ids(gen.kind)
-    obj = "chat.completion.chunk" if gen.kind == "chat" else "text_completion"
+class StreamWriter:
+    """Server-sent events in OpenAI's chunk format for one streamed answer (one choice per prompt)."""
 
-    def event(choices: list[dict], usage: dict | None = None) -> bytes:
-        chunk: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": model, "choices": choices}
-        if gen.include_usage:
+    def __init__(self, gen: Generation, model: str) -> None:
+        self.gen, self.model = gen, model
+        self.rid, self.created = _ids(gen.kind)
+        self.obj = "chat.completion.chunk" if gen.kind == "chat" else "text_completion"
+
+    def _event(self, choices: list[dict], usage: dict | None = None) -> bytes:
+        chunk: dict[str, Any] = {"id": self.rid, "object": self.obj, "created": self.created, "model": self.model,
+                                 "choices": choices}
+        if self.gen.include_usage:
             chunk["usage"] = usage
         return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode()
 
-    for i, (text, finish) in enumerate(zip(result.texts, result.finish_reasons, strict=True)):
-        if gen.kind == "chat":
-            yield event([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-            yield event([{"index": i, "delta": {"content": text}, "finish_reason": None}])
-            yield event([{"index": i, "delta": {}, "finish_reason": finish}])
-        else:
-            yield event([{"index": i, "text": text, "logprobs": None, "finish_reason": None}])
-            yield event([{"index": i, "text": "", "logprobs": None, "finish_reason": finish}])
-    if gen.include_usage:
-        yield event([], result.usage())
-    yield b"data: [DONE]\n\n"
+    def start(self, index: int) -> bytes:
+        """The opening chunk of a choice (chat: the assistant role; a completion has none)."""
+        if self.gen.kind != "chat":
+            return b""
+        return self._event([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+
+    def piece(self, index: int, text: str) -> bytes:
+        if self.gen.kind == "chat":
+            return self._event([{"index": index, "delta": {"content": text}, "finish_reason": None}])
+        return self._event([{"index": index, "text": text, "logprobs": None, "finish_reason": None}])
+
+    def finish(self, index: int, reason: str) -> bytes:
+        if self.gen.kind == "chat":
+            return self._event([{"index": index, "delta": {}, "finish_reason": reason}])
+        return self._event([{"index": index, "text": "", "logprobs": None, "finish_reason": reason}])
+
+    def end(self, result: Result) -> bytes:
+        """The usage chunk (when asked for) and `[DONE]`."""
+        usage = self._event([], result.usage()) if self.gen.include_usage else b""
+        return usage + b"data: [DONE]\n\n"
+
+    @staticmethod
+    def error(message: str, status: int = 500) -> bytes:
+        """An error event: the status line went out with the first chunk, so a failure later says so here."""
+        return f"data: {json.dumps(ApiError(message, status).body())}\n\n".encode()
 
 
 def models_list(model: str, created: float) -> dict:

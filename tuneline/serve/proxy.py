@@ -38,11 +38,12 @@ import os
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from tuneline import settings
 from tuneline.serve.admission import Admission, Overloaded, QueueTimeout
 from tuneline.serve.auth import check_bearer, load_token, token_path
 from tuneline.serve.limits import ProxyLimits
@@ -50,12 +51,13 @@ from tuneline.serve.openai_api import (
     ApiError,
     Generation,
     Result,
+    StreamWriter,
     models_list,
     parse_chat,
     parse_completion,
     response,
-    stream_events,
 )
+from tuneline.serve.repository import stream_model_name
 from tuneline.serve.routing import (
     UPSTREAM_FILE,
     Routes,
@@ -186,6 +188,31 @@ class Proxy:
         except aiohttp.ClientError as exc:
             raise _Failed(502, f"upstream {backend.url} unavailable: {exc}") from None
 
+    async def open_stream(self, backend: Upstream, payload: bytes, timeout_s: float):
+        """POST to the streaming twin's generate_stream; returns the open response (its body: server-sent events).
+
+        Triton answers the status with the model's first response, so a request the model refuses is an error
+        status here (docs/protocol/extension_generate.md, "generate vs. generate_stream").
+        """
+        import aiohttp
+
+        url = f"{backend.url}/v2/models/{stream_model_name(backend.model)}/generate_stream"
+        try:
+            resp = await self.session.post(url, data=payload, headers={"Content-Type": _JSON},
+                                           timeout=aiohttp.ClientTimeout(total=max(0.001, timeout_s)))
+        except TimeoutError:
+            raise _Failed(504, f"upstream {backend.slot or backend.url} did not answer within the deadline") from None
+        except aiohttp.ClientError as exc:
+            raise _Failed(502, f"upstream {backend.url} unavailable: {exc}") from None
+        if resp.status == 200:
+            return resp
+        data = await resp.read()
+        resp.release()
+        if resp.status == 400:
+            raise ApiError(_upstream_message(data))
+        raise _Failed(502 if resp.status < 500 else resp.status, f"upstream answered {resp.status}: {data[:500]!r}",
+                      data)
+
     async def params(self, backend: Upstream) -> dict[str, str]:
         """The model's config.pbtxt parameters (max_new_tokens_default / _limit), cached per server."""
         key = (backend.url, backend.model)
@@ -208,39 +235,54 @@ class Proxy:
         request,
         call: Callable[[Upstream, float], Awaitable[Any]],
         deadline: float,
+        *,
+        hold: contextlib.AsyncExitStack | None = None,
     ) -> Any:
-        """Admit the request, pick a version, run `call(backend, seconds_left)`; count it for the canary."""
+        """Admit the request, pick a version, run `call(backend, seconds_left)`; count it for the canary.
+
+        With `hold`, the admission slot is not released on return but handed to that stack: a streamed
+        answer keeps its slot until its last chunk is sent (or its client leaves) and the stack is closed.
+        """
         routes = self.routes.get()
         if routes is None:
             raise _Failed(503, "no model is deployed behind this proxy")
         try:
-            async with self.admission.slot(deadline - time.monotonic()):
-                backend = self._choose(routes, request.headers.get("x-tuneline-slot"))
-                started = time.monotonic()
-                try:
-                    result = await call(backend, deadline - time.monotonic())
-                except _Failed as failure:
-                    self._stats(backend).record(False, 0.0)
-                    await self._judge(routes)
-                    current = routes.current
-                    # The candidate failed: the current version answers instead, once.
-                    if backend is current or request.headers.get("x-tuneline-slot") or failure.status == 504:
-                        raise
-                    try:
-                        result = await call(current, deadline - time.monotonic())
-                    except _Failed:
-                        self._stats(current).record(False, 0.0)
-                        raise
-                    self._stats(current).record(True, (time.monotonic() - started) * 1000)
-                    return result
-                self._stats(backend).record(True, (time.monotonic() - started) * 1000)
-                if backend.role != "current":
-                    await self._judge(routes)
+            async with contextlib.AsyncExitStack() as stack:
+                await stack.enter_async_context(self.admission.slot(deadline - time.monotonic()))
+                result = await self._admitted(request, routes, call, deadline)
+                if hold is not None:
+                    hold.push_async_exit(stack.pop_all())
                 return result
         except Overloaded as exc:
             raise _Failed(429, str(exc)) from exc
         except QueueTimeout as exc:
             raise _Failed(503, str(exc)) from exc
+
+    async def _admitted(
+        self, request, routes: Routes, call: Callable[[Upstream, float], Awaitable[Any]], deadline: float
+    ) -> Any:
+        backend = self._choose(routes, request.headers.get("x-tuneline-slot"))
+        started = time.monotonic()
+        try:
+            result = await call(backend, deadline - time.monotonic())
+        except _Failed as failure:
+            self._stats(backend).record(False, 0.0)
+            await self._judge(routes)
+            current = routes.current
+            # The candidate failed: the current version answers instead, once.
+            if backend is current or request.headers.get("x-tuneline-slot") or failure.status == 504:
+                raise
+            try:
+                result = await call(current, deadline - time.monotonic())
+            except _Failed:
+                self._stats(current).record(False, 0.0)
+                raise
+            self._stats(current).record(True, (time.monotonic() - started) * 1000)
+            return result
+        self._stats(backend).record(True, (time.monotonic() - started) * 1000)
+        if backend.role != "current":
+            await self._judge(routes)
+        return result
 
     def _choose(self, routes: Routes, slot: str | None) -> Upstream:
         if slot:
@@ -330,10 +372,7 @@ def _error(status: int, message: str, *, openai: bool = False, retry_after: int 
 
 def _infer_payload(gen: Generation, params: dict[str, str], timeout_s: float) -> bytes:
     n = len(gen.texts)
-    limit = int(params.get("max_new_tokens_limit", "256"))
-    max_tokens = gen.max_tokens or int(params.get("max_new_tokens_default", "32"))
-    if max_tokens > limit:
-        raise ApiError(f"{gen.length_field} {max_tokens} is over this model's limit of {limit}", param=gen.length_field)
+    max_tokens = _budget(gen, params)
 
     def column(name: str, datatype: str, value: Any) -> dict:
         return {"name": name, "shape": [n, 1], "datatype": datatype, "data": value if isinstance(value, list)
@@ -347,6 +386,7 @@ def _infer_payload(gen: Generation, params: dict[str, str], timeout_s: float) ->
         column("temperature", "FP32", gen.temperature),
         column("top_p", "FP32", gen.top_p),
         column("stop", "BYTES", json.dumps(gen.stop)),
+        column("stream", "BOOL", False),
     ]
     # Triton's queue policy rejects a request still queued after `timeout` microseconds.
     return json.dumps({"inputs": inputs, "parameters": {"timeout": int(timeout_s * 1e6)}}).encode()
@@ -361,6 +401,63 @@ def _parse_result(data: bytes) -> Result:
         completion_tokens=[int(v) for v in outputs.get("completion_tokens", [0] * n)],
         finish_reasons=[str(v) for v in outputs.get("finish_reason", ["length"] * n)],
     )
+
+
+def _upstream_message(data: bytes) -> str:
+    try:
+        return str(json.loads(data).get("error", ""))
+    except (json.JSONDecodeError, AttributeError):
+        return data.decode(errors="replace")
+
+
+def _budget(gen: Generation, params: dict[str, str]) -> int:
+    limit = int(params.get("max_new_tokens_limit", "256"))
+    max_tokens = gen.max_tokens or int(params.get("max_new_tokens_default", "32"))
+    if max_tokens > limit:
+        raise ApiError(f"{gen.length_field} {max_tokens} is over this model's limit of {limit}", param=gen.length_field)
+    return max_tokens
+
+
+def _stream_payload(gen: Generation, index: int, params: dict[str, str], timeout_s: float) -> bytes:
+    """A generate_stream request for prompt `index`: the extension maps the body's top-level keys to the model's
+    inputs, so it carries the same inputs as an infer call and batches with them; `parameters.timeout` is the
+    queue deadline, as on /infer."""
+    return json.dumps({
+        "text_input": gen.texts[index],
+        "max_new_tokens": _budget(gen, params),
+        "prompt_format": gen.prompt_format,
+        "temperature": gen.temperature,
+        "top_p": gen.top_p,
+        "stop": json.dumps(gen.stop),
+        "stream": True,
+        "parameters": {"timeout": int(timeout_s * 1e6)},
+    }).encode()
+
+
+class _StreamFailed(Exception):
+    """The upstream stream broke or sent an error event after its first chunk."""
+
+
+def _scalar(value: Any) -> Any:
+    while isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    return value
+
+
+async def _upstream_events(resp) -> AsyncIterator[dict]:
+    """The JSON objects of a generate_stream body, one per model response; an error event raises."""
+    import aiohttp
+
+    try:
+        async for line in resp.content:
+            if not line.startswith(b"data:"):
+                continue
+            event = json.loads(line[5:])
+            if "error" in event:
+                raise _StreamFailed(str(event["error"]))
+            yield {k: _scalar(v) for k, v in event.items()}
+    except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
+        raise _StreamFailed(f"upstream stream broke: {exc or type(exc).__name__}") from None
 
 
 async def _until_disconnect(request, work: Awaitable[Any]) -> Any:
@@ -450,12 +547,92 @@ def build_app(proxy: Proxy):
         if routes is not None and gen.model and gen.model != routes.model:
             raise ApiError(f"model {gen.model!r} is not served here; this endpoint serves {routes.model!r}",
                            status=404, param="model", code="model_not_found")
+        if gen.stream:
+            return await streamed(request, gen, routes, started)
         result, backend = await generate(request, gen)
         log(routes, backend, gen.log_prompts, result.texts, started)
-        if gen.stream:
-            return StreamingResponse(stream_events(gen, result, backend.model), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
         return JSONResponse(response(gen, result, backend.model))
+
+    class HeldStream(StreamingResponse):
+        """A streamed answer that closes `hold` (admission slot, upstream streams) however it ends: all sent,
+        the client gone (a failed send or its disconnect message), or the server shutting down."""
+
+        def __init__(self, content, hold: contextlib.AsyncExitStack) -> None:
+            super().__init__(content, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            self.hold = hold
+
+        async def __call__(self, scope, receive, send) -> None:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                await self.hold.aclose()
+
+    async def streamed(request: Request, gen: Generation, routes: Routes | None, started: float) -> Response:
+        """Relay the model's pieces as OpenAI chunks as they arrive: one generate_stream call per prompt, opened
+        under one admission slot that the stream holds until its end."""
+        deadline = _deadline(request, proxy.limits)
+        hold = contextlib.AsyncExitStack()
+
+        async def call(backend: Upstream, left: float) -> tuple[Upstream, list]:
+            params = await proxy.params(backend)
+            payloads = [_stream_payload(gen, i, params, left) for i in range(len(gen.texts))]
+            opened = await asyncio.gather(*(proxy.open_stream(backend, p, left) for p in payloads),
+                                          return_exceptions=True)
+            for resp in opened:
+                if not isinstance(resp, BaseException):
+                    hold.callback(resp.close)  # closing the connection ends Triton's side of the stream
+            failed = [o for o in opened if isinstance(o, BaseException)]
+            if failed:
+                raise failed[0]
+            return backend, opened
+
+        try:
+            backend, streams = await _until_disconnect(request, proxy.routed(request, call, deadline, hold=hold))
+        except BaseException:
+            await hold.aclose()
+            raise
+        writer = StreamWriter(gen, backend.model)
+        events: asyncio.Queue = asyncio.Queue()
+
+        async def pump(index: int, resp) -> None:
+            try:
+                async for event in _upstream_events(resp):
+                    await events.put((index, event))
+                await events.put((index, None))
+            except _StreamFailed as exc:
+                await events.put((index, exc))
+
+        pumps = [asyncio.ensure_future(pump(i, r)) for i, r in enumerate(streams)]
+        hold.callback(lambda: [t.cancel() for t in pumps])
+
+        async def body() -> AsyncIterator[bytes]:
+            n = len(streams)
+            texts, finish = [""] * n, [""] * n
+            prompt_tokens, completion_tokens = [0] * n, [0] * n
+            for i in range(n):
+                yield writer.start(i)
+            left = n
+            while left:
+                i, event = await events.get()
+                if isinstance(event, Exception):
+                    yield StreamWriter.error(str(event), 502)
+                    return
+                if event is None:
+                    left -= 1
+                    yield writer.finish(i, finish[i] or "length")
+                    continue
+                piece = str(event.get("text_output") or "")
+                prompt_tokens[i] = int(event.get("prompt_tokens") or prompt_tokens[i])
+                completion_tokens[i] = int(event.get("completion_tokens") or completion_tokens[i])
+                finish[i] = str(event.get("finish_reason") or "")
+                if piece:
+                    texts[i] += piece
+                    yield writer.piece(i, piece)
+            yield writer.end(Result(texts, prompt_tokens, completion_tokens, [f or "length" for f in finish]))
+            log(routes, backend, gen.log_prompts, texts, started)
+
+        return HeldStream(body(), hold)
 
     async def chat(request: Request) -> Response:
         return await chat_or_completion(request, parse_chat)
@@ -622,8 +799,9 @@ def serve(state_dir: Path, port: int, host: str = "127.0.0.1", limits: ProxyLimi
 def main(argv: list[str] | None = None) -> int:
     defaults = ProxyLimits()
     parser = argparse.ArgumentParser(prog="python -m tuneline.serve.proxy", description=__doc__.splitlines()[0])
-    parser.add_argument("--state-dir", type=Path, default=Path(".tuneline/serve"),
-                        help="folder holding token and upstream.json (default %(default)s)")
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help="folder holding token and upstream.json (default: $TUNELINE_SERVE_STATE, else "
+                        "<TUNELINE_HOME>/serve; see tuneline.settings)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default %(default)s)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     parser.add_argument("--max-inflight", type=int, default=defaults.max_inflight,
@@ -635,7 +813,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     limits = ProxyLimits(max_inflight=args.max_inflight, max_queue=args.max_queue,
                          request_timeout_s=args.request_timeout)
-    serve(args.state_dir, args.port, args.host, limits)
+    serve(args.state_dir or settings.serve_state_dir(), args.port, args.host, limits)
     return 0
 
 

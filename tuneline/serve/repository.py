@@ -5,6 +5,8 @@ Layout (the same locally, where `tuneline.serve.local` runs it, and on the clust
     <repo>/<model_name>/config.pbtxt        dynamic batching + instance group (KIND_CPU or KIND_GPU)
     <repo>/<model_name>/1/model.py          tuneline/serve/triton_model.py
     <repo>/<model_name>/1/hf_model/         the HF folder (a PEFT LoRA adapter is merged into its base first)
+    <repo>/<model_name>-stream/             the same model, decoupled, for streaming (generate_stream); it
+                                            loads the weights above rather than a copy
 
 Run as: python -m tuneline.serve.repository --model-dir MODEL --out REPO [--base-model-dir BASE] [--kind gpu]
 """
@@ -116,11 +118,19 @@ def machine_spec(cores: int | None = None, **fields) -> RepositorySpec:
     return RepositorySpec(**{"instance_count": instances, "torch_threads": threads, "why": why, **fields})
 
 
-def render_config(spec: RepositorySpec) -> str:
-    """config.pbtxt text for `spec`."""
+STREAM_SUFFIX = "-stream"
+
+
+def stream_model_name(model_name: str) -> str:
+    """The decoupled twin that streams `model_name`'s answers (Triton's generate_stream endpoint)."""
+    return model_name + STREAM_SUFFIX
+
+
+def render_config(spec: RepositorySpec, *, decoupled: bool = False) -> str:
+    """config.pbtxt text for `spec`: the coupled model, or (`decoupled`) its streaming twin."""
     spec.validate()
     lines = [
-        f'name: "{spec.model_name}"',
+        f'name: "{stream_model_name(spec.model_name) if decoupled else spec.model_name}"',
         'backend: "python"',
         f"max_batch_size: {spec.max_batch_size}",
         "input [",
@@ -129,7 +139,8 @@ def render_config(spec: RepositorySpec) -> str:
         '  { name: "prompt_format" data_type: TYPE_STRING dims: [ 1 ] optional: true },',
         '  { name: "temperature" data_type: TYPE_FP32 dims: [ 1 ] optional: true },',
         '  { name: "top_p" data_type: TYPE_FP32 dims: [ 1 ] optional: true },',
-        '  { name: "stop" data_type: TYPE_STRING dims: [ 1 ] optional: true }',
+        '  { name: "stop" data_type: TYPE_STRING dims: [ 1 ] optional: true },',
+        '  { name: "stream" data_type: TYPE_BOOL dims: [ 1 ] optional: true }',
         "]",
         "output [",
         '  { name: "text_output" data_type: TYPE_STRING dims: [ 1 ] },',
@@ -138,6 +149,11 @@ def render_config(spec: RepositorySpec) -> str:
         '  { name: "finish_reason" data_type: TYPE_STRING dims: [ 1 ] }',
         "]",
     ]
+    if decoupled:
+        # The streaming twin: it sends each request's responses through its response sender, one per new piece
+        # of text (python_backend README, "Decoupled mode"); Triton serves it on generate_stream, while its
+        # HTTP infer refuses decoupled models (docs/user_guide/decoupled_models.md; 501 here), hence the twin.
+        lines.append("model_transaction_policy { decoupled: true }")
     if spec.why:
         lines += [f"# {line}" for line in spec.why.splitlines()]
     lines += [
@@ -168,6 +184,8 @@ def render_config(spec: RepositorySpec) -> str:
         "max_new_tokens_limit": str(spec.max_new_tokens_limit),
         "torch_threads": str(spec.torch_threads),
     }
+    if decoupled:
+        params["weights_dir"] = f"../../{spec.model_name}/1"
     for key, value in params.items():
         lines.append(f'parameters: {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
     return "\n".join(lines) + "\n"
@@ -258,8 +276,15 @@ def write_repository(
     shutil.copy2(Path(__file__).with_name("triton_model.py"), version_dir / "model.py")
     (version_dir / SERVING_FILE).write_text(json.dumps(serving_settings(model_dir), indent=2) + "\n")
     (staging / "config.pbtxt").write_text(render_config(spec))
-    shutil.rmtree(model_root, ignore_errors=True)
-    staging.rename(model_root)
+    twin_root = Path(repo_dir) / stream_model_name(spec.model_name)
+    twin_staging = twin_root.with_name(twin_root.name + ".tmp")
+    shutil.rmtree(twin_staging, ignore_errors=True)
+    (twin_staging / "1").mkdir(parents=True)
+    shutil.copy2(version_dir / "model.py", twin_staging / "1" / "model.py")
+    (twin_staging / "config.pbtxt").write_text(render_config(spec, decoupled=True))
+    for root, stage in ((model_root, staging), (twin_root, twin_staging)):
+        shutil.rmtree(root, ignore_errors=True)
+        stage.rename(root)
     return model_root
 
 

@@ -1,8 +1,9 @@
 """Triton Python-backend model: batched greedy generation with a Hugging Face causal LM.
 
-`tuneline.serve.repository` copies this file to `<repo>/<model>/1/model.py`; Triton imports it inside
-its Python backend stub (serve venv locally, the serving image on a cluster), never the project venv.
-It loads the HF folder shipped beside it (`1/<hf_model_dir>`, named in config.pbtxt's parameters).
+`tuneline.serve.repository` copies this file to `<repo>/<model>/1/model.py` and to its decoupled twin
+`<repo>/<model>-stream/1/model.py`; Triton imports it inside its Python backend stub (serve venv locally, the
+serving image on a cluster), never the project venv. It loads the HF folder shipped beside the first one
+(`1/<hf_model_dir>`, named in config.pbtxt's parameters; the twin reaches it through `weights_dir`).
 
 Inputs, each with the batch dim (all but `text_input` optional):
     text_input      BYTES  the prompt: a bare user turn, a JSON message list, or raw text (`prompt_format`)
@@ -13,11 +14,13 @@ Inputs, each with the batch dim (all but `text_input` optional):
     temperature     FP32   <= 0 or absent: greedy; > 0: sampling at that temperature
     top_p           FP32   nucleus sampling mass (sampling only)
     stop            BYTES  JSON list of strings; the text is cut before the first one
-Outputs: text_output (BYTES), prompt_tokens and completion_tokens (INT32, for OpenAI `usage`),
-finish_reason (BYTES: "stop" or "length").
+    stream          BOOL   (decoupled twin only) one response per new piece of text instead of one at the end
+Outputs: text_output (BYTES; a streamed response holds only its new piece), prompt_tokens and
+completion_tokens (INT32, for OpenAI `usage`), finish_reason (BYTES: "stop" or "length"; "" while streaming).
 
 With dynamic batching Triton hands `execute` several requests at once: rows that decode alike (greedy, or
 the same temperature/top_p) go through one left-padded `generate` call, then each request gets its rows.
+A StoppingCriteria is the per-token hook that finishes rows (EOS, stop string, budget) and streams pieces.
 
 Run as: loaded by tritonserver (see tuneline.serve.local); not run directly.
 """
@@ -45,14 +48,37 @@ def _invalid_argument(message: str):
     return pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
 
 
+def _step_hook_class():
+    from transformers import StoppingCriteria
+
+    class Step(StoppingCriteria):
+        """Called by `generate` with the sequences so far after each decode step: takes each row's new token,
+        lets `step` send what is ready, and answers which rows are finished."""
+
+        def __init__(self, model, group: list[dict], step) -> None:
+            self.model, self.group, self.step = model, group, step
+
+        def __call__(self, ids, scores, **kwargs):
+            for r, token in zip(self.group, ids[:, -1].tolist(), strict=True):
+                if not r["done"]:
+                    self.model._advance(r, token)
+            self.step(self.group)
+            return self.model.torch.tensor([r["done"] for r in self.group], dtype=self.model.torch.bool,
+                                           device=ids.device)
+
+    return Step
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         config = json.loads(args["model_config"])
-        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        # The `-stream` twin names its sibling's version folder: the weights are shipped once.
+        version_dir = os.path.join(args["model_repository"], args["model_version"], _param(config, "weights_dir", "."))
         hf_dir = os.path.join(version_dir, _param(config, "hf_model_dir", "hf_model"))
+        self.decoupled = bool(config.get("model_transaction_policy", {}).get("decoupled", False))
         self.default_new_tokens = int(_param(config, "max_new_tokens_default", "32"))
         self.limit_new_tokens = int(_param(config, "max_new_tokens_limit", "256"))
         threads = int(_param(config, "torch_threads", "0"))
@@ -65,6 +91,7 @@ class TritonPythonModel:
             self.device = "cpu"
             dtype = torch.float32
         self.torch = torch
+        self._step_class = _step_hook_class()
         self.tokenizer = AutoTokenizer.from_pretrained(hf_dir)
         self.model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype).to(self.device).eval()
         tok = self.tokenizer
@@ -129,6 +156,7 @@ class TritonPythonModel:
         temps = self._column(request, "temperature", n, 0.0, float)
         top_ps = self._column(request, "top_p", n, 1.0, float)
         stops = self._column(request, "stop", n, "[]", _text)
+        stream = bool(self._column(request, "stream", 1, False, bool)[0])
         rows = []
         for text, limit, fmt, temp, top_p, stop in zip(texts, limits, formats, temps, top_ps, stops, strict=True):
             if not 1 <= limit <= self.limit_new_tokens:
@@ -143,12 +171,19 @@ class TritonPythonModel:
                 raise ValueError("stop must be a JSON list of non-empty strings")
             sampling = (round(temp, 4), round(top_p, 4)) if temp > 0 else None
             ids = self._encode(text, fmt or "chat")
-            rows.append({"ids": ids, "limit": limit, "sampling": sampling, "stop": stop_list})
+            rows.append({"ids": ids, "limit": limit, "sampling": sampling, "stop": stop_list, "stream": stream})
         return rows
 
-    def _generate(self, rows: list[dict]) -> None:
-        """Fill each row's text, completion_tokens and finish_reason; rows that decode alike share a call."""
+    def _generate(self, rows: list[dict], step) -> None:
+        """Generate every row; `step(rows)` runs after each new token (it may send responses and finish rows).
+
+        Rows that decode alike share one left-padded `generate` call. A StoppingCriteria is the per-token
+        hook: transformers calls it with the sequences so far after each decode step and stops a row when
+        it answers True for it (its later positions are padding), and the whole call once all rows are done.
+        """
         torch = self.torch
+        from transformers import StoppingCriteriaList
+
         groups: dict = {}
         for row in rows:
             groups.setdefault(row["sampling"], []).append(row)
@@ -163,63 +198,144 @@ class TritonPythonModel:
             decode = {"do_sample": False} if sampling is None else {
                 "do_sample": True, "temperature": sampling[0], "top_p": sampling[1]
             }
+            hook = self._step_class(self, group, step)
             with torch.inference_mode():
-                out = self.model.generate(
+                self.model.generate(
                     input_ids=input_ids.to(self.device),
                     attention_mask=attention.to(self.device),
                     max_new_tokens=max(r["limit"] for r in group),
                     pad_token_id=self.pad_id,
+                    stopping_criteria=StoppingCriteriaList([hook]),
                     **decode,
                 )
-            for i, r in enumerate(group):
-                new_tokens = out[i, width : width + r["limit"]].tolist()
-                finish = "length"
-                if self.eos_id is not None and self.eos_id in new_tokens:
-                    new_tokens, finish = new_tokens[: new_tokens.index(self.eos_id)], "stop"
-                text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
-                cut = min((text.find(s) for s in r["stop"] if s in text), default=-1)
-                if cut >= 0:
-                    text, finish = text[:cut], "stop"
-                    new_tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-                r.update(text=text, completion_tokens=len(new_tokens), finish_reason=finish)
+            for r in group:  # generate may end early on its own (all rows at EOS in the same step)
+                if not r["done"]:
+                    self._finish(r, "length")
+            step(group)
 
-    def execute(self, requests: list) -> list:
+    def _advance(self, row: dict, token: int) -> None:
+        """Take one new token into `row`: EOS, a stop string or the budget finishes it."""
+        if self.eos_id is not None and token == self.eos_id:
+            self._finish(row, "stop")
+            return
+        row["tokens"].append(token)
+        if row["stop"] or row["stream"]:
+            text = self.tokenizer.decode(row["tokens"], skip_special_tokens=True)
+            cut = min((text.find(s) for s in row["stop"] if s in text), default=-1)
+            if cut >= 0:
+                row["text"] = text[:cut]
+                self._finish(row, "stop", retokenize=True)
+                return
+            row["text"] = text
+        if len(row["tokens"]) >= row["limit"]:
+            self._finish(row, "length")
+
+    def _finish(self, row: dict, reason: str, *, retokenize: bool = False) -> None:
+        if not retokenize:
+            row["text"] = self.tokenizer.decode(row["tokens"], skip_special_tokens=True)
+        else:  # cut at a stop string: count the tokens of what is kept
+            row["tokens"] = self.tokenizer(row["text"], add_special_tokens=False)["input_ids"]
+        row.update(done=True, finish_reason=reason)
+
+    def _ready_text(self, row: dict) -> str:
+        """What a streaming row may send now: its text, less a tail that could still become a stop string
+        (held back until it is sure) or an incomplete UTF-8 character."""
+        text = row["text"]
+        if not row["done"]:
+            if text.endswith("\ufffd"):
+                text = text.rstrip("\ufffd")
+            hold = max((len(s) - 1 for s in row["stop"]), default=0)
+            if hold:
+                text = text[: max(len(row["sent"]), len(text) - hold)]
+        return text
+
+    def _response(self, rows: list[dict], texts: list[str]):
+        def strings(values):
+            return np.array([v.encode("utf-8") for v in values], dtype=np.object_).reshape(len(rows), 1)
+
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor("text_output", strings(texts)),
+                pb_utils.Tensor("prompt_tokens", np.array([[len(r["ids"])] for r in rows], np.int32)),
+                pb_utils.Tensor("completion_tokens", np.array([[len(r["tokens"])] for r in rows], np.int32)),
+                pb_utils.Tensor("finish_reason", strings([r["finish_reason"] if r["done"] else "" for r in rows])),
+            ]
+        )
+
+    def execute(self, requests: list) -> list | None:
+        """Generate for a batch of requests; how the answers go back depends on the transaction policy.
+
+        Decoupled (the `-stream` model): each request's responses go through its own response sender and
+        execute returns None. A request asking to stream gets one response per new piece of text (its
+        `text_output` holds only the new piece) and a last one with its finish reason; any other gets one
+        response as soon as its rows are done, while the rest of the batch keeps generating. Every request ends
+        with the TRITONSERVER_RESPONSE_COMPLETE_FINAL flag, and one whose client went away (its sender reports
+        cancelled) stops generating. Coupled: one response per request, returned in order. See the Python
+        backend's "Decoupled mode" and "Request Cancellation Handling" (github.com/triton-inference-server/
+        python_backend, README.md).
+        """
         responses: list = [None] * len(requests)
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        jobs: list[dict] = []
         rows: list[dict] = []
-        spans: list[tuple[int, int, int]] = []  # (request index, first row, row count)
-        for i, request in enumerate(requests):
+        for index, request in enumerate(requests):
+            sender = request.get_response_sender() if self.decoupled else None
+            job = {"index": index, "sender": sender, "open": True, "steps": 0}
             try:
-                mine = self._request_rows(request)
+                job["rows"] = self._request_rows(request)
             except (ValueError, TypeError) as exc:
-                responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=_invalid_argument(str(exc)))
+                self._send(job, pb_utils.InferenceResponse(output_tensors=[], error=_invalid_argument(str(exc))),
+                           responses)
                 continue
-            spans.append((i, len(rows), len(mine)))
-            rows.extend(mine)
+            for r in job["rows"]:
+                r.update(job=job, tokens=[], text="", sent="", done=False, finish_reason="")
+                r["stream"] = r["stream"] and self.decoupled
+            jobs.append(job)
+            rows.extend(job["rows"])
+
+        def step(group: list[dict]) -> None:
+            for job in {id(r["job"]): r["job"] for r in group}.values():
+                if not job["open"]:
+                    continue
+                mine = job["rows"]
+                job["steps"] += 1
+                # Asking the server whether the client left costs a round trip: every 8 tokens is enough.
+                if job["sender"] is not None and job["steps"] % 8 == 0 and job["sender"].is_cancelled():
+                    for r in mine:
+                        r.update(done=True, finish_reason="cancelled")
+                    job["open"] = False
+                    job["sender"].send(flags=final)
+                    continue
+                done = all(r["done"] for r in mine)
+                if mine[0]["stream"]:
+                    ready = [self._ready_text(r) for r in mine]
+                    pieces = [t[len(r["sent"]) :] for t, r in zip(ready, mine, strict=True)]
+                    if any(pieces) or done:
+                        for r, t in zip(mine, ready, strict=True):
+                            r["sent"] = t
+                        self._send(job, self._response(mine, pieces), responses, last=done)
+                elif done:
+                    self._send(job, self._response(mine, [r["text"] for r in mine]), responses)
+
         if rows:
             try:
-                self._generate(rows)
+                self._generate(rows, step)
             except Exception as exc:  # noqa: BLE001 - any failure must become an error response, not a crash
-                for i, _, _ in spans:
-                    responses[i] = pb_utils.InferenceResponse(
-                        output_tensors=[], error=pb_utils.TritonError(f"generation failed: {exc}")
-                    )
-                return responses
-            for i, first, count in spans:
-                mine = rows[first : first + count]
+                error = pb_utils.TritonError(f"generation failed: {exc}")
+                for job in jobs:
+                    if job["open"]:
+                        self._send(job, pb_utils.InferenceResponse(output_tensors=[], error=error), responses)
+        return None if self.decoupled else responses
 
-                def column(key: str, dtype, mine=mine, count=count):
-                    values = [r[key].encode("utf-8") if dtype is np.object_ else r[key] for r in mine]
-                    return np.array(values, dtype=dtype).reshape(count, 1)
-
-                responses[i] = pb_utils.InferenceResponse(
-                    output_tensors=[
-                        pb_utils.Tensor("text_output", column("text", np.object_)),
-                        pb_utils.Tensor("prompt_tokens", np.array([[len(r["ids"])] for r in mine], np.int32)),
-                        pb_utils.Tensor("completion_tokens", column("completion_tokens", np.int32)),
-                        pb_utils.Tensor("finish_reason", column("finish_reason", np.object_)),
-                    ]
-                )
-        return responses
+    @staticmethod
+    def _send(job: dict, response, responses: list, *, last: bool = True) -> None:
+        """Send (decoupled) or keep for returning (coupled) one response of `job`; `last` closes it."""
+        if job["sender"] is not None:
+            job["sender"].send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if last else 0)
+        else:
+            responses[job["index"]] = response
+        if last:
+            job["open"] = False
 
     def finalize(self) -> None:
         self.model = None

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from .models import (
+    COMPILE_TARGETS,
     OPTIONAL_BLOCK,
     PLACEHOLDER,
     ComponentSpec,
@@ -206,6 +207,18 @@ class Pipeline:
     bindings: dict[str, dict[str, Binding]]      # step -> input -> binding
     conditions: dict[str, OutputRef]             # step -> boolean output it waits for
     params: dict[str, Any] = field(default_factory=dict)  # resolved values (defaults + overrides)
+    overridden: frozenset[str] = frozenset()    # parameters given with --set
+    target: str | None = None                   # the compile target `params` are for (None: a local run)
+
+    def for_target(self, target: str) -> Pipeline:
+        """This pipeline as compiled for `target`: each parameter's `target_defaults` entry replaces its default
+        (a --set value wins), and an input value the component marks as local-only is refused."""
+        params = {name: value if name in self.overridden else self.spec.params[name].default_for(target)
+                  for name, value in self.params.items()}
+        problems = target_value_problems(self, params, target)
+        if problems:
+            raise SpecError(problems)
+        return dataclasses.replace(self, params=params, target=target)
 
     @property
     def name(self) -> str:
@@ -225,6 +238,33 @@ class Pipeline:
     def step_with_role(self, role: Role) -> str | None:
         """The first step, in file order, whose component declares `role`."""
         return next((step for step, c in self.components.items() if c.spec.role == role), None)
+
+
+def target_value_problems(pipeline: Pipeline, params: dict[str, Any], target: str,
+                          only: set[str] | None = None) -> list[Problem]:
+    """Inputs whose value (a literal, or a parameter's value in `params`) `target` cannot run: outside the
+    component's `enum_per_target` for it. `only` limits the check to bindings of those parameters."""
+    problems = []
+    for step, step_bindings in pipeline.bindings.items():
+        for name, binding in step_bindings.items():
+            spec = pipeline.components[step].spec.inputs[name]
+            if isinstance(binding, ParamRef):
+                if only is not None and binding.name not in only:
+                    continue
+                value, source = params[binding.name], f"parameter {binding.name} = {params[binding.name]!r}"
+            elif isinstance(binding, Literal) and only is None:
+                value, source = binding.value, f"{binding.value!r}"
+            else:
+                continue
+            reason = check_value(spec, value)
+            allowed = (spec.enum_per_target or {}).get(target)
+            if reason is None and allowed is not None and value not in allowed:
+                reason = (f"{value!r} runs only locally; compiled for {target} it must be one of {allowed} "
+                          f"(set the parameter's target_defaults.{target}, or --set it)")
+            if reason:
+                problems.append(pipeline.source.problem(("steps", step, "inputs", name),
+                                                        f"{step}.{name} ({source}) for target {target}: {reason}"))
+    return problems
 
 
 def find_root(pipeline_path: Path) -> Path:
@@ -547,7 +587,14 @@ def load_pipeline(path: str | Path, overrides: dict[str, str] | None = None) -> 
                     if reason:
                         problems.append(loaded.problem(("steps", step_name, "inputs", input_name),
                                                        f"--set {name}: {step_name}.{input_name}: {reason}"))
+    pipeline = Pipeline(spec=spec, path=path, root=root, source=loaded, components=components,
+                        bindings=bindings, conditions=conditions, params=params,
+                        overridden=frozenset(overrides or {}))
+    for target in COMPILE_TARGETS:  # a declared per-target default must be one that target can run
+        declared = {n for n, p in spec.params.items() if target in p.target_defaults and n not in pipeline.overridden}
+        if declared:
+            problems += target_value_problems(pipeline, {n: spec.params[n].default_for(target) for n in params},
+                                              target, only=declared)
     if problems:
         raise SpecError(problems)
-    return Pipeline(spec=spec, path=path, root=root, source=loaded, components=components,
-                    bindings=bindings, conditions=conditions, params=params)
+    return pipeline

@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from .cron import check_cron, check_timezone
 
 NAME_PATTERN = r"^[a-z][a-z0-9_-]*$"
+# The targets `tuneline compile --target` writes; a local run is target None.
+COMPILE_TARGETS = ("kfp", "azureml")
+CompileTarget = Literal["kfp", "azureml"]
 IDENT_PATTERN = r"^[a-z_][a-z0-9_]*$"  # inputs/outputs/params become CLI placeholders and KFP/Azure ML names
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
 # Command templates (Azure ML's syntax): `${{inputs.x}}` / `${{outputs.y}}`, and `$[[ ... ]]` around the parts
@@ -56,6 +59,8 @@ class InputSpec(Strict):
     enum: list[str | int | float] | None = None
     accepts_folder: bool = Field(False, description="a uri_file input that also takes a folder (e.g. of dataset "
                                                     "shards): bound to a folder, the step sees it as a uri_folder")
+    enum_per_target: dict[CompileTarget, list[str | int | float]] | None = Field(
+        None, description="the values a compiled target accepts (kfp, azureml); the others are for local runs only")
 
     @property
     def required(self) -> bool:
@@ -69,6 +74,10 @@ class InputSpec(Strict):
             raise ValueError("enum does not apply to artifact inputs")
         if self.accepts_folder and self.type != IOType.uri_file:
             raise ValueError("accepts_folder applies to uri_file inputs")
+        for target, allowed in (self.enum_per_target or {}).items():
+            outside = [v for v in allowed if self.enum is not None and v not in self.enum]
+            if outside:
+                raise ValueError(f"enum_per_target.{target}: {outside} not in enum {self.enum}")
         if self.default is not None:
             problem = check_value(self, self.default)
             if problem:
@@ -79,6 +88,16 @@ class InputSpec(Strict):
 class OutputSpec(Strict):
     type: IOType
     description: str = ""
+    resume: bool = Field(False, description="a resumable checkpoint store: a folder kept across retries and "
+                                            "re-runs of the step with the same cache key, so an interrupted "
+                                            "attempt's checkpoints are there when the step starts again "
+                                            "(uri_folder only)")
+
+    @model_validator(mode="after")
+    def _resume_is_a_folder(self) -> OutputSpec:
+        if self.resume and self.type != IOType.uri_folder:
+            raise ValueError(f"resume: true applies to uri_folder outputs, not {self.type.value}")
+        return self
 
 
 class Resources(Strict):
@@ -164,6 +183,11 @@ class ComponentSpec(Strict):
             raise ValueError(f"names used as both input and output: {sorted(clash)}")
         return self
 
+    @property
+    def resume_outputs(self) -> list[str]:
+        """The outputs declared `resume: true`, in declaration order."""
+        return [name for name, out in self.outputs.items() if out.resume]
+
     @model_validator(mode="after")
     def _role_inputs_declared(self) -> ComponentSpec:
         if self.role is None:
@@ -195,8 +219,11 @@ class KubeflowCompute(Strict):
     tolerations: list[Toleration] = Field(default_factory=list)
     spot: bool = Field(False, description="tolerate the AKS spot taint and prefer spot nodes")
     shm: str | None = Field(None, pattern=QUANTITY_PATTERN, description="size of /dev/shm (emptyDir, Memory)")
-    nodes: int = Field(1, ge=1, description="more than 1 launches a PyTorchJob")
+    nodes: int = Field(1, ge=1, description="more than 1 runs the step as a job of `launcher`'s kind")
     processes_per_node: int = Field(1, ge=1)
+    launcher: Literal["trainjob", "pytorchjob"] = Field(
+        "trainjob", description="multi-node job kind: Kubeflow Trainer v2 TrainJob (torch-distributed runtime), "
+                                "or the legacy Training Operator v1 PyTorchJob")
 
 
 class AzureMLCompute(Strict):
@@ -215,6 +242,9 @@ class ComputeProfile(Strict):
 class ParamSpec(Strict):
     type: IOType
     default: Any = None
+    target_defaults: dict[CompileTarget, Any] = Field(
+        default_factory=dict, description="the default when compiled for a target (kfp, azureml), where the local "
+                                          "one cannot run; --set wins over both")
     description: str = ""
 
     @model_validator(mode="after")
@@ -224,7 +254,15 @@ class ParamSpec(Strict):
         problem = check_value(InputSpec(type=self.type), self.default)
         if problem:
             raise ValueError(f"default {self.default!r}: {problem}")
+        for target, value in self.target_defaults.items():
+            problem = check_value(InputSpec(type=self.type), value)
+            if problem:
+                raise ValueError(f"target_defaults.{target} {value!r}: {problem}")
         return self
+
+    def default_for(self, target: str | None) -> Any:
+        """The default of a local run (target None) or of a compiled target."""
+        return self.target_defaults.get(target, self.default) if target else self.default
 
 
 class StepSpec(Strict):
