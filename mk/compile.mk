@@ -17,6 +17,15 @@ golden: $(VENV_STAMP) ## regenerate tests/compile/golden/ from every pipeline (r
 compile-bench: $(VENV_STAMP) ## time compiling the default pipeline to both targets -> bench/results/compile.json
 	$(PY) bench/compile_bench.py
 
+# Preemption: train checkpoints every 10 steps (save_steps), so 16 steps leave a checkpoint to resume from; the
+# step is killed after it and run again, and must resume (tuneline/conformance/azureml.py R8, kfp_resume.py).
+CONFORMANCE_PREEMPT = --set max_steps=16
+
 conformance: $(VENV_STAMP) ## run the compiled pipelines as Azure ML runs them and compare every step with tuneline run
 	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml tests/fixtures/toy/pipelines/toy.yaml
-	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml pipelines/finetune.yaml $(CONFORMANCE_TINY)
+	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml tests/fixtures/toy/pipelines/resume.yaml --preempt-resumable
+	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml pipelines/finetune.yaml $(CONFORMANCE_TINY) \
+		$(CONFORMANCE_PREEMPT) --preempt-resumable
+	$(MAKE) images IMAGES=train-cpu
+	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance.kfp_resume pipelines/finetune.yaml $(CONFORMANCE_TINY) \
+		$(CONFORMANCE_PREEMPT)

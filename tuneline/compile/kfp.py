@@ -5,6 +5,9 @@ Each step becomes one container component that runs the step's own command line:
 is a `dsl.OutputPath(<type>)` file the program writes JSON to, which KFP reads back as an output parameter.
 `when:` is not a `dsl.If`: the step takes the gate as a boolean input and `tuneline.compile.gate` runs its command
 only when the gate is true, as on Azure ML, so every target has one semantics for conditions (the spec validator's).
+A step with a `resume: true` output mounts the checkpoint PVC, gets `TUNELINE_CHECKPOINT_ROOT`, and runs behind
+`tuneline.compile.resume`, which keeps its checkpoints on the volume under a key of its inputs: an output artifact
+path is per-pod scratch, gone when a preempted pod is retried.
 A multi-node step becomes a launcher task that runs it as a Kubeflow Trainer TrainJob (`trainjob.py`, the default)
 or a PyTorchJob (`pytorchjob.py`); see `launch.py`. The launcher task runs in the control image, which has the
 `kubernetes` client (the job's pods run the step's own image).
@@ -34,6 +37,7 @@ from .launch import LAUNCH_MODULE, POD_NAME_ENV, POD_UID_ENV, staged_command
 from .options import MLFLOW_CONFIG_KEYS, MLFLOW_SECRET_KEYS, CompileOptions
 from .placement import CHECKPOINT_MOUNT, GPU_RESOURCE, Placement, placement, resumable
 from .pytorchjob import pytorchjob_manifest
+from .stores import resume_items
 from .trainjob import trainjob_manifest
 
 _VALUE_TYPES: dict[IOType, type] = {IOType.string: str, IOType.integer: int, IOType.number: float,
@@ -199,6 +203,9 @@ class _Builder:
         elif place.processes_per_node > 1:
             words = leading_words(items)
             items = [(w,) for w in torchrun_prefix(words, 1, place.processes_per_node)] + items[1:]
+        if place.nodes == 1 and resumable(node):
+            # The output path is per-pod scratch: the wrapper keys a store on the PVC ($TUNELINE_CHECKPOINT_ROOT).
+            items = resume_items(self.graph, node, in_output=False) + items
         if node.condition is not None:
             items = _gated(items, ports)
 
