@@ -1,16 +1,21 @@
 """Throughput and memory of the prepare step on synthetic chat data (near-dup dedup and PII redaction on),
 read from JSON Lines and from Parquet.
 
-Run as: python bench/prepare_bench.py                  # 10k, 100k and 1M records, JSONL and Parquet
+Run as: python bench/prepare_bench.py                  # 10k and 100k records, JSONL and Parquet
+        python bench/prepare_bench.py --million        # ... and 1M (a few minutes)
         python bench/prepare_bench.py --sizes 10000 --types parquet   # one quick size, one file type
-        python bench/prepare_bench.py --workers 2       # parse/redact/sign in 2 worker processes
+        python bench/prepare_bench.py --workers 1       # everything in one process (default: as the CLI picks)
 
-Each size and file type runs in a fresh child process (so peak RSS is that run's own), timing ``run`` only,
-not data generation (the Parquet file holds the same records as the JSONL one, written with pyarrow).
-Targets: >= 5,000 records/s and 10x the records in <= 11x the time, for both file types. Wall-clock and
-CPU-time rates are both recorded: on a shared machine the wall-clock rate mostly measures the other tenants.
-Writes bench/results/prepare.json and prints records/s, peak RSS and the scaling ratio (time of 10x records /
-time of 1x; linear is 10).
+The input files are written by one child process and each size and file type is then prepared in a fresh
+child process, so peak RSS is the prepare run's own, not the data generator's. The run is what the CLI does
+(``components.prepare.pipeline.run`` with the component's defaults and the CLI's worker count). Beside it, in
+the same child, a plain baseline reads the same file with the same reader and writes every record back as
+JSON with no checks: ``vs_plain`` is prepare's time over that, a ratio that the machine's load affects far
+less than the absolute figures. Targets: >= 5,000 records/s and 10x the records in <= 11x the time, for
+both file types. Wall-clock and CPU-time rates are both recorded (CPU seconds include worker processes): on a
+shared machine the wall-clock rate mostly measures the other tenants, so the load average is recorded at the
+start and end of each run. Writes bench/results/prepare.json and prints records/s, CPU seconds, peak RSS and
+the scaling ratio (time of 10x records / time of 1x; linear is 10).
 """
 
 from __future__ import annotations
@@ -108,12 +113,32 @@ def write_input(tmp: str, n: int, kind: str) -> Path:
     return raw
 
 
-def run_one(n: int, workers: int, kind: str) -> dict:
+def _plain_copy(raw: Path, out: Path) -> float:
+    """Seconds to read every record of ``raw`` with prepare's reader and write it back as a JSON line."""
+    from tuneline.data.sources import Dataset
+
+    start = time.perf_counter()
+    dataset = Dataset(raw)
+    with out.open("wb", buffering=1 << 20) as fh:
+        for f in dataset.files:
+            for item in dataset.records(f):
+                obj = json.loads(item.data) if item.data is not None else item.obj
+                fh.write(json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n")
+    return time.perf_counter() - start
+
+
+def _cpu_seconds() -> float:
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + kids.ru_utime + kids.ru_stime
+
+
+def run_one(raw: Path, n: int, workers: int, kind: str) -> dict:
     sys.path.insert(0, str(ROOT))
+    from components.prepare.__main__ import _auto_workers
     from components.prepare.pipeline import PrepareConfig, run
 
+    workers = workers or _auto_workers(raw)
     with tempfile.TemporaryDirectory() as tmp:
-        raw = write_input(tmp, n, kind)
         cfg = PrepareConfig(
             raw=raw,
             train_out=Path(tmp, "train"),
@@ -123,13 +148,15 @@ def run_one(n: int, workers: int, kind: str) -> dict:
             workers=workers,
         )
         load = os.getloadavg()[0]
-        cpu0 = time.process_time()
-        kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu0 = _cpu_seconds()
         t0 = time.perf_counter()
         result = run(cfg)
         seconds = time.perf_counter() - t0
-        kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = time.process_time() - cpu0 + (kids1.ru_utime + kids1.ru_stime - kids0.ru_utime - kids0.ru_stime)
+        cpu = _cpu_seconds() - cpu0
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        kids_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        load_end = os.getloadavg()[0]
+        plain = _plain_copy(raw, Path(tmp, "plain.jsonl"))
         s = result.stats
         return {
             "records": n,
@@ -140,8 +167,12 @@ def run_one(n: int, workers: int, kind: str) -> dict:
             "records_per_second": round(n / seconds, 1),
             "cpu_seconds": round(cpu, 3),
             "records_per_cpu_second": round(n / cpu, 1),
+            "plain_copy_seconds": round(plain, 3),
+            "vs_plain": round(seconds / plain, 2),
             "load_average_at_start": round(load, 2),
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "load_average_at_end": round(load_end, 2),
+            "peak_rss_mib": round(rss, 1),
+            "worker_peak_rss_mib": round(kids_rss, 1) if workers > 1 else None,
             "kept": s.kept,
             "quarantined": s.quarantined,
             "deduplicated": s.deduplicated,
@@ -152,34 +183,50 @@ def run_one(n: int, workers: int, kind: str) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="record counts")
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000], help="record counts")
+    p.add_argument("--million", action="store_true", help="add 1,000,000 records to --sizes")
     p.add_argument(
-        "--workers", type=int, default=1, help="parse/redact/sign processes (1: main process only)"
+        "--workers", type=int, default=0,
+        help="parse/redact/sign processes (0: as the CLI picks; 1: main process only)"
     )
     p.add_argument("--types", nargs="+", default=["jsonl", "parquet"], choices=["jsonl", "parquet"],
                    help="input file types")
-    p.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)  # child mode
+    p.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)  # child mode: prepare this many
+    p.add_argument("--make", type=int, default=0, help=argparse.SUPPRESS)  # child mode: write this many
+    p.add_argument("--raw", type=Path, help=argparse.SUPPRESS)  # child mode: the input file
     p.add_argument("--type", default="jsonl", help=argparse.SUPPRESS)  # child mode
     p.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON results")
     args = p.parse_args()
-    if args.one:
-        print(json.dumps(run_one(args.one, args.workers, args.type)))
+    if args.make:
+        print(write_input(str(args.raw), args.make, args.type))
         return
+    if args.one:
+        print(json.dumps(run_one(args.raw, args.one, args.workers, args.type)))
+        return
+    sizes = sorted(set(args.sizes) | ({1_000_000} if args.million else set()))
     rows = []
-    for kind, n in ((k, n) for k in args.types for n in args.sizes):
-        out = subprocess.run(
-            [sys.executable, __file__, "--one", str(n), "--workers", str(args.workers), "--type", kind],
-            check=True,
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-        ).stdout
+    for kind, n in ((k, n) for k in args.types for n in sizes):
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = subprocess.run(
+                [sys.executable, __file__, "--make", str(n), "--raw", tmp, "--type", kind],
+                check=True, capture_output=True, text=True, cwd=ROOT,
+            ).stdout.strip().splitlines()[-1]
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", str(n), "--raw", raw, "--workers", str(args.workers),
+                 "--type", kind],
+                check=True,
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+            ).stdout
         row = json.loads(out.strip().splitlines()[-1])
         rows.append(row)
         print(
             f"{kind:>7} {n:>9,} records  {row['seconds']:>8.2f} s  {row['records_per_second']:>9,.0f} rec/s  "
-            f"{row['records_per_cpu_second']:>9,.0f} rec/CPU-s  peak RSS {row['peak_rss_mib']:>7,.0f} MiB  "
-            f"load {row['load_average_at_start']}  (kept {row['kept']}, dedup {row['deduplicated']})",
+            f"{row['cpu_seconds']:>8.2f} CPU-s  {row['records_per_cpu_second']:>9,.0f} rec/CPU-s  "
+            f"x{row['vs_plain']} plain copy  peak RSS {row['peak_rss_mib']:>7,.0f} MiB  workers {row['workers']}  "
+            f"load {row['load_average_at_start']}-{row['load_average_at_end']}  "
+            f"(kept {row['kept']}, dedup {row['deduplicated']})",
             flush=True,
         )
     scaling = [
@@ -189,6 +236,7 @@ def main() -> None:
             "to": b["records"],
             "time_ratio": round(b["seconds"] / a["seconds"], 2),
             "cpu_time_ratio": round(b["cpu_seconds"] / a["cpu_seconds"], 2),
+            "plain_copy_time_ratio": round(b["plain_copy_seconds"] / a["plain_copy_seconds"], 2),
             "size_ratio": round(b["records"] / a["records"], 2),
         }
         for a, b in zip(rows, rows[1:], strict=False)
@@ -197,6 +245,7 @@ def main() -> None:
     for s in scaling:
         print(
             f"{s['type']}: {s['from']:,} -> {s['to']:,}: wall time x{s['time_ratio']}, CPU time x{s['cpu_time_ratio']} "
+            f"(plain copy x{s['plain_copy_time_ratio']}) "
             f"for records x{s['size_ratio']}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -208,7 +257,8 @@ def main() -> None:
                     "python": platform.python_version(),
                     "platform": platform.platform(),
                 },
-                "settings": "defaults: near-dup 0.85, num_perm 128, PII redaction on",
+                "settings": "defaults: near-dup 0.85, num_perm 128, PII redaction on; workers as the CLI picks "
+                "them unless --workers is given",
                 "note": "records_per_cpu_second counts the CPU time of the run and its worker processes; "
                 "it is the figure to compare when the machine is shared (see load_average_at_start).",
                 "runs": rows,

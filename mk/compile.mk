@@ -17,6 +17,10 @@ golden: $(VENV_STAMP) ## regenerate tests/compile/golden/ from every pipeline (r
 compile-bench: $(VENV_STAMP) ## time compiling the default pipeline to both targets -> bench/results/compile.json
 	$(PY) bench/compile_bench.py
 
+# Preemption: train checkpoints every 10 steps (save_steps), so 16 steps leave a checkpoint to resume from; the
+# step is killed after it and run again, and must resume (tuneline/conformance/azureml.py R8, kfp_resume.py).
+CONFORMANCE_PREEMPT = --set max_steps=16
+
 # kfp: the compiled package executed by kfp.local in containers of the images `make images` builds (reused when
 # unchanged), through a podman service the harness starts under $(TUNELINE_HOME)/podman and stops afterwards
 # (tuneline/conformance/podman.py installs podman and runc with apt-get when they are missing).
@@ -24,4 +28,9 @@ conformance: $(VENV_STAMP) images ## run the compiled pipelines as kfp.local and
 	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance kfp tests/fixtures/toy/pipelines/toy.yaml
 	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance kfp pipelines/finetune.yaml $(CONFORMANCE_TINY)
 	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml tests/fixtures/toy/pipelines/toy.yaml
-	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml pipelines/finetune.yaml $(CONFORMANCE_TINY)
+	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml tests/fixtures/toy/pipelines/resume.yaml --preempt-resumable
+	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml pipelines/finetune.yaml $(CONFORMANCE_TINY) \
+		$(CONFORMANCE_PREEMPT) --preempt-resumable
+	$(MAKE) images IMAGES=train-cpu
+	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance.kfp_resume pipelines/finetune.yaml $(CONFORMANCE_TINY) \
+		$(CONFORMANCE_PREEMPT)

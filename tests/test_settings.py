@@ -3,6 +3,8 @@
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from components.deploy.local import default_state_dir as deploy_state_dir
 from tuneline import settings
 from tuneline.serve.local import default_state_dir as serve_state_dir
@@ -40,3 +42,30 @@ def test_make_serve_targets_follow_tuneline_home(tmp_path: Path):
     shown = subprocess.run(["make", "-n", "serve-stop", f"TUNELINE_HOME={tmp_path}"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout
     assert f"--state-dir {tmp_path}/serve stop" in shown
+
+
+def test_an_azureml_tracking_uri_without_its_plugin_fails_with_the_reason(monkeypatch):
+    # What Azure ML sets in every job (the form its docs give for the workspace's MLflow URI).
+    uri = ("azureml://eastus.api.azureml.ms/mlflow/v1.0/subscriptions/0000/resourceGroups/rg/providers/"
+           "Microsoft.MachineLearningServices/workspaces/ws")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with pytest.raises(settings.TrackingStoreMissing) as err:
+        settings.use_tracking()
+    assert "azureml-mlflow" in str(err.value) and "mlflow-skinny<=3.15.0" in str(err.value)
+    import mlflow
+
+    # The pinned MLflow itself has no store for the scheme: the check only says why, earlier and plainly.
+    with pytest.raises(Exception, match="azureml"):
+        mlflow.tracking.MlflowClient(tracking_uri=uri).search_experiments()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.tuneline.svc.cluster.local:5000")
+    assert settings.use_tracking() == "http://mlflow.tuneline.svc.cluster.local:5000"
+
+
+def test_pipeline_run_id_comes_from_kfp_local_or_azureml(monkeypatch):
+    monkeypatch.delenv("TUNELINE_RUN_ID", raising=False)
+    monkeypatch.delenv("AZUREML_ROOT_RUN_ID", raising=False)
+    assert settings.pipeline_run_id() == ""
+    monkeypatch.setenv("AZUREML_ROOT_RUN_ID", "happy_lime_abc123")
+    assert settings.pipeline_run_id() == "happy_lime_abc123"
+    monkeypatch.setenv("TUNELINE_RUN_ID", "run-1")
+    assert settings.pipeline_run_id() == "run-1"

@@ -50,7 +50,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             elif path.is_dir() and (path / "component.yaml").is_file():
                 load_component(path)
             else:
-                load_pipeline(path)
+                load_pipeline(path, parse_set_pairs(args.set))
         except SpecError as exc:
             problems.extend(exc.problems)
     if problems:
@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check pipeline and component YAML files")
     validate.add_argument("files", nargs="+", help="pipeline YAML files, component.yaml files or component folders")
+    validate.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                          help="check the pipelines with this parameter value (repeatable)")
     validate.set_defaults(handler=cmd_validate)
 
     run = sub.add_parser("run", help="run a pipeline locally, one subprocess per step")

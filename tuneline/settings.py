@@ -1,8 +1,11 @@
 """Where tuneline keeps its state, decided in one place.
 
 - home: `$TUNELINE_HOME`, else `<project root>/.tuneline` (runs, cache, models, MLflow store, serving state);
-- tracking URI: `$MLFLOW_TRACKING_URI`, else a SQLite store `<home>/mlflow.db` (a `mlflow server` or an Azure
-  ML workspace works unchanged when the variable is set);
+- tracking URI: `$MLFLOW_TRACKING_URI`, else a SQLite store `<home>/mlflow.db` (a `mlflow server` works
+  unchanged when the variable is set; an Azure ML workspace's `azureml://` URI needs the azureml-mlflow plugin,
+  which no image can carry yet: see `check_tracking_store`);
+- pipeline run id: `$TUNELINE_RUN_ID` (the local runner and KFP set it), else `$AZUREML_ROOT_RUN_ID` (what
+  Azure ML gives each step of a pipeline job: the pipeline job's run id);
 - serve state: `$TUNELINE_SERVE_STATE`, else `<home>/serve`;
 - serve venv: `$TUNELINE_SERVE_VENV`, else `./.tuneline/serve-venv`. It is an installation rather than state
   (minutes of pip), so a scratch TUNELINE_HOME (a test, a second project copy) reuses it instead of
@@ -17,9 +20,26 @@ from __future__ import annotations
 
 import fcntl
 import os
+from importlib.metadata import entry_points
 from pathlib import Path
 
 HOME_FOLDER = ".tuneline"
+# Azure ML sets MLFLOW_TRACKING_URI to the workspace's azureml:// URI in every job, and that scheme is served by
+# the azureml-mlflow plugin, which registers it in the `mlflow.tracking_store` entry-point group that MLflow loads
+# stores from (https://learn.microsoft.com/azure/machine-learning/how-to-use-mlflow-configure-tracking).
+# Every azureml-mlflow release caps mlflow-skinny below the mlflow the project pins (3.17.2): 1.62.0.post6, the
+# newest, requires mlflow-skinny<=3.15.0, and 1.62.0.post5 <=3.13.0 (their PyPI metadata). Installing it
+# would downgrade MLflow in one image only, so no image carries it, and a job fails at its first MLflow use
+# with this message instead of MLflow's "no registered store" deep in a run.
+AZUREML_TRACKING_MISSING = (
+    "MLFLOW_TRACKING_URI is {uri!r}, an Azure ML workspace URI, which needs the azureml-mlflow plugin; it is "
+    "not installed, because every azureml-mlflow release (newest 1.62.0.post6: mlflow-skinny<=3.15.0) conflicts "
+    "with the mlflow 3.17.2 that tuneline pins. Point MLFLOW_TRACKING_URI at an MLflow tracking server instead "
+    "(for example the one k8s/base/mlflow deploys), or install an azureml-mlflow that supports mlflow 3.17.")
+
+
+class TrackingStoreMissing(RuntimeError):
+    """The tracking URI names a store whose MLflow plugin is not installed."""
 
 
 def home(root: Path | None = None) -> Path:
@@ -31,6 +51,18 @@ def tracking_uri(home_dir: Path | None = None) -> str:
     """$MLFLOW_TRACKING_URI, else the SQLite store in the state folder."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     return uri or f"sqlite:///{((home_dir or home()) / 'mlflow.db').absolute()}"
+
+
+def check_tracking_store(uri: str) -> None:
+    """Refuse an `azureml://` tracking URI when no installed plugin serves it."""
+    if uri.split(":", 1)[0].lower() == "azureml":
+        if not any(ep.name == "azureml" for ep in entry_points(group="mlflow.tracking_store")):
+            raise TrackingStoreMissing(AZUREML_TRACKING_MISSING.format(uri=uri.split("?", 1)[0][:80]))
+
+
+def pipeline_run_id() -> str:
+    """The id of the pipeline run this step belongs to ('' outside a pipeline)."""
+    return os.environ.get("TUNELINE_RUN_ID") or os.environ.get("AZUREML_ROOT_RUN_ID") or ""
 
 
 def serve_state_dir(home_dir: Path | None = None) -> Path:
@@ -54,6 +86,7 @@ def use_tracking(home_dir: Path | None = None) -> str:
     """Point this process's MLflow (and the subprocesses it starts) at `tracking_uri()`; returns the URI."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     uri = tracking_uri(home_dir)
+    check_tracking_store(uri)
     db = sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)

@@ -64,11 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_component_args(__file__, argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from tuneline.ml.data import read_split
-    from tuneline.ml.gates import Gate, GateError
+    from tuneline.ml.gates import Gate, GateError, expand
 
     try:
-        # "{metric}" in a gate stands for --gate-metric, so one pipeline parameter retargets the gates.
-        gate = Gate(args.gates.replace("{metric}", args.gate_metric.removeprefix("tuned.")))
+        # "{metric}" / "{better}" in a gate stand for --gate-metric and its direction, so one pipeline parameter
+        # retargets the gates.
+        gate = Gate(expand(args.gates, args.gate_metric))
     except GateError as err:
         print(f"error: --gates: {err}", file=sys.stderr)
         return 2
@@ -76,7 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     schema = json.loads(args.schema.read_text()) if args.schema else None
     refs = [r.answer for r in split.records]
     names = available_metrics(refs, schema)
-    # Fail before loading any model when the gate names a metric this evaluation cannot produce.
+    # Fail before loading any model when the gate, or the gate metric register will compare, names a metric this
+    # evaluation cannot produce.
+    gate_metric = args.gate_metric.removeprefix("tuned.")
+    if gate_metric not in names:
+        print(f"error: --gate-metric: '{gate_metric}' is not produced on {args.test} (available: {', '.join(names)})"
+              "; choose one with --set gate_metric=... (e.g. rouge_l for free text)", file=sys.stderr)
+        return 2
     probe = {m: dict.fromkeys(names, 0.0) for m in ("base", "tuned", "champion")}
     try:
         gate.evaluate(probe)

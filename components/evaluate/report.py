@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from tuneline.ml.gates import GateResult
-
-_LOWER_IS_BETTER = {"perplexity"}
+from tuneline.ml.metrics import direction
 
 
 def _code(text: str) -> str:
@@ -33,7 +32,7 @@ def render(metrics: dict[str, dict[str, float]], gate: GateResult, samples: list
         "|---|" + "---:|" * len(models),
     ]
     for name in names:
-        arrow = " (lower is better)" if name in _LOWER_IS_BETTER else ""
+        arrow = " (lower is better)" if direction(name) == "min" else ""
         lines.append(f"| {name}{arrow} | " + " | ".join(_fmt(metrics[m].get(name)) for m in models) + " |")
     lines += ["", "## Gates", ""]
     lines += [f"- {'✅' if c.value else '❌'} `{c.text}`" for c in gate.clauses]

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tuneline.data.dedup import answer_key, record_digest
+from tuneline.data.dedup import answer_key, band_keys, record_digest
 from tuneline.data.minhash import Signer, shingle_text
 from tuneline.data.pii import Redactor
 from tuneline.data.quality import QualityRules
@@ -39,6 +39,7 @@ class BatchResult:
     rejected: list[tuple[Item, Reason, str]] = field(default_factory=list)
     parsed: list[Parsed] = field(default_factory=list)
     signatures: np.ndarray | None = None  # one row per ``parsed`` entry when near-dedup is on
+    band_keys: list[list[int]] | None = None  # LSH band keys of each signature (``dedup.band_keys``)
     pii: Counter[str] = field(default_factory=Counter)
 
 
@@ -54,6 +55,7 @@ class Checks:
     budget: Budget
     rules: QualityRules
     redact_pii: bool
+    lsh_bands: tuple[int, int] = (0, 0)  # (bands, rows) of the near-dup index; (0, 0) when it is off
 
 
 class BatchParser:
@@ -73,8 +75,10 @@ class BatchParser:
 
     def _redact(self, record: ChatRecord) -> bool:
         before = sum(self.redactor.counts.values())
-        for msg in record.messages:
-            msg["content"] = self.redactor.redact(msg["content"])
+        # Most records hold nothing to redact: one scan of all their messages tells.
+        if self.redactor.may_redact("\n".join(m["content"] for m in record.messages)):
+            for msg in record.messages:
+                msg["content"] = self.redactor.redact(msg["content"])
         for key, value in record.extra.items():
             if key not in _KEEP_VERBATIM:
                 record.extra[key] = self._redact_value(value)
@@ -103,6 +107,7 @@ class BatchParser:
                                       answer_key(record.messages[-1]["content"])))
         if self.signer is not None:
             out.signatures = self.signer.sign_many([near_dup_text(p.record) for p in out.parsed])
+            out.band_keys = band_keys(out.signatures, *self.checks.lsh_bands).tolist()
         return out
 
 

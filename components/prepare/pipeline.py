@@ -68,6 +68,10 @@ class PrepareConfig:
         return {"train": self.train_out, "validation": self.validation_out, "test": self.test_out}
 
 
+# ``json.dumps(obj, ensure_ascii=False)`` builds a new encoder per call; one shared encoder writes the same text.
+_ENCODE = json.JSONEncoder(ensure_ascii=False).encode
+
+
 class HashingWriter:
     """Appends JSON lines to a file, keeping count and a running sha256 of the bytes written."""
 
@@ -80,7 +84,7 @@ class HashingWriter:
         self.bytes = 0
 
     def write(self, obj: dict[str, Any]) -> None:
-        data = json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n"
+        data = _ENCODE(obj).encode("utf-8") + b"\n"
         self._fh.write(data)
         self._sha.update(data)
         self.records += 1
@@ -155,7 +159,8 @@ class _Run:
         self.quarantine = HashingWriter(cfg.report_out / "quarantine.jsonl")
 
     def parser_args(self) -> tuple[Checks, Signer | None]:
-        checks = Checks(self.cfg.budget, self.cfg.rules, self.cfg.redact_pii)
+        bands = (self.near.bands, self.near.rows) if self.near is not None else (0, 0)
+        checks = Checks(self.cfg.budget, self.cfg.rules, self.cfg.redact_pii, bands)
         return checks, self.signer if self.near is not None else None
 
     def _quarantine(self, item: Item, reason: Reason, detail: str, **extra: Any) -> None:
@@ -193,8 +198,8 @@ class _Run:
                                  duplicate_of=self.dataset.where(original))
                 continue
             if self.near is not None:
-                assert batch.signatures is not None
-                hit = self.near.check_and_add(batch.signatures[i], parsed.key, parsed.answer)
+                assert batch.signatures is not None and batch.band_keys is not None
+                hit = self.near.check_and_add(batch.signatures[i], parsed.key, parsed.answer, batch.band_keys[i])
                 if hit is not None:
                     self._quarantine(item, Reason.NEAR_DUPLICATE,
                                      f"estimated Jaccard {hit[1]:.3f} with {where(hit[0])}",

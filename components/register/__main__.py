@@ -3,7 +3,7 @@ aliases (``candidate`` always; ``champion`` when it beats the current champion o
 
 Run as: python -m components.register --model out/model --metrics out/metrics.json --name tuneline-llm \
     --model-uri-out out/model_uri --version-out out/version --promoted-out out/promoted
-Override example: --gate-metric perplexity --gate-direction min --base-weights bundle
+Override example: --gate-metric perplexity --base-weights bundle   (compared as min: --gate-direction auto)
 
 The registry is MLFLOW_TRACKING_URI (default: SQLite under .tuneline/). Writes to it are retried with
 jittered exponential backoff, so parallel registrations get distinct versions. Exits 2 on bad input.
@@ -49,6 +49,13 @@ def _tags(
     return {k: v for k, v in tags.items() if v != ""}
 
 
+def _direction(given: str, metric: str) -> str:
+    """``auto``: the metric's own direction (``tuneline.ml.metrics.direction``, e.g. min for perplexity)."""
+    from tuneline.ml.metrics import direction
+
+    return direction(metric) if given == "auto" else given
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_component_args(__file__, argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -58,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trained = read_trained_model(args.model)
         evaluation = read_evaluation(args.metrics)
-        rule = PromotionRule(gate_metric, args.gate_direction, args.min_delta)
+        rule = PromotionRule(gate_metric, _direction(args.gate_direction, gate_metric), args.min_delta)
         candidate_value = evaluation.value("tuned", gate_metric)
     except (InputError, ValueError) as exc:
         print(f"register: {exc}", file=sys.stderr)
@@ -73,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     mlflow.set_tracking_uri(settings.use_tracking())
     client = registry.client()
-    pipeline_run = os.environ.get("TUNELINE_RUN_ID", "")
+    pipeline_run = settings.pipeline_run_id()  # KFP and local: TUNELINE_RUN_ID; Azure ML: the pipeline job
     code = registry.code_version()
     experiment = registry.ensure_experiment(client, args.experiment)
     run_tags = {
@@ -125,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 code_version=code,
                 pipeline_run_id=pipeline_run,
                 base_reference=base_ref,
-                gate_metric=f"{gate_metric} ({args.gate_direction})",
+                gate_metric=f"{gate_metric} ({rule.direction})",
             )
         )
         with tempfile.TemporaryDirectory() as tmp:

@@ -110,3 +110,25 @@ def test_images_become_versioned_environments_and_no_cache_forces_a_rerun(tmp_pa
 def test_every_mapped_time_zone_is_one_azure_ml_knows():
     known = {zone.value for zone in TimeZone}
     assert set(WINDOWS_TIME_ZONES.values()) <= known
+
+
+def test_resume_output_is_rw_mounted_at_a_stable_datastore_path(compiled):
+    """`resume: true`: no `${{name}}` (the job's own name) in the path, so a re-submitted job mounts the same
+    folder; the wrapper keeps its keyed store inside it (--in-output)."""
+    folder = compiled["toy"] / "azureml"
+    raw = yaml.safe_load((folder / "pipeline_job.yml").read_text())
+    assert raw["jobs"]["fit"]["outputs"] == {"checkpoints": {
+        "type": "uri_folder", "mode": "rw_mount",
+        "path": "azureml://datastores/${{default_datastore}}/paths/tuneline/checkpoints/toy/fit/checkpoints/"}}
+    assert "outputs" not in raw["jobs"]["make_data"]
+    job = load_job(str(folder / "pipeline_job.yml"))
+    assert job._validate().passed
+    assert job.jobs["fit"].outputs["checkpoints"].mode == "rw_mount"
+    assert "${{name}}" not in job.jobs["fit"].outputs["checkpoints"].path
+    fit = yaml.safe_load((folder / "components" / "fit.yml").read_text())
+    wrapper, step = fit["command"].split(" -- ", 1)
+    assert shlex.split(wrapper)[:6] == ["python", "-m", "tuneline.compile.resume", "--component", "components/fit",
+                                        "--in-output"]
+    assert "--store checkpoints='${{outputs.checkpoints}}'" in wrapper
+    assert "--artifact train='${{inputs.train}}'" in wrapper
+    assert step.startswith("python -m components.fit ")

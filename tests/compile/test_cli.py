@@ -63,3 +63,11 @@ def test_bad_param_is_reported(tmp_path, capsys, bad):
     assert run(["submit", str(TOY), "--target", "kfp", "--host", "h", "--out", str(tmp_path), "--param", bad,
                 "--dry-run"]) == 2
     assert "--set" in capsys.readouterr().err
+
+
+def test_submit_refuses_a_local_only_run_argument(tmp_path, capsys):
+    finetune = TOY.parents[5] / "pipelines" / "finetune.yaml"
+    assert run(["submit", str(finetune), "--target", "kfp", "--host", "http://kfp.local", "--out", str(tmp_path),
+                "--param", "deploy_target=local", "--dry-run"]) == 2
+    assert "deploy.target (parameter deploy_target = 'local') for target kfp: 'local' runs only locally" \
+        in capsys.readouterr().err

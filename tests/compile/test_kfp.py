@@ -125,7 +125,9 @@ def test_single_node_multi_gpu_runs_torchrun_in_the_pod(tmp_path):
     out = compile_graph(build_graph(load_pipeline(path)), ("kfp",), tmp_path / "out", CompileOptions())
     spec, platform = kfp_documents(out.folder / "kfp" / "pipeline.yaml")
     command = _step_command(_executor(spec, platform, "fit")[0])
-    assert command[:6] == ["torchrun", "--nnodes=1", "--nproc-per-node=2", "--standalone", "-m", "components.fit"]
+    assert command[:3] == ["python", "-m", "tuneline.compile.resume"]  # resume: true outputs (test_resume_ir)
+    step = command[command.index("--") + 1:]
+    assert step[:6] == ["torchrun", "--nnodes=1", "--nproc-per-node=2", "--standalone", "-m", "components.fit"]
 
 
 def test_multinode_step_becomes_a_trainjob_launcher(compiled):
@@ -186,3 +188,30 @@ def test_step_fed_by_a_conditional_step_must_share_its_condition(tmp_path):
                    "    inputs: {model_uri")
     with pytest.raises(SpecError, match="'publish' runs only when"):
         load_pipeline(path)
+
+
+def test_resume_output_runs_behind_the_wrapper_with_the_pvc_and_its_root(compiled):
+    """`resume: true` (fit's checkpoints): the PVC at the mount path, TUNELINE_CHECKPOINT_ROOT naming it, and the
+    command behind tuneline.compile.resume, which keys the store by every input (tests/compile/test_resume.py)."""
+    spec, platform = kfp_documents(compiled["toy"] / "kfp" / "pipeline.yaml")
+    container, k8s = _executor(spec, platform, "fit")
+    assert k8s["pvcMount"] == [{"constant": "tuneline-checkpoints", "mountPath": "/mnt/checkpoints",
+                                "pvcNameParameter": {"runtimeValue": {"constant": "tuneline-checkpoints"}}}]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["TUNELINE_CHECKPOINT_ROOT"] == "/mnt/checkpoints"
+    command = container["command"]
+    split = command.index("--")
+    wrapper, step = command[:split], command[split + 1:]
+    assert wrapper[:5] == ["python", "-m", "tuneline.compile.resume", "--component", "components/fit"]
+    assert "--root" not in wrapper and "--in-output" not in wrapper  # the root is the mounted volume's env var
+    pairs = [json.loads(w)["Concat"] for w in wrapper[5:] if w.startswith("{")]
+    assert ["checkpoints=", "{{$.outputs.artifacts['checkpoints'].path}}"] in pairs
+    assert ["train=", "{{$.inputs.artifacts['train'].path}}"] in pairs
+    assert {p[0] for p in pairs} == {"checkpoints=", "train=", "rows=", "base=", "lr=", "method="}
+    assert step[:3] == ["python", "-m", "components.fit"]
+    assert "{{$.outputs.artifacts['checkpoints'].path}}" in step
+    # A step without a resume: true output: no volume, no root, no wrapper.
+    cpu_container, cpu_k8s = _executor(spec, platform, "make_data")
+    assert "pvcMount" not in cpu_k8s
+    assert "TUNELINE_CHECKPOINT_ROOT" not in {e["name"] for e in cpu_container.get("env", [])}
+    assert "tuneline.compile.resume" not in cpu_container["command"]

@@ -385,3 +385,10 @@ def test_the_role_in_k8s_grants_the_launcher_its_calls_and_no_token_means_no_lau
     assert any("may not get pods/log" in p for p in problems)
     assert any("automountServiceAccountToken: false" in p for p in problems)
     assert "does not create" in launcher_problems("TrainJob", "nobody", NAMESPACE, rendered, folder)[0]
+
+
+def test_the_launcher_image_has_the_kubernetes_client():
+    from tuneline.compile.kfp import LAUNCHER_ENVIRONMENT
+
+    requirements = (REPO / "environments" / LAUNCHER_ENVIRONMENT / "requirements.txt").read_text().splitlines()
+    assert any(line.startswith("kubernetes==") for line in requirements)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,34 @@ def test_the_private_preview_flag_is_refused(tmp_path, monkeypatch):
     monkeypatch.setitem(os.environ, "AZURE_ML_CLI_PRIVATE_FEATURES_ENABLED", "true")
     with pytest.raises(RuntimeRuleBroken, match="must validate without it"):
         validate_offline(_compiled(tmp_path))
+
+
+RESUME = TOY.parent / "resume.yaml"
+
+
+@pytest.mark.slow
+def test_a_preempted_resumable_node_resumes_from_its_rw_mount_output(tmp_path, capsys):
+    """R8: count's checkpoints live at a datastore path; killed after its first checkpoint and submitted again,
+    it resumes from there, and its outputs still equal an uninterrupted local run's."""
+    assert main(["azureml", str(RESUME), "--preempt-resumable", "--work", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "azureml conformance: 2/2 steps match local" in out
+    line = next(x for x in out.splitlines() if x.startswith("azureml checkpoint resume: count killed at step "))
+    killed, resumed = (int(x) for x in re.findall(r"step (\d+)", line))
+    assert resumed == killed + 1 and 1 <= killed < 6
+    assert "(exit 143)" in line
+
+
+def test_datastore_paths_resolve_to_folders_that_outlive_jobs(tmp_path):
+    runtime = AzureMLRuntime(_compiled(tmp_path), tmp_path / "run")
+    folder, mode = runtime._output_folder("fit", "checkpoints", {
+        "type": "uri_folder", "mode": "rw_mount",
+        "path": "azureml://datastores/${{default_datastore}}/paths/tuneline/checkpoints/x/${{output_name}}/"},
+        tmp_path / "scratch")
+    assert (folder, mode) == (tmp_path / "run/datastores/workspaceblobstore/tuneline/checkpoints/x/checkpoints",
+                              "rw_mount")
+    assert runtime._output_folder("fit", "model", None, tmp_path / "scratch") == (tmp_path / "scratch", None)
+    with pytest.raises(RuntimeRuleBroken, match="mode 'download'"):
+        runtime._output_folder("fit", "model", {"mode": "download"}, tmp_path / "scratch")
+    with pytest.raises(RuntimeRuleBroken, match="known expressions"):
+        runtime._output_folder("fit", "model", {"path": "azureml://datastores/x/paths/${{run_id}}/"}, tmp_path)

@@ -59,3 +59,26 @@ def test_near_duplicates_must_share_the_answer():
     assert near.check_and_add(a, 1, answer=7) is None
     assert near.check_and_add(b, 2, answer=8) is None  # a different answer: a different record
     assert near.check_and_add(b, 3, answer=7) is not None
+
+
+def test_band_index_finds_exactly_the_candidates_datasketch_minhashlsh_finds():
+    """The banding is datasketch's (same bands and rows); only where the band keys are hashed differs."""
+    from datasketch import MinHashLSH
+
+    signer = Signer()
+    near = NearDeduper(signer, threshold=0.85)
+    reference = MinHashLSH(threshold=0.85, num_perm=signer.num_perm, weights=(0.1, 0.9))
+    assert (near.bands, near.rows) == (reference.b, reference.r)
+    rng = np.random.default_rng(5)
+    base = rng.integers(0, 2**32, size=(40, signer.num_perm), dtype=np.uint64).astype(np.uint32)
+    # Variants of the base rows with a few values changed: some share bands with their base row, some none.
+    variants = base[rng.integers(0, len(base), size=200)].copy()
+    for row in variants:
+        row[rng.choice(signer.num_perm, size=rng.integers(1, 40), replace=False)] = rng.integers(0, 2**32)
+    signatures = np.concatenate([base, variants])
+    keys = near.band_keys(signatures)
+    for i, (signature, band) in enumerate(zip(signatures, keys, strict=True)):
+        lean = signer.lean(signature)
+        assert near._candidates(band) == set(reference.query(lean)), i
+        near._add(band, signature, i, 0)
+        reference.insert(i, lean)

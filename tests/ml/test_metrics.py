@@ -36,3 +36,21 @@ def test_all_metrics_perfect_predictions_score_one():
     out = all_metrics(refs, refs, SCHEMA)
     assert all(value == pytest.approx(1.0) for value in out.values()), out
     assert {"exact_match", "token_f1", "rouge_l", "bleu", "chrf", "schema_valid", "field_accuracy"} <= set(out)
+
+
+def test_direction_is_known_in_one_place_and_drives_the_gate_default():
+    from tuneline.ml.gates import Gate, expand
+    from tuneline.ml.metrics import direction
+
+    assert (direction("perplexity"), direction("tuned.perplexity"), direction("rouge_l")) == ("min", "min", "max")
+    assert expand("tuned.{metric} {better} base.{metric}", "perplexity") == "tuned.perplexity < base.perplexity"
+    assert expand("tuned.{metric} {better}= base.{metric}", "tuned.rouge_l") == "tuned.rouge_l >= base.rouge_l"
+    lower = {"base": {"perplexity": 9.0}, "tuned": {"perplexity": 4.0}}
+    assert Gate(expand("tuned.{metric} {better} base.{metric}", "perplexity")).evaluate(lower).passed
+
+
+def test_unknown_metric_names_what_evaluate_produces():
+    from tuneline.ml.metrics import unknown_metric
+
+    assert unknown_metric("rouge_l") is None and unknown_metric("tuned.field_acc_priority") is None
+    assert "'rouge' is not a metric evaluate produces" in unknown_metric("rouge")

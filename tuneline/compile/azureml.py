@@ -14,6 +14,9 @@ executed, in `tuneline.conformance.azureml`):
   folder as an input and `tuneline.compile.gate` runs its command only when the gate is true;
 - `resources.instance_type` applies to Kubernetes compute only; on AmlCompute the VM size belongs to the cluster,
   so each cluster with an `instance_type` gets a `compute/<cluster>.yml` to create it with;
+- a `resume: true` output (checkpoints) is `rw_mount`ed at a datastore path without `${{name}}`, so a job
+  submitted again mounts the same folder, and the command runs behind `tuneline.compile.resume`, which keys a
+  store inside it by the step's inputs (`checkpoint_output`);
 - a command node has no retry setting (only parallel jobs have `retry_settings`), so `retry: {max, backoff_seconds,
   on}` applies to local and KFP runs, and `retries:` is reported as a compile-time warning here.
 """
@@ -38,6 +41,7 @@ from .gate import GATE_INPUT, GATE_MODULE, VALUE_FILE
 from .options import CompileOptions
 from .placement import resumable
 from .schedule import azureml_schedule
+from .stores import resume_items
 
 COMPONENT_SCHEMA = "https://azuremlschemas.azureedge.net/latest/commandComponent.schema.json"
 PIPELINE_SCHEMA = "https://azuremlschemas.azureedge.net/latest/pipelineJob.schema.json"
@@ -47,6 +51,7 @@ SCHEDULE_FILE = "schedule.yml"
 _TYPES = {IOType.model: "custom_model"}  # the rest keep their names
 _URI = re.compile(r"^[a-z][a-z0-9+.-]*:", re.I)  # azureml:, https:, abfss:, wasbs: ... left untouched
 VALUE_FOLDER = "uri_folder"  # what a value output (and an input bound to one) becomes
+CHECKPOINT_PATH = "tuneline/checkpoints"  # datastore folder of `resume: true` outputs (checkpoint_output)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -94,10 +99,13 @@ def _word(token: Token, node: Node) -> str:
     return "".join(_quoted(p, node) if isinstance(p, Ref) else shlex.quote(p) for p in token)
 
 
-def azureml_command(node: Node) -> str:
+def azureml_command(graph: PipelineGraph, node: Node) -> str:
     """The component's command as Azure ML should run it: quoted placeholders, value files, and the gate."""
+    items = parse_command(node.component.spec.command)
+    if resumable(node):
+        items = resume_items(graph, node, in_output=True) + items
     words: list[str] = []
-    for item in parse_command(node.component.spec.command):
+    for item in items:
         if isinstance(item, OptionalBlock):
             words.append("$[[" + " ".join(_word(t, node) for t in item.tokens) + "]]")
         else:
@@ -161,8 +169,22 @@ def component_dict(graph: PipelineGraph, node: Node, options: CompileOptions, co
         "outputs": outputs,
         "code": code,
         "environment": options.images.azureml_environment(spec.environment, graph.pipeline.root),
-        "command": azureml_command(node),
+        "command": azureml_command(graph, node),
     }
+
+
+def checkpoint_output(graph: PipelineGraph, node: Node, output: str) -> dict[str, Any]:
+    """A `resume: true` output: read-write mounted at a datastore path that does not change between jobs.
+
+    rw_mount writes through to the datastore as the job writes (how-to-read-write-data-v2, "Supported modes"), so
+    checkpoints survive a preempted or killed job. The default output path holds `${{name}}`, the job's own name
+    (how-to-manage-inputs-outputs-pipeline, "Customize output path"), which a re-submitted job does not share;
+    this path names only the pipeline, the step and the output. The resume wrapper keys a folder inside it by the
+    step's inputs (tuneline.compile.resume), so a job with other inputs never resumes another's checkpoints.
+    """
+    return {"type": "uri_folder", "mode": "rw_mount",
+            "path": f"azureml://datastores/${{{{default_datastore}}}}/paths/{CHECKPOINT_PATH}/{graph.name}/"
+                    f"{node.name}/{output}/"}
 
 
 def _check_quotable(where: str, value: Any) -> None:
@@ -248,8 +270,7 @@ def pipeline_dict(graph: PipelineGraph, options: CompileOptions, job_dir: Path,
         if values:
             job["inputs"] = values
         if resumable(node):
-            # Read-write mounted so a preempted, restarted job finds the checkpoints it already wrote.
-            job["outputs"] = {"checkpoints": {"mode": "rw_mount"}}
+            job["outputs"] = {name: checkpoint_output(graph, node, name) for name in node.component.spec.resume_outputs}
         if aml is not None:
             # instance_type is for Kubernetes compute only; an AmlCompute cluster has one VM size (compute/*.yml).
             resources: dict[str, Any] = {"instance_count": aml.nodes}

@@ -65,7 +65,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     given = parse_set_pairs(args.param)
     try:  # typed and checked like --set, so KFP receives numbers as numbers
-        typed = load_pipeline(args.pipeline, given).params
+        typed = load_pipeline(args.pipeline, given).for_target(args.target).params  # a local-only value is refused
     except SpecError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

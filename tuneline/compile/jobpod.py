@@ -35,7 +35,8 @@ def dns_1035(text: str, limit: int = NAME_PREFIX_MAX) -> str:
     if not name or not name[0].isalpha():
         name = f"j-{name}"
     name = name[:limit].rstrip("-")
-    assert DNS_1035.match(name), name
+    if not DNS_1035.match(name):
+        raise ValueError(f"cannot make a DNS-1035 label of {text!r}")
     return name
 
 

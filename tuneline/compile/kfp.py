@@ -11,6 +11,9 @@ object-store URIs only (`gs://`, `s3://`, `minio://`: backend/src/v2/component/i
 `Artifact._get_path` in kfp/dsl/types/artifact_types.py); anything else is refused at compile time with the file,
 line and field it came from. Each import is followed by a `fingerprint` task (`tuneline.compile.fingerprint`)
 whose content digest is a parameter of every step reading the data, so KFP's name-based cache sees the content.
+A step with a `resume: true` output mounts the checkpoint PVC, gets `TUNELINE_CHECKPOINT_ROOT`, and runs behind
+`tuneline.compile.resume`, which keeps its checkpoints on the volume under a key of its inputs: an output artifact
+path is per-pod scratch, gone when a preempted pod is retried.
 A multi-node step becomes a launcher task that runs it as a Kubeflow Trainer TrainJob (`trainjob.py`, the default)
 or a PyTorchJob (`pytorchjob.py`); see `launch.py`. The launcher task runs in the control image, which has the
 `kubernetes` client (the job's pods run the step's own image).
@@ -42,6 +45,7 @@ from .options import MLFLOW_CONFIG_KEYS, MLFLOW_SECRET_KEYS, CompileOptions
 from .outdirs import OUTDIRS_MODULE
 from .placement import CHECKPOINT_MOUNT, GPU_RESOURCE, Placement, placement, resumable
 from .pytorchjob import pytorchjob_manifest
+from .stores import resume_items
 from .trainjob import trainjob_manifest
 
 _VALUE_TYPES: dict[IOType, type] = {IOType.string: str, IOType.integer: int, IOType.number: float,
@@ -291,6 +295,9 @@ class _Builder:
         elif place.processes_per_node > 1:
             words = leading_words(items)
             items = [(w,) for w in torchrun_prefix(words, 1, place.processes_per_node)] + items[1:]
+        if place.nodes == 1 and resumable(node):
+            # The output path is per-pod scratch: the wrapper keys a store on the PVC ($TUNELINE_CHECKPOINT_ROOT).
+            items = resume_items(self.graph, node, in_output=False) + items
         if node.condition is not None:
             items = _gated(items, ports)
         items = _with_output_folders(items, ports)

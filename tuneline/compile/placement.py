@@ -18,7 +18,6 @@ SPOT_LABEL = "kubernetes.azure.com/scalesetpriority"
 SPOT_TOLERATION = Toleration(key=SPOT_LABEL, operator="Equal", value="spot", effect="NoSchedule")
 ACCELERATOR_LABEL = "tuneline.dev/accelerator"
 CHECKPOINT_MOUNT = "/mnt/checkpoints"
-CHECKPOINT_OUTPUT = "checkpoints"  # a step with an output of this name resumes from the shared volume
 
 
 @dataclass
@@ -73,4 +72,5 @@ def placement(graph: PipelineGraph, node: Node) -> Placement:
 
 
 def resumable(node: Node) -> bool:
-    return CHECKPOINT_OUTPUT in node.component.spec.outputs
+    """A step with a `resume: true` output keeps its checkpoint store on the shared volume."""
+    return bool(node.component.spec.resume_outputs)

@@ -1,6 +1,8 @@
 """Run a pipeline locally and as its compiled target runs it, and compare every step.
 
 Run as: python -m tuneline.conformance azureml pipelines/finetune.yaml --set base_model=tiny-random-llama
+        python -m tuneline.conformance azureml tests/fixtures/toy/pipelines/toy.yaml --work build/conformance
+        python -m tuneline.conformance azureml tests/fixtures/toy/pipelines/resume.yaml --preempt-resumable
         python -m tuneline.conformance kfp tests/fixtures/toy/pipelines/toy.yaml --work build/conformance
 
 `kfp` executes the compiled package with kfp.local in containers of the images `make images` builds, through a
@@ -48,7 +50,33 @@ def run_local(graph: PipelineGraph, work: Path) -> rec.RunRecord:
                 os.environ[key] = value
 
 
-def conform_azureml(graph: PipelineGraph, work: Path, local: rec.RunRecord) -> str:
+def _step_number(name: str) -> int | None:
+    """The number a checkpoint's name ends with (`checkpoint-00000011`, `step-3.json`), if any."""
+    found = re.search(r"(\d+)\D*$", name)
+    return int(found.group(1)) if found else None
+
+
+def resume_report(runtime: AzureMLRuntime, graph: PipelineGraph, local: rec.RunRecord) -> tuple[list[str], bool]:
+    """One line per preempted node: what its store held when it was killed, and whether the next job resumed."""
+    lines, ok = [], True
+    for name, killed in runtime.preempted.items():
+        entries = killed.rw_mount_entries
+        retry_log = runtime.results[name].log.read_text(errors="replace") if runtime.results[name].log else ""
+        newest = entries[-1] if entries else None
+        resumed = newest is not None and f"resumed from {newest}" in retry_log
+        ok = ok and resumed
+        step = _step_number(newest) if newest else None
+        if resumed and step is not None:
+            lines.append(f"azureml checkpoint resume: {name} killed at step {step} (exit {killed.exit_code}), "
+                         f"resumed at step {step + 1}")
+        else:
+            lines.append(f"azureml checkpoint resume: {name} killed (exit {killed.exit_code}) with "
+                         f"{newest or 'nothing'} in its store; the next job did {'' if resumed else 'NOT '}resume")
+    return lines, ok
+
+
+def conform_azureml(graph: PipelineGraph, work: Path, local: rec.RunRecord,
+                    preempt_resumable: bool = False) -> tuple[str, bool]:
     out = compile_graph(graph, ("azureml",), work / "compiled", CompileOptions())
     home = work / "azureml"
     # The model cache under TUNELINE_HOME is shared (an image would hold the same base model); tracking is not.
@@ -56,19 +84,24 @@ def conform_azureml(graph: PipelineGraph, work: Path, local: rec.RunRecord) -> s
                              env={"MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
                                   "TUNELINE_HOME": str(work / "local")}, image_path=REPO)
     home.mkdir(parents=True, exist_ok=True)
-    results = runtime.run()
+    resumable = [n for n in graph.order if graph.nodes[n].component.spec.resume_outputs]
+    results = runtime.run(preempt=resumable if preempt_resumable else ())
 
     def output(step: str, name: str):
         result = results.get(step)
         if result is None or name not in result.outputs:
             return None
         spec = graph.nodes[step].component.spec.outputs[name]
+        if spec.resume:
+            # The store is the folder the wrapper keyed inside the output; its key is the local cache key.
+            return result.outputs[name] / local.steps[step].cache_key
         if spec.type.is_artifact:
             return result.outputs[name]
         return read_value_output(value_of(result, name), spec.type)
 
     matches = compare_steps(graph, local, {n: r.status for n, r in results.items()}, output)
-    return report("azureml", matches), all(m.ok for m in matches)
+    lines, resumed = resume_report(runtime, graph, local)
+    return "\n".join([report("azureml", matches), *lines]), all(m.ok for m in matches) and resumed
 
 
 def conform_kfp(pipeline_path: str, overrides: dict[str, str], work: Path) -> tuple[str, bool]:
@@ -107,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("pipeline", help="pipeline YAML")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="parameter override")
     parser.add_argument("--work", default="build/conformance", help="scratch folder (emptied first)")
+    parser.add_argument("--preempt-resumable", action="store_true",
+                        help="kill each step with a resume: true output after its first checkpoint, run it again, "
+                             "and check that it resumed (its outputs must still match the uninterrupted local run)")
     args = parser.parse_args(argv)
     overrides = parse_set_pairs(args.set)
     try:
@@ -137,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.pipeline}: the local run {local.status}: {'; '.join(failed)}", file=sys.stderr)
         return 1
     try:
-        text, ok = conform_azureml(graph, work, local)
+        text, ok = conform_azureml(graph, work, local, args.preempt_resumable)
     except RuntimeRuleBroken as exc:
         print(f"{args.pipeline}: azureml: {exc}", file=sys.stderr)
         print(f"azureml conformance: 0/{len(graph.order)} steps match local")

@@ -27,6 +27,14 @@ R6 The `code:` folder is snapshotted and the command runs from its root, in a sh
    `environment_variables`)
 R7 A node that exits non-zero fails the pipeline (`continue_on_step_failure: false`); there is no retry.
    https://learn.microsoft.com/azure/machine-learning/reference-yaml-job-pipeline (`settings`)
+R8 A node output with a `path:` is that datastore folder (`azureml://datastores/<datastore>/paths/<path>`), in which
+   `${{default_datastore}}` is the pipeline's default datastore (a workspace's is `workspaceblobstore`), `${{name}}`
+   the job's name and `${{output_name}}` the output's. `mode: rw_mount` mounts it read-write: the job sees what
+   earlier jobs left there and what it writes persists as it is written, so a killed job's files stay; `upload`
+   copies the folder there when the job ends. Here each datastore is a folder under `datastores/` that outlives jobs.
+   https://learn.microsoft.com/azure/machine-learning/how-to-manage-inputs-outputs-pipeline ("Customize output
+   path"), https://learn.microsoft.com/azure/machine-learning/how-to-read-write-data-v2 ("Supported modes"),
+   https://learn.microsoft.com/azure/machine-learning/how-to-datastore ("workspaceblobstore" is the default)
 
 The image is this machine's project venv with the repository on PYTHONPATH, which is what every image in
 environments/ holds (`/opt/venv`, `PYTHONPATH=/app`).
@@ -38,9 +46,11 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +63,9 @@ _PARENT_INPUT = re.compile(r"^\$\{\{\s*parent\.inputs\.([A-Za-z0-9_]+)\s*\}\}$")
 _PARENT_OUTPUT = re.compile(r"^\$\{\{\s*parent\.jobs\.([A-Za-z0-9_]+)\.outputs\.([A-Za-z0-9_]+)\s*\}\}$")
 _OPTIONAL = re.compile(r"\$\[\[(.*?)\]\]", re.S)
 _PLACEHOLDER = re.compile(r"\$\{\{\s*(inputs|outputs)\.([A-Za-z0-9_]+)\s*\}\}")
+_DATASTORE_URI = re.compile(r"^azureml://datastores/([^/]+)/paths/(.+?)/?$")
+DEFAULT_DATASTORE = "workspaceblobstore"
+OUTPUT_MODES = ("rw_mount", "upload")
 DATA_TYPES = {"uri_file", "uri_folder", "custom_model", "mlflow_model", "mltable"}
 FILE_TYPES = {"uri_file"}
 
@@ -64,12 +77,14 @@ class RuntimeRuleBroken(Exception):
 @dataclass
 class NodeResult:
     name: str
-    status: str                                  # succeeded | skipped | failed
+    status: str                                  # succeeded | skipped | failed | killed
     command: str = ""
     outputs: dict[str, Path] = field(default_factory=dict)
     output_types: dict[str, str] = field(default_factory=dict)
     log: Path | None = None
     duration_s: float = 0.0
+    exit_code: int | None = None
+    rw_mount_entries: list[str] = field(default_factory=list)
 
 
 def validate_offline(job_file: Path) -> None:
@@ -132,14 +147,17 @@ def _mount(source: Path, kind: str, target: Path, where: str) -> Path:
 
 class AzureMLRuntime:
     def __init__(self, job_file: Path, work: Path, env: dict[str, str] | None = None,
-                 image_path: Path | None = None):
+                 image_path: Path | None = None, datastores: Path | None = None):
         self.job_file = job_file.resolve()
         self.job_dir = self.job_file.parent
         self.work = work
+        self.datastores = datastores or work / "datastores"  # R8: they outlive every job
+        self.submissions = 0
         self.job = yaml.safe_load(self.job_file.read_text())
         self.env = env or {}
         self.image_path = image_path  # what the images put on PYTHONPATH (the repository)
         self.results: dict[str, NodeResult] = {}
+        self.preempted: dict[str, NodeResult] = {}
 
     def _component(self, job: dict[str, Any]) -> tuple[dict[str, Any], Path]:
         ref = job["component"]
@@ -195,7 +213,30 @@ class AzureMLRuntime:
 
         return _PLACEHOLDER.sub(put, _OPTIONAL.sub(keep, template))
 
-    def run_node(self, name: str) -> NodeResult:
+    def _output_folder(self, node: str, output: str, binding: Any, default: Path) -> tuple[Path, str | None]:
+        """R5/R8: where an output is written, and its mode when it is bound to a datastore path."""
+        if binding is None:
+            return default, None
+        if not isinstance(binding, dict):
+            raise RuntimeRuleBroken(f"node '{node}' output '{output}': expected a mapping, got {binding!r}")
+        mode = binding.get("mode", "rw_mount")
+        if mode not in OUTPUT_MODES:
+            raise RuntimeRuleBroken(f"node '{node}' output '{output}': mode {mode!r} is not one of {OUTPUT_MODES}")
+        path = binding.get("path")
+        if path is None:
+            return default, mode
+        path = (path.replace("${{default_datastore}}", DEFAULT_DATASTORE).replace("${{output_name}}", output)
+                .replace("${{name}}", f"{self.job.get('display_name', 'pipeline')}-{node}-{self.submissions}"))
+        match = _DATASTORE_URI.match(path)
+        if not match or "${{" in path:
+            raise RuntimeRuleBroken(f"node '{node}' output '{output}': {binding['path']!r} is not an "
+                                    f"azureml://datastores/<name>/paths/<path> URI with known expressions")
+        return self.datastores / match.group(1) / match.group(2), mode
+
+    def run_node(self, name: str, stop_when: Callable[[], bool] | None = None) -> NodeResult:
+        """Run one node as a job. `stop_when` stands for a preemption: polled while the job runs, and once it
+        is true the job's processes get SIGTERM (then SIGKILL after STOP_GRACE_S) and the result is `killed`."""
+        self.submissions += 1
         job = self.job["jobs"][name]
         if job.get("type") != "command":
             raise RuntimeRuleBroken(f"node '{name}' is a {job.get('type')!r} node; only command nodes run here")
@@ -219,17 +260,23 @@ class AzureMLRuntime:
             raise RuntimeRuleBroken(f"node '{name}': inputs {sorted(unknown)} are not the component's")
         result = NodeResult(name=name, status="failed")
         outputs: dict[str, str] = {}
+        bound_outputs = job.get("outputs") or {}
+        unknown = set(bound_outputs) - set(component.get("outputs") or {})
+        if unknown:
+            raise RuntimeRuleBroken(f"node '{name}': outputs {sorted(unknown)} are not the component's")
+        uploads: dict[Path, Path] = {}
         for output_name, spec in (component.get("outputs") or {}).items():  # R5
             kind = spec["type"]
             if kind not in DATA_TYPES:
                 raise RuntimeRuleBroken(f"node '{name}': output '{output_name}' is {kind}: primitive outputs "
                                         f"are not supported for command components")
-            path = outs / output_name
-            if kind in FILE_TYPES:
-                path.mkdir()
-                path = path / output_name
-            else:
-                path.mkdir()
+            folder_out, mode = self._output_folder(name, output_name, bound_outputs.get(output_name),
+                                                   outs / output_name)
+            if mode == "upload" and folder_out != outs / output_name:
+                uploads[outs / output_name] = folder_out
+                folder_out = outs / output_name
+            folder_out.mkdir(parents=True, exist_ok=True)  # R8: a datastore folder keeps what is there
+            path = folder_out / output_name if kind in FILE_TYPES else folder_out
             outputs[output_name] = str(path)
             result.outputs[output_name] = path
             result.output_types[output_name] = kind
@@ -247,9 +294,17 @@ class AzureMLRuntime:
         with result.log.open("wb") as log:
             log.write(f"$ {result.command}\n".encode())
             log.flush()
-            process = subprocess.run(["bash", "-c", result.command], cwd=code, env=env, stdout=log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=timeout)
+            process = subprocess.Popen(["bash", "-c", result.command], cwd=code, env=env, stdout=log,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            killed = _wait(process, timeout, stop_when)
         result.duration_s = time.time() - started
+        result.exit_code = process.returncode
+        if killed:
+            result.status = "killed"
+            return result
+        for staged, target in uploads.items():  # R8 upload: copied when the job ends
+            shutil.copytree(staged, target, dirs_exist_ok=True)
+            result.outputs = {k: (target if v == staged else v) for k, v in result.outputs.items()}
         if process.returncode != 0:  # R7
             tail = result.log.read_text(errors="replace")[-2000:]
             raise RuntimeRuleBroken(f"node '{name}' exited with code {process.returncode}:\n{tail}")
@@ -259,11 +314,61 @@ class AzureMLRuntime:
         result.status = "skipped" if SKIPPED in result.log.read_text(errors="replace") else "succeeded"
         return result
 
-    def run(self) -> dict[str, NodeResult]:
+    def rw_mounted(self, name: str) -> list[Path]:
+        """R8: the datastore folders node `name` mounts read-write at a `path:`."""
+        folders = []
+        for output, binding in (self.job["jobs"][name].get("outputs") or {}).items():
+            if isinstance(binding, dict) and binding.get("path") and binding.get("mode", "rw_mount") == "rw_mount":
+                folders.append(self._output_folder(name, output, binding, Path())[0])
+        return folders
+
+    def rw_mount_entries(self, name: str) -> list[str]:
+        """The (non-hidden) names two levels down node `name`'s rw_mount outputs: `<folder>/<subfolder>/<entry>`."""
+        return sorted(p.name for f in self.rw_mounted(name) if f.is_dir() for sub in f.iterdir() if sub.is_dir()
+                      for p in sub.iterdir() if not p.name.startswith("."))
+
+    def wrote_to_rw_mount(self, name: str) -> Callable[[], bool]:
+        """True once the running job has written an entry two levels down a rw_mount output."""
+        return lambda: bool(self.rw_mount_entries(name))
+
+    def run(self, preempt: Collection[str] = ()) -> dict[str, NodeResult]:
+        """Every node in order. A node in `preempt` is first killed as a preempted job is, once it has written to
+        a rw_mount output (its first checkpoint), then submitted again: `preempted[name]` keeps the killed one."""
         validate_offline(self.job_file)
         for name in _order(self.job["jobs"]):
+            if name in preempt:
+                if not self.rw_mounted(name):
+                    raise RuntimeRuleBroken(f"node '{name}' has no rw_mount output at a path to resume from")
+                killed = self.run_node(name, stop_when=self.wrote_to_rw_mount(name))
+                if killed.status != "killed":
+                    raise RuntimeRuleBroken(f"node '{name}' finished before it wrote to its rw_mount output")
+                killed.rw_mount_entries = self.rw_mount_entries(name)  # what survived the kill
+                self.preempted[name] = killed
             self.results[name] = self.run_node(name)
         return self.results
+
+
+STOP_GRACE_S = 30  # Kubernetes' default termination grace period; an Azure spot eviction gives >= 30 s notice
+
+
+def _wait(process: subprocess.Popen[bytes], timeout: float | None, stop_when: Callable[[], bool] | None) -> bool:
+    """Wait for the job's shell; True when `stop_when` fired and the job was stopped as a preempted one is."""
+    deadline = None if timeout is None else time.time() + timeout
+    while process.poll() is None:
+        if stop_when is not None and stop_when():
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            return True
+        if deadline is not None and time.time() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise RuntimeRuleBroken(f"job exceeded limits.timeout {timeout}s")
+        time.sleep(0.1)
+    return False
 
 
 def value_of(result: NodeResult, output: str) -> Path:

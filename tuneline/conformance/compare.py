@@ -30,7 +30,8 @@ VOLATILE: dict[tuple[str, str], str] = {
                               "model output, which resuming must reproduce, is compared",
     ("register", "card"): "the model card names the pipeline run and the MLflow run",
 }
-MEASUREMENT = re.compile(r"^(seconds|.*_seconds|.*_s|.*_per_s|.*_per_second|peak_memory_mb|mlflow_run_id)$")
+# `resumes` counts how often a run was resumed, which a preempted-and-resumed run must not change otherwise.
+MEASUREMENT = re.compile(r"^(seconds|.*_seconds|.*_s|.*_per_s|.*_per_second|peak_memory_mb|mlflow_run_id|resumes)$")
 
 
 def _without_measurements(value: Any) -> Any:

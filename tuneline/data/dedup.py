@@ -3,32 +3,67 @@
 ``ExactDeduper`` keys a record by a 128-bit BLAKE2b digest of its canonical JSON (normalised, redacted
 messages plus ``tools``), so a record differing only in ``id`` or in whitespace is a duplicate.
 
-``NearDeduper`` indexes MinHash signatures in datasketch's ``MinHashLSH``. A near-duplicate must also give
+``NearDeduper`` indexes MinHash signatures with LSH banding. A near-duplicate must also give
 the same final answer (``answer_key``: case-folded, whitespace-collapsed): two records that teach different
 answers are not duplicates however alike their wording (a templated ticket whose priority changes with one
 sentence), while an edited copy of a record keeps its answer. The cost: a copy whose answer was edited as
 well is not caught (the default threshold, 0.85, and ``bench/neardup_bench.py`` are measured with this rule).
 LSH is tuned to favour recall (false-negative weight 0.9): a missed near-duplicate is a silent leak, a false
 candidate only costs a check, and every candidate is verified by its estimated Jaccard similarity (fraction of
-equal signature values) before a record is dropped. Band keys are compressed to 64-bit hashes to cut index memory.
-Signatures of indexed records are kept in fixed-size uint32 blocks for that verification.
+equal signature values) before a record is dropped. Signatures of indexed records are kept in fixed-size uint32
+blocks for that verification.
+
+The banding is datasketch's ``MinHashLSH`` scheme: the same band count and rows per band from datasketch's own
+optimiser (``_optimal_param``, 11 x 11 for 128 permutations at 0.85), and a record is a candidate when any band
+of its signature equals that band of an indexed one. Why not ``MinHashLSH`` itself: it hashes each band of each
+record in Python (``bytes(...).byteswap()`` and a hash call per band, a set per bucket, and a second per-key
+table), which profiled as ~40 % of the prepare step. Here the band keys of a whole batch are computed in
+numpy (``band_keys``: a 64-bit multiply-add hash of a band's values, so equal bands always get equal keys;
+a collision of unequal bands, at odds of about 2^-64, only adds a candidate, verified like any other) and a
+bucket holds one int until a second record shares it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from array import array
 from typing import Any
 
 import numpy as np
-from datasketch import LeanMinHash, MinHashLSH
 
 from tuneline.data.minhash import Signer
 
 # (false positive weight, false negative weight) for datasketch's band/row optimiser.
 LSH_WEIGHTS = (0.1, 0.9)
 _BLOCK_ROWS = 1 << 16
+
+
+@functools.cache
+def _band_multipliers(rows: int) -> np.ndarray:
+    """Odd 64-bit multipliers of the band hash, one per row of a band, from a fixed seed."""
+    rng = np.random.default_rng(20240917)
+    return rng.integers(0, 2**63, size=rows, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+
+
+def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows per band) as datasketch's ``MinHashLSH`` picks them for these settings."""
+    from datasketch.lsh import _optimal_param
+
+    bands, rows = _optimal_param(threshold, num_perm, *LSH_WEIGHTS)
+    return int(bands), int(rows)
+
+
+def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """64-bit keys of each band of each signature: an array of shape (len(signatures), bands)."""
+    sig = signatures[:, : bands * rows].astype(np.uint64).reshape(len(signatures), bands, rows)
+    with np.errstate(over="ignore"):
+        keys = (sig * _band_multipliers(rows)).sum(axis=2, dtype=np.uint64)
+        keys ^= keys >> np.uint64(31)
+        keys *= np.uint64(0xBF58476D1CE4E5B9)
+        keys ^= keys >> np.uint64(29)
+    return keys
 
 
 def record_digest(messages: list[dict[str, Any]], tools: Any = None) -> bytes:
@@ -61,13 +96,6 @@ class ExactDeduper:
         return len(self._first_line)
 
 
-def _band_key(band: bytes) -> int:
-    # Python's 64-bit hash of the band bytes: fast, and smaller than the bytes as a dict key. It is
-    # salted per process, but the index lives in one process and every candidate is verified, so a
-    # collision could only cost a verification, never change a result.
-    return hash(band)
-
-
 def answer_key(answer: str) -> int:
     """64-bit key of a record's final answer, blind to case and whitespace (as the shingles are)."""
     text = " ".join(answer.split()).lower().encode("utf-8", "surrogatepass")
@@ -83,9 +111,9 @@ class NearDeduper:
             raise ValueError(f"near-duplicate threshold must be in (0, 1], got {threshold}")
         self.signer = signer
         self.threshold = threshold
-        self.lsh = MinHashLSH(
-            threshold=threshold, num_perm=signer.num_perm, weights=LSH_WEIGHTS, hashfunc=_band_key
-        )
+        self.bands, self.rows = lsh_bands(threshold, signer.num_perm)
+        # band -> {band key: index of the one record in that bucket, or a list of them}
+        self._buckets: list[dict[int, int | list[int]]] = [{} for _ in range(self.bands)]
         self._min_equal = int(np.ceil(threshold * signer.num_perm - 1e-9))
         self._blocks: list[np.ndarray] = []
         self._lines = array("q")
@@ -94,21 +122,40 @@ class NearDeduper:
     def __len__(self) -> int:
         return len(self._lines)
 
+    def band_keys(self, signatures: np.ndarray) -> list[list[int]]:
+        """The band keys of a batch of signatures, as ``check_and_add`` takes them (computable in a worker)."""
+        return band_keys(signatures, self.bands, self.rows).tolist()
+
     def _signature(self, key: int) -> np.ndarray:
         return self._blocks[key // _BLOCK_ROWS][key % _BLOCK_ROWS]
 
-    def check_and_add(self, signature: np.ndarray, lineno: int, answer: int = 0) -> tuple[int, float] | None:
+    def check_and_add(self, signature: np.ndarray, lineno: int, answer: int = 0,
+                      keys: list[int] | None = None) -> tuple[int, float] | None:
         """If an indexed record with the same ``answer`` key is a near-duplicate of ``signature``, return (its
-        line number or location key, estimated Jaccard); otherwise index ``signature`` under ``lineno``."""
-        lean = self.signer.lean(signature)
-        hit = self._best_match(lean, signature, answer)
+        line number or location key, estimated Jaccard); otherwise index ``signature`` under ``lineno``.
+        ``keys``: the signature's band keys when already computed for its batch."""
+        if keys is None:
+            keys = self.band_keys(signature[None, :])[0]
+        hit = self._best_match(keys, signature, answer)
         if hit is None:
-            self._add(lean, signature, lineno, answer)
+            self._add(keys, signature, lineno, answer)
         return hit
 
-    def _best_match(self, lean: LeanMinHash, signature: np.ndarray, answer: int) -> tuple[int, float] | None:
+    def _candidates(self, keys: list[int]) -> set[int]:
+        found: set[int] = set()
+        for bucket, key in zip(self._buckets, keys, strict=True):
+            held = bucket.get(key)
+            if held is None:
+                continue
+            if type(held) is int:
+                found.add(held)
+            else:
+                found.update(held)  # type: ignore[arg-type]
+        return found
+
+    def _best_match(self, keys: list[int], signature: np.ndarray, answer: int) -> tuple[int, float] | None:
         best: tuple[int, int] | None = None
-        for key in self.lsh.query(lean):
+        for key in self._candidates(keys):
             if self._answers[key] != answer:
                 continue
             equal = int(np.count_nonzero(self._signature(key) == signature))
@@ -118,11 +165,18 @@ class NearDeduper:
             return None
         return self._lines[best[0]], best[1] / self.signer.num_perm
 
-    def _add(self, lean: LeanMinHash, signature: np.ndarray, lineno: int, answer: int) -> None:
+    def _add(self, keys: list[int], signature: np.ndarray, lineno: int, answer: int) -> None:
         key = len(self._lines)
         if key % _BLOCK_ROWS == 0:
             self._blocks.append(np.empty((_BLOCK_ROWS, self.signer.num_perm), dtype=np.uint32))
         self._blocks[-1][key % _BLOCK_ROWS] = signature
         self._lines.append(lineno)
         self._answers.append(answer)
-        self.lsh.insert(key, lean, check_duplication=False)
+        for bucket, band in zip(self._buckets, keys, strict=True):
+            held = bucket.setdefault(band, key)
+            if held is key:
+                continue
+            if type(held) is int:
+                bucket[band] = [held, key]
+            else:
+                held.append(key)  # type: ignore[union-attr]

@@ -77,14 +77,39 @@ class Signer:
             x += buf[j : j + n] * self._weights[j]
         return ((x * _MUL) >> _SHIFT32).astype(np.uint32)
 
+    def _batch_hashes(self, texts: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """(shingle hashes of all texts, in order; shingles per text): ``_hashes`` of each text, concatenated,
+        computed over the texts joined into one buffer so numpy is called a few times per batch, not per text.
+        Windows that straddle two texts are dropped; a text of at most ``k`` bytes is one shingle, as in
+        ``_hashes``."""
+        lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+        long = lengths > self.k
+        sizes = np.where(long, lengths - self.k + 1, 1)
+        buf = np.frombuffer(b"".join(texts) + bytes(self.k), dtype=np.uint8).astype(np.uint64)
+        n = len(buf) - self.k + 1
+        x = buf[:n] * self._weights[0]
+        for j in range(1, self.k):
+            x += buf[j : j + n] * self._weights[j]
+        starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        # The first window of each shingle of each long text: ``sizes`` windows from its start.
+        firsts = np.repeat(starts[long], sizes[long])
+        within = np.arange(len(firsts)) - np.repeat(np.cumsum(sizes[long]) - sizes[long], sizes[long])
+        hv = np.empty(int(sizes.sum()), dtype=np.uint32)
+        dest = np.ones(len(hv), dtype=bool)
+        offsets = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        dest[offsets[~long]] = False
+        hv[dest] = ((x[firsts + within] * _MUL) >> _SHIFT32).astype(np.uint32)
+        for i in np.flatnonzero(~long):
+            hv[offsets[i]] = shingle_hash32(texts[i])
+        return hv, sizes
+
     def sign_many(self, texts: Sequence[bytes]) -> np.ndarray:
         """Signatures for many shingle texts at once: an array of shape (len(texts), num_perm)."""
         out = np.empty((len(texts), self.num_perm), dtype=np.uint32)
         if not texts:
             return out
-        parts = [self._hashes(t) for t in texts]
-        sizes = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
-        hv = _fmix32(np.concatenate(parts))
+        hashes, sizes = self._batch_hashes(texts)
+        hv = _fmix32(hashes)
         starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
         # The product is laid out (num_perm x shingles) so the per-text minimum runs along contiguous
         # memory (reduceat along axis 0 of the transpose is ~5x slower). Blocks hold whole texts and stay

@@ -47,6 +47,19 @@ def answer_chars(text: str) -> int:
     return sum(1 for ch in text if ch.isalnum())
 
 
+def has_answer_chars(text: str, minimum: int) -> bool:
+    """``answer_chars(text) >= minimum``, stopping at the ``minimum``-th letter or digit."""
+    if minimum <= 0:
+        return True
+    found = 0
+    for ch in text:
+        if ch.isalnum():
+            found += 1
+            if found >= minimum:
+                return True
+    return False
+
+
 def _ngrams(words: list[str], n: int) -> list[str]:
     return [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from tuneline.data.formats import apply_columns, detect_record, to_messages
 from tuneline.data.normalize import normalize_text
-from tuneline.data.quality import QualityRules, answer_chars, repetition
+from tuneline.data.quality import QualityRules, answer_chars, has_answer_chars, repetition
 from tuneline.data.reasons import DUPLICATE_REASONS, REJECT_REASONS, Reason, RecordError
 
 ROLES = ("system", "user", "assistant")
@@ -98,7 +98,7 @@ def _quality(messages: list[dict[str, Any]], fmt: str, rules: QualityRules) -> N
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        if rules.min_answer_chars and answer_chars(m["content"]) < rules.min_answer_chars:
+        if rules.min_answer_chars and not has_answer_chars(m["content"], rules.min_answer_chars):
             raise RecordError(Reason.EMPTY_ANSWER, f"{_field(fmt, i, 'assistant')} has {answer_chars(m['content'])} "
                               f"letters or digits after normalisation (min_answer_chars {rules.min_answer_chars})")
         broken = repetition(m["content"], rules.max_repetition)
@@ -123,18 +123,20 @@ def to_record(obj: Any, budget: Budget, fmt: str = "auto", rules: QualityRules =
     messages: list[dict[str, Any]] = []
     chars = 0
     for i, msg in enumerate(raw_messages):
-        where = _field(fmt, i, msg.get("role", "") if isinstance(msg, dict) else "")
+        # The field's name is only spelled out for an error message (most records have none).
         if not isinstance(msg, dict):
-            raise RecordError(Reason.INVALID_SCHEMA, f"{where} is {type(msg).__name__}, expected an object")
+            raise RecordError(Reason.INVALID_SCHEMA, f"{_field(fmt, i, '')} is {type(msg).__name__}, expected "
+                                                     "an object")
         role = msg.get("role")
         if role not in ROLES:
-            raise RecordError(Reason.UNKNOWN_ROLE, f"{where}.role is {role!r}, expected one of {ROLES}")
+            raise RecordError(Reason.UNKNOWN_ROLE, f"{_field(fmt, i, msg.get('role', ''))}.role is {role!r}, "
+                                                   f"expected one of {ROLES}")
         content = msg.get("content")
         if not isinstance(content, str):
-            raise RecordError(Reason.INVALID_SCHEMA, f"{where}.content must be a string")
+            raise RecordError(Reason.INVALID_SCHEMA, f"{_field(fmt, i, role)}.content must be a string")
         content = normalize_text(content)
         if not content:
-            raise RecordError(Reason.EMPTY_CONTENT, f"{where} ({role}) has empty content")
+            raise RecordError(Reason.EMPTY_CONTENT, f"{_field(fmt, i, role)} ({role}) has empty content")
         chars += len(content)
         messages.append({**msg, "content": content})
     roles = [m["role"] for m in messages]

@@ -5,6 +5,10 @@ The expression is parsed with ``ast`` and interpreted here over a whitelist of n
 ``model.metric`` references, ``+ - * /``, unary ``-``/``not``, comparisons, ``and``/``or`` and parentheses.
 Nothing is ever passed to ``eval``: names, calls, subscripts and everything else are rejected.
 
+A gate may be written for any metric: ``expand`` replaces ``{metric}`` with the gate metric and ``{better}`` with
+the comparison that means "better" for it (``>``, or ``<`` for perplexity; ``tuneline.ml.metrics.direction``),
+so ``tuned.{metric} {better} base.{metric}`` holds whichever metric a pipeline's ``gate_metric`` names.
+
 A model that is known but absent from this evaluation (``champion`` before any model was promoted)
 makes every comparison that refers to it true: there is nothing to beat yet.
 """
@@ -16,6 +20,14 @@ import operator
 from dataclasses import dataclass
 
 KNOWN_MODELS = ("base", "tuned", "champion")
+
+
+def expand(template: str, metric: str) -> str:
+    """``template`` with ``{metric}`` and ``{better}`` filled in for ``metric`` (see the module docstring)."""
+    from tuneline.ml.metrics import direction
+
+    name = metric.removeprefix("tuned.")
+    return template.replace("{metric}", name).replace("{better}", "<" if direction(name) == "min" else ">")
 
 
 class GateError(ValueError):

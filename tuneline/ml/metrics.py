@@ -90,6 +90,29 @@ def text_metrics(preds: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
 
 
 TEXT_METRICS = ("exact_match", "token_f1", "rouge_l", "bleu", "chrf")
+JSON_METRICS = ("json_valid", "schema_valid", "field_accuracy")  # plus field_acc_<name> per answer field
+FIELD_METRIC_PREFIX = "field_acc_"
+# The one place a metric's direction is known: these are better when smaller, every other metric when larger.
+# The gates' default (``{better}``, see ``tuneline.ml.gates.expand``), register's champion comparison and the
+# quality trigger's drop all read it through ``direction``.
+LOWER_IS_BETTER = frozenset({"perplexity", "loss", "eval_loss"})
+
+
+def direction(metric: str) -> str:
+    """``"min"`` when a smaller value of ``metric`` is better, else ``"max"``."""
+    return "min" if metric.removeprefix("tuned.") in LOWER_IS_BETTER else "max"
+
+
+def unknown_metric(metric: str) -> str | None:
+    """Why ``metric`` is not a name evaluate can ever produce, or None when it is one (whether it is produced
+    for a given dataset is ``metric_names``' answer)."""
+    name = metric.removeprefix("tuned.")
+    if name in (*TEXT_METRICS, "perplexity", *JSON_METRICS):
+        return None
+    if name.startswith(FIELD_METRIC_PREFIX) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        return None
+    return (f"'{name}' is not a metric evaluate produces; one of {', '.join(sorted((*TEXT_METRICS, 'perplexity')))}"
+            f", or for JSON answers {', '.join(JSON_METRICS)}, {FIELD_METRIC_PREFIX}<field>")
 
 
 def metric_names(refs: Sequence[str], schema: dict | None = None) -> list[str]:
@@ -99,7 +122,7 @@ def metric_names(refs: Sequence[str], schema: dict | None = None) -> list[str]:
     if objs and all(o is not None for o in objs):
         names += ["json_valid", "field_accuracy", *(["schema_valid"] if schema is not None else [])]
         keys = {k for o in objs for k in o if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)}  # type: ignore[union-attr]
-        names += [f"field_acc_{k}" for k in sorted(keys)]
+        names += [f"{FIELD_METRIC_PREFIX}{k}" for k in sorted(keys)]
     return sorted(names)
 
 

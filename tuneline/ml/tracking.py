@@ -41,7 +41,7 @@ class Run:
                  tags: dict[str, str] | None = None) -> None:
         self.client = settings.mlflow_client()
         all_tags = {k: v for k, v in {
-            "tuneline.pipeline_run": os.environ.get("TUNELINE_RUN_ID", ""),
+            "tuneline.pipeline_run": settings.pipeline_run_id(),
             "tuneline.step": os.environ.get("TUNELINE_STEP", ""),
         }.items() if v}
         all_tags.update(tags or {})

@@ -30,6 +30,7 @@ from . import step_progress
 from .cache import SUMMARY, StepCache, link_tree, step_cache_key
 from .command import render_command
 from .digest import path_sha256
+from .resume import ResumeStore, StoreBusy, open_stores
 
 # Kubernetes gives a pod 30 s between SIGTERM and SIGKILL; locally a user pressing Ctrl-C wants it sooner.
 STOP_GRACE_SECONDS = float(os.environ.get("TUNELINE_STOP_GRACE", "10"))
@@ -199,9 +200,17 @@ class LocalRunner:
                                  f"run the pipeline once without --only")
             step.cache = "miss" if use_cache else "disabled"
             output_paths = self._prepare_outputs(node, outputs_dir)
-            values = {name: (v["path"] if "path" in v else v["value"]) for name, v in inputs.items()}
-            step.command = render_command(node.component.spec.command, values, output_paths)
-            self._execute(node, step, step_dir)
+            stores = self._open_stores(node, step)
+            try:
+                output_paths.update({store.output: str(store.path) for store in stores})
+                values = {name: (v["path"] if "path" in v else v["value"]) for name, v in inputs.items()}
+                step.command = render_command(node.component.spec.command, values, output_paths)
+                self._execute(node, step, step_dir)
+                for store in stores:
+                    store.adopt_into(outputs_dir / store.output)
+            finally:
+                for store in stores:
+                    store.release()
             step.outputs = self._collect_outputs(node, outputs_dir)
             if node.cache_enabled:
                 stored = {name: self._relative(out, outputs_dir) for name, out in step.outputs.items()}
@@ -268,6 +277,19 @@ class LocalRunner:
                 resolved[name] = {"value": value}
                 key[name] = value
         return resolved, key
+
+    def _open_stores(self, node: Node, step: rec.StepRecord) -> list[ResumeStore]:
+        """The stable checkpoint folder of each `resume: true` output (tuneline.runner.resume)."""
+        names = node.component.spec.resume_outputs
+        if not names:
+            return []
+        assert step.cache_key is not None
+        try:
+            stores = open_stores(self.options.home, step.cache_key, names, fresh=self.options.no_cache)
+        except StoreBusy as exc:
+            raise StepFailed(str(exc)) from None
+        step.resume = {s.output: {"store": str(s.path), "entries_at_start": s.entries_at_start} for s in stores}
+        return stores
 
     def _prepare_outputs(self, node: Node, outputs_dir: Path) -> dict[str, str]:
         paths = {}

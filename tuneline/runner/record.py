@@ -46,6 +46,8 @@ class StepRecord:
     duration_s: float | None = None
     log: str | None = None
     progress: StepProgress | None = None  # the newest line the running step reported ($TUNELINE_PROGRESS)
+    # `resume: true` outputs: output -> {"store": stable folder, "entries_at_start": what an earlier attempt left}
+    resume: dict[str, Any] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int | None:

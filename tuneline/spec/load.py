@@ -350,7 +350,8 @@ def _check_bindings(pipeline_spec: PipelineSpec, loaded: Loaded, components: dic
                     problems.append(loaded.problem(loc, f"unknown parameter '{binding.name}'"
                                                         f"{_suggest(binding.name, pipeline_spec.params)}"))
                     continue
-                if not _compatible(param.type, spec_in.type):
+                if not _compatible(param.type, spec_in.type) and not (
+                        param.type == IOType.uri_folder and spec_in.accepts_folder):
                     problems.append(loaded.problem(loc, f"{input_name}: parameter '{binding.name}' is "
                                                         f"{param.type.value}, input expects {spec_in.type.value}"))
                     continue
@@ -439,6 +440,78 @@ def upstream_steps(bindings: dict[str, Binding], condition: OutputRef | None) ->
     return {r.step for r in refs}
 
 
+def _type_folders(spec: PipelineSpec, root: Path, components: dict[str, Component],
+                  bindings: dict[str, dict[str, Binding]], params: dict[str, Any], loaded: Loaded,
+                  problems: list[Problem]) -> None:
+    """A `uri_file` parameter whose value is a local folder (`--set dataset=shards/`) is typed `uri_folder`, and
+    so is every `accepts_folder` input it feeds, in this pipeline's copy of the step's component; the runner and
+    both compilers then see a folder throughout (Azure ML mounts a uri_folder input as a folder and a uri_file
+    input as a file: https://learn.microsoft.com/azure/machine-learning/how-to-read-write-data-v2). A folder
+    for an input that takes only a file is a problem here, before any step runs. A remote URI keeps the declared
+    type: declare the parameter `uri_folder` for a remote folder."""
+    for name, param in list(spec.params.items()):
+        value = params.get(name)
+        if param.type not in (IOType.uri_file, IOType.uri_folder) or not isinstance(value, str) or not value:
+            continue
+        path = Path(value) if Path(value).is_absolute() else root / value
+        if param.type == IOType.uri_file and not path.is_dir():
+            continue
+        fed = [(step, input_name) for step, step_bindings in bindings.items()
+               for input_name, binding in step_bindings.items() if binding == ParamRef(name)]
+        takes_file = [f"{step}.{input_name}" for step, input_name in fed
+                      if components[step].spec.inputs[input_name].type == IOType.uri_file
+                      and not components[step].spec.inputs[input_name].accepts_folder]
+        if takes_file:
+            problems.append(loaded.problem(("params", name), f"{name}: {value} is a folder, but "
+                                           f"{', '.join(takes_file)} takes a single file"))
+            continue
+        spec.params[name] = param.model_copy(update={"type": IOType.uri_folder})
+        for step, input_name in fed:
+            component = components[step]
+            declared = component.spec.inputs[input_name]
+            if declared.type != IOType.uri_file:
+                continue
+            inputs = {**component.spec.inputs, input_name: declared.model_copy(update={"type": IOType.uri_folder})}
+            components[step] = dataclasses.replace(component, spec=component.spec.model_copy(update={"inputs": inputs}))
+
+
+# The roles whose `gate_metric` input names a metric of the evaluation (ROLE_INPUTS declares it).
+_METRIC_ROLES = (Role.evaluate, Role.register)
+
+
+def _check_metrics(spec: PipelineSpec, loaded: Loaded, components: dict[str, Component],
+                   bindings: dict[str, dict[str, Binding]], params: dict[str, Any], problems: list[Problem]) -> None:
+    """A gate metric no evaluation can produce (a misspelt `--set gate_metric=...`) fails here, before any step
+    runs; whether this dataset produces it is checked by the prepare step, before training."""
+    from tuneline.ml.metrics import unknown_metric
+
+    reported: set[str] = set()
+
+    def check(loc: tuple[Any, ...], binding: Binding | None, value: Any) -> None:
+        reason = unknown_metric(value) if isinstance(value, str) and value else None
+        if not reason:
+            return
+        if isinstance(binding, ParamRef):  # one problem per parameter, however many steps it feeds
+            if binding.name not in reported:
+                reported.add(binding.name)
+                problems.append(loaded.problem(("params", binding.name), f"{binding.name}: {reason}"))
+            return
+        problems.append(loaded.problem(loc, reason))
+
+    for step_name, component in components.items():
+        if component.spec.role in _METRIC_ROLES:
+            binding = bindings.get(step_name, {}).get("gate_metric")
+            value = params[binding.name] if isinstance(binding, ParamRef) else (
+                binding.value if isinstance(binding, Literal) else component.spec.inputs["gate_metric"].default)
+            check(("steps", step_name, "inputs", "gate_metric"), binding, value)
+    if spec.triggers is not None:
+        binding = parse_binding(spec.triggers.metric)
+        if isinstance(binding, ParamRef) and binding.name in params:
+            check(("triggers", "metric"), binding, params[binding.name])
+        elif isinstance(binding, Literal):
+            check(("triggers", "metric"), binding, binding.value)
+
+
 def parse_set_pairs(pairs: typing.Sequence[str]) -> dict[str, str]:
     """`--set name=value` arguments as a dict; values stay text until `apply_overrides` types them."""
     overrides = {}
@@ -504,6 +577,8 @@ def load_pipeline(path: str | Path, overrides: dict[str, str] | None = None) -> 
     if problems:
         raise SpecError(problems)
     params = apply_overrides(spec, overrides or {}, loaded)
+    _check_metrics(spec, loaded, components, bindings, params, problems)
+    _type_folders(spec, root, components, bindings, params, loaded, problems)
     for name, value in params.items():
         for step_name, step_bindings in bindings.items():
             for input_name, binding in step_bindings.items():

@@ -57,6 +57,8 @@ class InputSpec(Strict):
     min: float | None = None
     max: float | None = None
     enum: list[str | int | float] | None = None
+    accepts_folder: bool = Field(False, description="a uri_file input that also takes a folder (e.g. of dataset "
+                                                    "shards): bound to a folder, the step sees it as a uri_folder")
     enum_per_target: dict[CompileTarget, list[str | int | float]] | None = Field(
         None, description="the values a compiled target accepts (kfp, azureml); the others are for local runs only")
 
@@ -70,6 +72,8 @@ class InputSpec(Strict):
             raise ValueError(f"min/max apply to integer and number inputs, not {self.type.value}")
         if self.enum is not None and self.type.is_artifact:
             raise ValueError("enum does not apply to artifact inputs")
+        if self.accepts_folder and self.type != IOType.uri_file:
+            raise ValueError("accepts_folder applies to uri_file inputs")
         for target, allowed in (self.enum_per_target or {}).items():
             outside = [v for v in allowed if self.enum is not None and v not in self.enum]
             if outside:
@@ -84,6 +88,16 @@ class InputSpec(Strict):
 class OutputSpec(Strict):
     type: IOType
     description: str = ""
+    resume: bool = Field(False, description="a resumable checkpoint store: a folder kept across retries and "
+                                            "re-runs of the step with the same cache key, so an interrupted "
+                                            "attempt's checkpoints are there when the step starts again "
+                                            "(uri_folder only)")
+
+    @model_validator(mode="after")
+    def _resume_is_a_folder(self) -> OutputSpec:
+        if self.resume and self.type != IOType.uri_folder:
+            raise ValueError(f"resume: true applies to uri_folder outputs, not {self.type.value}")
+        return self
 
 
 class Resources(Strict):
@@ -135,8 +149,8 @@ ROLE_INPUTS: dict[Role, dict[str, tuple[IOType, ...]]] = {
                  "method": (IOType.string,), "epochs": (IOType.integer,), "max_steps": (IOType.integer,),
                  "per_device_batch": (IOType.integer,), "grad_accum": (IOType.integer,),
                  "max_seq_len": (IOType.integer,)},
-    Role.evaluate: {},
-    Role.register: {"name": (IOType.string,)},
+    Role.evaluate: {"gate_metric": (IOType.string,)},
+    Role.register: {"name": (IOType.string,), "gate_metric": (IOType.string,)},
     Role.deploy: {},
 }
 
@@ -168,6 +182,11 @@ class ComponentSpec(Strict):
         if clash:
             raise ValueError(f"names used as both input and output: {sorted(clash)}")
         return self
+
+    @property
+    def resume_outputs(self) -> list[str]:
+        """The outputs declared `resume: true`, in declaration order."""
+        return [name for name, out in self.outputs.items() if out.resume]
 
     @model_validator(mode="after")
     def _role_inputs_declared(self) -> ComponentSpec:

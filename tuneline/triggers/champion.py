@@ -10,12 +10,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from ..ml.metrics import direction
 from ..registry import CHAMPION, metric_tag, version_by_alias
 from ..spec import Pipeline
 from ..spec.models import Role, Triggers
 from .result import FIRED, OK, SKIPPED, TriggerResult
-
-LOWER_IS_BETTER = frozenset({"perplexity"})
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ def registered_metric(client, champion: Champion, metric: str) -> tuple[float | 
 
 def relative_drop(registered: float, current: float, metric: str) -> float:
     """How much worse `current` is than `registered`, as a share of `registered` (negative: it improved)."""
-    if metric in LOWER_IS_BETTER:
+    if direction(metric) == "min":
         return (current - registered) / registered if registered else 0.0
     if registered == 0:
         return 0.0 if current >= 0 else float("inf")

@@ -1,0 +1,163 @@
+"""Give a cluster step's `resume: true` outputs a checkpoint store that outlives the pod or job, then run the step.
+
+Run as (a compiled KFP or Azure ML step does this; the arguments come from the compiler):
+    python -m tuneline.compile.resume --component components/train --root /mnt/checkpoints \
+        --store checkpoints=/tmp/out/checkpoints --artifact train=/tmp/in/train --value max_steps=24 -- python -m ...
+
+A KFP output artifact path is per-pod scratch and an Azure ML job's default output path is per job, so checkpoints
+written there are gone when a preempted pod is retried or the pipeline is re-run. This wrapper computes a key that
+depends only on what determines the step's result, and hands the step `<root>/<key>/<output>` in place of the
+output path:
+
+    key = tuneline.runner.cache.step_cache_key(component folder, component spec, inputs)
+
+the same function the local runner keys its cache (and its stores, tuneline.runner.resume) with: the component's
+code and spec and the SDK modules it imports, as they are in the image; every input value, parsed by its declared
+type; and the sha256 of the content of every input artifact, as the platform staged it in the container. KFP output
+URIs, run ids and pod names differ between a retry and a re-run, so none of them enters the key: a retried pod and
+a re-run with the same inputs compute the same key and find the same store.
+
+Where the store lives: on KFP under `--root`, the mounted checkpoint PVC (`$TUNELINE_CHECKPOINT_ROOT`, set by the
+compiler with the mount), at `<root>/<key>/<output>`; a successful step's store is copied into the output path for
+the launcher to upload, then removed from the volume. On Azure ML (`--in-output`) inside the output itself, which
+is rw_mount-ed at a datastore path that does not change between jobs, at `<output>/<key>`; it stays there. A failed
+or killed step leaves it for the next attempt. SIGTERM and SIGINT are passed on to the step, so it can checkpoint
+before it exits. The wrapper runs the step as its child rather than exec-ing it, to copy the store afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+RESUME_MODULE = "tuneline.compile.resume"
+ROOT_ENV = "TUNELINE_CHECKPOINT_ROOT"
+
+
+def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"resume: {flag} expects NAME=VALUE, got {item!r}")
+        out[name] = value
+    return out
+
+
+def store_key(component: Path, values: dict[str, str], artifacts: dict[str, str]) -> str:
+    """The step's key from its inputs as the container sees them (see the module docstring)."""
+    from ..runner.cache import step_cache_key
+    from ..runner.digest import path_sha256
+    from ..spec import load_component
+    from ..spec.models import parse_cli_value
+
+    spec = load_component(component).spec
+    inputs: dict[str, Any] = {}
+    for name, text in values.items():
+        declared = spec.inputs.get(name)
+        if declared is None:
+            raise SystemExit(f"resume: --value {name}: not an input of {component}/component.yaml")
+        try:
+            inputs[name] = parse_cli_value(declared.type, text)
+        except ValueError as exc:
+            raise SystemExit(f"resume: --value {name}: {exc}") from None
+    for name, path in artifacts.items():
+        if name not in spec.inputs:
+            raise SystemExit(f"resume: --artifact {name}: not an input of {component}/component.yaml")
+        if not Path(path).exists():
+            raise SystemExit(f"resume: --artifact {name}: {path} does not exist")
+        inputs[name] = {"sha256": path_sha256(Path(path))}
+    return step_cache_key(component, spec.model_dump(mode="json"), inputs)
+
+
+def rewrite(command: list[str], replacements: dict[str, str]) -> list[str]:
+    """Each output path in the command, alone or inside a word (`--out=PATH`, `PATH/sub`), replaced by its store;
+    a longer path that merely starts with the same letters (`PATH2`) is left alone."""
+    patterns = [(re.compile(re.escape(old) + r"(?=/|$|\s)"), new)
+                for old, new in sorted(replacements.items(), key=lambda kv: -len(kv[0]))]
+    out = []
+    for word in command:
+        for pattern, new in patterns:
+            word = pattern.sub(lambda _m, new=new: new, word)
+        out.append(word)
+    return out
+
+
+def run(command: list[str]) -> int:
+    """Run the step as a child, passing SIGTERM/SIGINT on; the exit status as a shell reports it."""
+    child = subprocess.Popen(command)
+
+    def forward(signum: int, _frame: Any) -> None:
+        print(f"resume: signal {signum} received, passed on to the step", flush=True)
+        child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 - code if code < 0 else code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in argv:
+        raise SystemExit("resume: the step's command follows `--`")
+    split = argv.index("--")
+    parser = argparse.ArgumentParser(prog=RESUME_MODULE, description="Run a step with persistent checkpoint stores.")
+    parser.add_argument("--component", required=True, type=Path, help="the component folder, relative to the code root")
+    parser.add_argument("--root", default=os.environ.get(ROOT_ENV),
+                        help=f"where stores live (default ${ROOT_ENV})")
+    parser.add_argument("--in-output", action="store_true",
+                        help="keep each store inside its own output, at PATH/<key> (an output mounted read-write "
+                             "at a stable path, as on Azure ML); --root is then not needed")
+    parser.add_argument("--store", action="append", default=[], metavar="OUTPUT=PATH",
+                        help="a resume: true output and the path the platform gave it")
+    parser.add_argument("--value", action="append", default=[], metavar="NAME=VALUE", help="an input value")
+    parser.add_argument("--artifact", action="append", default=[], metavar="NAME=PATH", help="an input artifact")
+    args = parser.parse_args(argv[:split])
+    command = argv[split + 1:]
+    if not command:
+        raise SystemExit("resume: no command after `--`")
+    if not args.root and not args.in_output:
+        raise SystemExit(f"resume: no --root and ${ROOT_ENV} is not set: the checkpoint volume is not mounted")
+    outputs = _pairs(args.store, "--store")
+    key = store_key(args.component, _pairs(args.value, "--value"), _pairs(args.artifact, "--artifact"))
+    if args.in_output:
+        stores = {name: Path(path) / key for name, path in outputs.items()}
+    else:
+        stores = {name: Path(args.root) / key / name for name in outputs}
+    for name, store in stores.items():
+        try:
+            store.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SystemExit(f"resume: cannot create the checkpoint store {store} ({exc.strerror}): is the "
+                             f"checkpoint volume mounted there and writable for this user?") from None
+        found = sorted(p.name for p in store.iterdir())
+        print(f"resume: {name} -> {store} (key {key[:12]}; "
+              f"{'from an earlier attempt: ' + ', '.join(found) if found else 'empty'})", flush=True)
+    code = run(rewrite(command, {outputs[name]: str(store) for name, store in stores.items()}))
+    if code != 0:
+        return code
+    if args.in_output:
+        return 0  # each store is part of its output (Azure ML): it stays where the platform keeps it
+    for name, store in stores.items():
+        shutil.copytree(store, outputs[name], symlinks=True, dirs_exist_ok=True)
+        shutil.rmtree(store)
+    folder = Path(args.root) / key
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
