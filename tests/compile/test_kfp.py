@@ -199,7 +199,7 @@ def test_resume_output_runs_behind_the_wrapper_with_the_pvc_and_its_root(compile
                                 "pvcNameParameter": {"runtimeValue": {"constant": "tuneline-checkpoints"}}}]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["TUNELINE_CHECKPOINT_ROOT"] == "/mnt/checkpoints"
-    command = container["command"]
+    command = _step_command(container)
     split = command.index("--")
     wrapper, step = command[:split], command[split + 1:]
     assert wrapper[:5] == ["python", "-m", "tuneline.compile.resume", "--component", "components/fit"]
