@@ -35,14 +35,20 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
                             *_args(data, ddp, 2)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        out, err = two.communicate(timeout=240)
+        out, err = two.communicate(timeout=600)
         assert two.returncode == 0, out[-3000:] + err[-3000:]
-        assert one.wait(timeout=240) == 0
+        assert one.wait(timeout=600) == 0
     finally:
         for process in (one, two):
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+                # torchrun starts each worker in a session of its own, so killing torchrun's group would leave
+                # the workers running: SIGTERM lets the agent stop them first, SIGKILL follows if it hangs.
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
 
     summaries = [json.loads((out / "model" / "training_summary.json").read_text()) for out in (single, ddp)]
     assert summaries[0]["world_size"] == 1 and summaries[1]["world_size"] == 2

@@ -67,7 +67,8 @@ def _project(root: Path) -> dict[str, str]:
 
 def _run(root: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "tuneline", "run", "pipelines/train.yaml"], cwd=root, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # the Ctrl-C goes to this runner only, not pytest's group
 
 
 def _record(root: Path) -> dict:

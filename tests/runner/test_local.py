@@ -155,13 +155,15 @@ steps:
 def test_timeout_sends_sigterm_first(toy, cli, tmp_path):
     marker = tmp_path / "term"
     path = toy / "pipelines/sleepy.yaml"
-    path.write_text(SLEEPY_PIPELINE.replace("{timeout}", "1").replace("{marker}", str(marker))
+    # 4 s: the step must have started Python and installed its SIGTERM handler before the timeout, even on a
+    # loaded machine; with 1 s the default action could kill it first and the marker would be missing.
+    path.write_text(SLEEPY_PIPELINE.replace("{timeout}", "4").replace("{marker}", str(marker))
                     .replace('{label: "${{steps.nap.outputs.done}}"}', "{count: 1}"))
     path.write_text(path.read_text().replace("    inputs: {count: 1}", "    inputs: {count: 1}\n    when: "
                                                                          "${{steps.nap.outputs.done}}"))
     assert cli("run", str(path))[0] == 1
     record = run_record(toy)
-    assert record["steps"]["nap"]["reason"].startswith("timed out after 1s")
+    assert record["steps"]["nap"]["reason"].startswith("timed out after 4s")
     assert statuses(record)["after"] == "not-run"
     assert marker.read_text() == "terminated"  # the step got the chance to checkpoint
 
@@ -173,17 +175,24 @@ def test_ctrl_c_stops_the_step_and_leaves_a_consistent_record(toy, tmp_path):
                     .replace('{label: "${{steps.nap.outputs.done}}"}', "{count: 1}")
                     .replace("    inputs: {count: 1}", "    inputs: {count: 1}\n    when: ${{steps.nap.outputs.done}}"))
     env = dict(os.environ)
+    # Its own session, as a terminal's Ctrl-C reaches a foreground job: the SIGINT goes to this runner only, and
+    # if the test fails the runner and its step are stopped with it instead of outliving it in pytest's group.
     process = subprocess.Popen([sys.executable, "-m", "tuneline", "run", str(path)], cwd=toy, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log_seen = False
-    deadline = time.time() + 20
-    while time.time() < deadline and not log_seen:
-        logs = list((toy / ".tuneline/runs").glob("*/steps/nap/log.txt"))
-        log_seen = bool(logs) and "started" in logs[0].read_text()
-        time.sleep(0.1)
-    assert log_seen
-    process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=30)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        log_seen = False
+        deadline = time.time() + 60
+        while time.time() < deadline and not log_seen:
+            logs = list((toy / ".tuneline/runs").glob("*/steps/nap/log.txt"))
+            log_seen = bool(logs) and "started" in logs[0].read_text()
+            time.sleep(0.1)
+        assert log_seen
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
     assert process.returncode == 130, out + err
     record = run_record(toy)
     assert record["status"] == "interrupted"

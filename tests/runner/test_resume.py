@@ -26,7 +26,7 @@ EXPECTED_SUM = LINES * STEPS * (STEPS + 1) // 2
 def _interrupt_after_checkpoint(toy: Path, step: int) -> subprocess.CompletedProcess[str]:
     """Start `tuneline run`, press Ctrl-C (SIGINT to the runner) once `count` has saved checkpoint `step`."""
     process = subprocess.Popen([sys.executable, "-m", "tuneline", "run", "pipelines/resume.yaml"], cwd=toy,
-                               env=dict(os.environ),
+                               env=dict(os.environ), start_new_session=True,  # SIGINT to the runner only
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 30
     while time.time() < deadline:
