@@ -40,7 +40,8 @@ K3 Importer URIs. The backend's importer takes object-store URIs only and the la
 K4 Kubernetes platform spec (kfp-kubernetes): PVC mounts, tolerations, node selectors, node affinity,
    ConfigMap and Secret env, field-path env (TUNELINE_RUN_ID), the /dev/shm emptyDir and activeDeadlineSeconds
    are all ignored: nothing in `kfp/local/` reads `platform_spec`. The runner's environment supplies
-   MLFLOW_TRACKING_URI as the `tuneline-mlflow` ConfigMap would.
+   MLFLOW_TRACKING_URI as the `tuneline-mlflow` ConfigMap would, and a host folder is bind-mounted at each PVC's
+   mount path (`pvc_mounts`), as the checkpoint volume would be.
 K5 Resources. CPU/memory requests and limits and accelerator type/count are warned about and ignored
    (`orchestrator/task_executor.py`, `_warn_local_only_noops`).
 K6 Caching. Off here (`enable_caching` defaults to False); kfp.local's cache key is component name, image,
@@ -229,6 +230,11 @@ class KfpLocalRun:
                 folder.chmod(0o777)  # K2: the image's user writes its outputs here
         mounts = [docker.types.Mount(target=target, source=str(host.resolve()), type="bind", read_only=True)
                   for host, target in self.mounts.items()]
+        for name, path in pvc_mounts(package).items():  # K4: a host folder stands in for each PVC
+            volume = root / "pvc" / name
+            volume.mkdir(parents=True, exist_ok=True)
+            volume.chmod(0o777)
+            mounts.append(docker.types.Mount(target=path, source=str(volume), type="bind", read_only=False))
         recorded: dict[str, dict[str, Any]] = {}
         saved_host = os.environ.get("DOCKER_HOST")
         os.environ["DOCKER_HOST"] = self.engine.docker_host  # docker.from_env() in docker_task_handler.py
@@ -278,6 +284,16 @@ class KfpLocalRun:
             marker = path / SKIP_MARKER if path.is_dir() else path
             if not marker.is_file() or SKIPPED not in marker.read_text():
                 raise KfpRunBroken(f"step '{step}' had a false gate but its output '{name}' holds no skip marker")
+
+
+def pvc_mounts(package: Path) -> dict[str, str]:
+    """{PVC name: mount path} of every task's kfp-kubernetes `pvcMount` in the package's platform spec."""
+    import yaml
+
+    docs = list(yaml.safe_load_all(package.read_text()))
+    executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if len(docs) > 1 else {}
+    return {m["constant"]: m["mountPath"] for config in executors.values() for m in config.get("pvcMount", [])
+            if "constant" in m}
 
 
 def cpu_stand_ins(repo: Path) -> dict[str, str]:
