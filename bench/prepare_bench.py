@@ -4,7 +4,7 @@ read from JSON Lines and from Parquet.
 Run as: python bench/prepare_bench.py                  # 10k and 100k records, JSONL and Parquet
         python bench/prepare_bench.py --million        # ... and 1M (a few minutes)
         python bench/prepare_bench.py --sizes 10000 --types parquet   # one quick size, one file type
-        python bench/prepare_bench.py --workers 1       # everything in one process (default: as the CLI picks)
+        python bench/prepare_bench.py --workers 2 --out bench/results/prepare-workers2.json   # 2 worker processes
 
 The input files are written by one child process and each size and file type is then prepared in a fresh
 child process, so peak RSS is the prepare run's own, not the data generator's. The run is what the CLI does
@@ -186,8 +186,9 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000], help="record counts")
     p.add_argument("--million", action="store_true", help="add 1,000,000 records to --sizes")
     p.add_argument(
-        "--workers", type=int, default=0,
-        help="parse/redact/sign processes (0: as the CLI picks; 1: main process only)"
+        "--workers", type=int, default=1,
+        help="parse/redact/sign processes (1: main process only, the default, so that sizes compare; 0: as the "
+        "CLI picks, which is 1 under 8 MiB of input and one per CPU up to 4 above)"
     )
     p.add_argument("--types", nargs="+", default=["jsonl", "parquet"], choices=["jsonl", "parquet"],
                    help="input file types")
@@ -196,6 +197,8 @@ def main() -> None:
     p.add_argument("--raw", type=Path, help=argparse.SUPPRESS)  # child mode: the input file
     p.add_argument("--type", default="jsonl", help=argparse.SUPPRESS)  # child mode
     p.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON results")
+    p.add_argument("--merge", type=Path, nargs="+", default=[],
+                   help="run nothing: combine the runs of these results files (e.g. one per file type) into --out")
     args = p.parse_args()
     if args.make:
         print(write_input(str(args.raw), args.make, args.type))
@@ -205,7 +208,10 @@ def main() -> None:
         return
     sizes = sorted(set(args.sizes) | ({1_000_000} if args.million else set()))
     rows = []
-    for kind, n in ((k, n) for k in args.types for n in sizes):
+    for path in args.merge:
+        rows += json.loads(path.read_text())["runs"]
+    rows.sort(key=lambda r: (r["type"] != "jsonl", r["records"]))
+    for kind, n in ((k, n) for k in args.types for n in sizes if not args.merge):
         with tempfile.TemporaryDirectory() as tmp:
             raw = subprocess.run(
                 [sys.executable, __file__, "--make", str(n), "--raw", tmp, "--type", kind],
@@ -257,8 +263,7 @@ def main() -> None:
                     "python": platform.python_version(),
                     "platform": platform.platform(),
                 },
-                "settings": "defaults: near-dup 0.85, num_perm 128, PII redaction on; workers as the CLI picks "
-                "them unless --workers is given",
+                "settings": "defaults: near-dup 0.85, num_perm 128, PII redaction on",
                 "note": "records_per_cpu_second counts the CPU time of the run and its worker processes; "
                 "it is the figure to compare when the machine is shared (see load_average_at_start).",
                 "runs": rows,

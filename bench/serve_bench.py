@@ -4,6 +4,8 @@ In one run, on the same merged weights and the same prompts (the user turns of d
   1. the served endpoint: OpenAI `POST /v1/chat/completions` through the proxy, closed loop at each
      `--concurrency` (default 1 8 32 64);
   2. direct Triton: v2 infer calls straight to tritonserver at the highest concurrency <= 32;
+     and the same endpoint with `stream: true` at concurrency 1 and 32: time to the first content chunk beside
+     the time to the whole answer, and content chunks per answer;
   3. plain transformers `generate` in this process, greedy, with the same chat template and system prompt:
      one prompt at a time (sequential) and `--batch` prompts per call (batched), torch threads = cores.
 Reported per run: req/s, generated tokens/s, p50/p95 latency, errors; and the ratios the serving path is
@@ -15,7 +17,12 @@ first); `--tiny` serves a tiny random Llama instead (no registry needed; says no
 `--endpoint URL --token-file FILE` skips all that and loads an endpoint that already runs (`make serve-load`
 points it at the demo's endpoint) with `--requests` requests per concurrency.
 
+`--tune 1x2:5000 2x1:5000 ...` compares serving configurations (instances x torch threads : batcher delay in
+microseconds : max batch) at concurrency 32 only, with the baselines run before and after them (their mean is
+the reference), into bench/results/serve-tuning.json; machine_spec() holds the choice made from those figures.
+
 Run as: python bench/serve_bench.py [--concurrency 1 8 32 64] [--max-new-tokens 32] [--out bench/results/serve.json]
+        python bench/serve_bench.py --tune 1x2:5000 2x1:5000 1x2:50000
         python bench/serve_bench.py --endpoint http://127.0.0.1:8000 --token-file .tuneline/serve/token \
             --requests 1000 --concurrency 32 64
 """
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
@@ -42,7 +50,14 @@ from tuneline.serve.auth import ensure_token, load_token  # noqa: E402
 from tuneline.serve.env import ensure_serve_venv  # noqa: E402
 from tuneline.serve.local import start_proxy, start_triton, stop_triton  # noqa: E402
 from tuneline.serve.proxy import ProxyLimits, Upstream, write_upstream  # noqa: E402
-from tuneline.serve.repository import HF_SUBDIR, SERVING_FILE, machine_spec, write_repository  # noqa: E402
+from tuneline.serve.repository import (  # noqa: E402
+    HF_SUBDIR,
+    SERVING_FILE,
+    machine_spec,
+    render_config,
+    stream_model_name,
+    write_repository,
+)
 
 DATASET = REPO / "data" / "sample" / "tickets.jsonl"
 
@@ -139,6 +154,74 @@ def load_endpoint(base: str, token: str, model: str, prompts: list[str], concurr
     return _summary("served (proxy, /v1/chat/completions)", lat, tok, err, secs, concurrency=concurrency)
 
 
+async def stream_loop(url: str, make_body, *, concurrency: int, requests: int, headers: dict[str, str],
+                      timeout_s: float = 900.0) -> tuple[list[float], list[float], list[int], int, Counter, float]:
+    """Closed loop of streamed chat completions: time to the first content chunk, to the end, chunks per answer."""
+    import aiohttp
+
+    first: list[float] = []
+    total: list[float] = []
+    chunks: list[int] = []
+    errors: Counter = Counter()
+    tokens = 0
+    numbers = iter(range(requests))
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+
+        async def client() -> None:
+            nonlocal tokens
+            for i in numbers:
+                started = time.perf_counter()
+                seen, at_first, usage = 0, None, None
+                try:
+                    async with session.post(url, json=make_body(i), headers=headers) as resp:
+                        if resp.status != 200:
+                            errors[f"HTTP {resp.status}"] += 1
+                            await resp.read()
+                            continue
+                        async for line in resp.content:
+                            if not line.startswith(b"data: {"):
+                                continue
+                            chunk = json.loads(line[6:])
+                            if "error" in chunk:
+                                raise OSError(chunk["error"]["message"])
+                            if chunk.get("usage"):
+                                usage = chunk["usage"]
+                            if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                                seen += 1
+                                at_first = at_first or time.perf_counter()
+                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    errors[type(exc).__name__] += 1
+                    continue
+                now = time.perf_counter()
+                first.append((at_first or now) - started)
+                total.append(now - started)
+                chunks.append(seen)
+                tokens += usage["completion_tokens"] if usage else 0
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        return first, total, chunks, tokens, errors, time.perf_counter() - started
+
+
+def load_stream(base: str, token: str, model: str, prompts: list[str], concurrency: int, requests: int,
+                max_new_tokens: int) -> dict:
+    def body(i: int) -> dict:
+        return {"model": model, "messages": [{"role": "user", "content": prompts[i % len(prompts)]}],
+                "max_tokens": max_new_tokens, "stream": True, "stream_options": {"include_usage": True}}
+
+    first, total, chunks, tok, err, secs = asyncio.run(
+        stream_loop(f"{base}/v1/chat/completions", body, concurrency=concurrency, requests=requests,
+                    headers={"Authorization": f"Bearer {token}"})
+    )
+    ordered = sorted(first) or [float("nan")]
+    run = _summary("served streaming (proxy, stream=true)", total, tok, err, secs, concurrency=concurrency)
+    run["first_chunk_p50_ms"] = round(ordered[len(ordered) // 2] * 1000, 1)
+    run["first_chunk_p95_ms"] = round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000, 1)
+    run["content_chunks_mean"] = round(statistics.fmean(chunks), 1) if chunks else None
+    return run
+
+
 def load_triton(url: str, model: str, prompts: list[str], concurrency: int, requests: int,
                 max_new_tokens: int) -> dict:
     def body(i: int) -> dict:
@@ -149,6 +232,7 @@ def load_triton(url: str, model: str, prompts: list[str], concurrency: int, requ
             {"name": "temperature", "shape": [1, 1], "datatype": "FP32", "data": [0.0]},
             {"name": "top_p", "shape": [1, 1], "datatype": "FP32", "data": [1.0]},
             {"name": "stop", "shape": [1, 1], "datatype": "BYTES", "data": ["[]"]},
+            {"name": "stream", "shape": [1, 1], "datatype": "BOOL", "data": [False]},
         ]}
 
     def tokens(reply: dict) -> int:
@@ -208,9 +292,11 @@ class Baseline:
 
 def _print(run: dict) -> None:
     where = f"c={run['concurrency']:>3}" if "concurrency" in run else f"b={run['batch']:>3}"
+    first = f"  first chunk p50 {run['first_chunk_p50_ms']} ms" if "first_chunk_p50_ms" in run else ""
     print(
-        f"{run['name']:<40} {where}  {run['requests_per_s']:7.2f} req/s  {run['generated_tokens_per_s']:7.1f} tok/s  "
-        f"p50 {run['p50_ms']:9.1f} ms  p95 {run['p95_ms']:9.1f} ms  errors {run['errors']}  load {run['load_avg_1m']}",
+        f"{run.get('config', '')}{run['name']:<40} {where}  {run['requests_per_s']:7.2f} req/s  "
+        f"{run['generated_tokens_per_s']:7.1f} tok/s  p50 {run['p50_ms']:9.1f} ms  p95 {run['p95_ms']:9.1f} ms  "
+        f"errors {run['errors']}  load {run['load_avg_1m']}{first}",
         file=sys.stderr,
         flush=True,
     )
@@ -227,66 +313,132 @@ def _model_dir(args: argparse.Namespace, work: Path) -> tuple[Path, Path | None,
     return fetched.model_dir, resolve_base_dir(fetched), fetched.uri
 
 
+def parse_config(text: str) -> dict:
+    """`IxT[:DELAY_US[:MAX_BATCH]]`, e.g. `2x1:20000:32`: instances x torch threads, batcher delay, max batch."""
+    try:
+        shape, *rest = text.split(":")
+        instances, threads = (int(v) for v in shape.split("x"))
+        fields = {"instance_count": instances, "torch_threads": threads}
+        if rest:
+            fields["max_queue_delay_us"] = int(rest[0])
+        if len(rest) > 1:
+            fields["max_batch_size"] = int(rest[1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected IxT[:DELAY_US[:MAX_BATCH]], e.g. 2x1:20000") from None
+    return fields
+
+
+def _label(spec) -> str:
+    return (f"{spec.instance_count}x{spec.torch_threads} delay {spec.max_queue_delay_us}us "
+            f"max_batch {spec.max_batch_size}")
+
+
+def serve_runs(args: argparse.Namespace, work: Path, repo: Path, spec, install, prompts: list[str], *,
+               direct: bool, stream: bool) -> list[dict]:
+    """Serve `spec` (config.pbtxt rewritten in `repo`) and load it at each --concurrency."""
+    (repo / spec.model_name / "config.pbtxt").write_text(render_config(spec))
+    (repo / stream_model_name(spec.model_name) / "config.pbtxt").write_text(render_config(spec, decoupled=True))
+    state = work / f"state-{spec.instance_count}x{spec.torch_threads}-{spec.max_queue_delay_us}"
+    server = start_triton(repo, spec.model_name, state_dir=state, slot="bench", install=install)
+    print(f"tritonserver ready in {server.startup_s:.1f}s ({_label(spec)})", file=sys.stderr)
+    token = ensure_token(state, announce=False)
+    proxy = start_proxy(state, limits=ProxyLimits())
+    write_upstream(state, Upstream(url=server.url, model=spec.model_name, slot="bench"))
+    runs = []
+
+    def keep(run: dict) -> None:
+        run["config"] = _label(spec)
+        _print(run)
+        runs.append(run)
+
+    try:
+        load_endpoint(proxy.url, token, spec.model_name, prompts, 4, 8, args.max_new_tokens)  # warm-up
+        for c in args.concurrency:
+            keep(load_endpoint(proxy.url, token, spec.model_name, prompts, c,
+                               max(args.min_requests, args.requests_per_slot * c), args.max_new_tokens))
+        if direct:
+            c = max([c for c in args.concurrency if c <= 32] or [args.concurrency[0]])
+            keep(load_triton(server.url, spec.model_name, prompts, c, max(args.min_requests,
+                             args.requests_per_slot * c), args.max_new_tokens))
+        if stream:
+            for c in (1, max([c for c in args.concurrency if c <= 32] or [1])):
+                keep(load_stream(proxy.url, token, spec.model_name, prompts, c, max(4, 2 * c), args.max_new_tokens))
+    finally:
+        process.stop(proxy.ref)
+        stop_triton(server, state)
+    return runs
+
+
+def _ratios(served: dict, seq: dict, batched: dict, runs: list[dict]) -> dict:
+    ratios = {
+        "c32_vs_sequential": round(served["requests_per_s"] / seq["requests_per_s"], 2),
+        "c32_vs_batched": round(served["requests_per_s"] / batched["requests_per_s"], 2),
+        "c32_tokens_vs_batched": round(served["generated_tokens_per_s"] / batched["generated_tokens_per_s"], 2),
+    }
+    ratios["targets_met"] = {
+        "zero_errors": all(r["errors"] == 0 for r in runs),
+        ">=4x_sequential": ratios["c32_vs_sequential"] >= 4,
+        ">=0.9x_batched": ratios["c32_vs_batched"] >= 0.9,
+    }
+    return ratios
+
+
 def run_bench(args: argparse.Namespace, work: Path) -> dict:
     install = ensure_serve_venv()
     cores = len(os.sched_getaffinity(0))
     model_dir, base_dir, source = _model_dir(args, work)
-    spec = machine_spec(model_name="bench-llm", max_new_tokens_default=args.max_new_tokens)
+    base = machine_spec(model_name="bench-llm", max_new_tokens_default=args.max_new_tokens)
+    specs = [dataclasses.replace(base, **fields) for fields in (args.tune or [args.config or {}])]
     repo = work / "repo"
-    write_repository(model_dir, repo, spec, base_model_dir=base_dir)
-    hf_dir = repo / spec.model_name / "1" / HF_SUBDIR
-    serving = json.loads((repo / spec.model_name / "1" / SERVING_FILE).read_text())
+    write_repository(model_dir, repo, specs[0], base_model_dir=base_dir)
+    hf_dir = repo / base.model_name / "1" / HF_SUBDIR
+    serving = json.loads((repo / base.model_name / "1" / SERVING_FILE).read_text())
     prompts = load_prompts()
     results: dict = {
         "machine": {"cores": cores, "python": platform.python_version(), "load_avg_at_start": os.getloadavg()},
         "model": {"source": source, "max_new_tokens": args.max_new_tokens, "prompts": str(DATASET.relative_to(REPO))},
-        "config": {"instance_count": spec.instance_count, "torch_threads": spec.torch_threads,
-                   "max_batch_size": spec.max_batch_size, "why": spec.why},
+        "config": {"instance_count": specs[0].instance_count, "torch_threads": specs[0].torch_threads,
+                   "max_batch_size": specs[0].max_batch_size, "max_queue_delay_us": specs[0].max_queue_delay_us,
+                   "why": specs[0].why} if not args.tune else {"tuned": [_label(s) for s in specs]},
         "runs": [],
     }
-    state = work / "state"
-    server = start_triton(repo, spec.model_name, state_dir=state, slot="bench", install=install)
-    print(f"tritonserver ready in {server.startup_s:.1f}s ({spec.instance_count} x {spec.torch_threads} threads)",
-          file=sys.stderr)
-    token = ensure_token(state, announce=False)
-    proxy = start_proxy(state, limits=ProxyLimits())
-    write_upstream(state, Upstream(url=server.url, model=spec.model_name, slot="bench"))
-    try:
-        load_endpoint(proxy.url, token, spec.model_name, prompts, 4, 8, args.max_new_tokens)  # warm-up
-        for c in args.concurrency:
-            run = load_endpoint(proxy.url, token, spec.model_name, prompts, c, max(args.min_requests,
-                                args.requests_per_slot * c), args.max_new_tokens)
-            _print(run)
-            results["runs"].append(run)
-        c_direct = max([c for c in args.concurrency if c <= 32] or [args.concurrency[0]])
-        run = load_triton(server.url, spec.model_name, prompts, c_direct,
-                          max(args.min_requests, args.requests_per_slot * c_direct), args.max_new_tokens)
-        _print(run)
-        results["runs"].append(run)
-    finally:
-        process.stop(proxy.ref)
-        stop_triton(server, state)
     baseline = Baseline(hf_dir, serving, threads=cores)
-    seq = baseline.run("transformers generate, sequential", prompts, 1, args.sequential_requests, args.max_new_tokens)
-    _print(seq)
-    batched = baseline.run("transformers generate, batched", prompts, args.batch, args.batch * args.batched_rounds,
+
+    def baselines() -> tuple[dict, dict]:
+        seq = baseline.run("transformers generate, sequential", prompts, 1, args.sequential_requests,
                            args.max_new_tokens)
-    _print(batched)
-    results["runs"] += [seq, batched]
-    served = {r["concurrency"]: r for r in results["runs"] if r["name"].startswith("served")}
-    if 32 in served:
-        at32 = served[32]
-        ratios = {
-            "c32_vs_sequential": round(at32["requests_per_s"] / seq["requests_per_s"], 2),
-            "c32_vs_batched": round(at32["requests_per_s"] / batched["requests_per_s"], 2),
-            "c32_tokens_vs_batched": round(at32["generated_tokens_per_s"] / batched["generated_tokens_per_s"], 2),
-        }
-        ratios["targets_met"] = {
-            "zero_errors": all(r["errors"] == 0 for r in results["runs"]),
-            ">=4x_sequential": ratios["c32_vs_sequential"] >= 4,
-            ">=0.9x_batched": ratios["c32_vs_batched"] >= 0.9,
-        }
-        results["ratios"] = ratios
+        _print(seq)
+        batched = baseline.run("transformers generate, batched", prompts, args.batch,
+                               args.batch * args.batched_rounds, args.max_new_tokens)
+        _print(batched)
+        return seq, batched
+
+    # Tuning alternates configurations and baselines (baseline, config, config, ..., baseline) so a change in
+    # the machine's load during the run shows up instead of favouring whichever ran at a quiet moment.
+    seq, batched = baselines() if args.tune else (None, None)
+    for spec in specs:
+        results["runs"] += serve_runs(args, work, repo, spec, install, prompts, direct=not args.tune,
+                                      stream=not args.tune)
+    seq2, batched2 = baselines()
+    if seq is not None:
+        seq["requests_per_s"] = round((seq["requests_per_s"] + seq2["requests_per_s"]) / 2, 3)
+        batched["requests_per_s"] = round((batched["requests_per_s"] + batched2["requests_per_s"]) / 2, 3)
+        for kept, again in ((seq, seq2), (batched, batched2)):
+            kept["generated_tokens_per_s"] = round((kept["generated_tokens_per_s"]
+                                                    + again["generated_tokens_per_s"]) / 2, 1)
+            kept["name"] += " (mean of the runs before and after)"
+        results["runs"] += [seq, batched, seq2, batched2]
+    else:
+        seq, batched = seq2, batched2
+        results["runs"] += [seq, batched]
+    by_config: dict = {}
+    for r in results["runs"]:
+        if r["name"].startswith("served (") and r.get("concurrency") == 32:
+            by_config[r["config"]] = _ratios(r, seq, batched, results["runs"])
+    if args.tune:
+        results["ratios_by_config"] = by_config
+    elif by_config:
+        results["ratios"] = next(iter(by_config.values()))
     results["machine"]["load_avg_at_end"] = os.getloadavg()
     return results
 
@@ -304,6 +456,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batched-rounds", type=int, default=2, help="baseline batches (default 2)")
     parser.add_argument("--model-uri", default="models:/tuneline-tickets@champion",
                         help="registered model to serve (default %(default)s)")
+    parser.add_argument("--config", type=parse_config, default=None,
+                        help="serve IxT[:DELAY_US[:MAX_BATCH]] instead of machine_spec()'s choice")
+    parser.add_argument("--tune", type=parse_config, nargs="+", default=None,
+                        help="compare these configurations (IxT[:DELAY_US[:MAX_BATCH]] each) at --concurrency "
+                        "(default 32) beside the baselines -> bench/results/serve-tuning.json")
     parser.add_argument("--tiny", action="store_true", help="serve a tiny random Llama instead (no registry)")
     parser.add_argument("--endpoint", default=None, help="load this running endpoint only (with --token-file)")
     parser.add_argument("--state-dir", type=Path, default=None,
@@ -313,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="results JSON (default bench/results/serve.json; serve-load.json with --endpoint)")
     args = parser.parse_args(argv)
+    if args.tune and args.concurrency == [1, 8, 32, 64]:
+        args.concurrency = [32]
 
     if args.state_dir is not None:
         from tuneline.serve.local import status
@@ -340,9 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="serve-bench-") as work:
             results = run_bench(args, Path(work))
-        out = args.out or REPO / "bench" / "results" / "serve.json"
-        if "ratios" in results:
-            print(json.dumps(results["ratios"]), file=sys.stderr)
+        out = args.out or REPO / "bench" / "results" / ("serve-tuning.json" if args.tune else "serve.json")
+        print(json.dumps(results.get("ratios") or results.get("ratios_by_config")), file=sys.stderr)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"-> {out}", file=sys.stderr)
