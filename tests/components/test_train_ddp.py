@@ -42,10 +42,11 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
         for process in (one, two):
             if process.poll() is None:
                 # torchrun starts each worker in a session of its own, so killing torchrun's group would leave
-                # the workers running: SIGTERM lets the agent stop them first, SIGKILL follows if it hangs.
+                # the workers running: SIGTERM lets the agent stop them first (it SIGKILLs a worker that has not
+                # exited 30 s after its SIGTERM, e.g. one stuck in a collective), SIGKILL follows if it hangs.
                 os.killpg(process.pid, signal.SIGTERM)
                 try:
-                    process.wait(timeout=30)
+                    process.wait(timeout=60)
                 except subprocess.TimeoutExpired:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
