@@ -5,6 +5,7 @@ The local runner and both compilers read this, never the YAML, so the three cann
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,10 +81,18 @@ class PipelineGraph:
         return edges
 
     def downstream_closure(self, names: set[str]) -> set[str]:
+        """`names` and every step that depends on them, directly or not."""
+        return self._closure(names, lambda node: node.downstream)
+
+    def upstream_closure(self, names: set[str]) -> set[str]:
+        """`names` and every step they depend on, directly or not."""
+        return self._closure(names, lambda node: node.upstream)
+
+    def _closure(self, names: set[str], neighbours: Callable[[Node], set[str]]) -> set[str]:
         seen = set(names)
         frontier = list(names)
         while frontier:
-            for nxt in self.nodes[frontier.pop()].downstream:
+            for nxt in neighbours(self.nodes[frontier.pop()]):
                 if nxt not in seen:
                     seen.add(nxt)
                     frontier.append(nxt)

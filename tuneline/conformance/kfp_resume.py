@@ -112,7 +112,7 @@ def cpu_image(image: str, root: Path) -> str:
 
 def _local_runs(graph: PipelineGraph, step: str, home: Path) -> rec.RunRecord:
     """Run the step's ancestors, then the step itself uninterrupted, locally (the reference and the inputs)."""
-    order = [n for n in graph.order if n in _ancestors(graph, step)] + [step]
+    order = [n for n in graph.order if n in graph.upstream_closure({step})]
     record = None
     for name in order:
         record = LocalRunner(graph, RunOptions(home=home, only_step=name)).run()
@@ -125,17 +125,6 @@ def _local_runs(graph: PipelineGraph, step: str, home: Path) -> rec.RunRecord:
 def home_of(local: rec.RunRecord) -> Path:
     """The state folder of a local run (`<home>/runs/<run id>`)."""
     return Path(local.folder).parents[1]
-
-
-def _ancestors(graph: PipelineGraph, step: str) -> set[str]:
-    seen: set[str] = set()
-    frontier = [step]
-    while frontier:
-        for up in graph.nodes[frontier.pop()].upstream:
-            if up not in seen:
-                seen.add(up)
-                frontier.append(up)
-    return seen
 
 
 def _arguments(graph: PipelineGraph, step: str, local: rec.RunRecord, component_spec: Any) -> dict[str, Any]:
