@@ -94,7 +94,7 @@ def test_a_firing_trigger_sends_the_create_run_request_for_the_compiled_pipeline
     assert compiled["pipelineInfo"]["name"] == "grow"
     # the run reads its data from the store, not from the file the image (or the compiled default) names
     assert run["runtime_config"]["parameters"] == {"dataset": DATA_URI}
-    assert compiled["root"]["inputDefinitions"]["parameters"]["dataset"]["defaultValue"] == "data/tickets.jsonl"
+    assert compiled["root"]["inputDefinitions"]["parameters"]["dataset"]["defaultValue"] == "minio://tuneline-data/tickets.jsonl"
 
 
 def test_the_submitted_run_is_the_next_checks_baseline(project, ops_cli, kfp_api, monkeypatch, tmp_path):
