@@ -87,11 +87,14 @@ class NodeResult:
     rw_mount_entries: list[str] = field(default_factory=list)
 
 
+# azure-ai-ml's private-preview switch; `az ml job create` users do not set it.
+PRIVATE_FEATURES_FLAG = "AZURE_ML_CLI_PRIVATE_FEATURES_ENABLED"
+
+
 def validate_offline(job_file: Path) -> None:
     """azure-ai-ml's own loader and validator, exactly as `az ml job create` users run it (no preview flags)."""
-    for flag in ("AZURE_ML_CLI_PRIVATE_FEATURES_ENABLED",):
-        if os.environ.get(flag):
-            raise RuntimeRuleBroken(f"{flag} is set; default output must validate without it")
+    if os.environ.get(PRIVATE_FEATURES_FLAG):
+        raise RuntimeRuleBroken(f"{PRIVATE_FEATURES_FLAG} is set; default output must validate without it")
     logging.getLogger("azure.ai.ml").setLevel(logging.ERROR)  # "experimental class" notices, one per schema
     from azure.ai.ml import load_job
 
