@@ -38,6 +38,7 @@ from tuneline.data.quality import QualityRules
 from tuneline.data.records import DUPLICATE_REASONS, Budget, Reason, RecordError, decode_line, load_json
 from tuneline.data.sources import Dataset, Item, SourceFile, raw_text
 from tuneline.data.split import SPLITS, SplitRatios, assign_split
+from tuneline.runner.digest import path_sha256
 
 LENGTH_BINS = (0, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 NEAR_DUP_THRESHOLD = 0.85  # measured by bench/neardup_bench.py
@@ -280,12 +281,9 @@ def _process(state: _Run, batches: Iterator[tuple[list[Item], str]], workers: in
 
 
 def _input_sha256(dataset: Dataset) -> str:
-    if not dataset.path.is_dir():
-        return dataset.files[0].sha256
-    digest = hashlib.sha256()  # a folder: its files' relative names and digests, like the runner's
-    for f in dataset.files:
-        digest.update(f"{f.name}\0{f.sha256}\n".encode())
-    return digest.hexdigest()
+    # The runner's digest of the same path (ignored files included), so the new-data trigger can match this
+    # card to the run that recorded that digest; the files read here are not hashed twice.
+    return path_sha256(dataset.path, {f.path: f.sha256 for f in dataset.files})
 
 
 def _check_files(files: list[SourceFile], records: int) -> None:

@@ -68,3 +68,19 @@ def test_a_bad_dataset_param_is_a_clear_error(project, ops_cli):
         "trigger", "check", "pipelines/grow.yaml", "--no-record", "--dataset-param", "nope"
     )
     assert code == 2 and "no parameter 'nope'" in err and "grow.yaml" in err
+
+
+def test_new_data_counts_records_as_prepare_reads_them(project, ops_cli):
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(ticket_records(9, seed=5)), project / "data" / "tickets.parquet")
+    with gzip.open(project / "data" / "tickets.jsonl.gz", "wt") as fh:  # blank lines are not records
+        fh.writelines(json.dumps(r) + "\n\n" for r in ticket_records(6, seed=4))
+    for name, records in (("tickets.parquet", 9), ("tickets.jsonl.gz", 6)):
+        code, out, err = ops_cli("trigger", "check", "pipelines/grow.yaml", "--set", f"dataset=data/{name}",
+                                 "--no-record", "--exit-zero")
+        assert code == 0, err
+        assert f"no successful run of 'grow' yet; {records} records" in out

@@ -2,8 +2,9 @@
 
 The baseline is what that run actually read: the sha256 recorded for the dataset input in its `run.json`,
 and its record count from the data card a prepare-like step wrote (`data_card.json`, `input.input_records`,
-matched by `input.sha256`). When no card exists and the file is unchanged, its lines are counted. A record
-is a non-blank line, as the prepare step counts them.
+matched by `input.sha256`, which prepare writes as the runner's digest of the same path). The current
+count reads the dataset (a file of any type prepare reads, or a folder of them) with the same readers
+(`tuneline.data.sources.count_records`), so a record is what prepare counts as one.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..runner.digest import file_sha256
+from ..data.sources import SourceError, count_records
+from ..runner.digest import path_sha256
 from ..runner.record import SUCCEEDED, list_runs
 from ..spec import IOType, Pipeline
 from ..spec.models import Triggers
@@ -45,11 +47,6 @@ def dataset_param(pipeline: Pipeline, name: str | None = None) -> str:
         f"{pipeline.path}: cannot tell which parameter is the dataset "
         f"(uri_file parameters: {files or 'none'}); pass --dataset-param"
     )
-
-
-def count_records(path: Path) -> int:
-    with path.open("rb") as fh:
-        return sum(1 for line in fh if line.strip())
 
 
 def last_successful_run(runs_dir: Path, pipeline_name: str) -> dict[str, Any] | None:
@@ -107,10 +104,13 @@ def check_new_data(
         return TriggerResult("new_data", SKIPPED, "not configured (new_data_fraction / new_data_count)")
     name = dataset_param(pipeline, param)
     path = resolve(pipeline, str(pipeline.params[name]))
-    if not path.is_file():
-        raise TriggerConfigError(f"parameter '{name}': dataset file not found: {path}")
-    current_sha = file_sha256(path)
-    current = count_records(path)
+    if not path.exists():
+        raise TriggerConfigError(f"parameter '{name}': dataset not found: {path}")
+    current_sha = path_sha256(path)
+    try:
+        current = count_records(path)
+    except SourceError as exc:
+        raise TriggerConfigError(f"parameter '{name}': {exc}") from None
     inputs: dict[str, Any] = {"param": name, "path": str(path), "sha256": current_sha, "records": current}
     run = last_successful_run(runs_dir, pipeline.name)
     if run is None and submitted is not None:
