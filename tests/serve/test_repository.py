@@ -48,6 +48,7 @@ def test_machine_spec_covers_the_cores_and_says_why(cores: int, instances: int, 
     assert f"# {instances} instance(s) x {threads} torch thread(s) = the {cores} core(s)" in text
     assert text.index("# ") < text.index("instance_group")
     assert f'key: "torch_threads" value: {{ string_value: "{threads}" }}' in text
+    assert "max_queue_delay_microseconds: 50000" in text and "serve-tuning.json" in text
 
 
 def test_config_for_the_cluster_uses_gpu_and_can_drop_batching() -> None:

@@ -97,14 +97,21 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+# The batcher's wait on CPU. In a closed loop of 32 clients the next 32 requests reach Triton over tens of
+# milliseconds; with a 5 ms wait it cut them into two partial batches that then ran out of phase.
+CPU_QUEUE_DELAY_US = 50_000
+
+
 def machine_spec(cores: int | None = None, **fields) -> RepositorySpec:
     """A CPU RepositorySpec whose instances x torch threads cover the available cores, with the reason.
 
-    The served path used to run one instance with 1 torch thread on 2 cores: it reached 0.78x of plain
-    transformers batched with 2 threads, and one core stayed idle. With every core in one instance, a batch of
-    32 keeps all of them busy through each decode step; more instances only pay off once one instance's
-    threads stop scaling, hence one instance per MAX_THREADS_PER_INSTANCE cores. bench/serve_bench.py
-    measures the result against the plain-transformers baseline on the same cores.
+    Measured on 2 cores with the demo's SmolLM2 model at concurrency 32 (bench/serve_bench.py --tune, figures in
+    bench/results/serve-tuning.json), against plain transformers batched generate in the same run:
+    1 instance x 2 threads with a 5 ms batcher wait 0.73x, 50 ms 0.81x, 200 ms 0.83x; 2 instances x 1 thread
+    (100 ms) 0.57x. Triton's statistics showed every batch full at 50 ms and 200 ms, so the longer wait buys
+    nothing but latency for a lone request. One instance per MAX_THREADS_PER_INSTANCE cores: a batch of up to
+    max_batch_size keeps all of an instance's threads busy through each decode step; more instances only pay
+    off once those threads stop scaling.
     """
     cores = cores or available_cores()
     instances = max(1, -(-cores // MAX_THREADS_PER_INSTANCE))
@@ -112,10 +119,13 @@ def machine_spec(cores: int | None = None, **fields) -> RepositorySpec:
     why = (
         f"{instances} instance(s) x {threads} torch thread(s) = the {cores} core(s) available "
         f"(os.sched_getaffinity); one instance per {MAX_THREADS_PER_INSTANCE} cores: one batch of up to "
-        "max_batch_size keeps all its threads busy each decode step, and 1 thread on 2 cores reached only 0.78x "
-        "of plain batched generate (bench/serve_bench.py)."
+        "max_batch_size keeps all its threads busy each decode step. On 2 cores at concurrency 32, 1 x 2 reached "
+        "0.81x of plain batched generate and 2 x 1 0.57x; a 50 ms batcher wait filled every batch where 5 ms "
+        "split them (0.73x). Figures: bench/results/serve-tuning.json (bench/serve_bench.py --tune)."
     )
-    return RepositorySpec(**{"instance_count": instances, "torch_threads": threads, "why": why, **fields})
+    defaults = {"instance_count": instances, "torch_threads": threads, "max_queue_delay_us": CPU_QUEUE_DELAY_US,
+                "why": why}
+    return RepositorySpec(**{**defaults, **fields})
 
 
 STREAM_SUFFIX = "-stream"
