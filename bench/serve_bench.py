@@ -103,42 +103,73 @@ def _summary(name: str, latencies: list[float], tokens: int, errors: Counter, se
 async def closed_loop(
     url: str,
     make_body,
-    read_tokens,
+    read_answer,
     *,
     concurrency: int,
     requests: int,
     headers: dict[str, str] | None = None,
     timeout_s: float = 900.0,
-) -> tuple[list[float], int, Counter, float]:
-    """`concurrency` clients, each sending its next request as soon as its last one is answered."""
+) -> tuple[list[float], list, Counter, float]:
+    """`concurrency` clients, each sending its next request as soon as its last one is answered.
+
+    `read_answer(resp)` (async) reads one 200 response and returns what the caller tallies (tokens, or the
+    first-chunk time of a stream); it raises OSError for an answer that carries an error. Returns (latency of
+    each answered request, what `read_answer` returned for it, errors by kind, wall seconds)."""
     import aiohttp
 
     latencies: list[float] = []
+    answers: list = []
     errors: Counter = Counter()
-    tokens = 0
     numbers = iter(range(requests))
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
 
         async def client() -> None:
-            nonlocal tokens
             for i in numbers:
                 started = time.perf_counter()
                 try:
                     async with session.post(url, json=make_body(i), headers=headers) as resp:
-                        data = await resp.read()
                         if resp.status != 200:
                             errors[f"HTTP {resp.status}"] += 1
+                            await resp.read()
                             continue
-                        tokens += read_tokens(json.loads(data))
+                        answer = await read_answer(resp, started)
                 except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                     errors[type(exc).__name__] += 1
                     continue
                 latencies.append(time.perf_counter() - started)
+                answers.append(answer)
 
         started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(concurrency)))
-        return latencies, tokens, errors, time.perf_counter() - started
+        return latencies, answers, errors, time.perf_counter() - started
+
+
+def json_tokens(count):
+    """A `read_answer` for a JSON response: `count(body)` generated tokens."""
+
+    async def read(resp, started: float) -> int:
+        return count(json.loads(await resp.read()))
+
+    return read
+
+
+async def read_stream(resp, started: float) -> tuple[float, int, int]:
+    """A `read_answer` for a server-sent-event stream: (seconds to the first content chunk, content chunks,
+    completion tokens from the usage chunk)."""
+    seen, at_first, usage = 0, None, None
+    async for line in resp.content:
+        if not line.startswith(b"data: {"):
+            continue
+        chunk = json.loads(line[6:])
+        if "error" in chunk:
+            raise OSError(chunk["error"]["message"])
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+            seen += 1
+            at_first = at_first or time.perf_counter()
+    return (at_first or time.perf_counter()) - started, seen, usage["completion_tokens"] if usage else 0
 
 
 def load_endpoint(base: str, token: str, model: str, prompts: list[str], concurrency: int, requests: int,
@@ -147,61 +178,11 @@ def load_endpoint(base: str, token: str, model: str, prompts: list[str], concurr
         return {"model": model, "messages": [{"role": "user", "content": prompts[i % len(prompts)]}],
                 "max_tokens": max_new_tokens}
 
-    lat, tok, err, secs = asyncio.run(
-        closed_loop(f"{base}/v1/chat/completions", body, lambda r: r["usage"]["completion_tokens"],
+    lat, tokens, err, secs = asyncio.run(
+        closed_loop(f"{base}/v1/chat/completions", body, json_tokens(lambda r: r["usage"]["completion_tokens"]),
                     concurrency=concurrency, requests=requests, headers={"Authorization": f"Bearer {token}"})
     )
-    return _summary("served (proxy, /v1/chat/completions)", lat, tok, err, secs, concurrency=concurrency)
-
-
-async def stream_loop(url: str, make_body, *, concurrency: int, requests: int, headers: dict[str, str],
-                      timeout_s: float = 900.0) -> tuple[list[float], list[float], list[int], int, Counter, float]:
-    """Closed loop of streamed chat completions: time to the first content chunk, to the end, chunks per answer."""
-    import aiohttp
-
-    first: list[float] = []
-    total: list[float] = []
-    chunks: list[int] = []
-    errors: Counter = Counter()
-    tokens = 0
-    numbers = iter(range(requests))
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
-
-        async def client() -> None:
-            nonlocal tokens
-            for i in numbers:
-                started = time.perf_counter()
-                seen, at_first, usage = 0, None, None
-                try:
-                    async with session.post(url, json=make_body(i), headers=headers) as resp:
-                        if resp.status != 200:
-                            errors[f"HTTP {resp.status}"] += 1
-                            await resp.read()
-                            continue
-                        async for line in resp.content:
-                            if not line.startswith(b"data: {"):
-                                continue
-                            chunk = json.loads(line[6:])
-                            if "error" in chunk:
-                                raise OSError(chunk["error"]["message"])
-                            if chunk.get("usage"):
-                                usage = chunk["usage"]
-                            if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                                seen += 1
-                                at_first = at_first or time.perf_counter()
-                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                    errors[type(exc).__name__] += 1
-                    continue
-                now = time.perf_counter()
-                first.append((at_first or now) - started)
-                total.append(now - started)
-                chunks.append(seen)
-                tokens += usage["completion_tokens"] if usage else 0
-
-        started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-        return first, total, chunks, tokens, errors, time.perf_counter() - started
+    return _summary("served (proxy, /v1/chat/completions)", lat, sum(tokens), err, secs, concurrency=concurrency)
 
 
 def load_stream(base: str, token: str, model: str, prompts: list[str], concurrency: int, requests: int,
@@ -210,12 +191,15 @@ def load_stream(base: str, token: str, model: str, prompts: list[str], concurren
         return {"model": model, "messages": [{"role": "user", "content": prompts[i % len(prompts)]}],
                 "max_tokens": max_new_tokens, "stream": True, "stream_options": {"include_usage": True}}
 
-    first, total, chunks, tok, err, secs = asyncio.run(
-        stream_loop(f"{base}/v1/chat/completions", body, concurrency=concurrency, requests=requests,
+    total, answers, err, secs = asyncio.run(
+        closed_loop(f"{base}/v1/chat/completions", body, read_stream, concurrency=concurrency, requests=requests,
                     headers={"Authorization": f"Bearer {token}"})
     )
+    first = [a[0] for a in answers]
+    chunks = [a[1] for a in answers]
     ordered = sorted(first) or [float("nan")]
-    run = _summary("served streaming (proxy, stream=true)", total, tok, err, secs, concurrency=concurrency)
+    run = _summary("served streaming (proxy, stream=true)", total, sum(a[2] for a in answers), err, secs,
+                   concurrency=concurrency)
     run["first_chunk_p50_ms"] = round(ordered[len(ordered) // 2] * 1000, 1)
     run["first_chunk_p95_ms"] = round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000, 1)
     run["content_chunks_mean"] = round(statistics.fmean(chunks), 1) if chunks else None
@@ -239,9 +223,10 @@ def load_triton(url: str, model: str, prompts: list[str], concurrency: int, requ
         return sum(o["data"][0] for o in reply["outputs"] if o["name"] == "completion_tokens")
 
     lat, tok, err, secs = asyncio.run(
-        closed_loop(f"{url}/v2/models/{model}/infer", body, tokens, concurrency=concurrency, requests=requests)
+        closed_loop(f"{url}/v2/models/{model}/infer", body, json_tokens(tokens), concurrency=concurrency,
+                    requests=requests)
     )
-    return _summary("direct Triton (v2 infer)", lat, tok, err, secs, concurrency=concurrency)
+    return _summary("direct Triton (v2 infer)", lat, sum(tok), err, secs, concurrency=concurrency)
 
 
 class Baseline:

@@ -157,31 +157,23 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True)
     # Both runs hash strings alike, so set-ordered files (PEFT's adapter_config.json target_modules) agree.
     os.environ.setdefault("PYTHONHASHSEED", "0")
-    if args.target == "kfp":
-        try:
-            text, ok = conform_kfp(args.pipeline, overrides, work)
-        except (KfpRunBroken, SpecError) as exc:
-            print(f"{args.pipeline}: kfp: {exc}", file=sys.stderr)
-            print(f"kfp conformance: 0/{len(graph.order)} steps match local")
-            return 2
-        print(f"{args.pipeline}:")
-        print(text)
-        return 0 if ok else 1
-    local = run_local(graph, work)
-    if local.status != rec.SUCCEEDED:
-        failed = [f"{s.name}: {s.reason}" for s in local.steps.values() if s.status == rec.FAILED]
-        print(f"{args.pipeline}: the local run {local.status}: {'; '.join(failed)}", file=sys.stderr)
-        return 1
     try:
-        text, ok = conform_azureml(graph, work, local, args.preempt_resumable)
-    except RuntimeRuleBroken as exc:
-        print(f"{args.pipeline}: azureml: {exc}", file=sys.stderr)
-        print(f"azureml conformance: 0/{len(graph.order)} steps match local")
+        if args.target == "kfp":
+            text, ok = conform_kfp(args.pipeline, overrides, work)
+        else:
+            local = run_local(graph, work)
+            if local.status != rec.SUCCEEDED:
+                failed = [f"{s.name}: {s.reason}" for s in local.steps.values() if s.status == rec.FAILED]
+                print(f"{args.pipeline}: the local run {local.status}: {'; '.join(failed)}", file=sys.stderr)
+                return 1
+            text, ok = conform_azureml(graph, work, local, args.preempt_resumable)
+    except (KfpRunBroken, RuntimeRuleBroken, SpecError) as exc:
+        print(f"{args.pipeline}: {args.target}: {exc}", file=sys.stderr)
+        print(f"{args.target} conformance: 0/{len(graph.order)} steps match local")
         return 2
     print(f"{args.pipeline}:")
     print(text)
     return 0 if ok else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())
