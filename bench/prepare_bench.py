@@ -4,7 +4,7 @@ read from JSON Lines and from Parquet.
 Run as: python bench/prepare_bench.py                  # 10k and 100k records, JSONL and Parquet
         python bench/prepare_bench.py --million        # ... and 1M (a few minutes)
         python bench/prepare_bench.py --sizes 10000 --types parquet   # one quick size, one file type
-        python bench/prepare_bench.py --workers 2 --out bench/results/prepare-workers2.json   # 2 worker processes
+        python bench/prepare_bench.py --workers 0 --million --out bench/results/prepare-workers-auto.json  # CLI choice
 
 The input files are written by one child process and each size and file type is then prepared in a fresh
 child process, so peak RSS is the prepare run's own, not the data generator's. The run is what the CLI does

@@ -7,7 +7,8 @@ In one run, on the same merged weights and the same prompts (the user turns of d
      and the same endpoint with `stream: true` at concurrency 1 and 32: time to the first content chunk beside
      the time to the whole answer, and content chunks per answer;
   3. plain transformers `generate` in this process, greedy, with the same chat template and system prompt:
-     one prompt at a time (sequential) and `--batch` prompts per call (batched), torch threads = cores.
+     one prompt at a time (sequential) and `--batch` prompts per call (batched), torch threads = cores;
+     run before and after the served runs, their mean being the reference of the ratios.
 Reported per run: req/s, generated tokens/s, p50/p95 latency, errors; and the ratios the serving path is
 held to at concurrency 32: >= 4x the sequential baseline and >= 0.9x the batched one. The machine's load
 average is recorded beside each figure (this machine is shared: compare ratios, not absolute numbers).
@@ -398,24 +399,21 @@ def run_bench(args: argparse.Namespace, work: Path) -> dict:
         _print(batched)
         return seq, batched
 
-    # Tuning alternates configurations and baselines (baseline, config, config, ..., baseline) so a change in
-    # the machine's load during the run shows up instead of favouring whichever ran at a quiet moment.
-    seq, batched = baselines() if args.tune else (None, None)
+    # The baselines run before and after the served runs and their mean is the reference, so a change in the
+    # machine's load during the run shows up instead of favouring whichever side ran at a quiet moment.
+    seq, batched = baselines()
     for spec in specs:
         results["runs"] += serve_runs(args, work, repo, spec, install, prompts, direct=not args.tune,
                                       stream=not args.tune)
     seq2, batched2 = baselines()
-    if seq is not None:
-        seq["requests_per_s"] = round((seq["requests_per_s"] + seq2["requests_per_s"]) / 2, 3)
-        batched["requests_per_s"] = round((batched["requests_per_s"] + batched2["requests_per_s"]) / 2, 3)
-        for kept, again in ((seq, seq2), (batched, batched2)):
-            kept["generated_tokens_per_s"] = round((kept["generated_tokens_per_s"]
-                                                    + again["generated_tokens_per_s"]) / 2, 1)
-            kept["name"] += " (mean of the runs before and after)"
-        results["runs"] += [seq, batched, seq2, batched2]
-    else:
-        seq, batched = seq2, batched2
-        results["runs"] += [seq, batched]
+    results["runs"] += [dict(seq), dict(batched), seq2, batched2]
+    for kept, again in ((seq, seq2), (batched, batched2)):
+        for field in ("requests_per_s", "generated_tokens_per_s"):
+            kept[field] = round((kept[field] + again[field]) / 2, 3)
+        for field in ("p50_ms", "p95_ms", "mean_ms"):  # latencies are per run, in the two rows above
+            kept.pop(field, None)
+        kept["name"] += " (mean of the runs before and after)"
+    results["runs"] += [seq, batched]
     by_config: dict = {}
     for r in results["runs"]:
         if r["name"].startswith("served (") and r.get("concurrency") == 32:

