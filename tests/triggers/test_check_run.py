@@ -84,3 +84,7 @@ def test_new_data_counts_records_as_prepare_reads_them(project, ops_cli):
                                  "--no-record", "--exit-zero")
         assert code == 0, err
         assert f"no successful run of 'grow' yet; {records} records" in out
+    (project / "data" / "broken.parquet").write_text("not parquet\n")
+    code, _, err = ops_cli("trigger", "check", "pipelines/grow.yaml", "--set", "dataset=data/broken.parquet",
+                           "--no-record")
+    assert code == 2 and "parameter 'dataset': broken.parquet: not a readable Parquet file" in err

@@ -296,7 +296,10 @@ def count_records(path: Path) -> int:
     total = 0
     for f in dataset.files:
         if f.kind == "parquet":
-            total += pq.ParquetFile(f.path).metadata.num_rows
+            try:
+                total += pq.ParquetFile(f.path).metadata.num_rows
+            except Exception as exc:  # ArrowInvalid / OSError for a file that is not Parquet, as in _parquet
+                raise SourceError(f"{f.name}: not a readable Parquet file ({exc})") from None
         else:
             total += sum(1 for _ in dataset.records(f))
     return total
