@@ -29,7 +29,9 @@ from tuneline.ml.checkpoint import latest
 from tuneline.runner.record import find_run
 
 REPO = Path(__file__).resolve().parents[2]
-MAX_STEPS = 6
+# Long enough that the Ctrl-C sent after the step-2 checkpoint lands before the last step: a step of the tiny
+# model takes milliseconds, and with 6 steps a quiet machine once finished them all before the signal arrived.
+MAX_STEPS = 40
 PIPELINE = f"""\
 # Run as: tuneline run pipelines/train.yaml
 name: train-only
@@ -88,7 +90,7 @@ def test_ctrl_c_then_rerun_resumes_train_and_matches_an_uninterrupted_run(tmp_pa
         logs = list((victim_root / ".tuneline/runs").glob("*/steps/train/log.txt"))
         if logs and "checkpoint saved at step 2\n" in logs[0].read_text():
             break
-        time.sleep(0.1)
+        time.sleep(0.02)
     else:
         victim.kill()
         straight.kill()
