@@ -113,7 +113,7 @@ async def closed_loop(
 ) -> tuple[list[float], list, Counter, float]:
     """`concurrency` clients, each sending its next request as soon as its last one is answered.
 
-    `read_answer(resp)` (async) reads one 200 response and returns what the caller tallies (tokens, or the
+    `read_answer(resp, started)` (async) reads one 200 response and returns what the caller tallies (tokens, or the
     first-chunk time of a stream); it raises OSError for an answer that carries an error. Returns (latency of
     each answered request, what `read_answer` returned for it, errors by kind, wall seconds)."""
     import aiohttp

@@ -38,7 +38,6 @@ from tuneline.data.quality import QualityRules
 from tuneline.data.records import DUPLICATE_REASONS, Budget, Reason, RecordError, decode_line, load_json
 from tuneline.data.sources import Dataset, Item, SourceFile, raw_text
 from tuneline.data.split import SPLITS, SplitRatios, assign_split
-from tuneline.runner.digest import path_sha256
 
 LENGTH_BINS = (0, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 NEAR_DUP_THRESHOLD = 0.85  # measured by bench/neardup_bench.py
@@ -280,12 +279,6 @@ def _process(state: _Run, batches: Iterator[tuple[list[Item], str]], workers: in
             state.consume(done, pending.get())
 
 
-def _input_sha256(dataset: Dataset) -> str:
-    # The runner's digest of the same path (ignored files included), so the new-data trigger can match this
-    # card to the run that recorded that digest; the files read here are not hashed twice.
-    return path_sha256(dataset.path, {f.path: f.sha256 for f in dataset.files})
-
-
 def _check_files(files: list[SourceFile], records: int) -> None:
     if sum(f.records for f in files) != records:
         raise RuntimeError(f"{sum(f.records for f in files)} records read but {records} accounted")
@@ -316,7 +309,8 @@ def run(cfg: PrepareConfig) -> Result:
     files = [{**f.summary(), "format": formats[f.index]} for f in dataset.files]
     return Result(
         state.stats,
-        _input_sha256(dataset),
+        # The runner's digest of the same path, so the new-data trigger can match this card to its run.
+        dataset.digest(),
         sum(f.lines for f in dataset.files),
         sum(f.blank_lines for f in dataset.files),
         sum(f.bytes for f in dataset.files),

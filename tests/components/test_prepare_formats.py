@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from components.prepare.__main__ import main
-from tuneline.data.sources import count_records
+from tuneline.data.sources import Dataset
 from tuneline.runner.digest import path_sha256
 
 ALPACA = [
@@ -63,7 +63,7 @@ def test_alpaca_rows_in_each_file_type_are_prepared_without_flags(tmp_path, name
     assert card["counts"] == {**card["counts"], "input_records": 22, "kept": 20, "quarantined": 1,
                               "deduplicated": 1}
     assert card["input"]["files"][0]["format"] == "alpaca"
-    assert count_records(tmp_path / name) == 22  # what the new-data trigger counts, the Parquet one from its footer
+    assert Dataset(tmp_path / name).count_records() == 22  # what the new-data trigger counts (Parquet: its footer)
     by_user = {r["messages"][0]["content"]: r["messages"][1]["content"] for r in kept}
     assert by_user["Give the capital of country number 1."] == "The capital of country 1 is city 7."
     assert by_user["Give the capital of country number 2.\n\nContext 2."] == "The capital of country 2 is city 14."
@@ -184,7 +184,7 @@ def test_compressed_files_and_folders_of_shards(tmp_path):
     # The card's digest is the runner's digest of the same folder (README included), which the new-data
     # trigger matches against run records; its record count is what count_records reads from the folder.
     assert card["input"]["sha256"] == path_sha256(shards)
-    assert count_records(shards) == card["counts"]["input_records"] == 21
+    assert Dataset(shards).count_records() == card["counts"]["input_records"] == 21
 
 
 def test_default_near_dup_threshold_removes_one_token_edits_but_keeps_templated_records(tmp_path):

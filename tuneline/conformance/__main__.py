@@ -175,5 +175,6 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     return 0 if ok else 1
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -29,7 +29,6 @@ packed into one integer key, ``file index << 40 | number``, so the dedup indexes
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneline.data.jsonl import LineReader
+from tuneline.runner.digest import file_sha256, path_sha256
 
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "csv",
@@ -99,11 +99,6 @@ def file_kind(path: Path) -> tuple[str, str | None] | None:
     return kind, compression
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def _open_text_bytes(path: Path, compression: str | None) -> io.BufferedReader:
     import pyarrow as pa
 
@@ -147,9 +142,25 @@ class Dataset:
         f = self.files[key >> _NUMBER_BITS]
         return {"file": f.name, f.unit: key & _NUMBER_MASK}
 
+    def count_records(self) -> int:
+        """Records in every file, counted as the prepare step counts its input: every record the readers yield
+        (a malformed one too, since prepare quarantines it), no blank line. Parquet answers from its footer."""
+        total = 0
+        for f in self.files:
+            if f.kind == "parquet":
+                total += _open_parquet(f).metadata.num_rows
+            else:
+                total += sum(1 for _ in self.records(f))
+        return total
+
+    def digest(self) -> str:
+        """The runner's digest of this path (files this reader ignores included), reusing the digests of the
+        files read so far."""
+        return path_sha256(self.path, {f.path: f.sha256 for f in self.files if f.sha256})
+
     def records(self, f: SourceFile, batch_rows: int = 512) -> Iterator[Item]:
         """The records of one file. Counters on ``f`` (bytes, lines, records...) are final afterwards."""
-        f.sha256 = _sha256(f.path)
+        f.sha256 = file_sha256(f.path)
         f.bytes = f.path.stat().st_size
         reader = {"jsonl": self._jsonl, "json": self._json, "csv": self._csv, "parquet": self._parquet}[f.kind]
         for item in reader(f, batch_rows):
@@ -274,35 +285,20 @@ class Dataset:
             yield Item(f.key(number), raw=text, error=why)
 
     def _parquet(self, f: SourceFile, batch_rows: int) -> Iterator[Item]:
-        import pyarrow.parquet as pq
-
-        try:
-            parquet = pq.ParquetFile(f.path)
-        except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for a file that is not Parquet
-            raise SourceError(f"{f.name}: not a readable Parquet file ({exc})") from None
         row = 0
-        for batch in parquet.iter_batches(batch_size=batch_rows):
+        for batch in _open_parquet(f).iter_batches(batch_size=batch_rows):
             for record in batch.to_pylist():
                 row += 1
                 yield Item(f.key(row), obj=record)
 
 
-def count_records(path: Path) -> int:
-    """Records in a file or folder, counted as the prepare step counts its input: every record the readers
-    yield (a malformed one too, since prepare quarantines it), no blank line. Parquet answers from its footer."""
+def _open_parquet(f: SourceFile) -> Any:
     import pyarrow.parquet as pq
 
-    dataset = Dataset(path)
-    total = 0
-    for f in dataset.files:
-        if f.kind == "parquet":
-            try:
-                total += pq.ParquetFile(f.path).metadata.num_rows
-            except Exception as exc:  # ArrowInvalid / OSError for a file that is not Parquet, as in _parquet
-                raise SourceError(f"{f.name}: not a readable Parquet file ({exc})") from None
-        else:
-            total += sum(1 for _ in dataset.records(f))
-    return total
+    try:
+        return pq.ParquetFile(f.path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for a file that is not Parquet
+        raise SourceError(f"{f.name}: not a readable Parquet file ({exc})") from None
 
 
 def raw_text(item: Item) -> str:

@@ -4,7 +4,7 @@ The baseline is what that run actually read: the sha256 recorded for the dataset
 and its record count from the data card a prepare-like step wrote (`data_card.json`, `input.input_records`,
 matched by `input.sha256`, which prepare writes as the runner's digest of the same path). The current
 count reads the dataset (a file of any type prepare reads, or a folder of them) with the same readers
-(`tuneline.data.sources.count_records`), so a record is what prepare counts as one.
+(`tuneline.data.sources.Dataset.count_records`), so a record is what prepare counts as one.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data.sources import SourceError, count_records
-from ..runner.digest import path_sha256
+from ..data.sources import Dataset, SourceError
 from ..runner.record import SUCCEEDED, list_runs
 from ..spec import IOType, Pipeline
 from ..spec.models import Triggers
@@ -106,11 +105,12 @@ def check_new_data(
     path = resolve(pipeline, str(pipeline.params[name]))
     if not path.exists():
         raise TriggerConfigError(f"parameter '{name}': dataset not found: {path}")
-    current_sha = path_sha256(path)
     try:
-        current = count_records(path)
+        dataset = Dataset(path)
+        current = dataset.count_records()
     except SourceError as exc:
         raise TriggerConfigError(f"parameter '{name}': {exc}") from None
+    current_sha = dataset.digest()
     inputs: dict[str, Any] = {"param": name, "path": str(path), "sha256": current_sha, "records": current}
     run = last_successful_run(runs_dir, pipeline.name)
     if run is None and submitted is not None:
