@@ -78,10 +78,10 @@ def test_command_is_the_local_command_with_placeholders(compiled):
     command = _step_command(_executor(spec, platform, "make_data")[0])
     assert command[:3] == ["python", "-m", "components.make_data"]
     assert "{{$.inputs.artifacts['raw'].path}}" in command
-    assert json.loads(command[command.index("--ratio") + 2]) == {
-        "Concat": ["--seed=", "{{$.inputs.parameters['seed']}}"]}
-    # `$[[--extra ...]]` of an input the step never sets is dropped at compile time, as the backend drops the
-    # IfPresent of an absent input (kfp.local would pass it as null: K9 in tuneline.conformance.kfp).
+    # Text around a reference stays in the same argument, as plain text the backend's launcher substitutes into.
+    assert command[command.index("--ratio") + 2] == "--seed={{$.inputs.parameters['seed']}}"
+    # `$[[--extra ...]]` of an input the step never sets is dropped at compile time (no IfPresent: K10 in
+    # tuneline.conformance.kfp).
     assert not any("extra" in str(token) for token in command)
     assert "extra" not in spec["components"]["comp-make-data"]["inputDefinitions"].get("artifacts", {})
     assert command[-1] == "{{$.outputs.parameters['rows'].output_file}}"
@@ -204,10 +204,10 @@ def test_resume_output_runs_behind_the_wrapper_with_the_pvc_and_its_root(compile
     wrapper, step = command[:split], command[split + 1:]
     assert wrapper[:5] == ["python", "-m", "tuneline.compile.resume", "--component", "components/fit"]
     assert "--root" not in wrapper and "--in-output" not in wrapper  # the root is the mounted volume's env var
-    pairs = [json.loads(w)["Concat"] for w in wrapper[5:] if w.startswith("{")]
-    assert ["checkpoints=", "{{$.outputs.artifacts['checkpoints'].path}}"] in pairs
-    assert ["train=", "{{$.inputs.artifacts['train'].path}}"] in pairs
-    assert {p[0] for p in pairs} == {"checkpoints=", "train=", "rows=", "base=", "lr=", "method="}
+    pairs = [w for w in wrapper[5:] if "=" in w]
+    assert "checkpoints={{$.outputs.artifacts['checkpoints'].path}}" in pairs
+    assert "train={{$.inputs.artifacts['train'].path}}" in pairs
+    assert {p.split("=")[0] for p in pairs} == {"checkpoints", "train", "rows", "base", "lr", "method"}
     assert step[:3] == ["python", "-m", "components.fit"]
     assert "{{$.outputs.artifacts['checkpoints'].path}}" in step
     # A step without a resume: true output: no volume, no root, no wrapper.

@@ -141,21 +141,23 @@ def _placeholder(ref: Ref, ports: dict[str, _Port], args: dict[str, Any]) -> Any
     return value.path if port.kind.is_artifact else value
 
 
-def _kfp_token(token: Token, ports: dict[str, _Port], args: dict[str, Any]) -> Any:
-    parts = [p if isinstance(p, str) else _placeholder(p, ports, args) for p in token]
-    return parts[0] if len(parts) == 1 else dsl.ConcatPlaceholder(parts)
+def _kfp_token(token: Token, ports: dict[str, _Port], args: dict[str, Any]) -> str:
+    """One argv element as plain text: a reference becomes the placeholder string the backend's launcher replaces
+    (`strings.ReplaceAll` on every argument, backend/src/v2/component/launcher_v2.go), so text around it stays.
+    Never a `{"Concat": ...}`: neither the driver nor the launcher resolves one (kfp.local does)."""
+    return "".join(p if isinstance(p, str) else str(_placeholder(p, ports, args)) for p in token)
 
 
-def _kfp_items(items: list[Item], ports: dict[str, _Port], args: dict[str, Any]) -> list[Any]:
-    out: list[Any] = []
+def _kfp_items(items: list[Item], ports: dict[str, _Port], args: dict[str, Any]) -> list[str]:
+    """Optional blocks are decided here, not by an `{"IfPresent": ...}` placeholder, which the backend resolves only
+    from 2.17.0 and only for parameters (backend/src/v2/driver/util.go, `resolveCondition`). At compile time the
+    answer is already known: every input that has a port is bound or has a default, and the task passes it (see
+    `_Builder._build_dag`), so it is present on every run; an input with no port is never set (see `_ports`)."""
+    out: list[str] = []
     for item in items:
         if isinstance(item, OptionalBlock):
-            if any(name not in ports for name in item.inputs):
-                continue  # an input that is never set (see _ports)
-            then: list[Any] = [_kfp_token(t, ports, args) for t in item.tokens]
-            for name in reversed(item.inputs):  # all inputs of a block must be present: nest one per input
-                then = [dsl.IfPresentPlaceholder(input_name=name, then=then)]
-            out.extend(then)
+            if all(name in ports for name in item.inputs):
+                out.extend(_kfp_token(t, ports, args) for t in item.tokens)
         else:
             out.append(_kfp_token(item, ports, args))
     return out
@@ -395,6 +397,13 @@ class _Builder:
         for name in self.graph.order:
             node = self.graph.nodes[name]
             arguments = {n: argument(node, n) for n in node.bindings}
+            # An unbound input's default is passed by the task, not left to the component's default: from 2.17.0
+            # the driver substitutes input parameters into the command itself and fails on one the task does not
+            # pass ("parameter ... not found in executor input", backend/src/v2/driver/util.go), since it leaves
+            # defaults to the launcher (backend/src/v2/driver/resolve.go).
+            for input_name, declared in node.component.spec.inputs.items():
+                if input_name not in arguments and declared.default is not None:
+                    arguments[input_name] = _VALUE_TYPES[declared.type](declared.default)  # 600 for a number
             for input_name in imported_inputs(node):
                 arguments[input_name], arguments[FINGERPRINT_PREFIX + input_name] = arguments[input_name]
             if node.condition is not None:
