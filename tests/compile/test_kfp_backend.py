@@ -13,9 +13,15 @@ from tuneline.compile.fingerprint import FINGERPRINT_MODULE
 from tuneline.compile.kfp import FINGERPRINT_PREFIX, OBJECT_STORE_PREFIXES
 from tuneline.compile.options import CompileOptions
 from tuneline.compile.outdirs import OUTDIRS_MODULE
+from tuneline.compile.launch import LAUNCH_MODULE, parse_args
 from tuneline.compile.placement import CHECKPOINT_MOUNT
+from tuneline.compile.gate import GATE_INPUT, GATE_MODULE
+from tuneline.compile.resume import RESUME_MODULE
+from tuneline.conformance.kfp_backend import (BackendError, load_kubeflow_table, platform_fields,
+                                              platform_problems, resolve_argv, versions_markdown)
 from tuneline.graph import build_graph
-from tuneline.spec import SpecError, load_pipeline
+from tuneline.runner.command import render_command
+from tuneline.spec import OutputRef, SpecError, load_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINES = sorted((ROOT / "pipelines").glob("*.yaml"))
@@ -181,3 +187,154 @@ def test_a_set_value_that_kfp_cannot_import_is_refused(tmp_path, uri):
 
 def test_local_runs_keep_the_local_data_default():
     assert load_pipeline(ROOT / "pipelines" / "finetune.yaml").params["dataset"] == "data/sample/tickets.jsonl"
+
+
+# ------------------------------------------------------------------ K10-K12: what each supported backend version does
+# The Go backend's own behaviour, restated in tuneline.conformance.kfp_backend from its source at the versions
+# k8s/supported.yaml names; kfp.local resolves Concat and IfPresent and ignores the platform spec and retries.
+
+TABLE = load_kubeflow_table()
+WRAPPERS = {OUTDIRS_MODULE, GATE_MODULE, RESUME_MODULE}
+SAMPLE = {"string": "text", "integer": 3, "number": 0.5, "boolean": True}
+
+
+def _local_values(graph, node) -> dict:
+    """What the step's inputs hold in one run: bound values, defaults, a sample for an upstream value, a path for
+    an artifact; the same for the local render and the backend's."""
+    values = {}
+    for name, declared in node.component.spec.inputs.items():
+        binding = node.bindings.get(name)
+        if declared.type.is_artifact:
+            if binding is not None:
+                values[name] = f"/in/{name}"
+        elif isinstance(binding, OutputRef):
+            values[name] = SAMPLE[declared.type.value]
+        elif binding is not None:
+            values[name] = graph.resolve_literal(binding)
+        elif declared.default is not None:
+            values[name] = declared.default
+    return values
+
+
+def _backend_inputs(spec: dict, task: dict, values: dict) -> tuple[dict, dict, dict]:
+    """(parameters the task passes, the component's defaults, artifact paths) as the driver/launcher get them."""
+    root = {k: v.get("defaultValue") for k, v in spec["root"]["inputDefinitions"]["parameters"].items()}
+    passed = {}
+    for name, source in task.get("inputs", {}).get("parameters", {}).items():
+        if "runtimeValue" in source:
+            passed[name] = source["runtimeValue"]["constant"]
+        elif "componentInputParameter" in source:
+            passed[name] = root[source["componentInputParameter"]]
+        elif name == GATE_INPUT:
+            passed[name] = True  # the command behind the gate is what this compares
+        elif name.startswith(FINGERPRINT_PREFIX):
+            passed[name] = "0" * 64
+        else:
+            passed[name] = values[name]
+    component = _component(spec, task)
+    defaults = {k: v["defaultValue"] for k, v in component.get("inputDefinitions", {}).get("parameters", {}).items()
+                if "defaultValue" in v}
+    artifacts = {name: f"/in/{name}" for name in task.get("inputs", {}).get("artifacts", {})}
+    return passed, defaults, artifacts
+
+
+def _step_argv(argv: list[str]) -> list[str]:
+    while argv[:2] == ["python", "-m"] and argv[2] in WRAPPERS:
+        argv = argv[argv.index("--") + 1:]
+    return argv
+
+
+def _same(backend: str, local: str) -> bool:
+    """One argument: equal text, or the same number written the Go way and the Python way (2 and 2.0)."""
+    if backend == local:
+        return True
+    try:
+        return float(backend) == float(local)
+    except ValueError:
+        return False
+
+
+def _steps(path: Path, spec: dict):
+    graph = build_graph(load_pipeline(path)).for_target("kfp")
+    tasks = _tasks(spec)
+    for step, node in graph.nodes.items():
+        yield graph, node, tasks[step.replace("_", "-")]
+
+
+@pytest.mark.parametrize("version", [v.version for v in TABLE.supported_pipelines()])
+def test_k10_every_command_resolves_on_each_supported_backend_to_the_local_command(ir, version):
+    """No `{"Concat"}`/`{"IfPresent"}` (the backend passes them on as text), no placeholder the task does not fill
+    (2.17's driver fails on it), and after substitution the step's argv is `tuneline run`'s, argument for
+    argument."""
+    path, spec, _ = ir
+    mode = TABLE.pipelines_version(version).placeholders
+    for graph, node, task in _steps(path, spec):
+        container = _executor(spec, task)["container"]
+        argv = container["command"] + container.get("args", [])
+        values = _local_values(graph, node)
+        passed, defaults, artifacts = _backend_inputs(spec, task, values)
+        outputs = {n: f"/out/{n}" for n in _component(spec, task).get("outputDefinitions", {}).get("artifacts", {})}
+        files = {n: f"/out/{n}" for n in _component(spec, task).get("outputDefinitions", {}).get("parameters", {})}
+        try:
+            resolved = resolve_argv(argv, mode, passed, defaults, artifacts, outputs, files)
+        except BackendError as exc:
+            pytest.fail(f"{path.name} step {node.name} on KFP {version}: {exc}")
+        backend = _step_argv(resolved)
+        local = render_command(node.component.spec.command, values, {**outputs, **files})
+        if backend[:3] == ["python", "-m", LAUNCH_MODULE]:  # a multi-node step: its launcher renders the command
+            launch = parse_args(backend[3:])
+            backend = render_command(launch.template, {**launch.values, **launch.artifacts}, launch.outputs)
+        if backend[0] == "torchrun":  # several processes on one node: only the launcher word changes
+            backend = ["python"] + backend[next(i for i, a in enumerate(backend) if not a.startswith("-")
+                                                and i > 0):]
+        assert len(backend) == len(local) and all(map(_same, backend, local)), (node.name, backend, local)
+
+
+def test_k10_the_check_fails_on_what_the_backend_passes_on_as_text():
+    keys = ({}, {}, {}, {"rows": "/out/rows"})
+    concat = ["python", '{"Concat": ["--seed=", "{{$.inputs.parameters[\'seed\']}}"]}']
+    for mode in ("launcher", "driver-and-launcher"):
+        with pytest.raises(BackendError, match="literal JSON"):
+            resolve_argv(concat, mode, {"seed": 1}, *keys)
+    with pytest.raises(BackendError, match="parameter 'seed' not found in executor input"):
+        resolve_argv(["python", "--seed", "{{$.inputs.parameters['seed']}}"], "driver-and-launcher", {},
+                     {"seed": 1}, {}, {}, {})
+    with pytest.raises(BackendError, match="literal text"):
+        resolve_argv(["python", "{{$.inputs.artifacts['schema'].path}}"], "launcher", {}, {}, {}, {}, {})
+    # 2.17 resolves IfPresent of parameters only: a bound artifact's block disappears.
+    clause = '{"IfPresent": {"InputName": "schema", "Then": ["--schema", "{{$.inputs.artifacts[\'schema\'].path}}"]}}'
+    assert resolve_argv(["python", clause], "driver-and-launcher", {}, {}, {"schema": "/in/schema"}, {}, {}) == \
+        ["python"]
+
+
+def test_k11_the_platform_spec_is_what_the_oldest_supported_backend_applies(ir):
+    _, spec, platform = ir
+    oldest = TABLE.oldest_pipelines()
+    fields = platform_fields(oldest)
+    for label, config in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items():
+        assert platform_problems(config, oldest, fields) == [], (oldest.version, label)
+
+
+def test_k11_the_check_fails_on_fields_older_backends_reject_or_ignore(ir):
+    """2.4.0 parses strictly and knows no *NameParameter; 2.5.0 drops them and never applies node affinity."""
+    path, _, platform = ir
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    strict = TABLE.pipelines_version("2.4.0")
+    problems = [p for c in executors.values() for p in platform_problems(c, strict, platform_fields(strict))]
+    assert any("configMapNameParameter: unknown to 2.4.0's driver, which rejects it" in p for p in problems)
+    if any("nodeAffinity" in c for c in executors.values()):
+        old = TABLE.pipelines_version("2.5.0")
+        problems = [p for c in executors.values() for p in platform_problems(c, old, platform_fields(old))]
+        assert ".nodeAffinity: 2.5.0's driver parses it but never applies it" in problems, path.name
+
+
+def test_k12_task_retries_only_where_every_supported_backend_has_them(ir):
+    _, spec, _ = ir
+    retried = [n for n, t in _tasks(spec).items() if t.get("retryPolicy")]
+    assert retried, "the demo pipelines retry their GPU steps"
+    assert all(v.retries for v in TABLE.supported_pipelines())
+    assert not TABLE.pipelines_version("2.4.0").retries  # why 2.4.0 is not supported
+
+
+def test_the_docs_table_is_the_supported_yaml_table():
+    assert versions_markdown(TABLE) in (ROOT / "docs" / "kubeflow-versions.md").read_text()

@@ -12,6 +12,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -50,6 +51,8 @@ class SupportTable(BaseModel):
     checked: dt.date
     kubernetes: KubernetesTable
     vm_sizes: list[VmSize]
+    # Kubeflow Pipelines / Trainer / Kubeflow releases: typed and checked by tuneline.conformance.kfp_backend.
+    kubeflow: dict[str, Any] | None = None
 
     def size(self, name: str) -> VmSize | None:
         return next((s for s in self.vm_sizes if s.name == name), None)
