@@ -149,7 +149,11 @@ def test_multinode_step_becomes_a_trainjob_launcher(compiled):
     trainer = manifest["spec"]["trainer"]
     assert trainer["image"] == "registry.example.com/toy/toy-gpu:1.4.0"
     assert (trainer["numNodes"], trainer["numProcPerNode"]) == (2, 4)
-    assert trainer["command"][:4] == ["torchrun", "--nnodes=2", "--nproc-per-node=4", "-m"]
+    # Behind the wrapper that stops the job when its launcher is gone (tuneline.compile.watch).
+    assert trainer["command"][:5] == ["python", "-m", "tuneline.compile.watch", "--heartbeat",
+                                      "/mnt/checkpoints/$(TUNELINE_RUN_ID)/fit/launcher-heartbeat"]
+    job_command = trainer["command"][trainer["command"].index("--") + 1:]
+    assert job_command[:4] == ["torchrun", "--nnodes=2", "--nproc-per-node=4", "-m"]
     assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == 4
     pod = manifest["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
     assert pod["name"] == "node"
@@ -171,7 +175,8 @@ def test_launcher_pytorchjob_keeps_the_v1_operator(tmp_path):
     assert replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 1
     pod = replicas["Worker"]["template"]
     assert pod["metadata"]["labels"]["sidecar.istio.io/inject"] == "false"
-    assert pod["spec"]["containers"][0]["command"][:4] == ["torchrun", "--nnodes=2", "--nproc-per-node=4", "-m"]
+    command = pod["spec"]["containers"][0]["command"]
+    assert command[command.index("--") + 1:][:4] == ["torchrun", "--nnodes=2", "--nproc-per-node=4", "-m"]
     assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 4
 
 

@@ -12,8 +12,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,17 +38,21 @@ from tuneline.compile.build import compile_graph
 from tuneline.compile.clustercheck import launcher_problems, rendered_objects
 from tuneline.compile.jobpod import DNS_1035, dns_1035
 from tuneline.compile.launch import (
+    MIN_TRAINER,
     PERMISSIONS,
     PYTORCHJOB,
     RUN_LABEL,
     TRAINJOB,
     Cluster,
+    Heartbeat,
+    JobApiError,
     collect_outputs,
     job_body,
     job_kind,
     job_name,
     job_state,
     launcher_spec,
+    on_sigterm,
     parse_args,
     run_job,
     stage_inputs,
@@ -184,6 +194,7 @@ def test_launcher_stages_inputs_renders_the_trainjob_and_collects_outputs(trainj
                                                     "uid": "uid-2"}]
     trainer = body["spec"]["trainer"]
     assert trainer["command"] == [
+        "python", "-m", "tuneline.compile.watch", "--heartbeat", f"{stage}/launcher-heartbeat", "--",
         "torchrun", "--nnodes=2", "--nproc-per-node=4", "-m", "components.fit", "--train",
         f"{stage}/inputs/train", "--rows", "120", "--lr", "0.002", "--model-out", f"{stage}/outputs/model",
         "--checkpoints", f"{stage}/outputs/checkpoints"]
@@ -215,7 +226,9 @@ def test_the_pytorchjob_pods_are_valid_pod_templates(pytorchjob_file, tmp_path, 
     body = _body(pytorchjob_file, tmp_path, monkeypatch)
     assert job_kind(body) is PYTORCHJOB
     for replica in body["spec"]["pytorchReplicaSpecs"].values():
-        assert replica["template"]["spec"]["containers"][0]["command"][:2] == ["torchrun", "--nnodes=2"]
+        command = replica["template"]["spec"]["containers"][0]["command"]
+        assert command[:3] == ["python", "-m", "tuneline.compile.watch"]
+        assert command[command.index("--") + 1:][:2] == ["torchrun", "--nnodes=2"]
         validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "fit"},
                   "template": replica["template"]}, "1.31", strict=True)
 
@@ -392,3 +405,113 @@ def test_the_launcher_image_has_the_kubernetes_client():
 
     requirements = (REPO / "environments" / LAUNCHER_ENVIRONMENT / "requirements.txt").read_text().splitlines()
     assert any(line.startswith("kubernetes==") for line in requirements)
+
+
+# ---------------------------------------------------------------------------------------------- Trainer versions
+
+
+def test_the_create_asks_for_strict_field_validation(trainjob_file, tmp_path, monkeypatch):
+    """Without it an API server drops fields its CRD lacks (the default is Warn) and runs another job."""
+    body = _body(trainjob_file, tmp_path, monkeypatch)
+    api, recorded = cluster([("POST", JOBS, (201, body))])
+    api.create(body)
+    assert recorded.calls[0].query["fieldValidation"] == ["Strict"]
+
+
+def test_kubeflow_with_only_the_v1_training_operator_fails_at_once_naming_what_is_needed(trainjob_file, tmp_path,
+                                                                                        monkeypatch):
+    body = _body(trainjob_file, tmp_path, monkeypatch)
+    # What an API server answers for a group/version it does not serve (Kubeflow 1.10: no trainer.kubeflow.org).
+    api, recorded = cluster([("POST", JOBS, status(404, "NotFound", "the server could not find the requested "
+                                                                   "resource"))])
+    with pytest.raises(JobApiError) as err:
+        run_job(api, body, io.StringIO())
+    assert f"Kubeflow Trainer {MIN_TRAINER} or newer" in str(err.value)
+    assert "launcher: pytorchjob" in str(err.value)
+    assert [c.method for c in recorded.calls] == ["POST"]  # no polling of a job that cannot exist
+
+
+def test_a_trainer_older_than_v2_2_fails_at_once(trainjob_file, tmp_path, monkeypatch):
+    """Trainer v2.1's TrainJob has no spec.runtimePatches: strict validation answers 400 with the fields (the
+    message format of apiextensions' strict decoding)."""
+    body = _body(trainjob_file, tmp_path, monkeypatch)
+    message = ('TrainJob in version "v1alpha1" cannot be handled as a TrainJob: strict decoding error: unknown '
+               'field "spec.activeDeadlineSeconds", unknown field "spec.runtimePatches"')
+    api, _ = cluster([("POST", JOBS, status(400, "BadRequest", message))])
+    with pytest.raises(JobApiError, match=r"older than v2\.2\.0 .*spec\.runtimePatches"):
+        api.submit(body, io.StringIO())
+
+
+@pytest.mark.parametrize("version", ["v2.0.0", "v2.1.0", "v2.2.0", "v2.3.0"])
+def test_the_manifest_uses_fields_only_the_supported_trainers_have(trainjob_file, version):
+    """kubeflow/trainer's TrainJobSpec at each tag: the fields the manifest sets exist from v2.2.0 on, which is what
+    MIN_TRAINER and k8s/supported.yaml say (read in pkg/apis/trainer/v1alpha1/trainjob_types.go)."""
+    spec_fields = {"v2.0.0": {"runtimeRef", "trainer", "podSpecOverrides", "suspend", "managedBy"},
+                   "v2.1.0": {"runtimeRef", "trainer", "podTemplateOverrides", "suspend", "managedBy"},
+                   "v2.2.0": {"runtimeRef", "trainer", "runtimePatches", "suspend", "activeDeadlineSeconds",
+                              "managedBy"},
+                   "v2.3.0": {"runtimeRef", "trainer", "runtimePatches", "suspend", "activeDeadlineSeconds",
+                              "managedBy"}}[version]
+    manifest = yaml.safe_load(trainjob_file.read_text())
+    missing = set(manifest["spec"]) - spec_fields
+    from tuneline.conformance.kfp_backend import load_kubeflow_table
+    supported = next(v.supported for v in load_kubeflow_table().trainer if v.version == version)
+    assert (not missing) is supported, (version, missing)
+    assert supported is (tuple(map(int, version[1:].split("."))) >= tuple(map(int, MIN_TRAINER[1:].split("."))))
+
+
+# ---------------------------------------------------------------------------------------------- termination
+
+
+def test_sigterm_deletes_the_job(trainjob_file, tmp_path, monkeypatch):
+    """A real SIGTERM to this process sets the event the launcher's wait loop watches; the loop deletes the job."""
+    body = _body(trainjob_file, tmp_path, monkeypatch)
+    name = body["metadata"]["name"]
+    terminated = threading.Event()
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        on_sigterm(terminated)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert terminated.wait(5)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    api, recorded = cluster([("POST", JOBS, (201, body)), ("GET", PODS, lambda calls: (200, _rank0_pod(name))),
+                             ("GET", rf"{PODS}/[^/]+/log", lambda calls: (200, b"")),
+                             ("DELETE", f"{JOBS}/{name}", (200, body))])
+    assert run_job(api, body, io.StringIO(), terminated) == "Terminated"
+    delete = next(c for c in recorded.calls if c.method == "DELETE")
+    assert delete.query["propagationPolicy"] == ["Foreground"]
+
+
+def _watch(tmp_path: Path, stale: float, script: str) -> tuple[int, float, str]:
+    heartbeat = tmp_path / "launcher-heartbeat"
+    heartbeat.write_text("1\n")
+    marker = tmp_path / "got-sigterm"
+    child = textwrap.dedent(f"""
+        import signal, sys, time
+        def stop(*_):
+            open({str(marker)!r}, "w").write("checkpointed")
+            sys.exit(143)
+        signal.signal(signal.SIGTERM, stop)
+        {script}
+    """)
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "tuneline.compile.watch", "--heartbeat", str(heartbeat),
+                           "--stale", str(stale), "--poll", "0.1", "--", sys.executable, "-c", child],
+                          cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    return proc.returncode, time.monotonic() - start, marker.read_text() if marker.exists() else ""
+
+
+def test_a_job_pod_stops_its_command_when_the_launcher_heartbeat_stops(tmp_path):
+    """No launcher beats: the wrapper SIGTERMs the command (which checkpoints) after --stale seconds."""
+    from tuneline.compile.watch import STOPPED
+
+    code, took, marker = _watch(tmp_path, 1, "time.sleep(60)")
+    assert code == STOPPED and marker == "checkpointed" and took < 20
+
+
+def test_a_beating_launcher_keeps_the_job_running_to_its_end(tmp_path):
+    with Heartbeat(tmp_path / "launcher-heartbeat", seconds=0.2):
+        code, took, marker = _watch(tmp_path, 1, "time.sleep(4); sys.exit(0)")
+    assert (code, marker) == (0, "") and took >= 4

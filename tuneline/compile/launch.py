@@ -16,6 +16,14 @@ runs this launcher again, and its create answers 409 AlreadyExists: the job of t
 is adopted (the new pod is added as an owner, and waited for); a failed one, or one of another run, is deleted
 and created afresh (the step resumes from its checkpoints on the shared volume).
 
+Terminating a KFP run keeps its pods (Argo only signals them), so the ownerReference alone would leave the job
+running. On SIGTERM the launcher deletes the job, but that races the container's end; what does not race is the
+heartbeat: the launcher rewrites `<stage>/launcher-heartbeat` on the shared volume every 30 s, and each of the
+job's pods runs its command behind `tuneline.compile.watch`, which stops it when the heartbeat has been still for
+ten minutes. The job is created with strict field validation, so a Kubeflow Trainer older than v2.2 (no
+spec.runtimePatches) or a cluster without the job's API (Kubeflow 1.10's v1 Training Operator has no TrainJob)
+fails the step at once with what is missing, instead of a job that runs without its node selector and deadline.
+
 The launcher uses the Kubernetes API only through the `kubernetes` client, which the control image carries (the
 launcher step runs in it; the job's pods run the step's own image). `PERMISSIONS` is every call it makes, and
 k8s/kubeflow/launcher-rbac.yaml grants exactly those to the pipeline's ServiceAccount. No API server can run
@@ -31,6 +39,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -44,6 +53,7 @@ from ..spec.models import ComponentSpec
 from . import pytorchjob, trainjob
 from .command import torchrun_prefix
 from .jobpod import DNS_1035, NAME_PREFIX_MAX
+from .watch import BEAT_SECONDS, HEARTBEAT_FILE, WATCH_MODULE
 
 LAUNCH_MODULE = "tuneline.compile.launch"
 DEFAULT_SHARED = "/mnt/checkpoints"
@@ -51,6 +61,12 @@ NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 RUN_LABEL = "tuneline.dev/run-id"
 # The launcher pod's own name and uid, from the downward API (the compiled task sets them), for the ownerReference.
 POD_NAME_ENV, POD_UID_ENV = "TUNELINE_POD_NAME", "TUNELINE_POD_UID"
+# The oldest Kubeflow Trainer whose TrainJob has every field trainjob.py writes (k8s/supported.yaml, `kubeflow:`).
+MIN_TRAINER = "v2.2.0"
+
+
+class JobApiError(RuntimeError):
+    """The cluster cannot run this kind of job: the message says what it has and what is needed."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +118,8 @@ def staged_command(spec: ComponentSpec, values: dict[str, Any], artifacts: Seque
     inputs.update({name: f"{stage}/inputs/{name}" for name in artifacts})
     outputs = {name: f"{stage}/outputs/{name}" for name in spec.outputs}
     argv = render_command(spec.command, inputs, outputs)
-    return torchrun_prefix(argv[:1], nodes, procs) + argv[1:]
+    watch = ["python", "-m", WATCH_MODULE, "--heartbeat", f"{stage}/{HEARTBEAT_FILE}", "--"]
+    return watch + torchrun_prefix(argv[:1], nodes, procs) + argv[1:]
 
 
 @dataclass
@@ -258,20 +275,36 @@ class Cluster:
                 return None
             raise
 
+    def create(self, body: dict[str, Any]) -> None:
+        """Create the job with strict field validation: a server whose job type lacks a field the manifest sets
+        answers 400 at once, where the default (Warn) would drop the field and run a different job."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.custom.create_namespaced_custom_object(body=body, field_validation="Strict", **self.coordinates)
+        except ApiException as exc:
+            why = unsupported_api(self.kind, exc)
+            if why:
+                raise JobApiError(why) from None
+            raise
+
+    def delete(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(name=name, propagation_policy="Foreground", **self.coordinates)
+
     def submit(self, body: dict[str, Any], log: TextIO = sys.stderr) -> str:
         """Create the job; on 409 adopt this run's unfailed job, or replace the other. Returns what it did."""
         from kubernetes.client.exceptions import ApiException
 
         name = body["metadata"]["name"]
         try:
-            self.custom.create_namespaced_custom_object(body=body, **self.coordinates)
+            self.create(body)
             return "created"
         except ApiException as exc:
             if exc.status != 409:
                 raise
         existing = self.get(name)
         if existing is None:  # deleted between our create and get
-            self.custom.create_namespaced_custom_object(body=body, **self.coordinates)
+            self.create(body)
             return "created"
         ours = (existing["metadata"].get("labels") or {}).get(RUN_LABEL) == body["metadata"]["labels"][RUN_LABEL]
         if ours and job_state(existing.get("status"), self.kind) != "Failed":
@@ -285,21 +318,26 @@ class Cluster:
             return "adopted"
         why = "it failed" if ours else "it belongs to another run"
         print(f"{self.kind.kind} {name}: replacing it ({why})", file=log)
-        self.custom.delete_namespaced_custom_object(name=name, propagation_policy="Foreground", **self.coordinates)
+        self.delete(name)
         while self.get(name) is not None:
             time.sleep(self.poll_seconds)
-        self.custom.create_namespaced_custom_object(body=body, **self.coordinates)
+        self.create(body)
         return "replaced"
 
-    def wait(self, name: str) -> str:
+    def wait(self, name: str, terminated: threading.Event | None = None) -> str:
+        """How the job ended; on `terminated` (the step's SIGTERM) the job is deleted and "Terminated" returned."""
+        terminated = terminated or threading.Event()
         while True:
+            if terminated.is_set():
+                self.delete(name)
+                return "Terminated"
             job = self.get(name)
             if job is None:
                 return "Failed"  # deleted under us (the run was deleted, or someone removed it)
             state = job_state(job.get("status"), self.kind)
             if state:
                 return state
-            time.sleep(self.poll_seconds)
+            terminated.wait(self.poll_seconds)
 
     def follow_rank0(self, name: str, out: TextIO, stop: threading.Event) -> None:
         """Copy rank 0's log to `out`: each container start once, until `stop` is set."""
@@ -323,7 +361,80 @@ class Cluster:
             stop.wait(self.poll_seconds)
 
 
-def run_job(cluster: Cluster, body: dict[str, Any], out: TextIO = sys.stdout) -> str:
+def unsupported_api(kind: JobKind, exc: Any) -> str | None:
+    """What a create's error says about the cluster's job API, in words; None for any other error.
+
+    404: the API group/version is not served (Kubeflow 1.10 and 1.11 ship the v1 Training Operator, whose
+    kubeflow.org/v1 has no TrainJob; Kubeflow Trainer v2 has no PyTorchJob). 400 "unknown field" under strict
+    field validation: the CRD's schema lacks a field the manifest sets (Trainer v2.0/v2.1 have neither
+    spec.runtimePatches nor spec.activeDeadlineSeconds: pkg/apis/trainer/v1alpha1/trainjob_types.go)."""
+    message = _status_message(exc)
+    api = f"{kind.group}/{kind.version} {kind.plural}"
+    if exc.status == 404:
+        if kind.kind == trainjob.KIND:
+            return (f"the cluster does not serve {api} (404: {message}). A TrainJob needs Kubeflow Trainer "
+                    f"{MIN_TRAINER} or newer; Kubeflow 1.10 and 1.11 ship the v1 Training Operator instead: install "
+                    f"Trainer, or give the step's compute profile `launcher: pytorchjob`")
+        return (f"the cluster does not serve {api} (404: {message}). A PyTorchJob needs the v1 Training Operator "
+                f"(Kubeflow 1.10/1.11 ship it); with Kubeflow Trainer v2 use `launcher: trainjob`")
+    if exc.status == 400 and "unknown field" in message:
+        if kind.kind == trainjob.KIND:
+            return (f"the cluster's TrainJob has no field the manifest sets ({message}): its Kubeflow Trainer is "
+                    f"older than {MIN_TRAINER} (v2.0 and v2.1 lack spec.runtimePatches and "
+                    f"spec.activeDeadlineSeconds); upgrade Trainer, or give the step `launcher: pytorchjob`")
+        return f"the cluster's PyTorchJob has no field the manifest sets ({message}): upgrade the Training Operator"
+    return None
+
+
+def _status_message(exc: Any) -> str:
+    try:
+        return str(json.loads(exc.body).get("message", "")) or str(exc.reason)
+    except (TypeError, ValueError, AttributeError):
+        return str(getattr(exc, "reason", "") or exc)
+
+
+class Heartbeat:
+    """Rewrites a counter in the stage folder every `seconds`, for tuneline.compile.watch in the job's pods."""
+
+    def __init__(self, path: Path, seconds: float = BEAT_SECONDS):
+        self.path, self.seconds = path, seconds
+        self.stop = threading.Event()
+        self.beats = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def beat(self) -> None:
+        self.beats += 1
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(f"{self.beats} {os.getpid()}\n")
+        tmp.replace(self.path)  # a reader never sees a half-written file
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.seconds):
+            try:
+                self.beat()
+            except OSError as exc:  # a volume hiccup: the watchers tolerate STALE_SECONDS of silence
+                print(f"launch: heartbeat {self.path}: {exc}", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> Heartbeat:
+        self.beat()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=self.seconds + 5)
+
+
+def on_sigterm(terminated: threading.Event) -> None:
+    """A SIGTERM (the run terminated, the pod evicted) sets `terminated`; the wait loop then deletes the job. It
+    races the end of the container (the KFP launcher that runs this exits on the same signal), which is why the
+    job's pods also watch the heartbeat."""
+    signal.signal(signal.SIGTERM, lambda *_: terminated.set())
+
+
+def run_job(cluster: Cluster, body: dict[str, Any], out: TextIO = sys.stdout,
+            terminated: threading.Event | None = None) -> str:
     """Submit the job, stream rank 0's log while it runs, and return how it ended."""
     name = body["metadata"]["name"]
     how = cluster.submit(body)
@@ -332,7 +443,7 @@ def run_job(cluster: Cluster, body: dict[str, Any], out: TextIO = sys.stdout) ->
     follower = threading.Thread(target=cluster.follow_rank0, args=(name, out, stop), daemon=True)
     follower.start()
     try:
-        return cluster.wait(name)
+        return cluster.wait(name, terminated)
     finally:
         stop.set()
         follower.join(timeout=60)  # the log stream ends when rank 0's container does
@@ -347,7 +458,14 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - runs i
     body = job_body(args, spec)
     namespace = NAMESPACE_FILE.read_text().strip() if NAMESPACE_FILE.is_file() else "default"
     config.load_incluster_config()
-    state = run_job(Cluster(client.ApiClient(), namespace, job_kind(body)), body)
+    terminated = threading.Event()
+    on_sigterm(terminated)
+    try:
+        with Heartbeat(stage_dir(args) / HEARTBEAT_FILE):
+            state = run_job(Cluster(client.ApiClient(), namespace, job_kind(body)), body, terminated=terminated)
+    except JobApiError as exc:
+        print(f"launch: {body['kind']} {body['metadata']['name']}: {exc}", file=sys.stderr)
+        return 2
     print(f"{body['kind']} {body['metadata']['name']}: {state}", file=sys.stderr)
     if state != "Succeeded":
         return 1
