@@ -10,15 +10,21 @@ from readback import kfp_documents
 
 from tuneline.compile.build import compile_graph
 from tuneline.compile.fingerprint import FINGERPRINT_MODULE
+from tuneline.compile.gate import GATE_INPUT, GATE_MODULE
 from tuneline.compile.kfp import FINGERPRINT_PREFIX, OBJECT_STORE_PREFIXES
+from tuneline.compile.launch import LAUNCH_MODULE, parse_args
 from tuneline.compile.options import CompileOptions
 from tuneline.compile.outdirs import OUTDIRS_MODULE
-from tuneline.compile.launch import LAUNCH_MODULE, parse_args
 from tuneline.compile.placement import CHECKPOINT_MOUNT
-from tuneline.compile.gate import GATE_INPUT, GATE_MODULE
 from tuneline.compile.resume import RESUME_MODULE
-from tuneline.conformance.kfp_backend import (BackendError, load_kubeflow_table, platform_fields,
-                                              platform_problems, resolve_argv, versions_markdown)
+from tuneline.conformance.kfp_backend import (
+    BackendError,
+    load_kubeflow_table,
+    platform_fields,
+    platform_problems,
+    resolve_argv,
+    versions_markdown,
+)
 from tuneline.graph import build_graph
 from tuneline.runner.command import render_command
 from tuneline.spec import OutputRef, SpecError, load_pipeline

@@ -22,7 +22,10 @@ compiler with the mount), at `<root>/<key>/<output>`; a successful step's store 
 the launcher to upload, then removed from the volume. On Azure ML (`--in-output`) inside the output itself, which
 is rw_mount-ed at a datastore path that does not change between jobs, at `<output>/<key>`; it stays there. A failed
 or killed step leaves it for the next attempt. SIGTERM and SIGINT are passed on to the step, so it can checkpoint
-before it exits. The wrapper runs the step as its child rather than exec-ing it, to copy the store afterwards.
+before it exits where the platform waits for it (locally, Azure ML); on KFP the launcher that runs this wrapper
+exits on the same signal and the container ends with it, so there the last periodic checkpoint is what a retry
+finds (docs/kubeflow-versions.md, "Eviction and termination"). The wrapper runs the step as its child rather than
+exec-ing it, to copy the store afterwards.
 """
 
 from __future__ import annotations

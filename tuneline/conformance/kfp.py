@@ -7,10 +7,10 @@ What runs what (kfp 2.17.0, sdk/python/kfp/ in github.com/kubeflow/pipelines at 
 - `kfp.components.load_component_from_file` loads the compiled `pipeline.yaml`; calling it under
   `kfp.local.init(runner=kfp.local.DockerRunner(...))` runs `local/pipeline_orchestrator.py` and
   `local/orchestrator/dag_orchestrator.py`: tasks in topological order, arguments from the pipeline's inputs and
-  the upstream tasks' outputs, importers by `local/importer_handler.py`, placeholders (`{{$.inputs...}}`,
-  Concat, IfPresent) by `local/placeholder_utils.py`, and output parameters read back by
-  `local/executor_output_utils.py` (`special_dsl_outputpath_read`: a STRING file verbatim, every other type as
-  JSON, as the backend's launcher does).
+  the upstream tasks' outputs, importers by `local/importer_handler.py`, placeholders (`{{$.inputs...}}`, and
+  Concat and IfPresent, which the compiler no longer emits: K10) by `local/placeholder_utils.py`, and output
+  parameters read back by `local/executor_output_utils.py` (`special_dsl_outputpath_read`: a STRING file
+  verbatim, every other type as JSON, as the backend's launcher does).
 - Every task runs in the image the IR names, through podman's Docker API (`tuneline.conformance.podman`, whose
   relay keeps each container until `wait` has returned its exit status), as the image's own user (uid 10001),
   with `local/docker_task_handler.py` bind-mounting the pipeline root at the same path. The images must hold
@@ -51,10 +51,26 @@ K7 Retries. kfp.local re-runs a failed task in the same process with the policy'
    (`orchestrator/task_executor.py`); the backend starts a new pod per attempt (Argo `retryStrategy`), which is
    what the checkpoint PVC is for.
 K8 One task at a time, in this process; no namespace, ServiceAccount or pod labels.
-K9 An optional input with no value. The backend's driver leaves it out of the executor input, so an IfPresent
-   placeholder drops its block; kfp.local passes it as null and `executor_input_utils.executor_input_to_dict`
-   fails on a null integer (int(None)). The compiler leaves such inputs out of each step's component (they can
-   never be set there), which is the backend's behaviour on both.
+K9 An optional input with no value. The backend's driver leaves it out of the executor input; kfp.local passes
+   it as null and `executor_input_utils.executor_input_to_dict` fails on a null integer (int(None)). The compiler
+   leaves such inputs out of each step's component (they can never be set there) and drops their `$[[...]]`
+   blocks, so neither sees one.
+K10 Placeholders. kfp.local resolves `{"Concat": ...}` and `{"IfPresent": ...}` (`placeholder_utils.py`) and fills
+   a component's defaults before anything else. The backend's launcher only replaces plain keys inside each
+   argument (never the first one, from 2.14.0), passes Concat and IfPresent on as literal text (2.17.0's driver
+   resolves IfPresent of parameters only), and from 2.17.0 its driver fails on an input parameter the task does
+   not pass, defaults included (tuneline.conformance.kfp_backend cites each). So a package that passes here can
+   still hand a step `{"Concat": ...}` on a cluster: the compiler emits neither, passes every default from the
+   task, and test_k10 in tests/compile/test_kfp_backend.py resolves every command as each supported backend
+   version does and compares it with `tuneline run`'s.
+K11 Backend versions. kfp.local is one SDK version; the cluster runs the backend listed in k8s/supported.yaml.
+   test_k11 checks each executor's platform spec against the fields the oldest supported driver knows and
+   applies, test_k12 that every supported version retries tasks.
+K12 Pod deletion and SIGTERM. kfp.local never loses a container. On the backend a pod deleted with its node is an
+   Argo Error, and the `retryStrategy` KFP compiles sets no `retryPolicy`, so Argo's default (OnFailure) does not
+   retry it (backend/src/v2/compiler/argocompiler/container.go, all versions read); and a SIGTERM reaches the
+   step only together with the launcher that runs it, which exits at once and takes the container down
+   (docs/kubeflow-versions.md, "Eviction"). Nothing here stands in for either.
 """
 
 from __future__ import annotations
