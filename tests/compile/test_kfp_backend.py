@@ -2,6 +2,7 @@
 of every pipeline in pipelines/, plus the data path: object-store importer URIs and the content fingerprint that
 KFP's name-based cache needs."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from tuneline.compile.resume import RESUME_MODULE
 from tuneline.conformance.kfp_backend import (
     BackendError,
     load_kubeflow_table,
+    package_problems,
     platform_fields,
     platform_problems,
     resolve_argv,
@@ -344,3 +346,18 @@ def test_k12_task_retries_only_where_every_supported_backend_has_them(ir):
 
 def test_the_docs_table_is_the_supported_yaml_table():
     assert versions_markdown(TABLE) in (ROOT / "docs" / "kubeflow-versions.md").read_text()
+
+
+def test_the_conformance_harness_refuses_a_package_the_backend_cannot_run(tmp_path):
+    """kfp.local runs Concat; the harness checks the package first (K10 in tuneline.conformance.kfp)."""
+    spec, platform = _compile(ROOT / "pipelines" / "finetune.yaml", tmp_path / "ok")
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump_all([spec, platform]))
+    assert package_problems(good) == []
+    executor = spec["deploymentSpec"]["executors"]["exec-prepare"]["container"]
+    index = next(i for i, a in enumerate(executor["command"]) if a.startswith("{{$.inputs.parameters"))
+    executor["command"][index] = json.dumps({"Concat": ["", executor["command"][index]]})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump_all([spec, platform]))
+    problems = package_problems(bad)
+    assert problems and all("task prepare" in p and "literal JSON" in p for p in problems)

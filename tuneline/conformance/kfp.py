@@ -89,6 +89,7 @@ from ..compile.options import CompileOptions
 from ..graph import PipelineGraph
 from ..runner.digest import path_sha256
 from ..spec import Literal, ParamRef
+from .kfp_backend import package_problems
 from .podman import PodmanService
 
 IMAGE_REGISTRY = "localhost/tuneline"  # what environments/build.sh tags (buildah's localhost/ prefix)
@@ -208,6 +209,9 @@ class KfpLocalRun:
             text = text.replace(f"image: {IMAGE_REGISTRY}/{image}:{IMAGE_TAG}\n",
                                 f"image: {IMAGE_REGISTRY}/{stand_in}:{IMAGE_TAG}\n")
         package.write_text(text)
+        problems = package_problems(package)  # K10, K11: kfp.local would run what the backend cannot
+        if problems:
+            raise KfpRunBroken("the package would fail on the KFP backend:\n  " + "\n  ".join(problems))
         return package
 
     def check_images(self, package: Path, repo: Path) -> list[str]:

@@ -236,6 +236,40 @@ def platform_problems(config: dict[str, Any], version: PipelinesVersion,
     return problems
 
 
+def package_problems(package: Path, table: KubeflowTable | None = None) -> list[str]:
+    """What the supported backends would do wrong with a compiled package, read statically: a Concat/IfPresent
+    argument, a placeholder a task does not fill (with every value present, as the compiler guarantees), a
+    placeholder in the first argument, and platform fields the oldest supported driver drops or does not apply.
+    The KFP conformance harness refuses such a package before kfp.local, which would run it anyway."""
+    table = table or load_kubeflow_table()
+    spec, *rest = list(yaml.safe_load_all(package.read_text()))
+    problems: list[str] = []
+    for task_name, task in spec["root"]["dag"]["tasks"].items():
+        component = spec["components"][task["componentRef"]["name"]]
+        container = spec["deploymentSpec"]["executors"][component["executorLabel"]].get("container")
+        if container is None:
+            continue  # an importer
+        outputs = component.get("outputDefinitions", {})
+        passed = task.get("inputs", {})
+        for version in table.supported_pipelines():
+            try:
+                resolve_argv(container["command"] + container.get("args", []), version.placeholders,
+                             {n: "x" for n in passed.get("parameters", {})},
+                             {} if version.placeholders == "driver-and-launcher" else {
+                                 n: d["defaultValue"] for n, d in component.get("inputDefinitions", {})
+                                 .get("parameters", {}).items() if "defaultValue" in d},
+                             {n: "/in" for n in passed.get("artifacts", {})},
+                             {n: "/out" for n in outputs.get("artifacts", {})},
+                             {n: "/out" for n in outputs.get("parameters", {})})
+            except BackendError as exc:
+                problems.append(f"task {task_name} on KFP {version.version}: {exc}")
+    oldest = table.oldest_pipelines()
+    executors = (rest[0] if rest else {}).get("platforms", {}).get("kubernetes", {}).get("deploymentSpec", {})
+    for label, config in executors.get("executors", {}).items():
+        problems += [f"{label}{p}" for p in platform_problems(config, oldest, platform_fields(oldest))]
+    return problems
+
+
 def versions_markdown(table: KubeflowTable | None = None) -> str:
     """The docs' table, made from k8s/supported.yaml."""
     table = table or load_kubeflow_table()
