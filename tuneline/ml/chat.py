@@ -209,7 +209,7 @@ def encode(tokenizer, record: Example, max_seq_len: int) -> Encoded:
         if not any(mask):
             raise TemplateError("the chat template's {% generation %} blocks mark no token of this record")
         input_ids = ids
-        labels = [t if m else IGNORE for t, m in zip(ids, mask)]
+        labels = [t if m else IGNORE for t, m in zip(ids, mask, strict=True)]
     else:
         text, targets = spans(tokenizer, record.messages)
         input_ids, labels = [], []
