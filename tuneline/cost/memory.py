@@ -325,7 +325,7 @@ def memory_plan(pipeline: Pipeline, home: Path, target: str) -> MemoryPlan | Non
 def render_plan(plan: MemoryPlan) -> str:
     m = plan.model
     lines = [f"memory plan for {plan.base_model} ({m.params / 1e9:.2f}B parameters, {m.layers} layers, hidden "
-             f"{m.hidden}, vocabulary {m.vocab}; {m.source}), per process, target {plan.target}:"]
+             f"{m.hidden}, vocabulary {m.vocab}; {m.source}); GPU per process, host per node, target {plan.target}:"]
     for s in plan.steps:
         lines.append(f"  {s.step} on profile {s.profile or '(component resources)'} ({s.settings}):")
         if s.gpu:
