@@ -2,7 +2,7 @@
 
 The source: pyproject.toml (core dependencies and the [ml] / [platform] extras), environments/images.yaml
 (which extras each image takes) and environments/lock.json (exact versions and dependency edges, frozen from
-the project venv). Each requirements.txt pins the whole dependency closure of its image, so a rebuild months
+the project venv; environments/lock-gpu.json adds the packages only GPU images install, such as bitsandbytes). Each requirements.txt pins the whole dependency closure of its image, so a rebuild months
 later installs the same versions that the tests ran with.
 
 Run as: .venv/bin/python environments/render.py            (rewrite the generated files)
@@ -90,8 +90,12 @@ def freeze_lock() -> Lock:
     return lock
 
 
-def read_lock(path: Path = ENV_DIR / "lock.json") -> Lock:
-    return Lock(packages=json.loads(path.read_text())["packages"])
+def read_lock(path: Path = ENV_DIR / "lock.json", extra: Path | None = ENV_DIR / "lock-gpu.json") -> Lock:
+    """lock.json, plus lock-gpu.json's packages that only GPU images install (never the venv's versions)."""
+    packages = json.loads(path.read_text())["packages"]
+    if extra is not None and extra.is_file():
+        packages = {**json.loads(extra.read_text())["packages"], **packages}
+    return Lock(packages=packages)
 
 
 def write_lock(lock: Lock, path: Path = ENV_DIR / "lock.json") -> None:
@@ -181,7 +185,7 @@ def render_all(lock: Lock | None = None) -> dict[Path, str]:
     for spec in load_images():
         out[ENV_DIR / spec.name / "requirements.txt"] = requirements_text(spec, project, lock)
         out[ENV_DIR / spec.name / "environment.yaml"] = environment_yaml(spec, project["version"])
-    out[ENV_DIR / "constraints.txt"] = constraints_text(lock)
+    out[ENV_DIR / "constraints.txt"] = constraints_text(read_lock(extra=None))
     return out
 
 

@@ -109,3 +109,122 @@ def test_a_pipeline_without_a_train_step_is_refused(tune):
     pipeline = load_pipeline(tune / "pipelines" / "grow.yaml")
     with pytest.raises(CostError, match="no step's component declares `role: train`"):
         estimate(pipeline, load_prices(), target="aks", home=tune / ".tuneline")
+
+
+# ---------------------------------------------------------------------------------------------- memory plan
+# Published figures the plan is checked against:
+# - PEFT's print_trainable_parameters() for Llama-3-8B with LoRA r=16 on all linear layers:
+#   "trainable params: 41,943,040 || all params: 8,072,204,288" (the base model has 8,030,261,248).
+# - Hugging Face transformers docs, "model memory anatomy": AdamW training keeps 4 B of weights (fp32), 4 B of
+#   gradients and 8 B of optimizer state per parameter: 16 B/param, ~128 GB for an 8B model before activations.
+# - Dettmers et al. 2023, QLoRA (arXiv:2305.14314), abstract: finetuning a 65B model needs ">780GB of GPU memory"
+#   in 16-bit and "<48GB" with QLoRA.
+from tuneline.cost.memory import GIB, ModelShape, memory_plan, render_plan  # noqa: E402
+
+CONFIGS = REPO / "data" / "model-configs"
+LLAMA8B = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def _shape(name: str) -> ModelShape:
+    return ModelShape.from_config(json.loads((CONFIGS / name / "config.json").read_text()), name)
+
+
+def test_parameter_counts_from_the_shipped_configs_match_the_published_ones():
+    llama = _shape(LLAMA8B)
+    assert llama.params == 8_030_261_248 and llama.lora_params(16, "all-linear") == 41_943_040
+    assert _shape("mistralai/Mistral-7B-Instruct-v0.3").params == 7_248_023_552
+    assert _shape("Qwen/Qwen2.5-7B-Instruct").params == 7_615_616_512
+    assert _shape("Qwen/Qwen3-8B").params == 8_190_735_360
+
+
+def _project(tmp_path: Path, profile: str, train_inputs: str, evaluate_profile: str = "cpu") -> Path:
+    """A project using this repository's components, model configs and SKU table, with one pipeline."""
+    root = tmp_path / "project"
+    (root / "pipelines").mkdir(parents=True)
+    (root / "data").mkdir()
+    for link in ("components", "config", "data/model-configs", "data/sample"):
+        (root / link).symlink_to(REPO / link)
+    (root / "pipelines" / "plan.yaml").write_text(f"""
+name: plan
+params:
+  dataset: {{type: uri_file, default: data/sample/tickets.jsonl}}
+  base_model: {{type: string, default: {LLAMA8B}}}
+compute:
+  cpu: {{kubeflow: {{cpu: "2", memory: 8Gi}}, azureml: {{cluster: cpu-cluster}}}}
+  gpu: {profile}
+steps:
+  prepare: {{component: components/prepare, compute: cpu, inputs: {{raw: "${{{{params.dataset}}}}"}}}}
+  train:
+    component: components/train
+    compute: gpu
+    inputs: {{train: "${{{{steps.prepare.outputs.train}}}}", base_model: "${{{{params.base_model}}}}", {train_inputs}}}
+  evaluate:
+    component: components/evaluate
+    compute: {evaluate_profile}
+    inputs: {{test: "${{{{steps.prepare.outputs.test}}}}", model: "${{{{steps.train.outputs.model}}}}",
+             base_model: "${{{{params.base_model}}}}"}}
+""")
+    return root / "pipelines" / "plan.yaml"
+
+
+T4 = ("{kubeflow: {gpus: 1, accelerator: nvidia-t4, memory: 24Gi}, "
+      "azureml: {cluster: t4, instance_type: Standard_NC4as_T4_v3}}")
+A100 = ("{kubeflow: {gpus: 1, accelerator: nvidia-a100, memory: 96Gi}, "
+        "azureml: {cluster: a, instance_type: Standard_NC24ads_A100_v4}}")
+
+
+def test_8b_qlora_without_checkpointing_does_not_fit_a_t4_and_with_it_does(tmp_path):
+    path = _project(tmp_path, T4, "method: qlora, per_device_batch: 8, max_seq_len: 256")
+    plan = memory_plan(load_pipeline(path), tmp_path / "home", "aks")
+    train = plan.steps[0]
+    assert 5 * GIB < train.gpu["weights (NF4 + constants, rest bf16)"] < 6 * GIB  # ~0.52 B/param of 8B
+    assert train.gpu_need > 15 * GIB and train.gpu_have == 15 * GIB
+    assert any(w.startswith("train: needs") and "T4" in w and "gradient_checkpointing" in w for w in plan.warnings)
+    # The CPU evaluate profile of 8Gi cannot hold an 8B model in fp32.
+    assert any(w.startswith("evaluate: needs") and "8Gi" in w for w in plan.warnings)
+    path = _project(tmp_path / "b", T4, "method: qlora, per_device_batch: 1, max_seq_len: 512, "
+                                        "gradient_checkpointing: true")
+    train = memory_plan(load_pipeline(path), tmp_path / "home", "azureml").steps[0]
+    assert train.gpu_need < 10 * GIB and train.gpu_have == 15 * GIB and not train.warnings
+
+
+def test_full_fine_tuning_states_take_16_bytes_per_parameter(tmp_path):
+    path = _project(tmp_path, A100, "method: full, per_device_batch: 1, max_seq_len: 256", evaluate_profile="gpu")
+    plan = memory_plan(load_pipeline(path), tmp_path / "home", "aks")
+    train, evaluate = plan.steps
+    states = train.gpu["weights (fp32 masters)"] + train.gpu["gradients (fp32)"] + train.gpu["AdamW moments (fp32)"]
+    assert states == 16 * 8_030_261_248  # ~128 GB: no single 80 GB GPU holds it
+    assert [w.split(":")[0] for w in plan.warnings] == ["train"]
+    assert train.host["weights read on the host x 1 process(es)"] == 4 * 8_030_261_248  # fp32 read on the host
+    assert evaluate.where == "gpu" and evaluate.gpu_need < 80 * GIB and not evaluate.warnings
+
+
+def test_qlora_65b_fits_in_48_gb_and_16_bit_needs_more_than_780_gb():
+    from tuneline.cost import memory
+
+    llama65 = _shape("huggyllama/llama-65b")
+    assert 65.0e9 < llama65.params < 65.5e9
+    # QLoRA: 4-bit base + double-quantised constants, LoRA on all linear layers, gradient checkpointing, batch 1.
+    weights = memory.NF4_BYTES * llama65.linear_params + 2 * (llama65.params - llama65.linear_params)
+    lora = 16 * llama65.lora_params(16, "all-linear")
+    checkpointed = (llama65.layers * llama65.hidden + llama65.activation_elements(True)) * 2 * 512
+    total = weights + lora + checkpointed + 512 * llama65.vocab * 10 + memory.GPU_OVERHEAD
+    assert 33e9 < weights < 35e9 and total < 48e9
+    # 16-bit finetuning (fp16 weights and gradients, fp32 Adam moments: 12 B/param) as the paper's baseline.
+    assert 12 * llama65.params > 780e9
+
+
+def test_cost_prints_the_memory_plan_of_the_gpu_pipeline_for_an_8b_model(cli):
+    code, out, _ = cli("cost", str(REPO / "pipelines" / "finetune-gpu.yaml"), "--target", "aks",
+                       "--tokenizer", "estimate", "--set", f"base_model={LLAMA8B}", "--set", "method=full")
+    assert code == 0
+    assert "memory plan for meta-llama/Llama-3.1-8B-Instruct (8.03B parameters, 32 layers" in out
+    assert "  train on profile gpu_spot (method full" in out and "  evaluate on profile gpu_spot" in out
+    assert "warning: train: needs 13" in out and "gives 80 GiB (A100 80GB (nvidia-a100))" in out
+    assert "warning: evaluate" not in out  # evaluate runs on the GPU node now, in bf16
+    code, out, _ = cli("cost", str(REPO / "pipelines" / "finetune-gpu.yaml"), "--tokenizer", "estimate",
+                       "--set", f"base_model={LLAMA8B}")
+    assert code == 0 and "every step fits its profile" in out
+    plan = render_plan(memory_plan(load_pipeline(REPO / "pipelines" / "finetune-gpu.yaml",
+                                                 {"base_model": LLAMA8B}), REPO / ".tuneline", "azureml"))
+    assert "Standard_NC24ads_A100_v4 VM" in plan

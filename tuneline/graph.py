@@ -29,6 +29,11 @@ class Node:
         return self.step.retries if self.step.retries is not None else self.component.spec.retry.max
 
     @property
+    def environment(self) -> str:
+        """The image the step runs in: the step's own choice, else its component's."""
+        return self.step.environment or self.component.spec.environment
+
+    @property
     def cache_enabled(self) -> bool:
         return self.step.cache if self.step.cache is not None else self.component.spec.cache
 

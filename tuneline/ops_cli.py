@@ -220,8 +220,11 @@ def cmd_cost(args: argparse.Namespace) -> int:
     pipeline = _load(args.pipeline, args.set)
     if pipeline is None:
         return EXIT_INVALID
+    from .cost.memory import memory_plan, render_plan
+
     try:
         prices = load_prices(Path(args.prices) if args.prices else pipeline.root / DEFAULT_PRICES)
+        plan = memory_plan(pipeline, _home(pipeline, args.home), "azureml" if args.target == "azureml" else "aks")
         report = estimate(
             pipeline,
             prices,
@@ -233,10 +236,15 @@ def cmd_cost(args: argparse.Namespace) -> int:
             mfu=args.mfu,
             calibrate=args.calibrate,
         )
-    except CostError as exc:
+    except (CostError, ValueError) as exc:
         print(f"tuneline cost: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    print(json.dumps(report.to_dict(), indent=2) if args.json else render(report))
+    if args.json:
+        print(json.dumps({**report.to_dict(), "memory": plan.to_dict() if plan else None}, indent=2))
+    else:
+        print(render(report))
+        print("\n" + (render_plan(plan) if plan else "memory plan: no config.json for the base model on this "
+                      "machine (a local model folder, the model cache, or data/model-configs/<org>/<name>)"))
     return 0
 
 

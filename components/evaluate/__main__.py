@@ -60,6 +60,23 @@ def score(model, tokenizer, records, refs, schema, args, label: str, offset: int
     return metrics, preds, time.perf_counter() - started
 
 
+def expressible(tokenizer, records, refs, max_seq_len: int):
+    """The records (and their references) the model's chat template can express; the others are set aside with
+    the template's reason, as the train step quarantines them."""
+    from tuneline.ml.chat import encode_all
+
+    _, rejected = encode_all(tokenizer, records, max_seq_len)
+    if not rejected:
+        return records, refs, []
+    out = {r.id for r in rejected}
+    print(f"warning: {len(rejected)} of {len(records)} test records quarantined, the chat template cannot "
+          f"express them; first: {rejected[0].id}: {rejected[0].reason}", file=sys.stderr)
+    kept = [(r, ref) for r, ref in zip(records, refs, strict=True) if r.id not in out]
+    if not kept:
+        raise SystemExit(f"error: the chat template expresses none of the test records ({rejected[0].reason})")
+    return [r for r, _ in kept], [ref for _, ref in kept], [{"id": r.id, "reason": r.reason} for r in rejected]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_component_args(__file__, argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -105,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     base_path = resolve_model(args.base_model)
     base = load_causal_lm(base_path, dtype=dtype).to(device).eval()
     base_tok = load_tokenizer(base_path, padding_side="left")
-    n, total = len(split.records), len(split.records) * (3 if args.champion_uri else 2)
-    results["base"], predictions["base"], timings["base"] = score(base, base_tok, split.records, refs, schema, args,
+    records, refs, quarantined = expressible(base_tok, split.records, refs, args.max_seq_len)
+    n, total = len(records), len(records) * (3 if args.champion_uri else 2)
+    results["base"], predictions["base"], timings["base"] = score(base, base_tok, records, refs, schema, args,
                                                                   "base", 0, total)
     del base
 
@@ -115,20 +133,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: the tuned model was trained from {summary.get('base_model')!r}, "
               f"compared here with {args.base_model!r}", file=sys.stderr)
     tuned.to(device)
-    results["tuned"], predictions["tuned"], timings["tuned"] = score(tuned, tuned_tok, split.records, refs, schema,
+    results["tuned"], predictions["tuned"], timings["tuned"] = score(tuned, tuned_tok, records, refs, schema,
                                                                       args, "tuned", n, total)
     del tuned
     if args.champion_uri:
         champion, champion_tok, _ = load_tuned(resolve_champion(args.champion_uri), dtype=dtype)
         champion.to(device)
         results["champion"], predictions["champion"], timings["champion"] = score(
-            champion, champion_tok, split.records, refs, schema, args, "champion", 2 * n, total)
+            champion, champion_tok, records, refs, schema, args, "champion", 2 * n, total)
 
     gate_result = gate.evaluate(results)
     meta = {"n_examples": len(refs), "test_sha256": split.sha256, "base_model": args.base_model,
             "tuned_method": summary.get("method", "?"), "max_new_tokens": args.max_new_tokens}
+    if quarantined:
+        meta["quarantined"] = quarantined
     samples = [{"id": r.id, "reference": ref, **{m: predictions[m][i] for m in predictions}}
-               for i, (r, ref) in enumerate(zip(split.records, refs, strict=True)) if i < args.samples]
+               for i, (r, ref) in enumerate(zip(records, refs, strict=True)) if i < args.samples]
     document = {
         "models": results,
         "gates": {"expression": gate_result.expression, "passed": gate_result.passed,
@@ -136,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         **meta,
         "seconds": timings,
         "predictions": [{"id": r.id, "reference": ref, **{m: predictions[m][i] for m in predictions}}
-                        for i, (r, ref) in enumerate(zip(split.records, refs, strict=True))],
+                        for i, (r, ref) in enumerate(zip(records, refs, strict=True))],
     }
     from components.evaluate.report import render
 

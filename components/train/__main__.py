@@ -26,12 +26,22 @@ def _encode_split(records, tokenizer, max_seq_len: int, label: str, log, over_lo
     """Encode a split. An example longer than max_seq_len keeps its first max_seq_len tokens (truncated on the
     right, so the end of the answer is what is lost); one with no answer token left is dropped. Both are
     counted in ``over_long[label]`` for training_summary.json and the run's summary."""
-    from tuneline.ml.chat import encode
+    from tuneline.ml.chat import encode_all
 
-    encoded = [encode(tokenizer, r, max_seq_len) for r in records]
+    # A record the base model's chat template cannot express (roles out of order, a message the template
+    # leaves out) is quarantined with the template's reason instead of failing the step.
+    encoded, rejected = encode_all(tokenizer, records, max_seq_len)
+    if rejected:
+        log(f"{label}: {len(rejected)} of {len(records)} records quarantined, the chat template cannot express "
+            f"them; first: {rejected[0].id}: {rejected[0].reason}")
+    if not encoded:
+        raise ValueError(f"{label}: the chat template of the base model expresses none of the records "
+                         f"(first: {rejected[0].id}: {rejected[0].reason})")
     kept = [e for e in encoded if e.n_targets > 0]
     truncated = sum(e.truncated for e in encoded)
     over_long[label] = {"examples": len(encoded), "truncated": truncated, "dropped": len(encoded) - len(kept)}
+    if rejected:
+        over_long[label]["template_quarantined"] = [{"id": r.id, "reason": r.reason} for r in rejected[:50]]
     if truncated or len(kept) < len(encoded):
         log(f"{label}: {truncated} of {len(encoded)} examples truncated to {max_seq_len} tokens; "
             f"{len(encoded) - len(kept)} dropped (no answer tokens left)")

@@ -43,3 +43,22 @@ def test_production_compile_of_the_fixture_passes_with_a_version(tmp_path, compi
     graph = build_graph(load_pipeline(TOY))
     out = compile_graph(graph, ("kfp",), tmp_path, CompileOptions(production=True))
     assert "registry.example.com/toy/toy-gpu:1.4.0" in (out.folder / "kfp" / "pipeline.yaml").read_text()
+
+
+def test_a_step_can_run_in_another_environment_than_its_component(tmp_path):
+    # evaluate's component runs in train-cpu; on a GPU profile the step names the CUDA image instead.
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    graph = build_graph(load_pipeline(root / "pipelines" / "finetune-gpu.yaml"))
+    assert graph.nodes["evaluate"].component.spec.environment == "train-cpu"
+    assert graph.nodes["evaluate"].environment == "train-gpu" and graph.nodes["prepare"].environment == "train-cpu"
+    out = compile_graph(graph, ("kfp", "azureml"), tmp_path, CompileOptions()).folder
+    ir = yaml.safe_load((out / "kfp" / "pipeline.yaml").read_text().split("\n---\n")[0])
+    images = {name: spec["container"]["image"] for name, spec in ir["deploymentSpec"]["executors"].items()
+              if "container" in spec}
+    assert images["exec-evaluate"].endswith("/train-gpu:0.1.0") and images["exec-prepare"].endswith("/train-cpu:0.1.0")
+    component = yaml.safe_load((out / "azureml" / "components" / "evaluate.yml").read_text())
+    assert component["environment"].startswith("azureml:tuneline-train-gpu")

@@ -43,10 +43,20 @@ def test_truncation_keeps_the_start(tiny):
     assert encoded.truncated and len(encoded.input_ids) == 10 and encoded.n_targets == 0
 
 
-def test_template_that_rewrites_history_is_rejected(tiny):
+def test_template_that_rewrites_history_trains_on_the_inference_prompt(tiny):
+    # The message count printed first changes with every turn, so no render is a prefix of a longer one: the
+    # trained text is the prompt the final answer is generated from, and the earlier answer is found inside it.
     tokenizer = load_tokenizer(tiny)
     tokenizer.chat_template = "{{ messages | length }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
-    with pytest.raises(TemplateError, match="prefix-stable"):
+    encoded = encode(tokenizer, RECORD, max_seq_len=1024)
+    assert tokenizer.decode(encoded.input_ids) == '4Be brief.HiHelloBye{"ok":true}'
+    assert tokenizer.decode([t for t in encoded.labels if t != IGNORE]) == 'Hello{"ok":true}'
+
+
+def test_template_that_leaves_out_a_message_is_rejected(tiny):
+    tokenizer = load_tokenizer(tiny)
+    tokenizer.chat_template = "{% for m in messages if m['role'] != 'system' %}{{ m['content'] }}{% endfor %}"
+    with pytest.raises(TemplateError, match=r"leaves out messages\[0\] \(system\)"):
         encode(tokenizer, RECORD, max_seq_len=1024)
 
 

@@ -168,7 +168,7 @@ def component_dict(graph: PipelineGraph, node: Node, options: CompileOptions, co
         "inputs": inputs,
         "outputs": outputs,
         "code": code,
-        "environment": options.images.azureml_environment(spec.environment, graph.pipeline.root),
+        "environment": options.images.azureml_environment(node.environment, graph.pipeline.root),
         "command": azureml_command(graph, node),
     }
 

@@ -30,7 +30,7 @@ def compile_graph(graph: PipelineGraph, targets: tuple[str, ...], folder: Path,
     raises SpecError naming the step input."""
     options = options.for_pipeline(graph.pipeline.spec.images)
     if options.production:
-        check_environments(graph.pipeline.root, {n.component.spec.environment for n in graph.nodes.values()})
+        check_environments(graph.pipeline.root, {n.environment for n in graph.nodes.values()})
     output = CompileOutput(pipeline=graph.name, folder=folder)
     schedule = graph.pipeline.spec.schedule
     if "kfp" in targets:

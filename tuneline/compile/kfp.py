@@ -280,7 +280,7 @@ class _Builder:
             self.components[name] = self._component(graph.nodes[name])
 
     def image(self, node: Node) -> str:
-        return self.options.images.image(node.component.spec.environment)
+        return self.options.images.image(node.environment)
 
     def _component(self, node: Node) -> Any:
         ports = _ports(self.graph, node)

@@ -14,6 +14,12 @@ money = time * the SKU's hourly price (spot: on-demand * (1 - spot_discount) unl
   peak FLOP/s * MFU / (k * parameters), k = 6 for full fine-tuning (forward 2N + backward 4N) and 4 for
   LoRA/QLoRA (no weight gradients for the frozen base). On local-cpu, "peak" is this machine's measured fp32
   matmul FLOP/s (cached in .tuneline/cost/calibration.json) and MFU is the table's cpu_efficiency.
+
+After the table comes the memory plan (memory.py): GPU and host memory of the train and evaluate steps for the base
+model's config.json (weights by method and dtype, gradients, AdamW state, activations with and without gradient
+checkpointing, logits), next to what their compute profiles give, with a warning for each that does not fit.
+Reference configs of models not on this machine: data/model-configs/<org>/<name>/config.json, e.g.
+  tuneline cost pipelines/finetune-gpu.yaml --set base_model=meta-llama/Llama-3.1-8B-Instruct --set method=full
 """
 
 from __future__ import annotations

@@ -119,7 +119,7 @@ def count_params(model_dir: Path) -> int | None:
 
 def _token_lengths(records: list[list[dict[str, Any]]], model_dir: Path | None,
                    max_seq_len: int) -> tuple[list[int], str]:
-    if model_dir is not None:
+    if model_dir is not None and any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
         from transformers import AutoTokenizer
 
         from ..ml.chat import render
@@ -167,6 +167,13 @@ def workload(pipeline: Pipeline, home: Path, tokenizer: str = "auto") -> Workloa
     )
     params = count_params(model_dir) if model_dir is not None else None
     source = f"safetensors headers in {model_dir}" if params else "catalog table"
+    if params is None and str(values["base_model"]) not in KNOWN_PARAMS:
+        from .memory import ModelShape, find_config
+
+        config = find_config(str(values["base_model"]), pipeline.root, home)
+        if config is not None:
+            params = ModelShape.from_config(json.loads(config.read_text()), str(config)).params
+            source = f"computed from {config}"
     if params is None:
         params = KNOWN_PARAMS.get(str(values["base_model"]))
         if params is None:

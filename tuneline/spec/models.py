@@ -269,6 +269,10 @@ class StepSpec(Strict):
     component: str = Field(description="path of the component folder, relative to the project root")
     description: str = ""
     compute: str | None = Field(None, description="name of a profile under `compute:`")
+    environment: str | None = Field(
+        None, pattern=NAME_PATTERN,
+        description="the image this step runs in when not its component's (environments/<name>), e.g. train-gpu "
+                    "for an evaluate step placed on a GPU profile")
     inputs: dict[str, Any] = Field(default_factory=dict)
     when: str | None = Field(None, description="${{steps.<step>.outputs.<boolean output>}}")
     retries: int | None = Field(None, ge=0, le=20)
