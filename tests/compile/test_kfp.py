@@ -106,7 +106,8 @@ def test_retry_and_caching_follow_the_spec(compiled):
     spec, _ = kfp_documents(compiled["toy"] / "kfp" / "pipeline.yaml")
     tasks = spec["root"]["dag"]["tasks"]
     assert tasks["fit"]["retryPolicy"] == {"backoffDuration": "30s", "backoffFactor": 2.0,
-                                           "backoffMaxDuration": "3600s", "maxRetryCount": 2}
+                                           # 3 attempts of the 2h timeout + 30 s + 60 s backoff + 1 h
+                                           "backoffMaxDuration": "25290s", "maxRetryCount": 2}
     assert tasks["make-data"]["cachingOptions"] == {"enableCache": True}
     assert tasks["check"]["cachingOptions"] == {}  # the component says cache: false (proto3 omits false)
 

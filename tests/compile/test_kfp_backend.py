@@ -336,6 +336,41 @@ def test_k11_the_check_fails_on_fields_older_backends_reject_or_ignore(ir):
         assert ".nodeAffinity: 2.5.0's driver parses it but never applies it" in problems, path.name
 
 
+def test_k11_the_platform_spec_carries_no_field_the_oldest_api_server_refuses(ir):
+    """kfp-kubernetes writes `optional: false` on every configMapAsEnv/secretAsEnv; KFP 2.14's API server parses
+    the platform config strictly when it compiles the Argo workflow and has no such field, so it would refuse the
+    run at submission. The compiler drops it; put back, the check names it."""
+    _, _, platform = ir
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    oldest = TABLE.oldest_pipelines()
+    assert oldest.platform_parse == "strict"
+    with_env = {label: c for label, c in executors.items() if c.get("configMapAsEnv")}
+    assert with_env and not any("optional" in e for c in with_env.values() for e in c["configMapAsEnv"])
+    label, config = next(iter(with_env.items()))
+    config = {**config, "configMapAsEnv": [{**config["configMapAsEnv"][0], "optional": False}]}
+    assert platform_problems(config, oldest, platform_fields(oldest)) == [
+        f".configMapAsEnv[0].optional: unknown to {oldest.version}'s driver, which rejects it"], label
+
+
+def test_k12_a_retried_task_stays_retryable_for_all_its_attempts(ir):
+    """Argo stops retrying once backoff.maxDuration has passed since the first attempt started (the SDK's default
+    is 3600s): every attempt at its full deadline must fit in it."""
+    _, spec, platform = ir
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    checked = 0
+    for name, task in _tasks(spec).items():
+        policy = task.get("retryPolicy")
+        if not policy:
+            continue
+        executor = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+        deadline = int(executors.get(executor, {}).get("activeDeadlineSeconds", 0))
+        window = int(policy["backoffMaxDuration"].rstrip("s"))
+        assert window >= (policy["maxRetryCount"] + 1) * deadline, (name, window, deadline)
+        assert window > 3600, name
+        checked += deadline > 0
+    assert checked, "some retried step has a timeout"
+
+
 def test_k12_task_retries_only_where_every_supported_backend_has_them(ir):
     _, spec, _ = ir
     retried = [n for n, t in _tasks(spec).items() if t.get("retryPolicy")]

@@ -56,6 +56,8 @@ FINGERPRINT_PREFIX = "tuneline_sha256_"  # + input name: the digest parameter of
 # The image the multi-node launcher task runs in: environments/control installs the `kubernetes` client
 # (pyproject.toml's `platform` extra), which the training images do not carry.
 LAUNCHER_ENVIRONMENT = "control"
+RETRY_ATTEMPT_WITHOUT_TIMEOUT = 24 * 3600
+RETRY_SCHEDULING_ALLOWANCE = 3600
 
 
 def artifact_class(kind: IOType) -> type:
@@ -420,7 +422,8 @@ class _Builder:
             # KFP's retry policy (max, backoff, factor) cannot name exit codes: on a cluster every failed
             # attempt is retried, exit 2 included; only the local runner applies `retry.on`.
             backoff = node.component.spec.retry.backoff_seconds
-            task.set_retry(num_retries=node.retries, backoff_duration=f"{int(backoff)}s", backoff_factor=2.0)
+            task.set_retry(num_retries=node.retries, backoff_duration=f"{int(backoff)}s", backoff_factor=2.0,
+                           backoff_max_duration=f"{retry_window(node.retries, backoff, node.step.timeout_seconds)}s")
         if node.step.timeout_seconds:
             kubernetes.set_timeout(task, int(node.step.timeout_seconds))
         for key, value in self._env(node, place).items():
@@ -461,12 +464,48 @@ class _Builder:
                                        size_limit=place.shm)
 
 
+def retry_window(retries: int, backoff_seconds: float, timeout_seconds: float | None) -> int:
+    """Seconds from a task's first attempt during which Argo may still retry it.
+
+    The SDK writes `backoffMaxDuration: 3600s` unless told otherwise, KFP passes it to Argo's
+    `retryStrategy.backoff.maxDuration`, and Argo measures it from the first attempt's start: past it, "Max
+    duration limit exceeded" and no retry, and a retried pod's deadline is cut to what is left
+    (argoproj/argo-workflows v3.6.7 workflow/controller/operator.go, as KFP 2.14 ships it). So a 2-hour train
+    step that failed after its first hour was never retried. The window holds every attempt at its full timeout,
+    every backoff, and an hour for scheduling and image pulls; a step without a timeout gets a day per attempt.
+    """
+    attempt = int(timeout_seconds) if timeout_seconds else RETRY_ATTEMPT_WITHOUT_TIMEOUT
+    backoffs = sum(int(backoff_seconds * 2.0 ** i) for i in range(retries))
+    return (retries + 1) * attempt + backoffs + RETRY_SCHEDULING_ALLOWANCE
+
+
+def _drop_unset_optional(package: Path) -> None:
+    """Remove `optional: false` from the platform spec's configMapAsEnv/secretAsEnv entries.
+
+    kfp-kubernetes 2.17 always writes the field, and the API server of KFP 2.14 parses each executor's platform
+    config with a strict protojson.Unmarshal while compiling the Argo workflow
+    (backend/src/v2/compiler/argocompiler/container.go), whose proto has no `optional` on these messages yet: the
+    run is refused at submission. Absent means required, the same as false, so dropping it changes nothing on
+    newer backends.
+    """
+    documents = list(yaml.safe_load_all(package.read_text()))
+    for document in documents[1:]:
+        executors = document.get("platforms", {}).get("kubernetes", {}).get("deploymentSpec", {}).get("executors", {})
+        for config in executors.values():
+            for entry in config.get("configMapAsEnv", []) + config.get("secretAsEnv", []):
+                if entry.get("optional") is False:
+                    del entry["optional"]
+    with package.open("w") as fh:
+        yaml.dump_all(documents, fh, sort_keys=True)  # as kfp's compiler writes it
+
+
 def compile_kfp(graph: PipelineGraph, out: Path, options: CompileOptions) -> KfpResult:
     """Write `out/pipeline.yaml` and one `trainjob-<step>.yaml` (or `pytorchjob-<step>.yaml`) per multi-node step."""
     out.mkdir(parents=True, exist_ok=True)
     builder = _Builder(graph, options)
     target = out / PIPELINE_FILE
     compiler.Compiler().compile(builder.pipeline_function(), str(target))
+    _drop_unset_optional(target)
     manifests = []
     for step, manifest in builder.manifests.items():
         kind = manifest["kind"]

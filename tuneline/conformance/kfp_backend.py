@@ -18,11 +18,13 @@ in kubeflow/pipelines at the tags that table names:
   defaults (backend/src/v2/driver/resolve.go leaves them to the launcher), and fails the task on a parameter it
   does not have: "parameter %q not found in executor input". An unbound optional input is absent from the
   executor input on every version; the compiler never leaves one in a command (tuneline.compile.kfp).
-- Platform spec. The driver parses each executor's KubernetesExecutorConfig with jsonpb: strictly (an unknown
-  field fails the task) up to 2.4.x, leniently (an unknown field is dropped) from 2.5.0
-  (backend/src/v2/cmd/driver/main.go, backend/src/common/util/json.go). A field the proto knows is still only
-  applied when the driver reads it (backend/src/v2/driver/driver.go, k8s.go).
-- Retries. The Argo workflow gets a `retryStrategy` for a task's `retryPolicy` from 2.5.0
+- Platform spec. Each executor's KubernetesExecutorConfig is parsed twice. The API server parses it strictly, in
+  every version, when it compiles the run's Argo workflow (plain protojson.Unmarshal in
+  backend/src/v2/compiler/argocompiler/container.go): an unknown field refuses the run at submission. The driver
+  parses it again, strictly up to 2.4.x and leniently from 2.5.0 (backend/src/v2/cmd/driver/main.go,
+  backend/src/common/util/json.go). So `platform_parse` is strict for every version. A field the proto knows is
+  still only applied when the driver reads it (backend/src/v2/driver/driver.go, k8s.go).
+- Retries. The Argo workflow gets a `retryStrategy` for a task's `retryPolicy` from 2.4.1
   (backend/src/v2/compiler/argocompiler/container.go); its `retryPolicy` is never set, so Argo's default,
   OnFailure, applies: a pod that ends in Error (deleted with its node, "pod deleted") is not retried.
 """
