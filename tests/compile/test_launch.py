@@ -511,6 +511,22 @@ def test_a_job_pod_stops_its_command_when_the_launcher_heartbeat_stops(tmp_path)
     assert code == STOPPED and marker == "checkpointed" and took < 20
 
 
+def test_a_restarted_job_pod_does_not_wait_again_once_the_launcher_was_found_gone(tmp_path):
+    """The Job restarts a pod that exited (backoffLimit 6 by default): the second start must not hold the GPUs for
+    another --stale period, and a new launcher clears the marker so its own job can run."""
+    from tuneline.compile.watch import GONE_FILE, STOPPED
+
+    code, _, _ = _watch(tmp_path, 1, "time.sleep(60)")
+    assert code == STOPPED and (tmp_path / GONE_FILE).exists()
+    (tmp_path / "got-sigterm").unlink()
+    code, took, marker = _watch(tmp_path, 30, "time.sleep(60)")
+    assert (code, marker) == (STOPPED, "") and took < 10
+    with Heartbeat(tmp_path / "launcher-heartbeat", seconds=0.2):
+        assert not (tmp_path / GONE_FILE).exists()
+        code, _, _ = _watch(tmp_path, 1, "sys.exit(0)")
+    assert code == 0
+
+
 def test_a_beating_launcher_keeps_the_job_running_to_its_end(tmp_path):
     with Heartbeat(tmp_path / "launcher-heartbeat", seconds=0.2):
         code, took, marker = _watch(tmp_path, 1, "time.sleep(4); sys.exit(0)")

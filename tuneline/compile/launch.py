@@ -53,7 +53,7 @@ from ..spec.models import ComponentSpec
 from . import pytorchjob, trainjob
 from .command import torchrun_prefix
 from .jobpod import DNS_1035, NAME_PREFIX_MAX
-from .watch import BEAT_SECONDS, HEARTBEAT_FILE, WATCH_MODULE
+from .watch import BEAT_SECONDS, GONE_FILE, HEARTBEAT_FILE, WATCH_MODULE
 
 LAUNCH_MODULE = "tuneline.compile.launch"
 DEFAULT_SHARED = "/mnt/checkpoints"
@@ -417,6 +417,7 @@ class Heartbeat:
                 print(f"launch: heartbeat {self.path}: {exc}", file=sys.stderr, flush=True)
 
     def __enter__(self) -> Heartbeat:
+        self.path.with_name(GONE_FILE).unlink(missing_ok=True)  # a retried step's new job may start its pods
         self.beat()
         self.thread.start()
         return self

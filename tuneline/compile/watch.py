@@ -10,7 +10,11 @@ signal reaches KFP's launcher binary in the same process group, which exits at o
 it. So the launcher (`tuneline.compile.launch`) writes a counter to a file on the volume the job's pods share every
 BEAT_SECONDS, and this wrapper, in each of the job's pods, stops the command when the counter has not moved for
 `--stale` seconds of its own clock (no clock is compared across machines). The job then fails and releases its
-nodes; a retry of the step replaces it and resumes from its checkpoints.
+nodes; a retry of the step replaces it and resumes from its checkpoints. The wrapper that found the launcher gone
+leaves GONE_FILE beside the heartbeat, and a pod that starts while it is there exits at once: Trainer's
+torch-distributed runtime sets no backoffLimit, so the Job's default of 6 would restart each pod six more times,
+each waiting its own `--stale` seconds with the GPUs held (about 70 minutes instead of 10). A new launcher removes
+the file when it starts beating.
 
 SIGTERM and SIGINT are passed on to the command's process group, so torchrun and its workers can checkpoint. Only
 the standard library is used: this runs before the step's own imports.
@@ -29,6 +33,7 @@ from pathlib import Path
 
 WATCH_MODULE = "tuneline.compile.watch"
 HEARTBEAT_FILE = "launcher-heartbeat"
+GONE_FILE = "launcher-gone"
 BEAT_SECONDS = 30
 STALE_SECONDS = 600  # twenty missed beats: a shared volume's hiccup or a retried launcher's backoff stays under it
 GRACE_SECONDS = 60   # between SIGTERM and SIGKILL when the launcher is gone: time for a last checkpoint
@@ -43,6 +48,11 @@ def read_beat(path: Path) -> str | None:
 
 
 def watch(command: list[str], heartbeat: Path, stale: float, poll: float = 5, grace: float = GRACE_SECONDS) -> int:
+    gone = heartbeat.with_name(GONE_FILE)
+    if gone.exists():
+        print(f"watch: {gone} says the KFP step that launched this job is gone; not starting", file=sys.stderr,
+              flush=True)
+        return STOPPED
     child = subprocess.Popen(command, start_new_session=True)
 
     def forward(signum: int, _frame: object) -> None:
@@ -59,6 +69,10 @@ def watch(command: list[str], heartbeat: Path, stale: float, poll: float = 5, gr
             elif time.monotonic() - moved > stale:
                 print(f"watch: {heartbeat} has not changed for {stale:.0f} s: the KFP step that launched this job "
                       f"is gone; stopping", file=sys.stderr, flush=True)
+                try:
+                    gone.write_text(f"{beat}")
+                except OSError:
+                    pass  # the volume is what failed: the restarted pods then wait --stale seconds again
                 os.killpg(child.pid, signal.SIGTERM)
                 try:
                     child.wait(grace)
