@@ -49,7 +49,8 @@ def ingress_allowed(objects: list[dict], namespace: str, pod_labels: dict[str, s
     """Whether NetworkPolicies in `namespace` admit TCP `port` to a pod with `pod_labels` from a pod with
     `from_labels` in `from_namespace`."""
     policies = [p for p in of(objects, "NetworkPolicy", namespace=namespace)
-                if "Ingress" in p["spec"].get("policyTypes", ["Ingress"]) and selects(p["spec"]["podSelector"], pod_labels)]
+                if "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+                and selects(p["spec"]["podSelector"], pod_labels)]
     if not policies:
         return True
     for policy in policies:

@@ -70,8 +70,8 @@ def _predictor_pod(isvc: dict) -> Resource:
     spec = {k: v for k, v in predictor.items() if k not in ("model", "minReplicas", "maxReplicas", "scaleMetric",
                                                            "scaleTarget", "canaryTrafficPercent")}
     labels = {"serving.kserve.io/inferenceservice": isvc["metadata"]["name"], "component": "predictor"}
-    obj = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "predictor", "namespace": "tuneline",
-                                                          "labels": labels}, "spec": {**spec, "containers": [container]}}
+    meta = {"name": "predictor", "namespace": "tuneline", "labels": labels}
+    obj = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": {**spec, "containers": [container]}}
     return Resource(obj=obj, source=REPO / "tuneline" / "deploy" / "kserve.py")
 
 
