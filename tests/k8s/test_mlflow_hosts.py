@@ -19,6 +19,7 @@ import pytest
 import yaml
 from mlflow.server.security_utils import is_allowed_host_header, should_block_cors_request
 
+from tests.k8s.docs_commands import commands
 from tuneline.k8s.render import render
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,6 +130,8 @@ def test_real_mlflow_server_with_the_rendered_settings_admits_the_docs_port_forw
                         "admin_username = admin\nadmin_password = not-the-real-one\n"
                         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
     port = _free_port()
+    # The docs' user-creation script talks to localhost:5000 through the port-forward; here it talks to this port.
+    env["MLFLOW_SERVER_ALLOWED_HOSTS"] += f",localhost:{port}"
     log = (tmp_path / "server.log").open("w")
     args = [a for a in container["args"] if not a.startswith(("--host", "--port", "--artifacts-destination"))]
     env.update(MLFLOW_AUTH_CONFIG_PATH=str(auth_ini), MLFLOW_BACKEND_STORE_URI=f"sqlite:///{tmp_path}/mlflow.db",
@@ -151,10 +154,17 @@ def test_real_mlflow_server_with_the_rendered_settings_admits_the_docs_port_forw
         assert _status(port, "rebind.attacker.example") == 403
         for host in ["localhost:5000", "mlflow.tuneline.svc.cluster.local:5000", "mlflow.tuneline.example.com"]:
             assert _status(port, host) == 401, host  # past the Host check: now it asks for credentials
-        # The docs' user creation through the port-forward succeeds.
-        created = _status(port, "localhost:5000", "POST", "/api/2.0/mlflow/users/create", "admin:not-the-real-one",
-                          '{"username": "tuneline-retrain", "password": "pw-of-some-length-1"}')
-        assert created == 200
+        # The docs' user creation (step 10), run as written against this server: both users, then the grant.
+        script = next(c.heredoc for c in commands(DOCS.read_text()) if "create_user" in c.heredoc)
+        logins = {"RETRAIN_PASS": "retrain-pw-of-some-length", "PIPELINE_PASS": "pipeline-pw-of-some-length"}
+        done = subprocess.run([sys.executable, "-"], input=script.replace("localhost:5000", f"localhost:{port}"),
+                              env={**os.environ, **logins, "MLFLOW_TRACKING_USERNAME": "admin",
+                                   "MLFLOW_TRACKING_PASSWORD": "not-the-real-one"},
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        for user, password in (("tuneline-retrain", logins["RETRAIN_PASS"]),
+                               ("tuneline-pipeline", logins["PIPELINE_PASS"])):
+            assert _status(port, "localhost:5000", auth=f"{user}:{password}") == 200, user
     finally:
         server.terminate()
         try:
