@@ -27,6 +27,7 @@ EXTERNAL = {
 }
 KINDS = {"svc": "Service", "service": "Service", "deployment": "Deployment", "daemonset": "DaemonSet",
          "job": "Job", "cronjob": "CronJob", "secret": "Secret", "inferenceservice": "InferenceService"}
+BUILT_IN_PRIORITY_CLASSES = ("system-node-critical", "system-cluster-critical")  # every cluster has them
 ACCESS_FLAGS = ("--enable-aad", "--enable-azure-rbac", "--disable-local-accounts", "--enable-oidc-issuer",
                 "--enable-workload-identity")
 
@@ -340,3 +341,28 @@ def test_parser_reads_loops_heredocs_and_continuations(tmp_path: Path) -> None:
     parsed = commands(page)
     assert [c.argv for c in parsed] == [["echo", "a", "--flag"], ["echo", "b", "--flag"], ["python", "-"], ["ok"]]
     assert parsed[2].heredoc == "print(1)"
+
+
+def test_every_service_account_and_config_map_a_pod_names_is_rendered(cmds, objects) -> None:
+    served = [d for d in _served(cmds) if d["kind"] == "InferenceService"]
+    problems = []
+    for o, spec in _pods(objects):
+        ns = o["metadata"]["namespace"]
+        account = spec.get("serviceAccountName")
+        if account and not of(objects, "ServiceAccount", account, ns):
+            problems.append(f"{o['kind']}/{o['metadata']['name']}: ServiceAccount {account} is not in {ns}")
+        maps = {v["configMap"]["name"] for v in spec.get("volumes") or [] if "configMap" in v}
+        maps |= {e["valueFrom"]["configMapKeyRef"]["name"] for c in spec["containers"] for e in c.get("env") or []
+                 if "configMapKeyRef" in (e.get("valueFrom") or {})}
+        problems += [f"{o['kind']}/{o['metadata']['name']}: ConfigMap {m} is not in {ns}" for m in sorted(maps)
+                     if not of(objects, "ConfigMap", m, ns)]
+        if spec.get("priorityClassName") not in (None, *BUILT_IN_PRIORITY_CLASSES) and \
+                not of(objects, "PriorityClass", spec["priorityClassName"]):
+            problems.append(f"{o['kind']}/{o['metadata']['name']}: no PriorityClass {spec['priorityClassName']}")
+    for isvc in served:
+        account = isvc["spec"]["predictor"].get("serviceAccountName")
+        if account and not of(objects, "ServiceAccount", account, isvc["metadata"]["namespace"]):
+            problems.append(f"InferenceService/{isvc['metadata']['name']}: ServiceAccount {account} is not rendered")
+        if not of(objects, "PriorityClass", isvc["spec"]["predictor"]["priorityClassName"]):
+            problems.append(f"InferenceService/{isvc['metadata']['name']}: no PriorityClass")
+    assert served and problems == []
