@@ -74,7 +74,9 @@ def test_alerts_do_not_fire_on_a_full_gpu_memory() -> None:
     dashboard = json.loads((REPO / "k8s/components/monitoring/kube-prometheus-stack/gpu-pools-dashboard.json")
                            .read_text())
     exprs = list(rules.values()) + [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    used = set(re.findall(r"DCGM_FI_[A-Z_]+", " ".join(exprs)))
+    used = set(re.findall(r"DCGM_(?:FI|EXP)_[A-Z_]+", " ".join(exprs)))
+    # The last XID seen never resets (NVIDIA/dcgm-exporter#500): an alert on it would fire until a restart.
+    assert "DCGM_FI_DEV_XID_ERRORS" not in " ".join(rules.values())
     assert used and used <= counters, used - counters
 
 
