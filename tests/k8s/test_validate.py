@@ -238,3 +238,19 @@ def test_orphan_manifest_is_reported(tmp_path: Path) -> None:
     errors = validate.run([tmp_path], tmp_path, check_orphans=True, table_path=TABLE).errors
     assert errors == [f"{tmp_path / 'app' / 'forgotten.yaml'}: not referenced by any kustomization "
                       "(add it to one, or remove it)"]
+
+
+def test_blob_volume_without_identity_auth_is_refused(tmp_path: Path) -> None:
+    # What data-pvc.yaml held before: the driver would fetch the account key, which the kubelet identity cannot.
+    pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "data"},
+          "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"],
+                   "csi": {"driver": "blob.csi.azure.com", "volumeHandle": "data",
+                           "volumeAttributes": {"storageAccount": "acct", "containerName": "data"}}}}
+    errors = _errors(tmp_path, pv)
+    assert errors == ["objects.yaml: PersistentVolume/data: spec.csi.volumeAttributes.AzureStorageAuthType: unset: "
+                      "the Blob CSI driver would mount with the storage account key; set it to MSI (kubelet "
+                      "identity with a Storage Blob Data role on the container)"]
+    pv["spec"]["csi"]["volumeAttributes"]["AzureStorageAuthType"] = "MSI"
+    assert _errors(tmp_path, pv) == []
+    pv["spec"]["csi"]["nodeStageSecretRef"] = {"name": "account-key", "namespace": "demo"}
+    assert [e.split(": ")[2] for e in _errors(tmp_path, pv)] == ["spec.csi"]

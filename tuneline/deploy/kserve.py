@@ -14,6 +14,13 @@ Two request shapes, by ``api``:
   the request shape of the local endpoint's ``/v1/chat/completions``. The runtime applies the tokenizer's
   chat template; the training system prompt is not added for you there: send it as the system message.
 
+The predictor meets the restricted Pod Security Standard that the ``tuneline`` namespace enforces
+(k8s/base/namespace): non-root UID 1000 (the ``triton-server`` user of NVIDIA's Triton images, and the user
+KServe's Hugging Face server image runs as), no privilege escalation, every capability dropped, the RuntimeDefault
+seccomp profile. Knative's queue-proxy sidecar sets the same for itself. It runs at the ``tuneline-serving``
+priority (k8s/addons/priorityclasses.yaml), so a serving pod preempts training for a GPU. The namespace's
+``serving-ingress`` NetworkPolicy (k8s/base/serving) lets Knative's activator and gateway reach it.
+
 Manifests are validated before they are written: the InferenceService against `kserve_schema`, core kinds
 against the Kubernetes OpenAPI schemas of `kubernetes-validate` in strict mode.
 """
@@ -32,6 +39,16 @@ from tuneline.deploy.policy import RolloutPolicy
 
 KUBERNETES_VERSION = "1.35.0"  # the oldest AKS minor supported today (k8s/supported.yaml)
 GPU_TOLERATION = {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}
+SERVING_UID = 1000
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": SERVING_UID,
+    "runAsGroup": SERVING_UID,
+    "fsGroup": SERVING_UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+PRIORITY_CLASS = "tuneline-serving"
 SPOT_TOLERATION = {
     "key": "kubernetes.azure.com/scalesetpriority",
     "operator": "Equal",
@@ -96,6 +113,7 @@ def inference_service(
             "args": [f"--model_name={options.name}"],
             "storageUri": options.storage_uri,
             "resources": resources,
+            "securityContext": dict(CONTAINER_SECURITY),
         }
     else:
         model = {
@@ -103,6 +121,7 @@ def inference_service(
             "protocolVersion": "v2",
             "storageUri": options.storage_uri,
             "resources": resources,
+            "securityContext": dict(CONTAINER_SECURITY),
         }
     if options.runtime:
         model["runtime"] = options.runtime
@@ -112,6 +131,8 @@ def inference_service(
         "maxReplicas": options.max_replicas,
         "scaleMetric": "concurrency",
         "scaleTarget": options.scale_target,
+        "priorityClassName": PRIORITY_CLASS,
+        "securityContext": {**POD_SECURITY, "seccompProfile": dict(POD_SECURITY["seccompProfile"])},
         "model": model,
     }
     if tolerations:

@@ -24,6 +24,33 @@ _RESOURCE_LIST = {
     "propertyNames": {"pattern": r"^([a-z0-9.-]+/)?[a-z0-9.-]+$"},
 }
 
+_SECCOMP = {"type": "object", "additionalProperties": False, "required": ["type"],
+            "properties": {"type": {"enum": ["RuntimeDefault", "Localhost", "Unconfined"]}, "localhostProfile": _STR}}
+POD_SECURITY_CONTEXT = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "runAsNonRoot": {"type": "boolean"},
+        "runAsUser": {"type": "integer", "minimum": 0},
+        "runAsGroup": {"type": "integer", "minimum": 0},
+        "fsGroup": {"type": "integer", "minimum": 0},
+        "seccompProfile": _SECCOMP,
+    },
+}
+CONTAINER_SECURITY_CONTEXT = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "allowPrivilegeEscalation": {"type": "boolean"},
+        "readOnlyRootFilesystem": {"type": "boolean"},
+        "runAsNonRoot": {"type": "boolean"},
+        "runAsUser": {"type": "integer", "minimum": 0},
+        "capabilities": {"type": "object", "additionalProperties": False, "properties": {
+            "drop": {"type": "array", "items": _STR}, "add": {"type": "array", "items": _STR}}},
+        "seccompProfile": _SECCOMP,
+    },
+}
+
 TOLERATION = {
     "type": "object",
     "additionalProperties": False,
@@ -65,6 +92,7 @@ MODEL_SPEC = {
             "additionalProperties": False,
             "properties": {"requests": _RESOURCE_LIST, "limits": _RESOURCE_LIST},
         },
+        "securityContext": CONTAINER_SECURITY_CONTEXT,
     },
 }
 
@@ -82,6 +110,8 @@ PREDICTOR = {
         "timeout": {"type": "integer", "minimum": 1},
         "canaryTrafficPercent": {"type": "integer", "minimum": 0, "maximum": 100},
         "serviceAccountName": _DNS_LABEL,
+        "priorityClassName": _DNS_LABEL,
+        "securityContext": POD_SECURITY_CONTEXT,
         "nodeSelector": _STR_MAP,
         "tolerations": {"type": "array", "items": TOLERATION},
     },

@@ -9,6 +9,8 @@
 - no plaintext secrets: no Secret with data/stringData, no credential-looking env value or ConfigMap value.
 - GPU pods (requesting nvidia.com/gpu or selecting GPU nodes) tolerate the GPU taint, and spot pods the spot taint.
 - every image pinned by a sha256 digest (not a placeholder).
+- every Blob CSI volume authenticates with an Entra ID identity (managed identity, or a workload identity token),
+  never with the storage account key the driver otherwise fetches.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ def check(resources: list[Resource]) -> list[Finding]:
     out: list[Finding] = []
     for r in resources:
         out += check_secrets(r)
+        out += check_blob_volume(r)
         spec = pod_spec(r.obj)
         if spec is not None:
             base = pod_spec_path(r.kind)
@@ -203,6 +206,34 @@ def check_digests(r: Resource, spec: dict, base: str) -> list[Finding]:
             out.append(_finding(r, f"{path}.image", f"image {image!r} is not pinned by digest (@sha256:...)"))
         elif image.endswith(PLACEHOLDER_DIGEST):
             out.append(_finding(r, f"{path}.image", f"image {image!r} carries the all-zero placeholder digest"))
+    return out
+
+
+BLOB_CSI_DRIVER = "blob.csi.azure.com"
+
+
+def check_blob_volume(r: Resource) -> list[Finding]:
+    """A Blob CSI PersistentVolume must say how it authenticates without the account key. Left unset, the driver
+    reads a key Secret or fetches the key with the cluster identity (kubernetes-sigs/blob-csi-driver v1.27,
+    pkg/blob/blob.go GetAuthEnv): a credential for the whole account, and one the kubelet identity's data-plane
+    role cannot get. `AzureStorageAuthType: MSI` (the kubelet or a named managed identity) or
+    `mountWithWorkloadIdentityToken: "true"` with a `clientID` keep it to Entra ID roles."""
+    csi = (r.obj.get("spec") or {}).get("csi") or {}
+    if r.kind != "PersistentVolume" or csi.get("driver") != BLOB_CSI_DRIVER:
+        return []
+    attrs = {str(k).lower(): str(v) for k, v in (csi.get("volumeAttributes") or {}).items()}
+    out = []
+    if attrs.get("protocol", "fuse").lower() == "nfs":
+        return []
+    if csi.get("nodeStageSecretRef") or csi.get("nodePublishSecretRef") or "secretname" in attrs:
+        out.append(_finding(r, "spec.csi", "a Blob CSI volume must not read an account key or SAS from a Secret; "
+                                           "use AzureStorageAuthType: MSI"))
+    msi = attrs.get("azurestorageauthtype", "").lower() == "msi"
+    token = attrs.get("mountwithworkloadidentitytoken", "").lower() == "true" and attrs.get("clientid")
+    if not (msi or token):
+        out.append(_finding(r, "spec.csi.volumeAttributes.AzureStorageAuthType",
+                            "unset: the Blob CSI driver would mount with the storage account key; set it to MSI "
+                            "(kubelet identity with a Storage Blob Data role on the container)"))
     return out
 
 
