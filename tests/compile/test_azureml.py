@@ -134,6 +134,18 @@ def test_environments_are_the_kfp_images_inline_wherever_the_job_is_compiled(tmp
     assert any("default registry 'tuneline/'" in w for w in default.warnings)
 
 
+def test_a_scheduled_run_is_never_served_the_first_runs_outputs(compiled, tmp_path):
+    """Same inputs every time + deterministic components = Azure ML reuses every node: the schedule forces reruns."""
+    folder = compiled["toy"] / "azureml"
+    schedule = load_schedule(str(folder / "schedule.yml"))
+    assert schedule._validate().passed
+    assert schedule.create_job.settings.force_rerun is True
+    assert yaml.safe_load((folder / "pipeline_job.yml").read_text())["settings"]["force_rerun"] is False
+    assert set(schedule.create_job.jobs) == {"make_data", "fit", "check", "publish", "announce"}
+    out = compile_graph(build_graph(load_pipeline(TOY)), ("azureml",), tmp_path, CompileOptions())
+    assert any("parameter 'dataset' is the local path" in w for w in out.warnings)
+
+
 def test_every_mapped_time_zone_is_one_azure_ml_knows():
     known = {zone.value for zone in TimeZone}
     assert set(WINDOWS_TIME_ZONES.values()) <= known

@@ -243,10 +243,30 @@ def _warnings(graph: PipelineGraph, options: CompileOptions) -> list[str]:
         if aml is not None and aml.spot and not aml.instance_type:
             out.append(f"{where}:{name}: cluster '{aml.cluster}' is spot but has no instance_type, so no compute file "
                        f"is written for it: create it with `tier: low_priority` yourself")
+    if graph.pipeline.spec.schedule is not None:
+        for name, spec in graph.pipeline.spec.params.items():
+            value = graph.params[name]
+            if spec.type.is_artifact and isinstance(value, str) and not _URI.match(value):
+                out.append(f"{where}: parameter '{name}' is the local path {value}: a scheduled job reads the copy "
+                           f"uploaded when the schedule is created; give data that changes as an "
+                           f"azureml://datastores/<store>/paths/<path> URI")
     if options.images.registry == DEFAULT_REGISTRY:
         out.append(f"{where}: images come from the default registry '{DEFAULT_REGISTRY}/' (Docker Hub): set "
                    f"`images.registry` or --image-registry to the registry your workspace pulls from")
     return out
+
+
+def scheduled_job(job_file: str) -> dict[str, Any]:
+    """The schedule's job: the pipeline job with `force_rerun: true`.
+
+    Every scheduled run gets the same inputs (the same data paths; a local path is uploaded once, when the
+    schedule is created), and Azure ML reuses a deterministic node's earlier outputs when its inputs and settings
+    are unchanged (reference-yaml-component-command `is_deterministic`), so without it each run after the first
+    would reuse the first one's model: a schedule that never retrains. The override is merged into the job file
+    (reference-yaml-schedule `create_job`: a job file plus `settings`; azure-ai-ml
+    `_schema/schedule/create_job.py`, `BaseCreateJobSchema.make`).
+    """
+    return {"type": "pipeline", "job": job_file, "settings": {"force_rerun": True}}
 
 
 def compute_dicts(graph: PipelineGraph) -> dict[str, dict[str, Any]]:
@@ -363,7 +383,8 @@ def compile_azureml(graph: PipelineGraph, out: Path, options: CompileOptions) ->
     schedule_path = None
     if graph.pipeline.spec.schedule is not None:
         schedule_path = out / SCHEDULE_FILE
-        schedule_path.write_text(f"# Run as: az ml schedule create --file {SCHEDULE_FILE}\n" + dump_yaml(
-            azureml_schedule(graph.pipeline.spec.schedule, graph.name, f"./{JOB_FILE}")))
+        body = azureml_schedule(graph.pipeline.spec.schedule, graph.name, f"./{JOB_FILE}")
+        body["create_job"] = scheduled_job(body["create_job"])
+        schedule_path.write_text(f"# Run as: az ml schedule create --file {SCHEDULE_FILE}\n" + dump_yaml(body))
     return AzureMLResult(job=job, components=files, schedule=schedule_path, computes=computes,
                          warnings=_warnings(graph, options))
