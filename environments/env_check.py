@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from render import ENV_DIR, ROOT, ImageSpec, load_images  # noqa: E402  (a script beside this one)
+from render import ENV_DIR, NO_DEPS_FILE, ROOT, ImageSpec, load_images  # noqa: E402  (a script beside this one)
 
 
 @dataclass
@@ -50,6 +50,17 @@ def check_image(spec: ImageSpec, workdir: Path) -> Outcome:
                        [f"pip install failed:\n{install.stderr[-3000:]}"])
     lines.append(f"installed {spec.name}/requirements.txt")
     smoke = [("import tuneline", [py, "-c", "import tuneline"])]
+    if spec.no_deps:  # as the Dockerfile does it
+        nodeps = _run([py, "-m", "pip", "install", "--quiet", "--no-deps", "-r",
+                       str(ENV_DIR / spec.name / NO_DEPS_FILE)], env)
+        if nodeps.returncode != 0:
+            return Outcome(spec.name, False, time.perf_counter() - start,
+                           [f"pip install --no-deps failed:\n{nodeps.stderr[-3000:]}"])
+        lines.append(f"installed {spec.name}/{NO_DEPS_FILE} with --no-deps")
+        # The default base model's source resolves: the train/evaluate/register/deploy default.
+        smoke.append(("default base model source", [py, "-c", "from tuneline.ml.models import CATALOG, "
+                      "DEFAULT_BASE_MODEL as d; import importlib.metadata as m; "
+                      "[m.distribution(n) for n in CATALOG[d].no_deps]"]))
     for component in spec.components:
         if not (ROOT / "components" / component).is_dir():
             lines.append(f"SKIP components/{component}: not in this checkout")

@@ -40,6 +40,7 @@ class ImageSpec:
     description: str
     extras: tuple[str, ...] = ()
     packages: tuple[str, ...] = ()
+    no_deps: tuple[str, ...] = ()     # installed with --no-deps from requirements-nodeps.txt
     torch: str | None = None          # "cpu" keeps the +cpu local version, "cuda" drops it
     components: tuple[str, ...] = ()
     pipelines: bool = False
@@ -162,6 +163,17 @@ def requirements_text(spec: ImageSpec, project: dict, lock: Lock) -> str:
     return HEADER.format(source=source) + "".join(f"{pin}\n" for pin in pins.values())
 
 
+NO_DEPS_FILE = "requirements-nodeps.txt"
+
+
+def no_deps_text(spec: ImageSpec, lock: Lock) -> str:
+    """The image's `pip install --no-deps` list, pinned from the lock (the venv installs them the same way)."""
+    pins = [f"{lock.get(name)['name']}=={lock.get(name)['version']}" for name in spec.no_deps]
+    source = f"environments/images.yaml images.{spec.name}.no_deps and environments/lock.json; " \
+             "install with pip install --no-deps -r"
+    return HEADER.format(source=source) + "".join(f"{pin}\n" for pin in pins)
+
+
 def environment_yaml(spec: ImageSpec, version: str) -> str:
     """Azure ML environment built from the same Dockerfile; the build context is the repository root."""
     body = {
@@ -184,6 +196,8 @@ def render_all(lock: Lock | None = None) -> dict[Path, str]:
     out: dict[Path, str] = {}
     for spec in load_images():
         out[ENV_DIR / spec.name / "requirements.txt"] = requirements_text(spec, project, lock)
+        if spec.no_deps:
+            out[ENV_DIR / spec.name / NO_DEPS_FILE] = no_deps_text(spec, lock)
         out[ENV_DIR / spec.name / "environment.yaml"] = environment_yaml(spec, project["version"])
     out[ENV_DIR / "constraints.txt"] = constraints_text(read_lock(extra=None))
     return out

@@ -1,5 +1,6 @@
 """One place decides where state lives; every reader of it agrees, the make targets included."""
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -44,19 +45,37 @@ def test_make_serve_targets_follow_tuneline_home(tmp_path: Path):
     assert f"--state-dir {tmp_path}/serve stop" in shown
 
 
-def test_an_azureml_tracking_uri_without_its_plugin_fails_with_the_reason(monkeypatch):
-    # What Azure ML sets in every job (the form its docs give for the workspace's MLflow URI).
-    uri = ("azureml://eastus.api.azureml.ms/mlflow/v1.0/subscriptions/0000/resourceGroups/rg/providers/"
-           "Microsoft.MachineLearningServices/workspaces/ws")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    with pytest.raises(settings.TrackingStoreMissing) as err:
-        settings.use_tracking()
-    assert "azureml-mlflow" in str(err.value) and "mlflow-skinny<=3.15.0" in str(err.value)
+AZUREML_URI = ("azureml://eastus.api.azureml.ms/mlflow/v1.0/subscriptions/0000/resourceGroups/rg/providers/"
+               "Microsoft.MachineLearningServices/workspaces/ws")  # the form Azure ML injects into every job
+
+
+def test_the_injected_azureml_uri_becomes_the_workspaces_https_endpoint_with_the_jobs_token(monkeypatch):
+    """What azureml-mlflow does in a job, done with MLflow's own REST store (the workspace is reached for real in
+    tests/conformance/test_azureml.py)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", AZUREML_URI)
+    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+    monkeypatch.setenv("AZUREML_RUN_TOKEN", "job-token")
+    assert settings.use_tracking() == ("https://eastus.api.azureml.ms/mlflow/v2.0/subscriptions/0000/resourceGroups/"
+                                       "rg/providers/Microsoft.MachineLearningServices/workspaces/ws")
+    assert os.environ["MLFLOW_TRACKING_TOKEN"] == "job-token"
+    assert os.environ["MLFLOW_TRACKING_URI"].startswith("https://")  # what the step's subprocesses inherit
     import mlflow
 
-    # The pinned MLflow itself has no store for the scheme: the check only says why, earlier and plainly.
+    # The pinned MLflow itself has no store for the scheme: without the rewrite every MLflow use fails.
     with pytest.raises(Exception, match="azureml"):
-        mlflow.tracking.MlflowClient(tracking_uri=uri).search_experiments()
+        mlflow.tracking.MlflowClient(tracking_uri=AZUREML_URI).search_experiments()
+
+
+def test_an_azureml_uri_without_a_token_or_a_workspace_fails_with_the_reason(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+    monkeypatch.delenv("AZUREML_RUN_TOKEN", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", AZUREML_URI)
+    with pytest.raises(settings.TrackingStoreMissing, match="MLFLOW_TRACKING_TOKEN, AZUREML_RUN_TOKEN"):
+        settings.use_tracking()
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "t")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "azureml://eastus.api.azureml.ms/mlflow/v1.0/subscriptions/0000")
+    with pytest.raises(settings.TrackingStoreMissing, match="workspaces/<name>"):
+        settings.use_tracking()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.tuneline.svc.cluster.local:5000")
     assert settings.use_tracking() == "http://mlflow.tuneline.svc.cluster.local:5000"
 

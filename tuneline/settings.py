@@ -2,8 +2,8 @@
 
 - home: `$TUNELINE_HOME`, else `<project root>/.tuneline` (runs, cache, models, MLflow store, serving state);
 - tracking URI: `$MLFLOW_TRACKING_URI`, else a SQLite store `<home>/mlflow.db` (a `mlflow server` works
-  unchanged when the variable is set; an Azure ML workspace's `azureml://` URI needs the azureml-mlflow plugin,
-  which no image can carry yet: see `check_tracking_store`);
+  unchanged when the variable is set; the `azureml://` URI Azure ML injects into every job is turned into the
+  workspace's https MLflow endpoint, authenticated by the job's injected token: see `azureml_rest_uri`);
 - pipeline run id: `$TUNELINE_RUN_ID` (the local runner and KFP set it), else `$AZUREML_ROOT_RUN_ID` (what
   Azure ML gives each step of a pipeline job: the pipeline job's run id);
 - serve state: `$TUNELINE_SERVE_STATE`, else `<home>/serve`;
@@ -20,26 +20,31 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 from importlib.metadata import entry_points
 from pathlib import Path
+from urllib.parse import urlsplit
 
 HOME_FOLDER = ".tuneline"
-# Azure ML sets MLFLOW_TRACKING_URI to the workspace's azureml:// URI in every job, and that scheme is served by
-# the azureml-mlflow plugin, which registers it in the `mlflow.tracking_store` entry-point group that MLflow loads
-# stores from (https://learn.microsoft.com/azure/machine-learning/how-to-use-mlflow-configure-tracking).
-# Every azureml-mlflow release caps mlflow-skinny below the mlflow the project pins (3.17.2): 1.62.0.post6, the
-# newest, requires mlflow-skinny<=3.15.0, and 1.62.0.post5 <=3.13.0 (their PyPI metadata). Installing it
-# would downgrade MLflow in one image only, so no image carries it, and a job fails at its first MLflow use
-# with this message instead of MLflow's "no registered store" deep in a run.
-AZUREML_TRACKING_MISSING = (
-    "MLFLOW_TRACKING_URI is {uri!r}, an Azure ML workspace URI, which needs the azureml-mlflow plugin; it is "
-    "not installed, because every azureml-mlflow release (newest 1.62.0.post6: mlflow-skinny<=3.15.0) conflicts "
-    "with the mlflow 3.17.2 that tuneline pins. Point MLFLOW_TRACKING_URI at an MLflow tracking server instead "
-    "(for example the one k8s/base/mlflow deploys), or install an azureml-mlflow that supports mlflow 3.17.")
+# Azure ML sets MLFLOW_TRACKING_URI to the workspace's azureml:// URI in every job, overriding the job's own value,
+# with MLFLOW_TRACKING_TOKEN (the job's token), MLFLOW_RUN_ID and MLFLOW_EXPERIMENT_ID/NAME beside it
+# (https://learn.microsoft.com/azure/machine-learning/how-to-use-mlflow-configure-tracking). Only the
+# azureml-mlflow plugin serves that scheme, and every release of it caps mlflow-skinny below the mlflow the
+# project pins (1.62.0.post6, the newest: mlflow-skinny<=3.15.0). What the plugin does with the URI in a job is
+# plain MLflow REST (azureml-mlflow 1.62.0.post6, azureml/mlflow/_internal/utils.py
+# `get_service_context_from_tracking_url_mlflow_env_vars` and _store/azureml_reststore.py
+# `get_host_credentials`): host `https://<netloc of the URI>`, path `/mlflow/v2.0` (for MLflow 2 and 3) plus the
+# workspace scope `/subscriptions/<s>/resourceGroups/<g>/providers/Microsoft.MachineLearningServices/workspaces/
+# <w>`, and `Authorization: Bearer $MLFLOW_TRACKING_TOKEN`. MLflow's own RestStore does exactly that for an
+# https URI with MLFLOW_TRACKING_TOKEN set, so the URI is rewritten and no plugin is needed.
+AZUREML_API_PATH = "/mlflow/v2.0"
+_AZUREML_SCOPE = re.compile(r"/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/"
+                            r"Microsoft\.MachineLearningServices/workspaces/([^/?#]+)", re.I)
+AZUREML_TOKEN_VARS = ("MLFLOW_TRACKING_TOKEN", "AZUREML_RUN_TOKEN")  # the job's token, in the plugin's order
 
 
 class TrackingStoreMissing(RuntimeError):
-    """The tracking URI names a store whose MLflow plugin is not installed."""
+    """The tracking URI names a store that cannot be reached as written (bad form, no credentials)."""
 
 
 def home(root: Path | None = None) -> Path:
@@ -48,16 +53,47 @@ def home(root: Path | None = None) -> Path:
 
 
 def tracking_uri(home_dir: Path | None = None) -> str:
-    """$MLFLOW_TRACKING_URI, else the SQLite store in the state folder."""
+    """$MLFLOW_TRACKING_URI (an Azure ML `azureml://` one as its https endpoint), else the SQLite store."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri and is_azureml_uri(uri) and not _azureml_plugin():
+        return azureml_rest_uri(uri)
     return uri or f"sqlite:///{((home_dir or home()) / 'mlflow.db').absolute()}"
 
 
+def is_azureml_uri(uri: str) -> bool:
+    return uri.split(":", 1)[0].lower() == "azureml"
+
+
+def _azureml_plugin() -> bool:
+    """An installed azureml-mlflow serves the scheme itself (and its artifact store); let it."""
+    return any(ep.name == "azureml" for ep in entry_points(group="mlflow.tracking_store"))
+
+
+def azureml_rest_uri(uri: str) -> str:
+    """`azureml://<host>/mlflow/v1.0/subscriptions/…/workspaces/<w>` -> `https://<host>/mlflow/v2.0/subscriptions/
+    …/workspaces/<w>`, with the job's token in MLFLOW_TRACKING_TOKEN (MLflow sends it as a bearer token)."""
+    parsed = urlsplit(uri)
+    scope = _AZUREML_SCOPE.search(parsed.path)
+    shown = uri.split("?", 1)[0][:200]
+    if not parsed.netloc or scope is None:
+        raise TrackingStoreMissing(
+            f"MLFLOW_TRACKING_URI {shown!r} is not an Azure ML workspace URI: expected azureml://<host>/mlflow/"
+            f"v1.0/subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.MachineLearningServices/"
+            f"workspaces/<name>")
+    token = next((os.environ[k] for k in AZUREML_TOKEN_VARS if os.environ.get(k)), None)
+    if token is None:
+        raise TrackingStoreMissing(
+            f"MLFLOW_TRACKING_URI is the Azure ML workspace URI {shown!r}, but none of "
+            f"{', '.join(AZUREML_TOKEN_VARS)} holds the job's token that its MLflow endpoint needs (Azure ML "
+            f"injects them into every job; outside a job, use the https endpoint and a token of your own)")
+    os.environ["MLFLOW_TRACKING_TOKEN"] = token
+    return f"https://{parsed.netloc}{AZUREML_API_PATH}{scope.group(0)}"
+
+
 def check_tracking_store(uri: str) -> None:
-    """Refuse an `azureml://` tracking URI when no installed plugin serves it."""
-    if uri.split(":", 1)[0].lower() == "azureml":
-        if not any(ep.name == "azureml" for ep in entry_points(group="mlflow.tracking_store")):
-            raise TrackingStoreMissing(AZUREML_TRACKING_MISSING.format(uri=uri.split("?", 1)[0][:80]))
+    """Refuse a tracking URI MLflow cannot open as written; today only a malformed `azureml://` one."""
+    if is_azureml_uri(uri) and not _azureml_plugin():
+        azureml_rest_uri(uri)
 
 
 def pipeline_run_id() -> str:

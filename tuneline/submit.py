@@ -77,6 +77,10 @@ def azureml_plan(folder: Path, subscription_id: str, resource_group: str, worksp
     """`folder` is the compiled `<out>/<pipeline>/azureml/` folder."""
     plan = AzureMLPlan(subscription_id=subscription_id, resource_group_name=resource_group,
                        workspace_name=workspace)
+    # The clusters the job's profiles describe, first: a spot profile's is low priority, and a cluster that exists
+    # under that name as dedicated would run it at full price and never preempt it (tier cannot be changed).
+    for path in sorted((folder / "compute").glob("*.yml")):
+        plan.calls.append(Call("MLClient.compute.ensure", {"compute": str(path)}))
     plan.calls.append(Call("MLClient.jobs.create_or_update", {"job": str(folder / JOB_FILE),
                                                               "experiment_name": experiment}))
     if schedule:
@@ -177,6 +181,23 @@ def execute_kfp(plan: KfpPlan) -> list[str]:
     return done
 
 
+def ensure_compute(client, path: str) -> str:  # pragma: no cover - needs an Azure ML workspace
+    """Create the cluster `path` describes unless it exists; refuse one that exists with another tier."""
+    from azure.ai.ml.entities._load_functions import load_compute
+    from azure.core.exceptions import ResourceNotFoundError
+
+    wanted = load_compute(path)
+    try:
+        found = client.compute.get(wanted.name)
+    except ResourceNotFoundError:
+        client.compute.begin_create_or_update(wanted).result()
+        return f"compute {wanted.name} created ({wanted.tier})"
+    if (getattr(found, "tier", None) or "dedicated") != (wanted.tier or "dedicated"):
+        raise SubmitError(f"compute {wanted.name} exists as {found.tier}, but {path} asks for {wanted.tier}: a "
+                          f"cluster's tier cannot change; delete it or name another cluster in the profile")
+    return f"compute {wanted.name} exists ({found.tier})"
+
+
 def execute_azureml(plan: AzureMLPlan) -> list[str]:  # pragma: no cover - needs an Azure ML workspace
     from azure.ai.ml import MLClient, load_job
     from azure.ai.ml.entities._load_functions import load_schedule
@@ -186,7 +207,9 @@ def execute_azureml(plan: AzureMLPlan) -> list[str]:  # pragma: no cover - needs
                       resource_group_name=plan.resource_group_name, workspace_name=plan.workspace_name)
     done = []
     for call in plan.calls:
-        if call.method == "MLClient.jobs.create_or_update":
+        if call.method == "MLClient.compute.ensure":
+            done.append(ensure_compute(client, call.kwargs["compute"]))
+        elif call.method == "MLClient.jobs.create_or_update":
             job = client.jobs.create_or_update(load_job(call.kwargs["job"]),
                                                experiment_name=call.kwargs["experiment_name"])
             done.append(f"job {job.name}")

@@ -116,16 +116,14 @@ def write_azureml(
         model_name=fetched.name,
         model_version=fetched.version,
         model_uri=fetched.uri,
-        first=first,
     )
     azureml.load_check(paths)
     record = _record("azureml", fetched, requested_uri, policy)
     record.endpoint = f"https://{options.endpoint_name}.<region>.inference.ml.azure.com/score"
-    record.files = [str(paths["endpoint"]), str(paths["deployment"])]
-    record.details["traffic"] = policy.traffic(options.slot, None if first else options.previous_slot)
-    record.details["apply"] = [
-        f"az ml online-endpoint create -f {paths['endpoint'].name}",
-        f"az ml online-deployment create -f {paths['deployment'].name}",
-        f"az ml online-endpoint update -f {paths['endpoint'].name}",
-    ]
+    record.files = [str(paths[k]) for k in ("endpoint", "deployment", "apply", "rollback")]
+    # The slots are chosen by apply.sh from the endpoint's live traffic; `first` is the first rollout's split.
+    record.details["traffic"] = (policy.traffic(options.slot, None) if first else
+                                 {"new": policy.new_percent, "live": 100 - policy.new_percent})
+    record.details["apply"] = [f"bash {paths['apply'].name}"]
+    record.details["rollback"] = [f"bash {paths['rollback'].name}"]
     return record

@@ -1,5 +1,6 @@
 import os
 import shlex
+import shutil
 
 import pytest
 import yaml
@@ -88,6 +89,18 @@ def test_retries_are_a_warning_and_instance_type_makes_a_compute_file(tmp_path):
     assert compute.size == "Standard_NC24ads_A100_v4" and compute.type == "amlcompute"
 
 
+def test_a_spot_profile_is_a_low_priority_cluster(tmp_path):
+    """gpu-spot was compiled as a dedicated cluster: full price, never preempted, nothing to resume."""
+    from azure.ai.ml.entities._load_functions import load_compute
+
+    out = compile_graph(build_graph(load_pipeline(TOY)), ("azureml",), tmp_path / "spot", CompileOptions())
+    assert load_compute(str(out.folder / "azureml" / "compute" / "gpu-spot.yml")).tier == "low_priority"
+    assert not any("restarts it from the beginning" in w for w in out.warnings)  # fit has a resume output
+    dedicated = variant(tmp_path, "shm_size: 16g, spot: true}", "shm_size: 16g}")
+    out = compile_graph(build_graph(load_pipeline(dedicated)), ("azureml",), tmp_path / "dedicated", CompileOptions())
+    assert load_compute(str(out.folder / "azureml" / "compute" / "gpu-spot.yml")).tier == "dedicated"
+
+
 def test_code_paths_are_relative_and_point_at_the_project(compiled):
     folder = compiled["toy"] / "azureml"
     for path in (folder / "components").glob("*.yml"):
@@ -98,13 +111,39 @@ def test_code_paths_are_relative_and_point_at_the_project(compiled):
     assert os.path.normpath(folder / job["inputs"]["dataset"]["path"]) == str(FIXTURES / "data" / "toy.jsonl")
 
 
-def test_images_become_versioned_environments_and_no_cache_forces_a_rerun(tmp_path):
-    graph = build_graph(load_pipeline(TOY))
-    out = compile_graph(graph, ("azureml",), tmp_path, CompileOptions(no_cache=True, image_tag="2.0.1"))
+def test_environments_are_the_kfp_images_inline_wherever_the_job_is_compiled(tmp_path):
+    """No `azureml:<name>@latest` that nothing registered: the step's image, as the KFP package names it, from a
+    project that has no environments/ folder too (the control image has none)."""
+    project = tmp_path / "bare"
+    shutil.copytree(FIXTURES, project, ignore=shutil.ignore_patterns("environments"))
+    assert not (project / "environments").exists()
+    graph = build_graph(load_pipeline(project / "pipelines" / "toy.yaml"))
+    options = CompileOptions(no_cache=True, image_registry="acr.example.io/tl", image_tag="2.0.1")
+    out = compile_graph(graph, ("azureml", "kfp"), tmp_path / "out", options)
     folder = out.folder / "azureml"
-    assert yaml.safe_load((folder / "components" / "fit.yml").read_text())["environment"] == "azureml:toy-gpu:2.0.1"
+    fit = yaml.safe_load((folder / "components" / "fit.yml").read_text())
+    assert fit["environment"] == {"image": "acr.example.io/tl/toy-gpu:2.0.1"}
+    assert "acr.example.io/tl/toy-gpu:2.0.1" in (out.folder / "kfp" / "pipeline.yaml").read_text()
     assert yaml.safe_load((folder / "pipeline_job.yml").read_text())["settings"]["force_rerun"] is True
-    assert load_job(str(folder / "pipeline_job.yml"))._validate().passed
+    job = load_job(str(folder / "pipeline_job.yml"))
+    assert job._validate().passed
+    assert job.jobs["fit"].component.environment.image == "acr.example.io/tl/toy-gpu:2.0.1"
+    assert not any("default registry" in w for w in out.warnings)
+    unset = variant(tmp_path, 'images: {registry: registry.example.com/toy, tag: "1.4.0"}', "")
+    default = compile_graph(build_graph(load_pipeline(unset)), ("azureml",), tmp_path / "default", CompileOptions())
+    assert any("default registry 'tuneline/'" in w for w in default.warnings)
+
+
+def test_a_scheduled_run_is_never_served_the_first_runs_outputs(compiled, tmp_path):
+    """Same inputs every time + deterministic components = Azure ML reuses every node: the schedule forces reruns."""
+    folder = compiled["toy"] / "azureml"
+    schedule = load_schedule(str(folder / "schedule.yml"))
+    assert schedule._validate().passed
+    assert schedule.create_job.settings.force_rerun is True
+    assert yaml.safe_load((folder / "pipeline_job.yml").read_text())["settings"]["force_rerun"] is False
+    assert set(schedule.create_job.jobs) == {"make_data", "fit", "check", "publish", "announce"}
+    out = compile_graph(build_graph(load_pipeline(TOY)), ("azureml",), tmp_path, CompileOptions())
+    assert any("parameter 'dataset' is the local path" in w for w in out.warnings)
 
 
 def test_every_mapped_time_zone_is_one_azure_ml_knows():

@@ -45,8 +45,9 @@ def test_azureml_submit_dry_run_and_missing_flags(tmp_path, capsys):
     assert run(["submit", str(TOY), "--target", "azureml", "--subscription", "s", "--resource-group", "rg",
                 "--workspace", "ws", "--out", str(tmp_path), "--schedule", "--dry-run"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert [c["method"] for c in plan["calls"]] == ["MLClient.jobs.create_or_update",
+    assert [c["method"] for c in plan["calls"]] == ["MLClient.compute.ensure", "MLClient.jobs.create_or_update",
                                                     "MLClient.schedules.begin_create_or_update"]
+    assert plan["calls"][0]["kwargs"]["compute"].endswith("/azureml/compute/gpu-spot.yml")  # low priority, first
     assert plan["workspace_name"] == "ws"
 
 

@@ -62,8 +62,8 @@ def test_untolerated_taint_missing_pvc_and_unbuilt_image_are_reported(project, c
     assert "pipelines/finetune.yaml:train: PersistentVolumeClaim tuneline-checkpoints is not created in namespace " \
            "kubeflow by k8s/overlays/dev" in err
     assert "pipelines/finetune.yaml:register: image tuneline/control:latest is not built from environments/" in err
-    assert "pipelines/finetune.yaml:register: Azure ML environment azureml:control@latest is not one that " \
-           "environments/ registers" in err
+    assert "pipelines/finetune.yaml:register: Azure ML environment: image tuneline/control:latest is not built " \
+           "from environments/" in err
 
 
 def test_allocatable_is_below_the_vm_and_every_pool_size_is_known():

@@ -108,15 +108,13 @@ def test_azureml_and_triton_targets(registry, tmp_path: Path):
         "blue",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert record["model_uri"] == "models:/tuneline-llm/2" and record["details"]["traffic"] == {
-        "blue": 100,
-        "green": 0,
-    }
+    assert record["model_uri"] == "models:/tuneline-llm/2" and record["details"]["traffic"] == {"new": 100, "live": 0}
+    assert record["details"]["apply"] == ["bash apply.sh"]
     from azure.ai.ml import load_online_deployment, load_online_endpoint
 
     files = tmp_path / "aml" / "files"
     assert load_online_endpoint(files / "endpoint.yml").auth_mode == "key"
-    deployment = load_online_deployment(files / "deployment-blue.yml")
+    deployment = load_online_deployment(files / "deployment.yml")
     assert deployment.model.version == "2"
     # The adapter was merged: the Azure ML model folder is a plain HF model, loadable without peft.
     assert (files / "model" / "config.json").is_file() and not (

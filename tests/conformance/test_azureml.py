@@ -91,3 +91,69 @@ def test_datastore_paths_resolve_to_folders_that_outlive_jobs(tmp_path):
         runtime._output_folder("fit", "model", {"mode": "download"}, tmp_path / "scratch")
     with pytest.raises(RuntimeRuleBroken, match="known expressions"):
         runtime._output_folder("fit", "model", {"path": "azureml://datastores/x/paths/${{run_id}}/"}, tmp_path)
+
+
+TRACKED = TOY.parent / "tracked.yaml"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    from tuneline.conformance.workspace_mlflow import WorkspaceMlflow
+
+    with WorkspaceMlflow(tmp_path_factory.mktemp("workspace")) as ws:
+        yield ws
+
+
+def _tracked_job(tmp_path: Path, plain_mlflow: bool) -> Path:
+    """The toy `gen -> track` job, its track node bound to `plain_mlflow` and setting a tracking URI of its own."""
+    from tuneline.compile.build import compile_file
+    from tuneline.compile.options import CompileOptions
+
+    folder = compile_file(TRACKED, ("azureml",), tmp_path / "c", CompileOptions()).folder
+    job_file = folder / "azureml" / "pipeline_job.yml"
+    body = yaml.safe_load(job_file.read_text())
+    body["jobs"]["track"]["inputs"]["plain_mlflow"] = plain_mlflow
+    # the job's own value, which R9 replaces
+    body["jobs"]["track"]["environment_variables"]["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/job.db"
+    job_file.write_text(yaml.safe_dump(body, sort_keys=False))
+    return job_file
+
+
+def test_a_step_tracks_through_the_runtimes_injected_mlflow_variables(tmp_path, workspace):
+    """R9: the job sees only Azure ML's azureml:// URI and token; the run lands in the workspace's MLflow."""
+    runtime = AzureMLRuntime(_tracked_job(tmp_path, False), tmp_path / "run", workspace=workspace,
+                             env={"TUNELINE_HOME": str(tmp_path / "home")},
+                             image_path=Path(__file__).resolve().parents[2])
+    results = runtime.run()
+    assert (results["track"].outputs["logged"] / "value").read_text() == "3"
+    with workspace.client() as client:
+        experiment = client.get_experiment_by_name("toy")
+        runs = client.search_runs([experiment.experiment_id])
+        assert [r.data.metrics["lines"] for r in runs if r.info.run_name == "track"] == [3.0]
+        assert [a.path for a in client.list_artifacts(runs[0].info.run_id)] == ["lines.txt"]
+    assert not (tmp_path / "job.db").exists()
+    assert not (tmp_path / "home" / "mlflow.db").exists()  # nothing fell back to a local store
+
+
+def test_the_harness_fails_a_step_that_does_not_handle_the_injected_mlflow_variables(tmp_path, workspace):
+    runtime = AzureMLRuntime(_tracked_job(tmp_path, True), tmp_path / "run", workspace=workspace,
+                             image_path=Path(__file__).resolve().parents[2])
+    with pytest.raises(RuntimeRuleBroken, match=r"node 'track' exited(.|\n)*azureml"):
+        runtime.run()
+
+
+def test_the_workspace_endpoint_takes_only_the_jobs_bearer_token(workspace, monkeypatch):
+    import requests
+
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "not-the-job-token")
+    url = f"{workspace.rest_uri}/api/2.0/mlflow/experiments/search"
+    assert requests.post(url, json={"max_results": 1}, verify=str(workspace.cert), timeout=30).status_code == 401
+    wrong = {"Authorization": "Bearer not-the-job-token"}
+    assert requests.post(url, json={"max_results": 1}, headers=wrong, verify=str(workspace.cert),
+                         timeout=30).status_code == 401
+    right = {"Authorization": f"Bearer {workspace.token}"}
+    assert requests.post(url, json={"max_results": 1}, headers=right, verify=str(workspace.cert),
+                         timeout=30).status_code == 200
+    outside = url.replace("/workspaces/tuneline-ws/", "/workspaces/other/")
+    assert requests.post(outside, json={"max_results": 1}, headers=right, verify=str(workspace.cert),
+                         timeout=30).status_code == 404

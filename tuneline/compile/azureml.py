@@ -18,7 +18,18 @@ executed, in `tuneline.conformance.azureml`):
   submitted again mounts the same folder, and the command runs behind `tuneline.compile.resume`, which keys a
   store inside it by the step's inputs (`checkpoint_output`);
 - a command node has no retry setting (only parallel jobs have `retry_settings`), so `retry: {max, backoff_seconds,
-  on}` applies to local and KFP runs, and `retries:` is reported as a compile-time warning here.
+  on}` applies to local and KFP runs, and `retries:` is reported as a compile-time warning here;
+- spot is a property of the cluster, not of a job: a profile with `spot: true` writes its compute file with
+  `tier: low_priority` (AmlCompute's `tier`, azure-ai-ml `_schema/compute/aml_compute.py`). What resubmits a
+  preempted job is Azure ML itself: a low-priority job whose node is preempted is restarted when the cluster gets
+  a VM again, with what it had written to its outputs still there (microsoft/hi-ml docs/source/lowpriority.md,
+  "Behaviour of Low Priority VMs"); no retry setting is involved. The `resume: true` outputs above are what the
+  restarted job resumes from; a spot step without one is warned about, since it starts over after preemption;
+- each step's environment is its image, inline (`environment: {image: <registry>/<env>:<tag>}`): the same image
+  string the KFP compiler writes, resolvable wherever the job is compiled (the control image has no
+  environments/ folder) and needing nothing registered in the workspace first, only pull access to the registry
+  (an ACR attached to the workspace, or the workspace identity with AcrPull). The default registry is Docker
+  Hub's `tuneline/` namespace, which is warned about.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ from ..spec.models import IOType
 from . import CompileError
 from .command import OptionalBlock, Ref, Token, parse_command
 from .gate import GATE_INPUT, GATE_MODULE, VALUE_FILE
+from .images import DEFAULT_REGISTRY
 from .options import CompileOptions
 from .placement import resumable
 from .schedule import azureml_schedule
@@ -52,6 +64,7 @@ _TYPES = {IOType.model: "custom_model"}  # the rest keep their names
 _URI = re.compile(r"^[a-z][a-z0-9+.-]*:", re.I)  # azureml:, https:, abfss:, wasbs: ... left untouched
 VALUE_FOLDER = "uri_folder"  # what a value output (and an input bound to one) becomes
 CHECKPOINT_PATH = "tuneline/checkpoints"  # datastore folder of `resume: true` outputs (checkpoint_output)
+LOW_PRIORITY, DEDICATED = "low_priority", "dedicated"  # AmlCompute `tier` values (azure-ai-ml ComputeTier)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -168,7 +181,7 @@ def component_dict(graph: PipelineGraph, node: Node, options: CompileOptions, co
         "inputs": inputs,
         "outputs": outputs,
         "code": code,
-        "environment": options.images.azureml_environment(node.environment, graph.pipeline.root),
+        "environment": {"image": options.images.image(node.environment)},
         "command": azureml_command(graph, node),
     }
 
@@ -213,14 +226,47 @@ def _local_path(value: str, root: Path, job_dir: Path) -> str:
     return os.path.relpath(root / value, job_dir)
 
 
-def _warnings(graph: PipelineGraph) -> list[str]:
+def _warnings(graph: PipelineGraph, options: CompileOptions) -> list[str]:
     out = []
+    where = graph.pipeline.path.name
     for name in graph.order:
         node = graph.nodes[name]
         if node.retries:
-            out.append(f"{graph.pipeline.path.name}:{name}: retries: {node.retries} is not applied on Azure ML "
-                       f"(a command job has no retry setting: its first failure fails the pipeline)")
+            out.append(f"{where}:{name}: retries: {node.retries} is not applied on Azure ML "
+                       f"(a command job has no retry setting: its first failure fails the pipeline; a preempted "
+                       f"low-priority job is restarted by Azure ML itself)")
+        profile = graph.compute(node)
+        aml = profile.azureml if profile else None
+        if aml is not None and aml.spot and not resumable(node):
+            out.append(f"{where}:{name}: runs on low-priority cluster '{aml.cluster}' but has no `resume: true` "
+                       f"output: after a preemption Azure ML restarts it from the beginning")
+        if aml is not None and aml.spot and not aml.instance_type:
+            out.append(f"{where}:{name}: cluster '{aml.cluster}' is spot but has no instance_type, so no compute file "
+                       f"is written for it: create it with `tier: low_priority` yourself")
+    if graph.pipeline.spec.schedule is not None:
+        for name, spec in graph.pipeline.spec.params.items():
+            value = graph.params[name]
+            if spec.type.is_artifact and isinstance(value, str) and not _URI.match(value):
+                out.append(f"{where}: parameter '{name}' is the local path {value}: a scheduled job reads the copy "
+                           f"uploaded when the schedule is created; give data that changes as an "
+                           f"azureml://datastores/<store>/paths/<path> URI")
+    if options.images.registry == DEFAULT_REGISTRY:
+        out.append(f"{where}: images come from the default registry '{DEFAULT_REGISTRY}/' (Docker Hub): set "
+                   f"`images.registry` or --image-registry to the registry your workspace pulls from")
     return out
+
+
+def scheduled_job(job_file: str) -> dict[str, Any]:
+    """The schedule's job: the pipeline job with `force_rerun: true`.
+
+    Every scheduled run gets the same inputs (the same data paths; a local path is uploaded once, when the
+    schedule is created), and Azure ML reuses a deterministic node's earlier outputs when its inputs and settings
+    are unchanged (reference-yaml-component-command `is_deterministic`), so without it each run after the first
+    would reuse the first one's model: a schedule that never retrains. The override is merged into the job file
+    (reference-yaml-schedule `create_job`: a job file plus `settings`; azure-ai-ml
+    `_schema/schedule/create_job.py`, `BaseCreateJobSchema.make`).
+    """
+    return {"type": "pipeline", "job": job_file, "settings": {"force_rerun": True}}
 
 
 def compute_dicts(graph: PipelineGraph) -> dict[str, dict[str, Any]]:
@@ -234,10 +280,14 @@ def compute_dicts(graph: PipelineGraph) -> dict[str, dict[str, Any]]:
         if known is not None and known["size"] != aml.instance_type:
             raise CompileError(f"compute profile '{profile_name}': cluster '{aml.cluster}' is "
                                f"{known['size']} in another profile, not {aml.instance_type}")
+        tier = LOW_PRIORITY if aml.spot else DEDICATED
+        if known is not None and known["tier"] != tier:
+            raise CompileError(f"compute profile '{profile_name}': cluster '{aml.cluster}' is {known['tier']} in "
+                               f"another profile, not {tier} (spot is a property of the whole cluster)")
         nodes = max(aml.nodes, known["max_instances"] if known else 1)
         clusters[aml.cluster] = {"$schema": COMPUTE_SCHEMA, "name": aml.cluster, "type": "amlcompute",
-                                 "size": aml.instance_type, "min_instances": 0, "max_instances": nodes,
-                                 "idle_time_before_scale_down": 600}
+                                 "size": aml.instance_type, "tier": tier, "min_instances": 0,
+                                 "max_instances": nodes, "idle_time_before_scale_down": 600}
     return clusters
 
 
@@ -333,7 +383,8 @@ def compile_azureml(graph: PipelineGraph, out: Path, options: CompileOptions) ->
     schedule_path = None
     if graph.pipeline.spec.schedule is not None:
         schedule_path = out / SCHEDULE_FILE
-        schedule_path.write_text(f"# Run as: az ml schedule create --file {SCHEDULE_FILE}\n" + dump_yaml(
-            azureml_schedule(graph.pipeline.spec.schedule, graph.name, f"./{JOB_FILE}")))
+        body = azureml_schedule(graph.pipeline.spec.schedule, graph.name, f"./{JOB_FILE}")
+        body["create_job"] = scheduled_job(body["create_job"])
+        schedule_path.write_text(f"# Run as: az ml schedule create --file {SCHEDULE_FILE}\n" + dump_yaml(body))
     return AzureMLResult(job=job, components=files, schedule=schedule_path, computes=computes,
-                         warnings=_warnings(graph))
+                         warnings=_warnings(graph, options))

@@ -21,8 +21,9 @@ Secrets/PVCs/ConfigMaps they mount, the pod templates of multi-node jobs, and th
   with): it must exist there with its token mounted, and the Roles bound to it must grant every call the launcher
   makes for that job kind (`tuneline.compile.launch.PERMISSIONS`), by the RBAC rule-matching of
   https://kubernetes.io/docs/reference/access-authn-authz/rbac/ (`*` matches all);
-- every image must be `<registry>/<name>` of an environments/<name>/ that has a Dockerfile, and every Azure ML
-  environment the name and version that environments/<name>/environment.yaml registers.
+- every image must be `<registry>/<name>` of an environments/<name>/ that has a Dockerfile, Azure ML's inline
+  `environment: {image: ...}` included (a registered `azureml:<name>:<version>` must be one that
+  environments/<name>/environment.yaml registers).
 No API server is needed or contacted: this is the scheduler's and the kubelet's admission arithmetic, done offline.
 """
 
@@ -372,7 +373,11 @@ def check_pipeline(path: Path, pools: list[Any], skus: dict[str, Sku], objects: 
                                                                               rendered, folder)]
         for component in sorted((out.folder / "azureml" / "components").glob("*.yml")):
             env = yaml.safe_load(component.read_text()).get("environment")
-            if env not in registered:
+            if isinstance(env, dict) and env.get("image"):  # the step's image inline (tuneline.compile.azureml)
+                why = image_problem(env["image"], images)
+                if why:
+                    problems.append(f"{path}:{component.stem}: Azure ML environment: {why}")
+            elif env not in registered:
                 problems.append(f"{path}:{component.stem}: Azure ML environment {env} is not one that "
                                 f"environments/ registers ({', '.join(sorted(registered)) or 'none'})")
     for pod in pods:

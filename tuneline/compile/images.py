@@ -10,8 +10,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from ..spec.models import Images
 from . import CompileError
 
@@ -38,18 +36,6 @@ class ImagePlan:
     def image(self, environment: str) -> str:
         separator = "@" if self.is_digest else ":"
         return f"{self.registry}/{environment}{separator}{self.tag}"
-
-    def azureml_environment(self, environment: str, root: Path | None = None) -> str:
-        """The Azure ML environment `environments/<name>/environment.yaml` registers (its name and version); for
-        an environment without that file, `<name>` pinned to the tag as its version, or `@latest` when mutable."""
-        registered = root / "environments" / environment / "environment.yaml" if root else None
-        if registered is not None and registered.is_file():
-            body = yaml.safe_load(registered.read_text())
-            return f"azureml:{body['name']}:{body['version']}"
-        if self.mutable:
-            return f"azureml:{environment}@latest"
-        version = self.tag.replace(":", "-")[:30] if self.is_digest else self.tag
-        return f"azureml:{environment}:{version}"
 
 
 def resolve_images(spec_images: Images | None, registry: str | None = None, tag: str | None = None,

@@ -31,6 +31,7 @@ from ..spec.load import parse_set_pairs
 from .azureml import AzureMLRuntime, RuntimeRuleBroken, value_of
 from .compare import compare_steps, report
 from .kfp import KfpLocalRun, KfpRunBroken, artifact_params, image_mounts, output_of, stage_data
+from .workspace_mlflow import WorkspaceMlflow
 
 REPO = Path(__file__).resolve().parents[2]  # what every image in environments/ puts on PYTHONPATH
 
@@ -79,13 +80,14 @@ def conform_azureml(graph: PipelineGraph, work: Path, local: rec.RunRecord,
                     preempt_resumable: bool = False) -> tuple[str, bool]:
     out = compile_graph(graph, ("azureml",), work / "compiled", CompileOptions())
     home = work / "azureml"
-    # The model cache under TUNELINE_HOME is shared (an image would hold the same base model); tracking is not.
-    runtime = AzureMLRuntime(out.folder / "azureml" / "pipeline_job.yml", home,
-                             env={"MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
-                                  "TUNELINE_HOME": str(work / "local")}, image_path=REPO)
     home.mkdir(parents=True, exist_ok=True)
     resumable = [n for n in graph.order if graph.nodes[n].component.spec.resume_outputs]
-    results = runtime.run(preempt=resumable if preempt_resumable else ())
+    # The model cache under TUNELINE_HOME is shared (an image would hold the same base model); tracking is the
+    # workspace's (R9): a real MLflow server reached only through the variables Azure ML injects.
+    with WorkspaceMlflow(home / "workspace-mlflow") as workspace:
+        runtime = AzureMLRuntime(out.folder / "azureml" / "pipeline_job.yml", home,
+                                 env={"TUNELINE_HOME": str(work / "local")}, image_path=REPO, workspace=workspace)
+        results = runtime.run(preempt=resumable if preempt_resumable else ())
 
     def output(step: str, name: str):
         result = results.get(step)

