@@ -61,3 +61,17 @@ def test_hub_id_offline_fails_with_a_clear_message(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotAvailable, match="could not be downloaded.*Offline, use a catalog name"):
         resolve_model("some-org/some-model")
+
+
+def test_a_catalog_build_without_weights_is_never_published(tmp_path, monkeypatch):
+    # What a rank > 0 gets from save_pretrained inside an initialised process group: the tokenizer, no model.
+    from tuneline.ml import models
+
+    def tokenizer_only(out):
+        models.make_tiny_tokenizer().save_pretrained(out)
+
+    monkeypatch.setenv("TUNELINE_HOME", str(tmp_path))
+    monkeypatch.setitem(models.CATALOG, "half-built", models.CatalogEntry("half-built", "test", tokenizer_only))
+    with pytest.raises(ModelNotAvailable, match="wrote no config.json"):
+        resolve_model("half-built")
+    assert not (tmp_path / "models" / "half-built").exists()

@@ -150,6 +150,15 @@ def _materialise(entry: CatalogEntry) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=target.parent))
     try:
         entry.build(tmp)
+        # transformers 5 writes a model only on rank 0 once torch.distributed is initialised
+        # (transformers/distributed/mixin.py should_save_on_this_rank), leaving other ranks a folder with a
+        # tokenizer and no weights; publishing that would hand every later load an unusable model.
+        missing = [f for f in ("config.json",) if not (tmp / f).is_file()]
+        if missing or not any(tmp.glob("*.safetensors")):
+            raise ModelNotAvailable(
+                f"building {entry.name} wrote no {' or '.join(missing) or 'weights'}: a process other than rank 0 "
+                "of an initialised process group cannot save a model; resolve the model before the process group "
+                "starts")
         (tmp / "tuneline_model.json").write_text(json.dumps({"name": entry.name, "source": entry.description}))
         # mkdtemp and some writers create owner-only files; the cache is shared by every user of the project.
         tmp.chmod(0o755)
