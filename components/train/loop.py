@@ -112,7 +112,7 @@ class Loop:
                 self.acc.backward(loss * scale)
             loss_sum += float(loss.detach())
         max_norm = self.c.max_grad_norm if self.c.max_grad_norm > 0 else float("inf")
-        grad_norm = float(self.acc.clip_grad_norm_(self.params, max_norm))
+        grad_norm = _as_float(self.acc.clip_grad_norm_(self.params, max_norm))
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -199,9 +199,9 @@ class Loop:
         return final or folder / ckpt.name_for(step)
 
     def _sharded(self) -> bool:
-        from accelerate.utils import DistributedType
+        from components.train.parallel import is_sharded
 
-        return self.acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        return is_sharded(self.acc)
 
     def load_checkpoint(self, path: Path) -> None:
         saved = TrainState.load(path)
@@ -216,13 +216,15 @@ class Loop:
 
             trainable = load_file(path / "trainable.safetensors")
             modelsetup.load_trainable_state(self.acc.unwrap_model(self.model), trainable)
-            self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+            # Onto this rank's device: without a map_location every rank would load rank 0's tensors onto the
+            # device they were saved from (cuda:0), and a full fine-tune's optimizer state fills GPU 0.
+            self.optimizer.load_state_dict(ckpt.load_tensors(path / "optimizer.pt", self.acc.device))
+        self.scheduler.load_state_dict(ckpt.load_tensors(path / "scheduler.pt", "cpu"))
         if self.acc.scaler is not None and (path / "scaler.pt").is_file():
-            self.acc.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=False))
+            self.acc.scaler.load_state_dict(ckpt.load_tensors(path / "scaler.pt", "cpu"))
         rng = path / f"rng-rank{self.rank}.pt"
         if rng.is_file():
-            ckpt.set_rng_state(torch.load(rng, weights_only=False))
+            ckpt.set_rng_state(ckpt.load_tensors(rng, "cpu"))  # RNG states are CPU byte tensors
         saved.resumes += 1
         self.state = saved
         self.wall_at_start = saved.wall_time_s
@@ -298,6 +300,15 @@ class Loop:
             "peak_memory_mb": peak_memory_mb(),
             "resumes": s.resumes,
         }
+
+
+def _as_float(norm) -> float:
+    """The gradient norm as a number: DeepSpeed reports None before its first step, FSDP2 a replicated DTensor."""
+    if norm is None:
+        return float("nan")
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return float(norm)
 
 
 def finite(x: float | None) -> bool:
