@@ -104,6 +104,7 @@ class Loop:
         global_targets = self._sum([float(sum(b.n_targets for b in batches))])[0]
         scale = self.world / max(global_targets, 1.0)
         loss_sum = 0.0
+        _synchronize(self.acc.device)
         t0 = time.perf_counter()
         for j, batch in enumerate(batches):
             sync = j == len(batches) - 1
@@ -117,6 +118,9 @@ class Loop:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        # CUDA kernels run asynchronously: without waiting, the optimizer step's kernels would be counted in
+        # the next step's time (or in none, for the last), and tokens/s and MFU would be off.
+        _synchronize(self.acc.device)
         seconds = time.perf_counter() - t0
         real = sum(b.real_tokens for b in batches)
         padded = sum(b.padded_tokens for b in batches)
@@ -300,6 +304,11 @@ class Loop:
             "peak_memory_mb": peak_memory_mb(),
             "resumes": s.resumes,
         }
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _as_float(norm) -> float:

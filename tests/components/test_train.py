@@ -52,6 +52,10 @@ def test_lora_run_writes_adapter_summary_and_mlflow_run(env):
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["method"] == "lora" and run.data.params["train_sha256"] == summary["data"]["train_sha256"]
+    # The precision choice for this device, as printed at start-up.
+    assert {k: run.data.params[k] for k in ("mixed_precision", "grad_scaler", "attn_implementation", "device")} == {
+        "mixed_precision": "no", "grad_scaler": "False", "attn_implementation": "sdpa", "device": "cpu"}
+    assert summary["precision"]["mixed_precision"] == "no"
     history = client.get_metric_history(run_id, "loss")
     assert [m.step for m in history] == [1, 2, 3]
     assert [m.value for m in history] == pytest.approx(_losses(out))

@@ -113,3 +113,28 @@ def test_qlora_under_fsdp_stores_4bit_weights_in_the_compute_dtype(precision, dt
     assert load_dtype("qlora", precision) == dtype  # the unquantised weights match it
     assert sharded.load_in_4bit and sharded.bnb_4bit_quant_type == "nf4"
     assert quantization_config(precision, fsdp=False).bnb_4bit_quant_storage == torch.uint8
+
+
+def test_a_rank_other_than_0_builds_the_lora_model_on_meta(tmp_path, monkeypatch):
+    """Under FSDP with cpu_ram_efficient_loading: no checkpoint read, no frozen weight in host memory; the
+    adapter gets storage (accelerate maps optimizer parameters by data_ptr), rotary buffers stay real."""
+    from components.train.config import parse_args
+    from components.train.modelsetup import build
+
+    monkeypatch.setenv("TUNELINE_HOME", str(tmp_path))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
+    monkeypatch.setenv("RANK", "1")
+    assert parallel.loads_on_meta()
+    config = parse_args(["--train", "x", "--base-model", "tiny-random-llama", "--model-out", "m",
+                         "--checkpoints", "c", "--mlflow-run-id-out", "r"])
+    model, _ = build(config, "no", torch.device("cpu"), sharded=True, on_meta=True, fsdp=True)
+    params = dict(model.named_parameters())
+    frozen = [p for p in params.values() if not p.requires_grad]
+    trainable = [p for p in params.values() if p.requires_grad]
+    assert frozen and all(p.is_meta for p in frozen)
+    assert trainable and not any(p.is_meta for p in trainable)
+    assert len({p.data_ptr() for p in trainable}) == len(trainable)
+    assert not any(b.is_meta for b in model.buffers())
+    monkeypatch.setenv("RANK", "0")
+    assert not parallel.loads_on_meta()
