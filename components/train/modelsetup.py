@@ -82,8 +82,10 @@ def build(config: TrainConfig, precision: str, device: torch.device, *, attn_imp
             model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype,
                                                      attn_implementation=attn_implementation)
     else:
+        # Not sharded: each process holds the whole model on its own GPU, so it is read straight onto it.
+        direct = not sharded and device.type == "cuda"
         model = load_causal_lm(path, dtype=dtype, quantization_config=quantization,
-                               attn_implementation=attn_implementation)
+                               attn_implementation=attn_implementation, device_map={"": device} if direct else None)
     model.config.use_cache = False
     if config.method == "qlora":
         from peft import prepare_model_for_kbit_training

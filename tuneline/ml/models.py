@@ -194,12 +194,20 @@ def resolve_model(name: str) -> Path:
     )
 
 
+# What a transformers model folder needs: config, weights, tokenizer (json, sentencepiece .model, BPE merges .txt)
+# and the chat template, which transformers 5 writes as its own chat_template.jinja. Left out: the maker's
+# original-format copies some repos carry beside the transformers weights (Mistral-7B-Instruct-v0.3's
+# consolidated.safetensors, 14.5 GB; Llama 3.x's original/ folder), which would double the download.
+HUB_ALLOW = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+HUB_IGNORE = ["consolidated*", "original/*"]
+
+
 def _download_from_hub(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_ALLOW, ignore_patterns=HUB_IGNORE))
     except Exception as err:  # noqa: BLE001 - any failure here means "not available offline"
         raise ModelNotAvailable(
             f"Hub model {repo_id!r} could not be downloaded ({type(err).__name__}: {' '.join(str(err).split())}). "
@@ -220,10 +228,15 @@ def load_tokenizer(path: Path | str, padding_side: str = "right"):
     return tokenizer
 
 
-def load_causal_lm(path: Path | str, dtype=None, quantization_config=None, attn_implementation: str = "sdpa"):
+def load_causal_lm(path: Path | str, dtype=None, quantization_config=None, attn_implementation: str = "sdpa",
+                   device_map=None):
+    """``device_map={"": device}`` reads the weights straight onto that device instead of staging the whole model
+    in host memory first (16 GB for an 8B model in bf16, the train step's whole memory request)."""
     from transformers import AutoModelForCausalLM
 
     kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
