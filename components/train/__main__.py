@@ -17,7 +17,7 @@ import sys
 import time
 from collections import Counter
 
-from components.train.config import TrainConfig, hyperparameters, parse_args
+from components.train.config import TrainConfig, hyperparameters, learning_rate_warning, parse_args
 from components.train.modelsetup import MethodUnavailable, check_method
 from tuneline.outputs import write_value
 
@@ -109,6 +109,13 @@ def _main(config: TrainConfig) -> int:
     from tuneline.ml.data import read_split
     from tuneline.ml.device import detect
     from tuneline.ml.models import resolve_model
+    from tuneline.ml.tracking import mlflow_missing
+
+    untracked = mlflow_missing()
+    if untracked and os.environ.get("MLFLOW_TRACKING_URI"):
+        # A tracking store was named: losing the run's record silently would be worse than failing.
+        print(f"error: MLFLOW_TRACKING_URI is set but {untracked}", file=sys.stderr)
+        return 2
 
     # Before the process group starts: a catalog model is built (and saved) by whichever rank gets there first,
     # and transformers saves nothing on ranks > 0 once torch.distributed is initialised.
@@ -148,6 +155,9 @@ def _main(config: TrainConfig) -> int:
             validation = validation[: config.max_eval_examples]
 
     steps = plan(config, len(train), acc.num_processes)
+    rate_warning = learning_rate_warning(config, sum(p.numel() for p in model.parameters()))
+    if rate_warning:
+        log(f"warning: {rate_warning}")
     optimizer = torch.optim.AdamW(modelsetup.param_groups(model, config.weight_decay), lr=config.learning_rate)
     scheduler = get_scheduler(config.lr_scheduler if config.lr_scheduler != "constant" else "constant_with_warmup",
                               optimizer, num_warmup_steps=math.ceil(config.warmup_ratio * steps.total_steps),
@@ -165,7 +175,10 @@ def _main(config: TrainConfig) -> int:
     resume_from = ckpt.latest(config.checkpoints)
     if resume_from is not None:
         loop.load_checkpoint(resume_from)
-    if acc.is_main_process:
+    if untracked and acc.is_main_process:
+        log(f"warning: this run is not tracked: {untracked}; its figures stay in training_summary.json")
+        write_value(config.mlflow_run_id, "")
+    if acc.is_main_process and not untracked:
         from tuneline.ml.tracking import Run
 
         run = Run(run_id=loop.state.mlflow_run_id, experiment=config.experiment,
@@ -217,6 +230,7 @@ def _main(config: TrainConfig) -> int:
         run.log_metrics(finals, step=state.global_step)
         run.log_artifact(config.model / "training_summary.json")
         run.finish()
+    if acc.is_main_process:
         log(f"done: {state.global_step} steps, final loss {summary['final_train_loss']:.4f}, "
             f"{summary['tokens_per_s'] or 0:.0f} tokens/s, model in {config.model}")
         from tuneline.runner.summary import write_step_summary

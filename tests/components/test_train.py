@@ -1,6 +1,7 @@
 """The train component in-process on a tiny random Llama: outputs, tracking, packing, early stopping, methods."""
 
 import json
+import sys
 
 import pytest
 
@@ -114,3 +115,12 @@ def test_boolean_flags_take_true_false_text(env, capsys):
     with pytest.raises(SystemExit):
         main(["--train", "x", *_OUTPUTS, "--packing", "maybe"])
     assert "input 'packing': 'maybe' is not a boolean (true/false)" in capsys.readouterr().err
+
+
+def test_without_mlflow_a_named_tracking_store_is_an_error_before_training(env, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow raises ImportError, as when not installed
+    argv = ["--train", str(env["train"]), "--base-model", "tiny-random-llama", "--model-out", str(env["root"] / "n"),
+            "--checkpoints", str(env["root"] / "nc"), "--mlflow-run-id-out", str(env["root"] / "n.json")]
+    assert main(argv) == 2
+    assert "MLFLOW_TRACKING_URI is set but MLflow is not installed" in capsys.readouterr().err
+    assert not (env["root"] / "nc").exists()

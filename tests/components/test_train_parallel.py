@@ -138,3 +138,18 @@ def test_a_rank_other_than_0_builds_the_lora_model_on_meta(tmp_path, monkeypatch
     assert not any(b.is_meta for b in model.buffers())
     monkeypatch.setenv("RANK", "0")
     assert not parallel.loads_on_meta()
+
+
+def test_a_learning_rate_far_above_the_methods_usual_range_is_warned_about():
+    from components.train.config import learning_rate_warning, parse_args
+
+    def config(*extra):
+        return parse_args(["--train", "x", "--model-out", "m", "--checkpoints", "c", "--mlflow-run-id-out", "r",
+                           *extra])
+
+    eight_b = 8_030_000_000
+    assert "high for method full on a model of 8.0B" in learning_rate_warning(config("--method", "full"), eight_b)
+    assert "high for method lora" in learning_rate_warning(config(), eight_b)  # the 2e-3 default
+    assert learning_rate_warning(config("--method", "full", "--learning-rate", "2e-5"), eight_b) is None
+    assert learning_rate_warning(config("--learning-rate", "2e-4"), eight_b) is None
+    assert learning_rate_warning(config(), 135_000_000) is None  # the demo model with its default
