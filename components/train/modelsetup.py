@@ -87,7 +87,12 @@ def build(config: TrainConfig, precision: str, device: torch.device, *, attn_imp
         model = load_causal_lm(path, dtype=dtype, quantization_config=quantization,
                                attn_implementation=attn_implementation, device_map={"": device} if direct else None)
     model.config.use_cache = False
-    if config.method == "qlora":
+    # Under FSDP, QLoRA skips prepare_model_for_kbit_training and PEFT's fp32 upcast of the adapter: both make
+    # fp32 parameters beside the 16-bit-stored 4-bit weights, and FSDP needs one dtype per sharded group
+    # (accelerate does not upcast models holding Params4bit, fsdp_utils.py fsdp2_prepare_model; TRL's SFT
+    # set-up does the same for sharded QLoRA, trl/experimental/utils.py).
+    sharded_qlora = config.method == "qlora" and fsdp
+    if config.method == "qlora" and not sharded_qlora:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
@@ -101,7 +106,7 @@ def build(config: TrainConfig, precision: str, device: torch.device, *, attn_imp
             target_modules=_targets(config.lora_targets), task_type="CAUSAL_LM", bias="none",
         )
         torch.manual_seed(config.seed)  # adapter initialisation is part of the run's determinism
-        model = get_peft_model(model, lora)
+        model = get_peft_model(model, lora, autocast_adapter_dtype=not sharded_qlora)
     if on_meta:
         _materialise_trainable(model)
     if quantization is None and not sharded:
