@@ -33,7 +33,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see components/train/__in
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.train_bench import n_params, peak_flops  # noqa: E402
 
 # TinyLlama-1.1B's shape (hidden 2048, 22 layers, GQA 32/4 heads, MLP 5632) with a 32k vocabulary: ~1.1B
 # parameters, 2.2 GB in bf16. The byte-level tokenizer uses the first 259 ids; the rest of the embedding is there
@@ -43,6 +42,17 @@ LLAMA_1B = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_
 TINY = dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=2048)
 RESUME_TOLERANCE = {"cpu": 1e-5, "cuda": 2e-2}  # bf16 kernels are not bitwise deterministic across processes
+
+
+# Imported by the train component and this script; a bare GPU machine with the ML stack preinstalled may lack the
+# last two (their wheels are small: carry them).
+REQUIRED = ["torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers", "yaml", "pydantic"]
+
+
+def missing_packages() -> list[str]:
+    import importlib.util
+
+    return [name for name in REQUIRED if importlib.util.find_spec(name) is None]
 
 
 def build_model(folder: Path, shape: dict, on_gpu: bool) -> Path:
@@ -154,6 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="results JSON (default bench/results/gpu-smoke.json; dry run: gpu-smoke-dry-run.json)")
     args = parser.parse_args(argv)
+    missing = missing_packages()
+    if missing:
+        print(f"error: missing Python packages: {', '.join(missing)} (install them, e.g. from wheels: pip install "
+              f"--no-index --find-links WHEELS {' '.join('pyyaml' if m == 'yaml' else m for m in missing)})",
+              file=sys.stderr)
+        return 2
 
     import torch
 
@@ -173,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
            "TUNELINE_HOME": str(work / "home"), "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)  # tracked into the scratch home when MLflow is installed, else untracked
 
+    from bench.train_bench import n_params, peak_flops
     from tests.support.tickets import write_splits
 
     data = write_splits(work / "data", n_train=64)

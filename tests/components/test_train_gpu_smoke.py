@@ -32,3 +32,15 @@ def test_gpu_smoke_dry_run_passes_every_stage_without_mlflow(tmp_path):
     assert "stage    status" in done.stdout  # the one table
     work = next(tmp_path.glob("gpu-smoke-*"))
     assert "this run is not tracked: MLflow is not installed" in (work / "lora.log").read_text()
+
+
+def test_gpu_smoke_names_missing_packages_before_doing_anything(monkeypatch, capsys, tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import gpu_smoke
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    monkeypatch.setattr(gpu_smoke, "REQUIRED", [*gpu_smoke.REQUIRED, "no_such_package_here"])
+    assert gpu_smoke.main(["--dry-run", "--out", str(tmp_path / "x.json")]) == 2
+    assert "missing Python packages: no_such_package_here" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
