@@ -155,7 +155,9 @@ def _main(config: TrainConfig) -> int:
             validation = validation[: config.max_eval_examples]
 
     steps = plan(config, len(train), acc.num_processes)
-    rate_warning = learning_rate_warning(config, sum(p.numel() for p in model.parameters()))
+    # ZeRO-3 partitions parameters at load: a partitioned one reports its full size as ds_numel.
+    n_parameters = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    rate_warning = learning_rate_warning(config, n_parameters)
     if rate_warning:
         log(f"warning: {rate_warning}")
     optimizer = torch.optim.AdamW(modelsetup.param_groups(model, config.weight_decay), lr=config.learning_rate)
