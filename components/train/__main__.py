@@ -142,7 +142,7 @@ def _main(config: TrainConfig) -> int:
     fsdp = acc.distributed_type == DistributedType.FSDP
     model, tokenizer = modelsetup.build(
         config, precision, acc.device, attn_implementation=chosen.attn_implementation,
-        sharded=parallel.is_sharded(acc), on_meta=fsdp and config.method == "lora" and parallel.loads_on_meta(),
+        sharded=parallel.is_sharded(acc), on_meta=fsdp and config.method != "qlora" and parallel.loads_on_meta(),
         fsdp=fsdp)
     # After the shared initialisation each rank draws its own dropout masks.
     torch.manual_seed(config.seed + 1000 * acc.process_index)

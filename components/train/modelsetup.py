@@ -119,8 +119,10 @@ def _materialise_trainable(model) -> None:
 
     accelerate's FSDP2 ``prepare`` re-points the optimizer at the sharded parameters by each old parameter's
     ``data_ptr`` (accelerator.py ``_prepare_fsdp2``); on meta every pointer is 0, and all of them would map to one
-    parameter. The values do not matter: the broadcast from rank 0 overwrites them. Only the trainable ones (an
-    adapter) need storage, as the optimizer holds only those.
+    parameter. The values do not matter: the broadcast from rank 0 overwrites them. Only the trainable ones need
+    storage, as the optimizer holds only those: an adapter, or for a full fine-tune every parameter, where
+    ``torch.empty`` only reserves address space (measured: 4 GiB of it adds under 1 MiB of resident memory) and
+    ``prepare`` moves the model to meta before anything writes to it.
     """
     for name, param in list(model.named_parameters()):
         if param.requires_grad and param.is_meta:

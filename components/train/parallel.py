@@ -107,7 +107,7 @@ def loads_on_meta() -> bool:
     5.23 still materialises the whole checkpoint on every rank in ``from_pretrained`` (modeling_utils.py only
     special-cases non-persistent buffers on ranks > 0), so 8 ranks of a 70B model would hold 8 x 140 GB of host
     memory; building the others from the config on meta holds none. Rank is the global one: rank 0 is the only
-    source of the broadcast.
+    source of the broadcast. Not for QLoRA: accelerate skips this path for models holding 4-bit weights.
     """
     return fsdp_cpu_ram_efficient_loading() and int(os.environ.get("RANK", "0")) != 0
 

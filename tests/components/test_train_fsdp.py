@@ -25,21 +25,24 @@ ROOT = Path(__file__).resolve().parents[2]
 STEPS = 8
 
 
-def _train_args(data, out):
+LORA = ["--max-steps", str(STEPS), "--per-device-batch", "2", "--grad-accum", "1", "--lora-dropout", "0",
+        "--save-steps", "2", "--keep-checkpoints", "1"]
+
+
+def _train_args(data, out, options=LORA):
     return ["-m", "components.train", "--train", str(data["train"]), "--base-model", "tiny-random-llama",
             "--model-out", str(out / "model"), "--checkpoints", str(out / "ckpt"),
-            "--mlflow-run-id-out", str(out / "run_id.json"), "--max-steps", str(STEPS), "--per-device-batch", "2",
-            "--grad-accum", "1", "--lora-dropout", "0", "--save-steps", "2", "--keep-checkpoints", "1"]
+            "--mlflow-run-id-out", str(out / "run_id.json"), *options]
 
 
-def _launch(kind, data, out, env):
+def _launch(kind, data, out, env, options=LORA):
     if kind == "fsdp":
         launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                     str(ROOT / "components" / "train" / "accelerate" / "fsdp.yaml"), "--num_processes", "2",
                     "--main_process_port", "0"]
     else:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    return subprocess.Popen([*launcher, *_train_args(data, out)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+    return subprocess.Popen([*launcher, *_train_args(data, out, options)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -54,8 +57,8 @@ def _stop(process):
             process.wait()
 
 
-def _run(kind, data, out, env):
-    process = _launch(kind, data, out, env)
+def _run(kind, data, out, env, options=LORA):
+    process = _launch(kind, data, out, env, options)
     try:
         output, _ = process.communicate(timeout=600)
     finally:
@@ -112,3 +115,21 @@ def test_fsdp_lora_matches_ddp_and_resumes_exactly_after_a_kill(tmp_path, train_
     c = _adapter(killed)
     for name in b:
         torch.testing.assert_close(c[name], b[name], rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_fsdp_full_fine_tune_with_rank_1_on_meta_matches_one_process(tmp_path, train_env):
+    # Rank 1 builds its model on meta with uninitialised trainable storage; every weight it trains with comes
+    # from rank 0's broadcast, so the gathered model equals one process's with the same global batch.
+    data = write_splits(tmp_path / "data", n_train=16)
+    full = ["--method", "full", "--learning-rate", "1e-3", "--max-steps", "3", "--save-steps", "0"]
+    single, fsdp = tmp_path / "single", tmp_path / "fsdp"
+    one = subprocess.run([sys.executable, *_train_args(data, single, [*full, "--per-device-batch", "4"])],
+                         env=train_env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    _run("fsdp", data, fsdp, train_env, [*full, "--per-device-batch", "2"])
+    a = load_file(single / "model" / "model.safetensors")
+    b = load_file(fsdp / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5)

@@ -115,9 +115,10 @@ def test_qlora_under_fsdp_stores_4bit_weights_in_the_compute_dtype(precision, dt
     assert quantization_config(precision, fsdp=False).bnb_4bit_quant_storage == torch.uint8
 
 
-def test_a_rank_other_than_0_builds_the_lora_model_on_meta(tmp_path, monkeypatch):
-    """Under FSDP with cpu_ram_efficient_loading: no checkpoint read, no frozen weight in host memory; the
-    adapter gets storage (accelerate maps optimizer parameters by data_ptr), rotary buffers stay real."""
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_rank_other_than_0_builds_its_model_on_meta(method, tmp_path, monkeypatch):
+    """Under FSDP with cpu_ram_efficient_loading: no checkpoint read, no frozen weight in host memory; trainable
+    parameters get storage (accelerate maps optimizer parameters by data_ptr), rotary buffers stay real."""
     from components.train.config import parse_args
     from components.train.modelsetup import build
 
@@ -127,12 +128,12 @@ def test_a_rank_other_than_0_builds_the_lora_model_on_meta(tmp_path, monkeypatch
     monkeypatch.setenv("RANK", "1")
     assert parallel.loads_on_meta()
     config = parse_args(["--train", "x", "--base-model", "tiny-random-llama", "--model-out", "m",
-                         "--checkpoints", "c", "--mlflow-run-id-out", "r"])
+                         "--checkpoints", "c", "--mlflow-run-id-out", "r", "--method", method])
     model, _ = build(config, "no", torch.device("cpu"), sharded=True, on_meta=True, fsdp=True)
     params = dict(model.named_parameters())
     frozen = [p for p in params.values() if not p.requires_grad]
     trainable = [p for p in params.values() if p.requires_grad]
-    assert frozen and all(p.is_meta for p in frozen)
+    assert all(p.is_meta for p in frozen) and (bool(frozen) == (method == "lora"))
     assert trainable and not any(p.is_meta for p in trainable)
     assert len({p.data_ptr() for p in trainable}) == len(trainable)
     assert not any(b.is_meta for b in model.buffers())
