@@ -8,8 +8,10 @@ Override example: python bench/train_bench.py --model tiny-random-llama --steps 
 Every run happens in this process on the same data: the sample tickets (prepared with the same split rule
 as the pipeline) or, when absent, the synthetic fixture. Reported per run: training tokens/s (real,
 non-padding tokens), the share of real tokens among those processed, peak memory (GPU: max allocated;
-CPU: peak resident-set growth during the run, sampled), and on GPU the model FLOPs utilisation against the
-H100 bf16 dense peak (989 TFLOP/s). Results go to bench/results/train.json. No Hub access is needed.
+CPU: peak resident-set growth during the run, sampled), and on GPU the model FLOPs utilisation against that
+GPU's own dense bf16/fp16 tensor-core peak (``GPU_PEAKS``; none is reported for a GPU not in the table).
+Step times come from the train loop, which synchronises the device around each timed step. Results go to
+bench/results/train.json. No Hub access is needed.
 """
 
 from __future__ import annotations
@@ -28,7 +30,37 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-H100_BF16_PEAK = 989e12
+# Dense (no structured sparsity) tensor-core peaks in TFLOP/s for the 16-bit type the run uses (bf16 from sm_80,
+# fp16 below, see tuneline/ml/device.py), from NVIDIA's data sheets. Data sheets quote the sparse figure with
+# an asterisk; the dense one is half of it. First match wins, so specific names precede their prefixes.
+# Not listed (MFU not reported): chips without an NVIDIA data sheet figure, such as AWS's A10G.
+GPU_PEAKS: list[tuple[str, float, str]] = [
+    ("H200 NVL", 835, "H200 NVL data sheet: BF16 Tensor Core 1,671 TFLOPS with sparsity"),
+    ("H200", 989, "H200 SXM data sheet: BF16 Tensor Core 1,979 TFLOPS with sparsity"),
+    ("H100 NVL", 835, "H100 NVL data sheet: BF16 Tensor Core 1,671 TFLOPS with sparsity"),
+    ("H100 PCIe", 756, "H100 PCIe data sheet: BF16 Tensor Core 1,513 TFLOPS with sparsity"),
+    ("H100", 989, "H100 SXM data sheet: BF16 Tensor Core 1,979 TFLOPS with sparsity"),
+    ("A100", 312, "A100 data sheet: BF16 Tensor Core 312 TFLOPS (624 with sparsity)"),
+    ("L40S", 362, "L40S data sheet: BF16 Tensor Core 362.05 TFLOPS (733 with sparsity)"),
+    ("L4", 121, "L4 data sheet: BF16 Tensor Core 242 TFLOPS with sparsity"),
+    ("A10", 125, "A10 data sheet: BF16 Tensor Core 125 TFLOPS (250 with sparsity)"),
+    ("T4", 65, "T4 data sheet: mixed-precision (FP16/FP32) 65 TFLOPS"),
+    ("V100S", 130, "V100S PCIe data sheet: Tensor Performance 130 TFLOPS"),
+    ("V100-PCIE", 112, "V100 data sheet: PCIe Tensor Performance 112 TFLOPS"),
+    ("V100", 125, "V100 data sheet: SXM2 Tensor Performance 125 TFLOPS"),
+]
+
+
+def peak_flops(device_name: str) -> tuple[float, str] | None:
+    """(dense 16-bit tensor-core peak FLOP/s, its source) of the GPU named ``device_name`` as
+    ``torch.cuda.get_device_name()`` gives it ("NVIDIA A100-SXM4-80GB", "Tesla T4"), or None when unknown."""
+    import re
+
+    for key, tflops, source in GPU_PEAKS:
+        # Whole tokens only: "A10" must not match "A10G" (a different chip) nor "L4" match "L40S".
+        if re.search(rf"(?<![A-Z0-9]){re.escape(key.upper())}(?![A-Z0-9])", device_name.upper()):
+            return tflops * 1e12, source
+    return None
 
 
 class RssPeak:
@@ -218,18 +250,24 @@ def main() -> int:
         if not args.skip_trl:
             runs.append(trl_default(f"trl-sft-default-{method}", method, args, data, model))
             print(json.dumps(runs[-1]), flush=True)
+    peak = None
     if cuda:
         from tuneline.ml.models import resolve_model
 
+        device = torch.cuda.get_device_name()
+        peak = peak_flops(device)
         total, matmul = n_params(resolve_model(model))
         for run in runs:
             # 6 FLOPs per parameter per token for a full step; LoRA skips the frozen weights' gradient (4).
             flops_per_token = (6 if run["method"] == "full" else 4) * matmul
-            run["mfu"] = run["tokens_per_s"] * flops_per_token / H100_BF16_PEAK
-        device = torch.cuda.get_device_name()
+            run["model_tflops_per_s"] = run["tokens_per_s"] * flops_per_token / 1e12
+            run["mfu"] = run["tokens_per_s"] * flops_per_token / peak[0] if peak else None
+        if peak is None:
+            print(f"no peak FLOP/s known for {device!r}: MFU not reported (add it to GPU_PEAKS)")
     else:
         device = f"cpu ({os.cpu_count()} cores)"
-    result = {"device": device, "model": model if not cuda else "llama-~1B-random (bf16)", "data": data["source"],
+    result = {"device": device, "peak_flops": peak[0] if peak else None, "peak_source": peak[1] if peak else None,
+              "model": model if not cuda else "llama-~1B-random (bf16)", "data": data["source"],
               "steps": args.steps, "per_device_batch": args.batch, "max_seq_len": args.seq_len, "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -237,7 +275,7 @@ def main() -> int:
     for run in runs:
         line = (f"{run['run']:32} {run['tokens_per_s']:10.0f} {run['real_token_share']:10.2f} "
                 f"{run['peak_memory_mb']:9.0f}")
-        print(line + (f" {run['mfu']:5.1%}" if cuda else ""))
+        print(line + (f" {run['mfu']:5.1%}" if cuda and run.get("mfu") is not None else ""))
     print(f"results: {args.out}")
     return 0
 

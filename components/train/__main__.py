@@ -17,7 +17,7 @@ import sys
 import time
 from collections import Counter
 
-from components.train.config import TrainConfig, hyperparameters, parse_args
+from components.train.config import TrainConfig, hyperparameters, learning_rate_warning, parse_args
 from components.train.modelsetup import MethodUnavailable, check_method
 from tuneline.outputs import write_value
 
@@ -51,12 +51,21 @@ def _encode_split(records, tokenizer, max_seq_len: int, label: str, log, over_lo
 
 
 def save_outputs(config: TrainConfig, acc, model, tokenizer, summary: dict) -> None:
+    """Write the model on the main process. Under FSDP and ZeRO-3 no rank holds the whole model (or adapter):
+    the weights are gathered first, and every rank must join that gather, so it happens before the
+    main-process check. PEFT writes a sharded model's adapter wrongly from its own parameters (local shards,
+    or zero-size tensors under ZeRO-3, as its save_pretrained warns); given the gathered state dict it keeps
+    the adapter's entries from it (peft/utils/save_and_load.py ``get_peft_model_state_dict``)."""
+    from components.train import parallel
     from components.train.loop import dump_json
     from tuneline.ml.models import SUMMARY_FILE
 
     unwrapped = acc.unwrap_model(model)
+    state_dict = None
     if config.method == "full":
         state_dict = acc.get_state_dict(model)  # gathers FSDP / ZeRO-3 shards; every rank must call it
+    elif parallel.shards_parameters(acc):
+        state_dict = parallel.gathered_trainable(acc, model)
     if not acc.is_main_process:
         return
     out = config.model
@@ -74,7 +83,7 @@ def save_outputs(config: TrainConfig, acc, model, tokenizer, summary: dict) -> N
         base.config._name_or_path = base.name_or_path = config.base_model
         # "auto" would look the base model up on the Hub to decide about embedding layers; we never
         # train embeddings in LoRA mode, so no lookup is needed (and none is possible offline).
-        unwrapped.save_pretrained(out, save_embedding_layers=False)
+        unwrapped.save_pretrained(out, save_embedding_layers=False, state_dict=state_dict)
     tokenizer.save_pretrained(out)
     dump_json(out / SUMMARY_FILE, summary)
 
@@ -100,21 +109,36 @@ def _main(config: TrainConfig) -> int:
 
     import torch
     from accelerate import Accelerator
+    from accelerate.utils import DistributedType
     from transformers import get_scheduler
 
-    from components.train import modelsetup
+    from components.train import modelsetup, parallel
     from components.train.loop import Loop, StopFlag, finite, plan
     from components.train.state import TrainState
     from tuneline.ml import checkpoint as ckpt
     from tuneline.ml.data import read_split
-    from tuneline.ml.device import mixed_precision
+    from tuneline.ml.device import detect
+    from tuneline.ml.models import resolve_model
+    from tuneline.ml.tracking import mlflow_missing
 
+    untracked = mlflow_missing()
+    if untracked and os.environ.get("MLFLOW_TRACKING_URI"):
+        # A tracking store was named: losing the run's record silently would be worse than failing.
+        print(f"error: MLFLOW_TRACKING_URI is set but {untracked}", file=sys.stderr)
+        return 2
+
+    # Before the process group starts: a catalog model is built (and saved) by whichever rank gets there first,
+    # and transformers saves nothing on ranks > 0 once torch.distributed is initialised.
+    resolve_model(config.base_model)
     stop = StopFlag()
     stop.install()
-    precision = mixed_precision() if config.precision == "auto" else config.precision
+    chosen = detect(config.precision)
+    precision = chosen.mixed_precision
     acc = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    parallel.enable_fsdp_on_cpu(acc)
     log = print if acc.is_main_process else (lambda *a, **k: None)
-    from accelerate.utils import DistributedType
+    log(f"precision: {chosen.describe()}; distribution {acc.distributed_type.value}, "
+        f"{acc.num_processes} process(es)", flush=True)
 
     if acc.distributed_type == DistributedType.DEEPSPEED and config.grad_accum != 1:
         # DeepSpeed's engine steps inside backward(); our accumulation would step every micro-batch.
@@ -125,7 +149,11 @@ def _main(config: TrainConfig) -> int:
     train_split = read_split(config.train)
     val_split = read_split(config.validation) if config.validation else None
     torch.manual_seed(config.seed)
-    model, tokenizer = modelsetup.build(config, precision, acc.device)
+    fsdp = acc.distributed_type == DistributedType.FSDP
+    model, tokenizer = modelsetup.build(
+        config, precision, acc.device, attn_implementation=chosen.attn_implementation,
+        sharded=parallel.is_sharded(acc), on_meta=fsdp and config.method != "qlora" and parallel.loads_on_meta(),
+        fsdp=fsdp)
     # After the shared initialisation each rank draws its own dropout masks.
     torch.manual_seed(config.seed + 1000 * acc.process_index)
     over_long: dict = {}
@@ -137,10 +165,21 @@ def _main(config: TrainConfig) -> int:
             validation = validation[: config.max_eval_examples]
 
     steps = plan(config, len(train), acc.num_processes)
+    # ZeRO-3 partitions parameters at load: a partitioned one reports its full size as ds_numel.
+    n_parameters = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    rate_warning = learning_rate_warning(config, n_parameters)
+    if rate_warning:
+        log(f"warning: {rate_warning}")
     optimizer = torch.optim.AdamW(modelsetup.param_groups(model, config.weight_decay), lr=config.learning_rate)
     scheduler = get_scheduler(config.lr_scheduler if config.lr_scheduler != "constant" else "constant_with_warmup",
                               optimizer, num_warmup_steps=math.ceil(config.warmup_ratio * steps.total_steps),
                               num_training_steps=steps.total_steps)
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        try:
+            parallel.fill_deepspeed_config(acc, config.per_device_batch, config.grad_accum, config.max_grad_norm)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     model, optimizer = acc.prepare(model, optimizer)
 
     run = None
@@ -148,7 +187,10 @@ def _main(config: TrainConfig) -> int:
     resume_from = ckpt.latest(config.checkpoints)
     if resume_from is not None:
         loop.load_checkpoint(resume_from)
-    if acc.is_main_process:
+    if untracked and acc.is_main_process:
+        log(f"warning: this run is not tracked: {untracked}; its figures stay in training_summary.json")
+        write_value(config.mlflow_run_id, "")
+    if acc.is_main_process and not untracked:
         from tuneline.ml.tracking import Run
 
         run = Run(run_id=loop.state.mlflow_run_id, experiment=config.experiment,
@@ -157,8 +199,9 @@ def _main(config: TrainConfig) -> int:
         run.log_params({**hyperparameters(config), "train_sha256": train_split.sha256,
                         "validation_sha256": val_split.sha256 if val_split else "",
                         "n_train": len(train), "n_validation": len(validation),
-                        "world_size": acc.num_processes, "mixed_precision": precision,
-                        "planned_steps": steps.total_steps})
+                        "world_size": acc.num_processes, "planned_steps": steps.total_steps,
+                        "distributed_type": acc.distributed_type.value,
+                        **{k: v for k, v in chosen.as_params().items() if k != "reason"}})
         run.set_tags({"tuneline.dataset_sha256": train_split.sha256, "tuneline.base_model": config.base_model,
                       "tuneline.method": config.method})
         write_value(config.mlflow_run_id, run.run_id)
@@ -186,6 +229,7 @@ def _main(config: TrainConfig) -> int:
                  "over_long": {"max_seq_len": config.max_seq_len, "truncation_side": "right", **over_long}},
         "world_size": acc.num_processes,
         "mixed_precision": precision,
+        "precision": chosen.as_params(),
         "mlflow_run_id": state.mlflow_run_id,
         # Serving puts a bare request under the same instructions the model was tuned with.
         "system_prompt": _common_system_prompt(train_split.records),
@@ -198,6 +242,7 @@ def _main(config: TrainConfig) -> int:
         run.log_metrics(finals, step=state.global_step)
         run.log_artifact(config.model / "training_summary.json")
         run.finish()
+    if acc.is_main_process:
         log(f"done: {state.global_step} steps, final loss {summary['final_train_loss']:.4f}, "
             f"{summary['tokens_per_s'] or 0:.0f} tokens/s, model in {config.model}")
         from tuneline.runner.summary import write_step_summary

@@ -19,3 +19,20 @@ def hyperparameters(config: Any) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> Any:
     return PROGRAM.parse(argv)
+
+
+# Above these a fine-tune of a multi-billion-parameter model is likely to diverge: LoRA/QLoRA recipes use 1e-4 to
+# 2e-4 (the QLoRA paper, Dettmers et al. 2023, hyperparameters in its appendix: 2e-4 for 7B-13B, 1e-4 for
+# 33B-65B), full fine-tuning 1e-5 to 5e-5. The component's default (2e-3) suits the 135M demo model's LoRA.
+HIGH_LEARNING_RATE = {"full": 1e-4, "lora": 1e-3, "qlora": 1e-3}
+
+
+def learning_rate_warning(config: Any, n_parameters: int) -> str | None:
+    """A warning when a model of a billion parameters or more is trained with a learning rate far above what its
+    method usually uses."""
+    limit = HIGH_LEARNING_RATE.get(config.method)
+    if limit is None or config.learning_rate <= limit or n_parameters < 1e9:
+        return None
+    return (f"--learning-rate {config.learning_rate:g} is high for method {config.method} on a "
+            f"model of {n_parameters / 1e9:.1f}B parameters (above {limit:g}; the default suits the 135M demo model's "
+            "LoRA): the run may diverge")

@@ -104,6 +104,7 @@ class Loop:
         global_targets = self._sum([float(sum(b.n_targets for b in batches))])[0]
         scale = self.world / max(global_targets, 1.0)
         loss_sum = 0.0
+        _synchronize(self.acc.device)
         t0 = time.perf_counter()
         for j, batch in enumerate(batches):
             sync = j == len(batches) - 1
@@ -112,11 +113,14 @@ class Loop:
                 self.acc.backward(loss * scale)
             loss_sum += float(loss.detach())
         max_norm = self.c.max_grad_norm if self.c.max_grad_norm > 0 else float("inf")
-        grad_norm = float(self.acc.clip_grad_norm_(self.params, max_norm))
+        grad_norm = _as_float(self.acc.clip_grad_norm_(self.params, max_norm))
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        # CUDA kernels run asynchronously: without waiting, the optimizer step's kernels would be counted in
+        # the next step's time (or in none, for the last), and tokens/s and MFU would be off.
+        _synchronize(self.acc.device)
         seconds = time.perf_counter() - t0
         real = sum(b.real_tokens for b in batches)
         padded = sum(b.padded_tokens for b in batches)
@@ -199,9 +203,9 @@ class Loop:
         return final or folder / ckpt.name_for(step)
 
     def _sharded(self) -> bool:
-        from accelerate.utils import DistributedType
+        from components.train.parallel import is_sharded
 
-        return self.acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        return is_sharded(self.acc)
 
     def load_checkpoint(self, path: Path) -> None:
         saved = TrainState.load(path)
@@ -216,13 +220,15 @@ class Loop:
 
             trainable = load_file(path / "trainable.safetensors")
             modelsetup.load_trainable_state(self.acc.unwrap_model(self.model), trainable)
-            self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+            # Onto this rank's device: without a map_location every rank would load rank 0's tensors onto the
+            # device they were saved from (cuda:0), and a full fine-tune's optimizer state fills GPU 0.
+            self.optimizer.load_state_dict(ckpt.load_tensors(path / "optimizer.pt", self.acc.device))
+        self.scheduler.load_state_dict(ckpt.load_tensors(path / "scheduler.pt", "cpu"))
         if self.acc.scaler is not None and (path / "scaler.pt").is_file():
-            self.acc.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=False))
+            self.acc.scaler.load_state_dict(ckpt.load_tensors(path / "scaler.pt", "cpu"))
         rng = path / f"rng-rank{self.rank}.pt"
         if rng.is_file():
-            ckpt.set_rng_state(torch.load(rng, weights_only=False))
+            ckpt.set_rng_state(ckpt.load_tensors(rng, "cpu"))  # RNG states are CPU byte tensors
         saved.resumes += 1
         self.state = saved
         self.wall_at_start = saved.wall_time_s
@@ -298,6 +304,20 @@ class Loop:
             "peak_memory_mb": peak_memory_mb(),
             "resumes": s.resumes,
         }
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _as_float(norm) -> float:
+    """The gradient norm as a number: DeepSpeed reports None before its first step, FSDP2 a replicated DTensor."""
+    if norm is None:
+        return float("nan")
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return float(norm)
 
 
 def finite(x: float | None) -> bool:

@@ -33,24 +33,66 @@ def _targets(spec: str):
     return "all-linear" if spec == "all-linear" else [t.strip() for t in spec.split(",") if t.strip()]
 
 
-def build(config: TrainConfig, precision: str, device: torch.device):
+def quantization_config(precision: str, fsdp: bool):
+    """The 4-bit config for QLoRA. Under FSDP the packed 4-bit weights are stored in the compute dtype
+    (``bnb_4bit_quant_storage``): FSDP shards floating-point tensors only, and accelerate leaves uint8-stored
+    Params4bit out of sharding altogether (fsdp_utils.py ``fsdp2_prepare_model``: "Excluding from FSDP2
+    sharding"), so every GPU would hold the whole quantised model. The model's other weights are loaded in the
+    same dtype, as the bitsandbytes FSDP-QLoRA guide (docs/source/fsdp_qlora.md) and PEFT's
+    docs/source/accelerate/fsdp.md (v0.21.2) require."""
+    from transformers import BitsAndBytesConfig
+
+    compute = compute_dtype(precision) if precision != "no" else torch.float16
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=compute if fsdp else torch.uint8,
+    )
+
+
+def load_dtype(method: str, precision: str) -> torch.dtype:
+    """LoRA keeps the frozen base in the compute dtype (adapters stay fp32); full fine-tuning keeps fp32 master
+    weights and lets autocast run the matmuls in bf16/fp16; QLoRA's unquantised weights match the 4-bit storage."""
+    if method == "full":
+        return torch.float32
+    if method == "qlora" and precision == "no":
+        return torch.float16
+    return compute_dtype(precision)
+
+
+def build(config: TrainConfig, precision: str, device: torch.device, *, attn_implementation: str = "sdpa",
+          sharded: bool = False, on_meta: bool = False, fsdp: bool = False):
+    """The model to train and its tokenizer.
+
+    ``sharded``: FSDP or DeepSpeed will place (and shard) the model in ``prepare``; moving the whole model to
+    the GPU first would need the unsharded model to fit on one device. ``on_meta``: build the model from its
+    config on the meta device instead of reading the checkpoint (``parallel.loads_on_meta``); ``prepare``
+    broadcasts rank 0's weights into the shards. Non-persistent buffers (rotary frequencies) stay real, since
+    accelerate copies them back after sharding rather than broadcasting them.
+    """
     check_method(config.method)
     path = resolve_model(config.base_model)
     tokenizer = load_tokenizer(path, padding_side="right")
-    quantization = None
-    # LoRA keeps the frozen base in the compute dtype (adapters stay fp32); full fine-tuning keeps fp32
-    # master weights and lets autocast run the matmuls in bf16/fp16.
-    dtype = torch.float32 if config.method == "full" else compute_dtype(precision)
-    if config.method == "qlora":
-        from transformers import BitsAndBytesConfig
+    quantization = quantization_config(precision, fsdp) if config.method == "qlora" else None
+    dtype = load_dtype(config.method, precision)
+    if on_meta and quantization is None:
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig, AutoModelForCausalLM
 
-        quantization = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute_dtype(precision) if precision != "no" else torch.float16,
-        )
-    model = load_causal_lm(path, dtype=dtype, quantization_config=quantization)
+        with init_empty_weights(include_buffers=False):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype,
+                                                     attn_implementation=attn_implementation)
+    else:
+        # Not sharded: each process holds the whole model on its own GPU, so it is read straight onto it.
+        direct = not sharded and device.type == "cuda"
+        model = load_causal_lm(path, dtype=dtype, quantization_config=quantization,
+                               attn_implementation=attn_implementation, device_map={"": device} if direct else None)
     model.config.use_cache = False
-    if config.method == "qlora":
+    # Under FSDP, QLoRA skips prepare_model_for_kbit_training and PEFT's fp32 upcast of the adapter: both make
+    # fp32 parameters beside the 16-bit-stored 4-bit weights, and FSDP needs one dtype per sharded group
+    # (accelerate does not upcast models holding Params4bit, fsdp_utils.py fsdp2_prepare_model; TRL's SFT
+    # set-up does the same for sharded QLoRA, trl/experimental/utils.py).
+    sharded_qlora = config.method == "qlora" and fsdp
+    if config.method == "qlora" and not sharded_qlora:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
@@ -64,10 +106,29 @@ def build(config: TrainConfig, precision: str, device: torch.device):
             target_modules=_targets(config.lora_targets), task_type="CAUSAL_LM", bias="none",
         )
         torch.manual_seed(config.seed)  # adapter initialisation is part of the run's determinism
-        model = get_peft_model(model, lora)
-    if quantization is None:
+        model = get_peft_model(model, lora, autocast_adapter_dtype=not sharded_qlora)
+    if on_meta:
+        _materialise_trainable(model)
+    if quantization is None and not sharded:
         model.to(device)
     return model, tokenizer
+
+
+def _materialise_trainable(model) -> None:
+    """Give the trainable parameters of a meta-device model real (uninitialised) CPU storage.
+
+    accelerate's FSDP2 ``prepare`` re-points the optimizer at the sharded parameters by each old parameter's
+    ``data_ptr`` (accelerator.py ``_prepare_fsdp2``); on meta every pointer is 0, and all of them would map to one
+    parameter. The values do not matter: the broadcast from rank 0 overwrites them. Only the trainable ones need
+    storage, as the optimizer holds only those: an adapter, or for a full fine-tune every parameter, where
+    ``torch.empty`` only reserves address space (measured: 4 GiB of it adds under 1 MiB of resident memory) and
+    ``prepare`` moves the model to meta before anything writes to it.
+    """
+    for name, param in list(model.named_parameters()):
+        if param.requires_grad and param.is_meta:
+            owner, _, leaf = name.rpartition(".")
+            module = model.get_submodule(owner)
+            setattr(module, leaf, torch.nn.Parameter(torch.empty(param.shape, dtype=param.dtype), requires_grad=True))
 
 
 def param_groups(model, weight_decay: float) -> list[dict]:

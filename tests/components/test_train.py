@@ -1,6 +1,7 @@
 """The train component in-process on a tiny random Llama: outputs, tracking, packing, early stopping, methods."""
 
 import json
+import sys
 
 import pytest
 
@@ -52,6 +53,10 @@ def test_lora_run_writes_adapter_summary_and_mlflow_run(env):
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["method"] == "lora" and run.data.params["train_sha256"] == summary["data"]["train_sha256"]
+    # The precision choice for this device, as printed at start-up.
+    assert {k: run.data.params[k] for k in ("mixed_precision", "grad_scaler", "attn_implementation", "device")} == {
+        "mixed_precision": "no", "grad_scaler": "False", "attn_implementation": "sdpa", "device": "cpu"}
+    assert summary["precision"]["mixed_precision"] == "no"
     history = client.get_metric_history(run_id, "loss")
     assert [m.step for m in history] == [1, 2, 3]
     assert [m.value for m in history] == pytest.approx(_losses(out))
@@ -110,3 +115,12 @@ def test_boolean_flags_take_true_false_text(env, capsys):
     with pytest.raises(SystemExit):
         main(["--train", "x", *_OUTPUTS, "--packing", "maybe"])
     assert "input 'packing': 'maybe' is not a boolean (true/false)" in capsys.readouterr().err
+
+
+def test_without_mlflow_a_named_tracking_store_is_an_error_before_training(env, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow raises ImportError, as when not installed
+    argv = ["--train", str(env["train"]), "--base-model", "tiny-random-llama", "--model-out", str(env["root"] / "n"),
+            "--checkpoints", str(env["root"] / "nc"), "--mlflow-run-id-out", str(env["root"] / "n.json")]
+    assert main(argv) == 2
+    assert "MLFLOW_TRACKING_URI is set but MLflow is not installed" in capsys.readouterr().err
+    assert not (env["root"] / "nc").exists()

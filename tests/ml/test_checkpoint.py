@@ -34,3 +34,15 @@ def test_rng_state_round_trip():
     ckpt.set_rng_state(state)
     second = (random.random(), torch.rand(3))
     assert first[0] == second[0] and torch.equal(first[1], second[1])
+
+
+def test_loaded_tensors_land_on_the_requested_device(tmp_path):
+    # A checkpoint written by rank 0 of a GPU run holds cuda:0 tensors; each rank must load them onto its own
+    # device. "meta" stands in for "a device other than the one the file was saved from" on a CPU machine.
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 4)).sum().backward()
+    optimizer.step()
+    torch.save(optimizer.state_dict(), tmp_path / "optimizer.pt")
+    loaded = ckpt.load_tensors(tmp_path / "optimizer.pt", torch.device("meta"))
+    assert {t.device.type for s in loaded["state"].values() for t in s.values()} == {"meta"}

@@ -71,3 +71,35 @@ def test_hub_id_offline_fails_with_a_clear_message(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotAvailable, match="could not be downloaded.*Offline, use a catalog name"):
         resolve_model("some-org/some-model")
+
+
+def test_a_catalog_build_without_weights_is_never_published(tmp_path, monkeypatch):
+    # What a rank > 0 gets from save_pretrained inside an initialised process group: the tokenizer, no model.
+    from tuneline.ml import models
+
+    def tokenizer_only(out):
+        models.make_tiny_tokenizer().save_pretrained(out)
+
+    monkeypatch.setenv("TUNELINE_HOME", str(tmp_path))
+    monkeypatch.setitem(models.CATALOG, "half-built", models.CatalogEntry("half-built", "test", tokenizer_only))
+    with pytest.raises(ModelNotAvailable, match="wrote no config.json"):
+        resolve_model("half-built")
+    assert not (tmp_path / "models" / "half-built").exists()
+
+
+def test_hub_downloads_take_what_transformers_writes_and_skip_original_format_copies(tiny, tmp_path):
+    from huggingface_hub.utils import filter_repo_objects
+
+    from tuneline.ml.models import HUB_ALLOW, HUB_IGNORE
+
+    def kept(names):
+        return set(filter_repo_objects(names, allow_patterns=HUB_ALLOW, ignore_patterns=HUB_IGNORE))
+
+    # Every file transformers writes for a model and its tokenizer (chat_template.jinja included) comes down...
+    written = {p.name for p in tiny.iterdir()} - {"tuneline_model.json"}
+    assert "chat_template.jinja" in written and kept(written) == written
+    # ...and a repo's second, original-format copy of the weights does not.
+    repo = ["config.json", "model-00001-of-00003.safetensors", "model.safetensors.index.json",
+            "consolidated.safetensors", "original/consolidated.00.pth", "original/params.json", "tokenizer.model"]
+    assert kept(repo) == {"config.json", "model-00001-of-00003.safetensors", "model.safetensors.index.json",
+                          "tokenizer.model"}

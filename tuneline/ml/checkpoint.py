@@ -81,6 +81,12 @@ def _fsync_tree(path: Path) -> None:
                 os.fsync(fh.fileno())
 
 
+def load_tensors(path: Path | str, device) -> object:
+    """``torch.load`` of a checkpoint file with its tensors placed on ``device`` (this rank's own), whatever
+    device they were saved from."""
+    return torch.load(path, map_location=device, weights_only=False)
+
+
 def rng_state() -> dict:
     state = {
         "python": random.getstate(),

@@ -154,6 +154,15 @@ def _materialise(entry: CatalogEntry) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=target.parent))
     try:
         entry.build(tmp)
+        # transformers 5 writes a model only on rank 0 once torch.distributed is initialised
+        # (transformers/distributed/mixin.py should_save_on_this_rank), leaving other ranks a folder with a
+        # tokenizer and no weights; publishing that would hand every later load an unusable model.
+        missing = [f for f in ("config.json",) if not (tmp / f).is_file()]
+        if missing or not any(tmp.glob("*.safetensors")):
+            raise ModelNotAvailable(
+                f"building {entry.name} wrote no {' or '.join(missing) or 'weights'}: a process other than rank 0 "
+                "of an initialised process group cannot save a model; resolve the model before the process group "
+                "starts")
         (tmp / "tuneline_model.json").write_text(json.dumps({"name": entry.name, "source": entry.description}))
         # mkdtemp and some writers create owner-only files; the cache is shared by every user of the project.
         tmp.chmod(0o755)
@@ -189,12 +198,20 @@ def resolve_model(name: str) -> Path:
     )
 
 
+# What a transformers model folder needs: config, weights, tokenizer (json, sentencepiece .model, BPE merges .txt)
+# and the chat template, which transformers 5 writes as its own chat_template.jinja. Left out: the maker's
+# original-format copies some repos carry beside the transformers weights (Mistral-7B-Instruct-v0.3's
+# consolidated.safetensors, 14.5 GB; Llama 3.x's original/ folder), which would double the download.
+HUB_ALLOW = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+HUB_IGNORE = ["consolidated*", "original/*"]
+
+
 def _download_from_hub(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_ALLOW, ignore_patterns=HUB_IGNORE))
     except Exception as err:  # noqa: BLE001 - any failure here means "not available offline"
         raise ModelNotAvailable(
             f"Hub model {repo_id!r} could not be downloaded ({type(err).__name__}: {' '.join(str(err).split())}). "
@@ -215,10 +232,15 @@ def load_tokenizer(path: Path | str, padding_side: str = "right"):
     return tokenizer
 
 
-def load_causal_lm(path: Path | str, dtype=None, quantization_config=None, attn_implementation: str = "sdpa"):
+def load_causal_lm(path: Path | str, dtype=None, quantization_config=None, attn_implementation: str = "sdpa",
+                   device_map=None):
+    """``device_map={"": device}`` reads the weights straight onto that device instead of staging the whole model
+    in host memory first (16 GB for an 8B model in bf16, the train step's whole memory request)."""
     from transformers import AutoModelForCausalLM
 
     kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)

@@ -18,6 +18,16 @@ from tuneline import settings
 DEFAULT_EXPERIMENT = "tuneline"
 
 
+def mlflow_missing() -> str | None:
+    """None when MLflow can be imported, else a message saying so. MLflow is imported only when a run is
+    opened, so a program that can work untracked (training on a bare GPU machine) asks this first."""
+    try:
+        import mlflow  # noqa: F401
+    except ImportError as err:
+        return f"MLflow is not installed ({err}); install the project's ml extra (mlflow) to track runs"
+    return None
+
+
 def experiment_id(mlflow_client, name: str) -> str:
     """Created once, with artifacts under TUNELINE_HOME rather than ./mlruns wherever the step runs."""
     from tuneline.registry import ensure_experiment

@@ -1,0 +1,134 @@
+"""What the distribution config (accelerate's FSDP / DeepSpeed plugins) asks of the training code.
+
+Read against accelerate 1.15 (accelerator.py ``_prepare_deepspeed``, utils/fsdp_utils.py
+``fsdp2_prepare_model``, state.py ``AcceleratorState.__init__``) and transformers 5.23.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def is_sharded(acc) -> bool:
+    """FSDP or DeepSpeed: the model's parameters (ZeRO-3, FSDP) or optimizer state (ZeRO-1/2) live in shards."""
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def shards_parameters(acc) -> bool:
+    """FSDP or ZeRO-3: no rank holds the whole model, so saving it needs a gather that every rank joins."""
+    from accelerate.utils import DistributedType
+
+    if acc.distributed_type == DistributedType.FSDP:
+        return True
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        return acc.state.deepspeed_plugin.zero_stage == 3
+    return False
+
+
+def fsdp_requested() -> bool:
+    """``accelerate launch`` with an FSDP config sets ACCELERATE_USE_FSDP (utils/launch.py prepare_multi_gpu_env)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def fsdp_cpu_ram_efficient_loading() -> bool:
+    """The launcher's FSDP_CPU_RAM_EFFICIENT_LOADING: only rank 0 reads the checkpoint, the others get its
+    weights by broadcast inside ``prepare`` (fsdp_utils.py ``fsdp2_load_full_state_dict``)."""
+    return fsdp_requested() and os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() == "true"
+
+
+def enable_fsdp_on_cpu(acc) -> bool:
+    """Turn a CPU process group started for FSDP into an FSDP one; returns whether it did.
+
+    accelerate switches to FSDP only on accelerator devices (state.py: the FSDP branch of
+    ``AcceleratorState.__init__`` is reached for MULTI_GPU/NPU/XPU/..., never MULTI_CPU), so on a machine without
+    a GPU an FSDP launch silently trains as plain data parallel. torch's FSDP2 (``fully_shard``) does run on CPU
+    over gloo, and that is how the sharded path (meta-device loading, sharded checkpoints, the gathered adapter)
+    is exercised without a GPU. On GPUs accelerate's own path is used unchanged.
+    """
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if not fsdp_requested() or acc.distributed_type != DistributedType.MULTI_CPU:
+        return False
+    plugin = FullyShardedDataParallelPlugin()  # read from the launcher's FSDP_* variables, as accelerate does
+    if plugin.fsdp_version != 2:
+        raise RuntimeError("FSDP on CPU runs only with fsdp_version: 2 (FSDP1 needs a GPU)")
+    from accelerate.state import PartialState
+
+    acc.state.fsdp_plugin = plugin
+    acc.state.distributed_type = DistributedType.FSDP
+    # As AcceleratorState.__init__ ends: later AcceleratorState() calls copy PartialState's shared state back.
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    return True
+
+
+def fill_deepspeed_config(acc, per_device_batch: int, grad_accum: int, max_grad_norm: float) -> dict[str, Any]:
+    """Give the DeepSpeed config the values accelerate would take from a DataLoader, before ``prepare``.
+
+    A plugin built from an accelerate yaml (no DeepSpeed json) carries ``train_micro_batch_size_per_gpu:
+    auto`` and ``train_batch_size: auto`` (utils/dataclasses.py ``DeepSpeedPlugin.__post_init__``), and
+    ``_prepare_deepspeed`` raises "requires you to pass at least one of training or evaluation dataloaders"
+    when the batch size is "auto" and no DataLoader is prepared -- this loop batches by itself and prepares
+    none. Values the config already sets must agree with the training arguments (a clear error otherwise).
+    Returns the values filled in.
+    """
+    plugin = acc.state.deepspeed_plugin
+    return fill_deepspeed_plugin(plugin, per_device_batch, grad_accum, max_grad_norm, acc.num_processes)
+
+
+def fill_deepspeed_plugin(plugin, per_device_batch: int, grad_accum: int, max_grad_norm: float,
+                          world: int) -> dict[str, Any]:
+    values = {
+        "train_micro_batch_size_per_gpu": per_device_batch,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": per_device_batch * grad_accum * world,
+        # The loop's --max-grad-norm; DeepSpeed clips inside its step (0 disables clipping in both).
+        "gradient_clipping": max_grad_norm,
+    }
+    config = plugin.deepspeed_config
+    # A DeepSpeed json may leave these out; DeepSpeed then derives the batch from train_batch_size alone and
+    # does not clip. The loop's own values are the ones it trains with.
+    for key in ("train_micro_batch_size_per_gpu", "gradient_clipping"):
+        config.setdefault(key, values[key])
+    try:
+        plugin.deepspeed_config_process(must_match=True, **values)
+    except ValueError as err:
+        raise ValueError(f"the DeepSpeed config disagrees with the training arguments: {err}") from err
+    return values
+
+
+def loads_on_meta() -> bool:
+    """Whether this process builds the model on the meta device instead of reading the checkpoint.
+
+    Under FSDP with cpu_ram_efficient_loading only the main process needs real weights: ``prepare`` moves the
+    model to meta, shards it and broadcasts rank 0's values (fsdp_utils.py ``fsdp2_prepare_model``). transformers
+    5.23 still materialises the whole checkpoint on every rank in ``from_pretrained`` (modeling_utils.py only
+    special-cases non-persistent buffers on ranks > 0), so 8 ranks of a 70B model would hold 8 x 140 GB of host
+    memory; building the others from the config on meta holds none. Rank is the global one: rank 0 is the only
+    source of the broadcast. Not for QLoRA: accelerate skips this path for models holding 4-bit weights.
+    """
+    return fsdp_cpu_ram_efficient_loading() and int(os.environ.get("RANK", "0")) != 0
+
+
+def gathered_trainable(acc, model) -> dict:
+    """The trainable parameters (a LoRA adapter) in full, on the main process; every rank must call this.
+
+    FSDP2: each trainable parameter is a DTensor shard; ``full_tensor`` all-gathers it, so only the adapter
+    travels, not the frozen base (``accelerator.get_state_dict`` would gather the whole model to rank 0's host
+    memory). ZeRO-3: ``get_state_dict`` consolidates the 16-bit weights (needs
+    ``stage3_gather_16bit_weights_on_model_save``, which zero3.yaml sets); PEFT picks the adapter out of it.
+    """
+    if not getattr(acc, "is_fsdp2", False):
+        return acc.get_state_dict(model)
+    from torch.distributed.tensor import DTensor
+
+    out = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        full = param.full_tensor() if isinstance(param, DTensor) else param
+        if acc.is_main_process:
+            out[name] = full.detach().to("cpu", copy=True)
+    return out

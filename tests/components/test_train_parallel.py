@@ -1,0 +1,156 @@
+"""The distribution configs as accelerate's launcher turns them into plugins, against what the train code builds.
+
+DeepSpeed and a GPU are absent here: the plugins are built the way ``accelerate launch`` builds them (its own
+argument parsing and environment preparation), and the code is tested up to ``prepare``.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from components.train import parallel
+
+CONFIGS = Path(__file__).resolve().parents[2] / "components" / "train" / "accelerate"
+
+
+def launcher_env(config: str) -> dict[str, str]:
+    """The ACCELERATE_* / FSDP_* variables ``accelerate launch --config_file <config>`` gives each process."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", str(CONFIGS / config), "-m", "components.train"])
+    args, defaults, mp_from_config = _validate_launch_command(args)
+    if args.use_deepspeed:  # as accelerate/commands/launch.py launch_command does before deepspeed_launcher
+        fields = list(defaults.deepspeed_config.keys()) + (["mixed_precision"] if mp_from_config else [])
+        args.deepspeed_fields_from_accelerate_config = ",".join(fields)
+        _, env = prepare_deepspeed_cmd_env(args)
+    else:
+        env = prepare_multi_gpu_env(args)
+    return {k: v for k, v in env.items() if k.startswith(("ACCELERATE_", "FSDP_"))}
+
+
+@pytest.fixture
+def launched(monkeypatch):
+    def apply(config):
+        for key in [k for k in os.environ if k.startswith(("ACCELERATE_", "FSDP_"))]:
+            monkeypatch.delenv(key)
+        for key, value in launcher_env(config).items():
+            monkeypatch.setenv(key, value)
+
+    return apply
+
+
+@pytest.mark.parametrize("config", ["zero2.yaml", "zero3.yaml"])
+def test_deepspeed_batch_size_is_filled_before_prepare(config, launched):
+    from accelerate.utils import DeepSpeedPlugin
+
+    launched(config)
+    plugin = DeepSpeedPlugin()
+    # What accelerator.py _prepare_deepspeed refuses without a DataLoader:
+    assert plugin.is_auto("train_micro_batch_size_per_gpu")
+    parallel.fill_deepspeed_plugin(plugin, per_device_batch=8, grad_accum=1, max_grad_norm=0.5, world=4)
+    assert not plugin.is_auto("train_micro_batch_size_per_gpu") and not plugin.is_auto("train_batch_size")
+    assert plugin.get_value("train_micro_batch_size_per_gpu") == 8
+    assert plugin.get_value("train_batch_size") == 32
+    assert plugin.get_value("gradient_clipping") == 0.5  # the loop's --max-grad-norm, not accelerate's 1.0
+    assert plugin.get_value("zero_optimization.stage") == int(config[4])
+
+
+def test_deepspeed_config_that_disagrees_with_the_arguments_is_named(launched):
+    from accelerate.utils import DeepSpeedPlugin
+
+    launched("zero2.yaml")
+    plugin = DeepSpeedPlugin()
+    plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 4
+    with pytest.raises(ValueError, match="train_micro_batch_size_per_gpu=4 vs arg train_micro_batch_size_per_gpu=8"):
+        parallel.fill_deepspeed_plugin(plugin, per_device_batch=8, grad_accum=1, max_grad_norm=1.0, world=2)
+
+
+def _tiny(family: str):
+    import transformers
+
+    common = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64)
+    config_cls, model_cls, layer = {
+        "llama": ("LlamaConfig", "LlamaForCausalLM", "LlamaDecoderLayer"),
+        "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", "Qwen2DecoderLayer"),
+        "mistral": ("MistralConfig", "MistralForCausalLM", "MistralDecoderLayer"),
+        "gemma": ("GemmaConfig", "GemmaForCausalLM", "GemmaDecoderLayer"),
+    }[family]
+    config = getattr(transformers, config_cls)(**common, **({"head_dim": 8} if family == "gemma" else {}))
+    torch.manual_seed(0)
+    return getattr(transformers, model_cls)(config), layer
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma"])
+def test_fsdp_wraps_each_familys_decoder_layer(family, launched):
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+    from peft import LoraConfig, get_peft_model
+
+    launched("fsdp.yaml")
+    assert parallel.fsdp_requested() and parallel.fsdp_cpu_ram_efficient_loading()
+    plugin = FullyShardedDataParallelPlugin()
+    assert plugin.fsdp_version == 2
+    model, layer = _tiny(family)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    # As fsdp2_prepare_model does: the policy decides which submodules get their own FSDP unit.
+    plugin.set_auto_wrap_policy(model)
+    policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
+    wrapped = [type(m).__name__ for m in model.modules() if policy(m)]
+    assert wrapped == [layer, layer]
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_qlora_under_fsdp_stores_4bit_weights_in_the_compute_dtype(precision, dtype):
+    from components.train.modelsetup import load_dtype, quantization_config
+
+    sharded = quantization_config(precision, fsdp=True)
+    # FSDP shards floating-point storage only; uint8-stored 4-bit weights stay whole on every GPU.
+    assert sharded.bnb_4bit_quant_storage == dtype == sharded.bnb_4bit_compute_dtype
+    assert load_dtype("qlora", precision) == dtype  # the unquantised weights match it
+    assert sharded.load_in_4bit and sharded.bnb_4bit_quant_type == "nf4"
+    assert quantization_config(precision, fsdp=False).bnb_4bit_quant_storage == torch.uint8
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_rank_other_than_0_builds_its_model_on_meta(method, tmp_path, monkeypatch):
+    """Under FSDP with cpu_ram_efficient_loading: no checkpoint read, no frozen weight in host memory; trainable
+    parameters get storage (accelerate maps optimizer parameters by data_ptr), rotary buffers stay real."""
+    from components.train.config import parse_args
+    from components.train.modelsetup import build
+
+    monkeypatch.setenv("TUNELINE_HOME", str(tmp_path))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
+    monkeypatch.setenv("RANK", "1")
+    assert parallel.loads_on_meta()
+    config = parse_args(["--train", "x", "--base-model", "tiny-random-llama", "--model-out", "m",
+                         "--checkpoints", "c", "--mlflow-run-id-out", "r", "--method", method])
+    model, _ = build(config, "no", torch.device("cpu"), sharded=True, on_meta=True, fsdp=True)
+    params = dict(model.named_parameters())
+    frozen = [p for p in params.values() if not p.requires_grad]
+    trainable = [p for p in params.values() if p.requires_grad]
+    assert all(p.is_meta for p in frozen) and (bool(frozen) == (method == "lora"))
+    assert trainable and not any(p.is_meta for p in trainable)
+    assert len({p.data_ptr() for p in trainable}) == len(trainable)
+    assert not any(b.is_meta for b in model.buffers())
+    monkeypatch.setenv("RANK", "0")
+    assert not parallel.loads_on_meta()
+
+
+def test_a_learning_rate_far_above_the_methods_usual_range_is_warned_about():
+    from components.train.config import learning_rate_warning, parse_args
+
+    def config(*extra):
+        return parse_args(["--train", "x", "--model-out", "m", "--checkpoints", "c", "--mlflow-run-id-out", "r",
+                           *extra])
+
+    eight_b = 8_030_000_000
+    assert "high for method full on a model of 8.0B" in learning_rate_warning(config("--method", "full"), eight_b)
+    assert "high for method lora" in learning_rate_warning(config(), eight_b)  # the 2e-3 default
+    assert learning_rate_warning(config("--method", "full", "--learning-rate", "2e-5"), eight_b) is None
+    assert learning_rate_warning(config("--learning-rate", "2e-4"), eight_b) is None
+    assert learning_rate_warning(config(), 135_000_000) is None  # the demo model with its default
