@@ -20,6 +20,7 @@ import os
 import sys
 from pathlib import Path
 
+from .compile.options import DEFAULT_MLFLOW_SECRET
 from .spec.load import parse_set_pairs
 
 EXIT_NO_RETRAIN, EXIT_RETRAIN, EXIT_RUN_FAILED, EXIT_INVALID = 0, 10, 11, 2
@@ -135,7 +136,7 @@ def _submit(args: argparse.Namespace, pipeline, home: Path) -> dict:
     sys.stdout = sys.stderr  # the SDKs print links; stdout stays the decision
     try:
         done = submit.submit_pipeline(pipeline.path, args.submit, home / "submit", parse_set_pairs(args.set),
-                                      parse_set_pairs(args.submit_param), where)
+                                      parse_set_pairs(args.submit_param), where, submission_options(args))
     except Exception as exc:  # noqa: BLE001 - any SDK or network failure is a failed submission, reported
         print(f"tuneline trigger check: submission to {args.submit} failed: {exc}", file=sys.stderr)
         return {"run_id": None, "status": "submit-failed", "exit_code": 1, "target": args.submit}
@@ -144,6 +145,15 @@ def _submit(args: argparse.Namespace, pipeline, home: Path) -> dict:
     for line in done.lines:
         print(f"{args.submit}: {line}", file=sys.stderr)
     return {"run_id": done.run_id, "status": "submitted", "exit_code": 0, "target": args.submit}
+
+
+def submission_options(args: argparse.Namespace):
+    """The compile options of a `trigger check --submit` run: its image lock and MLflow Secret."""
+    from .compile.images import load_image_lock
+    from .compile.options import CompileOptions
+
+    return CompileOptions(image_lock=load_image_lock(Path(args.images)) if args.images else None,
+                          mlflow_secret=args.mlflow_secret or None)
 
 
 def cmd_trigger_azureml(args: argparse.Namespace) -> int:
@@ -275,6 +285,11 @@ def _add_trigger_check(trigger_sub) -> None:
                           "Azure ML through their SDK clients")
     check.add_argument("--submit-param", action="append", default=[], metavar="NAME=VALUE",
                        help="--submit: a run argument, e.g. dataset=<object-store URI> (repeatable)")
+    check.add_argument("--images", default=None, metavar="FILE",
+                       help="--submit: image lock (`registry:` and a sha256 digest per environment) the run's steps "
+                            "are pinned to")
+    check.add_argument("--mlflow-secret", default=DEFAULT_MLFLOW_SECRET,
+                       help="--submit kfp: Secret with the pipeline pods' MLflow login (default: %(default)s; '' none)")
     check.add_argument("--kfp-host", default=None, help="--submit kfp: API endpoint (default: $KF_PIPELINES_ENDPOINT)")
     check.add_argument("--kfp-namespace", default=None, help="--submit kfp: namespace (default: $KFP_NAMESPACE)")
     check.add_argument("--subscription", default=None, help="--submit azureml: default $AZURE_SUBSCRIPTION_ID")

@@ -1,8 +1,11 @@
+from pathlib import Path
+
 import pytest
+import yaml
 
 from tuneline.compile import CompileError
 from tuneline.compile.build import compile_graph
-from tuneline.compile.images import check_environments, resolve_images
+from tuneline.compile.images import check_environments, load_image_lock, resolve_images
 from tuneline.compile.options import CompileOptions
 from tuneline.graph import build_graph
 from tuneline.spec import load_pipeline
@@ -14,9 +17,32 @@ DIGEST = "sha256:" + "ab" * 32
 def test_command_line_wins_over_pipeline_and_digests_use_at():
     plan = resolve_images(Images(registry="acr.io/x", tag="1.0.0"), tag=DIGEST)
     assert plan.image("train-gpu") == f"acr.io/x/train-gpu@{DIGEST}"
-    assert plan.azureml_environment("train-gpu") == "azureml:train-gpu:" + ("sha256-" + "ab" * 32)[:30]
     assert resolve_images(None).image("train-cpu") == "tuneline/train-cpu:latest"
-    assert resolve_images(None).azureml_environment("train-cpu") == "azureml:train-cpu@latest"
+
+
+def test_azureml_environments_resolve_without_an_environments_folder(tmp_path):
+    """A job compiled in the control image (no environments/) names the environment environments/render.py
+    registers, not an `@latest` one that no workspace holds."""
+    repo = Path(__file__).resolve().parents[2]
+    for name in ("train-gpu", "control"):
+        body = yaml.safe_load((repo / "environments" / name / "environment.yaml").read_text())
+        registered = f"azureml:{body['name']}:{body['version']}"
+        assert resolve_images(None).azureml_environment(name, tmp_path) == registered
+        assert resolve_images(None).azureml_environment(name, repo) == registered
+
+
+def test_an_image_lock_pins_each_environment_by_its_own_digest(tmp_path):
+    other = "sha256:" + "cd" * 32
+    lock_file = tmp_path / "images.yaml"
+    lock_file.write_text(f"registry: acr.io/t/\ndigests: {{train-gpu: '{DIGEST}', control: '{other}'}}\n")
+    plan = resolve_images(Images(registry="docker.io/x", tag="latest"), lock=load_image_lock(lock_file))
+    assert plan.image("train-gpu") == f"acr.io/t/train-gpu@{DIGEST}"
+    assert plan.image("control") == f"acr.io/t/control@{other}"
+    with pytest.raises(CompileError, match="pins no digest for environment 'serve'"):
+        plan.image("serve")
+    lock_file.write_text("registry: acr.io/t\ndigests: {train-gpu: '0.1.0'}\n")
+    with pytest.raises(CompileError, match=r"images.yaml: digests.train-gpu: '0.1.0' is not a sha256"):
+        load_image_lock(lock_file)
 
 
 @pytest.mark.parametrize("tag", ["latest", "LATEST", "main", None])

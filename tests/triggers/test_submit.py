@@ -140,3 +140,34 @@ def test_submit_without_an_endpoint_is_a_reported_failure(project, ops_cli, monk
     assert code == 11
     assert "--submit kfp needs the KFP API endpoint: --kfp-host or KF_PIPELINES_ENDPOINT" in err
     assert Path("pipelines/grow.yaml").is_file()
+
+
+def test_the_checks_local_dataset_is_not_compiled_into_the_submitted_run(project, ops_cli, kfp_api, monkeypatch,
+                                                                         tmp_path):
+    """The retraining CronJob reads the data where the store is mounted (`--set dataset=<mounted path>`) and
+    gives the run the store's URI (`--submit-param dataset=...`): the mounted path must not become a compile
+    value, which KFP's importer refuses."""
+    host, requests = kfp_api
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    mounted = tmp_path / "mnt" / "data"
+    mounted.mkdir(parents=True)
+    (mounted / "tickets.jsonl").write_text((project / "data" / "tickets.jsonl").read_text())
+    code, out, err = ops_cli("trigger", "check", "pipelines/grow.yaml", "--no-record", "--submit", "kfp",
+                             "--kfp-host", host, "--set", f"dataset={mounted / 'tickets.jsonl'}",
+                             "--submit-param", f"dataset={DATA_URI}", "--mlflow-secret", "mlflow-login", "--json")
+    assert code == 10, err
+    assert "cannot be imported on KFP" not in err
+    run = [body for method, path, body in requests if path == "/apis/v2beta1/runs"][0]
+    assert run["runtime_config"]["parameters"] == {"dataset": DATA_URI}
+    package = project / ".tuneline" / "submit" / "grow" / "kfp" / "pipeline.yaml"
+    _, platform = yaml.safe_load_all(package.read_text())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert any(s["secretName"] == "mlflow-login" for e in executors.values() for s in e.get("secretAsEnv", []))
+
+
+def test_azureml_submission_refuses_a_dataset_it_cannot_read(project, ops_cli, monkeypatch):
+    code, out, err = ops_cli("trigger", "check", "pipelines/grow.yaml", "--no-record", "--submit", "azureml",
+                             "--subscription", "s", "--resource-group", "g", "--workspace", "w",
+                             "--submit-param", f"dataset={DATA_URI}")
+    assert code == 11
+    assert "Azure ML cannot read a minio:// URI" in err
