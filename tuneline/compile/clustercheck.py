@@ -282,10 +282,76 @@ def rendered_objects(k8s_dirs: list[Path]) -> dict[Path, Rendered]:
     return out
 
 
-def _grants(rule: dict[str, Any], group: str, resource: str, verb: str) -> bool:
+def _grants(rule: dict[str, Any], group: str, resource: str, verb: str, name: str | None = None) -> bool:
+    """RBAC's rule match; a rule with resourceNames grants only those objects (so never a call on any object)."""
     def has(values: Any, wanted: str) -> bool:
         return "*" in (values or []) or wanted in (values or [])
+    names = rule.get("resourceNames") or []
+    if names and (name is None or name not in names):
+        return False
     return has(rule.get("apiGroups"), group) and has(rule.get("resources"), resource) and has(rule.get("verbs"), verb)
+
+
+def bound_rules(account: str, namespace: str, rendered: Rendered) -> list[dict[str, Any]]:
+    """Every rule of the Roles and ClusterRoles that RoleBindings in `namespace` bind to the ServiceAccount."""
+    rules: list[dict[str, Any]] = []
+    for (kind, ns, _), body in rendered.bodies.items():
+        if kind != "RoleBinding" or ns != namespace:
+            continue
+        if not any(s.get("kind") == "ServiceAccount" and s.get("name") == account
+                   and s.get("namespace", ns) == namespace for s in body.get("subjects") or []):
+            continue
+        ref = body.get("roleRef") or {}
+        role_ns = namespace if ref.get("kind") == "Role" else "default"
+        role = rendered.bodies.get((ref.get("kind", ""), role_ns, ref.get("name", "")))
+        rules += (role or {}).get("rules") or []
+    return rules
+
+
+# What Kubeflow Pipelines' own pods ask the API server for, as the run's ServiceAccount (KFP runs the root driver,
+# every driver, launcher and importer under it): (apiGroup, resource, verb, object name or None, who, source).
+# Read in kubeflow/pipelines at 2.4.0, 2.5.0 and 2.17.0; KFP's own pipeline-runner Role
+# (manifests/kustomize/base/pipeline/pipeline-runner-role.yaml) grants all of these.
+KFP_RUNTIME_PERMISSIONS: tuple[tuple[str, str, str, str | None, str, str], ...] = (
+    ("", "configmaps", "get", "kfp-launcher", "the root driver, every driver and importer",
+     "backend/src/v2/config/env.go FromConfigMap (2.4.0/2.5.0 driver/driver.go RootDAG, 2.17.0 "
+     "driver/root_dag.go): NotFound is tolerated, Forbidden fails the run"),
+    ("", "secrets", "get", "mlpipeline-minio-artifact", "every launcher that moves an artifact",
+     "backend/src/v2/objectstore/object_store.go getS3BucketCredential, for the default pipeline root "
+     "minio://mlpipeline/v2/artifacts (backend/src/v2/config/env.go minioArtifactSecretName)"),
+    ("", "pods", "get", None, "the launcher of a retried attempt",
+     "backend/src/v2/component/launcher_v2.go retryIndexFromPodAnnotation (2.17.0)"),
+    ("argoproj.io", "workflowtaskresults", "create", None, "Argo's executor in every pod",
+     "https://argo-workflows.readthedocs.io/en/latest/workflow-rbac/"),
+    ("argoproj.io", "workflowtaskresults", "patch", None, "Argo's executor in every pod",
+     "https://argo-workflows.readthedocs.io/en/latest/workflow-rbac/"),
+)
+# What a Kubeflow Pipelines install creates in its namespace, which pods and the backend read:
+# (kind, name) -> the KFP manifest that creates it (manifests/kustomize at 2.4.0, 2.5.0 and 2.17.0).
+KFP_INSTALL_CREATES = {
+    ("Secret", "mlpipeline-minio-artifact"): "manifests/kustomize/third-party/minio/base/"
+                                            "mlpipeline-minio-artifact-secret.yaml",
+    ("ConfigMap", "kfp-launcher"): "manifests/kustomize/base/pipeline/kfp-launcher-configmap.yaml",
+}
+
+
+def runtime_problems(account: str, namespace: str, rendered: Rendered, folder: Path) -> list[str]:
+    """Why KFP's driver, launcher or importer, running as `account`, would be refused an API call."""
+    sa = rendered.bodies.get(("ServiceAccount", namespace, account))
+    if sa is None:
+        return [f"runs are submitted with ServiceAccount {account}, which {folder} does not create in namespace "
+                f"{namespace}: KFP runs the run's driver, launcher and importer pods as it"]
+    problems = []
+    if sa.get("automountServiceAccountToken") is False:
+        problems.append(f"ServiceAccount {account} sets automountServiceAccountToken: false: KFP's driver and "
+                        f"launcher, which run as it, have no token for the API ({folder})")
+    rules = bound_rules(account, namespace, rendered)
+    for group, resource, verb, name, who, source in KFP_RUNTIME_PERMISSIONS:
+        if not any(_grants(r, group, resource, verb, name) for r in rules):
+            what = f"{resource}/{name}" if name else resource
+            problems.append(f"ServiceAccount {account} may not {verb} {what}{f' ({group})' if group else ''} in "
+                            f"{namespace}, which {who} needs ({source}): no Role bound to it grants it ({folder})")
+    return problems
 
 
 def launcher_problems(job_kind: str, account: str, namespace: str, rendered: Rendered, folder: Path) -> list[str]:
@@ -300,17 +366,7 @@ def launcher_problems(job_kind: str, account: str, namespace: str, rendered: Ren
     if sa.get("automountServiceAccountToken") is False:
         problems.append(f"ServiceAccount {account} (the {job_kind} launcher's) sets automountServiceAccountToken: "
                         f"false, so the launcher has no token for the API ({folder})")
-    rules: list[dict[str, Any]] = []
-    for (kind, ns, _), body in rendered.bodies.items():
-        if kind != "RoleBinding" or ns != namespace:
-            continue
-        if not any(s.get("kind") == "ServiceAccount" and s.get("name") == account
-                   and s.get("namespace", ns) == namespace for s in body.get("subjects") or []):
-            continue
-        ref = body.get("roleRef") or {}
-        role_ns = namespace if ref.get("kind") == "Role" else "default"
-        role = rendered.bodies.get((ref.get("kind", ""), role_ns, ref.get("name", "")))
-        rules += (role or {}).get("rules") or []
+    rules = bound_rules(account, namespace, rendered)
     for group, resource, verbs in PERMISSIONS[job_kind]:
         missing = [v for v in verbs if not any(_grants(r, group, resource, v) for r in rules)]
         if missing:
@@ -333,7 +389,12 @@ def environment_registry(root: Path) -> tuple[set[str], set[str]]:
     return images, registered
 
 
-def image_problem(image: str | None, images: set[str]) -> str | None:
+_PINNED = re.compile(r"@sha256:[0-9a-f]{64}$")
+
+
+def image_problem(image: str | None, images: set[str], registry: str | None = None) -> str | None:
+    """Why `image` is not one of ours: not built from environments/, outside `registry` (the one the overlay's
+    image lock names), or not pinned by digest (a tag can be moved to other bytes; a digest cannot)."""
     if not image:
         return "names no image"
     path = image.split("@", 1)[0]
@@ -341,7 +402,112 @@ def image_problem(image: str | None, images: set[str]) -> str | None:
     name = last.split(":", 1)[0]
     if name not in images:
         return f"image {image} is not built from environments/ (it builds {', '.join(sorted(images))})"
+    if registry is not None and not image.startswith(registry.rstrip("/") + "/"):
+        return f"image {image} is not in the registry {registry} the overlay names (ConfigMap {IMAGE_LOCK_MAP})"
+    if registry is not None and not _PINNED.search(image):
+        return f"image {image} is not pinned by a sha256 digest"
     return None
+
+
+# ---------------------------------------------------------------------------------------------- what pods read
+
+def docs_created(docs: list[Path]) -> set[tuple[str, str, str]]:
+    """(kind, namespace, name) of the Secrets and ConfigMaps the docs' commands create (`kubectl create secret
+    ... NAME --namespace NS`, `kubectl create configmap ...`), continuation lines joined."""
+    created = set()
+    for doc in docs:
+        if not doc.is_file():
+            continue
+        text = re.sub(r"\\\n\s*", " ", doc.read_text())
+        for line in text.splitlines():
+            found = re.search(r"kubectl\s.*?\bcreate\s+(secret\s+[a-z-]+|configmap)\s+([a-z0-9][a-z0-9.-]*)", line)
+            if not found:
+                continue
+            ns = re.search(r"(?:-n|--namespace)[=\s]+([a-z0-9-]+)", line)
+            kind = "Secret" if found.group(1).startswith("secret") else "ConfigMap"
+            created.add((kind, ns.group(1) if ns else "default", found.group(2)))
+    return created
+
+
+def csi_mirrors(rendered: Rendered, namespace: str) -> dict[str, str]:
+    """{Secret name: SecretProviderClass} for Secrets the Secrets Store CSI driver mirrors in `namespace`: such a
+    Secret exists only while a pod mounts that SecretProviderClass's volume
+    (https://secrets-store-csi-driver.sigs.k8s.io/topics/sync-as-kubernetes-secret)."""
+    out = {}
+    for (kind, ns, name), body in rendered.bodies.items():
+        if kind == "SecretProviderClass" and ns == namespace:
+            for mirrored in (body.get("spec") or {}).get("secretObjects") or []:
+                out[mirrored.get("secretName", "")] = name
+    return out
+
+
+def reference_problem(kind: str, name: str, namespace: str, rendered: Rendered, folder: Path,
+                      docs_objects: set[tuple[str, str, str]], own_csi: set[str] = frozenset()) -> str | None:
+    """Why an object a pod reads may be missing when the pod starts (None when something creates it for good).
+    `own_csi` are the SecretProviderClasses the pod mounts itself (its own mirror is there when it starts)."""
+    if (kind, namespace, name) in rendered or (kind, namespace, name) in docs_objects:
+        return None
+    if namespace == KFP_NAMESPACE and (kind, name) in KFP_INSTALL_CREATES:
+        return None
+    mirrors = csi_mirrors(rendered, namespace) if kind == "Secret" else {}
+    if name in mirrors:
+        if mirrors[name] in own_csi:
+            return None
+        return (f"{kind} {name} in {namespace} is only a mirror of SecretProviderClass {mirrors[name]}: it exists "
+                f"while some other pod mounts that volume, and is deleted when the last one stops ({folder})")
+    return f"{kind} {name} is not created in namespace {namespace} by {folder}, KFP's install or the docs"
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+_BLOB_URL = re.compile(r"^https://([a-z0-9]+)\.blob\.core\.windows\.net/([^/]+)/")
+
+
+def docs_filled(docs: list[Path]) -> set[tuple[str, str]]:
+    """(scheme, bucket or container) the docs' commands write data into: `az storage blob upload[-batch]` into a
+    container (scheme `blob`), `mc cp|mirror ... ALIAS/BUCKET/...` into an S3/MinIO bucket (scheme `minio`/`s3`),
+    `az ml data create` / `az ml datastore upload` (scheme `azureml`)."""
+    filled = set()
+    for doc in docs:
+        if not doc.is_file():
+            continue
+        text = re.sub(r"\\\n\s*", " ", doc.read_text())
+        for line in text.splitlines():
+            if re.search(r"\baz storage blob (upload|upload-batch|copy start)\b", line):
+                container = re.search(r"(?:--container-name|--destination-container|-c|--destination|-d)[=\s]+"
+                                      r"([a-z0-9-]+)", line)
+                if container:
+                    filled.add(("blob", container.group(1)))
+            if re.search(r"\bmc\s+(cp|mirror)\b", line):  # the last word is the destination ALIAS/BUCKET/...
+                dest = re.match(r"^[A-Za-z0-9_-]+/([a-z0-9.-]+)(/|$)", line.split()[-1])
+                if dest:
+                    filled.update({("minio", dest.group(1)), ("s3", dest.group(1))})
+            if re.search(r"\baz ml data create\b", line):
+                filled.add(("azureml", "data"))
+    return filled
+
+
+def dataset_problem(uri: str, filled: set[tuple[str, str]]) -> str | None:
+    """Why nothing puts data at `uri` (None when k8s/ or the docs fill its bucket, or it is a path of the
+    repository, which the image and Azure ML's code snapshot carry)."""
+    if "://" not in uri:
+        return None
+    scheme, rest = uri.split("://", 1)
+    blob = _BLOB_URL.match(uri)
+    key = ("blob", blob.group(2)) if blob else ("azureml", "data") if scheme == "azureml" else \
+        (scheme, rest.split("/", 1)[0])
+    if key in filled:
+        return None
+    return (f"nothing in k8s/ or the docs writes data to {uri} (its {key[0]} bucket/container {key[1]}): the run "
+            f"would import from an empty store")
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+IMAGE_LOCK_MAP = "tuneline-images"     # k8s/base/retrain: the image lock the CronJob compiles with
+IMAGE_LOCK_KEY = "images.yaml"
+APP_NAMESPACE = "tuneline"
+DOCS = (Path("docs/aks.md"),)
 
 
 @dataclass
@@ -350,42 +516,238 @@ class CheckResult:
     pods: int
 
 
+def overlay_lock(rendered: Rendered, scratch: Path) -> Any:
+    """The image lock an overlay gives the CronJob (its `tuneline-images` ConfigMap), or None."""
+    from .images import load_image_lock
+
+    body = rendered.bodies.get(("ConfigMap", APP_NAMESPACE, IMAGE_LOCK_MAP))
+    text = ((body or {}).get("data") or {}).get(IMAGE_LOCK_KEY)
+    if text is None:
+        return None
+    path = scratch / f"{IMAGE_LOCK_MAP}.yaml"
+    path.write_text(text)
+    return load_image_lock(path)
+
+
+def compiled_problems(label: str, out_folder: Path, root: Path, pools: list[Any], skus: dict[str, Sku],
+                      folder: Path, rendered: Rendered, namespace: str, account: str,
+                      registry: str | None, docs_objects: set[tuple[str, str, str]]) -> tuple[list[str], int]:
+    """Everything the compiled KFP package in `out_folder/kfp` asks of the cluster `folder` renders."""
+    images, _ = environment_registry(root)
+    problems = [f"{label}: {p}" for p in runtime_problems(account, namespace, rendered, folder)]
+    pods = kfp_pods(out_folder / "kfp" / "pipeline.yaml")
+    for manifest in sorted((out_folder / "kfp").glob("*job-*.yaml")):
+        step = manifest.stem.split("-", 1)[1]
+        pods += job_pods(manifest, step)
+        job_kind = yaml.safe_load(manifest.read_text())["kind"]
+        problems += [f"{label}:{step}: {p}" for p in launcher_problems(job_kind, account, namespace, rendered,
+                                                                         folder)]
+    for pod in pods:
+        where = f"{label}:{pod.step}"
+        problems += [f"{where}: {p}" for p in placement_problems(pod, pools, skus)]
+        why = image_problem(pod.image, images, registry)
+        if why:
+            problems.append(f"{where}: {why} ({folder})" if registry else f"{where}: {why}")
+        for kind, name in sorted(pod.refs):
+            why = reference_problem(kind, name, namespace, rendered, folder, docs_objects)
+            if why:
+                problems.append(f"{where}: {why}")
+    return problems, len(pods)
+
+
 def check_pipeline(path: Path, pools: list[Any], skus: dict[str, Sku], objects: dict[Path, Rendered],
                    namespace: str, root: Path, account: str = DEFAULT_KFP_SERVICE_ACCOUNT) -> CheckResult:
+    """Compile `path` as each overlay's CronJob would (its image lock), and check it against that overlay."""
     from ..graph import build_graph
     from ..spec import load_pipeline
     from .build import compile_graph
     from .options import CompileOptions
 
     graph = build_graph(load_pipeline(path))
-    images, registered = environment_registry(root)
+    _, registered = environment_registry(root)
+    docs_objects = docs_created([root / d for d in DOCS])
     problems: list[str] = []
-    with tempfile.TemporaryDirectory() as scratch:
-        out = compile_graph(graph, ("kfp", "azureml"), Path(scratch), CompileOptions())
-        pods = kfp_pods(out.folder / "kfp" / "pipeline.yaml")
-        for manifest in sorted((out.folder / "kfp").glob("*job-*.yaml")):
-            step = manifest.stem.split("-", 1)[1]
-            pods += job_pods(manifest, step)
-            job_kind = yaml.safe_load(manifest.read_text())["kind"]
-            for folder, rendered in objects.items():
-                problems += [f"{path}:{step}: {p}" for p in launcher_problems(job_kind, account, namespace,
-                                                                              rendered, folder)]
+    pods = 0
+    for folder, rendered in objects.items():
+        with tempfile.TemporaryDirectory() as scratch:
+            lock = overlay_lock(rendered, Path(scratch))
+            out = compile_graph(graph, ("kfp", "azureml"), Path(scratch) / "out", CompileOptions(image_lock=lock))
+            found, pods = compiled_problems(str(path), out.folder, root, pools, skus, folder, rendered, namespace,
+                                            account, lock.registry if lock else None, docs_objects)
+            if lock is None:
+                found.append(f"{path}: {folder} gives no image lock (ConfigMap {IMAGE_LOCK_MAP} in "
+                             f"{APP_NAMESPACE}): the images cannot be pinned to its registry by digest")
+            problems += found
+            for component in sorted((out.folder / "azureml" / "components").glob("*.yml")):
+                env = yaml.safe_load(component.read_text()).get("environment")
+                if env not in registered:
+                    problems.append(f"{path}:{component.stem}: Azure ML environment {env} is not one that "
+                                    f"environments/ registers ({', '.join(sorted(registered)) or 'none'})")
+    return CheckResult(problems=list(dict.fromkeys(problems)), pods=pods)
+
+
+# ---------------------------------------------------------------------------------------------- submissions
+
+def trigger_parser() -> argparse.ArgumentParser:
+    """`tuneline`'s own argument parser, so a command line is read exactly as the CLI reads it."""
+    from ..cli import build_parser
+
+    return build_parser()
+
+
+def _expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion in command and args (https://kubernetes.io/docs/tasks/inject-data-application/
+    define-command-argument-container/#use-environment-variables-to-define-arguments)."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), text)
+
+
+def container_files(spec: dict[str, Any], container: dict[str, Any], namespace: str, rendered: Rendered,
+                    scratch: Path) -> dict[str, Path]:
+    """{path in the container: local copy} for every ConfigMap key the container mounts."""
+    volumes = {v.get("name"): v for v in spec.get("volumes") or []}
+    files = {}
+    for mount in container.get("volumeMounts") or []:
+        source = (volumes.get(mount.get("name")) or {}).get("configMap")
+        if not source:
+            continue
+        body = rendered.bodies.get(("ConfigMap", namespace, source.get("name", ""))) or {}
+        for key, value in (body.get("data") or {}).items():
+            local = scratch / "files" / mount["name"] / key
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_text(value)
+            files[f"{mount['mountPath'].rstrip('/')}/{key}"] = local
+    return files
+
+
+def submission_problems(label: str, argv: list[str], env: dict[str, str], files: dict[str, Path], root: Path,
+                        pools: list[Any], skus: dict[str, Sku], folder: Path, rendered: Rendered,
+                        registry: str | None, scratch: Path, code_root: Path | None = None) -> list[str]:
+    """Compile what `tuneline <argv>` (a `trigger check --submit` command line) would submit, and check it."""
+    from .. import submit
+    from ..ops_cli import submission_options
+    from ..spec import IOType, load_pipeline
+
+    try:
+        args = trigger_parser().parse_args(argv)
+    except SystemExit:
+        return [f"{label}: `tuneline {' '.join(argv)}` is not a command line tuneline accepts"]
+    if getattr(args, "trigger_command", None) != "check" or not args.submit:
+        return []
+    for attr in ("images",):
+        value = getattr(args, attr)
+        if value and value in files:
+            setattr(args, attr, str(files[value]))
+        elif value and not (code_root or root).joinpath(value).is_file():
+            return [f"{label}: --{attr} {value}: no such file in the container (mount it from a ConfigMap)"]
+    base = code_root or root
+    pipeline_path = base / args.pipeline
+    sets = dict(p.split("=", 1) for p in args.set)
+    params = dict(p.split("=", 1) for p in args.submit_param)
+    try:
+        out, arguments = submit.compile_submission(pipeline_path, args.submit, scratch / "out", sets, params,
+                                                   submission_options(args))
+    except (SpecError, CompileError, submit.SubmitError) as exc:
+        text = "; ".join(exc.problems) if isinstance(exc, SpecError) else str(exc)
+        return [f"{label}: its submission ({args.submit}) does not compile: {text}"]
+    problems: list[str] = []
+    pipeline = load_pipeline(pipeline_path, {**submit.submission_values(args.submit, sets, params)[0],
+                                             **params}).for_target(args.submit)
+    filled = docs_filled([root / d for d in DOCS])
+    for name, param in pipeline.spec.params.items():
+        if param.type in (IOType.uri_file, IOType.uri_folder):
+            why = dataset_problem(str(pipeline.params[name]), filled)
+            if why:
+                problems.append(f"{label}: parameter '{name}': {why}")
+    if args.submit == "kfp":
+        namespace = args.kfp_namespace or env.get("KFP_NAMESPACE") or KFP_NAMESPACE
+        account = env.get("KFP_SERVICE_ACCOUNT") or DEFAULT_KFP_SERVICE_ACCOUNT
+        found, _ = compiled_problems(label, out.folder, root, pools, skus, folder, rendered, namespace, account,
+                                     registry, docs_created([root / d for d in DOCS]))
+        problems += found
+    else:
+        _, registered = environment_registry(root)
         for component in sorted((out.folder / "azureml" / "components").glob("*.yml")):
-            env = yaml.safe_load(component.read_text()).get("environment")
-            if env not in registered:
-                problems.append(f"{path}:{component.stem}: Azure ML environment {env} is not one that "
+            env_name = yaml.safe_load(component.read_text()).get("environment")
+            if env_name not in registered:
+                problems.append(f"{label}:{component.stem}: Azure ML environment {env_name} is not one that "
                                 f"environments/ registers ({', '.join(sorted(registered)) or 'none'})")
-    for pod in pods:
-        where = f"{path}:{pod.step}"
-        problems += [f"{where}: {p}" for p in placement_problems(pod, pools, skus)]
-        why = image_problem(pod.image, images)
-        if why:
-            problems.append(f"{where}: {why}")
-        for kind, name in sorted(pod.refs):
-            for folder, rendered in objects.items():
-                if (kind, namespace, name) not in rendered:
-                    problems.append(f"{where}: {kind} {name} is not created in namespace {namespace} by {folder}")
-    return CheckResult(problems=list(dict.fromkeys(problems)), pods=len(pods))
+    del arguments
+    return problems
+
+
+def cronjob_problems(root: Path, pools: list[Any], skus: dict[str, Sku], folder: Path,
+                     rendered: Rendered) -> list[str]:
+    """Each CronJob of `folder` that runs `tuneline trigger check --submit`: its exact command line, with the
+    environment and ConfigMap files its pod gets, compiled and checked as its submission."""
+    problems = []
+    for (kind, ns, name), body in sorted(rendered.bodies.items()):
+        if kind != "CronJob":
+            continue
+        spec = (((body.get("spec") or {}).get("jobTemplate") or {}).get("spec") or {}).get("template", {}).get(
+            "spec") or {}
+        for container in spec.get("containers") or []:
+            words = list(container.get("command") or []) + list(container.get("args") or [])
+            if not words or words[0] != "tuneline":
+                continue
+            env: dict[str, str] = {}
+            for var in container.get("env") or []:
+                if "value" in var:
+                    env[var["name"]] = _expand(str(var["value"]), env)
+                ref = (var.get("valueFrom") or {}).get("configMapKeyRef")
+                if ref:
+                    cm = rendered.bodies.get(("ConfigMap", ns, ref.get("name", ""))) or {}
+                    if ref.get("key") in (cm.get("data") or {}):
+                        env[var["name"]] = cm["data"][ref["key"]]
+            image = container.get("image") or ""
+            registry = image.split("@", 1)[0].rsplit("/", 1)[0] if "/" in image else None
+            label = f"CronJob {ns}/{name} ({folder})"
+            with tempfile.TemporaryDirectory() as scratch:
+                files = container_files(spec, container, ns, rendered, Path(scratch))
+                argv = [_expand(str(w), env) for w in words[1:]]
+                problems += submission_problems(label, argv, env, files, root, pools, skus, folder, rendered,
+                                                registry, Path(scratch))
+    return problems
+
+
+def control_image_root(root: Path, scratch: Path) -> Path:
+    """A copy of what the control image holds under its WORKDIR (the `COPY <src> /app/<dst>` lines of
+    environments/control/Dockerfile): where `trigger check` compiles inside the image."""
+    import shutil
+
+    dockerfile = root / "environments" / "control" / "Dockerfile"
+    target = scratch / "control-image"
+    target.mkdir(parents=True, exist_ok=True)
+    for line in dockerfile.read_text().splitlines() if dockerfile.is_file() else []:
+        found = re.match(r"^COPY\s+(\S+)\s+/app/(\S*)$", line.strip())
+        if not found:
+            continue
+        source, dest = root / found.group(1), target / found.group(2)
+        if source.is_dir():
+            shutil.copytree(source, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.is_file():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest if found.group(2) and not found.group(2).endswith("/") else dest / source.name)
+    return target
+
+
+def azureml_schedule_problems(path: Path, root: Path, pools: list[Any], skus: dict[str, Sku]) -> list[str]:
+    """The Azure ML retrain-check job `tuneline trigger azureml-schedule` writes: its command, run where it
+    runs (the control image's files), compiled as it would submit."""
+    import shlex
+
+    from ..spec import load_pipeline
+    from ..triggers.azureml import ScheduleOptions, render
+
+    pipeline = load_pipeline(path)
+    with tempfile.TemporaryDirectory() as scratch:
+        job, _ = render(pipeline, Path(scratch) / "job", ScheduleOptions())
+        image_root = control_image_root(root, Path(scratch))
+        argv = [w for w in shlex.split(job["command"])]
+        label = f"Azure ML job {job['display_name']} (tuneline trigger azureml-schedule {path})"
+        if argv[0] != "tuneline":
+            return [f"{label}: its command does not run tuneline"]
+        return submission_problems(label, argv[1:], {}, {}, root, pools, skus, Path("-"), Rendered(), None,
+                                   Path(scratch), code_root=image_root)
 
 
 def _kustomizations(target: Path) -> list[Path]:
@@ -432,10 +794,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.pools}: VM size(s) {', '.join(unknown)} not in {args.skus}: add a row with its source",
               file=sys.stderr)
         status = 2
+    for folder, rendered in objects.items():
+        try:
+            found = cronjob_problems(Path.cwd(), pools, skus, folder, rendered)
+        except CompileError as exc:
+            found = [f"{folder}: {exc}"]
+        for problem in found:
+            print(problem, file=sys.stderr)
+        status = 2 if found else status
     for pipeline in args.pipelines:
         try:
             result = check_pipeline(Path(pipeline), pools, skus, objects, args.namespace, Path.cwd(),
                                     args.service_account)
+            if Path(pipeline).resolve().parent == (Path.cwd() / "pipelines").resolve():
+                result.problems += azureml_schedule_problems(Path(pipeline), Path.cwd(), pools, skus)
         except SpecError as exc:
             for problem in exc.problems:
                 print(problem, file=sys.stderr)
