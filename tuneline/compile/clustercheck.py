@@ -516,6 +516,20 @@ class CheckResult:
     pods: int
 
 
+def overlay_registry(rendered: Rendered) -> str | None:
+    """The registry an overlay pulls tuneline's images from: that of the CronJob's control image, which the
+    overlay's kustomize `images:` entry names (newName)."""
+    for (kind, _, _), body in sorted(rendered.bodies.items()):
+        if kind != "CronJob":
+            continue
+        spec = body["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        for container in spec.get("containers") or []:
+            image = container.get("image") or ""
+            if (container.get("command") or [""])[0] == "tuneline" and "/" in image:
+                return image.split("@", 1)[0].split(":", 1)[0].rsplit("/", 1)[0]
+    return None
+
+
 def overlay_lock(rendered: Rendered, scratch: Path) -> Any:
     """The image lock an overlay gives the CronJob (its `tuneline-images` ConfigMap), or None."""
     from .images import load_image_lock
@@ -572,8 +586,9 @@ def check_pipeline(path: Path, pools: list[Any], skus: dict[str, Sku], objects: 
         with tempfile.TemporaryDirectory() as scratch:
             lock = overlay_lock(rendered, Path(scratch))
             out = compile_graph(graph, ("kfp", "azureml"), Path(scratch) / "out", CompileOptions(image_lock=lock))
+            registry = overlay_registry(rendered) or (lock.registry if lock else None)
             found, pods = compiled_problems(str(path), out.folder, root, pools, skus, folder, rendered, namespace,
-                                            account, lock.registry if lock else None, docs_objects)
+                                            account, registry, docs_objects)
             if lock is None:
                 found.append(f"{path}: {folder} gives no image lock (ConfigMap {IMAGE_LOCK_MAP} in "
                              f"{APP_NAMESPACE}): the images cannot be pinned to its registry by digest")
@@ -647,8 +662,8 @@ def submission_problems(label: str, argv: list[str], env: dict[str, str], files:
         out, arguments = submit.compile_submission(pipeline_path, args.submit, scratch / "out", sets, params,
                                                    submission_options(args))
     except (SpecError, CompileError, submit.SubmitError) as exc:
-        text = "; ".join(exc.problems) if isinstance(exc, SpecError) else str(exc)
-        return [f"{label}: its submission ({args.submit}) does not compile: {text}"]
+        text = "; ".join(str(p) for p in exc.problems) if isinstance(exc, SpecError) else str(exc)
+        return [f"{label}: its submission ({args.submit}) does not compile: {text.replace(f'{base}/', '')}"]
     problems: list[str] = []
     pipeline = load_pipeline(pipeline_path, {**submit.submission_values(args.submit, sets, params)[0],
                                              **params}).for_target(args.submit)
@@ -698,8 +713,7 @@ def cronjob_problems(root: Path, pools: list[Any], skus: dict[str, Sku], folder:
                     cm = rendered.bodies.get(("ConfigMap", ns, ref.get("name", ""))) or {}
                     if ref.get("key") in (cm.get("data") or {}):
                         env[var["name"]] = cm["data"][ref["key"]]
-            image = container.get("image") or ""
-            registry = image.split("@", 1)[0].rsplit("/", 1)[0] if "/" in image else None
+            registry = overlay_registry(rendered)
             label = f"CronJob {ns}/{name} ({folder})"
             with tempfile.TemporaryDirectory() as scratch:
                 files = container_files(spec, container, ns, rendered, Path(scratch))
