@@ -73,6 +73,7 @@ def cmd_trigger_check(args: argparse.Namespace) -> int:
         min_requests=args.min_requests,
         evaluation=EvalOptions(max_examples=args.max_examples),
         submitted_baseline=bool(args.submit),
+        run_state=_run_state(args) if args.submit else None,
     )
     try:
         decision = run_check(pipeline, options)
@@ -116,11 +117,10 @@ def _retrain(pipeline, home: Path, args: argparse.Namespace, decision) -> dict:
     return {"run_id": record.run_id, "status": record.status, "exit_code": exit_code(record)}
 
 
-def _submit(args: argparse.Namespace, pipeline, home: Path) -> dict:
-    """Compile and submit the pipeline to KFP or Azure ML; the run record `trigger check` reports and logs."""
+def _submit_settings(args: argparse.Namespace):
     from . import submit
 
-    where = submit.SubmitSettings(
+    return submit.SubmitSettings(
         kfp_host=args.kfp_host or os.environ.get("KF_PIPELINES_ENDPOINT"),
         kfp_namespace=args.kfp_namespace or os.environ.get("KFP_NAMESPACE"),
         service_account=os.environ.get("KFP_SERVICE_ACCOUNT"),
@@ -131,6 +131,21 @@ def _submit(args: argparse.Namespace, pipeline, home: Path) -> dict:
         or os.environ.get("AZUREML_ARM_RESOURCEGROUP"),
         workspace=args.workspace or os.environ.get("AZUREML_WORKSPACE") or os.environ.get("AZUREML_ARM_WORKSPACE_NAME"),
     )
+
+
+def _run_state(args: argparse.Namespace):
+    """How the check asks the platform whether a submitted run failed (see triggers.tracking.last_submission)."""
+    from . import submit
+
+    settings = _submit_settings(args)
+    return lambda run_id: submit.run_state(args.submit, run_id, settings)
+
+
+def _submit(args: argparse.Namespace, pipeline, home: Path) -> dict:
+    """Compile and submit the pipeline to KFP or Azure ML; the run record `trigger check` reports and logs."""
+    from . import submit
+
+    where = _submit_settings(args)
     print(f"submitting a pipeline run to {args.submit}", file=sys.stderr, flush=True)
     stdout = sys.stdout
     sys.stdout = sys.stderr  # the SDKs print links; stdout stays the decision

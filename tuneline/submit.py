@@ -194,6 +194,31 @@ def submit_pipeline(pipeline_path: str | Path, target: str, out: Path, sets: dic
     return Submission(target=target, run_id=first[1] if len(first) == 2 else None, lines=lines)
 
 
+def run_state(target: str, run_id: str, settings: SubmitSettings) -> str | None:
+    """The platform's state of a submitted run (KFP: PENDING/RUNNING/SUCCEEDED/FAILED/CANCELED...; Azure ML: the
+    job status), or None when it cannot be asked (no endpoint, no access, run gone): then the caller keeps the
+    submission as its baseline, as it would without asking."""
+    try:
+        if target == "kfp" and settings.kfp_host:
+            import kfp
+
+            return str(kfp.Client(host=settings.kfp_host, namespace=settings.kfp_namespace).get_run(run_id).state)
+        if target == "azureml" and settings.subscription_id and settings.resource_group and settings.workspace:
+            return _azureml_job_status(run_id, settings)  # pragma: no cover - needs an Azure ML workspace
+    except Exception:  # noqa: BLE001 - an unreachable or refusing API leaves the state unknown
+        return None
+    return None
+
+
+def _azureml_job_status(name: str, settings: SubmitSettings) -> str:  # pragma: no cover - needs a workspace
+    from azure.ai.ml import MLClient
+    from azure.identity import DefaultAzureCredential
+
+    client = MLClient(DefaultAzureCredential(), subscription_id=settings.subscription_id,
+                      resource_group_name=settings.resource_group, workspace_name=settings.workspace)
+    return str(client.jobs.get(name).status)
+
+
 def plan_json(plan: KfpPlan | AzureMLPlan) -> str:
     return json.dumps(asdict(plan), indent=2)
 
