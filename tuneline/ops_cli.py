@@ -183,6 +183,7 @@ def cmd_trigger_azureml(args: argparse.Namespace) -> int:
         cron=args.cron,
         timezone=args.timezone,
         code=args.code,
+        data=args.data,
     )
     try:
         job, schedule = write_schedule(pipeline, Path(args.out), options)
@@ -378,6 +379,9 @@ def _add_trigger_azureml(trigger_sub) -> None:
         default=None,
         help="project root as seen from --out (default: the relative path from --out to the root)",
     )
+    azml.add_argument("--data", default=None, metavar="URI",
+                      help="the dataset's Azure ML URI (azureml://datastores/<store>/paths/<file>): the check reads "
+                           "it mounted, the submitted run gets it (default: the pipeline's own dataset)")
     azml.set_defaults(handler=cmd_trigger_azureml)
 
 
