@@ -28,6 +28,8 @@ def test_azureml_environments_resolve_without_an_environments_folder(tmp_path):
         body = yaml.safe_load((repo / "environments" / name / "environment.yaml").read_text())
         registered = f"azureml:{body['name']}:{body['version']}"
         assert resolve_images(None).azureml_environment(name, tmp_path) == registered
+        # a versioned image tag is no Azure ML environment version
+        assert resolve_images(Images(tag="0.1.0")).azureml_environment(name, tmp_path) == registered
         assert resolve_images(None).azureml_environment(name, repo) == registered
 
 

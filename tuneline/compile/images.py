@@ -91,15 +91,13 @@ class ImagePlan:
 
     def azureml_environment(self, environment: str, root: Path | None = None) -> str:
         """The Azure ML environment `environments/<name>/environment.yaml` registers (its name and version); where
-        that file is absent (a job compiled in the control image), `<name>:<tag>` for a pipeline that versions its
-        images, else the name and version environments/render.py registers, from the package (never `@latest`,
-        which names no registered environment)."""
+        that file is absent (a job compiled in the control image), the name and version environments/render.py
+        registers, from the package. Never `@latest` nor `<name>:<image tag>`: neither names an environment that
+        `az ml environment create --file environments/<name>/environment.yaml` registers."""
         registered = root / "environments" / environment / "environment.yaml" if root else None
         if registered is not None and registered.is_file():
             body = yaml.safe_load(registered.read_text())
             return f"azureml:{body['name']}:{body['version']}"
-        if self.lock is None and not self.mutable and not self.is_digest:
-            return f"azureml:{environment}:{self.tag}"  # a project's own environments, versioned by its image tag
         return registered_environment(environment)
 
 
