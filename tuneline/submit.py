@@ -141,17 +141,25 @@ def submission_values(target: str, sets: dict[str, str], run_params: dict[str, s
     return {**sets, **run_params}, {}
 
 
+def submitted_pipeline(pipeline_path: str | Path, target: str, sets: dict[str, str], run_params: dict[str, str]):
+    """The pipeline as the submitted run sees it: compiled values and run arguments, the target's defaults."""
+    from .spec import load_pipeline
+
+    if target not in ("kfp", "azureml"):
+        raise SubmitError(f"unknown submit target {target!r} (kfp, azureml)")
+    compiled_values, arguments = submission_values(target, sets, run_params)
+    return load_pipeline(pipeline_path, {**compiled_values, **arguments}).for_target(target)
+
+
 def compile_submission(pipeline_path: str | Path, target: str, out: Path, sets: dict[str, str],
                        run_params: dict[str, str], options: CompileOptions | None = None):
     """Compile what `submit_pipeline` submits; returns (CompileOutput, typed run arguments). Raises SpecError
     or CompileError as `tuneline compile` would, and SubmitError for data the target cannot read."""
     from .compile.build import compile_file
-    from .spec import IOType, load_pipeline
+    from .spec import IOType
 
     compiled_values, arguments = submission_values(target, sets, run_params)
-    if target not in ("kfp", "azureml"):
-        raise SubmitError(f"unknown submit target {target!r} (kfp, azureml)")
-    pipeline = load_pipeline(pipeline_path, {**compiled_values, **arguments}).for_target(target)
+    pipeline = submitted_pipeline(pipeline_path, target, sets, run_params)
     for name, param in pipeline.spec.params.items():
         if param.type in (IOType.uri_file, IOType.uri_folder):
             why = data_problem(target, name, str(pipeline.params[name]))

@@ -593,11 +593,7 @@ def check_pipeline(path: Path, pools: list[Any], skus: dict[str, Sku], objects: 
                 found.append(f"{path}: {folder} gives no image lock (ConfigMap {IMAGE_LOCK_MAP} in "
                              f"{APP_NAMESPACE}): the images cannot be pinned to its registry by digest")
             problems += found
-            for component in sorted((out.folder / "azureml" / "components").glob("*.yml")):
-                env = yaml.safe_load(component.read_text()).get("environment")
-                if env not in registered:
-                    problems.append(f"{path}:{component.stem}: Azure ML environment {env} is not one that "
-                                    f"environments/ registers ({', '.join(sorted(registered)) or 'none'})")
+            problems += azureml_environment_problems(str(path), out.folder, registered)
     return CheckResult(problems=list(dict.fromkeys(problems)), pods=pods)
 
 
@@ -634,13 +630,27 @@ def container_files(spec: dict[str, Any], container: dict[str, Any], namespace: 
     return files
 
 
+def azureml_environment_problems(label: str, folder: Path, registered: set[str]) -> list[str]:
+    """Each compiled Azure ML component in `folder` whose environment environments/ does not register."""
+    problems = []
+    for component in sorted((folder / "azureml" / "components").glob("*.yml")):
+        env = yaml.safe_load(component.read_text()).get("environment")
+        if env not in registered:
+            problems.append(f"{label}:{component.stem}: Azure ML environment {env} is not one that environments/ "
+                            f"registers ({', '.join(sorted(registered)) or 'none'})")
+    return problems
+
+
 def submission_problems(label: str, argv: list[str], env: dict[str, str], files: dict[str, Path], root: Path,
                         pools: list[Any], skus: dict[str, Sku], folder: Path, rendered: Rendered,
                         registry: str | None, scratch: Path, code_root: Path | None = None) -> list[str]:
-    """Compile what `tuneline <argv>` (a `trigger check --submit` command line) would submit, and check it."""
+    """Compile what `tuneline <argv>` (a `trigger check --submit` command line) would submit, and check it.
+    `files` maps paths in the container to local copies; `code_root` is where the command runs (the image's
+    WORKDIR), the repository by default."""
     from .. import submit
     from ..ops_cli import submission_options
-    from ..spec import IOType, load_pipeline
+    from ..spec import IOType
+    from ..spec.load import parse_set_pairs
 
     try:
         args = trigger_parser().parse_args(argv)
@@ -648,25 +658,21 @@ def submission_problems(label: str, argv: list[str], env: dict[str, str], files:
         return [f"{label}: `tuneline {' '.join(argv)}` is not a command line tuneline accepts"]
     if getattr(args, "trigger_command", None) != "check" or not args.submit:
         return []
-    for attr in ("images",):
-        value = getattr(args, attr)
-        if value and value in files:
-            setattr(args, attr, str(files[value]))
-        elif value and not (code_root or root).joinpath(value).is_file():
-            return [f"{label}: --{attr} {value}: no such file in the container (mount it from a ConfigMap)"]
     base = code_root or root
+    if args.images and args.images in files:
+        args.images = str(files[args.images])
+    elif args.images and not (base / args.images).is_file():
+        return [f"{label}: --images {args.images}: no such file in the container (mount it from a ConfigMap)"]
     pipeline_path = base / args.pipeline
-    sets = dict(p.split("=", 1) for p in args.set)
-    params = dict(p.split("=", 1) for p in args.submit_param)
+    sets, params = parse_set_pairs(args.set), parse_set_pairs(args.submit_param)
     try:
-        out, arguments = submit.compile_submission(pipeline_path, args.submit, scratch / "out", sets, params,
-                                                   submission_options(args))
+        pipeline = submit.submitted_pipeline(pipeline_path, args.submit, sets, params)
+        out, _ = submit.compile_submission(pipeline_path, args.submit, scratch / "out", sets, params,
+                                           submission_options(args))
     except (SpecError, CompileError, submit.SubmitError) as exc:
         text = "; ".join(str(p) for p in exc.problems) if isinstance(exc, SpecError) else str(exc)
         return [f"{label}: its submission ({args.submit}) does not compile: {text.replace(f'{base}/', '')}"]
     problems: list[str] = []
-    pipeline = load_pipeline(pipeline_path, {**submit.submission_values(args.submit, sets, params)[0],
-                                             **params}).for_target(args.submit)
     filled = docs_filled([root / d for d in DOCS])
     for name, param in pipeline.spec.params.items():
         if param.type in (IOType.uri_file, IOType.uri_folder):
@@ -680,13 +686,7 @@ def submission_problems(label: str, argv: list[str], env: dict[str, str], files:
                                      registry, docs_created([root / d for d in DOCS]))
         problems += found
     else:
-        _, registered = environment_registry(root)
-        for component in sorted((out.folder / "azureml" / "components").glob("*.yml")):
-            env_name = yaml.safe_load(component.read_text()).get("environment")
-            if env_name not in registered:
-                problems.append(f"{label}:{component.stem}: Azure ML environment {env_name} is not one that "
-                                f"environments/ registers ({', '.join(sorted(registered)) or 'none'})")
-    del arguments
+        problems += azureml_environment_problems(label, out.folder, environment_registry(root)[1])
     return problems
 
 
