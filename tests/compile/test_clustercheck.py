@@ -212,3 +212,16 @@ def test_a_dataset_nothing_fills_is_refused(project, capsys):
     assert _check() == 2
     assert "CronJob tuneline/tuneline-retrain (k8s/overlays/dev): parameter 'dataset': nothing in k8s/ or the docs " \
            "writes data to minio://tuneline-data/tickets.jsonl" in capsys.readouterr().err
+
+
+def test_a_pod_reading_a_csi_mirror_it_does_not_mount_is_refused(project, capsys):
+    """The CronJob reads mlflow-credentials, which exists only while a pod mounts SecretProviderClass
+    mlflow-client: it mounts that volume itself, so the Secret is there when its container starts. Without the
+    mount it would depend on some other pod."""
+    _edit(project / CRONJOB, "                - name: mlflow-client\n                  mountPath: /mnt/secrets\n"
+                             "                  readOnly: true\n", "")
+    text = (project / CRONJOB).read_text()
+    (project / CRONJOB).write_text(text[:text.index("            - name: mlflow-client\n              csi:")])
+    assert _check() == 2
+    assert "CronJob tuneline/tuneline-retrain (k8s/overlays/dev): Secret mlflow-credentials in tuneline is only a " \
+           "mirror of SecretProviderClass mlflow-client" in capsys.readouterr().err

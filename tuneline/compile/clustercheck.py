@@ -690,6 +690,64 @@ def submission_problems(label: str, argv: list[str], env: dict[str, str], files:
     return problems
 
 
+WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")
+CSI_SECRETS_DRIVER = "secrets-store.csi.k8s.io"
+
+
+def pod_spec_of(body: dict[str, Any]) -> dict[str, Any]:
+    spec = body.get("spec") or {}
+    if body.get("kind") == "CronJob":
+        spec = (spec.get("jobTemplate") or {}).get("spec") or {}
+    return (spec.get("template") or {}).get("spec") or {}
+
+
+def pod_reads(spec: dict[str, Any]) -> tuple[set[tuple[str, str]], set[str]]:
+    """((kind, name) of every Secret, ConfigMap and PVC a pod needs to start, the SecretProviderClasses it mounts).
+    References marked `optional: true` are left out: the kubelet starts the pod without them."""
+    refs: set[tuple[str, str]] = set()
+    own_csi: set[str] = set()
+    for container in (spec.get("containers") or []) + (spec.get("initContainers") or []):
+        for var in container.get("env") or []:
+            source = var.get("valueFrom") or {}
+            for key, kind in (("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap")):
+                if key in source and not source[key].get("optional"):
+                    refs.add((kind, source[key]["name"]))
+        for source in container.get("envFrom") or []:
+            for key, kind in (("secretRef", "Secret"), ("configMapRef", "ConfigMap")):
+                if key in source and not source[key].get("optional"):
+                    refs.add((kind, source[key]["name"]))
+    for volume in spec.get("volumes") or []:
+        if "secret" in volume and not volume["secret"].get("optional"):
+            refs.add(("Secret", volume["secret"]["secretName"]))
+        if "configMap" in volume and not volume["configMap"].get("optional"):
+            refs.add(("ConfigMap", volume["configMap"]["name"]))
+        if "persistentVolumeClaim" in volume:
+            refs.add(("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]))
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            for key, kind in (("secret", "Secret"), ("configMap", "ConfigMap")):
+                if key in source and not source[key].get("optional"):
+                    refs.add((kind, source[key]["name"]))
+        csi = volume.get("csi") or {}
+        if csi.get("driver") == CSI_SECRETS_DRIVER:
+            own_csi.add((csi.get("volumeAttributes") or {}).get("secretProviderClass", ""))
+    return refs, own_csi
+
+
+def workload_problems(folder: Path, rendered: Rendered, docs_objects: set[tuple[str, str, str]]) -> list[str]:
+    """Every Secret, ConfigMap and PVC the pods of `folder`'s workloads read: something must create it for good
+    (a CSI mirror counts only for the pod that mounts its SecretProviderClass itself)."""
+    problems = []
+    for (kind, ns, name), body in sorted(rendered.bodies.items()):
+        if kind not in WORKLOADS:
+            continue
+        refs, own_csi = pod_reads(pod_spec_of(body))
+        for ref_kind, ref_name in sorted(refs):
+            why = reference_problem(ref_kind, ref_name, ns, rendered, folder, docs_objects, own_csi)
+            if why:
+                problems.append(f"{kind} {ns}/{name} ({folder}): {why}")
+    return problems
+
+
 def cronjob_problems(root: Path, pools: list[Any], skus: dict[str, Sku], folder: Path,
                      rendered: Rendered) -> list[str]:
     """Each CronJob of `folder` that runs `tuneline trigger check --submit`: its exact command line, with the
@@ -808,9 +866,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.pools}: VM size(s) {', '.join(unknown)} not in {args.skus}: add a row with its source",
               file=sys.stderr)
         status = 2
+    docs_objects = docs_created([Path.cwd() / d for d in DOCS])
     for folder, rendered in objects.items():
         try:
-            found = cronjob_problems(Path.cwd(), pools, skus, folder, rendered)
+            found = workload_problems(folder, rendered, docs_objects) + cronjob_problems(Path.cwd(), pools, skus,
+                                                                                          folder, rendered)
         except CompileError as exc:
             found = [f"{folder}: {exc}"]
         for problem in found:
