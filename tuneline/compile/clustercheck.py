@@ -21,8 +21,22 @@ Secrets/PVCs/ConfigMaps they mount, the pod templates of multi-node jobs, and th
   with): it must exist there with its token mounted, and the Roles bound to it must grant every call the launcher
   makes for that job kind (`tuneline.compile.launch.PERMISSIONS`), by the RBAC rule-matching of
   https://kubernetes.io/docs/reference/access-authn-authz/rbac/ (`*` matches all);
-- every image must be `<registry>/<name>` of an environments/<name>/ that has a Dockerfile, and every Azure ML
-  environment the name and version that environments/<name>/environment.yaml registers.
+- every image must be `<registry>/<name>` of an environments/<name>/ that has a Dockerfile, in the registry the
+  overlay pulls from (its kustomize `images:` newName for the control image) and pinned by a sha256 digest (the
+  overlay's image lock, ConfigMap tuneline-images), and every Azure ML environment the name and version that
+  environments/<name>/environment.yaml registers;
+- the run's ServiceAccount must be granted what Kubeflow Pipelines' own pods ask the API for, since KFP runs the
+  root driver, drivers, launchers and importers under it (KFP_RUNTIME_PERMISSIONS: each verb with the
+  kubeflow/pipelines source that makes the call);
+- a Secret or ConfigMap a pod reads must be created by k8s/, by KFP's install (KFP_INSTALL_CREATES) or by a
+  `kubectl create` in docs/aks.md; a Secret that the Secrets Store CSI driver only mirrors counts just for the pod
+  that mounts the SecretProviderClass itself: for any other pod it exists only while some pod mounts it;
+- what the retraining CronJob submits is compiled from its own command line (env expanded as the kubelet does,
+  ConfigMap files it mounts), as `tuneline trigger check --submit` compiles it (tuneline.submit), and checked as
+  above; the Azure ML retrain-check job (`tuneline trigger azureml-schedule`) is compiled from the files the
+  control image holds (its Dockerfile's COPY lines), where it runs;
+- every data URI a submitted run imports must be filled by something in k8s/ or the docs (an upload into that
+  bucket or container), and be one the target can read.
 No API server is needed or contacted: this is the scheduler's and the kubelet's admission arithmetic, done offline.
 """
 
