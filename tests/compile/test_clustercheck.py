@@ -126,7 +126,8 @@ def test_a_pipeline_serviceaccount_without_kfps_runtime_rules_is_refused(project
     _edit(kustomization, "  - kfp-runtime-rbac.yaml\n", "")
     assert _check() == 2
     err = capsys.readouterr().err
-    assert "ServiceAccount tuneline-pipeline may not get configmaps/kfp-launcher in kubeflow, which the root driver" in err
+    assert "ServiceAccount tuneline-pipeline may not get configmaps/kfp-launcher in kubeflow, which the root " \
+           "driver" in err
     assert "may not get secrets/mlpipeline-minio-artifact in kubeflow" in err
     assert "backend/src/v2/config/env.go FromConfigMap" in err
 

@@ -29,7 +29,8 @@ def test_azureml_environments_resolve_without_an_environments_folder(tmp_path):
         registered = f"azureml:{body['name']}:{body['version']}"
         assert resolve_images(None).azureml_environment(name, tmp_path) == registered
         # a versioned image tag is no Azure ML environment version
-        assert resolve_images(Images(registry="acr.io/x", tag="0.1.0")).azureml_environment(name, tmp_path) == registered
+        tagged = resolve_images(Images(registry="acr.io/x", tag="0.1.0"))
+        assert tagged.azureml_environment(name, tmp_path) == registered
         assert resolve_images(None).azureml_environment(name, repo) == registered
 
 

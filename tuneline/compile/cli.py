@@ -15,8 +15,13 @@ from ..spec import SpecError
 from ..spec.load import parse_set_pairs
 from . import CompileError
 from .build import TARGETS, compile_file
-from .options import (DEFAULT_AZUREML_COMPUTE, DEFAULT_CHECKPOINT_PVC, DEFAULT_MLFLOW_CONFIG_MAP, DEFAULT_MLFLOW_SECRET,
-                      CompileOptions)
+from .options import (
+    DEFAULT_AZUREML_COMPUTE,
+    DEFAULT_CHECKPOINT_PVC,
+    DEFAULT_MLFLOW_CONFIG_MAP,
+    DEFAULT_MLFLOW_SECRET,
+    CompileOptions,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
