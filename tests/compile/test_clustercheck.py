@@ -25,8 +25,12 @@ def project(tmp_path, monkeypatch) -> Path:
 
 def test_every_pipeline_fits_the_cluster(project, capsys):
     assert main(["cluster", "check", *sorted(str(p) for p in Path("pipelines").glob("*.yaml"))]) == 0
+    out = capsys.readouterr().out
     # five steps and the fingerprint task after each of the two data imports
-    assert "pipelines/finetune.yaml: 7 pods fit the cluster" in capsys.readouterr().out
+    assert "pipelines/finetune.yaml: 7 pods fit the cluster" in out
+    # and what the retraining CronJob of each overlay submits
+    assert "CronJob tuneline/tuneline-retrain (k8s/overlays/prod): checked what `tuneline trigger check " \
+           "pipelines/finetune.yaml ...` submits" in out
 
 
 def test_sixty_four_gpus_per_node_fit_no_pool(project, capsys):

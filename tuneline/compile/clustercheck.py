@@ -763,7 +763,7 @@ def workload_problems(folder: Path, rendered: Rendered, docs_objects: set[tuple[
 
 
 def cronjob_problems(root: Path, pools: list[Any], skus: dict[str, Sku], folder: Path,
-                     rendered: Rendered) -> list[str]:
+                     rendered: Rendered, checked: list[str] | None = None) -> list[str]:
     """Each CronJob of `folder` that runs `tuneline trigger check --submit`: its exact command line, with the
     environment and ConfigMap files its pod gets, compiled and checked as its submission."""
     problems = []
@@ -790,6 +790,8 @@ def cronjob_problems(root: Path, pools: list[Any], skus: dict[str, Sku], folder:
             with tempfile.TemporaryDirectory() as scratch:
                 files = container_files(spec, container, ns, rendered, Path(scratch))
                 argv = [_expand(str(w), env) for w in words[1:]]
+                if checked is not None:
+                    checked.append(f"{label}: checked what `tuneline {' '.join(argv[:3])} ...` submits")
                 problems += submission_problems(label, argv, env, files, root, pools, skus, folder, rendered,
                                                 registry, Path(scratch))
     return problems
@@ -883,12 +885,15 @@ def run(args: argparse.Namespace) -> int:
     docs_objects = docs_created([Path.cwd() / d for d in DOCS])
     for folder, rendered in objects.items():
         try:
+            checked: list[str] = []
             found = workload_problems(folder, rendered, docs_objects) + cronjob_problems(Path.cwd(), pools, skus,
-                                                                                          folder, rendered)
+                                                                                          folder, rendered, checked)
         except CompileError as exc:
             found = [f"{folder}: {exc}"]
         for problem in found:
             print(problem, file=sys.stderr)
+        for line in [] if found else checked:
+            print(line)
         status = 2 if found else status
     for pipeline in args.pipelines:
         try:
