@@ -230,3 +230,14 @@ def test_a_pod_reading_a_csi_mirror_it_does_not_mount_is_refused(project, capsys
     assert _check() == 2
     assert "CronJob tuneline/tuneline-retrain (k8s/overlays/dev): Secret mlflow-credentials in tuneline is only a " \
            "mirror of SecretProviderClass mlflow-client" in capsys.readouterr().err
+
+
+def test_a_submit_path_that_compiles_the_checks_own_values_again_is_caught(project, capsys, monkeypatch):
+    """The bug itself, back in tuneline.submit: the CronJob's --set of its mounted data compiled into the run."""
+    from tuneline import submit
+
+    monkeypatch.setattr(submit, "submission_values", lambda target, sets, run_params: (dict(sets), dict(run_params)))
+    assert _check() == 2
+    assert "CronJob tuneline/tuneline-retrain (k8s/overlays/dev): its submission (kfp) does not compile: " \
+           "pipelines/finetune.yaml:10:5: params.dataset (from --set dataset=...): '/mnt/data/tickets.jsonl' " \
+           "cannot be imported on KFP" in capsys.readouterr().err
