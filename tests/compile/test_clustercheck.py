@@ -243,3 +243,16 @@ def test_a_submit_path_that_compiles_the_checks_own_values_again_is_caught(proje
     assert "CronJob tuneline/tuneline-retrain (k8s/overlays/dev): its submission (kfp) does not compile: " \
            "pipelines/finetune.yaml:10:5: params.dataset (from --set dataset=...): '/mnt/data/tickets.jsonl' " \
            "cannot be imported on KFP" in capsys.readouterr().err
+
+
+def test_the_retrain_check_jobs_own_environment_must_be_registered(project, capsys, monkeypatch):
+    import functools
+
+    from tuneline.triggers import azureml
+
+    monkeypatch.setattr(azureml, "ScheduleOptions",
+                        functools.partial(azureml.ScheduleOptions, environment="azureml:control@latest"))
+    assert _check() == 2
+    assert "Azure ML job finetune-demo-retrain-check (tuneline trigger azureml-schedule pipelines/finetune.yaml): " \
+           "its own environment azureml:control@latest is not one that environments/ registers" \
+           in capsys.readouterr().err

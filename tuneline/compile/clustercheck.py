@@ -834,7 +834,12 @@ def azureml_schedule_problems(path: Path, root: Path, pools: list[Any], skus: di
         label = f"Azure ML job {job['display_name']} (tuneline trigger azureml-schedule {path})"
         if argv[0] != "tuneline":
             return [f"{label}: its command does not run tuneline"]
-        return submission_problems(label, argv[1:], {}, {}, root, pools, skus, Path("-"), Rendered(), None,
+        registered = environment_registry(root)[1]
+        names = {env.rsplit(":", 1)[0] for env in registered}
+        own = str(job.get("environment"))
+        problems = [] if own in registered or own.removesuffix("@latest") in names else [
+            f"{label}: its own environment {own} is not one that environments/ registers"]
+        return problems + submission_problems(label, argv[1:], {}, {}, root, pools, skus, Path("-"), Rendered(), None,
                                    Path(scratch), code_root=image_root)
 
 
