@@ -28,7 +28,7 @@ Secrets/PVCs/ConfigMaps they mount, the pod templates of multi-node jobs, and th
 - the run's ServiceAccount must be granted what Kubeflow Pipelines' own pods ask the API for, since KFP runs the
   root driver, drivers, launchers and importers under it (KFP_RUNTIME_PERMISSIONS: each verb with the
   kubeflow/pipelines source that makes the call);
-- a Secret or ConfigMap a pod reads must be created by k8s/, by KFP's install (KFP_INSTALL_CREATES) or by a
+- a Secret or ConfigMap a pod reads must be created by k8s/, by KFP's install or by a
   `kubectl create` in docs/aks.md; a Secret that the Secrets Store CSI driver only mirrors counts just for the pod
   that mounts the SecretProviderClass itself: for any other pod it exists only while some pod mounts it;
 - what the retraining CronJob submits is compiled from its own command line (env expanded as the kubelet does,
@@ -37,6 +37,8 @@ Secrets/PVCs/ConfigMaps they mount, the pod templates of multi-node jobs, and th
   control image holds (its Dockerfile's COPY lines), where it runs;
 - every data URI a submitted run imports must be filled by something in k8s/ or the docs (an upload into that
   bucket or container), and be one the target can read.
+What pods read and what fills the data: tuneline.compile.clusterreads; the CronJob's and the Azure ML job's
+submissions: tuneline.compile.clustersubmit.
 No API server is needed or contacted: this is the scheduler's and the kubelet's admission arithmetic, done offline.
 """
 
@@ -54,9 +56,9 @@ import yaml
 
 from ..spec import SpecError
 from . import CompileError
+from .clusterreads import KFP_NAMESPACE, Rendered, docs_created, reference_problem
 from .options import DEFAULT_KFP_SERVICE_ACCOUNT
 
-KFP_NAMESPACE = "kubeflow"
 DEFAULT_POOLS = Path("k8s/nodepools.yaml")
 DEFAULT_SKUS = Path("config/skus.yaml")
 DEFAULT_K8S = Path("k8s/overlays")
@@ -273,15 +275,6 @@ def placement_problems(pod: PodNeeds, pools: list[Any], skus: dict[str, Sku]) ->
     return [f"no node pool can run it{where}: " + "; ".join(f"{name}: {why}" for name, why in reasons.items())]
 
 
-@dataclass
-class Rendered:
-    """What one kustomization creates: `(kind, namespace, name) in rendered`, and each object's body."""
-    bodies: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.bodies
-
-
 def rendered_objects(k8s_dirs: list[Path]) -> dict[Path, Rendered]:
     """{kustomization: its objects} rendered by kustomize itself."""
     from ..k8s.render import render
@@ -340,15 +333,6 @@ KFP_RUNTIME_PERMISSIONS: tuple[tuple[str, str, str, str | None, str, str], ...] 
     ("argoproj.io", "workflowtaskresults", "patch", None, "Argo's executor in every pod",
      "https://argo-workflows.readthedocs.io/en/latest/workflow-rbac/"),
 )
-# What a Kubeflow Pipelines install creates in its namespace, which pods and the backend read:
-# (kind, name) -> the KFP manifest that creates it (manifests/kustomize at 2.4.0, 2.5.0 and 2.17.0).
-KFP_INSTALL_CREATES = {
-    ("Secret", "mlpipeline-minio-artifact"): "manifests/kustomize/third-party/minio/base/"
-                                            "mlpipeline-minio-artifact-secret.yaml",
-    ("ConfigMap", "kfp-launcher"): "manifests/kustomize/base/pipeline/kfp-launcher-configmap.yaml",
-}
-
-
 def runtime_problems(account: str, namespace: str, rendered: Rendered, folder: Path) -> list[str]:
     """Why KFP's driver, launcher or importer, running as `account`, would be refused an API call."""
     sa = rendered.bodies.get(("ServiceAccount", namespace, account))
@@ -421,99 +405,6 @@ def image_problem(image: str | None, images: set[str], registry: str | None = No
     if registry is not None and not _PINNED.search(image):
         return f"image {image} is not pinned by a sha256 digest"
     return None
-
-
-# ---------------------------------------------------------------------------------------------- what pods read
-
-def docs_created(docs: list[Path]) -> set[tuple[str, str, str]]:
-    """(kind, namespace, name) of the Secrets and ConfigMaps the docs' commands create (`kubectl create secret
-    ... NAME --namespace NS`, `kubectl create configmap ...`), continuation lines joined."""
-    created = set()
-    for doc in docs:
-        if not doc.is_file():
-            continue
-        text = re.sub(r"\\\n\s*", " ", doc.read_text())
-        for line in text.splitlines():
-            found = re.search(r"kubectl\s.*?\bcreate\s+(secret\s+[a-z-]+|configmap)\s+([a-z0-9][a-z0-9.-]*)", line)
-            if not found:
-                continue
-            ns = re.search(r"(?:-n|--namespace)[=\s]+([a-z0-9-]+)", line)
-            kind = "Secret" if found.group(1).startswith("secret") else "ConfigMap"
-            created.add((kind, ns.group(1) if ns else "default", found.group(2)))
-    return created
-
-
-def csi_mirrors(rendered: Rendered, namespace: str) -> dict[str, str]:
-    """{Secret name: SecretProviderClass} for Secrets the Secrets Store CSI driver mirrors in `namespace`: such a
-    Secret exists only while a pod mounts that SecretProviderClass's volume
-    (https://secrets-store-csi-driver.sigs.k8s.io/topics/sync-as-kubernetes-secret)."""
-    out = {}
-    for (kind, ns, name), body in rendered.bodies.items():
-        if kind == "SecretProviderClass" and ns == namespace:
-            for mirrored in (body.get("spec") or {}).get("secretObjects") or []:
-                out[mirrored.get("secretName", "")] = name
-    return out
-
-
-def reference_problem(kind: str, name: str, namespace: str, rendered: Rendered, folder: Path,
-                      docs_objects: set[tuple[str, str, str]], own_csi: set[str] = frozenset()) -> str | None:
-    """Why an object a pod reads may be missing when the pod starts (None when something creates it for good).
-    `own_csi` are the SecretProviderClasses the pod mounts itself (its own mirror is there when it starts)."""
-    if (kind, namespace, name) in rendered or (kind, namespace, name) in docs_objects:
-        return None
-    if namespace == KFP_NAMESPACE and (kind, name) in KFP_INSTALL_CREATES:
-        return None
-    mirrors = csi_mirrors(rendered, namespace) if kind == "Secret" else {}
-    if name in mirrors:
-        if mirrors[name] in own_csi:
-            return None
-        return (f"{kind} {name} in {namespace} is only a mirror of SecretProviderClass {mirrors[name]}: it exists "
-                f"while some other pod mounts that volume, and is deleted when the last one stops ({folder})")
-    return f"{kind} {name} is not created in namespace {namespace} by {folder}, KFP's install or the docs"
-
-
-# ---------------------------------------------------------------------------------------------- data
-
-_BLOB_URL = re.compile(r"^https://([a-z0-9]+)\.blob\.core\.windows\.net/([^/]+)/")
-
-
-def docs_filled(docs: list[Path]) -> set[tuple[str, str]]:
-    """(scheme, bucket or container) the docs' commands write data into: `az storage blob upload[-batch]` into a
-    container (scheme `blob`), `mc cp|mirror ... ALIAS/BUCKET/...` into an S3/MinIO bucket (scheme `minio`/`s3`),
-    `az ml data create` / `az ml datastore upload` (scheme `azureml`)."""
-    filled = set()
-    for doc in docs:
-        if not doc.is_file():
-            continue
-        text = re.sub(r"\\\n\s*", " ", doc.read_text())
-        for line in text.splitlines():
-            if re.search(r"\baz storage blob (upload|upload-batch|copy start)\b", line):
-                container = re.search(r"(?:--container-name|--destination-container|-c|--destination|-d)[=\s]+"
-                                      r"([a-z0-9-]+)", line)
-                if container:
-                    filled.add(("blob", container.group(1)))
-            if re.search(r"\bmc\s+(cp|mirror)\b", line):  # the last word is the destination ALIAS/BUCKET/...
-                dest = re.match(r"^[A-Za-z0-9_-]+/([a-z0-9.-]+)(/|$)", line.split()[-1])
-                if dest:
-                    filled.update({("minio", dest.group(1)), ("s3", dest.group(1))})
-            if re.search(r"\baz ml data create\b", line):
-                filled.add(("azureml", "data"))
-    return filled
-
-
-def dataset_problem(uri: str, filled: set[tuple[str, str]]) -> str | None:
-    """Why nothing puts data at `uri` (None when k8s/ or the docs fill its bucket, or it is a path of the
-    repository, which the image and Azure ML's code snapshot carry)."""
-    if "://" not in uri:
-        return None
-    scheme, rest = uri.split("://", 1)
-    blob = _BLOB_URL.match(uri)
-    key = ("blob", blob.group(2)) if blob else ("azureml", "data") if scheme == "azureml" else \
-        (scheme, rest.split("/", 1)[0])
-    if key in filled:
-        return None
-    return (f"nothing in k8s/ or the docs writes data to {uri} (its {key[0]} bucket/container {key[1]}): the run "
-            f"would import from an empty store")
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -611,39 +502,6 @@ def check_pipeline(path: Path, pools: list[Any], skus: dict[str, Sku], objects: 
     return CheckResult(problems=list(dict.fromkeys(problems)), pods=pods)
 
 
-# ---------------------------------------------------------------------------------------------- submissions
-
-def trigger_parser() -> argparse.ArgumentParser:
-    """`tuneline`'s own argument parser, so a command line is read exactly as the CLI reads it."""
-    from ..cli import build_parser
-
-    return build_parser()
-
-
-def _expand(text: str, env: dict[str, str]) -> str:
-    """Kubernetes' $(VAR) expansion in command and args (https://kubernetes.io/docs/tasks/inject-data-application/
-    define-command-argument-container/#use-environment-variables-to-define-arguments)."""
-    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), text)
-
-
-def container_files(spec: dict[str, Any], container: dict[str, Any], namespace: str, rendered: Rendered,
-                    scratch: Path) -> dict[str, Path]:
-    """{path in the container: local copy} for every ConfigMap key the container mounts."""
-    volumes = {v.get("name"): v for v in spec.get("volumes") or []}
-    files = {}
-    for mount in container.get("volumeMounts") or []:
-        source = (volumes.get(mount.get("name")) or {}).get("configMap")
-        if not source:
-            continue
-        body = rendered.bodies.get(("ConfigMap", namespace, source.get("name", ""))) or {}
-        for key, value in (body.get("data") or {}).items():
-            local = scratch / "files" / mount["name"] / key
-            local.parent.mkdir(parents=True, exist_ok=True)
-            local.write_text(value)
-            files[f"{mount['mountPath'].rstrip('/')}/{key}"] = local
-    return files
-
-
 def azureml_environment_problems(label: str, folder: Path, registered: set[str]) -> list[str]:
     """Each compiled Azure ML component in `folder` whose environment environments/ does not register."""
     problems = []
@@ -653,194 +511,6 @@ def azureml_environment_problems(label: str, folder: Path, registered: set[str])
             problems.append(f"{label}:{component.stem}: Azure ML environment {env} is not one that environments/ "
                             f"registers ({', '.join(sorted(registered)) or 'none'})")
     return problems
-
-
-def submission_problems(label: str, argv: list[str], env: dict[str, str], files: dict[str, Path], root: Path,
-                        pools: list[Any], skus: dict[str, Sku], folder: Path, rendered: Rendered,
-                        registry: str | None, scratch: Path, code_root: Path | None = None) -> list[str]:
-    """Compile what `tuneline <argv>` (a `trigger check --submit` command line) would submit, and check it.
-    `files` maps paths in the container to local copies; `code_root` is where the command runs (the image's
-    WORKDIR), the repository by default."""
-    from .. import submit
-    from ..ops_cli import submission_options
-    from ..spec import IOType
-    from ..spec.load import parse_set_pairs
-
-    try:
-        args = trigger_parser().parse_args(argv)
-    except SystemExit:
-        return [f"{label}: `tuneline {' '.join(argv)}` is not a command line tuneline accepts"]
-    if getattr(args, "trigger_command", None) != "check" or not args.submit:
-        return []
-    base = code_root or root
-    if args.images and args.images in files:
-        args.images = str(files[args.images])
-    elif args.images and not (base / args.images).is_file():
-        return [f"{label}: --images {args.images}: no such file in the container (mount it from a ConfigMap)"]
-    pipeline_path = base / args.pipeline
-    sets, params = parse_set_pairs(args.set), parse_set_pairs(args.submit_param)
-    try:
-        pipeline = submit.submitted_pipeline(pipeline_path, args.submit, sets, params)
-        out, _ = submit.compile_submission(pipeline_path, args.submit, scratch / "out", sets, params,
-                                           submission_options(args))
-    except (SpecError, CompileError, submit.SubmitError) as exc:
-        text = "; ".join(str(p) for p in exc.problems) if isinstance(exc, SpecError) else str(exc)
-        return [f"{label}: its submission ({args.submit}) does not compile: {text.replace(f'{base}/', '')}"]
-    problems: list[str] = []
-    filled = docs_filled([root / d for d in DOCS])
-    for name, param in pipeline.spec.params.items():
-        if param.type in (IOType.uri_file, IOType.uri_folder):
-            why = dataset_problem(str(pipeline.params[name]), filled)
-            if why:
-                problems.append(f"{label}: parameter '{name}': {why}")
-    if args.submit == "kfp":
-        namespace = args.kfp_namespace or env.get("KFP_NAMESPACE") or KFP_NAMESPACE
-        account = env.get("KFP_SERVICE_ACCOUNT") or DEFAULT_KFP_SERVICE_ACCOUNT
-        found, _ = compiled_problems(label, out.folder, root, pools, skus, folder, rendered, namespace, account,
-                                     registry, docs_created([root / d for d in DOCS]))
-        problems += found
-    else:
-        problems += azureml_environment_problems(label, out.folder, environment_registry(root)[1])
-    return problems
-
-
-WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")
-CSI_SECRETS_DRIVER = "secrets-store.csi.k8s.io"
-
-
-def pod_spec_of(body: dict[str, Any]) -> dict[str, Any]:
-    spec = body.get("spec") or {}
-    if body.get("kind") == "CronJob":
-        spec = (spec.get("jobTemplate") or {}).get("spec") or {}
-    return (spec.get("template") or {}).get("spec") or {}
-
-
-def pod_reads(spec: dict[str, Any]) -> tuple[set[tuple[str, str]], set[str]]:
-    """((kind, name) of every Secret, ConfigMap and PVC a pod needs to start, the SecretProviderClasses it mounts).
-    References marked `optional: true` are left out: the kubelet starts the pod without them."""
-    refs: set[tuple[str, str]] = set()
-    own_csi: set[str] = set()
-    for container in (spec.get("containers") or []) + (spec.get("initContainers") or []):
-        for var in container.get("env") or []:
-            source = var.get("valueFrom") or {}
-            for key, kind in (("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap")):
-                if key in source and not source[key].get("optional"):
-                    refs.add((kind, source[key]["name"]))
-        for source in container.get("envFrom") or []:
-            for key, kind in (("secretRef", "Secret"), ("configMapRef", "ConfigMap")):
-                if key in source and not source[key].get("optional"):
-                    refs.add((kind, source[key]["name"]))
-    for volume in spec.get("volumes") or []:
-        if "secret" in volume and not volume["secret"].get("optional"):
-            refs.add(("Secret", volume["secret"]["secretName"]))
-        if "configMap" in volume and not volume["configMap"].get("optional"):
-            refs.add(("ConfigMap", volume["configMap"]["name"]))
-        if "persistentVolumeClaim" in volume:
-            refs.add(("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]))
-        for source in (volume.get("projected") or {}).get("sources") or []:
-            for key, kind in (("secret", "Secret"), ("configMap", "ConfigMap")):
-                if key in source and not source[key].get("optional"):
-                    refs.add((kind, source[key]["name"]))
-        csi = volume.get("csi") or {}
-        if csi.get("driver") == CSI_SECRETS_DRIVER:
-            own_csi.add((csi.get("volumeAttributes") or {}).get("secretProviderClass", ""))
-    return refs, own_csi
-
-
-def workload_problems(folder: Path, rendered: Rendered, docs_objects: set[tuple[str, str, str]]) -> list[str]:
-    """Every Secret, ConfigMap and PVC the pods of `folder`'s workloads read: something must create it for good
-    (a CSI mirror counts only for the pod that mounts its SecretProviderClass itself)."""
-    problems = []
-    for (kind, ns, name), body in sorted(rendered.bodies.items()):
-        if kind not in WORKLOADS:
-            continue
-        refs, own_csi = pod_reads(pod_spec_of(body))
-        for ref_kind, ref_name in sorted(refs):
-            why = reference_problem(ref_kind, ref_name, ns, rendered, folder, docs_objects, own_csi)
-            if why:
-                problems.append(f"{kind} {ns}/{name} ({folder}): {why}")
-    return problems
-
-
-def cronjob_problems(root: Path, pools: list[Any], skus: dict[str, Sku], folder: Path,
-                     rendered: Rendered, checked: list[str] | None = None) -> list[str]:
-    """Each CronJob of `folder` that runs `tuneline trigger check --submit`: its exact command line, with the
-    environment and ConfigMap files its pod gets, compiled and checked as its submission."""
-    problems = []
-    for (kind, ns, name), body in sorted(rendered.bodies.items()):
-        if kind != "CronJob":
-            continue
-        spec = (((body.get("spec") or {}).get("jobTemplate") or {}).get("spec") or {}).get("template", {}).get(
-            "spec") or {}
-        for container in spec.get("containers") or []:
-            words = list(container.get("command") or []) + list(container.get("args") or [])
-            if not words or words[0] != "tuneline":
-                continue
-            env: dict[str, str] = {}
-            for var in container.get("env") or []:
-                if "value" in var:
-                    env[var["name"]] = _expand(str(var["value"]), env)
-                ref = (var.get("valueFrom") or {}).get("configMapKeyRef")
-                if ref:
-                    cm = rendered.bodies.get(("ConfigMap", ns, ref.get("name", ""))) or {}
-                    if ref.get("key") in (cm.get("data") or {}):
-                        env[var["name"]] = cm["data"][ref["key"]]
-            registry = overlay_registry(rendered)
-            label = f"CronJob {ns}/{name} ({folder})"
-            with tempfile.TemporaryDirectory() as scratch:
-                files = container_files(spec, container, ns, rendered, Path(scratch))
-                argv = [_expand(str(w), env) for w in words[1:]]
-                if checked is not None:
-                    checked.append(f"{label}: checked what `tuneline {' '.join(argv[:3])} ...` submits")
-                problems += submission_problems(label, argv, env, files, root, pools, skus, folder, rendered,
-                                                registry, Path(scratch))
-    return problems
-
-
-def control_image_root(root: Path, scratch: Path) -> Path:
-    """A copy of what the control image holds under its WORKDIR (the `COPY <src> /app/<dst>` lines of
-    environments/control/Dockerfile): where `trigger check` compiles inside the image."""
-    import shutil
-
-    dockerfile = root / "environments" / "control" / "Dockerfile"
-    target = scratch / "control-image"
-    target.mkdir(parents=True, exist_ok=True)
-    for line in dockerfile.read_text().splitlines() if dockerfile.is_file() else []:
-        found = re.match(r"^COPY\s+(\S+)\s+/app/(\S*)$", line.strip())
-        if not found:
-            continue
-        source, dest = root / found.group(1), target / found.group(2)
-        if source.is_dir():
-            shutil.copytree(source, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
-        elif source.is_file():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest if found.group(2) and not found.group(2).endswith("/") else dest / source.name)
-    return target
-
-
-def azureml_schedule_problems(path: Path, root: Path, pools: list[Any], skus: dict[str, Sku]) -> list[str]:
-    """The Azure ML retrain-check job `tuneline trigger azureml-schedule` writes: its command, run where it
-    runs (the control image's files), compiled as it would submit."""
-    import shlex
-
-    from ..spec import load_pipeline
-    from ..triggers.azureml import ScheduleOptions, render
-
-    pipeline = load_pipeline(path)
-    with tempfile.TemporaryDirectory() as scratch:
-        job, _ = render(pipeline, Path(scratch) / "job", ScheduleOptions())
-        image_root = control_image_root(root, Path(scratch))
-        argv = [w for w in shlex.split(job["command"])]
-        label = f"Azure ML job {job['display_name']} (tuneline trigger azureml-schedule {path})"
-        if argv[0] != "tuneline":
-            return [f"{label}: its command does not run tuneline"]
-        registered = environment_registry(root)[1]
-        names = {env.rsplit(":", 1)[0] for env in registered}
-        own = str(job.get("environment"))
-        problems = [] if own in registered or own.removesuffix("@latest") in names else [
-            f"{label}: its own environment {own} is not one that environments/ registers"]
-        return problems + submission_problems(label, argv[1:], {}, {}, root, pools, skus, Path("-"), Rendered(), None,
-                                   Path(scratch), code_root=image_root)
 
 
 def _kustomizations(target: Path) -> list[Path]:
@@ -873,6 +543,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..k8s.nodepools import load_spec
     from ..k8s.render import KustomizeError
+    from .clusterreads import workload_problems
+    from .clustersubmit import azureml_schedule_problems, cronjob_problems
 
     try:
         pools = load_spec(Path(args.pools)).pools
