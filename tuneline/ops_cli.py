@@ -151,7 +151,8 @@ def _submit(args: argparse.Namespace, pipeline, home: Path) -> dict:
     sys.stdout = sys.stderr  # the SDKs print links; stdout stays the decision
     try:
         done = submit.submit_pipeline(pipeline.path, args.submit, home / "submit", parse_set_pairs(args.set),
-                                      parse_set_pairs(args.submit_param), where, submission_options(args))
+                                      parse_set_pairs(args.submit_param), where,
+                                      submit.submission_options(args.images, args.mlflow_secret))
     except Exception as exc:  # noqa: BLE001 - any SDK or network failure is a failed submission, reported
         print(f"tuneline trigger check: submission to {args.submit} failed: {exc}", file=sys.stderr)
         return {"run_id": None, "status": "submit-failed", "exit_code": 1, "target": args.submit}
@@ -160,15 +161,6 @@ def _submit(args: argparse.Namespace, pipeline, home: Path) -> dict:
     for line in done.lines:
         print(f"{args.submit}: {line}", file=sys.stderr)
     return {"run_id": done.run_id, "status": "submitted", "exit_code": 0, "target": args.submit}
-
-
-def submission_options(args: argparse.Namespace):
-    """The compile options of a `trigger check --submit` run: its image lock and MLflow Secret."""
-    from .compile.images import load_image_lock
-    from .compile.options import CompileOptions
-
-    return CompileOptions(image_lock=load_image_lock(Path(args.images)) if args.images else None,
-                          mlflow_secret=args.mlflow_secret or None)
 
 
 def cmd_trigger_azureml(args: argparse.Namespace) -> int:

@@ -133,6 +133,14 @@ def data_problem(target: str, name: str, value: str) -> str | None:
     return None
 
 
+def submission_options(images: str | None, mlflow_secret: str | None) -> CompileOptions:
+    """The compile options of a `trigger check --submit` run (`--images FILE`, `--mlflow-secret NAME`)."""
+    from .compile.images import load_image_lock
+
+    return CompileOptions(image_lock=load_image_lock(Path(images)) if images else None,
+                          mlflow_secret=mlflow_secret or None)
+
+
 def submission_values(target: str, sets: dict[str, str], run_params: dict[str, str]) -> tuple[dict[str, str],
                                                                                             dict[str, str]]:
     """(compile-time values, run arguments) of a submission: a run argument is never also compiled in."""

@@ -32,7 +32,8 @@ from .options import DEFAULT_KFP_SERVICE_ACCOUNT
 
 
 def trigger_parser() -> argparse.ArgumentParser:
-    """`tuneline`'s own argument parser, so a command line is read exactly as the CLI reads it."""
+    """`tuneline`'s own argument parser, so a command line is read exactly as the CLI reads it (flags, defaults,
+    abbreviations): a copy of its options here could agree with the checked command and not with the pod."""
     from ..cli import build_parser
 
     return build_parser()
@@ -69,7 +70,6 @@ def submission_problems(label: str, argv: list[str], env: dict[str, str], files:
     `files` maps paths in the container to local copies; `code_root` is where the command runs (the image's
     WORKDIR), the repository by default."""
     from .. import submit
-    from ..ops_cli import submission_options
     from ..spec import IOType
     from ..spec.load import parse_set_pairs
 
@@ -89,7 +89,7 @@ def submission_problems(label: str, argv: list[str], env: dict[str, str], files:
     try:
         pipeline = submit.submitted_pipeline(pipeline_path, args.submit, sets, params)
         out, _ = submit.compile_submission(pipeline_path, args.submit, scratch / "out", sets, params,
-                                           submission_options(args))
+                                           submit.submission_options(args.images, args.mlflow_secret))
     except (SpecError, CompileError, submit.SubmitError) as exc:
         text = "; ".join(str(p) for p in exc.problems) if isinstance(exc, SpecError) else str(exc)
         return [f"{label}: its submission ({args.submit}) does not compile: {text.replace(f'{base}/', '')}"]
