@@ -468,7 +468,8 @@ def compiled_problems(label: str, out_folder: Path, root: Path, pools: list[Any]
         if why:
             problems.append(f"{where}: {why} ({folder})" if registry else f"{where}: {why}")
         for kind, name in sorted(pod.refs):
-            why = reference_problem(kind, name, namespace, rendered, folder, docs_objects)
+            why = reference_problem(kind, name, namespace, rendered, folder, docs_objects,
+                                    pipeline_namespace=namespace)
             if why:
                 problems.append(f"{where}: {why}")
     return problems, len(pods)

@@ -29,8 +29,10 @@ class Rendered:
         return key in self.bodies
 
 
-# What a Kubeflow Pipelines install creates in its namespace, which pods and the backend read:
-# (kind, name) -> the KFP manifest that creates it (manifests/kustomize at 2.4.0, 2.5.0 and 2.17.0).
+# What a Kubeflow Pipelines install creates where pipeline pods run, which pods and the backend read:
+# (kind, name) -> the KFP manifest that creates it in `kubeflow` (manifests/kustomize at 2.4.0, 2.5.0 and 2.17.0);
+# a multi-user install's profile controller creates both in each profile namespace
+# (manifests/kustomize/base/installs/multi-user/pipelines-profile-controller/sync.py).
 KFP_INSTALL_CREATES = {
     ("Secret", "mlpipeline-minio-artifact"): "manifests/kustomize/third-party/minio/base/"
                                             "mlpipeline-minio-artifact-secret.yaml",
@@ -69,12 +71,14 @@ def csi_mirrors(rendered: Rendered, namespace: str) -> dict[str, str]:
 
 
 def reference_problem(kind: str, name: str, namespace: str, rendered: Rendered, folder: Path,
-                      docs_objects: set[tuple[str, str, str]], own_csi: set[str] = frozenset()) -> str | None:
+                      docs_objects: set[tuple[str, str, str]], own_csi: set[str] = frozenset(),
+                      pipeline_namespace: str = KFP_NAMESPACE) -> str | None:
     """Why an object a pod reads may be missing when the pod starts (None when something creates it for good).
-    `own_csi` are the SecretProviderClasses the pod mounts itself (its own mirror is there when it starts)."""
+    `own_csi` are the SecretProviderClasses the pod mounts itself (its own mirror is there when it starts);
+    `pipeline_namespace` is where KFP runs pipeline pods, so where its install creates what they read."""
     if (kind, namespace, name) in rendered or (kind, namespace, name) in docs_objects:
         return None
-    if namespace == KFP_NAMESPACE and (kind, name) in KFP_INSTALL_CREATES:
+    if namespace == pipeline_namespace and (kind, name) in KFP_INSTALL_CREATES:
         return None
     mirrors = csi_mirrors(rendered, namespace) if kind == "Secret" else {}
     if name in mirrors:
