@@ -4,7 +4,8 @@
 .PHONY: k8s-validate nodepools-dry-run envs envs-check images images-check env-check
 
 # Render every kustomization under k8s/ with kustomize itself (`kustomize build`, else `kubectl kustomize`)
-# and validate schemas + policies on its output; part of `make test`.
+# and validate schemas + policies on its output; then compile what the pipelines and the retraining CronJob submit
+# and check it against each overlay (`tuneline cluster check`); part of `make test`.
 k8s-validate: $(VENV_STAMP) ## render + validate k8s/ with kustomize (schemas, policies, versions); pipelines fit it
 	$(PY) -m tuneline.k8s.validate k8s --scan pipelines --scan config --scan docs/aks.md
 	$(VENV)/bin/tuneline cluster check pipelines/*.yaml

@@ -20,6 +20,7 @@ import os
 import sys
 from pathlib import Path
 
+from .compile.options import DEFAULT_MLFLOW_SECRET
 from .spec.load import parse_set_pairs
 
 EXIT_NO_RETRAIN, EXIT_RETRAIN, EXIT_RUN_FAILED, EXIT_INVALID = 0, 10, 11, 2
@@ -72,6 +73,7 @@ def cmd_trigger_check(args: argparse.Namespace) -> int:
         min_requests=args.min_requests,
         evaluation=EvalOptions(max_examples=args.max_examples),
         submitted_baseline=bool(args.submit),
+        run_state=_run_state(args) if args.submit else None,
     )
     try:
         decision = run_check(pipeline, options)
@@ -115,11 +117,10 @@ def _retrain(pipeline, home: Path, args: argparse.Namespace, decision) -> dict:
     return {"run_id": record.run_id, "status": record.status, "exit_code": exit_code(record)}
 
 
-def _submit(args: argparse.Namespace, pipeline, home: Path) -> dict:
-    """Compile and submit the pipeline to KFP or Azure ML; the run record `trigger check` reports and logs."""
+def _submit_settings(args: argparse.Namespace):
     from . import submit
 
-    where = submit.SubmitSettings(
+    return submit.SubmitSettings(
         kfp_host=args.kfp_host or os.environ.get("KF_PIPELINES_ENDPOINT"),
         kfp_namespace=args.kfp_namespace or os.environ.get("KFP_NAMESPACE"),
         service_account=os.environ.get("KFP_SERVICE_ACCOUNT"),
@@ -130,12 +131,28 @@ def _submit(args: argparse.Namespace, pipeline, home: Path) -> dict:
         or os.environ.get("AZUREML_ARM_RESOURCEGROUP"),
         workspace=args.workspace or os.environ.get("AZUREML_WORKSPACE") or os.environ.get("AZUREML_ARM_WORKSPACE_NAME"),
     )
+
+
+def _run_state(args: argparse.Namespace):
+    """How the check asks the platform whether a submitted run failed (see triggers.tracking.last_submission)."""
+    from . import submit
+
+    settings = _submit_settings(args)
+    return lambda run_id: submit.run_state(args.submit, run_id, settings)
+
+
+def _submit(args: argparse.Namespace, pipeline, home: Path) -> dict:
+    """Compile and submit the pipeline to KFP or Azure ML; the run record `trigger check` reports and logs."""
+    from . import submit
+
+    where = _submit_settings(args)
     print(f"submitting a pipeline run to {args.submit}", file=sys.stderr, flush=True)
     stdout = sys.stdout
     sys.stdout = sys.stderr  # the SDKs print links; stdout stays the decision
     try:
         done = submit.submit_pipeline(pipeline.path, args.submit, home / "submit", parse_set_pairs(args.set),
-                                      parse_set_pairs(args.submit_param), where)
+                                      parse_set_pairs(args.submit_param), where,
+                                      submit.submission_options(args.images, args.mlflow_secret))
     except Exception as exc:  # noqa: BLE001 - any SDK or network failure is a failed submission, reported
         print(f"tuneline trigger check: submission to {args.submit} failed: {exc}", file=sys.stderr)
         return {"run_id": None, "status": "submit-failed", "exit_code": 1, "target": args.submit}
@@ -158,6 +175,7 @@ def cmd_trigger_azureml(args: argparse.Namespace) -> int:
         cron=args.cron,
         timezone=args.timezone,
         code=args.code,
+        data=args.data,
     )
     try:
         job, schedule = write_schedule(pipeline, Path(args.out), options)
@@ -283,6 +301,11 @@ def _add_trigger_check(trigger_sub) -> None:
                           "Azure ML through their SDK clients")
     check.add_argument("--submit-param", action="append", default=[], metavar="NAME=VALUE",
                        help="--submit: a run argument, e.g. dataset=<object-store URI> (repeatable)")
+    check.add_argument("--images", default=None, metavar="FILE",
+                       help="--submit: image lock (`registry:` and a sha256 digest per environment) the run's steps "
+                            "are pinned to")
+    check.add_argument("--mlflow-secret", default=DEFAULT_MLFLOW_SECRET,
+                       help="--submit kfp: Secret with the pipeline pods' MLflow login (default: %(default)s; '' none)")
     check.add_argument("--kfp-host", default=None, help="--submit kfp: API endpoint (default: $KF_PIPELINES_ENDPOINT)")
     check.add_argument("--kfp-namespace", default=None, help="--submit kfp: namespace (default: $KFP_NAMESPACE)")
     check.add_argument("--subscription", default=None, help="--submit azureml: default $AZURE_SUBSCRIPTION_ID")
@@ -356,6 +379,9 @@ def _add_trigger_azureml(trigger_sub) -> None:
         default=None,
         help="project root as seen from --out (default: the relative path from --out to the root)",
     )
+    azml.add_argument("--data", default=None, metavar="URI",
+                      help="the dataset's Azure ML URI (azureml://datastores/<store>/paths/<file>): the check reads "
+                           "it mounted, the submitted run gets it (default: the pipeline's own dataset)")
     azml.set_defaults(handler=cmd_trigger_azureml)
 
 

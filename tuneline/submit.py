@@ -10,7 +10,14 @@ Only `execute_*` touch the network, through the platforms' own SDK clients (kfp.
 
 `submit_pipeline` is the path `tuneline trigger check --submit kfp|azureml` takes when a trigger fires: compile
 the pipeline, then submit it with the run arguments that point its data at the configured store (an object-store
-URI on KFP, an azureml:// URI on Azure ML), never at a file baked into the image.
+URI on KFP, an azureml:// URI on Azure ML), never at a file baked into the image. `compile_submission` is that
+compilation alone; `tuneline cluster check` calls it with the retraining CronJob's own command line, so what is
+checked is what the CronJob submits.
+
+The check's `--set` and the run's `--submit-param` mean different places for the same parameter: `--set
+dataset=/mnt/data/tickets.jsonl` is where the check reads the data, `--submit-param dataset=<store URI>` where the
+run reads it. A parameter given as a run argument is therefore not also a compile-time value: on KFP it is a run
+argument over the compiled default, on Azure ML (whose job file carries its inputs) it replaces the `--set` one.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any
 
 from .compile import PIPELINE_FILE, RECURRING_RUN_FILE
 from .compile.azureml import JOB_FILE, SCHEDULE_FILE
+from .compile.options import CompileOptions
 
 
 @dataclass
@@ -114,29 +122,79 @@ class SubmitError(ValueError):
     """A submission that cannot be made as configured; the message says which setting is missing."""
 
 
-def typed_arguments(pipeline_path: str | Path, pairs: dict[str, str]) -> dict[str, Any]:
-    """NAME=VALUE strings typed and checked like `--set`, so KFP receives numbers as numbers."""
+# What an Azure ML job input can read (https://learn.microsoft.com/azure/machine-learning/how-to-read-write-data-v2,
+# "Paths"): a datastore or data asset URI, an Azure Storage URI, a public http(s) URL, or a local path the SDK
+# uploads. KFP's object stores (minio://, s3://, gs://) are none of them.
+AZUREML_DATA_SCHEMES = ("azureml://", "https://", "http://", "wasbs://", "wasb://", "abfss://", "abfs://", "adl://")
+
+
+def data_problem(target: str, name: str, value: str) -> str | None:
+    """Why the platform cannot read `value` for the data parameter `name` (None when it can)."""
+    scheme = value.split("://", 1)[0] + "://" if "://" in value else ""
+    if target == "azureml" and scheme and not value.startswith(AZUREML_DATA_SCHEMES):
+        return (f"parameter '{name}' = {value}: Azure ML cannot read a {scheme} URI (it reads "
+                f"{', '.join(AZUREML_DATA_SCHEMES)} URIs, or a local path it uploads)")
+    return None
+
+
+def submission_options(images: str | None, mlflow_secret: str | None) -> CompileOptions:
+    """The compile options of a `trigger check --submit` run (`--images FILE`, `--mlflow-secret NAME`)."""
+    from .compile.images import load_image_lock
+
+    return CompileOptions(image_lock=load_image_lock(Path(images)) if images else None,
+                          mlflow_secret=mlflow_secret or None)
+
+
+def submission_values(target: str, sets: dict[str, str], run_params: dict[str, str]) -> tuple[dict[str, str],
+                                                                                            dict[str, str]]:
+    """(compile-time values, run arguments) of a submission: a run argument is never also compiled in."""
+    if target == "kfp":
+        return {k: v for k, v in sets.items() if k not in run_params}, dict(run_params)
+    return {**sets, **run_params}, {}
+
+
+def submitted_pipeline(pipeline_path: str | Path, target: str, sets: dict[str, str], run_params: dict[str, str]):
+    """The pipeline as the submitted run sees it: compiled values and run arguments, the target's defaults."""
     from .spec import load_pipeline
 
-    typed = load_pipeline(pipeline_path, pairs).params
-    return {name: typed[name] for name in pairs}
+    if target not in ("kfp", "azureml"):
+        raise SubmitError(f"unknown submit target {target!r} (kfp, azureml)")
+    compiled_values, arguments = submission_values(target, sets, run_params)
+    return load_pipeline(pipeline_path, {**compiled_values, **arguments}).for_target(target)
+
+
+def compile_submission(pipeline_path: str | Path, target: str, out: Path, sets: dict[str, str],
+                       run_params: dict[str, str], options: CompileOptions | None = None):
+    """Compile what `submit_pipeline` submits; returns (CompileOutput, typed run arguments). Raises SpecError
+    or CompileError as `tuneline compile` would, and SubmitError for data the target cannot read."""
+    from .compile.build import compile_file
+    from .spec import IOType
+
+    compiled_values, arguments = submission_values(target, sets, run_params)
+    pipeline = submitted_pipeline(pipeline_path, target, sets, run_params)
+    for name, param in pipeline.spec.params.items():
+        if param.type in (IOType.uri_file, IOType.uri_folder):
+            why = data_problem(target, name, str(pipeline.params[name]))
+            if why:
+                raise SubmitError(f"{pipeline_path}: {why}")
+    typed = {name: pipeline.params[name] for name in arguments}
+    output = compile_file(pipeline_path, (target,), out, options or CompileOptions(), compiled_values)
+    return output, typed
 
 
 def submit_pipeline(pipeline_path: str | Path, target: str, out: Path, sets: dict[str, str],
-                    run_params: dict[str, str], settings: SubmitSettings) -> Submission:
+                    run_params: dict[str, str], settings: SubmitSettings,
+                    options: CompileOptions | None = None) -> Submission:
     """Compile `pipeline_path` for `target` into `out` and submit one run through the platform's SDK client.
 
-    `sets` are compile-time values (as `tuneline compile --set`); `run_params` are the run's arguments on KFP and
-    are baked in at compile time on Azure ML, whose job file carries its inputs.
+    `sets` are the check's values (as `tuneline run --set`); `run_params` are the run's arguments on KFP and are
+    baked in at compile time on Azure ML, whose job file carries its inputs (`submission_values`). `options`
+    carry the cluster's image lock and MLflow Secret.
     """
-    from .compile.build import compile_file
-    from .compile.options import CompileOptions
-
     if target == "kfp":
         if not settings.kfp_host:
             raise SubmitError("--submit kfp needs the KFP API endpoint: --kfp-host or KF_PIPELINES_ENDPOINT")
-        arguments = typed_arguments(pipeline_path, run_params)
-        output = compile_file(pipeline_path, ("kfp",), out, CompileOptions(), sets)
+        output, arguments = compile_submission(pipeline_path, target, out, sets, run_params, options)
         plan = kfp_plan(output.folder / "kfp", settings.kfp_host, output.pipeline, settings.experiment,
                         settings.kfp_namespace, arguments, service_account=settings.service_account)
         lines = execute_kfp(plan)
@@ -146,7 +204,7 @@ def submit_pipeline(pipeline_path: str | Path, target: str, out: Path, sets: dic
                                             ("--workspace / AZUREML_WORKSPACE", settings.workspace)) if not value]
         if missing:
             raise SubmitError(f"--submit azureml needs {', '.join(missing)}")
-        output = compile_file(pipeline_path, ("azureml",), out, CompileOptions(), {**sets, **run_params})
+        output, _ = compile_submission(pipeline_path, target, out, sets, run_params, options)
         plan = azureml_plan(output.folder / "azureml", str(settings.subscription_id), str(settings.resource_group),
                             str(settings.workspace), settings.experiment)
         lines = execute_azureml(plan)
@@ -154,6 +212,31 @@ def submit_pipeline(pipeline_path: str | Path, target: str, out: Path, sets: dic
         raise SubmitError(f"unknown submit target {target!r} (kfp, azureml)")
     first = lines[0].split() if lines else []
     return Submission(target=target, run_id=first[1] if len(first) == 2 else None, lines=lines)
+
+
+def run_state(target: str, run_id: str, settings: SubmitSettings) -> str | None:
+    """The platform's state of a submitted run (KFP: PENDING/RUNNING/SUCCEEDED/FAILED/CANCELED...; Azure ML: the
+    job status), or None when it cannot be asked (no endpoint, no access, run gone): then the caller keeps the
+    submission as its baseline, as it would without asking."""
+    try:
+        if target == "kfp" and settings.kfp_host:
+            import kfp
+
+            return str(kfp.Client(host=settings.kfp_host, namespace=settings.kfp_namespace).get_run(run_id).state)
+        if target == "azureml" and settings.subscription_id and settings.resource_group and settings.workspace:
+            return _azureml_job_status(run_id, settings)  # pragma: no cover - needs an Azure ML workspace
+    except Exception:  # noqa: BLE001 - an unreachable or refusing API leaves the state unknown
+        return None
+    return None
+
+
+def _azureml_job_status(name: str, settings: SubmitSettings) -> str:  # pragma: no cover - needs a workspace
+    from azure.ai.ml import MLClient
+    from azure.identity import DefaultAzureCredential
+
+    client = MLClient(DefaultAzureCredential(), subscription_id=settings.subscription_id,
+                      resource_group_name=settings.resource_group, workspace_name=settings.workspace)
+    return str(client.jobs.get(name).status)
 
 
 def plan_json(plan: KfpPlan | AzureMLPlan) -> str:

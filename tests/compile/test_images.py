@@ -1,8 +1,11 @@
+from pathlib import Path
+
 import pytest
+import yaml
 
 from tuneline.compile import CompileError
 from tuneline.compile.build import compile_graph
-from tuneline.compile.images import check_environments, resolve_images
+from tuneline.compile.images import check_environments, load_image_lock, resolve_images
 from tuneline.compile.options import CompileOptions
 from tuneline.graph import build_graph
 from tuneline.spec import load_pipeline
@@ -15,6 +18,20 @@ def test_command_line_wins_over_pipeline_and_digests_use_at():
     plan = resolve_images(Images(registry="acr.io/x", tag="1.0.0"), tag=DIGEST)
     assert plan.image("train-gpu") == f"acr.io/x/train-gpu@{DIGEST}"
     assert resolve_images(None).image("train-cpu") == "tuneline/train-cpu:latest"
+
+
+def test_an_image_lock_pins_each_environment_by_its_own_digest(tmp_path):
+    other = "sha256:" + "cd" * 32
+    lock_file = tmp_path / "images.yaml"
+    lock_file.write_text(f"registry: acr.io/t/\ndigests: {{train-gpu: '{DIGEST}', control: '{other}'}}\n")
+    plan = resolve_images(Images(registry="docker.io/x", tag="latest"), lock=load_image_lock(lock_file))
+    assert plan.image("train-gpu") == f"acr.io/t/train-gpu@{DIGEST}"
+    assert plan.image("control") == f"acr.io/t/control@{other}"
+    with pytest.raises(CompileError, match="pins no digest for environment 'serve'"):
+        plan.image("serve")
+    lock_file.write_text("registry: acr.io/t\ndigests: {train-gpu: '0.1.0'}\n")
+    with pytest.raises(CompileError, match=r"images.yaml: digests.train-gpu: '0.1.0' is not a sha256"):
+        load_image_lock(lock_file)
 
 
 @pytest.mark.parametrize("tag", ["latest", "LATEST", "main", None])
@@ -45,9 +62,7 @@ def test_production_compile_of_the_fixture_passes_with_a_version(tmp_path, compi
 
 def test_a_step_can_run_in_another_environment_than_its_component(tmp_path):
     # evaluate's component runs in train-cpu; on a GPU profile the step names the CUDA image instead.
-    from pathlib import Path
 
-    import yaml
 
     root = Path(__file__).resolve().parents[2]
     graph = build_graph(load_pipeline(root / "pipelines" / "finetune-gpu.yaml"))

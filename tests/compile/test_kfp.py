@@ -63,10 +63,13 @@ def test_gpu_train_step_has_tolerations_accelerator_shm_and_resume_volume(compil
     assert k8s["pvcMount"][0]["constant"] == "tuneline-checkpoints"
     assert k8s["activeDeadlineSeconds"] == "7200" or k8s["activeDeadlineSeconds"] == 7200
     assert {e["name"] for e in container["env"]} >= {"TUNELINE_STEP", "TUNELINE_CHECKPOINT_ROOT"}
-    # The tracking URI comes from the ConfigMap k8s/kubeflow/ creates; no Secret unless --mlflow-secret is given.
+    # The tracking URI comes from the ConfigMap k8s/kubeflow/ creates, the basic-auth login from the Secret the
+    # docs create there (--mlflow-secret, default tuneline-mlflow-login).
     assert k8s["configMapAsEnv"][0]["configMapName"] == "tuneline-mlflow"
     assert [e["envVar"] for e in k8s["configMapAsEnv"][0]["keyToEnv"]] == ["MLFLOW_TRACKING_URI"]
-    assert "secretAsEnv" not in k8s
+    assert k8s["secretAsEnv"][0]["secretName"] == "tuneline-mlflow-login"
+    assert [e["envVar"] for e in k8s["secretAsEnv"][0]["keyToEnv"]] == ["MLFLOW_TRACKING_USERNAME",
+                                                                        "MLFLOW_TRACKING_PASSWORD"]
     # A CPU step gets neither GPU toleration nor shared memory.
     cpu_container, cpu_k8s = _executor(spec, platform, "make_data")
     assert "tolerations" not in cpu_k8s and "emptyDirMounts" not in cpu_k8s

@@ -34,3 +34,17 @@ def test_cli_writes_both_files(project, ops_cli):
     code, out, _ = ops_cli("trigger", "azureml-schedule", "pipelines/grow.yaml", "--out", "build/az")
     assert code == 0 and "az ml schedule create --file build/az/schedule.yml" in out
     assert (project / "build" / "az" / "retrain_check_job.yml").is_file()
+
+
+def test_with_data_the_check_reads_the_mounted_input_and_the_run_gets_its_uri(project, ops_cli):
+    """The scheduled check judges the workspace's data, not the file in the code snapshot, and the pipeline job it
+    submits reads the same URI."""
+    uri = "azureml://datastores/workspaceblobstore/paths/tuneline/tickets.jsonl"
+    code, out, err = ops_cli("trigger", "azureml-schedule", "pipelines/grow.yaml", "--out", "build/az", "--data", uri)
+    assert code == 0, err
+    job = load_job(project / "build" / "az" / "retrain_check_job.yml")
+    assert job.inputs["data"].path == uri and job.inputs["data"].mode == "ro_mount"
+    assert job.command == ("tuneline trigger check pipelines/grow.yaml --set dataset=${{inputs.data}} --submit "
+                           f"azureml --submit-param dataset={uri} --exit-zero")
+    code, _, err = ops_cli("trigger", "azureml-schedule", "pipelines/grow.yaml", "--data", "minio://b/t.jsonl")
+    assert code == 2 and "give the dataset's Azure ML URI" in err

@@ -24,6 +24,7 @@ class _KfpApi(BaseHTTPRequestHandler):
     """Answers the v2beta1 endpoints kfp.Client calls, with the fields its models read, and records each call."""
 
     requests: list[tuple[str, str, dict]] = []
+    states: dict[str, str] = {}  # run id -> the state GET /runs/<id> answers
 
     def _answer(self, body: dict) -> None:
         data = json.dumps(body).encode()
@@ -39,6 +40,9 @@ class _KfpApi(BaseHTTPRequestHandler):
             self._answer({"multi_user": False})
         elif self.path.startswith("/apis/v2beta1/experiments"):
             self._answer({"experiments": [], "total_size": 0})
+        elif self.path.split("?")[0].rsplit("/", 1)[-1] in self.states:
+            run_id = self.path.split("?")[0].rsplit("/", 1)[-1]
+            self._answer({"run_id": run_id, "display_name": "grow", "state": self.states[run_id]})
         else:
             self.send_error(404)
 
@@ -60,6 +64,7 @@ class _KfpApi(BaseHTTPRequestHandler):
 @pytest.fixture
 def kfp_api():
     _KfpApi.requests = []
+    _KfpApi.states = {}
     server = ThreadingHTTPServer(("127.0.0.1", 0), _KfpApi)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -140,3 +145,55 @@ def test_submit_without_an_endpoint_is_a_reported_failure(project, ops_cli, monk
     assert code == 11
     assert "--submit kfp needs the KFP API endpoint: --kfp-host or KF_PIPELINES_ENDPOINT" in err
     assert Path("pipelines/grow.yaml").is_file()
+
+
+def test_the_checks_local_dataset_is_not_compiled_into_the_submitted_run(project, ops_cli, kfp_api, monkeypatch,
+                                                                         tmp_path):
+    """The retraining CronJob reads the data where the store is mounted (`--set dataset=<mounted path>`) and
+    gives the run the store's URI (`--submit-param dataset=...`): the mounted path must not become a compile
+    value, which KFP's importer refuses."""
+    host, requests = kfp_api
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    mounted = tmp_path / "mnt" / "data"
+    mounted.mkdir(parents=True)
+    (mounted / "tickets.jsonl").write_text((project / "data" / "tickets.jsonl").read_text())
+    code, out, err = ops_cli("trigger", "check", "pipelines/grow.yaml", "--no-record", "--submit", "kfp",
+                             "--kfp-host", host, "--set", f"dataset={mounted / 'tickets.jsonl'}",
+                             "--submit-param", f"dataset={DATA_URI}", "--mlflow-secret", "mlflow-login", "--json")
+    assert code == 10, err
+    assert "cannot be imported on KFP" not in err
+    run = [body for method, path, body in requests if path == "/apis/v2beta1/runs"][0]
+    assert run["runtime_config"]["parameters"] == {"dataset": DATA_URI}
+    package = project / ".tuneline" / "submit" / "grow" / "kfp" / "pipeline.yaml"
+    _, platform = yaml.safe_load_all(package.read_text())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert any(s["secretName"] == "mlflow-login" for e in executors.values() for s in e.get("secretAsEnv", []))
+
+
+def test_azureml_submission_refuses_a_dataset_it_cannot_read(project, ops_cli, monkeypatch):
+    code, out, err = ops_cli("trigger", "check", "pipelines/grow.yaml", "--no-record", "--submit", "azureml",
+                             "--subscription", "s", "--resource-group", "g", "--workspace", "w",
+                             "--submit-param", f"dataset={DATA_URI}")
+    assert code == 11
+    assert "Azure ML cannot read a minio:// URI" in err
+
+
+def test_a_failed_submitted_run_is_no_baseline(project, ops_cli, kfp_api, monkeypatch, tmp_path):
+    """The run submitted last week failed (or was canceled): it trained on nothing, so this week's check must not
+    say "unchanged since submitted run" and stay quiet for ever; it asks KFP for the run's state."""
+    host, requests = kfp_api
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KF_PIPELINES_ENDPOINT", host)
+    check = ("trigger", "check", "pipelines/grow.yaml", "--submit", "kfp", "--submit-param", f"dataset={DATA_URI}")
+    code, _, err = ops_cli(*check, "--home", str(tmp_path / "state-1"))
+    assert code == 10, err
+    _KfpApi.states["run-42"] = "SUCCEEDED"
+    code, out, err = ops_cli(*check, "--home", str(tmp_path / "state-2"))
+    assert code == 0, err
+    assert "unchanged since submitted run run-42" in out
+    _KfpApi.states["run-42"] = "FAILED"
+    code, out, err = ops_cli(*check, "--home", str(tmp_path / "state-3"))
+    assert code == 10, err
+    assert "no successful run of 'grow' yet" in out
+    assert len([r for r in requests if r[0] == "POST" and r[1] == "/apis/v2beta1/runs"]) == 2
+    assert ("GET", "/apis/v2beta1/runs/run-42", {}) in requests

@@ -132,6 +132,13 @@ def azureml_command(graph: PipelineGraph, node: Node) -> str:
     return " ".join(gate + ["--"] + words)
 
 
+def component_environment(options: CompileOptions, environment: str) -> dict[str, str]:
+    """The step's image inline, the same string its KFP container runs: it resolves wherever the job is compiled
+    (the control image has no environments/ folder to name a registered environment from), and an image lock
+    pins it by digest for both targets."""
+    return {"image": options.images.image(environment)}
+
+
 def component_dict(graph: PipelineGraph, node: Node, options: CompileOptions, code: str) -> dict[str, Any]:
     spec = node.component.spec
     inputs: dict[str, Any] = {}
@@ -181,7 +188,7 @@ def component_dict(graph: PipelineGraph, node: Node, options: CompileOptions, co
         "inputs": inputs,
         "outputs": outputs,
         "code": code,
-        "environment": {"image": options.images.image(node.environment)},
+        "environment": component_environment(options, node.environment),
         "command": azureml_command(graph, node),
     }
 

@@ -15,13 +15,22 @@ from ..spec import SpecError
 from ..spec.load import parse_set_pairs
 from . import CompileError
 from .build import TARGETS, compile_file
-from .options import DEFAULT_AZUREML_COMPUTE, DEFAULT_CHECKPOINT_PVC, DEFAULT_MLFLOW_CONFIG_MAP, CompileOptions
+from .options import (
+    DEFAULT_AZUREML_COMPUTE,
+    DEFAULT_CHECKPOINT_PVC,
+    DEFAULT_MLFLOW_CONFIG_MAP,
+    DEFAULT_MLFLOW_SECRET,
+    CompileOptions,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 
 def _options(args: argparse.Namespace) -> CompileOptions:
+    from .images import load_image_lock
+
     return CompileOptions(image_registry=args.image_registry, image_tag=args.image_tag, production=args.production,
+                          image_lock=load_image_lock(Path(args.images)) if args.images else None,
                           no_cache=args.no_cache, mlflow_secret=args.mlflow_secret or None,
                           mlflow_config_map=args.mlflow_config_map or None,
                           checkpoint_pvc=args.checkpoint_pvc, azureml_compute=args.azureml_compute)
@@ -111,11 +120,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="registry prefix of every image (default: the pipeline's images.registry)")
     parser.add_argument("--image-tag", default=None,
                         help="tag or sha256 digest of every image (default: the pipeline's images.tag)")
+    parser.add_argument("--images", default=None, metavar="FILE",
+                        help="image lock: `registry:` and a sha256 digest per environment (wins over both above)")
     parser.add_argument("--mlflow-config-map", default=DEFAULT_MLFLOW_CONFIG_MAP,
                         help="Kubernetes ConfigMap with MLFLOW_TRACKING_URI (k8s/kubeflow/ creates it); '' for none")
-    parser.add_argument("--mlflow-secret", default="",
-                        help="Kubernetes Secret with MLFLOW_TRACKING_USERNAME/_PASSWORD, for a tracking server "
-                             "with authentication (default: none)")
+    parser.add_argument("--mlflow-secret", default=DEFAULT_MLFLOW_SECRET,
+                        help="Kubernetes Secret with MLFLOW_TRACKING_USERNAME/_PASSWORD for the tracking server's "
+                             "basic auth (default: %(default)s); '' for none")
     parser.add_argument("--checkpoint-pvc", default=DEFAULT_CHECKPOINT_PVC,
                         help="PersistentVolumeClaim mounted at /mnt/checkpoints on resumable steps")
     parser.add_argument("--azureml-compute", default=DEFAULT_AZUREML_COMPUTE,

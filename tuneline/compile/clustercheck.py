@@ -21,9 +21,24 @@ Secrets/PVCs/ConfigMaps they mount, the pod templates of multi-node jobs, and th
   with): it must exist there with its token mounted, and the Roles bound to it must grant every call the launcher
   makes for that job kind (`tuneline.compile.launch.PERMISSIONS`), by the RBAC rule-matching of
   https://kubernetes.io/docs/reference/access-authn-authz/rbac/ (`*` matches all);
-- every image must be `<registry>/<name>` of an environments/<name>/ that has a Dockerfile, Azure ML's inline
-  `environment: {image: ...}` included (a registered `azureml:<name>:<version>` must be one that
-  environments/<name>/environment.yaml registers).
+- every image must be `<registry>/<name>` of an environments/<name>/ that has a Dockerfile, in the registry the
+  overlay pulls from (its kustomize `images:` newName for the control image) and pinned by a sha256 digest (the
+  overlay's image lock, ConfigMap tuneline-images), and every Azure ML environment the name and version that
+  environments/<name>/environment.yaml registers;
+- the run's ServiceAccount must be granted what Kubeflow Pipelines' own pods ask the API for, since KFP runs the
+  root driver, drivers, launchers and importers under it (KFP_RUNTIME_PERMISSIONS: each verb with the
+  kubeflow/pipelines source that makes the call);
+- a Secret or ConfigMap a pod reads must be created by k8s/, by KFP's install or by a
+  `kubectl create` in docs/aks.md; a Secret that the Secrets Store CSI driver only mirrors counts just for the pod
+  that mounts the SecretProviderClass itself: for any other pod it exists only while some pod mounts it;
+- what the retraining CronJob submits is compiled from its own command line (env expanded as the kubelet does,
+  ConfigMap files it mounts), as `tuneline trigger check --submit` compiles it (tuneline.submit), and checked as
+  above; the Azure ML retrain-check job (`tuneline trigger azureml-schedule`) is compiled from the files the
+  control image holds (its Dockerfile's COPY lines), where it runs;
+- every data URI a submitted run imports must be filled by something in k8s/ or the docs (an upload into that
+  bucket or container), and be one the target can read.
+What pods read and what fills the data: tuneline.compile.clusterreads; the CronJob's and the Azure ML job's
+submissions: tuneline.compile.clustersubmit.
 No API server is needed or contacted: this is the scheduler's and the kubelet's admission arithmetic, done offline.
 """
 
@@ -41,9 +56,9 @@ import yaml
 
 from ..spec import SpecError
 from . import CompileError
+from .clusterreads import KFP_NAMESPACE, Rendered, docs_created, reference_problem
 from .options import DEFAULT_KFP_SERVICE_ACCOUNT
 
-KFP_NAMESPACE = "kubeflow"
 DEFAULT_POOLS = Path("k8s/nodepools.yaml")
 DEFAULT_SKUS = Path("config/skus.yaml")
 DEFAULT_K8S = Path("k8s/overlays")
@@ -260,15 +275,6 @@ def placement_problems(pod: PodNeeds, pools: list[Any], skus: dict[str, Sku]) ->
     return [f"no node pool can run it{where}: " + "; ".join(f"{name}: {why}" for name, why in reasons.items())]
 
 
-@dataclass
-class Rendered:
-    """What one kustomization creates: `(kind, namespace, name) in rendered`, and each object's body."""
-    bodies: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.bodies
-
-
 def rendered_objects(k8s_dirs: list[Path]) -> dict[Path, Rendered]:
     """{kustomization: its objects} rendered by kustomize itself."""
     from ..k8s.render import render
@@ -283,10 +289,67 @@ def rendered_objects(k8s_dirs: list[Path]) -> dict[Path, Rendered]:
     return out
 
 
-def _grants(rule: dict[str, Any], group: str, resource: str, verb: str) -> bool:
+def _grants(rule: dict[str, Any], group: str, resource: str, verb: str, name: str | None = None) -> bool:
+    """RBAC's rule match; a rule with resourceNames grants only those objects (so never a call on any object)."""
     def has(values: Any, wanted: str) -> bool:
         return "*" in (values or []) or wanted in (values or [])
+    names = rule.get("resourceNames") or []
+    if names and (name is None or name not in names):
+        return False
     return has(rule.get("apiGroups"), group) and has(rule.get("resources"), resource) and has(rule.get("verbs"), verb)
+
+
+def bound_rules(account: str, namespace: str, rendered: Rendered) -> list[dict[str, Any]]:
+    """Every rule of the Roles and ClusterRoles that RoleBindings in `namespace` bind to the ServiceAccount."""
+    rules: list[dict[str, Any]] = []
+    for (kind, ns, _), body in rendered.bodies.items():
+        if kind != "RoleBinding" or ns != namespace:
+            continue
+        if not any(s.get("kind") == "ServiceAccount" and s.get("name") == account
+                   and s.get("namespace", ns) == namespace for s in body.get("subjects") or []):
+            continue
+        ref = body.get("roleRef") or {}
+        role_ns = namespace if ref.get("kind") == "Role" else "default"
+        role = rendered.bodies.get((ref.get("kind", ""), role_ns, ref.get("name", "")))
+        rules += (role or {}).get("rules") or []
+    return rules
+
+
+# What Kubeflow Pipelines' own pods ask the API server for, as the run's ServiceAccount (KFP runs the root driver,
+# every driver, launcher and importer under it): (apiGroup, resource, verb, object name or None, who, source).
+# Read in kubeflow/pipelines at 2.4.0, 2.5.0 and 2.17.0; KFP's own pipeline-runner Role
+# (manifests/kustomize/base/pipeline/pipeline-runner-role.yaml) grants all of these.
+KFP_RUNTIME_PERMISSIONS: tuple[tuple[str, str, str, str | None, str, str], ...] = (
+    ("", "configmaps", "get", "kfp-launcher", "the root driver, every driver and importer",
+     "backend/src/v2/config/env.go FromConfigMap (2.4.0/2.5.0 driver/driver.go RootDAG, 2.17.0 "
+     "driver/root_dag.go): NotFound is tolerated, Forbidden fails the run"),
+    ("", "secrets", "get", "mlpipeline-minio-artifact", "every launcher that moves an artifact",
+     "backend/src/v2/objectstore/object_store.go getS3BucketCredential, for the default pipeline root "
+     "minio://mlpipeline/v2/artifacts (backend/src/v2/config/env.go minioArtifactSecretName)"),
+    ("", "pods", "get", None, "the launcher of a retried attempt",
+     "backend/src/v2/component/launcher_v2.go retryIndexFromPodAnnotation (2.17.0)"),
+    ("argoproj.io", "workflowtaskresults", "create", None, "Argo's executor in every pod",
+     "https://argo-workflows.readthedocs.io/en/latest/workflow-rbac/"),
+    ("argoproj.io", "workflowtaskresults", "patch", None, "Argo's executor in every pod",
+     "https://argo-workflows.readthedocs.io/en/latest/workflow-rbac/"),
+)
+def runtime_problems(account: str, namespace: str, rendered: Rendered, folder: Path) -> list[str]:
+    """Why KFP's driver, launcher or importer, running as `account`, would be refused an API call."""
+    sa = rendered.bodies.get(("ServiceAccount", namespace, account))
+    if sa is None:
+        return [f"runs are submitted with ServiceAccount {account}, which {folder} does not create in namespace "
+                f"{namespace}: KFP runs the run's driver, launcher and importer pods as it"]
+    problems = []
+    if sa.get("automountServiceAccountToken") is False:
+        problems.append(f"ServiceAccount {account} sets automountServiceAccountToken: false: KFP's driver and "
+                        f"launcher, which run as it, have no token for the API ({folder})")
+    rules = bound_rules(account, namespace, rendered)
+    for group, resource, verb, name, who, source in KFP_RUNTIME_PERMISSIONS:
+        if not any(_grants(r, group, resource, verb, name) for r in rules):
+            what = f"{resource}/{name}" if name else resource
+            problems.append(f"ServiceAccount {account} may not {verb} {what}{f' ({group})' if group else ''} in "
+                            f"{namespace}, which {who} needs ({source}): no Role bound to it grants it ({folder})")
+    return problems
 
 
 def launcher_problems(job_kind: str, account: str, namespace: str, rendered: Rendered, folder: Path) -> list[str]:
@@ -301,17 +364,7 @@ def launcher_problems(job_kind: str, account: str, namespace: str, rendered: Ren
     if sa.get("automountServiceAccountToken") is False:
         problems.append(f"ServiceAccount {account} (the {job_kind} launcher's) sets automountServiceAccountToken: "
                         f"false, so the launcher has no token for the API ({folder})")
-    rules: list[dict[str, Any]] = []
-    for (kind, ns, _), body in rendered.bodies.items():
-        if kind != "RoleBinding" or ns != namespace:
-            continue
-        if not any(s.get("kind") == "ServiceAccount" and s.get("name") == account
-                   and s.get("namespace", ns) == namespace for s in body.get("subjects") or []):
-            continue
-        ref = body.get("roleRef") or {}
-        role_ns = namespace if ref.get("kind") == "Role" else "default"
-        role = rendered.bodies.get((ref.get("kind", ""), role_ns, ref.get("name", "")))
-        rules += (role or {}).get("rules") or []
+    rules = bound_rules(account, namespace, rendered)
     for group, resource, verbs in PERMISSIONS[job_kind]:
         missing = [v for v in verbs if not any(_grants(r, group, resource, v) for r in rules)]
         if missing:
@@ -334,7 +387,12 @@ def environment_registry(root: Path) -> tuple[set[str], set[str]]:
     return images, registered
 
 
-def image_problem(image: str | None, images: set[str]) -> str | None:
+_PINNED = re.compile(r"@sha256:[0-9a-f]{64}$")
+
+
+def image_problem(image: str | None, images: set[str], registry: str | None = None) -> str | None:
+    """Why `image` is not one of ours: not built from environments/, outside `registry` (the one the overlay's
+    image lock names), or not pinned by digest (a tag can be moved to other bytes; a digest cannot)."""
     if not image:
         return "names no image"
     path = image.split("@", 1)[0]
@@ -342,7 +400,19 @@ def image_problem(image: str | None, images: set[str]) -> str | None:
     name = last.split(":", 1)[0]
     if name not in images:
         return f"image {image} is not built from environments/ (it builds {', '.join(sorted(images))})"
+    if registry is not None and not image.startswith(registry.rstrip("/") + "/"):
+        return f"image {image} is not in the registry {registry} the overlay names (ConfigMap {IMAGE_LOCK_MAP})"
+    if registry is not None and not _PINNED.search(image):
+        return f"image {image} is not pinned by a sha256 digest"
     return None
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+IMAGE_LOCK_MAP = "tuneline-images"     # k8s/base/retrain: the image lock the CronJob compiles with
+IMAGE_LOCK_KEY = "images.yaml"
+APP_NAMESPACE = "tuneline"
+DOCS = (Path("docs/aks.md"),)
 
 
 @dataclass
@@ -351,8 +421,63 @@ class CheckResult:
     pods: int
 
 
+def overlay_registry(rendered: Rendered) -> str | None:
+    """The registry an overlay pulls tuneline's images from: that of the CronJob's control image, which the
+    overlay's kustomize `images:` entry names (newName)."""
+    for (kind, _, _), body in sorted(rendered.bodies.items()):
+        if kind != "CronJob":
+            continue
+        spec = body["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        for container in spec.get("containers") or []:
+            image = container.get("image") or ""
+            if (container.get("command") or [""])[0] == "tuneline" and "/" in image:
+                return image.split("@", 1)[0].split(":", 1)[0].rsplit("/", 1)[0]
+    return None
+
+
+def overlay_lock(rendered: Rendered, scratch: Path) -> Any:
+    """The image lock an overlay gives the CronJob (its `tuneline-images` ConfigMap), or None."""
+    from .images import load_image_lock
+
+    body = rendered.bodies.get(("ConfigMap", APP_NAMESPACE, IMAGE_LOCK_MAP))
+    text = ((body or {}).get("data") or {}).get(IMAGE_LOCK_KEY)
+    if text is None:
+        return None
+    path = scratch / f"{IMAGE_LOCK_MAP}.yaml"
+    path.write_text(text)
+    return load_image_lock(path)
+
+
+def compiled_problems(label: str, out_folder: Path, root: Path, pools: list[Any], skus: dict[str, Sku],
+                      folder: Path, rendered: Rendered, namespace: str, account: str,
+                      registry: str | None, docs_objects: set[tuple[str, str, str]]) -> tuple[list[str], int]:
+    """Everything the compiled KFP package in `out_folder/kfp` asks of the cluster `folder` renders."""
+    images, _ = environment_registry(root)
+    problems = [f"{label}: {p}" for p in runtime_problems(account, namespace, rendered, folder)]
+    pods = kfp_pods(out_folder / "kfp" / "pipeline.yaml")
+    for manifest in sorted((out_folder / "kfp").glob("*job-*.yaml")):
+        step = manifest.stem.split("-", 1)[1]
+        pods += job_pods(manifest, step)
+        job_kind = yaml.safe_load(manifest.read_text())["kind"]
+        problems += [f"{label}:{step}: {p}" for p in launcher_problems(job_kind, account, namespace, rendered,
+                                                                         folder)]
+    for pod in pods:
+        where = f"{label}:{pod.step}"
+        problems += [f"{where}: {p}" for p in placement_problems(pod, pools, skus)]
+        why = image_problem(pod.image, images, registry)
+        if why:
+            problems.append(f"{where}: {why} ({folder})" if registry else f"{where}: {why}")
+        for kind, name in sorted(pod.refs):
+            why = reference_problem(kind, name, namespace, rendered, folder, docs_objects,
+                                    pipeline_namespace=namespace)
+            if why:
+                problems.append(f"{where}: {why}")
+    return problems, len(pods)
+
+
 def check_pipeline(path: Path, pools: list[Any], skus: dict[str, Sku], objects: dict[Path, Rendered],
                    namespace: str, root: Path, account: str = DEFAULT_KFP_SERVICE_ACCOUNT) -> CheckResult:
+    """Compile `path` as each overlay's CronJob would (its image lock), and check it against that overlay."""
     from ..graph import build_graph
     from ..spec import load_pipeline
     from .build import compile_graph
@@ -360,37 +485,40 @@ def check_pipeline(path: Path, pools: list[Any], skus: dict[str, Sku], objects: 
 
     graph = build_graph(load_pipeline(path))
     images, registered = environment_registry(root)
+    docs_objects = docs_created([root / d for d in DOCS])
     problems: list[str] = []
-    with tempfile.TemporaryDirectory() as scratch:
-        out = compile_graph(graph, ("kfp", "azureml"), Path(scratch), CompileOptions())
-        pods = kfp_pods(out.folder / "kfp" / "pipeline.yaml")
-        for manifest in sorted((out.folder / "kfp").glob("*job-*.yaml")):
-            step = manifest.stem.split("-", 1)[1]
-            pods += job_pods(manifest, step)
-            job_kind = yaml.safe_load(manifest.read_text())["kind"]
-            for folder, rendered in objects.items():
-                problems += [f"{path}:{step}: {p}" for p in launcher_problems(job_kind, account, namespace,
-                                                                              rendered, folder)]
-        for component in sorted((out.folder / "azureml" / "components").glob("*.yml")):
-            env = yaml.safe_load(component.read_text()).get("environment")
-            if isinstance(env, dict) and env.get("image"):  # the step's image inline (tuneline.compile.azureml)
-                why = image_problem(env["image"], images)
-                if why:
-                    problems.append(f"{path}:{component.stem}: Azure ML environment: {why}")
-            elif env not in registered:
-                problems.append(f"{path}:{component.stem}: Azure ML environment {env} is not one that "
-                                f"environments/ registers ({', '.join(sorted(registered)) or 'none'})")
-    for pod in pods:
-        where = f"{path}:{pod.step}"
-        problems += [f"{where}: {p}" for p in placement_problems(pod, pools, skus)]
-        why = image_problem(pod.image, images)
-        if why:
-            problems.append(f"{where}: {why}")
-        for kind, name in sorted(pod.refs):
-            for folder, rendered in objects.items():
-                if (kind, namespace, name) not in rendered:
-                    problems.append(f"{where}: {kind} {name} is not created in namespace {namespace} by {folder}")
-    return CheckResult(problems=list(dict.fromkeys(problems)), pods=len(pods))
+    pods = 0
+    for folder, rendered in objects.items():
+        with tempfile.TemporaryDirectory() as scratch:
+            lock = overlay_lock(rendered, Path(scratch))
+            out = compile_graph(graph, ("kfp", "azureml"), Path(scratch) / "out", CompileOptions(image_lock=lock))
+            registry = overlay_registry(rendered) or (lock.registry if lock else None)
+            found, pods = compiled_problems(str(path), out.folder, root, pools, skus, folder, rendered, namespace,
+                                            account, registry, docs_objects)
+            if lock is None:
+                found.append(f"{path}: {folder} gives no image lock (ConfigMap {IMAGE_LOCK_MAP} in "
+                             f"{APP_NAMESPACE}): the images cannot be pinned to its registry by digest")
+            problems += found
+            problems += azureml_environment_problems(str(path), out.folder, registered, images, registry)
+    return CheckResult(problems=list(dict.fromkeys(problems)), pods=pods)
+
+
+def azureml_environment_problems(label: str, folder: Path, registered: set[str], images: set[str],
+                                 registry: str | None = None) -> list[str]:
+    """Each compiled Azure ML component in `folder` whose environment cannot be pulled as built: an inline image
+    (what tuneline.compile.azureml writes: the step's KFP image) is held to the pods' rules, a named environment
+    must be one environments/ registers."""
+    problems = []
+    for component in sorted((folder / "azureml" / "components").glob("*.yml")):
+        env = yaml.safe_load(component.read_text()).get("environment")
+        if isinstance(env, dict) and env.get("image"):
+            why = image_problem(env["image"], images, registry)
+            if why:
+                problems.append(f"{label}:{component.stem}: Azure ML environment: {why}")
+        elif env not in registered:
+            problems.append(f"{label}:{component.stem}: Azure ML environment {env} is not one that environments/ "
+                            f"registers ({', '.join(sorted(registered)) or 'none'})")
+    return problems
 
 
 def _kustomizations(target: Path) -> list[Path]:
@@ -423,6 +551,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..k8s.nodepools import load_spec
     from ..k8s.render import KustomizeError
+    from .clusterreads import workload_problems
+    from .clustersubmit import azureml_schedule_problems, cronjob_problems
 
     try:
         pools = load_spec(Path(args.pools)).pools
@@ -437,10 +567,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.pools}: VM size(s) {', '.join(unknown)} not in {args.skus}: add a row with its source",
               file=sys.stderr)
         status = 2
+    docs_objects = docs_created([Path.cwd() / d for d in DOCS])
+    for folder, rendered in objects.items():
+        try:
+            checked: list[str] = []
+            found = workload_problems(folder, rendered, docs_objects) + cronjob_problems(Path.cwd(), pools, skus,
+                                                                                          folder, rendered, checked)
+        except CompileError as exc:
+            found = [f"{folder}: {exc}"]
+        for problem in found:
+            print(problem, file=sys.stderr)
+        for line in [] if found else checked:
+            print(line)
+        status = 2 if found else status
     for pipeline in args.pipelines:
         try:
             result = check_pipeline(Path(pipeline), pools, skus, objects, args.namespace, Path.cwd(),
                                     args.service_account)
+            if Path(pipeline).resolve().parent == (Path.cwd() / "pipelines").resolve():
+                result.problems += azureml_schedule_problems(Path(pipeline), Path.cwd(), pools, skus)
         except SpecError as exc:
             for problem in exc.problems:
                 print(problem, file=sys.stderr)

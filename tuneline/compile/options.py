@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from ..spec.models import Images
-from .images import ImagePlan, resolve_images
+from .images import ImageLock, ImagePlan, resolve_images
 
 DEFAULT_MLFLOW_CONFIG_MAP = "tuneline-mlflow"  # k8s/kubeflow/ creates it where KFP runs the pods
-DEFAULT_MLFLOW_SECRET = None  # only a tracking server with authentication needs one (--mlflow-secret NAME)
+# The tracking server's login for pipeline pods (MLFLOW_TRACKING_USERNAME/_PASSWORD): the in-cluster MLflow runs
+# behind basic auth, so every MLflow-using step needs one. A plain Secret in the pods' namespace, created once
+# (docs/aks.md); `--mlflow-secret ''` compiles without it, for a tracking server without authentication.
+DEFAULT_MLFLOW_SECRET: str | None = "tuneline-mlflow-login"
 DEFAULT_CHECKPOINT_PVC = "tuneline-checkpoints"
 DEFAULT_KFP_SERVICE_ACCOUNT = "tuneline-pipeline"  # k8s/kubeflow/ creates it; runs are submitted with it
 DEFAULT_AZUREML_COMPUTE = "cpu-cluster"
@@ -22,6 +25,7 @@ class CompileOptions:
     image_registry: str | None = None            # wins over the pipeline's `images.registry`
     image_tag: str | None = None                 # wins over the pipeline's `images.tag`
     production: bool = False                     # refuse mutable or missing image tags
+    image_lock: ImageLock | None = None          # a digest per environment (--images FILE); wins over both
     images: ImagePlan = field(default_factory=lambda: resolve_images(None))  # resolved per pipeline
     no_cache: bool = False                       # every step's cache off, whatever the spec says
     mlflow_config_map: str | None = DEFAULT_MLFLOW_CONFIG_MAP
@@ -30,5 +34,6 @@ class CompileOptions:
     azureml_compute: str = DEFAULT_AZUREML_COMPUTE  # for steps without an azureml compute profile
 
     def for_pipeline(self, spec_images: Images | None) -> CompileOptions:
-        plan = resolve_images(spec_images, self.image_registry, self.image_tag, self.production)
+        plan = resolve_images(spec_images, self.image_registry, self.image_tag, self.production,
+                              self.image_lock)
         return replace(self, images=plan)

@@ -2,8 +2,13 @@
 the check runs in a small command job and, when a trigger fires, submits the pipeline job to the same workspace
 (the job's AZUREML_ARM_* variables name it) rather than training inside the check's job.
 
-Run as: tuneline trigger azureml-schedule pipelines/finetune.yaml --out build/azureml/retrain-check
+Run as: tuneline trigger azureml-schedule pipelines/finetune.yaml --out build/azureml/retrain-check \
+            --data azureml://datastores/workspaceblobstore/paths/tuneline/tickets.jsonl
         az ml schedule create --file build/azureml/retrain-check/schedule.yml
+
+With `--data URI` the check reads the workspace's data (a read-only mounted job input) and the submitted pipeline
+job gets the same URI as its dataset; without it both use the pipeline's own default, which for the demo is the
+sample in the code snapshot.
 
 Both files load with azure-ai-ml's `load_job` / `load_schedule`. The schedule refers to the job file
 (`create_job: ./retrain_check_job.yml`) because a dumped JobSchedule does not load back.
@@ -32,12 +37,19 @@ class ScheduleOptions:
     cron: str | None = None  # default: the pipeline's schedule, else DEFAULT_CRON
     timezone: str | None = None  # default: the pipeline's, else UTC
     code: str | None = None  # project root relative to the output folder; default computed
+    data: str | None = None  # the dataset's Azure ML URI (azureml://datastores/<store>/paths/<path>, a data asset)
+    dataset_param: str | None = None  # default: the pipeline's triggers.dataset_param, else `dataset`
     experiment: str = "tuneline-triggers"
 
 
-def check_command(pipeline_rel: str) -> str:
-    """The container command: the same one the Kubernetes CronJob and `make retrain-check` run."""
-    return f"tuneline trigger check {pipeline_rel} --submit azureml --exit-zero"
+def check_command(pipeline_rel: str, param: str | None = None, data: str | None = None) -> str:
+    """The container command: the same one the Kubernetes CronJob and `make retrain-check` run. With `data`, the
+    check reads the mounted job input and the run gets the URI (`--set` is the check's, `--submit-param` the
+    run's: tuneline.submit.submission_values)."""
+    if data is None:
+        return f"tuneline trigger check {pipeline_rel} --submit azureml --exit-zero"
+    return (f"tuneline trigger check {pipeline_rel} --set {param}=${{{{inputs.data}}}} --submit azureml "
+            f"--submit-param {param}={data} --exit-zero")
 
 
 def render(pipeline: Pipeline, out: Path, options: ScheduleOptions) -> tuple[dict, dict]:
@@ -50,6 +62,11 @@ def render(pipeline: Pipeline, out: Path, options: ScheduleOptions) -> tuple[dic
     pipeline_rel = Path(os.path.relpath(pipeline.path.resolve(), pipeline.root.resolve())).as_posix()
     code = options.code or Path(os.path.relpath(pipeline.root.resolve(), out.resolve())).as_posix()
     name = f"{pipeline.name}-retrain-check"
+    param = options.dataset_param or (pipeline.spec.triggers.dataset_param if pipeline.spec.triggers else None) \
+        or "dataset"
+    if options.data is not None and not options.data.startswith("azureml:"):
+        raise ValueError(f"--data {options.data}: give the dataset's Azure ML URI (azureml://datastores/<store>/"
+                         f"paths/<path>, or azureml:<asset>:<version>), which the job mounts and the run reads")
     job = {
         "$schema": "https://azuremlschemas.azureedge.net/latest/commandJob.schema.json",
         "type": "command",
@@ -57,13 +74,15 @@ def render(pipeline: Pipeline, out: Path, options: ScheduleOptions) -> tuple[dic
         "experiment_name": options.experiment,
         "description": f"Evaluate the retraining triggers of {pipeline.name}; run it when one fires.",
         "code": code,
-        "command": check_command(pipeline_rel),
+        "command": check_command(pipeline_rel, param, options.data),
         "environment": options.environment,
         "compute": options.compute
         if options.compute.startswith("azureml:")
         else f"azureml:{options.compute}",
         "environment_variables": {"MLFLOW_DISABLE_TELEMETRY": "true"},
     }
+    if options.data is not None:
+        job["inputs"] = {"data": {"type": "uri_file", "path": options.data, "mode": "ro_mount"}}
     schedule = {
         "$schema": "https://azuremlschemas.azureedge.net/latest/schedule.schema.json",
         "name": name,

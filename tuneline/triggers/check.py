@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ class CheckOptions:
     evaluation: EvalOptions = field(default_factory=EvalOptions)
     now: float | None = None  # for the age trigger; None means the current time
     submitted_baseline: bool = False  # without a local run, compare with the last submitted run (tracking server)
+    run_state: Callable[[str], str | None] | None = None  # a submitted run's state on its platform (None: unknown)
 
 
 def declared_metric(pipeline: Pipeline) -> str:
@@ -63,7 +65,7 @@ def run_check(pipeline: Pipeline, options: CheckOptions, client=None) -> Decisio
     submitted = None
     if options.submitted_baseline and last_successful_run(runs_dir, pipeline.name) is None:
         client = client or settings.mlflow_client(options.home)
-        submitted = last_submission(client, pipeline.name)
+        submitted = last_submission(client, pipeline.name, options.run_state)
     results = [check_new_data(pipeline, triggers, runs_dir, options.dataset_param, submitted)]
     if triggers.drift_psi is not None or triggers.drift_ks is not None:
         dataset = resolve(pipeline, str(pipeline.params[dataset_param(pipeline, options.dataset_param)]))

@@ -90,8 +90,16 @@ def finish(client, decision: Decision) -> None:
     client.set_terminated(run_id, status=status)
 
 
-def last_submission(client, pipeline_name: str) -> SubmittedBaseline | None:
-    """The newest check of `pipeline_name` that submitted a run, with what that run read."""
+# Platform run states that mean the submitted run did not consume its data: KFP's V2beta1RuntimeState and Azure ML's
+# job status (https://learn.microsoft.com/azure/machine-learning/how-to-manage-jobs, "Job status"), upper-cased.
+NOT_CONSUMED = frozenset({"FAILED", "CANCELED", "CANCELING", "CANCELLED", "CANCELREQUESTED", "NOTRESPONDING"})
+SEARCHED = 20  # submissions looked at, newest first, for one that did not fail
+
+
+def last_submission(client, pipeline_name: str, run_state=None) -> SubmittedBaseline | None:
+    """The newest check of `pipeline_name` that submitted a run, with what that run read. `run_state(run_id)` is
+    the platform's state of that run (None when unknown): a failed or canceled run never trained on its data, so
+    it is no baseline, or a run that failed once would make every later check say "unchanged" and never retrain."""
     found = client.get_experiment_by_name(EXPERIMENT)
     if found is None:
         return None
@@ -99,12 +107,15 @@ def last_submission(client, pipeline_name: str) -> SubmittedBaseline | None:
         [found.experiment_id],
         filter_string=f"tags.`tuneline.pipeline` = '{pipeline_name}' "
                       "and tags.`tuneline.trigger.pipeline_status` = 'submitted'",
-        order_by=["attribute.start_time DESC"], max_results=1)
-    if not runs or "new_data.records" not in runs[0].data.metrics:
-        return None
-    tags = runs[0].data.tags
-    sha = tags.get("tuneline.trigger.dataset_sha256")
-    if not sha:
-        return None
-    return SubmittedBaseline(run_id=tags.get("tuneline.trigger.pipeline_run", "?"),
-                             records=int(runs[0].data.metrics["new_data.records"]), sha256=sha)
+        order_by=["attribute.start_time DESC"], max_results=SEARCHED)
+    for run in runs:
+        tags = run.data.tags
+        sha = tags.get("tuneline.trigger.dataset_sha256")
+        if "new_data.records" not in run.data.metrics or not sha:
+            continue
+        run_id = tags.get("tuneline.trigger.pipeline_run", "?")
+        state = run_state(run_id) if run_state is not None and run_id != "?" else None
+        if state is not None and str(state).upper().replace("_", "") in NOT_CONSUMED:
+            continue
+        return SubmittedBaseline(run_id=run_id, records=int(run.data.metrics["new_data.records"]), sha256=sha)
+    return None
