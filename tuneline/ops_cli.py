@@ -37,9 +37,10 @@ def _load(path: str, sets: list[str]):
 
 
 def _home(pipeline, home: str | None) -> Path:
+    """The state folder, found as every command finds it (`tuneline.settings.state_home`)."""
     from . import settings
 
-    return Path(home) if home else settings.home(pipeline.root)
+    return settings.state_home(home)
 
 
 # ---------------------------------------------------------------------------------------------- trigger
@@ -175,7 +176,7 @@ def _feedback_paths(args: argparse.Namespace) -> tuple[Path, Path]:
     from . import settings
     from .feedback import ENV_LOG
 
-    home = Path(args.home) if args.home else settings.home(Path.cwd())
+    home = settings.state_home(args.home)
     log = Path(args.log or os.environ.get(ENV_LOG) or home / "feedback" / "requests.jsonl")
     ratings = Path(args.ratings or home / "feedback" / "ratings.jsonl")
     return log, ratings
@@ -258,7 +259,8 @@ def _add_set(parser: argparse.ArgumentParser, help_text: str) -> None:
 
 
 def _add_home(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--home", default=None, help="state folder (default: $TUNELINE_HOME or <project>/.tuneline)")
+    parser.add_argument("--home", default=None, help="state folder (default: $TUNELINE_HOME, else .tuneline/ in the "
+                                                     "project of the current folder)")
 
 
 def _add_trigger_check(trigger_sub) -> None:

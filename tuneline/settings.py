@@ -1,6 +1,9 @@
 """Where tuneline keeps its state, decided in one place.
 
-- home: `$TUNELINE_HOME`, else `<project root>/.tuneline` (runs, cache, models, MLflow store, serving state);
+- home (runs, cache, models, MLflow store, serving state): `--home`, else `$TUNELINE_HOME`, else `.tuneline/` in
+  the project of the current folder: the nearest folder at or above it that holds a `.tuneline/` or a
+  `components/` folder, else the current folder itself (`state_home`). Every command finds it the same way, so
+  `tuneline runs list` run where `tuneline run` was sees its runs, whichever folder the pipeline file is in;
 - tracking URI: `$MLFLOW_TRACKING_URI`, else a SQLite store `<home>/mlflow.db` (a `mlflow server` works
   unchanged when the variable is set; an Azure ML workspace's `azureml://` URI needs the azureml-mlflow plugin,
   which no image can carry yet: see `check_tracking_store`);
@@ -40,6 +43,27 @@ AZUREML_TRACKING_MISSING = (
 
 class TrackingStoreMissing(RuntimeError):
     """The tracking URI names a store whose MLflow plugin is not installed."""
+
+
+def project_root(start: Path | None = None) -> Path | None:
+    """The nearest folder at or above `start` (default: the current folder) holding `.tuneline/` or
+    `components/`; None when there is none."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / HOME_FOLDER).is_dir() or (folder / "components").is_dir():
+            return folder
+    return None
+
+
+def state_home(explicit: str | Path | None = None, start: Path | None = None) -> Path:
+    """The state folder every command uses: `explicit` (a --home flag), else $TUNELINE_HOME, else `.tuneline`
+    in the project of the current folder (`project_root`), else in the current folder."""
+    if explicit:
+        return Path(explicit).expanduser().absolute()
+    if os.environ.get("TUNELINE_HOME"):
+        return Path(os.environ["TUNELINE_HOME"]).expanduser().absolute()
+    here = (start or Path.cwd()).absolute()
+    return (project_root(here) or here) / HOME_FOLDER
 
 
 def home(root: Path | None = None) -> Path:

@@ -58,8 +58,11 @@ def print_report(record: rec.RunRecord, out: TextIO | None = None) -> None:
           f"{Path(record.folder, 'run.json')}", file=out)
     for step in record.steps.values():
         if step.status in (rec.FAILED, rec.INTERRUPTED):
-            print(f"\nstep '{step.name}' {step.status}: {step.reason}\n  log: {step.log}\n{log_tail(step.log)}",
-                  file=sys.stderr)
+            # A step that failed before its process started (a missing input file) has no log to point at.
+            log = f"\n  log: {step.log}\n{log_tail(step.log)}" if step.log and Path(step.log).is_file() else ""
+            print(f"\nstep '{step.name}' {step.status}: {step.reason}{log}", file=sys.stderr)
+            if step.log and Path(step.log).is_file():
+                print(f"  (all of it: tuneline logs {record.run_id} {step.name})", file=sys.stderr)
 
 
 def run_and_report(graph: PipelineGraph, options: RunOptions, out: TextIO | None = None) -> rec.RunRecord:

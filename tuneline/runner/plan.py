@@ -1,0 +1,116 @@
+"""What `tuneline run` would do, without doing it: `tuneline run PIPELINE --dry-run`.
+
+Each step's cache key is computed as the runner computes it (`LocalRunner._resolve_inputs`), from input files'
+digests and, for inputs fed by an upstream step, that step's cached outputs; a step whose upstream would run has
+unknown inputs, so it would run too. Nothing is written: no run folder, no cache entry.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..graph import Node, PipelineGraph
+from ..spec import IOType, OutputRef
+from .cache import StepCache, step_cache_key
+from .digest import path_sha256
+from .local import RunOptions
+
+
+@dataclass
+class PlannedStep:
+    name: str
+    component: str
+    action: str          # "cached", "run", "not selected", "missing input", "only if <condition>"
+    why: str
+    where: str           # what executes it on this machine, and the compute profile it asks for on a cluster
+
+
+def _where(graph: PipelineGraph, node: Node) -> str:
+    resources = node.component.spec.resources
+    asks = f"gpus={resources.gpus}" if resources.gpus else "cpu"
+    profile = f", profile '{node.step.compute}' on a cluster" if node.step.compute else ""
+    return f"subprocess here ({asks}{profile})"
+
+
+def plan(graph: PipelineGraph, options: RunOptions) -> list[PlannedStep]:
+    cache = StepCache(options.home / "cache")
+    known: dict[str, dict[str, Any] | None] = {}  # step -> cached outputs (None: it would run, outputs unknown)
+    forced = set()
+    selected = set(graph.order)
+    if options.only_step:
+        selected = graph.upstream_closure({options.only_step})
+        forced = {options.only_step}
+    elif options.from_step:
+        forced = graph.downstream_closure({options.from_step})
+    steps = []
+    for name in graph.order:
+        node = graph.nodes[name]
+        component = os.path.relpath(node.component.folder, graph.pipeline.root)
+        if name not in selected:
+            known[name] = None
+            steps.append(PlannedStep(name, component, "not selected", f"--only {options.only_step}",
+                                     _where(graph, node)))
+            continue
+        key_inputs, missing = _key_inputs(graph, node, known)
+        if missing:
+            known[name] = None
+            steps.append(PlannedStep(name, component, "run" if "upstream" in missing else "missing input", missing,
+                                     _where(graph, node)))
+            continue
+        key = step_cache_key(node.component.folder, node.component.spec.model_dump(mode="json"), key_inputs)
+        entry = cache.lookup(key)
+        use_cache = node.cache_enabled and not options.no_cache and name not in forced
+        condition = f" if {node.condition.step}.{node.condition.output} is true" if node.condition else ""
+        if entry is not None and use_cache:
+            known[name] = entry.outputs
+            steps.append(PlannedStep(name, component, "cached", f"cache entry {key[:12]}", _where(graph, node)))
+        else:
+            known[name] = None
+            why = ("--no-cache" if options.no_cache else "forced by --from/--only" if name in forced
+                   else "caching is off for this step" if not node.cache_enabled else "no cache entry for these "
+                   "inputs")
+            steps.append(PlannedStep(name, component, "run" + condition, why, _where(graph, node)))
+    return steps
+
+
+def _key_inputs(graph: PipelineGraph, node: Node, known: dict[str, dict[str, Any] | None]
+                ) -> tuple[dict[str, Any], str]:
+    """The cache-key inputs of `node`, or why they are unknown before the run."""
+    key: dict[str, Any] = {}
+    for name, spec_in in node.component.spec.inputs.items():
+        binding = node.bindings.get(name)
+        if binding is None:
+            if spec_in.default is not None:
+                key[name] = spec_in.default
+            continue
+        if isinstance(binding, OutputRef):
+            outputs = known.get(binding.step)
+            if outputs is None:
+                return {}, f"upstream '{binding.step}' would run, so its outputs are not known yet"
+            out = outputs[binding.output]
+            key[name] = {"sha256": out["sha256"]} if "sha256" in out and "value" not in out else out["value"]
+            continue
+        value = graph.resolve_literal(binding)
+        if spec_in.type.is_artifact:
+            path = Path(value) if os.path.isabs(value) else graph.pipeline.root / value
+            exists = path.is_file() if spec_in.type == IOType.uri_file else path.is_dir()
+            if not exists:
+                return {}, f"input '{name}': not found: {value}"
+            key[name] = {"sha256": path_sha256(path)}
+        else:
+            key[name] = value
+    return key, ""
+
+
+def render(graph: PipelineGraph, steps: list[PlannedStep], home: Path) -> str:
+    width = max(len(s.name) for s in steps)
+    lines = [f"plan for {graph.name} ({graph.pipeline.path}); state folder {home}; nothing is run:"]
+    for s in steps:
+        lines.append(f"  {s.name:<{width}}  {s.action:<14} {s.component:<24} {s.why}; {s.where}")
+    running = sum(1 for s in steps if s.action.startswith("run"))
+    cached = sum(1 for s in steps if s.action == "cached")
+    lines.append(f"{running} step{'s' if running != 1 else ''} would run, {cached} from the cache")
+    return "\n".join(lines)
