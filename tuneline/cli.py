@@ -316,9 +316,10 @@ def _extensions():
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .cli_errors import next_step
+    from .cli_errors import next_step, quiet_sdk_logs
 
     args = build_parser().parse_args(argv)
+    quiet_sdk_logs()
     try:
         return args.handler(args)
     except Exception as exc:

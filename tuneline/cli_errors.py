@@ -18,6 +18,22 @@ _NETWORK = {"MaxRetryError", "NewConnectionError", "ConnectionError", "Connectio
 _AZURE_LOGIN = {"ClientAuthenticationError", "CredentialUnavailableError"}
 
 
+def quiet_sdk_logs() -> None:
+    """The Azure SDKs log each failed credential and each experimental class at WARNING, dozens of lines before
+    the one error that matters; `tuneline` reports that error itself (TUNELINE_DEBUG=1 shows them again)."""
+    import logging
+    import os
+    import warnings
+
+    if not os.environ.get("TUNELINE_DEBUG"):
+        logging.getLogger("azure").setLevel(logging.ERROR)
+        # azure-ai-ml sets its own logger to INFO when imported; the experimental-class notices (about the SDK's
+        # own schema classes, nothing the user wrote) come from this child, whose level it leaves alone.
+        logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
+        # kfp's Client warns on every construction that it needs a v2 backend, which is the only one we target.
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"kfp\.client")
+
+
 def _chain(exc: BaseException) -> list[BaseException]:
     seen: list[BaseException] = []
     current: BaseException | None = exc
@@ -39,7 +55,8 @@ def next_step(exc: BaseException, args: argparse.Namespace) -> str | None:
     chain = _chain(exc)
     names = {type(e).__name__ for e in chain}
     target = getattr(args, "target", None) or getattr(args, "submit", None)
-    if names & _AZURE_LOGIN:
+    # azure-ai-ml re-raises the credential failure as its own MlException, keeping only the message.
+    if names & _AZURE_LOGIN or any("DefaultAzureCredential failed" in str(e) for e in chain):
         return ("Azure ML: no Azure credentials on this machine. Run `az login` (then `az account set "
                 "--subscription <id>`), or set AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_CLIENT_SECRET for a "
                 "service principal; see docs/azureml.md.")

@@ -138,7 +138,10 @@ def _submit(args: argparse.Namespace, pipeline, home: Path) -> dict:
         done = submit.submit_pipeline(pipeline.path, args.submit, home / "submit", parse_set_pairs(args.set),
                                       parse_set_pairs(args.submit_param), where)
     except Exception as exc:  # noqa: BLE001 - any SDK or network failure is a failed submission, reported
-        print(f"tuneline trigger check: submission to {args.submit} failed: {exc}", file=sys.stderr)
+        from .cli_errors import next_step
+
+        print(f"tuneline trigger check: submission to {args.submit} failed: {next_step(exc, args) or exc}",
+              file=sys.stderr)
         return {"run_id": None, "status": "submit-failed", "exit_code": 1, "target": args.submit}
     finally:
         sys.stdout = stdout

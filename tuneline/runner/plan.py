@@ -29,10 +29,9 @@ class PlannedStep:
 
 
 def _where(graph: PipelineGraph, node: Node) -> str:
-    resources = node.component.spec.resources
-    asks = f"gpus={resources.gpus}" if resources.gpus else "cpu"
-    profile = f", profile '{node.step.compute}' on a cluster" if node.step.compute else ""
-    return f"subprocess here ({asks}{profile})"
+    gpus = node.component.spec.resources.gpus
+    here = f"here (wants {gpus} GPU; uses one if present)" if gpus else "here"
+    return f"{here}; compiled: profile '{node.step.compute}'" if node.step.compute else here
 
 
 def plan(graph: PipelineGraph, options: RunOptions) -> list[PlannedStep]:
@@ -48,7 +47,7 @@ def plan(graph: PipelineGraph, options: RunOptions) -> list[PlannedStep]:
     steps = []
     for name in graph.order:
         node = graph.nodes[name]
-        component = os.path.relpath(node.component.folder, graph.pipeline.root)
+        component = node.step.component
         if name not in selected:
             known[name] = None
             steps.append(PlannedStep(name, component, "not selected", f"--only {options.only_step}",
@@ -106,10 +105,12 @@ def _key_inputs(graph: PipelineGraph, node: Node, known: dict[str, dict[str, Any
 
 
 def render(graph: PipelineGraph, steps: list[PlannedStep], home: Path) -> str:
-    width = max(len(s.name) for s in steps)
+    rows = [("step", "plan", "component", "why", "where")]
+    rows += [(s.name, s.action, s.component, s.why, s.where) for s in steps]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = [f"plan for {graph.name} ({graph.pipeline.path}); state folder {home}; nothing is run:"]
-    for s in steps:
-        lines.append(f"  {s.name:<{width}}  {s.action:<14} {s.component:<24} {s.why}; {s.where}")
+    for row in rows:
+        lines.append("  " + "  ".join(f"{cell:<{w}}" for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4])
     running = sum(1 for s in steps if s.action.startswith("run"))
     cached = sum(1 for s in steps if s.action == "cached")
     lines.append(f"{running} step{'s' if running != 1 else ''} would run, {cached} from the cache")
