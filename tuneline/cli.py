@@ -132,7 +132,8 @@ def _no_runs(home: Path) -> str:
     if (home / "runs").is_dir():
         return f"no runs yet in {home}"
     return (f"no runs yet: {home} does not exist. Runs live in the state folder of the folder you run tuneline "
-            "from ($TUNELINE_HOME, else .tuneline/ in the nearest folder above holding .tuneline/ or components/); "
+            "from ($TUNELINE_HOME, else .tuneline/ in the nearest folder above holding .tuneline/, components/ or "
+            ".git); "
             "cd there, or pass --home")
 
 
@@ -238,8 +239,8 @@ def cmd_runs_gc(args: argparse.Namespace) -> int:
 
 def _add_home(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--home", default=None, help="state folder (default: $TUNELINE_HOME, else .tuneline/ in the "
-                                                     "nearest folder at or above this one holding .tuneline/ or "
-                                                     "components/, else here)")
+                                                     "nearest folder at or above this one holding .tuneline/, "
+                                                     "components/ or .git, else here)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,8 +1,8 @@
 """Where tuneline keeps its state, decided in one place.
 
 - home (runs, cache, models, MLflow store, serving state): `--home`, else `$TUNELINE_HOME`, else `.tuneline/` in
-  the project of the current folder: the nearest folder at or above it that holds a `.tuneline/` or a
-  `components/` folder, else the current folder itself (`state_home`). Every command finds it the same way, so
+  the project of the current folder: the nearest folder at or above it that holds `.tuneline/`, `components/`
+  or `.git`, else the current folder itself (`state_home`). Every command finds it the same way, so
   `tuneline runs list` run where `tuneline run` was sees its runs, whichever folder the pipeline file is in;
 - tracking URI: `$MLFLOW_TRACKING_URI`, else a SQLite store `<home>/mlflow.db` (a `mlflow server` works
   unchanged when the variable is set; an Azure ML workspace's `azureml://` URI needs the azureml-mlflow plugin,
@@ -45,12 +45,17 @@ class TrackingStoreMissing(RuntimeError):
     """The tracking URI names a store whose MLflow plugin is not installed."""
 
 
+def is_project_root(folder: Path) -> bool:
+    """A project's root holds its components (`components/`), its state (`.tuneline/`) or its repository (`.git`)."""
+    return (folder / "components").is_dir() or (folder / HOME_FOLDER).is_dir() or (folder / ".git").exists()
+
+
 def project_root(start: Path | None = None) -> Path | None:
-    """The nearest folder at or above `start` (default: the current folder) holding `.tuneline/` or
-    `components/`; None when there is none."""
+    """The nearest folder at or above `start` (default: the current folder) that `is_project_root`; None when
+    there is none."""
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
-        if (folder / HOME_FOLDER).is_dir() or (folder / "components").is_dir():
+        if is_project_root(folder):
             return folder
     return None
 

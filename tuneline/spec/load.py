@@ -269,9 +269,13 @@ def target_value_problems(pipeline: Pipeline, params: dict[str, Any], target: st
 
 
 def find_root(pipeline_path: Path) -> Path:
-    """The project root: the nearest folder above the pipeline that holds `components/`."""
+    """The project root, which the pipeline's relative paths start from and its steps run in: the nearest folder
+    above the pipeline that holds `components/`, `.tuneline/` or `.git` (`tuneline.settings.is_project_root`),
+    else the pipeline's own folder."""
+    from tuneline.settings import is_project_root
+
     for parent in pipeline_path.resolve().parents:
-        if (parent / "components").is_dir():
+        if is_project_root(parent):
             return parent
     return pipeline_path.resolve().parent
 
@@ -307,7 +311,7 @@ def _missing_component(reference: str, root: Path) -> str:
     if shipped in shipped_components():
         hint = f"; the component shipped with tuneline is `component: {SHIPPED_PREFIX}{shipped}`"
     return (f"no component.yaml in '{reference}' (a folder relative to the project root {root}, the nearest "
-            f"folder above the pipeline holding components/){hint}")
+            f"folder above the pipeline holding components/, .tuneline/ or .git){hint}")
 
 
 def _suggest(name: str, options: typing.Iterable[str]) -> str:
