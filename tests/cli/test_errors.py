@@ -1,0 +1,38 @@
+"""The failures a newcomer meets on the way to a cluster say what to do next in a line or two, no traceback.
+
+The KFP host is a closed local port (nothing listens on port 9 here) and Azure ML has no credentials on this
+machine (no `az` CLI, no service principal variables): both are the real SDK clients failing for real, up to the
+network boundary this machine has.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from .test_own_data import FINETUNE
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # released on close: nothing listens there afterwards
+
+
+def test_an_unreachable_kfp_host(user):
+    host = f"http://127.0.0.1:{_closed_port()}"
+    result = user("submit", FINETUNE, "--target", "kfp", "--host", host)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "MaxRetryError" not in result.stderr
+    assert f"cannot reach {host}: check --host" in result.stderr and "port-forward" in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
+
+
+def test_azure_ml_without_a_login(user):
+    env = {name: None for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_USERNAME",
+                                 "IDENTITY_ENDPOINT", "MSI_ENDPOINT")}
+    result = user("submit", FINETUNE, "--target", "azureml", "--subscription", "00000000-0000-0000-0000-000000000000",
+                  "--resource-group", "rg", "--workspace", "ws", env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "DefaultAzureCredential" not in result.stderr
+    assert "Run `az login`" in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
