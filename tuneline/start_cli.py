@@ -231,11 +231,11 @@ declare -A _tuneline_words=(
 {table}
 )
 _tuneline() {{
-  local cur=${{COMP_WORDS[COMP_CWORD]}} path="" key i
+  local cur=${{COMP_WORDS[COMP_CWORD]}} path=tuneline key i
   for ((i = 1; i < COMP_CWORD; i++)); do
     case "${{COMP_WORDS[i]}}" in
       -*) ;;
-      *) key="$path${{path:+ }}${{COMP_WORDS[i]}}"
+      *) key="$path ${{COMP_WORDS[i]}}"
          [[ -n "${{_tuneline_words[$key]+set}}" ]] && path=$key ;;
     esac
   done
@@ -246,20 +246,21 @@ complete -o default -F _tuneline tuneline
 
 
 def _words(parser: argparse.ArgumentParser, path: str, table: dict[str, list[str]]) -> None:
-    words = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    """`table[path]`: the sub-commands, then the long options, that may follow the words of `path`."""
+    commands = []
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
-                words.insert(0, name)
-                _words(sub, f"{path} {name}".strip(), table)
-    table[path] = words
+                commands.append(name)
+                _words(sub, f"{path} {name}", table)
+    table[path] = commands + [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
 
 
 def cmd_completion(args: argparse.Namespace) -> int:
     from .cli import build_parser
 
     table: dict[str, list[str]] = {}
-    _words(build_parser(), "", table)
+    _words(build_parser(), "tuneline", table)
     rows = "\n".join(f'  ["{key}"]="{" ".join(words)}"' for key, words in table.items())
     print(COMPLETION.format(table=rows), end="")
     return EXIT_OK
