@@ -101,6 +101,11 @@ def main() -> int:
     report = {"records": len(records), "mean_answer_chars": sum(map(len, answers)) / max(len(answers), 1)}
     Path(args.report).write_text(json.dumps(report, indent=2))
     Path(args.records).write_text(json.dumps(len(records)))
+    progress = os.environ.get("TUNELINE_PROGRESS")  # one JSON line per update; the run table shows the last
+    if progress:
+        with open(progress, "a") as fh:
+            fh.write(json.dumps({"current": len(records), "total": len(records), "unit": "record",
+                                 "metrics": {"mean_answer_chars": round(report["mean_answer_chars"], 1)}}) + "\\n")
     summary = os.environ.get("TUNELINE_STEP_SUMMARY")  # shown at the end of a tuneline run
     if summary:
         Path(summary).write_text(f"{len(records)} training records, answers {report['mean_answer_chars']:.0f} "

@@ -4,6 +4,7 @@ component and shipped ones (`component: tuneline/<name>`), resolved from the ins
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from .conftest import line_of
@@ -31,6 +32,9 @@ def test_init_then_run_a_custom_and_a_shipped_component(user):
     custom = user("run", "pipelines/my-tuning.yaml", "--only", "inspect", cwd=repo)
     assert custom.returncode == 0, custom.stdout + custom.stderr
     assert "training records" in custom.stdout  # the custom component's summary
+    # ... and the figures it last reported through $TUNELINE_PROGRESS stay in the run table's note
+    assert re.search(r"^inspect\s+✔ succeeded .*record \d+/\d+  mean_answer_chars \d", custom.stdout, re.M), \
+        custom.stdout
     record = json.loads(user("runs", "show", "latest", "--json", cwd=repo).stdout)
     assert record["steps"]["prepare"]["status"] == "cached"
     assert record["steps"]["inspect"]["status"] == "succeeded"
