@@ -226,6 +226,13 @@ def cmd_runs_rm(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    from .start_cli import completion_script
+
+    print(completion_script(build_parser()), end="")
+    return EXIT_OK
+
+
 def cmd_runs_gc(args: argparse.Namespace) -> int:
     from .runner.gc import collect
 
@@ -301,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--tail", type=int, default=0, metavar="N", help="only the last N lines of each log")
     _add_home(logs)
     logs.set_defaults(handler=cmd_logs)
+
+    completion = sub.add_parser("completion", help="print a shell completion script")
+    completion.add_argument("shell", choices=("bash",), help="the shell (bash; zsh loads it with bashcompinit)")
+    completion.set_defaults(handler=cmd_completion)
 
     for extend in _extensions():
         extend(sub)

@@ -261,14 +261,12 @@ def _words(parser: argparse.ArgumentParser, path: str, table: dict[str, list[str
     table[path] = commands + [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
 
 
-def cmd_completion(args: argparse.Namespace) -> int:
-    from .cli import build_parser
-
+def completion_script(parser: argparse.ArgumentParser) -> str:
+    """A bash completion script for every command and long option `parser` knows (`tuneline completion bash`)."""
     table: dict[str, list[str]] = {}
-    _words(build_parser(), "tuneline", table)
+    _words(parser, "tuneline", table)
     rows = "\n".join(f'  ["{key}"]="{" ".join(words)}"' for key, words in table.items())
-    print(COMPLETION.format(table=rows), end="")
-    return EXIT_OK
+    return COMPLETION.format(table=rows)
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -288,7 +286,3 @@ def add_commands(subparsers) -> None:
     models.add_argument("--home", default=None, help="state folder (default: $TUNELINE_HOME, else .tuneline/ in the "
                                                      "project of the current folder)")
     models.set_defaults(handler=cmd_models)
-
-    completion = subparsers.add_parser("completion", help="print a shell completion script")
-    completion.add_argument("shell", choices=("bash",), help="the shell (bash; zsh loads it with bashcompinit)")
-    completion.set_defaults(handler=cmd_completion)
