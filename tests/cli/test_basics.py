@@ -69,3 +69,24 @@ def test_bash_completion_completes_commands_and_options(user, tmp_path: Path):
     assert complete("tuneline", "ru") == ["run", "runs"]
     assert "--dry-run" in complete("tuneline", "run", "pipelines/x.yaml", "--d")
     assert complete("tuneline", "runs", "g") == ["gc"]
+
+
+def test_the_cli_reference_names_every_command():
+    import argparse
+
+    from tuneline.cli import build_parser
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    nested = any(isinstance(a, argparse._SubParsersAction) for a in sub._actions)
+                    if not nested and f"`{path} {name}" not in text:
+                        missing.append(f"{path} {name}")
+                    walk(sub, f"{path} {name}")
+
+    walk(build_parser(), "tuneline")
+    assert not missing, f"docs/cli.md does not show: {missing}"
