@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -119,7 +120,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 return EXIT_INVALID
         print(render(graph, plan(graph, options), home))
         return EXIT_OK
-    print(f"state folder: {home}  (tuneline runs list, from this folder, lists this run)", flush=True)
+    where = "" if args.home or os.environ.get("TUNELINE_HOME") else "  (`tuneline runs list` here lists this run)"
+    print(f"state folder: {home}{where}", flush=True)
     try:
         record = run_and_report(graph, options)
     except StepFailed as exc:

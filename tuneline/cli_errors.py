@@ -60,6 +60,9 @@ def next_step(exc: BaseException, args: argparse.Namespace) -> str | None:
         return ("Azure ML: no Azure credentials on this machine. Run `az login` (then `az account set "
                 "--subscription <id>`), or set AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_CLIENT_SECRET for a "
                 "service principal; see docs/azureml.md.")
+    if any("client_id should be the id of a Microsoft Entra application" in str(e) for e in chain):
+        return ("Azure: AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_CLIENT_SECRET are set but AZURE_CLIENT_ID is "
+                "not an application id: set the service principal's values, or unset all three to use `az login`.")
     if names & _NETWORK:
         host = _host(next(e for e in chain if type(e).__name__ in _NETWORK), args)
         if target == "azureml":

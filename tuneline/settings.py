@@ -10,9 +10,9 @@
 - pipeline run id: `$TUNELINE_RUN_ID` (the local runner and KFP set it), else `$AZUREML_ROOT_RUN_ID` (what
   Azure ML gives each step of a pipeline job: the pipeline job's run id);
 - serve state: `$TUNELINE_SERVE_STATE`, else `<home>/serve`;
-- serve venv: `$TUNELINE_SERVE_VENV`, else `./.tuneline/serve-venv`. It is an installation rather than state
-  (minutes of pip), so a scratch TUNELINE_HOME (a test, a second project copy) reuses it instead of
-  building another.
+- serve venv: `$TUNELINE_SERVE_VENV`, else `./.tuneline/serve-venv`, else the one in tuneline's own checkout.
+  It is an installation rather than state (minutes of pip), so a scratch TUNELINE_HOME (a test, a second
+  project copy, a repository of one's own) reuses it instead of building another.
 
 The make targets (mk/*.mk) use the same variables with the same defaults. `mlflow_client()` is the one way
 to open the tracking store: MLflow creates and migrates a fresh SQLite database on first use, two processes
@@ -72,7 +72,9 @@ def state_home(explicit: str | Path | None = None, start: Path | None = None) ->
 
 
 def home(root: Path | None = None) -> Path:
-    """The state folder: $TUNELINE_HOME, else `.tuneline` in `root` (default: the working directory)."""
+    """The state folder: $TUNELINE_HOME, else `.tuneline` in `root`; without `root`, `state_home()`."""
+    if root is None and not os.environ.get("TUNELINE_HOME"):
+        return state_home()
     return Path(os.environ.get("TUNELINE_HOME") or (root or Path.cwd()) / HOME_FOLDER)
 
 
@@ -99,9 +101,20 @@ def serve_state_dir(home_dir: Path | None = None) -> Path:
     return Path(os.environ.get("TUNELINE_SERVE_STATE") or (home_dir or home()) / "serve")
 
 
+# Where `make serve-venv` builds the serving venv: beside the tuneline package's checkout.
+INSTALL_SERVE_VENV = Path(__file__).resolve().parents[1] / HOME_FOLDER / "serve-venv"
+
+
 def serve_venv() -> Path:
-    """The separate venv that holds the bundled tritonserver (it needs numpy<2)."""
-    return Path(os.environ.get("TUNELINE_SERVE_VENV") or Path(HOME_FOLDER) / "serve-venv")
+    """The separate venv that holds the bundled tritonserver (it needs numpy<2): $TUNELINE_SERVE_VENV, else
+    `.tuneline/serve-venv` here, else the one `make serve-venv` built in tuneline's own checkout, so a project of
+    one's own (`tuneline init`) serves without building a second one."""
+    if os.environ.get("TUNELINE_SERVE_VENV"):
+        return Path(os.environ["TUNELINE_SERVE_VENV"])
+    local = Path(HOME_FOLDER) / "serve-venv"
+    if not local.exists() and (INSTALL_SERVE_VENV / "bin" / "python").exists():
+        return INSTALL_SERVE_VENV
+    return local
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -36,3 +36,11 @@ def test_azure_ml_without_a_login(user):
     assert "Traceback" not in result.stderr and "DefaultAzureCredential" not in result.stderr
     assert "Run `az login`" in result.stderr
     assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
+
+
+def test_service_principal_variables_set_but_empty(user):
+    env = {"AZURE_CLIENT_ID": "", "AZURE_TENANT_ID": "", "AZURE_CLIENT_SECRET": ""}
+    result = user("submit", FINETUNE, "--target", "azureml", "--subscription", "00000000-0000-0000-0000-000000000000",
+                  "--resource-group", "rg", "--workspace", "ws", env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "AZURE_CLIENT_ID is not an application id" in result.stderr and "`az login`" in result.stderr

@@ -27,6 +27,9 @@ def test_init_then_run_a_custom_and_a_shipped_component(user):
     assert "4 steps would run, 0 from the cache" in plan.stdout and "tuneline/train" in plan.stdout
     assert not (repo / ".tuneline" / "runs").exists()  # a plan runs nothing
 
+    early = user("run", "pipelines/my-tuning.yaml", "--only", "inspect", "--dry-run", cwd=repo)
+    assert re.search(r"^  prepare\s+not cached\s+tuneline/prepare\s+--only inspect needs its cached result",
+                     early.stdout, re.M), early.stdout
     first = user("run", "pipelines/my-tuning.yaml", "--only", "prepare", cwd=repo)
     assert first.returncode == 0, first.stdout + first.stderr
     custom = user("run", "pipelines/my-tuning.yaml", "--only", "inspect", cwd=repo)

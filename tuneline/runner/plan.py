@@ -23,7 +23,7 @@ from .local import RunOptions
 class PlannedStep:
     name: str
     component: str
-    action: str          # "cached", "run", "not selected", "missing input", "only if <condition>"
+    action: str          # "cached", "run", "run if <condition>", "not selected", "not cached", "missing input"
     why: str
     where: str           # what executes it on this machine, and the compute profile it asks for on a cluster
 
@@ -56,16 +56,22 @@ def plan(graph: PipelineGraph, options: RunOptions) -> list[PlannedStep]:
         key_inputs, missing = _key_inputs(graph, node, known)
         if missing:
             known[name] = None
-            steps.append(PlannedStep(name, component, "run" if "upstream" in missing else "missing input", missing,
-                                     _where(graph, node)))
+            action = "missing input" if "upstream" not in missing else (
+                "not cached" if options.only_step and name not in forced else "run")
+            steps.append(PlannedStep(name, component, action, missing, _where(graph, node)))
             continue
         key = step_cache_key(node.component.folder, node.component.spec.model_dump(mode="json"), key_inputs)
         entry = cache.lookup(key)
         use_cache = node.cache_enabled and not options.no_cache and name not in forced
         condition = f" if {node.condition.step}.{node.condition.output} is true" if node.condition else ""
-        if entry is not None and use_cache:
+        cache_only = bool(options.only_step) and name not in forced  # --only takes its inputs from the cache
+        if entry is not None and (use_cache or cache_only):
             known[name] = entry.outputs
             steps.append(PlannedStep(name, component, "cached", f"cache entry {key[:12]}", _where(graph, node)))
+        elif cache_only:
+            known[name] = None
+            steps.append(PlannedStep(name, component, "not cached", f"--only {options.only_step} needs its cached "
+                                     "result: run it first", _where(graph, node)))
         else:
             known[name] = None
             why = ("--no-cache" if options.no_cache else "forced by --from/--only" if name in forced
