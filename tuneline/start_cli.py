@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
@@ -181,10 +182,10 @@ def cmd_components(args: argparse.Namespace) -> int:
         print(f"{'component:':<28} description")
         for reference, folder in folders.items():
             try:
-                description = load_component(folder).spec.description.split(". ")[0].strip()
+                description = textwrap.shorten(load_component(folder).spec.description, 90, placeholder=" …")
             except SpecError as exc:
                 description = f"(invalid: {exc.problems[0]})"
-            print(f"{reference:<28} {description[:90]}")
+            print(f"{reference:<28} {description}")
         print("\nuse one in a pipeline step as `component: <reference>`; `tuneline components NAME` shows its inputs")
         return EXIT_OK
     matches = [r for r in folders if args.name in (r, r.split("/")[-1])]

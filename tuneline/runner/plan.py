@@ -54,16 +54,16 @@ def plan(graph: PipelineGraph, options: RunOptions) -> list[PlannedStep]:
                                      _where(graph, node)))
             continue
         key_inputs, missing = _key_inputs(graph, node, known)
+        condition = f" if {node.condition.step}.{node.condition.output}" if node.condition else ""
         if missing:
             known[name] = None
             action = "missing input" if "upstream" not in missing else (
-                "not cached" if options.only_step and name not in forced else "run")
+                "not cached" if options.only_step and name not in forced else "run" + condition)
             steps.append(PlannedStep(name, component, action, missing, _where(graph, node)))
             continue
         key = step_cache_key(node.component.folder, node.component.spec.model_dump(mode="json"), key_inputs)
         entry = cache.lookup(key)
         use_cache = node.cache_enabled and not options.no_cache and name not in forced
-        condition = f" if {node.condition.step}.{node.condition.output} is true" if node.condition else ""
         cache_only = bool(options.only_step) and name not in forced  # --only takes its inputs from the cache
         if entry is not None and (use_cache or cache_only):
             known[name] = entry.outputs
