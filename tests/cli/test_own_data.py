@@ -70,6 +70,14 @@ def test_a_folder_of_files(user):
     record = prepared(user)
     assert record["steps"]["prepare"]["inputs"]["raw"]["path"] == str(shards)
     assert train_records(record) > 25
+    # The same folder given to the step's input directly, rather than through the parameter
+    direct = user("run", FINETUNE, "--only", "prepare", "--set", "prepare.raw=shards", "--set", "gate_metric=rouge_l")
+    assert direct.returncode == 0, direct.stdout + direct.stderr
+    assert prepared(user)["steps"]["prepare"]["status"] == "succeeded"
+    not_a_file = user("validate", FINETUNE, "--set", "schema=shards")
+    assert not_a_file.returncode == 2 and "is a folder, but evaluate.schema takes a single file" in not_a_file.stderr
+    not_a_file = user("validate", FINETUNE, "--set", "evaluate.schema=shards")
+    assert not_a_file.returncode == 2 and "is a folder, but evaluate.schema takes a single file" in not_a_file.stderr
 
 
 def test_a_bare_name_that_is_a_step_input_says_how_to_set_it(user):

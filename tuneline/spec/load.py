@@ -659,6 +659,14 @@ def apply_input_overrides(spec: PipelineSpec, overrides: dict[str, str], loaded:
         if reason:
             problems.append(loaded.problem(("steps", step), f"--set {name}: {reason}", key=True))
             continue
+        if declared.type == IOType.uri_file and is_local_path(value) and os.path.isdir(value):
+            if not declared.accepts_folder:
+                problems.append(loaded.problem(("steps", step), f"--set {name}: {value} is a folder, but "
+                                               f"{step}.{input_name} takes a single file", key=True))
+                continue
+            # As for a parameter (`_type_folders`): this step's copy of the component sees a folder.
+            inputs = {**component.spec.inputs, input_name: declared.model_copy(update={"type": IOType.uri_folder})}
+            components[step] = dataclasses.replace(component, spec=component.spec.model_copy(update={"inputs": inputs}))
         bindings.setdefault(step, {})[input_name] = Literal(value)
 
 
