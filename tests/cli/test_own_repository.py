@@ -7,6 +7,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from .conftest import line_of
 
 
@@ -77,3 +79,34 @@ def test_the_shipped_components_are_the_packaged_ones():
     assert {"prepare", "train", "evaluate", "register", "deploy"} <= set(shipped_components())
     assert (SHIPPED_COMPONENTS / "__init__.py").is_file()  # the `components` package pyproject ships
     assert Path(__import__("components").__file__).resolve().parent == SHIPPED_COMPONENTS
+
+
+@pytest.mark.slow
+def test_a_wheel_install_resolves_the_shipped_components(user, tmp_path: Path):
+    """Installed from a wheel (no checkout anywhere), `component: tuneline/prepare` still resolves: the wheel
+    carries each component.yaml beside its code."""
+    import shutil
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for package in ("tuneline", "components"):
+        shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(wheels)], check=True, capture_output=True, cwd=source, timeout=600)
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
+                    *map(str, wheels.glob("*.whl"))], check=True, capture_output=True, timeout=600)
+    assert user("init", "mine").returncode == 0
+    env = {"PYTHONPATH": str(site)}  # the installed copy, not this checkout
+    where = user("components", "tuneline/prepare", cwd=user.folder / "mine", env=env)
+    assert where.returncode == 0, where.stderr
+    assert str(site / "components" / "prepare" / "component.yaml") in where.stdout
+    checked = user("validate", "pipelines", cwd=user.folder / "mine", env=env)
+    assert checked.returncode == 0 and "1 file valid" in checked.stdout, checked.stderr
