@@ -42,6 +42,7 @@ def test_a_csv_with_other_column_names_is_mapped_with_a_step_input(user):
     bare = user("run", FINETUNE, "--only", "prepare", "--set", "dataset=qa.csv", "--set", "gate_metric=rouge_l")
     assert bare.returncode == 1  # prepare cannot tell which column is the prompt
     assert "columns" in bare.stderr and "log: None" not in bare.stderr
+    assert "set one of its inputs with --set prepare.INPUT=VALUE" in bare.stderr  # how to pass what it asks for
 
     done = user("run", FINETUNE, "--only", "prepare", "--set", "dataset=qa.csv", "--set", "gate_metric=rouge_l",
                 "--set", "prepare.columns=prompt=question,completion=answer")
