@@ -576,7 +576,8 @@ def from_command_line(value: str) -> str:
     return os.path.abspath(os.path.expanduser(value))
 
 
-def apply_overrides(spec: PipelineSpec, overrides: dict[str, str], loaded: Loaded) -> dict[str, Any]:
+def apply_overrides(spec: PipelineSpec, overrides: dict[str, str], loaded: Loaded,
+                    components: dict[str, Component] | None = None) -> dict[str, Any]:
     """Parameter values: defaults, with `--set` overrides typed; problems point at the `params:` entry.
     A `--set step.input=value` is a step input's, applied by `apply_input_overrides`."""
     values = {name: p.default for name, p in spec.params.items()}
@@ -585,7 +586,7 @@ def apply_overrides(spec: PipelineSpec, overrides: dict[str, str], loaded: Loade
         if "." in name:
             continue
         if name not in spec.params:
-            problems.append(loaded.problem(("params",), _unknown_set(spec, name), key=True))
+            problems.append(loaded.problem(("params",), _unknown_set(spec, name, components or {}), key=True))
             continue
         try:
             values[name] = parse_cli_value(spec.params[name].type, text)
@@ -616,13 +617,14 @@ def _model_refs_from_command_line(overrides: dict[str, str], params: dict[str, A
                 params[binding.name] = from_command_line(params[binding.name])
 
 
-def _unknown_set(spec: PipelineSpec, name: str) -> str:
-    """`--set NAME`: no such parameter, with the closest one, or the step input of that name to address."""
+def _unknown_set(spec: PipelineSpec, name: str, components: dict[str, Component]) -> str:
+    """`--set NAME`: no such parameter, with the closest one, or the steps that have an input of that name."""
     hint = _suggest(name, spec.params)
     if not hint:
-        fed = [step for step, s in spec.steps.items() if name in s.inputs] or list(spec.steps)
-        hint = (f"; to set a step's input use --set STEP.INPUT=VALUE, e.g. --set {fed[0]}.{name}=..."
-                f" (`tuneline components` lists each component's inputs)")
+        having = [step for step, component in components.items() if name in component.spec.inputs]
+        example = (" or ".join(f"--set {step}.{name}=..." for step in having)
+                   or f"--set {next(iter(spec.steps))}.INPUT=... (`tuneline components NAME` lists inputs)")
+        hint = f"; to set a step's input use --set STEP.INPUT=VALUE, here {example}"
     return f"--set {name}: no such parameter{hint}"
 
 
@@ -706,7 +708,7 @@ def load_pipeline(path: str | Path, overrides: dict[str, str] | None = None) -> 
     _check_conditions(bindings, conditions, loaded, problems)
     if problems:
         raise SpecError(problems)
-    params = apply_overrides(spec, overrides or {}, loaded)
+    params = apply_overrides(spec, overrides or {}, loaded, components)
     _model_refs_from_command_line(overrides or {}, params, components, bindings)
     _check_metrics(spec, loaded, components, bindings, params, problems)
     _type_folders(spec, root, components, bindings, params, loaded, problems)
