@@ -110,3 +110,17 @@ def test_a_wheel_install_resolves_the_shipped_components(user, tmp_path: Path):
     assert str(site / "components" / "prepare" / "component.yaml") in where.stdout
     checked = user("validate", "pipelines", cwd=user.folder / "mine", env=env)
     assert checked.returncode == 0 and "1 file valid" in checked.stdout, checked.stderr
+
+
+def test_a_repository_without_a_price_table_gets_no_cost_line(tmp_path: Path):
+    from tuneline.runner import record as rec
+    from tuneline.runner.report import cost_comparison
+
+    (tmp_path / "components").mkdir()
+    (tmp_path / "pipelines").mkdir()
+    record = rec.RunRecord(run_id="r1", pipeline="p", pipeline_path=str(tmp_path / "pipelines" / "p.yaml"),
+                           folder=str(tmp_path / ".tuneline" / "runs" / "r1"), params={}, order=["train"],
+                           tuneline_version="0",
+                           steps={"train": rec.StepRecord(name="train", component="train", role="train")})
+    record.steps["train"].status = rec.SUCCEEDED
+    assert cost_comparison(record) is None  # not "(no cost comparison: price table not found ...)"

@@ -28,12 +28,16 @@ def log_tail(path: str | None, lines: int = 25) -> str:
 
 def cost_comparison(record: rec.RunRecord) -> str | None:
     """Measured training time next to what `tuneline cost` would have predicted, so estimates stay honest."""
-    from ..cost import CostError, estimate_for_run
+    from ..cost import DEFAULT_PRICES, CostError, estimate_for_run
+    from ..spec.load import find_root
 
     if not any(step.role == "train" and step.status == rec.SUCCEEDED for step in record.steps.values()):
         return None
+    if not (find_root(Path(record.pipeline_path)) / DEFAULT_PRICES).is_file():
+        return None  # a project without a price table (one's own repository) asked for no estimate
     try:
-        return estimate_for_run(record.to_dict()).render()
+        # The run's own state folder (runs/<id>/ is in it), wherever the pipeline file is.
+        return estimate_for_run(record.to_dict(), home=Path(record.folder).parents[1]).render()
     except (CostError, OSError, ValueError) as exc:
         return f"(no cost comparison: {exc})"
 
