@@ -8,6 +8,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 import tuneline
 
 
@@ -16,6 +18,7 @@ def test_version(user):
     assert (result.returncode, result.stdout.strip()) == (0, f"tuneline {tuneline.__version__}")
 
 
+@pytest.mark.slow
 def test_logs_rm_and_gc_on_a_project_of_ones_own(user):
     assert user("init", ".").returncode == 0
     pipeline = "pipelines/work.yaml"

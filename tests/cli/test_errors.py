@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
 from .test_own_data import FINETUNE
 
 
@@ -27,6 +29,7 @@ def test_an_unreachable_kfp_host(user):
     assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
 
 
+@pytest.mark.slow
 def test_azure_ml_without_a_login(user):
     env = {name: None for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_USERNAME",
                                  "IDENTITY_ENDPOINT", "MSI_ENDPOINT")}
@@ -38,6 +41,7 @@ def test_azure_ml_without_a_login(user):
     assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
 
 
+@pytest.mark.slow
 def test_service_principal_variables_set_but_empty(user):
     env = {"AZURE_CLIENT_ID": "", "AZURE_TENANT_ID": "", "AZURE_CLIENT_SECRET": ""}
     result = user("submit", FINETUNE, "--target", "azureml", "--subscription", "00000000-0000-0000-0000-000000000000",

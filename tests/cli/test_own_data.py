@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from .conftest import REPO
 
 FINETUNE = str(REPO / "pipelines" / "finetune.yaml")
@@ -37,6 +39,7 @@ def train_records(record: dict) -> int:
     return len(split.read_text().splitlines())
 
 
+@pytest.mark.slow
 def test_a_csv_with_other_column_names_is_mapped_with_a_step_input(user):
     write_csv(user.folder / "qa.csv")
     bare = user("run", FINETUNE, "--only", "prepare", "--set", "dataset=qa.csv", "--set", "gate_metric=rouge_l")
@@ -61,6 +64,7 @@ def test_jsonl_with_other_keys_and_an_explicit_format(user):
     assert train_records(prepared(user)) > 15
 
 
+@pytest.mark.slow
 def test_a_folder_of_files(user):
     shards = user.folder / "shards"
     shards.mkdir()
