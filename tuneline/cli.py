@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .runner.report import EXIT_FAILED, EXIT_INVALID, EXIT_OK
+from .runner.report import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
 from .spec import SpecError, load_component, load_pipeline
 from .spec.load import parse_set_pairs
 
@@ -336,6 +336,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_sdk_logs()
     try:
         return args.handler(args)
+    except KeyboardInterrupt:
+        # `tuneline run` handles Ctrl-C itself (it stops the step and records the run); anywhere else, a wait on
+        # the network or a long compile, Ctrl-C just ends the command.
+        print(f"tuneline {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as exc:
         # A platform that cannot be reached, a missing login: one line saying what to do, not an SDK traceback.
         hint = next_step(exc, args)

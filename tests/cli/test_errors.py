@@ -48,3 +48,36 @@ def test_service_principal_variables_set_but_empty(user):
                   "--resource-group", "rg", "--workspace", "ws", env=env)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert "AZURE_CLIENT_ID is not an application id" in result.stderr and "`az login`" in result.stderr
+
+
+def test_ctrl_c_while_waiting_on_a_host_that_never_answers(user):
+    """A KFP endpoint that accepts the connection and then says nothing (a half-open port-forward): Ctrl-C ends
+    the command with 130 and one line, not a traceback from inside the HTTP client."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(120)
+        host = f"http://127.0.0.1:{server.getsockname()[1]}"
+        env = {k: v for k, v in os.environ.items() if k != "TUNELINE_HOME"}
+        env["PYTHONPATH"] = str(REPO)
+        process = subprocess.Popen([sys.executable, "-m", "tuneline", "submit", FINETUNE, "--target", "kfp",
+                                    "--host", host], cwd=user.folder, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        try:
+            connection, _ = server.accept()  # the client is now waiting for an answer
+            with connection:
+                process.send_signal(signal.SIGINT)
+                _, err = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and err.strip().endswith("tuneline submit: interrupted"), err
