@@ -88,3 +88,33 @@ def test_pipeline_run_id_comes_from_kfp_local_or_azureml(monkeypatch):
     assert settings.pipeline_run_id() == "happy_lime_abc123"
     monkeypatch.setenv("TUNELINE_RUN_ID", "run-1")
     assert settings.pipeline_run_id() == "run-1"
+
+
+def test_every_command_finds_the_state_folder_from_the_current_folder(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("TUNELINE_HOME", raising=False)
+    project = tmp_path / "project"
+    (project / "components").mkdir(parents=True)
+    deep = project / "a" / "b"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    assert settings.state_home() == settings.home() == project / ".tuneline"
+    assert settings.state_home("elsewhere") == deep / "elsewhere"  # --home is the user's path
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    monkeypatch.chdir(alone)
+    assert settings.state_home() == alone / ".tuneline"
+    monkeypatch.setenv("TUNELINE_HOME", str(tmp_path / "h"))
+    assert settings.state_home() == tmp_path / "h"
+
+
+def test_a_project_without_a_serve_venv_uses_the_one_built_beside_tuneline(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("TUNELINE_SERVE_VENV", raising=False)
+    built = tmp_path / "checkout" / ".tuneline" / "serve-venv"
+    monkeypatch.setattr(settings, "INSTALL_SERVE_VENV", built)
+    monkeypatch.chdir(tmp_path)
+    assert settings.serve_venv() == Path(".tuneline/serve-venv")  # nothing built anywhere: build it here
+    (built / "bin").mkdir(parents=True)
+    (built / "bin" / "python").write_text("")
+    assert settings.serve_venv() == built
+    (tmp_path / ".tuneline" / "serve-venv").mkdir(parents=True)
+    assert settings.serve_venv() == Path(".tuneline/serve-venv")  # one of the project's own wins

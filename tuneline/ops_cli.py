@@ -38,9 +38,10 @@ def _load(path: str, sets: list[str]):
 
 
 def _home(pipeline, home: str | None) -> Path:
+    """The state folder, found as every command finds it (`tuneline.settings.state_home`)."""
     from . import settings
 
-    return Path(home) if home else settings.home(pipeline.root)
+    return settings.state_home(home)
 
 
 # ---------------------------------------------------------------------------------------------- trigger
@@ -154,7 +155,10 @@ def _submit(args: argparse.Namespace, pipeline, home: Path) -> dict:
                                       parse_set_pairs(args.submit_param), where,
                                       submit.submission_options(args.images, args.mlflow_secret))
     except Exception as exc:  # noqa: BLE001 - any SDK or network failure is a failed submission, reported
-        print(f"tuneline trigger check: submission to {args.submit} failed: {exc}", file=sys.stderr)
+        from .cli_errors import next_step
+
+        print(f"tuneline trigger check: submission to {args.submit} failed: {next_step(exc, args) or exc}",
+              file=sys.stderr)
         return {"run_id": None, "status": "submit-failed", "exit_code": 1, "target": args.submit}
     finally:
         sys.stdout = stdout
@@ -193,7 +197,7 @@ def _feedback_paths(args: argparse.Namespace) -> tuple[Path, Path]:
     from . import settings
     from .feedback import ENV_LOG
 
-    home = Path(args.home) if args.home else settings.home(Path.cwd())
+    home = settings.state_home(args.home)
     log = Path(args.log or os.environ.get(ENV_LOG) or home / "feedback" / "requests.jsonl")
     ratings = Path(args.ratings or home / "feedback" / "ratings.jsonl")
     return log, ratings
@@ -284,7 +288,8 @@ def _add_set(parser: argparse.ArgumentParser, help_text: str) -> None:
 
 
 def _add_home(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--home", default=None, help="state folder (default: $TUNELINE_HOME or <project>/.tuneline)")
+    parser.add_argument("--home", default=None, help="state folder (default: $TUNELINE_HOME, else .tuneline/ in the "
+                                                     "project of the current folder)")
 
 
 def _add_trigger_check(trigger_sub) -> None:

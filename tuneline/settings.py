@@ -1,15 +1,18 @@
 """Where tuneline keeps its state, decided in one place.
 
-- home: `$TUNELINE_HOME`, else `<project root>/.tuneline` (runs, cache, models, MLflow store, serving state);
+- home (runs, cache, models, MLflow store, serving state): `--home`, else `$TUNELINE_HOME`, else `.tuneline/` in
+  the project of the current folder: the nearest folder at or above it that holds `.tuneline/`, `components/`
+  or `.git`, else the current folder itself (`state_home`). Every command finds it the same way, so
+  `tuneline runs list` run where `tuneline run` was sees its runs, whichever folder the pipeline file is in;
 - tracking URI: `$MLFLOW_TRACKING_URI`, else a SQLite store `<home>/mlflow.db` (a `mlflow server` works
   unchanged when the variable is set; the `azureml://` URI Azure ML injects into every job is turned into the
   workspace's https MLflow endpoint, authenticated by the job's injected token: see `azureml_rest_uri`);
 - pipeline run id: `$TUNELINE_RUN_ID` (the local runner and KFP set it), else `$AZUREML_ROOT_RUN_ID` (what
   Azure ML gives each step of a pipeline job: the pipeline job's run id);
 - serve state: `$TUNELINE_SERVE_STATE`, else `<home>/serve`;
-- serve venv: `$TUNELINE_SERVE_VENV`, else `./.tuneline/serve-venv`. It is an installation rather than state
-  (minutes of pip), so a scratch TUNELINE_HOME (a test, a second project copy) reuses it instead of
-  building another.
+- serve venv: `$TUNELINE_SERVE_VENV`, else `./.tuneline/serve-venv`, else the one in tuneline's own checkout.
+  It is an installation rather than state (minutes of pip), so a scratch TUNELINE_HOME (a test, a second
+  project copy, a repository of one's own) reuses it instead of building another.
 
 The make targets (mk/*.mk) use the same variables with the same defaults. `mlflow_client()` is the one way
 to open the tracking store: MLflow creates and migrates a fresh SQLite database on first use, two processes
@@ -47,8 +50,36 @@ class TrackingStoreMissing(RuntimeError):
     """The tracking URI names a store that cannot be reached as written (bad form, no credentials)."""
 
 
+def is_project_root(folder: Path) -> bool:
+    """A project's root holds its components (`components/`), its state (`.tuneline/`) or its repository (`.git`)."""
+    return (folder / "components").is_dir() or (folder / HOME_FOLDER).is_dir() or (folder / ".git").exists()
+
+
+def project_root(start: Path | None = None) -> Path | None:
+    """The nearest folder at or above `start` (default: the current folder) that `is_project_root`; None when
+    there is none."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if is_project_root(folder):
+            return folder
+    return None
+
+
+def state_home(explicit: str | Path | None = None, start: Path | None = None) -> Path:
+    """The state folder every command uses: `explicit` (a --home flag), else $TUNELINE_HOME, else `.tuneline`
+    in the project of the current folder (`project_root`), else in the current folder."""
+    if explicit:
+        return Path(explicit).expanduser().absolute()
+    if os.environ.get("TUNELINE_HOME"):
+        return Path(os.environ["TUNELINE_HOME"]).expanduser().absolute()
+    here = (start or Path.cwd()).absolute()
+    return (project_root(here) or here) / HOME_FOLDER
+
+
 def home(root: Path | None = None) -> Path:
-    """The state folder: $TUNELINE_HOME, else `.tuneline` in `root` (default: the working directory)."""
+    """The state folder: $TUNELINE_HOME, else `.tuneline` in `root`; without `root`, `state_home()`."""
+    if root is None and not os.environ.get("TUNELINE_HOME"):
+        return state_home()
     return Path(os.environ.get("TUNELINE_HOME") or (root or Path.cwd()) / HOME_FOLDER)
 
 
@@ -106,9 +137,20 @@ def serve_state_dir(home_dir: Path | None = None) -> Path:
     return Path(os.environ.get("TUNELINE_SERVE_STATE") or (home_dir or home()) / "serve")
 
 
+# Where `make serve-venv` builds the serving venv: beside the tuneline package's checkout.
+INSTALL_SERVE_VENV = Path(__file__).resolve().parents[1] / HOME_FOLDER / "serve-venv"
+
+
 def serve_venv() -> Path:
-    """The separate venv that holds the bundled tritonserver (it needs numpy<2)."""
-    return Path(os.environ.get("TUNELINE_SERVE_VENV") or Path(HOME_FOLDER) / "serve-venv")
+    """The separate venv that holds the bundled tritonserver (it needs numpy<2): $TUNELINE_SERVE_VENV, else
+    `.tuneline/serve-venv` here, else the one `make serve-venv` built in tuneline's own checkout, so a project of
+    one's own (`tuneline init`) serves without building a second one."""
+    if os.environ.get("TUNELINE_SERVE_VENV"):
+        return Path(os.environ["TUNELINE_SERVE_VENV"])
+    local = Path(HOME_FOLDER) / "serve-venv"
+    if not local.exists() and (INSTALL_SERVE_VENV / "bin" / "python").exists():
+        return INSTALL_SERVE_VENV
+    return local
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -92,15 +92,15 @@ def test_failure_stops_dependants_keeps_outputs_and_resumes_through_cache(toy, c
     assert statuses(run_record(toy)) == {"gen": "cached", "check": "succeeded", "publish": "succeeded"}
 
 
-def test_missing_input_file_fails_the_step_with_its_name(toy, cli):
-    (toy / "components/check/component.yaml").write_text(
-        (toy / "components/check/component.yaml").read_text())
+def test_missing_input_file_is_refused_before_any_step_runs(toy, cli):
     pipeline = toy / "pipelines/toy.yaml"
     pipeline.write_text(pipeline.read_text().replace(
         "report: ${{steps.check.outputs.report}}", "report: data/missing.txt"))
+    line = next(i for i, text in enumerate(pipeline.read_text().splitlines(), 1) if "data/missing.txt" in text)
     code, _, err = cli("run", "pipelines/toy.yaml")
-    assert code == 1
-    assert "input 'report' (literal): file not found: data/missing.txt" in err
+    assert code == 2
+    assert f"pipelines/toy.yaml:{line}:" in err and "publish.report: file not found: data/missing.txt" in err
+    assert "log: None" not in err and not (toy / ".tuneline" / "runs").exists()
 
 
 RETRY_PIPELINE = """

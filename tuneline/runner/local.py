@@ -53,11 +53,15 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
-def step_environment(root: Path, home: Path, run_id: str, step: str) -> dict[str, str]:
+def step_environment(root: Path, home: Path, run_id: str, step: str, code_root: Path | None = None) -> dict[str, str]:
+    """The environment of a step's process. `code_root` is the folder above the component's `components/`
+    (tuneline's own for a shipped `tuneline/<name>` component): it comes first on PYTHONPATH, so a shipped
+    component's package is found even from a project that has a `components/` folder of its own."""
     env = dict(os.environ)
     # `python` in a command must be this project's interpreter, as it is the image's in a container.
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
+    first = [str(code_root)] if code_root is not None and code_root != root else []
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (*first, str(root), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     env["TUNELINE_RUN_ID"] = run_id
     env["TUNELINE_STEP"] = step
@@ -331,7 +335,8 @@ class LocalRunner:
     def _execute(self, node: Node, step: rec.StepRecord, step_dir: Path) -> None:
         log_path = step_dir / "log.txt"
         step.log = str(log_path)
-        env = step_environment(self.root, self.options.home, self.record.run_id, node.name)
+        env = step_environment(self.root, self.options.home, self.record.run_id, node.name,
+                               code_root=node.component.folder.resolve().parents[1])
         env["TUNELINE_STEP_SUMMARY"] = str(step_dir / SUMMARY)
         timeout = node.step.timeout_seconds
         policy = node.component.spec.retry

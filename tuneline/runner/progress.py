@@ -43,16 +43,24 @@ def _number(value: Any) -> str:
     return str(value)
 
 
-def describe(progress: StepProgress) -> str:
-    """`step 6/24 (25%)  loss 0.357  tokens_per_s 95  ETA 1.2m`."""
+def describe(progress: StepProgress, finished: bool = False) -> str:
+    """`step 6/24 (25%)  loss 0.357  tokens_per_s 95  ETA 1.2m`; once finished, the figures without the ETA."""
     count = f"{progress.unit} {progress.current:g}" + (f"/{progress.total:g}" if progress.total else "")
-    if progress.fraction is not None:
+    if progress.fraction is not None and not finished:
         count += f" ({progress.fraction:.0%})"
     parts = [count] + [f"{k} {_number(v)}" for k, v in progress.metrics.items()]
-    eta = progress.eta_seconds()
+    eta = None if finished else progress.eta_seconds()
     if eta is not None:
         parts.append(f"ETA {_duration(eta)}")
     return "  ".join(parts)
+
+
+def _note(step: rec.StepRecord) -> str:
+    """Why a step is in its state; for one that succeeded, the last figures it reported (records kept and
+    quarantined, the final loss), so the table keeps them after the live view is gone."""
+    if step.reason or step.status != rec.SUCCEEDED or step.progress is None:
+        return step.reason[:70]
+    return describe(step.progress, finished=True)[:70]
 
 
 def summary_table(record: rec.RunRecord) -> str:
@@ -60,7 +68,7 @@ def summary_table(record: rec.RunRecord) -> str:
     for name in record.order:
         step = record.steps[name]
         rows.append((name, f"{_SYMBOL.get(step.status, '?')} {step.status}", step.cache if step.cache_key else "",
-                     _elapsed(step), "" if step.exit_code is None else str(step.exit_code), step.reason[:70]))
+                     _elapsed(step), "" if step.exit_code is None else str(step.exit_code), _note(step)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -80,7 +88,7 @@ def _rich_view(record: rec.RunRecord):
     for name in record.order:
         step = record.steps[name]
         table.add_row(name, f"{_SYMBOL.get(step.status, '?')} {step.status}", step.cache if step.cache_key else "",
-                      _elapsed(step), "" if step.exit_code is None else str(step.exit_code), step.reason[:70])
+                      _elapsed(step), "" if step.exit_code is None else str(step.exit_code), _note(step))
         if step.status == rec.RUNNING and step.progress is not None:
             progress = step.progress
             bars.add_row(Text(name, style="bold"),

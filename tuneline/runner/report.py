@@ -28,12 +28,16 @@ def log_tail(path: str | None, lines: int = 25) -> str:
 
 def cost_comparison(record: rec.RunRecord) -> str | None:
     """Measured training time next to what `tuneline cost` would have predicted, so estimates stay honest."""
-    from ..cost import CostError, estimate_for_run
+    from ..cost import DEFAULT_PRICES, CostError, estimate_for_run
+    from ..spec.load import find_root
 
     if not any(step.role == "train" and step.status == rec.SUCCEEDED for step in record.steps.values()):
         return None
+    if not (find_root(Path(record.pipeline_path)) / DEFAULT_PRICES).is_file():
+        return None  # a project without a price table (one's own repository) asked for no estimate
     try:
-        return estimate_for_run(record.to_dict()).render()
+        # The run's own state folder (runs/<id>/ is in it), wherever the pipeline file is.
+        return estimate_for_run(record.to_dict(), home=Path(record.folder).parents[1]).render()
     except (CostError, OSError, ValueError) as exc:
         return f"(no cost comparison: {exc})"
 
@@ -58,8 +62,14 @@ def print_report(record: rec.RunRecord, out: TextIO | None = None) -> None:
           f"{Path(record.folder, 'run.json')}", file=out)
     for step in record.steps.values():
         if step.status in (rec.FAILED, rec.INTERRUPTED):
-            print(f"\nstep '{step.name}' {step.status}: {step.reason}\n  log: {step.log}\n{log_tail(step.log)}",
-                  file=sys.stderr)
+            # A step that failed before its process started (a missing input file) has no log to point at.
+            log = f"\n  log: {step.log}\n{log_tail(step.log)}" if step.log and Path(step.log).is_file() else ""
+            print(f"\nstep '{step.name}' {step.status}: {step.reason}{log}", file=sys.stderr)
+            if step.log and Path(step.log).is_file():
+                print(f"  (all of it: tuneline logs {record.run_id} {step.name})", file=sys.stderr)
+            if step.exit_code == 2:  # a usage or data error: the fix is usually one of the step's inputs
+                print(f"  set one of its inputs with --set {step.name}.INPUT=VALUE (the program's --flag-name is "
+                      f"input flag_name; `tuneline components {step.component}` lists them)", file=sys.stderr)
 
 
 def run_and_report(graph: PipelineGraph, options: RunOptions, out: TextIO | None = None) -> rec.RunRecord:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 import types
 import typing
@@ -268,11 +269,49 @@ def target_value_problems(pipeline: Pipeline, params: dict[str, Any], target: st
 
 
 def find_root(pipeline_path: Path) -> Path:
-    """The project root: the nearest folder above the pipeline that holds `components/`."""
+    """The project root, which the pipeline's relative paths start from and its steps run in: the nearest folder
+    above the pipeline that holds `components/`, `.tuneline/` or `.git` (`tuneline.settings.is_project_root`),
+    else the pipeline's own folder."""
+    from tuneline.settings import is_project_root
+
     for parent in pipeline_path.resolve().parents:
-        if (parent / "components").is_dir():
+        if is_project_root(parent):
             return parent
     return pipeline_path.resolve().parent
+
+
+# `component: tuneline/<name>` names a component shipped with tuneline: the `components` package installed
+# beside the `tuneline` package (a checkout, an editable install and a wheel all put them side by side).
+SHIPPED_PREFIX = "tuneline/"
+SHIPPED_COMPONENTS = Path(__file__).resolve().parents[2] / "components"
+
+
+def shipped_components() -> list[str]:
+    """The names of the components shipped with tuneline (`component: tuneline/<name>`)."""
+    if not SHIPPED_COMPONENTS.is_dir():
+        return []
+    return sorted(f.name for f in SHIPPED_COMPONENTS.iterdir() if (f / "component.yaml").is_file())
+
+
+def component_folder(reference: str, root: Path) -> Path:
+    """The folder a step's `component:` names: `tuneline/<name>` is a shipped component, anything else a folder
+    relative to the project root (or absolute)."""
+    if reference.startswith(SHIPPED_PREFIX):
+        return SHIPPED_COMPONENTS / reference.removeprefix(SHIPPED_PREFIX)
+    return root / os.path.expanduser(reference)
+
+
+def _missing_component(reference: str, root: Path) -> str:
+    if reference.startswith(SHIPPED_PREFIX):
+        name = reference.removeprefix(SHIPPED_PREFIX)
+        return (f"no shipped component '{name}'{_suggest(name, shipped_components())}; shipped: "
+                f"{', '.join(shipped_components()) or 'none found'} (see `tuneline components`)")
+    hint = ""
+    shipped = Path(reference).name
+    if shipped in shipped_components():
+        hint = f"; the component shipped with tuneline is `component: {SHIPPED_PREFIX}{shipped}`"
+    return (f"no component.yaml in '{reference}' (a folder relative to the project root {root}, the nearest "
+            f"folder above the pipeline holding components/, .tuneline/ or .git){hint}")
 
 
 def _suggest(name: str, options: typing.Iterable[str]) -> str:
@@ -513,7 +552,8 @@ def _check_metrics(spec: PipelineSpec, loaded: Loaded, components: dict[str, Com
 
 
 def parse_set_pairs(pairs: typing.Sequence[str]) -> dict[str, str]:
-    """`--set name=value` arguments as a dict; values stay text until `apply_overrides` types them."""
+    """`--set name=value` (a parameter) and `--set step.input=value` (one step's input) arguments as a dict;
+    values stay text until `apply_overrides` and `apply_input_overrides` type them."""
     overrides = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -523,22 +563,113 @@ def parse_set_pairs(pairs: typing.Sequence[str]) -> dict[str, str]:
     return overrides
 
 
-def apply_overrides(spec: PipelineSpec, overrides: dict[str, str], loaded: Loaded) -> dict[str, Any]:
-    """Parameter values: defaults, with `--set` overrides typed; problems point at the `params:` entry."""
+def is_local_path(value: Any) -> bool:
+    """A path on this machine, as opposed to a URI a platform resolves (minio://, azureml:, https://, ...)."""
+    return isinstance(value, str) and bool(value) and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", value)
+
+
+def from_command_line(value: str) -> str:
+    """A path typed on the command line is relative to the folder the user stands in, not the project root
+    (which the steps run in): it is made absolute here, before anything else reads it."""
+    if not is_local_path(value):
+        return value
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def apply_overrides(spec: PipelineSpec, overrides: dict[str, str], loaded: Loaded,
+                    components: dict[str, Component] | None = None) -> dict[str, Any]:
+    """Parameter values: defaults, with `--set` overrides typed; problems point at the `params:` entry.
+    A `--set step.input=value` is a step input's, applied by `apply_input_overrides`."""
     values = {name: p.default for name, p in spec.params.items()}
     problems = []
     for name, text in overrides.items():
+        if "." in name:
+            continue
         if name not in spec.params:
-            problems.append(loaded.problem(("params",), f"--set {name}: no such parameter"
-                                                        f"{_suggest(name, spec.params)}", key=True))
+            problems.append(loaded.problem(("params",), _unknown_set(spec, name, components or {}), key=True))
             continue
         try:
             values[name] = parse_cli_value(spec.params[name].type, text)
         except ValueError as exc:
             problems.append(loaded.problem(("params", name), f"--set {name}: {exc}", key=True))
+            continue
+        if spec.params[name].type.is_artifact:
+            values[name] = from_command_line(values[name])
     if problems:
         raise SpecError(problems)
     return values
+
+
+def _is_local_folder(value: Any) -> bool:
+    """A model reference typed on the command line that names an existing folder (not a catalog or Hub name)."""
+    return is_local_path(value) and os.path.isdir(os.path.expanduser(value))
+
+
+def _model_refs_from_command_line(overrides: dict[str, str], params: dict[str, Any],
+                                  components: dict[str, Component], bindings: dict[str, dict[str, Binding]]) -> None:
+    """`--set base_model=./my-model`: a parameter feeding a model reference that names a folder here is a path
+    relative to the current folder, like any other path on the command line."""
+    for step, step_bindings in bindings.items():
+        for input_name, binding in step_bindings.items():
+            if (isinstance(binding, ParamRef) and binding.name in overrides
+                    and components[step].spec.inputs[input_name].kind == "model_ref"
+                    and _is_local_folder(params[binding.name])):
+                params[binding.name] = from_command_line(params[binding.name])
+
+
+def _unknown_set(spec: PipelineSpec, name: str, components: dict[str, Component]) -> str:
+    """`--set NAME`: no such parameter, with the closest one, or the steps that have an input of that name."""
+    hint = _suggest(name, spec.params)
+    if not hint:
+        having = [step for step, component in components.items() if name in component.spec.inputs]
+        example = (" or ".join(f"--set {step}.{name}=..." for step in having)
+                   or f"--set {next(iter(spec.steps))}.INPUT=... (`tuneline components NAME` lists inputs)")
+        hint = f"; to set a step's input use --set STEP.INPUT=VALUE, here {example}"
+    return f"--set {name}: no such parameter{hint}"
+
+
+def apply_input_overrides(spec: PipelineSpec, overrides: dict[str, str], loaded: Loaded,
+                          components: dict[str, Component], bindings: dict[str, dict[str, Binding]],
+                          problems: list[Problem]) -> None:
+    """`--set step.input=value`: bind one step's input to a literal, replacing what the pipeline binds it to
+    (or the component's default). The value is typed and checked as the component declares the input."""
+    for name, text in overrides.items():
+        if "." not in name:
+            continue
+        step, _, input_name = name.partition(".")
+        if step not in spec.steps:
+            problems.append(loaded.problem(("steps",), f"--set {name}: no step '{step}'"
+                                                       f"{_suggest(step, spec.steps)}", key=True))
+            continue
+        component = components.get(step)
+        if component is None:
+            continue  # its component failed to load: reported already
+        declared = component.spec.inputs.get(input_name)
+        if declared is None:
+            problems.append(loaded.problem(("steps", step), f"--set {name}: component '{component.name}' has no "
+                                           f"input '{input_name}'{_suggest(input_name, component.spec.inputs)}"
+                                           f" (inputs: {', '.join(component.spec.inputs)})", key=True))
+            continue
+        try:
+            value = parse_cli_value(declared.type, text)
+        except ValueError as exc:
+            problems.append(loaded.problem(("steps", step), f"--set {name}: {exc}", key=True))
+            continue
+        if declared.type.is_artifact or (declared.kind == "model_ref" and _is_local_folder(value)):
+            value = from_command_line(value)
+        reason = check_value(declared, value)
+        if reason:
+            problems.append(loaded.problem(("steps", step), f"--set {name}: {reason}", key=True))
+            continue
+        if declared.type == IOType.uri_file and is_local_path(value) and os.path.isdir(value):
+            if not declared.accepts_folder:
+                problems.append(loaded.problem(("steps", step), f"--set {name}: {value} is a folder, but "
+                                               f"{step}.{input_name} takes a single file", key=True))
+                continue
+            # As for a parameter (`_type_folders`): this step's copy of the component sees a folder.
+            inputs = {**component.spec.inputs, input_name: declared.model_copy(update={"type": IOType.uri_folder})}
+            components[step] = dataclasses.replace(component, spec=component.spec.model_copy(update={"inputs": inputs}))
+        bindings.setdefault(step, {})[input_name] = Literal(value)
 
 
 def load_pipeline(path: str | Path, overrides: dict[str, str] | None = None) -> Pipeline:
@@ -549,16 +680,17 @@ def load_pipeline(path: str | Path, overrides: dict[str, str] | None = None) -> 
     problems: list[Problem] = []
     components: dict[str, Component] = {}
     for step_name, step in spec.steps.items():
-        folder = root / step.component
+        folder = component_folder(step.component, root)
         if not (folder / "component.yaml").is_file():
             problems.append(loaded.problem(("steps", step_name, "component"),
-                                           f"no component.yaml in '{step.component}' (relative to {root.name}/)"))
+                                           _missing_component(step.component, root)))
             continue
         try:
             components[step_name] = load_component(folder)
         except SpecError as exc:
             problems.extend(exc.problems)
     bindings, conditions = _check_bindings(spec, loaded, components, problems)
+    apply_input_overrides(spec, overrides or {}, loaded, components, bindings, problems)
     edges = {name: upstream_steps(bindings.get(name, {}), conditions.get(name)) & set(spec.steps)
              for name in spec.steps}
     cycle = _find_cycle(edges)
@@ -576,7 +708,8 @@ def load_pipeline(path: str | Path, overrides: dict[str, str] | None = None) -> 
     _check_conditions(bindings, conditions, loaded, problems)
     if problems:
         raise SpecError(problems)
-    params = apply_overrides(spec, overrides or {}, loaded)
+    params = apply_overrides(spec, overrides or {}, loaded, components)
+    _model_refs_from_command_line(overrides or {}, params, components, bindings)
     _check_metrics(spec, loaded, components, bindings, params, problems)
     _type_folders(spec, root, components, bindings, params, loaded, problems)
     for name, value in params.items():

@@ -49,6 +49,12 @@ class IOType(StrEnum):
         return self in (IOType.uri_folder, IOType.model)
 
 
+# What an input's value means, for checks that can run before any step does (`tuneline.spec.preflight`):
+# a gate expression over `model.metric` terms, the name of a metric, a regular expression, or a base model
+# (a catalog name, a local model folder, or a Hugging Face Hub id).
+InputKind = Literal["gate_expression", "metric", "regex", "model_ref"]
+
+
 class InputSpec(Strict):
     type: IOType
     description: str = ""
@@ -61,6 +67,11 @@ class InputSpec(Strict):
                                                     "shards): bound to a folder, the step sees it as a uri_folder")
     enum_per_target: dict[CompileTarget, list[str | int | float]] | None = Field(
         None, description="the values a compiled target accepts (kfp, azureml); the others are for local runs only")
+    kind: InputKind | None = Field(
+        None, description="what a string value means, so `tuneline validate` can check it before any step runs: "
+                          "gate_expression (model.metric comparisons; {metric} is the step's `metric` input), "
+                          "metric (a metric name), regex (a Python regular expression), model_ref (a catalog "
+                          "name, a local model folder or a Hugging Face Hub id)")
 
     @property
     def required(self) -> bool:
@@ -74,6 +85,8 @@ class InputSpec(Strict):
             raise ValueError("enum does not apply to artifact inputs")
         if self.accepts_folder and self.type != IOType.uri_file:
             raise ValueError("accepts_folder applies to uri_file inputs")
+        if self.kind is not None and self.type != IOType.string:
+            raise ValueError(f"kind: {self.kind} applies to string inputs, not {self.type.value}")
         for target, allowed in (self.enum_per_target or {}).items():
             outside = [v for v in allowed if self.enum is not None and v not in self.enum]
             if outside:
@@ -268,7 +281,9 @@ class ParamSpec(Strict):
 
 
 class StepSpec(Strict):
-    component: str = Field(description="path of the component folder, relative to the project root")
+    component: str = Field(description="a folder holding component.yaml, relative to the project root (the "
+                                       "nearest folder above the pipeline holding components/), or "
+                                       "tuneline/<name> for a component shipped with tuneline")
     description: str = ""
     compute: str | None = Field(None, description="name of a profile under `compute:`")
     environment: str | None = Field(

@@ -1,0 +1,112 @@
+"""Your own data, from the folder it is in: other column names, other keys, a folder of files, a base model folder.
+
+Every override the README shows works from `--set`: a pipeline parameter (`--set dataset=qa.csv`) or one step's
+input (`--set prepare.columns=prompt=question,completion=answer`); relative paths start from the current folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+FINETUNE = str(REPO / "pipelines" / "finetune.yaml")
+
+
+def write_csv(path: Path, rows: int = 30) -> None:
+    lines = ["question,answer"] + [f'"What is {i} times {i * 7 + 3}?",{i * (i * 7 + 3)}' for i in range(1, rows + 1)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_jsonl(path: Path, rows: range, keys: tuple[str, str] = ("q", "a")) -> None:
+    path.write_text("".join(json.dumps({keys[0]: f"Spell {n * 13 + 5} backwards.", keys[1]: str(n * 13 + 5)[::-1]})
+                            + "\n" for n in rows))
+
+
+def prepared(user, run_id: str = "latest") -> dict:
+    shown = user("runs", "show", run_id, "--json")
+    assert shown.returncode == 0, shown.stderr
+    record = json.loads(shown.stdout)
+    assert record["steps"]["prepare"]["status"] == "succeeded", record["steps"]["prepare"]
+    return record
+
+
+def train_records(record: dict) -> int:
+    split = Path(record["steps"]["prepare"]["outputs"]["train"]["path"], "data.jsonl")
+    return len(split.read_text().splitlines())
+
+
+@pytest.mark.slow
+def test_a_csv_with_other_column_names_is_mapped_with_a_step_input(user):
+    write_csv(user.folder / "qa.csv")
+    bare = user("run", FINETUNE, "--only", "prepare", "--set", "dataset=qa.csv", "--set", "gate_metric=rouge_l")
+    assert bare.returncode == 1  # prepare cannot tell which column is the prompt
+    assert "columns" in bare.stderr and "log: None" not in bare.stderr
+    assert "set one of its inputs with --set prepare.INPUT=VALUE" in bare.stderr  # how to pass what it asks for
+
+    done = user("run", FINETUNE, "--only", "prepare", "--set", "dataset=qa.csv", "--set", "gate_metric=rouge_l",
+                "--set", "prepare.columns=prompt=question,completion=answer")
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = prepared(user)
+    assert record["steps"]["prepare"]["inputs"]["raw"]["path"] == str(user.folder / "qa.csv")
+    assert record["steps"]["prepare"]["inputs"]["columns"] == {"value": "prompt=question,completion=answer"}
+    assert train_records(record) > 15
+
+
+def test_jsonl_with_other_keys_and_an_explicit_format(user):
+    write_jsonl(user.folder / "pairs.jsonl", range(30))
+    done = user("run", FINETUNE, "--only", "prepare", "--set", "dataset=pairs.jsonl", "--set", "gate_metric=rouge_l",
+                "--set", "prepare.format=prompt_completion", "--set", "prepare.columns=prompt=q,completion=a")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert train_records(prepared(user)) > 15
+
+
+@pytest.mark.slow
+def test_a_folder_of_files(user):
+    shards = user.folder / "shards"
+    shards.mkdir()
+    write_jsonl(shards / "part-1.jsonl", range(20), ("prompt", "completion"))
+    write_jsonl(shards / "part-2.jsonl", range(20, 40), ("prompt", "completion"))
+    done = user("run", FINETUNE, "--only", "prepare", "--set", "dataset=shards", "--set", "gate_metric=rouge_l")
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = prepared(user)
+    assert record["steps"]["prepare"]["inputs"]["raw"]["path"] == str(shards)
+    assert train_records(record) > 25
+    # The same folder given to the step's input directly, rather than through the parameter
+    direct = user("run", FINETUNE, "--only", "prepare", "--set", "prepare.raw=shards", "--set", "gate_metric=rouge_l")
+    assert direct.returncode == 0, direct.stdout + direct.stderr
+    assert prepared(user)["steps"]["prepare"]["status"] == "succeeded"
+    not_a_file = user("validate", FINETUNE, "--set", "schema=shards")
+    assert not_a_file.returncode == 2 and "is a folder, but evaluate.schema takes a single file" in not_a_file.stderr
+    not_a_file = user("validate", FINETUNE, "--set", "evaluate.schema=shards")
+    assert not_a_file.returncode == 2 and "is a folder, but evaluate.schema takes a single file" in not_a_file.stderr
+
+
+def test_a_bare_name_that_is_a_step_input_says_how_to_set_it(user):
+    result = user("run", FINETUNE, "--set", "columns=prompt=question,completion=answer")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--set columns: no such parameter" in result.stderr
+    assert "--set prepare.columns=" in result.stderr
+    wrong = user("validate", FINETUNE, "--set", "prepare.colums=prompt=a")
+    assert wrong.returncode == 2 and "did you mean 'columns'" in wrong.stderr
+    typed = user("validate", FINETUNE, "--set", "prepare.format=csv")
+    assert typed.returncode == 2 and "is not one of" in typed.stderr
+
+
+def test_a_base_model_folder_is_relative_to_the_current_folder_and_a_hub_id_says_it_downloads(user):
+    model = user.folder / "my-model"
+    model.mkdir()
+    not_a_model = user("validate", FINETUNE, "--set", "base_model=my-model")
+    assert not_a_model.returncode == 2 and "no config.json" in not_a_model.stderr
+    (model / "config.json").write_text("{}")
+    assert user("validate", FINETUNE, "--set", "base_model=my-model").returncode == 0
+
+    hub = user("validate", FINETUNE, "--set", "base_model=example-org/example-model")
+    assert hub.returncode == 0, hub.stderr
+    assert "download it from the Hugging Face Hub" in hub.stderr and "needs network" in hub.stderr
+    offline = user("validate", FINETUNE, "--set", "base_model=example-org/example-model",
+                   env={"HF_HUB_OFFLINE": "1"})
+    assert offline.returncode == 2 and "HF_HUB_OFFLINE" in offline.stderr
