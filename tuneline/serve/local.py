@@ -272,8 +272,7 @@ def start_proxy(
     limits = limits or ProxyLimits()
     cmd = [
         sys.executable, "-m", "tuneline.serve.proxy", "--state-dir", str(state_dir), "--port", str(port),
-        "--max-inflight", str(limits.max_inflight), "--max-queue", str(limits.max_queue),
-        "--request-timeout", str(limits.request_timeout_s),
+        "--limits", json.dumps(asdict(limits)),
     ]
     ref = process.start_detached(cmd, log_path=log_path, env=env)
     info = ProxyInfo(

@@ -46,6 +46,7 @@ from typing import Any
 from tuneline import settings
 from tuneline.serve.admission import Admission, Overloaded, QueueTimeout
 from tuneline.serve.auth import check_bearer, load_token, token_path
+from tuneline.serve.guard import BodyLimit, timed_h11
 from tuneline.serve.limits import ProxyLimits
 from tuneline.serve.openai_api import (
     ApiError,
@@ -103,7 +104,6 @@ _HOP_BY_HOP = frozenset(
         "x-tuneline-slot",
     }
 )
-_MAX_BODY = 64 * 1024 * 1024
 _JSON = "application/json"
 
 
@@ -493,10 +493,7 @@ def build_app(proxy: Proxy):
     from starlette.routing import Route
 
     async def read_body(request: Request) -> bytes:
-        length = request.headers.get("content-length")
-        if length and int(length) > _MAX_BODY:
-            raise ApiError(f"request body over {_MAX_BODY} bytes", status=413)
-        return await request.body()
+        return await request.body()  # bounded while it is read: guard.BodyLimit wraps the app
 
     async def generate(request: Request, gen: Generation) -> tuple[Result, Upstream]:
         deadline = _deadline(request, proxy.limits)
@@ -749,7 +746,7 @@ def build_app(proxy: Proxy):
         await proxy.shutdown()
 
     app = Starlette(routes=routes, lifespan=lifespan)
-    return _Auth(app, proxy.token)
+    return BodyLimit(_Auth(app, proxy.token), proxy.limits.max_body_bytes)
 
 
 class _Auth:
@@ -779,6 +776,9 @@ def uvicorn_config(app, limits: ProxyLimits, *, host: str = "127.0.0.1", port: i
         port=port,
         backlog=limits.backlog,
         timeout_keep_alive=limits.keep_alive_s,
+        http=timed_h11(limits),
+        limit_concurrency=limits.max_connections,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
         timeout_graceful_shutdown=10,
         access_log=False,  # one log line per request would cost more than forwarding it
         log_level="warning",
@@ -810,9 +810,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="requests waiting beyond those; past it 429 (default %(default)s)")
     parser.add_argument("--request-timeout", type=float, default=defaults.request_timeout_s,
                         help="seconds a request may take, queue included (default %(default)s)")
+    parser.add_argument("--limits", default=None, metavar="JSON",
+                        help="any ProxyLimits fields as a JSON object (tuneline.serve.limits); these win")
     args = parser.parse_args(argv)
-    limits = ProxyLimits(max_inflight=args.max_inflight, max_queue=args.max_queue,
-                         request_timeout_s=args.request_timeout)
+    fields = {"max_inflight": args.max_inflight, "max_queue": args.max_queue,
+              "request_timeout_s": args.request_timeout}
+    if args.limits:
+        try:
+            fields.update(json.loads(args.limits))
+            limits = ProxyLimits(**fields)
+        except (json.JSONDecodeError, TypeError, ValueError) as exc:
+            parser.error(f"--limits: {exc}")
+    else:
+        limits = ProxyLimits(**fields)
     serve(args.state_dir or settings.serve_state_dir(), args.port, args.host, limits)
     return 0
 
