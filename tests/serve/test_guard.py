@@ -130,7 +130,7 @@ def test_idle_slow_header_and_slow_body_clients_are_disconnected(proxy) -> None:
     closed: set[int] = set()
     everyone = idle + slow_head + slow_body
     while len(closed) < len(everyone) and time.monotonic() - started < 20:
-        for i, s in enumerate(slow_head):  # a header byte every half second, never a whole head
+        for s in slow_head:  # a header byte every half second, never a whole head
             if id(s) not in closed:
                 try:
                     s.send(b"X")

@@ -62,12 +62,14 @@ def test_control_routes_are_not_forwarded(proxy) -> None:
         assert "no route" in json.loads(body)["error"]
 
 
-def test_unreachable_upstream_is_502(proxy) -> None:
+def test_unreachable_upstream_is_503_to_retry_and_does_not_say_where_it_listens(proxy) -> None:
     port, token, state_dir = proxy
     write_upstream(state_dir, Upstream(url="http://127.0.0.1:9", model="m"))  # port 9 (discard): closed
-    status, _, body = _request(port, "GET", "/v2/models/m", token=token)
-    assert status == 502
-    assert "unavailable" in json.loads(body)["error"]
+    for path, auth in (("/v2/models/m", token), ("/v2/health/ready", None)):
+        status, headers, body = _request(port, "GET", path, token=auth)
+        message = json.loads(body)["error"]
+        assert status == 503 and int(headers["Retry-After"]) >= 1, (path, status)
+        assert "unavailable" in message and "127.0.0.1" not in message and ":9" not in message, message
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,7 @@ from typing import Any
 from tuneline import settings
 from tuneline.serve.admission import Admission, Overloaded, QueueTimeout
 from tuneline.serve.auth import check_bearer, load_token, token_path
+from tuneline.serve.engine_http import UNIX_PREFIX, is_unix
 from tuneline.serve.guard import BodyLimit, timed_h11
 from tuneline.serve.limits import ProxyLimits
 from tuneline.serve.openai_api import (
@@ -73,6 +74,7 @@ from tuneline.serve.routing import (
     write_routes,
     write_upstream,
 )
+from tuneline.serve.supervisor import Supervisor
 
 __all__ = [
     "ProxyLimits",
@@ -105,14 +107,15 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _JSON = "application/json"
+ENGINE_RETRY_AFTER_S = 5  # what a client is told while the engine restarts (the tiny model: ~10-20 s)
 
 
 class _Failed(Exception):
     """The upstream failed (connection, 5xx or deadline); `status` is what the client gets."""
 
-    def __init__(self, status: int, message: str, body: bytes | None = None) -> None:
+    def __init__(self, status: int, message: str, body: bytes | None = None, retry_after: int | None = None) -> None:
         super().__init__(message)
-        self.status, self.body = status, body
+        self.status, self.body, self.retry_after = status, body, retry_after
 
 
 class _RoutesWatcher:
@@ -149,9 +152,12 @@ class Proxy:
         self.stats: dict[str, VersionStats] = {}
         self.started = time.time()
         self.session = None  # aiohttp.ClientSession, made on startup (it needs the running loop)
+        self._unix_sessions: dict[str, Any] = {}  # one per engine socket (a connector serves one path)
         self._model_params: dict[tuple[str, str], dict[str, str]] = {}
         self._loggers: dict[str, Any] = {}
         self._judging = asyncio.Lock()
+        self.supervisor = Supervisor(self.state_dir)
+        self._supervising: asyncio.Task | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -163,10 +169,29 @@ class Proxy:
         self.session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, skip_auto_headers=("Accept-Encoding",)
         )
+        self._supervising = asyncio.ensure_future(self.supervisor.run())
 
     async def shutdown(self) -> None:
+        if self._supervising is not None:
+            self._supervising.cancel()
         if self.session is not None:
             await self.session.close()
+        for session in self._unix_sessions.values():
+            await session.close()
+
+    def _endpoint(self, backend: Upstream) -> tuple[Any, str]:
+        """The session and base URL that reach `backend` (a unix socket, or TCP for a remote/benchmark one)."""
+        import aiohttp
+
+        if not is_unix(backend.url):
+            return self.session, backend.url
+        path = backend.url[len(UNIX_PREFIX):]
+        if path not in self._unix_sessions:
+            connector = aiohttp.UnixConnector(path=path, limit=self.limits.max_inflight + 16, keepalive_timeout=60)
+            self._unix_sessions[path] = aiohttp.ClientSession(
+                connector=connector, auto_decompress=False, skip_auto_headers=("Accept-Encoding",)
+            )
+        return self._unix_sessions[path], "http://engine"
 
     # --- upstream -------------------------------------------------------------------------------------
     async def _call(
@@ -174,19 +199,20 @@ class Proxy:
     ) -> tuple[int, dict[str, str], bytes]:
         import aiohttp
 
+        session, base = self._endpoint(backend)
         try:
-            async with self.session.request(
+            async with session.request(
                 method,
-                backend.url + path,
+                base + path,
                 data=body if method not in ("GET", "HEAD") else None,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=max(0.001, timeout_s)),
             ) as resp:
                 return resp.status, dict(resp.headers), await resp.read()
         except TimeoutError:
-            raise _Failed(504, f"upstream {backend.slot or backend.url} did not answer within the deadline") from None
+            raise _Failed(504, f"the model server{_slot(backend)} did not answer within the deadline") from None
         except aiohttp.ClientError as exc:
-            raise _Failed(502, f"upstream {backend.url} unavailable: {exc}") from None
+            raise _unavailable(backend, exc) from None
 
     async def open_stream(self, backend: Upstream, payload: bytes, timeout_s: float):
         """POST to the streaming twin's generate_stream; returns the open response (its body: server-sent events).
@@ -196,14 +222,15 @@ class Proxy:
         """
         import aiohttp
 
-        url = f"{backend.url}/v2/models/{stream_model_name(backend.model)}/generate_stream"
+        session, base = self._endpoint(backend)
+        url = f"{base}/v2/models/{stream_model_name(backend.model)}/generate_stream"
         try:
-            resp = await self.session.post(url, data=payload, headers={"Content-Type": _JSON},
-                                           timeout=aiohttp.ClientTimeout(total=max(0.001, timeout_s)))
+            resp = await session.post(url, data=payload, headers={"Content-Type": _JSON},
+                                      timeout=aiohttp.ClientTimeout(total=max(0.001, timeout_s)))
         except TimeoutError:
-            raise _Failed(504, f"upstream {backend.slot or backend.url} did not answer within the deadline") from None
+            raise _Failed(504, f"the model server{_slot(backend)} did not answer within the deadline") from None
         except aiohttp.ClientError as exc:
-            raise _Failed(502, f"upstream {backend.url} unavailable: {exc}") from None
+            raise _unavailable(backend, exc) from None
         if resp.status == 200:
             return resp
         data = await resp.read()
@@ -221,7 +248,7 @@ class Proxy:
                 backend, "GET", f"/v2/models/{backend.model}/config", None, {}, 30.0
             )
             if status != 200:
-                raise _Failed(502, f"upstream {backend.url}: model config answered {status}", data)
+                raise _Failed(502, f"the model server{_slot(backend)}: model config answered {status}", data)
             params = json.loads(data).get("parameters", {})
             self._model_params[key] = {k: v.get("string_value", "") for k, v in params.items()}
         return self._model_params[key]
@@ -331,6 +358,30 @@ class Proxy:
             env = dict(os.environ, TUNELINE_REQUEST_LOG=path)
             self._loggers[path] = RequestLogger.from_env(env)
         return self._loggers[path]
+
+
+def _slot(backend: Upstream) -> str:
+    return f" ({backend.slot})" if backend.slot else ""
+
+
+_UNAVAILABLE_LOGGED: dict[str, float] = {}
+
+
+def _unavailable(backend: Upstream, exc: Exception) -> _Failed:
+    """The engine cannot be reached: the client learns that, not where it listens (a clean error class only).
+    Connection refused or gone means the engine is down; the supervisor restarts it, so the client is told
+    to retry (503 + Retry-After) rather than given a 502."""
+    import aiohttp
+
+    down = isinstance(exc, aiohttp.ClientOSError | aiohttp.ServerDisconnectedError)
+    status = 503 if down else 502
+    now = time.monotonic()
+    if now - _UNAVAILABLE_LOGGED.get(backend.url, -60.0) >= 10:  # an outage is one log line per 10 s
+        _UNAVAILABLE_LOGGED[backend.url] = now
+        print(f"upstream {backend.url} unavailable: {exc}", file=sys.stderr, flush=True)  # the log is 0600
+    return _Failed(status, f"the model server{_slot(backend)} is unavailable ({type(exc).__name__})"
+                   + ("; it is being restarted, retry shortly" if down else ""),
+                   retry_after=ENGINE_RETRY_AFTER_S if down else None)
 
 
 def _reconcile(state_dir: Path) -> None:
@@ -530,7 +581,7 @@ def build_app(proxy: Proxy):
             except ApiError as exc:
                 return JSONResponse(exc.body() if openai else {"error": str(exc)}, status_code=exc.status)
             except _Failed as exc:
-                retry = proxy.admission.retry_after_s() if exc.status in (429, 503) else None
+                retry = exc.retry_after or (proxy.admission.retry_after_s() if exc.status in (429, 503) else None)
                 return _error(exc.status, str(exc), openai=openai, retry_after=retry)
             except _ClientGone:
                 return Response(status_code=499)  # nobody reads it: the connection is gone
@@ -695,6 +746,7 @@ def build_app(proxy: Proxy):
         return JSONResponse(
             {
                 "admission": proxy.admission.to_dict(),
+                "restarts": proxy.supervisor.restarts,
                 "routes": routes.to_dict() if routes else None,
                 "versions": {url: s.to_dict() for url, s in proxy.stats.items()},
                 "canary": read_canary(proxy.state_dir),
