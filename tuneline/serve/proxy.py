@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneline import settings
+from tuneline.feedback import token_digest
 from tuneline.serve.admission import Admission, Overloaded, QueueTimeout
 from tuneline.serve.auth import check_bearer, load_token, token_path
 from tuneline.serve.engine_http import UNIX_PREFIX, is_unix
@@ -59,6 +60,7 @@ from tuneline.serve.openai_api import (
     parse_completion,
     response,
 )
+from tuneline.serve.ratings import FeedbackDesk
 from tuneline.serve.repository import stream_model_name
 from tuneline.serve.routing import (
     UPSTREAM_FILE,
@@ -157,6 +159,8 @@ class Proxy:
         self._loggers: dict[str, Any] = {}
         self._judging = asyncio.Lock()
         self.supervisor = Supervisor(self.state_dir)
+        self.desk = FeedbackDesk()
+        self.by = token_digest(token)  # who made a logged request: the endpoint has one token
         self._supervising: asyncio.Task | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------------
@@ -264,18 +268,21 @@ class Proxy:
         deadline: float,
         *,
         hold: contextlib.AsyncExitStack | None = None,
+        slots: int = 1,
     ) -> Any:
         """Admit the request, pick a version, run `call(backend, seconds_left)`; count it for the canary.
 
-        With `hold`, the admission slot is not released on return but handed to that stack: a streamed
-        answer keeps its slot until its last chunk is sent (or its client leaves) and the stack is closed.
+        With `hold`, the admission slots are not released on return but handed to that stack: a streamed
+        answer keeps them until its last chunk is sent (or its client leaves) and the stack is closed.
+        `slots`: one per upstream stream the request opens, so that a request holds what it uses.
         """
         routes = self.routes.get()
         if routes is None:
             raise _Failed(503, "no model is deployed behind this proxy")
         try:
             async with contextlib.AsyncExitStack() as stack:
-                await stack.enter_async_context(self.admission.slot(deadline - time.monotonic()))
+                for _ in range(slots):
+                    await stack.enter_async_context(self.admission.slot(deadline - time.monotonic()))
                 result = await self._admitted(request, routes, call, deadline)
                 if hold is not None:
                     hold.push_async_exit(stack.pop_all())
@@ -546,6 +553,15 @@ def build_app(proxy: Proxy):
     async def read_body(request: Request) -> bytes:
         return await request.body()  # bounded while it is read: guard.BodyLimit wraps the app
 
+    def check_prompts(n: int, stream: bool, param: str) -> None:
+        """Bounded work per request: at most max_prompts rows, and a streamed request at most as many
+        streams as it may hold admission slots (one each)."""
+        limit = min(proxy.limits.max_stream_prompts, proxy.limits.max_inflight) if stream else \
+            proxy.limits.max_prompts
+        if n > limit:
+            kind = "a streamed request" if stream else "a request"
+            raise ApiError(f"{n} prompts in one request; {kind} takes at most {limit} here", param=param)
+
     async def generate(request: Request, gen: Generation) -> tuple[Result, Upstream]:
         deadline = _deadline(request, proxy.limits)
 
@@ -568,9 +584,11 @@ def build_app(proxy: Proxy):
         if logger is None:
             return []
         latency = round((time.monotonic() - started) * 1000, 1)
-        return [
-            logger.log(p, t, model=backend.model, latency_ms=latency) for p, t in zip(prompts, texts, strict=True)
-        ]
+        ids = [logger.log(p, t, model=backend.model, latency_ms=latency, by=proxy.by)
+               for p, t in zip(prompts, texts, strict=True)]
+        for request_id in ids:
+            proxy.desk.served(logger, request_id, proxy.by)
+        return ids
 
     def guarded(handler, *, openai: bool = False):
         """Map failures to status codes: ApiError 4xx, overload 429/503 + Retry-After, upstream 502/504."""
@@ -591,6 +609,7 @@ def build_app(proxy: Proxy):
     async def chat_or_completion(request: Request, parse) -> Response:
         started = time.monotonic()
         gen = parse(await read_body(request))
+        check_prompts(len(gen.texts), gen.stream, "prompt" if gen.kind == "completion" else "messages")
         routes = proxy.routes.get()
         if routes is not None and gen.model and gen.model != routes.model:
             raise ApiError(f"model {gen.model!r} is not served here; this endpoint serves {routes.model!r}",
@@ -617,8 +636,8 @@ def build_app(proxy: Proxy):
                 await self.hold.aclose()
 
     async def streamed(request: Request, gen: Generation, routes: Routes | None, started: float) -> Response:
-        """Relay the model's pieces as OpenAI chunks as they arrive: one generate_stream call per prompt, opened
-        under one admission slot that the stream holds until its end."""
+        """Relay the model's pieces as OpenAI chunks as they arrive: one generate_stream call per prompt, each
+        under its own admission slot, held until the stream ends."""
         deadline = _deadline(request, proxy.limits)
         hold = contextlib.AsyncExitStack()
 
@@ -636,7 +655,8 @@ def build_app(proxy: Proxy):
             return backend, opened
 
         try:
-            backend, streams = await _until_disconnect(request, proxy.routed(request, call, deadline, hold=hold))
+            backend, streams = await _until_disconnect(
+                request, proxy.routed(request, call, deadline, hold=hold, slots=len(gen.texts)))
         except BaseException:
             await hold.aclose()
             raise
@@ -706,6 +726,7 @@ def build_app(proxy: Proxy):
         prompts = [prompt] if single else prompt
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise ApiError("field 'prompt' must be a string or a non-empty list of strings")
+        check_prompts(len(prompts), False, "prompt")
         limit = req.get("max_new_tokens")
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
             raise ApiError("field 'max_new_tokens' must be a positive integer")
@@ -721,25 +742,13 @@ def build_app(proxy: Proxy):
         return JSONResponse(reply)
 
     async def feedback(request: Request) -> Response:
-        from tuneline.feedback import FeedbackError, RatingStore
-
         body = await read_body(request)
         logger = proxy.logger(proxy.routes.get())
         if logger is None:
             raise ApiError("feedback is off: this deployment logs no requests (deploy with a request log, or "
                            "start the proxy with TUNELINE_REQUEST_LOG set)", status=404)
-        try:
-            req = json.loads(body or b"{}")
-            if not isinstance(req, dict):
-                raise FeedbackError("the body must be a JSON object")
-            RatingStore(logger.path.with_name("ratings.jsonl")).rate(
-                str(req.get("request_id", "")), req.get("rating"), str(req.get("comment", ""))
-            )
-        except json.JSONDecodeError as exc:
-            raise ApiError(f"body line {exc.lineno}: invalid JSON: {exc.msg}") from None
-        except FeedbackError as exc:
-            raise ApiError(str(exc)) from None
-        return JSONResponse({"rated": req["request_id"], "rating": req["rating"]})
+        rated = await asyncio.get_running_loop().run_in_executor(None, proxy.desk.rate, logger, body, proxy.by)
+        return JSONResponse(rated)
 
     async def stats(request: Request) -> Response:
         routes = proxy.routes.get()
