@@ -40,6 +40,17 @@ def deployed(
     stop_all(state_dir)
 
 
+@pytest.fixture(scope="module")
+def heavier(
+    serve_venv, heavier_tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Path, RolloutResult]]:
+    state_dir = tmp_path_factory.mktemp("heavier")
+    result = rollout(heavier_tiny_model, state_dir=state_dir, spec=RepositorySpec(max_new_tokens_default=4))
+    assert result.ok, result.error
+    yield state_dir, result
+    stop_all(state_dir)
+
+
 def _call(port: int, token: str | None, path: str = "/v1/generate", body: dict | None = None,
           method: str = "POST") -> tuple[int | str, Any, str]:
     """(status or the connection error's name, headers (case-insensitive), body)."""
@@ -143,9 +154,12 @@ def test_engine_killed_under_load_is_restarted_and_clients_are_told_to_retry(dep
             break
         assert status == 503 and int(headers["Retry-After"]) >= 1, status
         time.sleep(0.25)
-    assert back is not None and back < 30, back
+    # Back within 30 s where Triton itself starts in 20 s (10-18 s for this model on 2 quiet cores); on a host
+    # so loaded that a plain start takes longer, a restart may take as long as that start, no more.
+    limit = max(30.0, 1.5 * result.startup_s + 5)
+    assert back is not None and back < limit, (back, result.startup_s)
     print(f"\nengine SIGKILL under 240 requests at c=16: {statuses.count(200)} x 200, {statuses.count(503)} x 503 "
-          f"+ Retry-After, 0 resets; serving again {back:.1f}s after the kill")
+          f"+ Retry-After, 0 resets; serving again {back:.1f}s after the kill (a first start took {result.startup_s}s)")
     deadline = time.monotonic() + 10  # the supervisor records the new server once its start-up returns
     while ServeState.load(state_dir).servers[result.slot].pid == server.pid and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -179,3 +193,69 @@ def _cmdline(proc: Path) -> bytes:
         return (proc / "cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def _group_cpu_s(pgid: int) -> float:
+    """CPU seconds used so far by the processes of group `pgid` (Triton and its Python backend stubs)."""
+    ticks = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            raw = (proc / "stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid:
+            ticks += int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def test_work_per_request_is_bounded_and_stops_when_the_client_goes(heavier) -> None:
+    import socket
+
+    from tests.serve.conftest import running_proxy
+    from tuneline.serve.proxy import ProxyLimits
+
+    state_dir, result = heavier
+    token = load_token(Path(result.token_file))
+    port = int(result.proxy_url.rsplit(":", 1)[1])
+    server = ServeState.load(state_dir).servers[result.slot]
+    # Past the context (the tiny model has 512 positions): refused before any generation.
+    status, _, body = _call(port, token, body={"prompt": "word " * 600, "max_new_tokens": 4})
+    assert status == 400 and "context" in body, body
+    status, _, body = _call(port, token, body={"prompt": ["p"] * 33, "max_new_tokens": 1})
+    assert status == 400 and "33 prompts" in body, body
+    streamed = {"model": "tuneline-llm", "prompt": ["a", "b", "c", "d", "e"], "max_tokens": 2, "stream": True}
+    status, _, body = _call(port, token, "/v1/completions", streamed)
+    assert status == 400 and "streamed" in body, body
+
+    # A non-streamed request whose client leaves: Triton stops generating for it.
+    work = json.dumps({"prompt": [f"left at 1.5 s {i}" for i in range(32)], "max_new_tokens": 256}).encode()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Authorization: Bearer {token}\r\nContent-Length: {len(work)}\r\n\r\n".encode() + work)
+    time.sleep(0.5)
+    busy_from = _group_cpu_s(server.pid)
+    time.sleep(1.0)
+    busy = _group_cpu_s(server.pid) - busy_from  # CPU s per second while it generates
+    sock.close()
+    time.sleep(2.0)  # the model checks for cancellation every 8 tokens
+    idle_from = _group_cpu_s(server.pid)
+    time.sleep(3.0)
+    after = (_group_cpu_s(server.pid) - idle_from) / 3
+    print(f"\nTriton CPU while generating {busy:.2f} s/s; from 2 s after the client left: {after:.2f} s/s")
+    assert busy > 0.05 and after < 0.3 * busy, (busy, after)  # 32 x 256 tokens take it well past 5 s
+
+    # A streamed request holds one admission slot per upstream stream: two prompts fill a 2-slot proxy.
+    with running_proxy(state_dir, token, ProxyLimits(max_inflight=2, max_queue=0)) as small:
+        conn = http.client.HTTPConnection("127.0.0.1", small, timeout=60)
+        conn.request("POST", "/v1/completions", body=json.dumps(
+            {"model": "tuneline-llm", "prompt": ["a", "b"], "max_tokens": 200, "stream": True}),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        resp.readline()  # the stream is open: both slots held
+        status, headers, _ = _call(small, token, body={"prompt": "another client", "max_new_tokens": 1})
+        assert status == 429 and int(headers["Retry-After"]) >= 1, status
+        conn.close()

@@ -428,37 +428,51 @@ def _error(status: int, message: str, *, openai: bool = False, retry_after: int 
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _infer_payload(gen: Generation, params: dict[str, str], timeout_s: float) -> bytes:
+def _batch_payload(gen: Generation, params: dict[str, str], timeout_s: float) -> bytes:
+    """A generate_stream request for all of `gen`'s rows at once: the extension maps each top-level list to
+    a batched input, so it carries the same inputs as a streamed request and batches with them;
+    `parameters.timeout` is Triton's queue deadline in microseconds. It streams although the client gets
+    one answer: Triton notices a closed connection only when it writes to it, so an answer written at the
+    end would be generated in full for a client long gone; pieces written as they come stop within a few
+    tokens of the proxy closing the connection."""
     n = len(gen.texts)
-    max_tokens = _budget(gen, params)
-
-    def column(name: str, datatype: str, value: Any) -> dict:
-        return {"name": name, "shape": [n, 1], "datatype": datatype, "data": value if isinstance(value, list)
-                else [value] * n}
-
-    # Every request sends the same inputs: Triton batches only requests with the same set of inputs.
-    inputs = [
-        column("text_input", "BYTES", gen.texts),
-        column("max_new_tokens", "INT32", max_tokens),
-        column("prompt_format", "BYTES", gen.prompt_format),
-        column("temperature", "FP32", gen.temperature),
-        column("top_p", "FP32", gen.top_p),
-        column("stop", "BYTES", json.dumps(gen.stop)),
-        column("stream", "BOOL", False),
-    ]
-    # Triton's queue policy rejects a request still queued after `timeout` microseconds.
-    return json.dumps({"inputs": inputs, "parameters": {"timeout": int(timeout_s * 1e6)}}).encode()
+    return json.dumps({
+        "text_input": list(gen.texts),
+        "max_new_tokens": [_budget(gen, params)] * n,
+        "prompt_format": [gen.prompt_format] * n,
+        "temperature": [gen.temperature] * n,
+        "top_p": [gen.top_p] * n,
+        "stop": [json.dumps(gen.stop)] * n,
+        "stream": [True] * n,
+        "parameters": {"timeout": int(timeout_s * 1e6)},
+    }).encode()
 
 
-def _parse_result(data: bytes) -> Result:
-    outputs = {o["name"]: o["data"] for o in json.loads(data)["outputs"]}
-    n = len(outputs["text_output"])
-    return Result(
-        texts=[str(t) for t in outputs["text_output"]],
-        prompt_tokens=[int(v) for v in outputs.get("prompt_tokens", [0] * n)],
-        completion_tokens=[int(v) for v in outputs.get("completion_tokens", [0] * n)],
-        finish_reasons=[str(v) for v in outputs.get("finish_reason", ["length"] * n)],
-    )
+def _parse_events(data: bytes, n: int) -> Result:
+    """The whole answer of a batched generate_stream call: each event holds every row's new piece, the last
+    one the finish reasons and token counts. An error event is an upstream failure."""
+    texts, finish = [""] * n, ["length"] * n
+    prompt_tokens, completion_tokens = [0] * n, [0] * n
+    events = 0
+    for line in data.splitlines():
+        if not line.startswith(b"data:"):
+            continue
+        event = json.loads(line[5:])
+        if "error" in event:
+            raise _Failed(502, f"generation failed: {event['error']}")
+        events += 1
+        columns = {k: v if isinstance(v, list) else [v] for k, v in event.items()}
+        for i, piece in enumerate(columns.get("text_output", [])[:n]):
+            texts[i] += str(piece)
+        for i, value in enumerate(columns.get("finish_reason", [])[:n]):
+            finish[i] = str(value) or finish[i]
+        for i, value in enumerate(columns.get("prompt_tokens", [])[:n]):
+            prompt_tokens[i] = int(value)
+        for i, value in enumerate(columns.get("completion_tokens", [])[:n]):
+            completion_tokens[i] = int(value)
+    if not events:
+        raise _Failed(502, f"upstream answered no event: {data[:200]!r}")
+    return Result(texts, prompt_tokens, completion_tokens, finish)
 
 
 def _upstream_message(data: bytes) -> str:
@@ -566,16 +580,20 @@ def build_app(proxy: Proxy):
         deadline = _deadline(request, proxy.limits)
 
         async def call(backend: Upstream, left: float) -> tuple[Result, Upstream]:
-            payload = _infer_payload(gen, await proxy.params(backend), left)
-            status, _, data = await proxy._call(
-                backend, "POST", f"/v2/models/{backend.model}/infer", payload, {"Content-Type": _JSON}, left
-            )
-            if status == 400:
-                message = json.loads(data).get("error", data.decode(errors="replace"))
-                raise ApiError(message)
-            if status != 200:
-                raise _Failed(502 if status < 500 else status, f"upstream answered {status}: {data[:500]!r}", data)
-            return _parse_result(data), backend
+            # The decoupled twin, not /infer: Triton cancels a generate_stream request when its connection
+            # closes, and closing it is what happens when this task is cancelled (the client left); an HTTP
+            # /infer request runs to its end whoever waits for it. All rows go as one batched request.
+            resp = await proxy.open_stream(backend, _batch_payload(gen, await proxy.params(backend), left), left)
+            try:
+                import aiohttp
+
+                try:
+                    data = await resp.read()
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    raise _unavailable(backend, exc) from None
+            finally:
+                resp.close()
+            return _parse_events(data, len(gen.texts)), backend
 
         return await _until_disconnect(request, proxy.routed(request, call, deadline))
 

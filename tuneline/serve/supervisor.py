@@ -20,7 +20,7 @@ from tuneline.serve import process
 
 
 class Supervisor:
-    def __init__(self, state_dir: Path, check_s: float = 1.0) -> None:
+    def __init__(self, state_dir: Path, check_s: float = 0.5) -> None:
         self.state_dir = Path(state_dir)
         self.check_s = check_s
         self.restarts: list[dict] = []  # what was restarted, when, and how long it took
