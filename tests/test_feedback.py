@@ -160,3 +160,34 @@ def test_export_trains_only_on_the_servers_own_answers_and_says_what_it_dropped(
                               "rated by another token than the one that made the request": 1}
     for path in (tmp_path / "requests.jsonl", tmp_path / "ratings.jsonl"):
         assert path.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("write to ann dot lee at example dot com", "EMAIL"),
+        ("ann.lee [at] example [dot] com", "EMAIL"),
+        ("ａｎｎ．ｌｅｅ＠ｅｘａｍｐｌｅ．ｃｏｍ", "EMAIL"),
+        ("card 4111.1111.1111.1111 please", "CREDIT_CARD"),
+        ("my ssn is 123456789", "SSN"),
+        ("ssn 123 45 6789", "SSN"),
+        ("call me at 5551234567", "PHONE"),
+        ("my number is 555 123 4567", "PHONE"),
+        ("my password is hunter2!", "SECRET"),
+    ],
+)
+def test_the_request_log_redacts_what_users_type(tmp_path, text, kind):
+    log = tmp_path / "requests.jsonl"
+    RequestLogger(log).log(text, "ok")
+    logged = log.read_text()
+    assert f"<{kind}>" in logged, logged
+    for secret in ("lee", "4111", "123456789", "6789", "555", "hunter2"):
+        if secret in text.replace("ｌｅｅ", "lee"):
+            assert secret not in json.loads(logged)["messages"][0]["content"], logged
+
+
+def test_the_request_log_keeps_ordinary_numbers_and_words(tmp_path):
+    log = tmp_path / "requests.jsonl"
+    text = "order 123456789 shipped at noon; I'm at home. see ticket 55512, version 1.2.3"
+    RequestLogger(log).log(text, "ok")
+    assert json.loads(log.read_text())["messages"][0]["content"] == text

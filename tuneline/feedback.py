@@ -4,7 +4,7 @@ Run as: tuneline feedback rate REQUEST_ID 5
         tuneline feedback export --min-rating 4 --out data/feedback.jsonl
 
 - ``RequestLogger`` appends one JSON line per request/response, PII-redacted with
-  ``tuneline.data.pii.Redactor`` before anything touches the disk. Files rotate by size: ``requests.jsonl``
+  ``tuneline.data.pii.LogRedactor`` before anything touches the disk. Files rotate by size: ``requests.jsonl``
   is the live file, ``requests.jsonl.1`` the newest full one, up to ``requests.jsonl.<keep>``.
   Logging is opt-in: ``RequestLogger.from_env()`` returns None unless ``TUNELINE_REQUEST_LOG`` names a file.
 - ``RatingStore`` is an append-only JSONL of ``{"id", "rating", "time"}``; a request's newest rating wins.
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneline.data.jsonl import read_jsonl
-from tuneline.data.pii import Redactor
+from tuneline.data.pii import LogRedactor
 
 ENV_LOG = "TUNELINE_REQUEST_LOG"
 ENV_MAX_BYTES = "TUNELINE_REQUEST_LOG_MAX_BYTES"
@@ -151,7 +151,7 @@ class RequestLogger:
                 raise FeedbackError(
                     f"messages[{i}] must be {{'role': system|user|assistant, 'content': str}}"
                 )
-        redactor = Redactor()
+        redactor = LogRedactor()
         if self.redact:
             messages = [{"role": m["role"], "content": redactor.redact(m["content"])} for m in messages]
             response = redactor.redact(response)
@@ -242,7 +242,7 @@ class RatingStore:
             raise FeedbackError(f"comment must be a string of at most {MAX_COMMENT_CHARS} characters")
         entry: dict[str, Any] = {"id": request_id, "rating": rating, "time": time.time()}
         if comment:
-            entry["comment"] = Redactor().redact(comment)
+            entry["comment"] = LogRedactor().redact(comment)
         if by:
             entry["by"] = by
         _private_parent(self.path)
