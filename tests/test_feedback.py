@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -191,3 +192,32 @@ def test_the_request_log_keeps_ordinary_numbers_and_words(tmp_path):
     text = "order 123456789 shipped at noon; I'm at home. see ticket 55512, version 1.2.3"
     RequestLogger(log).log(text, "ok")
     assert json.loads(log.read_text())["messages"][0]["content"] == text
+
+
+def test_a_full_disk_loses_no_log_line_and_never_leaves_half_a_line(tmp_path):
+    import subprocess
+    import sys
+
+    # A child process with a file size limit stands in for a full disk (EFBIG where a disk gives ENOSPC).
+    script = f"""
+import json, resource, signal, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from tuneline.feedback import RequestLogger
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+logger = RequestLogger({str(tmp_path / "requests.jsonl")!r})
+ids = [logger.log(f"before {{i}}", "ok") for i in range(3)]
+size = (logger.path.stat().st_size)
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 100, resource.RLIM_INFINITY))
+ids += [logger.log(f"while full {{i}}", "ok" * 20) for i in range(5)]
+full = (logger.pending, logger.write_errors, logger.path.stat().st_size)
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+ids.append(logger.log("after", "ok"))
+print(json.dumps({{"ids": ids, "full": full, "pending": logger.pending, "dropped": logger.dropped}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    pending, errors, size_while_full = out["full"]
+    assert pending >= 4 and errors >= 4  # held in memory while nothing fits
+    assert (out["pending"], out["dropped"]) == (0, 0)
+    assert [r.id for r in read_requests(tmp_path / "requests.jsonl")] == out["ids"]  # all of them, in order

@@ -24,13 +24,14 @@ Files are created 0600 in 0700 folders: they hold what users typed.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ ENV_KEEP = "TUNELINE_REQUEST_LOG_KEEP"
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_KEEP = 5
 MAX_COMMENT_CHARS = 2000
+PENDING_MAX_BYTES = 4 * 1024 * 1024  # request-log lines held in memory while the disk is full
 
 
 def token_digest(token: str) -> str:
@@ -58,9 +60,19 @@ def _private_parent(path: Path) -> None:
 
 
 def _append(path: Path, data: bytes) -> None:
+    """Append whole lines or nothing: a write cut short by a full disk is taken back, so a reader never
+    meets half a JSON line."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        os.write(fd, data)
+        size = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, data)
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
+        if written != len(data):
+            os.ftruncate(fd, size)
+            raise OSError(errno.ENOSPC, f"{path}: only {written} of {len(data)} bytes written")
     finally:
         os.close(fd)
 
@@ -112,6 +124,10 @@ class RequestLogger:
         self.keep = keep
         self.redact = redact
         self._lock = threading.Lock()
+        self._pending: deque[bytes] = deque()  # lines not yet written (a full disk); see _flush
+        self.write_errors = 0
+        self.dropped = 0
+        self.last_error = ""
         _private_parent(self.path)
 
     @classmethod
@@ -170,11 +186,33 @@ class RequestLogger:
             del record["by"]
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
         with self._lock:
-            size = self.path.stat().st_size if self.path.exists() else 0
-            if size and size + len(line) > self.max_bytes:
-                self._rotate()
-            _append(self.path, line)
+            self._pending.append(line)
+            self._flush()
         return entry.id
+
+    def _flush(self) -> None:
+        """Write the pending lines, oldest first. A full disk (or a file size limit) keeps them pending, up
+        to PENDING_MAX_BYTES, and they are written with the next line once there is room: the request was
+        answered all the same; past that bound the oldest are dropped and counted in `dropped`."""
+        while self._pending:
+            line = self._pending[0]
+            try:
+                size = self.path.stat().st_size if self.path.exists() else 0
+                if size and size + len(line) > self.max_bytes:
+                    self._rotate()
+                _append(self.path, line)
+            except OSError as exc:
+                self.write_errors += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                while sum(len(x) for x in self._pending) > PENDING_MAX_BYTES:
+                    self._pending.popleft()
+                    self.dropped += 1
+                return
+            self._pending.popleft()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
 
     def _rotate(self) -> None:
         if self.keep == 0:

@@ -259,3 +259,30 @@ def test_work_per_request_is_bounded_and_stops_when_the_client_goes(heavier) -> 
         status, headers, _ = _call(small, token, body={"prompt": "another client", "max_new_tokens": 1})
         assert status == 429 and int(headers["Retry-After"]) >= 1, status
         conn.close()
+
+
+def test_a_full_disk_under_the_request_log_loses_no_answer_and_no_line(deployed) -> None:
+    import resource
+
+    state_dir, result = deployed
+    token = load_token(Path(result.token_file))
+    port = int(result.proxy_url.rsplit(":", 1)[1])
+    proxy = ServeState.load(state_dir).proxy
+    log = state_dir / "feedback" / "requests.jsonl"
+    assert _call(port, token, body={"prompt": "before", "max_new_tokens": 1})[0] == 200
+    # The proxy process may not grow any file past the log's size now: its disk is "full".
+    resource.prlimit(proxy.pid, resource.RLIMIT_FSIZE, (log.stat().st_size + 10, resource.RLIM_INFINITY))
+    ids = []
+    try:
+        for i in range(5):
+            status, _, body = _call(port, token, body={"prompt": f"while full {i}", "max_new_tokens": 1})
+            assert status == 200, body  # the client gets its answer and its request id all the same
+            ids.append(json.loads(body)["request_id"])
+        health = json.loads(_call(port, token, "/v1/stats", method="GET")[2])["request_log"]
+        assert health["pending"] == 5 and health["write_errors"] >= 5 and health["dropped"] == 0, health
+    finally:
+        resource.prlimit(proxy.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    status, _, body = _call(port, token, body={"prompt": "room again", "max_new_tokens": 1})
+    assert status == 200
+    logged = [json.loads(line)["id"] for line in log.read_text().splitlines()]
+    assert logged[-6:] == [*ids, json.loads(body)["request_id"]]  # nothing lost, in order, no torn line

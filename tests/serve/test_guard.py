@@ -161,3 +161,16 @@ def test_idle_slow_header_and_slow_body_clients_are_disconnected(proxy) -> None:
         assert _response_status(sock) in (200, 503)
         time.sleep(2.5)  # longer than the head timeout, shorter than keep-alive
     sock.close()
+
+
+def test_refused_requests_do_not_grow_the_log(proxy) -> None:
+    info, _ = proxy
+    log = Path(info.log_path)
+    before = log.stat().st_size
+    for _ in range(200):  # malformed requests: uvicorn warns about each one
+        sock = socket.create_connection(("127.0.0.1", info.port))
+        sock.sendall(b"GARBAGE\r\n\r\n")
+        _response_status(sock, timeout=5)
+        sock.close()
+    grown = log.stat().st_size - before
+    assert 0 < grown < 2000, grown  # a line or two, not 200

@@ -140,3 +140,29 @@ def timed_h11(limits: ProxyLimits):
             super().connection_lost(exc)
 
     return TimedH11Protocol
+
+
+class RepeatLimit:
+    """A logging filter letting the same message through at most once per `every_s` seconds: uvicorn warns
+    once per refused request ("Invalid HTTP request received.", "Exceeded concurrency limit."), so without
+    it any client, token or not, could grow the proxy's log without bound. The next line let through says
+    how many were held back."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def filter(self, record) -> bool:
+        import time
+
+        key = f"{record.name}:{record.msg}"
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) < self.every_s:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} more like this in the last {self.every_s:.0f}s not logged)"
+        return True

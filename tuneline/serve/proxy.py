@@ -48,7 +48,7 @@ from tuneline.feedback import token_digest
 from tuneline.serve.admission import Admission, Overloaded, QueueTimeout
 from tuneline.serve.auth import check_bearer, load_token, token_path
 from tuneline.serve.engine_http import UNIX_PREFIX, is_unix
-from tuneline.serve.guard import BodyLimit, timed_h11
+from tuneline.serve.guard import BodyLimit, RepeatLimit, timed_h11
 from tuneline.serve.limits import ProxyLimits
 from tuneline.serve.openai_api import (
     ApiError,
@@ -365,6 +365,13 @@ class Proxy:
             env = dict(os.environ, TUNELINE_REQUEST_LOG=path)
             self._loggers[path] = RequestLogger.from_env(env)
         return self._loggers[path]
+
+
+def _log_health(logger) -> dict | None:
+    if logger is None:
+        return None
+    return {"pending": logger.pending, "write_errors": logger.write_errors, "dropped": logger.dropped,
+            "last_error": logger.last_error}
 
 
 def _slot(backend: Upstream) -> str:
@@ -774,6 +781,7 @@ def build_app(proxy: Proxy):
             {
                 "admission": proxy.admission.to_dict(),
                 "restarts": proxy.supervisor.restarts,
+                "request_log": _log_health(proxy.logger(routes)),
                 "routes": routes.to_dict() if routes else None,
                 "versions": {url: s.to_dict() for url, s in proxy.stats.items()},
                 "canary": read_canary(proxy.state_dir),
@@ -847,9 +855,11 @@ class _Auth:
 
 
 def uvicorn_config(app, limits: ProxyLimits, *, host: str = "127.0.0.1", port: int = 8000):
+    import logging
+
     import uvicorn
 
-    return uvicorn.Config(
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -863,6 +873,12 @@ def uvicorn_config(app, limits: ProxyLimits, *, host: str = "127.0.0.1", port: i
         log_level="warning",
         lifespan="on",
     )
+    # After Config: it (re)configures uvicorn's loggers when it is made.
+    limiter = RepeatLimit()
+    for name in ("uvicorn.error", "uvicorn"):
+        if not any(isinstance(f, RepeatLimit) for f in logging.getLogger(name).filters):
+            logging.getLogger(name).addFilter(limiter)
+    return config
 
 
 def serve(state_dir: Path, port: int, host: str = "127.0.0.1", limits: ProxyLimits | None = None) -> None:
