@@ -338,6 +338,8 @@ def test_a_client_that_disconnects_frees_its_slot(deployed, monkeypatch) -> None
         # The next request is admitted and answered.
         status_code, body = call(port, "POST", "/v1/generate", {"prompt": "next one", "max_new_tokens": 2})
         assert status_code == 200 and isinstance(body["text"], str)
+        # Departures are counted where an operator looks, not written line by line anywhere.
+        assert call(port, "GET", "/v1/stats")[1]["client_gone"] == {"before_answer": 1, "mid_stream": 1}
     logged = log.read_text()
     assert "next one" in logged and "left while waiting" not in logged and "left mid-stream" not in logged
 

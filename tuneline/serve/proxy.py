@@ -160,6 +160,8 @@ class Proxy:
         self._judging = asyncio.Lock()
         self.supervisor = Supervisor(self.state_dir)
         self.desk = FeedbackDesk()
+        # Clients that left before their answer: counted (in /v1/stats), never written to the request log.
+        self.client_gone = {"before_answer": 0, "mid_stream": 0}
         self.by = token_digest(token)  # who made a logged request: the endpoint has one token
         self._supervising: asyncio.Task | None = None
 
@@ -627,6 +629,8 @@ def build_app(proxy: Proxy):
                 retry = exc.retry_after or (proxy.admission.retry_after_s() if exc.status in (429, 503) else None)
                 return _error(exc.status, str(exc), openai=openai, retry_after=retry)
             except _ClientGone:
+                # Counted, not logged: a line per departure would let clients grow the log at will.
+                proxy.client_gone["before_answer"] += 1
                 return Response(status_code=499)  # nobody reads it: the connection is gone
 
         return endpoint
@@ -650,7 +654,14 @@ def build_app(proxy: Proxy):
         the client gone (a failed send or its disconnect message), or the server shutting down."""
 
         def __init__(self, content, hold: contextlib.AsyncExitStack) -> None:
-            super().__init__(content, media_type="text/event-stream",
+            self.finished = False
+
+            async def tracked():
+                async for chunk in content:
+                    yield chunk
+                self.finished = True
+
+            super().__init__(tracked(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
             self.hold = hold
 
@@ -658,6 +669,8 @@ def build_app(proxy: Proxy):
             try:
                 await super().__call__(scope, receive, send)
             finally:
+                if not self.finished:
+                    proxy.client_gone["mid_stream"] += 1
                 await self.hold.aclose()
 
     async def streamed(request: Request, gen: Generation, routes: Routes | None, started: float) -> Response:
@@ -781,6 +794,7 @@ def build_app(proxy: Proxy):
             {
                 "admission": proxy.admission.to_dict(),
                 "restarts": proxy.supervisor.restarts,
+                "client_gone": proxy.client_gone,
                 "request_log": _log_health(proxy.logger(routes)),
                 "routes": routes.to_dict() if routes else None,
                 "versions": {url: s.to_dict() for url, s in proxy.stats.items()},
