@@ -286,3 +286,95 @@ def test_a_full_disk_under_the_request_log_loses_no_answer_and_no_line(deployed)
     assert status == 200
     logged = [json.loads(line)["id"] for line in log.read_text().splitlines()]
     assert logged[-6:] == [*ids, json.loads(body)["request_id"]]  # nothing lost, in order, no torn line
+
+
+def test_proxy_restarted_with_requests_in_flight_answers_them_and_forgets_nothing(deployed) -> None:
+    import threading
+
+    from tuneline.serve.local import start_proxy
+
+    state_dir, result = deployed
+    token = load_token(Path(result.token_file))
+    state = ServeState.load(state_dir)
+    port = state.proxy.port
+    seen: list[tuple[int | str, str]] = []
+    retried: list[str] = []
+    lock = threading.Lock()
+    # What a client may see while the port is closed: a refused connection, or one the kernel had queued for
+    # the old process and resets when it closes its socket. Neither reached a handler: the client retries.
+    before_any_answer = {"ConnectionRefusedError", "ConnectionResetError", "RemoteDisconnected"}
+
+    def client(c: int) -> None:
+        for i in range(6):
+            for _ in range(100):
+                status, _, body = _call(port, token, body={"prompt": f"client {c} req {i}", "max_new_tokens": 24})
+                if status not in before_any_answer:
+                    break
+                with lock:
+                    retried.append(str(status))
+                time.sleep(0.1)
+            with lock:
+                seen.append((status, json.loads(body)["request_id"] if status == 200 else body))
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(8)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 120
+    while len(seen) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stopped = time.monotonic()
+    process.stop(state.proxy.ref)  # SIGTERM: uvicorn stops accepting and finishes what it has
+    state.proxy = start_proxy(state_dir, port)
+    state.save(state_dir)
+    down_s = time.monotonic() - stopped
+    for t in threads:
+        t.join(180)
+    statuses = [s for s, _ in seen]
+    print(f"\nproxy restarted under 8 clients: {statuses.count(200)} x 200 of {len(statuses)}, "
+          f"port closed {down_s:.1f}s; retried: {sorted(set(retried))} x {len(retried)}")
+    assert statuses == [200] * 48, statuses  # in flight at SIGTERM: answered; arriving while down: retried
+    logged = {json.loads(line)["id"] for line in (state_dir / "feedback" / "requests.jsonl").read_text().splitlines()}
+    assert {rid for _, rid in seen} <= logged  # every answer is in the request log
+    # ... and rateable by the new proxy process, which rebuilt its index of served requests from that log.
+    first = seen[0][1]
+    status, _, body = _call(port, token, "/v1/feedback", {"request_id": first, "rating": 4})
+    assert status == 200, body
+
+
+def test_mlflow_unreachable_during_a_deploy_leaves_the_served_version_answering(deployed, tmp_path: Path) -> None:
+    import threading
+
+    state_dir, result = deployed
+    token = load_token(Path(result.token_file))
+    before = ServeState.load(state_dir)
+    port = before.proxy.port
+    env = dict(os.environ, TUNELINE_HOME=str(tmp_path / "home"), MLFLOW_DISABLE_TELEMETRY="true",
+               MLFLOW_TRACKING_URI=f"http://127.0.0.1:{process.free_port()}",  # nothing listens there
+               MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5",
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
+    answers: list[int | str] = []
+    done = threading.Event()
+
+    def traffic() -> None:
+        while not done.is_set() and len(answers) < 400:
+            answers.append(_call(port, token, body={"prompt": "still there?", "max_new_tokens": 1})[0])
+            time.sleep(0.05)
+
+    sender = threading.Thread(target=traffic)
+    sender.start()
+    try:
+        out = tmp_path / "out"
+        proc = subprocess.run(
+            [sys.executable, "-m", "components.deploy", "--model-uri", "models:/tuneline-llm/2", "--target", "local",
+             "--state-dir", str(state_dir), "--endpoint-out", str(out / "endpoint"), "--status-out",
+             str(out / "status"), "--deployment-out", str(out / "deployment.json"), "--out", str(out / "files")],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        done.set()
+        sender.join(60)
+    print(f"\ndeploy with MLflow unreachable: exit {proc.returncode}; {len(answers)} requests meanwhile, "
+          f"{answers.count(200)} x 200; stderr tail: {proc.stderr.strip().splitlines()[-1][:200]!r}")
+    assert proc.returncode != 0
+    assert answers and set(answers) == {200}, answers  # the served version never stopped answering
+    after = ServeState.load(state_dir)
+    assert after.active == before.active and after.servers[after.active].pid == before.servers[before.active].pid
