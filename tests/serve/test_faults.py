@@ -183,6 +183,7 @@ def test_serve_stop_leaves_no_process_shared_memory_or_port(serve_venv, tiny_mod
     assert not process.is_alive(server.ref) and not process.is_alive(proxy.ref)
     assert not _group_shm(server.pid) and not any(Path(p).exists() for p in shm), shm
     assert not Path(server.socket).exists() and process.port_is_free(proxy.port)
+    assert not Path(server.repo_dir).exists()  # the model repository (a copy of the weights) goes too
     leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and str(state_dir).encode() in
                  _cmdline(p)]
     assert not leftovers, leftovers

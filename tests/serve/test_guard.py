@@ -174,3 +174,31 @@ def test_refused_requests_do_not_grow_the_log(proxy) -> None:
         sock.close()
     grown = log.stat().st_size - before
     assert 0 < grown < 2000, grown  # a line or two, not 200
+
+
+def test_connections_past_the_limit_are_answered_503_at_once(tmp_path: Path) -> None:
+    ensure_token(tmp_path, announce=False)
+    info = start_proxy(tmp_path, limits=ProxyLimits(max_connections=20))
+
+    def health() -> bytes:
+        sock = socket.create_connection(("127.0.0.1", info.port))
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        sock.settimeout(5)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        sock.close()
+        return data
+
+    try:
+        held = [socket.create_connection(("127.0.0.1", info.port)) for _ in range(20)]
+        time.sleep(0.3)
+        refused = health()
+        assert refused.startswith(b"HTTP/1.1 503") and b"no model" not in refused, refused  # uvicorn's own 503
+        for s in held:
+            s.close()
+        time.sleep(0.3)
+        served = health()  # the app answers again (503 too: nothing is deployed behind this proxy)
+        assert served.startswith(b"HTTP/1.1 503") and b"no model is deployed" in served, served
+    finally:
+        process.stop(info.ref)

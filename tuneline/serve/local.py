@@ -14,6 +14,8 @@ import fcntl
 import json
 import os
 import re
+import secrets
+import shutil
 import sys
 import time
 import urllib.error
@@ -293,12 +295,16 @@ _MAX_SOCKET_PATH = 100
 
 
 def _socket_path(state_dir: Path, slot: str) -> Path:
-    path = private_dir(state_dir / "run") / f"triton-{slot}.sock"
+    """A fresh socket per server start (a restart by the supervisor keeps its own): the proxy keys its
+    connection pool, counters and cached model parameters by the address, and a new version in a slot must
+    start with none of the previous one's."""
+    name = f"triton-{slot}-{secrets.token_hex(4)}.sock"
+    path = private_dir(state_dir / "run") / name
     if len(str(path)) <= _MAX_SOCKET_PATH:
         return path
     import tempfile
 
-    return Path(tempfile.mkdtemp(prefix=_SOCKET_TMP_PREFIX)) / f"triton-{slot}.sock"  # mkdtemp: 0700
+    return Path(tempfile.mkdtemp(prefix=_SOCKET_TMP_PREFIX)) / name  # mkdtemp: 0700
 
 
 def _private_file(path: Path) -> None:
@@ -373,6 +379,11 @@ def stop_all(state_dir: Path | None = None) -> list[int]:
             stop_triton(info, state_dir)
             if info.http_port:
                 freed.append(info.http_port)
+            # The model repository is a copy (or a merge) of the served model: gigabytes no one uses once
+            # its server is stopped; a deploy writes it afresh.
+            repo = Path(info.repo_dir)
+            if repo.parent == (state_dir / "repos").absolute():
+                shutil.rmtree(repo, ignore_errors=True)
         if state.proxy:
             process.stop(state.proxy.ref)
             _remove_pid(state_dir, "proxy")

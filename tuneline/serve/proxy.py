@@ -895,10 +895,27 @@ def uvicorn_config(app, limits: ProxyLimits, *, host: str = "127.0.0.1", port: i
     return config
 
 
+def _enough_descriptors(limits: ProxyLimits) -> None:
+    """Open connections must run into `max_connections` (503) before the descriptor limit: past that,
+    accept fails and uvicorn only logs. Raise the soft limit to what is needed (within the hard one)."""
+    import resource
+
+    needed = limits.max_connections + 2 * (limits.max_inflight + 16) + 256  # clients, upstream, files
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < needed:
+            print(f"warning: open files limited to {target}, below the {needed} that max_connections="
+                  f"{limits.max_connections} needs; lower max_connections or raise the hard limit",
+                  file=sys.stderr, flush=True)
+
+
 def serve(state_dir: Path, port: int, host: str = "127.0.0.1", limits: ProxyLimits | None = None) -> None:
     import uvicorn
 
     limits = limits or ProxyLimits()
+    _enough_descriptors(limits)
     token = load_token(token_path(state_dir))
     app = build_app(Proxy(Path(state_dir), token, limits))
     print(f"proxy listening on http://{host}:{port} ({limits})", file=sys.stderr, flush=True)
