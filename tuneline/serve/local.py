@@ -1,7 +1,9 @@
 """Local serving: the bundled tritonserver and the auth proxy as detached processes on 127.0.0.1.
 
-State lives in one folder (default `.tuneline/serve/`): `state.json` (servers by slot, the proxy, the
-active slot), `upstream.json` (read by the proxy), `token` (0600), pid files, `logs/`, `repos/<slot>/`.
+State lives in one folder (default `.tuneline/serve/`, mode 0700): `state.json` (servers by slot, the proxy,
+the active slot), `upstream.json` (read by the proxy), `token` (0600), pid files, `logs/` (0600 files),
+`repos/<slot>/`, and `run/`, where each Triton listens on its own unix socket (no TCP port: see
+`engine_http`).
 Processes run in their own sessions, so they keep serving after the command that started them exits.
 
 Run as: a library; `python -m tuneline.serve {deploy,status,stop}` is its command line.

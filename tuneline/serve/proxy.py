@@ -19,6 +19,12 @@ less when the client sends `X-Request-Timeout` (or the OpenAI client's `X-Stainl
 what is left of it as the request's queue `timeout`. A client that disconnects cancels its request: its
 queue place or its slot goes to the next one.
 
+Before any of that (`guard`): a body is counted as it is read (4 MiB, 413), request heads and bodies have
+read timeouts, and open connections are capped; every limit is a `ProxyLimits` field, listed with its value
+in docs/serving.md. Triton is reached over its unix socket (`engine_http`); when it dies the proxy's
+`supervisor` starts it again and requests get 503 with `Retry-After` meanwhile. Ratings go through
+`ratings` (only a served request, once, by its token).
+
 Routing (`routing`): `upstream.json` names one server, or two split by weight during a canary. The proxy
 counts requests, errors and latency per version, rolls a failing candidate back (a failed candidate request
 is retried once on the current version, so clients do not see the failure) and promotes a healthy one,
