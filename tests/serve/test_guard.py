@@ -25,7 +25,7 @@ MiB = 1024 * 1024
 @pytest.fixture
 def proxy(tmp_path: Path) -> Iterator[tuple[ProxyInfo, str]]:
     token = ensure_token(tmp_path, announce=False)
-    limits = ProxyLimits(header_timeout_s=2.0, body_timeout_s=3.0, keep_alive_s=4)
+    limits = ProxyLimits(header_timeout_s=2.0, body_timeout_s=3.0, keep_alive_s=8)
     info = start_proxy(tmp_path, limits=limits)
     try:
         yield info, token
@@ -151,7 +151,7 @@ def test_idle_slow_header_and_slow_body_clients_are_disconnected(proxy) -> None:
                 closed.add(id(s))
     took = time.monotonic() - started
     assert len(closed) == len(everyone), f"{len(everyone) - len(closed)} slow sockets still open after {took:.0f}s"
-    assert took < 10, took  # head 2 s, body 3 s: all gone well within the limits plus polling
+    assert took < 15, took  # head 2 s, body 3 s: all gone within the limits plus polling on a loaded host
     for s in everyone:
         s.close()
     # A kept-alive connection is not cut by the head timeout between requests: it may idle keep_alive_s.
