@@ -80,6 +80,7 @@ def test_unreachable_upstream_is_503_to_retry_and_does_not_say_where_it_listens(
         (b'{"prompt": []}', "'prompt'"),
         (b'{"prompt": "hi", "max_new_tokens": 0}', "'max_new_tokens'"),
         (b'{"prompt": "hi", "max_new_tokens": true}', "'max_new_tokens'"),
+        (json.dumps({"prompt": ["p"] * 33}).encode(), "33 prompts in one request"),
     ],
 )
 def test_generate_validates_its_body(proxy, payload: bytes, message: str) -> None:

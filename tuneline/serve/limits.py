@@ -32,3 +32,14 @@ class ProxyLimits:
                 or self.max_body_bytes < 1024 or self.max_prompts < 1 or self.max_stream_prompts < 1
                 or self.header_timeout_s <= 0 or self.body_timeout_s <= 0 or self.max_connections < 1):
             raise ValueError(f"invalid proxy limits: {self}")
+
+
+def check_prompts(limits: ProxyLimits, n: int, stream: bool, param: str) -> None:
+    """Bounded work per request: at most `max_prompts` rows, and a streamed request at most as many streams
+    as it may hold admission slots (one each). Raises ApiError (400)."""
+    from tuneline.serve.openai_api import ApiError
+
+    limit = min(limits.max_stream_prompts, limits.max_inflight) if stream else limits.max_prompts
+    if n > limit:
+        kind = "a streamed request" if stream else "a request"
+        raise ApiError(f"{n} prompts in one request; {kind} takes at most {limit} here", param=param)

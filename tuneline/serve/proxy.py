@@ -55,7 +55,7 @@ from tuneline.serve.admission import Admission, Overloaded, QueueTimeout
 from tuneline.serve.auth import check_bearer, load_token, token_path
 from tuneline.serve.engine_http import UNIX_PREFIX, is_unix
 from tuneline.serve.guard import BodyLimit, RepeatLimit, timed_h11
-from tuneline.serve.limits import ProxyLimits
+from tuneline.serve.limits import ProxyLimits, check_prompts
 from tuneline.serve.openai_api import (
     ApiError,
     Generation,
@@ -582,15 +582,6 @@ def build_app(proxy: Proxy):
     async def read_body(request: Request) -> bytes:
         return await request.body()  # bounded while it is read: guard.BodyLimit wraps the app
 
-    def check_prompts(n: int, stream: bool, param: str) -> None:
-        """Bounded work per request: at most max_prompts rows, and a streamed request at most as many
-        streams as it may hold admission slots (one each)."""
-        limit = min(proxy.limits.max_stream_prompts, proxy.limits.max_inflight) if stream else \
-            proxy.limits.max_prompts
-        if n > limit:
-            kind = "a streamed request" if stream else "a request"
-            raise ApiError(f"{n} prompts in one request; {kind} takes at most {limit} here", param=param)
-
     async def generate(request: Request, gen: Generation) -> tuple[Result, Upstream]:
         deadline = _deadline(request, proxy.limits)
 
@@ -644,7 +635,7 @@ def build_app(proxy: Proxy):
     async def chat_or_completion(request: Request, parse) -> Response:
         started = time.monotonic()
         gen = parse(await read_body(request))
-        check_prompts(len(gen.texts), gen.stream, "prompt" if gen.kind == "completion" else "messages")
+        check_prompts(proxy.limits, len(gen.texts), gen.stream, "prompt" if gen.kind == "completion" else "messages")
         routes = proxy.routes.get()
         if routes is not None and gen.model and gen.model != routes.model:
             raise ApiError(f"model {gen.model!r} is not served here; this endpoint serves {routes.model!r}",
@@ -770,7 +761,7 @@ def build_app(proxy: Proxy):
         prompts = [prompt] if single else prompt
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise ApiError("field 'prompt' must be a string or a non-empty list of strings")
-        check_prompts(len(prompts), False, "prompt")
+        check_prompts(proxy.limits, len(prompts), False, "prompt")
         limit = req.get("max_new_tokens")
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
             raise ApiError("field 'max_new_tokens' must be a positive integer")
