@@ -167,6 +167,19 @@ def _smoke_plain(url: str, model_name: str, prompts: Sequence[str], max_new_toke
         if reason:
             result.error = f"output check failed: {reason}"
             return result
+        # The streaming twin answers the OpenAI and /v1/generate routes: it must work too, and its first
+        # request (a cold model instance) belongs here, not to the first client or a canary's latency.
+        from tuneline.serve.repository import stream_model_name
+
+        twin = stream_model_name(model_name)
+        if get(f"/v2/models/{twin}/ready")[0] == 200:
+            body = json.dumps({"text_input": list(prompts), "max_new_tokens": [max_new_tokens] * n,
+                               "stream": [True] * n}).encode()
+            status, data = engine_http.request(url, "POST", f"/v2/models/{twin}/generate_stream", body,
+                                               {"Content-Type": "application/json"}, timeout=timeout_s)
+            if status != 200 or b"data:" not in data or b'"error"' in data:
+                result.error = f"{twin} generate_stream answered {status}: {data[:500]!r}"
+                return result
         result.ok = True
         return result
     except (OSError, ValueError, KeyError, StopIteration) as exc:
