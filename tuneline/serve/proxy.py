@@ -395,7 +395,7 @@ def _unavailable(backend: Upstream, exc: Exception) -> _Failed:
     to retry (503 + Retry-After) rather than given a 502."""
     import aiohttp
 
-    down = isinstance(exc, aiohttp.ClientOSError | aiohttp.ServerDisconnectedError)
+    down = isinstance(exc, aiohttp.ClientOSError | aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError)
     status = 503 if down else 502
     now = time.monotonic()
     if now - _UNAVAILABLE_LOGGED.get(backend.url, -60.0) >= 10:  # an outage is one log line per 10 s
@@ -466,7 +466,7 @@ def _batch_payload(gen: Generation, params: dict[str, str], timeout_s: float) ->
 def _parse_events(data: bytes, n: int) -> Result:
     """The whole answer of a batched generate_stream call: each event holds every row's new piece, the last
     one the finish reasons and token counts. An error event is an upstream failure."""
-    texts, finish = [""] * n, ["length"] * n
+    texts, finish = [""] * n, [""] * n
     prompt_tokens, completion_tokens = [0] * n, [0] * n
     events = 0
     for line in data.splitlines():
@@ -485,8 +485,11 @@ def _parse_events(data: bytes, n: int) -> Result:
             prompt_tokens[i] = int(value)
         for i, value in enumerate(columns.get("completion_tokens", [])[:n]):
             completion_tokens[i] = int(value)
-    if not events:
-        raise _Failed(502, f"upstream answered no event: {data[:200]!r}")
+    if not events or not all(finish):
+        # The engine went away mid-answer (its last event carries every row's finish reason): never hand a
+        # cut-short text to the client as if it were the answer.
+        raise _Failed(503, "the model server stopped before the answer was complete; retry shortly",
+                      retry_after=ENGINE_RETRY_AFTER_S)
     return Result(texts, prompt_tokens, completion_tokens, finish)
 
 
