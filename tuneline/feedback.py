@@ -4,37 +4,85 @@ Run as: tuneline feedback rate REQUEST_ID 5
         tuneline feedback export --min-rating 4 --out data/feedback.jsonl
 
 - ``RequestLogger`` appends one JSON line per request/response, PII-redacted with
-  ``tuneline.data.pii.Redactor`` before anything touches the disk. Files rotate by size: ``requests.jsonl``
+  ``tuneline.data.pii.LogRedactor`` before anything touches the disk. Files rotate by size: ``requests.jsonl``
   is the live file, ``requests.jsonl.1`` the newest full one, up to ``requests.jsonl.<keep>``.
   Logging is opt-in: ``RequestLogger.from_env()`` returns None unless ``TUNELINE_REQUEST_LOG`` names a file.
 - ``RatingStore`` is an append-only JSONL of ``{"id", "rating", "time"}``; a request's newest rating wins.
-- ``export`` joins the two and writes chat JSONL records, the pipeline's input format.
+  Ratings through the endpoint (``once=True``) are one per request, by the token that made the request
+  (``by``: a digest of it, never the token), for a request the server logged; comments are bounded and
+  redacted like the log.
+- ``export`` joins the two and writes chat JSONL records, the pipeline's input format. A training target is
+  only ever the server's own logged answer, for a conversation the server can vouch for: a logged request
+  whose messages carry client-written assistant turns is dropped (those turns could be anything), client
+  system turns give way to the export's ``system``, and ``ExportResult.dropped`` counts every dropped
+  record by reason.
+
+Identity: the local endpoint has one bearer token, so every holder of it is one client; ``by`` keeps a
+rating tied to the token in use when the request was served (a rotated token cannot rate older requests).
+Files are created 0600 in 0700 folders: they hold what users typed.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import threading
 import time
 import uuid
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tuneline.data.jsonl import read_jsonl
-from tuneline.data.pii import Redactor
+from tuneline.data.pii import LogRedactor
 
 ENV_LOG = "TUNELINE_REQUEST_LOG"
 ENV_MAX_BYTES = "TUNELINE_REQUEST_LOG_MAX_BYTES"
 ENV_KEEP = "TUNELINE_REQUEST_LOG_KEEP"
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_KEEP = 5
+MAX_COMMENT_CHARS = 2000
+PENDING_MAX_BYTES = 4 * 1024 * 1024  # request-log lines held in memory while the disk is full
+
+
+def token_digest(token: str) -> str:
+    """Who made a request, as logged: enough to tell tokens apart, useless for authenticating."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+def _private_parent(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+
+
+def _append(path: Path, data: bytes) -> None:
+    """Append whole lines or nothing: a write cut short by a full disk is taken back, so a reader never
+    meets half a JSON line."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, data)
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
+        if written != len(data):
+            os.ftruncate(fd, size)
+            raise OSError(errno.ENOSPC, f"{path}: only {written} of {len(data)} bytes written")
+    finally:
+        os.close(fd)
 
 
 class FeedbackError(ValueError):
     """A log, rating file or argument is unusable; the message names the file and line."""
+
+
+class AlreadyRated(FeedbackError):
+    """The endpoint takes one rating per request."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +94,7 @@ class LoggedRequest:
     response: str
     latency_ms: float | None = None
     redactions: dict[str, int] = field(default_factory=dict)
+    by: str = ""  # token_digest of the token that made the request ("" when not served by the endpoint)
 
     @property
     def prompt(self) -> str:
@@ -75,7 +124,11 @@ class RequestLogger:
         self.keep = keep
         self.redact = redact
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._pending: deque[bytes] = deque()  # lines not yet written (a full disk); see _flush
+        self.write_errors = 0
+        self.dropped = 0
+        self.last_error = ""
+        _private_parent(self.path)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> RequestLogger | None:
@@ -98,6 +151,7 @@ class RequestLogger:
         model: str = "",
         request_id: str | None = None,
         latency_ms: float | None = None,
+        by: str = "",
     ) -> str:
         """Record one interaction and return its request id (the key a rating refers to).
 
@@ -113,7 +167,7 @@ class RequestLogger:
                 raise FeedbackError(
                     f"messages[{i}] must be {{'role': system|user|assistant, 'content': str}}"
                 )
-        redactor = Redactor()
+        redactor = LogRedactor()
         if self.redact:
             messages = [{"role": m["role"], "content": redactor.redact(m["content"])} for m in messages]
             response = redactor.redact(response)
@@ -125,15 +179,40 @@ class RequestLogger:
             response=response,
             latency_ms=latency_ms,
             redactions=dict(redactor.counts),
+            by=by,
         )
-        line = (json.dumps(asdict(entry), ensure_ascii=False) + "\n").encode()
+        record = asdict(entry)
+        if not record["by"]:
+            del record["by"]
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode()
         with self._lock:
-            size = self.path.stat().st_size if self.path.exists() else 0
-            if size and size + len(line) > self.max_bytes:
-                self._rotate()
-            with self.path.open("ab") as fh:
-                fh.write(line)
+            self._pending.append(line)
+            self._flush()
         return entry.id
+
+    def _flush(self) -> None:
+        """Write the pending lines, oldest first. A full disk (or a file size limit) keeps them pending, up
+        to PENDING_MAX_BYTES, and they are written with the next line once there is room: the request was
+        answered all the same; past that bound the oldest are dropped and counted in `dropped`."""
+        while self._pending:
+            line = self._pending[0]
+            try:
+                size = self.path.stat().st_size if self.path.exists() else 0
+                if size and size + len(line) > self.max_bytes:
+                    self._rotate()
+                _append(self.path, line)
+            except OSError as exc:
+                self.write_errors += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                while sum(len(x) for x in self._pending) > PENDING_MAX_BYTES:
+                    self._pending.popleft()
+                    self.dropped += 1
+                return
+            self._pending.popleft()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
 
     def _rotate(self) -> None:
         if self.keep == 0:
@@ -173,6 +252,7 @@ def read_requests(path: Path | str) -> Iterator[LoggedRequest]:
                     response=str(obj["response"]),
                     latency_ms=obj.get("latency_ms"),
                     redactions=dict(obj.get("redactions") or {}),
+                    by=str(obj.get("by", "")),
                 )
             except (KeyError, TypeError, ValueError) as exc:
                 raise FeedbackError(f"{file}:{lineno}: not a request record (field {exc})") from None
@@ -187,18 +267,41 @@ class RatingStore:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._rated: set[str] | None = None  # ids rated once through the endpoint, loaded on first use
 
-    def rate(self, request_id: str, rating: int, comment: str = "") -> None:
+    def rate(self, request_id: str, rating: int, comment: str = "", *, once: bool = False, by: str = "") -> None:
+        """Append a rating. `once`: refuse a second rating of the same request (the endpoint's rule);
+        `by`: the rater's token digest, checked against the request's at export."""
         if isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5:
             raise FeedbackError(f"rating must be an integer from 1 to 5, got {rating!r}")
         if not request_id or not request_id.strip():
             raise FeedbackError("request id is empty")
+        if not isinstance(comment, str) or len(comment) > MAX_COMMENT_CHARS:
+            raise FeedbackError(f"comment must be a string of at most {MAX_COMMENT_CHARS} characters")
         entry: dict[str, Any] = {"id": request_id, "rating": rating, "time": time.time()}
         if comment:
-            entry["comment"] = comment
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock, self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            entry["comment"] = LogRedactor().redact(comment)
+        if by:
+            entry["by"] = by
+        _private_parent(self.path)
+        with self._lock:
+            if once:
+                if self._rated is None:
+                    self._rated = {r for r, _ in self._entries() if r} if self.path.exists() else set()
+                if request_id in self._rated:
+                    raise AlreadyRated(f"request {request_id} is already rated")
+                self._rated.add(request_id)
+            _append(self.path, (json.dumps(entry, ensure_ascii=False) + "\n").encode())
+
+    def _entries(self) -> Iterator[tuple[str, dict]]:
+        for _, obj in read_jsonl(self.path, FeedbackError):
+            yield (str(obj.get("id", "")) if isinstance(obj, dict) else ""), obj
+
+    def raters(self) -> dict[str, str]:
+        """Request id -> the token digest of its newest rating ("" for an operator's rating)."""
+        if not self.path.exists():
+            return {}
+        return {rid: str(obj.get("by", "")) for rid, obj in self._entries() if rid}
 
     def ratings(self) -> dict[str, int]:
         found: dict[str, int] = {}
@@ -225,6 +328,7 @@ class ExportResult:
     rated: int
     logged: int
     unmatched_ratings: int  # ratings whose request is no longer in the (rotated) log
+    dropped: dict[str, int] = field(default_factory=dict)  # logged requests not written, by reason
 
 
 def export(
@@ -234,31 +338,41 @@ def export(
     min_rating: int = 4,
     system: str | None = None,
 ) -> ExportResult:
-    """Write interactions rated >= ``min_rating`` as chat JSONL (id, messages, rating, source, model)."""
+    """Write interactions rated >= ``min_rating`` as chat JSONL (id, messages, rating, source, model).
+
+    The conversation is the server's log of it, and the target the answer it served; see the module
+    docstring for what is dropped and why."""
     if not 1 <= min_rating <= 5:
         raise FeedbackError(f"--min-rating must be 1-5, got {min_rating}")
-    ratings = RatingStore(ratings_path).ratings()
+    store = RatingStore(ratings_path)
+    ratings = store.ratings()
+    raters = store.raters()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     written = logged = 0
     seen: set[str] = set()
     logged_ids: set[str] = set()
+    dropped: Counter[str] = Counter()
     tmp = out.with_name(f".{out.name}.tmp")
     with tmp.open("w", encoding="utf-8") as fh:
         for request in read_requests(log_path):
             logged += 1
             logged_ids.add(request.id)
-            rating = ratings.get(request.id)
-            if rating is None or rating < min_rating or request.id in seen or not request.response.strip():
+            reason = _drop_reason(request, ratings.get(request.id), raters.get(request.id, ""), min_rating, seen)
+            if reason:
+                dropped[reason] += 1
                 continue
             seen.add(request.id)
             messages = list(request.messages)
+            if request.by:
+                # Served by the endpoint: client system turns are instructions the server never vouched for.
+                messages = [m for m in messages if m["role"] != "system"]
             if system and not any(m["role"] == "system" for m in messages):
                 messages.insert(0, {"role": "system", "content": system})
             record = {
                 "id": f"feedback-{request.id}",
                 "messages": [*messages, {"role": "assistant", "content": request.response}],
-                "rating": rating,
+                "rating": ratings[request.id],
                 "source": "feedback",
                 "model": request.model,
             }
@@ -266,4 +380,21 @@ def export(
             written += 1
     os.replace(tmp, out)
     unmatched = sum(1 for r in ratings if r not in logged_ids and ratings[r] >= min_rating)
-    return ExportResult(written=written, rated=len(ratings), logged=logged, unmatched_ratings=unmatched)
+    return ExportResult(written=written, rated=len(ratings), logged=logged, unmatched_ratings=unmatched,
+                        dropped=dict(sorted(dropped.items())))
+
+
+def _drop_reason(request: LoggedRequest, rating: int | None, rater: str, min_rating: int, seen: set[str]) -> str:
+    if rating is None:
+        return "not rated"
+    if rating < min_rating:
+        return f"rated below {min_rating}"
+    if request.id in seen:
+        return "logged twice"
+    if not request.response.strip():
+        return "empty answer"
+    if rater and rater != request.by:
+        return "rated by another token than the one that made the request"
+    if any(m["role"] == "assistant" for m in request.messages):
+        return "client-written assistant turns in the conversation"
+    return ""

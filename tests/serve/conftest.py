@@ -20,6 +20,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def heavier_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Still tiny, but 32 x 256 tokens take seconds here: long enough to leave a request while it generates."""
+    from tests.support.tinymodel import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama-192x6"), hidden_size=192, layers=6)
+
+
+@pytest.fixture(scope="session")
 def tiny_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.support.tinymodel import build_tiny_lora_adapter
 

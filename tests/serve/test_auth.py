@@ -12,9 +12,12 @@ def test_token_is_created_once_with_mode_0600(tmp_path: Path, capsys: pytest.Cap
     token = ensure_token(tmp_path)
     assert len(token) >= 40
     assert stat.S_IMODE(token_path(tmp_path).stat().st_mode) == 0o600
-    assert token in capsys.readouterr().err  # shown when created...
+    # Deploy output ends up in step logs other users may read: only the file is named, never the token.
+    err = capsys.readouterr().err
+    assert str(token_path(tmp_path)) in err and token not in err
     assert ensure_token(tmp_path) == token
-    assert token not in capsys.readouterr().err  # ...and never again
+    assert token not in capsys.readouterr().err
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o700
 
 
 @pytest.mark.parametrize(

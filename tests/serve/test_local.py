@@ -170,7 +170,7 @@ def test_failed_smoke_check_stops_candidate(deployed, tiny_model: Path) -> None:
     assert not result.ok and "rejected by test" in (result.error or "")
     assert result.server is not None
     assert not process.is_alive(result.server.ref)
-    assert process.port_is_free(result.server.http_port)
+    assert not Path(result.server.socket).exists()
     assert status(state_dir)["active"] == active == _serving_slot(state_dir)
     token = load_token(Path(first.token_file))
     assert _post(f"{first.proxy_url}/v1/generate", {"prompt": "hi"}, token)[0] == 200
@@ -191,7 +191,7 @@ def test_blue_green_switch_to_merged_adapter(deployed, tiny_model: Path, tiny_ad
     assert result.previous_slot == old.slot and result.slot != old.slot
     assert result.proxy_url == first.proxy_url  # clients keep the same address
     assert _serving_slot(state_dir) == result.slot
-    assert not process.is_alive(old.ref) and process.port_is_free(old.http_port)
+    assert not process.is_alive(old.ref) and not Path(old.socket).exists()
     after = _post(f"{first.proxy_url}/v1/generate", {"prompt": "The printer", "max_new_tokens": 6}, token)[1]
     assert after["text"] != before["text"]  # the merged LoRA delta changes greedy output
 
@@ -200,8 +200,8 @@ def test_stop_command_frees_ports(serve_venv, tiny_model: Path, tmp_path: Path) 
     state_dir = tmp_path / "state"
     result = rollout(tiny_model, state_dir=state_dir)
     assert result.ok, result.error
-    ports = [result.server.http_port, int(result.proxy_url.rsplit(":", 1)[1])]
-    assert not any(process.port_is_free(p) for p in ports)
+    ports = [int(result.proxy_url.rsplit(":", 1)[1])]  # the proxy's: Triton listens on a unix socket
+    assert not any(process.port_is_free(p) for p in ports) and Path(result.server.socket).is_socket()
     proc = subprocess.run(
         [sys.executable, "-m", "tuneline.serve", "--state-dir", str(state_dir), "stop"],
         cwd=REPO,
@@ -211,7 +211,7 @@ def test_stop_command_frees_ports(serve_venv, tiny_model: Path, tmp_path: Path) 
     )
     assert proc.returncode == 0, proc.stderr
     assert "ports freed" in proc.stdout
-    assert all(process.port_is_free(p) for p in ports)
+    assert all(process.port_is_free(p) for p in ports) and not Path(result.server.socket).exists()
     assert status(state_dir) == {"active": None, "proxy": None, "servers": {}}
 
 
@@ -338,6 +338,8 @@ def test_a_client_that_disconnects_frees_its_slot(deployed, monkeypatch) -> None
         # The next request is admitted and answered.
         status_code, body = call(port, "POST", "/v1/generate", {"prompt": "next one", "max_new_tokens": 2})
         assert status_code == 200 and isinstance(body["text"], str)
+        # Departures are counted where an operator looks, not written line by line anywhere.
+        assert call(port, "GET", "/v1/stats")[1]["client_gone"] == {"before_answer": 1, "mid_stream": 1}
     logged = log.read_text()
     assert "next one" in logged and "left while waiting" not in logged and "left mid-stream" not in logged
 

@@ -62,12 +62,14 @@ def test_control_routes_are_not_forwarded(proxy) -> None:
         assert "no route" in json.loads(body)["error"]
 
 
-def test_unreachable_upstream_is_502(proxy) -> None:
+def test_unreachable_upstream_is_503_to_retry_and_does_not_say_where_it_listens(proxy) -> None:
     port, token, state_dir = proxy
     write_upstream(state_dir, Upstream(url="http://127.0.0.1:9", model="m"))  # port 9 (discard): closed
-    status, _, body = _request(port, "GET", "/v2/models/m", token=token)
-    assert status == 502
-    assert "unavailable" in json.loads(body)["error"]
+    for path, auth in (("/v2/models/m", token), ("/v2/health/ready", None)):
+        status, headers, body = _request(port, "GET", path, token=auth)
+        message = json.loads(body)["error"]
+        assert status == 503 and int(headers["Retry-After"]) >= 1, (path, status)
+        assert "unavailable" in message and "127.0.0.1" not in message and ":9" not in message, message
 
 
 @pytest.mark.parametrize(
@@ -78,6 +80,7 @@ def test_unreachable_upstream_is_502(proxy) -> None:
         (b'{"prompt": []}', "'prompt'"),
         (b'{"prompt": "hi", "max_new_tokens": 0}', "'max_new_tokens'"),
         (b'{"prompt": "hi", "max_new_tokens": true}', "'max_new_tokens'"),
+        (json.dumps({"prompt": ["p"] * 33}).encode(), "33 prompts in one request"),
     ],
 )
 def test_generate_validates_its_body(proxy, payload: bytes, message: str) -> None:
@@ -96,20 +99,39 @@ def test_upstream_file_round_trip(tmp_path: Path) -> None:
     assert read_upstream(tmp_path) is None
 
 
-def test_ratings_are_stored_when_request_logging_is_on(tmp_path: Path, monkeypatch) -> None:
-    from tuneline.feedback import RatingStore
+def test_only_a_served_request_is_rated_once_by_its_token(tmp_path: Path, monkeypatch) -> None:
+    from tuneline.feedback import MAX_COMMENT_CHARS, RatingStore, RequestLogger, token_digest
 
-    monkeypatch.setenv("TUNELINE_REQUEST_LOG", str(tmp_path / "feedback" / "requests.jsonl"))
+    log = tmp_path / "feedback" / "requests.jsonl"
+    monkeypatch.setenv("TUNELINE_REQUEST_LOG", str(log))
     token = ensure_token(tmp_path, announce=False)
+    # What an earlier proxy process served and logged: the index is rebuilt from the log.
+    mine = RequestLogger(log).log("my printer", "restart it", by=token_digest(token))
+    other = RequestLogger(log).log("their printer", "restart it", by=token_digest("an older token"))
+    third = RequestLogger(log).log("a third", "answer", by=token_digest(token))
+
+    def rate(body: dict, auth: str | None = token) -> tuple[int, str]:
+        status, _, data = _request(port, "POST", "/v1/feedback", json.dumps(body).encode(), token=auth)
+        return status, json.loads(data)["error"] if status != 200 else ""
+
     with running_proxy(tmp_path, token) as port:
-        rating = json.dumps({"request_id": "r-1", "rating": 5, "comment": "right on"}).encode()
-        assert _request(port, "POST", "/v1/feedback", rating)[0] == 401
-        status, _, body = _request(port, "POST", "/v1/feedback", rating, token=token)
-        assert status == 200, body
-        bad = json.dumps({"request_id": "r-2", "rating": 9}).encode()
-        status, _, body = _request(port, "POST", "/v1/feedback", bad, token=token)
-        assert status == 400 and "rating must be an integer from 1 to 5" in json.loads(body)["error"]
-    assert RatingStore(tmp_path / "feedback" / "ratings.jsonl").ratings() == {"r-1": 5}
+        assert rate({"request_id": mine, "rating": 5}, auth=None)[0] == 401
+        assert rate({"request_id": mine, "rating": 5, "comment": "right on, mail ann@example.com"}) == (200, "")
+        status, message = rate({"request_id": mine, "rating": 1})
+        assert status == 409 and "already rated" in message  # a replay, or a change of mind: once only
+        assert rate({"request_id": other, "rating": 5})[0] == 403
+        status, message = rate({"request_id": "0" * 32, "rating": 5})
+        assert status == 404 and "no request" in message
+        status, message = rate({"request_id": third, "rating": 4, "comment": "x" * (MAX_COMMENT_CHARS + 1)})
+        assert status == 400 and "comment" in message
+        status, message = rate({"request_id": third, "rating": 9})
+        assert status == 400 and "rating must be an integer from 1 to 5" in message
+    ratings_file = tmp_path / "feedback" / "ratings.jsonl"
+    assert RatingStore(ratings_file).ratings() == {mine: 5}
+    text = ratings_file.read_text()
+    assert "ann@example.com" not in text and "<EMAIL>" in text
+    assert oct(ratings_file.stat().st_mode & 0o777) == "0o600"
+    assert oct(ratings_file.parent.stat().st_mode & 0o777) == "0o700"
 
 
 def test_feedback_route_is_off_without_request_logging(proxy) -> None:

@@ -6,6 +6,8 @@
 - `local`: runs tritonserver and the proxy as detached processes; `python -m tuneline.serve stop`.
 - `proxy`: the auth reverse proxy; `auth`: the token; `smoke`: tritonclient smoke test.
 - `rollout`: blue/green deploy with smoke tests, used by the deploy component.
+- `limits` (every limit, with docs/serving.md), `guard` (body size and read timeouts), `supervisor` (restarts a
+  dead engine), `ratings` (feedback on served requests only), `engine_http` (Triton on a unix socket).
 
 Locally we run the `tritonserver` binary from the pytriton wheel on a plain model repository rather than
 pytriton's bind-a-function API: the repository (config.pbtxt + Python-backend model.py + HF folder) is then

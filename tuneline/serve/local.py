@@ -1,7 +1,9 @@
 """Local serving: the bundled tritonserver and the auth proxy as detached processes on 127.0.0.1.
 
-State lives in one folder (default `.tuneline/serve/`): `state.json` (servers by slot, the proxy, the
-active slot), `upstream.json` (read by the proxy), `token` (0600), pid files, `logs/`, `repos/<slot>/`.
+State lives in one folder (default `.tuneline/serve/`, mode 0700): `state.json` (servers by slot, the proxy,
+the active slot), `upstream.json` (read by the proxy), `token` (0600), pid files, `logs/` (0600 files),
+`repos/<slot>/`, and `run/`, where each Triton listens on its own unix socket (no TCP port: see
+`engine_http`).
 Processes run in their own sessions, so they keep serving after the command that started them exits.
 
 Run as: a library; `python -m tuneline.serve {deploy,status,stop}` is its command line.
@@ -14,6 +16,8 @@ import fcntl
 import json
 import os
 import re
+import secrets
+import shutil
 import sys
 import time
 import urllib.error
@@ -23,7 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tuneline import settings
-from tuneline.serve import process
+from tuneline.serve import engine_http, process
+from tuneline.serve.auth import private_dir
 from tuneline.serve.env import TritonInstall, ensure_serve_venv
 from tuneline.serve.limits import ProxyLimits
 from tuneline.serve.process import ProcessRef
@@ -51,10 +56,12 @@ class ServerInfo:
     dynamic_batching: bool = True
     startup_s: float = 0.0
     started_at: float = 0.0
+    socket: str = ""  # the unix socket Triton listens on (then http_port is 0); see engine_http
+    restarts: int = 0  # times the proxy's supervisor restarted this server after it died
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"unix:{self.socket}" if self.socket else f"http://127.0.0.1:{self.http_port}"
 
     @property
     def ref(self) -> ProcessRef:
@@ -166,14 +173,6 @@ def _remove_pid(state_dir: Path, name: str) -> None:
         (Path(state_dir) / f"{name}.pid").unlink()
 
 
-def _http_ok(url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def triton_errors(log_path: Path, limit: int = 600) -> str:
     """The error lines of a Triton log (glog `E...` lines and the final `error:`), each cut to `limit`."""
     try:
@@ -194,19 +193,29 @@ def start_triton(
     install: TritonInstall | None = None,
     port: int | None = None,
     timeout: float = 300.0,
+    tcp: bool = False,
+    restarts: int = 0,
+    socket_path: str | None = None,
 ) -> ServerInfo:
-    """Start tritonserver on `repo_dir` and wait until `model_name` is ready. Raises ServeError."""
+    """Start tritonserver on `repo_dir` and wait until `model_name` is ready. Raises ServeError.
+
+    It listens on a unix socket in the 0700 state folder, reachable only by this user (see engine_http);
+    `tcp=True` (a benchmark of Triton alone) listens on 127.0.0.1:`port` instead, open to the whole host.
+    """
     install = install or ensure_serve_venv()
-    state_dir = Path(state_dir).absolute()
+    state_dir = private_dir(Path(state_dir).absolute())
     log_path = state_dir / "logs" / f"triton-{slot}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_path.write_text("")
-    port = port or process.free_port()
+    private_dir(log_path.parent)
+    _private_file(log_path)
+    sock = "" if tcp else (socket_path or str(_socket_path(state_dir, slot)))
+    port = (port or process.free_port()) if tcp else 0
+    if sock:
+        Path(sock).unlink(missing_ok=True)  # a dead server's socket file: bind would fail on it
     cmd = [
         str(install.tritonserver),
         f"--model-repository={Path(repo_dir).absolute()}",
         f"--backend-directory={install.backend_dir}",
-        "--http-address=127.0.0.1",
+        f"--http-address={'unix:' + sock if sock else '127.0.0.1'}",
         f"--http-port={port}",
         "--allow-grpc=false",
         "--allow-metrics=false",
@@ -227,13 +236,15 @@ def start_triton(
         log_path=str(log_path),
         dynamic_batching="dynamic_batching" in (Path(repo_dir) / model_name / "config.pbtxt").read_text(),
         started_at=time.time(),
+        socket=sock,
+        restarts=restarts,
     )
     _write_pid(state_dir, f"triton-{slot}", ref)
     # The streaming twin, where the repository has one, must be ready too (Triton loads both at once).
     names = [model_name] + ([stream_model_name(model_name)] if (Path(repo_dir) / stream_model_name(model_name))
                             .is_dir() else [])
     while True:
-        if all(_http_ok(f"{info.url}/v2/models/{name}/ready") for name in names):
+        if all(engine_http.ok(info.url, f"/v2/models/{name}/ready") for name in names):
             break
         if not process.is_alive(ref):
             _remove_pid(state_dir, f"triton-{slot}")
@@ -251,10 +262,58 @@ def start_triton(
     return info
 
 
-def stop_triton(info: ServerInfo, state_dir: Path) -> bool:
+def restart_triton(info: ServerInfo, state_dir: Path, timeout: float = 300.0) -> ServerInfo:
+    """Start `info`'s server again where it listened before (same socket or port: the route stays valid),
+    after clearing what the dead one left (its Python backend stubs, socket, shared memory)."""
+    stop_triton(info, state_dir, keep_socket_dir=True)
+    return start_triton(Path(info.repo_dir), info.model_name, state_dir=state_dir, slot=info.slot,
+                        port=info.http_port or None, tcp=not info.socket, restarts=info.restarts + 1,
+                        socket_path=info.socket or None, timeout=timeout)
+
+
+def stop_triton(info: ServerInfo, state_dir: Path, *, keep_socket_dir: bool = False) -> bool:
+    """Stop the server and remove what it leaves behind: its socket, and the Python backend's shared memory
+    regions that no live process maps any more (a killed server never unlinks them)."""
     stopped = process.stop(info.ref)
+    # A leader killed with SIGKILL leaves its stubs; process.stop does not signal a group whose leader is gone.
+    deadline = time.monotonic() + 10
+    while process.kill_group(info.ref) and time.monotonic() < deadline:
+        time.sleep(0.05)
     _remove_pid(state_dir, f"triton-{info.slot}")
+    if info.socket:
+        Path(info.socket).unlink(missing_ok=True)
+        if not keep_socket_dir and Path(info.socket).parent.name.startswith(_SOCKET_TMP_PREFIX):
+            with contextlib.suppress(OSError):
+                Path(info.socket).parent.rmdir()
+    process.sweep_shared_memory(SHM_PREFIX)
     return stopped
+
+
+# The Python backend's shared memory regions (python_backend src/pb_utils: "triton_python_backend_shm_region_").
+SHM_PREFIX = "triton_python_backend_shm_region_"
+_SOCKET_TMP_PREFIX = "tuneline-engine-"
+# sun_path holds 108 bytes; a deep state folder's socket goes to a private temporary folder instead.
+_MAX_SOCKET_PATH = 100
+
+
+def _socket_path(state_dir: Path, slot: str) -> Path:
+    """A fresh socket per server start (a restart by the supervisor keeps its own): the proxy keys its
+    connection pool, counters and cached model parameters by the address, and a new version in a slot must
+    start with none of the previous one's."""
+    name = f"triton-{slot}-{secrets.token_hex(4)}.sock"
+    path = private_dir(state_dir / "run") / name
+    if len(str(path)) <= _MAX_SOCKET_PATH:
+        return path
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=_SOCKET_TMP_PREFIX)) / name  # mkdtemp: 0700
+
+
+def _private_file(path: Path) -> None:
+    """Create `path` empty with mode 0600 (or empty an existing one and make it 0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    os.close(fd)
 
 
 def start_proxy(
@@ -265,15 +324,14 @@ def start_proxy(
     port = port or process.free_port()
     if not process.port_is_free(port):
         raise ServeError(f"proxy port {port} on 127.0.0.1 is already in use")
-    log_path = state_dir / "logs" / "proxy.log"
+    log_path = private_dir(state_dir / "logs") / "proxy.log"
     package_root = Path(__file__).resolve().parents[2]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(package_root), env.get("PYTHONPATH", "")) if p)
     limits = limits or ProxyLimits()
     cmd = [
         sys.executable, "-m", "tuneline.serve.proxy", "--state-dir", str(state_dir), "--port", str(port),
-        "--max-inflight", str(limits.max_inflight), "--max-queue", str(limits.max_queue),
-        "--request-timeout", str(limits.request_timeout_s),
+        "--limits", json.dumps(asdict(limits)),
     ]
     ref = process.start_detached(cmd, log_path=log_path, env=env)
     info = ProxyInfo(
@@ -321,7 +379,13 @@ def stop_all(state_dir: Path | None = None) -> list[int]:
         state = ServeState.load(state_dir)
         for info in list(state.servers.values()):
             stop_triton(info, state_dir)
-            freed.append(info.http_port)
+            if info.http_port:
+                freed.append(info.http_port)
+            # The model repository is a copy (or a merge) of the served model: gigabytes no one uses once
+            # its server is stopped; a deploy writes it afresh.
+            repo = Path(info.repo_dir)
+            if repo.parent == (state_dir / "repos").absolute():
+                shutil.rmtree(repo, ignore_errors=True)
         if state.proxy:
             process.stop(state.proxy.ref)
             _remove_pid(state_dir, "proxy")

@@ -69,7 +69,8 @@ def start_detached(
 ) -> ProcessRef:
     """Start `cmd` in its own session (it survives this process) with output appended to `log_path`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    # 0600: server logs may quote requests; only the serving user reads them.
+    with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
         proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -117,3 +118,62 @@ def log_tail(path: Path, chars: int = 4000) -> str:
             return fh.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
+
+
+def sweep_shared_memory(prefix: str, shm_dir: Path = Path("/dev/shm")) -> list[str]:
+    """Unlink this user's `shm_dir/<prefix>*` files that no live process maps or holds open; returns
+    their names. A process killed with SIGKILL never unlinks its POSIX shared memory; one still alive
+    (another server of this user) keeps its regions."""
+    uid = os.getuid()
+    candidates = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(shm_dir):
+            if entry.name.startswith(prefix):
+                with contextlib.suppress(OSError):
+                    if entry.stat(follow_symlinks=False).st_uid == uid:
+                        candidates[str(Path(shm_dir) / entry.name)] = entry.name
+    if not candidates:
+        return []
+    in_use: set[str] = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for line in (proc / "maps").read_text().splitlines():
+                parts = line.split(maxsplit=5)
+                path = parts[5] if len(parts) == 6 else ""
+                if path.startswith(str(shm_dir)):
+                    in_use.add(path.removesuffix(" (deleted)"))
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith(str(shm_dir)):
+                        in_use.add(target)
+    removed = []
+    for path, name in candidates.items():
+        if path not in in_use:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                removed.append(name)
+    return removed
+
+
+def kill_group(ref: ProcessRef) -> int:
+    """SIGKILL what is left of the process group `ref` led (its leader may be dead: a SIGKILLed Triton leaves
+    its Python backend stubs). A group id is not reused while a member lives; members started before the
+    leader cannot be ours. Returns how many were signalled."""
+    killed = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        pid = int(proc.name)
+        fields = _stat_fields(pid)
+        # stat field 5 is the process group (index 2 after the command), field 22 the start time.
+        if (fields is None or fields[0] in ("Z", "X") or int(fields[2]) != ref.pid
+                or int(fields[19]) < ref.start_ticks):
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+    return killed

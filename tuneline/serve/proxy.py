@@ -19,6 +19,12 @@ less when the client sends `X-Request-Timeout` (or the OpenAI client's `X-Stainl
 what is left of it as the request's queue `timeout`. A client that disconnects cancels its request: its
 queue place or its slot goes to the next one.
 
+Before any of that (`guard`): a body is counted as it is read (4 MiB, 413), request heads and bodies have
+read timeouts, and open connections are capped; every limit is a `ProxyLimits` field, listed with its value
+in docs/serving.md. Triton is reached over its unix socket (`engine_http`); when it dies the proxy's
+`supervisor` starts it again and requests get 503 with `Retry-After` meanwhile. Ratings go through
+`ratings` (only a served request, once, by its token).
+
 Routing (`routing`): `upstream.json` names one server, or two split by weight during a canary. The proxy
 counts requests, errors and latency per version, rolls a failing candidate back (a failed candidate request
 is retried once on the current version, so clients do not see the failure) and promotes a healthy one,
@@ -44,9 +50,12 @@ from pathlib import Path
 from typing import Any
 
 from tuneline import settings
+from tuneline.feedback import token_digest
 from tuneline.serve.admission import Admission, Overloaded, QueueTimeout
 from tuneline.serve.auth import check_bearer, load_token, token_path
-from tuneline.serve.limits import ProxyLimits
+from tuneline.serve.engine_http import UNIX_PREFIX, is_unix
+from tuneline.serve.guard import BodyLimit, RepeatLimit, timed_h11
+from tuneline.serve.limits import ProxyLimits, check_prompts
 from tuneline.serve.openai_api import (
     ApiError,
     Generation,
@@ -57,6 +66,7 @@ from tuneline.serve.openai_api import (
     parse_completion,
     response,
 )
+from tuneline.serve.ratings import FeedbackDesk
 from tuneline.serve.repository import stream_model_name
 from tuneline.serve.routing import (
     UPSTREAM_FILE,
@@ -72,6 +82,7 @@ from tuneline.serve.routing import (
     write_routes,
     write_upstream,
 )
+from tuneline.serve.supervisor import Supervisor
 
 __all__ = [
     "ProxyLimits",
@@ -103,16 +114,16 @@ _HOP_BY_HOP = frozenset(
         "x-tuneline-slot",
     }
 )
-_MAX_BODY = 64 * 1024 * 1024
 _JSON = "application/json"
+ENGINE_RETRY_AFTER_S = 5  # what a client is told while the engine restarts (the tiny model: ~10-20 s)
 
 
 class _Failed(Exception):
     """The upstream failed (connection, 5xx or deadline); `status` is what the client gets."""
 
-    def __init__(self, status: int, message: str, body: bytes | None = None) -> None:
+    def __init__(self, status: int, message: str, body: bytes | None = None, retry_after: int | None = None) -> None:
         super().__init__(message)
-        self.status, self.body = status, body
+        self.status, self.body, self.retry_after = status, body, retry_after
 
 
 class _RoutesWatcher:
@@ -149,9 +160,16 @@ class Proxy:
         self.stats: dict[str, VersionStats] = {}
         self.started = time.time()
         self.session = None  # aiohttp.ClientSession, made on startup (it needs the running loop)
+        self._unix_sessions: dict[str, Any] = {}  # one per engine socket (a connector serves one path)
         self._model_params: dict[tuple[str, str], dict[str, str]] = {}
         self._loggers: dict[str, Any] = {}
         self._judging = asyncio.Lock()
+        self.supervisor = Supervisor(self.state_dir)
+        self.desk = FeedbackDesk()
+        # Clients that left before their answer: counted (in /v1/stats), never written to the request log.
+        self.client_gone = {"before_answer": 0, "mid_stream": 0}
+        self.by = token_digest(token)  # who made a logged request: the endpoint has one token
+        self._supervising: asyncio.Task | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -163,10 +181,29 @@ class Proxy:
         self.session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, skip_auto_headers=("Accept-Encoding",)
         )
+        self._supervising = asyncio.ensure_future(self.supervisor.run())
 
     async def shutdown(self) -> None:
+        if self._supervising is not None:
+            self._supervising.cancel()
         if self.session is not None:
             await self.session.close()
+        for session in self._unix_sessions.values():
+            await session.close()
+
+    def _endpoint(self, backend: Upstream) -> tuple[Any, str]:
+        """The session and base URL that reach `backend` (a unix socket, or TCP for a remote/benchmark one)."""
+        import aiohttp
+
+        if not is_unix(backend.url):
+            return self.session, backend.url
+        path = backend.url[len(UNIX_PREFIX):]
+        if path not in self._unix_sessions:
+            connector = aiohttp.UnixConnector(path=path, limit=self.limits.max_inflight + 16, keepalive_timeout=60)
+            self._unix_sessions[path] = aiohttp.ClientSession(
+                connector=connector, auto_decompress=False, skip_auto_headers=("Accept-Encoding",)
+            )
+        return self._unix_sessions[path], "http://engine"
 
     # --- upstream -------------------------------------------------------------------------------------
     async def _call(
@@ -174,19 +211,20 @@ class Proxy:
     ) -> tuple[int, dict[str, str], bytes]:
         import aiohttp
 
+        session, base = self._endpoint(backend)
         try:
-            async with self.session.request(
+            async with session.request(
                 method,
-                backend.url + path,
+                base + path,
                 data=body if method not in ("GET", "HEAD") else None,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=max(0.001, timeout_s)),
             ) as resp:
                 return resp.status, dict(resp.headers), await resp.read()
         except TimeoutError:
-            raise _Failed(504, f"upstream {backend.slot or backend.url} did not answer within the deadline") from None
+            raise _Failed(504, f"the model server{_slot(backend)} did not answer within the deadline") from None
         except aiohttp.ClientError as exc:
-            raise _Failed(502, f"upstream {backend.url} unavailable: {exc}") from None
+            raise _unavailable(backend, exc) from None
 
     async def open_stream(self, backend: Upstream, payload: bytes, timeout_s: float):
         """POST to the streaming twin's generate_stream; returns the open response (its body: server-sent events).
@@ -196,14 +234,15 @@ class Proxy:
         """
         import aiohttp
 
-        url = f"{backend.url}/v2/models/{stream_model_name(backend.model)}/generate_stream"
+        session, base = self._endpoint(backend)
+        url = f"{base}/v2/models/{stream_model_name(backend.model)}/generate_stream"
         try:
-            resp = await self.session.post(url, data=payload, headers={"Content-Type": _JSON},
-                                           timeout=aiohttp.ClientTimeout(total=max(0.001, timeout_s)))
+            resp = await session.post(url, data=payload, headers={"Content-Type": _JSON},
+                                      timeout=aiohttp.ClientTimeout(total=max(0.001, timeout_s)))
         except TimeoutError:
-            raise _Failed(504, f"upstream {backend.slot or backend.url} did not answer within the deadline") from None
+            raise _Failed(504, f"the model server{_slot(backend)} did not answer within the deadline") from None
         except aiohttp.ClientError as exc:
-            raise _Failed(502, f"upstream {backend.url} unavailable: {exc}") from None
+            raise _unavailable(backend, exc) from None
         if resp.status == 200:
             return resp
         data = await resp.read()
@@ -221,7 +260,7 @@ class Proxy:
                 backend, "GET", f"/v2/models/{backend.model}/config", None, {}, 30.0
             )
             if status != 200:
-                raise _Failed(502, f"upstream {backend.url}: model config answered {status}", data)
+                raise _Failed(502, f"the model server{_slot(backend)}: model config answered {status}", data)
             params = json.loads(data).get("parameters", {})
             self._model_params[key] = {k: v.get("string_value", "") for k, v in params.items()}
         return self._model_params[key]
@@ -237,18 +276,21 @@ class Proxy:
         deadline: float,
         *,
         hold: contextlib.AsyncExitStack | None = None,
+        slots: int = 1,
     ) -> Any:
         """Admit the request, pick a version, run `call(backend, seconds_left)`; count it for the canary.
 
-        With `hold`, the admission slot is not released on return but handed to that stack: a streamed
-        answer keeps its slot until its last chunk is sent (or its client leaves) and the stack is closed.
+        With `hold`, the admission slots are not released on return but handed to that stack: a streamed
+        answer keeps them until its last chunk is sent (or its client leaves) and the stack is closed.
+        `slots`: one per upstream stream the request opens, so that a request holds what it uses.
         """
         routes = self.routes.get()
         if routes is None:
             raise _Failed(503, "no model is deployed behind this proxy")
         try:
             async with contextlib.AsyncExitStack() as stack:
-                await stack.enter_async_context(self.admission.slot(deadline - time.monotonic()))
+                for _ in range(slots):
+                    await stack.enter_async_context(self.admission.slot(deadline - time.monotonic()))
                 result = await self._admitted(request, routes, call, deadline)
                 if hold is not None:
                     hold.push_async_exit(stack.pop_all())
@@ -333,6 +375,37 @@ class Proxy:
         return self._loggers[path]
 
 
+def _log_health(logger) -> dict | None:
+    if logger is None:
+        return None
+    return {"pending": logger.pending, "write_errors": logger.write_errors, "dropped": logger.dropped,
+            "last_error": logger.last_error}
+
+
+def _slot(backend: Upstream) -> str:
+    return f" ({backend.slot})" if backend.slot else ""
+
+
+_UNAVAILABLE_LOGGED: dict[str, float] = {}
+
+
+def _unavailable(backend: Upstream, exc: Exception) -> _Failed:
+    """The engine cannot be reached: the client learns that, not where it listens (a clean error class only).
+    Connection refused or gone means the engine is down; the supervisor restarts it, so the client is told
+    to retry (503 + Retry-After) rather than given a 502."""
+    import aiohttp
+
+    down = isinstance(exc, aiohttp.ClientOSError | aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError)
+    status = 503 if down else 502
+    now = time.monotonic()
+    if now - _UNAVAILABLE_LOGGED.get(backend.url, -60.0) >= 10:  # an outage is one log line per 10 s
+        _UNAVAILABLE_LOGGED[backend.url] = now
+        print(f"upstream {backend.url} unavailable: {exc}", file=sys.stderr, flush=True)  # the log is 0600
+    return _Failed(status, f"the model server{_slot(backend)} is unavailable ({type(exc).__name__})"
+                   + ("; it is being restarted, retry shortly" if down else ""),
+                   retry_after=ENGINE_RETRY_AFTER_S if down else None)
+
+
 def _reconcile(state_dir: Path) -> None:
     from tuneline.serve.local import reconcile
 
@@ -370,37 +443,54 @@ def _error(status: int, message: str, *, openai: bool = False, retry_after: int 
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _infer_payload(gen: Generation, params: dict[str, str], timeout_s: float) -> bytes:
+def _batch_payload(gen: Generation, params: dict[str, str], timeout_s: float) -> bytes:
+    """A generate_stream request for all of `gen`'s rows at once: the extension maps each top-level list to
+    a batched input, so it carries the same inputs as a streamed request and batches with them;
+    `parameters.timeout` is Triton's queue deadline in microseconds. It streams although the client gets
+    one answer: Triton notices a closed connection only when it writes to it, so an answer written at the
+    end would be generated in full for a client long gone; pieces written as they come stop within a few
+    tokens of the proxy closing the connection."""
     n = len(gen.texts)
-    max_tokens = _budget(gen, params)
-
-    def column(name: str, datatype: str, value: Any) -> dict:
-        return {"name": name, "shape": [n, 1], "datatype": datatype, "data": value if isinstance(value, list)
-                else [value] * n}
-
-    # Every request sends the same inputs: Triton batches only requests with the same set of inputs.
-    inputs = [
-        column("text_input", "BYTES", gen.texts),
-        column("max_new_tokens", "INT32", max_tokens),
-        column("prompt_format", "BYTES", gen.prompt_format),
-        column("temperature", "FP32", gen.temperature),
-        column("top_p", "FP32", gen.top_p),
-        column("stop", "BYTES", json.dumps(gen.stop)),
-        column("stream", "BOOL", False),
-    ]
-    # Triton's queue policy rejects a request still queued after `timeout` microseconds.
-    return json.dumps({"inputs": inputs, "parameters": {"timeout": int(timeout_s * 1e6)}}).encode()
+    return json.dumps({
+        "text_input": list(gen.texts),
+        "max_new_tokens": [_budget(gen, params)] * n,
+        "prompt_format": [gen.prompt_format] * n,
+        "temperature": [gen.temperature] * n,
+        "top_p": [gen.top_p] * n,
+        "stop": [json.dumps(gen.stop)] * n,
+        "stream": [True] * n,
+        "parameters": {"timeout": int(timeout_s * 1e6)},
+    }).encode()
 
 
-def _parse_result(data: bytes) -> Result:
-    outputs = {o["name"]: o["data"] for o in json.loads(data)["outputs"]}
-    n = len(outputs["text_output"])
-    return Result(
-        texts=[str(t) for t in outputs["text_output"]],
-        prompt_tokens=[int(v) for v in outputs.get("prompt_tokens", [0] * n)],
-        completion_tokens=[int(v) for v in outputs.get("completion_tokens", [0] * n)],
-        finish_reasons=[str(v) for v in outputs.get("finish_reason", ["length"] * n)],
-    )
+def _parse_events(data: bytes, n: int) -> Result:
+    """The whole answer of a batched generate_stream call: each event holds every row's new piece, the last
+    one the finish reasons and token counts. An error event is an upstream failure."""
+    texts, finish = [""] * n, [""] * n
+    prompt_tokens, completion_tokens = [0] * n, [0] * n
+    events = 0
+    for line in data.splitlines():
+        if not line.startswith(b"data:"):
+            continue
+        event = json.loads(line[5:])
+        if "error" in event:
+            raise _Failed(502, f"generation failed: {event['error']}")
+        events += 1
+        columns = {k: v if isinstance(v, list) else [v] for k, v in event.items()}
+        for i, piece in enumerate(columns.get("text_output", [])[:n]):
+            texts[i] += str(piece)
+        for i, value in enumerate(columns.get("finish_reason", [])[:n]):
+            finish[i] = str(value) or finish[i]
+        for i, value in enumerate(columns.get("prompt_tokens", [])[:n]):
+            prompt_tokens[i] = int(value)
+        for i, value in enumerate(columns.get("completion_tokens", [])[:n]):
+            completion_tokens[i] = int(value)
+    if not events or not all(finish):
+        # The engine went away mid-answer (its last event carries every row's finish reason): never hand a
+        # cut-short text to the client as if it were the answer.
+        raise _Failed(503, "the model server stopped before the answer was complete; retry shortly",
+                      retry_after=ENGINE_RETRY_AFTER_S)
+    return Result(texts, prompt_tokens, completion_tokens, finish)
 
 
 def _upstream_message(data: bytes) -> str:
@@ -493,25 +583,26 @@ def build_app(proxy: Proxy):
     from starlette.routing import Route
 
     async def read_body(request: Request) -> bytes:
-        length = request.headers.get("content-length")
-        if length and int(length) > _MAX_BODY:
-            raise ApiError(f"request body over {_MAX_BODY} bytes", status=413)
-        return await request.body()
+        return await request.body()  # bounded while it is read: guard.BodyLimit wraps the app
 
     async def generate(request: Request, gen: Generation) -> tuple[Result, Upstream]:
         deadline = _deadline(request, proxy.limits)
 
         async def call(backend: Upstream, left: float) -> tuple[Result, Upstream]:
-            payload = _infer_payload(gen, await proxy.params(backend), left)
-            status, _, data = await proxy._call(
-                backend, "POST", f"/v2/models/{backend.model}/infer", payload, {"Content-Type": _JSON}, left
-            )
-            if status == 400:
-                message = json.loads(data).get("error", data.decode(errors="replace"))
-                raise ApiError(message)
-            if status != 200:
-                raise _Failed(502 if status < 500 else status, f"upstream answered {status}: {data[:500]!r}", data)
-            return _parse_result(data), backend
+            # The decoupled twin, not /infer: Triton cancels a generate_stream request when its connection
+            # closes, and closing it is what happens when this task is cancelled (the client left); an HTTP
+            # /infer request runs to its end whoever waits for it. All rows go as one batched request.
+            resp = await proxy.open_stream(backend, _batch_payload(gen, await proxy.params(backend), left), left)
+            try:
+                import aiohttp
+
+                try:
+                    data = await resp.read()
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    raise _unavailable(backend, exc) from None
+            finally:
+                resp.close()
+            return _parse_events(data, len(gen.texts)), backend
 
         return await _until_disconnect(request, proxy.routed(request, call, deadline))
 
@@ -520,9 +611,11 @@ def build_app(proxy: Proxy):
         if logger is None:
             return []
         latency = round((time.monotonic() - started) * 1000, 1)
-        return [
-            logger.log(p, t, model=backend.model, latency_ms=latency) for p, t in zip(prompts, texts, strict=True)
-        ]
+        ids = [logger.log(p, t, model=backend.model, latency_ms=latency, by=proxy.by)
+               for p, t in zip(prompts, texts, strict=True)]
+        for request_id in ids:
+            proxy.desk.served(logger, request_id, proxy.by)
+        return ids
 
     def guarded(handler, *, openai: bool = False):
         """Map failures to status codes: ApiError 4xx, overload 429/503 + Retry-After, upstream 502/504."""
@@ -533,9 +626,11 @@ def build_app(proxy: Proxy):
             except ApiError as exc:
                 return JSONResponse(exc.body() if openai else {"error": str(exc)}, status_code=exc.status)
             except _Failed as exc:
-                retry = proxy.admission.retry_after_s() if exc.status in (429, 503) else None
+                retry = exc.retry_after or (proxy.admission.retry_after_s() if exc.status in (429, 503) else None)
                 return _error(exc.status, str(exc), openai=openai, retry_after=retry)
             except _ClientGone:
+                # Counted, not logged: a line per departure would let clients grow the log at will.
+                proxy.client_gone["before_answer"] += 1
                 return Response(status_code=499)  # nobody reads it: the connection is gone
 
         return endpoint
@@ -543,6 +638,7 @@ def build_app(proxy: Proxy):
     async def chat_or_completion(request: Request, parse) -> Response:
         started = time.monotonic()
         gen = parse(await read_body(request))
+        check_prompts(proxy.limits, len(gen.texts), gen.stream, "prompt" if gen.kind == "completion" else "messages")
         routes = proxy.routes.get()
         if routes is not None and gen.model and gen.model != routes.model:
             raise ApiError(f"model {gen.model!r} is not served here; this endpoint serves {routes.model!r}",
@@ -558,7 +654,14 @@ def build_app(proxy: Proxy):
         the client gone (a failed send or its disconnect message), or the server shutting down."""
 
         def __init__(self, content, hold: contextlib.AsyncExitStack) -> None:
-            super().__init__(content, media_type="text/event-stream",
+            self.finished = False
+
+            async def tracked():
+                async for chunk in content:
+                    yield chunk
+                self.finished = True
+
+            super().__init__(tracked(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
             self.hold = hold
 
@@ -566,11 +669,13 @@ def build_app(proxy: Proxy):
             try:
                 await super().__call__(scope, receive, send)
             finally:
+                if not self.finished:
+                    proxy.client_gone["mid_stream"] += 1
                 await self.hold.aclose()
 
     async def streamed(request: Request, gen: Generation, routes: Routes | None, started: float) -> Response:
-        """Relay the model's pieces as OpenAI chunks as they arrive: one generate_stream call per prompt, opened
-        under one admission slot that the stream holds until its end."""
+        """Relay the model's pieces as OpenAI chunks as they arrive: one generate_stream call per prompt, each
+        under its own admission slot, held until the stream ends."""
         deadline = _deadline(request, proxy.limits)
         hold = contextlib.AsyncExitStack()
 
@@ -588,7 +693,8 @@ def build_app(proxy: Proxy):
             return backend, opened
 
         try:
-            backend, streams = await _until_disconnect(request, proxy.routed(request, call, deadline, hold=hold))
+            backend, streams = await _until_disconnect(
+                request, proxy.routed(request, call, deadline, hold=hold, slots=len(gen.texts)))
         except BaseException:
             await hold.aclose()
             raise
@@ -658,6 +764,7 @@ def build_app(proxy: Proxy):
         prompts = [prompt] if single else prompt
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise ApiError("field 'prompt' must be a string or a non-empty list of strings")
+        check_prompts(proxy.limits, len(prompts), False, "prompt")
         limit = req.get("max_new_tokens")
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
             raise ApiError("field 'max_new_tokens' must be a positive integer")
@@ -673,31 +780,22 @@ def build_app(proxy: Proxy):
         return JSONResponse(reply)
 
     async def feedback(request: Request) -> Response:
-        from tuneline.feedback import FeedbackError, RatingStore
-
         body = await read_body(request)
         logger = proxy.logger(proxy.routes.get())
         if logger is None:
             raise ApiError("feedback is off: this deployment logs no requests (deploy with a request log, or "
                            "start the proxy with TUNELINE_REQUEST_LOG set)", status=404)
-        try:
-            req = json.loads(body or b"{}")
-            if not isinstance(req, dict):
-                raise FeedbackError("the body must be a JSON object")
-            RatingStore(logger.path.with_name("ratings.jsonl")).rate(
-                str(req.get("request_id", "")), req.get("rating"), str(req.get("comment", ""))
-            )
-        except json.JSONDecodeError as exc:
-            raise ApiError(f"body line {exc.lineno}: invalid JSON: {exc.msg}") from None
-        except FeedbackError as exc:
-            raise ApiError(str(exc)) from None
-        return JSONResponse({"rated": req["request_id"], "rating": req["rating"]})
+        rated = await asyncio.get_running_loop().run_in_executor(None, proxy.desk.rate, logger, body, proxy.by)
+        return JSONResponse(rated)
 
     async def stats(request: Request) -> Response:
         routes = proxy.routes.get()
         return JSONResponse(
             {
                 "admission": proxy.admission.to_dict(),
+                "restarts": proxy.supervisor.restarts,
+                "client_gone": proxy.client_gone,
+                "request_log": _log_health(proxy.logger(routes)),
                 "routes": routes.to_dict() if routes else None,
                 "versions": {url: s.to_dict() for url, s in proxy.stats.items()},
                 "canary": read_canary(proxy.state_dir),
@@ -749,7 +847,7 @@ def build_app(proxy: Proxy):
         await proxy.shutdown()
 
     app = Starlette(routes=routes, lifespan=lifespan)
-    return _Auth(app, proxy.token)
+    return BodyLimit(_Auth(app, proxy.token), proxy.limits.max_body_bytes)
 
 
 class _Auth:
@@ -771,25 +869,53 @@ class _Auth:
 
 
 def uvicorn_config(app, limits: ProxyLimits, *, host: str = "127.0.0.1", port: int = 8000):
+    import logging
+
     import uvicorn
 
-    return uvicorn.Config(
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
         backlog=limits.backlog,
         timeout_keep_alive=limits.keep_alive_s,
+        http=timed_h11(limits),
+        limit_concurrency=limits.max_connections,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
         timeout_graceful_shutdown=10,
         access_log=False,  # one log line per request would cost more than forwarding it
         log_level="warning",
         lifespan="on",
     )
+    # After Config: it (re)configures uvicorn's loggers when it is made.
+    limiter = RepeatLimit()
+    for name in ("uvicorn.error", "uvicorn"):
+        if not any(isinstance(f, RepeatLimit) for f in logging.getLogger(name).filters):
+            logging.getLogger(name).addFilter(limiter)
+    return config
+
+
+def _enough_descriptors(limits: ProxyLimits) -> None:
+    """Open connections must run into `max_connections` (503) before the descriptor limit: past that,
+    accept fails and uvicorn only logs. Raise the soft limit to what is needed (within the hard one)."""
+    import resource
+
+    needed = limits.max_connections + 2 * (limits.max_inflight + 16) + 256  # clients, upstream, files
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < needed:
+            print(f"warning: open files limited to {target}, below the {needed} that max_connections="
+                  f"{limits.max_connections} needs; lower max_connections or raise the hard limit",
+                  file=sys.stderr, flush=True)
 
 
 def serve(state_dir: Path, port: int, host: str = "127.0.0.1", limits: ProxyLimits | None = None) -> None:
     import uvicorn
 
     limits = limits or ProxyLimits()
+    _enough_descriptors(limits)
     token = load_token(token_path(state_dir))
     app = build_app(Proxy(Path(state_dir), token, limits))
     print(f"proxy listening on http://{host}:{port} ({limits})", file=sys.stderr, flush=True)
@@ -810,9 +936,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="requests waiting beyond those; past it 429 (default %(default)s)")
     parser.add_argument("--request-timeout", type=float, default=defaults.request_timeout_s,
                         help="seconds a request may take, queue included (default %(default)s)")
+    parser.add_argument("--limits", default=None, metavar="JSON",
+                        help="any ProxyLimits fields as a JSON object (tuneline.serve.limits); these win")
     args = parser.parse_args(argv)
-    limits = ProxyLimits(max_inflight=args.max_inflight, max_queue=args.max_queue,
-                         request_timeout_s=args.request_timeout)
+    fields = {"max_inflight": args.max_inflight, "max_queue": args.max_queue,
+              "request_timeout_s": args.request_timeout}
+    if args.limits:
+        try:
+            fields.update(json.loads(args.limits))
+            limits = ProxyLimits(**fields)
+        except (json.JSONDecodeError, TypeError, ValueError) as exc:
+            parser.error(f"--limits: {exc}")
+    else:
+        limits = ProxyLimits(**fields)
     serve(args.state_dir or settings.serve_state_dir(), args.port, args.host, limits)
     return 0
 

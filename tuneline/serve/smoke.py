@@ -73,11 +73,16 @@ def smoke_test(
     timeout_s: float = 120.0,
     headers: dict[str, str] | None = None,
 ) -> SmokeResult:
-    """Run the smoke checks against `url` (host:port or http://host:port). Never raises for a failed check.
+    """Run the smoke checks against `url` (host:port, http://host:port, or unix:/path of a local Triton).
+    Never raises for a failed check.
 
     `check(outputs)` returns None when the outputs are acceptable, else a reason. `headers` go with every
     call (the proxy's `X-Tuneline-Slot` pins them to one version).
     """
+    from tuneline.serve import engine_http
+
+    if engine_http.is_unix(url):  # tritonclient speaks TCP only: the same checks over plain v2 JSON
+        return _smoke_plain(url, model_name, prompts, max_new_tokens, check, timeout_s)
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
@@ -115,6 +120,71 @@ def smoke_test(
         return result
     finally:
         client.close()
+
+
+def _smoke_plain(url: str, model_name: str, prompts: Sequence[str], max_new_tokens: int,
+                 check: Callable[[list[str]], str | None] | None, timeout_s: float) -> SmokeResult:
+    import json
+
+    from tuneline.serve import engine_http
+
+    result = SmokeResult(ok=False, url=url, model_name=model_name)
+
+    def get(path: str) -> tuple[int, bytes]:
+        return engine_http.request(url, "GET", path, timeout=timeout_s)
+
+    try:
+        if get("/v2/health/live")[0] != 200 or get("/v2/health/ready")[0] != 200:
+            result.error = "server not live/ready"
+            return result
+        if get(f"/v2/models/{model_name}/ready")[0] != 200:
+            result.error = f"model {model_name} not ready"
+            return result
+        status, data = get(f"/v2/models/{model_name}")
+        meta = json.loads(data) if status == 200 else {}
+        if "text_input" not in {t["name"] for t in meta.get("inputs", [])} or "text_output" not in {
+                t["name"] for t in meta.get("outputs", [])}:
+            result.error = f"model metadata lacks text_input/text_output: {meta}"
+            return result
+        n = len(prompts)
+        body = json.dumps({"inputs": [
+            {"name": "text_input", "shape": [n, 1], "datatype": "BYTES", "data": list(prompts)},
+            {"name": "max_new_tokens", "shape": [n, 1], "datatype": "INT32", "data": [max_new_tokens] * n},
+        ], "outputs": [{"name": "text_output"}]}).encode()
+        started = time.monotonic()
+        status, data = engine_http.request(url, "POST", f"/v2/models/{model_name}/infer", body,
+                                           {"Content-Type": "application/json"}, timeout=timeout_s)
+        result.latency_s = round(time.monotonic() - started, 4)
+        if status != 200:
+            result.error = f"infer answered {status}: {data[:500]!r}"
+            return result
+        outputs = next(o["data"] for o in json.loads(data)["outputs"] if o["name"] == "text_output")
+        result.outputs = [str(o) for o in outputs]
+        if len(result.outputs) != n:
+            result.error = f"expected {n} outputs, got {len(result.outputs)}"
+            return result
+        reason = check(result.outputs) if check else None
+        if reason:
+            result.error = f"output check failed: {reason}"
+            return result
+        # The streaming twin answers the OpenAI and /v1/generate routes: it must work too, and its first
+        # request (a cold model instance) belongs here, not to the first client or a canary's latency.
+        from tuneline.serve.repository import stream_model_name
+
+        twin = stream_model_name(model_name)
+        if get(f"/v2/models/{twin}/ready")[0] == 200:
+            body = json.dumps({"text_input": list(prompts), "max_new_tokens": [max_new_tokens] * n,
+                               "stream": [True] * n}).encode()
+            status, data = engine_http.request(url, "POST", f"/v2/models/{twin}/generate_stream", body,
+                                               {"Content-Type": "application/json"}, timeout=timeout_s)
+            if status != 200 or b"data:" not in data or b'"error"' in data:
+                result.error = f"{twin} generate_stream answered {status}: {data[:500]!r}"
+                return result
+        result.ok = True
+        return result
+    except (OSError, ValueError, KeyError, StopIteration) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+        return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,6 +99,9 @@ class TritonPythonModel:
         # An empty prompt still needs one position to condition on.
         self.start_id = next(i for i in (tok.bos_token_id, tok.eos_token_id, self.pad_id) if i is not None)
         self.eos_id = tok.eos_token_id
+        # Prompt and new tokens must fit the positions the model was built for: past them a model either fails
+        # or degrades, after having spent the whole prompt's compute. Checked before generation.
+        self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or None
         serving_path = os.path.join(version_dir, "serving.json")
         serving = json.load(open(serving_path)) if os.path.isfile(serving_path) else {}
         # A tuned instruct model only answers well inside the chat format it was trained on.
@@ -171,6 +174,9 @@ class TritonPythonModel:
                 raise ValueError("stop must be a JSON list of non-empty strings")
             sampling = (round(temp, 4), round(top_p, 4)) if temp > 0 else None
             ids = self._encode(text, fmt or "chat")
+            if self.context is not None and len(ids) + limit > self.context:
+                raise ValueError(f"the prompt is {len(ids)} tokens; with max_new_tokens {limit} it exceeds this "
+                                 f"model's context of {self.context} tokens")
             rows.append({"ids": ids, "limit": limit, "sampling": sampling, "stop": stop_list, "stream": stream})
         return rows
 
