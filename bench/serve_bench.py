@@ -325,7 +325,8 @@ def serve_runs(args: argparse.Namespace, work: Path, repo: Path, spec, install, 
     (repo / spec.model_name / "config.pbtxt").write_text(render_config(spec))
     (repo / stream_model_name(spec.model_name) / "config.pbtxt").write_text(render_config(spec, decoupled=True))
     state = work / f"state-{spec.instance_count}x{spec.torch_threads}-{spec.max_queue_delay_us}"
-    server = start_triton(repo, spec.model_name, state_dir=state, slot="bench", install=install)
+    # tritonclient speaks TCP; the served endpoint reaches its engine over a unix socket instead.
+    server = start_triton(repo, spec.model_name, state_dir=state, slot="bench", install=install, tcp=True)
     print(f"tritonserver ready in {server.startup_s:.1f}s ({_label(spec)})", file=sys.stderr)
     token = ensure_token(state, announce=False)
     proxy = start_proxy(state, limits=ProxyLimits())

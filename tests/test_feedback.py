@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -161,6 +163,14 @@ def test_export_trains_only_on_the_servers_own_answers_and_says_what_it_dropped(
                               "rated by another token than the one that made the request": 1}
     for path in (tmp_path / "requests.jsonl", tmp_path / "ratings.jsonl"):
         assert path.stat().st_mode & 0o777 == 0o600
+    # The CLI says the same, so a user sees why records are missing from the export.
+    cli = subprocess.run([sys.executable, "-m", "tuneline", "feedback", "export", "--log",
+                          str(tmp_path / "requests.jsonl"), "--ratings", str(tmp_path / "ratings.jsonl"),
+                          "--out", str(tmp_path / "cli.jsonl"), "--system", "Triage tickets."],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert "dropped: client-written assistant turns in the conversation 1, rated by another token than the one " \
+           "that made the request 1" in cli.stdout
 
 
 @pytest.mark.parametrize(

@@ -230,6 +230,8 @@ def cmd_feedback_export(args: argparse.Namespace) -> int:
         f"{result.logged} logged "
         f"requests, {result.rated} rated, {result.unmatched_ratings} high ratings no longer in the log)"
     )
+    if result.dropped:
+        print("dropped: " + ", ".join(f"{reason} {count}" for reason, count in sorted(result.dropped.items())))
     return 0
 
 
