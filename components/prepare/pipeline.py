@@ -38,9 +38,13 @@ from tuneline.data.quality import QualityRules
 from tuneline.data.records import DUPLICATE_REASONS, Budget, Reason, RecordError, decode_line, load_json
 from tuneline.data.sources import Dataset, Item, SourceFile, raw_text
 from tuneline.data.split import SPLITS, SplitRatios, assign_split
+from tuneline.runner.step_progress import report as report_progress
 
 LENGTH_BINS = (0, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 NEAR_DUP_THRESHOLD = 0.85  # measured by bench/neardup_bench.py
+# The runner draws the newest progress line; one every half second is live enough and costs nothing measurable
+# (a clock read per batch of 512 records, one short file append per half second).
+PROGRESS_EVERY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,18 @@ class _Run:
         self.near = NearDeduper(self.signer, cfg.near_dup_threshold) if cfg.near_dup else None
         self.writers = {name: HashingWriter(path / "data.jsonl") for name, path in cfg.outputs().items()}
         self.quarantine = HashingWriter(cfg.report_out / "quarantine.jsonl")
+        self._reported = time.monotonic()
+
+    def report_progress(self, final: bool = False) -> None:
+        """Records read so far and where they went, for the run table (`$TUNELINE_PROGRESS`); the total is
+        known only at the end, since counting the records first would read the input twice."""
+        now = time.monotonic()
+        if not final and now - self._reported < PROGRESS_EVERY_S:
+            return
+        self._reported = now
+        s = self.stats
+        report_progress(s.input_records, s.input_records if final else None, "record", kept=s.kept,
+                        quarantined=s.quarantined, deduplicated=s.deduplicated)
 
     def parser_args(self) -> tuple[Checks, Signer | None]:
         bands = (self.near.bands, self.near.rows) if self.near is not None else (0, 0)
@@ -207,6 +223,7 @@ class _Run:
                     continue
             self.exact.add(parsed.digest, parsed.key)
             self._keep(parsed)
+        self.report_progress()
 
     def close(self) -> dict[str, dict[str, Any]]:
         outputs = {f"{name}/data.jsonl": w.close() for name, w in self.writers.items()}
@@ -301,6 +318,7 @@ def run(cfg: PrepareConfig) -> Result:
     finally:
         outputs = state.close()
     state.stats.check_invariant()
+    state.report_progress(final=True)
     stats = state.stats
     if outputs["report/quarantine.jsonl"]["records"] != stats.quarantined + stats.deduplicated:
         raise RuntimeError("quarantine.jsonl line count differs from quarantined + deduplicated")

@@ -7,6 +7,7 @@ input (`--set prepare.columns=prompt=question,completion=answer`); relative path
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,20 @@ def test_a_base_model_folder_is_relative_to_the_current_folder_and_a_hub_id_says
     offline = user("validate", FINETUNE, "--set", "base_model=example-org/example-model",
                    env={"HF_HUB_OFFLINE": "1"})
     assert offline.returncode == 2 and "HF_HUB_OFFLINE" in offline.stderr
+
+
+def test_prepare_reports_its_counts_in_the_run_table_and_runs_show(user):
+    data = user.folder / "pairs.jsonl"
+    write_jsonl(data, range(30), ("prompt", "completion"))
+    with data.open("a") as fh:
+        fh.write('{"prompt": "broken\n')  # quarantined: invalid JSON
+        fh.write(json.dumps({"prompt": "Spell 5 backwards.", "completion": "5"}) + "\n")  # a duplicate of line 1
+    done = user("run", FINETUNE, "--only", "prepare", "--set", "dataset=pairs.jsonl", "--set", "gate_metric=rouge_l")
+    assert done.returncode == 0, done.stdout + done.stderr
+    counts = "record 32/32  kept 30  quarantined 1  deduplicated 1"
+    assert re.search(rf"^prepare\s+✔ succeeded .*{counts}$", done.stdout, re.M), done.stdout
+    shown = user("runs", "show", "latest")
+    assert re.search(rf"^step prepare: succeeded .*\n    reported: {counts}$", shown.stdout, re.M), shown.stdout
+    card = json.loads(Path(prepared(user)["steps"]["prepare"]["outputs"]["report"]["path"], "data_card.json")
+                      .read_text())
+    assert card["counts"]["kept"] == 30 and card["counts"]["quarantined"] == 1  # the same figures as the card's
