@@ -30,13 +30,13 @@ from typing import Any
 
 from components.prepare.batch import BatchParser, BatchResult, Checks, Parsed, init_worker, parse_in_worker
 from tuneline.data.dedup import ExactDeduper, NearDeduper
-from tuneline.data.formats import SAMPLE, apply_columns, detect_file
+from tuneline.data.formats import SAMPLE, FormatError, apply_columns, detect_file
 from tuneline.data.jsonl import escape_bytes
 from tuneline.data.minhash import Signer
 from tuneline.data.pii import PII_TYPES
 from tuneline.data.quality import QualityRules
 from tuneline.data.records import DUPLICATE_REASONS, Budget, Reason, RecordError, decode_line, load_json
-from tuneline.data.sources import Dataset, Item, SourceFile, raw_text
+from tuneline.data.sources import Dataset, Item, SourceFile, encoding_problem, raw_text
 from tuneline.data.split import SPLITS, SplitRatios, assign_split
 from tuneline.runner.step_progress import report as report_progress
 
@@ -263,7 +263,14 @@ def file_formats(dataset: Dataset, cfg: PrepareConfig) -> dict[int, str]:
             samples.append((dataset.location(item.key), _sample(item, cfg.columns)))
             if len(samples) >= SAMPLE:
                 break
-        formats[f.index] = detect_file(f.name, samples, cfg.columns)
+        try:
+            formats[f.index] = detect_file(f.name, samples, cfg.columns)
+        except FormatError:
+            # Records that are not JSON objects often are not text at all: say that, with the byte offset.
+            problem = encoding_problem(f)
+            if problem:
+                raise FormatError(f"{f.name}: {problem}") from None
+            raise
         f.records = 0
     return formats
 

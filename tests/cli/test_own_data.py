@@ -45,8 +45,12 @@ def test_a_csv_with_other_column_names_is_mapped_with_a_step_input(user):
     write_csv(user.folder / "qa.csv")
     bare = user("run", FINETUNE, "--only", "prepare", "--set", "dataset=qa.csv", "--set", "gate_metric=rouge_l")
     assert bare.returncode == 1  # prepare cannot tell which column is the prompt
-    assert "columns" in bare.stderr and "log: None" not in bare.stderr
-    assert "set one of its inputs with --set prepare.INPUT=VALUE" in bare.stderr  # how to pass what it asks for
+    assert "log: None" not in bare.stderr
+    # prepare's own message names the --set that passes what it asks for, built from the file's columns ...
+    assert "their keys: question, answer" in bare.stderr
+    assert "--set prepare.columns=prompt=question,completion=answer" in bare.stderr
+    assert "--columns" not in bare.stderr  # ... not the program's flag, and no second, generic hint
+    assert "set one of its inputs with --set prepare.INPUT=VALUE" not in bare.stderr
 
     done = user("run", FINETUNE, "--only", "prepare", "--set", "dataset=qa.csv", "--set", "gate_metric=rouge_l",
                 "--set", "prepare.columns=prompt=question,completion=answer")
@@ -128,3 +132,16 @@ def test_prepare_reports_its_counts_in_the_run_table_and_runs_show(user):
     card = json.loads(Path(prepared(user)["steps"]["prepare"]["outputs"]["report"]["path"], "data_card.json")
                       .read_text())
     assert card["counts"]["kept"] == 30 and card["counts"]["quarantined"] == 1  # the same figures as the card's
+
+
+@pytest.mark.parametrize(("name", "content", "reason"), [
+    ("semi.csv", b"question;answer\nWhat is 2+2?;4\n", "semi.csv: looks `;`-separated: its header"),
+    ("latin.jsonl", '{"prompt": "Caf\u00e9?", "completion": "oui"}\n'.encode("latin-1") * 3,
+     "latin.jsonl: is not UTF-8 text: byte 0xe9 at byte offset 15 (line 1"),
+])
+def test_an_unreadable_file_says_why_in_the_run_report(user, name, content, reason):
+    (user.folder / name).write_bytes(content)
+    result = user("run", FINETUNE, "--only", "prepare", "--set", f"dataset={name}", "--set", "gate_metric=rouge_l")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"prepare: {reason}" in result.stderr, result.stderr
+    assert "cannot tell the record format" not in result.stderr

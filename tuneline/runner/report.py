@@ -67,7 +67,9 @@ def print_report(record: rec.RunRecord, out: TextIO | None = None) -> None:
             print(f"\nstep '{step.name}' {step.status}: {step.reason}{log}", file=sys.stderr)
             if step.log and Path(step.log).is_file():
                 print(f"  (all of it: tuneline logs {record.run_id} {step.name})", file=sys.stderr)
-            if step.exit_code == 2:  # a usage or data error: the fix is usually one of the step's inputs
+            # A usage or data error: the fix is usually one of the step's inputs, unless the step's own message
+            # (shown above) already names the --set that fixes it.
+            if step.exit_code == 2 and f"--set {step.name}." not in log_tail(step.log):
                 print(f"  set one of its inputs with --set {step.name}.INPUT=VALUE (the program's --flag-name is "
                       f"input flag_name; `tuneline components {step.component}` lists them)", file=sys.stderr)
 
