@@ -135,7 +135,7 @@ def test_prepare_reports_its_counts_in_the_run_table_and_runs_show(user):
 
 
 @pytest.mark.parametrize(("name", "content", "reason"), [
-    ("semi.csv", b"question;answer\nWhat is 2+2?;4\n", "semi.csv: looks `;`-separated: its header"),
+    ("semi.csv", b"question;answer\nWhat is 2+2?;4\n", "semi.csv: looks ';'-separated: its header"),
     ("latin.jsonl", '{"prompt": "Caf\u00e9?", "completion": "oui"}\n'.encode("latin-1") * 3,
      "latin.jsonl: is not UTF-8 text: byte 0xe9 at byte offset 15 (line 1"),
 ])

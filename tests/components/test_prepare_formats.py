@@ -152,7 +152,7 @@ def test_an_unknown_shape_names_the_keys_and_a_mapping_from_them(tmp_path, capsy
 
 
 @pytest.mark.parametrize(("name", "content", "reason"), [
-    ("semi.csv", b"question;answer\nWhat is 2+2?;4\n", "looks `;`-separated: its header 'question;answer' is one "
+    ("semi.csv", b"question;answer\nWhat is 2+2?;4\n", "looks ';'-separated: its header 'question;answer' is one "
      "column when read as comma-separated (.csv), 2 columns (question, answer) when split at ';'"),
     ("tabs.csv", b"question\tanswer\nWhat is 2+2?\t4\n", "looks tab-separated"),
     ("latin.jsonl", '{"prompt": "Café?", "completion": "oui"}\n'.encode("latin-1") * 3,

@@ -49,7 +49,7 @@ _JSON_CHUNK = 1 << 20
 _HEAD_BYTES = 1 << 20  # how much of a file `encoding_problem` and the delimiter check look at
 _BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"),
          (codecs.BOM_UTF16_BE, "UTF-16"))
-_DELIMITER_NAMES = {";": "`;`", "\t": "tab", "|": "`|`", ",": "comma"}
+_DELIMITER_NAMES = {";": "';'", "\t": "tab", "|": "'|'", ",": "comma"}
 
 
 class SourceError(ValueError):
