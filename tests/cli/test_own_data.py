@@ -145,3 +145,12 @@ def test_an_unreadable_file_says_why_in_the_run_report(user, name, content, reas
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"prepare: {reason}" in result.stderr, result.stderr
     assert "cannot tell the record format" not in result.stderr
+    assert "--set prepare.INPUT" not in result.stderr  # the file is the fix, not an input: one message, no hint
+
+
+def test_a_step_message_naming_its_own_flag_gets_the_set_that_passes_it(user):
+    write_jsonl(user.folder / "pairs.jsonl", range(5), ("prompt", "completion"))
+    result = user("run", FINETUNE, "--only", "prepare", "--set", "dataset=pairs.jsonl", "--set", "prepare.columns=q")
+    assert result.returncode == 1 and "prepare: --columns: 'q' is not FIELD=COLUMN" in result.stderr
+    assert "set one of its inputs with --set prepare.INPUT=VALUE (the program's --flag-name is input flag_name" \
+        in result.stderr
