@@ -148,6 +148,31 @@ def _raw_fields(item: Item) -> dict[str, Any]:
         }
 
 
+class _TotalEstimate:
+    """The records an input holds, known without reading it twice where that is cheap: Parquet files say so in
+    their footers, and uncompressed JSON Lines files are as many records as their size over the bytes per
+    record read so far. Other inputs (compressed, CSV, JSON arrays) give no total until the end (None)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        files = dataset.files
+        self.known = all(f.compression is None and f.kind in ("jsonl", "parquet") for f in files)
+        self.rows = sum(f.parquet_rows() for f in files if f.kind == "parquet") if self.known else 0
+        self.jsonl_bytes = sum(f.path.stat().st_size for f in files if f.kind == "jsonl") if self.known else 0
+        self.lines_read = self.bytes_read = 0
+
+    def add(self, items: list[Item]) -> None:
+        if self.jsonl_bytes:
+            lines = [item.data for item in items if item.data is not None]
+            self.lines_read += len(lines)
+            self.bytes_read += sum(map(len, lines)) + len(lines)  # and a newline each
+
+    def total(self, records: int) -> int | None:
+        if not self.known or (self.jsonl_bytes and not self.bytes_read):
+            return None
+        jsonl = round(self.lines_read * self.jsonl_bytes / self.bytes_read) if self.jsonl_bytes else 0
+        return max(records, self.rows + jsonl)
+
+
 class _Run:
     """The order-dependent half: dedup against earlier records, split assignment, writing."""
 
@@ -162,17 +187,19 @@ class _Run:
         self.writers = {name: HashingWriter(path / "data.jsonl") for name, path in cfg.outputs().items()}
         self.quarantine = HashingWriter(cfg.report_out / "quarantine.jsonl")
         self._reported = time.monotonic()
+        self._estimate = _TotalEstimate(dataset)
 
     def report_progress(self, final: bool = False) -> None:
-        """Records read so far and where they went, for the run table (`$TUNELINE_PROGRESS`); the total is
-        known only at the end, since counting the records first would read the input twice."""
+        """Records read so far and where they went, for the run table (`$TUNELINE_PROGRESS`). Counting the
+        records first would read the input twice, so the total is estimated (`_TotalEstimate`) until the end."""
         now = time.monotonic()
         if not final and now - self._reported < PROGRESS_EVERY_S:
             return
         self._reported = now
         s = self.stats
-        report_progress(s.input_records, s.input_records if final else None, "record", kept=s.kept,
-                        quarantined=s.quarantined, deduplicated=s.deduplicated)
+        total = s.input_records if final else self._estimate.total(s.input_records)
+        report_progress(s.input_records, total, "record", kept=s.kept, quarantined=s.quarantined,
+                        deduplicated=s.deduplicated)
 
     def parser_args(self) -> tuple[Checks, Signer | None]:
         bands = (self.near.bands, self.near.rows) if self.near is not None else (0, 0)
@@ -202,6 +229,7 @@ class _Run:
 
     def consume(self, items: list[Item], batch: BatchResult) -> None:
         self.stats.input_records += len(items)
+        self._estimate.add(items)
         self.pii.update(batch.pii)
         for item, reason, detail in batch.rejected:
             self._quarantine(item, reason, detail)

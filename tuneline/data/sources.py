@@ -84,6 +84,10 @@ class SourceFile:
     def key(self, number: int) -> int:
         return (self.index << _NUMBER_BITS) | number
 
+    def parquet_rows(self) -> int:
+        """The rows of a Parquet file, from its footer (no data is read)."""
+        return _open_parquet(self).metadata.num_rows
+
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"file": self.name, "type": self.kind, "compression": self.compression,
                                "sha256": self.sha256, "bytes": self.bytes, "records": self.records}
@@ -201,7 +205,7 @@ class Dataset:
         total = 0
         for f in self.files:
             if f.kind == "parquet":
-                total += _open_parquet(f).metadata.num_rows
+                total += f.parquet_rows()
             else:
                 total += sum(1 for _ in self.records(f))
         return total
