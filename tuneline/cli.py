@@ -172,6 +172,14 @@ def _find_run(home_flag: str | None, run_id: str) -> dict | None:
     return run
 
 
+def _reported(progress: dict, finished: bool) -> str:
+    from .runner.progress import describe
+    from .runner.step_progress import StepProgress
+
+    return describe(StepProgress(progress["current"], progress["total"], progress["unit"], progress["metrics"]),
+                    finished=finished)
+
+
 def cmd_runs_show(args: argparse.Namespace) -> int:
     run = _find_run(args.home, args.run_id)
     if run is None:
@@ -187,6 +195,8 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
         step = run["steps"][name]
         note = f" — {step['reason']}" if step["reason"] else ""
         print(f"step {name}: {step['status']} (cache {step['cache']}, exit {step['exit_code']}){note}")
+        if step.get("progress"):  # the last figures the step reported (records kept, the final loss...)
+            print(f"    reported: {_reported(step['progress'], finished=step['status'] == 'succeeded')}")
         for out_name, out in step["outputs"].items():
             shown = out["path"] if "path" in out else json.dumps(out["value"])
             print(f"    {out_name} [{out['type']}] = {shown}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,14 @@ class ComponentProgram:
     def parse(self, argv: list[str] | None = None, prog: str | None = None) -> Any:
         """Parse `argv` (default: sys.argv[1:]); exits 2, naming the input, on a refused value."""
         return self.args_type(**vars(self.parser(prog).parse_args(argv)))
+
+
+def how_to_set(name: str, value: str) -> str:
+    """How the user gives input `name` of the running component: `--set STEP.name=value` under `tuneline run`
+    (whose runner names the step in `$TUNELINE_STEP`), else the program's own flag, so an error message a
+    component prints names the way its user actually runs it."""
+    step = os.environ.get("TUNELINE_STEP")
+    return f"--set {step}.{name}={value}" if step else f"--{name.replace('_', '-')} {value}"
 
 
 def component_program(where: str | Path) -> ComponentProgram:

@@ -7,6 +7,7 @@ network boundary this machine has.
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
@@ -81,3 +82,19 @@ def test_ctrl_c_while_waiting_on_a_host_that_never_answers(user):
                 process.wait()
     assert process.returncode == 130, err
     assert "Traceback" not in err and err.strip().endswith("tuneline submit: interrupted"), err
+
+
+def test_submit_param_for_a_step_input_is_compiled_in_like_set(user):
+    result = user("submit", FINETUNE, "--target", "kfp", "--host", "http://127.0.0.1:9", "--out", "build",
+                  "--param", "prepare.columns=prompt=question,completion=answer", "--param", "max_steps=3",
+                  "--dry-run")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "prepare.columns: a step's input, compiled into the pipeline" in result.stderr
+    plan = json.loads(result.stdout)
+    arguments = next(c["kwargs"]["arguments"] for c in plan["calls"]
+                     if c["method"] == "Client.create_run_from_pipeline_package")
+    assert arguments == {"max_steps": 3}  # only pipeline parameters are run arguments
+    compiled = (user.folder / "build" / "finetune" / "kfp" / "pipeline.yaml").read_text()
+    assert "constant: prompt=question,completion=answer" in compiled
+    wrong = user("submit", FINETUNE, "--target", "kfp", "--host", "h", "--param", "prepare.colums=x", "--dry-run")
+    assert wrong.returncode == 2 and "did you mean 'columns'" in wrong.stderr and "Traceback" not in wrong.stderr

@@ -7,6 +7,7 @@ input (`--set prepare.columns=prompt=question,completion=answer`); relative path
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -44,8 +45,12 @@ def test_a_csv_with_other_column_names_is_mapped_with_a_step_input(user):
     write_csv(user.folder / "qa.csv")
     bare = user("run", FINETUNE, "--only", "prepare", "--set", "dataset=qa.csv", "--set", "gate_metric=rouge_l")
     assert bare.returncode == 1  # prepare cannot tell which column is the prompt
-    assert "columns" in bare.stderr and "log: None" not in bare.stderr
-    assert "set one of its inputs with --set prepare.INPUT=VALUE" in bare.stderr  # how to pass what it asks for
+    assert "log: None" not in bare.stderr
+    # prepare's own message names the --set that passes what it asks for, built from the file's columns ...
+    assert "their keys: question, answer" in bare.stderr
+    assert "--set prepare.columns=prompt=question,completion=answer" in bare.stderr
+    assert "--columns" not in bare.stderr  # ... not the program's flag, and no second, generic hint
+    assert "set one of its inputs with --set prepare.INPUT=VALUE" not in bare.stderr
 
     done = user("run", FINETUNE, "--only", "prepare", "--set", "dataset=qa.csv", "--set", "gate_metric=rouge_l",
                 "--set", "prepare.columns=prompt=question,completion=answer")
@@ -110,3 +115,42 @@ def test_a_base_model_folder_is_relative_to_the_current_folder_and_a_hub_id_says
     offline = user("validate", FINETUNE, "--set", "base_model=example-org/example-model",
                    env={"HF_HUB_OFFLINE": "1"})
     assert offline.returncode == 2 and "HF_HUB_OFFLINE" in offline.stderr
+
+
+def test_prepare_reports_its_counts_in_the_run_table_and_runs_show(user):
+    data = user.folder / "pairs.jsonl"
+    write_jsonl(data, range(30), ("prompt", "completion"))
+    with data.open("a") as fh:
+        fh.write('{"prompt": "broken\n')  # quarantined: invalid JSON
+        fh.write(json.dumps({"prompt": "Spell 5 backwards.", "completion": "5"}) + "\n")  # a duplicate of line 1
+    done = user("run", FINETUNE, "--only", "prepare", "--set", "dataset=pairs.jsonl", "--set", "gate_metric=rouge_l")
+    assert done.returncode == 0, done.stdout + done.stderr
+    counts = "record 32/32  kept 30  quarantined 1  deduplicated 1"
+    assert re.search(rf"^prepare\s+✔ succeeded .*{counts}$", done.stdout, re.M), done.stdout
+    shown = user("runs", "show", "latest")
+    assert re.search(rf"^step prepare: succeeded .*\n    reported: {counts}$", shown.stdout, re.M), shown.stdout
+    card = json.loads(Path(prepared(user)["steps"]["prepare"]["outputs"]["report"]["path"], "data_card.json")
+                      .read_text())
+    assert card["counts"]["kept"] == 30 and card["counts"]["quarantined"] == 1  # the same figures as the card's
+
+
+@pytest.mark.parametrize(("name", "content", "reason"), [
+    ("semi.csv", b"question;answer\nWhat is 2+2?;4\n", "semi.csv: looks ';'-separated: its header"),
+    ("latin.jsonl", '{"prompt": "Caf\u00e9?", "completion": "oui"}\n'.encode("latin-1") * 3,
+     "latin.jsonl: is not UTF-8 text: byte 0xe9 at byte offset 15 (line 1"),
+])
+def test_an_unreadable_file_says_why_in_the_run_report(user, name, content, reason):
+    (user.folder / name).write_bytes(content)
+    result = user("run", FINETUNE, "--only", "prepare", "--set", f"dataset={name}", "--set", "gate_metric=rouge_l")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"prepare: {reason}" in result.stderr, result.stderr
+    assert "cannot tell the record format" not in result.stderr
+    assert "--set prepare.INPUT" not in result.stderr  # the file is the fix, not an input: one message, no hint
+
+
+def test_a_step_message_naming_its_own_flag_gets_the_set_that_passes_it(user):
+    write_jsonl(user.folder / "pairs.jsonl", range(5), ("prompt", "completion"))
+    result = user("run", FINETUNE, "--only", "prepare", "--set", "dataset=pairs.jsonl", "--set", "prepare.columns=q")
+    assert result.returncode == 1 and "prepare: --columns: 'q' is not FIELD=COLUMN" in result.stderr
+    assert "set one of its inputs with --set prepare.INPUT=VALUE (the program's --flag-name is input flag_name" \
+        in result.stderr

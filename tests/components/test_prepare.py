@@ -230,3 +230,77 @@ def test_long_record_is_signed_in_chunks_and_kept_when_budgets_are_off(tmp_path)
     result = run(cfg)
     assert result.stats.kept == 1 and result.stats.reasons["near_duplicate"] == 1
     assert result.stats.length_histogram[-1] == 1
+
+
+def test_progress_reports_counts_per_batch_and_the_total_at_the_end(tmp_path, monkeypatch):
+    import components.prepare.pipeline as pipeline
+
+    raw = tmp_path / "raw.jsonl"
+    expected = hostile_file(raw)
+    progress = tmp_path / "progress.jsonl"
+    monkeypatch.setenv("TUNELINE_PROGRESS", str(progress))
+    monkeypatch.setattr(pipeline, "PROGRESS_EVERY_S", 0.0)  # every batch, so each one is seen
+    result = run(config(tmp_path / "out", raw, batch_size=8))
+    lines = [json.loads(line) for line in progress.read_text().splitlines()]
+    assert len(lines) == -(-53 // 8) + 1  # one per batch, then the final one
+    assert [line["current"] for line in lines] == sorted(line["current"] for line in lines)
+    for line in lines:  # every record read so far is accounted for in each report
+        m = line["metrics"]
+        assert m["kept"] + m["quarantined"] + m["deduplicated"] == line["current"], line
+        assert line["unit"] == "record"
+    assert all(line["total"] >= line["current"] for line in lines)  # an estimate until the end, never below
+    s = result.stats
+    assert lines[-1]["current"] == lines[-1]["total"] == 53 == s.input_records
+    assert lines[-1]["metrics"] == {"kept": s.kept, "quarantined": s.quarantined, "deduplicated": s.deduplicated}
+    assert s.quarantined + s.deduplicated == sum(expected.values())
+
+
+def test_progress_is_throttled(tmp_path, monkeypatch):
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text("".join(chat(ticket(i)) + "\n" for i in range(400)))
+    progress = tmp_path / "progress.jsonl"
+    monkeypatch.setenv("TUNELINE_PROGRESS", str(progress))
+    import time
+
+    from components.prepare.pipeline import PROGRESS_EVERY_S
+
+    started = time.monotonic()
+    run(config(tmp_path / "out", raw, batch_size=4))  # 100 batches
+    elapsed = time.monotonic() - started
+    reports = len(progress.read_text().splitlines())
+    assert 1 <= reports <= elapsed / PROGRESS_EVERY_S + 1, (reports, elapsed)  # one per half second, then the last
+    assert reports < 100
+
+
+@pytest.mark.parametrize(("name", "expect"), [("rows.jsonl", "estimated"), ("rows.parquet", "exact"),
+                                              ("rows.jsonl.gz", "unknown")])
+def test_progress_total_before_the_end(tmp_path, monkeypatch, name, expect):
+    """The total the run table's bar and ETA need, without reading the input twice: Parquet's footer, a JSON
+    Lines file's size over the bytes per record so far; a compressed file's is unknown until the end."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import components.prepare.pipeline as pipeline
+
+    lines = [chat(ticket(i)) for i in range(400)]
+    raw = tmp_path / name
+    if name.endswith(".parquet"):
+        pq.write_table(pa.Table.from_pylist([json.loads(line) for line in lines]), raw)
+    else:
+        data = "".join(line + "\n" for line in lines).encode()
+        raw.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    progress = tmp_path / "progress.jsonl"
+    monkeypatch.setenv("TUNELINE_PROGRESS", str(progress))
+    monkeypatch.setattr(pipeline, "PROGRESS_EVERY_S", 0.0)
+    run(config(tmp_path / "out", raw, batch_size=50))
+    reports = [json.loads(line) for line in progress.read_text().splitlines()]
+    assert reports[-1]["current"] == reports[-1]["total"] == 400
+    early = [r["total"] for r in reports[:-1]]
+    if expect == "exact":
+        assert early == [400] * len(early)
+    elif expect == "estimated":
+        assert all(abs(total - 400) <= 20 for total in early), early  # records of similar size
+    else:
+        assert early == [None] * len(early)

@@ -135,6 +135,52 @@ def test_undetectable_and_mixed_files_get_one_error_naming_the_file(tmp_path, ca
     assert quarantine[0]["detail"] == "'instruction' is missing (needed by the alpaca format)"
 
 
+def test_an_unknown_shape_names_the_keys_and_a_mapping_from_them(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TUNELINE_STEP", raising=False)
+    raw = tmp_path / "odd.jsonl"
+    raw.write_text("".join(json.dumps({"question": "q", "answer": "a", "id": i}) + "\n" for i in range(5)))
+    assert prepare(tmp_path, raw)[0] == 2
+    err = capsys.readouterr().err
+    assert "their keys: question, answer, id" in err and "(chat, sharegpt, alpaca, prompt_completion)" in err
+    assert "--columns prompt=question,completion=answer" in err and "--format FORMAT" in err
+    # Under `tuneline run` (which names the step) the same message names the --set that passes those inputs
+    monkeypatch.setenv("TUNELINE_STEP", "prep")
+    assert prepare(tmp_path, raw)[0] == 2
+    err = capsys.readouterr().err
+    assert "--set prep.columns=prompt=question,completion=answer" in err and "--set prep.format=FORMAT" in err
+    assert "--columns" not in err and "--format" not in err
+
+
+@pytest.mark.parametrize(("name", "content", "reason"), [
+    ("semi.csv", b"question;answer\nWhat is 2+2?;4\n", "looks ';'-separated: its header 'question;answer' is one "
+     "column when read as comma-separated (.csv), 2 columns (question, answer) when split at ';'"),
+    ("tabs.csv", b"question\tanswer\nWhat is 2+2?\t4\n", "looks tab-separated"),
+    ("latin.jsonl", '{"prompt": "Café?", "completion": "oui"}\n'.encode("latin-1") * 3,
+     "is not UTF-8 text: byte 0xe9 at byte offset 15 (line 1: invalid continuation byte); save it as UTF-8"),
+    ("latin.csv", "prompt,completion\nCafé?,oui\n".encode("latin-1"),
+     "is not UTF-8 text: byte 0xe9 at byte offset 21 (line 2: invalid continuation byte)"),
+    ("latin.json", '[{"prompt": "Café?", "completion": "oui"}]'.encode("latin-1"), "is not UTF-8 text: byte 0xe9"),
+    ("wide.jsonl", '{"prompt": "a", "completion": "b"}\n'.encode("utf-16"), "is UTF-16 text (byte-order mark"),
+    ("image.jsonl", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 4, "is not text: a NUL byte at byte offset 8"),
+    ("packed.jsonl.gz", gzip.compress(b"\x00\x01\x02" * 10), "byte offset 0 of the decompressed data"),
+])
+def test_an_unreadable_file_says_why(tmp_path, capsys, name, content, reason):
+    raw = tmp_path / name
+    raw.write_bytes(content)
+    assert prepare(tmp_path, raw)[0] == 2
+    err = capsys.readouterr().err
+    assert f"prepare: {name}: " in err and reason in err, err
+    assert "cannot tell the record format" not in err and "invalid parameters" not in err
+
+
+def test_a_one_column_csv_is_not_taken_for_another_delimiter(tmp_path, capsys):
+    raw = tmp_path / "one.csv"
+    raw.write_text("prompt\nWhat is 2+2?\n")
+    assert prepare(tmp_path, raw)[0] == 2
+    err = capsys.readouterr().err
+    assert "cannot tell the record format" in err and "their keys: prompt" in err and "separated" not in err
+
+
 def test_without_length_limits_the_quality_rules_still_catch_each_flaw(tmp_path):
     rows = [
         {"messages": [{"role": "user", "content": f"Question {i}?"},

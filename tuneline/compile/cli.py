@@ -67,12 +67,20 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from .. import submit
 
+    given = parse_set_pairs(args.param)
+    # A run argument is a pipeline parameter; a step's input is a constant of the compiled pipeline (KFP's
+    # run arguments are the pipeline's inputs only), so `--param STEP.INPUT=...` is compiled in, as --set does.
+    step_inputs = [f"{name}={value}" for name, value in given.items() if "." in name]
+    if step_inputs:
+        args.set = [*args.set, *step_inputs]
+        given = {name: value for name, value in given.items() if "." not in name}
+        print(f"tuneline: {', '.join(pair.partition('=')[0] for pair in step_inputs)}: a step's input, compiled "
+              "into the pipeline as --set does (run arguments are pipeline parameters)", file=sys.stderr)
     output = _compile(args, args.pipeline, (args.target,))
     if output is None:
         return EXIT_INVALID
     from ..spec import load_pipeline
 
-    given = parse_set_pairs(args.param)
     try:  # typed and checked like --set, so KFP receives numbers as numbers
         typed = load_pipeline(args.pipeline, given).for_target(args.target).params  # a local-only value is refused
     except SpecError as exc:
@@ -148,7 +156,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     submit_.add_argument("--namespace", default=None, help="KFP namespace (multi-user installs)")
     submit_.add_argument("--service-account", default=None, help="KFP: service account the run's pods use")
     submit_.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                         help="KFP: a run argument (repeatable); the compiled default otherwise")
+                         help="KFP: a run argument (repeatable); the compiled default otherwise. STEP.INPUT=VALUE "
+                              "sets one step's input, compiled into the pipeline as with --set")
     submit_.add_argument("--subscription", default=None, help="Azure subscription id")
     submit_.add_argument("--resource-group", default=None, help="Azure resource group of the workspace")
     submit_.add_argument("--workspace", default=None, help="Azure ML workspace name")

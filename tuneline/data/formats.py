@@ -103,22 +103,28 @@ def detect_file(name: str, samples: list[tuple[str, Any]], columns: dict[str, st
             first.setdefault(fmt, where)
     if not samples:
         return "chat"  # an empty file: nothing to convert
-    mapped = f" after --columns {','.join(f'{k}={v}' for k, v in columns.items())}" if columns else ""
+    from tuneline.component_args import how_to_set  # the hint names --set STEP.INPUT under `tuneline run`
+
+    mapped = f" after {how_to_set('columns', ','.join(f'{k}={v}' for k, v in columns.items()))}" if columns else ""
     if not counts:
         keys = Counter(k for _, obj in samples if isinstance(obj, dict) for k in obj)
         seen = ", ".join(k for k, _ in keys.most_common(8)) or "none (records are not JSON objects)"
+        # An example built from the file's own keys, in their order: the likely question, then the answer.
+        own = [k for k, _ in keys.most_common(8) if k not in MAPPABLE][:2]
+        example = f"prompt={own[0]},completion={own[1]}" if len(own) == 2 else "prompt=text,completion=ground_truth"
         raise FormatError(
             f"{name}: cannot tell the record format{mapped}: none of the first {len(samples)} records has "
             "'messages' (chat), 'conversations' (sharegpt), 'instruction'+'output' (alpaca) or "
-            f"'prompt'+'completion'; their keys: {seen}. Map your columns, e.g. "
-            "--columns prompt=text,completion=ground_truth, or pass --format")
+            f"'prompt'+'completion' (prompt_completion); their keys: {seen}. Map your keys to these fields, e.g. "
+            f"{how_to_set('columns', example)}, and/or name the format with "
+            f"{how_to_set('format', 'FORMAT')} ({', '.join(FORMATS)})")
     (top, n), *rest = counts.most_common()
     mixed = [(fmt, k) for fmt, k in rest if k >= MIXED_SHARE * len(samples)]
     if mixed:
         parts = ", ".join(f"{fmt} {k} (first at {first[fmt]})" for fmt, k in [(top, n), *mixed])
         raise FormatError(
-            f"{name}: mixes record formats in its first {len(samples)} records{mapped}: {parts}. "
-            "Split the file by format, or pass --format to choose one (records of the others are quarantined)")
+            f"{name}: mixes record formats in its first {len(samples)} records{mapped}: {parts}. Split the file "
+            f"by format, or choose one with {how_to_set('format', top)} (records of the others are quarantined)")
     return top
 
 

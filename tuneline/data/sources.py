@@ -28,6 +28,7 @@ packed into one integer key, ``file index << 40 | number``, so the dedup indexes
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -45,6 +46,10 @@ KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", 
 _NUMBER_BITS = 40
 _NUMBER_MASK = (1 << _NUMBER_BITS) - 1
 _JSON_CHUNK = 1 << 20
+_HEAD_BYTES = 1 << 20  # how much of a file `encoding_problem` and the delimiter check look at
+_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"),
+         (codecs.BOM_UTF16_BE, "UTF-16"))
+_DELIMITER_NAMES = {";": "';'", "\t": "tab", "|": "'|'", ",": "comma"}
 
 
 class SourceError(ValueError):
@@ -79,6 +84,10 @@ class SourceFile:
     def key(self, number: int) -> int:
         return (self.index << _NUMBER_BITS) | number
 
+    def parquet_rows(self) -> int:
+        """The rows of a Parquet file, from its footer (no data is read)."""
+        return _open_parquet(self).metadata.num_rows
+
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"file": self.name, "type": self.kind, "compression": self.compression,
                                "sha256": self.sha256, "bytes": self.bytes, "records": self.records}
@@ -104,6 +113,54 @@ def _open_text_bytes(path: Path, compression: str | None) -> io.BufferedReader:
 
     # pyarrow's streams are unbuffered for readline; BufferedReader makes line iteration fast.
     return io.BufferedReader(pa.input_stream(str(path), compression=compression), 1 << 20)  # type: ignore[arg-type]
+
+
+def _head(f: SourceFile) -> bytes:
+    with _open_text_bytes(f.path, f.compression) as fh:
+        return fh.read(_HEAD_BYTES)
+
+
+def encoding_problem(f: SourceFile) -> str | None:
+    """Why the start of a text file is not UTF-8 (a UTF-16 byte-order mark, binary data, an invalid byte with its
+    byte offset), as the one reason a file's records cannot be read; None when it is UTF-8."""
+    head = _head(f)
+    where = " of the decompressed data" if f.compression else ""
+    for bom, name in _BOMS:
+        if head.startswith(bom):
+            return f"is {name} text (byte-order mark at byte 0), not UTF-8: save it as UTF-8"
+    nul = head.find(b"\0")
+    if nul >= 0:
+        return (f"is not text: a NUL byte at byte offset {nul}{where} (binary data, or UTF-16 without a "
+                "byte-order mark); expected UTF-8 JSON Lines, JSON, CSV or a .parquet file")
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < _HEAD_BYTES)
+    except UnicodeDecodeError as exc:
+        line = head.count(b"\n", 0, exc.start) + 1
+        return (f"is not UTF-8 text: byte 0x{head[exc.start]:02x} at byte offset {exc.start}{where} (line {line}: "
+                f"{exc.reason}); save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)")
+    return None
+
+
+def _delimiter_problem(f: SourceFile, names: list[str], delimiter: str) -> str | None:
+    """A header read as one column that another delimiter splits: the file is not separated the way its
+    extension says (a `;`-separated .csv, as spreadsheets save it in many locales)."""
+    if len(names) != 1:
+        return None
+    sample = _head(f).decode("utf-8", errors="replace")
+    try:
+        found = csv.Sniffer().sniff(sample, delimiters=";\t|,").delimiter
+    except csv.Error:
+        return None
+    columns = next(csv.reader([names[0]], delimiter=found), [])
+    if found == delimiter or len(columns) < 2:
+        return None
+    expected = "tab-separated (.tsv)" if delimiter == "\t" else "comma-separated (.csv)"
+    fix = ("name it .tsv" if found == "\t" else
+           f"save it {'comma' if delimiter == ',' else 'tab'}-separated (tuneline reads .csv files with commas "
+           "and .tsv files with tabs)")
+    return (f"looks {_DELIMITER_NAMES.get(found, repr(found))}-separated: its header {names[0]!r} is one column "
+            f"when read as {expected}, {len(columns)} columns ({', '.join(columns[:6])}) when split at "
+            f"{found!r}; {fix}")
 
 
 class Dataset:
@@ -148,7 +205,7 @@ class Dataset:
         total = 0
         for f in self.files:
             if f.kind == "parquet":
-                total += _open_parquet(f).metadata.num_rows
+                total += f.parquet_rows()
             else:
                 total += sum(1 for _ in self.records(f))
         return total
@@ -182,7 +239,7 @@ class Dataset:
             try:
                 head = text.read(_JSON_CHUNK)
             except UnicodeDecodeError as exc:
-                raise SourceError(f"{f.name}: not valid UTF-8 ({exc.reason})") from None
+                raise SourceError(f"{f.name}: {encoding_problem(f) or f'not valid UTF-8 ({exc.reason})'}") from None
             if head.lstrip().startswith("["):
                 yield from self._json_array(f, text, head)
                 return
@@ -252,6 +309,9 @@ class Dataset:
         names = next(csv.reader([header], delimiter=delimiter), [])
         if not names or not any(n.strip() for n in names):
             return
+        problem = _delimiter_problem(f, names, delimiter)
+        if problem:
+            raise SourceError(f"{f.name}: {problem}")
         invalid: list[tuple[int, str, str]] = []
 
         def on_invalid(row: Any) -> str:
@@ -261,14 +321,23 @@ class Dataset:
             return "skip"
 
         stream = pa.input_stream(str(f.path), compression=f.compression)  # type: ignore[arg-type]
-        reader = pacsv.open_csv(
-            stream,
-            read_options=pacsv.ReadOptions(use_threads=False, block_size=4 << 20, encoding="utf8"),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
-                                             invalid_row_handler=on_invalid),
-            convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()),
-                                                 strings_can_be_null=False, quoted_strings_can_be_null=False),
-        )
+        try:
+            reader = pacsv.open_csv(
+                stream,
+                read_options=pacsv.ReadOptions(use_threads=False, block_size=4 << 20, encoding="utf8"),
+                parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
+                                                 invalid_row_handler=on_invalid),
+                convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()),
+                                                     strings_can_be_null=False, quoted_strings_can_be_null=False),
+            )
+            yield from self._csv_rows(f, reader, invalid)
+        except pa.ArrowInvalid as exc:
+            # pyarrow refuses a whole file for one byte that is not UTF-8 ("CSV conversion error to string:
+            # invalid UTF8 data"), with no byte offset: say where, or at least what to check.
+            problem = encoding_problem(f) if "UTF8" in str(exc) else None
+            raise SourceError(f"{f.name}: {problem or f'cannot be read as CSV ({exc})'}") from None
+
+    def _csv_rows(self, f: SourceFile, reader: Any, invalid: list[tuple[int, str, str]]) -> Iterator[Item]:
         row = 0
         skipped: set[int] = set()
         for batch in reader:

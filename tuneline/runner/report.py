@@ -7,6 +7,7 @@ the measured-vs-estimated training time, and the log tail of any failed step.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -67,9 +68,17 @@ def print_report(record: rec.RunRecord, out: TextIO | None = None) -> None:
             print(f"\nstep '{step.name}' {step.status}: {step.reason}{log}", file=sys.stderr)
             if step.log and Path(step.log).is_file():
                 print(f"  (all of it: tuneline logs {record.run_id} {step.name})", file=sys.stderr)
-            if step.exit_code == 2:  # a usage or data error: the fix is usually one of the step's inputs
+            if step.exit_code == 2 and _names_a_program_flag(log_tail(step.log), step.name):
                 print(f"  set one of its inputs with --set {step.name}.INPUT=VALUE (the program's --flag-name is "
                       f"input flag_name; `tuneline components {step.component}` lists them)", file=sys.stderr)
+
+
+def _names_a_program_flag(tail: str, step: str) -> bool:
+    """Whether a step's message (its usage or data error, exit 2) speaks of one of the program's own `--flags`,
+    which the user passes as `--set STEP.INPUT`: then, and only then, the report says how. A message that
+    already names the `--set`, or is about the data file itself (its encoding), needs no translation."""
+    said = "\n".join(line for line in tail.splitlines() if not line.lstrip().startswith("--- attempt"))
+    return f"--set {step}." not in said and re.search(r"(^|[\s(\[])--[a-z]", said) is not None
 
 
 def run_and_report(graph: PipelineGraph, options: RunOptions, out: TextIO | None = None) -> rec.RunRecord:
