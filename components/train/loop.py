@@ -85,7 +85,14 @@ class Loop:
         self.train, self.validation, self.run, self.stop, self.state = train, validation, run, stop, state
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.plan = plan(config, len(train), self.world)
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        # accelerate's clip_grad_norm_ recognises an FSDP model only by its full parameter list
+        # (accelerator.py clip_grad_norm_, accelerate 1.15): given the trainable ones alone it unscales the
+        # fp16 gradients, finds no model and unscales again, and the GradScaler refuses ("unscale_() has
+        # already been called"). Frozen parameters carry no gradient and add nothing to the norm.
+        from components.train.parallel import is_fsdp
+
+        self.clip_params = list(model.parameters()) if is_fsdp(accelerator) else \
+            [p for p in model.parameters() if p.requires_grad]
         self.pad_id = tokenizer.pad_token_id
         self.started = time.perf_counter()
         self.wall_at_start = state.wall_time_s
@@ -113,10 +120,15 @@ class Loop:
                 self.acc.backward(loss * scale)
             loss_sum += float(loss.detach())
         max_norm = self.c.max_grad_norm if self.c.max_grad_norm > 0 else float("inf")
-        grad_norm = _as_float(self.acc.clip_grad_norm_(self.params, max_norm))
+        grad_norm = _as_float(self.acc.clip_grad_norm_(self.clip_params, max_norm))
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
-        self.scheduler.step()
+        # An fp16 step whose gradients overflowed changed no weight (the GradScaler skipped it and lowered its
+        # scale): the schedule stays where it was, or warm-up and decay would run ahead of the updates made.
+        # The data position still advances, so a resumed run replays the same batches.
+        skipped = bool(getattr(self.optimizer, "step_was_skipped", False))
+        if not skipped:
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         # CUDA kernels run asynchronously: without waiting, the optimizer step's kernels would be counted in
         # the next step's time (or in none, for the last), and tokens/s and MFU would be off.
@@ -129,6 +141,7 @@ class Loop:
         s = self.state
         s.global_step += 1
         s.step_in_epoch += 1
+        s.skipped_steps += skipped
         s.real_tokens += int(g_real)
         s.padded_tokens += int(g_padded)
         s.target_tokens += int(global_targets)
@@ -303,6 +316,7 @@ class Loop:
             "wall_time_s": self._wall(),
             "peak_memory_mb": peak_memory_mb(),
             "resumes": s.resumes,
+            "skipped_steps": s.skipped_steps,
         }
 
 

@@ -17,6 +17,12 @@ def is_sharded(acc) -> bool:
     return acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
+def is_fsdp(acc) -> bool:
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type == DistributedType.FSDP
+
+
 def shards_parameters(acc) -> bool:
     """FSDP or ZeRO-3: no rank holds the whole model, so saving it needs a gather that every rank joins."""
     from accelerate.utils import DistributedType
