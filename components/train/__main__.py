@@ -11,6 +11,7 @@ end of the current optimizer step and exits with status 143, so a retried step c
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -140,11 +141,15 @@ def _main(config: TrainConfig) -> int:
     log(f"precision: {chosen.describe()}; distribution {acc.distributed_type.value}, "
         f"{acc.num_processes} process(es)", flush=True)
 
-    if acc.distributed_type == DistributedType.DEEPSPEED and config.grad_accum != 1:
-        # DeepSpeed's engine steps inside backward(); our accumulation would step every micro-batch.
-        print("error: under DeepSpeed use --grad-accum 1 and set gradient_accumulation_steps in the "
-              "accelerate config", file=sys.stderr)
-        return 2
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        # DeepSpeed's engine accumulates by itself; the loop marks its boundaries (loop.py) and plans its steps
+        # with the same count.
+        try:
+            config = dataclasses.replace(
+                config, grad_accum=parallel.deepspeed_grad_accum(acc.state.deepspeed_plugin, config.grad_accum))
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
 
     train_split = read_split(config.train)
     val_split = read_split(config.validation) if config.validation else None

@@ -85,12 +85,13 @@ class Loop:
         self.train, self.validation, self.run, self.stop, self.state = train, validation, run, stop, state
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.plan = plan(config, len(train), self.world)
+        from components.train.parallel import is_deepspeed, is_fsdp
+
+        self.deepspeed = is_deepspeed(accelerator)
         # accelerate's clip_grad_norm_ recognises an FSDP model only by its full parameter list
         # (accelerator.py clip_grad_norm_, accelerate 1.15): given the trainable ones alone it unscales the
         # fp16 gradients, finds no model and unscales again, and the GradScaler refuses ("unscale_() has
         # already been called"). Frozen parameters carry no gradient and add nothing to the norm.
-        from components.train.parallel import is_fsdp
-
         self.clip_params = list(model.parameters()) if is_fsdp(accelerator) else \
             [p for p in model.parameters() if p.requires_grad]
         self.pad_id = tokenizer.pad_token_id
@@ -113,8 +114,17 @@ class Loop:
         loss_sum = 0.0
         _synchronize(self.acc.device)
         t0 = time.perf_counter()
+        if self.deepspeed:
+            # The engine divides every loss by its gradient_accumulation_steps (engine.backward, scale_wrt_gas);
+            # the scale above already averages over the whole step.
+            scale *= self.c.grad_accum
         for j, batch in enumerate(batches):
             sync = j == len(batches) - 1
+            if self.deepspeed:
+                # accelerate's DeepSpeed backward marks the accumulation boundary and steps the engine only when
+                # sync_gradients is set (utils/deepspeed.py DeepSpeedEngineWrapper.backward), as inside its own
+                # accumulate() context.
+                self.acc.gradient_state._set_sync_gradients(sync)
             with nullcontext() if sync else self.acc.no_sync(self.model):
                 loss = token_loss_sum(self.model, batch)
                 self.acc.backward(loss * scale)

@@ -23,6 +23,12 @@ def is_fsdp(acc) -> bool:
     return acc.distributed_type == DistributedType.FSDP
 
 
+def is_deepspeed(acc) -> bool:
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type == DistributedType.DEEPSPEED
+
+
 def shards_parameters(acc) -> bool:
     """FSDP or ZeRO-3: no rank holds the whole model, so saving it needs a gather that every rank joins."""
     from accelerate.utils import DistributedType
@@ -84,6 +90,12 @@ def fill_deepspeed_config(acc, per_device_batch: int, grad_accum: int, max_grad_
     return fill_deepspeed_plugin(plugin, per_device_batch, grad_accum, max_grad_norm, acc.num_processes)
 
 
+# The keys this loop owns. A DeepSpeed config's other "auto" values (reduce_bucket_size,
+# stage3_prefetch_bucket_size, stage3_param_persistence_threshold: sizes from the model's hidden size) are
+# accelerate's to fill in ``_prepare_deepspeed``, after this.
+LOOP_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size", "gradient_clipping")
+
+
 def fill_deepspeed_plugin(plugin, per_device_batch: int, grad_accum: int, max_grad_norm: float,
                           world: int) -> dict[str, Any]:
     values = {
@@ -98,11 +110,29 @@ def fill_deepspeed_plugin(plugin, per_device_batch: int, grad_accum: int, max_gr
     # does not clip. The loop's own values are the ones it trains with.
     for key in ("train_micro_batch_size_per_gpu", "gradient_clipping"):
         config.setdefault(key, values[key])
-    try:
-        plugin.deepspeed_config_process(must_match=True, **values)
-    except ValueError as err:
-        raise ValueError(f"the DeepSpeed config disagrees with the training arguments: {err}") from err
+    mismatches: list[str] = []
+    for key in LOOP_KEYS:
+        plugin.fill_match(key, mismatches, must_match=True, **values)
+    if mismatches:
+        raise ValueError("the DeepSpeed config disagrees with the training arguments:\n" + "\n".join(mismatches)
+                         + "\nset these to auto in the DeepSpeed config, or pass the same values to the train step")
     return values
+
+
+def deepspeed_grad_accum(plugin, requested: int) -> int:
+    """The gradient accumulation to train with under DeepSpeed: ``--grad-accum``, or the DeepSpeed config's
+    ``gradient_accumulation_steps`` when that is a number and ``--grad-accum`` is left at 1. Both set and
+    different is an error (the engine would step at another boundary than the loop's)."""
+    configured = plugin.deepspeed_config.get("gradient_accumulation_steps", "auto")
+    if configured == "auto" or configured == requested:
+        return requested
+    if not isinstance(configured, int) or configured < 1:
+        raise ValueError(f"the DeepSpeed config's gradient_accumulation_steps is {configured!r}: give a positive "
+                         "integer or auto")
+    if requested == 1:
+        return configured
+    raise ValueError(f"--grad-accum {requested} but the DeepSpeed config's gradient_accumulation_steps is "
+                     f"{configured}: set one of them (auto in the DeepSpeed config takes --grad-accum)")
 
 
 def loads_on_meta() -> bool:
