@@ -158,6 +158,7 @@ def gathered_trainable(acc, model) -> dict:
     """
     if not getattr(acc, "is_fsdp2", False):
         return acc.get_state_dict(model)
+    from accelerate.utils.fsdp_utils import fsdp2_canonicalize_names
     from torch.distributed.tensor import DTensor
 
     out = {}
@@ -167,4 +168,6 @@ def gathered_trainable(acc, model) -> dict:
         full = param.full_tensor() if isinstance(param, DTensor) else param
         if acc.is_main_process:
             out[name] = full.detach().to("cpu", copy=True)
-    return out
+    # fsdp_activation_checkpointing wraps each decoder layer, which puts "_checkpoint_wrapped_module." into the
+    # names; PEFT would match no key of such an adapter when loading it and serve the base model unchanged.
+    return fsdp2_canonicalize_names(out)

@@ -1,7 +1,7 @@
 """fp16 and quantised-model training details that a GPU run would hit: the GradScaler under FSDP, skipped
 overflow steps, non-reentrant checkpointing for QLoRA, fp32 adapters.
 
-No GPU here: FSDP2 runs on CPU over gloo with torch's CPU GradScaler (tests/components/fp16_fsdp_probe.py);
+No GPU here: FSDP2 runs on CPU over gloo with torch's CPU GradScaler (tests/components/fsdp_cpu_probe.py);
 bitsandbytes 4-bit weights need CUDA, so the QLoRA preparation is checked on a 16-bit model carrying the flag
 PEFT reads from a quantised one.
 """
@@ -19,7 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _probe(tmp_path, init_scale: float) -> dict:
+def _probe(tmp_path, *args) -> dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -27,14 +27,14 @@ def _probe(tmp_path, init_scale: float) -> dict:
            "TUNELINE_HOME": str(tmp_path / "home")}
     for key in [k for k in env if k.startswith(("ACCELERATE_", "FSDP_"))]:
         del env[key]
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "components" / "fp16_fsdp_probe.py"),
-                           str(init_scale)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "components" / "fsdp_cpu_probe.py"),
+                           *map(str, args)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_fp16_step_under_fsdp_unscales_once_and_updates_the_adapter(tmp_path):
-    result = _probe(tmp_path, 1024.0)
+    result = _probe(tmp_path, "step", 1024.0)
     assert result["error"] is None  # was: "unscale_() has already been called on this optimizer"
     assert not result["skipped"] and result["changed"]
     assert result["scheduler_steps"] == 1 and result["global_step"] == 1 and result["skipped_steps"] == 0
@@ -42,7 +42,7 @@ def test_fp16_step_under_fsdp_unscales_once_and_updates_the_adapter(tmp_path):
 
 def test_an_fp16_step_skipped_on_overflow_leaves_the_schedule_where_it_was(tmp_path):
     # A scale of 1e38 turns every scaled gradient into inf: the GradScaler skips the update.
-    result = _probe(tmp_path, 1e38)
+    result = _probe(tmp_path, "step", 1e38)
     assert result["error"] is None and result["skipped"] and not result["changed"]
     assert result["scheduler_steps"] == 0  # warm-up and decay wait for a real update
     assert result["global_step"] == 1 and result["skipped_steps"] == 1  # the data position moved on
@@ -90,3 +90,11 @@ def test_state_written_before_skipped_steps_were_counted_still_loads(tmp_path):
 
     (tmp_path / "state.json").write_text(json.dumps({"global_step": 3, "epoch": 0, "step_in_epoch": 3}))
     assert TrainState.load(tmp_path).skipped_steps == 0
+
+
+def test_an_adapter_trained_with_fsdp_activation_checkpointing_keeps_peft_names(tmp_path):
+    # accelerate's checkpoint wrapper adds "_checkpoint_wrapped_module." to every name inside a decoder layer;
+    # PEFT, loading the adapter, would match none of them and silently serve the base model.
+    result = _probe(tmp_path, "names")
+    assert result["wrapped"]  # the wrapper was applied
+    assert result["gathered"] == result["trainable"] and len(result["trainable"]) == 28

@@ -1,11 +1,15 @@
-"""One FSDP2 process on CPU with a GradScaler, driving the train loop's optimizer steps; prints JSON results.
+"""One FSDP2 process on CPU running part of the train component; prints its findings as JSON.
+
+Mode ``step INIT_SCALE``: with a GradScaler, one optimizer step of the train loop.
+Mode ``names``: with activation checkpointing, the names of the gathered adapter.
 
 accelerate makes a GradScaler only for fp16 on an accelerator device (accelerator.py ``Accelerator.__init__``),
 so on CPU the test gives the accelerator torch's CPU GradScaler before ``prepare``, as accelerate gives it a
 CUDA one on a V100 or T4. Everything else (the FSDP2 wrapping, accelerate's clip_grad_norm_ and optimizer step)
 is accelerate's own code.
 
-Run as: python tests/components/fp16_fsdp_probe.py INIT_SCALE (in a fresh process: it starts a process group)
+Run as: python tests/components/fsdp_cpu_probe.py step INIT_SCALE | names
+        (each in a fresh process: it starts a process group)
 """
 
 import json
@@ -15,9 +19,12 @@ import sys
 import torch
 
 
-def main(init_scale: float) -> None:
+def main(mode: str, init_scale: float) -> None:
+    if mode == "names":
+        os.environ["FSDP_ACTIVATION_CHECKPOINTING"] = "true"
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29561"), RANK="0",
-                      LOCAL_RANK="0", WORLD_SIZE="1", ACCELERATE_USE_FSDP="true", FSDP_VERSION="2")
+                      LOCAL_RANK="0", WORLD_SIZE="1", ACCELERATE_USE_FSDP="true", FSDP_VERSION="2",
+                      FSDP_AUTO_WRAP_POLICY="TRANSFORMER_BASED_WRAP")
     from accelerate import Accelerator
     from transformers import get_scheduler
 
@@ -42,7 +49,12 @@ def main(init_scale: float) -> None:
     train, _ = encode_all(tokenizer, read_split(config.train).records, config.max_seq_len)
     optimizer = torch.optim.AdamW(modelsetup.param_groups(model, 0.0), lr=1e-3)
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=2)
+    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
     model, optimizer = acc.prepare(model, optimizer)
+    if mode == "names":
+        print(json.dumps({"trainable": trainable, "gathered": sorted(parallel.gathered_trainable(acc, model)),
+                          "wrapped": any("_checkpoint_wrapped_module" in n for n, _ in model.named_parameters())}))
+        return
     loop = Loop(config, acc, model, tokenizer, optimizer, scheduler, train, [], None, StopFlag(), TrainState())
     before = {n: p.detach().full_tensor().clone() for n, p in model.named_parameters() if p.requires_grad}
     error = None
@@ -62,4 +74,4 @@ def main(init_scale: float) -> None:
 
 
 if __name__ == "__main__":
-    main(float(sys.argv[1]))
+    main(sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else 1.0)
