@@ -220,7 +220,7 @@ def test_cost_prints_the_memory_plan_of_the_gpu_pipeline_for_an_8b_model(cli):
     assert code == 0
     assert "memory plan for meta-llama/Llama-3.1-8B-Instruct (8.03B parameters, 32 layers" in out
     assert "  train on profile gpu_spot (method full" in out and "  evaluate on profile gpu_spot" in out
-    assert "warning: train: needs 13" in out and "gives 80 GiB (A100 80GB (nvidia-a100))" in out
+    assert "warning: train: needs 146" in out and "gives 80 GiB (A100 80GB (nvidia-a100))" in out
     assert "warning: evaluate" not in out  # evaluate runs on the GPU node now, in bf16
     code, out, _ = cli("cost", str(REPO / "pipelines" / "finetune-gpu.yaml"), "--tokenizer", "estimate",
                        "--set", f"base_model={LLAMA8B}")

@@ -18,7 +18,7 @@ import sys
 import time
 from collections import Counter
 
-from components.train.config import TrainConfig, hyperparameters, learning_rate_warning, parse_args
+from components.train.config import TrainConfig, hyperparameters, learning_rate, learning_rate_warning, parse_args
 from components.train.modelsetup import MethodUnavailable, check_method
 from tuneline.outputs import write_value
 
@@ -175,6 +175,10 @@ def _main(config: TrainConfig) -> int:
     rate_warning = learning_rate_warning(config, n_parameters)
     if rate_warning:
         log(f"warning: {rate_warning}")
+    if config.learning_rate == 0:
+        config = dataclasses.replace(config, learning_rate=learning_rate(config, n_parameters))
+        log(f"learning rate {config.learning_rate:g} for method {config.method} on "
+            f"{n_parameters / 1e9:.2f}B parameters")
     optimizer = torch.optim.AdamW(modelsetup.param_groups(model, config.weight_decay), lr=config.learning_rate)
     scheduler = get_scheduler(config.lr_scheduler if config.lr_scheduler != "constant" else "constant_with_warmup",
                               optimizer, num_warmup_steps=math.ceil(config.warmup_ratio * steps.total_steps),

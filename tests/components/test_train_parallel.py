@@ -149,11 +149,29 @@ def test_a_learning_rate_far_above_the_methods_usual_range_is_warned_about():
                            *extra])
 
     eight_b = 8_030_000_000
-    assert "high for method full on a model of 8.0B" in learning_rate_warning(config("--method", "full"), eight_b)
-    assert "high for method lora" in learning_rate_warning(config(), eight_b)  # the 2e-3 default
+    assert "high for method full on a model of 8.0B" in learning_rate_warning(config("--method", "full", "--learning-rate", "2e-3"),
+                                                                                  eight_b)
+    assert "high for method lora" in learning_rate_warning(config("--learning-rate", "2e-3"), eight_b)
+    assert learning_rate_warning(config(), eight_b) is None  # the default (0) picks a rate that suits the model
     assert learning_rate_warning(config("--method", "full", "--learning-rate", "2e-5"), eight_b) is None
     assert learning_rate_warning(config("--learning-rate", "2e-4"), eight_b) is None
-    assert learning_rate_warning(config(), 135_000_000) is None  # the demo model with its default
+    assert learning_rate_warning(config("--learning-rate", "2e-3"), 135_000_000) is None  # the demo model's rate
+
+
+def test_the_default_learning_rate_follows_method_and_model_size():
+    from components.train.config import learning_rate, parse_args
+
+    def config(*extra):
+        return parse_args(["--train", "x", "--model-out", "m", "--checkpoints", "c", "--mlflow-run-id-out", "r",
+                           *extra])
+
+    assert config().learning_rate == 0  # component.yaml's default: pick by model
+    assert learning_rate(config(), 8_030_000_000) == 2e-4
+    assert learning_rate(config("--method", "qlora"), 70_550_000_000) == 2e-4
+    assert learning_rate(config("--method", "full"), 8_030_000_000) == 2e-5
+    assert learning_rate(config(), 135_000_000) == 2e-3  # the demo model's LoRA
+    assert learning_rate(config("--learning-rate", "5e-4"), 8_030_000_000) == 5e-4  # given: kept
+    assert config().max_steps == 0 and config().max_seq_len >= 2048  # an epoch of real-length examples
 
 
 # The shape of the ZeRO-3 json in transformers' and accelerate's DeepSpeed docs: hidden-size-dependent "auto"s
