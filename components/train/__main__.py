@@ -229,6 +229,8 @@ def _main(config: TrainConfig) -> int:
             run.finish("FAILED")
         raise
 
+    from tuneline.ml.chat import RENDER_KWARGS
+
     summary = {
         "base_model": config.base_model,
         "method": config.method,
@@ -242,6 +244,8 @@ def _main(config: TrainConfig) -> int:
         "mlflow_run_id": state.mlflow_run_id,
         # Serving puts a bare request under the same instructions the model was tuned with.
         "system_prompt": _common_system_prompt(train_split.records),
+        # The chat template's variables in every render of training and evaluation; serving uses the same.
+        "chat_template_kwargs": dict(RENDER_KWARGS),
         **loop.summary(),
         "process_wall_time_s": time.time() - started,
     }

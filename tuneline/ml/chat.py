@@ -28,7 +28,9 @@ from tuneline.ml.data import Example
 
 IGNORE = -100
 # Llama 3.x templates print "Today Date: <strftime_now>" unless given date_string: the same record would tokenise
-# differently on the day a resumed run continues. This is the templates' own fallback date.
+# differently on the day a resumed run continues. This is the templates' own fallback date. Serving renders with
+# the same variables (training_summary.json chat_template_kwargs -> serving.json), or the served prompt would be
+# one the model never saw in training.
 RENDER_KWARGS = {"date_string": "26 Jul 2024"}
 _OPEN, _CLOSE = "\ue000", "\ue001"  # private-use code points: no tokenizer vocabulary or dataset means them
 _MARK = re.compile(f"[{_OPEN}{_CLOSE}][0-9]+[{_OPEN}{_CLOSE}]")
