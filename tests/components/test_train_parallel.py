@@ -149,8 +149,8 @@ def test_a_learning_rate_far_above_the_methods_usual_range_is_warned_about():
                            *extra])
 
     eight_b = 8_030_000_000
-    assert "high for method full on a model of 8.0B" in learning_rate_warning(config("--method", "full", "--learning-rate", "2e-3"),
-                                                                                  eight_b)
+    full = config("--method", "full", "--learning-rate", "2e-3")
+    assert "high for method full on a model of 8.0B" in learning_rate_warning(full, eight_b)
     assert "high for method lora" in learning_rate_warning(config("--learning-rate", "2e-3"), eight_b)
     assert learning_rate_warning(config(), eight_b) is None  # the default (0) picks a rate that suits the model
     assert learning_rate_warning(config("--method", "full", "--learning-rate", "2e-5"), eight_b) is None

@@ -14,9 +14,9 @@ the spans; the render without markers must equal the plain render, so markers ne
 A template with ``{% generation %}`` blocks names its own spans, and those are used as given.
 
 Each segment is tokenised as it falls in the text up to its end (``_piece_ids``), so the context tokens are
-exactly the tokens the generation prompt produces at inference time and a label boundary never splits a token. A record the template cannot express
-(roles out of order, a message the template leaves out) raises ``TemplateError`` with the reason; callers
-quarantine it (``encode_all``) instead of failing the step.
+exactly the tokens the generation prompt produces at inference time and a label boundary never splits a token.
+A record the template cannot express (roles out of order, a message the template leaves out) raises
+``TemplateError`` with the reason; callers quarantine it (``encode_all``) instead of failing the step.
 """
 
 from __future__ import annotations
