@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from components.train import modelsetup
+from components.train import modelsetup, parallel
 from components.train.config import TrainConfig
 from components.train.state import TrainState
 from tuneline.ml import checkpoint as ckpt
@@ -35,6 +35,7 @@ from tuneline.ml.chat import IGNORE, Encoded
 from tuneline.ml.device import peak_memory_mb
 from tuneline.runner.step_progress import report as report_progress
 
+SHARDED_TRAINABLE = "trainable-dcp"  # an FSDP run's adapter and optimizer shards (torch distributed checkpoint)
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a killed process would report; the step is retried
 
 
@@ -85,14 +86,12 @@ class Loop:
         self.train, self.validation, self.run, self.stop, self.state = train, validation, run, stop, state
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.plan = plan(config, len(train), self.world)
-        from components.train.parallel import is_deepspeed, is_fsdp
-
-        self.deepspeed = is_deepspeed(accelerator)
+        self.deepspeed = parallel.is_deepspeed(accelerator)
         # accelerate's clip_grad_norm_ recognises an FSDP model only by its full parameter list
         # (accelerator.py clip_grad_norm_, accelerate 1.15): given the trainable ones alone it unscales the
         # fp16 gradients, finds no model and unscales again, and the GradScaler refuses ("unscale_() has
         # already been called"). Frozen parameters carry no gradient and add nothing to the norm.
-        self.clip_params = list(model.parameters()) if is_fsdp(accelerator) else \
+        self.clip_params = list(model.parameters()) if parallel.is_fsdp(accelerator) else \
             [p for p in model.parameters() if p.requires_grad]
         self.pad_id = tokenizer.pad_token_id
         self.started = time.perf_counter()
@@ -205,7 +204,9 @@ class Loop:
             ckpt.begin(folder, step)
         self.acc.wait_for_everyone()
         tmp = ckpt.tmp_dir(folder, step)
-        if self._sharded():
+        if self._adapter_under_fsdp():
+            parallel.save_trainable_sharded(self.model, self.optimizer, tmp / SHARDED_TRAINABLE)
+        elif self._sharded():
             self.acc.save_state(str(tmp / "accelerate"))
         elif self.acc.is_main_process:
             from safetensors.torch import save_file
@@ -226,9 +227,11 @@ class Loop:
         return final or folder / ckpt.name_for(step)
 
     def _sharded(self) -> bool:
-        from components.train.parallel import is_sharded
+        return parallel.is_sharded(self.acc)
 
-        return is_sharded(self.acc)
+    def _adapter_under_fsdp(self) -> bool:
+        """LoRA/QLoRA under FSDP2: only the adapter and its optimizer state go into a checkpoint."""
+        return self.c.method != "full" and getattr(self.acc, "is_fsdp2", False)
 
     def load_checkpoint(self, path: Path) -> None:
         saved = TrainState.load(path)
@@ -236,7 +239,9 @@ class Loop:
             self._print(f"warning: {path} was written with world size {saved.world_size} x batch "
                         f"{saved.per_device_batch}; resuming with {self.world} x {self.c.per_device_batch} "
                         "changes the data order from here on")
-        if self._sharded():
+        if self._adapter_under_fsdp():
+            parallel.load_trainable_sharded(self.model, self.optimizer, path / SHARDED_TRAINABLE)
+        elif self._sharded():
             self.acc.load_state(str(path / "accelerate"))
         else:
             from safetensors.torch import load_file
