@@ -175,7 +175,7 @@ def _main(config: TrainConfig) -> int:
     rate_warning = learning_rate_warning(config, n_parameters)
     if rate_warning:
         log(f"warning: {rate_warning}")
-    if config.learning_rate == 0:
+    if config.learning_rate is None:
         config = dataclasses.replace(config, learning_rate=learning_rate(config, n_parameters))
         log(f"learning rate {config.learning_rate:g} for method {config.method} on "
             f"{n_parameters / 1e9:.2f}B parameters")

@@ -152,7 +152,7 @@ def test_a_learning_rate_far_above_the_methods_usual_range_is_warned_about():
     full = config("--method", "full", "--learning-rate", "2e-3")
     assert "high for method full on a model of 8.0B" in learning_rate_warning(full, eight_b)
     assert "high for method lora" in learning_rate_warning(config("--learning-rate", "2e-3"), eight_b)
-    assert learning_rate_warning(config(), eight_b) is None  # the default (0) picks a rate that suits the model
+    assert learning_rate_warning(config(), eight_b) is None  # unset: a rate that suits the model is picked
     assert learning_rate_warning(config("--method", "full", "--learning-rate", "2e-5"), eight_b) is None
     assert learning_rate_warning(config("--learning-rate", "2e-4"), eight_b) is None
     assert learning_rate_warning(config("--learning-rate", "2e-3"), 135_000_000) is None  # the demo model's rate
@@ -165,7 +165,7 @@ def test_the_default_learning_rate_follows_method_and_model_size():
         return parse_args(["--train", "x", "--model-out", "m", "--checkpoints", "c", "--mlflow-run-id-out", "r",
                            *extra])
 
-    assert config().learning_rate == 0  # component.yaml's default: pick by model
+    assert config().learning_rate is None  # unset by default: picked by model
     assert learning_rate(config(), 8_030_000_000) == 2e-4
     assert learning_rate(config("--method", "qlora"), 70_550_000_000) == 2e-4
     assert learning_rate(config("--method", "full"), 8_030_000_000) == 2e-5
