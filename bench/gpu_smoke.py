@@ -149,7 +149,9 @@ def train_stage(data, model, out, method, steps, batch, seq_len, env, stages) ->
     s = summary_of(out)
     return {"steps": s["steps"], "tokens_per_s": round(s["tokens_per_s"], 1), "loss_first": s["first_train_loss"],
             "loss_last": s["final_train_loss"], "peak_memory_gb": round(s["peak_memory_mb"] / 1024, 2),
-            "precision": s["precision"]["mixed_precision"], "attention": s["precision"]["attn_implementation"]}
+            "precision": s["precision"]["mixed_precision"], "attention": s["precision"]["attn_implementation"],
+            "target_share": s["target_tokens"] / max(s["real_tokens"], 1),
+            "mean_len": s["real_tokens"] / max(s["steps"] * batch, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
            "TUNELINE_HOME": str(work / "home"), "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)  # tracked into the scratch home when MLflow is installed, else untracked
 
-    from bench.train_bench import n_params, peak_flops
+    from bench.train_bench import flops_per_token, n_params, peak_flops
     from tests.support.tickets import write_splits
 
     data = write_splits(work / "data", n_train=64)
@@ -217,11 +219,11 @@ def main(argv: list[str] | None = None) -> int:
             peak = peak_flops(device)
             if peak is None:
                 return {"note": f"no peak known for {device!r} (bench/train_bench.py GPU_PEAKS)"}
-            _, matmul = n_params(model)
             notes = []
-            for row, k in ((lora, 4), (full, 6)):  # FLOPs per parameter per token: LoRA 4, full 6
+            for row, method in ((lora, "lora"), (full, "full")):
                 if row.get("tokens_per_s"):
-                    row["mfu"] = round(row["tokens_per_s"] * k * matmul / peak[0], 4)
+                    per_token = flops_per_token(model, method, row["mean_len"], row["target_share"])
+                    row["mfu"] = round(row["tokens_per_s"] * per_token / peak[0], 4)
                     notes.append(f"{row['stage']} {row['mfu']:.1%}")
             return {"note": f"{', '.join(notes)} of {peak[0] / 1e12:g} TFLOP/s ({peak[1]})"}
 

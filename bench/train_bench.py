@@ -123,6 +123,26 @@ def n_params(folder: Path) -> tuple[int, int]:
     return body + lm_head * (1 if c.tie_word_embeddings else 2), body + lm_head
 
 
+def flops_per_token(folder: Path, method: str, mean_len: float, target_share: float) -> float:
+    """Model FLOPs of one training step per real (non-padding) token.
+
+    Weights: 6 per weight for a full step (forward 2, input gradient 2, weight gradient 2), 4 for LoRA/QLoRA,
+    whose frozen weights get no weight gradient (the adapter's own FLOPs, under 1%, are left out). The vocabulary
+    projection counts only at the share of tokens that are targets: the loop computes logits at answer positions
+    alone (``logits_to_keep``); a full-sequence loss has target_share 1. Attention: scores and the weighted sum
+    are 2 x 2 x hidden FLOPs per attended position per layer forward; causally a token of a sequence of length s
+    attends s/2 positions on average, and training triples the forward: 6 x layers x hidden x s per token, with
+    s the mean example length (packed examples attend only within themselves).
+    """
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(folder)
+    _, with_head = n_params(folder)
+    head = c.vocab_size * c.hidden_size
+    k = 6 if method == "full" else 4
+    return k * (with_head - head) + k * head * target_share + 6 * c.num_hidden_layers * c.hidden_size * mean_len
+
+
 def ours(name: str, method: str, packing: bool, args, data: dict, model: str, work: Path) -> dict:
     from components.train.__main__ import main
 
@@ -138,6 +158,8 @@ def ours(name: str, method: str, packing: bool, args, data: dict, model: str, wo
     summary = json.loads((out / "model" / "training_summary.json").read_text())
     return {"run": name, "method": method, "packing": packing, "tokens_per_s": summary["tokens_per_s"],
             "real_token_share": summary["real_token_share"], "real_tokens": summary["real_tokens"],
+            "target_share": summary["target_tokens"] / max(summary["real_tokens"], 1),
+            "mean_len": summary["real_tokens"] / max(summary["steps"] * args.batch, 1),
             "train_time_s": summary["train_time_s"], "peak_memory_mb": gpu_peak() or rss.mb,
             "loss_first": summary["first_train_loss"], "loss_last": summary["final_train_loss"]}
 
@@ -256,12 +278,13 @@ def main() -> int:
 
         device = torch.cuda.get_device_name()
         peak = peak_flops(device)
-        total, matmul = n_params(resolve_model(model))
+        folder = resolve_model(model)
         for run in runs:
-            # 6 FLOPs per parameter per token for a full step; LoRA skips the frozen weights' gradient (4).
-            flops_per_token = (6 if run["method"] == "full" else 4) * matmul
-            run["model_tflops_per_s"] = run["tokens_per_s"] * flops_per_token / 1e12
-            run["mfu"] = run["tokens_per_s"] * flops_per_token / peak[0] if peak else None
+            # TRL's default loss covers every token, so its logits are computed at every position.
+            per_token = flops_per_token(folder, run["method"], run.get("mean_len", args.seq_len),
+                                        run.get("target_share", 1.0))
+            run["model_tflops_per_s"] = run["tokens_per_s"] * per_token / 1e12
+            run["mfu"] = run["tokens_per_s"] * per_token / peak[0] if peak else None
         if peak is None:
             print(f"no peak FLOP/s known for {device!r}: MFU not reported (add it to GPU_PEAKS)")
     else:

@@ -11,13 +11,14 @@ end of the current optimizer step and exits with status 143, so a retried step c
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
 import time
 from collections import Counter
 
-from components.train.config import TrainConfig, hyperparameters, learning_rate_warning, parse_args
+from components.train.config import TrainConfig, hyperparameters, learning_rate, learning_rate_warning, parse_args
 from components.train.modelsetup import MethodUnavailable, check_method
 from tuneline.outputs import write_value
 
@@ -140,11 +141,15 @@ def _main(config: TrainConfig) -> int:
     log(f"precision: {chosen.describe()}; distribution {acc.distributed_type.value}, "
         f"{acc.num_processes} process(es)", flush=True)
 
-    if acc.distributed_type == DistributedType.DEEPSPEED and config.grad_accum != 1:
-        # DeepSpeed's engine steps inside backward(); our accumulation would step every micro-batch.
-        print("error: under DeepSpeed use --grad-accum 1 and set gradient_accumulation_steps in the "
-              "accelerate config", file=sys.stderr)
-        return 2
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        # DeepSpeed's engine accumulates by itself; the loop marks its boundaries (loop.py) and plans its steps
+        # with the same count.
+        try:
+            config = dataclasses.replace(
+                config, grad_accum=parallel.deepspeed_grad_accum(acc.state.deepspeed_plugin, config.grad_accum))
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
 
     train_split = read_split(config.train)
     val_split = read_split(config.validation) if config.validation else None
@@ -170,6 +175,10 @@ def _main(config: TrainConfig) -> int:
     rate_warning = learning_rate_warning(config, n_parameters)
     if rate_warning:
         log(f"warning: {rate_warning}")
+    if config.learning_rate is None:
+        config = dataclasses.replace(config, learning_rate=learning_rate(config, n_parameters))
+        log(f"learning rate {config.learning_rate:g} for method {config.method} on "
+            f"{n_parameters / 1e9:.2f}B parameters")
     optimizer = torch.optim.AdamW(modelsetup.param_groups(model, config.weight_decay), lr=config.learning_rate)
     scheduler = get_scheduler(config.lr_scheduler if config.lr_scheduler != "constant" else "constant_with_warmup",
                               optimizer, num_warmup_steps=math.ceil(config.warmup_ratio * steps.total_steps),
@@ -220,6 +229,8 @@ def _main(config: TrainConfig) -> int:
             run.finish("FAILED")
         raise
 
+    from tuneline.ml.chat import RENDER_KWARGS
+
     summary = {
         "base_model": config.base_model,
         "method": config.method,
@@ -233,6 +244,8 @@ def _main(config: TrainConfig) -> int:
         "mlflow_run_id": state.mlflow_run_id,
         # Serving puts a bare request under the same instructions the model was tuned with.
         "system_prompt": _common_system_prompt(train_split.records),
+        # The chat template's variables in every render of training and evaluation; serving uses the same.
+        "chat_template_kwargs": dict(RENDER_KWARGS),
         **loop.summary(),
         "process_wall_time_s": time.time() - started,
     }

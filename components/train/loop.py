@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from components.train import modelsetup
+from components.train import modelsetup, parallel
 from components.train.config import TrainConfig
 from components.train.state import TrainState
 from tuneline.ml import checkpoint as ckpt
@@ -35,6 +35,7 @@ from tuneline.ml.chat import IGNORE, Encoded
 from tuneline.ml.device import peak_memory_mb
 from tuneline.runner.step_progress import report as report_progress
 
+SHARDED_TRAINABLE = "trainable-dcp"  # an FSDP run's adapter and optimizer shards (torch distributed checkpoint)
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a killed process would report; the step is retried
 
 
@@ -85,7 +86,13 @@ class Loop:
         self.train, self.validation, self.run, self.stop, self.state = train, validation, run, stop, state
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.plan = plan(config, len(train), self.world)
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.deepspeed = parallel.is_deepspeed(accelerator)
+        # accelerate's clip_grad_norm_ recognises an FSDP model only by its full parameter list
+        # (accelerator.py clip_grad_norm_, accelerate 1.15): given the trainable ones alone it unscales the
+        # fp16 gradients, finds no model and unscales again, and the GradScaler refuses ("unscale_() has
+        # already been called"). Frozen parameters carry no gradient and add nothing to the norm.
+        self.clip_params = list(model.parameters()) if parallel.is_fsdp(accelerator) else \
+            [p for p in model.parameters() if p.requires_grad]
         self.pad_id = tokenizer.pad_token_id
         self.started = time.perf_counter()
         self.wall_at_start = state.wall_time_s
@@ -106,17 +113,31 @@ class Loop:
         loss_sum = 0.0
         _synchronize(self.acc.device)
         t0 = time.perf_counter()
+        if self.deepspeed:
+            # The engine divides every loss by its gradient_accumulation_steps (engine.backward, scale_wrt_gas);
+            # the scale above already averages over the whole step.
+            scale *= self.c.grad_accum
         for j, batch in enumerate(batches):
             sync = j == len(batches) - 1
+            if self.deepspeed:
+                # accelerate's DeepSpeed backward marks the accumulation boundary and steps the engine only when
+                # sync_gradients is set (utils/deepspeed.py DeepSpeedEngineWrapper.backward), as inside its own
+                # accumulate() context.
+                self.acc.gradient_state._set_sync_gradients(sync)
             with nullcontext() if sync else self.acc.no_sync(self.model):
                 loss = token_loss_sum(self.model, batch)
                 self.acc.backward(loss * scale)
             loss_sum += float(loss.detach())
         max_norm = self.c.max_grad_norm if self.c.max_grad_norm > 0 else float("inf")
-        grad_norm = _as_float(self.acc.clip_grad_norm_(self.params, max_norm))
+        grad_norm = _as_float(self.acc.clip_grad_norm_(self.clip_params, max_norm))
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
-        self.scheduler.step()
+        # An fp16 step whose gradients overflowed changed no weight (the GradScaler skipped it and lowered its
+        # scale): the schedule stays where it was, or warm-up and decay would run ahead of the updates made.
+        # The data position still advances, so a resumed run replays the same batches.
+        skipped = bool(getattr(self.optimizer, "step_was_skipped", False))
+        if not skipped:
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         # CUDA kernels run asynchronously: without waiting, the optimizer step's kernels would be counted in
         # the next step's time (or in none, for the last), and tokens/s and MFU would be off.
@@ -129,6 +150,7 @@ class Loop:
         s = self.state
         s.global_step += 1
         s.step_in_epoch += 1
+        s.skipped_steps += skipped
         s.real_tokens += int(g_real)
         s.padded_tokens += int(g_padded)
         s.target_tokens += int(global_targets)
@@ -182,7 +204,9 @@ class Loop:
             ckpt.begin(folder, step)
         self.acc.wait_for_everyone()
         tmp = ckpt.tmp_dir(folder, step)
-        if self._sharded():
+        if self._adapter_under_fsdp():
+            parallel.save_trainable_sharded(self.model, self.optimizer, tmp / SHARDED_TRAINABLE)
+        elif self._sharded():
             self.acc.save_state(str(tmp / "accelerate"))
         elif self.acc.is_main_process:
             from safetensors.torch import save_file
@@ -203,9 +227,11 @@ class Loop:
         return final or folder / ckpt.name_for(step)
 
     def _sharded(self) -> bool:
-        from components.train.parallel import is_sharded
+        return parallel.is_sharded(self.acc)
 
-        return is_sharded(self.acc)
+    def _adapter_under_fsdp(self) -> bool:
+        """LoRA/QLoRA under FSDP2: only the adapter and its optimizer state go into a checkpoint."""
+        return self.c.method != "full" and getattr(self.acc, "is_fsdp2", False)
 
     def load_checkpoint(self, path: Path) -> None:
         saved = TrainState.load(path)
@@ -213,7 +239,9 @@ class Loop:
             self._print(f"warning: {path} was written with world size {saved.world_size} x batch "
                         f"{saved.per_device_batch}; resuming with {self.world} x {self.c.per_device_batch} "
                         "changes the data order from here on")
-        if self._sharded():
+        if self._adapter_under_fsdp():
+            parallel.load_trainable_sharded(self.model, self.optimizer, path / SHARDED_TRAINABLE)
+        elif self._sharded():
             self.acc.load_state(str(path / "accelerate"))
         else:
             from safetensors.torch import load_file
@@ -303,6 +331,7 @@ class Loop:
             "wall_time_s": self._wall(),
             "peak_memory_mb": peak_memory_mb(),
             "resumes": s.resumes,
+            "skipped_steps": s.skipped_steps,
         }
 
 

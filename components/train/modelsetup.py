@@ -87,31 +87,49 @@ def build(config: TrainConfig, precision: str, device: torch.device, *, attn_imp
         model = load_causal_lm(path, dtype=dtype, quantization_config=quantization,
                                attn_implementation=attn_implementation, device_map={"": device} if direct else None)
     model.config.use_cache = False
-    # Under FSDP, QLoRA skips prepare_model_for_kbit_training and PEFT's fp32 upcast of the adapter: both make
-    # fp32 parameters beside the 16-bit-stored 4-bit weights, and FSDP needs one dtype per sharded group
-    # (accelerate does not upcast models holding Params4bit, fsdp_utils.py fsdp2_prepare_model; TRL's SFT
-    # set-up does the same for sharded QLoRA, trl/experimental/utils.py).
+    # Under FSDP, QLoRA skips prepare_model_for_kbit_training: it casts every unquantised weight to fp32, and
+    # the frozen weights are kept in the 4-bit storage dtype there (TRL's SFT set-up does the same for sharded
+    # QLoRA, trl/experimental/utils.py).
     sharded_qlora = config.method == "qlora" and fsdp
     if config.method == "qlora" and not sharded_qlora:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+        model = prepare_kbit(model, config.gradient_checkpointing)
     elif config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.method in ("lora", "qlora"):
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(
-            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-            target_modules=_targets(config.lora_targets), task_type="CAUSAL_LM", bias="none",
-        )
-        torch.manual_seed(config.seed)  # adapter initialisation is part of the run's determinism
-        model = get_peft_model(model, lora, autocast_adapter_dtype=not sharded_qlora)
+        model = add_lora(model, config)
     if on_meta:
         _materialise_trainable(model)
     if quantization is None and not sharded:
         model.to(device)
     return model, tokenizer
+
+
+def prepare_kbit(model, gradient_checkpointing: bool):
+    """PEFT's preparation of a quantised model, with non-reentrant activation checkpointing: the reentrant
+    kind (PEFT's default when given no kwargs, peft/utils/other.py ``prepare_model_for_kbit_training``) needs
+    inputs that require grad, recomputes under DDP's hooks twice and cannot skip frozen layers' gradients."""
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                           gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def add_lora(model, config: TrainConfig):
+    """Wrap the model with a LoRA adapter whose weights are fp32 whatever the base model's dtype.
+
+    fp32 adapters for sharded QLoRA too: FSDP2 needs one dtype among the trainable parameters only, and mixes
+    16-bit frozen with fp32 trainable parameters in one group (accelerate's fsdp2_prepare_model gives the
+    MixedPrecisionPolicy that casts them for compute). 16-bit adapters would make the fp16 GradScaler refuse
+    ("Attempting to unscale FP16 gradients") and round every bf16 update.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules=_targets(config.lora_targets), task_type="CAUSAL_LM", bias="none",
+    )
+    torch.manual_seed(config.seed)  # adapter initialisation is part of the run's determinism
+    return get_peft_model(model, lora, autocast_adapter_dtype=True)
 
 
 def _materialise_trainable(model) -> None:

@@ -17,6 +17,18 @@ def is_sharded(acc) -> bool:
     return acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
+def is_fsdp(acc) -> bool:
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type == DistributedType.FSDP
+
+
+def is_deepspeed(acc) -> bool:
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type == DistributedType.DEEPSPEED
+
+
 def shards_parameters(acc) -> bool:
     """FSDP or ZeRO-3: no rank holds the whole model, so saving it needs a gather that every rank joins."""
     from accelerate.utils import DistributedType
@@ -78,6 +90,12 @@ def fill_deepspeed_config(acc, per_device_batch: int, grad_accum: int, max_grad_
     return fill_deepspeed_plugin(plugin, per_device_batch, grad_accum, max_grad_norm, acc.num_processes)
 
 
+# The keys this loop owns. A DeepSpeed config's other "auto" values (reduce_bucket_size,
+# stage3_prefetch_bucket_size, stage3_param_persistence_threshold: sizes from the model's hidden size) are
+# accelerate's to fill in ``_prepare_deepspeed``, after this.
+LOOP_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size", "gradient_clipping")
+
+
 def fill_deepspeed_plugin(plugin, per_device_batch: int, grad_accum: int, max_grad_norm: float,
                           world: int) -> dict[str, Any]:
     values = {
@@ -92,11 +110,69 @@ def fill_deepspeed_plugin(plugin, per_device_batch: int, grad_accum: int, max_gr
     # does not clip. The loop's own values are the ones it trains with.
     for key in ("train_micro_batch_size_per_gpu", "gradient_clipping"):
         config.setdefault(key, values[key])
-    try:
-        plugin.deepspeed_config_process(must_match=True, **values)
-    except ValueError as err:
-        raise ValueError(f"the DeepSpeed config disagrees with the training arguments: {err}") from err
+    mismatches: list[str] = []
+    for key in LOOP_KEYS:
+        plugin.fill_match(key, mismatches, must_match=True, **values)
+    if mismatches:
+        raise ValueError("the DeepSpeed config disagrees with the training arguments:\n" + "\n".join(mismatches)
+                         + "\nset these to auto in the DeepSpeed config, or pass the same values to the train step")
     return values
+
+
+def deepspeed_grad_accum(plugin, requested: int) -> int:
+    """The gradient accumulation to train with under DeepSpeed: ``--grad-accum``, or the DeepSpeed config's
+    ``gradient_accumulation_steps`` when that is a number and ``--grad-accum`` is left at 1. Both set and
+    different is an error (the engine would step at another boundary than the loop's)."""
+    configured = plugin.deepspeed_config.get("gradient_accumulation_steps", "auto")
+    if configured == "auto" or configured == requested:
+        return requested
+    if not isinstance(configured, int) or configured < 1:
+        raise ValueError(f"the DeepSpeed config's gradient_accumulation_steps is {configured!r}: give a positive "
+                         "integer or auto")
+    if requested == 1:
+        return configured
+    raise ValueError(f"--grad-accum {requested} but the DeepSpeed config's gradient_accumulation_steps is "
+                     f"{configured}: set one of them (auto in the DeepSpeed config takes --grad-accum)")
+
+
+def save_trainable_sharded(model, optimizer, folder) -> None:
+    """Checkpoint the trainable parameters of an FSDP2 model and their optimizer state, each rank its shards.
+
+    accelerate's ``save_state`` writes the whole sharded model, frozen base included: for a LoRA of a 70B model
+    140 GB every save_steps, where the adapter and its AdamW moments are a few hundred MB. torch's distributed
+    checkpoint (``dcp.save``) of ``get_state_dict(..., ignore_frozen_params=True)`` writes only those; the frozen
+    weights come from the base model again on resume. Every rank must call this.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, _torch_optimizer(optimizer), options=_trainable_only())
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(folder))
+
+
+def load_trainable_sharded(model, optimizer, folder) -> None:
+    """Restore what ``save_trainable_sharded`` wrote into this run's FSDP2 model and optimizer."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    inner = _torch_optimizer(optimizer)
+    model_state, optimizer_state = get_state_dict(model, inner, options=_trainable_only())
+    state = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(state, checkpoint_id=str(folder))
+    # strict=False: the frozen weights are not in it; they are the base model's, loaded at start.
+    set_state_dict(model, inner, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                   options=_trainable_only(strict=False))
+
+
+def _trainable_only(strict: bool = True):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(ignore_frozen_params=True, strict=strict)
+
+
+def _torch_optimizer(optimizer):
+    """The torch optimizer behind accelerate's wrapper, whose parameters are the model's sharded ones."""
+    return getattr(optimizer, "optimizer", optimizer)
 
 
 def loads_on_meta() -> bool:
@@ -122,6 +198,7 @@ def gathered_trainable(acc, model) -> dict:
     """
     if not getattr(acc, "is_fsdp2", False):
         return acc.get_state_dict(model)
+    from accelerate.utils.fsdp_utils import fsdp2_canonicalize_names
     from torch.distributed.tensor import DTensor
 
     out = {}
@@ -131,4 +208,6 @@ def gathered_trainable(acc, model) -> dict:
         full = param.full_tensor() if isinstance(param, DTensor) else param
         if acc.is_main_process:
             out[name] = full.detach().to("cpu", copy=True)
-    return out
+    # fsdp_activation_checkpointing wraps each decoder layer, which puts "_checkpoint_wrapped_module." into the
+    # names; PEFT would match no key of such an adapter when loading it and serve the base model unchanged.
+    return fsdp2_canonicalize_names(out)

@@ -26,6 +26,7 @@ class TrainState:
     train_time_s: float = 0.0
     wall_time_s: float = 0.0
     resumes: int = 0
+    skipped_steps: int = 0  # fp16 steps the GradScaler skipped on overflowing gradients
     losses: list[float] = field(default_factory=list)
     val_losses: list[list[float]] = field(default_factory=list)  # [step, loss] pairs
 

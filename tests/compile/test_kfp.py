@@ -224,3 +224,31 @@ def test_resume_output_runs_behind_the_wrapper_with_the_pvc_and_its_root(compile
     assert "pvcMount" not in cpu_k8s
     assert "TUNELINE_CHECKPOINT_ROOT" not in {e["name"] for e in cpu_container.get("env", [])}
     assert "tuneline.compile.resume" not in cpu_container["command"]
+
+
+def test_steps_that_load_a_model_share_a_hub_cache_and_get_the_hub_token(tmp_path):
+    """train and evaluate (inputs of kind model_ref) download to one Hugging Face cache on the checkpoint volume,
+    and with --hf-secret get HF_TOKEN for gated models; prepare loads none and gets neither."""
+    from pathlib import Path
+
+    from tuneline.compile.build import compile_file
+
+    root = Path(__file__).resolve().parents[2] / "pipelines"
+    options = CompileOptions(hf_secret="hf-login")
+    out = compile_file(root / "finetune-gpu.yaml", ("kfp",), tmp_path, options)
+    spec, platform = kfp_documents(tmp_path / "finetune-gpu" / "kfp" / "pipeline.yaml")
+    for step in ("train", "evaluate"):
+        container, k8s = _executor(spec, platform, step)
+        assert {"name": "HF_HOME", "value": "/mnt/checkpoints/hf-cache"} in container["env"]
+        assert k8s["pvcMount"][0]["mountPath"] == "/mnt/checkpoints"
+        hub = [s for s in k8s["secretAsEnv"] if s["secretName"] == "hf-login"]
+        assert [e["envVar"] for e in hub[0]["keyToEnv"]] == ["HF_TOKEN"]
+    container, k8s = _executor(spec, platform, "prepare")
+    assert "HF_HOME" not in {e["name"] for e in container.get("env", [])} and "pvcMount" not in k8s
+    assert out is not None
+    # The multi-node step's job pods get the same.
+    compile_file(root / "finetune-multinode.yaml", ("kfp",), tmp_path, options)
+    job = yaml.safe_load(next((tmp_path / "finetune-multinode" / "kfp").glob("*job-train.yaml")).read_text())
+    env = job["spec"]["trainer"]["env"]
+    assert {"name": "HF_HOME", "value": "/mnt/checkpoints/hf-cache"} in env
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-login", "key": "HF_TOKEN"}}} in env

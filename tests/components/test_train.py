@@ -45,6 +45,7 @@ def test_lora_run_writes_adapter_summary_and_mlflow_run(env):
     summary = json.loads((model / "training_summary.json").read_text())
     assert summary["base_model"] == "tiny-random-llama" and summary["method"] == "lora"
     assert summary["steps"] == 3 and summary["hyperparameters"]["per_device_batch"] == 4
+    assert summary["hyperparameters"]["learning_rate"] == 2e-3  # picked for a LoRA of a sub-1B model
     assert len(summary["data"]["train_sha256"]) == 64 and summary["final_val_loss"] > 0
     assert summary["tokens_per_s"] > 0 and summary["peak_memory_mb"] > 0
     run_id = (out / "run_id.json").read_text()  # a STRING output: bare text

@@ -83,9 +83,16 @@ def test_fsdp_lora_matches_ddp_and_resumes_exactly_after_a_kill(tmp_path, train_
     output = _run("fsdp", data, fsdp, train_env)
     assert "distribution FSDP, 2 process(es)" in output  # sharded, not plain data parallel
 
-    # Each process sharded the model: the checkpoint is accelerate's sharded one, not our single-file state.
+    # Each process wrote its shards of the adapter and its optimizer state, and nothing of the frozen base
+    # (accelerate's save_state wrote the whole model: 140 GB per checkpoint for a 70B LoRA).
     checkpoint = next((fsdp / "ckpt").glob("checkpoint-*"))
-    assert (checkpoint / "accelerate").is_dir() and not (checkpoint / "trainable.safetensors").exists()
+    assert not (checkpoint / "trainable.safetensors").exists() and not (checkpoint / "accelerate").exists()
+    from torch.distributed.checkpoint import FileSystemReader
+
+    saved = FileSystemReader(str(checkpoint / "trainable-dcp")).read_metadata().state_dict_metadata
+    weights = [k for k in saved if k.startswith("model.")]
+    assert len(weights) == 28 and all(".lora_" in k for k in weights)
+    assert any(k.startswith("optimizer.state.") and k.endswith("exp_avg_sq") for k in saved)
     a, b = _adapter(ddp), _adapter(fsdp)
     assert a.keys() == b.keys() and len(a) == 28  # every LoRA matrix of the 2-layer model, in full
     for name in a:

@@ -149,8 +149,72 @@ def test_a_learning_rate_far_above_the_methods_usual_range_is_warned_about():
                            *extra])
 
     eight_b = 8_030_000_000
-    assert "high for method full on a model of 8.0B" in learning_rate_warning(config("--method", "full"), eight_b)
-    assert "high for method lora" in learning_rate_warning(config(), eight_b)  # the 2e-3 default
+    full = config("--method", "full", "--learning-rate", "2e-3")
+    assert "high for method full on a model of 8.0B" in learning_rate_warning(full, eight_b)
+    assert "high for method lora" in learning_rate_warning(config("--learning-rate", "2e-3"), eight_b)
+    assert learning_rate_warning(config(), eight_b) is None  # unset: a rate that suits the model is picked
     assert learning_rate_warning(config("--method", "full", "--learning-rate", "2e-5"), eight_b) is None
     assert learning_rate_warning(config("--learning-rate", "2e-4"), eight_b) is None
-    assert learning_rate_warning(config(), 135_000_000) is None  # the demo model with its default
+    assert learning_rate_warning(config("--learning-rate", "2e-3"), 135_000_000) is None  # the demo model's rate
+
+
+def test_the_default_learning_rate_follows_method_and_model_size():
+    from components.train.config import learning_rate, parse_args
+
+    def config(*extra):
+        return parse_args(["--train", "x", "--model-out", "m", "--checkpoints", "c", "--mlflow-run-id-out", "r",
+                           *extra])
+
+    assert config().learning_rate is None  # unset by default: picked by model
+    assert learning_rate(config(), 8_030_000_000) == 2e-4
+    assert learning_rate(config("--method", "qlora"), 70_550_000_000) == 2e-4
+    assert learning_rate(config("--method", "full"), 8_030_000_000) == 2e-5
+    assert learning_rate(config(), 135_000_000) == 2e-3  # the demo model's LoRA
+    assert learning_rate(config("--learning-rate", "5e-4"), 8_030_000_000) == 5e-4  # given: kept
+    assert config().max_steps == 0 and config().max_seq_len >= 2048  # an epoch of real-length examples
+
+
+# The shape of the ZeRO-3 json in transformers' and accelerate's DeepSpeed docs: hidden-size-dependent "auto"s
+# that accelerate fills from the model in _prepare_deepspeed, after the loop's own keys.
+HF_ZERO3 = {"bf16": {"enabled": "auto"}, "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
+            "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
+            "zero_optimization": {"stage": 3, "overlap_comm": True, "reduce_bucket_size": "auto",
+                                  "stage3_prefetch_bucket_size": "auto",
+                                  "stage3_param_persistence_threshold": "auto",
+                                  "stage3_gather_16bit_weights_on_model_save": True}}
+
+
+def test_an_hf_style_deepspeed_json_gets_the_loops_values_and_keeps_accelerates_autos():
+    import copy
+
+    from accelerate.utils import DeepSpeedPlugin
+
+    plugin = DeepSpeedPlugin(hf_ds_config=copy.deepcopy(HF_ZERO3))
+    plugin.set_mixed_precision("bf16")
+    parallel.fill_deepspeed_plugin(plugin, per_device_batch=4, grad_accum=2, max_grad_norm=1.0, world=8)
+    assert plugin.get_value("train_batch_size") == 64 and plugin.get_value("gradient_accumulation_steps") == 2
+    assert plugin.get_value("gradient_clipping") == 1.0
+    for key in ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold"):
+        assert plugin.is_auto(f"zero_optimization.{key}")  # for _prepare_deepspeed, which knows the model
+
+
+@pytest.mark.parametrize("config", ["zero2.yaml", "zero3.yaml"])
+def test_grad_accum_drives_deepspeeds_accumulation_from_the_shipped_configs(config, launched):
+    from accelerate.utils import DeepSpeedPlugin
+
+    launched(config)
+    plugin = DeepSpeedPlugin()
+    assert parallel.deepspeed_grad_accum(plugin, 4) == 4
+    parallel.fill_deepspeed_plugin(plugin, per_device_batch=2, grad_accum=4, max_grad_norm=1.0, world=2)
+    assert plugin.get_value("gradient_accumulation_steps") == 4 and plugin.get_value("train_batch_size") == 16
+
+
+def test_deepspeed_accumulation_set_in_its_config_is_taken_unless_grad_accum_disagrees():
+    from accelerate.utils import DeepSpeedPlugin
+
+    plugin = DeepSpeedPlugin(hf_ds_config={**HF_ZERO3, "gradient_accumulation_steps": 4})
+    assert parallel.deepspeed_grad_accum(plugin, 1) == 4  # --grad-accum left at its default
+    assert parallel.deepspeed_grad_accum(plugin, 4) == 4
+    parallel.fill_deepspeed_plugin(plugin, per_device_batch=2, grad_accum=4, max_grad_norm=1.0, world=2)
+    with pytest.raises(ValueError, match="--grad-accum 2 but the DeepSpeed config's gradient_accumulation_steps is 4"):
+        parallel.deepspeed_grad_accum(plugin, 2)

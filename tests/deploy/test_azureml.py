@@ -192,3 +192,25 @@ def test_score_script_serves_a_merged_model(tmp_path: Path, monkeypatch: pytest.
     bare = score.run(json.dumps({"messages": own_system}))
     assert bare["usage"]["prompt_tokens"] < usage["prompt_tokens"]  # the training system prompt was added before
     assert "error" in score.run(json.dumps({"messages": [{"role": "user", "content": "hi"}], "stream": True}))
+
+
+def test_score_script_renders_prompts_as_training_did(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Llama 3.x stamps a date into the system header: serving must render it as training did, not with today's."""
+    import importlib.util
+    import json
+
+    from tests.ml.families import FAMILIES, build
+    from tuneline.ml.chat import render
+    from tuneline.serve.repository import SERVING_FILE, serving_settings
+
+    folder = build(FAMILIES["llama3"], tmp_path / "model")
+    (folder / SERVING_FILE).write_text(json.dumps(serving_settings(folder)))
+    monkeypatch.setenv("AZUREML_MODEL_DIR", str(tmp_path))
+    spec = importlib.util.spec_from_file_location("score", azureml.SCORE_SCRIPT)
+    score = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(score)
+    score.init()
+    conversation = [{"role": "system", "content": "Triage."}, {"role": "user", "content": "printer offline"}]
+    served = score.render(conversation)
+    assert "Today Date: 26 Jul 2024" in served
+    assert served == render(score._state["tokenizer"], conversation, generation_prompt=True)

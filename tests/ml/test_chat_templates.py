@@ -95,3 +95,41 @@ def test_markers_in_the_data_are_refused():
     record = Example("r", [{"role": "user", "content": "x\ue0000\ue000"}, {"role": "assistant", "content": "y"}])
     with pytest.raises(TemplateError, match="private-use"):
         encode(tok, record, max_seq_len=64)
+
+
+def _metaspace_tokenizer(scheme: str, inst_special: bool):
+    """A SentencePiece-style tokenizer (Metaspace pre-tokenizer, as transformers 5 builds LlamaTokenizer) with
+    Mistral's template, trained here on a few sentences."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import BPE
+    from tokenizers.trainers import BpeTrainer
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.ml.families import TEMPLATES
+
+    specials = ["<unk>", "<s>", "</s>"] + (["[INST]", "[/INST]"] if inst_special else [])
+    core = Tokenizer(BPE(unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme=scheme, split=True)
+    core.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme=scheme, split=True)
+    corpus = ["[INST] What is the capital of France?[/INST] Paris is the capital.",
+              "[INST] And of Italy?[/INST] Rome.", "hello world [INST] [/INST] the answer is"] * 50
+    alphabet = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ?.[]/ \n\u2581")
+    core.train_from_iterator(corpus, BpeTrainer(vocab_size=300, special_tokens=specials, initial_alphabet=alphabet))
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   additional_special_tokens=specials[3:],
+                                   chat_template=(TEMPLATES / FAMILIES["mistral"].template).read_text())
+
+
+@pytest.mark.parametrize("inst_special", [True, False])
+@pytest.mark.parametrize("scheme", ["first", "always"])
+def test_a_sentencepiece_style_tokenizer_trains_on_the_prompt_inference_sees(scheme, inst_special):
+    tok = _metaspace_tokenizer(scheme, inst_special)
+    record = Example("r", [{"role": "user", "content": "What is the capital of France?"},
+                           {"role": "assistant", "content": "Paris is the capital."},
+                           {"role": "user", "content": "And of Italy?"}, {"role": "assistant", "content": "Rome."}])
+    encoded = encode(tok, record, max_seq_len=4096)
+    prompt = prompt_ids(tok, record)
+    # Was: the context after the first answer began with "▁[INST]" where the whole prompt has "[", "INST]".
+    assert encoded.input_ids[: len(prompt)] == prompt
+    assert encoded.labels[len(prompt)] != IGNORE and encoded.labels[len(prompt) - 1] == IGNORE
+    assert "Paris is the capital." in _targets(tok, encoded) and _targets(tok, encoded).endswith("Rome.</s>")

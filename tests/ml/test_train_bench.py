@@ -18,3 +18,20 @@ def test_each_gpu_has_its_own_peak(name, tflops):
 def test_an_unknown_gpu_gets_no_peak_rather_than_another_gpus():
     assert peak_flops("NVIDIA A10G") is None
     assert peak_flops("NVIDIA GeForce RTX 4090") is None
+
+
+def test_flops_per_token_charges_the_head_at_targets_only_and_counts_attention():
+    from pathlib import Path
+
+    from bench.train_bench import flops_per_token
+
+    llama = Path(__file__).resolve().parents[2] / "data" / "model-configs" / "meta-llama" / "Llama-3.1-8B-Instruct"
+    head = 128256 * 4096
+    body = 8_030_261_248 - 2 * head - (2 * 32 + 1) * 4096  # the matmul weights of the 32 layers (no norms)
+    lora = flops_per_token(llama, "lora", mean_len=1024, target_share=0.25)
+    assert lora == 4 * body + 4 * head * 0.25 + 6 * 32 * 4096 * 1024
+    # The vocabulary projection at every position (a full-sequence loss) costs 3/4 of a head more per token.
+    assert flops_per_token(llama, "lora", 1024, 1.0) - lora == 4 * head * 0.75
+    # Full fine-tuning adds the weight gradients; longer examples cost more attention per token.
+    assert flops_per_token(llama, "full", 1024, 0.25) - lora == 2 * body + 2 * head * 0.25
+    assert flops_per_token(llama, "lora", 2048, 0.25) - lora == 6 * 32 * 4096 * 1024

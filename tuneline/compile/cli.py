@@ -33,7 +33,8 @@ def _options(args: argparse.Namespace) -> CompileOptions:
                           image_lock=load_image_lock(Path(args.images)) if args.images else None,
                           no_cache=args.no_cache, mlflow_secret=args.mlflow_secret or None,
                           mlflow_config_map=args.mlflow_config_map or None,
-                          checkpoint_pvc=args.checkpoint_pvc, azureml_compute=args.azureml_compute)
+                          checkpoint_pvc=args.checkpoint_pvc, azureml_compute=args.azureml_compute,
+                          hf_secret=args.hf_secret or None)
 
 
 def _compile(args: argparse.Namespace, pipeline: str, targets: tuple[str, ...]):
@@ -136,7 +137,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="Kubernetes Secret with MLFLOW_TRACKING_USERNAME/_PASSWORD for the tracking server's "
                              "basic auth (default: %(default)s); '' for none")
     parser.add_argument("--checkpoint-pvc", default=DEFAULT_CHECKPOINT_PVC,
-                        help="PersistentVolumeClaim mounted at /mnt/checkpoints on resumable steps")
+                        help="PersistentVolumeClaim mounted at /mnt/checkpoints on resumable steps and on steps "
+                             "that load a model (their Hugging Face cache lives there)")
+    parser.add_argument("--hf-secret", default=None,
+                        help="Kubernetes Secret with HF_TOKEN, given to the steps that load a model (gated Hub "
+                             "models need it); default: none")
     parser.add_argument("--azureml-compute", default=DEFAULT_AZUREML_COMPUTE,
                         help="Azure ML compute for steps without an azureml compute profile")
 

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .options import MLFLOW_CONFIG_KEYS, MLFLOW_SECRET_KEYS
+from .options import HF_SECRET_KEYS, MLFLOW_CONFIG_KEYS, MLFLOW_SECRET_KEYS
 from .placement import CHECKPOINT_MOUNT, GPU_RESOURCE, Placement
 
 PART_OF = {"app.kubernetes.io/part-of": "tuneline"}
@@ -55,7 +55,7 @@ class PodParts:
 
 
 def pod_parts(image: str, command: list[str], place: Placement, env: dict[str, str], pvc: str,
-              mlflow_secret: str | None, mlflow_config_map: str | None) -> PodParts:
+              mlflow_secret: str | None, mlflow_config_map: str | None, hf_secret: str | None = None) -> PodParts:
     limits: dict[str, Any] = {}
     if place.cpu:
         limits["cpu"] = place.cpu
@@ -70,6 +70,9 @@ def pod_parts(image: str, command: list[str], place: Placement, env: dict[str, s
     if mlflow_secret:
         env_list += [{"name": key, "valueFrom": {"secretKeyRef": {"name": mlflow_secret, "key": key}}}
                      for key in MLFLOW_SECRET_KEYS]
+    if hf_secret:
+        env_list += [{"name": key, "valueFrom": {"secretKeyRef": {"name": hf_secret, "key": key}}}
+                     for key in HF_SECRET_KEYS]
     mounts = [{"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT}]
     volumes: list[dict[str, Any]] = [{"name": "checkpoints", "persistentVolumeClaim": {"claimName": pvc}}]
     if place.use_shm:

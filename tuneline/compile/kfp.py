@@ -13,7 +13,8 @@ line and field it came from. Each import is followed by a `fingerprint` task (`t
 whose content digest is a parameter of every step reading the data, so KFP's name-based cache sees the content.
 A step with a `resume: true` output mounts the checkpoint PVC, gets `TUNELINE_CHECKPOINT_ROOT`, and runs behind
 `tuneline.compile.resume`, which keeps its checkpoints on the volume under a key of its inputs: an output artifact
-path is per-pod scratch, gone when a preempted pod is retried.
+path is per-pod scratch, gone when a preempted pod is retried. A step that loads a model (an input of kind
+model_ref) mounts it too and keeps its Hugging Face cache there (`HF_HOME`), with `HF_TOKEN` from `--hf-secret`.
 A multi-node step becomes a launcher task that runs it as a Kubeflow Trainer TrainJob (`trainjob.py`, the default)
 or a PyTorchJob (`pytorchjob.py`); see `launch.py`. The launcher task runs in the control image, which has the
 `kubernetes` client (the job's pods run the step's own image).
@@ -41,9 +42,9 @@ from .fingerprint import FINGERPRINT_MODULE
 from .gate import GATE_INPUT, GATE_MODULE
 from .jobpod import dns_1035, pod_parts
 from .launch import LAUNCH_MODULE, POD_NAME_ENV, POD_UID_ENV, staged_command
-from .options import MLFLOW_CONFIG_KEYS, MLFLOW_SECRET_KEYS, CompileOptions
+from .options import HF_CACHE_DIR, HF_SECRET_KEYS, MLFLOW_CONFIG_KEYS, MLFLOW_SECRET_KEYS, CompileOptions
 from .outdirs import OUTDIRS_MODULE
-from .placement import CHECKPOINT_MOUNT, GPU_RESOURCE, Placement, placement, resumable
+from .placement import CHECKPOINT_MOUNT, GPU_RESOURCE, Placement, loads_models, placement, resumable
 from .pytorchjob import pytorchjob_manifest
 from .stores import resume_items
 from .trainjob import trainjob_manifest
@@ -321,7 +322,8 @@ class _Builder:
         command = staged_command(node.component.spec, values, artifacts, f"{CHECKPOINT_MOUNT}/$(TUNELINE_RUN_ID)/"
                                  f"{node.name}", place.nodes, place.processes_per_node)
         parts = pod_parts(self.image(node), command, place, self._env(node, place), self.options.checkpoint_pvc,
-                          self.options.mlflow_secret, self.options.mlflow_config_map)
+                          self.options.mlflow_secret, self.options.mlflow_config_map,
+                          hf_secret=self.options.hf_secret if loads_models(node) else None)
         name = dns_1035(f"{self.graph.name}-{node.name}")
         deadline = int(node.step.timeout_seconds) if node.step.timeout_seconds else None
         if place.launcher == "pytorchjob":
@@ -334,6 +336,8 @@ class _Builder:
         env = {"TUNELINE_STEP": node.name, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
         if resumable(node) or place.nodes > 1:
             env["TUNELINE_CHECKPOINT_ROOT"] = CHECKPOINT_MOUNT
+        if loads_models(node):
+            env["HF_HOME"] = f"{CHECKPOINT_MOUNT}/{HF_CACHE_DIR}"
         return env
 
     # ------------------------------------------------------------------------------------------ pipeline
@@ -437,7 +441,10 @@ class _Builder:
         if self.options.mlflow_secret:
             kubernetes.use_secret_as_env(task, secret_name=self.options.mlflow_secret,
                                          secret_key_to_env={k: k for k in MLFLOW_SECRET_KEYS})
-        if resumable(node) or place.nodes > 1:
+        if self.options.hf_secret and loads_models(node):
+            kubernetes.use_secret_as_env(task, secret_name=self.options.hf_secret,
+                                         secret_key_to_env={k: k for k in HF_SECRET_KEYS})
+        if resumable(node) or place.nodes > 1 or loads_models(node):
             kubernetes.mount_pvc(task, pvc_name=self.options.checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
         if place.nodes > 1:
             # The job's ownerReference names the launcher pod (launch.py); the pods of the job get the

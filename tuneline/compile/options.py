@@ -13,6 +13,13 @@ DEFAULT_MLFLOW_CONFIG_MAP = "tuneline-mlflow"  # k8s/kubeflow/ creates it where 
 # (docs/aks.md); `--mlflow-secret ''` compiles without it, for a tracking server without authentication.
 DEFAULT_MLFLOW_SECRET: str | None = "tuneline-mlflow-login"
 DEFAULT_CHECKPOINT_PVC = "tuneline-checkpoints"
+# Hugging Face Hub downloads of the steps that load a model (an input of kind model_ref) go to one cache on the
+# checkpoint volume, shared by every step and run: train and evaluate of a 16 GB model download it once.
+HF_CACHE_DIR = "hf-cache"
+# A Secret with key HF_TOKEN for gated Hub models (meta-llama/..., google/gemma-...), given with --hf-secret.
+# Not by default: KFP 2.14's API server refuses optional Secret references (see kfp.py _drop_unset_optional),
+# and a required one would stop every pod on a cluster without it.
+HF_SECRET_KEYS = ("HF_TOKEN",)
 DEFAULT_KFP_SERVICE_ACCOUNT = "tuneline-pipeline"  # k8s/kubeflow/ creates it; runs are submitted with it
 DEFAULT_AZUREML_COMPUTE = "cpu-cluster"
 # Keys of the MLflow ConfigMap and Secret, each exposed under the same environment variable name.
@@ -31,6 +38,7 @@ class CompileOptions:
     mlflow_config_map: str | None = DEFAULT_MLFLOW_CONFIG_MAP
     mlflow_secret: str | None = DEFAULT_MLFLOW_SECRET
     checkpoint_pvc: str = DEFAULT_CHECKPOINT_PVC
+    hf_secret: str | None = None                 # Secret with HF_TOKEN for the steps that load a model
     azureml_compute: str = DEFAULT_AZUREML_COMPUTE  # for steps without an azureml compute profile
 
     def for_pipeline(self, spec_images: Images | None) -> CompileOptions:

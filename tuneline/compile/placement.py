@@ -74,3 +74,8 @@ def placement(graph: PipelineGraph, node: Node) -> Placement:
 def resumable(node: Node) -> bool:
     """A step with a `resume: true` output keeps its checkpoint store on the shared volume."""
     return bool(node.component.spec.resume_outputs)
+
+
+def loads_models(node: Node) -> bool:
+    """A step with an input of kind model_ref may download a model from the Hugging Face Hub."""
+    return any(spec.kind == "model_ref" for spec in node.component.spec.inputs.values())

@@ -238,7 +238,9 @@ def _train(pipeline: Pipeline, step: str, model: ModelShape, target: str) -> Ste
         out.gpu["weights (fp32 masters)"] = 4 * p
         trainable = p
     elif method == "qlora":
-        out.gpu["weights (NF4 + constants, rest bf16)"] = NF4_BYTES * model.linear_params + 2 * (
+        # PEFT's prepare_model_for_kbit_training casts every weight it does not quantise (embeddings, norms,
+        # lm_head) to fp32 (peft/utils/other.py); the train step calls it unless it runs under FSDP.
+        out.gpu["weights (NF4 + constants, rest fp32)"] = NF4_BYTES * model.linear_params + 4 * (
             p - model.linear_params)
         trainable = model.lora_params(rank, targets)
     else:
@@ -262,8 +264,16 @@ def _train(pipeline: Pipeline, step: str, model: ModelShape, target: str) -> Ste
         out.where = "cpu"
         out.warnings.append(f"{step}: the profile {profile!r} has no GPU; training {model.params / 1e9:.1f}B "
                             f"parameters on CPU is not practical")
-    _check(out, advice=("gradient_checkpointing, a smaller per_device_batch or max_seq_len, method lora/qlora, "
-                        "or FSDP/ZeRO across GPUs (components/train/accelerate)"))
+    if method == "qlora":
+        # Sharding does not lower QLoRA's peak: every rank loads the whole 4-bit model (bitsandbytes quantises
+        # on load, device_map {"": rank's GPU}; accelerate has no meta-device path for Params4bit) before FSDP
+        # shards it.
+        advice = ("gradient_checkpointing, a smaller per_device_batch or max_seq_len, or a GPU with more memory "
+                  "(under FSDP every rank still loads the whole 4-bit model before sharding it)")
+    else:
+        advice = ("gradient_checkpointing, a smaller per_device_batch or max_seq_len, method lora/qlora, "
+                  "or FSDP/ZeRO across GPUs (components/train/accelerate)")
+    _check(out, advice=advice)
     return out
 
 

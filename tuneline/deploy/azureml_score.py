@@ -46,9 +46,21 @@ def init() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
-    serving = folder / "serving.json"
-    system = json.loads(serving.read_text()).get("system_prompt") if serving.is_file() else None
-    _state.update(model=model, tokenizer=tokenizer, device=device, system_prompt=system)
+    serving_path = folder / "serving.json"
+    serving = json.loads(serving_path.read_text()) if serving_path.is_file() else {}
+    # chat_template_kwargs: the template variables training rendered with (a fixed date for Llama 3.x).
+    _state.update(model=model, tokenizer=tokenizer, device=device, system_prompt=serving.get("system_prompt"),
+                  template_kwargs=serving.get("chat_template_kwargs") or {})
+
+
+def render(conversation: list[dict]) -> str:
+    """The prompt text for a conversation: the training system prompt when it has none, the chat template
+    with the generation prompt, rendered as in training."""
+    system = _state.get("system_prompt")
+    messages = ([{"role": "system", "content": system}] if system and conversation[0]["role"] != "system"
+                else []) + conversation
+    return _state["tokenizer"].apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                   **_state.get("template_kwargs", {}))
 
 
 def _generate(conversations: list[list[dict]], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0):
@@ -56,15 +68,7 @@ def _generate(conversations: list[list[dict]], max_new_tokens: int, temperature:
     import torch
 
     tokenizer, model = _state["tokenizer"], _state["model"]
-    system = _state.get("system_prompt")
-    texts = [
-        tokenizer.apply_chat_template(
-            ([{"role": "system", "content": system}] if system and c[0]["role"] != "system" else []) + c,
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-        for c in conversations
-    ]
+    texts = [render(c) for c in conversations]
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(_state["device"])
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
         "do_sample": False

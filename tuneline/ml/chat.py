@@ -13,10 +13,10 @@ content is wrapped in private-use marker characters, the conversation is rendere
 the spans; the render without markers must equal the plain render, so markers never change what is trained on.
 A template with ``{% generation %}`` blocks names its own spans, and those are used as given.
 
-Spans are tokenised one segment at a time, so the context tokens are exactly the tokens the generation prompt
-produces at inference time and a label boundary never splits a token. A record the template cannot express
-(roles out of order, a message the template leaves out) raises ``TemplateError`` with the reason; callers
-quarantine it (``encode_all``) instead of failing the step.
+Each segment is tokenised as it falls in the text up to its end (``_piece_ids``), so the context tokens are
+exactly the tokens the generation prompt produces at inference time and a label boundary never splits a token.
+A record the template cannot express (roles out of order, a message the template leaves out) raises
+``TemplateError`` with the reason; callers quarantine it (``encode_all``) instead of failing the step.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ from tuneline.ml.data import Example
 
 IGNORE = -100
 # Llama 3.x templates print "Today Date: <strftime_now>" unless given date_string: the same record would tokenise
-# differently on the day a resumed run continues. This is the templates' own fallback date.
+# differently on the day a resumed run continues. This is the templates' own fallback date. Serving renders with
+# the same variables (training_summary.json chat_template_kwargs -> serving.json), or the served prompt would be
+# one the model never saw in training.
 RENDER_KWARGS = {"date_string": "26 Jul 2024"}
 _OPEN, _CLOSE = "\ue000", "\ue001"  # private-use code points: no tokenizer vocabulary or dataset means them
 _MARK = re.compile(f"[{_OPEN}{_CLOSE}][0-9]+[{_OPEN}{_CLOSE}]")
@@ -215,14 +217,28 @@ def encode(tokenizer, record: Example, max_seq_len: int) -> Encoded:
         input_ids, labels = [], []
         cursor = 0
         for begin, end in [*targets, (len(text), len(text))]:
-            for piece, target in ((text[cursor:begin], False), (text[begin:end], True)):
-                if piece:
-                    ids = _ids(tokenizer, piece)
-                    input_ids.extend(ids)
-                    labels.extend(ids if target else [IGNORE] * len(ids))
-            cursor = end
+            for stop, target in ((begin, False), (end, True)):
+                if stop <= cursor:
+                    continue
+                ids = _piece_ids(tokenizer, text, cursor, stop, input_ids)
+                input_ids.extend(ids)
+                labels.extend(ids if target else [IGNORE] * len(ids))
+                cursor = stop
     truncated = len(input_ids) > max_seq_len
     return Encoded(record.id, input_ids[:max_seq_len], labels[:max_seq_len], truncated)
+
+
+def _piece_ids(tokenizer, text: str, start: int, stop: int, before: list[int]) -> list[int]:
+    """Tokens of ``text[start:stop]`` as they fall in the whole text: the tokens of ``text[:stop]`` after
+    ``before`` (those of ``text[:start]``). A piece tokenised on its own can differ: a SentencePiece-style
+    (Metaspace, prepend_scheme "first") tokenizer marks the start of every call with a word boundary, so a
+    context piece after an earlier answer would begin with a "▁" that the whole prompt, as inference tokenises
+    it, does not have. Where a token spans the boundary (the prefix of ``text[:stop]`` is not ``before``), the
+    piece is tokenised on its own, so a label boundary never splits a token."""
+    ids = _ids(tokenizer, text[:stop])
+    if ids[: len(before)] == before:
+        return ids[len(before):]
+    return _ids(tokenizer, text[start:stop])
 
 
 def encode_all(tokenizer, records: list[Example], max_seq_len: int) -> tuple[list[Encoded], list[Rejected]]:

@@ -248,10 +248,16 @@ SERVING_FILE = "serving.json"
 
 
 def serving_settings(model_dir: Path) -> dict:
-    """How a bare prompt becomes model input: the chat template, under the system prompt used in training."""
+    """How a bare prompt becomes model input: the chat template, under the system prompt used in training,
+    rendered with the variables training rendered it with (Llama 3.x stamps a date into every system header:
+    served with today's date, the prompt differs from every prompt the model was tuned on)."""
+    from tuneline.ml.chat import RENDER_KWARGS
+
     summary_path = Path(model_dir) / "training_summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    return {"chat_template": True, "system_prompt": summary.get("system_prompt")}
+    # A summary without the key was written by a train step that rendered with the same fixed variables.
+    kwargs = summary.get("chat_template_kwargs", RENDER_KWARGS)
+    return {"chat_template": True, "system_prompt": summary.get("system_prompt"), "chat_template_kwargs": kwargs}
 
 
 def write_repository(

@@ -107,6 +107,8 @@ class TritonPythonModel:
         # A tuned instruct model only answers well inside the chat format it was trained on.
         self.use_chat = bool(serving.get("chat_template", True)) and bool(getattr(tok, "chat_template", None))
         self.system_prompt = serving.get("system_prompt")
+        # The template variables training rendered with (a fixed date for Llama 3.x), so prompts match training's.
+        self.template_kwargs = serving.get("chat_template_kwargs") or {}
 
     def _messages(self, text: str, prompt_format: str) -> list[dict] | None:
         """The chat messages for a row, or None for a raw prompt."""
@@ -140,7 +142,8 @@ class TritonPythonModel:
             messages = None
         if messages is None:
             return self.tokenizer(text, add_special_tokens=True)["input_ids"] or [self.start_id]
-        rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                      **self.template_kwargs)
         return self.tokenizer(rendered, add_special_tokens=False)["input_ids"] or [self.start_id]
 
     def _column(self, request, name: str, rows: int, default, convert):
