@@ -23,7 +23,7 @@ argument over the compiled default, on Azure ML (whose job file carries its inpu
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +178,14 @@ def compile_submission(pipeline_path: str | Path, target: str, out: Path, sets: 
             if why:
                 raise SubmitError(f"{pipeline_path}: {why}")
     typed = {name: pipeline.params[name] for name in arguments}
-    output = compile_file(pipeline_path, (target,), out, options or CompileOptions(), compiled_values)
+    options = options or CompileOptions()
+    if target == "azureml":
+        # A trigger fired because the data changed, but the job's dataset input is the same URI as last time, and
+        # Azure ML reuses a deterministic node when its inputs (paths, not content) and settings are unchanged
+        # (reference-yaml-component-command `is_deterministic`): prepare would hand back last run's splits.
+        # KFP's runs are keyed by a fingerprint task on the data's digest instead.
+        options = replace(options, no_cache=True)
+    output = compile_file(pipeline_path, (target,), out, options, compiled_values)
     return output, typed
 
 
