@@ -108,6 +108,14 @@ class Workspace:
     def calls(self, verb: str) -> list[str]:
         return [line for line in self.log.read_text().splitlines() if f" {verb} " in f" {line} "]
 
+    def registered(self, name: str, *versions: str) -> None:
+        """Model versions the workspace registry already holds (what the MLflow registry registered)."""
+        import json
+
+        state = json.loads(self.state.read_text()) if self.state.is_file() else {"endpoints": {}}
+        state.setdefault("models", {})[name] = {v: f"azureml://mlflow/{name}/{v}" for v in versions}
+        self.state.write_text(json.dumps(state))
+
     @property
     def endpoint(self) -> dict:
         import json
@@ -117,6 +125,7 @@ class Workspace:
 
 def test_rollouts_alternate_slots_and_roll_back(tmp_path: Path, model_dir: Path):
     ws = Workspace(tmp_path)
+    ws.registered("tuneline-llm", "4", "5", "6")  # the workspace registry is the MLflow registry
     options = azureml.AzureMLOptions()
     first = _write(tmp_path / "v4", model_dir, options, RolloutPolicy(), version=4)
     ws.run(first["apply"])
@@ -127,7 +136,9 @@ def test_rollouts_alternate_slots_and_roll_back(tmp_path: Path, model_dir: Path)
     second = _write(tmp_path / "v5", model_dir, options, RolloutPolicy(), version=5)
     ws.run(second["apply"])  # green is live: the new version goes into blue, beside it
     assert ws.endpoint["traffic"] == {"green": 0, "blue": 100}
-    assert {k: v["model_version"] for k, v in ws.endpoint["deployments"].items()} == {"green": "4", "blue": "5"}
+    assert {k: (v["model_name"], v["model_version"], v["tags"]["tuneline.source_version"])
+            for k, v in ws.endpoint["deployments"].items()} == {"green": ("tuneline-llm-merged", "1", "4"),
+                                                                  "blue": ("tuneline-llm-merged", "2", "5")}
     assert ws.endpoint["tags"] == {"tuneline_live": "blue", "tuneline_previous": "green"}
 
     ws.run(second["rollback"])
@@ -137,7 +148,8 @@ def test_rollouts_alternate_slots_and_roll_back(tmp_path: Path, model_dir: Path)
     ws.run(canary["apply"])  # green is live again: blue, idle, is updated in place
     assert [line.split()[1] for line in ws.calls("update")][:1] == ["online-deployment"]
     assert ws.endpoint["traffic"] == {"green": 90, "blue": 10}
-    assert ws.endpoint["deployments"]["blue"]["model_version"] == "6"
+    assert ws.endpoint["deployments"]["blue"]["model_version"] == "3"
+    assert ws.endpoint["deployments"]["blue"]["tags"]["tuneline.model_uri"] == "models:/tuneline-llm/6"
 
 
 def test_the_previous_files_could_not_be_applied(tmp_path: Path, model_dir: Path):
@@ -192,3 +204,17 @@ def test_score_script_serves_a_merged_model(tmp_path: Path, monkeypatch: pytest.
     bare = score.run(json.dumps({"messages": own_system}))
     assert bare["usage"]["prompt_tokens"] < usage["prompt_tokens"]  # the training system prompt was added before
     assert "error" in score.run(json.dumps({"messages": [{"role": "user", "content": "hi"}], "stream": True}))
+
+
+def test_the_merged_model_is_its_own_asset_at_the_next_version(tmp_path: Path, model_dir: Path):
+    """`tuneline-llm:4` is the registered version in the workspace's registry (the MLflow registry is the
+    workspace's): a deployment that gave it the merged folder's path was refused ("Asset paths cannot be
+    updated"). The merged folder is `tuneline-llm-merged` with no version, so the SDK registers the next one."""
+    from azure.ai.ml import load_online_deployment
+
+    paths = _write(tmp_path / "azureml", model_dir, azureml.AzureMLOptions(), RolloutPolicy())
+    model = load_online_deployment(paths["deployment"]).model
+    assert model.name == "tuneline-llm-merged"
+    assert model.version is None and model._auto_increment_version
+    assert model.tags == {"tuneline.model_uri": URI, "tuneline.source_version": "4"}
+    assert str(model.path).endswith("/model")

@@ -8,7 +8,8 @@ Writes into one folder, every path in the YAML relative to it:
     rollback.sh               all traffic back to the slot that was live before the last apply.sh
     code/score.py             tuneline/deploy/azureml_score.py
     environment/conda.yaml    pinned inference dependencies
-    model/                    merged Hugging Face folder (written by the caller)
+    model/                    merged Hugging Face folder (written by the caller), registered on apply as
+                              `<name>-merged` at the next version (`merged_model_name`)
 
 Why the order (https://learn.microsoft.com/azure/machine-learning/how-to-safely-rollout-online-endpoints): an
 endpoint's traffic may only name deployments that exist, so the endpoint is created without traffic, the
@@ -130,6 +131,25 @@ def endpoint_dict(options: AzureMLOptions, policy: RolloutPolicy, model_uri: str
     return data
 
 
+MERGED_SUFFIX = "-merged"
+
+
+def merged_model_name(model_name: str) -> str:
+    """The merged folder's own model asset. On Azure ML the MLflow registry is the workspace's model registry, so
+    `<name>:<version>` already names the registered (adapter) version, and `az ml online-deployment create`
+    refuses to give it another path ("Asset paths cannot be updated"). The merged folder is registered under its
+    own name without a version: the SDK gives it the next version (azure-ai-ml `Asset._auto_increment_version`,
+    `ModelOperations.create_or_update`), and its tags say which registered version it was merged from."""
+    return f"{model_name}{MERGED_SUFFIX}"
+
+
+def _model_tags(model_uri: str, model_version: int | None) -> dict[str, str]:
+    tags = {"tuneline.model_uri": model_uri}
+    if model_version is not None:
+        tags["tuneline.source_version"] = str(model_version)
+    return tags
+
+
 def deployment_dict(
     options: AzureMLOptions, out: Path, model_name: str, model_version: int | None, model_uri: str
 ) -> dict:
@@ -147,9 +167,9 @@ def deployment_dict(
         endpoint_name=options.endpoint_name,
         model=Model(
             path=str(out / "model"),
-            name=model_name,
-            version=str(model_version) if model_version is not None else None,
+            name=merged_model_name(model_name),
             description=f"merged from {model_uri}",
+            tags=_model_tags(model_uri, model_version),
         ),
         code_configuration=CodeConfiguration(code=str(out / "code"), scoring_script="score.py"),
         environment=Environment(image=options.image, conda_file=str(out / "environment" / "conda.yaml")),
