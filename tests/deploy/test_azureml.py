@@ -218,3 +218,19 @@ def test_the_merged_model_is_its_own_asset_at_the_next_version(tmp_path: Path, m
     assert model.version is None and model._auto_increment_version
     assert model.tags == {"tuneline.model_uri": URI, "tuneline.source_version": "4"}
     assert str(model.path).endswith("/model")
+
+
+@pytest.mark.parametrize("capability", [None, (7, 0), (7, 5), (8, 0), (8, 6), (8, 9), (9, 0)])
+def test_the_score_script_loads_the_weights_in_the_dtype_the_gpu_has_tensor_cores_for(capability):
+    """The default instance is a T4 (sm_75), which has no bf16 tensor cores: the script loaded bf16 on any GPU."""
+    import importlib.util
+
+    from tuneline.ml.device import choose
+
+    spec = importlib.util.spec_from_file_location("score", azureml.SCORE_SCRIPT)
+    score = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(score)
+    expected = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}[choose(capability).mixed_precision]
+    assert score.serving_dtype(capability) == expected
+    assert azureml.AzureMLOptions().instance_type == "Standard_NC4as_T4_v3"
+    assert score.serving_dtype((7, 5)) == "float16"
