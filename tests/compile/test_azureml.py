@@ -212,3 +212,23 @@ def test_a_cluster_without_a_vm_size_is_warned_about_once(tmp_path):
     out = compile_graph(build_graph(load_pipeline(TOY)), ("azureml",), tmp_path, CompileOptions())
     unsized = [w for w in out.warnings if "cluster 'cpu-cluster' has no instance_type" in w]
     assert len(unsized) == 1, out.warnings
+
+
+def test_the_code_snapshot_leaves_out_git_and_what_git_ignores(tmp_path):
+    """Without .amlignore the SDK read .gitignore, which cannot list .git/: every job uploaded the history too."""
+    from azure.ai.ml._utils._asset_utils import get_ignore_file, get_upload_files_from_folder
+
+    ignored = {line for line in (REPO / ".gitignore").read_text().splitlines() if line and not line.startswith("#")}
+    kept = {line for line in (REPO / ".amlignore").read_text().splitlines() if line and not line.startswith("#")}
+    assert ignored <= kept, ignored - kept
+    project = tmp_path / "project"
+    for name in (".git/objects/ab/cdef", ".git/HEAD", ".venv/bin/python", ".tuneline/runs/x.json", "build/a/b.yml",
+                 "tuneline/cli.py", "tuneline/__pycache__/cli.cpython-311.pyc", "components/train/__main__.py",
+                 "pipelines/finetune.yaml", "data/sample/tickets.jsonl", "config/skus.yaml"):
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text("x")
+    shutil.copy(REPO / ".gitignore", project / ".gitignore")
+    shutil.copy(REPO / ".amlignore", project / ".amlignore")
+    uploaded = {remote for _, remote in get_upload_files_from_folder(project, ignore_file=get_ignore_file(project))}
+    assert uploaded == {".gitignore", ".amlignore", "tuneline/cli.py", "components/train/__main__.py",
+                        "pipelines/finetune.yaml", "data/sample/tickets.jsonl", "config/skus.yaml"}
