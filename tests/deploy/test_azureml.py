@@ -234,3 +234,32 @@ def test_the_score_script_loads_the_weights_in_the_dtype_the_gpu_has_tensor_core
     assert score.serving_dtype(capability) == expected
     assert azureml.AzureMLOptions().instance_type == "Standard_NC4as_T4_v3"
     assert score.serving_dtype((7, 5)) == "float16"
+
+
+def test_retire_deletes_the_idle_previous_slot_and_never_one_taking_traffic(tmp_path: Path, model_dir: Path):
+    """Each rollout left the previous deployment at 0 %, its GPU instances billed until someone deleted it."""
+    ws = Workspace(tmp_path)
+    options = azureml.AzureMLOptions()
+    first = _write(tmp_path / "v4", model_dir, options, RolloutPolicy(), version=4)
+    ws.run(first["apply"])
+    with pytest.raises(AssertionError, match="no previous deployment to delete"):
+        ws.run(first["retire"])
+    second = _write(tmp_path / "v5", model_dir, options, RolloutPolicy(), version=5)
+    ws.run(second["apply"])
+    assert set(ws.endpoint["deployments"]) == {"green", "blue"} and ws.endpoint["traffic"]["green"] == 0
+    ws.run(second["retire"])
+    assert set(ws.endpoint["deployments"]) == {"blue"} and ws.endpoint["traffic"] == {"blue": 100}
+    with pytest.raises(AssertionError, match="no previous deployment to return to"):
+        ws.run(second["rollback"])
+    canary = _write(tmp_path / "v6", model_dir, options, RolloutPolicy(strategy="canary", canary_percent=10), 6)
+    ws.run(canary["apply"])  # into the freed slot, beside the live one
+    assert ws.endpoint["traffic"] == {"blue": 90, "green": 10}
+    with pytest.raises(AssertionError, match="blue still takes 90 % of the traffic"):
+        ws.run(canary["retire"])
+    assert set(ws.endpoint["deployments"]) == {"green", "blue"}
+
+
+def test_the_inference_server_is_pinned(tmp_path: Path, model_dir: Path):
+    _write(tmp_path / "a", model_dir, azureml.AzureMLOptions(), RolloutPolicy())
+    pins = yaml.safe_load((tmp_path / "a" / "environment" / "conda.yaml").read_text())["dependencies"][-1]["pip"]
+    assert "azureml-inference-server-http==1.5.1" in pins
