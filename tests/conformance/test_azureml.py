@@ -127,10 +127,13 @@ def test_a_step_tracks_through_the_runtimes_injected_mlflow_variables(tmp_path, 
     results = runtime.run()
     assert (results["track"].outputs["logged"] / "value").read_text() == "3"
     with workspace.client() as client:
-        experiment = client.get_experiment_by_name("toy")
-        runs = client.search_runs([experiment.experiment_id])
-        assert [r.data.metrics["lines"] for r in runs if r.info.run_name == "track"] == [3.0]
+        # The run Azure ML created for the job (MLFLOW_RUN_ID), in the pipeline's experiment: the job page's run.
+        experiment = client.get_experiment_by_name("toy-tracked")
+        runs = [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_name == "track"]
+        assert [r.data.metrics.get("lines") for r in runs] == [3.0]
+        assert runs[0].data.tags["tuneline.run_name"] == "track"
         assert [a.path for a in client.list_artifacts(runs[0].info.run_id)] == ["lines.txt"]
+        assert client.get_experiment_by_name("toy") is None  # no run of the step's own beside it
     assert not (tmp_path / "job.db").exists()
     assert not (tmp_path / "home" / "mlflow.db").exists()  # nothing fell back to a local store
 
