@@ -121,6 +121,15 @@ def azureml_rest_uri(uri: str) -> str:
     return f"https://{parsed.netloc}{AZUREML_API_PATH}{scope.group(0)}"
 
 
+def is_workspace_endpoint(uri: str) -> bool:
+    """An Azure ML workspace's MLflow endpoint: its azureml:// URI, or the https one `azureml_rest_uri` makes."""
+    if is_azureml_uri(uri):
+        return True
+    parsed = urlsplit(uri)
+    return parsed.scheme == "https" and parsed.path.startswith(AZUREML_API_PATH + "/") and \
+        _AZUREML_SCOPE.search(parsed.path) is not None
+
+
 def check_tracking_store(uri: str) -> None:
     """Refuse a tracking URI MLflow cannot open as written; today only a malformed `azureml://` one."""
     if is_azureml_uri(uri) and not _azureml_plugin():

@@ -160,3 +160,27 @@ def test_the_workspace_endpoint_takes_only_the_jobs_bearer_token(workspace, monk
     outside = url.replace("/workspaces/tuneline-ws/", "/workspaces/other/")
     assert requests.post(outside, json={"max_results": 1}, headers=right, verify=str(workspace.cert),
                          timeout=30).status_code == 404
+
+
+def test_champion_and_candidate_are_version_tags_on_a_workspace(workspace):
+    """A workspace's MLflow registry has no aliases (the stand-in answers their calls as it does): setting the
+    champion failed, and looking it up raised instead of reading the version tags."""
+    import mlflow
+
+    from tuneline import registry
+
+    with workspace.client() as client:
+        assert not registry.aliases_supported(client)
+        client.create_registered_model("tagged-llm")
+        for _ in range(2):
+            client.create_model_version("tagged-llm", "s3://bucket/tagged-llm/model")
+        with pytest.raises(mlflow.exceptions.MlflowException, match="ENDPOINT_NOT_FOUND"):
+            client.set_registered_model_alias("tagged-llm", "champion", "1")  # the call the registry made before
+        assert registry.version_by_alias(client, "tagged-llm", registry.CHAMPION) is None
+        registry.set_alias(client, "tagged-llm", registry.CHAMPION, 1)
+        registry.set_alias(client, "tagged-llm", registry.CANDIDATE, 2)
+        assert registry.version_by_alias(client, "tagged-llm", registry.CHAMPION).version == "1"
+        registry.set_alias(client, "tagged-llm", registry.CHAMPION, 2)
+        assert registry.version_by_alias(client, "tagged-llm", registry.CHAMPION).version == "2"
+        assert registry.version_by_alias(client, "tagged-llm", registry.CANDIDATE).version == "2"
+        assert "tuneline.alias.champion" not in client.get_model_version("tagged-llm", "1").tags

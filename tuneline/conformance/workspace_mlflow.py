@@ -11,6 +11,8 @@ takes a user name and password), so the front does what the workspace's gateway 
 strips the workspace prefix and calls the server as the workspace's one MLflow user with basic auth. A request with
 no or another token, or outside the workspace prefix, never reaches MLflow (401 / 404).
 
+Like a workspace's registry, it answers the model-alias calls with 404 ENDPOINT_NOT_FOUND (`UNSUPPORTED`).
+
 What it does not stand for: the workspace's own artifact store. A workspace gives runs `azureml://` artifact URIs,
 served only by azureml-mlflow's artifact repository; this server gives `mlflow-artifacts:` URIs that the same
 endpoint serves (`--serve-artifacts`), so artifact logging here proves the proxied path, not the workspace's.
@@ -43,6 +45,9 @@ SCOPE = (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/provide
 API_PREFIX = "/mlflow/v2.0" + SCOPE  # what azureml-mlflow puts before MLflow's /api/2.0/... for MLflow 2 and 3
 INJECTED_PREFIX = "/mlflow/v1.0" + SCOPE  # the form of the URI Azure ML injects (Workspace.get_mlflow_tracking_uri)
 USER = "workspace"
+# MLflow REST calls a workspace's registry does not serve: aliases (azure-ai-docs articles/machine-learning/
+# how-to-manage-models-mlflow.md, "Support matrix for managing models with MLflow": stages and tags, no aliases).
+UNSUPPORTED = ("/registered-models/alias",)
 START_TIMEOUT_S = 120
 
 
@@ -95,6 +100,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         if not self.path.startswith(API_PREFIX + "/"):
             self._answer(404, b'{"error_code": "ENDPOINT_NOT_FOUND", "message": "not a workspace MLflow path"}')
+            return
+        if self.path[len(API_PREFIX):].split("?", 1)[0].endswith(UNSUPPORTED):
+            self._answer(404, b'{"error_code": "ENDPOINT_NOT_FOUND", "message": "not supported by a workspace"}')
             return
         headers = {k: v for k, v in self.headers.items()
                    if k.lower() not in ("authorization", "host", "content-length", "connection")}
