@@ -132,7 +132,9 @@ def test_a_step_tracks_through_the_runtimes_injected_mlflow_variables(tmp_path, 
         runs = [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_name == "track"]
         assert [r.data.metrics.get("lines") for r in runs] == [3.0]
         assert runs[0].data.tags["tuneline.run_name"] == "track"
-        assert [a.path for a in client.list_artifacts(runs[0].info.run_id)] == ["lines.txt"]
+        # A workspace's artifact root: the file stays in the job's outputs, and the run says so.
+        assert runs[0].info.artifact_uri.startswith("azureml://")
+        assert "azureml-mlflow" in runs[0].data.tags["tuneline.artifact_not_uploaded.lines.txt"]
         assert client.get_experiment_by_name("toy") is None  # no run of the step's own beside it
     assert not (tmp_path / "job.db").exists()
     assert not (tmp_path / "home" / "mlflow.db").exists()  # nothing fell back to a local store
@@ -184,3 +186,19 @@ def test_champion_and_candidate_are_version_tags_on_a_workspace(workspace):
         assert registry.version_by_alias(client, "tagged-llm", registry.CHAMPION).version == "2"
         assert registry.version_by_alias(client, "tagged-llm", registry.CANDIDATE).version == "2"
         assert "tuneline.alias.champion" not in client.get_model_version("tagged-llm", "1").tags
+
+
+def test_the_workspace_hands_out_artifact_locations_only_azureml_mlflow_serves(workspace, tmp_path):
+    """What register (mlflow.pyfunc.log_model: a logged model, then its files) and deploy (downloading a version)
+    meet in a workspace: azureml:// locations that MLflow cannot read or write without azureml-mlflow."""
+    import mlflow
+
+    with workspace.client() as client:
+        experiment = client.create_experiment("artifacts")
+        assert client.get_experiment(experiment).artifact_location.startswith("azureml://")
+        run = client.create_run(experiment).info.run_id
+        model = client.create_logged_model(experiment, name="model")
+        assert model.artifact_location.startswith("azureml://")
+        (tmp_path / "weights.txt").write_text("w")
+        with pytest.raises(mlflow.exceptions.MlflowException, match="azureml"):
+            client.log_artifact(run, str(tmp_path / "weights.txt"))

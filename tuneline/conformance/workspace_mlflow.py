@@ -13,9 +13,11 @@ no or another token, or outside the workspace prefix, never reaches MLflow (401 
 
 Like a workspace's registry, it answers the model-alias calls with 404 ENDPOINT_NOT_FOUND (`UNSUPPORTED`).
 
-What it does not stand for: the workspace's own artifact store. A workspace gives runs `azureml://` artifact URIs,
-served only by azureml-mlflow's artifact repository; this server gives `mlflow-artifacts:` URIs that the same
-endpoint serves (`--serve-artifacts`), so artifact logging here proves the proxied path, not the workspace's.
+Artifacts: a workspace gives experiments, runs and logged models `azureml://` artifact locations, which only
+azureml-mlflow's artifact repository serves (entry point `mlflow.artifact_repository: azureml`), and no image
+carries it (it caps MLflow below the pinned version). This server hands out the same kind of location
+(`--default-artifact-root`, `ARTIFACT_ROOT`), so a step that uploads files through MLflow fails here as it would
+in a workspace; what it does not stand for is the upload itself, which nothing here can serve.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ USER = "workspace"
 # MLflow REST calls a workspace's registry does not serve: aliases (azure-ai-docs articles/machine-learning/
 # how-to-manage-models-mlflow.md, "Support matrix for managing models with MLflow": stages and tags, no aliases).
 UNSUPPORTED = ("/registered-models/alias",)
+# Where a workspace's experiments keep their artifacts, in the form azureml-mlflow serves; each experiment's
+# location is this plus its id, as MLflow's server makes it.
+ARTIFACT_ROOT = f"azureml://workspace.api.azureml.ms/mlflow/v2.0{SCOPE}/experiments"
 START_TIMEOUT_S = 120
 
 
@@ -161,7 +166,7 @@ class WorkspaceMlflow:
             [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
              "--port", str(upstream), "--workers", "1",
              "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
-             "--serve-artifacts", "--artifacts-destination", str(self.folder / "artifacts")],
+             "--default-artifact-root", ARTIFACT_ROOT],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         basic = base64.b64encode(f"{USER}:{self.password}".encode()).decode()
         cert, key = _certificate(self.folder)
