@@ -23,7 +23,8 @@ executed, in `tuneline.conformance.azureml`):
   `tier: low_priority` (AmlCompute's `tier`, azure-ai-ml `_schema/compute/aml_compute.py`). Azure ML does not
   restart a job whose low-priority node is preempted: the job fails and has to be submitted again
   (azure-ai-docs articles/machine-learning/how-to-create-attach-compute-cluster.md, "Use low-priority VMs"), and
-  no retry setting applies to a command node. What a resubmission resumes from is the `resume: true` outputs
+  no retry setting applies to a command node (`tuneline submit --resubmit-preempted N` watches the job and
+  submits it again: tuneline.submit.resubmission). What a resubmission resumes from is the `resume: true` outputs
   above (the same rw_mount path for every submission); a spot step without one is warned about, since it starts
   over;
 - each step's environment is its image, inline (`environment: {image: <registry>/<env>:<tag>}`): the same image
