@@ -156,7 +156,7 @@ def test_the_workspace_endpoint_takes_only_the_jobs_bearer_token(workspace, monk
     wrong = {"Authorization": "Bearer not-the-job-token"}
     assert requests.post(url, json={"max_results": 1}, headers=wrong, verify=str(workspace.cert),
                          timeout=30).status_code == 401
-    right = {"Authorization": f"Bearer {workspace.token}"}
+    right = {"Authorization": f"Bearer {workspace.current_token}"}
     assert requests.post(url, json={"max_results": 1}, headers=right, verify=str(workspace.cert),
                          timeout=30).status_code == 200
     outside = url.replace("/workspaces/tuneline-ws/", "/workspaces/other/")
@@ -202,3 +202,33 @@ def test_the_workspace_hands_out_artifact_locations_only_azureml_mlflow_serves(w
         (tmp_path / "weights.txt").write_text("w")
         with pytest.raises(mlflow.exceptions.MlflowException, match="azureml"):
             client.log_artifact(run, str(tmp_path / "weights.txt"))
+
+
+def test_the_jobs_token_is_renewed_before_it_expires(workspace, monkeypatch):
+    """MLflow re-reads MLFLOW_TRACKING_TOKEN at each request, but nothing renewed it: a step running past the
+    token's lifetime got 401. The stand-in, like the workspace, refuses the old token once it has renewed it."""
+    import time
+
+    import requests
+
+    from tuneline import settings
+
+    experiment_id, run_id = workspace.job_run("refresh", "job")
+    env = workspace.job_env(experiment_id, run_id)
+    env["AZUREML_RUN_TOKEN_EXPIRY"] = str(int(time.time()) + settings.TOKEN_REFRESH_MARGIN_S + 2)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    old = env["MLFLOW_TRACKING_TOKEN"]
+    uri = settings.use_tracking()
+    deadline = time.time() + 30
+    while os.environ["MLFLOW_TRACKING_TOKEN"] == old and time.time() < deadline:
+        time.sleep(0.5)
+    assert os.environ["MLFLOW_TRACKING_TOKEN"] == workspace.current_token != old
+    assert float(os.environ["AZUREML_RUN_TOKEN_EXPIRY"]) > time.time() + 3000
+    from mlflow.tracking import MlflowClient
+
+    assert MlflowClient(tracking_uri=uri).get_run(run_id).info.run_id == run_id  # with the renewed token
+    url = f"{workspace.rest_uri}/api/2.0/mlflow/experiments/search"
+    stale = {"Authorization": f"Bearer {old}"}
+    assert requests.post(url, json={"max_results": 1}, headers=stale, verify=str(workspace.cert),
+                         timeout=30).status_code == 401

@@ -25,7 +25,9 @@ from __future__ import annotations
 import base64
 import http.client
 import http.server
+import json
 import os
+import re
 import secrets
 import socket
 import ssl
@@ -36,6 +38,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,10 @@ SCOPE = (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/provide
 API_PREFIX = "/mlflow/v2.0" + SCOPE  # what azureml-mlflow puts before MLflow's /api/2.0/... for MLflow 2 and 3
 INJECTED_PREFIX = "/mlflow/v1.0" + SCOPE  # the form of the URI Azure ML injects (Workspace.get_mlflow_tracking_uri)
 USER = "workspace"
+# The job token's refresh call (azureml-mlflow 1.62.0.post6, _restclient/token/operations/_runs_operations.py
+# `get_token_by_experiment_id`: GET, answering {"token", "expiryTimeUtc"}).
+TOKEN_PATH = re.compile(r"/history/v1\.0" + re.escape(SCOPE) + r"/experimentids/[^/]+/runs/[^/]+/token")
+TOKEN_LIFETIME_S = 3600
 # MLflow REST calls a workspace's registry does not serve: aliases (azure-ai-docs articles/machine-learning/
 # how-to-manage-models-mlflow.md, "Support matrix for managing models with MLflow": stages and tags, no aliases).
 UNSUPPORTED = ("/registered-models/alias",)
@@ -103,6 +110,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.headers.get("Authorization") != f"Bearer {self.server.token}":
             self._answer(401, b'{"error_code": "UNAUTHENTICATED", "message": "bearer token required"}')
             return
+        if self.command == "GET" and TOKEN_PATH.fullmatch(self.path.split("?", 1)[0]):
+            # The run-history token call azureml-mlflow makes before the job's token expires: a new token, and
+            # the old one refused from now on, so a process that keeps the old one fails here.
+            self.server.token = secrets.token_urlsafe(24)
+            expiry = datetime.now(UTC) + timedelta(seconds=TOKEN_LIFETIME_S)
+            self._answer(200, json.dumps({"token": self.server.token,
+                                          "expiryTimeUtc": expiry.isoformat()}).encode())
+            return
         if not self.path.startswith(API_PREFIX + "/"):
             self._answer(404, b'{"error_code": "ENDPOINT_NOT_FOUND", "message": "not a workspace MLflow path"}')
             return
@@ -141,6 +156,11 @@ class WorkspaceMlflow:
     def port(self) -> int:
         assert self.front is not None
         return self.front.server_address[1]
+
+    @property
+    def current_token(self) -> str:
+        """The token the endpoint takes now: the job's, until a refresh call replaced it."""
+        return self.front.token if self.front is not None else self.token
 
     @property
     def injected_uri(self) -> str:
@@ -202,7 +222,7 @@ class WorkspaceMlflow:
 
         names = ("MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_TOKEN")
         saved = {k: os.environ.get(k) for k in names}
-        os.environ.update(dict(zip(names, (str(self.cert), self.token), strict=True)))
+        os.environ.update(dict(zip(names, (str(self.cert), self.current_token), strict=True)))
         try:
             yield MlflowClient(tracking_uri=self.rest_uri, registry_uri=self.rest_uri)
         finally:
@@ -221,9 +241,10 @@ class WorkspaceMlflow:
 
     def job_env(self, experiment_id: str, run_id: str) -> dict[str, str]:
         """The variables a job of this workspace gets: the azureml:// URI, the token, its run and experiment."""
-        return {"MLFLOW_TRACKING_URI": self.injected_uri, "MLFLOW_TRACKING_TOKEN": self.token,
+        return {"MLFLOW_TRACKING_URI": self.injected_uri, "MLFLOW_TRACKING_TOKEN": self.current_token,
                 "MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_ID": experiment_id,
-                "AZUREML_RUN_ID": run_id, "AZUREML_RUN_TOKEN": self.token,
+                "AZUREML_RUN_ID": run_id, "AZUREML_RUN_TOKEN": self.current_token,
+                "AZUREML_RUN_TOKEN_EXPIRY": str(int(time.time()) + TOKEN_LIFETIME_S),
                 "AZUREML_ARM_SUBSCRIPTION": SUBSCRIPTION, "AZUREML_ARM_RESOURCEGROUP": RESOURCE_GROUP,
                 "AZUREML_ARM_WORKSPACE_NAME": WORKSPACE,
                 # only because the stand-in's certificate is self-signed; a workspace's is public
