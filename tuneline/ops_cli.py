@@ -176,6 +176,8 @@ def cmd_trigger_azureml(args: argparse.Namespace) -> int:
     options = ScheduleOptions(
         compute=args.compute,
         environment=args.environment,
+        registry=args.image_registry,
+        tag=args.image_tag,
         cron=args.cron,
         timezone=args.timezone,
         code=args.code,
@@ -374,9 +376,12 @@ def _add_trigger_azureml(trigger_sub) -> None:
     )
     azml.add_argument(
         "--environment",
-        default="azureml:tuneline-control@latest",
-        help="Azure ML environment with tuneline installed (default: %(default)s)",
+        default=None,
+        help="Azure ML environment with tuneline installed, e.g. azureml:tuneline-control@latest (default: the "
+             "control image inline, from the pipeline's images: or --image-registry/--image-tag)",
     )
+    azml.add_argument("--image-registry", default=None, help="registry of the control image (over the pipeline's)")
+    azml.add_argument("--image-tag", default=None, help="tag of the control image (over the pipeline's)")
     azml.add_argument(
         "--cron", default=None, help="cron expression (default: the pipeline's schedule, else daily 03:00)"
     )

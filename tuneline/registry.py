@@ -223,14 +223,37 @@ def register_version(
     return with_retry(create, f"create a version of {name}", policy, log)
 
 
+# Azure ML's MLflow registry supports stages and version tags but not aliases (azure-ai-docs articles/
+# machine-learning/how-to-manage-models-mlflow.md, "Support matrix for managing models with MLflow"): on a
+# workspace an alias is a version tag `tuneline.alias.<alias>` held by one version at a time.
+ALIAS_TAG = TAG_PREFIX + "alias."
+
+
+def aliases_supported(mlflow_client) -> bool:
+    uri = getattr(mlflow_client, "_registry_uri", None) or settings.tracking_uri()
+    return not settings.is_workspace_endpoint(uri)
+
+
 def set_alias(
     mlflow_client, name: str, alias: str, version: int | str, policy: Backoff | None = None
 ) -> None:
-    with_retry(
-        lambda: mlflow_client.set_registered_model_alias(name, alias, str(version)),
-        f"set alias {alias} of {name}",
-        policy,
-    )
+    if aliases_supported(mlflow_client):
+        with_retry(
+            lambda: mlflow_client.set_registered_model_alias(name, alias, str(version)),
+            f"set alias {alias} of {name}",
+            policy,
+        )
+        return
+    tag = ALIAS_TAG + alias
+
+    def move() -> None:
+        # The new holder first, then the old ones: a reader in between sees two and takes the newer.
+        mlflow_client.set_model_version_tag(name, str(version), tag, "true")
+        for held in mlflow_client.search_model_versions(f"name='{name}'"):
+            if held.tags.get(tag) and str(held.version) != str(version):
+                mlflow_client.delete_model_version_tag(name, held.version, tag)
+
+    with_retry(move, f"set alias tag {tag} of {name}", policy)
 
 
 def version_by_alias(mlflow_client, name: str, alias: str):
@@ -238,6 +261,10 @@ def version_by_alias(mlflow_client, name: str, alias: str):
     from mlflow.exceptions import MlflowException
 
     try:
+        if not aliases_supported(mlflow_client):
+            tag = ALIAS_TAG + alias
+            held = [v for v in mlflow_client.search_model_versions(f"name='{name}'") if v.tags.get(tag)]
+            return max(held, key=lambda v: int(v.version)) if held else None
         return mlflow_client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):

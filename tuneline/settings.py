@@ -6,7 +6,8 @@
   `tuneline runs list` run where `tuneline run` was sees its runs, whichever folder the pipeline file is in;
 - tracking URI: `$MLFLOW_TRACKING_URI`, else a SQLite store `<home>/mlflow.db` (a `mlflow server` works
   unchanged when the variable is set; the `azureml://` URI Azure ML injects into every job is turned into the
-  workspace's https MLflow endpoint, authenticated by the job's injected token: see `azureml_rest_uri`);
+  workspace's https MLflow endpoint, authenticated by the job's injected token, which a thread renews before
+  it expires: see `azureml_rest_uri`);
 - pipeline run id: `$TUNELINE_RUN_ID` (the local runner and KFP set it), else `$AZUREML_ROOT_RUN_ID` (what
   Azure ML gives each step of a pipeline job: the pipeline job's run id);
 - serve state: `$TUNELINE_SERVE_STATE`, else `<home>/serve`;
@@ -118,7 +119,85 @@ def azureml_rest_uri(uri: str) -> str:
             f"{', '.join(AZUREML_TOKEN_VARS)} holds the job's token that its MLflow endpoint needs (Azure ML "
             f"injects them into every job; outside a job, use the https endpoint and a token of your own)")
     os.environ["MLFLOW_TRACKING_TOKEN"] = token
+    _start_token_refresh(parsed.netloc, scope.group(0))
     return f"https://{parsed.netloc}{AZUREML_API_PATH}{scope.group(0)}"
+
+
+# The job's token expires (AZUREML_RUN_TOKEN_EXPIRY, epoch seconds); azureml-mlflow asks the run-history service
+# for a new one this many seconds before (azureml-mlflow 1.62.0.post6, _common/_authentication/
+# azureml_token_authentication.py `EXPIRATION_THRESHOLD_IN_SECONDS`, `_update_auth`), with the current token, at
+# GET /history/v1.0<workspace scope>/experimentids/<experiment id>/runs/<run id>/token ({"token",
+# "expiryTimeUtc"}; _restclient/token/operations/_runs_operations.py). MLflow reads MLFLOW_TRACKING_TOKEN at
+# every request, so replacing the variable is enough.
+TOKEN_REFRESH_MARGIN_S = 95
+TOKEN_RETRY_S = 30
+_refreshing: set[str] = set()
+
+
+def _token_expiry() -> float | None:
+    value = os.environ.get("AZUREML_RUN_TOKEN_EXPIRY")
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def refresh_token_once(host: str, scope: str) -> float:
+    """Ask the workspace for a new job token and put it where MLflow reads it; returns its expiry (epoch s)."""
+    import json
+    import urllib.request
+    from datetime import datetime
+
+    url = (f"https://{host}/history/v1.0{scope}/experimentids/{os.environ['MLFLOW_EXPERIMENT_ID']}/runs/"
+           f"{os.environ['AZUREML_RUN_ID']}/token")
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}",
+                                                   "Accept": "application/json"})
+    context = None
+    if os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):  # the same trust MLflow's requests use
+        import ssl
+
+        context = ssl.create_default_context(cafile=os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"])
+    with urllib.request.urlopen(request, timeout=30, context=context) as reply:
+        body = json.loads(reply.read())
+    expiry = datetime.fromisoformat(body["expiryTimeUtc"].replace("Z", "+00:00")).timestamp()
+    os.environ["MLFLOW_TRACKING_TOKEN"] = body["token"]
+    os.environ["AZUREML_RUN_TOKEN_EXPIRY"] = str(int(expiry))
+    return expiry
+
+
+def _start_token_refresh(host: str, scope: str) -> None:
+    """A daemon thread that renews the job's token before it expires, once per process and workspace. Without
+    the variables naming the job's run and the token's expiry (outside a job) there is nothing to renew."""
+    import sys
+    import threading
+    import time
+
+    if host in _refreshing or _token_expiry() is None or not os.environ.get("MLFLOW_EXPERIMENT_ID") \
+            or not os.environ.get("AZUREML_RUN_ID"):
+        return
+    _refreshing.add(host)
+
+    def renew() -> None:
+        while True:
+            expiry = _token_expiry() or time.time() + TOKEN_RETRY_S + TOKEN_REFRESH_MARGIN_S
+            time.sleep(max(0.0, expiry - TOKEN_REFRESH_MARGIN_S - time.time()))
+            try:
+                refresh_token_once(host, scope)
+            except Exception as exc:  # noqa: BLE001 - keep the old token and try again; MLflow will say 401
+                print(f"tracking: the job's token was not renewed ({exc}); retrying in {TOKEN_RETRY_S}s",
+                      file=sys.stderr)
+                time.sleep(TOKEN_RETRY_S)
+
+    threading.Thread(target=renew, name="azureml-token-refresh", daemon=True).start()
+
+
+def is_workspace_endpoint(uri: str) -> bool:
+    """An Azure ML workspace's MLflow endpoint: its azureml:// URI, or the https one `azureml_rest_uri` makes."""
+    if is_azureml_uri(uri):
+        return True
+    parsed = urlsplit(uri)
+    return parsed.scheme == "https" and parsed.path.startswith(AZUREML_API_PATH + "/") and \
+        _AZUREML_SCOPE.search(parsed.path) is not None
 
 
 def check_tracking_store(uri: str) -> None:

@@ -23,7 +23,7 @@ argument over the compiled default, on Azure ML (whose job file carries its inpu
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +80,46 @@ def kfp_plan(folder: Path, host: str, pipeline_name: str, experiment: str | None
     return plan
 
 
+# Job states after which nothing more happens (azure-ai-ml JobStatus: Completed, Failed, Canceled, NotResponding).
+TERMINAL_STATES = ("Completed", "Failed", "Canceled", "NotResponding")
+WATCH_POLL_SECONDS = 60
+
+
+def low_priority_nodes(folder: Path) -> list[str]:
+    """The job's nodes that run on a cluster this compilation writes with `tier: low_priority`."""
+    import yaml
+
+    tiers = {}
+    for path in (folder / "compute").glob("*.yml"):
+        body = yaml.safe_load(path.read_text())
+        tiers[body["name"]] = body.get("tier")
+    job = yaml.safe_load((folder / JOB_FILE).read_text())
+    return sorted(node for node, body in job["jobs"].items()
+                  if tiers.get(str(body.get("compute", "")).removeprefix("azureml:")) == "low_priority")
+
+
+def resubmission(status: str, failed_nodes: set[str], low_priority: set[str], resubmitted: int,
+                 limit: int) -> str:
+    """What to do with a watched job in `status`: "wait", "done", "resubmit" or "give up".
+
+    Azure ML does not restart a job whose low-priority node was preempted: the node, and with it the pipeline job,
+    fails (azure-ai-docs how-to-create-attach-compute-cluster.md, "Use low-priority VMs"). A node's failure does not
+    say whether a preemption caused it, so a failure of a node on a low-priority cluster is taken for one, at most
+    `limit` times; a failure elsewhere is not retried. The new job mounts the same checkpoint folder (the
+    `resume: true` outputs' fixed datastore path) and reuses the nodes that completed.
+    """
+    if status not in TERMINAL_STATES:
+        return "wait"
+    if status != "Failed":
+        return "done"
+    if resubmitted < limit and failed_nodes and failed_nodes <= low_priority:
+        return "resubmit"
+    return "give up"
+
+
 def azureml_plan(folder: Path, subscription_id: str, resource_group: str, workspace: str,
-                 experiment: str | None = None, schedule: bool = False) -> AzureMLPlan:
+                 experiment: str | None = None, schedule: bool = False,
+                 resubmit_preempted: int = 0) -> AzureMLPlan:
     """`folder` is the compiled `<out>/<pipeline>/azureml/` folder."""
     plan = AzureMLPlan(subscription_id=subscription_id, resource_group_name=resource_group,
                        workspace_name=workspace)
@@ -91,6 +129,10 @@ def azureml_plan(folder: Path, subscription_id: str, resource_group: str, worksp
         plan.calls.append(Call("MLClient.compute.ensure", {"compute": str(path)}))
     plan.calls.append(Call("MLClient.jobs.create_or_update", {"job": str(folder / JOB_FILE),
                                                               "experiment_name": experiment}))
+    if resubmit_preempted > 0:
+        plan.calls.append(Call("MLClient.jobs.watch", {
+            "job": str(folder / JOB_FILE), "experiment_name": experiment, "resubmit": resubmit_preempted,
+            "low_priority_nodes": low_priority_nodes(folder), "poll_seconds": WATCH_POLL_SECONDS}))
     if schedule:
         path = folder / SCHEDULE_FILE
         if not path.is_file():
@@ -178,7 +220,14 @@ def compile_submission(pipeline_path: str | Path, target: str, out: Path, sets: 
             if why:
                 raise SubmitError(f"{pipeline_path}: {why}")
     typed = {name: pipeline.params[name] for name in arguments}
-    output = compile_file(pipeline_path, (target,), out, options or CompileOptions(), compiled_values)
+    options = options or CompileOptions()
+    if target == "azureml":
+        # A trigger fired because the data changed, but the job's dataset input is the same URI as last time, and
+        # Azure ML reuses a deterministic node when its inputs (paths, not content) and settings are unchanged
+        # (reference-yaml-component-command `is_deterministic`): prepare would hand back last run's splits.
+        # KFP's runs are keyed by a fingerprint task on the data's digest instead.
+        options = replace(options, no_cache=True)
+    output = compile_file(pipeline_path, (target,), out, options, compiled_values)
     return output, typed
 
 
@@ -289,6 +338,7 @@ def execute_azureml(plan: AzureMLPlan) -> list[str]:  # pragma: no cover - needs
     client = MLClient(DefaultAzureCredential(), subscription_id=plan.subscription_id,
                       resource_group_name=plan.resource_group_name, workspace_name=plan.workspace_name)
     done = []
+    job = None
     for call in plan.calls:
         if call.method == "MLClient.compute.ensure":
             done.append(ensure_compute(client, call.kwargs["compute"]))
@@ -296,7 +346,36 @@ def execute_azureml(plan: AzureMLPlan) -> list[str]:  # pragma: no cover - needs
             job = client.jobs.create_or_update(load_job(call.kwargs["job"]),
                                                experiment_name=call.kwargs["experiment_name"])
             done.append(f"job {job.name}")
+        elif call.method == "MLClient.jobs.watch" and job is not None:
+            done += watch_and_resubmit(client, job.name, call.kwargs)
         elif call.method == "MLClient.schedules.begin_create_or_update":
             schedule = client.schedules.begin_create_or_update(load_schedule(call.kwargs["schedule"])).result()
             done.append(f"schedule {schedule.name}")
     return done
+
+
+def watch_and_resubmit(client, name: str, watch: dict[str, Any]) -> list[str]:  # pragma: no cover - a workspace
+    """Poll job `name` until it ends; submit the job file again while `resubmission` says so."""
+    import time
+
+    from azure.ai.ml import load_job
+
+    lines, resubmitted = [], 0
+    while True:
+        status = str(client.jobs.get(name).status)
+        failed = set()
+        if status == "Failed":
+            # A pipeline's child jobs are named by the service; their display name is the node's name.
+            failed = {child.display_name for child in client.jobs.list(parent_job_name=name)
+                      if str(child.status) == "Failed"}
+        action = resubmission(status, failed, set(watch["low_priority_nodes"]), resubmitted, watch["resubmit"])
+        if action == "wait":
+            time.sleep(watch["poll_seconds"])
+            continue
+        if action != "resubmit":
+            lines.append(f"job {name} {status}" + (f" (failed: {', '.join(sorted(failed))})" if failed else ""))
+            return lines
+        resubmitted += 1
+        name = client.jobs.create_or_update(load_job(watch["job"]), experiment_name=watch["experiment_name"]).name
+        lines.append(f"job {name} (resubmitted after {', '.join(sorted(failed))} failed on low priority, "
+                     f"{resubmitted} of {watch['resubmit']})")

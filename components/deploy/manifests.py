@@ -120,10 +120,11 @@ def write_azureml(
     azureml.load_check(paths)
     record = _record("azureml", fetched, requested_uri, policy)
     record.endpoint = f"https://{options.endpoint_name}.<region>.inference.ml.azure.com/score"
-    record.files = [str(paths[k]) for k in ("endpoint", "deployment", "apply", "rollback")]
+    record.files = [str(paths[k]) for k in ("endpoint", "deployment", "apply", "rollback", "retire")]
     # The slots are chosen by apply.sh from the endpoint's live traffic; `first` is the first rollout's split.
     record.details["traffic"] = (policy.traffic(options.slot, None) if first else
                                  {"new": policy.new_percent, "live": 100 - policy.new_percent})
     record.details["apply"] = [f"bash {paths['apply'].name}"]
     record.details["rollback"] = [f"bash {paths['rollback'].name}"]
+    record.details["retire"] = [f"bash {paths['retire'].name}   (once the rollout has held: frees the previous slot)"]
     return record

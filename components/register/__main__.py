@@ -83,6 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     pipeline_run = settings.pipeline_run_id()  # KFP and local: TUNELINE_RUN_ID; Azure ML: the pipeline job
     code = registry.code_version()
     experiment = registry.ensure_experiment(client, args.experiment)
+    from tuneline.ml.tracking import unservable_artifact_uri
+
+    unservable = unservable_artifact_uri(client.get_experiment(experiment).artifact_location)
+    if unservable:  # an Azure ML workspace: fail before creating a run or a version, saying why
+        log(f"cannot log the model: {unservable}; registering on an Azure ML workspace is not supported yet "
+            f"(docs/azureml.md, 'Not working on a workspace yet')")
+        return 2
     run_tags = {
         "tuneline.step": "register",
         "tuneline.pipeline_run": pipeline_run,

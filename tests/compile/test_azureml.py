@@ -1,6 +1,7 @@
 import os
 import shlex
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -10,6 +11,7 @@ from azure.ai.ml.entities._load_functions import load_schedule
 from readback import FIXTURES, TOY, variant
 
 from tuneline.compile import CompileError
+from tuneline.compile.azureml import cluster_conflicts
 from tuneline.compile.build import compile_graph
 from tuneline.compile.options import CompileOptions
 from tuneline.compile.schedule import WINDOWS_TIME_ZONES
@@ -95,7 +97,7 @@ def test_a_spot_profile_is_a_low_priority_cluster(tmp_path):
 
     out = compile_graph(build_graph(load_pipeline(TOY)), ("azureml",), tmp_path / "spot", CompileOptions())
     assert load_compute(str(out.folder / "azureml" / "compute" / "gpu-spot.yml")).tier == "low_priority"
-    assert not any("restarts it from the beginning" in w for w in out.warnings)  # fit has a resume output
+    assert not any("starts from the beginning" in w for w in out.warnings)  # fit has a resume output
     dedicated = variant(tmp_path, "shm_size: 16g, spot: true}", "shm_size: 16g}")
     out = compile_graph(build_graph(load_pipeline(dedicated)), ("azureml",), tmp_path / "dedicated", CompileOptions())
     assert load_compute(str(out.folder / "azureml" / "compute" / "gpu-spot.yml")).tier == "dedicated"
@@ -171,3 +173,62 @@ def test_resume_output_is_rw_mounted_at_a_stable_datastore_path(compiled):
     assert "--store checkpoints='${{outputs.checkpoints}}'" in wrapper
     assert "--artifact train='${{inputs.train}}'" in wrapper
     assert step.startswith("python -m components.fit ")
+
+
+REPO = Path(__file__).resolve().parents[2]
+REPO_PIPELINES = sorted((REPO / "pipelines").glob("*.yaml"))
+
+
+def test_a_cluster_name_has_one_definition_across_the_repositorys_pipelines(tmp_path):
+    """finetune-multinode's gpu-spot was dedicated while the other pipelines' gpu-spot is low priority: whichever
+    pipeline ran second in a workspace was refused (tier cannot change)."""
+    graphs = [build_graph(load_pipeline(path)) for path in REPO_PIPELINES]
+    assert len(graphs) >= 3
+    assert cluster_conflicts(graphs) == []
+    problems = cluster_conflicts([build_graph(load_pipeline(TOY)),
+                                  build_graph(load_pipeline(variant(tmp_path, "shm_size: 16g, spot: true}",
+                                                                    "shm_size: 16g}")))])
+    assert len(problems) == 1 and "cluster 'gpu-spot'" in problems[0] and "'dedicated'" in problems[0]
+
+
+@pytest.mark.parametrize("path", REPO_PIPELINES, ids=lambda p: p.stem)
+def test_every_cluster_a_repository_pipeline_runs_on_gets_a_compute_file(path, tmp_path):
+    """`submit` creates the clusters compute/ describes and nothing else: a profile without a VM size (the cpu
+    profiles had none) left prepare waiting for a cluster nobody created on a fresh workspace."""
+    from azure.ai.ml.entities._load_functions import load_compute
+
+    out = compile_graph(build_graph(load_pipeline(path)), ("azureml",), tmp_path, CompileOptions())
+    folder = out.folder / "azureml"
+    job = yaml.safe_load((folder / "pipeline_job.yml").read_text())
+    used = {body["compute"].removeprefix("azureml:") for body in job["jobs"].values()}
+    files = {p.stem for p in (folder / "compute").glob("*.yml")}
+    assert used <= files, used - files
+    for name in used:
+        assert load_compute(str(folder / "compute" / f"{name}.yml"))._to_rest_object() is not None
+    assert not any("no compute file" in w for w in out.warnings)
+
+
+def test_a_cluster_without_a_vm_size_is_warned_about_once(tmp_path):
+    out = compile_graph(build_graph(load_pipeline(TOY)), ("azureml",), tmp_path, CompileOptions())
+    unsized = [w for w in out.warnings if "cluster 'cpu-cluster' has no instance_type" in w]
+    assert len(unsized) == 1, out.warnings
+
+
+def test_the_code_snapshot_leaves_out_git_and_what_git_ignores(tmp_path):
+    """Without .amlignore the SDK read .gitignore, which cannot list .git/: every job uploaded the history too."""
+    from azure.ai.ml._utils._asset_utils import get_ignore_file, get_upload_files_from_folder
+
+    ignored = {line for line in (REPO / ".gitignore").read_text().splitlines() if line and not line.startswith("#")}
+    kept = {line for line in (REPO / ".amlignore").read_text().splitlines() if line and not line.startswith("#")}
+    assert ignored <= kept, ignored - kept
+    project = tmp_path / "project"
+    for name in (".git/objects/ab/cdef", ".git/HEAD", ".venv/bin/python", ".tuneline/runs/x.json", "build/a/b.yml",
+                 "tuneline/cli.py", "tuneline/__pycache__/cli.cpython-311.pyc", "components/train/__main__.py",
+                 "pipelines/finetune.yaml", "data/sample/tickets.jsonl", "config/skus.yaml"):
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text("x")
+    shutil.copy(REPO / ".gitignore", project / ".gitignore")
+    shutil.copy(REPO / ".amlignore", project / ".amlignore")
+    uploaded = {remote for _, remote in get_upload_files_from_folder(project, ignore_file=get_ignore_file(project))}
+    assert uploaded == {".gitignore", ".amlignore", "tuneline/cli.py", "components/train/__main__.py",
+                        "pipelines/finetune.yaml", "data/sample/tickets.jsonl", "config/skus.yaml"}

@@ -72,3 +72,24 @@ def test_submit_refuses_a_local_only_run_argument(tmp_path, capsys):
                 "--param", "deploy_target=local", "--dry-run"]) == 2
     assert "deploy.target (parameter deploy_target = 'local') for target kfp: 'local' runs only locally" \
         in capsys.readouterr().err
+
+
+def test_azureml_submit_can_watch_and_resubmit_a_preempted_job(tmp_path, capsys):
+    """Azure ML does not restart a job whose low-priority node was preempted: submit watches it and submits the
+    job file again, at most N times, when a node on a low-priority cluster failed."""
+    from tuneline.submit import resubmission
+
+    assert run(["submit", str(TOY), "--target", "azureml", "--subscription", "s", "--resource-group", "rg",
+                "--workspace", "ws", "--out", str(tmp_path), "--resubmit-preempted", "2", "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    watch = plan["calls"][-1]
+    assert watch["method"] == "MLClient.jobs.watch" and watch["kwargs"]["resubmit"] == 2
+    assert watch["kwargs"]["low_priority_nodes"] == ["fit"]  # toy's fit runs on the spot profile's cluster
+    assert watch["kwargs"]["job"] == plan["calls"][-2]["kwargs"]["job"]
+    low = {"fit"}
+    assert resubmission("Running", set(), low, 0, 2) == "wait"
+    assert resubmission("Completed", set(), low, 0, 2) == "done"
+    assert resubmission("Failed", {"fit"}, low, 0, 2) == "resubmit"
+    assert resubmission("Failed", {"fit"}, low, 2, 2) == "give up"  # the limit
+    assert resubmission("Failed", {"make_data"}, low, 0, 2) == "give up"  # not on low priority: a real failure
+    assert resubmission("Canceled", set(), low, 0, 2) == "done"

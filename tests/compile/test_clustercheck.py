@@ -256,3 +256,29 @@ def test_the_retrain_check_jobs_own_environment_must_be_registered(project, caps
     assert "Azure ML job finetune-demo-retrain-check (tuneline trigger azureml-schedule pipelines/finetune.yaml): " \
            "its own environment azureml:control@latest is not one that environments/ registers" \
            in capsys.readouterr().err
+
+
+def test_an_azureml_distributed_step_starts_one_process_per_gpu_of_its_vm_size(tmp_path):
+    """finetune-multinode ran 4 processes per Standard_ND96asr_v4 node, which has 8 A100s: half of them idle."""
+    from tuneline.compile.build import compile_graph
+    from tuneline.compile.clustercheck import azureml_compute_problems
+    from tuneline.compile.options import CompileOptions
+    from tuneline.graph import build_graph
+    from tuneline.spec import load_pipeline
+
+    skus = load_skus(REPO / "config" / "skus.yaml")
+    source = REPO / "pipelines" / "finetune-multinode.yaml"
+    out = compile_graph(build_graph(load_pipeline(source)), ("azureml",), tmp_path / "repo", CompileOptions())
+    assert azureml_compute_problems("finetune-multinode.yaml", out.folder, skus) == []
+    text = source.read_text()
+    assert "Standard_ND96asr_v4, nodes: 2, processes_per_node: 8" in text
+    shutil.copytree(REPO / "components", tmp_path / "components", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "environments", tmp_path / "environments")
+    shutil.copytree(REPO / "data", tmp_path / "data")
+    (tmp_path / "pipelines").mkdir()
+    half = tmp_path / "pipelines" / source.name
+    half.write_text(text.replace("processes_per_node: 8", "processes_per_node: 4"))
+    out = compile_graph(build_graph(load_pipeline(half)), ("azureml",), tmp_path / "half", CompileOptions())
+    problems = azureml_compute_problems("finetune-multinode.yaml", out.folder, skus)
+    assert problems == ["finetune-multinode.yaml:train: Azure ML starts 4 process(es) per node, a Standard_ND96asr_v4 "
+                        "node has 8 GPUs: set the profile's azureml processes_per_node to 8"]

@@ -115,7 +115,10 @@ def test_azureml_and_triton_targets(registry, tmp_path: Path):
     files = tmp_path / "aml" / "files"
     assert load_online_endpoint(files / "endpoint.yml").auth_mode == "key"
     deployment = load_online_deployment(files / "deployment.yml")
-    assert deployment.model.version == "2"
+    # Its own asset at the next version: tuneline-llm:2 is the registered (adapter) version in the workspace.
+    assert deployment.model.name == "tuneline-llm-merged" and deployment.model.version is None
+    assert deployment.model.tags["tuneline.source_version"] == "2"
+    assert record["details"]["retire"][0].startswith("bash retire.sh")
     # The adapter was merged: the Azure ML model folder is a plain HF model, loadable without peft.
     assert (files / "model" / "config.json").is_file() and not (
         files / "model" / "adapter_config.json"

@@ -273,3 +273,24 @@ def test_fresh_champion_score_is_used_only_for_the_same_version(store):
     )
     assert fresh.promoted and fresh.champion_value == 0.6
     assert str(store.get_model_version_by_alias("m", "champion").version) == "2"
+
+
+def test_an_azure_ml_artifact_store_is_refused_before_anything_is_registered(store, tmp_path: Path, capsys):
+    """A workspace's experiments have azureml:// artifact locations, which MLflow cannot upload to here: register
+    failed with a traceback after creating its run; it now stops first and says why."""
+    import json
+
+    store.create_experiment("tuneline", artifact_location="azureml://experiments/tuneline/runs")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "training_summary.json").write_text(json.dumps({"base_model": "tiny", "method": "full"}))
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"models": {"tuned": {"exact_match": 0.5}}}))
+    outs = [f"--{name}-out" for name in ("model-uri", "version", "promoted", "card")]
+    code = register_main(["--model", str(model), "--metrics", str(metrics),
+                          *[x for flag in outs for x in (flag, str(tmp_path / flag.strip("-")))]])
+    assert code == 2
+    assert "azureml-mlflow" in capsys.readouterr().err
+    experiment = store.get_experiment_by_name("tuneline").experiment_id
+    assert store.search_runs([experiment]) == [] and store.search_registered_models() == []

@@ -127,10 +127,15 @@ def test_a_step_tracks_through_the_runtimes_injected_mlflow_variables(tmp_path, 
     results = runtime.run()
     assert (results["track"].outputs["logged"] / "value").read_text() == "3"
     with workspace.client() as client:
-        experiment = client.get_experiment_by_name("toy")
-        runs = client.search_runs([experiment.experiment_id])
-        assert [r.data.metrics["lines"] for r in runs if r.info.run_name == "track"] == [3.0]
-        assert [a.path for a in client.list_artifacts(runs[0].info.run_id)] == ["lines.txt"]
+        # The run Azure ML created for the job (MLFLOW_RUN_ID), in the pipeline's experiment: the job page's run.
+        experiment = client.get_experiment_by_name("toy-tracked")
+        runs = [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_name == "track"]
+        assert [r.data.metrics.get("lines") for r in runs] == [3.0]
+        assert runs[0].data.tags["tuneline.run_name"] == "track"
+        # A workspace's artifact root: the file stays in the job's outputs, and the run says so.
+        assert runs[0].info.artifact_uri.startswith("azureml://")
+        assert "azureml-mlflow" in runs[0].data.tags["tuneline.artifact_not_uploaded.lines.txt"]
+        assert client.get_experiment_by_name("toy") is None  # no run of the step's own beside it
     assert not (tmp_path / "job.db").exists()
     assert not (tmp_path / "home" / "mlflow.db").exists()  # nothing fell back to a local store
 
@@ -151,9 +156,79 @@ def test_the_workspace_endpoint_takes_only_the_jobs_bearer_token(workspace, monk
     wrong = {"Authorization": "Bearer not-the-job-token"}
     assert requests.post(url, json={"max_results": 1}, headers=wrong, verify=str(workspace.cert),
                          timeout=30).status_code == 401
-    right = {"Authorization": f"Bearer {workspace.token}"}
+    right = {"Authorization": f"Bearer {workspace.current_token}"}
     assert requests.post(url, json={"max_results": 1}, headers=right, verify=str(workspace.cert),
                          timeout=30).status_code == 200
     outside = url.replace("/workspaces/tuneline-ws/", "/workspaces/other/")
     assert requests.post(outside, json={"max_results": 1}, headers=right, verify=str(workspace.cert),
                          timeout=30).status_code == 404
+
+
+def test_champion_and_candidate_are_version_tags_on_a_workspace(workspace):
+    """A workspace's MLflow registry has no aliases (the stand-in answers their calls as it does): setting the
+    champion failed, and looking it up raised instead of reading the version tags."""
+    import mlflow
+
+    from tuneline import registry
+
+    with workspace.client() as client:
+        assert not registry.aliases_supported(client)
+        client.create_registered_model("tagged-llm")
+        for _ in range(2):
+            client.create_model_version("tagged-llm", "s3://bucket/tagged-llm/model")
+        with pytest.raises(mlflow.exceptions.MlflowException, match="ENDPOINT_NOT_FOUND"):
+            client.set_registered_model_alias("tagged-llm", "champion", "1")  # the call the registry made before
+        assert registry.version_by_alias(client, "tagged-llm", registry.CHAMPION) is None
+        registry.set_alias(client, "tagged-llm", registry.CHAMPION, 1)
+        registry.set_alias(client, "tagged-llm", registry.CANDIDATE, 2)
+        assert registry.version_by_alias(client, "tagged-llm", registry.CHAMPION).version == "1"
+        registry.set_alias(client, "tagged-llm", registry.CHAMPION, 2)
+        assert registry.version_by_alias(client, "tagged-llm", registry.CHAMPION).version == "2"
+        assert registry.version_by_alias(client, "tagged-llm", registry.CANDIDATE).version == "2"
+        assert "tuneline.alias.champion" not in client.get_model_version("tagged-llm", "1").tags
+
+
+def test_the_workspace_hands_out_artifact_locations_only_azureml_mlflow_serves(workspace, tmp_path):
+    """What register (mlflow.pyfunc.log_model: a logged model, then its files) and deploy (downloading a version)
+    meet in a workspace: azureml:// locations that MLflow cannot read or write without azureml-mlflow."""
+    import mlflow
+
+    with workspace.client() as client:
+        experiment = client.create_experiment("artifacts")
+        assert client.get_experiment(experiment).artifact_location.startswith("azureml://")
+        run = client.create_run(experiment).info.run_id
+        model = client.create_logged_model(experiment, name="model")
+        assert model.artifact_location.startswith("azureml://")
+        (tmp_path / "weights.txt").write_text("w")
+        with pytest.raises(mlflow.exceptions.MlflowException, match="azureml"):
+            client.log_artifact(run, str(tmp_path / "weights.txt"))
+
+
+def test_the_jobs_token_is_renewed_before_it_expires(workspace, monkeypatch):
+    """MLflow re-reads MLFLOW_TRACKING_TOKEN at each request, but nothing renewed it: a step running past the
+    token's lifetime got 401. The stand-in, like the workspace, refuses the old token once it has renewed it."""
+    import time
+
+    import requests
+
+    from tuneline import settings
+
+    experiment_id, run_id = workspace.job_run("refresh", "job")
+    env = workspace.job_env(experiment_id, run_id)
+    env["AZUREML_RUN_TOKEN_EXPIRY"] = str(int(time.time()) + settings.TOKEN_REFRESH_MARGIN_S + 2)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    old = env["MLFLOW_TRACKING_TOKEN"]
+    uri = settings.use_tracking()
+    deadline = time.time() + 30
+    while os.environ["MLFLOW_TRACKING_TOKEN"] == old and time.time() < deadline:
+        time.sleep(0.5)
+    assert os.environ["MLFLOW_TRACKING_TOKEN"] == workspace.current_token != old
+    assert float(os.environ["AZUREML_RUN_TOKEN_EXPIRY"]) > time.time() + 3000
+    from mlflow.tracking import MlflowClient
+
+    assert MlflowClient(tracking_uri=uri).get_run(run_id).info.run_id == run_id  # with the renewed token
+    url = f"{workspace.rest_uri}/api/2.0/mlflow/experiments/search"
+    stale = {"Authorization": f"Bearer {old}"}
+    assert requests.post(url, json={"max_results": 1}, headers=stale, verify=str(workspace.cert),
+                         timeout=30).status_code == 401

@@ -108,6 +108,14 @@ class Workspace:
     def calls(self, verb: str) -> list[str]:
         return [line for line in self.log.read_text().splitlines() if f" {verb} " in f" {line} "]
 
+    def registered(self, name: str, *versions: str) -> None:
+        """Model versions the workspace registry already holds (what the MLflow registry registered)."""
+        import json
+
+        state = json.loads(self.state.read_text()) if self.state.is_file() else {"endpoints": {}}
+        state.setdefault("models", {})[name] = {v: f"azureml://mlflow/{name}/{v}" for v in versions}
+        self.state.write_text(json.dumps(state))
+
     @property
     def endpoint(self) -> dict:
         import json
@@ -117,6 +125,7 @@ class Workspace:
 
 def test_rollouts_alternate_slots_and_roll_back(tmp_path: Path, model_dir: Path):
     ws = Workspace(tmp_path)
+    ws.registered("tuneline-llm", "4", "5", "6")  # the workspace registry is the MLflow registry
     options = azureml.AzureMLOptions()
     first = _write(tmp_path / "v4", model_dir, options, RolloutPolicy(), version=4)
     ws.run(first["apply"])
@@ -127,7 +136,9 @@ def test_rollouts_alternate_slots_and_roll_back(tmp_path: Path, model_dir: Path)
     second = _write(tmp_path / "v5", model_dir, options, RolloutPolicy(), version=5)
     ws.run(second["apply"])  # green is live: the new version goes into blue, beside it
     assert ws.endpoint["traffic"] == {"green": 0, "blue": 100}
-    assert {k: v["model_version"] for k, v in ws.endpoint["deployments"].items()} == {"green": "4", "blue": "5"}
+    assert {k: (v["model_name"], v["model_version"], v["tags"]["tuneline.source_version"])
+            for k, v in ws.endpoint["deployments"].items()} == {"green": ("tuneline-llm-merged", "1", "4"),
+                                                                  "blue": ("tuneline-llm-merged", "2", "5")}
     assert ws.endpoint["tags"] == {"tuneline_live": "blue", "tuneline_previous": "green"}
 
     ws.run(second["rollback"])
@@ -137,7 +148,8 @@ def test_rollouts_alternate_slots_and_roll_back(tmp_path: Path, model_dir: Path)
     ws.run(canary["apply"])  # green is live again: blue, idle, is updated in place
     assert [line.split()[1] for line in ws.calls("update")][:1] == ["online-deployment"]
     assert ws.endpoint["traffic"] == {"green": 90, "blue": 10}
-    assert ws.endpoint["deployments"]["blue"]["model_version"] == "6"
+    assert ws.endpoint["deployments"]["blue"]["model_version"] == "3"
+    assert ws.endpoint["deployments"]["blue"]["tags"]["tuneline.model_uri"] == "models:/tuneline-llm/6"
 
 
 def test_the_previous_files_could_not_be_applied(tmp_path: Path, model_dir: Path):
@@ -214,3 +226,62 @@ def test_score_script_renders_prompts_as_training_did(tmp_path: Path, monkeypatc
     served = score.render(conversation)
     assert "Today Date: 26 Jul 2024" in served
     assert served == render(score._state["tokenizer"], conversation, generation_prompt=True)
+
+
+def test_the_merged_model_is_its_own_asset_at_the_next_version(tmp_path: Path, model_dir: Path):
+    """`tuneline-llm:4` is the registered version in the workspace's registry (the MLflow registry is the
+    workspace's): a deployment that gave it the merged folder's path was refused ("Asset paths cannot be
+    updated"). The merged folder is `tuneline-llm-merged` with no version, so the SDK registers the next one."""
+    from azure.ai.ml import load_online_deployment
+
+    paths = _write(tmp_path / "azureml", model_dir, azureml.AzureMLOptions(), RolloutPolicy())
+    model = load_online_deployment(paths["deployment"]).model
+    assert model.name == "tuneline-llm-merged"
+    assert model.version is None and model._auto_increment_version
+    assert model.tags == {"tuneline.model_uri": URI, "tuneline.source_version": "4"}
+    assert str(model.path).endswith("/model")
+
+
+@pytest.mark.parametrize("capability", [None, (7, 0), (7, 5), (8, 0), (8, 6), (8, 9), (9, 0)])
+def test_the_score_script_loads_the_weights_in_the_dtype_the_gpu_has_tensor_cores_for(capability):
+    """The default instance is a T4 (sm_75), which has no bf16 tensor cores: the script loaded bf16 on any GPU."""
+    import importlib.util
+
+    from tuneline.ml.device import choose
+
+    spec = importlib.util.spec_from_file_location("score", azureml.SCORE_SCRIPT)
+    score = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(score)
+    expected = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}[choose(capability).mixed_precision]
+    assert score.serving_dtype(capability) == expected
+    assert azureml.AzureMLOptions().instance_type == "Standard_NC4as_T4_v3"
+    assert score.serving_dtype((7, 5)) == "float16"
+
+
+def test_retire_deletes_the_idle_previous_slot_and_never_one_taking_traffic(tmp_path: Path, model_dir: Path):
+    """Each rollout left the previous deployment at 0 %, its GPU instances billed until someone deleted it."""
+    ws = Workspace(tmp_path)
+    options = azureml.AzureMLOptions()
+    first = _write(tmp_path / "v4", model_dir, options, RolloutPolicy(), version=4)
+    ws.run(first["apply"])
+    with pytest.raises(AssertionError, match="no previous deployment to delete"):
+        ws.run(first["retire"])
+    second = _write(tmp_path / "v5", model_dir, options, RolloutPolicy(), version=5)
+    ws.run(second["apply"])
+    assert set(ws.endpoint["deployments"]) == {"green", "blue"} and ws.endpoint["traffic"]["green"] == 0
+    ws.run(second["retire"])
+    assert set(ws.endpoint["deployments"]) == {"blue"} and ws.endpoint["traffic"] == {"blue": 100}
+    with pytest.raises(AssertionError, match="no previous deployment to return to"):
+        ws.run(second["rollback"])
+    canary = _write(tmp_path / "v6", model_dir, options, RolloutPolicy(strategy="canary", canary_percent=10), 6)
+    ws.run(canary["apply"])  # into the freed slot, beside the live one
+    assert ws.endpoint["traffic"] == {"blue": 90, "green": 10}
+    with pytest.raises(AssertionError, match="blue still takes 90 % of the traffic"):
+        ws.run(canary["retire"])
+    assert set(ws.endpoint["deployments"]) == {"green", "blue"}
+
+
+def test_the_inference_server_is_pinned(tmp_path: Path, model_dir: Path):
+    _write(tmp_path / "a", model_dir, azureml.AzureMLOptions(), RolloutPolicy())
+    pins = yaml.safe_load((tmp_path / "a" / "environment" / "conda.yaml").read_text())["dependencies"][-1]["pip"]
+    assert "azureml-inference-server-http==1.5.1" in pins

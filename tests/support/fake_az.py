@@ -6,8 +6,13 @@ No Azure ML workspace can be reached here, so this keeps an endpoint's state in 
 the service applies (https://learn.microsoft.com/azure/machine-learning/how-to-safely-rollout-online-endpoints,
 https://learn.microsoft.com/cli/azure/ml/online-endpoint): files are read with azure-ai-ml's own loaders, as `az ml`
 does; a deployment needs its endpoint; `create` refuses an existing one and `update` a missing one; traffic may name
-only existing deployments and must add up to 100, and deployments it does not name get 0. Every call is logged, one
-line each, to FAKE_AZ_LOG. Queries: only the two forms the scripts use (`traffic.<slot> || \\`0\\``, `tags.<key>`).
+only existing deployments and must add up to 100, and deployments it does not name get 0; a deployment taking
+traffic cannot be deleted. A deployment's inline model
+is registered as the workspace registers it: with a version, that `name:version` must be new or already hold the
+same path ("Asset paths cannot be updated"; the workspace registry also holds what the MLflow registry registered,
+seeded under "models"), and without one it gets the next version (azure-ai-ml `_auto_increment_version`).
+Every call is logged, one line each, to FAKE_AZ_LOG.
+Queries: only the two forms the scripts use (`traffic.<slot> || \\`0\\``, `tags.<key>`).
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="az")
     ap.add_argument("group", choices=["ml"])
     ap.add_argument("kind", choices=["online-endpoint", "online-deployment"])
-    ap.add_argument("verb", choices=["show", "create", "update"])
+    ap.add_argument("verb", choices=["show", "create", "update", "delete"])
+    ap.add_argument("--yes", action="store_true")
     ap.add_argument("-n", "--name")
     ap.add_argument("-e", "--endpoint-name")
     ap.add_argument("-f", "--file")
@@ -95,6 +101,17 @@ def main(argv: list[str]) -> int:
         exists = args.name in body["deployments"]
         if args.verb == "show":
             return 0 if exists else _fail(f"ResourceNotFound: deployment {args.name}")
+        if args.verb == "delete":
+            if not exists:
+                return _fail(f"ResourceNotFound: deployment {args.name}")
+            if body["traffic"].get(args.name, 0):
+                return _fail(f"deployment {args.name} takes traffic: set it to 0 before deleting it")
+            if not args.yes:
+                return _fail("delete asks for confirmation: pass --yes")
+            del body["deployments"][args.name]
+            body["traffic"].pop(args.name, None)
+            path.write_text(json.dumps(state, indent=1))
+            return 0
         if args.verb == "create" and exists:
             return _fail(f"deployment {args.name} already exists")
         if args.verb == "update" and not exists:
@@ -102,8 +119,15 @@ def main(argv: list[str]) -> int:
         from azure.ai.ml import load_online_deployment
 
         entity = load_online_deployment(args.file)
-        body["deployments"][args.name] = {"model_version": entity.model.version,
-                                          "model_path": str(entity.model.path)}
+        model = entity.model
+        versions = state.setdefault("models", {}).setdefault(model.name, {})
+        version = model.version or str(max((int(v) for v in versions), default=0) + 1)
+        if versions.get(version, str(model.path)) != str(model.path):
+            return _fail(f"Asset paths cannot be updated: model {model.name}:{version} already exists with path "
+                         f"{versions[version]}")
+        versions[version] = str(model.path)
+        body["deployments"][args.name] = {"model_name": model.name, "model_version": version,
+                                          "model_path": str(model.path), "tags": dict(model.tags or {})}
         body["traffic"].setdefault(args.name, 0)
     path.write_text(json.dumps(state, indent=1))
     return 0

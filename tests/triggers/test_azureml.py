@@ -48,3 +48,25 @@ def test_with_data_the_check_reads_the_mounted_input_and_the_run_gets_its_uri(pr
                            f"azureml --submit-param dataset={uri} --exit-zero")
     code, _, err = ops_cli("trigger", "azureml-schedule", "pipelines/grow.yaml", "--data", "minio://b/t.jsonl")
     assert code == 2 and "give the dataset's Azure ML URI" in err
+
+
+def test_the_check_job_runs_in_the_control_image_inline_with_the_computes_identity(project, ops_cli):
+    """`azureml:tuneline-control@latest` needed an environment registered first, and with no identity the job's
+    DefaultAzureCredential found nothing to submit the pipeline job with."""
+    from azure.ai.ml.entities import ManagedIdentityConfiguration
+
+    code, _, err = ops_cli("trigger", "azureml-schedule", "pipelines/grow.yaml", "--out", "build/az",
+                           "--image-registry", "acr.example.io/tl", "--image-tag", "2.0.1")
+    assert code == 0, err
+    job = load_job(project / "build" / "az" / "retrain_check_job.yml")
+    assert job._validate().passed, job._validate().error_messages
+    assert job.environment.image == "acr.example.io/tl/control:2.0.1"
+    assert isinstance(job.identity, ManagedIdentityConfiguration)
+    schedule = load_schedule(project / "build" / "az" / "schedule.yml")
+    assert isinstance(schedule.create_job.identity, ManagedIdentityConfiguration)
+    assert schedule.create_job.environment.image == job.environment.image
+    code, _, err = ops_cli("trigger", "azureml-schedule", "pipelines/grow.yaml", "--out", "build/named",
+                           "--environment", "azureml:tuneline-control:0.1.0")
+    assert code == 0, err
+    named = load_job(project / "build" / "named" / "retrain_check_job.yml")
+    assert named.environment == "tuneline-control:0.1.0"  # the loader drops the azureml: prefix

@@ -197,3 +197,19 @@ def test_a_failed_submitted_run_is_no_baseline(project, ops_cli, kfp_api, monkey
     assert "no successful run of 'grow' yet" in out
     assert len([r for r in requests if r[0] == "POST" and r[1] == "/apis/v2beta1/runs"]) == 2
     assert ("GET", "/apis/v2beta1/runs/run-42", {}) in requests
+
+
+def test_a_triggered_azureml_job_reruns_every_step(project, tmp_path):
+    """The trigger fired on new data at the same azureml:// path: the job's inputs are unchanged, so without
+    force_rerun Azure ML reuses last run's prepare (reuse compares inputs, not the data behind them)."""
+    from azure.ai.ml import load_job
+
+    from tuneline.submit import compile_submission
+
+    uri = "azureml://datastores/workspaceblobstore/paths/tuneline/tickets.jsonl"
+    output, _ = compile_submission(project / "pipelines" / "grow.yaml", "azureml", tmp_path / "out", {},
+                                   {"dataset": uri})
+    job = load_job(str(output.folder / "azureml" / "pipeline_job.yml"))
+    assert job._validate().passed
+    assert job.settings.force_rerun is True
+    assert job.inputs["dataset"].path == uri

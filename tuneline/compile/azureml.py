@@ -20,11 +20,13 @@ executed, in `tuneline.conformance.azureml`):
 - a command node has no retry setting (only parallel jobs have `retry_settings`), so `retry: {max, backoff_seconds,
   on}` applies to local and KFP runs, and `retries:` is reported as a compile-time warning here;
 - spot is a property of the cluster, not of a job: a profile with `spot: true` writes its compute file with
-  `tier: low_priority` (AmlCompute's `tier`, azure-ai-ml `_schema/compute/aml_compute.py`). What resubmits a
-  preempted job is Azure ML itself: a low-priority job whose node is preempted is restarted when the cluster gets
-  a VM again, with what it had written to its outputs still there (microsoft/hi-ml docs/source/lowpriority.md,
-  "Behaviour of Low Priority VMs"); no retry setting is involved. The `resume: true` outputs above are what the
-  restarted job resumes from; a spot step without one is warned about, since it starts over after preemption;
+  `tier: low_priority` (AmlCompute's `tier`, azure-ai-ml `_schema/compute/aml_compute.py`). Azure ML does not
+  restart a job whose low-priority node is preempted: the job fails and has to be submitted again
+  (azure-ai-docs articles/machine-learning/how-to-create-attach-compute-cluster.md, "Use low-priority VMs"), and
+  no retry setting applies to a command node (`tuneline submit --resubmit-preempted N` watches the job and
+  submits it again: tuneline.submit.resubmission). What a resubmission resumes from is the `resume: true` outputs
+  above (the same rw_mount path for every submission); a spot step without one is warned about, since it starts
+  over;
 - each step's environment is its image, inline (`environment: {image: <registry>/<env>:<tag>}`): the same image
   string the KFP compiler writes, resolvable wherever the job is compiled (the control image has no
   environments/ folder) and needing nothing registered in the workspace first, only pull access to the registry
@@ -235,21 +237,24 @@ def _local_path(value: str, root: Path, job_dir: Path) -> str:
 
 def _warnings(graph: PipelineGraph, options: CompileOptions) -> list[str]:
     out = []
+    unsized: set[str] = set()
     where = graph.pipeline.path.name
     for name in graph.order:
         node = graph.nodes[name]
         if node.retries:
             out.append(f"{where}:{name}: retries: {node.retries} is not applied on Azure ML "
-                       f"(a command job has no retry setting: its first failure fails the pipeline; a preempted "
-                       f"low-priority job is restarted by Azure ML itself)")
+                       f"(a command job has no retry setting: its first failure, a preemption included, fails the "
+                       f"pipeline until it is submitted again)")
         profile = graph.compute(node)
         aml = profile.azureml if profile else None
         if aml is not None and aml.spot and not resumable(node):
             out.append(f"{where}:{name}: runs on low-priority cluster '{aml.cluster}' but has no `resume: true` "
-                       f"output: after a preemption Azure ML restarts it from the beginning")
-        if aml is not None and aml.spot and not aml.instance_type:
-            out.append(f"{where}:{name}: cluster '{aml.cluster}' is spot but has no instance_type, so no compute file "
-                       f"is written for it: create it with `tier: low_priority` yourself")
+                       f"output: submitted again after a preemption, it starts from the beginning")
+        if aml is not None and not aml.instance_type and aml.cluster not in unsized:
+            unsized.add(aml.cluster)
+            tier = " with `tier: low_priority`" if aml.spot else ""
+            out.append(f"{where}:{name}: cluster '{aml.cluster}' has no instance_type, so no compute file is written "
+                       f"for it and `tuneline submit` cannot create it: create it yourself{tier} before submitting")
     if graph.pipeline.spec.schedule is not None:
         for name, spec in graph.pipeline.spec.params.items():
             value = graph.params[name]
@@ -296,6 +301,26 @@ def compute_dicts(graph: PipelineGraph) -> dict[str, dict[str, Any]]:
                                  "size": aml.instance_type, "tier": tier, "min_instances": 0,
                                  "max_instances": nodes, "idle_time_before_scale_down": 600}
     return clusters
+
+
+def cluster_conflicts(graphs: list[PipelineGraph]) -> list[str]:
+    """Clusters that two pipelines define differently. A workspace has one cluster per name, and whichever
+    pipeline is submitted first creates it (`tuneline submit` refuses a later tier mismatch; a size or node-count
+    mismatch would silently run the other pipeline on the first one's VMs), so across the pipelines of a project
+    each cluster name must have one VM size, one tier and one node limit."""
+    seen: dict[str, tuple[str, dict[str, Any]]] = {}
+    problems = []
+    for graph in graphs:
+        where = graph.pipeline.path.name
+        for cluster, body in compute_dicts(graph).items():
+            wanted = {k: body[k] for k in ("size", "tier", "max_instances")}
+            if cluster not in seen:
+                seen[cluster] = (where, wanted)
+            elif seen[cluster][1] != wanted:
+                first, known = seen[cluster]
+                problems.append(f"{where}: cluster '{cluster}' is {wanted} here but {known} in {first}: one "
+                                f"workspace cluster cannot be both; name the cluster differently in one profile")
+    return problems
 
 
 def pipeline_dict(graph: PipelineGraph, options: CompileOptions, job_dir: Path,

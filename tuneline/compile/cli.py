@@ -107,7 +107,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return EXIT_INVALID
         plan = submit.azureml_plan(output.folder / "azureml", args.subscription, args.resource_group,
-                                   args.workspace, args.experiment, args.schedule)
+                                   args.workspace, args.experiment, args.schedule, args.resubmit_preempted)
     if args.dry_run:
         print(submit.plan_json(plan))
         return EXIT_OK
@@ -168,6 +168,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     submit_.add_argument("--workspace", default=None, help="Azure ML workspace name")
     submit_.add_argument("--experiment", default=None, help="experiment name (default: the pipeline name)")
     submit_.add_argument("--schedule", action="store_true", help="also create the pipeline's schedule")
+    submit_.add_argument("--resubmit-preempted", type=int, default=0, metavar="N",
+                         help="Azure ML: watch the job and submit it again, up to N times, when a step on a "
+                              "low-priority cluster fails (Azure ML does not restart a preempted job; the step "
+                              "resumes from its checkpoint output)")
     submit_.add_argument("--dry-run", action="store_true", help="print the client calls as JSON; call nothing")
     _common(submit_)
     submit_.set_defaults(handler=cmd_submit)

@@ -35,6 +35,9 @@ Secrets/PVCs/ConfigMaps they mount, the pod templates of multi-node jobs, and th
   ConfigMap files it mounts), as `tuneline trigger check --submit` compiles it (tuneline.submit), and checked as
   above; the Azure ML retrain-check job (`tuneline trigger azureml-schedule`) is compiled from the files the
   control image holds (its Dockerfile's COPY lines), where it runs;
+- on Azure ML, every cluster's VM size must be in config/skus.yaml, a distributed step must start one process
+  per GPU of that size, and each cluster name must have one definition (size, tier, node limit) across all the
+  pipelines checked together, since a workspace holds one cluster per name;
 - every data URI a submitted run imports must be filled by something in k8s/ or the docs (an upload into that
   bucket or container), and be one the target can read.
 What pods read and what fills the data: tuneline.compile.clusterreads; the CronJob's and the Azure ML job's
@@ -500,6 +503,7 @@ def check_pipeline(path: Path, pools: list[Any], skus: dict[str, Sku], objects: 
                              f"{APP_NAMESPACE}): the images cannot be pinned to its registry by digest")
             problems += found
             problems += azureml_environment_problems(str(path), out.folder, registered, images, registry)
+            problems += azureml_compute_problems(str(path), out.folder, skus)
     return CheckResult(problems=list(dict.fromkeys(problems)), pods=pods)
 
 
@@ -521,12 +525,61 @@ def azureml_environment_problems(label: str, folder: Path, registered: set[str],
     return problems
 
 
+def azureml_compute_problems(label: str, folder: Path, skus: dict[str, Sku]) -> list[str]:
+    """Each compiled Azure ML step whose cluster's VM size (its compute/*.yml) is not in config/skus.yaml, or
+    whose PyTorch distribution starts another number of processes per node than the size has GPUs: fewer leaves
+    GPUs idle (a billed ND96asr_v4 has 8), more puts two processes on one GPU."""
+    sizes = {}
+    for path in sorted((folder / "azureml" / "compute").glob("*.yml")):
+        body = yaml.safe_load(path.read_text())
+        sizes[body["name"]] = body["size"]
+    problems = []
+    for cluster, size in sorted(sizes.items()):
+        if size not in skus:
+            problems.append(f"{label}: Azure ML cluster '{cluster}' is {size}, which is not in config/skus.yaml: "
+                            f"add a row with its source")
+    job = yaml.safe_load((folder / "azureml" / "pipeline_job.yml").read_text())
+    for step, body in job["jobs"].items():
+        size = sizes.get(str(body.get("compute", "")).removeprefix("azureml:"))
+        sku = skus.get(size) if size else None
+        distribution = body.get("distribution")
+        if sku is None or not sku.gpus or not distribution:  # one process by choice (evaluate) is not a misfit
+            continue
+        processes = distribution.get("process_count_per_instance", 1)
+        if processes != sku.gpus:
+            problems.append(f"{label}:{step}: Azure ML starts {processes} process(es) per node, a {size} node has "
+                            f"{sku.gpus} GPUs: set the profile's azureml processes_per_node to {sku.gpus}")
+    return problems
+
+
 def _kustomizations(target: Path) -> list[Path]:
     from ..k8s.render import find_kustomization
 
     if find_kustomization(target):
         return [target]
     return sorted(p for p in target.iterdir() if p.is_dir() and find_kustomization(p))
+
+
+def _cluster_conflicts(paths: list[str]) -> list[str]:
+    """Print and return the Azure ML clusters the pipelines define differently (a pipeline that does not load is
+    reported by its own check below)."""
+    from ..graph import build_graph
+    from ..spec import load_pipeline
+    from .azureml import cluster_conflicts
+
+    graphs = []
+    for path in paths:
+        try:
+            graphs.append(build_graph(load_pipeline(Path(path))))
+        except (SpecError, CompileError):
+            continue
+    try:
+        problems = cluster_conflicts(graphs)
+    except CompileError as exc:
+        problems = [str(exc)]
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -580,6 +633,7 @@ def run(args: argparse.Namespace) -> int:
         for line in [] if found else checked:
             print(line)
         status = 2 if found else status
+    status = 2 if _cluster_conflicts(args.pipelines) else status
     for pipeline in args.pipelines:
         try:
             result = check_pipeline(Path(pipeline), pools, skus, objects, args.namespace, Path.cwd(),

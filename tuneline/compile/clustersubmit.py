@@ -25,6 +25,7 @@ from .clustercheck import (
     azureml_environment_problems,
     compiled_problems,
     environment_registry,
+    image_problem,
     overlay_registry,
 )
 from .clusterreads import KFP_NAMESPACE, Rendered, dataset_problem, docs_created, docs_filled
@@ -184,10 +185,14 @@ def azureml_schedule_problems(path: Path, root: Path, pools: list[Any], skus: di
         label = f"Azure ML job {job['display_name']} (tuneline trigger azureml-schedule {path})"
         if argv[0] != "tuneline":
             return [f"{label}: its command does not run tuneline"]
-        registered = environment_registry(root)[1]
+        images, registered = environment_registry(root)
         names = {env.rsplit(":", 1)[0] for env in registered}
-        own = str(job.get("environment"))
-        problems = [] if own in registered or own.removesuffix("@latest") in names else [
-            f"{label}: its own environment {own} is not one that environments/ registers"]
+        own = job.get("environment")
+        if isinstance(own, dict):  # the control image inline: held to the steps' image rules
+            why = image_problem(str(own.get("image")), images)
+            problems = [f"{label}: its own environment: {why}"] if why else []
+        else:
+            problems = [] if own in registered or str(own).removesuffix("@latest") in names else [
+                f"{label}: its own environment {own} is not one that environments/ registers"]
         return problems + submission_problems(label, argv[1:], {}, {}, root, pools, skus, Path("-"), Rendered(), None,
                                    Path(scratch), code_root=image_root)

@@ -11,9 +11,13 @@ takes a user name and password), so the front does what the workspace's gateway 
 strips the workspace prefix and calls the server as the workspace's one MLflow user with basic auth. A request with
 no or another token, or outside the workspace prefix, never reaches MLflow (401 / 404).
 
-What it does not stand for: the workspace's own artifact store. A workspace gives runs `azureml://` artifact URIs,
-served only by azureml-mlflow's artifact repository; this server gives `mlflow-artifacts:` URIs that the same
-endpoint serves (`--serve-artifacts`), so artifact logging here proves the proxied path, not the workspace's.
+Like a workspace's registry, it answers the model-alias calls with 404 ENDPOINT_NOT_FOUND (`UNSUPPORTED`).
+
+Artifacts: a workspace gives experiments, runs and logged models `azureml://` artifact locations, which only
+azureml-mlflow's artifact repository serves (entry point `mlflow.artifact_repository: azureml`), and no image
+carries it (it caps MLflow below the pinned version). This server hands out the same kind of location
+(`--default-artifact-root`, `ARTIFACT_ROOT`), so a step that uploads files through MLflow fails here as it would
+in a workspace; what it does not stand for is the upload itself, which nothing here can serve.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from __future__ import annotations
 import base64
 import http.client
 import http.server
+import json
 import os
+import re
 import secrets
 import socket
 import ssl
@@ -32,6 +38,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +50,16 @@ SCOPE = (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/provide
 API_PREFIX = "/mlflow/v2.0" + SCOPE  # what azureml-mlflow puts before MLflow's /api/2.0/... for MLflow 2 and 3
 INJECTED_PREFIX = "/mlflow/v1.0" + SCOPE  # the form of the URI Azure ML injects (Workspace.get_mlflow_tracking_uri)
 USER = "workspace"
+# The job token's refresh call (azureml-mlflow 1.62.0.post6, _restclient/token/operations/_runs_operations.py
+# `get_token_by_experiment_id`: GET, answering {"token", "expiryTimeUtc"}).
+TOKEN_PATH = re.compile(r"/history/v1\.0" + re.escape(SCOPE) + r"/experimentids/[^/]+/runs/[^/]+/token")
+TOKEN_LIFETIME_S = 3600
+# MLflow REST calls a workspace's registry does not serve: aliases (azure-ai-docs articles/machine-learning/
+# how-to-manage-models-mlflow.md, "Support matrix for managing models with MLflow": stages and tags, no aliases).
+UNSUPPORTED = ("/registered-models/alias",)
+# Where a workspace's experiments keep their artifacts, in the form azureml-mlflow serves; each experiment's
+# location is this plus its id, as MLflow's server makes it.
+ARTIFACT_ROOT = f"azureml://workspace.api.azureml.ms/mlflow/v2.0{SCOPE}/experiments"
 START_TIMEOUT_S = 120
 
 
@@ -93,8 +110,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.headers.get("Authorization") != f"Bearer {self.server.token}":
             self._answer(401, b'{"error_code": "UNAUTHENTICATED", "message": "bearer token required"}')
             return
+        if self.command == "GET" and TOKEN_PATH.fullmatch(self.path.split("?", 1)[0]):
+            # The run-history token call azureml-mlflow makes before the job's token expires: a new token, and
+            # the old one refused from now on, so a process that keeps the old one fails here.
+            self.server.token = secrets.token_urlsafe(24)
+            expiry = datetime.now(UTC) + timedelta(seconds=TOKEN_LIFETIME_S)
+            self._answer(200, json.dumps({"token": self.server.token,
+                                          "expiryTimeUtc": expiry.isoformat()}).encode())
+            return
         if not self.path.startswith(API_PREFIX + "/"):
             self._answer(404, b'{"error_code": "ENDPOINT_NOT_FOUND", "message": "not a workspace MLflow path"}')
+            return
+        if self.path[len(API_PREFIX):].split("?", 1)[0].endswith(UNSUPPORTED):
+            self._answer(404, b'{"error_code": "ENDPOINT_NOT_FOUND", "message": "not supported by a workspace"}')
             return
         headers = {k: v for k, v in self.headers.items()
                    if k.lower() not in ("authorization", "host", "content-length", "connection")}
@@ -130,6 +158,11 @@ class WorkspaceMlflow:
         return self.front.server_address[1]
 
     @property
+    def current_token(self) -> str:
+        """The token the endpoint takes now: the job's, until a refresh call replaced it."""
+        return self.front.token if self.front is not None else self.token
+
+    @property
     def injected_uri(self) -> str:
         return f"azureml://127.0.0.1:{self.port}{INJECTED_PREFIX}"
 
@@ -153,7 +186,7 @@ class WorkspaceMlflow:
             [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
              "--port", str(upstream), "--workers", "1",
              "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
-             "--serve-artifacts", "--artifacts-destination", str(self.folder / "artifacts")],
+             "--default-artifact-root", ARTIFACT_ROOT],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         basic = base64.b64encode(f"{USER}:{self.password}".encode()).decode()
         cert, key = _certificate(self.folder)
@@ -189,7 +222,7 @@ class WorkspaceMlflow:
 
         names = ("MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_TOKEN")
         saved = {k: os.environ.get(k) for k in names}
-        os.environ.update(dict(zip(names, (str(self.cert), self.token), strict=True)))
+        os.environ.update(dict(zip(names, (str(self.cert), self.current_token), strict=True)))
         try:
             yield MlflowClient(tracking_uri=self.rest_uri, registry_uri=self.rest_uri)
         finally:
@@ -208,9 +241,10 @@ class WorkspaceMlflow:
 
     def job_env(self, experiment_id: str, run_id: str) -> dict[str, str]:
         """The variables a job of this workspace gets: the azureml:// URI, the token, its run and experiment."""
-        return {"MLFLOW_TRACKING_URI": self.injected_uri, "MLFLOW_TRACKING_TOKEN": self.token,
+        return {"MLFLOW_TRACKING_URI": self.injected_uri, "MLFLOW_TRACKING_TOKEN": self.current_token,
                 "MLFLOW_RUN_ID": run_id, "MLFLOW_EXPERIMENT_ID": experiment_id,
-                "AZUREML_RUN_ID": run_id, "AZUREML_RUN_TOKEN": self.token,
+                "AZUREML_RUN_ID": run_id, "AZUREML_RUN_TOKEN": self.current_token,
+                "AZUREML_RUN_TOKEN_EXPIRY": str(int(time.time()) + TOKEN_LIFETIME_S),
                 "AZUREML_ARM_SUBSCRIPTION": SUBSCRIPTION, "AZUREML_ARM_RESOURCEGROUP": RESOURCE_GROUP,
                 "AZUREML_ARM_WORKSPACE_NAME": WORKSPACE,
                 # only because the stand-in's certificate is self-signed; a workspace's is public

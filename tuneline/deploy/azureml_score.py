@@ -34,6 +34,19 @@ def _model_dir() -> Path:
     return root / "model" if (root / "model" / "config.json").is_file() else root
 
 
+# bf16 tensor cores start with Ampere (sm_80); below it (the default T4 instance is sm_75) bf16 runs emulated,
+# many times slower than fp16. The same rule as tuneline.ml.device.choose, repeated here because this file is
+# copied alone into the deployment's code folder, where tuneline is not installed.
+BF16_MIN_CAPABILITY = (8, 0)
+
+
+def serving_dtype(capability: tuple[int, int] | None) -> str:
+    """The torch dtype name to load the weights in on a GPU of `capability` (None: CPU)."""
+    if capability is None:
+        return "float32"
+    return "bfloat16" if tuple(capability) >= BF16_MIN_CAPABILITY else "float16"
+
+
 def init() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -44,7 +57,7 @@ def init() -> None:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = getattr(torch, serving_dtype(torch.cuda.get_device_capability() if device == "cuda" else None))
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
     serving_path = folder / "serving.json"
     serving = json.loads(serving_path.read_text()) if serving_path.is_file() else {}

@@ -61,8 +61,22 @@ def _flatten(params: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def injected_run_id() -> str | None:
+    """The run Azure ML created for this job, or None outside an Azure ML job.
+
+    Azure ML creates a run for every job before it starts and injects its id as MLFLOW_RUN_ID (beside its own
+    AZUREML_RUN_ID; tuneline.conformance.azureml R9); the job's page in the studio shows that run's metrics and
+    parameters, and Azure ML ends it with the job's status. A run of our own in another experiment would leave the
+    job page empty.
+    """
+    if os.environ.get("AZUREML_RUN_ID") and os.environ.get("MLFLOW_RUN_ID"):
+        return os.environ["MLFLOW_RUN_ID"]
+    return None
+
+
 class Run:
-    """One MLflow run: created fresh, or re-opened by id (a resumed training, evaluate adding metrics)."""
+    """One MLflow run: created fresh, or re-opened by id (a resumed training, evaluate adding metrics); in an Azure
+    ML job, always the job's own run (`injected_run_id`), with the requested run id kept as a tag."""
 
     def __init__(self, run_id: str | None = None, experiment: str | None = None, run_name: str | None = None,
                  tags: dict[str, str] | None = None) -> None:
@@ -72,7 +86,17 @@ class Run:
             "tuneline.step": os.environ.get("TUNELINE_STEP", ""),
         }.items() if v}
         all_tags.update(tags or {})
-        if run_id:
+        injected = injected_run_id()
+        self.owned = injected is None  # Azure ML starts and ends the job's run; we only log into it
+        if injected is not None:
+            if run_id and run_id != injected:
+                # Another job's run (evaluate given the train run, train resuming a preempted job's run): that
+                # job has ended, and reopening its run would set it RUNNING again; it is named here instead.
+                all_tags["tuneline.for_run"] = run_id
+            if run_name:
+                all_tags["tuneline.run_name"] = run_name
+            self.run_id = injected
+        elif run_id:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
         else:
@@ -80,7 +104,7 @@ class Run:
             self.run_id = self.client.create_run(exp, run_name=run_name, tags=all_tags).info.run_id
             return
         for key, value in all_tags.items():
-            self.client.set_tag(run_id, key, value)
+            self.client.set_tag(self.run_id, key, value)
 
     def log_params(self, params: dict) -> None:
         from mlflow.entities import Param
@@ -120,4 +144,5 @@ class Run:
         self.client.set_tag(self.run_id, f"tuneline.artifact_not_uploaded.{name}", skipped[:500])
 
     def finish(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status=status)
+        if self.owned:
+            self.client.set_terminated(self.run_id, status=status)

@@ -245,8 +245,9 @@ class AzureMLCompute(Strict):
     nodes: int = Field(1, ge=1)
     processes_per_node: int = Field(1, ge=1)
     shm_size: str | None = Field(None, pattern=r"^[0-9]+[bkmg]?$")
-    spot: bool = Field(False, description="low-priority VMs: the cluster's compute file gets `tier: low_priority`, "
-                                          "and Azure ML restarts a preempted job when a VM is free again")
+    spot: bool = Field(False, description="low-priority VMs: the cluster's compute file gets `tier: low_priority`; "
+                                          "a preempted job fails, and submitted again it resumes from its "
+                                          "`resume: true` outputs")
 
 
 class ComputeProfile(Strict):

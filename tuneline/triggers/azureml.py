@@ -10,6 +10,13 @@ With `--data URI` the check reads the workspace's data (a read-only mounted job 
 job gets the same URI as its dataset; without it both use the pipeline's own default, which for the demo is the
 sample in the code snapshot.
 
+The job runs in the control image, inline (`environment: {image: <registry>/control:<tag>}`, the pipeline's
+`images:` as `tuneline compile` resolves them), so nothing has to be registered first. It submits with
+`DefaultAzureCredential`, which inside a job finds only the compute's managed identity, so the job runs with
+`identity: {type: managed}`: give the cluster a system-assigned identity with the AzureML Data Scientist role on
+the workspace (docs/azureml.md, "Retraining on a schedule"). Without an identity a job has only the AML token,
+which azure-ai-ml's clients cannot use.
+
 Both files load with azure-ai-ml's `load_job` / `load_schedule`. The schedule refers to the job file
 (`create_job: ./retrain_check_job.yml`) because a dumped JobSchedule does not load back.
 """
@@ -28,12 +35,15 @@ from ..spec.cron import check_cron
 JOB_FILE = "retrain_check_job.yml"
 SCHEDULE_FILE = "schedule.yml"
 DEFAULT_CRON = "0 3 * * *"
+CONTROL_ENVIRONMENT = "control"  # environments/control: tuneline and the platform SDKs
 
 
 @dataclass(frozen=True)
 class ScheduleOptions:
     compute: str = "cpu-cluster"
-    environment: str = "azureml:tuneline-control@latest"
+    environment: str | None = None  # default: the control image inline; or azureml:<name>@latest / :<version>
+    registry: str | None = None  # image registry / tag over the pipeline's `images:` (as `tuneline compile`)
+    tag: str | None = None
     cron: str | None = None  # default: the pipeline's schedule, else DEFAULT_CRON
     timezone: str | None = None  # default: the pipeline's, else UTC
     code: str | None = None  # project root relative to the output folder; default computed
@@ -50,6 +60,15 @@ def check_command(pipeline_rel: str, param: str | None = None, data: str | None 
         return f"tuneline trigger check {pipeline_rel} --submit azureml --exit-zero"
     return (f"tuneline trigger check {pipeline_rel} --set {param}=${{{{inputs.data}}}} --submit azureml "
             f"--submit-param {param}={data} --exit-zero")
+
+
+def control_environment(pipeline: Pipeline, options: ScheduleOptions) -> dict[str, str]:
+    """The control image inline, named as the compiled pipeline names its steps' images."""
+    from ..compile.azureml import component_environment
+    from ..compile.options import CompileOptions
+
+    compile_options = CompileOptions(image_registry=options.registry, image_tag=options.tag)
+    return component_environment(compile_options.for_pipeline(pipeline.spec.images), CONTROL_ENVIRONMENT)
 
 
 def render(pipeline: Pipeline, out: Path, options: ScheduleOptions) -> tuple[dict, dict]:
@@ -75,11 +94,12 @@ def render(pipeline: Pipeline, out: Path, options: ScheduleOptions) -> tuple[dic
         "description": f"Evaluate the retraining triggers of {pipeline.name}; run it when one fires.",
         "code": code,
         "command": check_command(pipeline_rel, param, options.data),
-        "environment": options.environment,
+        "environment": options.environment or control_environment(pipeline, options),
         "compute": options.compute
         if options.compute.startswith("azureml:")
         else f"azureml:{options.compute}",
         "environment_variables": {"MLFLOW_DISABLE_TELEMETRY": "true"},
+        "identity": {"type": "managed"},
     }
     if options.data is not None:
         job["inputs"] = {"data": {"type": "uri_file", "path": options.data, "mode": "ro_mount"}}
