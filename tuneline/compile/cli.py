@@ -176,7 +176,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _common(submit_)
     submit_.set_defaults(handler=cmd_submit)
 
-    from .clustercheck import add_arguments
+    from .clustercli import add_arguments
 
     cluster = subparsers.add_parser("cluster", help="check compiled pipelines against the cluster k8s/ provisions")
     cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
@@ -186,7 +186,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_cluster_check(args: argparse.Namespace) -> int:
-    from .clustercheck import run
+    from .clustercli import run
 
     return run(args)
 

@@ -47,7 +47,6 @@ No API server is needed or contacted: this is the scheduler's and the kubelet's 
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 import tempfile
@@ -59,7 +58,7 @@ import yaml
 
 from ..spec import SpecError
 from . import CompileError
-from .clusterreads import KFP_NAMESPACE, Rendered, docs_created, reference_problem
+from .clusterreads import Rendered, docs_created, reference_problem
 from .options import DEFAULT_KFP_SERVICE_ACCOUNT
 
 DEFAULT_POOLS = Path("k8s/nodepools.yaml")
@@ -552,7 +551,7 @@ def azureml_compute_problems(label: str, folder: Path, skus: dict[str, Sku]) -> 
     return problems
 
 
-def _kustomizations(target: Path) -> list[Path]:
+def kustomizations(target: Path) -> list[Path]:
     from ..k8s.render import find_kustomization
 
     if find_kustomization(target):
@@ -560,7 +559,7 @@ def _kustomizations(target: Path) -> list[Path]:
     return sorted(p for p in target.iterdir() if p.is_dir() and find_kustomization(p))
 
 
-def _cluster_conflicts(paths: list[str]) -> list[str]:
+def cluster_conflicts_of(paths: list[str]) -> list[str]:
     """Print and return the Azure ML clusters the pipelines define differently (a pipeline that does not load is
     reported by its own check below)."""
     from ..graph import build_graph
@@ -580,84 +579,3 @@ def _cluster_conflicts(paths: list[str]) -> list[str]:
     for problem in problems:
         print(problem, file=sys.stderr)
     return problems
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tuneline cluster check", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("pipelines", nargs="+", help="pipeline YAML files")
-    parser.add_argument("--pools", default=str(DEFAULT_POOLS), help="node pool spec (default: k8s/nodepools.yaml)")
-    parser.add_argument("--skus", default=str(DEFAULT_SKUS), help="VM size table (default: config/skus.yaml)")
-    parser.add_argument("--k8s", default=str(DEFAULT_K8S),
-                        help="a kustomization, or a folder of them (each must create what pods use; "
-                             "default: every overlay in k8s/overlays)")
-    parser.add_argument("--namespace", default=KFP_NAMESPACE,
-                        help="where the pipeline pods run (standalone KFP: kubeflow)")
-    parser.add_argument("--service-account", default=DEFAULT_KFP_SERVICE_ACCOUNT,
-                        help="the ServiceAccount runs are submitted with (the multi-node launcher's identity)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from ..k8s.nodepools import load_spec
-    from ..k8s.render import KustomizeError
-    from .clusterreads import workload_problems
-    from .clustersubmit import azureml_schedule_problems, cronjob_problems
-
-    try:
-        pools = load_spec(Path(args.pools)).pools
-        skus = load_skus(Path(args.skus))
-        objects = rendered_objects(_kustomizations(Path(args.k8s)))
-    except (OSError, KustomizeError, ValueError) as exc:
-        print(f"tuneline cluster check: {exc}", file=sys.stderr)
-        return 2
-    unknown = sorted({p.vmSize for p in pools} - set(skus))
-    status = 0
-    if unknown:
-        print(f"{args.pools}: VM size(s) {', '.join(unknown)} not in {args.skus}: add a row with its source",
-              file=sys.stderr)
-        status = 2
-    docs_objects = docs_created([Path.cwd() / d for d in DOCS])
-    for folder, rendered in objects.items():
-        try:
-            checked: list[str] = []
-            found = workload_problems(folder, rendered, docs_objects) + cronjob_problems(Path.cwd(), pools, skus,
-                                                                                          folder, rendered, checked)
-        except CompileError as exc:
-            found = [f"{folder}: {exc}"]
-        for problem in found:
-            print(problem, file=sys.stderr)
-        for line in [] if found else checked:
-            print(line)
-        status = 2 if found else status
-    status = 2 if _cluster_conflicts(args.pipelines) else status
-    for pipeline in args.pipelines:
-        try:
-            result = check_pipeline(Path(pipeline), pools, skus, objects, args.namespace, Path.cwd(),
-                                    args.service_account)
-            if Path(pipeline).resolve().parent == (Path.cwd() / "pipelines").resolve():
-                result.problems += azureml_schedule_problems(Path(pipeline), Path.cwd(), pools, skus)
-        except SpecError as exc:
-            for problem in exc.problems:
-                print(problem, file=sys.stderr)
-            status = 2
-            continue
-        except CompileError as exc:
-            print(f"{pipeline}: cannot compile: {exc}", file=sys.stderr)
-            status = 2
-            continue
-        for problem in result.problems:
-            print(problem, file=sys.stderr)
-        if result.problems:
-            status = 2
-        else:
-            print(f"{pipeline}: {result.pods} pods fit the cluster ({len(pools)} pools, {len(objects)} "
-                  f"kustomizations, namespace {args.namespace})")
-    return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -33,11 +33,15 @@ from .options import DEFAULT_KFP_SERVICE_ACCOUNT
 
 
 def trigger_parser() -> argparse.ArgumentParser:
-    """`tuneline`'s own argument parser, so a command line is read exactly as the CLI reads it (flags, defaults,
-    abbreviations): a copy of its options here could agree with the checked command and not with the pod."""
-    from ..cli import build_parser
+    """A parser holding `tuneline`'s own `trigger` commands (tuneline.ops_cli, which tuneline.cli adds the same
+    way), so a command line is read exactly as the CLI reads it (flags, defaults, abbreviations): a copy of its
+    options here could agree with the checked command and not with the pod. Not tuneline.cli itself: that module
+    imports every command, this one among them."""
+    from ..ops_cli import add_commands
 
-    return build_parser()
+    parser = argparse.ArgumentParser(prog="tuneline")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    return parser
 
 
 def _expand(text: str, env: dict[str, str]) -> str:
