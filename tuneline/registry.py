@@ -430,8 +430,12 @@ def fetch_model(uri: str, dst: Path) -> FetchedModel:
     exact = f"models:/{name}/{found.version}"
     dst.mkdir(parents=True, exist_ok=True)
     root = Path(
+        # The version's own artifact location, asked of this client: MLflow resolves a `models:/` URI through
+        # mlflow.get_registry_uri(), which follows a process-wide set_tracking_uri() (an earlier in-process step
+        # sets one) rather than the store configured now, whatever registry_uri is passed.
         mlflow.artifacts.download_artifacts(
-            artifact_uri=exact, dst_path=str(dst), tracking_uri=settings.tracking_uri()
+            artifact_uri=mlflow_client.get_model_version_download_uri(name, found.version), dst_path=str(dst),
+            tracking_uri=settings.tracking_uri(),
         )
     )
     model_dir = root / "artifacts" / "model"

@@ -68,6 +68,28 @@ def test_relative_drop_handles_both_directions():
     assert relative_drop(0.5, 0.6, "exact_match") < 0
 
 
+def test_fetching_the_champion_reads_the_configured_store_not_a_process_wide_uri(registry, tmp_path, monkeypatch):
+    """An earlier in-process step (register, evaluate) calls mlflow.set_tracking_uri for its own store; MLflow
+    then resolved `models:/` there, and the full suite failed with "Registered Model with name=tickets not
+    found" while the test passed alone."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    from tuneline.registry import fetch_model
+
+    register(registry, tmp_path, {})
+    champion = find_champion(registry, "tickets")
+    previous = tracking_utils._tracking_uri  # MLflow keeps the process-wide URI here; restored below
+    configured = registry.tracking_uri
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'another-step.db'}")  # as that step left it
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", configured)  # and the configuration restored since, as by monkeypatch
+    try:
+        fetched = fetch_model(champion.uri, tmp_path / "fetched")
+    finally:
+        tracking_utils._tracking_uri = previous
+    assert (fetched.model_dir / "training_summary.json").is_file()
+
+
 @pytest.mark.slow
 def test_quality_trigger_goes_from_no_to_yes(registry, tmp_path):
     # Labels that agree with what the model answers stand for the data it was registered on; the
