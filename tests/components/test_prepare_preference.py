@@ -145,3 +145,25 @@ def test_near_duplicate_prompts_of_pairs_are_deduplicated(tmp_path):
     raw.write_text("".join(json.dumps(r) + "\n" for r in rows))
     code, card, kept, quarantine = prepare(tmp_path, raw)
     assert code == 0 and len(kept) == 1 and quarantine[0]["reason"] == "near_duplicate"
+
+
+def test_the_demo_preference_set_prepares_under_the_pipelines_gate_metric(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    demo = root / "data" / "sample" / "tickets-preference.jsonl"
+    check = subprocess.run([sys.executable, str(root / "scripts" / "make_preference_data.py"), "--check"],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    # pipelines/preference.yaml passes the SFT gate metric to both prepare steps: preference data skips that check.
+    code, card, kept, _ = prepare(tmp_path, demo, "--gate-metric", "field_accuracy")
+    assert code == 0 and accounted(card) and card["formats"]["pairs"]["read"] == 400
+    sft = set()
+    for line in (root / "data" / "sample" / "tickets.jsonl").read_text().splitlines():
+        try:
+            sft.add(json.loads(line)["messages"][1]["content"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            continue  # the SFT file's deliberately broken lines
+    pairs = [json.loads(line) for line in demo.read_text().splitlines()]
+    assert len(sft) >= 500 and not sft & {r["prompt"][-1]["content"] for r in pairs}  # no prompt was an SFT example
