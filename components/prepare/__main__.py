@@ -6,7 +6,9 @@ Run as: python -m components.prepare --raw data/sample/tickets.jsonl --train-out
 Each split folder receives ``data.jsonl`` (chat format plus passthrough fields such as ``id``); the report
 folder receives ``quarantine.jsonl``, ``data_card.json`` and ``data_card.md``. The input may be JSON Lines,
 a JSON array, CSV or Parquet (``.gz``/``.zst`` compressed too), or a folder of them, in the chat, ShareGPT,
-Alpaca or prompt/completion format (``--format``, ``--columns``). Exits 2 when the input cannot be read or
+Alpaca or prompt/completion format, or one of the preference formats (TRL pairs, LLaMA-Factory ShareGPT pairs,
+OpenAI preference, KTO), which are written as TRL's conversational preference records (``--format``,
+``--columns``; ``tuneline.data.preference``). Exits 2 when the input cannot be read or
 its format cannot be told (the message names the file), and 1 when no record survives (the report is still
 written, to show why).
 """
@@ -121,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         f"in {card['timing']['seconds']} s",
         file=sys.stderr,
     )
-    if c["kept"] and args.gate_metric and not _gate_metric_fits(args.gate_metric, cfg.test_out, cfg.train_out):
+    sft = card["kind"] == "sft"
+    if c["kept"] and args.gate_metric and sft and not _gate_metric_fits(args.gate_metric, cfg.test_out, cfg.train_out):
         return 2
     if c["kept"] == 0:
         reasons = {**card["rejected"], **card["duplicates"]}

@@ -17,8 +17,9 @@ import numpy as np
 from tuneline.data.dedup import answer_key, band_keys, record_digest
 from tuneline.data.minhash import Signer, shingle_text
 from tuneline.data.pii import Redactor
+from tuneline.data.preference import PreferenceRecord, parse_any_line, parse_any_object
 from tuneline.data.quality import QualityRules
-from tuneline.data.records import GROUP_FIELDS, Budget, ChatRecord, Reason, RecordError, parse_line, parse_object
+from tuneline.data.records import GROUP_FIELDS, Budget, ChatRecord, Reason, RecordError
 from tuneline.data.sources import Item
 
 _KEEP_VERBATIM = frozenset(("id", *GROUP_FIELDS))
@@ -28,10 +29,11 @@ _KEEP_VERBATIM = frozenset(("id", *GROUP_FIELDS))
 class Parsed:
     index: int  # position in the batch
     key: int  # the record's location (``sources.Dataset.location``)
-    record: ChatRecord
-    digest: bytes
+    record: ChatRecord | PreferenceRecord
+    digest: bytes  # what exact dedup compares: the content; a pair's prompt; a KTO record's prompt + completion
     had_pii: bool
-    answer: int  # ``dedup.answer_key`` of the final assistant turn
+    answer: int  # ``dedup.answer_key`` of the final assistant turn (0 for a pair: near-dedup on the prompt)
+    prompt: bytes | None = None  # a preference record's prompt digest: its split group
 
 
 @dataclass(slots=True)
@@ -43,9 +45,26 @@ class BatchResult:
     pii: Counter[str] = field(default_factory=Counter)
 
 
-def near_dup_text(record: ChatRecord) -> bytes:
+def near_dup_text(record: ChatRecord | PreferenceRecord) -> bytes:
     # System prompts are excluded: they are shared by many records and would inflate every similarity.
-    return shingle_text("\n".join(m["content"] for m in record.messages if m["role"] != "system"))
+    # A pair is compared on its prompt alone; a KTO record on its prompt and completion.
+    if isinstance(record, PreferenceRecord):
+        turns = record.prompt if record.kind == "pairs" else [*record.prompt, *record.chosen]
+    else:
+        turns = record.messages
+    return shingle_text("\n".join(m["content"] for m in turns if m["role"] != "system"))
+
+
+def _digests(record: ChatRecord | PreferenceRecord) -> tuple[bytes, int, bytes | None]:
+    """(dedup digest, answer key, prompt digest) of a record; see ``Parsed``."""
+    tools = record.extra.get("tools")
+    if isinstance(record, ChatRecord):
+        return record_digest(record.messages, tools), answer_key(record.messages[-1]["content"]), None
+    prompt = record_digest(record.prompt, tools)
+    if record.kind == "pairs":
+        return prompt, 0, prompt
+    return (record_digest([*record.prompt, *record.chosen], tools), answer_key(record.chosen[-1]["content"]),
+            prompt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,24 +92,25 @@ class BatchParser:
             return {k: self._redact_value(v) for k, v in value.items()}
         return value
 
-    def _redact(self, record: ChatRecord) -> bool:
+    def _redact(self, record: ChatRecord | PreferenceRecord) -> bool:
         before = sum(self.redactor.counts.values())
+        messages = record.messages if isinstance(record, ChatRecord) else [m for s in record.sides() for m in s]
         # Most records hold nothing to redact: one scan of all their messages tells.
-        if self.redactor.may_redact("\n".join(m["content"] for m in record.messages)):
-            for msg in record.messages:
+        if self.redactor.may_redact("\n".join(m["content"] for m in messages)):
+            for msg in messages:
                 msg["content"] = self.redactor.redact(msg["content"])
         for key, value in record.extra.items():
             if key not in _KEEP_VERBATIM:
                 record.extra[key] = self._redact_value(value)
         return sum(self.redactor.counts.values()) != before
 
-    def _parse(self, item: Item, fmt: str, columns: dict[str, str]) -> ChatRecord:
+    def _parse(self, item: Item, fmt: str, columns: dict[str, str]) -> ChatRecord | PreferenceRecord:
         c = self.checks
         if item.error is not None:
             raise RecordError(Reason.INVALID_ROW, item.error)
         if item.data is not None:
-            return parse_line(item.data, c.budget, fmt, columns, c.rules)
-        return parse_object(item.obj, c.budget, fmt, columns, c.rules, source=item.raw)
+            return parse_any_line(item.data, c.budget, fmt, columns, c.rules)
+        return parse_any_object(item.obj, c.budget, fmt, columns, c.rules, source=item.raw)
 
     def __call__(self, items: list[Item], fmt: str, columns: dict[str, str]) -> BatchResult:
         out = BatchResult()
@@ -102,9 +122,8 @@ class BatchParser:
                 out.rejected.append((item, err.reason, err.detail))
                 continue
             had_pii = self._redact(record) if self.checks.redact_pii else False
-            digest = record_digest(record.messages, record.extra.get("tools"))
-            out.parsed.append(Parsed(index, item.key, record, digest, had_pii,
-                                      answer_key(record.messages[-1]["content"])))
+            digest, answer, prompt = _digests(record)
+            out.parsed.append(Parsed(index, item.key, record, digest, had_pii, answer, prompt))
         if self.signer is not None:
             out.signatures = self.signer.sign_many([near_dup_text(p.record) for p in out.parsed])
             out.band_keys = band_keys(out.signatures, *self.checks.lsh_bands).tolist()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from components.prepare.pipeline import LENGTH_BINS, SPLITS, PrepareConfig, Result
+from tuneline.data.reasons import PREFERENCE_REASONS
 from tuneline.data.records import DUPLICATE_REASONS, REJECT_REASONS
 
 INVARIANT = "kept + quarantined + deduplicated == input_records"
@@ -39,6 +40,8 @@ def build_card(cfg: PrepareConfig, result: Result) -> dict[str, Any]:
             "files": result.files,
             "ignored_files": result.ignored,
         },
+        "kind": result.kind,
+        "formats": {fmt: {"read": n, "kept": s.formats_kept.get(fmt, 0)} for fmt, n in sorted(s.formats_read.items())},
         "counts": {
             "input_records": s.input_records,
             "kept": s.kept,
@@ -47,7 +50,9 @@ def build_card(cfg: PrepareConfig, result: Result) -> dict[str, Any]:
             "invariant": INVARIANT,
             "invariant_holds": s.kept + s.quarantined + s.deduplicated == s.input_records,
         },
-        "rejected": {str(r): s.reasons.get(r, 0) for r in REJECT_REASONS},
+        # An SFT card does not list the reasons only preference records can have.
+        "rejected": {str(r): s.reasons.get(r, 0) for r in REJECT_REASONS
+                     if result.kind != "sft" or r not in PREFERENCE_REASONS},
         "duplicates": {str(r): s.reasons.get(r, 0) for r in DUPLICATE_REASONS},
         "quality_rules": {
             "no_user_turn": {"enabled": rules.require_user_turn, "quarantined": s.reasons.get("no_user_turn", 0)},
@@ -92,6 +97,10 @@ def build_card(cfg: PrepareConfig, result: Result) -> dict[str, Any]:
             "shared by many records and would inflate every similarity.",
             "quarantine": "quarantine.jsonl keeps the raw source record, unredacted: handle it like the input. "
             "Each row names its file and line (JSON Lines) or row (JSON arrays, CSV, Parquet).",
+            "preference": "Preference records are written in TRL's conversational shape (prompt/chosen/rejected, "
+            "or prompt/completion/label for KTO). A pair is deduplicated and split on its prompt, a KTO record "
+            "deduplicated on prompt + completion and split on its prompt: one prompt never lands in two splits. "
+            "PII is redacted on every side; quality rules apply to the side trained towards.",
             "repetition": "Gopher repetition rules (Rae et al. 2021, Table A1; datatrove GopherRepetitionFilter "
             "thresholds) on assistant turns: duplicate 5..10-gram character fractions, and top 2..4-gram "
             "fractions from 50 words; max_repetition is the 5-gram threshold, the others keep their ratio.",
@@ -109,7 +118,11 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"# Data card: {inp['file']}",
         "",
         f"Input sha256 `{inp['sha256']}`, {inp['bytes']} bytes, {inp['lines']} lines "
-        f"({inp['blank_lines']} blank), {c['input_records']} records.",
+        f"({inp['blank_lines']} blank), {c['input_records']} records; {card['kind']} data.",
+        "",
+        "| format | read | kept |",
+        "|---|---:|---:|",
+        *(f"| {k} | {v['read']} | {v['kept']} |" for k, v in card["formats"].items()),
         "",
         "| file | type | format | records |",
         "|---|---|---|---:|",

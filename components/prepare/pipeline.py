@@ -30,7 +30,7 @@ from typing import Any
 
 from components.prepare.batch import BatchParser, BatchResult, Checks, Parsed, init_worker, parse_in_worker
 from tuneline.data.dedup import ExactDeduper, NearDeduper
-from tuneline.data.formats import SAMPLE, FormatError, apply_columns, detect_file
+from tuneline.data.formats import SAMPLE, FormatError, apply_columns, detect_file, kind
 from tuneline.data.jsonl import escape_bytes
 from tuneline.data.minhash import Signer
 from tuneline.data.pii import PII_TYPES
@@ -54,7 +54,7 @@ class PrepareConfig:
     validation_out: Path
     test_out: Path
     report_out: Path
-    format: str = "auto"  # auto, chat, sharegpt, alpaca, prompt_completion
+    format: str = "auto"  # auto or one of ``formats.FORMATS``
     columns: dict[str, str] = field(default_factory=dict)  # format field -> the file's column
     near_dup: bool = True
     near_dup_threshold: float = NEAR_DUP_THRESHOLD
@@ -107,6 +107,8 @@ class Stats:
     deduplicated: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     splits: Counter[str] = field(default_factory=Counter)
+    formats_read: Counter[str] = field(default_factory=Counter)  # input records by their file's format
+    formats_kept: Counter[str] = field(default_factory=Counter)
     pii_records: int = 0
     length_histogram: list[int] = field(default_factory=lambda: [0] * len(LENGTH_BINS))
 
@@ -133,6 +135,7 @@ class Result:
     seconds: float
     files: list[dict[str, Any]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    kind: str = "sft"  # sft, pairs or kto (``formats.kind``)
 
 
 def _raw_fields(item: Item) -> dict[str, Any]:
@@ -217,19 +220,23 @@ class _Run:
              **_raw_fields(item)}
         )
 
-    def _keep(self, item: Parsed) -> None:
+    def _keep(self, item: Parsed, fmt: str) -> None:
         record, stats = item.record, self.stats
-        group = record.group_key() or f"content={item.digest.hex()}"
+        # A preference record's prompt decides its split, so one prompt never trains and scores at once.
+        group = (f"prompt={item.prompt.hex()}" if item.prompt is not None
+                 else record.group_key() or f"content={item.digest.hex()}")
         split = assign_split(group, self.cfg.ratios, self.cfg.seed)
         self.writers[split].write(record.to_json())
         stats.kept += 1
         stats.splits[split] += 1
+        stats.formats_kept[fmt] += 1
         stats.pii_records += item.had_pii
         stats.length_histogram[bisect.bisect_right(LENGTH_BINS, record.chars) - 1] += 1
 
-    def consume(self, items: list[Item], batch: BatchResult) -> None:
+    def consume(self, items: list[Item], batch: BatchResult, fmt: str) -> None:
         self.stats.input_records += len(items)
         self._estimate.add(items)
+        self.stats.formats_read[fmt] += len(items)
         self.pii.update(batch.pii)
         for item, reason, detail in batch.rejected:
             self._quarantine(item, reason, detail)
@@ -238,7 +245,8 @@ class _Run:
             item = items[parsed.index]
             original = self.exact.original_of(parsed.digest)
             if original is not None:
-                self._quarantine(item, Reason.EXACT_DUPLICATE, f"same content as {where(original)}",
+                what = "prompt" if kind(fmt) == "pairs" else "content"
+                self._quarantine(item, Reason.EXACT_DUPLICATE, f"same {what} as {where(original)}",
                                  duplicate_of=self.dataset.where(original))
                 continue
             if self.near is not None:
@@ -250,7 +258,7 @@ class _Run:
                                      duplicate_of=self.dataset.where(hit[0]), similarity=round(hit[1], 4))
                     continue
             self.exact.add(parsed.digest, parsed.key)
-            self._keep(parsed)
+            self._keep(parsed, fmt)
         self.report_progress()
 
     def close(self) -> dict[str, dict[str, Any]]:
@@ -300,6 +308,10 @@ def file_formats(dataset: Dataset, cfg: PrepareConfig) -> dict[int, str]:
                 raise FormatError(f"{f.name}: {problem}") from None
             raise
         f.records = 0
+    kinds = {kind(fmt): f.name for f in dataset.files for fmt in [formats[f.index]]}
+    if len(kinds) > 1:
+        raise FormatError(f"{cfg.raw}: mixes dataset kinds: " + ", ".join(f"{k} ({name})" for k, name in kinds.items())
+                          + "; SFT, preference pairs and KTO records train different steps: prepare them apart")
     return formats
 
 
@@ -314,21 +326,21 @@ def _process(state: _Run, batches: Iterator[tuple[list[Item], str]], workers: in
     if workers <= 1:
         parse = BatchParser(*state.parser_args())
         for items, fmt in batches:
-            state.consume(items, parse(items, fmt, columns))
+            state.consume(items, parse(items, fmt, columns), fmt)
         return
     # A bounded window of batches in flight keeps memory flat (Pool.imap would read the whole file
     # ahead); results are consumed in submission order, so output does not depend on timing.
     ctx = mp.get_context("fork")
     with ctx.Pool(workers, initializer=init_worker, initargs=state.parser_args()) as pool:
-        window: deque[tuple[list[Item], AsyncResult[BatchResult]]] = deque()
+        window: deque[tuple[list[Item], AsyncResult[BatchResult], str]] = deque()
         for items, fmt in batches:
-            window.append((items, pool.apply_async(parse_in_worker, (items, fmt, columns))))
+            window.append((items, pool.apply_async(parse_in_worker, (items, fmt, columns)), fmt))
             if len(window) >= 2 * workers:
-                done, pending = window.popleft()
-                state.consume(done, pending.get())
+                done, pending, done_fmt = window.popleft()
+                state.consume(done, pending.get(), done_fmt)
         while window:
-            done, pending = window.popleft()
-            state.consume(done, pending.get())
+            done, pending, done_fmt = window.popleft()
+            state.consume(done, pending.get(), done_fmt)
 
 
 def _check_files(files: list[SourceFile], records: int) -> None:
@@ -372,6 +384,7 @@ def run(cfg: PrepareConfig) -> Result:
         time.perf_counter() - start,
         files,
         dataset.ignored,
+        kind(next(iter(formats.values()), "chat")),
     )
 
 

@@ -8,6 +8,20 @@
                      -> user: instruction, then a blank line and the input when there is one
   prompt_completion  {"prompt": "...", "completion": "...", "system": "..."?}
 
+Preference formats (converted by ``preference``, written as TRL's conversational preference records):
+
+  pairs              {"prompt": str | [messages], "chosen": str | [messages], "rejected": str | [messages]}
+                     (TRL; without "prompt", chosen and rejected are whole conversations sharing the prompt)
+  sharegpt_pairs     {"conversations": [{"from", "value"}...], "chosen": {"from", "value"}, "rejected": {...}}
+                     (LLaMA-Factory's ranking data)
+  openai_preference  {"input": {"messages": [...]}, "preferred_output": [messages],
+                      "non_preferred_output": [messages]}  (OpenAI preference fine-tuning)
+  kto                {"messages" | "conversations" | "prompt"+"completion", "label" | "kto_tag": bool}
+                     (TRL's unpaired preference; LLaMA-Factory's kto_tag column)
+
+A preference record is recognised before the SFT format it extends (``conversations`` + ``chosen`` is a pair,
+not a ShareGPT conversation). A dataset is one kind throughout: SFT, pairs or kto.
+
 ``--columns prompt=text,completion=ground_truth`` renames a file's own columns to these field names first
 (Azure ML's text-generation sample has ``text`` and ``ground_truth``); any field above can be mapped,
 ``system`` included. A mapped source column is consumed; every other key passes through to the output.
@@ -25,10 +39,18 @@ from typing import Any
 
 from tuneline.data.reasons import Reason, RecordError
 
-FORMATS = ("chat", "sharegpt", "alpaca", "prompt_completion")
+SFT_FORMATS = ("chat", "sharegpt", "alpaca", "prompt_completion")
+PAIR_FORMATS = ("pairs", "sharegpt_pairs", "openai_preference")
+PREFERENCE_FORMATS = (*PAIR_FORMATS, "kto")
+FORMATS = (*SFT_FORMATS, *PREFERENCE_FORMATS)
 FORMAT_CHOICES = ("auto", *FORMATS)
-# The fields whose presence marks a format, in detection order.
+KTO_LABELS = ("label", "kto_tag")
+# The fields whose presence marks a format, in detection order: preference formats first, since each extends
+# an SFT one with its own fields.
 SIGNATURES: dict[str, tuple[str, ...]] = {
+    "openai_preference": ("input", "preferred_output", "non_preferred_output"),
+    "sharegpt_pairs": ("conversations", "chosen", "rejected"),
+    "pairs": ("chosen", "rejected"),
     "chat": ("messages",),
     "sharegpt": ("conversations",),
     "alpaca": ("instruction", "output"),
@@ -39,8 +61,13 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "sharegpt": ("conversations",),
     "alpaca": ("instruction", "input", "output", "system"),
     "prompt_completion": ("prompt", "completion", "system"),
+    "openai_preference": ("input", "preferred_output", "non_preferred_output"),
+    "sharegpt_pairs": ("conversations", "chosen", "rejected", "system"),
+    "pairs": ("prompt", "chosen", "rejected"),
+    "kto": ("messages", "conversations", "prompt", "completion", *KTO_LABELS),
 }
-MAPPABLE = ("messages", "conversations", "instruction", "input", "output", "prompt", "completion", "system")
+MAPPABLE = ("messages", "conversations", "instruction", "input", "output", "prompt", "completion", "system",
+            "chosen", "rejected", "preferred_output", "non_preferred_output", *KTO_LABELS)
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system"}
 SAMPLE = 200
@@ -83,9 +110,17 @@ def _present(obj: dict[str, Any], key: str) -> bool:
     return obj.get(key) is not None
 
 
+def kind(fmt: str) -> str:
+    """What a format trains: "sft", "pairs" (DPO-style) or "kto" (unpaired, labelled)."""
+    return "kto" if fmt == "kto" else "pairs" if fmt in PAIR_FORMATS else "sft"
+
+
 def detect_record(obj: Any) -> str | None:
     if not isinstance(obj, dict):
         return None
+    if any(_present(obj, k) for k in KTO_LABELS) and (
+            _present(obj, "messages") or _present(obj, "conversations") or _present(obj, "prompt")):
+        return "kto"
     for name, keys in SIGNATURES.items():
         if all(_present(obj, k) for k in keys):
             return name
@@ -114,8 +149,10 @@ def detect_file(name: str, samples: list[tuple[str, Any]], columns: dict[str, st
         example = f"prompt={own[0]},completion={own[1]}" if len(own) == 2 else "prompt=text,completion=ground_truth"
         raise FormatError(
             f"{name}: cannot tell the record format{mapped}: none of the first {len(samples)} records has "
-            "'messages' (chat), 'conversations' (sharegpt), 'instruction'+'output' (alpaca) or "
-            f"'prompt'+'completion' (prompt_completion); their keys: {seen}. Map your keys to these fields, e.g. "
+            "'messages' (chat), 'conversations' (sharegpt), 'instruction'+'output' (alpaca), "
+            "'prompt'+'completion' (prompt_completion), 'chosen'+'rejected' (pairs), "
+            "'preferred_output'+'non_preferred_output' (openai_preference) or a 'label' (kto); "
+            f"their keys: {seen}. Map your keys to these fields, e.g. "
             f"{how_to_set('columns', example)}, and/or name the format with "
             f"{how_to_set('format', 'FORMAT')} ({', '.join(FORMATS)})")
     (top, n), *rest = counts.most_common()

@@ -19,12 +19,18 @@ class Reason(StrEnum):
     DEGENERATE_REPETITION = "degenerate_repetition"
     TOO_MANY_CHARS = "too_many_chars"
     TOO_MANY_TOKENS = "too_many_tokens"
+    # Preference records (``preference``): a pair that teaches nothing, or a record whose label is unusable.
+    EMPTY_SIDE = "empty_side"
+    CHOSEN_EQUALS_REJECTED = "chosen_equals_rejected"
+    PROMPT_MISMATCH = "prompt_mismatch"
+    INVALID_LABEL = "invalid_label"
     EXACT_DUPLICATE = "exact_duplicate"
     NEAR_DUPLICATE = "near_duplicate"
 
 
 DUPLICATE_REASONS = (Reason.EXACT_DUPLICATE, Reason.NEAR_DUPLICATE)
 REJECT_REASONS = tuple(r for r in Reason if r not in DUPLICATE_REASONS)
+PREFERENCE_REASONS = (Reason.EMPTY_SIDE, Reason.CHOSEN_EQUALS_REJECTED, Reason.PROMPT_MISMATCH, Reason.INVALID_LABEL)
 
 
 class RecordError(ValueError):

@@ -1,0 +1,229 @@
+"""Preference optimisation: DPO on chosen/rejected pairs or KTO on labelled records, LoRA or full, resumable.
+
+Run as: python -m components.preference --train DIR [--validation DIR] [--test DIR] --base-model NAME
+        [--sft-model DIR] --loss dpo --method lora --model-out DIR --checkpoints DIR --mlflow-run-id-out FILE
+
+A component of its own rather than a method of ``train``: its inputs differ (a preference split instead of chat
+records, beta, the loss, a reference model, the SFT model to start from), its outputs carry different figures
+(reward accuracy and margin, not a token loss), and a pipeline runs it after ``train``, on ``train``'s output.
+What the two share — the exact-resume loop, checkpoints, SIGTERM handling, progress reports, precision choice,
+MLflow run and model saving — is imported from ``components.train`` unchanged; only the optimizer step and the
+evaluation are replaced (``loop.PreferenceLoop``). TRL's DPOTrainer/KTOTrainer are not used: the HF Trainer does
+not restore data order and RNG on resume, and this step must end equal to an uninterrupted run after a kill.
+
+On start it resumes from the newest complete checkpoint in --checkpoints. On SIGTERM it checkpoints at the end
+of the current optimizer step and exits with status 143. The summary (``training_summary.json`` and the MLflow
+run) holds the held-out reward accuracy and margin against the reference, on --validation (``eval_*``) and, when
+given, on --test (``test_*``), and how often the reference itself prefers the chosen side.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections import Counter
+
+from components.train.config import hyperparameters
+from tuneline.component_args import component_program
+from tuneline.outputs import write_value
+
+PROGRAM = component_program(__file__)
+
+
+def parse_args(argv: list[str] | None = None):
+    return PROGRAM.parse(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        return _main(parse_args(argv))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _read(config, log):
+    from components.preference.data import read_preference_split
+
+    train = read_preference_split(config.train)
+    want = "pairs" if config.loss == "dpo" else "kto"
+    if train.kind != want:
+        raise ValueError(f"{train.path}: --loss {config.loss} needs {want} records, this split holds {train.kind} "
+                         f"records; use --loss {'kto' if train.kind == 'kto' else 'dpo'}")
+    if config.loss == "kto" and config.per_device_batch < 2:
+        raise ValueError("--loss kto needs --per-device-batch 2 or more: the KL estimate pairs each prompt with "
+                         "another record's completion in the same batch")
+    held_out = {}
+    for name in ("validation", "test"):
+        folder = getattr(config, name)
+        if folder is not None:
+            split = read_preference_split(folder)
+            if split.kind != want:
+                raise ValueError(f"{split.path}: holds {split.kind} records, the training split {want}")
+            held_out[name] = split
+    log(f"data: {len(train.records)} {want} records" + "".join(f", {n} {len(s.records)}" for n, s in held_out.items()))
+    return train, held_out
+
+
+def _main(config) -> int:
+    started = time.time()
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from tuneline.ml.data import DataError
+    from tuneline.ml.models import ModelNotAvailable
+    from tuneline.ml.tracking import mlflow_missing
+
+    untracked = mlflow_missing()
+    if untracked and os.environ.get("MLFLOW_TRACKING_URI"):
+        print(f"error: MLFLOW_TRACKING_URI is set but {untracked}", file=sys.stderr)
+        return 2
+    try:
+        train_split, held_out = _read(config, print)
+    except (DataError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    import torch
+    from accelerate import Accelerator
+    from transformers import get_scheduler
+
+    from components.preference import model as modelbuild
+    from components.preference.data import encode_split
+    from components.preference.loop import PreferenceLoop
+    from components.train import modelsetup
+    from components.train.__main__ import save_outputs
+    from components.train.loop import StopFlag, finite, plan
+    from components.train.state import TrainState
+    from tuneline.ml import checkpoint as ckpt
+    from tuneline.ml.device import detect
+
+    stop = StopFlag()
+    stop.install()
+    chosen = detect(config.precision)
+    precision = chosen.mixed_precision
+    acc = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    log = print if acc.is_main_process else (lambda *a, **k: None)
+    log(f"precision: {chosen.describe()}; {acc.num_processes} process(es)", flush=True)
+    torch.manual_seed(config.seed)
+    try:
+        start, base_model = modelbuild.start_point(config.base_model, config.sft_model)
+        model, reference, tokenizer = modelbuild.build(config, precision, acc.device)
+    except ModelNotAvailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    torch.manual_seed(config.seed + 1000 * acc.process_index)
+    over_long: dict = {}
+    train, over_long["train"] = encode_split(tokenizer, train_split, config.max_seq_len)
+    encoded_held_out = {}
+    for name, split in held_out.items():
+        encoded_held_out[name], over_long[name] = encode_split(tokenizer, split, config.max_seq_len)
+    if not train:
+        print(f"error: no training record fits --max-seq-len {config.max_seq_len} with an answer token left "
+              f"({over_long['train']})", file=sys.stderr)
+        return 2
+    validation = encoded_held_out.get("validation", [])
+    if config.max_eval_examples:
+        validation = validation[: config.max_eval_examples]
+
+    steps = plan(config, len(train), acc.num_processes)
+    optimizer = torch.optim.AdamW(modelsetup.param_groups(model, config.weight_decay), lr=config.learning_rate)
+    scheduler = get_scheduler(config.lr_scheduler if config.lr_scheduler != "constant" else "constant_with_warmup",
+                              optimizer, num_warmup_steps=math.ceil(config.warmup_ratio * steps.total_steps),
+                              num_training_steps=steps.total_steps)
+    model, optimizer = acc.prepare(model, optimizer)
+    loop = PreferenceLoop(config, acc, model, tokenizer, optimizer, scheduler, train, validation, None, stop,
+                          TrainState(), reference=reference, kind=train_split.kind)
+    resume_from = ckpt.latest(config.checkpoints)
+    if resume_from is not None:
+        loop.load_checkpoint(resume_from)
+    run = None
+    if untracked and acc.is_main_process:
+        log(f"warning: this run is not tracked: {untracked}; its figures stay in training_summary.json")
+        write_value(config.mlflow_run_id, "")
+    if acc.is_main_process and not untracked:
+        from tuneline.ml.tracking import Run
+
+        run = Run(run_id=loop.state.mlflow_run_id, experiment=config.experiment,
+                  run_name=f"preference-{config.loss}-{config.method}-{base_model.replace('/', '-')}"[:100])
+        loop.state.mlflow_run_id = run.run_id
+        run.log_params({**hyperparameters(config), "train_sha256": train_split.sha256, "start": start,
+                        "n_train": len(train), "n_validation": len(validation), "world_size": acc.num_processes,
+                        "planned_steps": steps.total_steps,
+                        **{k: v for k, v in chosen.as_params().items() if k != "reason"}})
+        run.set_tags({"tuneline.dataset_sha256": train_split.sha256, "tuneline.base_model": base_model,
+                      "tuneline.method": config.method, "tuneline.preference_loss": config.loss})
+        write_value(config.mlflow_run_id, run.run_id)
+    loop.run = run
+    log(f"preference {config.loss} ({config.method}) on {start}: {len(train)} records, {steps.total_steps} steps")
+
+    try:
+        state = loop.fit()
+        held = {name: loop.score(records) for name, records in encoded_held_out.items() if records}
+    except SystemExit:
+        if run is not None:
+            run.finish("KILLED")
+        raise
+    except BaseException:
+        if run is not None:
+            run.finish("FAILED")
+        raise
+
+    # Downstream steps load the output against base_model: an adapter trained on a merged SFT model would not
+    # apply there, so that policy is merged and written as a full model.
+    merged = config.method == "lora" and config.sft_model is not None
+    if merged:
+        model = acc.unwrap_model(model).merge_and_unload()
+    summary = {
+        "base_model": base_model,
+        "method": "full" if merged else config.method,
+        "preference": {"loss": config.loss, "beta": config.beta, "start": start,
+                       "adapter_merged_into_sft_model": merged},
+        "hyperparameters": hyperparameters(config),
+        "data": {"kind": train_split.kind, "train_sha256": train_split.sha256, "n_train": len(train),
+                 **{f"{n}_sha256": s.sha256 for n, s in held_out.items()},
+                 "over_long": {"max_seq_len": config.max_seq_len, **over_long}},
+        "world_size": acc.num_processes,
+        "mixed_precision": precision,
+        "mlflow_run_id": state.mlflow_run_id,
+        "system_prompt": _common_system_prompt(train_split.records),
+        "held_out": held,
+        **{f"{name}_{k}": v for name, m in held.items() for k, v in m.items()},
+        **loop.summary(),
+        "process_wall_time_s": time.time() - started,
+    }
+    save_config = _SaveAs(config, "full" if merged else config.method, base_model)
+    save_outputs(save_config, acc, model, tokenizer, summary)
+    if run is not None:
+        finals = {k.replace("/", "_"): v for k, v in summary.items() if isinstance(v, float) and finite(v)}
+        run.log_metrics(finals, step=state.global_step)
+        run.log_artifact(config.model / "training_summary.json")
+        run.finish()
+    if acc.is_main_process:
+        figures = "; ".join(f"{n}: reward accuracy {m['rewards/accuracies']:.3f}, margin {m['rewards/margins']:.4f}"
+                            for n, m in held.items())
+        log(f"done: {state.global_step} steps, final loss {summary['final_train_loss']:.4f}"
+            f"{'; ' + figures if figures else ''}; model in {config.model}")
+        from tuneline.runner.summary import write_step_summary
+
+        write_step_summary(f"{config.loss} {config.method} on {start}; {figures or 'no held-out split'}")
+    acc.end_training()
+    return 0
+
+
+class _SaveAs:
+    """The fields of the config ``train``'s ``save_outputs`` reads, with the method and base model as written."""
+
+    def __init__(self, config, method: str, base_model: str) -> None:
+        self.method, self.base_model, self.model = method, base_model, config.model
+
+
+def _common_system_prompt(records: list) -> str | None:
+    prompts = Counter(r.prompt[0]["content"] for r in records if r.prompt[0]["role"] == "system")
+    return prompts.most_common(1)[0][0] if prompts else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""The preference loop: ``train``'s loop (exact resume, accumulation, checkpoints on SIGTERM, progress) with the
+DPO or KTO loss in place of the token cross-entropy.
+
+Only the optimizer step and the evaluation differ from ``components.train.loop.Loop``, so only they are
+overridden: the batch plan (a pure function of seed and epoch), the (epoch, step_in_epoch) position, the per-rank
+RNG state, the checkpoint format and ``$TUNELINE_PROGRESS`` reports are train's own, and a run killed after a
+checkpoint resumes to the uninterrupted run's numbers.
+
+Normalisation: a global step's loss is the mean over its pairs (dpo) or records (kto) across micro-batches and
+ranks, as one batch of that size would give; each micro-batch contributes ``sum(losses) * world / n_global``.
+KTO's reference point is estimated per micro-batch (TRL: per batch, averaged over processes; here too).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+from components.preference.data import EncodedPreference, encode_side
+from components.preference.losses import PreferenceTerms, dpo_loss, kl_reference_point, kto_loss
+from components.preference.model import reference_of
+from components.train.loop import Loop, _as_float, _synchronize
+from tuneline.ml.batching import collate
+from tuneline.ml.chat import IGNORE, TemplateError
+
+
+def sequence_logps(model, batch) -> torch.Tensor:
+    """Sum of the target tokens' log-probabilities, one per row (TRL's ``per_token_logps.sum(dim=1)``)."""
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                logits_to_keep=batch.keep, use_cache=False)
+    targets = batch.targets[:, batch.keep]
+    nll = F.cross_entropy(out.logits.float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
+    return -nll.sum(dim=1)
+
+
+SUMS = ("loss", "chosen", "rejected", "n_chosen", "n_rejected", "correct", "kl", "tokens", "padded",
+        "policy_prefers", "reference_prefers", "groups")
+
+
+class PreferenceLoop(Loop):
+    def __init__(self, *args, reference=None, kind: str = "pairs", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.reference = reference
+        self.kind = kind
+        self.eval_metrics: dict[str, float] = {}
+
+    # -- scoring ------------------------------------------------------------------------------------------
+    def _logps(self, model, examples) -> torch.Tensor:
+        return sequence_logps(model, collate(examples, self.pad_id, packing=False).to(self.acc.device))
+
+    def _reference_logps(self, examples) -> torch.Tensor:
+        with torch.no_grad(), reference_of(self.acc.unwrap_model(self.model), self.reference) as ref:
+            return self._logps(ref, examples)
+
+    def _kl_examples(self, records: list[EncodedPreference]):
+        """Each prompt with the previous record's completion (TRL's collator cycles completions by one)."""
+        shifted = records[-1:] + records[:-1]
+        out = []
+        for r, other in zip(records, shifted, strict=True):
+            try:
+                out.append(encode_side(self.tokenizer, r.id, r.prompt, other.completion, self.c.max_seq_len))
+            except TemplateError:
+                out.append(r.chosen)
+        return out
+
+    def terms(self, model, records: list[EncodedPreference]) -> PreferenceTerms:
+        c = self.c
+        if self.kind == "pairs":
+            sides = [r.chosen for r in records] + [r.rejected for r in records]
+            policy = self._logps(model, sides)
+            ref = self._reference_logps(sides)
+            n = len(records)
+            terms = dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], c.beta, c.label_smoothing)
+            terms.policy_prefers = float((policy[:n] > policy[n:]).sum())
+            terms.reference_prefers = float((ref[:n] > ref[n:]).sum())
+            return terms
+        examples = [r.chosen for r in records]
+        kl_examples = self._kl_examples(records)
+        with torch.no_grad():
+            policy_kl = self._logps(model, kl_examples)
+        ref = self._reference_logps(examples + kl_examples)
+        n = len(records)
+        point = kl_reference_point(policy_kl, ref[n:])
+        if self.world > 1:
+            point = torch.tensor(self._sum([float(point)])[0] / self.world, device=point.device).clamp(min=0)
+        labels = torch.tensor([bool(r.label) for r in records], device=self.acc.device)
+        terms = kto_loss(self._logps(model, examples), ref[:n], labels, point, c.beta, c.desirable_weight,
+                         c.undesirable_weight)
+        terms.kl = float(point)
+        return terms
+
+    # -- one optimizer step -------------------------------------------------------------------------------
+    def _step(self, micro: list[list[int]]) -> dict[str, float]:
+        groups = [[self.train[i] for i in mb] for mb in micro]
+        n_global = self._sum([float(sum(len(g) for g in groups))])[0]
+        scale = self.world / max(n_global, 1.0)
+        sums = dict.fromkeys(SUMS, 0.0)
+        _synchronize(self.acc.device)
+        t0 = time.perf_counter()
+        for j, group in enumerate(groups):
+            sync = j == len(groups) - 1
+            with nullcontext() if sync else self.acc.no_sync(self.model):
+                terms = self.terms(self.model, group)
+                self.acc.backward(terms.losses.sum() * scale)
+            self._accumulate(sums, terms, group)
+        max_norm = self.c.max_grad_norm if self.c.max_grad_norm > 0 else float("inf")
+        grad_norm = _as_float(self.acc.clip_grad_norm_(self.clip_params, max_norm))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        _synchronize(self.acc.device)
+        seconds = time.perf_counter() - t0
+        keys = list(sums)
+        *reduced, stop = self._sum([sums[k] for k in keys] + [float(self.stop.requested)])
+        totals = dict(zip(keys, reduced, strict=True))
+        self.stop.requested = stop > 0  # every rank stops at the same step
+        s = self.state
+        s.global_step += 1
+        s.step_in_epoch += 1
+        s.real_tokens += int(totals["tokens"])
+        s.padded_tokens += int(totals["padded"])
+        s.train_time_s += seconds
+        loss = totals["loss"] / max(n_global, 1.0)
+        s.losses.append(loss)
+        metrics = {"loss": loss, "learning_rate": lr, "grad_norm": grad_norm,
+                   "tokens_per_s": totals["tokens"] / max(seconds, 1e-9),
+                   "epoch": s.epoch + s.step_in_epoch / self.plan.steps_per_epoch}
+        metrics.update(self._reward_metrics(totals, n_global))
+        return metrics
+
+    def _accumulate(self, sums: dict[str, float], terms: PreferenceTerms, group: list[EncodedPreference]) -> None:
+        sums["groups"] += 1
+        sums["loss"] += float(terms.losses.detach().sum())
+        sums["chosen"] += float(terms.chosen_rewards.sum())
+        sums["rejected"] += float(terms.rejected_rewards.sum())
+        sums["n_chosen"] += terms.chosen_rewards.numel()
+        sums["n_rejected"] += terms.rejected_rewards.numel()
+        if self.kind == "pairs":
+            sums["correct"] += float((terms.chosen_rewards > terms.rejected_rewards).sum())
+        else:
+            # KTO has no pairs: a record counts as right when its reward has its label's sign.
+            sums["correct"] += float((terms.chosen_rewards > 0).sum() + (terms.rejected_rewards < 0).sum())
+            sums["kl"] += terms.kl
+        sides = [r.chosen for r in group] + ([r.rejected for r in group] if self.kind == "pairs" else [])
+        sums["tokens"] += sum(len(e.input_ids) for e in sides)
+        sums["padded"] += len(sides) * max(len(e.input_ids) for e in sides)
+        sums["policy_prefers"] += terms.policy_prefers
+        sums["reference_prefers"] += terms.reference_prefers
+
+    def _reward_metrics(self, totals: dict[str, float], n: float) -> dict[str, float]:
+        chosen = totals["chosen"] / max(totals["n_chosen"], 1.0)
+        rejected = totals["rejected"] / max(totals["n_rejected"], 1.0)
+        metrics = {"rewards/chosen": chosen, "rewards/rejected": rejected, "rewards/margins": chosen - rejected,
+                   "rewards/accuracies": totals["correct"] / max(n, 1.0)}
+        if self.kind == "kto":
+            metrics["kl"] = totals["kl"] / max(totals["groups"], 1.0)
+        return metrics
+
+    # -- held-out scoring -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, records: list[EncodedPreference]) -> dict[str, float]:
+        """Held-out loss, reward accuracy and margin against the reference, and how often the policy and the
+        reference themselves give the chosen side the higher log-probability (pairs)."""
+        per = self.c.per_device_batch
+        chunk = per * self.world
+        mine = [records[i] for start in range(0, len(records), chunk)
+                for i in range(start + self.rank * per, min(start + (self.rank + 1) * per, len(records)))]
+        was_training = self.model.training
+        self.model.eval()
+        sums = dict.fromkeys(SUMS, 0.0)
+        # Ranks may hold different numbers of records: only this rank's own forward passes, no collectives, until
+        # the sums are reduced (the model is unwrapped so DDP does not expect its gradient hooks).
+        model = self.acc.unwrap_model(self.model)
+        groups = [mine[start:start + per] for start in range(0, len(mine), per)]
+        if self.kind == "kto" and len(groups) > 1 and len(groups[-1]) < 2:
+            groups[-2] = groups[-2] + groups.pop()  # the KL estimate pairs each record with another one
+        for group in groups:
+            self._accumulate(sums, self.terms(model, group), group)
+        if was_training:
+            self.model.train()
+        keys = list(sums)
+        totals = dict(zip(keys, self._sum([sums[k] for k in keys]), strict=True))
+        n = float(len(records))
+        metrics = {"loss": totals["loss"] / max(n, 1.0), **self._reward_metrics(totals, n), "examples": n}
+        if self.kind == "pairs":
+            metrics["policy_preference_accuracy"] = totals["policy_prefers"] / max(n, 1.0)
+            metrics["reference_preference_accuracy"] = totals["reference_prefers"] / max(n, 1.0)
+        return metrics
+
+    def evaluate(self) -> float | None:
+        if not self.validation:
+            return None
+        self.eval_metrics = self.score(self.validation)
+        self._log({f"eval_{k}": v for k, v in self.eval_metrics.items() if k != "examples"})
+        return self.eval_metrics["loss"]
