@@ -17,7 +17,7 @@ from tests.support.tickets import ticket_records
 
 from .conftest import write_records
 
-DATA_URI = "minio://tuneline-data/tickets/2026-12-01.jsonl"
+DATA_URI = "minio://mlpipeline/tuneline-data/tickets/2026-12-01.jsonl"
 
 
 class _KfpApi(BaseHTTPRequestHandler):
@@ -99,7 +99,7 @@ def test_a_firing_trigger_sends_the_create_run_request_for_the_compiled_pipeline
     assert compiled["pipelineInfo"]["name"] == "grow"
     # the run reads its data from the store, not from the file the image (or the compiled default) names
     assert run["runtime_config"]["parameters"] == {"dataset": DATA_URI}
-    assert compiled["root"]["inputDefinitions"]["parameters"]["dataset"]["defaultValue"] == "minio://tuneline-data/tickets.jsonl"
+    assert compiled["root"]["inputDefinitions"]["parameters"]["dataset"]["defaultValue"] == "minio://mlpipeline/tuneline-data/tickets.jsonl"
 
 
 def test_the_submitted_run_is_the_next_checks_baseline(project, ops_cli, kfp_api, monkeypatch, tmp_path):

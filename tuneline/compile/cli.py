@@ -18,6 +18,7 @@ from .build import TARGETS, compile_file
 from .options import (
     DEFAULT_AZUREML_COMPUTE,
     DEFAULT_CHECKPOINT_PVC,
+    DEFAULT_KFP_PIPELINE_ROOT,
     DEFAULT_MLFLOW_CONFIG_MAP,
     DEFAULT_MLFLOW_SECRET,
     CompileOptions,
@@ -33,7 +34,8 @@ def _options(args: argparse.Namespace) -> CompileOptions:
                           image_lock=load_image_lock(Path(args.images)) if args.images else None,
                           no_cache=args.no_cache, mlflow_secret=args.mlflow_secret or None,
                           mlflow_config_map=args.mlflow_config_map or None,
-                          checkpoint_pvc=args.checkpoint_pvc, azureml_compute=args.azureml_compute)
+                          checkpoint_pvc=args.checkpoint_pvc, azureml_compute=args.azureml_compute,
+                          kfp_pipeline_root=args.kfp_pipeline_root)
 
 
 def _compile(args: argparse.Namespace, pipeline: str, targets: tuple[str, ...]):
@@ -131,6 +133,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="PersistentVolumeClaim mounted at /mnt/checkpoints on resumable steps")
     parser.add_argument("--azureml-compute", default=DEFAULT_AZUREML_COMPUTE,
                         help="Azure ML compute for steps without an azureml compute profile")
+    parser.add_argument("--kfp-pipeline-root", default=DEFAULT_KFP_PIPELINE_ROOT,
+                        help="the cluster's KFP pipeline root (kfp-launcher ConfigMap defaultPipelineRoot; default: "
+                             "%(default)s): imported data must be in its bucket")
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:

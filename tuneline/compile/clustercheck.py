@@ -56,7 +56,7 @@ import yaml
 
 from ..spec import SpecError
 from . import CompileError
-from .clusterreads import KFP_NAMESPACE, Rendered, docs_created, reference_problem
+from .clusterreads import KFP_NAMESPACE, Rendered, docs_created, pipeline_root, reference_problem
 from .options import DEFAULT_KFP_SERVICE_ACCOUNT
 
 DEFAULT_POOLS = Path("k8s/nodepools.yaml")
@@ -491,7 +491,8 @@ def check_pipeline(path: Path, pools: list[Any], skus: dict[str, Sku], objects: 
     for folder, rendered in objects.items():
         with tempfile.TemporaryDirectory() as scratch:
             lock = overlay_lock(rendered, Path(scratch))
-            out = compile_graph(graph, ("kfp", "azureml"), Path(scratch) / "out", CompileOptions(image_lock=lock))
+            options = CompileOptions(image_lock=lock, kfp_pipeline_root=pipeline_root(rendered, namespace))
+            out = compile_graph(graph, ("kfp", "azureml"), Path(scratch) / "out", options)
             registry = overlay_registry(rendered) or (lock.registry if lock else None)
             found, pods = compiled_problems(str(path), out.folder, root, pools, skus, folder, rendered, namespace,
                                             account, registry, docs_objects)
