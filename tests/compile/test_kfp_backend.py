@@ -167,6 +167,16 @@ def test_k6_caching_is_on_for_cacheable_steps_and_off_for_live_state(ir):
         assert task.get("cachingOptions", {}).get("enableCache", False) is node.cache_enabled, step
 
 
+def test_steps_that_read_the_registry_as_it_is_now_are_never_cached(ir):
+    """KFP's cache key holds inputs, command and image only: a cached register would hand back last run's
+    champion decision after the alias was moved by hand or the version deleted."""
+    _, spec, _ = ir
+    tasks = _tasks(spec)
+    for step in ("register", "deploy"):
+        if step in tasks:
+            assert tasks[step].get("cachingOptions", {}).get("enableCache", False) is False, step
+
+
 def _variant(tmp_path: Path, old: str, new: str) -> Path:
     (tmp_path / "components").symlink_to(ROOT / "components")
     (tmp_path / "data").symlink_to(ROOT / "data")
