@@ -11,7 +11,8 @@ object-store URIs only (`gs://`, `s3://`, `minio://`: backend/src/v2/component/i
 `Artifact._get_path` in kfp/dsl/types/artifact_types.py), and only from the pipeline root's bucket: KFP's
 launcher opens the root's bucket with the object store's credentials and any other one with none
 (backend/src/v2/component/launcher_v2.go fetchNonDefaultBuckets, 2.14.0 to 2.17.0; a `minio://` bucket then has
-no driver at all). Anything else is refused at compile time with the file, line and field it came from. Each import is followed by a `fingerprint` task (`tuneline.compile.fingerprint`)
+no driver at all). Anything else is refused at compile time with the file, line and field it came from.
+Each import is followed by a `fingerprint` task (`tuneline.compile.fingerprint`)
 whose content digest is a parameter of every step reading the data, so KFP's name-based cache sees the content.
 A step with a `resume: true` output mounts the checkpoint PVC, gets `TUNELINE_CHECKPOINT_ROOT`, and runs behind
 `tuneline.compile.resume`, which keeps its checkpoints on the volume under a key of its inputs: an output artifact
