@@ -132,11 +132,11 @@ def data_problem(target: str, name: str, value: str,
                  kfp_pipeline_root: str = DEFAULT_KFP_PIPELINE_ROOT) -> str | None:
     """Why the platform cannot read `value` for the data parameter `name` (None when it can). A KFP run argument
     never passes the compile-time import check, so its bucket is checked here."""
-    from .compile.kfp import bucket_problem
+    from .compile.kfp import importer_uri_problem
 
     scheme = value.split("://", 1)[0] + "://" if "://" in value else ""
     if target == "kfp":
-        why = bucket_problem(value, kfp_pipeline_root)
+        why = importer_uri_problem(value, kfp_pipeline_root)
         return f"parameter '{name}' = {value}: KFP cannot import it: {why}" if why else None
     if target == "azureml" and scheme and not value.startswith(AZUREML_DATA_SCHEMES):
         return (f"parameter '{name}' = {value}: Azure ML cannot read a {scheme} URI (it reads "

@@ -170,6 +170,21 @@ def test_the_checks_local_dataset_is_not_compiled_into_the_submitted_run(project
     assert any(s["secretName"] == "mlflow-login" for e in executors.values() for s in e.get("secretAsEnv", []))
 
 
+@pytest.mark.parametrize(("uri", "why"), [
+    ("minio://tuneline-data/tickets.jsonl", "it is not in the pipeline root's bucket (minio://mlpipeline/v2/artifacts)"),
+    ("/mnt/data/tickets.jsonl", "KFP's importer takes object-store URIs only"),
+])
+def test_kfp_submission_refuses_a_run_argument_its_importer_cannot_read(project, ops_cli, kfp_api, uri, why):
+    """A run argument is not compiled in, so the compiler's import check never sees it: the submission checks it,
+    before anything reaches the API."""
+    host, requests = kfp_api
+    code, out, err = ops_cli("trigger", "check", "pipelines/grow.yaml", "--no-record", "--submit", "kfp",
+                             "--kfp-host", host, "--submit-param", f"dataset={uri}")
+    assert code == 11, err
+    assert f"parameter 'dataset' = {uri}: KFP cannot import it: {why}" in err
+    assert not [path for _, path, _ in requests if path == "/apis/v2beta1/runs"]
+
+
 def test_azureml_submission_refuses_a_dataset_it_cannot_read(project, ops_cli, monkeypatch):
     code, out, err = ops_cli("trigger", "check", "pipelines/grow.yaml", "--no-record", "--submit", "azureml",
                              "--subscription", "s", "--resource-group", "g", "--workspace", "w",

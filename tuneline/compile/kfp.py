@@ -231,7 +231,7 @@ def bucket_problem(uri: Any, pipeline_root: str = DEFAULT_KFP_PIPELINE_ROOT) -> 
             f"without the object store's credentials; put the data under {root[0]}{root[1]}/")
 
 
-def _importer_uri_problem(uri: Any, pipeline_root: str = DEFAULT_KFP_PIPELINE_ROOT) -> str | None:
+def importer_uri_problem(uri: Any, pipeline_root: str = DEFAULT_KFP_PIPELINE_ROOT) -> str | None:
     text = str(uri)
     prefix = next((p for p in OBJECT_STORE_PREFIXES if text.startswith(p)), None)
     if prefix is None:
@@ -275,7 +275,7 @@ def check_importable(graph: PipelineGraph, pipeline_root: str = DEFAULT_KFP_PIPE
                 loc = ("steps", node.name, "inputs", name)
                 field_name, origin = f"steps.{node.name}.inputs.{name}", ""
                 hint = "bind it to a pipeline parameter with an object-store URI for kfp"
-            problem = _importer_uri_problem(value, pipeline_root)
+            problem = importer_uri_problem(value, pipeline_root)
             if problem and loc not in seen:
                 seen.add(loc)
                 problems.append(pipeline.source.problem(loc, f"{field_name}{origin}: '{value}' cannot be imported "
