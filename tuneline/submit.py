@@ -130,8 +130,8 @@ AZUREML_DATA_SCHEMES = ("azureml://", "https://", "http://", "wasbs://", "wasb:/
 
 def data_problem(target: str, name: str, value: str,
                  kfp_pipeline_root: str = DEFAULT_KFP_PIPELINE_ROOT) -> str | None:
-    """Why the platform cannot read `value` for the data parameter `name` (None when it can). A KFP run argument
-    never passes the compile-time import check, so its bucket is checked here."""
+    """Why the platform cannot read `value` for the data parameter `name` (None when it can). On KFP this is for
+    a run argument, which never passes the compiler's import check."""
     from .compile.kfp import importer_uri_problem
 
     scheme = value.split("://", 1)[0] + "://" if "://" in value else ""
@@ -181,6 +181,8 @@ def compile_submission(pipeline_path: str | Path, target: str, out: Path, sets: 
     pipeline = submitted_pipeline(pipeline_path, target, sets, run_params)
     for name, param in pipeline.spec.params.items():
         if param.type in (IOType.uri_file, IOType.uri_folder):
+            if target == "kfp" and name not in arguments:
+                continue  # compiled in: the compiler checks it and names the file, line and field
             why = data_problem(target, name, str(pipeline.params[name]),
                                (options or CompileOptions()).kfp_pipeline_root)
             if why:
