@@ -234,6 +234,26 @@ def aliases_supported(mlflow_client) -> bool:
     return not settings.is_workspace_endpoint(uri)
 
 
+def find_version(mlflow_client, name: str, tags: dict[str, str]):
+    """The newest version of ``name`` carrying every tag in ``tags`` with that value, or None. The search filters
+    on the first tag (a version tag filter of MLflow's search_model_versions); the rest are compared here."""
+    if not tags:
+        return None
+    key, value = next(iter(tags.items()))
+
+    def quoted(text: str) -> str:
+        return text.replace("'", "\\'")
+
+    found = with_retry(
+        lambda: mlflow_client.search_model_versions(
+            f"name='{quoted(name)}' and tags.`{key}` = '{quoted(value)}'"
+        ),
+        f"search versions of {name}",
+    )
+    matching = [v for v in found if all((v.tags or {}).get(k) == w for k, w in tags.items())]
+    return max(matching, key=lambda v: int(v.version), default=None)
+
+
 def set_alias(
     mlflow_client, name: str, alias: str, version: int | str, policy: Backoff | None = None
 ) -> None:

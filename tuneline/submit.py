@@ -29,7 +29,7 @@ from typing import Any
 
 from .compile import PIPELINE_FILE, RECURRING_RUN_FILE
 from .compile.azureml import JOB_FILE, SCHEDULE_FILE
-from .compile.options import CompileOptions
+from .compile.options import DEFAULT_KFP_PIPELINE_ROOT, CompileOptions
 
 
 @dataclass
@@ -170,9 +170,16 @@ class SubmitError(ValueError):
 AZUREML_DATA_SCHEMES = ("azureml://", "https://", "http://", "wasbs://", "wasb://", "abfss://", "abfs://", "adl://")
 
 
-def data_problem(target: str, name: str, value: str) -> str | None:
-    """Why the platform cannot read `value` for the data parameter `name` (None when it can)."""
+def data_problem(target: str, name: str, value: str,
+                 kfp_pipeline_root: str = DEFAULT_KFP_PIPELINE_ROOT) -> str | None:
+    """Why the platform cannot read `value` for the data parameter `name` (None when it can). On KFP this is for
+    a run argument, which never passes the compiler's import check."""
+    from .compile.kfp import importer_uri_problem
+
     scheme = value.split("://", 1)[0] + "://" if "://" in value else ""
+    if target == "kfp":
+        why = importer_uri_problem(value, kfp_pipeline_root)
+        return f"parameter '{name}' = {value}: KFP cannot import it: {why}" if why else None
     if target == "azureml" and scheme and not value.startswith(AZUREML_DATA_SCHEMES):
         return (f"parameter '{name}' = {value}: Azure ML cannot read a {scheme} URI (it reads "
                 f"{', '.join(AZUREML_DATA_SCHEMES)} URIs, or a local path it uploads)")
@@ -216,7 +223,10 @@ def compile_submission(pipeline_path: str | Path, target: str, out: Path, sets: 
     pipeline = submitted_pipeline(pipeline_path, target, sets, run_params)
     for name, param in pipeline.spec.params.items():
         if param.type in (IOType.uri_file, IOType.uri_folder):
-            why = data_problem(target, name, str(pipeline.params[name]))
+            if target == "kfp" and name not in arguments:
+                continue  # compiled in: the compiler checks it and names the file, line and field
+            why = data_problem(target, name, str(pipeline.params[name]),
+                               (options or CompileOptions()).kfp_pipeline_root)
             if why:
                 raise SubmitError(f"{pipeline_path}: {why}")
     typed = {name: pipeline.params[name] for name in arguments}

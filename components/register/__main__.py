@@ -7,6 +7,12 @@ Override example: --gate-metric perplexity --base-weights bundle   (compared as 
 
 The registry is MLFLOW_TRACKING_URI (default: SQLite under .tuneline/). Writes to it are retried with
 jittered exponential backoff, so parallel registrations get distinct versions. Exits 2 on bad input.
+
+The step is not cached (component.yaml): the champion comparison is against the registry as it is now, which a
+cache key of inputs cannot see (an alias moved by hand, a version deleted, another tracking server). A re-run on
+the same trained model (its MLflow run id) with the same evaluation reuses the version it registered instead of
+adding a duplicate; a version that was champion once and has been replaced since (a rollback) is not promoted
+again by such a re-run.
 """
 
 from __future__ import annotations
@@ -49,6 +55,31 @@ def _tags(
     return {k: v for k, v in tags.items() if v != ""}
 
 
+def _identity(tags: dict[str, str]) -> dict[str, str]:
+    """The tags that make two registrations the same evaluated model: the training run first (the registry
+    search filters on it), its data, the test set, the gate metric and the tuned model's scores (the champion's
+    scores change with the champion, not with this model)."""
+    from tuneline.registry import TAG_PREFIX
+
+    keys = [f"{TAG_PREFIX}{k}" for k in ("train_run_id", "data_sha256", "test_sha256", "gate_metric")]
+    found = {k: tags[k] for k in keys if k in tags}
+    found.update({k: v for k, v in tags.items() if k.startswith(f"{TAG_PREFIX}metric.tuned.")})
+    return found
+
+
+def _recorded_card(version) -> str:
+    """The model card logged when `version` was registered (its description is clipped)."""
+    import mlflow
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="model_card.md",
+                                                       dst_path=tmp)
+            return Path(path).read_text()
+    except Exception:  # noqa: BLE001 - a card that cannot be fetched falls back to the description
+        return version.description or ""
+
+
 def _direction(given: str, metric: str) -> str:
     """``auto``: the metric's own direction (``tuneline.ml.metrics.direction``, e.g. min for perplexity)."""
     from tuneline.ml.metrics import direction
@@ -82,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     client = registry.client()
     pipeline_run = settings.pipeline_run_id()  # KFP and local: TUNELINE_RUN_ID; Azure ML: the pipeline job
     code = registry.code_version()
+    identity = _identity(_tags(trained, evaluation, code, pipeline_run, "", gate_metric))
+    existing = registry.find_version(client, args.name, identity) if trained.train_run_id else None
+    if existing is not None:
+        return _finish(args, client, int(existing.version), _recorded_card(existing), rule, candidate_value,
+                       evaluation, existing, log)
     experiment = registry.ensure_experiment(client, args.experiment)
     from tuneline.ml.tracking import unservable_artifact_uri
 
@@ -153,8 +189,32 @@ def main(argv: list[str] | None = None) -> int:
             "set description",
             log=log,
         )
-        registry.set_alias(client, args.name, registry.CANDIDATE, number)
-        fresh = evaluation.models.get("champion", {}).get(gate_metric)
+        decision = _decide(args, client, number, rule, candidate_value, evaluation, None, log)
+        status = "FINISHED"
+    finally:
+        registry.with_retry(lambda: client.set_terminated(run_id, status=status), "end run", log=log)
+
+    return _write_outputs(args, number, card, decision, log)
+
+
+def _decide(args, client, number: int, rule, candidate_value: float, evaluation, existing, log):
+    """Set `candidate` to the version and decide `champion` against the registry as it is now."""
+    from tuneline import registry
+
+    registry.set_alias(client, args.name, registry.CANDIDATE, number)
+    current = registry.version_by_alias(client, args.name, registry.CHAMPION)
+    was_promoted = existing is not None and (existing.tags or {}).get(f"{registry.TAG_PREFIX}promoted") == "true"
+    if current is not None and int(current.version) == number:
+        decision = registry.Promotion(True, f"v{number} is already the champion", candidate_value, number)
+    elif was_promoted:
+        decision = registry.Promotion(
+            False,
+            f"v{number} was champion before and has been replaced since (a rollback?): a re-run does not promote "
+            f"it again; move the champion alias by hand to serve it",
+            candidate_value,
+        )
+    else:
+        fresh = evaluation.models.get("champion", {}).get(rule.metric)
         decision = registry.promote_if_better(
             client,
             args.name,
@@ -164,21 +224,26 @@ def main(argv: list[str] | None = None) -> int:
             fresh_champion_value=fresh,
             fresh_champion_version=evaluation.champion_version,
         )
-        for key, value in {
-            "promoted": str(decision.promoted).lower(),
-            "promotion_reason": decision.reason,
-        }.items():
-            registry.with_retry(
-                lambda k=key, v=value: client.set_model_version_tag(
-                    args.name, str(number), f"{registry.TAG_PREFIX}{k}", v
-                ),
-                "tag version",
-                log=log,
-            )
-        status = "FINISHED"
-    finally:
-        registry.with_retry(lambda: client.set_terminated(run_id, status=status), "end run", log=log)
+    # `promoted` records that the version became champion once: a later rollback leaves it true
+    values = {"promoted": str(decision.promoted or was_promoted).lower(), "promotion_reason": decision.reason}
+    for key, value in values.items():
+        registry.with_retry(
+            lambda k=key, v=value: client.set_model_version_tag(
+                args.name, str(number), f"{registry.TAG_PREFIX}{k}", v
+            ),
+            "tag version",
+            log=log,
+        )
+    return decision
 
+
+def _finish(args, client, number: int, card: str, rule, candidate_value: float, evaluation, existing, log) -> int:
+    log(f"v{number} already holds this trained model with this evaluation: reused, not registered again")
+    decision = _decide(args, client, number, rule, candidate_value, evaluation, existing, log)
+    return _write_outputs(args, number, card, decision, log)
+
+
+def _write_outputs(args, number: int, card: str, decision, log) -> int:
     model_uri = f"models:/{args.name}/{number}"
     write_value(args.model_uri, model_uri)
     write_value(args.version, number)
@@ -187,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     args.card.write_text(card)
     log(
         f"{model_uri} registered (alias candidate); champion: "
-        f"{'moved to v' + str(number) if decision.promoted else 'unchanged'} - {decision.reason}"
+        f"{'v' + str(number) if decision.promoted else 'unchanged'} - {decision.reason}"
     )
     print(model_uri)
     return 0

@@ -27,6 +27,15 @@ def test_production_with_latest_fails_clearly(tmp_path, capsys):
     assert "mutable image tag 'latest'" in capsys.readouterr().err
 
 
+def test_the_kfp_pipeline_root_decides_which_bucket_data_may_come_from(tmp_path, capsys):
+    """The toy imports from minio://mlpipeline/...: KFP's default root's bucket, not that of a cluster whose
+    kfp-launcher ConfigMap roots artifacts in s3://artifacts."""
+    assert run(["compile", str(TOY), "--target", "kfp", "--out", str(tmp_path)]) == 0
+    assert run(["compile", str(TOY), "--target", "kfp", "--out", str(tmp_path),
+                "--kfp-pipeline-root", "s3://artifacts/v2"]) == 2
+    assert "it is not in the pipeline root's bucket (s3://artifacts/v2)" in capsys.readouterr().err
+
+
 def test_kfp_submit_dry_run_builds_typed_client_calls(tmp_path, capsys):
     assert run(["submit", str(TOY), "--target", "kfp", "--host", "http://kfp.local", "--out", str(tmp_path),
                 "--param", "lr=0.01", "--schedule", "--no-cache", "--dry-run"]) == 0

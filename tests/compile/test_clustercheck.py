@@ -198,8 +198,8 @@ def test_azureml_submission_with_an_object_store_dataset_or_unregistered_environ
     _edit(project / CRONJOB, "                - kfp\n", "                - azureml\n")
     assert _check() == 2
     assert "CronJob tuneline/tuneline-retrain (k8s/overlays/dev): its submission (azureml) does not compile: " \
-           "pipelines/finetune.yaml: parameter 'dataset' = minio://tuneline-data/tickets.jsonl: Azure ML cannot " \
-           "read a minio:// URI" in capsys.readouterr().err
+           "pipelines/finetune.yaml: parameter 'dataset' = minio://mlpipeline/tuneline-data/tickets.jsonl: Azure ML " \
+           "cannot read a minio:// URI" in capsys.readouterr().err
 
 
 def test_azureml_environments_resolve_in_the_control_image(project, capsys, monkeypatch):
@@ -215,10 +215,32 @@ def test_azureml_environments_resolve_in_the_control_image(project, capsys, monk
 
 
 def test_a_dataset_nothing_fills_is_refused(project, capsys):
-    _edit(project / "docs" / "aks.md", "kfp/tuneline-data", "kfp/other-bucket")
+    """The bucket is KFP's own, filled with artifacts: only an upload into the dataset's folder counts."""
+    _edit(project / "docs" / "aks.md", "kfp/mlpipeline/tuneline-data/", "kfp/mlpipeline/other-folder/")
     assert _check() == 2
     assert "CronJob tuneline/tuneline-retrain (k8s/overlays/dev): parameter 'dataset': nothing in k8s/ or the docs " \
-           "writes data to minio://tuneline-data/tickets.jsonl" in capsys.readouterr().err
+           "writes data to minio://mlpipeline/tuneline-data/tickets.jsonl" in capsys.readouterr().err
+
+
+def test_a_dataset_outside_the_pipeline_roots_bucket_is_refused(project, capsys):
+    """A bucket of its own, uploaded as the docs once did: KFP's launcher has no credentials for it."""
+    _edit(project / "docs" / "aks.md", "kfp/mlpipeline/tuneline-data/", "kfp/tuneline-data/")
+    _edit(project / CRONJOB, "value: minio://mlpipeline/tuneline-data/", "value: minio://tuneline-data/")
+    assert _check() == 2
+    assert "CronJob tuneline/tuneline-retrain (k8s/overlays/dev): its submission (kfp) does not compile: " \
+           "pipelines/finetune.yaml: parameter 'dataset' = minio://tuneline-data/tickets.jsonl: KFP cannot import " \
+           "it: it is not in the pipeline root's bucket (minio://mlpipeline/v2/artifacts)" in capsys.readouterr().err
+
+
+def test_the_pipeline_root_comes_from_a_rendered_kfp_launcher_config_map(project, capsys):
+    (project / "k8s" / "kubeflow" / "kfp-launcher.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: kfp-launcher, namespace: kubeflow}\n"
+        "data: {defaultPipelineRoot: 's3://artifacts/v2'}\n")
+    _edit(project / "k8s" / "kubeflow" / "kustomization.yaml", "  - checkpoints-pvc.yaml\n",
+          "  - checkpoints-pvc.yaml\n  - kfp-launcher.yaml\n")
+    assert _check() == 2
+    assert "params.dataset.target_defaults.kfp: 'minio://mlpipeline/tuneline-data/tickets.jsonl' cannot be " \
+           "imported on KFP: it is not in the pipeline root's bucket (s3://artifacts/v2)" in capsys.readouterr().err
 
 
 def test_a_pod_reading_a_csi_mirror_it_does_not_mount_is_refused(project, capsys):

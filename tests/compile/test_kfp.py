@@ -54,7 +54,7 @@ def test_gpu_train_step_has_tolerations_accelerator_shm_and_resume_volume(compil
     tolerations = {(t["key"], t.get("value"), t["effect"]) for t in k8s["tolerations"]}
     assert tolerations == {("sku", "gpu", "NoSchedule"),
                            ("kubernetes.azure.com/scalesetpriority", "spot", "NoSchedule")}
-    assert k8s["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "16Gi",
+    assert k8s["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "4Gi",
                                       "volumeName": "dshm"}]
     assert {"key": "tuneline.dev/pool", "value": "gpuspot"} in [
         {"key": k, "value": v} for k, v in k8s["nodeSelector"]["labels"].items()]
@@ -164,7 +164,7 @@ def test_multinode_step_becomes_a_trainjob_launcher(compiled):
     pod = pod["template"]["spec"]["template"]
     assert pod["metadata"]["labels"]["sidecar.istio.io/inject"] == "false"
     assert {t["key"] for t in pod["spec"]["tolerations"]} == {"sku", "kubernetes.azure.com/scalesetpriority"}
-    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}} in pod["spec"]["volumes"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "4Gi"}} in pod["spec"]["volumes"]
     assert k8s["pvcMount"][0]["mountPath"] == "/mnt/checkpoints"
 
 

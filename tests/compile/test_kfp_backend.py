@@ -14,7 +14,7 @@ from tuneline.compile.fingerprint import FINGERPRINT_MODULE
 from tuneline.compile.gate import GATE_INPUT, GATE_MODULE
 from tuneline.compile.kfp import FINGERPRINT_PREFIX, OBJECT_STORE_PREFIXES
 from tuneline.compile.launch import LAUNCH_MODULE, parse_args
-from tuneline.compile.options import CompileOptions
+from tuneline.compile.options import DEFAULT_KFP_PIPELINE_ROOT, CompileOptions
 from tuneline.compile.outdirs import OUTDIRS_MODULE
 from tuneline.compile.placement import CHECKPOINT_MOUNT
 from tuneline.compile.resume import RESUME_MODULE
@@ -35,9 +35,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PIPELINES = sorted((ROOT / "pipelines").glob("*.yaml"))
 
 
-def _compile(path: Path, out: Path, overrides: dict | None = None) -> tuple[dict, dict]:
+def _compile(path: Path, out: Path, overrides: dict | None = None,
+             options: CompileOptions | None = None) -> tuple[dict, dict]:
     graph = build_graph(load_pipeline(path, overrides)).for_target("kfp")
-    folder = compile_graph(graph, ("kfp",), out, CompileOptions()).folder
+    folder = compile_graph(graph, ("kfp",), out, options or CompileOptions()).folder
     return kfp_documents(folder / "kfp" / "pipeline.yaml")
 
 
@@ -104,6 +105,8 @@ def test_k3_importers_get_object_store_uris_and_a_fingerprint_keys_every_reader(
         uri = defaults[source["componentInputParameter"]] if "componentInputParameter" in source else \
             source["runtimeValue"]["constant"]
         assert uri.startswith(OBJECT_STORE_PREFIXES), (name, uri)
+        # the launcher has the store's credentials for the pipeline root's bucket only (fetchNonDefaultBuckets)
+        assert uri.startswith(DEFAULT_KFP_PIPELINE_ROOT.split("/v2/")[0] + "/"), (name, uri)
         fingerprints = [(n, t) for n, t in tasks.items() if _is(t, "fingerprint") and
                         t["inputs"]["artifacts"]["data"]["taskOutputArtifact"]["producerTask"] == name]
         assert len(fingerprints) == 1, name
@@ -164,6 +167,16 @@ def test_k6_caching_is_on_for_cacheable_steps_and_off_for_live_state(ir):
         assert task.get("cachingOptions", {}).get("enableCache", False) is node.cache_enabled, step
 
 
+def test_steps_that_read_the_registry_as_it_is_now_are_never_cached(ir):
+    """KFP's cache key holds inputs, command and image only: a cached register would hand back last run's
+    champion decision after the alias was moved by hand or the version deleted."""
+    _, spec, _ = ir
+    tasks = _tasks(spec)
+    for step in ("register", "deploy"):
+        if step in tasks:
+            assert tasks[step].get("cachingOptions", {}).get("enableCache", False) is False, step
+
+
 def _variant(tmp_path: Path, old: str, new: str) -> Path:
     (tmp_path / "components").symlink_to(ROOT / "components")
     (tmp_path / "data").symlink_to(ROOT / "data")
@@ -191,6 +204,23 @@ def test_a_relative_data_path_for_kfp_is_refused_with_file_line_and_field(tmp_pa
 def test_a_set_value_that_kfp_cannot_import_is_refused(tmp_path, uri):
     with pytest.raises(SpecError, match=r"params.dataset \(from --set dataset=...\): .* cannot be imported"):
         _compile(ROOT / "pipelines" / "finetune.yaml", tmp_path, {"dataset": uri})
+
+
+def test_an_import_outside_the_pipeline_roots_bucket_is_refused(tmp_path):
+    """KFP 2.14-2.17's launcher opens a bucket other than the pipeline root's without the object store's
+    credentials (launcher_v2.go fetchNonDefaultBuckets): `minio://tuneline-data/...` has no driver at all."""
+    with pytest.raises(SpecError, match=r"params.dataset \(from --set dataset=...\): 'minio://tuneline-data/t.jsonl' "
+                                        r"cannot be imported on KFP: it is not in the pipeline root's bucket "
+                                        r"\(minio://mlpipeline/v2/artifacts\)"):
+        _compile(ROOT / "pipelines" / "finetune.yaml", tmp_path / "a", {"dataset": "minio://tuneline-data/t.jsonl"})
+    # a cluster whose kfp-launcher ConfigMap roots artifacts in that bucket imports from it
+    root = CompileOptions(kfp_pipeline_root="minio://tuneline-data/v2/artifacts")
+    with pytest.raises(SpecError, match=r"params.schema.target_defaults.kfp: .* put the data under "
+                                        r"minio://tuneline-data/"):
+        _compile(ROOT / "pipelines" / "finetune.yaml", tmp_path / "b", {"dataset": "minio://tuneline-data/t.jsonl"},
+                 root)
+    _compile(ROOT / "pipelines" / "finetune.yaml", tmp_path / "c", {"dataset": "minio://tuneline-data/t.jsonl",
+                                                                     "schema": "minio://tuneline-data/s.json"}, root)
 
 
 def test_local_runs_keep_the_local_data_default():

@@ -54,6 +54,7 @@ from tuneline.compile.launch import (
     launcher_spec,
     on_sigterm,
     parse_args,
+    remove_stage,
     run_job,
     stage_inputs,
 )
@@ -204,6 +205,14 @@ def test_launcher_stages_inputs_renders_the_trainjob_and_collects_outputs(trainj
     (stage / "outputs" / "checkpoints").mkdir()
     collect_outputs(args, spec)
     assert (tmp_path / "kfp" / "model" / "weights.bin").read_bytes() == b"w"
+    # nothing else removes a finished step's stage from the shared volume; a run folder goes with its last stage
+    (stage.parent / "other-step").mkdir()
+    remove_stage(args)
+    assert not stage.exists() and (stage.parent / "other-step").is_dir()
+    (stage.parent / "other-step").rmdir()
+    stage_inputs(args)
+    remove_stage(args)
+    assert not stage.parent.exists() and (tmp_path / "shared").is_dir()
 
 
 def test_the_trainjob_is_one_the_trainer_api_accepts(trainjob_file, tmp_path, monkeypatch):

@@ -107,3 +107,69 @@ def test_an_unwritable_root_is_a_clear_error(toy, data, tmp_path):
                           timeout=30)
     assert done.returncode == 1
     assert "cannot create the checkpoint store" in done.stderr and "is the checkpoint volume mounted" in done.stderr
+
+
+def test_two_attempts_with_the_same_inputs_take_turns_on_one_store(toy, data, tmp_path):
+    """Two runs started with the same inputs share a key: the second waits for the first's lock instead of
+    writing into the store the first is about to move into its output and remove."""
+    root = tmp_path / "pvc"
+    first = subprocess.Popen(_wrapped(data, root, tmp_path / "run-1"), cwd=toy, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    assert first.stdout.readline().startswith("resume: checkpoints -> ")  # it holds the lock now
+    second = subprocess.run(_wrapped(data, root, tmp_path / "run-2"), cwd=toy, capture_output=True, text=True,
+                            timeout=60)
+    rest = first.stdout.read()
+    assert first.wait(timeout=60) == 0, rest
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "another attempt with the same inputs holds" in second.stdout
+    for run in ("run-1", "run-2"):
+        assert (tmp_path / run / "total").read_text() == f"{3 * 15}\n"
+        assert sorted(p.name for p in (tmp_path / run / "checkpoints").iterdir()) == [
+            f"step-{i}.json" for i in range(1, 6)]
+
+
+def test_stale_stores_and_stage_folders_are_swept_and_live_ones_kept(tmp_path):
+    import os
+    import time
+
+    from tuneline.compile.resume import store_lock, sweep
+
+    root = tmp_path / "pvc"
+    now = time.time()
+    old = now - 20 * 86400
+
+    def made(path: Path, when: float) -> Path:
+        path.mkdir(parents=True)
+        (path / "file").write_text("x")
+        for p in (path / "file", path):
+            os.utime(p, (when, when))
+        return path
+
+    stale, fresh, own, held = (made(root / (c * 64), t) for c, t in (("a", old), ("b", now), ("c", old), ("d", old)))
+    stale_stage = made(root / "run-1" / "train", old)
+    (stale_stage / "launcher-heartbeat").write_text("1")
+    for p in (stale_stage / "launcher-heartbeat", stale_stage):
+        os.utime(p, (old, old))
+    live_stage = made(root / "run-2" / "train", old)
+    (live_stage / "launcher-heartbeat").write_text("9")  # a launcher beating now
+    other = made(root / "not-tuneline", old)
+    leftover_lock = root / ("e" * 64 + ".lock")
+    leftover_lock.write_text("")
+    os.utime(leftover_lock, (old, old))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time\nf = open(sys.argv[1], 'a')\nfcntl.lockf(f, fcntl.LOCK_EX)\n"
+         "print('held', flush=True)\ntime.sleep(60)", str(root / ("d" * 64 + ".lock"))],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        removed = sweep(root, "c" * 64, max_age_days=14, now=now)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(removed) == sorted([stale, stale_stage])
+    assert not stale.exists() and not stale_stage.exists() and not (root / "run-1").exists()
+    assert not leftover_lock.exists()
+    assert fresh.exists() and own.exists() and held.exists() and live_stage.exists() and other.exists()
+    assert sweep(root, "c" * 64, max_age_days=0, now=now + 100 * 86400) == []  # 0 keeps everything
+    with store_lock(root, "f" * 64, blocking=False) as free:
+        assert free

@@ -141,7 +141,8 @@ def test_an_unknown_shape_names_the_keys_and_a_mapping_from_them(tmp_path, capsy
     raw.write_text("".join(json.dumps({"question": "q", "answer": "a", "id": i}) + "\n" for i in range(5)))
     assert prepare(tmp_path, raw)[0] == 2
     err = capsys.readouterr().err
-    assert "their keys: question, answer, id" in err and "(chat, sharegpt, alpaca, prompt_completion, pairs, sharegpt_pairs, openai_preference, kto)" in err
+    assert "their keys: question, answer, id" in err
+    assert "(chat, sharegpt, alpaca, prompt_completion, pairs, sharegpt_pairs, openai_preference, kto)" in err
     assert "--columns prompt=question,completion=answer" in err and "--format FORMAT" in err
     # Under `tuneline run` (which names the step) the same message names the --set that passes those inputs
     monkeypatch.setenv("TUNELINE_STEP", "prep")

@@ -85,6 +85,45 @@ def test_promotion_card_tags_and_fresh_process_load(home: Path, tmp_path: Path):
     # A later, better version taking the champion alias: test_register.py's registry test, on a real store.
 
 
+def _trained_by(adapter: Path, run_id: str) -> Path:
+    summary = json.loads((adapter / "training_summary.json").read_text())
+    (adapter / "training_summary.json").write_text(json.dumps({**summary, "mlflow_run_id": run_id}))
+    return adapter
+
+
+def test_a_rerun_on_the_same_trained_model_reuses_its_version_and_respects_a_rollback(home: Path, tmp_path: Path):
+    """register is not cached, so an unchanged re-run runs it again: it must not pile up versions, and it decides
+    the champion against the registry as it is now, without undoing a rollback made by hand."""
+    env = step_env(home)
+    a = _trained_by(make_adapter(tmp_path / "a", seed=4), "train-run-a")
+    b = _trained_by(make_adapter(tmp_path / "b", seed=5), "train-run-b")
+    metrics_a, metrics_b = make_metrics(tmp_path / "a.json", tuned=0.5), make_metrics(tmp_path / "b.json", tuned=0.7)
+    assert run_register(a, metrics_a, tmp_path / "o1", env) == {"model_uri": "models:/tuneline-llm/1", "version": 1,
+                                                                "promoted": True}
+    again = run_register(a, metrics_a, tmp_path / "o2", env)
+    assert again == {"model_uri": "models:/tuneline-llm/1", "version": 1, "promoted": True}  # still the champion
+    assert (tmp_path / "o2" / "card.md").read_text() == (tmp_path / "o1" / "card.md").read_text()
+    assert run_register(b, metrics_b, tmp_path / "o3", env)["version"] == 2
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    assert str(client.get_model_version_by_alias("tuneline-llm", "champion").version) == "2"
+    client.set_registered_model_alias("tuneline-llm", "champion", "1")  # an operator rolls v2 back
+    rerun = run_register(b, metrics_b, tmp_path / "o4", env)
+    assert rerun == {"model_uri": "models:/tuneline-llm/2", "version": 2, "promoted": False}
+    assert str(client.get_model_version_by_alias("tuneline-llm", "champion").version) == "1"
+    assert "replaced since" in client.get_model_version("tuneline-llm", "2").tags["tuneline.promotion_reason"]
+    # Another evaluation of the same model (a new test set) is another registration.
+    other = make_metrics(tmp_path / "c.json", tuned=0.6)
+    assert run_register(a, other, tmp_path / "o5", env)["version"] == 3
+    # A deleted version is registered anew and compared with the champion of now.
+    client.delete_model_version("tuneline-llm", "2")
+    assert run_register(b, metrics_b, tmp_path / "o6", env) == {"model_uri": "models:/tuneline-llm/4",
+                                                                 "version": 4, "promoted": True}
+    assert sorted(int(v.version) for v in client.search_model_versions("name='tuneline-llm'")) == [1, 3, 4]
+
+
 def test_lower_is_better_metric(home: Path, tmp_path: Path):
     """--gate-metric/--gate-direction reach the rule (its directions are unit-tested in test_register.py)."""
     env = step_env(home)

@@ -63,11 +63,17 @@ def test_demo_pipeline_runs_every_step_with_a_tiny_model(project, capsys):
     manifests = list(Path(steps["deploy"]["outputs"]["files"]["path"]).rglob("*.yaml"))
     assert any(yaml.safe_load(p.read_text()).get("kind") == "InferenceService" for p in manifests)
 
-    # Unchanged: every step with a cache policy is reused; deploy reconciles live state, so it always runs.
+    # Unchanged: every step with a cache policy is reused; register decides the champion against the registry as
+    # it is now and deploy reconciles live state, so both always run, and register reuses its version.
     assert main(["run", "pipelines/finetune.yaml", *TINY]) == 0
     again = find_run(project / ".tuneline/runs", "latest")
     assert {s: again["steps"][s]["status"] for s in again["order"]} == {
-        "prepare": "cached", "train": "cached", "evaluate": "cached", "register": "cached", "deploy": "succeeded"}
+        "prepare": "cached", "train": "cached", "evaluate": "cached", "register": "succeeded", "deploy": "succeeded"}
+    assert again["steps"]["register"]["outputs"]["model_uri"]["value"] == "models:/tuneline-tickets/1"
+    assert again["steps"]["register"]["outputs"]["promoted"]["value"] is True  # still the champion
+    from tuneline import registry
+
+    assert [str(v.version) for v in registry.client().search_model_versions("name='tuneline-tickets'")] == ["1"]
 
     # One parameter that only evaluate reads, with a gate the tiny model cannot pass: prepare and train stay
     # cached, evaluate reruns and says so, and nothing is registered or deployed. (That a changed output reruns

@@ -59,7 +59,7 @@ def test_both_compilers_carry_the_folder_type(shards, tmp_path):
     assert result.passed, result.error_messages
     # KFP's importer takes object-store URIs only (a local folder is refused at compile time); a Dataset artifact
     # is a file or a folder alike there, so the shards' prefix is what the importer brings in.
-    uri = "minio://tuneline-data/shards"
+    uri = "minio://mlpipeline/tuneline-data/shards"
     kfp_graph = build_graph(load_pipeline(FINETUNE, {"dataset": uri})).for_target("kfp")
     kfp = compile_graph(kfp_graph, ("kfp",), tmp_path / "kfp", CompileOptions())
     assert uri in (kfp.folder / "kfp" / "pipeline.yaml").read_text()

@@ -72,6 +72,9 @@ def test_the_toy_pipeline_is_valid(toy, cli):
         ('cron: "0 3 * * 1"', 'cron: "0 3 * *"', "cron:", r"needs 5 fields"),
         ("timezone: UTC", "timezone: Mars/Olympus", "timezone", r"unknown timezone 'Mars/Olympus'"),
         ("compute: cpu", "compute: gpu", "compute: gpu", r"unknown compute profile 'gpu'; did you mean 'cpu'\?"),
+        # /dev/shm is memory-backed and charged to the container's memory limit: as large as it, it OOM-kills
+        ('memory: 1Gi}', 'memory: 1Gi, shm: 1024Mi}', "shm: 1024Mi",
+         r"shm 1024Mi is not below the memory limit 1Gi of step 'gen' \(its `memory`\)"),
         ("    component: components/gen", "    component: components/gne", "components/gne",
          r"no component.yaml in 'components/gne'"),
         ("new_data_fraction: 0.15", "new_data_fraction: -1", "new_data_fraction",
@@ -84,6 +87,18 @@ def test_malformed_pipeline(toy, cli, old, new, needle, pattern):
     assert old in GOOD
     text = GOOD.replace(old, new, 1)
     assert_problem(cli, write(toy, text), line_of(text, needle), pattern)
+
+
+def test_shared_memory_at_the_components_own_memory_limit_is_refused(toy, cli):
+    """A profile without `memory` leaves the component's resources.memory as the container's limit."""
+    component = toy / "components" / "gen" / "component.yaml"
+    component.write_text(component.read_text() + "resources: {memory: 2Gi}\n")
+    text = GOOD.replace('kubeflow: {cpu: "1", memory: 1Gi}', 'kubeflow: {cpu: "1", shm: 2Gi}')
+    assert_problem(cli, write(toy, text), line_of(text, "shm: 2Gi"),
+                   r"shm 2Gi is not below the memory limit 2Gi of step 'gen' \(component gen's resources.memory\)")
+    text = GOOD.replace('kubeflow: {cpu: "1", memory: 1Gi}', 'kubeflow: {cpu: "1", shm: 1Gi}')
+    code, out, err = cli("validate", str(write(toy, text)))
+    assert code == 0, out + err
 
 
 def test_bad_timeout_and_literal_reference(toy, cli):

@@ -17,7 +17,7 @@ from tests.support.tickets import ticket_records
 
 from .conftest import write_records
 
-DATA_URI = "minio://tuneline-data/tickets/2026-12-01.jsonl"
+DATA_URI = "minio://mlpipeline/tuneline-data/tickets/2026-12-01.jsonl"
 
 
 class _KfpApi(BaseHTTPRequestHandler):
@@ -99,7 +99,7 @@ def test_a_firing_trigger_sends_the_create_run_request_for_the_compiled_pipeline
     assert compiled["pipelineInfo"]["name"] == "grow"
     # the run reads its data from the store, not from the file the image (or the compiled default) names
     assert run["runtime_config"]["parameters"] == {"dataset": DATA_URI}
-    assert compiled["root"]["inputDefinitions"]["parameters"]["dataset"]["defaultValue"] == "minio://tuneline-data/tickets.jsonl"
+    assert compiled["root"]["inputDefinitions"]["parameters"]["dataset"]["defaultValue"] == "minio://mlpipeline/tuneline-data/tickets.jsonl"
 
 
 def test_the_submitted_run_is_the_next_checks_baseline(project, ops_cli, kfp_api, monkeypatch, tmp_path):
@@ -168,6 +168,21 @@ def test_the_checks_local_dataset_is_not_compiled_into_the_submitted_run(project
     _, platform = yaml.safe_load_all(package.read_text())
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert any(s["secretName"] == "mlflow-login" for e in executors.values() for s in e.get("secretAsEnv", []))
+
+
+@pytest.mark.parametrize(("uri", "why"), [
+    ("minio://tuneline-data/tickets.jsonl", "it is not in the pipeline root's bucket (minio://mlpipeline/v2/artifacts)"),
+    ("/mnt/data/tickets.jsonl", "KFP's importer takes object-store URIs only"),
+])
+def test_kfp_submission_refuses_a_run_argument_its_importer_cannot_read(project, ops_cli, kfp_api, uri, why):
+    """A run argument is not compiled in, so the compiler's import check never sees it: the submission checks it,
+    before anything reaches the API."""
+    host, requests = kfp_api
+    code, out, err = ops_cli("trigger", "check", "pipelines/grow.yaml", "--no-record", "--submit", "kfp",
+                             "--kfp-host", host, "--submit-param", f"dataset={uri}")
+    assert code == 11, err
+    assert f"parameter 'dataset' = {uri}: KFP cannot import it: {why}" in err
+    assert not [path for _, path, _ in requests if path == "/apis/v2beta1/runs"]
 
 
 def test_azureml_submission_refuses_a_dataset_it_cannot_read(project, ops_cli, monkeypatch):

@@ -18,6 +18,7 @@ from .build import TARGETS, compile_file
 from .options import (
     DEFAULT_AZUREML_COMPUTE,
     DEFAULT_CHECKPOINT_PVC,
+    DEFAULT_KFP_PIPELINE_ROOT,
     DEFAULT_MLFLOW_CONFIG_MAP,
     DEFAULT_MLFLOW_SECRET,
     CompileOptions,
@@ -34,7 +35,8 @@ def _options(args: argparse.Namespace) -> CompileOptions:
                           no_cache=args.no_cache, mlflow_secret=args.mlflow_secret or None,
                           mlflow_config_map=args.mlflow_config_map or None,
                           checkpoint_pvc=args.checkpoint_pvc, azureml_compute=args.azureml_compute,
-                          hf_secret=args.hf_secret or None)
+                          hf_secret=args.hf_secret or None,
+                          kfp_pipeline_root=args.kfp_pipeline_root)
 
 
 def _compile(args: argparse.Namespace, pipeline: str, targets: tuple[str, ...]):
@@ -144,6 +146,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "models need it); default: none")
     parser.add_argument("--azureml-compute", default=DEFAULT_AZUREML_COMPUTE,
                         help="Azure ML compute for steps without an azureml compute profile")
+    parser.add_argument("--kfp-pipeline-root", default=DEFAULT_KFP_PIPELINE_ROOT,
+                        help="the cluster's KFP pipeline root (kfp-launcher ConfigMap defaultPipelineRoot; default: "
+                             "%(default)s): imported data must be in its bucket")
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:

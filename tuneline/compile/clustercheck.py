@@ -57,8 +57,9 @@ from typing import Any
 import yaml
 
 from ..spec import SpecError
+from ..spec.models import quantity
 from . import CompileError
-from .clusterreads import Rendered, docs_created, reference_problem
+from .clusterreads import Rendered, docs_created, pipeline_root, reference_problem
 from .options import DEFAULT_KFP_SERVICE_ACCOUNT
 
 DEFAULT_POOLS = Path("k8s/nodepools.yaml")
@@ -67,19 +68,6 @@ DEFAULT_K8S = Path("k8s/overlays")
 SPOT_TAINT = ("kubernetes.azure.com/scalesetpriority", "spot", "NoSchedule")
 DEFAULT_MAX_PODS = 110  # AKS's default for kubenet and Azure CNI Overlay
 EVICTION_MIB = 100      # AKS 1.29+: memory.available<100Mi
-_QUANTITY = re.compile(r"^([0-9.]+)([a-zA-Z]*)$")
-_UNITS = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
-          "m": 1e-3}
-
-
-def quantity(text: Any) -> float:
-    """A Kubernetes quantity (`2`, `500m`, `16Gi`) as a number (cores or bytes)."""
-    match = _QUANTITY.match(str(text).strip())
-    if not match or match.group(2) not in _UNITS:
-        raise ValueError(f"not a Kubernetes quantity: {text!r}")
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
 @dataclass(frozen=True)
 class Sku:
     name: str
@@ -493,7 +481,8 @@ def check_pipeline(path: Path, pools: list[Any], skus: dict[str, Sku], objects: 
     for folder, rendered in objects.items():
         with tempfile.TemporaryDirectory() as scratch:
             lock = overlay_lock(rendered, Path(scratch))
-            out = compile_graph(graph, ("kfp", "azureml"), Path(scratch) / "out", CompileOptions(image_lock=lock))
+            options = CompileOptions(image_lock=lock, kfp_pipeline_root=pipeline_root(rendered, namespace))
+            out = compile_graph(graph, ("kfp", "azureml"), Path(scratch) / "out", options)
             registry = overlay_registry(rendered) or (lock.registry if lock else None)
             found, pods = compiled_problems(str(path), out.folder, root, pools, skus, folder, rendered, namespace,
                                             account, registry, docs_objects)

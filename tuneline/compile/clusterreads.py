@@ -40,6 +40,15 @@ KFP_INSTALL_CREATES = {
 }
 
 
+def pipeline_root(rendered: Rendered, namespace: str) -> str:
+    """Where KFP keeps artifacts for pods in `namespace`: the kfp-launcher ConfigMap's `defaultPipelineRoot` when
+    the manifests set one, else KFP's default (backend/src/v2/config/env.go); imported data must share its bucket."""
+    from .options import DEFAULT_KFP_PIPELINE_ROOT
+
+    body = rendered.bodies.get(("ConfigMap", namespace, "kfp-launcher")) or {}
+    return (body.get("data") or {}).get("defaultPipelineRoot") or DEFAULT_KFP_PIPELINE_ROOT
+
+
 def docs_created(docs: list[Path]) -> set[tuple[str, str, str]]:
     """(kind, namespace, name) of the Secrets and ConfigMaps the docs' commands create (`kubectl create secret
     ... NAME --namespace NS`, `kubectl create configmap ...`), continuation lines joined."""
@@ -95,8 +104,9 @@ _BLOB_URL = re.compile(r"^https://([a-z0-9]+)\.blob\.core\.windows\.net/([^/]+)/
 
 
 def docs_filled(docs: list[Path]) -> set[tuple[str, str]]:
-    """(scheme, bucket or container) the docs' commands write data into: `az storage blob upload[-batch]` into a
-    container (scheme `blob`), `mc cp|mirror ... ALIAS/BUCKET/...` into an S3/MinIO bucket (scheme `minio`/`s3`),
+    """(scheme, where) the docs' commands write data into, `where` a prefix of `bucket/key`: `az storage blob
+    upload[-batch]` into a container (scheme `blob`, `CONTAINER/`), `mc cp|mirror ... ALIAS/BUCKET/PATH` into an
+    S3/MinIO bucket (schemes `minio` and `s3`; a destination ending in `/` is a folder, else one object),
     `az ml data create` / `az ml datastore upload` (scheme `azureml`)."""
     filled = set()
     for doc in docs:
@@ -108,29 +118,35 @@ def docs_filled(docs: list[Path]) -> set[tuple[str, str]]:
                 container = re.search(r"(?:--container-name|--destination-container|-c|--destination|-d)[=\s]+"
                                       r"([a-z0-9-]+)", line)
                 if container:
-                    filled.add(("blob", container.group(1)))
-            if re.search(r"\bmc\s+(cp|mirror)\b", line):  # the last word is the destination ALIAS/BUCKET/...
-                dest = re.match(r"^[A-Za-z0-9_-]+/([a-z0-9.-]+)(/|$)", line.split()[-1])
+                    filled.add(("blob", container.group(1) + "/"))
+            command = re.search(r"\bmc\s+(cp|mirror)\s+(.*)$", line)
+            if command:  # the last word is the destination ALIAS/BUCKET/...
+                words = [w for w in command.group(2).split() if not w.startswith("-")]
+                dest = re.match(r"^[A-Za-z0-9_-]+/([a-z0-9.-]+(?:/\S*)?)$", words[-1]) if words else None
                 if dest:
-                    filled.update({("minio", dest.group(1)), ("s3", dest.group(1))})
+                    where = dest.group(1)
+                    if command.group(1) == "mirror" or len(words) > 2 or "/" not in where:
+                        where = where.rstrip("/") + "/"  # a folder: what is copied lands under it
+                    filled.update({("minio", where), ("s3", where)})
             if re.search(r"\baz ml data create\b", line):
-                filled.add(("azureml", "data"))
+                filled.add(("azureml", ""))
     return filled
 
 
 def dataset_problem(uri: str, filled: set[tuple[str, str]]) -> str | None:
-    """Why nothing puts data at `uri` (None when k8s/ or the docs fill its bucket, or it is a path of the
-    repository, which the image and Azure ML's code snapshot carry)."""
+    """Why nothing puts data at `uri` (None when k8s/ or the docs write under its folder or to it, or it is a path
+    of the repository, which the image and Azure ML's code snapshot carry)."""
     if "://" not in uri:
         return None
     scheme, rest = uri.split("://", 1)
-    blob = _BLOB_URL.match(uri)
-    key = ("blob", blob.group(2)) if blob else ("azureml", "data") if scheme == "azureml" else \
-        (scheme, rest.split("/", 1)[0])
-    if key in filled:
-        return None
-    return (f"nothing in k8s/ or the docs writes data to {uri} (its {key[0]} bucket/container {key[1]}): the run "
-            f"would import from an empty store")
+    if _BLOB_URL.match(uri):
+        scheme, rest = "blob", rest.split("/", 1)[1]  # CONTAINER/PATH
+    elif scheme == "azureml":
+        rest = ""
+    for kind, where in filled:
+        if kind == scheme and (rest == where or (where == "" or where.endswith("/")) and rest.startswith(where)):
+            return None
+    return f"nothing in k8s/ or the docs writes data to {uri}: the run would import from an empty store"
 
 
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")

@@ -8,8 +8,11 @@ Every command starts behind `tuneline.compile.outdirs`, so folder outputs exist 
 only when the gate is true, as on Azure ML, so every target has one semantics for conditions (the spec validator's).
 Data from outside the pipeline (an artifact parameter or literal) comes in through a `dsl.importer`, which takes
 object-store URIs only (`gs://`, `s3://`, `minio://`: backend/src/v2/component/importer_launcher.go and
-`Artifact._get_path` in kfp/dsl/types/artifact_types.py); anything else is refused at compile time with the file,
-line and field it came from. Each import is followed by a `fingerprint` task (`tuneline.compile.fingerprint`)
+`Artifact._get_path` in kfp/dsl/types/artifact_types.py), and only from the pipeline root's bucket: KFP's
+launcher opens the root's bucket with the object store's credentials and any other one with none
+(backend/src/v2/component/launcher_v2.go fetchNonDefaultBuckets, 2.14.0 to 2.17.0; a `minio://` bucket then has
+no driver at all). Anything else is refused at compile time with the file, line and field it came from.
+Each import is followed by a `fingerprint` task (`tuneline.compile.fingerprint`)
 whose content digest is a parameter of every step reading the data, so KFP's name-based cache sees the content.
 A step with a `resume: true` output mounts the checkpoint PVC, gets `TUNELINE_CHECKPOINT_ROOT`, and runs behind
 `tuneline.compile.resume`, which keeps its checkpoints on the volume under a key of its inputs: an output artifact
@@ -42,7 +45,14 @@ from .fingerprint import FINGERPRINT_MODULE
 from .gate import GATE_INPUT, GATE_MODULE
 from .jobpod import dns_1035, pod_parts
 from .launch import LAUNCH_MODULE, POD_NAME_ENV, POD_UID_ENV, staged_command
-from .options import HF_CACHE_DIR, HF_SECRET_KEYS, MLFLOW_CONFIG_KEYS, MLFLOW_SECRET_KEYS, CompileOptions
+from .options import (
+    DEFAULT_KFP_PIPELINE_ROOT,
+    HF_CACHE_DIR,
+    HF_SECRET_KEYS,
+    MLFLOW_CONFIG_KEYS,
+    MLFLOW_SECRET_KEYS,
+    CompileOptions,
+)
 from .outdirs import OUTDIRS_MODULE
 from .placement import CHECKPOINT_MOUNT, GPU_RESOURCE, Placement, loads_models, placement, resumable
 from .pytorchjob import pytorchjob_manifest
@@ -206,7 +216,30 @@ def _gated(items: list[Item], ports: list[_Port]) -> list[Item]:
     return gate + [("--",)] + items
 
 
-def _importer_uri_problem(uri: Any) -> str | None:
+def store_bucket(uri: Any) -> tuple[str, str] | None:
+    """(scheme, bucket) of an object-store URI, None for anything else."""
+    text = str(uri)
+    prefix = next((p for p in OBJECT_STORE_PREFIXES if text.startswith(p)), None)
+    if prefix is None:
+        return None
+    return prefix, text[len(prefix):].partition("/")[0]
+
+
+def bucket_problem(uri: Any, pipeline_root: str = DEFAULT_KFP_PIPELINE_ROOT) -> str | None:
+    """Why KFP's launcher cannot read the object-store URI `uri` where artifacts live under `pipeline_root`.
+    The launcher hands the store's credentials only to the pipeline root's bucket; any other bucket is opened
+    without them: `blob.OpenBucket("minio://...")` has no driver (only gcsblob and s3blob are linked), and an
+    s3:// or gs:// one would need credentials in the pod's environment, which no compiled pod has
+    (launcher_v2.go fetchNonDefaultBuckets and objectstore/object_store.go OpenBucket, 2.14.0; 2.17.0 builds a
+    default AWS client that does not reach the in-cluster store)."""
+    found, root = store_bucket(uri), store_bucket(pipeline_root)
+    if found is None or root is None or found == root:
+        return None
+    return (f"it is not in the pipeline root's bucket ({pipeline_root}), and KFP's launcher opens any other bucket "
+            f"without the object store's credentials; put the data under {root[0]}{root[1]}/")
+
+
+def importer_uri_problem(uri: Any, pipeline_root: str = DEFAULT_KFP_PIPELINE_ROOT) -> str | None:
     text = str(uri)
     prefix = next((p for p in OBJECT_STORE_PREFIXES if text.startswith(p)), None)
     if prefix is None:
@@ -214,13 +247,18 @@ def _importer_uri_problem(uri: Any) -> str | None:
     bucket, _, key = text[len(prefix):].partition("/")
     if not bucket or not key:
         return f"expected {prefix}<bucket>/<path>"
-    return None
+    return bucket_problem(text, pipeline_root)
 
 
-def check_importable(graph: PipelineGraph) -> None:
-    """Every URI an importer would get at its compiled default must be one the backend can fetch; the error names
-    the file, line and field the value comes from (a parameter's `default`/`target_defaults`, a step input, or
-    --set)."""
+def _root_bucket(pipeline_root: str) -> str:
+    found = store_bucket(pipeline_root)
+    return f"{found[0]}{found[1]}" if found else "s3://<bucket>"
+
+
+def check_importable(graph: PipelineGraph, pipeline_root: str = DEFAULT_KFP_PIPELINE_ROOT) -> None:
+    """Every URI an importer would get at its compiled default must be one the backend can fetch from a cluster
+    whose artifacts live under `pipeline_root`; the error names the file, line and field the value comes from (a
+    parameter's `default`/`target_defaults`, a step input, or --set)."""
     pipeline = graph.pipeline
     problems: list[Problem] = []
     seen: set[Any] = set()
@@ -238,14 +276,14 @@ def check_importable(graph: PipelineGraph) -> None:
                     loc = ("params", binding.name)
                 field_name = f"params.{binding.name}" + ("" if len(loc) == 2 else "." + ".".join(loc[2:]))
                 origin = "" if len(loc) > 2 else f" (from --set {binding.name}=...)"
-                hint = (f"give it `target_defaults: {{kfp: s3://<bucket>/<path>}}` or --set {binding.name}=<URI> "
-                        f"at compile time")
+                hint = (f"give it `target_defaults: {{kfp: {_root_bucket(pipeline_root)}/<path>}}` or "
+                        f"--set {binding.name}=<URI> at compile time")
             else:
                 value = binding.value
                 loc = ("steps", node.name, "inputs", name)
                 field_name, origin = f"steps.{node.name}.inputs.{name}", ""
                 hint = "bind it to a pipeline parameter with an object-store URI for kfp"
-            problem = _importer_uri_problem(value)
+            problem = importer_uri_problem(value, pipeline_root)
             if problem and loc not in seen:
                 seen.add(loc)
                 problems.append(pipeline.source.problem(loc, f"{field_name}{origin}: '{value}' cannot be imported "
@@ -278,7 +316,7 @@ class _Builder:
         self.manifests: dict[str, dict[str, Any]] = {}
         self.placements = {name: placement(graph, graph.nodes[name]) for name in graph.order}
         self._fingerprints: dict[Any, Any] = {}
-        check_importable(graph)
+        check_importable(graph, options.kfp_pipeline_root)
         for name in graph.order:
             self.components[name] = self._component(graph.nodes[name])
 

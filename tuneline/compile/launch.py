@@ -469,9 +469,21 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - runs i
         return 2
     print(f"{body['kind']} {body['metadata']['name']}: {state}", file=sys.stderr)
     if state != "Succeeded":
-        return 1
+        return 1  # the stage folder stays for a retry; tuneline.compile.resume sweeps it when it has gone stale
     collect_outputs(args, spec)
+    remove_stage(args)
     return 0
+
+
+def remove_stage(args: LaunchArgs) -> None:
+    """The stage folder of a finished step, and its run's folder once no other step's stage is in it: nothing
+    else removes them from the shared volume."""
+    stage = stage_dir(args)
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        stage.parent.rmdir()
+    except OSError:
+        pass  # another step of the run still has its stage there
 
 
 def launcher_spec(args: LaunchArgs) -> ComponentSpec:

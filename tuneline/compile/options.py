@@ -22,6 +22,9 @@ HF_CACHE_DIR = "hf-cache"
 HF_SECRET_KEYS = ("HF_TOKEN",)
 DEFAULT_KFP_SERVICE_ACCOUNT = "tuneline-pipeline"  # k8s/kubeflow/ creates it; runs are submitted with it
 DEFAULT_AZUREML_COMPUTE = "cpu-cluster"
+# KFP's own default (backend/src/v2/config/env.go, 2.14.0 to 2.17.0); a cluster whose kfp-launcher ConfigMap sets
+# another `defaultPipelineRoot` compiles with that one (--kfp-pipeline-root), since imports must share its bucket.
+DEFAULT_KFP_PIPELINE_ROOT = "minio://mlpipeline/v2/artifacts"
 # Keys of the MLflow ConfigMap and Secret, each exposed under the same environment variable name.
 MLFLOW_CONFIG_KEYS = ("MLFLOW_TRACKING_URI",)
 MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
@@ -40,6 +43,7 @@ class CompileOptions:
     checkpoint_pvc: str = DEFAULT_CHECKPOINT_PVC
     hf_secret: str | None = None                 # Secret with HF_TOKEN for the steps that load a model
     azureml_compute: str = DEFAULT_AZUREML_COMPUTE  # for steps without an azureml compute profile
+    kfp_pipeline_root: str = DEFAULT_KFP_PIPELINE_ROOT  # where the cluster's KFP keeps artifacts
 
     def for_pipeline(self, spec_images: Images | None) -> CompileOptions:
         plan = resolve_images(spec_images, self.image_registry, self.image_tag, self.production,

@@ -26,23 +26,38 @@ before it exits where the platform waits for it (locally, Azure ML); on KFP the 
 exits on the same signal and the container ends with it, so there the last periodic checkpoint is what a retry
 finds (docs/kubeflow-versions.md, "Eviction and termination"). The wrapper runs the step as its child rather than
 exec-ing it, to copy the store afterwards.
+
+On the volume, two attempts with the same key (a retry whose predecessor is still stopping, or two runs started
+with the same inputs) would write one store at once: each holds an exclusive POSIX lock on `<root>/<key>.lock`
+while it runs, and the second waits for the first. A POSIX (fcntl) lock is what NFS and SMB mounts carry to the
+server (an Azure Files share mounted with `nobrl` keeps it on the node: then only pods on one node exclude each
+other). What a failed run leaves on the volume, a store nobody retried or a multi-node job's stage folder
+(tuneline.compile.launch), is removed by the next wrapper once nothing has written to it for
+`$TUNELINE_CHECKPOINT_MAX_AGE_DAYS` days (14 by default; 0 keeps everything) and no attempt holds its lock.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 RESUME_MODULE = "tuneline.compile.resume"
 ROOT_ENV = "TUNELINE_CHECKPOINT_ROOT"
+MAX_AGE_ENV = "TUNELINE_CHECKPOINT_MAX_AGE_DAYS"
+DEFAULT_MAX_AGE_DAYS = 14.0
+_KEY = re.compile(r"^[0-9a-f]{64}$")  # step_cache_key's sha256
+_HEARTBEAT = "launcher-heartbeat"  # tuneline.compile.watch.HEARTBEAT_FILE: a multi-node stage folder's marker
 
 
 def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
@@ -94,6 +109,77 @@ def rewrite(command: list[str], replacements: dict[str, str]) -> list[str]:
     return out
 
 
+@contextlib.contextmanager
+def store_lock(root: Path, key: str, blocking: bool = True) -> Iterator[bool]:
+    """Hold `<root>/<key>.lock` exclusively; yields False at once when `blocking` is off and another holds it."""
+    path = root / f"{key}.lock"
+    with open(path, "a") as fh:
+        try:
+            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            if not blocking:
+                yield False
+                return
+            print(f"resume: another attempt with the same inputs holds {path}; waiting for it to end", flush=True)
+            fcntl.lockf(fh, fcntl.LOCK_EX)
+        try:
+            yield True
+        finally:
+            fcntl.lockf(fh, fcntl.LOCK_UN)
+
+
+def _newest_write(path: Path) -> float:
+    newest = path.lstat().st_mtime
+    for folder, dirs, files in os.walk(path):
+        for name in dirs + files:
+            with contextlib.suppress(OSError):  # removed meanwhile
+                newest = max(newest, os.lstat(os.path.join(folder, name)).st_mtime)
+    return newest
+
+
+def sweep(root: Path, keep: str, max_age_days: float, now: float | None = None) -> list[Path]:
+    """Remove from `root` the stores (`<key>/`) and multi-node stage folders (`<run>/<step>/` with a launcher
+    heartbeat) nothing has written to for `max_age_days`, except `keep`'s and any whose lock is held; returns
+    what was removed. Anything else on the volume is left alone."""
+    if max_age_days <= 0 or not root.is_dir():
+        return []
+    cutoff = (time.time() if now is None else now) - max_age_days * 86400
+    removed = []
+    for entry in sorted(root.iterdir()):
+        if entry.is_dir() and not entry.is_symlink() and _KEY.match(entry.name) and entry.name != keep:
+            with store_lock(root, entry.name, blocking=False) as free:
+                if free and _newest_write(entry) < cutoff:
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry)
+            if entry in removed:
+                (root / f"{entry.name}.lock").unlink(missing_ok=True)
+        elif entry.is_dir() and not entry.is_symlink() and not _KEY.match(entry.name):
+            stale = [p for p in sorted(entry.iterdir()) if (p / _HEARTBEAT).is_file() and _newest_write(p) < cutoff]
+            for stage in stale:
+                shutil.rmtree(stage, ignore_errors=True)
+                removed.append(stage)
+            with contextlib.suppress(OSError):
+                if stale and not any(entry.iterdir()):
+                    entry.rmdir()
+        elif entry.suffix == ".lock" and _KEY.match(entry.stem) and entry.exists() and \
+                not (root / entry.stem).exists():
+            # what a finished store leaves: removed only when free, so a waiting attempt keeps its lock's file
+            with store_lock(root, entry.stem, blocking=False) as free, contextlib.suppress(OSError):
+                if free and entry.stat().st_mtime < cutoff:
+                    entry.unlink()
+    for path in removed:
+        print(f"resume: removed {path}: nothing written to it for {max_age_days:g} days", flush=True)
+    return removed
+
+
+def _max_age_days() -> float:
+    text = os.environ.get(MAX_AGE_ENV, "")
+    try:
+        return float(text) if text else DEFAULT_MAX_AGE_DAYS
+    except ValueError:
+        raise SystemExit(f"resume: ${MAX_AGE_ENV}={text!r} is not a number of days") from None
+
+
 def run(command: list[str]) -> int:
     """Run the step as a child, passing SIGTERM/SIGINT on; the exit status as a shell reports it."""
     child = subprocess.Popen(command)
@@ -137,28 +223,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     key = store_key(args.component, _pairs(args.value, "--value"), _pairs(args.artifact, "--artifact"))
     if args.in_output:
         stores = {name: Path(path) / key for name, path in outputs.items()}
-    else:
-        stores = {name: Path(args.root) / key / name for name in outputs}
-    for name, store in stores.items():
+        _make_stores(stores)
+        return _run_with_stores(command, outputs, stores, key, copy_back=False)
+    root = Path(args.root)
+    stores = {name: root / key / name for name in outputs}
+    _make_stores(stores)
+    sweep(root, key, _max_age_days())
+    with store_lock(root, key):
+        _make_stores(stores)  # again: an attempt that held the lock before may have finished and removed them
+        code = _run_with_stores(command, outputs, stores, key, copy_back=True)
+    if code != 0:
+        return code
+    folder = root / key
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+    return 0
+
+
+def _make_stores(stores: dict[str, Path]) -> None:
+    for store in stores.values():
         try:
             store.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SystemExit(f"resume: cannot create the checkpoint store {store} ({exc.strerror}): is the "
                              f"checkpoint volume mounted there and writable for this user?") from None
+
+
+def _run_with_stores(command: list[str], outputs: dict[str, str], stores: dict[str, Path], key: str,
+                     copy_back: bool) -> int:
+    """Run the step with each output's path replaced by its store; with `copy_back` (a store on the volume, not
+    inside its output) a successful step's store is copied into the output and removed."""
+    for name, store in stores.items():
         found = sorted(p.name for p in store.iterdir())
         print(f"resume: {name} -> {store} (key {key[:12]}; "
               f"{'from an earlier attempt: ' + ', '.join(found) if found else 'empty'})", flush=True)
     code = run(rewrite(command, {outputs[name]: str(store) for name, store in stores.items()}))
-    if code != 0:
-        return code
-    if args.in_output:
-        return 0  # each store is part of its output (Azure ML): it stays where the platform keeps it
+    if code != 0 or not copy_back:
+        return code  # a store inside its output (Azure ML) stays where the platform keeps it
     for name, store in stores.items():
         shutil.copytree(store, outputs[name], symlinks=True, dirs_exist_ok=True)
         shutil.rmtree(store)
-    folder = Path(args.root) / key
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
     return 0
 
 

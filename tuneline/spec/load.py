@@ -28,6 +28,7 @@ from .models import (
     Role,
     check_value,
     parse_cli_value,
+    quantity,
 )
 from .problems import Problem, SpecError
 from .yamlsafe import Loaded, load_yaml
@@ -325,6 +326,28 @@ def _compatible(source: IOType, target: IOType) -> bool:
     if source.is_folder and target.is_folder:
         return True
     return source == IOType.integer and target == IOType.number
+
+
+def _check_shared_memory(pipeline_spec: PipelineSpec, loaded: Loaded, components: dict[str, Component],
+                         problems: list[Problem]) -> None:
+    """A profile's `shm` must be below the memory limit of every step placed on it (the profile's `memory`, else
+    the component's `resources.memory`): a memory-backed emptyDir's pages are charged to the container's memory
+    cgroup (https://kubernetes.io/docs/concepts/storage/volumes/#emptydir), so a /dev/shm as large as the limit
+    leaves nothing for the process, which the kernel OOM-kills."""
+    for step_name, step in pipeline_spec.steps.items():
+        profile = pipeline_spec.compute.get(step.compute or "")
+        kf = profile.kubeflow if profile is not None else None
+        component = components.get(step_name)
+        if kf is None or not kf.shm or component is None:
+            continue
+        memory = kf.memory or component.spec.resources.memory
+        if memory and quantity(kf.shm) >= quantity(memory):
+            where = "its `memory`" if kf.memory else f"component {component.name}'s resources.memory"
+            problems.append(loaded.problem(
+                ("compute", step.compute, "kubeflow", "shm"),
+                f"shm {kf.shm} is not below the memory limit {memory} of step '{step_name}' ({where}): /dev/shm "
+                f"is memory-backed and counts against that limit, so the step would be OOM-killed; make shm "
+                f"smaller than the memory limit"))
 
 
 def _check_bindings(pipeline_spec: PipelineSpec, loaded: Loaded, components: dict[str, Component],
@@ -690,6 +713,7 @@ def load_pipeline(path: str | Path, overrides: dict[str, str] | None = None) -> 
         except SpecError as exc:
             problems.extend(exc.problems)
     bindings, conditions = _check_bindings(spec, loaded, components, problems)
+    _check_shared_memory(spec, loaded, components, problems)
     apply_input_overrides(spec, overrides or {}, loaded, components, bindings, problems)
     edges = {name: upstream_steps(bindings.get(name, {}), conditions.get(name)) & set(spec.steps)
              for name in spec.steps}

@@ -21,6 +21,17 @@ COMPILE_TARGETS = ("kfp", "azureml")
 CompileTarget = Literal["kfp", "azureml"]
 IDENT_PATTERN = r"^[a-z_][a-z0-9_]*$"  # inputs/outputs/params become CLI placeholders and KFP/Azure ML names
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
+_QUANTITY = re.compile(r"^([0-9.]+)([a-zA-Z]*)$")
+_UNITS = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+          "m": 1e-3}
+
+
+def quantity(text: Any) -> float:
+    """A Kubernetes quantity (`2`, `500m`, `16Gi`) as a number (cores or bytes)."""
+    match = _QUANTITY.match(str(text).strip())
+    if not match or match.group(2) not in _UNITS:
+        raise ValueError(f"not a Kubernetes quantity: {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
 # Command templates (Azure ML's syntax): `${{inputs.x}}` / `${{outputs.y}}`, and `$[[ ... ]]` around the parts
 # that apply only when the optional inputs inside are bound.
 PLACEHOLDER = re.compile(r"\$\{\{\s*(inputs|outputs)\.([a-zA-Z0-9_]+)\s*\}\}")
