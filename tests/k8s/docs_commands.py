@@ -122,6 +122,8 @@ def commands(text: str) -> list[Command]:
                     name, _, value = words[0].partition("=")
                     assigns[name] = value
                     words = words[1:]
+                if argv[0] == "read":  # `read -rsp PROMPT NAME`: NAME is set from what the user types
+                    assigns = {w: "" for w in argv[1:] if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", w)}
                 out.append(Command(argv=words if assigns else argv, line=line, block=index, heredoc=body,
                                    assigns=assigns))
     return out
