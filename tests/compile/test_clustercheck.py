@@ -175,8 +175,9 @@ def test_images_without_the_lock_or_outside_the_registry_are_refused(project, ca
     _edit(project / CRONJOB, "                - --images\n                - /etc/tuneline/images.yaml\n", "")
     assert _check() == 2
     err = capsys.readouterr().err
-    assert "CronJob tuneline/tuneline-retrain (k8s/overlays/prod):train: image tuneline/train-gpu:latest is not " \
-           "in the registry tunelineprod.azurecr.io/tuneline the overlay names" in err
+    assert "CronJob tuneline/tuneline-retrain (k8s/overlays/prod):train: image " \
+           "tunelineacr.azurecr.io/tuneline/train-gpu:0.1.0 is not in the registry tunelineprod.azurecr.io/tuneline " \
+           "the overlay names" in err
     patch = project / "k8s" / "overlays" / "prod" / "patches" / "images.yaml"
     _edit(patch, "registry: tunelineprod.azurecr.io/tuneline", "registry: docker.io/tuneline")
     assert _check() == 2
