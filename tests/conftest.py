@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,23 @@ def cli(capsys: pytest.CaptureFixture[str]):
         return code, out, err
 
     return call
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_process_uri():
+    """Restore MLflow's process-wide tracking URI after each test. A component run in-process (register,
+    evaluate, train) calls mlflow.set_tracking_uri for its own store, and MLflow prefers that global to
+    MLFLOW_TRACKING_URI from then on, also writing it into the environment: a later test's `MlflowClient()` then
+    read an earlier test's store ("Run with id=... not found", only in the full suite)."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if utils is not None:
+        utils._tracking_uri = None  # its value in a process that never called set_tracking_uri
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 # ----------------------------------------------------------------------------- hygiene guards
