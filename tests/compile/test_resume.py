@@ -116,12 +116,19 @@ def test_two_attempts_with_the_same_inputs_take_turns_on_one_store(toy, data, tm
     first = subprocess.Popen(_wrapped(data, root, tmp_path / "run-1"), cwd=toy, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     assert first.stdout.readline().startswith("resume: checkpoints -> ")  # it holds the lock now
-    second = subprocess.run(_wrapped(data, root, tmp_path / "run-2"), cwd=toy, capture_output=True, text=True,
-                            timeout=60)
+    # Stopped, it keeps holding it however long the second takes to start (its 1 s of work could otherwise end
+    # first on a busy machine, and the second would find the lock free).
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = subprocess.Popen(_wrapped(data, root, tmp_path / "run-2"), cwd=toy, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        waiting = second.stdout.readline()
+    finally:
+        first.send_signal(signal.SIGCONT)
     rest = first.stdout.read()
     assert first.wait(timeout=60) == 0, rest
-    assert second.returncode == 0, second.stdout + second.stderr
-    assert "another attempt with the same inputs holds" in second.stdout
+    assert "another attempt with the same inputs holds" in waiting, waiting
+    assert second.wait(timeout=60) == 0, waiting + second.stdout.read()
     for run in ("run-1", "run-2"):
         assert (tmp_path / run / "total").read_text() == f"{3 * 15}\n"
         assert sorted(p.name for p in (tmp_path / run / "checkpoints").iterdir()) == [
