@@ -232,11 +232,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     with store_lock(root, key):
         _make_stores(stores)  # again: an attempt that held the lock before may have finished and removed them
         code = _run_with_stores(command, outputs, stores, key, copy_back=True)
-    if code != 0:
-        return code
-    folder = root / key
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
+        if code != 0:
+            return code
+        # Under the lock, and only if still empty: an attempt waiting for the lock made its stores in this folder
+        # before it started to wait, and a check-then-rmdir outside the lock failed this finished step with
+        # "Directory not empty".
+        with contextlib.suppress(OSError):
+            (root / key).rmdir()
     return 0
 
 
