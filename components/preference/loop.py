@@ -115,9 +115,9 @@ class PreferenceLoop(Loop):
         _synchronize(self.acc.device)
         seconds = time.perf_counter() - t0
         keys = list(sums)
-        *reduced, stop = self._sum([sums[k] for k in keys] + [float(self.stop.requested)])
+        *reduced, stop = self._sum([sums[k] for k in keys] + [float(self.stop.received)])
         totals = dict(zip(keys, reduced, strict=True))
-        self.stop.requested = stop > 0  # every rank stops at the same step
+        self.stop.agree(stop)
         s = self.state
         s.global_step += 1
         s.step_in_epoch += 1

@@ -45,10 +45,20 @@ class Preempted(SystemExit):
 
 
 class StopFlag:
-    """Set by SIGTERM; checked at optimizer-step boundaries, where a consistent checkpoint can be taken."""
+    """SIGTERM, seen at optimizer-step boundaries, where a consistent checkpoint can be taken.
+
+    `received` is this process's own signal and is never cleared; `agreed` is what every rank concluded from
+    the same step's reduction. Keeping them apart matters: a signal that lands while the reduction is in
+    flight is not in this step's sum, and writing the sum back into one flag would drop it for good.
+    """
 
     def __init__(self) -> None:
-        self.requested = False
+        self.received = False
+        self.agreed = False
+
+    def agree(self, ranks_stopping: float) -> None:
+        """Every rank stops at the same step: the first step whose reduction saw a signal on any rank."""
+        self.agreed = ranks_stopping > 0
 
     def install(self):
         """Install the handler; returns the previous one so an in-process caller can restore it."""
@@ -56,7 +66,7 @@ class StopFlag:
 
     def _handle(self, signum, frame) -> None:  # noqa: ARG002
         print("SIGTERM received: checkpointing at the end of this step", flush=True)
-        self.requested = True
+        self.received = True
 
 
 @dataclass
@@ -145,8 +155,8 @@ class Loop:
         seconds = time.perf_counter() - t0
         real = sum(b.real_tokens for b in batches)
         padded = sum(b.padded_tokens for b in batches)
-        g_loss, g_real, g_padded, g_stop = self._sum([loss_sum, real, padded, float(self.stop.requested)])
-        self.stop.requested = g_stop > 0  # every rank stops at the same step
+        g_loss, g_real, g_padded, g_stop = self._sum([loss_sum, real, padded, float(self.stop.received)])
+        self.stop.agree(g_stop)
         s = self.state
         s.global_step += 1
         s.step_in_epoch += 1
@@ -288,7 +298,7 @@ class Loop:
                                     or (not c.eval_steps and epoch_end)):
                 self._after_eval(self.evaluate())
                 last_eval = s.global_step
-            if self.stop.requested:
+            if self.stop.agreed:
                 self.save_checkpoint()
                 raise Preempted()
             if c.save_steps and s.global_step % c.save_steps == 0 and s.global_step < self.plan.total_steps:

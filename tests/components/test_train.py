@@ -125,3 +125,22 @@ def test_without_mlflow_a_named_tracking_store_is_an_error_before_training(env, 
     assert main(argv) == 2
     assert "MLFLOW_TRACKING_URI is set but MLflow is not installed" in capsys.readouterr().err
     assert not (env["root"] / "nc").exists()
+
+
+def test_a_sigterm_during_the_step_reduction_is_kept_for_the_next_step():
+    import os
+    import signal
+
+    from components.train.loop import StopFlag
+
+    flag = StopFlag()
+    previous = flag.install()
+    try:
+        reduced = float(flag.received)  # this step's reduction, taken before the signal
+        os.kill(os.getpid(), signal.SIGTERM)  # the node drain lands while the reduction is in flight
+        flag.agree(reduced)
+        assert not flag.agreed  # no rank saw it in this step's sum, so no rank stops yet
+        flag.agree(float(flag.received))  # the next step's sum carries it
+        assert flag.agreed
+    finally:
+        signal.signal(signal.SIGTERM, previous)
