@@ -5,8 +5,11 @@ Run as: python -m components.evaluate --test DIR --model DIR --base-model smollm
         --passed-out FILE --metrics-out FILE --report-out FILE
 
 Metrics per model: perplexity on the reference answers, exact match, token F1, ROUGE-L, BLEU, chrF and, for
-JSON answers, JSON validity, schema validity and per-field accuracy. The gate expression is checked against
-the metric names before any model is loaded; ``passed`` is written as JSON text for ``when:`` conditions.
+JSON answers, JSON validity, schema validity and per-field accuracy. With a champion, the tuned model's win
+rate against it (``tuneline.ml.winrate``): each example judged by the gate metric on that example, or by an
+LLM judge (``--judge URL --judge-model NAME``, ``tuneline.ml.judge``), with a 95% interval, as
+``win_rate.<field>`` in the gates. The gate expression is checked against the metric names before any model is
+loaded; ``passed`` is written as JSON text for ``when:`` conditions.
 """
 
 from __future__ import annotations
@@ -77,6 +80,29 @@ def expressible(tokenizer, records, refs, max_seq_len: int):
     return [r for r, _ in kept], [ref for _, ref in kept], [{"id": r.id, "reason": r.reason} for r in rejected]
 
 
+def judge_against_champion(args, records, refs, schema, predictions: dict[str, list[str]]):
+    """The tuned model's win rate against the champion on these records."""
+    from tuneline.ml.metrics import direction, example_scores
+    from tuneline.ml.winrate import outcomes, win_rate
+
+    if args.judge == "metric":
+        metric = args.gate_metric.removeprefix("tuned.")
+        tuned = example_scores(metric, predictions["tuned"], refs, schema)
+        champion = example_scores(metric, predictions["champion"], refs, schema)
+        return win_rate(outcomes(tuned, champion, direction(metric) == "max"), judge=f"metric:{metric}")
+    from tuneline.ml.judge import Contest, LLMJudge
+
+    judge = LLMJudge(args.judge, args.judge_model)
+    contests = [Contest("\n".join(m["content"] for m in r.prompt if m["role"] == "user"), tuned, champion, ref)
+                for r, ref, tuned, champion in zip(records, refs, predictions["tuned"], predictions["champion"],
+                                                   strict=True)]
+    result = win_rate(judge.outcomes(contests), judge=judge.name)
+    if judge.unreadable:
+        print(f"warning: {judge.unreadable} of {2 * len(contests)} judge replies were not A, B or T (counted as "
+              "ties)", file=sys.stderr)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_component_args(__file__, argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -101,11 +127,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --gate-metric: '{gate_metric}' is not produced on {args.test} (available: {', '.join(names)})"
               "; choose one with --set gate_metric=... (e.g. rouge_l for free text)", file=sys.stderr)
         return 2
-    probe = {m: dict.fromkeys(names, 0.0) for m in ("base", "tuned", "champion")}
+    from tuneline.ml.winrate import FIELDS
+
+    probe = {m: dict.fromkeys(names, 0.0) for m in ("base", "tuned", "champion")} | {
+        "win_rate": dict.fromkeys(FIELDS, 0.0)}
     try:
         gate.evaluate(probe)
     except GateError as err:
         print(f"error: --gates: {err}", file=sys.stderr)
+        return 2
+    if args.champion_uri and args.judge == "metric":
+        from tuneline.ml.metrics import example_scores
+
+        try:  # the win rate judges each example by the gate metric: it must have a per-example score
+            example_scores(gate_metric, [], [], schema)
+        except ValueError as err:
+            print(f"error: --judge metric: {err}; choose another --gate-metric or an LLM judge", file=sys.stderr)
+            return 2
+    elif args.judge != "metric" and not args.judge_model:
+        print(f"error: --judge {args.judge}: name the model to ask with --judge-model", file=sys.stderr)
         return 2
 
     import torch
@@ -142,11 +182,24 @@ def main(argv: list[str] | None = None) -> int:
         results["champion"], predictions["champion"], timings["champion"] = score(
             champion, champion_tok, records, refs, schema, args, "champion", 2 * n, total)
 
-    gate_result = gate.evaluate(results)
+    contest = None
+    if args.champion_uri:
+        from tuneline.ml.judge import JudgeError
+
+        try:
+            contest = judge_against_champion(args, records, refs, schema, predictions)
+        except JudgeError as err:
+            print(f"error: --judge: {err}", file=sys.stderr)
+            return 1
+    gate_result = gate.evaluate({**results, **({"win_rate": contest.metrics()} if contest else {})})
     meta = {"n_examples": len(refs), "test_sha256": split.sha256, "base_model": args.base_model,
             "tuned_method": summary.get("method", "?"), "max_new_tokens": args.max_new_tokens}
     if quarantined:
         meta["quarantined"] = quarantined
+    if contest:
+        from dataclasses import asdict
+
+        meta["win_rate"] = asdict(contest)
     samples = [{"id": r.id, "reference": ref, **{m: predictions[m][i] for m in predictions}}
                for i, (r, ref) in enumerate(zip(records, refs, strict=True)) if i < args.samples]
     document = {
@@ -176,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(run_id=args.mlflow_run_id, experiment=args.experiment, run_name="evaluate")
     run.log_metrics({f"eval.{m}.{k}": v for m, values in results.items() for k, v in values.items()})
     run.log_metrics({"eval.passed": float(gate_result.passed)})
+    if contest:
+        run.log_metrics({f"eval.win_rate.{k}": v for k, v in contest.metrics().items()})
     run.set_tags({"tuneline.eval.gates": gate_result.expression, "tuneline.eval.passed": str(gate_result.passed)})
     run.log_artifact(args.metrics, "evaluation")
     run.log_artifact(args.report, "evaluation")
@@ -183,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gates {'passed' if gate_result.passed else 'failed'}: {gate_result.expression}")
     for model, values in results.items():
         print(f"{model}: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(values.items())))
+    if contest:
+        print(f"win rate against the champion: {contest.value:.3f} (95% CI {contest.lower:.3f}-{contest.upper:.3f}; "
+              f"{contest.wins} won, {contest.ties} tied, {contest.losses} lost; judge {contest.judge})")
     return 0
 
 

@@ -17,6 +17,14 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _win_rate(contest: dict | None) -> list[str]:
+    if not contest:
+        return []
+    return [f"- win rate against the champion: **{contest['value']:.3f}** (95% CI {contest['lower']:.3f}–"
+            f"{contest['upper']:.3f}; {contest['wins']} won, {contest['ties']} tied, {contest['losses']} lost of "
+            f"{contest['n']}; judge `{contest['judge']}`)"]
+
+
 def render(metrics: dict[str, dict[str, float]], gate: GateResult, samples: list[dict], meta: dict) -> str:
     models = list(metrics)
     names = sorted({name for m in metrics.values() for name in m})
@@ -27,6 +35,7 @@ def render(metrics: dict[str, dict[str, float]], gate: GateResult, samples: list
         f"- base model: `{meta['base_model']}`; tuned model: `{meta['tuned_method']}` fine-tune",
         f"- generation: greedy, max {meta['max_new_tokens']} new tokens",
         f"- **gates {'PASSED' if gate.passed else 'FAILED'}**: `{gate.expression}`",
+        *_win_rate(meta.get("win_rate")),
         "",
         "| metric | " + " | ".join(models) + " |",
         "|---|" + "---:|" * len(models),

@@ -52,6 +52,11 @@ def test_a_misspelt_gate_metric(user, project):
     rejected(user, path, "  gates:", r"unknown metric 'field_acuracy' at column 7; did you mean 'field_accuracy'")
 
 
+def test_a_misspelt_win_rate_field(user, project):
+    path = mistake(project, 'default: "tuned.{metric} {better} base.{metric}"', 'default: "win_rate.lowr > 0.5"')
+    rejected(user, path, "  gates:", r"unknown field 'win_rate.lowr' at column 10; did you mean 'lower'")
+
+
 def test_a_gate_with_a_wrong_operator(user, project):
     path = mistake(project, 'default: "tuned.{metric} {better} base.{metric}"', 'default: "tuned.{metric} >> 0.5"')
     rejected(user, path, "  gates:", r"operator '>>' at column \d+ is not allowed; use a comparison")

@@ -81,3 +81,35 @@ def test_bad_gates_fail_before_any_model_is_loaded(trained, capsys, gates, messa
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (out / "passed.json").exists()
+
+
+def test_win_rate_against_the_champion_decides_the_gate(trained):
+    # The champion is the tuned model itself: every example ties, so the win rate is 0.5 with no spread and a
+    # gate asking for a better model than the champion fails, while one asking for no worse passes.
+    code, out = _evaluate(trained, "winrate", "win_rate.lower > 0.5", "--champion-uri", str(trained["model"]),
+                          "--gate-metric", "field_accuracy", "--max-examples", "4")
+    assert code == 0
+    document = json.loads((out / "metrics.json").read_text())
+    contest = document["win_rate"]
+    assert contest["judge"] == "metric:field_accuracy"
+    assert (contest["n"], contest["ties"], contest["wins"], contest["losses"]) == (4, 4, 0, 0)
+    assert contest["value"] == contest["lower"] == contest["upper"] == 0.5
+    assert json.loads((out / "passed.json").read_text()) is False
+    assert "win rate against the champion: **0.500**" in (out / "report.md").read_text()
+    code, out = _evaluate(trained, "winrate-ok", "win_rate.value >= 0.5", "--champion-uri", str(trained["model"]),
+                          "--gate-metric", "field_accuracy", "--max-examples", "4")
+    assert code == 0 and json.loads((out / "passed.json").read_text()) is True
+
+
+def test_win_rate_gate_holds_without_a_champion(trained):
+    code, out = _evaluate(trained, "first", "win_rate.lower > 0.5", "--max-examples", "2")
+    assert code == 0 and json.loads((out / "passed.json").read_text()) is True
+    assert "win_rate" not in json.loads((out / "metrics.json").read_text())
+
+
+def test_a_judge_url_needs_a_model_and_perplexity_cannot_judge_examples(trained, capsys):
+    code, _ = _evaluate(trained, "nojudgemodel", "tuned.exact_match >= 0", "--judge", "http://127.0.0.1:9/v1")
+    assert code == 2 and "--judge-model" in capsys.readouterr().err
+    code, _ = _evaluate(trained, "ppl", "tuned.perplexity > 0", "--champion-uri", str(trained["model"]),
+                        "--gate-metric", "perplexity")
+    assert code == 2 and "'perplexity' has no per-example score" in capsys.readouterr().err

@@ -458,3 +458,29 @@ def test_failing_canary_is_rolled_back_and_a_healthy_one_promoted(serve_venv, ti
         assert not process.is_alive(ServeState.load(state_dir).servers.get(first.slot, first.server).ref)
     finally:
         stop_all(state_dir)
+
+
+def test_an_llm_judge_asks_twice_per_example_with_the_positions_swapped(deployed) -> None:
+    """The win-rate judge against a real OpenAI-compatible endpoint: this one, whose request log shows what the
+    judge sent (a tiny random model's verdicts are noise; the order of the answers in each request is not)."""
+    import time
+
+    from tuneline.ml.judge import Contest, JudgeError, LLMJudge
+
+    state_dir, result = deployed
+    token = load_token(Path(result.token_file))
+    log = state_dir / "feedback" / "requests.jsonl"
+    before = len(log.read_text().splitlines()) if log.exists() else 0
+    judge = LLMJudge(f"{result.proxy_url}/v1", "tuneline-llm", token=token)
+    contest = Contest("Is the printer offline?", "CANDIDATE says yes", "CHAMPION says no", reference="yes")
+    assert judge.outcome(contest) in (0.0, 0.5, 1.0)
+    deadline = time.monotonic() + 10
+    while len(log.read_text().splitlines()) < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    sent = [json.loads(line)["messages"] for line in log.read_text().splitlines()[before:]]
+    assert len(sent) == 2 and all(m[0]["role"] == "system" for m in sent)
+    first, second = (m[-1]["content"] for m in sent)
+    assert first.index("CANDIDATE") < first.index("CHAMPION") and "Reference answer:\nyes" in first
+    assert second.index("CHAMPION") < second.index("CANDIDATE")
+    with pytest.raises(JudgeError, match=r"HTTP 401; set \$TUNELINE_JUDGE_TOKEN"):
+        LLMJudge(f"{result.proxy_url}/v1", "tuneline-llm", token="").outcome(contest)

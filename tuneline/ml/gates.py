@@ -11,6 +11,11 @@ so ``tuned.{metric} {better} base.{metric}`` holds whichever metric a pipeline's
 
 A model that is known but absent from this evaluation (``champion`` before any model was promoted)
 makes every comparison that refers to it true: there is nothing to beat yet.
+
+``win_rate`` is not a model but the candidate's contest with the champion, judged per example
+(``tuneline.ml.winrate``): ``win_rate.value``, ``.lower`` and ``.upper`` (its 95% interval), ``.wins``,
+``.ties``, ``.losses`` and ``.n``. Without a champion it is absent like the champion, so
+``win_rate.lower > 0.5`` holds for a first model.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import ast
 import operator
 from dataclasses import dataclass
 
-KNOWN_MODELS = ("base", "tuned", "champion")
+KNOWN_MODELS = ("base", "tuned", "champion", "win_rate")
 
 
 def expand(template: str, metric: str) -> str:

@@ -7,6 +7,10 @@
 - JSON answers (computed when references parse as JSON objects): ``json_valid`` (prediction parses as an
   object), ``schema_valid`` (it also satisfies the JSON schema, when one is given), ``field_accuracy``
   (share of reference fields whose value the prediction reproduces) and ``field_acc_<name>`` per field.
+
+``example_scores`` scores each example alone, for judging two models example by example (win rate): the same
+definitions per example, with sentence BLEU/chrF for the corpus ones and a field share per answer.
+Perplexity has no per-example score here.
 """
 
 from __future__ import annotations
@@ -130,3 +134,48 @@ def all_metrics(preds: Sequence[str], refs: Sequence[str], schema: dict | None =
     if len(preds) != len(refs):
         raise ValueError(f"{len(preds)} predictions for {len(refs)} references")
     return {**text_metrics(preds, refs), **json_metrics(preds, refs, schema)}
+
+
+def example_scores(metric: str, preds: Sequence[str], refs: Sequence[str], schema: dict | None = None) -> list[float]:
+    """``metric`` for each (prediction, reference) on its own; ValueError for a metric that has none."""
+    import sacrebleu
+
+    if len(preds) != len(refs):
+        raise ValueError(f"{len(preds)} predictions for {len(refs)} references")
+    name = metric.removeprefix("tuned.")
+    pairs = list(zip(preds, refs, strict=True))
+    if name == "exact_match":
+        return [exact_match(p, r) for p, r in pairs]
+    if name == "token_f1":
+        return [token_f1(p, r) for p, r in pairs]
+    if name == "rouge_l":
+        from rouge_score import rouge_scorer
+
+        scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+        return [scorer.score(r, p)["rougeL"].fmeasure for p, r in pairs]
+    if name == "bleu":
+        return [sacrebleu.sentence_bleu(p, [r]).score / 100 for p, r in pairs]
+    if name == "chrf":
+        return [sacrebleu.sentence_chrf(p, [r]).score / 100 for p, r in pairs]
+    if name in ("json_valid", "schema_valid", "field_accuracy") or name.startswith(FIELD_METRIC_PREFIX):
+        return [_json_example(name, parse_json_object(p), parse_json_object(r), schema) for p, r in pairs]
+    raise ValueError(f"'{name}' has no per-example score (one of {', '.join((*TEXT_METRICS, *JSON_METRICS))}, "
+                     f"{FIELD_METRIC_PREFIX}<field>)")
+
+
+def _json_example(name: str, pred: dict | None, ref: dict | None, schema: dict | None) -> float:
+    if ref is None:
+        raise ValueError(f"'{name}' needs JSON object references")
+    if name == "json_valid":
+        return float(pred is not None)
+    if name == "schema_valid":
+        if schema is None:
+            raise ValueError("'schema_valid' needs a JSON schema")
+        import jsonschema
+
+        return float(pred is not None and jsonschema.Draft202012Validator(schema).is_valid(pred))
+    keys = list(ref) if name == "field_accuracy" else [name.removeprefix(FIELD_METRIC_PREFIX)]
+    keys = [k for k in keys if k in ref]
+    if not keys:
+        return 1.0  # nothing to reproduce in this answer: both models tie on it
+    return _mean([float(pred is not None and pred.get(k) == ref[k]) for k in keys])

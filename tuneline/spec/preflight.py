@@ -60,7 +60,15 @@ def gate_problem(expression: str) -> str | None:
         gate = Gate(expression)
     except GateError as err:
         return f"{err}"
-    for _model, metric in sorted(gate.references):
+    from tuneline.ml.winrate import FIELDS
+
+    for model, metric in sorted(gate.references):
+        if model == "win_rate":
+            if metric not in FIELDS:
+                column = expression.find(f"win_rate.{metric}") + len("win_rate.") + 1
+                return (f"gate {expression!r}: unknown field 'win_rate.{metric}' at column {column}"
+                        f"{_suggest(metric, list(FIELDS))} (win_rate has {', '.join(FIELDS)})")
+            continue
         reason = unknown_metric(metric)
         if reason:
             column = expression.find(f".{metric}") + 2
