@@ -1,7 +1,7 @@
 """Preference optimisation: DPO on chosen/rejected pairs or KTO on labelled records, LoRA or full, resumable.
 
 Run as: python -m components.preference --train DIR [--validation DIR] [--test DIR] --base-model NAME
-        [--sft-model DIR] --loss dpo --method lora --model-out DIR --checkpoints DIR --mlflow-run-id-out FILE
+        [--sft-model DIR | --sft-model-uri models:/NAME@champion] --loss dpo --method lora --model-out DIR --checkpoints DIR --mlflow-run-id-out FILE
 
 A component of its own rather than a method of ``train``: its inputs differ (a preference split instead of chat
 records, beta, the loss, a reference model, the SFT model to start from), its outputs carry different figures
@@ -19,6 +19,7 @@ given, on --test (``test_*``), and how often the reference itself prefers the ch
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -69,6 +70,16 @@ def _read(config, log):
     return train, held_out
 
 
+def _fetch_start(uri: str):
+    """The registered model to start from, downloaded (``registry.fetch_model``); its train-step folder."""
+    import tempfile
+    from pathlib import Path
+
+    from tuneline import registry
+
+    return registry.fetch_model(uri, Path(tempfile.mkdtemp(prefix="tuneline-start-"))).model_dir
+
+
 def _main(config) -> int:
     started = time.time()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -85,6 +96,16 @@ def _main(config) -> int:
     except (DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if config.sft_model_uri:
+        if config.sft_model is not None:
+            print("error: give --sft-model or --sft-model-uri, not both", file=sys.stderr)
+            return 2
+        try:
+            config = dataclasses.replace(config, sft_model=_fetch_start(config.sft_model_uri))
+        except (LookupError, ValueError, FileNotFoundError) as err:
+            print(f"error: --sft-model-uri: {err}", file=sys.stderr)
+            return 2
+        print(f"starting from {config.sft_model_uri}", flush=True)
 
     import torch
     from accelerate import Accelerator
@@ -179,7 +200,7 @@ def _main(config) -> int:
     summary = {
         "base_model": base_model,
         "method": "full" if merged else config.method,
-        "preference": {"loss": config.loss, "beta": config.beta, "start": start,
+        "preference": {"loss": config.loss, "beta": config.beta, "start": config.sft_model_uri or start,
                        "adapter_merged_into_sft_model": merged},
         "hyperparameters": hyperparameters(config),
         "data": {"kind": train_split.kind, "train_sha256": train_split.sha256, "n_train": len(train),

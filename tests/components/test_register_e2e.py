@@ -170,3 +170,29 @@ def test_parallel_registrations_get_distinct_versions(home: Path, tmp_path: Path
     # Whatever the order, the champion is the best of the four (tuned 0.5, registered by process 3).
     champion = client.get_model_version_by_alias("tuneline-llm", "champion")
     assert champion.tags["tuneline.metric.tuned.exact_match"] == "0.5"
+
+
+def test_the_preference_step_starts_from_the_registered_champion(home: Path, tmp_path: Path):
+    """The feedback loop's start: the champion, by alias, downloaded from the registry into the preference step."""
+    from tests.support.preference import write_preference_splits
+
+    env = step_env(home)
+    adapter = make_adapter(tmp_path / "model", seed=1)
+    assert run_register(adapter, make_metrics(tmp_path / "m.json", tuned=0.5), tmp_path / "o", env)["promoted"]
+    pairs = write_preference_splits(tmp_path / "pairs", "pairs")
+    out = tmp_path / "dpo"
+    result = subprocess.run(
+        [sys.executable, "-m", "components.preference", "--train", str(pairs["train"]), "--base-model",
+         "tiny-random-llama", "--sft-model-uri", "models:/tuneline-llm@champion", "--model-out", str(out / "model"),
+         "--checkpoints", str(out / "ckpt"), "--mlflow-run-id-out", str(out / "run_id.json"), "--max-steps", "2",
+         "--per-device-batch", "4", "--save-steps", "0"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads((out / "model" / "training_summary.json").read_text())
+    assert summary["preference"]["start"] == "models:/tuneline-llm@champion"
+    assert summary["method"] == "full" and summary["base_model"] == "tiny-random-llama"
+    missing = subprocess.run(
+        [sys.executable, "-m", "components.preference", "--train", str(pairs["train"]), "--sft-model-uri",
+         "models:/tuneline-llm@nosuchalias", "--model-out", str(out / "m2"), "--checkpoints", str(out / "c2"),
+         "--mlflow-run-id-out", str(out / "r2.json")], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "has no version with alias 'nosuchalias'" in missing.stderr
