@@ -1,7 +1,8 @@
 """Preference optimisation: DPO on chosen/rejected pairs or KTO on labelled records, LoRA or full, resumable.
 
 Run as: python -m components.preference --train DIR [--validation DIR] [--test DIR] --base-model NAME
-        [--sft-model DIR | --sft-model-uri models:/NAME@champion] --loss dpo --method lora --model-out DIR --checkpoints DIR --mlflow-run-id-out FILE
+        [--sft-model DIR | --sft-model-uri models:/NAME@champion] --loss dpo --method lora --model-out DIR
+        --checkpoints DIR --mlflow-run-id-out FILE
 
 A component of its own rather than a method of ``train``: its inputs differ (a preference split instead of chat
 records, beta, the loss, a reference model, the SFT model to start from), its outputs carry different figures
