@@ -143,18 +143,21 @@ def test_k4_resumable_steps_mount_the_checkpoint_pvc_and_get_the_run_id_from_the
 def test_k5_k7_gpu_train_step_asks_for_its_gpu_tolerates_spot_and_retries(ir):
     """kfp.local warns resources away and retries in-process; on the backend they place and restart the pod."""
     path, spec, platform = ir
-    pipeline = load_pipeline(path)
+    graph = build_graph(load_pipeline(path))
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    train = _tasks(spec)["train"]
-    container = _executor(spec, train)["container"]
-    k8s = executors[_component(spec, train)["executorLabel"]]
-    assert train["retryPolicy"]["maxRetryCount"] == pipeline.spec.steps["train"].retries
-    if "accelerator" in container.get("resources", {}):
-        assert container["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
-        assert ("kubernetes.azure.com/scalesetpriority", "spot") in {(t["key"], t.get("value"))
-                                                                     for t in k8s["tolerations"]}
-    else:  # a multi-node step: the launcher pod waits; the job's pods carry the GPUs
-        assert "tuneline.compile.launch" in container["command"]
+    trainers = [n for n in graph.nodes.values() if n.component.spec.role == "train"]
+    assert trainers, "every shipped pipeline trains"
+    for node in trainers:
+        task = _tasks(spec)[node.name.replace("_", "-")]
+        container = _executor(spec, task)["container"]
+        k8s = executors[_component(spec, task)["executorLabel"]]
+        assert task["retryPolicy"]["maxRetryCount"] == node.retries, node.name
+        if "accelerator" in container.get("resources", {}):
+            assert container["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+            assert ("kubernetes.azure.com/scalesetpriority", "spot") in {(t["key"], t.get("value"))
+                                                                         for t in k8s["tolerations"]}
+        else:  # a multi-node step: the launcher pod waits; the job's pods carry the GPUs
+            assert "tuneline.compile.launch" in container["command"]
 
 
 def test_k6_caching_is_on_for_cacheable_steps_and_off_for_live_state(ir):
