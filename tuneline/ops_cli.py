@@ -4,6 +4,7 @@ Run as: tuneline trigger check pipelines/finetune.yaml [--run | --submit kfp|azu
         tuneline trigger azureml-schedule pipelines/finetune.yaml --out build/azureml/retrain-check
         tuneline feedback rate REQUEST_ID 5
         tuneline feedback export --min-rating 4 --out data/feedback.jsonl
+        tuneline feedback export --kind pairs|kto --out data/preference.jsonl
         tuneline cost pipelines/finetune.yaml --target azureml [--spot] [--sku Standard_NC24ads_A100_v4]
 
 `trigger check` exit codes: 0 no retrain needed; 10 retrain needed (with --run: the run started and
@@ -210,11 +211,11 @@ def cmd_feedback_rate(args: argparse.Namespace) -> int:
 
     _, ratings = _feedback_paths(args)
     try:
-        RatingStore(ratings).rate(args.request_id, args.rating, args.comment)
+        RatingStore(ratings).rate(args.request_id, args.rating, args.comment, correction=args.correction)
     except FeedbackError as exc:
         print(f"tuneline feedback rate: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    print(f"rated {args.request_id}: {args.rating} ({ratings})")
+    print(f"rated {args.request_id}: {args.rating}{' with a correction' if args.correction else ''} ({ratings})")
     return 0
 
 
@@ -223,14 +224,21 @@ def cmd_feedback_export(args: argparse.Namespace) -> int:
 
     log, ratings = _feedback_paths(args)
     try:
-        result = export(log, ratings, args.out, min_rating=args.min_rating, system=args.system)
+        result = export(log, ratings, args.out, min_rating=args.min_rating, system=args.system, kind=args.kind,
+                        max_bad_rating=args.max_bad_rating, min_gap=args.min_gap)
     except FeedbackError as exc:
         print(f"tuneline feedback export: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    what, rule, usable = {
+        "sft": ("chat records", f"rating >= {args.min_rating}", "high ratings"),
+        "pairs": ("preference pairs", f"ratings at least {args.min_gap} apart, or a correction", "ratings"),
+        "kto": ("kto records", f"desirable: rating >= {args.min_rating}, undesirable: rating <= "
+                               f"{args.max_bad_rating}", "usable ratings"),
+    }[result.kind]
+    by = f" = {' + '.join(f'{n} {source}' for source, n in result.written_by.items())}" if result.written_by else ""
     print(
-        f"wrote {result.written} chat records to {args.out} (rating >= {args.min_rating}; "
-        f"{result.logged} logged "
-        f"requests, {result.rated} rated, {result.unmatched_ratings} high ratings no longer in the log)"
+        f"wrote {result.written} {what}{by} to {args.out} ({rule}; {result.logged} logged "
+        f"requests, {result.rated} rated, {result.unmatched_ratings} {usable} no longer in the log)"
     )
     if result.dropped:
         print("dropped: " + ", ".join(f"{reason} {count}" for reason, count in sorted(result.dropped.items())))
@@ -402,7 +410,7 @@ def _add_feedback(subparsers) -> None:
     fb_sub = feedback.add_subparsers(dest="feedback_command", required=True)
     for name, helptext in (
         ("rate", "rate a logged request 1-5"),
-        ("export", "write highly rated interactions as chat JSONL"),
+        ("export", "write rated interactions as chat, preference-pair or KTO JSONL"),
     ):
         p = fb_sub.add_parser(name, help=helptext)
         p.add_argument(
@@ -418,16 +426,28 @@ def _add_feedback(subparsers) -> None:
             p.add_argument("request_id", help="the id the request log gave the request")
             p.add_argument("rating", type=int, choices=range(1, 6), help="1 (bad) to 5 (excellent)")
             p.add_argument("--comment", default="", help="free text kept with the rating")
+            p.add_argument("--correction", default="",
+                           help="the answer that should have been served: exported as the preferred answer "
+                                "(--kind pairs: against the served one; --kind kto: a desirable record)")
             p.set_defaults(handler=cmd_feedback_rate)
         else:
+            p.add_argument("--kind", choices=("sft", "pairs", "kto"), default="sft",
+                           help="sft: well-rated answers as chat records; pairs: preference pairs (two answers "
+                                "to one conversation rated apart, or a correction against the served "
+                                "answer); kto: answers labelled good or bad (default: %(default)s)")
             p.add_argument(
                 "--min-rating",
                 type=int,
                 default=4,
                 choices=range(1, 6),
-                help="lowest rating exported (default: %(default)s)",
+                help="lowest rating exported (sft), lowest rating labelled desirable (kto) (default: %(default)s)",
             )
-            p.add_argument("--out", required=True, help="chat JSONL file to write")
+            p.add_argument("--max-bad-rating", type=int, default=2, choices=range(1, 6),
+                           help="highest rating labelled undesirable (kto) (default: %(default)s)")
+            p.add_argument("--min-gap", type=int, default=1, choices=range(1, 5),
+                           help="smallest rating gap between the chosen and the rejected answer (pairs) "
+                                "(default: %(default)s)")
+            p.add_argument("--out", required=True, help="JSONL file to write (replaced whole)")
             p.add_argument(
                 "--system",
                 default=None,

@@ -134,6 +134,41 @@ def test_only_a_served_request_is_rated_once_by_its_token(tmp_path: Path, monkey
     assert oct(ratings_file.parent.stat().st_mode & 0o777) == "0o700"
 
 
+def test_a_rating_through_the_endpoint_carries_a_correction_that_exports_as_a_pair(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    from tuneline.feedback import MAX_CORRECTION_CHARS, RequestLogger, export, token_digest
+
+    log = tmp_path / "feedback" / "requests.jsonl"
+    monkeypatch.setenv("TUNELINE_REQUEST_LOG", str(log))
+    token = ensure_token(tmp_path, announce=False)
+    served = RequestLogger(log).log("my card was charged twice", '{"category": "hardware"}', by=token_digest(token))
+    theirs = RequestLogger(log).log("their ticket", "answer", by=token_digest("an older token"))
+
+    def rate(body: dict) -> tuple[int, dict]:
+        status, _, data = _request(port, "POST", "/v1/feedback", json.dumps(body).encode(), token=token)
+        return status, json.loads(data)
+
+    with running_proxy(tmp_path, token) as port:
+        for bad, message in ((3, "field 'correction' must be a string"), (None, "field 'correction' must be a string"),
+                             ("x" * (MAX_CORRECTION_CHARS + 1), f"at most {MAX_CORRECTION_CHARS} characters"),
+                             (" ", "correction is blank")):
+            status, body = rate({"request_id": served, "rating": 1, "correction": bad})
+            assert status == 400 and message in body["error"], (bad, body)
+        # Another token's request stays closed, correction or not.
+        assert rate({"request_id": theirs, "rating": 1, "correction": "my own text"})[0] == 403
+        status, body = rate({"request_id": served, "rating": 2,
+                             "correction": '{"category": "billing"} call 555 123 4567'})
+        assert (status, body) == (200, {"rated": served, "rating": 2, "corrected": True})
+        assert rate({"request_id": served, "rating": 5, "correction": "changed my mind"})[0] == 409
+    ratings_file = tmp_path / "feedback" / "ratings.jsonl"
+    assert "555 123 4567" not in ratings_file.read_text()
+    result = export(log, ratings_file, tmp_path / "pairs.jsonl", kind="pairs")
+    rows = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows] == [
+        ('{"category": "billing"} call <PHONE>', '{"category": "hardware"}')]
+    assert result.dropped == {"not rated": 1}
+
+
 def test_feedback_route_is_off_without_request_logging(proxy) -> None:
     port, token, _ = proxy
     status, _, body = _request(port, "POST", "/v1/feedback", b'{"request_id": "x", "rating": 4}', token=token)

@@ -6,7 +6,8 @@ a listen backlog of `backlog` connections, keep-alive to clients, no thread per 
 - `/v2/health/live`, `/v2/health/ready`: open, for probes (forwarded to the current version's Triton).
 - `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`: the OpenAI API (`openai_api`).
 - `POST /v1/generate` `{"prompt": str | [str], "max_new_tokens"?}` -> `{"model", "text", "usage"}`.
-- `POST /v1/feedback` `{"request_id", "rating": 1-5, "comment"?}`: a rating for `tuneline feedback export`.
+- `POST /v1/feedback` `{"request_id", "rating": 1-5, "comment"?, "correction"?}`: a rating (and the answer
+  that should have been served) for `tuneline feedback export`.
 - `GET /v1/stats`: admission counters, per-version requests / errors / p50 / p95, the last canary decision.
 - KServe v2 routes as they are: server metadata `/v2`, model metadata, config, ready, stats, `/infer` and
   Triton's `/generate`. Anything else (repository control, logging, tracing, shared memory) is 404 so that

@@ -1,9 +1,12 @@
 """The endpoint's side of the feedback loop: which requests it served, to whom, and one rating for each.
 
-`POST /v1/feedback {"request_id", "rating": 1-5, "comment"?}` is accepted only for a request this endpoint
-logged (404 otherwise), by the token that made it (403), once (409), with a comment of at most
-`feedback.MAX_COMMENT_CHARS` characters (400), redacted like the request log. What it rates is the answer
-the server logged for that id: a client cannot rate text of its own making.
+`POST /v1/feedback {"request_id", "rating": 1-5, "comment"?, "correction"?}` is accepted only for a request
+this endpoint logged (404 otherwise), by the token that made it (403), once (409), with a comment of at most
+`feedback.MAX_COMMENT_CHARS` characters and a correction (the answer that should have been served) of at
+most `feedback.MAX_CORRECTION_CHARS` (400), both redacted like the request log. What it rates is the answer
+the server logged for that id: a client cannot rate text of its own making. A correction is the client's
+own text by design; it is only ever exported as the preferred answer against the logged one, for the
+conversation the server logged.
 
 The served ids live in a bounded index (`max_index`, newest kept), rebuilt from the request log the first
 time a proxy process rates against it, so a restart does not forget what was served.
@@ -72,13 +75,16 @@ class FeedbackDesk:
         comment = req.get("comment", "")
         if not isinstance(comment, str):
             raise ApiError("field 'comment' must be a string")
+        correction = req.get("correction", "")
+        if not isinstance(correction, str):
+            raise ApiError("field 'correction' must be a string: the answer that should have been served")
         path = logger.path.with_name(RATINGS_FILE)
         with self._lock:
             store = self._stores.setdefault(path, RatingStore(path))
         try:
-            store.rate(request_id, req.get("rating"), comment, once=True, by=by)
+            store.rate(request_id, req.get("rating"), comment, once=True, by=by, correction=correction)
         except AlreadyRated as exc:
             raise ApiError(str(exc), status=409) from None
         except FeedbackError as exc:
             raise ApiError(str(exc)) from None
-        return {"rated": request_id, "rating": req["rating"]}
+        return {"rated": request_id, "rating": req["rating"], **({"corrected": True} if correction else {})}
