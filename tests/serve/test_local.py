@@ -484,3 +484,26 @@ def test_an_llm_judge_asks_twice_per_example_with_the_positions_swapped(deployed
     assert second.index("CHAMPION") < second.index("CANDIDATE")
     with pytest.raises(JudgeError, match=r"HTTP 401; set \$TUNELINE_JUDGE_TOKEN"):
         LLMJudge(f"{result.proxy_url}/v1", "tuneline-llm", token="").outcome(contest)
+
+
+def test_an_openai_answer_is_rated_by_its_id(deployed) -> None:
+    """The feedback loop through the OpenAI API: the answer's `id` is the request id /v1/feedback takes."""
+    import openai
+
+    state_dir, result = deployed
+    token = load_token(Path(result.token_file))
+    client = openai.OpenAI(base_url=f"{result.proxy_url}/v1", api_key=token, max_retries=0)
+    chat = client.chat.completions.create(model="tuneline-llm", max_tokens=4,
+                                          messages=[{"role": "user", "content": "My invoice is wrong"}])
+    assert _post(f"{result.proxy_url}/v1/feedback", {"request_id": chat.id, "rating": 2, "correction": "{}"},
+                 token) == (200, {"rated": chat.id, "rating": 2, "corrected": True})
+    done = client.completions.create(model="tuneline-llm", prompt=["The printer", "My invoice"], max_tokens=2)
+    assert _post(f"{result.proxy_url}/v1/feedback", {"request_id": f"{done.id}-1", "rating": 4}, token)[0] == 200
+    stream = client.chat.completions.create(model="tuneline-llm", max_tokens=3, stream=True,
+                                            messages=[{"role": "user", "content": "Reset my password"}])
+    streamed_id = next(iter(stream)).id
+    for _ in stream:
+        pass
+    assert _post(f"{result.proxy_url}/v1/feedback", {"request_id": streamed_id, "rating": 5}, token)[0] == 200
+    logged = {json.loads(line)["id"] for line in (state_dir / "feedback" / "requests.jsonl").read_text().splitlines()}
+    assert {chat.id, f"{done.id}-0", f"{done.id}-1", streamed_id} <= logged

@@ -7,7 +7,8 @@ a listen backlog of `backlog` connections, keep-alive to clients, no thread per 
 - `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`: the OpenAI API (`openai_api`).
 - `POST /v1/generate` `{"prompt": str | [str], "max_new_tokens"?}` -> `{"model", "text", "usage"}`.
 - `POST /v1/feedback` `{"request_id", "rating": 1-5, "comment"?, "correction"?}`: a rating (and the answer
-  that should have been served) for `tuneline feedback export`.
+  that should have been served) for `tuneline feedback export`. The request id is `/v1/generate`'s
+  `request_id`, or an OpenAI answer's `id` (`<id>-<i>` for prompt i of a multi-prompt completion).
 - `GET /v1/stats`: admission counters, per-version requests / errors / p50 / p95, the last canary decision.
 - KServe v2 routes as they are: server metadata `/v2`, model metadata, config, ready, stats, `/infer` and
   Triton's `/generate`. Anything else (repository control, logging, tracing, shared memory) is 404 so that
@@ -607,13 +608,18 @@ def build_app(proxy: Proxy):
 
         return await _until_disconnect(request, proxy.routed(request, call, deadline))
 
-    def log(routes: Routes | None, backend: Upstream, prompts: list, texts: list[str], started: float) -> list[str]:
+    def log(routes: Routes | None, backend: Upstream, prompts: list, texts: list[str], started: float,
+            answer_id: str | None = None) -> list[str]:
+        """Log each answered prompt; `answer_id` (an OpenAI answer's `id`) becomes the request id, with `-<i>`
+        per prompt when there are several, so the client that holds the answer can rate it."""
         logger = proxy.logger(routes)
         if logger is None:
             return []
         latency = round((time.monotonic() - started) * 1000, 1)
-        ids = [logger.log(p, t, model=backend.model, latency_ms=latency, by=proxy.by)
-               for p, t in zip(prompts, texts, strict=True)]
+        wanted = [None] * len(prompts) if answer_id is None else [answer_id] if len(prompts) == 1 else [
+            f"{answer_id}-{i}" for i in range(len(prompts))]
+        ids = [logger.log(p, t, model=backend.model, latency_ms=latency, by=proxy.by, request_id=rid)
+               for p, t, rid in zip(prompts, texts, wanted, strict=True)]
         for request_id in ids:
             proxy.desk.served(logger, request_id, proxy.by)
         return ids
@@ -647,8 +653,9 @@ def build_app(proxy: Proxy):
         if gen.stream:
             return await streamed(request, gen, routes, started)
         result, backend = await generate(request, gen)
-        log(routes, backend, gen.log_prompts, result.texts, started)
-        return JSONResponse(response(gen, result, backend.model))
+        answer = response(gen, result, backend.model)
+        log(routes, backend, gen.log_prompts, result.texts, started, answer["id"])
+        return JSONResponse(answer)
 
     class HeldStream(StreamingResponse):
         """A streamed answer that closes `hold` (admission slot, upstream streams) however it ends: all sent,
@@ -737,7 +744,7 @@ def build_app(proxy: Proxy):
                     texts[i] += piece
                     yield writer.piece(i, piece)
             yield writer.end(Result(texts, prompt_tokens, completion_tokens, [f or "length" for f in finish]))
-            log(routes, backend, gen.log_prompts, texts, started)
+            log(routes, backend, gen.log_prompts, texts, started, writer.rid)
 
         return HeldStream(body(), hold)
 
