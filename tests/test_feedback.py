@@ -128,8 +128,27 @@ def test_cli_rate_and_export(tmp_path, monkeypatch, capsys):
     assert tuneline.cli.main(["feedback", "rate", rid, "5"]) == 0
     assert tuneline.cli.main(["feedback", "export", "--out", "fb.jsonl"]) == 0
     assert "wrote 1 chat records to fb.jsonl" in capsys.readouterr().out
-    assert (tmp_path / ".tuneline" / "feedback" / "ratings.jsonl").is_file()
+    assert (tmp_path / "logs" / "ratings.jsonl").is_file()  # beside the log, where the endpoint keeps them
     assert json.loads((tmp_path / "fb.jsonl").read_text())["rating"] == 5
+
+
+def test_cli_defaults_are_where_the_demo_endpoint_logs_and_rates(tmp_path, monkeypatch, capsys):
+    """The demo pipeline's endpoint logs to .tuneline/serve/requests.jsonl and rates beside it; the commands
+    read there without a flag (they read .tuneline/feedback/, where nothing is written, and found no data)."""
+    import tuneline.cli
+    from tuneline.feedback import token_digest
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TUNELINE_HOME", raising=False)
+    monkeypatch.delenv("TUNELINE_REQUEST_LOG", raising=False)
+    monkeypatch.delenv("TUNELINE_SERVE_STATE", raising=False)
+    (tmp_path / ".git").mkdir()
+    log = tmp_path / ".tuneline" / "serve" / "requests.jsonl"
+    by = token_digest("token")
+    rid = RequestLogger(log).log("reset my password", '{"category": "account"}', by=by)
+    RatingStore(log.with_name("ratings.jsonl")).rate(rid, 5, once=True, by=by)  # as POST /v1/feedback stores it
+    assert tuneline.cli.main(["feedback", "export", "--out", "fb.jsonl"]) == 0
+    assert "wrote 1 chat records to fb.jsonl" in capsys.readouterr().out
 
 
 def test_export_trains_only_on_the_servers_own_answers_and_says_what_it_dropped(tmp_path):

@@ -48,6 +48,7 @@ from tuneline.data.normalize import normalize_text
 from tuneline.data.pii import LogRedactor
 
 ENV_LOG = "TUNELINE_REQUEST_LOG"
+RATINGS_FILE = "ratings.jsonl"  # the endpoint's rating store, beside the request log it rates against
 ENV_MAX_BYTES = "TUNELINE_REQUEST_LOG_MAX_BYTES"
 ENV_KEEP = "TUNELINE_REQUEST_LOG_KEEP"
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024

@@ -198,11 +198,13 @@ def cmd_trigger_azureml(args: argparse.Namespace) -> int:
 
 def _feedback_paths(args: argparse.Namespace) -> tuple[Path, Path]:
     from . import settings
-    from .feedback import ENV_LOG
+    from .feedback import ENV_LOG, RATINGS_FILE
 
+    # The defaults are where a pipeline's local endpoint writes (the demo's `requests_log`, the serve state
+    # folder) and where the endpoint keeps ratings: beside the log it rates against.
     home = settings.state_home(args.home)
-    log = Path(args.log or os.environ.get(ENV_LOG) or home / "feedback" / "requests.jsonl")
-    ratings = Path(args.ratings or home / "feedback" / "ratings.jsonl")
+    log = Path(args.log or os.environ.get(ENV_LOG) or settings.serve_state_dir(home) / "requests.jsonl")
+    ratings = Path(args.ratings or log.with_name(RATINGS_FILE))
     return log, ratings
 
 
@@ -416,10 +418,10 @@ def _add_feedback(subparsers) -> None:
         p.add_argument(
             "--log",
             default=None,
-            help="request log (default: $TUNELINE_REQUEST_LOG, else .tuneline/feedback/requests.jsonl)",
+            help="request log (default: $TUNELINE_REQUEST_LOG, else .tuneline/serve/requests.jsonl)",
         )
         p.add_argument(
-            "--ratings", default=None, help="rating store (default: .tuneline/feedback/ratings.jsonl)"
+            "--ratings", default=None, help="rating store (default: ratings.jsonl beside the request log)"
         )
         p.add_argument("--home", default=None, help="state folder (default: $TUNELINE_HOME or ./.tuneline)")
         if name == "rate":

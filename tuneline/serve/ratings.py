@@ -22,10 +22,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from tuneline.feedback import AlreadyRated, FeedbackError, RatingStore, RequestLogger, read_requests
+from tuneline.feedback import RATINGS_FILE, AlreadyRated, FeedbackError, RatingStore, RequestLogger, read_requests
 from tuneline.serve.openai_api import ApiError
 
-RATINGS_FILE = "ratings.jsonl"
 
 
 class FeedbackDesk:
