@@ -26,7 +26,6 @@ from tuneline.feedback import RATINGS_FILE, AlreadyRated, FeedbackError, RatingS
 from tuneline.serve.openai_api import ApiError
 
 
-
 class FeedbackDesk:
     def __init__(self, max_index: int = 50_000) -> None:
         self.max_index = max_index
