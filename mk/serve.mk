@@ -38,3 +38,7 @@ serve-bench: serve-venv ## the registered demo model served vs plain transformer
 
 serve-load: $(VENV_STAMP) ## LOAD_REQUESTS chat requests at each LOAD_CONCURRENCY to the running endpoint -> bench/results/serve-load.json
 	$(PY) bench/serve_bench.py --state-dir $(SERVE_STATE) --requests $(LOAD_REQUESTS) --concurrency $(LOAD_CONCURRENCY)
+
+.PHONY: feedback-demo
+feedback-demo: serve-venv ## the closed loop: demo champion served, scripted users rate it, DPO challenger judged and canaried -> bench/results/feedback-demo.json
+	TUNELINE_SERVE_VENV=$(SERVE_VENV) $(PY) bench/feedback_demo.py $(DEMO_ARGS)
