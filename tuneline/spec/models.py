@@ -344,6 +344,9 @@ class Triggers(Strict):
     drift_ks: float | None = Field(None, gt=0, le=1, description="Kolmogorov-Smirnov statistic threshold")
     metric_drop: float | None = Field(None, gt=0, le=1, description="relative drop of the gate metric")
     max_age_days: float | None = Field(None, gt=0)
+    rated_win_rate: float | None = Field(None, gt=0, lt=1, description="retrain when the champion's win rate over "
+                                         "rated traffic (4-5 win, 3 tie, 1-2 or corrected loss) is below this with "
+                                         "95% confidence; reads the ratings beside requests_log")
     requests_log: str | None = Field(None, description="where production requests are logged")
     fresh_labels: str | None = Field(None, description="labelled JSONL to re-evaluate the champion on")
     metric: str = Field("exact_match", description="the gate metric compared for metric_drop")

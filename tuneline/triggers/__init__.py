@@ -9,6 +9,7 @@ Modules (one job each):
   newdata    records added to the dataset since the last successful run
   champion   the registered champion model version in MLflow: age and registered metric
   quality    re-evaluate the champion on fresh labelled data with the evaluate component's metric code
+  ratings    the champion's win rate over rated traffic, with its 95% interval
   check      run the configured triggers and combine them into a decision
   tracking   record a decision in MLflow (experiment ``tuneline-triggers``)
   azureml    an Azure ML command job + schedule running the check on a cron

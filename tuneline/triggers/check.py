@@ -14,6 +14,7 @@ from .champion import check_age, default_model_name, find_champion
 from .drift import check_drift, reference_source
 from .newdata import check_new_data, dataset_param, last_successful_run, resolve
 from .quality import EvalOptions, check_quality
+from .ratings import check_ratings
 from .result import Decision
 from .tracking import last_submission
 
@@ -26,6 +27,8 @@ class CheckOptions:
     metric: str = "exact_match"  # the metric metric_drop applies to
     window: int = 1000  # most recent requests compared for drift
     min_requests: int = 50  # fewer requests than this: drift is not judged
+    rating_window: int = 200  # most recent rated answers the ratings trigger judges
+    min_ratings: int = 30  # fewer rated answers than this: the ratings trigger is not judged
     evaluation: EvalOptions = field(default_factory=EvalOptions)
     now: float | None = None  # for the age trigger; None means the current time
     submitted_baseline: bool = False  # without a local run, compare with the last submitted run (tracking server)
@@ -74,11 +77,12 @@ def run_check(pipeline: Pipeline, options: CheckOptions, client=None) -> Decisio
         reference = Path()
     results.append(check_drift(triggers, pipeline.root, reference, options.window, options.min_requests))
     champion = None
-    if triggers.max_age_days is not None or triggers.metric_drop is not None:
+    if triggers.max_age_days is not None or triggers.metric_drop is not None or triggers.rated_win_rate is not None:
         client = client or settings.mlflow_client(options.home)
         champion = find_champion(client, options.model_name or default_model_name(pipeline))
     results.append(
         check_quality(client, champion, triggers, pipeline.root, options.metric, options.evaluation)
     )
     results.append(check_age(champion, triggers, options.now))
+    results.append(check_ratings(triggers, pipeline.root, champion, options.rating_window, options.min_ratings))
     return Decision(pipeline=pipeline.name, pipeline_path=str(pipeline.path), results=results)

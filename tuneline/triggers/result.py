@@ -11,7 +11,7 @@ FIRED, OK, SKIPPED = "fired", "ok", "skipped"
 
 @dataclass
 class TriggerResult:
-    name: str  # new_data | drift | quality | age
+    name: str  # new_data | drift | quality | age | ratings
     status: str  # fired | ok | skipped (not configured, or nothing to compare yet)
     reason: str
     metrics: dict[str, float] = field(default_factory=dict)
