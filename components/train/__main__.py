@@ -2,7 +2,7 @@
 
 Run as: python -m components.train --train DIR [--validation DIR] --base-model smollm2-135m-instruct
         --method lora --model-out DIR --checkpoints DIR --mlflow-run-id-out FILE
-Distributed: torchrun --nproc-per-node 2 -m components.train ...   or
+Distributed: torchrun --nproc-per-node 2 -m components.train ... [--distribution fsdp|zero2|zero3]   or
              accelerate launch --config_file components/train/accelerate/fsdp.yaml -m components.train ...
 
 On start it resumes from the newest complete checkpoint in --checkpoints. On SIGTERM it checkpoints at the
@@ -131,6 +131,13 @@ def _main(config: TrainConfig) -> int:
     # Before the process group starts: a catalog model is built (and saved) by whichever rank gets there first,
     # and transformers saves nothing on ranks > 0 once torch.distributed is initialised.
     resolve_model(config.base_model)
+    from components.train import distribution
+
+    try:
+        distribution.apply(config.distribution)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     stop = StopFlag()
     stop.install()
     chosen = detect(config.precision)

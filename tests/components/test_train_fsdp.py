@@ -40,7 +40,7 @@ def _launch(kind, data, out, env, options=LORA):
         launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                     str(ROOT / "components" / "train" / "accelerate" / "fsdp.yaml"), "--num_processes", "2",
                     "--main_process_port", "0"]
-    else:
+    else:  # plain torchrun, as a compiled step starts it (with --distribution fsdp among the options to shard)
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     return subprocess.Popen([*launcher, *_train_args(data, out, options)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -98,6 +98,15 @@ def test_fsdp_lora_matches_ddp_and_resumes_exactly_after_a_kill(tmp_path, train_
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5)
     assert _losses(fsdp)["losses"] == pytest.approx(_losses(ddp)["losses"], abs=1e-5)
+
+    # torchrun knows nothing of accelerate's config file; --distribution fsdp sets it up in each process, and the
+    # run is the accelerate-launched one, sharded checkpoint included.
+    torchrun = tmp_path / "torchrun-fsdp"
+    output = _run("ddp", data, torchrun, train_env, [*LORA, "--distribution", "fsdp"])
+    assert "distribution FSDP, 2 process(es)" in output
+    assert (next((torchrun / "ckpt").glob("checkpoint-*")) / "trainable-dcp").is_dir()
+    for name, tensor in _adapter(fsdp).items():
+        torch.testing.assert_close(_adapter(torchrun)[name], tensor, rtol=0, atol=0)
 
     # Preempted after its first checkpoint: SIGTERM to every worker, as a node drain sends it. The loop
     # checkpoints at the end of the current step and exits 143; the relaunch resumes from there.
