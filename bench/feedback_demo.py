@@ -73,7 +73,7 @@ def rating(answer: str, reference: str) -> int:
     return 1 + round(4 * example_scores("field_accuracy", [answer], [reference])[0])
 
 
-def endpoint() -> tuple[str, str]:
+def endpoint() -> tuple[str, str, str]:
     from tuneline.serve.auth import load_token, token_path
     from tuneline.serve.local import status
 
@@ -81,16 +81,20 @@ def endpoint() -> tuple[str, str]:
     proxy = status(state)["proxy"]
     if not proxy or not proxy["alive"]:
         raise SystemExit(f"no endpoint is serving (tuneline serve status: {state})")
-    return proxy["url"], load_token(token_path(state))
+    url, token = proxy["url"], load_token(token_path(state))
+    request = urllib.request.Request(f"{url}/v1/models", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        model = json.loads(response.read())["data"][0]["id"]
+    return url, token, model
 
 
-def play_users(examples, url: str, token: str, max_tokens: int) -> dict:
+def play_users(examples, url: str, token: str, model: str, max_tokens: int) -> dict:
     """Each prompt answered greedily and sampled; every answer rated, the poor ones corrected."""
     ratings, corrected, answers = [], 0, 0
     for example in examples:
         for temperature in (0.0, 1.0):
             status, reply = post(f"{url}/v1/chat/completions", token, {
-                "model": "tuneline-llm", "messages": example.prompt, "max_tokens": max_tokens,
+                "model": model, "messages": example.prompt, "max_tokens": max_tokens,
                 "temperature": temperature})
             if status != 200:
                 raise SystemExit(f"chat completion: HTTP {status}: {reply}")
@@ -108,13 +112,13 @@ def play_users(examples, url: str, token: str, max_tokens: int) -> dict:
             "ratings": {str(r): ratings.count(r) for r in range(1, 6)}}
 
 
-def drive_canary(examples, url: str, token: str, limit: int, max_tokens: int, since: float) -> dict:
+def drive_canary(examples, url: str, token: str, model: str, limit: int, max_tokens: int, since: float) -> dict:
     """User traffic until the proxy decides the canary (promote or roll back), at most `limit` requests; a
     decision recorded before `since` is an earlier canary's."""
     sent = 0
     while sent < limit:
         example = examples[sent % len(examples)]
-        post(f"{url}/v1/chat/completions", token, {"model": "tuneline-llm", "messages": example.prompt,
+        post(f"{url}/v1/chat/completions", token, {"model": model, "messages": example.prompt,
                                                    "max_tokens": max_tokens})
         sent += 1
         request = urllib.request.Request(f"{url}/v1/stats", headers={"Authorization": f"Bearer {token}"})
@@ -145,10 +149,10 @@ def main() -> int:
     validation = read_split(steps["prepare"]["outputs"]["validation"]["path"], limit=args.users)
     model_dir = Path(steps["train"]["outputs"]["model"]["path"])
     system = json.loads((model_dir / "training_summary.json").read_text()).get("system_prompt") or ""
-    url, token = endpoint()
+    url, token, model = endpoint()
 
     t0 = time.time()
-    users = play_users(validation.records, url, token, args.max_tokens)
+    users = play_users(validation.records, url, token, model, args.max_tokens)
     users["seconds"] = round(time.time() - t0, 1)
     print(f"users: {users}", flush=True)
 
@@ -172,7 +176,7 @@ def main() -> int:
         "register": loop_steps["register"]["status"], "deploy": loop_steps["deploy"]["status"],
     }
     if passed and loop_steps["deploy"]["status"] == "succeeded":
-        result["canary"] = drive_canary(validation.records, url, token, args.canary_requests, args.max_tokens,
+        result["canary"] = drive_canary(validation.records, url, token, model, args.canary_requests, args.max_tokens,
                                         loop_started)
     result["seconds"] = round(time.time() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
