@@ -11,7 +11,7 @@ TUNELINE_HOME ?= .tuneline
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup pipeline-run validate test test-fast lint format schema clean
+.PHONY: help setup pipeline-run validate test test-heavy test-fast lint format schema clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -43,11 +43,14 @@ pipeline-run: $(VENV_STAMP) serve-venv ## run the demo pipeline locally (PIPELIN
 validate: $(VENV_STAMP) ## validate every pipeline and component YAML
 	$(VENV)/bin/tuneline validate pipelines/*.yaml components/*/component.yaml
 
-test: $(VENV_STAMP) k8s-validate ## the whole test suite (unit, integration, slow) and the k8s manifests
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+test: $(VENV_STAMP) k8s-validate ## the test suite (unit, integration, slow) and the k8s manifests; test-heavy has the rest
+	$(PY) -m pytest -q -m "not heavy" $(PYTEST_ARGS)
+
+test-heavy: $(VENV_STAMP) serve-venv ## the long tier: multi-process training, kill-and-resume, fault injection, harness runs (CI runs it)
+	$(PY) -m pytest -q -m heavy $(PYTEST_ARGS)
 
 test-fast: $(VENV_STAMP) ## unit tests only
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not heavy" $(PYTEST_ARGS)
 
 lint: $(VENV_STAMP) ## ruff
 	$(VENV)/bin/ruff check tuneline components tests bench scripts

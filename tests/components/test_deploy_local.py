@@ -15,7 +15,7 @@ import pytest
 from tests.components.test_deploy import make_adapter_in
 from tests.components.tuned_fixtures import REPO, make_metrics, run_register, step_env
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.timeout(1200)]
 
 
 @pytest.fixture

@@ -159,6 +159,7 @@ def _state(out):
     return json.loads((latest(out / "ckpt") / "state.json").read_text())
 
 
+@pytest.mark.heavy
 def test_sigterm_then_rerun_resumes_to_the_uninterrupted_run(tmp_path, train_env):
     from safetensors.torch import load_file
 

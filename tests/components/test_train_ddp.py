@@ -24,6 +24,7 @@ def _args(data, out, batch):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path, train_env):
     data = write_splits(tmp_path / "data", n_train=20)
     env = train_env

@@ -76,6 +76,7 @@ def _losses(out):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_fsdp_lora_matches_ddp_and_resumes_exactly_after_a_kill(tmp_path, train_env):
     data = write_splits(tmp_path / "data", n_train=16)
     ddp, fsdp, killed = tmp_path / "ddp", tmp_path / "fsdp", tmp_path / "killed"
@@ -134,6 +135,7 @@ def test_fsdp_lora_matches_ddp_and_resumes_exactly_after_a_kill(tmp_path, train_
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_fsdp_full_fine_tune_with_rank_1_on_meta_matches_one_process(tmp_path, train_env):
     # Rank 1 builds its model on meta with uninitialised trainable storage; every weight it trains with comes
     # from rank 0's broadcast, so the gathered model equals one process's with the same global batch.

@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_gpu_smoke_dry_run_passes_every_stage_without_mlflow(tmp_path):
     # The GPU machines it is meant for have no MLflow: an mlflow package that cannot be imported stands for that.
     blocked = tmp_path / "no-mlflow" / "mlflow"

@@ -15,6 +15,7 @@ from tuneline.conformance.azureml import AzureMLRuntime, RuntimeRuleBroken
 TOY = Path(__file__).resolve().parents[1] / "fixtures" / "toy" / "pipelines" / "toy.yaml"
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize(("count", "publish"), [(5, "succeeded"), (2, "skipped")])
 def test_toy_pipeline_matches_local_with_the_gate_open_and_closed(tmp_path, capsys, count, publish):
     assert main(["azureml", str(TOY), "--set", f"count={count}", "--work", str(tmp_path)]) == 0
@@ -66,6 +67,7 @@ RESUME = TOY.parent / "resume.yaml"
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_a_preempted_resumable_node_resumes_from_its_rw_mount_output(tmp_path, capsys):
     """R8: count's checkpoints live at a datastore path; killed after its first checkpoint and submitted again,
     it resumes from there, and its outputs still equal an uninterrupted local run's."""

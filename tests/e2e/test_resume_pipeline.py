@@ -80,6 +80,7 @@ def _record(root: Path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_ctrl_c_then_rerun_resumes_train_and_matches_an_uninterrupted_run(tmp_path):
     straight_root, victim_root = tmp_path / "straight", tmp_path / "victim"
     straight_env, victim_env = _project(straight_root), _project(victim_root)

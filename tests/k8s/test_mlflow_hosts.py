@@ -121,6 +121,7 @@ def _status(port: int, host: str, method: str = "GET", path: str = "/api/2.0/mlf
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_real_mlflow_server_with_the_rendered_settings_admits_the_docs_port_forward(tmp_path: Path) -> None:
     objects = [r.obj for r in render(overlay_with_ingress(tmp_path / "tree"))]
     container = mlflow_container(objects)

@@ -24,7 +24,7 @@ from tuneline.serve.local import SHM_PREFIX, ServeState, stop_all
 from tuneline.serve.repository import RepositorySpec
 from tuneline.serve.rollout import RolloutResult, rollout
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.timeout(600)]
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -417,6 +417,7 @@ def test_overload_is_answered_429_with_retry_after_never_a_reset(deployed) -> No
         assert status in (503, 504)
 
 
+@pytest.mark.heavy
 def test_failing_canary_is_rolled_back_and_a_healthy_one_promoted(serve_venv, tiny_model: Path, tmp_path: Path) -> None:
     import time
 
