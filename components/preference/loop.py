@@ -109,9 +109,7 @@ class PreferenceLoop(Loop):
         max_norm = self.c.max_grad_norm if self.c.max_grad_norm > 0 else float("inf")
         grad_norm = _as_float(self.acc.clip_grad_norm_(self.clip_params, max_norm))
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.state.skipped_steps += self.apply_update()  # an fp16 overflow leaves the schedule where it was
         _synchronize(self.acc.device)
         seconds = time.perf_counter() - t0
         keys = list(sums)

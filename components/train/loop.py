@@ -115,6 +115,20 @@ class Loop:
         return self.acc.reduce(tensor, reduction="sum").tolist()
 
     # -- one optimizer step -----------------------------------------------------------------------------
+    def apply_update(self) -> bool:
+        """The optimizer step and the schedule's; returns whether the step was skipped.
+
+        An fp16 step whose gradients overflowed changed no weight (the GradScaler skipped it and lowered its
+        scale): the schedule stays where it was, or warm-up and decay would run ahead of the updates made.
+        The data position still advances, so a resumed run replays the same batches.
+        """
+        self.optimizer.step()
+        skipped = bool(getattr(self.optimizer, "step_was_skipped", False))
+        if not skipped:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return skipped
+
     def _step(self, micro: list[list[int]]) -> dict[str, float]:
         batches = [collate([self.train[i] for i in mb], self.pad_id, self.c.packing).to(self.acc.device)
                    for mb in micro]
@@ -141,14 +155,7 @@ class Loop:
         max_norm = self.c.max_grad_norm if self.c.max_grad_norm > 0 else float("inf")
         grad_norm = _as_float(self.acc.clip_grad_norm_(self.clip_params, max_norm))
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        # An fp16 step whose gradients overflowed changed no weight (the GradScaler skipped it and lowered its
-        # scale): the schedule stays where it was, or warm-up and decay would run ahead of the updates made.
-        # The data position still advances, so a resumed run replays the same batches.
-        skipped = bool(getattr(self.optimizer, "step_was_skipped", False))
-        if not skipped:
-            self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        skipped = self.apply_update()
         # CUDA kernels run asynchronously: without waiting, the optimizer step's kernels would be counted in
         # the next step's time (or in none, for the last), and tokens/s and MFU would be off.
         _synchronize(self.acc.device)
