@@ -20,7 +20,7 @@ from tests.components.tuned_fixtures import (
     step_env,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.timeout(900)]
 
 LOAD_AND_GENERATE = """
 import json, sys, mlflow
