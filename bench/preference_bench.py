@@ -31,6 +31,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tuneline.settings import TELEMETRY_OFF  # noqa: E402
 
 
 def _run(module: str, *args: str, env: dict[str, str]) -> float:
@@ -55,7 +58,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "preference.json")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="preference-bench-"))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true",
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **TELEMETRY_OFF,
            "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "OMP_WAIT_POLICY": "PASSIVE"}
     seconds = {"prepare_sft": _prepare(ROOT / "data/sample/tickets.jsonl", work / "sft-data", env)}
     seconds["train_sft"] = _run(

@@ -26,9 +26,12 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see components/train/__init__.py
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from tuneline.settings import disable_mlflow_telemetry  # noqa: E402
+
+disable_mlflow_telemetry()
 
 # Dense (no structured sparsity) tensor-core peaks in TFLOP/s for the 16-bit type the run uses (bf16 from sm_80,
 # fp16 below, see tuneline/ml/device.py), from NVIDIA's data sheets. Data sheets quote the sparse figure with

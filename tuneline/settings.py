@@ -30,6 +30,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 HOME_FOLDER = ".tuneline"
+# MLflow 3 reports usage telemetry unless this variable is set; tuneline turns it off in every process it runs,
+# starts or compiles a job for. A value the caller set already wins (`disable_mlflow_telemetry`).
+TELEMETRY_VAR = "MLFLOW_DISABLE_TELEMETRY"
+TELEMETRY_OFF = {TELEMETRY_VAR: "true"}
 # Azure ML sets MLFLOW_TRACKING_URI to the workspace's azureml:// URI in every job, overriding the job's own value,
 # with MLFLOW_TRACKING_TOKEN (the job's token), MLFLOW_RUN_ID and MLFLOW_EXPERIMENT_ID/NAME beside it
 # (https://learn.microsoft.com/azure/machine-learning/how-to-use-mlflow-configure-tracking). Only the
@@ -239,9 +243,14 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):].split("?", 1)[0] or ".")
 
 
+def disable_mlflow_telemetry() -> None:
+    """Turn MLflow's telemetry off in this process and the ones it starts, unless the environment already decided."""
+    os.environ.setdefault(TELEMETRY_VAR, TELEMETRY_OFF[TELEMETRY_VAR])
+
+
 def use_tracking(home_dir: Path | None = None) -> str:
     """Point this process's MLflow (and the subprocesses it starts) at `tracking_uri()`; returns the URI."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    disable_mlflow_telemetry()
     uri = tracking_uri(home_dir)
     check_tracking_store(uri)
     db = sqlite_path(uri)

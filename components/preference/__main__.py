@@ -30,6 +30,7 @@ from collections import Counter
 from components.train.config import hyperparameters
 from tuneline.component_args import component_program
 from tuneline.outputs import write_value
+from tuneline.settings import disable_mlflow_telemetry
 
 PROGRAM = component_program(__file__)
 
@@ -83,7 +84,7 @@ def _fetch_start(uri: str):
 
 def _main(config) -> int:
     started = time.time()
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    disable_mlflow_telemetry()
     from tuneline.ml.data import DataError
     from tuneline.ml.models import ModelNotAvailable
     from tuneline.ml.tracking import mlflow_missing

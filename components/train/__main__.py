@@ -21,6 +21,7 @@ from collections import Counter
 from components.train.config import TrainConfig, hyperparameters, learning_rate, learning_rate_warning, parse_args
 from components.train.modelsetup import MethodUnavailable, check_method
 from tuneline.outputs import write_value
+from tuneline.settings import disable_mlflow_telemetry
 
 
 def _encode_split(records, tokenizer, max_seq_len: int, label: str, log, over_long: dict):
@@ -106,7 +107,7 @@ def _main(config: TrainConfig) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     started = time.time()
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    disable_mlflow_telemetry()
 
     import torch
     from accelerate import Accelerator

@@ -37,6 +37,7 @@ from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Dataset, Input, Model, Output
 
 from ..graph import Node, PipelineGraph
+from ..settings import TELEMETRY_OFF
 from ..spec import Literal, OutputRef, ParamRef, Problem, SpecError
 from ..spec.models import IOType
 from . import PIPELINE_FILE, CompileError
@@ -371,7 +372,7 @@ class _Builder:
                                  deadline_seconds=deadline)
 
     def _env(self, node: Node, place: Placement) -> dict[str, str]:
-        env = {"TUNELINE_STEP": node.name, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+        env = {"TUNELINE_STEP": node.name, **TELEMETRY_OFF, "PYTHONUNBUFFERED": "1"}
         if resumable(node) or place.nodes > 1:
             env["TUNELINE_CHECKPOINT_ROOT"] = CHECKPOINT_MOUNT
         if loads_models(node):
