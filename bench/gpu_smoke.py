@@ -33,6 +33,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see components/train/__in
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tuneline.ml.models import SUMMARY_FILE  # noqa: E402
 from tuneline.settings import TELEMETRY_OFF  # noqa: E402
 
 # TinyLlama-1.1B's shape (hidden 2048, 22 layers, GQA 32/4 heads, MLP 5632) with a 32k vocabulary: ~1.1B
@@ -111,7 +112,7 @@ def tail(log: Path, lines: int = 15) -> str:
 
 
 def summary_of(out: Path) -> dict:
-    return json.loads((out / "model" / "training_summary.json").read_text())
+    return json.loads((out / "model" / SUMMARY_FILE).read_text())
 
 
 def losses_of(out: Path) -> list[float]:

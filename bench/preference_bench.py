@@ -33,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tuneline.ml.models import SUMMARY_FILE  # noqa: E402
 from tuneline.settings import TELEMETRY_OFF  # noqa: E402
 
 
@@ -72,7 +73,7 @@ def main() -> int:
         "--loss", "dpo", "--beta", str(args.beta), "--max-steps", str(args.dpo_steps), "--max-eval-examples", "0",
         "--model-out", str(work / "dpo"), "--checkpoints", str(work / "dpo-ckpt"),
         "--mlflow-run-id-out", str(work / "dpo-run"), env=env)
-    summary = json.loads((work / "dpo" / "training_summary.json").read_text())
+    summary = json.loads((work / "dpo" / SUMMARY_FILE).read_text())
     card = json.loads((work / "pairs" / "report" / "data_card.json").read_text())
     held = {}
     for split, m in summary["held_out"].items():

@@ -35,9 +35,11 @@ def resolve_champion(uri: str) -> Path:
 
         mlflow.set_tracking_uri(settings.use_tracking())
         path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp()))
-    found = sorted(path.rglob("training_summary.json"), key=lambda p: len(p.parts))
+    from tuneline.ml.models import SUMMARY_FILE
+
+    found = sorted(path.rglob(SUMMARY_FILE), key=lambda p: len(p.parts))
     if not found:
-        raise FileNotFoundError(f"champion {uri}: no training_summary.json in {path}")
+        raise FileNotFoundError(f"champion {uri}: no {SUMMARY_FILE} in {path}")
     return found[0].parent
 
 
