@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tuneline import settings  # noqa: E402
+from tuneline.ml.models import SUMMARY_FILE  # noqa: E402
 from tuneline.runner.record import list_runs  # noqa: E402
 
 
@@ -148,7 +149,7 @@ def main() -> int:
         raise SystemExit(f"the champion is not served (deploy: {steps['deploy']['status']})")
     validation = read_split(steps["prepare"]["outputs"]["validation"]["path"], limit=args.users)
     model_dir = Path(steps["train"]["outputs"]["model"]["path"])
-    system = json.loads((model_dir / "training_summary.json").read_text()).get("system_prompt") or ""
+    system = json.loads((model_dir / SUMMARY_FILE).read_text()).get("system_prompt") or ""
     url, token, model = endpoint()
 
     t0 = time.time()
@@ -156,7 +157,7 @@ def main() -> int:
     users["seconds"] = round(time.time() - t0, 1)
     print(f"users: {users}", flush=True)
 
-    log = settings.serve_state_dir() / "requests.jsonl"
+    log = settings.default_request_log()
     pairs = settings.home() / "feedback" / "pairs.jsonl"
     tuneline("feedback", "export", "--kind", "pairs", "--log", str(log), "--out", str(pairs),
              *(["--system", system] if system else []))

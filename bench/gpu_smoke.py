@@ -33,6 +33,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see components/train/__in
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tuneline.ml.models import SUMMARY_FILE  # noqa: E402
+from tuneline.settings import TELEMETRY_OFF  # noqa: E402
 
 # TinyLlama-1.1B's shape (hidden 2048, 22 layers, GQA 32/4 heads, MLP 5632) with a 32k vocabulary: ~1.1B
 # parameters, 2.2 GB in bf16. The byte-level tokenizer uses the first 259 ids; the rest of the embedding is there
@@ -110,7 +112,7 @@ def tail(log: Path, lines: int = 15) -> str:
 
 
 def summary_of(out: Path) -> dict:
-    return json.loads((out / "model" / "training_summary.json").read_text())
+    return json.loads((out / "model" / SUMMARY_FILE).read_text())
 
 
 def losses_of(out: Path) -> list[float]:
@@ -188,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     stages = Stages(started + args.budget_s)
     work = Path(tempfile.mkdtemp(prefix="gpu-smoke-"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(":"),
-           "TUNELINE_HOME": str(work / "home"), "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
+           "TUNELINE_HOME": str(work / "home"), **TELEMETRY_OFF, "HF_HUB_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)  # tracked into the scratch home when MLflow is installed, else untracked
 
     from bench.train_bench import flops_per_token, n_params, peak_flops

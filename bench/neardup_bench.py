@@ -106,8 +106,7 @@ def evaluate(raw: Path, threshold: float) -> dict:
     rows = [json.loads(line) for line in raw.read_text().splitlines()]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        cfg = PrepareConfig(raw=raw, train_out=out / "train", validation_out=out / "validation",
-                            test_out=out / "test", report_out=out / "report", near_dup_threshold=threshold)
+        cfg = PrepareConfig.for_files(raw, out, near_dup_threshold=threshold)
         run(cfg)
         removed = {json.loads(q["raw"])["id"]: q["reason"]
                    for q in map(json.loads, (out / "report" / "quarantine.jsonl").read_text().splitlines())}
@@ -134,12 +133,14 @@ def main() -> None:
         SET.write_text("".join(json.dumps(r) + "\n" for r in build_set()))
         print(f"wrote {SET.relative_to(ROOT)}")
     sys.path.insert(0, str(ROOT))
-    from components.prepare.pipeline import NEAR_DUP_THRESHOLD
+    from components.prepare.pipeline import input_defaults
+
+    default = input_defaults()["near_dup_threshold"]
 
     rows = []
-    for threshold in [NEAR_DUP_THRESHOLD, *sorted(set(args.sweep) - {NEAR_DUP_THRESHOLD})]:
+    for threshold in [default, *sorted(set(args.sweep) - {default})]:
         row = evaluate(SET, threshold)
-        row["default"] = threshold == NEAR_DUP_THRESHOLD
+        row["default"] = threshold == default
         rows.append(row)
         print(f"threshold {threshold:.2f}{' (default)' if row['default'] else '          '}  "
               f"precision {row['precision']}  recall {row['recall']}  "

@@ -31,6 +31,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tuneline.ml.models import SUMMARY_FILE  # noqa: E402
+from tuneline.settings import TELEMETRY_OFF  # noqa: E402
 
 
 def _run(module: str, *args: str, env: dict[str, str]) -> float:
@@ -55,7 +59,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "preference.json")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="preference-bench-"))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true",
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **TELEMETRY_OFF,
            "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "OMP_WAIT_POLICY": "PASSIVE"}
     seconds = {"prepare_sft": _prepare(ROOT / "data/sample/tickets.jsonl", work / "sft-data", env)}
     seconds["train_sft"] = _run(
@@ -69,7 +73,7 @@ def main() -> int:
         "--loss", "dpo", "--beta", str(args.beta), "--max-steps", str(args.dpo_steps), "--max-eval-examples", "0",
         "--model-out", str(work / "dpo"), "--checkpoints", str(work / "dpo-ckpt"),
         "--mlflow-run-id-out", str(work / "dpo-run"), env=env)
-    summary = json.loads((work / "dpo" / "training_summary.json").read_text())
+    summary = json.loads((work / "dpo" / SUMMARY_FILE).read_text())
     card = json.loads((work / "pairs" / "report" / "data_card.json").read_text())
     held = {}
     for split, m in summary["held_out"].items():

@@ -139,14 +139,7 @@ def run_one(raw: Path, n: int, workers: int, kind: str) -> dict:
 
     workers = workers or _auto_workers(raw)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = PrepareConfig(
-            raw=raw,
-            train_out=Path(tmp, "train"),
-            validation_out=Path(tmp, "val"),
-            test_out=Path(tmp, "test"),
-            report_out=Path(tmp, "report"),
-            workers=workers,
-        )
+        cfg = PrepareConfig.for_files(raw, Path(tmp), workers=workers)
         load = os.getloadavg()[0]
         cpu0 = _cpu_seconds()
         t0 = time.perf_counter()

@@ -26,9 +26,13 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see components/train/__init__.py
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from tuneline.ml.models import SUMMARY_FILE  # noqa: E402
+from tuneline.settings import disable_mlflow_telemetry  # noqa: E402
+
+disable_mlflow_telemetry()
 
 # Dense (no structured sparsity) tensor-core peaks in TFLOP/s for the 16-bit type the run uses (bf16 from sm_80,
 # fp16 below, see tuneline/ml/device.py), from NVIDIA's data sheets. Data sheets quote the sparse figure with
@@ -155,7 +159,7 @@ def ours(name: str, method: str, packing: bool, args, data: dict, model: str, wo
     reset_gpu_peak()
     with RssPeak() as rss:
         assert main(argv) == 0
-    summary = json.loads((out / "model" / "training_summary.json").read_text())
+    summary = json.loads((out / "model" / SUMMARY_FILE).read_text())
     return {"run": name, "method": method, "packing": packing, "tokens_per_s": summary["tokens_per_s"],
             "real_token_share": summary["real_token_share"], "real_tokens": summary["real_tokens"],
             "target_share": summary["target_tokens"] / max(summary["real_tokens"], 1),

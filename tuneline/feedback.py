@@ -46,8 +46,9 @@ from typing import Any
 from tuneline.data.jsonl import read_jsonl
 from tuneline.data.normalize import normalize_text
 from tuneline.data.pii import LogRedactor
+from tuneline.settings import REQUEST_LOG_ENV
 
-ENV_LOG = "TUNELINE_REQUEST_LOG"
+ENV_LOG = REQUEST_LOG_ENV
 RATINGS_FILE = "ratings.jsonl"  # the endpoint's rating store, beside the request log it rates against
 ENV_MAX_BYTES = "TUNELINE_REQUEST_LOG_MAX_BYTES"
 ENV_KEEP = "TUNELINE_REQUEST_LOG_KEEP"

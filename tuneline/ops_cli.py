@@ -70,7 +70,7 @@ def cmd_trigger_check(args: argparse.Namespace) -> int:
         home=home,
         dataset_param=args.dataset_param or (declared.dataset_param if declared else None),
         model_name=args.model_name or (declared.model_name if declared else None),
-        metric=args.metric or (declared_metric(pipeline) if declared else "exact_match"),
+        metric=args.metric or (declared_metric(pipeline) if declared else settings.DEFAULT_GATE_METRIC),
         window=args.window,
         min_requests=args.min_requests,
         evaluation=EvalOptions(max_examples=args.max_examples),
@@ -203,7 +203,7 @@ def _feedback_paths(args: argparse.Namespace) -> tuple[Path, Path]:
     # The defaults are where a pipeline's local endpoint writes (the demo's `requests_log`, the serve state
     # folder) and where the endpoint keeps ratings: beside the log it rates against.
     home = settings.state_home(args.home)
-    log = Path(args.log or os.environ.get(ENV_LOG) or settings.serve_state_dir(home) / "requests.jsonl")
+    log = Path(args.log or os.environ.get(ENV_LOG) or settings.default_request_log(home))
     ratings = Path(args.ratings or log.with_name(RATINGS_FILE))
     return log, ratings
 
@@ -408,6 +408,8 @@ def _add_trigger_azureml(trigger_sub) -> None:
 
 
 def _add_feedback(subparsers) -> None:
+    from . import settings
+
     feedback = subparsers.add_parser("feedback", help="ratings of served answers, exported as training data")
     fb_sub = feedback.add_subparsers(dest="feedback_command", required=True)
     for name, helptext in (
@@ -418,7 +420,8 @@ def _add_feedback(subparsers) -> None:
         p.add_argument(
             "--log",
             default=None,
-            help="request log (default: $TUNELINE_REQUEST_LOG, else .tuneline/serve/requests.jsonl)",
+            help=f"request log (default: ${settings.REQUEST_LOG_ENV}, "
+            f"else {settings.HOME_FOLDER}/serve/{settings.REQUEST_LOG_FILE})",
         )
         p.add_argument(
             "--ratings", default=None, help="rating store (default: ratings.jsonl beside the request log)"

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from tuneline import settings
+from tuneline.ml.models import SUMMARY_FILE
+from tuneline.settings import DEFAULT_GATE_METRIC
 
 T = TypeVar("T")
 
@@ -299,7 +301,7 @@ def version_by_alias(mlflow_client, name: str, alias: str):
 class PromotionRule:
     """Promote a candidate when its ``metric`` beats the champion's by more than ``min_delta``."""
 
-    metric: str = "exact_match"
+    metric: str = DEFAULT_GATE_METRIC
     direction: Literal["max", "min"] = "max"
     min_delta: float = 0.0
 
@@ -459,9 +461,9 @@ def fetch_model(uri: str, dst: Path) -> FetchedModel:
         )
     )
     model_dir = root / "artifacts" / "model"
-    if not (model_dir / "training_summary.json").is_file():
+    if not (model_dir / SUMMARY_FILE).is_file():
         raise FileNotFoundError(
-            f"{exact}: not a tuneline model (no artifacts/model/training_summary.json in {root})"
+            f"{exact}: not a tuneline model (no artifacts/model/{SUMMARY_FILE} in {root})"
         )
     base_dir = root / "artifacts" / "base"
     return FetchedModel(

@@ -30,6 +30,22 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 HOME_FOLDER = ".tuneline"
+# MLflow 3 reports usage telemetry unless this variable is set; tuneline turns it off in every process it runs,
+# starts or compiles a job for. A value the caller set already wins (`disable_mlflow_telemetry`).
+TELEMETRY_VAR = "MLFLOW_DISABLE_TELEMETRY"
+TELEMETRY_OFF = {TELEMETRY_VAR: "true"}
+# Names more than one layer writes, each declared once here.
+# AKS labels and taints every node of a spot pool kubernetes.azure.com/scalesetpriority=spot:NoSchedule
+# (https://learn.microsoft.com/azure/aks/spot-node-pool); compile, the cluster policy, the node-pool manifests and
+# the KServe manifests all select or tolerate it.
+SPOT_LABEL = "kubernetes.azure.com/scalesetpriority"
+SPOT_VALUE = "spot"
+SPOT_TAINT = f"{SPOT_LABEL}={SPOT_VALUE}:NoSchedule"
+# Where compiled Kubernetes steps mount the shared checkpoint volume.
+CHECKPOINT_MOUNT = "/mnt/checkpoints"
+# The metric a gate, a promotion rule or a drift check compares when nothing names one. The components that take a
+# gate metric declare their own default in component.yaml; a test keeps those equal to this.
+DEFAULT_GATE_METRIC = "exact_match"
 # Azure ML sets MLFLOW_TRACKING_URI to the workspace's azureml:// URI in every job, overriding the job's own value,
 # with MLFLOW_TRACKING_TOKEN (the job's token), MLFLOW_RUN_ID and MLFLOW_EXPERIMENT_ID/NAME beside it
 # (https://learn.microsoft.com/azure/machine-learning/how-to-use-mlflow-configure-tracking). Only the
@@ -216,6 +232,17 @@ def serve_state_dir(home_dir: Path | None = None) -> Path:
     return Path(os.environ.get("TUNELINE_SERVE_STATE") or (home_dir or home()) / "serve")
 
 
+# The feedback loop's request log: the proxy writes the file this variable names; `tuneline feedback` reads it,
+# defaulting to REQUEST_LOG_FILE in the serve state folder.
+REQUEST_LOG_ENV = "TUNELINE_REQUEST_LOG"
+REQUEST_LOG_FILE = "requests.jsonl"
+
+
+def default_request_log(home_dir: Path | None = None) -> Path:
+    """The request log `tuneline feedback` reads when neither `--log` nor $TUNELINE_REQUEST_LOG names one."""
+    return serve_state_dir(home_dir) / REQUEST_LOG_FILE
+
+
 # Where `make serve-venv` builds the serving venv: beside the tuneline package's checkout.
 INSTALL_SERVE_VENV = Path(__file__).resolve().parents[1] / HOME_FOLDER / "serve-venv"
 
@@ -239,9 +266,14 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):].split("?", 1)[0] or ".")
 
 
+def disable_mlflow_telemetry() -> None:
+    """Turn MLflow's telemetry off in this process and the ones it starts, unless the environment already decided."""
+    os.environ.setdefault(TELEMETRY_VAR, TELEMETRY_OFF[TELEMETRY_VAR])
+
+
 def use_tracking(home_dir: Path | None = None) -> str:
     """Point this process's MLflow (and the subprocesses it starts) at `tracking_uri()`; returns the URI."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    disable_mlflow_telemetry()
     uri = tracking_uri(home_dir)
     check_tracking_store(uri)
     db = sqlite_path(uri)

@@ -14,7 +14,6 @@ served; 2 on bad input.
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -23,11 +22,12 @@ from pydantic import ValidationError
 
 from tuneline.component_args import parse_component_args
 from tuneline.outputs import write_value
+from tuneline.settings import disable_mlflow_telemetry
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_component_args(__file__, argv)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    disable_mlflow_telemetry()
     from tuneline.deploy import azureml, kserve
     from tuneline.deploy.policy import RolloutPolicy
     from tuneline.registry import fetch_model, parse_models_uri

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.deploy.record import DeploymentRecord, curl_command
@@ -32,9 +32,9 @@ class LocalOptions:
     model_name: str
     proxy_port: int | None = None
     smoke_expect: str | None = None  # every smoke output must match this regular expression
-    startup_timeout: float = 300.0
+    startup_timeout: float = field(kw_only=True)  # component.yaml's inputs, given by name
     requests_log: Path | None = None
-    canary_promote_after: int = 200
+    canary_promote_after: int = field(kw_only=True)
 
 
 def default_state_dir() -> Path:

@@ -37,7 +37,7 @@ def write_triton(
     policy: RolloutPolicy,
     requested_uri: str,
     model_name: str,
-    instance_kind: str = "gpu",
+    instance_kind: str,
 ) -> DeploymentRecord:
     from tuneline.serve.repository import RepositorySpec, write_repository
 

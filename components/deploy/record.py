@@ -21,7 +21,7 @@ class DeploymentRecord:
     requested_uri: str
     model_uri: str = ""  # the exact version deployed: models:/<name>/<n>
     version: int | None = None
-    strategy: str = "blue_green"
+    strategy: str = field(kw_only=True)  # every record names it; component.yaml holds the input's default
     canary_percent: int | None = None
     endpoint: str = ""
     token_file: str | None = None

@@ -15,7 +15,6 @@ loaded; ``passed`` is written as JSON text for ``when:`` conditions.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from tuneline.component_args import parse_component_args
 from tuneline.outputs import write_value
+from tuneline.settings import disable_mlflow_telemetry
 
 
 def resolve_champion(uri: str) -> Path:
@@ -35,9 +35,11 @@ def resolve_champion(uri: str) -> Path:
 
         mlflow.set_tracking_uri(settings.use_tracking())
         path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp()))
-    found = sorted(path.rglob("training_summary.json"), key=lambda p: len(p.parts))
+    from tuneline.ml.models import SUMMARY_FILE
+
+    found = sorted(path.rglob(SUMMARY_FILE), key=lambda p: len(p.parts))
     if not found:
-        raise FileNotFoundError(f"champion {uri}: no training_summary.json in {path}")
+        raise FileNotFoundError(f"champion {uri}: no {SUMMARY_FILE} in {path}")
     return found[0].parent
 
 
@@ -105,7 +107,7 @@ def judge_against_champion(args, records, refs, schema, predictions: dict[str, l
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_component_args(__file__, argv)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    disable_mlflow_telemetry()
     from tuneline.ml.data import read_split
     from tuneline.ml.gates import Gate, GateError, expand
 

@@ -29,7 +29,9 @@ from collections import Counter
 
 from components.train.config import hyperparameters
 from tuneline.component_args import component_program
+from tuneline.ml.models import SUMMARY_FILE
 from tuneline.outputs import write_value
+from tuneline.settings import disable_mlflow_telemetry
 
 PROGRAM = component_program(__file__)
 
@@ -83,7 +85,7 @@ def _fetch_start(uri: str):
 
 def _main(config) -> int:
     started = time.time()
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    disable_mlflow_telemetry()
     from tuneline.ml.data import DataError
     from tuneline.ml.models import ModelNotAvailable
     from tuneline.ml.tracking import mlflow_missing
@@ -163,7 +165,7 @@ def _main(config) -> int:
         loop.load_checkpoint(resume_from)
     run = None
     if untracked and acc.is_main_process:
-        log(f"warning: this run is not tracked: {untracked}; its figures stay in training_summary.json")
+        log(f"warning: this run is not tracked: {untracked}; its figures stay in {SUMMARY_FILE}")
         write_value(config.mlflow_run_id, "")
     if acc.is_main_process and not untracked:
         from tuneline.ml.tracking import Run
@@ -221,7 +223,7 @@ def _main(config) -> int:
     if run is not None:
         finals = {k.replace("/", "_"): v for k, v in summary.items() if isinstance(v, float) and finite(v)}
         run.log_metrics(finals, step=state.global_step)
-        run.log_artifact(config.model / "training_summary.json")
+        run.log_artifact(config.model / SUMMARY_FILE)
         run.finish()
     if acc.is_main_process:
         figures = "; ".join(f"{n}: reward accuracy {m['rewards/accuracies']:.3f}, margin {m['rewards/margins']:.4f}"

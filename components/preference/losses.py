@@ -35,7 +35,7 @@ class PreferenceTerms:
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float, label_smoothing: float = 0.0) -> PreferenceTerms:
+             ref_rejected: torch.Tensor, beta: float, label_smoothing: float) -> PreferenceTerms:
     chosen_logratios = policy_chosen - ref_chosen
     rejected_logratios = policy_rejected - ref_rejected
     delta = chosen_logratios - rejected_logratios
@@ -45,7 +45,7 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
 
 
 def kto_loss(policy: torch.Tensor, ref: torch.Tensor, labels: torch.Tensor, kl: torch.Tensor, beta: float,
-             desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> PreferenceTerms:
+             desirable_weight: float, undesirable_weight: float) -> PreferenceTerms:
     """``labels`` is a bool tensor; ``kl`` the (already detached and clamped) reference point z."""
     logratios = policy - ref
     desirable = desirable_weight * (1 - torch.sigmoid(beta * (logratios - kl)))

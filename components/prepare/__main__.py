@@ -22,9 +22,6 @@ from pathlib import Path
 
 from tuneline.component_args import parse_component_args
 from tuneline.data.formats import FormatError, parse_columns
-from tuneline.data.quality import QualityRules
-from tuneline.data.records import Budget
-from tuneline.data.split import SplitRatios
 
 
 def _auto_workers(raw: Path) -> int:
@@ -78,30 +75,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Imported here, not at the top: datasketch loads scipy (~1 s), which --help and usage errors skip.
     from components.prepare.card import write_card
-    from components.prepare.pipeline import PrepareConfig, run
+    from components.prepare.pipeline import PrepareConfig, config_fields, run
     from tuneline.data.sources import SourceError
 
     try:
         cfg = PrepareConfig(
             raw=raw,
-            format=args.format,
             columns=columns,
             train_out=args.train,
             validation_out=args.validation,
             test_out=args.test,
             report_out=args.report,
-            near_dup=args.near_dup,
-            near_dup_threshold=args.near_dup_threshold,
-            num_perm=args.num_perm,
-            shingle_bytes=args.shingle_bytes,
-            ratios=SplitRatios(validation=args.validation_ratio, test=args.test_ratio),
-            budget=Budget(max_chars=args.max_chars, max_tokens=args.max_tokens),
-            rules=QualityRules(require_user_turn=args.require_user_turn, min_answer_chars=args.min_answer_chars,
-                               max_repetition=args.max_repetition),
-            redact_pii=args.redact_pii,
-            seed=args.seed,
-            batch_size=args.batch_size,
             workers=args.workers or _auto_workers(raw),
+            **config_fields(args.parameters()),
         )
     except ValueError as exc:
         print(f"prepare: invalid parameters: {exc}", file=sys.stderr)

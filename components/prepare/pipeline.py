@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import base64
 import bisect
+import functools
 import hashlib
 import json
 import multiprocessing as mp
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.pool import AsyncResult
 from pathlib import Path
@@ -39,34 +40,71 @@ from tuneline.data.records import DUPLICATE_REASONS, Budget, Reason, RecordError
 from tuneline.data.sources import Dataset, Item, SourceFile, encoding_problem, raw_text
 from tuneline.data.split import SPLITS, SplitRatios, assign_split
 from tuneline.runner.step_progress import report as report_progress
+from tuneline.spec.load import load_component
 
 LENGTH_BINS = (0, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
-NEAR_DUP_THRESHOLD = 0.85  # measured by bench/neardup_bench.py
 # The runner draws the newest progress line; one every half second is live enough and costs nothing measurable
 # (a clock read per batch of 512 records, one short file append per half second).
 PROGRESS_EVERY_S = 0.5
 
 
+@functools.cache
+def input_defaults() -> dict[str, Any]:
+    """The defaults component.yaml declares for prepare's inputs: their one declaration (the near-dup threshold's
+    is the one bench/neardup_bench.py measured)."""
+    spec = load_component(Path(__file__).parent).spec
+    return {name: inp.default for name, inp in spec.inputs.items() if inp.default is not None}
+
+
+def config_fields(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The `PrepareConfig` fields that prepare's inputs (by their component.yaml names) set."""
+    return {
+        "format": inputs["format"],
+        "near_dup": inputs["near_dup"],
+        "near_dup_threshold": inputs["near_dup_threshold"],
+        "num_perm": inputs["num_perm"],
+        "shingle_bytes": inputs["shingle_bytes"],
+        "ratios": SplitRatios(validation=inputs["validation_ratio"], test=inputs["test_ratio"]),
+        "budget": Budget(max_chars=inputs["max_chars"], max_tokens=inputs["max_tokens"]),
+        "rules": QualityRules(require_user_turn=inputs["require_user_turn"],
+                              min_answer_chars=inputs["min_answer_chars"], max_repetition=inputs["max_repetition"]),
+        "redact_pii": inputs["redact_pii"],
+        "seed": inputs["seed"],
+        "batch_size": inputs["batch_size"],
+    }
+
+
 @dataclass(frozen=True)
 class PrepareConfig:
+    """What one prepare run does. The settings that are component inputs have no default here: `for_files`
+    fills those not given from component.yaml, the only place they are declared."""
+
     raw: Path
     train_out: Path
     validation_out: Path
     test_out: Path
     report_out: Path
-    format: str = "auto"  # auto or one of ``formats.FORMATS``
+    format: str  # auto or one of ``formats.FORMATS``
+    near_dup: bool
+    near_dup_threshold: float
+    num_perm: int
+    shingle_bytes: int
+    ratios: SplitRatios
+    budget: Budget
+    rules: QualityRules
+    redact_pii: bool
+    seed: str
+    batch_size: int
     columns: dict[str, str] = field(default_factory=dict)  # format field -> the file's column
-    near_dup: bool = True
-    near_dup_threshold: float = NEAR_DUP_THRESHOLD
-    num_perm: int = 128
-    shingle_bytes: int = 5
-    ratios: SplitRatios = field(default_factory=SplitRatios)
-    budget: Budget = field(default_factory=lambda: Budget(max_chars=20_000, max_tokens=4_096))
-    rules: QualityRules = field(default_factory=QualityRules)
-    redact_pii: bool = True
-    seed: str = "tuneline"
-    batch_size: int = 512
     workers: int = 1  # processes for parsing/redaction/signing; 1 = in the main process
+
+    @classmethod
+    def for_files(cls, raw: Path, out: Path, **fields: Any) -> PrepareConfig:
+        """A config reading `raw` and writing the four outputs under `out`; fields not given take their
+        component.yaml defaults."""
+        outputs = {"train_out": out / "train", "validation_out": out / "validation", "test_out": out / "test",
+                   "report_out": out / "report"}
+        return cls(raw=raw, **{**outputs, **config_fields(input_defaults()), **fields})
 
     def outputs(self) -> dict[str, Path]:
         return {"train": self.train_out, "validation": self.validation_out, "test": self.test_out}

@@ -18,7 +18,6 @@ again by such a re-run.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +26,7 @@ from components.register.card import CardContext, render_card
 from components.register.inputs import InputError, read_evaluation, read_trained_model
 from tuneline.component_args import parse_component_args
 from tuneline.outputs import write_value
+from tuneline.settings import disable_mlflow_telemetry
 
 
 def _tags(
@@ -89,7 +89,7 @@ def _direction(given: str, metric: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_component_args(__file__, argv)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    disable_mlflow_telemetry()
     from tuneline.registry import PromotionRule
 
     gate_metric = args.gate_metric.removeprefix("tuned.")

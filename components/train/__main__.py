@@ -20,7 +20,9 @@ from collections import Counter
 
 from components.train.config import TrainConfig, hyperparameters, learning_rate, learning_rate_warning, parse_args
 from components.train.modelsetup import MethodUnavailable, check_method
+from tuneline.ml.models import SUMMARY_FILE
 from tuneline.outputs import write_value
+from tuneline.settings import disable_mlflow_telemetry
 
 
 def _encode_split(records, tokenizer, max_seq_len: int, label: str, log, over_long: dict):
@@ -59,7 +61,6 @@ def save_outputs(config: TrainConfig, acc, model, tokenizer, summary: dict) -> N
     the adapter's entries from it (peft/utils/save_and_load.py ``get_peft_model_state_dict``)."""
     from components.train import parallel
     from components.train.loop import dump_json
-    from tuneline.ml.models import SUMMARY_FILE
 
     unwrapped = acc.unwrap_model(model)
     state_dict = None
@@ -106,7 +107,7 @@ def _main(config: TrainConfig) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     started = time.time()
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    disable_mlflow_telemetry()
 
     import torch
     from accelerate import Accelerator
@@ -204,7 +205,7 @@ def _main(config: TrainConfig) -> int:
     if resume_from is not None:
         loop.load_checkpoint(resume_from)
     if untracked and acc.is_main_process:
-        log(f"warning: this run is not tracked: {untracked}; its figures stay in training_summary.json")
+        log(f"warning: this run is not tracked: {untracked}; its figures stay in {SUMMARY_FILE}")
         write_value(config.mlflow_run_id, "")
     if acc.is_main_process and not untracked:
         from tuneline.ml.tracking import Run
@@ -260,7 +261,7 @@ def _main(config: TrainConfig) -> int:
     if run is not None:
         finals = {k: v for k, v in summary.items() if isinstance(v, float) and finite(v)}
         run.log_metrics(finals, step=state.global_step)
-        run.log_artifact(config.model / "training_summary.json")
+        run.log_artifact(config.model / SUMMARY_FILE)
         run.finish()
     if acc.is_main_process:
         log(f"done: {state.global_step} steps, final loss {summary['final_train_loss']:.4f}, "

@@ -27,7 +27,7 @@ def _logsig(x: float) -> float:
 
 def test_dpo_loss_is_the_sigmoid_loss_with_label_smoothing():
     pc, pr, rc, rr = (torch.tensor([v]) for v in (-1.0, -3.0, -2.0, -2.0))
-    terms = dpo_loss(pc, pr, rc, rr, beta=0.1)
+    terms = dpo_loss(pc, pr, rc, rr, beta=0.1, label_smoothing=0.0)
     # delta = (pc - rc) - (pr - rr) = 2: TRL's "sigmoid" loss -logsigmoid(beta * delta)
     assert terms.losses.item() == pytest.approx(-_logsig(0.2), abs=1e-6)
     assert terms.chosen_rewards.item() == pytest.approx(0.1) and terms.rejected_rewards.item() == pytest.approx(-0.1)

@@ -93,14 +93,7 @@ def hostile_file(path: Path) -> dict[str, int]:
 
 
 def config(tmp: Path, raw: Path, **kw) -> PrepareConfig:
-    return PrepareConfig(
-        raw=raw,
-        train_out=tmp / "train",
-        validation_out=tmp / "validation",
-        test_out=tmp / "test",
-        report_out=tmp / "report",
-        **kw,
-    )
+    return PrepareConfig.for_files(raw, tmp, **kw)
 
 
 def read_jsonl(path: Path) -> list[dict]:

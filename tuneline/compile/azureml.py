@@ -46,6 +46,7 @@ from typing import Any
 import yaml
 
 from ..graph import Node, PipelineGraph
+from ..settings import TELEMETRY_OFF
 from ..spec import Literal, OutputRef, ParamRef
 from ..spec.models import IOType
 from . import CompileError
@@ -363,7 +364,7 @@ def pipeline_dict(graph: PipelineGraph, options: CompileOptions, job_dir: Path,
                 job["distribution"] = {"type": "pytorch", "process_count_per_instance": aml.processes_per_node}
         if node.step.timeout_seconds:
             job["limits"] = {"timeout": int(node.step.timeout_seconds)}
-        job["environment_variables"] = {"TUNELINE_STEP": name, "MLFLOW_DISABLE_TELEMETRY": "true"}
+        job["environment_variables"] = {"TUNELINE_STEP": name, **TELEMETRY_OFF}
         jobs[name] = job
     return {
         "$schema": PIPELINE_SCHEMA,

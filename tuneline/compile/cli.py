@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..settings import CHECKPOINT_MOUNT
 from ..spec import SpecError
 from ..spec.load import parse_set_pairs
 from . import CompileError
@@ -139,7 +140,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="Kubernetes Secret with MLFLOW_TRACKING_USERNAME/_PASSWORD for the tracking server's "
                              "basic auth (default: %(default)s); '' for none")
     parser.add_argument("--checkpoint-pvc", default=DEFAULT_CHECKPOINT_PVC,
-                        help="PersistentVolumeClaim mounted at /mnt/checkpoints on resumable steps and on steps "
+                        help=f"PersistentVolumeClaim mounted at {CHECKPOINT_MOUNT} on resumable steps and on steps "
                              "that load a model (their Hugging Face cache lives there)")
     parser.add_argument("--hf-secret", default=None,
                         help="Kubernetes Secret with HF_TOKEN, given to the steps that load a model (gated Hub "

@@ -56,6 +56,7 @@ from typing import Any
 
 import yaml
 
+from ..settings import SPOT_LABEL, SPOT_VALUE
 from ..spec import SpecError
 from ..spec.models import quantity
 from . import CompileError
@@ -65,7 +66,7 @@ from .options import DEFAULT_KFP_SERVICE_ACCOUNT
 DEFAULT_POOLS = Path("k8s/nodepools.yaml")
 DEFAULT_SKUS = Path("config/skus.yaml")
 DEFAULT_K8S = Path("k8s/overlays")
-SPOT_TAINT = ("kubernetes.azure.com/scalesetpriority", "spot", "NoSchedule")
+SPOT_TAINT = (SPOT_LABEL, SPOT_VALUE, "NoSchedule")
 DEFAULT_MAX_PODS = 110  # AKS's default for kubenet and Azure CNI Overlay
 EVICTION_MIB = 100      # AKS 1.29+: memory.available<100Mi
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ def pool_labels(pool: Any) -> dict[str, str]:
     labels = {"agentpool": pool.name, "kubernetes.azure.com/agentpool": pool.name, "kubernetes.io/os": "linux",
               "node.kubernetes.io/instance-type": pool.vmSize}
     if pool.priority == "Spot":
-        labels["kubernetes.azure.com/scalesetpriority"] = "spot"
+        labels[SPOT_LABEL] = SPOT_VALUE
     labels.update(pool.labels)
     return labels
 

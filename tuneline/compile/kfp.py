@@ -37,6 +37,7 @@ from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Dataset, Input, Model, Output
 
 from ..graph import Node, PipelineGraph
+from ..settings import SPOT_LABEL, SPOT_VALUE, TELEMETRY_OFF
 from ..spec import Literal, OutputRef, ParamRef, Problem, SpecError
 from ..spec.models import IOType
 from . import PIPELINE_FILE, CompileError
@@ -371,7 +372,7 @@ class _Builder:
                                  deadline_seconds=deadline)
 
     def _env(self, node: Node, place: Placement) -> dict[str, str]:
-        env = {"TUNELINE_STEP": node.name, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+        env = {"TUNELINE_STEP": node.name, **TELEMETRY_OFF, "PYTHONUNBUFFERED": "1"}
         if resumable(node) or place.nodes > 1:
             env["TUNELINE_CHECKPOINT_ROOT"] = CHECKPOINT_MOUNT
         if loads_models(node):
@@ -501,8 +502,8 @@ class _Builder:
         for tol in place.tolerations:
             kubernetes.add_toleration(task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect)
         if place.prefer_spot:
-            kubernetes.add_node_affinity(task, match_expressions=[{"key": "kubernetes.azure.com/scalesetpriority",
-                                                                   "operator": "In", "values": ["spot"]}],
+            kubernetes.add_node_affinity(task, match_expressions=[{"key": SPOT_LABEL,
+                                                                   "operator": "In", "values": [SPOT_VALUE]}],
                                          weight=100)
         if place.use_shm:
             kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",

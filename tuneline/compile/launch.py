@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..runner.command import render_command
+from ..settings import CHECKPOINT_MOUNT
 from ..spec.models import ComponentSpec
 from . import pytorchjob, trainjob
 from .command import torchrun_prefix
@@ -56,7 +57,7 @@ from .jobpod import DNS_1035, NAME_PREFIX_MAX
 from .watch import BEAT_SECONDS, GONE_FILE, HEARTBEAT_FILE, WATCH_MODULE
 
 LAUNCH_MODULE = "tuneline.compile.launch"
-DEFAULT_SHARED = "/mnt/checkpoints"
+DEFAULT_SHARED = CHECKPOINT_MOUNT
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 RUN_LABEL = "tuneline.dev/run-id"
 # The launcher pod's own name and uid, from the downward API (the compiled task sets them), for the ownerReference.

@@ -9,15 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..graph import Node, PipelineGraph
+from ..settings import CHECKPOINT_MOUNT, SPOT_LABEL, SPOT_VALUE  # noqa: F401  (CHECKPOINT_MOUNT: re-exported)
 from ..spec.models import KubeflowCompute, Toleration
 
 GPU_RESOURCE = "nvidia.com/gpu"
 # The taint our AKS GPU pools carry (k8s/nodepools.yaml) and the one AKS puts on every spot pool.
 GPU_TOLERATION = Toleration(key="sku", operator="Equal", value="gpu", effect="NoSchedule")
-SPOT_LABEL = "kubernetes.azure.com/scalesetpriority"
-SPOT_TOLERATION = Toleration(key=SPOT_LABEL, operator="Equal", value="spot", effect="NoSchedule")
+SPOT_TOLERATION = Toleration(key=SPOT_LABEL, operator="Equal", value=SPOT_VALUE, effect="NoSchedule")
 ACCELERATOR_LABEL = "tuneline.dev/accelerator"
-CHECKPOINT_MOUNT = "/mnt/checkpoints"
 
 
 @dataclass

@@ -85,6 +85,7 @@ from typing import Any
 import yaml
 
 from ..compile.gate import SKIPPED, VALUE_FILE
+from ..settings import TELEMETRY_VAR
 from .workspace_mlflow import WorkspaceMlflow
 
 _PARENT_INPUT = re.compile(r"^\$\{\{\s*parent\.inputs\.([A-Za-z0-9_]+)\s*\}\}$")
@@ -320,7 +321,7 @@ class AzureMLRuntime:
         env.update(self.env)
         if self.workspace is not None:  # R9: the runtime's values replace the host's and the job's
             env = {k: v for k, v in env.items()
-                   if not k.startswith(("MLFLOW_", "AZUREML_")) or k == "MLFLOW_DISABLE_TELEMETRY"}
+                   if not k.startswith(("MLFLOW_", "AZUREML_")) or k == TELEMETRY_VAR}
             experiment = self.job.get("experiment_name") or self.job.get("display_name") or "Default"
             env.update(self.workspace.job_env(*self.workspace.job_run(experiment, name)))
         if self.image_path is not None:

@@ -42,6 +42,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from ..settings import TELEMETRY_OFF
+
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 RESOURCE_GROUP = "tuneline-rg"
 WORKSPACE = "tuneline-ws"
@@ -178,7 +180,7 @@ class WorkspaceMlflow:
                           f"database_uri = sqlite:///{self.folder / 'auth.db'}\n"
                           f"admin_username = {USER}\nadmin_password = {self.password}\n"
                           "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-        env = dict(os.environ, MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_DISABLE_TELEMETRY="true",
+        env = dict(os.environ, **TELEMETRY_OFF, MLFLOW_AUTH_CONFIG_PATH=str(config),
                    MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16))
         env.pop("MLFLOW_TRACKING_URI", None)
         log = (self.folder / "server.log").open("wb")

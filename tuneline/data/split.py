@@ -17,8 +17,10 @@ SPLITS = ("train", "validation", "test")
 
 @dataclass(frozen=True)
 class SplitRatios:
-    validation: float = 0.1
-    test: float = 0.1
+    """Fractions of the groups held out; no defaults here: the step that splits (prepare) declares its own."""
+
+    validation: float
+    test: float
 
     def __post_init__(self) -> None:
         for name in ("validation", "test"):

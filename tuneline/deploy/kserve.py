@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tuneline.deploy.kserve_schema import CRD_SCHEMAS
 from tuneline.deploy.policy import RolloutPolicy
+from tuneline.settings import SPOT_LABEL, SPOT_VALUE
 
 KUBERNETES_VERSION = "1.35.0"  # the oldest AKS minor supported today (k8s/supported.yaml)
 GPU_TOLERATION = {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}
@@ -50,9 +51,9 @@ POD_SECURITY = {
 CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 PRIORITY_CLASS = "tuneline-serving"
 SPOT_TOLERATION = {
-    "key": "kubernetes.azure.com/scalesetpriority",
+    "key": SPOT_LABEL,
     "operator": "Equal",
-    "value": "spot",
+    "value": SPOT_VALUE,
     "effect": "NoSchedule",
 }
 

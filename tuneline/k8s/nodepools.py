@@ -35,12 +35,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tuneline.k8s.yamlmodel import load_yaml_model
+from tuneline.settings import SPOT_LABEL, SPOT_TAINT, SPOT_VALUE
 
 DEFAULT_SPEC = Path("k8s/nodepools.yaml")
 ASO_API_VERSION = "containerservice.azure.com/v1api20240901"
 ASO_NAMESPACE = "tuneline-infra"
-SPOT_KEY = "kubernetes.azure.com/scalesetpriority"
-SPOT_TAINT = f"{SPOT_KEY}=spot:NoSchedule"
+SPOT_KEY = SPOT_LABEL
 GPU_LABEL = "tuneline.dev/accelerator"
 # https://github.com/kubernetes/autoscaler/blob/master/cluster-autoscaler/expander/priority/readme.md
 EXPANDER_CONFIGMAP = "cluster-autoscaler-priority-expander"
@@ -82,7 +82,7 @@ class Pool(BaseModel):
     @property
     def all_labels(self) -> dict[str, str]:
         """The labels to declare on create and update, AKS's own spot label included."""
-        return dict(sorted((self.labels | ({SPOT_KEY: "spot"} if self.priority == "Spot" else {})).items()))
+        return dict(sorted((self.labels | ({SPOT_KEY: SPOT_VALUE} if self.priority == "Spot" else {})).items()))
 
     @property
     def all_taints(self) -> list[str]:

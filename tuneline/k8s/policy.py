@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneline import settings
 from tuneline.k8s.render import Resource
+from tuneline.settings import SPOT_LABEL, SPOT_VALUE
 
 EXCEPTION_ANNOTATION = "tuneline.dev/pss-exception"
 # (kind, namespace, name) of the only workloads that may relax the restricted profile.
@@ -30,9 +32,9 @@ PSS_EXCEPTIONS = {
 }
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT = ("sku", "gpu")
-SPOT_TAINT = ("kubernetes.azure.com/scalesetpriority", "spot")
+SPOT_TAINT = (SPOT_LABEL, SPOT_VALUE)
 GPU_NODE_LABELS = {"tuneline.dev/accelerator", "accelerator"}
-SPOT_NODE_LABELS = {("kubernetes.azure.com/scalesetpriority", "spot"), ("tuneline.dev/pool", "gpuspot"),
+SPOT_NODE_LABELS = {(SPOT_LABEL, SPOT_VALUE), ("tuneline.dev/pool", "gpuspot"),
                     ("agentpool", "gpuspot")}
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 PLACEHOLDER_DIGEST = "@sha256:" + "0" * 64
@@ -194,7 +196,7 @@ def check_gpu_tolerations(r: Resource, spec: dict, base: str) -> list[Finding]:
                             "a GPU pod must tolerate the GPU node taint sku=gpu:NoSchedule"))
     if on_spot and not _tolerates(spec, SPOT_TAINT):
         out.append(_finding(r, f"{base}.tolerations", "a pod selecting spot nodes must tolerate "
-                            "kubernetes.azure.com/scalesetpriority=spot:NoSchedule"))
+                            + settings.SPOT_TAINT))
     return out
 
 

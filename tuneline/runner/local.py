@@ -67,7 +67,7 @@ def step_environment(root: Path, home: Path, run_id: str, step: str, code_root: 
     env["TUNELINE_STEP"] = step
     env["TUNELINE_HOME"] = str(home)
     env["MLFLOW_TRACKING_URI"] = settings.tracking_uri(home)
-    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    env.update(settings.TELEMETRY_OFF)
     return env
 
 

@@ -368,11 +368,11 @@ class Proxy:
     def logger(self, routes: Routes | None):
         from tuneline.feedback import RequestLogger
 
-        path = (routes.request_log if routes else None) or os.environ.get("TUNELINE_REQUEST_LOG", "").strip()
+        path = (routes.request_log if routes else None) or os.environ.get(settings.REQUEST_LOG_ENV, "").strip()
         if not path:
             return None
         if path not in self._loggers:
-            env = dict(os.environ, TUNELINE_REQUEST_LOG=path)
+            env = dict(os.environ, **{settings.REQUEST_LOG_ENV: path})
             self._loggers[path] = RequestLogger.from_env(env)
         return self._loggers[path]
 
@@ -792,7 +792,7 @@ def build_app(proxy: Proxy):
         logger = proxy.logger(proxy.routes.get())
         if logger is None:
             raise ApiError("feedback is off: this deployment logs no requests (deploy with a request log, or "
-                           "start the proxy with TUNELINE_REQUEST_LOG set)", status=404)
+                           f"start the proxy with {settings.REQUEST_LOG_ENV} set)", status=404)
         rated = await asyncio.get_running_loop().run_in_executor(None, proxy.desk.rate, logger, body, proxy.by)
         return JSONResponse(rated)
 

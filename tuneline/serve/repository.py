@@ -252,8 +252,9 @@ def serving_settings(model_dir: Path) -> dict:
     rendered with the variables training rendered it with (Llama 3.x stamps a date into every system header:
     served with today's date, the prompt differs from every prompt the model was tuned on)."""
     from tuneline.ml.chat import RENDER_KWARGS
+    from tuneline.ml.models import SUMMARY_FILE
 
-    summary_path = Path(model_dir) / "training_summary.json"
+    summary_path = Path(model_dir) / SUMMARY_FILE
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     # A summary without the key was written by a train step that rendered with the same fixed variables.
     kwargs = summary.get("chat_template_kwargs", RENDER_KWARGS)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..settings import DEFAULT_GATE_METRIC
 from .cron import check_cron, check_timezone
 
 NAME_PATTERN = r"^[a-z][a-z0-9_-]*$"
@@ -349,7 +350,7 @@ class Triggers(Strict):
                                          "95% confidence; reads the ratings beside requests_log")
     requests_log: str | None = Field(None, description="where production requests are logged")
     fresh_labels: str | None = Field(None, description="labelled JSONL to re-evaluate the champion on")
-    metric: str = Field("exact_match", description="the gate metric compared for metric_drop")
+    metric: str = Field(DEFAULT_GATE_METRIC, description="the gate metric compared for metric_drop")
     dataset_param: str | None = Field(None, description="parameter naming the data source (default: the first "
                                                         "uri_file parameter)")
     model_name: str | None = Field(None, description="registered model to watch (default: the register step's)")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from ..settings import TELEMETRY_OFF
 from ..spec import Pipeline
 from ..spec.cron import check_cron
 
@@ -98,7 +99,7 @@ def render(pipeline: Pipeline, out: Path, options: ScheduleOptions) -> tuple[dic
         "compute": options.compute
         if options.compute.startswith("azureml:")
         else f"azureml:{options.compute}",
-        "environment_variables": {"MLFLOW_DISABLE_TELEMETRY": "true"},
+        "environment_variables": dict(TELEMETRY_OFF),
         "identity": {"type": "managed"},
     }
     if options.data is not None:

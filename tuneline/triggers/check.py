@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import settings
+from ..settings import DEFAULT_GATE_METRIC
 from ..spec import Pipeline
 from ..spec.models import Triggers
 from .champion import check_age, default_model_name, find_champion
@@ -24,7 +25,7 @@ class CheckOptions:
     home: Path  # the project's state folder (.tuneline)
     dataset_param: str | None = None  # default: `dataset`, else the only uri_file parameter
     model_name: str | None = None  # default: the register step's model name, else the pipeline's
-    metric: str = "exact_match"  # the metric metric_drop applies to
+    metric: str = DEFAULT_GATE_METRIC  # the metric metric_drop applies to
     window: int = 1000  # most recent requests compared for drift
     min_requests: int = 50  # fewer requests than this: drift is not judged
     rating_window: int = 200  # most recent rated answers the ratings trigger judges
