@@ -20,13 +20,11 @@ ALLOWED: dict[str, int] = {
     "components/deploy/local.py::deploy_local": 91,
     "components/evaluate/__main__.py::main": 139,
     "components/preference/__main__.py::_main": 152,
-    "components/prepare/card.py::build_card": 84,
     "components/register/__main__.py::main": 108,
     "components/train/__main__.py::_main": 173,
     "tuneline/conformance/azureml.py::AzureMLRuntime.run_node": 85,
     "tuneline/serve/proxy.py::build_app": 279,
     "tuneline/serve/rollout.py::rollout": 137,
-    "tuneline/spec/load.py::_check_bindings": 94,
 }
 
 
