@@ -22,7 +22,6 @@ ALLOWED: dict[str, int] = {
     "components/preference/__main__.py::_main": 152,
     "components/register/__main__.py::main": 108,
     "components/train/__main__.py::_main": 173,
-    "tuneline/conformance/azureml.py::AzureMLRuntime.run_node": 85,
     "tuneline/serve/proxy.py::build_app": 279,
     "tuneline/serve/rollout.py::rollout": 137,
 }
