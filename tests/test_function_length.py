@@ -16,7 +16,6 @@ LIMIT = 80
 ALLOWED: dict[str, int] = {
     "bench/gpu_smoke.py::main": 146,
     "bench/prepare_bench.py::main": 93,
-    "components/deploy/__main__.py::main": 111,
     "components/evaluate/__main__.py::main": 139,
     "components/preference/__main__.py::_main": 152,
     "components/register/__main__.py::main": 108,
