@@ -18,7 +18,6 @@ ALLOWED: dict[str, int] = {
     "bench/prepare_bench.py::main": 93,
     "components/evaluate/__main__.py::main": 139,
     "components/preference/__main__.py::_main": 152,
-    "components/register/__main__.py::main": 108,
     "components/train/__main__.py::_main": 173,
     "tuneline/serve/proxy.py::build_app": 279,
     "tuneline/serve/rollout.py::rollout": 137,
