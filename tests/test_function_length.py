@@ -14,7 +14,6 @@ LIMIT = 80
 # Functions still over the limit, with the length they may not exceed while they wait to be split. A new
 # function over the limit fails, and so does one of these growing or shrinking under the limit (then drop it).
 ALLOWED: dict[str, int] = {
-    "components/evaluate/__main__.py::main": 139,
     "components/preference/__main__.py::_main": 152,
     "components/train/__main__.py::_main": 173,
     "tuneline/serve/proxy.py::build_app": 279,
