@@ -14,7 +14,6 @@ LIMIT = 80
 # Functions still over the limit, with the length they may not exceed while they wait to be split. A new
 # function over the limit fails, and so does one of these growing or shrinking under the limit (then drop it).
 ALLOWED: dict[str, int] = {
-    "components/preference/__main__.py::_main": 152,
     "tuneline/serve/proxy.py::build_app": 279,
     "tuneline/serve/rollout.py::rollout": 137,
 }
