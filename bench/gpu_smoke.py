@@ -156,7 +156,7 @@ def train_stage(data, model, out, method, steps, batch, seq_len, env, stages) ->
             "mean_len": s["real_tokens"] / max(s["steps"] * batch, 1)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="tiny model, CPU or GPU, seconds per stage")
     parser.add_argument("--lora-steps", type=int, default=None, help="LoRA steps (default: GPU 20, dry run 12)")
@@ -167,7 +167,88 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-work", action="store_true", help="keep the scratch folder (models, logs)")
     parser.add_argument("--out", type=Path, default=None,
                         help="results JSON (default bench/results/gpu-smoke.json; dry run: gpu-smoke-dry-run.json)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def mfu_stage(model, device: str, cuda: bool, rows: tuple[dict, dict]) -> dict:
+    """Model FLOPs utilisation of the lora and full rows, written into them."""
+    from bench.train_bench import flops_per_token, peak_flops
+
+    if not cuda:
+        return {"note": "no GPU: MFU not measured (dry run)"}
+    peak = peak_flops(device)
+    if peak is None:
+        return {"note": f"no peak known for {device!r} (bench/train_bench.py GPU_PEAKS)"}
+    notes = []
+    for row, method in zip(rows, ("lora", "full"), strict=True):
+        if row.get("tokens_per_s"):
+            per_token = flops_per_token(model, method, row["mean_len"], row["target_share"])
+            row["mfu"] = round(row["tokens_per_s"] * per_token / peak[0], 4)
+            notes.append(f"{row['stage']} {row['mfu']:.1%}")
+    return {"note": f"{', '.join(notes)} of {peak[0] / 1e12:g} TFLOP/s ({peak[1]})"}
+
+
+def fsdp_stage(data, model, out: Path, steps: int, batch: int, seq_len: int, env, stages) -> dict:
+    """A short LoRA run under FSDP2 through accelerate launch, one process."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "components" / "train" / "accelerate" / "fsdp.yaml"), "--num_processes", "1",
+               "--main_process_port", "0",
+               *train_args(data, model, out, "lora", steps, batch, seq_len)]
+    log = out.with_suffix(".log")
+    code = finish(launch(command, env, log), stages.left())
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    if code != 0:
+        raise RuntimeError(f"accelerate launch exited {code}: {tail(log)}")
+    if "distribution FSDP" not in text:
+        raise RuntimeError("the run did not train under FSDP: " + tail(log))
+    s = summary_of(out)
+    return {"steps": s["steps"], "tokens_per_s": round(s["tokens_per_s"], 1),
+            "loss_last": s["final_train_loss"], "peak_memory_gb": round(s["peak_memory_mb"] / 1024, 2),
+            "note": "FSDP2, 1 process"}
+
+
+def resume_stage(data, model, out: Path, steps: int, batch: int, seq_len: int, env, stages, lora: dict,
+                 lora_out: Path, cuda: bool) -> dict:
+    """Kill a LoRA run once it has checkpointed, resume it and compare its losses with the lora stage's."""
+    if lora.get("status") != "ok":
+        raise RuntimeError("needs the lora stage's result to compare with")
+    command = [sys.executable, *train_args(data, model, out, "lora", steps, batch, seq_len)]
+    log = out.with_suffix(".log")
+    process = launch(command, env, log)
+    while not list((out / "ckpt").glob("checkpoint-*")) and process.poll() is None and stages.left() > 1:
+        time.sleep(0.01)
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)  # what a spot eviction or node drain sends
+    code = finish(process, stages.left())
+    if code != 143:
+        raise RuntimeError(f"the killed run exited {code}, not 143 (checkpointed and stopped): {tail(log)}")
+    from tuneline.ml.checkpoint import latest
+
+    stopped_at = json.loads((latest(out / "ckpt") / "state.json").read_text())["global_step"]
+    code = finish(launch(command, env, log.with_name("resume-2.log")), stages.left())
+    if code != 0:
+        raise RuntimeError(f"the resumed run exited {code}: {tail(log.with_name('resume-2.log'))}")
+    resumed, reference = losses_of(out), losses_of(lora_out)
+    diff = max(abs(a - b) for a, b in zip(resumed, reference, strict=True))
+    tolerance = RESUME_TOLERANCE["cuda" if cuda else "cpu"]
+    if diff > tolerance:
+        raise RuntimeError(f"resumed losses differ from the uninterrupted run's by {diff:.2e} "
+                           f"(> {tolerance:g})")
+    return {"steps": len(resumed), "loss_last": resumed[-1],
+            "note": f"killed at step {stopped_at}, resumed; max loss difference {diff:.1e}"}
+
+
+def _print_table(device: str, torch_version: str, wall_s: float, rows: list[dict]) -> None:
+    print(f"\n{device}, torch {torch_version}, {wall_s} s in all")
+    print(f"{'stage':8} {'status':6} {'s':>6} {'steps':>5} {'tokens/s':>9} {'MFU':>6} {'peak GB':>8}  note")
+    for row in rows:
+        mfu = f"{row['mfu']:.1%}" if row.get("mfu") is not None else ""
+        print(f"{row['stage']:8} {row['status']:6} {row['seconds']:6.1f} {row.get('steps', ''):>5} "
+              f"{row.get('tokens_per_s', ''):>9} {mfu:>6} {row.get('peak_memory_gb', ''):>8}  {row.get('note', '')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     missing = missing_packages()
     if missing:
         print(f"error: missing Python packages: {', '.join(missing)} (install them, e.g. from wheels: pip install "
@@ -193,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
            "TUNELINE_HOME": str(work / "home"), **TELEMETRY_OFF, "HF_HUB_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)  # tracked into the scratch home when MLflow is installed, else untracked
 
-    from bench.train_bench import flops_per_token, n_params, peak_flops
+    from bench.train_bench import n_params
     from tests.support.tickets import write_splits
 
     data = write_splits(work / "data", n_train=64)
@@ -215,72 +296,11 @@ def main(argv: list[str] | None = None) -> int:
         full = stages.run("full", lambda: train_stage(data, model, full_out, "full", full_steps, batch, args.seq_len,
                                                       env, stages))
 
-        def mfu():
-            if not cuda:
-                return {"note": "no GPU: MFU not measured (dry run)"}
-            peak = peak_flops(device)
-            if peak is None:
-                return {"note": f"no peak known for {device!r} (bench/train_bench.py GPU_PEAKS)"}
-            notes = []
-            for row, method in ((lora, "lora"), (full, "full")):
-                if row.get("tokens_per_s"):
-                    per_token = flops_per_token(model, method, row["mean_len"], row["target_share"])
-                    row["mfu"] = round(row["tokens_per_s"] * per_token / peak[0], 4)
-                    notes.append(f"{row['stage']} {row['mfu']:.1%}")
-            return {"note": f"{', '.join(notes)} of {peak[0] / 1e12:g} TFLOP/s ({peak[1]})"}
-
-        stages.run("mfu", mfu)
-
-        def fsdp():
-            out = work / "fsdp"
-            command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                       str(ROOT / "components" / "train" / "accelerate" / "fsdp.yaml"), "--num_processes", "1",
-                       "--main_process_port", "0",
-                       *train_args(data, model, out, "lora", min(lora_steps, 6), batch, args.seq_len)]
-            log = out.with_suffix(".log")
-            code = finish(launch(command, env, log), stages.left())
-            text = log.read_text(errors="replace") if log.is_file() else ""
-            if code != 0:
-                raise RuntimeError(f"accelerate launch exited {code}: {tail(log)}")
-            if "distribution FSDP" not in text:
-                raise RuntimeError("the run did not train under FSDP: " + tail(log))
-            s = summary_of(out)
-            return {"steps": s["steps"], "tokens_per_s": round(s["tokens_per_s"], 1),
-                    "loss_last": s["final_train_loss"], "peak_memory_gb": round(s["peak_memory_mb"] / 1024, 2),
-                    "note": "FSDP2, 1 process"}
-
-        stages.run("fsdp", fsdp)
-
-        def resume():
-            if lora.get("status") != "ok":
-                raise RuntimeError("needs the lora stage's result to compare with")
-            out = work / "resume"
-            command = [sys.executable, *train_args(data, model, out, "lora", lora_steps, batch, args.seq_len)]
-            log = out.with_suffix(".log")
-            process = launch(command, env, log)
-            while not list((out / "ckpt").glob("checkpoint-*")) and process.poll() is None and stages.left() > 1:
-                time.sleep(0.01)
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)  # what a spot eviction or node drain sends
-            code = finish(process, stages.left())
-            if code != 143:
-                raise RuntimeError(f"the killed run exited {code}, not 143 (checkpointed and stopped): {tail(log)}")
-            from tuneline.ml.checkpoint import latest
-
-            stopped_at = json.loads((latest(out / "ckpt") / "state.json").read_text())["global_step"]
-            code = finish(launch(command, env, log.with_name("resume-2.log")), stages.left())
-            if code != 0:
-                raise RuntimeError(f"the resumed run exited {code}: {tail(log.with_name('resume-2.log'))}")
-            resumed, reference = losses_of(out), losses_of(lora_out)
-            diff = max(abs(a - b) for a, b in zip(resumed, reference, strict=True))
-            tolerance = RESUME_TOLERANCE["cuda" if cuda else "cpu"]
-            if diff > tolerance:
-                raise RuntimeError(f"resumed losses differ from the uninterrupted run's by {diff:.2e} "
-                                   f"(> {tolerance:g})")
-            return {"steps": len(resumed), "loss_last": resumed[-1],
-                    "note": f"killed at step {stopped_at}, resumed; max loss difference {diff:.1e}"}
-
-        stages.run("resume", resume)
+        stages.run("mfu", lambda: mfu_stage(model, device, cuda, (lora, full)))
+        stages.run("fsdp", lambda: fsdp_stage(data, model, work / "fsdp", min(lora_steps, 6), batch,
+                                              args.seq_len, env, stages))
+        stages.run("resume", lambda: resume_stage(data, model, work / "resume", lora_steps, batch, args.seq_len,
+                                                  env, stages, lora, lora_out, cuda))
 
     result = {"device": device, "capability": list(capability) if capability else None, "dry_run": dry,
               "torch": torch.__version__, "model": "tiny random Llama" if dry else "Llama ~1.1B (random, bf16)",
@@ -290,12 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         result[package] = __import__(package).__version__
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n{device}, torch {torch.__version__}, {result['wall_s']} s in all")
-    print(f"{'stage':8} {'status':6} {'s':>6} {'steps':>5} {'tokens/s':>9} {'MFU':>6} {'peak GB':>8}  note")
-    for row in stages.rows:
-        mfu = f"{row['mfu']:.1%}" if row.get("mfu") is not None else ""
-        print(f"{row['stage']:8} {row['status']:6} {row['seconds']:6.1f} {row.get('steps', ''):>5} "
-              f"{row.get('tokens_per_s', ''):>9} {mfu:>6} {row.get('peak_memory_gb', ''):>8}  {row.get('note', '')}")
+    _print_table(device, torch.__version__, result["wall_s"], stages.rows)
     print(f"results: {out_path}")
     if args.keep_work:
         print(f"scratch folder (models, checkpoints, logs): {work}")

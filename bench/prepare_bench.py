@@ -174,7 +174,7 @@ def run_one(raw: Path, n: int, workers: int, kind: str) -> dict:
         }
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000], help="record counts")
     p.add_argument("--million", action="store_true", help="add 1,000,000 records to --sizes")
@@ -192,43 +192,39 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON results")
     p.add_argument("--merge", type=Path, nargs="+", default=[],
                    help="run nothing: combine the runs of these results files (e.g. one per file type) into --out")
-    args = p.parse_args()
-    if args.make:
-        print(write_input(str(args.raw), args.make, args.type))
-        return
-    if args.one:
-        print(json.dumps(run_one(args.raw, args.one, args.workers, args.type)))
-        return
-    sizes = sorted(set(args.sizes) | ({1_000_000} if args.million else set()))
-    rows = []
-    for path in args.merge:
-        rows += json.loads(path.read_text())["runs"]
-    rows.sort(key=lambda r: (r["type"] != "jsonl", r["records"]))
-    for kind, n in ((k, n) for k in args.types for n in sizes if not args.merge):
-        with tempfile.TemporaryDirectory() as tmp:
-            raw = subprocess.run(
-                [sys.executable, __file__, "--make", str(n), "--raw", tmp, "--type", kind],
-                check=True, capture_output=True, text=True, cwd=ROOT,
-            ).stdout.strip().splitlines()[-1]
-            out = subprocess.run(
-                [sys.executable, __file__, "--one", str(n), "--raw", raw, "--workers", str(args.workers),
-                 "--type", kind],
-                check=True,
-                capture_output=True,
-                text=True,
-                cwd=ROOT,
-            ).stdout
-        row = json.loads(out.strip().splitlines()[-1])
-        rows.append(row)
-        print(
-            f"{kind:>7} {n:>9,} records  {row['seconds']:>8.2f} s  {row['records_per_second']:>9,.0f} rec/s  "
-            f"{row['cpu_seconds']:>8.2f} CPU-s  {row['records_per_cpu_second']:>9,.0f} rec/CPU-s  "
-            f"x{row['vs_plain']} plain copy  peak RSS {row['peak_rss_mib']:>7,.0f} MiB  workers {row['workers']}  "
-            f"load {row['load_average_at_start']}-{row['load_average_at_end']}  "
-            f"(kept {row['kept']}, dedup {row['deduplicated']})",
-            flush=True,
-        )
-    scaling = [
+    return p
+
+
+def _run_size(kind: str, n: int, workers: int) -> dict:
+    """Write `n` records as `kind`, prepare them in a fresh process and print the row it measured."""
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = subprocess.run(
+            [sys.executable, __file__, "--make", str(n), "--raw", tmp, "--type", kind],
+            check=True, capture_output=True, text=True, cwd=ROOT,
+        ).stdout.strip().splitlines()[-1]
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", str(n), "--raw", raw, "--workers", str(workers),
+             "--type", kind],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        ).stdout
+    row = json.loads(out.strip().splitlines()[-1])
+    print(
+        f"{kind:>7} {n:>9,} records  {row['seconds']:>8.2f} s  {row['records_per_second']:>9,.0f} rec/s  "
+        f"{row['cpu_seconds']:>8.2f} CPU-s  {row['records_per_cpu_second']:>9,.0f} rec/CPU-s  "
+        f"x{row['vs_plain']} plain copy  peak RSS {row['peak_rss_mib']:>7,.0f} MiB  workers {row['workers']}  "
+        f"load {row['load_average_at_start']}-{row['load_average_at_end']}  "
+        f"(kept {row['kept']}, dedup {row['deduplicated']})",
+        flush=True,
+    )
+    return row
+
+
+def _scaling(rows: list[dict]) -> list[dict]:
+    """How time grew against size between successive runs of one file type."""
+    return [
         {
             "type": a["type"],
             "from": a["records"],
@@ -241,6 +237,24 @@ def main() -> None:
         for a, b in zip(rows, rows[1:], strict=False)
         if a["type"] == b["type"]
     ]
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    if args.make:
+        print(write_input(str(args.raw), args.make, args.type))
+        return
+    if args.one:
+        print(json.dumps(run_one(args.raw, args.one, args.workers, args.type)))
+        return
+    sizes = sorted(set(args.sizes) | ({1_000_000} if args.million else set()))
+    rows = []
+    for path in args.merge:
+        rows += json.loads(path.read_text())["runs"]
+    rows.sort(key=lambda r: (r["type"] != "jsonl", r["records"]))
+    for kind, n in ((k, n) for k in args.types for n in sizes if not args.merge):
+        rows.append(_run_size(kind, n, args.workers))
+    scaling = _scaling(rows)
     for s in scaling:
         print(
             f"{s['type']}: {s['from']:,} -> {s['to']:,}: wall time x{s['time_ratio']}, CPU time x{s['cpu_time_ratio']} "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -24,104 +25,96 @@ from tuneline.component_args import parse_component_args
 from tuneline.outputs import write_value
 from tuneline.settings import disable_mlflow_telemetry
 
+if TYPE_CHECKING:
+    from argparse import Namespace
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_component_args(__file__, argv)
-    disable_mlflow_telemetry()
-    from tuneline.deploy import azureml, kserve
+    from components.deploy.record import DeploymentRecord
+    from tuneline.deploy.azureml import AzureMLOptions
+    from tuneline.deploy.kserve import KServeOptions
     from tuneline.deploy.policy import RolloutPolicy
-    from tuneline.registry import fetch_model, parse_models_uri
 
-    def log(message: str) -> None:
-        print(message, file=sys.stderr)
 
-    try:
-        name, _, _ = parse_models_uri(args.model_uri)
-        policy = RolloutPolicy(strategy=args.strategy, canary_percent=args.canary_percent)
-        serving_name = args.serving_name or name
-        kserve_options = (
-            kserve.KServeOptions(
-                name=serving_name.lower(),
-                namespace=args.namespace,
-                storage_uri=args.storage_uri,
-                runtime=args.runtime,
-                api=args.kserve_api,
-                gpus=args.gpus,
-                min_replicas=args.min_replicas,
-                max_replicas=args.max_replicas,
-                spot=args.spot,
-                service_account=args.service_account,
-                workload_identity_client_id=args.workload_identity_client_id,
-            )
-            if args.target == "kserve"
-            else None
+def _log(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _target_options(args: Namespace, serving_name: str) -> tuple[KServeOptions | None, AzureMLOptions | None]:
+    """(KServe options, Azure ML options): the one for --target, None for the other."""
+    from tuneline.deploy import azureml, kserve
+
+    kserve_options = (
+        kserve.KServeOptions(
+            name=serving_name.lower(),
+            namespace=args.namespace,
+            storage_uri=args.storage_uri,
+            runtime=args.runtime,
+            api=args.kserve_api,
+            gpus=args.gpus,
+            min_replicas=args.min_replicas,
+            max_replicas=args.max_replicas,
+            spot=args.spot,
+            service_account=args.service_account,
+            workload_identity_client_id=args.workload_identity_client_id,
         )
-        azureml_options = (
-            azureml.AzureMLOptions(
-                endpoint_name=serving_name,
-                auth_mode=args.auth_mode,
-                slot=args.slot,
-                instance_type=args.instance_type,
-                instance_count=args.instance_count,
-            )
-            if args.target == "azureml"
-            else None
+        if args.target == "kserve"
+        else None
+    )
+    azureml_options = (
+        azureml.AzureMLOptions(
+            endpoint_name=serving_name,
+            auth_mode=args.auth_mode,
+            slot=args.slot,
+            instance_type=args.instance_type,
+            instance_count=args.instance_count,
         )
-    except (ValueError, ValidationError) as exc:
-        print(f"deploy: invalid input: {exc}", file=sys.stderr)
-        return 2
-    uri = f"models:/{name}@{args.alias}" if args.alias else args.model_uri
+        if args.target == "azureml"
+        else None
+    )
+    return kserve_options, azureml_options
 
-    from components.deploy.manifests import ManifestError, write_azureml, write_kserve, write_triton
+
+def _deploy(args: Namespace, uri: str, policy: RolloutPolicy, serving_name: str,
+            kserve_options: KServeOptions | None, azureml_options: AzureMLOptions | None) -> DeploymentRecord:
+    """Fetch the version `uri` names and deploy it to --target; returns its DeploymentRecord."""
+    from components.deploy.manifests import write_azureml, write_kserve, write_triton
     from tuneline import settings
+    from tuneline.registry import fetch_model
 
     scratch_root = settings.home() / "tmp"
     scratch_root.mkdir(parents=True, exist_ok=True)
-    try:
-        with tempfile.TemporaryDirectory(prefix="deploy-", dir=scratch_root) as scratch:
-            fetched = fetch_model(uri, Path(scratch))
-            log(f"deploy: {uri} -> {fetched.uri} (target {args.target}, {policy.strategy})")
-            if args.target == "local":
-                from components.deploy.local import LocalOptions, default_state_dir, deploy_local
+    with tempfile.TemporaryDirectory(prefix="deploy-", dir=scratch_root) as scratch:
+        fetched = fetch_model(uri, Path(scratch))
+        _log(f"deploy: {uri} -> {fetched.uri} (target {args.target}, {policy.strategy})")
+        if args.target == "local":
+            from components.deploy.local import LocalOptions, default_state_dir, deploy_local
 
-                options = LocalOptions(
-                    state_dir=Path(args.state_dir) if args.state_dir else default_state_dir(),
-                    model_name=serving_name,
-                    proxy_port=args.port,
-                    smoke_expect=args.smoke_expect,
-                    startup_timeout=args.startup_timeout,
-                    requests_log=Path(args.requests_log) if args.requests_log else None,
-                    canary_promote_after=args.canary_promote_after,
-                )
-                record = deploy_local(fetched, options, policy, args.model_uri, log)
-            elif args.target == "triton":
-                record = write_triton(
-                    fetched, args.files, policy, args.model_uri, serving_name, args.instance_kind
-                )
-            elif args.target == "kserve":
-                record = write_kserve(fetched, args.files, policy, args.model_uri, kserve_options, serving_name)
-            else:
-                record = write_azureml(
-                    fetched, args.files, policy, args.model_uri, azureml_options, args.first_deployment
-                )
-    except (LookupError, FileNotFoundError, ManifestError, ValueError) as exc:
-        print(f"deploy: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - MLflow raises its own base class for a missing model
-        if type(exc).__name__ != "MlflowException":
-            raise
-        print(f"deploy: {uri}: {exc}", file=sys.stderr)
-        return 2
+            options = LocalOptions(
+                state_dir=Path(args.state_dir) if args.state_dir else default_state_dir(),
+                model_name=serving_name,
+                proxy_port=args.port,
+                smoke_expect=args.smoke_expect,
+                startup_timeout=args.startup_timeout,
+                requests_log=Path(args.requests_log) if args.requests_log else None,
+                canary_promote_after=args.canary_promote_after,
+            )
+            return deploy_local(fetched, options, policy, args.model_uri, _log)
+        if args.target == "triton":
+            return write_triton(fetched, args.files, policy, args.model_uri, serving_name, args.instance_kind)
+        if args.target == "kserve":
+            return write_kserve(fetched, args.files, policy, args.model_uri, kserve_options, serving_name)
+        return write_azureml(fetched, args.files, policy, args.model_uri, azureml_options, args.first_deployment)
+
+
+def _write_outputs(args: Namespace, record: DeploymentRecord, serving_name: str) -> None:
+    from tuneline.runner.summary import write_step_summary
 
     write_value(args.endpoint, record.endpoint)
     write_value(args.status, record.status)
     record.write(args.deployment)
-    log(
+    _log(
         f"deploy: {record.status}: {record.model_uri} ({args.target})"
         + (f" - {record.error}" if record.error else "")
     )
-    from tuneline.runner.summary import write_step_summary
-
     if args.target == "local" and record.endpoint:
         shown = (
             f"endpoint:   {record.endpoint}\ntoken file: {record.token_file}\n"
@@ -135,6 +128,37 @@ def main(argv: list[str] | None = None) -> int:
         write_step_summary(f"{record.status}: {record.model_uri} ({args.target})\n  " + "\n  ".join(record.files))
     else:
         write_step_summary(f"{record.status}: {record.model_uri} ({args.target}) {record.error or ''}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_component_args(__file__, argv)
+    disable_mlflow_telemetry()
+    from tuneline.deploy.policy import RolloutPolicy
+    from tuneline.registry import parse_models_uri
+
+    try:
+        name, _, _ = parse_models_uri(args.model_uri)
+        policy = RolloutPolicy(strategy=args.strategy, canary_percent=args.canary_percent)
+        serving_name = args.serving_name or name
+        kserve_options, azureml_options = _target_options(args, serving_name)
+    except (ValueError, ValidationError) as exc:
+        print(f"deploy: invalid input: {exc}", file=sys.stderr)
+        return 2
+    uri = f"models:/{name}@{args.alias}" if args.alias else args.model_uri
+
+    from components.deploy.manifests import ManifestError
+
+    try:
+        record = _deploy(args, uri, policy, serving_name, kserve_options, azureml_options)
+    except (LookupError, FileNotFoundError, ManifestError, ValueError) as exc:
+        print(f"deploy: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - MLflow raises its own base class for a missing model
+        if type(exc).__name__ != "MlflowException":
+            raise
+        print(f"deploy: {uri}: {exc}", file=sys.stderr)
+        return 2
+    _write_outputs(args, record, serving_name)
     return 1 if record.status == "failed" else 0
 
 

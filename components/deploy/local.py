@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from components.deploy.record import DeploymentRecord, curl_command
 from tuneline.deploy.policy import RolloutPolicy
 from tuneline.registry import FetchedModel, resolve_base_dir
+
+if TYPE_CHECKING:
+    from tuneline.serve.rollout import RolloutResult
 
 CURRENT_FILE = "deployed-model.json"
 
@@ -60,6 +65,47 @@ def _alive(live: dict) -> bool:
     return bool(server and server.get("alive") and proxy and proxy.get("alive"))
 
 
+def _smoke_check(expect: str | None) -> Callable[[list[str]], str | None] | None:
+    """The smoke test's check on the model's answers: each must match `expect`, when one is given."""
+    if not expect:
+        return None
+    pattern = re.compile(expect)
+
+    def check(outputs: list[str]) -> str | None:
+        bad = [o for o in outputs if not pattern.search(o)]
+        return (
+            f"{len(bad)} of {len(outputs)} outputs do not match {expect!r}: {bad[:2]!r}"
+            if bad
+            else None
+        )
+
+    return check
+
+
+def _record_outcome(record: DeploymentRecord, result: RolloutResult, current: dict | None, fetched: FetchedModel,
+                    options: LocalOptions, state_dir: Path) -> None:
+    """A rollout's outcome: the new version is recorded as current, or the record says it was rolled back."""
+    if result.ok:
+        (state_dir / CURRENT_FILE).write_text(
+            json.dumps(
+                {
+                    "model_uri": fetched.uri,
+                    "version": fetched.version,
+                    "slot": result.server.slot if result.server else result.slot,
+                    "model_name": options.model_name,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        record.endpoint = result.proxy_url or ""
+    else:
+        # With no previous server there is nothing to roll back to: the deployment failed outright.
+        record.status, record.error = ("rolled_back" if result.slot else "failed"), result.error
+        record.details["serving"] = current if result.slot else None
+        record.endpoint = result.proxy_url or ""
+
+
 def deploy_local(
     fetched: FetchedModel, options: LocalOptions, policy: RolloutPolicy, requested_uri: str, log=print
 ) -> DeploymentRecord:
@@ -90,18 +136,7 @@ def deploy_local(
         record.details["serving"] = current
         return record
 
-    check = None
-    if options.smoke_expect:
-        pattern = re.compile(options.smoke_expect)
-
-        def check(outputs: list[str]) -> str | None:
-            bad = [o for o in outputs if not pattern.search(o)]
-            return (
-                f"{len(bad)} of {len(outputs)} outputs do not match {options.smoke_expect!r}: {bad[:2]!r}"
-                if bad
-                else None
-            )
-
+    check = _smoke_check(options.smoke_expect)
     canary = policy.strategy == "canary"
     result = rollout(
         fetched.model_dir,
@@ -129,25 +164,7 @@ def deploy_local(
             f"deploy: canary: {result.canary_percent}% of requests go to {fetched.uri}; the proxy promotes it "
             f"after {options.canary_promote_after} healthy requests or rolls it back (see GET /v1/stats)"
         )
-    if result.ok:
-        (state_dir / CURRENT_FILE).write_text(
-            json.dumps(
-                {
-                    "model_uri": fetched.uri,
-                    "version": fetched.version,
-                    "slot": result.server.slot if result.server else result.slot,
-                    "model_name": options.model_name,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
-        record.endpoint = result.proxy_url or ""
-    else:
-        # With no previous server there is nothing to roll back to: the deployment failed outright.
-        record.status, record.error = ("rolled_back" if result.slot else "failed"), result.error
-        record.details["serving"] = current if result.slot else None
-        record.endpoint = result.proxy_url or ""
+    _record_outcome(record, result, current, fetched, options, state_dir)
     if record.endpoint:
         record.curl = curl_command(record.endpoint, record.token_file)
     return record

@@ -19,10 +19,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tuneline.component_args import parse_component_args
 from tuneline.outputs import write_value
 from tuneline.settings import disable_mlflow_telemetry
+
+if TYPE_CHECKING:
+    from argparse import Namespace
+
+    from tuneline.ml.gates import Gate, GateResult
+    from tuneline.ml.winrate import WinRate
 
 
 def resolve_champion(uri: str) -> Path:
@@ -105,23 +112,11 @@ def judge_against_champion(args, records, refs, schema, predictions: dict[str, l
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_component_args(__file__, argv)
-    disable_mlflow_telemetry()
-    from tuneline.ml.data import read_split
-    from tuneline.ml.gates import Gate, GateError, expand
+def _check_choices(args: Namespace, gate: Gate, names: list[str], schema: dict | None) -> int | None:
+    """Exit code 2 with the reason on stderr when the gate, the gate metric or the judge cannot work on this
+    test split; None when they can."""
+    from tuneline.ml.gates import GateError
 
-    try:
-        # "{metric}" / "{better}" in a gate stand for --gate-metric and its direction, so one pipeline parameter
-        # retargets the gates.
-        gate = Gate(expand(args.gates, args.gate_metric))
-    except GateError as err:
-        print(f"error: --gates: {err}", file=sys.stderr)
-        return 2
-    split = read_split(args.test, limit=args.max_examples)
-    schema = json.loads(args.schema.read_text()) if args.schema else None
-    refs = [r.answer for r in split.records]
-    names = available_metrics(refs, schema)
     # Fail before loading any model when the gate, or the gate metric register will compare, names a metric this
     # evaluation cannot produce.
     gate_metric = args.gate_metric.removeprefix("tuned.")
@@ -149,7 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.judge != "metric" and not args.judge_model:
         print(f"error: --judge {args.judge}: name the model to ask with --judge-model", file=sys.stderr)
         return 2
+    return None
 
+
+def _score_models(args: Namespace, split_records: list, refs: list[str], schema: dict | None) -> tuple:
+    """Generate and score with the base, the tuned and (when given) the champion model, one at a time;
+    returns (results, predictions, timings, records, refs, quarantined, tuned summary)."""
     import torch
 
     from tuneline.ml.models import load_causal_lm, load_tokenizer, load_tuned, resolve_model
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     base_path = resolve_model(args.base_model)
     base = load_causal_lm(base_path, dtype=dtype).to(device).eval()
     base_tok = load_tokenizer(base_path, padding_side="left")
-    records, refs, quarantined = expressible(base_tok, split.records, refs, args.max_seq_len)
+    records, refs, quarantined = expressible(base_tok, split_records, refs, args.max_seq_len)
     n, total = len(records), len(records) * (3 if args.champion_uri else 2)
     results["base"], predictions["base"], timings["base"] = score(base, base_tok, records, refs, schema, args,
                                                                   "base", 0, total)
@@ -183,36 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         champion.to(device)
         results["champion"], predictions["champion"], timings["champion"] = score(
             champion, champion_tok, records, refs, schema, args, "champion", 2 * n, total)
+    return results, predictions, timings, records, refs, quarantined, summary
 
-    contest = None
-    if args.champion_uri:
-        from tuneline.ml.judge import JudgeError
 
-        try:
-            contest = judge_against_champion(args, records, refs, schema, predictions)
-        except JudgeError as err:
-            print(f"error: --judge: {err}", file=sys.stderr)
-            return 1
-    gate_result = gate.evaluate({**results, **({"win_rate": contest.metrics()} if contest else {})})
-    meta = {"n_examples": len(refs), "test_sha256": split.sha256, "base_model": args.base_model,
-            "tuned_method": summary.get("method", "?"), "max_new_tokens": args.max_new_tokens}
-    if quarantined:
-        meta["quarantined"] = quarantined
-    if contest:
-        from dataclasses import asdict
-
-        meta["win_rate"] = asdict(contest)
-    samples = [{"id": r.id, "reference": ref, **{m: predictions[m][i] for m in predictions}}
-               for i, (r, ref) in enumerate(zip(records, refs, strict=True)) if i < args.samples]
-    document = {
-        "models": results,
-        "gates": {"expression": gate_result.expression, "passed": gate_result.passed,
-                  "clauses": [{"text": c.text, "value": c.value} for c in gate_result.clauses]},
-        **meta,
-        "seconds": timings,
-        "predictions": [{"id": r.id, "reference": ref, **{m: predictions[m][i] for m in predictions}}
-                        for i, (r, ref) in enumerate(zip(records, refs, strict=True))],
-    }
+def _write_outputs(args: Namespace, results: dict, gate_result: GateResult, samples: list[dict], meta: dict,
+                   document: dict, contest: WinRate | None) -> None:
+    """The passed flag, metrics and report files, the step summary, the MLflow run and the printed verdict."""
     from components.evaluate.report import render
 
     for path in (args.passed, args.metrics, args.report):
@@ -243,6 +219,61 @@ def main(argv: list[str] | None = None) -> int:
     if contest:
         print(f"win rate against the champion: {contest.value:.3f} (95% CI {contest.lower:.3f}-{contest.upper:.3f}; "
               f"{contest.wins} won, {contest.ties} tied, {contest.losses} lost; judge {contest.judge})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_component_args(__file__, argv)
+    disable_mlflow_telemetry()
+    from tuneline.ml.data import read_split
+    from tuneline.ml.gates import Gate, GateError, expand
+
+    try:
+        # "{metric}" / "{better}" in a gate stand for --gate-metric and its direction, so one pipeline parameter
+        # retargets the gates.
+        gate = Gate(expand(args.gates, args.gate_metric))
+    except GateError as err:
+        print(f"error: --gates: {err}", file=sys.stderr)
+        return 2
+    split = read_split(args.test, limit=args.max_examples)
+    schema = json.loads(args.schema.read_text()) if args.schema else None
+    refs = [r.answer for r in split.records]
+    names = available_metrics(refs, schema)
+    if (code := _check_choices(args, gate, names, schema)) is not None:
+        return code
+
+    results, predictions, timings, records, refs, quarantined, summary = _score_models(args, split.records,
+                                                                                      refs, schema)
+
+    contest = None
+    if args.champion_uri:
+        from tuneline.ml.judge import JudgeError
+
+        try:
+            contest = judge_against_champion(args, records, refs, schema, predictions)
+        except JudgeError as err:
+            print(f"error: --judge: {err}", file=sys.stderr)
+            return 1
+    gate_result = gate.evaluate({**results, **({"win_rate": contest.metrics()} if contest else {})})
+    meta = {"n_examples": len(refs), "test_sha256": split.sha256, "base_model": args.base_model,
+            "tuned_method": summary.get("method", "?"), "max_new_tokens": args.max_new_tokens}
+    if quarantined:
+        meta["quarantined"] = quarantined
+    if contest:
+        from dataclasses import asdict
+
+        meta["win_rate"] = asdict(contest)
+    samples = [{"id": r.id, "reference": ref, **{m: predictions[m][i] for m in predictions}}
+               for i, (r, ref) in enumerate(zip(records, refs, strict=True)) if i < args.samples]
+    document = {
+        "models": results,
+        "gates": {"expression": gate_result.expression, "passed": gate_result.passed,
+                  "clauses": [{"text": c.text, "value": c.value} for c in gate_result.clauses]},
+        **meta,
+        "seconds": timings,
+        "predictions": [{"id": r.id, "reference": ref, **{m: predictions[m][i] for m in predictions}}
+                        for i, (r, ref) in enumerate(zip(records, refs, strict=True))],
+    }
+    _write_outputs(args, results, gate_result, samples, meta, document, contest)
     return 0
 
 

@@ -99,27 +99,17 @@ def _main(config) -> int:
     except (DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if config.sft_model_uri:
-        if config.sft_model is not None:
-            print("error: give --sft-model or --sft-model-uri, not both", file=sys.stderr)
-            return 2
-        try:
-            config = dataclasses.replace(config, sft_model=_fetch_start(config.sft_model_uri))
-        except (LookupError, ValueError, FileNotFoundError) as err:
-            print(f"error: --sft-model-uri: {err}", file=sys.stderr)
-            return 2
-        print(f"starting from {config.sft_model_uri}", flush=True)
+    config, code = _resolve_start(config)
+    if code is not None:
+        return code
 
     import torch
     from accelerate import Accelerator
-    from transformers import get_scheduler
 
     from components.preference import model as modelbuild
-    from components.preference.data import encode_split
     from components.preference.loop import PreferenceLoop
-    from components.train import modelsetup
     from components.train.__main__ import save_outputs
-    from components.train.loop import StopFlag, finite, plan
+    from components.train.loop import StopFlag, plan
     from components.train.state import TrainState
     from tuneline.ml import checkpoint as ckpt
     from tuneline.ml.device import detect
@@ -139,30 +129,88 @@ def _main(config) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     torch.manual_seed(config.seed + 1000 * acc.process_index)
-    over_long: dict = {}
-    train, over_long["train"] = encode_split(tokenizer, train_split, config.max_seq_len)
-    encoded_held_out = {}
-    for name, split in held_out.items():
-        encoded_held_out[name], over_long[name] = encode_split(tokenizer, split, config.max_seq_len)
+    train, encoded_held_out, validation, over_long = _encode(config, tokenizer, train_split, held_out)
     if not train:
         print(f"error: no training record fits --max-seq-len {config.max_seq_len} with an answer token left "
               f"({over_long['train']})", file=sys.stderr)
         return 2
-    validation = encoded_held_out.get("validation", [])
-    if config.max_eval_examples:
-        validation = validation[: config.max_eval_examples]
 
     steps = plan(config, len(train), acc.num_processes)
-    optimizer = torch.optim.AdamW(modelsetup.param_groups(model, config.weight_decay), lr=config.learning_rate)
-    scheduler = get_scheduler(config.lr_scheduler if config.lr_scheduler != "constant" else "constant_with_warmup",
-                              optimizer, num_warmup_steps=math.ceil(config.warmup_ratio * steps.total_steps),
-                              num_training_steps=steps.total_steps)
+    optimizer, scheduler = _optimizer(config, model, steps.total_steps)
     model, optimizer = acc.prepare(model, optimizer)
     loop = PreferenceLoop(config, acc, model, tokenizer, optimizer, scheduler, train, validation, None, stop,
                           TrainState(), reference=reference, kind=train_split.kind)
     resume_from = ckpt.latest(config.checkpoints)
     if resume_from is not None:
         loop.load_checkpoint(resume_from)
+    run = _start_run(config, acc, loop, untracked, chosen, steps.total_steps, log, train_split=train_split,
+                     start=start, base_model=base_model, sizes=(len(train), len(validation)))
+    loop.run = run
+    log(f"preference {config.loss} ({config.method}) on {start}: {len(train)} records, {steps.total_steps} steps")
+
+    state, held = _fit(loop, run, encoded_held_out)
+
+    # Downstream steps load the output against base_model: an adapter trained on a merged SFT model would not
+    # apply there, so that policy is merged and written as a full model.
+    merged = config.method == "lora" and config.sft_model is not None
+    if merged:
+        model = acc.unwrap_model(model).merge_and_unload()
+    summary = _summary(config, acc, loop, state, held, started, precision, merged=merged, start=start,
+                       base_model=base_model, train_split=train_split, held_out=held_out, n_train=len(train),
+                       over_long=over_long)
+    save_config = _SaveAs(config, "full" if merged else config.method, base_model)
+    save_outputs(save_config, acc, model, tokenizer, summary)
+    _finish(config, acc, run, state, summary, held, start, log)
+    acc.end_training()
+    return 0
+
+
+def _resolve_start(config):
+    """(config with --sft-model set from --sft-model-uri when one is given, exit code 2 on a bad one)."""
+    if config.sft_model_uri:
+        if config.sft_model is not None:
+            print("error: give --sft-model or --sft-model-uri, not both", file=sys.stderr)
+            return config, 2
+        try:
+            config = dataclasses.replace(config, sft_model=_fetch_start(config.sft_model_uri))
+        except (LookupError, ValueError, FileNotFoundError) as err:
+            print(f"error: --sft-model-uri: {err}", file=sys.stderr)
+            return config, 2
+        print(f"starting from {config.sft_model_uri}", flush=True)
+    return config, None
+
+
+def _encode(config, tokenizer, train_split, held_out: dict) -> tuple[list, dict, list, dict]:
+    """(train records, encoded held-out splits, validation records, what was truncated or dropped per split)."""
+    from components.preference.data import encode_split
+
+    over_long: dict = {}
+    train, over_long["train"] = encode_split(tokenizer, train_split, config.max_seq_len)
+    encoded_held_out = {}
+    for name, split in held_out.items():
+        encoded_held_out[name], over_long[name] = encode_split(tokenizer, split, config.max_seq_len)
+    validation = encoded_held_out.get("validation", [])
+    if config.max_eval_examples:
+        validation = validation[: config.max_eval_examples]
+    return train, encoded_held_out, validation, over_long
+
+
+def _optimizer(config, model, total_steps: int) -> tuple:
+    import torch
+    from transformers import get_scheduler
+
+    from components.train import modelsetup
+
+    optimizer = torch.optim.AdamW(modelsetup.param_groups(model, config.weight_decay), lr=config.learning_rate)
+    scheduler = get_scheduler(config.lr_scheduler if config.lr_scheduler != "constant" else "constant_with_warmup",
+                              optimizer, num_warmup_steps=math.ceil(config.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    return optimizer, scheduler
+
+
+def _start_run(config, acc, loop, untracked: str | None, chosen, total_steps: int, log, *, train_split,
+               start: str, base_model: str, sizes: tuple[int, int]):
+    """The MLflow run on the main process (resumed when the checkpoint names one), or None."""
     run = None
     if untracked and acc.is_main_process:
         log(f"warning: this run is not tracked: {untracked}; its figures stay in {SUMMARY_FILE}")
@@ -174,18 +222,21 @@ def _main(config) -> int:
                   run_name=f"preference-{config.loss}-{config.method}-{base_model.replace('/', '-')}"[:100])
         loop.state.mlflow_run_id = run.run_id
         run.log_params({**hyperparameters(config), "train_sha256": train_split.sha256, "start": start,
-                        "n_train": len(train), "n_validation": len(validation), "world_size": acc.num_processes,
-                        "planned_steps": steps.total_steps,
+                        "n_train": sizes[0], "n_validation": sizes[1], "world_size": acc.num_processes,
+                        "planned_steps": total_steps,
                         **{k: v for k, v in chosen.as_params().items() if k != "reason"}})
         run.set_tags({"tuneline.dataset_sha256": train_split.sha256, "tuneline.base_model": base_model,
                       "tuneline.method": config.method, "tuneline.preference_loss": config.loss})
         write_value(config.mlflow_run_id, run.run_id)
-    loop.run = run
-    log(f"preference {config.loss} ({config.method}) on {start}: {len(train)} records, {steps.total_steps} steps")
+    return run
 
+
+def _fit(loop, run, encoded_held_out: dict) -> tuple:
+    """(final state, held-out scores); the run ends KILLED on a stop signal, FAILED on any other error."""
     try:
         state = loop.fit()
         held = {name: loop.score(records) for name, records in encoded_held_out.items() if records}
+        return state, held
     except SystemExit:
         if run is not None:
             run.finish("KILLED")
@@ -195,18 +246,17 @@ def _main(config) -> int:
             run.finish("FAILED")
         raise
 
-    # Downstream steps load the output against base_model: an adapter trained on a merged SFT model would not
-    # apply there, so that policy is merged and written as a full model.
-    merged = config.method == "lora" and config.sft_model is not None
-    if merged:
-        model = acc.unwrap_model(model).merge_and_unload()
-    summary = {
+
+def _summary(config, acc, loop, state, held: dict, started: float, precision: str, *, merged: bool, start: str,
+             base_model: str, train_split, held_out: dict, n_train: int, over_long: dict) -> dict:
+    """training_summary.json: what was trained from what, how, and the held-out and loop figures."""
+    return {
         "base_model": base_model,
         "method": "full" if merged else config.method,
         "preference": {"loss": config.loss, "beta": config.beta, "start": config.sft_model_uri or start,
                        "adapter_merged_into_sft_model": merged},
         "hyperparameters": hyperparameters(config),
-        "data": {"kind": train_split.kind, "train_sha256": train_split.sha256, "n_train": len(train),
+        "data": {"kind": train_split.kind, "train_sha256": train_split.sha256, "n_train": n_train,
                  **{f"{n}_sha256": s.sha256 for n, s in held_out.items()},
                  "over_long": {"max_seq_len": config.max_seq_len, **over_long}},
         "world_size": acc.num_processes,
@@ -218,8 +268,12 @@ def _main(config) -> int:
         **loop.summary(),
         "process_wall_time_s": time.time() - started,
     }
-    save_config = _SaveAs(config, "full" if merged else config.method, base_model)
-    save_outputs(save_config, acc, model, tokenizer, summary)
+
+
+def _finish(config, acc, run, state, summary: dict, held: dict, start: str, log) -> None:
+    """Final metrics to the run, and the closing line and step summary on the main process."""
+    from components.train.loop import finite
+
     if run is not None:
         finals = {k.replace("/", "_"): v for k, v in summary.items() if isinstance(v, float) and finite(v)}
         run.log_metrics(finals, step=state.global_step)
@@ -233,8 +287,6 @@ def _main(config) -> int:
         from tuneline.runner.summary import write_step_summary
 
         write_step_summary(f"{config.loss} {config.method} on {start}; {figures or 'no held-out split'}")
-    acc.end_training()
-    return 0
 
 
 class _SaveAs:

@@ -26,6 +26,27 @@ def _histogram(counts: list[int]) -> list[dict[str, Any]]:
     ]
 
 
+def _notes() -> dict[str, str]:
+    """The card's fixed prose: how the counts and the rules are to be read."""
+    return {
+        "blank_lines": BLANK_LINES,
+        "normalisation": "Unicode NFC; line endings to \\n, exotic spaces to ' ', invisible characters "
+        "dropped, trailing spaces stripped. NFKC is not used: it rewrites x² to x2, ﬁ to fi.",
+        "near_dup_text": "MinHash over byte n-grams of the non-system turns, case-folded; system prompts "
+        "are "
+        "shared by many records and would inflate every similarity.",
+        "quarantine": "quarantine.jsonl keeps the raw source record, unredacted: handle it like the input. "
+        "Each row names its file and line (JSON Lines) or row (JSON arrays, CSV, Parquet).",
+        "preference": "Preference records are written in TRL's conversational shape (prompt/chosen/rejected, "
+        "or prompt/completion/label for KTO). A pair is deduplicated and split on its prompt, a KTO record "
+        "deduplicated on prompt + completion and split on its prompt: one prompt never lands in two splits. "
+        "PII is redacted on every side; quality rules apply to the side trained towards.",
+        "repetition": "Gopher repetition rules (Rae et al. 2021, Table A1; datatrove GopherRepetitionFilter "
+        "thresholds) on assistant turns: duplicate 5..10-gram character fractions, and top 2..4-gram "
+        "fractions from 50 words; max_repetition is the 5-gram threshold, the others keep their ratio.",
+    }
+
+
 def build_card(cfg: PrepareConfig, result: Result) -> dict[str, Any]:
     s = result.stats
     rules = cfg.rules
@@ -88,23 +109,7 @@ def build_card(cfg: PrepareConfig, result: Result) -> dict[str, Any]:
             "redact_pii": cfg.redact_pii,
             "seed": cfg.seed,
         },
-        "notes": {
-            "blank_lines": BLANK_LINES,
-            "normalisation": "Unicode NFC; line endings to \\n, exotic spaces to ' ', invisible characters "
-            "dropped, trailing spaces stripped. NFKC is not used: it rewrites x² to x2, ﬁ to fi.",
-            "near_dup_text": "MinHash over byte n-grams of the non-system turns, case-folded; system prompts "
-            "are "
-            "shared by many records and would inflate every similarity.",
-            "quarantine": "quarantine.jsonl keeps the raw source record, unredacted: handle it like the input. "
-            "Each row names its file and line (JSON Lines) or row (JSON arrays, CSV, Parquet).",
-            "preference": "Preference records are written in TRL's conversational shape (prompt/chosen/rejected, "
-            "or prompt/completion/label for KTO). A pair is deduplicated and split on its prompt, a KTO record "
-            "deduplicated on prompt + completion and split on its prompt: one prompt never lands in two splits. "
-            "PII is redacted on every side; quality rules apply to the side trained towards.",
-            "repetition": "Gopher repetition rules (Rae et al. 2021, Table A1; datatrove GopherRepetitionFilter "
-            "thresholds) on assistant turns: duplicate 5..10-gram character fractions, and top 2..4-gram "
-            "fractions from 50 words; max_repetition is the 5-gram threshold, the others keep their ratio.",
-        },
+        "notes": _notes(),
         "timing": {
             "seconds": round(result.seconds, 3),
             "records_per_second": round(s.input_records / result.seconds, 1) if result.seconds else None,

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from components.register.card import CardContext, render_card
-from components.register.inputs import InputError, read_evaluation, read_trained_model
+from components.register.inputs import Evaluation, InputError, TrainedModel, read_evaluation, read_trained_model
 from tuneline.component_args import parse_component_args
 from tuneline.outputs import write_value
 from tuneline.settings import disable_mlflow_telemetry
@@ -142,59 +142,71 @@ def main(argv: list[str] | None = None) -> int:
     run_id = run.info.run_id
     status = "FAILED"
     try:
-        from components.register.logmodel import log_pyfunc
-
-        with mlflow.start_run(run_id=run_id):
-            info, base_sha = registry.with_retry(
-                lambda: log_pyfunc(trained, args.base_weights, args.system_prompt or ""), "log model", log=log
-            )
-            mlflow.log_metrics(
-                {f"eval.{m}.{k}": v for m, s in evaluation.models.items() for k, v in s.items()}
-            )
-            mlflow.log_artifact(str(args.metrics), "evaluation")
-        tags = _tags(trained, evaluation, code, pipeline_run, base_sha, gate_metric)
-        version = registry.register_version(
-            client, args.name, info.model_uri, run_id, tags, model_id=getattr(info, "model_id", None), log=log
-        )
-        number = int(version.version)
-        base_ref = (
-            (
-                "bundled with the version"
-                if args.base_weights == "bundle"
-                else f"resolved by name, weights sha256 {base_sha[:16]}..."
-            )
-            if trained.is_adapter
-            else "full weights"
-        )
-        card = render_card(
-            CardContext(
-                name=args.name,
-                version=number,
-                trained=trained,
-                evaluation=evaluation,
-                code_version=code,
-                pipeline_run_id=pipeline_run,
-                base_reference=base_ref,
-                gate_metric=f"{gate_metric} ({rule.direction})",
-            )
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            card_path = Path(tmp) / "model_card.md"
-            card_path.write_text(card)
-            client.log_artifact(run_id, str(card_path))
-        registry.with_retry(
-            lambda: client.update_model_version(
-                args.name, str(number), description=registry.clip(card, registry.MAX_DESCRIPTION)
-            ),
-            "set description",
-            log=log,
-        )
+        number, card = _log_and_register(args, client, run_id, trained, evaluation, code, pipeline_run,
+                                         gate_metric, rule, log)
         decision = _decide(args, client, number, rule, candidate_value, evaluation, None, log)
         status = "FINISHED"
     finally:
         registry.with_retry(lambda: client.set_terminated(run_id, status=status), "end run", log=log)
 
     return _write_outputs(args, number, card, decision, log)
+
+
+def _log_and_register(args, client, run_id: str, trained: TrainedModel, evaluation: Evaluation, code: str,
+                      pipeline_run: str, gate_metric: str, rule, log) -> tuple[int, str]:
+    """Log the model and the evaluation to run `run_id`, register the version and give it its card;
+    returns (version number, card)."""
+    import mlflow
+
+    from components.register.logmodel import log_pyfunc
+    from tuneline import registry
+
+    with mlflow.start_run(run_id=run_id):
+        info, base_sha = registry.with_retry(
+            lambda: log_pyfunc(trained, args.base_weights, args.system_prompt or ""), "log model", log=log
+        )
+        mlflow.log_metrics(
+            {f"eval.{m}.{k}": v for m, s in evaluation.models.items() for k, v in s.items()}
+        )
+        mlflow.log_artifact(str(args.metrics), "evaluation")
+    tags = _tags(trained, evaluation, code, pipeline_run, base_sha, gate_metric)
+    version = registry.register_version(
+        client, args.name, info.model_uri, run_id, tags, model_id=getattr(info, "model_id", None), log=log
+    )
+    number = int(version.version)
+    base_ref = (
+        (
+            "bundled with the version"
+            if args.base_weights == "bundle"
+            else f"resolved by name, weights sha256 {base_sha[:16]}..."
+        )
+        if trained.is_adapter
+        else "full weights"
+    )
+    card = render_card(
+        CardContext(
+            name=args.name,
+            version=number,
+            trained=trained,
+            evaluation=evaluation,
+            code_version=code,
+            pipeline_run_id=pipeline_run,
+            base_reference=base_ref,
+            gate_metric=f"{gate_metric} ({rule.direction})",
+        )
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        card_path = Path(tmp) / "model_card.md"
+        card_path.write_text(card)
+        client.log_artifact(run_id, str(card_path))
+    registry.with_retry(
+        lambda: client.update_model_version(
+            args.name, str(number), description=registry.clip(card, registry.MAX_DESCRIPTION)
+        ),
+        "set description",
+        log=log,
+    )
+    return number, card
 
 
 def _decide(args, client, number: int, rule, candidate_value: float, evaluation, existing, log):

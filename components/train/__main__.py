@@ -112,33 +112,17 @@ def _main(config: TrainConfig) -> int:
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
-    from transformers import get_scheduler
 
-    from components.train import modelsetup, parallel
-    from components.train.loop import Loop, StopFlag, finite, plan
+    from components.train import parallel
+    from components.train.loop import Loop, StopFlag, plan
     from components.train.state import TrainState
     from tuneline.ml import checkpoint as ckpt
     from tuneline.ml.data import read_split
     from tuneline.ml.device import detect
-    from tuneline.ml.models import resolve_model
-    from tuneline.ml.tracking import mlflow_missing
 
-    untracked = mlflow_missing()
-    if untracked and os.environ.get("MLFLOW_TRACKING_URI"):
-        # A tracking store was named: losing the run's record silently would be worse than failing.
-        print(f"error: MLFLOW_TRACKING_URI is set but {untracked}", file=sys.stderr)
-        return 2
-
-    # Before the process group starts: a catalog model is built (and saved) by whichever rank gets there first,
-    # and transformers saves nothing on ranks > 0 once torch.distributed is initialised.
-    resolve_model(config.base_model)
-    from components.train import distribution
-
-    try:
-        distribution.apply(config.distribution)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    untracked, code = _preflight(config)
+    if code is not None:
+        return code
     stop = StopFlag()
     stop.install()
     chosen = detect(config.precision)
@@ -161,14 +145,61 @@ def _main(config: TrainConfig) -> int:
 
     train_split = read_split(config.train)
     val_split = read_split(config.validation) if config.validation else None
+    model, tokenizer = _build_model(config, acc, chosen)
+    train, validation, over_long = _encode(config, tokenizer, train_split, val_split, log)
+
+    steps = plan(config, len(train), acc.num_processes)
+    # ZeRO-3 partitions parameters at load: a partitioned one reports its full size as ds_numel.
+    n_parameters = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    config, optimizer, scheduler = _optimizer(config, model, n_parameters, steps.total_steps, log)
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        try:
+            parallel.fill_deepspeed_config(acc, config.per_device_batch, config.grad_accum, config.max_grad_norm)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    model, optimizer = acc.prepare(model, optimizer)
+
+    loop = Loop(config, acc, model, tokenizer, optimizer, scheduler, train, validation, None, stop, TrainState())
+    resume_from = ckpt.latest(config.checkpoints)
+    if resume_from is not None:
+        loop.load_checkpoint(resume_from)
+    run = _start_run(config, acc, loop, untracked, chosen, steps.total_steps, log,
+                     splits=(train_split, val_split), sizes=(len(train), len(validation)))
+    loop.run = run
+    log(f"training {config.method} on {config.base_model}: {len(train)} examples, {steps.total_steps} steps, "
+        f"{acc.num_processes} process(es), precision {precision}")
+
+    state = _fit(loop, run)
+
+    summary = _summary(config, acc, chosen, loop, state, started, splits=(train_split, val_split),
+                       sizes=(len(train), len(validation)), over_long=over_long)
+    save_outputs(config, acc, model, tokenizer, summary)
+    _finish(config, acc, run, state, summary, over_long, log)
+    acc.end_training()
+    return 0
+
+
+def _build_model(config: TrainConfig, acc, chosen) -> tuple:
+    """(model, tokenizer), identical on every rank; the dropout seeds differ per rank afterwards."""
+    import torch
+    from accelerate.utils import DistributedType
+
+    from components.train import modelsetup, parallel
+
     torch.manual_seed(config.seed)
     fsdp = acc.distributed_type == DistributedType.FSDP
     model, tokenizer = modelsetup.build(
-        config, precision, acc.device, attn_implementation=chosen.attn_implementation,
+        config, chosen.mixed_precision, acc.device, attn_implementation=chosen.attn_implementation,
         sharded=parallel.is_sharded(acc), on_meta=fsdp and config.method != "qlora" and parallel.loads_on_meta(),
         fsdp=fsdp)
     # After the shared initialisation each rank draws its own dropout masks.
     torch.manual_seed(config.seed + 1000 * acc.process_index)
+    return model, tokenizer
+
+
+def _encode(config: TrainConfig, tokenizer, train_split, val_split, log) -> tuple[list, list, dict]:
+    """(train examples, validation examples, what was truncated or dropped per split)."""
     over_long: dict = {}
     train = _encode_split(train_split.records, tokenizer, config.max_seq_len, "train", log, over_long)
     validation = []
@@ -176,10 +207,81 @@ def _main(config: TrainConfig) -> int:
         validation = _encode_split(val_split.records, tokenizer, config.max_seq_len, "validation", log, over_long)
         if config.max_eval_examples:
             validation = validation[: config.max_eval_examples]
+    return train, validation, over_long
 
-    steps = plan(config, len(train), acc.num_processes)
-    # ZeRO-3 partitions parameters at load: a partitioned one reports its full size as ds_numel.
-    n_parameters = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+
+def _fit(loop, run):
+    """Train; the run ends KILLED on a stop signal, FAILED on any other error."""
+    try:
+        return loop.fit()
+    except SystemExit:
+        if run is not None:
+            run.finish("KILLED")
+        raise
+    except BaseException:
+        if run is not None:
+            run.finish("FAILED")
+        raise
+
+
+def _summary(config: TrainConfig, acc, chosen, loop, state, started: float, *, splits: tuple,
+             sizes: tuple[int, int], over_long: dict) -> dict:
+    """training_summary.json: what was trained, on what, how, and the loop's figures."""
+    from tuneline.ml.chat import RENDER_KWARGS
+
+    train_split, val_split = splits
+    return {
+        "base_model": config.base_model,
+        "method": config.method,
+        "hyperparameters": hyperparameters(config),
+        "data": {"train_sha256": train_split.sha256, "n_train": sizes[0],
+                 "validation_sha256": val_split.sha256 if val_split else None, "n_validation": sizes[1],
+                 "over_long": {"max_seq_len": config.max_seq_len, "truncation_side": "right", **over_long}},
+        "world_size": acc.num_processes,
+        "mixed_precision": chosen.mixed_precision,
+        "precision": chosen.as_params(),
+        "mlflow_run_id": state.mlflow_run_id,
+        # Serving puts a bare request under the same instructions the model was tuned with.
+        "system_prompt": _common_system_prompt(train_split.records),
+        # The chat template's variables in every render of training and evaluation; serving uses the same.
+        "chat_template_kwargs": dict(RENDER_KWARGS),
+        **loop.summary(),
+        "process_wall_time_s": time.time() - started,
+    }
+
+
+def _preflight(config: TrainConfig) -> tuple[str | None, int | None]:
+    """(why the run cannot be tracked, or None; exit code 2 when the process cannot train as configured).
+    Runs before the process group starts."""
+    from tuneline.ml.models import resolve_model
+    from tuneline.ml.tracking import mlflow_missing
+
+    untracked = mlflow_missing()
+    if untracked and os.environ.get("MLFLOW_TRACKING_URI"):
+        # A tracking store was named: losing the run's record silently would be worse than failing.
+        print(f"error: MLFLOW_TRACKING_URI is set but {untracked}", file=sys.stderr)
+        return untracked, 2
+
+    # Before the process group starts: a catalog model is built (and saved) by whichever rank gets there first,
+    # and transformers saves nothing on ranks > 0 once torch.distributed is initialised.
+    resolve_model(config.base_model)
+    from components.train import distribution
+
+    try:
+        distribution.apply(config.distribution)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return untracked, 2
+    return untracked, None
+
+
+def _optimizer(config: TrainConfig, model, n_parameters: int, total_steps: int, log) -> tuple:
+    """(config with its learning rate settled, AdamW, the learning-rate schedule)."""
+    import torch
+    from transformers import get_scheduler
+
+    from components.train import modelsetup
+
     rate_warning = learning_rate_warning(config, n_parameters)
     if rate_warning:
         log(f"warning: {rate_warning}")
@@ -189,21 +291,16 @@ def _main(config: TrainConfig) -> int:
             f"{n_parameters / 1e9:.2f}B parameters")
     optimizer = torch.optim.AdamW(modelsetup.param_groups(model, config.weight_decay), lr=config.learning_rate)
     scheduler = get_scheduler(config.lr_scheduler if config.lr_scheduler != "constant" else "constant_with_warmup",
-                              optimizer, num_warmup_steps=math.ceil(config.warmup_ratio * steps.total_steps),
-                              num_training_steps=steps.total_steps)
-    if acc.distributed_type == DistributedType.DEEPSPEED:
-        try:
-            parallel.fill_deepspeed_config(acc, config.per_device_batch, config.grad_accum, config.max_grad_norm)
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-    model, optimizer = acc.prepare(model, optimizer)
+                              optimizer, num_warmup_steps=math.ceil(config.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    return config, optimizer, scheduler
 
+
+def _start_run(config: TrainConfig, acc, loop, untracked: str | None, chosen, total_steps: int, log, *,
+               splits: tuple, sizes: tuple[int, int]):
+    """The MLflow run on the main process (resumed when the checkpoint names one), or None."""
+    train_split, val_split = splits
     run = None
-    loop = Loop(config, acc, model, tokenizer, optimizer, scheduler, train, validation, None, stop, TrainState())
-    resume_from = ckpt.latest(config.checkpoints)
-    if resume_from is not None:
-        loop.load_checkpoint(resume_from)
     if untracked and acc.is_main_process:
         log(f"warning: this run is not tracked: {untracked}; its figures stay in {SUMMARY_FILE}")
         write_value(config.mlflow_run_id, "")
@@ -215,49 +312,20 @@ def _main(config: TrainConfig) -> int:
         loop.state.mlflow_run_id = run.run_id
         run.log_params({**hyperparameters(config), "train_sha256": train_split.sha256,
                         "validation_sha256": val_split.sha256 if val_split else "",
-                        "n_train": len(train), "n_validation": len(validation),
-                        "world_size": acc.num_processes, "planned_steps": steps.total_steps,
+                        "n_train": sizes[0], "n_validation": sizes[1],
+                        "world_size": acc.num_processes, "planned_steps": total_steps,
                         "distributed_type": acc.distributed_type.value,
                         **{k: v for k, v in chosen.as_params().items() if k != "reason"}})
         run.set_tags({"tuneline.dataset_sha256": train_split.sha256, "tuneline.base_model": config.base_model,
                       "tuneline.method": config.method})
         write_value(config.mlflow_run_id, run.run_id)
-    loop.run = run
-    log(f"training {config.method} on {config.base_model}: {len(train)} examples, {steps.total_steps} steps, "
-        f"{acc.num_processes} process(es), precision {precision}")
+    return run
 
-    try:
-        state = loop.fit()
-    except SystemExit:
-        if run is not None:
-            run.finish("KILLED")
-        raise
-    except BaseException:
-        if run is not None:
-            run.finish("FAILED")
-        raise
 
-    from tuneline.ml.chat import RENDER_KWARGS
+def _finish(config: TrainConfig, acc, run, state, summary: dict, over_long: dict, log) -> None:
+    """Final metrics to the run, and the closing line and step summary on the main process."""
+    from components.train.loop import finite
 
-    summary = {
-        "base_model": config.base_model,
-        "method": config.method,
-        "hyperparameters": hyperparameters(config),
-        "data": {"train_sha256": train_split.sha256, "n_train": len(train),
-                 "validation_sha256": val_split.sha256 if val_split else None, "n_validation": len(validation),
-                 "over_long": {"max_seq_len": config.max_seq_len, "truncation_side": "right", **over_long}},
-        "world_size": acc.num_processes,
-        "mixed_precision": precision,
-        "precision": chosen.as_params(),
-        "mlflow_run_id": state.mlflow_run_id,
-        # Serving puts a bare request under the same instructions the model was tuned with.
-        "system_prompt": _common_system_prompt(train_split.records),
-        # The chat template's variables in every render of training and evaluation; serving uses the same.
-        "chat_template_kwargs": dict(RENDER_KWARGS),
-        **loop.summary(),
-        "process_wall_time_s": time.time() - started,
-    }
-    save_outputs(config, acc, model, tokenizer, summary)
     if run is not None:
         finals = {k: v for k, v in summary.items() if isinstance(v, float) and finite(v)}
         run.log_metrics(finals, step=state.global_step)
@@ -271,8 +339,6 @@ def _main(config: TrainConfig) -> int:
         write_step_summary("over max_seq_len " + str(config.max_seq_len) + " (truncated on the right / dropped): "
                            + ", ".join(f"{k} {v['truncated']}/{v['dropped']} of {v['examples']}"
                                        for k, v in over_long.items()))
-    acc.end_training()
-    return 0
 
 
 def _common_system_prompt(records: list) -> str | None:

@@ -267,18 +267,9 @@ class AzureMLRuntime:
                                     f"azureml://datastores/<name>/paths/<path> URI with known expressions")
         return self.datastores / match.group(1) / match.group(2), mode
 
-    def run_node(self, name: str, stop_when: Callable[[], bool] | None = None) -> NodeResult:
-        """Run one node as a job. `stop_when` stands for a preemption: polled while the job runs, and once it
-        is true the job's processes get SIGTERM (then SIGKILL after STOP_GRACE_S) and the result is `killed`."""
-        self.submissions += 1
-        job = self.job["jobs"][name]
-        if job.get("type") != "command":
-            raise RuntimeRuleBroken(f"node '{name}' is a {job.get('type')!r} node; only command nodes run here")
-        component, component_dir = self._component(job)
-        folder = self.work / "jobs" / name
-        mounts, outs = folder / "inputs", folder / "outputs"
-        shutil.rmtree(folder, ignore_errors=True)
-        outs.mkdir(parents=True)
+    def _bind_inputs(self, name: str, job: dict[str, Any], component: dict[str, Any],
+                     mounts: Path) -> dict[str, Any]:
+        """Node `name`'s input values: bound, else the component's default; a missing required one is an error."""
         bound = job.get("inputs") or {}
         inputs: dict[str, Any] = {}
         for input_name, spec in (component.get("inputs") or {}).items():
@@ -292,6 +283,21 @@ class AzureMLRuntime:
         unknown = set(bound) - set(component.get("inputs") or {})
         if unknown:
             raise RuntimeRuleBroken(f"node '{name}': inputs {sorted(unknown)} are not the component's")
+        return inputs
+
+    def run_node(self, name: str, stop_when: Callable[[], bool] | None = None) -> NodeResult:
+        """Run one node as a job. `stop_when` stands for a preemption: polled while the job runs, and once it
+        is true the job's processes get SIGTERM (then SIGKILL after STOP_GRACE_S) and the result is `killed`."""
+        self.submissions += 1
+        job = self.job["jobs"][name]
+        if job.get("type") != "command":
+            raise RuntimeRuleBroken(f"node '{name}' is a {job.get('type')!r} node; only command nodes run here")
+        component, component_dir = self._component(job)
+        folder = self.work / "jobs" / name
+        mounts, outs = folder / "inputs", folder / "outputs"
+        shutil.rmtree(folder, ignore_errors=True)
+        outs.mkdir(parents=True)
+        inputs = self._bind_inputs(name, job, component, mounts)
         result = NodeResult(name=name, status="failed")
         outputs: dict[str, str] = {}
         bound_outputs = job.get("outputs") or {}

@@ -350,92 +350,111 @@ def _check_shared_memory(pipeline_spec: PipelineSpec, loaded: Loaded, components
                 f"smaller than the memory limit"))
 
 
+def _output_type(pipeline_spec: PipelineSpec, loaded: Loaded, components: dict[str, Component],
+                 problems: list[Problem], ref: OutputRef, loc: tuple[Any, ...]) -> IOType | None:
+    if ref.step not in pipeline_spec.steps:
+        problems.append(loaded.problem(loc, f"unknown step '{ref.step}'{_suggest(ref.step, pipeline_spec.steps)}"))
+        return None
+    upstream = components.get(ref.step)
+    if upstream is None:
+        return None  # its component failed to load: reported already
+    out = upstream.spec.outputs.get(ref.output)
+    if out is None:
+        problems.append(loaded.problem(loc, f"step '{ref.step}' ({upstream.name}) has no output "
+                                            f"'{ref.output}'{_suggest(ref.output, upstream.spec.outputs)}"))
+        return None
+    return out.type
+
+
+def _check_when(pipeline_spec: PipelineSpec, loaded: Loaded, components: dict[str, Component],
+                problems: list[Problem], step_name: str, when: str) -> OutputRef | None:
+    """The step's condition if it references an output at all (a wrong type is reported but still kept)."""
+    loc = ("steps", step_name, "when")
+    try:
+        ref = parse_binding(when)
+    except ValueError as exc:
+        problems.append(loaded.problem(loc, f"when: {exc}"))
+        return None
+    if not isinstance(ref, OutputRef):
+        problems.append(loaded.problem(loc, "when: must reference a boolean step output, "
+                                            "e.g. ${{steps.evaluate.outputs.passed}}"))
+        return None
+    kind = _output_type(pipeline_spec, loaded, components, problems, ref, loc)
+    if kind is not None and kind != IOType.boolean:
+        problems.append(loaded.problem(loc, f"when: output '{ref.step}.{ref.output}' is "
+                                            f"{kind.value}, not boolean"))
+    return ref
+
+
+def _check_input(pipeline_spec: PipelineSpec, loaded: Loaded, components: dict[str, Component],
+                 problems: list[Problem], step_name: str, component: Component, input_name: str,
+                 raw: Any) -> Binding | None:
+    """One step input's binding, or None when it is reported as wrong."""
+    loc = ("steps", step_name, "inputs", input_name)
+    spec_in = component.spec.inputs.get(input_name)
+    if spec_in is None:
+        problems.append(loaded.problem(loc, f"component '{component.name}' has no input '{input_name}'"
+                                            f"{_suggest(input_name, component.spec.inputs)}", key=True))
+        return None
+    try:
+        binding = parse_binding(raw)
+    except ValueError as exc:
+        problems.append(loaded.problem(loc, f"{input_name}: {exc}"))
+        return None
+    if isinstance(binding, ParamRef):
+        param = pipeline_spec.params.get(binding.name)
+        if param is None:
+            problems.append(loaded.problem(loc, f"unknown parameter '{binding.name}'"
+                                                f"{_suggest(binding.name, pipeline_spec.params)}"))
+            return None
+        if not _compatible(param.type, spec_in.type) and not (
+                param.type == IOType.uri_folder and spec_in.accepts_folder):
+            problems.append(loaded.problem(loc, f"{input_name}: parameter '{binding.name}' is "
+                                                f"{param.type.value}, input expects {spec_in.type.value}"))
+            return None
+        reason = check_value(spec_in, param.default)
+        if reason:
+            problems.append(loaded.problem(("params", binding.name, "default"),
+                                           f"default of '{binding.name}' bound to {step_name}.{input_name}:"
+                                           f" {reason}"))
+    elif isinstance(binding, OutputRef):
+        kind = _output_type(pipeline_spec, loaded, components, problems, binding, loc)
+        if kind is None:
+            return None
+        if not _compatible(kind, spec_in.type):
+            problems.append(loaded.problem(loc, f"{input_name}: output '{binding.step}.{binding.output}' is "
+                                                f"{kind.value}, input expects {spec_in.type.value}"))
+            return None
+    else:
+        reason = check_value(spec_in, binding.value)
+        if reason:
+            problems.append(loaded.problem(loc, f"{input_name}: {reason}"))
+            return None
+    return binding
+
+
 def _check_bindings(pipeline_spec: PipelineSpec, loaded: Loaded, components: dict[str, Component],
                     problems: list[Problem]) -> tuple[dict[str, dict[str, Binding]], dict[str, OutputRef]]:
     bindings: dict[str, dict[str, Binding]] = {}
     conditions: dict[str, OutputRef] = {}
-
-    def output_type(ref: OutputRef, loc: tuple[Any, ...]) -> IOType | None:
-        if ref.step not in pipeline_spec.steps:
-            problems.append(loaded.problem(loc, f"unknown step '{ref.step}'{_suggest(ref.step, pipeline_spec.steps)}"))
-            return None
-        upstream = components.get(ref.step)
-        if upstream is None:
-            return None  # its component failed to load: reported already
-        out = upstream.spec.outputs.get(ref.output)
-        if out is None:
-            problems.append(loaded.problem(loc, f"step '{ref.step}' ({upstream.name}) has no output "
-                                                f"'{ref.output}'{_suggest(ref.output, upstream.spec.outputs)}"))
-            return None
-        return out.type
-
     for step_name, step in pipeline_spec.steps.items():
         step_loc = ("steps", step_name)
         if step.compute is not None and step.compute not in pipeline_spec.compute:
             problems.append(loaded.problem(step_loc + ("compute",), f"unknown compute profile '{step.compute}'"
                                                                     f"{_suggest(step.compute, pipeline_spec.compute)}"))
         if step.when is not None:
-            loc = step_loc + ("when",)
-            try:
-                ref = parse_binding(step.when)
-            except ValueError as exc:
-                problems.append(loaded.problem(loc, f"when: {exc}"))
-            else:
-                if not isinstance(ref, OutputRef):
-                    problems.append(loaded.problem(loc, "when: must reference a boolean step output, "
-                                                        "e.g. ${{steps.evaluate.outputs.passed}}"))
-                else:
-                    kind = output_type(ref, loc)
-                    if kind is not None and kind != IOType.boolean:
-                        problems.append(loaded.problem(loc, f"when: output '{ref.step}.{ref.output}' is "
-                                                            f"{kind.value}, not boolean"))
-                    conditions[step_name] = ref
+            ref = _check_when(pipeline_spec, loaded, components, problems, step_name, step.when)
+            if ref is not None:
+                conditions[step_name] = ref
         component = components.get(step_name)
         if component is None:
             continue
         step_bindings: dict[str, Binding] = {}
         for input_name, raw in step.inputs.items():
-            loc = step_loc + ("inputs", input_name)
-            spec_in = component.spec.inputs.get(input_name)
-            if spec_in is None:
-                problems.append(loaded.problem(loc, f"component '{component.name}' has no input '{input_name}'"
-                                                    f"{_suggest(input_name, component.spec.inputs)}", key=True))
-                continue
-            try:
-                binding = parse_binding(raw)
-            except ValueError as exc:
-                problems.append(loaded.problem(loc, f"{input_name}: {exc}"))
-                continue
-            if isinstance(binding, ParamRef):
-                param = pipeline_spec.params.get(binding.name)
-                if param is None:
-                    problems.append(loaded.problem(loc, f"unknown parameter '{binding.name}'"
-                                                        f"{_suggest(binding.name, pipeline_spec.params)}"))
-                    continue
-                if not _compatible(param.type, spec_in.type) and not (
-                        param.type == IOType.uri_folder and spec_in.accepts_folder):
-                    problems.append(loaded.problem(loc, f"{input_name}: parameter '{binding.name}' is "
-                                                        f"{param.type.value}, input expects {spec_in.type.value}"))
-                    continue
-                reason = check_value(spec_in, param.default)
-                if reason:
-                    problems.append(loaded.problem(("params", binding.name, "default"),
-                                                   f"default of '{binding.name}' bound to {step_name}.{input_name}:"
-                                                   f" {reason}"))
-            elif isinstance(binding, OutputRef):
-                kind = output_type(binding, loc)
-                if kind is None:
-                    continue
-                if not _compatible(kind, spec_in.type):
-                    problems.append(loaded.problem(loc, f"{input_name}: output '{binding.step}.{binding.output}' is "
-                                                        f"{kind.value}, input expects {spec_in.type.value}"))
-                    continue
-            else:
-                reason = check_value(spec_in, binding.value)
-                if reason:
-                    problems.append(loaded.problem(loc, f"{input_name}: {reason}"))
-                    continue
-            step_bindings[input_name] = binding
+            binding = _check_input(pipeline_spec, loaded, components, problems, step_name, component, input_name,
+                                   raw)
+            if binding is not None:
+                step_bindings[input_name] = binding
         for input_name, spec_in in component.spec.inputs.items():
             if spec_in.required and input_name not in step.inputs:
                 problems.append(loaded.problem(step_loc + ("inputs",) if step.inputs else step_loc,
