@@ -62,11 +62,11 @@ def package_edges(edges: dict[str, set[str]]) -> set[tuple[str, str]]:
             if package_of(a) != package_of(b) and package_of(b) != "tuneline"}
 
 
-# Which top-level part of tuneline imports which, function-level imports counted: the shape as it stands while the
-# layout work (engine, step contract, targets, LLM library, serving, operations) is under way. It is a ratchet: an import between two parts that no
-# line here allows fails, so the tangle cannot grow unseen; an edge the layout work removes is deleted here. Known
-# tangle: compile, component_args, cost, data, feedback, graph, ml, ops_cli, registry, runner, spec, submit and
-# triggers reach each other (one strongly connected component of 13).
+# Which top-level part of tuneline imports which, function-level imports counted: the shape as it stands while
+# the layout work (engine, step contract, targets, LLM library, serving, operations) is under way. It is a
+# ratchet: an import between two parts that no line here allows fails, so the tangle cannot grow unseen; an edge
+# the layout work removes is deleted here. Known tangle: compile, component_args, cost, data, feedback, graph, ml,
+# ops_cli, registry, runner, spec, submit and triggers reach each other (one strongly connected component of 13).
 ALLOWED_PACKAGE_IMPORTS = {
     "__main__": {"cli"},
     "cli": {"cli_errors", "compile", "graph", "ops_cli", "runner", "settings", "spec", "start_cli"},
