@@ -578,16 +578,71 @@ class _ClientGone(Exception):
 
 
 def build_app(proxy: Proxy):
-    """The starlette app serving `proxy`."""
+    """The starlette app serving `proxy`: the route table, its handlers (`_Handlers`) and the proxy's lifespan."""
     from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
-    async def read_body(request: Request) -> bytes:
+    h = _Handlers(proxy)
+    routes = [
+        Route("/v1/chat/completions", h.guarded(h.chat, openai=True), methods=["POST"]),
+        Route("/v1/completions", h.guarded(h.completions, openai=True), methods=["POST"]),
+        Route("/v1/models", h.guarded(h.models, openai=True), methods=["GET"]),
+        Route("/v1/generate", h.guarded(h.legacy_generate), methods=["POST"]),
+        Route("/v1/feedback", h.guarded(h.feedback), methods=["POST"]),
+        Route("/v1/stats", h.guarded(h.stats), methods=["GET"]),
+        Route("/{path:path}", h.guarded(h.forward), methods=["GET", "POST", "HEAD"]),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await proxy.startup()
+        yield
+        await proxy.shutdown()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    return BodyLimit(_Auth(app, proxy.token), proxy.limits.max_body_bytes)
+
+
+def _held_stream(content, hold: contextlib.AsyncExitStack, proxy: Proxy):
+    """A streamed answer that closes `hold` (admission slot, upstream streams) however it ends: all sent, the
+    client gone (a failed send or its disconnect message), or the server shutting down."""
+    from starlette.responses import StreamingResponse
+
+    class HeldStream(StreamingResponse):
+        def __init__(self) -> None:
+            self.finished = False
+
+            async def tracked():
+                async for chunk in content:
+                    yield chunk
+                self.finished = True
+
+            super().__init__(tracked(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+        async def __call__(self, scope, receive, send) -> None:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                if not self.finished:
+                    proxy.client_gone["mid_stream"] += 1
+                await hold.aclose()
+
+    return HeldStream()
+
+
+class _Handlers:
+    """The proxy's HTTP handlers; `build_app` routes to them. Each takes a starlette Request."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+
+    @staticmethod
+    async def read_body(request) -> bytes:
         return await request.body()  # bounded while it is read: guard.BodyLimit wraps the app
 
-    async def generate(request: Request, gen: Generation) -> tuple[Result, Upstream]:
+    async def generate(self, request, gen: Generation) -> tuple[Result, Upstream]:
+        proxy = self.proxy
         deadline = _deadline(request, proxy.limits)
 
         async def call(backend: Upstream, left: float) -> tuple[Result, Upstream]:
@@ -608,10 +663,11 @@ def build_app(proxy: Proxy):
 
         return await _until_disconnect(request, proxy.routed(request, call, deadline))
 
-    def log(routes: Routes | None, backend: Upstream, prompts: list, texts: list[str], started: float,
+    def log(self, routes: Routes | None, backend: Upstream, prompts: list, texts: list[str], started: float,
             answer_id: str | None = None) -> list[str]:
         """Log each answered prompt; `answer_id` (an OpenAI answer's `id`) becomes the request id, with `-<i>`
         per prompt when there are several, so the client that holds the answer can rate it."""
+        proxy = self.proxy
         logger = proxy.logger(routes)
         if logger is None:
             return []
@@ -624,10 +680,13 @@ def build_app(proxy: Proxy):
             proxy.desk.served(logger, request_id, proxy.by)
         return ids
 
-    def guarded(handler, *, openai: bool = False):
+    def guarded(self, handler, *, openai: bool = False):
         """Map failures to status codes: ApiError 4xx, overload 429/503 + Retry-After, upstream 502/504."""
+        from starlette.responses import JSONResponse, Response
 
-        async def endpoint(request: Request) -> Response:
+        proxy = self.proxy
+
+        async def endpoint(request) -> Response:
             try:
                 return await handler(request)
             except ApiError as exc:
@@ -642,48 +701,28 @@ def build_app(proxy: Proxy):
 
         return endpoint
 
-    async def chat_or_completion(request: Request, parse) -> Response:
+    async def chat_or_completion(self, request, parse):
+        from starlette.responses import JSONResponse
+
+        proxy = self.proxy
         started = time.monotonic()
-        gen = parse(await read_body(request))
+        gen = parse(await self.read_body(request))
         check_prompts(proxy.limits, len(gen.texts), gen.stream, "prompt" if gen.kind == "completion" else "messages")
         routes = proxy.routes.get()
         if routes is not None and gen.model and gen.model != routes.model:
             raise ApiError(f"model {gen.model!r} is not served here; this endpoint serves {routes.model!r}",
                            status=404, param="model", code="model_not_found")
         if gen.stream:
-            return await streamed(request, gen, routes, started)
-        result, backend = await generate(request, gen)
+            return await self.streamed(request, gen, routes, started)
+        result, backend = await self.generate(request, gen)
         answer = response(gen, result, backend.model)
-        log(routes, backend, gen.log_prompts, result.texts, started, answer["id"])
+        self.log(routes, backend, gen.log_prompts, result.texts, started, answer["id"])
         return JSONResponse(answer)
 
-    class HeldStream(StreamingResponse):
-        """A streamed answer that closes `hold` (admission slot, upstream streams) however it ends: all sent,
-        the client gone (a failed send or its disconnect message), or the server shutting down."""
-
-        def __init__(self, content, hold: contextlib.AsyncExitStack) -> None:
-            self.finished = False
-
-            async def tracked():
-                async for chunk in content:
-                    yield chunk
-                self.finished = True
-
-            super().__init__(tracked(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-            self.hold = hold
-
-        async def __call__(self, scope, receive, send) -> None:
-            try:
-                await super().__call__(scope, receive, send)
-            finally:
-                if not self.finished:
-                    proxy.client_gone["mid_stream"] += 1
-                await self.hold.aclose()
-
-    async def streamed(request: Request, gen: Generation, routes: Routes | None, started: float) -> Response:
+    async def streamed(self, request, gen: Generation, routes: Routes | None, started: float):
         """Relay the model's pieces as OpenAI chunks as they arrive: one generate_stream call per prompt, each
         under its own admission slot, held until the stream ends."""
+        proxy = self.proxy
         deadline = _deadline(request, proxy.limits)
         hold = contextlib.AsyncExitStack()
 
@@ -719,50 +758,55 @@ def build_app(proxy: Proxy):
 
         pumps = [asyncio.ensure_future(pump(i, r)) for i, r in enumerate(streams)]
         hold.callback(lambda: [t.cancel() for t in pumps])
+        body = self._relay(writer, events, len(streams), routes, backend, gen, started)
+        return _held_stream(body, hold, proxy)
 
-        async def body() -> AsyncIterator[bytes]:
-            n = len(streams)
-            texts, finish = [""] * n, [""] * n
-            prompt_tokens, completion_tokens = [0] * n, [0] * n
-            for i in range(n):
-                yield writer.start(i)
-            left = n
-            while left:
-                i, event = await events.get()
-                if isinstance(event, Exception):
-                    yield StreamWriter.error(str(event), 502)
-                    return
-                if event is None:
-                    left -= 1
-                    yield writer.finish(i, finish[i] or "length")
-                    continue
-                piece = str(event.get("text_output") or "")
-                prompt_tokens[i] = int(event.get("prompt_tokens") or prompt_tokens[i])
-                completion_tokens[i] = int(event.get("completion_tokens") or completion_tokens[i])
-                finish[i] = str(event.get("finish_reason") or "")
-                if piece:
-                    texts[i] += piece
-                    yield writer.piece(i, piece)
-            yield writer.end(Result(texts, prompt_tokens, completion_tokens, [f or "length" for f in finish]))
-            log(routes, backend, gen.log_prompts, texts, started, writer.rid)
+    async def _relay(self, writer: StreamWriter, events: asyncio.Queue, n: int, routes: Routes | None,
+                     backend: Upstream, gen: Generation, started: float) -> AsyncIterator[bytes]:
+        """The SSE chunks of `n` upstream streams, from their events as they arrive; logged when complete."""
+        texts, finish = [""] * n, [""] * n
+        prompt_tokens, completion_tokens = [0] * n, [0] * n
+        for i in range(n):
+            yield writer.start(i)
+        left = n
+        while left:
+            i, event = await events.get()
+            if isinstance(event, Exception):
+                yield StreamWriter.error(str(event), 502)
+                return
+            if event is None:
+                left -= 1
+                yield writer.finish(i, finish[i] or "length")
+                continue
+            piece = str(event.get("text_output") or "")
+            prompt_tokens[i] = int(event.get("prompt_tokens") or prompt_tokens[i])
+            completion_tokens[i] = int(event.get("completion_tokens") or completion_tokens[i])
+            finish[i] = str(event.get("finish_reason") or "")
+            if piece:
+                texts[i] += piece
+                yield writer.piece(i, piece)
+        yield writer.end(Result(texts, prompt_tokens, completion_tokens, [f or "length" for f in finish]))
+        self.log(routes, backend, gen.log_prompts, texts, started, writer.rid)
 
-        return HeldStream(body(), hold)
+    async def chat(self, request):
+        return await self.chat_or_completion(request, parse_chat)
 
-    async def chat(request: Request) -> Response:
-        return await chat_or_completion(request, parse_chat)
+    async def completions(self, request):
+        return await self.chat_or_completion(request, parse_completion)
 
-    async def completions(request: Request) -> Response:
-        return await chat_or_completion(request, parse_completion)
+    async def models(self, request):
+        from starlette.responses import JSONResponse
 
-    async def models(request: Request) -> Response:
-        routes = proxy.routes.get()
+        routes = self.proxy.routes.get()
         if routes is None:
             raise _Failed(503, "no model is deployed behind this proxy")
-        return JSONResponse(models_list(routes.model, proxy.started))
+        return JSONResponse(models_list(routes.model, self.proxy.started))
 
-    async def legacy_generate(request: Request) -> Response:
+    async def legacy_generate(self, request):
+        from starlette.responses import JSONResponse
+
         started = time.monotonic()
-        body = await read_body(request)
+        body = await self.read_body(request)
         try:
             req = json.loads(body or b"{}")
         except json.JSONDecodeError as exc:
@@ -772,23 +816,26 @@ def build_app(proxy: Proxy):
         prompts = [prompt] if single else prompt
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise ApiError("field 'prompt' must be a string or a non-empty list of strings")
-        check_prompts(proxy.limits, len(prompts), False, "prompt")
+        check_prompts(self.proxy.limits, len(prompts), False, "prompt")
         limit = req.get("max_new_tokens")
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
             raise ApiError("field 'max_new_tokens' must be a positive integer")
         gen = Generation(kind="completion", model="", texts=prompts, prompt_format="chat", max_tokens=limit,
                          temperature=0.0, top_p=1.0, stop=[], length_field="max_new_tokens")
-        routes = proxy.routes.get()
-        result, backend = await generate(request, gen)
+        routes = self.proxy.routes.get()
+        result, backend = await self.generate(request, gen)
         reply: dict[str, Any] = {"model": backend.model, "text": result.texts[0] if single else result.texts,
                                  "usage": result.usage()}
-        ids = log(routes, backend, prompts, result.texts, started)
+        ids = self.log(routes, backend, prompts, result.texts, started)
         if ids:
             reply["request_id" if single else "request_ids"] = ids[0] if single else ids
         return JSONResponse(reply)
 
-    async def feedback(request: Request) -> Response:
-        body = await read_body(request)
+    async def feedback(self, request):
+        from starlette.responses import JSONResponse
+
+        proxy = self.proxy
+        body = await self.read_body(request)
         logger = proxy.logger(proxy.routes.get())
         if logger is None:
             raise ApiError("feedback is off: this deployment logs no requests (deploy with a request log, or "
@@ -796,7 +843,10 @@ def build_app(proxy: Proxy):
         rated = await asyncio.get_running_loop().run_in_executor(None, proxy.desk.rate, logger, body, proxy.by)
         return JSONResponse(rated)
 
-    async def stats(request: Request) -> Response:
+    async def stats(self, request):
+        from starlette.responses import JSONResponse
+
+        proxy = self.proxy
         routes = proxy.routes.get()
         return JSONResponse(
             {
@@ -810,12 +860,15 @@ def build_app(proxy: Proxy):
             }
         )
 
-    async def forward(request: Request) -> Response:
+    async def forward(self, request):
         """Health and the allowed KServe v2 routes, forwarded as they are (infer calls are admitted/routed)."""
+        from starlette.responses import Response
+
+        proxy = self.proxy
         path = request.url.path
         if path not in _OPEN_PATHS and not _V2_ROUTE.match(path):
             raise ApiError(f"no route {request.method} {path}", status=404)
-        body = await read_body(request)
+        body = await self.read_body(request)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         target = path + (f"?{request.url.query}" if request.url.query else "")
 
@@ -838,24 +891,6 @@ def build_app(proxy: Proxy):
             )
         kept = {k: v for k, v in out_headers.items() if k.lower() not in _HOP_BY_HOP}
         return Response(data if request.method != "HEAD" else b"", status_code=status, headers=kept)
-
-    routes = [
-        Route("/v1/chat/completions", guarded(chat, openai=True), methods=["POST"]),
-        Route("/v1/completions", guarded(completions, openai=True), methods=["POST"]),
-        Route("/v1/models", guarded(models, openai=True), methods=["GET"]),
-        Route("/v1/generate", guarded(legacy_generate), methods=["POST"]),
-        Route("/v1/feedback", guarded(feedback), methods=["POST"]),
-        Route("/v1/stats", guarded(stats), methods=["GET"]),
-        Route("/{path:path}", guarded(forward), methods=["GET", "POST", "HEAD"]),
-    ]
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        await proxy.startup()
-        yield
-        await proxy.shutdown()
-
-    app = Starlette(routes=routes, lifespan=lifespan)
-    return BodyLimit(_Auth(app, proxy.token), proxy.limits.max_body_bytes)
 
 
 class _Auth:

@@ -69,143 +69,177 @@ class RolloutResult:
         return asdict(self)
 
 
+@dataclass
+class RolloutOptions:
+    """How a rollout is smoke-tested, timed, split and labelled (the keyword arguments of `rollout`)."""
+
+    smoke_prompts: Sequence[str] = DEFAULT_PROMPTS
+    smoke_check: Callable[[list[str]], str | None] | None = None
+    startup_timeout: float = 300.0
+    drain_s: float = 1.0
+    canary_percent: int | None = None
+    canary: CanaryPolicy | None = None
+    request_log: str | None = None
+    label: str = ""
+    proxy_port: int | None = None
+    limits: ProxyLimits | None = None
+
+
 def rollout(
     model_dir: Path,
     *,
     base_model_dir: Path | None = None,
     state_dir: Path | None = None,
     spec: RepositorySpec | None = None,
-    proxy_port: int | None = None,
-    smoke_prompts: Sequence[str] = DEFAULT_PROMPTS,
-    smoke_check: Callable[[list[str]], str | None] | None = None,
-    startup_timeout: float = 300.0,
-    drain_s: float = 1.0,
-    canary_percent: int | None = None,
-    canary: CanaryPolicy | None = None,
-    request_log: str | None = None,
-    label: str = "",
-    limits: ProxyLimits | None = None,
+    **options,
 ) -> RolloutResult:
-    """Deploy `model_dir` behind the proxy; see the module docstring. `canary_percent` (1-99) asks for a
-    canary judged by `canary` (default CanaryPolicy()); `request_log` is where the proxy logs requests
-    (PII-redacted) for the feedback loop; `label` names what is served (e.g. its registry URI)."""
-    spec = spec or RepositorySpec()
+    """Deploy `model_dir` behind the proxy; see the module docstring. `options` are `RolloutOptions`' fields:
+    `canary_percent` (1-99) asks for a canary judged by `canary` (default CanaryPolicy()); `request_log` is
+    where the proxy logs requests (PII-redacted) for the feedback loop; `label` names what is served (e.g. its
+    registry URI)."""
     state_dir = Path(state_dir or default_state_dir()).absolute()
-    started = time.monotonic()
     with state_lock(state_dir):
-        token = ensure_token(state_dir)
-        state = ServeState.load(state_dir)
-        old = state.servers.get(state.active) if state.active else None
+        return _Rollout(state_dir, spec or RepositorySpec(), RolloutOptions(**options)).run(model_dir, base_model_dir)
+
+
+class _Rollout:
+    """One rollout under the serving state's lock: its phases share the state, the slots and the result."""
+
+    def __init__(self, state_dir: Path, spec: RepositorySpec, options: RolloutOptions) -> None:
+        self.state_dir, self.spec, self.o = state_dir, spec, options
+        self.started = time.monotonic()
+        self.token = ensure_token(state_dir)
+        self.state = ServeState.load(state_dir)
+        old = self.state.servers.get(self.state.active) if self.state.active else None
         if old is not None and not process.is_alive(old.ref):
-            state.servers.pop(old.slot, None)
+            self.state.servers.pop(old.slot, None)
             old = None
-        slot = SLOTS[1] if state.active == SLOTS[0] else SLOTS[0]
-        result = RolloutResult(
+        self.old = old
+        self.slot = SLOTS[1] if self.state.active == SLOTS[0] else SLOTS[0]
+        self.result = RolloutResult(
             ok=False,
             slot=old.slot if old else None,
             model_name=spec.model_name,
-            proxy_url=state.proxy.url if state.proxy else None,
+            proxy_url=self.state.proxy.url if self.state.proxy else None,
             token_file=str(token_path(state_dir)),
             previous_slot=old.slot if old else None,
         )
-        routes = read_routes(state_dir)
-        old_label = routes.current.label if routes and old and routes.current.slot == old.slot else ""
-        if request_log is None and routes is not None:
-            request_log = routes.request_log  # a rollout that names no log keeps the one already in use
+        self.candidate: ServerInfo | None = None
+
+    def run(self, model_dir: Path, base_model_dir: Path | None) -> RolloutResult:
+        self._free_idle_slot()
+        error = self._start_candidate(Path(model_dir), base_model_dir)
+        if error:
+            self.result.error = error
+            return self._done()
+        direct = smoke_test(self.candidate.url, self.spec.model_name, prompts=self.o.smoke_prompts,
+                            check=self.o.smoke_check)
+        if not direct.ok:
+            return self._abandon(f"smoke test on the candidate failed: {direct.error}", direct)
+        error = self._ensure_proxy() or self._route()
+        if error:
+            return self._abandon(error, direct)
+        proxied = smoke_test(self.state.proxy.url, self.spec.model_name, token=self.token,
+                             prompts=self.o.smoke_prompts, check=self.o.smoke_check,
+                             headers={"X-Tuneline-Slot": self.slot})
+        if not proxied.ok:
+            if self.old is not None:
+                write_upstream(self.state_dir, self._old_backend(), self.o.request_log)
+            else:
+                clear_upstream(self.state_dir)
+            return self._abandon(f"smoke test through the proxy failed: {proxied.error}", proxied)
+        return self._switch(proxied)
+
+    def _old_backend(self) -> Upstream:
+        return _backend(self.old, self.old_label)
+
+    def _free_idle_slot(self) -> None:
+        routes = read_routes(self.state_dir)
+        old = self.old
+        self.old_label = routes.current.label if routes and old and routes.current.slot == old.slot else ""
+        if self.o.request_log is None and routes is not None:
+            self.o.request_log = routes.request_log  # a rollout that names no log keeps the one already in use
         # A leftover in the idle slot (an interrupted rollout, or a canary still being judged) must not get
         # traffic any more: all of it goes back to the previous version before that server is stopped.
-        stale = state.servers.pop(slot, None)
+        stale = self.state.servers.pop(self.slot, None)
         if stale is not None:
-            if old is not None and routes is not None and any(b.slot == slot for b in routes.backends):
-                write_upstream(state_dir, _backend(old, old_label), request_log)
-            stop_triton(stale, state_dir)
-        state.save(state_dir)
+            if old is not None and routes is not None and any(b.slot == self.slot for b in routes.backends):
+                write_upstream(self.state_dir, self._old_backend(), self.o.request_log)
+            stop_triton(stale, self.state_dir)
+        self.state.save(self.state_dir)
 
-        repo_dir = state_dir / "repos" / slot
+    def _start_candidate(self, model_dir: Path, base_model_dir: Path | None) -> str | None:
+        repo_dir = self.state_dir / "repos" / self.slot
         try:
             shutil.rmtree(repo_dir, ignore_errors=True)
-            write_repository(Path(model_dir), repo_dir, spec, base_model_dir=base_model_dir)
-            candidate = start_triton(repo_dir, spec.model_name, state_dir=state_dir, slot=slot, timeout=startup_timeout)
+            write_repository(model_dir, repo_dir, self.spec, base_model_dir=base_model_dir)
+            self.candidate = start_triton(repo_dir, self.spec.model_name, state_dir=self.state_dir, slot=self.slot,
+                                          timeout=self.o.startup_timeout)
         except (RepositoryError, ServeError, OSError) as exc:
-            result.error = f"candidate failed to start: {exc}"
-            result.total_s = round(time.monotonic() - started, 2)
-            return result
-        result.server = candidate
-        result.startup_s = candidate.startup_s
-        state.servers[slot] = candidate
-        state.save(state_dir)
+            return f"candidate failed to start: {exc}"
+        self.result.server = self.candidate
+        self.result.startup_s = self.candidate.startup_s
+        self.state.servers[self.slot] = self.candidate
+        self.state.save(self.state_dir)
+        return None
 
-        def abandon(error: str, smoke: SmokeResult | None) -> RolloutResult:
-            stop_triton(candidate, state_dir)
-            state.servers.pop(slot, None)
-            state.save(state_dir)
-            result.error, result.smoke = error, smoke
-            result.total_s = round(time.monotonic() - started, 2)
-            return result
-
-        direct = smoke_test(candidate.url, spec.model_name, prompts=smoke_prompts, check=smoke_check)
-        if not direct.ok:
-            return abandon(f"smoke test on the candidate failed: {direct.error}", direct)
-
-        if state.proxy is None or not process.is_alive(state.proxy.ref):
+    def _ensure_proxy(self) -> str | None:
+        if self.state.proxy is None or not process.is_alive(self.state.proxy.ref):
             try:
-                state.proxy = start_proxy(state_dir, proxy_port, limits=limits)
+                self.state.proxy = start_proxy(self.state_dir, self.o.proxy_port, limits=self.o.limits)
             except ServeError as exc:
-                return abandon(f"proxy failed to start: {exc}", direct)
-            state.save(state_dir)
-        new = _backend(candidate, label)
-        split = canary_percent is not None and old is not None
-        if split:
-            if not 1 <= canary_percent <= 99:
-                return abandon(f"canary_percent must be between 1 and 99, got {canary_percent}", direct)
-            write_routes(
-                state_dir,
-                Routes(
-                    backends=(
-                        replace(_backend(old, old_label), weight=100 - canary_percent),
-                        replace(new, weight=canary_percent, role=CANDIDATE),
-                    ),
-                    canary=canary or CanaryPolicy(),
-                    request_log=request_log,
-                ),
-            )
-        else:
-            write_upstream(state_dir, new, request_log)
-        proxied = smoke_test(
-            state.proxy.url,
-            spec.model_name,
-            token=token,
-            prompts=smoke_prompts,
-            check=smoke_check,
-            headers={"X-Tuneline-Slot": slot},
-        )
-        if not proxied.ok:
-            if old is not None:
-                write_upstream(state_dir, _backend(old, old_label), request_log)
-            else:
-                clear_upstream(state_dir)
-            return abandon(f"smoke test through the proxy failed: {proxied.error}", proxied)
+                return f"proxy failed to start: {exc}"
+            self.state.save(self.state_dir)
+        return None
 
-        if split:
+    @property
+    def split(self) -> bool:
+        return self.o.canary_percent is not None and self.old is not None
+
+    def _route(self) -> str | None:
+        new = _backend(self.candidate, self.o.label)
+        if not self.split:
+            write_upstream(self.state_dir, new, self.o.request_log)
+            return None
+        percent = self.o.canary_percent
+        if not 1 <= percent <= 99:
+            return f"canary_percent must be between 1 and 99, got {percent}"
+        write_routes(self.state_dir, Routes(
+            backends=(replace(self._old_backend(), weight=100 - percent), replace(new, weight=percent, role=CANDIDATE)),
+            canary=self.o.canary or CanaryPolicy(),
+            request_log=self.o.request_log,
+        ))
+        return None
+
+    def _switch(self, proxied: SmokeResult) -> RolloutResult:
+        if self.split:
             # Both versions serve; the proxy decides which one stays.
-            state.save(state_dir)
-            result.ok, result.slot, result.smoke = True, old.slot, proxied
-            result.canary_percent = canary_percent
-            result.proxy_url = state.proxy.url
-            result.total_s = round(time.monotonic() - started, 2)
-            return result
-        state.active = slot
-        if old is not None:
-            # Requests the proxy routed just before the switch still reach the old server; Triton also
-            # finishes in-flight inferences on SIGTERM, so a short drain is enough.
-            time.sleep(drain_s)
-            stop_triton(old, state_dir)
-            state.servers.pop(old.slot, None)
-        state.save(state_dir)
-        result.ok, result.slot, result.smoke = True, slot, proxied
-        result.proxy_url = state.proxy.url
-        result.total_s = round(time.monotonic() - started, 2)
-        return result
+            self.state.save(self.state_dir)
+            self.result.ok, self.result.slot, self.result.smoke = True, self.old.slot, proxied
+            self.result.canary_percent = self.o.canary_percent
+        else:
+            self.state.active = self.slot
+            if self.old is not None:
+                # Requests the proxy routed just before the switch still reach the old server; Triton also
+                # finishes in-flight inferences on SIGTERM, so a short drain is enough.
+                time.sleep(self.o.drain_s)
+                stop_triton(self.old, self.state_dir)
+                self.state.servers.pop(self.old.slot, None)
+            self.state.save(self.state_dir)
+            self.result.ok, self.result.slot, self.result.smoke = True, self.slot, proxied
+        self.result.proxy_url = self.state.proxy.url
+        return self._done()
+
+    def _abandon(self, error: str, smoke: SmokeResult | None) -> RolloutResult:
+        stop_triton(self.candidate, self.state_dir)
+        self.state.servers.pop(self.slot, None)
+        self.state.save(self.state_dir)
+        self.result.error, self.result.smoke = error, smoke
+        return self._done()
+
+    def _done(self) -> RolloutResult:
+        self.result.total_s = round(time.monotonic() - self.started, 2)
+        return self.result
 
 
 def _backend(server: ServerInfo, label: str = "") -> Upstream:
