@@ -17,6 +17,13 @@ golden: $(VENV_STAMP) ## regenerate tests/compile/golden/ from every pipeline (r
 compile-bench: $(VENV_STAMP) ## time compiling the default pipeline to both targets -> bench/results/compile.json
 	$(PY) bench/compile_bench.py
 
+# The feedback loop improves and judges the champion the fine-tuning pipeline registered, so each run's registry
+# gets one first (--seed: the demo pipeline, tiny, run on this machine into each store alike); the feedback is 16
+# pairs a demo round exported (tests/fixtures/preference/README.md). An always-true gate, so every step runs.
+CONFORMANCE_FEEDBACK = --set base_model=tiny-random-llama --set feedback=tests/fixtures/preference/feedback_pairs.jsonl \
+	--set preference_steps=2 --set max_seq_len=768 --set eval_examples=4 --set "gates=win_rate.n > 0" \
+	--seed pipelines/finetune.yaml $(patsubst --set,--seed-set,$(CONFORMANCE_TINY))
+
 # Preemption: train checkpoints every 10 steps (save_steps), so 16 steps leave a checkpoint to resume from; the
 # step is killed after it and run again, and must resume (tuneline/conformance/azureml.py R8, kfp_resume.py).
 CONFORMANCE_PREEMPT = --set max_steps=16
@@ -27,6 +34,7 @@ CONFORMANCE_PREEMPT = --set max_steps=16
 conformance: $(VENV_STAMP) images ## run the compiled pipelines as kfp.local and Azure ML run them; compare every step with tuneline run
 	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance kfp tests/fixtures/toy/pipelines/toy.yaml
 	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance kfp pipelines/finetune.yaml $(CONFORMANCE_TINY)
+	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance kfp pipelines/feedback.yaml $(CONFORMANCE_FEEDBACK)
 	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml tests/fixtures/toy/pipelines/toy.yaml
 	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml tests/fixtures/toy/pipelines/resume.yaml --preempt-resumable
 	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml pipelines/finetune.yaml $(CONFORMANCE_TINY) \

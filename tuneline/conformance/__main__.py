@@ -4,10 +4,15 @@ Run as: python -m tuneline.conformance azureml pipelines/finetune.yaml --set bas
         python -m tuneline.conformance azureml tests/fixtures/toy/pipelines/toy.yaml --work build/conformance
         python -m tuneline.conformance azureml tests/fixtures/toy/pipelines/resume.yaml --preempt-resumable
         python -m tuneline.conformance kfp tests/fixtures/toy/pipelines/toy.yaml --work build/conformance
+        python -m tuneline.conformance kfp pipelines/feedback.yaml --set base_model=tiny-random-llama \
+            --seed pipelines/finetune.yaml --seed-set base_model=tiny-random-llama
 
 `kfp` executes the compiled package with kfp.local in containers of the images `make images` builds, through a
 podman service started for the run under `<TUNELINE_HOME>/podman` (see tuneline.conformance.kfp); `azureml`
 applies Azure ML's documented runtime rules (tuneline.conformance.azureml).
+`--seed` runs an earlier pipeline of a loop into each run's stores first (registry, model cache), each seed alike,
+on this machine: the feedback loop improves and judges the champion that the fine-tuning pipeline registered, so
+both runs must start from the same registered champion, as a cluster's registry holds it when the loop runs.
 Exit status 0 when every step matches, 1 when one differs, 2 when the compiled output breaks a runtime rule.
 """
 
@@ -18,6 +23,7 @@ import os
 import re
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import settings
@@ -36,11 +42,14 @@ from .workspace_mlflow import WorkspaceMlflow
 REPO = Path(__file__).resolve().parents[2]  # what every image in environments/ puts on PYTHONPATH
 
 
-def run_local(graph: PipelineGraph, work: Path) -> rec.RunRecord:
-    home = work / "local"
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "TUNELINE_HOME")}
-    os.environ.pop("MLFLOW_TRACKING_URI", None)  # the runner's own SQLite store under `home`
-    os.environ["TUNELINE_HOME"] = str(home)
+def run_in(graph: PipelineGraph, home: Path, env: dict[str, str | None]) -> rec.RunRecord:
+    """`tuneline run` of `graph` with its state under `home` and `env` set (None: unset) for the run's length."""
+    saved = {k: os.environ.get(k) for k in (*env, "TUNELINE_HOME")}
+    for key, value in {**env, "TUNELINE_HOME": str(home)}.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     try:
         return LocalRunner(graph, RunOptions(home=home, no_cache=True)).run()
     finally:
@@ -49,6 +58,44 @@ def run_local(graph: PipelineGraph, work: Path) -> rec.RunRecord:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def run_local(graph: PipelineGraph, work: Path) -> rec.RunRecord:
+    # The runner's own SQLite store under the run's home.
+    return run_in(graph, work / "local", {"MLFLOW_TRACKING_URI": None})
+
+
+class SeedFailed(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Seed:
+    """An earlier pipeline of a loop, run into a store before the compared run (`--seed`)."""
+
+    pipeline: str
+    overrides: dict[str, str]
+
+    def graph(self, target: str) -> PipelineGraph:
+        """The target's parameter values (its deploy target among them), with the data read from this machine:
+        the seed runs here, whatever object-store URI the target would import."""
+        remote = build_graph(load_pipeline(self.pipeline, self.overrides)).for_target(target)
+        local = build_graph(load_pipeline(self.pipeline, self.overrides))
+        data = {name: str((local.pipeline.root / str(local.params[name])).resolve())
+                for name in artifact_params(remote)
+                if re.match(r"^[a-z0-9+.-]+://", str(remote.params[name])) and name not in self.overrides}
+        return build_graph(load_pipeline(self.pipeline, {**self.overrides, **data})).for_target(target)
+
+    def run_into(self, target: str, home: Path, env: dict[str, str | None]) -> None:
+        # umask 0: a target's steps run as another user (uid 10001 in the images) and write to the same store.
+        umask = os.umask(0)
+        try:
+            record = run_in(self.graph(target), home, env)
+        finally:
+            os.umask(umask)
+        if record.status != rec.SUCCEEDED:
+            failed = [f"{s.name}: {s.reason}" for s in record.steps.values() if s.status == rec.FAILED]
+            raise SeedFailed(f"the seed {self.pipeline} {record.status}: {'; '.join(failed)}")
 
 
 def _step_number(name: str) -> int | None:
@@ -106,7 +153,8 @@ def conform_azureml(graph: PipelineGraph, work: Path, local: rec.RunRecord,
     return "\n".join([report("azureml", matches), *lines]), all(m.ok for m in matches) and resumed
 
 
-def conform_kfp(pipeline_path: str, overrides: dict[str, str], work: Path) -> tuple[str, bool]:
+def conform_kfp(pipeline_path: str, overrides: dict[str, str], work: Path,
+                seed: Seed | None = None) -> tuple[str, bool]:
     from .podman import PodmanService
 
     root = work / "kfp-root"  # kfp.local's pipeline root, bind-mounted into every task at the same path
@@ -127,6 +175,9 @@ def conform_kfp(pipeline_path: str, overrides: dict[str, str], work: Path) -> tu
         runner = KfpLocalRun(graph, work, engine, env=env, mounts=image_mounts(graph, REPO))
         package = runner.compile(REPO)
         runner.check_images(package, REPO)  # before the local run: a stale image fails in seconds
+        if seed is not None:
+            seed.run_into("kfp", work / "local", {"MLFLOW_TRACKING_URI": None})
+            seed.run_into("kfp", Path(env["TUNELINE_HOME"]), {"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"]})
         local = run_local(build_graph(load_pipeline(pipeline_path, {**overrides, **staged})).for_target("kfp"), work)
         if local.status != rec.SUCCEEDED:
             failed = [f"{s.name}: {s.reason}" for s in local.steps.values() if s.status == rec.FAILED]
@@ -142,11 +193,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("pipeline", help="pipeline YAML")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="parameter override")
     parser.add_argument("--work", default="build/conformance", help="scratch folder (emptied first)")
+    parser.add_argument("--seed", metavar="PIPELINE",
+                        help="run this pipeline into each run's stores first, as the loop's earlier pipeline")
+    parser.add_argument("--seed-set", action="append", default=[], metavar="NAME=VALUE",
+                        help="parameter override of the --seed pipeline")
     parser.add_argument("--preempt-resumable", action="store_true",
                         help="kill each step with a resume: true output after its first checkpoint, run it again, "
                              "and check that it resumed (its outputs must still match the uninterrupted local run)")
     args = parser.parse_args(argv)
     overrides = parse_set_pairs(args.set)
+    seed = Seed(args.seed, parse_set_pairs(args.seed_set)) if args.seed else None
     try:
         # Both runs take the target's parameter values (its `target_defaults`), so they run the same steps alike.
         graph = build_graph(load_pipeline(args.pipeline, overrides)).for_target(args.target)
@@ -161,15 +217,18 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONHASHSEED", "0")
     try:
         if args.target == "kfp":
-            text, ok = conform_kfp(args.pipeline, overrides, work)
+            text, ok = conform_kfp(args.pipeline, overrides, work, seed)
         else:
+            if seed is not None:
+                raise SeedFailed("--seed: the azureml harness cannot seed its workspace: registering needs the "
+                                 "workspace's artifact store (docs/azureml.md, 'Not working on a workspace yet')")
             local = run_local(graph, work)
             if local.status != rec.SUCCEEDED:
                 failed = [f"{s.name}: {s.reason}" for s in local.steps.values() if s.status == rec.FAILED]
                 print(f"{args.pipeline}: the local run {local.status}: {'; '.join(failed)}", file=sys.stderr)
                 return 1
             text, ok = conform_azureml(graph, work, local, args.preempt_resumable)
-    except (KfpRunBroken, RuntimeRuleBroken, SpecError) as exc:
+    except (KfpRunBroken, RuntimeRuleBroken, SeedFailed, SpecError) as exc:
         print(f"{args.pipeline}: {args.target}: {exc}", file=sys.stderr)
         print(f"{args.target} conformance: 0/{len(graph.order)} steps match local")
         return 2

@@ -21,13 +21,17 @@ from ..graph import PipelineGraph
 from ..runner import record as rec
 from ..runner.digest import file_sha256, path_sha256, tree_files
 from ..runner.local import read_value_output
+from ..spec.load import Component
 
-# (component, output) -> why two correct runs differ there.
+# Outputs two correct runs cannot share, with the reason, found by what the component declares rather than by
+# its name: every step that trains has both.
+RUN_ID_OUTPUT = "mlflow_run_id"
+RUN_ID_REASON = "a fresh MLflow run id (uuid) in each run's own tracking store"
+RESUME_REASON = ("torch.save puts a random serialization id in every .pt file, and the Python RNG snapshot "
+                 "differed too (a library draws from `random` outside the seeded loop); the model output, which "
+                 "resuming must reproduce, is compared")
+# (component, output) -> why two correct runs differ there, for outputs no declaration marks.
 VOLATILE: dict[tuple[str, str], str] = {
-    ("train", "mlflow_run_id"): "a fresh MLflow run id (uuid) in each run's own tracking store",
-    ("train", "checkpoints"): "torch.save puts a random serialization id in every .pt file, and the Python RNG "
-                              "snapshot differed too (a library draws from `random` outside the seeded loop); the "
-                              "model output, which resuming must reproduce, is compared",
     ("register", "card"): "the model card names the pipeline run and the MLflow run",
 }
 # `resumes` counts how often a run was resumed, which a preempted-and-resumed run must not change otherwise.
@@ -88,6 +92,16 @@ def _local_status(status: str) -> str:
     return {rec.CACHED: rec.SUCCEEDED}.get(status, status)
 
 
+def volatile_reason(component: Component, output: str) -> str | None:
+    """Why this output differs between two correct runs, or None when it must agree."""
+    spec = component.spec.outputs[output]
+    if spec.resume:
+        return RESUME_REASON
+    if output == RUN_ID_OUTPUT and not spec.type.is_artifact:
+        return RUN_ID_REASON
+    return VOLATILE.get((component.name, output))
+
+
 def compare_steps(graph: PipelineGraph, local: rec.RunRecord, target_status: dict[str, str],
                   target_output: Callable[[str, str], Any]) -> list[StepMatch]:
     """`target_output(step, output)` gives a Path (artifact) or a parsed value, or None when missing."""
@@ -108,7 +122,7 @@ def compare_steps(graph: PipelineGraph, local: rec.RunRecord, target_status: dic
             if mine is None or theirs is None:
                 match.problems.append(f"{out_name}: missing ({'local' if mine is None else 'target'})")
                 continue
-            volatile = VOLATILE.get((node.component.name, out_name))
+            volatile = volatile_reason(node.component, out_name)
             if volatile or not node.cache_enabled:
                 match.compared.append(f"{out_name}: present ({volatile or 'cache: false, acts on live state'})")
                 continue
