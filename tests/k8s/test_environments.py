@@ -121,6 +121,16 @@ def test_every_image_that_loads_models_can_build_the_default_base_model() -> Non
     assert {used[c] for c in ("train", "evaluate", "register", "deploy")} <= loaders
 
 
+def test_every_component_is_listed_by_the_image_it_runs_in() -> None:
+    """images.yaml's `components` is what `make env-check` smokes in each image and what picks the CPU stand-in for
+    an image a CPU machine does not build (tuneline.conformance.kfp.cpu_stand_ins); a component its own image does
+    not list would reach neither."""
+    listed = {spec.name: set(spec.components) for spec in IMAGES}
+    missing = {component: image for component, image in _image_of_components().items()
+               if component not in listed.get(image, set())}
+    assert not missing, f"components not listed under their environment in environments/images.yaml: {missing}"
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_azureml_accepts_environment(name: str) -> None:
     from azure.ai.ml import load_environment
