@@ -40,6 +40,7 @@ from .kfp import KfpLocalRun, KfpRunBroken, artifact_params, image_mounts, outpu
 from .workspace_mlflow import WorkspaceMlflow
 
 REPO = Path(__file__).resolve().parents[2]  # what every image in environments/ puts on PYTHONPATH
+URI = re.compile(r"^[a-z0-9+.-]+://")
 
 
 def run_in(graph: PipelineGraph, home: Path, env: dict[str, str | None]) -> rec.RunRecord:
@@ -83,7 +84,7 @@ class Seed:
         local = build_graph(load_pipeline(self.pipeline, self.overrides))
         data = {name: str((local.pipeline.root / str(local.params[name])).resolve())
                 for name in artifact_params(remote)
-                if re.match(r"^[a-z0-9+.-]+://", str(remote.params[name])) and name not in self.overrides}
+                if URI.match(str(remote.params[name])) and name not in self.overrides}
         return build_graph(load_pipeline(self.pipeline, {**self.overrides, **data})).for_target(target)
 
     def run_into(self, target: str, home: Path, env: dict[str, str | None]) -> None:
@@ -93,6 +94,12 @@ class Seed:
             record = run_in(self.graph(target), home, env)
         finally:
             os.umask(umask)
+        # A cluster's MLflow server serves what it holds to every pod over HTTP, whatever the file modes (some
+        # writers make their files private: the seeded adapter was 0600); here the store is a shared folder the
+        # pods open as another user.
+        for path in home.rglob("*"):
+            if not path.is_symlink():
+                path.chmod(0o777 if path.is_dir() else 0o666)
         if record.status != rec.SUCCEEDED:
             failed = [f"{s.name}: {s.reason}" for s in record.steps.values() if s.status == rec.FAILED]
             raise SeedFailed(f"the seed {self.pipeline} {record.status}: {'; '.join(failed)}")
@@ -158,11 +165,14 @@ def conform_kfp(pipeline_path: str, overrides: dict[str, str], work: Path,
     from .podman import PodmanService
 
     root = work / "kfp-root"  # kfp.local's pipeline root, bind-mounted into every task at the same path
-    # What is compiled: the KFP target's values (`target_defaults`), the cluster's data URIs among them.
-    graph = build_graph(load_pipeline(pipeline_path, overrides)).for_target("kfp")
+    data = artifact_params(build_graph(load_pipeline(pipeline_path)))
+    remote = {k for k, v in overrides.items() if k in data and URI.match(v)}
+    # What is compiled: the KFP target's values (`target_defaults`), the cluster's data URIs among them; a file
+    # given with --set is a run argument (below), as a user submits a run with other data, since KFP imports URIs.
+    graph = build_graph(load_pipeline(
+        pipeline_path, {k: v for k, v in overrides.items() if k not in data or k in remote})).for_target("kfp")
     # The importers read the data from the stand-in store (K3 in tuneline.conformance.kfp), the local run the very
     # same files, so both start from the same bytes: the local values (no target), also where --set gave a URI.
-    remote = {k for k, v in overrides.items() if k in artifact_params(graph) and re.match(r"^[a-z0-9+.-]+://", v)}
     local_values = build_graph(load_pipeline(pipeline_path, {k: v for k, v in overrides.items() if k not in remote}))
     staged = stage_data(local_values, root)
     # The cluster's MLflow is a server every pod reaches, artifacts included (k8s/base/mlflow); here its stand-in is
