@@ -94,12 +94,6 @@ class Seed:
             record = run_in(self.graph(target), home, env)
         finally:
             os.umask(umask)
-        # A cluster's MLflow server serves what it holds to every pod over HTTP, whatever the file modes (some
-        # writers make their files private: the seeded adapter was 0600); here the store is a shared folder the
-        # pods open as another user.
-        for path in home.rglob("*"):
-            if not path.is_symlink():
-                path.chmod(0o777 if path.is_dir() else 0o666)
         if record.status != rec.SUCCEEDED:
             failed = [f"{s.name}: {s.reason}" for s in record.steps.values() if s.status == rec.FAILED]
             raise SeedFailed(f"the seed {self.pipeline} {record.status}: {'; '.join(failed)}")
@@ -188,6 +182,12 @@ def conform_kfp(pipeline_path: str, overrides: dict[str, str], work: Path,
         if seed is not None:
             seed.run_into("kfp", work / "local", {"MLFLOW_TRACKING_URI": None})
             seed.run_into("kfp", Path(env["TUNELINE_HOME"]), {"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"]})
+            # The cluster's MLflow server serves what it holds to every pod over HTTP, whatever the file modes
+            # (the seeded adapter's file is 0600, SQLite's database 0644); here the store (database and artifacts)
+            # is a shared folder that the pods open as another user.
+            for path in [root, *root.rglob("*")]:
+                if not path.is_symlink():
+                    path.chmod(0o777 if path.is_dir() else 0o666)
         local = run_local(build_graph(load_pipeline(pipeline_path, {**overrides, **staged})).for_target("kfp"), work)
         if local.status != rec.SUCCEEDED:
             failed = [f"{s.name}: {s.reason}" for s in local.steps.values() if s.status == rec.FAILED]
