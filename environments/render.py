@@ -2,7 +2,8 @@
 
 The source: pyproject.toml (core dependencies and the [ml] / [platform] extras), environments/images.yaml
 (which extras each image takes) and environments/lock.json (exact versions and dependency edges, frozen from
-the project venv; environments/lock-gpu.json adds the packages only GPU images install, such as bitsandbytes). Each requirements.txt pins the whole dependency closure of its image, so a rebuild months
+the project venv; environments/lock-gpu.json adds the packages only GPU images install, such as bitsandbytes).
+Each requirements.txt pins the whole dependency closure of its image, so a rebuild months
 later installs the same versions that the tests ran with.
 
 Run as: .venv/bin/python environments/render.py            (rewrite the generated files)

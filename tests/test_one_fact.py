@@ -115,7 +115,7 @@ def test_default_gate_metric_is_the_components_own() -> None:
 
 # ------------------------------------------------------------------------- component defaults
 # A component input's default is declared in its component.yaml and nowhere else: the program gets it through
-# the typed args generated from that file (`tuneline.component_args`), library callers through the parsed spec.
+# the typed args generated from that file (`tuneline.step.args`), library callers through the parsed spec.
 # A Python module in the component's folder that binds the input's name to the same literal restates it: a
 # dataclass field or assignment (`seed: str = "tuneline"`, `NEAR_DUP_THRESHOLD = 0.85`), a parameter default
 # (`def run(seed="tuneline")`), a keyword (`Budget(max_chars=20_000)`), a dict entry or an argparse default.

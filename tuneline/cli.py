@@ -174,7 +174,7 @@ def _find_run(home_flag: str | None, run_id: str) -> dict | None:
 
 def _reported(progress: dict, finished: bool) -> str:
     from .runner.progress import describe
-    from .runner.step_progress import StepProgress
+    from .step.progress import StepProgress
 
     return describe(StepProgress(progress["current"], progress["total"], progress["unit"], progress["metrics"]),
                     finished=finished)

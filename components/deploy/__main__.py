@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from tuneline.component_args import parse_component_args
-from tuneline.outputs import write_value
 from tuneline.settings import disable_mlflow_telemetry
+from tuneline.step.args import parse_component_args
+from tuneline.step.outputs import write_value
 
 if TYPE_CHECKING:
     from argparse import Namespace
@@ -106,7 +106,7 @@ def _deploy(args: Namespace, uri: str, policy: RolloutPolicy, serving_name: str,
 
 
 def _write_outputs(args: Namespace, record: DeploymentRecord, serving_name: str) -> None:
-    from tuneline.runner.summary import write_step_summary
+    from tuneline.step.summary import write_step_summary
 
     write_value(args.endpoint, record.endpoint)
     write_value(args.status, record.status)

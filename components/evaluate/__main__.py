@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tuneline.component_args import parse_component_args
-from tuneline.outputs import write_value
 from tuneline.settings import disable_mlflow_telemetry
+from tuneline.step.args import parse_component_args
+from tuneline.step.outputs import write_value
 
 if TYPE_CHECKING:
     from argparse import Namespace
@@ -61,7 +61,7 @@ def score(model, tokenizer, records, refs, schema, args, label: str, offset: int
     """Metrics of one model; generation progress is reported as examples done out of `total` (all models)."""
     from tuneline.ml.generate import generate, perplexity
     from tuneline.ml.metrics import all_metrics
-    from tuneline.runner.step_progress import report
+    from tuneline.step.progress import report
 
     started = time.perf_counter()
     report(offset, total, "example", model=label)
@@ -197,7 +197,7 @@ def _write_outputs(args: Namespace, results: dict, gate_result: GateResult, samp
     args.metrics.write_text(json.dumps(document, indent=2) + "\n")
     report = render(results, gate_result, samples, meta)
     args.report.write_text(report)
-    from tuneline.runner.summary import write_step_summary
+    from tuneline.step.summary import write_step_summary
 
     # The metrics table and gate verdicts; the samples stay in the report file.
     write_step_summary(report.split("\n## Samples")[0].removeprefix("# Evaluation report\n"))

@@ -28,10 +28,10 @@ import time
 from collections import Counter
 
 from components.train.config import hyperparameters
-from tuneline.component_args import component_program
 from tuneline.ml.models import SUMMARY_FILE
-from tuneline.outputs import write_value
 from tuneline.settings import disable_mlflow_telemetry
+from tuneline.step.args import component_program
+from tuneline.step.outputs import write_value
 
 PROGRAM = component_program(__file__)
 
@@ -284,7 +284,7 @@ def _finish(config, acc, run, state, summary: dict, held: dict, start: str, log)
                             for n, m in held.items())
         log(f"done: {state.global_step} steps, final loss {summary['final_train_loss']:.4f}"
             f"{'; ' + figures if figures else ''}; model in {config.model}")
-        from tuneline.runner.summary import write_step_summary
+        from tuneline.step.summary import write_step_summary
 
         write_step_summary(f"{config.loss} {config.method} on {start}; {figures or 'no held-out split'}")
 

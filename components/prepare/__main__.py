@@ -20,8 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-from tuneline.component_args import parse_component_args
 from tuneline.data.formats import FormatError, parse_columns
+from tuneline.step.args import parse_component_args
 
 
 def _auto_workers(raw: Path) -> int:

@@ -39,8 +39,8 @@ from tuneline.data.quality import QualityRules
 from tuneline.data.records import DUPLICATE_REASONS, Budget, Reason, RecordError, decode_line, load_json
 from tuneline.data.sources import Dataset, Item, SourceFile, encoding_problem, raw_text
 from tuneline.data.split import SPLITS, SplitRatios, assign_split
-from tuneline.runner.step_progress import report as report_progress
 from tuneline.spec.load import load_component
+from tuneline.step.progress import report as report_progress
 
 LENGTH_BINS = (0, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 # The runner draws the newest progress line; one every half second is live enough and costs nothing measurable

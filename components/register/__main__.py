@@ -24,9 +24,9 @@ from pathlib import Path
 
 from components.register.card import CardContext, render_card
 from components.register.inputs import Evaluation, InputError, TrainedModel, read_evaluation, read_trained_model
-from tuneline.component_args import parse_component_args
-from tuneline.outputs import write_value
 from tuneline.settings import disable_mlflow_telemetry
+from tuneline.step.args import parse_component_args
+from tuneline.step.outputs import write_value
 
 
 def _tags(

@@ -21,8 +21,8 @@ from collections import Counter
 from components.train.config import TrainConfig, hyperparameters, learning_rate, learning_rate_warning, parse_args
 from components.train.modelsetup import MethodUnavailable, check_method
 from tuneline.ml.models import SUMMARY_FILE
-from tuneline.outputs import write_value
 from tuneline.settings import disable_mlflow_telemetry
+from tuneline.step.outputs import write_value
 
 
 def _encode_split(records, tokenizer, max_seq_len: int, label: str, log, over_long: dict):
@@ -334,7 +334,7 @@ def _finish(config: TrainConfig, acc, run, state, summary: dict, over_long: dict
     if acc.is_main_process:
         log(f"done: {state.global_step} steps, final loss {summary['final_train_loss']:.4f}, "
             f"{summary['tokens_per_s'] or 0:.0f} tokens/s, model in {config.model}")
-        from tuneline.runner.summary import write_step_summary
+        from tuneline.step.summary import write_step_summary
 
         write_step_summary("over max_seq_len " + str(config.max_seq_len) + " (truncated on the right / dropped): "
                            + ", ".join(f"{k} {v['truncated']}/{v['dropped']} of {v['examples']}"

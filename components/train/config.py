@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneline.component_args import component_program
+from tuneline.step.args import component_program
 
 PROGRAM = component_program(__file__)
 TrainConfig = PROGRAM.args_type

@@ -33,7 +33,7 @@ from tuneline.ml import checkpoint as ckpt
 from tuneline.ml.batching import Batch, collate, rank_steps, steps_per_epoch
 from tuneline.ml.chat import IGNORE, Encoded
 from tuneline.ml.device import peak_memory_mb
-from tuneline.runner.step_progress import report as report_progress
+from tuneline.step.progress import report as report_progress
 
 SHARDED_TRAINABLE = "trainable-dcp"  # an FSDP run's adapter and optimizer shards (torch distributed checkpoint)
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a killed process would report; the step is retried

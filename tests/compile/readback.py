@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from tuneline.compile.gate import GATE_INPUT
 from tuneline.compile.kfp import FINGERPRINT_PREFIX
+from tuneline.step.gate import GATE_INPUT
 
 FIXTURES = Path(__file__).parent / "fixtures" / "project"
 TOY = FIXTURES / "pipelines" / "toy.yaml"
@@ -53,7 +53,7 @@ def kfp_dag(path: Path) -> dict:
             if task["componentRef"]["name"] == "comp-importer" or task["componentRef"]["name"].startswith(
                     "comp-importer"):
                 importers[name] = resolve(task["inputs"]["parameters"]["uri"], outer)
-        # A fingerprint task only keys the cache of the steps reading imported data (tuneline.compile.fingerprint).
+        # A fingerprint task only keys the cache of the steps reading imported data (tuneline.step.fingerprint).
         fingerprints = {n for n, t in tasks.items() if t["componentRef"]["name"].startswith("comp-fingerprint")}
         for name, task in tasks.items():
             if name in importers or name in fingerprints:

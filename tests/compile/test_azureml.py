@@ -58,7 +58,7 @@ def test_when_is_a_gate_folder_the_step_reads_not_a_condition_node(compiled):
     assert check["is_deterministic"] is False  # cache: false in the component
     publish = yaml.safe_load((folder / "components" / "publish.yml").read_text())
     assert publish["inputs"]["tuneline_gate"]["type"] == "uri_folder"
-    assert publish["command"].startswith("python -m tuneline.compile.gate --gate '${{inputs.tuneline_gate}}' ")
+    assert publish["command"].startswith("python -m tuneline.step.gate --gate '${{inputs.tuneline_gate}}' ")
     announce = yaml.safe_load((folder / "components" / "announce.yml").read_text())
     assert announce["inputs"]["model_uri"]["type"] == "uri_folder"  # a string output arrives as its value folder
     assert "\"$(cat '${{inputs.model_uri}}/value')\"" in announce["command"]
@@ -168,7 +168,7 @@ def test_resume_output_is_rw_mounted_at_a_stable_datastore_path(compiled):
     assert "${{name}}" not in job.jobs["fit"].outputs["checkpoints"].path
     fit = yaml.safe_load((folder / "components" / "fit.yml").read_text())
     wrapper, step = fit["command"].split(" -- ", 1)
-    assert shlex.split(wrapper)[:6] == ["python", "-m", "tuneline.compile.resume", "--component", "components/fit",
+    assert shlex.split(wrapper)[:6] == ["python", "-m", "tuneline.step.resume", "--component", "components/fit",
                                         "--in-output"]
     assert "--store checkpoints='${{outputs.checkpoints}}'" in wrapper
     assert "--artifact train='${{inputs.train}}'" in wrapper

@@ -41,7 +41,7 @@ def _executor(spec: dict, platform: dict, step: str) -> tuple[dict, dict]:
 def _step_command(container: dict) -> list:
     """The command behind the output-folder wrapper every compiled command starts with (test_kfp_backend.py)."""
     command = container["command"]
-    assert command[:3] == ["python", "-m", "tuneline.compile.outdirs"]
+    assert command[:3] == ["python", "-m", "tuneline.step.outdirs"]
     return command[command.index("--") + 1:]
 
 
@@ -100,7 +100,7 @@ def test_boolean_value_output_feeds_the_gate_of_each_conditional_step(compiled):
         assert tasks[step]["inputs"]["parameters"]["tuneline_gate"]["taskOutputParameter"] == {
             "outputParameterKey": "passed", "producerTask": "check"}
     command = _step_command(_executor(spec, platform, "publish")[0])
-    assert command[:5] == ["python", "-m", "tuneline.compile.gate", "--gate",
+    assert command[:5] == ["python", "-m", "tuneline.step.gate", "--gate",
                            "{{$.inputs.parameters['tuneline_gate']}}"]
     assert command[command.index("--") + 1:][:3] == ["python", "-m", "components.publish"]
 
@@ -129,7 +129,7 @@ def test_single_node_multi_gpu_runs_torchrun_in_the_pod(tmp_path):
     out = compile_graph(build_graph(load_pipeline(path)), ("kfp",), tmp_path / "out", CompileOptions())
     spec, platform = kfp_documents(out.folder / "kfp" / "pipeline.yaml")
     command = _step_command(_executor(spec, platform, "fit")[0])
-    assert command[:3] == ["python", "-m", "tuneline.compile.resume"]  # resume: true outputs (test_resume_ir)
+    assert command[:3] == ["python", "-m", "tuneline.step.resume"]  # resume: true outputs (test_resume_ir)
     step = command[command.index("--") + 1:]
     assert step[:6] == ["torchrun", "--nnodes=1", "--nproc-per-node=2", "--standalone", "-m", "components.fit"]
 
@@ -201,7 +201,7 @@ def test_step_fed_by_a_conditional_step_must_share_its_condition(tmp_path):
 
 def test_resume_output_runs_behind_the_wrapper_with_the_pvc_and_its_root(compiled):
     """`resume: true` (fit's checkpoints): the PVC at the mount path, TUNELINE_CHECKPOINT_ROOT naming it, and the
-    command behind tuneline.compile.resume, which keys the store by every input (tests/compile/test_resume.py)."""
+    command behind tuneline.step.resume, which keys the store by every input (tests/step/test_resume.py)."""
     spec, platform = kfp_documents(compiled["toy"] / "kfp" / "pipeline.yaml")
     container, k8s = _executor(spec, platform, "fit")
     assert k8s["pvcMount"] == [{"constant": "tuneline-checkpoints", "mountPath": "/mnt/checkpoints",
@@ -211,7 +211,7 @@ def test_resume_output_runs_behind_the_wrapper_with_the_pvc_and_its_root(compile
     command = _step_command(container)
     split = command.index("--")
     wrapper, step = command[:split], command[split + 1:]
-    assert wrapper[:5] == ["python", "-m", "tuneline.compile.resume", "--component", "components/fit"]
+    assert wrapper[:5] == ["python", "-m", "tuneline.step.resume", "--component", "components/fit"]
     assert "--root" not in wrapper and "--in-output" not in wrapper  # the root is the mounted volume's env var
     pairs = [w for w in wrapper[5:] if "=" in w]
     assert "checkpoints={{$.outputs.artifacts['checkpoints'].path}}" in pairs
@@ -223,7 +223,7 @@ def test_resume_output_runs_behind_the_wrapper_with_the_pvc_and_its_root(compile
     cpu_container, cpu_k8s = _executor(spec, platform, "make_data")
     assert "pvcMount" not in cpu_k8s
     assert "TUNELINE_CHECKPOINT_ROOT" not in {e["name"] for e in cpu_container.get("env", [])}
-    assert "tuneline.compile.resume" not in cpu_container["command"]
+    assert "tuneline.step.resume" not in cpu_container["command"]
 
 
 def test_steps_that_load_a_model_share_a_hub_cache_and_get_the_hub_token(tmp_path):

@@ -10,14 +10,10 @@ import yaml
 from readback import kfp_documents
 
 from tuneline.compile.build import compile_graph
-from tuneline.compile.fingerprint import FINGERPRINT_MODULE
-from tuneline.compile.gate import GATE_INPUT, GATE_MODULE
 from tuneline.compile.kfp import FINGERPRINT_PREFIX, OBJECT_STORE_PREFIXES
 from tuneline.compile.launch import LAUNCH_MODULE, parse_args
 from tuneline.compile.options import DEFAULT_KFP_PIPELINE_ROOT, CompileOptions
-from tuneline.compile.outdirs import OUTDIRS_MODULE
 from tuneline.compile.placement import CHECKPOINT_MOUNT
-from tuneline.compile.resume import RESUME_MODULE
 from tuneline.conformance.kfp_backend import (
     BackendError,
     load_kubeflow_table,
@@ -28,8 +24,12 @@ from tuneline.conformance.kfp_backend import (
     versions_markdown,
 )
 from tuneline.graph import build_graph
-from tuneline.runner.command import render_command
 from tuneline.spec import OutputRef, SpecError, load_pipeline
+from tuneline.step.command import render_command
+from tuneline.step.fingerprint import FINGERPRINT_MODULE
+from tuneline.step.gate import GATE_INPUT, GATE_MODULE
+from tuneline.step.outdirs import OUTDIRS_MODULE
+from tuneline.step.resume import RESUME_MODULE
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINES = sorted((ROOT / "pipelines").glob("*.yaml"))

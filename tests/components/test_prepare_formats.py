@@ -14,7 +14,7 @@ import pytest
 
 from components.prepare.__main__ import main
 from tuneline.data.sources import Dataset
-from tuneline.runner.digest import path_sha256
+from tuneline.step.digest import path_sha256
 
 ALPACA = [
     {"instruction": f"Give the capital of country number {i}.", "input": "" if i % 2 else f"Context {i}.",

@@ -87,7 +87,7 @@ READS = Path(__file__).resolve().parent / "fixtures" / "reads" / "pipelines" / "
 @pytest.mark.slow
 def test_data_updated_in_place_is_not_served_from_kfp_cache(fresh_images, tmp_path):
     """With kfp.local's own cache on, an unchanged file is a cache hit and the same file rewritten is a miss: the
-    fingerprint task's digest is an argument of the reading step (tuneline.compile.fingerprint). Without it both
+    fingerprint task's digest is an argument of the reading step (tuneline.step.fingerprint). Without it both
     runs would have the same key, since the importer hands over the same URI (K6)."""
     from tuneline.conformance.kfp import image_mounts
     from tuneline.conformance.podman import PodmanService

@@ -43,10 +43,10 @@ def test_the_task_gets_the_pvc_path_the_compiler_set_and_its_own_scratch_per_att
     second, _, root_2 = task._command_and_env(2)
     assert root_1 != root_2  # a retried pod writes its outputs elsewhere: only the volume carries over
     assert env["TUNELINE_CHECKPOINT_ROOT"] == "/mnt/checkpoints" and env["TUNELINE_RUN_ID"] == "kfp-resume-run"
-    # every compiled command starts behind tuneline.compile.outdirs, which creates the output folders first
-    assert first[:3] == ["python", "-m", "tuneline.compile.outdirs"]
+    # every compiled command starts behind tuneline.step.outdirs, which creates the output folders first
+    assert first[:3] == ["python", "-m", "tuneline.step.outdirs"]
     first = first[first.index("--") + 1:]
-    assert first[:5] == ["python", "-m", "tuneline.compile.resume", "--component", "components/count"]
+    assert first[:5] == ["python", "-m", "tuneline.step.resume", "--component", "components/count"]
     data = local.steps["gen"].outputs["data"]["path"]
     assert f"data={data}" in first and f"checkpoints={root_1}/checkpoints" in first
     assert first[first.index("--") + 1:] == ["python", "components/count/count.py", data, "6", "0.25",

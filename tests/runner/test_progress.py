@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tuneline.runner import record as rec
 from tuneline.runner.progress import Progress, describe
-from tuneline.runner.step_progress import ENV, StepProgress, read_latest, report
+from tuneline.step.progress import ENV, StepProgress, read_latest, report
 
 
 def test_report_is_a_no_op_without_the_variable(tmp_path: Path, monkeypatch):

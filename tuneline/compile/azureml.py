@@ -11,11 +11,11 @@ executed, in `tuneline.conformance.azureml`):
 - components have no primitive outputs, so a value output (a boolean gate, a model URI) is a `uri_folder` holding
   the value in a file named `value`, and an input bound to one reads that file with `$(cat ...)`;
 - there is no supported condition node (`if_else` needs a private-preview flag), so a `when:` step takes the gate
-  folder as an input and `tuneline.compile.gate` runs its command only when the gate is true;
+  folder as an input and `tuneline.step.gate` runs its command only when the gate is true;
 - `resources.instance_type` applies to Kubernetes compute only; on AmlCompute the VM size belongs to the cluster,
   so each cluster with an `instance_type` gets a `compute/<cluster>.yml` to create it with;
 - a `resume: true` output (checkpoints) is `rw_mount`ed at a datastore path without `${{name}}`, so a job
-  submitted again mounts the same folder, and the command runs behind `tuneline.compile.resume`, which keys a
+  submitted again mounts the same folder, and the command runs behind `tuneline.step.resume`, which keys a
   store inside it by the step's inputs (`checkpoint_output`);
 - a command node has no retry setting (only parallel jobs have `retry_settings`), so `retry: {max, backoff_seconds,
   on}` applies to local and KFP runs, and `retries:` is reported as a compile-time warning here;
@@ -49,9 +49,9 @@ from ..graph import Node, PipelineGraph
 from ..settings import TELEMETRY_OFF
 from ..spec import Literal, OutputRef, ParamRef
 from ..spec.models import IOType
+from ..step.gate import GATE_INPUT, GATE_MODULE, VALUE_FILE
 from . import CompileError
 from .command import OptionalBlock, Ref, Token, parse_command
-from .gate import GATE_INPUT, GATE_MODULE, VALUE_FILE
 from .images import DEFAULT_REGISTRY
 from .options import CompileOptions
 from .placement import resumable
@@ -203,7 +203,7 @@ def checkpoint_output(graph: PipelineGraph, node: Node, output: str) -> dict[str
     checkpoints survive a preempted or killed job. The default output path holds `${{name}}`, the job's own name
     (how-to-manage-inputs-outputs-pipeline, "Customize output path"), which a re-submitted job does not share;
     this path names only the pipeline, the step and the output. The resume wrapper keys a folder inside it by the
-    step's inputs (tuneline.compile.resume), so a job with other inputs never resumes another's checkpoints.
+    step's inputs (tuneline.step.resume), so a job with other inputs never resumes another's checkpoints.
     """
     return {"type": "uri_folder", "mode": "rw_mount",
             "path": f"azureml://datastores/${{{{default_datastore}}}}/paths/{CHECKPOINT_PATH}/{graph.name}/"

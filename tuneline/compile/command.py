@@ -1,6 +1,6 @@
 """Split a component's command template into typed tokens that each target renders its own way.
 
-The template is the one the local runner renders (`tuneline.runner.command`): `${{inputs.x}}`, `${{outputs.y}}`
+The template is the one the local runner renders (`tuneline.step.command`): `${{inputs.x}}`, `${{outputs.y}}`
 and `$[[ ... ]]` around the parts that need an optional input. KFP turns the tokens into container placeholders,
 the PyTorchJob launcher renders them at run time; Azure ML reads the template text as it is.
 """

@@ -3,8 +3,8 @@
 Each step becomes one container component that runs the step's own command line: artifacts are
 `Input[Dataset|Model]` / `Output[...]` paths, small values are parameters, and a value output (a boolean gate)
 is a `dsl.OutputPath(<type>)` file the program writes JSON to, which KFP reads back as an output parameter.
-Every command starts behind `tuneline.compile.outdirs`, so folder outputs exist as they do locally and on Azure ML.
-`when:` is not a `dsl.If`: the step takes the gate as a boolean input and `tuneline.compile.gate` runs its command
+Every command starts behind `tuneline.step.outdirs`, so folder outputs exist as they do locally and on Azure ML.
+`when:` is not a `dsl.If`: the step takes the gate as a boolean input and `tuneline.step.gate` runs its command
 only when the gate is true, as on Azure ML, so every target has one semantics for conditions (the spec validator's).
 Data from outside the pipeline (an artifact parameter or literal) comes in through a `dsl.importer`, which takes
 object-store URIs only (`gs://`, `s3://`, `minio://`: backend/src/v2/component/importer_launcher.go and
@@ -12,10 +12,10 @@ object-store URIs only (`gs://`, `s3://`, `minio://`: backend/src/v2/component/i
 launcher opens the root's bucket with the object store's credentials and any other one with none
 (backend/src/v2/component/launcher_v2.go fetchNonDefaultBuckets, 2.14.0 to 2.17.0; a `minio://` bucket then has
 no driver at all). Anything else is refused at compile time with the file, line and field it came from.
-Each import is followed by a `fingerprint` task (`tuneline.compile.fingerprint`)
+Each import is followed by a `fingerprint` task (`tuneline.step.fingerprint`)
 whose content digest is a parameter of every step reading the data, so KFP's name-based cache sees the content.
 A step with a `resume: true` output mounts the checkpoint PVC, gets `TUNELINE_CHECKPOINT_ROOT`, and runs behind
-`tuneline.compile.resume`, which keeps its checkpoints on the volume under a key of its inputs: an output artifact
+`tuneline.step.resume`, which keeps its checkpoints on the volume under a key of its inputs: an output artifact
 path is per-pod scratch, gone when a preempted pod is retried. A step that loads a model (an input of kind
 model_ref) mounts it too and keeps its Hugging Face cache there (`HF_HOME`), with `HF_TOKEN` from `--hf-secret`.
 A multi-node step becomes a launcher task that runs it as a Kubeflow Trainer TrainJob (`trainjob.py`, the default)
@@ -40,10 +40,11 @@ from ..graph import Node, PipelineGraph
 from ..settings import SPOT_LABEL, SPOT_VALUE, TELEMETRY_OFF
 from ..spec import Literal, OutputRef, ParamRef, Problem, SpecError
 from ..spec.models import IOType
+from ..step.fingerprint import FINGERPRINT_MODULE
+from ..step.gate import GATE_INPUT, GATE_MODULE
+from ..step.outdirs import OUTDIRS_MODULE
 from . import PIPELINE_FILE, CompileError
 from .command import Item, OptionalBlock, Ref, Token, leading_words, parse_command, torchrun_prefix
-from .fingerprint import FINGERPRINT_MODULE
-from .gate import GATE_INPUT, GATE_MODULE
 from .jobpod import dns_1035, pod_parts
 from .launch import LAUNCH_MODULE, POD_NAME_ENV, POD_UID_ENV, staged_command
 from .options import (
@@ -54,7 +55,6 @@ from .options import (
     MLFLOW_SECRET_KEYS,
     CompileOptions,
 )
-from .outdirs import OUTDIRS_MODULE
 from .placement import CHECKPOINT_MOUNT, GPU_RESOURCE, Placement, loads_models, placement, resumable
 from .pytorchjob import pytorchjob_manifest
 from .stores import resume_items
@@ -294,7 +294,7 @@ def check_importable(graph: PipelineGraph, pipeline_root: str = DEFAULT_KFP_PIPE
 
 
 def _with_output_folders(items: list[Item], ports: list[_Port]) -> list[Item]:
-    """The command behind `tuneline.compile.outdirs`, which creates every folder output and file output's folder
+    """The command behind `tuneline.step.outdirs`, which creates every folder output and file output's folder
     first: KFP's launcher creates only their parents."""
     prefix: list[Item] = [("python",), ("-m",), (OUTDIRS_MODULE,)]
     for port in ports:

@@ -48,9 +48,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..runner.command import render_command
 from ..settings import CHECKPOINT_MOUNT
 from ..spec.models import ComponentSpec
+from ..step.command import render_command
 from . import pytorchjob, trainjob
 from .command import torchrun_prefix
 from .jobpod import DNS_1035, NAME_PREFIX_MAX
@@ -470,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - runs i
         return 2
     print(f"{body['kind']} {body['metadata']['name']}: {state}", file=sys.stderr)
     if state != "Succeeded":
-        return 1  # the stage folder stays for a retry; tuneline.compile.resume sweeps it when it has gone stale
+        return 1  # the stage folder stays for a retry; tuneline.step.resume sweeps it when it has gone stale
     collect_outputs(args, spec)
     remove_stage(args)
     return 0

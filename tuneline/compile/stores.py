@@ -1,6 +1,6 @@
 """The command of a compiled step with `resume: true` outputs: the step's own command behind the resume wrapper.
 
-Both compilers put `python -m tuneline.compile.resume` in front of such a step (see that module for the key and
+Both compilers put `python -m tuneline.step.resume` in front of such a step (see that module for the key and
 the store policy). The wrapper gets the step's component folder, each `resume: true` output's path, and every
 input: values as `--value name=...`, artifacts as `--artifact name=...`, so it can key the store by what the
 platform actually hands the container. An optional input without a default sits in an optional block, as in the
@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 
 from ..graph import Node, PipelineGraph
+from ..step.resume import RESUME_MODULE
 from .command import Item, OptionalBlock, Ref, Token
-from .resume import RESUME_MODULE
 
 
 def component_path(graph: PipelineGraph, node: Node) -> str:

@@ -84,8 +84,8 @@ from typing import Any
 
 import yaml
 
-from ..compile.gate import SKIPPED, VALUE_FILE
 from ..settings import TELEMETRY_VAR
+from ..step.gate import SKIPPED, VALUE_FILE
 from .workspace_mlflow import WorkspaceMlflow
 
 _PARENT_INPUT = re.compile(r"^\$\{\{\s*parent\.inputs\.([A-Za-z0-9_]+)\s*\}\}$")

@@ -19,9 +19,9 @@ from typing import Any
 
 from ..graph import PipelineGraph
 from ..runner import record as rec
-from ..runner.digest import file_sha256, path_sha256, tree_files
 from ..runner.local import read_value_output
 from ..spec.load import Component
+from ..step.digest import file_sha256, path_sha256, tree_files
 
 # Outputs two correct runs cannot share, with the reason, found by what the component declares rather than by
 # its name: every step that trains has both.

@@ -28,7 +28,7 @@ K1 Output artifacts of container components. kfp.local registers only the artifa
    the launcher does, with KFP's own conversion (`runtime_artifact_to_dsl_artifact`); this is the one piece of
    kfp.local this harness changes.
 K2 Output folders. The launcher creates the parent folder of every output file (`prepareOutputFolders` in
-   launcher_v2.go); kfp.local creates none, so the program must (the gate wrapper, `tuneline.outputs.write_value`
+   launcher_v2.go); kfp.local creates none, so the program must (the gate wrapper, `tuneline.step.outputs.write_value`
    and the components do). The pipeline root is made writable for the image's user: on a pod that is the
    per-pod scratch the launcher prepares.
 K3 Importer URIs. The backend's importer takes object-store URIs only and the launcher downloads them to
@@ -84,11 +84,11 @@ from pathlib import Path
 from typing import Any
 
 from ..compile.build import compile_graph
-from ..compile.gate import SKIP_MARKER, SKIPPED
 from ..compile.options import CompileOptions
 from ..graph import PipelineGraph
-from ..runner.digest import path_sha256
 from ..spec import Literal, ParamRef
+from ..step.digest import path_sha256
+from ..step.gate import SKIP_MARKER, SKIPPED
 from .kfp_backend import package_problems
 from .podman import PodmanService
 
@@ -223,7 +223,7 @@ class KfpLocalRun:
         images = sorted({e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()
                          if "container" in e})
         want = {folder: path_sha256(repo / folder) for folder in ("tuneline", "components")}
-        probe = ("import sys; from pathlib import Path; from tuneline.runner.digest import path_sha256; "
+        probe = ("import sys; from pathlib import Path; from tuneline.step.digest import path_sha256; "
                  "print(*(path_sha256(Path(f)) for f in sys.argv[1:]))")
         for image in images:
             if not self.engine.has_image(image):

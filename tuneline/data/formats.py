@@ -138,7 +138,7 @@ def detect_file(name: str, samples: list[tuple[str, Any]], columns: dict[str, st
             first.setdefault(fmt, where)
     if not samples:
         return "chat"  # an empty file: nothing to convert
-    from tuneline.component_args import how_to_set  # the hint names --set STEP.INPUT under `tuneline run`
+    from tuneline.step.args import how_to_set  # the hint names --set STEP.INPUT under `tuneline run`
 
     mapped = f" after {how_to_set('columns', ','.join(f'{k}={v}' for k, v in columns.items()))}" if columns else ""
     if not counts:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneline.data.jsonl import LineReader
-from tuneline.runner.digest import file_sha256, path_sha256
+from tuneline.step.digest import file_sha256, path_sha256
 
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "csv",

@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__, settings
-from ..compile.gate import SKIPPED as GATE_SKIPPED  # the words a gated-off step records on every target
 from ..graph import Node, PipelineGraph
 from ..spec import IOType, Literal, OutputRef, ParamRef
+from ..step import progress as step_progress
+from ..step.cache import SUMMARY, StepCache, link_tree, step_cache_key
+from ..step.command import render_command
+from ..step.digest import path_sha256
+from ..step.gate import SKIPPED as GATE_SKIPPED  # the words a gated-off step records on every target
 from . import record as rec
-from . import step_progress
-from .cache import SUMMARY, StepCache, link_tree, step_cache_key
-from .command import render_command
-from .digest import path_sha256
 from .resume import ResumeStore, StoreBusy, open_stores
 
 # Kubernetes gives a pod 30 s between SIGTERM and SIGKILL; locally a user pressing Ctrl-C wants it sooner.
@@ -75,7 +75,7 @@ def read_value_output(path: Path, kind: IOType) -> Any:
     if not path.is_file():
         raise StepFailed(f"value output '{path.name}' was not written")
     if kind == IOType.string:
-        return path.read_text()  # verbatim, as KFP's launcher reads a STRING output (tuneline.outputs)
+        return path.read_text()  # verbatim, as KFP's launcher reads a STRING output (tuneline.step.outputs)
     text = path.read_text().strip()
     try:
         value = json.loads(text)

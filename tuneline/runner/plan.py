@@ -14,8 +14,8 @@ from typing import Any
 
 from ..graph import Node, PipelineGraph
 from ..spec import IOType, OutputRef
-from .cache import StepCache, step_cache_key
-from .digest import path_sha256
+from ..step.cache import StepCache, step_cache_key
+from ..step.digest import path_sha256
 from .local import RunOptions
 
 

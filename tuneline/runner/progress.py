@@ -2,7 +2,7 @@
 
 On a terminal: a live table of the steps (rich), with a bar, the step's own figures (loss, tokens/s) and an
 ETA under the step that is running, from what the step reports through `$TUNELINE_PROGRESS`
-(`tuneline.runner.step_progress`). Elsewhere (CI logs, a file): one line per status change, and a line with
+(`tuneline.step.progress`). Elsewhere (CI logs, a file): one line per status change, and a line with
 the running step's progress every `TUNELINE_PROGRESS_EVERY` seconds (default 30), so a long step is never
 silent. rich comes with every environment of the project (mlflow and kfp need it); without it the table is
 redrawn with plain ANSI codes instead.
@@ -15,8 +15,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from ..step.progress import StepProgress
 from . import record as rec
-from .step_progress import StepProgress
 
 _SYMBOL = {rec.PENDING: "·", rec.RUNNING: "▶", rec.SUCCEEDED: "✔", rec.CACHED: "↺", rec.FAILED: "✘",
            rec.SKIPPED: "↷", rec.NOT_RUN: "-", rec.INTERRUPTED: "■"}

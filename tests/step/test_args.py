@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tuneline.component_args import command_flags, component_program
 from tuneline.spec.models import PLACEHOLDER
+from tuneline.step.args import command_flags, component_program
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COMPONENTS = sorted(p.parent for p in (REPO / "components").glob("*/component.yaml"))
 
 

@@ -1,7 +1,7 @@
 """Give a cluster step's `resume: true` outputs a checkpoint store that outlives the pod or job, then run the step.
 
 Run as (a compiled KFP or Azure ML step does this; the arguments come from the compiler):
-    python -m tuneline.compile.resume --component components/train --root /mnt/checkpoints \
+    python -m tuneline.step.resume --component components/train --root /mnt/checkpoints \
         --store checkpoints=/tmp/out/checkpoints --artifact train=/tmp/in/train --value max_steps=24 -- python -m ...
 
 A KFP output artifact path is per-pod scratch and an Azure ML job's default output path is per job, so checkpoints
@@ -9,7 +9,7 @@ written there are gone when a preempted pod is retried or the pipeline is re-run
 depends only on what determines the step's result, and hands the step `<root>/<key>/<output>` in place of the
 output path:
 
-    key = tuneline.runner.cache.step_cache_key(component folder, component spec, inputs)
+    key = tuneline.step.cache.step_cache_key(component folder, component spec, inputs)
 
 the same function the local runner keys its cache (and its stores, tuneline.runner.resume) with: the component's
 code and spec and the SDK modules it imports, as they are in the image; every input value, parsed by its declared
@@ -52,7 +52,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-RESUME_MODULE = "tuneline.compile.resume"
+RESUME_MODULE = "tuneline.step.resume"
 ROOT_ENV = "TUNELINE_CHECKPOINT_ROOT"
 MAX_AGE_ENV = "TUNELINE_CHECKPOINT_MAX_AGE_DAYS"
 DEFAULT_MAX_AGE_DAYS = 14.0
@@ -72,10 +72,10 @@ def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
 
 def store_key(component: Path, values: dict[str, str], artifacts: dict[str, str]) -> str:
     """The step's key from its inputs as the container sees them (see the module docstring)."""
-    from ..runner.cache import step_cache_key
-    from ..runner.digest import path_sha256
     from ..spec import load_component
     from ..spec.models import parse_cli_value
+    from .cache import step_cache_key
+    from .digest import path_sha256
 
     spec = load_component(component).spec
     inputs: dict[str, Any] = {}

@@ -2,13 +2,13 @@ import json
 import subprocess
 import sys
 
-from tuneline.compile.gate import SKIP_MARKER, SKIPPED
+from tuneline.step.gate import SKIP_MARKER, SKIPPED
 
 
 def _gate(tmp_path, gate: str) -> subprocess.CompletedProcess:
     out = tmp_path / "out"
     return subprocess.run(
-        [sys.executable, "-m", "tuneline.compile.gate", "--gate", gate,
+        [sys.executable, "-m", "tuneline.step.gate", "--gate", gate,
          "--skip", f"model:folder:{out}/model", "--skip", f"card:file:{out}/card.md",
          "--skip", f"promoted:boolean:{out}/promoted", "--skip", f"uri:string:{out}/uri",
          "--", sys.executable, "-c", f"open('{out}/ran', 'w').write('yes')"],

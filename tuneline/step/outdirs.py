@@ -1,7 +1,7 @@
 """Create a KFP step's output locations the way `tuneline run` and Azure ML have them, then run the step.
 
 Run as (every compiled KFP step does this; the arguments come from the compiler):
-    python -m tuneline.compile.outdirs --folder /minio/.../model --file /tmp/outputs/passed/data -- python -m ...
+    python -m tuneline.step.outdirs --folder /minio/.../model --file /tmp/outputs/passed/data -- python -m ...
 
 Why: a component's contract is that a folder output (uri_folder, model) is an existing, empty folder and a file
 output's folder exists when its command starts: the local runner creates them, and Azure ML mounts outputs that
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-OUTDIRS_MODULE = "tuneline.compile.outdirs"
+OUTDIRS_MODULE = "tuneline.step.outdirs"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tuneline.compile.resume import rewrite, store_key
-from tuneline.runner.cache import step_cache_key
-from tuneline.runner.digest import path_sha256
 from tuneline.spec import load_component
+from tuneline.step.cache import step_cache_key
+from tuneline.step.digest import path_sha256
+from tuneline.step.resume import rewrite, store_key
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def data(toy: Path) -> Path:
 
 def _wrapped(data: Path, root: Path, out: Path, steps: int = 5) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)  # KFP's launcher creates the parent folder of every output path
-    return [sys.executable, "-m", "tuneline.compile.resume", "--component", "components/count", "--root", str(root),
+    return [sys.executable, "-m", "tuneline.step.resume", "--component", "components/count", "--root", str(root),
             "--store", f"checkpoints={out}/checkpoints", "--artifact", f"data={data}",
             "--value", f"steps={steps}", "--value", "step_seconds=0.2", "--",
             sys.executable, "components/count/count.py", str(data), str(steps), "0.2", f"{out}/total",
@@ -139,7 +139,7 @@ def test_stale_stores_and_stage_folders_are_swept_and_live_ones_kept(tmp_path):
     import os
     import time
 
-    from tuneline.compile.resume import store_lock, sweep
+    from tuneline.step.resume import store_lock, sweep
 
     root = tmp_path / "pvc"
     now = time.time()

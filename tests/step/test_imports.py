@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from tuneline.runner.cache import shared_code, step_cache_key
-from tuneline.runner.imports import imported_modules, module_files
+from tuneline.step.cache import shared_code, step_cache_key
+from tuneline.step.imports import imported_modules, module_files
 
 
 def _write(path: Path, text: str = "") -> Path:
@@ -47,5 +47,5 @@ def test_the_cache_key_follows_relative_imports_in_shared_code(tmp_path: Path):
 def test_a_component_s_shared_tuneline_modules_are_found():
     repo = Path(__file__).resolve().parents[2]
     found = {p.relative_to(repo).as_posix() for p in shared_code(repo / "components" / "prepare")}
-    assert {"tuneline/component_args.py", "tuneline/data/records.py", "tuneline/spec/models.py"} <= found
+    assert {"tuneline/step/args.py", "tuneline/data/records.py", "tuneline/spec/models.py"} <= found
     assert "tuneline/compile/kfp.py" not in found

@@ -1,7 +1,7 @@
 """The fingerprint task's digest follows the bytes of the imported data, not its name."""
 
-from tuneline.compile.fingerprint import main
-from tuneline.runner.digest import path_sha256
+from tuneline.step.digest import path_sha256
+from tuneline.step.fingerprint import main
 
 
 def test_digest_is_written_verbatim_and_changes_with_the_content(tmp_path):

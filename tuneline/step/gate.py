@@ -1,7 +1,7 @@
 """Run a step's command only when its `when:` gate is true; otherwise complete as skipped.
 
 Run as (a compiled KFP or Azure ML step does this; the arguments come from the compiler):
-    python -m tuneline.compile.gate --gate true --skip model_uri:string:/tmp/out/model_uri -- python -m ...
+    python -m tuneline.step.gate --gate true --skip model_uri:string:/tmp/out/model_uri -- python -m ...
 
 This is how `when:` behaves on every cluster target, the same as `tuneline run` does locally: a step whose gate is
 false does nothing and records "skipped: gate not passed". On a cluster the step still has to finish, and it has to
@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-GATE_MODULE = "tuneline.compile.gate"
+GATE_MODULE = "tuneline.step.gate"
 GATE_INPUT = "tuneline_gate"
 SKIPPED = "skipped: gate not passed"
 SKIP_MARKER = "SKIPPED"

@@ -2,7 +2,7 @@
 
 `import tuneline.x`, `from tuneline.x import y`, `from . import y`, `from ..x import y`, and imports inside
 functions or `if TYPE_CHECKING:` blocks all count. The step cache uses this to know which shared code a
-component runs (`tuneline.runner.cache`); the tests use it to keep the package's import graph free of cycles.
+component runs (`tuneline.step.cache`); the tests use it to keep the package's import graph free of cycles.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Write the content digest of an imported artifact, so that KFP's cache sees the data and not only its URI.
 
 Run as (a compiled KFP task does this, right after each importer):
-    python -m tuneline.compile.fingerprint /gcs/bucket/tickets.jsonl /tmp/outputs/sha256
+    python -m tuneline.step.fingerprint /gcs/bucket/tickets.jsonl /tmp/outputs/sha256
 
 Why: the KFP backend's cache key holds the *names* of a task's input artifacts, its parameter values, its output
 specs and its container spec, not their content (backend/src/v2/cacheutils/cache.go, `GenerateCacheKey`), and an
@@ -11,7 +11,7 @@ updated in place would therefore be served entirely from cache. This task runs o
 off) and its digest is a parameter of every step that reads the artifact, so those steps' cache keys change
 exactly when the bytes do; with unchanged data they still hit the cache.
 
-The digest is `tuneline.runner.digest.path_sha256`, the same one the local runner keys its cache on. It is
+The digest is `tuneline.step.digest.path_sha256`, the same one the local runner keys its cache on. It is
 written as the bare hex string, since the launcher reads a STRING output parameter verbatim.
 """
 
@@ -20,10 +20,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..outputs import write_value
-from ..runner.digest import path_sha256
+from .digest import path_sha256
+from .outputs import write_value
 
-FINGERPRINT_MODULE = "tuneline.compile.fingerprint"
+FINGERPRINT_MODULE = "tuneline.step.fingerprint"
 
 
 def main(argv: list[str] | None = None) -> int:

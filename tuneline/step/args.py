@@ -3,7 +3,7 @@
 `component.yaml` is the one declaration of a component's interface. This module turns it into the program's
 command line, so declaring an input there and passing it in the command is all a program needs to accept it:
 
-    from tuneline.component_args import parse_component_args
+    from tuneline.step.args import parse_component_args
     args = parse_component_args(__file__, argv)      # reads the component.yaml beside this file
     args.learning_rate                               # float, checked against min/max/enum
 
