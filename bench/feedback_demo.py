@@ -75,8 +75,8 @@ def rating(answer: str, reference: str) -> int:
 
 
 def endpoint() -> tuple[str, str, str]:
-    from tuneline.serve.auth import load_token, token_path
-    from tuneline.serve.local import status
+    from tuneline.serving.auth import load_token, token_path
+    from tuneline.serving.local import status
 
     state = settings.serve_state_dir()
     proxy = status(state)["proxy"]

@@ -46,12 +46,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tuneline.serve import process  # noqa: E402
-from tuneline.serve.auth import ensure_token, load_token  # noqa: E402
-from tuneline.serve.env import ensure_serve_venv  # noqa: E402
-from tuneline.serve.local import start_proxy, start_triton, stop_triton  # noqa: E402
-from tuneline.serve.proxy import ProxyLimits, Upstream, write_upstream  # noqa: E402
-from tuneline.serve.repository import (  # noqa: E402
+from tuneline.serving import process  # noqa: E402
+from tuneline.serving.auth import ensure_token, load_token  # noqa: E402
+from tuneline.serving.env import ensure_serve_venv  # noqa: E402
+from tuneline.serving.local import start_proxy, start_triton, stop_triton  # noqa: E402
+from tuneline.serving.proxy import ProxyLimits, Upstream, write_upstream  # noqa: E402
+from tuneline.serving.repository import (  # noqa: E402
     HF_SUBDIR,
     SERVING_FILE,
     machine_spec,
@@ -458,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         args.concurrency = [32]
 
     if args.state_dir is not None:
-        from tuneline.serve.local import status
+        from tuneline.serving.local import status
 
         proxy = status(args.state_dir)["proxy"]
         if not proxy or not proxy["alive"]:

@@ -138,7 +138,7 @@ def closure(roots: list[Requirement], lock: Lock) -> dict[str, str]:
 
 def _serve_requirements() -> tuple[str, ...]:
     sys.path.insert(0, str(ROOT))
-    from tuneline.serve.env import SERVE_REQUIREMENTS  # the list that builds the local serving venv
+    from tuneline.serving.env import SERVE_REQUIREMENTS  # the list that builds the local serving venv
 
     return tuple(SERVE_REQUIREMENTS)
 
@@ -146,7 +146,7 @@ def _serve_requirements() -> tuple[str, ...]:
 def requirements_text(spec: ImageSpec, project: dict, lock: Lock) -> str:
     if spec.serve_requirements:
         lines = list(_serve_requirements())
-        source = "tuneline/serve/env.py SERVE_REQUIREMENTS (pytriton needs numpy<2: not the project lock)"
+        source = "tuneline/serving/env.py SERVE_REQUIREMENTS (pytriton needs numpy<2: not the project lock)"
         return HEADER.format(source=source) + "".join(f"{line}\n" for line in lines)
     roots = [Requirement(r) for r in project.get("dependencies", [])]
     for extra in spec.extras:

@@ -14,24 +14,24 @@ LOAD_CONCURRENCY ?= 32 64
 .PHONY: serve-venv serve-deploy serve-status serve-stop serve-bench serve-load serve-faults
 
 serve-venv: $(VENV_STAMP) ## build the serving venv (pytriton + torch + transformers + peft, numpy<2); idempotent
-	TUNELINE_SERVE_VENV=$(SERVE_VENV) $(PY) -m tuneline.serve.env --venv $(SERVE_VENV)
+	TUNELINE_SERVE_VENV=$(SERVE_VENV) $(PY) -m tuneline.serving.env --venv $(SERVE_VENV)
 
 # The serving tests start a real tritonserver: `make test` builds the serve venv first.
 test: serve-venv
 
 serve-deploy: serve-venv ## blue/green deploy MODEL (HF folder or LoRA adapter) behind the auth proxy
 	@test -n "$(MODEL)" || (echo "usage: make serve-deploy MODEL=path/to/model [SERVE_PORT=8000]"; exit 2)
-	TUNELINE_SERVE_VENV=$(SERVE_VENV) $(PY) -m tuneline.serve --state-dir $(SERVE_STATE) \
+	TUNELINE_SERVE_VENV=$(SERVE_VENV) $(PY) -m tuneline.serving --state-dir $(SERVE_STATE) \
 		deploy --model-dir $(MODEL) --port $(SERVE_PORT)
 
 serve-status: $(VENV_STAMP) ## show the local servers and the proxy
-	$(PY) -m tuneline.serve --state-dir $(SERVE_STATE) status
+	$(PY) -m tuneline.serving --state-dir $(SERVE_STATE) status
 
 serve-stop: $(VENV_STAMP) ## stop the servers and the proxy: no process, socket, shared memory or port left
-	$(PY) -m tuneline.serve --state-dir $(SERVE_STATE) stop
+	$(PY) -m tuneline.serving --state-dir $(SERVE_STATE) stop
 
 serve-faults: serve-venv ## the fault-injection tier: engine killed under load, proxy restart, full disk, MLflow down
-	TUNELINE_SERVE_VENV=$(SERVE_VENV) $(PY) -m pytest -q -s tests/serve/test_faults.py tests/serve/test_guard.py
+	TUNELINE_SERVE_VENV=$(SERVE_VENV) $(PY) -m pytest -q -s tests/serving/test_faults.py tests/serving/test_guard.py
 
 serve-bench: serve-venv ## the registered demo model served vs plain transformers (c=1/8/32/64) -> bench/results/serve.json
 	TUNELINE_SERVE_VENV=$(SERVE_VENV) $(PY) bench/serve_bench.py $(BENCH_ARGS)

@@ -61,7 +61,7 @@ def _mlflow_process_uri():
 # no reason of its own (a stray SIGINT/SIGTERM interrupting the in-process runner, see tests/support/guards.py).
 # After each test: no process it started may remain in pytest's own process group (those share its signals).
 # After a module's last test: nothing its tests or fixtures started may remain at all; detached servers (their
-# own session) may serve several tests of a module, as tests/serve/test_local.py's deployment does.
+# own session) may serve several tests of a module, as tests/serving/test_local.py's deployment does.
 _MODULE_START = pytest.StashKey[dict]()
 _CALL_START = pytest.StashKey[dict]()
 _HANDLERS = pytest.StashKey[dict]()

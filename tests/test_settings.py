@@ -8,7 +8,7 @@ import pytest
 
 from components.deploy.local import default_state_dir as deploy_state_dir
 from tuneline import settings
-from tuneline.serve.local import default_state_dir as serve_state_dir
+from tuneline.serving.local import default_state_dir as serve_state_dir
 
 REPO = Path(__file__).resolve().parents[1]
 

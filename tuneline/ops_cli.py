@@ -49,14 +49,15 @@ def _home(pipeline, home: str | None) -> Path:
 
 
 def cmd_trigger_check(args: argparse.Namespace) -> int:
+    from tuneline.serving.requestlog import FeedbackError
+
     from . import settings
-    from .feedback import FeedbackError
-    from .triggers import CheckOptions, run_check
-    from .triggers import tracking as trigger_tracking
-    from .triggers.check import declared_metric
-    from .triggers.features import DataFileError
-    from .triggers.newdata import TriggerConfigError
-    from .triggers.quality import EvalOptions
+    from .ops.triggers import CheckOptions, run_check
+    from .ops.triggers import tracking as trigger_tracking
+    from .ops.triggers.check import declared_metric
+    from .ops.triggers.features import DataFileError
+    from .ops.triggers.newdata import TriggerConfigError
+    from .ops.triggers.quality import EvalOptions
 
     pipeline = _load(args.pipeline, args.set)
     if pipeline is None:
@@ -169,7 +170,7 @@ def _submit(args: argparse.Namespace, pipeline, home: Path) -> dict:
 
 
 def cmd_trigger_azureml(args: argparse.Namespace) -> int:
-    from .triggers.azureml import ScheduleOptions, write_schedule
+    from .ops.triggers.azureml import ScheduleOptions, write_schedule
 
     pipeline = _load(args.pipeline, [])
     if pipeline is None:
@@ -197,8 +198,9 @@ def cmd_trigger_azureml(args: argparse.Namespace) -> int:
 
 
 def _feedback_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    from tuneline.serving.requestlog import ENV_LOG, RATINGS_FILE
+
     from . import settings
-    from .feedback import ENV_LOG, RATINGS_FILE
 
     # The defaults are where a pipeline's local endpoint writes (the demo's `requests_log`, the serve state
     # folder) and where the endpoint keeps ratings: beside the log it rates against.
@@ -209,7 +211,7 @@ def _feedback_paths(args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 def cmd_feedback_rate(args: argparse.Namespace) -> int:
-    from .feedback import FeedbackError, RatingStore
+    from tuneline.serving.requestlog import FeedbackError, RatingStore
 
     _, ratings = _feedback_paths(args)
     try:
@@ -222,7 +224,8 @@ def cmd_feedback_rate(args: argparse.Namespace) -> int:
 
 
 def cmd_feedback_export(args: argparse.Namespace) -> int:
-    from .feedback import FeedbackError, export
+    from tuneline.ops.feedback import export
+    from tuneline.serving.requestlog import FeedbackError
 
     log, ratings = _feedback_paths(args)
     try:
@@ -251,12 +254,12 @@ def cmd_feedback_export(args: argparse.Namespace) -> int:
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
-    from .cost import DEFAULT_PRICES, CostError, estimate, load_prices, render
+    from .ops.cost import DEFAULT_PRICES, CostError, estimate, load_prices, render
 
     pipeline = _load(args.pipeline, args.set)
     if pipeline is None:
         return EXIT_INVALID
-    from .cost.memory import memory_plan, render_plan
+    from .ops.cost.memory import memory_plan, render_plan
 
     try:
         prices = load_prices(Path(args.prices) if args.prices else pipeline.root / DEFAULT_PRICES)

@@ -29,9 +29,9 @@ if TYPE_CHECKING:
     from argparse import Namespace
 
     from components.deploy.record import DeploymentRecord
-    from tuneline.deploy.azureml import AzureMLOptions
-    from tuneline.deploy.kserve import KServeOptions
-    from tuneline.deploy.policy import RolloutPolicy
+    from tuneline.serving.deploy.azureml import AzureMLOptions
+    from tuneline.serving.deploy.kserve import KServeOptions
+    from tuneline.serving.deploy.policy import RolloutPolicy
 
 
 def _log(message: str) -> None:
@@ -40,7 +40,7 @@ def _log(message: str) -> None:
 
 def _target_options(args: Namespace, serving_name: str) -> tuple[KServeOptions | None, AzureMLOptions | None]:
     """(KServe options, Azure ML options): the one for --target, None for the other."""
-    from tuneline.deploy import azureml, kserve
+    from tuneline.serving.deploy import azureml, kserve
 
     kserve_options = (
         kserve.KServeOptions(
@@ -133,8 +133,8 @@ def _write_outputs(args: Namespace, record: DeploymentRecord, serving_name: str)
 def main(argv: list[str] | None = None) -> int:
     args = parse_component_args(__file__, argv)
     disable_mlflow_telemetry()
-    from tuneline.deploy.policy import RolloutPolicy
     from tuneline.registry import parse_models_uri
+    from tuneline.serving.deploy.policy import RolloutPolicy
 
     try:
         name, _, _ = parse_models_uri(args.model_uri)

@@ -1,13 +1,13 @@
-"""The ``local`` target: serve the version through the real Triton server behind the proxy (tuneline.serve),
+"""The ``local`` target: serve the version through the real Triton server behind the proxy (tuneline.serving),
 blue/green or canary with smoke tests; a failed candidate leaves the previous version serving.
 
 Under ``canary`` the proxy sends ``canary_percent`` of the traffic to the new version, rolls it back when
 its error rate or latency is over the limits and promotes it after ``canary_promote_after`` requests within
-them (``tuneline.serve.routing``), as KServe's canaryTrafficPercent does on the cluster. The proxy logs
+them (``tuneline.serving.routing``), as KServe's canaryTrafficPercent does on the cluster. The proxy logs
 requests (PII-redacted, rotated) to ``requests_log`` when one is given: the file the pipeline's drift
 trigger reads.
 
-The servers run detached, so they keep serving after the pipeline ends; ``python -m tuneline.serve
+The servers run detached, so they keep serving after the pipeline ends; ``python -m tuneline.serving
 stop`` stops them. Which registry version serves is kept in ``<state dir>/deployed-model.json``, so a re-run
 whose champion did not change leaves the running server alone.
 """
@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from components.deploy.record import DeploymentRecord, curl_command
-from tuneline.deploy.policy import RolloutPolicy
 from tuneline.registry import FetchedModel, resolve_base_dir
+from tuneline.serving.deploy.policy import RolloutPolicy
 
 if TYPE_CHECKING:
-    from tuneline.serve.rollout import RolloutResult
+    from tuneline.serving.rollout import RolloutResult
 
 CURRENT_FILE = "deployed-model.json"
 
@@ -49,8 +49,8 @@ def default_state_dir() -> Path:
 
 
 def _serving(state_dir: Path) -> tuple[dict | None, dict]:
-    """(what deployed-model.json says serves, tuneline.serve's live status)."""
-    from tuneline.serve.local import status
+    """(what deployed-model.json says serves, tuneline.serving's live status)."""
+    from tuneline.serving.local import status
 
     live = status(state_dir)
     path = state_dir / CURRENT_FILE
@@ -109,10 +109,10 @@ def _record_outcome(record: DeploymentRecord, result: RolloutResult, current: di
 def deploy_local(
     fetched: FetchedModel, options: LocalOptions, policy: RolloutPolicy, requested_uri: str, log=print
 ) -> DeploymentRecord:
-    from tuneline.serve.auth import token_path
-    from tuneline.serve.repository import machine_spec
-    from tuneline.serve.rollout import rollout
-    from tuneline.serve.routing import CanaryPolicy, read_routes
+    from tuneline.serving.auth import token_path
+    from tuneline.serving.repository import machine_spec
+    from tuneline.serving.rollout import rollout
+    from tuneline.serving.routing import CanaryPolicy, read_routes
 
     state_dir = options.state_dir.absolute()
     record = DeploymentRecord(

@@ -8,9 +8,9 @@ import shutil
 from pathlib import Path
 
 from components.deploy.record import DeploymentRecord
-from tuneline.deploy import azureml, kserve
-from tuneline.deploy.policy import RolloutPolicy
 from tuneline.registry import FetchedModel, resolve_base_dir
+from tuneline.serving.deploy import azureml, kserve
+from tuneline.serving.deploy.policy import RolloutPolicy
 
 
 class ManifestError(ValueError):
@@ -39,7 +39,7 @@ def write_triton(
     model_name: str,
     instance_kind: str,
 ) -> DeploymentRecord:
-    from tuneline.serve.repository import RepositorySpec, write_repository
+    from tuneline.serving.repository import RepositorySpec, write_repository
 
     root = write_repository(
         fetched.model_dir,
@@ -84,7 +84,7 @@ def write_kserve(
 
 def merged_model(fetched: FetchedModel, out: Path) -> Path:
     """A full Hugging Face folder: the adapter merged into its base, or the full weights copied."""
-    from tuneline.serve.repository import merge_adapter
+    from tuneline.serving.repository import merge_adapter
 
     shutil.rmtree(out, ignore_errors=True)
     base = resolve_base_dir(fetched)
@@ -104,7 +104,7 @@ def write_azureml(
     first: bool,
 ) -> DeploymentRecord:
     model_dir = merged_model(fetched, out / "model")
-    from tuneline.serve.repository import SERVING_FILE, serving_settings
+    from tuneline.serving.repository import SERVING_FILE, serving_settings
 
     # The scoring script applies the training system prompt, as the Triton model does.
     (model_dir / SERVING_FILE).write_text(json.dumps(serving_settings(fetched.model_dir), indent=2) + "\n")

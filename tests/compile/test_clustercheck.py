@@ -271,7 +271,7 @@ def test_a_submit_path_that_compiles_the_checks_own_values_again_is_caught(proje
 def test_the_retrain_check_jobs_own_environment_must_be_registered(project, capsys, monkeypatch):
     import functools
 
-    from tuneline.triggers import azureml
+    from tuneline.ops.triggers import azureml
 
     monkeypatch.setattr(azureml, "ScheduleOptions",
                         functools.partial(azureml.ScheduleOptions, environment="azureml:control@latest"))

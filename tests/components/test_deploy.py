@@ -82,7 +82,7 @@ def test_kserve_canary_deploys_the_champion(registry, tmp_path: Path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert record["status"] == "rendered" and record["model_uri"] == "models:/tuneline-llm/1"
     assert (tmp_path / "status").read_text() == "rendered"
-    from tuneline.deploy import kserve
+    from tuneline.serving.deploy import kserve
 
     docs = [d for d in yaml.safe_load_all((tmp_path / "files" / "inferenceservice.yaml").read_text()) if d]
     assert kserve.validate(docs) == []

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.timeout(1200)]
 
 @pytest.fixture
 def serving(tmp_path: Path):
-    from tuneline.serve.env import ServeEnvError, ensure_serve_venv
+    from tuneline.serving.env import ServeEnvError, ensure_serve_venv
 
     venv = os.environ.get("TUNELINE_SERVE_VENV") or str(REPO / ".tuneline" / "serve-venv")
     try:
@@ -31,7 +31,7 @@ def serving(tmp_path: Path):
     env["TUNELINE_SERVE_VENV"] = venv
     state = tmp_path / "home" / "serve"
     yield env, state
-    from tuneline.serve.local import stop_all
+    from tuneline.serving.local import stop_all
 
     stop_all(state)
 

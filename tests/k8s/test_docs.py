@@ -13,10 +13,10 @@ import pytest
 
 from tests.k8s.cluster import REPO, of
 from tests.k8s.docs_commands import Command, all_argvs, commands, expand, option, variables_used
-from tuneline.deploy import kserve
-from tuneline.deploy.policy import RolloutPolicy
 from tuneline.k8s import policy
 from tuneline.k8s.render import render
+from tuneline.serving.deploy import kserve
+from tuneline.serving.deploy.policy import RolloutPolicy
 
 DOCS = REPO / "docs" / "aks.md"
 # Objects the page uses that other installers create, each named by the step that installs them.

@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 from tests.k8s.cluster import REPO, ingress_allowed, of, overlay, selects
-from tuneline.deploy import kserve
-from tuneline.deploy.policy import RolloutPolicy
 from tuneline.k8s import policy
 from tuneline.k8s.render import Resource
+from tuneline.serving.deploy import kserve
+from tuneline.serving.deploy.policy import RolloutPolicy
 
 WORKLOAD_NAMESPACES = {"tuneline": "restricted", "kubeflow": "baseline"}
 

@@ -29,7 +29,7 @@ def log_tail(path: str | None, lines: int = 25) -> str:
 
 def cost_comparison(record: rec.RunRecord) -> str | None:
     """Measured training time next to what `tuneline cost` would have predicted, so estimates stay honest."""
-    from ..cost import DEFAULT_PRICES, CostError, estimate_for_run
+    from ..ops.cost import DEFAULT_PRICES, CostError, estimate_for_run
     from ..spec.load import find_root
 
     if not any(step.role == "train" and step.status == rec.SUCCEEDED for step in record.steps.values()):

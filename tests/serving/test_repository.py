@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tuneline.serving.repository import (
+    HF_SUBDIR,
+    RepositoryError,
+    RepositorySpec,
+    machine_spec,
+    render_config,
+    write_repository,
+)
+
+
+def test_config_with_dynamic_batching_and_cpu_instances() -> None:
+    text = render_config(RepositorySpec(model_name="m1", preferred_batch_sizes=(4, 8), max_queue_delay_us=700))
+    assert 'name: "m1"' in text and 'backend: "python"' in text
+    assert "max_batch_size: 32" in text
+    assert "preferred_batch_size: [ 4, 8 ]" in text
+    assert "max_queue_delay_microseconds: 700" in text
+    assert "kind: KIND_CPU" in text
+    assert 'name: "max_new_tokens" data_type: TYPE_INT32 dims: [ 1 ] optional: true' in text
+
+
+def test_config_declares_the_openai_inputs_and_usage_outputs() -> None:
+    text = render_config(RepositorySpec())
+    for name in ("prompt_format", "temperature", "top_p", "stop"):
+        assert f'name: "{name}"' in text and "optional: true" in text
+    for name in ("prompt_tokens", "completion_tokens", "finish_reason"):
+        assert f'name: "{name}"' in text
+    # Requests carry their deadline to Triton's queue as the `timeout` parameter.
+    assert "allow_timeout_override: true" in text
+    # Streaming: a decoupled twin with a `stream` switch, dynamically batched too, loading the same weights.
+    assert 'name: "stream" data_type: TYPE_BOOL' in text and "decoupled" not in text
+    twin = render_config(RepositorySpec(), decoupled=True)
+    assert 'name: "tuneline-llm-stream"' in twin and "model_transaction_policy { decoupled: true }" in twin
+    assert "dynamic_batching {" in twin and '"weights_dir" value: { string_value: "../../tuneline-llm/1" }' in twin
+
+
+@pytest.mark.parametrize(("cores", "instances", "threads"), [(1, 1, 1), (2, 1, 2), (8, 1, 8), (16, 2, 8), (20, 3, 6)])
+def test_machine_spec_covers_the_cores_and_says_why(cores: int, instances: int, threads: int) -> None:
+    spec = machine_spec(cores, model_name="m")
+    assert (spec.instance_count, spec.torch_threads) == (instances, threads)
+    text = render_config(spec)
+    assert f"# {instances} instance(s) x {threads} torch thread(s) = the {cores} core(s)" in text
+    assert text.index("# ") < text.index("instance_group")
+    assert f'key: "torch_threads" value: {{ string_value: "{threads}" }}' in text
+    assert "max_queue_delay_microseconds: 50000" in text and "serve-tuning.json" in text
+
+
+def test_config_for_the_cluster_uses_gpu_and_can_drop_batching() -> None:
+    text = render_config(RepositorySpec(instance_kind="gpu", instance_count=2, dynamic_batching=False))
+    assert "{ count: 2 kind: KIND_GPU }" in text
+    assert "dynamic_batching" not in text
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        (RepositorySpec(model_name="bad name"), "model_name"),
+        (RepositorySpec(max_batch_size=4, preferred_batch_sizes=(8,)), "preferred_batch_sizes"),
+        (RepositorySpec(max_new_tokens_default=0), "max_new_tokens_default"),
+    ],
+)
+def test_bad_spec_names_the_field(spec: RepositorySpec, field: str) -> None:
+    with pytest.raises(RepositoryError, match=field):
+        render_config(spec)
+
+
+@pytest.mark.slow
+def test_full_model_is_shipped_beside_model_py(tiny_model: Path, tmp_path: Path) -> None:
+    root = write_repository(tiny_model, tmp_path / "repo", RepositorySpec(model_name="llm"))
+    assert root == tmp_path / "repo" / "llm"
+    assert (root / "config.pbtxt").read_text().startswith('name: "llm"')
+    assert "class TritonPythonModel" in (root / "1" / "model.py").read_text()
+    shipped = root / "1" / HF_SUBDIR
+    assert json.loads((shipped / "config.json").read_text())["model_type"] == "llama"
+    assert (shipped / "tokenizer.json").is_file() and (shipped / "model.safetensors").is_file()
+    # model.py renders prompts with training's template variables (Llama 3.x's date), not today's.
+    serving = json.loads((root / "1" / "serving.json").read_text())
+    assert serving["chat_template_kwargs"] == {"date_string": "26 Jul 2024"}
+    # Rewriting replaces the folder instead of merging into it.
+    (shipped / "stale.txt").write_text("x")
+    write_repository(tiny_model, tmp_path / "repo", RepositorySpec(model_name="llm"))
+    assert not (shipped / "stale.txt").exists()
+
+
+@pytest.mark.slow
+def test_lora_adapter_is_merged_into_its_base(tiny_model: Path, tiny_adapter: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    root = write_repository(tiny_adapter, tmp_path / "repo", base_model_dir=tiny_model)
+    merged_dir = root / "1" / HF_SUBDIR
+    assert not (merged_dir / "adapter_config.json").exists()
+    merged = load_file(merged_dir / "model.safetensors")
+    base = load_file(tiny_model / "model.safetensors")
+    key = "model.layers.0.self_attn.q_proj.weight"
+    assert merged[key].shape == base[key].shape
+    assert (merged[key] - base[key]).abs().max().item() > 1e-3  # the LoRA delta is in the weights
+    assert (merged_dir / "tokenizer.json").is_file()
+
+
+def test_invalid_config_json_reports_file_and_line(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{\n  "model_type": "llama",\n  oops\n}\n')
+    with pytest.raises(RepositoryError, match=r"config.json:3: invalid JSON"):
+        write_repository(broken, tmp_path / "repo")
+
+
+def test_model_without_tokenizer_is_rejected(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(RepositoryError, match="no tokenizer files"):
+        write_repository(tmp_path / "m", tmp_path / "repo")
+    assert not (tmp_path / "repo" / "tuneline-llm").exists()
+
+
+def test_folder_without_model_files_is_rejected(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RepositoryError, match="neither config.json"):
+        write_repository(tmp_path / "empty", tmp_path / "repo")
+    with pytest.raises(RepositoryError, match="does not exist"):
+        write_repository(tmp_path / "missing", tmp_path / "repo")
+
+
+def test_adapter_with_missing_base_is_rejected(tmp_path: Path) -> None:
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "nowhere")}))
+    with pytest.raises(RepositoryError, match="no config.json"):
+        write_repository(adapter, tmp_path / "repo")
+    (adapter / "adapter_config.json").write_text("{}")
+    with pytest.raises(RepositoryError, match="base_model_name_or_path is empty"):
+        write_repository(adapter, tmp_path / "repo")

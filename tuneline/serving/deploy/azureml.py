@@ -1,0 +1,317 @@
+"""Azure ML managed online endpoint + deployment YAML for a tuned model, and the scripts that roll it out.
+
+Writes into one folder, every path in the YAML relative to it:
+
+    endpoint.yml              ManagedOnlineEndpoint: name, auth_mode (no traffic: see below)
+    deployment.yml            ManagedOnlineDeployment: model, code, environment, instance type, probes
+    apply.sh                  endpoint, then deployment into the idle slot, then traffic
+    rollback.sh               all traffic back to the slot that was live before the last apply.sh
+    retire.sh                 delete that previous slot once the rollout has held (its instances are billed)
+    code/score.py             tuneline/serving/deploy/azureml_score.py
+    environment/conda.yaml    pinned inference dependencies
+    model/                    merged Hugging Face folder (written by the caller), registered on apply as
+                              `<name>-merged` at the next version (`merged_model_name`)
+
+Why the order (https://learn.microsoft.com/azure/machine-learning/how-to-safely-rollout-online-endpoints): an
+endpoint's traffic may only name deployments that exist, so the endpoint is created without traffic, the
+deployment is created under it, and only then `az ml online-endpoint update --traffic` moves traffic. Blue/green
+needs two deployments side by side: apply.sh reads the endpoint's live traffic at apply time and deploys into the
+other slot (`--name` overrides the file's `name`), so each rollout leaves the previous version running at 0 % (or at
+100 - canary %) for rollback.sh to return to. The slots apply.sh chose are kept in the endpoint's tags
+(`tuneline_live`, `tuneline_previous`), which rollback.sh reads.
+
+The YAML is produced from azure-ai-ml entities (so field names and types are the SDK's) with ``_to_dict()``:
+``ManagedOnlineEndpoint.dump()`` writes nothing, and the SDK turns local paths absolute, which we undo.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from tuneline.serving.deploy.policy import RolloutPolicy
+
+SCORE_SCRIPT = Path(__file__).with_name("azureml_score.py")
+SLOTS = ("blue", "green")
+# Pins of what score.py imports; the Azure ML inference server runs it.
+_INFERENCE_PACKAGES = ("torch", "transformers", "safetensors", "tokenizers")
+# The server itself (azmlinfsrv), pinned so a rebuilt environment serves as the tested one did: 1.5.1 is the newest
+# release (2025-12-18) and supports Python 3.11 since 1.2.0 (its PyPI changelog).
+INFERENCE_SERVER = "azureml-inference-server-http==1.5.1"
+
+
+class Probe(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    initial_delay: int = Field(default=30, ge=0, description="seconds before the first probe")
+    period: int = Field(default=10, ge=1)
+    timeout: int = Field(default=5, ge=1)
+    failure_threshold: int = Field(default=30, ge=1)
+    success_threshold: int = Field(default=1, ge=1)
+
+
+class AzureMLOptions(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    endpoint_name: str = Field(default="tuneline-llm", pattern=r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
+    auth_mode: Literal["key", "aad_token"] = "aad_token"
+    slot: Literal["blue", "green"] = Field(
+        default="green", description="deployment of a first rollout; later ones take the slot that is not live"
+    )
+    instance_type: str = "Standard_NC4as_T4_v3"
+    instance_count: int = Field(default=1, ge=1)
+    image: str = "mcr.microsoft.com/azureml/openmpi4.1.0-cuda11.8-cudnn8-ubuntu22.04:latest"
+    request_timeout_ms: int = Field(default=90_000, ge=1000, le=180_000)
+    max_concurrent_requests_per_instance: int = Field(default=4, ge=1)
+    liveness_probe: Probe = Probe()
+    readiness_probe: Probe = Probe(initial_delay=10, failure_threshold=3)
+
+    @property
+    def previous_slot(self) -> str:
+        return SLOTS[0] if self.slot == SLOTS[1] else SLOTS[1]
+
+
+def public_version(version: str) -> str:
+    """`2.13.0+cpu` -> `2.13.0`: a local version label names a build of one index (the PyTorch CPU index); PyPI
+    serves the public version, whose Linux torch wheel is the CUDA one a GPU instance needs."""
+    from packaging.version import Version
+
+    return Version(version).public
+
+
+def conda_spec() -> dict:
+    pins = []
+    for dist in _INFERENCE_PACKAGES:
+        try:
+            pins.append(f"{dist}=={public_version(metadata.version(dist))}")
+        except metadata.PackageNotFoundError:
+            pins.append(dist)
+    return {
+        "name": "tuneline-inference",
+        "channels": ["conda-forge"],
+        "dependencies": ["python=3.11", "pip", {"pip": [INFERENCE_SERVER, *pins]}],
+    }
+
+
+def _plain(data: object) -> object:
+    """SDK dicts hold OrderedDicts and enums; a JSON round trip leaves plain YAML-safe values."""
+    return json.loads(json.dumps(data, default=str))
+
+
+def _relative(data: object, root: Path) -> object:
+    """Rewrite absolute paths under ``root`` as ``./relative`` (the SDK resolves local paths when it
+    constructs an entity)."""
+    if isinstance(data, dict):
+        return {k: _relative(v, root) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_relative(v, root) for v in data]
+    if isinstance(data, str) and data.startswith("/"):
+        try:
+            return "./" + Path(data).resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            return data
+    return data
+
+
+def endpoint_dict(options: AzureMLOptions, policy: RolloutPolicy, model_uri: str) -> dict:
+    """The endpoint without traffic: traffic can only name deployments that exist (apply.sh sets it last)."""
+    from azure.ai.ml.entities import ManagedOnlineEndpoint
+
+    endpoint = ManagedOnlineEndpoint(
+        name=options.endpoint_name,
+        auth_mode=options.auth_mode,
+        description=f"tuneline model {model_uri}",
+        tags={"tuneline.model_uri": model_uri, "tuneline.strategy": policy.strategy},
+    )
+    data = _plain(endpoint._to_dict())
+    data.pop("traffic", None)
+    return data
+
+
+MERGED_SUFFIX = "-merged"
+
+
+def merged_model_name(model_name: str) -> str:
+    """The merged folder's own model asset. On Azure ML the MLflow registry is the workspace's model registry, so
+    `<name>:<version>` already names the registered (adapter) version, and `az ml online-deployment create`
+    refuses to give it another path ("Asset paths cannot be updated"). The merged folder is registered under its
+    own name without a version: the SDK gives it the next version (azure-ai-ml `Asset._auto_increment_version`,
+    `ModelOperations.create_or_update`), and its tags say which registered version it was merged from."""
+    return f"{model_name}{MERGED_SUFFIX}"
+
+
+def _model_tags(model_uri: str, model_version: int | None) -> dict[str, str]:
+    tags = {"tuneline.model_uri": model_uri}
+    if model_version is not None:
+        tags["tuneline.source_version"] = str(model_version)
+    return tags
+
+
+def deployment_dict(
+    options: AzureMLOptions, out: Path, model_name: str, model_version: int | None, model_uri: str
+) -> dict:
+    from azure.ai.ml.entities import (
+        CodeConfiguration,
+        Environment,
+        ManagedOnlineDeployment,
+        Model,
+        OnlineRequestSettings,
+        ProbeSettings,
+    )
+
+    deployment = ManagedOnlineDeployment(
+        name=options.slot,
+        endpoint_name=options.endpoint_name,
+        model=Model(
+            path=str(out / "model"),
+            name=merged_model_name(model_name),
+            description=f"merged from {model_uri}",
+            tags=_model_tags(model_uri, model_version),
+        ),
+        code_configuration=CodeConfiguration(code=str(out / "code"), scoring_script="score.py"),
+        environment=Environment(image=options.image, conda_file=str(out / "environment" / "conda.yaml")),
+        instance_type=options.instance_type,
+        instance_count=options.instance_count,
+        request_settings=OnlineRequestSettings(
+            request_timeout_ms=options.request_timeout_ms,
+            max_concurrent_requests_per_instance=options.max_concurrent_requests_per_instance,
+        ),
+        liveness_probe=ProbeSettings(**options.liveness_probe.model_dump()),
+        readiness_probe=ProbeSettings(**options.readiness_probe.model_dump()),
+        tags={"tuneline.model_uri": model_uri},
+    )
+    data = _plain(deployment._to_dict())
+    # The SDK inlines the conda file's content; reference the file instead so it can be edited.
+    data["environment"] = {"image": options.image, "conda_file": str(out / "environment" / "conda.yaml")}
+    return _relative(data, out)
+
+
+APPLY_SCRIPT = """#!/usr/bin/env bash
+# Generated by the tuneline deploy step (target azureml). Run as: bash apply.sh   (az CLI with the ml extension,
+# logged in, `az configure --defaults group=<rg> workspace=<ws>`). Order: endpoint, deployment, traffic.
+set -euo pipefail
+cd "$(dirname "$0")"
+ENDPOINT={endpoint}
+NEW_PERCENT={percent}
+percent() {{ az ml online-endpoint show -n "$ENDPOINT" --query "traffic.$1 || \\`0\\`" -o tsv; }}
+if ! az ml online-endpoint show -n "$ENDPOINT" -o none 2>/dev/null; then
+  az ml online-endpoint create -f endpoint.yml
+fi
+blue=$(percent blue); green=$(percent green)
+if [ "$blue" -eq 0 ] && [ "$green" -eq 0 ]; then
+  live=""; new={first}
+elif [ "$blue" -ge "$green" ]; then
+  live=blue; new=green
+else
+  live=green; new=blue
+fi
+echo "apply: live slot ${{live:-none}}, deploying into $new"
+if az ml online-deployment show -n "$new" -e "$ENDPOINT" -o none 2>/dev/null; then
+  az ml online-deployment update -f deployment.yml -n "$new" -e "$ENDPOINT"
+else
+  az ml online-deployment create -f deployment.yml -n "$new" -e "$ENDPOINT"
+fi
+if [ -z "$live" ]; then
+  az ml online-endpoint update -n "$ENDPOINT" --traffic "$new=100" --set tags.tuneline_live="$new"
+else
+  az ml online-endpoint update -n "$ENDPOINT" --traffic "$new=$NEW_PERCENT $live=$((100 - NEW_PERCENT))" \\
+    --set tags.tuneline_live="$new" tags.tuneline_previous="$live"
+fi
+"""
+
+ROLLBACK_SCRIPT = """#!/usr/bin/env bash
+# Generated by the tuneline deploy step (target azureml). Run as: bash rollback.sh
+# All traffic back to the deployment that was live before the last apply.sh; the newer one stays, at 0 %.
+set -euo pipefail
+ENDPOINT={endpoint}
+live=$(az ml online-endpoint show -n "$ENDPOINT" --query "tags.tuneline_live" -o tsv)
+previous=$(az ml online-endpoint show -n "$ENDPOINT" --query "tags.tuneline_previous" -o tsv)
+if [ -z "$previous" ]; then
+  echo "rollback: endpoint $ENDPOINT has no previous deployment to return to" >&2
+  exit 1
+fi
+az ml online-endpoint update -n "$ENDPOINT" --traffic "$previous=100 $live=0" \\
+  --set tags.tuneline_live="$previous" tags.tuneline_previous="$live"
+echo "rollback: $previous takes all traffic, $live none"
+"""
+
+
+RETIRE_SCRIPT = """#!/usr/bin/env bash
+# Generated by the tuneline deploy step (target azureml). Run as: bash retire.sh   (once the rollout has held)
+# Deletes the deployment the last apply.sh left at 0 % for rollback.sh: it keeps its instances (billed) until then.
+# Refuses while that deployment still takes traffic (a canary not yet promoted). Afterwards rollback.sh has nothing
+# to return to; the next apply.sh deploys into the freed slot.
+set -euo pipefail
+ENDPOINT={endpoint}
+previous=$(az ml online-endpoint show -n "$ENDPOINT" --query "tags.tuneline_previous" -o tsv)
+if [ -z "$previous" ]; then
+  echo "retire: endpoint $ENDPOINT has no previous deployment to delete" >&2
+  exit 1
+fi
+share=$(az ml online-endpoint show -n "$ENDPOINT" --query "traffic.$previous || \\`0\\`" -o tsv)
+if [ "$share" -ne 0 ]; then
+  echo "retire: $previous still takes $share % of the traffic; move it (apply.sh, or az ml online-endpoint \\
+update --traffic) before retiring it" >&2
+  exit 1
+fi
+az ml online-deployment delete -n "$previous" -e "$ENDPOINT" --yes
+az ml online-endpoint update -n "$ENDPOINT" --set tags.tuneline_previous=""
+echo "retire: deployment $previous deleted"
+"""
+
+
+def scripts(options: AzureMLOptions, policy: RolloutPolicy) -> dict[str, str]:
+    endpoint = shlex.quote(options.endpoint_name)
+    return {"apply.sh": APPLY_SCRIPT.format(endpoint=endpoint, percent=policy.new_percent, first=options.slot),
+            "rollback.sh": ROLLBACK_SCRIPT.format(endpoint=endpoint),
+            "retire.sh": RETIRE_SCRIPT.format(endpoint=endpoint)}
+
+
+def write(
+    out: Path,
+    options: AzureMLOptions,
+    policy: RolloutPolicy,
+    *,
+    model_dir: Path,
+    model_name: str,
+    model_version: int | None,
+    model_uri: str,
+) -> dict[str, Path]:
+    """Write the folder described in the module docstring; ``model_dir`` (a full HF folder) is copied in."""
+    out.mkdir(parents=True, exist_ok=True)
+    if model_dir.resolve() != (out / "model").resolve():
+        shutil.rmtree(out / "model", ignore_errors=True)
+        shutil.copytree(model_dir, out / "model")
+    (out / "code").mkdir(exist_ok=True)
+    shutil.copy2(SCORE_SCRIPT, out / "code" / "score.py")
+    (out / "environment").mkdir(exist_ok=True)
+    (out / "environment" / "conda.yaml").write_text(yaml.safe_dump(conda_spec(), sort_keys=False))
+    endpoint = out / "endpoint.yml"
+    deployment = out / "deployment.yml"
+    header = "# Generated by the tuneline deploy step (target azureml). Apply with: bash apply.sh\n"
+    endpoint.write_text(header + yaml.safe_dump(endpoint_dict(options, policy, model_uri), sort_keys=False))
+    deployment.write_text(
+        header + "# apply.sh deploys it into the slot that is not live (--name blue|green).\n"
+        + yaml.safe_dump(deployment_dict(options, out, model_name, model_version, model_uri), sort_keys=False)
+    )
+    paths = {"endpoint": endpoint, "deployment": deployment}
+    for name, text in scripts(options, policy).items():
+        (out / name).write_text(text)
+        (out / name).chmod(0o755)
+        paths[name.removesuffix(".sh")] = out / name
+    return paths
+
+
+def load_check(paths: dict[str, Path]) -> None:
+    """Load both files with azure-ai-ml's own loaders (offline); raises on anything they reject."""
+    from azure.ai.ml import load_online_deployment, load_online_endpoint
+
+    load_online_endpoint(paths["endpoint"])
+    load_online_deployment(paths["deployment"])

@@ -1,0 +1,194 @@
+"""The serving environment: its own venv holding the Triton server that `nvidia-pytriton` bundles.
+
+pytriton needs numpy<2 while the project venv has numpy 2, so the server, its Python backend and the
+model code it runs live in a separate venv (default `.tuneline/serve-venv`, override with
+`TUNELINE_SERVE_VENV`). This module creates that venv on first use and describes how to launch the
+bundled `tritonserver` binary with its Python backend.
+
+Run as: python -m tuneline.serving.env [--venv .tuneline/serve-venv] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import venv
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneline import settings
+
+# Checked to resolve together on Python 3.11: pip takes torch 2.13.0 as a local CPU wheel here.
+SERVE_REQUIREMENTS: tuple[str, ...] = (
+    "nvidia-pytriton==0.7.0",
+    "torch==2.13.0",
+    "transformers==5.23.0",
+    "peft==0.21.2",
+    "numpy<2",
+)
+_READY_MARKER = ".tuneline-ready.json"
+
+
+class ServeEnvError(RuntimeError):
+    """The serve venv could not be created or is incomplete."""
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    """Where the bundled Triton server lives inside the serve venv and how to launch it."""
+
+    venv_dir: Path
+    python: Path
+    tritonserver: Path
+    backend_dir: Path  # a staged copy of pytriton's backends/ with the Python stub for our interpreter
+    libs_dirs: tuple[Path, ...]
+
+    def environment(self) -> dict[str, str]:
+        """Environment for `tritonserver`: libpython + bundled libs on LD_LIBRARY_PATH, venv first on PATH.
+
+        The Python backend stub embeds the interpreter; it finds the venv (and torch, transformers) through
+        the `python` it sees first on PATH, and links against the base interpreter's libpython.
+        """
+        env = dict(os.environ)
+        existing = env.get("LD_LIBRARY_PATH", "")
+        env["LD_LIBRARY_PATH"] = ":".join([*(str(p) for p in self.libs_dirs), *([existing] if existing else [])])
+        env["PATH"] = f"{self.venv_dir / 'bin'}:{env.get('PATH', '')}"
+        env.pop("PYTHONHOME", None)
+        env.pop("PYTHONPATH", None)
+        return env
+
+
+def default_venv_dir() -> Path:
+    return settings.serve_venv()
+
+
+def _requirements_digest() -> str:
+    return hashlib.sha256("\n".join(SERVE_REQUIREMENTS).encode()).hexdigest()[:16]
+
+
+def _venv_python(venv_dir: Path) -> Path:
+    return venv_dir / "bin" / "python"
+
+
+def is_ready(venv_dir: Path | None = None) -> bool:
+    venv_dir = venv_dir or default_venv_dir()
+    marker = venv_dir / _READY_MARKER
+    if not marker.is_file() or not _venv_python(venv_dir).exists():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("requirements") == _requirements_digest()
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def ensure_serve_venv(venv_dir: Path | None = None, *, force: bool = False) -> TritonInstall:
+    """Create (once) the serve venv and return how to launch Triton from it. Raises ServeEnvError."""
+    venv_dir = (venv_dir or default_venv_dir()).absolute()
+    if force and venv_dir.exists():
+        shutil.rmtree(venv_dir)
+    if not is_ready(venv_dir):
+        _build(venv_dir)
+    return triton_install(venv_dir)
+
+
+def _build(venv_dir: Path) -> None:
+    """One line per phase on stderr; pip's own output goes to `<venv>.log`, whose tail a failure shows."""
+    if sys.version_info[:2] != (3, 11):
+        # The pins above (and the torch wheel on this disk) are for 3.11; pytriton ships stubs for 3.8-3.13.
+        print(f"warning: building the serve venv with Python {sys.version.split()[0]}", file=sys.stderr)
+    venv_dir.parent.mkdir(parents=True, exist_ok=True)
+    log = venv_dir.with_name(venv_dir.name + ".log")
+    started = time.time()
+    print(f"serve venv: creating {venv_dir}", file=sys.stderr, flush=True)
+    venv.EnvBuilder(with_pip=True, clear=True).create(venv_dir)
+    print(f"serve venv: installing {len(SERVE_REQUIREMENTS)} packages (about a minute; log {log})",
+          file=sys.stderr, flush=True)
+    cmd = [str(_venv_python(venv_dir)), "-m", "pip", "install", "--disable-pip-version-check",
+           *SERVE_REQUIREMENTS]
+    with log.open("w") as out:
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise ServeEnvError(f"pip install into {venv_dir} failed (exit {proc.returncode}; log {log}):\n{tail}")
+    print(f"serve venv: ready in {time.time() - started:.0f}s", file=sys.stderr, flush=True)
+    (venv_dir / _READY_MARKER).write_text(
+        json.dumps({"requirements": _requirements_digest(), "packages": list(SERVE_REQUIREMENTS)}) + "\n"
+    )
+
+
+def _query(python: Path, code: str) -> str:
+    proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ServeEnvError(f"{python} failed: {proc.stderr.strip()[-2000:]}")
+    return proc.stdout.strip()
+
+
+def triton_install(venv_dir: Path | None = None) -> TritonInstall:
+    """Locate tritonserver inside an existing serve venv and stage its Python backend (idempotent)."""
+    venv_dir = (venv_dir or default_venv_dir()).absolute()
+    python = _venv_python(venv_dir)
+    if not python.exists():
+        raise ServeEnvError(f"no serve venv at {venv_dir}: run `make serve-venv` or `python -m tuneline.serving.env`")
+    info = json.loads(
+        _query(
+            python,
+            "import json, sys, sysconfig, pathlib, pytriton; "
+            "print(json.dumps({'pkg': str(pathlib.Path(pytriton.__file__).parent), "
+            "'version': f'{sys.version_info[0]}.{sys.version_info[1]}', "
+            "'libdir': sysconfig.get_config_var('LIBDIR')}))",
+        )
+    )
+    dist = Path(info["pkg"]) / "tritonserver"
+    binary = dist / "bin" / "tritonserver"
+    stub = dist / "python_backend_stubs" / info["version"] / "triton_python_backend_stub"
+    for needed in (binary, stub, dist / "backends" / "python" / "libtriton_python.so"):
+        if not needed.exists():
+            raise ServeEnvError(f"the pytriton wheel in {venv_dir} lacks {needed}")
+    # The Python backend looks for its stub beside libtriton_python.so; pytriton ships one stub per Python
+    # version, so stage a backend directory holding the one matching the venv's interpreter.
+    backend_dir = venv_dir / "tuneline-triton-backends"
+    staged_stub = backend_dir / "python" / "triton_python_backend_stub"
+    if not staged_stub.exists():
+        tmp = backend_dir.with_name(backend_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(dist / "backends", tmp, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(stub, tmp / "python" / "triton_python_backend_stub")
+        shutil.rmtree(backend_dir, ignore_errors=True)
+        tmp.rename(backend_dir)
+    libs = [Path(info["libdir"]), Path(info["pkg"]).parent / "nvidia_pytriton.libs"]
+    return TritonInstall(
+        venv_dir=venv_dir,
+        python=python,
+        tritonserver=binary,
+        backend_dir=backend_dir,
+        libs_dirs=tuple(p for p in libs if p.is_dir()),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tuneline.serving.env", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--venv",
+        type=Path,
+        default=None,
+        help="venv folder (default: $TUNELINE_SERVE_VENV or .tuneline/serve-venv)",
+    )
+    parser.add_argument("--force", action="store_true", help="delete and rebuild the venv")
+    args = parser.parse_args(argv)
+    try:
+        install = ensure_serve_venv(args.venv, force=args.force)
+    except ServeEnvError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"serve venv ready: {install.venv_dir}\ntritonserver: {install.tritonserver}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

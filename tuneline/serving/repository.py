@@ -1,0 +1,347 @@
+"""Write a Triton model repository serving a Hugging Face causal LM through the Python backend.
+
+Layout (the same locally, where `tuneline.serving.local` runs it, and on the cluster's `triton` target):
+
+    <repo>/<model_name>/config.pbtxt        dynamic batching + instance group (KIND_CPU or KIND_GPU)
+    <repo>/<model_name>/1/model.py          tuneline/serving/triton_model.py
+    <repo>/<model_name>/1/hf_model/         the HF folder (a PEFT LoRA adapter is merged into its base first)
+    <repo>/<model_name>-stream/             the same model, decoupled, for streaming (generate_stream); it
+                                            loads the weights above rather than a copy
+
+Run as: python -m tuneline.serving.repository --model-dir MODEL --out REPO [--base-model-dir BASE] [--kind gpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+HF_SUBDIR = "hf_model"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "added_tokens.json",
+)
+
+
+class RepositoryError(ValueError):
+    """A model folder or repository option is unusable; the message names the file or field."""
+
+
+@dataclass(frozen=True)
+class RepositorySpec:
+    """What goes into config.pbtxt."""
+
+    model_name: str = "tuneline-llm"
+    max_batch_size: int = 32
+    dynamic_batching: bool = True
+    # No preferred sizes: Triton then takes every queued request up to max_batch_size, which is what a
+    # generate-bound model wants (a preferred size makes the batcher cut a batch of 32 into 16 + 16).
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 5000
+    max_queue_size: int = 0  # Triton's own queue bound (0: unbounded; the proxy bounds the queue first)
+    queue_timeout_us: int = 0  # queue deadline of a request that names none (0: none)
+    instance_kind: Literal["cpu", "gpu"] = "cpu"
+    instance_count: int = 1
+    max_new_tokens_default: int = 32
+    max_new_tokens_limit: int = 256
+    # Intra-op threads per instance. On CPU a small model loses more to thread sync than it gains, and
+    # collapses when cores are oversubscribed (measured here: 16 tokens 85 ms with 1 thread, 1.6 s with 2
+    # on a busy 2-core machine); scale with instance_count instead. 0 keeps torch's default.
+    torch_threads: int = 1
+    why: str = ""  # written as comments above instance_group: how count and threads were chosen
+
+    def validate(self) -> None:
+        if not _NAME_RE.match(self.model_name):
+            raise RepositoryError(f"model_name {self.model_name!r}: use letters, digits, '_', '.', '-' (max 64)")
+        if self.max_batch_size < 1:
+            raise RepositoryError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
+        if bad:
+            raise RepositoryError(f"preferred_batch_sizes {bad} outside [1, max_batch_size={self.max_batch_size}]")
+        if self.instance_kind not in ("cpu", "gpu"):
+            raise RepositoryError(f"instance_kind must be 'cpu' or 'gpu', got {self.instance_kind!r}")
+        if self.instance_count < 1 or self.max_queue_delay_us < 0:
+            raise RepositoryError("instance_count must be >= 1 and max_queue_delay_us >= 0")
+        if self.max_queue_size < 0 or self.queue_timeout_us < 0:
+            raise RepositoryError("max_queue_size and queue_timeout_us must be >= 0")
+        if self.torch_threads < 0:
+            raise RepositoryError(f"torch_threads must be >= 0, got {self.torch_threads}")
+        if not 1 <= self.max_new_tokens_default <= self.max_new_tokens_limit:
+            raise RepositoryError("need 1 <= max_new_tokens_default <= max_new_tokens_limit")
+
+
+# Threads past this per instance buy little for a small model (each decode step is a few small matmuls) and
+# leave cores idle; a larger machine gets more instances instead.
+MAX_THREADS_PER_INSTANCE = 8
+
+
+def available_cores() -> int:
+    """Cores this process may run on (cgroup/affinity aware), not the host's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# The batcher's wait on CPU. In a closed loop of 32 clients the next 32 requests reach Triton over tens of
+# milliseconds; with a 5 ms wait it cut them into two partial batches that then ran out of phase.
+CPU_QUEUE_DELAY_US = 50_000
+
+
+def machine_spec(cores: int | None = None, **fields) -> RepositorySpec:
+    """A CPU RepositorySpec whose instances x torch threads cover the available cores, with the reason.
+
+    Measured on 2 cores with the demo's SmolLM2 model at concurrency 32 (bench/serve_bench.py --tune, figures in
+    bench/results/serve-tuning.json), against plain transformers batched generate in the same run:
+    1 instance x 2 threads with a 5 ms batcher wait 0.73x, 50 ms 0.81x, 200 ms 0.83x; 2 instances x 1 thread
+    (100 ms) 0.57x. Triton's statistics showed every batch full at 50 ms and 200 ms, so the longer wait buys
+    nothing but latency for a lone request. One instance per MAX_THREADS_PER_INSTANCE cores: a batch of up to
+    max_batch_size keeps all of an instance's threads busy through each decode step; more instances only pay
+    off once those threads stop scaling.
+    """
+    cores = cores or available_cores()
+    instances = max(1, -(-cores // MAX_THREADS_PER_INSTANCE))
+    threads = max(1, cores // instances)
+    why = (
+        f"{instances} instance(s) x {threads} torch thread(s) = the {cores} core(s) available "
+        f"(os.sched_getaffinity); one instance per {MAX_THREADS_PER_INSTANCE} cores: one batch of up to "
+        "max_batch_size keeps all its threads busy each decode step. On 2 cores at concurrency 32, 1 x 2 reached "
+        "0.81x of plain batched generate and 2 x 1 0.57x; a 50 ms batcher wait filled every batch where 5 ms "
+        "split them (0.73x). Figures: bench/results/serve-tuning.json (bench/serve_bench.py --tune)."
+    )
+    defaults = {"instance_count": instances, "torch_threads": threads, "max_queue_delay_us": CPU_QUEUE_DELAY_US,
+                "why": why}
+    return RepositorySpec(**{**defaults, **fields})
+
+
+STREAM_SUFFIX = "-stream"
+
+
+def stream_model_name(model_name: str) -> str:
+    """The decoupled twin that streams `model_name`'s answers (Triton's generate_stream endpoint)."""
+    return model_name + STREAM_SUFFIX
+
+
+def render_config(spec: RepositorySpec, *, decoupled: bool = False) -> str:
+    """config.pbtxt text for `spec`: the coupled model, or (`decoupled`) its streaming twin."""
+    spec.validate()
+    lines = [
+        f'name: "{stream_model_name(spec.model_name) if decoupled else spec.model_name}"',
+        'backend: "python"',
+        f"max_batch_size: {spec.max_batch_size}",
+        "input [",
+        '  { name: "text_input" data_type: TYPE_STRING dims: [ 1 ] },',
+        '  { name: "max_new_tokens" data_type: TYPE_INT32 dims: [ 1 ] optional: true },',
+        '  { name: "prompt_format" data_type: TYPE_STRING dims: [ 1 ] optional: true },',
+        '  { name: "temperature" data_type: TYPE_FP32 dims: [ 1 ] optional: true },',
+        '  { name: "top_p" data_type: TYPE_FP32 dims: [ 1 ] optional: true },',
+        '  { name: "stop" data_type: TYPE_STRING dims: [ 1 ] optional: true },',
+        '  { name: "stream" data_type: TYPE_BOOL dims: [ 1 ] optional: true }',
+        "]",
+        "output [",
+        '  { name: "text_output" data_type: TYPE_STRING dims: [ 1 ] },',
+        '  { name: "prompt_tokens" data_type: TYPE_INT32 dims: [ 1 ] },',
+        '  { name: "completion_tokens" data_type: TYPE_INT32 dims: [ 1 ] },',
+        '  { name: "finish_reason" data_type: TYPE_STRING dims: [ 1 ] }',
+        "]",
+    ]
+    if decoupled:
+        # The streaming twin: it sends each request's responses through its response sender, one per new piece
+        # of text (python_backend README, "Decoupled mode"); Triton serves it on generate_stream, while its
+        # HTTP infer refuses decoupled models (docs/user_guide/decoupled_models.md; 501 here), hence the twin.
+        lines.append("model_transaction_policy { decoupled: true }")
+    if spec.why:
+        lines += [f"# {line}" for line in spec.why.splitlines()]
+    lines += [
+        "instance_group [",
+        f"  {{ count: {spec.instance_count} kind: KIND_{spec.instance_kind.upper()} }}",
+        "]",
+    ]
+    if spec.dynamic_batching:
+        lines.append("dynamic_batching {")
+        if spec.preferred_batch_sizes:
+            lines.append(f"  preferred_batch_size: [ {', '.join(str(b) for b in spec.preferred_batch_sizes)} ]")
+        lines.append(f"  max_queue_delay_microseconds: {spec.max_queue_delay_us}")
+        # A request's own `timeout` parameter (microseconds, sent by the proxy from what is left of its deadline)
+        # rejects it once it has waited that long in Triton's queue; past max_queue_size (0: no bound, the
+        # proxy bounds the queue first) Triton answers UNAVAILABLE at once.
+        lines += [
+            "  default_queue_policy {",
+            "    timeout_action: REJECT",
+            f"    default_timeout_microseconds: {spec.queue_timeout_us}",
+            "    allow_timeout_override: true",
+            f"    max_queue_size: {spec.max_queue_size}",
+            "  }",
+        ]
+        lines.append("}")
+    params = {
+        "hf_model_dir": HF_SUBDIR,
+        "max_new_tokens_default": str(spec.max_new_tokens_default),
+        "max_new_tokens_limit": str(spec.max_new_tokens_limit),
+        "torch_threads": str(spec.torch_threads),
+    }
+    if decoupled:
+        params["weights_dir"] = f"../../{spec.model_name}/1"
+    for key, value in params.items():
+        lines.append(f'parameters: {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
+    return "\n".join(lines) + "\n"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RepositoryError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
+    if not isinstance(data, dict):
+        raise RepositoryError(f"{path}: expected a JSON object")
+    return data
+
+
+def _resolve_base(model_dir: Path, base_model_dir: Path | None) -> Path:
+    if base_model_dir is not None:
+        base = Path(base_model_dir)
+    else:
+        cfg_path = model_dir / "adapter_config.json"
+        named = _read_json(cfg_path).get("base_model_name_or_path")
+        if not named:
+            raise RepositoryError(f"{cfg_path}: field base_model_name_or_path is empty; pass base_model_dir")
+        base = Path(named)
+    if not (base / "config.json").is_file():
+        raise RepositoryError(f"base model {base}: no config.json (the adapter's base must be a local HF folder)")
+    return base
+
+
+def merge_adapter(adapter_dir: Path, base_dir: Path, out_dir: Path) -> Path:
+    """Merge a PEFT LoRA adapter into its base model and save full weights + tokenizer to `out_dir`."""
+    from transformers import AutoTokenizer
+
+    from tuneline.ml.models import merge_lora
+
+    merge_lora(base_dir, adapter_dir).save_pretrained(out_dir)
+    tok_src = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base_dir
+    AutoTokenizer.from_pretrained(tok_src).save_pretrained(out_dir)
+    return out_dir
+
+
+def _copy_full_model(model_dir: Path, out_dir: Path) -> None:
+    _read_json(model_dir / "config.json")  # a clear error beats a load failure inside Triton
+    if not any((model_dir / f).is_file() for f in _TOKENIZER_FILES):
+        raise RepositoryError(f"{model_dir}: no tokenizer files (expected one of {', '.join(_TOKENIZER_FILES[:2])})")
+    shutil.copytree(model_dir, out_dir, ignore=shutil.ignore_patterns("checkpoint-*", "optimizer.pt", "*.lock"))
+
+
+SERVING_FILE = "serving.json"
+
+
+def serving_settings(model_dir: Path) -> dict:
+    """How a bare prompt becomes model input: the chat template, under the system prompt used in training,
+    rendered with the variables training rendered it with (Llama 3.x stamps a date into every system header:
+    served with today's date, the prompt differs from every prompt the model was tuned on)."""
+    from tuneline.ml.chat import RENDER_KWARGS
+    from tuneline.ml.models import SUMMARY_FILE
+
+    summary_path = Path(model_dir) / SUMMARY_FILE
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    # A summary without the key was written by a train step that rendered with the same fixed variables.
+    kwargs = summary.get("chat_template_kwargs", RENDER_KWARGS)
+    return {"chat_template": True, "system_prompt": summary.get("system_prompt"), "chat_template_kwargs": kwargs}
+
+
+def write_repository(
+    model_dir: Path,
+    repo_dir: Path,
+    spec: RepositorySpec | None = None,
+    *,
+    base_model_dir: Path | None = None,
+) -> Path:
+    """Write (replacing) `<repo_dir>/<spec.model_name>/` for the HF folder `model_dir`; returns that folder.
+
+    `model_dir` holds either full weights (config.json) or a PEFT adapter (adapter_config.json), merged
+    into `base_model_dir` (default: the adapter's base_model_name_or_path) before it is shipped.
+    """
+    spec = spec or RepositorySpec()
+    spec.validate()
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise RepositoryError(f"model folder {model_dir} does not exist")
+    is_adapter = (model_dir / "adapter_config.json").is_file()
+    if not is_adapter and not (model_dir / "config.json").is_file():
+        raise RepositoryError(f"{model_dir}: neither config.json (full model) nor adapter_config.json (PEFT adapter)")
+    model_root = Path(repo_dir) / spec.model_name
+    staging = model_root.with_name(model_root.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    version_dir = staging / "1"
+    version_dir.mkdir(parents=True)
+    if is_adapter:
+        merge_adapter(model_dir, _resolve_base(model_dir, base_model_dir), version_dir / HF_SUBDIR)
+    else:
+        _copy_full_model(model_dir, version_dir / HF_SUBDIR)
+    shutil.copy2(Path(__file__).with_name("triton_model.py"), version_dir / "model.py")
+    (version_dir / SERVING_FILE).write_text(json.dumps(serving_settings(model_dir), indent=2) + "\n")
+    (staging / "config.pbtxt").write_text(render_config(spec))
+    twin_root = Path(repo_dir) / stream_model_name(spec.model_name)
+    twin_staging = twin_root.with_name(twin_root.name + ".tmp")
+    shutil.rmtree(twin_staging, ignore_errors=True)
+    (twin_staging / "1").mkdir(parents=True)
+    shutil.copy2(version_dir / "model.py", twin_staging / "1" / "model.py")
+    (twin_staging / "config.pbtxt").write_text(render_config(spec, decoupled=True))
+    for root, stage in ((model_root, staging), (twin_root, twin_staging)):
+        shutil.rmtree(root, ignore_errors=True)
+        stage.rename(root)
+    return model_root
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tuneline.serving.repository", description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, required=True, help="HF model folder or PEFT adapter folder")
+    parser.add_argument("--out", type=Path, required=True, help="repository folder to write into")
+    parser.add_argument(
+        "--base-model-dir",
+        type=Path,
+        default=None,
+        help="base model for an adapter (default: the adapter's base_model_name_or_path)",
+    )
+    parser.add_argument("--name", default=RepositorySpec.model_name, help="Triton model name (default %(default)s)")
+    parser.add_argument("--kind", choices=["cpu", "gpu"], default="cpu", help="instance kind (default cpu)")
+    parser.add_argument("--instances", type=int, default=1, help="model instances (default 1)")
+    parser.add_argument("--max-batch-size", type=int, default=32, help="max batch size (default 32)")
+    parser.add_argument("--no-dynamic-batching", action="store_true", help="omit the dynamic_batching block")
+    parser.add_argument("--max-queue-delay-us", type=int, default=5000, help="batcher wait (default 5000)")
+    parser.add_argument(
+        "--torch-threads", type=int, default=1, help="intra-op threads per instance, 0 = torch default (default 1)"
+    )
+    args = parser.parse_args(argv)
+    spec = RepositorySpec(
+        model_name=args.name,
+        instance_kind=args.kind,
+        instance_count=args.instances,
+        max_batch_size=args.max_batch_size,
+        dynamic_batching=not args.no_dynamic_batching,
+        max_queue_delay_us=args.max_queue_delay_us,
+        torch_threads=args.torch_threads,
+    )
+    try:
+        root = write_repository(args.model_dir, args.out, spec, base_model_dir=args.base_model_dir)
+    except RepositoryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(root)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
