@@ -217,7 +217,7 @@ def cmd_components(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from . import settings
-    from .ml.models import CATALOG
+    from .llm.ml.models import CATALOG
 
     cache = settings.state_home(args.home) / "models"
     print(f"{'name':<24} {'on disk':<10} description")

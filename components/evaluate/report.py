@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tuneline.ml.gates import GateResult
-from tuneline.ml.metrics import direction
+from tuneline.llm.ml.gates import GateResult
+from tuneline.llm.ml.metrics import direction
 
 
 def _code(text: str) -> str:

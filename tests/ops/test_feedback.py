@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneline.data.records import Budget, parse_line
+from tuneline.llm.data.records import Budget, parse_line
 from tuneline.ops.feedback import export
 from tuneline.serving.requestlog import FeedbackError, RatingStore, RequestLogger, log_files, read_requests
 

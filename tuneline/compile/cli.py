@@ -182,7 +182,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _common(submit_)
     submit_.set_defaults(handler=cmd_submit)
 
-    from .clustercli import add_arguments
+    from ..cluster.cli import add_arguments
 
     cluster = subparsers.add_parser("cluster", help="check compiled pipelines against the cluster k8s/ provisions")
     cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
@@ -192,7 +192,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_cluster_check(args: argparse.Namespace) -> int:
-    from .clustercli import run
+    from ..cluster.cli import run
 
     return run(args)
 

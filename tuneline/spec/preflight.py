@@ -35,15 +35,15 @@ def _suggest(name: str, options: list[str]) -> str:
 
 
 def _metric_names() -> list[str]:
-    from tuneline.ml.metrics import JSON_METRICS, TEXT_METRICS
+    from tuneline.llm.ml.metrics import JSON_METRICS, TEXT_METRICS
 
     return sorted((*TEXT_METRICS, "perplexity", *JSON_METRICS))
 
 
 def gate_problem(expression: str) -> str | None:
     """Why a gate expression cannot be evaluated, with the column of the mistake, or None when it can."""
-    from tuneline.ml.gates import Gate, GateError
-    from tuneline.ml.metrics import unknown_metric
+    from tuneline.llm.ml.gates import Gate, GateError
+    from tuneline.llm.ml.metrics import unknown_metric
 
     try:
         tree = ast.parse(expression.strip(), mode="eval")
@@ -60,7 +60,7 @@ def gate_problem(expression: str) -> str | None:
         gate = Gate(expression)
     except GateError as err:
         return f"{err}"
-    from tuneline.ml.winrate import FIELDS
+    from tuneline.llm.ml.winrate import FIELDS
 
     for model, metric in sorted(gate.references):
         if model == "win_rate":
@@ -89,7 +89,7 @@ def regex_problem(pattern: str) -> str | None:
 
 def model_finding(value: str, root: Path) -> tuple[str | None, str | None]:
     """(problem, note) for a base model reference: a catalog name, a local model folder, or a Hub id."""
-    from tuneline.ml.models import CATALOG
+    from tuneline.llm.ml.models import CATALOG
 
     if value in CATALOG:
         return None, None
@@ -161,7 +161,7 @@ def check(pipeline: Pipeline) -> Findings:
                 continue
             problem = note = None
             if spec.kind == "gate_expression":
-                from tuneline.ml.gates import expand
+                from tuneline.llm.ml.gates import expand
 
                 metric = pipeline.input_value(step, metric_input) if metric_input else None
                 problem = gate_problem(expand(value, metric) if isinstance(metric, str) and metric else value)
