@@ -1,6 +1,6 @@
 """The failures a newcomer meets first, each turned into one or two lines saying what to do next.
 
-`tuneline.cli.main` asks `next_step` about any exception a command lets through; None means "not one of these",
+`tuneline.cli.main.main` asks `next_step` about any exception a command lets through; None means "not one of these",
 and the traceback is shown as before. The SDKs are not imported here: exceptions are recognised by class name
 along the `__cause__`/`__context__` chain, since the KFP client wraps urllib3's errors and Azure's credential
 chain wraps each credential's.

@@ -198,7 +198,7 @@ def cmd_cluster_check(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point before `tuneline.cli` wires these in; `tuneline compile ...` does the same."""
+    """Entry point before `tuneline.cli.main` wires these in; `tuneline compile ...` does the same."""
     parser = argparse.ArgumentParser(prog="tuneline", description="Compile and submit tuneline pipelines.")
     add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

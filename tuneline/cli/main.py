@@ -16,14 +16,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .runner.report import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
-from .spec import SpecError, load_component, load_pipeline
-from .spec.load import parse_set_pairs
+from ..runner.report import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
+from ..spec import SpecError, load_component, load_pipeline
+from ..spec.load import parse_set_pairs
 
 
 def _project_home(home: str | None) -> Path:
     """The state folder, found as every command finds it (`tuneline.settings.state_home`)."""
-    from . import settings
+    from .. import settings
 
     return settings.state_home(home)
 
@@ -63,7 +63,7 @@ def _validate_targets(names: Sequence[str]) -> tuple[list[tuple[str, Path]], lis
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .spec.preflight import check
+    from ..spec.preflight import check
 
     targets, unusable = _validate_targets(args.files)
     for line in unusable:
@@ -94,10 +94,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .graph import build_graph
-    from .runner.local import RunOptions, StepFailed
-    from .runner.report import exit_code, run_and_report
-    from .spec.preflight import check
+    from ..graph import build_graph
+    from ..runner.local import RunOptions, StepFailed
+    from ..runner.report import exit_code, run_and_report
+    from ..spec.preflight import check
 
     try:
         pipeline = load_pipeline(args.pipeline, parse_set_pairs(args.set))
@@ -112,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(home=home, no_cache=args.no_cache, from_step=args.from_step, only_step=args.only)
     graph = build_graph(pipeline)
     if args.dry_run:
-        from .runner.plan import plan, render
+        from ..runner.plan import plan, render
 
         for flag, name in (("--from", args.from_step), ("--only", args.only)):
             if name is not None and name not in graph.nodes:
@@ -140,7 +140,7 @@ def _no_runs(home: Path) -> str:
 
 
 def cmd_runs_list(args: argparse.Namespace) -> int:
-    from .runner.record import list_runs
+    from ..runner.record import list_runs
 
     home = _project_home(args.home)
     runs = list_runs(home / "runs")[-args.limit:]
@@ -162,7 +162,7 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
 
 
 def _find_run(home_flag: str | None, run_id: str) -> dict | None:
-    from .runner.record import find_run
+    from ..runner.record import find_run
 
     home = _project_home(home_flag)
     run = find_run(home / "runs", run_id)
@@ -173,8 +173,8 @@ def _find_run(home_flag: str | None, run_id: str) -> dict | None:
 
 
 def _reported(progress: dict, finished: bool) -> str:
-    from .runner.progress import describe
-    from .step.progress import StepProgress
+    from ..runner.progress import describe
+    from ..step.progress import StepProgress
 
     return describe(StepProgress(progress["current"], progress["total"], progress["unit"], progress["metrics"]),
                     finished=finished)
@@ -239,14 +239,14 @@ def cmd_runs_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_completion(args: argparse.Namespace) -> int:
-    from .start_cli import completion_script
+    from ..start_cli import completion_script
 
     print(completion_script(build_parser()), end="")
     return EXIT_OK
 
 
 def cmd_runs_gc(args: argparse.Namespace) -> int:
-    from .runner.gc import collect
+    from ..runner.gc import collect
 
     home = _project_home(args.home)
     print(collect(home, keep=args.keep, dry_run=args.dry_run).render())
@@ -263,7 +263,7 @@ def _add_home(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(prog="tuneline", description="Fine-tuning pipelines for LLMs as code.")
     parser.add_argument("--version", action="version", version=f"tuneline {__version__}")
@@ -332,15 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions():
     """Sub-commands that live beside their own code; each module imports its heavy SDKs only when run."""
-    from .compile.cli import add_commands as compile_commands
-    from .ops_cli import add_commands as ops_commands
-    from .start_cli import add_commands as start_commands
+    from ..compile.cli import add_commands as compile_commands
+    from ..ops_cli import add_commands as ops_commands
+    from ..start_cli import add_commands as start_commands
 
     return [start_commands, compile_commands, ops_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .cli_errors import next_step, quiet_sdk_logs
+    from ..cli_errors import next_step, quiet_sdk_logs
 
     args = build_parser().parse_args(argv)
     quiet_sdk_logs()
