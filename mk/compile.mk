@@ -9,7 +9,7 @@ CONFORMANCE_TINY = --set base_model=tiny-random-llama --set max_steps=3 --set ma
 	--set eval_examples=4 --set "gates=tuned.perplexity > 0"
 
 compile: $(VENV_STAMP) ## compile every pipeline in pipelines/ to KFP and Azure ML under build/
-	$(PY) -m tuneline.compile.cli compile --out $(COMPILE_OUT) pipelines/*.yaml
+	$(PY) -m tuneline.cli.compile compile --out $(COMPILE_OUT) pipelines/*.yaml
 
 golden: $(VENV_STAMP) ## regenerate tests/compile/golden/ from every pipeline (review the diff, then commit)
 	$(PY) tests/compile/make_golden.py

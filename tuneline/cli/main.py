@@ -239,7 +239,7 @@ def cmd_runs_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_completion(args: argparse.Namespace) -> int:
-    from ..start_cli import completion_script
+    from .start import completion_script
 
     print(completion_script(build_parser()), end="")
     return EXIT_OK
@@ -332,15 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions():
     """Sub-commands that live beside their own code; each module imports its heavy SDKs only when run."""
-    from ..compile.cli import add_commands as compile_commands
-    from ..ops_cli import add_commands as ops_commands
-    from ..start_cli import add_commands as start_commands
+    from .compile import add_commands as compile_commands
+    from .ops import add_commands as ops_commands
+    from .start import add_commands as start_commands
 
     return [start_commands, compile_commands, ops_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..cli_errors import next_step, quiet_sdk_logs
+    from .errors import next_step, quiet_sdk_logs
 
     args = build_parser().parse_args(argv)
     quiet_sdk_logs()

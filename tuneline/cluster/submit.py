@@ -33,11 +33,11 @@ from .reads import KFP_NAMESPACE, Rendered, dataset_problem, docs_created, docs_
 
 
 def trigger_parser() -> argparse.ArgumentParser:
-    """A parser holding `tuneline`'s own `trigger` commands (tuneline.ops_cli, which tuneline.cli.main adds the same
+    """A parser holding `tuneline`'s own `trigger` commands (tuneline.cli.ops, which tuneline.cli.main adds the same
     way), so a command line is read exactly as the CLI reads it (flags, defaults, abbreviations): a copy of its
     options here could agree with the checked command and not with the pod. Not tuneline.cli.main itself: that module
     imports every command, this one among them."""
-    from ..ops_cli import add_commands
+    from ..cli.ops import add_commands
 
     parser = argparse.ArgumentParser(prog="tuneline")
     add_commands(parser.add_subparsers(dest="command", required=True))

@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from tuneline.cli.main.main import main as cli_main
+
 from tests.support.tickets import ticket_records
 
 PROJECT = Path(__file__).parent / "project"

@@ -163,8 +163,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def _component_folders() -> dict[str, Path]:
     """Reference -> folder: shipped ones as tuneline/<name>, then the current project's components/<name>."""
-    from . import settings
-    from .spec.load import SHIPPED_COMPONENTS, SHIPPED_PREFIX, shipped_components
+    from .. import settings
+    from ..spec.load import SHIPPED_COMPONENTS, SHIPPED_PREFIX, shipped_components
 
     found = {f"{SHIPPED_PREFIX}{n}": SHIPPED_COMPONENTS / n for n in shipped_components()}
     project = settings.project_root()
@@ -175,7 +175,7 @@ def _component_folders() -> dict[str, Path]:
 
 
 def cmd_components(args: argparse.Namespace) -> int:
-    from .spec import SpecError, load_component
+    from ..spec import SpecError, load_component
 
     folders = _component_folders()
     if not args.name:
@@ -216,8 +216,8 @@ def cmd_components(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from . import settings
-    from .llm.ml.models import CATALOG
+    from .. import settings
+    from ..llm.ml.models import CATALOG
 
     cache = settings.state_home(args.home) / "models"
     print(f"{'name':<24} {'on disk':<10} description")

@@ -21,14 +21,14 @@ import os
 import sys
 from pathlib import Path
 
-from .compile.options import DEFAULT_MLFLOW_SECRET
-from .spec.load import parse_set_pairs
+from ..compile.options import DEFAULT_MLFLOW_SECRET
+from ..spec.load import parse_set_pairs
 
 EXIT_NO_RETRAIN, EXIT_RETRAIN, EXIT_RUN_FAILED, EXIT_INVALID = 0, 10, 11, 2
 
 
 def _load(path: str, sets: list[str]):
-    from .spec import SpecError, load_pipeline
+    from ..spec import SpecError, load_pipeline
 
     try:
         return load_pipeline(path, parse_set_pairs(sets))
@@ -40,7 +40,7 @@ def _load(path: str, sets: list[str]):
 
 def _home(pipeline, home: str | None) -> Path:
     """The state folder, found as every command finds it (`tuneline.settings.state_home`)."""
-    from . import settings
+    from .. import settings
 
     return settings.state_home(home)
 
@@ -51,13 +51,13 @@ def _home(pipeline, home: str | None) -> Path:
 def cmd_trigger_check(args: argparse.Namespace) -> int:
     from tuneline.serving.requestlog import FeedbackError
 
-    from . import settings
-    from .ops.triggers import CheckOptions, run_check
-    from .ops.triggers import tracking as trigger_tracking
-    from .ops.triggers.check import declared_metric
-    from .ops.triggers.features import DataFileError
-    from .ops.triggers.newdata import TriggerConfigError
-    from .ops.triggers.quality import EvalOptions
+    from .. import settings
+    from ..ops.triggers import CheckOptions, run_check
+    from ..ops.triggers import tracking as trigger_tracking
+    from ..ops.triggers.check import declared_metric
+    from ..ops.triggers.features import DataFileError
+    from ..ops.triggers.newdata import TriggerConfigError
+    from ..ops.triggers.quality import EvalOptions
 
     pipeline = _load(args.pipeline, args.set)
     if pipeline is None:
@@ -105,9 +105,9 @@ def cmd_trigger_check(args: argparse.Namespace) -> int:
 
 def _retrain(pipeline, home: Path, args: argparse.Namespace, decision) -> dict:
     """Run the pipeline through the runner's API; the record it returns says which run it was."""
-    from .graph import build_graph
-    from .runner.local import RunOptions, StepFailed
-    from .runner.report import exit_code, run_and_report
+    from ..graph import build_graph
+    from ..runner.local import RunOptions, StepFailed
+    from ..runner.report import exit_code, run_and_report
 
     out = sys.stderr if args.json else sys.stdout  # with --json, stdout stays a single JSON document
     print(decision.render(), file=out, flush=True)
@@ -121,7 +121,7 @@ def _retrain(pipeline, home: Path, args: argparse.Namespace, decision) -> dict:
 
 
 def _submit_settings(args: argparse.Namespace):
-    from . import submit
+    from .. import submit
 
     return submit.SubmitSettings(
         kfp_host=args.kfp_host or os.environ.get("KF_PIPELINES_ENDPOINT"),
@@ -138,7 +138,7 @@ def _submit_settings(args: argparse.Namespace):
 
 def _run_state(args: argparse.Namespace):
     """How the check asks the platform whether a submitted run failed (see triggers.tracking.last_submission)."""
-    from . import submit
+    from .. import submit
 
     settings = _submit_settings(args)
     return lambda run_id: submit.run_state(args.submit, run_id, settings)
@@ -146,7 +146,7 @@ def _run_state(args: argparse.Namespace):
 
 def _submit(args: argparse.Namespace, pipeline, home: Path) -> dict:
     """Compile and submit the pipeline to KFP or Azure ML; the run record `trigger check` reports and logs."""
-    from . import submit
+    from .. import submit
 
     where = _submit_settings(args)
     print(f"submitting a pipeline run to {args.submit}", file=sys.stderr, flush=True)
@@ -157,7 +157,7 @@ def _submit(args: argparse.Namespace, pipeline, home: Path) -> dict:
                                       parse_set_pairs(args.submit_param), where,
                                       submit.submission_options(args.images, args.mlflow_secret))
     except Exception as exc:  # noqa: BLE001 - any SDK or network failure is a failed submission, reported
-        from .cli_errors import next_step
+        from .errors import next_step
 
         print(f"tuneline trigger check: submission to {args.submit} failed: {next_step(exc, args) or exc}",
               file=sys.stderr)
@@ -170,7 +170,7 @@ def _submit(args: argparse.Namespace, pipeline, home: Path) -> dict:
 
 
 def cmd_trigger_azureml(args: argparse.Namespace) -> int:
-    from .ops.triggers.azureml import ScheduleOptions, write_schedule
+    from ..ops.triggers.azureml import ScheduleOptions, write_schedule
 
     pipeline = _load(args.pipeline, [])
     if pipeline is None:
@@ -200,7 +200,7 @@ def cmd_trigger_azureml(args: argparse.Namespace) -> int:
 def _feedback_paths(args: argparse.Namespace) -> tuple[Path, Path]:
     from tuneline.serving.requestlog import ENV_LOG, RATINGS_FILE
 
-    from . import settings
+    from .. import settings
 
     # The defaults are where a pipeline's local endpoint writes (the demo's `requests_log`, the serve state
     # folder) and where the endpoint keeps ratings: beside the log it rates against.
@@ -254,12 +254,12 @@ def cmd_feedback_export(args: argparse.Namespace) -> int:
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
-    from .ops.cost import DEFAULT_PRICES, CostError, estimate, load_prices, render
+    from ..ops.cost import DEFAULT_PRICES, CostError, estimate, load_prices, render
 
     pipeline = _load(args.pipeline, args.set)
     if pipeline is None:
         return EXIT_INVALID
-    from .ops.cost.memory import memory_plan, render_plan
+    from ..ops.cost.memory import memory_plan, render_plan
 
     try:
         prices = load_prices(Path(args.prices) if args.prices else pipeline.root / DEFAULT_PRICES)
@@ -411,7 +411,7 @@ def _add_trigger_azureml(trigger_sub) -> None:
 
 
 def _add_feedback(subparsers) -> None:
-    from . import settings
+    from .. import settings
 
     feedback = subparsers.add_parser("feedback", help="ratings of served answers, exported as training data")
     fb_sub = feedback.add_subparsers(dest="feedback_command", required=True)

@@ -11,12 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..settings import CHECKPOINT_MOUNT
-from ..spec import SpecError
-from ..spec.load import parse_set_pairs
-from . import CompileError
-from .build import TARGETS, compile_file
-from .options import (
+from ..compile import CompileError
+from ..compile.build import TARGETS, compile_file
+from ..compile.options import (
     DEFAULT_AZUREML_COMPUTE,
     DEFAULT_CHECKPOINT_PVC,
     DEFAULT_KFP_PIPELINE_ROOT,
@@ -24,12 +21,15 @@ from .options import (
     DEFAULT_MLFLOW_SECRET,
     CompileOptions,
 )
+from ..settings import CHECKPOINT_MOUNT
+from ..spec import SpecError
+from ..spec.load import parse_set_pairs
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 
 def _options(args: argparse.Namespace) -> CompileOptions:
-    from .images import load_image_lock
+    from ..compile.images import load_image_lock
 
     return CompileOptions(image_registry=args.image_registry, image_tag=args.image_tag, production=args.production,
                           image_lock=load_image_lock(Path(args.images)) if args.images else None,
