@@ -182,7 +182,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _common(submit_)
     submit_.set_defaults(handler=cmd_submit)
 
-    from ..cluster.cli import add_arguments
+    from .cluster import add_arguments
 
     cluster = subparsers.add_parser("cluster", help="check compiled pipelines against the cluster k8s/ provisions")
     cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
@@ -192,7 +192,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_cluster_check(args: argparse.Namespace) -> int:
-    from ..cluster.cli import run
+    from .cluster import run
 
     return run(args)
 

@@ -95,6 +95,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ..graph import build_graph
+    from ..ops.cost.comparison import cost_comparison
     from ..runner.local import RunOptions, StepFailed
     from ..runner.report import exit_code, run_and_report
     from ..spec.preflight import check
@@ -123,7 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     where = "" if args.home or os.environ.get("TUNELINE_HOME") else "  (`tuneline runs list` here lists this run)"
     print(f"state folder: {home}{where}", flush=True)
     try:
-        record = run_and_report(graph, options)
+        record = run_and_report(graph, options, afterword=cost_comparison)
     except StepFailed as exc:
         print(f"tuneline: {exc}", file=sys.stderr)
         return EXIT_INVALID

@@ -106,6 +106,7 @@ def cmd_trigger_check(args: argparse.Namespace) -> int:
 def _retrain(pipeline, home: Path, args: argparse.Namespace, decision) -> dict:
     """Run the pipeline through the runner's API; the record it returns says which run it was."""
     from ..graph import build_graph
+    from ..ops.cost.comparison import cost_comparison
     from ..runner.local import RunOptions, StepFailed
     from ..runner.report import exit_code, run_and_report
 
@@ -113,7 +114,7 @@ def _retrain(pipeline, home: Path, args: argparse.Namespace, decision) -> dict:
     print(decision.render(), file=out, flush=True)
     print(f"starting a pipeline run: tuneline run {args.pipeline}", file=out, flush=True)
     try:
-        record = run_and_report(build_graph(pipeline), RunOptions(home=home), out)
+        record = run_and_report(build_graph(pipeline), RunOptions(home=home), out, afterword=cost_comparison)
     except StepFailed as exc:
         print(f"tuneline trigger check: {exc}", file=sys.stderr)
         return {"run_id": None, "status": "not-started", "exit_code": EXIT_INVALID}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +32,9 @@ from .check import (
 )
 from .reads import KFP_NAMESPACE, Rendered, dataset_problem, docs_created, docs_filled
 
-
-def trigger_parser() -> argparse.ArgumentParser:
-    """A parser holding `tuneline`'s own `trigger` commands (tuneline.cli.ops, which tuneline.cli.main adds the same
-    way), so a command line is read exactly as the CLI reads it (flags, defaults, abbreviations): a copy of its
-    options here could agree with the checked command and not with the pod. Not tuneline.cli.main itself: that module
-    imports every command, this one among them."""
-    from ..cli.ops import add_commands
-
-    parser = argparse.ArgumentParser(prog="tuneline")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    return parser
+# How a `tuneline trigger ...` command line is read: the CLI's own parser, handed in by the command that runs the
+# check (tuneline.cli.cluster), so this library never imports the CLI that imports it.
+ParseTrigger = Callable[[list[str]], argparse.Namespace]
 
 
 def _expand(text: str, env: dict[str, str]) -> str:
@@ -70,7 +63,8 @@ def container_files(spec: dict[str, Any], container: dict[str, Any], namespace: 
 
 def submission_problems(label: str, argv: list[str], env: dict[str, str], files: dict[str, Path], root: Path,
                         pools: list[Any], skus: dict[str, Sku], folder: Path, rendered: Rendered,
-                        registry: str | None, scratch: Path, code_root: Path | None = None) -> list[str]:
+                        registry: str | None, scratch: Path, parse: ParseTrigger,
+                        code_root: Path | None = None) -> list[str]:
     """Compile what `tuneline <argv>` (a `trigger check --submit` command line) would submit, and check it.
     `files` maps paths in the container to local copies; `code_root` is where the command runs (the image's
     WORKDIR), the repository by default."""
@@ -79,7 +73,7 @@ def submission_problems(label: str, argv: list[str], env: dict[str, str], files:
     from ..spec.load import parse_set_pairs
 
     try:
-        args = trigger_parser().parse_args(argv)
+        args = parse(argv)
     except SystemExit:
         return [f"{label}: `tuneline {' '.join(argv)}` is not a command line tuneline accepts"]
     if getattr(args, "trigger_command", None) != "check" or not args.submit:
@@ -118,7 +112,7 @@ def submission_problems(label: str, argv: list[str], env: dict[str, str], files:
 
 
 def cronjob_problems(root: Path, pools: list[Any], skus: dict[str, Sku], folder: Path,
-                     rendered: Rendered, checked: list[str] | None = None) -> list[str]:
+                     rendered: Rendered, parse: ParseTrigger, checked: list[str] | None = None) -> list[str]:
     """Each CronJob of `folder` that runs `tuneline trigger check --submit`: its exact command line, with the
     environment and ConfigMap files its pod gets, compiled and checked as its submission."""
     problems = []
@@ -148,7 +142,7 @@ def cronjob_problems(root: Path, pools: list[Any], skus: dict[str, Sku], folder:
                 if checked is not None:
                     checked.append(f"{label}: checked what `tuneline {' '.join(argv[:3])} ...` submits")
                 problems += submission_problems(label, argv, env, files, root, pools, skus, folder, rendered,
-                                                registry, Path(scratch))
+                                                registry, Path(scratch), parse)
     return problems
 
 
@@ -173,7 +167,8 @@ def control_image_root(root: Path, scratch: Path) -> Path:
     return target
 
 
-def azureml_schedule_problems(path: Path, root: Path, pools: list[Any], skus: dict[str, Sku]) -> list[str]:
+def azureml_schedule_problems(path: Path, root: Path, pools: list[Any], skus: dict[str, Sku],
+                              parse: ParseTrigger) -> list[str]:
     """The Azure ML retrain-check job `tuneline trigger azureml-schedule` writes: its command, run where it
     runs (the control image's files), compiled as it would submit."""
     import shlex
@@ -199,4 +194,4 @@ def azureml_schedule_problems(path: Path, root: Path, pools: list[Any], skus: di
             problems = [] if own in registered or str(own).removesuffix("@latest") in names else [
                 f"{label}: its own environment {own} is not one that environments/ registers"]
         return problems + submission_problems(label, argv[1:], {}, {}, root, pools, skus, Path("-"), Rendered(), None,
-                                   Path(scratch), code_root=image_root)
+                                              Path(scratch), parse, code_root=image_root)

@@ -4,7 +4,7 @@ asks of the cluster), tuneline.cluster.reads (what pods read) and tuneline.clust
 CronJob and the Azure ML retrain-check job submit); this module sits above all three, so none imports another back.
 
 Run as: tuneline cluster check pipelines/*.yaml            (exit 2 with `pipeline:step: message` lines)
-        python -m tuneline.cluster.cli pipelines/finetune.yaml --k8s k8s/overlays/dev
+        python -m tuneline.cli.cluster pipelines/finetune.yaml --k8s k8s/overlays/dev
 """
 
 from __future__ import annotations
@@ -13,10 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..compile import CompileError
-from ..compile.options import DEFAULT_KFP_SERVICE_ACCOUNT
-from ..spec import SpecError
-from .check import (
+from ..cluster.check import (
     DEFAULT_K8S,
     DEFAULT_POOLS,
     DEFAULT_SKUS,
@@ -27,7 +24,10 @@ from .check import (
     load_skus,
     rendered_objects,
 )
-from .reads import KFP_NAMESPACE, docs_created
+from ..cluster.reads import KFP_NAMESPACE, docs_created
+from ..compile import CompileError
+from ..compile.options import DEFAULT_KFP_SERVICE_ACCOUNT
+from ..spec import SpecError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,11 +50,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the ServiceAccount runs are submitted with (the multi-node launcher's identity)")
 
 
+def parse_trigger(argv: list[str]) -> argparse.Namespace:
+    """A `tuneline trigger ...` command line read by `tuneline`'s own `trigger` commands (tuneline.cli.ops, which
+    tuneline.cli.main adds the same way), so it is read exactly as the CLI reads it (flags, defaults,
+    abbreviations): a copy of its options could agree with the checked command and not with the pod. Not
+    tuneline.cli.main itself: that module imports every command, this one among them."""
+    from .ops import add_commands
+
+    parser = argparse.ArgumentParser(prog="tuneline")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
 def run(args: argparse.Namespace) -> int:
-    from .nodepools import load_spec
-    from .reads import workload_problems
-    from .render import KustomizeError
-    from .submit import azureml_schedule_problems, cronjob_problems
+    from ..cluster.nodepools import load_spec
+    from ..cluster.reads import workload_problems
+    from ..cluster.render import KustomizeError
+    from ..cluster.submit import azureml_schedule_problems, cronjob_problems
 
     try:
         pools = load_spec(Path(args.pools)).pools
@@ -74,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             checked: list[str] = []
             found = workload_problems(folder, rendered, docs_objects) + cronjob_problems(Path.cwd(), pools, skus,
-                                                                                          folder, rendered, checked)
+                                                                                          folder, rendered,
+                                                                                          parse_trigger, checked)
         except CompileError as exc:
             found = [f"{folder}: {exc}"]
         for problem in found:
@@ -88,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
             result = check_pipeline(Path(pipeline), pools, skus, objects, args.namespace, Path.cwd(),
                                     args.service_account)
             if Path(pipeline).resolve().parent == (Path.cwd() / "pipelines").resolve():
-                result.problems += azureml_schedule_problems(Path(pipeline), Path.cwd(), pools, skus)
+                result.problems += azureml_schedule_problems(Path(pipeline), Path.cwd(), pools, skus,
+                                                             parse_trigger)
         except SpecError as exc:
             for problem in exc.problems:
                 print(problem, file=sys.stderr)
