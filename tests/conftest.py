@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tuneline.cli.main.main import main
+from tuneline.cli.main import main
 
 from tests.support import guards
 

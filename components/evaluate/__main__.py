@@ -28,8 +28,8 @@ from tuneline.step.outputs import write_value
 if TYPE_CHECKING:
     from argparse import Namespace
 
-    from tuneline.llm.ml.gates import Gate, GateResult
     from tuneline.llm.ml.winrate import WinRate
+    from tuneline.spec.gates import Gate, GateResult
 
 
 def resolve_champion(uri: str) -> Path:
@@ -91,8 +91,9 @@ def expressible(tokenizer, records, refs, max_seq_len: int):
 
 def judge_against_champion(args, records, refs, schema, predictions: dict[str, list[str]]):
     """The tuned model's win rate against the champion on these records."""
-    from tuneline.llm.ml.metrics import direction, example_scores
+    from tuneline.llm.ml.metrics import example_scores
     from tuneline.llm.ml.winrate import outcomes, win_rate
+    from tuneline.spec.metrics import direction
 
     if args.judge == "metric":
         metric = args.gate_metric.removeprefix("tuned.")
@@ -115,7 +116,7 @@ def judge_against_champion(args, records, refs, schema, predictions: dict[str, l
 def _check_choices(args: Namespace, gate: Gate, names: list[str], schema: dict | None) -> int | None:
     """Exit code 2 with the reason on stderr when the gate, the gate metric or the judge cannot work on this
     test split; None when they can."""
-    from tuneline.llm.ml.gates import GateError
+    from tuneline.spec.gates import GateError
 
     # Fail before loading any model when the gate, or the gate metric register will compare, names a metric this
     # evaluation cannot produce.
@@ -124,7 +125,7 @@ def _check_choices(args: Namespace, gate: Gate, names: list[str], schema: dict |
         print(f"error: --gate-metric: '{gate_metric}' is not produced on {args.test} (available: {', '.join(names)})"
               "; choose one with --set gate_metric=... (e.g. rouge_l for free text)", file=sys.stderr)
         return 2
-    from tuneline.llm.ml.winrate import FIELDS
+    from tuneline.spec.metrics import WIN_RATE_FIELDS as FIELDS
 
     probe = {m: dict.fromkeys(names, 0.0) for m in ("base", "tuned", "champion")} | {
         "win_rate": dict.fromkeys(FIELDS, 0.0)}
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_component_args(__file__, argv)
     disable_mlflow_telemetry()
     from tuneline.llm.ml.data import read_split
-    from tuneline.llm.ml.gates import Gate, GateError, expand
+    from tuneline.spec.gates import Gate, GateError, expand
 
     try:
         # "{metric}" / "{better}" in a gate stand for --gate-metric and its direction, so one pipeline parameter

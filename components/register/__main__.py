@@ -82,7 +82,7 @@ def _recorded_card(version) -> str:
 
 def _direction(given: str, metric: str) -> str:
     """``auto``: the metric's own direction (``tuneline.llm.ml.metrics.direction``, e.g. min for perplexity)."""
-    from tuneline.llm.ml.metrics import direction
+    from tuneline.spec.metrics import direction
 
     return direction(metric) if given == "auto" else given
 

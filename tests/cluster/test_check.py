@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tuneline.cli.main.main import main
+from tuneline.cli.main import main
 
 from tuneline.cluster.check import Sku, load_skus, quantity, tolerates
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tuneline.cli.main.main import main
+from tuneline.cli.main import main
 
 from tuneline.runner.record import find_run
 

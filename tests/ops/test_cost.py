@@ -70,7 +70,7 @@ def test_bench_results_override_the_flop_estimate(tune):
 
 
 def test_cli_prints_the_assumptions_and_table(tune, capsys, monkeypatch):
-    from tuneline.cli.main.main import main as cli_main
+    from tuneline.cli.main import main as cli_main
 
     code = cli_main(
         [

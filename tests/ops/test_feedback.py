@@ -120,7 +120,7 @@ def test_malformed_log_line_names_file_and_line(tmp_path):
 
 
 def test_cli_rate_and_export(tmp_path, monkeypatch, capsys):
-    from tuneline.cli.main.main import main as cli_main
+    from tuneline.cli.main import main as cli_main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TUNELINE_HOME", raising=False)
@@ -136,7 +136,7 @@ def test_cli_rate_and_export(tmp_path, monkeypatch, capsys):
 def test_cli_defaults_are_where_the_demo_endpoint_logs_and_rates(tmp_path, monkeypatch, capsys):
     """The demo pipeline's endpoint logs to .tuneline/serve/requests.jsonl and rates beside it; the commands
     read there without a flag (they read .tuneline/feedback/, where nothing is written, and found no data)."""
-    from tuneline.cli.main.main import main as cli_main
+    from tuneline.cli.main import main as cli_main
 
     from tuneline.serving.requestlog import token_digest
 
@@ -445,7 +445,7 @@ def test_every_kind_goes_through_prepare_whole(tmp_path, kind):
 
 
 def test_cli_rates_with_a_correction_and_exports_each_kind(tmp_path, monkeypatch, capsys):
-    from tuneline.cli.main.main import main as cli_main
+    from tuneline.cli.main import main as cli_main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TUNELINE_HOME", raising=False)

@@ -63,7 +63,7 @@ def _validate_targets(names: Sequence[str]) -> tuple[list[tuple[str, Path]], lis
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from ..spec.preflight import check
+    from .preflight import check
 
     targets, unusable = _validate_targets(args.files)
     for line in unusable:
@@ -98,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..ops.cost.comparison import cost_comparison
     from ..runner.local import RunOptions, StepFailed
     from ..runner.report import exit_code, run_and_report
-    from ..spec.preflight import check
+    from .preflight import check
 
     try:
         pipeline = load_pipeline(args.pipeline, parse_set_pairs(args.set))

@@ -39,8 +39,8 @@ def test_all_metrics_perfect_predictions_score_one():
 
 
 def test_direction_is_known_in_one_place_and_drives_the_gate_default():
-    from tuneline.llm.ml.gates import Gate, expand
-    from tuneline.llm.ml.metrics import direction
+    from tuneline.spec.gates import Gate, expand
+    from tuneline.spec.metrics import direction
 
     assert (direction("perplexity"), direction("tuned.perplexity"), direction("rouge_l")) == ("min", "min", "max")
     assert expand("tuned.{metric} {better} base.{metric}", "perplexity") == "tuned.perplexity < base.perplexity"
@@ -50,7 +50,7 @@ def test_direction_is_known_in_one_place_and_drives_the_gate_default():
 
 
 def test_unknown_metric_names_what_evaluate_produces():
-    from tuneline.llm.ml.metrics import unknown_metric
+    from tuneline.spec.metrics import unknown_metric
 
     assert unknown_metric("rouge_l") is None and unknown_metric("tuned.field_acc_priority") is None
     assert "'rouge' is not a metric evaluate produces" in unknown_metric("rouge")

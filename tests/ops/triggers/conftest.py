@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tuneline.cli.main.main import main as cli_main
+from tuneline.cli.main import main as cli_main
 
 from tests.support.tickets import ticket_records
 

@@ -20,6 +20,8 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
+from tuneline.spec.metrics import FIELD_METRIC_PREFIX, JSON_METRICS, TEXT_METRICS
+
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
@@ -91,32 +93,6 @@ def text_metrics(preds: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
         "bleu": sacrebleu.corpus_bleu(list(preds), [list(refs)]).score / 100,
         "chrf": sacrebleu.corpus_chrf(list(preds), [list(refs)]).score / 100,
     }
-
-
-TEXT_METRICS = ("exact_match", "token_f1", "rouge_l", "bleu", "chrf")
-JSON_METRICS = ("json_valid", "schema_valid", "field_accuracy")  # plus field_acc_<name> per answer field
-FIELD_METRIC_PREFIX = "field_acc_"
-# The one place a metric's direction is known: these are better when smaller, every other metric when larger.
-# The gates' default (``{better}``, see ``tuneline.llm.ml.gates.expand``), register's champion comparison and the
-# quality trigger's drop all read it through ``direction``.
-LOWER_IS_BETTER = frozenset({"perplexity", "loss", "eval_loss"})
-
-
-def direction(metric: str) -> str:
-    """``"min"`` when a smaller value of ``metric`` is better, else ``"max"``."""
-    return "min" if metric.removeprefix("tuned.") in LOWER_IS_BETTER else "max"
-
-
-def unknown_metric(metric: str) -> str | None:
-    """Why ``metric`` is not a name evaluate can ever produce, or None when it is one (whether it is produced
-    for a given dataset is ``metric_names``' answer)."""
-    name = metric.removeprefix("tuned.")
-    if name in (*TEXT_METRICS, "perplexity", *JSON_METRICS):
-        return None
-    if name.startswith(FIELD_METRIC_PREFIX) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        return None
-    return (f"'{name}' is not a metric evaluate produces; one of {', '.join(sorted((*TEXT_METRICS, 'perplexity')))}"
-            f", or for JSON answers {', '.join(JSON_METRICS)}, {FIELD_METRIC_PREFIX}<field>")
 
 
 def metric_names(refs: Sequence[str], schema: dict | None = None) -> list[str]:

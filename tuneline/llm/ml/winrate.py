@@ -14,9 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from tuneline.spec.metrics import WIN_RATE_FIELDS
+
 RESAMPLES = 10_000
 SEED = 0
-FIELDS = ("value", "lower", "upper", "wins", "ties", "losses", "n")  # the gate's win_rate.<field> names
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class WinRate:
 
     def metrics(self) -> dict[str, float]:
         """The numeric fields, as the gates and MLflow take them."""
-        return {k: float(v) for k, v in asdict(self).items() if k in FIELDS}
+        return {k: float(v) for k, v in asdict(self).items() if k in WIN_RATE_FIELDS}
 
 
 def outcomes(candidate: Sequence[float], champion: Sequence[float], higher_is_better: bool = True) -> list[float]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ...llm.ml.metrics import direction
+from tuneline.spec.metrics import direction
+
 from ...llm.registry import CHAMPION, metric_tag, version_by_alias
 from ...spec import Pipeline
 from ...spec.models import Role, Triggers

@@ -29,7 +29,7 @@ KNOWN_MODELS = ("base", "tuned", "champion", "win_rate")
 
 def expand(template: str, metric: str) -> str:
     """``template`` with ``{metric}`` and ``{better}`` filled in for ``metric`` (see the module docstring)."""
-    from tuneline.llm.ml.metrics import direction
+    from tuneline.spec.metrics import direction
 
     name = metric.removeprefix("tuned.")
     return template.replace("{metric}", name).replace("{better}", "<" if direction(name) == "min" else ">")

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .load import Literal, ParamRef, Pipeline, is_local_path
-from .models import InputSpec, IOType
-from .problems import Problem
+from ..spec.load import Literal, ParamRef, Pipeline, is_local_path
+from ..spec.models import InputSpec, IOType
+from ..spec.problems import Problem
 
 
 @dataclass
@@ -35,15 +35,15 @@ def _suggest(name: str, options: list[str]) -> str:
 
 
 def _metric_names() -> list[str]:
-    from tuneline.llm.ml.metrics import JSON_METRICS, TEXT_METRICS
+    from tuneline.spec.metrics import JSON_METRICS, TEXT_METRICS
 
     return sorted((*TEXT_METRICS, "perplexity", *JSON_METRICS))
 
 
 def gate_problem(expression: str) -> str | None:
     """Why a gate expression cannot be evaluated, with the column of the mistake, or None when it can."""
-    from tuneline.llm.ml.gates import Gate, GateError
-    from tuneline.llm.ml.metrics import unknown_metric
+    from tuneline.spec.gates import Gate, GateError
+    from tuneline.spec.metrics import unknown_metric
 
     try:
         tree = ast.parse(expression.strip(), mode="eval")
@@ -60,7 +60,7 @@ def gate_problem(expression: str) -> str | None:
         gate = Gate(expression)
     except GateError as err:
         return f"{err}"
-    from tuneline.llm.ml.winrate import FIELDS
+    from tuneline.spec.metrics import WIN_RATE_FIELDS as FIELDS
 
     for model, metric in sorted(gate.references):
         if model == "win_rate":
@@ -161,7 +161,7 @@ def check(pipeline: Pipeline) -> Findings:
                 continue
             problem = note = None
             if spec.kind == "gate_expression":
-                from tuneline.llm.ml.gates import expand
+                from tuneline.spec.gates import expand
 
                 metric = pipeline.input_value(step, metric_input) if metric_input else None
                 problem = gate_problem(expand(value, metric) if isinstance(metric, str) and metric else value)

@@ -1,6 +1,6 @@
 import pytest
 
-from tuneline.llm.ml.gates import Gate, GateError
+from tuneline.spec.gates import Gate, GateError
 
 METRICS = {"base": {"exact_match": 0.1, "perplexity": 9.0}, "tuned": {"exact_match": 0.85, "perplexity": 2.0}}
 
