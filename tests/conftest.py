@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from tuneline.cli.main import main
 
 from tests.support import guards
+from tuneline.cli.main import main
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]

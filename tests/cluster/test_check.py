@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tuneline.cli.main import main
 
+from tuneline.cli.main import main
 from tuneline.cluster.check import Sku, load_skus, quantity, tolerates
 
 REPO = Path(__file__).resolve().parents[2]

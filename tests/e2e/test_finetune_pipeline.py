@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tuneline.cli.main import main
 
+from tuneline.cli.main import main
 from tuneline.runner.record import find_run
 
 REPO = Path(__file__).resolve().parents[2]

@@ -137,7 +137,6 @@ def test_cli_defaults_are_where_the_demo_endpoint_logs_and_rates(tmp_path, monke
     """The demo pipeline's endpoint logs to .tuneline/serve/requests.jsonl and rates beside it; the commands
     read there without a flag (they read .tuneline/feedback/, where nothing is written, and found no data)."""
     from tuneline.cli.main import main as cli_main
-
     from tuneline.serving.requestlog import token_digest
 
     monkeypatch.chdir(tmp_path)

@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tuneline.cli.main import main as cli_main
 
 from tests.support.tickets import ticket_records
+from tuneline.cli.main import main as cli_main
 
 PROJECT = Path(__file__).parent / "project"
 
