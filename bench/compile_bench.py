@@ -26,7 +26,7 @@ def time_once(pipeline: str, target: str, out: str) -> tuple[float, float]:
     """(wall seconds, CPU seconds user+sys): on a shared, loaded machine CPU time is the steadier figure."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "tuneline.compile.cli", "compile", pipeline, "--target", target,
+    subprocess.run([sys.executable, "-m", "tuneline.cli.compile", "compile", pipeline, "--target", target,
                     "--out", out], cwd=ROOT, check=True, capture_output=True)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tuneline import settings  # noqa: E402
-from tuneline.ml.models import SUMMARY_FILE  # noqa: E402
+from tuneline.llm.ml.models import SUMMARY_FILE  # noqa: E402
 from tuneline.runner.record import list_runs  # noqa: E402
 
 
@@ -69,7 +69,7 @@ def post(url: str, token: str, payload: dict) -> tuple[int, dict]:
 
 
 def rating(answer: str, reference: str) -> int:
-    from tuneline.ml.metrics import example_scores
+    from tuneline.llm.ml.metrics import example_scores
 
     return 1 + round(4 * example_scores("field_accuracy", [answer], [reference])[0])
 
@@ -131,7 +131,7 @@ def drive_canary(examples, url: str, token: str, model: str, limit: int, max_tok
 
 
 def main() -> int:
-    from tuneline.ml.data import read_split
+    from tuneline.llm.ml.data import read_split
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--users", type=int, default=48, help="held-out prompts the scripted users send")

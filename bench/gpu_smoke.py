@@ -33,7 +33,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see components/train/__in
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tuneline.ml.models import SUMMARY_FILE  # noqa: E402
+from tuneline.llm.ml.models import SUMMARY_FILE  # noqa: E402
 from tuneline.settings import TELEMETRY_OFF  # noqa: E402
 
 # TinyLlama-1.1B's shape (hidden 2048, 22 layers, GQA 32/4 heads, MLP 5632) with a 32k vocabulary: ~1.1B
@@ -61,7 +61,7 @@ def build_model(folder: Path, shape: dict, on_gpu: bool) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tuneline.ml.models import make_tiny_tokenizer
+    from tuneline.llm.ml.models import make_tiny_tokenizer
 
     if (folder / "config.json").is_file():
         return folder
@@ -116,7 +116,7 @@ def summary_of(out: Path) -> dict:
 
 
 def losses_of(out: Path) -> list[float]:
-    from tuneline.ml.checkpoint import latest
+    from tuneline.llm.ml.checkpoint import latest
 
     return json.loads((latest(out / "ckpt") / "state.json").read_text())["losses"]
 
@@ -222,7 +222,7 @@ def resume_stage(data, model, out: Path, steps: int, batch: int, seq_len: int, e
     code = finish(process, stages.left())
     if code != 143:
         raise RuntimeError(f"the killed run exited {code}, not 143 (checkpointed and stopped): {tail(log)}")
-    from tuneline.ml.checkpoint import latest
+    from tuneline.llm.ml.checkpoint import latest
 
     stopped_at = json.loads((latest(out / "ckpt") / "state.json").read_text())["global_step"]
     code = finish(launch(command, env, log.with_name("resume-2.log")), stages.left())

@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tuneline.ml.models import SUMMARY_FILE  # noqa: E402
+from tuneline.llm.ml.models import SUMMARY_FILE  # noqa: E402
 from tuneline.settings import TELEMETRY_OFF  # noqa: E402
 
 

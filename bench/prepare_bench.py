@@ -115,7 +115,7 @@ def write_input(tmp: str, n: int, kind: str) -> Path:
 
 def _plain_copy(raw: Path, out: Path) -> float:
     """Seconds to read every record of ``raw`` with prepare's reader and write it back as a JSON line."""
-    from tuneline.data.sources import Dataset
+    from tuneline.llm.data.sources import Dataset
 
     start = time.perf_counter()
     dataset = Dataset(raw)

@@ -293,7 +293,7 @@ def _model_dir(args: argparse.Namespace, work: Path) -> tuple[Path, Path | None,
         from tests.support.tinymodel import build_tiny_llama
 
         return build_tiny_llama(work / "tiny"), None, "tiny random Llama (--tiny)"
-    from tuneline.registry import fetch_model, resolve_base_dir
+    from tuneline.llm.registry import fetch_model, resolve_base_dir
 
     fetched = fetch_model(args.model_uri, work / "fetched")
     return fetched.model_dir, resolve_base_dir(fetched), fetched.uri

@@ -29,13 +29,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see components/train/__in
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tuneline.ml.models import SUMMARY_FILE  # noqa: E402
+from tuneline.llm.ml.models import SUMMARY_FILE  # noqa: E402
 from tuneline.settings import disable_mlflow_telemetry  # noqa: E402
 
 disable_mlflow_telemetry()
 
 # Dense (no structured sparsity) tensor-core peaks in TFLOP/s for the 16-bit type the run uses (bf16 from sm_80,
-# fp16 below, see tuneline/ml/device.py), from NVIDIA's data sheets. Data sheets quote the sparse figure with
+# fp16 below, see tuneline/llm/ml/device.py), from NVIDIA's data sheets. Data sheets quote the sparse figure with
 # an asterisk; the dense one is half of it. First match wins, so specific names precede their prefixes.
 # Not listed (MFU not reported): chips without an NVIDIA data sheet figure, such as AWS's A10G.
 GPU_PEAKS: list[tuple[str, float, str]] = [
@@ -96,7 +96,7 @@ def gpu_model_folder(cache: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tuneline.ml.models import load_tokenizer, resolve_model
+    from tuneline.llm.ml.models import load_tokenizer, resolve_model
 
     folder = cache / "llama-1b-random"
     if (folder / "config.json").is_file():
@@ -175,8 +175,8 @@ def trl_default(name: str, method: str, args, data: dict, model: str) -> dict:
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from tuneline.ml.data import read_split
-    from tuneline.ml.models import load_causal_lm, load_tokenizer, resolve_model
+    from tuneline.llm.ml.data import read_split
+    from tuneline.llm.ml.models import load_causal_lm, load_tokenizer, resolve_model
 
     path = resolve_model(model)
     records = read_split(data["train"]).records
@@ -278,7 +278,7 @@ def main() -> int:
             print(json.dumps(runs[-1]), flush=True)
     peak = None
     if cuda:
-        from tuneline.ml.models import resolve_model
+        from tuneline.llm.ml.models import resolve_model
 
         device = torch.cuda.get_device_name()
         peak = peak_flops(device)

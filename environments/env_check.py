@@ -58,7 +58,7 @@ def check_image(spec: ImageSpec, workdir: Path) -> Outcome:
                            [f"pip install --no-deps failed:\n{nodeps.stderr[-3000:]}"])
         lines.append(f"installed {spec.name}/{NO_DEPS_FILE} with --no-deps")
         # The default base model's source resolves: the train/evaluate/register/deploy default.
-        smoke.append(("default base model source", [py, "-c", "from tuneline.ml.models import CATALOG, "
+        smoke.append(("default base model source", [py, "-c", "from tuneline.llm.ml.models import CATALOG, "
                       "DEFAULT_BASE_MODEL as d; import importlib.metadata as m; "
                       "[m.distribution(n) for n in CATALOG[d].no_deps]"]))
     for component in spec.components:

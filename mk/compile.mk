@@ -9,7 +9,7 @@ CONFORMANCE_TINY = --set base_model=tiny-random-llama --set max_steps=3 --set ma
 	--set eval_examples=4 --set "gates=tuned.perplexity > 0"
 
 compile: $(VENV_STAMP) ## compile every pipeline in pipelines/ to KFP and Azure ML under build/
-	$(PY) -m tuneline.compile.cli compile --out $(COMPILE_OUT) pipelines/*.yaml
+	$(PY) -m tuneline.cli.compile compile --out $(COMPILE_OUT) pipelines/*.yaml
 
 golden: $(VENV_STAMP) ## regenerate tests/compile/golden/ from every pipeline (review the diff, then commit)
 	$(PY) tests/compile/make_golden.py
@@ -25,20 +25,20 @@ CONFORMANCE_FEEDBACK = --set base_model=tiny-random-llama --set feedback=tests/f
 	--seed pipelines/finetune.yaml $(patsubst --set,--seed-set,$(CONFORMANCE_TINY))
 
 # Preemption: train checkpoints every 10 steps (save_steps), so 16 steps leave a checkpoint to resume from; the
-# step is killed after it and run again, and must resume (tuneline/conformance/azureml.py R8, kfp_resume.py).
+# step is killed after it and run again, and must resume (tools/conformance/azureml.py R8, kfp_resume.py).
 CONFORMANCE_PREEMPT = --set max_steps=16
 
 # kfp: the compiled package executed by kfp.local in containers of the images `make images` builds (reused when
 # unchanged), through a podman service the harness starts under $(TUNELINE_HOME)/podman and stops afterwards
-# (tuneline/conformance/podman.py installs podman and runc with apt-get when they are missing).
+# (tools/conformance/podman.py installs podman and runc with apt-get when they are missing).
 conformance: $(VENV_STAMP) images ## run the compiled pipelines as kfp.local and Azure ML run them; compare every step with tuneline run
-	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance kfp tests/fixtures/toy/pipelines/toy.yaml
-	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance kfp pipelines/finetune.yaml $(CONFORMANCE_TINY)
-	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance kfp pipelines/feedback.yaml $(CONFORMANCE_FEEDBACK)
-	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml tests/fixtures/toy/pipelines/toy.yaml
-	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml tests/fixtures/toy/pipelines/resume.yaml --preempt-resumable
-	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance azureml pipelines/finetune.yaml $(CONFORMANCE_TINY) \
+	OMP_NUM_THREADS=1 $(PY) -m tools.conformance kfp tests/fixtures/toy/pipelines/toy.yaml
+	OMP_NUM_THREADS=1 $(PY) -m tools.conformance kfp pipelines/finetune.yaml $(CONFORMANCE_TINY)
+	OMP_NUM_THREADS=1 $(PY) -m tools.conformance kfp pipelines/feedback.yaml $(CONFORMANCE_FEEDBACK)
+	OMP_NUM_THREADS=1 $(PY) -m tools.conformance azureml tests/fixtures/toy/pipelines/toy.yaml
+	OMP_NUM_THREADS=1 $(PY) -m tools.conformance azureml tests/fixtures/toy/pipelines/resume.yaml --preempt-resumable
+	OMP_NUM_THREADS=1 $(PY) -m tools.conformance azureml pipelines/finetune.yaml $(CONFORMANCE_TINY) \
 		$(CONFORMANCE_PREEMPT) --preempt-resumable
 	$(MAKE) images IMAGES=train-cpu
-	OMP_NUM_THREADS=1 $(PY) -m tuneline.conformance.kfp_resume pipelines/finetune.yaml $(CONFORMANCE_TINY) \
+	OMP_NUM_THREADS=1 $(PY) -m tools.conformance.kfp_resume pipelines/finetune.yaml $(CONFORMANCE_TINY) \
 		$(CONFORMANCE_PREEMPT)

@@ -7,12 +7,12 @@
 # and validate schemas + policies on its output; then compile what the pipelines and the retraining CronJob submit
 # and check it against each overlay (`tuneline cluster check`); part of `make test`.
 k8s-validate: $(VENV_STAMP) ## render + validate k8s/ with kustomize (schemas, policies, versions); pipelines fit it
-	$(PY) -m tuneline.k8s.validate k8s --scan pipelines --scan config --scan docs/aks.md
+	$(PY) -m tuneline.cluster.validate k8s --scan pipelines --scan config --scan docs/aks.md
 	$(VENV)/bin/tuneline cluster check pipelines/*.yaml
 
 # Print the idempotent az commands that create/update the three node pools.
 nodepools-dry-run: $(VENV_STAMP) ## print the idempotent az commands for the AKS node pools
-	$(PY) -m tuneline.k8s.nodepools --dry-run
+	$(PY) -m tuneline.cluster.nodepools --dry-run
 
 # Regenerate environments/*/requirements.txt and environment.yaml (add LOCK=1 to refreeze lock.json first).
 envs: $(VENV_STAMP) ## regenerate environments/*/requirements.txt + Azure ML env YAML (LOCK=1 refreezes)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import guards
-from tuneline.cli import main
+from tuneline.cli.main import main
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]

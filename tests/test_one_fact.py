@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tuneline import settings
-from tuneline.ml.models import SUMMARY_FILE
+from tuneline.llm.ml.models import SUMMARY_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE = ("tuneline", "components", "bench")
@@ -25,7 +25,7 @@ OWNERS: dict[str, dict[str, str]] = {
     settings.CHECKPOINT_MOUNT: {"tuneline/settings.py": "owner"},
     settings.REQUEST_LOG_FILE: {"tuneline/settings.py": "owner"},
     SUMMARY_FILE: {
-        "tuneline/ml/models.py": "owner",
+        "tuneline/llm/ml/models.py": "owner",
         # Logged as a code-based MLflow model and loaded where tuneline may not be installed: it imports only
         # mlflow, so it keeps its own spelling.
         "components/register/pyfunc_model.py": "self-contained pyfunc",
@@ -36,7 +36,7 @@ EXACT_OWNERS: dict[str, dict[str, str]] = {
     settings.DEFAULT_GATE_METRIC: {
         "tuneline/settings.py": "owner",
         # the names of the metrics it computes, not a default
-        "tuneline/ml/metrics.py": "metric table",
+        "tuneline/llm/ml/metrics.py": "metric table",
     },
 }
 

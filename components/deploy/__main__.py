@@ -78,7 +78,7 @@ def _deploy(args: Namespace, uri: str, policy: RolloutPolicy, serving_name: str,
     """Fetch the version `uri` names and deploy it to --target; returns its DeploymentRecord."""
     from components.deploy.manifests import write_azureml, write_kserve, write_triton
     from tuneline import settings
-    from tuneline.registry import fetch_model
+    from tuneline.llm.registry import fetch_model
 
     scratch_root = settings.home() / "tmp"
     scratch_root.mkdir(parents=True, exist_ok=True)
@@ -133,7 +133,7 @@ def _write_outputs(args: Namespace, record: DeploymentRecord, serving_name: str)
 def main(argv: list[str] | None = None) -> int:
     args = parse_component_args(__file__, argv)
     disable_mlflow_telemetry()
-    from tuneline.registry import parse_models_uri
+    from tuneline.llm.registry import parse_models_uri
     from tuneline.serving.deploy.policy import RolloutPolicy
 
     try:

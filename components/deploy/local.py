@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from components.deploy.record import DeploymentRecord, curl_command
-from tuneline.registry import FetchedModel, resolve_base_dir
+from tuneline.llm.registry import FetchedModel, resolve_base_dir
 from tuneline.serving.deploy.policy import RolloutPolicy
 
 if TYPE_CHECKING:

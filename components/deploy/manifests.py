@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from components.deploy.record import DeploymentRecord
-from tuneline.registry import FetchedModel, resolve_base_dir
+from tuneline.llm.registry import FetchedModel, resolve_base_dir
 from tuneline.serving.deploy import azureml, kserve
 from tuneline.serving.deploy.policy import RolloutPolicy
 

@@ -6,8 +6,8 @@ Run as: python -m components.evaluate --test DIR --model DIR --base-model smollm
 
 Metrics per model: perplexity on the reference answers, exact match, token F1, ROUGE-L, BLEU, chrF and, for
 JSON answers, JSON validity, schema validity and per-field accuracy. With a champion, the tuned model's win
-rate against it (``tuneline.ml.winrate``): each example judged by the gate metric on that example, or by an
-LLM judge (``--judge URL --judge-model NAME``, ``tuneline.ml.judge``), with a 95% interval, as
+rate against it (``tuneline.llm.ml.winrate``): each example judged by the gate metric on that example, or by an
+LLM judge (``--judge URL --judge-model NAME``, ``tuneline.llm.ml.judge``), with a 95% interval, as
 ``win_rate.<field>`` in the gates. The gate expression is checked against the metric names before any model is
 loaded; ``passed`` is written as JSON text for ``when:`` conditions.
 """
@@ -28,8 +28,8 @@ from tuneline.step.outputs import write_value
 if TYPE_CHECKING:
     from argparse import Namespace
 
-    from tuneline.ml.gates import Gate, GateResult
-    from tuneline.ml.winrate import WinRate
+    from tuneline.llm.ml.winrate import WinRate
+    from tuneline.spec.gates import Gate, GateResult
 
 
 def resolve_champion(uri: str) -> Path:
@@ -42,7 +42,7 @@ def resolve_champion(uri: str) -> Path:
 
         mlflow.set_tracking_uri(settings.use_tracking())
         path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp()))
-    from tuneline.ml.models import SUMMARY_FILE
+    from tuneline.llm.ml.models import SUMMARY_FILE
 
     found = sorted(path.rglob(SUMMARY_FILE), key=lambda p: len(p.parts))
     if not found:
@@ -51,7 +51,7 @@ def resolve_champion(uri: str) -> Path:
 
 
 def available_metrics(refs: list[str], schema: dict | None) -> list[str]:
-    from tuneline.ml.metrics import metric_names
+    from tuneline.llm.ml.metrics import metric_names
 
     return metric_names(refs, schema)
 
@@ -59,8 +59,8 @@ def available_metrics(refs: list[str], schema: dict | None) -> list[str]:
 def score(model, tokenizer, records, refs, schema, args, label: str, offset: int,
           total: int) -> tuple[dict[str, float], list[str], float]:
     """Metrics of one model; generation progress is reported as examples done out of `total` (all models)."""
-    from tuneline.ml.generate import generate, perplexity
-    from tuneline.ml.metrics import all_metrics
+    from tuneline.llm.ml.generate import generate, perplexity
+    from tuneline.llm.ml.metrics import all_metrics
     from tuneline.step.progress import report
 
     started = time.perf_counter()
@@ -75,7 +75,7 @@ def score(model, tokenizer, records, refs, schema, args, label: str, offset: int
 def expressible(tokenizer, records, refs, max_seq_len: int):
     """The records (and their references) the model's chat template can express; the others are set aside with
     the template's reason, as the train step quarantines them."""
-    from tuneline.ml.chat import encode_all
+    from tuneline.llm.ml.chat import encode_all
 
     _, rejected = encode_all(tokenizer, records, max_seq_len)
     if not rejected:
@@ -91,15 +91,16 @@ def expressible(tokenizer, records, refs, max_seq_len: int):
 
 def judge_against_champion(args, records, refs, schema, predictions: dict[str, list[str]]):
     """The tuned model's win rate against the champion on these records."""
-    from tuneline.ml.metrics import direction, example_scores
-    from tuneline.ml.winrate import outcomes, win_rate
+    from tuneline.llm.ml.metrics import example_scores
+    from tuneline.llm.ml.winrate import outcomes, win_rate
+    from tuneline.spec.metrics import direction
 
     if args.judge == "metric":
         metric = args.gate_metric.removeprefix("tuned.")
         tuned = example_scores(metric, predictions["tuned"], refs, schema)
         champion = example_scores(metric, predictions["champion"], refs, schema)
         return win_rate(outcomes(tuned, champion, direction(metric) == "max"), judge=f"metric:{metric}")
-    from tuneline.ml.judge import Contest, LLMJudge
+    from tuneline.llm.ml.judge import Contest, LLMJudge
 
     judge = LLMJudge(args.judge, args.judge_model)
     contests = [Contest("\n".join(m["content"] for m in r.prompt if m["role"] == "user"), tuned, champion, ref)
@@ -115,7 +116,7 @@ def judge_against_champion(args, records, refs, schema, predictions: dict[str, l
 def _check_choices(args: Namespace, gate: Gate, names: list[str], schema: dict | None) -> int | None:
     """Exit code 2 with the reason on stderr when the gate, the gate metric or the judge cannot work on this
     test split; None when they can."""
-    from tuneline.ml.gates import GateError
+    from tuneline.spec.gates import GateError
 
     # Fail before loading any model when the gate, or the gate metric register will compare, names a metric this
     # evaluation cannot produce.
@@ -124,7 +125,7 @@ def _check_choices(args: Namespace, gate: Gate, names: list[str], schema: dict |
         print(f"error: --gate-metric: '{gate_metric}' is not produced on {args.test} (available: {', '.join(names)})"
               "; choose one with --set gate_metric=... (e.g. rouge_l for free text)", file=sys.stderr)
         return 2
-    from tuneline.ml.winrate import FIELDS
+    from tuneline.spec.metrics import WIN_RATE_FIELDS as FIELDS
 
     probe = {m: dict.fromkeys(names, 0.0) for m in ("base", "tuned", "champion")} | {
         "win_rate": dict.fromkeys(FIELDS, 0.0)}
@@ -134,7 +135,7 @@ def _check_choices(args: Namespace, gate: Gate, names: list[str], schema: dict |
         print(f"error: --gates: {err}", file=sys.stderr)
         return 2
     if args.champion_uri and args.judge == "metric":
-        from tuneline.ml.metrics import example_scores
+        from tuneline.llm.ml.metrics import example_scores
 
         try:  # the win rate judges each example by the gate metric: it must have a per-example score
             example_scores(gate_metric, [], [], schema)
@@ -152,7 +153,7 @@ def _score_models(args: Namespace, split_records: list, refs: list[str], schema:
     returns (results, predictions, timings, records, refs, quarantined, tuned summary)."""
     import torch
 
-    from tuneline.ml.models import load_causal_lm, load_tokenizer, load_tuned, resolve_model
+    from tuneline.llm.ml.models import load_causal_lm, load_tokenizer, load_tuned, resolve_model
 
     torch.manual_seed(0)
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
@@ -202,7 +203,7 @@ def _write_outputs(args: Namespace, results: dict, gate_result: GateResult, samp
     # The metrics table and gate verdicts; the samples stay in the report file.
     write_step_summary(report.split("\n## Samples")[0].removeprefix("# Evaluation report\n"))
 
-    from tuneline.ml.tracking import Run
+    from tuneline.llm.ml.tracking import Run
 
     run = Run(run_id=args.mlflow_run_id, experiment=args.experiment, run_name="evaluate")
     run.log_metrics({f"eval.{m}.{k}": v for m, values in results.items() for k, v in values.items()})
@@ -224,8 +225,8 @@ def _write_outputs(args: Namespace, results: dict, gate_result: GateResult, samp
 def main(argv: list[str] | None = None) -> int:
     args = parse_component_args(__file__, argv)
     disable_mlflow_telemetry()
-    from tuneline.ml.data import read_split
-    from tuneline.ml.gates import Gate, GateError, expand
+    from tuneline.llm.ml.data import read_split
+    from tuneline.spec.gates import Gate, GateError, expand
 
     try:
         # "{metric}" / "{better}" in a gate stand for --gate-metric and its direction, so one pipeline parameter
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
     contest = None
     if args.champion_uri:
-        from tuneline.ml.judge import JudgeError
+        from tuneline.llm.ml.judge import JudgeError
 
         try:
             contest = judge_against_champion(args, records, refs, schema, predictions)

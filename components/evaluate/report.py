@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tuneline.ml.gates import GateResult
-from tuneline.ml.metrics import direction
+from tuneline.spec.gates import GateResult
+from tuneline.spec.metrics import direction
 
 
 def _code(text: str) -> str:

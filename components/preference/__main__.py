@@ -28,7 +28,7 @@ import time
 from collections import Counter
 
 from components.train.config import hyperparameters
-from tuneline.ml.models import SUMMARY_FILE
+from tuneline.llm.ml.models import SUMMARY_FILE
 from tuneline.settings import disable_mlflow_telemetry
 from tuneline.step.args import component_program
 from tuneline.step.outputs import write_value
@@ -78,7 +78,7 @@ def _fetch_start(uri: str):
     import tempfile
     from pathlib import Path
 
-    from tuneline import registry
+    from tuneline.llm import registry
 
     return registry.fetch_model(uri, Path(tempfile.mkdtemp(prefix="tuneline-start-"))).model_dir
 
@@ -86,9 +86,9 @@ def _fetch_start(uri: str):
 def _main(config) -> int:
     started = time.time()
     disable_mlflow_telemetry()
-    from tuneline.ml.data import DataError
-    from tuneline.ml.models import ModelNotAvailable
-    from tuneline.ml.tracking import mlflow_missing
+    from tuneline.llm.ml.data import DataError
+    from tuneline.llm.ml.models import ModelNotAvailable
+    from tuneline.llm.ml.tracking import mlflow_missing
 
     untracked = mlflow_missing()
     if untracked and os.environ.get("MLFLOW_TRACKING_URI"):
@@ -111,8 +111,8 @@ def _main(config) -> int:
     from components.train.__main__ import save_outputs
     from components.train.loop import StopFlag, plan
     from components.train.state import TrainState
-    from tuneline.ml import checkpoint as ckpt
-    from tuneline.ml.device import detect
+    from tuneline.llm.ml import checkpoint as ckpt
+    from tuneline.llm.ml.device import detect
 
     stop = StopFlag()
     stop.install()
@@ -216,7 +216,7 @@ def _start_run(config, acc, loop, untracked: str | None, chosen, total_steps: in
         log(f"warning: this run is not tracked: {untracked}; its figures stay in {SUMMARY_FILE}")
         write_value(config.mlflow_run_id, "")
     if acc.is_main_process and not untracked:
-        from tuneline.ml.tracking import Run
+        from tuneline.llm.ml.tracking import Run
 
         run = Run(run_id=loop.state.mlflow_run_id, experiment=config.experiment,
                   run_name=f"preference-{config.loss}-{config.method}-{base_model.replace('/', '-')}"[:100])

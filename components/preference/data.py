@@ -1,8 +1,8 @@
 """Read a prepared preference split and encode it with the model's chat template.
 
-A split is prepare's preference output (``tuneline.data.preference``): pairs ``{"prompt", "chosen", "rejected"}``
+A split is prepare's preference output (``tuneline.llm.data.preference``): pairs ``{"prompt", "chosen", "rejected"}``
 or KTO records ``{"prompt", "completion", "label"}``, each side a list of messages. Each side is encoded as the
-conversation prompt + side with ``tuneline.ml.chat.encode`` (the same template handling as ``train``), and only
+conversation prompt + side with ``tuneline.llm.ml.chat.encode`` (the same template handling as ``train``), and only
 the side's own tokens are targets: a multi-turn prompt's earlier assistant turns are context here, not answers
 to learn. A sequence longer than ``max_seq_len`` keeps its first tokens; a side with no target token left is
 dropped with its record, and counted.
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneline.data.jsonl import json_lines
-from tuneline.ml.chat import IGNORE, Encoded, TemplateError, encode, prompt_ids
-from tuneline.ml.data import ROLES, DataError, Example, split_file
+from tuneline.llm.data.jsonl import json_lines
+from tuneline.llm.ml.chat import IGNORE, Encoded, TemplateError, encode, prompt_ids
+from tuneline.llm.ml.data import ROLES, DataError, Example, split_file
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from components.preference.data import EncodedPreference, encode_side
 from components.preference.losses import PreferenceTerms, dpo_loss, kl_reference_point, kto_loss
 from components.preference.model import reference_of
 from components.train.loop import Loop, _as_float, _synchronize
-from tuneline.ml.batching import collate
-from tuneline.ml.chat import IGNORE, TemplateError
+from tuneline.llm.ml.batching import collate
+from tuneline.llm.ml.chat import IGNORE, TemplateError
 
 
 def sequence_logps(model, batch) -> torch.Tensor:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from components.train.modelsetup import _targets, load_dtype
-from tuneline.ml.models import load_causal_lm, load_tokenizer, merge_lora, read_summary, resolve_model
+from tuneline.llm.ml.models import load_causal_lm, load_tokenizer, merge_lora, read_summary, resolve_model
 
 
 def start_point(base_model: str, sft_model: Path | None) -> tuple[str, str]:

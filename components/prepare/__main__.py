@@ -8,7 +8,7 @@ folder receives ``quarantine.jsonl``, ``data_card.json`` and ``data_card.md``. T
 a JSON array, CSV or Parquet (``.gz``/``.zst`` compressed too), or a folder of them, in the chat, ShareGPT,
 Alpaca or prompt/completion format, or one of the preference formats (TRL pairs, LLaMA-Factory ShareGPT pairs,
 OpenAI preference, KTO), which are written as TRL's conversational preference records (``--format``,
-``--columns``; ``tuneline.data.preference``). Exits 2 when the input cannot be read or
+``--columns``; ``tuneline.llm.data.preference``). Exits 2 when the input cannot be read or
 its format cannot be told (the message names the file), and 1 when no record survives (the report is still
 written, to show why).
 """
@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from tuneline.data.formats import FormatError, parse_columns
+from tuneline.llm.data.formats import FormatError, parse_columns
 from tuneline.step.args import parse_component_args
 
 
@@ -34,7 +34,7 @@ def _auto_workers(raw: Path) -> int:
 
 def _gate_metric_fits(metric: str, *splits: Path) -> bool:
     """Whether evaluate can compute ``metric`` on these answers (JSON metrics need JSON-object answers)."""
-    from tuneline.ml.metrics import metric_names
+    from tuneline.llm.ml.metrics import metric_names
 
     name = metric.removeprefix("tuned.")
     for split in splits:
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here, not at the top: datasketch loads scipy (~1 s), which --help and usage errors skip.
     from components.prepare.card import write_card
     from components.prepare.pipeline import PrepareConfig, config_fields, run
-    from tuneline.data.sources import SourceError
+    from tuneline.llm.data.sources import SourceError
 
     try:
         cfg = PrepareConfig(

@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from tuneline.data.dedup import answer_key, band_keys, record_digest
-from tuneline.data.minhash import Signer, shingle_text
-from tuneline.data.pii import Redactor
-from tuneline.data.preference import PreferenceRecord, parse_any_line, parse_any_object
-from tuneline.data.quality import QualityRules
-from tuneline.data.records import GROUP_FIELDS, Budget, ChatRecord, Reason, RecordError
-from tuneline.data.sources import Item
+from tuneline.llm.data.dedup import answer_key, band_keys, record_digest
+from tuneline.llm.data.minhash import Signer, shingle_text
+from tuneline.llm.data.pii import Redactor
+from tuneline.llm.data.preference import PreferenceRecord, parse_any_line, parse_any_object
+from tuneline.llm.data.quality import QualityRules
+from tuneline.llm.data.records import GROUP_FIELDS, Budget, ChatRecord, Reason, RecordError
+from tuneline.llm.data.sources import Item
 
 _KEEP_VERBATIM = frozenset(("id", *GROUP_FIELDS))
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from components.prepare.pipeline import LENGTH_BINS, SPLITS, PrepareConfig, Result
-from tuneline.data.reasons import PREFERENCE_REASONS
-from tuneline.data.records import DUPLICATE_REASONS, REJECT_REASONS
+from tuneline.llm.data.reasons import PREFERENCE_REASONS
+from tuneline.llm.data.records import DUPLICATE_REASONS, REJECT_REASONS
 
 INVARIANT = "kept + quarantined + deduplicated == input_records"
 BLANK_LINES = (

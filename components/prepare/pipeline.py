@@ -1,8 +1,8 @@
 """The prepare run: a dataset file or folder -> validated, normalised, redacted, deduplicated, split chat
 JSONL + report.
 
-The input is read by ``tuneline.data.sources`` (JSON Lines, JSON arrays, CSV, Parquet, compressed, folders);
-each file's record format is detected (``tuneline.data.formats``) for every file before any output is
+The input is read by ``tuneline.llm.data.sources`` (JSON Lines, JSON arrays, CSV, Parquet, compressed, folders);
+each file's record format is detected (``tuneline.llm.data.formats``) for every file before any output is
 written, so an undetectable or mixed file fails the step at once with one error naming it.
 Streaming in batches: memory holds a few batches of records plus the dedup indexes (a digest per kept
 record, and a MinHash signature and LSH entry per kept record when near-dedup is on). Batches are parsed,
@@ -30,15 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from components.prepare.batch import BatchParser, BatchResult, Checks, Parsed, init_worker, parse_in_worker
-from tuneline.data.dedup import ExactDeduper, NearDeduper
-from tuneline.data.formats import SAMPLE, FormatError, apply_columns, detect_file, kind
-from tuneline.data.jsonl import escape_bytes
-from tuneline.data.minhash import Signer
-from tuneline.data.pii import PII_TYPES
-from tuneline.data.quality import QualityRules
-from tuneline.data.records import DUPLICATE_REASONS, Budget, Reason, RecordError, decode_line, load_json
-from tuneline.data.sources import Dataset, Item, SourceFile, encoding_problem, raw_text
-from tuneline.data.split import SPLITS, SplitRatios, assign_split
+from tuneline.llm.data.dedup import ExactDeduper, NearDeduper
+from tuneline.llm.data.formats import SAMPLE, FormatError, apply_columns, detect_file, kind
+from tuneline.llm.data.jsonl import escape_bytes
+from tuneline.llm.data.minhash import Signer
+from tuneline.llm.data.pii import PII_TYPES
+from tuneline.llm.data.quality import QualityRules
+from tuneline.llm.data.records import DUPLICATE_REASONS, Budget, Reason, RecordError, decode_line, load_json
+from tuneline.llm.data.sources import Dataset, Item, SourceFile, encoding_problem, raw_text
+from tuneline.llm.data.split import SPLITS, SplitRatios, assign_split
 from tuneline.spec.load import load_component
 from tuneline.step.progress import report as report_progress
 

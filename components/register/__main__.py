@@ -32,7 +32,7 @@ from tuneline.step.outputs import write_value
 def _tags(
     trained, evaluation, code: str, pipeline_run: str, base_sha: str, gate_metric: str
 ) -> dict[str, str]:
-    from tuneline.registry import TAG_PREFIX, clip, metric_tag
+    from tuneline.llm.registry import TAG_PREFIX, clip, metric_tag
 
     tags = {
         f"{TAG_PREFIX}base_model": trained.base_model,
@@ -59,7 +59,7 @@ def _identity(tags: dict[str, str]) -> dict[str, str]:
     """The tags that make two registrations the same evaluated model: the training run first (the registry
     search filters on it), its data, the test set, the gate metric and the tuned model's scores (the champion's
     scores change with the champion, not with this model)."""
-    from tuneline.registry import TAG_PREFIX
+    from tuneline.llm.registry import TAG_PREFIX
 
     keys = [f"{TAG_PREFIX}{k}" for k in ("train_run_id", "data_sha256", "test_sha256", "gate_metric")]
     found = {k: tags[k] for k in keys if k in tags}
@@ -81,8 +81,8 @@ def _recorded_card(version) -> str:
 
 
 def _direction(given: str, metric: str) -> str:
-    """``auto``: the metric's own direction (``tuneline.ml.metrics.direction``, e.g. min for perplexity)."""
-    from tuneline.ml.metrics import direction
+    """``auto``: the metric's own direction (``tuneline.llm.ml.metrics.direction``, e.g. min for perplexity)."""
+    from tuneline.spec.metrics import direction
 
     return direction(metric) if given == "auto" else given
 
@@ -90,7 +90,7 @@ def _direction(given: str, metric: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_component_args(__file__, argv)
     disable_mlflow_telemetry()
-    from tuneline.registry import PromotionRule
+    from tuneline.llm.registry import PromotionRule
 
     gate_metric = args.gate_metric.removeprefix("tuned.")
     try:
@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import mlflow
 
-    from tuneline import registry, settings
+    from tuneline import settings
+    from tuneline.llm import registry
 
     def log(message: str) -> None:
         print(f"register: {message}", file=sys.stderr)
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         return _finish(args, client, int(existing.version), _recorded_card(existing), rule, candidate_value,
                        evaluation, existing, log)
     experiment = registry.ensure_experiment(client, args.experiment)
-    from tuneline.ml.tracking import unservable_artifact_uri
+    from tuneline.llm.ml.tracking import unservable_artifact_uri
 
     unservable = unservable_artifact_uri(client.get_experiment(experiment).artifact_location)
     if unservable:  # an Azure ML workspace: fail before creating a run or a version, saying why
@@ -159,7 +160,7 @@ def _log_and_register(args, client, run_id: str, trained: TrainedModel, evaluati
     import mlflow
 
     from components.register.logmodel import log_pyfunc
-    from tuneline import registry
+    from tuneline.llm import registry
 
     with mlflow.start_run(run_id=run_id):
         info, base_sha = registry.with_retry(
@@ -211,7 +212,7 @@ def _log_and_register(args, client, run_id: str, trained: TrainedModel, evaluati
 
 def _decide(args, client, number: int, rule, candidate_value: float, evaluation, existing, log):
     """Set `candidate` to the version and decide `champion` against the registry as it is now."""
-    from tuneline import registry
+    from tuneline.llm import registry
 
     registry.set_alias(client, args.name, registry.CANDIDATE, number)
     current = registry.version_by_alias(client, args.name, registry.CHAMPION)

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuneline.ml.models import SUMMARY_FILE
+from tuneline.llm.ml.models import SUMMARY_FILE
 
 
 class InputError(ValueError):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from components.register.inputs import TrainedModel
-from tuneline.registry import weights_sha256
+from tuneline.llm.registry import weights_sha256
 
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 # What the pyfunc imports at load; pinned to this environment's versions.
@@ -50,7 +50,7 @@ def base_reference(trained: TrainedModel, mode: Literal["reference", "bundle"]) 
     weights."""
     if not trained.is_adapter:
         return None, ""
-    from tuneline.ml.models import resolve_model
+    from tuneline.llm.ml.models import resolve_model
 
     base = resolve_model(trained.base_model)
     return (base if mode == "bundle" else None), weights_sha256(base)

@@ -7,7 +7,7 @@ Load as: mlflow.pyfunc.load_model("models:/<name>@candidate").predict(["Where is
 Artifacts of a version:
 - ``model``: the train step's folder: a PEFT LoRA adapter (or full weights), tokenizer, training_summary.json;
 - ``base`` (only when registered with ``--base-weights bundle``): the adapter's base model.
-Without a bundled base the adapter's base is resolved by name through ``tuneline.ml.models`` (catalog cache
+Without a bundled base the adapter's base is resolved by name through ``tuneline.llm.ml.models`` (catalog cache
 under TUNELINE_HOME, a local folder, or the Hub) and checked against the weights fingerprint recorded in the
 model config at registration. The adapter is merged once at load, so generation runs at base-model speed.
 """
@@ -51,7 +51,7 @@ class TunelineChatModel(PythonModel):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
         if (model_dir / "adapter_config.json").is_file():
-            from tuneline.ml.models import merge_lora
+            from tuneline.llm.ml.models import merge_lora
 
             self.model = merge_lora(self._base_dir(context, config, summary), model_dir, dtype=dtype)
         else:
@@ -65,8 +65,8 @@ class TunelineChatModel(PythonModel):
         if "base" in context.artifacts:
             return Path(context.artifacts["base"])
         try:
-            from tuneline.ml.models import resolve_model
-            from tuneline.registry import weights_sha256
+            from tuneline.llm.ml.models import resolve_model
+            from tuneline.llm.registry import weights_sha256
         except ImportError as exc:
             raise RuntimeError(
                 f"this version references its base model {summary.get('base_model')!r} by name, which needs "

@@ -20,7 +20,7 @@ from collections import Counter
 
 from components.train.config import TrainConfig, hyperparameters, learning_rate, learning_rate_warning, parse_args
 from components.train.modelsetup import MethodUnavailable, check_method
-from tuneline.ml.models import SUMMARY_FILE
+from tuneline.llm.ml.models import SUMMARY_FILE
 from tuneline.settings import disable_mlflow_telemetry
 from tuneline.step.outputs import write_value
 
@@ -29,7 +29,7 @@ def _encode_split(records, tokenizer, max_seq_len: int, label: str, log, over_lo
     """Encode a split. An example longer than max_seq_len keeps its first max_seq_len tokens (truncated on the
     right, so the end of the answer is what is lost); one with no answer token left is dropped. Both are
     counted in ``over_long[label]`` for training_summary.json and the run's summary."""
-    from tuneline.ml.chat import encode_all
+    from tuneline.llm.ml.chat import encode_all
 
     # A record the base model's chat template cannot express (roles out of order, a message the template
     # leaves out) is quarantined with the template's reason instead of failing the step.
@@ -116,9 +116,9 @@ def _main(config: TrainConfig) -> int:
     from components.train import parallel
     from components.train.loop import Loop, StopFlag, plan
     from components.train.state import TrainState
-    from tuneline.ml import checkpoint as ckpt
-    from tuneline.ml.data import read_split
-    from tuneline.ml.device import detect
+    from tuneline.llm.ml import checkpoint as ckpt
+    from tuneline.llm.ml.data import read_split
+    from tuneline.llm.ml.device import detect
 
     untracked, code = _preflight(config)
     if code is not None:
@@ -227,7 +227,7 @@ def _fit(loop, run):
 def _summary(config: TrainConfig, acc, chosen, loop, state, started: float, *, splits: tuple,
              sizes: tuple[int, int], over_long: dict) -> dict:
     """training_summary.json: what was trained, on what, how, and the loop's figures."""
-    from tuneline.ml.chat import RENDER_KWARGS
+    from tuneline.llm.ml.chat import RENDER_KWARGS
 
     train_split, val_split = splits
     return {
@@ -253,8 +253,8 @@ def _summary(config: TrainConfig, acc, chosen, loop, state, started: float, *, s
 def _preflight(config: TrainConfig) -> tuple[str | None, int | None]:
     """(why the run cannot be tracked, or None; exit code 2 when the process cannot train as configured).
     Runs before the process group starts."""
-    from tuneline.ml.models import resolve_model
-    from tuneline.ml.tracking import mlflow_missing
+    from tuneline.llm.ml.models import resolve_model
+    from tuneline.llm.ml.tracking import mlflow_missing
 
     untracked = mlflow_missing()
     if untracked and os.environ.get("MLFLOW_TRACKING_URI"):
@@ -305,7 +305,7 @@ def _start_run(config: TrainConfig, acc, loop, untracked: str | None, chosen, to
         log(f"warning: this run is not tracked: {untracked}; its figures stay in {SUMMARY_FILE}")
         write_value(config.mlflow_run_id, "")
     if acc.is_main_process and not untracked:
-        from tuneline.ml.tracking import Run
+        from tuneline.llm.ml.tracking import Run
 
         run = Run(run_id=loop.state.mlflow_run_id, experiment=config.experiment,
                   run_name=f"train-{config.method}-{config.base_model.replace('/', '-')}"[:100])

@@ -51,7 +51,7 @@ def _text(value) -> str:
 
 def launch_env(name: str) -> dict[str, str]:
     """The variables ``accelerate launch --config_file accelerate/<name>.yaml`` gives each process, for the
-    sharding keys; mixed precision is the train step's own choice (``tuneline.ml.device``) and is left out."""
+    sharding keys; mixed precision is the train step's own choice (``tuneline.llm.ml.device``) and is left out."""
     if name not in CHOICES[2:]:
         raise ValueError(f"distribution {name!r}: one of {', '.join(CHOICES)}")
     config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())

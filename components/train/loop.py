@@ -2,7 +2,7 @@
 
 Why our own loop rather than TRL's ``SFTTrainer``: resuming must replay exactly the batches and random
 numbers an uninterrupted run would have used, and the HF Trainer does not restore data order and RNG
-reliably. Here the batch plan is a pure function of (seed, epoch) (``tuneline.ml.batching``), the
+reliably. Here the batch plan is a pure function of (seed, epoch) (``tuneline.llm.ml.batching``), the
 position is ``(epoch, step_in_epoch)``, and RNG state is saved per rank. The loop also takes the loss on
 assistant tokens only and computes logits only at those positions (``logits_to_keep``), which saves the
 vocabulary projection for every prompt token. Distribution goes through ``accelerate`` so the same entry
@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from components.train import modelsetup, parallel
 from components.train.config import TrainConfig
 from components.train.state import TrainState
-from tuneline.ml import checkpoint as ckpt
-from tuneline.ml.batching import Batch, collate, rank_steps, steps_per_epoch
-from tuneline.ml.chat import IGNORE, Encoded
-from tuneline.ml.device import peak_memory_mb
+from tuneline.llm.ml import checkpoint as ckpt
+from tuneline.llm.ml.batching import Batch, collate, rank_steps, steps_per_epoch
+from tuneline.llm.ml.chat import IGNORE, Encoded
+from tuneline.llm.ml.device import peak_memory_mb
 from tuneline.step.progress import report as report_progress
 
 SHARDED_TRAINABLE = "trainable-dcp"  # an FSDP run's adapter and optimizer shards (torch distributed checkpoint)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from components.train.config import TrainConfig
-from tuneline.ml.device import compute_dtype
-from tuneline.ml.models import load_causal_lm, load_tokenizer, resolve_model
+from tuneline.llm.ml.device import compute_dtype
+from tuneline.llm.ml.models import load_causal_lm, load_tokenizer, resolve_model
 
 
 class MethodUnavailable(RuntimeError):

@@ -77,7 +77,7 @@ def test_bash_completion_completes_commands_and_options(user, tmp_path: Path):
 def test_the_cli_reference_names_every_command():
     import argparse
 
-    from tuneline.cli import build_parser
+    from tuneline.cli.main import build_parser
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
     missing = []

@@ -223,12 +223,12 @@ def test_the_code_snapshot_leaves_out_git_and_what_git_ignores(tmp_path):
     assert ignored <= kept, ignored - kept
     project = tmp_path / "project"
     for name in (".git/objects/ab/cdef", ".git/HEAD", ".venv/bin/python", ".tuneline/runs/x.json", "build/a/b.yml",
-                 "tuneline/cli.py", "tuneline/__pycache__/cli.cpython-311.pyc", "components/train/__main__.py",
+                 "tuneline/cli/main.py", "tuneline/__pycache__/cli.cpython-311.pyc", "components/train/__main__.py",
                  "pipelines/finetune.yaml", "data/sample/tickets.jsonl", "config/skus.yaml"):
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         (project / name).write_text("x")
     shutil.copy(REPO / ".gitignore", project / ".gitignore")
     shutil.copy(REPO / ".amlignore", project / ".amlignore")
     uploaded = {remote for _, remote in get_upload_files_from_folder(project, ignore_file=get_ignore_file(project))}
-    assert uploaded == {".gitignore", ".amlignore", "tuneline/cli.py", "components/train/__main__.py",
+    assert uploaded == {".gitignore", ".amlignore", "tuneline/cli/main.py", "components/train/__main__.py",
                         "pipelines/finetune.yaml", "data/sample/tickets.jsonl", "config/skus.yaml"}

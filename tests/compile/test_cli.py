@@ -4,7 +4,7 @@ import json
 import pytest
 from readback import TOY
 
-from tuneline.compile.cli import add_commands
+from tuneline.cli.compile import add_commands
 
 
 def run(argv):

@@ -84,7 +84,7 @@ def test_command_is_the_local_command_with_placeholders(compiled):
     # Text around a reference stays in the same argument, as plain text the backend's launcher substitutes into.
     assert command[command.index("--ratio") + 2] == "--seed={{$.inputs.parameters['seed']}}"
     # `$[[--extra ...]]` of an input the step never sets is dropped at compile time (no IfPresent: K10 in
-    # tuneline.conformance.kfp).
+    # tools.conformance.kfp).
     assert not any("extra" in str(token) for token in command)
     assert "extra" not in spec["components"]["comp-make-data"]["inputDefinitions"].get("artifacts", {})
     assert command[-1] == "{{$.outputs.parameters['rows'].output_file}}"

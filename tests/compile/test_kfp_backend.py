@@ -1,4 +1,4 @@
-"""What the KFP backend does that kfp.local does not (K1-K7 in tuneline.conformance.kfp), checked on the compiled IR
+"""What the KFP backend does that kfp.local does not (K1-K7 in tools.conformance.kfp), checked on the compiled IR
 of every pipeline in pipelines/, plus the data path: object-store importer URIs and the content fingerprint that
 KFP's name-based cache needs."""
 
@@ -9,12 +9,7 @@ import pytest
 import yaml
 from readback import kfp_documents
 
-from tuneline.compile.build import compile_graph
-from tuneline.compile.kfp import FINGERPRINT_PREFIX, OBJECT_STORE_PREFIXES
-from tuneline.compile.launch import LAUNCH_MODULE, parse_args
-from tuneline.compile.options import DEFAULT_KFP_PIPELINE_ROOT, CompileOptions
-from tuneline.compile.placement import CHECKPOINT_MOUNT
-from tuneline.conformance.kfp_backend import (
+from tools.conformance.kfp_backend import (
     BackendError,
     load_kubeflow_table,
     package_problems,
@@ -23,6 +18,11 @@ from tuneline.conformance.kfp_backend import (
     resolve_argv,
     versions_markdown,
 )
+from tuneline.compile.build import compile_graph
+from tuneline.compile.kfp import FINGERPRINT_PREFIX, OBJECT_STORE_PREFIXES
+from tuneline.compile.launch import LAUNCH_MODULE, parse_args
+from tuneline.compile.options import DEFAULT_KFP_PIPELINE_ROOT, CompileOptions
+from tuneline.compile.placement import CHECKPOINT_MOUNT
 from tuneline.graph import build_graph
 from tuneline.spec import OutputRef, SpecError, load_pipeline
 from tuneline.step.command import render_command
@@ -231,7 +231,7 @@ def test_local_runs_keep_the_local_data_default():
 
 
 # ------------------------------------------------------------------ K10-K12: what each supported backend version does
-# The Go backend's own behaviour, restated in tuneline.conformance.kfp_backend from its source at the versions
+# The Go backend's own behaviour, restated in tools.conformance.kfp_backend from its source at the versions
 # k8s/supported.yaml names; kfp.local resolves Concat and IfPresent and ignores the platform spec and retries.
 
 TABLE = load_kubeflow_table()
@@ -417,7 +417,7 @@ def test_the_docs_table_is_the_supported_yaml_table():
 
 
 def test_the_conformance_harness_refuses_a_package_the_backend_cannot_run(tmp_path):
-    """kfp.local runs Concat; the harness checks the package first (K10 in tuneline.conformance.kfp)."""
+    """kfp.local runs Concat; the harness checks the package first (K10 in tools.conformance.kfp)."""
     spec, platform = _compile(ROOT / "pipelines" / "finetune.yaml", tmp_path / "ok")
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump_all([spec, platform]))

@@ -34,8 +34,8 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes_validate import validate
 from readback import TOY_MULTINODE, variant
 
+from tuneline.cluster.check import launcher_problems, rendered_objects
 from tuneline.compile.build import compile_graph
-from tuneline.compile.clustercheck import launcher_problems, rendered_objects
 from tuneline.compile.jobpod import DNS_1035, dns_1035
 from tuneline.compile.launch import (
     MIN_TRAINER,
@@ -463,7 +463,7 @@ def test_the_manifest_uses_fields_only_the_supported_trainers_have(trainjob_file
                               "managedBy"}}[version]
     manifest = yaml.safe_load(trainjob_file.read_text())
     missing = set(manifest["spec"]) - spec_fields
-    from tuneline.conformance.kfp_backend import load_kubeflow_table
+    from tools.conformance.kfp_backend import load_kubeflow_table
     supported = next(v.supported for v in load_kubeflow_table().trainer if v.version == version)
     assert (not missing) is supported, (version, missing)
     assert supported is (tuple(map(int, version[1:].split("."))) >= tuple(map(int, MIN_TRAINER[1:].split("."))))

@@ -15,7 +15,7 @@ def train_env(tmp_path):
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "TUNELINE_HOME": str(tmp_path / "home"), "PYTHONPATH": str(root),
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    code = ("from tuneline.ml.models import resolve_model; resolve_model('tiny-random-llama'); "
+    code = ("from tuneline.llm.ml.models import resolve_model; resolve_model('tiny-random-llama'); "
             "from tuneline import settings; settings.mlflow_client().search_experiments()")
     subprocess.run([sys.executable, "-c", code], env=env, cwd=root, check=True, capture_output=True)
     return env

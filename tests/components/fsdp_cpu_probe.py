@@ -33,8 +33,8 @@ def main(mode: str, init_scale: float) -> None:
     from components.train.loop import Loop, StopFlag
     from components.train.state import TrainState
     from tests.support.tickets import write_splits
-    from tuneline.ml.chat import encode_all
-    from tuneline.ml.data import read_split
+    from tuneline.llm.ml.chat import encode_all
+    from tuneline.llm.ml.data import read_split
 
     folder = os.environ["PROBE_DIR"]
     splits = write_splits(os.path.join(folder, "data"), n_train=8)

@@ -100,7 +100,7 @@ def test_dpo_lora_writes_adapter_held_out_rewards_progress_and_mlflow_metrics(en
 
 def test_dpo_on_an_sft_adapter_starts_from_it_and_writes_a_merged_model(env):
     from components.train.__main__ import main as train_main
-    from tuneline.ml.models import load_tuned
+    from tuneline.llm.ml.models import load_tuned
 
     sft = env["root"] / "sft"
     chat = env["chat"]
@@ -154,7 +154,7 @@ def _launch(data, out, env):
 
 
 def _state(out):
-    from tuneline.ml.checkpoint import latest
+    from tuneline.llm.ml.checkpoint import latest
 
     return json.loads((latest(out / "ckpt") / "state.json").read_text())
 

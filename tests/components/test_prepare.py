@@ -10,8 +10,8 @@ import pytest
 
 from components.prepare.card import write_card
 from components.prepare.pipeline import PrepareConfig, run
-from tuneline.data.records import Budget
-from tuneline.data.split import SplitRatios
+from tuneline.llm.data.records import Budget
+from tuneline.llm.data.split import SplitRatios
 
 SYSTEM = "Classify the ticket."
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from components.prepare.__main__ import main
-from tuneline.data.sources import Dataset
+from tuneline.llm.data.sources import Dataset
 from tuneline.step.digest import path_sha256
 
 ALPACA = [

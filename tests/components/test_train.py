@@ -30,7 +30,7 @@ def _train(env, name, *extra):
 
 
 def _losses(out):
-    from tuneline.ml.checkpoint import latest
+    from tuneline.llm.ml.checkpoint import latest
 
     return json.loads((latest(out / "ckpt") / "state.json").read_text())["losses"]
 
@@ -82,7 +82,7 @@ def test_early_stopping_on_validation_loss(env):
 
 
 def test_full_fine_tuning_saves_a_loadable_model(env):
-    from tuneline.ml.models import load_tuned
+    from tuneline.llm.ml.models import load_tuned
 
     out = _train(env, "full", "--method", "full", "--max-steps", "2", "--learning-rate", "1e-3")
     assert (out / "model" / "model.safetensors").is_file()

@@ -57,7 +57,7 @@ def _config(*extra):
 def _tiny_bf16(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
-    from tuneline.ml.models import resolve_model
+    from tuneline.llm.ml.models import resolve_model
 
     monkeypatch.setenv("TUNELINE_HOME", str(tmp_path))
     return AutoModelForCausalLM.from_pretrained(resolve_model("tiny-random-llama"), dtype=torch.bfloat16)

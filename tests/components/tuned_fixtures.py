@@ -18,7 +18,7 @@ def make_adapter(out: Path, seed: int = 1, base: str = BASE) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from tuneline.ml.models import load_causal_lm, load_tokenizer, resolve_model
+    from tuneline.llm.ml.models import load_causal_lm, load_tokenizer, resolve_model
 
     base_dir = resolve_model(base)
     model = get_peft_model(

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tuneline.conformance.__main__ import main
-from tuneline.conformance.azureml import AzureMLRuntime, RuntimeRuleBroken
+from tools.conformance.__main__ import main
+from tools.conformance.azureml import AzureMLRuntime, RuntimeRuleBroken
 
 TOY = Path(__file__).resolve().parents[1] / "fixtures" / "toy" / "pipelines" / "toy.yaml"
 
@@ -56,7 +56,7 @@ def test_primitive_outputs_are_refused(tmp_path):
 
 
 def test_the_private_preview_flag_is_refused(tmp_path, monkeypatch):
-    from tuneline.conformance.azureml import validate_offline
+    from tools.conformance.azureml import validate_offline
 
     monkeypatch.setitem(os.environ, "AZURE_ML_CLI_PRIVATE_FEATURES_ENABLED", "true")
     with pytest.raises(RuntimeRuleBroken, match="must validate without it"):
@@ -100,7 +100,7 @@ TRACKED = TOY.parent / "tracked.yaml"
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from tuneline.conformance.workspace_mlflow import WorkspaceMlflow
+    from tools.conformance.workspace_mlflow import WorkspaceMlflow
 
     with WorkspaceMlflow(tmp_path_factory.mktemp("workspace")) as ws:
         yield ws
@@ -171,7 +171,7 @@ def test_champion_and_candidate_are_version_tags_on_a_workspace(workspace):
     champion failed, and looking it up raised instead of reading the version tags."""
     import mlflow
 
-    from tuneline import registry
+    from tuneline.llm import registry
 
     with workspace.client() as client:
         assert not registry.aliases_supported(client)

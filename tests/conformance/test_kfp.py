@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tuneline.conformance.__main__ import REPO, main
-from tuneline.conformance.kfp import (
+from tools.conformance.__main__ import REPO, main
+from tools.conformance.kfp import (
     IMAGE_REGISTRY,
     IMAGE_TAG,
     KfpLocalRun,
@@ -57,7 +57,7 @@ def fresh_images(tmp_path_factory):
     why = _images_fresh()
     if why:
         pytest.skip(why)
-    from tuneline.conformance.podman import PodmanService
+    from tools.conformance.podman import PodmanService
 
     graph = build_graph(load_pipeline(TOY))
     work = tmp_path_factory.mktemp("check")
@@ -89,8 +89,8 @@ def test_data_updated_in_place_is_not_served_from_kfp_cache(fresh_images, tmp_pa
     """With kfp.local's own cache on, an unchanged file is a cache hit and the same file rewritten is a miss: the
     fingerprint task's digest is an argument of the reading step (tuneline.step.fingerprint). Without it both
     runs would have the same key, since the importer hands over the same URI (K6)."""
-    from tuneline.conformance.kfp import image_mounts
-    from tuneline.conformance.podman import PodmanService
+    from tools.conformance.kfp import image_mounts
+    from tools.conformance.podman import PodmanService
 
     graph = build_graph(load_pipeline(READS)).for_target("kfp")
     root, cache = tmp_path / "root", tmp_path / "cache"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from tools.conformance.kfp_resume import IMAGE_REGISTRY, ResumeBroken, TaskRun, _local_runs, cpu_image
 from tuneline.compile.build import compile_graph
 from tuneline.compile.options import CompileOptions
-from tuneline.conformance.kfp_resume import IMAGE_REGISTRY, ResumeBroken, TaskRun, _local_runs, cpu_image
 from tuneline.graph import build_graph
 from tuneline.spec import load_pipeline
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tuneline.conformance.podman import CONTAINERS_CONF, PodmanService
+from tools.conformance.podman import CONTAINERS_CONF, PodmanService
 
 IMAGE = "localhost/tuneline-base:bookworm"  # environments/base-image.sh; the first thing `make images` builds
 
@@ -62,7 +62,7 @@ def test_kfp_docker_runner_gets_the_exit_status_and_leaves_no_container(engine, 
     with pytest.raises(RuntimeError, match="FAILURE"):
         fails()
     writes()
-    # kfp.local does not collect a container component's output artifacts (tuneline.conformance.kfp), so the file
+    # kfp.local does not collect a container component's output artifacts (tools.conformance.kfp), so the file
     # is found where its executor input put it: <pipeline root>/<run>/<task>/<output>.
     assert [p.read_text() for p in tmp_path.glob("writes-*/writes/out")] == ["42\n"]
     assert engine.client().containers.list(all=True, filters={"ancestor": IMAGE}) == []

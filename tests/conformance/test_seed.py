@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tuneline.conformance.__main__ import Seed, main
-from tuneline.conformance.compare import RESUME_REASON, RUN_ID_REASON, volatile_reason
+from tools.conformance.__main__ import Seed, main
+from tools.conformance.compare import RESUME_REASON, RUN_ID_REASON, volatile_reason
 from tuneline.graph import build_graph
 from tuneline.spec import load_pipeline
 

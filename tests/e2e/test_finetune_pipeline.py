@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tuneline.cli import main
+from tuneline.cli.main import main
 from tuneline.runner.record import find_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,7 +71,7 @@ def test_demo_pipeline_runs_every_step_with_a_tiny_model(project, capsys):
         "prepare": "cached", "train": "cached", "evaluate": "cached", "register": "succeeded", "deploy": "succeeded"}
     assert again["steps"]["register"]["outputs"]["model_uri"]["value"] == "models:/tuneline-tickets/1"
     assert again["steps"]["register"]["outputs"]["promoted"]["value"] is True  # still the champion
-    from tuneline import registry
+    from tuneline.llm import registry
 
     assert [str(v.version) for v in registry.client().search_model_versions("name='tuneline-tickets'")] == ["1"]
 

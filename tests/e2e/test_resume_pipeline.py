@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.support.tickets import write_splits
-from tuneline.ml.checkpoint import latest
+from tuneline.llm.ml.checkpoint import latest
 from tuneline.runner.record import find_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,7 +61,7 @@ def _project(root: Path) -> dict[str, str]:
     env = {**os.environ, "TUNELINE_HOME": str(root / ".tuneline"), "PYTHONPATH": str(REPO),
            "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    code = ("from tuneline.ml.models import resolve_model; resolve_model('tiny-random-llama'); "
+    code = ("from tuneline.llm.ml.models import resolve_model; resolve_model('tiny-random-llama'); "
             "from tuneline import settings; settings.mlflow_client().search_experiments()")
     subprocess.run([sys.executable, "-c", code], env=env, cwd=root, check=True, capture_output=True)
     return env

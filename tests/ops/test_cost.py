@@ -70,9 +70,9 @@ def test_bench_results_override_the_flop_estimate(tune):
 
 
 def test_cli_prints_the_assumptions_and_table(tune, capsys, monkeypatch):
-    import tuneline.cli
+    from tuneline.cli.main import main as cli_main
 
-    code = tuneline.cli.main(
+    code = cli_main(
         [
             "cost",
             "pipelines/tune.yaml",

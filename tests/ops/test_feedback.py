@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneline.data.records import Budget, parse_line
+from tuneline.llm.data.records import Budget, parse_line
 from tuneline.ops.feedback import export
 from tuneline.serving.requestlog import FeedbackError, RatingStore, RequestLogger, log_files, read_requests
 
@@ -120,14 +120,14 @@ def test_malformed_log_line_names_file_and_line(tmp_path):
 
 
 def test_cli_rate_and_export(tmp_path, monkeypatch, capsys):
-    import tuneline.cli
+    from tuneline.cli.main import main as cli_main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TUNELINE_HOME", raising=False)
     monkeypatch.setenv("TUNELINE_REQUEST_LOG", str(tmp_path / "logs" / "requests.jsonl"))
     rid = RequestLogger.from_env().log("reset my password", '{"category": "account"}')
-    assert tuneline.cli.main(["feedback", "rate", rid, "5"]) == 0
-    assert tuneline.cli.main(["feedback", "export", "--out", "fb.jsonl"]) == 0
+    assert cli_main(["feedback", "rate", rid, "5"]) == 0
+    assert cli_main(["feedback", "export", "--out", "fb.jsonl"]) == 0
     assert "wrote 1 chat records to fb.jsonl" in capsys.readouterr().out
     assert (tmp_path / "logs" / "ratings.jsonl").is_file()  # beside the log, where the endpoint keeps them
     assert json.loads((tmp_path / "fb.jsonl").read_text())["rating"] == 5
@@ -136,7 +136,7 @@ def test_cli_rate_and_export(tmp_path, monkeypatch, capsys):
 def test_cli_defaults_are_where_the_demo_endpoint_logs_and_rates(tmp_path, monkeypatch, capsys):
     """The demo pipeline's endpoint logs to .tuneline/serve/requests.jsonl and rates beside it; the commands
     read there without a flag (they read .tuneline/feedback/, where nothing is written, and found no data)."""
-    import tuneline.cli
+    from tuneline.cli.main import main as cli_main
     from tuneline.serving.requestlog import token_digest
 
     monkeypatch.chdir(tmp_path)
@@ -148,7 +148,7 @@ def test_cli_defaults_are_where_the_demo_endpoint_logs_and_rates(tmp_path, monke
     by = token_digest("token")
     rid = RequestLogger(log).log("reset my password", '{"category": "account"}', by=by)
     RatingStore(log.with_name("ratings.jsonl")).rate(rid, 5, once=True, by=by)  # as POST /v1/feedback stores it
-    assert tuneline.cli.main(["feedback", "export", "--out", "fb.jsonl"]) == 0
+    assert cli_main(["feedback", "export", "--out", "fb.jsonl"]) == 0
     assert "wrote 1 chat records to fb.jsonl" in capsys.readouterr().out
 
 
@@ -444,7 +444,7 @@ def test_every_kind_goes_through_prepare_whole(tmp_path, kind):
 
 
 def test_cli_rates_with_a_correction_and_exports_each_kind(tmp_path, monkeypatch, capsys):
-    import tuneline.cli
+    from tuneline.cli.main import main as cli_main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TUNELINE_HOME", raising=False)
@@ -452,17 +452,17 @@ def test_cli_rates_with_a_correction_and_exports_each_kind(tmp_path, monkeypatch
     logger = RequestLogger.from_env()
     first = logger.log("reset my password", '{"category": "billing"}')
     second = logger.log("reset my password", '{"category": "account"}')
-    assert tuneline.cli.main(["feedback", "rate", first, "2", "--correction", '{"category": "account"}']) == 0
+    assert cli_main(["feedback", "rate", first, "2", "--correction", '{"category": "account"}']) == 0
     assert "with a correction" in capsys.readouterr().out
-    assert tuneline.cli.main(["feedback", "rate", second, "3"]) == 0
-    assert tuneline.cli.main(["feedback", "export", "--kind", "pairs", "--out", "pairs.jsonl"]) == 0
+    assert cli_main(["feedback", "rate", second, "3"]) == 0
+    assert cli_main(["feedback", "export", "--kind", "pairs", "--out", "pairs.jsonl"]) == 0
     out = capsys.readouterr().out
     assert "wrote 1 preference pairs = 1 correction to pairs.jsonl" in out
     assert "dropped: one pair per conversation: another answer to it was paired 1" in out
     assert json.loads((tmp_path / "pairs.jsonl").read_text())["chosen"][0]["content"] == '{"category": "account"}'
-    assert tuneline.cli.main(["feedback", "export", "--kind", "kto", "--out", "kto.jsonl"]) == 0
+    assert cli_main(["feedback", "export", "--kind", "kto", "--out", "kto.jsonl"]) == 0
     out = capsys.readouterr().out
     assert "wrote 2 kto records = 1 desirable + 1 undesirable to kto.jsonl" in out
     assert "dropped: rated above 2 and below 4: neither good nor bad 1" in out
-    assert tuneline.cli.main(["feedback", "export", "--kind", "kto", "--min-rating", "2", "--out", "k.jsonl"]) == 2
+    assert cli_main(["feedback", "export", "--kind", "kto", "--min-rating", "2", "--out", "k.jsonl"]) == 2
     assert "--max-bad-rating must be from 1 to below --min-rating (2)" in capsys.readouterr().err

@@ -466,7 +466,7 @@ def test_an_llm_judge_asks_twice_per_example_with_the_positions_swapped(deployed
     judge sent (a tiny random model's verdicts are noise; the order of the answers in each request is not)."""
     import time
 
-    from tuneline.ml.judge import Contest, JudgeError, LLMJudge
+    from tuneline.llm.ml.judge import Contest, JudgeError, LLMJudge
 
     state_dir, result = deployed
     token = load_token(Path(result.token_file))

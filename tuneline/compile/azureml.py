@@ -5,7 +5,7 @@ with azure-ai-ml's own loaders and `_validate()`, with no private or preview fea
 project root, relative to the file.
 
 What Azure ML's runtime does with a command, and how the compiled command meets it (each rule is cited, and
-executed, in `tuneline.conformance.azureml`):
+executed, in `tools.conformance.azureml`):
 - it pastes each input's value or mounted path into the command text and runs the text in a shell, so every
   placeholder is single-quoted here: a value with spaces stays one argument and `"category"` keeps its quotes;
 - components have no primitive outputs, so a value output (a boolean gate, a model URI) is a `uri_folder` holding

@@ -90,8 +90,8 @@ def _ports(graph: PipelineGraph, node: Node) -> list[_Port]:
         binding = node.bindings.get(name)
         if binding is None and spec.optional and spec.default is None:
             # Never set (each step's component is its own): its `$[[...]]` block is dropped at compile time, so
-            # the backend never sees it (tuneline.conformance.kfp_backend). kfp.local would pass it on as null and
-            # fail (`executor_input_to_dict` casts a null integer with int(); tuneline.conformance.kfp, K9).
+            # the backend never sees it (tools.conformance.kfp_backend). kfp.local would pass it on as null and
+            # fail (`executor_input_to_dict` casts a null integer with int(); tools.conformance.kfp, K9).
             continue
         kind = spec.type
         if isinstance(binding, OutputRef):

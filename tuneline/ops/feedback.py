@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneline.data.normalize import normalize_text
+from tuneline.llm.data.normalize import normalize_text
 from tuneline.serving.requestlog import FeedbackError, LoggedRequest, Rating, RatingStore, read_requests
 
 KINDS = ("sft", "pairs", "kto")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -27,36 +28,25 @@ def log_tail(path: str | None, lines: int = 25) -> str:
     return "\n".join("    " + line for line in text[-lines:])
 
 
-def cost_comparison(record: rec.RunRecord) -> str | None:
-    """Measured training time next to what `tuneline cost` would have predicted, so estimates stay honest."""
-    from ..ops.cost import DEFAULT_PRICES, CostError, estimate_for_run
-    from ..spec.load import find_root
-
-    if not any(step.role == "train" and step.status == rec.SUCCEEDED for step in record.steps.values()):
-        return None
-    if not (find_root(Path(record.pipeline_path)) / DEFAULT_PRICES).is_file():
-        return None  # a project without a price table (one's own repository) asked for no estimate
-    try:
-        # The run's own state folder (runs/<id>/ is in it), wherever the pipeline file is.
-        return estimate_for_run(record.to_dict(), home=Path(record.folder).parents[1]).render()
-    except (CostError, OSError, ValueError) as exc:
-        return f"(no cost comparison: {exc})"
-
-
 def exit_code(record: rec.RunRecord) -> int:
     if record.status == rec.SUCCEEDED:
         return EXIT_OK
     return EXIT_INTERRUPTED if record.status == rec.INTERRUPTED else EXIT_FAILED
 
 
-def print_report(record: rec.RunRecord, out: TextIO | None = None) -> None:
+# What the command line adds after the table of a finished run (the cost comparison, tuneline.ops.cost): handed
+# in, since the runner sits below operations.
+Afterword = Callable[[rec.RunRecord], str | None]
+
+
+def print_report(record: rec.RunRecord, out: TextIO | None = None, afterword: Afterword | None = None) -> None:
     out = out or sys.stdout
     for name in record.order:
         summary = Path(record.folder, "steps", name, "summary.md")
         if record.steps[name].status in (rec.SUCCEEDED, rec.CACHED) and summary.is_file():
             print(f"\n── {name} " + "─" * max(0, 60 - len(name)) + "\n" + summary.read_text().rstrip(), file=out)
     print("\n" + summary_table(record), file=out)
-    comparison = cost_comparison(record)
+    comparison = afterword(record) if afterword else None
     if comparison:
         print("\n" + comparison, file=out)
     print(f"\nrun {record.run_id} {record.status} in {record.duration_s:.1f}s; record: "
@@ -81,7 +71,8 @@ def _names_a_program_flag(tail: str, step: str) -> bool:
     return f"--set {step}." not in said and re.search(r"(^|[\s(\[])--[a-z]", said) is not None
 
 
-def run_and_report(graph: PipelineGraph, options: RunOptions, out: TextIO | None = None) -> rec.RunRecord:
+def run_and_report(graph: PipelineGraph, options: RunOptions, out: TextIO | None = None,
+                   afterword: Afterword | None = None) -> rec.RunRecord:
     """Run `graph` with live progress on `out` (default stdout), print the report, return the record.
 
     Raises `tuneline.runner.local.StepFailed` when the selection (--from/--only) is invalid.
@@ -95,5 +86,5 @@ def run_and_report(graph: PipelineGraph, options: RunOptions, out: TextIO | None
         record = runner.run()
     finally:
         progress.close()
-    print_report(record, out)
+    print_report(record, out, afterword)
     return record

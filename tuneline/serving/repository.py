@@ -229,7 +229,7 @@ def merge_adapter(adapter_dir: Path, base_dir: Path, out_dir: Path) -> Path:
     """Merge a PEFT LoRA adapter into its base model and save full weights + tokenizer to `out_dir`."""
     from transformers import AutoTokenizer
 
-    from tuneline.ml.models import merge_lora
+    from tuneline.llm.ml.models import merge_lora
 
     merge_lora(base_dir, adapter_dir).save_pretrained(out_dir)
     tok_src = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base_dir
@@ -251,8 +251,8 @@ def serving_settings(model_dir: Path) -> dict:
     """How a bare prompt becomes model input: the chat template, under the system prompt used in training,
     rendered with the variables training rendered it with (Llama 3.x stamps a date into every system header:
     served with today's date, the prompt differs from every prompt the model was tuned on)."""
-    from tuneline.ml.chat import RENDER_KWARGS
-    from tuneline.ml.models import SUMMARY_FILE
+    from tuneline.llm.ml.chat import RENDER_KWARGS
+    from tuneline.llm.ml.models import SUMMARY_FILE
 
     summary_path = Path(model_dir) / SUMMARY_FILE
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}

@@ -1,7 +1,7 @@
 """What the endpoint keeps of its traffic: the request log and the ratings users give its answers.
 
 - ``RequestLogger`` appends one JSON line per request/response, PII-redacted with
-  ``tuneline.data.pii.LogRedactor`` before anything touches the disk. Files rotate by size: ``requests.jsonl``
+  ``tuneline.llm.data.pii.LogRedactor`` before anything touches the disk. Files rotate by size: ``requests.jsonl``
   is the live file, ``requests.jsonl.1`` the newest full one, up to ``requests.jsonl.<keep>``.
   Logging is opt-in: ``RequestLogger.from_env()`` returns None unless ``TUNELINE_REQUEST_LOG`` names a file.
 - ``RatingStore`` is an append-only JSONL of ``{"id", "rating", "time", "comment"?, "correction"?}``; a
@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneline.data.jsonl import read_jsonl
-from tuneline.data.pii import LogRedactor
+from tuneline.llm.data.jsonl import read_jsonl
+from tuneline.llm.data.pii import LogRedactor
 from tuneline.settings import REQUEST_LOG_ENV
 
 ENV_LOG = REQUEST_LOG_ENV

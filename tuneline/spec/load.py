@@ -564,7 +564,7 @@ def _check_metrics(spec: PipelineSpec, loaded: Loaded, components: dict[str, Com
                    bindings: dict[str, dict[str, Binding]], params: dict[str, Any], problems: list[Problem]) -> None:
     """A gate metric no evaluation can produce (a misspelt `--set gate_metric=...`) fails here, before any step
     runs; whether this dataset produces it is checked by the prepare step, before training."""
-    from tuneline.ml.metrics import unknown_metric
+    from tuneline.spec.metrics import unknown_metric
 
     reported: set[str] = set()
 

@@ -61,7 +61,7 @@ class IOType(StrEnum):
         return self in (IOType.uri_folder, IOType.model)
 
 
-# What an input's value means, for checks that can run before any step does (`tuneline.spec.preflight`):
+# What an input's value means, for checks that can run before any step does (`tuneline.cli.preflight`):
 # a gate expression over `model.metric` terms, the name of a metric, a regular expression, or a base model
 # (a catalog name, a local model folder, or a Hugging Face Hub id).
 InputKind = Literal["gate_expression", "metric", "regex", "model_ref"]

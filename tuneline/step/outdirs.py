@@ -5,9 +5,9 @@ Run as (every compiled KFP step does this; the arguments come from the compiler)
 
 Why: a component's contract is that a folder output (uri_folder, model) is an existing, empty folder and a file
 output's folder exists when its command starts: the local runner creates them, and Azure ML mounts outputs that
-way (tuneline.conformance.azureml, R5). KFP's launcher only creates the *parent* of each output path
+way (tools.conformance.azureml, R5). KFP's launcher only creates the *parent* of each output path
 (backend/src/v2/component/launcher_v2.go, `prepareOutputFolders`), so a component writing `model/config.json`
-would fail on KFP alone; kfp.local creates neither (tuneline.conformance.kfp, K2). Only the standard library is
+would fail on KFP alone; kfp.local creates neither (tools.conformance.kfp, K2). Only the standard library is
 used: this runs before the step's own imports, then replaces itself with the step's command.
 """
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import tuneline.cli
 from tests.support.tickets import ticket_records
+from tuneline.cli.main import main as cli_main
 
 PROJECT = Path(__file__).parent / "project"
 
@@ -37,7 +37,7 @@ def ops_cli(capsys: pytest.CaptureFixture[str]):
     """`tuneline ...` in-process (the trigger, feedback and cost commands included)."""
 
     def call(*args: str) -> tuple[int, str, str]:
-        code = tuneline.cli.main(list(args))
+        code = cli_main(list(args))
         out, err = capsys.readouterr()
         return code, out, err
 

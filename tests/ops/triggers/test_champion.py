@@ -9,10 +9,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.support.tickets import ticket_records
-from tuneline.ml.models import resolve_model
+from tuneline.llm.ml.models import resolve_model
+from tuneline.llm.registry import CHAMPION, metric_tag, register_version, set_alias
 from tuneline.ops.triggers.champion import check_age, find_champion, relative_drop
 from tuneline.ops.triggers.quality import EvalOptions, check_quality, load_registered, score
-from tuneline.registry import CHAMPION, metric_tag, register_version, set_alias
 from tuneline.spec.models import Triggers
 
 from .conftest import write_records
@@ -75,7 +75,7 @@ def test_fetching_the_champion_reads_the_configured_store_not_a_process_wide_uri
     import mlflow
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    from tuneline.registry import fetch_model
+    from tuneline.llm.registry import fetch_model
 
     register(registry, tmp_path, {})
     champion = find_champion(registry, "tickets")
@@ -99,8 +99,8 @@ def test_quality_trigger_goes_from_no_to_yes(registry, tmp_path):
     model, tokenizer = load_registered(champion, tmp_path / "fetched")
     records = ticket_records(6, seed=4)
     write_records(tmp_path / "probe.jsonl", records)
-    from tuneline.ml.data import read_split
-    from tuneline.ml.generate import generate
+    from tuneline.llm.ml.data import read_split
+    from tuneline.llm.ml.generate import generate
 
     answers = generate(model, tokenizer, read_split(tmp_path / "probe.jsonl").records, 6, 6)
     agreeing = [

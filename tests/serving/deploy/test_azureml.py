@@ -211,8 +211,8 @@ def test_score_script_renders_prompts_as_training_did(tmp_path: Path, monkeypatc
     import importlib.util
     import json
 
-    from tests.ml.families import FAMILIES, build
-    from tuneline.ml.chat import render
+    from tests.llm.ml.families import FAMILIES, build
+    from tuneline.llm.ml.chat import render
     from tuneline.serving.repository import SERVING_FILE, serving_settings
 
     folder = build(FAMILIES["llama3"], tmp_path / "model")
@@ -247,7 +247,7 @@ def test_the_score_script_loads_the_weights_in_the_dtype_the_gpu_has_tensor_core
     """The default instance is a T4 (sm_75), which has no bf16 tensor cores: the script loaded bf16 on any GPU."""
     import importlib.util
 
-    from tuneline.ml.device import choose
+    from tuneline.llm.ml.device import choose
 
     spec = importlib.util.spec_from_file_location("score", azureml.SCORE_SCRIPT)
     score = importlib.util.module_from_spec(spec)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...ml.models import SUMMARY_FILE
+from ...llm.ml.models import SUMMARY_FILE
 from ...runner.record import SUCCEEDED, list_runs
 from ...spec import Pipeline
 from .prices import PriceTable, Sku

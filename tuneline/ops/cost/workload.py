@@ -73,9 +73,9 @@ def _dataset_path(pipeline: Pipeline) -> Path:
 def read_records(path: Path) -> list[list[dict[str, Any]]]:
     """The messages of each record, read the way the prepare step reads the dataset (every format it takes);
     records it would quarantine are skipped, not counted."""
-    from ...data.reasons import RecordError
-    from ...data.records import Budget, parse_line, parse_object
-    from ...data.sources import Dataset, SourceError
+    from ...llm.data.reasons import RecordError
+    from ...llm.data.records import Budget, parse_line, parse_object
+    from ...llm.data.sources import Dataset, SourceError
 
     try:
         dataset = Dataset(path)
@@ -122,7 +122,7 @@ def _token_lengths(records: list[list[dict[str, Any]]], model_dir: Path | None,
     if model_dir is not None and any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
         from transformers import AutoTokenizer
 
-        from ...ml.chat import render
+        from ...llm.ml.chat import render
 
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         if tokenizer.chat_template:
@@ -131,11 +131,11 @@ def _token_lengths(records: list[list[dict[str, Any]]], model_dir: Path | None,
             texts = [render(tokenizer, messages, generation_prompt=False) for messages in records]
             lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
             return [min(n, max_seq_len) for n in lengths], f"tokenizer of {model_dir.name}"
-    from ...data.records import estimate_tokens
+    from ...llm.data.records import estimate_tokens
 
     # Chat templates add a few marker tokens around every message.
     lengths = [sum(estimate_tokens(str(m.get("content", ""))) + 4 for m in messages) for messages in records]
-    return [min(n, max_seq_len) for n in lengths], "regex estimate (tuneline.data.records.estimate_tokens)"
+    return [min(n, max_seq_len) for n in lengths], "regex estimate (tuneline.llm.data.records.estimate_tokens)"
 
 
 def workload(pipeline: Pipeline, home: Path, tokenizer: str = "auto") -> Workload:

@@ -1,7 +1,7 @@
 """The serving champion in the MLflow registry: which version, how old, and what it scored when registered.
 
 The registered score is the version tag the register step writes (`tuneline.metric.tuned.<metric>`, see
-`tuneline.registry.metric_tag`); a version without it falls back to the `eval.tuned.<metric>` metric the
+`tuneline.llm.registry.metric_tag`); a version without it falls back to the `eval.tuned.<metric>` metric the
 evaluate step logged into the version's run.
 """
 
@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ...ml.metrics import direction
-from ...registry import CHAMPION, metric_tag, version_by_alias
+from tuneline.spec.metrics import direction
+
+from ...llm.registry import CHAMPION, metric_tag, version_by_alias
 from ...spec import Pipeline
 from ...spec.models import Role, Triggers
 from .result import FIRED, OK, SKIPPED, TriggerResult

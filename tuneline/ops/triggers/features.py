@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...data.jsonl import read_jsonl
+from ...llm.data.jsonl import read_jsonl
 
 FEATURES = ("chars", "words", "digit_share", "non_ascii_share")
 

@@ -4,7 +4,7 @@ The baseline is what that run actually read: the sha256 recorded for the dataset
 and its record count from the data card a prepare-like step wrote (`data_card.json`, `input.input_records`,
 matched by `input.sha256`, which prepare writes as the runner's digest of the same path). The current
 count reads the dataset (a file of any type prepare reads, or a folder of them) with the same readers
-(`tuneline.data.sources.Dataset.count_records`), so a record is what prepare counts as one.
+(`tuneline.llm.data.sources.Dataset.count_records`), so a record is what prepare counts as one.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...data.sources import Dataset, SourceError
+from ...llm.data.sources import Dataset, SourceError
 from ...runner.record import SUCCEEDED, list_runs
 from ...spec import IOType, Pipeline
 from ...spec.models import Triggers

@@ -1,7 +1,7 @@
 """Quality trigger: re-evaluate the champion on fresh labelled data and compare with its registered score.
 
-The scoring is the code the evaluate component uses (`tuneline.ml.generate` for greedy answers and
-perplexity, `tuneline.ml.metrics.all_metrics` for the scores), so a drop here means the same thing as a
+The scoring is the code the evaluate component uses (`tuneline.llm.ml.generate` for greedy answers and
+perplexity, `tuneline.llm.ml.metrics.all_metrics` for the scores), so a drop here means the same thing as a
 failed gate there.
 """
 
@@ -26,8 +26,8 @@ class EvalOptions:
 
 def load_registered(champion: Champion, folder: Path):
     """(model, tokenizer) of a registered tuneline version, downloaded into `folder`."""
-    from ...ml.models import load_causal_lm, load_tokenizer, merge_lora
-    from ...registry import fetch_model, resolve_base_dir
+    from ...llm.ml.models import load_causal_lm, load_tokenizer, merge_lora
+    from ...llm.registry import fetch_model, resolve_base_dir
 
     fetched = fetch_model(champion.uri, folder)
     tokenizer = load_tokenizer(fetched.model_dir, padding_side="left")
@@ -43,9 +43,9 @@ def score(model, tokenizer, labels: Path, metric: str, options: EvalOptions) -> 
     """(all metrics, number of examples) of `model` on the labelled chat JSONL (file or split folder)."""
     import torch
 
-    from tuneline.ml.data import read_split
-    from tuneline.ml.generate import generate, perplexity
-    from tuneline.ml.metrics import all_metrics
+    from tuneline.llm.ml.data import read_split
+    from tuneline.llm.ml.generate import generate, perplexity
+    from tuneline.llm.ml.metrics import all_metrics
 
     torch.manual_seed(0)
     split = read_split(labels, limit=options.max_examples)

@@ -2,7 +2,7 @@
 
 Each rated answer is a contest between what the endpoint served and what its user wanted: rated 4 or 5 it is a
 win, 3 a tie, 1 or 2 a loss, and an answer the user corrected a loss whatever its rating. The mean, ties half,
-is a win rate, with the same 95% bootstrap interval evaluate gives a challenger's (``tuneline.ml.winrate``). The
+is a win rate, with the same 95% bootstrap interval evaluate gives a challenger's (``tuneline.llm.ml.winrate``). The
 trigger fires when the interval's upper bound is under ``rated_win_rate``: the champion is below the bar with
 confidence, not on a handful of bad ratings.
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tuneline.serving.requestlog import RATINGS_FILE, RatingStore, read_requests
 
-from ...ml.winrate import win_rate
+from ...llm.ml.winrate import win_rate
 from ...spec.models import Triggers
 from .champion import Champion
 from .result import FIRED, OK, SKIPPED, TriggerResult

@@ -35,7 +35,7 @@ def _model_dir() -> Path:
 
 
 # bf16 tensor cores start with Ampere (sm_80); below it (the default T4 instance is sm_75) bf16 runs emulated,
-# many times slower than fp16. The same rule as tuneline.ml.device.choose, repeated here because this file is
+# many times slower than fp16. The same rule as tuneline.llm.ml.device.choose, repeated here because this file is
 # copied alone into the deployment's code folder, where tuneline is not installed.
 BF16_MIN_CAPABILITY = (8, 0)
 

@@ -1,0 +1,57 @@
+"""Win rate with its bootstrap interval, and the per-example scores that judge it."""
+
+import pytest
+
+from tuneline.llm.ml.judge import JudgeError, LLMJudge, verdict
+from tuneline.llm.ml.metrics import all_metrics, example_scores
+from tuneline.llm.ml.winrate import outcomes, win_rate
+
+
+def test_outcomes_count_ties_half_and_follow_the_metric_direction():
+    assert outcomes([1.0, 0.5, 0.0], [0.0, 0.5, 1.0]) == [1.0, 0.5, 0.0]
+    assert outcomes([2.0, 3.0], [3.0, 3.0], higher_is_better=False) == [1.0, 0.5]
+    with pytest.raises(ValueError, match="2 candidate scores for 1"):
+        outcomes([1, 2], [1])
+
+
+def test_a_clear_winner_has_an_interval_above_one_half_and_a_coin_flip_does_not():
+    clear = win_rate([1.0] * 40 + [0.0] * 8, judge="metric:x")
+    assert clear.value == pytest.approx(40 / 48) and clear.lower > 0.7 and clear.upper <= 1.0
+    assert (clear.wins, clear.ties, clear.losses, clear.n) == (40, 0, 8, 48)
+    even = win_rate([1.0] * 12 + [0.0] * 12 + [0.5] * 24, judge="metric:x")
+    assert even.value == 0.5 and even.lower < 0.5 < even.upper
+    # The interval narrows with the number of examples, as a sampling interval must.
+    assert (win_rate([1.0, 0.0] * 100, "m").upper - win_rate([1.0, 0.0] * 100, "m").lower
+            < even.upper - even.lower)
+    assert win_rate([1.0, 0.0] * 5, "m") == win_rate([1.0, 0.0] * 5, "m")  # fixed seed: one verdict per input
+    with pytest.raises(ValueError, match="1 \\(win\\), 0.5 \\(tie\\) or 0"):
+        win_rate([0.7], "m")
+
+
+def test_example_scores_average_to_the_corpus_metric():
+    refs = ['{"team": "billing", "priority": "high"}', '{"team": "network", "priority": "low"}', '{"team": "x"}']
+    preds = ['{"team": "billing", "priority": "low"}', 'not json', '{"team": "x"}']
+    corpus = all_metrics(preds, refs)
+    for metric in ("exact_match", "token_f1", "rouge_l", "json_valid"):
+        scores = example_scores(metric, preds, refs)
+        assert sum(scores) / len(scores) == pytest.approx(corpus[metric])
+    assert example_scores("field_accuracy", preds, refs) == [0.5, 0.0, 1.0]
+    assert example_scores("field_acc_priority", preds, refs) == [0.0, 0.0, 1.0]  # absent field: a tie, not a loss
+    with pytest.raises(ValueError, match="no per-example score"):
+        example_scores("perplexity", preds, refs)
+
+
+@pytest.mark.parametrize(("reply", "expected"), [("A", "A"), (" b.", "B"), ("**T**", "T"), ("Answer A", None),
+                                                 ("", None)])
+def test_judge_verdicts_are_one_letter(reply, expected):
+    assert verdict(reply) == expected
+
+
+def test_an_unreachable_judge_is_named():
+    with pytest.raises(JudgeError, match="expected an http"):
+        LLMJudge("127.0.0.1:9", "m")
+    judge = LLMJudge("http://127.0.0.1:9/v1", "m", timeout_s=2)
+    from tuneline.llm.ml.judge import Contest
+
+    with pytest.raises(JudgeError, match="judge http://127.0.0.1:9/v1/chat/completions"):
+        judge.outcome(Contest("q", "a", "b"))

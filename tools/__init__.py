@@ -1,0 +1,1 @@
+"""Development tooling that is not shipped in the wheel: the conformance harnesses (tools.conformance)."""

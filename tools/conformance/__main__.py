@@ -1,0 +1,252 @@
+"""Run a pipeline locally and as its compiled target runs it, and compare every step.
+
+Run as: python -m tools.conformance azureml pipelines/finetune.yaml --set base_model=tiny-random-llama
+        python -m tools.conformance azureml tests/fixtures/toy/pipelines/toy.yaml --work build/conformance
+        python -m tools.conformance azureml tests/fixtures/toy/pipelines/resume.yaml --preempt-resumable
+        python -m tools.conformance kfp tests/fixtures/toy/pipelines/toy.yaml --work build/conformance
+        python -m tools.conformance kfp pipelines/feedback.yaml --set base_model=tiny-random-llama \
+            --seed pipelines/finetune.yaml --seed-set base_model=tiny-random-llama
+
+`kfp` executes the compiled package with kfp.local in containers of the images `make images` builds, through a
+podman service started for the run under `<TUNELINE_HOME>/podman` (see tools.conformance.kfp); `azureml`
+applies Azure ML's documented runtime rules (tools.conformance.azureml).
+`--seed` runs an earlier pipeline of a loop into each run's stores first (registry, model cache), each seed alike,
+on this machine: the feedback loop improves and judges the champion that the fine-tuning pipeline registered, so
+both runs must start from the same registered champion, as a cluster's registry holds it when the loop runs.
+Exit status 0 when every step matches, 1 when one differs, 2 when the compiled output breaks a runtime rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneline import settings
+from tuneline.compile.build import compile_graph
+from tuneline.compile.options import CompileOptions
+from tuneline.graph import PipelineGraph, build_graph
+from tuneline.runner import record as rec
+from tuneline.runner.local import LocalRunner, RunOptions, read_value_output
+from tuneline.spec import SpecError, load_pipeline
+from tuneline.spec.load import parse_set_pairs
+
+from .azureml import AzureMLRuntime, RuntimeRuleBroken, value_of
+from .compare import compare_steps, report
+from .kfp import KfpLocalRun, KfpRunBroken, artifact_params, image_mounts, output_of, stage_data
+from .workspace_mlflow import WorkspaceMlflow
+
+REPO = Path(__file__).resolve().parents[2]  # what every image in environments/ puts on PYTHONPATH
+URI = re.compile(r"^[a-z0-9+.-]+://")
+
+
+def run_in(graph: PipelineGraph, home: Path, env: dict[str, str | None]) -> rec.RunRecord:
+    """`tuneline run` of `graph` with its state under `home` and `env` set (None: unset) for the run's length."""
+    saved = {k: os.environ.get(k) for k in (*env, "TUNELINE_HOME")}
+    for key, value in {**env, "TUNELINE_HOME": str(home)}.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    try:
+        return LocalRunner(graph, RunOptions(home=home, no_cache=True)).run()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run_local(graph: PipelineGraph, work: Path) -> rec.RunRecord:
+    # The runner's own SQLite store under the run's home.
+    return run_in(graph, work / "local", {"MLFLOW_TRACKING_URI": None})
+
+
+class SeedFailed(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Seed:
+    """An earlier pipeline of a loop, run into a store before the compared run (`--seed`)."""
+
+    pipeline: str
+    overrides: dict[str, str]
+
+    def graph(self, target: str) -> PipelineGraph:
+        """The target's parameter values (its deploy target among them), with the data read from this machine:
+        the seed runs here, whatever object-store URI the target would import."""
+        remote = build_graph(load_pipeline(self.pipeline, self.overrides)).for_target(target)
+        local = build_graph(load_pipeline(self.pipeline, self.overrides))
+        data = {name: str((local.pipeline.root / str(local.params[name])).resolve())
+                for name in artifact_params(remote)
+                if URI.match(str(remote.params[name])) and name not in self.overrides}
+        return build_graph(load_pipeline(self.pipeline, {**self.overrides, **data})).for_target(target)
+
+    def run_into(self, target: str, home: Path, env: dict[str, str | None]) -> None:
+        # umask 0: a target's steps run as another user (uid 10001 in the images) and write to the same store.
+        umask = os.umask(0)
+        try:
+            record = run_in(self.graph(target), home, env)
+        finally:
+            os.umask(umask)
+        if record.status != rec.SUCCEEDED:
+            failed = [f"{s.name}: {s.reason}" for s in record.steps.values() if s.status == rec.FAILED]
+            raise SeedFailed(f"the seed {self.pipeline} {record.status}: {'; '.join(failed)}")
+
+
+def _step_number(name: str) -> int | None:
+    """The number a checkpoint's name ends with (`checkpoint-00000011`, `step-3.json`), if any."""
+    found = re.search(r"(\d+)\D*$", name)
+    return int(found.group(1)) if found else None
+
+
+def resume_report(runtime: AzureMLRuntime, graph: PipelineGraph, local: rec.RunRecord) -> tuple[list[str], bool]:
+    """One line per preempted node: what its store held when it was killed, and whether the next job resumed."""
+    lines, ok = [], True
+    for name, killed in runtime.preempted.items():
+        entries = killed.rw_mount_entries
+        retry_log = runtime.results[name].log.read_text(errors="replace") if runtime.results[name].log else ""
+        newest = entries[-1] if entries else None
+        resumed = newest is not None and f"resumed from {newest}" in retry_log
+        ok = ok and resumed
+        step = _step_number(newest) if newest else None
+        if resumed and step is not None:
+            lines.append(f"azureml checkpoint resume: {name} killed at step {step} (exit {killed.exit_code}), "
+                         f"resumed at step {step + 1}")
+        else:
+            lines.append(f"azureml checkpoint resume: {name} killed (exit {killed.exit_code}) with "
+                         f"{newest or 'nothing'} in its store; the next job did {'' if resumed else 'NOT '}resume")
+    return lines, ok
+
+
+def conform_azureml(graph: PipelineGraph, work: Path, local: rec.RunRecord,
+                    preempt_resumable: bool = False) -> tuple[str, bool]:
+    out = compile_graph(graph, ("azureml",), work / "compiled", CompileOptions())
+    home = work / "azureml"
+    home.mkdir(parents=True, exist_ok=True)
+    resumable = [n for n in graph.order if graph.nodes[n].component.spec.resume_outputs]
+    # The model cache under TUNELINE_HOME is shared (an image would hold the same base model); tracking is the
+    # workspace's (R9): a real MLflow server reached only through the variables Azure ML injects.
+    with WorkspaceMlflow(home / "workspace-mlflow") as workspace:
+        runtime = AzureMLRuntime(out.folder / "azureml" / "pipeline_job.yml", home,
+                                 env={"TUNELINE_HOME": str(work / "local")}, image_path=REPO, workspace=workspace)
+        results = runtime.run(preempt=resumable if preempt_resumable else ())
+
+    def output(step: str, name: str):
+        result = results.get(step)
+        if result is None or name not in result.outputs:
+            return None
+        spec = graph.nodes[step].component.spec.outputs[name]
+        if spec.resume:
+            # The store is the folder the wrapper keyed inside the output; its key is the local cache key.
+            return result.outputs[name] / local.steps[step].cache_key
+        if spec.type.is_artifact:
+            return result.outputs[name]
+        return read_value_output(value_of(result, name), spec.type)
+
+    matches = compare_steps(graph, local, {n: r.status for n, r in results.items()}, output)
+    lines, resumed = resume_report(runtime, graph, local)
+    return "\n".join([report("azureml", matches), *lines]), all(m.ok for m in matches) and resumed
+
+
+def conform_kfp(pipeline_path: str, overrides: dict[str, str], work: Path,
+                seed: Seed | None = None) -> tuple[str, bool]:
+    from .podman import PodmanService
+
+    root = work / "kfp-root"  # kfp.local's pipeline root, bind-mounted into every task at the same path
+    data = artifact_params(build_graph(load_pipeline(pipeline_path)))
+    remote = {k for k, v in overrides.items() if k in data and URI.match(v)}
+    # What is compiled: the KFP target's values (`target_defaults`), the cluster's data URIs among them; a file
+    # given with --set is a run argument (below), as a user submits a run with other data, since KFP imports URIs.
+    graph = build_graph(load_pipeline(
+        pipeline_path, {k: v for k, v in overrides.items() if k not in data or k in remote})).for_target("kfp")
+    # The importers read the data from the stand-in store (K3 in tools.conformance.kfp), the local run the very
+    # same files, so both start from the same bytes: the local values (no target), also where --set gave a URI.
+    local_values = build_graph(load_pipeline(pipeline_path, {k: v for k, v in overrides.items() if k not in remote}))
+    staged = stage_data(local_values, root)
+    # The cluster's MLflow is a server every pod reaches, artifacts included (k8s/base/mlflow); here its stand-in is
+    # a store on the shared mount, with TUNELINE_HOME there too, since a SQLite store keeps its artifacts under it.
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",  # as the tuneline-mlflow ConfigMap (K4)
+           "TUNELINE_HOME": str(root / "home"),
+           # the conditions of the local run: string hashing (set order in PEFT's adapter_config.json), threads
+           **{k: os.environ[k] for k in ("PYTHONHASHSEED", "OMP_NUM_THREADS") if k in os.environ}}
+    with PodmanService.start(settings.home() / "podman") as engine:
+        runner = KfpLocalRun(graph, work, engine, env=env, mounts=image_mounts(graph, REPO))
+        package = runner.compile(REPO)
+        runner.check_images(package, REPO)  # before the local run: a stale image fails in seconds
+        if seed is not None:
+            seed.run_into("kfp", work / "local", {"MLFLOW_TRACKING_URI": None})
+            seed.run_into("kfp", Path(env["TUNELINE_HOME"]), {"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"]})
+            # The cluster's MLflow server serves what it holds to every pod over HTTP, whatever the file modes
+            # (the seeded adapter's file is 0600, SQLite's database 0644); here the store (database and artifacts)
+            # is a shared folder that the pods open as another user.
+            for path in [root, *root.rglob("*")]:
+                if not path.is_symlink():
+                    path.chmod(0o777 if path.is_dir() else 0o666)
+        local = run_local(build_graph(load_pipeline(pipeline_path, {**overrides, **staged})).for_target("kfp"), work)
+        if local.status != rec.SUCCEEDED:
+            failed = [f"{s.name}: {s.reason}" for s in local.steps.values() if s.status == rec.FAILED]
+            raise KfpRunBroken(f"the local run {local.status}: {'; '.join(failed)}")
+        results = runner.run(package, staged, root)
+    matches = compare_steps(graph, local, {n: r.status for n, r in results.items()}, output_of(results, graph))
+    return report("kfp", matches), all(m.ok for m in matches)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.conformance", description=__doc__.splitlines()[0])
+    parser.add_argument("target", choices=("kfp", "azureml"), help="the platform whose runtime is applied")
+    parser.add_argument("pipeline", help="pipeline YAML")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="parameter override")
+    parser.add_argument("--work", default="build/conformance", help="scratch folder (emptied first)")
+    parser.add_argument("--seed", metavar="PIPELINE",
+                        help="run this pipeline into each run's stores first, as the loop's earlier pipeline")
+    parser.add_argument("--seed-set", action="append", default=[], metavar="NAME=VALUE",
+                        help="parameter override of the --seed pipeline")
+    parser.add_argument("--preempt-resumable", action="store_true",
+                        help="kill each step with a resume: true output after its first checkpoint, run it again, "
+                             "and check that it resumed (its outputs must still match the uninterrupted local run)")
+    args = parser.parse_args(argv)
+    overrides = parse_set_pairs(args.set)
+    seed = Seed(args.seed, parse_set_pairs(args.seed_set)) if args.seed else None
+    try:
+        # Both runs take the target's parameter values (its `target_defaults`), so they run the same steps alike.
+        graph = build_graph(load_pipeline(args.pipeline, overrides)).for_target(args.target)
+    except SpecError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    work = Path(args.work).resolve() / Path(args.pipeline).stem / args.target
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    # Both runs hash strings alike, so set-ordered files (PEFT's adapter_config.json target_modules) agree.
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    try:
+        if args.target == "kfp":
+            text, ok = conform_kfp(args.pipeline, overrides, work, seed)
+        else:
+            if seed is not None:
+                raise SeedFailed("--seed: the azureml harness cannot seed its workspace: registering needs the "
+                                 "workspace's artifact store (docs/azureml.md, 'Not working on a workspace yet')")
+            local = run_local(graph, work)
+            if local.status != rec.SUCCEEDED:
+                failed = [f"{s.name}: {s.reason}" for s in local.steps.values() if s.status == rec.FAILED]
+                print(f"{args.pipeline}: the local run {local.status}: {'; '.join(failed)}", file=sys.stderr)
+                return 1
+            text, ok = conform_azureml(graph, work, local, args.preempt_resumable)
+    except (KfpRunBroken, RuntimeRuleBroken, SeedFailed, SpecError) as exc:
+        print(f"{args.pipeline}: {args.target}: {exc}", file=sys.stderr)
+        print(f"{args.target} conformance: 0/{len(graph.order)} steps match local")
+        return 2
+    print(f"{args.pipeline}:")
+    print(text)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

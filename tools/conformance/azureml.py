@@ -1,0 +1,422 @@
+"""Execute a compiled Azure ML pipeline job as Azure ML's job runtime does, without a workspace.
+
+Run as: python -m tools.conformance azureml pipelines/finetune.yaml   (compiles, runs both ways, compares)
+
+No Azure ML runtime runs outside Azure, so this module is the documented runtime behaviour, rule by rule, applied to
+the compiled files exactly as written (azure-ai-ml loads and validates them first, with no private or preview flag):
+
+R1 Order. A node starts when every node whose outputs it binds (`${{parent.jobs.<n>.outputs.<o>}}`) has finished.
+   https://learn.microsoft.com/azure/machine-learning/how-to-create-component-pipelines-cli
+R2 Data inputs are mounted (default mode `ro_mount`): the placeholder becomes a local path, and a `uri_file` is a
+   file while a `uri_folder` is a folder. A local `path:` is uploaded first, then mounted the same way.
+   https://learn.microsoft.com/azure/machine-learning/how-to-read-write-data-v2 ("Read data in a job"),
+   https://learn.microsoft.com/azure/machine-learning/concept-data ("a URI works like a file or a folder")
+R3 Primitive inputs (string, number, integer, boolean) are pasted into the command as their literal text; a
+   boolean arrives as `True`/`False`. Primitive *outputs* are not supported for command components.
+   https://learn.microsoft.com/azure/machine-learning/how-to-manage-inputs-outputs-pipeline ("Input and output
+   types": "primitive type output is not supported"); boolean spelling: github.com/Azure/azureml-assets/pull/1170
+R4 `$[[ ... ]]` is kept only when every optional input inside it is bound, and dropped otherwise.
+   https://learn.microsoft.com/azure/machine-learning/how-to-manage-inputs-outputs-pipeline ("Define optional
+   inputs"), https://learn.microsoft.com/azure/machine-learning/reference-yaml-component-command
+R5 Outputs are mounted read-write (default `rw_mount`): a `uri_folder` output is an existing, empty folder; a
+   `uri_file` output is the path of a file in such a folder. What the command leaves there is uploaded.
+   https://learn.microsoft.com/azure/machine-learning/how-to-read-write-data-v2 ("Write data from your job")
+R6 The `code:` folder is snapshotted and the command runs from its root, in a shell, in the environment's image,
+   with the node's `environment_variables` set.
+   https://learn.microsoft.com/azure/machine-learning/reference-yaml-job-command (`code`, `command`,
+   `environment_variables`)
+R7 A node that exits non-zero fails the pipeline (`continue_on_step_failure: false`); there is no retry.
+   https://learn.microsoft.com/azure/machine-learning/reference-yaml-job-pipeline (`settings`)
+R8 A node output with a `path:` is that datastore folder (`azureml://datastores/<datastore>/paths/<path>`), in which
+   `${{default_datastore}}` is the pipeline's default datastore (a workspace's is `workspaceblobstore`), `${{name}}`
+   the job's name and `${{output_name}}` the output's. `mode: rw_mount` mounts it read-write: the job sees what
+   earlier jobs left there and what it writes persists as it is written, so a killed job's files stay; `upload`
+   copies the folder there when the job ends. Here each datastore is a folder under `datastores/` that outlives jobs.
+   https://learn.microsoft.com/azure/machine-learning/how-to-manage-inputs-outputs-pipeline ("Customize output
+   path"), https://learn.microsoft.com/azure/machine-learning/how-to-read-write-data-v2 ("Supported modes"),
+   https://learn.microsoft.com/azure/machine-learning/how-to-datastore ("workspaceblobstore" is the default)
+
+R9 Every job gets the workspace's MLflow variables, over any value the job sets: MLFLOW_TRACKING_URI (the
+   workspace's `azureml://<region>.api.azureml.ms/mlflow/v1.0/subscriptions/…/workspaces/<w>` URI),
+   MLFLOW_TRACKING_TOKEN (the job's token), MLFLOW_RUN_ID and MLFLOW_EXPERIMENT_ID (the run Azure ML created for the
+   job in the pipeline's `experiment_name`), beside AZUREML_RUN_ID / AZUREML_RUN_TOKEN / AZUREML_ARM_*.
+   https://learn.microsoft.com/azure/machine-learning/how-to-use-mlflow-configure-tracking ("Configure tracking":
+   "the tracking URI is configured automatically" in jobs), https://learn.microsoft.com/azure/machine-learning/
+   how-to-use-mlflow-cli-runs; the variable names are the ones azureml-mlflow 1.62.0.post6 reads in a job
+   (azureml/mlflow/_internal/service_context_loader.py `_mlflow_env_vars_set`, _common/constants.py RunEnvVars).
+   Here the workspace is `tools.conformance.workspace_mlflow`: a real `mlflow server` (basic-auth) behind a TLS
+   front that accepts only the job's bearer token at the workspace's REST path, so a step that does not turn the
+   injected URI into that endpoint fails as it would in a job.
+R10 Optional inputs: an optional input the node does not bind has no value, and any `$[[...]]` block naming it
+   is dropped (R4); a required input without a value or default fails the job before it runs.
+   https://learn.microsoft.com/azure/machine-learning/how-to-manage-inputs-outputs-pipeline ("Define optional
+   inputs")
+R11 Reuse: with `is_deterministic: true` (the default) a node whose component, code snapshot, inputs and
+   settings match an earlier job's reuses that job's outputs instead of running; `settings.force_rerun: true`
+   disables it. Not executed here: every node runs, as with `force_rerun`.
+   https://learn.microsoft.com/azure/machine-learning/reference-yaml-component-command (`is_deterministic`),
+   https://learn.microsoft.com/azure/machine-learning/reference-yaml-job-pipeline (`settings.force_rerun`)
+R12 Schedules: `az ml schedule create` submits the schedule's `create_job` at each cron time in its time zone;
+   each submission is an independent pipeline job with the job file's inputs. Not executed here (the schedule
+   file is loaded and checked with azure-ai-ml's loader by the compile tests).
+   https://learn.microsoft.com/azure/machine-learning/how-to-schedule-pipeline-job,
+   https://learn.microsoft.com/azure/machine-learning/reference-yaml-schedule
+
+The image is this machine's project venv with the repository on PYTHONPATH, which is what every image in
+environments/ holds (`/opt/venv`, `PYTHONPATH=/app`): running each step inside the built images is not done here
+(it needs the images built), so a package an image lacks is not caught by this harness.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuneline.settings import TELEMETRY_VAR
+from tuneline.step.gate import SKIPPED, VALUE_FILE
+
+from .workspace_mlflow import WorkspaceMlflow
+
+_PARENT_INPUT = re.compile(r"^\$\{\{\s*parent\.inputs\.([A-Za-z0-9_]+)\s*\}\}$")
+_PARENT_OUTPUT = re.compile(r"^\$\{\{\s*parent\.jobs\.([A-Za-z0-9_]+)\.outputs\.([A-Za-z0-9_]+)\s*\}\}$")
+_OPTIONAL = re.compile(r"\$\[\[(.*?)\]\]", re.S)
+_PLACEHOLDER = re.compile(r"\$\{\{\s*(inputs|outputs)\.([A-Za-z0-9_]+)\s*\}\}")
+_DATASTORE_URI = re.compile(r"^azureml://datastores/([^/]+)/paths/(.+?)/?$")
+DEFAULT_DATASTORE = "workspaceblobstore"
+OUTPUT_MODES = ("rw_mount", "upload")
+DATA_TYPES = {"uri_file", "uri_folder", "custom_model", "mlflow_model", "mltable"}
+FILE_TYPES = {"uri_file"}
+
+
+class RuntimeRuleBroken(Exception):
+    """The compiled job asks for something Azure ML's runtime would not do, or a node failed."""
+
+
+@dataclass
+class NodeResult:
+    name: str
+    status: str                                  # succeeded | skipped | failed | killed
+    command: str = ""
+    outputs: dict[str, Path] = field(default_factory=dict)
+    output_types: dict[str, str] = field(default_factory=dict)
+    log: Path | None = None
+    duration_s: float = 0.0
+    exit_code: int | None = None
+    rw_mount_entries: list[str] = field(default_factory=list)
+
+
+# azure-ai-ml's private-preview switch; `az ml job create` users do not set it.
+PRIVATE_FEATURES_FLAG = "AZURE_ML_CLI_PRIVATE_FEATURES_ENABLED"
+
+
+def validate_offline(job_file: Path) -> None:
+    """azure-ai-ml's own loader and validator, exactly as `az ml job create` users run it (no preview flags)."""
+    if os.environ.get(PRIVATE_FEATURES_FLAG):
+        raise RuntimeRuleBroken(f"{PRIVATE_FEATURES_FLAG} is set; default output must validate without it")
+    logging.getLogger("azure.ai.ml").setLevel(logging.ERROR)  # "experimental class" notices, one per schema
+    from azure.ai.ml import load_job
+
+    result = load_job(str(job_file))._validate()
+    if not result.passed:
+        raise RuntimeRuleBroken(f"{job_file}: azure-ai-ml rejects the job: {result.error_messages}")
+
+
+def _order(jobs: dict[str, Any]) -> list[str]:
+    """R1: dependency order from the `${{parent.jobs...}}` bindings (ties in written order)."""
+    needs: dict[str, set[str]] = {}
+    for name, job in jobs.items():
+        refs = {m.group(1) for v in (job.get("inputs") or {}).values() if isinstance(v, str)
+                for m in [_PARENT_OUTPUT.match(v)] if m}
+        unknown = refs - set(jobs)
+        if unknown:
+            raise RuntimeRuleBroken(f"node '{name}' binds outputs of unknown node(s) {sorted(unknown)}")
+        needs[name] = refs
+    order: list[str] = []
+    while needs:
+        ready = [n for n in needs if not needs[n]]
+        if not ready:
+            raise RuntimeRuleBroken(f"cycle among nodes {sorted(needs)}")
+        order.append(ready[0])
+        del needs[ready[0]]
+        for deps in needs.values():
+            deps.discard(ready[0])
+    return order
+
+
+def _text(value: Any) -> str:
+    """R3: a primitive's literal text in the command (booleans as Azure ML's backend spells them)."""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    return str(value)
+
+
+def _mount(source: Path, kind: str, target: Path, where: str) -> Path:
+    """R2: a data input is a file (uri_file) or a folder (the rest); a copy stands for the read-only mount."""
+    if kind in FILE_TYPES and not source.is_file():
+        raise RuntimeRuleBroken(f"{where}: a uri_file input must be a file; {source} is not")
+    if kind not in FILE_TYPES and not source.is_dir():
+        raise RuntimeRuleBroken(f"{where}: a {kind} input must be a folder; {source} is not")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_file():
+        target.mkdir(exist_ok=True)
+        dest = target / source.name
+        shutil.copy2(source, dest)
+        return dest
+    shutil.copytree(source, target, symlinks=False)
+    return target
+
+
+class AzureMLRuntime:
+    def __init__(self, job_file: Path, work: Path, env: dict[str, str] | None = None,
+                 image_path: Path | None = None, datastores: Path | None = None,
+                 workspace: WorkspaceMlflow | None = None):
+        self.job_file = job_file.resolve()
+        self.job_dir = self.job_file.parent
+        self.work = work
+        self.datastores = datastores or work / "datastores"  # R8: they outlive every job
+        self.submissions = 0
+        self.job = yaml.safe_load(self.job_file.read_text())
+        self.env = env or {}
+        self.image_path = image_path  # what the images put on PYTHONPATH (the repository)
+        self.workspace = workspace  # R9: the MLflow endpoint whose variables every job gets
+        self.results: dict[str, NodeResult] = {}
+        self.preempted: dict[str, NodeResult] = {}
+
+    def _component(self, job: dict[str, Any]) -> tuple[dict[str, Any], Path]:
+        ref = job["component"]
+        if not isinstance(ref, str) or ref.startswith("azureml:"):
+            raise RuntimeRuleBroken(f"component {ref!r}: only local component files can run here")
+        path = (self.job_dir / ref).resolve()
+        return yaml.safe_load(path.read_text()), path.parent
+
+    def _pipeline_input(self, name: str) -> Any:
+        inputs = self.job.get("inputs") or {}
+        if name not in inputs:
+            raise RuntimeRuleBroken(f"${{{{parent.inputs.{name}}}}} is not a pipeline input")
+        return inputs[name]
+
+    def _resolve(self, node: str, name: str, binding: Any, kind: str, mounts: Path) -> Any:
+        where = f"node '{node}' input '{name}'"
+        if isinstance(binding, str):
+            match = _PARENT_INPUT.match(binding)
+            if match:
+                binding = self._pipeline_input(match.group(1))
+            else:
+                match = _PARENT_OUTPUT.match(binding)
+                if match:
+                    upstream = self.results[match.group(1)]
+                    if match.group(2) not in upstream.outputs:
+                        raise RuntimeRuleBroken(f"{where}: node '{match.group(1)}' has no output '{match.group(2)}'")
+                    if kind not in DATA_TYPES:
+                        raise RuntimeRuleBroken(f"{where}: a {kind} input cannot bind a node output (primitive "
+                                                f"outputs are not supported)")
+                    return str(_mount(upstream.outputs[match.group(2)], kind, mounts / name, where))
+        if isinstance(binding, dict) and "path" in binding:
+            if kind not in DATA_TYPES:
+                raise RuntimeRuleBroken(f"{where}: a {kind} input got a data path")
+            path = binding["path"]
+            if re.match(r"^[a-z][a-z0-9+.-]*:", path):
+                raise RuntimeRuleBroken(f"{where}: {path} is a remote URI; only local paths can be mounted here")
+            return str(_mount((self.job_dir / path).resolve(), kind, mounts / name, where))
+        if kind in DATA_TYPES:
+            raise RuntimeRuleBroken(f"{where}: a {kind} input got the literal {binding!r}")
+        return _text(binding)
+
+    def _render(self, template: str, inputs: dict[str, Any], outputs: dict[str, str]) -> str:
+        def keep(match: re.Match[str]) -> str:  # R4
+            names = [n for k, n in _PLACEHOLDER.findall(match.group(1)) if k == "inputs"]
+            return match.group(1) if all(inputs.get(n) is not None for n in names) else ""
+
+        def put(match: re.Match[str]) -> str:
+            kind, name = match.groups()
+            table = inputs if kind == "inputs" else outputs
+            if table.get(name) is None:
+                raise RuntimeRuleBroken(f"the command uses {kind}.{name}, which has no value")
+            return table[name]
+
+        return _PLACEHOLDER.sub(put, _OPTIONAL.sub(keep, template))
+
+    def _output_folder(self, node: str, output: str, binding: Any, default: Path) -> tuple[Path, str | None]:
+        """R5/R8: where an output is written, and its mode when it is bound to a datastore path."""
+        if binding is None:
+            return default, None
+        if not isinstance(binding, dict):
+            raise RuntimeRuleBroken(f"node '{node}' output '{output}': expected a mapping, got {binding!r}")
+        mode = binding.get("mode", "rw_mount")
+        if mode not in OUTPUT_MODES:
+            raise RuntimeRuleBroken(f"node '{node}' output '{output}': mode {mode!r} is not one of {OUTPUT_MODES}")
+        path = binding.get("path")
+        if path is None:
+            return default, mode
+        path = (path.replace("${{default_datastore}}", DEFAULT_DATASTORE).replace("${{output_name}}", output)
+                .replace("${{name}}", f"{self.job.get('display_name', 'pipeline')}-{node}-{self.submissions}"))
+        match = _DATASTORE_URI.match(path)
+        if not match or "${{" in path:
+            raise RuntimeRuleBroken(f"node '{node}' output '{output}': {binding['path']!r} is not an "
+                                    f"azureml://datastores/<name>/paths/<path> URI with known expressions")
+        return self.datastores / match.group(1) / match.group(2), mode
+
+    def _bind_inputs(self, name: str, job: dict[str, Any], component: dict[str, Any],
+                     mounts: Path) -> dict[str, Any]:
+        """Node `name`'s input values: bound, else the component's default; a missing required one is an error."""
+        bound = job.get("inputs") or {}
+        inputs: dict[str, Any] = {}
+        for input_name, spec in (component.get("inputs") or {}).items():
+            kind = spec["type"]
+            if input_name in bound:
+                inputs[input_name] = self._resolve(name, input_name, bound[input_name], kind, mounts)
+            elif "default" in spec:
+                inputs[input_name] = _text(spec["default"])
+            elif not spec.get("optional"):
+                raise RuntimeRuleBroken(f"node '{name}': required input '{input_name}' is not bound")
+        unknown = set(bound) - set(component.get("inputs") or {})
+        if unknown:
+            raise RuntimeRuleBroken(f"node '{name}': inputs {sorted(unknown)} are not the component's")
+        return inputs
+
+    def run_node(self, name: str, stop_when: Callable[[], bool] | None = None) -> NodeResult:
+        """Run one node as a job. `stop_when` stands for a preemption: polled while the job runs, and once it
+        is true the job's processes get SIGTERM (then SIGKILL after STOP_GRACE_S) and the result is `killed`."""
+        self.submissions += 1
+        job = self.job["jobs"][name]
+        if job.get("type") != "command":
+            raise RuntimeRuleBroken(f"node '{name}' is a {job.get('type')!r} node; only command nodes run here")
+        component, component_dir = self._component(job)
+        folder = self.work / "jobs" / name
+        mounts, outs = folder / "inputs", folder / "outputs"
+        shutil.rmtree(folder, ignore_errors=True)
+        outs.mkdir(parents=True)
+        inputs = self._bind_inputs(name, job, component, mounts)
+        result = NodeResult(name=name, status="failed")
+        outputs: dict[str, str] = {}
+        bound_outputs = job.get("outputs") or {}
+        unknown = set(bound_outputs) - set(component.get("outputs") or {})
+        if unknown:
+            raise RuntimeRuleBroken(f"node '{name}': outputs {sorted(unknown)} are not the component's")
+        uploads: dict[Path, Path] = {}
+        for output_name, spec in (component.get("outputs") or {}).items():  # R5
+            kind = spec["type"]
+            if kind not in DATA_TYPES:
+                raise RuntimeRuleBroken(f"node '{name}': output '{output_name}' is {kind}: primitive outputs "
+                                        f"are not supported for command components")
+            folder_out, mode = self._output_folder(name, output_name, bound_outputs.get(output_name),
+                                                   outs / output_name)
+            if mode == "upload" and folder_out != outs / output_name:
+                uploads[outs / output_name] = folder_out
+                folder_out = outs / output_name
+            folder_out.mkdir(parents=True, exist_ok=True)  # R8: a datastore folder keeps what is there
+            path = folder_out / output_name if kind in FILE_TYPES else folder_out
+            outputs[output_name] = str(path)
+            result.outputs[output_name] = path
+            result.output_types[output_name] = kind
+        result.command = self._render(component["command"], inputs, outputs)
+        code = (component_dir / component.get("code", ".")).resolve()  # R6
+        env = dict(os.environ)
+        env.update({k: str(v) for k, v in (job.get("environment_variables") or {}).items()})
+        env.update(self.env)
+        if self.workspace is not None:  # R9: the runtime's values replace the host's and the job's
+            env = {k: v for k, v in env.items()
+                   if not k.startswith(("MLFLOW_", "AZUREML_")) or k == TELEMETRY_VAR}
+            experiment = self.job.get("experiment_name") or self.job.get("display_name") or "Default"
+            env.update(self.workspace.job_env(*self.workspace.job_run(experiment, name)))
+        if self.image_path is not None:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.image_path), env.get("PYTHONPATH")) if p)
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        result.log = folder / "log.txt"
+        timeout = (job.get("limits") or {}).get("timeout")
+        started = time.time()
+        with result.log.open("wb") as log:
+            log.write(f"$ {result.command}\n".encode())
+            log.flush()
+            process = subprocess.Popen(["bash", "-c", result.command], cwd=code, env=env, stdout=log,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            killed = _wait(process, timeout, stop_when)
+        result.duration_s = time.time() - started
+        result.exit_code = process.returncode
+        if killed:
+            result.status = "killed"
+            return result
+        for staged, target in uploads.items():  # R8 upload: copied when the job ends
+            shutil.copytree(staged, target, dirs_exist_ok=True)
+            result.outputs = {k: (target if v == staged else v) for k, v in result.outputs.items()}
+        if process.returncode != 0:  # R7
+            tail = result.log.read_text(errors="replace")[-2000:]
+            raise RuntimeRuleBroken(f"node '{name}' exited with code {process.returncode}:\n{tail}")
+        for output_name, path in result.outputs.items():
+            if result.output_types[output_name] in FILE_TYPES and not path.is_file():
+                raise RuntimeRuleBroken(f"node '{name}': uri_file output '{output_name}' was not written")
+        result.status = "skipped" if SKIPPED in result.log.read_text(errors="replace") else "succeeded"
+        return result
+
+    def rw_mounted(self, name: str) -> list[Path]:
+        """R8: the datastore folders node `name` mounts read-write at a `path:`."""
+        folders = []
+        for output, binding in (self.job["jobs"][name].get("outputs") or {}).items():
+            if isinstance(binding, dict) and binding.get("path") and binding.get("mode", "rw_mount") == "rw_mount":
+                folders.append(self._output_folder(name, output, binding, Path())[0])
+        return folders
+
+    def rw_mount_entries(self, name: str) -> list[str]:
+        """The (non-hidden) names two levels down node `name`'s rw_mount outputs: `<folder>/<subfolder>/<entry>`."""
+        return sorted(p.name for f in self.rw_mounted(name) if f.is_dir() for sub in f.iterdir() if sub.is_dir()
+                      for p in sub.iterdir() if not p.name.startswith("."))
+
+    def wrote_to_rw_mount(self, name: str) -> Callable[[], bool]:
+        """True once the running job has written an entry two levels down a rw_mount output."""
+        return lambda: bool(self.rw_mount_entries(name))
+
+    def run(self, preempt: Collection[str] = ()) -> dict[str, NodeResult]:
+        """Every node in order. A node in `preempt` is first killed as a preempted job is, once it has written to
+        a rw_mount output (its first checkpoint), then submitted again: `preempted[name]` keeps the killed one."""
+        validate_offline(self.job_file)
+        for name in _order(self.job["jobs"]):
+            if name in preempt:
+                if not self.rw_mounted(name):
+                    raise RuntimeRuleBroken(f"node '{name}' has no rw_mount output at a path to resume from")
+                killed = self.run_node(name, stop_when=self.wrote_to_rw_mount(name))
+                if killed.status != "killed":
+                    raise RuntimeRuleBroken(f"node '{name}' finished before it wrote to its rw_mount output")
+                killed.rw_mount_entries = self.rw_mount_entries(name)  # what survived the kill
+                self.preempted[name] = killed
+            self.results[name] = self.run_node(name)
+        return self.results
+
+
+STOP_GRACE_S = 30  # Kubernetes' default termination grace period; an Azure spot eviction gives >= 30 s notice
+
+
+def _wait(process: subprocess.Popen[bytes], timeout: float | None, stop_when: Callable[[], bool] | None) -> bool:
+    """Wait for the job's shell; True when `stop_when` fired and the job was stopped as a preempted one is."""
+    deadline = None if timeout is None else time.time() + timeout
+    while process.poll() is None:
+        if stop_when is not None and stop_when():
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            return True
+        if deadline is not None and time.time() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise RuntimeRuleBroken(f"job exceeded limits.timeout {timeout}s")
+        time.sleep(0.1)
+    return False
+
+
+def value_of(result: NodeResult, output: str) -> Path:
+    """Where a value output's text is: the `value` file in its folder (there are no primitive outputs, R3)."""
+    return result.outputs[output] / VALUE_FILE
