@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from tuneline import settings  # noqa: E402
 from tuneline.llm.ml.models import SUMMARY_FILE  # noqa: E402
-from tuneline.runner.record import list_runs  # noqa: E402
+from tuneline.targets.local.record import list_runs  # noqa: E402
 
 
 def tuneline(*args: str) -> None:

@@ -114,7 +114,7 @@ def test_a_wheel_install_resolves_the_shipped_components(user, tmp_path: Path):
 
 def test_a_repository_without_a_price_table_gets_no_cost_line(tmp_path: Path):
     from tuneline.ops.cost.comparison import cost_comparison
-    from tuneline.runner import record as rec
+    from tuneline.targets.local import record as rec
 
     (tmp_path / "components").mkdir()
     (tmp_path / "pipelines").mkdir()

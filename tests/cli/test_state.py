@@ -49,8 +49,8 @@ def test_a_missing_file_names_the_folder_it_was_looked_for_in_without_a_log_line
 
 
 def test_a_step_that_fails_before_starting_prints_no_log_line(tmp_path: Path, capsys):
-    from tuneline.runner import record as rec
-    from tuneline.runner.report import print_report
+    from tuneline.targets.local import record as rec
+    from tuneline.targets.local.report import print_report
 
     record = rec.RunRecord(run_id="r1", pipeline="p", pipeline_path="p.yaml", folder=str(tmp_path), params={},
                            order=["prepare"], tuneline_version="0",

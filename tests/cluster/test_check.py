@@ -206,7 +206,7 @@ def test_azureml_submission_with_an_object_store_dataset_or_unregistered_environ
 def test_azureml_environments_resolve_in_the_control_image(project, capsys, monkeypatch):
     """The Azure ML retrain-check job compiles in the control image, which has no environments/ folder: an
     environment name that resolves only from that folder is caught."""
-    from tuneline.compile import azureml
+    from tuneline.targets import azureml
 
     monkeypatch.setattr(azureml, "component_environment", lambda options, name: f"azureml:{name}@latest")
     assert _check() == 2
@@ -258,8 +258,8 @@ def test_a_pod_reading_a_csi_mirror_it_does_not_mount_is_refused(project, capsys
 
 
 def test_a_submit_path_that_compiles_the_checks_own_values_again_is_caught(project, capsys, monkeypatch):
-    """The bug itself, back in tuneline.submit: the CronJob's --set of its mounted data compiled into the run."""
-    from tuneline import submit
+    """The bug itself, back in tuneline.targets.submit: the CronJob's --set of its mounted data compiled into the run."""
+    from tuneline.targets import submit
 
     monkeypatch.setattr(submit, "submission_values", lambda target, sets, run_params: (dict(sets), dict(run_params)))
     assert _check() == 2
@@ -284,8 +284,8 @@ def test_the_retrain_check_jobs_own_environment_must_be_registered(project, caps
 def test_an_azureml_distributed_step_starts_one_process_per_gpu_of_its_vm_size(tmp_path):
     """finetune-multinode ran 4 processes per Standard_ND96asr_v4 node, which has 8 A100s: half of them idle."""
     from tuneline.cluster.check import azureml_compute_problems
-    from tuneline.compile.build import compile_graph
-    from tuneline.compile.options import CompileOptions
+    from tuneline.targets.build import compile_graph
+    from tuneline.targets.options import CompileOptions
     from tuneline.graph import build_graph
     from tuneline.spec import load_pipeline
 

@@ -3,8 +3,8 @@ import os
 import pytest
 from readback import TOY, TOY_MULTINODE
 
-from tuneline.compile.build import TARGETS, compile_file
-from tuneline.compile.options import CompileOptions
+from tuneline.targets.build import TARGETS, compile_file
+from tuneline.targets.options import CompileOptions
 
 # The compiled Azure ML jobs must validate as `az ml job create` users validate them: no private-preview flag.
 assert "AZURE_ML_CLI_PRIVATE_FEATURES_ENABLED" not in os.environ

@@ -37,8 +37,8 @@ def normalise(text: str, file: Path) -> str:
 
 
 def compile_to(pipeline: Path, folder: Path) -> list[Path]:
-    from tuneline.compile.build import TARGETS, compile_graph
-    from tuneline.compile.options import CompileOptions
+    from tuneline.targets.build import TARGETS, compile_graph
+    from tuneline.targets.options import CompileOptions
     from tuneline.graph import build_graph
     from tuneline.spec import load_pipeline
 
@@ -49,7 +49,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     if GOLDEN.exists():
         shutil.rmtree(GOLDEN)
-    from tuneline.compile import CompileError
+    from tuneline.targets import CompileError
     from tuneline.spec import SpecError
 
     failed = 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from tuneline.compile.kfp import FINGERPRINT_PREFIX
+from tuneline.targets.kfp.compiler import FINGERPRINT_PREFIX
 from tuneline.step.gate import GATE_INPUT
 
 FIXTURES = Path(__file__).parent / "fixtures" / "project"

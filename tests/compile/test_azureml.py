@@ -10,11 +10,11 @@ from azure.ai.ml.constants import TimeZone
 from azure.ai.ml.entities._load_functions import load_schedule
 from readback import FIXTURES, TOY, variant
 
-from tuneline.compile import CompileError
-from tuneline.compile.azureml import cluster_conflicts
-from tuneline.compile.build import compile_graph
-from tuneline.compile.options import CompileOptions
-from tuneline.compile.schedule import WINDOWS_TIME_ZONES
+from tuneline.targets import CompileError
+from tuneline.targets.azureml.compiler import cluster_conflicts
+from tuneline.targets.build import compile_graph
+from tuneline.targets.options import CompileOptions
+from tuneline.targets.schedule import WINDOWS_TIME_ZONES
 from tuneline.graph import build_graph
 from tuneline.spec import load_pipeline
 

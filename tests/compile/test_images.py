@@ -3,10 +3,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tuneline.compile import CompileError
-from tuneline.compile.build import compile_graph
-from tuneline.compile.images import check_environments, load_image_lock, resolve_images
-from tuneline.compile.options import CompileOptions
+from tuneline.targets import CompileError
+from tuneline.targets.build import compile_graph
+from tuneline.targets.images import check_environments, load_image_lock, resolve_images
+from tuneline.targets.options import CompileOptions
 from tuneline.graph import build_graph
 from tuneline.spec import load_pipeline
 from tuneline.spec.models import Images

@@ -8,8 +8,8 @@ from kfp.kubernetes import kubernetes_executor_config_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
 from readback import TOY, TOY_MULTINODE, kfp_documents, variant
 
-from tuneline.compile.build import compile_graph
-from tuneline.compile.options import CompileOptions
+from tuneline.targets.build import compile_graph
+from tuneline.targets.options import CompileOptions
 from tuneline.graph import build_graph
 from tuneline.spec import SpecError, load_pipeline
 
@@ -138,7 +138,7 @@ def test_multinode_step_becomes_a_trainjob_launcher(compiled):
     folder = compiled["toy-multinode"] / "kfp"
     spec, platform = kfp_documents(folder / "pipeline.yaml")
     container, k8s = _executor(spec, platform, "fit")
-    assert _step_command(container)[:3] == ["python", "-m", "tuneline.compile.launch"]
+    assert _step_command(container)[:3] == ["python", "-m", "tuneline.targets.kfp.launch"]
     # The launcher needs the `kubernetes` client: it runs in the control image, the job in the step's own.
     assert container["image"] == "registry.example.com/toy/control:1.4.0"
     assert "accelerator" not in container.get("resources", {})  # the launcher pod only waits
@@ -153,8 +153,8 @@ def test_multinode_step_becomes_a_trainjob_launcher(compiled):
     trainer = manifest["spec"]["trainer"]
     assert trainer["image"] == "registry.example.com/toy/toy-gpu:1.4.0"
     assert (trainer["numNodes"], trainer["numProcPerNode"]) == (2, 4)
-    # Behind the wrapper that stops the job when its launcher is gone (tuneline.compile.watch).
-    assert trainer["command"][:5] == ["python", "-m", "tuneline.compile.watch", "--heartbeat",
+    # Behind the wrapper that stops the job when its launcher is gone (tuneline.targets.kfp.watch).
+    assert trainer["command"][:5] == ["python", "-m", "tuneline.targets.kfp.watch", "--heartbeat",
                                       "/mnt/checkpoints/$(TUNELINE_RUN_ID)/fit/launcher-heartbeat"]
     job_command = trainer["command"][trainer["command"].index("--") + 1:]
     assert job_command[:4] == ["torchrun", "--nnodes=2", "--nproc-per-node=4", "-m"]
@@ -231,7 +231,7 @@ def test_steps_that_load_a_model_share_a_hub_cache_and_get_the_hub_token(tmp_pat
     and with --hf-secret get HF_TOKEN for gated models; prepare loads none and gets neither."""
     from pathlib import Path
 
-    from tuneline.compile.build import compile_file
+    from tuneline.targets.build import compile_file
 
     root = Path(__file__).resolve().parents[2] / "pipelines"
     options = CompileOptions(hf_secret="hf-login")

@@ -18,11 +18,11 @@ from tools.conformance.kfp_backend import (
     resolve_argv,
     versions_markdown,
 )
-from tuneline.compile.build import compile_graph
-from tuneline.compile.kfp import FINGERPRINT_PREFIX, OBJECT_STORE_PREFIXES
-from tuneline.compile.launch import LAUNCH_MODULE, parse_args
-from tuneline.compile.options import DEFAULT_KFP_PIPELINE_ROOT, CompileOptions
-from tuneline.compile.placement import CHECKPOINT_MOUNT
+from tuneline.targets.build import compile_graph
+from tuneline.targets.kfp.compiler import FINGERPRINT_PREFIX, OBJECT_STORE_PREFIXES
+from tuneline.targets.kfp.launch import LAUNCH_MODULE, parse_args
+from tuneline.targets.options import DEFAULT_KFP_PIPELINE_ROOT, CompileOptions
+from tuneline.targets.placement import CHECKPOINT_MOUNT
 from tuneline.graph import build_graph
 from tuneline.spec import OutputRef, SpecError, load_pipeline
 from tuneline.step.command import render_command
@@ -157,7 +157,7 @@ def test_k5_k7_gpu_train_step_asks_for_its_gpu_tolerates_spot_and_retries(ir):
             assert ("kubernetes.azure.com/scalesetpriority", "spot") in {(t["key"], t.get("value"))
                                                                          for t in k8s["tolerations"]}
         else:  # a multi-node step: the launcher pod waits; the job's pods carry the GPUs
-            assert "tuneline.compile.launch" in container["command"]
+            assert "tuneline.targets.kfp.launch" in container["command"]
 
 
 def test_k6_caching_is_on_for_cacheable_steps_and_off_for_live_state(ir):

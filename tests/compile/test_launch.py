@@ -35,31 +35,13 @@ from kubernetes_validate import validate
 from readback import TOY_MULTINODE, variant
 
 from tuneline.cluster.check import launcher_problems, rendered_objects
-from tuneline.compile.build import compile_graph
-from tuneline.compile.jobpod import DNS_1035, dns_1035
-from tuneline.compile.launch import (
-    MIN_TRAINER,
-    PERMISSIONS,
-    PYTORCHJOB,
-    RUN_LABEL,
-    TRAINJOB,
-    Cluster,
-    Heartbeat,
-    JobApiError,
-    collect_outputs,
-    job_body,
-    job_kind,
-    job_name,
-    job_state,
-    launcher_spec,
-    on_sigterm,
-    parse_args,
-    remove_stage,
-    run_job,
-    stage_inputs,
-)
-from tuneline.compile.options import CompileOptions
-from tuneline.compile.trainjob import pod_template_of
+from tuneline.targets.build import compile_graph
+from tuneline.targets.kfp.jobpod import DNS_1035, dns_1035
+from tuneline.targets.kfp.launch import (MIN_TRAINER, PERMISSIONS, PYTORCHJOB, RUN_LABEL, TRAINJOB, Cluster,
+    Heartbeat, JobApiError, collect_outputs, job_body, job_kind, job_name, job_state, launcher_spec, on_sigterm,
+    parse_args, remove_stage, run_job, stage_inputs)
+from tuneline.targets.options import CompileOptions
+from tuneline.targets.kfp.trainjob import pod_template_of
 from tuneline.graph import build_graph
 from tuneline.spec import load_pipeline
 
@@ -195,7 +177,7 @@ def test_launcher_stages_inputs_renders_the_trainjob_and_collects_outputs(trainj
                                                     "uid": "uid-2"}]
     trainer = body["spec"]["trainer"]
     assert trainer["command"] == [
-        "python", "-m", "tuneline.compile.watch", "--heartbeat", f"{stage}/launcher-heartbeat", "--",
+        "python", "-m", "tuneline.targets.kfp.watch", "--heartbeat", f"{stage}/launcher-heartbeat", "--",
         "torchrun", "--nnodes=2", "--nproc-per-node=4", "-m", "components.fit", "--train",
         f"{stage}/inputs/train", "--rows", "120", "--lr", "0.002", "--model-out", f"{stage}/outputs/model",
         "--checkpoints", f"{stage}/outputs/checkpoints"]
@@ -236,7 +218,7 @@ def test_the_pytorchjob_pods_are_valid_pod_templates(pytorchjob_file, tmp_path, 
     assert job_kind(body) is PYTORCHJOB
     for replica in body["spec"]["pytorchReplicaSpecs"].values():
         command = replica["template"]["spec"]["containers"][0]["command"]
-        assert command[:3] == ["python", "-m", "tuneline.compile.watch"]
+        assert command[:3] == ["python", "-m", "tuneline.targets.kfp.watch"]
         assert command[command.index("--") + 1:][:2] == ["torchrun", "--nnodes=2"]
         validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "fit"},
                   "template": replica["template"]}, "1.31", strict=True)
@@ -410,7 +392,7 @@ def test_the_role_in_k8s_grants_the_launcher_its_calls_and_no_token_means_no_lau
 
 
 def test_the_launcher_image_has_the_kubernetes_client():
-    from tuneline.compile.kfp import LAUNCHER_ENVIRONMENT
+    from tuneline.targets.kfp.compiler import LAUNCHER_ENVIRONMENT
 
     requirements = (REPO / "environments" / LAUNCHER_ENVIRONMENT / "requirements.txt").read_text().splitlines()
     assert any(line.startswith("kubernetes==") for line in requirements)
@@ -505,7 +487,7 @@ def _watch(tmp_path: Path, stale: float, script: str) -> tuple[int, float, str]:
         {script}
     """)
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "tuneline.compile.watch", "--heartbeat", str(heartbeat),
+    proc = subprocess.run([sys.executable, "-m", "tuneline.targets.kfp.watch", "--heartbeat", str(heartbeat),
                            "--stale", str(stale), "--poll", "0.1", "--", sys.executable, "-c", child],
                           cwd=REPO, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -514,7 +496,7 @@ def _watch(tmp_path: Path, stale: float, script: str) -> tuple[int, float, str]:
 
 def test_a_job_pod_stops_its_command_when_the_launcher_heartbeat_stops(tmp_path):
     """No launcher beats: the wrapper SIGTERMs the command (which checkpoints) after --stale seconds."""
-    from tuneline.compile.watch import STOPPED
+    from tuneline.targets.kfp.watch import STOPPED
 
     code, took, marker = _watch(tmp_path, 1, "time.sleep(60)")
     assert code == STOPPED and marker == "checkpointed" and took < 20
@@ -523,7 +505,7 @@ def test_a_job_pod_stops_its_command_when_the_launcher_heartbeat_stops(tmp_path)
 def test_a_restarted_job_pod_does_not_wait_again_once_the_launcher_was_found_gone(tmp_path):
     """The Job restarts a pod that exited (backoffLimit 6 by default): the second start must not hold the GPUs for
     another --stale period, and a new launcher clears the marker so its own job can run."""
-    from tuneline.compile.watch import GONE_FILE, STOPPED
+    from tuneline.targets.kfp.watch import GONE_FILE, STOPPED
 
     code, _, _ = _watch(tmp_path, 1, "time.sleep(60)")
     assert code == STOPPED and (tmp_path / GONE_FILE).exists()

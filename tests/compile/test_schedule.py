@@ -1,7 +1,7 @@
 import pytest
 
-from tuneline.compile import CompileError
-from tuneline.compile.schedule import azureml_schedule, kfp_cron, kfp_recurring_run
+from tuneline.targets import CompileError
+from tuneline.targets.schedule import azureml_schedule, kfp_cron, kfp_recurring_run
 from tuneline.spec.models import Schedule
 
 

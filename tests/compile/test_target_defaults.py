@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tuneline.compile.build import compile_graph
-from tuneline.compile.options import CompileOptions
+from tuneline.targets.build import compile_graph
+from tuneline.targets.options import CompileOptions
 from tuneline.graph import build_graph
 from tuneline.spec import SpecError, load_pipeline
 

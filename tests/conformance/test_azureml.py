@@ -26,8 +26,8 @@ def test_toy_pipeline_matches_local_with_the_gate_open_and_closed(tmp_path, caps
 
 
 def _compiled(tmp_path: Path) -> Path:
-    from tuneline.compile.build import compile_file
-    from tuneline.compile.options import CompileOptions
+    from tuneline.targets.build import compile_file
+    from tuneline.targets.options import CompileOptions
 
     return compile_file(TOY, ("azureml",), tmp_path / "c", CompileOptions()).folder / "azureml" / "pipeline_job.yml"
 
@@ -108,8 +108,8 @@ def workspace(tmp_path_factory):
 
 def _tracked_job(tmp_path: Path, plain_mlflow: bool) -> Path:
     """The toy `gen -> track` job, its track node bound to `plain_mlflow` and setting a tracking URI of its own."""
-    from tuneline.compile.build import compile_file
-    from tuneline.compile.options import CompileOptions
+    from tuneline.targets.build import compile_file
+    from tuneline.targets.options import CompileOptions
 
     folder = compile_file(TRACKED, ("azureml",), tmp_path / "c", CompileOptions()).folder
     job_file = folder / "azureml" / "pipeline_job.yml"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tools.conformance.kfp_resume import IMAGE_REGISTRY, ResumeBroken, TaskRun, _local_runs, cpu_image
-from tuneline.compile.build import compile_graph
-from tuneline.compile.options import CompileOptions
+from tuneline.targets.build import compile_graph
+from tuneline.targets.options import CompileOptions
 from tuneline.graph import build_graph
 from tuneline.spec import load_pipeline
 

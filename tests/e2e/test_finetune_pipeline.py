@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tuneline.cli.main import main
-from tuneline.runner.record import find_run
+from tuneline.targets.local.record import find_run
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 from tests.support.tickets import write_splits
 from tuneline.llm.ml.checkpoint import latest
-from tuneline.runner.record import find_run
+from tuneline.targets.local.record import find_run
 
 REPO = Path(__file__).resolve().parents[2]
 # Long enough that the Ctrl-C sent after the step-2 checkpoint lands before the last step: a step of the tiny

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneline.runner.record import find_run
+from tuneline.targets.local.record import find_run
 
 
 def run_record(toy: Path, run_id: str = "latest") -> dict:

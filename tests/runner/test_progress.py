@@ -7,8 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from tuneline.runner import record as rec
-from tuneline.runner.progress import Progress, describe
+from tuneline.targets.local import record as rec
+from tuneline.targets.local.progress import Progress, describe
 from tuneline.step.progress import ENV, StepProgress, read_latest, report
 
 

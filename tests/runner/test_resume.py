@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.runner.test_local import run_record, statuses
-from tuneline.runner.resume import STORES_FOLDER, open_stores
+from tuneline.targets.local.resume import STORES_FOLDER, open_stores
 
 STEPS = 6
 LINES = 5
@@ -97,7 +97,7 @@ def test_no_cache_discards_an_earlier_attempts_store(toy, cli):
 
 
 def test_a_store_in_use_is_refused_to_a_second_run(toy):
-    from tuneline.runner.resume import StoreBusy
+    from tuneline.targets.local.resume import StoreBusy
 
     held = open_stores(toy / ".tuneline", "a" * 64, ["checkpoints"], fresh=False)
     with pytest.raises(StoreBusy, match="in use by another run"):

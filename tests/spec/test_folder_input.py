@@ -10,8 +10,8 @@ import pytest
 import yaml
 from azure.ai.ml import load_component, load_job
 
-from tuneline.compile.build import compile_graph
-from tuneline.compile.options import CompileOptions
+from tuneline.targets.build import compile_graph
+from tuneline.targets.options import CompileOptions
 from tuneline.graph import build_graph
 from tuneline.spec import SpecError, load_pipeline
 from tuneline.spec.models import IOType

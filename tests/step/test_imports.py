@@ -48,4 +48,4 @@ def test_a_component_s_shared_tuneline_modules_are_found():
     repo = Path(__file__).resolve().parents[2]
     found = {p.relative_to(repo).as_posix() for p in shared_code(repo / "components" / "prepare")}
     assert {"tuneline/step/args.py", "tuneline/llm/data/records.py", "tuneline/spec/models.py"} <= found
-    assert "tuneline/compile/kfp.py" not in found
+    assert "tuneline/targets/kfp/compiler.py" not in found

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneline import settings
-from tuneline.compile.build import compile_graph
-from tuneline.compile.options import CompileOptions
+from tuneline.targets.build import compile_graph
+from tuneline.targets.options import CompileOptions
 from tuneline.graph import PipelineGraph, build_graph
-from tuneline.runner import record as rec
-from tuneline.runner.local import LocalRunner, RunOptions, read_value_output
+from tuneline.targets.local import record as rec
+from tuneline.targets.local.local import LocalRunner, RunOptions, read_value_output
 from tuneline.spec import SpecError, load_pipeline
 from tuneline.spec.load import parse_set_pairs
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from tuneline.graph import PipelineGraph
-from tuneline.runner import record as rec
-from tuneline.runner.local import read_value_output
+from tuneline.targets.local import record as rec
+from tuneline.targets.local.local import read_value_output
 from tuneline.spec.load import Component
 from tuneline.step.digest import file_sha256, path_sha256, tree_files
 

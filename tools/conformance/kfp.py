@@ -83,8 +83,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneline.compile.build import compile_graph
-from tuneline.compile.options import CompileOptions
+from tuneline.targets.build import compile_graph
+from tuneline.targets.options import CompileOptions
 from tuneline.graph import PipelineGraph
 from tuneline.spec import Literal, ParamRef
 from tuneline.step.digest import path_sha256

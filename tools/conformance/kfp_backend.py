@@ -17,7 +17,7 @@ in kubeflow/pipelines at the tags that table names:
   of parameters (backend/src/v2/driver/util.go, `resolveContainerArgs`), from the executor input *without*
   defaults (backend/src/v2/driver/resolve.go leaves them to the launcher), and fails the task on a parameter it
   does not have: "parameter %q not found in executor input". An unbound optional input is absent from the
-  executor input on every version; the compiler never leaves one in a command (tuneline.compile.kfp).
+  executor input on every version; the compiler never leaves one in a command (tuneline.targets.kfp.compiler).
 - Platform spec. Each executor's KubernetesExecutorConfig is parsed twice. The API server parses it strictly, in
   every version, when it compiles the run's Argo workflow (plain protojson.Unmarshal in
   backend/src/v2/compiler/argocompiler/container.go): an unknown field refuses the run at submission. The driver

@@ -42,11 +42,11 @@ from typing import Any
 
 import yaml
 
-from tuneline.compile.build import compile_graph
-from tuneline.compile.options import CompileOptions
+from tuneline.targets.build import compile_graph
+from tuneline.targets.options import CompileOptions
 from tuneline.graph import PipelineGraph, build_graph
-from tuneline.runner import record as rec
-from tuneline.runner.local import LocalRunner, RunOptions
+from tuneline.targets.local import record as rec
+from tuneline.targets.local.local import LocalRunner, RunOptions
 from tuneline.spec import OutputRef, SpecError, load_pipeline
 from tuneline.spec.load import parse_set_pairs
 

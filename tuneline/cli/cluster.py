@@ -25,8 +25,8 @@ from ..cluster.check import (
     rendered_objects,
 )
 from ..cluster.reads import KFP_NAMESPACE, docs_created
-from ..compile import CompileError
-from ..compile.options import DEFAULT_KFP_SERVICE_ACCOUNT
+from ..targets import CompileError
+from ..targets.options import DEFAULT_KFP_SERVICE_ACCOUNT
 from ..spec import SpecError
 
 

@@ -11,16 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..compile import CompileError
-from ..compile.build import TARGETS, compile_file
-from ..compile.options import (
-    DEFAULT_AZUREML_COMPUTE,
-    DEFAULT_CHECKPOINT_PVC,
-    DEFAULT_KFP_PIPELINE_ROOT,
-    DEFAULT_MLFLOW_CONFIG_MAP,
-    DEFAULT_MLFLOW_SECRET,
-    CompileOptions,
-)
+from ..targets import CompileError
+from ..targets.build import TARGETS, compile_file
+from ..targets.options import (DEFAULT_AZUREML_COMPUTE, DEFAULT_CHECKPOINT_PVC, DEFAULT_KFP_PIPELINE_ROOT,
+    DEFAULT_MLFLOW_CONFIG_MAP, DEFAULT_MLFLOW_SECRET, CompileOptions)
 from ..settings import CHECKPOINT_MOUNT
 from ..spec import SpecError
 from ..spec.load import parse_set_pairs
@@ -29,7 +23,7 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 
 def _options(args: argparse.Namespace) -> CompileOptions:
-    from ..compile.images import load_image_lock
+    from ..targets.images import load_image_lock
 
     return CompileOptions(image_registry=args.image_registry, image_tag=args.image_tag, production=args.production,
                           image_lock=load_image_lock(Path(args.images)) if args.images else None,
@@ -69,7 +63,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from .. import submit
+    from ..targets import submit
 
     given = parse_set_pairs(args.param)
     # A run argument is a pipeline parameter; a step's input is a constant of the compiled pipeline (KFP's

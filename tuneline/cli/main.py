@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..runner.report import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
+from ..targets.local.report import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
 from ..spec import SpecError, load_component, load_pipeline
 from ..spec.load import parse_set_pairs
 
@@ -96,8 +96,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from ..graph import build_graph
     from ..ops.cost.comparison import cost_comparison
-    from ..runner.local import RunOptions, StepFailed
-    from ..runner.report import exit_code, run_and_report
+    from ..targets.local.local import RunOptions, StepFailed
+    from ..targets.local.report import exit_code, run_and_report
     from .preflight import check
 
     try:
@@ -113,7 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(home=home, no_cache=args.no_cache, from_step=args.from_step, only_step=args.only)
     graph = build_graph(pipeline)
     if args.dry_run:
-        from ..runner.plan import plan, render
+        from ..targets.local.plan import plan, render
 
         for flag, name in (("--from", args.from_step), ("--only", args.only)):
             if name is not None and name not in graph.nodes:
@@ -141,7 +141,7 @@ def _no_runs(home: Path) -> str:
 
 
 def cmd_runs_list(args: argparse.Namespace) -> int:
-    from ..runner.record import list_runs
+    from ..targets.local.record import list_runs
 
     home = _project_home(args.home)
     runs = list_runs(home / "runs")[-args.limit:]
@@ -163,7 +163,7 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
 
 
 def _find_run(home_flag: str | None, run_id: str) -> dict | None:
-    from ..runner.record import find_run
+    from ..targets.local.record import find_run
 
     home = _project_home(home_flag)
     run = find_run(home / "runs", run_id)
@@ -174,7 +174,7 @@ def _find_run(home_flag: str | None, run_id: str) -> dict | None:
 
 
 def _reported(progress: dict, finished: bool) -> str:
-    from ..runner.progress import describe
+    from ..targets.local.progress import describe
     from ..step.progress import StepProgress
 
     return describe(StepProgress(progress["current"], progress["total"], progress["unit"], progress["metrics"]),
@@ -247,7 +247,7 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_gc(args: argparse.Namespace) -> int:
-    from ..runner.gc import collect
+    from ..targets.local.gc import collect
 
     home = _project_home(args.home)
     print(collect(home, keep=args.keep, dry_run=args.dry_run).render())

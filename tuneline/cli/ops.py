@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..compile.options import DEFAULT_MLFLOW_SECRET
+from ..targets.options import DEFAULT_MLFLOW_SECRET
 from ..spec.load import parse_set_pairs
 
 EXIT_NO_RETRAIN, EXIT_RETRAIN, EXIT_RUN_FAILED, EXIT_INVALID = 0, 10, 11, 2
@@ -107,8 +107,8 @@ def _retrain(pipeline, home: Path, args: argparse.Namespace, decision) -> dict:
     """Run the pipeline through the runner's API; the record it returns says which run it was."""
     from ..graph import build_graph
     from ..ops.cost.comparison import cost_comparison
-    from ..runner.local import RunOptions, StepFailed
-    from ..runner.report import exit_code, run_and_report
+    from ..targets.local.local import RunOptions, StepFailed
+    from ..targets.local.report import exit_code, run_and_report
 
     out = sys.stderr if args.json else sys.stdout  # with --json, stdout stays a single JSON document
     print(decision.render(), file=out, flush=True)
@@ -122,7 +122,7 @@ def _retrain(pipeline, home: Path, args: argparse.Namespace, decision) -> dict:
 
 
 def _submit_settings(args: argparse.Namespace):
-    from .. import submit
+    from ..targets import submit
 
     return submit.SubmitSettings(
         kfp_host=args.kfp_host or os.environ.get("KF_PIPELINES_ENDPOINT"),
@@ -139,7 +139,7 @@ def _submit_settings(args: argparse.Namespace):
 
 def _run_state(args: argparse.Namespace):
     """How the check asks the platform whether a submitted run failed (see triggers.tracking.last_submission)."""
-    from .. import submit
+    from ..targets import submit
 
     settings = _submit_settings(args)
     return lambda run_id: submit.run_state(args.submit, run_id, settings)
@@ -147,7 +147,7 @@ def _run_state(args: argparse.Namespace):
 
 def _submit(args: argparse.Namespace, pipeline, home: Path) -> dict:
     """Compile and submit the pipeline to KFP or Azure ML; the run record `trigger check` reports and logs."""
-    from .. import submit
+    from ..targets import submit
 
     where = _submit_settings(args)
     print(f"submitting a pipeline run to {args.submit}", file=sys.stderr, flush=True)

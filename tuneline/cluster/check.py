@@ -19,7 +19,7 @@ Secrets/PVCs/ConfigMaps they mount, the pod templates of multi-node jobs, and th
   Pipelines runs pipeline pods in `kubeflow` (multi-user installs: the profile's namespace, `--namespace`);
 - a multi-node step's launcher runs as the run's ServiceAccount (`--service-account`, the one runs are submitted
   with): it must exist there with its token mounted, and the Roles bound to it must grant every call the launcher
-  makes for that job kind (`tuneline.compile.launch.PERMISSIONS`), by the RBAC rule-matching of
+  makes for that job kind (`tuneline.targets.kfp.launch.PERMISSIONS`), by the RBAC rule-matching of
   https://kubernetes.io/docs/reference/access-authn-authz/rbac/ (`*` matches all);
 - every image must be `<registry>/<name>` of an environments/<name>/ that has a Dockerfile, in the registry the
   overlay pulls from (its kustomize `images:` newName for the control image) and pinned by a sha256 digest (the
@@ -32,7 +32,7 @@ Secrets/PVCs/ConfigMaps they mount, the pod templates of multi-node jobs, and th
   `kubectl create` in docs/aks.md; a Secret that the Secrets Store CSI driver only mirrors counts just for the pod
   that mounts the SecretProviderClass itself: for any other pod it exists only while some pod mounts it;
 - what the retraining CronJob submits is compiled from its own command line (env expanded as the kubelet does,
-  ConfigMap files it mounts), as `tuneline trigger check --submit` compiles it (tuneline.submit), and checked as
+  ConfigMap files it mounts), as `tuneline trigger check --submit` compiles it (tuneline.targets.submit), and checked as
   above; the Azure ML retrain-check job (`tuneline trigger azureml-schedule`) is compiled from the files the
   control image holds (its Dockerfile's COPY lines), where it runs;
 - on Azure ML, every cluster's VM size must be in config/skus.yaml, a distributed step must start one process
@@ -56,8 +56,8 @@ from typing import Any
 
 import yaml
 
-from ..compile import CompileError
-from ..compile.options import DEFAULT_KFP_SERVICE_ACCOUNT
+from ..targets import CompileError
+from ..targets.options import DEFAULT_KFP_SERVICE_ACCOUNT
 from ..settings import SPOT_LABEL, SPOT_VALUE
 from ..spec import SpecError
 from ..spec.models import quantity
@@ -155,8 +155,8 @@ def kfp_pods(pipeline_file: Path) -> list[PodNeeds]:
 
 def job_pods(manifest_file: Path, step: str) -> list[PodNeeds]:
     """The pod templates of a multi-node step's job (PyTorchJob replica specs, or a TrainJob's pod spec)."""
-    from ..compile.trainjob import KIND as TRAINJOB
-    from ..compile.trainjob import pod_template_of
+    from ..targets.kfp.trainjob import KIND as TRAINJOB
+    from ..targets.kfp.trainjob import pod_template_of
 
     manifest = yaml.safe_load(manifest_file.read_text())
     if manifest.get("kind") == TRAINJOB:
@@ -345,7 +345,7 @@ def runtime_problems(account: str, namespace: str, rendered: Rendered, folder: P
 
 def launcher_problems(job_kind: str, account: str, namespace: str, rendered: Rendered, folder: Path) -> list[str]:
     """Why the launcher of a `job_kind` job, running as `account`, could not make its API calls."""
-    from ..compile.launch import PERMISSIONS
+    from ..targets.kfp.launch import PERMISSIONS
 
     sa = rendered.bodies.get(("ServiceAccount", namespace, account))
     if sa is None:
@@ -428,7 +428,7 @@ def overlay_registry(rendered: Rendered) -> str | None:
 
 def overlay_lock(rendered: Rendered, scratch: Path) -> Any:
     """The image lock an overlay gives the CronJob (its `tuneline-images` ConfigMap), or None."""
-    from ..compile.images import load_image_lock
+    from ..targets.images import load_image_lock
 
     body = rendered.bodies.get(("ConfigMap", APP_NAMESPACE, IMAGE_LOCK_MAP))
     text = ((body or {}).get("data") or {}).get(IMAGE_LOCK_KEY)
@@ -469,8 +469,8 @@ def compiled_problems(label: str, out_folder: Path, root: Path, pools: list[Any]
 def check_pipeline(path: Path, pools: list[Any], skus: dict[str, Sku], objects: dict[Path, Rendered],
                    namespace: str, root: Path, account: str = DEFAULT_KFP_SERVICE_ACCOUNT) -> CheckResult:
     """Compile `path` as each overlay's CronJob would (its image lock), and check it against that overlay."""
-    from ..compile.build import compile_graph
-    from ..compile.options import CompileOptions
+    from ..targets.build import compile_graph
+    from ..targets.options import CompileOptions
     from ..graph import build_graph
     from ..spec import load_pipeline
 
@@ -499,7 +499,7 @@ def check_pipeline(path: Path, pools: list[Any], skus: dict[str, Sku], objects: 
 def azureml_environment_problems(label: str, folder: Path, registered: set[str], images: set[str],
                                  registry: str | None = None) -> list[str]:
     """Each compiled Azure ML component in `folder` whose environment cannot be pulled as built: an inline image
-    (what tuneline.compile.azureml writes: the step's KFP image) is held to the pods' rules, a named environment
+    (what tuneline.targets.azureml.compiler writes: the step's KFP image) is held to the pods' rules, a named environment
     must be one environments/ registers."""
     problems = []
     for component in sorted((folder / "azureml" / "components").glob("*.yml")):
@@ -552,7 +552,7 @@ def kustomizations(target: Path) -> list[Path]:
 def cluster_conflicts_of(paths: list[str]) -> list[str]:
     """Print and return the Azure ML clusters the pipelines define differently (a pipeline that does not load is
     reported by its own check below)."""
-    from ..compile.azureml import cluster_conflicts
+    from ..targets.azureml.compiler import cluster_conflicts
     from ..graph import build_graph
     from ..spec import load_pipeline
 

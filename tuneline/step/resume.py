@@ -11,7 +11,7 @@ output path:
 
     key = tuneline.step.cache.step_cache_key(component folder, component spec, inputs)
 
-the same function the local runner keys its cache (and its stores, tuneline.runner.resume) with: the component's
+the same function the local runner keys its cache (and its stores, tuneline.targets.local.resume) with: the component's
 code and spec and the SDK modules it imports, as they are in the image; every input value, parsed by its declared
 type; and the sha256 of the content of every input artifact, as the platform staged it in the container. KFP output
 URIs, run ids and pod names differ between a retry and a re-run, so none of them enters the key: a retried pod and
@@ -32,7 +32,7 @@ with the same inputs) would write one store at once: each holds an exclusive POS
 while it runs, and the second waits for the first. A POSIX (fcntl) lock is what NFS and SMB mounts carry to the
 server (an Azure Files share mounted with `nobrl` keeps it on the node: then only pods on one node exclude each
 other). What a failed run leaves on the volume, a store nobody retried or a multi-node job's stage folder
-(tuneline.compile.launch), is removed by the next wrapper once nothing has written to it for
+(tuneline.targets.kfp.launch), is removed by the next wrapper once nothing has written to it for
 `$TUNELINE_CHECKPOINT_MAX_AGE_DAYS` days (14 by default; 0 keeps everything) and no attempt holds its lock.
 """
 
@@ -57,7 +57,7 @@ ROOT_ENV = "TUNELINE_CHECKPOINT_ROOT"
 MAX_AGE_ENV = "TUNELINE_CHECKPOINT_MAX_AGE_DAYS"
 DEFAULT_MAX_AGE_DAYS = 14.0
 _KEY = re.compile(r"^[0-9a-f]{64}$")  # step_cache_key's sha256
-_HEARTBEAT = "launcher-heartbeat"  # tuneline.compile.watch.HEARTBEAT_FILE: a multi-node stage folder's marker
+_HEARTBEAT = "launcher-heartbeat"  # tuneline.targets.kfp.watch.HEARTBEAT_FILE: a multi-node stage folder's marker
 
 
 def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:

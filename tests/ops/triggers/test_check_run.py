@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.support.tickets import ticket_records
-from tuneline.runner.record import list_runs
+from tuneline.targets.local.record import list_runs
 
 from .conftest import write_records
 

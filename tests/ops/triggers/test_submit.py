@@ -219,7 +219,7 @@ def test_a_triggered_azureml_job_reruns_every_step(project, tmp_path):
     force_rerun Azure ML reuses last run's prepare (reuse compares inputs, not the data behind them)."""
     from azure.ai.ml import load_job
 
-    from tuneline.submit import compile_submission
+    from tuneline.targets.submit import compile_submission
 
     uri = "azureml://datastores/workspaceblobstore/paths/tuneline/tickets.jsonl"
     output, _ = compile_submission(project / "pipelines" / "grow.yaml", "azureml", tmp_path / "out", {},

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...runner import record as rec
+from ...targets.local import record as rec
 from ...spec.load import find_root
 from .estimate import estimate_for_run
 from .prices import DEFAULT_PRICES, CostError

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...runner.record import SUCCEEDED
+from ...targets.local.record import SUCCEEDED
 from ...spec import Pipeline
 from .prices import DEFAULT_PRICES, CostError, PriceTable, load_prices
 from .throughput import throughput_for, training_summaries

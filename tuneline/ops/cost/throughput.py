@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ...llm.ml.models import SUMMARY_FILE
-from ...runner.record import SUCCEEDED, list_runs
+from ...targets.local.record import SUCCEEDED, list_runs
 from ...spec import Pipeline
 from .prices import PriceTable, Sku
 from .workload import Workload

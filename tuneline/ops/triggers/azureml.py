@@ -56,7 +56,7 @@ class ScheduleOptions:
 def check_command(pipeline_rel: str, param: str | None = None, data: str | None = None) -> str:
     """The container command: the same one the Kubernetes CronJob and `make retrain-check` run. With `data`, the
     check reads the mounted job input and the run gets the URI (`--set` is the check's, `--submit-param` the
-    run's: tuneline.submit.submission_values)."""
+    run's: tuneline.targets.submit.submission_values)."""
     if data is None:
         return f"tuneline trigger check {pipeline_rel} --submit azureml --exit-zero"
     return (f"tuneline trigger check {pipeline_rel} --set {param}=${{{{inputs.data}}}} --submit azureml "
@@ -65,8 +65,8 @@ def check_command(pipeline_rel: str, param: str | None = None, data: str | None 
 
 def control_environment(pipeline: Pipeline, options: ScheduleOptions) -> dict[str, str]:
     """The control image inline, named as the compiled pipeline names its steps' images."""
-    from ...compile.azureml import component_environment
-    from ...compile.options import CompileOptions
+    from ...targets.azureml.compiler import component_environment
+    from ...targets.options import CompileOptions
 
     compile_options = CompileOptions(image_registry=options.registry, image_tag=options.tag)
     return component_environment(compile_options.for_pipeline(pipeline.spec.images), CONTROL_ENVIRONMENT)

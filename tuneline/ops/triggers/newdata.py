@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ...llm.data.sources import Dataset, SourceError
-from ...runner.record import SUCCEEDED, list_runs
+from ...targets.local.record import SUCCEEDED, list_runs
 from ...spec import IOType, Pipeline
 from ...spec.models import Triggers
 from .result import FIRED, OK, SKIPPED, TriggerResult

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..step.progress import StepProgress
+from ...step.progress import StepProgress
 
 # Step states, in the order a step moves through them.
 PENDING, RUNNING, SUCCEEDED, CACHED, FAILED, SKIPPED, NOT_RUN, INTERRUPTED = (

@@ -1,7 +1,7 @@
 """The Kubeflow Training Operator (v1) PyTorchJob a multi-node step runs as with `launcher: pytorchjob`.
 
 The v1 operator is the legacy API (Kubeflow Trainer v2's TrainJob, `trainjob.py`, is the default); it stays for
-clusters that still run it. The KFP pipeline holds a small launcher step in its place (`tuneline.compile.launch`):
+clusters that still run it. The KFP pipeline holds a small launcher step in its place (`tuneline.targets.kfp.launch`):
 it stages the inputs on the shared checkpoint volume, fills in this manifest's name, owner and command, submits
 it and waits. Master and workers run the step's own command through torchrun; the operator sets PET_NNODES /
 PET_NODE_RANK / PET_MASTER_ADDR, which torchrun reads. Fields: kubeflow/training-operator

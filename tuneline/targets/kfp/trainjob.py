@@ -1,6 +1,6 @@
 """The Kubeflow Trainer v2 TrainJob a multi-node step runs as (the default `launcher: trainjob`).
 
-The KFP pipeline holds a small launcher step in its place (`tuneline.compile.launch`), which names, owns, submits
+The KFP pipeline holds a small launcher step in its place (`tuneline.targets.kfp.launch`), which names, owns, submits
 and waits for this object. What it relies on, read in kubeflow/trainer v2.3.0:
 - pkg/apis/trainer/v1alpha1/trainjob_types.go: `spec.runtimeRef` names a ClusterTrainingRuntime; `spec.trainer`
   sets the trainer container's image, command, env, `numNodes`, `numProcPerNode` and `resourcesPerNode`;

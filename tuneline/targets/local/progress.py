@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from ..step.progress import StepProgress
+from ...step.progress import StepProgress
 from . import record as rec
 
 _SYMBOL = {rec.PENDING: "·", rec.RUNNING: "▶", rec.SUCCEEDED: "✔", rec.CACHED: "↺", rec.FAILED: "✘",

@@ -34,7 +34,7 @@ def compile_graph(graph: PipelineGraph, targets: tuple[str, ...], folder: Path,
     output = CompileOutput(pipeline=graph.name, folder=folder)
     schedule = graph.pipeline.spec.schedule
     if "kfp" in targets:
-        from .kfp import compile_kfp  # kfp takes about a second to import: only when asked for
+        from .kfp.compiler import compile_kfp  # kfp takes about a second to import: only when asked for
         from .schedule import kfp_recurring_run
 
         result = compile_kfp(graph.for_target("kfp"), folder / "kfp", options)
@@ -45,7 +45,7 @@ def compile_graph(graph: PipelineGraph, targets: tuple[str, ...], folder: Path,
             path.write_text(json.dumps(run.to_dict(), indent=2) + "\n")
             output.files.append(path)
     if "azureml" in targets:
-        from .azureml import compile_azureml
+        from .azureml.compiler import compile_azureml
 
         aml = compile_azureml(graph.for_target("azureml"), folder / "azureml", options)
         output.files += [*aml.components.values(), aml.job, *aml.computes] + ([aml.schedule] if aml.schedule else [])

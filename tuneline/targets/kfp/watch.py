@@ -1,13 +1,13 @@
 """Run a multi-node job's command only while the KFP step that launched it is alive.
 
 Run as (the command of every TrainJob/PyTorchJob pod the launcher submits; the arguments come from it):
-    python -m tuneline.compile.watch --heartbeat /mnt/checkpoints/<run>/<step>/launcher-heartbeat -- torchrun ...
+    python -m tuneline.targets.kfp.watch --heartbeat /mnt/checkpoints/<run>/<step>/launcher-heartbeat -- torchrun ...
 
 Why: terminating a KFP run does not delete its pods (Argo signals their containers and keeps them:
 workflow/controller/pod/queue.go in argoproj/argo-workflows, `terminateContainers`), so the job's ownerReference to
 the launcher pod frees nothing; and the launcher's own SIGTERM handler races the container's end, because the
 signal reaches KFP's launcher binary in the same process group, which exits at once and takes the container with
-it. So the launcher (`tuneline.compile.launch`) writes a counter to a file on the volume the job's pods share every
+it. So the launcher (`tuneline.targets.kfp.launch`) writes a counter to a file on the volume the job's pods share every
 BEAT_SECONDS, and this wrapper, in each of the job's pods, stops the command when the counter has not moved for
 `--stale` seconds of its own clock (no clock is compared across machines). The job then fails and releases its
 nodes; a retry of the step replaces it and resumes from its checkpoints. The wrapper that found the launcher gone
@@ -31,7 +31,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-WATCH_MODULE = "tuneline.compile.watch"
+WATCH_MODULE = "tuneline.targets.kfp.watch"
 HEARTBEAT_FILE = "launcher-heartbeat"
 GONE_FILE = "launcher-gone"
 BEAT_SECONDS = 30

@@ -1,7 +1,7 @@
 """Run a multi-node step as a Kubeflow TrainJob (or PyTorchJob) from inside a KFP pod, and wait for it.
 
 Run as (the KFP launcher step does this; arguments come from the compiled pipeline):
-    python -m tuneline.compile.launch --step train --nodes 2 --procs 4 --template '<command>' \
+    python -m tuneline.targets.kfp.launch --step train --nodes 2 --procs 4 --template '<command>' \
         --manifest '<TrainJob JSON>' --artifact train=/path --value learning_rate=0.001 --output model=/path
 
 The job's pods are not KFP pods, so they cannot see this pod's artifact paths. Inputs are copied to the shared
@@ -19,7 +19,7 @@ and created afresh (the step resumes from its checkpoints on the shared volume).
 Terminating a KFP run keeps its pods (Argo only signals them), so the ownerReference alone would leave the job
 running. On SIGTERM the launcher deletes the job, but that races the container's end; what does not race is the
 heartbeat: the launcher rewrites `<stage>/launcher-heartbeat` on the shared volume every 30 s, and each of the
-job's pods runs its command behind `tuneline.compile.watch`, which stops it when the heartbeat has been still for
+job's pods runs its command behind `tuneline.targets.kfp.watch`, which stops it when the heartbeat has been still for
 ten minutes. The job is created with strict field validation, so a Kubeflow Trainer older than v2.2 (no
 spec.runtimePatches) or a cluster without the job's API (Kubeflow 1.10's v1 Training Operator has no TrainJob)
 fails the step at once with what is missing, instead of a job that runs without its node selector and deadline.
@@ -48,15 +48,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..settings import CHECKPOINT_MOUNT
-from ..spec.models import ComponentSpec
-from ..step.command import render_command
-from . import pytorchjob, trainjob
-from .command import torchrun_prefix
+from ...settings import CHECKPOINT_MOUNT
+from ...spec.models import ComponentSpec
+from ...step.command import render_command
+from .. import pytorchjob, trainjob
+from ..command import torchrun_prefix
 from .jobpod import DNS_1035, NAME_PREFIX_MAX
 from .watch import BEAT_SECONDS, GONE_FILE, HEARTBEAT_FILE, WATCH_MODULE
 
-LAUNCH_MODULE = "tuneline.compile.launch"
+LAUNCH_MODULE = "tuneline.targets.kfp.launch"
 DEFAULT_SHARED = CHECKPOINT_MOUNT
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 RUN_LABEL = "tuneline.dev/run-id"
@@ -395,7 +395,7 @@ def _status_message(exc: Any) -> str:
 
 
 class Heartbeat:
-    """Rewrites a counter in the stage folder every `seconds`, for tuneline.compile.watch in the job's pods."""
+    """Rewrites a counter in the stage folder every `seconds`, for tuneline.targets.kfp.watch in the job's pods."""
 
     def __init__(self, path: Path, seconds: float = BEAT_SECONDS):
         self.path, self.seconds = path, seconds

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..graph import Node, PipelineGraph
-from ..spec import IOType, OutputRef
-from ..step.cache import StepCache, step_cache_key
-from ..step.digest import path_sha256
+from ...graph import Node, PipelineGraph
+from ...spec import IOType, OutputRef
+from ...step.cache import StepCache, step_cache_key
+from ...step.digest import path_sha256
 from .local import RunOptions
 
 

@@ -24,7 +24,7 @@ executed, in `tools.conformance.azureml`):
   restart a job whose low-priority node is preempted: the job fails and has to be submitted again
   (azure-ai-docs articles/machine-learning/how-to-create-attach-compute-cluster.md, "Use low-priority VMs"), and
   no retry setting applies to a command node (`tuneline submit --resubmit-preempted N` watches the job and
-  submits it again: tuneline.submit.resubmission). What a resubmission resumes from is the `resume: true` outputs
+  submits it again: tuneline.targets.submit.resubmission). What a resubmission resumes from is the `resume: true` outputs
   above (the same rw_mount path for every submission); a spot step without one is warned about, since it starts
   over;
 - each step's environment is its image, inline (`environment: {image: <registry>/<env>:<tag>}`): the same image
@@ -45,18 +45,18 @@ from typing import Any
 
 import yaml
 
-from ..graph import Node, PipelineGraph
-from ..settings import TELEMETRY_OFF
-from ..spec import Literal, OutputRef, ParamRef
-from ..spec.models import IOType
-from ..step.gate import GATE_INPUT, GATE_MODULE, VALUE_FILE
-from . import CompileError
-from .command import OptionalBlock, Ref, Token, parse_command
-from .images import DEFAULT_REGISTRY
-from .options import CompileOptions
-from .placement import resumable
-from .schedule import azureml_schedule
-from .stores import resume_items
+from ...graph import Node, PipelineGraph
+from ...settings import TELEMETRY_OFF
+from ...spec import Literal, OutputRef, ParamRef
+from ...spec.models import IOType
+from ...step.gate import GATE_INPUT, GATE_MODULE, VALUE_FILE
+from .. import CompileError
+from ..command import OptionalBlock, Ref, Token, parse_command
+from ..images import DEFAULT_REGISTRY
+from ..options import CompileOptions
+from ..placement import resumable
+from ..schedule import azureml_schedule
+from ..stores import resume_items
 
 COMPONENT_SCHEMA = "https://azuremlschemas.azureedge.net/latest/commandComponent.schema.json"
 PIPELINE_SCHEMA = "https://azuremlschemas.azureedge.net/latest/pipelineJob.schema.json"

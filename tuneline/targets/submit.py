@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .compile import PIPELINE_FILE, RECURRING_RUN_FILE
-from .compile.azureml import JOB_FILE, SCHEDULE_FILE
-from .compile.options import DEFAULT_KFP_PIPELINE_ROOT, CompileOptions
+from . import PIPELINE_FILE, RECURRING_RUN_FILE
+from .azureml.compiler import JOB_FILE, SCHEDULE_FILE
+from .options import DEFAULT_KFP_PIPELINE_ROOT, CompileOptions
 
 
 @dataclass
@@ -174,7 +174,7 @@ def data_problem(target: str, name: str, value: str,
                  kfp_pipeline_root: str = DEFAULT_KFP_PIPELINE_ROOT) -> str | None:
     """Why the platform cannot read `value` for the data parameter `name` (None when it can). On KFP this is for
     a run argument, which never passes the compiler's import check."""
-    from .compile.kfp import importer_uri_problem
+    from .kfp.compiler import importer_uri_problem
 
     scheme = value.split("://", 1)[0] + "://" if "://" in value else ""
     if target == "kfp":
@@ -188,7 +188,7 @@ def data_problem(target: str, name: str, value: str,
 
 def submission_options(images: str | None, mlflow_secret: str | None) -> CompileOptions:
     """The compile options of a `trigger check --submit` run (`--images FILE`, `--mlflow-secret NAME`)."""
-    from .compile.images import load_image_lock
+    from .images import load_image_lock
 
     return CompileOptions(image_lock=load_image_lock(Path(images)) if images else None,
                           mlflow_secret=mlflow_secret or None)
@@ -204,7 +204,7 @@ def submission_values(target: str, sets: dict[str, str], run_params: dict[str, s
 
 def submitted_pipeline(pipeline_path: str | Path, target: str, sets: dict[str, str], run_params: dict[str, str]):
     """The pipeline as the submitted run sees it: compiled values and run arguments, the target's defaults."""
-    from .spec import load_pipeline
+    from ..spec import load_pipeline
 
     if target not in ("kfp", "azureml"):
         raise SubmitError(f"unknown submit target {target!r} (kfp, azureml)")
@@ -216,8 +216,8 @@ def compile_submission(pipeline_path: str | Path, target: str, out: Path, sets: 
                        run_params: dict[str, str], options: CompileOptions | None = None):
     """Compile what `submit_pipeline` submits; returns (CompileOutput, typed run arguments). Raises SpecError
     or CompileError as `tuneline compile` would, and SubmitError for data the target cannot read."""
-    from .compile.build import compile_file
-    from .spec import IOType
+    from .build import compile_file
+    from ..spec import IOType
 
     compiled_values, arguments = submission_values(target, sets, run_params)
     pipeline = submitted_pipeline(pipeline_path, target, sets, run_params)

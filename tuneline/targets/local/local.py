@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, settings
-from ..graph import Node, PipelineGraph
-from ..spec import IOType, Literal, OutputRef, ParamRef
-from ..step import progress as step_progress
-from ..step.cache import SUMMARY, StepCache, link_tree, step_cache_key
-from ..step.command import render_command
-from ..step.digest import path_sha256
-from ..step.gate import SKIPPED as GATE_SKIPPED  # the words a gated-off step records on every target
+from ... import __version__, settings
+from ...graph import Node, PipelineGraph
+from ...spec import IOType, Literal, OutputRef, ParamRef
+from ...step import progress as step_progress
+from ...step.cache import SUMMARY, StepCache, link_tree, step_cache_key
+from ...step.command import render_command
+from ...step.digest import path_sha256
+from ...step.gate import SKIPPED as GATE_SKIPPED  # the words a gated-off step records on every target
 from . import record as rec
 from .resume import ResumeStore, StoreBusy, open_stores
 
@@ -283,7 +283,7 @@ class LocalRunner:
         return resolved, key
 
     def _open_stores(self, node: Node, step: rec.StepRecord) -> list[ResumeStore]:
-        """The stable checkpoint folder of each `resume: true` output (tuneline.runner.resume)."""
+        """The stable checkpoint folder of each `resume: true` output (tuneline.targets.local.resume)."""
         names = node.component.spec.resume_outputs
         if not names:
             return []
