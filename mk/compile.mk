@@ -11,8 +11,8 @@ CONFORMANCE_TINY = --set base_model=tiny-random-llama --set max_steps=3 --set ma
 compile: $(VENV_STAMP) ## compile every pipeline in pipelines/ to KFP and Azure ML under build/
 	$(PY) -m tuneline.cli.compile compile --out $(COMPILE_OUT) pipelines/*.yaml
 
-golden: $(VENV_STAMP) ## regenerate tests/compile/golden/ from every pipeline (review the diff, then commit)
-	$(PY) tests/compile/make_golden.py
+golden: $(VENV_STAMP) ## regenerate tests/targets/compile/golden/ from every pipeline (review the diff, then commit)
+	$(PY) tests/targets/compile/make_golden.py
 
 compile-bench: $(VENV_STAMP) ## time compiling the default pipeline to both targets -> bench/results/compile.json
 	$(PY) bench/compile_bench.py

@@ -258,7 +258,8 @@ def test_a_pod_reading_a_csi_mirror_it_does_not_mount_is_refused(project, capsys
 
 
 def test_a_submit_path_that_compiles_the_checks_own_values_again_is_caught(project, capsys, monkeypatch):
-    """The bug itself, back in tuneline.targets.submit: the CronJob's --set of its mounted data compiled into the run."""
+    """The bug itself, back in tuneline.targets.submit: the CronJob's --set of its mounted data compiled into the
+    run."""
     from tuneline.targets import submit
 
     monkeypatch.setattr(submit, "submission_values", lambda target, sets, run_params: (dict(sets), dict(run_params)))
@@ -284,10 +285,10 @@ def test_the_retrain_check_jobs_own_environment_must_be_registered(project, caps
 def test_an_azureml_distributed_step_starts_one_process_per_gpu_of_its_vm_size(tmp_path):
     """finetune-multinode ran 4 processes per Standard_ND96asr_v4 node, which has 8 A100s: half of them idle."""
     from tuneline.cluster.check import azureml_compute_problems
-    from tuneline.targets.build import compile_graph
-    from tuneline.targets.options import CompileOptions
     from tuneline.graph import build_graph
     from tuneline.spec import load_pipeline
+    from tuneline.targets.build import compile_graph
+    from tuneline.targets.options import CompileOptions
 
     skus = load_skus(REPO / "config" / "skus.yaml")
     source = REPO / "pipelines" / "finetune-multinode.yaml"

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from tools.conformance.kfp_resume import IMAGE_REGISTRY, ResumeBroken, TaskRun, _local_runs, cpu_image
-from tuneline.targets.build import compile_graph
-from tuneline.targets.options import CompileOptions
 from tuneline.graph import build_graph
 from tuneline.spec import load_pipeline
+from tuneline.targets.build import compile_graph
+from tuneline.targets.options import CompileOptions
 
 REPO = Path(__file__).resolve().parents[2]
 RESUME = REPO / "tests" / "fixtures" / "toy" / "pipelines" / "resume.yaml"

@@ -7,9 +7,9 @@ import json
 import time
 from pathlib import Path
 
+from tuneline.step.progress import ENV, StepProgress, read_latest, report
 from tuneline.targets.local import record as rec
 from tuneline.targets.local.progress import Progress, describe
-from tuneline.step.progress import ENV, StepProgress, read_latest, report
 
 
 def test_report_is_a_no_op_without_the_variable(tmp_path: Path, monkeypatch):

@@ -10,11 +10,11 @@ import pytest
 import yaml
 from azure.ai.ml import load_component, load_job
 
-from tuneline.targets.build import compile_graph
-from tuneline.targets.options import CompileOptions
 from tuneline.graph import build_graph
 from tuneline.spec import SpecError, load_pipeline
 from tuneline.spec.models import IOType
+from tuneline.targets.build import compile_graph
+from tuneline.targets.options import CompileOptions
 
 REPO = Path(__file__).parents[2]
 FINETUNE = REPO / "pipelines" / "finetune.yaml"

@@ -18,7 +18,7 @@ What runs what (kfp 2.17.0, sdk/python/kfp/ in github.com/kubeflow/pipelines at 
   (train-gpu) is replaced by the CPU image with the same components (`cpu_stand_ins`), and a project other than
   this repository (the toy fixture) has its components/ mounted over the image's.
 
-Where kfp.local falls short of the KFP backend, and what stands in for it here (tests/compile/test_kfp_backend.py
+Where kfp.local falls short of the KFP backend, and what stands in for it here (tests/targets/compile/test_kfp_backend.py
 checks each on the compiled IR, since nothing here can run the backend):
 K1 Output artifacts of container components. kfp.local registers only the artifacts a task lists in its
    executor output file (`executor_output_utils.get_outputs_for_task`), which only KFP's Python executor
@@ -61,7 +61,7 @@ K10 Placeholders. kfp.local resolves `{"Concat": ...}` and `{"IfPresent": ...}` 
    resolves IfPresent of parameters only), and from 2.17.0 its driver fails on an input parameter the task does
    not pass, defaults included (tools.conformance.kfp_backend cites each). So a package that passes here can
    still hand a step `{"Concat": ...}` on a cluster: the compiler emits neither, passes every default from the
-   task, and test_k10 in tests/compile/test_kfp_backend.py resolves every command as each supported backend
+   task, and test_k10 in tests/targets/compile/test_kfp_backend.py resolves every command as each supported backend
    version does and compares it with `tuneline run`'s.
 K11 Backend versions. kfp.local is one SDK version; the cluster runs the backend listed in k8s/supported.yaml.
    test_k11 checks each executor's platform spec against the fields the oldest supported driver knows and
@@ -83,12 +83,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneline.targets.build import compile_graph
-from tuneline.targets.options import CompileOptions
 from tuneline.graph import PipelineGraph
 from tuneline.spec import Literal, ParamRef
 from tuneline.step.digest import path_sha256
 from tuneline.step.gate import SKIP_MARKER, SKIPPED
+from tuneline.targets.build import compile_graph
+from tuneline.targets.options import CompileOptions
 
 from .kfp_backend import package_problems
 from .podman import PodmanService

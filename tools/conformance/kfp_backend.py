@@ -1,7 +1,7 @@
 """What the KFP backend does with a compiled package's commands and platform spec, restated from its Go source so
 that tests on the compiled IR can hold the package to it (no KFP backend can run here; kfp.local does otherwise).
 
-Run as: nothing; tests/compile/test_kfp_backend.py imports it, and `python -m tools.conformance.kfp_backend`
+Run as: nothing; tests/targets/compile/test_kfp_backend.py imports it, and `python -m tools.conformance.kfp_backend`
 prints the supported-versions table of docs/kubeflow-versions.md.
 
 The supported versions and what each does live in one table, the `kubeflow:` section of k8s/supported.yaml. Read
@@ -66,7 +66,7 @@ class PipelinesVersion(_Strict):
     why: str
     placeholders: Literal["launcher", "launcher-first-arg-verbatim", "driver-and-launcher"]
     platform_parse: Literal["strict", "lenient"]
-    platform_fields: str  # the tests/compile/fixtures/kfp-platform/ table of its kubernetes_platform proto
+    platform_fields: str  # the tests/targets/compile/fixtures/kfp-platform/ table of its kubernetes_platform proto
     platform_applies: list[str]  # KubernetesExecutorConfig fields the driver reads
     retries: bool
 

@@ -25,9 +25,9 @@ from ..cluster.check import (
     rendered_objects,
 )
 from ..cluster.reads import KFP_NAMESPACE, docs_created
+from ..spec import SpecError
 from ..targets import CompileError
 from ..targets.options import DEFAULT_KFP_SERVICE_ACCOUNT
-from ..spec import SpecError
 
 
 def main(argv: list[str] | None = None) -> int:

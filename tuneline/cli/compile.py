@@ -11,13 +11,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..targets import CompileError
-from ..targets.build import TARGETS, compile_file
-from ..targets.options import (DEFAULT_AZUREML_COMPUTE, DEFAULT_CHECKPOINT_PVC, DEFAULT_KFP_PIPELINE_ROOT,
-    DEFAULT_MLFLOW_CONFIG_MAP, DEFAULT_MLFLOW_SECRET, CompileOptions)
 from ..settings import CHECKPOINT_MOUNT
 from ..spec import SpecError
 from ..spec.load import parse_set_pairs
+from ..targets import CompileError
+from ..targets.build import TARGETS, compile_file
+from ..targets.options import (
+    DEFAULT_AZUREML_COMPUTE,
+    DEFAULT_CHECKPOINT_PVC,
+    DEFAULT_KFP_PIPELINE_ROOT,
+    DEFAULT_MLFLOW_CONFIG_MAP,
+    DEFAULT_MLFLOW_SECRET,
+    CompileOptions,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -63,7 +69,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from ..targets import submit
+    from ..targets.plan import plan_json
 
     given = parse_set_pairs(args.param)
     # A run argument is a pipeline parameter; a step's input is a constant of the compiled pipeline (KFP's
@@ -90,8 +96,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if not args.host:
             print("tuneline: --target kfp needs --host", file=sys.stderr)
             return EXIT_INVALID
-        plan = submit.kfp_plan(output.folder / "kfp", args.host, output.pipeline, args.experiment, args.namespace,
-                               arguments, args.no_cache, args.schedule, args.service_account)
+        from ..targets.kfp.submit import kfp_plan
+
+        plan = kfp_plan(output.folder / "kfp", args.host, output.pipeline, args.experiment, args.namespace,
+                        arguments, args.no_cache, args.schedule, args.service_account)
     else:
         missing = [flag for flag, value in (("--subscription", args.subscription),
                                             ("--resource-group", args.resource_group),
@@ -103,12 +111,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
             print("tuneline: on Azure ML, bake parameter values in with --set (the job file carries them)",
                   file=sys.stderr)
             return EXIT_INVALID
-        plan = submit.azureml_plan(output.folder / "azureml", args.subscription, args.resource_group,
-                                   args.workspace, args.experiment, args.schedule, args.resubmit_preempted)
+        from ..targets.azureml.submit import azureml_plan
+
+        plan = azureml_plan(output.folder / "azureml", args.subscription, args.resource_group,
+                            args.workspace, args.experiment, args.schedule, args.resubmit_preempted)
     if args.dry_run:
-        print(submit.plan_json(plan))
+        print(plan_json(plan))
         return EXIT_OK
-    execute = submit.execute_kfp if args.target == "kfp" else submit.execute_azureml
+    if args.target == "kfp":
+        from ..targets.kfp.submit import execute_kfp as execute
+    else:
+        from ..targets.azureml.submit import execute_azureml as execute
     for line in execute(plan):
         print(line)
     return EXIT_OK

@@ -16,9 +16,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..targets.local.report import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
 from ..spec import SpecError, load_component, load_pipeline
 from ..spec.load import parse_set_pairs
+from ..targets.local.report import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
 
 
 def _project_home(home: str | None) -> Path:
@@ -174,8 +174,8 @@ def _find_run(home_flag: str | None, run_id: str) -> dict | None:
 
 
 def _reported(progress: dict, finished: bool) -> str:
-    from ..targets.local.progress import describe
     from ..step.progress import StepProgress
+    from ..targets.local.progress import describe
 
     return describe(StepProgress(progress["current"], progress["total"], progress["unit"], progress["metrics"]),
                     finished=finished)

@@ -21,8 +21,8 @@ import os
 import sys
 from pathlib import Path
 
-from ..targets.options import DEFAULT_MLFLOW_SECRET
 from ..spec.load import parse_set_pairs
+from ..targets.options import DEFAULT_MLFLOW_SECRET
 
 EXIT_NO_RETRAIN, EXIT_RETRAIN, EXIT_RUN_FAILED, EXIT_INVALID = 0, 10, 11, 2
 

@@ -56,11 +56,11 @@ from typing import Any
 
 import yaml
 
-from ..targets import CompileError
-from ..targets.options import DEFAULT_KFP_SERVICE_ACCOUNT
 from ..settings import SPOT_LABEL, SPOT_VALUE
 from ..spec import SpecError
 from ..spec.models import quantity
+from ..targets import CompileError
+from ..targets.options import DEFAULT_KFP_SERVICE_ACCOUNT
 from .reads import Rendered, docs_created, pipeline_root, reference_problem
 
 DEFAULT_POOLS = Path("k8s/nodepools.yaml")
@@ -469,10 +469,10 @@ def compiled_problems(label: str, out_folder: Path, root: Path, pools: list[Any]
 def check_pipeline(path: Path, pools: list[Any], skus: dict[str, Sku], objects: dict[Path, Rendered],
                    namespace: str, root: Path, account: str = DEFAULT_KFP_SERVICE_ACCOUNT) -> CheckResult:
     """Compile `path` as each overlay's CronJob would (its image lock), and check it against that overlay."""
-    from ..targets.build import compile_graph
-    from ..targets.options import CompileOptions
     from ..graph import build_graph
     from ..spec import load_pipeline
+    from ..targets.build import compile_graph
+    from ..targets.options import CompileOptions
 
     graph = build_graph(load_pipeline(path))
     images, registered = environment_registry(root)
@@ -499,8 +499,8 @@ def check_pipeline(path: Path, pools: list[Any], skus: dict[str, Sku], objects: 
 def azureml_environment_problems(label: str, folder: Path, registered: set[str], images: set[str],
                                  registry: str | None = None) -> list[str]:
     """Each compiled Azure ML component in `folder` whose environment cannot be pulled as built: an inline image
-    (what tuneline.targets.azureml.compiler writes: the step's KFP image) is held to the pods' rules, a named environment
-    must be one environments/ registers."""
+    (what tuneline.targets.azureml.compiler writes: the step's KFP image) is held to the pods' rules, a named
+    environment must be one environments/ registers."""
     problems = []
     for component in sorted((folder / "azureml" / "components").glob("*.yml")):
         env = yaml.safe_load(component.read_text()).get("environment")
@@ -552,9 +552,9 @@ def kustomizations(target: Path) -> list[Path]:
 def cluster_conflicts_of(paths: list[str]) -> list[str]:
     """Print and return the Azure ML clusters the pipelines define differently (a pipeline that does not load is
     reported by its own check below)."""
-    from ..targets.azureml.compiler import cluster_conflicts
     from ..graph import build_graph
     from ..spec import load_pipeline
+    from ..targets.azureml.compiler import cluster_conflicts
 
     graphs = []
     for path in paths:

@@ -4,8 +4,8 @@ Run as: tuneline cluster check pipelines/*.yaml            (this module holds pa
 
 The CronJob's container command is read from the rendered overlay, `$(VAR)` expanded from its env as the kubelet
 does, the files it mounts from ConfigMaps written out, and parsed by tuneline's own argument parser; then
-tuneline.targets.submit compiles it exactly as `tuneline trigger check --submit` would in the pod, and the compiled run is
-checked against the overlay like any pipeline (tuneline.cluster.check). The Azure ML job that
+tuneline.targets.submit compiles it exactly as `tuneline trigger check --submit` would in the pod, and the compiled
+run is checked against the overlay like any pipeline (tuneline.cluster.check). The Azure ML job that
 `tuneline trigger azureml-schedule` writes is compiled from the files the control image holds, where it runs.
 """
 
@@ -18,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..spec import SpecError
 from ..targets import CompileError
 from ..targets.options import DEFAULT_KFP_SERVICE_ACCOUNT
-from ..spec import SpecError
 from .check import (
     DOCS,
     Sku,
@@ -68,9 +68,9 @@ def submission_problems(label: str, argv: list[str], env: dict[str, str], files:
     """Compile what `tuneline <argv>` (a `trigger check --submit` command line) would submit, and check it.
     `files` maps paths in the container to local copies; `code_root` is where the command runs (the image's
     WORKDIR), the repository by default."""
-    from ..targets import submit
     from ..spec import IOType
     from ..spec.load import parse_set_pairs
+    from ..targets import submit
 
     try:
         args = parse(argv)

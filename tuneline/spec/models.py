@@ -15,11 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..settings import DEFAULT_GATE_METRIC
 from .cron import check_cron, check_timezone
+from .targets import compile_targets
 
 NAME_PATTERN = r"^[a-z][a-z0-9_-]*$"
-# The targets `tuneline compile --target` writes; a local run is target None.
-COMPILE_TARGETS = ("kfp", "azureml")
-CompileTarget = Literal["kfp", "azureml"]
+# The targets `tuneline compile --target` writes (their folders, tuneline.spec.targets); a local run is target None.
+COMPILE_TARGETS = compile_targets()
+CompileTarget = Literal[COMPILE_TARGETS]  # type: ignore[valid-type]
 IDENT_PATTERN = r"^[a-z_][a-z0-9_]*$"  # inputs/outputs/params become CLI placeholders and KFP/Azure ML names
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
 _QUANTITY = re.compile(r"^([0-9.]+)([a-zA-Z]*)$")

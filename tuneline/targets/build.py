@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..graph import PipelineGraph, build_graph
 from ..spec import load_pipeline
 from ..spec.models import COMPILE_TARGETS
-from . import RECURRING_RUN_FILE
+from . import registry
 from .images import check_environments
 from .options import CompileOptions
 
@@ -32,24 +31,10 @@ def compile_graph(graph: PipelineGraph, targets: tuple[str, ...], folder: Path,
     if options.production:
         check_environments(graph.pipeline.root, {n.environment for n in graph.nodes.values()})
     output = CompileOutput(pipeline=graph.name, folder=folder)
-    schedule = graph.pipeline.spec.schedule
-    if "kfp" in targets:
-        from .kfp.compiler import compile_kfp  # kfp takes about a second to import: only when asked for
-        from .schedule import kfp_recurring_run
-
-        result = compile_kfp(graph.for_target("kfp"), folder / "kfp", options)
-        output.files += [result.pipeline, *result.manifests]
-        if schedule is not None:
-            path = folder / "kfp" / RECURRING_RUN_FILE
-            run = kfp_recurring_run(schedule, graph.name, options.no_cache)
-            path.write_text(json.dumps(run.to_dict(), indent=2) + "\n")
-            output.files.append(path)
-    if "azureml" in targets:
-        from .azureml.compiler import compile_azureml
-
-        aml = compile_azureml(graph.for_target("azureml"), folder / "azureml", options)
-        output.files += [*aml.components.values(), aml.job, *aml.computes] + ([aml.schedule] if aml.schedule else [])
-        output.warnings += [f"azureml: {w}" for w in aml.warnings]
+    for name in targets:
+        compiled = registry.get(name).compile(graph.for_target(name), folder / name, options)
+        output.files += compiled.files
+        output.warnings += [f"{name}: {w}" for w in compiled.warnings]
     return output
 
 

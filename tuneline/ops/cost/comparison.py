@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...targets.local import record as rec
 from ...spec.load import find_root
+from ...targets.local import record as rec
 from .estimate import estimate_for_run
 from .prices import DEFAULT_PRICES, CostError
 

@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...targets.local.record import SUCCEEDED
 from ...spec import Pipeline
+from ...targets.local.record import SUCCEEDED
 from .prices import DEFAULT_PRICES, CostError, PriceTable, load_prices
 from .throughput import throughput_for, training_summaries
 from .workload import Workload, train_step, workload

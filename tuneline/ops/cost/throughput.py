@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ...llm.ml.models import SUMMARY_FILE
-from ...targets.local.record import SUCCEEDED, list_runs
 from ...spec import Pipeline
+from ...targets.local.record import SUCCEEDED, list_runs
 from .prices import PriceTable, Sku
 from .workload import Workload
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ...llm.data.sources import Dataset, SourceError
-from ...targets.local.record import SUCCEEDED, list_runs
 from ...spec import IOType, Pipeline
 from ...spec.models import Triggers
+from ...targets.local.record import SUCCEEDED, list_runs
 from .result import FIRED, OK, SKIPPED, TriggerResult
 
 DATA_CARD = "data_card.json"

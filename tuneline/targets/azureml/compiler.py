@@ -24,9 +24,9 @@ executed, in `tools.conformance.azureml`):
   restart a job whose low-priority node is preempted: the job fails and has to be submitted again
   (azure-ai-docs articles/machine-learning/how-to-create-attach-compute-cluster.md, "Use low-priority VMs"), and
   no retry setting applies to a command node (`tuneline submit --resubmit-preempted N` watches the job and
-  submits it again: tuneline.targets.submit.resubmission). What a resubmission resumes from is the `resume: true` outputs
-  above (the same rw_mount path for every submission); a spot step without one is warned about, since it starts
-  over;
+  submits it again: tuneline.targets.azureml.submit.resubmission). What a resubmission resumes from is the
+  `resume: true` outputs above (the same rw_mount path for every submission); a spot step without one is warned
+  about, since it starts over;
 - each step's environment is its image, inline (`environment: {image: <registry>/<env>:<tag>}`): the same image
   string the KFP compiler writes, resolvable wherever the job is compiled (the control image has no
   environments/ folder) and needing nothing registered in the workspace first, only pull access to the registry

@@ -45,13 +45,19 @@ from ...step.gate import GATE_INPUT, GATE_MODULE
 from ...step.outdirs import OUTDIRS_MODULE
 from .. import PIPELINE_FILE, CompileError
 from ..command import Item, OptionalBlock, Ref, Token, leading_words, parse_command, torchrun_prefix
+from ..options import (
+    DEFAULT_KFP_PIPELINE_ROOT,
+    HF_CACHE_DIR,
+    HF_SECRET_KEYS,
+    MLFLOW_CONFIG_KEYS,
+    MLFLOW_SECRET_KEYS,
+    CompileOptions,
+)
+from ..placement import CHECKPOINT_MOUNT, GPU_RESOURCE, Placement, loads_models, placement, resumable
+from ..stores import resume_items
 from .jobpod import dns_1035, pod_parts
 from .launch import LAUNCH_MODULE, POD_NAME_ENV, POD_UID_ENV, staged_command
-from ..options import (DEFAULT_KFP_PIPELINE_ROOT, HF_CACHE_DIR, HF_SECRET_KEYS, MLFLOW_CONFIG_KEYS,
-    MLFLOW_SECRET_KEYS, CompileOptions)
-from ..placement import CHECKPOINT_MOUNT, GPU_RESOURCE, Placement, loads_models, placement, resumable
 from .pytorchjob import pytorchjob_manifest
-from ..stores import resume_items
 from .trainjob import trainjob_manifest
 
 _VALUE_TYPES: dict[IOType, type] = {IOType.string: str, IOType.integer: int, IOType.number: float,

@@ -28,7 +28,7 @@ The launcher uses the Kubernetes API only through the `kubernetes` client, which
 launcher step runs in it; the job's pods run the step's own image). `PERMISSIONS` is every call it makes, and
 k8s/kubeflow/launcher-rbac.yaml grants exactly those to the pipeline's ServiceAccount. No API server can run
 where the tests run: they drive this module through the real client down to its HTTP pool, with recorded API
-answers (tests/compile/test_launch.py), and so stop at the API server's boundary.
+answers (tests/targets/compile/test_launch.py), and so stop at the API server's boundary.
 """
 
 from __future__ import annotations

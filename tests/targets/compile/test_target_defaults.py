@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tuneline.targets.build import compile_graph
-from tuneline.targets.options import CompileOptions
 from tuneline.graph import build_graph
 from tuneline.spec import SpecError, load_pipeline
+from tuneline.targets.build import compile_graph
+from tuneline.targets.options import CompileOptions
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 FINETUNE = ROOT / "pipelines" / "finetune.yaml"
 
 

@@ -8,10 +8,10 @@ from kfp.kubernetes import kubernetes_executor_config_pb2
 from kfp.pipeline_spec import pipeline_spec_pb2
 from readback import TOY, TOY_MULTINODE, kfp_documents, variant
 
-from tuneline.targets.build import compile_graph
-from tuneline.targets.options import CompileOptions
 from tuneline.graph import build_graph
 from tuneline.spec import SpecError, load_pipeline
+from tuneline.targets.build import compile_graph
+from tuneline.targets.options import CompileOptions
 
 
 def _strict(spec: dict, platform: dict) -> None:
@@ -233,7 +233,7 @@ def test_steps_that_load_a_model_share_a_hub_cache_and_get_the_hub_token(tmp_pat
 
     from tuneline.targets.build import compile_file
 
-    root = Path(__file__).resolve().parents[2] / "pipelines"
+    root = Path(__file__).resolve().parents[3] / "pipelines"
     options = CompileOptions(hf_secret="hf-login")
     out = compile_file(root / "finetune-gpu.yaml", ("kfp",), tmp_path, options)
     spec, platform = kfp_documents(tmp_path / "finetune-gpu" / "kfp" / "pipeline.yaml")

@@ -1,8 +1,8 @@
 import pytest
 
+from tuneline.spec.models import Schedule
 from tuneline.targets import CompileError
 from tuneline.targets.schedule import azureml_schedule, kfp_cron, kfp_recurring_run
-from tuneline.spec.models import Schedule
 
 
 def test_utc_cron_gains_a_seconds_field():

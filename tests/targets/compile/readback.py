@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from tuneline.targets.kfp.compiler import FINGERPRINT_PREFIX
 from tuneline.step.gate import GATE_INPUT
+from tuneline.targets.kfp.compiler import FINGERPRINT_PREFIX
 
 FIXTURES = Path(__file__).parent / "fixtures" / "project"
 TOY = FIXTURES / "pipelines" / "toy.yaml"

@@ -35,17 +35,35 @@ from kubernetes_validate import validate
 from readback import TOY_MULTINODE, variant
 
 from tuneline.cluster.check import launcher_problems, rendered_objects
-from tuneline.targets.build import compile_graph
-from tuneline.targets.kfp.jobpod import DNS_1035, dns_1035
-from tuneline.targets.kfp.launch import (MIN_TRAINER, PERMISSIONS, PYTORCHJOB, RUN_LABEL, TRAINJOB, Cluster,
-    Heartbeat, JobApiError, collect_outputs, job_body, job_kind, job_name, job_state, launcher_spec, on_sigterm,
-    parse_args, remove_stage, run_job, stage_inputs)
-from tuneline.targets.options import CompileOptions
-from tuneline.targets.kfp.trainjob import pod_template_of
 from tuneline.graph import build_graph
 from tuneline.spec import load_pipeline
+from tuneline.targets.build import compile_graph
+from tuneline.targets.kfp.jobpod import DNS_1035, dns_1035
+from tuneline.targets.kfp.launch import (
+    MIN_TRAINER,
+    PERMISSIONS,
+    PYTORCHJOB,
+    RUN_LABEL,
+    TRAINJOB,
+    Cluster,
+    Heartbeat,
+    JobApiError,
+    collect_outputs,
+    job_body,
+    job_kind,
+    job_name,
+    job_state,
+    launcher_spec,
+    on_sigterm,
+    parse_args,
+    remove_stage,
+    run_job,
+    stage_inputs,
+)
+from tuneline.targets.kfp.trainjob import pod_template_of
+from tuneline.targets.options import CompileOptions
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 NAMESPACE = "kubeflow"
 TEMPLATE = ("python -m components.fit --train ${{inputs.train}} --rows ${{inputs.rows}} --lr ${{inputs.lr}} "
             "--model-out ${{outputs.model}} --checkpoints ${{outputs.checkpoints}}")

@@ -1,6 +1,6 @@
 """Regenerate the golden compiled files for every pipeline in pipelines/ and every fixture pipeline.
 
-Run as: make golden      (or: .venv/bin/python tests/compile/make_golden.py)
+Run as: make golden      (or: .venv/bin/python tests/targets/compile/make_golden.py)
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
+ROOT = HERE.parents[2]
 GOLDEN = HERE / "golden"
 FIXTURE_PIPELINES = HERE / "fixtures" / "project" / "pipelines"
 _RELATIVE = re.compile(r"^(\s*(?:code|path): )(\S+)$", re.M)
@@ -37,10 +37,10 @@ def normalise(text: str, file: Path) -> str:
 
 
 def compile_to(pipeline: Path, folder: Path) -> list[Path]:
-    from tuneline.targets.build import TARGETS, compile_graph
-    from tuneline.targets.options import CompileOptions
     from tuneline.graph import build_graph
     from tuneline.spec import load_pipeline
+    from tuneline.targets.build import TARGETS, compile_graph
+    from tuneline.targets.options import CompileOptions
 
     return compile_graph(build_graph(load_pipeline(pipeline)), TARGETS, folder, CompileOptions()).files
 
@@ -49,8 +49,8 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     if GOLDEN.exists():
         shutil.rmtree(GOLDEN)
-    from tuneline.targets import CompileError
     from tuneline.spec import SpecError
+    from tuneline.targets import CompileError
 
     failed = 0
     for pipeline, folder in sources().items():

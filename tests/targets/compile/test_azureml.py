@@ -10,13 +10,13 @@ from azure.ai.ml.constants import TimeZone
 from azure.ai.ml.entities._load_functions import load_schedule
 from readback import FIXTURES, TOY, variant
 
+from tuneline.graph import build_graph
+from tuneline.spec import load_pipeline
 from tuneline.targets import CompileError
 from tuneline.targets.azureml.compiler import cluster_conflicts
 from tuneline.targets.build import compile_graph
 from tuneline.targets.options import CompileOptions
 from tuneline.targets.schedule import WINDOWS_TIME_ZONES
-from tuneline.graph import build_graph
-from tuneline.spec import load_pipeline
 
 
 @pytest.mark.parametrize("stem", ["toy", "toy-multinode"])
@@ -175,7 +175,7 @@ def test_resume_output_is_rw_mounted_at_a_stable_datastore_path(compiled):
     assert step.startswith("python -m components.fit ")
 
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 REPO_PIPELINES = sorted((REPO / "pipelines").glob("*.yaml"))
 
 

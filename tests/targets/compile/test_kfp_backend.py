@@ -18,11 +18,6 @@ from tools.conformance.kfp_backend import (
     resolve_argv,
     versions_markdown,
 )
-from tuneline.targets.build import compile_graph
-from tuneline.targets.kfp.compiler import FINGERPRINT_PREFIX, OBJECT_STORE_PREFIXES
-from tuneline.targets.kfp.launch import LAUNCH_MODULE, parse_args
-from tuneline.targets.options import DEFAULT_KFP_PIPELINE_ROOT, CompileOptions
-from tuneline.targets.placement import CHECKPOINT_MOUNT
 from tuneline.graph import build_graph
 from tuneline.spec import OutputRef, SpecError, load_pipeline
 from tuneline.step.command import render_command
@@ -30,8 +25,13 @@ from tuneline.step.fingerprint import FINGERPRINT_MODULE
 from tuneline.step.gate import GATE_INPUT, GATE_MODULE
 from tuneline.step.outdirs import OUTDIRS_MODULE
 from tuneline.step.resume import RESUME_MODULE
+from tuneline.targets.build import compile_graph
+from tuneline.targets.kfp.compiler import FINGERPRINT_PREFIX, OBJECT_STORE_PREFIXES
+from tuneline.targets.kfp.launch import LAUNCH_MODULE, parse_args
+from tuneline.targets.options import DEFAULT_KFP_PIPELINE_ROOT, CompileOptions
+from tuneline.targets.placement import CHECKPOINT_MOUNT
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PIPELINES = sorted((ROOT / "pipelines").glob("*.yaml"))
 
 

@@ -76,7 +76,7 @@ def test_bad_param_is_reported(tmp_path, capsys, bad):
 
 
 def test_submit_refuses_a_local_only_run_argument(tmp_path, capsys):
-    finetune = TOY.parents[5] / "pipelines" / "finetune.yaml"
+    finetune = TOY.parents[6] / "pipelines" / "finetune.yaml"
     assert run(["submit", str(finetune), "--target", "kfp", "--host", "http://kfp.local", "--out", str(tmp_path),
                 "--param", "deploy_target=local", "--dry-run"]) == 2
     assert "deploy.target (parameter deploy_target = 'local') for target kfp: 'local' runs only locally" \
@@ -86,7 +86,7 @@ def test_submit_refuses_a_local_only_run_argument(tmp_path, capsys):
 def test_azureml_submit_can_watch_and_resubmit_a_preempted_job(tmp_path, capsys):
     """Azure ML does not restart a job whose low-priority node was preempted: submit watches it and submits the
     job file again, at most N times, when a node on a low-priority cluster failed."""
-    from tuneline.targets.submit import resubmission
+    from tuneline.targets.azureml.submit import resubmission
 
     assert run(["submit", str(TOY), "--target", "azureml", "--subscription", "s", "--resource-group", "rg",
                 "--workspace", "ws", "--out", str(tmp_path), "--resubmit-preempted", "2", "--dry-run"]) == 0

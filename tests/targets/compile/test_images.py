@@ -3,13 +3,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tuneline.graph import build_graph
+from tuneline.spec import load_pipeline
+from tuneline.spec.models import Images
 from tuneline.targets import CompileError
 from tuneline.targets.build import compile_graph
 from tuneline.targets.images import check_environments, load_image_lock, resolve_images
 from tuneline.targets.options import CompileOptions
-from tuneline.graph import build_graph
-from tuneline.spec import load_pipeline
-from tuneline.spec.models import Images
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -64,7 +64,7 @@ def test_a_step_can_run_in_another_environment_than_its_component(tmp_path):
     # evaluate's component runs in train-cpu; on a GPU profile the step names the CUDA image instead.
 
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     graph = build_graph(load_pipeline(root / "pipelines" / "finetune-gpu.yaml"))
     assert graph.nodes["evaluate"].component.spec.environment == "train-cpu"
     assert graph.nodes["evaluate"].environment == "train-gpu" and graph.nodes["prepare"].environment == "train-cpu"
