@@ -67,17 +67,15 @@ def package_edges(edges: dict[str, set[str]]) -> set[tuple[str, str]]:
 # fails, so the shape cannot regress unseen; an edge a change removes is deleted here.
 ALLOWED_PACKAGE_IMPORTS = {
     "__main__": {"cli"},
-    "cli": {"cluster", "compile", "graph", "llm", "ops", "runner", "serving", "settings", "spec", "step", "submit"},
-    "cluster": {"compile", "graph", "ops", "settings", "spec", "submit"},
-    "compile": {"graph", "settings", "spec", "step"},
+    "cli": {"cluster", "graph", "llm", "ops", "serving", "settings", "spec", "step", "targets"},
+    "cluster": {"graph", "ops", "settings", "spec", "targets"},
     "graph": {"spec"},
     "llm": {"settings", "spec", "step"},
-    "ops": {"compile", "llm", "runner", "serving", "settings", "spec"},
-    "runner": {"graph", "settings", "spec", "step"},
+    "ops": {"llm", "serving", "settings", "spec", "targets"},
     "serving": {"llm", "settings"},
     "spec": {"settings"},
     "step": {"spec"},
-    "submit": {"compile", "spec"},
+    "targets": {"graph", "settings", "spec", "step"},
 }
 # The bottom layer: imported by others, importing no other part of tuneline.
 LEAVES = {"settings"}
@@ -105,6 +103,13 @@ def test_the_step_contract_sits_on_the_pipeline_language_alone():
     """Component programs, the local runner and both compilers import the step contract; if it imported any of
     them back, the targets and the programs they run would be one tangle again."""
     assert ALLOWED_PACKAGE_IMPORTS["step"] <= {"spec", "settings"}
+
+
+def test_nothing_but_the_command_line_reaches_up_into_operations_and_the_cluster_tools():
+    """The engine, the targets, the LLM library and serving sit below operations (triggers, cost, feedback export)
+    and the cluster tooling; only the command line (and the cluster tooling, into operations) imports them."""
+    importers = {a for a, targets in ALLOWED_PACKAGE_IMPORTS.items() if targets & {"ops", "cluster"}}
+    assert importers <= {"cli", "cluster"}
 
 
 def test_the_serving_layer_does_not_reach_up_into_operations():

@@ -206,7 +206,7 @@ def test_azureml_submission_with_an_object_store_dataset_or_unregistered_environ
 def test_azureml_environments_resolve_in_the_control_image(project, capsys, monkeypatch):
     """The Azure ML retrain-check job compiles in the control image, which has no environments/ folder: an
     environment name that resolves only from that folder is caught."""
-    from tuneline.targets import azureml
+    from tuneline.targets.azureml import compiler as azureml
 
     monkeypatch.setattr(azureml, "component_environment", lambda options, name: f"azureml:{name}@latest")
     assert _check() == 2

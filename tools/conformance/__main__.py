@@ -32,7 +32,7 @@ from tuneline.spec import SpecError, load_pipeline
 from tuneline.spec.load import parse_set_pairs
 from tuneline.targets.build import compile_graph
 from tuneline.targets.local import record as rec
-from tuneline.targets.local.local import LocalRunner, RunOptions, read_value_output
+from tuneline.targets.local.runner import LocalRunner, RunOptions, read_value_output
 from tuneline.targets.options import CompileOptions
 
 from .azureml import AzureMLRuntime, RuntimeRuleBroken, value_of

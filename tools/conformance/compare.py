@@ -21,7 +21,7 @@ from tuneline.graph import PipelineGraph
 from tuneline.spec.load import Component
 from tuneline.step.digest import file_sha256, path_sha256, tree_files
 from tuneline.targets.local import record as rec
-from tuneline.targets.local.local import read_value_output
+from tuneline.targets.local.runner import read_value_output
 
 # Outputs two correct runs cannot share, with the reason, found by what the component declares rather than by
 # its name: every step that trains has both.

@@ -18,8 +18,8 @@ What runs what (kfp 2.17.0, sdk/python/kfp/ in github.com/kubeflow/pipelines at 
   (train-gpu) is replaced by the CPU image with the same components (`cpu_stand_ins`), and a project other than
   this repository (the toy fixture) has its components/ mounted over the image's.
 
-Where kfp.local falls short of the KFP backend, and what stands in for it here (tests/targets/compile/test_kfp_backend.py
-checks each on the compiled IR, since nothing here can run the backend):
+Where kfp.local falls short of the KFP backend, and what stands in for it here
+(tests/targets/compile/test_kfp_backend.py checks each on the compiled IR, since nothing here can run the backend):
 K1 Output artifacts of container components. kfp.local registers only the artifacts a task lists in its
    executor output file (`executor_output_utils.get_outputs_for_task`), which only KFP's Python executor
    writes; the backend's launcher registers every declared output artifact of a successful task

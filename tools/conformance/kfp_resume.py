@@ -47,7 +47,7 @@ from tuneline.spec import OutputRef, SpecError, load_pipeline
 from tuneline.spec.load import parse_set_pairs
 from tuneline.targets.build import compile_graph
 from tuneline.targets.local import record as rec
-from tuneline.targets.local.local import LocalRunner, RunOptions
+from tuneline.targets.local.runner import LocalRunner, RunOptions
 from tuneline.targets.options import CompileOptions
 
 from .compare import artifact_difference

@@ -96,8 +96,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from ..graph import build_graph
     from ..ops.cost.comparison import cost_comparison
-    from ..targets.local.local import RunOptions, StepFailed
     from ..targets.local.report import exit_code, run_and_report
+    from ..targets.local.runner import RunOptions, StepFailed
     from .preflight import check
 
     try:

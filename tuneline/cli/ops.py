@@ -107,8 +107,8 @@ def _retrain(pipeline, home: Path, args: argparse.Namespace, decision) -> dict:
     """Run the pipeline through the runner's API; the record it returns says which run it was."""
     from ..graph import build_graph
     from ..ops.cost.comparison import cost_comparison
-    from ..targets.local.local import RunOptions, StepFailed
     from ..targets.local.report import exit_code, run_and_report
+    from ..targets.local.runner import RunOptions, StepFailed
 
     out = sys.stderr if args.json else sys.stdout  # with --json, stdout stays a single JSON document
     print(decision.render(), file=out, flush=True)

@@ -51,8 +51,8 @@ from typing import Any, TextIO
 from ...settings import CHECKPOINT_MOUNT
 from ...spec.models import ComponentSpec
 from ...step.command import render_command
-from .. import pytorchjob, trainjob
 from ..command import torchrun_prefix
+from . import pytorchjob, trainjob
 from .jobpod import DNS_1035, NAME_PREFIX_MAX
 from .watch import BEAT_SECONDS, GONE_FILE, HEARTBEAT_FILE, WATCH_MODULE
 

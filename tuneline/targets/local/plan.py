@@ -16,7 +16,7 @@ from ...graph import Node, PipelineGraph
 from ...spec import IOType, OutputRef
 from ...step.cache import StepCache, step_cache_key
 from ...step.digest import path_sha256
-from .local import RunOptions
+from .runner import RunOptions
 
 
 @dataclass

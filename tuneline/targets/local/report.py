@@ -15,8 +15,8 @@ from typing import TextIO
 
 from ...graph import PipelineGraph
 from . import record as rec
-from .local import LocalRunner, RunOptions
 from .progress import Progress, summary_table
+from .runner import LocalRunner, RunOptions
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -75,7 +75,7 @@ def run_and_report(graph: PipelineGraph, options: RunOptions, out: TextIO | None
                    afterword: Afterword | None = None) -> rec.RunRecord:
     """Run `graph` with live progress on `out` (default stdout), print the report, return the record.
 
-    Raises `tuneline.targets.local.local.StepFailed` when the selection (--from/--only) is invalid.
+    Raises `tuneline.targets.local.runner.StepFailed` when the selection (--from/--only) is invalid.
     """
     out = out or sys.stdout
     progress = Progress(out)
