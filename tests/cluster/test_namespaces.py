@@ -72,7 +72,7 @@ def _predictor_pod(isvc: dict) -> Resource:
     labels = {"serving.kserve.io/inferenceservice": isvc["metadata"]["name"], "component": "predictor"}
     meta = {"name": "predictor", "namespace": "tuneline", "labels": labels}
     obj = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": {**spec, "containers": [container]}}
-    return Resource(obj=obj, source=REPO / "tuneline" / "deploy" / "kserve.py")
+    return Resource(obj=obj, source=REPO / "tuneline" / "serving" / "deploy" / "kserve.py")
 
 
 @pytest.mark.parametrize("api", ["v2", "openai"])

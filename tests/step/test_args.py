@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tuneline.spec.models import PLACEHOLDER
+from tuneline.spec.command import PLACEHOLDER
 from tuneline.step.args import command_flags, component_program
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,7 +20,7 @@ COMPONENTS = sorted(p.parent for p in (REPO / "components").glob("*/component.ya
 @pytest.mark.parametrize("folder", COMPONENTS, ids=lambda p: p.name)
 def test_every_placeholder_has_its_flag_and_defaults_are_the_spec_s(folder: Path):
     program = component_program(folder)
-    flags = command_flags(program.spec.command)
+    flags = command_flags(program.spec)
     assert set(flags) == set(PLACEHOLDER.findall(program.spec.command))
     parser = program.parser()
     known = {opt for action in parser._actions for opt in action.option_strings}

@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict
 
 REPO = Path(__file__).resolve().parents[2]
 TABLE = REPO / "k8s" / "supported.yaml"
-FIELDS = REPO / "tests" / "compile" / "fixtures" / "kfp-platform"  # {message: {jsonName: type}} per version
+FIELDS = REPO / "tests" / "targets" / "compile" / "fixtures" / "kfp-platform"  # {message: {jsonName: type}} per version
 
 PARAMETER = re.compile(r"\{\{\$\.inputs\.parameters\['(.+?)'\]\}\}")  # the driver's fullInputParameterRe
 ANY_PLACEHOLDER = re.compile(r"\{\{\$[^}]*\}\}")

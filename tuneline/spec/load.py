@@ -18,10 +18,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from .command import block_inputs, references
 from .models import (
     COMPILE_TARGETS,
-    OPTIONAL_BLOCK,
-    PLACEHOLDER,
     ComponentSpec,
     IOType,
     PipelineSpec,
@@ -163,7 +162,8 @@ def _command_problems(component: Component) -> list[Problem]:
     spec, loaded = component.spec, component.source
     problems = []
     used_outputs = set()
-    for kind, name in PLACEHOLDER.findall(spec.command):
+    for ref in references(spec.command_items):
+        kind, name = ref.kind, ref.name
         table = spec.inputs if kind == "inputs" else spec.outputs
         if name not in table:
             close = difflib.get_close_matches(name, list(table), n=1)
@@ -171,8 +171,7 @@ def _command_problems(component: Component) -> list[Problem]:
             problems.append(loaded.problem(("command",), f"command uses unknown {kind[:-1]} '{name}'{hint}"))
         if kind == "outputs":
             used_outputs.add(name)
-    optional_blocks = OPTIONAL_BLOCK.findall(spec.command)
-    in_blocks = {n for block in optional_blocks for k, n in PLACEHOLDER.findall(block) if k == "inputs"}
+    in_blocks = block_inputs(spec.command_items)
     for name, spec_in in spec.inputs.items():
         if spec_in.optional and spec_in.default is None and name not in in_blocks:
             problems.append(loaded.problem(("inputs", name),

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..settings import DEFAULT_GATE_METRIC
+from .command import Item, parse_command
 from .cron import check_cron, check_timezone
 from .targets import compile_targets
 
@@ -36,8 +37,6 @@ def quantity(text: Any) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 # Command templates (Azure ML's syntax): `${{inputs.x}}` / `${{outputs.y}}`, and `$[[ ... ]]` around the parts
 # that apply only when the optional inputs inside are bound.
-PLACEHOLDER = re.compile(r"\$\{\{\s*(inputs|outputs)\.([a-zA-Z0-9_]+)\s*\}\}")
-OPTIONAL_BLOCK = re.compile(r"\$\[\[(.*?)\]\]", re.S)
 
 
 class Strict(BaseModel):
@@ -193,6 +192,18 @@ class ComponentSpec(Strict):
     resources: Resources = Field(default_factory=Resources)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     cache: bool = True
+
+    @field_validator("command")
+    @classmethod
+    def _command_parses(cls, value: str) -> str:
+        parse_command(value)  # a CommandError is a ValueError: reported at the component's `command`
+        return value
+
+    @property
+    def command_items(self) -> list[Item]:
+        """The command template's tokens (tuneline.spec.command), parsed when the component loaded; a new list
+        each time, for the caller to extend."""
+        return list(parse_command(self.command))
 
     @field_validator("inputs", "outputs")
     @classmethod

@@ -23,14 +23,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import shlex
 from pathlib import Path
 from typing import Any
 
+from tuneline.spec.command import flags
 from tuneline.spec.load import load_component
 from tuneline.spec.models import (
-    OPTIONAL_BLOCK,
-    PLACEHOLDER,
     ComponentSpec,
     InputSpec,
     IOType,
@@ -41,15 +39,9 @@ from tuneline.spec.models import (
 _PYTHON_TYPES = {IOType.integer: int, IOType.number: float, IOType.boolean: bool, IOType.string: str}
 
 
-def command_flags(template: str) -> dict[tuple[str, str], str]:
-    """(inputs|outputs, name) -> the `--flag` written right before its placeholder in `template`."""
-    words = shlex.split(OPTIONAL_BLOCK.sub(lambda m: f" {m.group(1)} ", template))
-    flags: dict[tuple[str, str], str] = {}
-    for previous, word in zip(words, words[1:], strict=False):
-        match = PLACEHOLDER.fullmatch(word)
-        if match and previous.startswith("--"):
-            flags.setdefault((match.group(1), match.group(2)), previous)
-    return flags
+def command_flags(spec: ComponentSpec) -> dict[tuple[str, str], str]:
+    """(inputs|outputs, name) -> the `--flag` written right before its placeholder in the component's command."""
+    return flags(spec.command_items)
 
 
 def _converter(name: str, spec: InputSpec):
@@ -90,17 +82,17 @@ def _help(spec: InputSpec) -> str:
 
 
 def build_parser(spec: ComponentSpec, prog: str | None = None) -> argparse.ArgumentParser:
-    flags = command_flags(spec.command)
+    flag_of = command_flags(spec)
     parser = argparse.ArgumentParser(prog=prog or f"python -m components.{spec.name}",
                                      description=spec.description)
     for name, inp in spec.inputs.items():
-        parser.add_argument(flags.get(("inputs", name), "--" + name.replace("_", "-")), dest=name,
+        parser.add_argument(flag_of.get(("inputs", name), "--" + name.replace("_", "-")), dest=name,
                             type=_converter(name, inp), required=inp.required,
                             default=_typed_default(inp),
                             metavar=inp.type.value.upper(), help=_help(inp))
     outputs = parser.add_argument_group("outputs")
     for name, out in spec.outputs.items():
-        outputs.add_argument(flags.get(("outputs", name), f"--{name.replace('_', '-')}-out"), dest=name,
+        outputs.add_argument(flag_of.get(("outputs", name), f"--{name.replace('_', '-')}-out"), dest=name,
                              type=Path, required=True, metavar="PATH",
                              help=f"{out.description or out.type.value} ({out.type.value} output)")
     return parser

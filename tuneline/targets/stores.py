@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 
 from ..graph import Node, PipelineGraph
+from ..spec.command import Item, OptionalBlock, Ref, Token
 from ..step.resume import RESUME_MODULE
-from .command import Item, OptionalBlock, Ref, Token
 
 
 def component_path(graph: PipelineGraph, node: Node) -> str:

@@ -48,10 +48,10 @@ import yaml
 from ...graph import Node, PipelineGraph
 from ...settings import TELEMETRY_OFF
 from ...spec import Literal, OutputRef, ParamRef
+from ...spec.command import OptionalBlock, Ref, Token
 from ...spec.models import IOType
 from ...step.gate import GATE_INPUT, GATE_MODULE, VALUE_FILE
 from .. import CompileError
-from ..command import OptionalBlock, Ref, Token, parse_command
 from ..images import DEFAULT_REGISTRY
 from ..options import CompileOptions
 from ..placement import resumable
@@ -117,7 +117,7 @@ def _word(token: Token, node: Node) -> str:
 
 def azureml_command(graph: PipelineGraph, node: Node) -> str:
     """The component's command as Azure ML should run it: quoted placeholders, value files, and the gate."""
-    items = parse_command(node.component.spec.command)
+    items = node.component.spec.command_items
     if resumable(node):
         items = resume_items(graph, node, in_output=True) + items
     words: list[str] = []

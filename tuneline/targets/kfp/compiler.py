@@ -39,12 +39,13 @@ from kfp.dsl import Dataset, Input, Model, Output
 from ...graph import Node, PipelineGraph
 from ...settings import SPOT_LABEL, SPOT_VALUE, TELEMETRY_OFF
 from ...spec import Literal, OutputRef, ParamRef, Problem, SpecError
+from ...spec.command import Item, OptionalBlock, Ref, Token, leading_words
 from ...spec.models import IOType
 from ...step.fingerprint import FINGERPRINT_MODULE
 from ...step.gate import GATE_INPUT, GATE_MODULE
 from ...step.outdirs import OUTDIRS_MODULE
 from .. import PIPELINE_FILE, CompileError
-from ..command import Item, OptionalBlock, Ref, Token, leading_words, parse_command, torchrun_prefix
+from ..command import torchrun_prefix
 from ..options import (
     DEFAULT_KFP_PIPELINE_ROOT,
     HF_CACHE_DIR,
@@ -329,7 +330,7 @@ class _Builder:
         by_name = {p.name: p for p in ports}
         params = [_parameter(node, p) for p in ports]
         place = self.placements[node.name]
-        items = parse_command(node.component.spec.command)
+        items = node.component.spec.command_items
         image = self.image(node)
         if place.nodes > 1:
             manifest = self._manifest(node, place, items)

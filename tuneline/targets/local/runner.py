@@ -26,7 +26,7 @@ from ...graph import Node, PipelineGraph
 from ...spec import IOType, Literal, OutputRef, ParamRef
 from ...step import progress as step_progress
 from ...step.cache import SUMMARY, StepCache, link_tree, step_cache_key
-from ...step.command import render_command
+from ...step.command import render_items
 from ...step.digest import path_sha256
 from ...step.gate import SKIPPED as GATE_SKIPPED  # the words a gated-off step records on every target
 from . import record as rec
@@ -208,7 +208,7 @@ class LocalRunner:
             try:
                 output_paths.update({store.output: str(store.path) for store in stores})
                 values = {name: (v["path"] if "path" in v else v["value"]) for name, v in inputs.items()}
-                step.command = render_command(node.component.spec.command, values, output_paths)
+                step.command = render_items(node.component.spec.command_items, values, output_paths)
                 self._execute(node, step, step_dir)
                 for store in stores:
                     store.adopt_into(outputs_dir / store.output)
