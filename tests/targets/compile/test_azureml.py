@@ -14,9 +14,9 @@ from tuneline.graph import build_graph
 from tuneline.spec import load_pipeline
 from tuneline.targets import CompileError
 from tuneline.targets.azureml.compiler import cluster_conflicts
+from tuneline.targets.azureml.schedule import WINDOWS_TIME_ZONES
 from tuneline.targets.build import compile_graph
 from tuneline.targets.options import CompileOptions
-from tuneline.targets.schedule import WINDOWS_TIME_ZONES
 
 
 @pytest.mark.parametrize("stem", ["toy", "toy-multinode"])

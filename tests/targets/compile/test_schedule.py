@@ -2,7 +2,8 @@ import pytest
 
 from tuneline.spec.models import Schedule
 from tuneline.targets import CompileError
-from tuneline.targets.schedule import azureml_schedule, kfp_cron, kfp_recurring_run
+from tuneline.targets.azureml.schedule import azureml_schedule
+from tuneline.targets.kfp.schedule import kfp_cron, kfp_recurring_run
 
 
 def test_utc_cron_gains_a_seconds_field():

@@ -55,8 +55,8 @@ from .. import CompileError
 from ..images import DEFAULT_REGISTRY
 from ..options import CompileOptions
 from ..placement import resumable
-from ..schedule import azureml_schedule
 from ..stores import resume_items
+from .schedule import azureml_schedule
 
 COMPONENT_SCHEMA = "https://azuremlschemas.azureedge.net/latest/commandComponent.schema.json"
 PIPELINE_SCHEMA = "https://azuremlschemas.azureedge.net/latest/pipelineJob.schema.json"

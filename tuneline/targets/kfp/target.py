@@ -16,8 +16,8 @@ class KfpTarget:
     name = "kfp"
 
     def compile(self, graph: PipelineGraph, folder: Path, options: CompileOptions) -> Compiled:
-        from ..schedule import kfp_recurring_run
         from .compiler import compile_kfp  # the KFP SDK takes about a second to import: only when asked for
+        from .schedule import kfp_recurring_run
 
         result = compile_kfp(graph, folder, options)
         compiled = Compiled(files=[result.pipeline, *result.manifests])
