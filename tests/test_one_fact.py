@@ -35,7 +35,9 @@ EXACT_OWNERS: dict[str, dict[str, str]] = {
     settings.REQUEST_LOG_ENV: {"tuneline/settings.py": "owner"},
     settings.DEFAULT_GATE_METRIC: {
         "tuneline/settings.py": "owner",
-        # the names of the metrics it computes, not a default
+        # the names of the metrics evaluations produce and gates may name, and the table that computes them: not a
+        # default
+        "tuneline/spec/metrics.py": "metric vocabulary",
         "tuneline/llm/ml/metrics.py": "metric table",
     },
 }
