@@ -13,7 +13,7 @@ Prompts: the first `--prompts` chat prompts of data/sample/tickets.jsonl (system
 out), formatted once with the model's chat template so every engine gets the same text.
 
 Reported per engine and mode: req/s, output tokens/s, p50/p95 latency, load time, peak RSS (the worker's and its
-largest child's, vLLM's engine core being one) and agreement: the share of prompts whose greedy text is identical to
+live descendants', vLLM's engine core and worker) and agreement: the share of prompts whose greedy text is identical to
 the baseline's one-at-a-time text (vLLM runs bf16 here, so agreement below 1.0 is expected, not a fault).
 Features (per-request LoRA, schema-constrained decoding, async streaming, a Triton backend) are recorded from the
 engines' documentation and source beside the figures. Written to bench/results/engines.json.
@@ -198,6 +198,7 @@ def run_worker(engine: str, python: Path, model_dir: Path, prompts: list[str], m
     logfile = engines_home() / f"{engine}-run.log"
     logfile.parent.mkdir(parents=True, exist_ok=True)
     log(f"{engine}: running {len(prompts)} prompts batched and one at a time (log {logfile})")
+    load_before = os.getloadavg()[0]
     with logfile.open("w") as err:
         try:
             proc = subprocess.run([str(python), str(WORKER)], input=json.dumps(request), stdout=subprocess.PIPE,
@@ -208,7 +209,8 @@ def run_worker(engine: str, python: Path, model_dir: Path, prompts: list[str], m
     if proc.returncode != 0 or not lines:
         tail = logfile.read_text(errors="replace")[-1500:]
         return {"engine": engine, "error": f"exit {proc.returncode} (log {logfile}): {tail}"}
-    return json.loads(lines[-1])
+    # The machine is shared: the load average beside each engine's figures says how far to trust them.
+    return {**json.loads(lines[-1]), "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
 def agreement(texts: list[str], reference: list[str]) -> float:
@@ -225,8 +227,8 @@ def table(results: dict) -> str:
         if "error" in res:
             rows.append(f"{name:34} failed: {res['error'].splitlines()[0][:80]}")
             continue
-        # vLLM's model lives in its engine core (a child); the others' in the worker itself.
-        rss = max(res["peak_rss_mb"], res.get("peak_child_rss_mb", 0))
+        # vLLM's model lives in its engine processes (children); the others' in the worker itself.
+        rss = res["peak_rss_mb"] + res.get("peak_child_rss_mb", 0)
         for mode, fig in res["modes"].items():
             rows.append(f"{name + ' / ' + mode:34} {fig['requests_per_s']:7.2f} {fig['output_tokens_per_s']:7.1f} "
                         f"{fig['p50_ms']:8.0f} {fig['p95_ms']:8.0f} {res['load_s']:7.1f} {rss:7.0f} "

@@ -19,6 +19,7 @@ import os
 import resource
 import sys
 import time
+from pathlib import Path
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -42,10 +43,38 @@ def summarise(latencies: list[float], tokens: list[int], seconds: float) -> dict
     }
 
 
+def _descendants(pid: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended while we looked
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def _peak_rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def peak_rss_mb() -> dict:
-    """This process's peak RSS and the largest of its reaped children's (vLLM's engine core is one)."""
+    """This process's peak RSS and the sum of its live descendants' peaks (vLLM's engine core and worker hold the
+    model and KV cache), read from /proc while the engine is still up: a child's peak reaches getrusage only once
+    it is reaped, which vLLM's shutdown does not promise."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    children = sum(_peak_rss_kb(pid) for pid in _descendants(os.getpid())) / 1024
     return {"peak_rss_mb": round(own, 1), "peak_child_rss_mb": round(children, 1)}
 
 
@@ -98,7 +127,6 @@ class Vllm:
         return [(o.outputs[0].text, len(o.outputs[0].token_ids)) for o in outs]
 
     def close(self) -> None:
-        # Shutting the engine core down reaps it, so its peak RSS counts among this process's children.
         shutdown = getattr(self.llm.llm_engine, "shutdown", None)
         if shutdown:
             shutdown()
@@ -169,10 +197,11 @@ def run(request: dict) -> dict:
         "batched": run_mode(engine, prompts, int(request.get("batch") or len(prompts)), new),
         "sequential": run_mode(engine, prompts, 1, new),
     }
+    rss = peak_rss_mb()
     version = engine.version
     engine.close()
     return {"engine": request["engine"], "version": version, "load_s": round(load_s, 2), "threads": threads,
-            "modes": modes, **peak_rss_mb()}
+            "modes": modes, **rss}
 
 
 def main() -> int:
