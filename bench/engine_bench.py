@@ -12,20 +12,30 @@ Model: the demo's base model (smollm2-135m-instruct from the catalog, resolved o
 Prompts: the first `--prompts` chat prompts of data/sample/tickets.jsonl (system + user turns, the answer left
 out), formatted once with the model's chat template so every engine gets the same text.
 
-Reported per engine and mode: req/s, output tokens/s, p50/p95 latency, load time, peak RSS (the worker's and its
-live descendants', vLLM's engine core and worker) and agreement: the share of prompts whose greedy text is identical to
-the baseline's one-at-a-time text (vLLM runs bf16 here, so agreement below 1.0 is expected, not a fault).
+Reported per engine and mode: req/s, output tokens/s, p50/p95 latency, load time, peak RSS (the worker's plus
+its live descendants', vLLM's engine core and worker) and agreement: the share of prompts whose greedy text is
+identical to the baseline's one-at-a-time text. vLLM and OpenVINO compute in bf16 on this CPU (AVX512_BF16), the
+baseline in fp32, so about half the 32-token answers drift apart after a few tokens: expected, not a fault.
 Features (per-request LoRA, schema-constrained decoding, async streaming, a Triton backend) are recorded from the
 engines' documentation and source beside the figures. Written to bench/results/engines.json.
 
-Decision. Measured here (2 shared cores, SmolLM2-135M, 32 ticket prompts x 32 new tokens, figures in
-bench/results/engines.json): see docs/serving.md "Choosing the engine" for the table. vLLM is the engine:
-it is the fastest in both modes on this machine (batched and one at a time) against the plain transformers
-baseline, the same family runs on the cluster's GPUs (its CUDA build, and Triton's own vllm_backend serves it),
-and it is the only candidate that has all of per-request LoRA adapters on one base (`enable_lora`, `LoRARequest`,
-CPU included), schema-constrained decoding (structured outputs: xgrammar, guidance, outlines) and an async
-streaming engine (`AsyncLLM`) behind Triton. OpenVINO GenAI is a CPU/Intel-GPU engine only (no CUDA path for the
-cluster), and plain `generate` stays as the fallback the server names when it is used.
+Decision: vLLM. Figures (bench/results/engines.json; 2 shared cores, load average 2-3 from other work, so
+compare within a run), 32 ticket prompts x 32 tokens,
+  batched (all 32 at once): transformers fp32 1.05 req/s, vLLM bf16 4.51 (4.3x), OpenVINO GenAI 19.0 (18x);
+  one at a time: transformers 0.50 req/s (p50 2.0 s), vLLM 0.96 (1.9x, p50 1.04 s), OpenVINO 1.66 (3.3x, 0.60 s);
+  load: transformers 3.6 s, vLLM 82 s, OpenVINO 2.1 s (after a one-off 33 s export); peak RSS 1.6 / 3.8 / 1.1 GB.
+  Two earlier runs under more load: vLLM 4.6-4.8 batched and 1.0 one at a time, OpenVINO 6.1-10.5 and 1.2-1.4.
+OpenVINO GenAI is the fastest engine on this CPU, but it has no CUDA path, so the cluster would run a second
+engine family; its documented LoRA use is an adapter configuration per generate call (not checked here for
+mixing adapters within one batch), and its streaming is a callback inside a blocking call, not an asyncio engine
+as Triton's decoupled backends use. vLLM beats the baseline in both modes, is the same engine on
+the cluster's GPUs (its CUDA build; Triton's own vllm_backend serves it from model.json and multi_lora.json), and
+has everything the serving work needs: per-request LoRA on one base (`enable_lora`, `LoRARequest`; the CPU
+platform supports it through PunicaWrapperCPU, vllm/platforms/cpu.py), schema-constrained decoding (structured
+outputs: xgrammar by default, guidance, outlines, lm-format-enforcer; vllm/v1/structured_output/) and streaming
+from `AsyncLLM.generate` (vllm/v1/engine/async_llm.py). Its cost here: a load of about 80-100 s (torch.compile
+on 2 cores) and a larger footprint (its 1 GiB KV cache included). Plain `generate` stays as the fallback the
+server names when it is used.
 
 Run as: python bench/engine_bench.py [--engines transformers vllm openvino] [--prompts 32] [--max-new-tokens 32]
         make engine-bench
@@ -87,11 +97,11 @@ FEATURES = {
                           "backend wraps AsyncLLM the same way",
     },
     "openvino": {
-        "per_request_lora": "partly: openvino_genai.Adapter / AdapterConfig set per generate call (LoRA in "
-                            "safetensors), but a call carries one adapter configuration for all its prompts",
+        "per_request_lora": "partly: openvino_genai.Adapter / AdapterConfig given per generate call (LoRA in "
+                            "safetensors); mixing adapters inside one batch not checked here",
         "structured_output": "yes in recent releases: GenerationConfig.structured_output_config "
                              "(StructuredOutputConfig(json_schema=...), xgrammar underneath)",
-        "async_streaming": "streamer callback / TextStreamer per generate call (synchronous); no async engine API",
+        "async_streaming": "a streamer callback inside a blocking generate call; no asyncio engine API",
         "triton_backend": "Triton's openvino_backend runs plain IR models, not the GenAI pipeline; OpenVINO Model "
                           "Server is the LLM server. CPU and Intel GPU only: no CUDA path for the cluster",
     },
