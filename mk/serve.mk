@@ -1,5 +1,6 @@
 # Serving targets, included by the top-level Makefile (which defines PY and VENV_STAMP).
 # Run as: make serve-venv | make serve-deploy MODEL=path/to/hf-folder | make serve-status | make serve-stop
+#         make engine-bench
 # The serve venv holds nvidia-pytriton (bundled tritonserver) and needs numpy<2, so it is separate from .venv.
 
 # The same defaults as tuneline/settings.py: the state follows TUNELINE_HOME, the venv stays in .tuneline/.
@@ -42,3 +43,8 @@ serve-load: $(VENV_STAMP) ## LOAD_REQUESTS chat requests at each LOAD_CONCURRENC
 .PHONY: feedback-demo
 feedback-demo: serve-venv ## the closed loop: demo champion served, scripted users rate it, DPO challenger judged and canaried -> bench/results/feedback-demo.json
 	TUNELINE_SERVE_VENV=$(SERVE_VENV) $(PY) bench/feedback_demo.py $(DEMO_ARGS)
+
+# Not a prerequisite of `test`: the engines' venvs (vLLM's CPU build, OpenVINO GenAI) are large and built only here.
+.PHONY: engine-bench
+engine-bench: $(VENV_STAMP) ## serving engines on the demo's base model: transformers vs vLLM (CPU) vs OpenVINO GenAI -> bench/results/engines.json
+	nice $(PY) bench/engine_bench.py $(BENCH_ARGS)
