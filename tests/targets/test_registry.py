@@ -47,6 +47,19 @@ def test_a_fourth_target_is_submitted_through_the_same_path(outline, tmp_path):
     assert done.target == "outline" and done.run_id == "toy" and done.lines[0] == "outline toy"
 
 
+def test_a_fourth_target_is_a_choice_of_tuneline_submit_with_the_flags_it_declares(outline, tmp_path, capsys):
+    import argparse
+
+    from tuneline.cli.compile import add_commands
+
+    parser = argparse.ArgumentParser(prog="tuneline")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["submit", str(TOY), "--target", "outline", "--outline-note", "from its own flag",
+                              "--out", str(tmp_path)])
+    assert args.handler(args) == 0
+    assert capsys.readouterr().out.splitlines()[::2] == ["outline toy", "  from its own flag"]
+
+
 def test_an_unknown_target_names_the_known_ones():
     with pytest.raises(CompileError, match="unknown target 'nowhere'; one of azureml, kfp"):
         registry.get("nowhere")

@@ -69,60 +69,41 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from ..targets.plan import plan_json
+    import os
+
+    from ..targets import submit
 
     given = parse_set_pairs(args.param)
     # A run argument is a pipeline parameter; a step's input is a constant of the compiled pipeline (KFP's
     # run arguments are the pipeline's inputs only), so `--param STEP.INPUT=...` is compiled in, as --set does.
     step_inputs = [f"{name}={value}" for name, value in given.items() if "." in name]
     if step_inputs:
-        args.set = [*args.set, *step_inputs]
         given = {name: value for name, value in given.items() if "." not in name}
         print(f"tuneline: {', '.join(pair.partition('=')[0] for pair in step_inputs)}: a step's input, compiled "
               "into the pipeline as --set does (run arguments are pipeline parameters)", file=sys.stderr)
+    # The target says which values its run takes as arguments and which it carries compiled in.
+    compiled_in, run_params = submit.submission_values(args.target, parse_set_pairs([*args.set, *step_inputs]), given)
+    args.set = [f"{name}={value}" for name, value in compiled_in.items()]
     output = _compile(args, args.pipeline, (args.target,))
     if output is None:
         return EXIT_INVALID
     from ..spec import load_pipeline
 
     try:  # typed and checked like --set, so KFP receives numbers as numbers
-        typed = load_pipeline(args.pipeline, given).for_target(args.target).params  # a local-only value is refused
+        typed = load_pipeline(args.pipeline, run_params).for_target(args.target).params  # local-only is refused
     except SpecError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_INVALID
-    arguments = {name: typed[name] for name in given}
-    if args.target == "kfp":
-        if not args.host:
-            print("tuneline: --target kfp needs --host", file=sys.stderr)
-            return EXIT_INVALID
-        from ..targets.kfp.submit import kfp_plan
-
-        plan = kfp_plan(output.folder / "kfp", args.host, output.pipeline, args.experiment, args.namespace,
-                        arguments, args.no_cache, args.schedule, args.service_account)
-    else:
-        missing = [flag for flag, value in (("--subscription", args.subscription),
-                                            ("--resource-group", args.resource_group),
-                                            ("--workspace", args.workspace)) if not value]
-        if missing:
-            print(f"tuneline: --target azureml needs {', '.join(missing)}", file=sys.stderr)
-            return EXIT_INVALID
-        if arguments:
-            print("tuneline: on Azure ML, bake parameter values in with --set (the job file carries them)",
-                  file=sys.stderr)
-            return EXIT_INVALID
-        from ..targets.azureml.submit import azureml_plan
-
-        plan = azureml_plan(output.folder / "azureml", args.subscription, args.resource_group,
-                            args.workspace, args.experiment, args.schedule, args.resubmit_preempted)
-    if args.dry_run:
-        print(plan_json(plan))
-        return EXIT_OK
-    if args.target == "kfp":
-        from ..targets.kfp.submit import execute_kfp as execute
-    else:
-        from ..targets.azureml.submit import execute_azureml as execute
-    for line in execute(plan):
+    settings = submit.settings_from_args(args.target, args, os.environ)
+    try:
+        lines = submit.submit_compiled(args.target, output.folder / args.target, output.pipeline,
+                                       {name: typed[name] for name in run_params}, settings, schedule=args.schedule,
+                                       dry_run=args.dry_run, no_cache=args.no_cache)
+    except submit.SubmitError as exc:
+        print(f"tuneline: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    for line in lines:
         print(line)
     return EXIT_OK
 
@@ -162,30 +143,25 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     compile_ = subparsers.add_parser("compile", help="compile pipelines to Kubeflow Pipelines and/or Azure ML")
     compile_.add_argument("pipelines", nargs="+", help="pipeline YAML files")
-    compile_.add_argument("--target", choices=("kfp", "azureml", "all"), default="all", help="platform(s)")
+    compile_.add_argument("--target", choices=(*TARGETS, "all"), default="all", help="platform(s)")
     compile_.add_argument("-v", "--verbose", action="store_true", help="list every file written")
     _common(compile_)
     compile_.set_defaults(handler=cmd_compile)
 
-    submit_ = subparsers.add_parser("submit", help="compile, then run (and schedule) on KFP or Azure ML")
+    from ..targets.submit import add_setting_flags, submit_targets
+
+    targets = submit_targets()
+    submit_ = subparsers.add_parser("submit", help="compile, then run (and schedule) on a target's platform")
     submit_.add_argument("pipeline", help="pipeline YAML file")
-    submit_.add_argument("--target", choices=("kfp", "azureml"), required=True, help="platform")
-    submit_.add_argument("--host", default=None, help="KFP API endpoint, e.g. https://kfp.example.com")
-    submit_.add_argument("--namespace", default=None, help="KFP namespace (multi-user installs)")
-    submit_.add_argument("--service-account", default=None, help="KFP: service account the run's pods use")
+    submit_.add_argument("--target", choices=targets, required=True, help="platform")
     submit_.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                         help="KFP: a run argument (repeatable); the compiled default otherwise. STEP.INPUT=VALUE "
-                              "sets one step's input, compiled into the pipeline as with --set")
-    submit_.add_argument("--subscription", default=None, help="Azure subscription id")
-    submit_.add_argument("--resource-group", default=None, help="Azure resource group of the workspace")
-    submit_.add_argument("--workspace", default=None, help="Azure ML workspace name")
+                         help="a run argument (repeatable); the compiled default otherwise. A target whose job file "
+                              "carries its inputs (Azure ML) compiles it in. STEP.INPUT=VALUE sets one step's "
+                              "input, compiled into the pipeline as with --set")
     submit_.add_argument("--experiment", default=None, help="experiment name (default: the pipeline name)")
     submit_.add_argument("--schedule", action="store_true", help="also create the pipeline's schedule")
-    submit_.add_argument("--resubmit-preempted", type=int, default=0, metavar="N",
-                         help="Azure ML: watch the job and submit it again, up to N times, when a step on a "
-                              "low-priority cluster fails (Azure ML does not restart a preempted job; the step "
-                              "resumes from its checkpoint output)")
     submit_.add_argument("--dry-run", action="store_true", help="print the client calls as JSON; call nothing")
+    add_setting_flags(submit_, targets, prefix="{target}: ")
     _common(submit_)
     submit_.set_defaults(handler=cmd_submit)
 

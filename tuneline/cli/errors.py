@@ -3,7 +3,7 @@
 `tuneline.cli.main.main` asks `next_step` about any exception a command lets through; None means "not one of these",
 and the traceback is shown as before. The SDKs are not imported here: exceptions are recognised by class name
 along the `__cause__`/`__context__` chain, since the KFP client wraps urllib3's errors and Azure's credential
-chain wraps each credential's.
+chain wraps each credential's. What a platform's failure means is that target's to say (`Target.explain`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import re
 # urllib3 (under the KFP client and the Kubernetes client), requests, and the socket layer itself.
 _NETWORK = {"MaxRetryError", "NewConnectionError", "ConnectionError", "ConnectionRefusedError", "ConnectTimeoutError",
             "NameResolutionError", "gaierror", "ProtocolError", "ConnectTimeout", "ReadTimeoutError"}
-# azure-identity's DefaultAzureCredential and azure-core.
-_AZURE_LOGIN = {"ClientAuthenticationError", "CredentialUnavailableError"}
 
 
 def quiet_sdk_logs() -> None:
@@ -44,7 +42,9 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 
 def _host(exc: BaseException, args: argparse.Namespace) -> str:
-    host = getattr(args, "host", None) or getattr(args, "kfp_host", None)
+    # The endpoint as the user gave it: a target's `host` setting (tuneline.targets.base.Setting).
+    host = next((value for key, value in vars(args).items() if (key == "host" or key.endswith("_host")) and value),
+                None)
     if host:
         return host
     match = re.search(r"host='([^']+)', port=(\d+)", str(exc))
@@ -52,23 +52,16 @@ def _host(exc: BaseException, args: argparse.Namespace) -> str:
 
 
 def next_step(exc: BaseException, args: argparse.Namespace) -> str | None:
+    from ..targets.submit import explain
+
     chain = _chain(exc)
-    names = {type(e).__name__ for e in chain}
+    network = next((e for e in chain if type(e).__name__ in _NETWORK), None)
+    host = _host(network, args) if network is not None else None
     target = getattr(args, "target", None) or getattr(args, "submit", None)
-    # azure-ai-ml re-raises the credential failure as its own MlException, keeping only the message.
-    if names & _AZURE_LOGIN or any("DefaultAzureCredential failed" in str(e) for e in chain):
-        return ("Azure ML: no Azure credentials on this machine. Run `az login` (then `az account set "
-                "--subscription <id>`), or set AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_CLIENT_SECRET for a "
-                "service principal; see docs/azureml.md.")
-    if any("client_id should be the id of a Microsoft Entra application" in str(e) for e in chain):
-        return ("Azure: AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_CLIENT_SECRET are set but AZURE_CLIENT_ID is "
-                "not an application id: set the service principal's values, or unset all three to use `az login`.")
-    if names & _NETWORK:
-        host = _host(next(e for e in chain if type(e).__name__ in _NETWORK), args)
-        if target == "azureml":
-            return (f"cannot reach Azure ({host}): check the network or proxy settings "
-                    "(HTTPS_PROXY); see docs/troubleshooting.md.")
-        return (f"cannot reach {host}: check --host (the KFP API endpoint, e.g. http://localhost:8080 while "
-                "`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80` runs) and that the port-forward or "
-                "ingress is up; see docs/troubleshooting.md.")
+    hint = explain(chain, host, target)  # each platform recognises its own SDK's failures
+    if hint:
+        return hint
+    if host:
+        return (f"cannot reach {host}: check the address, the network and that any port-forward or ingress is "
+                "up; see docs/troubleshooting.md.")
     return None

@@ -124,17 +124,7 @@ def _retrain(pipeline, home: Path, args: argparse.Namespace, decision) -> dict:
 def _submit_settings(args: argparse.Namespace):
     from ..targets import submit
 
-    return submit.SubmitSettings(
-        kfp_host=args.kfp_host or os.environ.get("KF_PIPELINES_ENDPOINT"),
-        kfp_namespace=args.kfp_namespace or os.environ.get("KFP_NAMESPACE"),
-        service_account=os.environ.get("KFP_SERVICE_ACCOUNT"),
-        # Inside an Azure ML job the AZUREML_ARM_* variables name the job's own workspace.
-        subscription_id=args.subscription or os.environ.get("AZURE_SUBSCRIPTION_ID")
-        or os.environ.get("AZUREML_ARM_SUBSCRIPTION"),
-        resource_group=args.resource_group or os.environ.get("AZURE_RESOURCE_GROUP")
-        or os.environ.get("AZUREML_ARM_RESOURCEGROUP"),
-        workspace=args.workspace or os.environ.get("AZUREML_WORKSPACE") or os.environ.get("AZUREML_ARM_WORKSPACE_NAME"),
-    )
+    return submit.settings_from_args(args.submit, args, os.environ)
 
 
 def _run_state(args: argparse.Namespace):
@@ -319,9 +309,11 @@ def _add_trigger_check(trigger_sub) -> None:
     check.add_argument("pipeline", help="pipeline YAML file with a triggers: block")
     how = check.add_mutually_exclusive_group()
     how.add_argument("--run", action="store_true", help="start a local pipeline run when a trigger fires")
-    how.add_argument("--submit", choices=("kfp", "azureml"), default=None,
-                     help="when a trigger fires, compile the pipeline and submit a run to Kubeflow Pipelines or "
-                          "Azure ML through their SDK clients")
+    from ..targets.submit import add_setting_flags, submit_targets
+
+    how.add_argument("--submit", choices=submit_targets(), default=None,
+                     help="when a trigger fires, compile the pipeline and submit a run to that target's platform "
+                          "through its SDK client")
     check.add_argument("--submit-param", action="append", default=[], metavar="NAME=VALUE",
                        help="--submit: a run argument, e.g. dataset=<object-store URI> (repeatable)")
     check.add_argument("--images", default=None, metavar="FILE",
@@ -329,11 +321,7 @@ def _add_trigger_check(trigger_sub) -> None:
                             "are pinned to")
     check.add_argument("--mlflow-secret", default=DEFAULT_MLFLOW_SECRET,
                        help="--submit kfp: Secret with the pipeline pods' MLflow login (default: %(default)s; '' none)")
-    check.add_argument("--kfp-host", default=None, help="--submit kfp: API endpoint (default: $KF_PIPELINES_ENDPOINT)")
-    check.add_argument("--kfp-namespace", default=None, help="--submit kfp: namespace (default: $KFP_NAMESPACE)")
-    check.add_argument("--subscription", default=None, help="--submit azureml: default $AZURE_SUBSCRIPTION_ID")
-    check.add_argument("--resource-group", default=None, help="--submit azureml: default $AZURE_RESOURCE_GROUP")
-    check.add_argument("--workspace", default=None, help="--submit azureml: default $AZUREML_WORKSPACE")
+    add_setting_flags(check, submit_targets(), prefix="--submit {target}: ")
     check.add_argument("--json", action="store_true", help="print the decision as JSON")
     _add_set(check, "override a pipeline parameter, as for `tuneline run` (repeatable)")
     _add_home(check)

@@ -25,21 +25,39 @@ class Compiled:
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One value a submission to a target needs or may take, declared by the target: the command-line flags that
+    give it (`tuneline submit` and `tuneline trigger check --submit` both build theirs from these), the environment
+    variables it falls back on, in order, and whether a submission is refused without it."""
+
+    name: str
+    flags: tuple[str, ...]
+    help: str
+    env: tuple[str, ...] = ()
+    required: bool = False
+    type: type = str
+
+    def named(self) -> str:
+        """How a user sets it, for an error: its flags, else its first variable."""
+        return " / ".join(self.flags) + (f" or ${self.env[0]}" if self.env else "")
+
+
 @dataclass
 class SubmitSettings:
-    """Where a run goes: from `trigger check` flags, else the environment (tuneline.cli.ops)."""
+    """Where a run goes: each target's own `Setting` values by name (from flags, else the environment), and the
+    experiment, which every target has."""
 
-    kfp_host: str | None = None
-    kfp_namespace: str | None = None
-    service_account: str | None = None
-    subscription_id: str | None = None
-    resource_group: str | None = None
-    workspace: str | None = None
+    values: dict[str, Any] = field(default_factory=dict)
     experiment: str | None = None
+
+    def get(self, name: str) -> Any:
+        return self.values.get(name)
 
 
 class Target(Protocol):
     name: str
+    settings: tuple[Setting, ...]  # what its submission reads, beside the experiment
 
     def compile(self, graph: PipelineGraph, folder: Path, options: CompileOptions) -> Compiled:
         """Write the pipeline (and its schedule, when the graph has one) for this target into `folder`."""
@@ -52,15 +70,38 @@ class Target(Protocol):
         """Why the platform cannot read `value` for the data parameter `name`, or None."""
 
     def submission_options(self, options: CompileOptions) -> CompileOptions:
-        """The compile options of a submitted run, from those of the submission."""
+        """The compile options of a run a trigger submits, from those of the submission."""
 
-    def missing_settings(self, settings: SubmitSettings) -> list[str]:
-        """The settings a submission needs and lacks, each named as the user sets it."""
-
-    def submit(self, folder: Path, pipeline: str, arguments: dict[str, Any],
-               settings: SubmitSettings) -> list[str]:
-        """Submit the compiled `folder` through the platform's own client; the lines to print, the first
-        `<kind> <run id>`."""
+    def submit(self, folder: Path, pipeline: str, arguments: dict[str, Any], settings: SubmitSettings,
+               schedule: bool = False, dry_run: bool = False, no_cache: bool = False) -> list[str]:
+        """Submit the compiled `folder` through the platform's own client (and create its schedule when asked);
+        the lines to print, the first `<kind> <run id>`. With `dry_run`, the calls it would make, as JSON, and
+        nothing called; `no_cache` turns the run's step caching off where the platform decides it per run."""
 
     def run_state(self, run_id: str, settings: SubmitSettings) -> str | None:
         """The platform's state of a submitted run, or None when it cannot be asked."""
+
+    def explain(self, chain: list[BaseException], host: str | None, chosen: bool) -> str | None:
+        """What to do next about a failure whose exception chain is `chain` (outermost first), in one or two
+        lines; None when it is not this platform's. `host` is the endpoint when the failure is an unreachable one;
+        `chosen` says whether the command named this target (another target's SDK error can still be recognised:
+        its credential chain's, say)."""
+
+
+def missing_settings(target: Target, settings: SubmitSettings) -> list[str]:
+    """The required settings `settings` lacks, each named as the user sets it."""
+    return [setting.named() for setting in target.settings if setting.required and settings.get(setting.name) in
+            (None, "")]
+
+
+def settings_from(target: Target, given: dict[str, Any], environ: dict[str, str]) -> SubmitSettings:
+    """`target`'s settings from the values given on the command line (by name; None: not given), else the first of
+    its environment variables that is set."""
+    values: dict[str, Any] = {}
+    for setting in target.settings:
+        value = given.get(setting.name)
+        if value is None:
+            value = next((environ[var] for var in setting.env if environ.get(var)), None)
+            value = setting.type(value) if value is not None else None
+        values[setting.name] = value
+    return SubmitSettings(values=values, experiment=given.get("experiment"))

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from . import registry
-from .base import SubmitSettings
+from .base import SubmitSettings, missing_settings
 from .options import CompileOptions
 
-__all__ = ["SubmitSettings", "Submission", "SubmitError", "compile_submission", "submit_pipeline", "run_state"]
+__all__ = ["SubmitSettings", "Submission", "SubmitError", "compile_submission", "submit_pipeline", "run_state",
+           "submit_targets", "add_setting_flags", "settings_from_args"]
 
 
 @dataclass
@@ -103,7 +104,7 @@ def submit_pipeline(pipeline_path: str | Path, target: str, out: Path, sets: dic
     `options` carry the cluster's image lock and MLflow Secret.
     """
     platform = _target(target)
-    missing = platform.missing_settings(settings)
+    missing = missing_settings(platform, settings)
     if missing:
         raise SubmitError(f"--submit {target} needs {', '.join(missing)}")
     output, arguments = compile_submission(pipeline_path, target, out, sets, run_params, options)
@@ -121,7 +122,52 @@ def run_state(target: str, run_id: str, settings: SubmitSettings) -> str | None:
         return None
 
 
-def plan_json(plan: Any) -> str:
-    from .plan import plan_json as to_json
+def submit_targets() -> tuple[str, ...]:
+    """The targets a run can be submitted to: every registered one."""
+    return registry.names()
 
-    return to_json(plan)
+
+def _dest(target: str, setting_name: str) -> str:
+    return f"{target}_{setting_name}"
+
+
+def add_setting_flags(parser, targets: tuple[str, ...], prefix: str = "") -> None:
+    """Each target's settings as flags of `parser` (argparse), in a group per target; `prefix` starts each help
+    text (`--submit kfp: `). The flags are the targets' own declarations (tuneline.targets.base.Setting)."""
+    for name in targets:
+        target = _target(name)
+        group = parser.add_argument_group(f"{name} submission")
+        for setting in target.settings:
+            group.add_argument(*setting.flags, dest=_dest(name, setting.name), type=setting.type, default=None,
+                               help=f"{prefix.format(target=name)}{setting.help}")
+
+
+def settings_from_args(target: str, args, environ) -> SubmitSettings:
+    """`target`'s settings from the flags `add_setting_flags` added, else its environment variables."""
+    from .base import settings_from
+
+    platform = _target(target)
+    given = {setting.name: getattr(args, _dest(target, setting.name), None) for setting in platform.settings}
+    return settings_from(platform, {**given, "experiment": getattr(args, "experiment", None)}, environ)
+
+
+def submit_compiled(target: str, folder: Path, pipeline: str, arguments: dict[str, Any], settings: SubmitSettings,
+                    schedule: bool = False, dry_run: bool = False, no_cache: bool = False) -> list[str]:
+    """Hand an already compiled `folder` to `target`'s own submission (`tuneline submit`), after checking that
+    the settings it requires are there."""
+    platform = _target(target)
+    missing = missing_settings(platform, settings)
+    if missing:
+        raise SubmitError(f"--target {target} needs {', '.join(missing)}")
+    return platform.submit(folder, pipeline, arguments, settings, schedule=schedule, dry_run=dry_run,
+                           no_cache=no_cache)
+
+
+def explain(chain: list[BaseException], host: str | None, chosen: str | None) -> str | None:
+    """The first target's advice on a failure (the chosen target asked first), or None."""
+    names = [*([chosen] if chosen in submit_targets() else []), *(n for n in submit_targets() if n != chosen)]
+    for name in names:
+        hint = _target(name).explain(chain, host, name == chosen)
+        if hint:
+            return hint
+    return None

@@ -143,7 +143,7 @@ def test_submit_without_an_endpoint_is_a_reported_failure(project, ops_cli, monk
     monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
     code, out, err = ops_cli("trigger", "check", "pipelines/grow.yaml", "--no-record", "--submit", "kfp")
     assert code == 11
-    assert "--submit kfp needs the KFP API endpoint: --kfp-host or KF_PIPELINES_ENDPOINT" in err
+    assert "--submit kfp needs --host / --kfp-host or $KF_PIPELINES_ENDPOINT" in err
     assert Path("pipelines/grow.yaml").is_file()
 
 

@@ -163,6 +163,6 @@ def azureml_job_status(name: str, settings: SubmitSettings) -> str:  # pragma: n
     from azure.ai.ml import MLClient
     from azure.identity import DefaultAzureCredential
 
-    client = MLClient(DefaultAzureCredential(), subscription_id=settings.subscription_id,
-                      resource_group_name=settings.resource_group, workspace_name=settings.workspace)
+    client = MLClient(DefaultAzureCredential(), subscription_id=settings.get("subscription"),
+                      resource_group_name=settings.get("resource_group"), workspace_name=settings.get("workspace"))
     return str(client.jobs.get(name).status)

@@ -8,12 +8,21 @@ from typing import Any
 
 from ...graph import PipelineGraph
 from .. import RECURRING_RUN_FILE
-from ..base import Compiled, SubmitSettings
+from ..base import Compiled, Setting, SubmitSettings
 from ..options import CompileOptions
 
 
 class KfpTarget:
     name = "kfp"
+    settings = (
+        Setting("host", ("--host", "--kfp-host"), "KFP API endpoint, e.g. https://kfp.example.com "
+                "(default: $KF_PIPELINES_ENDPOINT)", env=("KF_PIPELINES_ENDPOINT",), required=True),
+        Setting("namespace", ("--namespace", "--kfp-namespace"), "KFP namespace of a multi-user install "
+                "(default: $KFP_NAMESPACE)", env=("KFP_NAMESPACE",)),
+        Setting("service_account", ("--service-account", "--kfp-service-account"), "KFP: service account the run's "
+                "pods use (default: $KFP_SERVICE_ACCOUNT, else the namespace's pipeline runner)",
+                env=("KFP_SERVICE_ACCOUNT",)),
+    )
 
     def compile(self, graph: PipelineGraph, folder: Path, options: CompileOptions) -> Compiled:
         from .compiler import compile_kfp  # the KFP SDK takes about a second to import: only when asked for
@@ -45,22 +54,28 @@ class KfpTarget:
     def submission_options(self, options: CompileOptions) -> CompileOptions:
         return options
 
-    def missing_settings(self, settings: SubmitSettings) -> list[str]:
-        return [] if settings.kfp_host else ["the KFP API endpoint: --kfp-host or KF_PIPELINES_ENDPOINT"]
-
-    def submit(self, folder: Path, pipeline: str, arguments: dict[str, Any], settings: SubmitSettings) -> list[str]:
+    def submit(self, folder: Path, pipeline: str, arguments: dict[str, Any], settings: SubmitSettings,
+               schedule: bool = False, dry_run: bool = False, no_cache: bool = False) -> list[str]:
+        from ..plan import plan_json
         from .submit import execute_kfp, kfp_plan
 
-        plan = kfp_plan(folder, str(settings.kfp_host), pipeline, settings.experiment, settings.kfp_namespace,
-                        arguments, service_account=settings.service_account)
-        return execute_kfp(plan)
+        plan = kfp_plan(folder, str(settings.get("host")), pipeline, settings.experiment, settings.get("namespace"),
+                        arguments, no_cache, schedule, settings.get("service_account"))
+        return [plan_json(plan)] if dry_run else execute_kfp(plan)
 
     def run_state(self, run_id: str, settings: SubmitSettings) -> str | None:
-        if not settings.kfp_host:
+        if not settings.get("host"):
             return None
         import kfp
 
-        return str(kfp.Client(host=settings.kfp_host, namespace=settings.kfp_namespace).get_run(run_id).state)
+        return str(kfp.Client(host=settings.get("host"), namespace=settings.get("namespace")).get_run(run_id).state)
+
+    def explain(self, chain: list[BaseException], host: str | None, chosen: bool) -> str | None:
+        if not (chosen and host):
+            return None
+        return (f"cannot reach {host}: check --host (the KFP API endpoint, e.g. http://localhost:8080 while "
+                "`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80` runs) and that the port-forward or "
+                "ingress is up; see docs/troubleshooting.md.")
 
 
 TARGET = KfpTarget()
