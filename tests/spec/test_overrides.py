@@ -45,3 +45,4 @@ def test_both_compilers_carry_a_step_input_override(toy: Path, cli, tmp_path: Pa
     assert code == 0, err
     assert "constant: fancy" in (tmp_path / "toy" / "kfp" / "pipeline.yaml").read_text()
     assert "flavour: fancy" in (tmp_path / "toy" / "azureml" / "pipeline_job.yml").read_text()
+    assert "--flavour fancy" in (tmp_path / "toy" / "local" / "steps.yaml").read_text()

@@ -621,7 +621,7 @@ def apply_overrides(spec: PipelineSpec, overrides: dict[str, str], loaded: Loade
                     components: dict[str, Component] | None = None) -> dict[str, Any]:
     """Parameter values: defaults, with `--set` overrides typed; problems point at the `params:` entry.
     A `--set step.input=value` is a step input's, applied by `apply_input_overrides`."""
-    values = {name: p.default for name, p in spec.params.items()}
+    values = {name: p.default_for(None) for name, p in spec.params.items()}  # a run here: the local target's
     problems = []
     for name, text in overrides.items():
         if "." in name:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..settings import DEFAULT_GATE_METRIC
 from .command import Item, parse_command
 from .cron import check_cron, check_timezone
-from .targets import compile_targets
+from .targets import LOCAL_TARGET, compile_targets
 
 NAME_PATTERN = r"^[a-z][a-z0-9_-]*$"
 # The targets `tuneline compile --target` writes (their folders, tuneline.spec.targets); a local run is target None.
@@ -283,8 +283,8 @@ class ParamSpec(Strict):
     type: IOType
     default: Any = None
     target_defaults: dict[CompileTarget, Any] = Field(
-        default_factory=dict, description="the default when compiled for a target (kfp, azureml), where the local "
-                                          "one cannot run; --set wins over both")
+        default_factory=dict, description="the default when compiled for a target (kfp, azureml, local), where the "
+                                          "plain one cannot run there; --set wins over both")
     description: str = ""
 
     @model_validator(mode="after")
@@ -301,8 +301,8 @@ class ParamSpec(Strict):
         return self
 
     def default_for(self, target: str | None) -> Any:
-        """The default of a local run (target None) or of a compiled target."""
-        return self.target_defaults.get(target, self.default) if target else self.default
+        """The default of a compiled target, or of a run on this machine (target None: the local target's)."""
+        return self.target_defaults.get(target or LOCAL_TARGET, self.default)
 
 
 class StepSpec(Strict):

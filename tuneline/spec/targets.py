@@ -12,6 +12,8 @@ from pathlib import Path
 
 TARGETS_FOLDER = Path(__file__).resolve().parents[1] / "targets"
 TARGET_MODULE = "target.py"
+# The target that is this machine: `tuneline run` sees the values a pipeline declares for it.
+LOCAL_TARGET = "local"
 
 
 def compile_targets() -> tuple[str, ...]:

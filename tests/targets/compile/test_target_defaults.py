@@ -71,8 +71,16 @@ def test_a_target_default_the_target_cannot_run_fails_validation(tmp_path):
         load_pipeline(path)
 
 
-def test_a_target_default_of_the_wrong_type_fails_validation(tmp_path):
-    path = _copy(tmp_path, "{kfp: kserve, azureml: azureml}", "{kfp: 3, azureml: azureml, local: x}")
+def test_a_target_default_for_an_unknown_target_fails_validation(tmp_path):
+    path = _copy(tmp_path, "{kfp: kserve, azureml: azureml}", "{kfp: kserve, azureml: azureml, nowhere: x}")
     with pytest.raises(SpecError) as err:
         load_pipeline(path)
     assert "target_defaults" in str(err.value)
+
+
+def test_a_local_target_default_is_what_a_run_on_this_machine_sees(tmp_path):
+    path = _copy(tmp_path, "{kfp: kserve, azureml: azureml}", "{kfp: kserve, azureml: azureml, local: triton}")
+    pipeline = load_pipeline(path)
+    assert pipeline.params["deploy_target"] == "triton"  # tuneline run
+    assert pipeline.for_target("local").params["deploy_target"] == "triton"  # tuneline submit --target local
+    assert pipeline.for_target("kfp").params["deploy_target"] == "kserve"
