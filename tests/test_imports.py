@@ -68,7 +68,7 @@ def package_edges(edges: dict[str, set[str]]) -> set[tuple[str, str]]:
 ALLOWED_PACKAGE_IMPORTS = {
     "__main__": {"cli"},
     "cli": {"cluster", "graph", "llm", "ops", "serving", "settings", "spec", "step", "targets"},
-    "cluster": {"graph", "ops", "settings", "spec", "targets"},
+    "cluster": {"graph", "settings", "spec", "targets"},
     "graph": {"spec"},
     "llm": {"settings", "spec", "step"},
     "ops": {"llm", "serving", "settings", "spec", "targets"},

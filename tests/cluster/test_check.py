@@ -272,7 +272,7 @@ def test_a_submit_path_that_compiles_the_checks_own_values_again_is_caught(proje
 def test_the_retrain_check_jobs_own_environment_must_be_registered(project, capsys, monkeypatch):
     import functools
 
-    from tuneline.ops.triggers import azureml
+    from tuneline.targets.azureml import retrain as azureml
 
     monkeypatch.setattr(azureml, "ScheduleOptions",
                         functools.partial(azureml.ScheduleOptions, environment="azureml:control@latest"))

@@ -161,7 +161,7 @@ def _submit(args: argparse.Namespace, pipeline, home: Path) -> dict:
 
 
 def cmd_trigger_azureml(args: argparse.Namespace) -> int:
-    from ..ops.triggers.azureml import ScheduleOptions, write_schedule
+    from ..targets.azureml.retrain import ScheduleOptions, write_schedule
 
     pipeline = _load(args.pipeline, [])
     if pipeline is None:

@@ -173,8 +173,8 @@ def azureml_schedule_problems(path: Path, root: Path, pools: list[Any], skus: di
     runs (the control image's files), compiled as it would submit."""
     import shlex
 
-    from ..ops.triggers.azureml import ScheduleOptions, render
     from ..spec import load_pipeline
+    from ..targets.azureml.retrain import ScheduleOptions, render
 
     pipeline = load_pipeline(path)
     with tempfile.TemporaryDirectory() as scratch:

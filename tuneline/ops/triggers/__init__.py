@@ -12,7 +12,8 @@ Modules (one job each):
   ratings    the champion's win rate over rated traffic, with its 95% interval
   check      run the configured triggers and combine them into a decision
   tracking   record a decision in MLflow (experiment ``tuneline-triggers``)
-  azureml    an Azure ML command job + schedule running the check on a cron
+
+The Azure ML job and schedule that run the check on a cron are that target's: tuneline.targets.azureml.retrain.
 """
 
 from .check import CheckOptions, run_check

@@ -65,8 +65,8 @@ def check_command(pipeline_rel: str, param: str | None = None, data: str | None 
 
 def control_environment(pipeline: Pipeline, options: ScheduleOptions) -> dict[str, str]:
     """The control image inline, named as the compiled pipeline names its steps' images."""
-    from ...targets.azureml.compiler import component_environment
-    from ...targets.options import CompileOptions
+    from ..options import CompileOptions
+    from .compiler import component_environment
 
     compile_options = CompileOptions(image_registry=options.registry, image_tag=options.tag)
     return component_environment(compile_options.for_pipeline(pipeline.spec.images), CONTROL_ENVIRONMENT)

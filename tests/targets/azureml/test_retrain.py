@@ -6,8 +6,8 @@ import pytest
 from azure.ai.ml import load_job
 from azure.ai.ml.entities._load_functions import load_schedule
 
-from tuneline.ops.triggers.azureml import ScheduleOptions, write_schedule
 from tuneline.spec import load_pipeline
+from tuneline.targets.azureml.retrain import ScheduleOptions, write_schedule
 
 
 def test_job_and_schedule_load_with_azure_ai_ml(project, tmp_path):
