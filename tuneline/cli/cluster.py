@@ -27,7 +27,7 @@ from ..cluster.check import (
 from ..cluster.reads import KFP_NAMESPACE, docs_created
 from ..spec import SpecError
 from ..targets import CompileError
-from ..targets.options import DEFAULT_KFP_SERVICE_ACCOUNT
+from ..targets.kfp.options import DEFAULT_KFP_SERVICE_ACCOUNT
 
 
 def main(argv: list[str] | None = None) -> int:

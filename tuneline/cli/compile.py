@@ -11,33 +11,22 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..settings import CHECKPOINT_MOUNT
 from ..spec import SpecError
 from ..spec.load import parse_set_pairs
 from ..targets import CompileError
 from ..targets.build import TARGETS, compile_file
-from ..targets.options import (
-    DEFAULT_AZUREML_COMPUTE,
-    DEFAULT_CHECKPOINT_PVC,
-    DEFAULT_KFP_PIPELINE_ROOT,
-    DEFAULT_MLFLOW_CONFIG_MAP,
-    DEFAULT_MLFLOW_SECRET,
-    CompileOptions,
-)
+from ..targets.options import CompileOptions
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 
 def _options(args: argparse.Namespace) -> CompileOptions:
     from ..targets.images import load_image_lock
+    from ..targets.submit import platform_options_from_args, submit_targets
 
     return CompileOptions(image_registry=args.image_registry, image_tag=args.image_tag, production=args.production,
                           image_lock=load_image_lock(Path(args.images)) if args.images else None,
-                          no_cache=args.no_cache, mlflow_secret=args.mlflow_secret or None,
-                          mlflow_config_map=args.mlflow_config_map or None,
-                          checkpoint_pvc=args.checkpoint_pvc, azureml_compute=args.azureml_compute,
-                          hf_secret=args.hf_secret or None,
-                          kfp_pipeline_root=args.kfp_pipeline_root)
+                          no_cache=args.no_cache, platform=platform_options_from_args(submit_targets(), args))
 
 
 def _compile(args: argparse.Namespace, pipeline: str, targets: tuple[str, ...]):
@@ -122,33 +111,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="tag or sha256 digest of every image (default: the pipeline's images.tag)")
     parser.add_argument("--images", default=None, metavar="FILE",
                         help="image lock: `registry:` and a sha256 digest per environment (wins over both above)")
-    parser.add_argument("--mlflow-config-map", default=DEFAULT_MLFLOW_CONFIG_MAP,
-                        help="Kubernetes ConfigMap with MLFLOW_TRACKING_URI (k8s/kubeflow/ creates it); '' for none")
-    parser.add_argument("--mlflow-secret", default=DEFAULT_MLFLOW_SECRET,
-                        help="Kubernetes Secret with MLFLOW_TRACKING_USERNAME/_PASSWORD for the tracking server's "
-                             "basic auth (default: %(default)s); '' for none")
-    parser.add_argument("--checkpoint-pvc", default=DEFAULT_CHECKPOINT_PVC,
-                        help=f"PersistentVolumeClaim mounted at {CHECKPOINT_MOUNT} on resumable steps and on steps "
-                             "that load a model (their Hugging Face cache lives there)")
-    parser.add_argument("--hf-secret", default=None,
-                        help="Kubernetes Secret with HF_TOKEN, given to the steps that load a model (gated Hub "
-                             "models need it); default: none")
-    parser.add_argument("--azureml-compute", default=DEFAULT_AZUREML_COMPUTE,
-                        help="Azure ML compute for steps without an azureml compute profile")
-    parser.add_argument("--kfp-pipeline-root", default=DEFAULT_KFP_PIPELINE_ROOT,
-                        help="the cluster's KFP pipeline root (kfp-launcher ConfigMap defaultPipelineRoot; default: "
-                             "%(default)s): imported data must be in its bucket")
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    from ..targets.submit import add_setting_flags, submit_targets
+
     compile_ = subparsers.add_parser("compile", help="compile pipelines to Kubeflow Pipelines and/or Azure ML")
     compile_.add_argument("pipelines", nargs="+", help="pipeline YAML files")
     compile_.add_argument("--target", choices=(*TARGETS, "all"), default="all", help="platform(s)")
     compile_.add_argument("-v", "--verbose", action="store_true", help="list every file written")
     _common(compile_)
+    add_setting_flags(compile_, submit_targets(), compile_only=True)
     compile_.set_defaults(handler=cmd_compile)
-
-    from ..targets.submit import add_setting_flags, submit_targets
 
     targets = submit_targets()
     submit_ = subparsers.add_parser("submit", help="compile, then run (and schedule) on a target's platform")

@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 
 from ..spec.load import parse_set_pairs
-from ..targets.options import DEFAULT_MLFLOW_SECRET
 
 EXIT_NO_RETRAIN, EXIT_RETRAIN, EXIT_RUN_FAILED, EXIT_INVALID = 0, 10, 11, 2
 
@@ -146,7 +145,8 @@ def _submit(args: argparse.Namespace, pipeline, home: Path) -> dict:
     try:
         done = submit.submit_pipeline(pipeline.path, args.submit, home / "submit", parse_set_pairs(args.set),
                                       parse_set_pairs(args.submit_param), where,
-                                      submit.submission_options(args.images, args.mlflow_secret))
+                                      submit.submission_options(args.images, submit.platform_options_from_args(
+                                          (args.submit,), args)))
     except Exception as exc:  # noqa: BLE001 - any SDK or network failure is a failed submission, reported
         from .errors import next_step
 
@@ -319,8 +319,6 @@ def _add_trigger_check(trigger_sub) -> None:
     check.add_argument("--images", default=None, metavar="FILE",
                        help="--submit: image lock (`registry:` and a sha256 digest per environment) the run's steps "
                             "are pinned to")
-    check.add_argument("--mlflow-secret", default=DEFAULT_MLFLOW_SECRET,
-                       help="--submit kfp: Secret with the pipeline pods' MLflow login (default: %(default)s; '' none)")
     add_setting_flags(check, submit_targets(), prefix="--submit {target}: ")
     check.add_argument("--json", action="store_true", help="print the decision as JSON")
     _add_set(check, "override a pipeline parameter, as for `tuneline run` (repeatable)")

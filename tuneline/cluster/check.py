@@ -60,7 +60,7 @@ from ..settings import SPOT_LABEL, SPOT_VALUE
 from ..spec import SpecError
 from ..spec.models import quantity
 from ..targets import CompileError
-from ..targets.options import DEFAULT_KFP_SERVICE_ACCOUNT
+from ..targets.kfp.options import DEFAULT_KFP_SERVICE_ACCOUNT, KfpOptions
 from .reads import Rendered, docs_created, pipeline_root, reference_problem
 
 DEFAULT_POOLS = Path("k8s/nodepools.yaml")
@@ -482,7 +482,8 @@ def check_pipeline(path: Path, pools: list[Any], skus: dict[str, Sku], objects: 
     for folder, rendered in objects.items():
         with tempfile.TemporaryDirectory() as scratch:
             lock = overlay_lock(rendered, Path(scratch))
-            options = CompileOptions(image_lock=lock, kfp_pipeline_root=pipeline_root(rendered, namespace))
+            options = CompileOptions(image_lock=lock,
+                                     platform={"kfp": KfpOptions(pipeline_root=pipeline_root(rendered, namespace))})
             out = compile_graph(graph, ("kfp", "azureml"), Path(scratch) / "out", options)
             registry = overlay_registry(rendered) or (lock.registry if lock else None)
             found, pods = compiled_problems(str(path), out.folder, root, pools, skus, folder, rendered, namespace,

@@ -43,7 +43,7 @@ KFP_INSTALL_CREATES = {
 def pipeline_root(rendered: Rendered, namespace: str) -> str:
     """Where KFP keeps artifacts for pods in `namespace`: the kfp-launcher ConfigMap's `defaultPipelineRoot` when
     the manifests set one, else KFP's default (backend/src/v2/config/env.go); imported data must share its bucket."""
-    from ..targets.options import DEFAULT_KFP_PIPELINE_ROOT
+    from ..targets.kfp.options import DEFAULT_KFP_PIPELINE_ROOT
 
     body = rendered.bodies.get(("ConfigMap", namespace, "kfp-launcher")) or {}
     return (body.get("data") or {}).get("defaultPipelineRoot") or DEFAULT_KFP_PIPELINE_ROOT

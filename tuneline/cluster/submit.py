@@ -20,7 +20,7 @@ from typing import Any
 
 from ..spec import SpecError
 from ..targets import CompileError
-from ..targets.options import DEFAULT_KFP_SERVICE_ACCOUNT
+from ..targets.kfp.options import DEFAULT_KFP_SERVICE_ACCOUNT
 from .check import (
     DOCS,
     Sku,
@@ -88,7 +88,8 @@ def submission_problems(label: str, argv: list[str], env: dict[str, str], files:
     try:
         pipeline = submit.submitted_pipeline(pipeline_path, args.submit, sets, params)
         out, _ = submit.compile_submission(pipeline_path, args.submit, scratch / "out", sets, params,
-                                           submit.submission_options(args.images, args.mlflow_secret))
+                                           submit.submission_options(
+                                               args.images, submit.platform_options_from_args((args.submit,), args)))
     except (SpecError, CompileError, submit.SubmitError) as exc:
         text = "; ".join(str(p) for p in exc.problems) if isinstance(exc, SpecError) else str(exc)
         return [f"{label}: its submission ({args.submit}) does not compile: {text.replace(f'{base}/', '')}"]
@@ -100,8 +101,9 @@ def submission_problems(label: str, argv: list[str], env: dict[str, str], files:
             if why:
                 problems.append(f"{label}: parameter '{name}': {why}")
     if args.submit == "kfp":
-        namespace = args.kfp_namespace or env.get("KFP_NAMESPACE") or KFP_NAMESPACE
-        account = env.get("KFP_SERVICE_ACCOUNT") or DEFAULT_KFP_SERVICE_ACCOUNT
+        where = submit.settings_from_args("kfp", args, env)  # the CronJob's flags, else its container's variables
+        namespace = where.get("namespace") or KFP_NAMESPACE
+        account = where.get("service_account") or DEFAULT_KFP_SERVICE_ACCOUNT
         found, _ = compiled_problems(label, out.folder, root, pools, skus, folder, rendered, namespace, account,
                                      registry, docs_created([root / d for d in DOCS]))
         problems += found

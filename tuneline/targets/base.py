@@ -58,6 +58,11 @@ class SubmitSettings:
 class Target(Protocol):
     name: str
     settings: tuple[Setting, ...]  # what its submission reads, beside the experiment
+    compile_settings: tuple[Setting, ...]  # the compile options only it reads (tuneline/targets/<name>/options.py)
+
+    def compile_options(self, values: dict[str, Any]) -> Any:
+        """Its own compile options (CompileOptions.platform[name]) from its compile settings' values by name (None:
+        not given)."""
 
     def compile(self, graph: PipelineGraph, folder: Path, options: CompileOptions) -> Compiled:
         """Write the pipeline (and its schedule, when the graph has one) for this target into `folder`."""

@@ -42,12 +42,11 @@ class SubmitError(ValueError):
     """A submission that cannot be made as configured; the message says which setting is missing."""
 
 
-def submission_options(images: str | None, mlflow_secret: str | None) -> CompileOptions:
-    """The compile options of a `trigger check --submit` run (`--images FILE`, `--mlflow-secret NAME`)."""
+def submission_options(images: str | None, platform: dict[str, Any] | None = None) -> CompileOptions:
+    """The compile options of a `trigger check --submit` run (`--images FILE`, the target's own options)."""
     from .images import load_image_lock
 
-    return CompileOptions(image_lock=load_image_lock(Path(images)) if images else None,
-                          mlflow_secret=mlflow_secret or None)
+    return CompileOptions(image_lock=load_image_lock(Path(images)) if images else None, platform=platform or {})
 
 
 def submission_values(target: str, sets: dict[str, str], run_params: dict[str, str]) -> tuple[dict[str, str],
@@ -127,19 +126,24 @@ def submit_targets() -> tuple[str, ...]:
     return registry.names()
 
 
-def _dest(target: str, setting_name: str) -> str:
-    return f"{target}_{setting_name}"
+def _dest(target: str, setting_name: str, kind: str = "submit") -> str:
+    return f"{kind}_{target}_{setting_name}"
 
 
-def add_setting_flags(parser, targets: tuple[str, ...], prefix: str = "") -> None:
+def add_setting_flags(parser, targets: tuple[str, ...], prefix: str = "", compile_only: bool = False) -> None:
     """Each target's settings as flags of `parser` (argparse), in a group per target; `prefix` starts each help
-    text (`--submit kfp: `). The flags are the targets' own declarations (tuneline.targets.base.Setting)."""
+    text (`--submit kfp: `). The flags are the targets' own declarations (tuneline.targets.base.Setting): their
+    compile settings always, their submission settings unless `compile_only`."""
     for name in targets:
         target = _target(name)
-        group = parser.add_argument_group(f"{name} submission")
-        for setting in target.settings:
-            group.add_argument(*setting.flags, dest=_dest(name, setting.name), type=setting.type, default=None,
-                               help=f"{prefix.format(target=name)}{setting.help}")
+        kinds = [("compile", target.compile_settings), *([] if compile_only else [("submit", target.settings)])]
+        settings = [(kind, setting) for kind, declared in kinds for setting in declared]
+        if not settings:
+            continue
+        group = parser.add_argument_group(f"{name} options")
+        for kind, setting in settings:
+            group.add_argument(*setting.flags, dest=_dest(name, setting.name, kind), type=setting.type,
+                               default=None, help=f"{prefix.format(target=name)}{setting.help}")
 
 
 def settings_from_args(target: str, args, environ) -> SubmitSettings:
@@ -149,6 +153,18 @@ def settings_from_args(target: str, args, environ) -> SubmitSettings:
     platform = _target(target)
     given = {setting.name: getattr(args, _dest(target, setting.name), None) for setting in platform.settings}
     return settings_from(platform, {**given, "experiment": getattr(args, "experiment", None)}, environ)
+
+
+def platform_options_from_args(targets: tuple[str, ...], args) -> dict[str, Any]:
+    """Each target's own compile options (CompileOptions.platform) from the flags `add_setting_flags` added."""
+    options = {}
+    for name in targets:
+        platform = _target(name)
+        values = {s.name: getattr(args, _dest(name, s.name, "compile"), None) for s in platform.compile_settings}
+        own = platform.compile_options(values)
+        if own is not None:
+            options[name] = own
+    return options
 
 
 def submit_compiled(target: str, folder: Path, pipeline: str, arguments: dict[str, Any], settings: SubmitSettings,

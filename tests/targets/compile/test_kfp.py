@@ -11,6 +11,7 @@ from readback import TOY, TOY_MULTINODE, kfp_documents, variant
 from tuneline.graph import build_graph
 from tuneline.spec import SpecError, load_pipeline
 from tuneline.targets.build import compile_graph
+from tuneline.targets.kfp.options import KfpOptions
 from tuneline.targets.options import CompileOptions
 
 
@@ -234,7 +235,7 @@ def test_steps_that_load_a_model_share_a_hub_cache_and_get_the_hub_token(tmp_pat
     from tuneline.targets.build import compile_file
 
     root = Path(__file__).resolve().parents[3] / "pipelines"
-    options = CompileOptions(hf_secret="hf-login")
+    options = CompileOptions(platform={"kfp": KfpOptions(hf_secret="hf-login")})
     out = compile_file(root / "finetune-gpu.yaml", ("kfp",), tmp_path, options)
     spec, platform = kfp_documents(tmp_path / "finetune-gpu" / "kfp" / "pipeline.yaml")
     for step in ("train", "evaluate"):

@@ -28,7 +28,8 @@ from tuneline.step.resume import RESUME_MODULE
 from tuneline.targets.build import compile_graph
 from tuneline.targets.kfp.compiler import FINGERPRINT_PREFIX, OBJECT_STORE_PREFIXES
 from tuneline.targets.kfp.launch import LAUNCH_MODULE, parse_args
-from tuneline.targets.options import DEFAULT_KFP_PIPELINE_ROOT, CompileOptions
+from tuneline.targets.kfp.options import DEFAULT_KFP_PIPELINE_ROOT, KfpOptions
+from tuneline.targets.options import CompileOptions
 from tuneline.targets.placement import CHECKPOINT_MOUNT
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -217,7 +218,7 @@ def test_an_import_outside_the_pipeline_roots_bucket_is_refused(tmp_path):
                                         r"\(minio://mlpipeline/v2/artifacts\)"):
         _compile(ROOT / "pipelines" / "finetune.yaml", tmp_path / "a", {"dataset": "minio://tuneline-data/t.jsonl"})
     # a cluster whose kfp-launcher ConfigMap roots artifacts in that bucket imports from it
-    root = CompileOptions(kfp_pipeline_root="minio://tuneline-data/v2/artifacts")
+    root = CompileOptions(platform={"kfp": KfpOptions(pipeline_root="minio://tuneline-data/v2/artifacts")})
     with pytest.raises(SpecError, match=r"params.schema.target_defaults.kfp: .* put the data under "
                                         r"minio://tuneline-data/"):
         _compile(ROOT / "pipelines" / "finetune.yaml", tmp_path / "b", {"dataset": "minio://tuneline-data/t.jsonl"},

@@ -56,6 +56,7 @@ from ..images import DEFAULT_REGISTRY
 from ..options import CompileOptions
 from ..placement import resumable
 from ..stores import resume_items
+from .options import AzureMLOptions
 from .schedule import azureml_schedule
 
 COMPONENT_SCHEMA = "https://azuremlschemas.azureedge.net/latest/commandComponent.schema.json"
@@ -73,6 +74,11 @@ LOW_PRIORITY, DEDICATED = "low_priority", "dedicated"  # AmlCompute `tier` value
 class _Dumper(yaml.SafeDumper):
     def ignore_aliases(self, data: Any) -> bool:
         return True
+
+
+def default_compute(options: CompileOptions) -> str:
+    """The compute of steps without an azureml compute profile (--azureml-compute)."""
+    return options.of("azureml", AzureMLOptions()).compute
 
 
 def dump_yaml(data: Any) -> str:
@@ -341,7 +347,7 @@ def pipeline_dict(graph: PipelineGraph, options: CompileOptions, job_dir: Path,
         job: dict[str, Any] = {"type": "command", "component": component_files[name]}
         profile = graph.compute(node)
         aml = profile.azureml if profile else None
-        job["compute"] = f"azureml:{aml.cluster if aml else options.azureml_compute}"
+        job["compute"] = f"azureml:{aml.cluster if aml else default_compute(options)}"
         values = {}
         for input_name in node.bindings:
             value = _input_value(graph, node, input_name)
@@ -373,7 +379,7 @@ def pipeline_dict(graph: PipelineGraph, options: CompileOptions, job_dir: Path,
         "experiment_name": graph.name,
         "description": graph.pipeline.spec.description or graph.name,
         "inputs": inputs,
-        "settings": {"default_compute": f"azureml:{options.azureml_compute}", "force_rerun": options.no_cache,
+        "settings": {"default_compute": f"azureml:{default_compute(options)}", "force_rerun": options.no_cache,
                      "continue_on_step_failure": False},
         "jobs": jobs,
     }

@@ -9,6 +9,7 @@ from typing import Any
 from ...graph import PipelineGraph
 from ..base import Compiled, Setting, SubmitSettings
 from ..options import CompileOptions
+from .options import COMPILE_SETTINGS, azureml_options
 
 
 class AzureMLTarget:
@@ -25,6 +26,11 @@ class AzureMLTarget:
                 "to N times, when a step on a low-priority cluster fails (Azure ML does not restart a preempted "
                 "job; the step resumes from its checkpoint output)", type=int),
     )
+
+    compile_settings = COMPILE_SETTINGS
+
+    def compile_options(self, values: dict[str, Any]) -> Any:
+        return azureml_options(values)
 
     def compile(self, graph: PipelineGraph, folder: Path, options: CompileOptions) -> Compiled:
         from .compiler import compile_azureml

@@ -46,18 +46,19 @@ from ...step.gate import GATE_INPUT, GATE_MODULE
 from ...step.outdirs import OUTDIRS_MODULE
 from .. import PIPELINE_FILE, CompileError
 from ..command import torchrun_prefix
-from ..options import (
+from ..options import CompileOptions
+from ..placement import CHECKPOINT_MOUNT, GPU_RESOURCE, Placement, loads_models, placement, resumable
+from ..stores import resume_items
+from .jobpod import dns_1035, pod_parts
+from .launch import LAUNCH_MODULE, POD_NAME_ENV, POD_UID_ENV, staged_command
+from .options import (
     DEFAULT_KFP_PIPELINE_ROOT,
     HF_CACHE_DIR,
     HF_SECRET_KEYS,
     MLFLOW_CONFIG_KEYS,
     MLFLOW_SECRET_KEYS,
-    CompileOptions,
+    KfpOptions,
 )
-from ..placement import CHECKPOINT_MOUNT, GPU_RESOURCE, Placement, loads_models, placement, resumable
-from ..stores import resume_items
-from .jobpod import dns_1035, pod_parts
-from .launch import LAUNCH_MODULE, POD_NAME_ENV, POD_UID_ENV, staged_command
 from .pytorchjob import pytorchjob_manifest
 from .trainjob import trainjob_manifest
 
@@ -314,11 +315,12 @@ class _Builder:
     def __init__(self, graph: PipelineGraph, options: CompileOptions):
         self.graph = graph
         self.options = options
+        self.kfp = options.of("kfp", KfpOptions())
         self.components: dict[str, Any] = {}
         self.manifests: dict[str, dict[str, Any]] = {}
         self.placements = {name: placement(graph, graph.nodes[name]) for name in graph.order}
         self._fingerprints: dict[Any, Any] = {}
-        check_importable(graph, options.kfp_pipeline_root)
+        check_importable(graph, self.kfp.pipeline_root)
         for name in graph.order:
             self.components[name] = self._component(graph.nodes[name])
 
@@ -361,9 +363,9 @@ class _Builder:
         artifacts = [name for name, b in node.bindings.items() if node.input_type(name).is_artifact]
         command = staged_command(node.component.spec, values, artifacts, f"{CHECKPOINT_MOUNT}/$(TUNELINE_RUN_ID)/"
                                  f"{node.name}", place.nodes, place.processes_per_node)
-        parts = pod_parts(self.image(node), command, place, self._env(node, place), self.options.checkpoint_pvc,
-                          self.options.mlflow_secret, self.options.mlflow_config_map,
-                          hf_secret=self.options.hf_secret if loads_models(node) else None)
+        parts = pod_parts(self.image(node), command, place, self._env(node, place), self.kfp.checkpoint_pvc,
+                          self.kfp.mlflow_secret, self.kfp.mlflow_config_map,
+                          hf_secret=self.kfp.hf_secret if loads_models(node) else None)
         name = dns_1035(f"{self.graph.name}-{node.name}")
         deadline = int(node.step.timeout_seconds) if node.step.timeout_seconds else None
         if place.launcher == "pytorchjob":
@@ -475,17 +477,17 @@ class _Builder:
         # The run id names the checkpoint folder a retried pod resumes from; the pod label carries it.
         kubernetes.use_field_path_as_env(task, env_name="TUNELINE_RUN_ID",
                                          field_path="metadata.labels['pipeline/runid']")
-        if self.options.mlflow_config_map:
-            kubernetes.use_config_map_as_env(task, config_map_name=self.options.mlflow_config_map,
+        if self.kfp.mlflow_config_map:
+            kubernetes.use_config_map_as_env(task, config_map_name=self.kfp.mlflow_config_map,
                                              config_map_key_to_env={k: k for k in MLFLOW_CONFIG_KEYS})
-        if self.options.mlflow_secret:
-            kubernetes.use_secret_as_env(task, secret_name=self.options.mlflow_secret,
+        if self.kfp.mlflow_secret:
+            kubernetes.use_secret_as_env(task, secret_name=self.kfp.mlflow_secret,
                                          secret_key_to_env={k: k for k in MLFLOW_SECRET_KEYS})
-        if self.options.hf_secret and loads_models(node):
-            kubernetes.use_secret_as_env(task, secret_name=self.options.hf_secret,
+        if self.kfp.hf_secret and loads_models(node):
+            kubernetes.use_secret_as_env(task, secret_name=self.kfp.hf_secret,
                                          secret_key_to_env={k: k for k in HF_SECRET_KEYS})
         if resumable(node) or place.nodes > 1 or loads_models(node):
-            kubernetes.mount_pvc(task, pvc_name=self.options.checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
+            kubernetes.mount_pvc(task, pvc_name=self.kfp.checkpoint_pvc, mount_path=CHECKPOINT_MOUNT)
         if place.nodes > 1:
             # The job's ownerReference names the launcher pod (launch.py); the pods of the job get the
             # resources and tolerations, the launcher pod only waits.

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..options import HF_SECRET_KEYS, MLFLOW_CONFIG_KEYS, MLFLOW_SECRET_KEYS
 from ..placement import CHECKPOINT_MOUNT, GPU_RESOURCE, Placement
+from .options import HF_SECRET_KEYS, MLFLOW_CONFIG_KEYS, MLFLOW_SECRET_KEYS
 
 PART_OF = {"app.kubernetes.io/part-of": "tuneline"}
 # The job's pods talk to each other (rendezvous, NCCL) and must finish: an Istio sidecar would keep a finished

@@ -10,6 +10,7 @@ from ...graph import PipelineGraph
 from .. import RECURRING_RUN_FILE
 from ..base import Compiled, Setting, SubmitSettings
 from ..options import CompileOptions
+from .options import COMPILE_SETTINGS, kfp_options
 
 
 class KfpTarget:
@@ -23,6 +24,11 @@ class KfpTarget:
                 "pods use (default: $KFP_SERVICE_ACCOUNT, else the namespace's pipeline runner)",
                 env=("KFP_SERVICE_ACCOUNT",)),
     )
+
+    compile_settings = COMPILE_SETTINGS
+
+    def compile_options(self, values: dict[str, Any]) -> Any:
+        return kfp_options(values)
 
     def compile(self, graph: PipelineGraph, folder: Path, options: CompileOptions) -> Compiled:
         from .compiler import compile_kfp  # the KFP SDK takes about a second to import: only when asked for
@@ -47,8 +53,10 @@ class KfpTarget:
         if compiled_in:
             return None  # the compiler checks it and names the file, line and field
         from .compiler import importer_uri_problem
+        from .options import KfpOptions
 
-        why = importer_uri_problem(value, options.kfp_pipeline_root)  # a run argument never meets that check
+        # a run argument never meets the compiler's check
+        why = importer_uri_problem(value, options.of("kfp", KfpOptions()).pipeline_root)
         return f"parameter '{name}' = {value}: KFP cannot import it: {why}" if why else None
 
     def submission_options(self, options: CompileOptions) -> CompileOptions:

@@ -34,6 +34,11 @@ class LocalTarget:
     settings = (Setting("home", ("--local-home",), "the local runner's state folder (default: $TUNELINE_HOME, else "
                         ".tuneline/ in the project)", env=("TUNELINE_HOME",)),)
 
+    compile_settings = ()
+
+    def compile_options(self, values: dict[str, Any]) -> Any:
+        return None
+
     def compile(self, graph: PipelineGraph, folder: Path, options: CompileOptions) -> Compiled:
         folder.mkdir(parents=True, exist_ok=True)
         pipeline = graph.pipeline
