@@ -37,6 +37,7 @@ class Setting:
     env: tuple[str, ...] = ()
     required: bool = False
     type: type = str
+    metavar: str = ""  # how --help names the value (default: the name in capitals)
 
     def named(self) -> str:
         """How a user sets it, for an error: its flags, else its first variable."""

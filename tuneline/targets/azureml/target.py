@@ -22,9 +22,9 @@ class AzureMLTarget:
                 "$AZURE_RESOURCE_GROUP)", env=("AZURE_RESOURCE_GROUP", "AZUREML_ARM_RESOURCEGROUP"), required=True),
         Setting("workspace", ("--workspace",), "Azure ML workspace name (default: $AZUREML_WORKSPACE)",
                 env=("AZUREML_WORKSPACE", "AZUREML_ARM_WORKSPACE_NAME"), required=True),
-        Setting("resubmit_preempted", ("--resubmit-preempted",), "Azure ML: watch the job and submit it again, up "
+        Setting("resubmit_preempted", ("--resubmit-preempted",), "watch the job and submit it again, up "
                 "to N times, when a step on a low-priority cluster fails (Azure ML does not restart a preempted "
-                "job; the step resumes from its checkpoint output)", type=int),
+                "job; the step resumes from its checkpoint output)", type=int, metavar="N"),
     )
 
     compile_settings = COMPILE_SETTINGS

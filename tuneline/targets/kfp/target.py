@@ -20,7 +20,7 @@ class KfpTarget:
                 "(default: $KF_PIPELINES_ENDPOINT)", env=("KF_PIPELINES_ENDPOINT",), required=True),
         Setting("namespace", ("--namespace", "--kfp-namespace"), "KFP namespace of a multi-user install "
                 "(default: $KFP_NAMESPACE)", env=("KFP_NAMESPACE",)),
-        Setting("service_account", ("--service-account", "--kfp-service-account"), "KFP: service account the run's "
+        Setting("service_account", ("--service-account", "--kfp-service-account"), "the service account the run's "
                 "pods use (default: $KFP_SERVICE_ACCOUNT, else the namespace's pipeline runner)",
                 env=("KFP_SERVICE_ACCOUNT",)),
     )
