@@ -143,7 +143,8 @@ def add_setting_flags(parser, targets: tuple[str, ...], prefix: str = "", compil
         group = parser.add_argument_group(f"{name} options")
         for kind, setting in settings:
             group.add_argument(*setting.flags, dest=_dest(name, setting.name, kind), type=setting.type,
-                               default=None, metavar=setting.metavar or setting.name.upper(), help=f"{prefix.format(target=name)}{setting.help}")
+                               default=None, metavar=setting.metavar or setting.name.upper(),
+                               help=f"{prefix.format(target=name)}{setting.help}")
 
 
 def settings_from_args(target: str, args, environ) -> SubmitSettings:
