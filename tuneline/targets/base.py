@@ -94,6 +94,19 @@ class Target(Protocol):
         its credential chain's, say)."""
 
 
+def values_as_run_arguments(sets: dict[str, str], run_params: dict[str, str]) -> tuple[dict[str, str],
+                                                                                     dict[str, str]]:
+    """`split_values` of a target whose runs take arguments: a run argument overrides the compiled default, so it is
+    kept out of the compiled values."""
+    return {k: v for k, v in sets.items() if k not in run_params}, dict(run_params)
+
+
+def values_compiled_in(sets: dict[str, str], run_params: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """`split_values` of a target whose job file carries its inputs: a run's values are compiled in, and there are no
+    run arguments."""
+    return {**sets, **run_params}, {}
+
+
 def missing_settings(target: Target, settings: SubmitSettings) -> list[str]:
     """The required settings `settings` lacks, each named as the user sets it."""
     return [setting.named() for setting in target.settings if setting.required and settings.get(setting.name) in

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ...graph import PipelineGraph
-from ..base import Compiled, Setting, SubmitSettings
+from ..base import Compiled, Setting, SubmitSettings, values_compiled_in
 from ..options import CompileOptions
 from .options import COMPILE_SETTINGS, azureml_options
 
@@ -42,8 +42,7 @@ class AzureMLTarget:
 
     def split_values(self, sets: dict[str, str], run_params: dict[str, str]) -> tuple[dict[str, str],
                                                                                        dict[str, str]]:
-        # The job file carries its inputs: a run's values are compiled in, and there are no run arguments.
-        return {**sets, **run_params}, {}
+        return values_compiled_in(sets, run_params)
 
     def data_problem(self, name: str, value: str, options: CompileOptions, compiled_in: bool) -> str | None:
         from .submit import AZUREML_DATA_SCHEMES

@@ -8,7 +8,7 @@ from typing import Any
 
 from ...graph import PipelineGraph
 from .. import RECURRING_RUN_FILE
-from ..base import Compiled, Setting, SubmitSettings
+from ..base import Compiled, Setting, SubmitSettings, values_as_run_arguments
 from ..options import CompileOptions
 from .options import COMPILE_SETTINGS, kfp_options
 
@@ -46,8 +46,7 @@ class KfpTarget:
 
     def split_values(self, sets: dict[str, str], run_params: dict[str, str]) -> tuple[dict[str, str],
                                                                                        dict[str, str]]:
-        # A run argument overrides the compiled default: keep it out of the compiled values.
-        return {k: v for k, v in sets.items() if k not in run_params}, dict(run_params)
+        return values_as_run_arguments(sets, run_params)
 
     def data_problem(self, name: str, value: str, options: CompileOptions, compiled_in: bool) -> str | None:
         if compiled_in:

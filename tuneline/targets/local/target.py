@@ -23,7 +23,7 @@ import yaml
 from ...graph import PipelineGraph
 from ...spec import OutputRef
 from ...step.command import render_items
-from ..base import Compiled, Setting, SubmitSettings
+from ..base import Compiled, Setting, SubmitSettings, values_as_run_arguments
 from ..options import CompileOptions
 
 STEPS_FILE = "steps.yaml"
@@ -72,8 +72,7 @@ class LocalTarget:
 
     def split_values(self, sets: dict[str, str], run_params: dict[str, str]) -> tuple[dict[str, str],
                                                                                        dict[str, str]]:
-        # The runner takes a run's values as it takes --set: a run argument over the compiled value.
-        return {k: v for k, v in sets.items() if k not in run_params}, dict(run_params)
+        return values_as_run_arguments(sets, run_params)  # the runner takes them as it takes --set
 
     def data_problem(self, name: str, value: str, options: CompileOptions, compiled_in: bool) -> str | None:
         if "://" in value:
