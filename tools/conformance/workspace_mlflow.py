@@ -44,6 +44,8 @@ from typing import Any
 
 from tuneline.settings import TELEMETRY_OFF
 
+from .envvars import environment
+
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 RESOURCE_GROUP = "tuneline-rg"
 WORKSPACE = "tuneline-ws"
@@ -222,17 +224,9 @@ class WorkspaceMlflow:
         reads the token and certificate variables at each request, so they are set only meanwhile)."""
         from mlflow.tracking import MlflowClient
 
-        names = ("MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_TOKEN")
-        saved = {k: os.environ.get(k) for k in names}
-        os.environ.update(dict(zip(names, (str(self.cert), self.current_token), strict=True)))
-        try:
+        with environment({"MLFLOW_TRACKING_SERVER_CERT_PATH": str(self.cert),
+                          "MLFLOW_TRACKING_TOKEN": self.current_token}):
             yield MlflowClient(tracking_uri=self.rest_uri, registry_uri=self.rest_uri)
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
     def job_run(self, experiment: str, name: str) -> tuple[str, str]:
         """The experiment id and run id Azure ML creates for a job before it starts (MLFLOW_RUN_ID)."""
