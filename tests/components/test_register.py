@@ -168,6 +168,8 @@ def test_cli_rejects_bad_input_before_touching_mlflow(tmp_path: Path, capsys: py
             str(tmp_path / "p"),
             "--card-out",
             str(tmp_path / "c"),
+            "--files-out",
+            str(tmp_path / "f"),
         ]
     )
     assert code == 2

@@ -237,6 +237,7 @@ def test_the_jobs_token_is_renewed_before_it_expires(workspace, monkeypatch):
                          timeout=30).status_code == 401
 
 
+@pytest.mark.slow
 def test_register_on_a_workspace_keeps_the_model_in_its_output_and_deploy_reads_it_back(workspace, tmp_path):
     """On a workspace, register cannot upload through MLflow (azureml:// artifact roots): it saves the model into
     its `files` output, registers the output's datastore URI as the version's source, and fetch_model (deploy,
