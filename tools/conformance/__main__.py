@@ -220,8 +220,9 @@ def main(argv: list[str] | None = None) -> int:
             text, ok = conform_kfp(args.pipeline, overrides, work, seed)
         else:
             if seed is not None:
-                raise SeedFailed("--seed: the azureml harness cannot seed its workspace: registering needs the "
-                                 "workspace's artifact store (docs/azureml.md, 'Not working on a workspace yet')")
+                raise SeedFailed("--seed: the azureml harness cannot seed its workspace yet: a seed runs with "
+                                 "`tuneline run` on this machine, and a workspace registers a model only from a "
+                                 "job's output (docs/azureml.md, 'Register and deploy on a workspace')")
             local = run_local(graph, work)
             if local.status != rec.SUCCEEDED:
                 failed = [f"{s.name}: {s.reason}" for s in local.steps.values() if s.status == rec.FAILED]

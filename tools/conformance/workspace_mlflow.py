@@ -18,6 +18,12 @@ azureml-mlflow's artifact repository serves (entry point `mlflow.artifact_reposi
 carries it (it caps MLflow below the pinned version). This server hands out the same kind of location
 (`--default-artifact-root`, `ARTIFACT_ROOT`), so a step that uploads files through MLflow fails here as it would
 in a workspace; what it does not stand for is the upload itself, which nothing here can serve.
+
+Registered model files: on a workspace register saves the model into its own output and registers that output's
+datastore URI (tuneline/llm/workspace_files.py). Where this stand-in differs from a workspace there: its registry is
+plain MLflow, which stores any non-local `source` as given (a workspace turns it into a model asset's path); and a
+datastore is a folder the harness owns (`datastores/<name>/` in tools.conformance.azureml, named to every job in
+TUNELINE_AZUREML_DATASTORES), read as a mount would be, where a job on Azure ML downloads it with azure-ai-ml.
 """
 
 from __future__ import annotations
