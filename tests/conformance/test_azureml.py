@@ -273,10 +273,13 @@ def test_register_on_a_workspace_keeps_the_model_in_its_output_and_deploy_reads_
     assert (saved / "evaluation" / "m.json").is_file()
     # deploy's read, in a later job of the same workspace
     reader = ("import sys; from pathlib import Path; from tuneline.llm.registry import fetch_model; "
-              "f = fetch_model('models:/ws-model@champion', Path(sys.argv[1])); print(f.version, f.model_dir)")
+              "f = fetch_model('models:/ws-model@champion', Path(sys.argv[1])); print(f.version, f.model_dir); "
+              "from components.evaluate.__main__ import resolve_champion; "  # evaluate's champion comparison
+              "print(resolve_champion('models:/ws-model@champion'))")
     env.update(workspace.job_env(*workspace.job_run("register-on-workspace", "deploy")))
     proc = subprocess.run([sys.executable, "-c", reader, str(tmp_path / "fetched")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    number, model_dir = proc.stdout.split()
+    number, model_dir, champion_dir = proc.stdout.split()
     assert number == "1" and (Path(model_dir) / "adapter_config.json").is_file()
+    assert (Path(champion_dir) / "adapter_config.json").is_file()
