@@ -5,7 +5,10 @@ Run as: python -m components.register --model out/model --metrics out/metrics.js
     --model-uri-out out/model_uri --version-out out/version --promoted-out out/promoted
 Override example: --gate-metric perplexity --base-weights bundle   (compared as min: --gate-direction auto)
 
-The registry is MLFLOW_TRACKING_URI (default: SQLite under .tuneline/). Writes to it are retried with
+The registry is MLFLOW_TRACKING_URI (default: SQLite under .tuneline/). On an Azure ML workspace, whose artifact
+store only azureml-mlflow can write, the model, the evaluation and the card are saved into the `files` output and
+the version's source is that output's datastore URI (tuneline/llm/workspace_files.py); elsewhere they are logged
+to the tracking server and `files` holds only registered.json. Writes to it are retried with
 jittered exponential backoff, so parallel registrations get distinct versions. Exits 2 on bad input.
 
 The step is not cached (component.yaml): the champion comparison is against the registry as it is now, which a
