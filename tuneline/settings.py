@@ -41,6 +41,9 @@ TELEMETRY_OFF = {TELEMETRY_VAR: "true"}
 SPOT_LABEL = "kubernetes.azure.com/scalesetpriority"
 SPOT_VALUE = "spot"
 SPOT_TAINT = f"{SPOT_LABEL}={SPOT_VALUE}:NoSchedule"
+# The Azure ML datastore a compiled pipeline writes its outputs to (`settings.default_datastore`), and so where a
+# step that registers its own output finds it (tuneline/llm/workspace_files.py); every workspace has it.
+AZUREML_DEFAULT_DATASTORE = "workspaceblobstore"
 # Where compiled Kubernetes steps mount the shared checkpoint volume.
 CHECKPOINT_MOUNT = "/mnt/checkpoints"
 # The metric a gate, a promotion rule or a drift check compares when nothing names one. The components that take a

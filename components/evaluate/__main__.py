@@ -35,6 +35,12 @@ if TYPE_CHECKING:
 def resolve_champion(uri: str) -> Path:
     """A local folder, or an MLflow artifact URI downloaded to a temporary folder."""
     path = Path(uri)
+    if uri.startswith("models:/"):
+        # A registered version: fetch_model reads it wherever it was registered (MLflow's artifact store, or an
+        # Azure ML workspace's datastore) and follows the workspace's alias tags where aliases are missing.
+        from tuneline.llm.registry import fetch_model
+
+        return fetch_model(uri, Path(tempfile.mkdtemp())).model_dir
     if not path.exists():
         import mlflow
 

@@ -5,7 +5,10 @@ Run as: python -m components.register --model out/model --metrics out/metrics.js
     --model-uri-out out/model_uri --version-out out/version --promoted-out out/promoted
 Override example: --gate-metric perplexity --base-weights bundle   (compared as min: --gate-direction auto)
 
-The registry is MLFLOW_TRACKING_URI (default: SQLite under .tuneline/). Writes to it are retried with
+The registry is MLFLOW_TRACKING_URI (default: SQLite under .tuneline/). On an Azure ML workspace, whose artifact
+store only azureml-mlflow can write, the model, the evaluation and the card are saved into the `files` output and
+the version's source is that output's datastore URI (tuneline/llm/workspace_files.py); elsewhere they are logged
+to the tracking server and `files` holds only registered.json. Writes to it are retried with
 jittered exponential backoff, so parallel registrations get distinct versions. Exits 2 on bad input.
 
 The step is not cached (component.yaml): the champion comparison is against the registry as it is now, which a
@@ -122,10 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     experiment = registry.ensure_experiment(client, args.experiment)
     from tuneline.llm.ml.tracking import unservable_artifact_uri
 
+    # A workspace's artifact root is an azureml:// one that only azureml-mlflow serves: the model goes into the
+    # step's `files` output instead, and the version points at that output's datastore URI (workspace_files).
     unservable = unservable_artifact_uri(client.get_experiment(experiment).artifact_location)
-    if unservable:  # an Azure ML workspace: fail before creating a run or a version, saying why
-        log(f"cannot log the model: {unservable}; registering on an Azure ML workspace is not supported yet "
-            f"(docs/azureml.md, 'Not working on a workspace yet')")
+    on_workspace = bool(unservable) and settings.is_workspace_endpoint(client.tracking_uri)
+    if unservable and not on_workspace:
+        log(f"cannot log the model: {unservable}")
         return 2
     run_tags = {
         "tuneline.step": "register",
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     status = "FAILED"
     try:
         number, card = _log_and_register(args, client, run_id, trained, evaluation, code, pipeline_run,
-                                         gate_metric, rule, log)
+                                         gate_metric, rule, log, on_workspace)
         decision = _decide(args, client, number, rule, candidate_value, evaluation, None, log)
         status = "FINISHED"
     finally:
@@ -154,26 +159,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _log_and_register(args, client, run_id: str, trained: TrainedModel, evaluation: Evaluation, code: str,
-                      pipeline_run: str, gate_metric: str, rule, log) -> tuple[int, str]:
-    """Log the model and the evaluation to run `run_id`, register the version and give it its card;
-    returns (version number, card)."""
+                      pipeline_run: str, gate_metric: str, rule, log, on_workspace: bool = False) -> tuple[int, str]:
+    """Log the model and the evaluation to run `run_id` (on a workspace: save them into the `files` output),
+    register the version and give it its card; returns (version number, card)."""
     import mlflow
 
     from components.register.logmodel import log_pyfunc
     from tuneline.llm import registry
 
     with mlflow.start_run(run_id=run_id):
-        info, base_sha = registry.with_retry(
-            lambda: log_pyfunc(trained, args.base_weights, args.system_prompt or ""), "log model", log=log
-        )
         mlflow.log_metrics(
             {f"eval.{m}.{k}": v for m, s in evaluation.models.items() for k, v in s.items()}
         )
-        mlflow.log_artifact(str(args.metrics), "evaluation")
+        if on_workspace:
+            source, model_id, base_sha = _save_to_output(args, run_id, trained)
+        else:
+            info, base_sha = registry.with_retry(
+                lambda: log_pyfunc(trained, args.base_weights, args.system_prompt or ""), "log model", log=log
+            )
+            mlflow.log_artifact(str(args.metrics), "evaluation")
+            source, model_id = info.model_uri, getattr(info, "model_id", None)
+            _record_files(args.files, {"model_uri_source": source, "in": "the tracking server's artifacts"})
     tags = _tags(trained, evaluation, code, pipeline_run, base_sha, gate_metric)
-    version = registry.register_version(
-        client, args.name, info.model_uri, run_id, tags, model_id=getattr(info, "model_id", None), log=log
-    )
+    version = registry.register_version(client, args.name, source, run_id, tags, model_id=model_id, log=log)
     number = int(version.version)
     base_ref = (
         (
@@ -196,10 +204,13 @@ def _log_and_register(args, client, run_id: str, trained: TrainedModel, evaluati
             gate_metric=f"{gate_metric} ({rule.direction})",
         )
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        card_path = Path(tmp) / "model_card.md"
-        card_path.write_text(card)
-        client.log_artifact(run_id, str(card_path))
+    if on_workspace:
+        (args.files / run_id / "model_card.md").write_text(card)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            card_path = Path(tmp) / "model_card.md"
+            card_path.write_text(card)
+            client.log_artifact(run_id, str(card_path))
     registry.with_retry(
         lambda: client.update_model_version(
             args.name, str(number), description=registry.clip(card, registry.MAX_DESCRIPTION)
@@ -208,6 +219,29 @@ def _log_and_register(args, client, run_id: str, trained: TrainedModel, evaluati
         log=log,
     )
     return number, card
+
+
+def _save_to_output(args, run_id: str, trained: TrainedModel) -> tuple[str, None, str]:
+    """On a workspace: the pyfunc model and the evaluation saved under `<files>/<run id>/` (Azure ML keeps the
+    output in the workspace's datastore); returns (the model folder's datastore URI, no logged model, base sha)."""
+    import shutil
+
+    from components.register.logmodel import save_pyfunc
+    from tuneline.llm.workspace_files import output_uri
+
+    folder = args.files / run_id
+    base_sha = save_pyfunc(trained, folder / "model", args.base_weights, args.system_prompt or "")
+    (folder / "evaluation").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(args.metrics, folder / "evaluation" / Path(args.metrics).name)
+    source = output_uri("files", run_id, "model")
+    _record_files(args.files, {"model_uri_source": source, "in": "this output"})
+    return source, None, base_sha
+
+
+def _record_files(folder: Path, where: dict[str, str]) -> None:
+    """What the `files` output says about where the registered model's files are (never an empty output)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "registered.json").write_text(json.dumps(where, indent=2) + "\n")
 
 
 def _decide(args, client, number: int, rule, candidate_value: float, evaluation, existing, log):
@@ -263,6 +297,8 @@ def _write_outputs(args, number: int, card: str, decision, log) -> int:
     write_value(args.promoted, decision.promoted)
     args.card.parent.mkdir(parents=True, exist_ok=True)
     args.card.write_text(card)
+    if not (args.files / "registered.json").is_file():  # a reused version: its files are where it was registered
+        _record_files(args.files, {"model_uri_source": model_uri, "in": "the version registered before"})
     log(
         f"{model_uri} registered (alias candidate); champion: "
         f"{'v' + str(number) if decision.promoted else 'unchanged'} - {decision.reason}"

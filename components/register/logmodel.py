@@ -56,16 +56,12 @@ def base_reference(trained: TrainedModel, mode: Literal["reference", "bundle"]) 
     return (base if mode == "bundle" else None), weights_sha256(base)
 
 
-def log_pyfunc(trained: TrainedModel, mode: Literal["reference", "bundle"], system_prompt: str = ""):
-    """Log into the active MLflow run; returns (ModelInfo, base weights sha256)."""
-    import mlflow
-
+def _model_kwargs(trained: TrainedModel, mode: Literal["reference", "bundle"], system_prompt: str):
     bundled, base_sha = base_reference(trained, mode)
     artifacts = {"model": str(trained.folder)}
     if bundled is not None:
         artifacts["base"] = str(bundled)
-    info = mlflow.pyfunc.log_model(
-        name="model",
+    return dict(
         python_model=str(PYFUNC_FILE),
         artifacts=artifacts,
         model_config={
@@ -75,5 +71,23 @@ def log_pyfunc(trained: TrainedModel, mode: Literal["reference", "bundle"], syst
         },
         signature=signature(),
         pip_requirements=pip_requirements(),
-    )
-    return info, base_sha
+    ), base_sha
+
+
+def log_pyfunc(trained: TrainedModel, mode: Literal["reference", "bundle"], system_prompt: str = ""):
+    """Log into the active MLflow run; returns (ModelInfo, base weights sha256)."""
+    import mlflow
+
+    kwargs, base_sha = _model_kwargs(trained, mode, system_prompt)
+    return mlflow.pyfunc.log_model(name="model", **kwargs), base_sha
+
+
+def save_pyfunc(trained: TrainedModel, path: Path, mode: Literal["reference", "bundle"],
+                system_prompt: str = "") -> str:
+    """The same model saved as a folder at `path` (an Azure ML workspace keeps it as a step output, since only
+    azureml-mlflow could upload it to the workspace's artifact store); returns the base weights sha256."""
+    import mlflow
+
+    kwargs, base_sha = _model_kwargs(trained, mode, system_prompt)
+    mlflow.pyfunc.save_model(path=str(path), **kwargs)
+    return base_sha

@@ -168,6 +168,8 @@ def test_cli_rejects_bad_input_before_touching_mlflow(tmp_path: Path, capsys: py
             str(tmp_path / "p"),
             "--card-out",
             str(tmp_path / "c"),
+            "--files-out",
+            str(tmp_path / "f"),
         ]
     )
     assert code == 2
@@ -287,7 +289,7 @@ def test_an_azure_ml_artifact_store_is_refused_before_anything_is_registered(sto
     (model / "training_summary.json").write_text(json.dumps({"base_model": "tiny", "method": "full"}))
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({"models": {"tuned": {"exact_match": 0.5}}}))
-    outs = [f"--{name}-out" for name in ("model-uri", "version", "promoted", "card")]
+    outs = [f"--{name}-out" for name in ("model-uri", "version", "promoted", "card", "files")]
     code = register_main(["--model", str(model), "--metrics", str(metrics),
                           *[x for flag in outs for x in (flag, str(tmp_path / flag.strip("-")))]])
     assert code == 2

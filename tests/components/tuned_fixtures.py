@@ -79,6 +79,8 @@ def register_cmd(model: Path, metrics: Path, outs: Path, *extra: str) -> list[st
         str(outs / "promoted"),
         "--card-out",
         str(outs / "card.md"),
+        "--files-out",
+        str(outs / "files"),
         *extra,
     ]
 

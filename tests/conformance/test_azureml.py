@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,51 @@ def test_the_jobs_token_is_renewed_before_it_expires(workspace, monkeypatch):
     stale = {"Authorization": f"Bearer {old}"}
     assert requests.post(url, json={"max_results": 1}, headers=stale, verify=str(workspace.cert),
                          timeout=30).status_code == 401
+
+
+@pytest.mark.slow
+def test_register_on_a_workspace_keeps_the_model_in_its_output_and_deploy_reads_it_back(workspace, tmp_path):
+    """On a workspace, register cannot upload through MLflow (azureml:// artifact roots): it saves the model into
+    its `files` output, registers the output's datastore URI as the version's source, and fetch_model (deploy,
+    the champion comparison) reads the files from the datastore. The stand-in's datastores are folders the
+    harness owns (R8a); on Azure ML the read is MLClient.models.download, which needs Azure and is not run here."""
+    import json
+    import subprocess
+
+    from tests.components.tuned_fixtures import REPO, make_adapter, make_metrics, register_cmd
+    from tuneline.llm.workspace_files import DATASTORES_VAR
+
+    experiment_id, run_id = workspace.job_run("register-on-workspace", "register")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AZUREML_"))}
+    datastores = tmp_path / "datastores"
+    env.update(workspace.job_env(experiment_id, run_id), TUNELINE_HOME=str(tmp_path / "home"),
+               MLFLOW_DISABLE_TELEMETRY="true", PYTHONPATH=str(REPO), **{DATASTORES_VAR: str(datastores)})
+    outs = tmp_path / "outs"
+    files = datastores / "workspaceblobstore" / "azureml" / run_id / "files"  # R8a: the output's default path
+    cmd = register_cmd(make_adapter(tmp_path / "train" / "model"), make_metrics(tmp_path / "m.json", tuned=0.5), outs,
+                       "--name", "ws-model")
+    cmd[cmd.index("--files-out") + 1] = str(files)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (outs / "model_uri").read_text() == "models:/ws-model/1"
+    source = json.loads((files / "registered.json").read_text())["model_uri_source"]
+    with workspace.client() as client:
+        version = client.get_model_version("ws-model", "1")
+    saved = files / version.run_id  # the registration run's folder in the output
+    assert version.source == source == (f"azureml://datastores/workspaceblobstore/paths/azureml/{run_id}/files/"
+                                        f"{version.run_id}/model")
+    assert version.tags["tuneline.alias.champion"] == "true"
+    assert (saved / "model" / "MLmodel").is_file() and (saved / "model_card.md").is_file()
+    assert (saved / "evaluation" / "m.json").is_file()
+    # deploy's read, in a later job of the same workspace
+    reader = ("import sys; from pathlib import Path; from tuneline.llm.registry import fetch_model; "
+              "f = fetch_model('models:/ws-model@champion', Path(sys.argv[1])); print(f.version, f.model_dir); "
+              "from components.evaluate.__main__ import resolve_champion; "  # evaluate's champion comparison
+              "print(resolve_champion('models:/ws-model@champion'))")
+    env.update(workspace.job_env(*workspace.job_run("register-on-workspace", "deploy")))
+    proc = subprocess.run([sys.executable, "-c", reader, str(tmp_path / "fetched")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    number, model_dir, champion_dir = proc.stdout.split()
+    assert number == "1" and (Path(model_dir) / "adapter_config.json").is_file()
+    assert (Path(champion_dir) / "adapter_config.json").is_file()

@@ -33,7 +33,7 @@ def test_the_azureml_harness_refuses_a_seed_and_says_why(tmp_path: Path, capsys:
     code = main(["azureml", str(REPO / "pipelines" / "feedback.yaml"), "--work", str(tmp_path),
                  "--seed", str(REPO / "pipelines" / "finetune.yaml")])
     assert code == 2
-    assert "Not working on a workspace yet" in capsys.readouterr().err
+    assert "cannot seed its workspace yet" in capsys.readouterr().err
 
 
 def test_what_differs_between_two_correct_runs_follows_the_declarations() -> None:

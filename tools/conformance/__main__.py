@@ -37,6 +37,7 @@ from tuneline.targets.options import CompileOptions
 
 from .azureml import AzureMLRuntime, RuntimeRuleBroken, value_of
 from .compare import compare_steps, report
+from .envvars import environment
 from .kfp import KfpLocalRun, KfpRunBroken, artifact_params, image_mounts, output_of, stage_data
 from .workspace_mlflow import WorkspaceMlflow
 
@@ -46,20 +47,8 @@ URI = re.compile(r"^[a-z0-9+.-]+://")
 
 def run_in(graph: PipelineGraph, home: Path, env: dict[str, str | None]) -> rec.RunRecord:
     """`tuneline run` of `graph` with its state under `home` and `env` set (None: unset) for the run's length."""
-    saved = {k: os.environ.get(k) for k in (*env, "TUNELINE_HOME")}
-    for key, value in {**env, "TUNELINE_HOME": str(home)}.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    try:
+    with environment({**env, "TUNELINE_HOME": str(home)}):
         return LocalRunner(graph, RunOptions(home=home, no_cache=True)).run()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def run_local(graph: PipelineGraph, work: Path) -> rec.RunRecord:
@@ -231,8 +220,9 @@ def main(argv: list[str] | None = None) -> int:
             text, ok = conform_kfp(args.pipeline, overrides, work, seed)
         else:
             if seed is not None:
-                raise SeedFailed("--seed: the azureml harness cannot seed its workspace: registering needs the "
-                                 "workspace's artifact store (docs/azureml.md, 'Not working on a workspace yet')")
+                raise SeedFailed("--seed: the azureml harness cannot seed its workspace yet: a seed runs with "
+                                 "`tuneline run` on this machine, and a workspace registers a model only from a "
+                                 "job's output (docs/azureml.md, 'Register and deploy on a workspace')")
             local = run_local(graph, work)
             if local.status != rec.SUCCEEDED:
                 failed = [f"{s.name}: {s.reason}" for s in local.steps.values() if s.status == rec.FAILED]

@@ -36,6 +36,13 @@ R8 A node output with a `path:` is that datastore folder (`azureml://datastores/
    path"), https://learn.microsoft.com/azure/machine-learning/how-to-read-write-data-v2 ("Supported modes"),
    https://learn.microsoft.com/azure/machine-learning/how-to-datastore ("workspaceblobstore" is the default)
 
+R8a A node output bound without `path:` is written to the default datastore at `azureml/${{name}}/${{output_name}}/`
+   (the same page, "Customize output path"); the pipeline's `settings.default_datastore` names that datastore.
+   `${{name}}`, the job's name, is also its run id (AZUREML_RUN_ID), which is how a step names its own output's
+   datastore URI (tuneline/llm/workspace_files.py). Every job here also gets TUNELINE_AZUREML_DATASTORES, the
+   folder holding the datastores, so a later step reads a datastore URI's files from it as from a mount of the
+   datastore; on Azure ML the step downloads them with azure-ai-ml (`MLClient.models.download`) instead, which
+   needs Azure and is not run here.
 R9 Every job gets the workspace's MLflow variables, over any value the job sets: MLFLOW_TRACKING_URI (the
    workspace's `azureml://<region>.api.azureml.ms/mlflow/v1.0/subscriptions/…/workspaces/<w>` URI),
    MLFLOW_TRACKING_TOKEN (the job's token), MLFLOW_RUN_ID and MLFLOW_EXPERIMENT_ID (the run Azure ML created for the
@@ -84,7 +91,8 @@ from typing import Any
 
 import yaml
 
-from tuneline.settings import TELEMETRY_VAR
+from tuneline.llm.workspace_files import DATASTORES_VAR
+from tuneline.settings import AZUREML_DEFAULT_DATASTORE, TELEMETRY_VAR
 from tuneline.step.gate import SKIPPED, VALUE_FILE
 
 from .workspace_mlflow import WorkspaceMlflow
@@ -94,7 +102,7 @@ _PARENT_OUTPUT = re.compile(r"^\$\{\{\s*parent\.jobs\.([A-Za-z0-9_]+)\.outputs\.
 _OPTIONAL = re.compile(r"\$\[\[(.*?)\]\]", re.S)
 _PLACEHOLDER = re.compile(r"\$\{\{\s*(inputs|outputs)\.([A-Za-z0-9_]+)\s*\}\}")
 _DATASTORE_URI = re.compile(r"^azureml://datastores/([^/]+)/paths/(.+?)/?$")
-DEFAULT_DATASTORE = "workspaceblobstore"
+DEFAULT_DATASTORE = AZUREML_DEFAULT_DATASTORE
 OUTPUT_MODES = ("rw_mount", "upload")
 DATA_TYPES = {"uri_file", "uri_folder", "custom_model", "mlflow_model", "mltable"}
 FILE_TYPES = {"uri_file"}
@@ -193,6 +201,9 @@ class AzureMLRuntime:
         self.workspace = workspace  # R9: the MLflow endpoint whose variables every job gets
         self.results: dict[str, NodeResult] = {}
         self.preempted: dict[str, NodeResult] = {}
+        self.job_name: str | None = None  # the running job's name (its run id) when there is a workspace
+        datastore = str((self.job.get("settings") or {}).get("default_datastore") or DEFAULT_DATASTORE)
+        self.default_datastore = datastore.removeprefix("azureml:")
 
     def _component(self, job: dict[str, Any]) -> tuple[dict[str, Any], Path]:
         ref = job["component"]
@@ -251,7 +262,10 @@ class AzureMLRuntime:
     def _output_folder(self, node: str, output: str, binding: Any, default: Path) -> tuple[Path, str | None]:
         """R5/R8: where an output is written, and its mode when it is bound to a datastore path."""
         if binding is None:
-            return default, None
+            if self.job_name is None:
+                return default, None
+            # R8a: Azure ML's default output path, in the pipeline's default datastore
+            return self.datastores / self.default_datastore / "azureml" / self.job_name / output, None
         if not isinstance(binding, dict):
             raise RuntimeRuleBroken(f"node '{node}' output '{output}': expected a mapping, got {binding!r}")
         mode = binding.get("mode", "rw_mount")
@@ -260,8 +274,9 @@ class AzureMLRuntime:
         path = binding.get("path")
         if path is None:
             return default, mode
-        path = (path.replace("${{default_datastore}}", DEFAULT_DATASTORE).replace("${{output_name}}", output)
-                .replace("${{name}}", f"{self.job.get('display_name', 'pipeline')}-{node}-{self.submissions}"))
+        path = (path.replace("${{default_datastore}}", self.default_datastore).replace("${{output_name}}", output)
+                .replace("${{name}}", self.job_name or f"{self.job.get('display_name', 'pipeline')}-{node}-"
+                                                      f"{self.submissions}"))
         match = _DATASTORE_URI.match(path)
         if not match or "${{" in path:
             raise RuntimeRuleBroken(f"node '{node}' output '{output}': {binding['path']!r} is not an "
@@ -306,6 +321,11 @@ class AzureMLRuntime:
         if unknown:
             raise RuntimeRuleBroken(f"node '{name}': outputs {sorted(unknown)} are not the component's")
         uploads: dict[Path, Path] = {}
+        job_env: dict[str, str] = {}
+        if self.workspace is not None:  # R9: Azure ML creates the job's run before it starts; R8a: its name
+            experiment = self.job.get("experiment_name") or self.job.get("display_name") or "Default"
+            job_env = self.workspace.job_env(*self.workspace.job_run(experiment, name))
+            self.job_name = job_env["AZUREML_RUN_ID"]
         for output_name, spec in (component.get("outputs") or {}).items():  # R5
             kind = spec["type"]
             if kind not in DATA_TYPES:
@@ -329,8 +349,8 @@ class AzureMLRuntime:
         if self.workspace is not None:  # R9: the runtime's values replace the host's and the job's
             env = {k: v for k, v in env.items()
                    if not k.startswith(("MLFLOW_", "AZUREML_")) or k == TELEMETRY_VAR}
-            experiment = self.job.get("experiment_name") or self.job.get("display_name") or "Default"
-            env.update(self.workspace.job_env(*self.workspace.job_run(experiment, name)))
+            env.update(job_env)
+            env[DATASTORES_VAR] = str(self.datastores.resolve())  # R8a: the stand-in's datastore mounts
         if self.image_path is not None:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.image_path), env.get("PYTHONPATH")) if p)
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")

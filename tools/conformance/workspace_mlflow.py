@@ -18,6 +18,12 @@ azureml-mlflow's artifact repository serves (entry point `mlflow.artifact_reposi
 carries it (it caps MLflow below the pinned version). This server hands out the same kind of location
 (`--default-artifact-root`, `ARTIFACT_ROOT`), so a step that uploads files through MLflow fails here as it would
 in a workspace; what it does not stand for is the upload itself, which nothing here can serve.
+
+Registered model files: on a workspace register saves the model into its own output and registers that output's
+datastore URI (tuneline/llm/workspace_files.py). Where this stand-in differs from a workspace there: its registry is
+plain MLflow, which stores any non-local `source` as given (a workspace turns it into a model asset's path); and a
+datastore is a folder the harness owns (`datastores/<name>/` in tools.conformance.azureml, named to every job in
+TUNELINE_AZUREML_DATASTORES), read as a mount would be, where a job on Azure ML downloads it with azure-ai-ml.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ from pathlib import Path
 from typing import Any
 
 from tuneline.settings import TELEMETRY_OFF
+
+from .envvars import environment
 
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 RESOURCE_GROUP = "tuneline-rg"
@@ -222,17 +230,9 @@ class WorkspaceMlflow:
         reads the token and certificate variables at each request, so they are set only meanwhile)."""
         from mlflow.tracking import MlflowClient
 
-        names = ("MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_TOKEN")
-        saved = {k: os.environ.get(k) for k in names}
-        os.environ.update(dict(zip(names, (str(self.cert), self.current_token), strict=True)))
-        try:
+        with environment({"MLFLOW_TRACKING_SERVER_CERT_PATH": str(self.cert),
+                          "MLFLOW_TRACKING_TOKEN": self.current_token}):
             yield MlflowClient(tracking_uri=self.rest_uri, registry_uri=self.rest_uri)
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
     def job_run(self, experiment: str, name: str) -> tuple[str, str]:
         """The experiment id and run id Azure ML creates for a job before it starts (MLFLOW_RUN_ID)."""

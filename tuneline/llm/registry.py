@@ -439,8 +439,6 @@ def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
 
 def fetch_model(uri: str, dst: Path) -> FetchedModel:
     """Download a registered version (by number or alias) into ``dst`` and locate its parts."""
-    import mlflow
-
     name, version, alias = parse_models_uri(uri)
     mlflow_client = client()
     if alias is not None:
@@ -451,15 +449,14 @@ def fetch_model(uri: str, dst: Path) -> FetchedModel:
         found = mlflow_client.get_model_version(name, version)
     exact = f"models:/{name}/{found.version}"
     dst.mkdir(parents=True, exist_ok=True)
-    root = Path(
-        # The version's own artifact location, asked of this client: MLflow resolves a `models:/` URI through
-        # mlflow.get_registry_uri(), which follows a process-wide set_tracking_uri() (an earlier in-process step
-        # sets one) rather than the store configured now, whatever registry_uri is passed.
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=mlflow_client.get_model_version_download_uri(name, found.version), dst_path=str(dst),
-            tracking_uri=settings.tracking_uri(),
-        )
-    )
+    from tuneline.llm import workspace_files
+
+    if workspace_files.is_datastore_uri(found.source or ""):
+        # Registered on an Azure ML workspace from a step's output (components/register): the files are in the
+        # workspace's datastore, which MLflow's artifact repositories cannot read without azureml-mlflow.
+        root = workspace_files.download(name, found.version, found.source, dst)
+    else:
+        root = _download_artifacts(mlflow_client, name, found.version, dst)
     model_dir = root / "artifacts" / "model"
     if not (model_dir / SUMMARY_FILE).is_file():
         raise FileNotFoundError(
@@ -474,6 +471,20 @@ def fetch_model(uri: str, dst: Path) -> FetchedModel:
         model_dir=model_dir,
         base_dir=base_dir if (base_dir / "config.json").is_file() else None,
         tags=dict(found.tags or {}),
+    )
+
+
+def _download_artifacts(mlflow_client, name: str, version: str, dst: Path) -> Path:
+    import mlflow
+
+    return Path(
+        # The version's own artifact location, asked of this client: MLflow resolves a `models:/` URI through
+        # mlflow.get_registry_uri(), which follows a process-wide set_tracking_uri() (an earlier in-process step
+        # sets one) rather than the store configured now, whatever registry_uri is passed.
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=mlflow_client.get_model_version_download_uri(name, version), dst_path=str(dst),
+            tracking_uri=settings.tracking_uri(),
+        )
     )
 
 

@@ -77,5 +77,5 @@ def test_train_evaluate_register(tier, family, method):
     assert register(["--model", str(work / "model"), "--metrics", str(work / "metrics.json"), "--name", name,
                      "--gate-metric", "rouge_l", "--model-uri-out", str(work / "uri"),
                      "--version-out", str(work / "version"), "--promoted-out", str(work / "promoted"),
-                     "--card-out", str(work / "card.md")]) == 0
+                     "--card-out", str(work / "card.md"), "--files-out", str(work / "files")]) == 0
     assert (work / "uri").read_text() == f"models:/{name}/1"

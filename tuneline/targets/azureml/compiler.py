@@ -46,7 +46,7 @@ from typing import Any
 import yaml
 
 from ...graph import Node, PipelineGraph
-from ...settings import TELEMETRY_OFF
+from ...settings import AZUREML_DEFAULT_DATASTORE, TELEMETRY_OFF
 from ...spec import Literal, OutputRef, ParamRef
 from ...spec.command import OptionalBlock, Ref, Token
 from ...spec.models import IOType
@@ -379,7 +379,10 @@ def pipeline_dict(graph: PipelineGraph, options: CompileOptions, job_dir: Path,
         "experiment_name": graph.name,
         "description": graph.pipeline.spec.description or graph.name,
         "inputs": inputs,
-        "settings": {"default_compute": f"azureml:{default_compute(options)}", "force_rerun": options.no_cache,
+        # default_datastore pinned: a step that registers its output's files names their datastore URI, which
+        # holds the default datastore (tuneline.llm.workspace_files), and a workspace's default may be another.
+        "settings": {"default_compute": f"azureml:{default_compute(options)}",
+                     "default_datastore": f"azureml:{AZUREML_DEFAULT_DATASTORE}", "force_rerun": options.no_cache,
                      "continue_on_step_failure": False},
         "jobs": jobs,
     }
