@@ -155,6 +155,7 @@ def _main(config: TrainConfig) -> int:
     if acc.distributed_type == DistributedType.DEEPSPEED:
         try:
             parallel.fill_deepspeed_config(acc, config.per_device_batch, config.grad_accum, config.max_grad_norm)
+            parallel.require_gather_on_save(acc.state.deepspeed_plugin, full_model=config.method == "full")
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
