@@ -193,7 +193,7 @@ def _build_model(config: TrainConfig, acc, chosen) -> tuple:
     model, tokenizer = modelsetup.build(
         config, chosen.mixed_precision, acc.device, attn_implementation=chosen.attn_implementation,
         sharded=parallel.is_sharded(acc), on_meta=fsdp and config.method != "qlora" and parallel.loads_on_meta(),
-        fsdp=fsdp)
+        shards_params=parallel.shards_parameters(acc))
     # After the shared initialisation each rank draws its own dropout masks.
     torch.manual_seed(config.seed + 1000 * acc.process_index)
     return model, tokenizer

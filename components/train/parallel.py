@@ -33,10 +33,19 @@ def shards_parameters(acc) -> bool:
     """FSDP or ZeRO-3: no rank holds the whole model, so saving it needs a gather that every rank joins."""
     from accelerate.utils import DistributedType
 
-    if acc.distributed_type == DistributedType.FSDP:
+    plugin = acc.state.deepspeed_plugin if acc.distributed_type == DistributedType.DEEPSPEED else None
+    return parameters_sharded(acc.distributed_type, plugin)
+
+
+def parameters_sharded(distributed_type, deepspeed_plugin=None) -> bool:
+    """Whether this distribution shards the parameters themselves (FSDP, ZeRO-3), as opposed to only the
+    gradients and optimizer state (ZeRO-1/2) or nothing (DDP)."""
+    from accelerate.utils import DistributedType
+
+    if distributed_type == DistributedType.FSDP:
         return True
-    if acc.distributed_type == DistributedType.DEEPSPEED:
-        return acc.state.deepspeed_plugin.zero_stage == 3
+    if distributed_type == DistributedType.DEEPSPEED:
+        return deepspeed_plugin.zero_stage == 3
     return False
 
 

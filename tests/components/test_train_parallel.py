@@ -107,12 +107,12 @@ def test_fsdp_wraps_each_familys_decoder_layer(family, launched):
 def test_qlora_under_fsdp_stores_4bit_weights_in_the_compute_dtype(precision, dtype):
     from components.train.modelsetup import load_dtype, quantization_config
 
-    sharded = quantization_config(precision, fsdp=True)
+    sharded = quantization_config(precision, shards_params=True)
     # FSDP shards floating-point storage only; uint8-stored 4-bit weights stay whole on every GPU.
     assert sharded.bnb_4bit_quant_storage == dtype == sharded.bnb_4bit_compute_dtype
     assert load_dtype("qlora", precision) == dtype  # the unquantised weights match it
     assert sharded.load_in_4bit and sharded.bnb_4bit_quant_type == "nf4"
-    assert quantization_config(precision, fsdp=False).bnb_4bit_quant_storage == torch.uint8
+    assert quantization_config(precision, shards_params=False).bnb_4bit_quant_storage == torch.uint8
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
@@ -129,7 +129,7 @@ def test_a_rank_other_than_0_builds_its_model_on_meta(method, tmp_path, monkeypa
     assert parallel.loads_on_meta()
     config = parse_args(["--train", "x", "--base-model", "tiny-random-llama", "--model-out", "m",
                          "--checkpoints", "c", "--mlflow-run-id-out", "r", "--method", method])
-    model, _ = build(config, "no", torch.device("cpu"), sharded=True, on_meta=True, fsdp=True)
+    model, _ = build(config, "no", torch.device("cpu"), sharded=True, on_meta=True, shards_params=True)
     params = dict(model.named_parameters())
     frozen = [p for p in params.values() if not p.requires_grad]
     trainable = [p for p in params.values() if p.requires_grad]
@@ -275,3 +275,21 @@ def test_peft_writes_the_adapter_from_the_trainable_parameters_alone(tmp_path):
     gathered = load_file(tmp_path / "gathered" / "adapter_model.safetensors")
     assert own.keys() == gathered.keys() and len(own) == len(trainable)
     assert all(torch.equal(own[k], gathered[k]) for k in own)
+
+
+@pytest.mark.parametrize("config,sharded", [("zero3.yaml", True), ("zero2.yaml", False), ("fsdp.yaml", True)])
+def test_qlora_stores_4bit_weights_in_the_compute_dtype_wherever_parameters_are_sharded(config, sharded, launched):
+    # ZeRO-3 partitions parameters as FSDP does: the 4-bit weights must be stored in the compute dtype there too
+    # (PEFT's "QLoRA and DeepSpeed with ZeRO3"), where ZeRO-2 keeps whole parameters on every rank.
+    from accelerate.utils import DeepSpeedPlugin, DistributedType
+
+    from components.train.modelsetup import quantization_config
+
+    launched(config)
+    if config == "fsdp.yaml":
+        kind, plugin = DistributedType.FSDP, None
+    else:
+        kind, plugin = DistributedType.DEEPSPEED, DeepSpeedPlugin()
+    assert parallel.parameters_sharded(kind, plugin) is sharded
+    storage = quantization_config("bf16", parallel.parameters_sharded(kind, plugin)).bnb_4bit_quant_storage
+    assert storage == (torch.bfloat16 if sharded else torch.uint8)
