@@ -59,6 +59,9 @@ class TunelineChatModel(PythonModel):
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device).eval()
         self.default_system = config.get("system_prompt", "")
+        # The template variables training and evaluation rendered with (a fixed date_string: Llama 3.x prints
+        # "Today Date" from strftime_now otherwise, and the served prompt would differ from the trained one).
+        self.template_kwargs = summary.get("chat_template_kwargs") or {}
 
     @staticmethod
     def _base_dir(context, config: dict, summary: dict) -> Path:
@@ -85,6 +88,10 @@ class TunelineChatModel(PythonModel):
                 )
         return base
 
+    def render(self, messages: list[dict[str, str]]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                  **getattr(self, "template_kwargs", {}))
+
     def predict(self, context, model_input, params: dict | None = None) -> list[str]:
         import torch
 
@@ -94,14 +101,8 @@ class TunelineChatModel(PythonModel):
         prompts = _prompts(model_input)
         if not prompts:
             return []
-        texts = []
-        for prompt in prompts:
-            messages = ([{"role": "system", "content": system}] if system else []) + [
-                {"role": "user", "content": prompt}
-            ]
-            texts.append(
-                self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            )
+        texts = [self.render(([{"role": "system", "content": system}] if system else [])
+                             + [{"role": "user", "content": prompt}]) for prompt in prompts]
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
             self.device
         )

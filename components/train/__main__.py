@@ -155,6 +155,7 @@ def _main(config: TrainConfig) -> int:
     if acc.distributed_type == DistributedType.DEEPSPEED:
         try:
             parallel.fill_deepspeed_config(acc, config.per_device_batch, config.grad_accum, config.max_grad_norm)
+            parallel.require_gather_on_save(acc.state.deepspeed_plugin, full_model=config.method == "full")
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -192,7 +193,7 @@ def _build_model(config: TrainConfig, acc, chosen) -> tuple:
     model, tokenizer = modelsetup.build(
         config, chosen.mixed_precision, acc.device, attn_implementation=chosen.attn_implementation,
         sharded=parallel.is_sharded(acc), on_meta=fsdp and config.method != "qlora" and parallel.loads_on_meta(),
-        fsdp=fsdp)
+        shards_params=parallel.shards_parameters(acc))
     # After the shared initialisation each rank draws its own dropout masks.
     torch.manual_seed(config.seed + 1000 * acc.process_index)
     return model, tokenizer

@@ -224,7 +224,8 @@ class Loop:
         if self._adapter_under_fsdp():
             parallel.save_trainable_sharded(self.model, self.optimizer, tmp / SHARDED_TRAINABLE)
         elif self._sharded():
-            self.acc.save_state(str(tmp / "accelerate"))
+            saving, _ = parallel.checkpoint_kwargs(self.deepspeed, self.c.method)
+            self.acc.save_state(str(tmp / "accelerate"), **saving)
         elif self.acc.is_main_process:
             from safetensors.torch import save_file
 
@@ -259,7 +260,8 @@ class Loop:
         if self._adapter_under_fsdp():
             parallel.load_trainable_sharded(self.model, self.optimizer, path / SHARDED_TRAINABLE)
         elif self._sharded():
-            self.acc.load_state(str(path / "accelerate"))
+            _, loading = parallel.checkpoint_kwargs(self.deepspeed, self.c.method)
+            self.acc.load_state(str(path / "accelerate"), **loading)
         else:
             from safetensors.torch import load_file
 

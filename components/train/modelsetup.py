@@ -33,11 +33,13 @@ def _targets(spec: str):
     return "all-linear" if spec == "all-linear" else [t.strip() for t in spec.split(",") if t.strip()]
 
 
-def quantization_config(precision: str, fsdp: bool):
-    """The 4-bit config for QLoRA. Under FSDP the packed 4-bit weights are stored in the compute dtype
-    (``bnb_4bit_quant_storage``): FSDP shards floating-point tensors only, and accelerate leaves uint8-stored
-    Params4bit out of sharding altogether (fsdp_utils.py ``fsdp2_prepare_model``: "Excluding from FSDP2
-    sharding"), so every GPU would hold the whole quantised model. The model's other weights are loaded in the
+def quantization_config(precision: str, shards_params: bool):
+    """The 4-bit config for QLoRA. Where the parameters are sharded (FSDP, DeepSpeed ZeRO-3) the packed 4-bit
+    weights are stored in the compute dtype (``bnb_4bit_quant_storage``): FSDP shards floating-point tensors
+    only, and accelerate leaves uint8-stored Params4bit out of sharding altogether (fsdp_utils.py
+    ``fsdp2_prepare_model``: "Excluding from FSDP2 sharding"), so every GPU would hold the whole quantised model;
+    ZeRO-3 needs them stored so too (PEFT v0.21.2 docs/source/accelerate/deepspeed.md, "QLoRA and DeepSpeed
+    with ZeRO3": the quant storage dtype equal to the model's). The model's other weights are loaded in the
     same dtype, as the bitsandbytes FSDP-QLoRA guide (docs/source/fsdp_qlora.md) and PEFT's
     docs/source/accelerate/fsdp.md (v0.21.2) require."""
     from transformers import BitsAndBytesConfig
@@ -45,7 +47,7 @@ def quantization_config(precision: str, fsdp: bool):
     compute = compute_dtype(precision) if precision != "no" else torch.float16
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=compute if fsdp else torch.uint8,
+        bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=compute if shards_params else torch.uint8,
     )
 
 
@@ -60,7 +62,7 @@ def load_dtype(method: str, precision: str) -> torch.dtype:
 
 
 def build(config: TrainConfig, precision: str, device: torch.device, *, attn_implementation: str = "sdpa",
-          sharded: bool = False, on_meta: bool = False, fsdp: bool = False):
+          sharded: bool = False, on_meta: bool = False, shards_params: bool = False):
     """The model to train and its tokenizer.
 
     ``sharded``: FSDP or DeepSpeed will place (and shard) the model in ``prepare``; moving the whole model to
@@ -72,7 +74,7 @@ def build(config: TrainConfig, precision: str, device: torch.device, *, attn_imp
     check_method(config.method)
     path = resolve_model(config.base_model)
     tokenizer = load_tokenizer(path, padding_side="right")
-    quantization = quantization_config(precision, fsdp) if config.method == "qlora" else None
+    quantization = quantization_config(precision, shards_params) if config.method == "qlora" else None
     dtype = load_dtype(config.method, precision)
     if on_meta and quantization is None:
         from accelerate import init_empty_weights
@@ -87,10 +89,10 @@ def build(config: TrainConfig, precision: str, device: torch.device, *, attn_imp
         model = load_causal_lm(path, dtype=dtype, quantization_config=quantization,
                                attn_implementation=attn_implementation, device_map={"": device} if direct else None)
     model.config.use_cache = False
-    # Under FSDP, QLoRA skips prepare_model_for_kbit_training: it casts every unquantised weight to fp32, and
-    # the frozen weights are kept in the 4-bit storage dtype there (TRL's SFT set-up does the same for sharded
-    # QLoRA, trl/experimental/utils.py).
-    sharded_qlora = config.method == "qlora" and fsdp
+    # Under FSDP and ZeRO-3, QLoRA skips prepare_model_for_kbit_training: it casts every unquantised weight to
+    # fp32, and the frozen weights are kept in the 4-bit storage dtype there (TRL 1.16's SFT set-up does the same
+    # for sharded QLoRA, "FSDP/DS-Zero3", trl/experimental/utils.py).
+    sharded_qlora = config.method == "qlora" and shards_params
     if config.method == "qlora" and not sharded_qlora:
         model = prepare_kbit(model, config.gradient_checkpointing)
     elif config.gradient_checkpointing:

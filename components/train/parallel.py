@@ -33,10 +33,19 @@ def shards_parameters(acc) -> bool:
     """FSDP or ZeRO-3: no rank holds the whole model, so saving it needs a gather that every rank joins."""
     from accelerate.utils import DistributedType
 
-    if acc.distributed_type == DistributedType.FSDP:
+    plugin = acc.state.deepspeed_plugin if acc.distributed_type == DistributedType.DEEPSPEED else None
+    return parameters_sharded(acc.distributed_type, plugin)
+
+
+def parameters_sharded(distributed_type, deepspeed_plugin=None) -> bool:
+    """Whether this distribution shards the parameters themselves (FSDP, ZeRO-3), as opposed to only the
+    gradients and optimizer state (ZeRO-1/2) or nothing (DDP)."""
+    from accelerate.utils import DistributedType
+
+    if distributed_type == DistributedType.FSDP:
         return True
-    if acc.distributed_type == DistributedType.DEEPSPEED:
-        return acc.state.deepspeed_plugin.zero_stage == 3
+    if distributed_type == DistributedType.DEEPSPEED:
+        return deepspeed_plugin.zero_stage == 3
     return False
 
 
@@ -119,6 +128,38 @@ def fill_deepspeed_plugin(plugin, per_device_batch: int, grad_accum: int, max_gr
     return values
 
 
+GATHER_ON_SAVE = "zero_optimization.stage3_gather_16bit_weights_on_model_save"
+
+
+def require_gather_on_save(plugin, full_model: bool) -> None:
+    """Under ZeRO-3, let a full fine-tune's model be gathered to be saved.
+
+    ``accelerator.get_state_dict`` raises after training unless ``stage3_gather_16bit_weights_on_model_save``
+    is true (accelerator.py ``get_state_dict``, accelerate 1.15). zero3.yaml sets it (zero3_save_16bit_model),
+    but a DeepSpeed json that leaves it out gets DeepSpeed's default, false, and one that says "auto" gets the
+    launcher's zero3_save_16bit_model, false unless set (utils/dataclasses.py ``DeepSpeedPlugin.__post_init__``
+    fills it when the plugin is built): the whole training would run to fail at the save. The flag only decides
+    whether the save may gather, so a full fine-tune sets it. An adapter is gathered without it
+    (``gathered_trainable``)."""
+    if full_model and plugin.get_value("zero_optimization.stage") == 3:
+        plugin.deepspeed_config.setdefault("zero_optimization", {})[GATHER_ON_SAVE.rpartition(".")[2]] = True
+
+
+def checkpoint_kwargs(deepspeed: bool, method: str) -> tuple[dict, dict]:
+    """(``save_state`` kwargs, ``load_state`` kwargs) for a checkpoint of this run.
+
+    A LoRA under DeepSpeed checkpoints its adapter and optimizer state only: the engine's ``save_checkpoint``
+    otherwise writes the frozen base too (the whole module state under ZeRO-1/2, every rank's fragment of each
+    frozen parameter under ZeRO-3), a full copy of a 70B model on every save. Resuming then loads the module
+    non-strictly, the frozen weights being the base model's, loaded at start. transformers 5.23's Trainer does
+    the same for PEFT models (trainer.py ``_save_checkpoint``: ``exclude_frozen_parameters=True``;
+    ``deepspeed_load_checkpoint(..., load_module_strict=False)``); accelerate passes them to the engine only.
+    """
+    if deepspeed and method != "full":
+        return {"exclude_frozen_parameters": True}, {"load_module_strict": False}
+    return {}, {}
+
+
 def deepspeed_grad_accum(plugin, requested: int) -> int:
     """The gradient accumulation to train with under DeepSpeed: ``--grad-accum``, or the DeepSpeed config's
     ``gradient_accumulation_steps`` when that is a number and ``--grad-accum`` is left at 1. Both set and
@@ -193,9 +234,14 @@ def gathered_trainable(acc, model) -> dict:
 
     FSDP2: each trainable parameter is a DTensor shard; ``full_tensor`` all-gathers it, so only the adapter
     travels, not the frozen base (``accelerator.get_state_dict`` would gather the whole model to rank 0's host
-    memory). ZeRO-3: ``get_state_dict`` consolidates the 16-bit weights (needs
-    ``stage3_gather_16bit_weights_on_model_save``, which zero3.yaml sets); PEFT picks the adapter out of it.
+    memory). ZeRO-3: the engine consolidates the trainable parameters only, one layer at a time, in 16 bits,
+    as transformers 5.23's ``Trainer.save_model`` does for a PEFT model (trainer.py:
+    ``_zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=True)``): ``accelerator.get_state_dict``
+    would copy the whole frozen base to rank 0's host memory (140 GB for a 70B model) to keep a few MB of it.
+    Either way PEFT keeps the adapter's entries of what it is given. Returns None on other ranks.
     """
+    if is_deepspeed(acc):
+        return model._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=True)
     if not getattr(acc, "is_fsdp2", False):
         return acc.get_state_dict(model)
     from accelerate.utils.fsdp_utils import fsdp2_canonicalize_names

@@ -45,7 +45,7 @@ def main(mode: str, init_scale: float) -> None:
     assert parallel.enable_fsdp_on_cpu(acc)
     acc.native_amp = True  # as on a GPU: autocast to fp16 in forward, unscale_gradients active
     acc.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
-    model, tokenizer = modelsetup.build(config, "no", acc.device, sharded=True, fsdp=True)
+    model, tokenizer = modelsetup.build(config, "no", acc.device, sharded=True, shards_params=True)
     train, _ = encode_all(tokenizer, read_split(config.train).records, config.max_seq_len)
     optimizer = torch.optim.AdamW(modelsetup.param_groups(model, 0.0), lr=1e-3)
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=2)

@@ -107,12 +107,12 @@ def test_fsdp_wraps_each_familys_decoder_layer(family, launched):
 def test_qlora_under_fsdp_stores_4bit_weights_in_the_compute_dtype(precision, dtype):
     from components.train.modelsetup import load_dtype, quantization_config
 
-    sharded = quantization_config(precision, fsdp=True)
+    sharded = quantization_config(precision, shards_params=True)
     # FSDP shards floating-point storage only; uint8-stored 4-bit weights stay whole on every GPU.
     assert sharded.bnb_4bit_quant_storage == dtype == sharded.bnb_4bit_compute_dtype
     assert load_dtype("qlora", precision) == dtype  # the unquantised weights match it
     assert sharded.load_in_4bit and sharded.bnb_4bit_quant_type == "nf4"
-    assert quantization_config(precision, fsdp=False).bnb_4bit_quant_storage == torch.uint8
+    assert quantization_config(precision, shards_params=False).bnb_4bit_quant_storage == torch.uint8
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
@@ -129,7 +129,7 @@ def test_a_rank_other_than_0_builds_its_model_on_meta(method, tmp_path, monkeypa
     assert parallel.loads_on_meta()
     config = parse_args(["--train", "x", "--base-model", "tiny-random-llama", "--model-out", "m",
                          "--checkpoints", "c", "--mlflow-run-id-out", "r", "--method", method])
-    model, _ = build(config, "no", torch.device("cpu"), sharded=True, on_meta=True, fsdp=True)
+    model, _ = build(config, "no", torch.device("cpu"), sharded=True, on_meta=True, shards_params=True)
     params = dict(model.named_parameters())
     frozen = [p for p in params.values() if not p.requires_grad]
     trainable = [p for p in params.values() if p.requires_grad]
@@ -218,3 +218,78 @@ def test_deepspeed_accumulation_set_in_its_config_is_taken_unless_grad_accum_dis
     parallel.fill_deepspeed_plugin(plugin, per_device_batch=2, grad_accum=4, max_grad_norm=1.0, world=2)
     with pytest.raises(ValueError, match="--grad-accum 2 but the DeepSpeed config's gradient_accumulation_steps is 4"):
         parallel.deepspeed_grad_accum(plugin, 2)
+
+
+@pytest.mark.parametrize("setting", ["absent", "auto", False])
+def test_zero3_lets_a_full_fine_tune_be_gathered_whatever_the_json_says(setting):
+    import copy
+
+    from accelerate.utils import DeepSpeedPlugin
+
+    ds = copy.deepcopy(HF_ZERO3)
+    if setting == "absent":
+        del ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"]
+    else:
+        ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = setting
+    plugin = DeepSpeedPlugin(hf_ds_config=ds)
+    parallel.require_gather_on_save(plugin, full_model=True)
+    # accelerator.get_state_dict refuses at the end of training unless this is true.
+    assert plugin.get_value(parallel.GATHER_ON_SAVE) is True
+
+
+def test_zero3_yaml_keeps_its_gather_flag(launched):
+    from accelerate.utils import DeepSpeedPlugin
+
+    launched("zero3.yaml")
+    plugin = DeepSpeedPlugin()
+    parallel.require_gather_on_save(plugin, full_model=True)
+    assert plugin.get_value(parallel.GATHER_ON_SAVE) is True
+
+
+def test_a_lora_checkpoint_under_deepspeed_leaves_the_frozen_base_out():
+    save, load = parallel.checkpoint_kwargs(deepspeed=True, method="lora")
+    assert save == {"exclude_frozen_parameters": True} and load == {"load_module_strict": False}
+    assert parallel.checkpoint_kwargs(deepspeed=True, method="qlora")[0] == save
+    assert parallel.checkpoint_kwargs(deepspeed=True, method="full") == ({}, {})  # the weights are what it trains
+    assert parallel.checkpoint_kwargs(deepspeed=False, method="lora") == ({}, {})
+
+
+def test_peft_writes_the_adapter_from_the_trainable_parameters_alone(tmp_path):
+    # What the ZeRO-3 engine's _zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=True) returns on
+    # rank 0: each trainable parameter under its name in the module tree, nothing of the frozen base. (The engine
+    # itself needs deepspeed and a GPU.) PEFT must write from it the adapter it writes from the whole model.
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+
+    model, _ = _tiny("llama")
+    model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_()
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    model.save_pretrained(tmp_path / "own", save_embedding_layers=False)
+    model.save_pretrained(tmp_path / "gathered", save_embedding_layers=False, state_dict=trainable)
+    own = load_file(tmp_path / "own" / "adapter_model.safetensors")
+    gathered = load_file(tmp_path / "gathered" / "adapter_model.safetensors")
+    assert own.keys() == gathered.keys() and len(own) == len(trainable)
+    assert all(torch.equal(own[k], gathered[k]) for k in own)
+
+
+@pytest.mark.parametrize("config,sharded", [("zero3.yaml", True), ("zero2.yaml", False), ("fsdp.yaml", True)])
+def test_qlora_stores_4bit_weights_in_the_compute_dtype_wherever_parameters_are_sharded(config, sharded, launched):
+    # ZeRO-3 partitions parameters as FSDP does: the 4-bit weights must be stored in the compute dtype there too
+    # (PEFT's "QLoRA and DeepSpeed with ZeRO3"), where ZeRO-2 keeps whole parameters on every rank.
+    from accelerate.utils import DeepSpeedPlugin, DistributedType
+
+    from components.train.modelsetup import quantization_config
+
+    launched(config)
+    if config == "fsdp.yaml":
+        kind, plugin = DistributedType.FSDP, None
+    else:
+        kind, plugin = DistributedType.DEEPSPEED, DeepSpeedPlugin()
+    assert parallel.parameters_sharded(kind, plugin) is sharded
+    storage = quantization_config("bf16", parallel.parameters_sharded(kind, plugin)).bnb_4bit_quant_storage
+    assert storage == (torch.bfloat16 if sharded else torch.uint8)
