@@ -1,10 +1,10 @@
-"""Win rate with its bootstrap interval, and the per-example scores that judge it."""
+"""Win rate with its Wilson interval, and the per-example scores that judge it."""
 
 import pytest
 
 from tuneline.llm.ml.judge import JudgeError, LLMJudge, verdict
 from tuneline.llm.ml.metrics import all_metrics, example_scores
-from tuneline.llm.ml.winrate import outcomes, win_rate
+from tuneline.llm.ml.winrate import TooFewExamples, outcomes, win_rate
 
 
 def test_outcomes_count_ties_half_and_follow_the_metric_direction():
@@ -23,9 +23,23 @@ def test_a_clear_winner_has_an_interval_above_one_half_and_a_coin_flip_does_not(
     # The interval narrows with the number of examples, as a sampling interval must.
     assert (win_rate([1.0, 0.0] * 100, "m").upper - win_rate([1.0, 0.0] * 100, "m").lower
             < even.upper - even.lower)
-    assert win_rate([1.0, 0.0] * 5, "m") == win_rate([1.0, 0.0] * 5, "m")  # fixed seed: one verdict per input
     with pytest.raises(ValueError, match="1 \\(win\\), 0.5 \\(tie\\) or 0"):
-        win_rate([0.7], "m")
+        win_rate([0.7] * 10, "m")
+
+
+def test_a_handful_of_lucky_wins_cannot_pass_a_better_than_the_champion_gate():
+    # A percentile bootstrap of unanimous wins has zero width (lower bound 1.0 on any n); too few contests are
+    # refused, and ten straight wins are significant while ties leave the interval wide.
+    for n in (1, 3, 9):
+        with pytest.raises(TooFewExamples, match=f"{n} examples judged"):
+            win_rate([1.0] * n, "m")
+    unanimous = win_rate([1.0] * 10, "m")
+    assert 0.7 < unanimous.lower < 0.75 and unanimous.upper == pytest.approx(1.0)
+    ties = win_rate([0.5] * 10, "m")
+    assert ties.ties == 10 and ties.lower < 0.3 and ties.upper > 0.7
+    # Wilson's closed form on 40 of 48: centre and half-width as computed by hand.
+    clear = win_rate([1.0] * 40 + [0.0] * 8, "m")
+    assert (clear.lower, clear.upper) == pytest.approx((0.7042, 0.9130), abs=1e-4)
 
 
 def test_example_scores_average_to_the_corpus_metric():
