@@ -58,6 +58,9 @@ def _read(config, log):
     if train.kind != want:
         raise ValueError(f"{train.path}: --loss {config.loss} needs {want} records, this split holds {train.kind} "
                          f"records; use --loss {'kto' if train.kind == 'kto' else 'dpo'}")
+    if config.loss == "dpo" and not 0 <= config.label_smoothing < 0.5:
+        raise ValueError(f"--label-smoothing {config.label_smoothing:g}: must be in [0, 0.5) (the assumed share of "
+                         "flipped labels; at 0.5 the loss prefers neither side)")
     if config.loss == "kto" and config.per_device_batch < 2:
         raise ValueError("--loss kto needs --per-device-batch 2 or more: the KL estimate pairs each prompt with "
                          "another record's completion in the same batch")

@@ -35,6 +35,13 @@ def test_dpo_loss_is_the_sigmoid_loss_with_label_smoothing():
     assert smoothed.losses.item() == pytest.approx(-0.9 * _logsig(0.2) - 0.1 * _logsig(-0.2), abs=1e-6)
 
 
+def test_dpo_label_smoothing_of_one_half_is_refused():
+    # At 0.5 the conservative loss is symmetric in delta: minimal at delta = 0, so it would unlearn the preference.
+    pc, pr, rc, rr = (torch.tensor([v]) for v in (-1.0, -3.0, -2.0, -2.0))
+    with pytest.raises(ValueError, match=r"must be in \[0, 0.5\)"):
+        dpo_loss(pc, pr, rc, rr, beta=0.1, label_smoothing=0.5)
+
+
 def test_kto_loss_uses_the_clamped_kl_reference_point():
     policy, ref = torch.tensor([0.0, -3.0]), torch.tensor([-1.0, -2.0])
     labels = torch.tensor([True, False])
