@@ -283,7 +283,8 @@ def _finish(config, acc, run, state, summary: dict, held: dict, start: str, log)
         run.log_artifact(config.model / SUMMARY_FILE)
         run.finish()
     if acc.is_main_process:
-        figures = "; ".join(f"{n}: reward accuracy {m['rewards/accuracies']:.3f}, margin {m['rewards/margins']:.4f}"
+        figures = "; ".join(f"{n}: reward accuracy {m['rewards/accuracies']:.3f}"
+                            + (f", margin {m['rewards/margins']:.4f}" if "rewards/margins" in m else "")
                             for n, m in held.items())
         log(f"done: {state.global_step} steps, final loss {summary['final_train_loss']:.4f}"
             f"{'; ' + figures if figures else ''}; model in {config.model}")

@@ -63,6 +63,13 @@ def kto_loss(policy: torch.Tensor, ref: torch.Tensor, labels: torch.Tensor, kl: 
     return PreferenceTerms(losses, rewards[labels], rewards[~labels])
 
 
-def kl_reference_point(policy_kl: torch.Tensor, ref_kl: torch.Tensor) -> torch.Tensor:
-    """TRL's ``(KL_logps - ref_KL_logps).mean().detach()`` clamped at 0 (there after averaging over processes)."""
-    return (policy_kl - ref_kl).mean().detach().clamp(min=0)
+def kl_estimate(policy_kl: torch.Tensor, ref_kl: torch.Tensor) -> torch.Tensor:
+    """One process's KL estimate, TRL's ``(KL_logps - ref_KL_logps).mean().detach()``, not yet clamped."""
+    return (policy_kl - ref_kl).mean().detach()
+
+
+def kl_reference_point(estimates: torch.Tensor) -> torch.Tensor:
+    """The processes' estimates averaged, then clamped at 0, in that order as TRL 1.16 does
+    (kto_trainer.py: ``gather_for_metrics(kl).mean().clamp(min=0)``): clamping each process's estimate first would
+    turn a negative estimate on one process into a positive reference point overall."""
+    return estimates.mean().clamp(min=0)
