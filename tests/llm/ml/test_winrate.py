@@ -1,5 +1,9 @@
 """Win rate with its Wilson interval, and the per-example scores that judge it."""
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 
 from tuneline.llm.ml.judge import JudgeError, LLMJudge, verdict
@@ -69,3 +73,33 @@ def test_an_unreachable_judge_is_named():
 
     with pytest.raises(JudgeError, match="judge http://127.0.0.1:9/v1/chat/completions"):
         judge.outcome(Contest("q", "a", "b"))
+
+
+class _Judge(BaseHTTPRequestHandler):
+    """A stand-in for an LLM endpoint (none runs in unit tests) that answers every comparison in prose."""
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps({"choices": [{"message": {"content": "The first answer is better."}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_judge_whose_replies_cannot_be_read_is_refused_not_counted_as_ties():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        from tuneline.llm.ml.judge import Contest
+
+        judge = LLMJudge(f"http://127.0.0.1:{server.server_port}/v1", "m", timeout_s=10)
+        with pytest.raises(JudgeError, match="20 of 20 replies were not A, B or T"):
+            judge.outcomes([Contest("q", "a", "b")] * 10)
+    finally:
+        server.shutdown()
+        server.server_close()
