@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from components.preference.__main__ import main
-from components.preference.losses import dpo_loss, kl_estimate, kl_reference_point, kto_loss
 from components.preference.loop import SUMS, reward_metrics
+from components.preference.losses import dpo_loss, kl_estimate, kl_reference_point, kto_loss
 from tests.support.preference import write_preference_splits
 from tests.support.tickets import write_splits
 
