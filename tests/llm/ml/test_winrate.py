@@ -20,7 +20,7 @@ def test_outcomes_count_ties_half_and_follow_the_metric_direction():
 
 def test_a_clear_winner_has_an_interval_above_one_half_and_a_coin_flip_does_not():
     clear = win_rate([1.0] * 40 + [0.0] * 8, judge="metric:x")
-    assert clear.value == pytest.approx(40 / 48) and clear.lower > 0.7 and clear.upper <= 1.0
+    assert clear.value == pytest.approx(40 / 48) and clear.lower > 0.6 and clear.upper <= 1.0
     assert (clear.wins, clear.ties, clear.losses, clear.n) == (40, 0, 8, 48)
     even = win_rate([1.0] * 12 + [0.0] * 12 + [0.5] * 24, judge="metric:x")
     assert even.value == 0.5 and even.lower < 0.5 < even.upper
@@ -32,18 +32,25 @@ def test_a_clear_winner_has_an_interval_above_one_half_and_a_coin_flip_does_not(
 
 
 def test_a_handful_of_lucky_wins_cannot_pass_a_better_than_the_champion_gate():
-    # A percentile bootstrap of unanimous wins has zero width (lower bound 1.0 on any n); too few contests are
-    # refused, and ten straight wins are significant while ties leave the interval wide.
+    # A percentile bootstrap of unanimous wins has zero width (lower bound 1.0 on any n): too few contests are
+    # refused, and the interval is the exact binomial one on the decisive contests.
     for n in (1, 3, 9):
         with pytest.raises(TooFewExamples, match=f"{n} examples judged"):
             win_rate([1.0] * n, "m")
-    unanimous = win_rate([1.0] * 10, "m")
-    assert 0.7 < unanimous.lower < 0.75 and unanimous.upper == pytest.approx(1.0)
-    ties = win_rate([0.5] * 10, "m")
-    assert ties.ties == 10 and ties.lower < 0.3 and ties.upper > 0.7
-    # Wilson's closed form on 40 of 48: centre and half-width as computed by hand.
+    assert win_rate([1.0] * 10, "m").lower == pytest.approx(0.025 ** (1 / 10))  # P(10 of 10 | p) = 2.5%
+    assert win_rate([1.0] * 5 + [0.5] * 5, "m").lower < 0.5 < win_rate([1.0] * 6 + [0.5] * 4, "m").lower
+    # Clopper-Pearson for 40 of 48 (scipy.stats.beta.ppf(0.025, 40, 9), beta.ppf(0.975, 41, 8)).
     clear = win_rate([1.0] * 40 + [0.0] * 8, "m")
-    assert (clear.lower, clear.upper) == pytest.approx((0.7042, 0.9130), abs=1e-4)
+    assert (clear.lower, clear.upper) == pytest.approx((0.697778, 0.925189), abs=1e-6)
+
+
+def test_ties_neither_count_as_coin_flips_nor_hide_a_clear_sign():
+    # 8 wins, 39 ties, 1 loss (a two-sided sign test p of 0.039): better than the champion, as ties say nothing.
+    mostly_ties = win_rate([1.0] * 8 + [0.5] * 39 + [0.0], "m")
+    assert mostly_ties.value == pytest.approx(55 / 96) and 0.5 < mostly_ties.lower < 0.51
+    assert (mostly_ties.wins, mostly_ties.ties, mostly_ties.losses) == (8, 39, 1)
+    ties = win_rate([0.5] * 10, "m")
+    assert (ties.value, ties.lower, ties.upper, ties.ties) == (0.5, 0.5, 0.5, 10)
 
 
 def test_example_scores_average_to_the_corpus_metric():
