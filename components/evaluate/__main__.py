@@ -254,12 +254,20 @@ def main(argv: list[str] | None = None) -> int:
     contest = None
     if args.champion_uri:
         from tuneline.llm.ml.judge import JudgeError
+        from tuneline.llm.ml.winrate import TooFewExamples
 
         try:
             contest = judge_against_champion(args, records, refs, schema, predictions)
         except JudgeError as err:
             print(f"error: --judge: {err}", file=sys.stderr)
             return 1
+        except TooFewExamples as err:
+            # A gate on the win rate cannot be decided; without one the other figures still stand.
+            if "win_rate" in gate.expression:
+                print(f"error: --gates: win rate against the champion: {err} (raise --max-examples or the test "
+                      "split)", file=sys.stderr)
+                return 2
+            print(f"warning: no win rate against the champion: {err}", file=sys.stderr)
     gate_result = gate.evaluate({**results, **({"win_rate": contest.metrics()} if contest else {})})
     meta = {"n_examples": len(refs), "test_sha256": split.sha256, "base_model": args.base_model,
             "tuned_method": summary.get("method", "?"), "max_new_tokens": args.max_new_tokens}

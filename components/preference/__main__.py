@@ -58,6 +58,9 @@ def _read(config, log):
     if train.kind != want:
         raise ValueError(f"{train.path}: --loss {config.loss} needs {want} records, this split holds {train.kind} "
                          f"records; use --loss {'kto' if train.kind == 'kto' else 'dpo'}")
+    if config.loss == "dpo" and not 0 <= config.label_smoothing < 0.5:
+        raise ValueError(f"--label-smoothing {config.label_smoothing:g}: must be in [0, 0.5) (the assumed share of "
+                         "flipped labels; at 0.5 the loss prefers neither side)")
     if config.loss == "kto" and config.per_device_batch < 2:
         raise ValueError("--loss kto needs --per-device-batch 2 or more: the KL estimate pairs each prompt with "
                          "another record's completion in the same batch")
@@ -280,7 +283,8 @@ def _finish(config, acc, run, state, summary: dict, held: dict, start: str, log)
         run.log_artifact(config.model / SUMMARY_FILE)
         run.finish()
     if acc.is_main_process:
-        figures = "; ".join(f"{n}: reward accuracy {m['rewards/accuracies']:.3f}, margin {m['rewards/margins']:.4f}"
+        figures = "; ".join(f"{n}: reward accuracy {m['rewards/accuracies']:.3f}"
+                            + (f", margin {m['rewards/margins']:.4f}" if "rewards/margins" in m else "")
                             for n, m in held.items())
         log(f"done: {state.global_step} steps, final loss {summary['final_train_loss']:.4f}"
             f"{'; ' + figures if figures else ''}; model in {config.model}")

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from components.preference.data import EncodedPreference, encode_side
-from components.preference.losses import PreferenceTerms, dpo_loss, kl_reference_point, kto_loss
+from components.preference.losses import PreferenceTerms, dpo_loss, kl_estimate, kl_reference_point, kto_loss
 from components.preference.model import reference_of
 from components.train.loop import Loop, _as_float, _synchronize
 from tuneline.llm.ml.batching import collate
@@ -38,6 +38,22 @@ def sequence_logps(model, batch) -> torch.Tensor:
 
 SUMS = ("loss", "chosen", "rejected", "n_chosen", "n_rejected", "correct", "kl", "tokens", "padded",
         "policy_prefers", "reference_prefers", "groups")
+
+
+def reward_metrics(totals: dict[str, float], n: float, kind: str) -> dict[str, float]:
+    """TRL's reward figures from summed ``SUMS``. A KTO step or split with no desirable (or no undesirable)
+    record has no ``rewards/chosen`` (``rewards/rejected``) and no margin, as in TRL 1.16's KTO trainer: a mean
+    over no records reported as 0 would make the margin the other side's reward, negated."""
+    metrics = {"rewards/accuracies": totals["correct"] / max(n, 1.0)}
+    if totals["n_chosen"]:
+        metrics["rewards/chosen"] = totals["chosen"] / totals["n_chosen"]
+    if totals["n_rejected"]:
+        metrics["rewards/rejected"] = totals["rejected"] / totals["n_rejected"]
+    if totals["n_chosen"] and totals["n_rejected"]:
+        metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+    if kind == "kto":
+        metrics["kl"] = totals["kl"] / max(totals["groups"], 1.0)
+    return metrics
 
 
 class PreferenceLoop(Loop):
@@ -83,9 +99,10 @@ class PreferenceLoop(Loop):
             policy_kl = self._logps(model, kl_examples)
         ref = self._reference_logps(examples + kl_examples)
         n = len(records)
-        point = kl_reference_point(policy_kl, ref[n:])
+        estimate = kl_estimate(policy_kl, ref[n:])
         if self.world > 1:
-            point = torch.tensor(self._sum([float(point)])[0] / self.world, device=point.device).clamp(min=0)
+            estimate = torch.tensor(self._sum([float(estimate)])[0] / self.world, device=estimate.device)
+        point = kl_reference_point(estimate.reshape(1))
         labels = torch.tensor([bool(r.label) for r in records], device=self.acc.device)
         terms = kto_loss(self._logps(model, examples), ref[:n], labels, point, c.beta, c.desirable_weight,
                          c.undesirable_weight)
@@ -127,7 +144,7 @@ class PreferenceLoop(Loop):
         metrics = {"loss": loss, "learning_rate": lr, "grad_norm": grad_norm,
                    "tokens_per_s": totals["tokens"] / max(seconds, 1e-9),
                    "epoch": s.epoch + s.step_in_epoch / self.plan.steps_per_epoch}
-        metrics.update(self._reward_metrics(totals, n_global))
+        metrics.update(reward_metrics(totals, n_global, self.kind))
         return metrics
 
     def _accumulate(self, sums: dict[str, float], terms: PreferenceTerms, group: list[EncodedPreference]) -> None:
@@ -148,15 +165,6 @@ class PreferenceLoop(Loop):
         sums["padded"] += len(sides) * max(len(e.input_ids) for e in sides)
         sums["policy_prefers"] += terms.policy_prefers
         sums["reference_prefers"] += terms.reference_prefers
-
-    def _reward_metrics(self, totals: dict[str, float], n: float) -> dict[str, float]:
-        chosen = totals["chosen"] / max(totals["n_chosen"], 1.0)
-        rejected = totals["rejected"] / max(totals["n_rejected"], 1.0)
-        metrics = {"rewards/chosen": chosen, "rewards/rejected": rejected, "rewards/margins": chosen - rejected,
-                   "rewards/accuracies": totals["correct"] / max(n, 1.0)}
-        if self.kind == "kto":
-            metrics["kl"] = totals["kl"] / max(totals["groups"], 1.0)
-        return metrics
 
     # -- held-out scoring -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -183,7 +191,7 @@ class PreferenceLoop(Loop):
         keys = list(sums)
         totals = dict(zip(keys, self._sum([sums[k] for k in keys]), strict=True))
         n = float(len(records))
-        metrics = {"loss": totals["loss"] / max(n, 1.0), **self._reward_metrics(totals, n), "examples": n}
+        metrics = {"loss": totals["loss"] / max(n, 1.0), **reward_metrics(totals, n, self.kind), "examples": n}
         if self.kind == "pairs":
             metrics["policy_preference_accuracy"] = totals["policy_prefers"] / max(n, 1.0)
             metrics["reference_preference_accuracy"] = totals["reference_prefers"] / max(n, 1.0)

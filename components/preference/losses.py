@@ -7,7 +7,12 @@ The formulas are a few lines; ``tests/components/test_preference.py`` checks the
 
 DPO (Rafailov et al. 2023), per pair, with ``delta = (pi_c - ref_c) - (pi_r - ref_r)``:
     loss = -(1 - eps) * logsigmoid(beta * delta) - eps * logsigmoid(-beta * delta)
-(eps = label smoothing; TRL's "sigmoid" loss is eps = 0, its "robust" variant adds the same flipped term.)
+At eps = 0 (the default) this is TRL 1.16's "sigmoid" loss exactly. With eps > 0 (label smoothing) it is
+conservative DPO (Mitchell 2023), which TRL's "sigmoid" loss computed from ``label_smoothing`` up to v0.19
+(trl/trainer/dpo_trainer.py at v0.19.0); TRL 1.16's "sigmoid" ignores ``label_smoothing``, and its "robust" loss
+(Chowdhury et al. 2024) is a different formula, ``(clean - flipped) / (1 - 2 eps)`` with the flipped term
+subtracted. eps must stay below 0.5: at 0.5 the two terms are mirror images, the loss is smallest at
+``delta = 0`` and training would pull every pair towards indifference.
 Rewards are ``beta * (pi - ref)`` per side, accuracy ``reward_c > reward_r``, margin ``reward_c - reward_r``.
 
 KTO (Ethayarajh et al. 2024, eq. 7), per record, with the reference point ``z = max(0, mean(pi_KL - ref_KL))``
@@ -36,6 +41,9 @@ class PreferenceTerms:
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
              ref_rejected: torch.Tensor, beta: float, label_smoothing: float) -> PreferenceTerms:
+    if not 0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing {label_smoothing:g}: must be in [0, 0.5) (the assumed share of flipped "
+                         "labels; at 0.5 the loss prefers neither side)")
     chosen_logratios = policy_chosen - ref_chosen
     rejected_logratios = policy_rejected - ref_rejected
     delta = chosen_logratios - rejected_logratios
@@ -55,6 +63,13 @@ def kto_loss(policy: torch.Tensor, ref: torch.Tensor, labels: torch.Tensor, kl: 
     return PreferenceTerms(losses, rewards[labels], rewards[~labels])
 
 
-def kl_reference_point(policy_kl: torch.Tensor, ref_kl: torch.Tensor) -> torch.Tensor:
-    """TRL's ``(KL_logps - ref_KL_logps).mean().detach()`` clamped at 0 (there after averaging over processes)."""
-    return (policy_kl - ref_kl).mean().detach().clamp(min=0)
+def kl_estimate(policy_kl: torch.Tensor, ref_kl: torch.Tensor) -> torch.Tensor:
+    """One process's KL estimate, TRL's ``(KL_logps - ref_KL_logps).mean().detach()``, not yet clamped."""
+    return (policy_kl - ref_kl).mean().detach()
+
+
+def kl_reference_point(estimates: torch.Tensor) -> torch.Tensor:
+    """The processes' estimates averaged, then clamped at 0, in that order as TRL 1.16 does
+    (kto_trainer.py: ``gather_for_metrics(kl).mean().clamp(min=0)``): clamping each process's estimate first would
+    turn a negative estimate on one process into a positive reference point overall."""
+    return estimates.mean().clamp(min=0)

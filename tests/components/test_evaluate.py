@@ -16,7 +16,7 @@ def trained(tmp_path_factory):
         mp.setenv("TUNELINE_HOME", str(root / "home"))
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-        data = write_splits(root / "data", n_test=6)
+        data = write_splits(root / "data", n_test=10)
         argv = ["--train", str(data["train"]), "--base-model", "tiny-random-llama", "--model-out", str(root / "model"),
                 "--checkpoints", str(root / "ckpt"), "--mlflow-run-id-out", str(root / "run_id.json"),
                 "--max-steps", "4", "--per-device-batch", "8", "--learning-rate", "5e-3", "--save-steps", "0"]
@@ -49,7 +49,7 @@ def test_base_and_tuned_side_by_side_with_gates_and_mlflow(trained):
     # Four LoRA steps on the training answers make the reference answers more likely.
     assert document["models"]["tuned"]["perplexity"] < document["models"]["base"]["perplexity"]
     assert [c["value"] for c in document["gates"]["clauses"]] == [True, True]
-    assert len(document["predictions"]) == document["n_examples"] == 6
+    assert len(document["predictions"]) == document["n_examples"] == 10
     report = (out / "report.md").read_text()
     assert "| perplexity (lower is better) |" in report and "gates PASSED" in report
     metrics = MlflowClient().get_run(run_id).data.metrics
@@ -84,21 +84,29 @@ def test_bad_gates_fail_before_any_model_is_loaded(trained, capsys, gates, messa
 
 
 def test_win_rate_against_the_champion_decides_the_gate(trained):
-    # The champion is the tuned model itself: every example ties, so the win rate is 0.5 with no spread and a
-    # gate asking for a better model than the champion fails, while one asking for no worse passes.
+    # The champion is the tuned model itself: every example ties, so the win rate is 0.5 with no decisive
+    # contest to widen it, and a gate asking for a better model than the champion fails, while one asking for
+    # no worse passes.
     code, out = _evaluate(trained, "winrate", "win_rate.lower > 0.5", "--champion-uri", str(trained["model"]),
-                          "--gate-metric", "field_accuracy", "--max-examples", "4")
+                          "--gate-metric", "field_accuracy", "--max-examples", "10")
     assert code == 0
     document = json.loads((out / "metrics.json").read_text())
     contest = document["win_rate"]
     assert contest["judge"] == "metric:field_accuracy"
-    assert (contest["n"], contest["ties"], contest["wins"], contest["losses"]) == (4, 4, 0, 0)
+    assert (contest["n"], contest["ties"], contest["wins"], contest["losses"]) == (10, 10, 0, 0)
     assert contest["value"] == contest["lower"] == contest["upper"] == 0.5
     assert json.loads((out / "passed.json").read_text()) is False
     assert "win rate against the champion: **0.500**" in (out / "report.md").read_text()
     code, out = _evaluate(trained, "winrate-ok", "win_rate.value >= 0.5", "--champion-uri", str(trained["model"]),
-                          "--gate-metric", "field_accuracy", "--max-examples", "4")
+                          "--gate-metric", "field_accuracy", "--max-examples", "10")
     assert code == 0 and json.loads((out / "passed.json").read_text()) is True
+
+
+def test_a_win_rate_gate_on_too_few_examples_is_refused(trained, capsys):
+    code, out = _evaluate(trained, "winrate-few", "win_rate.lower > 0.5", "--champion-uri", str(trained["model"]),
+                          "--gate-metric", "field_accuracy", "--max-examples", "4")
+    assert code == 2 and not (out / "passed.json").exists()
+    assert "4 examples judged; a win rate and its 95% interval need at least 10" in capsys.readouterr().err
 
 
 def test_win_rate_gate_holds_without_a_champion(trained):

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from components.preference.__main__ import main
-from components.preference.losses import dpo_loss, kl_reference_point, kto_loss
+from components.preference.loop import SUMS, reward_metrics
+from components.preference.losses import dpo_loss, kl_estimate, kl_reference_point, kto_loss
 from tests.support.preference import write_preference_splits
 from tests.support.tickets import write_splits
 
@@ -35,12 +36,35 @@ def test_dpo_loss_is_the_sigmoid_loss_with_label_smoothing():
     assert smoothed.losses.item() == pytest.approx(-0.9 * _logsig(0.2) - 0.1 * _logsig(-0.2), abs=1e-6)
 
 
+def test_dpo_label_smoothing_of_one_half_is_refused():
+    # At 0.5 the conservative loss is symmetric in delta: minimal at delta = 0, so it would unlearn the preference.
+    pc, pr, rc, rr = (torch.tensor([v]) for v in (-1.0, -3.0, -2.0, -2.0))
+    with pytest.raises(ValueError, match=r"must be in \[0, 0.5\)"):
+        dpo_loss(pc, pr, rc, rr, beta=0.1, label_smoothing=0.5)
+
+
+def test_kto_reference_point_averages_the_processes_before_clamping():
+    # TRL 1.16 clamps the mean of the gathered estimates; clamping each first would give (0 + 0.4) / 2 = 0.2.
+    assert kl_reference_point(torch.tensor([-1.0, 0.4])).item() == 0.0
+    assert kl_reference_point(torch.tensor([-0.2, 1.0])).item() == pytest.approx(0.4)
+
+
+def test_kto_reward_figures_leave_out_a_side_with_no_records():
+    # Four undesirable records, no desirable one: no chosen reward and no margin (not 0 and -rejected).
+    totals = dict.fromkeys(SUMS, 0.0) | {"rejected": -0.8, "n_rejected": 4.0, "correct": 3.0, "groups": 1.0}
+    metrics = reward_metrics(totals, 4.0, "kto")
+    assert metrics == {"rewards/accuracies": 0.75, "rewards/rejected": pytest.approx(-0.2), "kl": 0.0}
+    both = reward_metrics(totals | {"chosen": 0.3, "n_chosen": 1.0}, 5.0, "kto")
+    assert both["rewards/margins"] == pytest.approx(0.3 + 0.2)
+
+
 def test_kto_loss_uses_the_clamped_kl_reference_point():
     policy, ref = torch.tensor([0.0, -3.0]), torch.tensor([-1.0, -2.0])
     labels = torch.tensor([True, False])
-    z = kl_reference_point(torch.tensor([-2.0, -1.0]), torch.tensor([-2.5, -1.5]))
+    estimate = kl_estimate(torch.tensor([-2.0, -1.0]), torch.tensor([-2.5, -1.5]))
+    z = kl_reference_point(estimate.reshape(1))
     assert z.item() == pytest.approx(0.5)
-    assert kl_reference_point(torch.tensor([-3.0]), torch.tensor([-1.0])).item() == 0.0  # clamped at 0
+    assert kl_reference_point(kl_estimate(torch.tensor([-3.0]), torch.tensor([-1.0])).reshape(1)).item() == 0.0
     terms = kto_loss(policy, ref, labels, z, beta=0.1, desirable_weight=1.0, undesirable_weight=2.0)
     sigmoid = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
     assert terms.losses.tolist() == pytest.approx([1 - sigmoid(0.1 * (1 - 0.5)), 2 * (1 - sigmoid(0.1 * (0.5 + 1)))])

@@ -352,16 +352,29 @@ def test_kto_labels_by_rating_drops_the_neutral_ones_and_adds_corrections(tmp_pa
     result, rows = _export(tmp_path, "kto")
     assert [(r["id"], r["label"], r["completion"][0]["content"]) for r in rows] == [
         (f"feedback-{ids[1]}", False, "answer 1"), (f"feedback-{ids[2]}", False, "answer 2"),
-        (f"feedback-{ids[3]}-corrected", True, "the right answer"),  # a neutral rating, a useful correction
+        # A neutral rating with a correction: the corrected answer is a bad one, the correction a good one.
+        (f"feedback-{ids[3]}", False, "answer 3"), (f"feedback-{ids[3]}-corrected", True, "the right answer"),
         (f"feedback-{ids[4]}", True, "answer 4"), (f"feedback-{ids[5]}", True, "answer 5")]
     assert rows[0]["prompt"] == [{"role": "user", "content": "ticket 1"}] and rows[0]["rating"] == 1
-    assert result.written_by == {"desirable": 3, "undesirable": 2}
-    assert result.dropped == {"rated above 2 and below 4: neither good nor bad": 1}
+    assert result.written_by == {"desirable": 3, "undesirable": 3}
+    assert result.dropped == {}
     result, rows = _export(tmp_path, "kto", min_rating=5, max_bad_rating=1)
-    assert [r["label"] for r in rows] == [False, True, True]
-    assert result.dropped == {"rated above 1 and below 5: neither good nor bad": 3}
+    assert [r["label"] for r in rows] == [False, False, True, True]
+    assert result.dropped == {"rated above 1 and below 5: neither good nor bad": 2}
     with pytest.raises(FeedbackError, match="--max-bad-rating must be from 1 to below --min-rating"):
         _export(tmp_path, "kto", min_rating=3, max_bad_rating=3)
+
+
+def test_a_corrected_answer_is_never_exported_as_a_good_one_whatever_its_rating(tmp_path):
+    # Rated 5 and corrected: the pairs export and the ratings trigger count it a loss; kto and sft must agree.
+    logger, store = RequestLogger(tmp_path / "requests.jsonl"), RatingStore(tmp_path / "ratings.jsonl")
+    rid = _served(logger, "My card was charged twice", '{"category": "hardware"}')
+    _rate(store, rid, 5, correction='{"category": "billing"}')
+    result, rows = _export(tmp_path, "kto")
+    assert [(r["label"], r["completion"][0]["content"]) for r in rows] == [
+        (False, '{"category": "hardware"}'), (True, '{"category": "billing"}')]
+    result, rows = _export(tmp_path, "sft")
+    assert rows == [] and result.dropped == {"corrected by its rater": 1}
 
 
 @pytest.mark.parametrize("kind", ["sft", "pairs", "kto"])

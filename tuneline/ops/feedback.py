@@ -9,7 +9,8 @@ The log and the ratings are the endpoint's (``tuneline.serving.requestlog``). ``
 JSONL the prepare step reads, of one kind: ``sft`` chat records (rating >= ``min_rating``), ``pairs`` (TRL's
 conversational preference pairs: two answers to the same conversation rated apart, or a correction against the
 answer it corrects; ``_pairs`` says which pair a conversation gives) or ``kto`` (TRL's unpaired preference
-records, labelled by rating; a correction is one more desirable record). A served answer is only ever the
+records, labelled by rating; a correction is one more desirable record and makes the answer it corrects
+undesirable; ``sft`` leaves a corrected answer out, whatever its rating). A served answer is only ever the
 server's own logged answer, for a conversation the server can vouch for: a logged request whose messages carry
 client-written assistant turns is dropped (those turns could be anything), client system turns give way to the
 export's ``system``, and ``ExportResult.dropped`` counts every dropped answer or correction by reason, in every
@@ -97,7 +98,12 @@ def export(
         seen.add(request.id)
         rated.append(_Rated(request, rating, _prompt(request, system), len(rated)))
     if kind == "sft":
-        records = [_sft_record(r) for r in rated]
+        # An answer its rater corrected is not one to imitate, whatever the rating it was given.
+        corrected = [r for r in rated
+                     if r.rating.correction and not _same_text(r.rating.correction, r.request.response)]
+        if corrected:
+            dropped["corrected by its rater"] += len(corrected)
+        records = [_sft_record(r) for r in rated if r not in corrected]
     elif kind == "pairs":
         records = _pairs(rated, min_gap, dropped)
     else:
@@ -249,18 +255,22 @@ def _pairs(rated: list[_Rated], min_gap: int, dropped: Counter[str]) -> list[dic
 
 def _kto(rated: list[_Rated], min_rating: int, max_bad_rating: int, dropped: Counter[str]) -> list[dict[str, Any]]:
     """An answer rated >= ``min_rating`` is desirable, <= ``max_bad_rating`` undesirable; one between is
-    dropped (it says neither). A correction is one more desirable record, whatever the rating."""
+    dropped (it says neither). A correction is one more desirable record, whatever the rating, and the answer
+    it corrects is undesirable whatever its rating: the rater wrote what the answer should have been, as the
+    pairs export (correction over the served answer) and the ratings trigger (a corrected answer is a loss)
+    read it."""
     records: list[dict[str, Any]] = []
     for r in rated:
         base = {"source": "feedback", "rating": r.rating.rating, "model": r.request.model}
-        if r.rating.rating >= min_rating or r.rating.rating <= max_bad_rating:
+        corrected = bool(r.rating.correction) and not _same_text(r.rating.correction, r.request.response)
+        if corrected or r.rating.rating >= min_rating or r.rating.rating <= max_bad_rating:
             records.append({"id": f"feedback-{r.request.id}", "prompt": r.prompt, "completion": r.answer,
-                            "label": r.rating.rating >= min_rating, **base})
+                            "label": not corrected and r.rating.rating >= min_rating, **base})
         else:
             dropped[f"rated above {max_bad_rating} and below {min_rating}: neither good nor bad"] += 1
-        if r.rating.correction and _same_text(r.rating.correction, r.request.response):
+        if r.rating.correction and not corrected:
             dropped["correction equals the served answer"] += 1
-        elif r.rating.correction:
+        elif corrected:
             records.append({"id": f"feedback-{r.request.id}-corrected", "prompt": r.prompt,
                             "completion": [{"role": "assistant", "content": r.rating.correction}],
                             "label": True, **base, "corrected": True})

@@ -3,7 +3,8 @@
 Each pair is asked twice, the candidate's answer first and then second, because LLM judges favour one
 position (Zheng et al. 2023, "Judging LLM-as-a-Judge", section 3.3, measured on GPT-4 and Claude): the
 candidate wins an example only when the judge prefers it in both orders, loses only when it prefers the
-champion in both, and ties otherwise, including when a verdict cannot be read. Decoding is greedy
+champion in both, and ties otherwise, including when a verdict cannot be read; when more than half of the
+replies cannot be read the judge is refused (``JudgeError``) rather than turned into ties. Decoding is greedy
 (temperature 0) and the verdict is one letter, so a judge costs two short requests per example.
 
 The request goes through ``urllib`` (one JSON POST per verdict; the judge runs inside evaluate's image, which
@@ -99,4 +100,12 @@ class LLMJudge:
         return 0.5
 
     def outcomes(self, contests: Sequence[Contest]) -> list[float]:
-        return [self.outcome(c) for c in contests]
+        """One outcome per contest. When most replies cannot be read the judge has not judged: its ties would
+        make a win rate of 0.5 with a narrow interval out of nothing, so that is an error, not a result."""
+        before = self.unreadable
+        results = [self.outcome(c) for c in contests]
+        unreadable, asked = self.unreadable - before, 2 * len(contests)
+        if asked and unreadable * 2 > asked:
+            raise JudgeError(f"judge {self.url}: {unreadable} of {asked} replies were not A, B or T (a model that "
+                             "writes more than one word first cannot answer in 2 tokens)")
+        return results

@@ -2,7 +2,7 @@
 
 Each rated answer is a contest between what the endpoint served and what its user wanted: rated 4 or 5 it is a
 win, 3 a tie, 1 or 2 a loss, and an answer the user corrected a loss whatever its rating. The mean, ties half,
-is a win rate, with the same 95% bootstrap interval evaluate gives a challenger's (``tuneline.llm.ml.winrate``). The
+is a win rate, with the same 95% interval evaluate gives a challenger's (``tuneline.llm.ml.winrate``). The
 trigger fires when the interval's upper bound is under ``rated_win_rate``: the champion is below the bar with
 confidence, not on a handful of bad ratings.
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tuneline.serving.requestlog import RATINGS_FILE, RatingStore, read_requests
 
-from ...llm.ml.winrate import win_rate
+from ...llm.ml.winrate import MIN_EXAMPLES, win_rate
 from ...spec.models import Triggers
 from .champion import Champion
 from .result import FIRED, OK, SKIPPED, TriggerResult
@@ -48,8 +48,9 @@ def check_ratings(triggers: Triggers, root: Path, champion: Champion | None = No
     results = [outcome(entries[r.id].rating, bool(entries[r.id].correction)) for r in served]
     metrics: dict[str, float] = {"ratings": len(results)}
     scope = f"since champion v{champion.version}" if champion is not None else "in the log"
-    if len(results) < min_ratings:
-        return TriggerResult("ratings", SKIPPED, f"{len(results)} rated answers {scope} (< {min_ratings} needed)",
+    needed = max(min_ratings, MIN_EXAMPLES)  # below it a win rate has no interval
+    if len(results) < needed:
+        return TriggerResult("ratings", SKIPPED, f"{len(results)} rated answers {scope} (< {needed} needed)",
                              metrics, inputs)
     rate = win_rate(results, judge="user ratings")
     metrics.update({f"rated_win_rate.{k}": v for k, v in rate.metrics().items()})
