@@ -96,6 +96,10 @@ class TritonPythonModel:
             # Our own tokenizer renders prompts; vLLM gets token ids only.
             skip_tokenizer_init=False,
         )
+        # vLLM's CPU build reserves its KV cache up front (VLLM_CPU_KVCACHE_SPACE, GiB; its default is sized
+        # for big models): 1 GiB holds many concurrent rows of a small model. No usage reporting from a server.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", _fallback._param(config, "cpu_kv_cache_gib", "1"))
+        os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="vllm-loop", daemon=True)
         self.thread.start()
