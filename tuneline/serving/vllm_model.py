@@ -51,10 +51,25 @@ def _log(message: str) -> None:
 
 def _vllm_or_reason():
     """vllm's module, or why it cannot be used (a string)."""
+    import locale
+
+    # The Python backend stub starts its interpreter without taking the locale (nor PYTHONUTF8), so open()
+    # reads text as ASCII; vLLM reads its own UTF-8 files at import. A UTF-8 LC_CTYPE restores the default.
+    for name in ("", "C.UTF-8", "C.utf8"):
+        try:
+            locale.setlocale(locale.LC_CTYPE, name)
+        except locale.Error:
+            continue
+        if locale.getpreferredencoding(False).lower().replace("-", "") == "utf8":
+            break
     try:
         import vllm
     except Exception as exc:  # noqa: BLE001 - any import failure means the fallback, named with its cause
-        return f"vllm is not importable: {type(exc).__name__}: {exc}"
+        import traceback
+
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/encodings/" not in f.filename]
+        where = frames[-1] if frames else traceback.extract_tb(exc.__traceback__)[-1]
+        return f"vllm is not importable: {type(exc).__name__}: {exc} ({where.filename}:{where.lineno})"
     return vllm
 
 
