@@ -6,7 +6,9 @@ Layout (the same locally, where `tuneline.serving.local` runs it, and on the clu
     <repo>/<model_name>/1/model.py          tuneline/serving/triton_model.py
     <repo>/<model_name>/1/hf_model/         the HF folder (a PEFT LoRA adapter is merged into its base first)
     <repo>/<model_name>-stream/             the same model, decoupled, for streaming (generate_stream); it
-                                            loads the weights above rather than a copy
+                                            loads the weights above rather than a copy. Its model.py is
+                                            vllm_model.py (engine "vllm", with triton_model.py beside it as
+                                            the named fallback) or triton_model.py (engine "transformers")
 
 Run as: python -m tuneline.serving.repository --model-dir MODEL --out REPO [--base-model-dir BASE] [--kind gpu]
 """
