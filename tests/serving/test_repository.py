@@ -63,6 +63,7 @@ def test_config_for_the_cluster_uses_gpu_and_can_drop_batching() -> None:
         (RepositorySpec(model_name="bad name"), "model_name"),
         (RepositorySpec(max_batch_size=4, preferred_batch_sizes=(8,)), "preferred_batch_sizes"),
         (RepositorySpec(max_new_tokens_default=0), "max_new_tokens_default"),
+        (RepositorySpec(engine="tgi"), "engine"),
     ],
 )
 def test_bad_spec_names_the_field(spec: RepositorySpec, field: str) -> None:
@@ -136,3 +137,15 @@ def test_adapter_with_missing_base_is_rejected(tmp_path: Path) -> None:
     (adapter / "adapter_config.json").write_text("{}")
     with pytest.raises(RepositoryError, match="base_model_name_or_path is empty"):
         write_repository(adapter, tmp_path / "repo")
+
+
+@pytest.mark.parametrize("engine", ["vllm", "transformers"])
+def test_streaming_twin_ships_the_chosen_engine(engine: str, tiny_model: Path, tmp_path: Path) -> None:
+    write_repository(tiny_model, tmp_path / "repo", RepositorySpec(model_name="llm", engine=engine))
+    twin = tmp_path / "repo" / "llm-stream"
+    model_py = (twin / "1" / "model.py").read_text()
+    assert ("AsyncLLM" in model_py) == (engine == "vllm")
+    # The vLLM model carries plain generate beside it, the fallback it names when vLLM cannot be imported.
+    assert (twin / "1" / "transformers_model.py").is_file() == (engine == "vllm")
+    assert f'key: "engine" value: {{ string_value: "{engine}" }}' in (twin / "config.pbtxt").read_text()
+    assert "engine" not in (tmp_path / "repo" / "llm" / "config.pbtxt").read_text()

