@@ -32,7 +32,6 @@ import sys
 import threading
 import uuid
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -185,7 +184,7 @@ class TritonPythonModel:
                         raise t.exception()
                 try:
                     await asyncio.wait_for(progress.get(), timeout=1.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
                 steps += 1
                 # Asking the server whether the client left costs a round trip: every 8 steps is enough.
