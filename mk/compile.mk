@@ -19,9 +19,10 @@ compile-bench: $(VENV_STAMP) ## time compiling the default pipeline to both targ
 
 # The feedback loop improves and judges the champion the fine-tuning pipeline registered, so each run's registry
 # gets one first (--seed: the demo pipeline, tiny, run on this machine into each store alike); the feedback is 16
-# pairs a demo round exported (tests/fixtures/preference/README.md). An always-true gate, so every step runs.
+# pairs a demo round exported (tests/fixtures/preference/README.md). An always-true gate, so every step runs; 10
+# examples, the fewest a win rate is computed on.
 CONFORMANCE_FEEDBACK = --set base_model=tiny-random-llama --set feedback=tests/fixtures/preference/feedback_pairs.jsonl \
-	--set preference_steps=2 --set max_seq_len=768 --set eval_examples=4 --set "gates=win_rate.n > 0" \
+	--set preference_steps=2 --set max_seq_len=768 --set eval_examples=10 --set "gates=win_rate.n > 0" \
 	--seed pipelines/finetune.yaml $(patsubst --set,--seed-set,$(CONFORMANCE_TINY))
 
 # Preemption: train checkpoints every 10 steps (save_steps), so 16 steps leave a checkpoint to resume from; the
