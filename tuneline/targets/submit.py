@@ -102,10 +102,7 @@ def submit_pipeline(pipeline_path: str | Path, target: str, out: Path, sets: dic
     takes run arguments, and compiled in where its job file carries its inputs (the target's `split_values`).
     `options` carry the cluster's image lock and MLflow Secret.
     """
-    platform = _target(target)
-    missing = missing_settings(platform, settings)
-    if missing:
-        raise SubmitError(f"--submit {target} needs {', '.join(missing)}")
+    platform = _ready(target, settings, "--submit")
     output, arguments = compile_submission(pipeline_path, target, out, sets, run_params, options)
     lines = platform.submit(output.folder / target, output.pipeline, arguments, settings)
     first = lines[0].split() if lines else []
@@ -119,6 +116,15 @@ def run_state(target: str, run_id: str, settings: SubmitSettings) -> str | None:
         return _target(target).run_state(run_id, settings)
     except Exception:  # noqa: BLE001 - an unreachable or refusing API leaves the state unknown
         return None
+
+
+def _ready(target: str, settings: SubmitSettings, flag: str):
+    """`target`, once the settings it requires are there; `flag` is how the command named it, for the error."""
+    platform = _target(target)
+    missing = missing_settings(platform, settings)
+    if missing:
+        raise SubmitError(f"{flag} {target} needs {', '.join(missing)}")
+    return platform
 
 
 def submit_targets() -> tuple[str, ...]:
@@ -172,10 +178,7 @@ def submit_compiled(target: str, folder: Path, pipeline: str, arguments: dict[st
                     schedule: bool = False, dry_run: bool = False, no_cache: bool = False) -> list[str]:
     """Hand an already compiled `folder` to `target`'s own submission (`tuneline submit`), after checking that
     the settings it requires are there."""
-    platform = _target(target)
-    missing = missing_settings(platform, settings)
-    if missing:
-        raise SubmitError(f"--target {target} needs {', '.join(missing)}")
+    platform = _ready(target, settings, "--target")
     return platform.submit(folder, pipeline, arguments, settings, schedule=schedule, dry_run=dry_run,
                            no_cache=no_cache)
 
