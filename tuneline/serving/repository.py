@@ -174,11 +174,17 @@ def render_config(spec: RepositorySpec, *, decoupled: bool = False) -> str:
         # of text (python_backend README, "Decoupled mode"); Triton serves it on generate_stream, while its
         # HTTP infer refuses decoupled models (docs/user_guide/decoupled_models.md; 501 here), hence the twin.
         lines.append("model_transaction_policy { decoupled: true }")
-    if spec.why:
+    count = spec.instance_count
+    if decoupled and spec.engine == "vllm":
+        # One engine schedules every live request itself (continuous batching) and uses all the cores it is
+        # given; a second instance would be a second engine with its own weights and KV cache, halving both.
+        count = 1
+        lines.append("# one instance: the vLLM engine batches every live request itself")
+    elif spec.why:
         lines += [f"# {line}" for line in spec.why.splitlines()]
     lines += [
         "instance_group [",
-        f"  {{ count: {spec.instance_count} kind: KIND_{spec.instance_kind.upper()} }}",
+        f"  {{ count: {count} kind: KIND_{spec.instance_kind.upper()} }}",
         "]",
     ]
     if spec.dynamic_batching:

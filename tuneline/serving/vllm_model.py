@@ -72,22 +72,52 @@ def _vllm_or_reason():
     return vllm
 
 
+# Head sizes vLLM 0.32.0's CPU attention has kernels for (vllm/v1/attention/backends/cpu_attn.py,
+# CPUAttentionBackend.get_supported_head_sizes). Asked here from the model's config.json, before vLLM is imported:
+# importing vLLM's attention backend to ask it takes 8 s on 2 cores, and a model it cannot run would only fail
+# later, inside the engine's start. tests/serving/test_vllm_engine.py checks this list against the installed vLLM.
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def _unsupported_on_cpu(hf_dir: str, instance_kind: str) -> str | None:
+    """Why vLLM's CPU build cannot run the model in `hf_dir`, or None."""
+    if instance_kind == "GPU":
+        return None
+    with open(os.path.join(hf_dir, "config.json")) as f:
+        cfg = json.load(f)
+    cfg = cfg.get("text_config", cfg)
+    heads = cfg.get("num_attention_heads") or 0
+    head_size = cfg.get("head_dim") or (cfg.get("hidden_size", 0) // heads if heads else 0)
+    if head_size not in CPU_HEAD_SIZES:
+        return f"vLLM's CPU attention has no kernel for head size {head_size} (it has {list(CPU_HEAD_SIZES)})"
+    return None
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         wanted = _fallback._param(config, "engine", "vllm")
-        vllm = _vllm_or_reason() if wanted == "vllm" else f"config.pbtxt parameter engine={wanted}"
+        if wanted != "vllm":
+            vllm = f"config.pbtxt parameter engine={wanted}"
+        else:
+            weights = os.path.normpath(os.path.join(version_dir, _fallback._param(config, "weights_dir", "."),
+                                                    _fallback._param(config, "hf_model_dir", "hf_model")))
+            vllm = _unsupported_on_cpu(weights, args.get("model_instance_kind", "CPU")) or _vllm_or_reason()
         self.plain = None
+        if not isinstance(vllm, str):
+            try:
+                self._start_vllm(vllm, args, config)
+                self.engine_name, self.fallback_reason = f"vllm {vllm.__version__}", None
+                _log(f"engine: {self.engine_name} (continuous batching; dtype {self.dtype})")
+            except Exception as exc:  # noqa: BLE001 - an engine that cannot start this model: serve it plainly, say why
+                self._stop_loop()
+                vllm = f"vLLM could not start the model: {type(exc).__name__}: {str(exc)[:500]}"
         if isinstance(vllm, str):
             self.engine_name, self.fallback_reason = "transformers", vllm
             _log(f"engine: transformers (fallback: {vllm})")
             self.plain = _fallback.TritonPythonModel()
             self.plain.initialize(args)
-        else:
-            self.engine_name, self.fallback_reason = f"vllm {vllm.__version__}", None
-            self._start_vllm(vllm, args, config)
-            _log(f"engine: {self.engine_name} (continuous batching; dtype {self.dtype})")
         info = {"engine": self.engine_name.split()[0], "detail": self.engine_name, "fallback": self.fallback_reason}
         with open(os.path.join(version_dir, "engine.json"), "w") as f:
             json.dump(info, f)
@@ -221,9 +251,14 @@ class TritonPythonModel:
             r["sent"] = t
         sender.send(self.rows._response(rows, pieces), flags=_FINAL if last else 0)
 
+    def _stop_loop(self) -> None:
+        loop = getattr(self, "loop", None)
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+
     def finalize(self) -> None:
         if self.plain is not None:
             self.plain.finalize()
             return
         self.engine.shutdown()
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._stop_loop()
