@@ -508,3 +508,16 @@ def test_an_openai_answer_is_rated_by_its_id(deployed) -> None:
     assert _post(f"{result.proxy_url}/v1/feedback", {"request_id": streamed_id, "rating": 5}, token)[0] == 200
     logged = {json.loads(line)["id"] for line in (state_dir / "feedback" / "requests.jsonl").read_text().splitlines()}
     assert {chat.id, f"{done.id}-0", f"{done.id}-1", streamed_id} <= logged
+
+
+def test_response_format_on_the_plain_generate_fallback_is_refused_not_ignored(deployed) -> None:
+    """The tiny model's heads are too narrow for vLLM's CPU kernels, so this deployment runs plain generate, which
+    cannot constrain decoding: an unconstrained answer to a request that asked for a schema would be a silent lie."""
+    _, result = deployed
+    token = load_token(Path(result.token_file))
+    for stream in (False, True):
+        code, body = _post(f"{result.proxy_url}/v1/chat/completions",
+                           {"model": "tuneline-llm", "messages": [{"role": "user", "content": "hi"}], "stream": stream,
+                            "response_format": {"type": "json_object"}}, token)
+        assert code == 400, (code, body)
+        assert "response_format needs an engine that constrains decoding" in json.dumps(body)

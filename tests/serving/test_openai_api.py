@@ -4,6 +4,7 @@ test_local.py)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,31 @@ def test_completion_stream_chunks_carry_text_and_errors_are_events() -> None:
     assert "usage" not in chunk and writer.end(Result([], [], [], [])) == b"data: [DONE]\n\n"
     error = json.loads(StreamWriter.error("upstream stream broke", 502)[6:])
     assert error["error"]["message"] == "upstream stream broke" and error["error"]["type"] == "server_error"
+
+
+TICKET_SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "data/sample/tickets.schema.json").read_text())
+
+
+def test_response_format_becomes_the_engines_guide() -> None:
+    assert parse_chat(_chat()).guide == ""
+    assert parse_chat(_chat(response_format={"type": "text"})).guide == ""
+    assert json.loads(parse_chat(_chat(response_format={"type": "json_object"})).guide) == {"json_object": True}
+    schema_format = {"type": "json_schema", "json_schema": {"name": "ticket", "schema": TICKET_SCHEMA, "strict": True}}
+    assert json.loads(parse_chat(_chat(response_format=schema_format)).guide) == {"json": TICKET_SCHEMA}
+    assert json.loads(parse_completion(json.dumps({"prompt": "x", "response_format": schema_format}).encode())
+                      .guide) == {"json": TICKET_SCHEMA}
+
+
+@pytest.mark.parametrize(
+    ("response_format", "param", "says"),
+    [
+        ({"type": "xml"}, "response_format.type", "text, json_object or json_schema"),
+        ({"type": "json_schema"}, "response_format.json_schema.schema", "must be a JSON schema object"),
+        ({"type": "json_schema", "json_schema": {"name": "t", "schema": {"type": "objct"}}},
+         "response_format.json_schema.schema", "not a valid JSON schema"),
+    ],
+)
+def test_a_response_format_the_engine_cannot_take_is_refused(response_format: dict, param: str, says: str) -> None:
+    with pytest.raises(ApiError) as err:
+        parse_chat(_chat(response_format=response_format))
+    assert err.value.param == param and says in str(err.value)

@@ -82,6 +82,12 @@ def test_a_model_vllm_cannot_run_on_cpu_is_served_plainly_and_named(serve_venv, 
         events = _stream(info.url, stream_model_name("tuneline-llm"),
                          {"text_input": "The printer is offline", "max_new_tokens": 16, "stream": True})
         assert len(events) >= 2 and events[-1]["finish_reason"] in ("stop", "length")
+        # Plain generate cannot constrain decoding: a guided request is refused, not answered unconstrained.
+        status, raw = engine_http.request(
+            info.url, "POST", f"/v2/models/{stream_model_name('tuneline-llm')}/generate_stream",
+            json.dumps({"text_input": "The printer is offline", "guide": json.dumps({"json_object": True})}).encode(),
+            {"Content-Type": "application/json"}, timeout=60)
+        assert b"response_format needs an engine that constrains decoding" in raw, (status, raw[:300])
     finally:
         stop_triton(info, tmp_path / "state")
 
@@ -113,5 +119,14 @@ def test_vllm_engine_streams_token_by_token_and_batches_continuously(serve_venv,
             answers = list(pool.map(lambda p: _stream(info.url, twin, {"text_input": p, "max_new_tokens": 16})[-1],
                                     prompts))
         assert all(a["finish_reason"] in ("stop", "length") for a in answers)
+        # A schema constrains decoding: the base model, which free-runs into prose, answers a valid ticket.
+        import jsonschema
+
+        schema = json.loads((Path(__file__).resolve().parents[2] / "data/sample/tickets.schema.json").read_text())
+        messages = [{"role": "user", "content": "My router drops the connection every hour since the update."}]
+        guided = _stream(info.url, twin, {"text_input": json.dumps(messages), "prompt_format": "messages",
+                                          "max_new_tokens": 64, "guide": json.dumps({"json": schema})})[-1]
+        jsonschema.validate(json.loads(guided["text_output"]), schema)
+        assert guided["finish_reason"] == "stop"
     finally:
         stop_triton(info, tmp_path / "state")

@@ -148,7 +148,8 @@ def _build(venv_dir: Path) -> None:
                                     f"(exit {proc.returncode}; log {log}):\n{tail}")
     print(f"serve venv: ready in {time.time() - started:.0f}s", file=sys.stderr, flush=True)
     (venv_dir / _READY_MARKER).write_text(
-        json.dumps({"requirements": _requirements_digest(), "steps": [pip_arguments(st) for st in SERVE_INSTALL]}) + "\n"
+        json.dumps({"requirements": _requirements_digest(), "steps": [pip_arguments(st) for st in SERVE_INSTALL]})
+        + "\n"
     )
 
 

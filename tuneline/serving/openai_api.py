@@ -3,7 +3,9 @@
 Routes (served by `tuneline.serving.proxy` on the same endpoint and bearer token as everything else):
 - `POST /v1/chat/completions`: `messages` (system/developer/user/assistant; text content or text parts),
   `max_tokens` / `max_completion_tokens`, `temperature`, `top_p`, `stop`, `stream` (+ `stream_options.
-  include_usage`). The model applies the chat template and system prompt it was trained with (a request
+  include_usage`), `response_format` (`text`, `json_object`, `json_schema`: the engine constrains decoding to
+  the JSON grammar or the schema; a server running the plain-generate fallback refuses it with 400).
+  The model applies the chat template and system prompt it was trained with (a request
   without a system message gets the training one).
 - `POST /v1/completions`: `prompt` (string or list), the same sampling fields; raw text, no template, as the
   OpenAI API defines it. `max_tokens` defaults to 16 there, as in OpenAI's API.
@@ -28,6 +30,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
@@ -79,6 +82,7 @@ class _Sampling(BaseModel):
     n: int = Field(1, ge=1)
     logprobs: Any = None
     tools: list | None = None
+    response_format: dict[str, Any] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -113,6 +117,7 @@ class Generation:
     stop: list[str]
     stream: bool = False
     include_usage: bool = False
+    guide: str = ""  # the engine's `guide` input: "" or the JSON of {"json_object": true} / {"json": schema}
     log_prompts: list[Any] = field(default_factory=list)  # what the request log records per row
     length_field: str = "max_tokens"  # what the request calls the generation budget, for error messages
 
@@ -140,12 +145,35 @@ def _common(req: _Sampling) -> dict:
         raise ApiError("stop sequences must be non-empty", param="stop")
     return {
         "model": req.model,
+        "guide": _guide(req.response_format),
         "temperature": req.temperature or 0.0,
         "top_p": req.top_p if req.top_p is not None else 1.0,
         "stop": stop,
         "stream": req.stream,
         "include_usage": bool((req.stream_options or {}).get("include_usage")),
     }
+
+
+def _guide(response_format: dict[str, Any] | None) -> str:
+    """OpenAI's `response_format` as the engine's `guide` input; a schema that is not one is refused here."""
+    kind = (response_format or {}).get("type", "text")
+    if kind == "text":
+        return ""
+    if kind == "json_object":
+        return json.dumps({"json_object": True})
+    if kind != "json_schema":
+        raise ApiError(f"response_format.type must be text, json_object or json_schema, got {kind!r}",
+                       param="response_format.type")
+    schema = (response_format.get("json_schema") or {}).get("schema")
+    if not isinstance(schema, dict):
+        raise ApiError("response_format.json_schema.schema must be a JSON schema object",
+                       param="response_format.json_schema.schema")
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ApiError(f"response_format.json_schema.schema is not a valid JSON schema: {exc.message}",
+                       param="response_format.json_schema.schema") from None
+    return json.dumps({"json": schema})
 
 
 def parse_chat(body: bytes) -> Generation:

@@ -461,6 +461,7 @@ def _batch_payload(gen: Generation, params: dict[str, str], timeout_s: float) ->
         "top_p": [gen.top_p] * n,
         "stop": [json.dumps(gen.stop)] * n,
         "stream": [True] * n,
+        **({"guide": [gen.guide] * n} if gen.guide else {}),
         "parameters": {"timeout": int(timeout_s * 1e6)},
     }).encode()
 
@@ -522,6 +523,8 @@ def _stream_payload(gen: Generation, index: int, params: dict[str, str], timeout
         "top_p": gen.top_p,
         "stop": json.dumps(gen.stop),
         "stream": True,
+        # Only when asked: a repository written before the engine took `guide` still answers free text.
+        **({"guide": gen.guide} if gen.guide else {}),
         "parameters": {"timeout": int(timeout_s * 1e6)},
     }).encode()
 

@@ -160,6 +160,7 @@ def render_config(spec: RepositorySpec, *, decoupled: bool = False) -> str:
         '  { name: "temperature" data_type: TYPE_FP32 dims: [ 1 ] optional: true },',
         '  { name: "top_p" data_type: TYPE_FP32 dims: [ 1 ] optional: true },',
         '  { name: "stop" data_type: TYPE_STRING dims: [ 1 ] optional: true },',
+        '  { name: "guide" data_type: TYPE_STRING dims: [ 1 ] optional: true },',
         '  { name: "stream" data_type: TYPE_BOOL dims: [ 1 ] optional: true }',
         "]",
         "output [",

@@ -69,6 +69,20 @@ def _step_hook_class():
     return Step
 
 
+def _guide(text: str) -> dict | None:
+    """The `guide` input: "" (free text), {"json_object": true} or {"json": <JSON schema object>}."""
+    if not text:
+        return None
+    try:
+        guide = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"guide is not JSON: {exc.msg}") from None
+    if guide == {"json_object": True} or (isinstance(guide, dict) and list(guide) == ["json"]
+                                          and isinstance(guide["json"], dict)):
+        return guide
+    raise ValueError('guide must be {"json_object": true} or {"json": <a JSON schema object>}')
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         import torch
@@ -171,9 +185,11 @@ class TritonPythonModel:
         temps = self._column(request, "temperature", n, 0.0, float)
         top_ps = self._column(request, "top_p", n, 1.0, float)
         stops = self._column(request, "stop", n, "[]", _text)
+        guides = self._column(request, "guide", n, "", _text)
         stream = bool(self._column(request, "stream", 1, False, bool)[0])
         rows = []
-        for text, limit, fmt, temp, top_p, stop in zip(texts, limits, formats, temps, top_ps, stops, strict=True):
+        for text, limit, fmt, temp, top_p, stop, guide in zip(texts, limits, formats, temps, top_ps, stops, guides,
+                                                               strict=True):
             if not 1 <= limit <= self.limit_new_tokens:
                 raise ValueError(f"max_new_tokens must be in [1, {self.limit_new_tokens}], got {limit}")
             if not 0.0 < top_p <= 1.0:
@@ -189,7 +205,8 @@ class TritonPythonModel:
             if self.context is not None and len(ids) + limit > self.context:
                 raise ValueError(f"the prompt is {len(ids)} tokens; with max_new_tokens {limit} it exceeds this "
                                  f"model's context of {self.context} tokens")
-            rows.append({"ids": ids, "limit": limit, "sampling": sampling, "stop": stop_list, "stream": stream})
+            rows.append({"ids": ids, "limit": limit, "sampling": sampling, "stop": stop_list, "stream": stream,
+                         "guide": _guide(guide)})
         return rows
 
     def _generate(self, rows: list[dict], step) -> None:
@@ -301,6 +318,9 @@ class TritonPythonModel:
             job = {"index": index, "sender": sender, "open": True, "steps": 0}
             try:
                 job["rows"] = self._request_rows(request)
+                if any(row["guide"] for row in job["rows"]):
+                    raise ValueError("response_format needs an engine that constrains decoding (vLLM); this model "
+                                     "server runs plain generate, which cannot (see the engine named at its load)")
             except (ValueError, TypeError) as exc:
                 self._send(job, pb_utils.InferenceResponse(output_tensors=[], error=_invalid_argument(str(exc))),
                            responses)

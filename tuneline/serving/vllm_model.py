@@ -124,6 +124,7 @@ class TritonPythonModel:
 
     def _start_vllm(self, vllm, args: dict, config: dict) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.sampling_params import StructuredOutputsParams
         from vllm.v1.engine.async_llm import AsyncLLM
 
         # Prompt rendering, limits and stop handling are the transformers model's: the same chat template,
@@ -131,6 +132,7 @@ class TritonPythonModel:
         self.rows = _fallback.TritonPythonModel()
         self.rows._load_tokenizer_only(args)
         self.vllm = vllm
+        self.guided = StructuredOutputsParams
         self.decoupled = bool(config.get("model_transaction_policy", {}).get("decoupled", False))
         max_len = int(_fallback._param(config, "max_model_len", "0")) or self.rows.context or 2048
         engine_args = AsyncEngineArgs(
@@ -174,6 +176,9 @@ class TritonPythonModel:
             stop=row["stop"] or None,
             # Stop strings are cut by the engine; the text never holds one.
             include_stop_str_in_output=False,
+            # response_format: the engine masks every token that would leave the JSON grammar (xgrammar, vLLM's
+            # default structured-output backend), so the answer parses and, with a schema, satisfies it.
+            structured_outputs=None if row["guide"] is None else self.guided(**row["guide"]),
         )
 
     async def _row(self, row: dict, progress: asyncio.Queue) -> None:
