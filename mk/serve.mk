@@ -14,7 +14,7 @@ LOAD_CONCURRENCY ?= 32 64
 
 .PHONY: serve-venv serve-deploy serve-status serve-stop serve-bench serve-load serve-faults
 
-serve-venv: $(VENV_STAMP) ## build the serving venv (pytriton + torch + transformers + peft, numpy<2); idempotent
+serve-venv: $(VENV_STAMP) ## build the serving venv (pytriton's Triton + vLLM's CPU engine + transformers, numpy<2); idempotent
 	TUNELINE_SERVE_VENV=$(SERVE_VENV) $(PY) -m tuneline.serving.env --venv $(SERVE_VENV)
 
 # The serving tests start a real tritonserver: `make test` builds the serve venv first.

@@ -93,16 +93,35 @@ def _deploy(args: Namespace, uri: str, policy: RolloutPolicy, serving_name: str,
                 model_name=serving_name,
                 proxy_port=args.port,
                 smoke_expect=args.smoke_expect,
+                response_schema=args.response_schema_text,
                 startup_timeout=args.startup_timeout,
                 requests_log=Path(args.requests_log) if args.requests_log else None,
                 canary_promote_after=args.canary_promote_after,
             )
             return deploy_local(fetched, options, policy, args.model_uri, _log)
         if args.target == "triton":
-            return write_triton(fetched, args.files, policy, args.model_uri, serving_name, args.instance_kind)
+            return write_triton(fetched, args.files, policy, args.model_uri, serving_name, args.instance_kind,
+                                args.response_schema_text)
         if args.target == "kserve":
             return write_kserve(fetched, args.files, policy, args.model_uri, kserve_options, serving_name)
+        if args.response_schema_text:
+            _log("deploy: response_schema is not applied on azureml: its scoring script runs plain generate, "
+                 "which cannot constrain decoding")
         return write_azureml(fetched, args.files, policy, args.model_uri, azureml_options, args.first_deployment)
+
+
+def _response_schema(path: str | None) -> str:
+    """The schema file's text, checked as the repository will check it; the error names the file."""
+    if not path:
+        return ""
+    from tuneline.serving.repository import RepositoryError, RepositorySpec
+
+    try:
+        text = Path(path).read_text()
+        RepositorySpec(response_schema=text).validate()
+    except (OSError, RepositoryError) as exc:
+        raise ValueError(f"--response-schema {path}: {exc}") from None
+    return text
 
 
 def _write_outputs(args: Namespace, record: DeploymentRecord, serving_name: str) -> None:
@@ -141,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         policy = RolloutPolicy(strategy=args.strategy, canary_percent=args.canary_percent)
         serving_name = args.serving_name or name
         kserve_options, azureml_options = _target_options(args, serving_name)
+        args.response_schema_text = _response_schema(args.response_schema)
     except (ValueError, ValidationError) as exc:
         print(f"deploy: invalid input: {exc}", file=sys.stderr)
         return 2

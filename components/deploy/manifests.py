@@ -38,13 +38,14 @@ def write_triton(
     requested_uri: str,
     model_name: str,
     instance_kind: str,
+    response_schema: str = "",
 ) -> DeploymentRecord:
     from tuneline.serving.repository import RepositorySpec, write_repository
 
     root = write_repository(
         fetched.model_dir,
         out,
-        RepositorySpec(model_name=model_name, instance_kind=instance_kind),
+        RepositorySpec(model_name=model_name, instance_kind=instance_kind, response_schema=response_schema),
         base_model_dir=resolve_base_dir(fetched),
     )
     record = _record("triton", fetched, requested_uri, policy)

@@ -124,6 +124,7 @@ def test_azureml_and_triton_targets(registry, tmp_path: Path):
         files / "model" / "adapter_config.json"
     ).exists()
 
+    schema = REPO / "data" / "sample" / "tickets.schema.json"
     proc, record = _deploy(
         env,
         tmp_path / "tri",
@@ -133,11 +134,21 @@ def test_azureml_and_triton_targets(registry, tmp_path: Path):
         "triton",
         "--instance-kind",
         "cpu",
+        "--response-schema",
+        str(schema),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     repo = tmp_path / "tri" / "files" / "tuneline-llm"
     assert "kind: KIND_CPU" in (repo / "config.pbtxt").read_text()
     assert (repo / "1" / "hf_model" / "config.json").is_file() and (repo / "1" / "model.py").is_file()
+    # The deployment's output contract travels with the repository, for the engine to constrain answers to.
+    assert json.loads((repo / "1" / "serving.json").read_text())["guide"] == {"json": json.loads(schema.read_text())}
+
+    bad = tmp_path / "bad.schema.json"
+    bad.write_text('{"type": "objct"}')
+    proc, _ = _deploy(env, tmp_path / "tri-bad", "--model-uri", "models:/tuneline-llm/1", "--target", "triton",
+                      "--response-schema", str(bad))
+    assert proc.returncode == 2 and f"--response-schema {bad}: response_schema is not a JSON schema" in proc.stderr
 
 
 def test_unknown_alias_and_bad_input_exit_2(registry, tmp_path: Path):

@@ -29,9 +29,12 @@ def _stream(url: str, model: str, body: dict) -> list[dict]:
     return events
 
 
-def _serve(venv: Path, model_dir: Path, tmp_path: Path):
+TICKET_SCHEMA = Path(__file__).resolve().parents[2] / "data" / "sample" / "tickets.schema.json"
+
+
+def _serve(venv: Path, model_dir: Path, tmp_path: Path, **spec):
     repo = tmp_path / "repo"
-    write_repository(model_dir, repo, RepositorySpec(engine="vllm", max_new_tokens_limit=64))
+    write_repository(model_dir, repo, RepositorySpec(engine="vllm", max_new_tokens_limit=64, **spec))
     info = start_triton(repo, "tuneline-llm", state_dir=tmp_path / "state", slot="blue",
                         install=triton_install(venv), timeout=400)
     engine = json.loads((repo / stream_model_name("tuneline-llm") / "1" / "engine.json").read_text())
@@ -73,10 +76,12 @@ def test_the_head_sizes_asked_before_import_are_the_installed_vllms(serve_venv) 
 def test_a_model_vllm_cannot_run_on_cpu_is_served_plainly_and_named(serve_venv, tiny_model: Path,
                                                                      tmp_path: Path) -> None:
     """The tiny random model has 8-wide heads, for which vLLM's CPU attention has no kernel."""
-    info, engine = _serve(serve_venv.venv_dir, tiny_model, tmp_path)
+    info, engine = _serve(serve_venv.venv_dir, tiny_model, tmp_path, response_schema=TICKET_SCHEMA.read_text())
     try:
         assert engine["engine"] == "transformers", engine
         assert "no kernel for head size 8" in engine["fallback"], engine
+        # The deployment's schema cannot be applied by plain generate: said, not pretended.
+        assert engine["response_schema"] == "not applied: plain generate cannot constrain decoding"
         assert "engine: transformers (fallback: vLLM's CPU attention has no kernel for head size 8" in \
             Path(info.log_path).read_text()
         events = _stream(info.url, stream_model_name("tuneline-llm"),
@@ -98,10 +103,13 @@ def test_vllm_engine_streams_token_by_token_and_batches_continuously(serve_venv,
     from tuneline.llm.ml.models import resolve_model
 
     venv = serve_venv.venv_dir
-    info, engine = _serve(venv, resolve_model("smollm2-135m-instruct"), tmp_path)
+    schema = json.loads(TICKET_SCHEMA.read_text())
+    info, engine = _serve(venv, resolve_model("smollm2-135m-instruct"), tmp_path,
+                          response_schema=json.dumps(schema))
     twin = stream_model_name("tuneline-llm")
     try:
         assert engine["engine"] == "vllm" and engine["fallback"] is None, engine
+        assert engine["response_schema"].startswith("every answer without its own response_format")
         assert "engine: vllm" in Path(info.log_path).read_text()
         events = _stream(info.url, twin, {"text_input": "The printer is offline", "max_new_tokens": 24,
                                           "stream": True})
@@ -119,14 +127,20 @@ def test_vllm_engine_streams_token_by_token_and_batches_continuously(serve_venv,
             answers = list(pool.map(lambda p: _stream(info.url, twin, {"text_input": p, "max_new_tokens": 16})[-1],
                                     prompts))
         assert all(a["finish_reason"] in ("stop", "length") for a in answers)
-        # A schema constrains decoding: the base model, which free-runs into prose, answers a valid ticket.
+        # The deployment's schema constrains every answer: the base model, which free-runs into prose when
+        # unconstrained, answers a valid ticket.
         import jsonschema
 
-        schema = json.loads((Path(__file__).resolve().parents[2] / "data/sample/tickets.schema.json").read_text())
         messages = [{"role": "user", "content": "My router drops the connection every hour since the update."}]
+        ticket = _stream(info.url, twin, {"text_input": json.dumps(messages), "prompt_format": "messages",
+                                          "max_new_tokens": 64})[-1]
+        jsonschema.validate(json.loads(ticket["text_output"]), schema)
+        assert ticket["finish_reason"] == "stop"
+        # A request's own format wins over the deployment's.
+        yes_no = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]}}, "required": ["answer"],
+                  "additionalProperties": False}
         guided = _stream(info.url, twin, {"text_input": json.dumps(messages), "prompt_format": "messages",
-                                          "max_new_tokens": 64, "guide": json.dumps({"json": schema})})[-1]
-        jsonschema.validate(json.loads(guided["text_output"]), schema)
-        assert guided["finish_reason"] == "stop"
+                                          "max_new_tokens": 32, "guide": json.dumps({"json": yes_no})})[-1]
+        jsonschema.validate(json.loads(guided["text_output"]), yes_no)
     finally:
         stop_triton(info, tmp_path / "state")

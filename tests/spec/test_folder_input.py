@@ -44,7 +44,8 @@ def test_a_folder_for_an_input_that_takes_one_file_is_refused_at_load(shards):
     with pytest.raises(SpecError) as caught:
         load_pipeline(FINETUNE, {"schema": str(shards)})
     message = str(caught.value)
-    assert "schema: " in message and "is a folder, but evaluate.schema takes a single file" in message
+    assert "schema: " in message
+    assert "is a folder, but evaluate.schema and deploy.response_schema take a single file" in message
 
 
 def test_both_compilers_carry_the_folder_type(shards, tmp_path):

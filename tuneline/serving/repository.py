@@ -71,6 +71,9 @@ class RepositorySpec:
     # The streaming twin's engine (the model every generation goes to): "vllm" (vllm_model.py, continuous
     # batching; it falls back to plain generate, and says so, where vLLM is not importable) or "transformers".
     engine: Literal["vllm", "transformers"] = "vllm"
+    # A JSON schema (its JSON text) the engine constrains every answer to unless the request sends its own
+    # response_format: the deployment's output contract. "" leaves answers free. Written to serving.json.
+    response_schema: str = ""
 
     def validate(self) -> None:
         if not _NAME_RE.match(self.model_name):
@@ -86,12 +89,29 @@ class RepositorySpec:
             raise RepositoryError("instance_count must be >= 1 and max_queue_delay_us >= 0")
         if self.max_queue_size < 0 or self.queue_timeout_us < 0:
             raise RepositoryError("max_queue_size and queue_timeout_us must be >= 0")
+        if self.response_schema:
+            _check_schema(self.response_schema)
         if self.engine not in ENGINES:
             raise RepositoryError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.torch_threads < 0:
             raise RepositoryError(f"torch_threads must be >= 0, got {self.torch_threads}")
         if not 1 <= self.max_new_tokens_default <= self.max_new_tokens_limit:
             raise RepositoryError("need 1 <= max_new_tokens_default <= max_new_tokens_limit")
+
+
+def _check_schema(text: str) -> None:
+    import jsonschema
+
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RepositoryError(f"response_schema: line {exc.lineno}: invalid JSON: {exc.msg}") from None
+    if not isinstance(schema, dict):
+        raise RepositoryError("response_schema must be a JSON schema object")
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise RepositoryError(f"response_schema is not a JSON schema: {exc.message}") from None
 
 
 # Threads past this per instance buy little for a small model (each decode step is a few small matmuls) and
@@ -309,7 +329,10 @@ def write_repository(
     else:
         _copy_full_model(model_dir, version_dir / HF_SUBDIR)
     shutil.copy2(Path(__file__).with_name("triton_model.py"), version_dir / "model.py")
-    (version_dir / SERVING_FILE).write_text(json.dumps(serving_settings(model_dir), indent=2) + "\n")
+    settings = serving_settings(model_dir)
+    if spec.response_schema:
+        settings["guide"] = {"json": json.loads(spec.response_schema)}
+    (version_dir / SERVING_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     (staging / "config.pbtxt").write_text(render_config(spec))
     twin_root = Path(repo_dir) / stream_model_name(spec.model_name)
     twin_staging = twin_root.with_name(twin_root.name + ".tmp")

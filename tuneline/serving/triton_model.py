@@ -129,6 +129,9 @@ class TritonPythonModel:
         # A tuned instruct model only answers well inside the chat format it was trained on.
         self.use_chat = bool(serving.get("chat_template", True)) and bool(getattr(tok, "chat_template", None))
         self.system_prompt = serving.get("system_prompt")
+        # The deployment's response schema: the vLLM twin constrains every answer without a response_format of
+        # its own to it; plain generate cannot, and says so at load (vllm_model.py).
+        self.default_guide = _guide(json.dumps(serving["guide"])) if serving.get("guide") else None
         # The template variables training rendered with (a fixed date for Llama 3.x), so prompts match training's.
         self.template_kwargs = serving.get("chat_template_kwargs") or {}
         return config

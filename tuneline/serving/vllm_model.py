@@ -118,7 +118,16 @@ class TritonPythonModel:
             _log(f"engine: transformers (fallback: {vllm})")
             self.plain = _fallback.TritonPythonModel()
             self.plain.initialize(args)
-        info = {"engine": self.engine_name.split()[0], "detail": self.engine_name, "fallback": self.fallback_reason}
+        rows = self.plain if self.plain is not None else self.rows
+        if rows.default_guide is None:
+            schema = None
+        elif self.plain is None:
+            schema = "every answer without its own response_format is constrained to it"
+        else:
+            schema = "not applied: plain generate cannot constrain decoding"
+            _log(f"response schema {schema}")
+        info = {"engine": self.engine_name.split()[0], "detail": self.engine_name, "fallback": self.fallback_reason,
+                "response_schema": schema}
         with open(os.path.join(version_dir, "engine.json"), "w") as f:
             json.dump(info, f)
 
@@ -169,6 +178,7 @@ class TritonPythonModel:
 
     def _sampling(self, row: dict):
         sampling = row["sampling"]
+        guide = row["guide"] or self.rows.default_guide
         return self.vllm.SamplingParams(
             max_tokens=row["limit"],
             temperature=0.0 if sampling is None else sampling[0],
@@ -178,7 +188,7 @@ class TritonPythonModel:
             include_stop_str_in_output=False,
             # response_format: the engine masks every token that would leave the JSON grammar (xgrammar, vLLM's
             # default structured-output backend), so the answer parses and, with a schema, satisfies it.
-            structured_outputs=None if row["guide"] is None else self.guided(**row["guide"]),
+            structured_outputs=None if guide is None else self.guided(**guide),
         )
 
     async def _row(self, row: dict, progress: asyncio.Queue) -> None:

@@ -542,8 +542,9 @@ def _type_folders(spec: PipelineSpec, root: Path, components: dict[str, Componen
                       if components[step].spec.inputs[input_name].type == IOType.uri_file
                       and not components[step].spec.inputs[input_name].accepts_folder]
         if takes_file:
+            verb = "take" if len(takes_file) > 1 else "takes"
             problems.append(loaded.problem(("params", name), f"{name}: {value} is a folder, but "
-                                           f"{', '.join(takes_file)} takes a single file"))
+                                           f"{' and '.join(takes_file)} {verb} a single file"))
             continue
         spec.params[name] = param.model_copy(update={"type": IOType.uri_folder})
         for step, input_name in fed:
