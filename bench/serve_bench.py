@@ -2,15 +2,18 @@
 
 In one run, on the same merged weights and the same prompts (the user turns of data/sample/tickets.jsonl):
   1. the served endpoint: OpenAI `POST /v1/chat/completions` through the proxy, closed loop at each
-     `--concurrency` (default 1 8 32 64);
+     `--concurrency` (default 1 8 32 64), once per `--engines` (default: vLLM, then plain generate, the engine
+     it replaced, in the same repository); with vLLM also the test split's tickets (prepare's own split) with and
+     without `response_format: json_schema`, scored by the evaluate step's metrics;
   2. direct Triton: v2 infer calls straight to tritonserver at the highest concurrency <= 32;
      and the same endpoint with `stream: true` at concurrency 1 and 32: time to the first content chunk beside
      the time to the whole answer, and content chunks per answer;
   3. plain transformers `generate` in this process, greedy, with the same chat template and system prompt:
      one prompt at a time (sequential) and `--batch` prompts per call (batched), torch threads = cores;
      run before and after the served runs, their mean being the reference of the ratios.
-Reported per run: req/s, generated tokens/s, p50/p95 latency, errors; and the ratios the serving path is
-held to at concurrency 32: >= 4x the sequential baseline and >= 0.9x the batched one. The machine's load
+Reported per run: req/s, generated tokens/s, p50/p95 latency, errors; and, per engine, the ratios the engine
+is held to: at concurrency 32 >= 1.4x the batched baseline's req/s, and a lone request's p50 <= 0.6x the
+sequential baseline's. The machine's load
 average is recorded beside each figure (this machine is shared: compare ratios, not absolute numbers).
 
 By default the model is `models:/<model_name>@champion` from the pipeline's registry (run `make pipeline-run`
@@ -32,11 +35,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -211,24 +216,23 @@ def load_stream(base: str, token: str, model: str, prompts: list[str], concurren
 SCHEMA = REPO / "data" / "sample" / "tickets.schema.json"
 
 
-def held_out_tickets(count: int, path: Path = DATASET) -> list[tuple[list[dict], str]]:
-    """The last `count` records of the demo's tickets that parse and end with the assistant's JSON answer: the
-    conversation before that answer, and the answer (the reference). The demo's split holds its test records
-    out by a hash of the prompt, not by position; these are simply tickets the bench did not load with."""
+def held_out_tickets(count: int, work: Path) -> list[tuple[list[dict], str]]:
+    """Up to `count` records of the demo's test split, as the pipeline's prepare step (run here with the
+    pipeline's defaults) holds them out: the conversation before the assistant's JSON answer, and that answer."""
+    out = work / "prepared"
+    subprocess.run([sys.executable, "-m", "components.prepare", "--raw", str(DATASET), "--train-out",
+                    str(out / "train"), "--validation-out", str(out / "validation"), "--test-out", str(out / "test"),
+                    "--report-out", str(out / "report")], cwd=REPO, check=True, capture_output=True)
     records = []
-    for line in path.read_text().splitlines():
-        try:
-            messages = json.loads(line)["messages"]
-            answer = messages[-1]
-            if answer["role"] == "assistant" and isinstance(json.loads(answer["content"]), dict):
-                records.append((messages[:-1], answer["content"]))
-        except (json.JSONDecodeError, KeyError, TypeError, IndexError):
-            continue
-    return records[-count:]
+    for line in (out / "test" / "data.jsonl").read_text().splitlines():
+        messages = json.loads(line)["messages"]
+        records.append((messages[:-1], messages[-1]["content"]))
+    return records[:count]
 
 
-def load_structured(base: str, token: str, model: str, count: int, constrained: bool) -> dict:
-    """`count` held-out tickets, 8 at a time, with `response_format: json_schema` (the ticket schema) or without;
+def load_structured(base: str, token: str, model: str, tickets: list[tuple[list[dict], str]],
+                    constrained: bool) -> dict:
+    """The held-out tickets, 8 at a time, with `response_format: json_schema` (the ticket schema) or without;
     the answers scored by the evaluate step's own metrics (json_valid, schema_valid, field_accuracy)."""
     import concurrent.futures
     import urllib.error
@@ -237,7 +241,6 @@ def load_structured(base: str, token: str, model: str, count: int, constrained: 
     from tuneline.llm.ml.metrics import json_metrics
 
     schema = json.loads(SCHEMA.read_text())
-    tickets = held_out_tickets(count)
 
     def ask(ticket: tuple[list[dict], str]) -> tuple[float, dict | str]:
         request = {"model": model, "messages": ticket[0], "max_tokens": 64}
@@ -290,7 +293,8 @@ def load_triton(url: str, model: str, prompts: list[str], concurrency: int, requ
         closed_loop(f"{url}/v2/models/{model}/infer", body, json_tokens(tokens), concurrency=concurrency,
                     requests=requests)
     )
-    return _summary("direct Triton (v2 infer)", lat, sum(tok), err, secs, concurrency=concurrency)
+    return _summary("direct Triton (v2 infer: the coupled model, plain generate)", lat, sum(tok), err, secs,
+                    concurrency=concurrency)
 
 
 class Baseline:
@@ -382,6 +386,20 @@ def _label(spec) -> str:
             f"max_batch {spec.max_batch_size}")
 
 
+def server_rss_mb(pid: int) -> int:
+    """Resident memory of tritonserver and every process under it (the Python backend stubs hold the models,
+    and vLLM's engine core is a process of its own), in MiB."""
+    import psutil
+
+    root = psutil.Process(pid)
+    procs = [root, *root.children(recursive=True)]
+    total = 0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_info().rss
+    return round(total / 2**20)
+
+
 def serve_runs(args: argparse.Namespace, work: Path, repo: Path, spec, install, prompts: list[str], *,
                direct: bool, stream: bool) -> list[dict]:
     """Serve `spec` (config.pbtxt rewritten in `repo`) and load it at each --concurrency."""
@@ -399,7 +417,8 @@ def serve_runs(args: argparse.Namespace, work: Path, repo: Path, spec, install, 
     runs = []
 
     def keep(run: dict) -> None:
-        run.update(config=_label(spec), engine=engine["detail"], startup_s=round(server.startup_s, 1))
+        run.update(config=_label(spec), engine=engine["detail"], startup_s=round(server.startup_s, 1),
+                   server_rss_mb=server_rss_mb(server.pid))
         _print(run)
         runs.append(run)
 
@@ -416,8 +435,9 @@ def serve_runs(args: argparse.Namespace, work: Path, repo: Path, spec, install, 
             for c in (1, max([c for c in args.concurrency if c <= 32] or [1])):
                 keep(load_stream(proxy.url, token, spec.model_name, prompts, c, max(4, 2 * c), args.max_new_tokens))
         if args.structured and engine["engine"] == "vllm":
+            tickets = held_out_tickets(args.structured, work)
             for constrained in (False, True):
-                keep(load_structured(proxy.url, token, spec.model_name, args.structured, constrained))
+                keep(load_structured(proxy.url, token, spec.model_name, tickets, constrained))
     finally:
         process.stop(proxy.ref)
         stop_triton(server, state)
@@ -529,8 +549,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(default 32) beside the baselines -> bench/results/serve-tuning.json")
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES),
                         help="the streaming twin's engines to serve, one after the other (default: %(default)s)")
-    parser.add_argument("--structured", type=int, default=48, metavar="N",
-                        help="N held-out tickets with and without response_format json_schema (vLLM only; 0: skip)")
+    parser.add_argument("--structured", type=int, default=50, metavar="N",
+                        help="up to N tickets of the test split, with and without response_format json_schema "
+                        "(vLLM only; 0: skip; default %(default)s)")
     parser.add_argument("--tiny", action="store_true", help="serve a tiny random Llama instead (no registry)")
     parser.add_argument("--endpoint", default=None, help="load this running endpoint only (with --token-file)")
     parser.add_argument("--state-dir", type=Path, default=None,
