@@ -74,7 +74,8 @@ def _target_options(args: Namespace, serving_name: str) -> tuple[KServeOptions |
 
 
 def _deploy(args: Namespace, uri: str, policy: RolloutPolicy, serving_name: str,
-            kserve_options: KServeOptions | None, azureml_options: AzureMLOptions | None) -> DeploymentRecord:
+            kserve_options: KServeOptions | None, azureml_options: AzureMLOptions | None,
+            response_schema: str = "") -> DeploymentRecord:
     """Fetch the version `uri` names and deploy it to --target; returns its DeploymentRecord."""
     from components.deploy.manifests import write_azureml, write_kserve, write_triton
     from tuneline import settings
@@ -93,7 +94,7 @@ def _deploy(args: Namespace, uri: str, policy: RolloutPolicy, serving_name: str,
                 model_name=serving_name,
                 proxy_port=args.port,
                 smoke_expect=args.smoke_expect,
-                response_schema=args.response_schema_text,
+                response_schema=response_schema,
                 startup_timeout=args.startup_timeout,
                 requests_log=Path(args.requests_log) if args.requests_log else None,
                 canary_promote_after=args.canary_promote_after,
@@ -101,10 +102,10 @@ def _deploy(args: Namespace, uri: str, policy: RolloutPolicy, serving_name: str,
             return deploy_local(fetched, options, policy, args.model_uri, _log)
         if args.target == "triton":
             return write_triton(fetched, args.files, policy, args.model_uri, serving_name, args.instance_kind,
-                                args.response_schema_text)
+                                response_schema)
         if args.target == "kserve":
             return write_kserve(fetched, args.files, policy, args.model_uri, kserve_options, serving_name)
-        if args.response_schema_text:
+        if response_schema:
             _log("deploy: response_schema is not applied on azureml: its scoring script runs plain generate, "
                  "which cannot constrain decoding")
         return write_azureml(fetched, args.files, policy, args.model_uri, azureml_options, args.first_deployment)
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         policy = RolloutPolicy(strategy=args.strategy, canary_percent=args.canary_percent)
         serving_name = args.serving_name or name
         kserve_options, azureml_options = _target_options(args, serving_name)
-        args.response_schema_text = _response_schema(args.response_schema)
+        response_schema = _response_schema(args.response_schema)
     except (ValueError, ValidationError) as exc:
         print(f"deploy: invalid input: {exc}", file=sys.stderr)
         return 2
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     from components.deploy.manifests import ManifestError
 
     try:
-        record = _deploy(args, uri, policy, serving_name, kserve_options, azureml_options)
+        record = _deploy(args, uri, policy, serving_name, kserve_options, azureml_options, response_schema)
     except (LookupError, FileNotFoundError, ManifestError, ValueError) as exc:
         print(f"deploy: {exc}", file=sys.stderr)
         return 2
