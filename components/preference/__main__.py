@@ -3,6 +3,10 @@
 Run as: python -m components.preference --train DIR [--validation DIR] [--test DIR] --base-model NAME
         [--sft-model DIR | --sft-model-uri models:/NAME@champion] --loss dpo --method lora --model-out DIR
         --checkpoints DIR --mlflow-run-id-out FILE
+Distributed: torchrun --nproc-per-node 2 -m components.preference ... [--distribution ddp|fsdp|zero2|zero3]   or
+             accelerate launch --config_file components/train/accelerate/fsdp.yaml -m components.preference ...
+             (train's configs and modules: distribution.py, parallel.py; the held-out figures are reduced over
+             every rank's records, and only rank 0 writes the model, progress and the MLflow run)
 
 A component of its own rather than a method of ``train``: its inputs differ (a preference split instead of chat
 records, beta, the loss, a reference model, the SFT model to start from), its outputs carry different figures
@@ -98,20 +102,28 @@ def _main(config) -> int:
         print(f"error: MLFLOW_TRACKING_URI is set but {untracked}", file=sys.stderr)
         return 2
     try:
-        train_split, held_out = _read(config, print)
+        # Before the process group exists; the launcher's RANK says which process speaks for the run.
+        train_split, held_out = _read(config, print if os.environ.get("RANK", "0") == "0" else lambda *a: None)
     except (DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     config, code = _resolve_start(config)
     if code is not None:
         return code
+    from components.preference import model as modelbuild
+
+    try:
+        start, base_model = modelbuild.start_point(config.base_model, config.sft_model)
+        _preflight(config, base_model)
+    except (ModelNotAvailable, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
     import torch
     from accelerate import Accelerator
 
-    from components.preference import model as modelbuild
     from components.preference.loop import PreferenceLoop
-    from components.train.__main__ import save_outputs
+    from components.train import parallel
     from components.train.loop import StopFlag, plan
     from components.train.state import TrainState
     from tuneline.llm.ml import checkpoint as ckpt
@@ -122,12 +134,19 @@ def _main(config) -> int:
     chosen = detect(config.precision)
     precision = chosen.mixed_precision
     acc = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    parallel.enable_fsdp_on_cpu(acc)
     log = print if acc.is_main_process else (lambda *a, **k: None)
-    log(f"precision: {chosen.describe()}; {acc.num_processes} process(es)", flush=True)
+    log(f"precision: {chosen.describe()}; distribution {acc.distributed_type.value}, "
+        f"{acc.num_processes} process(es)", flush=True)
+    try:
+        config = _configure_distribution(config, acc)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     torch.manual_seed(config.seed)
     try:
-        start, base_model = modelbuild.start_point(config.base_model, config.sft_model)
-        model, reference, tokenizer = modelbuild.build(config, precision, acc.device)
+        model, reference, tokenizer = modelbuild.build(config, precision, acc.device,
+                                                       sharded=parallel.is_sharded(acc))
     except ModelNotAvailable as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -141,6 +160,7 @@ def _main(config) -> int:
     steps = plan(config, len(train), acc.num_processes)
     optimizer, scheduler = _optimizer(config, model, steps.total_steps)
     model, optimizer = acc.prepare(model, optimizer)
+    reference = modelbuild.place_reference(acc, reference)
     loop = PreferenceLoop(config, acc, model, tokenizer, optimizer, scheduler, train, validation, None, stop,
                           TrainState(), reference=reference, kind=train_split.kind)
     resume_from = ckpt.latest(config.checkpoints)
@@ -156,16 +176,60 @@ def _main(config) -> int:
     # Downstream steps load the output against base_model: an adapter trained on a merged SFT model would not
     # apply there, so that policy is merged and written as a full model.
     merged = config.method == "lora" and config.sft_model is not None
-    if merged:
-        model = acc.unwrap_model(model).merge_and_unload()
     summary = _summary(config, acc, loop, state, held, started, precision, merged=merged, start=start,
                        base_model=base_model, train_split=train_split, held_out=held_out, n_train=len(train),
                        over_long=over_long)
-    save_config = _SaveAs(config, "full" if merged else config.method, base_model)
-    save_outputs(save_config, acc, model, tokenizer, summary)
+    _save(config, acc, model, tokenizer, summary, precision, merged=merged, base_model=base_model)
     _finish(config, acc, run, state, summary, held, start, log)
     acc.end_training()
     return 0
+
+
+def _preflight(config, base_model: str) -> None:
+    """Before the process group starts: the base model is built or downloaded once (transformers saves nothing
+    on ranks > 0 once torch.distributed is initialised, and a catalog model is built by whichever rank gets there
+    first), and --distribution sets what ``accelerate launch`` would (train's ``distribution.apply``)."""
+    from pathlib import Path
+
+    from components.train import distribution
+    from tuneline.llm.ml.models import resolve_model
+
+    sft = Path(config.sft_model) if config.sft_model is not None else None
+    if sft is None or (sft / "adapter_config.json").is_file():
+        resolve_model(base_model)
+    distribution.apply(config.distribution)
+
+
+def _configure_distribution(config, acc):
+    """The config as this distribution trains it: DeepSpeed's accumulation and batch values (train's
+    ``parallel.configure_deepspeed``), and a refusal of what it cannot hold (``model.check_reference``)."""
+    from components.preference import model as modelbuild
+    from components.train import parallel
+
+    if parallel.is_deepspeed(acc):
+        modelbuild.check_reference(config.method, acc.distributed_type, acc.state.deepspeed_plugin)
+        config = dataclasses.replace(config, grad_accum=parallel.configure_deepspeed(
+            acc, config.per_device_batch, config.grad_accum, config.max_grad_norm, full_model=config.method == "full"))
+    return config
+
+
+def _save(config, acc, model, tokenizer, summary: dict, precision: str, *, merged: bool, base_model: str) -> None:
+    """The model output, written by the main process. A LoRA on an SFT model is merged into it: in place when
+    every process holds the whole policy, else into a model rebuilt on the main process from the adapter gathered
+    from the shards (train's ``parallel.gathered_trainable``; every rank joins the gather)."""
+    from components.preference import model as modelbuild
+    from components.train import parallel
+    from components.train.__main__ import save_outputs, write_model
+
+    save_as = _SaveAs(config, "full" if merged else config.method, base_model)
+    if not merged:
+        save_outputs(save_as, acc, model, tokenizer, summary)
+    elif parallel.shards_parameters(acc):
+        adapter = parallel.gathered_trainable(acc, model)
+        if acc.is_main_process:
+            write_model(save_as, modelbuild.merged_policy(config, adapter, precision), tokenizer, summary)
+    elif acc.is_main_process:
+        write_model(save_as, acc.unwrap_model(model).merge_and_unload(), tokenizer, summary)
 
 
 def _resolve_start(config):
@@ -226,7 +290,7 @@ def _start_run(config, acc, loop, untracked: str | None, chosen, total_steps: in
         loop.state.mlflow_run_id = run.run_id
         run.log_params({**hyperparameters(config), "train_sha256": train_split.sha256, "start": start,
                         "n_train": sizes[0], "n_validation": sizes[1], "world_size": acc.num_processes,
-                        "planned_steps": total_steps,
+                        "planned_steps": total_steps, "distributed_type": acc.distributed_type.value,
                         **{k: v for k, v in chosen.as_params().items() if k != "reason"}})
         run.set_tags({"tuneline.dataset_sha256": train_split.sha256, "tuneline.base_model": base_model,
                       "tuneline.method": config.method, "tuneline.preference_loss": config.loss})

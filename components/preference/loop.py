@@ -82,7 +82,9 @@ class PreferenceLoop(Loop):
                 out.append(r.chosen)
         return out
 
-    def terms(self, model, records: list[EncodedPreference]) -> PreferenceTerms:
+    def terms(self, model, records: list[EncodedPreference], counted: bool = True) -> PreferenceTerms:
+        """The loss terms of one group. ``counted`` False: a filler group that only keeps this rank in step with
+        the others (``score``); it joins KTO's reduction of the reference point without weighing in it."""
         c = self.c
         if self.kind == "pairs":
             sides = [r.chosen for r in records] + [r.rejected for r in records]
@@ -101,7 +103,8 @@ class PreferenceLoop(Loop):
         n = len(records)
         estimate = kl_estimate(policy_kl, ref[n:])
         if self.world > 1:
-            estimate = torch.tensor(self._sum([float(estimate)])[0] / self.world, device=estimate.device)
+            total, ranks = self._sum([float(estimate) * counted, float(counted)])
+            estimate = torch.tensor(total / max(ranks, 1.0), device=estimate.device)
         point = kl_reference_point(estimate.reshape(1))
         labels = torch.tensor([bool(r.label) for r in records], device=self.acc.device)
         terms = kto_loss(self._logps(model, examples), ref[:n], labels, point, c.beta, c.desirable_weight,
@@ -178,14 +181,22 @@ class PreferenceLoop(Loop):
         was_training = self.model.training
         self.model.eval()
         sums = dict.fromkeys(SUMS, 0.0)
-        # Ranks may hold different numbers of records: only this rank's own forward passes, no collectives, until
-        # the sums are reduced (the model is unwrapped so DDP does not expect its gradient hooks).
+        # The module itself, not DDP's wrapper: no gradient is reduced here. Under FSDP and ZeRO-3 each forward
+        # pass still gathers parameters with the other ranks, and KTO reduces its reference point per group, so
+        # every rank scores as many groups: one whose share ran out scores a filler that counts for nothing
+        # (train's evaluate pads with filler examples for the same reason).
         model = self.acc.unwrap_model(self.model)
         groups = [mine[start:start + per] for start in range(0, len(mine), per)]
         if self.kind == "kto" and len(groups) > 1 and len(groups[-1]) < 2:
-            groups[-2] = groups[-2] + groups.pop()  # the KL estimate pairs each record with another one
-        for group in groups:
-            self._accumulate(sums, self.terms(model, group), group)
+            last = groups.pop()  # the KL estimate pairs each record with another one
+            groups[-1] = groups[-1] + last
+        filler = records[:per]
+        for i in range(self._max(len(groups))):
+            counted = i < len(groups)
+            group = groups[i] if counted else filler
+            terms = self.terms(model, group, counted=counted)
+            if counted:
+                self._accumulate(sums, terms, group)
         if was_training:
             self.model.train()
         keys = list(sums)
@@ -196,6 +207,11 @@ class PreferenceLoop(Loop):
             metrics["policy_preference_accuracy"] = totals["policy_prefers"] / max(n, 1.0)
             metrics["reference_preference_accuracy"] = totals["reference_prefers"] / max(n, 1.0)
         return metrics
+
+    def _max(self, value: int) -> int:
+        if self.world == 1:
+            return value
+        return int(self.acc.gather(torch.tensor([value], device=self.acc.device)).max())
 
     def evaluate(self) -> float | None:
         if not self.validation:

@@ -260,3 +260,50 @@ def test_dpo_after_sft_prefers_the_right_answer_on_held_out_prompts(tmp_path, mo
         assert held["rewards/accuracies"] > 0.5 and held["rewards/margins"] > 0, held
         # Like for like with the SFT model: how often each gives the chosen answer the higher log-probability.
         assert held["policy_preference_accuracy"] > held["reference_preference_accuracy"], held
+
+
+def test_distribution_is_trains_input_and_reaches_the_program():
+    import yaml
+
+    def declared(component):
+        spec = yaml.safe_load((ROOT / "components" / component / "component.yaml").read_text())
+        return spec["inputs"]["distribution"]
+
+    ours, trains = declared("preference"), declared("train")
+    assert (ours["enum"], ours["default"]) == (trains["enum"], trains["default"])
+    from components.preference.__main__ import PROGRAM
+
+    config = PROGRAM.parse(["--train", "t", "--model-out", "m", "--checkpoints", "c", "--mlflow-run-id-out", "r",
+                            "--distribution", "fsdp"])
+    assert config.distribution == "fsdp"
+
+
+@pytest.mark.parametrize(("name", "method", "refused"), [("zero3", "full", True), ("zero3", "lora", False),
+                                                        ("zero2", "full", False)])
+def test_a_full_fine_tune_under_zero3_is_refused_before_loading(name, method, refused, monkeypatch):
+    # The plugin as each process builds it from what --distribution sets (train's distribution.launch_env, checked
+    # against accelerate's own launcher in test_train_distribution).
+    from accelerate.utils import DeepSpeedPlugin, DistributedType
+
+    from components.preference.model import ReferenceUnsupported, check_reference
+    from components.train import distribution
+
+    for key in [k for k in os.environ if k.startswith(("ACCELERATE_", "FSDP_"))]:
+        monkeypatch.delenv(key)
+    for key, value in distribution.launch_env(name).items():
+        monkeypatch.setenv(key, value)
+    plugin = DeepSpeedPlugin()
+    if refused:
+        with pytest.raises(ReferenceUnsupported, match="--method full under ZeRO-3"):
+            check_reference(method, DistributedType.DEEPSPEED, plugin)
+    else:
+        check_reference(method, DistributedType.DEEPSPEED, plugin)
+
+
+def test_kto_scores_a_held_out_split_whose_last_group_has_one_record(env):
+    # 5 test records in groups of 4: the fifth joins the first group (the KL estimate pairs each record with
+    # another one) instead of failing the finished run at its last scoring.
+    data = write_preference_splits(env["root"] / "kto5", "kto", n_validation=2, n_test=5)
+    out = env["root"] / "kto5-out"
+    assert main(_args(data, out, "--loss", "kto", "--max-steps", "1")) == 0
+    assert _summary(out)["held_out"]["test"]["examples"] == 5
