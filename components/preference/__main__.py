@@ -107,21 +107,13 @@ def _main(config) -> int:
     except (DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    config, code = _resolve_start(config)
+    config, start, base_model, code = _starting_point(config)
     if code is not None:
         return code
-    from components.preference import model as modelbuild
-
-    try:
-        start, base_model = modelbuild.start_point(config.base_model, config.sft_model)
-        _preflight(config, base_model)
-    except (ModelNotAvailable, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
 
     import torch
-    from accelerate import Accelerator
 
+    from components.preference import model as modelbuild
     from components.preference.loop import PreferenceLoop
     from components.train import parallel
     from components.train.loop import StopFlag, plan
@@ -133,13 +125,8 @@ def _main(config) -> int:
     stop.install()
     chosen = detect(config.precision)
     precision = chosen.mixed_precision
-    acc = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
-    parallel.enable_fsdp_on_cpu(acc)
-    log = print if acc.is_main_process else (lambda *a, **k: None)
-    log(f"precision: {chosen.describe()}; distribution {acc.distributed_type.value}, "
-        f"{acc.num_processes} process(es)", flush=True)
     try:
-        config = _configure_distribution(config, acc)
+        acc, log, config = _accelerator(config, chosen)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -183,6 +170,40 @@ def _main(config) -> int:
     _finish(config, acc, run, state, summary, held, start, log)
     acc.end_training()
     return 0
+
+
+def _starting_point(config) -> tuple:
+    """(config with the SFT model fetched when named by URI, what the run starts from, its base model, exit code 2
+    when it cannot start, else None). Runs before the process group starts."""
+    from components.preference import model as modelbuild
+    from tuneline.llm.ml.models import ModelNotAvailable
+
+    config, code = _resolve_start(config)
+    if code is not None:
+        return config, None, None, code
+    try:
+        start, base_model = modelbuild.start_point(config.base_model, config.sft_model)
+        _preflight(config, base_model)
+    except (ModelNotAvailable, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return config, None, None, 2
+    return config, start, base_model, None
+
+
+def _accelerator(config, chosen) -> tuple:
+    """(Accelerator, a print for the main process, config as the distribution trains it); ValueError names what
+    this distribution cannot train."""
+    import torch
+    from accelerate import Accelerator
+
+    from components.train import parallel
+
+    acc = Accelerator(mixed_precision=chosen.mixed_precision, cpu=not torch.cuda.is_available())
+    parallel.enable_fsdp_on_cpu(acc)
+    log = print if acc.is_main_process else (lambda *a, **k: None)
+    log(f"precision: {chosen.describe()}; distribution {acc.distributed_type.value}, "
+        f"{acc.num_processes} process(es)", flush=True)
+    return acc, log, _configure_distribution(config, acc)
 
 
 def _preflight(config, base_model: str) -> None:
