@@ -338,11 +338,13 @@ def _fit(loop, run, encoded_held_out: dict) -> tuple:
 def _summary(config, acc, loop, state, held: dict, started: float, precision: str, *, merged: bool, start: str,
              base_model: str, train_split, held_out: dict, n_train: int, over_long: dict) -> dict:
     """training_summary.json: what was trained from what, how, and the held-out and loop figures."""
+    from components.preference import model as modelbuild
+
     return {
         "base_model": base_model,
         "method": "full" if merged else config.method,
         "preference": {"loss": config.loss, "beta": config.beta, "start": config.sft_model_uri or start,
-                       "adapter_merged_into_sft_model": merged},
+                       "adapter_merged_into_sft_model": merged, "reference": modelbuild.held_as(loop.reference)},
         "hyperparameters": hyperparameters(config),
         "data": {"kind": train_split.kind, "train_sha256": train_split.sha256, "n_train": n_train,
                  **{f"{n}_sha256": s.sha256 for n, s in held_out.items()},

@@ -106,6 +106,16 @@ def place_reference(acc, reference):
     return reference.to(acc.device)
 
 
+def held_as(reference) -> str:
+    """How this process holds the reference, read from the module itself: the policy with its adapter disabled,
+    sharded (FSDP2 turns each parameter into a DTensor shard), or a whole copy."""
+    if reference is None:
+        return "policy with adapter disabled"
+    from torch.distributed.tensor import DTensor
+
+    return "sharded" if any(isinstance(p, DTensor) for p in reference.parameters()) else "copy"
+
+
 def merged_policy(config, adapter_state: dict, precision: str):
     """The start model with the trained adapter merged into it, built on the host from the adapter's gathered
     weights: a sharded run's policy cannot be merged in place (its weights are shards). Main process only."""

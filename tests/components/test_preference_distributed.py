@@ -12,8 +12,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -30,23 +32,31 @@ def _args(data, out, *extra):
             "--checkpoints", str(out / "ckpt"), "--mlflow-run-id-out", str(out / "run_id.json"), *COMMON, *extra]
 
 
-def _run(env, data, out, *extra, ranks=1):
+def _launch(env, data, out, *extra, ranks=1):
     launcher = [sys.executable] if ranks == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
     # Own process group: if the test fails or times out, torchrun's workers must not outlive it.
-    process = subprocess.Popen([*launcher, *_args(data, out, *extra)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen([*launcher, *_args(data, out, *extra)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _stop(process):
+    if process.poll() is None:
+        # As in test_train_ddp: SIGTERM lets torchrun's agent stop its workers (each in a session of its own).
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _run(env, data, out, *extra, ranks=1):
+    process = _launch(env, data, out, *extra, ranks=ranks)
     try:
         output, _ = process.communicate(timeout=600)
     finally:
-        if process.poll() is None:
-            # As in test_train_ddp: SIGTERM lets torchrun's agent stop its workers (each in a session of its own).
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        _stop(process)
     assert process.returncode == 0, output[-4000:]
     return output
 
@@ -121,6 +131,7 @@ def test_fsdp_under_torchrun_matches_one_process_for_lora_full_and_an_sft_start(
     _run(train_env, data, one, "--per-device-batch", "4")
     output = _run(train_env, data, fsdp, "--per-device-batch", "2", "--distribution", "fsdp", ranks=2)
     assert "distribution FSDP, 2 process(es)" in output  # sharded, not plain data parallel
+    assert _summary(fsdp)["preference"]["reference"] == "policy with adapter disabled"
     checkpoint = next((fsdp / "ckpt").glob("checkpoint-*"))
     saved = FileSystemReader(str(checkpoint / "trainable-dcp")).read_metadata().state_dict_metadata
     assert [k for k in saved if k.startswith("model.")] and all(
@@ -135,6 +146,8 @@ def test_fsdp_under_torchrun_matches_one_process_for_lora_full_and_an_sft_start(
     one, fsdp = tmp_path / "full-one", tmp_path / "full-fsdp"
     _run(train_env, data, one, "--per-device-batch", "4", *full)
     _run(train_env, data, fsdp, "--per-device-batch", "2", "--distribution", "fsdp", *full, ranks=2)
+    assert _summary(one)["preference"]["reference"] == "copy"
+    assert _summary(fsdp)["preference"]["reference"] == "sharded"  # no whole second model on each GPU
     _same_weights(load_file(one / "model" / "model.safetensors"), load_file(fsdp / "model" / "model.safetensors"))
     _same_held_out(one, fsdp)
 
@@ -155,3 +168,35 @@ def test_fsdp_under_torchrun_matches_one_process_for_lora_full_and_an_sft_start(
     assert not (fsdp / "model" / "adapter_config.json").exists()
     _same_weights(load_file(one / "model" / "model.safetensors"), load_file(fsdp / "model" / "model.safetensors"))
     _same_held_out(one, fsdp)
+
+
+@pytest.mark.slow
+@pytest.mark.heavy
+def test_fsdp_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_run(tmp_path, train_env, data):
+    # The adapter and its AdamW moments come back from each rank's shards, the data position, schedule and
+    # per-rank RNG from train's checkpoint (the preference loop is train's, only the step differs).
+    options = ["--per-device-batch", "2", "--distribution", "fsdp", "--max-steps", "6", "--save-steps", "2",
+               "--keep-checkpoints", "1", "--lora-dropout", "0.1"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    _run(train_env, data, whole, *options, ranks=2)
+    process = _launch(train_env, data, killed, *options, ranks=2)
+    try:
+        deadline = time.time() + 600
+        while not list((killed / "ckpt").glob("checkpoint-*")) and process.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        for worker in psutil.Process(process.pid).children(recursive=True):  # as a node drain signals every pod
+            worker.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=600)
+    finally:
+        _stop(process)
+    assert process.returncode != 0, "the run finished before it was preempted: " + output[-2000:]
+    assert "SIGTERM received" in output
+    stopped_at = _state(killed)["global_step"]
+    assert 2 <= stopped_at < 6
+    output = _run(train_env, data, killed, *options, ranks=2)
+    assert f"resumed from checkpoint-{stopped_at:08d}: step {stopped_at}" in output
+    resumed = _state(killed)
+    assert resumed["resumes"] == 1 and resumed["losses"] == pytest.approx(_state(whole)["losses"], abs=1e-5)
+    _same_weights(load_file(whole / "model" / "adapter_model.safetensors"),
+                  load_file(killed / "model" / "adapter_model.safetensors"))
+    _same_held_out(whole, killed)
