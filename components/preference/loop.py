@@ -14,7 +14,6 @@ KTO's reference point is estimated per micro-batch (TRL: per batch, averaged ove
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -116,15 +115,13 @@ class PreferenceLoop(Loop):
     def _step(self, micro: list[list[int]]) -> dict[str, float]:
         groups = [[self.train[i] for i in mb] for mb in micro]
         n_global = self._sum([float(sum(len(g) for g in groups))])[0]
-        scale = self.world / max(n_global, 1.0)
+        scale = self.loss_scale(n_global)  # train's: DeepSpeed's own division by the accumulation undone
         sums = dict.fromkeys(SUMS, 0.0)
         _synchronize(self.acc.device)
         t0 = time.perf_counter()
-        for j, group in enumerate(groups):
-            sync = j == len(groups) - 1
-            with nullcontext() if sync else self.acc.no_sync(self.model):
-                terms = self.terms(self.model, group)
-                self.acc.backward(terms.losses.sum() * scale)
+        for group in self.accumulating(groups):  # train's: no_sync, and DeepSpeed's accumulation boundary
+            terms = self.terms(self.model, group)
+            self.acc.backward(terms.losses.sum() * scale)
             self._accumulate(sums, terms, group)
         max_norm = self.c.max_grad_norm if self.c.max_grad_norm > 0 else float("inf")
         grad_norm = _as_float(self.acc.clip_grad_norm_(self.clip_params, max_norm))

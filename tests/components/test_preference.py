@@ -307,3 +307,42 @@ def test_kto_scores_a_held_out_split_whose_last_group_has_one_record(env):
     out = env["root"] / "kto5-out"
     assert main(_args(data, out, "--loss", "kto", "--max-steps", "1")) == 0
     assert _summary(out)["held_out"]["test"]["examples"] == 5
+
+
+def test_under_deepspeed_a_step_marks_the_accumulation_boundary_and_undoes_the_engines_division(env):
+    """DeepSpeed's engine divides each loss by its gradient_accumulation_steps and steps when accelerate says the
+    micro-batch is the last (train's loop.py). DeepSpeed needs a GPU: the loop is told it runs under it on a
+    CPU accelerator that records what each backward is given, which is everything up to the engine."""
+    from accelerate import Accelerator
+    from transformers import get_scheduler
+
+    from components.preference.__main__ import PROGRAM
+    from components.preference.data import encode_split, read_preference_split
+    from components.preference.loop import PreferenceLoop
+    from components.preference.model import build
+    from components.train import modelsetup
+    from components.train.loop import StopFlag
+    from components.train.state import TrainState
+
+    class Recording(Accelerator):
+        seen: list = []
+
+        def backward(self, loss, **kwargs):
+            self.seen.append((float(loss), self.gradient_state.sync_gradients))
+            super().backward(loss, **kwargs)
+
+    config = PROGRAM.parse(_args(env["pairs"], env["root"] / "deepspeed", "--grad-accum", "2",
+                                 "--per-device-batch", "2"))
+    acc = Recording(cpu=True)
+    model, reference, tokenizer = build(config, "no", acc.device)
+    train, _ = encode_split(tokenizer, read_preference_split(config.train), config.max_seq_len)
+    optimizer = torch.optim.AdamW(modelsetup.param_groups(model, 0.0), lr=1e-3)
+    scheduler = get_scheduler("constant", optimizer)
+    model, optimizer = acc.prepare(model, optimizer)
+    loop = PreferenceLoop(config, acc, model, tokenizer, optimizer, scheduler, train, [], None, StopFlag(),
+                          TrainState(), reference=reference, kind="pairs")
+    loop.deepspeed = True  # what parallel.is_deepspeed(acc) says under a DeepSpeed launch
+    loop._step([[0, 1], [2, 3]])
+    # A new adapter: each pair's loss is ln 2, a micro-batch's sum 2 ln 2, scaled by 1/4 pairs x 2 micro-batches.
+    assert [s for _, s in acc.seen] == [False, True]
+    assert [loss for loss, _ in acc.seen] == pytest.approx([math.log(2), math.log(2)], abs=1e-6)
