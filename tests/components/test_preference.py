@@ -271,6 +271,12 @@ def test_distribution_is_trains_input_and_reaches_the_program():
 
     ours, trains = declared("preference"), declared("train")
     assert (ours["enum"], ours["default"]) == (trains["enum"], trains["default"])
+    # The packages each config and method needs are checked for train's image (tests/cluster/test_image_methods.py):
+    # this step runs in the same one and offers no method train does not.
+    spec = {c: yaml.safe_load((ROOT / "components" / c / "component.yaml").read_text())
+            for c in ("preference", "train")}
+    assert spec["preference"]["environment"] == spec["train"]["environment"]
+    assert set(spec["preference"]["inputs"]["method"]["enum"]) <= set(spec["train"]["inputs"]["method"]["enum"])
     from components.preference.__main__ import PROGRAM
 
     config = PROGRAM.parse(["--train", "t", "--model-out", "m", "--checkpoints", "c", "--mlflow-run-id-out", "r",
