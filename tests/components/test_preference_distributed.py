@@ -96,7 +96,11 @@ def test_two_process_ddp_dpo_matches_one_process_and_reports_every_ranks_records
 
     one, two = tmp_path / "one", tmp_path / "ddp"
     _run(train_env, data, one, "--per-device-batch", "4")
-    output = _run(train_env, data, two, "--per-device-batch", "2", "--distribution", "ddp", ranks=2)
+    progress = tmp_path / "progress.jsonl"
+    output = _run({**train_env, "TUNELINE_PROGRESS": str(progress)}, data, two, "--per-device-batch", "2",
+                  "--distribution", "ddp", ranks=2)
+    # Rank 0 alone reports progress, writes the model and the run.
+    assert [json.loads(line)["current"] for line in progress.read_text().splitlines()] == [1, 2, 3]
     assert "distribution MULTI_CPU, 2 process(es)" in output
     assert _summary(one)["world_size"] == 1 and _summary(two)["world_size"] == 2
     assert _state(two)["losses"] == pytest.approx(_state(one)["losses"], abs=1e-5)
@@ -105,11 +109,11 @@ def test_two_process_ddp_dpo_matches_one_process_and_reports_every_ranks_records
     _same_held_out(one, two)
     # The training figures in MLflow are the step's over both ranks' pairs, logged once (rank 0).
     client = MlflowClient(tracking_uri=train_env["MLFLOW_TRACKING_URI"])
-    histories = [{m.step: m.value for m in client.get_metric_history((out / "run_id.json").read_text(), name)}
+    histories = [[(m.step, m.value) for m in client.get_metric_history((out / "run_id.json").read_text(), name)]
                  for out in (one, two) for name in ("rewards/margins", "rewards/accuracies")]
-    assert histories[0].keys() == histories[2].keys() == {1, 2, 3}
-    assert histories[2] == pytest.approx(histories[0], abs=1e-5)
-    assert histories[3] == pytest.approx(histories[1], abs=1e-5)
+    for single, ranks in ((histories[0], histories[2]), (histories[1], histories[3])):
+        assert [step for step, _ in sorted(ranks)] == [step for step, _ in sorted(single)] == [1, 2, 3]
+        assert [v for _, v in sorted(ranks)] == pytest.approx([v for _, v in sorted(single)], abs=1e-5)
     run = client.get_run((two / "run_id.json").read_text())
     assert run.data.params["world_size"] == "2" and run.data.params["distributed_type"] == "MULTI_CPU"
 
