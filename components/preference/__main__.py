@@ -132,8 +132,9 @@ def _main(config) -> int:
         return 2
     torch.manual_seed(config.seed)
     try:
-        model, reference, tokenizer = modelbuild.build(config, precision, acc.device,
-                                                       sharded=parallel.is_sharded(acc))
+        model, reference, tokenizer = modelbuild.build(
+            config, precision, acc.device, sharded=parallel.is_sharded(acc),
+            on_meta=parallel.is_fsdp(acc) and parallel.loads_on_meta())
     except ModelNotAvailable as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from components.train.modelsetup import add_lora, load_dtype
+from components.train.modelsetup import add_lora, empty_model, load_dtype, materialise_trainable
 from tuneline.llm.ml.models import load_causal_lm, load_tokenizer, merge_lora, read_summary, resolve_model
 
 
@@ -37,26 +37,32 @@ def start_point(base_model: str, sft_model: Path | None) -> tuple[str, str]:
     return f"{summary.get('base_model', base_model)} + SFT {sft_model.name}", summary.get("base_model", base_model)
 
 
-def _load(config, dtype):
+def _load(config, dtype, on_meta: bool = False):
+    """(start model, tokenizer). ``on_meta``: the start model's architecture without its weights (train's
+    ``modelsetup.empty_model``); an SFT adapter merged into its base has the base's config."""
     if config.sft_model is None:
         path = resolve_model(config.base_model)
-        return load_causal_lm(path, dtype=dtype), load_tokenizer(path, padding_side="right")
+        model = empty_model(path, dtype) if on_meta else load_causal_lm(path, dtype=dtype)
+        return model, load_tokenizer(path, padding_side="right")
     sft = Path(config.sft_model)
     tokenizer = load_tokenizer(sft, padding_side="right")
     if (sft / "adapter_config.json").is_file():
-        base = read_summary(sft).get("base_model", config.base_model)
-        return merge_lora(resolve_model(base), sft, dtype=dtype), tokenizer
-    return load_causal_lm(sft, dtype=dtype), tokenizer
+        base = resolve_model(read_summary(sft).get("base_model", config.base_model))
+        return (empty_model(base, dtype) if on_meta else merge_lora(base, sft, dtype=dtype)), tokenizer
+    return (empty_model(sft, dtype) if on_meta else load_causal_lm(sft, dtype=dtype)), tokenizer
 
 
-def build(config, precision: str, device: torch.device, *, sharded: bool = False):
+def build(config, precision: str, device: torch.device, *, sharded: bool = False, on_meta: bool = False):
     """(policy, reference or None for LoRA, tokenizer).
 
     ``sharded``: FSDP or DeepSpeed places the policy in ``prepare`` (as train's ``modelsetup.build``), so it stays
     on the host here. A full fine-tune's reference is placed by ``place_reference`` once the process group knows
-    the distribution."""
+    the distribution. ``on_meta`` (train's ``parallel.loads_on_meta``: FSDP with cpu_ram_efficient_loading, a rank
+    other than 0): nothing is read, neither policy nor reference holds a weight in host memory, and FSDP's
+    preparation broadcasts rank 0's values into both; only the trainable parameters get (uninitialised) storage,
+    for accelerate to map the optimizer's parameters (train's ``modelsetup.materialise_trainable``)."""
     dtype = load_dtype(config.method, precision)
-    model, tokenizer = _load(config, dtype)
+    model, tokenizer = _load(config, dtype, on_meta)
     model.config.use_cache = False
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -65,6 +71,8 @@ def build(config, precision: str, device: torch.device, *, sharded: bool = False
         model = add_lora(model, config)
     else:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
+    if on_meta:
+        materialise_trainable(model)
     if not sharded:
         model.to(device)
     return model, reference, tokenizer

@@ -352,3 +352,28 @@ def test_under_deepspeed_a_step_marks_the_accumulation_boundary_and_undoes_the_e
     # A new adapter: each pair's loss is ln 2, a micro-batch's sum 2 ln 2, scaled by 1/4 pairs x 2 micro-batches.
     assert [s for _, s in acc.seen] == [False, True]
     assert [loss for loss, _ in acc.seen] == pytest.approx([math.log(2), math.log(2)], abs=1e-6)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_rank_other_than_0_under_fsdp_reads_no_weight_for_policy_or_reference(env, method, monkeypatch):
+    """FSDP with cpu_ram_efficient_loading broadcasts rank 0's weights into the shards: the other ranks build
+    both models on meta (a 70B start model would otherwise sit in every rank's host memory, twice for a full
+    fine-tune), with storage for the trainable parameters only (accelerate maps the optimizer's by data_ptr)."""
+    from components.preference.__main__ import PROGRAM
+    from components.preference.model import build
+    from components.train import parallel
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
+    monkeypatch.setenv("RANK", "1")
+    assert parallel.loads_on_meta()
+    config = PROGRAM.parse(_args(env["pairs"], env["root"] / "meta", "--method", method))
+    model, reference, _ = build(config, "no", torch.device("cpu"), sharded=True, on_meta=True)
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert all(p.is_meta for p in frozen) and bool(frozen) == (method == "lora")
+    assert trainable and not any(p.is_meta for p in trainable)
+    assert len({p.data_ptr() for p in trainable}) == len(trainable)
+    assert not any(b.is_meta for b in model.buffers())  # rotary frequencies: copied back, not broadcast
+    if method == "full":
+        assert all(p.is_meta for p in reference.parameters())
