@@ -111,11 +111,8 @@ def _main(config) -> int:
     if code is not None:
         return code
 
-    import torch
-
     from components.preference import model as modelbuild
     from components.preference.loop import PreferenceLoop
-    from components.train import parallel
     from components.train.loop import StopFlag, plan
     from components.train.state import TrainState
     from tuneline.llm.ml import checkpoint as ckpt
@@ -130,15 +127,11 @@ def _main(config) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    torch.manual_seed(config.seed)
     try:
-        model, reference, tokenizer = modelbuild.build(
-            config, precision, acc.device, sharded=parallel.is_sharded(acc),
-            on_meta=parallel.is_fsdp(acc) and parallel.loads_on_meta())
+        model, reference, tokenizer = _build(config, acc, precision)
     except ModelNotAvailable as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    torch.manual_seed(config.seed + 1000 * acc.process_index)
     train, encoded_held_out, validation, over_long = _encode(config, tokenizer, train_split, held_out)
     if not train:
         print(f"error: no training record fits --max-seq-len {config.max_seq_len} with an answer token left "
@@ -205,6 +198,20 @@ def _accelerator(config, chosen) -> tuple:
     log(f"precision: {chosen.describe()}; distribution {acc.distributed_type.value}, "
         f"{acc.num_processes} process(es)", flush=True)
     return acc, log, _configure_distribution(config, acc)
+
+
+def _build(config, acc, precision: str) -> tuple:
+    """(policy, reference, tokenizer), identical on every rank; the dropout seeds differ per rank afterwards."""
+    import torch
+
+    from components.preference import model as modelbuild
+    from components.train import parallel
+
+    torch.manual_seed(config.seed)
+    built = modelbuild.build(config, precision, acc.device, sharded=parallel.is_sharded(acc),
+                             on_meta=parallel.is_fsdp(acc) and parallel.loads_on_meta())
+    torch.manual_seed(config.seed + 1000 * acc.process_index)
+    return built
 
 
 def _preflight(config, base_model: str) -> None:
