@@ -3,6 +3,10 @@
 Run as: python -m components.preference --train DIR [--validation DIR] [--test DIR] --base-model NAME
         [--sft-model DIR | --sft-model-uri models:/NAME@champion] --loss dpo --method lora --model-out DIR
         --checkpoints DIR --mlflow-run-id-out FILE
+Distributed: torchrun --nproc-per-node 2 -m components.preference ... [--distribution ddp|fsdp|zero2|zero3]   or
+             accelerate launch --config_file components/train/accelerate/fsdp.yaml -m components.preference ...
+             (train's configs and modules: distribution.py, parallel.py; the held-out figures are reduced over
+             every rank's records, and only rank 0 writes the model, progress and the MLflow run)
 
 A component of its own rather than a method of ``train``: its inputs differ (a preference split instead of chat
 records, beta, the loss, a reference model, the SFT model to start from), its outputs carry different figures
@@ -98,20 +102,17 @@ def _main(config) -> int:
         print(f"error: MLFLOW_TRACKING_URI is set but {untracked}", file=sys.stderr)
         return 2
     try:
-        train_split, held_out = _read(config, print)
+        # Before the process group exists; the launcher's RANK says which process speaks for the run.
+        train_split, held_out = _read(config, print if os.environ.get("RANK", "0") == "0" else lambda *a: None)
     except (DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    config, code = _resolve_start(config)
+    config, start, base_model, code = _starting_point(config)
     if code is not None:
         return code
 
-    import torch
-    from accelerate import Accelerator
-
     from components.preference import model as modelbuild
     from components.preference.loop import PreferenceLoop
-    from components.train.__main__ import save_outputs
     from components.train.loop import StopFlag, plan
     from components.train.state import TrainState
     from tuneline.llm.ml import checkpoint as ckpt
@@ -121,17 +122,16 @@ def _main(config) -> int:
     stop.install()
     chosen = detect(config.precision)
     precision = chosen.mixed_precision
-    acc = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
-    log = print if acc.is_main_process else (lambda *a, **k: None)
-    log(f"precision: {chosen.describe()}; {acc.num_processes} process(es)", flush=True)
-    torch.manual_seed(config.seed)
     try:
-        start, base_model = modelbuild.start_point(config.base_model, config.sft_model)
-        model, reference, tokenizer = modelbuild.build(config, precision, acc.device)
+        acc, log, config = _accelerator(config, chosen)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        model, reference, tokenizer = _build(config, acc, precision)
     except ModelNotAvailable as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    torch.manual_seed(config.seed + 1000 * acc.process_index)
     train, encoded_held_out, validation, over_long = _encode(config, tokenizer, train_split, held_out)
     if not train:
         print(f"error: no training record fits --max-seq-len {config.max_seq_len} with an answer token left "
@@ -141,6 +141,7 @@ def _main(config) -> int:
     steps = plan(config, len(train), acc.num_processes)
     optimizer, scheduler = _optimizer(config, model, steps.total_steps)
     model, optimizer = acc.prepare(model, optimizer)
+    reference = modelbuild.place_reference(acc, reference)
     loop = PreferenceLoop(config, acc, model, tokenizer, optimizer, scheduler, train, validation, None, stop,
                           TrainState(), reference=reference, kind=train_split.kind)
     resume_from = ckpt.latest(config.checkpoints)
@@ -156,16 +157,108 @@ def _main(config) -> int:
     # Downstream steps load the output against base_model: an adapter trained on a merged SFT model would not
     # apply there, so that policy is merged and written as a full model.
     merged = config.method == "lora" and config.sft_model is not None
-    if merged:
-        model = acc.unwrap_model(model).merge_and_unload()
     summary = _summary(config, acc, loop, state, held, started, precision, merged=merged, start=start,
                        base_model=base_model, train_split=train_split, held_out=held_out, n_train=len(train),
                        over_long=over_long)
-    save_config = _SaveAs(config, "full" if merged else config.method, base_model)
-    save_outputs(save_config, acc, model, tokenizer, summary)
+    _save(config, acc, model, tokenizer, summary, precision, merged=merged, base_model=base_model)
     _finish(config, acc, run, state, summary, held, start, log)
     acc.end_training()
     return 0
+
+
+def _starting_point(config) -> tuple:
+    """(config with the SFT model fetched when named by URI, what the run starts from, its base model, exit code 2
+    when it cannot start, else None). Runs before the process group starts."""
+    from components.preference import model as modelbuild
+    from tuneline.llm.ml.models import ModelNotAvailable
+
+    config, code = _resolve_start(config)
+    if code is not None:
+        return config, None, None, code
+    try:
+        start, base_model = modelbuild.start_point(config.base_model, config.sft_model)
+        _preflight(config, base_model)
+    except (ModelNotAvailable, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return config, None, None, 2
+    return config, start, base_model, None
+
+
+def _accelerator(config, chosen) -> tuple:
+    """(Accelerator, a print for the main process, config as the distribution trains it); ValueError names what
+    this distribution cannot train."""
+    import torch
+    from accelerate import Accelerator
+
+    from components.train import parallel
+
+    acc = Accelerator(mixed_precision=chosen.mixed_precision, cpu=not torch.cuda.is_available())
+    parallel.enable_fsdp_on_cpu(acc)
+    log = print if acc.is_main_process else (lambda *a, **k: None)
+    log(f"precision: {chosen.describe()}; distribution {acc.distributed_type.value}, "
+        f"{acc.num_processes} process(es)", flush=True)
+    return acc, log, _configure_distribution(config, acc)
+
+
+def _build(config, acc, precision: str) -> tuple:
+    """(policy, reference, tokenizer), identical on every rank; the dropout seeds differ per rank afterwards."""
+    import torch
+
+    from components.preference import model as modelbuild
+    from components.train import parallel
+
+    torch.manual_seed(config.seed)
+    built = modelbuild.build(config, precision, acc.device, sharded=parallel.is_sharded(acc),
+                             on_meta=parallel.is_fsdp(acc) and parallel.loads_on_meta())
+    torch.manual_seed(config.seed + 1000 * acc.process_index)
+    return built
+
+
+def _preflight(config, base_model: str) -> None:
+    """Before the process group starts: the base model is built or downloaded once (transformers saves nothing
+    on ranks > 0 once torch.distributed is initialised, and a catalog model is built by whichever rank gets there
+    first), and --distribution sets what ``accelerate launch`` would (train's ``distribution.apply``)."""
+    from pathlib import Path
+
+    from components.train import distribution
+    from tuneline.llm.ml.models import resolve_model
+
+    sft = Path(config.sft_model) if config.sft_model is not None else None
+    if sft is None or (sft / "adapter_config.json").is_file():
+        resolve_model(base_model)
+    distribution.apply(config.distribution)
+
+
+def _configure_distribution(config, acc):
+    """The config as this distribution trains it: DeepSpeed's accumulation and batch values (train's
+    ``parallel.configure_deepspeed``), and a refusal of what it cannot hold (``model.check_reference``)."""
+    from components.preference import model as modelbuild
+    from components.train import parallel
+
+    if parallel.is_deepspeed(acc):
+        modelbuild.check_reference(config.method, acc.distributed_type, acc.state.deepspeed_plugin)
+        config = dataclasses.replace(config, grad_accum=parallel.configure_deepspeed(
+            acc, config.per_device_batch, config.grad_accum, config.max_grad_norm, full_model=config.method == "full"))
+    return config
+
+
+def _save(config, acc, model, tokenizer, summary: dict, precision: str, *, merged: bool, base_model: str) -> None:
+    """The model output, written by the main process. A LoRA on an SFT model is merged into it: in place when
+    every process holds the whole policy, else into a model rebuilt on the main process from the adapter gathered
+    from the shards (train's ``parallel.gathered_trainable``; every rank joins the gather)."""
+    from components.preference import model as modelbuild
+    from components.train import parallel
+    from components.train.__main__ import save_outputs, write_model
+
+    save_as = _SaveAs(config, "full" if merged else config.method, base_model)
+    if not merged:
+        save_outputs(save_as, acc, model, tokenizer, summary)
+    elif parallel.shards_parameters(acc):
+        adapter = parallel.gathered_trainable(acc, model)
+        if acc.is_main_process:
+            write_model(save_as, modelbuild.merged_policy(config, adapter, precision), tokenizer, summary)
+    elif acc.is_main_process:
+        write_model(save_as, acc.unwrap_model(model).merge_and_unload(), tokenizer, summary)
 
 
 def _resolve_start(config):
@@ -226,7 +319,7 @@ def _start_run(config, acc, loop, untracked: str | None, chosen, total_steps: in
         loop.state.mlflow_run_id = run.run_id
         run.log_params({**hyperparameters(config), "train_sha256": train_split.sha256, "start": start,
                         "n_train": sizes[0], "n_validation": sizes[1], "world_size": acc.num_processes,
-                        "planned_steps": total_steps,
+                        "planned_steps": total_steps, "distributed_type": acc.distributed_type.value,
                         **{k: v for k, v in chosen.as_params().items() if k != "reason"}})
         run.set_tags({"tuneline.dataset_sha256": train_split.sha256, "tuneline.base_model": base_model,
                       "tuneline.method": config.method, "tuneline.preference_loss": config.loss})
@@ -253,11 +346,13 @@ def _fit(loop, run, encoded_held_out: dict) -> tuple:
 def _summary(config, acc, loop, state, held: dict, started: float, precision: str, *, merged: bool, start: str,
              base_model: str, train_split, held_out: dict, n_train: int, over_long: dict) -> dict:
     """training_summary.json: what was trained from what, how, and the held-out and loop figures."""
+    from components.preference import model as modelbuild
+
     return {
         "base_model": base_model,
         "method": "full" if merged else config.method,
         "preference": {"loss": config.loss, "beta": config.beta, "start": config.sft_model_uri or start,
-                       "adapter_merged_into_sft_model": merged},
+                       "adapter_merged_into_sft_model": merged, "reference": modelbuild.held_as(loop.reference)},
         "hyperparameters": hyperparameters(config),
         "data": {"kind": train_split.kind, "train_sha256": train_split.sha256, "n_train": n_train,
                  **{f"{n}_sha256": s.sha256 for n, s in held_out.items()},

@@ -14,7 +14,6 @@ KTO's reference point is estimated per micro-batch (TRL: per batch, averaged ove
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +81,9 @@ class PreferenceLoop(Loop):
                 out.append(r.chosen)
         return out
 
-    def terms(self, model, records: list[EncodedPreference]) -> PreferenceTerms:
+    def terms(self, model, records: list[EncodedPreference], counted: bool = True) -> PreferenceTerms:
+        """The loss terms of one group. ``counted`` False: a filler group that only keeps this rank in step with
+        the others (``score``); it joins KTO's reduction of the reference point without weighing in it."""
         c = self.c
         if self.kind == "pairs":
             sides = [r.chosen for r in records] + [r.rejected for r in records]
@@ -101,7 +102,8 @@ class PreferenceLoop(Loop):
         n = len(records)
         estimate = kl_estimate(policy_kl, ref[n:])
         if self.world > 1:
-            estimate = torch.tensor(self._sum([float(estimate)])[0] / self.world, device=estimate.device)
+            total, ranks = self._sum([float(estimate) * counted, float(counted)])
+            estimate = torch.tensor(total / max(ranks, 1.0), device=estimate.device)
         point = kl_reference_point(estimate.reshape(1))
         labels = torch.tensor([bool(r.label) for r in records], device=self.acc.device)
         terms = kto_loss(self._logps(model, examples), ref[:n], labels, point, c.beta, c.desirable_weight,
@@ -113,15 +115,13 @@ class PreferenceLoop(Loop):
     def _step(self, micro: list[list[int]]) -> dict[str, float]:
         groups = [[self.train[i] for i in mb] for mb in micro]
         n_global = self._sum([float(sum(len(g) for g in groups))])[0]
-        scale = self.world / max(n_global, 1.0)
+        scale = self.loss_scale(n_global)  # train's: DeepSpeed's own division by the accumulation undone
         sums = dict.fromkeys(SUMS, 0.0)
         _synchronize(self.acc.device)
         t0 = time.perf_counter()
-        for j, group in enumerate(groups):
-            sync = j == len(groups) - 1
-            with nullcontext() if sync else self.acc.no_sync(self.model):
-                terms = self.terms(self.model, group)
-                self.acc.backward(terms.losses.sum() * scale)
+        for group in self.accumulating(groups):  # train's: no_sync, and DeepSpeed's accumulation boundary
+            terms = self.terms(self.model, group)
+            self.acc.backward(terms.losses.sum() * scale)
             self._accumulate(sums, terms, group)
         max_norm = self.c.max_grad_norm if self.c.max_grad_norm > 0 else float("inf")
         grad_norm = _as_float(self.acc.clip_grad_norm_(self.clip_params, max_norm))
@@ -178,14 +178,22 @@ class PreferenceLoop(Loop):
         was_training = self.model.training
         self.model.eval()
         sums = dict.fromkeys(SUMS, 0.0)
-        # Ranks may hold different numbers of records: only this rank's own forward passes, no collectives, until
-        # the sums are reduced (the model is unwrapped so DDP does not expect its gradient hooks).
+        # The module itself, not DDP's wrapper: no gradient is reduced here. Under FSDP and ZeRO-3 each forward
+        # pass still gathers parameters with the other ranks, and KTO reduces its reference point per group, so
+        # every rank scores as many groups: one whose share ran out scores a filler that counts for nothing
+        # (train's evaluate pads with filler examples for the same reason).
         model = self.acc.unwrap_model(self.model)
         groups = [mine[start:start + per] for start in range(0, len(mine), per)]
         if self.kind == "kto" and len(groups) > 1 and len(groups[-1]) < 2:
-            groups[-2] = groups[-2] + groups.pop()  # the KL estimate pairs each record with another one
-        for group in groups:
-            self._accumulate(sums, self.terms(model, group), group)
+            last = groups.pop()  # the KL estimate pairs each record with another one
+            groups[-1] = groups[-1] + last
+        filler = records[:per]
+        for i in range(self._max(len(groups))):
+            counted = i < len(groups)
+            group = groups[i] if counted else filler
+            terms = self.terms(model, group, counted=counted)
+            if counted:
+                self._accumulate(sums, terms, group)
         if was_training:
             self.model.train()
         keys = list(sums)
@@ -196,6 +204,11 @@ class PreferenceLoop(Loop):
             metrics["policy_preference_accuracy"] = totals["policy_prefers"] / max(n, 1.0)
             metrics["reference_preference_accuracy"] = totals["reference_prefers"] / max(n, 1.0)
         return metrics
+
+    def _max(self, value: int) -> int:
+        if self.world == 1:
+            return value
+        return int(self.acc.gather(torch.tensor([value], device=self.acc.device)).max())
 
     def evaluate(self) -> float | None:
         if not self.validation:

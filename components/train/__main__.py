@@ -60,16 +60,21 @@ def save_outputs(config: TrainConfig, acc, model, tokenizer, summary: dict) -> N
     or zero-size tensors under ZeRO-3, as its save_pretrained warns); given the gathered state dict it keeps
     the adapter's entries from it (peft/utils/save_and_load.py ``get_peft_model_state_dict``)."""
     from components.train import parallel
-    from components.train.loop import dump_json
 
-    unwrapped = acc.unwrap_model(model)
     state_dict = None
     if config.method == "full":
         state_dict = acc.get_state_dict(model)  # gathers FSDP / ZeRO-3 shards; every rank must call it
     elif parallel.shards_parameters(acc):
         state_dict = parallel.gathered_trainable(acc, model)
-    if not acc.is_main_process:
-        return
+    if acc.is_main_process:
+        write_model(config, acc.unwrap_model(model), tokenizer, summary, state_dict)
+
+
+def write_model(config: TrainConfig, unwrapped, tokenizer, summary: dict, state_dict: dict | None = None) -> None:
+    """The model output: the full model or the adapter (its weights from `state_dict` when given: the gathered
+    ones of a sharded run), the tokenizer and training_summary.json. Main process only."""
+    from components.train.loop import dump_json
+
     out = config.model
     out.mkdir(parents=True, exist_ok=True)
     if config.method == "full":
@@ -137,8 +142,9 @@ def _main(config: TrainConfig) -> int:
         # DeepSpeed's engine accumulates by itself; the loop marks its boundaries (loop.py) and plans its steps
         # with the same count.
         try:
-            config = dataclasses.replace(
-                config, grad_accum=parallel.deepspeed_grad_accum(acc.state.deepspeed_plugin, config.grad_accum))
+            config = dataclasses.replace(config, grad_accum=parallel.configure_deepspeed(
+                acc, config.per_device_batch, config.grad_accum, config.max_grad_norm,
+                full_model=config.method == "full"))
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -152,13 +158,6 @@ def _main(config: TrainConfig) -> int:
     # ZeRO-3 partitions parameters at load: a partitioned one reports its full size as ds_numel.
     n_parameters = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     config, optimizer, scheduler = _optimizer(config, model, n_parameters, steps.total_steps, log)
-    if acc.distributed_type == DistributedType.DEEPSPEED:
-        try:
-            parallel.fill_deepspeed_config(acc, config.per_device_batch, config.grad_accum, config.max_grad_norm)
-            parallel.require_gather_on_save(acc.state.deepspeed_plugin, full_model=config.method == "full")
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
     model, optimizer = acc.prepare(model, optimizer)
 
     loop = Loop(config, acc, model, tokenizer, optimizer, scheduler, train, validation, None, stop, TrainState())

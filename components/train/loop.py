@@ -129,28 +129,41 @@ class Loop:
         self.optimizer.zero_grad(set_to_none=True)
         return skipped
 
-    def _step(self, micro: list[list[int]]) -> dict[str, float]:
-        batches = [collate([self.train[i] for i in mb], self.pad_id, self.c.packing).to(self.acc.device)
-                   for mb in micro]
-        global_targets = self._sum([float(sum(b.n_targets for b in batches))])[0]
-        scale = self.world / max(global_targets, 1.0)
-        loss_sum = 0.0
-        _synchronize(self.acc.device)
-        t0 = time.perf_counter()
+    def loss_scale(self, global_count: float) -> float:
+        """What each micro-batch's summed loss is multiplied by so that the step's gradient is the mean over the
+        `global_count` targets (tokens, pairs, records) of every rank and micro-batch: DDP averages gradients
+        over ranks, hence the world size."""
+        scale = self.world / max(global_count, 1.0)
         if self.deepspeed:
             # The engine divides every loss by its gradient_accumulation_steps (engine.backward, scale_wrt_gas);
             # the scale above already averages over the whole step.
             scale *= self.c.grad_accum
-        for j, batch in enumerate(batches):
-            sync = j == len(batches) - 1
+        return scale
+
+    def accumulating(self, micro: list):
+        """Each micro-batch of a step, with its backward to run inside the loop body: gradients are reduced
+        across ranks only after the last one (no_sync before it)."""
+        for j, item in enumerate(micro):
+            sync = j == len(micro) - 1
             if self.deepspeed:
                 # accelerate's DeepSpeed backward marks the accumulation boundary and steps the engine only when
                 # sync_gradients is set (utils/deepspeed.py DeepSpeedEngineWrapper.backward), as inside its own
                 # accumulate() context.
                 self.acc.gradient_state._set_sync_gradients(sync)
             with nullcontext() if sync else self.acc.no_sync(self.model):
-                loss = token_loss_sum(self.model, batch)
-                self.acc.backward(loss * scale)
+                yield item
+
+    def _step(self, micro: list[list[int]]) -> dict[str, float]:
+        batches = [collate([self.train[i] for i in mb], self.pad_id, self.c.packing).to(self.acc.device)
+                   for mb in micro]
+        global_targets = self._sum([float(sum(b.n_targets for b in batches))])[0]
+        scale = self.loss_scale(global_targets)
+        loss_sum = 0.0
+        _synchronize(self.acc.device)
+        t0 = time.perf_counter()
+        for batch in self.accumulating(batches):
+            loss = token_loss_sum(self.model, batch)
+            self.acc.backward(loss * scale)
             loss_sum += float(loss.detach())
         max_norm = self.c.max_grad_norm if self.c.max_grad_norm > 0 else float("inf")
         grad_norm = _as_float(self.acc.clip_grad_norm_(self.clip_params, max_norm))

@@ -77,12 +77,7 @@ def build(config: TrainConfig, precision: str, device: torch.device, *, attn_imp
     quantization = quantization_config(precision, shards_params) if config.method == "qlora" else None
     dtype = load_dtype(config.method, precision)
     if on_meta and quantization is None:
-        from accelerate import init_empty_weights
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        with init_empty_weights(include_buffers=False):
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype,
-                                                     attn_implementation=attn_implementation)
+        model = empty_model(path, dtype, attn_implementation)
     else:
         # Not sharded: each process holds the whole model on its own GPU, so it is read straight onto it.
         direct = not sharded and device.type == "cuda"
@@ -100,10 +95,22 @@ def build(config: TrainConfig, precision: str, device: torch.device, *, attn_imp
     if config.method in ("lora", "qlora"):
         model = add_lora(model, config)
     if on_meta:
-        _materialise_trainable(model)
+        materialise_trainable(model)
     if quantization is None and not sharded:
         model.to(device)
     return model, tokenizer
+
+
+def empty_model(path, dtype: torch.dtype, attn_implementation: str = "sdpa"):
+    """The model of `path`'s config on the meta device, no weight read (``parallel.loads_on_meta``).
+    Non-persistent buffers (rotary frequencies) stay real: accelerate copies them back after sharding rather than
+    broadcasting them."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with init_empty_weights(include_buffers=False):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype,
+                                                attn_implementation=attn_implementation)
 
 
 def prepare_kbit(model, gradient_checkpointing: bool):
@@ -134,7 +141,7 @@ def add_lora(model, config: TrainConfig):
     return get_peft_model(model, lora, autocast_adapter_dtype=True)
 
 
-def _materialise_trainable(model) -> None:
+def materialise_trainable(model) -> None:
     """Give the trainable parameters of a meta-device model real (uninitialised) CPU storage.
 
     accelerate's FSDP2 ``prepare`` re-points the optimizer at the sharded parameters by each old parameter's

@@ -99,6 +99,19 @@ def fill_deepspeed_config(acc, per_device_batch: int, grad_accum: int, max_grad_
     return fill_deepspeed_plugin(plugin, per_device_batch, grad_accum, max_grad_norm, acc.num_processes)
 
 
+def configure_deepspeed(acc, per_device_batch: int, grad_accum: int, max_grad_norm: float, *,
+                        full_model: bool) -> int:
+    """What a DeepSpeed run settles before ``prepare``, for every step that trains under it: the gradient
+    accumulation (``deepspeed_grad_accum``), the values accelerate would take from a DataLoader
+    (``fill_deepspeed_config``) and, for a full model under ZeRO-3, leave to gather it on save
+    (``require_gather_on_save``). Returns the accumulation to train with; ValueError names a disagreement."""
+    plugin = acc.state.deepspeed_plugin
+    grad_accum = deepspeed_grad_accum(plugin, grad_accum)
+    fill_deepspeed_config(acc, per_device_batch, grad_accum, max_grad_norm)
+    require_gather_on_save(plugin, full_model=full_model)
+    return grad_accum
+
+
 # The keys this loop owns. A DeepSpeed config's other "auto" values (reduce_bucket_size,
 # stage3_prefetch_bucket_size, stage3_param_persistence_threshold: sizes from the model's hidden size) are
 # accelerate's to fill in ``_prepare_deepspeed``, after this.

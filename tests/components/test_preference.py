@@ -260,3 +260,120 @@ def test_dpo_after_sft_prefers_the_right_answer_on_held_out_prompts(tmp_path, mo
         assert held["rewards/accuracies"] > 0.5 and held["rewards/margins"] > 0, held
         # Like for like with the SFT model: how often each gives the chosen answer the higher log-probability.
         assert held["policy_preference_accuracy"] > held["reference_preference_accuracy"], held
+
+
+def test_distribution_is_trains_input_and_reaches_the_program():
+    import yaml
+
+    def declared(component):
+        spec = yaml.safe_load((ROOT / "components" / component / "component.yaml").read_text())
+        return spec["inputs"]["distribution"]
+
+    ours, trains = declared("preference"), declared("train")
+    assert (ours["enum"], ours["default"]) == (trains["enum"], trains["default"])
+    # The packages each config and method needs are checked for train's image (tests/cluster/test_image_methods.py):
+    # this step runs in the same one and offers no method train does not.
+    spec = {c: yaml.safe_load((ROOT / "components" / c / "component.yaml").read_text())
+            for c in ("preference", "train")}
+    assert spec["preference"]["environment"] == spec["train"]["environment"]
+    assert set(spec["preference"]["inputs"]["method"]["enum"]) <= set(spec["train"]["inputs"]["method"]["enum"])
+    from components.preference.__main__ import PROGRAM
+
+    config = PROGRAM.parse(["--train", "t", "--model-out", "m", "--checkpoints", "c", "--mlflow-run-id-out", "r",
+                            "--distribution", "fsdp"])
+    assert config.distribution == "fsdp"
+
+
+@pytest.mark.parametrize(("name", "method", "refused"), [("zero3", "full", True), ("zero3", "lora", False),
+                                                        ("zero2", "full", False)])
+def test_a_full_fine_tune_under_zero3_is_refused_before_loading(name, method, refused, monkeypatch):
+    # The plugin as each process builds it from what --distribution sets (train's distribution.launch_env, checked
+    # against accelerate's own launcher in test_train_distribution).
+    from accelerate.utils import DeepSpeedPlugin, DistributedType
+
+    from components.preference.model import ReferenceUnsupported, check_reference
+    from components.train import distribution
+
+    for key in [k for k in os.environ if k.startswith(("ACCELERATE_", "FSDP_"))]:
+        monkeypatch.delenv(key)
+    for key, value in distribution.launch_env(name).items():
+        monkeypatch.setenv(key, value)
+    plugin = DeepSpeedPlugin()
+    if refused:
+        with pytest.raises(ReferenceUnsupported, match="--method full under ZeRO-3"):
+            check_reference(method, DistributedType.DEEPSPEED, plugin)
+    else:
+        check_reference(method, DistributedType.DEEPSPEED, plugin)
+
+
+def test_kto_scores_a_held_out_split_whose_last_group_has_one_record(env):
+    # 5 test records in groups of 4: the fifth joins the first group (the KL estimate pairs each record with
+    # another one) instead of failing the finished run at its last scoring.
+    data = write_preference_splits(env["root"] / "kto5", "kto", n_validation=2, n_test=5)
+    out = env["root"] / "kto5-out"
+    assert main(_args(data, out, "--loss", "kto", "--max-steps", "1")) == 0
+    assert _summary(out)["held_out"]["test"]["examples"] == 5
+
+
+def test_under_deepspeed_a_step_marks_the_accumulation_boundary_and_undoes_the_engines_division(env):
+    """DeepSpeed's engine divides each loss by its gradient_accumulation_steps and steps when accelerate says the
+    micro-batch is the last (train's loop.py). DeepSpeed needs a GPU: the loop is told it runs under it on a
+    CPU accelerator that records what each backward is given, which is everything up to the engine."""
+    from accelerate import Accelerator
+    from transformers import get_scheduler
+
+    from components.preference.__main__ import PROGRAM
+    from components.preference.data import encode_split, read_preference_split
+    from components.preference.loop import PreferenceLoop
+    from components.preference.model import build
+    from components.train import modelsetup
+    from components.train.loop import StopFlag
+    from components.train.state import TrainState
+
+    class Recording(Accelerator):
+        seen: list = []
+
+        def backward(self, loss, **kwargs):
+            self.seen.append((float(loss), self.gradient_state.sync_gradients))
+            super().backward(loss, **kwargs)
+
+    config = PROGRAM.parse(_args(env["pairs"], env["root"] / "deepspeed", "--grad-accum", "2",
+                                 "--per-device-batch", "2"))
+    acc = Recording(cpu=True)
+    model, reference, tokenizer = build(config, "no", acc.device)
+    train, _ = encode_split(tokenizer, read_preference_split(config.train), config.max_seq_len)
+    optimizer = torch.optim.AdamW(modelsetup.param_groups(model, 0.0), lr=1e-3)
+    scheduler = get_scheduler("constant", optimizer)
+    model, optimizer = acc.prepare(model, optimizer)
+    loop = PreferenceLoop(config, acc, model, tokenizer, optimizer, scheduler, train, [], None, StopFlag(),
+                          TrainState(), reference=reference, kind="pairs")
+    loop.deepspeed = True  # what parallel.is_deepspeed(acc) says under a DeepSpeed launch
+    loop._step([[0, 1], [2, 3]])
+    # A new adapter: each pair's loss is ln 2, a micro-batch's sum 2 ln 2, scaled by 1/4 pairs x 2 micro-batches.
+    assert [s for _, s in acc.seen] == [False, True]
+    assert [loss for loss, _ in acc.seen] == pytest.approx([math.log(2), math.log(2)], abs=1e-6)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_rank_other_than_0_under_fsdp_reads_no_weight_for_policy_or_reference(env, method, monkeypatch):
+    """FSDP with cpu_ram_efficient_loading broadcasts rank 0's weights into the shards: the other ranks build
+    both models on meta (a 70B start model would otherwise sit in every rank's host memory, twice for a full
+    fine-tune), with storage for the trainable parameters only (accelerate maps the optimizer's by data_ptr)."""
+    from components.preference.__main__ import PROGRAM
+    from components.preference.model import build
+    from components.train import parallel
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
+    monkeypatch.setenv("RANK", "1")
+    assert parallel.loads_on_meta()
+    config = PROGRAM.parse(_args(env["pairs"], env["root"] / "meta", "--method", method))
+    model, reference, _ = build(config, "no", torch.device("cpu"), sharded=True, on_meta=True)
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert all(p.is_meta for p in frozen) and bool(frozen) == (method == "lora")
+    assert trainable and not any(p.is_meta for p in trainable)
+    assert len({p.data_ptr() for p in trainable}) == len(trainable)
+    assert not any(b.is_meta for b in model.buffers())  # rotary frequencies: copied back, not broadcast
+    if method == "full":
+        assert all(p.is_meta for p in reference.parameters())
