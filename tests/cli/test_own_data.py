@@ -85,7 +85,8 @@ def test_a_folder_of_files(user):
     assert direct.returncode == 0, direct.stdout + direct.stderr
     assert prepared(user)["steps"]["prepare"]["status"] == "succeeded"
     not_a_file = user("validate", FINETUNE, "--set", "schema=shards")
-    assert not_a_file.returncode == 2 and "is a folder, but evaluate.schema takes a single file" in not_a_file.stderr
+    assert not_a_file.returncode == 2
+    assert "is a folder, but evaluate.schema and deploy.response_schema take a single file" in not_a_file.stderr
     not_a_file = user("validate", FINETUNE, "--set", "evaluate.schema=shards")
     assert not_a_file.returncode == 2 and "is a folder, but evaluate.schema takes a single file" in not_a_file.stderr
 

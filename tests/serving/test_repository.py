@@ -55,6 +55,11 @@ def test_config_for_the_cluster_uses_gpu_and_can_drop_batching() -> None:
     text = render_config(RepositorySpec(instance_kind="gpu", instance_count=2, dynamic_batching=False))
     assert "{ count: 2 kind: KIND_GPU }" in text
     assert "dynamic_batching" not in text
+    # vLLM would reserve 0.92 of the card by default; the coupled model's weights share it.
+    twin = render_config(RepositorySpec(instance_kind="gpu", instance_count=2), decoupled=True)
+    assert "{ count: 1 kind: KIND_GPU }" in twin
+    assert 'key: "gpu_memory_utilization" value: { string_value: "0.6" }' in twin
+    assert "gpu_memory_utilization" not in render_config(RepositorySpec(), decoupled=True)
 
 
 @pytest.mark.parametrize(
@@ -67,6 +72,7 @@ def test_config_for_the_cluster_uses_gpu_and_can_drop_batching() -> None:
         (RepositorySpec(response_schema='{"type": 3}'), "response_schema is not a JSON schema"),
         (RepositorySpec(response_schema='{"type": '), "response_schema: line 1: invalid JSON"),
         (RepositorySpec(response_schema="[]"), "response_schema must be a JSON schema object"),
+        (RepositorySpec(gpu_memory_utilization=0.99), "gpu_memory_utilization"),
     ],
 )
 def test_bad_spec_names_the_field(spec: RepositorySpec, field: str) -> None:

@@ -74,6 +74,9 @@ class RepositorySpec:
     # A JSON schema (its JSON text) the engine constrains every answer to unless the request sends its own
     # response_format: the deployment's output contract. "" leaves answers free. Written to serving.json.
     response_schema: str = ""
+    # The share of the GPU the vLLM engine reserves (weights, activations and KV cache). vLLM's own default is
+    # 0.92 of the card, which leaves no room for the coupled model's weights on the same GPU.
+    gpu_memory_utilization: float = 0.6
 
     def validate(self) -> None:
         if not _NAME_RE.match(self.model_name):
@@ -93,6 +96,8 @@ class RepositorySpec:
             _check_schema(self.response_schema)
         if self.engine not in ENGINES:
             raise RepositoryError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if not 0.1 <= self.gpu_memory_utilization <= 0.95:
+            raise RepositoryError(f"gpu_memory_utilization must be in [0.1, 0.95], got {self.gpu_memory_utilization}")
         if self.torch_threads < 0:
             raise RepositoryError(f"torch_threads must be >= 0, got {self.torch_threads}")
         if not 1 <= self.max_new_tokens_default <= self.max_new_tokens_limit:
@@ -234,6 +239,9 @@ def render_config(spec: RepositorySpec, *, decoupled: bool = False) -> str:
     if decoupled:
         params["weights_dir"] = f"../../{spec.model_name}/1"
         params["engine"] = spec.engine
+        if spec.instance_kind == "gpu":
+            # vLLM's share of the GPU: the coupled plain-generate model (bf16 weights) shares the card.
+            params["gpu_memory_utilization"] = str(spec.gpu_memory_utilization)
     for key, value in params.items():
         lines.append(f'parameters: {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
     return "\n".join(lines) + "\n"

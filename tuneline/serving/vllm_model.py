@@ -144,12 +144,19 @@ class TritonPythonModel:
         self.guided = StructuredOutputsParams
         self.decoupled = bool(config.get("model_transaction_policy", {}).get("decoupled", False))
         max_len = int(_fallback._param(config, "max_model_len", "0")) or self.rows.context or 2048
+        gpu = args.get("model_instance_kind") == "GPU"
         engine_args = AsyncEngineArgs(
             model=self.rows.hf_dir,
             max_model_len=min(max_len, self.rows.context or max_len),
             seed=0,
-            # Our own tokenizer renders prompts; vLLM gets token ids only.
+            # Prompts arrive as token ids rendered by our own chat code, but vLLM still loads the tokenizer: it
+            # detokenizes the output, matches stop strings and builds the structured-output grammar from it.
             skip_tokenizer_init=False,
+            # On a GPU vLLM reserves a share of the whole card up front (0.92 by default in 0.32.0,
+            # vllm/config/cache.py). The coupled plain-generate model sits on the same card, so the share is
+            # config.pbtxt's, written by the repository with room left for it.
+            **({"gpu_memory_utilization": float(_fallback._param(config, "gpu_memory_utilization", "0.6"))}
+               if gpu else {}),
         )
         # vLLM's CPU build reserves its KV cache up front (VLLM_CPU_KVCACHE_SPACE, GiB; its default is sized
         # for big models): 1 GiB holds many concurrent rows of a small model. No usage reporting from a server.
@@ -202,6 +209,8 @@ class TritonPythonModel:
             row["tokens"] = list(completion.token_ids)
             if out.finished:
                 reason = completion.finish_reason
+                if reason == "abort":  # the engine gave the row up: an error, not an answer that ended
+                    raise RuntimeError("the engine aborted the request")
                 row.update(done=True, finish_reason="length" if reason == "length" else "stop")
             await progress.put(row)
 
@@ -229,9 +238,9 @@ class TritonPythonModel:
                         raise t.exception()
                 try:
                     await asyncio.wait_for(progress.get(), timeout=1.0)
+                    steps += 1
                 except TimeoutError:
-                    continue
-                steps += 1
+                    steps = 0  # a second without progress (queued, or a long prefill): ask now
                 # Asking the server whether the client left costs a round trip: every 8 steps is enough.
                 if sender is not None and steps % 8 == 0 and sender.is_cancelled():
                     for r in rows:
@@ -275,5 +284,15 @@ class TritonPythonModel:
         if self.plain is not None:
             self.plain.finalize()
             return
+
+        async def cancel_pending() -> None:
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        # Requests still in flight are cancelled on the loop (each aborts its engine request) before the engine
+        # goes; then the loop stops and its thread is joined, so nothing touches a shut-down engine.
+        asyncio.run_coroutine_threadsafe(cancel_pending(), self.loop).result(timeout=10)
         self.engine.shutdown()
         self._stop_loop()
+        self.thread.join(timeout=10)
