@@ -139,3 +139,45 @@ def test_azureml_accepts_environment(name: str) -> None:
     assert env.name == f"tuneline-{name}"
     assert (Path(env.base_path) / env.build.path).resolve() == REPO
     assert (REPO / env.build.dockerfile_path).is_file()
+
+
+def _components_fetching_registered_models() -> set[str]:
+    """Components whose code calls registry.fetch_model, which on an Azure ML workspace reads a version's files
+    with azure-ai-ml (tuneline/llm/workspace_files.py)."""
+    import ast
+
+    found = set()
+    for path in sorted((REPO / "components").glob("*/**/*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        called = {node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+                  for node in ast.walk(tree) if isinstance(node, ast.Call)}
+        if "fetch_model" in called:
+            found.add(path.relative_to(REPO / "components").parts[0])
+    return found
+
+
+def test_every_image_running_a_champion_fetch_carries_the_azure_ml_client() -> None:
+    """On a workspace, fetch_model downloads a version registered from a step's output with
+    MLClient.models.download and DefaultAzureCredential; an image without azure-ai-ml and azure-identity fails
+    that step with ImportError, after a GPU node may already have been paid for."""
+    import inspect
+
+    from tuneline.llm import registry, workspace_files
+
+    assert "workspace_files.download" in inspect.getsource(registry.fetch_model)
+    source = inspect.getsource(workspace_files._download_with_azure)
+    assert "from azure.ai.ml import MLClient" in source and "from azure.identity import" in source
+    fetching = _components_fetching_registered_models()
+    assert {"evaluate", "deploy", "preference"} <= fetching, fetching  # guards the scan itself
+    used = _image_of_components()
+    images = {used[c] for c in fetching} | {spec.name for spec in IMAGES if set(spec.components) & fetching}
+    lacking = {}
+    for name in sorted(images):
+        spec = next(s for s in IMAGES if s.name == name)
+        if spec.serve_requirements:
+            continue  # the Triton image serves a model deploy already placed; it fetches nothing
+        requirements = (ENV_DIR / name / "requirements.txt").read_text()
+        missing = [d for d in ("azure-ai-ml", "azure-identity") if not re.search(rf"^{d}==", requirements, re.M)]
+        if missing:
+            lacking[name] = missing
+    assert not lacking, f"images running {sorted(fetching)} lack the Azure ML client: {lacking}"
