@@ -8,18 +8,15 @@ KTO reduces its reference point per group).
 """
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.support.launchers import finish_launch, preempt_after_first_checkpoint
 from tests.support.preference import write_preference_splits
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,25 +37,8 @@ def _launch(env, data, out, *extra, ranks=1):
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def _stop(process):
-    if process.poll() is None:
-        # As in test_train_ddp: SIGTERM lets torchrun's agent stop its workers (each in a session of its own).
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 def _run(env, data, out, *extra, ranks=1):
-    process = _launch(env, data, out, *extra, ranks=ranks)
-    try:
-        output, _ = process.communicate(timeout=600)
-    finally:
-        _stop(process)
-    assert process.returncode == 0, output[-4000:]
-    return output
+    return finish_launch(_launch(env, data, out, *extra, ranks=ranks))
 
 
 def _summary(out):
@@ -183,18 +163,7 @@ def test_fsdp_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_run(tmp
                "--keep-checkpoints", "1", "--lora-dropout", "0.1"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     _run(train_env, data, whole, *options, ranks=2)
-    process = _launch(train_env, data, killed, *options, ranks=2)
-    try:
-        deadline = time.time() + 600
-        while not list((killed / "ckpt").glob("checkpoint-*")) and process.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        for worker in psutil.Process(process.pid).children(recursive=True):  # as a node drain signals every pod
-            worker.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=600)
-    finally:
-        _stop(process)
-    assert process.returncode != 0, "the run finished before it was preempted: " + output[-2000:]
-    assert "SIGTERM received" in output
+    preempt_after_first_checkpoint(_launch(train_env, data, killed, *options, ranks=2), killed / "ckpt")
     stopped_at = _state(killed)["global_step"]
     assert 2 <= stopped_at < 6
     output = _run(train_env, data, killed, *options, ranks=2)

@@ -1,8 +1,6 @@
 """Distributed data parallel: 2 CPU processes (gloo, torchrun) x batch 2 == 1 process x batch 4."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.support.launchers import stop_launch
 from tests.support.tickets import write_splits
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,16 +40,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
         assert one.wait(timeout=600) == 0
     finally:
         for process in (one, two):
-            if process.poll() is None:
-                # torchrun starts each worker in a session of its own, so killing torchrun's group would leave
-                # the workers running: SIGTERM lets the agent stop them first (it SIGKILLs a worker that has not
-                # exited 30 s after its SIGTERM, e.g. one stuck in a collective), SIGKILL follows if it hangs.
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
+            stop_launch(process)
 
     summaries = [json.loads((out / "model" / "training_summary.json").read_text()) for out in (single, ddp)]
     assert summaries[0]["world_size"] == 1 and summaries[1]["world_size"] == 2

@@ -7,18 +7,15 @@ started again must give the uninterrupted run's adapter.
 """
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.support.launchers import finish_launch, preempt_after_first_checkpoint
 from tests.support.tickets import write_splits
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,25 +43,8 @@ def _launch(kind, data, out, env, options=LORA):
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def _stop(process):
-    # As in test_train_ddp: the agent stops its workers (each in a session of its own) on SIGTERM.
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 def _run(kind, data, out, env, options=LORA):
-    process = _launch(kind, data, out, env, options)
-    try:
-        output, _ = process.communicate(timeout=600)
-    finally:
-        _stop(process)
-    assert process.returncode == 0, output[-4000:]
-    return output
+    return finish_launch(_launch(kind, data, out, env, options))
 
 
 def _adapter(out):
@@ -111,18 +91,7 @@ def test_fsdp_lora_matches_ddp_and_resumes_exactly_after_a_kill(tmp_path, train_
 
     # Preempted after its first checkpoint: SIGTERM to every worker, as a node drain sends it. The loop
     # checkpoints at the end of the current step and exits 143; the relaunch resumes from there.
-    process = _launch("fsdp", data, killed, train_env)
-    try:
-        deadline = time.time() + 600
-        while not list((killed / "ckpt").glob("checkpoint-*")) and process.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        for worker in psutil.Process(process.pid).children(recursive=True):
-            worker.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=600)
-    finally:
-        _stop(process)
-    assert process.returncode != 0, "the run finished before it was preempted: " + output[-2000:]
-    assert "SIGTERM received" in output
+    preempt_after_first_checkpoint(_launch("fsdp", data, killed, train_env), killed / "ckpt")
     stopped_at = json.loads((next((killed / "ckpt").glob("checkpoint-*")) / "state.json").read_text())["global_step"]
     assert 2 <= stopped_at < STEPS
     _run("fsdp", data, killed, train_env)
