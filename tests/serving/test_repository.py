@@ -69,7 +69,7 @@ def test_config_for_the_cluster_uses_gpu_and_can_drop_batching() -> None:
         (RepositorySpec(max_batch_size=4, preferred_batch_sizes=(8,)), "preferred_batch_sizes"),
         (RepositorySpec(max_new_tokens_default=0), "max_new_tokens_default"),
         (RepositorySpec(engine="tgi"), "engine"),
-        (RepositorySpec(response_schema='{"type": 3}'), "response_schema is not a JSON schema"),
+        (RepositorySpec(response_schema='{"type": 3}'), "response_schema is not a valid JSON schema"),
         (RepositorySpec(response_schema='{"type": '), "response_schema: line 1: invalid JSON"),
         (RepositorySpec(response_schema="[]"), "response_schema must be a JSON schema object"),
         (RepositorySpec(gpu_memory_utilization=0.99), "gpu_memory_utilization"),

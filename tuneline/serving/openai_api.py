@@ -30,8 +30,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tuneline.serving.repository import schema_problem
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
@@ -165,14 +166,9 @@ def _guide(response_format: dict[str, Any] | None) -> str:
         raise ApiError(f"response_format.type must be text, json_object or json_schema, got {kind!r}",
                        param="response_format.type")
     schema = (response_format.get("json_schema") or {}).get("schema")
-    if not isinstance(schema, dict):
-        raise ApiError("response_format.json_schema.schema must be a JSON schema object",
-                       param="response_format.json_schema.schema")
-    try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise ApiError(f"response_format.json_schema.schema is not a valid JSON schema: {exc.message}",
-                       param="response_format.json_schema.schema") from None
+    problem = schema_problem(schema)
+    if problem:
+        raise ApiError(f"response_format.json_schema.schema {problem}", param="response_format.json_schema.schema")
     return json.dumps({"json": schema})
 
 

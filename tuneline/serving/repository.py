@@ -104,19 +104,28 @@ class RepositorySpec:
             raise RepositoryError("need 1 <= max_new_tokens_default <= max_new_tokens_limit")
 
 
-def _check_schema(text: str) -> None:
+def schema_problem(schema: object) -> str | None:
+    """Why `schema` (parsed JSON) is not a JSON schema object, or None: one rule for a deployment's schema and a
+    request's response_format."""
     import jsonschema
 
+    if not isinstance(schema, dict):
+        return "must be a JSON schema object"
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        return f"is not a valid JSON schema: {exc.message}"
+    return None
+
+
+def _check_schema(text: str) -> None:
     try:
         schema = json.loads(text)
     except json.JSONDecodeError as exc:
         raise RepositoryError(f"response_schema: line {exc.lineno}: invalid JSON: {exc.msg}") from None
-    if not isinstance(schema, dict):
-        raise RepositoryError("response_schema must be a JSON schema object")
-    try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise RepositoryError(f"response_schema is not a JSON schema: {exc.message}") from None
+    problem = schema_problem(schema)
+    if problem:
+        raise RepositoryError(f"response_schema {problem}")
 
 
 # Threads past this per instance buy little for a small model (each decode step is a few small matmuls) and
