@@ -148,7 +148,8 @@ def test_azureml_and_triton_targets(registry, tmp_path: Path):
     bad.write_text('{"type": "objct"}')
     proc, _ = _deploy(env, tmp_path / "tri-bad", "--model-uri", "models:/tuneline-llm/1", "--target", "triton",
                       "--response-schema", str(bad))
-    assert proc.returncode == 2 and f"--response-schema {bad}: response_schema is not a valid JSON schema" in proc.stderr
+    assert proc.returncode == 2
+    assert f"--response-schema {bad}: response_schema is not a valid JSON schema" in proc.stderr
 
 
 def test_unknown_alias_and_bad_input_exit_2(registry, tmp_path: Path):

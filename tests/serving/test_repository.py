@@ -1,16 +1,21 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from tuneline.serving.repository import (
     HF_SUBDIR,
+    SERVING_FILE,
     RepositoryError,
     RepositorySpec,
+    adapter_name,
+    add_adapter,
     machine_spec,
     render_config,
+    served_adapters,
     write_repository,
 )
 
@@ -99,10 +104,12 @@ def test_full_model_is_shipped_beside_model_py(tiny_model: Path, tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_lora_adapter_is_merged_into_its_base(tiny_model: Path, tiny_adapter: Path, tmp_path: Path) -> None:
+def test_lora_adapter_is_merged_into_its_base_when_asked(tiny_model: Path, tiny_adapter: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    root = write_repository(tiny_adapter, tmp_path / "repo", base_model_dir=tiny_model)
+    root = write_repository(tiny_adapter, tmp_path / "repo", RepositorySpec(serve_adapters=False),
+                            base_model_dir=tiny_model)
+    assert json.loads((root / "1" / SERVING_FILE).read_text())["merged"] == "serve_adapters is off"
     merged_dir = root / "1" / HF_SUBDIR
     assert not (merged_dir / "adapter_config.json").exists()
     merged = load_file(merged_dir / "model.safetensors")
@@ -158,3 +165,55 @@ def test_streaming_twin_ships_the_chosen_engine(engine: str, tiny_model: Path, t
     assert (twin / "1" / "transformers_model.py").is_file() == (engine == "vllm")
     assert f'key: "engine" value: {{ string_value: "{engine}" }}' in (twin / "config.pbtxt").read_text()
     assert "engine" not in (tmp_path / "repo" / "llm" / "config.pbtxt").read_text()
+
+
+def test_lora_adapter_is_served_beside_an_unchanged_base(tiny_model: Path, tiny_adapter: Path, tmp_path: Path) -> None:
+    root = write_repository(tiny_adapter, tmp_path / "repo", base_model_dir=tiny_model, adapter="m-1")
+    version = root / "1"
+    assert (version / HF_SUBDIR / "model.safetensors").read_bytes() == (tiny_model / "model.safetensors").read_bytes()
+    assert (version / "adapters" / "m-1" / "adapter_config.json").is_file()
+    assert json.loads((version / SERVING_FILE).read_text())["adapter"] == "m-1"
+    assert served_adapters(root) == ["m-1"]
+    assert 'name: "adapter" data_type: TYPE_STRING' in (root / "config.pbtxt").read_text()
+
+
+def _adapter_copy(src: Path, dst: Path, **changes) -> Path:
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "adapter_config.json").read_text())
+    (dst / "adapter_config.json").write_text(json.dumps({**cfg, **changes}))
+    return dst
+
+
+def test_a_later_adapter_joins_only_the_same_base_and_settings(tiny_model: Path, tiny_adapter: Path,
+                                                                heavier_tiny_model: Path, tmp_path: Path) -> None:
+    spec = RepositorySpec()
+    root = write_repository(tiny_adapter, tmp_path / "repo", spec, base_model_dir=tiny_model, adapter="m-1")
+    second = _adapter_copy(tiny_adapter, tmp_path / "second")
+    assert add_adapter(root, second, "m-2", spec, base_model_dir=tiny_model) is None
+    assert served_adapters(root) == ["m-1", "m-2"]
+    assert "is not the base being served" in add_adapter(root, second, "m-3", spec, base_model_dir=heavier_tiny_model)
+    schema = RepositorySpec(response_schema='{"type": "object"}')
+    assert "response schema differ" in add_adapter(root, second, "m-3", schema, base_model_dir=tiny_model)
+    wide = _adapter_copy(tiny_adapter, tmp_path / "wide", r=128)
+    assert add_adapter(root, wide, "m-3", spec, base_model_dir=tiny_model) == "its rank 128 is over max_lora_rank 64"
+    saved = _adapter_copy(tiny_adapter, tmp_path / "saved", modules_to_save=["lm_head"])
+    assert "trains whole modules (lm_head)" in add_adapter(root, saved, "m-3", spec, base_model_dir=tiny_model)
+    assert served_adapters(root) == ["m-1", "m-2"]  # nothing half-added
+    full = write_repository(tiny_model, tmp_path / "full", spec)
+    assert add_adapter(full, second, "m-2", spec, base_model_dir=tiny_model) == (
+        "the running model is not a base serving adapters")
+
+
+def test_an_adapter_the_engine_cannot_load_is_merged_and_says_why(tiny_model: Path, tiny_adapter: Path,
+                                                                  tmp_path: Path) -> None:
+    dora = _adapter_copy(tiny_adapter, tmp_path / "dora", use_dora=True)
+    root = write_repository(dora, tmp_path / "repo", base_model_dir=tiny_model)
+    assert json.loads((root / "1" / SERVING_FILE).read_text())["merged"] == (
+        "it is a DoRA adapter, which vLLM's LoRA cannot load")
+    assert served_adapters(root) == []
+
+
+@pytest.mark.parametrize(("label", "name"), [("models:/tuneline-tickets/3", "tuneline-tickets-3"),
+                                             ("models:/t@champion", "t-champion"), ("///", "default")])
+def test_adapter_names_come_from_labels(label: str, name: str) -> None:
+    assert adapter_name(label) == name

@@ -287,6 +287,8 @@ class StreamWriter:
         return f"data: {json.dumps(ApiError(message, status).body())}\n\n".encode()
 
 
-def models_list(model: str, created: float) -> dict:
-    entry = {"id": model, "object": "model", "created": int(created), "owned_by": "tuneline"}
-    return {"object": "list", "data": [entry]}
+def models_list(model: str, created: float, adapters: tuple[str, ...] = ()) -> dict:
+    """The deployment's name (traffic split as the routes say) and each served adapter's (that version only)."""
+    entries = [{"id": name, "object": "model", "created": int(created), "owned_by": "tuneline"}
+               for name in (model, *adapters)]
+    return {"object": "list", "data": entries}

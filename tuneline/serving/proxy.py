@@ -268,8 +268,8 @@ class Proxy:
         return self._model_params[key]
 
     def _stats(self, backend: Upstream) -> VersionStats:
-        # By server, not slot: a new candidate in a slot starts with clean counters.
-        return self.stats.setdefault(backend.url, VersionStats())
+        # By server (and adapter), not slot: a new candidate in a slot starts with clean counters.
+        return self.stats.setdefault(backend.url + (f"#{backend.adapter}" if backend.adapter else ""), VersionStats())
 
     async def routed(
         self,
@@ -279,12 +279,14 @@ class Proxy:
         *,
         hold: contextlib.AsyncExitStack | None = None,
         slots: int = 1,
+        pin: str | None = None,
     ) -> Any:
         """Admit the request, pick a version, run `call(backend, seconds_left)`; count it for the canary.
 
         With `hold`, the admission slots are not released on return but handed to that stack: a streamed
         answer keeps them until its last chunk is sent (or its client leaves) and the stack is closed.
         `slots`: one per upstream stream the request opens, so that a request holds what it uses.
+        `pin`: the version that must answer (the request's `model` named an adapter), as `X-Tuneline-Slot` pins.
         """
         routes = self.routes.get()
         if routes is None:
@@ -293,7 +295,7 @@ class Proxy:
             async with contextlib.AsyncExitStack() as stack:
                 for _ in range(slots):
                     await stack.enter_async_context(self.admission.slot(deadline - time.monotonic()))
-                result = await self._admitted(request, routes, call, deadline)
+                result = await self._admitted(request, routes, call, deadline, pin)
                 if hold is not None:
                     hold.push_async_exit(stack.pop_all())
                 return result
@@ -303,9 +305,11 @@ class Proxy:
             raise _Failed(503, str(exc)) from exc
 
     async def _admitted(
-        self, request, routes: Routes, call: Callable[[Upstream, float], Awaitable[Any]], deadline: float
+        self, request, routes: Routes, call: Callable[[Upstream, float], Awaitable[Any]], deadline: float,
+        pin: str | None = None,
     ) -> Any:
-        backend = self._choose(routes, request.headers.get("x-tuneline-slot"))
+        pin = request.headers.get("x-tuneline-slot") or pin
+        backend = self._choose(routes, pin)
         started = time.monotonic()
         try:
             result = await call(backend, deadline - time.monotonic())
@@ -314,7 +318,7 @@ class Proxy:
             await self._judge(routes)
             current = routes.current
             # The candidate failed: the current version answers instead, once.
-            if backend is current or request.headers.get("x-tuneline-slot") or failure.status == 504:
+            if backend is current or pin or failure.status == 504:
                 raise
             try:
                 result = await call(current, deadline - time.monotonic())
@@ -329,11 +333,12 @@ class Proxy:
         return result
 
     def _choose(self, routes: Routes, slot: str | None) -> Upstream:
+        """The version `slot` names (`blue`, or `blue/<adapter>` where a server serves several), else a draw."""
         if slot:
             for b in routes.backends:
-                if b.slot == slot:
+                if slot in (b.version, b.slot):
                     return b
-            raise _Failed(404, f"no version in slot {slot!r} (serving: {[b.slot for b in routes.backends]})")
+            raise _Failed(404, f"no version in slot {slot!r} (serving: {[b.version for b in routes.backends]})")
         return routes.pick()
 
     async def _judge(self, routes: Routes) -> None:
@@ -375,6 +380,50 @@ class Proxy:
             env = dict(os.environ, **{settings.REQUEST_LOG_ENV: path})
             self._loggers[path] = RequestLogger.from_env(env)
         return self._loggers[path]
+
+
+def _with_adapter(path: str, body: bytes, headers: dict[str, str], adapter: str) -> tuple[bytes, dict[str, str]]:
+    """A forwarded v2 call given to `adapter`'s version: the `adapter` input added where the client sent none,
+    so a canary drawn between two adapters of one server answers with the drawn one. /infer bodies are JSON,
+    or a JSON header of Inference-Header-Content-Length bytes before binary tensors (Triton's binary tensor
+    extension); /generate takes top-level keys as inputs (the generate extension)."""
+    if not adapter or not path.endswith(("/infer", "/generate")) or not body:
+        return body, headers
+    length_key = next((k for k in headers if k.lower() == "inference-header-content-length"), None)
+    head_len = int(headers[length_key]) if length_key else len(body)
+    try:
+        head = json.loads(body[:head_len])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return body, headers  # Triton answers the malformed body itself
+    if not isinstance(head, dict):
+        return body, headers
+    if path.endswith("/generate"):
+        head.setdefault("adapter", adapter)
+    else:
+        inputs = head.get("inputs")
+        if not isinstance(inputs, list) or any(isinstance(i, dict) and i.get("name") == "adapter" for i in inputs):
+            return body, headers
+        rows = next((i.get("shape", [1])[0] for i in inputs if isinstance(i, dict) and i.get("name") == "text_input"),
+                    1)
+        inputs.append({"name": "adapter", "shape": [rows, 1], "datatype": "BYTES", "data": [adapter] * rows})
+    new_head = json.dumps(head).encode()
+    headers = {k: v for k, v in headers.items() if k.lower() != "content-length"}
+    if length_key:
+        headers[length_key] = str(len(new_head))
+    return new_head + body[head_len:], headers
+
+
+def _pinned(routes: Routes | None, model: str) -> str | None:
+    """The version a request's `model` pins: None for the deployment's own name (or none given: the routes
+    split the traffic), the version of the adapter it names; any other name is refused."""
+    if routes is None or not model or model == routes.model:
+        return None
+    for backend in routes.backends:
+        if backend.adapter and backend.adapter == model:
+            return backend.version
+    served = [routes.model, *(b.adapter for b in routes.backends if b.adapter)]
+    raise ApiError(f"model {model!r} is not served here; this endpoint serves {', '.join(map(repr, served))}",
+                   status=404, param="model", code="model_not_found")
 
 
 def _log_health(logger) -> dict | None:
@@ -445,7 +494,7 @@ def _error(status: int, message: str, *, openai: bool = False, retry_after: int 
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _batch_payload(gen: Generation, params: dict[str, str], timeout_s: float) -> bytes:
+def _batch_payload(gen: Generation, params: dict[str, str], timeout_s: float, adapter: str = "") -> bytes:
     """A generate_stream request for all of `gen`'s rows at once: the extension maps each top-level list to
     a batched input, so it carries the same inputs as a streamed request and batches with them;
     `parameters.timeout` is Triton's queue deadline in microseconds. It streams although the client gets
@@ -462,6 +511,7 @@ def _batch_payload(gen: Generation, params: dict[str, str], timeout_s: float) ->
         "stop": [json.dumps(gen.stop)] * n,
         "stream": [True] * n,
         **({"guide": [gen.guide] * n} if gen.guide else {}),
+        **({"adapter": [adapter] * n} if adapter else {}),
         "parameters": {"timeout": int(timeout_s * 1e6)},
     }).encode()
 
@@ -511,7 +561,8 @@ def _budget(gen: Generation, params: dict[str, str]) -> int:
     return max_tokens
 
 
-def _stream_payload(gen: Generation, index: int, params: dict[str, str], timeout_s: float) -> bytes:
+def _stream_payload(gen: Generation, index: int, params: dict[str, str], timeout_s: float,
+                    adapter: str = "") -> bytes:
     """A generate_stream request for prompt `index`: the extension maps the body's top-level keys to the model's
     inputs, so it carries the same inputs as an infer call and batches with them; `parameters.timeout` is the
     queue deadline, as on /infer."""
@@ -525,6 +576,8 @@ def _stream_payload(gen: Generation, index: int, params: dict[str, str], timeout
         "stream": True,
         # Only when asked: a repository written before the engine took `guide` still answers free text.
         **({"guide": gen.guide} if gen.guide else {}),
+        # The version's adapter where one server serves several on one base.
+        **({"adapter": adapter} if adapter else {}),
         "parameters": {"timeout": int(timeout_s * 1e6)},
     }).encode()
 
@@ -644,7 +697,7 @@ class _Handlers:
     async def read_body(request) -> bytes:
         return await request.body()  # bounded while it is read: guard.BodyLimit wraps the app
 
-    async def generate(self, request, gen: Generation) -> tuple[Result, Upstream]:
+    async def generate(self, request, gen: Generation, pin: str | None = None) -> tuple[Result, Upstream]:
         proxy = self.proxy
         deadline = _deadline(request, proxy.limits)
 
@@ -652,7 +705,8 @@ class _Handlers:
             # The decoupled twin, not /infer: Triton cancels a generate_stream request when its connection
             # closes, and closing it is what happens when this task is cancelled (the client left); an HTTP
             # /infer request runs to its end whoever waits for it. All rows go as one batched request.
-            resp = await proxy.open_stream(backend, _batch_payload(gen, await proxy.params(backend), left), left)
+            resp = await proxy.open_stream(backend, _batch_payload(gen, await proxy.params(backend), left,
+                                                                   backend.adapter), left)
             try:
                 import aiohttp
 
@@ -664,7 +718,7 @@ class _Handlers:
                 resp.close()
             return _parse_events(data, len(gen.texts)), backend
 
-        return await _until_disconnect(request, proxy.routed(request, call, deadline))
+        return await _until_disconnect(request, proxy.routed(request, call, deadline, pin=pin))
 
     def log(self, routes: Routes | None, backend: Upstream, prompts: list, texts: list[str], started: float,
             answer_id: str | None = None) -> list[str]:
@@ -712,17 +766,15 @@ class _Handlers:
         gen = parse(await self.read_body(request))
         check_prompts(proxy.limits, len(gen.texts), gen.stream, "prompt" if gen.kind == "completion" else "messages")
         routes = proxy.routes.get()
-        if routes is not None and gen.model and gen.model != routes.model:
-            raise ApiError(f"model {gen.model!r} is not served here; this endpoint serves {routes.model!r}",
-                           status=404, param="model", code="model_not_found")
+        pin = _pinned(routes, gen.model)
         if gen.stream:
-            return await self.streamed(request, gen, routes, started)
-        result, backend = await self.generate(request, gen)
-        answer = response(gen, result, backend.model)
+            return await self.streamed(request, gen, routes, started, pin)
+        result, backend = await self.generate(request, gen, pin)
+        answer = response(gen, result, gen.model if pin else backend.model)
         self.log(routes, backend, gen.log_prompts, result.texts, started, answer["id"])
         return JSONResponse(answer)
 
-    async def streamed(self, request, gen: Generation, routes: Routes | None, started: float):
+    async def streamed(self, request, gen: Generation, routes: Routes | None, started: float, pin: str | None):
         """Relay the model's pieces as OpenAI chunks as they arrive: one generate_stream call per prompt, each
         under its own admission slot, held until the stream ends."""
         proxy = self.proxy
@@ -731,7 +783,7 @@ class _Handlers:
 
         async def call(backend: Upstream, left: float) -> tuple[Upstream, list]:
             params = await proxy.params(backend)
-            payloads = [_stream_payload(gen, i, params, left) for i in range(len(gen.texts))]
+            payloads = [_stream_payload(gen, i, params, left, backend.adapter) for i in range(len(gen.texts))]
             opened = await asyncio.gather(*(proxy.open_stream(backend, p, left) for p in payloads),
                                           return_exceptions=True)
             for resp in opened:
@@ -744,11 +796,11 @@ class _Handlers:
 
         try:
             backend, streams = await _until_disconnect(
-                request, proxy.routed(request, call, deadline, hold=hold, slots=len(gen.texts)))
+                request, proxy.routed(request, call, deadline, hold=hold, slots=len(gen.texts), pin=pin))
         except BaseException:
             await hold.aclose()
             raise
-        writer = StreamWriter(gen, backend.model)
+        writer = StreamWriter(gen, gen.model if pin else backend.model)
         events: asyncio.Queue = asyncio.Queue()
 
         async def pump(index: int, resp) -> None:
@@ -803,7 +855,8 @@ class _Handlers:
         routes = self.proxy.routes.get()
         if routes is None:
             raise _Failed(503, "no model is deployed behind this proxy")
-        return JSONResponse(models_list(routes.model, self.proxy.started))
+        return JSONResponse(models_list(routes.model, self.proxy.started,
+                                        tuple(b.adapter for b in routes.backends if b.adapter)))
 
     async def legacy_generate(self, request):
         from starlette.responses import JSONResponse
@@ -876,7 +929,8 @@ class _Handlers:
         target = path + (f"?{request.url.query}" if request.url.query else "")
 
         async def call(backend: Upstream, left: float):
-            status, out_headers, data = await proxy._call(backend, request.method, target, body, headers, left)
+            sent, sent_headers = _with_adapter(path, body, headers, backend.adapter)
+            status, out_headers, data = await proxy._call(backend, request.method, target, sent, sent_headers, left)
             if status >= 500:
                 raise _Failed(status, f"upstream answered {status}", data)
             return status, out_headers, data

@@ -4,7 +4,12 @@ Layout (the same locally, where `tuneline.serving.local` runs it, and on the clu
 
     <repo>/<model_name>/config.pbtxt        dynamic batching + instance group (KIND_CPU or KIND_GPU)
     <repo>/<model_name>/1/model.py          tuneline/serving/triton_model.py
-    <repo>/<model_name>/1/hf_model/         the HF folder (a PEFT LoRA adapter is merged into its base first)
+    <repo>/<model_name>/1/hf_model/         the HF folder: full weights, or the base of a LoRA adapter
+    <repo>/<model_name>/1/adapters/<name>/  LoRA adapters served on that one base, chosen per request by the
+                                            `adapter` input; serving.json names the default. A rollout adds
+                                            the next version here (add_adapter) instead of a second model.
+                                            An adapter the engines cannot serve unmerged (modules_to_save,
+                                            DoRA, a rank over max_lora_rank) is merged into its base instead
     <repo>/<model_name>-stream/             the same model, decoupled, for streaming (generate_stream); it
                                             loads the weights above rather than a copy. Its model.py is
                                             vllm_model.py (engine "vllm", with triton_model.py beside it as
@@ -40,6 +45,9 @@ _TOKENIZER_FILES = (
 
 
 ENGINES = ("vllm", "transformers")
+# The ranks vLLM 0.32.0 can reserve for LoRA (vllm/config/lora.py, MaxLoRARanks).
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+ADAPTERS_SUBDIR = "adapters"
 
 
 class RepositoryError(ValueError):
@@ -77,6 +85,11 @@ class RepositorySpec:
     # The share of the GPU the vLLM engine reserves (weights, activations and KV cache). vLLM's own default is
     # 0.92 of the card, which leaves no room for the coupled model's weights on the same GPU.
     gpu_memory_utilization: float = 0.6
+    # A LoRA adapter is served beside its base (unmerged) so that later versions join the same engine; False
+    # merges it into the base, one model per version, as before.
+    serve_adapters: bool = True
+    # The largest adapter rank the engine makes room for (vLLM: 1, 8, 16, ..., 512; its own default is 16).
+    max_lora_rank: int = 64
 
     def validate(self) -> None:
         if not _NAME_RE.match(self.model_name):
@@ -98,6 +111,8 @@ class RepositorySpec:
             raise RepositoryError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if not 0.1 <= self.gpu_memory_utilization <= 0.95:
             raise RepositoryError(f"gpu_memory_utilization must be in [0.1, 0.95], got {self.gpu_memory_utilization}")
+        if self.max_lora_rank not in LORA_RANKS:
+            raise RepositoryError(f"max_lora_rank must be one of {list(LORA_RANKS)}, got {self.max_lora_rank}")
         if self.torch_threads < 0:
             raise RepositoryError(f"torch_threads must be >= 0, got {self.torch_threads}")
         if not 1 <= self.max_new_tokens_default <= self.max_new_tokens_limit:
@@ -195,6 +210,7 @@ def render_config(spec: RepositorySpec, *, decoupled: bool = False) -> str:
         '  { name: "top_p" data_type: TYPE_FP32 dims: [ 1 ] optional: true },',
         '  { name: "stop" data_type: TYPE_STRING dims: [ 1 ] optional: true },',
         '  { name: "guide" data_type: TYPE_STRING dims: [ 1 ] optional: true },',
+        '  { name: "adapter" data_type: TYPE_STRING dims: [ 1 ] optional: true },',
         '  { name: "stream" data_type: TYPE_BOOL dims: [ 1 ] optional: true }',
         "]",
         "output [",
@@ -244,6 +260,7 @@ def render_config(spec: RepositorySpec, *, decoupled: bool = False) -> str:
         "max_new_tokens_default": str(spec.max_new_tokens_default),
         "max_new_tokens_limit": str(spec.max_new_tokens_limit),
         "torch_threads": str(spec.torch_threads),
+        "max_lora_rank": str(spec.max_lora_rank),
     }
     if decoupled:
         params["weights_dir"] = f"../../{spec.model_name}/1"
@@ -316,17 +333,100 @@ def serving_settings(model_dir: Path) -> dict:
     return {"chat_template": True, "system_prompt": summary.get("system_prompt"), "chat_template_kwargs": kwargs}
 
 
+def adapter_problem(adapter_dir: Path, spec: RepositorySpec) -> str | None:
+    """Why this PEFT adapter cannot be served unmerged beside its base (it is then merged), or None.
+
+    What vLLM 0.32.0's LoRA loads (vllm/lora/peft_helper.py, vllm/lora/models.py): LoRA matrices on the base's
+    linear layers, rank up to the engine's max_lora_rank; not whole trained modules (modules_to_save), DoRA's
+    magnitude vectors or trained biases. The plain-generate engine (PEFT) could serve those, but an adapter
+    must be servable by the engine that serves it on the cluster too."""
+    cfg = _read_json(adapter_dir / "adapter_config.json")
+    if cfg.get("peft_type") != "LORA":
+        return f"peft_type {cfg.get('peft_type')!r} is not LORA"
+    if cfg.get("modules_to_save"):
+        return f"it trains whole modules ({', '.join(cfg['modules_to_save'])}), which vLLM's LoRA cannot load"
+    if cfg.get("use_dora"):
+        return "it is a DoRA adapter, which vLLM's LoRA cannot load"
+    if cfg.get("bias", "none") != "none" or cfg.get("lora_bias"):
+        return "it trains biases, which vLLM's LoRA cannot load"
+    rank = max([int(cfg.get("r") or 0), *(int(v) for v in (cfg.get("rank_pattern") or {}).values())])
+    if rank > spec.max_lora_rank:
+        return f"its rank {rank} is over max_lora_rank {spec.max_lora_rank}"
+    return None
+
+
+def adapter_name(label: str) -> str:
+    """An adapter's name in the repository (and the `model` a request names it by): its label made safe,
+    `models:/tuneline-tickets/3` -> `tuneline-tickets-3`."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", label.removeprefix("models:/")).strip("-.")[:64]
+    return name if _NAME_RE.match(name) else "default"
+
+
+def _copy_adapter(adapter_dir: Path, adapters: Path, name: str) -> None:
+    """Place the adapter's files at `adapters/<name>/`, whole or not at all: an engine loads an adapter the first
+    time a request names it, and must never find half a folder."""
+    staging = adapters / f".{name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    adapters.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(adapter_dir, staging, ignore=shutil.ignore_patterns("checkpoint-*", "optimizer.pt", "*.lock"))
+    shutil.rmtree(adapters / name, ignore_errors=True)
+    staging.rename(adapters / name)
+
+
+def _chat_settings(settings: dict) -> dict:
+    return {k: settings.get(k) for k in ("chat_template", "system_prompt", "chat_template_kwargs", "guide")}
+
+
+def add_adapter(model_root: Path, adapter_dir: Path, name: str, spec: RepositorySpec, *,
+                base_model_dir: Path | None = None) -> str | None:
+    """Serve `adapter_dir` as `name` beside the adapters of the running model at `model_root`, on the same base,
+    without a restart (the engines load an adapter when a request first names it). Returns why it cannot join
+    (another base, other chat settings or schema, not servable unmerged), or None once it is in place."""
+    version_dir = Path(model_root) / "1"
+    serving_path = version_dir / SERVING_FILE
+    served = _read_json(serving_path) if serving_path.is_file() else {}
+    if not served.get("adapter"):
+        return "the running model is not a base serving adapters"
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        return "the new version is a full model, not an adapter"
+    problem = adapter_problem(adapter_dir, spec)
+    if problem:
+        return problem
+    base = _resolve_base(adapter_dir, base_model_dir)
+    if _read_json(base / "config.json") != _read_json(version_dir / HF_SUBDIR / "config.json"):
+        return f"its base {base} is not the base being served"
+    wanted = serving_settings(adapter_dir)
+    if spec.response_schema:
+        wanted["guide"] = {"json": json.loads(spec.response_schema)}
+    if _chat_settings(wanted) != _chat_settings(served):
+        return "its chat settings or response schema differ from the served model's"
+    _copy_adapter(adapter_dir, version_dir / ADAPTERS_SUBDIR, name)
+    return None
+
+
+def served_adapters(model_root: Path) -> list[str]:
+    """The adapters in place under a repository's model, by name."""
+    folder = Path(model_root) / "1" / ADAPTERS_SUBDIR
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if folder.is_dir() else []
+
+
 def write_repository(
     model_dir: Path,
     repo_dir: Path,
     spec: RepositorySpec | None = None,
     *,
     base_model_dir: Path | None = None,
+    adapter: str = "default",
 ) -> Path:
     """Write (replacing) `<repo_dir>/<spec.model_name>/` for the HF folder `model_dir`; returns that folder.
 
-    `model_dir` holds either full weights (config.json) or a PEFT adapter (adapter_config.json), merged
-    into `base_model_dir` (default: the adapter's base_model_name_or_path) before it is shipped.
+    `model_dir` holds either full weights (config.json) or a PEFT adapter (adapter_config.json) over
+    `base_model_dir` (default: the adapter's base_model_name_or_path). An adapter is shipped as `adapter` beside
+    a copy of its base, the default of every request (serving.json `adapter`), unless it cannot be served
+    unmerged (`adapter_problem`) or spec.serve_adapters is off: then it is merged into the base (serving.json
+    `merged` says why).
     """
     spec = spec or RepositorySpec()
     spec.validate()
@@ -336,17 +436,31 @@ def write_repository(
     is_adapter = (model_dir / "adapter_config.json").is_file()
     if not is_adapter and not (model_dir / "config.json").is_file():
         raise RepositoryError(f"{model_dir}: neither config.json (full model) nor adapter_config.json (PEFT adapter)")
+    if not _NAME_RE.match(adapter):
+        raise RepositoryError(f"adapter name {adapter!r}: use letters, digits, '_', '.', '-' (max 64)")
     model_root = Path(repo_dir) / spec.model_name
     staging = model_root.with_name(model_root.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     version_dir = staging / "1"
     version_dir.mkdir(parents=True)
+    settings = serving_settings(model_dir)
     if is_adapter:
-        merge_adapter(model_dir, _resolve_base(model_dir, base_model_dir), version_dir / HF_SUBDIR)
+        base = _resolve_base(model_dir, base_model_dir)
+        merged = adapter_problem(model_dir, spec) if spec.serve_adapters else "serve_adapters is off"
+        if merged is None:
+            _copy_full_model(base, version_dir / HF_SUBDIR)
+            # The tuned tokenizer (its chat template) is the one requests are rendered with, as when merged.
+            for name in _TOKENIZER_FILES:
+                if (model_dir / name).is_file():
+                    shutil.copy2(model_dir / name, version_dir / HF_SUBDIR / name)
+            _copy_adapter(model_dir, version_dir / ADAPTERS_SUBDIR, adapter)
+            settings["adapter"] = adapter
+        else:
+            merge_adapter(model_dir, base, version_dir / HF_SUBDIR)
+            settings["merged"] = merged
     else:
         _copy_full_model(model_dir, version_dir / HF_SUBDIR)
     shutil.copy2(Path(__file__).with_name("triton_model.py"), version_dir / "model.py")
-    settings = serving_settings(model_dir)
     if spec.response_schema:
         settings["guide"] = {"json": json.loads(spec.response_schema)}
     (version_dir / SERVING_FILE).write_text(json.dumps(settings, indent=2) + "\n")

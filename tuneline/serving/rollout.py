@@ -1,7 +1,11 @@
 """Blue/green or canary rollout of a model folder behind the proxy (the API the deploy component calls).
 
-1. write the candidate's Triton repository into the idle slot (blue <-> green), merging an adapter;
-2. start its tritonserver on a fresh port and smoke test it directly;
+1. a LoRA adapter on the base the running server serves joins that server as one more adapter
+   (repository.add_adapter; the engines load it when first named): no second server, no second copy of the
+   base, and the canary below splits traffic between the two adapters inside one server. Otherwise (the
+   first version, a full model, another base) write the candidate's Triton repository into the idle slot
+   (blue <-> green) and start its tritonserver on a fresh port;
+2. smoke test the candidate directly;
 3. start the proxy if none runs, then
    - blue/green: point it at the candidate (atomic upstream switch), smoke test through the proxy with the
      bearer token, and stop the previous server;
@@ -34,7 +38,14 @@ from tuneline.serving.local import (
     state_lock,
     stop_triton,
 )
-from tuneline.serving.repository import RepositoryError, RepositorySpec, write_repository
+from tuneline.serving.repository import (
+    RepositoryError,
+    RepositorySpec,
+    adapter_name,
+    add_adapter,
+    served_adapters,
+    write_repository,
+)
 from tuneline.serving.routing import (
     CANDIDATE,
     CanaryPolicy,
@@ -64,6 +75,10 @@ class RolloutResult:
     startup_s: float = 0.0
     total_s: float = 0.0
     canary_percent: int | None = None  # set while a canary splits traffic (the candidate is `server`)
+    adapter: str = ""  # the LoRA adapter the new version is served as ("": a full model, or merged)
+    # "joined the running server" when the version was added to the server already running, else why a server
+    # of its own was started (None: there was no server to join)
+    shared_base: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,16 +139,19 @@ class _Rollout:
             token_file=str(token_path(state_dir)),
             previous_slot=old.slot if old else None,
         )
-        self.candidate: ServerInfo | None = None
+        self.candidate: ServerInfo | None = None  # a server of the new version's own
+        self.joined: Path | None = None  # or the adapter folder it was added as to the running server
+        self.new: Upstream | None = None  # what the proxy sends the new version's traffic to
 
     def run(self, model_dir: Path, base_model_dir: Path | None) -> RolloutResult:
         self._free_idle_slot()
-        error = self._start_candidate(Path(model_dir), base_model_dir)
-        if error:
-            self.result.error = error
-            return self._done()
-        direct = smoke_test(self.candidate.url, self.spec.model_name, prompts=self.o.smoke_prompts,
-                            check=self.o.smoke_check)
+        if not self._join(Path(model_dir), base_model_dir):
+            error = self._start_candidate(Path(model_dir), base_model_dir)
+            if error:
+                self.result.error = error
+                return self._done()
+        direct = smoke_test(self.new.url, self.spec.model_name, prompts=self.o.smoke_prompts,
+                            check=self.o.smoke_check, adapter=self.new.adapter)
         if not direct.ok:
             return self._abandon(f"smoke test on the candidate failed: {direct.error}", direct)
         error = self._ensure_proxy() or self._route()
@@ -141,7 +159,7 @@ class _Rollout:
             return self._abandon(error, direct)
         proxied = smoke_test(self.state.proxy.url, self.spec.model_name, token=self.token,
                              prompts=self.o.smoke_prompts, check=self.o.smoke_check,
-                             headers={"X-Tuneline-Slot": self.slot})
+                             headers={"X-Tuneline-Slot": self.new.version})
         if not proxied.ok:
             if self.old is not None:
                 write_upstream(self.state_dir, self._old_backend(), self.o.request_log)
@@ -151,12 +169,14 @@ class _Rollout:
         return self._switch(proxied)
 
     def _old_backend(self) -> Upstream:
-        return _backend(self.old, self.old_label)
+        return _backend(self.old, self.old_label, self.old_adapter)
 
     def _free_idle_slot(self) -> None:
         routes = read_routes(self.state_dir)
         old = self.old
-        self.old_label = routes.current.label if routes and old and routes.current.slot == old.slot else ""
+        same = routes is not None and old is not None and routes.current.slot == old.slot
+        self.old_label = routes.current.label if same else ""
+        self.old_adapter = routes.current.adapter if same else ""
         if self.o.request_log is None and routes is not None:
             self.o.request_log = routes.request_log  # a rollout that names no log keeps the one already in use
         # A leftover in the idle slot (an interrupted rollout, or a canary still being judged) must not get
@@ -168,15 +188,40 @@ class _Rollout:
             stop_triton(stale, self.state_dir)
         self.state.save(self.state_dir)
 
+    def _join(self, model_dir: Path, base_model_dir: Path | None) -> bool:
+        """Add the new version to the running server as an adapter on its base, when it is one that can be."""
+        if self.old is None or self.old.model_name != self.spec.model_name or not self.spec.serve_adapters:
+            return False
+        root = self.state_dir / "repos" / self.old.slot / self.spec.model_name
+        name = adapter_name(self.o.label) if self.o.label else f"version-{len(served_adapters(root)) + 1}"
+        if name == self.old_adapter:
+            name = f"{name}-{int(time.time())}"  # never rewrite the files of the adapter that serves
+        try:
+            why = add_adapter(root, model_dir, name, self.spec, base_model_dir=base_model_dir)
+        except (RepositoryError, OSError) as exc:
+            why = str(exc)
+        if why:
+            self.result.shared_base = f"a server of its own: {why}"
+            return False
+        self.joined = root / "1" / "adapters" / name
+        self.new = Upstream(url=self.old.url, model=self.old.model_name, slot=self.old.slot, label=self.o.label,
+                            adapter=name)
+        self.result.adapter, self.result.shared_base = name, "joined the running server"
+        self.result.server = self.old
+        return True
+
     def _start_candidate(self, model_dir: Path, base_model_dir: Path | None) -> str | None:
         repo_dir = self.state_dir / "repos" / self.slot
+        adapter = adapter_name(self.o.label) if self.o.label else "version-1"
         try:
             shutil.rmtree(repo_dir, ignore_errors=True)
-            write_repository(model_dir, repo_dir, self.spec, base_model_dir=base_model_dir)
+            root = write_repository(model_dir, repo_dir, self.spec, base_model_dir=base_model_dir, adapter=adapter)
             self.candidate = start_triton(repo_dir, self.spec.model_name, state_dir=self.state_dir, slot=self.slot,
                                           timeout=self.o.startup_timeout)
         except (RepositoryError, ServeError, OSError) as exc:
             return f"candidate failed to start: {exc}"
+        self.result.adapter = adapter if served_adapters(root) else ""
+        self.new = _backend(self.candidate, self.o.label, self.result.adapter)
         self.result.server = self.candidate
         self.result.startup_s = self.candidate.startup_s
         self.state.servers[self.slot] = self.candidate
@@ -197,7 +242,7 @@ class _Rollout:
         return self.o.canary_percent is not None and self.old is not None
 
     def _route(self) -> str | None:
-        new = _backend(self.candidate, self.o.label)
+        new = self.new
         if not self.split:
             write_upstream(self.state_dir, new, self.o.request_log)
             return None
@@ -217,6 +262,10 @@ class _Rollout:
             self.state.save(self.state_dir)
             self.result.ok, self.result.slot, self.result.smoke = True, self.old.slot, proxied
             self.result.canary_percent = self.o.canary_percent
+        elif self.joined is not None:
+            # The same server serves on with the new adapter; the previous one stays on disk, unused.
+            self.state.save(self.state_dir)
+            self.result.ok, self.result.slot, self.result.smoke = True, self.old.slot, proxied
         else:
             self.state.active = self.slot
             if self.old is not None:
@@ -231,9 +280,13 @@ class _Rollout:
         return self._done()
 
     def _abandon(self, error: str, smoke: SmokeResult | None) -> RolloutResult:
-        stop_triton(self.candidate, self.state_dir)
-        self.state.servers.pop(self.slot, None)
-        self.state.save(self.state_dir)
+        if self.joined is not None:
+            # The running server keeps serving the previous version; the failed adapter leaves its folder.
+            shutil.rmtree(self.joined, ignore_errors=True)
+        else:
+            stop_triton(self.candidate, self.state_dir)
+            self.state.servers.pop(self.slot, None)
+            self.state.save(self.state_dir)
         self.result.error, self.result.smoke = error, smoke
         return self._done()
 
@@ -242,5 +295,5 @@ class _Rollout:
         return self.result
 
 
-def _backend(server: ServerInfo, label: str = "") -> Upstream:
-    return Upstream(url=server.url, model=server.model_name, slot=server.slot, label=label)
+def _backend(server: ServerInfo, label: str = "", adapter: str = "") -> Upstream:
+    return Upstream(url=server.url, model=server.model_name, slot=server.slot, label=label, adapter=adapter)

@@ -1,4 +1,7 @@
-"""Where the proxy sends traffic: one or two Triton servers by weight, and when a canary is judged.
+"""Where the proxy sends traffic: one or two versions by weight, and when a canary is judged.
+
+A version is a Triton server, or one LoRA adapter of a server that serves several on one base (`adapter`):
+a canary between two adapters splits traffic inside one server, with one copy of the base in memory.
 
 The routing table lives in `<state dir>/upstream.json`, replaced atomically by whoever changes it (a
 deploy, or the proxy itself when it promotes or rolls back a canary) and re-read by the proxy when it
@@ -42,6 +45,12 @@ class Upstream:
     weight: int = 100  # share of traffic, percent
     role: str = CURRENT
     label: str = ""  # what it serves, e.g. the registry URI models:/name/3
+    adapter: str = ""  # the LoRA adapter of the server that answers ("": the server's default)
+
+    @property
+    def version(self) -> str:
+        """What `X-Tuneline-Slot` names and the canary counts by: the slot, and the adapter within it."""
+        return f"{self.slot}/{self.adapter}" if self.adapter else self.slot
 
     @property
     def hostport(self) -> tuple[str, int]:
@@ -116,6 +125,7 @@ class Routes:
                 weight=int(b.get("weight", 100)),
                 role=b.get("role", CURRENT),
                 label=b.get("label", ""),
+                adapter=b.get("adapter", ""),
             )
             for b in data["backends"]
         )

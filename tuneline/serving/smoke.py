@@ -72,17 +72,19 @@ def smoke_test(
     check: Callable[[list[str]], str | None] | None = None,
     timeout_s: float = 120.0,
     headers: dict[str, str] | None = None,
+    adapter: str = "",
 ) -> SmokeResult:
     """Run the smoke checks against `url` (host:port, http://host:port, or unix:/path of a local Triton).
     Never raises for a failed check.
 
     `check(outputs)` returns None when the outputs are acceptable, else a reason. `headers` go with every
-    call (the proxy's `X-Tuneline-Slot` pins them to one version).
+    call (the proxy's `X-Tuneline-Slot` pins them to one version, and gives them that version's adapter);
+    `adapter` names the LoRA adapter of a local Triton that must answer.
     """
     from tuneline.serving import engine_http
 
     if engine_http.is_unix(url):  # tritonclient speaks TCP only: the same checks over plain v2 JSON
-        return _smoke_plain(url, model_name, prompts, max_new_tokens, check, timeout_s)
+        return _smoke_plain(url, model_name, prompts, max_new_tokens, check, timeout_s, adapter)
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
@@ -123,7 +125,7 @@ def smoke_test(
 
 
 def _smoke_plain(url: str, model_name: str, prompts: Sequence[str], max_new_tokens: int,
-                 check: Callable[[list[str]], str | None] | None, timeout_s: float) -> SmokeResult:
+                 check: Callable[[list[str]], str | None] | None, timeout_s: float, adapter: str = "") -> SmokeResult:
     import json
 
     from tuneline.serving import engine_http
@@ -150,6 +152,7 @@ def _smoke_plain(url: str, model_name: str, prompts: Sequence[str], max_new_toke
         body = json.dumps({"inputs": [
             {"name": "text_input", "shape": [n, 1], "datatype": "BYTES", "data": list(prompts)},
             {"name": "max_new_tokens", "shape": [n, 1], "datatype": "INT32", "data": [max_new_tokens] * n},
+            *([{"name": "adapter", "shape": [n, 1], "datatype": "BYTES", "data": [adapter] * n}] if adapter else []),
         ], "outputs": [{"name": "text_output"}]}).encode()
         started = time.monotonic()
         status, data = engine_http.request(url, "POST", f"/v2/models/{model_name}/infer", body,
@@ -174,7 +177,7 @@ def _smoke_plain(url: str, model_name: str, prompts: Sequence[str], max_new_toke
         twin = stream_model_name(model_name)
         if get(f"/v2/models/{twin}/ready")[0] == 200:
             body = json.dumps({"text_input": list(prompts), "max_new_tokens": [max_new_tokens] * n,
-                               "stream": [True] * n}).encode()
+                               "stream": [True] * n, **({"adapter": [adapter] * n} if adapter else {})}).encode()
             status, data = engine_http.request(url, "POST", f"/v2/models/{twin}/generate_stream", body,
                                                {"Content-Type": "application/json"}, timeout=timeout_s)
             if status != 200 or b"data:" not in data or b'"error"' in data:

@@ -15,6 +15,8 @@ Inputs, each with the batch dim (all but `text_input` optional):
     top_p           FP32   nucleus sampling mass (sampling only)
     stop            BYTES  JSON list of strings; the text is cut before the first one
     stream          BOOL   (decoupled twin only) one response per new piece of text instead of one at the end
+    adapter         BYTES  which LoRA adapter under `1/adapters/` answers (default: serving.json's `adapter`);
+                           rows of one batch may name different adapters (PEFT's mixed-adapter batches)
 Outputs: text_output (BYTES; a streamed response holds only its new piece), prompt_tokens and
 completion_tokens (INT32, for OpenAI `usage`), finish_reason (BYTES: "stop" or "length"; "" while streaming).
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -46,6 +49,9 @@ def _invalid_argument(message: str):
     # INVALID_ARG maps to HTTP 400; older stubs only know the message-only constructor (HTTP 500).
     code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
     return pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+
+
+_ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def _step_hook_class():
@@ -101,6 +107,14 @@ class TritonPythonModel:
         self.torch = torch
         self._step_class = _step_hook_class()
         self.model = AutoModelForCausalLM.from_pretrained(self.hf_dir, dtype=dtype).to(self.device).eval()
+        self.loaded_adapters: set[str] = set()
+        if self.default_adapter:
+            from peft import PeftModel
+
+            # One base in memory; each adapter adds only its LoRA matrices, loaded when first named.
+            self.model = PeftModel.from_pretrained(self.model, self.adapter_path(self.default_adapter),
+                                                   adapter_name=self.default_adapter).eval()
+            self.loaded_adapters.add(self.default_adapter)
 
     def _load_tokenizer_only(self, args: dict) -> dict:
         """Everything but the weights: tokenizer, limits, chat settings (vllm_model.py renders prompts with it).
@@ -132,9 +146,27 @@ class TritonPythonModel:
         # The deployment's response schema: the vLLM twin constrains every answer without a response_format of
         # its own to it; plain generate cannot, and says so at load (vllm_model.py).
         self.default_guide = _guide(json.dumps(serving["guide"])) if serving.get("guide") else None
+        # LoRA adapters served on this one base (repository.py `add_adapter` puts later versions beside it).
+        self.default_adapter = serving.get("adapter") or None
+        self.adapters_dir = os.path.join(version_dir, "adapters")
         # The template variables training rendered with (a fixed date for Llama 3.x), so prompts match training's.
         self.template_kwargs = serving.get("chat_template_kwargs") or {}
         return config
+
+    def adapter_path(self, name: str) -> str:
+        return os.path.join(self.adapters_dir, name)
+
+    def _adapter(self, name: str) -> str | None:
+        """The adapter a row is answered by: the one it names (which must be in place), else the default."""
+        if not name:
+            return self.default_adapter
+        if not self.default_adapter:
+            raise ValueError(f"adapter {name!r}: this model serves no adapters")
+        if not _ADAPTER_NAME.match(name) or not os.path.isfile(os.path.join(self.adapter_path(name),
+                                                                           "adapter_config.json")):
+            served = sorted(n for n in os.listdir(self.adapters_dir) if not n.startswith("."))
+            raise ValueError(f"adapter {name!r} is not served here (adapters: {', '.join(served)})")
+        return name
 
     def _messages(self, text: str, prompt_format: str) -> list[dict] | None:
         """The chat messages for a row, or None for a raw prompt."""
@@ -189,10 +221,11 @@ class TritonPythonModel:
         top_ps = self._column(request, "top_p", n, 1.0, float)
         stops = self._column(request, "stop", n, "[]", _text)
         guides = self._column(request, "guide", n, "", _text)
+        adapters = self._column(request, "adapter", n, "", _text)
         stream = bool(self._column(request, "stream", 1, False, bool)[0])
         rows = []
-        for text, limit, fmt, temp, top_p, stop, guide in zip(texts, limits, formats, temps, top_ps, stops, guides,
-                                                               strict=True):
+        for text, limit, fmt, temp, top_p, stop, guide, adapter in zip(texts, limits, formats, temps, top_ps, stops,
+                                                                        guides, adapters, strict=True):
             if not 1 <= limit <= self.limit_new_tokens:
                 raise ValueError(f"max_new_tokens must be in [1, {self.limit_new_tokens}], got {limit}")
             if not 0.0 < top_p <= 1.0:
@@ -209,7 +242,7 @@ class TritonPythonModel:
                 raise ValueError(f"the prompt is {len(ids)} tokens; with max_new_tokens {limit} it exceeds this "
                                  f"model's context of {self.context} tokens")
             rows.append({"ids": ids, "limit": limit, "sampling": sampling, "stop": stop_list, "stream": stream,
-                         "guide": _guide(guide)})
+                         "guide": _guide(guide), "adapter": self._adapter(adapter)})
         return rows
 
     def _generate(self, rows: list[dict], step) -> None:
@@ -237,6 +270,12 @@ class TritonPythonModel:
                 "do_sample": True, "temperature": sampling[0], "top_p": sampling[1]
             }
             hook = self._step_class(self, group, step)
+            if self.default_adapter:
+                for name in {r["adapter"] for r in group} - self.loaded_adapters:
+                    self.model.load_adapter(self.adapter_path(name), adapter_name=name)
+                    self.loaded_adapters.add(name)
+                # Each row through its own adapter in the one batch (PEFT's mixed-adapter inference).
+                decode["adapter_names"] = [r["adapter"] for r in group]
             with torch.inference_mode():
                 self.model.generate(
                     input_ids=input_ids.to(self.device),

