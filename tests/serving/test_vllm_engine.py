@@ -32,9 +32,10 @@ def _stream(url: str, model: str, body: dict) -> list[dict]:
 TICKET_SCHEMA = Path(__file__).resolve().parents[2] / "data" / "sample" / "tickets.schema.json"
 
 
-def _serve(venv: Path, model_dir: Path, tmp_path: Path, **spec):
+def _serve(venv: Path, model_dir: Path, tmp_path: Path, base_model_dir: Path | None = None, **spec):
     repo = tmp_path / "repo"
-    write_repository(model_dir, repo, RepositorySpec(engine="vllm", max_new_tokens_limit=64, **spec))
+    write_repository(model_dir, repo, RepositorySpec(engine="vllm", max_new_tokens_limit=64, **spec),
+                     base_model_dir=base_model_dir, adapter="m-1")
     info = start_triton(repo, "tuneline-llm", state_dir=tmp_path / "state", slot="blue",
                         install=triton_install(venv), timeout=400)
     engine = json.loads((repo / stream_model_name("tuneline-llm") / "1" / "engine.json").read_text())
@@ -142,5 +143,41 @@ def test_vllm_engine_streams_token_by_token_and_batches_continuously(serve_venv,
         guided = _stream(info.url, twin, {"text_input": json.dumps(messages), "prompt_format": "messages",
                                           "max_new_tokens": 32, "guide": json.dumps({"json": yes_no})})[-1]
         jsonschema.validate(json.loads(guided["text_output"]), yes_no)
+    finally:
+        stop_triton(info, tmp_path / "state")
+
+
+@pytest.mark.heavy
+def test_vllm_serves_several_lora_adapters_on_one_base(serve_venv, tmp_path: Path) -> None:
+    """Two LoRA adapters over the demo's base model: the second added while the engine runs, each request
+    answered by the adapter it names (vLLM's LoRARequest), the default adapter where it names none."""
+    from tests.support.tinymodel import build_tiny_lora_adapter
+    from tuneline.llm.ml.models import resolve_model
+    from tuneline.serving.repository import add_adapter
+
+    base = resolve_model("smollm2-135m-instruct")
+    first = build_tiny_lora_adapter(base, tmp_path / "a1", seed=1)
+    second = build_tiny_lora_adapter(base, tmp_path / "a2", seed=2)
+    info, engine = _serve(serve_venv.venv_dir, first, tmp_path, base_model_dir=base)
+    twin = stream_model_name("tuneline-llm")
+    try:
+        assert engine["engine"] == "vllm" and engine["fallback"] is None, engine
+        assert engine["adapters"] == "served on one base"
+        assert add_adapter(tmp_path / "repo" / "tuneline-llm", second, "m-2", RepositorySpec(),
+                           base_model_dir=base) is None
+
+        def answer(adapter: str | None) -> str:
+            body = {"text_input": "The printer is offline", "max_new_tokens": 12,
+                    **({"adapter": adapter} if adapter else {})}
+            return _stream(info.url, twin, body)[-1]["text_output"]
+
+        answers = {name: answer(name) for name in ("m-1", "m-2", None)}
+        assert answers[None] == answers["m-1"]  # the default adapter answers a request that names none
+        assert answers["m-1"] != answers["m-2"], answers  # each its own weights
+        assert answer("m-2") == answers["m-2"]
+        status, raw = engine_http.request(info.url, "POST", f"/v2/models/{twin}/generate_stream",
+                                          json.dumps({"text_input": "hi", "adapter": "m-9"}).encode(),
+                                          {"Content-Type": "application/json"}, timeout=60)
+        assert b"adapter 'm-9' is not served here (adapters: m-1, m-2)" in raw, raw[:300]
     finally:
         stop_triton(info, tmp_path / "state")
