@@ -1,14 +1,19 @@
 """Serving benchmark of what users get: the demo's registered model, served, against plain transformers.
 
-In one run, on the same merged weights and the same prompts (the user turns of data/sample/tickets.jsonl):
+In one run, on the same weights and the same prompts (the user turns of data/sample/tickets.jsonl):
   1. the served endpoint: OpenAI `POST /v1/chat/completions` through the proxy, closed loop at each
      `--concurrency` (default 1 8 32 64), once per `--engines` (default: vLLM, then plain generate, the engine
-     it replaced, in the same repository); with vLLM also the test split's tickets (prepare's own split) with and
-     without `response_format: json_schema`, scored by the evaluate step's metrics;
+     it replaced, in the same repository, written as the deploy step writes it: a LoRA champion as an adapter
+     on its unmerged base); with vLLM also the test split's tickets (prepare's own split) with and without
+     `response_format: json_schema`, scored by the evaluate step's metrics, and `--adapters N` (default 3)
+     adapters on the one base, the traffic split evenly between them, with the server's memory beside the
+     one-adapter runs' (the extra adapters are the champion's weights under other names: an adapter's memory is
+     its shape's, whatever its values);
   2. direct Triton: v2 infer calls straight to tritonserver at the highest concurrency <= 32;
      and the same endpoint with `stream: true` at concurrency 1 and 32: time to the first content chunk beside
      the time to the whole answer, and content chunks per answer;
-  3. plain transformers `generate` in this process, greedy, with the same chat template and system prompt:
+  3. plain transformers `generate` in this process on the merged weights, greedy, with the same chat template
+     and system prompt:
      one prompt at a time (sequential) and `--batch` prompts per call (batched), torch threads = cores;
      run before and after the served runs, their mean being the reference of the ratios.
 Reported per run: req/s, generated tokens/s, p50/p95 latency, errors; and, per engine, the ratios the engine
@@ -60,11 +65,15 @@ from tuneline.serving.repository import (  # noqa: E402
     ENGINES,
     HF_SUBDIR,
     SERVING_FILE,
+    add_adapter,
     machine_spec,
+    merge_adapter,
     render_config,
+    served_adapters,
     stream_model_name,
     write_repository,
 )
+from tuneline.serving.routing import Routes, write_routes  # noqa: E402
 
 DATASET = REPO / "data" / "sample" / "tickets.jsonl"
 
@@ -400,8 +409,32 @@ def server_rss_mb(pid: int) -> int:
     return round(total / 2**20)
 
 
+def adapters_run(args: argparse.Namespace, repo: Path, spec, base_dir: Path | None, server, state: Path,
+                 proxy_url: str, token: str, prompts: list[str]) -> dict | None:
+    """`--adapters` adapters on the one base of the running server, traffic split evenly between them at
+    concurrency 32; None where the repository serves no adapter (a full model, or merged)."""
+    root = repo / spec.model_name
+    names = served_adapters(root)
+    if args.adapters < 2 or not names:
+        return None
+    for i in range(len(names) + 1, args.adapters + 1):
+        why = add_adapter(root, root / "1" / "adapters" / names[0], f"copy-{i}", spec, base_model_dir=base_dir)
+        if why:
+            raise RuntimeError(f"adapter copy-{i} cannot join: {why}")
+    served = served_adapters(root)
+    weights = [100 // len(served) + (1 if i < 100 % len(served) else 0) for i in range(len(served))]
+    write_routes(state, Routes(backends=tuple(
+        Upstream(url=server.url, model=spec.model_name, slot="bench", adapter=name, weight=w)
+        for name, w in zip(served, weights, strict=True))))
+    c = max([c for c in args.concurrency if c <= 32] or [args.concurrency[0]])
+    run = load_endpoint(proxy_url, token, spec.model_name, prompts, c, max(args.min_requests,
+                        args.requests_per_slot * c), args.max_new_tokens)
+    run["name"] = f"served, {len(served)} adapters on one base (traffic split evenly)"
+    return run
+
+
 def serve_runs(args: argparse.Namespace, work: Path, repo: Path, spec, install, prompts: list[str], *,
-               direct: bool, stream: bool) -> list[dict]:
+               direct: bool, stream: bool, base_dir: Path | None = None) -> list[dict]:
     """Serve `spec` (config.pbtxt rewritten in `repo`) and load it at each --concurrency."""
     (repo / spec.model_name / "config.pbtxt").write_text(render_config(spec))
     (repo / stream_model_name(spec.model_name) / "config.pbtxt").write_text(render_config(spec, decoupled=True))
@@ -438,6 +471,10 @@ def serve_runs(args: argparse.Namespace, work: Path, repo: Path, spec, install, 
             tickets = held_out_tickets(args.structured, work)
             for constrained in (False, True):
                 keep(load_structured(proxy.url, token, spec.model_name, tickets, constrained))
+        if stream and engine["engine"] == "vllm":
+            more = adapters_run(args, repo, spec, base_dir, server, state, proxy.url, token, prompts)
+            if more is not None:
+                keep(more)
     finally:
         process.stop(proxy.ref)
         stop_triton(server, state)
@@ -476,9 +513,12 @@ def run_bench(args: argparse.Namespace, work: Path) -> dict:
     repo = work / "repo"
     # The vLLM model file holds plain generate beside it, chosen by config.pbtxt's `engine`: one repository
     # serves both engines.
-    write_repository(model_dir, repo, dataclasses.replace(specs[0], engine="vllm"), base_model_dir=base_dir)
+    write_repository(model_dir, repo, dataclasses.replace(specs[0], engine="vllm"), base_model_dir=base_dir,
+                     adapter="champion")
     hf_dir = repo / base.model_name / "1" / HF_SUBDIR
     serving = json.loads((repo / base.model_name / "1" / SERVING_FILE).read_text())
+    if serving.get("adapter"):  # the baseline runs the same weights, merged as plain transformers needs them
+        hf_dir = merge_adapter(model_dir, base_dir, work / "merged")
     prompts = load_prompts()
     results: dict = {
         "machine": {"cores": cores, "python": platform.python_version(), "load_avg_at_start": os.getloadavg()},
@@ -504,7 +544,7 @@ def run_bench(args: argparse.Namespace, work: Path) -> dict:
     seq, batched = baselines()
     for spec in specs:
         results["runs"] += serve_runs(args, work, repo, spec, install, prompts, direct=not args.tune,
-                                      stream=not args.tune)
+                                      stream=not args.tune, base_dir=base_dir)
     seq2, batched2 = baselines()
     results["runs"] += [dict(seq), dict(batched), seq2, batched2]
     sequential_p50_ms = (seq["p50_ms"] + seq2["p50_ms"]) / 2
@@ -525,6 +565,16 @@ def run_bench(args: argparse.Namespace, work: Path) -> dict:
         results["ratios_by_config"] = by_config
     elif by_config:
         results["ratios"] = by_config
+    many = next((r for r in results["runs"] if " adapters on one base" in r["name"]), None)
+    one = next((r for r in results["runs"] if many and r.get("config") == many["config"]
+                and r["name"].startswith("served (") and r.get("concurrency") == many["concurrency"]), None)
+    if many and one:
+        # The target: a second adapter within 10% of the memory of one (here: the third as well).
+        results["adapters_memory"] = {
+            "one_adapter_rss_mb": one["server_rss_mb"], "adapters": many["name"].split(",")[1].split()[0],
+            "several_adapters_rss_mb": many["server_rss_mb"],
+            "ratio": round(many["server_rss_mb"] / one["server_rss_mb"], 3),
+            "within_10_percent": many["server_rss_mb"] <= 1.10 * one["server_rss_mb"]}
     results["machine"]["load_avg_at_end"] = os.getloadavg()
     return results
 
@@ -552,6 +602,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--structured", type=int, default=50, metavar="N",
                         help="up to N tickets of the test split, with and without response_format json_schema "
                         "(vLLM only; 0: skip; default %(default)s)")
+    parser.add_argument("--adapters", type=int, default=3, metavar="N",
+                        help="with vLLM, also serve N adapters on the one base, traffic split evenly, and record "
+                        "the server's memory (0: skip; default %(default)s)")
     parser.add_argument("--tiny", action="store_true", help="serve a tiny random Llama instead (no registry)")
     parser.add_argument("--endpoint", default=None, help="load this running endpoint only (with --token-file)")
     parser.add_argument("--state-dir", type=Path, default=None,

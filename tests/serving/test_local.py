@@ -176,7 +176,7 @@ def test_failed_smoke_check_stops_candidate(deployed, tiny_model: Path) -> None:
     assert _post(f"{first.proxy_url}/v1/generate", {"prompt": "hi"}, token)[0] == 200
 
 
-def test_blue_green_switch_to_merged_adapter(deployed, tiny_model: Path, tiny_adapter: Path) -> None:
+def test_blue_green_switch_to_an_adapter(deployed, tiny_model: Path, tiny_adapter: Path) -> None:
     state_dir, first = deployed
     token = load_token(Path(first.token_file))
     old = ServeState.load(state_dir).servers[status(state_dir)["active"]]
@@ -188,12 +188,15 @@ def test_blue_green_switch_to_merged_adapter(deployed, tiny_model: Path, tiny_ad
         spec=RepositorySpec(max_new_tokens_default=6),
     )
     assert result.ok, result.error
+    # A full model serves no adapters: the adapter gets a server of its own, its base beside it unmerged.
+    assert result.shared_base == "a server of its own: the running model is not a base serving adapters"
+    assert result.adapter == "version-1"
     assert result.previous_slot == old.slot and result.slot != old.slot
     assert result.proxy_url == first.proxy_url  # clients keep the same address
     assert _serving_slot(state_dir) == result.slot
     assert not process.is_alive(old.ref) and not Path(old.socket).exists()
     after = _post(f"{first.proxy_url}/v1/generate", {"prompt": "The printer", "max_new_tokens": 6}, token)[1]
-    assert after["text"] != before["text"]  # the merged LoRA delta changes greedy output
+    assert after["text"] != before["text"]  # the LoRA delta changes greedy output
 
 
 def test_stop_command_frees_ports(serve_venv, tiny_model: Path, tmp_path: Path) -> None:
@@ -221,7 +224,8 @@ def test_openai_client_lists_chats_streams_and_completes(deployed) -> None:
     _, result = deployed
     token = load_token(Path(result.token_file))
     client = openai.OpenAI(base_url=f"{result.proxy_url}/v1", api_key=token, max_retries=0)
-    assert [m.id for m in client.models.list().data] == ["tuneline-llm"]
+    # The deployment's name, then each adapter it serves (one, if an adapter's rollout ran before this test).
+    assert [m.id for m in client.models.list().data][0] == "tuneline-llm"
     messages = [{"role": "user", "content": "The printer is offline"}]
     chat = client.chat.completions.create(model="tuneline-llm", messages=messages, max_tokens=5)
     answer = chat.choices[0].message.content
