@@ -4,8 +4,10 @@ Each schema covers the fields tuneline writes, closed with additionalProperties:
 fails here exactly as it would be pruned or rejected by the API server with the CRD installed. Field names
 follow the upstream CRDs: prometheus-operator PrometheusRule and ServiceMonitor (also in Azure Monitor's
 azmonitoring.coreos.com/v1 copy, which adds nothing but the group), Cilium's CiliumNetworkPolicy (the egress
-fields tuneline uses), Secrets Store CSI SecretProviderClass, and
-Azure Service Operator v2 ManagedClustersAgentPool (containerservice.azure.com/v1api20240901).
+fields tuneline uses), Secrets Store CSI SecretProviderClass,
+Azure Service Operator v2 ManagedClustersAgentPool (containerservice.azure.com/v1api20240901), and KServe's
+ServingRuntime (serving.kserve.io/v1alpha1: supportedModelFormats, protocolVersions, and its containers, which are
+core Containers; the fields the runtime uses).
 """
 
 from __future__ import annotations
@@ -185,7 +187,35 @@ AGENT_POOL = _object("containerservice.azure.com/v1api20240901", "ManagedCluster
 })
 
 # (apiVersion, kind) -> schema
+_QUANTITY = {"anyOf": [{"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"},
+                       {"type": "integer", "minimum": 0}]}
+_RESOURCES = {"type": "object", "additionalProperties": False, "properties": {
+    part: {"type": "object", "additionalProperties": _QUANTITY} for part in ("requests", "limits")}}
+_RUNTIME_CONTAINER = {"type": "object", "additionalProperties": False, "required": ["name", "image"], "properties": {
+    "name": _STR, "image": _STR,
+    "command": {"type": "array", "items": _STR}, "args": {"type": "array", "items": _STR},
+    "ports": {"type": "array", "items": {"type": "object", "additionalProperties": False, "required": ["containerPort"],
+                                         "properties": {"containerPort": {"type": "integer", "minimum": 1,
+                                                                          "maximum": 65535},
+                                                        "name": _STR, "protocol": {"enum": ["TCP", "UDP", "SCTP"]}}}},
+    "env": {"type": "array", "items": {"type": "object", "additionalProperties": False, "required": ["name"],
+                                       "properties": {"name": _STR, "value": _STR}}},
+    "resources": _RESOURCES,
+}}
+SERVING_RUNTIME = _object("serving.kserve.io/v1alpha1", "ServingRuntime", {
+    "type": "object", "additionalProperties": False, "required": ["supportedModelFormats", "containers"],
+    "properties": {
+        "supportedModelFormats": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "additionalProperties": False, "required": ["name"],
+            "properties": {"name": _STR, "version": _STR, "autoSelect": {"type": "boolean"},
+                           "priority": {"type": "integer", "minimum": 1}}}},
+        "protocolVersions": {"type": "array", "items": {"enum": ["v1", "v2", "grpc-v1", "grpc-v2"]}},
+        "containers": {"type": "array", "minItems": 1, "items": _RUNTIME_CONTAINER},
+    },
+})
+
 CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
+    ("serving.kserve.io/v1alpha1", "ServingRuntime"): SERVING_RUNTIME,
     ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE,
     ("monitoring.coreos.com/v1", "ServiceMonitor"): _service_monitor("monitoring.coreos.com/v1"),
     ("azmonitoring.coreos.com/v1", "ServiceMonitor"): _service_monitor("azmonitoring.coreos.com/v1"),

@@ -133,8 +133,12 @@ class TritonPythonModel:
             _log(f"response schema {schema}")
         info = {"engine": self.engine_name.split()[0], "detail": self.engine_name, "fallback": self.fallback_reason,
                 "response_schema": schema, "adapters": "served on one base" if rows.default_adapter else None}
-        with open(os.path.join(version_dir, "engine.json"), "w") as f:
-            json.dump(info, f)
+        try:
+            with open(os.path.join(version_dir, "engine.json"), "w") as f:
+                json.dump(info, f)
+        except OSError as exc:
+            # KServe mounts the downloaded repository read-only into the server's container: the log says it.
+            _log(f"engine.json not written ({exc.strerror}): {json.dumps(info)}")
 
     def _start_vllm(self, vllm, args: dict, config: dict) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs

@@ -106,3 +106,19 @@ def test_openai_api_uses_the_huggingface_runtime_on_the_merged_model():
     assert predictor["model"]["modelFormat"] == {"name": "huggingface"}
     assert predictor["model"]["args"] == ["--model_name=tuneline-llm"]  # the `model` field OpenAI clients send
     assert "protocolVersion" not in predictor["model"] and predictor["canaryTrafficPercent"] == 10
+
+
+def test_the_v2_predictor_runs_on_the_runtime_the_namespace_ships():
+    """KServe matches a predictor to a runtime by name, format and protocol: the InferenceService and
+    k8s/base/serving/servingruntime.yaml must agree on all three, or the predictor never starts."""
+    runtime = yaml.safe_load((Path(__file__).resolve().parents[3] / "k8s" / "base" / "serving" /
+                              "servingruntime.yaml").read_text())
+    model = _isvc(kserve.manifests(kserve.KServeOptions(), RolloutPolicy(), URI, 3))["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"] == kserve.TRITON_RUNTIME
+    assert model["modelFormat"]["name"] in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
+    assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
+    container = runtime["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "tuneline.serving.runtime"]
+    assert "--model-repository=/mnt/models" in container["args"]  # where KServe's storage initializer puts it
+    openai = _isvc(kserve.manifests(kserve.KServeOptions(api="openai"), RolloutPolicy(), URI, 3))
+    assert "runtime" not in openai["spec"]["predictor"]["model"]  # KServe's own Hugging Face runtime, by format

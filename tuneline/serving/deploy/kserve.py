@@ -6,8 +6,10 @@ between min and max replicas, and under the canary strategy sets ``canaryTraffic
 traffic between the new and the previous ready revision (Serverless mode, which canary needs).
 
 Two request shapes, by ``api``:
-- ``v2`` (default): KServe's Triton runtime on the Triton model repository (the ``triton`` target's output);
-  the Open Inference Protocol at ``/v2/models/<name>/infer``, the same model the local endpoint serves.
+- ``v2`` (default): the ``tuneline-triton`` ServingRuntime (k8s/base/serving/servingruntime.yaml: tritonserver in
+  the project's serve image, with vLLM as the engine) on the Triton model repository (the ``triton`` target's
+  output); the Open Inference Protocol at ``/v2/models/<name>/infer``, the same model the local endpoint serves.
+  KServe's own Triton runtime runs NVIDIA's image, which lacks the packages the repository's model imports.
 - ``openai``: KServe's Hugging Face runtime on the merged model folder; it serves OpenAI's completions and
   chat completions at ``/openai/v1/completions`` and ``/openai/v1/chat/completions`` (KServe docs, "GenAI
   Serving Runtime": OpenAI routes carry the ``openai`` prefix unless KSERVE_OPENAI_ROUTE_PREFIX changes it),
@@ -50,6 +52,7 @@ POD_SECURITY = {
 }
 CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 PRIORITY_CLASS = "tuneline-serving"
+TRITON_RUNTIME = "tuneline-triton"  # k8s/base/serving/servingruntime.yaml
 SPOT_TOLERATION = {
     "key": SPOT_LABEL,
     "operator": "Equal",
@@ -69,7 +72,7 @@ class KServeOptions(BaseModel):
         description="where the Triton model repository (the triton target's output) lives",
     )
     runtime: str | None = Field(
-        default=None, description="ServingRuntime name; None lets KServe pick by format"
+        default=None, description="ServingRuntime name; None: tuneline-triton for api v2, KServe's pick for openai"
     )
     api: Literal["v2", "openai"] = Field(
         default="v2", description="v2: Triton runtime on the repository; openai: Hugging Face runtime on the model"
@@ -124,8 +127,9 @@ def inference_service(
             "resources": resources,
             "securityContext": dict(CONTAINER_SECURITY),
         }
-    if options.runtime:
-        model["runtime"] = options.runtime
+    runtime = options.runtime or (TRITON_RUNTIME if options.api == "v2" else None)
+    if runtime:
+        model["runtime"] = runtime
     tolerations = ([GPU_TOLERATION] if options.gpus else []) + ([SPOT_TOLERATION] if options.spot else [])
     predictor: dict[str, Any] = {
         "minReplicas": options.min_replicas,
