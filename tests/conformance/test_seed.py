@@ -77,7 +77,7 @@ def test_the_azureml_harness_seeds_both_runs_then_compares(tmp_path: Path, capsy
     work = tmp_path / "toy" / "azureml"
     # Each run's seed ran first: tuneline run into the local home, the compiled seed as the workspace's jobs.
     assert len(list((work / "local" / "runs").iterdir())) == 2
-    assert "--count 2" in (work / "azureml" / "seed" / "jobs" / "gen" / "log.txt").read_text()
+    assert "wrote 2 lines" in (work / "azureml" / "seed" / "jobs" / "gen" / "log.txt").read_text()
 
 
 def test_what_differs_between_two_correct_runs_follows_the_declarations() -> None:
