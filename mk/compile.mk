@@ -18,9 +18,10 @@ compile-bench: $(VENV_STAMP) ## time compiling the default pipeline to both targ
 	$(PY) bench/compile_bench.py
 
 # The feedback loop improves and judges the champion the fine-tuning pipeline registered, so each run's registry
-# gets one first (--seed: the demo pipeline, tiny, run on this machine into each store alike); the feedback is 16
-# pairs a demo round exported (tests/fixtures/preference/README.md). An always-true gate, so every step runs; 10
-# examples, the fewest a win rate is computed on.
+# gets one first (--seed: the demo pipeline, tiny, run into each store alike; on azureml as the workspace's jobs,
+# whose register step registers the champion from its output); the feedback is 16 pairs a demo round exported
+# (tests/fixtures/preference/README.md). An always-true gate, so every step runs; 10 examples, the fewest a win
+# rate is computed on.
 CONFORMANCE_FEEDBACK = --set base_model=tiny-random-llama --set feedback=tests/fixtures/preference/feedback_pairs.jsonl \
 	--set preference_steps=2 --set max_seq_len=768 --set eval_examples=10 --set "gates=win_rate.n > 0" \
 	--seed pipelines/finetune.yaml $(patsubst --set,--seed-set,$(CONFORMANCE_TINY))
@@ -40,6 +41,7 @@ conformance: $(VENV_STAMP) images ## run the compiled pipelines as kfp.local and
 	OMP_NUM_THREADS=1 $(PY) -m tools.conformance azureml tests/fixtures/toy/pipelines/resume.yaml --preempt-resumable
 	OMP_NUM_THREADS=1 $(PY) -m tools.conformance azureml pipelines/finetune.yaml $(CONFORMANCE_TINY) \
 		$(CONFORMANCE_PREEMPT) --preempt-resumable
+	OMP_NUM_THREADS=1 $(PY) -m tools.conformance azureml pipelines/feedback.yaml $(CONFORMANCE_FEEDBACK)
 	$(MAKE) images IMAGES=train-cpu
 	OMP_NUM_THREADS=1 $(PY) -m tools.conformance.kfp_resume pipelines/finetune.yaml $(CONFORMANCE_TINY) \
 		$(CONFORMANCE_PREEMPT)

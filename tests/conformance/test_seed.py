@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from tools.conformance.__main__ import Seed, main
+from tools.conformance.__main__ import Seed, SeedFailed, main, seed_workspace
 from tools.conformance.compare import RESUME_REASON, RUN_ID_REASON, volatile_reason
 from tuneline.graph import build_graph
 from tuneline.spec import load_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
+TOY = REPO / "tests" / "fixtures" / "toy" / "pipelines" / "toy.yaml"
 
 
 def test_a_seed_takes_the_targets_values_but_reads_its_data_here() -> None:
@@ -29,11 +30,54 @@ def test_a_seed_keeps_a_data_uri_given_by_set() -> None:
     assert graph.params["dataset"] == "/elsewhere/tickets.jsonl"
 
 
-def test_the_azureml_harness_refuses_a_seed_and_says_why(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    code = main(["azureml", str(REPO / "pipelines" / "feedback.yaml"), "--work", str(tmp_path),
-                 "--seed", str(REPO / "pipelines" / "finetune.yaml")])
-    assert code == 2
-    assert "cannot seed its workspace yet" in capsys.readouterr().err
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    from tools.conformance.workspace_mlflow import WorkspaceMlflow
+
+    with WorkspaceMlflow(tmp_path_factory.mktemp("workspace")) as ws:
+        yield ws
+
+
+@pytest.mark.slow
+def test_an_azureml_seed_runs_as_the_workspaces_jobs_into_the_datastores_given(tmp_path: Path, workspace) -> None:
+    # What the compared run's jobs then read a registered version's files from: the same datastores (R8a).
+    datastores = tmp_path / "datastores"
+    seed_workspace(Seed(str(TOY), {"count": "5"}), tmp_path / "azureml", workspace, {}, datastores)
+    with workspace.client() as client:
+        runs = client.search_runs([client.get_experiment_by_name("toy").experiment_id])
+    jobs = {r.info.run_name: r.info.run_id for r in runs}
+    assert set(jobs) == {"gen", "check", "publish"}
+    data = datastores / "workspaceblobstore" / "azureml" / jobs["gen"] / "data"
+    assert len(list(data.iterdir())) == 1 and len((next(data.iterdir())).read_text().splitlines()) == 5
+    assert (tmp_path / "azureml" / "seed" / "jobs" / "publish" / "log.txt").is_file()
+
+
+def test_a_seed_node_that_fails_as_an_azureml_job_is_named_with_its_reason(toy: Path, workspace) -> None:
+    pipeline = toy / "pipelines" / "failing.yaml"
+    # Azure ML does not retry a node (R7), so the component's retry policy does not save it there.
+    pipeline.write_text(FAILING.replace("{marker}", str(toy / "marker")))
+    with pytest.raises(SeedFailed, match=r"(?s)failing.yaml as Azure ML jobs failed \(no node finished\): "
+                                         r"node 'flaky' exited with code 137:.*failing on purpose"):
+        seed_workspace(Seed(str(pipeline), {}), toy / "work", workspace, {}, toy / "datastores")
+
+
+FAILING = """
+name: failing
+steps:
+  flaky:
+    component: components/flaky
+    inputs: {marker: "{marker}", fail_times: 5, exit_code: 137}
+"""
+
+
+@pytest.mark.heavy
+def test_the_azureml_harness_seeds_both_runs_then_compares(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["azureml", str(TOY), "--work", str(tmp_path), "--seed", str(TOY), "--seed-set", "count=2"]) == 0
+    assert "azureml conformance: 3/3 steps match local" in capsys.readouterr().out
+    work = tmp_path / "toy" / "azureml"
+    # Each run's seed ran first: tuneline run into the local home, the compiled seed as the workspace's jobs.
+    assert len(list((work / "local" / "runs").iterdir())) == 2
+    assert "wrote 2 lines" in (work / "azureml" / "seed" / "jobs" / "gen" / "log.txt").read_text()
 
 
 def test_what_differs_between_two_correct_runs_follows_the_declarations() -> None:

@@ -6,13 +6,18 @@ Run as: python -m tools.conformance azureml pipelines/finetune.yaml --set base_m
         python -m tools.conformance kfp tests/fixtures/toy/pipelines/toy.yaml --work build/conformance
         python -m tools.conformance kfp pipelines/feedback.yaml --set base_model=tiny-random-llama \
             --seed pipelines/finetune.yaml --seed-set base_model=tiny-random-llama
+        python -m tools.conformance azureml pipelines/feedback.yaml --set base_model=tiny-random-llama \
+            --seed pipelines/finetune.yaml --seed-set base_model=tiny-random-llama
 
 `kfp` executes the compiled package with kfp.local in containers of the images `make images` builds, through a
 podman service started for the run under `<TUNELINE_HOME>/podman` (see tools.conformance.kfp); `azureml`
 applies Azure ML's documented runtime rules (tools.conformance.azureml).
-`--seed` runs an earlier pipeline of a loop into each run's stores first (registry, model cache), each seed alike,
-on this machine: the feedback loop improves and judges the champion that the fine-tuning pipeline registered, so
-both runs must start from the same registered champion, as a cluster's registry holds it when the loop runs.
+`--seed` runs an earlier pipeline of a loop into each run's stores first (registry, model cache), each seed alike:
+the feedback loop improves and judges the champion that the fine-tuning pipeline registered, so both runs must
+start from the same registered champion, as the platform's registry holds it when the loop runs. The local run's
+seed is `tuneline run`; the kfp run's too, on this machine, into the store the cluster's pods share. A workspace
+registers a model only from a job's output (docs/azureml.md, 'Register and deploy on a workspace'), so the azureml
+run's seed is the seed pipeline compiled to Azure ML and run as its jobs, in the same workspace and datastores.
 Exit status 0 when every step matches, 1 when one differs, 2 when the compiled output breaks a runtime rule.
 """
 
@@ -114,17 +119,41 @@ def resume_report(runtime: AzureMLRuntime, graph: PipelineGraph, local: rec.RunR
     return lines, ok
 
 
+def seed_workspace(seed: Seed, work: Path, workspace: WorkspaceMlflow, env: dict[str, str],
+                   datastores: Path) -> None:
+    """Run the seed pipeline as a workspace's jobs: its register step saves the champion into its own output on the
+    default datastore and registers that output's URI (tuneline/llm/workspace_files.py), as on Azure ML, so the
+    compared run's jobs fetch `models:/<name>@champion` from the same `datastores` through the same workspace."""
+    out = compile_graph(seed.graph("azureml"), ("azureml",), work / "seed-compiled", CompileOptions())
+    # Its own job folders (its node names are the compared pipeline's too); the datastores outlive both (R8).
+    runtime = AzureMLRuntime(out.folder / "azureml" / "pipeline_job.yml", work / "seed", env=env, image_path=REPO,
+                             datastores=datastores, workspace=workspace)
+    try:
+        results = runtime.run()
+    except RuntimeRuleBroken as exc:  # R7: the first failed node ends the pipeline job
+        done = ", ".join(f"{n} {r.status}" for n, r in runtime.results.items())
+        raise SeedFailed(f"the seed {seed.pipeline} as Azure ML jobs failed ({done or 'no node finished'}): "
+                         f"{exc}") from exc
+    failed = [f"{n}: {r.status}" for n, r in results.items() if r.status not in ("succeeded", "skipped")]
+    if failed:
+        raise SeedFailed(f"the seed {seed.pipeline} as Azure ML jobs failed: {'; '.join(failed)}")
+
+
 def conform_azureml(graph: PipelineGraph, work: Path, local: rec.RunRecord,
-                    preempt_resumable: bool = False) -> tuple[str, bool]:
+                    preempt_resumable: bool = False, seed: Seed | None = None) -> tuple[str, bool]:
     out = compile_graph(graph, ("azureml",), work / "compiled", CompileOptions())
     home = work / "azureml"
     home.mkdir(parents=True, exist_ok=True)
     resumable = [n for n in graph.order if graph.nodes[n].component.spec.resume_outputs]
     # The model cache under TUNELINE_HOME is shared (an image would hold the same base model); tracking is the
     # workspace's (R9): a real MLflow server reached only through the variables Azure ML injects.
+    env = {"TUNELINE_HOME": str(work / "local")}
+    datastores = home / "datastores"
     with WorkspaceMlflow(home / "workspace-mlflow") as workspace:
-        runtime = AzureMLRuntime(out.folder / "azureml" / "pipeline_job.yml", home,
-                                 env={"TUNELINE_HOME": str(work / "local")}, image_path=REPO, workspace=workspace)
+        if seed is not None:
+            seed_workspace(seed, home, workspace, env, datastores)
+        runtime = AzureMLRuntime(out.folder / "azureml" / "pipeline_job.yml", home, env=env, image_path=REPO,
+                                 datastores=datastores, workspace=workspace)
         results = runtime.run(preempt=resumable if preempt_resumable else ())
 
     def output(step: str, name: str):
@@ -220,15 +249,13 @@ def main(argv: list[str] | None = None) -> int:
             text, ok = conform_kfp(args.pipeline, overrides, work, seed)
         else:
             if seed is not None:
-                raise SeedFailed("--seed: the azureml harness cannot seed its workspace yet: a seed runs with "
-                                 "`tuneline run` on this machine, and a workspace registers a model only from a "
-                                 "job's output (docs/azureml.md, 'Register and deploy on a workspace')")
+                seed.run_into("azureml", work / "local", {"MLFLOW_TRACKING_URI": None})
             local = run_local(graph, work)
             if local.status != rec.SUCCEEDED:
                 failed = [f"{s.name}: {s.reason}" for s in local.steps.values() if s.status == rec.FAILED]
                 print(f"{args.pipeline}: the local run {local.status}: {'; '.join(failed)}", file=sys.stderr)
                 return 1
-            text, ok = conform_azureml(graph, work, local, args.preempt_resumable)
+            text, ok = conform_azureml(graph, work, local, args.preempt_resumable, seed)
     except (KfpRunBroken, RuntimeRuleBroken, SeedFailed, SpecError) as exc:
         print(f"{args.pipeline}: {args.target}: {exc}", file=sys.stderr)
         print(f"{args.target} conformance: 0/{len(graph.order)} steps match local")
