@@ -99,14 +99,6 @@ def test_datastore_paths_resolve_to_folders_that_outlive_jobs(tmp_path):
 TRACKED = TOY.parent / "tracked.yaml"
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    from tools.conformance.workspace_mlflow import WorkspaceMlflow
-
-    with WorkspaceMlflow(tmp_path_factory.mktemp("workspace")) as ws:
-        yield ws
-
-
 def _tracked_job(tmp_path: Path, plain_mlflow: bool) -> Path:
     """The toy `gen -> track` job, its track node bound to `plain_mlflow` and setting a tracking URI of its own."""
     from tuneline.targets.build import compile_file

@@ -30,14 +30,6 @@ def test_a_seed_keeps_a_data_uri_given_by_set() -> None:
     assert graph.params["dataset"] == "/elsewhere/tickets.jsonl"
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    from tools.conformance.workspace_mlflow import WorkspaceMlflow
-
-    with WorkspaceMlflow(tmp_path_factory.mktemp("workspace")) as ws:
-        yield ws
-
-
 @pytest.mark.slow
 def test_an_azureml_seed_runs_as_the_workspaces_jobs_into_the_datastores_given(tmp_path: Path, workspace) -> None:
     # What the compared run's jobs then read a registered version's files from: the same datastores (R8a).
