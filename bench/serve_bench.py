@@ -3,12 +3,13 @@
 In one run, on the same weights and the same prompts (the user turns of data/sample/tickets.jsonl):
   1. the served endpoint: OpenAI `POST /v1/chat/completions` through the proxy, closed loop at each
      `--concurrency` (default 1 8 32 64), once per `--engines` (default: vLLM, then plain generate, the engine
-     it replaced, in the same repository, written as the deploy step writes it: a LoRA champion as an adapter
-     on its unmerged base); with vLLM also the test split's tickets (prepare's own split) with and without
-     `response_format: json_schema`, scored by the evaluate step's metrics, and `--adapters N` (default 3)
-     adapters on the one base, the traffic split evenly between them, with the server's memory beside the
-     one-adapter runs' (the extra adapters are the champion's weights under other names: an adapter's memory is
-     its shape's, whatever its values);
+     it replaced, in the same repository, written as the deploy step writes it: on CPU a LoRA champion merged
+     into its base); with vLLM also the test split's tickets (prepare's own split) with and without
+     `response_format: json_schema`, scored by the evaluate step's metrics; then a LoRA champion served as an
+     adapter on its unmerged base (what deploy does on a GPU, `adapters: shared`), at concurrency 32 with one
+     adapter and with `--adapters N` (default 3) on the one base, the traffic split evenly between them, with the
+     server's memory after each (the extra adapters are the champion's weights under other names: an adapter's
+     memory is its shape's, whatever its values);
   2. direct Triton: v2 infer calls straight to tritonserver at the highest concurrency <= 32;
      and the same endpoint with `stream: true` at concurrency 1 and 32: time to the first content chunk beside
      the time to the whole answer, and content chunks per answer;
@@ -409,32 +410,50 @@ def server_rss_mb(pid: int) -> int:
     return round(total / 2**20)
 
 
-def adapters_run(args: argparse.Namespace, repo: Path, spec, base_dir: Path | None, server, state: Path,
-                 proxy_url: str, token: str, prompts: list[str]) -> dict | None:
-    """`--adapters` adapters on the one base of the running server, traffic split evenly between them at
-    concurrency 32; None where the repository serves no adapter (a full model, or merged)."""
-    root = repo / spec.model_name
-    names = served_adapters(root)
-    if args.adapters < 2 or not names:
-        return None
-    for i in range(len(names) + 1, args.adapters + 1):
-        why = add_adapter(root, root / "1" / "adapters" / names[0], f"copy-{i}", spec, base_model_dir=base_dir)
-        if why:
-            raise RuntimeError(f"adapter copy-{i} cannot join: {why}")
-    served = served_adapters(root)
-    weights = [100 // len(served) + (1 if i < 100 % len(served) else 0) for i in range(len(served))]
-    write_routes(state, Routes(backends=tuple(
-        Upstream(url=server.url, model=spec.model_name, slot="bench", adapter=name, weight=w)
-        for name, w in zip(served, weights, strict=True))))
+def adapters_runs(args: argparse.Namespace, work: Path, model_dir: Path, base_dir: Path | None, spec, install,
+                  prompts: list[str]) -> list[dict]:
+    """The LoRA champion served as an adapter on its unmerged base (RepositorySpec.adapters "shared"), vLLM: at
+    concurrency 32 with the one adapter, then with `--adapters` adapters on the one base and the traffic split
+    evenly between them; the server's memory after each. Empty when the model is not a LoRA adapter."""
+    if args.adapters < 2 or not (model_dir / "adapter_config.json").is_file():
+        return []
+    spec = dataclasses.replace(spec, engine="vllm", adapters="shared")
+    repo = work / "repo-adapters"
+    root = write_repository(model_dir, repo, spec, base_model_dir=base_dir, adapter="champion")
+    state = work / "state-adapters"
+    server = start_triton(repo, spec.model_name, state_dir=state, slot="bench", install=install)
+    print(f"tritonserver ready in {server.startup_s:.1f}s (vllm, LoRA adapters on one base)", file=sys.stderr)
+    token = ensure_token(state, announce=False)
+    proxy = start_proxy(state, limits=ProxyLimits())
     c = max([c for c in args.concurrency if c <= 32] or [args.concurrency[0]])
-    run = load_endpoint(proxy_url, token, spec.model_name, prompts, c, max(args.min_requests,
-                        args.requests_per_slot * c), args.max_new_tokens)
-    run["name"] = f"served, {len(served)} adapters on one base (traffic split evenly)"
-    return run
+    requests = max(args.min_requests, args.requests_per_slot * c)
+    runs = []
+    try:
+        for count in (1, args.adapters):
+            for i in range(len(served_adapters(root)) + 1, count + 1):
+                why = add_adapter(root, model_dir, f"copy-{i}", spec, base_model_dir=base_dir)
+                if why:
+                    raise RuntimeError(f"adapter copy-{i} cannot join: {why}")
+            served = served_adapters(root)
+            weights = [100 // len(served) + (1 if i < 100 % len(served) else 0) for i in range(len(served))]
+            write_routes(state, Routes(backends=tuple(
+                Upstream(url=server.url, model=spec.model_name, slot="bench", adapter=name, weight=w)
+                for name, w in zip(served, weights, strict=True))))
+            load_endpoint(proxy.url, token, spec.model_name, prompts, 4, 12, args.max_new_tokens)  # each one loaded
+            run = load_endpoint(proxy.url, token, spec.model_name, prompts, c, requests, args.max_new_tokens)
+            run.update(name=f"served, {len(served)} LoRA adapter(s) on one base (traffic split evenly)",
+                       config=_label(spec) + " adapters shared", engine="vllm (LoRA)", adapters=len(served),
+                       startup_s=round(server.startup_s, 1), server_rss_mb=server_rss_mb(server.pid))
+            _print(run)
+            runs.append(run)
+    finally:
+        process.stop(proxy.ref)
+        stop_triton(server, state)
+    return runs
 
 
 def serve_runs(args: argparse.Namespace, work: Path, repo: Path, spec, install, prompts: list[str], *,
-               direct: bool, stream: bool, base_dir: Path | None = None) -> list[dict]:
+               direct: bool, stream: bool) -> list[dict]:
     """Serve `spec` (config.pbtxt rewritten in `repo`) and load it at each --concurrency."""
     (repo / spec.model_name / "config.pbtxt").write_text(render_config(spec))
     (repo / stream_model_name(spec.model_name) / "config.pbtxt").write_text(render_config(spec, decoupled=True))
@@ -471,10 +490,6 @@ def serve_runs(args: argparse.Namespace, work: Path, repo: Path, spec, install, 
             tickets = held_out_tickets(args.structured, work)
             for constrained in (False, True):
                 keep(load_structured(proxy.url, token, spec.model_name, tickets, constrained))
-        if stream and engine["engine"] == "vllm":
-            more = adapters_run(args, repo, spec, base_dir, server, state, proxy.url, token, prompts)
-            if more is not None:
-                keep(more)
     finally:
         process.stop(proxy.ref)
         stop_triton(server, state)
@@ -513,8 +528,7 @@ def run_bench(args: argparse.Namespace, work: Path) -> dict:
     repo = work / "repo"
     # The vLLM model file holds plain generate beside it, chosen by config.pbtxt's `engine`: one repository
     # serves both engines.
-    write_repository(model_dir, repo, dataclasses.replace(specs[0], engine="vllm"), base_model_dir=base_dir,
-                     adapter="champion")
+    write_repository(model_dir, repo, dataclasses.replace(specs[0], engine="vllm"), base_model_dir=base_dir)
     hf_dir = repo / base.model_name / "1" / HF_SUBDIR
     serving = json.loads((repo / base.model_name / "1" / SERVING_FILE).read_text())
     if serving.get("adapter"):  # the baseline runs the same weights, merged as plain transformers needs them
@@ -544,7 +558,9 @@ def run_bench(args: argparse.Namespace, work: Path) -> dict:
     seq, batched = baselines()
     for spec in specs:
         results["runs"] += serve_runs(args, work, repo, spec, install, prompts, direct=not args.tune,
-                                      stream=not args.tune, base_dir=base_dir)
+                                      stream=not args.tune)
+    if not args.tune and "vllm" in args.engines:
+        results["runs"] += adapters_runs(args, work, model_dir, base_dir, specs[0], install, prompts)
     seq2, batched2 = baselines()
     results["runs"] += [dict(seq), dict(batched), seq2, batched2]
     sequential_p50_ms = (seq["p50_ms"] + seq2["p50_ms"]) / 2
@@ -565,15 +581,13 @@ def run_bench(args: argparse.Namespace, work: Path) -> dict:
         results["ratios_by_config"] = by_config
     elif by_config:
         results["ratios"] = by_config
-    many = next((r for r in results["runs"] if " adapters on one base" in r["name"]), None)
-    one = next((r for r in results["runs"] if many and r.get("config") == many["config"]
-                and r["name"].startswith("served (") and r.get("concurrency") == many["concurrency"]), None)
-    if many and one:
-        # The target: a second adapter within 10% of the memory of one (here: the third as well).
+    shared = [r for r in results["runs"] if r.get("adapters")]
+    if len(shared) == 2:
+        # The target: more adapters on the one base within 10% of the memory of one.
+        one, many = shared
         results["adapters_memory"] = {
-            "one_adapter_rss_mb": one["server_rss_mb"], "adapters": many["name"].split(",")[1].split()[0],
-            "several_adapters_rss_mb": many["server_rss_mb"],
-            "ratio": round(many["server_rss_mb"] / one["server_rss_mb"], 3),
+            "one_adapter_rss_mb": one["server_rss_mb"], "adapters": many["adapters"],
+            "adapters_rss_mb": many["server_rss_mb"], "ratio": round(many["server_rss_mb"] / one["server_rss_mb"], 3),
             "within_10_percent": many["server_rss_mb"] <= 1.10 * one["server_rss_mb"]}
     results["machine"]["load_avg_at_end"] = os.getloadavg()
     return results

@@ -95,6 +95,7 @@ def _deploy(args: Namespace, uri: str, policy: RolloutPolicy, serving_name: str,
                 proxy_port=args.port,
                 smoke_expect=args.smoke_expect,
                 response_schema=response_schema,
+                adapters=args.adapters,
                 startup_timeout=args.startup_timeout,
                 requests_log=Path(args.requests_log) if args.requests_log else None,
                 canary_promote_after=args.canary_promote_after,
@@ -102,7 +103,7 @@ def _deploy(args: Namespace, uri: str, policy: RolloutPolicy, serving_name: str,
             return deploy_local(fetched, options, policy, args.model_uri, _log)
         if args.target == "triton":
             return write_triton(fetched, args.files, policy, args.model_uri, serving_name, args.instance_kind,
-                                response_schema)
+                                response_schema, args.adapters)
         if args.target == "kserve":
             return write_kserve(fetched, args.files, policy, args.model_uri, kserve_options, serving_name)
         if response_schema:

@@ -39,13 +39,15 @@ def write_triton(
     model_name: str,
     instance_kind: str,
     response_schema: str = "",
+    adapters: str = "auto",
 ) -> DeploymentRecord:
     from tuneline.serving.repository import RepositorySpec, write_repository
 
     root = write_repository(
         fetched.model_dir,
         out,
-        RepositorySpec(model_name=model_name, instance_kind=instance_kind, response_schema=response_schema),
+        RepositorySpec(model_name=model_name, instance_kind=instance_kind, response_schema=response_schema,
+                       adapters=adapters),
         base_model_dir=resolve_base_dir(fetched),
     )
     record = _record("triton", fetched, requested_uri, policy)

@@ -16,6 +16,7 @@ import pytest
 
 from tuneline.serving.auth import load_token
 from tuneline.serving.local import status, stop_all
+from tuneline.serving.repository import RepositorySpec
 from tuneline.serving.rollout import rollout
 from tuneline.serving.routing import CanaryPolicy, read_canary, read_routes
 
@@ -58,7 +59,10 @@ def test_two_adapters_share_one_base_and_the_canary_splits_between_them(
 
     second = build_tiny_lora_adapter(tiny_model, tmp_path / "second", seed=2)
     state_dir = tmp_path / "state"
-    first = rollout(tiny_adapter, base_model_dir=tiny_model, state_dir=state_dir, label="models:/m/1")
+    log = tmp_path / "requests.jsonl"
+    spec = RepositorySpec(adapters="shared")  # on CPU adapters are merged unless asked (RepositorySpec.adapters)
+    first = rollout(tiny_adapter, base_model_dir=tiny_model, state_dir=state_dir, label="models:/m/1",
+                    request_log=str(log), spec=spec)
     assert first.ok and first.adapter == "m-1" and first.shared_base is None, first.error
     token = load_token(Path(first.token_file))
     try:
@@ -68,7 +72,7 @@ def test_two_adapters_share_one_base_and_the_canary_splits_between_them(
 
         policy = CanaryPolicy(promote_after=40, min_requests=4)
         canary = rollout(second, base_model_dir=tiny_model, state_dir=state_dir, canary_percent=50, canary=policy,
-                         label="models:/m/2")
+                         label="models:/m/2", spec=spec)
         assert canary.ok and canary.canary_percent == 50, canary.error
         assert canary.shared_base == "joined the running server" and canary.adapter == "m-2"
         assert set(status(state_dir)["servers"]) == {first.slot}  # no second server
@@ -85,6 +89,8 @@ def test_two_adapters_share_one_base_and_the_canary_splits_between_them(
             assert answers[0][1]["choices"][0]["message"]["content"] == answers[1][1]["choices"][0]["message"][
                 "content"]
         texts = {name: a[0][1]["choices"][0]["message"]["content"] for name, a in pinned.items()}
+        logged = [json.loads(line) for line in log.read_text().splitlines()]
+        assert {r["model"] for r in logged} >= {"m-1", "m-2"}  # the log says which version answered
         assert texts["m-1"] != texts["m-2"], texts
         code, body = _chat(first.proxy_url, token, _ask(1, "m-9"))
         assert code == 404 and body["error"]["param"] == "model" and "'m-2'" in body["error"]["message"]

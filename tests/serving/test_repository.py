@@ -107,9 +107,9 @@ def test_full_model_is_shipped_beside_model_py(tiny_model: Path, tmp_path: Path)
 def test_lora_adapter_is_merged_into_its_base_when_asked(tiny_model: Path, tiny_adapter: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    root = write_repository(tiny_adapter, tmp_path / "repo", RepositorySpec(serve_adapters=False),
+    root = write_repository(tiny_adapter, tmp_path / "repo", RepositorySpec(adapters="merged"),
                             base_model_dir=tiny_model)
-    assert json.loads((root / "1" / SERVING_FILE).read_text())["merged"] == "serve_adapters is off"
+    assert json.loads((root / "1" / SERVING_FILE).read_text())["merged"] == "adapters=merged on cpu"
     merged_dir = root / "1" / HF_SUBDIR
     assert not (merged_dir / "adapter_config.json").exists()
     merged = load_file(merged_dir / "model.safetensors")
@@ -168,7 +168,8 @@ def test_streaming_twin_ships_the_chosen_engine(engine: str, tiny_model: Path, t
 
 
 def test_lora_adapter_is_served_beside_an_unchanged_base(tiny_model: Path, tiny_adapter: Path, tmp_path: Path) -> None:
-    root = write_repository(tiny_adapter, tmp_path / "repo", base_model_dir=tiny_model, adapter="m-1")
+    root = write_repository(tiny_adapter, tmp_path / "repo", RepositorySpec(adapters="shared"),
+                            base_model_dir=tiny_model, adapter="m-1")
     version = root / "1"
     assert (version / HF_SUBDIR / "model.safetensors").read_bytes() == (tiny_model / "model.safetensors").read_bytes()
     assert (version / "adapters" / "m-1" / "adapter_config.json").is_file()
@@ -186,13 +187,13 @@ def _adapter_copy(src: Path, dst: Path, **changes) -> Path:
 
 def test_a_later_adapter_joins_only_the_same_base_and_settings(tiny_model: Path, tiny_adapter: Path,
                                                                 heavier_tiny_model: Path, tmp_path: Path) -> None:
-    spec = RepositorySpec()
+    spec = RepositorySpec(adapters="shared")
     root = write_repository(tiny_adapter, tmp_path / "repo", spec, base_model_dir=tiny_model, adapter="m-1")
     second = _adapter_copy(tiny_adapter, tmp_path / "second")
     assert add_adapter(root, second, "m-2", spec, base_model_dir=tiny_model) is None
     assert served_adapters(root) == ["m-1", "m-2"]
     assert "is not the base being served" in add_adapter(root, second, "m-3", spec, base_model_dir=heavier_tiny_model)
-    schema = RepositorySpec(response_schema='{"type": "object"}')
+    schema = RepositorySpec(adapters="shared", response_schema='{"type": "object"}')
     assert "response schema differ" in add_adapter(root, second, "m-3", schema, base_model_dir=tiny_model)
     wide = _adapter_copy(tiny_adapter, tmp_path / "wide", r=128)
     assert add_adapter(root, wide, "m-3", spec, base_model_dir=tiny_model) == "its rank 128 is over max_lora_rank 64"
@@ -207,7 +208,7 @@ def test_a_later_adapter_joins_only_the_same_base_and_settings(tiny_model: Path,
 def test_an_adapter_the_engine_cannot_load_is_merged_and_says_why(tiny_model: Path, tiny_adapter: Path,
                                                                   tmp_path: Path) -> None:
     dora = _adapter_copy(tiny_adapter, tmp_path / "dora", use_dora=True)
-    root = write_repository(dora, tmp_path / "repo", base_model_dir=tiny_model)
+    root = write_repository(dora, tmp_path / "repo", RepositorySpec(adapters="shared"), base_model_dir=tiny_model)
     assert json.loads((root / "1" / SERVING_FILE).read_text())["merged"] == (
         "it is a DoRA adapter, which vLLM's LoRA cannot load")
     assert served_adapters(root) == []
@@ -217,3 +218,16 @@ def test_an_adapter_the_engine_cannot_load_is_merged_and_says_why(tiny_model: Pa
                                              ("models:/t@champion", "t-champion"), ("///", "default")])
 def test_adapter_names_come_from_labels(label: str, name: str) -> None:
     assert adapter_name(label) == name
+
+
+def test_adapters_are_shared_on_a_gpu_and_merged_on_cpu_unless_asked(tiny_model: Path, tiny_adapter: Path,
+                                                                     tmp_path: Path) -> None:
+    assert RepositorySpec(instance_kind="gpu").shares_adapters and not RepositorySpec().shares_adapters
+    root = write_repository(tiny_adapter, tmp_path / "repo", RepositorySpec(), base_model_dir=tiny_model)
+    assert json.loads((root / "1" / SERVING_FILE).read_text())["merged"] == "adapters=auto on cpu"
+    second = tmp_path / "second"
+    shutil.copytree(tiny_adapter, second)
+    assert add_adapter(root, second, "m-2", RepositorySpec(), base_model_dir=tiny_model).startswith(
+        "adapters=auto on cpu: each version is merged")
+    with pytest.raises(RepositoryError, match="adapters must be one of auto, shared, merged"):
+        RepositorySpec(adapters="both").validate()

@@ -26,7 +26,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 def test_the_runtime_entry_serves_a_repository_on_kserves_ports(serve_venv, tiny_model: Path, tiny_adapter: Path,
                                                                   tmp_path: Path) -> None:
     repo = tmp_path / "models"
-    write_repository(tiny_adapter, repo, RepositorySpec(), base_model_dir=tiny_model, adapter="m-1")
+    write_repository(tiny_adapter, repo, RepositorySpec(adapters="shared"), base_model_dir=tiny_model,
+                     adapter="m-1")
     http, grpc, metrics = process.free_port(), process.free_port(), process.free_port()
     # The ServingRuntime's own command and arguments, with this machine's ports and folder.
     container = yaml.safe_load(RUNTIME.read_text())["spec"]["containers"][0]

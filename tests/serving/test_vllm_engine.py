@@ -158,12 +158,12 @@ def test_vllm_serves_several_lora_adapters_on_one_base(serve_venv, tmp_path: Pat
     base = resolve_model("smollm2-135m-instruct")
     first = build_tiny_lora_adapter(base, tmp_path / "a1", seed=1)
     second = build_tiny_lora_adapter(base, tmp_path / "a2", seed=2)
-    info, engine = _serve(serve_venv.venv_dir, first, tmp_path, base_model_dir=base)
+    info, engine = _serve(serve_venv.venv_dir, first, tmp_path, base_model_dir=base, adapters="shared")
     twin = stream_model_name("tuneline-llm")
     try:
         assert engine["engine"] == "vllm" and engine["fallback"] is None, engine
         assert engine["adapters"] == "served on one base"
-        assert add_adapter(tmp_path / "repo" / "tuneline-llm", second, "m-2", RepositorySpec(),
+        assert add_adapter(tmp_path / "repo" / "tuneline-llm", second, "m-2", RepositorySpec(adapters="shared"),
                            base_model_dir=base) is None
 
         def answer(adapter: str | None) -> str:

@@ -731,7 +731,9 @@ class _Handlers:
         latency = round((time.monotonic() - started) * 1000, 1)
         wanted = [None] * len(prompts) if answer_id is None else [answer_id] if len(prompts) == 1 else [
             f"{answer_id}-{i}" for i in range(len(prompts))]
-        ids = [logger.log(p, t, model=backend.model, latency_ms=latency, by=proxy.by, request_id=rid)
+        # Which version answered: the adapter where one server serves several, so exported ratings keep it.
+        ids = [logger.log(p, t, model=backend.adapter or backend.model, latency_ms=latency, by=proxy.by,
+                          request_id=rid)
                for p, t, rid in zip(prompts, texts, wanted, strict=True)]
         for request_id in ids:
             proxy.desk.served(logger, request_id, proxy.by)

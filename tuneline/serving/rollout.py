@@ -190,7 +190,10 @@ class _Rollout:
 
     def _join(self, model_dir: Path, base_model_dir: Path | None) -> bool:
         """Add the new version to the running server as an adapter on its base, when it is one that can be."""
-        if self.old is None or self.old.model_name != self.spec.model_name or not self.spec.serve_adapters:
+        if self.old is None:
+            return False
+        if self.old.model_name != self.spec.model_name:
+            self.result.shared_base = f"a server of its own: the running server serves {self.old.model_name}"
             return False
         root = self.state_dir / "repos" / self.old.slot / self.spec.model_name
         name = adapter_name(self.o.label) if self.o.label else f"version-{len(served_adapters(root)) + 1}"
