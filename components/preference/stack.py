@@ -106,8 +106,8 @@ def stack_adapters(sft_dir: Path, top_config, top_state: dict, out_dir: Path) ->
                 raise ValueError(f"{module}: the two adapters' matrices do not fit one layer "
                                  f"({tuple(a0.shape)}/{tuple(b0.shape)} and {tuple(part_a.shape)}/{tuple(part_b.shape)})")
             r = part_a.shape[0]
-            a[row:row + r] = part_a.float() * scaling
-            b[:, row:row + r] = part_b.float()
+            a[row:row + r] = part_a * scaling
+            b[:, row:row + r] = part_b
             row += r
         state[module + _A], state[module + _B] = a.contiguous(), b.contiguous()
     config = dataclasses.replace(
@@ -143,4 +143,5 @@ def _pairs(state: dict, where: str) -> dict[str, tuple[torch.Tensor, torch.Tenso
     lone = [m for m in modules if m + _A not in state or m + _B not in state]
     if lone:
         raise ValueError(f"{where}: {lone[:3]} hold only one of lora_A and lora_B")
-    return {m: (state[m + _A], state[m + _B]) for m in modules}
+    # On the host in fp32 whatever the training held them as (a GPU; 16 bits when ZeRO-3 consolidated them).
+    return {m: tuple(state[m + k].detach().to("cpu", torch.float32) for k in (_A, _B)) for m in modules}
