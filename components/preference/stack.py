@@ -86,12 +86,9 @@ def stack_adapters(sft_dir: Path, top_config, top_state: dict, out_dir: Path) ->
     top_problem = _plain(top_config)
     if top_problem:
         raise ValueError(f"the trained adapter cannot be stacked: {top_problem}")
-    parts = [(_pairs(load_file(Path(sft_dir) / WEIGHTS_FILE), f"{sft_dir}/{WEIGHTS_FILE}"), sft_config),
-             (_pairs(top_state, "the trained adapter"), top_config)]
-    for pairs, cfg in parts:
-        for module, (a, b) in pairs.items():
-            if a.shape[0] != cfg.r or b.shape[1] != cfg.r:
-                raise ValueError(f"{module}: lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} do not have rank {cfg.r}")
+    parts = [(_pairs(load_file(Path(sft_dir) / WEIGHTS_FILE), f"{sft_dir}/{WEIGHTS_FILE}", sft_config.r),
+              sft_config),
+             (_pairs(top_state, "the trained adapter", top_config.r), top_config)]
     rank = sft_config.r + top_config.r
     state = {}
     for module in sorted(set(parts[0][0]) | set(parts[1][0])):
@@ -103,8 +100,9 @@ def stack_adapters(sft_dir: Path, top_config, top_state: dict, out_dir: Path) ->
         # As PEFT's "cat": each part's rows in order, the scaling on A, zeros after the last one present.
         for (part_a, part_b), scaling in present:
             if part_a.shape[1] != a.shape[1] or part_b.shape[0] != b.shape[0]:
-                raise ValueError(f"{module}: the two adapters' matrices do not fit one layer "
-                                 f"({tuple(a0.shape)}/{tuple(b0.shape)} and {tuple(part_a.shape)}/{tuple(part_b.shape)})")
+                raise ValueError(f"{module}: the two adapters' matrices do not fit one layer (lora_A "
+                                 f"{tuple(a0.shape)} and {tuple(part_a.shape)}, lora_B {tuple(b0.shape)} and "
+                                 f"{tuple(part_b.shape)})")
             r = part_a.shape[0]
             a[row:row + r] = part_a * scaling
             b[:, row:row + r] = part_b
@@ -134,8 +132,8 @@ def _plain(cfg) -> str | None:
     return None
 
 
-def _pairs(state: dict, where: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{module: (lora_A, lora_B)}; anything else in the state dict is refused."""
+def _pairs(state: dict, where: str, rank: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{module: (lora_A, lora_B)}; anything else in the state dict, or another rank, is refused."""
     other = [k for k in state if not k.endswith((_A, _B))]
     if other:
         raise ValueError(f"{where}: holds more than LoRA A and B matrices: {other[:3]}")
@@ -143,5 +141,9 @@ def _pairs(state: dict, where: str) -> dict[str, tuple[torch.Tensor, torch.Tenso
     lone = [m for m in modules if m + _A not in state or m + _B not in state]
     if lone:
         raise ValueError(f"{where}: {lone[:3]} hold only one of lora_A and lora_B")
+    odd = [m for m in modules if state[m + _A].shape[0] != rank or state[m + _B].shape[1] != rank]
+    if odd:
+        raise ValueError(f"{where}: {odd[0]}: lora_A {tuple(state[odd[0] + _A].shape)}, lora_B "
+                         f"{tuple(state[odd[0] + _B].shape)}: not of rank r {rank}")
     # On the host in fp32 whatever the training held them as (a GPU; 16 bits when ZeRO-3 consolidated them).
     return {m: tuple(state[m + k].detach().to("cpu", torch.float32) for k in (_A, _B)) for m in modules}

@@ -4,7 +4,6 @@ PEFT's own "cat" combination, and an SFT adapter it cannot stack is refused with
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -123,5 +122,10 @@ def test_an_adapter_with_more_than_lora_matrices_is_refused(tiny, tmp_path):
              "base_model.model.lm_head.weight": torch.zeros(4, 32)}
     with pytest.raises(ValueError, match="more than LoRA A and B"):
         stack_adapters(sft, config, state, tmp_path / "out")
+    q = "base_model.model.model.layers.0.self_attn.q_proj"
+    with pytest.raises(ValueError, match=r"the trained adapter: .*q_proj: lora_A \(3, 32\), lora_B \(32, 3\): not "
+                                         r"of rank r 2"):
+        stack_adapters(sft, config, {f"{q}.lora_A.weight": torch.zeros(3, 32),
+                                     f"{q}.lora_B.weight": torch.zeros(32, 3)}, tmp_path / "out")
     with pytest.raises(ValueError, match="use_dora"):
         stack_adapters(sft, LoraConfig(r=2, lora_alpha=2, target_modules=["q_proj"], use_dora=True), {}, tmp_path)
