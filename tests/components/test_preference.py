@@ -172,8 +172,9 @@ def test_the_stacked_adapter_is_the_policy_merged_into_the_sft_model(env):
         if not path.name.startswith("adapter_"):
             (full_sft / path.name).write_bytes(path.read_bytes())
     stacked, merged = env["root"] / "dpo-stacked", env["root"] / "dpo-merged"
-    assert main(_args(env["pairs"], stacked, "--sft-model", str(sft), "--learning-rate", "5e-3")) == 0
-    assert main(_args(env["pairs"], merged, "--sft-model", str(full_sft), "--learning-rate", "5e-3")) == 0
+    fp32 = ["--learning-rate", "5e-3", "--precision", "no"]  # compared in fp32 on a GPU too
+    assert main(_args(env["pairs"], stacked, "--sft-model", str(sft), *fp32)) == 0
+    assert main(_args(env["pairs"], merged, "--sft-model", str(full_sft), *fp32)) == 0
     s = _summary(merged)
     assert s["method"] == "full" and s["preference"]["output"] == "merged"
     assert s["preference"]["output_why"] == ("not stacked with the SFT model: the SFT model is a full model, not an "
