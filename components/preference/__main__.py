@@ -154,13 +154,14 @@ def _main(config) -> int:
 
     state, held = _fit(loop, run, encoded_held_out)
 
-    # Downstream steps load the output against base_model: an adapter trained on a merged SFT model would not
-    # apply there, so that policy is merged and written as a full model.
-    merged = config.method == "lora" and config.sft_model is not None
-    summary = _summary(config, acc, loop, state, held, started, precision, merged=merged, start=start,
+    # Downstream steps load the output against base_model, where a LoRA trained on the merged SFT model does not
+    # apply on its own: with the SFT adapter it is stacked into one adapter over the base (stack.py), which serving
+    # loads beside the champion on one copy of the base; a start that cannot be stacked is merged instead.
+    output = _output_form(config)
+    summary = _summary(config, acc, loop, state, held, started, precision, output=output, start=start,
                        base_model=base_model, train_split=train_split, held_out=held_out, n_train=len(train),
                        over_long=over_long)
-    _save(config, acc, model, tokenizer, summary, precision, merged=merged, base_model=base_model)
+    _save(config, acc, model, tokenizer, summary, precision, form=output[0], base_model=base_model)
     _finish(config, acc, run, state, summary, held, start, log)
     acc.end_training()
     return 0
@@ -242,23 +243,66 @@ def _configure_distribution(config, acc):
     return config
 
 
-def _save(config, acc, model, tokenizer, summary: dict, precision: str, *, merged: bool, base_model: str) -> None:
-    """The model output, written by the main process. A LoRA on an SFT model is merged into it: in place when
-    every process holds the whole policy, else into a model rebuilt on the main process from the adapter gathered
-    from the shards (train's ``parallel.gathered_trainable``; every rank joins the gather)."""
+def _output_form(config) -> tuple[str, str | None]:
+    """(how the model output is written, why): "adapter" (a LoRA on the base model), "full" (a full fine-tune),
+    "stacked" (this LoRA and the SFT adapter as one adapter over the base) or "merged" (this LoRA merged into the
+    SFT model, written as a full model, where stacking cannot express the policy). The same on every rank."""
+    from components.preference.stack import unstackable
+
+    if config.method == "full":
+        return "full", None
+    if config.sft_model is None:
+        return "adapter", None
+    problem = unstackable(config.sft_model)
+    if problem is None:
+        import json
+        from pathlib import Path
+
+        sft_rank = json.loads((Path(config.sft_model) / "adapter_config.json").read_text())["r"]
+        return "stacked", (f"the SFT adapter (rank {sft_rank}) and this LoRA (rank {config.lora_r}) as one adapter "
+                           f"of rank {sft_rank + config.lora_r} over the base model, served beside the base's other "
+                           "adapters on one copy of it")
+    return "merged", f"not stacked with the SFT model: {problem}"
+
+
+def _save(config, acc, model, tokenizer, summary: dict, precision: str, *, form: str, base_model: str) -> None:
+    """The model output, written by the main process. A LoRA on an SFT adapter is stacked with it from the
+    adapter's weights, gathered from the shards first where no process holds them whole (train's
+    ``parallel.gathered_trainable``; every rank joins the gather). A LoRA on any other SFT model is merged into
+    it: in place when every process holds the whole policy, else into a model rebuilt on the main process from
+    the gathered adapter."""
     from components.preference import model as modelbuild
     from components.train import parallel
     from components.train.__main__ import save_outputs, write_model
 
-    save_as = _SaveAs(config, "full" if merged else config.method, base_model)
-    if not merged:
+    save_as = _SaveAs(config, "full" if form == "merged" else config.method, base_model)
+    if form in ("adapter", "full"):
         save_outputs(save_as, acc, model, tokenizer, summary)
+    elif form == "stacked":
+        gathered = parallel.gathered_trainable(acc, model) if parallel.shards_parameters(acc) else None
+        if acc.is_main_process:
+            _write_stacked(config, acc.unwrap_model(model), gathered, tokenizer, summary)
     elif parallel.shards_parameters(acc):
         adapter = parallel.gathered_trainable(acc, model)
         if acc.is_main_process:
             write_model(save_as, modelbuild.merged_policy(config, adapter, precision), tokenizer, summary)
     elif acc.is_main_process:
         write_model(save_as, acc.unwrap_model(model).merge_and_unload(), tokenizer, summary)
+
+
+def _write_stacked(config, policy, gathered: dict | None, tokenizer, summary: dict) -> None:
+    """The stacked adapter, the tokenizer and training_summary.json, as train writes an adapter. The trained
+    adapter's weights are keyed as PEFT saves them, from the gathered state dict where there is one (peft
+    0.21.2 utils/save_and_load.py ``get_peft_model_state_dict``, what ``save_pretrained`` calls)."""
+    from peft.utils import get_peft_model_state_dict
+
+    from components.preference.stack import stack_adapters
+    from components.train.loop import dump_json
+
+    adapter = get_peft_model_state_dict(policy, state_dict=gathered, save_embedding_layers=False)
+    stack_adapters(config.sft_model, policy.peft_config["default"], adapter, config.model)
+    tokenizer.save_pretrained(config.model)
+    dump_json(config.model / SUMMARY_FILE, summary)
 
 
 def _resolve_start(config):
@@ -343,16 +387,17 @@ def _fit(loop, run, encoded_held_out: dict) -> tuple:
         raise
 
 
-def _summary(config, acc, loop, state, held: dict, started: float, precision: str, *, merged: bool, start: str,
+def _summary(config, acc, loop, state, held: dict, started: float, precision: str, *, output: tuple, start: str,
              base_model: str, train_split, held_out: dict, n_train: int, over_long: dict) -> dict:
     """training_summary.json: what was trained from what, how, and the held-out and loop figures."""
     from components.preference import model as modelbuild
 
+    form, why = output
     return {
         "base_model": base_model,
-        "method": "full" if merged else config.method,
+        "method": "full" if form == "merged" else config.method,
         "preference": {"loss": config.loss, "beta": config.beta, "start": config.sft_model_uri or start,
-                       "adapter_merged_into_sft_model": merged, "reference": modelbuild.held_as(loop.reference)},
+                       "output": form, "output_why": why, "reference": modelbuild.held_as(loop.reference)},
         "hyperparameters": hyperparameters(config),
         "data": {"kind": train_split.kind, "train_sha256": train_split.sha256, "n_train": n_train,
                  **{f"{n}_sha256": s.sha256 for n, s in held_out.items()},

@@ -122,26 +122,89 @@ def test_dpo_lora_writes_adapter_held_out_rewards_progress_and_mlflow_metrics(en
     assert [m.step for m in history] == [1, 2, 3]
 
 
-def test_dpo_on_an_sft_adapter_starts_from_it_and_writes_a_merged_model(env):
+def _sft(env):
+    """train's LoRA adapter on the chat split, trained once for the tests that start from it."""
     from components.train.__main__ import main as train_main
-    from tuneline.llm.ml.models import load_tuned
 
     sft = env["root"] / "sft"
-    chat = env["chat"]
-    assert train_main(["--train", str(chat["train"]), "--base-model", "tiny-random-llama", "--model-out",
-                       str(sft / "model"), "--checkpoints", str(sft / "ckpt"), "--mlflow-run-id-out",
-                       str(sft / "run_id.json"), "--per-device-batch", "4", "--max-steps", "2",
-                       "--save-steps", "0"]) == 0
+    if not (sft / "model" / "training_summary.json").is_file():
+        chat = env["chat"]
+        assert train_main(["--train", str(chat["train"]), "--base-model", "tiny-random-llama", "--model-out",
+                           str(sft / "model"), "--checkpoints", str(sft / "ckpt"), "--mlflow-run-id-out",
+                           str(sft / "run_id.json"), "--per-device-batch", "4", "--max-steps", "2",
+                           "--save-steps", "0"]) == 0
+    return sft / "model"
+
+
+def test_dpo_on_an_sft_adapter_writes_one_adapter_over_the_base_that_serves_beside_it(env):
+    from tuneline.serving.repository import RepositorySpec, adapter_problem
+
+    sft = _sft(env)
     out = env["root"] / "dpo-sft"
-    assert main(_args(env["pairs"], out, "--sft-model", str(sft / "model"))) == 0
+    assert main(_args(env["pairs"], out, "--sft-model", str(sft))) == 0
     s = _summary(out)
-    assert s["method"] == "full" and s["preference"]["adapter_merged_into_sft_model"] is True
+    assert s["method"] == "lora" and s["preference"]["output"] == "stacked"
+    assert "rank 32 over the base model" in s["preference"]["output_why"]
     assert s["base_model"] == "tiny-random-llama" and s["preference"]["start"] == "tiny-random-llama + SFT model"
     # The reference is the SFT model: at the first step the new adapter is off, the loss is ln 2.
     assert s["first_train_loss"] == pytest.approx(math.log(2), abs=1e-6)
-    assert not (out / "model" / "adapter_config.json").exists()
-    model, _, summary = load_tuned(out / "model")
-    assert summary["preference"]["loss"] == "dpo" and model.config.model_type == "llama"
+    model = out / "model"
+    assert not (model / "config.json").exists() and not (model / "model.safetensors").exists()
+    cfg, sft_cfg = (json.loads((d / "adapter_config.json").read_text()) for d in (model, sft))
+    assert cfg["base_model_name_or_path"] == sft_cfg["base_model_name_or_path"] == "tiny-random-llama"
+    assert (cfg["r"], cfg["lora_alpha"]) == (sft_cfg["r"] + 16, sft_cfg["r"] + 16)
+    # The champion's server takes it as one more adapter of its base.
+    assert adapter_problem(model, RepositorySpec()) is None
+    assert (model / "tokenizer.json").is_file()
+
+
+def test_the_stacked_adapter_is_the_policy_merged_into_the_sft_model(env):
+    """The same run on the SFT model written as a full model (which cannot be stacked: its LoRA is merged into
+    it) trains the same LoRA; the stacked adapter merged into the base gives that merged model's weights."""
+    from safetensors.torch import load_file
+
+    from tuneline.llm.ml.models import load_tuned, merge_lora, resolve_model
+
+    sft = _sft(env)
+    full_sft = env["root"] / "sft-full"
+    merge_lora(resolve_model("tiny-random-llama"), sft, dtype=torch.float32).save_pretrained(full_sft)
+    for path in sft.iterdir():  # the tokenizer and training_summary.json
+        if not path.name.startswith("adapter_"):
+            (full_sft / path.name).write_bytes(path.read_bytes())
+    stacked, merged = env["root"] / "dpo-stacked", env["root"] / "dpo-merged"
+    fp32 = ["--learning-rate", "5e-3", "--precision", "no"]  # compared in fp32 on a GPU too
+    assert main(_args(env["pairs"], stacked, "--sft-model", str(sft), *fp32)) == 0
+    assert main(_args(env["pairs"], merged, "--sft-model", str(full_sft), *fp32)) == 0
+    s = _summary(merged)
+    assert s["method"] == "full" and s["preference"]["output"] == "merged"
+    assert s["preference"]["output_why"] == ("not stacked with the SFT model: the SFT model is a full model, not an "
+                                             "adapter of a base model")
+    assert not (merged / "model" / "adapter_config.json").exists()
+    want = load_file(merged / "model" / "model.safetensors")
+    got = load_tuned(stacked / "model", dtype=torch.float32)[0].state_dict()
+    sft_only = load_file(full_sft / "model.safetensors")
+    assert want.keys() <= got.keys()
+    assert max((got[k] - want[k]).abs().max().item() for k in want) < 1e-5
+    assert max((sft_only[k] - want[k]).abs().max().item() for k in want) > 1e-4  # the preference LoRA trained
+
+
+def test_an_sft_adapter_that_cannot_be_stacked_is_merged_and_the_summary_says_why(env, tmp_path):
+    import dataclasses
+    import shutil
+
+    from components.preference.__main__ import PROGRAM, _output_form
+
+    config = PROGRAM.parse(["--train", "t", "--model-out", "m", "--checkpoints", "c", "--mlflow-run-id-out", "r",
+                            "--sft-model", str(_sft(env))])
+    assert _output_form(config)[0] == "stacked"
+    odd = tmp_path / "odd"
+    shutil.copytree(config.sft_model, odd)
+    cfg = json.loads((odd / "adapter_config.json").read_text())
+    (odd / "adapter_config.json").write_text(json.dumps({**cfg, "modules_to_save": ["lm_head"]}))
+    form, why = _output_form(dataclasses.replace(config, sft_model=odd))
+    assert form == "merged" and why.startswith("not stacked with the SFT model: ") and "modules_to_save" in why
+    assert _output_form(dataclasses.replace(config, method="full"))[0] == "full"
+    assert _output_form(dataclasses.replace(config, sft_model=None))[0] == "adapter"
 
 
 def test_kto_full_fine_tune_on_labelled_records(env):

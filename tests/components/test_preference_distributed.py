@@ -107,7 +107,7 @@ def test_two_process_ddp_dpo_matches_one_process_and_reports_every_ranks_records
 
 @pytest.mark.slow
 @pytest.mark.heavy
-def test_fsdp_under_torchrun_matches_one_process_for_lora_full_and_an_sft_start(tmp_path, train_env, data):
+def test_fsdp_under_torchrun_matches_one_process_for_lora_and_full(tmp_path, train_env, data):
     from torch.distributed.checkpoint import FileSystemReader
 
     # LoRA on the base model: the reference is the sharded policy with its adapter disabled.
@@ -135,7 +135,13 @@ def test_fsdp_under_torchrun_matches_one_process_for_lora_full_and_an_sft_start(
     _same_weights(load_file(one / "model" / "model.safetensors"), load_file(fsdp / "model" / "model.safetensors"))
     _same_held_out(one, fsdp)
 
-    # On an SFT adapter: the new adapter is gathered from the shards and merged on rank 0 into the SFT model.
+
+@pytest.mark.slow
+@pytest.mark.heavy
+def test_fsdp_on_an_sft_adapter_gathers_the_new_adapter_and_stacks_it_as_one_process_does(tmp_path, train_env, data,
+                                                                                          monkeypatch):
+    # The new adapter is gathered from the shards and stacked on rank 0 with the SFT adapter: one adapter over
+    # the base, the same as a single process writes.
     from tests.support.tickets import write_splits
 
     chat = write_splits(tmp_path / "chat")
@@ -148,10 +154,30 @@ def test_fsdp_under_torchrun_matches_one_process_for_lora_full_and_an_sft_start(
     one, fsdp = tmp_path / "sft-one", tmp_path / "sft-fsdp"
     _run(train_env, data, one, "--per-device-batch", "4", *start)
     _run(train_env, data, fsdp, "--per-device-batch", "2", "--distribution", "fsdp", *start, ranks=2)
-    assert _summary(fsdp)["preference"]["adapter_merged_into_sft_model"] is True
-    assert not (fsdp / "model" / "adapter_config.json").exists()
-    _same_weights(load_file(one / "model" / "model.safetensors"), load_file(fsdp / "model" / "model.safetensors"))
+    assert _summary(fsdp)["preference"]["output"] == "stacked" and _summary(fsdp)["method"] == "lora"
+    assert not (fsdp / "model" / "model.safetensors").exists()
+    stacked = load_file(fsdp / "model" / "adapter_model.safetensors")
+    _same_weights(load_file(one / "model" / "adapter_model.safetensors"), stacked)
+    sft_adapter = load_file(sft / "model" / "adapter_model.safetensors")
+    assert {k for k in stacked if ".lora_A." in k} == {k for k in sft_adapter if ".lora_A." in k}
+    assert all(stacked[k].shape[0] == sft_adapter[k].shape[0] + 16 for k in sft_adapter if ".lora_A." in k)
     _same_held_out(one, fsdp)
+
+    # An SFT model that cannot be stacked (here a full model): the gathered adapter is merged into it on rank 0.
+    from tuneline.llm.ml.models import merge_lora, resolve_model
+
+    full_sft = tmp_path / "sft-full"
+    monkeypatch.setenv("TUNELINE_HOME", train_env["TUNELINE_HOME"])  # the tiny model train_env built
+    merge_lora(resolve_model("tiny-random-llama"), sft / "model", dtype=torch.float32).save_pretrained(full_sft)
+    for path in (sft / "model").iterdir():  # the tokenizer and training_summary.json
+        if not path.name.startswith("adapter_"):
+            (full_sft / path.name).write_bytes(path.read_bytes())
+    start = ["--sft-model", str(full_sft)]
+    one, fsdp = tmp_path / "merged-one", tmp_path / "merged-fsdp"
+    _run(train_env, data, one, "--per-device-batch", "4", *start)
+    _run(train_env, data, fsdp, "--per-device-batch", "2", "--distribution", "fsdp", *start, ranks=2)
+    assert _summary(fsdp)["preference"]["output"] == "merged" and _summary(fsdp)["method"] == "full"
+    _same_weights(load_file(one / "model" / "model.safetensors"), load_file(fsdp / "model" / "model.safetensors"))
 
 
 @pytest.mark.slow

@@ -190,7 +190,15 @@ def test_the_preference_step_starts_from_the_registered_champion(home: Path, tmp
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     summary = json.loads((out / "model" / "training_summary.json").read_text())
     assert summary["preference"]["start"] == "models:/tuneline-llm@champion"
-    assert summary["method"] == "full" and summary["base_model"] == "tiny-random-llama"
+    assert summary["method"] == "lora" and summary["base_model"] == "tiny-random-llama"
+    # The challenger is one adapter of the champion's base (the champion's adapter and the new LoRA, stacked), so
+    # the champion's server takes it beside the champion.
+    assert summary["preference"]["output"] == "stacked"
+    challenger = json.loads((out / "model" / "adapter_config.json").read_text())
+    assert challenger["base_model_name_or_path"] == "tiny-random-llama" and challenger["r"] == 4 + 16
+    from tuneline.serving.repository import RepositorySpec, adapter_problem
+
+    assert adapter_problem(out / "model", RepositorySpec()) is None
     missing = subprocess.run(
         [sys.executable, "-m", "components.preference", "--train", str(pairs["train"]), "--sft-model-uri",
          "models:/tuneline-llm@nosuchalias", "--model-out", str(out / "m2"), "--checkpoints", str(out / "c2"),
