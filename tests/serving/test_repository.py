@@ -13,6 +13,7 @@ from tuneline.serving.repository import (
     RepositorySpec,
     adapter_name,
     add_adapter,
+    lora_room,
     machine_spec,
     render_config,
     served_adapters,
@@ -196,7 +197,11 @@ def test_a_later_adapter_joins_only_the_same_base_and_settings(tiny_model: Path,
     schema = RepositorySpec(adapters="shared", response_schema='{"type": "object"}')
     assert "response schema differ" in add_adapter(root, second, "m-3", schema, base_model_dir=tiny_model)
     wide = _adapter_copy(tiny_adapter, tmp_path / "wide", r=128)
-    assert add_adapter(root, wide, "m-3", spec, base_model_dir=tiny_model) == "its rank 128 is over max_lora_rank 64"
+    # The engine was started with room for the first adapter's rank (4: vLLM's 8, on CPU).
+    assert json.loads((root / "1" / SERVING_FILE).read_text())["max_lora_rank"] == 8
+    assert 'key: "max_lora_rank" value: { string_value: "8" }' in (root / "config.pbtxt").read_text()
+    assert add_adapter(root, wide, "m-3", spec, base_model_dir=tiny_model) == (
+        "its rank 128 is over the engine's max_lora_rank 8")
     saved = _adapter_copy(tiny_adapter, tmp_path / "saved", modules_to_save=["lm_head"])
     assert "trains whole modules (lm_head)" in add_adapter(root, saved, "m-3", spec, base_model_dir=tiny_model)
     assert served_adapters(root) == ["m-1", "m-2"]  # nothing half-added
@@ -231,3 +236,10 @@ def test_adapters_are_shared_on_a_gpu_and_merged_on_cpu_unless_asked(tiny_model:
         "adapters=auto on cpu: each version is merged")
     with pytest.raises(RepositoryError, match="adapters must be one of auto, shared, merged"):
         RepositorySpec(adapters="both").validate()
+
+
+def test_the_engines_lora_room_is_the_adapters_rank_on_cpu_and_headroom_on_a_gpu() -> None:
+    assert lora_room(RepositorySpec(), 16) == 16 and lora_room(RepositorySpec(), 24) == 32
+    assert lora_room(RepositorySpec(instance_kind="gpu"), 16) == 64 and lora_room(RepositorySpec(instance_kind="gpu"),
+                                                                                  100) == 128
+    assert lora_room(RepositorySpec(max_lora_rank=256), 16) == 256

@@ -21,6 +21,7 @@ Run as: python -m tuneline.serving.repository --model-dir MODEL --out REPO [--ba
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -49,6 +50,7 @@ ENGINES = ("vllm", "transformers")
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 ADAPTERS_SUBDIR = "adapters"
 ADAPTER_MODES = ("auto", "shared", "merged")
+GPU_LORA_RANK = 64
 
 
 class RepositoryError(ValueError):
@@ -97,8 +99,11 @@ class RepositorySpec:
     @property
     def shares_adapters(self) -> bool:
         return self.adapters == "shared" or (self.adapters == "auto" and self.instance_kind == "gpu")
-    # The largest adapter rank the engine makes room for (vLLM: 1, 8, 16, ..., 512; its own default is 16).
-    max_lora_rank: int = 64
+    # The largest adapter rank the engine makes room for (vLLM: 1, 8, 16, ..., 512; its own default is 16); every
+    # adapter is padded to it. 0: on a GPU 64, room for the ranks a few feedback rounds stack (preference's
+    # output grows by its own rank each round); on CPU the smallest that holds the first adapter, since there the
+    # padding costs: 32 rows of 32 tokens ran at 3.25 req/s with room for rank 16 and 0.70 with 64 (vLLM 0.32.0).
+    max_lora_rank: int = 0
 
     def validate(self) -> None:
         if not _NAME_RE.match(self.model_name):
@@ -122,8 +127,9 @@ class RepositorySpec:
             raise RepositoryError(f"gpu_memory_utilization must be in [0.1, 0.95], got {self.gpu_memory_utilization}")
         if self.adapters not in ADAPTER_MODES:
             raise RepositoryError(f"adapters must be one of {', '.join(ADAPTER_MODES)}, got {self.adapters!r}")
-        if self.max_lora_rank not in LORA_RANKS:
-            raise RepositoryError(f"max_lora_rank must be one of {list(LORA_RANKS)}, got {self.max_lora_rank}")
+        if self.max_lora_rank not in (0, *LORA_RANKS):
+            raise RepositoryError(f"max_lora_rank must be 0 (auto) or one of {list(LORA_RANKS)}, "
+                                  f"got {self.max_lora_rank}")
         if self.torch_threads < 0:
             raise RepositoryError(f"torch_threads must be >= 0, got {self.torch_threads}")
         if not 1 <= self.max_new_tokens_default <= self.max_new_tokens_limit:
@@ -271,7 +277,7 @@ def render_config(spec: RepositorySpec, *, decoupled: bool = False) -> str:
         "max_new_tokens_default": str(spec.max_new_tokens_default),
         "max_new_tokens_limit": str(spec.max_new_tokens_limit),
         "torch_threads": str(spec.torch_threads),
-        "max_lora_rank": str(spec.max_lora_rank),
+        "max_lora_rank": str(spec.max_lora_rank or GPU_LORA_RANK),
     }
     if decoupled:
         params["weights_dir"] = f"../../{spec.model_name}/1"
@@ -344,13 +350,28 @@ def serving_settings(model_dir: Path) -> dict:
     return {"chat_template": True, "system_prompt": summary.get("system_prompt"), "chat_template_kwargs": kwargs}
 
 
-def adapter_problem(adapter_dir: Path, spec: RepositorySpec) -> str | None:
+def adapter_rank(adapter_dir: Path) -> int:
+    cfg = _read_json(Path(adapter_dir) / "adapter_config.json")
+    return max([int(cfg.get("r") or 0), *(int(v) for v in (cfg.get("rank_pattern") or {}).values())])
+
+
+def lora_room(spec: RepositorySpec, rank: int) -> int:
+    """The max_lora_rank the engine is started with for a first adapter of `rank` (RepositorySpec.max_lora_rank)."""
+    if spec.max_lora_rank:
+        return spec.max_lora_rank
+    if spec.instance_kind == "gpu":
+        return max(GPU_LORA_RANK, next((r for r in LORA_RANKS if r >= rank), LORA_RANKS[-1]))
+    return next((r for r in LORA_RANKS if r >= rank), LORA_RANKS[-1])
+
+
+def adapter_problem(adapter_dir: Path, spec: RepositorySpec, room: int | None = None) -> str | None:
     """Why this PEFT adapter cannot be served unmerged beside its base (it is then merged), or None.
 
     What vLLM 0.32.0's LoRA loads (vllm/lora/peft_helper.py, vllm/lora/models.py): LoRA matrices on the base's
     linear layers, rank up to the engine's max_lora_rank; not whole trained modules (modules_to_save), DoRA's
     magnitude vectors or trained biases. The plain-generate engine (PEFT) could serve those, but an adapter
-    must be servable by the engine that serves it on the cluster too."""
+    must be servable by the engine that serves it on the cluster too. `room`: the running engine's max_lora_rank
+    (default: what a new engine would get, `lora_room`)."""
     cfg = _read_json(adapter_dir / "adapter_config.json")
     if cfg.get("peft_type") != "LORA":
         return f"peft_type {cfg.get('peft_type')!r} is not LORA"
@@ -360,9 +381,10 @@ def adapter_problem(adapter_dir: Path, spec: RepositorySpec) -> str | None:
         return "it is a DoRA adapter, which vLLM's LoRA cannot load"
     if cfg.get("bias", "none") != "none" or cfg.get("lora_bias"):
         return "it trains biases, which vLLM's LoRA cannot load"
-    rank = max([int(cfg.get("r") or 0), *(int(v) for v in (cfg.get("rank_pattern") or {}).values())])
-    if rank > spec.max_lora_rank:
-        return f"its rank {rank} is over max_lora_rank {spec.max_lora_rank}"
+    rank = adapter_rank(adapter_dir)
+    room = room or lora_room(spec, rank)
+    if rank > room:
+        return f"its rank {rank} is over the engine's max_lora_rank {room}"
     return None
 
 
@@ -403,7 +425,7 @@ def add_adapter(model_root: Path, adapter_dir: Path, name: str, spec: Repository
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         return "the new version is a full model, not an adapter"
-    problem = adapter_problem(adapter_dir, spec)
+    problem = adapter_problem(adapter_dir, spec, int(served.get("max_lora_rank") or 0) or None)
     if problem:
         return problem
     base = _resolve_base(adapter_dir, base_model_dir)
@@ -468,7 +490,8 @@ def write_repository(
                 if (model_dir / name).is_file():
                     shutil.copy2(model_dir / name, version_dir / HF_SUBDIR / name)
             _copy_adapter(model_dir, version_dir / ADAPTERS_SUBDIR, adapter)
-            settings["adapter"] = adapter
+            spec = dataclasses.replace(spec, max_lora_rank=lora_room(spec, adapter_rank(model_dir)))
+            settings["adapter"], settings["max_lora_rank"] = adapter, spec.max_lora_rank
         else:
             merge_adapter(model_dir, base, version_dir / HF_SUBDIR)
             settings["merged"] = merged
