@@ -174,3 +174,36 @@ def test_feedback_route_is_off_without_request_logging(proxy) -> None:
     port, token, _ = proxy
     status, _, body = _request(port, "POST", "/v1/feedback", b'{"request_id": "x", "rating": 4}', token=token)
     assert status == 404 and "TUNELINE_REQUEST_LOG" in json.loads(body)["error"]
+
+
+def test_a_forwarded_call_to_an_adapter_version_carries_its_adapter() -> None:
+    """The canary draws a version per request; a KServe v2 call drawn for an adapter must name it, whatever the
+    body's form, or the default adapter would answer a request counted for the candidate."""
+    from tuneline.serving.openai_api import ApiError
+    from tuneline.serving.proxy import _with_adapter
+
+    infer = json.dumps({"inputs": [{"name": "text_input", "shape": [2, 1], "datatype": "BYTES",
+                                    "data": ["a", "b"]}]}).encode()
+    body, _ = _with_adapter("/v2/models/m/infer", infer, {"Content-Length": str(len(infer))}, "m-2")
+    added = json.loads(body)["inputs"][-1]
+    assert added == {"name": "adapter", "shape": [2, 1], "datatype": "BYTES", "data": ["m-2", "m-2"]}
+    # Binary tensors: the JSON header grows, its length header follows, the tensor bytes are kept as they were.
+    head = json.dumps({"inputs": [{"name": "text_input", "shape": [1, 1], "datatype": "BYTES",
+                                   "parameters": {"binary_data_size": 5}}]}).encode()
+    tail = b"\x01\x00\x00\x00x"
+    body, headers = _with_adapter("/v2/models/m/infer", head + tail,
+                                  {"Inference-Header-Content-Length": str(len(head))}, "m-2")
+    length = int(headers["Inference-Header-Content-Length"])
+    assert body[length:] == tail and json.loads(body[:length])["inputs"][-1]["data"] == ["m-2"]
+    # The client's own choice stands; the generate extension takes a top-level key.
+    own = json.dumps({"inputs": [{"name": "adapter", "shape": [1, 1], "datatype": "BYTES", "data": ["m-1"]}]})
+    assert _with_adapter("/v2/models/m/infer", own.encode(), {}, "m-2")[0] == own.encode()
+    generate = _with_adapter("/v2/models/m-stream/generate", b'{"text_input": "hi"}', {}, "m-2")[0]
+    assert json.loads(generate)["adapter"] == "m-2"
+    # Odd bodies go to Triton as they are (it answers 400); a compressed one is refused, not misrouted.
+    odd = json.dumps({"inputs": [{"name": "text_input", "shape": []}]}).encode()
+    assert json.loads(_with_adapter("/v2/models/m/infer", odd, {}, "m-2")[0])["inputs"][-1]["shape"] == [1, 1]
+    assert _with_adapter("/v2/models/m/infer", b"{", {"Inference-Header-Content-Length": "x"}, "m-2")[0] == b"{"
+    with pytest.raises(ApiError, match="compressed body"):
+        _with_adapter("/v2/models/m/infer", b"\x1f\x8b", {"Content-Encoding": "gzip"}, "m-2")
+    assert _with_adapter("/v2/models/m/infer", infer, {}, "")[0] == infer  # a version without adapters

@@ -12,6 +12,7 @@ from tuneline.serving.repository import (
     RepositoryError,
     RepositorySpec,
     adapter_name,
+    adapter_problem,
     add_adapter,
     lora_room,
     machine_spec,
@@ -194,6 +195,15 @@ def test_a_later_adapter_joins_only_the_same_base_and_settings(tiny_model: Path,
     assert add_adapter(root, second, "m-2", spec, base_model_dir=tiny_model) is None
     assert served_adapters(root) == ["m-1", "m-2"]
     assert "is not the base being served" in add_adapter(root, second, "m-3", spec, base_model_dir=heavier_tiny_model)
+    # Same config, other weights (a base and its instruct variant share a config.json): refused too.
+    from tests.support.tinymodel import build_tiny_llama
+
+    twin = build_tiny_llama(tmp_path / "twin", seed=7)
+    assert (twin / "config.json").read_text() == (tiny_model / "config.json").read_text()
+    assert "(weights differ)" in add_adapter(root, second, "m-3", spec, base_model_dir=twin)
+    templated = _adapter_copy(tiny_adapter, tmp_path / "templated")
+    (templated / "chat_template.jinja").write_text("{{ messages }}")
+    assert "chat template differs" in add_adapter(root, templated, "m-3", spec, base_model_dir=tiny_model)
     schema = RepositorySpec(adapters="shared", response_schema='{"type": "object"}')
     assert "response schema differ" in add_adapter(root, second, "m-3", schema, base_model_dir=tiny_model)
     wide = _adapter_copy(tiny_adapter, tmp_path / "wide", r=128)
@@ -243,3 +253,15 @@ def test_the_engines_lora_room_is_the_adapters_rank_on_cpu_and_headroom_on_a_gpu
     assert lora_room(RepositorySpec(instance_kind="gpu"), 16) == 64 and lora_room(RepositorySpec(instance_kind="gpu"),
                                                                                   100) == 128
     assert lora_room(RepositorySpec(max_lora_rank=256), 16) == 256
+
+
+@pytest.mark.parametrize(("changes", "reason"), [
+    ({"rank_pattern": {"q_proj": 8}}, "it sets rank_pattern"),
+    ({"alpha_pattern": {"q_proj": 16}}, "it sets alpha_pattern"),
+    ({"target_modules": ["q_proj", "lm_head"]}, "it targets lm_head"),
+    ({"target_modules": ".*proj"}, "target_modules is a pattern"),
+])
+def test_adapters_vllm_would_misread_or_fail_on_are_merged(tiny_adapter: Path, tmp_path: Path, changes: dict,
+                                                           reason: str) -> None:
+    adapter = _adapter_copy(tiny_adapter, tmp_path / "a", **changes)
+    assert reason in adapter_problem(adapter, RepositorySpec(adapters="shared"))

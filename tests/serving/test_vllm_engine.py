@@ -179,5 +179,17 @@ def test_vllm_serves_several_lora_adapters_on_one_base(serve_venv, tmp_path: Pat
                                           json.dumps({"text_input": "hi", "adapter": "m-9"}).encode(),
                                           {"Content-Type": "application/json"}, timeout=60)
         assert b"adapter 'm-9' is not served here (adapters: m-1, m-2)" in raw, raw[:300]
+        # An adapter whose weights the engine cannot load fails its own request, named, and only that one: it is
+        # loaded apart (add_lora), not inside a model step, where the failure would stop the engine.
+        import shutil
+
+        broken = tmp_path / "repo" / "tuneline-llm" / "1" / "adapters" / "m-3"
+        shutil.copytree(second, broken)
+        (broken / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+        status, raw = engine_http.request(info.url, "POST", f"/v2/models/{twin}/generate_stream",
+                                          json.dumps({"text_input": "hi", "adapter": "m-3"}).encode(),
+                                          {"Content-Type": "application/json"}, timeout=120)
+        assert b"adapter 'm-3' cannot be loaded by the engine" in raw, raw[:500]
+        assert answer("m-2") == answers["m-2"] and answer("m-1") == answers["m-1"]  # the engine serves on
     finally:
         stop_triton(info, tmp_path / "state")

@@ -210,6 +210,7 @@ SERVING_RUNTIME = _object("serving.kserve.io/v1alpha1", "ServingRuntime", {
             "properties": {"name": _STR, "version": _STR, "autoSelect": {"type": "boolean"},
                            "priority": {"type": "integer", "minimum": 1}}}},
         "protocolVersions": {"type": "array", "items": {"enum": ["v1", "v2", "grpc-v1", "grpc-v2"]}},
+        "annotations": _STR_MAP,
         "containers": {"type": "array", "minItems": 1, "items": _RUNTIME_CONTAINER},
     },
 })

@@ -390,10 +390,14 @@ def _with_adapter(path: str, body: bytes, headers: dict[str, str], adapter: str)
     if not adapter or not path.endswith(("/infer", "/generate")) or not body:
         return body, headers
     length_key = next((k for k in headers if k.lower() == "inference-header-content-length"), None)
-    head_len = int(headers[length_key]) if length_key else len(body)
+    if any(k.lower() == "content-encoding" for k in headers):
+        # A compressed body cannot be given its adapter here: refused rather than answered by another version.
+        raise ApiError("a compressed body cannot be routed to an adapter version; send it uncompressed",
+                       status=415)
     try:
+        head_len = int(headers[length_key]) if length_key else len(body)
         head = json.loads(body[:head_len])
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):
         return body, headers  # Triton answers the malformed body itself
     if not isinstance(head, dict):
         return body, headers
@@ -403,8 +407,8 @@ def _with_adapter(path: str, body: bytes, headers: dict[str, str], adapter: str)
         inputs = head.get("inputs")
         if not isinstance(inputs, list) or any(isinstance(i, dict) and i.get("name") == "adapter" for i in inputs):
             return body, headers
-        rows = next((i.get("shape", [1])[0] for i in inputs if isinstance(i, dict) and i.get("name") == "text_input"),
-                    1)
+        shape = next((i.get("shape") for i in inputs if isinstance(i, dict) and i.get("name") == "text_input"), None)
+        rows = shape[0] if isinstance(shape, list) and shape and isinstance(shape[0], int) else 1
         inputs.append({"name": "adapter", "shape": [rows, 1], "datatype": "BYTES", "data": [adapter] * rows})
     new_head = json.dumps(head).encode()
     headers = {k: v for k, v in headers.items() if k.lower() != "content-length"}

@@ -351,8 +351,7 @@ def serving_settings(model_dir: Path) -> dict:
 
 
 def adapter_rank(adapter_dir: Path) -> int:
-    cfg = _read_json(Path(adapter_dir) / "adapter_config.json")
-    return max([int(cfg.get("r") or 0), *(int(v) for v in (cfg.get("rank_pattern") or {}).values())])
+    return int(_read_json(Path(adapter_dir) / "adapter_config.json").get("r") or 0)
 
 
 def lora_room(spec: RepositorySpec, rank: int) -> int:
@@ -381,6 +380,17 @@ def adapter_problem(adapter_dir: Path, spec: RepositorySpec, room: int | None = 
         return "it is a DoRA adapter, which vLLM's LoRA cannot load"
     if cfg.get("bias", "none") != "none" or cfg.get("lora_bias"):
         return "it trains biases, which vLLM's LoRA cannot load"
+    # vLLM's PEFTHelper reads one r and lora_alpha for every module: per-module patterns would be dropped silently
+    # and the engine would answer differently from PEFT (vllm/lora/peft_helper.py).
+    for field in ("rank_pattern", "alpha_pattern", "target_parameters", "trainable_token_indices"):
+        if cfg.get(field):
+            return f"it sets {field}, which vLLM's LoRA does not apply"
+    targets = cfg.get("target_modules") or []
+    if isinstance(targets, str):
+        return "its target_modules is a pattern, not module names vLLM's LoRA can check"
+    unsupported = sorted(set(targets) & {"lm_head", "embed_tokens", "wte", "word_embeddings"})
+    if unsupported:
+        return f"it targets {', '.join(unsupported)}, which vLLM's LoRA cannot load"
     rank = adapter_rank(adapter_dir)
     room = room or lora_room(spec, rank)
     if rank > room:
@@ -406,6 +416,22 @@ def _copy_adapter(adapter_dir: Path, adapters: Path, name: str) -> None:
     staging.rename(adapters / name)
 
 
+def _weights_sha256(model_dir: Path) -> str:
+    from tuneline.llm.registry import weights_sha256
+
+    return weights_sha256(model_dir)
+
+
+def _chat_template(folder: Path) -> str | None:
+    """The chat template a tokenizer folder carries (its own file, else tokenizer_config.json's), or None."""
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text()
+    if (folder / "tokenizer_config.json").is_file():
+        template = _read_json(folder / "tokenizer_config.json").get("chat_template")
+        return template if isinstance(template, str) else None
+    return None
+
+
 def _chat_settings(settings: dict) -> dict:
     return {k: settings.get(k) for k in ("chat_template", "system_prompt", "chat_template_kwargs", "guide")}
 
@@ -429,13 +455,17 @@ def add_adapter(model_root: Path, adapter_dir: Path, name: str, spec: Repository
     if problem:
         return problem
     base = _resolve_base(adapter_dir, base_model_dir)
-    if _read_json(base / "config.json") != _read_json(version_dir / HF_SUBDIR / "config.json"):
-        return f"its base {base} is not the base being served"
+    # The weights, not the config: a base and its instruct variant share a config.json.
+    if served.get("base_sha256") != _weights_sha256(base):
+        return f"its base {base} is not the base being served (weights differ)"
     wanted = serving_settings(adapter_dir)
     if spec.response_schema:
         wanted["guide"] = {"json": json.loads(spec.response_schema)}
     if _chat_settings(wanted) != _chat_settings(served):
         return "its chat settings or response schema differ from the served model's"
+    mine = _chat_template(adapter_dir)
+    if mine is not None and mine != _chat_template(version_dir / HF_SUBDIR):
+        return "its chat template differs from the served model's (prompts are rendered with the served tokenizer)"
     _copy_adapter(adapter_dir, version_dir / ADAPTERS_SUBDIR, name)
     return None
 
@@ -492,6 +522,7 @@ def write_repository(
             _copy_adapter(model_dir, version_dir / ADAPTERS_SUBDIR, adapter)
             spec = dataclasses.replace(spec, max_lora_rank=lora_room(spec, adapter_rank(model_dir)))
             settings["adapter"], settings["max_lora_rank"] = adapter, spec.max_lora_rank
+            settings["base_sha256"] = _weights_sha256(base)
         else:
             merge_adapter(model_dir, base, version_dir / HF_SUBDIR)
             settings["merged"] = merged

@@ -196,9 +196,11 @@ class _Rollout:
             self.result.shared_base = f"a server of its own: the running server serves {self.old.model_name}"
             return False
         root = self.state_dir / "repos" / self.old.slot / self.spec.model_name
-        name = adapter_name(self.o.label) if self.o.label else f"version-{len(served_adapters(root)) + 1}"
+        # A name is never reused for other weights: the engines cache an adapter by name (vLLM by its id) for their
+        # whole life, so a new version under a name they already loaded would be answered by the old weights.
+        name = adapter_name(self.o.label) if self.o.label else _unlabelled()
         if name == self.old_adapter:
-            name = f"{name}-{int(time.time())}"  # never rewrite the files of the adapter that serves
+            name = f"{name}-{time.time_ns()}"  # never rewrite the files of the adapter that serves
         try:
             why = add_adapter(root, model_dir, name, self.spec, base_model_dir=base_model_dir)
         except (RepositoryError, OSError) as exc:
@@ -215,7 +217,7 @@ class _Rollout:
 
     def _start_candidate(self, model_dir: Path, base_model_dir: Path | None) -> str | None:
         repo_dir = self.state_dir / "repos" / self.slot
-        adapter = adapter_name(self.o.label) if self.o.label else "version-1"
+        adapter = adapter_name(self.o.label) if self.o.label else _unlabelled()
         try:
             shutil.rmtree(repo_dir, ignore_errors=True)
             root = write_repository(model_dir, repo_dir, self.spec, base_model_dir=base_model_dir, adapter=adapter)
@@ -296,6 +298,10 @@ class _Rollout:
     def _done(self) -> RolloutResult:
         self.result.total_s = round(time.monotonic() - self.started, 2)
         return self.result
+
+
+def _unlabelled() -> str:
+    return f"version-{time.time_ns()}"
 
 
 def _backend(server: ServerInfo, label: str = "", adapter: str = "") -> Upstream:

@@ -40,6 +40,7 @@ def infer_texts(
     *,
     max_new_tokens: int | None = None,
     headers: dict[str, str] | None = None,
+    adapter: str = "",
 ) -> list[str]:
     """One v2 infer call: BYTES prompts in, decoded texts out."""
     import numpy as np
@@ -52,6 +53,10 @@ def infer_texts(
         limits = np.full((len(prompts), 1), max_new_tokens, dtype=np.int32)
         inputs.append(httpclient.InferInput("max_new_tokens", list(limits.shape), "INT32"))
         inputs[-1].set_data_from_numpy(limits, binary_data=False)
+    if adapter:
+        names = np.array([[adapter.encode()] for _ in prompts], dtype=np.object_)
+        inputs.append(httpclient.InferInput("adapter", list(names.shape), "BYTES"))
+        inputs[-1].set_data_from_numpy(names, binary_data=False)
     result = client.infer(
         model_name,
         inputs,
@@ -105,7 +110,8 @@ def smoke_test(
             result.error = f"model metadata lacks text_input/text_output: {meta}"
             return result
         started = time.monotonic()
-        outputs = infer_texts(client, model_name, prompts, max_new_tokens=max_new_tokens, headers=headers)
+        outputs = infer_texts(client, model_name, prompts, max_new_tokens=max_new_tokens, headers=headers,
+                              adapter=adapter)
         result.latency_s = round(time.monotonic() - started, 4)
         result.outputs = outputs
         if len(outputs) != len(prompts):

@@ -191,16 +191,26 @@ class TritonPythonModel:
 
         self.lora_request = LoRARequest
         self.lora_ids: dict[str, int] = {}
+        self.lora_loads: dict[str, asyncio.Future] = {}
         return {"enable_lora": True, "max_lora_rank": int(_fallback._param(config, "max_lora_rank", "64")),
                 "max_loras": self.MAX_LORAS, "max_cpu_loras": self.MAX_LORAS}
 
-    def _lora(self, name: str | None):
+    async def _lora(self, name: str | None):
         """The engine's request for adapter `name` (None: the base alone); one id per name for the engine's life,
-        which is how vLLM keys its adapter cache."""
+        which is how vLLM keys its adapter cache. An adapter is loaded on its own the first time (`add_lora`, a
+        utility call whose failure comes back to the caller) rather than inside a model step, where a load that
+        fails would stop the engine with every version it serves."""
         if name is None:
             return None
-        lora_id = self.lora_ids.setdefault(name, len(self.lora_ids) + 1)
-        return self.lora_request(name, lora_id, self.rows.adapter_path(name))
+        if name not in self.lora_ids:  # the id and the load are claimed before any await: rows race for them
+            self.lora_ids[name] = len(self.lora_ids) + 1
+            request = self.lora_request(name, self.lora_ids[name], self.rows.adapter_path(name))
+            self.lora_loads[name] = asyncio.ensure_future(self.engine.add_lora(request))
+        try:
+            await asyncio.shield(self.lora_loads[name])
+        except Exception as exc:  # noqa: BLE001 - the row fails, named; the engine and other adapters serve on
+            raise RuntimeError(f"adapter {name!r} cannot be loaded by the engine: {exc}") from None
+        return self.lora_request(name, self.lora_ids[name], self.rows.adapter_path(name))
 
     def execute(self, requests: list) -> list | None:
         if self.plain is not None:
@@ -233,8 +243,8 @@ class TritonPythonModel:
         request_id = uuid.uuid4().hex
         row["request_id"] = request_id
         prompt = {"prompt_token_ids": row["ids"]}
-        async for out in self.engine.generate(prompt, self._sampling(row), request_id,
-                                              lora_request=self._lora(row["adapter"])):
+        lora = await self._lora(row["adapter"])
+        async for out in self.engine.generate(prompt, self._sampling(row), request_id, lora_request=lora):
             completion = out.outputs[0]
             row["text"] = completion.text
             row["tokens"] = list(completion.token_ids)

@@ -117,6 +117,8 @@ def test_the_v2_predictor_runs_on_the_runtime_the_namespace_ships():
     assert model["runtime"] == runtime["metadata"]["name"] == kserve.TRITON_RUNTIME
     assert model["modelFormat"]["name"] in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
     assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
+    # What KServe copies onto the pod is spec.annotations (ServingRuntimePodSpec), not the runtime's metadata.
+    assert runtime["spec"]["annotations"]["prometheus.kserve.io/port"] == "8002"
     container = runtime["spec"]["containers"][0]
     assert container["command"] == ["python", "-m", "tuneline.serving.runtime"]
     assert "--model-repository=/mnt/models" in container["args"]  # where KServe's storage initializer puts it
