@@ -38,7 +38,7 @@ class LocalOptions:
     proxy_port: int | None = None
     smoke_expect: str | None = None  # every smoke output must match this regular expression
     response_schema: str = ""  # JSON schema text the engine constrains answers to (RepositorySpec.response_schema)
-    adapters: str = "auto"  # how a LoRA version is served (RepositorySpec.adapters)
+    adapters: str | None = None  # how a LoRA version is served (RepositorySpec.adapters; None: its default)
     startup_timeout: float = field(kw_only=True)  # component.yaml's inputs, given by name
     requests_log: Path | None = None
     canary_promote_after: int = field(kw_only=True)
@@ -145,7 +145,7 @@ def deploy_local(
         base_model_dir=resolve_base_dir(fetched),
         state_dir=state_dir,
         spec=machine_spec(model_name=options.model_name, response_schema=options.response_schema,
-                          adapters=options.adapters),
+                          **({"adapters": options.adapters} if options.adapters else {})),
         proxy_port=options.proxy_port,
         smoke_check=check,
         startup_timeout=options.startup_timeout,

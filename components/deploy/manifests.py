@@ -39,7 +39,7 @@ def write_triton(
     model_name: str,
     instance_kind: str,
     response_schema: str = "",
-    adapters: str = "auto",
+    adapters: str | None = None,
 ) -> DeploymentRecord:
     from tuneline.serving.repository import RepositorySpec, write_repository
 
@@ -47,7 +47,7 @@ def write_triton(
         fetched.model_dir,
         out,
         RepositorySpec(model_name=model_name, instance_kind=instance_kind, response_schema=response_schema,
-                       adapters=adapters),
+                       **({"adapters": adapters} if adapters else {})),
         base_model_dir=resolve_base_dir(fetched),
     )
     record = _record("triton", fetched, requested_uri, policy)
