@@ -358,9 +358,8 @@ def lora_room(spec: RepositorySpec, rank: int) -> int:
     """The max_lora_rank the engine is started with for a first adapter of `rank` (RepositorySpec.max_lora_rank)."""
     if spec.max_lora_rank:
         return spec.max_lora_rank
-    if spec.instance_kind == "gpu":
-        return max(GPU_LORA_RANK, next((r for r in LORA_RANKS if r >= rank), LORA_RANKS[-1]))
-    return next((r for r in LORA_RANKS if r >= rank), LORA_RANKS[-1])
+    fits = next((r for r in LORA_RANKS if r >= rank), LORA_RANKS[-1])
+    return max(GPU_LORA_RANK, fits) if spec.instance_kind == "gpu" else fits
 
 
 def adapter_problem(adapter_dir: Path, spec: RepositorySpec, room: int | None = None) -> str | None:
@@ -391,7 +390,7 @@ def adapter_problem(adapter_dir: Path, spec: RepositorySpec, room: int | None = 
     unsupported = sorted(set(targets) & {"lm_head", "embed_tokens", "wte", "word_embeddings"})
     if unsupported:
         return f"it targets {', '.join(unsupported)}, which vLLM's LoRA cannot load"
-    rank = adapter_rank(adapter_dir)
+    rank = int(cfg.get("r") or 0)
     room = room or lora_room(spec, rank)
     if rank > room:
         return f"its rank {rank} is over the engine's max_lora_rank {room}"

@@ -139,6 +139,8 @@ class _Rollout:
             token_file=str(token_path(state_dir)),
             previous_slot=old.slot if old else None,
         )
+        # The new version's adapter name, whichever server it ends up on.
+        self.adapter = adapter_name(options.label) if options.label else _unlabelled()
         self.candidate: ServerInfo | None = None  # a server of the new version's own
         self.joined: Path | None = None  # or the adapter folder it was added as to the running server
         self.new: Upstream | None = None  # what the proxy sends the new version's traffic to
@@ -198,7 +200,7 @@ class _Rollout:
         root = self.state_dir / "repos" / self.old.slot / self.spec.model_name
         # A name is never reused for other weights: the engines cache an adapter by name (vLLM by its id) for their
         # whole life, so a new version under a name they already loaded would be answered by the old weights.
-        name = adapter_name(self.o.label) if self.o.label else _unlabelled()
+        name = self.adapter
         if name == self.old_adapter:
             name = f"{name}-{time.time_ns()}"  # never rewrite the files of the adapter that serves
         try:
@@ -217,7 +219,7 @@ class _Rollout:
 
     def _start_candidate(self, model_dir: Path, base_model_dir: Path | None) -> str | None:
         repo_dir = self.state_dir / "repos" / self.slot
-        adapter = adapter_name(self.o.label) if self.o.label else _unlabelled()
+        adapter = self.adapter
         try:
             shutil.rmtree(repo_dir, ignore_errors=True)
             root = write_repository(model_dir, repo_dir, self.spec, base_model_dir=base_model_dir, adapter=adapter)
