@@ -37,7 +37,8 @@ def test_the_task_gets_the_pvc_path_the_compiler_set_and_its_own_scratch_per_att
                                                                              image_tag="dev"))
     local = _local_runs(graph, "count", tmp_path / "local")
     assert local.steps["count"].status == "succeeded"  # the uninterrupted reference
-    task = TaskRun(graph, "count", package.folder / "kfp" / "pipeline.yaml", local, tmp_path / "kfp", engine=None)
+    task = TaskRun(graph, "count", package.folder / "kfp" / "pipeline.yaml", local, tmp_path / "kfp", engine=None,
+                   hosts={})
     assert task.pvc_path == "/mnt/checkpoints" and task.image == "localhost/tuneline/control:dev"
     first, env, root_1 = task._command_and_env(1)
     second, _, root_2 = task._command_and_env(2)

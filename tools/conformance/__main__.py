@@ -41,6 +41,7 @@ from tuneline.targets.local.runner import LocalRunner, RunOptions, read_value_ou
 from tuneline.targets.options import CompileOptions
 
 from .azureml import AzureMLRuntime, RuntimeRuleBroken, value_of
+from .cluster_mlflow import ClusterMlflow
 from .compare import compare_steps, report
 from .envvars import environment
 from .kfp import KfpLocalRun, KfpRunBroken, artifact_params, image_mounts, output_of, stage_data
@@ -188,22 +189,22 @@ def conform_kfp(pipeline_path: str, overrides: dict[str, str], work: Path,
     # same files, so both start from the same bytes: the local values (no target), also where --set gave a URI.
     local_values = build_graph(load_pipeline(pipeline_path, {k: v for k, v in overrides.items() if k not in remote}))
     staged = stage_data(local_values, root)
-    # The cluster's MLflow is a server every pod reaches, artifacts included (k8s/base/mlflow); here its stand-in is
-    # a store on the shared mount, with TUNELINE_HOME there too, since a SQLite store keeps its artifacts under it.
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",  # as the tuneline-mlflow ConfigMap (K4)
-           "TUNELINE_HOME": str(root / "home"),
+    env = {"TUNELINE_HOME": str(root / "home"),
            # the conditions of the local run: string hashing (set order in PEFT's adapter_config.json), threads
            **{k: os.environ[k] for k in ("PYTHONHASHSEED", "OMP_NUM_THREADS") if k in os.environ}}
-    with PodmanService.start(settings.home() / "podman") as engine:
-        runner = KfpLocalRun(graph, work, engine, env=env, mounts=image_mounts(graph, REPO))
+    with PodmanService.start(settings.home() / "podman") as engine, \
+            ClusterMlflow.start(engine, work / "mlflow", REPO) as mlflow:
+        # The cluster's MLflow server, reached as a pod reaches it: the Service name from the ConfigMap, the
+        # login from the Secret, each only where the compiled step reads them (tools.conformance.cluster_mlflow).
+        runner = KfpLocalRun(graph, work, engine, env=env, mounts=image_mounts(graph, REPO), hosts=mlflow.hosts)
         package = runner.compile(REPO)
+        mlflow.give_pods_their_env(package)
         runner.check_images(package, REPO)  # before the local run: a stale image fails in seconds
         if seed is not None:
             seed.run_into("kfp", work / "local", {"MLFLOW_TRACKING_URI": None})
-            seed.run_into("kfp", Path(env["TUNELINE_HOME"]), {"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"]})
-            # The cluster's MLflow server serves what it holds to every pod over HTTP, whatever the file modes
-            # (the seeded adapter's file is 0600, SQLite's database 0644); here the store (database and artifacts)
-            # is a shared folder that the pods open as another user.
+            # the loop's earlier pipeline, as the pipeline's user, into the cluster's server and the pods' store
+            seed.run_into("kfp", Path(env["TUNELINE_HOME"]), mlflow.host_env())
+            # The pods open what the seed left in their shared store as another user (uid 10001).
             for path in [root, *root.rglob("*")]:
                 if not path.is_symlink():
                     path.chmod(0o777 if path.is_dir() else 0o666)

@@ -39,9 +39,12 @@ K3 Importer URIs. The backend's importer takes object-store URIs only and the la
    bucket, mounted into every container), as run arguments, as a user submitting a run with other values would.
 K4 Kubernetes platform spec (kfp-kubernetes): PVC mounts, tolerations, node selectors, node affinity,
    ConfigMap and Secret env, field-path env (TUNELINE_RUN_ID), the /dev/shm emptyDir and activeDeadlineSeconds
-   are all ignored: nothing in `kfp/local/` reads `platform_spec`. The runner's environment supplies
-   MLFLOW_TRACKING_URI as the `tuneline-mlflow` ConfigMap would, and a host folder is bind-mounted at each PVC's
-   mount path (`pvc_mounts`), as the checkpoint volume would be.
+   are all ignored: nothing in `kfp/local/` reads `platform_spec`. Two of them are applied here before the run:
+   each executor's `configMapAsEnv` and `secretAsEnv` become its container env, read from the objects the
+   cluster has (tools.conformance.cluster_mlflow: the ConfigMap of k8s/kubeflow, the login Secret docs/aks.md
+   creates, both for the cluster's own MLflow server run from its Deployment), and each container resolves the
+   Service the ConfigMap names (`hosts`); a host folder is bind-mounted at each PVC's mount path
+   (`pvc_mounts`), as the checkpoint volume would be.
 K5 Resources. CPU/memory requests and limits and accelerator type/count are warned about and ignored
    (`orchestrator/task_executor.py`, `_warn_local_only_noops`).
 K6 Caching. Off here (`enable_caching` defaults to False); kfp.local's cache key is component name, image,
@@ -195,8 +198,9 @@ class KfpLocalRun:
     graph: PipelineGraph
     work: Path
     engine: PodmanService
-    env: dict[str, str] = field(default_factory=dict)  # the ConfigMap's and this harness's variables (K4)
+    env: dict[str, str] = field(default_factory=dict)  # this harness's variables, over every container's (K4)
     mounts: dict[Path, str] = field(default_factory=dict)  # host folder -> container path, read-only
+    hosts: dict[str, str] = field(default_factory=dict)  # name -> address, as cluster DNS resolves a Service
 
     def compile(self, repo: Path) -> Path:
         """The package as `tuneline compile` writes it, with one edit: an image this CPU machine does not build
@@ -261,7 +265,8 @@ class KfpLocalRun:
         os.environ["DOCKER_HOST"] = self.engine.docker_host  # docker.from_env() in docker_task_handler.py
         umask = os.umask(0)  # folders kfp.local creates stay writable for uid 10001 (K2)
         try:
-            local.init(runner=local.DockerRunner(environment=dict(self.env), mounts=mounts),
+            local.init(runner=local.DockerRunner(environment=dict(self.env), mounts=mounts,
+                                                   extra_hosts=dict(self.hosts)),
                        pipeline_root=str(root), raise_on_error=False, enable_caching=cache_root is not None,
                        cache_root=str(cache_root) if cache_root else None)
             pipeline = load_component_from_file(str(package))

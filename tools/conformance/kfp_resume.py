@@ -13,8 +13,9 @@ pods for it (an Argo retry), one after the other, on the same PVC:
 - the PVC is a host folder bind-mounted (podman, `tools.conformance.podman`) at the `pvcMount` path of the task's
   Kubernetes executor config; each attempt gets its own output folder (a pod's scratch), so only the volume
   carries anything from one attempt to the next;
-- env that kfp-kubernetes fills at run time stands in: the `tuneline-mlflow` ConfigMap's MLFLOW_TRACKING_URI (a
-  SQLite store in the work folder) and TUNELINE_RUN_ID (the same for both attempts, as for a retry);
+- env that kfp-kubernetes fills at run time: the ConfigMap's and the Secret's, from the cluster's MLflow server
+  (`tools.conformance.cluster_mlflow`, as in the conformance run), and TUNELINE_RUN_ID (the same for both
+  attempts, as for a retry);
 - the first attempt gets SIGTERM, as the kubelet sends a pod being evicted, once a checkpoint is on the volume; the
   second runs to the end and must say `resumed from <the newest checkpoint>`; its model output is compared with
   an uninterrupted local run of the same step.
@@ -50,14 +51,15 @@ from tuneline.targets.local import record as rec
 from tuneline.targets.local.runner import LocalRunner, RunOptions
 from tuneline.targets.options import CompileOptions
 
+from .cluster_mlflow import ClusterMlflow
 from .compare import artifact_difference
+from .kfp import KfpRunBroken
 from .podman import PodmanService
 
 REPO = Path(__file__).resolve().parents[2]  # whose environments/ `make images` builds
 IMAGE_REGISTRY = "localhost/tuneline"  # what environments/build.sh tags (buildah's localhost/ prefix)
 RUN_ID = "kfp-resume-run"  # `pipeline/runid` of the pod: a retry keeps it
 KILL_TIMEOUT_S = 600.0
-MLFLOW_CONFIG_KEY = "MLFLOW_TRACKING_URI"
 
 
 class ResumeBroken(Exception):
@@ -158,11 +160,12 @@ class TaskRun:
     """One compiled task, started as pods of it would be (see the module docstring)."""
 
     def __init__(self, graph: PipelineGraph, step: str, package: Path, local: rec.RunRecord, work: Path,
-                 engine: PodmanService):
+                 engine: PodmanService, hosts: dict[str, str]):
         from google.protobuf import json_format
         from kfp.pipeline_spec import pipeline_spec_pb2
 
         self.graph, self.step, self.local, self.work, self.engine = graph, step, local, work, engine
+        self.hosts = hosts  # the Service names the ConfigMap's URI uses
         spec, platform = _documents(package)
         task = spec["root"]["dag"]["tasks"][step]
         component_name = task["componentRef"]["name"]
@@ -178,16 +181,14 @@ class TaskRun:
         if len(mounts) != 1:
             raise ResumeBroken(f"step '{step}': expected one PVC mount in the compiled task, found {mounts}")
         self.pvc_path = mounts[0]
-        self.config_map_env = [e["envVar"] for m in k8s.get("configMapAsEnv", []) for e in m["keyToEnv"]]
         self.field_env = [e["name"] for e in k8s.get("fieldPathAsEnv", [])]
         self.image = cpu_image(self.executor.container.image, REPO)
         self.pvc = work / "pvc"
         self.pipeline_root = work / "pipeline-root"
-        self.shared = work / "shared"  # stands for the ConfigMap's tracking store
         # The local run's state folder: its model cache is the base model an image would carry, at the same path,
         # so files that name the base model's folder (PEFT's README) agree with the local run's.
         self.home = home_of(local)
-        for folder in (self.pvc, self.pipeline_root, self.shared):
+        for folder in (self.pvc, self.pipeline_root):
             folder.mkdir(parents=True, exist_ok=True)
             folder.chmod(0o777)  # the image's user (uid 10001) writes here, as on the pod's volumes
         for folder, _dirs, files in os.walk(self.home):  # model cache locks and temporary files, likewise
@@ -211,11 +212,7 @@ class TaskRun:
         command = placeholder_utils.replace_placeholders(
             list(container.command) + list(container.args), executor_input_dict, pipeline_resource, task_resource,
             str(self.pipeline_root), RUN_ID)
-        env = dict(_extract_container_env_vars(container))
-        for name in self.config_map_env:
-            if name != MLFLOW_CONFIG_KEY:
-                raise ResumeBroken(f"step '{self.step}': no stand-in for ConfigMap key {name}")
-            env[name] = f"sqlite:///{self.shared / 'mlflow.db'}"
+        env = dict(_extract_container_env_vars(container))  # the ConfigMap's and Secret's too (run_resume)
         for name in self.field_env:
             env[name] = RUN_ID
         env["TUNELINE_HOME"] = str(self.home)  # the local run's model cache: the base model an image would carry
@@ -232,7 +229,7 @@ class TaskRun:
 
     def _mounts(self) -> dict[Path, str]:
         mounts = {self.pvc: self.pvc_path, self.pipeline_root: str(self.pipeline_root.resolve()),
-                  self.shared: str(self.shared.resolve()), self.home: str(self.home.resolve())}
+                  self.home: str(self.home.resolve())}
         for binding in self.graph.nodes[self.step].bindings.values():
             if isinstance(binding, OutputRef):
                 produced = self.local.steps[binding.step].outputs[binding.output]
@@ -247,10 +244,11 @@ class TaskRun:
 
     def attempt(self, number: int, kill_after_checkpoint: bool) -> Attempt:
         command, env, task_root = self._command_and_env(number)
-        read_only = [p for p in self._mounts() if p not in (self.pvc, self.pipeline_root, self.shared, self.home)]
+        read_only = [p for p in self._mounts() if p not in (self.pvc, self.pipeline_root, self.home)]
         started = time.time()
         container = self.engine.start_container(self.image, command, mounts=self._mounts(), env=env,
-                                                read_only_mounts=read_only, name=f"kfp-resume-{os.getpid()}-{number}")
+                                                read_only_mounts=read_only, name=f"kfp-resume-{os.getpid()}-{number}",
+                                                hosts=self.hosts)
         try:
             if kill_after_checkpoint:
                 deadline = time.time() + KILL_TIMEOUT_S
@@ -271,16 +269,18 @@ class TaskRun:
         return Attempt(code, logs, task_root, time.time() - started, self.entries())
 
 
-def run_resume(graph: PipelineGraph, work: Path, engine: PodmanService, tag: str) -> list[ResumeResult]:
+def run_resume(graph: PipelineGraph, work: Path, engine: PodmanService, tag: str,
+               mlflow: ClusterMlflow) -> list[ResumeResult]:
     steps = [n for n in graph.order if graph.nodes[n].component.spec.resume_outputs]
     if not steps:
         raise ResumeBroken(f"{graph.pipeline.path}: no step has a resume: true output")
     options = CompileOptions(image_registry=IMAGE_REGISTRY, image_tag=tag)
     package = compile_graph(graph, ("kfp",), work / "compiled", options).folder / "kfp" / "pipeline.yaml"
+    mlflow.give_pods_their_env(package)
     results = []
     for step in steps:
         local = _local_runs(graph, step, work / "local")
-        task = TaskRun(graph, step, package, local, work / "kfp" / step, engine)
+        task = TaskRun(graph, step, package, local, work / "kfp" / step, engine, mlflow.hosts)
         if not engine.has_image(task.image):
             raise ResumeBroken(f"image {task.image} is not built: run `make images` (TAG={tag})")
         killed = task.attempt(1, kill_after_checkpoint=True)
@@ -325,9 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONHASHSEED", "0")
     saved = os.environ.pop("MLFLOW_TRACKING_URI", None)  # the local run keeps its own store under work/local
     try:
-        with PodmanService.start(work / "podman") as engine:
-            results = run_resume(graph, work, engine, args.tag)
-    except ResumeBroken as exc:
+        with PodmanService.start(work / "podman") as engine, \
+                ClusterMlflow.start(engine, work / "mlflow", REPO) as mlflow:
+            results = run_resume(graph, work, engine, args.tag, mlflow)
+    except (ResumeBroken, KfpRunBroken) as exc:
         print(f"{args.pipeline}: kfp checkpoint resume: {exc}", file=sys.stderr)
         return 1
     finally:

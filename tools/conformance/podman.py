@@ -334,6 +334,15 @@ class Container:
     def remove(self) -> None:
         self.handle.remove(force=True)
 
+    def running(self) -> bool:
+        self.handle.reload()
+        return self.handle.status == "running"
+
+    def address(self) -> str:
+        """The container's address on podman's bridge, where other containers reach it."""
+        self.handle.reload()
+        return self.handle.attrs["NetworkSettings"]["IPAddress"]
+
 
 @dataclass
 class PodmanService:
@@ -399,13 +408,18 @@ class PodmanService:
     def start_container(self, image: str, command: Sequence[str], *, mounts: Mapping[Path, str] | None = None,
                         env: Mapping[str, str] | None = None, user: str | None = None,
                         workdir: str | None = None, name: str | None = None,
-                        read_only_mounts: Sequence[Path] = ()) -> Container:
-        """Start `command` in `image` with each host path of `mounts` bind-mounted at its container path."""
+                        read_only_mounts: Sequence[Path] = (),
+                        ports: Mapping[str, tuple[str, int]] | None = None,
+                        hosts: Mapping[str, str] | None = None) -> Container:
+        """Start `command` in `image` with each host path of `mounts` bind-mounted at its container path, each
+        `ports` entry ("5000/tcp": (host address, host port)) published and each of `hosts` (name: address)
+        resolvable inside."""
         volumes = {str(Path(host).resolve()): {"bind": target, "mode": "ro" if host in read_only_mounts else "rw"}
                    for host, target in (mounts or {}).items()}
         handle = self.client().containers.run(image=image, command=list(command), detach=True, volumes=volumes,
                                               environment=dict(env or {}), user=user, working_dir=workdir,
-                                              name=name, auto_remove=False)
+                                              name=name, auto_remove=False, ports=dict(ports or {}),
+                                              extra_hosts=dict(hosts or {}))
         return Container(handle)
 
     def run(self, image: str, command: Sequence[str], *, timeout: float | None = None, **kwargs: Any) -> Finished:
