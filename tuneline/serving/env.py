@@ -53,6 +53,9 @@ SERVE_INSTALL: tuple[InstallStep, ...] = (
     InstallStep(("torchvision", "torchaudio", "torchcodec"), remove=True),
 )
 _READY_MARKER = ".tuneline-ready.json"
+# What the build needs on the venv's disk: 3.7 GB installed (measured on Python 3.11), plus pip's unpacked wheels
+# on the way. Checked first, so a full disk fails in a second with the figures, not minutes later inside pip.
+BUILD_SPACE_BYTES = 5 * 1024**3
 
 
 class ServeEnvError(RuntimeError):
@@ -130,6 +133,9 @@ def _build(venv_dir: Path) -> None:
         # The pins above (and the torch wheel on this disk) are for 3.11; pytriton ships stubs for 3.8-3.13.
         print(f"warning: building the serve venv with Python {sys.version.split()[0]}", file=sys.stderr)
     venv_dir.parent.mkdir(parents=True, exist_ok=True)
+    problem = space_problem(venv_dir.parent, shutil.disk_usage(venv_dir.parent).free)
+    if problem:
+        raise ServeEnvError(problem)
     log = venv_dir.with_name(venv_dir.name + ".log")
     started = time.time()
     print(f"serve venv: creating {venv_dir}", file=sys.stderr, flush=True)
@@ -151,6 +157,15 @@ def _build(venv_dir: Path) -> None:
         json.dumps({"requirements": _requirements_digest(), "steps": [pip_arguments(st) for st in SERVE_INSTALL]})
         + "\n"
     )
+
+
+def space_problem(folder: Path, free_bytes: int) -> str | None:
+    """Why a serve venv cannot be built in `folder` with `free_bytes` left on its disk, or None."""
+    needed = BUILD_SPACE_BYTES
+    if free_bytes >= needed:
+        return None
+    return (f"the serve venv needs about {needed / 1024**3:.1f} GB free under {folder}, and its disk has "
+            f"{free_bytes / 1024**3:.1f} GB: free some space, or set TUNELINE_SERVE_VENV to a folder on another disk")
 
 
 def _query(python: Path, code: str) -> str:
