@@ -66,6 +66,7 @@ def _target_options(args: Namespace, serving_name: str) -> tuple[KServeOptions |
             slot=args.slot,
             instance_type=args.instance_type,
             instance_count=args.instance_count,
+            image=args.serve_image,
         )
         if args.target == "azureml"
         else None
@@ -106,10 +107,8 @@ def _deploy(args: Namespace, uri: str, policy: RolloutPolicy, serving_name: str,
                                 response_schema, args.adapters)
         if args.target == "kserve":
             return write_kserve(fetched, args.files, policy, args.model_uri, kserve_options, serving_name)
-        if response_schema:
-            _log("deploy: response_schema is not applied on azureml: its scoring script runs plain generate, "
-                 "which cannot constrain decoding")
-        return write_azureml(fetched, args.files, policy, args.model_uri, azureml_options, args.first_deployment)
+        return write_azureml(fetched, args.files, policy, args.model_uri, azureml_options, args.first_deployment,
+                             serving_name, response_schema, args.adapters)
 
 
 def _response_schema(path: str | None) -> str:

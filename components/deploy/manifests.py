@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -105,25 +104,45 @@ def write_azureml(
     requested_uri: str,
     options: azureml.AzureMLOptions,
     first: bool,
+    model_name: str,
+    response_schema: str = "",
+    adapters: str | None = None,
 ) -> DeploymentRecord:
-    model_dir = merged_model(fetched, out / "model")
-    from tuneline.serving.repository import SERVING_FILE, serving_settings
+    """The Triton repository the `triton` target writes, for the instance type's kind, and the endpoint files that
+    serve it with the serve image (tuneline.serving.deploy.azureml)."""
+    from tuneline.serving.repository import RepositorySpec, adapter_name, write_repository
 
-    # The scoring script applies the training system prompt, as the Triton model does.
-    (model_dir / SERVING_FILE).write_text(json.dumps(serving_settings(fetched.model_dir), indent=2) + "\n")
+    kind = options.instance_kind
+    repository = out / azureml.REPOSITORY_DIR
+    shutil.rmtree(repository, ignore_errors=True)
+    write_repository(
+        fetched.model_dir,
+        repository,
+        # On a CPU size the serve image's vLLM (its CUDA build) cannot run: the named fallback engine serves.
+        RepositorySpec(model_name=model_name, instance_kind=kind, response_schema=response_schema,
+                       **({"engine": "transformers"} if kind == "cpu" else {}),
+                       **({"adapters": adapters} if adapters else {})),
+        base_model_dir=resolve_base_dir(fetched),
+        # Named by its registry URI as the local rollout names it (`tuneline-llm-3`): requests pick it by that name.
+        adapter=adapter_name(fetched.uri),
+    )
     paths = azureml.write(
         out,
         options,
         policy,
-        model_dir=model_dir,
+        repository_dir=repository,
         model_name=fetched.name,
         model_version=fetched.version,
         model_uri=fetched.uri,
+        served_name=model_name,
     )
     azureml.load_check(paths)
     record = _record("azureml", fetched, requested_uri, policy)
-    record.endpoint = f"https://{options.endpoint_name}.<region>.inference.ml.azure.com/score"
+    record.endpoint = (f"https://{options.endpoint_name}.<region>.inference.ml.azure.com"
+                       + azureml.routes(model_name)["scoring_route"]["path"])
     record.files = [str(paths[k]) for k in ("endpoint", "deployment", "apply", "rollback", "retire")]
+    record.details["repository"] = str(repository)
+    record.details["engine"] = "vllm" if kind == "gpu" else "transformers (CPU instance type)"
     # The slots are chosen by apply.sh from the endpoint's live traffic; `first` is the first rollout's split.
     record.details["traffic"] = (policy.traffic(options.slot, None) if first else
                                  {"new": policy.new_percent, "live": 100 - policy.new_percent})

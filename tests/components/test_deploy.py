@@ -116,13 +116,18 @@ def test_azureml_and_triton_targets(registry, tmp_path: Path):
     assert load_online_endpoint(files / "endpoint.yml").auth_mode == "key"
     deployment = load_online_deployment(files / "deployment.yml")
     # Its own asset at the next version: tuneline-llm:2 is the registered (adapter) version in the workspace.
-    assert deployment.model.name == "tuneline-llm-merged" and deployment.model.version is None
+    assert deployment.model.name == "tuneline-llm-triton" and deployment.model.version is None
     assert deployment.model.tags["tuneline.source_version"] == "2"
     assert record["details"]["retire"][0].startswith("bash retire.sh")
-    # The adapter was merged: the Azure ML model folder is a plain HF model, loadable without peft.
-    assert (files / "model" / "config.json").is_file() and not (
-        files / "model" / "adapter_config.json"
-    ).exists()
+    # The Triton repository the local server and KServe serve, for the default GPU size: the vLLM twin, and the
+    # adapter on its unmerged base, as locally with shared adapters.
+    repository = files / "repository"
+    assert record["details"]["engine"] == "vllm"
+    assert 'value: { string_value: "vllm" }' in (repository / "tuneline-llm-stream" / "config.pbtxt").read_text()
+    assert "KIND_GPU" in (repository / "tuneline-llm" / "config.pbtxt").read_text()
+    assert [p.name for p in (repository / "tuneline-llm" / "1" / "adapters").iterdir()] == ["tuneline-llm-2"]
+    assert deployment.environment.inference_config.scoring_route.path == "/v2/models/tuneline-llm-stream/generate"
+    assert record["endpoint"].endswith("/v2/models/tuneline-llm-stream/generate")
 
     schema = REPO / "data" / "sample" / "tickets.schema.json"
     proc, record = _deploy(

@@ -1,6 +1,8 @@
 """Azure ML endpoint + deployment YAML: loadable by azure-ai-ml's own loaders, relative paths, auth mode and probes
-as configured; apply.sh creates the endpoint, then the deployment in the idle slot, then the traffic, and
-rollback.sh returns to the previous slot (run against tests/support/fake_az.py: no workspace is reachable here)."""
+as configured, the serve image as a custom container with Triton's routes on the Triton repository; apply.sh
+creates the endpoint, then the deployment in the idle slot, then the traffic, and rollback.sh returns to the
+previous slot (run against tests/support/fake_az.py: no workspace is reachable here). test_azureml_serving.py runs
+the deployment's container command and routes on a real repository."""
 
 from __future__ import annotations
 
@@ -13,14 +15,17 @@ from pydantic import ValidationError
 from tuneline.serving.deploy import azureml
 from tuneline.serving.deploy.policy import RolloutPolicy
 
+REPO = Path(__file__).resolve().parents[3]
 URI = "models:/tuneline-llm/4"
 
 
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "merged"
-    folder.mkdir()
-    (folder / "config.json").write_text('{"model_type": "llama"}')
+    """A Triton repository's shape (write_repository's real one is served in test_azureml_serving.py)."""
+    folder = tmp_path / "repository"
+    for model in ("tuneline-llm", "tuneline-llm-stream"):
+        (folder / model / "1").mkdir(parents=True)
+        (folder / model / "config.pbtxt").write_text(f'name: "{model}"\n')
     return folder
 
 
@@ -29,7 +34,7 @@ def _write(out: Path, model_dir: Path, options: azureml.AzureMLOptions, policy: 
         out,
         options,
         policy,
-        model_dir=model_dir,
+        repository_dir=model_dir,
         model_name="tuneline-llm",
         model_version=version,
         model_uri=f"models:/tuneline-llm/{version}",
@@ -44,6 +49,7 @@ def test_canary_files_load_with_the_sdk(tmp_path: Path, model_dir: Path):
         auth_mode="key", instance_type="Standard_NC24ads_A100_v4", instance_count=2
     )
     paths = _write(out, model_dir, options, RolloutPolicy(strategy="canary", canary_percent=10))
+    azureml.load_check(paths)
     endpoint = load_online_endpoint(paths["endpoint"])
     deployment = load_online_deployment(paths["deployment"])
     # Traffic may only name deployments that exist: it is set by apply.sh after the deployment, never on create.
@@ -54,9 +60,45 @@ def test_canary_files_load_with_the_sdk(tmp_path: Path, model_dir: Path):
     assert (
         deployment.liveness_probe.failure_threshold == 30 and deployment.readiness_probe.initial_delay == 10
     )
-    assert deployment.code_configuration.scoring_script == "score.py"
-    assert (out / "code" / "score.py").read_text() == azureml.SCORE_SCRIPT.read_text()
-    assert (out / "model" / "config.json").is_file() and (out / "environment" / "conda.yaml").is_file()
+    assert (out / "repository" / "tuneline-llm-stream" / "config.pbtxt").is_file()
+
+
+def test_the_deployment_is_the_serve_image_with_triton_routes(tmp_path: Path, model_dir: Path):
+    """A custom container: the serve image, its inference_config routes on Triton's HTTP port, no scoring script
+    and no conda file (the plain-generate scoring path pinned a torch no public index served)."""
+    from azure.ai.ml import load_online_deployment
+
+    out = tmp_path / "azureml"
+    options = azureml.AzureMLOptions(image="myacr.azurecr.io/tuneline/serve:0.1.0")
+    paths = _write(out, model_dir, options, RolloutPolicy())
+    deployment = load_online_deployment(paths["deployment"])
+    assert deployment.code_configuration is None and not (out / "code").exists()
+    assert deployment.environment.image == "myacr.azurecr.io/tuneline/serve:0.1.0"
+    assert deployment.environment.conda_file is None
+    config = deployment.environment.inference_config
+    assert (config.liveness_route.port, config.liveness_route.path) == (8080, "/v2/health/live")
+    assert (config.readiness_route.port, config.readiness_route.path) == (8080, "/v2/health/ready")
+    assert config.scoring_route.path == "/v2/models/tuneline-llm-stream/generate"
+    # The variables the KServe runtime's container gets (k8s/base/serving/servingruntime.yaml), so both run alike.
+    runtime = yaml.safe_load((REPO / "k8s" / "base" / "serving" / "servingruntime.yaml").read_text())
+    kserve_env = {e["name"]: e["value"] for e in runtime["spec"]["containers"][0]["env"]}
+    assert deployment.environment_variables == kserve_env
+    assert "--http-port=8080" in runtime["spec"]["containers"][0]["args"]
+
+
+def test_the_served_name_names_the_scoring_route(tmp_path: Path, model_dir: Path):
+    paths = azureml.write(tmp_path / "a", azureml.AzureMLOptions(), RolloutPolicy(), repository_dir=model_dir,
+                          model_name="tuneline-llm", model_version=4, model_uri=URI, served_name="tickets")
+    route = yaml.safe_load(paths["deployment"].read_text())["environment"]["inference_config"]["scoring_route"]
+    assert route["path"] == "/v2/models/tickets-stream/generate"
+
+
+@pytest.mark.parametrize(("size", "kind"), [("Standard_NC4as_T4_v3", "gpu"), ("Standard_NC24ads_A100_v4", "gpu"),
+                                            ("Standard_ND96asr_v4", "gpu"), ("standard_nv36ads_a10_v5", "gpu"),
+                                            ("Standard_DS3_v2", "cpu"), ("Standard_F4s_v2", "cpu"),
+                                            ("Standard_E4s_v3", "cpu")])
+def test_the_instance_type_decides_the_repository_kind(size: str, kind: str):
+    assert azureml.AzureMLOptions(instance_type=size).instance_kind == kind
 
 
 def test_paths_in_the_yaml_are_relative(tmp_path: Path, model_dir: Path):
@@ -65,18 +107,7 @@ def test_paths_in_the_yaml_are_relative(tmp_path: Path, model_dir: Path):
     assert str(tmp_path) not in paths["apply"].read_text()
     assert str(tmp_path) not in text
     data = yaml.safe_load(text)
-    assert data["model"]["path"] == "./model" and data["code_configuration"]["code"] == "./code"
-    assert data["environment"]["conda_file"] == "./environment/conda.yaml"
-
-
-def test_the_conda_file_pins_versions_a_public_index_serves(tmp_path: Path, model_dir: Path):
-    from importlib import metadata
-
-    _write(tmp_path / "a", model_dir, azureml.AzureMLOptions(), RolloutPolicy())
-    pins = yaml.safe_load((tmp_path / "a" / "environment" / "conda.yaml").read_text())["dependencies"][-1]["pip"]
-    assert not [p for p in pins if "+" in p], pins  # `torch==2.13.0+cpu` exists only on the PyTorch CPU index
-    torch = metadata.version("torch")
-    assert f"torch=={torch.split('+')[0]}" in pins
+    assert data["model"]["path"] == "./repository"
 
 
 AZ = Path(__file__).resolve().parents[2] / "support" / "fake_az.py"
@@ -137,8 +168,8 @@ def test_rollouts_alternate_slots_and_roll_back(tmp_path: Path, model_dir: Path)
     ws.run(second["apply"])  # green is live: the new version goes into blue, beside it
     assert ws.endpoint["traffic"] == {"green": 0, "blue": 100}
     assert {k: (v["model_name"], v["model_version"], v["tags"]["tuneline.source_version"])
-            for k, v in ws.endpoint["deployments"].items()} == {"green": ("tuneline-llm-merged", "1", "4"),
-                                                                  "blue": ("tuneline-llm-merged", "2", "5")}
+            for k, v in ws.endpoint["deployments"].items()} == {"green": ("tuneline-llm-triton", "1", "4"),
+                                                                  "blue": ("tuneline-llm-triton", "2", "5")}
     assert ws.endpoint["tags"] == {"tuneline_live": "blue", "tuneline_previous": "green"}
 
     ws.run(second["rollback"])
@@ -173,89 +204,18 @@ def test_options_are_checked():
         azureml.AzureMLOptions(endpoint_name="1-bad_name")
 
 
-def test_score_script_serves_a_merged_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """The scoring script itself, run the way the Azure ML inference server runs it: init() then run()."""
-    import importlib.util
-    import json
-
-    from tests.support.tinymodel import build_tiny_llama
-
-    build_tiny_llama(tmp_path / "model")
-    (tmp_path / "model" / "chat_template.jinja").write_text(
-        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
-    )
-    monkeypatch.setenv("AZUREML_MODEL_DIR", str(tmp_path))
-    spec = importlib.util.spec_from_file_location("score", azureml.SCORE_SCRIPT)
-    score = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(score)
-    score.init()
-    answer = score.run(json.dumps({"prompts": ["hello", "printer offline"], "max_new_tokens": 4}))
-    assert len(answer["outputs"]) == 2 and all(isinstance(o, str) for o in answer["outputs"])
-    assert "error" in score.run("not json") and "error" in score.run(json.dumps({"prompts": [1]}))
-    # The OpenAI chat-completions body, as the local endpoint takes it, with the training system prompt.
-    (tmp_path / "model" / "serving.json").write_text(json.dumps({"system_prompt": "Triage tickets."}))
-    score.init()
-    chat = score.run(json.dumps({"messages": [{"role": "user", "content": "printer offline"}], "max_tokens": 4}))
-    assert chat["object"] == "chat.completion" and chat["choices"][0]["message"]["role"] == "assistant"
-    usage = chat["usage"]
-    assert usage["completion_tokens"] <= 4
-    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-    own_system = [{"role": "system", "content": "x"}, {"role": "user", "content": "printer offline"}]
-    bare = score.run(json.dumps({"messages": own_system}))
-    assert bare["usage"]["prompt_tokens"] < usage["prompt_tokens"]  # the training system prompt was added before
-    assert "error" in score.run(json.dumps({"messages": [{"role": "user", "content": "hi"}], "stream": True}))
-
-
-def test_score_script_renders_prompts_as_training_did(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Llama 3.x stamps a date into the system header: serving must render it as training did, not with today's."""
-    import importlib.util
-    import json
-
-    from tests.llm.ml.families import FAMILIES, build
-    from tuneline.llm.ml.chat import render
-    from tuneline.serving.repository import SERVING_FILE, serving_settings
-
-    folder = build(FAMILIES["llama3"], tmp_path / "model")
-    (folder / SERVING_FILE).write_text(json.dumps(serving_settings(folder)))
-    monkeypatch.setenv("AZUREML_MODEL_DIR", str(tmp_path))
-    spec = importlib.util.spec_from_file_location("score", azureml.SCORE_SCRIPT)
-    score = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(score)
-    score.init()
-    conversation = [{"role": "system", "content": "Triage."}, {"role": "user", "content": "printer offline"}]
-    served = score.render(conversation)
-    assert "Today Date: 26 Jul 2024" in served
-    assert served == render(score._state["tokenizer"], conversation, generation_prompt=True)
-
-
-def test_the_merged_model_is_its_own_asset_at_the_next_version(tmp_path: Path, model_dir: Path):
+def test_the_repository_is_its_own_asset_at_the_next_version(tmp_path: Path, model_dir: Path):
     """`tuneline-llm:4` is the registered version in the workspace's registry (the MLflow registry is the
-    workspace's): a deployment that gave it the merged folder's path was refused ("Asset paths cannot be
-    updated"). The merged folder is `tuneline-llm-merged` with no version, so the SDK registers the next one."""
+    workspace's): a deployment that gave it another folder's path was refused ("Asset paths cannot be
+    updated"). The repository is `tuneline-llm-triton` with no version, so the SDK registers the next one."""
     from azure.ai.ml import load_online_deployment
 
     paths = _write(tmp_path / "azureml", model_dir, azureml.AzureMLOptions(), RolloutPolicy())
     model = load_online_deployment(paths["deployment"]).model
-    assert model.name == "tuneline-llm-merged"
+    assert model.name == "tuneline-llm-triton"
     assert model.version is None and model._auto_increment_version
     assert model.tags == {"tuneline.model_uri": URI, "tuneline.source_version": "4"}
-    assert str(model.path).endswith("/model")
-
-
-@pytest.mark.parametrize("capability", [None, (7, 0), (7, 5), (8, 0), (8, 6), (8, 9), (9, 0)])
-def test_the_score_script_loads_the_weights_in_the_dtype_the_gpu_has_tensor_cores_for(capability):
-    """The default instance is a T4 (sm_75), which has no bf16 tensor cores: the script loaded bf16 on any GPU."""
-    import importlib.util
-
-    from tuneline.llm.ml.device import choose
-
-    spec = importlib.util.spec_from_file_location("score", azureml.SCORE_SCRIPT)
-    score = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(score)
-    expected = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}[choose(capability).mixed_precision]
-    assert score.serving_dtype(capability) == expected
-    assert azureml.AzureMLOptions().instance_type == "Standard_NC4as_T4_v3"
-    assert score.serving_dtype((7, 5)) == "float16"
+    assert str(model.path).endswith("/repository")
 
 
 def test_retire_deletes_the_idle_previous_slot_and_never_one_taking_traffic(tmp_path: Path, model_dir: Path):
@@ -279,9 +239,3 @@ def test_retire_deletes_the_idle_previous_slot_and_never_one_taking_traffic(tmp_
     with pytest.raises(AssertionError, match="blue still takes 90 % of the traffic"):
         ws.run(canary["retire"])
     assert set(ws.endpoint["deployments"]) == {"green", "blue"}
-
-
-def test_the_inference_server_is_pinned(tmp_path: Path, model_dir: Path):
-    _write(tmp_path / "a", model_dir, azureml.AzureMLOptions(), RolloutPolicy())
-    pins = yaml.safe_load((tmp_path / "a" / "environment" / "conda.yaml").read_text())["dependencies"][-1]["pip"]
-    assert "azureml-inference-server-http==1.5.1" in pins

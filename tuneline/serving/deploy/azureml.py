@@ -1,16 +1,35 @@
 """Azure ML managed online endpoint + deployment YAML for a tuned model, and the scripts that roll it out.
 
-Writes into one folder, every path in the YAML relative to it:
+The deployment runs the engine the local server and KServe run: the serve image's tritonserver, started by
+`python -m tuneline.serving.runtime`, on the Triton model repository `tuneline.serving.repository` writes (vLLM in
+the streaming twin, adapters on one base where the repository shares them). Written into one folder, every path in
+the YAML relative to it:
 
     endpoint.yml              ManagedOnlineEndpoint: name, auth_mode (no traffic: see below)
-    deployment.yml            ManagedOnlineDeployment: model, code, environment, instance type, probes
+    deployment.yml            ManagedOnlineDeployment: the repository as its model, the serve image with its routes,
+                              instance type, probes
     apply.sh                  endpoint, then deployment into the idle slot, then traffic
     rollback.sh               all traffic back to the slot that was live before the last apply.sh
     retire.sh                 delete that previous slot once the rollout has held (its instances are billed)
-    code/score.py             tuneline/serving/deploy/azureml_score.py
-    environment/conda.yaml    pinned inference dependencies
-    model/                    merged Hugging Face folder (written by the caller), registered on apply as
-                              `<name>-merged` at the next version (`merged_model_name`)
+    repository/               the Triton model repository (written by the caller), registered on apply as
+                              `<name>-triton` at the next version (`repository_model_name`)
+
+Why a custom container (azure-ai-docs how-to-deploy-custom-container.md): Azure ML's no-code Triton path
+(how-to-deploy-with-triton.md, `type: triton_model`) runs NVIDIA's Triton image, which lacks what the repository's
+Python-backend models import (vLLM, transformers, peft): the same reason KServe runs the `tuneline-triton` runtime
+rather than its stock Triton one. A custom container is an environment with an `image` and an `inference_config`
+naming the liveness, readiness and scoring routes (port and path) of the server the image starts; Azure ML runs the
+image's own command, so the serve image's command is the runtime, which finds the repository under
+`AZUREML_MODEL_DIR` (tuneline.serving.runtime). The routes are Triton's KServe v2 ones on its HTTP port (8080,
+KServe's too): liveness `/v2/health/live`, readiness `/v2/health/ready` (200 once every model is loaded), scoring
+the streaming twin's `generate` (`/v2/models/<name>-stream/generate`, the model every generation goes to), so
+`az ml online-endpoint invoke --request-file` with `{"text_input": ...}` answers from the engine. Other v2 paths
+(`generate_stream`, `infer`) are reached under the endpoint's host as Triton serves them, as azureml-examples'
+Triton custom container (cli/endpoints/online/custom-container/triton/single-model) is called with tritonclient.
+
+A GPU instance type (N-series) gets a GPU repository (vLLM, adapters shared on one base). A CPU one gets the
+named fallback: the same server and repository with plain transformers `generate` as its engine
+(`RepositorySpec.engine`), since the serve image's vLLM is its CUDA build.
 
 Why the order (https://learn.microsoft.com/azure/machine-learning/how-to-safely-rollout-online-endpoints): an
 endpoint's traffic may only name deployments that exist, so the endpoint is created without traffic, the
@@ -27,9 +46,9 @@ The YAML is produced from azure-ai-ml entities (so field names and types are the
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
-from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
@@ -37,14 +56,21 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuneline.serving.deploy.policy import RolloutPolicy
+from tuneline.serving.repository import stream_model_name
+from tuneline.serving.runtime import HTTP_PORT
 
-SCORE_SCRIPT = Path(__file__).with_name("azureml_score.py")
 SLOTS = ("blue", "green")
-# Pins of what score.py imports; the Azure ML inference server runs it.
-_INFERENCE_PACKAGES = ("torch", "transformers", "safetensors", "tokenizers")
-# The server itself (azmlinfsrv), pinned so a rebuilt environment serves as the tested one did: 1.5.1 is the newest
-# release (2025-12-18) and supports Python 3.11 since 1.2.0 (its PyPI changelog).
-INFERENCE_SERVER = "azureml-inference-server-http==1.5.1"
+REPOSITORY_DIR = "repository"
+ENVIRONMENT_NAME = "tuneline-serve"
+# Set as the KServe runtime sets them (k8s/base/serving/servingruntime.yaml): the container's user may not own the
+# image's HOME, where vLLM, torch and Triton's Python stub write caches.
+CONTAINER_ENV = {"HOME": "/tmp/home", "OMP_NUM_THREADS": "1"}
+# Azure's GPU VM sizes are the N-series (NC, ND, NV: azure-ai-docs reference-managed-online-endpoints-vm-sku-list.md).
+_GPU_SIZE = re.compile(r"^Standard_N[CDV]", re.IGNORECASE)
+
+
+def instance_kind(instance_type: str) -> Literal["cpu", "gpu"]:
+    return "gpu" if _GPU_SIZE.match(instance_type) else "cpu"
 
 
 class Probe(BaseModel):
@@ -67,9 +93,12 @@ class AzureMLOptions(BaseModel):
     )
     instance_type: str = "Standard_NC4as_T4_v3"
     instance_count: int = Field(default=1, ge=1)
-    image: str = "mcr.microsoft.com/azureml/openmpi4.1.0-cuda11.8-cudnn8-ubuntu22.04:latest"
+    image: str = Field(default="tuneline/serve:latest", min_length=1,
+                       description="the serve image (environments/serve), in a registry the workspace pulls from")
     request_timeout_ms: int = Field(default=90_000, ge=1000, le=180_000)
-    max_concurrent_requests_per_instance: int = Field(default=4, ge=1)
+    # The engine batches every live request itself (continuous batching): past this Azure ML answers 429 before
+    # the request reaches it. 32: the concurrency the serving benchmark holds without errors.
+    max_concurrent_requests_per_instance: int = Field(default=32, ge=1)
     liveness_probe: Probe = Probe()
     readiness_probe: Probe = Probe(initial_delay=10, failure_threshold=3)
 
@@ -77,26 +106,17 @@ class AzureMLOptions(BaseModel):
     def previous_slot(self) -> str:
         return SLOTS[0] if self.slot == SLOTS[1] else SLOTS[1]
 
-
-def public_version(version: str) -> str:
-    """`2.13.0+cpu` -> `2.13.0`: a local version label names a build of one index (the PyTorch CPU index); PyPI
-    serves the public version, whose Linux torch wheel is the CUDA one a GPU instance needs."""
-    from packaging.version import Version
-
-    return Version(version).public
+    @property
+    def instance_kind(self) -> Literal["cpu", "gpu"]:
+        return instance_kind(self.instance_type)
 
 
-def conda_spec() -> dict:
-    pins = []
-    for dist in _INFERENCE_PACKAGES:
-        try:
-            pins.append(f"{dist}=={public_version(metadata.version(dist))}")
-        except metadata.PackageNotFoundError:
-            pins.append(dist)
+def routes(model_name: str) -> dict[str, dict]:
+    """The environment's inference_config: Triton's KServe v2 routes on the runtime's HTTP port."""
     return {
-        "name": "tuneline-inference",
-        "channels": ["conda-forge"],
-        "dependencies": ["python=3.11", "pip", {"pip": [INFERENCE_SERVER, *pins]}],
+        "liveness_route": {"port": HTTP_PORT, "path": "/v2/health/live"},
+        "readiness_route": {"port": HTTP_PORT, "path": "/v2/health/ready"},
+        "scoring_route": {"port": HTTP_PORT, "path": f"/v2/models/{stream_model_name(model_name)}/generate"},
     }
 
 
@@ -135,16 +155,16 @@ def endpoint_dict(options: AzureMLOptions, policy: RolloutPolicy, model_uri: str
     return data
 
 
-MERGED_SUFFIX = "-merged"
+REPOSITORY_SUFFIX = "-triton"
 
 
-def merged_model_name(model_name: str) -> str:
-    """The merged folder's own model asset. On Azure ML the MLflow registry is the workspace's model registry, so
-    `<name>:<version>` already names the registered (adapter) version, and `az ml online-deployment create`
-    refuses to give it another path ("Asset paths cannot be updated"). The merged folder is registered under its
-    own name without a version: the SDK gives it the next version (azure-ai-ml `Asset._auto_increment_version`,
-    `ModelOperations.create_or_update`), and its tags say which registered version it was merged from."""
-    return f"{model_name}{MERGED_SUFFIX}"
+def repository_model_name(model_name: str) -> str:
+    """The repository folder's own model asset. On Azure ML the MLflow registry is the workspace's model registry,
+    so `<name>:<version>` already names the registered (adapter) version, and `az ml online-deployment create`
+    refuses to give it another path ("Asset paths cannot be updated"). The repository is registered under its own
+    name without a version: the SDK gives it the next version (azure-ai-ml `Asset._auto_increment_version`,
+    `ModelOperations.create_or_update`), and its tags say which registered version it serves."""
+    return f"{model_name}{REPOSITORY_SUFFIX}"
 
 
 def _model_tags(model_uri: str, model_version: int | None) -> dict[str, str]:
@@ -154,11 +174,11 @@ def _model_tags(model_uri: str, model_version: int | None) -> dict[str, str]:
     return tags
 
 
-def deployment_dict(
-    options: AzureMLOptions, out: Path, model_name: str, model_version: int | None, model_uri: str
-) -> dict:
+def deployment_dict(options: AzureMLOptions, out: Path, model_name: str, model_version: int | None, model_uri: str,
+                    served_name: str | None = None) -> dict:
+    """The deployment: the repository at `out/repository` as its model, served as `served_name` (the Triton model's
+    name; default `model_name`) by the serve image."""
     from azure.ai.ml.entities import (
-        CodeConfiguration,
         Environment,
         ManagedOnlineDeployment,
         Model,
@@ -170,13 +190,14 @@ def deployment_dict(
         name=options.slot,
         endpoint_name=options.endpoint_name,
         model=Model(
-            path=str(out / "model"),
-            name=merged_model_name(model_name),
-            description=f"merged from {model_uri}",
+            path=str(out / REPOSITORY_DIR),
+            name=repository_model_name(model_name),
+            description=f"Triton model repository serving {model_uri}",
             tags=_model_tags(model_uri, model_version),
         ),
-        code_configuration=CodeConfiguration(code=str(out / "code"), scoring_script="score.py"),
-        environment=Environment(image=options.image, conda_file=str(out / "environment" / "conda.yaml")),
+        environment=Environment(name=ENVIRONMENT_NAME, image=options.image,
+                                inference_config=routes(served_name or model_name)),
+        environment_variables=dict(CONTAINER_ENV),
         instance_type=options.instance_type,
         instance_count=options.instance_count,
         request_settings=OnlineRequestSettings(
@@ -187,10 +208,8 @@ def deployment_dict(
         readiness_probe=ProbeSettings(**options.readiness_probe.model_dump()),
         tags={"tuneline.model_uri": model_uri},
     )
-    data = _plain(deployment._to_dict())
-    # The SDK inlines the conda file's content; reference the file instead so it can be edited.
-    data["environment"] = {"image": options.image, "conda_file": str(out / "environment" / "conda.yaml")}
-    return _relative(data, out)
+    deployment._validate()
+    return _relative(_plain(deployment._to_dict()), out)
 
 
 APPLY_SCRIPT = """#!/usr/bin/env bash
@@ -279,27 +298,26 @@ def write(
     options: AzureMLOptions,
     policy: RolloutPolicy,
     *,
-    model_dir: Path,
+    repository_dir: Path,
     model_name: str,
     model_version: int | None,
     model_uri: str,
+    served_name: str | None = None,
 ) -> dict[str, Path]:
-    """Write the folder described in the module docstring; ``model_dir`` (a full HF folder) is copied in."""
+    """Write the folder described in the module docstring; ``repository_dir`` (a Triton model repository, as
+    `tuneline.serving.repository.write_repository` writes it) is copied in unless it is already there."""
     out.mkdir(parents=True, exist_ok=True)
-    if model_dir.resolve() != (out / "model").resolve():
-        shutil.rmtree(out / "model", ignore_errors=True)
-        shutil.copytree(model_dir, out / "model")
-    (out / "code").mkdir(exist_ok=True)
-    shutil.copy2(SCORE_SCRIPT, out / "code" / "score.py")
-    (out / "environment").mkdir(exist_ok=True)
-    (out / "environment" / "conda.yaml").write_text(yaml.safe_dump(conda_spec(), sort_keys=False))
+    if repository_dir.resolve() != (out / REPOSITORY_DIR).resolve():
+        shutil.rmtree(out / REPOSITORY_DIR, ignore_errors=True)
+        shutil.copytree(repository_dir, out / REPOSITORY_DIR)
     endpoint = out / "endpoint.yml"
     deployment = out / "deployment.yml"
     header = "# Generated by the tuneline deploy step (target azureml). Apply with: bash apply.sh\n"
     endpoint.write_text(header + yaml.safe_dump(endpoint_dict(options, policy, model_uri), sort_keys=False))
     deployment.write_text(
         header + "# apply.sh deploys it into the slot that is not live (--name blue|green).\n"
-        + yaml.safe_dump(deployment_dict(options, out, model_name, model_version, model_uri), sort_keys=False)
+        + yaml.safe_dump(deployment_dict(options, out, model_name, model_version, model_uri, served_name),
+                         sort_keys=False)
     )
     paths = {"endpoint": endpoint, "deployment": deployment}
     for name, text in scripts(options, policy).items():
@@ -310,8 +328,11 @@ def write(
 
 
 def load_check(paths: dict[str, Path]) -> None:
-    """Load both files with azure-ai-ml's own loaders (offline); raises on anything they reject."""
+    """Load both files with azure-ai-ml's own loaders (offline) and run the checks the SDK runs before it sends
+    them (`_validate`, `Environment.validate`); raises on anything they reject."""
     from azure.ai.ml import load_online_deployment, load_online_endpoint
 
     load_online_endpoint(paths["endpoint"])
-    load_online_deployment(paths["deployment"])
+    deployment = load_online_deployment(paths["deployment"])
+    deployment._validate()
+    deployment.environment.validate()
