@@ -34,6 +34,9 @@ HOME_FOLDER = ".tuneline"
 # starts or compiles a job for. A value the caller set already wins (`disable_mlflow_telemetry`).
 TELEMETRY_VAR = "MLFLOW_DISABLE_TELEMETRY"
 TELEMETRY_OFF = {TELEMETRY_VAR: "true"}
+# The image a step hands to a platform to run (its component.yaml's `deploys_image`), resolved from the same image
+# plan, registry, tag or lock, as the step's own image; every target sets it, the step reads it.
+DEPLOY_IMAGE_VAR = "TUNELINE_DEPLOY_IMAGE"
 # Names more than one layer writes, each declared once here.
 # AKS labels and taints every node of a spot pool kubernetes.azure.com/scalesetpriority=spot:NoSchedule
 # (https://learn.microsoft.com/azure/aks/spot-node-pool); compile, the cluster policy, the node-pool manifests and

@@ -14,6 +14,7 @@ served; 2 on bad input.
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from tuneline.settings import disable_mlflow_telemetry
+from tuneline.settings import DEPLOY_IMAGE_VAR, disable_mlflow_telemetry
 from tuneline.step.args import parse_component_args
 from tuneline.step.outputs import write_value
 
@@ -66,12 +67,21 @@ def _target_options(args: Namespace, serving_name: str) -> tuple[KServeOptions |
             slot=args.slot,
             instance_type=args.instance_type,
             instance_count=args.instance_count,
-            image=args.serve_image,
+            image=serve_image(args.serve_image),
         )
         if args.target == "azureml"
         else None
     )
     return kserve_options, azureml_options
+
+
+def serve_image(given: str | None) -> str:
+    """The image the Azure ML deployment runs: the input when given, else the one the pipeline's image plan names."""
+    image = given or os.environ.get(DEPLOY_IMAGE_VAR)
+    if not image:
+        raise SystemExit(f"deploy: no serve image: set the serve_image input, or run the step from a compiled "
+                         f"pipeline or `tuneline run`, which set {DEPLOY_IMAGE_VAR}")
+    return image
 
 
 def _deploy(args: Namespace, uri: str, policy: RolloutPolicy, serving_name: str,

@@ -93,6 +93,8 @@ def test_kserve_canary_deploys_the_champion(registry, tmp_path: Path):
 
 def test_azureml_and_triton_targets(registry, tmp_path: Path):
     env, _ = registry
+    # as every target sets it for this step (component.yaml `deploys_image`), from the pipeline's image plan
+    env = {**env, "TUNELINE_DEPLOY_IMAGE": "acr.example.io/tuneline/serve:1.2.0"}
     proc, record = _deploy(
         env,
         tmp_path / "aml",
@@ -115,6 +117,7 @@ def test_azureml_and_triton_targets(registry, tmp_path: Path):
     files = tmp_path / "aml" / "files"
     assert load_online_endpoint(files / "endpoint.yml").auth_mode == "key"
     deployment = load_online_deployment(files / "deployment.yml")
+    assert deployment.environment.image == "acr.example.io/tuneline/serve:1.2.0"
     # Its own asset at the next version: tuneline-llm:2 is the registered (adapter) version in the workspace.
     assert deployment.model.name == "tuneline-llm-triton" and deployment.model.version is None
     assert deployment.model.tags["tuneline.source_version"] == "2"
@@ -183,3 +186,13 @@ def test_unknown_alias_and_bad_input_exit_2(registry, tmp_path: Path):
         "100",
     )
     assert proc.returncode == 2 and "canary_percent" in proc.stderr
+
+
+def test_azureml_without_a_serve_image_stops_naming_both_ways_to_give_one(registry, tmp_path: Path):
+    env, _ = registry
+    env = {k: v for k, v in env.items() if k != "TUNELINE_DEPLOY_IMAGE"}
+    proc, _ = _deploy(env, tmp_path / "aml", "--model-uri", "models:/tuneline-llm/2", "--alias", "",
+                      "--target", "azureml")
+    assert proc.returncode != 0
+    assert "no serve image" in proc.stderr and "TUNELINE_DEPLOY_IMAGE" in proc.stderr
+    assert not (tmp_path / "aml" / "files" / "deployment.yml").exists()

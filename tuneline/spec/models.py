@@ -186,6 +186,10 @@ class ComponentSpec(Strict):
     description: str = ""
     role: Role | None = Field(None, description="what the step does for the pipeline: " + ", ".join(Role))
     environment: str = Field(pattern=NAME_PATTERN)
+    deploys_image: str | None = Field(
+        None, pattern=NAME_PATTERN,
+        description="the environment whose image the step hands to a platform to run (a serving image); the step "
+                    "gets it in TUNELINE_DEPLOY_IMAGE, from the same registry, tag or lock as its own image")
     inputs: dict[str, InputSpec] = Field(default_factory=dict)
     outputs: dict[str, OutputSpec] = Field(default_factory=dict)
     command: str = Field(min_length=1)

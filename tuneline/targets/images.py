@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from .. import settings
 from ..spec.models import Images
 from . import CompileError
 
@@ -80,6 +81,11 @@ class ImagePlan:
             return f"{self.lock.registry}/{environment}@{digest}"
         separator = "@" if self.is_digest else ":"
         return f"{self.registry}/{environment}{separator}{self.tag}"
+
+
+def deploy_image_env(environment: str | None, plan: ImagePlan) -> dict[str, str]:
+    """What a step whose component `deploys_image` gets: that environment's image from the plan of its own."""
+    return {settings.DEPLOY_IMAGE_VAR: plan.image(environment)} if environment else {}
 
 
 def resolve_images(spec_images: Images | None, registry: str | None = None, tag: str | None = None,

@@ -17,6 +17,7 @@ from tuneline.serving.deploy.policy import RolloutPolicy
 
 REPO = Path(__file__).resolve().parents[3]
 URI = "models:/tuneline-llm/4"
+SERVE_IMAGE = "myacr.azurecr.io/tuneline/serve:0.1.0"
 
 
 @pytest.fixture
@@ -46,6 +47,7 @@ def test_canary_files_load_with_the_sdk(tmp_path: Path, model_dir: Path):
 
     out = tmp_path / "azureml"
     options = azureml.AzureMLOptions(
+        image=SERVE_IMAGE,
         auth_mode="key", instance_type="Standard_NC24ads_A100_v4", instance_count=2
     )
     paths = _write(out, model_dir, options, RolloutPolicy(strategy="canary", canary_percent=10))
@@ -87,7 +89,7 @@ def test_the_deployment_is_the_serve_image_with_triton_routes(tmp_path: Path, mo
 
 
 def test_the_served_name_names_the_scoring_route(tmp_path: Path, model_dir: Path):
-    paths = azureml.write(tmp_path / "a", azureml.AzureMLOptions(), RolloutPolicy(), repository_dir=model_dir,
+    paths = azureml.write(tmp_path / "a", azureml.AzureMLOptions(image=SERVE_IMAGE), RolloutPolicy(), repository_dir=model_dir,
                           model_name="tuneline-llm", model_version=4, model_uri=URI, served_name="tickets")
     route = yaml.safe_load(paths["deployment"].read_text())["environment"]["inference_config"]["scoring_route"]
     assert route["path"] == "/v2/models/tickets-stream/generate"
@@ -98,11 +100,11 @@ def test_the_served_name_names_the_scoring_route(tmp_path: Path, model_dir: Path
                                             ("Standard_DS3_v2", "cpu"), ("Standard_F4s_v2", "cpu"),
                                             ("Standard_E4s_v3", "cpu")])
 def test_the_instance_type_decides_the_repository_kind(size: str, kind: str):
-    assert azureml.AzureMLOptions(instance_type=size).instance_kind == kind
+    assert azureml.AzureMLOptions(image=SERVE_IMAGE, instance_type=size).instance_kind == kind
 
 
 def test_paths_in_the_yaml_are_relative(tmp_path: Path, model_dir: Path):
-    paths = _write(tmp_path / "a", model_dir, azureml.AzureMLOptions(), RolloutPolicy())
+    paths = _write(tmp_path / "a", model_dir, azureml.AzureMLOptions(image=SERVE_IMAGE), RolloutPolicy())
     text = paths["deployment"].read_text()
     assert str(tmp_path) not in paths["apply"].read_text()
     assert str(tmp_path) not in text
@@ -157,7 +159,7 @@ class Workspace:
 def test_rollouts_alternate_slots_and_roll_back(tmp_path: Path, model_dir: Path):
     ws = Workspace(tmp_path)
     ws.registered("tuneline-llm", "4", "5", "6")  # the workspace registry is the MLflow registry
-    options = azureml.AzureMLOptions()
+    options = azureml.AzureMLOptions(image=SERVE_IMAGE)
     first = _write(tmp_path / "v4", model_dir, options, RolloutPolicy(), version=4)
     ws.run(first["apply"])
     order = [line.split()[1] + " " + line.split()[2] for line in ws.calls("create") + ws.calls("update")]
@@ -186,7 +188,7 @@ def test_rollouts_alternate_slots_and_roll_back(tmp_path: Path, model_dir: Path)
 def test_the_previous_files_could_not_be_applied(tmp_path: Path, model_dir: Path):
     """What was written before: traffic on the endpoint's create, naming a deployment that does not exist yet."""
     ws = Workspace(tmp_path)
-    paths = _write(tmp_path / "v4", model_dir, azureml.AzureMLOptions(), RolloutPolicy())
+    paths = _write(tmp_path / "v4", model_dir, azureml.AzureMLOptions(image=SERVE_IMAGE), RolloutPolicy())
     body = yaml.safe_load(paths["endpoint"].read_text())
     body["traffic"] = {"green": 100}
     paths["endpoint"].write_text(yaml.safe_dump(body))
@@ -199,7 +201,7 @@ def test_the_previous_files_could_not_be_applied(tmp_path: Path, model_dir: Path
 
 def test_options_are_checked():
     with pytest.raises(ValidationError, match="auth_mode"):
-        azureml.AzureMLOptions(auth_mode="aml_token")  # type: ignore[arg-type]
+        azureml.AzureMLOptions(image=SERVE_IMAGE, auth_mode="aml_token")  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="endpoint_name"):
         azureml.AzureMLOptions(endpoint_name="1-bad_name")
 
@@ -210,7 +212,7 @@ def test_the_repository_is_its_own_asset_at_the_next_version(tmp_path: Path, mod
     updated"). The repository is `tuneline-llm-triton` with no version, so the SDK registers the next one."""
     from azure.ai.ml import load_online_deployment
 
-    paths = _write(tmp_path / "azureml", model_dir, azureml.AzureMLOptions(), RolloutPolicy())
+    paths = _write(tmp_path / "azureml", model_dir, azureml.AzureMLOptions(image=SERVE_IMAGE), RolloutPolicy())
     model = load_online_deployment(paths["deployment"]).model
     assert model.name == "tuneline-llm-triton"
     assert model.version is None and model._auto_increment_version
@@ -221,7 +223,7 @@ def test_the_repository_is_its_own_asset_at_the_next_version(tmp_path: Path, mod
 def test_retire_deletes_the_idle_previous_slot_and_never_one_taking_traffic(tmp_path: Path, model_dir: Path):
     """Each rollout left the previous deployment at 0 %, its GPU instances billed until someone deleted it."""
     ws = Workspace(tmp_path)
-    options = azureml.AzureMLOptions()
+    options = azureml.AzureMLOptions(image=SERVE_IMAGE)
     first = _write(tmp_path / "v4", model_dir, options, RolloutPolicy(), version=4)
     ws.run(first["apply"])
     with pytest.raises(AssertionError, match="no previous deployment to delete"):

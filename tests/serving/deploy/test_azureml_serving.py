@@ -25,6 +25,7 @@ from tuneline.serving.repository import RepositorySpec, stream_model_name, write
 
 REPO = Path(__file__).resolve().parents[3]
 DOCKERFILE = REPO / "environments" / "serve" / "Dockerfile"
+SERVE_IMAGE = "myacr.azurecr.io/tuneline/serve:0.1.0"
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -65,7 +66,7 @@ def test_the_deployments_container_answers_its_routes_on_the_azureml_mount(serve
     source = tmp_path / "written"
     write_repository(tiny_adapter, source, RepositorySpec(adapters="shared"), base_model_dir=tiny_model,
                      adapter="m-1")
-    paths = azureml.write(out, azureml.AzureMLOptions(instance_type="Standard_DS3_v2"), RolloutPolicy(),
+    paths = azureml.write(out, azureml.AzureMLOptions(image=SERVE_IMAGE, instance_type="Standard_DS3_v2"), RolloutPolicy(),
                           repository_dir=source, model_name="tuneline-llm", model_version=4,
                           model_uri="models:/tuneline-llm/4")
     azureml.load_check(paths)

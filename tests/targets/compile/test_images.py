@@ -75,3 +75,21 @@ def test_a_step_can_run_in_another_environment_than_its_component(tmp_path):
     assert images["exec-evaluate"].endswith("/train-gpu:0.1.0") and images["exec-prepare"].endswith("/train-cpu:0.1.0")
     component = yaml.safe_load((out / "azureml" / "components" / "evaluate.yml").read_text())
     assert component["environment"] == {"image": images["exec-evaluate"]}  # the same image, inline
+
+
+def test_the_step_that_deploys_an_image_gets_it_from_the_same_plan_as_its_own(tmp_path):
+    # deploy's component.yaml `deploys_image: serve`: the Azure ML deployment it writes runs that image, which
+    # must come from the registry and tag the pipeline was compiled with, not a default on Docker Hub.
+    root = Path(__file__).resolve().parents[3]
+    graph = build_graph(load_pipeline(root / "pipelines" / "finetune.yaml"))
+    options = CompileOptions(image_registry="acr.example.io/tuneline", image_tag="1.2.0")
+    out = compile_graph(graph, ("kfp", "azureml"), tmp_path, options).folder
+    ir = yaml.safe_load((out / "kfp" / "pipeline.yaml").read_text().split("\n---\n")[0])
+    env = {name: {e["name"]: e["value"] for e in spec["container"].get("env", [])}
+           for name, spec in ir["deploymentSpec"]["executors"].items() if "container" in spec}
+    assert env["exec-deploy"]["TUNELINE_DEPLOY_IMAGE"] == "acr.example.io/tuneline/serve:1.2.0"
+    assert all("TUNELINE_DEPLOY_IMAGE" not in values for name, values in env.items() if name != "exec-deploy")
+    job = yaml.safe_load((out / "azureml" / "pipeline_job.yml").read_text())
+    assert job["jobs"]["deploy"]["environment_variables"]["TUNELINE_DEPLOY_IMAGE"] == \
+        "acr.example.io/tuneline/serve:1.2.0"
+    assert "TUNELINE_DEPLOY_IMAGE" not in job["jobs"]["train"]["environment_variables"]

@@ -93,7 +93,7 @@ class AzureMLOptions(BaseModel):
     )
     instance_type: str = "Standard_NC4as_T4_v3"
     instance_count: int = Field(default=1, ge=1)
-    image: str = Field(default="tuneline/serve:latest", min_length=1,
+    image: str = Field(min_length=1,
                        description="the serve image (environments/serve), in a registry the workspace pulls from")
     request_timeout_ms: int = Field(default=90_000, ge=1000, le=180_000)
     # The engine batches every live request itself (continuous batching): past this Azure ML answers 429 before

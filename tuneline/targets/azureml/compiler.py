@@ -52,7 +52,7 @@ from ...spec.command import OptionalBlock, Ref, Token
 from ...spec.models import IOType
 from ...step.gate import GATE_INPUT, GATE_MODULE, VALUE_FILE
 from .. import CompileError
-from ..images import DEFAULT_REGISTRY
+from ..images import DEFAULT_REGISTRY, deploy_image_env
 from ..options import CompileOptions
 from ..placement import resumable
 from ..stores import resume_items
@@ -370,7 +370,8 @@ def pipeline_dict(graph: PipelineGraph, options: CompileOptions, job_dir: Path,
                 job["distribution"] = {"type": "pytorch", "process_count_per_instance": aml.processes_per_node}
         if node.step.timeout_seconds:
             job["limits"] = {"timeout": int(node.step.timeout_seconds)}
-        job["environment_variables"] = {"TUNELINE_STEP": name, **TELEMETRY_OFF}
+        job["environment_variables"] = {"TUNELINE_STEP": name, **TELEMETRY_OFF,
+                                        **deploy_image_env(node.component.spec.deploys_image, options.images)}
         jobs[name] = job
     return {
         "$schema": PIPELINE_SCHEMA,

@@ -46,6 +46,7 @@ from ...step.gate import GATE_INPUT, GATE_MODULE
 from ...step.outdirs import OUTDIRS_MODULE
 from .. import PIPELINE_FILE, CompileError
 from ..command import torchrun_prefix
+from ..images import deploy_image_env
 from ..options import CompileOptions
 from ..placement import CHECKPOINT_MOUNT, GPU_RESOURCE, Placement, loads_models, placement, resumable
 from ..stores import resume_items
@@ -375,7 +376,8 @@ class _Builder:
                                  deadline_seconds=deadline)
 
     def _env(self, node: Node, place: Placement) -> dict[str, str]:
-        env = {"TUNELINE_STEP": node.name, **TELEMETRY_OFF, "PYTHONUNBUFFERED": "1"}
+        env = {"TUNELINE_STEP": node.name, **TELEMETRY_OFF, "PYTHONUNBUFFERED": "1",
+               **deploy_image_env(node.component.spec.deploys_image, self.options.images)}
         if resumable(node) or place.nodes > 1:
             env["TUNELINE_CHECKPOINT_ROOT"] = CHECKPOINT_MOUNT
         if loads_models(node):

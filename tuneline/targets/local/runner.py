@@ -29,6 +29,7 @@ from ...step.cache import SUMMARY, StepCache, link_tree, step_cache_key
 from ...step.command import render_items
 from ...step.digest import path_sha256
 from ...step.gate import SKIPPED as GATE_SKIPPED  # the words a gated-off step records on every target
+from ..images import deploy_image_env, resolve_images
 from . import record as rec
 from .resume import ResumeStore, StoreBusy, open_stores
 
@@ -338,6 +339,8 @@ class LocalRunner:
         env = step_environment(self.root, self.options.home, self.record.run_id, node.name,
                                code_root=node.component.folder.resolve().parents[1])
         env["TUNELINE_STEP_SUMMARY"] = str(step_dir / SUMMARY)
+        # what the compiled step would hand on: the image the pipeline's `images:` names (or the default)
+        env.update(deploy_image_env(node.component.spec.deploys_image, resolve_images(self.graph.pipeline.spec.images)))
         timeout = node.step.timeout_seconds
         policy = node.component.spec.retry
         backoff = policy.backoff_seconds
