@@ -89,9 +89,9 @@ as the image's own user (USER in environments/), with nothing from this machine 
   command holds is the same inside and out.
 - the network: the host's. A compute reaches its workspace's MLflow endpoint over the network; the stand-in
   (R9) listens on this machine's 127.0.0.1, which a container on the host network reaches as such.
-A preempted job (`stop_when`) gets SIGTERM through the container engine (`Container.kill`), which reaches the
-command's process as the container's main process, then SIGKILL after STOP_GRACE_S; a job past `limits.timeout`
-gets SIGKILL.
+A preempted job (`stop_when`) gets SIGTERM through the container engine (`Container.kill`): the container's main
+process receives it, which is the command's own process when the command is a single one (bash runs it in its own
+place, as it does the resume wrapper), and SIGKILL follows after STOP_GRACE_S; a job past `limits.timeout` gets SIGKILL.
 """
 
 from __future__ import annotations
@@ -384,8 +384,9 @@ class AzureMLRuntime:
         return inputs
 
     def run_node(self, name: str, stop_when: Callable[[], bool] | None = None) -> NodeResult:
-        """Run one node as a job. `stop_when` stands for a preemption: polled while the job runs, and once it
-        is true the job's processes get SIGTERM (then SIGKILL after STOP_GRACE_S) and the result is `killed`."""
+        """Run one node as a job, in a container of its image (R6). `stop_when` stands for a preemption: polled
+        while the job runs, and once it is true the container gets SIGTERM (then SIGKILL after STOP_GRACE_S) and
+        the result is `killed`."""
         self.submissions += 1
         job = self.job["jobs"][name]
         if job.get("type") != "command":
