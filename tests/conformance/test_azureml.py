@@ -75,6 +75,18 @@ def test_primitive_outputs_are_refused(tmp_path):
         AzureMLRuntime(job_file, tmp_path / "run").run_node("gen")
 
 
+@pytest.mark.slow
+def test_a_job_whose_image_is_not_here_is_refused_before_it_runs(image_engine, tmp_path):
+    """Compiled with the default registry, the toy names `tuneline/train-cpu:latest` (Docker Hub): nothing pulls it."""
+    from tuneline.targets.build import compile_file
+    from tuneline.targets.options import CompileOptions
+
+    job_file = compile_file(TOY, ("azureml",), tmp_path / "c", CompileOptions()).folder / "azureml" / "pipeline_job.yml"
+    runtime = AzureMLRuntime(job_file, tmp_path / "run", engine=image_engine, images=local_images(REPO))
+    with pytest.raises(RuntimeRuleBroken, match=r"image tuneline/train-cpu:latest is not here"):
+        runtime.run_node("gen")
+
+
 def test_the_private_preview_flag_is_refused(tmp_path, monkeypatch):
     from tools.conformance.azureml import validate_offline
 

@@ -428,6 +428,9 @@ class AzureMLRuntime:
         if self.engine is None:
             raise RuntimeRuleBroken("no container engine: every job runs in its environment's image (R6)")
         image = self.image(name)
+        if not self.engine.has_image(image):  # never pulled: what runs is what `make images` built here
+            raise RuntimeRuleBroken(f"node '{name}': image {image} is not here (make images; compile with "
+                                    f"compile_options())")
         code = self._snapshot((component_dir / component.get("code", ".")).resolve(), folder / "code")
         env = {k: str(v) for k, v in (job.get("environment_variables") or {}).items()}
         env.update(self.env)
