@@ -1,7 +1,12 @@
-"""The compiled toy pipeline, executed by Azure ML's documented runtime rules, matches `tuneline run`."""
+"""The compiled toy pipeline, executed by Azure ML's documented runtime rules, matches `tuneline run`.
+
+A job runs in a container of the project's image (R6): the tests that run one need root, podman and the images
+`make images` builds from this working tree (the `image_engine` fixture); without them they are skipped.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -10,15 +15,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tools.conformance.__main__ import main
-from tools.conformance.azureml import AzureMLRuntime, RuntimeRuleBroken
+from tools.conformance.__main__ import REPO, main
+from tools.conformance.azureml import AzureMLRuntime, RuntimeRuleBroken, compile_options, local_images
 
 TOY = Path(__file__).resolve().parents[1] / "fixtures" / "toy" / "pipelines" / "toy.yaml"
 
 
 @pytest.mark.heavy
 @pytest.mark.parametrize(("count", "publish"), [(5, "succeeded"), (2, "skipped")])
-def test_toy_pipeline_matches_local_with_the_gate_open_and_closed(tmp_path, capsys, count, publish):
+def test_toy_pipeline_matches_local_with_the_gate_open_and_closed(image_engine, tmp_path, capsys, count, publish):
     assert main(["azureml", str(TOY), "--set", f"count={count}", "--work", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "azureml conformance: 3/3 steps match local" in out
@@ -28,22 +33,36 @@ def test_toy_pipeline_matches_local_with_the_gate_open_and_closed(tmp_path, caps
 
 def _compiled(tmp_path: Path) -> Path:
     from tuneline.targets.build import compile_file
-    from tuneline.targets.options import CompileOptions
 
-    return compile_file(TOY, ("azureml",), tmp_path / "c", CompileOptions()).folder / "azureml" / "pipeline_job.yml"
+    return compile_file(TOY, ("azureml",), tmp_path / "c", compile_options()).folder / "azureml" / "pipeline_job.yml"
 
 
-def test_a_folder_where_a_uri_file_is_mounted_breaks_a_runtime_rule(tmp_path):
+@pytest.mark.slow
+def test_a_folder_where_a_uri_file_is_mounted_breaks_a_runtime_rule(image_engine, tmp_path):
     job_file = _compiled(tmp_path)
     component = job_file.parent / "components" / "publish.yml"
     body = yaml.safe_load(component.read_text())
     body["inputs"]["report"]["type"] = "uri_folder"  # check writes a file there
     component.write_text(yaml.safe_dump(body))
-    runtime = AzureMLRuntime(job_file, tmp_path / "run", image_path=Path(__file__).resolve().parents[2])
+    runtime = AzureMLRuntime(job_file, tmp_path / "run", engine=image_engine, images=local_images(REPO))
     for name in ("gen", "check"):
         runtime.results[name] = runtime.run_node(name)
     with pytest.raises(RuntimeRuleBroken, match="a uri_folder input must be a folder"):
         runtime.run_node("publish")
+
+
+def test_a_mounted_input_is_readable_to_the_jobs_user_whatever_mode_its_writer_gave(tmp_path):
+    """R2: a datastore keeps no POSIX modes, so a 0600 file an upstream job wrote (PEFT's adapter weights) is
+    readable in the next job's mount; the job's user is not root, so a copy keeping 0600 failed evaluate."""
+    from tools.conformance.azureml import _mount
+
+    upstream = tmp_path / "model"
+    upstream.mkdir()
+    (upstream / "adapter_model.safetensors").write_bytes(b"w")
+    (upstream / "adapter_model.safetensors").chmod(0o600)
+    mounted = _mount(upstream, "uri_folder", tmp_path / "inputs" / "model", "node 'evaluate' input 'model'")
+    assert (mounted / "adapter_model.safetensors").stat().st_mode & 0o777 == 0o644
+    assert mounted.stat().st_mode & 0o777 == 0o755
 
 
 def test_primitive_outputs_are_refused(tmp_path):
@@ -54,6 +73,18 @@ def test_primitive_outputs_are_refused(tmp_path):
     component.write_text(yaml.safe_dump(body))
     with pytest.raises(RuntimeRuleBroken, match="primitive outputs are not supported"):
         AzureMLRuntime(job_file, tmp_path / "run").run_node("gen")
+
+
+@pytest.mark.slow
+def test_a_job_whose_image_is_not_here_is_refused_before_it_runs(image_engine, tmp_path):
+    """Compiled with the default registry, the toy names `tuneline/train-cpu:latest` (Docker Hub): nothing pulls it."""
+    from tuneline.targets.build import compile_file
+    from tuneline.targets.options import CompileOptions
+
+    job_file = compile_file(TOY, ("azureml",), tmp_path / "c", CompileOptions()).folder / "azureml" / "pipeline_job.yml"
+    runtime = AzureMLRuntime(job_file, tmp_path / "run", engine=image_engine, images=local_images(REPO))
+    with pytest.raises(RuntimeRuleBroken, match=r"image tuneline/train-cpu:latest is not here"):
+        runtime.run_node("gen")
 
 
 def test_the_private_preview_flag_is_refused(tmp_path, monkeypatch):
@@ -69,7 +100,7 @@ RESUME = TOY.parent / "resume.yaml"
 
 @pytest.mark.slow
 @pytest.mark.heavy
-def test_a_preempted_resumable_node_resumes_from_its_rw_mount_output(tmp_path, capsys):
+def test_a_preempted_resumable_node_resumes_from_its_rw_mount_output(image_engine, tmp_path, capsys):
     """R8: count's checkpoints live at a datastore path; killed after its first checkpoint and submitted again,
     it resumes from there, and its outputs still equal an uninterrupted local run's."""
     assert main(["azureml", str(RESUME), "--preempt-resumable", "--work", str(tmp_path)]) == 0
@@ -96,15 +127,55 @@ def test_datastore_paths_resolve_to_folders_that_outlive_jobs(tmp_path):
         runtime._output_folder("fit", "model", {"path": "azureml://datastores/x/paths/${{run_id}}/"}, tmp_path)
 
 
+PROBE = """
+import json, os, sys
+json.dump({"uid": os.getuid(), "prefix": sys.prefix, "cwd": os.getcwd(), "env": dict(os.environ),
+           "seen": [p for p in sys.argv[2:] if os.path.exists(p)]}, open(sys.argv[1] + "/probe.json", "w"))
+"""
+
+
+@pytest.mark.slow
+def test_a_job_runs_in_its_image_as_the_image_user_with_nothing_from_the_host(image_engine, tmp_path, monkeypatch):
+    """R6: the command runs in the environment's image, as its user, from a snapshot of `code:`, with the image's
+    environment and the job's variables only: no host venv, PATH, PYTHONPATH, model cache or repository."""
+    job_file = _compiled(tmp_path)
+    code = tmp_path / "probe"
+    code.mkdir()
+    (code / "probe.py").write_text(PROBE)
+    (code / "secret.txt").write_text("left out")
+    (code / ".amlignore").write_text("secret.txt\n")  # what azure-ai-ml leaves out of the snapshot
+    component = job_file.parent / "components" / "gen.yml"
+    body = yaml.safe_load(component.read_text())
+    host_paths = [str(REPO), sys.prefix, str(Path.home() / ".cache" / "huggingface"), str(code)]
+    body["code"], body["command"] = str(code), "python probe.py '${{outputs.data}}' " + " ".join(host_paths)
+    component.write_text(yaml.safe_dump(body))
+    monkeypatch.setenv("TUNELINE_HOST_ONLY", "1")
+    runtime = AzureMLRuntime(job_file, tmp_path / "run", engine=image_engine, images=local_images(REPO))
+    result = runtime.run_node("gen")
+    probe = json.loads((result.outputs["data"] / "probe.json").read_text())
+    image = image_engine.client().images.get(runtime.image("gen")).attrs["Config"]
+    image_env = dict(item.split("=", 1) for item in image["Env"])
+    assert image["User"].split(":")[0] == str(probe["uid"]) != "0"
+    assert probe["prefix"] == image_env["VIRTUAL_ENV"] != sys.prefix
+    snapshot = tmp_path / "run" / "jobs" / "gen" / "code"
+    assert probe["cwd"] == str(snapshot) and sorted(p.name for p in snapshot.iterdir()) == [".amlignore", "probe.py"]
+    assert probe["seen"] == []  # not the repository, the host venv, its model cache, nor the code folder itself
+    env = probe["env"]
+    assert "TUNELINE_HOST_ONLY" not in env and env["TUNELINE_STEP"] == "gen"  # the node's environment_variables
+    for name in ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "TUNELINE_HOME", "HOME"):
+        assert env[name] == image_env[name], name
+    extra = set(env) - set(image_env) - set(runtime.job["jobs"]["gen"]["environment_variables"])
+    assert extra <= {"HOSTNAME", "container", "TERM", "PWD", "SHLVL", "_"}, extra  # the engine's and bash's own
+
+
 TRACKED = TOY.parent / "tracked.yaml"
 
 
 def _tracked_job(tmp_path: Path, plain_mlflow: bool) -> Path:
     """The toy `gen -> track` job, its track node bound to `plain_mlflow` and setting a tracking URI of its own."""
     from tuneline.targets.build import compile_file
-    from tuneline.targets.options import CompileOptions
 
-    folder = compile_file(TRACKED, ("azureml",), tmp_path / "c", CompileOptions()).folder
+    folder = compile_file(TRACKED, ("azureml",), tmp_path / "c", compile_options()).folder
     job_file = folder / "azureml" / "pipeline_job.yml"
     body = yaml.safe_load(job_file.read_text())
     body["jobs"]["track"]["inputs"]["plain_mlflow"] = plain_mlflow
@@ -114,11 +185,11 @@ def _tracked_job(tmp_path: Path, plain_mlflow: bool) -> Path:
     return job_file
 
 
-def test_a_step_tracks_through_the_runtimes_injected_mlflow_variables(tmp_path, workspace):
+@pytest.mark.slow
+def test_a_step_tracks_through_the_runtimes_injected_mlflow_variables(image_engine, tmp_path, workspace):
     """R9: the job sees only Azure ML's azureml:// URI and token; the run lands in the workspace's MLflow."""
     runtime = AzureMLRuntime(_tracked_job(tmp_path, False), tmp_path / "run", workspace=workspace,
-                             env={"TUNELINE_HOME": str(tmp_path / "home")},
-                             image_path=Path(__file__).resolve().parents[2])
+                             engine=image_engine)
     results = runtime.run()
     assert (results["track"].outputs["logged"] / "value").read_text() == "3"
     with workspace.client() as client:
@@ -131,13 +202,15 @@ def test_a_step_tracks_through_the_runtimes_injected_mlflow_variables(tmp_path, 
         assert runs[0].info.artifact_uri.startswith("azureml://")
         assert "azureml-mlflow" in runs[0].data.tags["tuneline.artifact_not_uploaded.lines.txt"]
         assert client.get_experiment_by_name("toy") is None  # no run of the step's own beside it
-    assert not (tmp_path / "job.db").exists()
-    assert not (tmp_path / "home" / "mlflow.db").exists()  # nothing fell back to a local store
 
 
-def test_the_harness_fails_a_step_that_does_not_handle_the_injected_mlflow_variables(tmp_path, workspace):
+@pytest.mark.slow
+def test_the_harness_fails_a_step_that_does_not_handle_the_injected_mlflow_variables(image_engine, tmp_path,
+                                                                                      workspace):
+    """The track step opened MLflow with the injected azureml:// URI as it stands: without azureml-mlflow (which
+    no image carries) MLflow has no store for that scheme, and the job fails as it would on a workspace."""
     runtime = AzureMLRuntime(_tracked_job(tmp_path, True), tmp_path / "run", workspace=workspace,
-                             image_path=Path(__file__).resolve().parents[2])
+                             engine=image_engine)
     with pytest.raises(RuntimeRuleBroken, match=r"node 'track' exited(.|\n)*azureml"):
         runtime.run()
 

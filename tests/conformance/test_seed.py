@@ -31,10 +31,11 @@ def test_a_seed_keeps_a_data_uri_given_by_set() -> None:
 
 
 @pytest.mark.slow
-def test_an_azureml_seed_runs_as_the_workspaces_jobs_into_the_datastores_given(tmp_path: Path, workspace) -> None:
+def test_an_azureml_seed_runs_as_the_workspaces_jobs_into_the_datastores_given(image_engine, tmp_path: Path,
+                                                                               workspace) -> None:
     # What the compared run's jobs then read a registered version's files from: the same datastores (R8a).
     datastores = tmp_path / "datastores"
-    seed_workspace(Seed(str(TOY), {"count": "5"}), tmp_path / "azureml", workspace, {}, datastores)
+    seed_workspace(Seed(str(TOY), {"count": "5"}), tmp_path / "azureml", workspace, {}, datastores, image_engine)
     with workspace.client() as client:
         runs = client.search_runs([client.get_experiment_by_name("toy").experiment_id])
     jobs = {r.info.run_name: r.info.run_id for r in runs}
@@ -44,13 +45,16 @@ def test_an_azureml_seed_runs_as_the_workspaces_jobs_into_the_datastores_given(t
     assert (tmp_path / "azureml" / "seed" / "jobs" / "publish" / "log.txt").is_file()
 
 
-def test_a_seed_node_that_fails_as_an_azureml_job_is_named_with_its_reason(toy: Path, workspace) -> None:
+@pytest.mark.slow
+def test_a_seed_node_that_fails_as_an_azureml_job_is_named_with_its_reason(image_engine, toy: Path,
+                                                                           workspace) -> None:
     pipeline = toy / "pipelines" / "failing.yaml"
-    # Azure ML does not retry a node (R7), so the component's retry policy does not save it there.
-    pipeline.write_text(FAILING.replace("{marker}", str(toy / "marker")))
+    # Azure ML does not retry a node (R7), so the component's retry policy does not save it there. The marker
+    # is in the job's code snapshot (its working folder), which every job gets afresh.
+    pipeline.write_text(FAILING)
     with pytest.raises(SeedFailed, match=r"(?s)failing.yaml as Azure ML jobs failed \(no node finished\): "
-                                         r"node 'flaky' exited with code 137:.*failing on purpose"):
-        seed_workspace(Seed(str(pipeline), {}), toy / "work", workspace, {}, toy / "datastores")
+                                         r"node 'flaky' exited with code 137:.*attempt 1: failing on purpose"):
+        seed_workspace(Seed(str(pipeline), {}), toy / "work", workspace, {}, toy / "datastores", image_engine)
 
 
 FAILING = """
@@ -58,12 +62,13 @@ name: failing
 steps:
   flaky:
     component: components/flaky
-    inputs: {marker: "{marker}", fail_times: 5, exit_code: 137}
+    inputs: {marker: marker, fail_times: 5, exit_code: 137}
 """
 
 
 @pytest.mark.heavy
-def test_the_azureml_harness_seeds_both_runs_then_compares(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_the_azureml_harness_seeds_both_runs_then_compares(image_engine, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
     assert main(["azureml", str(TOY), "--work", str(tmp_path), "--seed", str(TOY), "--seed-set", "count=2"]) == 0
     assert "azureml conformance: 3/3 steps match local" in capsys.readouterr().out
     work = tmp_path / "toy" / "azureml"

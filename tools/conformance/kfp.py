@@ -88,17 +88,17 @@ from typing import Any
 
 from tuneline.graph import PipelineGraph
 from tuneline.spec import Literal, ParamRef
-from tuneline.step.digest import path_sha256
 from tuneline.step.gate import SKIP_MARKER, SKIPPED
 from tuneline.targets.build import compile_graph
 from tuneline.targets.options import CompileOptions
 
+from .images import IMAGE_ROOT, StaleImage
+from .images import check_images as check_tree
 from .kfp_backend import package_problems
 from .podman import PodmanService
 
 IMAGE_REGISTRY = "localhost/tuneline"  # what environments/build.sh tags (buildah's localhost/ prefix)
 IMAGE_TAG = "dev"
-IMAGE_ROOT = "/app"  # WORKDIR of every image in environments/: tuneline/ and components/ live there
 STORE = "store"  # the stand-in object store under the pipeline root (K3)
 
 
@@ -227,18 +227,10 @@ class KfpLocalRun:
         spec = next(yaml.safe_load_all(package.read_text()))
         images = sorted({e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()
                          if "container" in e})
-        want = {folder: path_sha256(repo / folder) for folder in ("tuneline", "components")}
-        probe = ("import sys; from pathlib import Path; from tuneline.step.digest import path_sha256; "
-                 "print(*(path_sha256(Path(f)) for f in sys.argv[1:]))")
-        for image in images:
-            if not self.engine.has_image(image):
-                raise KfpRunBroken(f"image {image} is not built: run `make images`")
-            finished = self.engine.run(image, ["python", "-c", probe, *(f"{IMAGE_ROOT}/{f}" for f in want)])
-            got = dict(zip(want, finished.logs.split(), strict=False))
-            stale = [f for f in want if got.get(f) != want[f]]
-            if finished.exit_code != 0 or stale:
-                raise KfpRunBroken(f"image {image} holds another {' and '.join(stale) or 'tuneline'} than this "
-                                   f"working tree: run `make images` ({finished.logs.strip()[-200:]})")
+        try:
+            check_tree(self.engine, images, repo)
+        except StaleImage as exc:
+            raise KfpRunBroken(str(exc)) from None
         return images
 
     def run(self, package: Path, arguments: dict[str, Any], root: Path,

@@ -15,9 +15,9 @@ API
   `.docker_host` is the `unix://` URL to give DOCKER_HOST (kfp.local's DockerRunner calls `docker.from_env()`);
   `.env()` is os.environ with DOCKER_HOST and CONTAINERS_CONF set.
 - `engine.start(image, command, mounts=..., env=..., user=..., workdir=..., name=...)` -> `Container`, whose
-  `.wait(timeout)` returns the exit status, `.kill(signal)` sends a signal (SIGKILL stands for a spot eviction
-  or an OOM kill), `.logs()` gives the output and `.remove()` deletes it. `engine.run(...)` is start + wait +
-  logs + remove in one call, returning `Finished(exit_code, logs)`.
+  `.wait(timeout)` returns the exit status, `.running()` says whether it still runs, `.kill(signal)` sends a
+  signal (SIGKILL stands for a spot eviction or an OOM kill), `.logs()` gives the output and `.remove()` deletes
+  it. `engine.run(...)` is start + wait + logs + remove in one call, returning `Finished(exit_code, logs)`.
 
 Why these settings (verified on this kind of machine): podman's default OCI runtime crun fails here and runc works;
 there is no systemd to manage cgroups, so the cgroupfs manager; and the default ulimits (podman raises nofile and
@@ -325,6 +325,11 @@ class Container:
     def wait(self, timeout: float | None = None) -> int:
         return int(self.handle.wait(timeout=timeout)["StatusCode"])
 
+    def running(self) -> bool:
+        """Still starting or running (an inspect call, answered at once, unlike `wait`)."""
+        self.handle.reload()
+        return self.handle.status in ("created", "running")
+
     def kill(self, sig: int | str = signal.SIGKILL) -> None:
         self.handle.kill(signal=int(sig) if isinstance(sig, signal.Signals) else sig)
 
@@ -333,10 +338,6 @@ class Container:
 
     def remove(self) -> None:
         self.handle.remove(force=True)
-
-    def running(self) -> bool:
-        self.handle.reload()
-        return self.handle.status == "running"
 
     def address(self) -> str:
         """The container's address on podman's bridge, where other containers reach it."""
@@ -410,16 +411,17 @@ class PodmanService:
                         workdir: str | None = None, name: str | None = None,
                         read_only_mounts: Sequence[Path] = (),
                         ports: Mapping[str, tuple[str, int]] | None = None,
-                        hosts: Mapping[str, str] | None = None) -> Container:
+                        hosts: Mapping[str, str] | None = None, network_mode: str | None = None) -> Container:
         """Start `command` in `image` with each host path of `mounts` bind-mounted at its container path, each
         `ports` entry ("5000/tcp": (host address, host port)) published and each of `hosts` (name: address)
-        resolvable inside."""
+        resolvable inside (`network_mode="host"`: the host's network, so a service listening on 127.0.0.1 there
+        is reachable)."""
         volumes = {str(Path(host).resolve()): {"bind": target, "mode": "ro" if host in read_only_mounts else "rw"}
                    for host, target in (mounts or {}).items()}
         handle = self.client().containers.run(image=image, command=list(command), detach=True, volumes=volumes,
                                               environment=dict(env or {}), user=user, working_dir=workdir,
                                               name=name, auto_remove=False, ports=dict(ports or {}),
-                                              extra_hosts=dict(hosts or {}))
+                                              extra_hosts=dict(hosts or {}), network_mode=network_mode)
         return Container(handle)
 
     def run(self, image: str, command: Sequence[str], *, timeout: float | None = None, **kwargs: Any) -> Finished:
