@@ -46,7 +46,8 @@ validate: $(VENV_STAMP) ## validate every pipeline and component YAML
 test: $(VENV_STAMP) k8s-validate ## the test suite (unit, integration, slow) and the k8s manifests; test-heavy has the rest
 	$(PY) -m pytest -q -m "not heavy" $(PYTEST_ARGS)
 
-test-heavy: $(VENV_STAMP) serve-venv ## the long tier: multi-process training, kill-and-resume, fault injection, harness runs (CI runs it)
+# The harness tests run steps in the project's images, so this tier builds them first (reused when unchanged).
+test-heavy: $(VENV_STAMP) serve-venv images ## the long tier: multi-process training, kill-and-resume, fault injection, harness runs in the images (CI runs it)
 	$(PY) -m pytest -q -m heavy $(PYTEST_ARGS)
 
 test-fast: $(VENV_STAMP) ## unit tests only

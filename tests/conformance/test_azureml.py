@@ -1,7 +1,8 @@
 """The compiled toy pipeline, executed by Azure ML's documented runtime rules, matches `tuneline run`.
 
 A job runs in a container of the project's image (R6): the tests that run one need root, podman and the images
-`make images` builds from this working tree (the `image_engine` fixture); without them they are skipped.
+`make images` builds from this working tree (the `image_engine` fixture), so they are in the heavy tier, which
+builds the images first (`make test-heavy`); without them they are skipped.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def _compiled(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_a_folder_where_a_uri_file_is_mounted_breaks_a_runtime_rule(image_engine, tmp_path):
     job_file = _compiled(tmp_path)
     component = job_file.parent / "components" / "publish.yml"
@@ -76,6 +78,7 @@ def test_primitive_outputs_are_refused(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_a_job_whose_image_is_not_here_is_refused_before_it_runs(image_engine, tmp_path):
     """Compiled with the default registry, the toy names `tuneline/train-cpu:latest` (Docker Hub): nothing pulls it."""
     from tuneline.targets.build import compile_file
@@ -135,6 +138,7 @@ json.dump({"uid": os.getuid(), "prefix": sys.prefix, "cwd": os.getcwd(), "env": 
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_a_job_runs_in_its_image_as_the_image_user_with_nothing_from_the_host(image_engine, tmp_path, monkeypatch):
     """R6: the command runs in the environment's image, as its user, from a snapshot of `code:`, with the image's
     environment and the job's variables only: no host venv, PATH, PYTHONPATH, model cache or repository."""
@@ -186,6 +190,7 @@ def _tracked_job(tmp_path: Path, plain_mlflow: bool) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_a_step_tracks_through_the_runtimes_injected_mlflow_variables(image_engine, tmp_path, workspace):
     """R9: the job sees only Azure ML's azureml:// URI and token; the run lands in the workspace's MLflow."""
     runtime = AzureMLRuntime(_tracked_job(tmp_path, False), tmp_path / "run", workspace=workspace,
@@ -205,6 +210,7 @@ def test_a_step_tracks_through_the_runtimes_injected_mlflow_variables(image_engi
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_the_harness_fails_a_step_that_does_not_handle_the_injected_mlflow_variables(image_engine, tmp_path,
                                                                                       workspace):
     """The track step opened MLflow with the injected azureml:// URI as it stands: without azureml-mlflow (which

@@ -1,8 +1,8 @@
 """The KFP harness's MLflow is the cluster's: the Deployment's own server and arguments, basic auth, and a login each
 step gets only where its compiled spec reads the Secret.
 
-The server tests need root, podman and the control image (`make images`); without them they are skipped here and
-`make conformance` runs the harness with this server.
+The server tests need root, podman and the control image (`make images`), so they are in the heavy tier, which
+builds the images first (`make test-heavy`); without them they are skipped.
 """
 
 import base64
@@ -135,6 +135,7 @@ def _pod(engine, mlflow, env: dict[str, str]) -> tuple[int, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_a_pod_with_the_secrets_login_creates_and_one_without_gets_401(server):
     engine, mlflow = server
     uri = mlflow.config_maps["tuneline-mlflow"][URI]
@@ -145,6 +146,7 @@ def test_a_pod_with_the_secrets_login_creates_and_one_without_gets_401(server):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_the_server_refuses_a_host_it_does_not_list(server):
     _, mlflow = server
     conn = http.client.HTTPConnection("127.0.0.1", mlflow.host_port, timeout=10)

@@ -14,7 +14,7 @@ from tools.conformance.images import StaleImage, check_images
 
 from .conftest import IMAGES, REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # needs the images test-heavy builds
 
 
 def test_an_image_with_other_code_than_the_working_tree_is_refused(image_engine, tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """The compiled toy pipeline, executed by kfp.local in containers of the project's images, matches `tuneline run`.
 
-The container runs need root, podman and images built from this working tree (`make images`); without them they
-are skipped here and `make conformance` runs them (it builds the images first).
+The container runs need root, podman and images built from this working tree (`make images`), so they are in the
+heavy tier, which builds the images first (`make test-heavy`); without them they are skipped.
 """
 
 import os
@@ -71,6 +71,7 @@ def fresh_images(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("count", "publish"), [(5, "succeeded"), (2, "skipped")])
+@pytest.mark.heavy
 def test_toy_pipeline_matches_local_with_the_gate_open_and_closed(fresh_images, tmp_path, capsys, monkeypatch,
                                                                   count, publish):
     monkeypatch.setenv("TUNELINE_HOME", str(tmp_path / "home"))
@@ -85,6 +86,7 @@ READS = Path(__file__).resolve().parent / "fixtures" / "reads" / "pipelines" / "
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_data_updated_in_place_is_not_served_from_kfp_cache(fresh_images, tmp_path):
     """With kfp.local's own cache on, an unchanged file is a cache hit and the same file rewritten is a miss: the
     fingerprint task's digest is an argument of the reading step (tuneline.step.fingerprint). Without it both

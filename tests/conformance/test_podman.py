@@ -24,7 +24,7 @@ def _image_present() -> bool:
     return subprocess.run(["podman", "image", "exists", IMAGE], capture_output=True).returncode == 0
 
 
-pytestmark = [pytest.mark.slow,
+pytestmark = [pytest.mark.slow, pytest.mark.heavy,
               pytest.mark.skipif(os.geteuid() != 0 or not _image_present(),
                                  reason=f"needs root, podman and {IMAGE} (make images)")]
 

@@ -31,6 +31,7 @@ def test_a_seed_keeps_a_data_uri_given_by_set() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_an_azureml_seed_runs_as_the_workspaces_jobs_into_the_datastores_given(image_engine, tmp_path: Path,
                                                                                workspace) -> None:
     # What the compared run's jobs then read a registered version's files from: the same datastores (R8a).
@@ -46,6 +47,7 @@ def test_an_azureml_seed_runs_as_the_workspaces_jobs_into_the_datastores_given(i
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_a_seed_node_that_fails_as_an_azureml_job_is_named_with_its_reason(image_engine, toy: Path,
                                                                            workspace) -> None:
     pipeline = toy / "pipelines" / "failing.yaml"
