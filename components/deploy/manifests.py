@@ -10,6 +10,7 @@ from components.deploy.record import DeploymentRecord
 from tuneline.llm.registry import FetchedModel, resolve_base_dir
 from tuneline.serving.deploy import azureml, kserve
 from tuneline.serving.deploy.policy import RolloutPolicy
+from tuneline.serving.repository import generate_route
 
 
 class ManifestError(ValueError):
@@ -50,7 +51,7 @@ def write_triton(
         base_model_dir=resolve_base_dir(fetched),
     )
     record = _record("triton", fetched, requested_uri, policy)
-    record.endpoint = f"/v2/models/{model_name}/infer"
+    record.endpoint = generate_route(model_name)
     record.files = sorted(str(p) for p in root.rglob("*") if p.is_file() and p.parent.name != "hf_model")
     record.details["repository"] = str(out)
     return record
@@ -77,7 +78,7 @@ def write_kserve(
         record.details["model_folder"] = str(merged)
     host = f"http://{options.name}.{options.namespace}.svc.cluster.local"
     record.endpoint = (
-        f"{host}/openai/v1/chat/completions" if options.api == "openai" else f"{host}/v2/models/{model_name}/infer"
+        f"{host}/openai/v1/chat/completions" if options.api == "openai" else f"{host}{generate_route(model_name)}"
     )
     record.files = [str(path)]
     record.details["storage_uri"] = options.storage_uri

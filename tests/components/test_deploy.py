@@ -89,6 +89,9 @@ def test_kserve_canary_deploys_the_champion(registry, tmp_path: Path):
     predictor = docs[0]["spec"]["predictor"]
     assert predictor["canaryTrafficPercent"] == 25 and predictor["maxReplicas"] == 4
     assert docs[0]["metadata"]["annotations"]["tuneline.io/model-uri"] == "models:/tuneline-llm/1"
+    # clients are sent to the engine's model, as on Azure ML, not the coupled plain-generate one behind /infer
+    assert record["endpoint"] == ("http://tuneline-llm.tuneline.svc.cluster.local"
+                                  "/v2/models/tuneline-llm-stream/generate")
 
 
 def test_azureml_and_triton_targets(registry, tmp_path: Path):

@@ -8,9 +8,6 @@ builds the images first (`make test-heavy`); without them they are skipped.
 import base64
 import http.client
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -99,24 +96,10 @@ def test_a_secret_nothing_creates_stops_the_run_naming_it(tmp_path):
         _objects(tmp_path).give_pods_their_env(package)
 
 
-def _control_image() -> str | None:
-    if os.geteuid() != 0 or shutil.which("podman") is None:
-        return "needs root and podman"
-    if subprocess.run(["podman", "image", "exists", CONTROL], capture_output=True).returncode != 0:
-        return f"{CONTROL} is not built (make images)"
-    return None
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    why = _control_image()
-    if why:
-        pytest.skip(why)
-    from tools.conformance.podman import PodmanService
-
-    work = tmp_path_factory.mktemp("cluster-mlflow")
-    with PodmanService.start(work / "podman") as engine, ClusterMlflow.start(engine, work / "mlflow", REPO) as mlflow:
-        yield engine, mlflow
+def server(image_engine, tmp_path_factory):
+    with ClusterMlflow.start(image_engine, tmp_path_factory.mktemp("cluster-mlflow"), REPO) as mlflow:
+        yield image_engine, mlflow
 
 
 def _pod(engine, mlflow, env: dict[str, str]) -> tuple[int, str]:

@@ -4,19 +4,13 @@ The container runs need root, podman and images built from this working tree (`m
 heavy tier, which builds the images first (`make test-heavy`); without them they are skipped.
 """
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tools.conformance.__main__ import REPO, main
 from tools.conformance.kfp import (
-    IMAGE_REGISTRY,
-    IMAGE_TAG,
     KfpLocalRun,
-    KfpRunBroken,
     artifact_params,
     cpu_stand_ins,
     stage_data,
@@ -41,38 +35,10 @@ def test_data_is_staged_into_the_store_under_the_pipeline_root(tmp_path):
     assert Path(staged["dataset"]).read_bytes() == (REPO / "data" / "sample" / "tickets.jsonl").read_bytes()
 
 
-def _images_fresh() -> str | None:
-    """None when the toy's images exist here, else why not (the fixture below checks they are current)."""
-    if os.geteuid() != 0 or shutil.which("podman") is None:
-        return "needs root and podman"
-    for image in ("train-cpu", "control"):
-        name = f"{IMAGE_REGISTRY}/{image}:{IMAGE_TAG}"
-        if subprocess.run(["podman", "image", "exists", name], capture_output=True).returncode != 0:
-            return f"{name} is not built (make images)"
-    return None
-
-
-@pytest.fixture(scope="module")
-def fresh_images(tmp_path_factory):
-    why = _images_fresh()
-    if why:
-        pytest.skip(why)
-    from tools.conformance.podman import PodmanService
-
-    graph = build_graph(load_pipeline(TOY))
-    work = tmp_path_factory.mktemp("check")
-    with PodmanService.start(work / "podman") as engine:
-        runner = KfpLocalRun(graph, work, engine)
-        try:
-            runner.check_images(runner.compile(REPO), REPO)
-        except KfpRunBroken as exc:
-            pytest.skip(str(exc))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(("count", "publish"), [(5, "succeeded"), (2, "skipped")])
 @pytest.mark.heavy
-def test_toy_pipeline_matches_local_with_the_gate_open_and_closed(fresh_images, tmp_path, capsys, monkeypatch,
+def test_toy_pipeline_matches_local_with_the_gate_open_and_closed(image_engine, tmp_path, capsys, monkeypatch,
                                                                   count, publish):
     monkeypatch.setenv("TUNELINE_HOME", str(tmp_path / "home"))
     assert main(["kfp", str(TOY), "--set", f"count={count}", "--work", str(tmp_path)]) == 0
@@ -87,7 +53,7 @@ READS = Path(__file__).resolve().parent / "fixtures" / "reads" / "pipelines" / "
 
 @pytest.mark.slow
 @pytest.mark.heavy
-def test_data_updated_in_place_is_not_served_from_kfp_cache(fresh_images, tmp_path):
+def test_data_updated_in_place_is_not_served_from_kfp_cache(image_engine, tmp_path):
     """With kfp.local's own cache on, an unchanged file is a cache hit and the same file rewritten is a miss: the
     fingerprint task's digest is an argument of the reading step (tuneline.step.fingerprint). Without it both
     runs would have the same key, since the importer hands over the same URI (K6)."""

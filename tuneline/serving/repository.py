@@ -212,6 +212,12 @@ def stream_model_name(model_name: str) -> str:
     return model_name + STREAM_SUFFIX
 
 
+def generate_route(model_name: str) -> str:
+    """Where a deployment's clients send generations: the engine's model (vLLM, or its named fallback), not the
+    coupled plain-generate model behind `/infer`."""
+    return f"/v2/models/{stream_model_name(model_name)}/generate"
+
+
 def render_config(spec: RepositorySpec, *, decoupled: bool = False) -> str:
     """config.pbtxt text for `spec`: the coupled model, or (`decoupled`) its streaming twin."""
     spec.validate()

@@ -56,7 +56,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuneline.serving.deploy.policy import RolloutPolicy
-from tuneline.serving.repository import stream_model_name
+from tuneline.serving.repository import generate_route
 from tuneline.serving.runtime import HTTP_PORT
 
 SLOTS = ("blue", "green")
@@ -116,7 +116,7 @@ def routes(model_name: str) -> dict[str, dict]:
     return {
         "liveness_route": {"port": HTTP_PORT, "path": "/v2/health/live"},
         "readiness_route": {"port": HTTP_PORT, "path": "/v2/health/ready"},
-        "scoring_route": {"port": HTTP_PORT, "path": f"/v2/models/{stream_model_name(model_name)}/generate"},
+        "scoring_route": {"port": HTTP_PORT, "path": generate_route(model_name)},
     }
 
 

@@ -8,7 +8,8 @@ traffic between the new and the previous ready revision (Serverless mode, which 
 Two request shapes, by ``api``:
 - ``v2`` (default): the ``tuneline-triton`` ServingRuntime (k8s/base/serving/servingruntime.yaml: tritonserver in
   the project's serve image, with vLLM as the engine) on the Triton model repository (the ``triton`` target's
-  output); the Open Inference Protocol at ``/v2/models/<name>/infer``, the same model the local endpoint serves.
+  output); the Open Inference Protocol, whose generate route of the engine's model
+  (``/v2/models/<name>-stream/generate``) the deploy record names, as the Azure ML deployment's scoring route.
   KServe's own Triton runtime runs NVIDIA's image, which lacks the packages the repository's model imports.
 - ``openai``: KServe's Hugging Face runtime on the merged model folder; it serves OpenAI's completions and
   chat completions at ``/openai/v1/completions`` and ``/openai/v1/chat/completions`` (KServe docs, "GenAI
