@@ -14,7 +14,16 @@ import pytest
 import yaml
 
 from tools.conformance.__main__ import REPO
-from tools.conformance.cluster_mlflow import DEPLOYMENT, PIPELINE_USER, ClusterMlflow, ServerSpec
+from tools.conformance.cluster_mlflow import (
+    CONFIG_MAP,
+    DEPLOYMENT,
+    NAMESPACE_FROM,
+    PIPELINE_USER,
+    SERVICE,
+    ClusterMlflow,
+    ServerSpec,
+    read_config_map,
+)
 from tools.conformance.kfp import IMAGE_REGISTRY, IMAGE_TAG, KfpRunBroken
 from tuneline.graph import build_graph
 from tuneline.spec import load_pipeline
@@ -148,3 +157,39 @@ def test_the_server_refuses_a_host_it_does_not_list(server):
     assert reply.status == 200
     names = {e["name"] for e in json.loads(reply.read()).get("experiments", [])}
     assert "Default" not in names
+
+
+def _repo_copy(tmp_path: Path) -> Path:
+    for path in (DEPLOYMENT, SERVICE, NAMESPACE_FROM, CONFIG_MAP):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text((REPO / path).read_text())
+    return tmp_path
+
+
+@pytest.mark.parametrize("uri", ["http://mlflow:5000", "http://mlflow.tuneline.svc.cluster.local:8080"])
+def test_a_configmap_uri_a_pod_in_kubeflow_cannot_reach_is_refused(tmp_path, uri):
+    # `mlflow` resolves only inside the tuneline namespace, and the Service listens on its own port
+    repo = _repo_copy(tmp_path)
+    doc = yaml.safe_load((repo / CONFIG_MAP).read_text())
+    doc["data"][URI] = uri
+    (repo / CONFIG_MAP).write_text(yaml.safe_dump(doc))
+    with pytest.raises(KfpRunBroken, match="a pod in another namespace reaches the Service"):
+        read_config_map(repo)
+    assert read_config_map(REPO)[1] == "mlflow.tuneline.svc.cluster.local"
+
+
+def test_the_secret_name_parameter_wins_over_the_plain_name_as_in_kfps_driver(tmp_path):
+    package = _package(tmp_path / "out")
+    docs = list(yaml.safe_load_all(package.read_text()))
+    for config in docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values():
+        for entry in config.get("secretAsEnv", []):
+            entry["secretNameParameter"] = {"runtimeValue": {"constant": "another-login"}}
+    package.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    with pytest.raises(KfpRunBroken, match="reads Secret 'another-login'"):
+        _objects(tmp_path).give_pods_their_env(package)
+
+
+def test_the_server_runs_as_the_pods_security_context_says():
+    spec = ServerSpec.read(REPO, "127.0.0.1:1")
+    assert spec.user == "10001:10001" and spec.read_only_root and spec.cap_drop == ["ALL"]
+    assert spec.writable == ["/tmp"]  # its one emptyDir

@@ -52,6 +52,8 @@ from .kfp import IMAGE_REGISTRY, IMAGE_TAG, KfpRunBroken
 from .podman import Container, PodmanService
 
 DEPLOYMENT = Path("k8s/base/mlflow/deployment.yaml")
+SERVICE = Path("k8s/base/mlflow/service.yaml")
+NAMESPACE_FROM = Path("k8s/base/kustomization.yaml")  # its `namespace:` is the Service's
 CONFIG_MAP = Path("k8s/kubeflow/mlflow-configmap.yaml")
 PIPELINE_USER = "tuneline-pipeline"  # docs/aks.md step 10
 ADMIN_USER_VAR = "MLFLOW_AUTH_ADMIN_USERNAME"
@@ -88,11 +90,16 @@ class ServerSpec:
     command: list[str]
     env: dict[str, str]
     port: int
+    user: str  # the pod's runAsUser:runAsGroup
+    read_only_root: bool  # the container's readOnlyRootFilesystem; its emptyDir mounts stay writable
+    writable: list[str]  # mount paths of the pod's emptyDir volumes
+    cap_drop: list[str]
 
     @classmethod
     def read(cls, repo: Path, public_host: str) -> ServerSpec:
         doc = yaml.safe_load((repo / DEPLOYMENT).read_text())
-        container = next(c for c in doc["spec"]["template"]["spec"]["containers"] if c["name"] == "mlflow")
+        pod = doc["spec"]["template"]["spec"]
+        container = next(c for c in pod["containers"] if c["name"] == "mlflow")
         env: dict[str, str] = {}
         for item in container.get("env", []):
             name = item["name"]
@@ -112,7 +119,35 @@ class ServerSpec:
         command = [_expand(str(a), env) for a in [*container.get("command", []), *container.get("args", [])]]
         port = int(container["ports"][0]["containerPort"])
         image = container["image"].split(":")[0].split("@")[0]
-        return cls(f"{IMAGE_REGISTRY}/{image.split('/', 1)[1]}:{IMAGE_TAG}", command, env, port)
+        pod_security, security = pod.get("securityContext", {}), container.get("securityContext", {})
+        empty_dirs = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+        writable = [m["mountPath"] for m in container.get("volumeMounts", []) if m["name"] in empty_dirs]
+        user = f"{pod_security.get('runAsUser', '')}:{pod_security.get('runAsGroup', '')}".strip(":")
+        return cls(f"{IMAGE_REGISTRY}/{image.split('/', 1)[1]}:{IMAGE_TAG}", command, env, port, user,
+                   bool(security.get("readOnlyRootFilesystem")), writable,
+                   list(security.get("capabilities", {}).get("drop", [])))
+
+
+def service_hosts(repo: Path) -> tuple[set[str], int]:
+    """The names a pod in another namespace reaches the MLflow Service by, and the Service's port."""
+    service = yaml.safe_load((repo / SERVICE).read_text())
+    namespace = yaml.safe_load((repo / NAMESPACE_FROM).read_text())["namespace"]
+    name = service["metadata"]["name"]
+    return ({f"{name}.{namespace}", f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"},
+            int(service["spec"]["ports"][0]["port"]))
+
+
+def read_config_map(repo: Path) -> tuple[dict[str, Any], str]:
+    """The ConfigMap the pods read, and the Service host its URI names, checked against the Service."""
+    config_map = yaml.safe_load((repo / CONFIG_MAP).read_text())
+    service = urlsplit(config_map["data"]["MLFLOW_TRACKING_URI"])
+    names, port = service_hosts(repo)
+    # The pods run in the kubeflow namespace: a short name (`mlflow`) would not resolve there.
+    if service.hostname not in names or service.port != port:
+        raise KfpRunBroken(f"{CONFIG_MAP}: MLFLOW_TRACKING_URI names {service.hostname}:{service.port}; a pod in "
+                           f"another namespace reaches the Service ({SERVICE}) as one of "
+                           f"{', '.join(sorted(names))} on port {port}")
+    return config_map, str(service.hostname)
 
 
 @dataclass
@@ -149,6 +184,7 @@ class ClusterMlflow:
         return {"MLFLOW_TRACKING_URI": self.host_uri, **self.secrets[DEFAULT_MLFLOW_SECRET]}
 
     def _start(self) -> None:
+        config_map, service_host = read_config_map(self.repo)  # before anything starts: a wrong name fails fast
         self.host_port = _free_port()
         spec = ServerSpec.read(self.repo, f"127.0.0.1:{self.host_port}")
         (self.folder / "auth").mkdir(parents=True, exist_ok=True)
@@ -160,20 +196,18 @@ class ClusterMlflow:
         if not self.engine.has_image(spec.image):
             raise KfpRunBroken(f"image {spec.image} (the mlflow Deployment's) is not built: run `make images`")
         self.container = self.engine.start_container(
-            spec.image, spec.command, env=spec.env, mounts={self.folder: SERVER_ROOT},
-            ports={f"{spec.port}/tcp": ("127.0.0.1", self.host_port)})
+            spec.image, spec.command, env=spec.env, mounts={self.folder: SERVER_ROOT}, user=spec.user or None,
+            ports={f"{spec.port}/tcp": ("127.0.0.1", self.host_port)},
+            # the pod's securityContext: a write outside its emptyDir volumes fails here as it would there
+            options={"read_only": spec.read_only_root, "tmpfs": {path: "" for path in spec.writable},
+                     "cap_drop": spec.cap_drop})
         self._wait()
         self.admin = (spec.env[ADMIN_USER_VAR], spec.env["MLFLOW_AUTH_ADMIN_PASSWORD"])
         password = secrets.token_urlsafe(24)
         self._create_user(PIPELINE_USER, password)
         self.secrets[DEFAULT_MLFLOW_SECRET] = dict(zip(MLFLOW_SECRET_KEYS, (PIPELINE_USER, password), strict=True))
-        config_map = yaml.safe_load((self.repo / CONFIG_MAP).read_text())
         self.config_maps[config_map["metadata"]["name"]] = dict(config_map["data"])
-        service = urlsplit(config_map["data"]["MLFLOW_TRACKING_URI"])
-        if service.port != spec.port:
-            raise KfpRunBroken(f"{CONFIG_MAP}: MLFLOW_TRACKING_URI names port {service.port}, the server listens "
-                               f"on {spec.port} ({DEPLOYMENT})")
-        self.hosts[str(service.hostname)] = self.container.address()
+        self.hosts[service_host] = self.container.address()
 
     def _wait(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -221,8 +255,14 @@ class ClusterMlflow:
                 name_key: str, data_key: str) -> list[tuple[str, str]]:
         values = []
         for entry in entries:
-            name = entry.get(name_key) or entry.get(f"{name_key}Parameter", {}).get("runtimeValue", {}).get(
-                "constant")
+            # KFP's driver takes the name parameter first and the plain name only without one
+            # (backend/src/v2/driver/k8s.go, SecretAsEnv and ConfigMapAsEnv)
+            parameter = entry.get(f"{name_key}Parameter")
+            name = (parameter.get("runtimeValue", {}).get("constant") if parameter is not None
+                    else entry.get(name_key))
+            if name is None:  # named by a pipeline input at run time (kfp-kubernetes' `...NameParameter`)
+                raise KfpRunBroken(f"{label}: takes its {kind}'s name from a pipeline input, which this harness "
+                                   f"does not resolve: {entry}")
             data = objects.get(name)
             optional = bool(entry.get("optional"))
             if data is None:

@@ -411,17 +411,19 @@ class PodmanService:
                         workdir: str | None = None, name: str | None = None,
                         read_only_mounts: Sequence[Path] = (),
                         ports: Mapping[str, tuple[str, int]] | None = None,
-                        hosts: Mapping[str, str] | None = None, network_mode: str | None = None) -> Container:
+                        hosts: Mapping[str, str] | None = None, network_mode: str | None = None,
+                        options: Mapping[str, Any] | None = None) -> Container:
         """Start `command` in `image` with each host path of `mounts` bind-mounted at its container path, each
         `ports` entry ("5000/tcp": (host address, host port)) published and each of `hosts` (name: address)
         resolvable inside (`network_mode="host"`: the host's network, so a service listening on 127.0.0.1 there
-        is reachable)."""
+        is reachable); `options` go to the docker SDK's `containers.run` as they are (read_only, tmpfs, ...)."""
         volumes = {str(Path(host).resolve()): {"bind": target, "mode": "ro" if host in read_only_mounts else "rw"}
                    for host, target in (mounts or {}).items()}
         handle = self.client().containers.run(image=image, command=list(command), detach=True, volumes=volumes,
                                               environment=dict(env or {}), user=user, working_dir=workdir,
                                               name=name, auto_remove=False, ports=dict(ports or {}),
-                                              extra_hosts=dict(hosts or {}), network_mode=network_mode)
+                                              extra_hosts=dict(hosts or {}), network_mode=network_mode,
+                                              **dict(options or {}))
         return Container(handle)
 
     def run(self, image: str, command: Sequence[str], *, timeout: float | None = None, **kwargs: Any) -> Finished:
