@@ -191,7 +191,10 @@ class TritonPythonModel:
         self.dtype = str(self.engine.model_config.dtype).replace("torch.", "")
         self.closing = False
         self.server_pid = os.getppid()  # the stub is started by tritonserver itself
-        asyncio.run_coroutine_threadsafe(self._watch_engine(), self.loop)
+        watch = asyncio.run_coroutine_threadsafe(self._watch_engine(), self.loop)
+        # a watchdog that itself fails must say so, not vanish with its future
+        watch.add_done_callback(lambda done: done.cancelled() or done.exception() is None
+                                or _log(f"engine: the watchdog stopped: {done.exception()!r}"))
 
     WATCH_INTERVAL_S = 1.0
 

@@ -29,7 +29,9 @@ def compile_graph(graph: PipelineGraph, targets: tuple[str, ...], folder: Path,
     raises SpecError naming the step input."""
     options = options.for_pipeline(graph.pipeline.spec.images)
     if options.production:
-        check_environments(graph.pipeline.root, {n.environment for n in graph.nodes.values()})
+        check_environments(graph.pipeline.root, {n.environment for n in graph.nodes.values()}
+                           | {n.component.spec.deploys_image for n in graph.nodes.values()
+                              if n.component.spec.deploys_image})
     output = CompileOutput(pipeline=graph.name, folder=folder)
     for name in targets:
         compiled = registry.get(name).compile(graph.for_target(name), folder / name, options)

@@ -62,6 +62,9 @@ def test_canary_files_load_with_the_sdk(tmp_path: Path, model_dir: Path):
     assert (
         deployment.liveness_probe.failure_threshold == 30 and deployment.readiness_probe.initial_delay == 10
     )
+    # no startup probe on Azure ML, and Triton answers nothing until the engine has loaded
+    assert deployment.liveness_probe.initial_delay == 600
+    assert deployment.request_settings.max_concurrent_requests_per_instance == 32  # the engine batches on a GPU
     assert (out / "repository" / "tuneline-llm-stream" / "config.pbtxt").is_file()
 
 
@@ -89,7 +92,8 @@ def test_the_deployment_is_the_serve_image_with_triton_routes(tmp_path: Path, mo
 
 
 def test_the_served_name_names_the_scoring_route(tmp_path: Path, model_dir: Path):
-    paths = azureml.write(tmp_path / "a", azureml.AzureMLOptions(image=SERVE_IMAGE), RolloutPolicy(), repository_dir=model_dir,
+    paths = azureml.write(tmp_path / "a", azureml.AzureMLOptions(image=SERVE_IMAGE), RolloutPolicy(),
+                          repository_dir=model_dir,
                           model_name="tuneline-llm", model_version=4, model_uri=URI, served_name="tickets")
     route = yaml.safe_load(paths["deployment"].read_text())["environment"]["inference_config"]["scoring_route"]
     assert route["path"] == "/v2/models/tickets-stream/generate"
@@ -241,3 +245,14 @@ def test_retire_deletes_the_idle_previous_slot_and_never_one_taking_traffic(tmp_
     with pytest.raises(AssertionError, match="blue still takes 90 % of the traffic"):
         ws.run(canary["retire"])
     assert set(ws.endpoint["deployments"]) == {"green", "blue"}
+
+
+def test_a_cpu_size_takes_few_requests_at_once_so_the_rest_get_an_early_429(tmp_path: Path, model_dir: Path):
+    from azure.ai.ml import load_online_deployment
+
+    cpu = azureml.AzureMLOptions(image=SERVE_IMAGE, instance_type="Standard_DS3_v2")
+    paths = _write(tmp_path / "a", model_dir, cpu, RolloutPolicy())
+    assert load_online_deployment(paths["deployment"]).request_settings.max_concurrent_requests_per_instance == 2
+    options = azureml.AzureMLOptions(image=SERVE_IMAGE, instance_type="Standard_DS3_v2",
+                                     max_concurrent_requests_per_instance=8)
+    assert options.concurrency == 8

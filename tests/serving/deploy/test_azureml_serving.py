@@ -66,7 +66,8 @@ def test_the_deployments_container_answers_its_routes_on_the_azureml_mount(serve
     source = tmp_path / "written"
     write_repository(tiny_adapter, source, RepositorySpec(adapters="shared"), base_model_dir=tiny_model,
                      adapter="m-1")
-    paths = azureml.write(out, azureml.AzureMLOptions(image=SERVE_IMAGE, instance_type="Standard_DS3_v2"), RolloutPolicy(),
+    cpu = azureml.AzureMLOptions(image=SERVE_IMAGE, instance_type="Standard_DS3_v2")
+    paths = azureml.write(out, cpu, RolloutPolicy(),
                           repository_dir=source, model_name="tuneline-llm", model_version=4,
                           model_uri="models:/tuneline-llm/4")
     azureml.load_check(paths)

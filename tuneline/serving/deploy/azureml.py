@@ -23,9 +23,15 @@ image's own command, so the serve image's command is the runtime, which finds th
 `AZUREML_MODEL_DIR` (tuneline.serving.runtime). The routes are Triton's KServe v2 ones on its HTTP port (8080,
 KServe's too): liveness `/v2/health/live`, readiness `/v2/health/ready` (200 once every model is loaded), scoring
 the streaming twin's `generate` (`/v2/models/<name>-stream/generate`, the model every generation goes to), so
-`az ml online-endpoint invoke --request-file` with `{"text_input": ...}` answers from the engine. Other v2 paths
-(`generate_stream`, `infer`) are reached under the endpoint's host as Triton serves them, as azureml-examples'
-Triton custom container (cli/endpoints/online/custom-container/triton/single-model) is called with tritonclient.
+`az ml online-endpoint invoke --request-file` with `{"text_input": ...}` answers from the engine: the endpoint's
+scoring URI is that one route, as azureml-examples' TF Serving custom container maps its scoring URI to one
+`:predict` path. Other v2 paths (`generate_stream`, `infer`) are not claimed to be reachable through the endpoint:
+the azureml-examples Triton container sets its scoring path to `/` for that, which nothing here can check.
+
+Probes: Azure ML has no startup probe, and Triton answers no route, liveness included, until every model has loaded
+(the coupled model and the engine's, weights read from the model mount, CUDA graphs captured): the liveness probe
+waits 600 s before its first try, then allows 30 failures 10 s apart, so a model that takes up to 15 minutes to load
+is not restarted in a loop.
 
 A GPU instance type (N-series) gets a GPU repository (vLLM, adapters shared on one base). A CPU one gets the
 named fallback: the same server and repository with plain transformers `generate` as its engine
@@ -96,10 +102,12 @@ class AzureMLOptions(BaseModel):
     image: str = Field(min_length=1,
                        description="the serve image (environments/serve), in a registry the workspace pulls from")
     request_timeout_ms: int = Field(default=90_000, ge=1000, le=180_000)
-    # The engine batches every live request itself (continuous batching): past this Azure ML answers 429 before
-    # the request reaches it. 32: the concurrency the serving benchmark holds without errors.
-    max_concurrent_requests_per_instance: int = Field(default=32, ge=1)
-    liveness_probe: Probe = Probe()
+    # On a GPU the engine batches every live request itself (continuous batching): past this Azure ML answers 429
+    # before the request reaches it; 32, the concurrency the serving benchmark holds without errors. A CPU size runs
+    # the plain-generate fallback on one thread, where requests past a few would wait out request_timeout_ms in
+    # Triton's queue instead of getting an early 429: 2 there. None: by instance kind.
+    max_concurrent_requests_per_instance: int | None = Field(default=None, ge=1)
+    liveness_probe: Probe = Probe(initial_delay=600)
     readiness_probe: Probe = Probe(initial_delay=10, failure_threshold=3)
 
     @property
@@ -109,6 +117,12 @@ class AzureMLOptions(BaseModel):
     @property
     def instance_kind(self) -> Literal["cpu", "gpu"]:
         return instance_kind(self.instance_type)
+
+    @property
+    def concurrency(self) -> int:
+        if self.max_concurrent_requests_per_instance is not None:
+            return self.max_concurrent_requests_per_instance
+        return 32 if self.instance_kind == "gpu" else 2
 
 
 def routes(model_name: str) -> dict[str, dict]:
@@ -202,7 +216,7 @@ def deployment_dict(options: AzureMLOptions, out: Path, model_name: str, model_v
         instance_count=options.instance_count,
         request_settings=OnlineRequestSettings(
             request_timeout_ms=options.request_timeout_ms,
-            max_concurrent_requests_per_instance=options.max_concurrent_requests_per_instance,
+            max_concurrent_requests_per_instance=options.concurrency,
         ),
         liveness_probe=ProbeSettings(**options.liveness_probe.model_dump()),
         readiness_probe=ProbeSettings(**options.readiness_probe.model_dump()),

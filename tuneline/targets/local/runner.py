@@ -339,8 +339,11 @@ class LocalRunner:
         env = step_environment(self.root, self.options.home, self.record.run_id, node.name,
                                code_root=node.component.folder.resolve().parents[1])
         env["TUNELINE_STEP_SUMMARY"] = str(step_dir / SUMMARY)
-        # what the compiled step would hand on: the image the pipeline's `images:` names (or the default)
-        env.update(deploy_image_env(node.component.spec.deploys_image, resolve_images(self.graph.pipeline.spec.images)))
+        # what the compiled step would hand on, where the pipeline's `images:` names a registry: locally there is no
+        # compile to warn about a Docker Hub default, so without one the step asks for its image instead
+        if self.graph.pipeline.spec.images is not None:
+            env.update(deploy_image_env(node.component.spec.deploys_image,
+                                        resolve_images(self.graph.pipeline.spec.images)))
         timeout = node.step.timeout_seconds
         policy = node.component.spec.retry
         backoff = policy.backoff_seconds
