@@ -43,7 +43,8 @@ def summarise(latencies: list[float], tokens: list[int], seconds: float) -> dict
     }
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
+    """Every process under `pid`, read from /proc (the engines' own worker processes)."""
     parents: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -74,7 +75,7 @@ def peak_rss_mb() -> dict:
     model and KV cache), read from /proc while the engine is still up: a child's peak reaches getrusage only once
     it is reaped, which vLLM's shutdown does not promise."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    children = sum(_peak_rss_kb(pid) for pid in _descendants(os.getpid())) / 1024
+    children = sum(_peak_rss_kb(pid) for pid in descendants(os.getpid())) / 1024
     return {"peak_rss_mb": round(own, 1), "peak_child_rss_mb": round(children, 1)}
 
 

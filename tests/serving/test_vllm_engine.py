@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.engine_worker import descendants
 from tuneline.serving import engine_http
 from tuneline.serving.env import triton_install
 from tuneline.serving.local import start_triton, stop_triton
@@ -196,22 +197,6 @@ def test_vllm_serves_several_lora_adapters_on_one_base(serve_venv, tmp_path: Pat
         stop_triton(info, tmp_path / "state")
 
 
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def _gone(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
@@ -232,7 +217,7 @@ def test_a_dead_engine_core_stops_the_server_instead_of_leaving_it_ready(serve_v
     try:
         assert engine["engine"] == "vllm", engine
         _stream(info.url, stream_model_name("tuneline-llm"), {"text_input": "The printer", "max_new_tokens": 4})
-        names = {p: Path(f"/proc/{p}/cmdline").read_text(errors="replace") for p in _descendants(info.pid)}
+        names = {p: Path(f"/proc/{p}/cmdline").read_text(errors="replace") for p in descendants(info.pid)}
         cores = [p for p, name in names.items() if "EngineCor" in name]  # its title; comm keeps 15 characters
         assert cores, f"no vLLM engine core process under the server: {names}"
         os.kill(cores[0], signal.SIGKILL)

@@ -63,6 +63,11 @@ def run_in(graph: PipelineGraph, home: Path, env: dict[str, str | None]) -> rec.
         return LocalRunner(graph, RunOptions(home=home, no_cache=True)).run()
 
 
+def failed_steps(record: rec.RunRecord) -> list[str]:
+    """`<step>: <reason>` of each step of `record` that failed."""
+    return [f"{s.name}: {s.reason}" for s in record.steps.values() if s.status == rec.FAILED]
+
+
 def run_local(graph: PipelineGraph, work: Path) -> rec.RunRecord:
     # The runner's own SQLite store under the run's home.
     return run_in(graph, work / "local", {"MLFLOW_TRACKING_URI": None})
@@ -97,7 +102,7 @@ class Seed:
         finally:
             os.umask(umask)
         if record.status != rec.SUCCEEDED:
-            failed = [f"{s.name}: {s.reason}" for s in record.steps.values() if s.status == rec.FAILED]
+            failed = failed_steps(record)
             raise SeedFailed(f"the seed {self.pipeline} {record.status}: {'; '.join(failed)}")
 
 
@@ -178,7 +183,7 @@ def conform_azureml(graph: PipelineGraph, work: Path, preempt_resumable: bool = 
             seed.run_into("azureml", work / "local", {"MLFLOW_TRACKING_URI": None})
         local = run_local(graph, work)
         if local.status != rec.SUCCEEDED:
-            failed = [f"{s.name}: {s.reason}" for s in local.steps.values() if s.status == rec.FAILED]
+            failed = failed_steps(local)
             raise LocalRunFailed(f"the local run {local.status}: {'; '.join(failed)}")
         # Tracking is the workspace's (R9): a real MLflow server reached only through the variables Azure ML
         # injects. Its folder (database, credentials) is outside every folder a job's container mounts.
@@ -218,7 +223,7 @@ def conform_kfp(pipeline_path: str, overrides: dict[str, str], work: Path,
     # same files, so both start from the same bytes: the local values (no target), also where --set gave a URI.
     local_values = build_graph(load_pipeline(pipeline_path, {k: v for k, v in overrides.items() if k not in remote}))
     staged = stage_data(local_values, root)
-    env = {"TUNELINE_HOME": str(root / "home"), **{k: os.environ[k] for k in CONDITIONS if k in os.environ}}
+    env = {"TUNELINE_HOME": str(root / "home"), **conditions()}
     with PodmanService.start(settings.home() / "podman") as engine, \
             ClusterMlflow.start(engine, work / "mlflow", REPO) as mlflow:
         # The cluster's MLflow server, reached as a pod reaches it: the Service name from the ConfigMap, the
@@ -237,7 +242,7 @@ def conform_kfp(pipeline_path: str, overrides: dict[str, str], work: Path,
                     path.chmod(0o777 if path.is_dir() else 0o666)
         local = run_local(build_graph(load_pipeline(pipeline_path, {**overrides, **staged})).for_target("kfp"), work)
         if local.status != rec.SUCCEEDED:
-            failed = [f"{s.name}: {s.reason}" for s in local.steps.values() if s.status == rec.FAILED]
+            failed = failed_steps(local)
             raise KfpRunBroken(f"the local run {local.status}: {'; '.join(failed)}")
         results = runner.run(package, staged, root)
     matches = compare_steps(graph, local, {n: r.status for n, r in results.items()}, output_of(results, graph))
