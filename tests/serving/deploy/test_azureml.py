@@ -12,8 +12,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from tuneline.serving.deploy import azureml
+from tuneline.serving.deploy import azureml, azureml_sizes
 from tuneline.serving.deploy.policy import RolloutPolicy
+from tuneline.spec.load import load_component
 
 REPO = Path(__file__).resolve().parents[3]
 URI = "models:/tuneline-llm/4"
@@ -105,6 +106,43 @@ def test_the_served_name_names_the_scoring_route(tmp_path: Path, model_dir: Path
                                             ("Standard_E4s_v3", "cpu")])
 def test_the_instance_type_decides_the_repository_kind(size: str, kind: str):
     assert azureml.AzureMLOptions(image=SERVE_IMAGE, instance_type=size).instance_kind == kind
+
+
+@pytest.mark.parametrize(("size", "gpu"), [("Standard_NC6s_v2", "P100"), ("Standard_NC6s_v3", "V100"),
+                                           ("Standard_ND40rs_v2", "V100")])
+def test_a_gpu_size_the_engine_cannot_run_on_is_refused_naming_the_sizes_it_can(size: str, gpu: str):
+    """These are on the managed-endpoint list and look like any N-series size, but vLLM 0.32's CUDA build needs
+    compute capability 7.5: the engine would fail on the instance, after the image pull and the model download."""
+    with pytest.raises(ValidationError) as raised:
+        azureml.AzureMLOptions(image=SERVE_IMAGE, instance_type=size)
+    message = str(raised.value)
+    assert "instance_type" in message and gpu in message and "7.5" in message
+    assert "Standard_NC4as_T4_v3" in message and "Standard_NC24ads_A100_v4" in message
+
+
+@pytest.mark.parametrize("size", ["Standard_NC4as_T4", "Standard_D4s_v5", "Standard_NV12s_v3", "t4"])
+def test_a_size_managed_endpoints_do_not_offer_is_refused(size: str):
+    """A typo, or a size the list does not hold (Standard_D4s_v5 runs training clusters, not managed endpoints),
+    used to pass as a CPU size and fail minutes into `az ml online-deployment create`."""
+    with pytest.raises(ValidationError, match="not a managed online endpoint VM size"):
+        azureml.AzureMLOptions(image=SERVE_IMAGE, instance_type=size)
+
+
+def test_the_deploy_components_default_size_runs_the_engine():
+    default = load_component(Path("components/deploy")).spec.inputs["instance_type"].default
+    assert azureml_sizes.table().kind(default) == "gpu"
+    assert azureml.AzureMLOptions(image=SERVE_IMAGE).instance_type == default
+
+
+def test_every_gpu_of_the_size_table_has_a_compute_capability(tmp_path: Path):
+    table = azureml_sizes.table()
+    assert set(table.gpu.values()) <= set(table.gpus)
+    broken = tmp_path / "sizes.yaml"
+    data = yaml.safe_load(azureml_sizes.TABLE.read_text())
+    data["gpu"]["Standard_NC8ads_B200_v6"] = "B200"
+    broken.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match="B200"):
+        azureml_sizes.table(broken)
 
 
 def test_paths_in_the_yaml_are_relative(tmp_path: Path, model_dir: Path):

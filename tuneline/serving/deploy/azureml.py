@@ -33,9 +33,10 @@ Probes: Azure ML has no startup probe, and Triton answers no route, liveness inc
 waits 600 s before its first try, then allows 30 failures 10 s apart, so a model that takes up to 15 minutes to load
 is not restarted in a loop.
 
-A GPU instance type (N-series) gets a GPU repository (vLLM, adapters shared on one base). A CPU one gets the
-named fallback: the same server and repository with plain transformers `generate` as its engine
-(`RepositorySpec.engine`), since the serve image's vLLM is its CUDA build.
+A GPU instance type (one in azureml_sizes.yaml whose GPU the engine runs on) gets a GPU repository (vLLM, adapters
+shared on one base). A CPU one gets the named fallback: the same server and repository with plain transformers
+`generate` as its engine (`RepositorySpec.engine`), since the serve image's vLLM is its CUDA build. Any other size
+is refused (azureml_sizes).
 
 Why the order (https://learn.microsoft.com/azure/machine-learning/how-to-safely-rollout-online-endpoints): an
 endpoint's traffic may only name deployments that exist, so the endpoint is created without traffic, the
@@ -52,15 +53,15 @@ The YAML is produced from azure-ai-ml entities (so field names and types are the
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import shutil
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tuneline.serving.deploy import azureml_sizes
 from tuneline.serving.deploy.policy import RolloutPolicy
 from tuneline.serving.repository import generate_route
 from tuneline.serving.runtime import HTTP_PORT
@@ -71,12 +72,10 @@ ENVIRONMENT_NAME = "tuneline-serve"
 # Set as the KServe runtime sets them (k8s/base/serving/servingruntime.yaml): the container's user may not own the
 # image's HOME, where vLLM, torch and Triton's Python stub write caches.
 CONTAINER_ENV = {"HOME": "/tmp/home", "OMP_NUM_THREADS": "1"}
-# Azure's GPU VM sizes are the N-series (NC, ND, NV: azure-ai-docs reference-managed-online-endpoints-vm-sku-list.md).
-_GPU_SIZE = re.compile(r"^Standard_N[CDV]", re.IGNORECASE)
 
 
 def instance_kind(instance_type: str) -> Literal["cpu", "gpu"]:
-    return "gpu" if _GPU_SIZE.match(instance_type) else "cpu"
+    return azureml_sizes.table().kind(instance_type)
 
 
 class Probe(BaseModel):
@@ -109,6 +108,12 @@ class AzureMLOptions(BaseModel):
     max_concurrent_requests_per_instance: int | None = Field(default=None, ge=1)
     liveness_probe: Probe = Probe(initial_delay=600)
     readiness_probe: Probe = Probe(initial_delay=10, failure_threshold=3)
+
+    @field_validator("instance_type")
+    @classmethod
+    def _a_size_the_engine_runs_on(cls, value: str) -> str:
+        instance_kind(value)
+        return value
 
     @property
     def previous_slot(self) -> str:
