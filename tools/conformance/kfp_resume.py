@@ -23,9 +23,10 @@ pods for it (an Argo retry), one after the other, on the same PVC:
 Where this differs from a cluster: the container's main process here is the compiled command itself; on a KFP pod
 it is the launcher (`/kfp-launcher/launch`), which runs the command with Go's `exec.Command` and does not pass
 SIGTERM on (backend/src/v2/component/launcher_v2.go, `execute`), so there a preempted step keeps only its periodic
-checkpoints (`save_steps`), not the one it would write on SIGTERM. Images come from `make images` (tag `dev`, or
-TUNELINE_IMAGE_TAG); an environment that cannot be built on a CPU machine (`cpu_buildable: false` in
-environments/images.yaml) runs in a CPU image that holds the same component.
+checkpoints (`save_steps`), not the one it would write on SIGTERM. Images come from `make images` (the registry and
+tag every harness uses, tools.conformance.kfp IMAGE_REGISTRY and IMAGE_TAG); an environment that cannot be built on
+a CPU machine (`cpu_buildable: false` in environments/images.yaml) runs in a CPU image that holds the same
+component.
 """
 
 from __future__ import annotations
@@ -53,11 +54,10 @@ from tuneline.targets.options import CompileOptions
 
 from .cluster_mlflow import ClusterMlflow
 from .compare import artifact_difference
-from .kfp import KfpRunBroken
+from .kfp import IMAGE_REGISTRY, IMAGE_TAG, KfpRunBroken
 from .podman import PodmanService
 
 REPO = Path(__file__).resolve().parents[2]  # whose environments/ `make images` builds
-IMAGE_REGISTRY = "localhost/tuneline"  # what environments/build.sh tags (buildah's localhost/ prefix)
 RUN_ID = "kfp-resume-run"  # `pipeline/runid` of the pod: a retry keeps it
 KILL_TIMEOUT_S = 600.0
 
@@ -269,12 +269,12 @@ class TaskRun:
         return Attempt(code, logs, task_root, time.time() - started, self.entries())
 
 
-def run_resume(graph: PipelineGraph, work: Path, engine: PodmanService, tag: str,
+def run_resume(graph: PipelineGraph, work: Path, engine: PodmanService,
                mlflow: ClusterMlflow) -> list[ResumeResult]:
     steps = [n for n in graph.order if graph.nodes[n].component.spec.resume_outputs]
     if not steps:
         raise ResumeBroken(f"{graph.pipeline.path}: no step has a resume: true output")
-    options = CompileOptions(image_registry=IMAGE_REGISTRY, image_tag=tag)
+    options = CompileOptions(image_registry=IMAGE_REGISTRY, image_tag=IMAGE_TAG)
     package = compile_graph(graph, ("kfp",), work / "compiled", options).folder / "kfp" / "pipeline.yaml"
     mlflow.give_pods_their_env(package)
     results = []
@@ -282,7 +282,7 @@ def run_resume(graph: PipelineGraph, work: Path, engine: PodmanService, tag: str
         local = _local_runs(graph, step, work / "local")
         task = TaskRun(graph, step, package, local, work / "kfp" / step, engine, mlflow.hosts)
         if not engine.has_image(task.image):
-            raise ResumeBroken(f"image {task.image} is not built: run `make images` (TAG={tag})")
+            raise ResumeBroken(f"image {task.image} is not built: run `make images` (TAG={IMAGE_TAG})")
         killed = task.attempt(1, kill_after_checkpoint=True)
         if killed.exit_code == 0 or not killed.entries:
             raise ResumeBroken(f"step '{step}': the killed attempt exited {killed.exit_code} with "
@@ -311,7 +311,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("pipeline", help="pipeline YAML")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="parameter override")
     parser.add_argument("--work", default="build/conformance", help="scratch folder (emptied first)")
-    parser.add_argument("--tag", default=os.environ.get("TUNELINE_IMAGE_TAG", "dev"), help="image tag (make images)")
     args = parser.parse_args(argv)
     try:
         graph = build_graph(load_pipeline(args.pipeline, parse_set_pairs(args.set)))
@@ -327,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with PodmanService.start(work / "podman") as engine, \
                 ClusterMlflow.start(engine, work / "mlflow", REPO) as mlflow:
-            results = run_resume(graph, work, engine, args.tag, mlflow)
+            results = run_resume(graph, work, engine, mlflow)
     except (ResumeBroken, KfpRunBroken) as exc:
         print(f"{args.pipeline}: kfp checkpoint resume: {exc}", file=sys.stderr)
         return 1
