@@ -306,3 +306,32 @@ def test_an_azureml_distributed_step_starts_one_process_per_gpu_of_its_vm_size(t
     problems = azureml_compute_problems("finetune-multinode.yaml", out.folder, skus)
     assert problems == ["finetune-multinode.yaml:train: Azure ML starts 4 process(es) per node, a Standard_ND96asr_v4 "
                         "node has 8 GPUs: set the profile's azureml processes_per_node to 8"]
+
+
+MLFLOW_INGRESS_KUBEFLOW_PEER = """        # Kubeflow Pipelines runs the step pods in its own namespace.
+        - namespaceSelector:
+            matchLabels:
+              kubernetes.io/metadata.name: kubeflow
+"""
+
+
+def test_pipeline_pods_that_netpol_keeps_from_mlflow_are_refused(project, capsys):
+    """The ConfigMap and the Secret were there, so every check passed, but with the `kubeflow` peer gone from
+    mlflow-ingress (as after moving pipeline pods to a profile namespace) train, evaluate and register time out
+    connecting to MLflow on the cluster."""
+    _edit(project / "k8s" / "base" / "network" / "networkpolicies.yaml", MLFLOW_INGRESS_KUBEFLOW_PEER, "")
+    assert _check() == 2
+    err = capsys.readouterr().err
+    assert ("pipelines/finetune.yaml:train: ConfigMap tuneline-mlflow MLFLOW_TRACKING_URI names Service "
+            "mlflow.tuneline:5000, which a pod in namespace kubeflow cannot reach: no NetworkPolicy rule admits it "
+            "(ingress in tuneline: default-deny-all, mlflow-ingress) (k8s/overlays/dev)") in err
+
+
+def test_a_default_deny_egress_where_pipeline_pods_run_is_refused(project, capsys):
+    deny = project / "k8s" / "kubeflow" / "deny-egress.yaml"
+    deny.write_text("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-egress}\n"
+                    "spec: {podSelector: {}, policyTypes: [Egress]}\n")
+    _edit(project / "k8s" / "kubeflow" / "kustomization.yaml", "  - networkpolicy.yaml\n",
+          "  - networkpolicy.yaml\n  - deny-egress.yaml\n")
+    assert _check() == 2
+    assert "no NetworkPolicy rule admits it (egress in kubeflow: deny-egress)" in capsys.readouterr().err

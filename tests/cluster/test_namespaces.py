@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.cluster.cluster import REPO, ingress_allowed, of, overlay, selects
+from tests.cluster.cluster import REPO, of, overlay
 from tuneline.cluster import policy
+from tuneline.cluster.netpol import ingress_allowed, selects
 from tuneline.cluster.render import Resource
 from tuneline.serving.deploy import kserve
 from tuneline.serving.deploy.policy import RolloutPolicy

@@ -61,7 +61,7 @@ from ..spec import SpecError
 from ..spec.models import quantity
 from ..targets import CompileError
 from ..targets.kfp.options import DEFAULT_KFP_SERVICE_ACCOUNT, KfpOptions
-from .reads import Rendered, docs_created, pipeline_root, reference_problem
+from .reads import Rendered, docs_created, pipeline_root, reach_problems, reference_problem
 
 DEFAULT_POOLS = Path("k8s/nodepools.yaml")
 DEFAULT_SKUS = Path("config/skus.yaml")
@@ -109,6 +109,7 @@ class PodNeeds:
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     refs: set[tuple[str, str]] = field(default_factory=set)  # (kind, name): Secret, PersistentVolumeClaim, ...
+    labels: dict[str, str] = field(default_factory=dict)    # the pod's own labels that the compiled spec sets
 
 
 # ---------------------------------------------------------------------------------------------- compiled files
@@ -140,6 +141,7 @@ def kfp_pods(pipeline_file: Path) -> list[PodNeeds]:
         extra = k8s.get(label, {})
         pod.node_selector = dict((extra.get("nodeSelector") or {}).get("labels") or {})
         pod.tolerations = list(extra.get("tolerations") or [])
+        pod.labels = {k: str(v) for k, v in ((extra.get("podMetadata") or {}).get("labels") or {}).items()}
         for secret in extra.get("secretAsEnv", []) + extra.get("secretAsVolume", []):
             pod.refs.add(("Secret", secret.get("secretName") or secret["secretNameParameter"]["runtimeValue"]
                           ["constant"]))
@@ -166,7 +168,8 @@ def job_pods(manifest_file: Path, step: str) -> list[PodNeeds]:
     pods = []
     for template in templates:
         spec = template.get("spec", {})
-        pod = PodNeeds(step=step, kind=manifest.get("kind", "job"))
+        pod = PodNeeds(step=step, kind=manifest.get("kind", "job"),
+                       labels=dict((template.get("metadata") or {}).get("labels") or {}))
         if spec.get("serviceAccountName"):
             pod.refs.add(("ServiceAccount", spec["serviceAccountName"]))
         for container in spec.get("containers", []):
@@ -463,6 +466,8 @@ def compiled_problems(label: str, out_folder: Path, root: Path, pools: list[Any]
                                     pipeline_namespace=namespace)
             if why:
                 problems.append(f"{where}: {why}")
+        config_maps = {name for kind, name in pod.refs if kind == "ConfigMap"}
+        problems += [f"{where}: {p} ({folder})" for p in reach_problems(rendered, namespace, pod.labels, config_maps)]
     return problems, len(pods)
 
 

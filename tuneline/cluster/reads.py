@@ -7,7 +7,9 @@ Kubeflow Pipelines' own install (KFP_INSTALL_CREATES) or by a `kubectl create` c
 the Secrets Store CSI driver only mirrors from a SecretProviderClass (`secretObjects`) exists while some pod mounts
 that volume and is deleted after the last one stops
 (https://secrets-store-csi-driver.sigs.k8s.io/topics/sync-as-kubernetes-secret): it counts only for a pod that
-mounts the SecretProviderClass itself. A data URI a submitted run imports must be one the docs or k8s/ fill.
+mounts the SecretProviderClass itself. A data URI a submitted run imports must be one the docs or k8s/ fill. A
+Service a ConfigMap's URL names (the MLflow tracking URI) must be reachable from the pod through the NetworkPolicies
+the manifests render.
 """
 
 from __future__ import annotations
@@ -204,4 +206,67 @@ def workload_problems(folder: Path, rendered: Rendered, docs_objects: set[tuple[
             why = reference_problem(ref_kind, ref_name, ns, rendered, folder, docs_objects, own_csi)
             if why:
                 problems.append(f"{kind} {ns}/{name} ({folder}): {why}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------- network paths
+
+_SERVICE_URL = re.compile(r"^https?://([a-z0-9-]+)\.([a-z0-9-]+)\.svc(?:\.cluster\.local)?(?::(\d+))?(?:/|$)")
+
+
+def service_urls(rendered: Rendered, namespace: str, config_map: str) -> list[tuple[str, str, str, int]]:
+    """(key, service, service namespace, port) for each in-cluster Service URL a ConfigMap in `namespace` holds."""
+    data = (rendered.bodies.get(("ConfigMap", namespace, config_map)) or {}).get("data") or {}
+    found = []
+    for key, value in sorted(data.items()):
+        url = _SERVICE_URL.match(str(value))
+        if url:
+            scheme_port = 443 if str(value).startswith("https") else 80
+            found.append((key, url.group(1), url.group(2), int(url.group(3) or scheme_port)))
+    return found
+
+
+def service_backends(rendered: Rendered, namespace: str, service: str, port: int) -> list[tuple[dict, int]]:
+    """(pod labels, container port) of each workload's pod template behind `service`'s `port`."""
+    body = rendered.bodies.get(("Service", namespace, service)) or {}
+    spec = body.get("spec") or {}
+    selector = spec.get("selector") or {}
+    entry = next((p for p in spec.get("ports") or [] if int(p.get("port", 0)) == port), None)
+    if not selector or entry is None:
+        return []
+    target = entry.get("targetPort", port)
+    backends = []
+    for (kind, ns, _name), workload in rendered.bodies.items():
+        if ns != namespace or kind not in ("Deployment", "StatefulSet"):
+            continue
+        template = (workload.get("spec") or {}).get("template") or {}
+        labels = (template.get("metadata") or {}).get("labels") or {}
+        if any(labels.get(k) != v for k, v in selector.items()):
+            continue
+        container_port = target
+        if isinstance(target, str):  # a named port: the container port of that name
+            ports = [p for c in (template.get("spec") or {}).get("containers") or [] for p in c.get("ports") or []]
+            container_port = next((p["containerPort"] for p in ports if p.get("name") == target), 0)
+        backends.append((dict(labels), int(container_port)))
+    return backends
+
+
+def reach_problems(rendered: Rendered, namespace: str, labels: dict[str, str], config_maps: set[str]) -> list[str]:
+    """Why a pod in `namespace` with `labels` cannot connect to a Service a ConfigMap it reads points to (an
+    MLflow tracking URI): the NetworkPolicies the manifests render close the path (tuneline.cluster.netpol).
+    A URL to a Service the manifests do not render is left alone: the Service may belong to another install."""
+    from .netpol import closed_directions
+
+    problems = []
+    objects = list(rendered.bodies.values())
+    for config_map in sorted(config_maps):
+        for key, service, service_ns, port in service_urls(rendered, namespace, config_map):
+            for backend_labels, container_port in service_backends(rendered, service_ns, service, port):
+                closed = closed_directions(objects, (namespace, labels), (service_ns, backend_labels),
+                                           container_port)
+                if closed:
+                    problems.append(
+                        f"ConfigMap {config_map} {key} names Service {service}.{service_ns}:{port}, which a pod in "
+                        f"namespace {namespace} cannot reach: no NetworkPolicy rule admits it "
+                        f"({'; '.join(closed)})")
     return problems
