@@ -1,9 +1,18 @@
 """Every limit of the local endpoint in one place: shared by the proxy, by `local`, which starts it with them,
-and by docs/serving.md, which lists them with these values."""
+and by docs/serving.md, which lists them with these values; and the requests one replica of a cluster deployment
+takes at once (ENGINE_CONCURRENCY), which the platform holds in front of the server."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+# Requests one server replica works on at once, by the kind of instance it runs on; past it the platform answers
+# (Azure ML 429, KServe's queue-proxy queues 10x this many and then answers 503) instead of the request waiting
+# out its timeout inside Triton. On a GPU the vLLM engine batches every live request (continuous batching): 32 is
+# the concurrency the serving benchmark holds without errors. On CPU the plain-generate fallback runs one request
+# at a time: 2, so the rest get an early answer.
+ENGINE_CONCURRENCY: dict[Literal["cpu", "gpu"], int] = {"gpu": 32, "cpu": 2}
 
 
 @dataclass(frozen=True)

@@ -124,3 +124,22 @@ def test_the_v2_predictor_runs_on_the_runtime_the_namespace_ships():
     assert "--model-repository=/mnt/models" in container["args"]  # where KServe's storage initializer puts it
     openai = _isvc(kserve.manifests(kserve.KServeOptions(api="openai"), RolloutPolicy(), URI, 3))
     assert "runtime" not in openai["spec"]["predictor"]["model"]  # KServe's own Hugging Face runtime, by format
+
+
+@pytest.mark.parametrize(("gpus", "limit", "target"), [(1, 32, 8), (0, 2, 2)])
+def test_a_replica_takes_at_most_what_its_engine_holds(gpus: int, limit: int, target: int):
+    """Without containerConcurrency Knative's queue-proxy forwards every request to Triton, where the ones past
+    what the engine holds wait, unbounded, until their timeout; with it the queue-proxy queues 10x the limit and
+    answers 503 past that. The scale target cannot exceed it, or the replica never looks busy enough to scale."""
+    docs = kserve.manifests(kserve.KServeOptions(gpus=gpus), RolloutPolicy(), URI, 1)
+    assert kserve.validate(docs) == []
+    predictor = _isvc(docs)["spec"]["predictor"]
+    assert (predictor["containerConcurrency"], predictor["scaleTarget"]) == (limit, target)
+
+
+def test_container_concurrency_can_be_set_or_lifted():
+    lifted = kserve.KServeOptions(container_concurrency=0)
+    assert _isvc(kserve.manifests(lifted, RolloutPolicy(), URI, 1))["spec"]["predictor"]["containerConcurrency"] == 0
+    assert _isvc(kserve.manifests(lifted, RolloutPolicy(), URI, 1))["spec"]["predictor"]["scaleTarget"] == 8
+    with pytest.raises(ValidationError):
+        kserve.KServeOptions(container_concurrency=-1)

@@ -63,6 +63,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tuneline.serving.deploy import azureml_sizes
 from tuneline.serving.deploy.policy import RolloutPolicy
+from tuneline.serving.limits import ENGINE_CONCURRENCY
 from tuneline.serving.repository import generate_route
 from tuneline.serving.runtime import HTTP_PORT
 
@@ -101,10 +102,8 @@ class AzureMLOptions(BaseModel):
     image: str = Field(min_length=1,
                        description="the serve image (environments/serve), in a registry the workspace pulls from")
     request_timeout_ms: int = Field(default=90_000, ge=1000, le=180_000)
-    # On a GPU the engine batches every live request itself (continuous batching): past this Azure ML answers 429
-    # before the request reaches it; 32, the concurrency the serving benchmark holds without errors. A CPU size runs
-    # the plain-generate fallback on one thread, where requests past a few would wait out request_timeout_ms in
-    # Triton's queue instead of getting an early 429: 2 there. None: by instance kind.
+    # Past this Azure ML answers 429 before a request reaches the server. None: by instance kind
+    # (tuneline.serving.limits.ENGINE_CONCURRENCY).
     max_concurrent_requests_per_instance: int | None = Field(default=None, ge=1)
     liveness_probe: Probe = Probe(initial_delay=600)
     readiness_probe: Probe = Probe(initial_delay=10, failure_threshold=3)
@@ -127,7 +126,7 @@ class AzureMLOptions(BaseModel):
     def concurrency(self) -> int:
         if self.max_concurrent_requests_per_instance is not None:
             return self.max_concurrent_requests_per_instance
-        return 32 if self.instance_kind == "gpu" else 2
+        return ENGINE_CONCURRENCY[self.instance_kind]
 
 
 def routes(model_name: str) -> dict[str, dict]:

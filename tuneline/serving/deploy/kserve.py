@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tuneline.serving.deploy.kserve_schema import CRD_SCHEMAS
 from tuneline.serving.deploy.policy import RolloutPolicy
+from tuneline.serving.limits import ENGINE_CONCURRENCY
 from tuneline.settings import SPOT_LABEL, SPOT_VALUE
 
 KUBERNETES_VERSION = "1.35.0"  # the oldest AKS minor supported today (k8s/supported.yaml)
@@ -86,6 +87,10 @@ class KServeOptions(BaseModel):
     scale_target: int = Field(
         default=8, ge=1, description="concurrent requests per replica before scaling out"
     )
+    container_concurrency: int | None = Field(
+        default=None, ge=0,
+        description="requests a replica works on at once (Knative's hard limit; 0: none); None: by instance kind",
+    )
     spot: bool = True
     node_selector: dict[str, str] = Field(default_factory=dict)
     service_account: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -100,6 +105,13 @@ class KServeOptions(BaseModel):
                 "workload_identity_client_id needs service_account (the identity is bound to it)"
             )
         return self
+
+
+    @property
+    def concurrency(self) -> int:
+        if self.container_concurrency is not None:
+            return self.container_concurrency
+        return ENGINE_CONCURRENCY["gpu" if self.gpus else "cpu"]
 
 
 def inference_service(
@@ -136,7 +148,13 @@ def inference_service(
         "minReplicas": options.min_replicas,
         "maxReplicas": options.max_replicas,
         "scaleMetric": "concurrency",
-        "scaleTarget": options.scale_target,
+        # A replica never holds more than the hard limit below, so a target above it would never scale out.
+        "scaleTarget": min(options.scale_target, options.concurrency) if options.concurrency else options.scale_target,
+        # The hard limit Knative's queue-proxy holds in front of the server: it queues up to 10x this many and answers
+        # 503 past that (knative/serving pkg/queue/sharedmain/main.go `buildBreaker`: QueueDepth 10 x
+        # ContainerConcurrency; pkg/queue/breaker.go ErrRequestQueueFull), where without it every request reaches
+        # Triton and waits there, unbounded, until its timeout.
+        "containerConcurrency": options.concurrency,
         "priorityClassName": PRIORITY_CLASS,
         "securityContext": {**POD_SECURITY, "seccompProfile": dict(POD_SECURITY["seccompProfile"])},
         "model": model,
