@@ -482,6 +482,31 @@ def served_adapters(model_root: Path) -> list[str]:
         if folder.is_dir() else []
 
 
+def default_adapter(model_root: Path) -> str:
+    """The adapter a repository's engines load when they start and answer a row that names none with
+    (serving.json `adapter`; "" where the model serves no adapters)."""
+    serving_path = Path(model_root) / "1" / SERVING_FILE
+    return str(_read_json(serving_path).get("adapter") or "") if serving_path.is_file() else ""
+
+
+def remove_adapters(model_root: Path, names: list[str]) -> list[str]:
+    """Take the adapters `names` out of a repository's model; returns those removed. Never the default
+    (`default_adapter`): a restarted server loads it before its first request. Each goes whole: renamed out of
+    `adapters/` first (one step, so an engine checking for its folder sees all of it or none), then deleted."""
+    folder = Path(model_root) / "1" / ADAPTERS_SUBDIR
+    keep = default_adapter(model_root)
+    removed = []
+    for name in names:
+        if name == keep or not _NAME_RE.match(name) or not (folder / name).is_dir():
+            continue
+        doomed = folder / f".{name}.removed"
+        shutil.rmtree(doomed, ignore_errors=True)
+        (folder / name).rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
 def write_repository(
     model_dir: Path,
     repo_dir: Path,
