@@ -7,7 +7,8 @@ Layout (the same locally, where `tuneline.serving.local` runs it, and on the clu
     <repo>/<model_name>/1/hf_model/         the HF folder: full weights, or the base of a LoRA adapter
     <repo>/<model_name>/1/adapters/<name>/  LoRA adapters served on that one base, chosen per request by the
                                             `adapter` input; serving.json names the default. A rollout adds
-                                            the next version here (add_adapter) instead of a second model.
+                                            the next version here (add_adapter) instead of a second model;
+                                            those no route names leave again (remove_adapters, housekeeping).
                                             An adapter the engines cannot serve unmerged (modules_to_save,
                                             DoRA, a rank over max_lora_rank) is merged into its base instead
     <repo>/<model_name>-stream/             the same model, decoupled, for streaming (generate_stream); it
