@@ -13,7 +13,15 @@ from tuneline.serving.auth import ensure_token
 from tuneline.serving.local import ServerInfo, ServeState
 from tuneline.serving.proxy import Proxy
 from tuneline.serving.repository import RepositorySpec, add_adapter, served_adapters, write_repository
-from tuneline.serving.routing import CANDIDATE, CanaryPolicy, Routes, Upstream, read_routes, write_routes
+from tuneline.serving.routing import (
+    CANDIDATE,
+    CanaryPolicy,
+    Routes,
+    Upstream,
+    read_canary,
+    read_routes,
+    write_routes,
+)
 
 SPEC = RepositorySpec(adapters="shared")
 POLICY = CanaryPolicy(promote_after=4, min_requests=2)
@@ -69,6 +77,8 @@ def test_settled_canaries_leave_only_the_routed_the_rollback_target_and_the_defa
     routes = _decide(state_dir, "m-4", healthy=False)  # rolled back: m-3 serves on, m-2 is still its rollback target
     assert (routes.current.adapter, routes.previous.adapter) == ("m-3", "m-2")
     assert served_adapters(root) == ["m-1", "m-2", "m-3"]
+    assert read_canary(state_dir)["decision"] == "rolled_back"
+    assert read_canary(state_dir)["removed_adapters"] == ["blue/m-4"]  # what went, where the decision is recorded
 
     join("m-5")
     routes = _decide(state_dir, "m-5", healthy=True)  # the next promotion replaces the rollback target

@@ -12,7 +12,8 @@ from its repository, except:
   proxy's supervisor restarts a dead server on the same repository.
 
 A server thus holds at most four adapters: the default, the previous champion, the current one and a candidate.
-What was removed is printed (the proxy's log, for a canary decision) and returned (`RolloutResult.removed_adapters`).
+What was removed is printed (to the proxy's log, for a canary decision) and named in the rollout's result
+(`RolloutResult.removed_adapters`) or in the canary decision's record (canary.json, shown by `/v1/stats`).
 
 A request in flight that names a removed adapter:
 

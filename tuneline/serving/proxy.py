@@ -375,8 +375,9 @@ class Proxy:
             write_routes(self.state_dir, routes.only(winner))
             write_canary(self.state_dir, record)
             print(f"canary {record['decision']}: {verdict.reason}", file=sys.stderr, flush=True)
-            # The version no route names any more is stopped by the serving state's owner (tuneline.serving.local).
-            asyncio.get_running_loop().run_in_executor(None, _reconcile, self.state_dir)
+            # The version no route names any more is stopped, or its adapter removed, by the serving state's owner
+            # (tuneline.serving.local, housekeeping).
+            asyncio.get_running_loop().run_in_executor(None, _reconcile, self.state_dir, record)
 
     # --- request log ----------------------------------------------------------------------------------
     def logger(self, routes: Routes | None):
@@ -470,11 +471,14 @@ def _unavailable(backend: Upstream, exc: Exception) -> _Failed:
                    retry_after=ENGINE_RETRY_AFTER_S if down else None)
 
 
-def _reconcile(state_dir: Path) -> None:
+def _reconcile(state_dir: Path, decision: dict) -> None:
+    """Settle the serving state after a canary `decision`; the adapters removed are added to its record."""
     from tuneline.serving.local import reconcile
 
     try:
-        reconcile(state_dir)
+        removed = reconcile(state_dir).removed_adapters
+        if removed:
+            write_canary(state_dir, {**decision, "removed_adapters": removed})
     except Exception as exc:  # noqa: BLE001 - a failed clean-up must not take the proxy down
         print(f"reconcile after canary decision failed: {exc}", file=sys.stderr, flush=True)
 
