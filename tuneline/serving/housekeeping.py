@@ -24,12 +24,14 @@ A request in flight that names a removed adapter:
   adapters (`LRUCacheWorkerLoRAManager`); every engine step re-adds the adapters of the rows it runs
   (vllm/v1/worker/gpu_model_runner.py, "Hot-Swap lora model", which the CPU runner inherits), which for a cached
   one only moves it up the LRU, so a running row's adapter is never the one evicted. PEFT, the plain-generate
-  engine, keeps every adapter it loaded in memory. A file being read while it is unlinked stays readable (POSIX);
+  engine, holds an adapter in memory once loaded, and lets go of a removed one only at its next batch that does
+  not name it (triton_model.py `_unload_removed_adapters`). A file being read while it is unlinked stays readable;
 - a row that arrives later is refused by both engines, which check the adapter's folder for every row
   (triton_model.py `_adapter`) and name the adapters served: vLLM never serves a removed adapter again. That check
   is what makes removal safe at all: an adapter vLLM has evicted is read again from its folder inside a model step
   (`_apply_adapters`), where a missing folder (LoRAAdapterNotFoundError) is fatal to the engine core
-  (vllm/v1/engine/core.py, "EngineCore encountered a fatal error"), and the server is restarted.
+  (vllm/v1/engine/core.py, "EngineCore encountered a fatal error"): vllm_model.py's watchdog then stops the
+  server, and every version it serves is down until it is restarted.
 
 The engine's `remove_lora` (vllm/v1/engine/async_llm.py) is not called through the model: it drops the adapter from
 the worker's cache at once, so a row still running on it would have it read again from its folder at its next step,
