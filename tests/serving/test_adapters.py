@@ -113,3 +113,42 @@ def test_two_adapters_share_one_base_and_the_canary_splits_between_them(
         assert set(status(state_dir)["servers"]) == {first.slot}
     finally:
         stop_all(state_dir)
+
+
+def test_settled_rollouts_remove_the_adapters_no_route_names_from_the_running_server(
+        serve_venv, tiny_model: Path, tiny_adapter: Path, tmp_path: Path) -> None:
+    """Blue/green rollouts that join one server: each keeps the version it replaced (the rollback target) and the
+    server's default; the one before goes, and the server refuses it by name while the others answer."""
+    from tests.support.tinymodel import build_tiny_lora_adapter
+    from tuneline.serving import engine_http
+    from tuneline.serving.repository import served_adapters, stream_model_name
+
+    state_dir = tmp_path / "state"
+    spec = RepositorySpec(adapters="shared")
+    results = [rollout(tiny_adapter, base_model_dir=tiny_model, state_dir=state_dir, label="models:/m/1", spec=spec)]
+    assert results[0].ok, results[0].error
+    token = load_token(Path(results[0].token_file))
+    root = Path(results[0].server.repo_dir) / spec.model_name
+    try:
+        for n in (2, 3, 4):
+            version = build_tiny_lora_adapter(tiny_model, tmp_path / f"v{n}", seed=n)
+            results.append(rollout(version, base_model_dir=tiny_model, state_dir=state_dir, label=f"models:/m/{n}",
+                                   spec=spec))
+            assert results[-1].ok and results[-1].shared_base == "joined the running server", results[-1].error
+        assert [r.removed_adapters for r in results] == [[], [], [], [f"{results[0].slot}/m-2"]]
+        assert served_adapters(root) == ["m-1", "m-3", "m-4"]  # default, rollback target, current
+        routes = read_routes(state_dir)
+        assert (routes.current.adapter, routes.previous.adapter) == ("m-4", "m-3")
+        assert _chat(results[0].proxy_url, token, _ask(1, "m-4"))[0] == 200
+        # The engine that had loaded m-2 (its smoke tests and traffic) lets go of its matrices at its next batch.
+        assert "adapter 'm-2' unloaded: its folder was removed" in Path(results[0].server.log_path).read_text()
+        assert _chat(results[0].proxy_url, token, _ask(1, "m-2"))[0] == 404  # no route names it
+        # Asked for by a KServe v2 body, past the routes: the engine refuses it, naming what it serves.
+        twin = stream_model_name(spec.model_name)
+        status, raw = engine_http.request(results[0].server.url, "POST", f"/v2/models/{twin}/generate_stream",
+                                          json.dumps({"text_input": "hi", "adapter": "m-2"}).encode(),
+                                          {"Content-Type": "application/json"}, timeout=60)
+        assert b"adapter 'm-2' is not served here (adapters: m-1, m-3, m-4)" in raw, raw[:300]
+        assert _chat(results[0].proxy_url, token, _ask(2))[0] == 200  # and serves on
+    finally:
+        stop_all(state_dir)

@@ -21,9 +21,10 @@ def proxy(tmp_path: Path) -> Iterator[tuple[int, str, Path]]:
         yield port, token, tmp_path
 
 
-def _request(port: int, method: str, path: str, body: bytes | None = None, token: str | None = None):
+def _request(port: int, method: str, path: str, body: bytes | None = None, token: str | None = None,
+             headers: dict[str, str] | None = None):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **(headers or {})}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     conn.request(method, path, body=body, headers=headers)
@@ -207,3 +208,31 @@ def test_a_forwarded_call_to_an_adapter_version_carries_its_adapter() -> None:
     with pytest.raises(ApiError, match="compressed body"):
         _with_adapter("/v2/models/m/infer", b"\x1f\x8b", {"Content-Encoding": "gzip"}, "m-2")
     assert _with_adapter("/v2/models/m/infer", infer, {}, "")[0] == infer  # a version without adapters
+
+
+def test_a_bare_slot_that_serves_two_adapters_is_refused_naming_them(proxy) -> None:
+    """`X-Tuneline-Slot: blue` while blue serves two adapters (a canary inside one server) names no version: a
+    generation is refused with both names rather than answered by a guess; `blue/<adapter>` pins one. The
+    upstream is closed, so a request that was routed answers 503."""
+    from tuneline.serving.routing import CANDIDATE, Routes, write_routes
+
+    port, token, state_dir = proxy
+    blue = Upstream(url="http://127.0.0.1:9", model="m", slot="blue", weight=50, adapter="m-1")
+    write_routes(state_dir, Routes(backends=(blue, Upstream(url=blue.url, model="m", slot="blue", weight=50,
+                                                            role=CANDIDATE, adapter="m-2"))))
+    generate = b'{"prompt": "hi"}'
+    status, _, body = _request(port, "POST", "/v1/generate", generate, token, {"X-Tuneline-Slot": "blue"})
+    assert status == 400, body
+    assert json.loads(body)["error"] == ("X-Tuneline-Slot 'blue' is ambiguous: slot blue serves 'blue/m-1', "
+                                         "'blue/m-2'; name one of them")
+    chat = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+    status, _, body = _request(port, "POST", "/v1/chat/completions", chat, token, {"X-Tuneline-Slot": "blue"})
+    assert status == 400 and "'blue/m-2'" in json.loads(body)["error"]["message"]
+    for pin in ("blue/m-1", "blue/m-2"):
+        assert _request(port, "POST", "/v1/generate", generate, token, {"X-Tuneline-Slot": pin})[0] == 503, pin
+    # Model metadata and readiness are the server's, the same whichever adapter: a bare slot reaches it.
+    assert _request(port, "GET", "/v2/models/m", None, token, {"X-Tuneline-Slot": "blue"})[0] == 503
+    assert _request(port, "POST", "/v1/generate", generate, token, {"X-Tuneline-Slot": "green"})[0] == 404
+    # Once the canary is over the slot serves one version again, and the bare slot pins it.
+    write_upstream(state_dir, blue)
+    assert _request(port, "POST", "/v1/generate", generate, token, {"X-Tuneline-Slot": "blue"})[0] == 503

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,17 @@ def test_healthy_canary_is_promoted_after_promote_after_requests() -> None:
 def test_bad_canary_policy_is_refused(fields: dict) -> None:
     with pytest.raises(ValueError, match="canary"):
         CanaryPolicy(**fields)
+
+
+def test_a_promotion_keeps_the_version_it_replaced_as_the_rollback_target(tmp_path: Path) -> None:
+    split = _split(25)
+    promoted = split.only(split.candidate)
+    assert promoted.current.slot == "green" and promoted.previous.label == "models:/m/1"
+    assert promoted.previous.weight == 0 and promoted.backends == (promoted.current,)  # named, never routed
+    write_routes(tmp_path, promoted)
+    assert read_routes(tmp_path) == promoted
+    # A rollback goes back to the current version and keeps the target it had.
+    canary = replace(promoted, backends=(promoted.current, replace(split.current, role=CANDIDATE)))
+    assert canary.only(canary.current).previous == promoted.previous
+    write_upstream(tmp_path, split.candidate, previous=split.current)
+    assert read_routes(tmp_path).previous.label == "models:/m/1"

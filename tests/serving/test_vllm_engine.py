@@ -193,6 +193,16 @@ def test_vllm_serves_several_lora_adapters_on_one_base(serve_venv, tmp_path: Pat
                                           {"Content-Type": "application/json"}, timeout=120)
         assert b"adapter 'm-3' cannot be loaded by the engine" in raw, raw[:500]
         assert answer("m-2") == answers["m-2"] and answer("m-1") == answers["m-1"]  # the engine serves on
+        # Housekeeping takes m-2 out while the engine holds it: its rows are refused by name before they reach the
+        # engine (which reads an evicted adapter's folder again inside a model step, fatally), and it serves on.
+        from tuneline.serving.repository import remove_adapters
+
+        assert remove_adapters(tmp_path / "repo" / "tuneline-llm", ["m-1", "m-2"]) == ["m-2"]  # never the default
+        status, raw = engine_http.request(info.url, "POST", f"/v2/models/{twin}/generate_stream",
+                                          json.dumps({"text_input": "hi", "adapter": "m-2"}).encode(),
+                                          {"Content-Type": "application/json"}, timeout=60)
+        assert b"adapter 'm-2' is not served here (adapters: m-1, m-3)" in raw, raw[:300]
+        assert answer("m-1") == answers["m-1"] and answer(None) == answers["m-1"]
     finally:
         stop_triton(info, tmp_path / "state")
 

@@ -30,6 +30,7 @@ from tuneline import settings
 from tuneline.serving import engine_http, process
 from tuneline.serving.auth import private_dir
 from tuneline.serving.env import TritonInstall, ensure_serve_venv
+from tuneline.serving.housekeeping import remove_unrouted_adapters
 from tuneline.serving.limits import ProxyLimits
 from tuneline.serving.process import ProcessRef
 from tuneline.serving.repository import stream_model_name
@@ -140,10 +141,19 @@ def state_lock(state_dir: Path, *, wait: bool = True) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def reconcile(state_dir: Path) -> list[str]:
-    """Stop the servers no route names any more (a rolled-back or superseded canary version) and make the
-    current route's slot the active one. Returns the slots stopped; does nothing while a deploy runs (that
-    deploy owns the state and settles it itself)."""
+@dataclass
+class Settled:
+    """What `reconcile` tidied away."""
+
+    stopped: list[str] = field(default_factory=list)  # slots whose server was stopped
+    removed_adapters: list[str] = field(default_factory=list)  # `<slot>/<adapter>`, see `housekeeping`
+
+
+def reconcile(state_dir: Path, *, drain_s: float = 1.0) -> Settled:
+    """Stop the servers no route names any more (a rolled-back or superseded canary version), make the
+    current route's slot the active one, and take the adapters no route names out of the servers left
+    (`housekeeping`, after `drain_s`). Does nothing while a deploy runs (that deploy owns the state and settles
+    it itself)."""
     state_dir = Path(state_dir)
     try:
         with state_lock(state_dir, wait=False):
@@ -159,9 +169,9 @@ def reconcile(state_dir: Path) -> list[str]:
             if routes is not None and routes.current.slot in state.servers:
                 state.active = routes.current.slot
             state.save(state_dir)
-            return stopped
+            return Settled(stopped, remove_unrouted_adapters(routes, state.servers.values(), drain_s=drain_s))
     except StateBusy:
-        return []
+        return Settled()
 
 
 def _write_pid(state_dir: Path, name: str, ref: ProcessRef) -> None:

@@ -30,8 +30,12 @@ in docs/serving.md. Triton is reached over its unix socket (`engine_http`); when
 Routing (`routing`): `upstream.json` names one server, or two split by weight during a canary. The proxy
 counts requests, errors and latency per version, rolls a failing candidate back (a failed candidate request
 is retried once on the current version, so clients do not see the failure) and promotes a healthy one,
-rewriting `upstream.json` itself and recording the decision in `canary.json`. `X-Tuneline-Slot: <slot>`
-pins a request to one version (the deploy's smoke test through the proxy uses it).
+rewriting `upstream.json` itself and recording the decision in `canary.json`. `X-Tuneline-Slot` pins a request
+to one version (the deploy's smoke test through the proxy uses it): `<slot>/<adapter>` names one adapter of a
+server that serves several, a bare `<slot>` the one version that slot serves. Where a slot serves two (a canary
+between two adapters of one server), a bare slot on a generation route is a 400 naming both: answering with
+either would be a guess about which one the client meant to test. Metadata and readiness routes take a bare slot
+as its server, which is the same for both.
 
 Run as: python -m tuneline.serving.proxy --state-dir .tuneline/serve --port 8000
 """
@@ -332,14 +336,19 @@ class Proxy:
             await self._judge(routes)
         return result
 
-    def _choose(self, routes: Routes, slot: str | None) -> Upstream:
-        """The version `slot` names (`blue`, or `blue/<adapter>` where a server serves several), else a draw."""
-        if slot:
-            for b in routes.backends:
-                if slot in (b.version, b.slot):
-                    return b
+    def _choose(self, routes: Routes, slot: str | None, *, server_only: bool = False) -> Upstream:
+        """The version `slot` (X-Tuneline-Slot) names, else a draw: `blue/<adapter>`, or a bare `blue` where that
+        slot serves one version (any of its versions when `server_only`: a call that no adapter answers)."""
+        if not slot:
+            return routes.pick()
+        exact = [b for b in routes.backends if b.version == slot]
+        in_slot = exact or [b for b in routes.backends if b.slot == slot]
+        if not in_slot:
             raise _Failed(404, f"no version in slot {slot!r} (serving: {[b.version for b in routes.backends]})")
-        return routes.pick()
+        if len(in_slot) > 1 and not server_only:
+            raise ApiError(f"X-Tuneline-Slot {slot!r} is ambiguous: slot {slot} serves "
+                           f"{', '.join(repr(b.version) for b in in_slot)}; name one of them")
+        return in_slot[0]
 
     async def _judge(self, routes: Routes) -> None:
         candidate = routes.candidate
@@ -366,8 +375,9 @@ class Proxy:
             write_routes(self.state_dir, routes.only(winner))
             write_canary(self.state_dir, record)
             print(f"canary {record['decision']}: {verdict.reason}", file=sys.stderr, flush=True)
-            # The version no route names any more is stopped by the serving state's owner (tuneline.serving.local).
-            asyncio.get_running_loop().run_in_executor(None, _reconcile, self.state_dir)
+            # The version no route names any more is stopped, or its adapter removed, by the serving state's owner
+            # (tuneline.serving.local, housekeeping).
+            asyncio.get_running_loop().run_in_executor(None, _reconcile, self.state_dir, record)
 
     # --- request log ----------------------------------------------------------------------------------
     def logger(self, routes: Routes | None):
@@ -461,11 +471,14 @@ def _unavailable(backend: Upstream, exc: Exception) -> _Failed:
                    retry_after=ENGINE_RETRY_AFTER_S if down else None)
 
 
-def _reconcile(state_dir: Path) -> None:
+def _reconcile(state_dir: Path, decision: dict) -> None:
+    """Settle the serving state after a canary `decision`; the adapters removed are added to its record."""
     from tuneline.serving.local import reconcile
 
     try:
-        reconcile(state_dir)
+        removed = reconcile(state_dir).removed_adapters
+        if removed:
+            write_canary(state_dir, {**decision, "removed_adapters": removed})
     except Exception as exc:  # noqa: BLE001 - a failed clean-up must not take the proxy down
         print(f"reconcile after canary decision failed: {exc}", file=sys.stderr, flush=True)
 
@@ -949,7 +962,7 @@ class _Handlers:
             if routes is None:
                 raise _Failed(503, "no model is deployed behind this proxy")
             status, out_headers, data = await proxy._call(
-                proxy._choose(routes, request.headers.get("x-tuneline-slot")) if request.headers.get(
+                proxy._choose(routes, request.headers.get("x-tuneline-slot"), server_only=True) if request.headers.get(
                     "x-tuneline-slot") else routes.current, request.method, target, body, headers, 30.0
             )
         kept = {k: v for k, v in out_headers.items() if k.lower() not in _HOP_BY_HOP}

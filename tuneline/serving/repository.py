@@ -7,7 +7,8 @@ Layout (the same locally, where `tuneline.serving.local` runs it, and on the clu
     <repo>/<model_name>/1/hf_model/         the HF folder: full weights, or the base of a LoRA adapter
     <repo>/<model_name>/1/adapters/<name>/  LoRA adapters served on that one base, chosen per request by the
                                             `adapter` input; serving.json names the default. A rollout adds
-                                            the next version here (add_adapter) instead of a second model.
+                                            the next version here (add_adapter) instead of a second model;
+                                            those no route names leave again (remove_adapters, housekeeping).
                                             An adapter the engines cannot serve unmerged (modules_to_save,
                                             DoRA, a rank over max_lora_rank) is merged into its base instead
     <repo>/<model_name>-stream/             the same model, decoupled, for streaming (generate_stream); it
@@ -480,6 +481,31 @@ def served_adapters(model_root: Path) -> list[str]:
     folder = Path(model_root) / "1" / ADAPTERS_SUBDIR
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) \
         if folder.is_dir() else []
+
+
+def default_adapter(model_root: Path) -> str:
+    """The adapter a repository's engines load when they start and answer a row that names none with
+    (serving.json `adapter`; "" where the model serves no adapters)."""
+    serving_path = Path(model_root) / "1" / SERVING_FILE
+    return str(_read_json(serving_path).get("adapter") or "") if serving_path.is_file() else ""
+
+
+def remove_adapters(model_root: Path, names: list[str]) -> list[str]:
+    """Take the adapters `names` out of a repository's model; returns those removed. Never the default
+    (`default_adapter`): a restarted server loads it before its first request. Each goes whole: renamed out of
+    `adapters/` first (one step, so an engine checking for its folder sees all of it or none), then deleted."""
+    folder = Path(model_root) / "1" / ADAPTERS_SUBDIR
+    keep = default_adapter(model_root)
+    removed = []
+    for name in names:
+        if name == keep or not _NAME_RE.match(name) or not (folder / name).is_dir():
+            continue
+        doomed = folder / f".{name}.removed"
+        shutil.rmtree(doomed, ignore_errors=True)
+        (folder / name).rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        removed.append(name)
+    return removed
 
 
 def write_repository(

@@ -13,6 +13,8 @@
      the candidate through the proxy, and leave both running. The proxy then judges the candidate on live
      traffic (`routing.judge`): it rolls a failing one back and promotes a healthy one, and the server it
      no longer routes to is stopped (`local.reconcile`).
+4. once settled (blue/green switched; a canary decided, in `local.reconcile`), the adapters no route names leave
+   the running server's repository (`housekeeping`; the result's `removed_adapters`).
 Any failure stops the candidate and leaves (or puts back) the previous server behind the proxy: traffic
 never goes to a server that did not pass its smoke test.
 """
@@ -22,11 +24,12 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tuneline.serving import process
 from tuneline.serving.auth import ensure_token, token_path
+from tuneline.serving.housekeeping import remove_unrouted_adapters
 from tuneline.serving.limits import ProxyLimits
 from tuneline.serving.local import (
     ServeError,
@@ -79,6 +82,8 @@ class RolloutResult:
     # "joined the running server" when the version was added to the server already running, else why a server
     # of its own was started (None: there was no server to join)
     shared_base: str | None = None
+    # the adapters taken out of the running server's repository once the rollout settled, as `<slot>/<adapter>`
+    removed_adapters: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -164,7 +169,7 @@ class _Rollout:
                              headers={"X-Tuneline-Slot": self.new.version})
         if not proxied.ok:
             if self.old is not None:
-                write_upstream(self.state_dir, self._old_backend(), self.o.request_log)
+                write_upstream(self.state_dir, self._old_backend(), self.o.request_log, previous=self.previous)
             else:
                 clear_upstream(self.state_dir)
             return self._abandon(f"smoke test through the proxy failed: {proxied.error}", proxied)
@@ -179,6 +184,7 @@ class _Rollout:
         same = routes is not None and old is not None and routes.current.slot == old.slot
         self.old_label = routes.current.label if same else ""
         self.old_adapter = routes.current.adapter if same else ""
+        self.previous = routes.previous if routes is not None else None  # the old version's rollback target
         if self.o.request_log is None and routes is not None:
             self.o.request_log = routes.request_log  # a rollout that names no log keeps the one already in use
         # A leftover in the idle slot (an interrupted rollout, or a canary still being judged) must not get
@@ -186,7 +192,7 @@ class _Rollout:
         stale = self.state.servers.pop(self.slot, None)
         if stale is not None:
             if old is not None and routes is not None and any(b.slot == self.slot for b in routes.backends):
-                write_upstream(self.state_dir, self._old_backend(), self.o.request_log)
+                write_upstream(self.state_dir, self._old_backend(), self.o.request_log, previous=self.previous)
             stop_triton(stale, self.state_dir)
         self.state.save(self.state_dir)
 
@@ -251,7 +257,8 @@ class _Rollout:
     def _route(self) -> str | None:
         new = self.new
         if not self.split:
-            write_upstream(self.state_dir, new, self.o.request_log)
+            old = self._old_backend() if self.old is not None else None
+            write_upstream(self.state_dir, new, self.o.request_log, previous=old)
             return None
         percent = self.o.canary_percent
         if not 1 <= percent <= 99:
@@ -260,6 +267,7 @@ class _Rollout:
             backends=(replace(self._old_backend(), weight=100 - percent), replace(new, weight=percent, role=CANDIDATE)),
             canary=self.o.canary or CanaryPolicy(),
             request_log=self.o.request_log,
+            previous=self.previous,
         ))
         return None
 
@@ -270,7 +278,7 @@ class _Rollout:
             self.result.ok, self.result.slot, self.result.smoke = True, self.old.slot, proxied
             self.result.canary_percent = self.o.canary_percent
         elif self.joined is not None:
-            # The same server serves on with the new adapter; the previous one stays on disk, unused.
+            # The same server serves on with the new adapter; the previous one stays, as the rollback target.
             self.state.save(self.state_dir)
             self.result.ok, self.result.slot, self.result.smoke = True, self.old.slot, proxied
         else:
@@ -283,6 +291,9 @@ class _Rollout:
                 self.state.servers.pop(self.old.slot, None)
             self.state.save(self.state_dir)
             self.result.ok, self.result.slot, self.result.smoke = True, self.slot, proxied
+        if not self.split:
+            self.result.removed_adapters = remove_unrouted_adapters(
+                read_routes(self.state_dir), self.state.servers.values(), drain_s=self.o.drain_s)
         self.result.proxy_url = self.state.proxy.url
         return self._done()
 

@@ -12,6 +12,9 @@ changes, so switching versions never needs a restart:
                   {"slot": "green", "url": "http://127.0.0.1:8102", "weight": 10, "role": "candidate"}],
      "canary": {"promote_after": 200, "min_requests": 20, "max_error_rate": 0.05, "max_p95_ratio": 3.0}}
 
+`previous` is the version the current one replaced at its promotion: what a rollback goes back to. It gets no
+traffic; it is named so that its adapter stays on disk until the next promotion replaces it (`housekeeping`).
+
 `judge` is the canary rule, kept apart from the proxy so that it is tested on its own: a candidate whose
 error rate or p95 latency (against the current version's) is over the limit once it has `min_requests`
 is rolled back; one that stays within them for `promote_after` requests is promoted to all traffic.
@@ -80,6 +83,7 @@ class Routes:
     backends: tuple[Upstream, ...]
     canary: CanaryPolicy | None = None
     request_log: str | None = None  # PII-redacted request log of the feedback loop; None: not logged
+    previous: Upstream | None = None  # the champion before the current one (no traffic): the rollback target
 
     @property
     def model(self) -> str:
@@ -101,8 +105,11 @@ class Routes:
         return (rng or random).choices(live, weights=[b.weight for b in live])[0]
 
     def only(self, backend: Upstream) -> Routes:
-        """All traffic to `backend`, which becomes the current version; the canary is over."""
-        return Routes(backends=(replace(backend, weight=100, role=CURRENT),), request_log=self.request_log)
+        """All traffic to `backend`, which becomes the current version; the canary is over. Promoting another
+        version makes the current one `previous`; keeping the current one (a rollback) keeps the previous."""
+        previous = self.previous if backend == self.current else replace(self.current, weight=0)
+        return Routes(backends=(replace(backend, weight=100, role=CURRENT),), request_log=self.request_log,
+                      previous=previous)
 
     def to_dict(self) -> dict:
         return {
@@ -110,6 +117,7 @@ class Routes:
             "request_log": self.request_log,
             "backends": [asdict(b) for b in self.backends],
             "canary": asdict(self.canary) if self.canary else None,
+            "previous": asdict(self.previous) if self.previous else None,
         }
 
     @classmethod
@@ -117,22 +125,24 @@ class Routes:
         if "backends" not in data:  # a single-upstream file: {"url", "model", "slot"}
             data = {"backends": [data]}
         model = data.get("model")
-        backends = tuple(
-            Upstream(
-                url=b["url"],
-                model=b.get("model") or model,
-                slot=b.get("slot", ""),
-                weight=int(b.get("weight", 100)),
-                role=b.get("role", CURRENT),
-                label=b.get("label", ""),
-                adapter=b.get("adapter", ""),
-            )
-            for b in data["backends"]
-        )
+        backends = tuple(_upstream(b, model) for b in data["backends"])
         if not backends:
             raise ValueError("routes: no backends")
         canary = CanaryPolicy(**data["canary"]) if data.get("canary") else None
-        return cls(backends=backends, canary=canary, request_log=data.get("request_log"))
+        previous = _upstream(data["previous"], model) if data.get("previous") else None
+        return cls(backends=backends, canary=canary, request_log=data.get("request_log"), previous=previous)
+
+
+def _upstream(data: dict, model: str | None) -> Upstream:
+    return Upstream(
+        url=data["url"],
+        model=data.get("model") or model,
+        slot=data.get("slot", ""),
+        weight=int(data.get("weight", 100)),
+        role=data.get("role", CURRENT),
+        label=data.get("label", ""),
+        adapter=data.get("adapter", ""),
+    )
 
 
 def _replace_json(path: Path, data: dict) -> None:
@@ -154,12 +164,15 @@ def read_routes(state_dir: Path) -> Routes | None:
         return None
 
 
-def write_upstream(state_dir: Path, upstream: Upstream, request_log: str | None = None) -> None:
-    """Send all traffic to one server (blue/green); keeps the request log already configured."""
+def write_upstream(state_dir: Path, upstream: Upstream, request_log: str | None = None, *,
+                   previous: Upstream | None = None) -> None:
+    """Send all traffic to one server (blue/green); keeps the request log already configured. `previous`: the
+    version it replaces, which a rollback would go back to (Routes.previous)."""
     if request_log is None:
-        previous = read_routes(state_dir)
-        request_log = previous.request_log if previous else None
-    write_routes(state_dir, Routes(backends=(replace(upstream, weight=100, role=CURRENT),), request_log=request_log))
+        before = read_routes(state_dir)
+        request_log = before.request_log if before else None
+    write_routes(state_dir, Routes(backends=(replace(upstream, weight=100, role=CURRENT),), request_log=request_log,
+                                   previous=replace(previous, weight=0, role=CURRENT) if previous else None))
 
 
 def read_upstream(state_dir: Path) -> Upstream | None:

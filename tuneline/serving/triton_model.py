@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -168,6 +169,16 @@ class TritonPythonModel:
             raise ValueError(f"adapter {name!r} is not served here (adapters: {', '.join(served)})")
         return name
 
+    def _unload_removed_adapters(self, wanted: set[str]) -> None:
+        """Drop the adapters whose folder was removed (tuneline/serving/housekeeping.py) from memory: rows naming
+        them are refused (`_adapter`), so their matrices only hold memory. Safe here: an instance runs one execute
+        at a time, and the adapters of this batch's rows, checked before their folder went, are kept for it."""
+        for name in sorted(self.loaded_adapters - wanted - {self.default_adapter}):
+            if not os.path.isdir(self.adapter_path(name)):
+                self.model.delete_adapter(name)  # PEFT's PeftModel.delete_adapter
+                self.loaded_adapters.discard(name)
+                print(f"adapter {name!r} unloaded: its folder was removed", file=sys.stderr, flush=True)
+
     def _messages(self, text: str, prompt_format: str) -> list[dict] | None:
         """The chat messages for a row, or None for a raw prompt."""
         if prompt_format == "raw":
@@ -255,6 +266,8 @@ class TritonPythonModel:
         torch = self.torch
         from transformers import StoppingCriteriaList
 
+        if self.default_adapter:
+            self._unload_removed_adapters({r["adapter"] for r in rows})
         groups: dict = {}
         for row in rows:
             groups.setdefault(row["sampling"], []).append(row)
