@@ -48,13 +48,23 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from tuneline.serving.repository import default_adapter, remove_adapters, served_adapters
 from tuneline.serving.routing import Routes
 
-if TYPE_CHECKING:
-    from tuneline.serving.local import ServerInfo
+
+class RoutedServer(Protocol):
+    """What housekeeping reads of a running server (tuneline.serving.local.ServerInfo, which imports this module)."""
+
+    @property
+    def slot(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def repo_dir(self) -> str: ...
+    @property
+    def model_name(self) -> str: ...
 
 
 def unrouted_adapters(routes: Routes, slot: str, served: Iterable[str]) -> list[str]:
@@ -64,7 +74,7 @@ def unrouted_adapters(routes: Routes, slot: str, served: Iterable[str]) -> list[
     return [name for name in served if name not in kept]
 
 
-def remove_unrouted_adapters(routes: Routes | None, servers: Iterable[ServerInfo], *,
+def remove_unrouted_adapters(routes: Routes | None, servers: Iterable[RoutedServer], *,
                              drain_s: float = 1.0) -> list[str]:
     """Remove, from each routed server's repository, the adapters the module docstring's policy does not keep,
     after waiting `drain_s` for requests already routed to them; returns them as `<slot>/<adapter>`."""

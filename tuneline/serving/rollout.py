@@ -46,6 +46,7 @@ from tuneline.serving.repository import (
     RepositorySpec,
     adapter_name,
     add_adapter,
+    remove_adapters,
     served_adapters,
     write_repository,
 )
@@ -299,8 +300,9 @@ class _Rollout:
 
     def _abandon(self, error: str, smoke: SmokeResult | None) -> RolloutResult:
         if self.joined is not None:
-            # The running server keeps serving the previous version; the failed adapter leaves its folder.
-            shutil.rmtree(self.joined, ignore_errors=True)
+            # The running server keeps serving the previous version; the failed adapter leaves its folder, whole
+            # (as housekeeping removes one: a row checked against the folder sees all of it or none).
+            remove_adapters(self.joined.parents[2], [self.joined.name])
         else:
             stop_triton(self.candidate, self.state_dir)
             self.state.servers.pop(self.slot, None)
