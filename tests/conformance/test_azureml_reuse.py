@@ -183,3 +183,16 @@ def test_a_second_submission_reuses_deterministic_nodes_and_the_schedule_runs_th
     third = submission("third")
     assert third["check"].reused_from == str(workspace / "first" / "jobs" / "check")
     assert [job.node for job in ReuseRecord(workspace).jobs()] == ["gen", "check"]
+
+
+@pytest.mark.slow
+@pytest.mark.heavy
+def test_the_conformance_run_submits_again_and_fires_the_schedule(image_engine, tmp_path, capsys):
+    """`--resubmit`: after the compared run, the same job again (R11) and the schedule's job (R12), in its workspace."""
+    from tools.conformance.__main__ import main
+
+    assert main(["azureml", str(REUSE), "--resubmit", "--work", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "azureml conformance: 3/3 steps match local" in out
+    assert "azureml resubmission: gen reused, check reused, publish succeeded" in out
+    assert "azureml schedule fired: gen succeeded, check succeeded, publish succeeded" in out
