@@ -295,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="azureml: submit the compiled job again in the same workspace (its deterministic nodes "
                              "must reuse the first job's) and fire its schedule once (every node must run)")
     args = parser.parse_args(argv)
+    if args.resubmit and args.target != "azureml":
+        parser.error("--resubmit applies to azureml (Azure ML's reuse and schedules)")
     overrides = parse_set_pairs(args.set)
     seed = Seed(args.seed, parse_set_pairs(args.seed_set)) if args.seed else None
     try:
