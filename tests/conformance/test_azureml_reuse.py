@@ -114,8 +114,7 @@ def test_a_local_data_input_is_keyed_by_its_content_not_its_path(tmp_path):
         (tmp_path / "data" / name / "lines.txt").write_text(text)
 
     def key(source: str):
-        return runtime._input_identity("check", "data", {"type": "uri_folder", "path": str(tmp_path / "data" / source)},
-                                       "uri_folder")
+        return runtime._input_identity({"type": "uri_folder", "path": str(tmp_path / "data" / source)}, "uri_folder")
 
     assert key("a") == key("b") != key("c")
 

@@ -570,7 +570,7 @@ class AzureMLRuntime:
         """True once the running job has written an entry two levels down a rw_mount output."""
         return lambda: bool(self.rw_mount_entries(name))
 
-    def _input_identity(self, node: str, name: str, binding: Any, kind: str) -> Any:
+    def _input_identity(self, binding: Any, kind: str) -> Any:
         """R11: what an input is to the reuse key: a literal's text, a local path's uploaded content, and an
         upstream output's location (the data asset the earlier job wrote: the same only when that job was reused)."""
         if isinstance(binding, str):
@@ -611,7 +611,7 @@ class AzureMLRuntime:
         inputs = {}
         for input_name, spec in (component.get("inputs") or {}).items():
             if input_name in bound:
-                inputs[input_name] = self._input_identity(name, input_name, bound[input_name], spec["type"])
+                inputs[input_name] = self._input_identity(bound[input_name], spec["type"])
             elif "default" in spec:
                 inputs[input_name] = _text(spec["default"])
         compute = str(job.get("compute") or self.settings.get("default_compute") or "")
