@@ -33,13 +33,15 @@ CONFORMANCE_PREEMPT = --set max_steps=16
 # kfp: the compiled package executed by kfp.local in containers of the images `make images` builds (reused when
 # unchanged), through a podman service the harness starts under $(TUNELINE_HOME)/podman and stops afterwards
 # (tools/conformance/podman.py installs podman and runc with apt-get when they are missing). azureml: each node a
-# job in a container of the same images, through a podman service under the work folder (tools/conformance/azureml.py).
+# job in a container of the same images, through a podman service under the work folder (tools/conformance/azureml.py),
+# and with --resubmit the job submitted again (its deterministic nodes reused, R11) and its schedule fired (R12).
 conformance: $(VENV_STAMP) images ## run the compiled pipelines as kfp.local and Azure ML run them; compare every step with tuneline run
 	OMP_NUM_THREADS=1 $(PY) -m tools.conformance kfp tests/fixtures/toy/pipelines/toy.yaml
 	OMP_NUM_THREADS=1 $(PY) -m tools.conformance kfp pipelines/finetune.yaml $(CONFORMANCE_TINY)
 	OMP_NUM_THREADS=1 $(PY) -m tools.conformance kfp pipelines/feedback.yaml $(CONFORMANCE_FEEDBACK)
 	OMP_NUM_THREADS=1 $(PY) -m tools.conformance azureml tests/fixtures/toy/pipelines/toy.yaml
 	OMP_NUM_THREADS=1 $(PY) -m tools.conformance azureml tests/fixtures/toy/pipelines/resume.yaml --preempt-resumable
+	OMP_NUM_THREADS=1 $(PY) -m tools.conformance azureml tests/fixtures/toy/pipelines/reuse.yaml --resubmit
 	OMP_NUM_THREADS=1 $(PY) -m tools.conformance azureml pipelines/finetune.yaml $(CONFORMANCE_TINY) \
 		$(CONFORMANCE_PREEMPT) --preempt-resumable
 	OMP_NUM_THREADS=1 $(PY) -m tools.conformance azureml pipelines/feedback.yaml $(CONFORMANCE_FEEDBACK)

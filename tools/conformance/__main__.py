@@ -3,6 +3,7 @@
 Run as: python -m tools.conformance azureml pipelines/finetune.yaml --set base_model=tiny-random-llama
         python -m tools.conformance azureml tests/fixtures/toy/pipelines/toy.yaml --work build/conformance
         python -m tools.conformance azureml tests/fixtures/toy/pipelines/resume.yaml --preempt-resumable
+        python -m tools.conformance azureml tests/fixtures/toy/pipelines/reuse.yaml --resubmit
         python -m tools.conformance kfp tests/fixtures/toy/pipelines/toy.yaml --work build/conformance
         python -m tools.conformance kfp pipelines/feedback.yaml --set base_model=tiny-random-llama \
             --seed pipelines/finetune.yaml --seed-set base_model=tiny-random-llama
@@ -20,6 +21,9 @@ start from the same registered champion, as the platform's registry holds it whe
 seed is `tuneline run`; the kfp run's too, on this machine, into the store the cluster's pods share. A workspace
 registers a model only from a job's output (docs/azureml.md, 'Register and deploy on a workspace'), so the azureml
 run's seed is the seed pipeline compiled to Azure ML and run as its jobs, in the same workspace and datastores.
+`--resubmit` then submits the same compiled job again in the same workspace, where its deterministic nodes must
+reuse the first job's (tools.conformance.azureml R11) and the others must succeed on the outputs they reuse, and
+fires the compiled schedule once, whose job (`force_rerun: true`) must run every node (R12).
 Exit status 0 when every step matches, 1 when one differs, 2 when the compiled output breaks a runtime rule.
 """
 
@@ -41,7 +45,7 @@ from tuneline.targets.build import compile_graph
 from tuneline.targets.local import record as rec
 from tuneline.targets.local.runner import LocalRunner, RunOptions, read_value_output
 
-from .azureml import AzureMLRuntime, RuntimeRuleBroken, compile_options, local_images, value_of
+from .azureml import AzureMLRuntime, NodeResult, RuntimeRuleBroken, compile_options, local_images, value_of
 from .cluster_mlflow import ClusterMlflow
 from .compare import compare_steps, report
 from .envvars import environment
@@ -162,8 +166,32 @@ def seed_workspace(seed: Seed, work: Path, workspace: WorkspaceMlflow, env: dict
         raise SeedFailed(f"the seed {seed.pipeline} as Azure ML jobs failed: {'; '.join(failed)}")
 
 
+def _states(results: dict[str, NodeResult]) -> str:
+    return ", ".join(f"{name} {'reused' if r.reused_from else r.status}" for name, r in results.items())
+
+
+def resubmit(runtime: AzureMLRuntime, compiled: Path, home: Path) -> tuple[list[str], bool]:
+    """R11: the job `runtime` ran, submitted again in its workspace: each deterministic node reuses the first
+    job's, each other one runs on what it binds. R12: the compiled schedule fired once: every node runs again."""
+    options = {"datastores": runtime.datastores, "workspace": runtime.workspace, "engine": runtime.engine,
+               "env": runtime.env, "images": runtime.images}
+    again = AzureMLRuntime(runtime.job_file, home / "resubmitted", **options)
+    results = again.run()
+    deterministic = {name for name in results if again.deterministic(name)}
+    ok = all(bool(r.reused_from) == (name in deterministic) and r.status in ("succeeded", "skipped")
+             for name, r in results.items())
+    lines = [f"azureml resubmission: {_states(results)}"]
+    schedule = compiled / "schedule.yml"
+    if schedule.is_file():
+        fired = AzureMLRuntime.from_schedule(schedule, home / "scheduled", **options)
+        results = fired.run()
+        ok = ok and all(not r.reused_from and r.status in ("succeeded", "skipped") for r in results.values())
+        lines.append(f"azureml schedule fired: {_states(results)}")
+    return lines, ok
+
+
 def conform_azureml(graph: PipelineGraph, work: Path, preempt_resumable: bool = False,
-                    seed: Seed | None = None) -> tuple[str, bool]:
+                    seed: Seed | None = None, resubmitted: bool = False) -> tuple[str, bool]:
     """The local run, then the compiled job's nodes as Azure ML jobs, each in a container of its environment's
     image (tools.conformance.azureml R6) through a podman service started under `work`, and the comparison."""
     out = compile_graph(graph, ("azureml",), work / "compiled", compile_options())
@@ -192,6 +220,7 @@ def conform_azureml(graph: PipelineGraph, work: Path, preempt_resumable: bool = 
                 seed_workspace(seed, home, workspace, env, datastores, engine)
             runtime.workspace = workspace
             results = runtime.run(preempt=resumable if preempt_resumable else ())
+            again, reused = resubmit(runtime, out.folder / "azureml", home) if resubmitted else ([], True)
 
     def output(step: str, name: str):
         result = results.get(step)
@@ -207,7 +236,7 @@ def conform_azureml(graph: PipelineGraph, work: Path, preempt_resumable: bool = 
 
     matches = compare_steps(graph, local, {n: r.status for n, r in results.items()}, output)
     lines, resumed = resume_report(runtime, graph, local)
-    return "\n".join([report("azureml", matches), *lines]), all(m.ok for m in matches) and resumed
+    return "\n".join([report("azureml", matches), *lines, *again]), all(m.ok for m in matches) and resumed and reused
 
 
 def conform_kfp(pipeline_path: str, overrides: dict[str, str], work: Path,
@@ -262,7 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preempt-resumable", action="store_true",
                         help="kill each step with a resume: true output after its first checkpoint, run it again, "
                              "and check that it resumed (its outputs must still match the uninterrupted local run)")
+    parser.add_argument("--resubmit", action="store_true",
+                        help="azureml: submit the compiled job again in the same workspace (its deterministic nodes "
+                             "must reuse the first job's) and fire its schedule once (every node must run)")
     args = parser.parse_args(argv)
+    if args.resubmit and args.target != "azureml":
+        parser.error("--resubmit applies to azureml (Azure ML's reuse and schedules)")
     overrides = parse_set_pairs(args.set)
     seed = Seed(args.seed, parse_set_pairs(args.seed_set)) if args.seed else None
     try:
@@ -281,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.target == "kfp":
             text, ok = conform_kfp(args.pipeline, overrides, work, seed)
         else:
-            text, ok = conform_azureml(graph, work, args.preempt_resumable, seed)
+            text, ok = conform_azureml(graph, work, args.preempt_resumable, seed, args.resubmit)
     except LocalRunFailed as exc:
         print(f"{args.pipeline}: {exc}", file=sys.stderr)
         return 1

@@ -60,14 +60,30 @@ R10 Optional inputs: an optional input the node does not bind has no value, and 
    is dropped (R4); a required input without a value or default fails the job before it runs.
    https://learn.microsoft.com/azure/machine-learning/how-to-manage-inputs-outputs-pipeline ("Define optional
    inputs")
-R11 Reuse: with `is_deterministic: true` (the default) a node whose component, code snapshot, inputs and
-   settings match an earlier job's reuses that job's outputs instead of running; `settings.force_rerun: true`
-   disables it. Not executed here: every node runs, as with `force_rerun`.
+R11 Reuse: a node whose component has `is_deterministic: true` (the default) and whose component, code, environment
+   definition, inputs and parameters, output settings and run settings are all the same as an earlier job's in the
+   workspace does not run: it takes that job's status, outputs and logs as its own, and nodes downstream bind the
+   earlier job's outputs. `settings.force_rerun: true` runs every node, and the jobs of such a pipeline job are
+   never reused later. Executed here: each workspace's folder (the datastores' parent, R8) keeps a record of the
+   deterministic jobs that ran (tools.conformance.azureml_reuse), keyed by `AzureMLRuntime.reuse_key`, and `run()`
+   reuses from it; a reused node's result names the job it reuses (`reused_from`). Where the documentation names a
+   criterion without saying what it covers, the key holds every node field that could belong to it (the node's
+   environment_variables among its run settings; the environment as the inline image reference written, so an image
+   pushed again under the same tag goes unseen, as Azure ML compares definitions), so the harness reuses no more
+   than Azure ML can. A local `path:` input is keyed by its content (azure-ai-ml uploads it under its hash), an
+   upstream output by its location, which is the same only when that upstream job was reused. Differences: the
+   record holds the jobs of this harness only; a reused node gets no MLflow run here, where Azure ML shows the
+   original's run; each submission needs job folders of its own (another `work`), as each job has its own.
+   https://learn.microsoft.com/azure/machine-learning/how-to-debug-pipeline-reuse-issues ("How does reuse work?"),
    https://learn.microsoft.com/azure/machine-learning/reference-yaml-component-command (`is_deterministic`),
    https://learn.microsoft.com/azure/machine-learning/reference-yaml-job-pipeline (`settings.force_rerun`)
 R12 Schedules: `az ml schedule create` submits the schedule's `create_job` at each cron time in its time zone;
-   each submission is an independent pipeline job with the job file's inputs. Not executed here (the schedule
-   file is loaded and checked with azure-ai-ml's loader by the compile tests).
+   each submission is an independent pipeline job in the workspace, with the job file's inputs and the schedule's
+   overrides (the compiled schedule sets `force_rerun: true`, tuneline/targets/azureml/compiler.py
+   `scheduled_job`). Executed here: `AzureMLRuntime.from_schedule` stands for one cron time arriving: azure-ai-ml's
+   `load_schedule` loads and validates the schedule, and its create_job (the job file, its settings merged with the
+   schedule's) runs as a pipeline job of its own in the workspace the caller names. The trigger itself (cron, time
+   zone) is only loaded and validated; a create_job that overrides more than `settings` is refused.
    https://learn.microsoft.com/azure/machine-learning/how-to-schedule-pipeline-job,
    https://learn.microsoft.com/azure/machine-learning/reference-yaml-schedule
 
@@ -114,6 +130,7 @@ from tuneline.settings import AZUREML_DEFAULT_DATASTORE
 from tuneline.step.gate import SKIPPED, VALUE_FILE
 from tuneline.targets.options import CompileOptions
 
+from .azureml_reuse import FinishedJob, ReuseRecord, digest
 from .kfp import IMAGE_REGISTRY, IMAGE_TAG, cpu_stand_ins
 from .podman import Container, PodmanService
 from .workspace_mlflow import WorkspaceMlflow
@@ -144,6 +161,7 @@ class NodeResult:
     duration_s: float = 0.0
     exit_code: int | None = None
     rw_mount_entries: list[str] = field(default_factory=list)
+    reused_from: str | None = None               # R11: the earlier job whose outputs these are (it did not run)
 
 
 # azure-ai-ml's private-preview switch; `az ml job create` users do not set it.
@@ -160,6 +178,38 @@ def validate_offline(job_file: Path) -> None:
     result = load_job(str(job_file))._validate()
     if not result.passed:
         raise RuntimeRuleBroken(f"{job_file}: azure-ai-ml rejects the job: {result.error_messages}")
+
+
+@dataclass(frozen=True)
+class ScheduledJob:
+    """R12: what a schedule submits at each of its cron times."""
+
+    job_file: Path
+    settings: dict[str, Any]    # the pipeline job's settings with the schedule's overrides merged in
+    trigger: str                # its cron expression and time zone, as the schedule states them
+
+
+def scheduled_job(schedule_file: Path) -> ScheduledJob:
+    """R12: a schedule's `create_job` as azure-ai-ml loads it for `az ml schedule create`: the job file with the
+    schedule's overrides merged in (azure-ai-ml 1.35.2 `_schema/schedule/create_job.py`, `BaseCreateJobSchema.make`).
+    Only `settings` overrides are applied here; a create_job that overrides anything else is refused."""
+    logging.getLogger("azure.ai.ml").setLevel(logging.ERROR)
+    from azure.ai.ml.entities import PipelineJob
+    from azure.ai.ml.entities._load_functions import load_schedule
+
+    schedule = load_schedule(str(schedule_file))
+    result = schedule._validate()
+    if not result.passed:
+        raise RuntimeRuleBroken(f"{schedule_file}: azure-ai-ml rejects the schedule: {result.error_messages}")
+    job = schedule.create_job
+    if not isinstance(job, PipelineJob) or job._source_path is None:
+        raise RuntimeRuleBroken(f"{schedule_file}: create_job is not a local pipeline job file; only those run here")
+    overrides = set(yaml.safe_load(schedule_file.read_text())["create_job"]) - {"type", "job", "settings"}
+    if overrides:
+        raise RuntimeRuleBroken(f"{schedule_file}: create_job overrides {sorted(overrides)}; only its settings "
+                                f"are applied here")
+    return ScheduledJob(job_file=Path(job._source_path), settings=job.settings._to_dict(),
+                        trigger=f"{schedule.trigger.expression} ({schedule.trigger.time_zone})")
 
 
 def _order(jobs: dict[str, Any]) -> list[str]:
@@ -224,6 +274,24 @@ def local_images(repo: Path) -> dict[str, str]:
             for name, stand_in in cpu_stand_ins(repo).items()}
 
 
+def code_hash(code: Path) -> str:
+    """R11: the fingerprint of a `code:` folder's snapshot, as azure-ai-ml computes it for the code asset it uploads
+    (azure-ai-ml 1.35.2 `_artifacts/_artifact_utilities.py`, `get_content_hash` over the files the component's
+    ignore file leaves): the same files give the same code, whatever folder they were compiled from."""
+    from azure.ai.ml._utils._asset_utils import get_content_hash
+    from azure.ai.ml.entities._component.code import ComponentIgnoreFile
+
+    return str(get_content_hash(code, ComponentIgnoreFile(code)))
+
+
+def data_hash(path: Path) -> str:
+    """R11: a local `path:` input's identity: azure-ai-ml uploads it under the hash of its content
+    (`_upload_to_datastore`, `get_object_hash`), so a job submitted again with the same files binds the same data."""
+    from azure.ai.ml._utils._asset_utils import get_object_hash
+
+    return get_object_hash(path)
+
+
 def snapshot_files(code: Path) -> list[tuple[Path, str]]:
     """R6: (file, path in the snapshot) of every file azure-ai-ml uploads from a `code:` folder."""
     from azure.ai.ml._utils._asset_utils import get_upload_files_from_folder
@@ -242,13 +310,17 @@ def _writable(folder: Path) -> None:
 class AzureMLRuntime:
     def __init__(self, job_file: Path, work: Path, env: Mapping[str, str] | None = None,
                  datastores: Path | None = None, workspace: WorkspaceMlflow | None = None,
-                 engine: PodmanService | None = None, images: Mapping[str, str] | None = None):
+                 engine: PodmanService | None = None, images: Mapping[str, str] | None = None,
+                 settings: Mapping[str, Any] | None = None):
         self.job_file = job_file.resolve()
         self.job_dir = self.job_file.parent
         self.work = work.resolve()
         self.datastores = (datastores or work / "datastores").resolve()  # R8: they outlive every job
+        self.reuse = ReuseRecord(self.datastores.parent)  # R11: the workspace's folder, beside its datastores
         self.submissions = 0
         self.job = yaml.safe_load(self.job_file.read_text())
+        # the job file's settings, under what the submission overrides (a schedule's create_job, R12)
+        self.settings = {**(self.job.get("settings") or {}), **(settings or {})}
         self.env = dict(env or {})  # the harness's conditions, beside what the job itself sets (R6)
         self.workspace = workspace  # R9: the MLflow endpoint whose variables every job gets
         self.engine = engine  # R6: what runs each job's container
@@ -257,8 +329,16 @@ class AzureMLRuntime:
         self.results: dict[str, NodeResult] = {}
         self.preempted: dict[str, NodeResult] = {}
         self.job_name: str | None = None  # the running job's name (its run id) when there is a workspace
-        datastore = str((self.job.get("settings") or {}).get("default_datastore") or DEFAULT_DATASTORE)
+        datastore = str(self.settings.get("default_datastore") or DEFAULT_DATASTORE)
         self.default_datastore = datastore.removeprefix("azureml:")
+        self._code_hashes: dict[Path, str] = {}
+
+    @classmethod
+    def from_schedule(cls, schedule_file: Path, work: Path, **runtime: Any) -> AzureMLRuntime:
+        """R12: the pipeline job a schedule submits when its cron time arrives, ready to `run()` in the workspace
+        that `runtime` (datastores, workspace endpoint, engine) names."""
+        scheduled = scheduled_job(schedule_file)
+        return cls(scheduled.job_file, work, settings=scheduled.settings, **runtime)
 
     def image(self, name: str) -> str:
         """R6: the image node `name`'s job runs in: its component's inline environment, or its stand-in here."""
@@ -490,11 +570,91 @@ class AzureMLRuntime:
         """True once the running job has written an entry two levels down a rw_mount output."""
         return lambda: bool(self.rw_mount_entries(name))
 
+    def _input_identity(self, binding: Any, kind: str) -> Any:
+        """R11: what an input is to the reuse key: a literal's text, a local path's uploaded content, and an
+        upstream output's location (the data asset the earlier job wrote: the same only when that job was reused)."""
+        if isinstance(binding, str):
+            match = _PARENT_INPUT.match(binding)
+            if match:
+                binding = self._pipeline_input(match.group(1))
+            else:
+                match = _PARENT_OUTPUT.match(binding)
+                if match:
+                    return {"output": str(self.results[match.group(1)].outputs[match.group(2)])}
+        if isinstance(binding, dict) and "path" in binding:
+            path = binding["path"]
+            if re.match(r"^[a-z][a-z0-9+.-]*:", path):
+                return {"type": kind, "uri": path}  # a datastore's content is not read: the URI is the input
+            return {"type": kind, "content": data_hash((self.job_dir / path).resolve())}
+        return _text(binding)
+
+    def reuse_key(self, name: str) -> dict[str, Any]:
+        """R11: what must equal an earlier job's for node `name` to reuse it, one entry per documented criterion
+        (how-to-debug-pipeline-reuse-issues, "Reuse criteria"). Where the documentation names a field without saying
+        what it covers, the key holds every node field that could belong to it, so the harness reuses no more than
+        Azure ML can:
+        - component: the component's definition as compiled (name, version, command, interface,
+          `is_deterministic`) with its environment definition, the inline image reference as written: an image
+          pushed again under the same tag is a change the key does not see;
+        - code: the snapshot's content (`code_hash`), not the folder it was compiled from;
+        - inputs and parameters: each input's value as the command gets it (bound, else the component's default;
+          an unbound optional input is absent), a local path by its content, an upstream output by its location;
+        - output settings: the node's output bindings (mode, path as written) and the pipeline's default datastore;
+        - run settings: every other field of the node (environment_variables, resources, limits, distribution)
+          and the compute it runs on (its own, else the pipeline's default_compute)."""
+        job = self.job["jobs"][name]
+        component, component_dir = self._component(job)
+        code = (component_dir / component.get("code", ".")).resolve()
+        if code not in self._code_hashes:
+            self._code_hashes[code] = code_hash(code)
+        bound = job.get("inputs") or {}
+        inputs = {}
+        for input_name, spec in (component.get("inputs") or {}).items():
+            if input_name in bound:
+                inputs[input_name] = self._input_identity(bound[input_name], spec["type"])
+            elif "default" in spec:
+                inputs[input_name] = _text(spec["default"])
+        compute = str(job.get("compute") or self.settings.get("default_compute") or "")
+        return {
+            "component": {k: v for k, v in component.items() if k != "code"},
+            "code": self._code_hashes[code],
+            "inputs": inputs,
+            "outputs": {"bindings": job.get("outputs") or {}, "default_datastore": self.default_datastore},
+            "run_settings": {**{k: v for k, v in job.items() if k not in ("type", "component", "inputs", "outputs",
+                                                                          "compute")},
+                             "compute": compute.removeprefix("azureml:")},
+        }
+
+    def deterministic(self, name: str) -> bool:
+        """R11: the component's `is_deterministic` (default true, reference-yaml-component-command)."""
+        component, _ = self._component(self.job["jobs"][name])
+        return bool(component.get("is_deterministic", True))
+
+    def _reused(self, name: str, earlier: FinishedJob) -> NodeResult:
+        """R11: a reused node does not run; it shows the earlier job's status, outputs and log as its own."""
+        return NodeResult(name=name, status=earlier.status, outputs={k: Path(v) for k, v in earlier.outputs.items()},
+                          output_types=dict(earlier.output_types), log=Path(earlier.log) if earlier.log else None,
+                          reused_from=earlier.job)
+
     def run(self, preempt: Collection[str] = ()) -> dict[str, NodeResult]:
-        """Every node in order. A node in `preempt` is first killed as a preempted job is, once it has written to
-        a rw_mount output (its first checkpoint), then submitted again: `preempted[name]` keeps the killed one."""
+        """Every node in order. A deterministic node whose reuse key an earlier job of the workspace had reuses that
+        job's outputs instead of running, unless the pipeline's `force_rerun` is set (R11). A node in `preempt` is
+        first killed as a preempted job is, once it has written to a rw_mount output (its first checkpoint), then
+        submitted again: `preempted[name]` keeps the killed one."""
         validate_offline(self.job_file)
+        jobs = self.work / "jobs"
+        shared = [job.node for job in self.reuse.jobs() if job.log and jobs in Path(job.log).parents]
+        if shared:  # run_node empties a node's job folder: it would delete outputs a later job may reuse
+            raise RuntimeRuleBroken(f"{jobs} holds jobs of an earlier submission ({', '.join(sorted(shared))}): "
+                                    f"each submission's jobs need a work folder of their own")
+        force_rerun = bool(self.settings.get("force_rerun"))
         for name in _order(self.job["jobs"]):
+            # R11: a force_rerun pipeline's jobs neither reuse nor are reused
+            key = digest(self.reuse_key(name)) if self.deterministic(name) and not force_rerun else None
+            earlier = self.reuse.find(key) if key else None
+            if earlier is not None:
+                self.results[name] = self._reused(name, earlier)
+                continue
             if name in preempt:
                 if not self.rw_mounted(name):
                     raise RuntimeRuleBroken(f"node '{name}' has no rw_mount output at a path to resume from")
@@ -503,7 +663,12 @@ class AzureMLRuntime:
                     raise RuntimeRuleBroken(f"node '{name}' finished before it wrote to its rw_mount output")
                 killed.rw_mount_entries = self.rw_mount_entries(name)  # what survived the kill
                 self.preempted[name] = killed
-            self.results[name] = self.run_node(name)
+            result = self.results[name] = self.run_node(name)
+            if key is not None:
+                self.reuse.add(FinishedJob(
+                    key=key, node=name, job=self.job_name or str(self.work / "jobs" / name), status=result.status,
+                    outputs={k: str(v) for k, v in result.outputs.items()}, output_types=result.output_types,
+                    log=str(result.log) if result.log else None))
         return self.results
 
 
