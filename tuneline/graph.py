@@ -11,6 +11,7 @@ from typing import Any
 
 from .spec import Binding, Component, Literal, OutputRef, ParamRef, Pipeline
 from .spec.load import upstream_steps
+from .spec.model_uri import is_moving_reference
 from .spec.models import ComputeProfile, IOType, StepSpec
 
 
@@ -23,6 +24,8 @@ class Node:
     condition: OutputRef | None
     upstream: set[str] = field(default_factory=set)
     downstream: set[str] = field(default_factory=set)
+    # input -> the registry reference it is bound to, where that reference can move (`models:/name@champion`)
+    moving_inputs: dict[str, str] = field(default_factory=dict)
 
     @property
     def retries(self) -> int:
@@ -34,8 +37,17 @@ class Node:
         return self.step.environment or self.component.spec.environment
 
     @property
-    def cache_enabled(self) -> bool:
+    def declares_cache(self) -> bool:
+        """The step's `cache:`, else its component's: false for a step that acts on live state (register, deploy)."""
         return self.step.cache if self.step.cache is not None else self.component.spec.cache
+
+    @property
+    def cache_enabled(self) -> bool:
+        """Declared, and no input bound to a reference that can move. No cache key sees an alias move: KFP's is
+        the inputs' values, Azure ML's the inputs and parameters as written
+        (azure-ai-docs how-to-debug-pipeline-reuse-issues.md), the local runner's the same. So a step reading
+        `models:/name@champion` would be answered from a run made against last month's champion."""
+        return self.declares_cache and not self.moving_inputs
 
     def input_type(self, name: str) -> IOType:
         return self.component.spec.inputs[name].type
@@ -112,13 +124,25 @@ class PipelineGraph:
         raise TypeError(f"{binding} is a step output")
 
 
+def _moving_inputs(bindings: dict[str, Binding], params: dict[str, Any]) -> dict[str, str]:
+    """Inputs bound (directly or through a parameter's value here) to a model reference resolved at read time."""
+    moving = {}
+    for name, binding in bindings.items():
+        value = params.get(binding.name) if isinstance(binding, ParamRef) else (
+            binding.value if isinstance(binding, Literal) else None)
+        if isinstance(value, str) and is_moving_reference(value):
+            moving[name] = value
+    return moving
+
+
 def build_graph(pipeline: Pipeline) -> PipelineGraph:
     nodes: dict[str, Node] = {}
     for name, step in pipeline.spec.steps.items():
         bindings = pipeline.bindings[name]
         condition = pipeline.conditions.get(name)
         nodes[name] = Node(name=name, component=pipeline.components[name], step=step, bindings=bindings,
-                           condition=condition, upstream=upstream_steps(bindings, condition))
+                           condition=condition, upstream=upstream_steps(bindings, condition),
+                           moving_inputs=_moving_inputs(bindings, pipeline.params))
     for node in nodes.values():
         for up in node.upstream:
             nodes[up].downstream.add(node.name)

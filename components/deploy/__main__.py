@@ -163,8 +163,8 @@ def _write_outputs(args: Namespace, record: DeploymentRecord, serving_name: str)
 def main(argv: list[str] | None = None) -> int:
     args = parse_component_args(__file__, argv)
     disable_mlflow_telemetry()
-    from tuneline.llm.registry import parse_models_uri
     from tuneline.serving.deploy.policy import RolloutPolicy
+    from tuneline.spec.model_uri import parse_models_uri
 
     try:
         name, _, _ = parse_models_uri(args.model_uri)

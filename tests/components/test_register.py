@@ -12,7 +12,8 @@ from components.register.__main__ import main as register_main
 from components.register.card import CardContext, render_card
 from components.register.inputs import InputError, read_evaluation, read_trained_model
 from tuneline.llm import registry
-from tuneline.llm.registry import Backoff, PromotionRule, decide, parse_models_uri, with_retry
+from tuneline.llm.registry import Backoff, PromotionRule, decide, with_retry
+from tuneline.spec.model_uri import parse_models_uri
 
 
 @pytest.fixture

@@ -123,7 +123,7 @@ def compare_steps(graph: PipelineGraph, local: rec.RunRecord, target_status: dic
                 match.problems.append(f"{out_name}: missing ({'local' if mine is None else 'target'})")
                 continue
             volatile = volatile_reason(node.component, out_name)
-            if volatile or not node.cache_enabled:
+            if volatile or not node.declares_cache:
                 match.compared.append(f"{out_name}: present ({volatile or 'cache: false, acts on live state'})")
                 continue
             if spec.type.is_artifact:

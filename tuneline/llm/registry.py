@@ -24,6 +24,7 @@ from typing import Literal, TypeVar
 from tuneline import settings
 from tuneline.llm.ml.models import SUMMARY_FILE
 from tuneline.settings import DEFAULT_GATE_METRIC
+from tuneline.spec.model_uri import parse_models_uri
 
 T = TypeVar("T")
 
@@ -419,22 +420,6 @@ class FetchedModel:
     model_dir: Path  # the train step's folder: adapter or full model + tokenizer + training_summary.json
     base_dir: Path | None  # the base weights bundled with the version, if any
     tags: dict[str, str]
-
-
-def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
-    """``models:/name/3`` -> (name, "3", None); ``models:/name@champion`` -> (name, None, "champion")."""
-    if not uri.startswith("models:/"):
-        raise ValueError(f"model URI {uri!r}: expected models:/<name>/<version> or models:/<name>@<alias>")
-    body = uri[len("models:/") :].strip("/")
-    if "@" in body:
-        name, alias = body.rsplit("@", 1)
-        if name and alias:
-            return name, None, alias
-    elif "/" in body:
-        name, version = body.rsplit("/", 1)
-        if name and version.isdigit():
-            return name, version, None
-    raise ValueError(f"model URI {uri!r}: expected models:/<name>/<version> or models:/<name>@<alias>")
 
 
 def fetch_model(uri: str, dst: Path) -> FetchedModel:

@@ -75,8 +75,8 @@ def plan(graph: PipelineGraph, options: RunOptions) -> list[PlannedStep]:
         else:
             known[name] = None
             why = ("--no-cache" if options.no_cache else "forced by --from/--only" if name in forced
-                   else "caching is off for this step" if not node.cache_enabled else "no cache entry for these "
-                   "inputs")
+                   else "caching is off for this step" if not node.declares_cache
+                   else _moving_why(node) if node.moving_inputs else "no cache entry for these inputs")
             steps.append(PlannedStep(name, component, "run" + condition, why, _where(graph, node)))
     return steps
 
@@ -121,3 +121,8 @@ def render(graph: PipelineGraph, steps: list[PlannedStep], home: Path) -> str:
     cached = sum(1 for s in steps if s.action == "cached")
     lines.append(f"{running} step{'s' if running != 1 else ''} would run, {cached} from the cache")
     return "\n".join(lines)
+
+
+def _moving_why(node: Node) -> str:
+    name, value = next(iter(sorted(node.moving_inputs.items())))
+    return f"not cached: input '{name}' reads {value}, which can point elsewhere by the next run"
