@@ -172,6 +172,53 @@ def test_a_job_runs_in_its_image_as_the_image_user_with_nothing_from_the_host(im
     assert extra <= {"HOSTNAME", "container", "TERM", "PWD", "SHLVL", "_"}, extra  # the engine's and bash's own
 
 
+NETWORK_PROBE = """
+import json, os, socket, ssl, sys
+def reaches(host, port, tls=False):
+    try:
+        with socket.create_connection((host, int(port)), timeout=3) as sock:
+            if tls:
+                ssl.create_default_context(cafile=os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"]).wrap_socket(
+                    sock, server_hostname=host).close()
+        return True
+    except OSError:
+        return False
+front = os.environ["MLFLOW_TRACKING_URI"].split("/")[2].rsplit(":", 1)
+json.dump({"pid": os.getpid(), "loopback": reaches("127.0.0.1", sys.argv[2]), "workspace": reaches(*front, tls=True)},
+          open(sys.argv[1] + "/probe.json", "w"))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.heavy
+def test_a_job_reaches_its_workspace_but_not_this_machines_loopback_and_is_not_pid_1(image_engine, tmp_path):
+    """A compute node has a network of its own: the workspace's endpoint is reachable (TLS, its certificate), a
+    service on this machine's 127.0.0.1 is not, as it was on the host network. And the command is not PID 1, where
+    a SIGTERM with no handler would be ignored instead of ending it as on Azure ML."""
+    import socket
+
+    from tools.conformance.workspace_mlflow import WorkspaceMlflow
+
+    job_file = _compiled(tmp_path)
+    code = tmp_path / "probe"
+    code.mkdir()
+    (code / "probe.py").write_text(NETWORK_PROBE)
+    # A workspace of its own: the module's shared one is asserted to hold no `toy` experiment.
+    with socket.socket() as host_only, WorkspaceMlflow(tmp_path / "workspace") as workspace:
+        host_only.bind(("127.0.0.1", 0))
+        host_only.listen()
+        component = job_file.parent / "components" / "gen.yml"
+        body = yaml.safe_load(component.read_text())
+        body["code"] = str(code)
+        body["command"] = f"python probe.py '${{{{outputs.data}}}}' {host_only.getsockname()[1]}"
+        component.write_text(yaml.safe_dump(body))
+        runtime = AzureMLRuntime(job_file, tmp_path / "run", workspace=workspace, engine=image_engine,
+                                 images=local_images(REPO))
+        probe = json.loads((runtime.run_node("gen").outputs["data"] / "probe.json").read_text())
+        assert not workspace.address.startswith("127."), "this machine has no route out: jobs share its network"
+    assert probe == {"pid": probe["pid"], "loopback": False, "workspace": True} and probe["pid"] != 1
+
+
 TRACKED = TOY.parent / "tracked.yaml"
 
 

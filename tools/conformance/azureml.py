@@ -103,11 +103,16 @@ as the image's own user (USER in environments/), with nothing from this machine 
 - the files: the job's folder (its code snapshot, its outputs read-write, its inputs read-only as `ro_mount`), the
   datastores (R8) and the workspace stand-in's certificate, each bind-mounted at the same path, so every path the
   command holds is the same inside and out.
-- the network: the host's. A compute reaches its workspace's MLflow endpoint over the network; the stand-in
-  (R9) listens on this machine's 127.0.0.1, which a container on the host network reaches as such.
-A preempted job (`stop_when`) gets SIGTERM through the container engine (`Container.kill`): the container's main
-process receives it, which is the command's own process when the command is a single one (bash runs it in its own
-place, as it does the resume wrapper), and SIGKILL follows after STOP_GRACE_S; a job past `limits.timeout` gets SIGKILL.
+- the network: a bridge network of the container engine, as a compute node has its own. The workspace stand-in
+  (R9) is reached over it at this machine's own address (its front listens there; the MLflow server behind it and
+  every other service on this machine's 127.0.0.1 stay out of reach). Only a machine without a route out, where
+  that address is loopback, runs jobs on the host's network.
+- the process tree: the command is not PID 1 (Azure ML starts it from its own runtime process): the container
+  starts under an init (podman's catatonit) that passes signals on to it, so a command that sets no SIGTERM
+  handler ends on SIGTERM as it would there, where PID 1 would ignore it.
+A preempted job (`stop_when`) gets SIGTERM through the container engine (`Container.kill`): the init passes it to
+the command (bash runs a single command in its own place, as it does the resume wrapper), and SIGKILL follows after
+STOP_GRACE_S; a job past `limits.timeout` gets SIGKILL.
 """
 
 from __future__ import annotations
@@ -528,8 +533,11 @@ class AzureMLRuntime:
         result.log = folder / "log.txt"
         timeout = (job.get("limits") or {}).get("timeout")
         started = time.time()
+        shares_host = self.workspace is not None and self.workspace.address.startswith("127.")
         container = self.engine.start_container(image, ["bash", "-c", result.command], mounts=mounts, env=env,
-                                                workdir=str(code), read_only_mounts=read_only, network_mode="host")
+                                                workdir=str(code), read_only_mounts=read_only,
+                                                network_mode="host" if shares_host else None,
+                                                options={"init": True})
         try:
             killed = _wait(container, timeout, stop_when)
             exit_code = container.wait()

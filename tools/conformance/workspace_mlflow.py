@@ -79,12 +79,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _certificate(folder: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1; the job's process trusts it through MLFLOW_TRACKING_SERVER_CERT_PATH
+def reachable_address() -> str:
+    """This machine's own IPv4 address on its default route: what a container on a bridge network reaches the host
+    by, as a compute node reaches its workspace over the network (the host's 127.0.0.1 it cannot reach). Loopback
+    when the machine has no route out, where jobs then share the host's network instead."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # a UDP connect sends nothing: it only picks the route's source address
+            return probe.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def _certificate(folder: Path, address: str) -> tuple[Path, Path]:
+    """A self-signed certificate for `address`; the job's process trusts it through MLFLOW_TRACKING_SERVER_CERT_PATH
     (an Azure ML endpoint has a public certificate, which needs no such variable)."""
     cert, key = folder / "front.crt", folder / "front.key"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+                    f"/CN={address}", "-addext", f"subjectAltName=IP:{address}", "-keyout", str(key),
                     "-out", str(cert)], check=True, capture_output=True)
     return cert, key
 
@@ -158,6 +170,9 @@ class WorkspaceMlflow:
     folder: Path
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # Where jobs reach the front: the only port of this stand-in off loopback (the MLflow server behind it listens
+    # on 127.0.0.1); the harness runs jobs on a bridge network unless this is loopback.
+    address: str = field(default_factory=reachable_address)
     server: subprocess.Popen | None = None
     front: _Front | None = None
     cert: Path | None = None
@@ -174,11 +189,11 @@ class WorkspaceMlflow:
 
     @property
     def injected_uri(self) -> str:
-        return f"azureml://127.0.0.1:{self.port}{INJECTED_PREFIX}"
+        return f"azureml://{self.address}:{self.port}{INJECTED_PREFIX}"
 
     @property
     def rest_uri(self) -> str:
-        return f"https://127.0.0.1:{self.port}{API_PREFIX}"
+        return f"https://{self.address}:{self.port}{API_PREFIX}"
 
     def start(self) -> WorkspaceMlflow:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -199,9 +214,9 @@ class WorkspaceMlflow:
              "--default-artifact-root", ARTIFACT_ROOT],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         basic = base64.b64encode(f"{USER}:{self.password}".encode()).decode()
-        cert, key = _certificate(self.folder)
+        cert, key = _certificate(self.folder, self.address)
         self.cert = cert
-        self.front = _Front(("127.0.0.1", 0), self.token, upstream, basic)
+        self.front = _Front((self.address, 0), self.token, upstream, basic)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
         self.front.socket = context.wrap_socket(self.front.socket, server_side=True)
