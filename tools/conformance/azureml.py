@@ -385,22 +385,30 @@ class AzureMLRuntime:
             raise RuntimeRuleBroken(f"${{{{parent.inputs.{name}}}}} is not a pipeline input")
         return inputs[name]
 
-    def _resolve(self, node: str, name: str, binding: Any, kind: str, mounts: Path) -> Any:
-        where = f"node '{node}' input '{name}'"
+    def _dereference(self, binding: Any) -> tuple[Any, tuple[str, str] | None]:
+        """A node input's binding with `${{parent.inputs.<i>}}` replaced by the pipeline input's value, and the
+        (node, output) it names when it is `${{parent.jobs.<n>.outputs.<o>}}` (else None)."""
         if isinstance(binding, str):
             match = _PARENT_INPUT.match(binding)
             if match:
-                binding = self._pipeline_input(match.group(1))
-            else:
-                match = _PARENT_OUTPUT.match(binding)
-                if match:
-                    upstream = self.results[match.group(1)]
-                    if match.group(2) not in upstream.outputs:
-                        raise RuntimeRuleBroken(f"{where}: node '{match.group(1)}' has no output '{match.group(2)}'")
-                    if kind not in DATA_TYPES:
-                        raise RuntimeRuleBroken(f"{where}: a {kind} input cannot bind a node output (primitive "
-                                                f"outputs are not supported)")
-                    return str(_mount(upstream.outputs[match.group(2)], kind, mounts / name, where))
+                return self._pipeline_input(match.group(1)), None
+            match = _PARENT_OUTPUT.match(binding)
+            if match:
+                return binding, (match.group(1), match.group(2))
+        return binding, None
+
+    def _resolve(self, node: str, name: str, binding: Any, kind: str, mounts: Path) -> Any:
+        where = f"node '{node}' input '{name}'"
+        binding, produced_by = self._dereference(binding)
+        if produced_by is not None:
+            upstream_node, output = produced_by
+            upstream = self.results[upstream_node]
+            if output not in upstream.outputs:
+                raise RuntimeRuleBroken(f"{where}: node '{upstream_node}' has no output '{output}'")
+            if kind not in DATA_TYPES:
+                raise RuntimeRuleBroken(f"{where}: a {kind} input cannot bind a node output (primitive "
+                                        f"outputs are not supported)")
+            return str(_mount(upstream.outputs[output], kind, mounts / name, where))
         if isinstance(binding, dict) and "path" in binding:
             if kind not in DATA_TYPES:
                 raise RuntimeRuleBroken(f"{where}: a {kind} input got a data path")
@@ -581,14 +589,10 @@ class AzureMLRuntime:
     def _input_identity(self, binding: Any, kind: str) -> Any:
         """R11: what an input is to the reuse key: a literal's text, a local path's uploaded content, and an
         upstream output's location (the data asset the earlier job wrote: the same only when that job was reused)."""
-        if isinstance(binding, str):
-            match = _PARENT_INPUT.match(binding)
-            if match:
-                binding = self._pipeline_input(match.group(1))
-            else:
-                match = _PARENT_OUTPUT.match(binding)
-                if match:
-                    return {"output": str(self.results[match.group(1)].outputs[match.group(2)])}
+        binding, produced_by = self._dereference(binding)
+        if produced_by is not None:
+            upstream_node, output = produced_by
+            return {"output": str(self.results[upstream_node].outputs[output])}
         if isinstance(binding, dict) and "path" in binding:
             path = binding["path"]
             if re.match(r"^[a-z][a-z0-9+.-]*:", path):
