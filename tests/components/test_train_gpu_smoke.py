@@ -45,3 +45,37 @@ def test_gpu_smoke_names_missing_packages_before_doing_anything(monkeypatch, cap
     assert gpu_smoke.main(["--dry-run", "--out", str(tmp_path / "x.json")]) == 2
     assert "missing Python packages: no_such_package_here" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def _requirement_names(path: Path) -> set[str]:
+    lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
+    return {line.split("==")[0].lower().replace("_", "-") for line in lines if line}
+
+
+def test_every_package_the_script_needs_is_in_the_gpu_stack_or_carried():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import gpu_smoke
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    distributions = {"yaml": "pyyaml"}  # import name -> the distribution that provides it, where they differ
+    stack, carried = _requirement_names(ROOT / "bench" / "gpu_stack.txt"), _requirement_names(
+        ROOT / "bench" / "gpu_carry.txt")
+    assert not stack & carried, "a package is both preinstalled and carried"
+    missing = [name for name in gpu_smoke.REQUIRED if distributions.get(name, name) not in stack | carried]
+    assert not missing, f"needed by bench/gpu_smoke.py but neither in gpu_stack.txt nor gpu_carry.txt: {missing}"
+
+
+def test_carried_wheels_are_locked_versions():
+    lock = _requirement_names(ROOT / "environments" / "constraints.txt")
+    assert _requirement_names(ROOT / "bench" / "gpu_carry.txt") <= lock
+    assert "==" not in (ROOT / "bench" / "gpu_carry.txt").read_text(), "versions come from the lock, not here"
+
+
+def test_make_gpu_smoke_keeps_a_pythonpath_holding_carried_wheels():
+    # The carried wheels are installed with pip --target and found through PYTHONPATH: a recipe that set
+    # PYTHONPATH to the checkout alone would hide them, and the run would stop at "missing Python packages".
+    for target in ("gpu-smoke", "gpu-smoke-dry"):
+        plan = subprocess.run(["make", "-n", "--no-print-directory", target], cwd=ROOT, capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": "/carried/site"}, check=True).stdout
+        assert f"PYTHONPATH={ROOT}:/carried/site " in plan, plan
