@@ -158,6 +158,7 @@ def _main(config: TrainConfig) -> int:
     # ZeRO-3 partitions parameters at load: a partitioned one reports its full size as ds_numel.
     n_parameters = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     config, optimizer, scheduler = _optimizer(config, model, n_parameters, steps.total_steps, log)
+    parallel.name_fsdp_wrap_classes(acc, model)
     model, optimizer = acc.prepare(model, optimizer)
 
     loop = Loop(config, acc, model, tokenizer, optimizer, scheduler, train, validation, None, stop, TrainState())
