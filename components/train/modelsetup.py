@@ -203,6 +203,21 @@ def materialise_trainable(model) -> None:
             setattr(module, leaf, torch.nn.Parameter(torch.empty(param.shape, dtype=param.dtype), requires_grad=True))
 
 
+def parameter_count(model) -> int:
+    """The model's parameters as its unquantised weights count them, whatever their storage.
+
+    A ZeRO-3 partitioned parameter reports its full size as ``ds_numel`` (DeepSpeed
+    runtime/zero/partition_parameters.py ``_convert_to_deepspeed_param``). A bitsandbytes 4-bit weight
+    (``Params4bit``) packs two values in each byte of its storage, so its numel is the packed size: a 1.2B model
+    would count 0.75B. transformers 5.23 counts it as numel x 2 x storage element size (modeling_utils.py
+    ``num_parameters``), as here; matched by class name, bitsandbytes being a GPU-image dependency."""
+    total = 0
+    for param in model.parameters():
+        count = getattr(param, "ds_numel", param.numel())
+        total += count * 2 * param.element_size() if type(param).__name__ == "Params4bit" else count
+    return total
+
+
 def param_groups(model, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, param in model.named_parameters():

@@ -1,10 +1,11 @@
-"""The train component's model set-up: what it trains of a multimodal model."""
+"""The train component's model set-up: what it trains of a multimodal model, how it counts parameters, and which
+parameters decay."""
 
 import pytest
 import torch
 
 from components.train import modelsetup
-from components.train.config import parse_args
+from components.train.config import learning_rate, parse_args
 from tests.support.tinymodel import tiny_gemma3
 
 
@@ -52,3 +53,30 @@ def test_a_text_only_model_has_nothing_beside_its_language_model():
                                          num_attention_heads=4, num_key_value_heads=2))
     assert modelsetup.beside_language_model(model) == []
     assert modelsetup.beside_language_model(tiny_gemma3()) == ["model.vision_tower", "model.multi_modal_projector"]
+
+
+class Params4bit(torch.nn.Parameter):
+    """bitsandbytes' 4-bit weight as it looks from outside: two values packed in each byte of its storage."""
+
+    quant_storage = torch.uint8
+
+
+def _quantise(linear: torch.nn.Linear) -> None:
+    packed = torch.empty(linear.weight.numel() // 2, 1, dtype=torch.uint8, device=linear.weight.device)
+    linear.weight = Params4bit(packed, requires_grad=False)
+
+
+def test_a_4bit_weight_counts_as_its_unquantised_size():
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Linear(32, 8, bias=False))
+    unquantised = sum(p.numel() for p in model.parameters())
+    _quantise(model[0])
+    assert sum(p.numel() for p in model.parameters()) < unquantised  # the packed storage
+    assert modelsetup.parameter_count(model) == unquantised
+
+
+def test_a_4bit_model_of_a_billion_parameters_gets_the_large_model_learning_rate():
+    model = torch.nn.Linear(40_000, 25_000, bias=False, device="meta")  # 1.0B weights, no memory
+    _quantise(model)
+    count = modelsetup.parameter_count(model)
+    assert count == 1_000_000_000
+    assert learning_rate(_config("--method", "qlora"), count) == 2e-4
