@@ -223,7 +223,10 @@ def param_groups(model, weight_decay: float) -> list[dict]:
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim < 2 or "norm" in name or name.endswith(".bias") else decay).append(param)
+        # A ZeRO-3 partitioned parameter holds an empty 1-D tensor; its shape is ds_shape (DeepSpeed
+        # runtime/zero/partition_parameters.py).
+        ndim = len(getattr(param, "ds_shape", param.shape))
+        (no_decay if ndim < 2 or "norm" in name or name.endswith(".bias") else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})

@@ -80,3 +80,13 @@ def test_a_4bit_model_of_a_billion_parameters_gets_the_large_model_learning_rate
     count = modelsetup.parameter_count(model)
     assert count == 1_000_000_000
     assert learning_rate(_config("--method", "qlora"), count) == 2e-4
+
+
+def test_a_zero3_partitioned_matrix_decays():
+    model = torch.nn.Linear(4, 4)
+    # What DeepSpeed ZeRO-3 leaves of a partitioned parameter: empty 1-D data, the shape in ds_shape.
+    model.weight.data = torch.empty(0)
+    model.weight.ds_shape = torch.Size((4, 4))
+    decay, no_decay = modelsetup.param_groups(model, weight_decay=0.1)
+    assert decay["params"] == [model.weight] and decay["weight_decay"] == 0.1
+    assert no_decay["params"] == [model.bias]
