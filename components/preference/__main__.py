@@ -113,6 +113,7 @@ def _main(config) -> int:
 
     from components.preference import model as modelbuild
     from components.preference.loop import PreferenceLoop
+    from components.train import parallel
     from components.train.loop import StopFlag, plan
     from components.train.state import TrainState
     from tuneline.llm.ml import checkpoint as ckpt
@@ -140,6 +141,7 @@ def _main(config) -> int:
 
     steps = plan(config, len(train), acc.num_processes)
     optimizer, scheduler = _optimizer(config, model, steps.total_steps)
+    parallel.name_fsdp_wrap_classes(acc, model)  # the reference is sharded by the same classes
     model, optimizer = acc.prepare(model, optimizer)
     reference = modelbuild.place_reference(acc, reference)
     loop = PreferenceLoop(config, acc, model, tokenizer, optimizer, scheduler, train, validation, None, stop,

@@ -118,7 +118,7 @@ def _main(config: TrainConfig) -> int:
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
 
-    from components.train import parallel
+    from components.train import modelsetup, parallel
     from components.train.loop import Loop, StopFlag, plan
     from components.train.state import TrainState
     from tuneline.llm.ml import checkpoint as ckpt
@@ -155,9 +155,9 @@ def _main(config: TrainConfig) -> int:
     train, validation, over_long = _encode(config, tokenizer, train_split, val_split, log)
 
     steps = plan(config, len(train), acc.num_processes)
-    # ZeRO-3 partitions parameters at load: a partitioned one reports its full size as ds_numel.
-    n_parameters = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    n_parameters = modelsetup.parameter_count(model)
     config, optimizer, scheduler = _optimizer(config, model, n_parameters, steps.total_steps, log)
+    parallel.name_fsdp_wrap_classes(acc, model)
     model, optimizer = acc.prepare(model, optimizer)
 
     loop = Loop(config, acc, model, tokenizer, optimizer, scheduler, train, validation, None, stop, TrainState())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import warnings
+
 import torch
 
 from components.train.config import TrainConfig
@@ -94,6 +97,8 @@ def build(config: TrainConfig, precision: str, device: torch.device, *, attn_imp
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.method in ("lora", "qlora"):
         model = add_lora(model, config)
+    else:
+        freeze_beside_language_model(model)
     if on_meta:
         materialise_trainable(model)
     if quantization is None and not sharded:
@@ -133,12 +138,52 @@ def add_lora(model, config: TrainConfig):
     """
     from peft import LoraConfig, get_peft_model
 
+    beside = beside_language_model(model)
     lora = LoraConfig(
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         target_modules=_targets(config.lora_targets), task_type="CAUSAL_LM", bias="none",
+        # A string is matched with re.fullmatch against each module's name (peft v0.21.2
+        # tuners/tuners_utils.py ``check_target_module_exists``): every module under those sub-models.
+        exclude_modules=_under(beside) if beside else None,
     )
     torch.manual_seed(config.seed)  # adapter initialisation is part of the run's determinism
-    return get_peft_model(model, lora, autocast_adapter_dtype=True)
+    with warnings.catch_warnings():
+        # The exclusion is a guard: targets that name no module of a vision tower leave it unused, and PEFT
+        # warns about that (tuners_utils.py ``inject_adapter``).
+        warnings.filterwarnings("ignore", message="You have passed exclude_modules=")
+        return get_peft_model(model, lora, autocast_adapter_dtype=True)
+
+
+def beside_language_model(model) -> list[str]:
+    """The names of a multimodal model's sub-models other than its language model and output layer: the vision
+    or audio towers and their projectors into the text embedding space. Empty for a text-only model.
+
+    Training data here is text, so those sub-models take no part in the forward pass: a LoRA in them (PEFT's
+    all-linear takes every linear layer but the output one, peft v0.21.2 tuners/tuners_utils.py
+    ``_maybe_include_all_linear_layers``), or their weights in a full fine-tune, never get a gradient, which
+    DDP refuses at the second step and which wastes optimizer state. AutoModelForCausalLM builds such models
+    for some checkpoints (Gemma 3 4B and up: ``Gemma3ForConditionalGeneration``, transformers 5.23
+    models/auto/modeling_auto.py). The language model is found by ``get_decoder`` (modeling_utils.py: the
+    ``language_model`` / ``text_model`` / ``decoder`` sub-model, through the base model), so no family is named:
+    everything beside the path from the root down to it is the rest."""
+    decoder = model.get_decoder()
+    path = next((name for name, module in model.named_modules() if module is decoder), "")
+    output = model.get_output_embeddings()
+    beside, module, prefix = [], model, ""
+    for part in path.split(".") if path else []:
+        beside += [prefix + name for name, child in module.named_children() if name != part and child is not output]
+        module, prefix = getattr(module, part), f"{prefix}{part}."
+    return beside
+
+
+def _under(names: list[str]) -> str:
+    return "(?:" + "|".join(re.escape(name) for name in names) + r")(?:\..*)?"
+
+
+def freeze_beside_language_model(model) -> None:
+    """A full fine-tune trains the language model only (``beside_language_model`` says why)."""
+    for name in beside_language_model(model):
+        model.get_submodule(name).requires_grad_(False)
 
 
 def materialise_trainable(model) -> None:
@@ -158,12 +203,30 @@ def materialise_trainable(model) -> None:
             setattr(module, leaf, torch.nn.Parameter(torch.empty(param.shape, dtype=param.dtype), requires_grad=True))
 
 
+def parameter_count(model) -> int:
+    """The model's parameters as its unquantised weights count them, whatever their storage.
+
+    A ZeRO-3 partitioned parameter reports its full size as ``ds_numel`` (DeepSpeed
+    runtime/zero/partition_parameters.py ``_convert_to_deepspeed_param``). A bitsandbytes 4-bit weight
+    (``Params4bit``) packs two values in each byte of its storage, so its numel is the packed size: a 1.2B model
+    would count 0.75B. transformers 5.23 counts it as numel x 2 x storage element size (modeling_utils.py
+    ``num_parameters``), as here; matched by class name, bitsandbytes being a GPU-image dependency."""
+    total = 0
+    for param in model.parameters():
+        count = getattr(param, "ds_numel", param.numel())
+        total += count * 2 * param.element_size() if type(param).__name__ == "Params4bit" else count
+    return total
+
+
 def param_groups(model, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim < 2 or "norm" in name or name.endswith(".bias") else decay).append(param)
+        # A ZeRO-3 partitioned parameter holds an empty 1-D tensor; its shape is ds_shape (DeepSpeed
+        # runtime/zero/partition_parameters.py).
+        ndim = len(getattr(param, "ds_shape", param.shape))
+        (no_decay if ndim < 2 or "norm" in name or name.endswith(".bias") else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})

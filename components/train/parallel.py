@@ -85,6 +85,37 @@ def enable_fsdp_on_cpu(acc) -> bool:
     return True
 
 
+def name_fsdp_wrap_classes(acc, model) -> list[str] | None:
+    """Under FSDP, the layer classes that get their own FSDP unit, set on the plugin before ``prepare``;
+    returns them (None when not FSDP)."""
+    if not is_fsdp(acc):
+        return None
+    return fill_wrap_classes(acc.state.fsdp_plugin, model)
+
+
+def fill_wrap_classes(plugin, model) -> list[str] | None:
+    """Wrap the classes of the model's own ``_no_split_modules`` that the model holds, unless the config names
+    its classes (``fsdp_transformer_layer_cls_to_wrap``) or wraps otherwise.
+
+    Left unnamed, accelerate takes every class in ``_no_split_modules`` and raises "Could not find the
+    transformer layer class" for one the model does not hold (utils/fsdp_utils.py
+    ``fsdp2_prepare_auto_wrap_policy``, utils/dataclasses.py ``set_auto_wrap_policy``). A multimodal model
+    gathers the list over all its sub-models' classes (transformers 5.23 modeling_utils.py ``post_init``), some
+    of them unused: Gemma 3's lists ``SiglipTextEmbeddings`` though its vision tower has no text part. The rule
+    stays the model's own (each family's decoder layer; a vision tower's encoder layers are units of their own
+    too, so its weights are gathered only if it runs), kept to what accelerate's own lookup,
+    ``get_module_class_from_name``, finds in the model."""
+    from accelerate.utils.dataclasses import get_module_class_from_name
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    policy = getattr(plugin.auto_wrap_policy, "func", plugin.auto_wrap_policy)
+    if policy is not transformer_auto_wrap_policy or plugin.transformer_cls_names_to_wrap is not None:
+        return plugin.transformer_cls_names_to_wrap
+    declared = sorted(getattr(model, "_no_split_modules", None) or [])
+    plugin.transformer_cls_names_to_wrap = [name for name in declared if get_module_class_from_name(model, name)]
+    return plugin.transformer_cls_names_to_wrap
+
+
 def fill_deepspeed_config(acc, per_device_batch: int, grad_accum: int, max_grad_norm: float) -> dict[str, Any]:
     """Give the DeepSpeed config the values accelerate would take from a DataLoader, before ``prepare``.
 

@@ -96,11 +96,45 @@ def test_fsdp_wraps_each_familys_decoder_layer(family, launched):
     assert plugin.fsdp_version == 2
     model, layer = _tiny(family)
     model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    assert parallel.fill_wrap_classes(plugin, model) == [layer]
     # As fsdp2_prepare_model does: the policy decides which submodules get their own FSDP unit.
     plugin.set_auto_wrap_policy(model)
     policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
     wrapped = [type(m).__name__ for m in model.modules() if policy(m)]
     assert wrapped == [layer, layer]
+
+
+def test_fsdp_wraps_a_multimodal_models_layers_it_holds(launched):
+    """Gemma 3's _no_split_modules, gathered over its sub-models, names SiglipTextEmbeddings, which its vision
+    tower lacks: accelerate refused the model."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+
+    from components.train.config import parse_args
+    from components.train.modelsetup import add_lora
+    from tests.support.tinymodel import tiny_gemma3
+
+    launched("fsdp.yaml")
+    plugin = FullyShardedDataParallelPlugin()
+    config = parse_args(["--train", "x", "--model-out", "m", "--checkpoints", "c", "--mlflow-run-id-out", "r"])
+    model = add_lora(tiny_gemma3(), config)
+    assert "SiglipTextEmbeddings" in model._no_split_modules
+    assert parallel.fill_wrap_classes(plugin, model) == [
+        "Gemma3DecoderLayer", "SiglipEncoderLayer", "SiglipMultiheadAttentionPoolingHead", "SiglipVisionEmbeddings"]
+    plugin.set_auto_wrap_policy(model)
+    policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
+    wrapped = [type(m).__name__ for m in model.modules() if policy(m)]
+    assert wrapped.count("Gemma3DecoderLayer") == 2 and "SiglipEncoderLayer" in wrapped
+
+
+def test_wrap_classes_named_in_the_config_are_kept(launched, monkeypatch):
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    launched("fsdp.yaml")
+    monkeypatch.setenv("FSDP_TRANSFORMER_CLS_TO_WRAP", "LlamaDecoderLayer")
+    plugin = FullyShardedDataParallelPlugin()
+    model, _ = _tiny("llama")
+    assert parallel.fill_wrap_classes(plugin, model) == ["LlamaDecoderLayer"]
 
 
 @pytest.mark.parametrize(("precision", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16)])

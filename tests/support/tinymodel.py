@@ -69,6 +69,22 @@ def build_tiny_llama(out_dir: Path, *, hidden_size: int = 32, layers: int = 2, s
     return out_dir
 
 
+def tiny_gemma3(seed: int = 0):
+    """What AutoModelForCausalLM builds for a Gemma 3 4B-27B checkpoint (Gemma3ForConditionalGeneration: a SigLIP
+    vision tower, its projector into the text embeddings and the language model), at toy size, in memory."""
+    import torch
+    from transformers import AutoModelForCausalLM, Gemma3Config
+
+    config = Gemma3Config(
+        text_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                     "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 300, "sliding_window": 16},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 28, "patch_size": 14},
+        mm_tokens_per_image=4)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config)
+
+
 def build_tiny_lora_adapter(base_dir: Path, out_dir: Path, *, seed: int = 1) -> Path:
     """Write a PEFT LoRA adapter over `base_dir`; its B matrices are random, so merging changes weights."""
     import torch
