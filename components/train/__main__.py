@@ -122,6 +122,7 @@ def _main(config: TrainConfig) -> int:
     from components.train.loop import Loop, StopFlag, plan
     from components.train.state import TrainState
     from tuneline.llm.ml import checkpoint as ckpt
+    from tuneline.llm.ml.attention import resolved as resolved_attention
     from tuneline.llm.ml.data import read_split
     from tuneline.llm.ml.device import detect
 
@@ -135,8 +136,6 @@ def _main(config: TrainConfig) -> int:
     acc = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
     parallel.enable_fsdp_on_cpu(acc)
     log = print if acc.is_main_process else (lambda *a, **k: None)
-    log(f"precision: {chosen.describe()}; distribution {acc.distributed_type.value}, "
-        f"{acc.num_processes} process(es)", flush=True)
 
     if acc.distributed_type == DistributedType.DEEPSPEED:
         # DeepSpeed's engine accumulates by itself; the loop marks its boundaries (loop.py) and plans its steps
@@ -152,6 +151,10 @@ def _main(config: TrainConfig) -> int:
     train_split = read_split(config.train)
     val_split = read_split(config.validation) if config.validation else None
     model, tokenizer = _build_model(config, acc, chosen)
+    # The kernel transformers settled on for this model class, not the one asked for (attention.py).
+    chosen = chosen.with_attention(resolved_attention(model))
+    log(f"precision: {chosen.describe()}; distribution {acc.distributed_type.value}, "
+        f"{acc.num_processes} process(es)", flush=True)
     train, validation, over_long = _encode(config, tokenizer, train_split, val_split, log)
 
     steps = plan(config, len(train), acc.num_processes)
@@ -190,7 +193,7 @@ def _build_model(config: TrainConfig, acc, chosen) -> tuple:
     torch.manual_seed(config.seed)
     fsdp = acc.distributed_type == DistributedType.FSDP
     model, tokenizer = modelsetup.build(
-        config, chosen.mixed_precision, acc.device, attn_implementation=chosen.attn_implementation,
+        config, chosen.mixed_precision, acc.device, attn_implementation=chosen.attention_request,
         sharded=parallel.is_sharded(acc), on_meta=fsdp and config.method != "qlora" and parallel.loads_on_meta(),
         shards_params=parallel.shards_parameters(acc))
     # After the shared initialisation each rank draws its own dropout masks.

@@ -8,6 +8,8 @@ import warnings
 import torch
 
 from components.train.config import TrainConfig
+from tuneline.llm.ml.attention import AUTO
+from tuneline.llm.ml.attention import request as request_attention
 from tuneline.llm.ml.device import compute_dtype
 from tuneline.llm.ml.models import load_causal_lm, load_tokenizer, resolve_model
 
@@ -64,7 +66,7 @@ def load_dtype(method: str, precision: str) -> torch.dtype:
     return compute_dtype(precision)
 
 
-def build(config: TrainConfig, precision: str, device: torch.device, *, attn_implementation: str = "sdpa",
+def build(config: TrainConfig, precision: str, device: torch.device, *, attn_implementation: str = AUTO,
           sharded: bool = False, on_meta: bool = False, shards_params: bool = False):
     """The model to train and its tokenizer.
 
@@ -106,7 +108,7 @@ def build(config: TrainConfig, precision: str, device: torch.device, *, attn_imp
     return model, tokenizer
 
 
-def empty_model(path, dtype: torch.dtype, attn_implementation: str = "sdpa"):
+def empty_model(path, dtype: torch.dtype, attn_implementation: str = AUTO):
     """The model of `path`'s config on the meta device, no weight read (``parallel.loads_on_meta``).
     Non-persistent buffers (rotary frequencies) stay real: accelerate copies them back after sharding rather than
     broadcasting them."""
@@ -114,8 +116,9 @@ def empty_model(path, dtype: torch.dtype, attn_implementation: str = "sdpa"):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with init_empty_weights(include_buffers=False):
-        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype,
-                                                attn_implementation=attn_implementation)
+        config = AutoConfig.from_pretrained(path)
+        return AutoModelForCausalLM.from_config(config, dtype=dtype,
+                                                attn_implementation=request_attention(config, attn_implementation))
 
 
 def prepare_kbit(model, gradient_checkpointing: bool):

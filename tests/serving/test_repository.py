@@ -96,9 +96,9 @@ def test_full_model_is_shipped_beside_model_py(tiny_model: Path, tmp_path: Path)
     shipped = root / "1" / HF_SUBDIR
     assert json.loads((shipped / "config.json").read_text())["model_type"] == "llama"
     assert (shipped / "tokenizer.json").is_file() and (shipped / "model.safetensors").is_file()
-    # model.py renders prompts with training's template variables (Llama 3.x's date), not today's.
+    # model.py renders prompts with training's template variables (Llama 3.x's date, Qwen3 without thinking).
     serving = json.loads((root / "1" / "serving.json").read_text())
-    assert serving["chat_template_kwargs"] == {"date_string": "26 Jul 2024"}
+    assert serving["chat_template_kwargs"] == {"date_string": "26 Jul 2024", "enable_thinking": False}
     # Rewriting replaces the folder instead of merging into it.
     (shipped / "stale.txt").write_text("x")
     write_repository(tiny_model, tmp_path / "repo", RepositorySpec(model_name="llm"))

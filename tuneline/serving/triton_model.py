@@ -38,6 +38,21 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
+def _stop_ids(hf_dir: str, tok) -> set[int]:
+    """The tokens that end an answer: generation_config.json's eos ids and the tokenizer's eos. Gemma's tokenizer eos
+    is <eos> while its turns end with <end_of_turn>, listed only in generation_config.json (google/gemma-3-1b-it:
+    eos_token_id [1, 106]); generate stops on that list, so each row must finish on it too (as
+    tuneline.llm.ml.generate.stop_ids does for evaluation; this file runs without the tuneline package)."""
+    from transformers import GenerationConfig
+
+    try:
+        configured = GenerationConfig.from_pretrained(hf_dir).eos_token_id
+    except OSError:  # no generation_config.json
+        configured = None
+    ids = configured if isinstance(configured, list) else [configured]
+    return {i for i in [*ids, tok.eos_token_id] if i is not None}
+
+
 def _param(config: dict, key: str, default: str) -> str:
     return config.get("parameters", {}).get(key, {}).get("string_value", default)
 
@@ -134,7 +149,7 @@ class TritonPythonModel:
         self.pad_id = next(i for i in (tok.pad_token_id, tok.eos_token_id, 0) if i is not None)
         # An empty prompt still needs one position to condition on.
         self.start_id = next(i for i in (tok.bos_token_id, tok.eos_token_id, self.pad_id) if i is not None)
-        self.eos_id = tok.eos_token_id
+        self.eos_ids = _stop_ids(hf_dir, tok)
         # Prompt and new tokens must fit the positions the model was built for: past them a model either fails
         # or degrades, after having spent the whole prompt's compute. Checked before generation.
         model_config = AutoConfig.from_pretrained(hf_dir)
@@ -305,7 +320,7 @@ class TritonPythonModel:
 
     def _advance(self, row: dict, token: int) -> None:
         """Take one new token into `row`: EOS, a stop string or the budget finishes it."""
-        if self.eos_id is not None and token == self.eos_id:
+        if token in self.eos_ids:
             self._finish(row, "stop")
             return
         row["tokens"].append(token)

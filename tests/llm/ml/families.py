@@ -26,6 +26,10 @@ class Family:
     pad: str
     specials: tuple[str, ...]
     config: dict  # architecture fields of the maker's config.json kept in the tiny model
+    # Added tokens the maker's tokenizer_config.json declares with "special": false: decoding keeps them.
+    plain_added: tuple[str, ...] = ()
+    # generation_config.json eos_token_id, where the maker's lists more than the tokenizer's eos.
+    generation_eos: tuple[str, ...] = ()
 
 
 FAMILIES = {
@@ -42,22 +46,25 @@ FAMILIES = {
                ("<|im_start|>",),
                {"rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "hidden_act": "silu", "tie_word_embeddings": False,
                 "use_sliding_window": False}),
-        # Qwen/Qwen3-8B config.json (q/k norms and an explicit head_dim are part of the qwen3 architecture)
-        Family("qwen3", "qwen3.jinja", "Qwen3Config", None, "<|im_end|>", "<|endoftext|>",
-               ("<|im_start|>", "<think>", "</think>"),
+        # Qwen/Qwen3-8B config.json (q/k norms and an explicit head_dim are part of the qwen3 architecture);
+        # its tokenizer_config.json adds <think> and </think> as ordinary ("special": false) tokens.
+        Family("qwen3", "qwen3.jinja", "Qwen3Config", None, "<|im_end|>", "<|endoftext|>", ("<|im_start|>",),
                {"rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "hidden_act": "silu", "tie_word_embeddings": False,
-                "head_dim": 16, "attention_bias": False}),
+                "head_dim": 16, "attention_bias": False},
+               plain_added=("<think>", "</think>")),
         # mistralai/Mistral-7B-Instruct-v0.3 config.json
         Family("mistral", "mistral-7b-instruct-v0.3.jinja", "MistralConfig", "<s>", "</s>", "<unk>",
                ("[INST]", "[/INST]"),
                {"rope_theta": 1000000.0, "rms_norm_eps": 1e-5, "hidden_act": "silu", "tie_word_embeddings": False,
                 "sliding_window": None}),
-        # google/gemma-3-1b-it config.json (gemma3_text: sliding + global attention, scaled embeddings)
-        Family("gemma3", "gemma-3-it.jinja", "Gemma3TextConfig", "<bos>", "<end_of_turn>", "<pad>",
-               ("<start_of_turn>", "<eos>"),
+        # google/gemma-3-1b-it config.json (gemma3_text: sliding + global attention, scaled embeddings); its
+        # tokenizer's eos is <eos>, while turns end with <end_of_turn>: generation_config.json stops on both.
+        Family("gemma3", "gemma-3-it.jinja", "Gemma3TextConfig", "<bos>", "<eos>", "<pad>",
+               ("<start_of_turn>", "<end_of_turn>"),
                {"head_dim": 16, "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": 16,
                 "sliding_window": 512, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
-                "tie_word_embeddings": True}),
+                "tie_word_embeddings": True},
+               generation_eos=("<eos>", "<end_of_turn>")),
     )
 }
 
@@ -73,11 +80,13 @@ def tokenizer(family: Family):
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
     kwargs = {"bos_token": family.bos} if family.bos else {}
-    return PreTrainedTokenizerFast(
+    tok = PreTrainedTokenizerFast(
         tokenizer_object=core, eos_token=family.eos, pad_token=family.pad,
         additional_special_tokens=list(family.specials), chat_template=(TEMPLATES / family.template).read_text(),
         model_max_length=2048, **kwargs,
     )
+    tok.add_tokens(list(family.plain_added), special_tokens=False)
+    return tok
 
 
 def build(family: Family, out: Path, seed: int = 0) -> Path:
@@ -95,7 +104,8 @@ def build(family: Family, out: Path, seed: int = 0) -> Path:
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     torch.random.set_rng_state(state)
     model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.eos_token_id = (tok.convert_tokens_to_ids(list(family.generation_eos))
+                                            if family.generation_eos else tok.eos_token_id)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)

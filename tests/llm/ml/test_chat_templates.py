@@ -1,5 +1,7 @@
 """Assistant-only labels under the chat templates the model makers publish (tests/fixtures/chat-templates)."""
 
+import json
+
 import pytest
 
 from tests.llm.ml.families import FAMILIES, SHAPES, tokenizer
@@ -25,8 +27,6 @@ def test_every_family_labels_exactly_its_answers(family, shape):
     before, after = AROUND[family]
     answers = ANSWERS[shape.split("+")[0]]
     expected = "".join(f"{before}{a}{after}" for a in answers)
-    if family == "qwen3":  # the answer after the last user turn carries the (empty) think block Qwen3 emits
-        expected = "".join(f"{a}{after}" for a in answers[:-1]) + f"<think>\n\n</think>\n\n{answers[-1]}{after}"
     assert _targets(tok, encoded) == expected
     # Training sees exactly the tokens inference will be given for the final answer, then the answer.
     prompt = prompt_ids(tok, record)
@@ -34,6 +34,26 @@ def test_every_family_labels_exactly_its_answers(family, shape):
     assert encoded.labels[len(prompt)] != IGNORE and all(x == IGNORE for x in encoded.labels[: len(prompt)][-3:])
     if "system" in shape:
         assert "Answer in JSON." in tok.decode(encoded.input_ids)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_decoded_final_answer_is_the_answer_alone(family):
+    # What evaluate scores is the decode without special tokens: anything else the model is trained to write
+    # around the answer (Qwen3's think block is made of ordinary tokens) would break every JSON metric.
+    tok = tokenizer(FAMILIES[family])
+    record = Example("r", SHAPES["multi+system"])
+    encoded, prompt = encode(tok, record, max_seq_len=4096), prompt_ids(tok, record)
+    final = [t for t in encoded.labels[len(prompt):] if t != IGNORE]
+    assert json.loads(tok.decode(final, skip_special_tokens=True).strip()) == {"team": "it"}
+
+
+def test_qwen3_prompts_end_with_the_empty_think_block():
+    tok = tokenizer(FAMILIES["qwen3"])
+    assert tok.convert_ids_to_tokens(tok.convert_tokens_to_ids(["<think>"])) == ["<think>"]
+    assert "<think>" not in tok.all_special_tokens  # as in Qwen3's own tokenizer
+    prompt = prompt_ids(tok, Example("r", SHAPES["single"]))
+    block = tok("<think>\n\n</think>\n\n", add_special_tokens=False)["input_ids"]
+    assert prompt[-len(block):] == block and tok.convert_tokens_to_ids("<think>") in block
 
 
 def test_mistral_keeps_the_system_message_the_final_answer_is_generated_under():
@@ -45,13 +65,17 @@ def test_mistral_keeps_the_system_message_the_final_answer_is_generated_under():
     assert [text[a:b] for a, b in found] == [' {"team": "hw"}</s>']
 
 
-def test_qwen3_trains_on_the_reasoning_of_the_final_answer_only():
+def test_qwen3_reasoning_of_a_final_answer_is_quarantined_not_dropped():
+    # Rendered without thinking (RENDER_KWARGS), the prompt ends with the empty think block: the reasoning of the
+    # final answer has no place in what inference sees, and training on the answer alone would lose it silently.
     tok = tokenizer(FAMILIES["qwen3"])
     messages = [{"role": "user", "content": "a?"}, {"role": "assistant", "content": "<think>\nr1\n</think>\n\nA1"},
                 {"role": "user", "content": "b?"}, {"role": "assistant", "content": "<think>\nr2\n</think>\n\nB2"}]
-    text, found = spans(tok, messages)
-    assert [text[a:b] for a, b in found] == ["A1<|im_end|>\n", "<think>\nr2\n</think>\n\nB2<|im_end|>\n"]
-    assert "r1" not in text  # the template drops earlier reasoning, as it does at inference
+    with pytest.raises(TemplateError, match=r"part of the final answer \(messages\[3\]\)"):
+        spans(tok, messages)
+    # Reasoning in an earlier answer is dropped by the template itself, as it is at inference.
+    text, found = spans(tok, [*messages[:3], {"role": "assistant", "content": "B2"}])
+    assert [text[a:b] for a, b in found] == ["A1<|im_end|>\n", "B2<|im_end|>\n"] and "r1" not in text
 
 
 def test_the_render_date_is_fixed():

@@ -20,13 +20,25 @@ def test_auto_precision_by_generation(capability, gpu, precision, scaler):
     chosen = choose(capability)
     assert (chosen.mixed_precision, chosen.grad_scaler) == (precision, scaler), gpu
     assert chosen.device == f"cuda sm_{capability[0]}{capability[1]}"
-    assert chosen.attn_implementation == "sdpa"  # flash_attn not installed
+    # flash_attn not installed: transformers picks (sdpa or eager by model class); nothing is resolved before
+    # the model is loaded.
+    assert (chosen.attention_request, chosen.attn_implementation) == ("auto", None)
 
 
-@pytest.mark.parametrize(("capability", "kernel"), [((7, 0), "sdpa"), ((7, 5), "sdpa"), ((8, 0), "flash_attention_2"),
+@pytest.mark.parametrize(("capability", "kernel"), [((7, 0), "auto"), ((7, 5), "auto"), ((8, 0), "flash_attention_2"),
                                                     ((9, 0), "flash_attention_2")])
 def test_flash_attention_only_from_ampere_when_installed(capability, kernel):
-    assert choose(capability, flash_attention=True).attn_implementation == kernel
+    assert choose(capability, flash_attention=True).attention_request == kernel
+
+
+def test_the_resolved_kernel_is_what_is_reported():
+    # What train prints at start-up and records (MLflow params, training_summary.json) once the model is built.
+    chosen = choose((9, 0), flash_attention=True).with_attention("flash_attention_2")
+    assert chosen.as_params()["attn_implementation"] == "flash_attention_2"
+    assert "attention flash_attention_2 (bf16" in chosen.describe()
+    fallback = choose((7, 5)).with_attention("eager")  # a class without SDPA support (Gemma 2, gpt-oss)
+    assert fallback.as_params()["attention_request"] == "auto"
+    assert "attention eager (requested auto)" in fallback.describe()
 
 
 def test_cpu_runs_fp32_and_explicit_requests_are_kept():

@@ -31,7 +31,12 @@ IGNORE = -100
 # differently on the day a resumed run continues. This is the templates' own fallback date. Serving renders with
 # the same variables (training_summary.json chat_template_kwargs -> serving.json), or the served prompt would be
 # one the model never saw in training.
-RENDER_KWARGS = {"date_string": "26 Jul 2024"}
+# Qwen3's template ends the generation prompt with the empty think block only when enable_thinking is false, yet
+# renders that block before every final answer either way: without it the model learns to write the block itself,
+# and "<think>"/"</think>" are not special tokens in Qwen3's tokenizer (Qwen/Qwen3-8B tokenizer_config.json,
+# added_tokens_decoder "special": false), so they stay in every decoded answer. With it the block is part of the
+# prompt and the answer is the answer alone. Templates without the variable ignore it.
+RENDER_KWARGS = {"date_string": "26 Jul 2024", "enable_thinking": False}
 _OPEN, _CLOSE = "\ue000", "\ue001"  # private-use code points: no tokenizer vocabulary or dataset means them
 _MARK = re.compile(f"[{_OPEN}{_CLOSE}][0-9]+[{_OPEN}{_CLOSE}]")
 _GENERATION_BLOCK = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -149,6 +154,11 @@ def _marked_spans(tokenizer, messages: list[dict[str, str]]) -> tuple[str, list[
     if close < 0:
         raise TemplateError(f"the chat template leaves out the final answer (messages[{last}])")
     start = _prompt_end(through, 0, _first(through, last, close), prompt)
+    if messages[last]["content"].strip() not in _MARK.sub("", through[start:close]):
+        # Qwen3 with enable_thinking false: the prompt already holds the (empty) think block, so the reasoning of
+        # a final answer would silently not be trained on.
+        raise TemplateError(f"the generation prompt already covers part of the final answer (messages[{last}]): "
+                            f"rendered with {RENDER_KWARGS}, only the rest would be trained on")
     text = prompt + through[start:]
     spans = [(len(prompt), len(text))]
     cursor = 0

@@ -15,9 +15,11 @@ from __future__ import annotations
 import importlib.util
 import resource
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
+
+from tuneline.llm.ml.attention import AUTO, FLASH
 
 BF16_MIN_CAPABILITY = (8, 0)  # Ampere: first bf16 tensor cores (A100 sm_80, A10/L4/RTX 30xx sm_86/89, H100 sm_90)
 # FlashAttention-2 supports Ampere, Ada and Hopper GPUs only (flash-attention README, "Installation and features").
@@ -26,25 +28,34 @@ FLASH_ATTENTION_MIN_CAPABILITY = (8, 0)
 
 @dataclass(frozen=True)
 class Precision:
-    """What a training run uses on its device: accelerate's ``mixed_precision`` value and the attention kernel."""
+    """What a training run uses on its device: accelerate's ``mixed_precision`` value and the attention kernel,
+    as chosen for the GPU generation (``attention_request``) and as the loaded model runs it
+    (``attn_implementation``, known once the model is built: ``with_attention``)."""
 
     mixed_precision: str  # "no" (fp32), "fp16" or "bf16"
     grad_scaler: bool  # fp16 needs loss scaling; bf16 has fp32's exponent range and does not
-    attn_implementation: str  # transformers' attn_implementation
+    attention_request: str  # attention.FLASH, or attention.AUTO: transformers picks by model class (attention.py)
     device: str  # "cpu" or "cuda sm_XY"
     reason: str
+    attn_implementation: str | None = None  # transformers' resolved config._attn_implementation
+
+    def with_attention(self, resolved: str) -> Precision:
+        return replace(self, attn_implementation=resolved)
 
     def as_params(self) -> dict[str, str]:
         return {k: str(v) for k, v in asdict(self).items()}
 
     def describe(self) -> str:
+        attention = self.attn_implementation or f"{self.attention_request} (model not loaded yet)"
+        if self.attn_implementation and self.attention_request != self.attn_implementation:
+            attention += f" (requested {self.attention_request})"
         return (f"{self.device}: mixed precision {self.mixed_precision}"
-                f"{' with a GradScaler' if self.grad_scaler else ''}, attention {self.attn_implementation} "
+                f"{' with a GradScaler' if self.grad_scaler else ''}, attention {attention} "
                 f"({self.reason})")
 
 
 def choose(capability: tuple[int, int] | None, requested: str = "auto", flash_attention: bool = False) -> Precision:
-    """The precision and attention kernel for a device of ``capability`` (None: no GPU).
+    """The precision and attention kernel to request for a device of ``capability`` (None: no GPU).
 
     ``requested`` is the component's ``precision`` input: ``auto`` decides by generation; an explicit value is
     kept (the user asked for it) but the reason says when it runs emulated. ``flash_attention``: whether the
@@ -52,8 +63,8 @@ def choose(capability: tuple[int, int] | None, requested: str = "auto", flash_at
     """
     if capability is None:
         if requested in ("fp16", "bf16"):
-            return Precision(requested, False, "sdpa", "cpu", f"{requested} requested on CPU (autocast, slow)")
-        return Precision("no", False, "sdpa", "cpu", "no GPU: fp32")
+            return Precision(requested, False, AUTO, "cpu", f"{requested} requested on CPU (autocast, slow)")
+        return Precision("no", False, AUTO, "cpu", "no GPU: fp32")
     device = f"cuda sm_{capability[0]}{capability[1]}"
     ampere_or_newer = tuple(capability) >= BF16_MIN_CAPABILITY
     if requested == "auto":
@@ -66,7 +77,7 @@ def choose(capability: tuple[int, int] | None, requested: str = "auto", flash_at
         if requested == "bf16" and not ampere_or_newer:
             reason += " (emulated below sm_80: slow; fp16 is the native choice here)"
     flash = flash_attention and precision in ("bf16", "fp16") and tuple(capability) >= FLASH_ATTENTION_MIN_CAPABILITY
-    return Precision(precision, precision == "fp16", "flash_attention_2" if flash else "sdpa", device, reason)
+    return Precision(precision, precision == "fp16", FLASH if flash else AUTO, device, reason)
 
 
 def flash_attention_installed() -> bool:

@@ -12,12 +12,25 @@ from tuneline.llm.ml.chat import IGNORE, encode, prompt_ids
 from tuneline.llm.ml.data import Example
 
 
+def stop_ids(model, tokenizer) -> list[int]:
+    """Every token that ends an answer: the model's generation_config eos ids and the tokenizer's eos.
+
+    Passing only ``tokenizer.eos_token_id`` to ``generate`` replaces the generation config's list (transformers
+    generation/utils.py ``_prepare_generation_config``: keyword arguments update the generation config): Gemma's
+    tokenizer eos is ``<eos>`` while its turns end with ``<end_of_turn>``, which only the generation config lists
+    (google/gemma-3-1b-it generation_config.json ``eos_token_id: [1, 106]``), and every answer would run to
+    ``max_new_tokens``."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = configured if isinstance(configured, list) else [configured]
+    return list(dict.fromkeys(i for i in [*ids, tokenizer.eos_token_id] if i is not None))
+
+
 @torch.no_grad()
 def generate(model, tokenizer, records: list[Example], max_new_tokens: int, batch_size: int,
              on_batch: Callable[[int], None] | None = None) -> list[str]:
     """Greedy answers in the order of `records`; `on_batch(done)` is called after each batch."""
     pad = tokenizer.pad_token_id
-    eos = tokenizer.eos_token_id
+    eos = stop_ids(model, tokenizer)
     device = next(model.parameters()).device
     # Longest prompts first: batches of similar length waste less compute on padding.
     prompts = [prompt_ids(tokenizer, r) for r in records]

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneline import settings
+from tuneline.llm.ml.attention import AUTO
+from tuneline.llm.ml.attention import request as request_attention
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 SUMMARY_FILE = "training_summary.json"
@@ -232,13 +234,13 @@ def load_tokenizer(path: Path | str, padding_side: str = "right"):
     return tokenizer
 
 
-def load_causal_lm(path: Path | str, dtype=None, quantization_config=None, attn_implementation: str = "sdpa",
+def load_causal_lm(path: Path | str, dtype=None, quantization_config=None, attn_implementation: str | None = AUTO,
                    device_map=None):
     """``device_map={"": device}`` reads the weights straight onto that device instead of staging the whole model
     in host memory first (16 GB for an 8B model in bf16, the train step's whole memory request)."""
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
+    kwargs = {"dtype": dtype, "attn_implementation": request_attention(path, attn_implementation)}
     if device_map is not None:
         kwargs["device_map"] = device_map
     if quantization_config is not None:
