@@ -188,3 +188,34 @@ def test_a_key_vault_secret_uri_gives_its_vault_name_and_cloud_scope():
         "https://tl-vault.vault.azure.cn", "hf-token", "0123abcd", "https://vault.azure.cn/.default")
     with pytest.raises(ValueError, match="not a Key Vault secret URI"):
         parse_secret_uri("hf_abcdef")
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty Hub cache, with huggingface_hub offline (both read once at its import, so set on its constants)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_a_hub_id_resolves_at_a_branch_a_pinned_commit_or_an_at_revision(tiny, offline_hub, tmp_path):
+    from tests.support.fakehub import add_commit
+    from tuneline.llm.ml.models import BASE_REVISION_KEY, _build_tiny_llama, hub_revision, resolve_summary_base
+
+    first = add_commit(offline_hub, "fake-org/tiny", tiny, message="first")
+    (tmp_path / "seed1").mkdir()
+    _build_tiny_llama(tmp_path / "seed1", seed=1)
+    second = add_commit(offline_hub, "fake-org/tiny", tmp_path / "seed1", message="second")
+    assert hub_revision(resolve_model("fake-org/tiny")) == second  # main moved
+    assert hub_revision(resolve_model("fake-org/tiny", revision=first)) == first
+    assert hub_revision(resolve_model(f"fake-org/tiny@{first}")) == first
+    assert hub_revision(resolve_model(f"fake-org/tiny@{first}", revision=second)) == second
+    assert resolve_summary_base({"base_model": "fake-org/tiny", BASE_REVISION_KEY: first}).name == first
+    assert hub_revision(tiny) is None and resolve_summary_base({"base_model": "fake-org/tiny"}).name == second
+    with pytest.raises(ModelNotAvailable, match=r"'fake-org/tiny' at revision '0{40}' could not be downloaded"):
+        resolve_model("fake-org/tiny", revision="0" * 40)
