@@ -47,6 +47,17 @@ SPOT_TAINT = f"{SPOT_LABEL}={SPOT_VALUE}:NoSchedule"
 # The Azure ML datastore a compiled pipeline writes its outputs to (`settings.default_datastore`), and so where a
 # step that registers its own output finds it (tuneline/llm/workspace_files.py); every workspace has it.
 AZUREML_DEFAULT_DATASTORE = "workspaceblobstore"
+# Gated Hugging Face Hub models need a token in HF_TOKEN (what huggingface_hub reads) in the steps that load a model.
+# Kubeflow Pipelines puts it there from a Secret (HF_SECRET_FLAG); Azure ML names a Key Vault secret
+# (AZUREML_HF_TOKEN_SECRET_FLAG) whose URI the compiled steps carry in HF_TOKEN_SECRET_VAR, and the step reads the
+# secret itself (tuneline/llm/ml/hubaccess.py). The flags are declared with these names; errors quote them.
+HF_TOKEN_VAR = "HF_TOKEN"
+HF_SECRET_FLAG = "--hf-secret"
+AZUREML_HF_TOKEN_SECRET_FLAG = "--azureml-hf-token-secret"
+HF_TOKEN_SECRET_VAR = "TUNELINE_HF_TOKEN_SECRET"
+# A Key Vault secret identifier, with or without its version: https://<vault>.vault.azure.net/secrets/<name>[/<v>]
+KEY_VAULT_SECRET_URI = re.compile(r"^https://(?P<vault>[a-z0-9-]+)\.(?P<suffix>vault\.[a-z0-9.-]+)/secrets/"
+                                  r"(?P<name>[A-Za-z0-9-]+)(?:/(?P<version>[A-Za-z0-9]+))?/?$", re.I)
 # Where compiled Kubernetes steps mount the shared checkpoint volume.
 CHECKPOINT_MOUNT = "/mnt/checkpoints"
 # The metric a gate, a promotion rule or a drift check compares when nothing names one. The components that take a

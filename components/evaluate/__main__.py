@@ -159,7 +159,14 @@ def _score_models(args: Namespace, split_records: list, refs: list[str], schema:
     returns (results, predictions, timings, records, refs, quarantined, tuned summary)."""
     import torch
 
-    from tuneline.llm.ml.models import load_causal_lm, load_tokenizer, load_tuned, resolve_model
+    from tuneline.llm.ml.models import (
+        BASE_REVISION_KEY,
+        load_causal_lm,
+        load_tokenizer,
+        load_tuned,
+        read_summary,
+        resolve_model,
+    )
 
     torch.manual_seed(0)
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
@@ -168,7 +175,10 @@ def _score_models(args: Namespace, split_records: list, refs: list[str], schema:
     predictions: dict[str, list[str]] = {}
     timings: dict[str, float] = {}
 
-    base_path = resolve_model(args.base_model)
+    # The base model is compared at the Hub commit the tuned model was trained from, when it is the same model.
+    trained = read_summary(args.model)
+    base_path = resolve_model(args.base_model, revision=trained.get(BASE_REVISION_KEY)
+                              if trained.get("base_model") == args.base_model else None)
     base = load_causal_lm(base_path, dtype=dtype).to(device).eval()
     base_tok = load_tokenizer(base_path, padding_side="left")
     records, refs, quarantined = expressible(base_tok, split_records, refs, args.max_seq_len)

@@ -26,7 +26,14 @@ from pathlib import Path
 import torch
 
 from components.train.modelsetup import add_lora, empty_model, load_dtype, materialise_trainable
-from tuneline.llm.ml.models import load_causal_lm, load_tokenizer, merge_lora, read_summary, resolve_model
+from tuneline.llm.ml.models import (
+    load_causal_lm,
+    load_tokenizer,
+    merge_lora,
+    read_summary,
+    resolve_model,
+    resolve_summary_base,
+)
 
 
 def start_point(base_model: str, sft_model: Path | None) -> tuple[str, str]:
@@ -47,7 +54,9 @@ def _load(config, dtype, on_meta: bool = False):
     sft = Path(config.sft_model)
     tokenizer = load_tokenizer(sft, padding_side="right")
     if (sft / "adapter_config.json").is_file():
-        base = resolve_model(read_summary(sft).get("base_model", config.base_model))
+        summary = read_summary(sft)
+        # At the Hub commit the SFT model was trained on, when its summary records one.
+        base = resolve_summary_base(summary) if summary.get("base_model") else resolve_model(config.base_model)
         return (empty_model(base, dtype) if on_meta else merge_lora(base, sft, dtype=dtype)), tokenizer
     return (empty_model(sft, dtype) if on_meta else load_causal_lm(sft, dtype=dtype)), tokenizer
 

@@ -35,10 +35,12 @@ from tuneline.step.outputs import write_value
 def _tags(
     trained, evaluation, code: str, pipeline_run: str, base_sha: str, gate_metric: str
 ) -> dict[str, str]:
+    from tuneline.llm.ml.models import BASE_REVISION_KEY
     from tuneline.llm.registry import TAG_PREFIX, clip, metric_tag
 
     tags = {
         f"{TAG_PREFIX}base_model": trained.base_model,
+        f"{TAG_PREFIX}{BASE_REVISION_KEY}": trained.summary.get(BASE_REVISION_KEY) or "",
         f"{TAG_PREFIX}method": trained.method,
         f"{TAG_PREFIX}data_sha256": trained.data_sha256,
         f"{TAG_PREFIX}test_sha256": evaluation.test_sha256,

@@ -50,9 +50,9 @@ def base_reference(trained: TrainedModel, mode: Literal["reference", "bundle"]) 
     weights."""
     if not trained.is_adapter:
         return None, ""
-    from tuneline.llm.ml.models import resolve_model
+    from tuneline.llm.ml.models import resolve_summary_base
 
-    base = resolve_model(trained.base_model)
+    base = resolve_summary_base(trained.summary)
     return (base if mode == "bundle" else None), weights_sha256(base)
 
 

@@ -68,7 +68,7 @@ class TunelineChatModel(PythonModel):
         if "base" in context.artifacts:
             return Path(context.artifacts["base"])
         try:
-            from tuneline.llm.ml.models import resolve_model
+            from tuneline.llm.ml.models import resolve_summary_base
             from tuneline.llm.registry import weights_sha256
         except ImportError as exc:
             raise RuntimeError(
@@ -76,7 +76,7 @@ class TunelineChatModel(PythonModel):
                 "the "
                 "tuneline package to resolve; install tuneline, or register with --base-weights bundle"
             ) from exc
-        base = resolve_model(summary["base_model"])
+        base = resolve_summary_base(summary)  # at the Hub commit training used, when it recorded one
         expected = config.get("base_weights_sha256")
         if expected and os.environ.get("TUNELINE_SKIP_BASE_CHECK") != "1":
             actual = weights_sha256(base)

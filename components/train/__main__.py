@@ -20,7 +20,7 @@ from collections import Counter
 
 from components.train.config import TrainConfig, hyperparameters, learning_rate, learning_rate_warning, parse_args
 from components.train.modelsetup import MethodUnavailable, check_method
-from tuneline.llm.ml.models import SUMMARY_FILE
+from tuneline.llm.ml.models import BASE_REVISION_KEY, SUMMARY_FILE
 from tuneline.settings import disable_mlflow_telemetry
 from tuneline.step.outputs import write_value
 
@@ -126,7 +126,7 @@ def _main(config: TrainConfig) -> int:
     from tuneline.llm.ml.data import read_split
     from tuneline.llm.ml.device import detect
 
-    untracked, code = _preflight(config)
+    untracked, code, base_revision = _preflight(config)
     if code is not None:
         return code
     stop = StopFlag()
@@ -150,7 +150,7 @@ def _main(config: TrainConfig) -> int:
 
     train_split = read_split(config.train)
     val_split = read_split(config.validation) if config.validation else None
-    model, tokenizer = _build_model(config, acc, chosen)
+    model, tokenizer = _build_model(config, acc, chosen, base_revision)
     # The kernel transformers settled on for this model class, not the one asked for (attention.py).
     chosen = chosen.with_attention(resolved_attention(model))
     log(f"precision: {chosen.describe()}; distribution {acc.distributed_type.value}, "
@@ -168,7 +168,7 @@ def _main(config: TrainConfig) -> int:
     if resume_from is not None:
         loop.load_checkpoint(resume_from)
     run = _start_run(config, acc, loop, untracked, chosen, steps.total_steps, log,
-                     splits=(train_split, val_split), sizes=(len(train), len(validation)))
+                     splits=(train_split, val_split), sizes=(len(train), len(validation)), base_revision=base_revision)
     loop.run = run
     log(f"training {config.method} on {config.base_model}: {len(train)} examples, {steps.total_steps} steps, "
         f"{acc.num_processes} process(es), precision {precision}")
@@ -176,14 +176,14 @@ def _main(config: TrainConfig) -> int:
     state = _fit(loop, run)
 
     summary = _summary(config, acc, chosen, loop, state, started, splits=(train_split, val_split),
-                       sizes=(len(train), len(validation)), over_long=over_long)
+                       sizes=(len(train), len(validation)), over_long=over_long, base_revision=base_revision)
     save_outputs(config, acc, model, tokenizer, summary)
     _finish(config, acc, run, state, summary, over_long, log)
     acc.end_training()
     return 0
 
 
-def _build_model(config: TrainConfig, acc, chosen) -> tuple:
+def _build_model(config: TrainConfig, acc, chosen, base_revision: str | None) -> tuple:
     """(model, tokenizer), identical on every rank; the dropout seeds differ per rank afterwards."""
     import torch
     from accelerate.utils import DistributedType
@@ -195,7 +195,7 @@ def _build_model(config: TrainConfig, acc, chosen) -> tuple:
     model, tokenizer = modelsetup.build(
         config, chosen.mixed_precision, acc.device, attn_implementation=chosen.attention_request,
         sharded=parallel.is_sharded(acc), on_meta=fsdp and config.method != "qlora" and parallel.loads_on_meta(),
-        shards_params=parallel.shards_parameters(acc))
+        shards_params=parallel.shards_parameters(acc), base_revision=base_revision)
     # After the shared initialisation each rank draws its own dropout masks.
     torch.manual_seed(config.seed + 1000 * acc.process_index)
     return model, tokenizer
@@ -228,13 +228,16 @@ def _fit(loop, run):
 
 
 def _summary(config: TrainConfig, acc, chosen, loop, state, started: float, *, splits: tuple,
-             sizes: tuple[int, int], over_long: dict) -> dict:
+             sizes: tuple[int, int], over_long: dict, base_revision: str | None) -> dict:
     """training_summary.json: what was trained, on what, how, and the loop's figures."""
     from tuneline.llm.ml.chat import RENDER_KWARGS
 
     train_split, val_split = splits
     return {
         "base_model": config.base_model,
+        # The Hub commit the base model was read at (None for a catalog model or a folder): later steps load the
+        # same weights, tokenizer and chat template from it (tuneline.llm.ml.models.resolve_summary_base).
+        BASE_REVISION_KEY: base_revision,
         "method": config.method,
         "hyperparameters": hyperparameters(config),
         "data": {"train_sha256": train_split.sha256, "n_train": sizes[0],
@@ -253,29 +256,30 @@ def _summary(config: TrainConfig, acc, chosen, loop, state, started: float, *, s
     }
 
 
-def _preflight(config: TrainConfig) -> tuple[str | None, int | None]:
-    """(why the run cannot be tracked, or None; exit code 2 when the process cannot train as configured).
-    Runs before the process group starts."""
-    from tuneline.llm.ml.models import resolve_model
+def _preflight(config: TrainConfig) -> tuple[str | None, int | None, str | None]:
+    """(why the run cannot be tracked, or None; exit code 2 when the process cannot train as configured; the Hub
+    commit of the base model, or None). Runs before the process group starts."""
+    from tuneline.llm.ml.models import hub_revision, resolve_model
     from tuneline.llm.ml.tracking import mlflow_missing
 
     untracked = mlflow_missing()
     if untracked and os.environ.get("MLFLOW_TRACKING_URI"):
         # A tracking store was named: losing the run's record silently would be worse than failing.
         print(f"error: MLFLOW_TRACKING_URI is set but {untracked}", file=sys.stderr)
-        return untracked, 2
+        return untracked, 2, None
 
     # Before the process group starts: a catalog model is built (and saved) by whichever rank gets there first,
     # and transformers saves nothing on ranks > 0 once torch.distributed is initialised.
-    resolve_model(config.base_model)
+    # A Hub id resolves its branch here, once: the model is then loaded at that commit, which the summary records.
+    base_revision = hub_revision(resolve_model(config.base_model))
     from components.train import distribution
 
     try:
         distribution.apply(config.distribution)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
-        return untracked, 2
-    return untracked, None
+        return untracked, 2, base_revision
+    return untracked, None, base_revision
 
 
 def _optimizer(config: TrainConfig, model, n_parameters: int, total_steps: int, log) -> tuple:
@@ -300,7 +304,7 @@ def _optimizer(config: TrainConfig, model, n_parameters: int, total_steps: int, 
 
 
 def _start_run(config: TrainConfig, acc, loop, untracked: str | None, chosen, total_steps: int, log, *,
-               splits: tuple, sizes: tuple[int, int]):
+               splits: tuple, sizes: tuple[int, int], base_revision: str | None):
     """The MLflow run on the main process (resumed when the checkpoint names one), or None."""
     train_split, val_split = splits
     run = None
@@ -320,7 +324,8 @@ def _start_run(config: TrainConfig, acc, loop, untracked: str | None, chosen, to
                         "distributed_type": acc.distributed_type.value,
                         **{k: v for k, v in chosen.as_params().items() if k != "reason"}})
         run.set_tags({"tuneline.dataset_sha256": train_split.sha256, "tuneline.base_model": config.base_model,
-                      "tuneline.method": config.method})
+                      "tuneline.method": config.method,
+                      **({f"tuneline.{BASE_REVISION_KEY}": base_revision} if base_revision else {})})
         write_value(config.mlflow_run_id, run.run_id)
     return run
 

@@ -67,17 +67,18 @@ def load_dtype(method: str, precision: str) -> torch.dtype:
 
 
 def build(config: TrainConfig, precision: str, device: torch.device, *, attn_implementation: str = AUTO,
-          sharded: bool = False, on_meta: bool = False, shards_params: bool = False):
+          sharded: bool = False, on_meta: bool = False, shards_params: bool = False, base_revision: str | None = None):
     """The model to train and its tokenizer.
 
     ``sharded``: FSDP or DeepSpeed will place (and shard) the model in ``prepare``; moving the whole model to
     the GPU first would need the unsharded model to fit on one device. ``on_meta``: build the model from its
     config on the meta device instead of reading the checkpoint (``parallel.loads_on_meta``); ``prepare``
     broadcasts rank 0's weights into the shards. Non-persistent buffers (rotary frequencies) stay real, since
-    accelerate copies them back after sharding rather than broadcasting them.
+    accelerate copies them back after sharding rather than broadcasting them. ``base_revision``: the Hub commit
+    the base model resolved to before training started, so the weights loaded are the ones the summary records.
     """
     check_method(config.method)
-    path = resolve_model(config.base_model)
+    path = resolve_model(config.base_model, revision=base_revision)
     tokenizer = load_tokenizer(path, padding_side="right")
     quantization = quantization_config(precision, shards_params) if config.method == "qlora" else None
     dtype = load_dtype(config.method, precision)

@@ -65,6 +65,41 @@ def test_lora_run_writes_adapter_summary_and_mlflow_run(env):
     assert json.loads((model / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny-random-llama"
 
 
+def test_a_hub_base_model_is_recorded_and_reloaded_at_the_commit_it_was_trained_on(env, tmp_path, monkeypatch):
+    """A Hub id resolves `main` from a local Hub cache, offline (tests/support/fakehub.py); the summary and the run
+    record that commit, and after `main` moves, load_tuned and register still read the base at it."""
+    import torch
+    from huggingface_hub import constants
+    from mlflow.tracking import MlflowClient
+    from safetensors.torch import load_file
+
+    from components.register.inputs import read_trained_model
+    from components.register.logmodel import base_reference
+    from tests.support.fakehub import add_commit
+    from tuneline.llm.ml.models import _build_tiny_llama, load_tuned, resolve_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read once at import, as is the cache
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    trained_on = add_commit(tmp_path / "hub", "fake-org/tiny", resolve_model("tiny-random-llama"), message="v1")
+    out = _train(env, "hub", "--base-model", "fake-org/tiny")
+    summary = json.loads((out / "model" / "training_summary.json").read_text())
+    assert summary["base_model"] == "fake-org/tiny" and summary["base_model_revision"] == trained_on
+    run = MlflowClient().get_run(summary["mlflow_run_id"])
+    assert run.data.tags["tuneline.base_model_revision"] == trained_on
+
+    (tmp_path / "v2").mkdir()
+    _build_tiny_llama(tmp_path / "v2", seed=1)
+    moved_to = add_commit(tmp_path / "hub", "fake-org/tiny", tmp_path / "v2", message="v2")
+    assert resolve_model("fake-org/tiny").name == moved_to
+    model, _, _ = load_tuned(out / "model")
+    trained_embeddings = load_file(resolve_model("tiny-random-llama") / "model.safetensors")[
+        "model.embed_tokens.weight"]
+    assert torch.equal(model.get_input_embeddings().weight, trained_embeddings)  # LoRA leaves embeddings alone
+    bundled, _ = base_reference(read_trained_model(out / "model"), "bundle")
+    assert bundled.name == trained_on
+
+
 def test_padding_free_packing_gives_the_same_losses_as_padding(env):
     padded = _losses(_train(env, "padded", "--max-steps", "2", "--lora-dropout", "0"))
     packed_out = _train(env, "packed", "--max-steps", "2", "--lora-dropout", "0", "--packing", "true")

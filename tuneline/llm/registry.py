@@ -481,9 +481,9 @@ def resolve_base_dir(fetched: FetchedModel) -> Path | None:
         return None
     if fetched.base_dir is not None:
         return fetched.base_dir
-    from tuneline.llm.ml.models import read_summary, resolve_model
+    from tuneline.llm.ml.models import read_summary, resolve_summary_base
 
-    base = resolve_model(read_summary(fetched.model_dir)["base_model"])
+    base = resolve_summary_base(read_summary(fetched.model_dir))
     expected = fetched.tags.get(f"{TAG_PREFIX}base_weights_sha256")
     if expected and os.environ.get("TUNELINE_SKIP_BASE_CHECK") != "1":
         actual = weights_sha256(base)

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -103,3 +105,117 @@ def test_hub_downloads_take_what_transformers_writes_and_skip_original_format_co
             "consolidated.safetensors", "original/consolidated.00.pth", "original/params.json", "tokenizer.model"]
     assert kept(repo) == {"config.json", "model-00001-of-00003.safetensors", "model.safetensors.index.json",
                           "tokenizer.model"}
+
+
+def _hub_refusal(error_class, status: int, repo_id: str):
+    """The error huggingface_hub raises for this answer, built as its hf_raise_for_status builds it."""
+    import httpx2
+
+    request = httpx2.Request("GET", f"https://huggingface.co/api/models/{repo_id}/revision/main")
+    return error_class(f"{status} Client Error.", response=httpx2.Response(status, request=request))
+
+
+@pytest.mark.parametrize("token", ["", "hf_xyz"])
+def test_a_gated_hub_model_names_the_token_it_needs(monkeypatch, token):
+    """The Hub cannot be reached from the test machine, so snapshot_download is replaced by one raising the
+    GatedRepoError huggingface_hub raises for a gated repo."""
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError
+
+    def gated(repo_id, **kwargs):
+        raise _hub_refusal(GatedRepoError, 403 if token else 401, repo_id)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", gated)
+    monkeypatch.setenv("HF_TOKEN", token)
+    with pytest.raises(ModelNotAvailable) as caught:
+        resolve_model("meta-llama/Llama-3.1-8B-Instruct")
+    message = str(caught.value)
+    assert "'meta-llama/Llama-3.1-8B-Instruct' is gated" in message and "HF_TOKEN" in message
+    assert "https://huggingface.co/meta-llama/Llama-3.1-8B-Instruct" in message
+    assert "--hf-secret" in message and "--azureml-hf-token-secret" in message
+    assert "Offline" not in message
+    assert ("has no access yet" in message) == bool(token)
+
+
+def test_an_unauthenticated_401_names_the_token_too(monkeypatch):
+    """As above (no Hub here): a gated or private repo asked without a token is a 401 RepositoryNotFoundError."""
+    import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    def refused(repo_id, **kwargs):
+        raise _hub_refusal(RepositoryNotFoundError, 401, repo_id)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", refused)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with pytest.raises(ModelNotAvailable, match=r"'google/gemma-3-1b-it' is gated .*no HF_TOKEN was given"):
+        resolve_model("google/gemma-3-1b-it")
+
+
+def test_the_hub_token_is_read_from_the_named_secret_only_when_missing(monkeypatch):
+    from tuneline.llm.ml import hubaccess
+
+    asked = []
+
+    def read(uri):
+        asked.append(uri)
+        return "hf_from_vault\n"
+
+    uri = "https://tl-vault.vault.azure.net/secrets/hf-token"
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("TUNELINE_HF_TOKEN_SECRET", raising=False)
+    assert not hubaccess.ensure_token(read) and asked == []
+    monkeypatch.setenv("TUNELINE_HF_TOKEN_SECRET", uri)
+    monkeypatch.setenv("HF_TOKEN", "hf_given")
+    assert not hubaccess.ensure_token(read) and asked == []
+    monkeypatch.delenv("HF_TOKEN")
+    assert hubaccess.ensure_token(read) and asked == [uri]
+    assert os.environ["HF_TOKEN"] == "hf_from_vault"
+
+    def denied(uri):
+        raise PermissionError("403 Forbidden")
+
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(hubaccess.TokenUnavailable, match="TUNELINE_HF_TOKEN_SECRET=https://.*PermissionError"):
+        hubaccess.ensure_token(denied)
+    assert "HF_TOKEN" not in os.environ
+
+
+def test_a_key_vault_secret_uri_gives_its_vault_name_and_cloud_scope():
+    from tuneline.llm.ml.hubaccess import parse_secret_uri
+
+    secret = parse_secret_uri("https://TL-Vault.vault.azure.cn/secrets/hf-token/0123abcd/")
+    assert (secret.vault_url, secret.name, secret.version, secret.scope) == (
+        "https://tl-vault.vault.azure.cn", "hf-token", "0123abcd", "https://vault.azure.cn/.default")
+    with pytest.raises(ValueError, match="not a Key Vault secret URI"):
+        parse_secret_uri("hf_abcdef")
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty Hub cache, with huggingface_hub offline (both read once at its import, so set on its constants)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_a_hub_id_resolves_at_a_branch_a_pinned_commit_or_an_at_revision(tiny, offline_hub, tmp_path):
+    from tests.support.fakehub import add_commit
+    from tuneline.llm.ml.models import BASE_REVISION_KEY, _build_tiny_llama, hub_revision, resolve_summary_base
+
+    first = add_commit(offline_hub, "fake-org/tiny", tiny, message="first")
+    (tmp_path / "seed1").mkdir()
+    _build_tiny_llama(tmp_path / "seed1", seed=1)
+    second = add_commit(offline_hub, "fake-org/tiny", tmp_path / "seed1", message="second")
+    assert hub_revision(resolve_model("fake-org/tiny")) == second  # main moved
+    assert hub_revision(resolve_model("fake-org/tiny", revision=first)) == first
+    assert hub_revision(resolve_model(f"fake-org/tiny@{first}")) == first
+    assert hub_revision(resolve_model(f"fake-org/tiny@{first}", revision=second)) == second
+    assert resolve_summary_base({"base_model": "fake-org/tiny", BASE_REVISION_KEY: first}).name == first
+    assert hub_revision(tiny) is None and resolve_summary_base({"base_model": "fake-org/tiny"}).name == second
+    with pytest.raises(ModelNotAvailable, match=r"'fake-org/tiny' at revision '0{40}' could not be downloaded"):
+        resolve_model("fake-org/tiny", revision="0" * 40)

@@ -4,7 +4,11 @@ A name is one of
 - a catalog entry (``smollm2-135m-instruct``, ``tiny-random-llama``), materialised once into
   ``<TUNELINE_HOME or ./.tuneline>/models/<name>`` as plain safetensors + tokenizer;
 - a local Hugging Face model folder (a path holding ``config.json``);
-- a Hugging Face Hub id (``org/name``), downloaded when the machine has network.
+- a Hugging Face Hub id (``org/name``, or ``org/name@revision`` to pin a branch, tag or commit), downloaded when
+  the machine has network. The commit it resolved to is the name of the folder it returns
+  (``<HF cache>/models--org--name/snapshots/<commit>``): train records it in training_summary.json as
+  ``base_model_revision``, and every later step resolves the base model at that commit
+  (``resolve_summary_base``), since the Hub id's ``main`` may have moved in between.
 
 Cache entries are written to a temporary folder and renamed into place, so concurrent processes (DDP ranks,
 parallel steps) never see a half-written model and all load identical weights.
@@ -27,6 +31,7 @@ from tuneline.llm.ml.attention import request as request_attention
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 SUMMARY_FILE = "training_summary.json"
+BASE_REVISION_KEY = "base_model_revision"  # training_summary.json: the Hub commit the base model resolved to
 
 # ChatML, as used by SmolLM2, without the default system prompt: the tiny test models need no persona.
 CHATML_TEMPLATE = (
@@ -181,8 +186,9 @@ def _materialise(entry: CatalogEntry) -> Path:
     return target
 
 
-def resolve_model(name: str) -> Path:
-    """Return a local folder holding the model's config, weights and tokenizer."""
+def resolve_model(name: str, revision: str | None = None) -> Path:
+    """Return a local folder holding the model's config, weights and tokenizer. ``revision`` pins a Hub id to a
+    branch, tag or commit (over one given as ``org/name@revision``); catalog names and folders have none."""
     if not name or not name.strip():
         raise ModelNotAvailable("base model name is empty")
     if name in CATALOG:
@@ -192,12 +198,28 @@ def resolve_model(name: str) -> Path:
         if not (path / "config.json").is_file():
             raise ModelNotAvailable(f"{path} is not a Hugging Face model folder (no config.json)")
         return path
-    if name.count("/") == 1 and not name.startswith((".", "/")):
-        return _download_from_hub(name)
+    repo_id, _, pinned = name.partition("@")
+    if repo_id.count("/") == 1 and not repo_id.startswith((".", "/")):
+        return _download_from_hub(repo_id, revision or pinned or None)
     raise ModelNotAvailable(
         f"unknown base model {name!r}: not in the catalog ({', '.join(sorted(CATALOG))}), "
         "not an existing folder, and not a Hub id of the form org/name"
     )
+
+
+def hub_revision(path: Path | str) -> str | None:
+    """The Hub commit a folder from ``resolve_model`` holds: huggingface_hub returns
+    ``<cache>/models--<org>--<name>/snapshots/<commit>`` (huggingface_hub _snapshot_download.py). None for a
+    catalog model or a local folder."""
+    path = Path(path)
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.name
+    return None
+
+
+def resolve_summary_base(summary: dict) -> Path:
+    """The base model a training_summary.json was trained on, at the commit training resolved (when recorded)."""
+    return resolve_model(summary["base_model"], revision=summary.get(BASE_REVISION_KEY))
 
 
 # What a transformers model folder needs: config, weights, tokenizer (json, sentencepiece .model, BPE merges .txt)
@@ -208,18 +230,37 @@ HUB_ALLOW = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
 HUB_IGNORE = ["consolidated*", "original/*"]
 
 
-def _download_from_hub(repo_id: str) -> Path:
+def _download_from_hub(repo_id: str, revision: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
+
+    from tuneline.llm.ml import hubaccess
 
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_ALLOW, ignore_patterns=HUB_IGNORE))
-    except Exception as err:  # noqa: BLE001 - any failure here means "not available offline"
-        raise ModelNotAvailable(
-            f"Hub model {repo_id!r} could not be downloaded ({type(err).__name__}: {' '.join(str(err).split())}). "
-            "Offline, use a "
-            f"catalog name ({', '.join(sorted(CATALOG))}) or a local model folder."
-        ) from err
+        hubaccess.ensure_token()
+    except hubaccess.TokenUnavailable as err:
+        raise ModelNotAvailable(f"Hub model {repo_id!r}: {err}") from err
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_ALLOW,
+                                      ignore_patterns=HUB_IGNORE))
+    except HfHubHTTPError as err:
+        # The Hub answers 401 for a gated or private repo asked without a token (huggingface_hub utils/_http.py
+        # hf_raise_for_status: a RepositoryNotFoundError then), and GatedRepoError when the token's account
+        # has not been granted access.
+        if isinstance(err, GatedRepoError) or err.response.status_code == 401:
+            raise ModelNotAvailable(hubaccess.refused_message(repo_id, isinstance(err, GatedRepoError))) from err
+        raise _unavailable(repo_id, revision, err) from err
+    except Exception as err:  # noqa: BLE001 - any other failure here means "not available offline"
+        raise _unavailable(repo_id, revision, err) from err
+
+
+def _unavailable(repo_id: str, revision: str | None, err: Exception) -> ModelNotAvailable:
+    at = f" at revision {revision!r}" if revision else ""
+    return ModelNotAvailable(
+        f"Hub model {repo_id!r}{at} could not be downloaded ({type(err).__name__}: {' '.join(str(err).split())}). "
+        f"Offline, use a catalog name ({', '.join(sorted(CATALOG))}) or a local model folder."
+    )
 
 
 def load_tokenizer(path: Path | str, padding_side: str = "right"):
@@ -271,7 +312,7 @@ def load_tuned(model_dir: Path | str, dtype=None, padding_side: str = "left"):
     summary = read_summary(model_dir)
     tokenizer = load_tokenizer(model_dir, padding_side=padding_side)
     if (model_dir / "adapter_config.json").is_file():
-        model = merge_lora(resolve_model(summary["base_model"]), model_dir, dtype=dtype)
+        model = merge_lora(resolve_summary_base(summary), model_dir, dtype=dtype)
     else:
         model = load_causal_lm(model_dir, dtype=dtype)
     model.eval()

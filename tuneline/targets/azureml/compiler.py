@@ -46,7 +46,7 @@ from typing import Any
 import yaml
 
 from ...graph import Node, PipelineGraph
-from ...settings import AZUREML_DEFAULT_DATASTORE, TELEMETRY_OFF
+from ...settings import AZUREML_DEFAULT_DATASTORE, HF_TOKEN_SECRET_VAR, TELEMETRY_OFF
 from ...spec import Literal, OutputRef, ParamRef
 from ...spec.command import OptionalBlock, Ref, Token
 from ...spec.models import IOType
@@ -54,7 +54,7 @@ from ...step.gate import GATE_INPUT, GATE_MODULE, VALUE_FILE
 from .. import CompileError
 from ..images import DEFAULT_REGISTRY, deploy_image_env
 from ..options import CompileOptions
-from ..placement import resumable
+from ..placement import loads_models, resumable
 from ..stores import resume_items
 from .options import AzureMLOptions
 from .schedule import azureml_schedule
@@ -79,6 +79,15 @@ class _Dumper(yaml.SafeDumper):
 def default_compute(options: CompileOptions) -> str:
     """The compute of steps without an azureml compute profile (--azureml-compute)."""
     return options.of("azureml", AzureMLOptions()).compute
+
+
+def hf_token_env(node: Node, options: CompileOptions) -> dict[str, str]:
+    """The Key Vault secret holding HF_TOKEN, by URI, for a step that may download a gated Hub model: the step reads
+    it with the compute's managed identity (tuneline/llm/ml/hubaccess.py), Azure ML's documented way for a job to
+    get a secret (azure-ai-docs how-to-use-secrets-in-runs.md), as a job's environment variables are kept in plain
+    text in its definition."""
+    secret = options.of("azureml", AzureMLOptions()).hf_token_secret
+    return {HF_TOKEN_SECRET_VAR: secret} if secret and loads_models(node) else {}
 
 
 def dump_yaml(data: Any) -> str:
@@ -371,7 +380,8 @@ def pipeline_dict(graph: PipelineGraph, options: CompileOptions, job_dir: Path,
         if node.step.timeout_seconds:
             job["limits"] = {"timeout": int(node.step.timeout_seconds)}
         job["environment_variables"] = {"TUNELINE_STEP": name, **TELEMETRY_OFF,
-                                        **deploy_image_env(node.component.spec.deploys_image, options.images)}
+                                        **deploy_image_env(node.component.spec.deploys_image, options.images),
+                                        **hf_token_env(node, options)}
         jobs[name] = job
     return {
         "$schema": PIPELINE_SCHEMA,

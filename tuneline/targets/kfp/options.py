@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ...settings import HF_SECRET_FLAG, HF_TOKEN_VAR
 from ..base import Setting
 
 DEFAULT_MLFLOW_CONFIG_MAP = "tuneline-mlflow"  # k8s/kubeflow/ creates it where KFP runs the pods
@@ -20,7 +21,7 @@ HF_CACHE_DIR = "hf-cache"
 # A Secret with key HF_TOKEN for gated Hub models (meta-llama/..., google/gemma-...), given with --hf-secret.
 # Not by default: KFP 2.14's API server refuses optional Secret references (see kfp.py _drop_unset_optional),
 # and a required one would stop every pod on a cluster without it.
-HF_SECRET_KEYS = ("HF_TOKEN",)
+HF_SECRET_KEYS = (HF_TOKEN_VAR,)
 DEFAULT_KFP_SERVICE_ACCOUNT = "tuneline-pipeline"  # k8s/kubeflow/ creates it; runs are submitted with it
 # KFP's own default (backend/src/v2/config/env.go, 2.14.0 to 2.17.0); a cluster whose kfp-launcher ConfigMap sets
 # another `defaultPipelineRoot` compiles with that one (--kfp-pipeline-root), since imports must share its bucket.
@@ -46,7 +47,7 @@ COMPILE_SETTINGS = (
             f"the tracking server's basic auth (default: {DEFAULT_MLFLOW_SECRET}); '' for none"),
     Setting("checkpoint_pvc", ("--checkpoint-pvc",), "PersistentVolumeClaim mounted on resumable steps and on steps "
             f"that load a model (their Hugging Face cache lives there; default: {DEFAULT_CHECKPOINT_PVC})"),
-    Setting("hf_secret", ("--hf-secret",), "Kubernetes Secret with HF_TOKEN, given to the steps that load a model "
+    Setting("hf_secret", (HF_SECRET_FLAG,), "Kubernetes Secret with HF_TOKEN, given to the steps that load a model "
             "(gated Hub models need it); default: none"),
     Setting("pipeline_root", ("--kfp-pipeline-root",), "the cluster's KFP pipeline root (kfp-launcher ConfigMap "
             f"defaultPipelineRoot; default: {DEFAULT_KFP_PIPELINE_ROOT}): imported data must be in its bucket"),
