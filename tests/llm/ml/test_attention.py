@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.llm.ml.families import FAMILIES, tokenizer
-from tuneline.llm.ml.attention import AUTO, FLASH, request, resolved
+from tuneline.llm.ml.attention import AUTO, EAGER, FLASH, request, resolved
 from tuneline.llm.ml.device import choose
 from tuneline.llm.ml.models import load_causal_lm
 
@@ -66,3 +66,15 @@ def test_flash_attention_is_only_requested_from_classes_that_take_it():
     # download, so transformers' default (eager: gpt-oss has no SDPA either) is kept.
     assert request(GptOssConfig(), FLASH) is None
     assert request(LlamaConfig(), AUTO) is None and request(LlamaConfig(), None) is None
+
+
+def test_soft_capped_attention_is_asked_for_eager_by_name_unless_flash_runs_it():
+    # transformers 5.17 (a GPU machine's stack, bench/gpu_stack.txt) would pick SDPA for Gemma 2 by itself and
+    # drop the soft-cap; only an explicit request keeps the pretrained model's attention there.
+    from transformers import Gemma2Config, Gemma3Config, Gemma3TextConfig
+
+    assert request(Gemma2Config(), AUTO) == EAGER
+    assert request(Gemma2Config(), FLASH) == FLASH
+    assert request(Gemma2Config(attn_logit_softcapping=None), AUTO) is None
+    assert request(Gemma3TextConfig(), AUTO) is None  # Gemma 3 normalises queries and keys instead
+    assert request(Gemma3Config(text_config={"attn_logit_softcapping": 30.0}), AUTO) == EAGER

@@ -10,6 +10,13 @@ only kernel named here is FlashAttention-2, and only for a class that declares i
 does not restrict itself to other flash kernels (``_compatible_flash_implementations``, which
 ``_check_and_adjust_attn_implementation`` swaps a plain ``flash_attention_2`` request for: gpt-oss lists only
 Hub kernels).
+
+Left to itself, though, an older transformers still takes SDPA for a model whose attention logits are
+soft-capped: transformers 5.17 declares ``_supports_sdpa = True`` on Gemma 2 and its SDPA path ignores the
+``softcap`` argument (integrations/sdpa_attention.py), so the model would train and be evaluated as another model
+than the one pretrained. 5.23 refuses SDPA for it instead. Such a model (its text config sets
+``attn_logit_softcapping``) is asked for ``eager`` by name unless FlashAttention-2, which applies the soft-cap,
+is chosen.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 
 FLASH = "flash_attention_2"
+EAGER = "eager"
 AUTO = "auto"  # transformers picks: sdpa where the class supports it, eager otherwise
 
 
@@ -39,17 +47,23 @@ def supports_flash(config) -> bool:
 
 def request(model: str | Path | object, preferred: str | None) -> str | None:
     """The ``attn_implementation`` to pass for ``model`` (a model folder or its config): FlashAttention-2 where
-    ``preferred`` and the class supports it, else None (transformers' own choice). Any other explicit kernel name
+    ``preferred`` and the class supports it, eager for soft-capped attention, else None (transformers' own
+    choice). Any other explicit kernel name
     is passed through: the caller asked for it by name."""
-    if preferred in (None, AUTO):
-        return None
-    if preferred != FLASH:
+    if preferred not in (None, AUTO, FLASH):
         return preferred
     if isinstance(model, (str, Path)):
         from transformers import AutoConfig
 
         model = AutoConfig.from_pretrained(model)
-    return FLASH if supports_flash(model) else None
+    if preferred == FLASH and supports_flash(model):
+        return FLASH
+    return EAGER if soft_capped(model) else None
+
+
+def soft_capped(config) -> bool:
+    """Whether the model's attention logits are soft-capped (the text config of a multimodal one)."""
+    return getattr(config.get_text_config(), "attn_logit_softcapping", None) is not None
 
 
 def resolved(model) -> str:
