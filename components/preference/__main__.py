@@ -32,7 +32,7 @@ import time
 from collections import Counter
 
 from components.train.config import hyperparameters
-from tuneline.llm.ml.models import SUMMARY_FILE
+from tuneline.llm.ml.models import BASE_REVISION_KEY, SUMMARY_FILE
 from tuneline.settings import disable_mlflow_telemetry
 from tuneline.step.args import component_program
 from tuneline.step.outputs import write_value
@@ -107,7 +107,7 @@ def _main(config) -> int:
     except (DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    config, start, base_model, code = _starting_point(config)
+    config, start, base_model, base_revision, code = _starting_point(config)
     if code is not None:
         return code
 
@@ -117,6 +117,7 @@ def _main(config) -> int:
     from components.train.loop import StopFlag, plan
     from components.train.state import TrainState
     from tuneline.llm.ml import checkpoint as ckpt
+    from tuneline.llm.ml.attention import resolved as resolved_attention
     from tuneline.llm.ml.device import detect
 
     stop = StopFlag()
@@ -129,10 +130,14 @@ def _main(config) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
-        model, reference, tokenizer = _build(config, acc, precision)
+        model, reference, tokenizer = _build(config, acc, precision, base_revision)
     except ModelNotAvailable as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    # The kernel transformers settled on for this model class, as train records it (tuneline/llm/ml/attention.py).
+    chosen = chosen.with_attention(resolved_attention(model))
+    log(f"precision: {chosen.describe()}; distribution {acc.distributed_type.value}, "
+        f"{acc.num_processes} process(es)", flush=True)
     train, encoded_held_out, validation, over_long = _encode(config, tokenizer, train_split, held_out)
     if not train:
         print(f"error: no training record fits --max-seq-len {config.max_seq_len} with an answer token left "
@@ -150,7 +155,7 @@ def _main(config) -> int:
     if resume_from is not None:
         loop.load_checkpoint(resume_from)
     run = _start_run(config, acc, loop, untracked, chosen, steps.total_steps, log, train_split=train_split,
-                     start=start, base_model=base_model, sizes=(len(train), len(validation)))
+                     start=start, base_model=(base_model, base_revision), sizes=(len(train), len(validation)))
     loop.run = run
     log(f"preference {config.loss} ({config.method}) on {start}: {len(train)} records, {steps.total_steps} steps")
 
@@ -161,7 +166,8 @@ def _main(config) -> int:
     # loads beside the champion on one copy of the base; a start that cannot be stacked is merged instead.
     output = _output_form(config)
     summary = _summary(config, acc, loop, state, held, started, precision, output=output, start=start,
-                       base_model=base_model, train_split=train_split, held_out=held_out, n_train=len(train),
+                       base_model=(base_model, base_revision), train_split=train_split, held_out=held_out,
+                       n_train=len(train),
                        over_long=over_long)
     _save(config, acc, model, tokenizer, summary, precision, form=output[0], base_model=base_model)
     _finish(config, acc, run, state, summary, held, start, log)
@@ -170,21 +176,22 @@ def _main(config) -> int:
 
 
 def _starting_point(config) -> tuple:
-    """(config with the SFT model fetched when named by URI, what the run starts from, its base model, exit code 2
-    when it cannot start, else None). Runs before the process group starts."""
+    """(config with the SFT model fetched when named by URI, what the run starts from, its base model, the base
+    model's Hub commit or None, exit code 2 when it cannot start, else None). Runs before the process group
+    starts."""
     from components.preference import model as modelbuild
     from tuneline.llm.ml.models import ModelNotAvailable
 
     config, code = _resolve_start(config)
     if code is not None:
-        return config, None, None, code
+        return config, None, None, None, code
     try:
         start, base_model = modelbuild.start_point(config.base_model, config.sft_model)
-        _preflight(config, base_model)
+        base_revision = _preflight(config, base_model)
     except (ModelNotAvailable, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return config, None, None, 2
-    return config, start, base_model, None
+        return config, None, None, None, 2
+    return config, start, base_model, base_revision, None
 
 
 def _accelerator(config, chosen) -> tuple:
@@ -198,12 +205,10 @@ def _accelerator(config, chosen) -> tuple:
     acc = Accelerator(mixed_precision=chosen.mixed_precision, cpu=not torch.cuda.is_available())
     parallel.enable_fsdp_on_cpu(acc)
     log = print if acc.is_main_process else (lambda *a, **k: None)
-    log(f"precision: {chosen.describe()}; distribution {acc.distributed_type.value}, "
-        f"{acc.num_processes} process(es)", flush=True)
     return acc, log, _configure_distribution(config, acc)
 
 
-def _build(config, acc, precision: str) -> tuple:
+def _build(config, acc, precision: str, base_revision: str | None) -> tuple:
     """(policy, reference, tokenizer), identical on every rank; the dropout seeds differ per rank afterwards."""
     import torch
 
@@ -212,24 +217,32 @@ def _build(config, acc, precision: str) -> tuple:
 
     torch.manual_seed(config.seed)
     built = modelbuild.build(config, precision, acc.device, sharded=parallel.is_sharded(acc),
-                             on_meta=parallel.is_fsdp(acc) and parallel.loads_on_meta())
+                             on_meta=parallel.is_fsdp(acc) and parallel.loads_on_meta(), base_revision=base_revision)
     torch.manual_seed(config.seed + 1000 * acc.process_index)
     return built
 
 
-def _preflight(config, base_model: str) -> None:
+def _preflight(config, base_model: str) -> str | None:
     """Before the process group starts: the base model is built or downloaded once (transformers saves nothing
     on ranks > 0 once torch.distributed is initialised, and a catalog model is built by whichever rank gets there
-    first), and --distribution sets what ``accelerate launch`` would (train's ``distribution.apply``)."""
+    first), and --distribution sets what ``accelerate launch`` would (train's ``distribution.apply``). Returns the
+    base model's Hub commit (None for a catalog model or a folder): the one the SFT model recorded, else the one
+    its branch resolves to now, which the run then loads and records as train does."""
     from pathlib import Path
 
     from components.train import distribution
-    from tuneline.llm.ml.models import resolve_model
+    from tuneline.llm.ml.models import hub_revision, read_summary, resolve_model, resolve_summary_base
 
     sft = Path(config.sft_model) if config.sft_model is not None else None
-    if sft is None or (sft / "adapter_config.json").is_file():
-        resolve_model(base_model)
+    if sft is None:
+        revision = hub_revision(resolve_model(base_model))
+    else:
+        summary = read_summary(sft)
+        revision = summary.get(BASE_REVISION_KEY)
+        if (sft / "adapter_config.json").is_file():
+            resolve_summary_base(summary) if summary.get("base_model") else resolve_model(base_model)
     distribution.apply(config.distribution)
+    return revision
 
 
 def _configure_distribution(config, acc):
@@ -351,8 +364,10 @@ def _optimizer(config, model, total_steps: int) -> tuple:
 
 
 def _start_run(config, acc, loop, untracked: str | None, chosen, total_steps: int, log, *, train_split,
-               start: str, base_model: str, sizes: tuple[int, int]):
-    """The MLflow run on the main process (resumed when the checkpoint names one), or None."""
+               start: str, base_model: tuple[str, str | None], sizes: tuple[int, int]):
+    """The MLflow run on the main process (resumed when the checkpoint names one), or None. ``base_model``: its
+    name and Hub commit."""
+    base_model, base_revision = base_model
     run = None
     if untracked and acc.is_main_process:
         log(f"warning: this run is not tracked: {untracked}; its figures stay in {SUMMARY_FILE}")
@@ -368,7 +383,8 @@ def _start_run(config, acc, loop, untracked: str | None, chosen, total_steps: in
                         "planned_steps": total_steps, "distributed_type": acc.distributed_type.value,
                         **{k: v for k, v in chosen.as_params().items() if k != "reason"}})
         run.set_tags({"tuneline.dataset_sha256": train_split.sha256, "tuneline.base_model": base_model,
-                      "tuneline.method": config.method, "tuneline.preference_loss": config.loss})
+                      "tuneline.method": config.method, "tuneline.preference_loss": config.loss,
+                      **({f"tuneline.{BASE_REVISION_KEY}": base_revision} if base_revision else {})})
         write_value(config.mlflow_run_id, run.run_id)
     return run
 
@@ -390,13 +406,16 @@ def _fit(loop, run, encoded_held_out: dict) -> tuple:
 
 
 def _summary(config, acc, loop, state, held: dict, started: float, precision: str, *, output: tuple, start: str,
-             base_model: str, train_split, held_out: dict, n_train: int, over_long: dict) -> dict:
-    """training_summary.json: what was trained from what, how, and the held-out and loop figures."""
+             base_model: tuple[str, str | None], train_split, held_out: dict, n_train: int,
+             over_long: dict) -> dict:
+    """training_summary.json: what was trained from what (``base_model``: its name and Hub commit), how, and the
+    held-out and loop figures."""
     from components.preference import model as modelbuild
 
     form, why = output
     return {
-        "base_model": base_model,
+        "base_model": base_model[0],
+        BASE_REVISION_KEY: base_model[1],
         "method": "full" if form == "merged" else config.method,
         "preference": {"loss": config.loss, "beta": config.beta, "start": config.sft_model_uri or start,
                        "output": form, "output_why": why, "reference": modelbuild.held_as(loop.reference)},

@@ -44,11 +44,12 @@ def start_point(base_model: str, sft_model: Path | None) -> tuple[str, str]:
     return f"{summary.get('base_model', base_model)} + SFT {sft_model.name}", summary.get("base_model", base_model)
 
 
-def _load(config, dtype, on_meta: bool = False):
+def _load(config, dtype, on_meta: bool = False, base_revision: str | None = None):
     """(start model, tokenizer). ``on_meta``: the start model's architecture without its weights (train's
-    ``modelsetup.empty_model``); an SFT adapter merged into its base has the base's config."""
+    ``modelsetup.empty_model``); an SFT adapter merged into its base has the base's config. ``base_revision``:
+    the Hub commit a base model without SFT resolved to before the process group started."""
     if config.sft_model is None:
-        path = resolve_model(config.base_model)
+        path = resolve_model(config.base_model, revision=base_revision)
         model = empty_model(path, dtype) if on_meta else load_causal_lm(path, dtype=dtype)
         return model, load_tokenizer(path, padding_side="right")
     sft = Path(config.sft_model)
@@ -61,7 +62,8 @@ def _load(config, dtype, on_meta: bool = False):
     return (empty_model(sft, dtype) if on_meta else load_causal_lm(sft, dtype=dtype)), tokenizer
 
 
-def build(config, precision: str, device: torch.device, *, sharded: bool = False, on_meta: bool = False):
+def build(config, precision: str, device: torch.device, *, sharded: bool = False, on_meta: bool = False,
+          base_revision: str | None = None):
     """(policy, reference or None for LoRA, tokenizer).
 
     ``sharded``: FSDP or DeepSpeed places the policy in ``prepare`` (as train's ``modelsetup.build``), so it stays
@@ -71,7 +73,7 @@ def build(config, precision: str, device: torch.device, *, sharded: bool = False
     preparation broadcasts rank 0's values into both; only the trainable parameters get (uninitialised) storage,
     for accelerate to map the optimizer's parameters (train's ``modelsetup.materialise_trainable``)."""
     dtype = load_dtype(config.method, precision)
-    model, tokenizer = _load(config, dtype, on_meta)
+    model, tokenizer = _load(config, dtype, on_meta, base_revision)
     model.config.use_cache = False
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -122,6 +122,30 @@ def test_dpo_lora_writes_adapter_held_out_rewards_progress_and_mlflow_metrics(en
     assert [m.step for m in history] == [1, 2, 3]
 
 
+def test_a_hub_base_model_is_loaded_and_recorded_at_the_commit_its_branch_resolved_to(env, tmp_path, monkeypatch):
+    """As train does (tests/components/test_train.py): the Hub id's branch resolves once, from a local Hub cache
+    offline (tests/support/fakehub.py), and that commit is what the summary and the run record."""
+    from huggingface_hub import constants
+    from mlflow.tracking import MlflowClient
+
+    from tests.support.fakehub import add_commit
+    from tuneline.llm.ml.models import resolve_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read once at import, as is the cache
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    commit = add_commit(tmp_path / "hub", "fake-org/tiny", resolve_model("tiny-random-llama"), message="v1")
+    out = tmp_path / "dpo-hub"
+    args = _args(env["pairs"], out, "--max-steps", "1")
+    args[args.index("tiny-random-llama")] = "fake-org/tiny"
+    assert main(args) == 0
+    s = _summary(out)
+    assert s["base_model"] == "fake-org/tiny" and s["base_model_revision"] == commit
+    run = MlflowClient().get_run((out / "run_id.json").read_text())
+    assert run.data.tags["tuneline.base_model_revision"] == commit
+    assert run.data.params["attn_implementation"] == "sdpa"  # what the model runs, not what was requested
+
+
 def _sft(env):
     """train's LoRA adapter on the chat split, trained once for the tests that start from it."""
     from components.train.__main__ import main as train_main
