@@ -25,7 +25,13 @@ from pathlib import Path
 
 import torch
 
-from components.train.modelsetup import add_lora, empty_model, load_dtype, materialise_trainable
+from components.train.modelsetup import (
+    add_lora,
+    empty_model,
+    freeze_beside_language_model,
+    load_dtype,
+    materialise_trainable,
+)
 from tuneline.llm.ml.models import (
     load_causal_lm,
     load_tokenizer,
@@ -81,6 +87,7 @@ def build(config, precision: str, device: torch.device, *, sharded: bool = False
     if config.method == "lora":
         model = add_lora(model, config)
     else:
+        freeze_beside_language_model(model)  # as train's full fine-tune: a vision tower gets no gradient on text
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     if on_meta:
         materialise_trainable(model)

@@ -37,8 +37,10 @@ _A, _B = ".lora_A.weight", ".lora_B.weight"
 _MUST_BE_UNSET = ("modules_to_save", "use_dora", "use_rslora", "rank_pattern", "alpha_pattern", "lora_bias",
                   "trainable_token_indices", "target_parameters", "alora_invocation_tokens", "use_qalora",
                   "layer_replication", "megatron_config", "fan_in_fan_out", "use_bdlora", "arrow_config",
-                  "kasa_config", "monteclora_config", "velora_config", "layers_to_transform", "layers_pattern",
-                  "exclude_modules")
+                  "kasa_config", "monteclora_config", "velora_config", "layers_to_transform", "layers_pattern")
+# exclude_modules only narrows which layers get a LoRA (train keeps a multimodal model's vision tower out,
+# components/train/modelsetup.py ``beside_language_model``): the delta stays s·B·A. The stacked adapter keeps the
+# SFT adapter's exclusion, so the trained one must exclude the same modules.
 # PiSSA, OLoRA, LoftQ, CorDA, EVA and LoRA-GA initialisations change the base weights the adapter is then trained
 # against; only these leave them as they are.
 _PLAIN_INIT = (True, False, "gaussian")
@@ -86,6 +88,9 @@ def stack_adapters(sft_dir: Path, top_config, top_state: dict, out_dir: Path) ->
     top_problem = _plain(top_config)
     if top_problem:
         raise ValueError(f"the trained adapter cannot be stacked: {top_problem}")
+    if sft_config.exclude_modules != top_config.exclude_modules:
+        raise ValueError(f"the trained adapter cannot be stacked: it excludes {top_config.exclude_modules!r}, "
+                         f"the SFT adapter {sft_config.exclude_modules!r}")
     parts = [(_pairs(load_file(Path(sft_dir) / WEIGHTS_FILE), f"{sft_dir}/{WEIGHTS_FILE}", sft_config.r),
               sft_config),
              (_pairs(top_state, "the trained adapter", top_config.r), top_config)]

@@ -129,3 +129,48 @@ def test_an_adapter_with_more_than_lora_matrices_is_refused(tiny, tmp_path):
                                      f"{q}.lora_B.weight": torch.zeros(32, 3)}, tmp_path / "out")
     with pytest.raises(ValueError, match="use_dora"):
         stack_adapters(sft, LoraConfig(r=2, lora_alpha=2, target_modules=["q_proj"], use_dora=True), {}, tmp_path)
+
+
+def test_a_lora_that_keeps_a_multimodal_models_vision_tower_out_is_stacked(tmp_path):
+    """train's LoRA on an image-text model excludes the vision tower (modelsetup.beside_language_model): still a
+    plain delta on the language model's layers, so the preference step stacks it instead of merging."""
+    from peft.utils import get_peft_model_state_dict
+
+    from components.train import modelsetup
+    from tests.components.test_train_modelsetup import _config
+    from tests.support.tinymodel import tiny_gemma3
+
+    config = _config("--lora-targets", "q_proj,v_proj")
+    sft = modelsetup.add_lora(tiny_gemma3(), config)
+    sft.save_pretrained(tmp_path / "sft")
+    assert json.loads((tmp_path / "sft" / "adapter_config.json").read_text())["exclude_modules"]
+    assert unstackable(tmp_path / "sft") is None
+    top = modelsetup.add_lora(tiny_gemma3(seed=1), config)
+    stacked = stack_adapters(tmp_path / "sft", top.peft_config["default"], get_peft_model_state_dict(top),
+                             tmp_path / "stacked")
+    assert stacked.modules == 2 * 2  # q_proj and v_proj of two language-model layers, nothing in the tower
+    other = modelsetup.add_lora(tiny_gemma3(seed=1), config)
+    other.peft_config["default"].exclude_modules = None
+    with pytest.raises(ValueError, match="excludes None"):
+        stack_adapters(tmp_path / "sft", other.peft_config["default"], get_peft_model_state_dict(top),
+                       tmp_path / "other")
+
+
+def test_a_full_preference_fine_tune_of_a_multimodal_model_trains_its_language_model_only(tmp_path):
+    """As train's full fine-tune (test_train_modelsetup.py): the vision tower would get no gradient on text, which
+    DDP refuses at the second step."""
+    from types import SimpleNamespace
+
+    from components.preference import model as preference_model
+    from tests.llm.ml.families import FAMILIES, tokenizer
+    from tests.support.tinymodel import tiny_gemma3
+
+    tiny_gemma3().save_pretrained(tmp_path / "gemma3")
+    tokenizer(FAMILIES["gemma3"]).save_pretrained(tmp_path / "gemma3")
+    config = SimpleNamespace(method="full", gradient_checkpointing=False, sft_model=None,
+                             base_model=str(tmp_path / "gemma3"))
+    policy, reference, _ = preference_model.build(config, "no", torch.device("cpu"))
+    trainable = [name for name, p in policy.named_parameters() if p.requires_grad]
+    assert trainable and all("language_model" in name or "lm_head" in name for name in trainable), [
+        n for n in trainable if "language_model" not in n][:3]
+    assert not any(p.requires_grad for p in reference.parameters())
