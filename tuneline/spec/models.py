@@ -190,6 +190,11 @@ class ComponentSpec(Strict):
         None, pattern=NAME_PATTERN,
         description="the environment whose image the step hands to a platform to run (a serving image); the step "
                     "gets it in TUNELINE_DEPLOY_IMAGE, from the same registry, tag or lock as its own image")
+    loads_models: bool = Field(
+        False,
+        description="the step may download a model from the Hugging Face Hub without taking one as a model_ref "
+                    "input (the base model of the adapter it registers or deploys): it gets what a model_ref "
+                    "step gets, the Hub token and, on Kubeflow, the shared Hugging Face cache")
     inputs: dict[str, InputSpec] = Field(default_factory=dict)
     outputs: dict[str, OutputSpec] = Field(default_factory=dict)
     command: str = Field(min_length=1)

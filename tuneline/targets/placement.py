@@ -76,5 +76,7 @@ def resumable(node: Node) -> bool:
 
 
 def loads_models(node: Node) -> bool:
-    """A step with an input of kind model_ref may download a model from the Hugging Face Hub."""
-    return any(spec.kind == "model_ref" for spec in node.component.spec.inputs.values())
+    """A step with an input of kind model_ref, or whose component declares `loads_models`, may download a model
+    from the Hugging Face Hub."""
+    spec = node.component.spec
+    return spec.loads_models or any(value.kind == "model_ref" for value in spec.inputs.values())

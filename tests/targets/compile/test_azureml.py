@@ -236,20 +236,22 @@ def test_the_code_snapshot_leaves_out_git_and_what_git_ignores(tmp_path):
 
 def test_steps_that_load_a_model_get_the_hub_token_secret_by_uri_only(tmp_path):
     """--azureml-hf-token-secret puts the Key Vault secret's URI, never a token, into exactly the steps that may
-    download a Hub model (inputs of kind model_ref: train and evaluate); the job still loads with azure-ai-ml."""
+    download a Hub model (inputs of kind model_ref: train and evaluate; components declaring `loads_models`:
+    register and deploy, which fetch the adapter's base); the job still loads with azure-ai-ml."""
     from tuneline.settings import HF_TOKEN_SECRET_VAR, HF_TOKEN_VAR
     from tuneline.targets.azureml.options import AzureMLOptions
     from tuneline.targets.placement import loads_models
 
     uri = "https://tl-vault.vault.azure.net/secrets/hf-token"
-    path = Path(__file__).resolve().parents[3] / "pipelines" / "finetune-gpu.yaml"
+    path = Path(__file__).resolve().parents[3] / "pipelines" / "finetune.yaml"
     graph = build_graph(load_pipeline(path))
     options = CompileOptions(platform={"azureml": AzureMLOptions(hf_token_secret=uri)})
     compile_graph(graph, ("azureml",), tmp_path, options)
     job_file = tmp_path / "azureml" / "pipeline_job.yml"
     jobs = yaml.safe_load(job_file.read_text())["jobs"]
     carrying = {name for name, job in jobs.items() if HF_TOKEN_SECRET_VAR in job["environment_variables"]}
-    assert carrying == {name for name, node in graph.nodes.items() if loads_models(node)} >= {"train", "evaluate"}
+    assert carrying == {name for name, node in graph.nodes.items() if loads_models(node)} == {
+        "train", "evaluate", "register", "deploy"}
     assert {jobs[name]["environment_variables"][HF_TOKEN_SECRET_VAR] for name in carrying} == {uri}
     assert all(HF_TOKEN_VAR not in job["environment_variables"] for job in jobs.values())
     assert load_job(str(job_file))._validate().passed
