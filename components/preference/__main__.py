@@ -117,7 +117,6 @@ def _main(config) -> int:
     from components.train.loop import StopFlag, plan
     from components.train.state import TrainState
     from tuneline.llm.ml import checkpoint as ckpt
-    from tuneline.llm.ml.attention import resolved as resolved_attention
     from tuneline.llm.ml.device import detect
 
     stop = StopFlag()
@@ -134,10 +133,7 @@ def _main(config) -> int:
     except ModelNotAvailable as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    # The kernel transformers settled on for this model class, as train records it (tuneline/llm/ml/attention.py).
-    chosen = chosen.with_attention(resolved_attention(model))
-    log(f"precision: {chosen.describe()}; distribution {acc.distributed_type.value}, "
-        f"{acc.num_processes} process(es)", flush=True)
+    chosen = _resolved_precision(chosen, model, acc, log)
     train, encoded_held_out, validation, over_long = _encode(config, tokenizer, train_split, held_out)
     if not train:
         print(f"error: no training record fits --max-seq-len {config.max_seq_len} with an answer token left "
@@ -206,6 +202,17 @@ def _accelerator(config, chosen) -> tuple:
     parallel.enable_fsdp_on_cpu(acc)
     log = print if acc.is_main_process else (lambda *a, **k: None)
     return acc, log, _configure_distribution(config, acc)
+
+
+def _resolved_precision(chosen, model, acc, log):
+    """The precision choice with the attention kernel transformers settled on for this model class, as train
+    records it (tuneline/llm/ml/attention.py), printed once the model is built."""
+    from tuneline.llm.ml.attention import resolved
+
+    chosen = chosen.with_attention(resolved(model))
+    log(f"precision: {chosen.describe()}; distribution {acc.distributed_type.value}, "
+        f"{acc.num_processes} process(es)", flush=True)
+    return chosen
 
 
 def _build(config, acc, precision: str, base_revision: str | None) -> tuple:
