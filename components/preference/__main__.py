@@ -31,6 +31,7 @@ import sys
 import time
 from collections import Counter
 
+from components.train.__main__ import resolved_precision
 from components.train.config import hyperparameters
 from tuneline.llm.ml.models import BASE_REVISION_KEY, SUMMARY_FILE
 from tuneline.settings import disable_mlflow_telemetry
@@ -133,7 +134,7 @@ def _main(config) -> int:
     except ModelNotAvailable as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    chosen = _resolved_precision(chosen, model, acc, log)
+    chosen = resolved_precision(chosen, model, acc, log)
     train, encoded_held_out, validation, over_long = _encode(config, tokenizer, train_split, held_out)
     if not train:
         print(f"error: no training record fits --max-seq-len {config.max_seq_len} with an answer token left "
@@ -202,17 +203,6 @@ def _accelerator(config, chosen) -> tuple:
     parallel.enable_fsdp_on_cpu(acc)
     log = print if acc.is_main_process else (lambda *a, **k: None)
     return acc, log, _configure_distribution(config, acc)
-
-
-def _resolved_precision(chosen, model, acc, log):
-    """The precision choice with the attention kernel transformers settled on for this model class, as train
-    records it (tuneline/llm/ml/attention.py), printed once the model is built."""
-    from tuneline.llm.ml.attention import resolved
-
-    chosen = chosen.with_attention(resolved(model))
-    log(f"precision: {chosen.describe()}; distribution {acc.distributed_type.value}, "
-        f"{acc.num_processes} process(es)", flush=True)
-    return chosen
 
 
 def _build(config, acc, precision: str, base_revision: str | None) -> tuple:

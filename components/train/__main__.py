@@ -122,7 +122,6 @@ def _main(config: TrainConfig) -> int:
     from components.train.loop import Loop, StopFlag, plan
     from components.train.state import TrainState
     from tuneline.llm.ml import checkpoint as ckpt
-    from tuneline.llm.ml.attention import resolved as resolved_attention
     from tuneline.llm.ml.data import read_split
     from tuneline.llm.ml.device import detect
 
@@ -151,10 +150,7 @@ def _main(config: TrainConfig) -> int:
     train_split = read_split(config.train)
     val_split = read_split(config.validation) if config.validation else None
     model, tokenizer = _build_model(config, acc, chosen, base_revision)
-    # The kernel transformers settled on for this model class, not the one asked for (attention.py).
-    chosen = chosen.with_attention(resolved_attention(model))
-    log(f"precision: {chosen.describe()}; distribution {acc.distributed_type.value}, "
-        f"{acc.num_processes} process(es)", flush=True)
+    chosen = resolved_precision(chosen, model, acc, log)
     train, validation, over_long = _encode(config, tokenizer, train_split, val_split, log)
 
     steps = plan(config, len(train), acc.num_processes)
@@ -181,6 +177,17 @@ def _main(config: TrainConfig) -> int:
     _finish(config, acc, run, state, summary, over_long, log)
     acc.end_training()
     return 0
+
+
+def resolved_precision(chosen, model, acc, log):
+    """The precision choice with the attention kernel transformers settled on for this model class, not the one
+    asked for (tuneline/llm/ml/attention.py), printed once the model is built; preference reports the same."""
+    from tuneline.llm.ml.attention import resolved
+
+    chosen = chosen.with_attention(resolved(model))
+    log(f"precision: {chosen.describe()}; distribution {acc.distributed_type.value}, "
+        f"{acc.num_processes} process(es)", flush=True)
+    return chosen
 
 
 def _build_model(config: TrainConfig, acc, chosen, base_revision: str | None) -> tuple:
